@@ -1,0 +1,133 @@
+//! Start-up configuration, validated once into typed values.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::policy::split_host_port;
+
+/// Environment variable names, kept in one place.
+pub mod env {
+    pub const LISTEN: &str = "TOOLGATE_LISTEN";
+    pub const ADMIN_LISTEN: &str = "TOOLGATE_ADMIN_LISTEN";
+    pub const POLICIES: &str = "TOOLGATE_POLICIES";
+    pub const DATA_DIR: &str = "TOOLGATE_DATA_DIR";
+    pub const CERTS: &str = "TOOLGATE_CERTS";
+    pub const CONNECT_TO: &str = "TOOLGATE_CONNECT_TO";
+    pub const UPSTREAM_CA: &str = "TOOLGATE_UPSTREAM_CA";
+    pub const UPSTREAM_TIMEOUT: &str = "TOOLGATE_UPSTREAM_TIMEOUT";
+    pub const SHUTDOWN_GRACE: &str = "TOOLGATE_SHUTDOWN_GRACE";
+    pub const LOG_FORMAT: &str = "TOOLGATE_LOG_FORMAT";
+    pub const TOKEN: &str = "TOOLGATE_TOKEN";
+    pub const SERVER: &str = "TOOLGATE_SERVER";
+}
+
+/// Everything `serve` needs besides its listeners.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub policies_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub certs_dir: PathBuf,
+    /// `--connect-to HOST:PORT=ADDR:PORT`, keyed by lower-case host and port.
+    pub connect_to: HashMap<(String, u16), SocketAddr>,
+    /// PEM files with extra roots for upstream TLS.
+    pub upstream_ca: Vec<PathBuf>,
+    /// How long an upstream may take to start answering.
+    pub upstream_timeout: Duration,
+    /// How long a new tunnel may take to send its first bytes, and a TLS handshake to finish.
+    pub handshake_timeout: Duration,
+    /// How long in-flight requests get to finish at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// A configuration with the defaults of DESIGN section 6, relative to the working directory.
+    pub fn new(policies_dir: PathBuf, data_dir: PathBuf, certs_dir: PathBuf) -> Self {
+        Config {
+            policies_dir,
+            data_dir,
+            certs_dir,
+            connect_to: HashMap::new(),
+            upstream_ca: Vec::new(),
+            upstream_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+
+    /// Adds a `HOST:PORT=ADDR:PORT` route.
+    pub fn add_connect_to(&mut self, spec: &str) -> Result<(), String> {
+        let (from, to) = parse_connect_to(spec)?;
+        self.connect_to.insert(from, to);
+        Ok(())
+    }
+}
+
+/// Parses `HOST:PORT=ADDR:PORT`. The address side may be a name; it is resolved once, now.
+pub fn parse_connect_to(spec: &str) -> Result<((String, u16), SocketAddr), String> {
+    let bad = || format!("--connect-to {spec:?}: expected HOST:PORT=ADDR:PORT");
+    let (from, to) = spec.split_once('=').ok_or_else(bad)?;
+    if !from.contains(':') {
+        return Err(bad());
+    }
+    let (host, port) = split_host_port(from, 443).ok_or_else(bad)?;
+    let addr = to
+        .trim()
+        .to_socket_addrs()
+        .map_err(|e| format!("--connect-to {spec:?}: {e}"))?
+        .next()
+        .ok_or_else(bad)?;
+    Ok(((host, port), addr))
+}
+
+/// Parses durations such as `10s`, `5m`, `1h`, `2d`, `250ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 10s, 5m, 1h"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_to_parses() {
+        let ((h, p), a) = parse_connect_to("API.stripe.com:443=127.0.0.1:9000").unwrap();
+        assert_eq!((h.as_str(), p), ("api.stripe.com", 443));
+        assert_eq!(a, "127.0.0.1:9000".parse().unwrap());
+        assert!(parse_connect_to("api.stripe.com=127.0.0.1:1").is_err());
+        assert!(parse_connect_to("api.stripe.com:443").is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+}

@@ -1,0 +1,244 @@
+//! The one place where a refusal becomes a response.
+//!
+//! Every refusal toolgate makes carries a stable [`Code`], a message that tells the agent (often a
+//! language model) what to change, and where the failure came from. The JSON body is the one of
+//! DESIGN section 1: `{"error": {"code", "message", "request_id", "tool"}}`.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::proxy::body::{full, ProxyBody};
+
+/// The stable error codes of DESIGN section 1. Agents and SDKs may match on these strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    AuthRequired,
+    AuthError,
+    EgressDenied,
+    PolicyViolation,
+    ToolDisabled,
+    ValidationError,
+    PayloadTooLarge,
+    IdempotencyKeyRequired,
+    IdempotencyConflict,
+    RateLimited,
+    ApprovalPending,
+    ApprovalDenied,
+    ApprovalExpired,
+    UpstreamTimeout,
+    UpstreamError,
+    Internal,
+}
+
+impl Code {
+    /// The code as it appears in the JSON body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::AuthRequired => "auth_required",
+            Code::AuthError => "auth_error",
+            Code::EgressDenied => "egress_denied",
+            Code::PolicyViolation => "policy_violation",
+            Code::ToolDisabled => "tool_disabled",
+            Code::ValidationError | Code::PayloadTooLarge => "validation_error",
+            Code::IdempotencyKeyRequired => "idempotency_key_required",
+            Code::IdempotencyConflict => "idempotency_conflict",
+            Code::RateLimited => "rate_limited",
+            Code::ApprovalPending => "approval_pending",
+            Code::ApprovalDenied => "approval_denied",
+            Code::ApprovalExpired => "approval_expired",
+            Code::UpstreamTimeout => "upstream_timeout",
+            Code::UpstreamError => "upstream_error",
+            Code::Internal => "internal_error",
+        }
+    }
+
+    /// The HTTP status that goes with the code.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::AuthRequired | Code::AuthError => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            Code::EgressDenied
+            | Code::PolicyViolation
+            | Code::ToolDisabled
+            | Code::ApprovalDenied => StatusCode::FORBIDDEN,
+            Code::ValidationError => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::IdempotencyKeyRequired => StatusCode::PRECONDITION_REQUIRED,
+            Code::IdempotencyConflict => StatusCode::CONFLICT,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::ApprovalPending => StatusCode::LOCKED,
+            Code::ApprovalExpired => StatusCode::GONE,
+            Code::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Code::UpstreamError => StatusCode::BAD_GATEWAY,
+            // A refusal toolgate could not decide is still a refusal: fail closed.
+            Code::Internal => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Where a failure with this code comes from, for logs and metrics.
+    pub fn source(self) -> ErrorSource {
+        match self {
+            Code::UpstreamTimeout | Code::UpstreamError => ErrorSource::Upstream,
+            Code::Internal => ErrorSource::Internal,
+            Code::AuthRequired | Code::AuthError => ErrorSource::Client,
+            _ => ErrorSource::Policy,
+        }
+    }
+}
+
+/// Who is to blame for a refusal (pingora's `ErrorSource`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The agent sent something toolgate will not accept (credentials, protocol).
+    Client,
+    /// A policy decided against the request.
+    Policy,
+    /// The upstream failed or could not be reached.
+    Upstream,
+    /// toolgate itself could not decide; the request was refused, never forwarded.
+    Internal,
+}
+
+impl ErrorSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorSource::Client => "client",
+            ErrorSource::Policy => "policy",
+            ErrorSource::Upstream => "upstream",
+            ErrorSource::Internal => "internal",
+        }
+    }
+}
+
+/// A request toolgate refuses, with everything needed to answer it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct Refusal {
+    pub code: Code,
+    pub message: String,
+    pub tool: Option<String>,
+    pub retry_after: Option<u64>,
+    pub proposal: Option<String>,
+}
+
+impl Refusal {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+            tool: None,
+            retry_after: None,
+            proposal: None,
+        }
+    }
+
+    /// Names the tool contract the refusal is about.
+    pub fn with_tool(mut self, tool: impl Into<String>) -> Self {
+        self.tool = Some(tool.into());
+        self
+    }
+
+    pub fn auth_required() -> Self {
+        Refusal::new(
+            Code::AuthRequired,
+            "proxy credentials are required: set HTTPS_PROXY=http://AGENT_ID:TOKEN@HOST:PORT \
+             (Proxy-Authorization: Basic)",
+        )
+    }
+
+    pub fn auth_error(why: &str) -> Self {
+        Refusal::new(
+            Code::AuthError,
+            format!(
+                "proxy credentials rejected: {why}; check the agent id and token in HTTPS_PROXY"
+            ),
+        )
+    }
+
+    pub fn policy(message: impl Into<String>) -> Self {
+        Refusal::new(Code::PolicyViolation, message)
+    }
+
+    pub fn egress(message: impl Into<String>) -> Self {
+        Refusal::new(Code::EgressDenied, message)
+    }
+
+    pub fn upstream(message: impl Into<String>) -> Self {
+        Refusal::new(Code::UpstreamError, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Refusal::new(Code::Internal, message)
+    }
+
+    /// The JSON body of DESIGN section 1.
+    pub fn body(&self, request_id: &str) -> serde_json::Value {
+        let mut error = serde_json::json!({
+            "code": self.code.as_str(),
+            "message": self.message,
+            "request_id": request_id,
+            "tool": self.tool,
+        });
+        if let Some(p) = &self.proposal {
+            error["proposal"] = serde_json::Value::String(p.clone());
+        }
+        serde_json::json!({ "error": error })
+    }
+
+    /// Turns the refusal into the response the agent gets.
+    pub fn into_response(self, request_id: &str) -> Response<ProxyBody> {
+        let body = self.body(request_id).to_string();
+        let mut resp = Response::new(full(Bytes::from(body)));
+        *resp.status_mut() = self.code.status();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if matches!(self.code, Code::AuthRequired | Code::AuthError) {
+            headers.insert(
+                header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"toolgate\""),
+            );
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(p) = &self.proposal {
+            if let Ok(v) = HeaderValue::from_str(p) {
+                headers.insert("toolgate-proposal", v);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            headers.insert(crate::proxy::REQUEST_ID_HEADER, v);
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_the_design_shape() {
+        let r = Refusal::policy("no tool contract matches").with_tool("stripe.x");
+        let v = r.body("req_1");
+        assert_eq!(v["error"]["code"], "policy_violation");
+        assert_eq!(v["error"]["request_id"], "req_1");
+        assert_eq!(v["error"]["tool"], "stripe.x");
+    }
+
+    #[test]
+    fn auth_refusals_ask_for_credentials() {
+        let resp = Refusal::auth_required().into_response("req_1");
+        assert_eq!(resp.status(), 407);
+        assert!(resp.headers().contains_key(header::PROXY_AUTHENTICATE));
+        assert!(resp.headers().contains_key("toolgate-request-id"));
+    }
+
+    #[test]
+    fn oversized_body_is_a_validation_error_with_413() {
+        assert_eq!(Code::PayloadTooLarge.as_str(), "validation_error");
+        assert_eq!(Code::PayloadTooLarge.status(), 413);
+    }
+}

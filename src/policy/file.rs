@@ -1,0 +1,140 @@
+//! The policy file format of DESIGN section 2, as written by people. Unknown keys are errors so
+//! that a typo (`mdoe = "deny"`) can never silently loosen a policy.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// One TOML file: any mix of agents, approvers, credentials and tools.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    #[serde(default)]
+    pub agent: Vec<AgentDef>,
+    #[serde(default)]
+    pub approver: Vec<ApproverDef>,
+    #[serde(default)]
+    pub credential: Vec<CredentialDef>,
+    #[serde(default)]
+    pub tool: Vec<ToolDef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDef {
+    pub id: String,
+    pub token_sha256: Option<String>,
+    pub token_env: Option<String>,
+    pub owner: String,
+    pub tenant: Option<String>,
+    pub environment: String,
+    #[serde(default)]
+    pub tools: Vec<String>,
+    #[serde(default)]
+    pub attrs: BTreeMap<String, String>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproverDef {
+    pub id: String,
+    pub token_sha256: Option<String>,
+    pub token_env: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialDef {
+    pub name: String,
+    pub env: Option<String>,
+    pub file: Option<String>,
+    pub header: String,
+    pub format: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BodyDef {
+    pub format: String,
+    pub schema: Option<String>,
+    pub max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetDef {
+    pub field: String,
+    pub max: f64,
+    pub per: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDef {
+    pub deny_if: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalDef {
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub required: Option<u32>,
+    pub expires: Option<String>,
+    pub hold: Option<String>,
+    pub allow_self_approval: Option<bool>,
+    pub webhook: Option<String>,
+}
+
+/// `rollback = { none = "why" }` or a request template over the call and its response.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackDef {
+    pub none: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub body: Option<toml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolDef {
+    pub name: String,
+    #[serde(default = "one")]
+    pub version: u32,
+    pub owner: Option<String>,
+    pub description: Option<String>,
+    pub risk: Option<String>,
+    pub side_effects: Option<String>,
+    pub mode: Option<String>,
+    pub host: String,
+    pub method: String,
+    pub path: String,
+    pub body: Option<BodyDef>,
+    pub query_schema: Option<String>,
+    pub idempotency: Option<String>,
+    pub idempotency_window: Option<String>,
+    #[serde(default)]
+    pub credential: BTreeMap<String, String>,
+    pub rate_limit: Option<String>,
+    pub budget: Option<BudgetDef>,
+    pub summary: Option<String>,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub rules: Vec<RuleDef>,
+    pub approval: Option<ApprovalDef>,
+    pub rollback: Option<RollbackDef>,
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub redact: Vec<String>,
+}
+
+fn one() -> u32 {
+    1
+}

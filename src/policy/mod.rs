@@ -1,0 +1,386 @@
+//! Policies: agents, approvers, credentials and tool contracts, loaded from the TOML files of a
+//! folder (DESIGN section 2), validated once into typed values, and matched per request.
+
+mod file;
+pub mod template;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+pub use file::{AgentDef, PolicyFile, ToolDef};
+pub use template::{check_path, PathError, PathTemplate};
+
+/// A policy set failed to load. The message names the file and, where the TOML parser knows it,
+/// the line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct PolicyError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl PolicyError {
+    fn new(path: &Path, message: impl Into<String>) -> Self {
+        PolicyError {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A principal that calls through the proxy.
+#[derive(Debug)]
+pub struct Agent {
+    pub id: String,
+    token_sha256: [u8; 32],
+    pub owner: String,
+    pub tenant: Option<String>,
+    pub environment: String,
+    pub tools: Vec<String>,
+    pub attrs: BTreeMap<String, String>,
+    pub dry_run: bool,
+}
+
+/// A tool contract, compiled.
+#[derive(Debug)]
+pub struct Tool {
+    pub name: String,
+    pub version: u32,
+    /// Lower-case host name or IP literal, without brackets.
+    pub host: String,
+    pub port: u16,
+    pub method: http::Method,
+    pub path: PathTemplate,
+    pub def: ToolDef,
+}
+
+/// A tool that matched a request, with the path parameters it captured.
+#[derive(Debug, Clone)]
+pub struct Matched {
+    pub tool: Arc<Tool>,
+    pub params: BTreeMap<String, String>,
+}
+
+/// A loaded, validated policy set. Immutable: a reload builds a new one and swaps it in whole.
+#[derive(Debug, Default)]
+pub struct Policy {
+    agents: HashMap<String, Arc<Agent>>,
+    tools: Vec<Arc<Tool>>,
+    /// The files the set was loaded from, for logs.
+    pub files: Vec<PathBuf>,
+}
+
+impl Policy {
+    /// Loads every `*.toml` file under `dir` (recursively, in name order).
+    pub fn load_dir(dir: &Path) -> Result<Policy, PolicyError> {
+        let mut files = Vec::new();
+        collect_toml(dir, &mut files)?;
+        files.sort();
+        if files.is_empty() {
+            return Err(PolicyError::new(
+                dir,
+                "no *.toml policy files found; toolgate refuses to start without policies",
+            ));
+        }
+        let mut parsed = Vec::new();
+        for path in &files {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| PolicyError::new(path, e.to_string()))?;
+            let file: PolicyFile = toml::from_str(&text)
+                .map_err(|e| PolicyError::new(path, e.to_string().trim_end().to_string()))?;
+            parsed.push((path.clone(), file));
+        }
+        Policy::build(parsed, &|name| std::env::var(name).ok())
+    }
+
+    /// Builds a policy set from parsed files. `env` reads environment variables (a parameter so
+    /// that nothing reads the process environment implicitly).
+    pub fn build(
+        files: Vec<(PathBuf, PolicyFile)>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Policy, PolicyError> {
+        let mut policy = Policy::default();
+        for (path, file) in files {
+            for def in file.agent {
+                let agent = compile_agent(&path, def, env)?;
+                if policy.agents.contains_key(&agent.id) {
+                    return Err(PolicyError::new(
+                        &path,
+                        format!("agent {:?} is defined twice", agent.id),
+                    ));
+                }
+                policy.agents.insert(agent.id.clone(), Arc::new(agent));
+            }
+            for def in file.tool {
+                let tool = compile_tool(&path, def)?;
+                for other in &policy.tools {
+                    if other.name == tool.name {
+                        return Err(PolicyError::new(
+                            &path,
+                            format!("tool {:?} is defined twice", tool.name),
+                        ));
+                    }
+                    if other.host == tool.host
+                        && other.port == tool.port
+                        && other.method == tool.method
+                        && other.path.overlaps(&tool.path)
+                    {
+                        return Err(PolicyError::new(
+                            &path,
+                            format!(
+                                "tools {:?} ({} {}) and {:?} ({} {}) could match the same request on {}; make their paths distinct",
+                                other.name, other.method, other.path.as_str(),
+                                tool.name, tool.method, tool.path.as_str(), tool.host
+                            ),
+                        ));
+                    }
+                }
+                policy.tools.push(Arc::new(tool));
+            }
+            policy.files.push(path);
+        }
+        Ok(policy)
+    }
+
+    pub fn agent(&self, id: &str) -> Option<&Arc<Agent>> {
+        self.agents.get(id)
+    }
+
+    pub fn tools(&self) -> &[Arc<Tool>] {
+        &self.tools
+    }
+
+    /// Checks proxy credentials in constant time over the token hash.
+    pub fn authenticate(&self, id: &str, token: &str) -> Option<Arc<Agent>> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        match self.agents.get(id) {
+            Some(agent) if bool::from(agent.token_sha256.ct_eq(&digest)) => Some(agent.clone()),
+            Some(_) => None,
+            None => {
+                // Spend the same work for an unknown id so timing does not reveal which ids exist.
+                let _ = [0u8; 32].ct_eq(&digest);
+                None
+            }
+        }
+    }
+
+    /// True when some tool names this host and port: the egress allow-list.
+    pub fn allows_host(&self, host: &str, port: u16) -> bool {
+        self.tools
+            .iter()
+            .any(|t| t.port == port && t.host.eq_ignore_ascii_case(host))
+    }
+
+    /// The port of the first tool naming `host`, for plain-HTTP requests that carry no TLS port.
+    pub fn port_for_host(&self, host: &str) -> Option<u16> {
+        self.tools
+            .iter()
+            .find(|t| t.host.eq_ignore_ascii_case(host))
+            .map(|t| t.port)
+    }
+
+    /// Finds the tool for a request. `path` must have passed [`check_path`].
+    pub fn match_tool(
+        &self,
+        host: &str,
+        port: u16,
+        method: &http::Method,
+        path: &str,
+    ) -> Option<Matched> {
+        self.tools
+            .iter()
+            .filter(|t| t.port == port && t.method == method && t.host.eq_ignore_ascii_case(host))
+            .find_map(|t| {
+                t.path.matches(path).map(|params| Matched {
+                    tool: t.clone(),
+                    params,
+                })
+            })
+    }
+}
+
+fn collect_toml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), PolicyError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| PolicyError::new(dir, e.to_string()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| PolicyError::new(dir, e.to_string()))?;
+        let path = entry.path();
+        let ty = entry
+            .file_type()
+            .map_err(|e| PolicyError::new(&path, e.to_string()))?;
+        if ty.is_dir() {
+            collect_toml(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "toml") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn compile_agent(
+    path: &Path,
+    def: AgentDef,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Agent, PolicyError> {
+    let err = |m: String| PolicyError::new(path, format!("agent {:?}: {m}", def.id));
+    let token_sha256 = match (&def.token_sha256, &def.token_env) {
+        (Some(hex_hash), None) => {
+            let bytes = hex::decode(hex_hash.trim())
+                .map_err(|_| err("token_sha256 must be 64 hex characters".into()))?;
+            <[u8; 32]>::try_from(bytes.as_slice())
+                .map_err(|_| err("token_sha256 must be 64 hex characters".into()))?
+        }
+        (None, Some(var)) => {
+            let token = env(var).filter(|t| !t.is_empty()).ok_or_else(|| {
+                err(format!(
+                    "token_env names {var}, which is not set in the environment"
+                ))
+            })?;
+            Sha256::digest(token.as_bytes()).into()
+        }
+        _ => return Err(err("set exactly one of token_sha256 or token_env".into())),
+    };
+    if def.id.is_empty() || def.id.contains(':') {
+        return Err(err("id must be non-empty and must not contain ':'".into()));
+    }
+    Ok(Agent {
+        id: def.id.clone(),
+        token_sha256,
+        owner: def.owner.clone(),
+        tenant: def.tenant.clone(),
+        environment: def.environment.clone(),
+        tools: def.tools.clone(),
+        attrs: def.attrs.clone(),
+        dry_run: def.dry_run,
+    })
+}
+
+/// Splits `host[:port]` (IPv6 in brackets) into a lower-case host and a port, 443 by default.
+pub fn split_host_port(s: &str, default_port: u16) -> Option<(String, u16)> {
+    let s = s.trim();
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        return Some((host.to_ascii_lowercase(), port));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => Some((h.to_ascii_lowercase(), p.parse().ok()?)),
+        Some(_) => None,
+        None if !s.is_empty() => Some((s.to_ascii_lowercase(), default_port)),
+        None => None,
+    }
+}
+
+fn compile_tool(path: &Path, def: ToolDef) -> Result<Tool, PolicyError> {
+    let err = |m: String| PolicyError::new(path, format!("tool {:?}: {m}", def.name));
+    let (host, port) = split_host_port(&def.host, 443)
+        .filter(|(h, _)| !h.is_empty() && !h.contains('/'))
+        .ok_or_else(|| err(format!("host {:?} is not HOST or HOST:PORT", def.host)))?;
+    let method = http::Method::from_bytes(def.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| err(format!("method {:?} is not an HTTP method", def.method)))?;
+    let template = PathTemplate::parse(&def.path).map_err(err)?;
+    Ok(Tool {
+        name: def.name.clone(),
+        version: def.version,
+        host,
+        port,
+        method,
+        path: template,
+        def,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(toml_text: &str) -> Result<Policy, PolicyError> {
+        let file: PolicyFile = toml::from_str(toml_text).map_err(|e| PolicyError {
+            path: "t.toml".into(),
+            message: e.to_string(),
+        })?;
+        Policy::build(vec![("t.toml".into(), file)], &|v| {
+            (v == "TOKEN").then(|| "secret".to_string())
+        })
+    }
+
+    const BASE: &str = r#"
+[[agent]]
+id = "bot"
+token_env = "TOKEN"
+owner = "alice@example.com"
+environment = "staging"
+tools = ["stripe.*"]
+
+[[tool]]
+name = "stripe.customers.retrieve"
+host = "api.stripe.com"
+method = "GET"
+path = "/v1/customers/{customer}"
+"#;
+
+    #[test]
+    fn authenticates_and_matches() {
+        let p = build(BASE).unwrap();
+        assert!(p.authenticate("bot", "secret").is_some());
+        assert!(p.authenticate("bot", "wrong").is_none());
+        assert!(p.authenticate("nobody", "secret").is_none());
+        assert!(p.allows_host("API.STRIPE.COM", 443));
+        assert!(!p.allows_host("api.stripe.com", 8443));
+        let m = p
+            .match_tool(
+                "api.stripe.com",
+                443,
+                &http::Method::GET,
+                "/v1/customers/cus_1",
+            )
+            .unwrap();
+        assert_eq!(m.params["customer"], "cus_1");
+        assert!(p
+            .match_tool(
+                "api.stripe.com",
+                443,
+                &http::Method::DELETE,
+                "/v1/customers/cus_1"
+            )
+            .is_none());
+    }
+
+    #[test]
+    fn unknown_keys_name_the_line() {
+        let e = build(&format!("{BASE}\nsurprise = 1\n")).unwrap_err();
+        assert!(e.message.contains("surprise"), "{e}");
+        assert!(e.message.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn overlapping_tools_are_a_load_error() {
+        let text = format!(
+            "{BASE}\n[[tool]]\nname = \"stripe.customers.search\"\nhost = \"api.stripe.com\"\nmethod = \"GET\"\npath = \"/v1/customers/search\"\n"
+        );
+        let e = build(&text).unwrap_err();
+        assert!(e.message.contains("could match the same request"), "{e}");
+    }
+
+    #[test]
+    fn missing_token_env_names_the_variable() {
+        let e = build(&BASE.replace("token_env = \"TOKEN\"", "token_env = \"NOPE\"")).unwrap_err();
+        assert!(e.message.contains("NOPE"), "{e}");
+    }
+
+    #[test]
+    fn host_port_splitting() {
+        assert_eq!(split_host_port("a.b", 443), Some(("a.b".into(), 443)));
+        assert_eq!(split_host_port("A.b:8443", 443), Some(("a.b".into(), 8443)));
+        assert_eq!(split_host_port("[::1]:9", 443), Some(("::1".into(), 9)));
+        assert_eq!(split_host_port("[::1]", 443), Some(("::1".into(), 443)));
+        assert_eq!(split_host_port("a:b", 443), None);
+    }
+}

@@ -1,0 +1,514 @@
+//! The proxy: accept, authenticate, CONNECT, TLS interception, and the per-request phases.
+//!
+//! A request goes through named phases: `authenticate` (outer connection), `egress` (CONNECT
+//! target), then per request inside the tunnel `match_tool`, `forward`, and `record`, which runs
+//! on every exit, refusals included.
+
+pub mod body;
+pub mod rewind;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use http::{header, HeaderValue, Method, Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+use crate::error::{Code, Refusal};
+use crate::policy::{check_path, split_host_port, Agent, Policy};
+use crate::Gate;
+use body::{empty, ProxyBody};
+use rewind::{detect, Protocol, Rewind};
+use upstream::EgressError;
+
+/// The header every response carries.
+pub const REQUEST_ID_HEADER: &str = "toolgate-request-id";
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A new random id with a prefix, such as `req_3f2a…`.
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", hex::encode(rand::random::<[u8; 12]>()))
+}
+
+/// Accepts proxy connections until `shutdown` resolves.
+pub(crate) async fn accept_loop(
+    gate: Arc<Gate>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        debug!(error = %e, "could not set TCP_NODELAY");
+                    }
+                    gate.tasks.spawn(serve_client(gate.clone(), stream, peer));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Serves one agent connection: HTTP/1.1 to the proxy itself (CONNECT or absolute form).
+async fn serve_client(gate: Arc<Gate>, stream: TcpStream, peer: SocketAddr) {
+    let g = gate.clone();
+    let svc = service_fn(move |req| {
+        let gate = g.clone();
+        async move { Ok::<_, Infallible>(outer(gate, peer, req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => if let Err(e) = res { debug!(%peer, error = %e, "client connection ended with an error") },
+        _ = gate.cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// What the tunnel or absolute-form request is bound to: the agent and the target that were
+/// checked at the proxy layer. The target never comes from a `Host` header.
+struct Target {
+    agent_id: String,
+    host: String,
+    port: u16,
+    peer: SocketAddr,
+}
+
+/// The authenticate phase: `Proxy-Authorization: Basic base64(agent-id:token)`.
+fn authenticate(policy: &Policy, req: &Request<Incoming>) -> Result<Arc<Agent>, Refusal> {
+    let Some(value) = req.headers().get(header::PROXY_AUTHORIZATION) else {
+        return Err(Refusal::auth_required());
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| Refusal::auth_error("the header is not ASCII"))?;
+    let (scheme, encoded) = value
+        .split_once(' ')
+        .ok_or_else(|| Refusal::auth_error("expected `Basic <base64>`"))?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(Refusal::auth_error("only the Basic scheme is supported"));
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| Refusal::auth_error("the Basic credentials are not valid base64"))?;
+    let decoded = String::from_utf8(decoded)
+        .map_err(|_| Refusal::auth_error("the credentials are not UTF-8"))?;
+    let (id, token) = decoded
+        .split_once(':')
+        .ok_or_else(|| Refusal::auth_error("expected agent-id:token"))?;
+    // Clients percent-encode user info in proxy URLs; most decode it before sending, a few don't.
+    policy
+        .authenticate(id, token)
+        .ok_or_else(|| Refusal::auth_error("unknown agent or wrong token"))
+}
+
+/// The proxy-level service: authenticates, then opens a tunnel or handles an absolute-form
+/// plain-HTTP request.
+async fn outer(gate: Arc<Gate>, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let request_id = new_id("req");
+    let policy = gate.policy();
+    let method = req.method().clone();
+    let target_text = req.uri().to_string();
+    let agent = match authenticate(&policy, &req) {
+        Ok(agent) => agent,
+        Err(refusal) => {
+            record_refusal(
+                &request_id,
+                None,
+                "-",
+                &method,
+                &target_text,
+                &refusal,
+                started,
+            );
+            return refusal.into_response(&request_id);
+        }
+    };
+    if method == Method::CONNECT {
+        return connect(gate, &policy, agent, peer, req, request_id, started).await;
+    }
+    let absolute = matches!(req.uri().scheme_str(), Some("http") | Some("https"));
+    let Some(host) = req.uri().host().filter(|_| absolute) else {
+        let refusal = Refusal::policy(
+            "toolgate is a forward proxy: send requests through it with HTTPS_PROXY (CONNECT) or \
+             HTTP_PROXY (absolute-form URLs), not to it directly",
+        );
+        record_refusal(
+            &request_id,
+            Some(&agent.id),
+            "-",
+            &method,
+            &target_text,
+            &refusal,
+            started,
+        );
+        return refusal.into_response(&request_id);
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    // A plain-HTTP request is sent upstream over TLS: toolgate never forwards a request, nor a
+    // credential, in clear text. Port 80 (or none) means the contract's TLS port.
+    let port = match req.uri().port_u16() {
+        None | Some(80) => policy.port_for_host(&host).unwrap_or(443),
+        Some(p) => p,
+    };
+    if let Err(refusal) = egress(&gate, &policy, &host, port).await {
+        record_refusal(
+            &request_id,
+            Some(&agent.id),
+            &host,
+            &method,
+            &target_text,
+            &refusal,
+            started,
+        );
+        return refusal.into_response(&request_id);
+    }
+    let target = Target {
+        agent_id: agent.id.clone(),
+        host,
+        port,
+        peer,
+    };
+    handle(gate, &target, req, request_id, started).await
+}
+
+/// The egress phase: the host must be named by a contract, and must not resolve to a private
+/// address unless `--connect-to` routes it explicitly.
+async fn egress(gate: &Gate, policy: &Policy, host: &str, port: u16) -> Result<(), Refusal> {
+    if !policy.allows_host(host, port) {
+        return Err(Refusal::egress(format!(
+            "{} is not named by any tool contract; toolgate only connects to hosts that a [[tool]] entry names",
+            upstream::authority(host, port)
+        )));
+    }
+    match gate.upstream.routes().resolve(host, port).await {
+        Ok(_) => Ok(()),
+        Err(e @ EgressError::Forbidden { .. }) => Err(Refusal::egress(e.to_string())),
+        Err(e @ EgressError::Dns { .. }) => Err(Refusal::upstream(e.to_string())),
+    }
+}
+
+/// Answers a CONNECT: the target is decided before the 200, then the tunnel is served.
+async fn connect(
+    gate: Arc<Gate>,
+    policy: &Policy,
+    agent: Arc<Agent>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    request_id: String,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let authority = req.uri().authority().map(|a| a.as_str().to_string());
+    let parsed = authority.as_deref().and_then(|a| split_host_port(a, 443));
+    let Some((host, port)) = parsed else {
+        let refusal = Refusal::policy("CONNECT needs a HOST:PORT target");
+        record_refusal(
+            &request_id,
+            Some(&agent.id),
+            "-",
+            &Method::CONNECT,
+            "-",
+            &refusal,
+            started,
+        );
+        return refusal.into_response(&request_id);
+    };
+    let target_text = upstream::authority(&host, port);
+    if let Err(refusal) = egress(&gate, policy, &host, port).await {
+        record_refusal(
+            &request_id,
+            Some(&agent.id),
+            &host,
+            &Method::CONNECT,
+            &target_text,
+            &refusal,
+            started,
+        );
+        return refusal.into_response(&request_id);
+    }
+    let target = Target {
+        agent_id: agent.id.clone(),
+        host,
+        port,
+        peer,
+    };
+    info!(
+        request_id = %request_id, agent = %agent.id, host = %target.host, method = "CONNECT",
+        path = %target_text, decision = "tunnel", status = 200u16,
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0, "tunnel opened"
+    );
+    let g = gate.clone();
+    gate.tasks.spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => tunnel(g, Arc::new(target), TokioIo::new(upgraded)).await,
+            Err(e) => debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(empty());
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    resp
+}
+
+/// Serves a tunnel: TLS (intercepted with a minted leaf) or plain HTTP, told apart by the first
+/// bytes; anything else is closed.
+async fn tunnel<T>(gate: Arc<Gate>, target: Arc<Target>, mut io: T)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limit = gate.config.handshake_timeout;
+    let (protocol, prefix) = match detect(&mut io, limit).await {
+        Ok(found) => found,
+        Err(e) => {
+            warn!(agent = %target.agent_id, host = %target.host, error = %e, "tunnel closed");
+            return;
+        }
+    };
+    let io = Rewind::new(prefix, io);
+    match protocol {
+        Protocol::Http => serve_inner(gate, target, io).await,
+        Protocol::Tls => {
+            let acceptor =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+            let start = match tokio::time::timeout(limit, acceptor).await {
+                Ok(Ok(start)) => start,
+                Ok(Err(e)) => {
+                    warn!(agent = %target.agent_id, host = %target.host, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    warn!(agent = %target.agent_id, host = %target.host, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let sni = start
+                .client_hello()
+                .server_name()
+                .map(|s| s.to_ascii_lowercase());
+            let sni_ok = match &sni {
+                Some(name) => *name == target.host,
+                // Clients send no SNI for IP literals.
+                None => target.host.parse::<IpAddr>().is_ok(),
+            };
+            if !sni_ok {
+                warn!(
+                    agent = %target.agent_id, host = %target.host, sni = ?sni,
+                    decision = "refused", code = Code::EgressDenied.as_str(),
+                    "TLS SNI does not match the CONNECT host; tunnel closed"
+                );
+                return;
+            }
+            let config = match gate.ca.server_config(&target.host) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(host = %target.host, error = %e, "could not mint a certificate");
+                    return;
+                }
+            };
+            match tokio::time::timeout(limit, start.into_stream(config)).await {
+                Ok(Ok(tls)) => serve_inner(gate, target, tls).await,
+                Ok(Err(e)) => {
+                    warn!(agent = %target.agent_id, host = %target.host, error = %e, "TLS handshake failed")
+                }
+                Err(_) => {
+                    warn!(agent = %target.agent_id, host = %target.host, "TLS handshake timed out")
+                }
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 requests inside a tunnel.
+async fn serve_inner<T>(gate: Arc<Gate>, target: Arc<Target>, io: T)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let g = gate.clone();
+    let t = target.clone();
+    let svc = service_fn(move |req| {
+        let gate = g.clone();
+        let target = t.clone();
+        async move {
+            let started = Instant::now();
+            let request_id = new_id("req");
+            Ok::<_, Infallible>(handle(gate, &target, req, request_id, started).await)
+        }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => if let Err(e) = res {
+            debug!(agent = %target.agent_id, host = %target.host, error = %e, "tunnel connection ended with an error")
+        },
+        _ = gate.cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// How a request ended, for the record phase.
+enum Decision {
+    Forwarded,
+    Refused(Code),
+}
+
+/// One request inside a tunnel (or in absolute form): every phase, then the record phase.
+async fn handle(
+    gate: Arc<Gate>,
+    target: &Target,
+    req: Request<Incoming>,
+    request_id: String,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let mut tool_name: Option<String> = None;
+    let result = process(&gate, target, req, &mut tool_name).await;
+    let (mut resp, decision) = match result {
+        Ok(resp) => (resp, Decision::Forwarded),
+        Err(refusal) => {
+            let code = refusal.code;
+            let refusal = match &tool_name {
+                Some(t) if refusal.tool.is_none() => refusal.with_tool(t.clone()),
+                _ => refusal,
+            };
+            if code.source() == crate::error::ErrorSource::Upstream {
+                warn!(request_id = %request_id, error = %refusal.message, "upstream failure");
+            }
+            (refusal.into_response(&request_id), Decision::Refused(code))
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    let (decision, code) = match decision {
+        Decision::Forwarded => ("forwarded", ""),
+        Decision::Refused(code) => ("refused", code.as_str()),
+    };
+    info!(
+        request_id = %request_id, agent = %target.agent_id, peer = %target.peer, host = %target.host,
+        method = %method, path = %path, tool = tool_name.as_deref().unwrap_or("-"),
+        decision, code, status = resp.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0, "request"
+    );
+    resp
+}
+
+/// The phases of one request. `tool_name` is filled in once a contract matched, so the record
+/// phase can name it whatever happens next.
+async fn process(
+    gate: &Gate,
+    target: &Target,
+    req: Request<Incoming>,
+    tool_name: &mut Option<String>,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let policy = gate.policy();
+    // The agent is looked up per request so a reload that removes it takes effect on open
+    // tunnels too.
+    policy
+        .agent(&target.agent_id)
+        .ok_or_else(|| Refusal::auth_error("this agent is no longer defined in the policies"))?;
+
+    if req.method() == Method::CONNECT {
+        return Err(Refusal::policy(
+            "CONNECT inside a tunnel is not allowed; open one tunnel per host through toolgate",
+        ));
+    }
+    let path = req.uri().path();
+    check_path(path).map_err(|e| {
+        Refusal::policy(format!(
+            "{e}; send the path in canonical form, toolgate does not normalise it"
+        ))
+    })?;
+
+    // match
+    let matched = policy
+        .match_tool(&target.host, target.port, req.method(), path)
+        .ok_or_else(|| no_match(&policy, target, req.method(), path))?;
+    *tool_name = Some(matched.tool.name.clone());
+
+    // forward
+    let (mut parts, body) = req.into_parts();
+    for name in CONTROL_HEADERS {
+        parts.headers.remove(name);
+    }
+    let req = Request::from_parts(parts, body::stream(body));
+    let resp = gate
+        .upstream
+        .forward(&target.host, target.port, req)
+        .await?;
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(parts, body::stream(body)))
+}
+
+/// Headers addressed to toolgate itself, never forwarded.
+const CONTROL_HEADERS: [&str; 2] = ["toolgate-job", "toolgate-dry-run"];
+
+fn no_match(policy: &Policy, target: &Target, method: &Method, path: &str) -> Refusal {
+    let known: Vec<String> = policy
+        .tools()
+        .iter()
+        .filter(|t| t.port == target.port && t.host == target.host)
+        .take(20)
+        .map(|t| format!("{} {}", t.method, t.path.as_str()))
+        .collect();
+    Refusal::policy(format!(
+        "no tool contract matches {method} {path} on {}; the contracts on this host allow: {}",
+        upstream::authority(&target.host, target.port),
+        known.join(", ")
+    ))
+}
+
+/// The record phase for refusals that happen before a tunnel exists.
+fn record_refusal(
+    request_id: &str,
+    agent: Option<&str>,
+    host: &str,
+    method: &Method,
+    path: &str,
+    refusal: &Refusal,
+    started: Instant,
+) {
+    info!(
+        request_id = %request_id, agent = agent.unwrap_or("-"), host = %host, method = %method,
+        path = %path, tool = "-", decision = "refused", code = refusal.code.as_str(),
+        status = refusal.code.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0, "request"
+    );
+}

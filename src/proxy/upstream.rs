@@ -1,0 +1,424 @@
+//! The upstream side: where a host may be reached (egress), the pooled TLS client that verifies
+//! upstream certificates, and forwarding with hop-by-hop headers stripped.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{header, HeaderMap, HeaderName, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
+use tokio::net::TcpStream;
+
+use super::body::ProxyBody;
+use crate::error::Refusal;
+
+/// How long a DNS lookup and a TCP connect may take.
+const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why toolgate will not connect to an address.
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    #[error("{host} resolves to {addr}, a private, loopback, link-local or metadata address; toolgate does not connect there (route it explicitly with --connect-to if you mean it)")]
+    Forbidden { host: String, addr: IpAddr },
+    #[error("could not resolve {host}: {source}")]
+    Dns { host: String, source: io::Error },
+}
+
+/// Where each upstream is reached: explicit `--connect-to` routes first, then DNS with the
+/// private-address check.
+#[derive(Debug, Default)]
+pub struct Routes {
+    connect_to: HashMap<(String, u16), SocketAddr>,
+}
+
+impl Routes {
+    pub fn new(connect_to: HashMap<(String, u16), SocketAddr>) -> Self {
+        Routes { connect_to }
+    }
+
+    /// True when `--connect-to` routes this host and port explicitly.
+    pub fn is_routed(&self, host: &str, port: u16) -> bool {
+        self.connect_to
+            .contains_key(&(host.to_ascii_lowercase(), port))
+    }
+
+    /// The addresses to connect to for `host:port`, refusing forbidden ones. Runs at CONNECT
+    /// time (so a refusal comes before any TLS) and again at connect time (so a DNS answer that
+    /// changed in between cannot smuggle a private address in).
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, EgressError> {
+        if let Some(addr) = self.connect_to.get(&(host.to_ascii_lowercase(), port)) {
+            return Ok(vec![*addr]);
+        }
+        let addrs: Vec<SocketAddr> = if let Ok(ip) = host.parse::<IpAddr>() {
+            vec![SocketAddr::new(ip, port)]
+        } else {
+            let lookup = tokio::net::lookup_host((host, port));
+            match tokio::time::timeout(DNS_TIMEOUT, lookup).await {
+                Ok(Ok(addrs)) => addrs.collect(),
+                Ok(Err(source)) => {
+                    return Err(EgressError::Dns {
+                        host: host.to_string(),
+                        source,
+                    })
+                }
+                Err(_) => {
+                    return Err(EgressError::Dns {
+                        host: host.to_string(),
+                        source: io::Error::new(io::ErrorKind::TimedOut, "lookup timed out"),
+                    })
+                }
+            }
+        };
+        // One forbidden answer refuses the host: a record set that mixes public and private
+        // addresses is a rebinding attempt or a misconfiguration.
+        if let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
+            return Err(EgressError::Forbidden {
+                host: host.to_string(),
+                addr: bad.ip(),
+            });
+        }
+        if addrs.is_empty() {
+            return Err(EgressError::Dns {
+                host: host.to_string(),
+                source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
+            });
+        }
+        Ok(addrs)
+    }
+}
+
+/// False for loopback, private, link-local (169.254.169.254, the cloud metadata service,
+/// among them), shared, documentation, multicast, reserved and unspecified addresses.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || ip.is_multicast()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || a >= 240)
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return is_public_v4(v4);
+    }
+    let s = ip.segments();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || (s[0] & 0xfe00) == 0xfc00 // unique local
+        || (s[0] & 0xffc0) == 0xfe80 // link local
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64 can reach private IPv4
+        || (s[0] == 0 && s[1] == 0 && s[2] == 0 && s[3] == 0 && s[4] == 0 && s[5] == 0))
+    // IPv4-compatible
+}
+
+/// A connector that only opens TCP connections the egress rules allow, with `TCP_NODELAY`.
+#[derive(Clone)]
+pub struct EgressConnector {
+    routes: Arc<Routes>,
+}
+
+impl tower_service::Service<Uri> for EgressConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let routes = self.routes.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host in URI"))?;
+            let port = uri.port_u16().unwrap_or(443);
+            let addrs = routes
+                .resolve(&host, port)
+                .await
+                .map_err(io::Error::other)?;
+            let mut last = None;
+            for addr in addrs {
+                match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                    Ok(Ok(stream)) => {
+                        stream.set_nodelay(true)?;
+                        return Ok(TokioIo::new(stream));
+                    }
+                    Ok(Err(e)) => {
+                        last = Some(io::Error::new(e.kind(), format!("connect to {addr}: {e}")))
+                    }
+                    Err(_) => {
+                        last = Some(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("connect to {addr} timed out after {CONNECT_TIMEOUT:?}"),
+                        ))
+                    }
+                }
+            }
+            Err(last.unwrap_or_else(|| io::Error::other("no address to connect to")))
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamSetupError {
+    #[error("{path}: {message}")]
+    Ca { path: String, message: String },
+    #[error("upstream TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// The pooled client toolgate forwards with.
+pub struct Upstream {
+    client: Client<HttpsConnector<EgressConnector>, ProxyBody>,
+    routes: Arc<Routes>,
+    timeout: Duration,
+}
+
+/// Headers that describe one connection and never cross the proxy (RFC 9110 section 7.6.1), plus
+/// the proxy's own credentials.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove("proxy-connection");
+}
+
+impl Upstream {
+    pub fn new(
+        provider: Arc<CryptoProvider>,
+        routes: Arc<Routes>,
+        extra_roots: &[CertificateDer<'static>],
+        timeout: Duration,
+    ) -> Result<Self, UpstreamSetupError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for der in extra_roots {
+            roots.add(der.clone())?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(EgressConnector {
+                routes: routes.clone(),
+            });
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .build(https);
+        Ok(Upstream {
+            client,
+            routes,
+            timeout,
+        })
+    }
+
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// Sends `req` to `https://host:port` with the request's path and query. The request's own
+    /// URI authority and `Host` header are ignored: the target comes from the tunnel.
+    pub async fn forward(
+        &self,
+        host: &str,
+        port: u16,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, Refusal> {
+        let authority = authority(host, port);
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        let uri: Uri = format!("https://{authority}{path_and_query}")
+            .parse()
+            .map_err(|e| Refusal::policy(format!("the request URI is not valid: {e}")))?;
+        *req.uri_mut() = uri;
+        // The client picks HTTP/1.1 or HTTP/2 per upstream connection (ALPN); the client side's
+        // version does not carry over.
+        *req.version_mut() = Version::HTTP_11;
+        strip_hop_by_hop(req.headers_mut());
+        req.headers_mut().remove(header::HOST);
+
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => Err(Refusal::new(
+                crate::error::Code::UpstreamTimeout,
+                format!(
+                    "{authority} did not answer within {}s; the call may or may not have taken effect upstream",
+                    self.timeout.as_secs_f64()
+                ),
+            )),
+            Ok(Err(e)) => Err(classify(&authority, &e)),
+            Ok(Ok(mut resp)) => {
+                strip_hop_by_hop(resp.headers_mut());
+                Ok(resp)
+            }
+        }
+    }
+}
+
+/// `host` or `host:port`, with IPv6 literals in brackets; the port is left out when it is 443.
+pub fn authority(host: &str, port: u16) -> String {
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    if port == 443 {
+        host
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Turns a client error into the refusal the agent sees, naming the cause.
+fn classify(authority: &str, err: &hyper_util::client::legacy::Error) -> Refusal {
+    let mut causes: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if let Some(egress) = inner.downcast_ref::<EgressError>() {
+                    return match egress {
+                        EgressError::Forbidden { .. } => Refusal::egress(egress.to_string()),
+                        EgressError::Dns { .. } => Refusal::upstream(egress.to_string()),
+                    };
+                }
+            }
+        }
+        let msg = e.to_string();
+        if !causes.iter().any(|c| c.contains(&msg)) {
+            causes.push(msg);
+        }
+        cur = e.source();
+    }
+    let what = if err.is_connect() {
+        "could not connect to"
+    } else {
+        "the request failed at"
+    };
+    Refusal::upstream(format!(
+        "{what} {authority}: {}",
+        causes.into_iter().skip(1).collect::<Vec<_>>().join(": ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_addresses_are_not_public() {
+        for bad in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::a00:1",
+        ] {
+            assert!(!is_public(bad.parse().unwrap()), "{bad}");
+        }
+        for good in ["1.1.1.1", "140.82.112.3", "2606:4700::1111"] {
+            assert!(is_public(good.parse().unwrap()), "{good}");
+        }
+    }
+
+    #[tokio::test]
+    async fn ip_literals_are_checked_and_routes_bypass_the_check() {
+        let mut map = HashMap::new();
+        map.insert(
+            ("api.example.com".to_string(), 443),
+            "127.0.0.1:9".parse().unwrap(),
+        );
+        let routes = Routes::new(map);
+        assert!(matches!(
+            routes.resolve("169.254.169.254", 80).await,
+            Err(EgressError::Forbidden { .. })
+        ));
+        assert_eq!(
+            routes.resolve("API.example.com", 443).await.unwrap(),
+            vec!["127.0.0.1:9".parse().unwrap()]
+        );
+        assert!(routes.is_routed("api.example.com", 443));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "close, x-secret-hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert(header::PROXY_AUTHORIZATION, "Basic x".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn authority_brackets_ipv6_and_drops_443() {
+        assert_eq!(authority("api.stripe.com", 443), "api.stripe.com");
+        assert_eq!(authority("::1", 8443), "[::1]:8443");
+    }
+}

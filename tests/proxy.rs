@@ -1,0 +1,505 @@
+//! The intercepting proxy end to end: real sockets on loopback, a real TLS upstream, a real
+//! client through toolgate, and assertions on what the upstream actually received.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Version};
+use http_body_util::{BodyExt, Full};
+use support::*;
+
+const CUSTOMER: &str = "https://api.stripe.com/v1/customers/cus_123";
+
+#[tokio::test]
+async fn get_and_post_over_http1() {
+    let (_pki, upstream, gate) = setup("").await;
+    let client = gate.bot();
+
+    let got = send(&client, "GET", CUSTOMER, &[], "").await.unwrap();
+    assert_eq!(got.status, 200, "{:?}", got.body);
+    assert_eq!(got.json()["path"], "/v1/customers/cus_123");
+    assert!(got.headers.contains_key("toolgate-request-id"));
+    assert_eq!(got.headers["x-upstream"], "yes");
+
+    let posted = send(
+        &client,
+        "POST",
+        "https://api.stripe.com/v1/customers",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "email=a%40example.com&name=Ada",
+    )
+    .await
+    .unwrap();
+    assert_eq!(posted.status, 200);
+
+    let seen = upstream.received();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].method, "GET");
+    assert_eq!(seen[0].path, "/v1/customers/cus_123");
+    assert_eq!(seen[1].method, "POST");
+    assert_eq!(seen[1].body, Bytes::from("email=a%40example.com&name=Ada"));
+    for r in &seen {
+        assert!(!r.headers.contains_key("proxy-authorization"));
+    }
+    assert_eq!(seen[0].authority, "api.stripe.com");
+    gate.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn get_and_post_over_http2() {
+    let (_pki, upstream, gate) = setup("").await;
+    let client = gate.client(Some(("bot", BOT_TOKEN)), Version::HTTP_2);
+    let got = send(&client, "GET", CUSTOMER, &[], "").await.unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(got.version, Version::HTTP_2);
+    let posted = send(
+        &client,
+        "POST",
+        "https://api.stripe.com/v1/customers",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "name=Ada",
+    )
+    .await
+    .unwrap();
+    assert_eq!(posted.status, 200);
+    assert_eq!(posted.version, Version::HTTP_2);
+    let seen = upstream.received();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].body, Bytes::from("name=Ada"));
+    // toolgate negotiated HTTP/2 with the upstream too (it offers both).
+    assert_eq!(seen[0].version, Version::HTTP_2);
+}
+
+#[tokio::test]
+async fn leaf_for_a_host_verifies_against_the_toolgate_ca() {
+    let (_pki, _upstream, gate) = setup("").await;
+    let (status, _, stream) =
+        raw_connect(gate.addr, "api.stripe.com:443", Some(("bot", BOT_TOKEN))).await;
+    assert_eq!(status, 200);
+    // Trusting only certs/ca.pem, with the host name checked by rustls' verifier.
+    let tls = tls_over(stream, "api.stripe.com", &gate.ca_pem, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (_, conn) = tls.get_ref();
+    let chain = conn.peer_certificates().unwrap();
+    assert_eq!(chain.len(), 2, "leaf + CA");
+    assert_eq!(conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    // The leaf is not the CA certificate: each host gets its own key.
+    assert_ne!(chain[0], chain[1]);
+}
+
+#[tokio::test]
+async fn unknown_host_is_refused_before_tls() {
+    let (_pki, upstream, gate) = setup("").await;
+    let (status, answer, _) =
+        raw_connect(gate.addr, "evil.example.com:443", Some(("bot", BOT_TOKEN))).await;
+    assert_eq!(status, 403);
+    assert!(answer.contains("\"egress_denied\""), "{answer}");
+    assert!(answer.contains("toolgate-request-id"), "{answer}");
+    // A known host on another port is just as unknown.
+    let (status, answer, _) =
+        raw_connect(gate.addr, "api.stripe.com:8443", Some(("bot", BOT_TOKEN))).await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn ip_literals_and_metadata_addresses_are_refused() {
+    // Even a contract that names them cannot reach loopback or the metadata service without an
+    // explicit --connect-to route.
+    let extra = r#"
+[[tool]]
+name = "metadata"
+host = "169.254.169.254"
+method = "GET"
+path = "/latest/meta-data"
+
+[[tool]]
+name = "loopback"
+host = "127.0.0.1"
+method = "GET"
+path = "/"
+"#;
+    let (_pki, upstream, gate) = setup(extra).await;
+    for target in ["169.254.169.254:443", "127.0.0.1:443", "10.0.0.1:443"] {
+        let (status, answer, _) = raw_connect(gate.addr, target, Some(("bot", BOT_TOKEN))).await;
+        assert_eq!(status, 403, "{target}: {answer}");
+        assert!(answer.contains("\"egress_denied\""), "{answer}");
+    }
+    let (_, answer, _) =
+        raw_connect(gate.addr, "169.254.169.254:443", Some(("bot", BOT_TOKEN))).await;
+    assert!(answer.contains("metadata address"), "{answer}");
+    // Through a real client too.
+    let got = send(&gate.bot(), "GET", "https://127.0.0.1/", &[], "").await;
+    assert!(got.is_err(), "the tunnel must not open");
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn missing_and_wrong_proxy_credentials_get_407() {
+    let (_pki, upstream, gate) = setup("").await;
+    let (status, answer, _) = raw_connect(gate.addr, "api.stripe.com:443", None).await;
+    assert_eq!(status, 407);
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("proxy-authenticate: basic"),
+        "{answer}"
+    );
+    assert!(answer.contains("\"auth_required\""), "{answer}");
+
+    let (status, answer, _) = raw_connect(
+        gate.addr,
+        "api.stripe.com:443",
+        Some(("bot", "s3cr3t-guess")),
+    )
+    .await;
+    assert_eq!(status, 407);
+    assert!(answer.contains("\"auth_error\""), "{answer}");
+    let (status, _, _) =
+        raw_connect(gate.addr, "api.stripe.com:443", Some(("nobody", BOT_TOKEN))).await;
+    assert_eq!(status, 407);
+
+    // The token is never echoed back.
+    assert!(!answer.contains("s3cr3t-guess"));
+    assert!(send(
+        &gate.client(None, Version::HTTP_11),
+        "GET",
+        CUSTOMER,
+        &[],
+        ""
+    )
+    .await
+    .is_err());
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn unmatched_request_is_refused_and_the_upstream_receives_nothing() {
+    let (_pki, upstream, gate) = setup("").await;
+    let client = gate.bot();
+    let cases = [
+        ("GET", "https://api.stripe.com/v1/charges"),
+        ("DELETE", CUSTOMER),
+        ("GET", "https://api.stripe.com/v1/customers/cus_1/extra"),
+        ("GET", "https://api.stripe.com/v1/customers/..%2Frefunds"),
+        ("GET", "https://api.stripe.com/v1//customers/cus_1"),
+    ];
+    for (method, url) in cases {
+        let got = send(&client, method, url, &[], "").await.unwrap();
+        assert_eq!(got.status, 403, "{method} {url}");
+        assert_eq!(got.code(), "policy_violation", "{method} {url}");
+        assert!(got.headers.contains_key("toolgate-request-id"));
+    }
+    let got = send(&client, "GET", "https://api.stripe.com/v1/charges", &[], "")
+        .await
+        .unwrap();
+    assert!(
+        got.message().contains("GET /v1/charges"),
+        "{}",
+        got.message()
+    );
+    assert!(
+        got.message().contains("/v1/customers/{customer}"),
+        "{}",
+        got.message()
+    );
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn sni_that_differs_from_the_connect_host_is_refused() {
+    let (_pki, upstream, gate) = setup("").await;
+    let (status, _, stream) =
+        raw_connect(gate.addr, "api.stripe.com:443", Some(("bot", BOT_TOKEN))).await;
+    assert_eq!(status, 200);
+    let result = tls_over(stream, "api.github.com", &gate.ca_pem, &[]).await;
+    assert!(result.is_err(), "handshake must fail");
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn plain_http_absolute_form_takes_the_same_path() {
+    let (_pki, upstream, gate) = setup("").await;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(http);
+    // hyper's client sends absolute-form when the connection is to a proxy; emulate that by
+    // talking to the proxy directly with a raw HTTP/1.1 connection.
+    drop(client);
+    let stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let req = Request::get("http://api.stripe.com/v1/customers/cus_9")
+        .header("host", "api.stripe.com")
+        .header("proxy-authorization", basic("bot", BOT_TOKEN))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let got = http1_over(stream, req).await;
+    assert_eq!(got.status, 200, "{:?}", got.body);
+    assert_eq!(upstream.count(), 1);
+    assert_eq!(upstream.received()[0].path, "/v1/customers/cus_9");
+
+    // Without credentials: 407. To an unknown host: 403. Unmatched path: 403, nothing sent.
+    let stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let req = Request::get("http://api.stripe.com/v1/customers/cus_9")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(http1_over(stream, req).await.status, 407);
+    let stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let req = Request::get("http://evil.example.com/")
+        .header("proxy-authorization", basic("bot", BOT_TOKEN))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let got = http1_over(stream, req).await;
+    assert_eq!(
+        (got.status.as_u16(), got.code().as_str()),
+        (403, "egress_denied")
+    );
+    let stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let req = Request::get("http://api.stripe.com/v1/charges")
+        .header("proxy-authorization", basic("bot", BOT_TOKEN))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let got = http1_over(stream, req).await;
+    assert_eq!(
+        (got.status.as_u16(), got.code().as_str()),
+        (403, "policy_violation")
+    );
+    assert_eq!(upstream.count(), 1);
+}
+
+#[tokio::test]
+async fn plain_http_inside_a_tunnel_is_served_too() {
+    let (_pki, upstream, gate) = setup("").await;
+    let (status, _, stream) =
+        raw_connect(gate.addr, "api.stripe.com:443", Some(("bot", BOT_TOKEN))).await;
+    assert_eq!(status, 200);
+    let req = Request::get("/v1/customers/cus_5")
+        .header("host", "api.stripe.com")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let got = http1_over(stream, req).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(upstream.received()[0].path, "/v1/customers/cus_5");
+}
+
+#[tokio::test]
+async fn a_tunnel_that_is_neither_tls_nor_http_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_pki, upstream, gate) = setup("").await;
+    let (status, _, mut stream) =
+        raw_connect(gate.addr, "api.stripe.com:443", Some(("bot", BOT_TOKEN))).await;
+    assert_eq!(status, 200);
+    stream.write_all(b"\x00\x01\x02garbage\r\n").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "toolgate closes the tunnel");
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn connect_inside_a_tunnel_is_refused() {
+    let (_pki, upstream, gate) = setup("").await;
+    let (_, _, stream) =
+        raw_connect(gate.addr, "api.stripe.com:443", Some(("bot", BOT_TOKEN))).await;
+    let tls = tls_over(stream, "api.stripe.com", &gate.ca_pem, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let req = Request::connect("api.github.com:443")
+        .header("host", "api.github.com:443")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let got = http1_over(tls, req).await;
+    assert_eq!(got.status, 403);
+    assert_eq!(got.code(), "policy_violation");
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn sse_events_arrive_before_the_upstream_finishes() {
+    let (_pki, upstream, gate) = setup("").await;
+    let client = gate.bot();
+    let req = Request::get("https://api.stripe.com/sse")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    // The upstream holds the second event until released: the first must arrive on its own.
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("first event did not arrive while the upstream was still streaming")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), Bytes::from("data: first\n\n"));
+    upstream.sse_release.notify_one();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, Bytes::from("data: second\n\n"));
+}
+
+#[tokio::test]
+async fn an_untrusted_upstream_certificate_gets_502_naming_the_cause() {
+    // An upstream whose certificate comes from a CA toolgate does not trust.
+    let rogue = Pki::new("rogue CA");
+    let rogue_upstream = Upstream::start(rogue.server_config(&["api.sendgrid.com"])).await;
+    let extra = r#"
+[[tool]]
+name = "sendgrid.mail.send"
+host = "api.sendgrid.com"
+method = "POST"
+path = "/v3/mail/send"
+"#;
+    let pki = Pki::new("test upstream CA");
+    let policies = vec![("base.toml", base_policy()), ("sg.toml", extra.to_string())];
+    let addr = rogue_upstream.addr;
+    let ca = pki.ca_path.clone();
+    let gate = Toolgate::start(&policies, move |c| {
+        c.add_connect_to(&format!("api.sendgrid.com:443={addr}"))
+            .unwrap();
+        c.upstream_ca.push(ca);
+    })
+    .await;
+    let got = send(
+        &gate.bot(),
+        "POST",
+        "https://api.sendgrid.com/v3/mail/send",
+        &[],
+        "{}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.status, 502);
+    assert_eq!(got.code(), "upstream_error");
+    let msg = got.message();
+    assert!(msg.contains("api.sendgrid.com"), "{msg}");
+    assert!(
+        msg.contains("certificate") && msg.contains("UnknownIssuer"),
+        "{msg}"
+    );
+    assert_eq!(got.json()["error"]["tool"], "sendgrid.mail.send");
+    assert_eq!(
+        rogue_upstream.count(),
+        0,
+        "no request was sent over the untrusted TLS"
+    );
+}
+
+#[tokio::test]
+async fn a_spoofed_host_header_does_not_change_where_the_request_goes() {
+    let (_pki, upstream, gate) = setup(
+        r#"
+[[tool]]
+name = "github.repos.get"
+host = "api.github.com"
+method = "GET"
+path = "/repos/{owner}/{repo}"
+"#,
+    )
+    .await;
+    let (_, _, stream) =
+        raw_connect(gate.addr, "api.stripe.com:443", Some(("bot", BOT_TOKEN))).await;
+    let tls = tls_over(stream, "api.stripe.com", &gate.ca_pem, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // A GitHub path with a GitHub Host inside a Stripe tunnel matches no Stripe contract.
+    let req = Request::get("/repos/acme/web")
+        .header("host", "api.github.com")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("api.stripe.com"));
+    assert_eq!(upstream.count(), 0);
+    // A Stripe path with a spoofed Host goes to Stripe, with Stripe's Host.
+    let req = Request::get("/v1/customers/cus_1")
+        .header("host", "api.github.com")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = upstream.received();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].authority, "api.stripe.com");
+}
+
+#[tokio::test]
+async fn a_slow_upstream_gets_504() {
+    let (_pki, _upstream, gate) = setup("").await;
+    let got = send(&gate.bot(), "GET", "https://api.stripe.com/slow", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(got.status, 504);
+    assert_eq!(got.code(), "upstream_timeout");
+    assert_eq!(got.json()["error"]["tool"], "test.slow");
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_gets_502() {
+    // A route to a port nobody listens on.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let policies = vec![("base.toml", base_policy())];
+    let gate = Toolgate::start(&policies, move |c| {
+        c.add_connect_to(&format!("api.stripe.com:443={addr}"))
+            .unwrap();
+    })
+    .await;
+    let got = send(&gate.bot(), "GET", CUSTOMER, &[], "").await.unwrap();
+    assert_eq!(got.status, 502);
+    assert_eq!(got.code(), "upstream_error");
+    assert!(
+        got.message()
+            .contains("could not connect to api.stripe.com"),
+        "{}",
+        got.message()
+    );
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let pki = Pki::new("test upstream CA");
+    let upstream = Upstream::start(pki.server_config(&["api.stripe.com"])).await;
+    let addr = upstream.addr;
+    let ca = pki.ca_path.clone();
+    let gate = Toolgate::start(&[("base.toml", base_policy())], move |c| {
+        c.add_connect_to(&format!("api.stripe.com:443={addr}"))
+            .unwrap();
+        c.upstream_ca.push(ca);
+        c.shutdown_grace = Duration::from_secs(10);
+    })
+    .await;
+    let client = gate.bot();
+    let proxy_addr = gate.addr;
+    let in_flight =
+        tokio::spawn(
+            async move { send(&client, "GET", "https://api.stripe.com/slow", &[], "").await },
+        );
+    // Wait until the slow request reached the upstream, then shut down.
+    for _ in 0..100 {
+        if upstream.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(upstream.count(), 1);
+    gate.stop().await.unwrap();
+    let got = in_flight.await.unwrap().unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, Bytes::from("slow"));
+    // After shutdown nothing is accepted.
+    assert!(tokio::net::TcpStream::connect(proxy_addr).await.is_err());
+}

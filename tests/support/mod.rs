@@ -1,0 +1,600 @@
+//! Shared helpers for the tests that cross the network: a test PKI, a loopback TLS upstream that
+//! speaks HTTP/1.1 and HTTP/2 and records what it received, toolgate started in-process on
+//! ephemeral ports, and clients that go through it as an agent would.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, Notify};
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A certificate authority for test upstreams (standing in for the public web PKI).
+pub struct Pki {
+    pub ca_pem: String,
+    /// `ca_pem` written to a file, for `--upstream-ca`.
+    pub ca_path: PathBuf,
+    _dir: tempfile::TempDir,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Pki {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        let ca_pem = cert.pem();
+        let issuer = Issuer::new(params, key);
+        let dir = tempfile::tempdir().unwrap();
+        let ca_path = dir.path().join("upstream-ca.pem");
+        std::fs::write(&ca_path, &ca_pem).unwrap();
+        Pki {
+            ca_pem,
+            ca_path,
+            _dir: dir,
+            issuer,
+        }
+    }
+
+    /// A TLS server configuration for `hosts`, offering h2 and http/1.1.
+    pub fn server_config(&self, hosts: &[&str]) -> Arc<rustls::ServerConfig> {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(cfg)
+    }
+}
+
+/// What the upstream received, one entry per request.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub version: Version,
+    /// The `:authority` (HTTP/2) or `Host` header (HTTP/1.1) the upstream saw.
+    pub authority: String,
+}
+
+/// A loopback HTTPS upstream that records every request.
+///
+/// Paths: `/sse` streams one event, waits for `release_sse`, then sends a second; `/slow` answers
+/// after 3 s; `/download?bytes=N` streams N bytes; anything else echoes the request as JSON.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    pub sse_release: Arc<Notify>,
+}
+
+impl Upstream {
+    pub async fn start(tls: Arc<rustls::ServerConfig>) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sse_release = Arc::new(Notify::new());
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let rec = received.clone();
+        let rel = sse_release.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let rec = rec.clone();
+                let rel = rel.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |req| {
+                        upstream_handle(req, rec.clone(), rel.clone())
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            received,
+            sse_release,
+        }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn upstream_handle(
+    req: Request<Incoming>,
+    received: Arc<Mutex<Vec<Received>>>,
+    release: Arc<Notify>,
+) -> Result<Response<UpBody>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    // The download is streamed by the upstream and not recorded in full.
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    received.lock().unwrap().push(Received {
+        method: parts.method.clone(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+        version: parts.version,
+        authority: parts
+            .uri
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get("host")
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default(),
+    });
+    let resp = match path.as_str() {
+        "/sse" => {
+            let stream = futures_util::stream::unfold(0u8, move |state| {
+                let release = release.clone();
+                async move {
+                    match state {
+                        0 => Some((Ok(Frame::data(Bytes::from("data: first\n\n"))), 1)),
+                        1 => {
+                            let _ =
+                                tokio::time::timeout(Duration::from_secs(10), release.notified())
+                                    .await;
+                            Some((Ok(Frame::data(Bytes::from("data: second\n\n"))), 2))
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(StreamBody::new(stream).boxed())
+                .unwrap()
+        }
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Response::new(Full::new(Bytes::from("slow")).boxed())
+        }
+        "/download" => {
+            let total: usize = query
+                .strip_prefix("bytes=")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            const CHUNK: usize = 64 * 1024;
+            let chunk = Bytes::from(vec![b'x'; CHUNK]);
+            let stream = futures_util::stream::unfold(0usize, move |sent| {
+                let chunk = chunk.clone();
+                async move {
+                    if sent >= total {
+                        return None;
+                    }
+                    let n = CHUNK.min(total - sent);
+                    Some((Ok(Frame::data(chunk.slice(..n))), sent + n))
+                }
+            });
+            Response::builder()
+                .header("content-length", total.to_string())
+                .body(StreamBody::new(stream).boxed())
+                .unwrap()
+        }
+        _ => {
+            let echo = serde_json::json!({
+                "method": parts.method.as_str(),
+                "path": path,
+                "host": parts.headers.get("host").and_then(|h| h.to_str().ok()),
+                "version": format!("{:?}", parts.version),
+                "body_len": body.len(),
+            });
+            Response::builder()
+                .header("content-type", "application/json")
+                .header("x-upstream", "yes")
+                .body(Full::new(Bytes::from(echo.to_string())).boxed())
+                .unwrap()
+        }
+    };
+    Ok(resp)
+}
+
+/// toolgate running in-process on ephemeral loopback ports.
+pub struct Toolgate {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub ca_pem: String,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<Result<(), toolgate::StartError>>>,
+}
+
+/// The token of the test agent `bot`.
+pub const BOT_TOKEN: &str = "bot-token-123";
+
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+impl Toolgate {
+    /// Starts toolgate with `policies` (file name, contents) and a configuration hook.
+    pub async fn start(
+        policies: &[(&str, String)],
+        configure: impl FnOnce(&mut toolgate::Config),
+    ) -> Toolgate {
+        let dir = tempfile::tempdir().unwrap();
+        let pdir = dir.path().join("policies");
+        std::fs::create_dir_all(&pdir).unwrap();
+        for (name, text) in policies {
+            std::fs::write(pdir.join(name), text).unwrap();
+        }
+        let certs = dir.path().join("certs");
+        toolgate::ca::init(&certs, false).unwrap();
+        let ca_pem = toolgate::ca::export(&certs).unwrap();
+        let mut config = toolgate::Config::new(pdir, dir.path().join("data"), certs);
+        configure(&mut config);
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = proxy.local_addr().unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(toolgate::run(
+            toolgate::Listeners { proxy, admin },
+            config,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Toolgate {
+            addr,
+            admin_addr,
+            ca_pem,
+            dir,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn stop(mut self) -> Result<(), toolgate::StartError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.handle.take().unwrap().await.unwrap()
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("certs").join("ca.pem")
+    }
+
+    /// A client that tunnels through toolgate as agent `id` with `token`, trusting only
+    /// toolgate's CA, speaking `version` inside the tunnel.
+    pub fn client(&self, auth: Option<(&str, &str)>, version: Version) -> TestClient {
+        client_via(self.addr, auth, &self.ca_pem, version)
+    }
+
+    /// The standard client: agent `bot`, HTTP/1.1.
+    pub fn bot(&self) -> TestClient {
+        self.client(Some(("bot", BOT_TOKEN)), Version::HTTP_11)
+    }
+
+    /// Writes a file into the policies folder.
+    pub fn write_policy(&self, name: &str, text: &str) {
+        std::fs::write(self.dir.path().join("policies").join(name), text).unwrap();
+    }
+}
+
+impl Drop for Toolgate {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub type TestClient = Client<HttpsConnector<Tunnel<HttpConnector>>, Full<Bytes>>;
+
+pub fn basic(id: &str, token: &str) -> HeaderValue {
+    let enc = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{token}"));
+    HeaderValue::from_str(&format!("Basic {enc}")).unwrap()
+}
+
+pub fn root_store(pem: &str) -> rustls::RootCertStore {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        roots.add(der.unwrap()).unwrap();
+    }
+    roots
+}
+
+pub fn client_tls(ca_pem: &str, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(root_store(ca_pem))
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    cfg
+}
+
+pub fn client_via(
+    proxy: SocketAddr,
+    auth: Option<(&str, &str)>,
+    ca_pem: &str,
+    version: Version,
+) -> TestClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    let mut tunnel = Tunnel::new(format!("http://{proxy}").parse().unwrap(), http);
+    if let Some((id, token)) = auth {
+        tunnel = tunnel.with_auth(basic(id, token));
+    }
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client_tls(ca_pem, &[]))
+        .https_only();
+    let mut client = Client::builder(TokioExecutor::new());
+    if version == Version::HTTP_2 {
+        client.http2_only(true);
+        client.build(builder.enable_http2().wrap_connector(tunnel))
+    } else {
+        client.build(builder.enable_http1().wrap_connector(tunnel))
+    }
+}
+
+/// A response read in full.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub version: Version,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The error code of a toolgate refusal.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    pub fn message(&self) -> String {
+        self.json()["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+pub async fn send(
+    client: &TestClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Answer, hyper_util::client::legacy::Error> {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+    let resp = client.request(req).await?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        version: parts.version,
+    })
+}
+
+/// Sends a raw CONNECT and reads the proxy's answer head (and body, if any). On 200 the stream
+/// is the open tunnel.
+pub async fn raw_connect(
+    proxy: SocketAddr,
+    target: &str,
+    auth: Option<(&str, &str)>,
+) -> (u16, String, TcpStream) {
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    if let Some((id, token)) = auth {
+        head.push_str(&format!(
+            "Proxy-Authorization: {}\r\n",
+            basic(id, token).to_str().unwrap()
+        ));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "proxy closed during CONNECT answer");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await.unwrap();
+    (status, head + &String::from_utf8_lossy(&body), stream)
+}
+
+/// TLS over an open tunnel with the given SNI, trusting `ca_pem`.
+pub async fn tls_over(
+    stream: TcpStream,
+    sni: &str,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(ca_pem, alpn)));
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    connector.connect(name, stream).await
+}
+
+/// Sends one HTTP/1.1 request over an established stream with exactly the given headers.
+pub async fn http1_over<S>(io: S, req: Request<Full<Bytes>>) -> Answer
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        version: parts.version,
+    }
+}
+
+/// The standard test policy: agent `bot` and Stripe-shaped tools on `api.stripe.com`.
+pub fn base_policy() -> String {
+    format!(
+        r#"
+[[agent]]
+id = "bot"
+token_sha256 = "{}"
+owner = "alice@example.com"
+tenant = "acme"
+environment = "staging"
+tools = ["*"]
+
+[[tool]]
+name = "stripe.customers.retrieve"
+host = "api.stripe.com"
+method = "GET"
+path = "/v1/customers/{{customer}}"
+
+[[tool]]
+name = "stripe.customers.create"
+host = "api.stripe.com"
+method = "POST"
+path = "/v1/customers"
+
+[[tool]]
+name = "test.sse"
+host = "api.stripe.com"
+method = "GET"
+path = "/sse"
+
+[[tool]]
+name = "test.slow"
+host = "api.stripe.com"
+method = "GET"
+path = "/slow"
+
+[[tool]]
+name = "test.download"
+host = "api.stripe.com"
+method = "GET"
+path = "/download"
+"#,
+        sha256_hex(BOT_TOKEN)
+    )
+}
+
+/// An upstream for `hosts` signed by `pki`, and toolgate routing those hosts to it.
+pub async fn setup(extra_policy: &str) -> (Pki, Upstream, Toolgate) {
+    let pki = Pki::new("test upstream CA");
+    let upstream = Upstream::start(pki.server_config(&["api.stripe.com", "api.github.com"])).await;
+    let ca_path = pki.ca_path.clone();
+    let addr = upstream.addr;
+    let policies = vec![
+        ("base.toml", base_policy()),
+        ("extra.toml", extra_policy.to_string()),
+    ];
+    let gate = Toolgate::start(&policies, move |c| {
+        c.add_connect_to(&format!("api.stripe.com:443={addr}"))
+            .unwrap();
+        c.add_connect_to(&format!("api.github.com:443={addr}"))
+            .unwrap();
+        c.upstream_ca.push(ca_path);
+        c.upstream_timeout = Duration::from_millis(1500);
+    })
+    .await;
+    (pki, upstream, gate)
+}
