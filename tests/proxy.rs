@@ -503,3 +503,51 @@ async fn shutdown_lets_in_flight_requests_finish() {
     // After shutdown nothing is accepted.
     assert!(tokio::net::TcpStream::connect(proxy_addr).await.is_err());
 }
+
+#[tokio::test]
+async fn tools_outside_the_agents_list_and_held_modes_are_refused_unsent() {
+    let extra = format!(
+        r#"
+[[agent]]
+id = "reader"
+token_sha256 = "{}"
+owner = "carol@example.com"
+environment = "staging"
+tools = ["stripe.customers.retrieve"]
+
+[[tool]]
+name = "stripe.refunds.create"
+host = "api.stripe.com"
+method = "POST"
+path = "/v1/refunds"
+mode = "approve"
+
+[[tool]]
+name = "stripe.customers.delete"
+host = "api.stripe.com"
+method = "DELETE"
+path = "/v1/customers/{{customer}}"
+mode = "deny"
+"#,
+        sha256_hex("reader-token")
+    );
+    let (_pki, upstream, gate) = setup(&extra).await;
+    let reader = gate.client(Some(("reader", "reader-token")), Version::HTTP_11);
+    let got = send(&reader, "POST", "https://api.stripe.com/v1/customers", &[], "name=x")
+        .await
+        .unwrap();
+    assert_eq!((got.status.as_u16(), got.code().as_str()), (403, "policy_violation"));
+    assert!(got.message().contains("may not use tool stripe.customers.create"));
+    assert_eq!(send(&reader, "GET", CUSTOMER, &[], "").await.unwrap().status, 200);
+
+    let bot = gate.bot();
+    let got = send(&bot, "POST", "https://api.stripe.com/v1/refunds", &[], "amount=1")
+        .await
+        .unwrap();
+    assert_eq!(got.status, 403);
+    assert!(got.message().contains("requires human approval"), "{}", got.message());
+    let got = send(&bot, "DELETE", CUSTOMER, &[], "").await.unwrap();
+    assert_eq!(got.status, 403);
+    assert!(got.message().contains("mode deny"));
+    assert_eq!(upstream.count(), 1, "only the permitted read was sent");
+}

@@ -45,6 +45,65 @@ pub struct Agent {
     pub dry_run: bool,
 }
 
+/// What toolgate does with a call that passed every check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Auto,
+    DryRun,
+    Approve,
+    Deny,
+}
+
+impl Mode {
+    fn parse(s: Option<&str>) -> Result<Mode, String> {
+        match s.unwrap_or("auto") {
+            "auto" => Ok(Mode::Auto),
+            "dry_run" => Ok(Mode::DryRun),
+            "approve" => Ok(Mode::Approve),
+            "deny" => Ok(Mode::Deny),
+            other => Err(format!(
+                "mode {other:?} is not one of auto, dry_run, approve, deny"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::DryRun => "dry_run",
+            Mode::Approve => "approve",
+            Mode::Deny => "deny",
+        }
+    }
+}
+
+/// Matches a tool name against an agent's glob (`*` matches any run of characters).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+impl Agent {
+    /// True when one of the agent's `tools` globs names the tool.
+    pub fn may_use(&self, tool: &str) -> bool {
+        self.tools.iter().any(|g| glob_match(g, tool))
+    }
+}
+
 /// A tool contract, compiled.
 #[derive(Debug)]
 pub struct Tool {
@@ -55,6 +114,7 @@ pub struct Tool {
     pub port: u16,
     pub method: http::Method,
     pub path: PathTemplate,
+    pub mode: Mode,
     pub def: ToolDef,
 }
 
@@ -286,7 +346,9 @@ fn compile_tool(path: &Path, def: ToolDef) -> Result<Tool, PolicyError> {
     let method = http::Method::from_bytes(def.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| err(format!("method {:?} is not an HTTP method", def.method)))?;
     let template = PathTemplate::parse(&def.path).map_err(err)?;
+    let mode = Mode::parse(def.mode.as_deref()).map_err(err)?;
     Ok(Tool {
+        mode,
         name: def.name.clone(),
         version: def.version,
         host,
@@ -373,6 +435,17 @@ path = "/v1/customers/{customer}"
     fn missing_token_env_names_the_variable() {
         let e = build(&BASE.replace("token_env = \"TOKEN\"", "token_env = \"NOPE\"")).unwrap_err();
         assert!(e.message.contains("NOPE"), "{e}");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*", "stripe.refunds.create"));
+        assert!(glob_match("stripe.*", "stripe.refunds.create"));
+        assert!(glob_match("*.create", "stripe.refunds.create"));
+        assert!(glob_match("stripe.*.create", "stripe.refunds.create"));
+        assert!(!glob_match("stripe.*", "github.repos.get"));
+        assert!(!glob_match("stripe.customers.create", "stripe.customers.created"));
+        assert!(!glob_match("a*a", "a"));
     }
 
     #[test]

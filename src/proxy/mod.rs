@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::error::{Code, Refusal};
-use crate::policy::{check_path, split_host_port, Agent, Policy};
+use crate::policy::{check_path, split_host_port, Agent, Mode, Policy};
 use crate::Gate;
 use body::{empty, ProxyBody};
 use rewind::{detect, Protocol, Rewind};
@@ -441,7 +441,7 @@ async fn process(
     let policy = gate.policy();
     // The agent is looked up per request so a reload that removes it takes effect on open
     // tunnels too.
-    policy
+    let agent = policy
         .agent(&target.agent_id)
         .ok_or_else(|| Refusal::auth_error("this agent is no longer defined in the policies"))?;
 
@@ -461,7 +461,41 @@ async fn process(
     let matched = policy
         .match_tool(&target.host, target.port, req.method(), path)
         .ok_or_else(|| no_match(&policy, target, req.method(), path))?;
-    *tool_name = Some(matched.tool.name.clone());
+    let tool = &matched.tool;
+    *tool_name = Some(tool.name.clone());
+
+    // authorize
+    if !agent.may_use(&tool.name) {
+        return Err(Refusal::policy(format!(
+            "agent {} may not use tool {}; its policy allows: {}",
+            agent.id,
+            tool.name,
+            agent.tools.join(", ")
+        )));
+    }
+
+    // decide
+    match tool.mode {
+        Mode::Auto => {}
+        Mode::Deny => {
+            return Err(Refusal::policy(format!(
+                "tool {} is in mode deny: no agent may call it",
+                tool.name
+            )))
+        }
+        Mode::Approve => {
+            return Err(Refusal::policy(format!(
+                "tool {} requires human approval, which this toolgate cannot collect yet; the call was not sent",
+                tool.name
+            )))
+        }
+        Mode::DryRun => {
+            return Err(Refusal::policy(format!(
+                "tool {} is in mode dry_run, which this toolgate cannot preview yet; the call was not sent",
+                tool.name
+            )))
+        }
+    }
 
     // forward
     let (mut parts, body) = req.into_parts();
