@@ -38,7 +38,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ca.distinguished_name
         .push(rcgen::DnType::CommonName, "echo upstream CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_cert = ca.self_signed(&ca_key)?;
     std::fs::write(&args.ca_out, ca_cert.pem())?;
     let issuer = Issuer::new(ca, ca_key);
@@ -70,29 +73,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let Ok(tls) = acceptor.accept(stream).await else {
                 return;
             };
-            let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                let method = req.method().to_string();
-                let path = req.uri().path().to_string();
-                let len = req
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes().len())
-                    .unwrap_or(0);
-                let body = match path.strip_prefix("/bytes/").and_then(|n| n.parse().ok()) {
+            let svc = hyper::service::service_fn(
+                |req: http::Request<hyper::body::Incoming>| async move {
+                    let method = req.method().to_string();
+                    let path = req.uri().path().to_string();
+                    let len = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes().len())
+                        .unwrap_or(0);
+                    let body = match path.strip_prefix("/bytes/").and_then(|n| n.parse().ok()) {
                     Some(n) => Bytes::from(vec![b'x'; n]),
                     None => Bytes::from(
                         serde_json::json!({"object": "echo", "method": method, "path": path, "body_len": len})
                             .to_string(),
                     ),
                 };
-                Ok::<_, Infallible>(
-                    Response::builder()
-                        .header("content-type", "application/json")
-                        .body(Full::new(body))
-                        .unwrap_or_default(),
-                )
-            });
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(body))
+                            .unwrap_or_default(),
+                    )
+                },
+            );
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), svc)
                 .await;

@@ -533,21 +533,160 @@ mode = "deny"
     );
     let (_pki, upstream, gate) = setup(&extra).await;
     let reader = gate.client(Some(("reader", "reader-token")), Version::HTTP_11);
-    let got = send(&reader, "POST", "https://api.stripe.com/v1/customers", &[], "name=x")
-        .await
-        .unwrap();
-    assert_eq!((got.status.as_u16(), got.code().as_str()), (403, "policy_violation"));
-    assert!(got.message().contains("may not use tool stripe.customers.create"));
-    assert_eq!(send(&reader, "GET", CUSTOMER, &[], "").await.unwrap().status, 200);
+    let got = send(
+        &reader,
+        "POST",
+        "https://api.stripe.com/v1/customers",
+        &[],
+        "name=x",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (got.status.as_u16(), got.code().as_str()),
+        (403, "policy_violation")
+    );
+    assert!(got
+        .message()
+        .contains("may not use tool stripe.customers.create"));
+    assert_eq!(
+        send(&reader, "GET", CUSTOMER, &[], "")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
 
     let bot = gate.bot();
-    let got = send(&bot, "POST", "https://api.stripe.com/v1/refunds", &[], "amount=1")
-        .await
-        .unwrap();
+    let got = send(
+        &bot,
+        "POST",
+        "https://api.stripe.com/v1/refunds",
+        &[],
+        "amount=1",
+    )
+    .await
+    .unwrap();
     assert_eq!(got.status, 403);
-    assert!(got.message().contains("requires human approval"), "{}", got.message());
+    assert!(
+        got.message().contains("requires human approval"),
+        "{}",
+        got.message()
+    );
     let got = send(&bot, "DELETE", CUSTOMER, &[], "").await.unwrap();
     assert_eq!(got.status, 403);
     assert!(got.message().contains("mode deny"));
     assert_eq!(upstream.count(), 1, "only the permitted read was sent");
+}
+
+const CREDENTIALS: &str = r#"
+[[credential]]
+name = "stripe-test"
+file = "secrets/stripe-test.key"
+header = "Authorization"
+format = "Bearer {secret}"
+
+[[credential]]
+name = "stripe-live"
+file = "secrets/stripe-live.key"
+header = "Authorization"
+format = "Bearer {secret}"
+
+[[tool]]
+name = "stripe.payment_intents.create"
+host = "api.stripe.com"
+method = "POST"
+path = "/v1/payment_intents"
+credential = { staging = "stripe-test", prod = "stripe-live" }
+
+[[tool]]
+name = "stripe.payouts.create"
+host = "api.stripe.com"
+method = "POST"
+path = "/v1/payouts"
+credential = { prod = "stripe-live" }
+"#;
+
+#[tokio::test]
+async fn the_upstream_sees_the_configured_secret_and_never_the_agents_header() {
+    let (_pki, upstream, gate) = setup_with(&[
+        ("creds.toml", CREDENTIALS.to_string()),
+        (
+            "secrets/stripe-test.key",
+            "sk_test_injected_123\n".to_string(),
+        ),
+        (
+            "secrets/stripe-live.key",
+            "sk_live_never_for_staging\n".to_string(),
+        ),
+    ])
+    .await;
+    let client = gate.bot();
+    let got = send(
+        &client,
+        "POST",
+        "https://api.stripe.com/v1/payment_intents",
+        &[
+            ("authorization", "Bearer sk_test_agent_own_key"),
+            ("x-api-key", "agent-key"),
+        ],
+        "amount=100&currency=usd",
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.status, 200);
+    let seen = upstream.received();
+    assert_eq!(seen.len(), 1);
+    let auth: Vec<_> = seen[0].headers.get_all("authorization").iter().collect();
+    assert_eq!(auth, ["Bearer sk_test_injected_123"]);
+    assert!(!seen[0].headers.contains_key("x-api-key"));
+
+    // A tool with no credential for the agent's environment (staging) is refused, unsent: a
+    // staging agent can never be given the prod key.
+    let got = send(
+        &client,
+        "POST",
+        "https://api.stripe.com/v1/payouts",
+        &[],
+        "amount=1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.status, 403);
+    assert_eq!(got.code(), "policy_violation");
+    assert!(got
+        .message()
+        .contains("no credential for environment \"staging\""));
+    assert!(!String::from_utf8_lossy(&got.body).contains("sk_live"));
+    assert_eq!(upstream.count(), 1);
+
+    // A tool without credentials still never passes the agent's own.
+    send(
+        &client,
+        "GET",
+        CUSTOMER,
+        &[("authorization", "Bearer mine")],
+        "",
+    )
+    .await
+    .unwrap();
+    assert!(!upstream.received()[1].headers.contains_key("authorization"));
+}
+
+#[tokio::test]
+async fn a_missing_credential_stops_start_up_naming_the_variable_not_the_value() {
+    let text = r#"
+[[credential]]
+name = "stripe-test"
+env = "TOOLGATE_TEST_SURELY_UNSET_VAR"
+header = "Authorization"
+format = "Bearer {secret}"
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.toml"), text).unwrap();
+    let err = toolgate::policy::Policy::load_dir(dir.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("TOOLGATE_TEST_SURELY_UNSET_VAR"),
+        "{err}"
+    );
 }

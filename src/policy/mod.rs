@@ -104,6 +104,36 @@ impl Agent {
     }
 }
 
+/// A real API credential. Only toolgate holds it; it is injected into forwarded requests and
+/// never printed (its `Debug` leaves the secret out).
+pub struct Credential {
+    pub name: String,
+    pub header: http::HeaderName,
+    value: http::HeaderValue,
+    secret: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("name", &self.name)
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credential {
+    /// The header value to inject, marked sensitive so HTTP/2 never indexes it.
+    pub fn header_value(&self) -> http::HeaderValue {
+        self.value.clone()
+    }
+
+    /// The raw secret, for redaction.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+}
+
 /// A tool contract, compiled.
 #[derive(Debug)]
 pub struct Tool {
@@ -115,6 +145,8 @@ pub struct Tool {
     pub method: http::Method,
     pub path: PathTemplate,
     pub mode: Mode,
+    /// The credential to inject per agent environment.
+    pub credentials: BTreeMap<String, Arc<Credential>>,
     pub def: ToolDef,
 }
 
@@ -164,6 +196,20 @@ impl Policy {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Policy, PolicyError> {
         let mut policy = Policy::default();
+        // Credentials first: tools in any file may name credentials from any other.
+        let mut credentials: HashMap<String, Arc<Credential>> = HashMap::new();
+        for (path, file) in &files {
+            for def in &file.credential {
+                let cred = compile_credential(path, def, env)?;
+                if credentials.contains_key(&cred.name) {
+                    return Err(PolicyError::new(
+                        path,
+                        format!("credential {:?} is defined twice", cred.name),
+                    ));
+                }
+                credentials.insert(cred.name.clone(), Arc::new(cred));
+            }
+        }
         for (path, file) in files {
             for def in file.agent {
                 let agent = compile_agent(&path, def, env)?;
@@ -176,7 +222,7 @@ impl Policy {
                 policy.agents.insert(agent.id.clone(), Arc::new(agent));
             }
             for def in file.tool {
-                let tool = compile_tool(&path, def)?;
+                let tool = compile_tool(&path, def, &credentials)?;
                 for other in &policy.tools {
                     if other.name == tool.name {
                         return Err(PolicyError::new(
@@ -338,7 +384,58 @@ pub fn split_host_port(s: &str, default_port: u16) -> Option<(String, u16)> {
     }
 }
 
-fn compile_tool(path: &Path, def: ToolDef) -> Result<Tool, PolicyError> {
+fn compile_credential(
+    path: &Path,
+    def: &file::CredentialDef,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Credential, PolicyError> {
+    let err = |m: String| PolicyError::new(path, format!("credential {:?}: {m}", def.name));
+    let secret = match (&def.env, &def.file) {
+        (Some(var), None) => env(var)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| err(format!("environment variable {var} is not set")))?,
+        (None, Some(file)) => {
+            // Relative paths are relative to the policy file that names them.
+            let full = path.parent().unwrap_or(Path::new(".")).join(file);
+            std::fs::read_to_string(&full)
+                .map_err(|e| err(format!("cannot read {}: {e}", full.display())))?
+                .trim_end_matches(['\r', '\n'])
+                .to_string()
+        }
+        _ => return Err(err("set exactly one of env or file".into())),
+    };
+    if secret.is_empty() {
+        return Err(err("the secret is empty".into()));
+    }
+    if !def.format.contains("{secret}") {
+        return Err(err(format!(
+            "format {:?} must contain {{secret}}",
+            def.format
+        )));
+    }
+    let header = http::HeaderName::from_bytes(def.header.as_bytes()).map_err(|_| {
+        err(format!(
+            "header {:?} is not a valid header name",
+            def.header
+        ))
+    })?;
+    // The error must not echo the value.
+    let mut value = http::HeaderValue::from_str(&def.format.replace("{secret}", &secret))
+        .map_err(|_| err("the secret contains characters not allowed in a header".into()))?;
+    value.set_sensitive(true);
+    Ok(Credential {
+        name: def.name.clone(),
+        header,
+        value,
+        secret,
+    })
+}
+
+fn compile_tool(
+    path: &Path,
+    def: ToolDef,
+    credentials: &HashMap<String, Arc<Credential>>,
+) -> Result<Tool, PolicyError> {
     let err = |m: String| PolicyError::new(path, format!("tool {:?}: {m}", def.name));
     let (host, port) = split_host_port(&def.host, 443)
         .filter(|(h, _)| !h.is_empty() && !h.contains('/'))
@@ -347,8 +444,18 @@ fn compile_tool(path: &Path, def: ToolDef) -> Result<Tool, PolicyError> {
         .map_err(|_| err(format!("method {:?} is not an HTTP method", def.method)))?;
     let template = PathTemplate::parse(&def.path).map_err(err)?;
     let mode = Mode::parse(def.mode.as_deref()).map_err(err)?;
+    let mut creds = BTreeMap::new();
+    for (environment, name) in &def.credential {
+        let cred = credentials.get(name).ok_or_else(|| {
+            err(format!(
+                "credential {name:?} (for environment {environment:?}) is not defined by any [[credential]]"
+            ))
+        })?;
+        creds.insert(environment.clone(), cred.clone());
+    }
     Ok(Tool {
         mode,
+        credentials: creds,
         name: def.name.clone(),
         version: def.version,
         host,
@@ -438,13 +545,31 @@ path = "/v1/customers/{customer}"
     }
 
     #[test]
+    fn credentials_resolve_per_environment_and_never_print_the_secret() {
+        let text = format!(
+            "{BASE}\ncredential = {{ staging = \"c\" }}\n\n[[credential]]\nname = \"c\"\nenv = \"TOKEN\"\nheader = \"X-Key\"\nformat = \"Token {{secret}}\"\n"
+        );
+        let p = build(&text).unwrap();
+        let tool = &p.tools()[0];
+        let cred = &tool.credentials["staging"];
+        assert_eq!(cred.header_value(), "Token secret");
+        assert!(cred.header_value().is_sensitive());
+        assert!(!format!("{:?}", p).contains("Token secret"));
+        let missing = BASE.to_string() + "credential = { staging = \"nope\" }\n";
+        assert!(build(&missing).unwrap_err().message.contains("\"nope\""));
+    }
+
+    #[test]
     fn globs() {
         assert!(glob_match("*", "stripe.refunds.create"));
         assert!(glob_match("stripe.*", "stripe.refunds.create"));
         assert!(glob_match("*.create", "stripe.refunds.create"));
         assert!(glob_match("stripe.*.create", "stripe.refunds.create"));
         assert!(!glob_match("stripe.*", "github.repos.get"));
-        assert!(!glob_match("stripe.customers.create", "stripe.customers.created"));
+        assert!(!glob_match(
+            "stripe.customers.create",
+            "stripe.customers.created"
+        ));
         assert!(!glob_match("a*a", "a"));
     }
 

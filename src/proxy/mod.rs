@@ -474,6 +474,23 @@ async fn process(
         )));
     }
 
+    // environment: a tool that uses credentials must have one for the agent's environment, so a
+    // staging agent can never be handed a prod key.
+    let credential = if tool.credentials.is_empty() {
+        None
+    } else {
+        let found =
+            tool.credentials.get(&agent.environment).ok_or_else(|| {
+                Refusal::policy(format!(
+                "tool {} has no credential for environment {:?}; it is available to agents in: {}",
+                tool.name,
+                agent.environment,
+                tool.credentials.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+            })?;
+        Some(found.clone())
+    };
+
     // decide
     match tool.mode {
         Mode::Auto => {}
@@ -497,11 +514,22 @@ async fn process(
         }
     }
 
-    // forward
+    // inject: the agent's own credentials never leave; the tool's credential goes in.
     let (mut parts, body) = req.into_parts();
-    for name in CONTROL_HEADERS {
-        parts.headers.remove(name);
+    for name in CONTROL_HEADERS
+        .iter()
+        .chain(AGENT_CREDENTIAL_HEADERS.iter())
+    {
+        parts.headers.remove(*name);
     }
+    if let Some(cred) = &credential {
+        parts.headers.remove(&cred.header);
+        parts
+            .headers
+            .insert(cred.header.clone(), cred.header_value());
+    }
+
+    // forward
     let req = Request::from_parts(parts, body::stream(body));
     let resp = gate
         .upstream
@@ -513,6 +541,17 @@ async fn process(
 
 /// Headers addressed to toolgate itself, never forwarded.
 const CONTROL_HEADERS: [&str; 2] = ["toolgate-job", "toolgate-dry-run"];
+
+/// Headers in which agents (or their SDKs) carry API credentials. Removed from every request:
+/// the only credential that reaches an upstream is the one toolgate injects.
+const AGENT_CREDENTIAL_HEADERS: [&str; 6] = [
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "x-goog-api-key",
+    "private-token",
+];
 
 fn no_match(policy: &Policy, target: &Target, method: &Method, path: &str) -> Refusal {
     let known: Vec<String> = policy

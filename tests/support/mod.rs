@@ -286,7 +286,9 @@ impl Toolgate {
         let pdir = dir.path().join("policies");
         std::fs::create_dir_all(&pdir).unwrap();
         for (name, text) in policies {
-            std::fs::write(pdir.join(name), text).unwrap();
+            let path = pdir.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
         }
         let certs = dir.path().join("certs");
         toolgate::ca::init(&certs, false).unwrap();
@@ -579,14 +581,17 @@ path = "/download"
 
 /// An upstream for `hosts` signed by `pki`, and toolgate routing those hosts to it.
 pub async fn setup(extra_policy: &str) -> (Pki, Upstream, Toolgate) {
+    setup_with(&[("extra.toml", extra_policy.to_string())]).await
+}
+
+/// Like [`setup`], with any extra files in the policies folder.
+pub async fn setup_with(extra: &[(&str, String)]) -> (Pki, Upstream, Toolgate) {
     let pki = Pki::new("test upstream CA");
     let upstream = Upstream::start(pki.server_config(&["api.stripe.com", "api.github.com"])).await;
     let ca_path = pki.ca_path.clone();
     let addr = upstream.addr;
-    let policies = vec![
-        ("base.toml", base_policy()),
-        ("extra.toml", extra_policy.to_string()),
-    ];
+    let mut policies = vec![("base.toml", base_policy())];
+    policies.extend(extra.iter().map(|(n, t)| (*n, t.clone())));
     let gate = Toolgate::start(&policies, move |c| {
         c.add_connect_to(&format!("api.stripe.com:443={addr}"))
             .unwrap();
