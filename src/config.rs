@@ -39,6 +39,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// How long in-flight requests get to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// How often the policy folder is checked for changes.
+    pub reload_interval: Duration,
 }
 
 impl Config {
@@ -53,6 +55,7 @@ impl Config {
             upstream_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            reload_interval: Duration::from_secs(2),
         }
     }
 

@@ -7,10 +7,13 @@ pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod logging;
 pub mod policy;
 pub mod proxy;
+pub mod store;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 
@@ -41,6 +44,8 @@ pub enum StartError {
     Ca(#[from] ca::CaError),
     #[error("upstream: {0}")]
     Upstream(#[from] proxy::upstream::UpstreamSetupError),
+    #[error("{0}")]
+    Store(#[from] store::StoreError),
     #[error("--upstream-ca {path}: {message}")]
     UpstreamCa { path: String, message: String },
 }
@@ -53,6 +58,13 @@ pub struct Gate {
     pub(crate) upstream: Upstream,
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    pub(crate) store: store::Store,
+    pub(crate) limiter: limits::RateLimiter,
+    pub(crate) idem_locks: store::KeyedLocks,
+    /// Thrown kill switches (`tool:NAME`, `agent:ID`), mirrored from the store for the hot path.
+    kill: RwLock<HashMap<String, store::KillSwitch>>,
+    /// The fingerprint of the policy folder the policy in force was loaded from.
+    policy_fingerprint: std::sync::Mutex<u64>,
 }
 
 impl Gate {
@@ -60,7 +72,10 @@ impl Gate {
     pub fn new(config: Config) -> Result<Gate, StartError> {
         // One crypto provider, passed explicitly everywhere.
         let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
+        let policy_fingerprint = fingerprint(&config.policies_dir);
         let policy = Policy::load_dir(&config.policies_dir)?;
+        let store = store::Store::open(&config.data_dir)?;
+        let kill = store.kill_switches()?.into_iter().collect();
         let ca = ca::CertAuthority::load_or_init(&config.certs_dir, provider.clone())?;
         let mut extra_roots = Vec::new();
         for path in &config.upstream_ca {
@@ -87,7 +102,84 @@ impl Gate {
             upstream,
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            store,
+            limiter: limits::RateLimiter::default(),
+            idem_locks: store::KeyedLocks::default(),
+            kill: RwLock::new(kill),
+            policy_fingerprint: std::sync::Mutex::new(policy_fingerprint),
         })
+    }
+
+    /// The kill switch thrown for `key` (`tool:NAME` or `agent:ID`), if any.
+    pub fn kill_switch(&self, key: &str) -> Option<store::KillSwitch> {
+        self.kill
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// All thrown kill switches.
+    pub fn kill_switches(&self) -> HashMap<String, store::KillSwitch> {
+        self.kill.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Throws or resets a kill switch: durable first, then in force for the very next request.
+    pub async fn set_kill_switch(
+        &self,
+        key: &str,
+        value: Option<store::KillSwitch>,
+    ) -> Result<(), store::StoreError> {
+        self.store.kill_set(key, value.as_ref()).await?;
+        let mut kill = self.kill.write().unwrap_or_else(|p| p.into_inner());
+        match value {
+            Some(v) => {
+                kill.insert(key.to_string(), v);
+            }
+            None => {
+                kill.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the policy folder again. The new set replaces the old one whole; if it fails to
+    /// load, the old one stays in force and the reason is returned (and logged).
+    pub fn reload(&self) -> Result<(), policy::PolicyError> {
+        let print = fingerprint(&self.config.policies_dir);
+        match Policy::load_dir(&self.config.policies_dir) {
+            Ok(new) => {
+                let tools = new.tools().len();
+                *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+                *self
+                    .policy_fingerprint
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = print;
+                info!(tools, "policies reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                // Remember the broken set's fingerprint so it is not retried every tick.
+                *self
+                    .policy_fingerprint
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = print;
+                warn!(error = %e, "policy reload failed; the previous policies stay in force");
+                Err(e)
+            }
+        }
+    }
+
+    /// Reloads when any file under the policy folder changed since the last load.
+    fn reload_if_changed(&self) {
+        let print = fingerprint(&self.config.policies_dir);
+        let last = *self
+            .policy_fingerprint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if print != last {
+            let _ = self.reload();
+        }
     }
 
     /// The policy set in force now.
@@ -118,6 +210,7 @@ pub async fn run(
         "toolgate serving"
     );
     let admin = tokio::spawn(admin::serve(listeners.admin, gate.clone()));
+    tokio::spawn(watch_policies(gate.clone()));
     proxy::accept_loop(gate.clone(), listeners.proxy, shutdown).await;
 
     info!("shutting down: no new connections; waiting for in-flight requests");
@@ -134,4 +227,65 @@ pub async fn run(
     }
     let _ = admin.await;
     Ok(())
+}
+
+/// A cheap fingerprint of every file under `dir` (names, sizes, modification times), so that an
+/// edit to a policy, a schema or a secret file triggers a reload.
+fn fingerprint(dir: &std::path::Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    fn walk(
+        dir: &std::path::Path,
+        out: &mut Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)>,
+    ) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            // Follow symlinks: mounted config maps swap a symlink on update.
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push((path, meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files);
+    files.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    files.hash(&mut h);
+    h.finish()
+}
+
+/// Reloads policies on SIGHUP and when the folder changes, until shutdown.
+async fn watch_policies(gate: Arc<Gate>) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(gate.config.reload_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let hup_recv = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup_recv = std::future::pending::<()>();
+        tokio::select! {
+            _ = gate.cancel.cancelled() => return,
+            _ = hup_recv => {
+                info!("SIGHUP: reloading policies");
+                let _ = gate.reload();
+            }
+            _ = tick.tick() => gate.reload_if_changed(),
+        }
+    }
 }

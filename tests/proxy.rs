@@ -28,7 +28,10 @@ async fn get_and_post_over_http1() {
         &client,
         "POST",
         "https://api.stripe.com/v1/customers",
-        &[("content-type", "application/x-www-form-urlencoded")],
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("idempotency-key", "k-1"),
+        ],
         "email=a%40example.com&name=Ada",
     )
     .await
@@ -59,7 +62,10 @@ async fn get_and_post_over_http2() {
         &client,
         "POST",
         "https://api.stripe.com/v1/customers",
-        &[("content-type", "application/x-www-form-urlencoded")],
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("idempotency-key", "k-2"),
+        ],
         "name=Ada",
     )
     .await
@@ -355,6 +361,9 @@ name = "sendgrid.mail.send"
 host = "api.sendgrid.com"
 method = "POST"
 path = "/v3/mail/send"
+side_effects = "irreversible"
+idempotency = "payload"
+body = { format = "json" }
 "#;
     let pki = Pki::new("test upstream CA");
     let policies = vec![("base.toml", base_policy()), ("sg.toml", extra.to_string())];
@@ -370,7 +379,7 @@ path = "/v3/mail/send"
         &gate.bot(),
         "POST",
         "https://api.sendgrid.com/v3/mail/send",
-        &[],
+        &[("content-type", "application/json")],
         "{}",
     )
     .await
@@ -521,6 +530,9 @@ host = "api.stripe.com"
 method = "POST"
 path = "/v1/refunds"
 mode = "approve"
+side_effects = "irreversible"
+idempotency = "key"
+body = {{ format = "form" }}
 
 [[tool]]
 name = "stripe.customers.delete"
@@ -528,6 +540,8 @@ host = "api.stripe.com"
 method = "DELETE"
 path = "/v1/customers/{{customer}}"
 mode = "deny"
+side_effects = "reversible"
+idempotency = "payload"
 "#,
         sha256_hex("reader-token")
     );
@@ -562,7 +576,7 @@ mode = "deny"
         &bot,
         "POST",
         "https://api.stripe.com/v1/refunds",
-        &[],
+        &[("content-type", "application/x-www-form-urlencoded")],
         "amount=1",
     )
     .await
@@ -597,6 +611,9 @@ name = "stripe.payment_intents.create"
 host = "api.stripe.com"
 method = "POST"
 path = "/v1/payment_intents"
+side_effects = "reversible"
+idempotency = "payload"
+body = { format = "form" }
 credential = { staging = "stripe-test", prod = "stripe-live" }
 
 [[tool]]
@@ -604,6 +621,9 @@ name = "stripe.payouts.create"
 host = "api.stripe.com"
 method = "POST"
 path = "/v1/payouts"
+side_effects = "irreversible"
+idempotency = "payload"
+body = { format = "form" }
 credential = { prod = "stripe-live" }
 "#;
 
@@ -629,6 +649,7 @@ async fn the_upstream_sees_the_configured_secret_and_never_the_agents_header() {
         &[
             ("authorization", "Bearer sk_test_agent_own_key"),
             ("x-api-key", "agent-key"),
+            ("content-type", "application/x-www-form-urlencoded"),
         ],
         "amount=100&currency=usd",
     )

@@ -26,7 +26,7 @@ async fn a_50_mb_download_streams_without_growing_memory_by_50_mb() {
     let warm = send(
         &client,
         "GET",
-        "https://api.stripe.com/download?bytes=1024",
+        "https://api.stripe.com/download/1024",
         &[],
         "",
     )
@@ -35,7 +35,7 @@ async fn a_50_mb_download_streams_without_growing_memory_by_50_mb() {
     assert_eq!(warm.body.len(), 1024);
     let before = peak_rss();
 
-    let req = Request::get(format!("https://api.stripe.com/download?bytes={TOTAL}"))
+    let req = Request::get(format!("https://api.stripe.com/download/{TOTAL}"))
         .body(Full::new(Bytes::new()))
         .unwrap();
     let resp = client.request(req).await.unwrap();

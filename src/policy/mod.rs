@@ -1,7 +1,9 @@
 //! Policies: agents, approvers, credentials and tool contracts, loaded from the TOML files of a
 //! folder (DESIGN section 2), validated once into typed values, and matched per request.
 
+pub mod contract;
 mod file;
+pub mod rules;
 pub mod template;
 
 use std::collections::{BTreeMap, HashMap};
@@ -104,6 +106,105 @@ impl Agent {
     }
 }
 
+/// What a call does to the world, as the contract declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SideEffects {
+    None,
+    Reversible,
+    Irreversible,
+}
+
+impl SideEffects {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SideEffects::None => "none",
+            SideEffects::Reversible => "reversible",
+            SideEffects::Irreversible => "irreversible",
+        }
+    }
+}
+
+/// How a mutating call is identified so that it executes at most once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idempotency {
+    /// By its `Idempotency-Key` header (required).
+    Key,
+    /// By its payload, within the tool's window.
+    Payload,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    Json,
+    Form,
+}
+
+/// What a tool's request body must be.
+#[derive(Debug)]
+pub struct BodySpec {
+    pub format: BodyFormat,
+    pub schema: Option<Arc<contract::Schema>>,
+}
+
+/// `rate_limit = "10/minute"`.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    pub count: u32,
+    pub per: std::time::Duration,
+    pub text: String,
+}
+
+/// The period a budget sums over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+impl Period {
+    /// A label for the period containing `unix_secs` (UTC), used as part of the budget key.
+    pub fn bucket(self, unix_secs: u64) -> String {
+        let days = unix_secs / 86_400;
+        match self {
+            Period::Hour => format!("h{}", unix_secs / 3600),
+            Period::Day => format!("d{days}"),
+            Period::Week => format!("w{}", (days + 3) / 7),
+            Period::Month => {
+                let date = time::OffsetDateTime::from_unix_timestamp(unix_secs as i64)
+                    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+                format!("m{}-{:02}", date.year(), date.month() as u8)
+            }
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Hour => "hour",
+            Period::Day => "day",
+            Period::Week => "week",
+            Period::Month => "month",
+        }
+    }
+}
+
+/// `budget = { field = "amount", max = 500000, per = "day" }`: a sum of a body field per agent.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    pub field: String,
+    pub max: f64,
+    pub per: Period,
+}
+
+/// A person who may approve held calls and use the admin API.
+#[derive(Debug)]
+pub struct Approver {
+    pub id: String,
+    token_sha256: [u8; 32],
+    pub groups: Vec<String>,
+}
+
 /// A real API credential. Only toolgate holds it; it is injected into forwarded requests and
 /// never printed (its `Debug` leaves the secret out).
 pub struct Credential {
@@ -145,10 +246,26 @@ pub struct Tool {
     pub method: http::Method,
     pub path: PathTemplate,
     pub mode: Mode,
+    pub side_effects: SideEffects,
     /// The credential to inject per agent environment.
     pub credentials: BTreeMap<String, Arc<Credential>>,
+    /// `None`: the tool takes no body.
+    pub body: Option<BodySpec>,
+    pub max_body_bytes: usize,
+    /// `None`: the tool takes no query string.
+    pub query: Option<Arc<contract::Schema>>,
+    pub idempotency: Option<Idempotency>,
+    pub idempotency_window: std::time::Duration,
+    pub rate_limit: Option<RateLimit>,
+    pub budget: Option<Budget>,
+    /// Path parameters bound to agent templates, e.g. `owner` = `{agent.attrs.github_org}`.
+    pub params: Vec<(String, String)>,
+    pub rules: Vec<rules::Rule>,
     pub def: ToolDef,
 }
+
+/// Default body limit per tool.
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 
 /// A tool that matched a request, with the path parameters it captured.
 #[derive(Debug, Clone)]
@@ -161,6 +278,7 @@ pub struct Matched {
 #[derive(Debug, Default)]
 pub struct Policy {
     agents: HashMap<String, Arc<Agent>>,
+    approvers: Vec<Arc<Approver>>,
     tools: Vec<Arc<Tool>>,
     /// The files the set was loaded from, for logs.
     pub files: Vec<PathBuf>,
@@ -211,6 +329,16 @@ impl Policy {
             }
         }
         for (path, file) in files {
+            for def in file.approver {
+                let approver = compile_approver(&path, def, env)?;
+                if policy.approvers.iter().any(|a| a.id == approver.id) {
+                    return Err(PolicyError::new(
+                        &path,
+                        format!("approver {:?} is defined twice", approver.id),
+                    ));
+                }
+                policy.approvers.push(Arc::new(approver));
+            }
             for def in file.agent {
                 let agent = compile_agent(&path, def, env)?;
                 if policy.agents.contains_key(&agent.id) {
@@ -274,6 +402,26 @@ impl Policy {
         }
     }
 
+    /// Finds the approver holding `token` (constant time per approver).
+    pub fn authenticate_approver(&self, token: &str) -> Option<Arc<Approver>> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for a in &self.approvers {
+            if bool::from(a.token_sha256.ct_eq(&digest)) {
+                found = Some(a.clone());
+            }
+        }
+        found
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = &Arc<Agent>> {
+        self.agents.values()
+    }
+
+    pub fn tool(&self, name: &str) -> Option<&Arc<Tool>> {
+        self.tools.iter().find(|t| t.name == name)
+    }
+
     /// True when some tool names this host and port: the egress allow-list.
     pub fn allows_host(&self, host: &str, port: u16) -> bool {
         self.tools
@@ -324,6 +472,42 @@ fn collect_toml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), PolicyError> {
         }
     }
     Ok(())
+}
+
+fn token_hash(
+    token_sha256: &Option<String>,
+    token_env: &Option<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<[u8; 32], String> {
+    match (token_sha256, token_env) {
+        (Some(hex_hash), None) => {
+            let bytes = hex::decode(hex_hash.trim())
+                .map_err(|_| "token_sha256 must be 64 hex characters".to_string())?;
+            <[u8; 32]>::try_from(bytes.as_slice())
+                .map_err(|_| "token_sha256 must be 64 hex characters".to_string())
+        }
+        (None, Some(var)) => {
+            let token = env(var).filter(|t| !t.is_empty()).ok_or_else(|| {
+                format!("token_env names {var}, which is not set in the environment")
+            })?;
+            Ok(Sha256::digest(token.as_bytes()).into())
+        }
+        _ => Err("set exactly one of token_sha256 or token_env".into()),
+    }
+}
+
+fn compile_approver(
+    path: &Path,
+    def: file::ApproverDef,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Approver, PolicyError> {
+    let token_sha256 = token_hash(&def.token_sha256, &def.token_env, env)
+        .map_err(|m| PolicyError::new(path, format!("approver {:?}: {m}", def.id)))?;
+    Ok(Approver {
+        id: def.id,
+        token_sha256,
+        groups: def.groups,
+    })
 }
 
 fn compile_agent(
@@ -453,8 +637,139 @@ fn compile_tool(
         })?;
         creds.insert(environment.clone(), cred.clone());
     }
+    let safe_method = matches!(
+        method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    );
+    let side_effects = match def.side_effects.as_deref() {
+        Some("none") => SideEffects::None,
+        Some("reversible") => SideEffects::Reversible,
+        Some("irreversible") => SideEffects::Irreversible,
+        None if safe_method => SideEffects::None,
+        None => {
+            return Err(err(format!(
+                "{method} can change things: set side_effects = \"none\", \"reversible\" or \"irreversible\""
+            )))
+        }
+        Some(other) => {
+            return Err(err(format!(
+                "side_effects {other:?} is not one of none, reversible, irreversible"
+            )))
+        }
+    };
+    if let Some(risk) = def.risk.as_deref() {
+        if !matches!(risk, "low" | "medium" | "high" | "critical") {
+            return Err(err(format!(
+                "risk {risk:?} is not one of low, medium, high, critical"
+            )));
+        }
+    }
+    if let Some(kind) = def.kind.as_deref() {
+        if !matches!(kind, "api" | "model") {
+            return Err(err(format!("kind {kind:?} is not one of api, model")));
+        }
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let load_schema = |rel: &str| -> Result<Arc<contract::Schema>, PolicyError> {
+        contract::Schema::load(&base.join(rel))
+            .map(Arc::new)
+            .map_err(err)
+    };
+    let body = match &def.body {
+        None => None,
+        Some(b) => {
+            let format = match b.format.as_str() {
+                "json" => BodyFormat::Json,
+                "form" => BodyFormat::Form,
+                other => return Err(err(format!("body format {other:?} is not json or form"))),
+            };
+            let schema = b.schema.as_deref().map(load_schema).transpose()?;
+            Some(BodySpec { format, schema })
+        }
+    };
+    let max_body_bytes = match def.body.as_ref().and_then(|b| b.max_bytes) {
+        Some(n) => usize::try_from(n).map_err(|_| err("body.max_bytes is too large".into()))?,
+        None => DEFAULT_MAX_BODY,
+    };
+    let query = def.query_schema.as_deref().map(load_schema).transpose()?;
+    let idempotency = match def.idempotency.as_deref() {
+        Some("key") => Some(Idempotency::Key),
+        Some("payload") => Some(Idempotency::Payload),
+        None if side_effects == SideEffects::None => None,
+        None => {
+            return Err(err(format!(
+                "side_effects is {:?}: choose idempotency = \"key\" (the client sends Idempotency-Key) or \"payload\" (identical payloads within the window are one call)",
+                side_effects.as_str()
+            )))
+        }
+        Some(other) => return Err(err(format!("idempotency {other:?} is not key or payload"))),
+    };
+    let idempotency_window = match def.idempotency_window.as_deref() {
+        Some(w) => {
+            crate::config::parse_duration(w).map_err(|e| err(format!("idempotency_window: {e}")))?
+        }
+        None => std::time::Duration::from_secs(600),
+    };
+    let rate_limit = def
+        .rate_limit
+        .as_deref()
+        .map(|text| parse_rate(text).map_err(|e| err(format!("rate_limit: {e}"))))
+        .transpose()?;
+    let budget = match &def.budget {
+        None => None,
+        Some(b) => {
+            let per = match b.per.as_str() {
+                "hour" => Period::Hour,
+                "day" => Period::Day,
+                "week" => Period::Week,
+                "month" => Period::Month,
+                other => {
+                    return Err(err(format!(
+                        "budget.per {other:?} is not hour, day, week or month"
+                    )))
+                }
+            };
+            if body.is_none() {
+                return Err(err(
+                    "a budget sums a body field, but the tool takes no body".into(),
+                ));
+            }
+            Some(Budget {
+                field: b.field.clone(),
+                max: b.max,
+                per,
+            })
+        }
+    };
+    let mut params = Vec::new();
+    for (name, binding) in &def.params {
+        if !template.params().any(|p| p == name) {
+            return Err(err(format!(
+                "params names {{{name}}}, which is not a parameter of {}",
+                def.path
+            )));
+        }
+        rules::check_agent_template(binding).map_err(|e| err(format!("params.{name}: {e}")))?;
+        params.push((name.clone(), binding.clone()));
+    }
+    let rules = def
+        .rules
+        .iter()
+        .map(|r| rules::Rule::compile(&r.deny_if, &r.message))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
     Ok(Tool {
         mode,
+        side_effects,
+        body,
+        max_body_bytes,
+        query,
+        idempotency,
+        idempotency_window,
+        rate_limit,
+        budget,
+        params,
+        rules,
         credentials: creds,
         name: def.name.clone(),
         version: def.version,
@@ -463,6 +778,35 @@ fn compile_tool(
         method,
         path: template,
         def,
+    })
+}
+
+/// Parses `N/second|minute|hour|day`.
+pub fn parse_rate(text: &str) -> Result<RateLimit, String> {
+    let (n, per) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not like 10/minute"))?;
+    let count: u32 = n
+        .trim()
+        .parse()
+        .ok()
+        .filter(|c| *c > 0)
+        .ok_or_else(|| format!("{text:?}: the count must be a positive integer"))?;
+    let secs = match per.trim() {
+        "second" | "s" => 1,
+        "minute" | "m" => 60,
+        "hour" | "h" => 3600,
+        "day" | "d" => 86_400,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown period {other:?} (second, minute, hour, day)"
+            ))
+        }
+    };
+    Ok(RateLimit {
+        count,
+        per: std::time::Duration::from_secs(secs),
+        text: text.to_string(),
     })
 }
 

@@ -5,6 +5,7 @@
 //! on every exit, refusals included.
 
 pub mod body;
+mod request;
 pub mod rewind;
 pub mod upstream;
 
@@ -24,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::error::{Code, Refusal};
-use crate::policy::{check_path, split_host_port, Agent, Mode, Policy};
+use crate::policy::{split_host_port, Agent, Policy};
 use crate::Gate;
 use body::{empty, ProxyBody};
 use rewind::{detect, Protocol, Rewind};
@@ -92,7 +93,7 @@ async fn serve_client(gate: Arc<Gate>, stream: TcpStream, peer: SocketAddr) {
 
 /// What the tunnel or absolute-form request is bound to: the agent and the target that were
 /// checked at the proxy layer. The target never comes from a `Host` header.
-struct Target {
+pub(crate) struct Target {
     agent_id: String,
     host: String,
     port: u16,
@@ -399,7 +400,7 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let mut tool_name: Option<String> = None;
-    let result = process(&gate, target, req, &mut tool_name).await;
+    let result = request::process(&gate, target, req, &request_id, &mut tool_name).await;
     let (mut resp, decision) = match result {
         Ok(resp) => (resp, Decision::Forwarded),
         Err(refusal) => {
@@ -428,144 +429,6 @@ async fn handle(
         latency_ms = started.elapsed().as_secs_f64() * 1000.0, "request"
     );
     resp
-}
-
-/// The phases of one request. `tool_name` is filled in once a contract matched, so the record
-/// phase can name it whatever happens next.
-async fn process(
-    gate: &Gate,
-    target: &Target,
-    req: Request<Incoming>,
-    tool_name: &mut Option<String>,
-) -> Result<Response<ProxyBody>, Refusal> {
-    let policy = gate.policy();
-    // The agent is looked up per request so a reload that removes it takes effect on open
-    // tunnels too.
-    let agent = policy
-        .agent(&target.agent_id)
-        .ok_or_else(|| Refusal::auth_error("this agent is no longer defined in the policies"))?;
-
-    if req.method() == Method::CONNECT {
-        return Err(Refusal::policy(
-            "CONNECT inside a tunnel is not allowed; open one tunnel per host through toolgate",
-        ));
-    }
-    let path = req.uri().path();
-    check_path(path).map_err(|e| {
-        Refusal::policy(format!(
-            "{e}; send the path in canonical form, toolgate does not normalise it"
-        ))
-    })?;
-
-    // match
-    let matched = policy
-        .match_tool(&target.host, target.port, req.method(), path)
-        .ok_or_else(|| no_match(&policy, target, req.method(), path))?;
-    let tool = &matched.tool;
-    *tool_name = Some(tool.name.clone());
-
-    // authorize
-    if !agent.may_use(&tool.name) {
-        return Err(Refusal::policy(format!(
-            "agent {} may not use tool {}; its policy allows: {}",
-            agent.id,
-            tool.name,
-            agent.tools.join(", ")
-        )));
-    }
-
-    // environment: a tool that uses credentials must have one for the agent's environment, so a
-    // staging agent can never be handed a prod key.
-    let credential = if tool.credentials.is_empty() {
-        None
-    } else {
-        let found =
-            tool.credentials.get(&agent.environment).ok_or_else(|| {
-                Refusal::policy(format!(
-                "tool {} has no credential for environment {:?}; it is available to agents in: {}",
-                tool.name,
-                agent.environment,
-                tool.credentials.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
-            })?;
-        Some(found.clone())
-    };
-
-    // decide
-    match tool.mode {
-        Mode::Auto => {}
-        Mode::Deny => {
-            return Err(Refusal::policy(format!(
-                "tool {} is in mode deny: no agent may call it",
-                tool.name
-            )))
-        }
-        Mode::Approve => {
-            return Err(Refusal::policy(format!(
-                "tool {} requires human approval, which this toolgate cannot collect yet; the call was not sent",
-                tool.name
-            )))
-        }
-        Mode::DryRun => {
-            return Err(Refusal::policy(format!(
-                "tool {} is in mode dry_run, which this toolgate cannot preview yet; the call was not sent",
-                tool.name
-            )))
-        }
-    }
-
-    // inject: the agent's own credentials never leave; the tool's credential goes in.
-    let (mut parts, body) = req.into_parts();
-    for name in CONTROL_HEADERS
-        .iter()
-        .chain(AGENT_CREDENTIAL_HEADERS.iter())
-    {
-        parts.headers.remove(*name);
-    }
-    if let Some(cred) = &credential {
-        parts.headers.remove(&cred.header);
-        parts
-            .headers
-            .insert(cred.header.clone(), cred.header_value());
-    }
-
-    // forward
-    let req = Request::from_parts(parts, body::stream(body));
-    let resp = gate
-        .upstream
-        .forward(&target.host, target.port, req)
-        .await?;
-    let (parts, body) = resp.into_parts();
-    Ok(Response::from_parts(parts, body::stream(body)))
-}
-
-/// Headers addressed to toolgate itself, never forwarded.
-const CONTROL_HEADERS: [&str; 2] = ["toolgate-job", "toolgate-dry-run"];
-
-/// Headers in which agents (or their SDKs) carry API credentials. Removed from every request:
-/// the only credential that reaches an upstream is the one toolgate injects.
-const AGENT_CREDENTIAL_HEADERS: [&str; 6] = [
-    "authorization",
-    "x-api-key",
-    "api-key",
-    "x-auth-token",
-    "x-goog-api-key",
-    "private-token",
-];
-
-fn no_match(policy: &Policy, target: &Target, method: &Method, path: &str) -> Refusal {
-    let known: Vec<String> = policy
-        .tools()
-        .iter()
-        .filter(|t| t.port == target.port && t.host == target.host)
-        .take(20)
-        .map(|t| format!("{} {}", t.method, t.path.as_str()))
-        .collect();
-    Refusal::policy(format!(
-        "no tool contract matches {method} {path} on {}; the contracts on this host allow: {}",
-        upstream::authority(&target.host, target.port),
-        known.join(", ")
-    ))
 }
 
 /// The record phase for refusals that happen before a tunnel exists.

@@ -197,6 +197,13 @@ pub enum UpstreamSetupError {
     Tls(#[from] rustls::Error),
 }
 
+/// A forward that failed, and whether the request can be known not to have reached the upstream.
+#[derive(Debug)]
+pub struct Failure {
+    pub refusal: Refusal,
+    pub not_sent: bool,
+}
+
 /// The pooled client toolgate forwards with.
 pub struct Upstream {
     client: Client<HttpsConnector<EgressConnector>, ProxyBody>,
@@ -278,7 +285,7 @@ impl Upstream {
         host: &str,
         port: u16,
         mut req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, Refusal> {
+    ) -> Result<Response<Incoming>, Failure> {
         let authority = authority(host, port);
         let path_and_query = req
             .uri()
@@ -287,7 +294,10 @@ impl Upstream {
             .unwrap_or("/");
         let uri: Uri = format!("https://{authority}{path_and_query}")
             .parse()
-            .map_err(|e| Refusal::policy(format!("the request URI is not valid: {e}")))?;
+            .map_err(|e| Failure {
+                refusal: Refusal::policy(format!("the request URI is not valid: {e}")),
+                not_sent: true,
+            })?;
         *req.uri_mut() = uri;
         // The client picks HTTP/1.1 or HTTP/2 per upstream connection (ALPN); the client side's
         // version does not carry over.
@@ -296,14 +306,21 @@ impl Upstream {
         req.headers_mut().remove(header::HOST);
 
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Err(_) => Err(Refusal::new(
-                crate::error::Code::UpstreamTimeout,
-                format!(
-                    "{authority} did not answer within {}s; the call may or may not have taken effect upstream",
-                    self.timeout.as_secs_f64()
+            Err(_) => Err(Failure {
+                refusal: Refusal::new(
+                    crate::error::Code::UpstreamTimeout,
+                    format!(
+                        "{authority} did not answer within {}s; the call may or may not have taken effect upstream",
+                        self.timeout.as_secs_f64()
+                    ),
                 ),
-            )),
-            Ok(Err(e)) => Err(classify(&authority, &e)),
+                not_sent: false,
+            }),
+            Ok(Err(e)) => Err(Failure {
+                refusal: classify(&authority, &e),
+                // A connect error means no byte of the request left toolgate.
+                not_sent: e.is_connect(),
+            }),
             Ok(Ok(mut resp)) => {
                 strip_hop_by_hop(resp.headers_mut());
                 Ok(resp)

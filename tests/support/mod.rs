@@ -100,7 +100,7 @@ pub struct Received {
 /// A loopback HTTPS upstream that records every request.
 ///
 /// Paths: `/sse` streams one event, waits for `release_sse`, then sends a second; `/slow` answers
-/// after 3 s; `/download?bytes=N` streams N bytes; anything else echoes the request as JSON.
+/// after 3 s; `/download/N` streams N bytes; anything else echoes the request as JSON.
 pub struct Upstream {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
@@ -218,9 +218,10 @@ async fn upstream_handle(
             tokio::time::sleep(Duration::from_secs(3)).await;
             Response::new(Full::new(Bytes::from("slow")).boxed())
         }
-        "/download" => {
-            let total: usize = query
-                .strip_prefix("bytes=")
+        p if p.starts_with("/download") => {
+            let total: usize = p
+                .strip_prefix("/download/")
+                .or_else(|| query.strip_prefix("bytes="))
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0);
             const CHUNK: usize = 64 * 1024;
@@ -556,6 +557,9 @@ name = "stripe.customers.create"
 host = "api.stripe.com"
 method = "POST"
 path = "/v1/customers"
+side_effects = "reversible"
+idempotency = "key"
+body = {{ format = "form" }}
 
 [[tool]]
 name = "test.sse"
@@ -573,7 +577,7 @@ path = "/slow"
 name = "test.download"
 host = "api.stripe.com"
 method = "GET"
-path = "/download"
+path = "/download/{{size}}"
 "#,
         sha256_hex(BOT_TOKEN)
     )

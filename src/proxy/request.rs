@@ -1,0 +1,676 @@
+//! The phases of one request inside a tunnel: match, kill switch, authorize, validate, rules,
+//! decide, idempotency, limits, inject, forward. Each phase returns a [`Refusal`] to stop.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::body::{self, ProxyBody};
+use super::upstream::{self, strip_hop_by_hop};
+use super::Target;
+use crate::error::{Code, Refusal};
+use crate::policy::contract::{self, MAX_DEPTH};
+use crate::policy::rules::render_agent_template;
+use crate::policy::{
+    check_path, Agent, BodyFormat, Credential, Idempotency, Mode, Policy, SideEffects, Tool,
+};
+use crate::store::{now_unix, IdemRecord, IdemState, Outcome};
+use crate::Gate;
+
+/// Headers addressed to toolgate itself, never forwarded.
+const CONTROL_HEADERS: [&str; 2] = ["toolgate-job", "toolgate-dry-run"];
+
+/// Headers in which agents (or their SDKs) carry API credentials. Removed from every request:
+/// the only credential that reaches an upstream is the one toolgate injects.
+const AGENT_CREDENTIAL_HEADERS: [&str; 6] = [
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "x-goog-api-key",
+    "private-token",
+];
+
+/// How long an `Idempotency-Key` is remembered (Stripe's own window).
+const KEY_WINDOW_SECS: u64 = 24 * 3600;
+/// The largest upstream answer to a mutating call that is stored whole for replays.
+const MAX_STORED_OUTCOME: usize = 16 * 1024 * 1024;
+
+pub(super) async fn process(
+    gate: &Gate,
+    target: &Target,
+    req: Request<Incoming>,
+    request_id: &str,
+    tool_name: &mut Option<String>,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let policy = gate.policy();
+    // The agent is looked up per request so that a reload or a kill switch takes effect on open
+    // tunnels too.
+    let agent = policy
+        .agent(&target.agent_id)
+        .cloned()
+        .ok_or_else(|| Refusal::auth_error("this agent is no longer defined in the policies"))?;
+    if let Some(k) = gate.kill_switch(&format!("agent:{}", agent.id)) {
+        return Err(Refusal::new(
+            Code::ToolDisabled,
+            format!(
+                "agent {} is disabled by {}: {}; no call is sent until it is enabled",
+                agent.id, k.by, k.reason
+            ),
+        ));
+    }
+    if req.method() == Method::CONNECT {
+        return Err(Refusal::policy(
+            "CONNECT inside a tunnel is not allowed; open one tunnel per host through toolgate",
+        ));
+    }
+    let path = req.uri().path().to_string();
+    check_path(&path).map_err(|e| {
+        Refusal::policy(format!(
+            "{e}; send the path in canonical form, toolgate does not normalise it"
+        ))
+    })?;
+
+    // match
+    let matched = policy
+        .match_tool(&target.host, target.port, req.method(), &path)
+        .ok_or_else(|| no_match(&policy, target, req.method(), &path))?;
+    let tool = matched.tool.clone();
+    *tool_name = Some(tool.name.clone());
+
+    // kill switch
+    if let Some(k) = gate.kill_switch(&format!("tool:{}", tool.name)) {
+        return Err(Refusal::new(
+            Code::ToolDisabled,
+            format!(
+                "tool {} is disabled by {}: {}; do not retry until it is enabled",
+                tool.name, k.by, k.reason
+            ),
+        ));
+    }
+
+    // authorize
+    let credential = authorize(&agent, &tool, &matched.params)?;
+
+    // validate
+    let (parts, incoming) = req.into_parts();
+    let query = validate_query(&tool, parts.uri.query())?;
+    let body_bytes = read_body(&tool, &parts.headers, incoming).await?;
+    let body_json = validate_body(&tool, &parts.headers, &body_bytes)?;
+
+    // rules
+    check_rules(&agent, &tool, &parts, &matched.params, &query, &body_json)?;
+
+    // decide
+    match tool.mode {
+        Mode::Deny => {
+            return Err(Refusal::policy(format!(
+                "tool {} is in mode deny: no agent may call it",
+                tool.name
+            )))
+        }
+        Mode::Approve => {
+            return Err(Refusal::policy(format!(
+                "tool {} requires human approval, which this toolgate cannot collect yet; the call was not sent",
+                tool.name
+            )))
+        }
+        Mode::Auto | Mode::DryRun => {}
+    }
+    let asked_dry_run = parts
+        .headers
+        .get("toolgate-dry-run")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| matches!(v.trim(), "1" | "true"));
+    let dry_run = tool.mode == Mode::DryRun
+        || (tool.side_effects != SideEffects::None && (agent.dry_run || asked_dry_run));
+
+    // inject
+    let mut headers = parts.headers.clone();
+    for name in CONTROL_HEADERS
+        .iter()
+        .chain(AGENT_CREDENTIAL_HEADERS.iter())
+    {
+        headers.remove(*name);
+    }
+    strip_hop_by_hop(&mut headers);
+    if let Some(cred) = &credential {
+        headers.remove(&cred.header);
+        headers.insert(cred.header.clone(), cred.header_value());
+    }
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| path.clone());
+
+    if dry_run {
+        return Ok(preview(
+            target,
+            &tool,
+            &parts.method,
+            &path_and_query,
+            &headers,
+            &body_bytes,
+            credential.as_deref(),
+        ));
+    }
+
+    let build = |headers: HeaderMap| {
+        let mut out = Request::new(body::full(body_bytes.clone()));
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = path_and_query.parse().unwrap_or_default();
+        *out.headers_mut() = headers;
+        out
+    };
+
+    if tool.side_effects == SideEffects::None {
+        if let Some(limit) = &tool.rate_limit {
+            gate.limiter
+                .check(&agent.id, &tool.name, limit)
+                .map_err(|secs| rate_limited(&tool, secs))?;
+        }
+        let resp = gate
+            .upstream
+            .forward(&target.host, target.port, build(headers))
+            .await
+            .map_err(|f| f.refusal)?;
+        let (parts, body) = resp.into_parts();
+        return Ok(Response::from_parts(parts, body::stream(body)));
+    }
+
+    // idempotency: at most one execution per call.
+    let payload_sha = {
+        let mut h = Sha256::new();
+        h.update(parts.method.as_str());
+        h.update([0]);
+        h.update(&path_and_query);
+        h.update([0]);
+        h.update(&body_bytes);
+        hex::encode(h.finalize())
+    };
+    let (idem_id, window_secs) = match tool.idempotency {
+        Some(Idempotency::Key) => {
+            let key = parts
+                .headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .filter(|k| !k.trim().is_empty())
+                .ok_or_else(|| {
+                    Refusal::new(
+                        Code::IdempotencyKeyRequired,
+                        format!(
+                            "tool {} changes things and needs an Idempotency-Key header: send a unique key per call and reuse it when retrying",
+                            tool.name
+                        ),
+                    )
+                    .with_tool(tool.name.clone())
+                })?;
+            (idem_id("key", &agent.id, &tool.name, key), KEY_WINDOW_SECS)
+        }
+        // A tool with side effects always has an idempotency mode (a load-time rule); payload is
+        // the safe reading of anything else.
+        _ => (
+            idem_id("payload", &agent.id, &tool.name, &payload_sha),
+            tool.idempotency_window.as_secs(),
+        ),
+    };
+    let _guard = gate.idem_locks.lock(&idem_id).await;
+    let store_err = |e: crate::store::StoreError| {
+        Refusal::internal(format!(
+            "the idempotency store is unavailable ({e}); the call was not sent"
+        ))
+    };
+    if let Some(rec) = gate.store.idem_get(&idem_id).map_err(store_err)? {
+        let fresh = now_unix().saturating_sub(rec.created_unix) < window_secs;
+        if fresh {
+            if rec.payload_sha256 != payload_sha {
+                return Err(Refusal::new(
+                    Code::IdempotencyConflict,
+                    format!(
+                        "this Idempotency-Key was already used for a different request to {} (request {}); use a new key for a new call",
+                        tool.name, rec.request_id
+                    ),
+                ));
+            }
+            return match (rec.state, rec.outcome) {
+                (IdemState::Done, Some(outcome)) => Ok(replay(&outcome)),
+                _ => Err(Refusal::new(
+                    Code::IdempotencyConflict,
+                    format!(
+                        "the outcome of the earlier identical call to {} (request {}) is unknown: it was in flight when toolgate stopped or timed out; it will not be sent again. Check the upstream, then retry with a new Idempotency-Key if it did not happen",
+                        tool.name, rec.request_id
+                    ),
+                )),
+            };
+        }
+    }
+
+    // limits: only calls that will execute count.
+    if let Some(limit) = &tool.rate_limit {
+        gate.limiter
+            .check(&agent.id, &tool.name, limit)
+            .map_err(|secs| rate_limited(&tool, secs))?;
+    }
+    if let Some(budget) = &tool.budget {
+        let amount = body_json
+            .get(&budget.field)
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        let key = format!(
+            "{}\0{}\0{}",
+            agent.id,
+            tool.name,
+            budget.per.bucket(now_unix())
+        );
+        match gate.store.budget_add(&key, amount, budget.max).await.map_err(store_err)? {
+            Ok(_) => {}
+            Err(used) => {
+                return Err(Refusal::policy(format!(
+                    "budget exceeded: tool {} allows a total {} of {} per {} for agent {}; {} is used and this call asks for {}",
+                    tool.name, budget.field, budget.max, budget.per.as_str(), agent.id, used, amount
+                )))
+            }
+        }
+    }
+
+    // Marked in flight, durably, before a byte leaves: a crash from here on is never re-sent.
+    let mut rec = IdemRecord {
+        state: IdemState::InFlight,
+        payload_sha256: payload_sha,
+        created_unix: now_unix(),
+        request_id: request_id.to_string(),
+        outcome: None,
+    };
+    gate.store
+        .idem_put(&idem_id, &rec)
+        .await
+        .map_err(store_err)?;
+
+    // forward
+    let resp = match gate
+        .upstream
+        .forward(&target.host, target.port, build(headers))
+        .await
+    {
+        Ok(resp) => resp,
+        Err(failure) => {
+            if failure.not_sent {
+                // Nothing reached the upstream: the call may be retried.
+                gate.store.idem_remove(&idem_id).await.map_err(store_err)?;
+            }
+            return Err(failure.refusal);
+        }
+    };
+    let (resp_parts, resp_body) = resp.into_parts();
+    let (bytes, truncated) = match Limited::new(resp_body, MAX_STORED_OUTCOME).collect().await {
+        Ok(c) => (c.to_bytes(), false),
+        Err(_) => (Bytes::new(), true),
+    };
+    let mut outcome = Outcome {
+        status: resp_parts.status.as_u16(),
+        headers: resp_parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
+            .collect(),
+        body: base64::engine::general_purpose::STANDARD.encode(&bytes),
+    };
+    if truncated {
+        outcome
+            .headers
+            .push(("toolgate-outcome-truncated".into(), "true".into()));
+    }
+    rec.state = IdemState::Done;
+    rec.outcome = Some(outcome);
+    if let Err(e) = gate.store.idem_put(&idem_id, &rec).await {
+        // The call executed; the agent gets its answer. A retry finds it in flight and is
+        // refused as unknown rather than executed twice.
+        tracing::error!(request_id, error = %e, "could not store the outcome of a committed call");
+    }
+    let mut resp = Response::from_parts(resp_parts, body::full(bytes));
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    Ok(resp)
+}
+
+fn idem_id(kind: &str, agent: &str, tool: &str, key: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [kind, agent, tool, key] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+fn rate_limited(tool: &Tool, secs: u64) -> Refusal {
+    let mut r = Refusal::new(
+        Code::RateLimited,
+        format!(
+            "rate limit of tool {} reached ({} per agent); retry after {secs}s",
+            tool.name,
+            tool.rate_limit
+                .as_ref()
+                .map(|l| l.text.as_str())
+                .unwrap_or("")
+        ),
+    );
+    r.retry_after = Some(secs);
+    r
+}
+
+/// Permissions: the agent's tool list, its environment's credential, and path parameters bound
+/// to its attributes.
+fn authorize(
+    agent: &Agent,
+    tool: &Tool,
+    params: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<Arc<Credential>>, Refusal> {
+    if !agent.may_use(&tool.name) {
+        return Err(Refusal::policy(format!(
+            "agent {} may not use tool {}; its policy allows: {}",
+            agent.id,
+            tool.name,
+            agent.tools.join(", ")
+        )));
+    }
+    // A tool that uses credentials must have one for the agent's environment, so a staging agent
+    // can never be handed a prod key.
+    let credential = if tool.credentials.is_empty() {
+        None
+    } else {
+        let found =
+            tool.credentials.get(&agent.environment).ok_or_else(|| {
+                Refusal::policy(format!(
+                "tool {} has no credential for environment {:?}; it is available to agents in: {}",
+                tool.name,
+                agent.environment,
+                tool.credentials.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+            })?;
+        Some(found.clone())
+    };
+    for (name, binding) in &tool.params {
+        let allowed = render_agent_template(binding, agent).ok_or_else(|| {
+            Refusal::policy(format!(
+                "tool {} binds {{{name}}} to {binding}, which agent {} does not have",
+                tool.name, agent.id
+            ))
+        })?;
+        let got = params.get(name).map(String::as_str).unwrap_or("");
+        if !got.eq_ignore_ascii_case(&allowed) {
+            return Err(Refusal::policy(format!(
+                "agent {} may only use {} with {name} = {allowed:?}, not {got:?}",
+                agent.id, tool.name
+            )));
+        }
+    }
+    Ok(credential)
+}
+
+fn validation(message: impl Into<String>) -> Refusal {
+    Refusal::new(Code::ValidationError, message)
+}
+
+fn validate_query(tool: &Tool, query: Option<&str>) -> Result<Value, Refusal> {
+    let query = query.unwrap_or("");
+    let Some(schema) = &tool.query else {
+        if query.is_empty() {
+            return Ok(Value::Null);
+        }
+        return Err(validation(format!(
+            "tool {} takes no query string; remove ?{}",
+            tool.name,
+            query.chars().take(100).collect::<String>()
+        )));
+    };
+    let mut value = contract::decode_form(query.as_bytes())
+        .map_err(|e| validation(format!("query string: {e}")))?;
+    contract::coerce(&mut value, &schema.value);
+    if contract::depth(&value) > MAX_DEPTH {
+        return Err(validation(format!(
+            "query string nests deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    schema
+        .check(&value)
+        .map_err(|e| validation(format!("query string: {e}")))?;
+    Ok(value)
+}
+
+async fn read_body(tool: &Tool, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Refusal> {
+    let limit = tool.max_body_bytes;
+    let too_large = || {
+        Refusal::new(
+            Code::PayloadTooLarge,
+            format!(
+                "the request body is larger than tool {}'s limit of {limit} bytes",
+                tool.name
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(validation(format!(
+            "the request body could not be read: {e}"
+        ))),
+    }
+}
+
+fn validate_body(tool: &Tool, headers: &HeaderMap, bytes: &Bytes) -> Result<Value, Refusal> {
+    let Some(spec) = &tool.body else {
+        if bytes.is_empty() {
+            return Ok(Value::Null);
+        }
+        return Err(validation(format!(
+            "tool {} takes no request body; send none",
+            tool.name
+        )));
+    };
+    let (want, name) = match spec.format {
+        BodyFormat::Json => ("application/json", "JSON"),
+        BodyFormat::Form => ("application/x-www-form-urlencoded", "form"),
+    };
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    let ctype_ok = match (&ctype, spec.format) {
+        (None, _) => bytes.is_empty(),
+        (Some(c), BodyFormat::Json) => {
+            c == want || (c.starts_with("application/") && c.ends_with("+json"))
+        }
+        (Some(c), BodyFormat::Form) => c == want,
+    };
+    if !ctype_ok {
+        return Err(validation(format!(
+            "tool {} takes a {name} body: send Content-Type: {want} (got {})",
+            tool.name,
+            ctype.as_deref().unwrap_or("none")
+        )));
+    }
+    let mut value = if bytes.is_empty() {
+        Value::Object(Default::default())
+    } else {
+        match spec.format {
+            BodyFormat::Json => serde_json::from_slice(bytes)
+                .map_err(|e| validation(format!("the body is not valid JSON: {e}")))?,
+            BodyFormat::Form => contract::decode_form(bytes).map_err(validation)?,
+        }
+    };
+    if contract::depth(&value) > MAX_DEPTH {
+        return Err(validation(format!(
+            "the body nests deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    if let Some(schema) = &spec.schema {
+        if spec.format == BodyFormat::Form {
+            contract::coerce(&mut value, &schema.value);
+        }
+        schema.check(&value).map_err(validation)?;
+    }
+    Ok(value)
+}
+
+fn check_rules(
+    agent: &Agent,
+    tool: &Tool,
+    parts: &http::request::Parts,
+    params: &std::collections::BTreeMap<String, String>,
+    query: &Value,
+    body: &Value,
+) -> Result<(), Refusal> {
+    if tool.rules.is_empty() {
+        return Ok(());
+    }
+    let headers: serde_json::Map<String, Value> = parts
+        .headers
+        .iter()
+        .filter(|(k, _)| !AGENT_CREDENTIAL_HEADERS.contains(&k.as_str()))
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), Value::from(v))))
+        .collect();
+    let request = json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "params": params,
+        "query": if query.is_null() { json!({}) } else { query.clone() },
+        "body": if body.is_null() { json!({}) } else { body.clone() },
+        "headers": headers,
+    });
+    let agent_v = json!({
+        "id": agent.id,
+        "owner": agent.owner,
+        "tenant": agent.tenant.clone().unwrap_or_default(),
+        "environment": agent.environment,
+        "attrs": agent.attrs,
+    });
+    let tool_v = json!({
+        "name": tool.name,
+        "version": tool.version,
+        "risk": tool.def.risk.clone().unwrap_or_default(),
+        "side_effects": tool.side_effects.as_str(),
+        "mode": tool.mode.as_str(),
+    });
+    for rule in &tool.rules {
+        match rule.denies(&request, &agent_v, &tool_v) {
+            Ok(false) => {}
+            Ok(true) => return Err(Refusal::policy(rule.message.clone())),
+            Err(e) => {
+                return Err(Refusal::policy(format!(
+                    "{} (the rule could not be checked against this request: {e})",
+                    rule.message
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The dry-run answer: the request toolgate would send, secrets redacted, nothing sent.
+fn preview(
+    target: &Target,
+    tool: &Tool,
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    credential: Option<&Credential>,
+) -> Response<ProxyBody> {
+    let mut shown = serde_json::Map::new();
+    for (name, value) in headers {
+        let text = value.to_str().unwrap_or("<binary>");
+        let secret = credential.is_some_and(|c| name == c.header || text.contains(c.secret()));
+        let text = if secret || value.is_sensitive() {
+            "[REDACTED]"
+        } else {
+            text
+        };
+        shown.insert(name.to_string(), Value::from(text));
+    }
+    let body_text = match std::str::from_utf8(body) {
+        Ok(t) => match credential {
+            Some(c) => t.replace(c.secret(), "[REDACTED]"),
+            None => t.to_string(),
+        },
+        Err(_) => format!(
+            "base64:{}",
+            base64::engine::general_purpose::STANDARD.encode(body)
+        ),
+    };
+    let preview = json!({
+        "dry_run": true,
+        "tool": tool.name,
+        "version": tool.version,
+        "request": {
+            "method": method.as_str(),
+            "url": format!("https://{}{}", upstream::authority(&target.host, target.port), path_and_query),
+            "headers": shown,
+            "body": body_text,
+        },
+        "note": "nothing was sent",
+    });
+    let mut resp = Response::new(body::full(preview.to_string()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert("toolgate-dry-run", HeaderValue::from_static("true"));
+    resp
+}
+
+/// A stored outcome, answered again.
+fn replay(outcome: &Outcome) -> Response<ProxyBody> {
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(&outcome.body)
+        .unwrap_or_default();
+    let mut resp = Response::new(body::full(body));
+    *resp.status_mut() = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
+    for (k, v) in &outcome.headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            resp.headers_mut().append(k, v);
+        }
+    }
+    strip_hop_by_hop(resp.headers_mut());
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    resp.headers_mut()
+        .insert("toolgate-replayed", HeaderValue::from_static("true"));
+    resp
+}
+
+fn no_match(policy: &Policy, target: &Target, method: &Method, path: &str) -> Refusal {
+    let known: Vec<String> = policy
+        .tools()
+        .iter()
+        .filter(|t| t.port == target.port && t.host == target.host)
+        .take(20)
+        .map(|t| format!("{} {}", t.method, t.path.as_str()))
+        .collect();
+    Refusal::policy(format!(
+        "no tool contract matches {method} {path} on {}; the contracts on this host allow: {}",
+        upstream::authority(&target.host, target.port),
+        known.join(", ")
+    ))
+}

@@ -1,0 +1,255 @@
+//! The sled store under `--data-dir`: idempotency records, budgets and kill switches. The audit
+//! log extends it. Writes that a decision depends on are flushed before the call leaves.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(String);
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError(format!("corrupt record: {e}"))
+    }
+}
+
+/// An upstream answer, kept so that a duplicate call gets it back instead of executing again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// Base64 of the body.
+    pub body: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdemState {
+    /// Marked before the request left; no outcome stored yet. Found after a crash, it means the
+    /// outcome is unknown and the call is never sent again.
+    InFlight,
+    Done,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdemRecord {
+    pub state: IdemState,
+    pub payload_sha256: String,
+    pub created_unix: u64,
+    pub request_id: String,
+    pub outcome: Option<Outcome>,
+}
+
+/// A thrown kill switch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KillSwitch {
+    pub by: String,
+    pub reason: String,
+    pub at_unix: u64,
+}
+
+/// The store. Cheap to clone (sled handles are reference counted).
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    idem: sled::Tree,
+    budgets: sled::Tree,
+    kill: sled::Tree,
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
+        let db = sled::Config::new()
+            .path(dir.join("store"))
+            .open()
+            .map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
+        Ok(Store {
+            idem: db.open_tree("idempotency")?,
+            budgets: db.open_tree("budgets")?,
+            kill: db.open_tree("kill_switches")?,
+            db,
+        })
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn idem_get(&self, id: &str) -> Result<Option<IdemRecord>, StoreError> {
+        match self.idem.get(id)? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a record and flushes it.
+    pub async fn idem_put(&self, id: &str, rec: &IdemRecord) -> Result<(), StoreError> {
+        self.idem.insert(id, serde_json::to_vec(rec)?)?;
+        self.flush().await
+    }
+
+    pub async fn idem_remove(&self, id: &str) -> Result<(), StoreError> {
+        self.idem.remove(id)?;
+        self.flush().await
+    }
+
+    /// Adds `amount` to the budget `key` unless that would pass `max`. Returns the new total, or
+    /// `Err(current)` when refused. Atomic against concurrent calls; flushed.
+    pub async fn budget_add(
+        &self,
+        key: &str,
+        amount: f64,
+        max: f64,
+    ) -> Result<Result<f64, f64>, StoreError> {
+        let mut refused_at = None;
+        let mut new_total = 0.0;
+        self.budgets.fetch_and_update(key, |old| {
+            let current = old
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(f64::from_be_bytes)
+                .unwrap_or(0.0);
+            if current + amount > max {
+                refused_at = Some(current);
+                old.map(|b| b.to_vec())
+            } else {
+                refused_at = None;
+                new_total = current + amount;
+                Some(new_total.to_be_bytes().to_vec())
+            }
+        })?;
+        if let Some(current) = refused_at {
+            return Ok(Err(current));
+        }
+        self.flush().await?;
+        Ok(Ok(new_total))
+    }
+
+    pub fn budget_get(&self, key: &str) -> Result<f64, StoreError> {
+        Ok(self
+            .budgets
+            .get(key)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map(f64::from_be_bytes)
+            .unwrap_or(0.0))
+    }
+
+    /// All thrown kill switches, keyed `tool:NAME` or `agent:ID`.
+    pub fn kill_switches(&self) -> Result<Vec<(String, KillSwitch)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.kill.iter() {
+            let (k, v) = item?;
+            out.push((
+                String::from_utf8_lossy(&k).into_owned(),
+                serde_json::from_slice(&v)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Throws (`Some`) or resets (`None`) a kill switch, durably.
+    pub async fn kill_set(&self, key: &str, value: Option<&KillSwitch>) -> Result<(), StoreError> {
+        match value {
+            Some(v) => {
+                self.kill.insert(key, serde_json::to_vec(v)?)?;
+            }
+            None => {
+                self.kill.remove(key)?;
+            }
+        }
+        self.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn budgets_survive_a_reopen_and_refuse_past_the_max() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(
+                store.budget_add("k", 300.0, 500.0).await.unwrap(),
+                Ok(300.0)
+            );
+            assert_eq!(
+                store.budget_add("k", 300.0, 500.0).await.unwrap(),
+                Err(300.0)
+            );
+            assert_eq!(
+                store.budget_add("k", 200.0, 500.0).await.unwrap(),
+                Ok(500.0)
+            );
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.budget_get("k").unwrap(), 500.0);
+    }
+
+    #[tokio::test]
+    async fn kill_switches_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let k = KillSwitch {
+                by: "carol".into(),
+                reason: "incident".into(),
+                at_unix: 1,
+            };
+            store.kill_set("tool:x", Some(&k)).await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let all = store.kill_switches().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].0, "tool:x");
+        store.kill_set("tool:x", None).await.unwrap();
+        assert!(store.kill_switches().unwrap().is_empty());
+    }
+}
+
+/// One async lock per key, so that concurrent duplicates of a call wait for the first one's
+/// outcome instead of executing again. Entries are dropped once nobody holds them.
+#[derive(Default)]
+pub struct KeyedLocks {
+    map: std::sync::Mutex<
+        std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>,
+    >,
+}
+
+impl KeyedLocks {
+    pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() > 1024 {
+                map.retain(|_, w| w.strong_count() > 0);
+            }
+            match map.get(key).and_then(std::sync::Weak::upgrade) {
+                Some(l) => l,
+                None => {
+                    let l = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(key.to_string(), std::sync::Arc::downgrade(&l));
+                    l
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+}
