@@ -1,24 +1,245 @@
-//! The admin listener: health now; the approvers' page, the JSON API and metrics build on it.
-//! It is a separate listener, never reachable through the proxy.
+//! The admin listener: health, and the JSON API for kill switches (the approvers' page, the
+//! approval API and metrics build on it). A separate listener, never reachable through the
+//! proxy, authenticated by approver tokens only.
 
 use std::sync::Arc;
 
-use axum::routing::get;
-use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tracing::warn;
+use tracing::{info, warn};
 
+use crate::policy::Approver;
+use crate::store::{now_unix, KillSwitch};
 use crate::Gate;
 
 /// The admin routes.
 pub fn router(gate: Arc<Gate>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/api/tools", get(list_tools))
+        .route("/api/tools/{name}/disable", post(disable_tool))
+        .route("/api/tools/{name}/enable", post(enable_tool))
+        .route("/api/agents", get(list_agents))
+        .route("/api/agents/{id}/disable", post(disable_agent))
+        .route("/api/agents/{id}/enable", post(enable_agent))
         .with_state(gate)
 }
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// An admin API error: the same JSON shape as the proxy's refusals.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+/// `Authorization: Bearer <approver token>`. Agent tokens are not approver tokens and fail here.
+fn approver(gate: &Gate, headers: &HeaderMap) -> Result<Arc<Approver>, ApiError> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            api_error(
+                StatusCode::UNAUTHORIZED,
+                "auth_required",
+                "send an approver token: Authorization: Bearer <token> (TOOLGATE_TOKEN for the CLI)",
+            )
+        })?;
+    gate.policy().authenticate_approver(token).ok_or_else(|| {
+        api_error(
+            StatusCode::UNAUTHORIZED,
+            "auth_error",
+            "the token is not an approver's token",
+        )
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Reason {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn kill_json(gate: &Gate, key: &str) -> Value {
+    match gate.kill_switch(key) {
+        Some(k) => json!({"by": k.by, "reason": k.reason, "at_unix": k.at_unix}),
+        None => Value::Null,
+    }
+}
+
+async fn list_tools(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Response {
+    if let Err(r) = approver(&gate, &headers) {
+        return r.into_response();
+    }
+    let policy = gate.policy();
+    let tools: Vec<Value> = policy
+        .tools()
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "version": t.version,
+                "owner": t.def.owner,
+                "risk": t.def.risk,
+                "side_effects": t.side_effects.as_str(),
+                "mode": t.mode.as_str(),
+                "host": t.host,
+                "method": t.method.as_str(),
+                "path": t.path.as_str(),
+                "disabled": kill_json(&gate, &format!("tool:{}", t.name)),
+            })
+        })
+        .collect();
+    Json(json!({ "tools": tools })).into_response()
+}
+
+async fn list_agents(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Response {
+    if let Err(r) = approver(&gate, &headers) {
+        return r.into_response();
+    }
+    let policy = gate.policy();
+    let mut agents: Vec<Value> = policy
+        .agents()
+        .map(|a| {
+            json!({
+                "id": a.id,
+                "owner": a.owner,
+                "environment": a.environment,
+                "tools": a.tools,
+                "disabled": kill_json(&gate, &format!("agent:{}", a.id)),
+            })
+        })
+        .collect();
+    agents.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    Json(json!({ "agents": agents })).into_response()
+}
+
+enum Kind {
+    Tool,
+    Agent,
+}
+
+async fn switch(
+    gate: Arc<Gate>,
+    headers: HeaderMap,
+    kind: Kind,
+    name: String,
+    disable: bool,
+    reason: Option<String>,
+) -> Response {
+    let who = match approver(&gate, &headers) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    let policy = gate.policy();
+    let (prefix, exists) = match kind {
+        Kind::Tool => ("tool", policy.tool(&name).is_some()),
+        Kind::Agent => ("agent", policy.agent(&name).is_some()),
+    };
+    if !exists {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no {prefix} named {name:?} in the policies in force"),
+        )
+        .into_response();
+    }
+    // Anyone who may approve may stop things; only an admin may start them again.
+    if !disable && !who.groups.iter().any(|g| g == "admin") {
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "policy_violation",
+            format!(
+                "enabling a {prefix} needs an approver in group admin; {} is not",
+                who.id
+            ),
+        )
+        .into_response();
+    }
+    let key = format!("{prefix}:{name}");
+    let value = disable.then(|| KillSwitch {
+        by: who.id.clone(),
+        reason: reason
+            .filter(|r| !r.trim().is_empty())
+            .unwrap_or_else(|| "no reason given".into()),
+        at_unix: now_unix(),
+    });
+    if let Err(e) = gate.set_kill_switch(&key, value).await {
+        warn!(error = %e, %key, "kill switch could not be stored");
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "internal_error",
+            format!("the kill switch could not be stored: {e}"),
+        )
+        .into_response();
+    }
+    info!(%key, by = %who.id, disabled = disable, "kill switch");
+    Json(json!({ prefix: name, "disabled": kill_json(&gate, &key) })).into_response()
+}
+
+fn reason_of(body: Option<Json<Reason>>) -> Option<String> {
+    body.and_then(|Json(r)| r.reason)
+}
+
+async fn disable_tool(
+    State(gate): State<Arc<Gate>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<Reason>>,
+) -> Response {
+    switch(gate, headers, Kind::Tool, name, true, reason_of(body)).await
+}
+
+async fn enable_tool(
+    State(gate): State<Arc<Gate>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    switch(gate, headers, Kind::Tool, name, false, None).await
+}
+
+async fn disable_agent(
+    State(gate): State<Arc<Gate>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<Reason>>,
+) -> Response {
+    switch(gate, headers, Kind::Agent, id, true, reason_of(body)).await
+}
+
+async fn enable_agent(
+    State(gate): State<Arc<Gate>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    switch(gate, headers, Kind::Agent, id, false, None).await
 }
 
 /// Serves the admin listener until the gate shuts down.

@@ -33,6 +33,41 @@ pub enum Command {
         #[arg(long, env = env::POLICIES, default_value = "./policies")]
         policies: PathBuf,
     },
+    /// Kill switches for tools, through a running server's admin API.
+    Tools {
+        #[command(subcommand)]
+        command: SwitchCommand,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Kill switches for agents, through a running server's admin API.
+    Agents {
+        #[command(subcommand)]
+        command: SwitchCommand,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SwitchCommand {
+    /// List them with their kill-switch state.
+    List,
+    /// Stop it now, on open tunnels too (any approver).
+    Disable {
+        name: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Allow it again (an approver in group admin).
+    Enable { name: String },
+}
+
+/// Where the admin API is; the approver token comes from TOOLGATE_TOKEN.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    #[arg(long, env = env::SERVER, default_value = "http://127.0.0.1:8081", global = true)]
+    pub server: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,7 +164,96 @@ pub async fn main(cli: Cli) -> ExitCode {
             },
         },
         Command::Check { policies } => check(&policies),
+        Command::Tools { command, server } => switches("tools", command, &server.server).await,
+        Command::Agents { command, server } => switches("agents", command, &server.server).await,
     }
+}
+
+/// Calls the admin API. Returns the status and the JSON body.
+pub async fn admin_call(
+    server: &str,
+    method: http::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<(u16, serde_json::Value), String> {
+    use http_body_util::{BodyExt, Full};
+    let token = std::env::var(env::TOKEN)
+        .map_err(|_| format!("set {} to an approver token", env::TOKEN))?;
+    let url = format!("{}{}", server.trim_end_matches('/'), path);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(&url)
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    if body.is_some() {
+        req = req.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(Full::new(bytes::Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))
+        .map_err(|e| format!("{url}: {e}"))?;
+    let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(req))
+        .await
+        .map_err(|_| format!("{url}: no answer within 30s"))?
+        .map_err(|e| format!("{url}: {e} (is toolgate serving there? see --server)"))?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?
+        .to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    Ok((status, json))
+}
+
+async fn switches(kind: &str, command: SwitchCommand, server: &str) -> ExitCode {
+    let (method, path, body) = match &command {
+        SwitchCommand::List => (http::Method::GET, format!("/api/{kind}"), None),
+        SwitchCommand::Disable { name, reason } => (
+            http::Method::POST,
+            format!("/api/{kind}/{name}/disable"),
+            Some(serde_json::json!({ "reason": reason })),
+        ),
+        SwitchCommand::Enable { name } => (
+            http::Method::POST,
+            format!("/api/{kind}/{name}/enable"),
+            None,
+        ),
+    };
+    let (status, json) = match admin_call(server, method, &path, body).await {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    if !(200..300).contains(&status) {
+        let msg = json["error"]["message"]
+            .as_str()
+            .unwrap_or("request failed");
+        return fail(&format!("{status}: {msg}"));
+    }
+    let state = |v: &serde_json::Value| match v.get("disabled") {
+        Some(d) if !d.is_null() => format!(
+            "DISABLED by {} ({})",
+            d["by"].as_str().unwrap_or("?"),
+            d["reason"].as_str().unwrap_or("")
+        ),
+        _ => "enabled".to_string(),
+    };
+    match command {
+        SwitchCommand::List => {
+            let key = if kind == "tools" { "name" } else { "id" };
+            for item in json[kind].as_array().into_iter().flatten() {
+                println!("{:<32} {}", item[key].as_str().unwrap_or("?"), state(item));
+            }
+        }
+        SwitchCommand::Disable { name, .. } | SwitchCommand::Enable { name } => {
+            println!("{name}: {}", state(&json));
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn fail(message: &str) -> ExitCode {

@@ -48,6 +48,7 @@ async fn get_and_post_over_http1() {
         assert!(!r.headers.contains_key("proxy-authorization"));
     }
     assert_eq!(seen[0].authority, "api.stripe.com");
+    let mut gate = gate;
     gate.stop().await.unwrap();
 }
 
@@ -505,6 +506,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(upstream.count(), 1);
+    let mut gate = gate;
     gate.stop().await.unwrap();
     let got = in_flight.await.unwrap().unwrap();
     assert_eq!(got.status, 200);

@@ -65,9 +65,10 @@ impl Schema {
 
     /// The first violation, as a message naming the field by JSON pointer.
     pub fn check(&self, instance: &Value) -> Result<(), String> {
-        let Some(err) = self.validator.iter_errors(instance).next() else {
+        let Some(first) = self.validator.iter_errors(instance).next() else {
             return Ok(());
         };
+        let err = most_specific(&first);
         let at = err.instance_path().to_string();
         if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } =
             err.kind()
@@ -89,6 +90,32 @@ impl Schema {
             msg.push('…');
         }
         Err(format!("field {at}: {msg}"))
+    }
+}
+
+/// For an `anyOf`/`oneOf` failure, the error inside the branch the value was meant for (the one
+/// whose type it has), so the message names the real field instead of the union.
+fn most_specific<'a>(
+    err: &'a jsonschema::ValidationError<'a>,
+) -> &'a jsonschema::ValidationError<'a> {
+    use jsonschema::error::ValidationErrorKind as K;
+    let context = match err.kind() {
+        K::AnyOf { context } | K::OneOfNotValid { context } => context,
+        _ => return err,
+    };
+    let here = err.instance_path().to_string();
+    let fits = |branch: &&Vec<jsonschema::ValidationError<'static>>| {
+        !branch.iter().any(|e| {
+            e.instance_path().to_string() == here
+                && matches!(
+                    e.kind(),
+                    K::Type { .. } | K::Enum { .. } | K::Constant { .. }
+                )
+        })
+    };
+    match context.iter().find(fits).and_then(|b| b.first()) {
+        Some(inner) => most_specific(inner),
+        None => err,
     }
 }
 
