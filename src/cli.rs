@@ -114,6 +114,9 @@ pub struct ServeArgs {
     /// How long in-flight requests get to finish on SIGTERM or Ctrl-C.
     #[arg(long, env = env::SHUTDOWN_GRACE, default_value = "10s")]
     pub shutdown_grace: String,
+    /// How often the policy folder is checked for changes (SIGHUP reloads at once).
+    #[arg(long, env = env::RELOAD_INTERVAL, default_value = "2s")]
+    pub reload_interval: String,
 }
 
 impl ServeArgs {
@@ -132,6 +135,9 @@ impl ServeArgs {
             .map_err(|e| format!("--upstream-timeout: {e}"))?;
         config.shutdown_grace =
             parse_duration(&self.shutdown_grace).map_err(|e| format!("--shutdown-grace: {e}"))?;
+        config.reload_interval = parse_duration(&self.reload_interval)
+            .map_err(|e| format!("--reload-interval: {e}"))?
+            .max(std::time::Duration::from_millis(50));
         Ok(config)
     }
 }
@@ -292,6 +298,61 @@ fn check(dir: &std::path::Path) -> ExitCode {
             d.idempotency.as_deref().unwrap_or("-"),
             undo
         );
+    }
+    let mut notes = Vec::new();
+    for tool in policy.tools() {
+        let schemas = tool
+            .body
+            .as_ref()
+            .and_then(|b| b.schema.as_ref())
+            .map(|s| ("body", s))
+            .into_iter()
+            .chain(tool.query.as_ref().map(|s| ("query", s)));
+        for (what, schema) in schemas {
+            if !schema.closed.is_empty() {
+                notes.push(format!(
+                    "{}: {what} schema: {} object schema(s) without additionalProperties are treated as closed (unknown fields refused)",
+                    tool.name,
+                    schema.closed.len()
+                ));
+            }
+            if !schema.open.is_empty() {
+                notes.push(format!(
+                    "{}: {what} schema: free-form objects accept any keys at {}",
+                    tool.name,
+                    schema.open.join(", ")
+                ));
+            }
+        }
+    }
+    let mut undo = Vec::new();
+    for tool in policy.tools() {
+        if tool.side_effects == crate::policy::SideEffects::None {
+            continue;
+        }
+        match tool.def.rollback.as_ref() {
+            Some(r) if r.none.is_some() => undo.push(format!(
+                "{}: cannot be undone: {}",
+                tool.name,
+                r.none.as_deref().unwrap_or("")
+            )),
+            None => undo.push(format!("{}: declares no undo", tool.name)),
+            Some(_) => {}
+        }
+        if tool.side_effects == crate::policy::SideEffects::Irreversible
+            && tool.mode == crate::policy::Mode::Auto
+        {
+            undo.push(format!(
+                "warning: {} is irreversible and runs in mode auto, without approval",
+                tool.name
+            ));
+        }
+    }
+    if !notes.is_empty() || !undo.is_empty() {
+        println!();
+    }
+    for line in notes.iter().chain(undo.iter()) {
+        println!("{line}");
     }
     println!(
         "ok: {} tools from {} files",

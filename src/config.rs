@@ -18,6 +18,7 @@ pub mod env {
     pub const UPSTREAM_CA: &str = "TOOLGATE_UPSTREAM_CA";
     pub const UPSTREAM_TIMEOUT: &str = "TOOLGATE_UPSTREAM_TIMEOUT";
     pub const SHUTDOWN_GRACE: &str = "TOOLGATE_SHUTDOWN_GRACE";
+    pub const RELOAD_INTERVAL: &str = "TOOLGATE_RELOAD_INTERVAL";
     pub const LOG_FORMAT: &str = "TOOLGATE_LOG_FORMAT";
     pub const TOKEN: &str = "TOOLGATE_TOKEN";
     pub const SERVER: &str = "TOOLGATE_SERVER";

@@ -1,0 +1,223 @@
+//! The real binary: `serve` with SIGHUP reload and SIGTERM shutdown, `check`, and `ca`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let dest = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &dest);
+        } else {
+            std::fs::copy(&path, &dest).unwrap();
+        }
+    }
+}
+
+/// Ends the child it holds if the test fails before the child exits on its own.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reloads_on_sighup_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        &policies,
+    );
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--policies")
+        .arg(&policies)
+        .arg("--certs")
+        .arg(dir.path().join("certs"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--reload-interval", "1h"])
+        // Nothing is forwarded in this test; the route only spares a DNS lookup at CONNECT.
+        .args(["--connect-to", "api.stripe.com:443=127.0.0.1:9"])
+        .env("TOOLGATE_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut child = ChildGuard(child);
+    let started = Instant::now();
+    let (proxy, admin) = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "toolgate did not start"
+        );
+        let line = lines.next().expect("toolgate exited").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "toolgate serving" {
+            break (
+                v["proxy"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap(),
+                v["admin"].as_str().unwrap().to_string(),
+            );
+        }
+    };
+    // Keep draining the log so the child never blocks on a full pipe.
+    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+
+    let ca = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
+    let client = client_via(
+        proxy,
+        Some(("support-bot-staging", "demo-staging-token")),
+        &ca,
+        http::Version::HTTP_11,
+    );
+    let url = "https://api.stripe.com/v1/balance";
+    let got = send(&client, "GET", url, &[], "").await.unwrap();
+    assert!(
+        got.message().contains("no tool contract matches"),
+        "{}",
+        got.message()
+    );
+
+    std::fs::write(
+        policies.join("balance.toml"),
+        "[[tool]]\nname = \"stripe.balance.get\"\nhost = \"api.stripe.com\"\nmethod = \"GET\"\npath = \"/v1/balance\"\nmode = \"deny\"\n",
+    )
+    .unwrap();
+    signal(pid, "-HUP");
+    let mut reloaded = false;
+    for _ in 0..100 {
+        let got = send(&client, "GET", url, &[], "").await.unwrap();
+        if got.message().contains("mode deny") {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "SIGHUP did not reload the policies");
+    let health = Command::new("curl")
+        .args(["-sf", &format!("http://{admin}/healthz")])
+        .output();
+    if let Ok(out) = health {
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    }
+
+    signal(pid, "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "toolgate did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+    let log = log.join().unwrap().join("\n");
+    assert!(log.contains("policies reloaded"));
+    // The injected demo secrets never reach the log.
+    assert!(!log.contains("sk_test_toolgate_demo_placeholder"));
+    assert!(!log.contains("demo-staging-token"));
+}
+
+#[test]
+fn check_passes_on_the_examples_and_fails_on_a_broken_folder() {
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--policies",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/policies"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("stripe.refunds.create"));
+    assert!(table.contains("cannot be undone"));
+    assert!(table.contains("treated as closed"));
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[[tool]]\nname = \"x\"\nhost = \"api.example.com\"\nmethod = \"GET\"\npath = \"/x\"\nmdoe = \"deny\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--policies"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("mdoe") && err.contains("line 6"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ca_init_and_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let out = Command::new(BIN)
+        .args(["ca", "init", "--certs"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = Command::new(BIN)
+        .args(["ca", "export", "--certs"])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("-----BEGIN CERTIFICATE-----"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(certs.join("ca-key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the CA key is readable by its owner only");
+    }
+}
