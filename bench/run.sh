@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: toolgate vs a direct connection to a local TLS upstream, with oha.
 # Not a test. Prints requests/s, p50 and p99 per scenario and the ratio to direct.
+# Policies: bench/policies (a read, and a side-effect-free POST validated against a schema,
+# both with a credential injected).
 # Usage: bench/run.sh [seconds per run, default 5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +25,7 @@ UP=$(free_port); PX=$(free_port); AD=$(free_port)
 target/release/examples/echo_upstream --listen "127.0.0.1:$UP" --ca-out "$work/up-ca.pem" api.stripe.com \
   2>"$work/upstream.log" & pids+=($!)
 RUST_LOG=warn target/release/toolgate serve --listen "127.0.0.1:$PX" --admin-listen "127.0.0.1:$AD" \
-  --policies policies --certs "$work/certs" --data-dir "$work/data" \
+  --policies bench/policies --certs "$work/certs" --data-dir "$work/data" \
   --connect-to "api.stripe.com:443=127.0.0.1:$UP" --upstream-ca "$work/up-ca.pem" \
   2>"$work/toolgate.log" & pids+=($!)
 
@@ -32,10 +34,10 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
-head -c 1024 /dev/zero | tr '\0' 'a' | sed 's/^/name=/' | head -c 1024 > "$work/body"
-AUTH="Proxy-Authorization: Basic $(printf %s 'support-bot-staging:demo-staging-token' | base64)"
+python3 -c 'import sys; sys.stdout.write("limit=10&query=" + "a" * (1024 - 15))' > "$work/body"
+AUTH="Proxy-Authorization: Basic $(printf %s 'bench:bench-token' | base64)"
 URL_GET=https://api.stripe.com/v1/customers/cus_123
-URL_POST=https://api.stripe.com/v1/customers
+URL_POST=https://api.stripe.com/v1/customers/search
 
 direct() { oha --no-tui --output-format json -z "$DURATION" --cacert "$work/up-ca.pem" \
   --connect-to "api.stripe.com:443:127.0.0.1:$UP" "$@"; }
