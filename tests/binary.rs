@@ -44,14 +44,16 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok.success());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_reloads_on_sighup_and_stops_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    copy_dir(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
-        &policies,
-    );
+/// Starts `toolgate serve` on ephemeral ports over `dir` (policies, certs, data); returns the
+/// child, the proxy and admin addresses, and a thread collecting the rest of its log.
+type Started = (
+    ChildGuard,
+    std::net::SocketAddr,
+    String,
+    std::thread::JoinHandle<Vec<String>>,
+);
+
+fn start_binary(dir: &std::path::Path, extra: &[&str]) -> Started {
     let mut child = Command::new(BIN)
         .args([
             "serve",
@@ -61,21 +63,18 @@ async fn serve_reloads_on_sighup_and_stops_on_sigterm() {
             "127.0.0.1:0",
         ])
         .arg("--policies")
-        .arg(&policies)
+        .arg(dir.join("policies"))
         .arg("--certs")
-        .arg(dir.path().join("certs"))
+        .arg(dir.join("certs"))
         .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--reload-interval", "1h"])
-        // Nothing is forwarded in this test; the route only spares a DNS lookup at CONNECT.
-        .args(["--connect-to", "api.stripe.com:443=127.0.0.1:9"])
+        .arg(dir.join("data"))
+        .args(extra)
         .env("TOOLGATE_LOG_FORMAT", "json")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = child.id();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut child = ChildGuard(child);
+    let child = ChildGuard(child);
     let started = Instant::now();
     let (proxy, admin) = loop {
         assert!(
@@ -86,17 +85,86 @@ async fn serve_reloads_on_sighup_and_stops_on_sigterm() {
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         if v["message"] == "toolgate serving" {
             break (
-                v["proxy"]
-                    .as_str()
-                    .unwrap()
-                    .parse::<std::net::SocketAddr>()
-                    .unwrap(),
+                v["proxy"].as_str().unwrap().parse().unwrap(),
                 v["admin"].as_str().unwrap().to_string(),
             );
         }
     };
     // Keep draining the log so the child never blocks on a full pipe.
     let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    (child, proxy, admin, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_in_flight_when_toolgate_is_killed_is_never_sent_again() {
+    let pki = Pki::new("test upstream CA");
+    let upstream = Upstream::start(pki.server_config(&["api.github.com"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        &dir.path().join("policies"),
+    );
+    let route = format!("api.github.com:443={}", upstream.addr);
+    let ca = pki.ca_path.to_string_lossy().into_owned();
+    let args = [
+        "--connect-to",
+        route.as_str(),
+        "--upstream-ca",
+        ca.as_str(),
+        "--upstream-timeout",
+        "60s",
+    ];
+    let (mut child, proxy, _, _log) = start_binary(dir.path(), &args);
+    let ca_pem = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
+    let agent = Some(("support-bot-staging", "demo-staging-token"));
+    let body = serde_json::json!({"title": "hang-upstream"}).to_string();
+    let url = "https://api.github.com/repos/acme/web/issues";
+
+    let client = client_via(proxy, agent, &ca_pem, http::Version::HTTP_11);
+    let b = body.clone();
+    let in_flight = tokio::spawn(async move { send(&client, "POST", url, &[JSON], &b).await });
+    for _ in 0..200 {
+        if upstream.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(upstream.count(), 1, "the call reached the upstream");
+    signal(child.0.id(), "-KILL");
+    let _ = child.0.wait();
+    let _ = in_flight.await;
+
+    let (_child, proxy, _, _log) = start_binary(dir.path(), &args);
+    let client = client_via(proxy, agent, &ca_pem, http::Version::HTTP_11);
+    let got = send(&client, "POST", url, &[JSON], &body).await.unwrap();
+    assert_eq!(
+        (got.status.as_u16(), got.code().as_str()),
+        (409, "idempotency_conflict")
+    );
+    assert!(got.message().contains("unknown"), "{}", got.message());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(upstream.count(), 1, "the retry was not sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reloads_on_sighup_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        &policies,
+    );
+    // Nothing is forwarded in this test; the route only spares a DNS lookup at CONNECT.
+    let (mut child, proxy, admin, log) = start_binary(
+        dir.path(),
+        &[
+            "--reload-interval",
+            "1h",
+            "--connect-to",
+            "api.stripe.com:443=127.0.0.1:9",
+        ],
+    );
+    let pid = child.0.id();
 
     let ca = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
     let client = client_via(

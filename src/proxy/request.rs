@@ -258,6 +258,7 @@ pub(super) async fn process(
             .check(&agent.id, &tool.name, limit)
             .map_err(|secs| rate_limited(&tool, secs))?;
     }
+    let mut charged: Option<(String, f64)> = None;
     if let Some(budget) = &tool.budget {
         let amount = body_json
             .get(&budget.field)
@@ -270,7 +271,7 @@ pub(super) async fn process(
             budget.per.bucket(now_unix())
         );
         match gate.store.budget_add(&key, amount, budget.max).await.map_err(store_err)? {
-            Ok(_) => {}
+            Ok(_) => charged = Some((key, amount)),
             Err(used) => {
                 return Err(Refusal::policy(format!(
                     "budget exceeded: tool {} allows a total {} of {} per {} for agent {}; {} is used and this call asks for {}",
@@ -302,8 +303,15 @@ pub(super) async fn process(
         Ok(resp) => resp,
         Err(failure) => {
             if failure.not_sent {
-                // Nothing reached the upstream: the call may be retried.
+                // Nothing reached the upstream: the call may be retried, and spent nothing.
                 gate.store.idem_remove(&idem_id).await.map_err(store_err)?;
+                if let Some((key, amount)) = charged {
+                    gate.store
+                        .budget_add(&key, -amount, f64::MAX)
+                        .await
+                        .map_err(store_err)?
+                        .ok();
+                }
             }
             return Err(failure.refusal);
         }
