@@ -14,6 +14,9 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::admin_pages as pages;
+pub use crate::admin_pages::Sessions;
+use crate::approval::{self, Action};
 use crate::policy::Approver;
 use crate::store::{now_unix, KillSwitch};
 use crate::Gate;
@@ -28,6 +31,19 @@ pub fn router(gate: Arc<Gate>) -> Router {
         .route("/api/agents", get(list_agents))
         .route("/api/agents/{id}/disable", post(disable_agent))
         .route("/api/agents/{id}/enable", post(enable_agent))
+        .route("/api/proposals", get(list_proposals))
+        .route("/api/proposals/{id}", get(get_proposal))
+        .route("/api/proposals/{id}/{action}", post(decide_proposal))
+        .route("/", get(pages::root))
+        .route("/login", get(pages::login_form).post(pages::login))
+        .route("/logout", post(pages::logout))
+        .route("/queue", get(pages::queue))
+        .route("/queue/fragment", get(pages::queue_fragment))
+        .route("/proposals/{id}", get(pages::detail))
+        .route("/proposals/{id}/{action}", post(pages::act))
+        .route("/history", get(pages::history))
+        .route("/switches", get(pages::switches))
+        .route("/switches/{kind}/{name}/{action}", post(pages::switch))
         .with_state(gate)
 }
 
@@ -79,6 +95,106 @@ fn approver(gate: &Gate, headers: &HeaderMap) -> Result<Arc<Approver>, ApiError>
             "the token is not an approver's token",
         )
     })
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StateQuery {
+    state: Option<String>,
+}
+
+async fn list_proposals(
+    State(gate): State<Arc<Gate>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<StateQuery>,
+) -> Response {
+    if let Err(r) = approver(&gate, &headers) {
+        return r.into_response();
+    }
+    let state = match q.state.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match approval::State::parse(s) {
+            Some(st) => Some(st),
+            None => {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    "validation_error",
+                    format!("state {s:?} is not one of pending, approved, committing, committed, failed, denied, expired, cancelled, revoked, outcome_unknown"),
+                )
+                .into_response()
+            }
+        },
+    };
+    match approval::list(&gate, state).await {
+        Ok(list) => Json(pages::proposals_json(&list)).into_response(),
+        Err(e) => api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "internal_error",
+            e.to_string(),
+        )
+        .into_response(),
+    }
+}
+
+async fn get_proposal(
+    State(gate): State<Arc<Gate>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = approver(&gate, &headers) {
+        return r.into_response();
+    }
+    match approval::load(&gate, &id).await {
+        Ok(Some(p)) => Json(p.view()).into_response(),
+        Ok(None) => api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no proposal {id}"),
+        )
+        .into_response(),
+        Err(e) => api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "internal_error",
+            e.to_string(),
+        )
+        .into_response(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Comment {
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+async fn decide_proposal(
+    State(gate): State<Arc<Gate>>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    body: Option<Json<Comment>>,
+) -> Response {
+    let who = match approver(&gate, &headers) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    let action = match action.as_str() {
+        "approve" => Action::Approve,
+        "deny" => Action::Deny,
+        "revoke" => Action::Revoke,
+        "cancel" => Action::Cancel,
+        other => {
+            return api_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no action {other:?}; use approve, deny, revoke or cancel"),
+            )
+            .into_response()
+        }
+    };
+    let comment = body.and_then(|Json(c)| c.comment).unwrap_or_default();
+    match approval::decide(&gate, &who, &id, action, &comment).await {
+        Ok(p) => Json(p.view()).into_response(),
+        Err(e) => api_error(e.status, e.code, e.message).into_response(),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy and the admin listener.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage the local certificate authority agents trust.
     Ca {
         #[command(subcommand)]
@@ -32,6 +32,35 @@ pub enum Command {
     Check {
         #[arg(long, env = env::POLICIES, default_value = "./policies")]
         policies: PathBuf,
+    },
+    /// List proposals waiting for approval, through a running server's admin API.
+    Pending {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Approve a proposal.
+    Approve {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Deny a proposal.
+    Deny {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Revoke an approval before its commit starts.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Kill switches for tools, through a running server's admin API.
     Tools {
@@ -117,6 +146,12 @@ pub struct ServeArgs {
     /// How often the policy folder is checked for changes (SIGHUP reloads at once).
     #[arg(long, env = env::RELOAD_INTERVAL, default_value = "2s")]
     pub reload_interval: String,
+    /// A webhook (Slack-compatible JSON) for every new proposal; a tool's approval.webhook wins.
+    #[arg(long, env = env::WEBHOOK)]
+    pub webhook: Option<String>,
+    /// The approvers' page as approvers reach it, for links in notifications.
+    #[arg(long, env = env::ADMIN_URL)]
+    pub admin_url: Option<String>,
 }
 
 impl ServeArgs {
@@ -138,6 +173,13 @@ impl ServeArgs {
         config.reload_interval = parse_duration(&self.reload_interval)
             .map_err(|e| format!("--reload-interval: {e}"))?
             .max(std::time::Duration::from_millis(50));
+        config.webhook = self.webhook.clone().filter(|w| !w.is_empty());
+        if let Some(w) = &config.webhook {
+            if !(w.starts_with("http://") || w.starts_with("https://")) {
+                return Err(format!("--webhook {w:?}: expected an http(s) URL"));
+            }
+        }
+        config.admin_url = self.admin_url.clone().unwrap_or_default();
         Ok(config)
     }
 }
@@ -145,7 +187,7 @@ impl ServeArgs {
 /// Runs a parsed command line. Returns the process exit code.
 pub async fn main(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Ca { command } => match command {
             CaCommand::Init { certs, force } => match crate::ca::init(&certs, force) {
                 Ok(true) => {
@@ -170,6 +212,22 @@ pub async fn main(cli: Cli) -> ExitCode {
             },
         },
         Command::Check { policies } => check(&policies),
+        Command::Pending { server } => pending(&server.server).await,
+        Command::Approve {
+            id,
+            comment,
+            server,
+        } => decide(&server.server, &id, "approve", comment).await,
+        Command::Deny {
+            id,
+            comment,
+            server,
+        } => decide(&server.server, &id, "deny", comment).await,
+        Command::Revoke {
+            id,
+            comment,
+            server,
+        } => decide(&server.server, &id, "revoke", comment).await,
         Command::Tools { command, server } => switches("tools", command, &server.server).await,
         Command::Agents { command, server } => switches("agents", command, &server.server).await,
     }
@@ -214,6 +272,75 @@ pub async fn admin_call(
         .to_bytes();
     let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
     Ok((status, json))
+}
+
+fn show_proposal(p: &serde_json::Value) {
+    let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
+    println!(
+        "{}  {}  {}  [{}]  agent {} (owner {})  {}/{} approvals  {}",
+        s("id"),
+        s("state"),
+        s("tool"),
+        s("risk"),
+        s("agent"),
+        s("owner"),
+        p["approvals"].as_array().map(|a| a.len()).unwrap_or(0),
+        p["policy"]["required"].as_u64().unwrap_or(1),
+        s("summary")
+    );
+}
+
+async fn pending(server: &str) -> ExitCode {
+    match admin_call(
+        server,
+        http::Method::GET,
+        "/api/proposals?state=pending",
+        None,
+    )
+    .await
+    {
+        Ok((200, json)) => {
+            let list = json["proposals"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("nothing is waiting for approval");
+            }
+            for p in &list {
+                show_proposal(p);
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((status, json)) => fail(&format!(
+            "{status}: {}",
+            json["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed")
+        )),
+        Err(e) => fail(&e),
+    }
+}
+
+async fn decide(server: &str, id: &str, action: &str, comment: Option<String>) -> ExitCode {
+    let body = serde_json::json!({ "comment": comment.unwrap_or_default() });
+    match admin_call(
+        server,
+        http::Method::POST,
+        &format!("/api/proposals/{id}/{action}"),
+        Some(body),
+    )
+    .await
+    {
+        Ok((200, json)) => {
+            show_proposal(&json);
+            ExitCode::SUCCESS
+        }
+        Ok((status, json)) => fail(&format!(
+            "{status}: {}",
+            json["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed")
+        )),
+        Err(e) => fail(&e),
+    }
 }
 
 async fn switches(kind: &str, command: SwitchCommand, server: &str) -> ExitCode {

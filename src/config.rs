@@ -19,6 +19,8 @@ pub mod env {
     pub const UPSTREAM_TIMEOUT: &str = "TOOLGATE_UPSTREAM_TIMEOUT";
     pub const SHUTDOWN_GRACE: &str = "TOOLGATE_SHUTDOWN_GRACE";
     pub const RELOAD_INTERVAL: &str = "TOOLGATE_RELOAD_INTERVAL";
+    pub const WEBHOOK: &str = "TOOLGATE_WEBHOOK";
+    pub const ADMIN_URL: &str = "TOOLGATE_ADMIN_URL";
     pub const LOG_FORMAT: &str = "TOOLGATE_LOG_FORMAT";
     pub const TOKEN: &str = "TOOLGATE_TOKEN";
     pub const SERVER: &str = "TOOLGATE_SERVER";
@@ -42,6 +44,11 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How often the policy folder is checked for changes.
     pub reload_interval: Duration,
+    /// A webhook for every new proposal (a tool's `approval.webhook` takes precedence).
+    pub webhook: Option<String>,
+    /// The admin page's URL as approvers reach it, for links in notifications. Empty: derived
+    /// from the admin listener's address.
+    pub admin_url: String,
 }
 
 impl Config {
@@ -57,6 +64,8 @@ impl Config {
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             reload_interval: Duration::from_secs(2),
+            webhook: None,
+            admin_url: String::new(),
         }
     }
 

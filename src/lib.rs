@@ -3,12 +3,15 @@
 //! binary so that tests can start the whole server in-process on ephemeral ports.
 
 pub mod admin;
+pub mod admin_pages;
+pub mod approval;
 pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod limits;
 pub mod logging;
+pub mod notify;
 pub mod policy;
 pub mod proxy;
 pub mod store;
@@ -65,6 +68,9 @@ pub struct Gate {
     kill: RwLock<HashMap<String, store::KillSwitch>>,
     /// The fingerprint of the policy folder the policy in force was loaded from.
     policy_fingerprint: std::sync::Mutex<u64>,
+    pub(crate) waiters: approval::Waiters,
+    pub(crate) webhook: Arc<notify::WebhookClient>,
+    pub(crate) sessions: admin::Sessions,
 }
 
 impl Gate {
@@ -94,6 +100,21 @@ impl Gate {
             extra_roots.extend(certs);
         }
         let routes = Arc::new(Routes::new(config.connect_to.clone()));
+        let webhook = {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            for der in &extra_roots {
+                roots
+                    .add(der.clone())
+                    .map_err(proxy::upstream::UpstreamSetupError::Tls)?;
+            }
+            let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(proxy::upstream::UpstreamSetupError::Tls)?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Arc::new(notify::client(tls))
+        };
         let upstream = Upstream::new(provider, routes, &extra_roots, config.upstream_timeout)?;
         Ok(Gate {
             config,
@@ -107,6 +128,9 @@ impl Gate {
             idem_locks: store::KeyedLocks::default(),
             kill: RwLock::new(kill),
             policy_fingerprint: std::sync::Mutex::new(policy_fingerprint),
+            waiters: approval::Waiters::default(),
+            webhook,
+            sessions: admin::Sessions::default(),
         })
     }
 
@@ -200,7 +224,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), StartError> {
     let grace = config.shutdown_grace;
+    let mut config = config;
+    if config.admin_url.is_empty() {
+        if let Ok(addr) = listeners.admin.local_addr() {
+            config.admin_url = format!("http://{addr}");
+        }
+    }
     let gate = Arc::new(Gate::new(config)?);
+    approval::recover(&gate.store).await?;
     let policy = gate.policy();
     info!(
         proxy = %listeners.proxy.local_addr().map(|a| a.to_string()).unwrap_or_default(),

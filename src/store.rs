@@ -253,3 +253,54 @@ impl KeyedLocks {
         lock.lock_owned().await
     }
 }
+
+impl Store {
+    fn proposals(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree("proposals")?)
+    }
+
+    fn proposal_index(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree("proposal_by_call")?)
+    }
+
+    /// Writes a proposal (and, when given, the index from its call identity) and flushes.
+    pub async fn put_proposal(
+        &self,
+        p: &crate::approval::Proposal,
+        index: bool,
+    ) -> Result<(), StoreError> {
+        self.proposals()?.insert(&p.id, serde_json::to_vec(p)?)?;
+        if index {
+            self.proposal_index()?
+                .insert(&p.identity, p.id.as_bytes())?;
+        }
+        self.flush().await
+    }
+
+    pub fn get_proposal(&self, id: &str) -> Result<Option<crate::approval::Proposal>, StoreError> {
+        match self.proposals()?.get(id)? {
+            Some(b) => Ok(Some(serde_json::from_slice(&b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The latest proposal made for a call identity.
+    pub fn proposal_for(
+        &self,
+        identity: &str,
+    ) -> Result<Option<crate::approval::Proposal>, StoreError> {
+        match self.proposal_index()?.get(identity)? {
+            Some(id) => self.get_proposal(&String::from_utf8_lossy(&id)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn list_proposals(&self) -> Result<Vec<crate::approval::Proposal>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.proposals()?.iter() {
+            let (_, v) = item?;
+            out.push(serde_json::from_slice(&v)?);
+        }
+        Ok(out)
+    }
+}

@@ -535,6 +535,7 @@ mode = "approve"
 side_effects = "irreversible"
 idempotency = "key"
 body = {{ format = "form" }}
+approval = {{ hold = "200ms" }}
 
 [[tool]]
 name = "stripe.customers.delete"
@@ -583,12 +584,9 @@ idempotency = "payload"
     )
     .await
     .unwrap();
-    assert_eq!(got.status, 403);
-    assert!(
-        got.message().contains("requires human approval"),
-        "{}",
-        got.message()
-    );
+    assert_eq!(got.status, 423);
+    assert_eq!(got.code(), "approval_pending");
+    assert!(got.headers.contains_key("toolgate-proposal"));
     let got = send(&bot, "DELETE", CUSTOMER, &[], "").await.unwrap();
     assert_eq!(got.status, 403);
     assert!(got.message().contains("mode deny"));

@@ -197,6 +197,20 @@ pub struct Budget {
     pub per: Period,
 }
 
+/// `approval = { groups, required, expires, hold, allow_self_approval, webhook }`.
+#[derive(Debug, Clone)]
+pub struct ApprovalSpec {
+    /// Approvers in any of these groups may decide; empty means any approver.
+    pub groups: Vec<String>,
+    /// Distinct approvers needed.
+    pub required: u32,
+    pub expires: std::time::Duration,
+    /// How long the agent's connection is held waiting for a decision.
+    pub hold: std::time::Duration,
+    pub allow_self_approval: bool,
+    pub webhook: Option<String>,
+}
+
 /// A person who may approve held calls and use the admin API.
 #[derive(Debug)]
 pub struct Approver {
@@ -261,6 +275,7 @@ pub struct Tool {
     /// Path parameters bound to agent templates, e.g. `owner` = `{agent.attrs.github_org}`.
     pub params: Vec<(String, String)>,
     pub rules: Vec<rules::Rule>,
+    pub approval: ApprovalSpec,
     pub def: ToolDef,
 }
 
@@ -412,6 +427,10 @@ impl Policy {
             }
         }
         found
+    }
+
+    pub fn approver(&self, id: &str) -> Option<&Arc<Approver>> {
+        self.approvers.iter().find(|a| a.id == id)
     }
 
     pub fn agents(&self) -> impl Iterator<Item = &Arc<Agent>> {
@@ -758,7 +777,47 @@ fn compile_tool(
         .map(|r| rules::Rule::compile(&r.deny_if, &r.message))
         .collect::<Result<Vec<_>, _>>()
         .map_err(err)?;
+    let approval = {
+        let a = def.approval.clone().unwrap_or(file::ApprovalDef {
+            groups: vec![],
+            required: None,
+            expires: None,
+            hold: None,
+            allow_self_approval: None,
+            webhook: None,
+        });
+        let dur = |v: &Option<String>,
+                   default: u64,
+                   what: &str|
+         -> Result<std::time::Duration, PolicyError> {
+            match v {
+                Some(t) => crate::config::parse_duration(t)
+                    .map_err(|e| err(format!("approval.{what}: {e}"))),
+                None => Ok(std::time::Duration::from_secs(default)),
+            }
+        };
+        let required = a.required.unwrap_or(1);
+        if required == 0 {
+            return Err(err("approval.required must be at least 1".into()));
+        }
+        if let Some(url) = &a.webhook {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(err(format!(
+                    "approval.webhook {url:?} must be an http(s) URL"
+                )));
+            }
+        }
+        ApprovalSpec {
+            groups: a.groups,
+            required,
+            expires: dur(&a.expires, 3600, "expires")?,
+            hold: dur(&a.hold, 10, "hold")?,
+            allow_self_approval: a.allow_self_approval.unwrap_or(false),
+            webhook: a.webhook,
+        }
+    };
     Ok(Tool {
+        approval,
         mode,
         side_effects,
         body,

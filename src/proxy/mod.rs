@@ -98,6 +98,8 @@ pub(crate) struct Target {
     host: String,
     port: u16,
     peer: SocketAddr,
+    /// The tunnel (or connection) the request came on: the job of calls that name none.
+    tunnel_id: String,
 }
 
 /// The authenticate phase: `Proxy-Authorization: Basic base64(agent-id:token)`.
@@ -198,6 +200,7 @@ async fn outer(gate: Arc<Gate>, peer: SocketAddr, req: Request<Incoming>) -> Res
         host,
         port,
         peer,
+        tunnel_id: new_id("conn"),
     };
     handle(gate, &target, req, request_id, started).await
 }
@@ -261,6 +264,7 @@ async fn connect(
         host,
         port,
         peer,
+        tunnel_id: new_id("tun"),
     };
     info!(
         request_id = %request_id, agent = %agent.id, host = %target.host, method = "CONNECT",

@@ -115,13 +115,7 @@ pub(super) async fn process(
                 tool.name
             )))
         }
-        Mode::Approve => {
-            return Err(Refusal::policy(format!(
-                "tool {} requires human approval, which this toolgate cannot collect yet; the call was not sent",
-                tool.name
-            )))
-        }
-        Mode::Auto | Mode::DryRun => {}
+        Mode::Approve | Mode::Auto | Mode::DryRun => {}
     }
     let asked_dry_run = parts
         .headers
@@ -162,6 +156,44 @@ pub(super) async fn process(
         ));
     }
 
+    let payload_sha = {
+        let mut h = Sha256::new();
+        h.update(parts.method.as_str());
+        h.update([0]);
+        h.update(&path_and_query);
+        h.update([0]);
+        h.update(&body_bytes);
+        hex::encode(h.finalize())
+    };
+
+    if tool.mode == Mode::Approve {
+        // The proposal stores the request without the credential; it is injected at commit.
+        if let Some(cred) = &credential {
+            headers.remove(&cred.header);
+        }
+        let job = parts
+            .headers
+            .get("toolgate-job")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| target.tunnel_id.clone());
+        let call = crate::approval::Call {
+            agent: &agent,
+            tool: &tool,
+            request_id,
+            job,
+            host: &target.host,
+            port: target.port,
+            method: &parts.method,
+            path_and_query: &path_and_query,
+            headers: &headers,
+            body: &body_bytes,
+            payload_sha256: &payload_sha,
+            summary_ctx: json!({"body": body_json, "params": matched.params, "query": query}),
+        };
+        return crate::approval::propose_and_wait(gate, call).await;
+    }
+
     let build = |headers: HeaderMap| {
         let mut out = Request::new(body::full(body_bytes.clone()));
         *out.method_mut() = parts.method.clone();
@@ -186,15 +218,6 @@ pub(super) async fn process(
     }
 
     // idempotency: at most one execution per call.
-    let payload_sha = {
-        let mut h = Sha256::new();
-        h.update(parts.method.as_str());
-        h.update([0]);
-        h.update(&path_and_query);
-        h.update([0]);
-        h.update(&body_bytes);
-        hex::encode(h.finalize())
-    };
     let (idem_id, window_secs) = match tool.idempotency {
         Some(Idempotency::Key) => {
             let key = parts

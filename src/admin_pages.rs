@@ -1,0 +1,572 @@
+//! The approvers' web page: server-rendered, no assets from the internet, usable on a phone.
+//! Sign-in with an approver token gives a session cookie (HttpOnly, SameSite=Strict); every form
+//! carries the session's CSRF token.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::approval::{self, Action, Proposal};
+use crate::policy::Approver;
+use crate::store::{now_unix, KillSwitch};
+use crate::Gate;
+
+const COOKIE: &str = "tg_session";
+const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+struct Session {
+    approver: String,
+    csrf: String,
+    expires: Instant,
+}
+
+/// Signed-in approvers, by session id (random, in memory: a restart signs everyone out).
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Session>>,
+}
+
+impl Sessions {
+    fn create(&self, approver: &str) -> (String, String) {
+        let id = hex::encode(rand::random::<[u8; 32]>());
+        let csrf = hex::encode(rand::random::<[u8; 32]>());
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        map.retain(|_, s| s.expires > now);
+        map.insert(
+            id.clone(),
+            Session {
+                approver: approver.to_string(),
+                csrf: csrf.clone(),
+                expires: now + SESSION_TTL,
+            },
+        );
+        (id, csrf)
+    }
+
+    fn get(&self, id: &str) -> Option<(String, String)> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(id)
+            .filter(|s| s.expires > Instant::now())
+            .map(|s| (s.approver.clone(), s.csrf.clone()))
+    }
+
+    fn remove(&self, id: &str) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+}
+
+/// The signed-in approver (looked up in the policy in force, so removing one signs them out).
+struct Signed {
+    approver: Arc<Approver>,
+    csrf: String,
+    session: String,
+}
+
+fn session_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+fn signed(gate: &Gate, headers: &HeaderMap) -> Option<Signed> {
+    let session = session_id(headers)?;
+    let (approver, csrf) = gate.sessions.get(&session)?;
+    let approver = gate.policy().approver(&approver).cloned()?;
+    Some(Signed {
+        approver,
+        csrf,
+        session,
+    })
+}
+
+fn to_login() -> Response {
+    Redirect::to("/login").into_response()
+}
+
+/// Escapes text for HTML.
+pub fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#111}\
+header{background:#1f2937;color:#fff;padding:.6rem 1rem;display:flex;flex-wrap:wrap;gap:1rem;align-items:center}\
+header a{color:#fff}main{padding:1rem;max-width:60rem;margin:auto}\
+.card{background:#fff;border:1px solid #ddd;border-radius:8px;padding:.8rem;margin:.6rem 0}\
+.risk-high,.risk-critical{color:#b91c1c;font-weight:bold}pre{white-space:pre-wrap;word-break:break-all;background:#f3f4f6;padding:.5rem}\
+table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #eee;padding:.3rem;text-align:left;vertical-align:top}\
+button{padding:.5rem 1rem;margin:.2rem 0;font-size:1rem}textarea,input[type=text],input[type=password]{width:100%;box-sizing:border-box;font-size:1rem}\
+.flash{background:#fef3c7;padding:.5rem;border-radius:6px}@media(max-width:40rem){td,th{display:block}}";
+
+fn page(title: &str, who: Option<&Signed>, body: &str) -> Html<String> {
+    let nav = match who {
+        Some(s) => format!(
+            "<a href=\"/queue\">Queue</a><a href=\"/history\">History</a><a href=\"/switches\">Kill switches</a>\
+             <span>{}</span><form method=\"post\" action=\"/logout\" style=\"display:inline\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Sign out</button></form>",
+            esc(&s.approver.id),
+            esc(&s.csrf)
+        ),
+        None => String::new(),
+    };
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <title>{} · toolgate</title><style>{STYLE}</style></head><body><header><strong>toolgate</strong>{nav}</header>\
+         <main>{body}</main></body></html>",
+        esc(title)
+    ))
+}
+
+pub async fn login_form() -> Html<String> {
+    page(
+        "Sign in",
+        None,
+        "<h1>Sign in</h1><form method=\"post\" action=\"/login\" class=\"card\">\
+         <label>Approver token<input type=\"password\" name=\"token\" autocomplete=\"current-password\" autofocus></label>\
+         <button>Sign in</button></form>",
+    )
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    token: String,
+}
+
+pub async fn login(State(gate): State<Arc<Gate>>, Form(form): Form<LoginForm>) -> Response {
+    let Some(approver) = gate.policy().authenticate_approver(form.token.trim()) else {
+        let body = "<h1>Sign in</h1><p class=\"flash\">That is not an approver's token.</p><p><a href=\"/login\">Try again</a></p>";
+        return (StatusCode::UNAUTHORIZED, page("Sign in", None, body)).into_response();
+    };
+    let (id, _) = gate.sessions.create(&approver.id);
+    let cookie = format!(
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        SESSION_TTL.as_secs()
+    );
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/queue")).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    comment: String,
+    #[serde(default)]
+    reason: String,
+}
+
+fn csrf_ok(s: &Signed, form: &CsrfForm) -> bool {
+    use subtle::ConstantTimeEq;
+    !form.csrf.is_empty() && bool::from(form.csrf.as_bytes().ct_eq(s.csrf.as_bytes()))
+}
+
+fn csrf_refused() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        Html(
+            "<p>The form's CSRF token is missing or wrong; reload the page and try again.</p>"
+                .to_string(),
+        ),
+    )
+        .into_response()
+}
+
+pub async fn logout(
+    State(gate): State<Arc<Gate>>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let Some(s) = signed(&gate, &headers) else {
+        return to_login();
+    };
+    if !csrf_ok(&s, &form) {
+        return csrf_refused();
+    }
+    gate.sessions.remove(&s.session);
+    let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
+}
+
+pub async fn root() -> Redirect {
+    Redirect::to("/queue")
+}
+
+fn age(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m", secs / 60),
+        _ => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+fn queue_rows(props: &[Proposal]) -> String {
+    let now = now_unix();
+    if props.is_empty() {
+        return "<p id=\"empty\">Nothing is waiting for approval.</p>".into();
+    }
+    props
+        .iter()
+        .map(|p| {
+            format!(
+                "<div class=\"card proposal\" data-id=\"{id}\"><a href=\"/proposals/{id}\"><strong>{summary}</strong></a><br>\
+                 {tool} · <span class=\"risk-{risk}\">{risk}</span> · agent {agent} (owner {owner})<br>\
+                 {approvals}/{required} approvals · age {age} · {left} left · {state}</div>",
+                id = esc(&p.id),
+                summary = esc(&p.summary),
+                tool = esc(&p.tool),
+                risk = esc(&p.risk),
+                agent = esc(&p.agent),
+                owner = esc(&p.owner),
+                approvals = p.approvals.len(),
+                required = p.required,
+                age = age(now.saturating_sub(p.created_unix)),
+                left = age(p.expires_unix.saturating_sub(now)),
+                state = p.state.as_str(),
+            )
+        })
+        .collect()
+}
+
+async fn open_proposals(gate: &Gate) -> Vec<Proposal> {
+    approval::list(gate, None)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.state.is_open())
+        .collect()
+}
+
+pub async fn queue(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Response {
+    let Some(s) = signed(&gate, &headers) else {
+        return to_login();
+    };
+    let rows = queue_rows(&open_proposals(&gate).await);
+    // Updates by itself: the fragment is fetched again every two seconds (same origin, session
+    // cookie), so a new proposal appears without a reload.
+    let body = format!(
+        "<h1>Waiting for approval</h1><div id=\"queue\">{rows}</div>\
+         <script>setInterval(async()=>{{try{{const r=await fetch('/queue/fragment',{{credentials:'same-origin'}});\
+         if(r.ok){{document.getElementById('queue').innerHTML=await r.text();}}}}catch(e){{}}}},2000);</script>"
+    );
+    page("Queue", Some(&s), &body).into_response()
+}
+
+pub async fn queue_fragment(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Response {
+    if signed(&gate, &headers).is_none() {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    Html(queue_rows(&open_proposals(&gate).await)).into_response()
+}
+
+pub async fn detail(
+    State(gate): State<Arc<Gate>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(s) = signed(&gate, &headers) else {
+        return to_login();
+    };
+    let p = match approval::load(&gate, &id).await {
+        Ok(Some(p)) => p,
+        _ => {
+            return (
+                StatusCode::NOT_FOUND,
+                page("Not found", Some(&s), "<p>No such proposal.</p>"),
+            )
+                .into_response()
+        }
+    };
+    let v = p.view();
+    let headers_html: String = p
+        .request
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{}: {}\n", esc(k), esc(v)))
+        .collect();
+    let approvals: String = p
+        .approvals
+        .iter()
+        .map(|a| {
+            format!(
+                "<li>{} at {} {}</li>",
+                esc(&a.by),
+                a.at_unix,
+                esc(&a.comment)
+            )
+        })
+        .collect();
+    let decision = p
+        .decision
+        .as_ref()
+        .map(|d| {
+            format!(
+                "<p>{} by {}: {}</p>",
+                esc(p.state.as_str()),
+                esc(&d.by),
+                esc(&d.comment)
+            )
+        })
+        .unwrap_or_default();
+    let form = |action: &str, label: &str| {
+        format!(
+            "<form method=\"post\" action=\"/proposals/{id}/{action}\" class=\"card\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <label>Comment<textarea name=\"comment\" rows=\"2\"></textarea></label><button name=\"do\" value=\"{action}\">{label}</button></form>",
+            id = esc(&p.id),
+            csrf = esc(&s.csrf),
+        )
+    };
+    let actions = match p.state {
+        approval::State::Pending => {
+            format!("{}{}", form("approve", "Approve"), form("deny", "Deny"))
+        }
+        approval::State::Approved => format!(
+            "{}{}",
+            form("revoke", "Revoke approval"),
+            form("deny", "Deny")
+        ),
+        _ => String::new(),
+    };
+    let body = format!(
+        "<h1>{summary}</h1><p>State: <strong id=\"state\">{state}</strong>{note}</p>\
+         <div class=\"card\"><table>\
+         <tr><th>Tool</th><td>{tool} v{version} · <span class=\"risk-{risk}\">{risk}</span></td></tr>\
+         <tr><th>Agent</th><td>{agent} ({environment}), owner {owner}</td></tr>\
+         <tr><th>Job</th><td>{job}</td></tr>\
+         <tr><th>Policy</th><td>mode approve; {required} approval(s) from {groups}; self-approval {selfapp}</td></tr>\
+         <tr><th>Expires</th><td>in {left}</td></tr></table></div>\
+         <h2>Exact request</h2><pre>{method} {url}\n{headers_html}\n{body_text}</pre><p>sha256 {sha}</p>\
+         <h2>Approvals so far</h2><ul>{approvals}</ul>{decision}{actions}",
+        summary = esc(&p.summary),
+        state = p.state.as_str(),
+        note = p.note.as_ref().map(|n| format!(" — {}", esc(n))).unwrap_or_default(),
+        tool = esc(&p.tool),
+        version = p.tool_version,
+        risk = esc(&p.risk),
+        agent = esc(&p.agent),
+        environment = esc(&p.environment),
+        owner = esc(&p.owner),
+        job = esc(&p.job),
+        required = p.required,
+        groups = if p.groups.is_empty() { "any approver".to_string() } else { esc(&p.groups.join(", ")) },
+        selfapp = if p.allow_self_approval { "allowed" } else { "not allowed" },
+        left = age(p.expires_unix.saturating_sub(now_unix())),
+        method = esc(&p.request.method),
+        url = esc(&p.request.url()),
+        body_text = esc(v["request"]["body"].as_str().unwrap_or("")),
+        sha = esc(&p.request.sha256),
+    );
+    page(&p.summary, Some(&s), &body).into_response()
+}
+
+pub async fn act(
+    State(gate): State<Arc<Gate>>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let Some(s) = signed(&gate, &headers) else {
+        return to_login();
+    };
+    if !csrf_ok(&s, &form) {
+        return csrf_refused();
+    }
+    let action = match action.as_str() {
+        "approve" => Action::Approve,
+        "deny" => Action::Deny,
+        "revoke" => Action::Revoke,
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    match approval::decide(&gate, &s.approver, &id, action, &form.comment).await {
+        Ok(_) => Redirect::to(&format!("/proposals/{id}")).into_response(),
+        Err(e) => (
+            e.status,
+            page(
+                "Refused",
+                Some(&s),
+                &format!(
+                    "<p class=\"flash\">{}</p><p><a href=\"/proposals/{}\">Back</a></p>",
+                    esc(&e.message),
+                    esc(&id)
+                ),
+            ),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct HistoryQuery {
+    state: Option<String>,
+    tool: Option<String>,
+    agent: Option<String>,
+}
+
+pub async fn history(
+    State(gate): State<Arc<Gate>>,
+    headers: HeaderMap,
+    Query(q): Query<HistoryQuery>,
+) -> Response {
+    let Some(s) = signed(&gate, &headers) else {
+        return to_login();
+    };
+    let state = q
+        .state
+        .as_deref()
+        .filter(|x| !x.is_empty())
+        .and_then(approval::State::parse);
+    let tool = q.tool.clone().unwrap_or_default();
+    let agent = q.agent.clone().unwrap_or_default();
+    let rows: String = approval::list(&gate, state)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| tool.is_empty() || p.tool.contains(&tool))
+        .filter(|p| agent.is_empty() || p.agent.contains(&agent))
+        .take(500)
+        .map(|p| {
+            let by = p
+                .approvals
+                .iter()
+                .map(|a| a.by.as_str())
+                .chain(p.decision.as_ref().map(|d| d.by.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "<tr><td><a href=\"/proposals/{id}\">{summary}</a></td><td>{tool}</td><td>{agent}</td><td>{state}</td><td>{by}</td></tr>",
+                id = esc(&p.id),
+                summary = esc(&p.summary),
+                tool = esc(&p.tool),
+                agent = esc(&p.agent),
+                state = p.state.as_str(),
+                by = esc(&by),
+            )
+        })
+        .collect();
+    let body = format!(
+        "<h1>History</h1><form method=\"get\" class=\"card\"><label>State <input type=\"text\" name=\"state\" value=\"{}\"></label>\
+         <label>Tool <input type=\"text\" name=\"tool\" value=\"{}\"></label><label>Agent <input type=\"text\" name=\"agent\" value=\"{}\"></label>\
+         <button>Filter</button></form><table><tr><th>Summary</th><th>Tool</th><th>Agent</th><th>State</th><th>By</th></tr>{rows}</table>",
+        esc(q.state.as_deref().unwrap_or("")),
+        esc(&tool),
+        esc(&agent)
+    );
+    page("History", Some(&s), &body).into_response()
+}
+
+pub async fn switches(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Response {
+    let Some(s) = signed(&gate, &headers) else {
+        return to_login();
+    };
+    let policy = gate.policy();
+    let row = |kind: &str, name: &str| {
+        let state = gate.kill_switch(&format!("{kind}:{name}"));
+        let (label, action) = match &state {
+            Some(_) => ("Enable", "enable"),
+            None => ("Disable", "disable"),
+        };
+        let status = match &state {
+            Some(k) => format!("disabled by {}: {}", esc(&k.by), esc(&k.reason)),
+            None => "enabled".into(),
+        };
+        let reason = if action == "disable" {
+            "<input type=\"text\" name=\"reason\" placeholder=\"reason\">"
+        } else {
+            ""
+        };
+        format!(
+            "<tr><td>{name}</td><td>{status}</td><td><form method=\"post\" action=\"/switches/{kind}/{name}/{action}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">{reason}<button>{label}</button></form></td></tr>",
+            name = esc(name),
+            csrf = esc(&s.csrf),
+        )
+    };
+    let tools: String = policy
+        .tools()
+        .iter()
+        .map(|t| row("tool", &t.name))
+        .collect();
+    let mut agent_ids: Vec<&str> = policy.agents().map(|a| a.id.as_str()).collect();
+    agent_ids.sort();
+    let agents: String = agent_ids.iter().map(|a| row("agent", a)).collect();
+    let body = format!(
+        "<h1>Kill switches</h1><p>Any approver may disable; enabling needs group admin.</p>\
+         <h2>Tools</h2><table>{tools}</table><h2>Agents</h2><table>{agents}</table>"
+    );
+    page("Kill switches", Some(&s), &body).into_response()
+}
+
+pub async fn switch(
+    State(gate): State<Arc<Gate>>,
+    headers: HeaderMap,
+    Path((kind, name, action)): Path<(String, String, String)>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let Some(s) = signed(&gate, &headers) else {
+        return to_login();
+    };
+    if !csrf_ok(&s, &form) {
+        return csrf_refused();
+    }
+    let policy = gate.policy();
+    let exists = match kind.as_str() {
+        "tool" => policy.tool(&name).is_some(),
+        "agent" => policy.agent(&name).is_some(),
+        _ => false,
+    };
+    if !exists {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let disable = match action.as_str() {
+        "disable" => true,
+        "enable" => false,
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    if !disable && !s.approver.groups.iter().any(|g| g == "admin") {
+        return (
+            StatusCode::FORBIDDEN,
+            page(
+                "Refused",
+                Some(&s),
+                "<p class=\"flash\">Enabling needs an approver in group admin.</p>",
+            ),
+        )
+            .into_response();
+    }
+    let value = disable.then(|| KillSwitch {
+        by: s.approver.id.clone(),
+        reason: if form.reason.trim().is_empty() {
+            "no reason given".into()
+        } else {
+            form.reason.clone()
+        },
+        at_unix: now_unix(),
+    });
+    match gate.set_kill_switch(&format!("{kind}:{name}"), value).await {
+        Ok(()) => Redirect::to("/switches").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Html(esc(&e.to_string()))).into_response(),
+    }
+}
+
+/// The JSON view of a proposal list for the API.
+pub fn proposals_json(props: &[Proposal]) -> serde_json::Value {
+    json!({ "proposals": props.iter().map(Proposal::view).collect::<Vec<_>>() })
+}

@@ -1,0 +1,870 @@
+//! Approvals: propose -> review -> commit (DESIGN section 3).
+//!
+//! An `approve`-mode call becomes a proposal holding the exact request that will be sent. The
+//! agent's connection is held up to the tool's `hold`; approvers decide through the admin API,
+//! the CLI or the web page. An approved proposal is committed when the agent claims it (the held
+//! connection, or the same call sent again), after re-checking the kill switches and the policy
+//! in force, at most once: `committing` is stored durably before the request leaves, and a
+//! proposal found `committing` at start-up becomes `outcome_unknown`, never re-sent.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::error::{Code, Refusal};
+use crate::policy::{Agent, Approver, Tool};
+use crate::proxy::body::{self, ProxyBody};
+use crate::proxy::upstream::{authority, strip_hop_by_hop};
+use crate::store::{now_unix, Outcome, StoreError};
+use crate::Gate;
+
+/// The largest upstream answer stored whole.
+const MAX_STORED_OUTCOME: usize = 16 * 1024 * 1024;
+/// How long a finished proposal still answers the same call (denial, expiry, stored response).
+const REMEMBER_SECS: u64 = 24 * 3600;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Pending,
+    Approved,
+    Committing,
+    Committed,
+    Failed,
+    Denied,
+    Expired,
+    Cancelled,
+    Revoked,
+    OutcomeUnknown,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Approved => "approved",
+            State::Committing => "committing",
+            State::Committed => "committed",
+            State::Failed => "failed",
+            State::Denied => "denied",
+            State::Expired => "expired",
+            State::Cancelled => "cancelled",
+            State::Revoked => "revoked",
+            State::OutcomeUnknown => "outcome_unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        [
+            State::Pending,
+            State::Approved,
+            State::Committing,
+            State::Committed,
+            State::Failed,
+            State::Denied,
+            State::Expired,
+            State::Cancelled,
+            State::Revoked,
+            State::OutcomeUnknown,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
+    /// Still waiting for people or for the agent to claim it.
+    pub fn is_open(self) -> bool {
+        matches!(self, State::Pending | State::Approved)
+    }
+}
+
+/// Who decided, when, and what they said.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Decision {
+    pub by: String,
+    pub at_unix: u64,
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// The exact request that will be sent, secrets excluded (the credential is injected at commit).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredRequest {
+    pub method: String,
+    pub host: String,
+    pub port: u16,
+    pub path_and_query: String,
+    pub headers: Vec<(String, String)>,
+    /// Base64 of the body bytes.
+    pub body: String,
+    pub sha256: String,
+}
+
+impl StoredRequest {
+    pub fn url(&self) -> String {
+        format!(
+            "https://{}{}",
+            authority(&self.host, self.port),
+            self.path_and_query
+        )
+    }
+
+    pub fn body_bytes(&self) -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.body)
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proposal {
+    pub id: String,
+    pub state: State,
+    pub tool: String,
+    pub tool_version: u32,
+    pub risk: String,
+    pub agent: String,
+    pub owner: String,
+    pub environment: String,
+    pub job: String,
+    pub request_id: String,
+    pub summary: String,
+    pub request: StoredRequest,
+    /// sha256 of agent, tool and payload: the same call sent again joins this proposal.
+    pub identity: String,
+    pub created_unix: u64,
+    pub expires_unix: u64,
+    pub required: u32,
+    pub groups: Vec<String>,
+    pub allow_self_approval: bool,
+    #[serde(default)]
+    pub approvals: Vec<Decision>,
+    /// The denial, revocation or cancellation.
+    #[serde(default)]
+    pub decision: Option<Decision>,
+    #[serde(default)]
+    pub note: Option<String>,
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
+    #[serde(default)]
+    pub committed_unix: Option<u64>,
+}
+
+impl Proposal {
+    /// The JSON the API and the CLI show. The body is shown as text when it is UTF-8.
+    pub fn view(&self) -> Value {
+        let body = self.request.body_bytes();
+        let body_text = String::from_utf8(body.clone()).unwrap_or_else(|_| {
+            format!(
+                "base64:{}",
+                base64::engine::general_purpose::STANDARD.encode(&body)
+            )
+        });
+        json!({
+            "id": self.id,
+            "state": self.state.as_str(),
+            "tool": self.tool,
+            "tool_version": self.tool_version,
+            "risk": self.risk,
+            "agent": self.agent,
+            "owner": self.owner,
+            "environment": self.environment,
+            "job": self.job,
+            "request_id": self.request_id,
+            "summary": self.summary,
+            "request": {
+                "method": self.request.method,
+                "url": self.request.url(),
+                "headers": self.request.headers,
+                "body": body_text,
+                "sha256": self.request.sha256,
+            },
+            "created_unix": self.created_unix,
+            "expires_unix": self.expires_unix,
+            "policy": {"groups": self.groups, "required": self.required, "allow_self_approval": self.allow_self_approval},
+            "approvals": self.approvals,
+            "decision": self.decision,
+            "note": self.note,
+            "outcome_status": self.outcome.as_ref().map(|o| o.status),
+            "committed_unix": self.committed_unix,
+        })
+    }
+}
+
+/// Wake-ups for connections held on a proposal.
+#[derive(Default)]
+pub struct Waiters {
+    map: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl Waiters {
+    fn get(&self, id: &str) -> Arc<Notify> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 4096 {
+            map.retain(|_, n| Arc::strong_count(n) > 1);
+        }
+        map.entry(id.to_string()).or_default().clone()
+    }
+
+    pub fn notify(&self, id: &str) {
+        self.get(id).notify_waiters();
+    }
+}
+
+fn store_err(e: StoreError) -> Refusal {
+    Refusal::internal(format!(
+        "the proposal store is unavailable ({e}); the call was not sent"
+    ))
+}
+
+/// Renders a summary template such as `Refund {body.amount} of {body.payment_intent}`.
+pub fn render_summary(template: &str, ctx: &Value) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find('}').map(|e| e + start) else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let path = &rest[start + 1..end];
+        let pointer = format!("/{}", path.replace('.', "/"));
+        let text = match ctx.pointer(&pointer) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => "?".to_string(),
+            Some(v) => v.to_string(),
+        };
+        out.push_str(&text.chars().take(200).collect::<String>());
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// What the agent's request contributes to a proposal.
+pub struct Call<'a> {
+    pub agent: &'a Agent,
+    pub tool: &'a Tool,
+    pub request_id: &'a str,
+    pub job: String,
+    pub host: &'a str,
+    pub port: u16,
+    pub method: &'a http::Method,
+    pub path_and_query: &'a str,
+    /// Headers as they will be sent, without the agent's credentials and before injection.
+    pub headers: &'a HeaderMap,
+    pub body: &'a Bytes,
+    pub payload_sha256: &'a str,
+    /// `{body, params, query}` for the summary.
+    pub summary_ctx: Value,
+}
+
+/// The agent side: create or join the proposal for this call, hold the connection, and commit
+/// once approved.
+pub async fn propose_and_wait(gate: &Gate, call: Call<'_>) -> Result<Response<ProxyBody>, Refusal> {
+    let identity = {
+        let mut h = Sha256::new();
+        for part in [
+            call.agent.id.as_str(),
+            call.tool.name.as_str(),
+            call.payload_sha256,
+        ] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        hex::encode(h.finalize())
+    };
+    let id = {
+        let _creating = gate.idem_locks.lock(&format!("propose\0{identity}")).await;
+        let existing = gate.store.proposal_for(&identity).map_err(store_err)?;
+        match existing {
+            Some(p)
+                if p.state.is_open()
+                    || now_unix().saturating_sub(p.created_unix) < REMEMBER_SECS =>
+            {
+                p.id
+            }
+            _ => {
+                let p = new_proposal(&call, identity);
+                gate.store.put_proposal(&p, true).await.map_err(store_err)?;
+                info!(proposal = %p.id, tool = %p.tool, agent = %p.agent, summary = %p.summary, "proposal created");
+                crate::notify::new_proposal(gate, &p, call.tool.approval.webhook.as_deref());
+                p.id
+            }
+        }
+    };
+    let hold = call.tool.approval.hold;
+    wait_and_claim(gate, &id, hold).await
+}
+
+fn new_proposal(call: &Call<'_>, identity: String) -> Proposal {
+    let now = now_unix();
+    let spec = &call.tool.approval;
+    let mut ctx = call.summary_ctx.clone();
+    ctx["agent"] = json!({"id": call.agent.id, "owner": call.agent.owner, "tenant": call.agent.tenant, "environment": call.agent.environment});
+    let summary = match &call.tool.def.summary {
+        Some(t) => render_summary(t, &ctx),
+        None => format!("{} {}", call.method, call.path_and_query),
+    };
+    Proposal {
+        id: crate::proxy::new_id("prop"),
+        state: State::Pending,
+        tool: call.tool.name.clone(),
+        tool_version: call.tool.version,
+        risk: call.tool.def.risk.clone().unwrap_or_default(),
+        agent: call.agent.id.clone(),
+        owner: call.agent.owner.clone(),
+        environment: call.agent.environment.clone(),
+        job: call.job.clone(),
+        request_id: call.request_id.to_string(),
+        summary,
+        request: StoredRequest {
+            method: call.method.to_string(),
+            host: call.host.to_string(),
+            port: call.port,
+            path_and_query: call.path_and_query.to_string(),
+            headers: call
+                .headers
+                .iter()
+                .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
+                .collect(),
+            body: base64::engine::general_purpose::STANDARD.encode(call.body),
+            sha256: hex::encode(Sha256::digest(call.body)),
+        },
+        identity,
+        created_unix: now,
+        expires_unix: now + spec.expires.as_secs(),
+        required: spec.required,
+        groups: spec.groups.clone(),
+        allow_self_approval: spec.allow_self_approval,
+        approvals: Vec::new(),
+        decision: None,
+        note: None,
+        outcome: None,
+        committed_unix: None,
+    }
+}
+
+/// Reads a proposal, expiring it first when its time is up.
+pub async fn load(gate: &Gate, id: &str) -> Result<Option<Proposal>, StoreError> {
+    let Some(mut p) = gate.store.get_proposal(id)? else {
+        return Ok(None);
+    };
+    if p.state.is_open() && now_unix() >= p.expires_unix {
+        let _g = gate.idem_locks.lock(&format!("proposal\0{id}")).await;
+        if let Some(fresh) = gate.store.get_proposal(id)? {
+            p = fresh;
+        }
+        if p.state.is_open() && now_unix() >= p.expires_unix {
+            p.state = State::Expired;
+            gate.store.put_proposal(&p, false).await?;
+            gate.waiters.notify(id);
+            info!(proposal = %id, "proposal expired");
+        }
+    }
+    Ok(Some(p))
+}
+
+fn pending(p: &Proposal) -> Refusal {
+    let mut r = Refusal::new(
+        Code::ApprovalPending,
+        format!(
+            "{} needs approval ({} of {} approvals so far; proposal {}). Nothing was sent. Send the same call again later to get its result; it will not create a second proposal",
+            p.tool,
+            p.approvals.len(),
+            p.required,
+            p.id
+        ),
+    );
+    r.proposal = Some(p.id.clone());
+    r
+}
+
+async fn wait_and_claim(
+    gate: &Gate,
+    id: &str,
+    hold: Duration,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let deadline = tokio::time::Instant::now() + hold;
+    loop {
+        let notify = gate.waiters.get(id);
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        // Registered before the state is read, so a decision in between is not missed.
+        notified.as_mut().enable();
+        let p = load(gate, id).await.map_err(store_err)?.ok_or_else(|| {
+            Refusal::internal(format!("proposal {id} vanished; nothing was sent"))
+        })?;
+        match p.state {
+            State::Pending | State::Committing => {
+                // Wake at a decision, at the end of the hold, or at expiry.
+                let until = deadline.min(
+                    tokio::time::Instant::now()
+                        + Duration::from_secs(p.expires_unix.saturating_sub(now_unix())),
+                );
+                if tokio::time::timeout_at(until, notified).await.is_err()
+                    && tokio::time::Instant::now() >= deadline
+                {
+                    return Err(pending(&p));
+                }
+            }
+            State::Approved => {
+                if let Some(resp) = commit(gate, id).await? {
+                    return Ok(resp);
+                }
+            }
+            State::Committed => {
+                return Ok(stored_response(&p));
+            }
+            State::Denied | State::Revoked | State::Cancelled => {
+                let d = p.decision.clone();
+                let mut r = Refusal::new(
+                    Code::ApprovalDenied,
+                    format!(
+                        "proposal {} for {} was {} by {}{}{}. Do not retry the same call",
+                        p.id,
+                        p.tool,
+                        p.state.as_str(),
+                        d.as_ref().map(|d| d.by.as_str()).unwrap_or("policy"),
+                        d.as_ref()
+                            .filter(|d| !d.comment.is_empty())
+                            .map(|d| format!(": {}", d.comment))
+                            .unwrap_or_default(),
+                        p.note
+                            .as_ref()
+                            .map(|n| format!(" ({n})"))
+                            .unwrap_or_default(),
+                    ),
+                );
+                r.proposal = Some(p.id.clone());
+                return Err(r);
+            }
+            State::Expired => {
+                let mut r = Refusal::new(
+                    Code::ApprovalExpired,
+                    format!(
+                        "proposal {} for {} expired without a decision; nothing was sent",
+                        p.id, p.tool
+                    ),
+                );
+                r.proposal = Some(p.id.clone());
+                return Err(r);
+            }
+            State::Failed => {
+                let mut r = Refusal::upstream(format!(
+                    "proposal {} was approved but could not be sent: {}",
+                    p.id,
+                    p.note.as_deref().unwrap_or("unknown error")
+                ));
+                r.proposal = Some(p.id.clone());
+                return Err(r);
+            }
+            State::OutcomeUnknown => {
+                let mut r = Refusal::new(
+                    Code::IdempotencyConflict,
+                    format!(
+                        "proposal {} was being committed when toolgate stopped or the upstream timed out: its outcome is unknown and it will not be sent again. Check the upstream",
+                        p.id
+                    ),
+                );
+                r.proposal = Some(p.id.clone());
+                return Err(r);
+            }
+        }
+    }
+}
+
+fn stored_response(p: &Proposal) -> Response<ProxyBody> {
+    let outcome = p.outcome.clone().unwrap_or(Outcome {
+        status: 502,
+        headers: vec![],
+        body: String::new(),
+    });
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(&outcome.body)
+        .unwrap_or_default();
+    let mut resp = Response::new(body::full(body));
+    *resp.status_mut() = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
+    for (k, v) in &outcome.headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            resp.headers_mut().append(k, v);
+        }
+    }
+    strip_hop_by_hop(resp.headers_mut());
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    if let Ok(v) = HeaderValue::from_str(&p.id) {
+        resp.headers_mut().insert("toolgate-proposal", v);
+    }
+    resp
+}
+
+/// Commits an approved proposal, at most once. `Ok(None)`: it was not approved any more (the
+/// caller reads it again).
+async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Refusal> {
+    let _g = gate.idem_locks.lock(&format!("proposal\0{id}")).await;
+    let Some(mut p) = gate.store.get_proposal(id).map_err(store_err)? else {
+        return Ok(None);
+    };
+    if p.state != State::Approved {
+        return Ok(None);
+    }
+    // The kill switches and the policy in force now, not at proposal time.
+    for key in [format!("agent:{}", p.agent), format!("tool:{}", p.tool)] {
+        if let Some(k) = gate.kill_switch(&key) {
+            let mut r = Refusal::new(
+                Code::ToolDisabled,
+                format!(
+                    "proposal {} is approved, but {} is disabled by {}: {}; it was not sent",
+                    p.id, key, k.by, k.reason
+                ),
+            );
+            r.proposal = Some(p.id.clone());
+            return Err(r);
+        }
+    }
+    let policy = gate.policy();
+    let tool = policy.tool(&p.tool).cloned();
+    let agent = policy.agent(&p.agent).cloned();
+    let still_allowed = match (&tool, &agent) {
+        (Some(t), Some(a)) => a.may_use(&t.name) && t.mode == crate::policy::Mode::Approve,
+        _ => false,
+    };
+    let (Some(tool), Some(agent), true) = (tool, agent, still_allowed) else {
+        p.state = State::Cancelled;
+        p.note = Some("the policy in force no longer allows this call".into());
+        gate.store
+            .put_proposal(&p, false)
+            .await
+            .map_err(store_err)?;
+        gate.waiters.notify(id);
+        return Ok(None);
+    };
+    if tool.version != p.tool_version {
+        p.note = Some(format!(
+            "tool {} changed from version {} to {} after approval; it needs approving again",
+            tool.name, p.tool_version, tool.version
+        ));
+        p.tool_version = tool.version;
+        p.approvals.clear();
+        p.state = State::Pending;
+        gate.store
+            .put_proposal(&p, false)
+            .await
+            .map_err(store_err)?;
+        gate.waiters.notify(id);
+        return Ok(None);
+    }
+    let credential = if tool.credentials.is_empty() {
+        None
+    } else {
+        match tool.credentials.get(&agent.environment) {
+            Some(c) => Some(c.clone()),
+            None => {
+                p.state = State::Cancelled;
+                p.note = Some(format!(
+                    "no credential for environment {:?}",
+                    agent.environment
+                ));
+                gate.store
+                    .put_proposal(&p, false)
+                    .await
+                    .map_err(store_err)?;
+                gate.waiters.notify(id);
+                return Ok(None);
+            }
+        }
+    };
+
+    // Durable before a byte leaves.
+    p.state = State::Committing;
+    gate.store
+        .put_proposal(&p, false)
+        .await
+        .map_err(store_err)?;
+
+    let mut headers = HeaderMap::new();
+    for (k, v) in &p.request.headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            headers.append(k, v);
+        }
+    }
+    if let Some(c) = &credential {
+        headers.remove(&c.header);
+        headers.insert(c.header.clone(), c.header_value());
+    }
+    let mut req = Request::new(body::full(p.request.body_bytes()));
+    *req.method_mut() = p.request.method.parse().unwrap_or(http::Method::POST);
+    *req.uri_mut() = p.request.path_and_query.parse().unwrap_or_default();
+    *req.headers_mut() = headers;
+    info!(proposal = %p.id, tool = %p.tool, "committing");
+    match gate
+        .upstream
+        .forward(&p.request.host, p.request.port, req)
+        .await
+    {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            let bytes = Limited::new(body, MAX_STORED_OUTCOME)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            p.outcome = Some(Outcome {
+                status: parts.status.as_u16(),
+                headers: parts
+                    .headers
+                    .iter()
+                    .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
+                    .collect(),
+                body: base64::engine::general_purpose::STANDARD.encode(&bytes),
+            });
+            p.state = State::Committed;
+            p.committed_unix = Some(now_unix());
+            if let Err(e) = gate.store.put_proposal(&p, false).await {
+                warn!(proposal = %p.id, error = %e, "the committed outcome could not be stored");
+            }
+            gate.waiters.notify(id);
+            Ok(Some(stored_response(&p)))
+        }
+        Err(failure) => {
+            p.state = if failure.not_sent {
+                State::Failed
+            } else {
+                State::OutcomeUnknown
+            };
+            p.note = Some(failure.refusal.message.clone());
+            if let Err(e) = gate.store.put_proposal(&p, false).await {
+                warn!(proposal = %p.id, error = %e, "the failed commit could not be stored");
+            }
+            gate.waiters.notify(id);
+            let mut r = failure.refusal;
+            r.proposal = Some(p.id.clone());
+            Err(r)
+        }
+    }
+}
+
+/// At start-up: a proposal found `committing` may or may not have reached the upstream. It
+/// becomes `outcome_unknown` and is never sent again.
+pub async fn recover(store: &crate::store::Store) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for mut p in store.list_proposals()? {
+        if p.state == State::Committing {
+            p.state = State::OutcomeUnknown;
+            p.note = Some(
+                "toolgate stopped while this call was being sent; it will not be sent again".into(),
+            );
+            store.put_proposal(&p, false).await?;
+            warn!(proposal = %p.id, tool = %p.tool, "found committing at start-up: outcome unknown");
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// What an approver asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Approve,
+    Deny,
+    Revoke,
+    Cancel,
+}
+
+/// Why an approver's action was refused, with the HTTP status the API answers.
+#[derive(Debug)]
+pub struct ActionError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn action_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> ActionError {
+    ActionError {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+/// The approver side: approve, deny, revoke or cancel.
+pub async fn decide(
+    gate: &Gate,
+    who: &Approver,
+    id: &str,
+    action: Action,
+    comment: &str,
+) -> Result<Proposal, ActionError> {
+    let internal = |e: StoreError| {
+        action_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "internal_error",
+            e.to_string(),
+        )
+    };
+    load(gate, id).await.map_err(internal)?;
+    let _g = gate.idem_locks.lock(&format!("proposal\0{id}")).await;
+    let mut p = gate
+        .store
+        .get_proposal(id)
+        .map_err(internal)?
+        .ok_or_else(|| {
+            action_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no proposal {id}"),
+            )
+        })?;
+    let eligible = p.groups.is_empty() || who.groups.iter().any(|g| p.groups.contains(g));
+    if !eligible {
+        return Err(action_error(
+            StatusCode::FORBIDDEN,
+            "policy_violation",
+            format!(
+                "{} is not in the groups that decide on {} ({})",
+                who.id,
+                p.tool,
+                p.groups.join(", ")
+            ),
+        ));
+    }
+    let decision = Decision {
+        by: who.id.clone(),
+        at_unix: now_unix(),
+        comment: comment.chars().take(2000).collect(),
+    };
+    let conflict = |p: &Proposal, what: &str| {
+        action_error(
+            StatusCode::CONFLICT,
+            "invalid_state",
+            format!(
+                "proposal {} is {}; it cannot be {what}",
+                p.id,
+                p.state.as_str()
+            ),
+        )
+    };
+    match action {
+        Action::Approve => {
+            if p.state != State::Pending {
+                return Err(conflict(&p, "approved"));
+            }
+            if !p.allow_self_approval && who.id.eq_ignore_ascii_case(&p.owner) {
+                return Err(action_error(
+                    StatusCode::FORBIDDEN,
+                    "policy_violation",
+                    format!(
+                        "{} owns agent {} and may not approve its calls",
+                        who.id, p.agent
+                    ),
+                ));
+            }
+            if p.approvals.iter().any(|a| a.by == who.id) {
+                return Err(action_error(
+                    StatusCode::CONFLICT,
+                    "invalid_state",
+                    format!(
+                        "{} has already approved proposal {}; it needs a different approver",
+                        who.id, p.id
+                    ),
+                ));
+            }
+            p.approvals.push(decision);
+            if p.approvals.len() as u32 >= p.required {
+                p.state = State::Approved;
+            }
+        }
+        Action::Deny => {
+            if !p.state.is_open() {
+                return Err(conflict(&p, "denied"));
+            }
+            p.state = State::Denied;
+            p.decision = Some(decision);
+        }
+        Action::Revoke => match p.state {
+            State::Approved => {
+                p.state = State::Revoked;
+                p.decision = Some(decision);
+            }
+            State::Pending if p.approvals.iter().any(|a| a.by == who.id) => {
+                p.approvals.retain(|a| a.by != who.id);
+            }
+            _ => {
+                return Err(conflict(
+                    &p,
+                    "revoked (only an approval whose commit has not started can be)",
+                ))
+            }
+        },
+        Action::Cancel => {
+            if !p.state.is_open() {
+                return Err(conflict(&p, "cancelled"));
+            }
+            p.state = State::Cancelled;
+            p.decision = Some(decision);
+        }
+    }
+    gate.store.put_proposal(&p, false).await.map_err(internal)?;
+    gate.waiters.notify(id);
+    info!(proposal = %p.id, by = %who.id, action = ?action, state = p.state.as_str(), "proposal decision");
+    Ok(p)
+}
+
+/// Proposals, newest first, optionally of one state.
+pub async fn list(gate: &Gate, state: Option<State>) -> Result<Vec<Proposal>, StoreError> {
+    let mut out = Vec::new();
+    for p in gate.store.list_proposals()? {
+        let p = if p.state.is_open() && now_unix() >= p.expires_unix {
+            load(gate, &p.id).await?.unwrap_or(p)
+        } else {
+            p
+        };
+        if state.is_none_or(|s| s == p.state) {
+            out.push(p);
+        }
+    }
+    out.sort_by(|a, b| b.created_unix.cmp(&a.created_unix).then(b.id.cmp(&a.id)));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_render_from_the_call() {
+        let ctx = json!({"body": {"amount": 120000, "payment_intent": "pi_123"}, "params": {"owner": "acme"}});
+        assert_eq!(
+            render_summary("Refund {body.amount} of {body.payment_intent}", &ctx),
+            "Refund 120000 of pi_123"
+        );
+        assert_eq!(
+            render_summary("Delete {params.owner}/{params.repo}", &ctx),
+            "Delete acme/?"
+        );
+        assert_eq!(render_summary("no {brace", &ctx), "no {brace");
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in ["pending", "approved", "committed", "outcome_unknown"] {
+            assert_eq!(State::parse(s).map(State::as_str), Some(s));
+        }
+        assert!(State::parse("nope").is_none());
+    }
+}
