@@ -1,0 +1,571 @@
+//! Approvals end to end: held calls, decisions through the API and the page, the rules of who
+//! may approve, commit at most once, and what the upstream received in each case.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+use support::*;
+
+const REFUNDS: &str = "https://api.stripe.com/v1/refunds";
+const QUICK: &str = "https://api.stripe.com/v1/quick_refunds";
+const BIG: &str = "https://api.stripe.com/v1/big_refunds";
+const EXPIRING: &str = "https://api.stripe.com/v1/expiring_refunds";
+
+fn extra() -> Vec<(&'static str, String)> {
+    let text = format!(
+        r#"
+[[approver]]
+id = "alice@example.com"
+token_sha256 = "{alice}"
+groups = ["payments-leads"]
+
+[[approver]]
+id = "erin@example.com"
+token_sha256 = "{erin}"
+groups = ["payments-leads"]
+
+[[tool]]
+name = "stripe.quick_refunds.create"
+host = "api.stripe.com"
+method = "POST"
+path = "/v1/quick_refunds"
+side_effects = "irreversible"
+mode = "approve"
+idempotency = "key"
+body = {{ format = "form" }}
+credential = {{ staging = "stripe-test" }}
+summary = "Quick refund {{body.amount}} of {{body.payment_intent}}"
+approval = {{ groups = ["payments-leads"], required = 1, hold = "300ms" }}
+
+[[tool]]
+name = "stripe.big_refunds.create"
+host = "api.stripe.com"
+method = "POST"
+path = "/v1/big_refunds"
+side_effects = "irreversible"
+mode = "approve"
+idempotency = "key"
+body = {{ format = "form" }}
+credential = {{ staging = "stripe-test" }}
+approval = {{ groups = ["payments-leads"], required = 2, hold = "300ms" }}
+
+[[tool]]
+name = "stripe.expiring_refunds.create"
+host = "api.stripe.com"
+method = "POST"
+path = "/v1/expiring_refunds"
+side_effects = "irreversible"
+mode = "approve"
+idempotency = "key"
+body = {{ format = "form" }}
+credential = {{ staging = "stripe-test" }}
+approval = {{ required = 1, hold = "200ms", expires = "1s" }}
+"#,
+        alice = sha256_hex("alice-token"),
+        erin = sha256_hex("erin-token"),
+    );
+    vec![("approvals-test.toml", text)]
+}
+
+async fn call(gate: &Toolgate, url: &str, key: &str, body: &str) -> Answer {
+    send(
+        &staging(gate),
+        "POST",
+        url,
+        &[FORM, ("idempotency-key", key)],
+        body,
+    )
+    .await
+    .unwrap()
+}
+
+async fn pending_ids(gate: &Toolgate) -> Vec<String> {
+    let got = gate
+        .admin(
+            "GET",
+            "/api/proposals?state=pending",
+            Some("demo-carol-token"),
+            None,
+        )
+        .await;
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    got.json()["proposals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn decide(gate: &Toolgate, id: &str, action: &str, token: &str, comment: &str) -> Answer {
+    gate.admin(
+        "POST",
+        &format!("/api/proposals/{id}/{action}"),
+        Some(token),
+        Some(json!({ "comment": comment })),
+    )
+    .await
+}
+
+async fn proposal(gate: &Toolgate, id: &str) -> Value {
+    gate.admin(
+        "GET",
+        &format!("/api/proposals/{id}"),
+        Some("demo-carol-token"),
+        None,
+    )
+    .await
+    .json()
+}
+
+#[tokio::test]
+async fn approved_within_the_hold_the_held_call_gets_the_upstream_response() {
+    let (_pki, upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let client = staging(&gate);
+    let held = tokio::spawn(async move {
+        send(
+            &client,
+            "POST",
+            REFUNDS,
+            &[FORM, ("idempotency-key", "r-1")],
+            "payment_intent=pi_123&amount=120000",
+        )
+        .await
+        .unwrap()
+    });
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        ids = pending_ids(&gate).await;
+        if !ids.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ids.len(), 1);
+    let p = proposal(&gate, &ids[0]).await;
+    assert_eq!(p["summary"], "Refund 120000 (minor units) of pi_123");
+    assert_eq!(p["request"]["body"], "payment_intent=pi_123&amount=120000");
+    assert_eq!(p["agent"], "support-bot-staging");
+    assert_eq!(p["owner"], "alice@example.com");
+    // The stored request holds no secret.
+    assert!(!p.to_string().contains("sk_test_toolgate_demo_placeholder"));
+    assert_eq!(upstream.count(), 0, "nothing is sent before approval");
+
+    let got = decide(
+        &gate,
+        &ids[0],
+        "approve",
+        "demo-carol-token",
+        "ok, customer called",
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    let got = held.await.unwrap();
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    assert_eq!(got.json()["path"], "/v1/refunds");
+    let seen = upstream.received();
+    assert_eq!(seen.len(), 1, "committed exactly once");
+    assert_eq!(seen[0].body, "payment_intent=pi_123&amount=120000");
+    assert_eq!(
+        seen[0].headers["authorization"],
+        "Bearer sk_test_toolgate_demo_placeholder"
+    );
+    assert_eq!(proposal(&gate, &ids[0]).await["state"], "committed");
+}
+
+#[tokio::test]
+async fn no_decision_in_time_gives_423_and_the_same_call_later_gets_the_stored_response() {
+    let (_pki, upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let got = call(&gate, QUICK, "q-1", "payment_intent=pi_9&amount=500").await;
+    assert_eq!(
+        (got.status.as_u16(), got.code().as_str()),
+        (423, "approval_pending")
+    );
+    let id = got.headers["toolgate-proposal"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(got.json()["error"]["proposal"], id.as_str());
+    assert!(!got.headers.contains_key("retry-after"));
+
+    // The SDK retries with a new key: it joins the same proposal.
+    let again = call(&gate, QUICK, "q-2", "payment_intent=pi_9&amount=500").await;
+    assert_eq!(again.headers["toolgate-proposal"].to_str().unwrap(), id);
+    assert_eq!(pending_ids(&gate).await, vec![id.clone()]);
+
+    assert_eq!(
+        decide(&gate, &id, "approve", "demo-carol-token", "")
+            .await
+            .status,
+        200
+    );
+    let got = call(&gate, QUICK, "q-3", "payment_intent=pi_9&amount=500").await;
+    assert_eq!(got.status, 200);
+    let again = call(&gate, QUICK, "q-4", "payment_intent=pi_9&amount=500").await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body, got.body);
+    assert_eq!(upstream.count(), 1, "the upstream received it once");
+}
+
+#[tokio::test]
+async fn denial_expiry_and_revocation_never_send() {
+    let (_pki, upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    // Deny: 403 with the approver's comment.
+    let got = call(&gate, QUICK, "d-1", "payment_intent=pi_d").await;
+    let id = got.headers["toolgate-proposal"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        decide(
+            &gate,
+            &id,
+            "deny",
+            "demo-carol-token",
+            "not without a ticket"
+        )
+        .await
+        .status,
+        200
+    );
+    let got = call(&gate, QUICK, "d-2", "payment_intent=pi_d").await;
+    assert_eq!(
+        (got.status.as_u16(), got.code().as_str()),
+        (403, "approval_denied")
+    );
+    assert!(
+        got.message().contains("not without a ticket"),
+        "{}",
+        got.message()
+    );
+
+    // Expiry: 410.
+    let got = call(&gate, EXPIRING, "e-1", "payment_intent=pi_e").await;
+    assert_eq!(got.status, 423);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let got = call(&gate, EXPIRING, "e-2", "payment_intent=pi_e").await;
+    assert_eq!(
+        (got.status.as_u16(), got.code().as_str()),
+        (410, "approval_expired")
+    );
+
+    // Revoked before the commit: never sent.
+    let got = call(&gate, QUICK, "v-1", "payment_intent=pi_v").await;
+    let id = got.headers["toolgate-proposal"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        decide(&gate, &id, "approve", "demo-carol-token", "")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        decide(&gate, &id, "revoke", "demo-carol-token", "wrong customer")
+            .await
+            .status,
+        200
+    );
+    let got = call(&gate, QUICK, "v-2", "payment_intent=pi_v").await;
+    assert_eq!(got.code(), "approval_denied");
+    assert!(got.message().contains("wrong customer"));
+
+    // A kill switch thrown between approval and commit: never sent.
+    let got = call(&gate, QUICK, "k-1", "payment_intent=pi_k").await;
+    let id = got.headers["toolgate-proposal"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        decide(&gate, &id, "approve", "demo-carol-token", "")
+            .await
+            .status,
+        200
+    );
+    let off = gate
+        .admin(
+            "POST",
+            "/api/tools/stripe.quick_refunds.create/disable",
+            Some("demo-carol-token"),
+            Some(json!({"reason": "freeze"})),
+        )
+        .await;
+    assert_eq!(off.status, 200);
+    let got = call(&gate, QUICK, "k-2", "payment_intent=pi_k").await;
+    assert_eq!(got.code(), "tool_disabled");
+    assert_eq!(proposal(&gate, &id).await["state"], "approved");
+
+    assert_eq!(upstream.count(), 0, "nothing was sent");
+}
+
+#[tokio::test]
+async fn two_person_rule_self_approval_and_agent_tokens() {
+    let (_pki, upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let got = call(&gate, BIG, "b-1", "payment_intent=pi_big").await;
+    let id = got.headers["toolgate-proposal"]
+        .to_str()
+        .unwrap()
+        .to_string();
+
+    // An agent's token cannot approve.
+    let got = decide(&gate, &id, "approve", "demo-staging-token", "").await;
+    assert_eq!(got.status, 401);
+    // The agent's owner may not approve their own agent's call.
+    let got = decide(&gate, &id, "approve", "alice-token", "").await;
+    assert_eq!(got.status, 403);
+    assert!(got.message().contains("owns agent"), "{}", got.message());
+    // An approver outside the tool's groups.
+    let got = decide(&gate, &id, "approve", "demo-dave-token", "").await;
+    assert_eq!(got.status, 403);
+
+    assert_eq!(
+        decide(&gate, &id, "approve", "demo-carol-token", "")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        proposal(&gate, &id).await["state"],
+        "pending",
+        "one of two approvals"
+    );
+    let got = decide(&gate, &id, "approve", "demo-carol-token", "").await;
+    assert_eq!(got.status, 409, "the same person cannot approve twice");
+    assert_eq!(
+        call(&gate, BIG, "b-2", "payment_intent=pi_big")
+            .await
+            .status,
+        423
+    );
+    assert_eq!(upstream.count(), 0);
+
+    assert_eq!(
+        decide(&gate, &id, "approve", "erin-token", "").await.status,
+        200
+    );
+    let got = call(&gate, BIG, "b-3", "payment_intent=pi_big").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(upstream.count(), 1);
+    let p = proposal(&gate, &id).await;
+    assert_eq!(p["state"], "committed");
+    assert_eq!(p["approvals"].as_array().unwrap().len(), 2);
+}
+
+/// Pulls the value of the hidden `csrf` input out of a page.
+fn csrf_of(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("no csrf field") + 19;
+    html[at..at + html[at..].find('"').unwrap()].to_string()
+}
+
+#[tokio::test]
+async fn the_page_needs_a_session_and_a_csrf_token() {
+    let (_pki, upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let got = call(&gate, QUICK, "p-1", "payment_intent=pi_page&amount=7").await;
+    let id = got.headers["toolgate-proposal"]
+        .to_str()
+        .unwrap()
+        .to_string();
+
+    let raw = |method: &'static str, path: String, cookie: Option<String>, form: Option<String>| {
+        let addr = gate.admin_addr;
+        async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut req = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", "admin");
+            if let Some(c) = cookie {
+                req = req.header("cookie", c);
+            }
+            if form.is_some() {
+                req = req.header("content-type", "application/x-www-form-urlencoded");
+            }
+            let req = req
+                .body(Full::new(Bytes::from(form.unwrap_or_default())))
+                .unwrap();
+            http1_over(stream, req).await
+        }
+    };
+    // Not signed in: to the sign-in page.
+    let got = raw("GET", "/queue".into(), None, None).await;
+    assert_eq!(got.status, 303);
+    // An agent token does not sign in.
+    let got = raw(
+        "POST",
+        "/login".into(),
+        None,
+        Some("token=demo-staging-token".into()),
+    )
+    .await;
+    assert_eq!(got.status, 401);
+    let got = raw(
+        "POST",
+        "/login".into(),
+        None,
+        Some("token=demo-carol-token".into()),
+    )
+    .await;
+    assert_eq!(got.status, 303);
+    let set = got.headers["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+
+    let queue = raw("GET", "/queue".into(), Some(cookie.clone()), None).await;
+    let html = String::from_utf8_lossy(&queue.body).to_string();
+    assert!(html.contains("Quick refund 7 of pi_page"), "{html}");
+    let detail = raw(
+        "GET",
+        format!("/proposals/{id}"),
+        Some(cookie.clone()),
+        None,
+    )
+    .await;
+    let html = String::from_utf8_lossy(&detail.body).to_string();
+    assert!(
+        html.contains("payment_intent=pi_page&amp;amount=7"),
+        "the exact payload is shown"
+    );
+    let csrf = csrf_of(&html);
+
+    // A form post without the CSRF token is refused, and so is a wrong one.
+    let got = raw(
+        "POST",
+        format!("/proposals/{id}/approve"),
+        Some(cookie.clone()),
+        Some("comment=x".into()),
+    )
+    .await;
+    assert_eq!(got.status, 403);
+    let got = raw(
+        "POST",
+        format!("/proposals/{id}/approve"),
+        Some(cookie.clone()),
+        Some("csrf=00&comment=x".into()),
+    )
+    .await;
+    assert_eq!(got.status, 403);
+    assert_eq!(proposal(&gate, &id).await["state"], "pending");
+    let got = raw(
+        "POST",
+        format!("/proposals/{id}/approve"),
+        Some(cookie),
+        Some(format!("csrf={csrf}&comment=fine")),
+    )
+    .await;
+    assert_eq!(got.status, 303);
+    assert_eq!(proposal(&gate, &id).await["state"], "approved");
+    assert_eq!(upstream.count(), 0);
+    assert_eq!(
+        call(&gate, QUICK, "p-2", "payment_intent=pi_page&amount=7")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(upstream.count(), 1);
+}
+
+/// A loopback webhook receiver that fails its first `fail` deliveries.
+async fn webhook_receiver(fail: usize) -> (std::net::SocketAddr, Arc<Mutex<Vec<Value>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let seen = got.clone();
+    let calls = Arc::new(Mutex::new(0usize));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        let calls = calls.clone();
+                        async move {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let n = {
+                                let mut c = calls.lock().unwrap();
+                                *c += 1;
+                                *c
+                            };
+                            let status = if n <= fail {
+                                500
+                            } else {
+                                seen.lock()
+                                    .unwrap()
+                                    .push(serde_json::from_slice(&body).unwrap());
+                                200
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::new()))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, got)
+}
+
+#[tokio::test]
+async fn a_new_proposal_is_announced_to_the_webhook_even_after_failures() {
+    let (hook, received) = webhook_receiver(1).await;
+    let (_pki, _upstream, gate) = setup_examples(&extra(), move |c| {
+        c.webhook = Some(format!("http://{hook}/hook"));
+        c.admin_url = "https://toolgate.example.internal".into();
+    })
+    .await;
+    let got = call(&gate, QUICK, "w-1", "payment_intent=pi_hook&amount=42").await;
+    let id = got.headers["toolgate-proposal"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..100 {
+        if !received.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "delivered once, after one failed attempt");
+    let text = got[0]["text"].as_str().unwrap();
+    assert!(text.contains("Quick refund 42 of pi_hook"), "{text}");
+    assert!(
+        text.contains(&format!("https://toolgate.example.internal/proposals/{id}")),
+        "{text}"
+    );
+    assert_eq!(got[0]["proposal"], id.as_str());
+}
+
+#[tokio::test]
+async fn a_broken_webhook_never_blocks_a_proposal() {
+    // Nothing listens there.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let (_pki, _upstream, gate) = setup_examples(&extra(), move |c| {
+        c.webhook = Some(format!("http://{addr}/hook"));
+    })
+    .await;
+    let got = call(&gate, QUICK, "x-1", "payment_intent=pi_x").await;
+    assert_eq!(got.status, 423);
+    assert_eq!(pending_ids(&gate).await.len(), 1);
+}
