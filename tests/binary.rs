@@ -289,3 +289,135 @@ fn ca_init_and_export() {
         assert_eq!(mode & 0o077, 0, "the CA key is readable by its owner only");
     }
 }
+
+/// Calls the admin API of a toolgate run as a child process.
+async fn admin_api(
+    admin: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> Answer {
+    let stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin")
+        .header("authorization", format!("Bearer {token}"));
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))
+        .unwrap();
+    http1_over(stream, req).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_a_commit_the_proposal_is_outcome_unknown_and_never_resent() {
+    let pki = Pki::new("test upstream CA");
+    let upstream = Upstream::start(pki.server_config(&["api.stripe.com"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        &dir.path().join("policies"),
+    );
+    let route = format!("api.stripe.com:443={}", upstream.addr);
+    let ca = pki.ca_path.to_string_lossy().into_owned();
+    let args = [
+        "--connect-to",
+        route.as_str(),
+        "--upstream-ca",
+        ca.as_str(),
+        "--upstream-timeout",
+        "60s",
+    ];
+    let (mut child, proxy, admin, _log) = start_binary(dir.path(), &args);
+    let ca_pem = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
+    let agent = Some(("support-bot-staging", "demo-staging-token"));
+    let url = "https://api.stripe.com/v1/refunds";
+    let body = "payment_intent=hang-upstream&amount=100";
+
+    let client = client_via(proxy, agent, &ca_pem, http::Version::HTTP_11);
+    let held = tokio::spawn(async move {
+        send(
+            &client,
+            "POST",
+            url,
+            &[FORM, ("idempotency-key", "kill-1")],
+            body,
+        )
+        .await
+    });
+    let mut id = String::new();
+    for _ in 0..200 {
+        let got = admin_api(
+            &admin,
+            "GET",
+            "/api/proposals?state=pending",
+            "demo-carol-token",
+            None,
+        )
+        .await;
+        if let Some(p) = got.json()["proposals"]
+            .as_array()
+            .and_then(|a| a.first().cloned())
+        {
+            id = p["id"].as_str().unwrap().to_string();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!id.is_empty(), "the proposal appeared");
+    let got = admin_api(
+        &admin,
+        "POST",
+        &format!("/api/proposals/{id}/approve"),
+        "demo-carol-token",
+        None,
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    // The held call commits; the upstream receives it and hangs.
+    for _ in 0..200 {
+        if upstream.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(upstream.count(), 1);
+    signal(child.0.id(), "-KILL");
+    let _ = child.0.wait();
+    let _ = held.await;
+
+    let (_child, proxy, admin, _log) = start_binary(dir.path(), &args);
+    let got = admin_api(
+        &admin,
+        "GET",
+        &format!("/api/proposals/{id}"),
+        "demo-carol-token",
+        None,
+    )
+    .await;
+    assert_eq!(got.json()["state"], "outcome_unknown");
+    let client = client_via(proxy, agent, &ca_pem, http::Version::HTTP_11);
+    let got = send(
+        &client,
+        "POST",
+        url,
+        &[FORM, ("idempotency-key", "kill-2")],
+        body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.status, 409, "{}", String::from_utf8_lossy(&got.body));
+    assert!(
+        got.message().contains("outcome is unknown"),
+        "{}",
+        got.message()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(upstream.count(), 1, "nothing was sent again");
+}
