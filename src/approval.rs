@@ -332,9 +332,11 @@ fn new_proposal(call: &Call<'_>, identity: String) -> Proposal {
             host: call.host.to_string(),
             port: call.port,
             path_and_query: call.path_and_query.to_string(),
+            // The Host header came from the agent; the target is the tunnel's, shown in the URL.
             headers: call
                 .headers
                 .iter()
+                .filter(|(k, _)| *k != header::HOST)
                 .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
                 .collect(),
             body: base64::engine::general_purpose::STANDARD.encode(call.body),
