@@ -94,6 +94,11 @@ fn signed(gate: &Gate, headers: &HeaderMap) -> Option<Signed> {
     })
 }
 
+/// True when the request carries a live session.
+pub fn is_signed_in(gate: &Gate, headers: &HeaderMap) -> bool {
+    signed(gate, headers).is_some()
+}
+
 fn to_login() -> Response {
     Redirect::to("/login").into_response()
 }
@@ -354,7 +359,8 @@ pub async fn detail(
          <tr><th>Policy</th><td>mode approve; {required} approval(s) from {groups}; self-approval {selfapp}</td></tr>\
          <tr><th>Expires</th><td>in {left}</td></tr></table></div>\
          <h2>Exact request</h2><pre>{method} {url}\n{headers_html}\n{body_text}</pre><p>sha256 {sha}</p>\
-         <h2>Approvals so far</h2><ul>{approvals}</ul>{decision}{actions}",
+         <h2>Approvals so far</h2><ul>{approvals}</ul>{decision}{actions}\
+         <p><a href=\"/stories/{id}\">The story of this call</a></p>",
         summary = esc(&p.summary),
         state = p.state.as_str(),
         note = p.note.as_ref().map(|n| format!(" — {}", esc(n))).unwrap_or_default(),
@@ -373,6 +379,7 @@ pub async fn detail(
         url = esc(&p.request.url()),
         body_text = esc(v["request"]["body"].as_str().unwrap_or("")),
         sha = esc(&p.request.sha256),
+        id = esc(&p.id),
     );
     page(&p.summary, Some(&s), &body).into_response()
 }

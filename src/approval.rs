@@ -220,6 +220,21 @@ impl Waiters {
     }
 }
 
+/// An audit record about a proposal.
+fn record(p: &Proposal, kind: &'static str, payload: Value) -> crate::audit::Record {
+    crate::audit::Record {
+        kind,
+        request_id: Some(p.request_id.clone()),
+        job: Some(p.job.clone()),
+        proposal: Some(p.id.clone()),
+        agent: Some(p.agent.clone()),
+        owner: Some(p.owner.clone()),
+        tool: Some(p.tool.clone()),
+        tool_version: Some(p.tool_version),
+        payload,
+    }
+}
+
 fn store_err(e: StoreError) -> Refusal {
     Refusal::internal(format!(
         "the proposal store is unavailable ({e}); the call was not sent"
@@ -266,6 +281,7 @@ pub struct Call<'a> {
     pub payload_sha256: &'a str,
     /// `{body, params, query}` for the summary.
     pub summary_ctx: Value,
+    pub redactor: &'a crate::audit::Redactor,
 }
 
 /// The agent side: create or join the proposal for this call, hold the connection, and commit
@@ -296,12 +312,37 @@ pub async fn propose_and_wait(gate: &Gate, call: Call<'_>) -> Result<Response<Pr
             _ => {
                 let p = new_proposal(&call, identity);
                 gate.store.put_proposal(&p, true).await.map_err(store_err)?;
+                gate.audit.record(record(
+                    &p,
+                    "proposal",
+                    json!({
+                        "summary": p.summary,
+                        "required": p.required,
+                        "groups": p.groups,
+                        "method": p.request.method,
+                        "url": p.request.url(),
+                        "sha256": p.request.sha256,
+                        "body": crate::audit::body_json(&gate.audit.redactor, &p.request.body_bytes(), crate::audit::BODY_CAP),
+                        "risk": p.risk,
+                    }),
+                ));
                 info!(proposal = %p.id, tool = %p.tool, agent = %p.agent, summary = %p.summary, "proposal created");
                 crate::notify::new_proposal(gate, &p, call.tool.approval.webhook.as_deref());
                 p.id
             }
         }
     };
+    gate.audit.record(crate::audit::Record {
+        kind: "decision",
+        request_id: Some(call.request_id.to_string()),
+        job: Some(call.job.clone()),
+        proposal: Some(id.clone()),
+        agent: Some(call.agent.id.clone()),
+        owner: Some(call.agent.owner.clone()),
+        tool: Some(call.tool.name.clone()),
+        tool_version: Some(call.tool.version),
+        payload: json!({"outcome": "held for approval", "mode": "approve", "proposal": id}),
+    });
     let hold = call.tool.approval.hold;
     wait_and_claim(gate, &id, hold).await
 }
@@ -333,11 +374,16 @@ fn new_proposal(call: &Call<'_>, identity: String) -> Proposal {
             port: call.port,
             path_and_query: call.path_and_query.to_string(),
             // The Host header came from the agent; the target is the tunnel's, shown in the URL.
+            // Values that look like secrets are redacted: what approvers see is what is sent.
             headers: call
                 .headers
                 .iter()
                 .filter(|(k, _)| *k != header::HOST)
-                .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
+                .filter_map(|(k, v)| {
+                    v.to_str()
+                        .ok()
+                        .map(|v| (k.to_string(), call.redactor.text(v)))
+                })
                 .collect(),
             body: base64::engine::general_purpose::STANDARD.encode(call.body),
             sha256: hex::encode(Sha256::digest(call.body)),
@@ -369,6 +415,7 @@ pub async fn load(gate: &Gate, id: &str) -> Result<Option<Proposal>, StoreError>
         if p.state.is_open() && now_unix() >= p.expires_unix {
             p.state = State::Expired;
             gate.store.put_proposal(&p, false).await?;
+            gate.audit.record(record(&p, "expiry", json!({})));
             gate.waiters.notify(id);
             info!(proposal = %id, "proposal expired");
         }
@@ -589,12 +636,31 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
         }
     };
 
-    // Durable before a byte leaves.
+    // Durable before a byte leaves: the commit event, then the state.
+    gate.audit
+        .record_durable(record(
+            &p,
+            "commit",
+            json!({
+                "method": p.request.method,
+                "url": p.request.url(),
+                "sha256": p.request.sha256,
+                "approvals": p.approvals,
+            }),
+        ))
+        .await
+        .map_err(|e| {
+            Refusal::internal(format!(
+                "the audit log is unavailable ({e}); proposal {} was not sent",
+                p.id
+            ))
+        })?;
     p.state = State::Committing;
     gate.store
         .put_proposal(&p, false)
         .await
         .map_err(store_err)?;
+    let started = std::time::Instant::now();
 
     let mut headers = HeaderMap::new();
     for (k, v) in &p.request.headers {
@@ -626,17 +692,29 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
-            p.outcome = Some(Outcome {
-                status: parts.status.as_u16(),
-                headers: parts
-                    .headers
-                    .iter()
-                    .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
-                    .collect(),
-                body: base64::engine::general_purpose::STANDARD.encode(&bytes),
-            });
+            let (outcome, _) = crate::audit::scrub_outcome(
+                &gate.audit.redactor,
+                parts.status.as_u16(),
+                &parts.headers,
+                &bytes,
+            );
+            p.outcome = Some(outcome);
             p.state = State::Committed;
             p.committed_unix = Some(now_unix());
+            let redactor = &gate.audit.redactor;
+            let _ = gate
+                .audit
+                .record_durable(record(
+                    &p,
+                    "response",
+                    json!({
+                        "status": parts.status.as_u16(),
+                        "headers": crate::audit::headers_json(redactor, &parts.headers),
+                        "body": crate::audit::body_json(redactor, &bytes, crate::audit::BODY_CAP),
+                        "latency_ms": started.elapsed().as_millis() as u64,
+                    }),
+                ))
+                .await;
             if let Err(e) = gate.store.put_proposal(&p, false).await {
                 warn!(proposal = %p.id, error = %e, "the committed outcome could not be stored");
             }
@@ -650,6 +728,11 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
                 State::OutcomeUnknown
             };
             p.note = Some(failure.refusal.message.clone());
+            gate.audit.record(record(
+                &p,
+                "upstream_error",
+                json!({"code": failure.refusal.code.as_str(), "message": failure.refusal.message, "sent": !failure.not_sent}),
+            ));
             if let Err(e) = gate.store.put_proposal(&p, false).await {
                 warn!(proposal = %p.id, error = %e, "the failed commit could not be stored");
             }
@@ -663,7 +746,10 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
 
 /// At start-up: a proposal found `committing` may or may not have reached the upstream. It
 /// becomes `outcome_unknown` and is never sent again.
-pub async fn recover(store: &crate::store::Store) -> Result<usize, StoreError> {
+pub async fn recover(
+    store: &crate::store::Store,
+    audit: &crate::audit::Audit,
+) -> Result<usize, StoreError> {
     let mut n = 0;
     for mut p in store.list_proposals()? {
         if p.state == State::Committing {
@@ -672,6 +758,7 @@ pub async fn recover(store: &crate::store::Store) -> Result<usize, StoreError> {
                 "toolgate stopped while this call was being sent; it will not be sent again".into(),
             );
             store.put_proposal(&p, false).await?;
+            audit.record(record(&p, "outcome_unknown", json!({"note": p.note})));
             warn!(proposal = %p.id, tool = %p.tool, "found committing at start-up: outcome unknown");
             n += 1;
         }
@@ -822,6 +909,17 @@ pub async fn decide(
         }
     }
     gate.store.put_proposal(&p, false).await.map_err(internal)?;
+    let kind = match action {
+        Action::Approve => "approval",
+        Action::Deny => "denial",
+        Action::Revoke => "revocation",
+        Action::Cancel => "cancellation",
+    };
+    gate.audit.record(record(
+        &p,
+        kind,
+        json!({"by": who.id, "comment": comment, "state": p.state.as_str(), "approvals": p.approvals.len(), "required": p.required}),
+    ));
     gate.waiters.notify(id);
     info!(proposal = %p.id, by = %who.id, action = ?action, state = p.state.as_str(), "proposal decision");
     Ok(p)

@@ -62,6 +62,16 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// The audit log: stories, search, export, verify, purge.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Open the store of a stopped toolgate directly instead of asking a running one.
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
     /// Kill switches for tools, through a running server's admin API.
     Tools {
         #[command(subcommand)]
@@ -75,6 +85,46 @@ pub enum Command {
         command: SwitchCommand,
         #[command(flatten)]
         server: ServerArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// The story of a request, proposal or job id: who asked, what was proposed, who approved,
+    /// what was sent, what came back.
+    Story {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Events by agent, tool, refusal code, kind and time.
+    Search {
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        tool: Option<String>,
+        #[arg(long)]
+        code: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every event since a time, as JSON Lines (the schema is in the README).
+    Export {
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Checks the hash chain; names the first bad sequence number.
+    Verify,
+    /// Removes events older than a time; the rest stays verifiable.
+    Purge {
+        #[arg(long)]
+        before: String,
     },
 }
 
@@ -228,6 +278,11 @@ pub async fn main(cli: Cli) -> ExitCode {
             comment,
             server,
         } => decide(&server.server, &id, "revoke", comment).await,
+        Command::Audit {
+            command,
+            server,
+            data_dir,
+        } => audit(command, &server.server, data_dir).await,
         Command::Tools { command, server } => switches("tools", command, &server.server).await,
         Command::Agents { command, server } => switches("agents", command, &server.server).await,
     }
@@ -272,6 +327,191 @@ pub async fn admin_call(
         .to_bytes();
     let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
     Ok((status, json))
+}
+
+/// Runs an audit command against a running server, or a stopped one's store.
+async fn audit(command: AuditCommand, server: &str, data_dir: Option<PathBuf>) -> ExitCode {
+    use crate::audit::{describe, Event, Filter};
+    let offline = match &data_dir {
+        Some(dir) => {
+            let store = match crate::store::Store::open(dir) {
+                Ok(s) => s,
+                Err(e) => {
+                    return fail(&format!(
+                        "{e} (is toolgate still running on it? then use --server instead)"
+                    ))
+                }
+            };
+            match crate::audit::Audit::open(store.db()) {
+                Ok(a) => Some(a),
+                Err(e) => return fail(&e.to_string()),
+            }
+        }
+        None => None,
+    };
+    let online = |path: String| async move {
+        match admin_call(server, http::Method::GET, &path, None).await {
+            Ok((200, json)) => Ok(json),
+            Ok((status, json)) => Err(format!(
+                "{status}: {}",
+                json["error"]["message"]
+                    .as_str()
+                    .unwrap_or("request failed")
+            )),
+            Err(e) => Err(e),
+        }
+    };
+    let events_of = |v: &serde_json::Value| -> Vec<Event> {
+        serde_json::from_value(v["events"].clone()).unwrap_or_default()
+    };
+    let q = |k: &str, v: &Option<String>| match v {
+        Some(x) => format!(
+            "{k}={}&",
+            form_urlencoded::byte_serialize(x.as_bytes()).collect::<String>()
+        ),
+        None => String::new(),
+    };
+    match command {
+        AuditCommand::Story { id, json } => {
+            let events = match &offline {
+                Some(a) => a.story(&id).map_err(|e| e.to_string()),
+                None => online(format!("/api/audit/story/{id}"))
+                    .await
+                    .map(|v| events_of(&v)),
+            };
+            let events = match events {
+                Ok(e) if e.is_empty() => return fail(&format!("no events mention {id}")),
+                Ok(e) => e,
+                Err(e) => return fail(&e),
+            };
+            if json {
+                println!("{}", serde_json::json!({"id": id, "events": events}));
+            } else {
+                println!("The story of {id}:");
+                for e in &events {
+                    println!("{}", describe(e));
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        AuditCommand::Search {
+            agent,
+            tool,
+            code,
+            kind,
+            since,
+            until,
+            json,
+        } => {
+            let f = Filter {
+                agent,
+                tool,
+                code,
+                kind,
+                since,
+                until,
+            };
+            let events = match &offline {
+                Some(a) => a.search(&f),
+                None => {
+                    let path = format!(
+                        "/api/audit/search?{}{}{}{}{}{}",
+                        q("agent", &f.agent),
+                        q("tool", &f.tool),
+                        q("code", &f.code),
+                        q("kind", &f.kind),
+                        q("since", &f.since),
+                        q("until", &f.until)
+                    );
+                    online(path).await.map(|v| events_of(&v))
+                }
+            };
+            match events {
+                Ok(events) => {
+                    for e in &events {
+                        if json {
+                            println!("{}", serde_json::to_string(e).unwrap_or_default());
+                        } else {
+                            println!("{}", describe(e));
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        AuditCommand::Export { since } => {
+            let f = Filter {
+                since,
+                ..Default::default()
+            };
+            let events = match &offline {
+                Some(a) => a.search(&f),
+                None => online(format!("/api/audit/search?{}", q("since", &f.since)))
+                    .await
+                    .map(|v| events_of(&v)),
+            };
+            match events {
+                Ok(events) => {
+                    for e in &events {
+                        println!("{}", serde_json::to_string(e).unwrap_or_default());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        AuditCommand::Verify => {
+            let result = match &offline {
+                Some(a) => a.verify(),
+                None => match online("/api/audit/verify".into()).await {
+                    Ok(v) if v["ok"] == true => Ok(v["events"].as_u64().unwrap_or(0)),
+                    Ok(v) => Err((
+                        v["seq"].as_u64().unwrap_or(0),
+                        v["reason"].as_str().unwrap_or("").to_string(),
+                    )),
+                    Err(e) => return fail(&e),
+                },
+            };
+            match result {
+                Ok(n) => {
+                    println!("ok: {n} events, the chain is intact");
+                    ExitCode::SUCCESS
+                }
+                Err((seq, why)) => fail(&format!("chain broken at event {seq}: {why}")),
+            }
+        }
+        AuditCommand::Purge { before } => {
+            let removed = match &offline {
+                Some(a) => match crate::audit::parse_time(&before) {
+                    Some(ms) => a.purge(ms).await.map_err(|e| e.to_string()),
+                    None => Err(format!("--before {before:?} is not a time")),
+                },
+                None => match admin_call(
+                    server,
+                    http::Method::POST,
+                    "/api/audit/purge",
+                    Some(serde_json::json!({ "before": before })),
+                )
+                .await
+                {
+                    Ok((200, v)) => Ok(v["removed"].as_u64().unwrap_or(0)),
+                    Ok((status, v)) => Err(format!(
+                        "{status}: {}",
+                        v["error"]["message"].as_str().unwrap_or("")
+                    )),
+                    Err(e) => Err(e),
+                },
+            };
+            match removed {
+                Ok(n) => {
+                    println!("removed {n} events; the rest still verifies");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+    }
 }
 
 fn show_proposal(p: &serde_json::Value) {

@@ -3,14 +3,17 @@
 //! binary so that tests can start the whole server in-process on ephemeral ports.
 
 pub mod admin;
+pub mod admin_audit;
 pub mod admin_pages;
 pub mod approval;
+pub mod audit;
 pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod proxy;
@@ -71,6 +74,8 @@ pub struct Gate {
     pub(crate) waiters: approval::Waiters,
     pub(crate) webhook: Arc<notify::WebhookClient>,
     pub(crate) sessions: admin::Sessions,
+    pub audit: Arc<audit::Audit>,
+    pub(crate) metrics: metrics::Metrics,
 }
 
 impl Gate {
@@ -82,6 +87,8 @@ impl Gate {
         let policy = Policy::load_dir(&config.policies_dir)?;
         let store = store::Store::open(&config.data_dir)?;
         let kill = store.kill_switches()?.into_iter().collect();
+        let audit = Arc::new(audit::Audit::open(store.db())?);
+        audit.redactor.set_secrets(policy.secrets());
         let ca = ca::CertAuthority::load_or_init(&config.certs_dir, provider.clone())?;
         let mut extra_roots = Vec::new();
         for path in &config.upstream_ca {
@@ -131,6 +138,8 @@ impl Gate {
             waiters: approval::Waiters::default(),
             webhook,
             sessions: admin::Sessions::default(),
+            audit,
+            metrics: metrics::Metrics::default(),
         })
     }
 
@@ -155,6 +164,15 @@ impl Gate {
         value: Option<store::KillSwitch>,
     ) -> Result<(), store::StoreError> {
         self.store.kill_set(key, value.as_ref()).await?;
+        let (state, by, reason) = match &value {
+            Some(k) => ("disabled", k.by.clone(), k.reason.clone()),
+            None => ("enabled", String::new(), String::new()),
+        };
+        self.audit.record(audit::Record {
+            kind: "kill_switch",
+            payload: serde_json::json!({"target": key, "state": state, "by": by, "reason": reason}),
+            ..Default::default()
+        });
         let mut kill = self.kill.write().unwrap_or_else(|p| p.into_inner());
         match value {
             Some(v) => {
@@ -174,6 +192,12 @@ impl Gate {
         match Policy::load_dir(&self.config.policies_dir) {
             Ok(new) => {
                 let tools = new.tools().len();
+                self.audit.redactor.set_secrets(new.secrets());
+                self.audit.record(audit::Record {
+                    kind: "policy_reload",
+                    payload: serde_json::json!({"result": "loaded", "tools": tools}),
+                    ..Default::default()
+                });
                 *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
                 *self
                     .policy_fingerprint
@@ -189,6 +213,11 @@ impl Gate {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) = print;
                 warn!(error = %e, "policy reload failed; the previous policies stay in force");
+                self.audit.record(audit::Record {
+                    kind: "policy_reload",
+                    payload: serde_json::json!({"result": "refused; the previous policies stay in force", "error": e.to_string()}),
+                    ..Default::default()
+                });
                 Err(e)
             }
         }
@@ -231,7 +260,7 @@ pub async fn run(
         }
     }
     let gate = Arc::new(Gate::new(config)?);
-    approval::recover(&gate.store).await?;
+    approval::recover(&gate.store, &gate.audit).await?;
     let policy = gate.policy();
     info!(
         proxy = %listeners.proxy.local_addr().map(|a| a.to_string()).unwrap_or_default(),

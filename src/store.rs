@@ -87,6 +87,11 @@ impl Store {
         })
     }
 
+    /// The database, for the audit log that shares it.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;

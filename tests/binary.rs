@@ -421,3 +421,71 @@ async fn killed_during_a_commit_the_proposal_is_outcome_unknown_and_never_resent
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(upstream.count(), 1, "nothing was sent again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_right_after_a_commit_keeps_its_commit_and_response_events() {
+    let pki = Pki::new("test upstream CA");
+    let upstream = Upstream::start(pki.server_config(&["api.stripe.com"])).await;
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        &dir.path().join("policies"),
+    );
+    let route = format!("api.stripe.com:443={}", upstream.addr);
+    let ca = pki.ca_path.to_string_lossy().into_owned();
+    let (mut child, proxy, _, _log) = start_binary(
+        dir.path(),
+        &["--connect-to", route.as_str(), "--upstream-ca", ca.as_str()],
+    );
+    let ca_pem = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
+    let client = client_via(
+        proxy,
+        Some(("support-bot-staging", "demo-staging-token")),
+        &ca_pem,
+        http::Version::HTTP_11,
+    );
+    let got = send(
+        &client,
+        "POST",
+        "https://api.stripe.com/v1/customers",
+        &[FORM, ("idempotency-key", "sigkill-1")],
+        "name=Ann",
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.status, 200);
+    signal(child.0.id(), "-KILL");
+    let _ = child.0.wait();
+    let request_id = got.headers["toolgate-request-id"].to_str().unwrap();
+    let out = Command::new(BIN)
+        .args(["audit", "story", request_id, "--json", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"commit") && kinds.contains(&"response"),
+        "{kinds:?}"
+    );
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

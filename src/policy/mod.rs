@@ -429,6 +429,19 @@ impl Policy {
         found
     }
 
+    /// Every credential secret in force, for redaction.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .tools
+            .iter()
+            .flat_map(|t| t.credentials.values())
+            .map(|c| c.secret().to_string())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     pub fn approver(&self, id: &str) -> Option<&Arc<Approver>> {
         self.approvers.iter().find(|a| a.id == id)
     }

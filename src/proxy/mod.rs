@@ -142,13 +142,13 @@ async fn outer(gate: Arc<Gate>, peer: SocketAddr, req: Request<Incoming>) -> Res
         Ok(agent) => agent,
         Err(refusal) => {
             record_refusal(
-                &request_id,
+                &gate,
+                (&request_id, started),
                 None,
                 "-",
                 &method,
                 &target_text,
                 &refusal,
-                started,
             );
             return refusal.into_response(&request_id);
         }
@@ -163,13 +163,13 @@ async fn outer(gate: Arc<Gate>, peer: SocketAddr, req: Request<Incoming>) -> Res
              HTTP_PROXY (absolute-form URLs), not to it directly",
         );
         record_refusal(
-            &request_id,
+            &gate,
+            (&request_id, started),
             Some(&agent.id),
             "-",
             &method,
             &target_text,
             &refusal,
-            started,
         );
         return refusal.into_response(&request_id);
     };
@@ -185,13 +185,13 @@ async fn outer(gate: Arc<Gate>, peer: SocketAddr, req: Request<Incoming>) -> Res
     };
     if let Err(refusal) = egress(&gate, &policy, &host, port).await {
         record_refusal(
-            &request_id,
+            &gate,
+            (&request_id, started),
             Some(&agent.id),
             &host,
             &method,
             &target_text,
             &refusal,
-            started,
         );
         return refusal.into_response(&request_id);
     }
@@ -236,26 +236,26 @@ async fn connect(
     let Some((host, port)) = parsed else {
         let refusal = Refusal::policy("CONNECT needs a HOST:PORT target");
         record_refusal(
-            &request_id,
+            &gate,
+            (&request_id, started),
             Some(&agent.id),
             "-",
             &Method::CONNECT,
             "-",
             &refusal,
-            started,
         );
         return refusal.into_response(&request_id);
     };
     let target_text = upstream::authority(&host, port);
     if let Err(refusal) = egress(&gate, policy, &host, port).await {
         record_refusal(
-            &request_id,
+            &gate,
+            (&request_id, started),
             Some(&agent.id),
             &host,
             &Method::CONNECT,
             &target_text,
             &refusal,
-            started,
         );
         return refusal.into_response(&request_id);
     }
@@ -403,8 +403,35 @@ async fn handle(
 ) -> Response<ProxyBody> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let mut tool_name: Option<String> = None;
-    let result = request::process(&gate, target, req, &request_id, &mut tool_name).await;
+    let job = req
+        .headers()
+        .get("toolgate-job")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| target.tunnel_id.clone());
+    let mut trail = request::Trail {
+        request_id: request_id.clone(),
+        job,
+        agent: target.agent_id.clone(),
+        owner: None,
+        tool: None,
+        version: None,
+    };
+    // The record phase: what was asked, whatever happens next.
+    gate.audit.record(trail.rec(
+        "request",
+        serde_json::json!({
+            "method": method.as_str(),
+            "host": target.host,
+            "port": target.port,
+            "path": path,
+            "query": req.uri().query().unwrap_or(""),
+            "headers": crate::audit::headers_json(&gate.audit.redactor, req.headers()),
+            "peer": target.peer.to_string(),
+        }),
+    ));
+    let result = request::process(&gate, target, req, &mut trail).await;
+    let tool_name = trail.tool.clone();
     let (mut resp, decision) = match result {
         Ok(resp) => (resp, Decision::Forwarded),
         Err(refusal) => {
@@ -416,6 +443,12 @@ async fn handle(
             if code.source() == crate::error::ErrorSource::Upstream {
                 warn!(request_id = %request_id, error = %refusal.message, "upstream failure");
             }
+            let mut rec = trail.rec(
+                "decision",
+                serde_json::json!({"outcome": "refused", "code": code.as_str(), "status": code.status().as_u16(), "message": refusal.message}),
+            );
+            rec.proposal = refusal.proposal.clone();
+            gate.audit.record(rec);
             (refusal.into_response(&request_id), Decision::Refused(code))
         }
     };
@@ -426,6 +459,12 @@ async fn handle(
         Decision::Forwarded => ("forwarded", ""),
         Decision::Refused(code) => ("refused", code.as_str()),
     };
+    gate.metrics.observe(
+        tool_name.as_deref().unwrap_or("-"),
+        decision,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     info!(
         request_id = %request_id, agent = %target.agent_id, peer = %target.peer, host = %target.host,
         method = %method, path = %path, tool = tool_name.as_deref().unwrap_or("-"),
@@ -437,14 +476,24 @@ async fn handle(
 
 /// The record phase for refusals that happen before a tunnel exists.
 fn record_refusal(
-    request_id: &str,
+    gate: &Gate,
+    (request_id, started): (&str, Instant),
     agent: Option<&str>,
     host: &str,
     method: &Method,
     path: &str,
     refusal: &Refusal,
-    started: Instant,
 ) {
+    gate.audit.record(crate::audit::Record {
+        kind: "decision",
+        request_id: Some(request_id.to_string()),
+        agent: agent.map(str::to_string),
+        payload: serde_json::json!({
+            "outcome": "refused", "code": refusal.code.as_str(), "status": refusal.code.status().as_u16(),
+            "message": refusal.message, "method": method.as_str(), "host": host, "target": path,
+        }),
+        ..Default::default()
+    });
     info!(
         request_id = %request_id, agent = agent.unwrap_or("-"), host = %host, method = %method,
         path = %path, tool = "-", decision = "refused", code = refusal.code.as_str(),

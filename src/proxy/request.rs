@@ -46,9 +46,10 @@ pub(super) async fn process(
     gate: &Gate,
     target: &Target,
     req: Request<Incoming>,
-    request_id: &str,
-    tool_name: &mut Option<String>,
+    trail: &mut Trail,
 ) -> Result<Response<ProxyBody>, Refusal> {
+    let request_id = trail.request_id.clone();
+    let request_id = request_id.as_str();
     let policy = gate.policy();
     // The agent is looked up per request so that a reload or a kill switch takes effect on open
     // tunnels too.
@@ -82,7 +83,9 @@ pub(super) async fn process(
         .match_tool(&target.host, target.port, req.method(), &path)
         .ok_or_else(|| no_match(&policy, target, req.method(), &path))?;
     let tool = matched.tool.clone();
-    *tool_name = Some(tool.name.clone());
+    trail.tool = Some(tool.name.clone());
+    trail.version = Some(tool.version);
+    trail.owner = Some(agent.owner.clone());
 
     // kill switch
     if let Some(k) = gate.kill_switch(&format!("tool:{}", tool.name)) {
@@ -144,7 +147,14 @@ pub(super) async fn process(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| path.clone());
 
+    let started = std::time::Instant::now();
+    let redactor = gate.audit.redactor.clone();
+    let body_event = crate::audit::body_json(&redactor, &body_bytes, crate::audit::BODY_CAP);
     if dry_run {
+        gate.audit.record(trail.rec(
+            "decision",
+            json!({"outcome": "dry_run", "mode": tool.mode.as_str(), "body": body_event}),
+        ));
         return Ok(preview(
             target,
             &tool,
@@ -190,6 +200,7 @@ pub(super) async fn process(
             body: &body_bytes,
             payload_sha256: &payload_sha,
             summary_ctx: json!({"body": body_json, "params": matched.params, "query": query}),
+            redactor: &gate.audit.redactor,
         };
         return crate::approval::propose_and_wait(gate, call).await;
     }
@@ -208,12 +219,35 @@ pub(super) async fn process(
                 .check(&agent.id, &tool.name, limit)
                 .map_err(|secs| rate_limited(&tool, secs))?;
         }
-        let resp = gate
+        gate.audit.record(trail.rec(
+            "decision",
+            json!({"outcome": "allowed", "mode": tool.mode.as_str(), "body": body_event}),
+        ));
+        let resp = match gate
             .upstream
             .forward(&target.host, target.port, build(headers))
             .await
-            .map_err(|f| f.refusal)?;
+        {
+            Ok(r) => r,
+            Err(f) => {
+                gate.audit.record(trail.rec(
+                    "upstream_error",
+                    json!({"code": f.refusal.code.as_str(), "message": f.refusal.message, "sent": !f.not_sent}),
+                ));
+                return Err(f.refusal);
+            }
+        };
         let (parts, body) = resp.into_parts();
+        // A read's body streams to the agent and is not kept.
+        gate.audit.record(trail.rec(
+            "response",
+            json!({
+                "status": parts.status.as_u16(),
+                "headers": crate::audit::headers_json(&redactor, &parts.headers),
+                "body": {"streamed": true},
+                "latency_ms": started.elapsed().as_millis() as u64,
+            }),
+        ));
         return Ok(Response::from_parts(parts, body::stream(body)));
     }
 
@@ -263,7 +297,13 @@ pub(super) async fn process(
                 ));
             }
             return match (rec.state, rec.outcome) {
-                (IdemState::Done, Some(outcome)) => Ok(replay(&outcome)),
+                (IdemState::Done, Some(outcome)) => {
+                    gate.audit.record(trail.rec(
+                        "idempotent_replay",
+                        json!({"original_request": rec.request_id, "status": outcome.status}),
+                    ));
+                    Ok(replay(&outcome))
+                }
                 _ => Err(Refusal::new(
                     Code::IdempotencyConflict,
                     format!(
@@ -317,6 +357,30 @@ pub(super) async fn process(
         .await
         .map_err(store_err)?;
 
+    // record: the commit is durable in the audit log before the request leaves.
+    gate.audit.record(trail.rec(
+        "decision",
+        json!({"outcome": "allowed", "mode": tool.mode.as_str(), "body": body_event}),
+    ));
+    if let Err(e) = gate
+        .audit
+        .record_durable(trail.rec(
+            "commit",
+            json!({
+                "method": parts.method.as_str(),
+                "url": format!("https://{}{}", upstream::authority(&target.host, target.port), path_and_query),
+                "sha256": hex::encode(Sha256::digest(&body_bytes)),
+                "body": body_event,
+            }),
+        ))
+        .await
+    {
+        gate.store.idem_remove(&idem_id).await.map_err(store_err)?;
+        return Err(Refusal::internal(format!(
+            "the audit log is unavailable ({e}); the call was not sent"
+        )));
+    }
+
     // forward
     let resp = match gate
         .upstream
@@ -325,6 +389,10 @@ pub(super) async fn process(
     {
         Ok(resp) => resp,
         Err(failure) => {
+            gate.audit.record(trail.rec(
+                "upstream_error",
+                json!({"code": failure.refusal.code.as_str(), "message": failure.refusal.message, "sent": !failure.not_sent}),
+            ));
             if failure.not_sent {
                 // Nothing reached the upstream: the call may be retried, and spent nothing.
                 gate.store.idem_remove(&idem_id).await.map_err(store_err)?;
@@ -344,30 +412,71 @@ pub(super) async fn process(
         Ok(c) => (c.to_bytes(), false),
         Err(_) => (Bytes::new(), true),
     };
-    let mut outcome = Outcome {
-        status: resp_parts.status.as_u16(),
-        headers: resp_parts
-            .headers
-            .iter()
-            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
-            .collect(),
-        body: base64::engine::general_purpose::STANDARD.encode(&bytes),
-    };
+    let (mut outcome, bytes) = crate::audit::scrub_outcome(
+        &redactor,
+        resp_parts.status.as_u16(),
+        &resp_parts.headers,
+        &bytes,
+    );
     if truncated {
         outcome
             .headers
             .push(("toolgate-outcome-truncated".into(), "true".into()));
     }
     rec.state = IdemState::Done;
-    rec.outcome = Some(outcome);
+    rec.outcome = Some(outcome.clone());
     if let Err(e) = gate.store.idem_put(&idem_id, &rec).await {
         // The call executed; the agent gets its answer. A retry finds it in flight and is
         // refused as unknown rather than executed twice.
         tracing::error!(request_id, error = %e, "could not store the outcome of a committed call");
     }
-    let mut resp = Response::from_parts(resp_parts, body::full(bytes));
-    resp.headers_mut().remove(header::CONTENT_LENGTH);
-    Ok(resp)
+    let _ = gate
+        .audit
+        .record_durable(trail.rec(
+            "response",
+            json!({
+                "status": resp_parts.status.as_u16(),
+                "headers": crate::audit::headers_json(&redactor, &resp_parts.headers),
+                "body": crate::audit::body_json(&redactor, &bytes, crate::audit::BODY_CAP),
+                "latency_ms": started.elapsed().as_millis() as u64,
+            }),
+        ))
+        .await;
+    // The agent gets what is stored: the same answer a duplicate would get.
+    Ok(replay_first(&outcome))
+}
+
+/// The answer to the call that executed: the stored outcome, without the replay mark.
+fn replay_first(outcome: &Outcome) -> Response<ProxyBody> {
+    let mut resp = replay(outcome);
+    resp.headers_mut().remove("toolgate-replayed");
+    resp
+}
+
+/// Who and what a request is about, for its audit events.
+pub(crate) struct Trail {
+    pub request_id: String,
+    pub job: String,
+    pub agent: String,
+    pub owner: Option<String>,
+    pub tool: Option<String>,
+    pub version: Option<u32>,
+}
+
+impl Trail {
+    pub fn rec(&self, kind: &'static str, payload: Value) -> crate::audit::Record {
+        crate::audit::Record {
+            kind,
+            request_id: Some(self.request_id.clone()),
+            job: Some(self.job.clone()),
+            proposal: None,
+            agent: Some(self.agent.clone()),
+            owner: self.owner.clone(),
+            tool: self.tool.clone(),
+            tool_version: self.version,
+            payload,
+        }
+    }
 }
 
 fn idem_id(kind: &str, agent: &str, tool: &str, key: &str) -> String {

@@ -245,6 +245,26 @@ async fn upstream_handle(
                 .body(StreamBody::new(stream).boxed())
                 .unwrap()
         }
+        _ if parts.headers.contains_key("x-echo") => {
+            // An upstream that echoes what it got, the injected credential included.
+            let echo = serde_json::json!({
+                "authorization": parts.headers.get("authorization").and_then(|h| h.to_str().ok()),
+                "body": String::from_utf8_lossy(&body),
+                "query": query,
+            });
+            Response::builder()
+                .header("content-type", "application/json")
+                .header(
+                    "x-echoed-auth",
+                    parts
+                        .headers
+                        .get("authorization")
+                        .cloned()
+                        .unwrap_or(http::HeaderValue::from_static("")),
+                )
+                .body(Full::new(Bytes::from(echo.to_string())).boxed())
+                .unwrap()
+        }
         _ => {
             let echo = serde_json::json!({
                 "method": parts.method.as_str(),

@@ -1,0 +1,196 @@
+//! The audit log on the admin listener: the story of any request, proposal or job (JSON and a
+//! page), search, export as JSON Lines, verify, purge; and `/metrics`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::admin_pages::esc;
+use crate::audit::{describe, parse_time, Filter};
+use crate::Gate;
+
+fn api_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message.into()}})),
+    )
+        .into_response()
+}
+
+fn authorized(gate: &Gate, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    if !token.is_empty() && gate.policy().authenticate_approver(token).is_some() {
+        Ok(())
+    } else {
+        Err(Box::new(api_error(
+            StatusCode::UNAUTHORIZED,
+            "auth_error",
+            "send an approver token: Authorization: Bearer <token>",
+        )))
+    }
+}
+
+pub async fn story(
+    State(gate): State<Arc<Gate>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = authorized(&gate, &headers) {
+        return *r;
+    }
+    match gate.audit.story(&id) {
+        Ok(events) if events.is_empty() => api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no events mention {id}"),
+        ),
+        Ok(events) => Json(json!({"id": id, "events": events})).into_response(),
+        Err(e) => api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "internal_error",
+            e.to_string(),
+        ),
+    }
+}
+
+pub async fn search(
+    State(gate): State<Arc<Gate>>,
+    headers: HeaderMap,
+    Query(f): Query<Filter>,
+) -> Response {
+    if let Err(r) = authorized(&gate, &headers) {
+        return *r;
+    }
+    match gate.audit.search(&f) {
+        Ok(events) => Json(json!({"events": events})).into_response(),
+        Err(e) => api_error(StatusCode::BAD_REQUEST, "validation_error", e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct Since {
+    since: Option<String>,
+}
+
+pub async fn export(
+    State(gate): State<Arc<Gate>>,
+    headers: HeaderMap,
+    Query(q): Query<Since>,
+) -> Response {
+    if let Err(r) = authorized(&gate, &headers) {
+        return *r;
+    }
+    let f = Filter {
+        since: q.since,
+        ..Default::default()
+    };
+    match gate.audit.search(&f) {
+        Ok(events) => {
+            let mut out = String::new();
+            for e in events {
+                out.push_str(&serde_json::to_string(&e).unwrap_or_default());
+                out.push('\n');
+            }
+            ([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response()
+        }
+        Err(e) => api_error(StatusCode::BAD_REQUEST, "validation_error", e),
+    }
+}
+
+pub async fn verify(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&gate, &headers) {
+        return *r;
+    }
+    match gate.audit.verify() {
+        Ok(n) => Json(json!({"ok": true, "events": n})).into_response(),
+        Err((seq, why)) => Json(json!({"ok": false, "seq": seq, "reason": why})).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Before {
+    before: String,
+}
+
+pub async fn purge(
+    State(gate): State<Arc<Gate>>,
+    headers: HeaderMap,
+    Json(b): Json<Before>,
+) -> Response {
+    if let Err(r) = authorized(&gate, &headers) {
+        return *r;
+    }
+    let Some(ms) = parse_time(&b.before) else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "validation_error",
+            format!("before {:?} is not a time", b.before),
+        );
+    };
+    match gate.audit.purge(ms).await {
+        Ok(n) => Json(json!({"removed": n})).into_response(),
+        Err(e) => api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "internal_error",
+            e.to_string(),
+        ),
+    }
+}
+
+/// The story as a page for approvers and reviewers (session sign-in, like the queue).
+pub async fn story_page(
+    State(gate): State<Arc<Gate>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !crate::admin_pages::is_signed_in(&gate, &headers) {
+        return axum::response::Redirect::to("/login").into_response();
+    }
+    let events = gate.audit.story(&id).unwrap_or_default();
+    let rows: String = events
+        .iter()
+        .map(|e| format!("<li><code>{}</code></li>", esc(&describe(e))))
+        .collect();
+    let body = if rows.is_empty() {
+        format!("<p>No events mention {}.</p>", esc(&id))
+    } else {
+        format!("<ol class=\"card\">{rows}</ol>")
+    };
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <title>Story of {id}</title><style>body{{font-family:system-ui,sans-serif;margin:1rem;overflow-wrap:anywhere}}li{{margin:.4rem 0}}</style></head>\
+         <body><p><a href=\"/queue\">Queue</a></p><h1>Story of {id}</h1>{body}</body></html>",
+        id = esc(&id)
+    ))
+    .into_response()
+}
+
+/// Prometheus metrics.
+pub async fn metrics(State(gate): State<Arc<Gate>>) -> Response {
+    let mut out = gate.metrics.render();
+    let pending = crate::approval::list(&gate, Some(crate::approval::State::Pending))
+        .await
+        .map(|l| l.len())
+        .unwrap_or(0);
+    out.push_str("# HELP toolgate_pending_proposals Proposals waiting for a decision.\n# TYPE toolgate_pending_proposals gauge\n");
+    out.push_str(&format!("toolgate_pending_proposals {pending}\n"));
+    out.push_str("# HELP toolgate_audit_flush_seconds Duration of the last audit group-commit flush.\n# TYPE toolgate_audit_flush_seconds gauge\n");
+    out.push_str(&format!(
+        "toolgate_audit_flush_seconds {}\n",
+        gate.audit
+            .last_flush_us
+            .load(std::sync::atomic::Ordering::Relaxed) as f64
+            / 1e6
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

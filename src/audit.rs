@@ -1,0 +1,687 @@
+//! The audit log: append-only events in sled, each carrying the sha256 of the one before, so
+//! that `verify` finds an edited or removed event. Secrets are redacted before anything is
+//! written. Events that a commit depends on are flushed before the request leaves (several
+//! concurrent commits share one flush); everything else is written in batches. The writing
+//! happens on a thread of its own, off the async reactor.
+
+use std::collections::BTreeSet;
+use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+use tracing::{error, warn};
+
+use crate::store::StoreError;
+
+/// One event of the log. The field order is the hashing order: do not reorder.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    pub seq: u64,
+    pub time: String,
+    pub unix_ms: u64,
+    pub kind: String,
+    #[serde(default)]
+    pub request_id: Option<String>,
+    #[serde(default)]
+    pub job: Option<String>,
+    #[serde(default)]
+    pub proposal: Option<String>,
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub tool: Option<String>,
+    #[serde(default)]
+    pub tool_version: Option<u32>,
+    pub payload: Value,
+    pub prev: String,
+    #[serde(default)]
+    pub hash: String,
+}
+
+impl Event {
+    /// sha256 over the event with an empty `hash`, chained to `prev`.
+    pub fn compute_hash(&self) -> String {
+        let mut copy = self.clone();
+        copy.hash = String::new();
+        let bytes = serde_json::to_vec(&copy).unwrap_or_default();
+        hex::encode(Sha256::digest(&bytes))
+    }
+}
+
+/// What a caller records; the writer adds sequence, time and the chain.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    pub kind: &'static str,
+    pub request_id: Option<String>,
+    pub job: Option<String>,
+    pub proposal: Option<String>,
+    pub agent: Option<String>,
+    pub owner: Option<String>,
+    pub tool: Option<String>,
+    pub tool_version: Option<u32>,
+    pub payload: Value,
+}
+
+enum Msg {
+    Append(Box<Record>, Option<oneshot::Sender<Result<u64, String>>>),
+}
+
+/// Redacts secrets from anything about to be written.
+pub struct Redactor {
+    patterns: Regex,
+    secrets: RwLock<Vec<String>>,
+}
+
+/// Header names whose values are always redacted.
+pub const SECRET_HEADERS: [&str; 9] = [
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "x-goog-api-key",
+    "private-token",
+    "cookie",
+    "set-cookie",
+];
+
+pub const REDACTED: &str = "[REDACTED]";
+
+impl Redactor {
+    pub fn new() -> Redactor {
+        // Values that look like keys, wherever they appear.
+        let patterns = Regex::new(concat!(
+            r"(?:sk|rk)_(?:live|test)_[A-Za-z0-9_]{4,}",
+            r"|gh[opusr]_[A-Za-z0-9]{10,}",
+            r"|github_pat_[A-Za-z0-9_]{10,}",
+            r"|SG\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
+            r"|(?:AKIA|ASIA)[A-Z0-9]{16}",
+            r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
+            r"|eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*",
+            r"|(?i:bearer)\s+[A-Za-z0-9._~+/=\-]{8,}",
+        ))
+        .unwrap_or_else(|_| Regex::new("$^").unwrap_or_else(|_| unreachable_regex()));
+        Redactor {
+            patterns,
+            secrets: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// The injected secrets to scrub wherever they appear (an upstream may echo them).
+    pub fn set_secrets(&self, secrets: Vec<String>) {
+        let mut s: Vec<String> = secrets.into_iter().filter(|s| s.len() >= 4).collect();
+        // Longest first, so a secret that contains another is removed whole.
+        s.sort_by_key(|x| std::cmp::Reverse(x.len()));
+        s.dedup();
+        *self.secrets.write().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    pub fn text(&self, s: &str) -> String {
+        let mut out = s.to_string();
+        for secret in self
+            .secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), REDACTED);
+            }
+        }
+        self.patterns.replace_all(&out, REDACTED).into_owned()
+    }
+
+    /// Redacts every string in a JSON value (keys too).
+    pub fn value(&self, v: &Value) -> Value {
+        match v {
+            Value::String(s) => Value::String(self.text(s)),
+            Value::Array(a) => Value::Array(a.iter().map(|x| self.value(x)).collect()),
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .map(|(k, x)| {
+                        if SECRET_HEADERS.contains(&k.to_ascii_lowercase().as_str())
+                            && x.is_string()
+                        {
+                            (k.clone(), Value::String(REDACTED.into()))
+                        } else {
+                            (self.text(k), self.value(x))
+                        }
+                    })
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+}
+
+impl Default for Redactor {
+    fn default() -> Self {
+        Redactor::new()
+    }
+}
+
+fn unreachable_regex() -> Regex {
+    // A pattern that compiles everywhere; used only if the main one failed to build.
+    #[allow(clippy::expect_used)]
+    Regex::new("a^").expect("trivial regex")
+}
+
+/// An upstream answer with secrets scrubbed, as it is stored and answered: header values and a
+/// UTF-8 body go through the redactor (an upstream that echoes the injected credential must not
+/// hand it to the agent or to the disk); a binary body is kept as it is.
+pub fn scrub_outcome(
+    redactor: &Redactor,
+    status: u16,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> (crate::store::Outcome, bytes::Bytes) {
+    use base64::Engine;
+    let body = match std::str::from_utf8(body) {
+        Ok(text) => bytes::Bytes::from(redactor.text(text)),
+        Err(_) => bytes::Bytes::copy_from_slice(body),
+    };
+    let outcome = crate::store::Outcome {
+        status,
+        headers: headers
+            .iter()
+            .map(|(k, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes());
+                let v = if SECRET_HEADERS.contains(&k.as_str()) {
+                    REDACTED.to_string()
+                } else {
+                    redactor.text(&v)
+                };
+                (k.to_string(), v)
+            })
+            .collect(),
+        body: base64::engine::general_purpose::STANDARD.encode(&body),
+    };
+    (outcome, body)
+}
+
+/// Headers as a redacted JSON object.
+pub fn headers_json(redactor: &Redactor, headers: &http::HeaderMap) -> Value {
+    let mut out = serde_json::Map::new();
+    for (k, v) in headers {
+        let name = k.as_str();
+        let value = if SECRET_HEADERS.contains(&name) {
+            REDACTED.to_string()
+        } else {
+            redactor.text(&String::from_utf8_lossy(v.as_bytes()))
+        };
+        match out.get_mut(name) {
+            Some(Value::String(prev)) => {
+                prev.push_str(", ");
+                prev.push_str(&value);
+            }
+            _ => {
+                out.insert(name.to_string(), Value::String(value));
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+/// A body for an event: redacted text, capped, with a truncation mark.
+pub fn body_json(redactor: &Redactor, bytes: &[u8], cap: usize) -> Value {
+    let shown = &bytes[..bytes.len().min(cap)];
+    let text = String::from_utf8_lossy(shown);
+    let mut v = json!({ "text": redactor.text(&text), "bytes": bytes.len() });
+    if bytes.len() > cap {
+        v["truncated"] = Value::Bool(true);
+    }
+    v
+}
+
+/// The log: a handle for writers and readers.
+pub struct Audit {
+    tx: std::sync::Mutex<mpsc::Sender<Msg>>,
+    tree: sled::Tree,
+    meta: sled::Tree,
+    pub redactor: Arc<Redactor>,
+    /// Flush latency of the last group commit, in microseconds (for /metrics).
+    pub last_flush_us: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The cap on bodies recorded in events.
+pub const BODY_CAP: usize = 16 * 1024;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn rfc3339(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+const ANCHOR: &[u8] = b"anchor";
+
+impl Audit {
+    /// Opens the log in the store's database and starts its writer thread.
+    pub fn open(db: &sled::Db) -> Result<Audit, StoreError> {
+        let tree = db.open_tree("audit")?;
+        let meta = db.open_tree("audit_meta")?;
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let (mut seq, mut prev) = match tree.last()? {
+            Some((_, v)) => {
+                let e: Event = serde_json::from_slice(&v)?;
+                (e.seq, e.hash)
+            }
+            None => match meta.get(ANCHOR)? {
+                Some(v) => {
+                    let a: Value = serde_json::from_slice(&v)?;
+                    (
+                        a["seq"].as_u64().unwrap_or(0),
+                        a["hash"].as_str().unwrap_or("").to_string(),
+                    )
+                }
+                None => (0, String::new()),
+            },
+        };
+        let last_flush_us = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let flush_gauge = last_flush_us.clone();
+        let writer_tree = tree.clone();
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("toolgate-audit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < 1024 {
+                        match rx.try_recv() {
+                            Ok(m) => batch.push(m),
+                            Err(_) => break,
+                        }
+                    }
+                    let mut acks = Vec::new();
+                    let mut failed: Option<String> = None;
+                    for Msg::Append(rec, ack) in batch {
+                        let ms = now_ms();
+                        let mut e = Event {
+                            seq: seq + 1,
+                            time: rfc3339(ms),
+                            unix_ms: ms,
+                            kind: rec.kind.to_string(),
+                            request_id: rec.request_id,
+                            job: rec.job,
+                            proposal: rec.proposal,
+                            agent: rec.agent,
+                            owner: rec.owner,
+                            tool: rec.tool,
+                            tool_version: rec.tool_version,
+                            payload: rec.payload,
+                            prev: prev.clone(),
+                            hash: String::new(),
+                        };
+                        e.hash = e.compute_hash();
+                        let bytes = serde_json::to_vec(&e).unwrap_or_default();
+                        match writer_tree.insert(e.seq.to_be_bytes(), bytes) {
+                            Ok(_) => {
+                                seq = e.seq;
+                                prev = e.hash;
+                            }
+                            Err(err) => failed = Some(err.to_string()),
+                        }
+                        if let Some(ack) = ack {
+                            acks.push((ack, seq));
+                        }
+                    }
+                    if !acks.is_empty() {
+                        // One flush for every commit waiting in this batch: group commit.
+                        let started = Instant::now();
+                        if let Err(err) = writer_db.flush() {
+                            failed = Some(err.to_string());
+                        }
+                        flush_gauge.store(
+                            started.elapsed().as_micros() as u64,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                    }
+                    for (ack, seq) in acks {
+                        let _ = ack.send(match &failed {
+                            Some(e) => Err(e.clone()),
+                            None => Ok(seq),
+                        });
+                    }
+                    if let Some(e) = failed {
+                        error!(error = %e, "audit write failed");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::from(sled::Error::Io(e)))?;
+        Ok(Audit {
+            tx: std::sync::Mutex::new(tx),
+            tree,
+            meta,
+            redactor: Arc::new(Redactor::new()),
+            last_flush_us,
+        })
+    }
+
+    fn send(&self, msg: Msg) -> bool {
+        self.tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(msg)
+            .is_ok()
+    }
+
+    /// Records an event in the next batch; does not wait for a flush.
+    pub fn record(&self, mut rec: Record) {
+        rec.payload = self.redactor.value(&rec.payload);
+        if !self.send(Msg::Append(Box::new(rec), None)) {
+            warn!("audit writer is gone; an event was not recorded");
+        }
+    }
+
+    /// Records an event and waits until it is durable. An error means the caller must not go
+    /// on with what the event records (fail closed).
+    pub async fn record_durable(&self, mut rec: Record) -> Result<u64, String> {
+        rec.payload = self.redactor.value(&rec.payload);
+        let (tx, rx) = oneshot::channel();
+        if !self.send(Msg::Append(Box::new(rec), Some(tx))) {
+            return Err("the audit writer is not running".into());
+        }
+        match tokio::time::timeout(Duration::from_secs(30), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the audit writer stopped".into()),
+            Err(_) => Err("the audit flush timed out".into()),
+        }
+    }
+
+    /// Every event, in order.
+    pub fn events(&self) -> impl Iterator<Item = Result<Event, StoreError>> + '_ {
+        self.tree.iter().map(|item| {
+            let (_, v) = item?;
+            Ok(serde_json::from_slice::<Event>(&v)?)
+        })
+    }
+
+    /// Checks the chain. `Ok(n)`: n events verified. `Err((seq, why))`: the first bad one.
+    pub fn verify(&self) -> Result<u64, (u64, String)> {
+        let (mut expect_seq, mut prev) = match self.meta.get(ANCHOR) {
+            Ok(Some(v)) => {
+                let a: Value = serde_json::from_slice(&v).unwrap_or_default();
+                (
+                    a["seq"].as_u64().unwrap_or(0) + 1,
+                    a["hash"].as_str().unwrap_or("").to_string(),
+                )
+            }
+            _ => (1, String::new()),
+        };
+        let mut n = 0;
+        for item in self.tree.iter() {
+            let (key, v) = item.map_err(|e| (expect_seq, e.to_string()))?;
+            let key_seq = <[u8; 8]>::try_from(key.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            let e: Event = serde_json::from_slice(&v)
+                .map_err(|err| (key_seq, format!("event {key_seq} is not readable: {err}")))?;
+            if e.seq != expect_seq || key_seq != e.seq {
+                return Err((
+                    expect_seq,
+                    format!("event {expect_seq} is missing (found {})", e.seq),
+                ));
+            }
+            if e.prev != prev {
+                return Err((
+                    e.seq,
+                    format!("event {} does not chain to the one before", e.seq),
+                ));
+            }
+            if e.compute_hash() != e.hash {
+                return Err((
+                    e.seq,
+                    format!("event {} was changed after it was written", e.seq),
+                ));
+            }
+            prev = e.hash;
+            expect_seq += 1;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Removes events older than `before_ms`, keeping the chain verifiable from an anchor (the
+    /// last removed event's sequence and hash).
+    pub async fn purge(&self, before_ms: u64) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        let mut anchor: Option<(u64, String)> = None;
+        for item in self.tree.iter() {
+            let (k, v) = item?;
+            let e: Event = serde_json::from_slice(&v)?;
+            if e.unix_ms >= before_ms {
+                break;
+            }
+            // Never purge the newest event: it anchors the next append.
+            if self.tree.last()?.map(|(lk, _)| lk == k).unwrap_or(false) {
+                break;
+            }
+            anchor = Some((e.seq, e.hash.clone()));
+            self.tree.remove(k)?;
+            removed += 1;
+        }
+        if let Some((seq, hash)) = anchor {
+            self.meta.insert(
+                ANCHOR,
+                serde_json::to_vec(&json!({"seq": seq, "hash": hash}))?,
+            )?;
+        }
+        self.tree.flush_async().await?;
+        self.meta.flush_async().await?;
+        Ok(removed)
+    }
+
+    /// The events that tell the story of a request, proposal or job id: the events naming it,
+    /// then everything about the requests and proposals those events name.
+    pub fn story(&self, id: &str) -> Result<Vec<Event>, StoreError> {
+        let all: Vec<Event> = self.events().collect::<Result<_, _>>()?;
+        let mut requests = BTreeSet::new();
+        let mut proposals = BTreeSet::new();
+        let mut jobs = BTreeSet::new();
+        for e in &all {
+            let hit = e.request_id.as_deref() == Some(id)
+                || e.proposal.as_deref() == Some(id)
+                || e.job.as_deref() == Some(id);
+            if hit {
+                requests.extend(e.request_id.clone());
+                proposals.extend(e.proposal.clone());
+                if e.job.as_deref() == Some(id) {
+                    jobs.insert(id.to_string());
+                }
+            }
+        }
+        // Proposals pull in every request that joined them, and those requests' events.
+        for e in &all {
+            if e.proposal.as_ref().is_some_and(|p| proposals.contains(p)) {
+                requests.extend(e.request_id.clone());
+            }
+        }
+        Ok(all
+            .into_iter()
+            .filter(|e| {
+                e.request_id.as_ref().is_some_and(|r| requests.contains(r))
+                    || e.proposal.as_ref().is_some_and(|p| proposals.contains(p))
+                    || e.job.as_ref().is_some_and(|j| jobs.contains(j))
+            })
+            .collect())
+    }
+}
+
+/// A line of a story for people.
+pub fn describe(e: &Event) -> String {
+    let p = &e.payload;
+    let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
+    let what = match e.kind.as_str() {
+        "request" => format!("{} {} {}", s("method"), s("host"), s("path")),
+        "decision" => match s("outcome").as_str() {
+            "refused" => format!("refused: {} ({})", s("code"), s("message")),
+            other => format!("{other} (mode {})", s("mode")),
+        },
+        "proposal" => format!(
+            "proposed: {} — needs {} approval(s) from {}",
+            s("summary"),
+            p["required"],
+            p["groups"]
+        ),
+        "approval" | "denial" | "revocation" | "cancellation" => {
+            format!(
+                "{} by {}{}",
+                e.kind,
+                s("by"),
+                if s("comment").is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", s("comment"))
+                }
+            )
+        }
+        "commit" => format!(
+            "commit: sending {} {} (payload sha256 {})",
+            s("method"),
+            s("url"),
+            s("sha256")
+        ),
+        "response" => format!(
+            "upstream answered {} in {} ms",
+            p["status"], p["latency_ms"]
+        ),
+        "upstream_error" => format!("upstream failed: {} ({})", s("code"), s("message")),
+        "dry_run" => "dry run: previewed, nothing sent".to_string(),
+        "idempotent_replay" => format!(
+            "replayed the stored outcome of request {}",
+            s("original_request")
+        ),
+        "kill_switch" => format!(
+            "kill switch {} {} by {}: {}",
+            s("target"),
+            s("state"),
+            s("by"),
+            s("reason")
+        ),
+        "policy_reload" => format!("policies reloaded: {}", s("result")),
+        "expiry" => "expired without a decision".to_string(),
+        "outcome_unknown" => s("note"),
+        other => other.to_string(),
+    };
+    format!(
+        "{}  #{:<5} {:<17} {:<22} {:<28} {}",
+        e.time,
+        e.seq,
+        e.kind,
+        e.agent.as_deref().unwrap_or("-"),
+        e.tool.as_deref().unwrap_or("-"),
+        what
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_covers_keys_headers_and_injected_secrets() {
+        let r = Redactor::new();
+        r.set_secrets(vec!["plain-secret-value".into()]);
+        let corpus = [
+            "sk_live_abcdef123456",
+            "sk_test_abcdef123456",
+            "rk_live_abcdef123456",
+            "ghp_abcdefghijklmnop1234",
+            "gho_abcdefghijklmnop1234",
+            "github_pat_11ABCDEFG0abcdefghijkl",
+            "SG.abcdefghijk.lmnopqrstuvwxyz012345",
+            "AKIAABCDEFGHIJKLMNOP",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJl",
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----",
+            "Bearer abcdefghijklmnop",
+            "plain-secret-value",
+        ];
+        for secret in corpus {
+            let v = json!({"body": format!("x {secret} y"), "nested": [{"k": secret}]});
+            let out = r.value(&v).to_string();
+            assert!(!out.contains(secret), "{secret} survived: {out}");
+        }
+        let v = r.value(&json!({"Authorization": "anything", "x": "fine"}));
+        assert_eq!(v["Authorization"], REDACTED);
+        assert_eq!(v["x"], "fine");
+    }
+}
+
+/// Parses a time for filters: RFC 3339, a date (`2026-11-22`, midnight UTC), or unix seconds.
+pub fn parse_time(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(secs * 1000);
+    }
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok();
+    }
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    let date = time::Date::parse(s, &fmt).ok()?;
+    u64::try_from(date.midnight().assume_utc().unix_timestamp() * 1000).ok()
+}
+
+/// Filters for `audit search`.
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+pub struct Filter {
+    pub agent: Option<String>,
+    pub tool: Option<String>,
+    pub code: Option<String>,
+    pub kind: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+}
+
+impl Audit {
+    /// Events matching every given filter, in order.
+    pub fn search(&self, f: &Filter) -> Result<Vec<Event>, String> {
+        let since = match f.since.as_deref().filter(|s| !s.is_empty()) {
+            Some(s) => Some(parse_time(s).ok_or_else(|| {
+                format!("since {s:?} is not a time (RFC 3339, YYYY-MM-DD or unix seconds)")
+            })?),
+            None => None,
+        };
+        let until = match f.until.as_deref().filter(|s| !s.is_empty()) {
+            Some(s) => Some(parse_time(s).ok_or_else(|| {
+                format!("until {s:?} is not a time (RFC 3339, YYYY-MM-DD or unix seconds)")
+            })?),
+            None => None,
+        };
+        let want = |field: &Option<String>, value: Option<&str>| match field
+            .as_deref()
+            .filter(|x| !x.is_empty())
+        {
+            None => true,
+            Some(w) => value == Some(w),
+        };
+        let mut out = Vec::new();
+        for e in self.events() {
+            let e = e.map_err(|e| e.to_string())?;
+            if since.is_some_and(|s| e.unix_ms < s) || until.is_some_and(|u| e.unix_ms >= u) {
+                continue;
+            }
+            if want(&f.agent, e.agent.as_deref())
+                && want(&f.tool, e.tool.as_deref())
+                && want(&f.kind, Some(e.kind.as_str()))
+                && want(&f.code, e.payload["code"].as_str())
+            {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+}

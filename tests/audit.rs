@@ -1,0 +1,505 @@
+//! The audit log end to end: every decision recorded, the story of a job in one command,
+//! secrets nowhere on disk, tamper evidence, durability across SIGKILL, and purge.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
+
+async fn events(gate: &Toolgate, query: &str) -> Vec<Value> {
+    let got = gate
+        .admin(
+            "GET",
+            &format!("/api/audit/search?{query}"),
+            Some("demo-carol-token"),
+            None,
+        )
+        .await;
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    got.json()["events"].as_array().unwrap().clone()
+}
+
+/// Waits until the batched writer has written what was recorded so far.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+fn kinds_for(all: &[Value], request_id: &str) -> Vec<String> {
+    all.iter()
+        .filter(|e| e["request_id"] == request_id)
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+const QUICK: &str = r#"
+[[tool]]
+name = "stripe.quick_refunds.create"
+host = "api.stripe.com"
+method = "POST"
+path = "/v1/quick_refunds"
+side_effects = "irreversible"
+mode = "approve"
+idempotency = "key"
+body = { format = "form" }
+credential = { staging = "stripe-test" }
+summary = "Quick refund {body.amount} of {body.payment_intent}"
+approval = { groups = ["payments-leads"], hold = "300ms" }
+
+[[tool]]
+name = "stripe.echo"
+host = "api.stripe.com"
+method = "POST"
+path = "/v1/echo"
+side_effects = "none"
+body = { format = "form" }
+query_schema = "echo.query.json"
+credential = { staging = "stripe-test" }
+"#;
+
+fn extra() -> Vec<(&'static str, String)> {
+    vec![
+        ("audit-test.toml", QUICK.to_string()),
+        (
+            "echo.query.json",
+            json!({"type": "object", "additionalProperties": {"type": "string"}}).to_string(),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn every_request_and_every_commit_is_recorded_in_order() {
+    let (_pki, _upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let client = staging(&gate);
+    let read = send(
+        &client,
+        "GET",
+        "https://api.stripe.com/v1/customers/cus_1",
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
+    let write = send(
+        &client,
+        "POST",
+        "https://api.stripe.com/v1/customers",
+        &[FORM, ("idempotency-key", "a-1")],
+        "name=Ann",
+    )
+    .await
+    .unwrap();
+    let refused = send(&client, "GET", "https://api.stripe.com/v1/charges", &[], "")
+        .await
+        .unwrap();
+    let held = send(
+        &client,
+        "POST",
+        "https://api.stripe.com/v1/quick_refunds",
+        &[FORM, ("idempotency-key", "a-2")],
+        "payment_intent=pi_1&amount=5",
+    )
+    .await
+    .unwrap();
+    let id = held.headers["toolgate-proposal"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    gate.admin(
+        "POST",
+        &format!("/api/proposals/{id}/approve"),
+        Some("demo-carol-token"),
+        Some(json!({"comment": "ok"})),
+    )
+    .await;
+    let committed = send(
+        &client,
+        "POST",
+        "https://api.stripe.com/v1/quick_refunds",
+        &[FORM, ("idempotency-key", "a-3")],
+        "payment_intent=pi_1&amount=5",
+    )
+    .await
+    .unwrap();
+    assert_eq!(committed.status, 200);
+    settle().await;
+
+    let all = events(&gate, "").await;
+    let rid = |a: &Answer| {
+        a.headers["toolgate-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        kinds_for(&all, &rid(&read)),
+        ["request", "decision", "response"]
+    );
+    assert_eq!(
+        kinds_for(&all, &rid(&write)),
+        ["request", "decision", "commit", "response"]
+    );
+    assert_eq!(kinds_for(&all, &rid(&refused)), ["request", "decision"]);
+    let refusal = all
+        .iter()
+        .find(|e| e["request_id"] == rid(&refused).as_str() && e["kind"] == "decision")
+        .unwrap();
+    assert_eq!(refusal["payload"]["code"], "policy_violation");
+
+    // Every commit of an approve-mode tool has its proposal and approval before it.
+    let of_proposal: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["proposal"] == id.as_str())
+        .collect();
+    let seq_of = |kind: &str| {
+        of_proposal
+            .iter()
+            .find(|e| e["kind"] == kind)
+            .map(|e| e["seq"].as_u64().unwrap())
+            .unwrap_or_else(|| panic!("no {kind}"))
+    };
+    assert!(seq_of("proposal") < seq_of("approval"));
+    assert!(seq_of("approval") < seq_of("commit"));
+    assert!(seq_of("commit") < seq_of("response"));
+    let approval = of_proposal
+        .iter()
+        .find(|e| e["kind"] == "approval")
+        .unwrap();
+    assert_eq!(approval["payload"]["by"], "carol@example.com");
+
+    // The chain is intact, and /metrics counts what happened.
+    let v = gate
+        .admin("GET", "/api/audit/verify", Some("demo-carol-token"), None)
+        .await
+        .json();
+    assert_eq!(v["ok"], true);
+    let metrics = gate.admin("GET", "/metrics", None, None).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains("toolgate_requests_total{tool=\"stripe.customers.retrieve\",decision=\"forwarded\",status=\"200\"} 1"), "{text}");
+    assert!(text.contains("toolgate_request_duration_seconds_count"));
+    assert!(text.contains("toolgate_pending_proposals 0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_story_of_a_job_comes_from_one_command() {
+    let (_pki, _upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let client = staging(&gate);
+    let job = ("toolgate-job", "job-42");
+    send(
+        &client,
+        "POST",
+        "https://api.stripe.com/v1/customers",
+        &[FORM, job, ("idempotency-key", "j-1")],
+        "name=Ann",
+    )
+    .await
+    .unwrap();
+    send(
+        &client,
+        "POST",
+        "https://api.github.com/repos/acme/web/issues",
+        &[JSON, job],
+        json!({"title": "Refund issued"}).to_string(),
+    )
+    .await
+    .unwrap();
+    let held = send(
+        &client,
+        "POST",
+        "https://api.stripe.com/v1/quick_refunds",
+        &[FORM, job, ("idempotency-key", "j-2")],
+        "payment_intent=pi_42&amount=900",
+    )
+    .await
+    .unwrap();
+    let id = held.headers["toolgate-proposal"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    gate.admin(
+        "POST",
+        &format!("/api/proposals/{id}/approve"),
+        Some("demo-carol-token"),
+        Some(json!({"comment": "customer called"})),
+    )
+    .await;
+    let done = send(
+        &client,
+        "POST",
+        "https://api.stripe.com/v1/quick_refunds",
+        &[FORM, job, ("idempotency-key", "j-3")],
+        "payment_intent=pi_42&amount=900",
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.status, 200);
+    settle().await;
+
+    let out = Command::new(BIN)
+        .args([
+            "audit",
+            "story",
+            "job-42",
+            "--server",
+            &format!("http://{}", gate.admin_addr),
+        ])
+        .env("TOOLGATE_TOKEN", "demo-carol-token")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let story = String::from_utf8_lossy(&out.stdout).to_string();
+    let at = |needle: &str| {
+        story
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in:\n{story}"))
+    };
+    // All three calls, in order, with who approved.
+    assert!(at("stripe.customers.create") < at("github.issues.create"));
+    assert!(at("github.issues.create") < at("proposed: Quick refund 900 of pi_42"));
+    assert!(
+        at("proposed: Quick refund 900 of pi_42")
+            < at("approval by carol@example.com: customer called")
+    );
+    assert!(
+        at("approval by carol@example.com")
+            < at("commit: sending POST https://api.stripe.com/v1/quick_refunds")
+    );
+    assert!(story.contains("upstream answered 200"));
+
+    // The proposal id tells the same story of the refund, as JSON for machines.
+    let out = Command::new(BIN)
+        .args([
+            "audit",
+            "story",
+            &id,
+            "--json",
+            "--server",
+            &format!("http://{}", gate.admin_addr),
+        ])
+        .env("TOOLGATE_TOKEN", "demo-carol-token")
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for k in ["request", "proposal", "approval", "commit", "response"] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+}
+
+/// One secret of each kind the redactor knows.
+const SECRETS: [&str; 11] = [
+    "sk_live_51Habcdefghijklmnop",
+    "sk_test_51Habcdefghijklmnop",
+    "rk_live_51Habcdefghijklmnop",
+    "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+    "gho_abcdefghijklmnopqrstuvwxyz0123456789",
+    "github_pat_11AAAAAAA0abcdefghijklmnopqrstuv",
+    "SG.abcdefghijklmnopqrstuv.wxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123",
+    "AKIAIOSFODNN7EXAMPLE",
+    "-----BEGIN PRIVATE KEY-----MIIEvQIBADANBgkqhkiG9w0BAQEFAASC-----END PRIVATE KEY-----",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.dBjftJeZ4CVPmB92K27uhbUJU1p1r",
+    "Bearer opaque-token-0123456789",
+];
+
+fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_data_directory() {
+    let (_pki, _upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let client = staging(&gate);
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    for (i, secret) in SECRETS.iter().enumerate() {
+        let header_safe = secret.replace('\n', " ");
+        // In a header, a body, a query string, and echoed back by the upstream.
+        let got = send(
+            &client,
+            "POST",
+            &format!("https://api.stripe.com/v1/echo?note={}", enc(secret)),
+            &[
+                FORM,
+                ("x-echo", "1"),
+                ("x-note", header_safe.as_str()),
+                ("authorization", "Bearer agent-own-secret-123"),
+            ],
+            format!("field={}&n={i}", enc(secret)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+        // A refused request with the secret in its body is recorded too.
+        send(
+            &client,
+            "POST",
+            "https://api.stripe.com/v1/customers",
+            &[FORM, ("idempotency-key", &format!("s-{i}"))],
+            format!("description={}&evil=1", enc(secret)),
+        )
+        .await
+        .unwrap();
+    }
+    // A held proposal and a mutating call whose upstream echoes the injected credential.
+    send(
+        &client,
+        "POST",
+        "https://api.stripe.com/v1/quick_refunds",
+        &[FORM, ("idempotency-key", "s-q"), ("x-note", SECRETS[0])],
+        "payment_intent=pi_s",
+    )
+    .await
+    .unwrap();
+    settle().await;
+    let data = gate.dir.path().join("data");
+    let dir = gate.into_dir().await; // stopped: everything flushed
+    let mut files = Vec::new();
+    files_under(&data, &mut files);
+    assert!(!files.is_empty());
+    let injected = "sk_test_toolgate_demo_placeholder";
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        for secret in SECRETS.iter().chain([&injected, &"agent-own-secret-123"]) {
+            let needle = secret.as_bytes();
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{secret:?} found in {}",
+                f.display()
+            );
+        }
+    }
+    drop(dir);
+}
+
+#[tokio::test]
+async fn a_changed_byte_makes_verify_fail_and_name_the_event() {
+    let (_pki, _upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let client = staging(&gate);
+    for i in 0..3 {
+        send(
+            &client,
+            "GET",
+            &format!("https://api.stripe.com/v1/customers/cus_{i}"),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    }
+    settle().await;
+    let dir = gate.into_dir().await;
+    let data = dir.path().join("data");
+    let verify = || {
+        Command::new(BIN)
+            .args(["audit", "verify", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Change one byte inside event 5.
+    {
+        let db = sled::open(data.join("store")).unwrap();
+        let tree = db.open_tree("audit").unwrap();
+        let key = 5u64.to_be_bytes();
+        let mut bytes = tree.get(key).unwrap().unwrap().to_vec();
+        let at = bytes
+            .windows(7)
+            .position(|w| w == b"cus_1\"," || w == b"/v1/cus")
+            .unwrap_or(bytes.len() / 2);
+        bytes[at] = if bytes[at] == b'x' { b'y' } else { b'x' };
+        tree.insert(key, bytes).unwrap();
+        db.flush().unwrap();
+    }
+    let out = verify();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("event 5"), "{err}");
+
+    // Remove an event instead: verify names the gap.
+    {
+        let db = sled::open(data.join("store")).unwrap();
+        let tree = db.open_tree("audit").unwrap();
+        tree.remove(5u64.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let out = verify();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("event 5"));
+}
+
+#[tokio::test]
+async fn purge_keeps_the_rest_verifiable() {
+    let (_pki, _upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let client = staging(&gate);
+    for i in 0..3 {
+        send(
+            &client,
+            "GET",
+            &format!("https://api.stripe.com/v1/customers/cus_{i}"),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+    }
+    settle().await;
+    let before = events(&gate, "").await.len();
+    let cut = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1)
+    .to_string();
+    let got = gate
+        .admin(
+            "POST",
+            "/api/audit/purge",
+            Some("demo-carol-token"),
+            Some(json!({"before": cut})),
+        )
+        .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json()["removed"].as_u64().unwrap() as usize, before - 1);
+    send(
+        &client,
+        "GET",
+        "https://api.stripe.com/v1/customers/cus_9",
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
+    settle().await;
+    let v = gate
+        .admin("GET", "/api/audit/verify", Some("demo-carol-token"), None)
+        .await
+        .json();
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["events"].as_u64().unwrap() >= 4);
+}
