@@ -503,3 +503,71 @@ async fn purge_keeps_the_rest_verifiable() {
     assert_eq!(v["ok"], true, "{v}");
     assert!(v["events"].as_u64().unwrap() >= 4);
 }
+
+#[tokio::test]
+async fn model_calls_record_provider_model_and_usage_also_when_streamed() {
+    let tool = r#"
+[[agent]]
+id = "writer"
+token_sha256 = "WRITER"
+owner = "alice@example.com"
+environment = "staging"
+tools = ["openai.*"]
+
+[[credential]]
+name = "openai"
+file = "demo-secrets/stripe-test.key"
+header = "Authorization"
+format = "Bearer {secret}"
+
+[[tool]]
+name = "openai.chat"
+host = "api.openai.com"
+method = "POST"
+path = "/v1/chat/completions"
+side_effects = "none"
+kind = "model"
+body = { format = "json" }
+credential = { staging = "openai" }
+redact = ["/messages"]
+"#
+    .replace("WRITER", &sha256_hex("writer-token"));
+    let (_pki, _upstream, gate) = setup_examples(&[("model.toml", tool)], |_| {}).await;
+    let client = gate.client(Some(("writer", "writer-token")), http::Version::HTTP_11);
+    let url = "https://api.openai.com/v1/chat/completions";
+    let streamed = send(&client, "POST", url, &[JSON], json!({"model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "my diary"}]}).to_string())
+        .await
+        .unwrap();
+    assert_eq!(streamed.status, 200);
+    assert!(String::from_utf8_lossy(&streamed.body).contains("[DONE]"));
+    let plain = send(
+        &client,
+        "POST",
+        url,
+        &[JSON],
+        json!({"model": "gpt-test", "messages": []}).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(plain.status, 200);
+    settle().await;
+
+    let usage = events(&gate, "kind=model_usage").await;
+    assert_eq!(usage.len(), 2, "{usage:?}");
+    let s = usage
+        .iter()
+        .find(|e| e["payload"]["streamed"] == true)
+        .unwrap();
+    assert_eq!(s["payload"]["provider"], "openai");
+    assert_eq!(s["payload"]["model"], "gpt-test-1");
+    assert_eq!(s["payload"]["usage"]["total_tokens"], 18);
+    let p = usage
+        .iter()
+        .find(|e| e["payload"]["streamed"] == false)
+        .unwrap();
+    assert_eq!(p["payload"]["usage"]["prompt_tokens"], 5);
+
+    // The contract's redacted field never reaches the log.
+    let all = events(&gate, "tool=openai.chat").await;
+    assert!(!serde_json::to_string(&all).unwrap().contains("my diary"));
+}

@@ -784,6 +784,11 @@ fn compile_tool(
         rules::check_agent_template(binding).map_err(|e| err(format!("params.{name}: {e}")))?;
         params.push((name.clone(), binding.clone()));
     }
+    if let Some(bad) = def.redact.iter().find(|p| !p.starts_with('/')) {
+        return Err(err(format!(
+            "redact entry {bad:?} must be a JSON pointer such as /card/number"
+        )));
+    }
     let rules = def
         .rules
         .iter()

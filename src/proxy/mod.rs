@@ -5,6 +5,7 @@
 //! on every exit, refusals included.
 
 pub mod body;
+pub mod model;
 mod request;
 pub mod rewind;
 pub mod upstream;

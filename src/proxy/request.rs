@@ -149,7 +149,18 @@ pub(super) async fn process(
 
     let started = std::time::Instant::now();
     let redactor = gate.audit.redactor.clone();
-    let body_event = crate::audit::body_json(&redactor, &body_bytes, crate::audit::BODY_CAP);
+    let body_event = if tool.def.redact.is_empty() || !body_json.is_object() {
+        crate::audit::body_json(&redactor, &body_bytes, crate::audit::BODY_CAP)
+    } else {
+        // Fields the contract names are never written, whatever they hold.
+        let mut v = body_json.clone();
+        for pointer in &tool.def.redact {
+            if let Some(field) = v.pointer_mut(pointer) {
+                *field = Value::String(crate::audit::REDACTED.into());
+            }
+        }
+        json!({"json": v, "bytes": body_bytes.len()})
+    };
     if dry_run {
         gate.audit.record(trail.rec(
             "decision",
@@ -238,6 +249,44 @@ pub(super) async fn process(
             }
         };
         let (parts, body) = resp.into_parts();
+        if tool.def.kind.as_deref() == Some("model") {
+            let sse = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            let audit = gate.audit.clone();
+            let provider = super::model::provider(&target.host);
+            let asked_model = body_json
+                .get("model")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let status = parts.status.as_u16();
+            let headers_event = crate::audit::headers_json(&redactor, &parts.headers);
+            let base = trail.rec("model_usage", Value::Null);
+            let tap = super::model::UsageTap::new(
+                body,
+                sse,
+                Box::new(move |model, usage| {
+                    let mut rec = base;
+                    rec.payload = json!({
+                        "provider": provider,
+                        "model": model.or(asked_model),
+                        "usage": usage,
+                        "status": status,
+                        "streamed": sse,
+                        "headers": headers_event,
+                        "latency_ms": started.elapsed().as_millis() as u64,
+                    });
+                    audit.record(rec);
+                }),
+            );
+            gate.audit.record(trail.rec(
+                "response",
+                json!({"status": status, "body": {"streamed": true}, "latency_ms": started.elapsed().as_millis() as u64}),
+            ));
+            return Ok(Response::from_parts(parts, body::stream(tap)));
+        }
         // A read's body streams to the agent and is not kept.
         gate.audit.record(trail.rec(
             "response",

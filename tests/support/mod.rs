@@ -197,6 +197,32 @@ async fn upstream_handle(
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
     let resp = match path.as_str() {
+        "/v1/chat/completions" if String::from_utf8_lossy(&body).contains("\"stream\":true") => {
+            let events = [
+                "data: {\"id\":\"c1\",\"model\":\"gpt-test-1\",\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+                "data: {\"id\":\"c1\",\"model\":\"gpt-test-1\",\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\n",
+                "data: {\"id\":\"c1\",\"model\":\"gpt-test-1\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":7,\"total_tokens\":18}}\n\ndata: [DONE]\n\n",
+            ];
+            let stream = futures_util::stream::iter(
+                events
+                    .into_iter()
+                    .map(|e| Ok::<_, Infallible>(Frame::data(Bytes::from(e)))),
+            );
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(StreamBody::new(stream).boxed())
+                .unwrap()
+        }
+        "/v1/chat/completions" => Response::builder()
+            .header("content-type", "application/json")
+            .body(
+                Full::new(Bytes::from(
+                    serde_json::json!({"id": "c2", "model": "gpt-test-1", "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}})
+                        .to_string(),
+                ))
+                .boxed(),
+            )
+            .unwrap(),
         "/sse" => {
             let stream = futures_util::stream::unfold(0u8, move |state| {
                 let release = release.clone();
@@ -715,6 +741,7 @@ pub async fn setup_examples(
         "api.stripe.com",
         "api.github.com",
         "api.sendgrid.com",
+        "api.openai.com",
     ]))
     .await;
     let mut files = Vec::new();
@@ -729,7 +756,12 @@ pub async fn setup_examples(
     let addr = upstream.addr;
     let ca = pki.ca_path.clone();
     let gate = Toolgate::start(&policies, move |c| {
-        for host in ["api.stripe.com", "api.github.com", "api.sendgrid.com"] {
+        for host in [
+            "api.stripe.com",
+            "api.github.com",
+            "api.sendgrid.com",
+            "api.openai.com",
+        ] {
             c.add_connect_to(&format!("{host}:443={addr}")).unwrap();
         }
         c.upstream_ca.push(ca);
