@@ -44,6 +44,9 @@ fn merge(into: &mut Option<Value>, more: Value) {
     }
 }
 
+/// Called once when a model answer ends, with the model and the usage seen.
+pub type OnEnd = Box<dyn FnOnce(Option<String>, Option<Value>) + Send>;
+
 /// The longest partial line kept between chunks; longer lines are skipped, not buffered.
 const MAX_LINE: usize = 64 * 1024;
 
@@ -57,15 +60,11 @@ pub struct UsageTap<B> {
     json: Vec<u8>,
     usage: Option<Value>,
     model: Option<String>,
-    on_end: Option<Box<dyn FnOnce(Option<String>, Option<Value>) + Send>>,
+    on_end: Option<OnEnd>,
 }
 
 impl<B> UsageTap<B> {
-    pub fn new(
-        inner: B,
-        sse: bool,
-        on_end: Box<dyn FnOnce(Option<String>, Option<Value>) + Send>,
-    ) -> Self {
+    pub fn new(inner: B, sse: bool, on_end: OnEnd) -> Self {
         UsageTap {
             inner,
             sse,
