@@ -295,6 +295,8 @@ impl Audit {
         let flush_gauge = last_flush_us.clone();
         let writer_tree = tree.clone();
         let writer_db = db.clone();
+        let redactor = Arc::new(Redactor::new());
+        let writer_redactor = redactor.clone();
         std::thread::Builder::new()
             .name("toolgate-audit".into())
             .spawn(move || {
@@ -322,7 +324,8 @@ impl Audit {
                             owner: rec.owner,
                             tool: rec.tool,
                             tool_version: rec.tool_version,
-                            payload: rec.payload,
+                            // Redacted here, on the writer's thread, before anything is written.
+                            payload: writer_redactor.value(&rec.payload),
                             prev: prev.clone(),
                             hash: String::new(),
                         };
@@ -366,7 +369,7 @@ impl Audit {
             tx: std::sync::Mutex::new(tx),
             tree,
             meta,
-            redactor: Arc::new(Redactor::new()),
+            redactor,
             last_flush_us,
         })
     }
@@ -380,8 +383,7 @@ impl Audit {
     }
 
     /// Records an event in the next batch; does not wait for a flush.
-    pub fn record(&self, mut rec: Record) {
-        rec.payload = self.redactor.value(&rec.payload);
+    pub fn record(&self, rec: Record) {
         if !self.send(Msg::Append(Box::new(rec), None)) {
             warn!("audit writer is gone; an event was not recorded");
         }
@@ -389,8 +391,7 @@ impl Audit {
 
     /// Records an event and waits until it is durable. An error means the caller must not go
     /// on with what the event records (fail closed).
-    pub async fn record_durable(&self, mut rec: Record) -> Result<u64, String> {
-        rec.payload = self.redactor.value(&rec.payload);
+    pub async fn record_durable(&self, rec: Record) -> Result<u64, String> {
         let (tx, rx) = oneshot::channel();
         if !self.send(Msg::Append(Box::new(rec), Some(tx))) {
             return Err("the audit writer is not running".into());
