@@ -24,7 +24,7 @@ use tracing::{info, warn};
 use crate::error::{Code, Refusal};
 use crate::policy::{Agent, Approver, Tool};
 use crate::proxy::body::{self, ProxyBody};
-use crate::proxy::upstream::{authority, strip_hop_by_hop};
+use crate::proxy::upstream::authority;
 use crate::store::{now_unix, Outcome, StoreError};
 use crate::Gate;
 
@@ -538,21 +538,7 @@ fn stored_response(p: &Proposal) -> Response<ProxyBody> {
         headers: vec![],
         body: String::new(),
     });
-    let body = base64::engine::general_purpose::STANDARD
-        .decode(&outcome.body)
-        .unwrap_or_default();
-    let mut resp = Response::new(body::full(body));
-    *resp.status_mut() = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
-    for (k, v) in &outcome.headers {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            resp.headers_mut().append(k, v);
-        }
-    }
-    strip_hop_by_hop(resp.headers_mut());
-    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    let mut resp = crate::proxy::upstream::stored_answer(&outcome);
     if let Ok(v) = HeaderValue::from_str(&p.id) {
         resp.headers_mut().insert("toolgate-proposal", v);
     }

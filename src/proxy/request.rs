@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
@@ -497,9 +497,7 @@ pub(super) async fn process(
 
 /// The answer to the call that executed: the stored outcome, without the replay mark.
 fn replay_first(outcome: &Outcome) -> Response<ProxyBody> {
-    let mut resp = replay(outcome);
-    resp.headers_mut().remove("toolgate-replayed");
-    resp
+    upstream::stored_answer(outcome)
 }
 
 /// Who and what a request is about, for its audit events.
@@ -829,21 +827,7 @@ fn preview(
 
 /// A stored outcome, answered again.
 fn replay(outcome: &Outcome) -> Response<ProxyBody> {
-    let body = base64::engine::general_purpose::STANDARD
-        .decode(&outcome.body)
-        .unwrap_or_default();
-    let mut resp = Response::new(body::full(body));
-    *resp.status_mut() = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
-    for (k, v) in &outcome.headers {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            resp.headers_mut().append(k, v);
-        }
-    }
-    strip_hop_by_hop(resp.headers_mut());
-    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    let mut resp = upstream::stored_answer(outcome);
     resp.headers_mut()
         .insert("toolgate-replayed", HeaderValue::from_static("true"));
     resp

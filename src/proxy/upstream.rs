@@ -329,6 +329,28 @@ impl Upstream {
     }
 }
 
+/// A stored upstream answer (an idempotent call's or a committed proposal's) as a response.
+pub fn stored_answer(outcome: &crate::store::Outcome) -> Response<ProxyBody> {
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(&outcome.body)
+        .unwrap_or_default();
+    let mut resp = Response::new(super::body::full(body));
+    *resp.status_mut() = http::StatusCode::from_u16(outcome.status).unwrap_or(http::StatusCode::OK);
+    for (k, v) in &outcome.headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            resp.headers_mut().append(k, v);
+        }
+    }
+    strip_hop_by_hop(resp.headers_mut());
+    // The body is whole; hyper sets the length.
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    resp
+}
+
 /// `host` or `host:port`, with IPv6 literals in brackets; the port is left out when it is 443.
 pub fn authority(host: &str, port: u16) -> String {
     let host = if host.contains(':') {

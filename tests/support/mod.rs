@@ -341,31 +341,8 @@ impl Toolgate {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, text).unwrap();
         }
-        let certs = dir.path().join("certs");
-        toolgate::ca::init(&certs, false).unwrap();
-        let ca_pem = toolgate::ca::export(&certs).unwrap();
-        let mut config = toolgate::Config::new(pdir, dir.path().join("data"), certs);
-        configure(&mut config);
-        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = proxy.local_addr().unwrap();
-        let admin_addr = admin.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(toolgate::run(
-            toolgate::Listeners { proxy, admin },
-            config,
-            async move {
-                let _ = rx.await;
-            },
-        ));
-        Toolgate {
-            addr,
-            admin_addr,
-            ca_pem,
-            dir,
-            shutdown: Some(tx),
-            handle: Some(handle),
-        }
+        toolgate::ca::init(&dir.path().join("certs"), false).unwrap();
+        Toolgate::restart_in(dir, configure).await
     }
 
     /// Signals shutdown and waits for `run` to return. The directory (data, certs, policies)
