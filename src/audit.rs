@@ -310,6 +310,8 @@ impl Audit {
                     }
                     let mut acks = Vec::new();
                     let mut failed: Option<String> = None;
+                    let before = (seq, prev.clone());
+                    let mut writes = sled::Batch::default();
                     for Msg::Append(rec, ack) in batch {
                         let ms = now_ms();
                         let mut e = Event {
@@ -331,16 +333,17 @@ impl Audit {
                         };
                         e.hash = e.compute_hash();
                         let bytes = serde_json::to_vec(&e).unwrap_or_default();
-                        match writer_tree.insert(e.seq.to_be_bytes(), bytes) {
-                            Ok(_) => {
-                                seq = e.seq;
-                                prev = e.hash;
-                            }
-                            Err(err) => failed = Some(err.to_string()),
-                        }
+                        writes.insert(&e.seq.to_be_bytes(), bytes);
+                        seq = e.seq;
+                        prev = e.hash;
                         if let Some(ack) = ack {
                             acks.push((ack, seq));
                         }
+                    }
+                    // One atomic write per batch; on failure the chain continues from before it.
+                    if let Err(err) = writer_tree.apply_batch(writes) {
+                        failed = Some(err.to_string());
+                        (seq, prev) = before;
                     }
                     if !acks.is_empty() {
                         // One flush for every commit waiting in this batch: group commit.
