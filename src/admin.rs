@@ -59,7 +59,7 @@ async fn healthz() -> &'static str {
 }
 
 /// An admin API error: the same JSON shape as the proxy's refusals.
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -72,7 +72,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+pub(crate) fn api_error(
+    status: StatusCode,
+    code: &'static str,
+    message: impl Into<String>,
+) -> ApiError {
     ApiError {
         status,
         code,
@@ -81,7 +85,8 @@ fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>)
 }
 
 /// `Authorization: Bearer <approver token>`. Agent tokens are not approver tokens and fail here.
-fn approver(gate: &Gate, headers: &HeaderMap) -> Result<Arc<Approver>, ApiError> {
+/// The approver behind `Authorization: Bearer <token>`, for every admin API call.
+pub(crate) fn approver(gate: &Gate, headers: &HeaderMap) -> Result<Arc<Approver>, ApiError> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

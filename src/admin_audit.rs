@@ -14,30 +14,15 @@ use crate::admin_pages::esc;
 use crate::audit::{describe, parse_time, Filter};
 use crate::Gate;
 
-fn api_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({"error": {"code": code, "message": message.into()}})),
-    )
-        .into_response()
+fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
+    crate::admin::api_error(status, code, message).into_response()
 }
 
+/// The admin API's approver check, shared with the rest of the API.
 fn authorized(gate: &Gate, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or("");
-    if !token.is_empty() && gate.policy().authenticate_approver(token).is_some() {
-        Ok(())
-    } else {
-        Err(Box::new(api_error(
-            StatusCode::UNAUTHORIZED,
-            "auth_error",
-            "send an approver token: Authorization: Bearer <token>",
-        )))
-    }
+    crate::admin::approver(gate, headers)
+        .map(|_| ())
+        .map_err(|e| Box::new(e.into_response()))
 }
 
 pub async fn story(
