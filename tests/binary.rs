@@ -95,25 +95,31 @@ fn start_binary(dir: &std::path::Path, extra: &[&str]) -> Started {
     (child, proxy, admin, log)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_in_flight_when_toolgate_is_killed_is_never_sent_again() {
+/// A recording upstream for `host`, the example policies in a fresh folder, and the `serve`
+/// flags that route `host` to that upstream with `timeout` for upstream answers.
+async fn routed(host: &str, timeout: &str) -> (Pki, Upstream, tempfile::TempDir, Vec<String>) {
     let pki = Pki::new("test upstream CA");
-    let upstream = Upstream::start(pki.server_config(&["api.github.com"])).await;
+    let upstream = Upstream::start(pki.server_config(&[host])).await;
     let dir = tempfile::tempdir().unwrap();
     copy_dir(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
         &dir.path().join("policies"),
     );
-    let route = format!("api.github.com:443={}", upstream.addr);
-    let ca = pki.ca_path.to_string_lossy().into_owned();
-    let args = [
-        "--connect-to",
-        route.as_str(),
-        "--upstream-ca",
-        ca.as_str(),
-        "--upstream-timeout",
-        "60s",
+    let args = vec![
+        "--connect-to".to_string(),
+        format!("{host}:443={}", upstream.addr),
+        "--upstream-ca".to_string(),
+        pki.ca_path.to_string_lossy().into_owned(),
+        "--upstream-timeout".to_string(),
+        timeout.to_string(),
     ];
+    (pki, upstream, dir, args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_in_flight_when_toolgate_is_killed_is_never_sent_again() {
+    let (_pki, upstream, dir, args) = routed("api.github.com", "60s").await;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (mut child, proxy, _, _log) = start_binary(dir.path(), &args);
     let ca_pem = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
     let agent = Some(("support-bot-staging", "demo-staging-token"));
@@ -317,23 +323,8 @@ async fn admin_api(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_during_a_commit_the_proposal_is_outcome_unknown_and_never_resent() {
-    let pki = Pki::new("test upstream CA");
-    let upstream = Upstream::start(pki.server_config(&["api.stripe.com"])).await;
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
-        &dir.path().join("policies"),
-    );
-    let route = format!("api.stripe.com:443={}", upstream.addr);
-    let ca = pki.ca_path.to_string_lossy().into_owned();
-    let args = [
-        "--connect-to",
-        route.as_str(),
-        "--upstream-ca",
-        ca.as_str(),
-        "--upstream-timeout",
-        "60s",
-    ];
+    let (_pki, upstream, dir, args) = routed("api.stripe.com", "60s").await;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (mut child, proxy, admin, _log) = start_binary(dir.path(), &args);
     let ca_pem = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
     let agent = Some(("support-bot-staging", "demo-staging-token"));
@@ -424,19 +415,9 @@ async fn killed_during_a_commit_the_proposal_is_outcome_unknown_and_never_resent
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_right_after_a_commit_keeps_its_commit_and_response_events() {
-    let pki = Pki::new("test upstream CA");
-    let upstream = Upstream::start(pki.server_config(&["api.stripe.com"])).await;
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
-        &dir.path().join("policies"),
-    );
-    let route = format!("api.stripe.com:443={}", upstream.addr);
-    let ca = pki.ca_path.to_string_lossy().into_owned();
-    let (mut child, proxy, _, _log) = start_binary(
-        dir.path(),
-        &["--connect-to", route.as_str(), "--upstream-ca", ca.as_str()],
-    );
+    let (_pki, _upstream, dir, args) = routed("api.stripe.com", "30s").await;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut child, proxy, _, _log) = start_binary(dir.path(), &args);
     let ca_pem = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
     let client = client_via(
         proxy,
