@@ -424,7 +424,7 @@ pub async fn load(gate: &Gate, id: &str) -> Result<Option<Proposal>, StoreError>
 }
 
 fn pending(p: &Proposal) -> Refusal {
-    let mut r = Refusal::new(
+    Refusal::new(
         Code::ApprovalPending,
         format!(
             "{} needs approval ({} of {} approvals so far; proposal {}). Nothing was sent. Send the same call again later to get its result; it will not create a second proposal",
@@ -433,9 +433,8 @@ fn pending(p: &Proposal) -> Refusal {
             p.required,
             p.id
         ),
-    );
-    r.proposal = Some(p.id.clone());
-    r
+    )
+    .with_proposal(p.id.clone())
 }
 
 async fn wait_and_claim(
@@ -476,7 +475,7 @@ async fn wait_and_claim(
             }
             State::Denied | State::Revoked | State::Cancelled => {
                 let d = p.decision.clone();
-                let mut r = Refusal::new(
+                return Err(Refusal::new(
                     Code::ApprovalDenied,
                     format!(
                         "proposal {} for {} was {} by {}{}{}. Do not retry the same call",
@@ -493,40 +492,35 @@ async fn wait_and_claim(
                             .map(|n| format!(" ({n})"))
                             .unwrap_or_default(),
                     ),
-                );
-                r.proposal = Some(p.id.clone());
-                return Err(r);
+                )
+                .with_proposal(p.id.clone()));
             }
             State::Expired => {
-                let mut r = Refusal::new(
+                return Err(Refusal::new(
                     Code::ApprovalExpired,
                     format!(
                         "proposal {} for {} expired without a decision; nothing was sent",
                         p.id, p.tool
                     ),
-                );
-                r.proposal = Some(p.id.clone());
-                return Err(r);
+                )
+                .with_proposal(p.id.clone()));
             }
             State::Failed => {
-                let mut r = Refusal::upstream(format!(
+                return Err(Refusal::upstream(format!(
                     "proposal {} was approved but could not be sent: {}",
                     p.id,
                     p.note.as_deref().unwrap_or("unknown error")
-                ));
-                r.proposal = Some(p.id.clone());
-                return Err(r);
+                ))
+                .with_proposal(p.id.clone()));
             }
             State::OutcomeUnknown => {
-                let mut r = Refusal::new(
+                return Err(Refusal::new(
                     Code::IdempotencyConflict,
                     format!(
                         "proposal {} was being committed when toolgate stopped or the upstream timed out: its outcome is unknown and it will not be sent again. Check the upstream",
                         p.id
                     ),
-                );
-                r.proposal = Some(p.id.clone());
-                return Err(r);
+                ).with_proposal(p.id.clone()));
             }
         }
     }
@@ -558,15 +552,14 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
     // The kill switches and the policy in force now, not at proposal time.
     for key in [format!("agent:{}", p.agent), format!("tool:{}", p.tool)] {
         if let Some(k) = gate.kill_switch(&key) {
-            let mut r = Refusal::new(
+            return Err(Refusal::new(
                 Code::ToolDisabled,
                 format!(
                     "proposal {} is approved, but {} is disabled by {}: {}; it was not sent",
                     p.id, key, k.by, k.reason
                 ),
-            );
-            r.proposal = Some(p.id.clone());
-            return Err(r);
+            )
+            .with_proposal(p.id.clone()));
         }
     }
     let policy = gate.policy();
@@ -723,9 +716,7 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
                 warn!(proposal = %p.id, error = %e, "the failed commit could not be stored");
             }
             gate.waiters.notify(id);
-            let mut r = failure.refusal;
-            r.proposal = Some(p.id.clone());
-            Err(r)
+            Err(failure.refusal.with_proposal(p.id.clone()))
         }
     }
 }

@@ -137,6 +137,12 @@ impl Refusal {
         self
     }
 
+    /// Names the proposal the refusal is about (body field and `Toolgate-Proposal` header).
+    pub fn with_proposal(mut self, id: impl Into<String>) -> Self {
+        self.proposal = Some(id.into());
+        self
+    }
+
     pub fn auth_required() -> Self {
         Refusal::new(
             Code::AuthRequired,
