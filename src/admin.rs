@@ -60,9 +60,9 @@ async fn healthz() -> &'static str {
 
 /// An admin API error: the same JSON shape as the proxy's refusals.
 pub(crate) struct ApiError {
-    status: StatusCode,
+    pub(crate) status: StatusCode,
     code: &'static str,
-    message: String,
+    pub(crate) message: String,
 }
 
 impl IntoResponse for ApiError {
@@ -274,6 +274,60 @@ enum Kind {
     Agent,
 }
 
+/// Throws (`disable`) or resets a kill switch for a tool or an agent, for the API and the page
+/// alike. Anyone who may approve may stop things; only an admin may start them again. Returns
+/// the switch's key.
+pub(crate) async fn apply_switch(
+    gate: &Gate,
+    who: &Approver,
+    kind: &str,
+    name: &str,
+    disable: bool,
+    reason: Option<String>,
+) -> Result<String, ApiError> {
+    let policy = gate.policy();
+    let exists = match kind {
+        "tool" => policy.tool(name).is_some(),
+        "agent" => policy.agent(name).is_some(),
+        _ => false,
+    };
+    if !exists {
+        return Err(api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no {kind} named {name:?} in the policies in force"),
+        ));
+    }
+    if !disable && !who.groups.iter().any(|g| g == "admin") {
+        return Err(api_error(
+            StatusCode::FORBIDDEN,
+            "policy_violation",
+            format!(
+                "enabling a {kind} needs an approver in group admin; {} is not",
+                who.id
+            ),
+        ));
+    }
+    let key = format!("{kind}:{name}");
+    let value = disable.then(|| KillSwitch {
+        by: who.id.clone(),
+        reason: reason
+            .filter(|r| !r.trim().is_empty())
+            .unwrap_or_else(|| "no reason given".into()),
+        at_unix: now_unix(),
+    });
+    if let Err(e) = gate.set_kill_switch(&key, value).await {
+        warn!(error = %e, %key, "kill switch could not be stored");
+        return Err(api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "internal_error",
+            format!("the kill switch could not be stored: {e}"),
+        ));
+    }
+    info!(%key, by = %who.id, disabled = disable, "kill switch");
+    Ok(key)
+}
+
 async fn switch(
     gate: Arc<Gate>,
     headers: HeaderMap,
@@ -286,50 +340,16 @@ async fn switch(
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
-    let policy = gate.policy();
-    let (prefix, exists) = match kind {
-        Kind::Tool => ("tool", policy.tool(&name).is_some()),
-        Kind::Agent => ("agent", policy.agent(&name).is_some()),
+    let prefix = match kind {
+        Kind::Tool => "tool",
+        Kind::Agent => "agent",
     };
-    if !exists {
-        return api_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no {prefix} named {name:?} in the policies in force"),
-        )
-        .into_response();
+    match apply_switch(&gate, &who, prefix, &name, disable, reason).await {
+        Ok(key) => {
+            Json(json!({ prefix: name, "disabled": kill_json(&gate, &key) })).into_response()
+        }
+        Err(e) => e.into_response(),
     }
-    // Anyone who may approve may stop things; only an admin may start them again.
-    if !disable && !who.groups.iter().any(|g| g == "admin") {
-        return api_error(
-            StatusCode::FORBIDDEN,
-            "policy_violation",
-            format!(
-                "enabling a {prefix} needs an approver in group admin; {} is not",
-                who.id
-            ),
-        )
-        .into_response();
-    }
-    let key = format!("{prefix}:{name}");
-    let value = disable.then(|| KillSwitch {
-        by: who.id.clone(),
-        reason: reason
-            .filter(|r| !r.trim().is_empty())
-            .unwrap_or_else(|| "no reason given".into()),
-        at_unix: now_unix(),
-    });
-    if let Err(e) = gate.set_kill_switch(&key, value).await {
-        warn!(error = %e, %key, "kill switch could not be stored");
-        return api_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "internal_error",
-            format!("the kill switch could not be stored: {e}"),
-        )
-        .into_response();
-    }
-    info!(%key, by = %who.id, disabled = disable, "kill switch");
-    Json(json!({ prefix: name, "disabled": kill_json(&gate, &key) })).into_response()
 }
 
 fn reason_of(body: Option<Json<Reason>>) -> Option<String> {

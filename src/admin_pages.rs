@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::approval::{self, Action, Proposal};
 use crate::policy::Approver;
-use crate::store::{now_unix, KillSwitch};
+use crate::store::now_unix;
 use crate::Gate;
 
 const COOKIE: &str = "tg_session";
@@ -533,43 +533,26 @@ pub async fn switch(
     if !csrf_ok(&s, &form) {
         return csrf_refused();
     }
-    let policy = gate.policy();
-    let exists = match kind.as_str() {
-        "tool" => policy.tool(&name).is_some(),
-        "agent" => policy.agent(&name).is_some(),
-        _ => false,
-    };
-    if !exists {
-        return StatusCode::NOT_FOUND.into_response();
-    }
     let disable = match action.as_str() {
         "disable" => true,
         "enable" => false,
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
-    if !disable && !s.approver.groups.iter().any(|g| g == "admin") {
-        return (
-            StatusCode::FORBIDDEN,
+    let reason = Some(form.reason.clone());
+    match crate::admin::apply_switch(&gate, &s.approver, &kind, &name, disable, reason).await {
+        Ok(_) => Redirect::to("/switches").into_response(),
+        Err(e) => (
+            e.status,
             page(
                 "Refused",
                 Some(&s),
-                "<p class=\"flash\">Enabling needs an approver in group admin.</p>",
+                &format!(
+                    "<p class=\"flash\">{}</p><p><a href=\"/switches\">Back</a></p>",
+                    esc(&e.message)
+                ),
             ),
         )
-            .into_response();
-    }
-    let value = disable.then(|| KillSwitch {
-        by: s.approver.id.clone(),
-        reason: if form.reason.trim().is_empty() {
-            "no reason given".into()
-        } else {
-            form.reason.clone()
-        },
-        at_unix: now_unix(),
-    });
-    match gate.set_kill_switch(&format!("{kind}:{name}"), value).await {
-        Ok(()) => Redirect::to("/switches").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Html(esc(&e.to_string()))).into_response(),
+            .into_response(),
     }
 }
 

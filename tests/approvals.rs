@@ -458,13 +458,52 @@ async fn the_page_needs_a_session_and_a_csrf_token() {
     let got = raw(
         "POST",
         format!("/proposals/{id}/approve"),
-        Some(cookie),
+        Some(cookie.clone()),
         Some(format!("csrf={csrf}&comment=fine")),
     )
     .await;
     assert_eq!(got.status, 303);
     assert_eq!(proposal(&gate, &id).await["state"], "approved");
     assert_eq!(upstream.count(), 0);
+
+    // Kill switches from the page follow the API's rules: any approver stops, only admins start.
+    let path = "/switches/tool/stripe.customers.retrieve".to_string();
+    let got = raw(
+        "POST",
+        format!("{path}/disable"),
+        Some(cookie.clone()),
+        Some(format!("csrf={csrf}&reason=page+test")),
+    )
+    .await;
+    assert_eq!(got.status, 303);
+    let tools = gate
+        .admin("GET", "/api/tools", Some("demo-carol-token"), None)
+        .await
+        .json();
+    let t = tools["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "stripe.customers.retrieve")
+        .unwrap()
+        .clone();
+    assert_eq!(t["disabled"]["reason"], "page test");
+    let got = raw(
+        "POST",
+        format!("{path}/enable"),
+        Some(cookie.clone()),
+        Some(format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(got.status, 403);
+    let got = raw(
+        "POST",
+        "/switches/tool/no.such.tool/disable".into(),
+        Some(cookie.clone()),
+        Some(format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(got.status, 404);
     assert_eq!(
         call(&gate, QUICK, "p-2", "payment_intent=pi_page&amount=7")
             .await
