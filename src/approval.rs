@@ -322,7 +322,7 @@ pub async fn propose_and_wait(gate: &Gate, call: Call<'_>) -> Result<Response<Pr
                         "method": p.request.method,
                         "url": p.request.url(),
                         "sha256": p.request.sha256,
-                        "body": crate::audit::body_json(&gate.audit.redactor, &p.request.body_bytes(), crate::audit::BODY_CAP),
+                        "body": crate::audit::body_json(&p.request.body_bytes(), crate::audit::BODY_CAP),
                         "risk": p.risk,
                     }),
                 ));
@@ -680,7 +680,6 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
             p.outcome = Some(outcome);
             p.state = State::Committed;
             p.committed_unix = Some(now_unix());
-            let redactor = &gate.audit.redactor;
             let _ = gate
                 .audit
                 .record_durable(record(
@@ -688,8 +687,8 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
                     "response",
                     json!({
                         "status": parts.status.as_u16(),
-                        "headers": crate::audit::headers_json(redactor, &parts.headers),
-                        "body": crate::audit::body_json(redactor, &bytes, crate::audit::BODY_CAP),
+                        "headers": crate::audit::headers_json(&parts.headers),
+                        "body": crate::audit::body_json(&bytes, crate::audit::BODY_CAP),
                         "latency_ms": started.elapsed().as_millis() as u64,
                     }),
                 ))

@@ -206,34 +206,29 @@ pub fn scrub_outcome(
     (outcome, body)
 }
 
-/// Headers as a redacted JSON object.
-pub fn headers_json(redactor: &Redactor, headers: &http::HeaderMap) -> Value {
+/// Headers as a JSON object for an event. Redaction happens when the event is written (on the
+/// writer's thread, for every payload), not here on the request path.
+pub fn headers_json(headers: &http::HeaderMap) -> Value {
     let mut out = serde_json::Map::new();
     for (k, v) in headers {
-        let name = k.as_str();
-        let value = if SECRET_HEADERS.contains(&name) {
-            REDACTED.to_string()
-        } else {
-            redactor.text(&String::from_utf8_lossy(v.as_bytes()))
-        };
-        match out.get_mut(name) {
+        let value = String::from_utf8_lossy(v.as_bytes());
+        match out.get_mut(k.as_str()) {
             Some(Value::String(prev)) => {
                 prev.push_str(", ");
                 prev.push_str(&value);
             }
             _ => {
-                out.insert(name.to_string(), Value::String(value));
+                out.insert(k.as_str().to_string(), Value::String(value.into_owned()));
             }
         }
     }
     Value::Object(out)
 }
 
-/// A body for an event: redacted text, capped, with a truncation mark.
-pub fn body_json(redactor: &Redactor, bytes: &[u8], cap: usize) -> Value {
+/// A body for an event: text, capped, with a truncation mark (redacted when written).
+pub fn body_json(bytes: &[u8], cap: usize) -> Value {
     let shown = &bytes[..bytes.len().min(cap)];
-    let text = String::from_utf8_lossy(shown);
-    let mut v = json!({ "text": redactor.text(&text), "bytes": bytes.len() });
+    let mut v = json!({ "text": String::from_utf8_lossy(shown), "bytes": bytes.len() });
     if bytes.len() > cap {
         v["truncated"] = Value::Bool(true);
     }

@@ -427,7 +427,7 @@ async fn handle(
             "port": target.port,
             "path": path,
             "query": req.uri().query().unwrap_or(""),
-            "headers": crate::audit::headers_json(&gate.audit.redactor, req.headers()),
+            "headers": crate::audit::headers_json(req.headers()),
             "peer": target.peer.to_string(),
         }),
     ));

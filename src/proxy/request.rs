@@ -150,7 +150,7 @@ pub(super) async fn process(
     let started = std::time::Instant::now();
     let redactor = gate.audit.redactor.clone();
     let body_event = if tool.def.redact.is_empty() || !body_json.is_object() {
-        crate::audit::body_json(&redactor, &body_bytes, crate::audit::BODY_CAP)
+        crate::audit::body_json(&body_bytes, crate::audit::BODY_CAP)
     } else {
         // Fields the contract names are never written, whatever they hold.
         let mut v = body_json.clone();
@@ -262,7 +262,7 @@ pub(super) async fn process(
                 .and_then(Value::as_str)
                 .map(str::to_string);
             let status = parts.status.as_u16();
-            let headers_event = crate::audit::headers_json(&redactor, &parts.headers);
+            let headers_event = crate::audit::headers_json(&parts.headers);
             let base = trail.rec("model_usage", Value::Null);
             let tap = super::model::UsageTap::new(
                 body,
@@ -292,7 +292,7 @@ pub(super) async fn process(
             "response",
             json!({
                 "status": parts.status.as_u16(),
-                "headers": crate::audit::headers_json(&redactor, &parts.headers),
+                "headers": crate::audit::headers_json(&parts.headers),
                 "body": {"streamed": true},
                 "latency_ms": started.elapsed().as_millis() as u64,
             }),
@@ -485,8 +485,8 @@ pub(super) async fn process(
             "response",
             json!({
                 "status": resp_parts.status.as_u16(),
-                "headers": crate::audit::headers_json(&redactor, &resp_parts.headers),
-                "body": crate::audit::body_json(&redactor, &bytes, crate::audit::BODY_CAP),
+                "headers": crate::audit::headers_json(&resp_parts.headers),
+                "body": crate::audit::body_json(&bytes, crate::audit::BODY_CAP),
                 "latency_ms": started.elapsed().as_millis() as u64,
             }),
         ))
