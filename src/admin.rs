@@ -34,6 +34,9 @@ pub fn router(gate: Arc<Gate>) -> Router {
         .route("/api/proposals", get(list_proposals))
         .route("/api/proposals/{id}", get(get_proposal))
         .route("/api/proposals/{id}/{action}", post(decide_proposal))
+        .route("/api/rollback/{id}", post(rollback_call))
+        .route("/api/jobs/{job}/rollback", post(rollback_job))
+        .route("/api/replay/{id}", post(replay))
         .route("/api/audit/story/{id}", get(crate::admin_audit::story))
         .route("/api/audit/search", get(crate::admin_audit::search))
         .route("/api/audit/export", get(crate::admin_audit::export))
@@ -50,6 +53,8 @@ pub fn router(gate: Arc<Gate>) -> Router {
         .route("/proposals/{id}/{action}", post(pages::act))
         .route("/history", get(pages::history))
         .route("/switches", get(pages::switches))
+        .route("/rollback", get(pages::rollback_list))
+        .route("/rollback/{what}/{id}", post(pages::rollback_act))
         .route("/switches/{kind}/{name}/{action}", post(pages::switch))
         .with_state(gate)
 }
@@ -206,6 +211,106 @@ async fn decide_proposal(
     match approval::decide(&gate, &who, &id, action, &comment).await {
         Ok(p) => Json(p.view()).into_response(),
         Err(e) => api_error(e.status, e.code, e.message).into_response(),
+    }
+}
+
+/// The HTTP status for one undo's outcome.
+pub(crate) fn rollback_status(outcome: &str) -> StatusCode {
+    match outcome {
+        "undone" => StatusCode::OK,
+        "not_found" => StatusCode::NOT_FOUND,
+        "already_undone" => StatusCode::CONFLICT,
+        "not_undoable" => StatusCode::UNPROCESSABLE_ENTITY,
+        "failed" => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::FORBIDDEN,
+    }
+}
+
+/// `POST /api/rollback/{id}`: undoes one committed call (a request or proposal id).
+async fn rollback_call(
+    State(gate): State<Arc<Gate>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let who = match approver(&gate, &headers) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    let report = crate::rollback::undo(&gate, &id, &who.id).await;
+    (rollback_status(&report.outcome), Json(json!(report))).into_response()
+}
+
+/// `POST /api/jobs/{job}/rollback`: undoes a job's committed calls, newest first. Answers 200
+/// with a report per call; `complete` says whether everything was undone.
+async fn rollback_job(
+    State(gate): State<Arc<Gate>>,
+    headers: HeaderMap,
+    Path(job): Path<String>,
+) -> Response {
+    let who = match approver(&gate, &headers) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    match crate::rollback::undo_job(&gate, &job, &who.id).await {
+        Ok(reports) if reports.is_empty() => api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("job {job} has no committed call that succeeded"),
+        )
+        .into_response(),
+        Ok(reports) => {
+            let complete = reports
+                .iter()
+                .all(|r| r.ok() || r.outcome == "already_undone");
+            Json(json!({"job": job, "complete": complete, "results": reports})).into_response()
+        }
+        Err(e) => api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("the store is unavailable ({e}); nothing was sent"),
+        )
+        .into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ReplayBody {
+    to: String,
+}
+
+/// `POST /api/replay/{id}` with `{"to": "HOST:PORT"}`: re-sends the recorded calls of a request,
+/// proposal or job to a sandbox. Admins only: it sends a credential to a host named at run time.
+async fn replay(
+    State(gate): State<Arc<Gate>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<ReplayBody>>,
+) -> Response {
+    let who = match approver(&gate, &headers) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    if !who.groups.iter().any(|g| g == "admin") {
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "replays send a sandbox credential to the host you name: only group admin may start one",
+        )
+        .into_response();
+    }
+    let Some(Json(body)) = body else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "send {\"to\": \"HOST:PORT\"}, the sandbox to replay against",
+        )
+        .into_response();
+    };
+    match crate::replay::replay(&gate, &id, &body.to, &who.id).await {
+        Ok(results) => Json(json!({"id": id, "to": body.to, "results": results})).into_response(),
+        Err(e) => {
+            api_error(StatusCode::UNPROCESSABLE_ENTITY, "replay_refused", e.0).into_response()
+        }
     }
 }
 

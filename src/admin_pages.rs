@@ -124,7 +124,7 @@ button{padding:.5rem 1rem;margin:.2rem 0;font-size:1rem}textarea,input[type=text
 fn page(title: &str, who: Option<&Signed>, body: &str) -> Html<String> {
     let nav = match who {
         Some(s) => format!(
-            "<a href=\"/queue\">Queue</a><a href=\"/history\">History</a><a href=\"/switches\">Kill switches</a>\
+            "<a href=\"/queue\">Queue</a><a href=\"/history\">History</a><a href=\"/switches\">Kill switches</a><a href=\"/rollback\">Roll back</a>\
              <span>{}</span><form method=\"post\" action=\"/logout\" style=\"display:inline\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Sign out</button></form>",
             esc(&s.approver.id),
@@ -559,4 +559,146 @@ pub async fn switch(
 /// The JSON view of a proposal list for the API.
 pub fn proposals_json(props: &[Proposal]) -> serde_json::Value {
     json!({ "proposals": props.iter().map(Proposal::view).collect::<Vec<_>>() })
+}
+
+/// Committed calls, grouped by job, newest first, with their undo buttons.
+pub async fn rollback_list(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Response {
+    let Some(s) = signed(&gate, &headers) else {
+        return to_login();
+    };
+    let policy = gate.policy();
+    let mut calls = crate::rollback::all(&gate).unwrap_or_default();
+    calls.reverse();
+    let mut jobs: Vec<String> = Vec::new();
+    for c in &calls {
+        if !jobs.contains(&c.job) {
+            jobs.push(c.job.clone());
+        }
+    }
+    let form = |what: &str, id: &str, label: &str| {
+        format!(
+            "<form method=\"post\" action=\"/rollback/{what}/{id}\" style=\"display:inline\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button>{label}</button></form>",
+            id = esc(id),
+            csrf = esc(&s.csrf),
+        )
+    };
+    let mut body = String::from(
+        "<h1>Roll back</h1><p>Committed calls, newest first. An undo is sent as the agent that \
+         made the call, through its contract, permissions and credential, and is recorded in the \
+         story of both calls.</p>",
+    );
+    for job in jobs.iter().take(100) {
+        let rows: String = calls
+            .iter()
+            .filter(|c| &c.job == job)
+            .map(|c| {
+                let undo = policy
+                    .tool(&c.tool)
+                    .and_then(|t| t.def.rollback.as_ref())
+                    .map(|r| match &r.none {
+                        Some(why) => format!("cannot be undone: {}", esc(why)),
+                        None => String::new(),
+                    })
+                    .unwrap_or_else(|| "declares no undo".into());
+                let state = if let Some(u) = &c.undone {
+                    format!(
+                        "undone by {} (<a href=\"/stories/{}\">{}</a>)",
+                        esc(&u.by),
+                        esc(&u.request_id),
+                        esc(&u.request_id)
+                    )
+                } else if let Some(of) = &c.undoes {
+                    format!("undo of {}", esc(of))
+                } else if !(200..300).contains(&c.status) {
+                    "changed nothing".into()
+                } else if undo.is_empty() {
+                    form("call", &c.request_id, "Undo")
+                } else {
+                    undo
+                };
+                format!(
+                    "<tr><td><a href=\"/stories/{id}\">{id}</a></td><td>{tool}</td><td>{method} {path}</td><td>{status}</td><td>{state}</td></tr>",
+                    id = esc(&c.request_id),
+                    tool = esc(&c.tool),
+                    method = esc(&c.method),
+                    path = esc(&c.path_and_query),
+                    status = c.status,
+                )
+            })
+            .collect();
+        body.push_str(&format!(
+            "<div class=\"card\"><h2>Job <a href=\"/stories/{j}\">{j}</a></h2>{button}<table>{rows}</table></div>",
+            j = esc(job),
+            button = form("job", job, "Undo this job (newest first)"),
+        ));
+    }
+    if jobs.is_empty() {
+        body.push_str("<p>No committed calls yet.</p>");
+    }
+    page("Roll back", Some(&s), &body).into_response()
+}
+
+/// Undoes one call (`/rollback/call/{id}`) or a job (`/rollback/job/{job}`) and shows each result.
+pub async fn rollback_act(
+    State(gate): State<Arc<Gate>>,
+    headers: HeaderMap,
+    Path((what, id)): Path<(String, String)>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let Some(s) = signed(&gate, &headers) else {
+        return to_login();
+    };
+    if !csrf_ok(&s, &form) {
+        return csrf_refused();
+    }
+    let reports = match what.as_str() {
+        "call" => vec![crate::rollback::undo(&gate, &id, &s.approver.id).await],
+        "job" => match crate::rollback::undo_job(&gate, &id, &s.approver.id).await {
+            Ok(r) => r,
+            Err(e) => return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                page(
+                    "Roll back",
+                    Some(&s),
+                    &format!(
+                        "<p class=\"flash\">The store is unavailable ({}); nothing was sent.</p>",
+                        esc(&e.to_string())
+                    ),
+                ),
+            )
+                .into_response(),
+        },
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    let rows: String = reports
+        .iter()
+        .map(|r| {
+            format!(
+                "<tr><td>{}</td><td>{}</td><td><strong>{}</strong></td><td>{}</td></tr>",
+                esc(&r.request_id),
+                esc(r.tool.as_deref().unwrap_or("-")),
+                esc(&r.outcome),
+                esc(&r.message)
+            )
+        })
+        .collect();
+    let status = match reports.as_slice() {
+        [one] => crate::admin::rollback_status(&one.outcome),
+        _ => StatusCode::OK,
+    };
+    (
+        status,
+        page(
+            "Roll back",
+            Some(&s),
+            &format!(
+                "<h1>Roll back {}</h1><table><tr><th>Call</th><th>Tool</th><th>Result</th><th>Detail</th></tr>{rows}</table>\
+                 <p><a href=\"/rollback\">Back</a> · <a href=\"/stories/{}\">Story</a></p>",
+                esc(&id),
+                esc(&id)
+            ),
+        ),
+    )
+        .into_response()
 }

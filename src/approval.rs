@@ -677,6 +677,43 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
                 &parts.headers,
                 &bytes,
             );
+            let sent = p.request.body_bytes();
+            let content_type = p
+                .request
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                .map(|(_, v)| v.clone());
+            let body_json = match tool.body.as_ref().map(|b| b.format) {
+                Some(crate::policy::BodyFormat::Form) => {
+                    crate::policy::contract::decode_form(&sent).unwrap_or(Value::Null)
+                }
+                _ => serde_json::from_slice(&sent).unwrap_or(Value::Null),
+            };
+            let answer = base64::engine::general_purpose::STANDARD
+                .decode(&outcome.body)
+                .unwrap_or_default();
+            crate::rollback::record(
+                gate,
+                crate::rollback::CommitFacts {
+                    request_id: &p.request_id,
+                    proposal: Some(&p.id),
+                    job: &p.job,
+                    agent: &p.agent,
+                    tool: &p.tool,
+                    tool_version: p.tool_version,
+                    host: &p.request.host,
+                    port: p.request.port,
+                    method: &p.request.method,
+                    path_and_query: &p.request.path_and_query,
+                    content_type: content_type.as_deref(),
+                    body: &sent,
+                    body_json: &body_json,
+                    status: outcome.status,
+                    response: &answer,
+                    undoes: None,
+                },
+            );
             p.outcome = Some(outcome);
             p.state = State::Committed;
             p.committed_unix = Some(now_unix());

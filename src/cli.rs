@@ -62,6 +62,32 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Undo one committed call (request or proposal id), or a job's calls newest first, through
+    /// a running server. Exits non-zero unless everything asked for was undone.
+    Rollback {
+        /// A request id or a proposal id.
+        #[arg(required_unless_present = "job", conflicts_with = "job")]
+        id: Option<String>,
+        /// Undo every committed call of this job, newest first, going on past failures.
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Re-send the recorded calls of a request, proposal or job to a sandbox, with each tool's
+    /// `sandbox` credential (admins only). Never sends to a host a contract names.
+    Replay {
+        id: String,
+        /// The sandbox, HOST:PORT (HTTPS).
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// The audit log: stories, search, export, verify, purge.
     Audit {
         #[command(subcommand)]
@@ -283,6 +309,18 @@ pub async fn main(cli: Cli) -> ExitCode {
             server,
             data_dir,
         } => audit(command, &server.server, data_dir).await,
+        Command::Rollback {
+            id,
+            job,
+            json,
+            server,
+        } => rollback(&server.server, id, job, json).await,
+        Command::Replay {
+            id,
+            to,
+            json,
+            server,
+        } => replay(&server.server, &id, &to, json).await,
         Command::Tools { command, server } => switches("tools", command, &server.server).await,
         Command::Agents { command, server } => switches("agents", command, &server.server).await,
     }
@@ -314,9 +352,10 @@ pub async fn admin_call(
     let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(req))
+    // Long enough for a job's rollback or a replay, each call bounded by the upstream timeout.
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(300), client.request(req))
         .await
-        .map_err(|_| format!("{url}: no answer within 30s"))?
+        .map_err(|_| format!("{url}: no answer within 300s"))?
         .map_err(|e| format!("{url}: {e} (is toolgate serving there? see --server)"))?;
     let status = resp.status().as_u16();
     let bytes = resp
@@ -583,6 +622,98 @@ async fn decide(server: &str, id: &str, action: &str, comment: Option<String>) -
     }
 }
 
+fn seg(s: &str) -> String {
+    crate::rollback::percent_encode_segment(s).collect()
+}
+
+async fn rollback(server: &str, id: Option<String>, job: Option<String>, json: bool) -> ExitCode {
+    let path = match (&id, &job) {
+        (_, Some(job)) => format!("/api/jobs/{}/rollback", seg(job)),
+        (Some(id), None) => format!("/api/rollback/{}", seg(id)),
+        (None, None) => return fail("give a request or proposal id, or --job JOB"),
+    };
+    let (status, body) = match admin_call(server, http::Method::POST, &path, None).await {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    if json {
+        println!("{body}");
+    }
+    let reports: Vec<serde_json::Value> = match body.get("results") {
+        Some(serde_json::Value::Array(a)) => a.clone(),
+        _ if body.get("outcome").is_some() => vec![body.clone()],
+        _ => {
+            return fail(&format!(
+                "{status}: {}",
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap_or("request failed")
+            ))
+        }
+    };
+    let mut complete = true;
+    for r in &reports {
+        let outcome = r["outcome"].as_str().unwrap_or("?");
+        complete &= matches!(outcome, "undone" | "already_undone")
+            && (job.is_some() || outcome == "undone");
+        if !json {
+            println!(
+                "{:<15} {:<28} {:<28} {}",
+                outcome,
+                r["request_id"].as_str().unwrap_or("-"),
+                r["tool"].as_str().unwrap_or("-"),
+                r["message"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn replay(server: &str, id: &str, to: &str, json: bool) -> ExitCode {
+    let path = format!("/api/replay/{}", seg(id));
+    let body = serde_json::json!({ "to": to });
+    let (status, body) = match admin_call(server, http::Method::POST, &path, Some(body)).await {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    if status != 200 {
+        return fail(&format!(
+            "{status}: {}",
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed")
+        ));
+    }
+    if json {
+        println!("{body}");
+    }
+    let mut all_sent = true;
+    for r in body["results"].as_array().into_iter().flatten() {
+        all_sent &= r["outcome"] == "sent";
+        if !json {
+            println!(
+                "{:<8} {:<28} {:<24} {} {} -> {} {}",
+                r["outcome"].as_str().unwrap_or("?"),
+                r["request_id"].as_str().unwrap_or("-"),
+                r["tool"].as_str().unwrap_or("-"),
+                r["method"].as_str().unwrap_or(""),
+                r["path"].as_str().unwrap_or(""),
+                r["status"],
+                r["message"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if all_sent {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 async fn switches(kind: &str, command: SwitchCommand, server: &str) -> ExitCode {
     let (method, path, body) = match &command {
         SwitchCommand::List => (http::Method::GET, format!("/api/{kind}"), None),
@@ -704,7 +835,11 @@ fn check(dir: &std::path::Path) -> ExitCode {
                 r.none.as_deref().unwrap_or("")
             )),
             None => undo.push(format!("{}: declares no undo", tool.name)),
-            Some(_) => {}
+            Some(r) => {
+                if let Some(warning) = undo_target_warning(&policy, tool, r) {
+                    undo.push(warning);
+                }
+            }
         }
         if tool.side_effects == crate::policy::SideEffects::Irreversible
             && tool.mode == crate::policy::Mode::Auto
@@ -727,6 +862,37 @@ fn check(dir: &std::path::Path) -> ExitCode {
         policy.files.len()
     );
     ExitCode::SUCCESS
+}
+
+/// A rollback template must lead to a contract an undo can go through.
+fn undo_target_warning(
+    policy: &crate::policy::Policy,
+    tool: &crate::policy::Tool,
+    r: &crate::policy::file::RollbackDef,
+) -> Option<String> {
+    let method =
+        http::Method::from_bytes(r.method.as_deref()?.to_ascii_uppercase().as_bytes()).ok()?;
+    let template = r.path.as_deref()?;
+    // Each placeholder stands for one path segment.
+    let sample: String = regex::Regex::new(r"\{[^}]*\}")
+        .ok()?
+        .replace_all(template, "x")
+        .into_owned();
+    let text = format!("{method} {template}");
+    match policy.match_tool(&tool.host, tool.port, &method, &sample) {
+        None => Some(format!(
+            "warning: {}: its rollback {text} matches no tool contract on {}; add one, or every undo is refused",
+            tool.name, tool.host
+        )),
+        Some(m) if m.tool.mode == crate::policy::Mode::Deny => Some(format!(
+            "warning: {}: its rollback {text} goes to tool {}, which is in mode deny; every undo is refused",
+            tool.name, m.tool.name
+        )),
+        Some(m) => Some(format!(
+            "{}: undone by {text} through tool {}",
+            tool.name, m.tool.name
+        )),
+    }
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {

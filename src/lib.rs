@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod proxy;
+pub mod replay;
+pub mod rollback;
 pub mod store;
 
 use std::collections::HashMap;

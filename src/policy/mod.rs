@@ -2,7 +2,7 @@
 //! folder (DESIGN section 2), validated once into typed values, and matched per request.
 
 pub mod contract;
-mod file;
+pub mod file;
 pub mod rules;
 pub mod template;
 
@@ -659,6 +659,9 @@ fn compile_tool(
     let method = http::Method::from_bytes(def.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| err(format!("method {:?} is not an HTTP method", def.method)))?;
     let template = PathTemplate::parse(&def.path).map_err(err)?;
+    if let Some(r) = &def.rollback {
+        crate::rollback::validate_def(r).map_err(err)?;
+    }
     let mode = Mode::parse(def.mode.as_deref()).map_err(err)?;
     let mut creds = BTreeMap::new();
     for (environment, name) in &def.credential {

@@ -30,3 +30,16 @@ where
 {
     body.map_err(Into::into).boxed_unsync()
 }
+
+/// Reads a body whole, keeping at most `cap` bytes (the rest is read and dropped). A read error
+/// ends it early.
+pub async fn collect_capped(mut body: ProxyBody, cap: usize) -> Bytes {
+    let mut out = bytes::BytesMut::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            let room = cap.saturating_sub(out.len());
+            out.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+    out.freeze()
+}

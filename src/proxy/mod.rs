@@ -101,6 +101,44 @@ pub(crate) struct Target {
     peer: SocketAddr,
     /// The tunnel (or connection) the request came on: the job of calls that name none.
     tunnel_id: String,
+    origin: Origin,
+}
+
+/// Who sent a request: an agent through the proxy, or toolgate itself on an approver's word.
+#[derive(Debug, Clone)]
+pub(crate) enum Origin {
+    Agent,
+    /// The undo of a committed call: it is neither held for approval nor previewed, because an
+    /// approver asked for it; every other phase applies.
+    Undo {
+        of: String,
+        by: String,
+    },
+}
+
+/// A call toolgate makes itself on an agent's behalf (an undo), through every phase an agent's
+/// call takes, with its own request id and audit events. Returns that id, the answer, and the
+/// refusal code when toolgate refused it.
+pub(crate) async fn internal_call(
+    gate: Arc<Gate>,
+    agent_id: &str,
+    host: &str,
+    port: u16,
+    job: &str,
+    origin: Origin,
+    req: Request<ProxyBody>,
+) -> (String, Response<ProxyBody>, Option<Code>) {
+    let request_id = new_id("req");
+    let target = Target {
+        agent_id: agent_id.to_string(),
+        host: host.to_string(),
+        port,
+        peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+        tunnel_id: job.to_string(),
+        origin,
+    };
+    let (resp, code) = handle(gate, &target, req, request_id.clone(), Instant::now()).await;
+    (request_id, resp, code)
 }
 
 /// The authenticate phase: `Proxy-Authorization: Basic base64(agent-id:token)`.
@@ -202,8 +240,11 @@ async fn outer(gate: Arc<Gate>, peer: SocketAddr, req: Request<Incoming>) -> Res
         port,
         peer,
         tunnel_id: new_id("conn"),
+        origin: Origin::Agent,
     };
-    handle(gate, &target, req, request_id, started).await
+    handle(gate, &target, req.map(body::stream), request_id, started)
+        .await
+        .0
 }
 
 /// The egress phase: the host must be named by a contract, and must not resolve to a private
@@ -266,6 +307,7 @@ async fn connect(
         port,
         peer,
         tunnel_id: new_id("tun"),
+        origin: Origin::Agent,
     };
     info!(
         request_id = %request_id, agent = %agent.id, host = %target.host, method = "CONNECT",
@@ -367,7 +409,11 @@ where
         async move {
             let started = Instant::now();
             let request_id = new_id("req");
-            Ok::<_, Infallible>(handle(gate, &target, req, request_id, started).await)
+            Ok::<_, Infallible>(
+                handle(gate, &target, req.map(body::stream), request_id, started)
+                    .await
+                    .0,
+            )
         }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -398,10 +444,10 @@ enum Decision {
 async fn handle(
     gate: Arc<Gate>,
     target: &Target,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     request_id: String,
     started: Instant,
-) -> Response<ProxyBody> {
+) -> (Response<ProxyBody>, Option<Code>) {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let job = req
@@ -429,6 +475,14 @@ async fn handle(
             "query": req.uri().query().unwrap_or(""),
             "headers": crate::audit::headers_json(req.headers()),
             "peer": target.peer.to_string(),
+            "undoes": match &target.origin {
+                Origin::Undo { of, .. } => Some(of.as_str()),
+                Origin::Agent => None,
+            },
+            "asked_by": match &target.origin {
+                Origin::Undo { by, .. } => Some(by.as_str()),
+                Origin::Agent => None,
+            },
         }),
     ));
     let result = request::process(&gate, target, req, &mut trail).await;
@@ -456,9 +510,13 @@ async fn handle(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
-    let (decision, code) = match decision {
-        Decision::Forwarded => ("forwarded", ""),
-        Decision::Refused(code) => ("refused", code.as_str()),
+    let refused = match decision {
+        Decision::Forwarded => None,
+        Decision::Refused(code) => Some(code),
+    };
+    let (decision, code) = match refused {
+        None => ("forwarded", ""),
+        Some(code) => ("refused", code.as_str()),
     };
     gate.metrics.observe(
         tool_name.as_deref().unwrap_or("-"),
@@ -472,7 +530,7 @@ async fn handle(
         decision, code, status = resp.status().as_u16(),
         latency_ms = started.elapsed().as_secs_f64() * 1000.0, "request"
     );
-    resp
+    (resp, refused)
 }
 
 /// The record phase for refusals that happen before a tunnel exists.

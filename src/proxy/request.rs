@@ -7,7 +7,6 @@ use base64::Engine;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -45,7 +44,7 @@ const MAX_STORED_OUTCOME: usize = 16 * 1024 * 1024;
 pub(super) async fn process(
     gate: &Gate,
     target: &Target,
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     trail: &mut Trail,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let request_id = trail.request_id.clone();
@@ -125,8 +124,14 @@ pub(super) async fn process(
         .get("toolgate-dry-run")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| matches!(v.trim(), "1" | "true"));
-    let dry_run = tool.mode == Mode::DryRun
-        || (tool.side_effects != SideEffects::None && (agent.dry_run || asked_dry_run));
+    // An undo was asked for by an approver: it is not previewed, and not held.
+    let undo_of = match &target.origin {
+        super::Origin::Undo { of, .. } => Some(of.clone()),
+        super::Origin::Agent => None,
+    };
+    let dry_run = undo_of.is_none()
+        && (tool.mode == Mode::DryRun
+            || (tool.side_effects != SideEffects::None && (agent.dry_run || asked_dry_run)));
 
     // inject
     let mut headers = parts.headers.clone();
@@ -187,7 +192,7 @@ pub(super) async fn process(
         hex::encode(h.finalize())
     };
 
-    if tool.mode == Mode::Approve {
+    if tool.mode == Mode::Approve && undo_of.is_none() {
         // The proposal stores the request without the credential; it is injected at commit.
         if let Some(cred) = &credential {
             headers.remove(&cred.header);
@@ -472,6 +477,30 @@ pub(super) async fn process(
             .headers
             .push(("toolgate-outcome-truncated".into(), "true".into()));
     }
+    crate::rollback::record(
+        gate,
+        crate::rollback::CommitFacts {
+            request_id,
+            proposal: None,
+            job: &trail.job,
+            agent: &agent.id,
+            tool: &tool.name,
+            tool_version: tool.version,
+            host: &target.host,
+            port: target.port,
+            method: parts.method.as_str(),
+            path_and_query: &path_and_query,
+            content_type: parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            body: &body_bytes,
+            body_json: &body_json,
+            status: outcome.status,
+            response: &bytes,
+            undoes: undo_of.as_deref(),
+        },
+    );
     rec.state = IdemState::Done;
     rec.outcome = Some(outcome.clone());
     if let Err(e) = gate.store.idem_put(&idem_id, &rec).await {
@@ -630,7 +659,7 @@ fn validate_query(tool: &Tool, query: Option<&str>) -> Result<Value, Refusal> {
     Ok(value)
 }
 
-async fn read_body(tool: &Tool, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Refusal> {
+async fn read_body(tool: &Tool, headers: &HeaderMap, body: ProxyBody) -> Result<Bytes, Refusal> {
     let limit = tool.max_body_bytes;
     let too_large = || {
         Refusal::new(
@@ -648,13 +677,20 @@ async fn read_body(tool: &Tool, headers: &HeaderMap, body: Incoming) -> Result<B
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(validation(format!(
-            "the request body could not be read: {e}"
-        ))),
+    // Read frame by frame with the limit checked as data arrives.
+    let mut body = body;
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| validation(format!("the request body could not be read: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&data);
+        }
     }
+    Ok(out.freeze())
 }
 
 fn validate_body(tool: &Tool, headers: &HeaderMap, bytes: &Bytes) -> Result<Value, Refusal> {

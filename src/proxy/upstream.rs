@@ -207,6 +207,7 @@ pub struct Failure {
 /// The pooled client toolgate forwards with.
 pub struct Upstream {
     client: Client<HttpsConnector<EgressConnector>, ProxyBody>,
+    sandbox: Client<HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, ProxyBody>,
     routes: Arc<Routes>,
     timeout: Duration,
 }
@@ -255,6 +256,20 @@ impl Upstream {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // Replays go to the sandbox an operator names, by its own address: no routes, no
+        // egress rules, the same certificate verification.
+        let mut plain = hyper_util::client::legacy::connect::HttpConnector::new();
+        plain.enforce_http(false);
+        plain.set_nodelay(true);
+        plain.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let sandbox = Client::builder(TokioExecutor::new()).build(
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
+                .https_only()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(plain),
+        );
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_only()
@@ -269,6 +284,7 @@ impl Upstream {
             .build(https);
         Ok(Upstream {
             client,
+            sandbox,
             routes,
             timeout,
         })
@@ -284,34 +300,59 @@ impl Upstream {
         &self,
         host: &str,
         port: u16,
-        mut req: Request<ProxyBody>,
+        req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, Failure> {
-        let authority = authority(host, port);
-        let path_and_query = req
-            .uri()
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/");
-        let uri: Uri = format!("https://{authority}{path_and_query}")
-            .parse()
-            .map_err(|e| Failure {
-                refusal: Refusal::policy(format!("the request URI is not valid: {e}")),
-                not_sent: true,
-            })?;
-        *req.uri_mut() = uri;
-        // The client picks HTTP/1.1 or HTTP/2 per upstream connection (ALPN); the client side's
-        // version does not carry over.
-        *req.version_mut() = Version::HTTP_11;
-        strip_hop_by_hop(req.headers_mut());
-        req.headers_mut().remove(header::HOST);
+        send(&self.client, self.timeout, host, port, req).await
+    }
 
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+    /// Sends a replay to a sandbox at `host:port`, connecting to that address itself (never
+    /// through `--connect-to` routes); the `Host` is the sandbox's.
+    pub async fn send_to_sandbox(
+        &self,
+        host: &str,
+        port: u16,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, Failure> {
+        send(&self.sandbox, self.timeout, host, port, req).await
+    }
+}
+
+async fn send<C>(
+    client: &Client<C, ProxyBody>,
+    timeout: Duration,
+    host: &str,
+    port: u16,
+    mut req: Request<ProxyBody>,
+) -> Result<Response<Incoming>, Failure>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let authority = authority(host, port);
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let uri: Uri = format!("https://{authority}{path_and_query}")
+        .parse()
+        .map_err(|e| Failure {
+            refusal: Refusal::policy(format!("the request URI is not valid: {e}")),
+            not_sent: true,
+        })?;
+    *req.uri_mut() = uri;
+    // The client picks HTTP/1.1 or HTTP/2 per upstream connection (ALPN); the client side's
+    // version does not carry over.
+    *req.version_mut() = Version::HTTP_11;
+    strip_hop_by_hop(req.headers_mut());
+    req.headers_mut().remove(header::HOST);
+
+    match tokio::time::timeout(timeout, client.request(req)).await {
             Err(_) => Err(Failure {
                 refusal: Refusal::new(
                     crate::error::Code::UpstreamTimeout,
                     format!(
                         "{authority} did not answer within {}s; the call may or may not have taken effect upstream",
-                        self.timeout.as_secs_f64()
+                        timeout.as_secs_f64()
                     ),
                 ),
                 not_sent: false,
@@ -326,7 +367,6 @@ impl Upstream {
                 Ok(resp)
             }
         }
-    }
 }
 
 /// A stored upstream answer (an idempotent call's or a committed proposal's) as a response.

@@ -1,0 +1,280 @@
+//! Replay: re-sends recorded calls (of a request, a proposal or a job) to a sandbox target with
+//! the tool's `sandbox` credential, and records each as a `replay` event linked to the original.
+//! A replay never goes to the original host, nor to any host a tool contract names.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Limited};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::proxy::body;
+use crate::Gate;
+
+/// The environment whose credential a replay sends.
+pub const SANDBOX_ENVIRONMENT: &str = "sandbox";
+
+/// One call to re-send.
+#[derive(Debug, Clone)]
+struct Call {
+    request_id: String,
+    job: Option<String>,
+    proposal: Option<String>,
+    agent: Option<String>,
+    tool: String,
+    host: String,
+    method: String,
+    path_and_query: String,
+    content_type: Option<String>,
+    body: String,
+    unix_ms: u64,
+}
+
+/// What happened to one re-sent call.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub request_id: String,
+    pub tool: String,
+    pub method: String,
+    pub path: String,
+    /// `sent` (the sandbox answered), `refused` (toolgate did not send it), `failed` (no answer).
+    pub outcome: String,
+    pub status: Option<u16>,
+    pub message: String,
+    pub replay_id: String,
+}
+
+/// Why a replay could not start at all.
+#[derive(Debug)]
+pub struct ReplayError(pub String);
+
+/// The calls recorded for `id` (a request, a proposal or a job), oldest first: committed calls
+/// from the ledger, and forwarded reads from the audit log.
+fn calls(gate: &Gate, id: &str) -> Result<Vec<Call>, ReplayError> {
+    let err = |e: crate::store::StoreError| ReplayError(format!("the store is unavailable: {e}"));
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for c in crate::rollback::all(gate).map_err(err)? {
+        if c.request_id == id || c.proposal.as_deref() == Some(id) || c.job == id {
+            seen.insert(c.request_id.clone());
+            out.push(Call {
+                request_id: c.request_id,
+                job: Some(c.job),
+                proposal: c.proposal,
+                agent: Some(c.agent),
+                tool: c.tool,
+                host: c.host,
+                method: c.method,
+                path_and_query: c.path_and_query,
+                content_type: c.content_type,
+                body: c.body_text,
+                unix_ms: c.unix_ms,
+            });
+        }
+    }
+    // Reads: a request event whose call was forwarded and answered.
+    let events = gate.audit.story(id).map_err(err)?;
+    let answered: BTreeSet<&str> = events
+        .iter()
+        .filter(|e| e.kind == "response")
+        .filter_map(|e| e.request_id.as_deref())
+        .collect();
+    for e in &events {
+        let Some(rid) = e.request_id.as_deref() else {
+            continue;
+        };
+        if e.kind != "request" || seen.contains(rid) || !answered.contains(rid) {
+            continue;
+        }
+        let (Some(tool), Some(method)) = (e.tool.clone(), e.payload["method"].as_str()) else {
+            continue;
+        };
+        if !matches!(method, "GET" | "HEAD") {
+            continue;
+        }
+        let path = e.payload["path"].as_str().unwrap_or("/");
+        let query = e.payload["query"].as_str().unwrap_or("");
+        out.push(Call {
+            request_id: rid.to_string(),
+            job: e.job.clone(),
+            proposal: e.proposal.clone(),
+            agent: e.agent.clone(),
+            tool,
+            host: e.payload["host"].as_str().unwrap_or("").to_string(),
+            method: method.to_string(),
+            path_and_query: if query.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{query}")
+            },
+            content_type: None,
+            body: String::new(),
+            unix_ms: e.unix_ms,
+        });
+    }
+    out.sort_by_key(|c| c.unix_ms);
+    Ok(out)
+}
+
+/// Re-sends the calls recorded for `id` to `to` (HOST:PORT).
+pub async fn replay(
+    gate: &Arc<Gate>,
+    id: &str,
+    to: &str,
+    by: &str,
+) -> Result<Vec<Report>, ReplayError> {
+    let (to_host, to_port) = crate::policy::split_host_port(to, 443)
+        .filter(|(h, _)| !h.is_empty())
+        .ok_or_else(|| ReplayError(format!("--to {to:?} is not HOST:PORT")))?;
+    let policy = gate.policy();
+    if policy.port_for_host(&to_host).is_some() {
+        return Err(ReplayError(format!(
+            "{to_host} is a host a tool contract names; a replay only goes to a sandbox, never to a real API"
+        )));
+    }
+    let calls = calls(gate, id)?;
+    if calls.is_empty() {
+        return Err(ReplayError(format!(
+            "no recorded call that was sent belongs to {id}; replay takes a request, proposal or job id"
+        )));
+    }
+    let authority = crate::proxy::upstream::authority(&to_host, to_port);
+    let mut out = Vec::new();
+    for call in calls {
+        let replay_id = crate::proxy::new_id("rpl");
+        let mut report = Report {
+            request_id: call.request_id.clone(),
+            tool: call.tool.clone(),
+            method: call.method.clone(),
+            path: call.path_and_query.clone(),
+            outcome: "refused".into(),
+            status: None,
+            message: String::new(),
+            replay_id: replay_id.clone(),
+        };
+        let started = std::time::Instant::now();
+        let result = send(gate, &policy, &call, &to_host, to_port, &replay_id).await;
+        match result {
+            Ok((status, text)) => {
+                report.outcome = "sent".into();
+                report.status = Some(status);
+                report.message = format!("{authority} answered {status}");
+                gate.audit.record(crate::audit::Record {
+                    kind: "replay",
+                    request_id: Some(call.request_id.clone()),
+                    job: call.job.clone(),
+                    proposal: call.proposal.clone(),
+                    agent: call.agent.clone(),
+                    tool: Some(call.tool.clone()),
+                    payload: json!({
+                        "replay_id": replay_id,
+                        "to": authority,
+                        "original_host": call.host,
+                        "method": call.method,
+                        "path": call.path_and_query,
+                        "status": status,
+                        "by": by,
+                        "latency_ms": started.elapsed().as_millis() as u64,
+                        "body": crate::audit::body_json(text.as_bytes(), crate::audit::BODY_CAP),
+                    }),
+                    ..Default::default()
+                });
+            }
+            Err((outcome, message)) => {
+                report.outcome = outcome.into();
+                report.message = message.clone();
+                gate.audit.record(crate::audit::Record {
+                    kind: "replay",
+                    request_id: Some(call.request_id.clone()),
+                    job: call.job.clone(),
+                    proposal: call.proposal.clone(),
+                    agent: call.agent.clone(),
+                    tool: Some(call.tool.clone()),
+                    payload: json!({
+                        "replay_id": replay_id, "to": authority, "original_host": call.host,
+                        "method": call.method, "path": call.path_and_query, "by": by,
+                        "outcome": outcome, "message": message,
+                    }),
+                    ..Default::default()
+                });
+            }
+        }
+        out.push(report);
+    }
+    Ok(out)
+}
+
+async fn send(
+    gate: &Gate,
+    policy: &crate::policy::Policy,
+    call: &Call,
+    to_host: &str,
+    to_port: u16,
+    replay_id: &str,
+) -> Result<(u16, String), (&'static str, String)> {
+    let tool = policy.tool(&call.tool).ok_or((
+        "refused",
+        format!("tool {} is no longer defined in the policies", call.tool),
+    ))?;
+    if to_host.eq_ignore_ascii_case(&call.host) {
+        return Err((
+            "refused",
+            format!("{to_host} is the original host of this call; a replay never goes there"),
+        ));
+    }
+    let credential = if tool.credentials.is_empty() {
+        None
+    } else {
+        Some(tool.credentials.get(SANDBOX_ENVIRONMENT).ok_or((
+            "refused",
+            format!(
+                "tool {} has no credential for environment \"{SANDBOX_ENVIRONMENT}\": add credential.{SANDBOX_ENVIRONMENT} to the tool; a replay never sends another environment's credential",
+                tool.name
+            ),
+        ))?)
+    };
+    let method = Method::from_bytes(call.method.as_bytes())
+        .map_err(|e| ("refused", format!("recorded method: {e}")))?;
+    let mut req = Request::new(body::full(Bytes::from(call.body.clone())));
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = call
+        .path_and_query
+        .parse()
+        .map_err(|e| ("refused", format!("recorded path: {e}")))?;
+    let h = req.headers_mut();
+    if let Some(ct) = call
+        .content_type
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        h.insert(header::CONTENT_TYPE, ct);
+    }
+    if let Ok(v) = HeaderValue::from_str(replay_id) {
+        h.insert("toolgate-replay", v.clone());
+        if !matches!(method, Method::GET | Method::HEAD) {
+            h.insert("idempotency-key", v);
+        }
+    }
+    h.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("toolgate-replay"),
+    );
+    if let Some(c) = credential {
+        h.insert(c.header.clone(), c.header_value());
+    }
+    let resp = gate
+        .upstream
+        .send_to_sandbox(to_host, to_port, req)
+        .await
+        .map_err(|f| ("failed", f.refusal.message))?;
+    let status = resp.status().as_u16();
+    let bytes = Limited::new(resp.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}

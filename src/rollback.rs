@@ -1,0 +1,694 @@
+//! Undo: every committed call that changed something is kept in a ledger with what it asked and
+//! what the upstream answered. A tool's `rollback` template turns one entry into the request that
+//! undoes it, and that request goes through the proxy's own phases (contract, kill switch,
+//! permissions, validation, credential, audit) as the agent that made the call. Only the mode is
+//! not applied: an approver asked for the undo, so it is neither held nor previewed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::policy::file::RollbackDef;
+use crate::policy::{BodyFormat, Policy};
+use crate::store::StoreError;
+use crate::Gate;
+
+/// One committed call of a tool with side effects, and the upstream's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Committed {
+    pub request_id: String,
+    pub proposal: Option<String>,
+    pub job: String,
+    pub agent: String,
+    pub tool: String,
+    pub tool_version: u32,
+    pub host: String,
+    pub port: u16,
+    pub method: String,
+    pub path_and_query: String,
+    pub content_type: Option<String>,
+    /// The request body as sent, with secrets redacted.
+    pub body_text: String,
+    /// The request body as the contract decoded it, redacted.
+    pub body: Value,
+    pub status: u16,
+    /// The upstream's answer as JSON (scrubbed), or null.
+    pub response: Value,
+    pub unix_ms: u64,
+    /// Set on an undo request: the call it undid.
+    #[serde(default)]
+    pub undoes: Option<String>,
+    /// Set once this call was undone.
+    #[serde(default)]
+    pub undone: Option<Undone>,
+    /// How many undo attempts were sent (each gets its own idempotency key).
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Undone {
+    pub by: String,
+    pub request_id: String,
+    pub status: u16,
+    pub unix_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn tree(gate: &Gate) -> Result<sled::Tree, StoreError> {
+    Ok(gate.store.db().open_tree("commits")?)
+}
+
+/// What the request path knows about a committed call, for the ledger.
+pub(crate) struct CommitFacts<'a> {
+    pub request_id: &'a str,
+    pub proposal: Option<&'a str>,
+    pub job: &'a str,
+    pub agent: &'a str,
+    pub tool: &'a str,
+    pub tool_version: u32,
+    pub host: &'a str,
+    pub port: u16,
+    pub method: &'a str,
+    pub path_and_query: &'a str,
+    pub content_type: Option<&'a str>,
+    pub body: &'a [u8],
+    pub body_json: &'a Value,
+    pub status: u16,
+    /// The scrubbed answer.
+    pub response: &'a [u8],
+    pub undoes: Option<&'a str>,
+}
+
+/// Records a committed call in the ledger, whatever the upstream answered (a replay re-sends it;
+/// only a 2xx can be undone). Written without a flush of its own; the caller's next store
+/// write flushes it.
+pub(crate) fn record(gate: &Gate, f: CommitFacts<'_>) {
+    let redactor = &gate.audit.redactor;
+    let entry = Committed {
+        request_id: f.request_id.to_string(),
+        proposal: f.proposal.map(str::to_string),
+        job: f.job.to_string(),
+        agent: f.agent.to_string(),
+        tool: f.tool.to_string(),
+        tool_version: f.tool_version,
+        host: f.host.to_string(),
+        port: f.port,
+        method: f.method.to_string(),
+        path_and_query: f.path_and_query.to_string(),
+        content_type: f.content_type.map(str::to_string),
+        body_text: redactor.text(&String::from_utf8_lossy(f.body)),
+        body: redactor.value(f.body_json),
+        status: f.status,
+        response: serde_json::from_slice(f.response).unwrap_or(Value::Null),
+        unix_ms: now_ms(),
+        undoes: f.undoes.map(str::to_string),
+        undone: None,
+        attempts: 0,
+    };
+    let stored = tree(gate).and_then(|t| {
+        t.insert(entry.request_id.as_bytes(), serde_json::to_vec(&entry)?)?;
+        Ok(())
+    });
+    if let Err(e) = stored {
+        tracing::error!(request_id = f.request_id, error = %e, "could not record the commit for rollback");
+    }
+}
+
+/// The ledger entry for a request id or a proposal id.
+pub fn find(gate: &Gate, id: &str) -> Result<Option<Committed>, StoreError> {
+    let t = tree(gate)?;
+    if let Some(v) = t.get(id.as_bytes())? {
+        return Ok(Some(serde_json::from_slice(&v)?));
+    }
+    Ok(all(gate)?
+        .into_iter()
+        .find(|c| c.proposal.as_deref() == Some(id)))
+}
+
+/// Every entry, oldest first.
+pub fn all(gate: &Gate) -> Result<Vec<Committed>, StoreError> {
+    let mut out = Vec::new();
+    for item in tree(gate)?.iter() {
+        let (_, v) = item?;
+        out.push(serde_json::from_slice::<Committed>(&v)?);
+    }
+    out.sort_by_key(|c| c.unix_ms);
+    Ok(out)
+}
+
+fn put(gate: &Gate, c: &Committed) -> Result<(), StoreError> {
+    tree(gate)?.insert(c.request_id.as_bytes(), serde_json::to_vec(c)?)?;
+    Ok(())
+}
+
+/// The result of undoing one call, as the API, the CLI and the page report it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// The call that was to be undone.
+    pub request_id: String,
+    pub tool: Option<String>,
+    /// `undone`, `failed` (the undo was sent and the upstream refused it), `refused` (toolgate
+    /// did not send it), `not_undoable` (the tool declares why), `already_undone`, `not_found`.
+    pub outcome: String,
+    pub message: String,
+    /// The undo request's own id, when one was made.
+    pub undo_request: Option<String>,
+    pub status: Option<u16>,
+}
+
+impl Report {
+    fn new(request_id: &str, tool: Option<&str>, outcome: &str, message: String) -> Report {
+        Report {
+            request_id: request_id.to_string(),
+            tool: tool.map(str::to_string),
+            outcome: outcome.to_string(),
+            message,
+            undo_request: None,
+            status: None,
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.outcome == "undone"
+    }
+}
+
+/// Checks a tool's `rollback` declaration at load time.
+pub fn validate_def(def: &RollbackDef) -> Result<(), String> {
+    match (&def.none, &def.method, &def.path) {
+        (Some(why), None, None) if def.body.is_none() => {
+            if why.trim().is_empty() {
+                return Err("rollback.none must say why the call cannot be undone".into());
+            }
+            Ok(())
+        }
+        (None, Some(method), Some(path)) => {
+            Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                .map_err(|_| format!("rollback.method {method:?} is not an HTTP method"))?;
+            if !path.starts_with('/') {
+                return Err(format!("rollback.path {path:?} must start with '/'"));
+            }
+            check_placeholders(path)?;
+            if let Some(body) = &def.body {
+                let v = serde_json::to_value(body).map_err(|e| e.to_string())?;
+                walk_strings(&v, &mut |s| check_placeholders(s))?;
+            }
+            Ok(())
+        }
+        _ => Err(
+            "rollback is either { none = \"why\" } or { method, path, body? } over {response.x}, {params.x}, {body.x}, {query.x}"
+                .into(),
+        ),
+    }
+}
+
+fn walk_strings(v: &Value, f: &mut dyn FnMut(&str) -> Result<(), String>) -> Result<(), String> {
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(a) => a.iter().try_for_each(|x| walk_strings(x, f)),
+        Value::Object(m) => m.values().try_for_each(|x| walk_strings(x, f)),
+        _ => Ok(()),
+    }
+}
+
+fn placeholders(template: &str) -> Result<Vec<(usize, usize, &str)>, String> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(rel) = template[from..].find('{') {
+        let start = from + rel;
+        let end = template[start..]
+            .find('}')
+            .ok_or_else(|| format!("{template:?} has an unclosed '{{'"))?
+            + start;
+        out.push((start, end, &template[start + 1..end]));
+        from = end + 1;
+    }
+    Ok(out)
+}
+
+fn check_placeholders(template: &str) -> Result<(), String> {
+    for (_, _, name) in placeholders(template)? {
+        let ok = ["response.", "params.", "body.", "query."]
+            .iter()
+            .any(|p| name.strip_prefix(p).is_some_and(|rest| !rest.is_empty()));
+        if !ok {
+            return Err(format!(
+                "rollback template {template:?}: {{{name}}} must name response.x, params.x, body.x or query.x"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `{response.a.b}` against the context `{"response": {...}, "params": {...}, ...}`.
+fn lookup<'a>(ctx: &'a Value, name: &str) -> Option<&'a Value> {
+    let mut v = ctx;
+    for part in name.split('.') {
+        v = match v {
+            Value::Object(m) => m.get(part)?,
+            Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    match v {
+        Value::Null | Value::Object(_) | Value::Array(_) => None,
+        v => Some(v),
+    }
+}
+
+fn scalar_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Renders a template string. In a path every value is percent-encoded as one segment, so a
+/// value can never add segments or a query.
+fn render(template: &str, ctx: &Value, in_path: bool) -> Result<String, String> {
+    let mut out = String::new();
+    let mut last = 0;
+    for (start, end, name) in placeholders(template)? {
+        out.push_str(&template[last..start]);
+        let v = lookup(ctx, name)
+            .ok_or_else(|| format!("{{{name}}} has no value in the recorded call"))?;
+        let text = scalar_text(v);
+        if in_path {
+            out.extend(percent_encode_segment(&text));
+        } else {
+            out.push_str(&text);
+        }
+        last = end + 1;
+    }
+    out.push_str(&template[last..]);
+    Ok(out)
+}
+
+pub(crate) fn percent_encode_segment(s: &str) -> impl Iterator<Item = String> + '_ {
+    s.bytes().map(|b| {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            (b as char).to_string()
+        } else {
+            format!("%{b:02X}")
+        }
+    })
+}
+
+/// A body template: a string that is exactly one placeholder keeps the value's JSON type.
+fn render_value(v: &Value, ctx: &Value) -> Result<Value, String> {
+    Ok(match v {
+        Value::String(s) => {
+            let ph = placeholders(s)?;
+            match ph.as_slice() {
+                [(0, end, name)] if *end == s.len() - 1 => lookup(ctx, name)
+                    .cloned()
+                    .ok_or_else(|| format!("{{{name}}} has no value in the recorded call"))?,
+                _ => Value::String(render(s, ctx, false)?),
+            }
+        }
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| render_value(x, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| Ok((k.clone(), render_value(x, ctx)?)))
+                .collect::<Result<Map<_, _>, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// JSON as a Stripe-style form: `a[b]=c`, `a[0]=x`.
+pub fn encode_form(v: &Value) -> String {
+    fn walk(prefix: &str, v: &Value, out: &mut form_urlencoded::Serializer<'_, String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}[{k}]")
+                    };
+                    walk(&key, x, out);
+                }
+            }
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    walk(&format!("{prefix}[{i}]"), x, out);
+                }
+            }
+            Value::Null => {
+                out.append_pair(prefix, "");
+            }
+            other => {
+                out.append_pair(prefix, &scalar_text(other));
+            }
+        }
+    }
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    walk("", v, &mut out);
+    out.finish()
+}
+
+/// The undo request for a recorded call, or why there is none.
+struct Plan {
+    method: Method,
+    path: String,
+    body: Option<Value>,
+}
+
+fn plan(policy: &Policy, c: &Committed) -> Result<Plan, (&'static str, String)> {
+    let tool = policy.tool(&c.tool).ok_or((
+        "refused",
+        format!(
+            "tool {} is no longer defined in the policies; its undo is unknown",
+            c.tool
+        ),
+    ))?;
+    let def = tool.def.rollback.as_ref().ok_or((
+        "not_undoable",
+        format!("tool {} declares no rollback", c.tool),
+    ))?;
+    if let Some(why) = &def.none {
+        return Err((
+            "not_undoable",
+            format!("tool {} cannot be undone: {why}", c.tool),
+        ));
+    }
+    let (path_only, query) = match c.path_and_query.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (c.path_and_query.as_str(), ""),
+    };
+    let params: BTreeMap<String, String> = tool.path.matches(path_only).unwrap_or_default();
+    let query: Map<String, Value> = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+        .collect();
+    let ctx = json!({
+        "response": c.response,
+        "params": params,
+        "body": c.body,
+        "query": query,
+    });
+    let bad = |m: String| ("refused", format!("the rollback of tool {}: {m}", c.tool));
+    let method = Method::from_bytes(
+        def.method
+            .as_deref()
+            .unwrap_or("")
+            .to_ascii_uppercase()
+            .as_bytes(),
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    let path = render(def.path.as_deref().unwrap_or("/"), &ctx, true).map_err(bad)?;
+    let body = match &def.body {
+        Some(b) => {
+            let v = serde_json::to_value(b).map_err(|e| bad(e.to_string()))?;
+            Some(render_value(&v, &ctx).map_err(bad)?)
+        }
+        None => None,
+    };
+    Ok(Plan { method, path, body })
+}
+
+/// Undoes one committed call (a request id or a proposal id), at most once.
+pub async fn undo(gate: &Arc<Gate>, id: &str, by: &str) -> Report {
+    let _lock = gate.idem_locks.lock(&format!("undo\0{id}")).await;
+    let mut c = match find(gate, id) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return Report::new(
+                id,
+                None,
+                "not_found",
+                format!("no committed call {id}: only calls that changed something and succeeded can be undone"),
+            )
+        }
+        Err(e) => {
+            return Report::new(
+                id,
+                None,
+                "refused",
+                format!("the store is unavailable ({e}); nothing was sent"),
+            )
+        }
+    };
+    // Locked by the ledger key too, when `id` was a proposal id.
+    let _lock2 = if c.request_id != id {
+        Some(
+            gate.idem_locks
+                .lock(&format!("undo\0{}", c.request_id))
+                .await,
+        )
+    } else {
+        None
+    };
+    if let Ok(Some(fresh)) = find(gate, &c.request_id) {
+        c = fresh;
+    }
+    let tool = Some(c.tool.as_str());
+    if let Some(u) = &c.undone {
+        let mut r = Report::new(
+            &c.request_id,
+            tool,
+            "already_undone",
+            format!(
+                "{} was already undone by {} (request {}); it is not undone twice",
+                c.request_id, u.by, u.request_id
+            ),
+        );
+        r.undo_request = Some(u.request_id.clone());
+        return r;
+    }
+    if !(200..300).contains(&c.status) {
+        return Report::new(
+            &c.request_id,
+            tool,
+            "not_undoable",
+            format!(
+                "{} was answered {}: it changed nothing to undo",
+                c.request_id, c.status
+            ),
+        );
+    }
+    if let Some(of) = &c.undoes {
+        return Report::new(
+            &c.request_id,
+            tool,
+            "not_undoable",
+            format!(
+                "{} is itself the undo of {of}; it is not undone",
+                c.request_id
+            ),
+        );
+    }
+    let policy = gate.policy();
+    let plan = match plan(&policy, &c) {
+        Ok(p) => p,
+        Err((outcome, message)) => return Report::new(&c.request_id, tool, outcome, message),
+    };
+    // The undo tool decides the body's encoding.
+    let undo_tool = policy
+        .match_tool(&c.host, c.port, &plan.method, &plan.path)
+        .map(|m| m.tool.clone());
+    let (body, content_type) = match (&plan.body, undo_tool.as_ref().and_then(|t| t.body.as_ref()))
+    {
+        (None, _) => (Bytes::new(), None),
+        (Some(v), Some(spec)) if spec.format == BodyFormat::Form => (
+            Bytes::from(encode_form(v)),
+            Some("application/x-www-form-urlencoded"),
+        ),
+        (Some(v), _) => (
+            Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+            Some("application/json"),
+        ),
+    };
+    c.attempts += 1;
+    if let Err(e) = put(gate, &c) {
+        return Report::new(
+            &c.request_id,
+            tool,
+            "refused",
+            format!("the store is unavailable ({e}); nothing was sent"),
+        );
+    }
+    let mut req = Request::new(crate::proxy::body::full(body));
+    *req.method_mut() = plan.method.clone();
+    *req.uri_mut() = match plan.path.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            return Report::new(
+                &c.request_id,
+                tool,
+                "refused",
+                format!("the undo path {:?} is not valid: {e}", plan.path),
+            )
+        }
+    };
+    let h = req.headers_mut();
+    if let Some(ct) = content_type {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("toolgate-undo-{}-{}", c.request_id, c.attempts))
+    {
+        h.insert("idempotency-key", v);
+    }
+    let origin = crate::proxy::Origin::Undo {
+        of: c.request_id.clone(),
+        by: by.to_string(),
+    };
+    let (undo_id, resp, refused) =
+        crate::proxy::internal_call(gate.clone(), &c.agent, &c.host, c.port, &c.job, origin, req)
+            .await;
+    let status = resp.status().as_u16();
+    // Upstream failures are toolgate's 502/504, but the call may have been sent: "failed".
+    let refused_by_toolgate =
+        refused.is_some_and(|code| code.source() != crate::error::ErrorSource::Upstream);
+    let answer = crate::proxy::body::collect_capped(resp.into_body(), 64 * 1024).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let message_of = |text: &str| {
+        serde_json::from_str::<Value>(text)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/error/message")
+                    .or_else(|| v.pointer("/message"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| text.chars().take(300).collect())
+    };
+    let ok = (200..300).contains(&status);
+    let mut report = if ok {
+        Report::new(
+            &c.request_id,
+            tool,
+            "undone",
+            format!("{} {} answered {status}", plan.method, plan.path),
+        )
+    } else if refused_by_toolgate {
+        Report::new(&c.request_id, tool, "refused", message_of(&text))
+    } else {
+        Report::new(
+            &c.request_id,
+            tool,
+            "failed",
+            format!(
+                "{} {} answered {status}: {}",
+                plan.method,
+                plan.path,
+                message_of(&text)
+            ),
+        )
+    };
+    report.undo_request = Some(undo_id.clone());
+    report.status = Some(status);
+    if ok {
+        c.undone = Some(Undone {
+            by: by.to_string(),
+            request_id: undo_id.clone(),
+            status,
+            unix_ms: now_ms(),
+        });
+        if let Err(e) = put(gate, &c) {
+            tracing::error!(request_id = %c.request_id, error = %e, "could not mark the call undone");
+        }
+    }
+    let _ = gate.store.flush().await;
+    gate.audit.record(crate::audit::Record {
+        kind: "rollback",
+        request_id: Some(c.request_id.clone()),
+        job: Some(c.job.clone()),
+        proposal: c.proposal.clone(),
+        agent: Some(c.agent.clone()),
+        tool: Some(c.tool.clone()),
+        tool_version: Some(c.tool_version),
+        payload: json!({
+            "by": by,
+            "outcome": report.outcome,
+            "undo_request": undo_id,
+            "method": plan.method.as_str(),
+            "path": plan.path,
+            "status": status,
+            "message": report.message,
+        }),
+        ..Default::default()
+    });
+    report
+}
+
+/// Undoes a job's committed calls, newest first, going on past failures.
+pub async fn undo_job(gate: &Arc<Gate>, job: &str, by: &str) -> Result<Vec<Report>, StoreError> {
+    let mut calls: Vec<Committed> = all(gate)?
+        .into_iter()
+        .filter(|c| c.job == job && c.undoes.is_none() && (200..300).contains(&c.status))
+        .collect();
+    calls.reverse();
+    let mut out = Vec::new();
+    for c in calls {
+        out.push(undo(gate, &c.request_id, by).await);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_render_and_encode_path_values() {
+        let ctx = json!({"response": {"id": "cus_1", "number": 7, "odd": "a/../b"}, "params": {"owner": "acme"}});
+        assert_eq!(
+            render("/v1/customers/{response.id}", &ctx, true).unwrap(),
+            "/v1/customers/cus_1"
+        );
+        assert_eq!(
+            render(
+                "/repos/{params.owner}/x/issues/{response.number}",
+                &ctx,
+                true
+            )
+            .unwrap(),
+            "/repos/acme/x/issues/7"
+        );
+        assert_eq!(
+            render("/x/{response.odd}", &ctx, true).unwrap(),
+            "/x/a%2F..%2Fb"
+        );
+        assert!(render("/x/{response.missing}", &ctx, true).is_err());
+        let body = render_value(&json!({"n": "{response.number}", "s": "closed"}), &ctx).unwrap();
+        assert_eq!(body, json!({"n": 7, "s": "closed"}));
+    }
+
+    #[test]
+    fn declarations_are_checked() {
+        let def = |none: Option<&str>, method: Option<&str>, path: Option<&str>| RollbackDef {
+            none: none.map(str::to_string),
+            method: method.map(str::to_string),
+            path: path.map(str::to_string),
+            body: None,
+        };
+        assert!(validate_def(&def(Some("why"), None, None)).is_ok());
+        assert!(validate_def(&def(Some(" "), None, None)).is_err());
+        assert!(validate_def(&def(None, Some("DELETE"), Some("/v1/c/{response.id}"))).is_ok());
+        assert!(validate_def(&def(None, Some("DELETE"), Some("/v1/c/{agent.id}"))).is_err());
+        assert!(validate_def(&def(None, Some("DELETE"), None)).is_err());
+        assert!(validate_def(&def(Some("x"), Some("DELETE"), Some("/x"))).is_err());
+    }
+
+    #[test]
+    fn forms_use_bracket_notation() {
+        let v = json!({"a": "1", "m": {"k": "v w"}, "l": ["x", "y"]});
+        assert_eq!(encode_form(&v), "a=1&l%5B0%5D=x&l%5B1%5D=y&m%5Bk%5D=v+w");
+    }
+}
