@@ -146,10 +146,14 @@ pub async fn story_page(
         .iter()
         .map(|e| format!("<li><code>{}</code></li>", esc(&describe(e))))
         .collect();
+    let summary: String = crate::audit::summary(&events)
+        .iter()
+        .map(|l| format!("<li>{}</li>", esc(l)))
+        .collect();
     let body = if rows.is_empty() {
         format!("<p>No events mention {}.</p>", esc(&id))
     } else {
-        format!("<ol class=\"card\">{rows}</ol>")
+        format!("<ul class=\"card\">{summary}</ul><ol class=\"card\">{rows}</ol>")
     };
     Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\

@@ -656,18 +656,20 @@ pub async fn rollback_act(
         "call" => vec![crate::rollback::undo(&gate, &id, &s.approver.id).await],
         "job" => match crate::rollback::undo_job(&gate, &id, &s.approver.id).await {
             Ok(r) => r,
-            Err(e) => return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                page(
-                    "Roll back",
-                    Some(&s),
-                    &format!(
+            Err(e) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    page(
+                        "Roll back",
+                        Some(&s),
+                        &format!(
                         "<p class=\"flash\">The store is unavailable ({}); nothing was sent.</p>",
                         esc(&e.to_string())
                     ),
-                ),
-            )
-                .into_response(),
+                    ),
+                )
+                    .into_response()
+            }
         },
         _ => return StatusCode::NOT_FOUND.into_response(),
     };

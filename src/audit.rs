@@ -520,6 +520,65 @@ impl Audit {
     }
 }
 
+/// The answers a story gives, before its events: who asked, who approved, what executed, what
+/// changed, what was rolled back.
+pub fn summary(events: &[Event]) -> Vec<String> {
+    let mut asked = BTreeSet::new();
+    let mut approved = Vec::new();
+    let mut executed = Vec::new();
+    let mut changed = Vec::new();
+    let mut undone = Vec::new();
+    for e in events {
+        let p = &e.payload;
+        let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
+        if e.kind == "request" && p["undoes"].is_null() {
+            if let Some(agent) = &e.agent {
+                asked.insert(match &e.owner {
+                    Some(o) => format!("{agent} (owner {o})"),
+                    None => agent.clone(),
+                });
+            }
+        }
+        match e.kind.as_str() {
+            "decision" => {
+                if let (Some(agent), Some(owner)) = (&e.agent, &e.owner) {
+                    asked.remove(agent);
+                    asked.insert(format!("{agent} (owner {owner})"));
+                }
+            }
+            "approval" => approved.push(format!("{} at {}", s("by"), e.time)),
+            "commit" => executed.push(format!("{} {}", s("method"), s("url"))),
+            "response" => changed.push(format!(
+                "{} answered {}",
+                e.tool.as_deref().unwrap_or("-"),
+                p["status"]
+            )),
+            "rollback" if s("outcome") == "undone" => undone.push(format!(
+                "{} by {} via {}",
+                e.request_id.as_deref().unwrap_or("-"),
+                s("by"),
+                s("undo_request")
+            )),
+            _ => {}
+        }
+    }
+    // An agent listed bare and with its owner is listed once.
+    let asked: Vec<String> = asked
+        .iter()
+        .filter(|a| a.contains(' ') || !asked.iter().any(|b| b.starts_with(&format!("{a} "))))
+        .cloned()
+        .collect();
+    let none = || "-".to_string();
+    let join = |v: Vec<String>| if v.is_empty() { none() } else { v.join("; ") };
+    vec![
+        format!("who asked:     {}", join(asked)),
+        format!("who approved:  {}", join(approved)),
+        format!("what executed: {}", join(executed)),
+        format!("what changed:  {}", join(changed)),
+        format!("rolled back:   {}", join(undone)),
+    ]
+}
+
 /// A line of a story for people.
 pub fn describe(e: &Event) -> String {
     let p = &e.payload;
@@ -571,6 +630,32 @@ pub fn describe(e: &Event) -> String {
             s("by"),
             s("reason")
         ),
+        "rollback" => match s("outcome").as_str() {
+            "undone" => format!(
+                "rolled back by {} via {} ({} {} answered {})",
+                s("by"),
+                s("undo_request"),
+                s("method"),
+                s("path"),
+                p["status"]
+            ),
+            other => format!("rollback by {} {other}: {}", s("by"), s("message")),
+        },
+        "replay" => match p["status"].as_u64() {
+            Some(status) => format!(
+                "replayed to sandbox {} by {} as {}: answered {status}",
+                s("to"),
+                s("by"),
+                s("replay_id")
+            ),
+            None => format!(
+                "replay to sandbox {} by {} {}: {}",
+                s("to"),
+                s("by"),
+                s("outcome"),
+                s("message")
+            ),
+        },
         "policy_reload" => format!("policies reloaded: {}", s("result")),
         "expiry" => "expired without a decision".to_string(),
         "outcome_unknown" => s("note"),

@@ -427,6 +427,10 @@ async fn audit(command: AuditCommand, server: &str, data_dir: Option<PathBuf>) -
                 println!("{}", serde_json::json!({"id": id, "events": events}));
             } else {
                 println!("The story of {id}:");
+                for line in crate::audit::summary(&events) {
+                    println!("  {line}");
+                }
+                println!();
                 for e in &events {
                     println!("{}", describe(e));
                 }

@@ -82,6 +82,11 @@ fn calls(gate: &Gate, id: &str) -> Result<Vec<Call>, ReplayError> {
         .filter(|e| e.kind == "response")
         .filter_map(|e| e.request_id.as_deref())
         .collect();
+    // The request event is written before the tool is known; later events name it.
+    let tools: std::collections::BTreeMap<&str, &str> = events
+        .iter()
+        .filter_map(|e| Some((e.request_id.as_deref()?, e.tool.as_deref()?)))
+        .collect();
     for e in &events {
         let Some(rid) = e.request_id.as_deref() else {
             continue;
@@ -89,9 +94,10 @@ fn calls(gate: &Gate, id: &str) -> Result<Vec<Call>, ReplayError> {
         if e.kind != "request" || seen.contains(rid) || !answered.contains(rid) {
             continue;
         }
-        let (Some(tool), Some(method)) = (e.tool.clone(), e.payload["method"].as_str()) else {
+        let (Some(tool), Some(method)) = (tools.get(rid), e.payload["method"].as_str()) else {
             continue;
         };
+        let tool = tool.to_string();
         if !matches!(method, "GET" | "HEAD") {
             continue;
         }

@@ -573,7 +573,7 @@ fn fuzz_table() -> Vec<Case> {
 }
 
 #[tokio::test]
-async fn schema_fuzzing_refuses_every_malformed_or_hostile_input() {
+async fn launch_check_schema_fuzzing_refuses_every_malformed_or_hostile_input() {
     let (_pki, upstream, gate) = setup_examples(&[], |_| {}).await;
     let client = staging(&gate);
     let table = fuzz_table();
@@ -733,7 +733,7 @@ fn property_an_unknown_field_anywhere_is_refused() {
 }
 
 #[tokio::test]
-async fn privilege_escalation_attempts_are_refused_and_nothing_is_sent() {
+async fn launch_check_privilege_escalation_is_refused_and_nothing_is_sent() {
     let (_pki, upstream, gate) = setup_examples(&[], |_| {}).await;
     let staging = staging(&gate);
     let prod = prod(&gate);
@@ -866,7 +866,7 @@ async fn privilege_escalation_attempts_are_refused_and_nothing_is_sent() {
 }
 
 #[tokio::test]
-async fn duplicates_execute_once_and_conflicts_are_refused() {
+async fn launch_check_replayed_idempotency_key_executes_once() {
     let (_pki, upstream, gate) = setup_examples(&[], |_| {}).await;
     let client = staging(&gate);
     let headers = [FORM, ("idempotency-key", "cust-1")];

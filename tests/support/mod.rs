@@ -3,6 +3,8 @@
 //! ephemeral ports, and clients that go through it as an agent would.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod fakes;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -525,6 +527,10 @@ impl Answer {
             .to_string()
     }
 
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     pub fn message(&self) -> String {
         self.json()["error"]["message"]
             .as_str()
@@ -707,6 +713,52 @@ pub async fn setup_with(extra: &[(&str, String)]) -> (Pki, Upstream, Toolgate) {
     (pki, upstream, gate)
 }
 
+/// The example policies served against the stateful fakes of Stripe, GitHub and SendGrid.
+pub async fn setup_fakes(
+    configure: impl FnOnce(&mut toolgate::Config),
+) -> (Pki, fakes::Fakes, Toolgate) {
+    let pki = Pki::new("test upstream CA");
+    let fakes = fakes::Fakes::start(
+        pki.server_config(&["api.stripe.com", "api.github.com", "api.sendgrid.com"]),
+        fakes::Keys::examples(),
+    )
+    .await;
+    let gate = examples_gate(&pki, fakes.addr, &[], configure).await;
+    (pki, fakes, gate)
+}
+
+/// toolgate with the example policies (plus `extra` files), routing the three API hosts (and
+/// OpenAI's) to `addr` and trusting the test PKI.
+pub async fn examples_gate(
+    pki: &Pki,
+    addr: SocketAddr,
+    extra: &[(&str, String)],
+    configure: impl FnOnce(&mut toolgate::Config),
+) -> Toolgate {
+    let mut files = Vec::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    collect(&root, &root, &mut files);
+    let mut policies: Vec<(&str, String)> =
+        files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    policies.extend(extra.iter().map(|(n, t)| (*n, t.clone())));
+    let ca = pki.ca_path.clone();
+    Toolgate::start(&policies, move |c| {
+        for host in [
+            "api.stripe.com",
+            "api.github.com",
+            "api.sendgrid.com",
+            "api.openai.com",
+        ] {
+            c.add_connect_to(&format!("{host}:443={addr}")).unwrap();
+        }
+        c.upstream_ca.push(ca);
+        c.upstream_timeout = Duration::from_millis(1500);
+        c.reload_interval = Duration::from_millis(100);
+        configure(c);
+    })
+    .await
+}
+
 /// The repository's own example policies (`policies/`), copied into a fresh folder with `extra`
 /// files added, served against one recording upstream for Stripe, GitHub and SendGrid.
 pub async fn setup_examples(
@@ -721,32 +773,7 @@ pub async fn setup_examples(
         "api.openai.com",
     ]))
     .await;
-    let mut files = Vec::new();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    collect(&root, &root, &mut files);
-    let mut policies: Vec<(&str, String)> = Vec::new();
-    let owned: Vec<(String, String)> = files;
-    for (name, text) in &owned {
-        policies.push((name.as_str(), text.clone()));
-    }
-    policies.extend(extra.iter().map(|(n, t)| (*n, t.clone())));
-    let addr = upstream.addr;
-    let ca = pki.ca_path.clone();
-    let gate = Toolgate::start(&policies, move |c| {
-        for host in [
-            "api.stripe.com",
-            "api.github.com",
-            "api.sendgrid.com",
-            "api.openai.com",
-        ] {
-            c.add_connect_to(&format!("{host}:443={addr}")).unwrap();
-        }
-        c.upstream_ca.push(ca);
-        c.upstream_timeout = Duration::from_millis(1500);
-        c.reload_interval = Duration::from_millis(100);
-        configure(c);
-    })
-    .await;
+    let gate = examples_gate(&pki, upstream.addr, extra, configure).await;
     (pki, upstream, gate)
 }
 
