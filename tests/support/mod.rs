@@ -335,6 +335,15 @@ impl Toolgate {
         policies: &[(&str, String)],
         configure: impl FnOnce(&mut toolgate::Config),
     ) -> Toolgate {
+        Toolgate::start_at("127.0.0.1:0", policies, configure).await
+    }
+
+    /// [`Toolgate::start`] with the proxy listening on `proxy_bind`.
+    pub async fn start_at(
+        proxy_bind: &str,
+        policies: &[(&str, String)],
+        configure: impl FnOnce(&mut toolgate::Config),
+    ) -> Toolgate {
         let dir = tempfile::tempdir().unwrap();
         let pdir = dir.path().join("policies");
         std::fs::create_dir_all(&pdir).unwrap();
@@ -344,7 +353,7 @@ impl Toolgate {
             std::fs::write(path, text).unwrap();
         }
         toolgate::ca::init(&dir.path().join("certs"), false).unwrap();
-        Toolgate::restart_in(dir, configure).await
+        Toolgate::restart_at(proxy_bind, dir, configure).await
     }
 
     /// Signals shutdown and waits for `run` to return. The directory (data, certs, policies)
@@ -364,12 +373,20 @@ impl Toolgate {
         dir: tempfile::TempDir,
         configure: impl FnOnce(&mut toolgate::Config),
     ) -> Toolgate {
+        Toolgate::restart_at("127.0.0.1:0", dir, configure).await
+    }
+
+    async fn restart_at(
+        proxy_bind: &str,
+        dir: tempfile::TempDir,
+        configure: impl FnOnce(&mut toolgate::Config),
+    ) -> Toolgate {
         let certs = dir.path().join("certs");
         let ca_pem = toolgate::ca::export(&certs).unwrap();
         let mut config =
             toolgate::Config::new(dir.path().join("policies"), dir.path().join("data"), certs);
         configure(&mut config);
-        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = TcpListener::bind(proxy_bind).await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = proxy.local_addr().unwrap();
         let admin_addr = admin.local_addr().unwrap();
@@ -735,6 +752,17 @@ pub async fn examples_gate(
     extra: &[(&str, String)],
     configure: impl FnOnce(&mut toolgate::Config),
 ) -> Toolgate {
+    examples_gate_at("127.0.0.1:0", pki, addr, extra, configure).await
+}
+
+/// [`examples_gate`] with the proxy listening on `proxy_bind`.
+pub async fn examples_gate_at(
+    proxy_bind: &str,
+    pki: &Pki,
+    addr: SocketAddr,
+    extra: &[(&str, String)],
+    configure: impl FnOnce(&mut toolgate::Config),
+) -> Toolgate {
     let mut files = Vec::new();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     collect(&root, &root, &mut files);
@@ -742,7 +770,7 @@ pub async fn examples_gate(
         files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     policies.extend(extra.iter().map(|(n, t)| (*n, t.clone())));
     let ca = pki.ca_path.clone();
-    Toolgate::start(&policies, move |c| {
+    Toolgate::start_at(proxy_bind, &policies, move |c| {
         for host in [
             "api.stripe.com",
             "api.github.com",
