@@ -23,8 +23,12 @@ struct Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
     }
 }
 
@@ -55,11 +59,28 @@ fn create() -> Result<(Netns, String, String), String> {
     let agent_if = format!("tga{}", pid % 100_000);
     let (host_ip, agent_ip) = (format!("10.231.{n}.1"), format!("10.231.{n}.2"));
     ip(&["netns", "add", &ns.name])?;
-    ip(&["link", "add", &ns.host_if, "type", "veth", "peer", "name", &agent_if])?;
+    ip(&[
+        "link",
+        "add",
+        &ns.host_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &agent_if,
+    ])?;
     ip(&["link", "set", &agent_if, "netns", &ns.name])?;
     ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &ns.host_if])?;
     ip(&["link", "set", &ns.host_if, "up"])?;
-    ip(&["-n", &ns.name, "addr", "add", &format!("{agent_ip}/30"), "dev", &agent_if])?;
+    ip(&[
+        "-n",
+        &ns.name,
+        "addr",
+        "add",
+        &format!("{agent_ip}/30"),
+        "dev",
+        &agent_if,
+    ])?;
     ip(&["-n", &ns.name, "link", "set", &agent_if, "up"])?;
     ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
     Ok((ns, host_ip, agent_ip))
@@ -150,7 +171,9 @@ async fn launch_check_tool_bypass_fails_at_the_network_layer() {
         .await;
         assert_ne!(code, 0, "a direct call must fail ({resolve}): {out}");
         assert!(
-            out.contains("Failed to connect") || out.contains("Couldn't connect") || out.contains("unreachable"),
+            out.contains("Failed to connect")
+                || out.contains("Couldn't connect")
+                || out.contains("unreachable"),
             "refused at the network layer, not by the API: {out}"
         );
     }
@@ -199,7 +222,10 @@ async fn launch_check_tool_bypass_fails_at_the_network_layer() {
 
     // 3. What the agent holds (its proxy token, any key it was given) the API refuses, even
     //    if a route to it existed: tried here from the host's namespace.
-    for held in ["Bearer demo-staging-token", "Bearer sk_test_agent_was_never_given_one"] {
+    for held in [
+        "Bearer demo-staging-token",
+        "Bearer sk_test_agent_was_never_given_one",
+    ] {
         let (code, out) = curl(
             None,
             &[
@@ -220,6 +246,10 @@ async fn launch_check_tool_bypass_fails_at_the_network_layer() {
         assert_eq!(code, 0, "{out}");
         assert!(out.contains("Invalid API Key provided"), "{out}");
     }
-    assert_eq!(fakes.state.lock().unwrap().customers.len(), 1, "only toolgate's call created anything");
+    assert_eq!(
+        fakes.state.lock().unwrap().customers.len(),
+        1,
+        "only toolgate's call created anything"
+    );
     drop(ns);
 }

@@ -539,6 +539,11 @@ fn sendgrid(st: &mut State, method: &str, path: &str, body: &str) -> Response<Fu
             st.mails.push(mail);
             respond(202, Value::Null)
         }
+        ("GET", "/v3/templates") => respond(
+            200,
+            json!({"result": [{"id": "d-fake0001", "name": "Ticket update", "generation": "dynamic", "updated_at": "2026-11-01 10:00:00", "versions": []}],
+                   "_metadata": {"self": "https://api.sendgrid.com/v3/templates?page_size=10", "count": 1}}),
+        ),
         _ => respond(
             404,
             json!({"errors": [{"field": null, "message": "resource not found"}]}),

@@ -744,7 +744,16 @@ pub async fn setup_fakes(
     (pki, fakes, gate)
 }
 
-/// toolgate with the example policies (plus `extra` files), routing the three API hosts (and
+/// The example policy files (`policies/`), as (relative path, text).
+pub fn example_policies() -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    collect(&root, &root, &mut files);
+    files
+}
+
+/// toolgate with the example policies (plus `extra` files, which replace examples of the same
+/// name), routing the three API hosts (and
 /// OpenAI's) to `addr` and trusting the test PKI.
 pub async fn examples_gate(
     pki: &Pki,
@@ -763,9 +772,10 @@ pub async fn examples_gate_at(
     extra: &[(&str, String)],
     configure: impl FnOnce(&mut toolgate::Config),
 ) -> Toolgate {
-    let mut files = Vec::new();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
-    collect(&root, &root, &mut files);
+    let files: Vec<(String, String)> = example_policies()
+        .into_iter()
+        .filter(|(n, _)| !extra.iter().any(|(e, _)| e == n))
+        .collect();
     let mut policies: Vec<(&str, String)> =
         files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     policies.extend(extra.iter().map(|(n, t)| (*n, t.clone())));
