@@ -249,6 +249,49 @@ fn check_passes_on_the_examples_and_fails_on_a_broken_folder() {
     assert!(table.contains("stripe.refunds.create"));
     assert!(table.contains("cannot be undone"));
     assert!(table.contains("treated as closed"));
+    assert!(table.contains(
+        "stripe.customers.create: undone by DELETE /v1/customers/{response.id} through tool stripe.customers.delete"
+    ));
+    assert!(table.contains("warning: sendgrid.mail.send is irreversible and runs in mode auto"));
+    assert!(!table.contains("matches no tool contract"), "{table}");
+
+    // An undo that leads nowhere is warned about; a malformed one is a load error.
+    let dir = tempfile::tempdir().unwrap();
+    let tool = |rollback: &str| {
+        format!(
+            "[[tool]]\nname = \"x.create\"\nhost = \"api.example.com\"\nmethod = \"POST\"\npath = \"/x\"\nside_effects = \"reversible\"\nidempotency = \"key\"\nrollback = {rollback}\n"
+        )
+    };
+    std::fs::write(
+        dir.path().join("x.toml"),
+        tool(r#"{ method = "DELETE", path = "/x/{response.id}" }"#),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--policies"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "warning: x.create: its rollback DELETE /x/{response.id} matches no tool contract"
+        ),
+        "{text}"
+    );
+    std::fs::write(
+        dir.path().join("x.toml"),
+        tool(r#"{ method = "DELETE", path = "/x/{agent.token}" }"#),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--policies"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("must name response.x, params.x, body.x or query.x"));
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
