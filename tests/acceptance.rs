@@ -627,13 +627,14 @@ async fn the_rollback_page_undoes_a_job_with_a_session_and_csrf() {
         "{}",
         done.text()
     );
-    let st = fakes.state.lock().unwrap();
-    assert!(!st.customers.contains_key(&customer));
-    assert_eq!(
-        st.issues[&("acme/widgets".to_string(), issue)]["state"],
-        "closed"
-    );
-    drop(st);
+    {
+        let st = fakes.state.lock().unwrap();
+        assert!(!st.customers.contains_key(&customer));
+        assert_eq!(
+            st.issues[&("acme/widgets".to_string(), issue)]["state"],
+            "closed"
+        );
+    }
     let list = page(&gate, "GET", "/rollback", Some(&cookie), None)
         .await
         .text();
