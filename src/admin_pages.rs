@@ -183,6 +183,16 @@ fn csrf_ok(s: &Signed, form: &CsrfForm) -> bool {
     !form.csrf.is_empty() && bool::from(form.csrf.as_bytes().ct_eq(s.csrf.as_bytes()))
 }
 
+/// The session behind a form post whose CSRF token matches it; otherwise the answer to give
+/// (to the sign-in page, or 403).
+fn signed_form(gate: &Gate, headers: &HeaderMap, form: &CsrfForm) -> Result<Signed, Response> {
+    let s = signed(gate, headers).ok_or_else(to_login)?;
+    if !csrf_ok(&s, form) {
+        return Err(csrf_refused());
+    }
+    Ok(s)
+}
+
 fn csrf_refused() -> Response {
     (
         StatusCode::FORBIDDEN,
@@ -199,12 +209,10 @@ pub async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let Some(s) = signed(&gate, &headers) else {
-        return to_login();
+    let s = match signed_form(&gate, &headers, &form) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    if !csrf_ok(&s, &form) {
-        return csrf_refused();
-    }
     gate.sessions.remove(&s.session);
     let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
     ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
@@ -390,12 +398,10 @@ pub async fn act(
     Path((id, action)): Path<(String, String)>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let Some(s) = signed(&gate, &headers) else {
-        return to_login();
+    let s = match signed_form(&gate, &headers, &form) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    if !csrf_ok(&s, &form) {
-        return csrf_refused();
-    }
     let action = match action.as_str() {
         "approve" => Action::Approve,
         "deny" => Action::Deny,
@@ -527,12 +533,10 @@ pub async fn switch(
     Path((kind, name, action)): Path<(String, String, String)>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let Some(s) = signed(&gate, &headers) else {
-        return to_login();
+    let s = match signed_form(&gate, &headers, &form) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    if !csrf_ok(&s, &form) {
-        return csrf_refused();
-    }
     let disable = match action.as_str() {
         "disable" => true,
         "enable" => false,
@@ -646,12 +650,10 @@ pub async fn rollback_act(
     Path((what, id)): Path<(String, String)>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let Some(s) = signed(&gate, &headers) else {
-        return to_login();
+    let s = match signed_form(&gate, &headers, &form) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
-    if !csrf_ok(&s, &form) {
-        return csrf_refused();
-    }
     let reports = match what.as_str() {
         "call" => vec![crate::rollback::undo(&gate, &id, &s.approver.id).await],
         "job" => match crate::rollback::undo_job(&gate, &id, &s.approver.id).await {
