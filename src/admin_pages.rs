@@ -183,12 +183,26 @@ fn csrf_ok(s: &Signed, form: &CsrfForm) -> bool {
     !form.csrf.is_empty() && bool::from(form.csrf.as_bytes().ct_eq(s.csrf.as_bytes()))
 }
 
-/// The session behind a form post whose CSRF token matches it; otherwise the answer to give
-/// (to the sign-in page, or 403).
-fn signed_form(gate: &Gate, headers: &HeaderMap, form: &CsrfForm) -> Result<Signed, Response> {
-    let s = signed(gate, headers).ok_or_else(to_login)?;
+/// Why a form post was not accepted.
+enum FormRefused {
+    SignIn,
+    Csrf,
+}
+
+impl IntoResponse for FormRefused {
+    fn into_response(self) -> Response {
+        match self {
+            FormRefused::SignIn => to_login(),
+            FormRefused::Csrf => csrf_refused(),
+        }
+    }
+}
+
+/// The session behind a form post whose CSRF token matches it.
+fn signed_form(gate: &Gate, headers: &HeaderMap, form: &CsrfForm) -> Result<Signed, FormRefused> {
+    let s = signed(gate, headers).ok_or(FormRefused::SignIn)?;
     if !csrf_ok(&s, form) {
-        return Err(csrf_refused());
+        return Err(FormRefused::Csrf);
     }
     Ok(s)
 }
@@ -211,7 +225,7 @@ pub async fn logout(
 ) -> Response {
     let s = match signed_form(&gate, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     gate.sessions.remove(&s.session);
     let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
@@ -400,7 +414,7 @@ pub async fn act(
 ) -> Response {
     let s = match signed_form(&gate, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let action = match action.as_str() {
         "approve" => Action::Approve,
@@ -535,7 +549,7 @@ pub async fn switch(
 ) -> Response {
     let s = match signed_form(&gate, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let disable = match action.as_str() {
         "disable" => true,
@@ -652,7 +666,7 @@ pub async fn rollback_act(
 ) -> Response {
     let s = match signed_form(&gate, &headers, &form) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let reports = match what.as_str() {
         "call" => vec![crate::rollback::undo(&gate, &id, &s.approver.id).await],
