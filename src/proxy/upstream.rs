@@ -197,6 +197,16 @@ pub enum UpstreamSetupError {
     Tls(#[from] rustls::Error),
 }
 
+/// TLS over `connector`, HTTPS only, offering HTTP/2 and HTTP/1.1.
+fn https<C>(tls: rustls::ClientConfig, connector: C) -> HttpsConnector<C> {
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(connector)
+}
+
 /// A forward that failed, and whether the request can be known not to have reached the upstream.
 #[derive(Debug)]
 pub struct Failure {
@@ -262,22 +272,13 @@ impl Upstream {
         plain.enforce_http(false);
         plain.set_nodelay(true);
         plain.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let sandbox = Client::builder(TokioExecutor::new()).build(
-            hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls.clone())
-                .https_only()
-                .enable_http1()
-                .enable_http2()
-                .wrap_connector(plain),
-        );
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(EgressConnector {
+        let sandbox = Client::builder(TokioExecutor::new()).build(https(tls.clone(), plain));
+        let https = https(
+            tls,
+            EgressConnector {
                 routes: routes.clone(),
-            });
+            },
+        );
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
