@@ -248,7 +248,7 @@ pub struct Audit {
 /// The cap on bodies recorded in events.
 pub const BODY_CAP: usize = 16 * 1024;
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -58,13 +58,6 @@ pub struct Undone {
     pub unix_ms: u64,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn tree(gate: &Gate) -> Result<sled::Tree, StoreError> {
     Ok(gate.store.db().open_tree("commits")?)
 }
@@ -111,7 +104,7 @@ pub(crate) fn record(gate: &Gate, f: CommitFacts<'_>) {
         body: redactor.value(f.body_json),
         status: f.status,
         response: serde_json::from_slice(f.response).unwrap_or(Value::Null),
-        unix_ms: now_ms(),
+        unix_ms: crate::audit::now_ms(),
         undoes: f.undoes.map(str::to_string),
         undone: None,
         attempts: 0,
@@ -424,8 +417,7 @@ fn plan(policy: &Policy, c: &Committed) -> Result<Plan, (&'static str, String)> 
 
 /// Undoes one committed call (a request id or a proposal id), at most once.
 pub async fn undo(gate: &Arc<Gate>, id: &str, by: &str) -> Report {
-    let _lock = gate.idem_locks.lock(&format!("undo\0{id}")).await;
-    let mut c = match find(gate, id) {
+    let found = match find(gate, id) {
         Ok(Some(c)) => c,
         Ok(None) => {
             return Report::new(
@@ -444,19 +436,16 @@ pub async fn undo(gate: &Arc<Gate>, id: &str, by: &str) -> Report {
             )
         }
     };
-    // Locked by the ledger key too, when `id` was a proposal id.
-    let _lock2 = if c.request_id != id {
-        Some(
-            gate.idem_locks
-                .lock(&format!("undo\0{}", c.request_id))
-                .await,
-        )
-    } else {
-        None
+    // One lock per call (a proposal id and its request id are the same call), then read again
+    // under it: an undo that finished meanwhile is seen.
+    let _lock = gate
+        .idem_locks
+        .lock(&format!("undo\0{}", found.request_id))
+        .await;
+    let mut c = match find(gate, &found.request_id) {
+        Ok(Some(fresh)) => fresh,
+        _ => found,
     };
-    if let Ok(Some(fresh)) = find(gate, &c.request_id) {
-        c = fresh;
-    }
     let tool = Some(c.tool.as_str());
     if let Some(u) = &c.undone {
         let mut r = Report::new(
@@ -598,7 +587,7 @@ pub async fn undo(gate: &Arc<Gate>, id: &str, by: &str) -> Report {
             by: by.to_string(),
             request_id: undo_id.clone(),
             status,
-            unix_ms: now_ms(),
+            unix_ms: crate::audit::now_ms(),
         });
         if let Err(e) = put(gate, &c) {
             tracing::error!(request_id = %c.request_id, error = %e, "could not mark the call undone");
