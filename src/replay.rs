@@ -163,51 +163,40 @@ pub async fn replay(
         };
         let started = std::time::Instant::now();
         let result = send(gate, &policy, &call, &to_host, to_port, &replay_id).await;
+        let mut payload = json!({
+            "replay_id": replay_id,
+            "to": authority,
+            "original_host": call.host,
+            "method": call.method,
+            "path": call.path_and_query,
+            "by": by,
+        });
         match result {
             Ok((status, text)) => {
                 report.outcome = "sent".into();
                 report.status = Some(status);
                 report.message = format!("{authority} answered {status}");
-                gate.audit.record(crate::audit::Record {
-                    kind: "replay",
-                    request_id: Some(call.request_id.clone()),
-                    job: call.job.clone(),
-                    proposal: call.proposal.clone(),
-                    agent: call.agent.clone(),
-                    tool: Some(call.tool.clone()),
-                    payload: json!({
-                        "replay_id": replay_id,
-                        "to": authority,
-                        "original_host": call.host,
-                        "method": call.method,
-                        "path": call.path_and_query,
-                        "status": status,
-                        "by": by,
-                        "latency_ms": started.elapsed().as_millis() as u64,
-                        "body": crate::audit::body_json(text.as_bytes(), crate::audit::BODY_CAP),
-                    }),
-                    ..Default::default()
-                });
+                payload["status"] = json!(status);
+                payload["latency_ms"] = json!(started.elapsed().as_millis() as u64);
+                payload["body"] = crate::audit::body_json(text.as_bytes(), crate::audit::BODY_CAP);
             }
             Err((outcome, message)) => {
                 report.outcome = outcome.into();
                 report.message = message.clone();
-                gate.audit.record(crate::audit::Record {
-                    kind: "replay",
-                    request_id: Some(call.request_id.clone()),
-                    job: call.job.clone(),
-                    proposal: call.proposal.clone(),
-                    agent: call.agent.clone(),
-                    tool: Some(call.tool.clone()),
-                    payload: json!({
-                        "replay_id": replay_id, "to": authority, "original_host": call.host,
-                        "method": call.method, "path": call.path_and_query, "by": by,
-                        "outcome": outcome, "message": message,
-                    }),
-                    ..Default::default()
-                });
+                payload["outcome"] = json!(outcome);
+                payload["message"] = json!(message);
             }
         }
+        gate.audit.record(crate::audit::Record {
+            kind: "replay",
+            request_id: Some(call.request_id.clone()),
+            job: call.job.clone(),
+            proposal: call.proposal.clone(),
+            agent: call.agent.clone(),
+            tool: Some(call.tool.clone()),
+            payload,
+            ..Default::default()
+        });
         out.push(report);
     }
     Ok(out)
