@@ -531,47 +531,13 @@ async fn replay_sends_recorded_calls_to_a_sandbox_only() {
     }
 }
 
-/// A page request on the admin listener, with an optional session cookie and form.
-async fn page(
-    gate: &Toolgate,
-    method: &str,
-    path: &str,
-    cookie: Option<&str>,
-    form: Option<String>,
-) -> Answer {
-    use bytes::Bytes;
-    use http_body_util::Full;
-    let stream = tokio::net::TcpStream::connect(gate.admin_addr)
-        .await
-        .unwrap();
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "admin");
-    if let Some(c) = cookie {
-        req = req.header("cookie", c);
-    }
-    if form.is_some() {
-        req = req.header("content-type", "application/x-www-form-urlencoded");
-    }
-    let req = req
-        .body(Full::new(Bytes::from(form.unwrap_or_default())))
-        .unwrap();
-    http1_over(stream, req).await
-}
-
 #[tokio::test]
 async fn the_rollback_page_undoes_a_job_with_a_session_and_csrf() {
     let (_pki, fakes, gate) = setup_fakes(|_| {}).await;
     let (customer, issue) = partial_job(&gate, "job-page").await;
-    let login = page(
-        &gate,
-        "POST",
-        "/login",
-        None,
-        Some(format!("token={CAROL}")),
-    )
-    .await;
+    let login = gate
+        .page("POST", "/login", None, Some(format!("token={CAROL}")))
+        .await;
     let cookie = login.headers["set-cookie"]
         .to_str()
         .unwrap()
@@ -579,7 +545,7 @@ async fn the_rollback_page_undoes_a_job_with_a_session_and_csrf() {
         .next()
         .unwrap()
         .to_string();
-    let list = page(&gate, "GET", "/rollback", Some(&cookie), None).await;
+    let list = gate.page("GET", "/rollback", Some(&cookie), None).await;
     assert_eq!(list.status, 200);
     let html = list.text();
     assert!(html.contains("action=\"/rollback/job/job-page\""), "{html}");
@@ -591,35 +557,35 @@ async fn the_rollback_page_undoes_a_job_with_a_session_and_csrf() {
     let csrf = html[at..at + html[at..].find('"').unwrap()].to_string();
 
     // Without the CSRF token nothing is sent.
-    let refused = page(
-        &gate,
-        "POST",
-        "/rollback/job/job-page",
-        Some(&cookie),
-        Some("csrf=wrong".into()),
-    )
-    .await;
+    let refused = gate
+        .page(
+            "POST",
+            "/rollback/job/job-page",
+            Some(&cookie),
+            Some("csrf=wrong".into()),
+        )
+        .await;
     assert_eq!(refused.status, 403);
     assert_eq!(fakes.count("DELETE", "/v1/customers"), 0);
     // Not signed in: to the sign-in page.
-    let anon = page(
-        &gate,
-        "POST",
-        "/rollback/job/job-page",
-        None,
-        Some(format!("csrf={csrf}")),
-    )
-    .await;
+    let anon = gate
+        .page(
+            "POST",
+            "/rollback/job/job-page",
+            None,
+            Some(format!("csrf={csrf}")),
+        )
+        .await;
     assert_eq!(anon.status, 303);
 
-    let done = page(
-        &gate,
-        "POST",
-        "/rollback/job/job-page",
-        Some(&cookie),
-        Some(format!("csrf={csrf}")),
-    )
-    .await;
+    let done = gate
+        .page(
+            "POST",
+            "/rollback/job/job-page",
+            Some(&cookie),
+            Some(format!("csrf={csrf}")),
+        )
+        .await;
     assert_eq!(done.status, 200, "{}", done.text());
     assert_eq!(
         done.text().matches("<strong>undone</strong>").count(),
@@ -635,7 +601,8 @@ async fn the_rollback_page_undoes_a_job_with_a_session_and_csrf() {
             "closed"
         );
     }
-    let list = page(&gate, "GET", "/rollback", Some(&cookie), None)
+    let list = gate
+        .page("GET", "/rollback", Some(&cookie), None)
         .await
         .text();
     assert_eq!(

@@ -374,24 +374,8 @@ async fn the_page_needs_a_session_and_a_csrf_token() {
         .to_string();
 
     let raw = |method: &'static str, path: String, cookie: Option<String>, form: Option<String>| {
-        let addr = gate.admin_addr;
-        async move {
-            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let mut req = http::Request::builder()
-                .method(method)
-                .uri(path)
-                .header("host", "admin");
-            if let Some(c) = cookie {
-                req = req.header("cookie", c);
-            }
-            if form.is_some() {
-                req = req.header("content-type", "application/x-www-form-urlencoded");
-            }
-            let req = req
-                .body(Full::new(Bytes::from(form.unwrap_or_default())))
-                .unwrap();
-            http1_over(stream, req).await
-        }
+        let gate = &gate;
+        async move { gate.page(method, &path, cookie.as_deref(), form).await }
     };
     // Not signed in: to the sign-in page.
     let got = raw("GET", "/queue".into(), None, None).await;

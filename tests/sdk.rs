@@ -99,23 +99,7 @@ async fn admin_json(
     path: &str,
     body: Option<Value>,
 ) -> Value {
-    use bytes::Bytes;
-    use http_body_util::Full;
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "admin")
-        .header("authorization", format!("Bearer {CAROL}"));
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    let req = req
-        .body(Full::new(Bytes::from(
-            body.map(|b| b.to_string()).unwrap_or_default(),
-        )))
-        .unwrap();
-    let answer = http1_over(stream, req).await;
+    let answer = admin_at(addr, method, path, Some(CAROL), body).await;
     serde_json::from_slice(&answer.body).unwrap_or(Value::Null)
 }
 

@@ -26,38 +26,34 @@ pub struct Keys {
     pub sendgrid: Vec<String>,
 }
 
+/// A demo key from `policies/demo-secrets`.
+fn demo_secret(name: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/demo-secrets");
+    std::fs::read_to_string(root.join(name))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 impl Keys {
     /// The example policies' demo keys (policies/demo-secrets), for every environment.
     pub fn examples() -> Keys {
-        let read = |name: &str| {
-            let root =
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/demo-secrets");
-            std::fs::read_to_string(root.join(name))
-                .unwrap()
-                .trim()
-                .to_string()
-        };
         Keys {
-            stripe: vec![read("stripe-test.key"), read("stripe-live.key")],
-            github: vec![read("github.key")],
-            sendgrid: vec![read("sendgrid.key")],
+            stripe: vec![
+                demo_secret("stripe-test.key"),
+                demo_secret("stripe-live.key"),
+            ],
+            github: vec![demo_secret("github.key")],
+            sendgrid: vec![demo_secret("sendgrid.key")],
         }
     }
 
     /// The example sandbox keys.
     pub fn sandbox() -> Keys {
-        let read = |name: &str| {
-            let root =
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/demo-secrets");
-            std::fs::read_to_string(root.join(name))
-                .unwrap()
-                .trim()
-                .to_string()
-        };
         Keys {
-            stripe: vec![read("stripe-sandbox.key")],
-            github: vec![read("github-sandbox.key")],
-            sendgrid: vec![read("sendgrid-sandbox.key")],
+            stripe: vec![demo_secret("stripe-sandbox.key")],
+            github: vec![demo_secret("github-sandbox.key")],
+            sendgrid: vec![demo_secret("sendgrid-sandbox.key")],
         }
     }
 }

@@ -423,23 +423,31 @@ impl Toolgate {
         token: Option<&str>,
         body: Option<serde_json::Value>,
     ) -> Answer {
-        let stream = TcpStream::connect(self.admin_addr).await.unwrap();
+        admin_at(self.admin_addr, method, path, token, body).await
+    }
+
+    /// A page request on the admin listener, with an optional session cookie and form body.
+    pub async fn page(
+        &self,
+        method: &str,
+        path: &str,
+        cookie: Option<&str>,
+        form: Option<String>,
+    ) -> Answer {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header("host", "admin");
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
         }
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
+        if form.is_some() {
+            req = req.header("content-type", "application/x-www-form-urlencoded");
         }
         let req = req
-            .body(Full::new(Bytes::from(
-                body.map(|b| b.to_string()).unwrap_or_default(),
-            )))
+            .body(Full::new(Bytes::from(form.unwrap_or_default())))
             .unwrap();
-        http1_over(stream, req).await
+        http1_over(TcpStream::connect(self.admin_addr).await.unwrap(), req).await
     }
 
     pub fn ca_path(&self) -> PathBuf {
@@ -469,6 +477,34 @@ impl Drop for Toolgate {
             let _ = tx.send(());
         }
     }
+}
+
+/// Calls the admin API at `addr` with a bearer token (for tasks that do not hold the
+/// [`Toolgate`]).
+pub async fn admin_at(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Answer {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let req = req
+        .body(Full::new(Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))
+        .unwrap();
+    http1_over(stream, req).await
 }
 
 pub type TestClient = Client<HttpsConnector<Tunnel<HttpConnector>>, Full<Bytes>>;
