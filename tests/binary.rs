@@ -257,21 +257,22 @@ fn check_passes_on_the_examples_and_fails_on_a_broken_folder() {
 
     // An undo that leads nowhere is warned about; a malformed one is a load error.
     let dir = tempfile::tempdir().unwrap();
-    let tool = |rollback: &str| {
-        format!(
-            "[[tool]]\nname = \"x.create\"\nhost = \"api.example.com\"\nmethod = \"POST\"\npath = \"/x\"\nside_effects = \"reversible\"\nidempotency = \"key\"\nrollback = {rollback}\n"
+    // `check` over a folder holding one tool with `rollback`.
+    let check_with = |rollback: &str| {
+        std::fs::write(
+            dir.path().join("x.toml"),
+            format!(
+                "[[tool]]\nname = \"x.create\"\nhost = \"api.example.com\"\nmethod = \"POST\"\npath = \"/x\"\nside_effects = \"reversible\"\nidempotency = \"key\"\nrollback = {rollback}\n"
+            ),
         )
-    };
-    std::fs::write(
-        dir.path().join("x.toml"),
-        tool(r#"{ method = "DELETE", path = "/x/{response.id}" }"#),
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--policies"])
-        .arg(dir.path())
-        .output()
         .unwrap();
+        Command::new(BIN)
+            .args(["check", "--policies"])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = check_with(r#"{ method = "DELETE", path = "/x/{response.id}" }"#);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains(
@@ -279,16 +280,7 @@ fn check_passes_on_the_examples_and_fails_on_a_broken_folder() {
         ),
         "{text}"
     );
-    std::fs::write(
-        dir.path().join("x.toml"),
-        tool(r#"{ method = "DELETE", path = "/x/{agent.token}" }"#),
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--policies"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = check_with(r#"{ method = "DELETE", path = "/x/{agent.token}" }"#);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("must name response.x, params.x, body.x or query.x"));
