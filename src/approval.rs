@@ -671,7 +671,7 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
-            let (outcome, _) = crate::audit::scrub_outcome(
+            let (outcome, answer) = crate::audit::scrub_outcome(
                 &gate.audit.redactor,
                 parts.status.as_u16(),
                 &parts.headers,
@@ -690,9 +690,6 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
                 }
                 _ => serde_json::from_slice(&sent).unwrap_or(Value::Null),
             };
-            let answer = base64::engine::general_purpose::STANDARD
-                .decode(&outcome.body)
-                .unwrap_or_default();
             crate::rollback::record(
                 gate,
                 crate::rollback::CommitFacts {
