@@ -252,8 +252,7 @@ pub fn render_summary(template: &str, ctx: &Value) -> String {
             return out;
         };
         let path = &rest[start + 1..end];
-        let pointer = format!("/{}", path.replace('.', "/"));
-        let text = match ctx.pointer(&pointer) {
+        let text = match crate::policy::template::dotted(ctx, path) {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Null) | None => "?".to_string(),
             Some(v) => v.to_string(),

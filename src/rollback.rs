@@ -246,18 +246,9 @@ fn check_placeholders(template: &str) -> Result<(), String> {
 
 /// `{response.a.b}` against the context `{"response": {...}, "params": {...}, ...}`.
 fn lookup<'a>(ctx: &'a Value, name: &str) -> Option<&'a Value> {
-    let mut v = ctx;
-    for part in name.split('.') {
-        v = match v {
-            Value::Object(m) => m.get(part)?,
-            Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    match v {
-        Value::Null | Value::Object(_) | Value::Array(_) => None,
-        v => Some(v),
-    }
+    // Only a scalar can stand in a path or a field.
+    crate::policy::template::dotted(ctx, name)
+        .filter(|v| !matches!(v, Value::Null | Value::Object(_) | Value::Array(_)))
 }
 
 fn scalar_text(v: &Value) -> String {

@@ -8,6 +8,12 @@ enum Segment {
     Param(String),
 }
 
+/// The value at a dotted path such as `body.customer.email` (`items.0` indexes an array), as
+/// summary and rollback templates name them.
+pub fn dotted<'a>(ctx: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+    ctx.pointer(&format!("/{}", path.replace('.', "/")))
+}
+
 /// A compiled path template: literal segments match exactly, `{name}` matches one non-empty
 /// segment and captures it.
 #[derive(Debug, Clone)]
