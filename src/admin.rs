@@ -56,7 +56,57 @@ pub fn router(gate: Arc<Gate>) -> Router {
         .route("/rollback", get(pages::rollback_list))
         .route("/rollback/{what}/{id}", post(pages::rollback_act))
         .route("/switches/{kind}/{name}/{action}", post(pages::switch))
+        .layer(axum::middleware::from_fn_with_state(
+            gate.clone(),
+            throttle_failed_auth,
+        ))
         .with_state(gate)
+}
+
+/// Failed sign-ins and failed Bearer checks are counted per source address; past
+/// `auth_failures_per_minute` the address gets `429 rate_limited` until its minute is over.
+async fn throttle_failed_auth(
+    State(gate): State<Arc<Gate>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    const WHAT: &str = "admin_auth";
+    let max = gate.config.guards.auth_failures_per_minute;
+    if let Some(secs) = gate.sources.blocked(peer.ip(), WHAT, max) {
+        let mut resp = api_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many failed sign-ins from {}; retry after {secs}s", peer.ip()),
+        )
+        .into_response();
+        if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+        return resp;
+    }
+    let resp = next.run(req).await;
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        let (n, _) = gate.sources.count(peer.ip(), WHAT);
+        if n == max {
+            warn!(peer = %peer.ip(), failures = n, "failed admin sign-ins: this address is refused for the rest of the minute");
+        }
+    }
+    resp
+}
+
+/// `/metrics` alone, without a token, for `--metrics-listen` (a private scrape network).
+pub async fn serve_metrics(listener: TcpListener, gate: Arc<Gate>) {
+    let cancel = gate.cancel.clone();
+    let app = Router::new()
+        .route("/metrics", get(crate::admin_audit::metrics_open))
+        .with_state(gate);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+    {
+        warn!(error = %e, "metrics listener failed");
+    }
 }
 
 async fn healthz() -> &'static str {
@@ -499,6 +549,7 @@ async fn enable_agent(
 pub async fn serve(listener: TcpListener, gate: Arc<Gate>) {
     let cancel = gate.cancel.clone();
     let app = router(gate);
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await

@@ -164,8 +164,17 @@ pub async fn story_page(
     .into_response()
 }
 
-/// Prometheus metrics.
-pub async fn metrics(State(gate): State<Arc<Gate>>) -> Response {
+/// Prometheus metrics, for approvers (`Authorization: Bearer`); `--metrics-listen` serves the
+/// same without a token on an address of its own.
+pub async fn metrics(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&gate, &headers) {
+        return *r;
+    }
+    metrics_open(State(gate)).await
+}
+
+/// Prometheus metrics, unauthenticated (the `--metrics-listen` listener only).
+pub async fn metrics_open(State(gate): State<Arc<Gate>>) -> Response {
     let mut out = gate.metrics.render();
     let pending = crate::approval::list(&gate, Some(crate::approval::State::Pending))
         .await
@@ -180,6 +189,17 @@ pub async fn metrics(State(gate): State<Arc<Gate>>) -> Response {
             .last_flush_us
             .load(std::sync::atomic::Ordering::Relaxed) as f64
             / 1e6
+    ));
+    let size = gate.store.size_on_disk();
+    let alarm = u8::from(size > gate.config.guards.store_alarm_bytes);
+    out.push_str("# HELP toolgate_store_bytes Bytes the store takes on disk.\n# TYPE toolgate_store_bytes gauge\n");
+    out.push_str(&format!("toolgate_store_bytes {size}\n"));
+    out.push_str("# HELP toolgate_store_alarm 1 when the store is larger than --store-alarm.\n# TYPE toolgate_store_alarm gauge\n");
+    out.push_str(&format!("toolgate_store_alarm {alarm}\n"));
+    out.push_str("# HELP toolgate_buffered_body_bytes Request-body bytes buffered now.\n# TYPE toolgate_buffered_body_bytes gauge\n");
+    out.push_str(&format!(
+        "toolgate_buffered_body_bytes {}\n",
+        gate.caps.buffered_bytes()
     ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -210,19 +210,45 @@ pub fn scrub_outcome(
 /// writer's thread, for every payload), not here on the request path.
 pub fn headers_json(headers: &http::HeaderMap) -> Value {
     let mut out = serde_json::Map::new();
+    let mut total = 0usize;
     for (k, v) in headers {
-        let value = String::from_utf8_lossy(v.as_bytes());
+        // What one request may make the log keep is bounded: a flood of large headers must not
+        // fill the disk.
+        if total >= HEADERS_CAP || out.len() >= MAX_HEADERS_RECORDED {
+            out.insert("toolgate-truncated".into(), Value::Bool(true));
+            break;
+        }
+        let value = cap_text(&String::from_utf8_lossy(v.as_bytes()), HEADER_VALUE_CAP);
+        total += k.as_str().len() + value.len();
         match out.get_mut(k.as_str()) {
             Some(Value::String(prev)) => {
                 prev.push_str(", ");
                 prev.push_str(&value);
             }
             _ => {
-                out.insert(k.as_str().to_string(), Value::String(value.into_owned()));
+                out.insert(k.as_str().to_string(), Value::String(value));
             }
         }
     }
     Value::Object(out)
+}
+
+/// The most one header value, all headers and a URI or path take in an event.
+pub const HEADER_VALUE_CAP: usize = 512;
+pub const HEADERS_CAP: usize = 4096;
+pub const MAX_HEADERS_RECORDED: usize = 64;
+pub const URI_CAP: usize = 1024;
+
+/// `text` cut to at most `cap` bytes (on a character boundary), with a mark when cut.
+pub fn cap_text(text: &str, cap: usize) -> String {
+    if text.len() <= cap {
+        return text.to_string();
+    }
+    let mut end = cap;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[{} bytes, truncated]", &text[..end], text.len())
 }
 
 /// A body for an event: text, capped, with a truncation mark (redacted when written).
@@ -243,6 +269,7 @@ pub struct Audit {
     pub redactor: Arc<Redactor>,
     /// Flush latency of the last group commit, in microseconds (for /metrics).
     pub last_flush_us: Arc<std::sync::atomic::AtomicU64>,
+    flusher: Arc<crate::store::Flusher>,
 }
 
 /// The cap on bodies recorded in events.
@@ -266,7 +293,9 @@ const ANCHOR: &[u8] = b"anchor";
 
 impl Audit {
     /// Opens the log in the store's database and starts its writer thread.
-    pub fn open(db: &sled::Db) -> Result<Audit, StoreError> {
+    pub fn open(store: &crate::store::Store) -> Result<Audit, StoreError> {
+        let db = store.db();
+        let flusher = store.flusher();
         let tree = db.open_tree("audit")?;
         let meta = db.open_tree("audit_meta")?;
         let (tx, rx) = mpsc::channel::<Msg>();
@@ -289,7 +318,7 @@ impl Audit {
         let last_flush_us = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let flush_gauge = last_flush_us.clone();
         let writer_tree = tree.clone();
-        let writer_db = db.clone();
+        let writer_flusher = flusher.clone();
         let redactor = Arc::new(Redactor::new());
         let writer_redactor = redactor.clone();
         std::thread::Builder::new()
@@ -343,7 +372,7 @@ impl Audit {
                     if !acks.is_empty() {
                         // One flush for every commit waiting in this batch: group commit.
                         let started = Instant::now();
-                        if let Err(err) = writer_db.flush() {
+                        if let Err(err) = writer_flusher.flush_blocking() {
                             failed = Some(err.to_string());
                         }
                         flush_gauge.store(
@@ -369,6 +398,7 @@ impl Audit {
             meta,
             redactor,
             last_flush_us,
+            flusher,
         })
     }
 
@@ -479,8 +509,7 @@ impl Audit {
                 serde_json::to_vec(&json!({"seq": seq, "hash": hash}))?,
             )?;
         }
-        self.tree.flush_async().await?;
-        self.meta.flush_async().await?;
+        self.flusher.flush().await?;
         Ok(removed)
     }
 

@@ -228,6 +228,53 @@ pub struct ServeArgs {
     /// The approvers' page as approvers reach it, for links in notifications.
     #[arg(long, env = env::ADMIN_URL)]
     pub admin_url: Option<String>,
+    /// How long a request body may take to arrive whole (408 validation_error after).
+    #[arg(long, env = env::BODY_READ_TIMEOUT, default_value = "30s")]
+    pub body_read_timeout: String,
+    /// A connection or tunnel with no traffic and no request in flight is closed after this.
+    #[arg(long, env = env::IDLE_TIMEOUT, default_value = "120s")]
+    pub idle_timeout: String,
+    /// Client connections open at once, all agents together.
+    #[arg(long, env = env::MAX_CONNECTIONS, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Tunnels one agent may hold open at once (429 rate_limited beyond).
+    #[arg(long, env = env::MAX_CONNECTIONS_PER_AGENT, default_value_t = 256)]
+    pub max_connections_per_agent: usize,
+    /// Concurrent HTTP/2 streams per tunnel.
+    #[arg(long, env = env::MAX_STREAMS, default_value_t = 64)]
+    pub max_streams: u32,
+    /// Request-body bytes one agent may have in toolgate's buffers at once.
+    #[arg(long, env = env::MAX_BUFFERED_PER_AGENT, default_value = "64MiB")]
+    pub max_buffered_per_agent: String,
+    /// Request-body bytes buffered at once, all agents together.
+    #[arg(long, env = env::MAX_BUFFERED, default_value = "512MiB")]
+    pub max_buffered: String,
+    /// Idempotency records are removed after this.
+    #[arg(long, env = env::IDEMPOTENCY_RETENTION, default_value = "48h")]
+    pub idempotency_retention: String,
+    /// Finished proposals are removed after this.
+    #[arg(long, env = env::PROPOSAL_RETENTION, default_value = "30d")]
+    pub proposal_retention: String,
+    /// Rollback-ledger entries are removed after this (they can no longer be undone).
+    #[arg(long, env = env::LEDGER_RETENTION, default_value = "90d")]
+    pub ledger_retention: String,
+    /// `toolgate_store_alarm` on /metrics turns 1 when the store passes this size.
+    #[arg(long, env = env::STORE_ALARM, default_value = "8GiB")]
+    pub store_alarm: String,
+    /// `audit purge` never removes events younger than this.
+    #[arg(long, env = env::AUDIT_RETENTION_MIN, default_value = "30d")]
+    pub audit_retention_min: String,
+    /// Also serve /metrics without a token on this address (a private scrape network).
+    #[arg(long, env = env::METRICS_LISTEN)]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+fn flag_duration(flag: &str, value: &str) -> Result<std::time::Duration, String> {
+    parse_duration(value).map_err(|e| format!("--{flag}: {e}"))
+}
+
+fn flag_size(flag: &str, value: &str) -> Result<u64, String> {
+    crate::config::parse_size(value).map_err(|e| format!("--{flag}: {e}"))
 }
 
 impl ServeArgs {
@@ -256,6 +303,21 @@ impl ServeArgs {
             }
         }
         config.admin_url = self.admin_url.clone().unwrap_or_default();
+        let g = &mut config.guards;
+        g.body_read_timeout = flag_duration("body-read-timeout", &self.body_read_timeout)?;
+        g.idle_timeout = flag_duration("idle-timeout", &self.idle_timeout)?;
+        g.max_connections = self.max_connections.max(1);
+        g.max_connections_per_agent = self.max_connections_per_agent.max(1);
+        g.max_streams = self.max_streams.max(1);
+        g.max_buffered_per_agent =
+            flag_size("max-buffered-per-agent", &self.max_buffered_per_agent)? as usize;
+        g.max_buffered = flag_size("max-buffered", &self.max_buffered)? as usize;
+        g.idempotency_retention =
+            flag_duration("idempotency-retention", &self.idempotency_retention)?;
+        g.proposal_retention = flag_duration("proposal-retention", &self.proposal_retention)?;
+        g.ledger_retention = flag_duration("ledger-retention", &self.ledger_retention)?;
+        g.store_alarm_bytes = flag_size("store-alarm", &self.store_alarm)?;
+        g.audit_retention_min = flag_duration("audit-retention-min", &self.audit_retention_min)?;
         Ok(config)
     }
 }
@@ -381,7 +443,7 @@ async fn audit(command: AuditCommand, server: &str, data_dir: Option<PathBuf>) -
                     ))
                 }
             };
-            match crate::audit::Audit::open(store.db()) {
+            match crate::audit::Audit::open(&store) {
                 Ok(a) => Some(a),
                 Err(e) => return fail(&e.to_string()),
             }
@@ -912,7 +974,18 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(&format!("--admin-listen {}: {e}", args.admin_listen)),
     };
-    let listeners = crate::Listeners { proxy, admin };
+    let metrics = match args.metrics_listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => return fail(&format!("--metrics-listen {addr}: {e}")),
+        },
+        None => None,
+    };
+    let listeners = crate::Listeners {
+        proxy,
+        admin,
+        metrics,
+    };
     match crate::run(listeners, config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),

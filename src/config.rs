@@ -24,6 +24,93 @@ pub mod env {
     pub const LOG_FORMAT: &str = "TOOLGATE_LOG_FORMAT";
     pub const TOKEN: &str = "TOOLGATE_TOKEN";
     pub const SERVER: &str = "TOOLGATE_SERVER";
+    pub const BODY_READ_TIMEOUT: &str = "TOOLGATE_BODY_READ_TIMEOUT";
+    pub const IDLE_TIMEOUT: &str = "TOOLGATE_IDLE_TIMEOUT";
+    pub const MAX_CONNECTIONS: &str = "TOOLGATE_MAX_CONNECTIONS";
+    pub const MAX_CONNECTIONS_PER_AGENT: &str = "TOOLGATE_MAX_CONNECTIONS_PER_AGENT";
+    pub const MAX_STREAMS: &str = "TOOLGATE_MAX_STREAMS";
+    pub const MAX_BUFFERED_PER_AGENT: &str = "TOOLGATE_MAX_BUFFERED_PER_AGENT";
+    pub const MAX_BUFFERED: &str = "TOOLGATE_MAX_BUFFERED";
+    pub const IDEMPOTENCY_RETENTION: &str = "TOOLGATE_IDEMPOTENCY_RETENTION";
+    pub const PROPOSAL_RETENTION: &str = "TOOLGATE_PROPOSAL_RETENTION";
+    pub const LEDGER_RETENTION: &str = "TOOLGATE_LEDGER_RETENTION";
+    pub const STORE_ALARM: &str = "TOOLGATE_STORE_ALARM";
+    pub const AUDIT_RETENTION_MIN: &str = "TOOLGATE_AUDIT_RETENTION_MIN";
+    pub const METRICS_LISTEN: &str = "TOOLGATE_METRICS_LISTEN";
+}
+
+/// The limits that keep one agent (or anyone who can reach the listeners) from freezing,
+/// exhausting or filling up the gateway. Each has a flag; the defaults are in the README.
+#[derive(Debug, Clone)]
+pub struct Guards {
+    /// How long a request body may take to arrive whole.
+    pub body_read_timeout: Duration,
+    /// A client connection or tunnel with no bytes moving and no request in flight is closed.
+    pub idle_timeout: Duration,
+    /// Client connections open at once, all agents together (more wait in the kernel backlog).
+    pub max_connections: usize,
+    /// Tunnels (and absolute-form connections) one agent may hold open at once.
+    pub max_connections_per_agent: usize,
+    /// Concurrent HTTP/2 streams per tunnel.
+    pub max_streams: u32,
+    /// Request-body bytes one agent may have buffered in toolgate at once.
+    pub max_buffered_per_agent: usize,
+    /// Request-body bytes buffered at once, all agents together.
+    pub max_buffered: usize,
+    /// Idempotency records older than this are removed.
+    pub idempotency_retention: Duration,
+    /// Finished proposals older than this are removed (open ones expire first).
+    pub proposal_retention: Duration,
+    /// Rollback-ledger entries older than this are removed (they can no longer be undone).
+    pub ledger_retention: Duration,
+    /// `toolgate_store_alarm` turns 1 on /metrics (and a warning is logged) past this size.
+    pub store_alarm_bytes: u64,
+    /// `audit purge` never removes events younger than this.
+    pub audit_retention_min: Duration,
+    /// How often expired records are swept.
+    pub sweep_interval: Duration,
+    /// Failed sign-ins and failed Bearer checks allowed per source address per minute.
+    pub auth_failures_per_minute: u32,
+}
+
+impl Default for Guards {
+    fn default() -> Self {
+        Guards {
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            max_connections: 4096,
+            max_connections_per_agent: 256,
+            max_streams: 64,
+            max_buffered_per_agent: 64 << 20,
+            max_buffered: 512 << 20,
+            idempotency_retention: Duration::from_secs(48 * 3600),
+            proposal_retention: Duration::from_secs(30 * 86400),
+            ledger_retention: Duration::from_secs(90 * 86400),
+            store_alarm_bytes: 8 << 30,
+            audit_retention_min: Duration::from_secs(30 * 86400),
+            sweep_interval: Duration::from_secs(60),
+            auth_failures_per_minute: 20,
+        }
+    }
+}
+
+/// Parses sizes such as `64MiB`, `512KiB`, `8GiB`, `1000` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 64MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Everything `serve` needs besides its listeners.
@@ -49,6 +136,8 @@ pub struct Config {
     /// The admin page's URL as approvers reach it, for links in notifications. Empty: derived
     /// from the admin listener's address.
     pub admin_url: String,
+    /// Timeouts, caps and expiries.
+    pub guards: Guards,
 }
 
 impl Config {
@@ -66,6 +155,7 @@ impl Config {
             reload_interval: Duration::from_secs(2),
             webhook: None,
             admin_url: String::new(),
+            guards: Guards::default(),
         }
     }
 
@@ -133,6 +223,15 @@ mod tests {
         assert_eq!(a, "127.0.0.1:9000".parse().unwrap());
         assert!(parse_connect_to("api.stripe.com=127.0.0.1:1").is_err());
         assert!(parse_connect_to("api.stripe.com:443").is_err());
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert_eq!(parse_size("2 GiB").unwrap(), 2 << 30);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5TiB").is_err());
     }
 
     #[test]

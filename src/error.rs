@@ -19,6 +19,8 @@ pub enum Code {
     ToolDisabled,
     ValidationError,
     PayloadTooLarge,
+    /// A body that did not arrive in time: `validation_error` with status 408.
+    RequestTimeout,
     IdempotencyKeyRequired,
     IdempotencyConflict,
     RateLimited,
@@ -39,7 +41,9 @@ impl Code {
             Code::EgressDenied => "egress_denied",
             Code::PolicyViolation => "policy_violation",
             Code::ToolDisabled => "tool_disabled",
-            Code::ValidationError | Code::PayloadTooLarge => "validation_error",
+            Code::ValidationError | Code::PayloadTooLarge | Code::RequestTimeout => {
+                "validation_error"
+            }
             Code::IdempotencyKeyRequired => "idempotency_key_required",
             Code::IdempotencyConflict => "idempotency_conflict",
             Code::RateLimited => "rate_limited",
@@ -62,6 +66,7 @@ impl Code {
             | Code::ApprovalDenied => StatusCode::FORBIDDEN,
             Code::ValidationError => StatusCode::UNPROCESSABLE_ENTITY,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::IdempotencyKeyRequired => StatusCode::PRECONDITION_REQUIRED,
             Code::IdempotencyConflict => StatusCode::CONFLICT,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,

@@ -11,6 +11,7 @@ pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod guard;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
@@ -20,6 +21,7 @@ pub mod proxy;
 pub mod replay;
 pub mod rollback;
 pub mod store;
+pub mod sweep;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -41,6 +43,8 @@ use proxy::upstream::{Routes, Upstream};
 pub struct Listeners {
     pub proxy: TcpListener,
     pub admin: TcpListener,
+    /// `/metrics` without a token, for a private scrape network (`--metrics-listen`).
+    pub metrics: Option<TcpListener>,
 }
 
 /// toolgate could not start. Nothing was served.
@@ -78,6 +82,12 @@ pub struct Gate {
     pub(crate) sessions: admin::Sessions,
     pub audit: Arc<audit::Audit>,
     pub(crate) metrics: metrics::Metrics,
+    /// Per-agent and global caps (tunnels, buffered bodies).
+    pub(crate) caps: Arc<guard::Caps>,
+    /// Client connections open at once.
+    pub(crate) connections: Arc<tokio::sync::Semaphore>,
+    /// Refusals and failed authentications per source address.
+    pub(crate) sources: guard::PerSource,
 }
 
 impl Gate {
@@ -89,7 +99,7 @@ impl Gate {
         let policy = Policy::load_dir(&config.policies_dir)?;
         let store = store::Store::open(&config.data_dir)?;
         let kill = store.kill_switches()?.into_iter().collect();
-        let audit = Arc::new(audit::Audit::open(store.db())?);
+        let audit = Arc::new(audit::Audit::open(&store)?);
         audit.redactor.set_secrets(policy.secrets());
         let ca = ca::CertAuthority::load_or_init(&config.certs_dir, provider.clone())?;
         let mut extra_roots = Vec::new();
@@ -125,7 +135,12 @@ impl Gate {
             Arc::new(notify::client(tls))
         };
         let upstream = Upstream::new(provider, routes, &extra_roots, config.upstream_timeout)?;
+        let caps = guard::Caps::new(config.guards.clone());
+        let connections = Arc::new(tokio::sync::Semaphore::new(config.guards.max_connections));
         Ok(Gate {
+            caps,
+            connections,
+            sources: guard::PerSource::default(),
             config,
             policy: RwLock::new(Arc::new(policy)),
             ca,
@@ -272,13 +287,18 @@ pub async fn run(
         "toolgate serving"
     );
     let admin = tokio::spawn(admin::serve(listeners.admin, gate.clone()));
+    if let Some(metrics) = listeners.metrics {
+        tokio::spawn(admin::serve_metrics(metrics, gate.clone()));
+    }
+    tokio::spawn(sweep::run(gate.clone()));
     tokio::spawn(watch_policies(gate.clone()));
     proxy::accept_loop(gate.clone(), listeners.proxy, shutdown).await;
 
     info!("shutting down: no new connections; waiting for in-flight requests");
+    let deadline = tokio::time::Instant::now() + grace;
     gate.cancel.cancel();
     gate.tasks.close();
-    if tokio::time::timeout(grace, gate.tasks.wait())
+    if tokio::time::timeout_at(deadline, gate.tasks.wait())
         .await
         .is_err()
     {
@@ -287,7 +307,15 @@ pub async fn run(
             "in-flight requests did not finish in time; closing them"
         );
     }
-    let _ = admin.await;
+    if tokio::time::timeout_at(deadline, admin).await.is_err() {
+        warn!("admin connections did not close within the grace period; closing them");
+    }
+    // What was written is made durable once more; bounded, so a sick disk cannot hold the exit.
+    if let Ok(Err(e)) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), gate.store.flush()).await
+    {
+        warn!(error = %e, "the final flush failed");
+    }
     Ok(())
 }
 

@@ -63,6 +63,78 @@ pub struct Store {
     idem: sled::Tree,
     budgets: sled::Tree,
     kill: sled::Tree,
+    flusher: std::sync::Arc<Flusher>,
+}
+
+type FlushAck = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// The one thread that flushes the database. sled 0.34 deadlocks when flushes run concurrently
+/// (every IO thread ends up parked in `flush()`), so nothing else ever calls `flush`: writers
+/// ask this thread, and every request that arrived while a flush ran is answered by the next
+/// single flush (group commit). A write made before asking is covered by the answer.
+pub struct Flusher {
+    tx: std::sync::Mutex<std::sync::mpsc::Sender<FlushAck>>,
+    /// Duration of the last flush, in microseconds (for /metrics).
+    pub last_flush_us: std::sync::atomic::AtomicU64,
+}
+
+impl Flusher {
+    fn start(db: sled::Db) -> Result<std::sync::Arc<Flusher>, StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel::<FlushAck>();
+        let flusher = std::sync::Arc::new(Flusher {
+            tx: std::sync::Mutex::new(tx),
+            last_flush_us: std::sync::atomic::AtomicU64::new(0),
+        });
+        let gauge = std::sync::Arc::downgrade(&flusher);
+        std::thread::Builder::new()
+            .name("toolgate-flush".into())
+            .spawn(move || {
+                // Ends when every handle to the store is gone (the channel closes).
+                while let Ok(first) = rx.recv() {
+                    let mut waiting = vec![first];
+                    waiting.extend(rx.try_iter());
+                    let started = std::time::Instant::now();
+                    let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    if let Some(f) = gauge.upgrade() {
+                        f.last_flush_us.store(
+                            started.elapsed().as_micros() as u64,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                    }
+                    for ack in waiting {
+                        let _ = ack.send(result.clone());
+                    }
+                }
+            })
+            .map_err(|e| StoreError(format!("could not start the flush thread: {e}")))?;
+        Ok(flusher)
+    }
+
+    fn ask(&self) -> Result<tokio::sync::oneshot::Receiver<Result<(), String>>, StoreError> {
+        let (ack, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(ack)
+            .map_err(|_| StoreError("the flush thread is not running".into()))?;
+        Ok(rx)
+    }
+
+    /// Waits until every write made before the call is durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.ask()?
+            .await
+            .map_err(|_| StoreError("the flush thread stopped".into()))?
+            .map_err(StoreError)
+    }
+
+    /// The same, for threads outside the async runtime (the audit writer).
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.ask()?
+            .blocking_recv()
+            .map_err(|_| StoreError("the flush thread stopped".into()))?
+            .map_err(StoreError)
+    }
 }
 
 pub fn now_unix() -> u64 {
@@ -83,6 +155,7 @@ impl Store {
             idem: db.open_tree("idempotency")?,
             budgets: db.open_tree("budgets")?,
             kill: db.open_tree("kill_switches")?,
+            flusher: Flusher::start(db.clone())?,
             db,
         })
     }
@@ -92,9 +165,49 @@ impl Store {
         &self.db
     }
 
-    /// Makes every write so far durable.
+    /// The one flusher of this database.
+    pub fn flusher(&self) -> std::sync::Arc<Flusher> {
+        self.flusher.clone()
+    }
+
+    /// Makes every write so far durable (group commit with every concurrent caller).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        self.flusher.flush().await
+    }
+
+    /// Bytes the store takes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Removes the records of tree `name` whose value `expired` says is past its time, and
+    /// flushes. Returns the keys removed.
+    pub async fn expire(
+        &self,
+        name: &str,
+        expired: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let tree = self.db.open_tree(name)?;
+        let mut removed = Vec::new();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            // Compare-and-swap: a record rewritten since it was read is left for the next sweep.
+            if expired(&v) && tree.compare_and_swap(&k, Some(&v), None::<&[u8]>)?.is_ok() {
+                removed.push(k.to_vec());
+            }
+        }
+        if !removed.is_empty() {
+            self.flush().await?;
+        }
+        Ok(removed)
+    }
+
+    /// Removes `key` from tree `name` if it still holds `value`.
+    pub fn remove_if(&self, name: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let _ = self
+            .db
+            .open_tree(name)?
+            .compare_and_swap(key, Some(value), None::<&[u8]>)?;
         Ok(())
     }
 

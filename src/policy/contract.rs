@@ -200,6 +200,76 @@ pub fn depth(v: &Value) -> usize {
     }
 }
 
+/// Parses a JSON body, refusing an object that names a key twice: validation would see one
+/// value and an upstream that keeps the first one would act on the other.
+pub fn parse_json_strict(bytes: &[u8]) -> Result<Value, String> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = StrictValue.deserialize(&mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(value)
+}
+
+struct StrictValue;
+
+impl<'de> serde::de::DeserializeSeed<'de> for StrictValue {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element_seed(StrictValue)? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "field {key:?} is given more than once"
+                )));
+            }
+            let value = map.next_value_seed(StrictValue)?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 /// Decodes `application/x-www-form-urlencoded` (or a query string) with bracket notation into a
 /// JSON object of strings. `a[b]=1` is `{"a":{"b":"1"}}`, `a[]=x` appends, `a[0]=x` makes an
 /// object keyed "0" that [`coerce`] turns into an array where the schema wants one.
@@ -250,6 +320,16 @@ fn parse_key(key: &str) -> Result<Vec<String>, String> {
         let seg = &inner[..end];
         if seg.contains('[') {
             return Err(bad());
+        }
+        // `a[0]` and `a[00]` would name one element to some decoders and two to others.
+        if seg.len() > 1 && seg.starts_with('0') && seg.bytes().all(|b| b.is_ascii_digit()) {
+            let canonical = match seg.trim_start_matches('0') {
+                "" => "0",
+                rest => rest,
+            };
+            return Err(format!(
+                "form key {key:?} has an index with a leading zero ([{seg}]); write [{canonical}]"
+            ));
         }
         segments.push(seg.to_string());
         rest = &inner[end + 1..];
@@ -477,5 +557,30 @@ mod tests {
     fn depth_counts_nesting() {
         assert_eq!(depth(&json!({"a": [{"b": 1}]})), 3);
         assert_eq!(depth(&json!(1)), 0);
+    }
+}
+
+#[cfg(test)]
+mod strict_tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_json_keys_are_refused_at_any_depth() {
+        assert!(parse_json_strict(br#"{"to":"a","to":"b"}"#).is_err());
+        let e = parse_json_strict(br#"{"x":[{"a":1,"a":2}]}"#).unwrap_err();
+        assert!(e.contains("\"a\" is given more than once"), "{e}");
+        assert_eq!(
+            parse_json_strict(br#"{"a":1.5,"b":[true,null,"s"],"c":{"d":-1}}"#).unwrap(),
+            serde_json::json!({"a":1.5,"b":[true,null,"s"],"c":{"d":-1}})
+        );
+        assert!(parse_json_strict(b"{} x").is_err());
+    }
+
+    #[test]
+    fn form_indexes_with_leading_zeros_are_refused() {
+        let e = decode_form(b"items[00][price]=p").unwrap_err();
+        assert!(e.contains("write [0]"), "{e}");
+        assert!(decode_form(b"items[01]=p").is_err());
+        assert!(decode_form(b"items[0]=a&items[10]=b").is_ok());
     }
 }

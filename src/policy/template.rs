@@ -33,6 +33,12 @@ pub enum PathError {
     DotSegment,
     #[error("the path contains an encoded '/', '\\' or '.' ('%2F', '%5C', '%2E')")]
     EncodedSeparator,
+    #[error("the path contains a '\\', which some servers read as '/'")]
+    Backslash,
+    #[error("the path contains a '.' or '..' segment with parameters ('..;'), which some servers read as '..'")]
+    DotParamSegment,
+    #[error("the path contains an encoded control character")]
+    EncodedControl,
 }
 
 impl PathTemplate {
@@ -142,11 +148,26 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
     if lower.contains("%2f") || lower.contains("%5c") || lower.contains("%2e") {
         return Err(PathError::EncodedSeparator);
     }
-    for seg in path[1..].split('/') {
+    if path.contains('\\') {
+        return Err(PathError::Backslash);
+    }
+    if lower.contains("%00") || lower.contains("%0a") || lower.contains("%0d") {
+        return Err(PathError::EncodedControl);
+    }
+    for seg in lower[1..].split('/') {
         match seg {
             "" => return Err(PathError::EmptySegment),
             "." | ".." => return Err(PathError::DotSegment),
             _ => {}
+        }
+        // Servlet containers drop path parameters (`;x` or `%3Bx`) before resolving dots.
+        let bare = seg.split(';').next().unwrap_or(seg);
+        let bare = bare.split("%3b").next().unwrap_or(bare);
+        if bare.is_empty() || bare == "." || bare == ".." {
+            if bare.is_empty() && !seg.starts_with(';') && !seg.starts_with("%3b") {
+                continue;
+            }
+            return Err(PathError::DotParamSegment);
         }
     }
     Ok(())
@@ -220,5 +241,15 @@ mod tests {
         assert_eq!(check_path("*"), Err(PathError::NotAbsolute));
         assert!(check_path("/v1/customers/cus_1").is_ok());
         assert!(check_path("/").is_ok());
+        assert_eq!(
+            check_path("/repos/acme/x\\..\\..\\evilcorp\\secrets"),
+            Err(PathError::Backslash)
+        );
+        assert_eq!(check_path("/v1/..;/x"), Err(PathError::DotParamSegment));
+        assert_eq!(check_path("/v1/.;x=1/x"), Err(PathError::DotParamSegment));
+        assert_eq!(check_path("/v1/..%3B/x"), Err(PathError::DotParamSegment));
+        assert_eq!(check_path("/v1/;x/y"), Err(PathError::DotParamSegment));
+        assert_eq!(check_path("/v1/a%00"), Err(PathError::EncodedControl));
+        assert!(check_path("/v1/a;b").is_ok());
     }
 }

@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::error::{Code, Refusal};
+use crate::guard::{Activity, TunnelSlot, Watched};
 use crate::policy::{split_host_port, Agent, Policy};
 use crate::Gate;
 use body::{empty, ProxyBody};
@@ -37,6 +38,11 @@ pub const REQUEST_ID_HEADER: &str = "toolgate-request-id";
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most an HTTP/1.1 request head (request line and headers) may take; beyond, 431.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// HTTP/2 flow-control windows: what one stream, and one tunnel, may have in flight unread.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// A new random id with a prefix, such as `req_3f2a…`.
 pub fn new_id(prefix: &str) -> String {
@@ -51,6 +57,14 @@ pub(crate) async fn accept_loop(
 ) {
     tokio::pin!(shutdown);
     loop {
+        // At the connection cap, further clients wait in the kernel's backlog.
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = gate.connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -58,7 +72,11 @@ pub(crate) async fn accept_loop(
                     if let Err(e) = stream.set_nodelay(true) {
                         debug!(error = %e, "could not set TCP_NODELAY");
                     }
-                    gate.tasks.spawn(serve_client(gate.clone(), stream, peer));
+                    let g = gate.clone();
+                    gate.tasks.spawn(async move {
+                        serve_client(g, stream, peer).await;
+                        drop(permit);
+                    });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -72,23 +90,36 @@ pub(crate) async fn accept_loop(
 
 /// Serves one agent connection: HTTP/1.1 to the proxy itself (CONNECT or absolute form).
 async fn serve_client(gate: Arc<Gate>, stream: TcpStream, peer: SocketAddr) {
+    let activity = Activity::new();
     let g = gate.clone();
+    let a = activity.clone();
     let svc = service_fn(move |req| {
         let gate = g.clone();
-        async move { Ok::<_, Infallible>(outer(gate, peer, req).await) }
+        let in_flight = a.request();
+        async move {
+            let resp = outer(gate, peer, req).await;
+            drop(in_flight);
+            Ok::<_, Infallible>(resp)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), svc)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .serve_connection(
+            TokioIo::new(Watched::new(stream, activity.clone())),
+            svc,
+        )
         .with_upgrades();
     tokio::pin!(conn);
+    let idle = gate.config.guards.idle_timeout;
     tokio::select! {
         res = conn.as_mut() => if let Err(e) = res { debug!(%peer, error = %e, "client connection ended with an error") },
         _ = gate.cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+        _ = activity.idle(idle) => debug!(%peer, "idle client connection closed"),
     }
 }
 
@@ -183,7 +214,7 @@ async fn outer(gate: Arc<Gate>, peer: SocketAddr, req: Request<Incoming>) -> Res
             record_refusal(
                 &gate,
                 (&request_id, started),
-                None,
+                (None, peer),
                 "-",
                 &method,
                 &target_text,
@@ -204,7 +235,7 @@ async fn outer(gate: Arc<Gate>, peer: SocketAddr, req: Request<Incoming>) -> Res
         record_refusal(
             &gate,
             (&request_id, started),
-            Some(&agent.id),
+            (Some(&agent.id), peer),
             "-",
             &method,
             &target_text,
@@ -226,7 +257,7 @@ async fn outer(gate: Arc<Gate>, peer: SocketAddr, req: Request<Incoming>) -> Res
         record_refusal(
             &gate,
             (&request_id, started),
-            Some(&agent.id),
+            (Some(&agent.id), peer),
             &host,
             &method,
             &target_text,
@@ -280,7 +311,7 @@ async fn connect(
         record_refusal(
             &gate,
             (&request_id, started),
-            Some(&agent.id),
+            (Some(&agent.id), peer),
             "-",
             &Method::CONNECT,
             "-",
@@ -293,7 +324,7 @@ async fn connect(
         record_refusal(
             &gate,
             (&request_id, started),
-            Some(&agent.id),
+            (Some(&agent.id), peer),
             &host,
             &Method::CONNECT,
             &target_text,
@@ -301,6 +332,27 @@ async fn connect(
         );
         return refusal.into_response(&request_id);
     }
+    let Some(slot) = gate.caps.tunnel(&agent.id) else {
+        let mut refusal = Refusal::new(
+            Code::RateLimited,
+            format!(
+                "agent {} already holds {} open tunnels through toolgate, its cap; reuse or close one",
+                agent.id,
+                gate.config.guards.max_connections_per_agent
+            ),
+        );
+        refusal.retry_after = Some(1);
+        record_refusal(
+            &gate,
+            (&request_id, started),
+            (Some(&agent.id), peer),
+            &host,
+            &Method::CONNECT,
+            &target_text,
+            &refusal,
+        );
+        return refusal.into_response(&request_id);
+    };
     let target = Target {
         agent_id: agent.id.clone(),
         host,
@@ -317,7 +369,7 @@ async fn connect(
     let g = gate.clone();
     gate.tasks.spawn(async move {
         match hyper::upgrade::on(req).await {
-            Ok(upgraded) => tunnel(g, Arc::new(target), TokioIo::new(upgraded)).await,
+            Ok(upgraded) => tunnel(g, Arc::new(target), TokioIo::new(upgraded), slot).await,
             Err(e) => debug!(error = %e, "CONNECT upgrade failed"),
         }
     });
@@ -330,10 +382,12 @@ async fn connect(
 
 /// Serves a tunnel: TLS (intercepted with a minted leaf) or plain HTTP, told apart by the first
 /// bytes; anything else is closed.
-async fn tunnel<T>(gate: Arc<Gate>, target: Arc<Target>, mut io: T)
+async fn tunnel<T>(gate: Arc<Gate>, target: Arc<Target>, io: T, _slot: TunnelSlot)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = Activity::new();
+    let mut io = Watched::new(io, activity.clone());
     let limit = gate.config.handshake_timeout;
     let (protocol, prefix) = match detect(&mut io, limit).await {
         Ok(found) => found,
@@ -344,7 +398,7 @@ where
     };
     let io = Rewind::new(prefix, io);
     match protocol {
-        Protocol::Http => serve_inner(gate, target, io).await,
+        Protocol::Http => serve_inner(gate, target, io, activity).await,
         Protocol::Tls => {
             let acceptor =
                 tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
@@ -384,7 +438,7 @@ where
                 }
             };
             match tokio::time::timeout(limit, start.into_stream(config)).await {
-                Ok(Ok(tls)) => serve_inner(gate, target, tls).await,
+                Ok(Ok(tls)) => serve_inner(gate, target, tls, activity).await,
                 Ok(Err(e)) => {
                     warn!(agent = %target.agent_id, host = %target.host, error = %e, "TLS handshake failed")
                 }
@@ -397,30 +451,42 @@ where
 }
 
 /// Serves HTTP/1.1 or HTTP/2 requests inside a tunnel.
-async fn serve_inner<T>(gate: Arc<Gate>, target: Arc<Target>, io: T)
+async fn serve_inner<T>(gate: Arc<Gate>, target: Arc<Target>, io: T, activity: Arc<Activity>)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let g = gate.clone();
     let t = target.clone();
+    let a = activity.clone();
     let svc = service_fn(move |req| {
         let gate = g.clone();
         let target = t.clone();
+        let in_flight = a.request();
         async move {
             let started = Instant::now();
             let request_id = new_id("req");
-            Ok::<_, Infallible>(
-                handle(gate, &target, req.map(body::stream), request_id, started)
-                    .await
-                    .0,
-            )
+            let (resp, _) =
+                handle(gate, &target, req.map(body::stream), request_id, started).await;
+            drop(in_flight);
+            Ok::<_, Infallible>(resp)
         }
     });
+    let guards = &gate.config.guards;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(guards.max_streams)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_pending_accept_reset_streams(Some(64))
+        .max_local_error_reset_streams(Some(256));
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
@@ -430,6 +496,9 @@ where
         _ = gate.cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
+        }
+        _ = activity.idle(guards.idle_timeout) => {
+            debug!(agent = %target.agent_id, host = %target.host, "idle tunnel closed");
         }
     }
 }
@@ -471,8 +540,8 @@ async fn handle(
             "method": method.as_str(),
             "host": target.host,
             "port": target.port,
-            "path": path,
-            "query": req.uri().query().unwrap_or(""),
+            "path": crate::audit::cap_text(&path, crate::audit::URI_CAP),
+            "query": crate::audit::cap_text(req.uri().query().unwrap_or(""), crate::audit::URI_CAP),
             "headers": crate::audit::headers_json(req.headers()),
             "peer": target.peer.to_string(),
             "undoes": match &target.origin {
@@ -533,30 +602,54 @@ async fn handle(
     (resp, refused)
 }
 
-/// The record phase for refusals that happen before a tunnel exists.
+/// The record phase for refusals that happen before a tunnel exists. What one refusal records
+/// is capped, and a flood of one kind from one address is recorded as its first events plus a
+/// count: unauthenticated clients must not be able to fill the disk.
 fn record_refusal(
     gate: &Gate,
     (request_id, started): (&str, Instant),
-    agent: Option<&str>,
+    (agent, peer): (Option<&str>, SocketAddr),
     host: &str,
     method: &Method,
     path: &str,
     refusal: &Refusal,
 ) {
-    gate.audit.record(crate::audit::Record {
-        kind: "decision",
-        request_id: Some(request_id.to_string()),
-        agent: agent.map(str::to_string),
-        payload: serde_json::json!({
-            "outcome": "refused", "code": refusal.code.as_str(), "status": refusal.code.status().as_u16(),
-            "message": refusal.message, "method": method.as_str(), "host": host, "target": path,
-        }),
-        ..Default::default()
-    });
+    let (count, ended) = gate.sources.count(peer.ip(), refusal.code.as_str());
+    if let Some(n) = ended.filter(|n| *n > REFUSALS_RECORDED_PER_MINUTE) {
+        gate.audit.record(crate::audit::Record {
+            kind: "decision",
+            agent: agent.map(str::to_string),
+            payload: serde_json::json!({
+                "outcome": "refused", "code": refusal.code.as_str(), "peer": peer.ip().to_string(),
+                "repeated": n - REFUSALS_RECORDED_PER_MINUTE,
+                "note": "refusals of this kind from this address in the minute before, not recorded one by one",
+            }),
+            ..Default::default()
+        });
+    }
+    if count <= REFUSALS_RECORDED_PER_MINUTE {
+        gate.audit.record(crate::audit::Record {
+            kind: "decision",
+            request_id: Some(request_id.to_string()),
+            agent: agent.map(str::to_string),
+            payload: serde_json::json!({
+                "outcome": "refused", "code": refusal.code.as_str(), "status": refusal.code.status().as_u16(),
+                "message": crate::audit::cap_text(&refusal.message, crate::audit::URI_CAP),
+                "method": method.as_str(),
+                "host": crate::audit::cap_text(host, 256),
+                "target": crate::audit::cap_text(path, crate::audit::URI_CAP),
+                "peer": peer.ip().to_string(),
+            }),
+            ..Default::default()
+        });
+    }
     info!(
-        request_id = %request_id, agent = agent.unwrap_or("-"), host = %host, method = %method,
-        path = %path, tool = "-", decision = "refused", code = refusal.code.as_str(),
+        request_id = %request_id, agent = agent.unwrap_or("-"), host = %crate::audit::cap_text(host, 256), method = %method,
+        path = %crate::audit::cap_text(path, 256), tool = "-", decision = "refused", code = refusal.code.as_str(),
         status = refusal.code.status().as_u16(),
         latency_ms = started.elapsed().as_secs_f64() * 1000.0, "request"
     );
 }
+
+/// Refusals of one kind from one address recorded one by one per minute; the rest are counted.
+const REFUSALS_RECORDED_PER_MINUTE: u32 = 20;

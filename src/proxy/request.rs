@@ -14,6 +14,7 @@ use super::body::{self, ProxyBody};
 use super::upstream::{self, strip_hop_by_hop};
 use super::Target;
 use crate::error::{Code, Refusal};
+use crate::guard::{BodyReservation, Exceeded};
 use crate::policy::contract::{self, MAX_DEPTH};
 use crate::policy::rules::render_agent_template;
 use crate::policy::{
@@ -103,7 +104,7 @@ pub(super) async fn process(
     // validate
     let (parts, incoming) = req.into_parts();
     let query = validate_query(&tool, parts.uri.query())?;
-    let body_bytes = read_body(&tool, &parts.headers, incoming).await?;
+    let (body_bytes, _buffered) = read_body(gate, &agent.id, &tool, &parts.headers, incoming).await?;
     let body_json = validate_body(&tool, &parts.headers, &body_bytes)?;
 
     // rules
@@ -659,7 +660,16 @@ fn validate_query(tool: &Tool, query: Option<&str>) -> Result<Value, Refusal> {
     Ok(value)
 }
 
-async fn read_body(tool: &Tool, headers: &HeaderMap, body: ProxyBody) -> Result<Bytes, Refusal> {
+/// Reads the body whole, as it arrives: within the tool's size limit, the body read timeout,
+/// and the agent's (and everyone's) cap on buffered bytes. The reservation holds those bytes
+/// against the caps until the request is done.
+async fn read_body(
+    gate: &Gate,
+    agent: &str,
+    tool: &Tool,
+    headers: &HeaderMap,
+    body: ProxyBody,
+) -> Result<(Bytes, BodyReservation), Refusal> {
     let limit = tool.max_body_bytes;
     let too_large = || {
         Refusal::new(
@@ -677,20 +687,49 @@ async fn read_body(tool: &Tool, headers: &HeaderMap, body: ProxyBody) -> Result<
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    // Read frame by frame with the limit checked as data arrives.
-    let mut body = body;
-    let mut out = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| validation(format!("the request body could not be read: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            if out.len() + data.len() > limit {
-                return Err(too_large());
+    let mut reservation = gate.caps.body(agent);
+    let over_cap = |e: Exceeded| {
+        let message = match e {
+            Exceeded::Agent(cap) => format!(
+                "agent {agent} already has {cap} bytes of request bodies in toolgate's buffers, its cap; send fewer large bodies at once"
+            ),
+            Exceeded::Total(cap) => format!(
+                "toolgate is buffering its maximum of {cap} bytes of request bodies; retry shortly"
+            ),
+        };
+        let mut r = Refusal::new(Code::RateLimited, message);
+        r.retry_after = Some(1);
+        r
+    };
+    let timeout = gate.config.guards.body_read_timeout;
+    let read = async {
+        // Read frame by frame with the limits checked as data arrives.
+        let mut body = body;
+        let mut out = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| validation(format!("the request body could not be read: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if out.len() + data.len() > limit {
+                    return Err(too_large());
+                }
+                reservation.grow(data.len()).map_err(over_cap)?;
+                out.extend_from_slice(&data);
             }
-            out.extend_from_slice(&data);
         }
+        Ok(out.freeze())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(bytes)) => Ok((bytes, reservation)),
+        Ok(Err(refusal)) => Err(refusal),
+        Err(_) => Err(Refusal::new(
+            Code::RequestTimeout,
+            format!(
+                "the request body did not arrive whole within {}s; send it at once",
+                timeout.as_secs_f64()
+            ),
+        )),
     }
-    Ok(out.freeze())
 }
 
 fn validate_body(tool: &Tool, headers: &HeaderMap, bytes: &Bytes) -> Result<Value, Refusal> {
@@ -735,7 +774,7 @@ fn validate_body(tool: &Tool, headers: &HeaderMap, bytes: &Bytes) -> Result<Valu
         Value::Object(Default::default())
     } else {
         match spec.format {
-            BodyFormat::Json => serde_json::from_slice(bytes)
+            BodyFormat::Json => contract::parse_json_strict(bytes)
                 .map_err(|e| validation(format!("the body is not valid JSON: {e}")))?,
             BodyFormat::Form => contract::decode_form(bytes).map_err(validation)?,
         }

@@ -392,7 +392,11 @@ impl Toolgate {
         let admin_addr = admin.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(toolgate::run(
-            toolgate::Listeners { proxy, admin },
+            toolgate::Listeners {
+                proxy,
+                admin,
+                metrics: None,
+            },
             config,
             async move {
                 let _ = rx.await;

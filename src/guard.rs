@@ -1,0 +1,364 @@
+//! Caps that keep one agent, or anyone who can reach a listener, from exhausting toolgate:
+//! tunnels per agent, request-body bytes buffered per agent and in all, idle connections, failed
+//! authentications per source, and how much a flood of refusals may write to the audit log.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::config::Guards;
+
+/// Per-agent and global counters. Shared by every connection.
+pub struct Caps {
+    limits: Guards,
+    tunnels: Mutex<HashMap<String, usize>>,
+    buffered: Mutex<Buffered>,
+}
+
+#[derive(Default)]
+struct Buffered {
+    total: usize,
+    per_agent: HashMap<String, usize>,
+}
+
+/// Which buffer cap a body ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exceeded {
+    Agent(usize),
+    Total(usize),
+}
+
+impl Caps {
+    pub fn new(limits: Guards) -> Arc<Caps> {
+        Arc::new(Caps {
+            limits,
+            tunnels: Mutex::default(),
+            buffered: Mutex::default(),
+        })
+    }
+
+    pub fn limits(&self) -> &Guards {
+        &self.limits
+    }
+
+    /// A tunnel slot for `agent`, or `None` when it already holds its cap.
+    pub fn tunnel(self: &Arc<Self>, agent: &str) -> Option<TunnelSlot> {
+        let mut map = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(agent.to_string()).or_insert(0);
+        if *n >= self.limits.max_connections_per_agent {
+            return None;
+        }
+        *n += 1;
+        Some(TunnelSlot {
+            caps: self.clone(),
+            agent: agent.to_string(),
+        })
+    }
+
+    /// An empty reservation of body bytes for `agent`; it grows as the body arrives.
+    pub fn body(self: &Arc<Self>, agent: &str) -> BodyReservation {
+        BodyReservation {
+            caps: self.clone(),
+            agent: agent.to_string(),
+            held: 0,
+        }
+    }
+
+    /// Bytes buffered now (for /metrics).
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+}
+
+/// One open tunnel of an agent; the count drops with it.
+pub struct TunnelSlot {
+    caps: Arc<Caps>,
+    agent: String,
+}
+
+impl Drop for TunnelSlot {
+    fn drop(&mut self) {
+        let mut map = self.caps.tunnels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.agent) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.agent);
+            }
+        }
+    }
+}
+
+/// Body bytes an agent's request holds in toolgate's memory; released when dropped.
+pub struct BodyReservation {
+    caps: Arc<Caps>,
+    agent: String,
+    held: usize,
+}
+
+impl BodyReservation {
+    /// Reserves `n` more bytes, or says which cap they would pass (nothing is reserved then).
+    pub fn grow(&mut self, n: usize) -> Result<(), Exceeded> {
+        let limits = &self.caps.limits;
+        let mut b = self.caps.buffered.lock().unwrap_or_else(|p| p.into_inner());
+        let agent_now = b.per_agent.get(&self.agent).copied().unwrap_or(0);
+        if agent_now + n > limits.max_buffered_per_agent {
+            return Err(Exceeded::Agent(limits.max_buffered_per_agent));
+        }
+        if b.total + n > limits.max_buffered {
+            return Err(Exceeded::Total(limits.max_buffered));
+        }
+        b.total += n;
+        *b.per_agent.entry(self.agent.clone()).or_insert(0) += n;
+        self.held += n;
+        Ok(())
+    }
+}
+
+impl Drop for BodyReservation {
+    fn drop(&mut self) {
+        if self.held == 0 {
+            return;
+        }
+        let mut b = self.caps.buffered.lock().unwrap_or_else(|p| p.into_inner());
+        b.total = b.total.saturating_sub(self.held);
+        if let Some(n) = b.per_agent.get_mut(&self.agent) {
+            *n = n.saturating_sub(self.held);
+            if *n == 0 {
+                b.per_agent.remove(&self.agent);
+            }
+        }
+    }
+}
+
+/// When a connection last moved a byte, and how many requests it has in flight: a connection
+/// with neither for the idle timeout is closed.
+#[derive(Default)]
+pub struct Activity {
+    epoch: std::sync::OnceLock<Instant>,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        let a = Activity::default();
+        let _ = a.epoch.set(Instant::now());
+        Arc::new(a)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch
+            .get()
+            .map(|e| e.elapsed().as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Marks a request in flight until the guard is dropped.
+    pub fn request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        InFlight(self.clone())
+    }
+
+    /// Resolves once the connection has been idle for `timeout`.
+    pub async fn idle(&self, timeout: Duration) {
+        let step = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            tokio::time::sleep(step).await;
+            let quiet = self
+                .now_ms()
+                .saturating_sub(self.last_ms.load(Ordering::Relaxed));
+            if self.in_flight.load(Ordering::Relaxed) == 0
+                && quiet >= timeout.as_millis() as u64
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// A request in flight on a connection.
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An IO stream that records its activity.
+pub struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Watched<T> {
+    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+        activity.touch();
+        Watched { inner, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        res
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Counts events per source address in one-minute windows: failed authentications (to refuse
+/// the next ones for a while) and refusals (to record a flood as one summary).
+#[derive(Default)]
+pub struct PerSource {
+    windows: Mutex<HashMap<(IpAddr, &'static str), Window>>,
+}
+
+struct Window {
+    started: Instant,
+    count: u32,
+}
+
+const WINDOW: Duration = Duration::from_secs(60);
+
+impl PerSource {
+    /// Counts one event; returns how many this source had in the current window, this one
+    /// included, and how many the previous window ended with when this one starts it.
+    pub fn count(&self, ip: IpAddr, what: &'static str) -> (u32, Option<u32>) {
+        let now = Instant::now();
+        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, w| now.duration_since(w.started) < WINDOW);
+        }
+        let w = map.entry((ip, what)).or_insert(Window {
+            started: now,
+            count: 0,
+        });
+        let mut ended = None;
+        if now.duration_since(w.started) >= WINDOW {
+            ended = Some(w.count);
+            w.started = now;
+            w.count = 0;
+        }
+        w.count += 1;
+        (w.count, ended)
+    }
+
+    /// Seconds until a source that passed `max` in this window may try again, if it did.
+    pub fn blocked(&self, ip: IpAddr, what: &'static str, max: u32) -> Option<u64> {
+        let map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let w = map.get(&(ip, what))?;
+        let age = Instant::now().duration_since(w.started);
+        (w.count >= max && age < WINDOW).then(|| (WINDOW - age).as_secs().max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Guards {
+        Guards {
+            max_connections_per_agent: 2,
+            max_buffered_per_agent: 100,
+            max_buffered: 150,
+            ..Guards::default()
+        }
+    }
+
+    #[test]
+    fn tunnels_per_agent_are_capped_and_released() {
+        let caps = Caps::new(limits());
+        let a = caps.tunnel("a").unwrap();
+        let _b = caps.tunnel("a").unwrap();
+        assert!(caps.tunnel("a").is_none());
+        assert!(caps.tunnel("other").is_some());
+        drop(a);
+        assert!(caps.tunnel("a").is_some());
+    }
+
+    #[test]
+    fn body_bytes_are_capped_per_agent_and_in_all() {
+        let caps = Caps::new(limits());
+        let mut a = caps.body("a");
+        a.grow(60).unwrap();
+        assert_eq!(caps.body("a").grow(50), Err(Exceeded::Agent(100)));
+        let mut b = caps.body("b");
+        b.grow(80).unwrap();
+        assert_eq!(caps.body("c").grow(20), Err(Exceeded::Total(150)));
+        assert_eq!(caps.buffered_bytes(), 140);
+        drop(a);
+        drop(b);
+        assert_eq!(caps.buffered_bytes(), 0);
+        caps.body("c").grow(150).unwrap_err();
+        caps.body("c").grow(100).unwrap();
+    }
+
+    #[test]
+    fn sources_are_counted_per_window() {
+        let s = PerSource::default();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        for i in 1..=3 {
+            assert_eq!(s.count(ip, "auth"), (i, None));
+        }
+        assert!(s.blocked(ip, "auth", 3).is_some());
+        assert!(s.blocked(ip, "auth", 4).is_none());
+        assert!(s.blocked(ip, "other", 1).is_none());
+    }
+}
