@@ -281,6 +281,8 @@ pub struct Call<'a> {
     /// `{body, params, query}` for the summary.
     pub summary_ctx: Value,
     pub redactor: &'a crate::audit::Redactor,
+    /// What the call asks of the tool's budget (charged at commit).
+    pub budget_amount: Option<f64>,
 }
 
 /// The agent side: create or join the proposal for this call, hold the connection, and commit
@@ -309,6 +311,12 @@ pub async fn propose_and_wait(gate: &Gate, call: Call<'_>) -> Result<Response<Pr
                 p.id
             }
             _ => {
+                crate::proxy::request::admit_proposal(
+                    gate,
+                    &call.agent.id,
+                    call.tool,
+                    call.budget_amount,
+                )?;
                 let p = new_proposal(&call, identity);
                 gate.store.put_proposal(&p, true).await.map_err(store_err)?;
                 gate.audit.record(record(

@@ -56,6 +56,17 @@ pub struct KillSwitch {
     pub at_unix: u64,
 }
 
+impl Drop for Flusher {
+    /// The last handle to the store is gone: the thread flushes what is queued, ends, and lets go
+    /// of the database, so that it can be opened again at once.
+    fn drop(&mut self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The store. Cheap to clone (sled handles are reference counted).
 #[derive(Clone)]
 pub struct Store {
@@ -73,41 +84,41 @@ type FlushAck = tokio::sync::oneshot::Sender<Result<(), String>>;
 /// ask this thread, and every request that arrived while a flush ran is answered by the next
 /// single flush (group commit). A write made before asking is covered by the answer.
 pub struct Flusher {
-    tx: std::sync::Mutex<std::sync::mpsc::Sender<FlushAck>>,
+    tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<FlushAck>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Duration of the last flush, in microseconds (for /metrics).
-    pub last_flush_us: std::sync::atomic::AtomicU64,
+    pub last_flush_us: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Flusher {
     fn start(db: sled::Db) -> Result<std::sync::Arc<Flusher>, StoreError> {
         let (tx, rx) = std::sync::mpsc::channel::<FlushAck>();
-        let flusher = std::sync::Arc::new(Flusher {
-            tx: std::sync::Mutex::new(tx),
-            last_flush_us: std::sync::atomic::AtomicU64::new(0),
-        });
-        let gauge = std::sync::Arc::downgrade(&flusher);
-        std::thread::Builder::new()
+        let gauge = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let last_flush_us = gauge.clone();
+        let thread = std::thread::Builder::new()
             .name("toolgate-flush".into())
             .spawn(move || {
-                // Ends when every handle to the store is gone (the channel closes).
+                // Ends when the store is closed (the channel closes).
                 while let Ok(first) = rx.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
                     let started = std::time::Instant::now();
                     let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
-                    if let Some(f) = gauge.upgrade() {
-                        f.last_flush_us.store(
-                            started.elapsed().as_micros() as u64,
-                            std::sync::atomic::Ordering::Relaxed,
-                        );
-                    }
+                    gauge.store(
+                        started.elapsed().as_micros() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     for ack in waiting {
                         let _ = ack.send(result.clone());
                     }
                 }
             })
             .map_err(|e| StoreError(format!("could not start the flush thread: {e}")))?;
-        Ok(flusher)
+        Ok(std::sync::Arc::new(Flusher {
+            tx: std::sync::Mutex::new(Some(tx)),
+            thread: std::sync::Mutex::new(Some(thread)),
+            last_flush_us,
+        }))
     }
 
     fn ask(&self) -> Result<tokio::sync::oneshot::Receiver<Result<(), String>>, StoreError> {
@@ -115,6 +126,8 @@ impl Flusher {
         self.tx
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .ok_or_else(|| StoreError("the store is closed".into()))?
             .send(ack)
             .map_err(|_| StoreError("the flush thread is not running".into()))?;
         Ok(rx)

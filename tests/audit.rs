@@ -178,8 +178,14 @@ async fn every_request_and_every_commit_is_recorded_in_order() {
         .await
         .json();
     assert_eq!(v["ok"], true);
-    let metrics = gate.admin("GET", "/metrics", None, None).await;
+    // Metrics need an approver's token.
+    assert_eq!(gate.admin("GET", "/metrics", None, None).await.status, 401);
+    let metrics = gate
+        .admin("GET", "/metrics", Some("demo-carol-token"), None)
+        .await;
     let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains("toolgate_store_bytes "), "{text}");
+    assert!(text.contains("toolgate_store_alarm 0"), "{text}");
     assert!(text.contains("toolgate_requests_total{tool=\"stripe.customers.retrieve\",decision=\"forwarded\",status=\"200\"} 1"), "{text}");
     assert!(text.contains("toolgate_request_duration_seconds_count"));
     assert!(text.contains("toolgate_pending_proposals 0"));

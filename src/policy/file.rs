@@ -133,6 +133,10 @@ pub struct ToolDef {
     pub kind: Option<String>,
     #[serde(default)]
     pub redact: Vec<String>,
+    /// Request headers forwarded besides the defaults (and steering headers it allows, such as
+    /// `Stripe-Account`).
+    #[serde(default)]
+    pub headers: Vec<String>,
 }
 
 fn one() -> u32 {

@@ -6,7 +6,7 @@
 
 pub mod body;
 pub mod model;
-mod request;
+pub(crate) mod request;
 pub mod rewind;
 pub mod upstream;
 

@@ -37,6 +37,93 @@ const AGENT_CREDENTIAL_HEADERS: [&str; 6] = [
     "private-token",
 ];
 
+/// Headers forwarded to every tool: what HTTP clients and the official SDKs send. Anything else
+/// an agent sends is dropped unless the tool names it in `headers`. `Accept-Encoding` is not
+/// among them: toolgate must read answers in clear to scrub secrets from them.
+const FORWARDED_HEADERS: [&str; 20] = [
+    "accept",
+    "accept-language",
+    "cache-control",
+    "content-type",
+    "content-length",
+    "user-agent",
+    "idempotency-key",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "stripe-version",
+    "x-stripe-client-user-agent",
+    "x-stripe-client-telemetry",
+    "x-github-api-version",
+    "anthropic-version",
+    "anthropic-beta",
+];
+/// Prefixes of forwarded headers (the OpenAI and Anthropic SDKs' telemetry).
+const FORWARDED_PREFIXES: [&str; 2] = ["x-stainless-", "openai-beta"];
+/// Headers that make an upstream act on another account, with another method or on another
+/// URL than the one checked: refused unless the tool names them in `headers`.
+const STEERING_HEADERS: [&str; 16] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    "stripe-account",
+    "stripe-context",
+    "openai-organization",
+    "openai-project",
+    "x-forwarded-host",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-prefix",
+    "forwarded",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+];
+/// Headers an upstream may read first-wins or last-wins: more than one is refused.
+const SINGLE_HEADERS: [&str; 4] = ["content-type", "content-length", "idempotency-key", "stripe-version"];
+
+/// The headers phase: what of the agent's headers goes upstream. Duplicated single-valued
+/// headers and steering headers are refused; credentials, toolgate's own headers, hop-by-hop
+/// headers and anything the tool does not forward are dropped.
+fn forwarded_headers(tool: &Tool, sent: &HeaderMap) -> Result<HeaderMap, Refusal> {
+    let named = |name: &str| tool.def.headers.iter().any(|h| h.eq_ignore_ascii_case(name));
+    for name in SINGLE_HEADERS {
+        if sent.get_all(name).iter().count() > 1 {
+            return Err(validation(format!(
+                "the request has more than one {name} header; send it once"
+            )));
+        }
+    }
+    for name in STEERING_HEADERS {
+        if sent.contains_key(name) && !named(name) {
+            return Err(Refusal::policy(format!(
+                "header {name} is not allowed on tool {}: it would make the upstream act on another account, method or URL than the one checked; remove it",
+                tool.name
+            )));
+        }
+    }
+    let mut out = HeaderMap::new();
+    for (name, value) in sent {
+        let n = name.as_str();
+        if CONTROL_HEADERS.contains(&n) || AGENT_CREDENTIAL_HEADERS.contains(&n) {
+            continue;
+        }
+        let forwarded = FORWARDED_HEADERS.contains(&n)
+            || FORWARDED_PREFIXES.iter().any(|p| n.starts_with(p))
+            || named(n);
+        if forwarded {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    strip_hop_by_hop(&mut out);
+    Ok(out)
+}
+
 /// How long an `Idempotency-Key` is remembered (Stripe's own window).
 const KEY_WINDOW_SECS: u64 = 24 * 3600;
 /// The largest upstream answer to a mutating call that is stored whole for replays.
@@ -109,6 +196,7 @@ pub(super) async fn process(
 
     // rules
     check_rules(&agent, &tool, &parts, &matched.params, &query, &body_json)?;
+    let amount = budget_amount(&tool, &body_json)?;
 
     // decide
     match tool.mode {
@@ -135,14 +223,7 @@ pub(super) async fn process(
             || (tool.side_effects != SideEffects::None && (agent.dry_run || asked_dry_run)));
 
     // inject
-    let mut headers = parts.headers.clone();
-    for name in CONTROL_HEADERS
-        .iter()
-        .chain(AGENT_CREDENTIAL_HEADERS.iter())
-    {
-        headers.remove(*name);
-    }
-    strip_hop_by_hop(&mut headers);
+    let mut headers = forwarded_headers(&tool, &parts.headers)?;
     if let Some(cred) = &credential {
         headers.remove(&cred.header);
         headers.insert(cred.header.clone(), cred.header_value());
@@ -193,6 +274,8 @@ pub(super) async fn process(
         hex::encode(h.finalize())
     };
 
+    // Limits that hold for calls held for approval as much as for calls sent at once.
+    let key = idempotency_key(&tool, &parts.headers)?;
     if tool.mode == Mode::Approve && undo_of.is_none() {
         // The proposal stores the request without the credential; it is injected at commit.
         if let Some(cred) = &credential {
@@ -218,6 +301,7 @@ pub(super) async fn process(
             payload_sha256: &payload_sha,
             summary_ctx: json!({"body": body_json, "params": matched.params, "query": query}),
             redactor: &gate.audit.redactor,
+            budget_amount: amount,
         };
         return crate::approval::propose_and_wait(gate, call).await;
     }
@@ -307,28 +391,11 @@ pub(super) async fn process(
     }
 
     // idempotency: at most one execution per call.
-    let (idem_id, window_secs) = match tool.idempotency {
-        Some(Idempotency::Key) => {
-            let key = parts
-                .headers
-                .get("idempotency-key")
-                .and_then(|v| v.to_str().ok())
-                .filter(|k| !k.trim().is_empty())
-                .ok_or_else(|| {
-                    Refusal::new(
-                        Code::IdempotencyKeyRequired,
-                        format!(
-                            "tool {} changes things and needs an Idempotency-Key header: send a unique key per call and reuse it when retrying",
-                            tool.name
-                        ),
-                    )
-                    .with_tool(tool.name.clone())
-                })?;
-            (idem_id("key", &agent.id, &tool.name, key), KEY_WINDOW_SECS)
-        }
+    let (idem_id, window_secs) = match key {
+        Some(key) => (idem_id("key", &agent.id, &tool.name, key), KEY_WINDOW_SECS),
         // A tool with side effects always has an idempotency mode (a load-time rule); payload is
         // the safe reading of anything else.
-        _ => (
+        None => (
             idem_id("payload", &agent.id, &tool.name, &payload_sha),
             tool.idempotency_window.as_secs(),
         ),
@@ -376,28 +443,7 @@ pub(super) async fn process(
             .check(&agent.id, &tool.name, limit)
             .map_err(|secs| rate_limited(&tool, secs))?;
     }
-    let mut charged: Option<(String, f64)> = None;
-    if let Some(budget) = &tool.budget {
-        let amount = body_json
-            .get(&budget.field)
-            .and_then(Value::as_f64)
-            .unwrap_or(0.0);
-        let key = format!(
-            "{}\0{}\0{}",
-            agent.id,
-            tool.name,
-            budget.per.bucket(now_unix())
-        );
-        match gate.store.budget_add(&key, amount, budget.max).await.map_err(store_err)? {
-            Ok(_) => charged = Some((key, amount)),
-            Err(used) => {
-                return Err(Refusal::policy(format!(
-                    "budget exceeded: tool {} allows a total {} of {} per {} for agent {}; {} is used and this call asks for {}",
-                    tool.name, budget.field, budget.max, budget.per.as_str(), agent.id, used, amount
-                )))
-            }
-        }
-    }
+    let charged = charge_budget(gate, &agent.id, &tool, amount).await?;
 
     // Marked in flight, durably, before a byte leaves: a crash from here on is never re-sent.
     let mut rec = IdemRecord {
@@ -451,18 +497,16 @@ pub(super) async fn process(
             if failure.not_sent {
                 // Nothing reached the upstream: the call may be retried, and spent nothing.
                 gate.store.idem_remove(&idem_id).await.map_err(store_err)?;
-                if let Some((key, amount)) = charged {
-                    gate.store
-                        .budget_add(&key, -amount, f64::MAX)
-                        .await
-                        .map_err(store_err)?
-                        .ok();
-                }
+                refund_budget(gate, charged).await;
             }
             return Err(failure.refusal);
         }
     };
     let (resp_parts, resp_body) = resp.into_parts();
+    if !resp_parts.status.is_success() {
+        // The upstream refused the call: it spent nothing of the budget.
+        refund_budget(gate, charged).await;
+    }
     let (bytes, truncated) = match Limited::new(resp_body, MAX_STORED_OUTCOME).collect().await {
         Ok(c) => (c.to_bytes(), false),
         Err(_) => (Bytes::new(), true),
@@ -563,6 +607,132 @@ fn idem_id(kind: &str, agent: &str, tool: &str, key: &str) -> String {
         h.update([0]);
     }
     hex::encode(h.finalize())
+}
+
+/// The `Idempotency-Key` a keyed tool needs (428 without one); `None` for other tools.
+fn idempotency_key<'h>(tool: &Tool, headers: &'h HeaderMap) -> Result<Option<&'h str>, Refusal> {
+    if tool.side_effects == SideEffects::None || tool.idempotency != Some(Idempotency::Key) {
+        return Ok(None);
+    }
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|k| !k.trim().is_empty())
+        .map(Some)
+        .ok_or_else(|| {
+            Refusal::new(
+                Code::IdempotencyKeyRequired,
+                format!(
+                    "tool {} changes things and needs an Idempotency-Key header: send a unique key per call and reuse it when retrying",
+                    tool.name
+                ),
+            )
+            .with_tool(tool.name.clone())
+        })
+}
+
+/// What a call asks of its tool's budget. The field must be there (an upstream may read a
+/// missing amount as "all of it"), a number, and not negative (it would credit the budget).
+pub(crate) fn budget_amount(tool: &Tool, body: &Value) -> Result<Option<f64>, Refusal> {
+    let Some(budget) = &tool.budget else {
+        return Ok(None);
+    };
+    let field = &budget.field;
+    match body.get(field).and_then(Value::as_f64) {
+        None => Err(validation(format!(
+            "field /{field} is required: tool {} counts it against a budget; send it explicitly",
+            tool.name
+        ))),
+        Some(n) if n < 0.0 || !n.is_finite() => Err(validation(format!(
+            "field /{field} must not be negative (got {n})"
+        ))),
+        Some(n) => Ok(Some(n)),
+    }
+}
+
+/// The store key of an agent's budget for a tool in the current period.
+fn budget_key(agent: &str, tool: &Tool, budget: &crate::policy::Budget) -> String {
+    format!("{agent}\0{}\0{}", tool.name, budget.per.bucket(now_unix()))
+}
+
+fn budget_exceeded(tool: &Tool, agent: &str, used: f64, amount: f64) -> Refusal {
+    let (field, max, per) = tool
+        .budget
+        .as_ref()
+        .map(|b| (b.field.as_str(), b.max, b.per.as_str()))
+        .unwrap_or(("?", 0.0, "?"));
+    Refusal::policy(format!(
+        "budget exceeded: tool {} allows a total {field} of {max} per {per} for agent {agent}; {used} is used and this call asks for {amount}",
+        tool.name
+    ))
+}
+
+/// Checks, without charging, that `amount` still fits the agent's budget (a proposal is
+/// refused at once when it could never be committed).
+pub(crate) fn check_budget(
+    gate: &Gate,
+    agent: &str,
+    tool: &Tool,
+    amount: Option<f64>,
+) -> Result<(), Refusal> {
+    let (Some(budget), Some(amount)) = (&tool.budget, amount) else {
+        return Ok(());
+    };
+    let used = gate
+        .store
+        .budget_get(&budget_key(agent, tool, budget))
+        .map_err(|e| Refusal::internal(format!("the budget store is unavailable ({e}); nothing was sent")))?;
+    if used + amount > budget.max {
+        return Err(budget_exceeded(tool, agent, used, amount));
+    }
+    Ok(())
+}
+
+/// A charge to give back if the call does not take effect.
+pub(crate) type Charge = Option<(String, f64)>;
+
+/// Charges `amount` to the agent's budget, durably, or refuses the call.
+pub(crate) async fn charge_budget(
+    gate: &Gate,
+    agent: &str,
+    tool: &Tool,
+    amount: Option<f64>,
+) -> Result<Charge, Refusal> {
+    let (Some(budget), Some(amount)) = (&tool.budget, amount) else {
+        return Ok(None);
+    };
+    let key = budget_key(agent, tool, budget);
+    match gate.store.budget_add(&key, amount, budget.max).await {
+        Ok(Ok(_)) => Ok(Some((key, amount))),
+        Ok(Err(used)) => Err(budget_exceeded(tool, agent, used, amount)),
+        Err(e) => Err(Refusal::internal(format!(
+            "the budget store is unavailable ({e}); the call was not sent"
+        ))),
+    }
+}
+
+/// Gives a charge back (the call was not sent, or the upstream refused it).
+pub(crate) async fn refund_budget(gate: &Gate, charge: Charge) {
+    if let Some((key, amount)) = charge {
+        if let Err(e) = gate.store.budget_add(&key, -amount, f64::MAX).await {
+            tracing::error!(error = %e, "could not give a budget charge back");
+        }
+    }
+}
+
+/// Admits a new proposal: the rate limit counts it, and its amount must fit the budget now.
+pub(crate) fn admit_proposal(
+    gate: &Gate,
+    agent: &str,
+    tool: &Tool,
+    amount: Option<f64>,
+) -> Result<(), Refusal> {
+    if let Some(limit) = &tool.rate_limit {
+        gate.limiter
+            .check(agent, &tool.name, limit)
+            .map_err(|secs| rate_limited(tool, secs))?;
+    }
+    check_budget(gate, agent, tool, amount)
 }
 
 fn rate_limited(tool: &Tool, secs: u64) -> Refusal {
