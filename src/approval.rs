@@ -107,6 +107,9 @@ pub struct StoredRequest {
     /// Base64 of the body bytes.
     pub body: String,
     pub sha256: String,
+    /// The headers exactly as they will be sent, sealed at rest (`headers` shows them redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_headers: Option<String>,
 }
 
 impl StoredRequest {
@@ -317,7 +320,16 @@ pub async fn propose_and_wait(gate: &Gate, call: Call<'_>) -> Result<Response<Pr
                     call.tool,
                     call.budget_amount,
                 )?;
-                let p = new_proposal(&call, identity);
+                let mut p = new_proposal(&call, identity);
+                let exact: Vec<(&str, &str)> = call
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| *k != header::HOST)
+                    .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
+                    .collect();
+                let plain = serde_json::to_vec(&exact).map_err(|e| store_err(e.into()))?;
+                p.request.sealed_headers =
+                    Some(gate.store.sealer().seal(&plain).map_err(store_err)?);
                 gate.store.put_proposal(&p, true).await.map_err(store_err)?;
                 gate.audit.record(record(
                     &p,
@@ -394,6 +406,7 @@ fn new_proposal(call: &Call<'_>, identity: String) -> Proposal {
                 .collect(),
             body: base64::engine::general_purpose::STANDARD.encode(call.body),
             sha256: hex::encode(Sha256::digest(call.body)),
+            sealed_headers: None,
         },
         identity,
         created_unix: now,
@@ -570,22 +583,15 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
         }
     }
     let policy = gate.policy();
-    let tool = policy.tool(&p.tool).cloned();
-    let agent = policy.agent(&p.agent).cloned();
-    let still_allowed = match (&tool, &agent) {
-        (Some(t), Some(a)) => a.may_use(&t.name) && t.mode == crate::policy::Mode::Approve,
-        _ => false,
+    let (Some(tool), Some(agent)) = (
+        policy.tool(&p.tool).cloned(),
+        policy.agent(&p.agent).cloned(),
+    ) else {
+        return cancel(gate, &mut p, "the policy in force no longer has this tool or agent").await;
     };
-    let (Some(tool), Some(agent), true) = (tool, agent, still_allowed) else {
-        p.state = State::Cancelled;
-        p.note = Some("the policy in force no longer allows this call".into());
-        gate.store
-            .put_proposal(&p, false)
-            .await
-            .map_err(store_err)?;
-        gate.waiters.notify(id);
-        return Ok(None);
-    };
+    if !agent.may_use(&tool.name) || tool.mode != crate::policy::Mode::Approve {
+        return cancel(gate, &mut p, "the policy in force no longer allows this call").await;
+    }
     if tool.version != p.tool_version {
         p.note = Some(format!(
             "tool {} changed from version {} to {} after approval; it needs approving again",
@@ -601,29 +607,40 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
         gate.waiters.notify(id);
         return Ok(None);
     }
-    let credential = if tool.credentials.is_empty() {
-        None
-    } else {
-        match tool.credentials.get(&agent.environment) {
-            Some(c) => Some(c.clone()),
-            None => {
-                p.state = State::Cancelled;
-                p.note = Some(format!(
-                    "no credential for environment {:?}",
-                    agent.environment
-                ));
-                gate.store
-                    .put_proposal(&p, false)
-                    .await
-                    .map_err(store_err)?;
-                gate.waiters.notify(id);
-                return Ok(None);
-            }
+    let Some(mut headers) = sent_headers(gate, &p.request) else {
+        return cancel(gate, &mut p, "its stored headers could not be opened (the seal key changed or the record was altered)").await;
+    };
+    let sent = Bytes::from(p.request.body_bytes());
+    let method: http::Method = p.request.method.parse().unwrap_or(http::Method::POST);
+    // Every policy phase again, on exactly what will be sent, under the policy in force now.
+    let checked = match crate::proxy::request::recheck(
+        &policy,
+        &agent,
+        &tool,
+        (&p.request.host, p.request.port),
+        &method,
+        &p.request.path_and_query,
+        &headers,
+        &sent,
+    ) {
+        Ok(c) => c,
+        Err(refusal) => {
+            let why = format!("the policy in force refuses it now: {}", refusal.message);
+            return cancel(gate, &mut p, &why).await;
         }
     };
+    let amount = crate::proxy::request::budget_amount(&tool, &checked.body).unwrap_or(None);
+    let charged = match crate::proxy::request::charge_budget(gate, &agent.id, &tool, amount).await
+    {
+        Ok(c) => c,
+        Err(refusal) if refusal.code == Code::Internal => return Err(refusal.with_proposal(p.id.clone())),
+        Err(refusal) => return cancel(gate, &mut p, &refusal.message).await,
+    };
+    let credential = checked.credential;
 
     // Durable before a byte leaves: the commit event, then the state.
-    gate.audit
+    let durable = gate
+        .audit
         .record_durable(record(
             &p,
             "commit",
@@ -640,29 +657,24 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
                 "the audit log is unavailable ({e}); proposal {} was not sent",
                 p.id
             ))
-        })?;
+        });
     p.state = State::Committing;
-    gate.store
-        .put_proposal(&p, false)
-        .await
-        .map_err(store_err)?;
+    let stored = match durable {
+        Ok(_) => gate.store.put_proposal(&p, false).await.map_err(store_err),
+        Err(refusal) => Err(refusal),
+    };
+    if let Err(refusal) = stored {
+        crate::proxy::request::refund_budget(gate, charged).await;
+        return Err(refusal);
+    }
     let started = std::time::Instant::now();
 
-    let mut headers = HeaderMap::new();
-    for (k, v) in &p.request.headers {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            headers.append(k, v);
-        }
-    }
     if let Some(c) = &credential {
         headers.remove(&c.header);
         headers.insert(c.header.clone(), c.header_value());
     }
-    let mut req = Request::new(body::full(p.request.body_bytes()));
-    *req.method_mut() = p.request.method.parse().unwrap_or(http::Method::POST);
+    let mut req = Request::new(body::full(sent.clone()));
+    *req.method_mut() = method;
     *req.uri_mut() = p.request.path_and_query.parse().unwrap_or_default();
     *req.headers_mut() = headers;
     info!(proposal = %p.id, tool = %p.tool, "committing");
@@ -673,6 +685,10 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
     {
         Ok(resp) => {
             let (parts, body) = resp.into_parts();
+            if !parts.status.is_success() {
+                // The upstream refused: nothing of the budget was spent.
+                crate::proxy::request::refund_budget(gate, charged).await;
+            }
             let bytes = Limited::new(body, MAX_STORED_OUTCOME)
                 .collect()
                 .await
@@ -684,19 +700,13 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
                 &parts.headers,
                 &bytes,
             );
-            let sent = p.request.body_bytes();
             let content_type = p
                 .request
                 .headers
                 .iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
                 .map(|(_, v)| v.clone());
-            let body_json = match tool.body.as_ref().map(|b| b.format) {
-                Some(crate::policy::BodyFormat::Form) => {
-                    crate::policy::contract::decode_form(&sent).unwrap_or(Value::Null)
-                }
-                _ => serde_json::from_slice(&sent).unwrap_or(Value::Null),
-            };
+            let body_json = checked.body;
             crate::rollback::record(
                 gate,
                 crate::rollback::CommitFacts {
@@ -741,6 +751,9 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
             Ok(Some(stored_response(&p)))
         }
         Err(failure) => {
+            if failure.not_sent {
+                crate::proxy::request::refund_budget(gate, charged).await;
+            }
             p.state = if failure.not_sent {
                 State::Failed
             } else {
@@ -759,6 +772,36 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
             Err(failure.refusal.with_proposal(p.id.clone()))
         }
     }
+}
+
+/// Cancels an approved proposal that can no longer be committed, saying why.
+async fn cancel(
+    gate: &Gate,
+    p: &mut Proposal,
+    why: &str,
+) -> Result<Option<Response<ProxyBody>>, Refusal> {
+    p.state = State::Cancelled;
+    p.note = Some(why.to_string());
+    gate.store.put_proposal(p, false).await.map_err(store_err)?;
+    gate.audit.record(record(p, "cancellation", json!({"by": "toolgate", "reason": why})));
+    gate.waiters.notify(&p.id);
+    Ok(None)
+}
+
+/// The headers an approved call sends: unsealed, or for proposals stored before sealing, the
+/// shown ones. `None` when a seal does not open (fail closed).
+fn sent_headers(gate: &Gate, r: &StoredRequest) -> Option<HeaderMap> {
+    let pairs: Vec<(String, String)> = match &r.sealed_headers {
+        Some(sealed) => serde_json::from_slice(&gate.store.sealer().open_sealed(sealed)?).ok()?,
+        None => r.headers.clone(),
+    };
+    let mut headers = HeaderMap::new();
+    for (k, v) in pairs {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
+            headers.append(k, v);
+        }
+    }
+    Some(headers)
 }
 
 /// At start-up: a proposal found `committing` may or may not have reached the upstream. It

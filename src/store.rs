@@ -75,6 +75,7 @@ pub struct Store {
     budgets: sled::Tree,
     kill: sled::Tree,
     flusher: std::sync::Arc<Flusher>,
+    sealer: Sealer,
 }
 
 type FlushAck = tokio::sync::oneshot::Sender<Result<(), String>>;
@@ -157,7 +158,89 @@ pub fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// Seals small records at rest (ChaCha20-Poly1305 under a key in `seal.key` beside the store,
+/// readable by its owner only): what a held call will send may contain values that look like
+/// secrets, which are shown redacted but must be sent as they were.
+#[derive(Clone)]
+pub struct Sealer {
+    key: std::sync::Arc<ring::aead::LessSafeKey>,
+}
+
+impl Sealer {
+    fn open(dir: &Path) -> Result<Sealer, StoreError> {
+        let path = dir.join("seal.key");
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key: [u8; 32] = rand::random();
+                write_private(&path, &key)
+                    .map_err(|e| StoreError(format!("{}: {e}", path.display())))?;
+                key.to_vec()
+            }
+            Err(e) => return Err(StoreError(format!("{}: {e}", path.display()))),
+        };
+        let key = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &bytes)
+            .map_err(|_| StoreError(format!("{}: not a 32-byte key", path.display())))?;
+        Ok(Sealer {
+            key: std::sync::Arc::new(ring::aead::LessSafeKey::new(key)),
+        })
+    }
+
+    /// Base64 of nonce and ciphertext.
+    pub fn seal(&self, plain: &[u8]) -> Result<String, StoreError> {
+        use base64::Engine;
+        let nonce: [u8; 12] = rand::random();
+        let mut buf = plain.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::empty(),
+                &mut buf,
+            )
+            .map_err(|_| StoreError("could not seal a record".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buf);
+        Ok(base64::engine::general_purpose::STANDARD.encode(out))
+    }
+
+    /// The plain text of a sealed record; `None` when it was altered or sealed under another key.
+    pub fn open_sealed(&self, sealed: &str) -> Option<Vec<u8>> {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .ok()?;
+        if raw.len() < 12 {
+            return None;
+        }
+        let (nonce, rest) = raw.split_at(12);
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut buf = rest.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, ring::aead::Aad::empty(), &mut buf)
+            .ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(bytes)
+}
+
 impl Store {
+    /// The sealer of this data dir.
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
         let db = sled::Config::new()
@@ -169,6 +252,7 @@ impl Store {
             budgets: db.open_tree("budgets")?,
             kill: db.open_tree("kill_switches")?,
             flusher: Flusher::start(db.clone())?,
+            sealer: Sealer::open(dir)?,
             db,
         })
     }
@@ -333,6 +417,31 @@ mod tests {
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.budget_get("k").unwrap(), 500.0);
+    }
+
+    #[test]
+    fn sealed_records_open_only_unaltered_and_under_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealed = {
+            let store = Store::open(dir.path()).unwrap();
+            store.sealer().seal(b"x-token: sk_live_1").unwrap()
+        };
+        assert!(!sealed.contains("sk_live"));
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.sealer().open_sealed(&sealed).unwrap(),
+            b"x-token: sk_live_1"
+        );
+        let mut bad = sealed.into_bytes();
+        bad[20] = if bad[20] == b'A' { b'B' } else { b'A' };
+        assert!(store
+            .sealer()
+            .open_sealed(&String::from_utf8(bad).unwrap())
+            .is_none());
+        let other = tempfile::tempdir().unwrap();
+        let s2 = Store::open(other.path()).unwrap();
+        let sealed = s2.sealer().seal(b"x").unwrap();
+        assert!(store.sealer().open_sealed(&sealed).is_none());
     }
 
     #[tokio::test]

@@ -609,6 +609,53 @@ fn idem_id(kind: &str, agent: &str, tool: &str, key: &str) -> String {
     hex::encode(h.finalize())
 }
 
+/// What the policy phases decided about a stored request.
+pub(crate) struct Rechecked {
+    pub credential: Option<Arc<Credential>>,
+    pub body: Value,
+}
+
+/// The policy phases again, over a stored request (an approved proposal at commit): the path
+/// still matches the same tool, the agent may still use it with these parameters and its
+/// environment's credential, and the headers, query, body, rules and budget field still pass.
+pub(crate) fn recheck(
+    policy: &Policy,
+    agent: &Agent,
+    tool: &Tool,
+    (host, port): (&str, u16),
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Rechecked, Refusal> {
+    let uri: http::Uri = path_and_query
+        .parse()
+        .map_err(|e| Refusal::policy(format!("the stored URI is not valid: {e}")))?;
+    let path = uri.path();
+    check_path(path).map_err(|e| Refusal::policy(e.to_string()))?;
+    let matched = policy
+        .match_tool(host, port, method, path)
+        .filter(|m| m.tool.name == tool.name)
+        .ok_or_else(|| {
+            Refusal::policy(format!("{method} {path} no longer matches tool {}", tool.name))
+        })?;
+    let credential = authorize(agent, tool, &matched.params)?;
+    forwarded_headers(tool, headers)?;
+    let query = validate_query(tool, uri.query())?;
+    let body_json = validate_body(tool, headers, body)?;
+    let mut req = Request::new(());
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers.clone();
+    let (parts, ()) = req.into_parts();
+    check_rules(agent, tool, &parts, &matched.params, &query, &body_json)?;
+    budget_amount(tool, &body_json)?;
+    Ok(Rechecked {
+        credential,
+        body: body_json,
+    })
+}
+
 /// The `Idempotency-Key` a keyed tool needs (428 without one); `None` for other tools.
 fn idempotency_key<'h>(tool: &Tool, headers: &'h HeaderMap) -> Result<Option<&'h str>, Refusal> {
     if tool.side_effects == SideEffects::None || tool.idempotency != Some(Idempotency::Key) {
