@@ -96,8 +96,9 @@ pub async fn verify(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Respon
     if let Err(r) = authorized(&gate, &headers) {
         return *r;
     }
+    let purges = gate.audit.purges().unwrap_or_default();
     match gate.audit.verify() {
-        Ok(n) => Json(json!({"ok": true, "events": n})).into_response(),
+        Ok(n) => Json(json!({"ok": true, "events": n, "purges": purges})).into_response(),
         Err((seq, why)) => Json(json!({"ok": false, "seq": seq, "reason": why})).into_response(),
     }
 }
@@ -105,15 +106,27 @@ pub async fn verify(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Respon
 #[derive(Deserialize)]
 pub struct Before {
     before: String,
+    #[serde(default)]
+    reason: String,
 }
 
+/// Purges old events: approvers in group `admin` only, never inside the retention minimum, and
+/// always leaving a `purge` event.
 pub async fn purge(
     State(gate): State<Arc<Gate>>,
     headers: HeaderMap,
     Json(b): Json<Before>,
 ) -> Response {
-    if let Err(r) = authorized(&gate, &headers) {
-        return *r;
+    let who = match crate::admin::approver(&gate, &headers) {
+        Ok(who) => who,
+        Err(e) => return e.into_response(),
+    };
+    if !who.groups.iter().any(|g| g == "admin") {
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "policy_violation",
+            format!("{} may not purge the audit log: that needs group admin", who.id),
+        );
     }
     let Some(ms) = parse_time(&b.before) else {
         return api_error(
@@ -122,8 +135,12 @@ pub async fn purge(
             format!("before {:?} is not a time", b.before),
         );
     };
-    match gate.audit.purge(ms).await {
-        Ok(n) => Json(json!({"removed": n})).into_response(),
+    if let Err(why) = crate::audit::check_purge_cut(ms, gate.config.guards.audit_retention_min) {
+        return api_error(StatusCode::BAD_REQUEST, "validation_error", why);
+    }
+    match gate.audit.purge(ms, &who.id, &b.reason).await {
+        Ok(r) => Json(json!({"removed": r.removed, "from_seq": r.first_seq, "to_seq": r.last_seq}))
+            .into_response(),
         Err(e) => api_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "internal_error",

@@ -290,6 +290,28 @@ fn rfc3339(ms: u64) -> String {
 }
 
 const ANCHOR: &[u8] = b"anchor";
+const PURGES: &[u8] = b"purges";
+
+/// What a purge removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub removed: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+}
+
+/// Refuses a purge that would remove events younger than the retention minimum.
+pub fn check_purge_cut(before_ms: u64, min_age: Duration) -> Result<(), String> {
+    let earliest = now_ms().saturating_sub(min_age.as_millis() as u64);
+    if before_ms > earliest {
+        return Err(format!(
+            "events younger than the retention minimum ({}s) are never purged; the latest cut allowed now is {}",
+            min_age.as_secs(),
+            rfc3339(earliest)
+        ));
+    }
+    Ok(())
+}
 
 impl Audit {
     /// Opens the log in the store's database and starts its writer thread.
@@ -485,9 +507,16 @@ impl Audit {
     }
 
     /// Removes events older than `before_ms`, keeping the chain verifiable from an anchor (the
-    /// last removed event's sequence and hash).
-    pub async fn purge(&self, before_ms: u64) -> Result<u64, StoreError> {
-        let mut removed = 0;
+    /// last removed event's sequence and hash). The purge itself is then recorded twice: as a
+    /// `purge` event in the chain, and in the list of purges `verify` reports, which no later
+    /// purge removes.
+    pub async fn purge(
+        &self,
+        before_ms: u64,
+        by: &str,
+        reason: &str,
+    ) -> Result<PurgeReport, StoreError> {
+        let mut report = PurgeReport::default();
         let mut anchor: Option<(u64, String)> = None;
         for item in self.tree.iter() {
             let (k, v) = item?;
@@ -499,9 +528,11 @@ impl Audit {
             if self.tree.last()?.map(|(lk, _)| lk == k).unwrap_or(false) {
                 break;
             }
+            report.first_seq.get_or_insert(e.seq);
+            report.last_seq = Some(e.seq);
             anchor = Some((e.seq, e.hash.clone()));
             self.tree.remove(k)?;
-            removed += 1;
+            report.removed += 1;
         }
         if let Some((seq, hash)) = anchor {
             self.meta.insert(
@@ -509,8 +540,35 @@ impl Audit {
                 serde_json::to_vec(&json!({"seq": seq, "hash": hash}))?,
             )?;
         }
+        let entry = json!({
+            "by": by,
+            "reason": reason,
+            "before": rfc3339(before_ms),
+            "removed": report.removed,
+            "from_seq": report.first_seq,
+            "to_seq": report.last_seq,
+            "at": rfc3339(now_ms()),
+        });
+        let mut purges = self.purges()?;
+        purges.push(entry.clone());
+        self.meta.insert(PURGES, serde_json::to_vec(&purges)?)?;
         self.flusher.flush().await?;
-        Ok(removed)
+        self.record_durable(Record {
+            kind: "purge",
+            payload: entry,
+            ..Default::default()
+        })
+        .await
+        .map_err(StoreError::from_message)?;
+        Ok(report)
+    }
+
+    /// Every purge so far (who, why, which range), oldest first.
+    pub fn purges(&self) -> Result<Vec<Value>, StoreError> {
+        Ok(match self.meta.get(PURGES)? {
+            Some(v) => serde_json::from_slice(&v)?,
+            None => Vec::new(),
+        })
     }
 
     /// The events that tell the story of a request, proposal or job id: the events naming it,

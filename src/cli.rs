@@ -151,6 +151,13 @@ pub enum AuditCommand {
     Purge {
         #[arg(long)]
         before: String,
+        /// Why (recorded in the purge event).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// With --data-dir: the youngest events that may be removed (the server uses its own
+        /// --audit-retention-min).
+        #[arg(long, env = env::AUDIT_RETENTION_MIN, default_value = "30d")]
+        audit_retention_min: String,
     },
 }
 
@@ -567,10 +574,17 @@ async fn audit(command: AuditCommand, server: &str, data_dir: Option<PathBuf>) -
             }
         }
         AuditCommand::Verify => {
+            let mut purges = Vec::new();
             let result = match &offline {
-                Some(a) => a.verify(),
+                Some(a) => {
+                    purges = a.purges().unwrap_or_default();
+                    a.verify()
+                }
                 None => match online("/api/audit/verify".into()).await {
-                    Ok(v) if v["ok"] == true => Ok(v["events"].as_u64().unwrap_or(0)),
+                    Ok(v) if v["ok"] == true => {
+                        purges = v["purges"].as_array().cloned().unwrap_or_default();
+                        Ok(v["events"].as_u64().unwrap_or(0))
+                    }
                     Ok(v) => Err((
                         v["seq"].as_u64().unwrap_or(0),
                         v["reason"].as_str().unwrap_or("").to_string(),
@@ -581,22 +595,39 @@ async fn audit(command: AuditCommand, server: &str, data_dir: Option<PathBuf>) -
             match result {
                 Ok(n) => {
                     println!("ok: {n} events, the chain is intact");
+                    for p in &purges {
+                        println!(
+                            "purged: {} events (seq {}..{}) older than {}, by {} at {}{}",
+                            p["removed"],
+                            p["from_seq"],
+                            p["to_seq"],
+                            p["before"].as_str().unwrap_or("?"),
+                            p["by"].as_str().unwrap_or("?"),
+                            p["at"].as_str().unwrap_or("?"),
+                            p["reason"]
+                                .as_str()
+                                .filter(|r| !r.is_empty())
+                                .map(|r| format!(": {r}"))
+                                .unwrap_or_default()
+                        );
+                    }
                     ExitCode::SUCCESS
                 }
                 Err((seq, why)) => fail(&format!("chain broken at event {seq}: {why}")),
             }
         }
-        AuditCommand::Purge { before } => {
+        AuditCommand::Purge {
+            before,
+            reason,
+            audit_retention_min,
+        } => {
             let removed = match &offline {
-                Some(a) => match crate::audit::parse_time(&before) {
-                    Some(ms) => a.purge(ms).await.map_err(|e| e.to_string()),
-                    None => Err(format!("--before {before:?} is not a time")),
-                },
+                Some(a) => purge_offline(a, &before, &reason, &audit_retention_min).await,
                 None => match admin_call(
                     server,
                     http::Method::POST,
                     "/api/audit/purge",
-                    Some(serde_json::json!({ "before": before })),
+                    Some(serde_json::json!({ "before": before, "reason": reason })),
                 )
                 .await
                 {
@@ -617,6 +648,28 @@ async fn audit(command: AuditCommand, server: &str, data_dir: Option<PathBuf>) -
             }
         }
     }
+}
+
+/// A purge of a stopped toolgate's store, by whoever holds its files.
+async fn purge_offline(
+    audit: &crate::audit::Audit,
+    before: &str,
+    reason: &str,
+    min: &str,
+) -> Result<u64, String> {
+    let ms = crate::audit::parse_time(before)
+        .ok_or_else(|| format!("--before {before:?} is not a time"))?;
+    let min = parse_duration(min).map_err(|e| format!("--audit-retention-min: {e}"))?;
+    crate::audit::check_purge_cut(ms, min)?;
+    let by = format!(
+        "local:{} (--data-dir)",
+        std::env::var("USER").unwrap_or_else(|_| "operator".into())
+    );
+    audit
+        .purge(ms, &by, reason)
+        .await
+        .map(|r| r.removed)
+        .map_err(|e| e.to_string())
 }
 
 fn show_proposal(p: &serde_json::Value) {

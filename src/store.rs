@@ -9,6 +9,12 @@ use serde::{Deserialize, Serialize};
 #[error("store: {0}")]
 pub struct StoreError(String);
 
+impl StoreError {
+    pub fn from_message(message: String) -> Self {
+        StoreError(message)
+    }
+}
+
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         StoreError(e.to_string())
