@@ -461,7 +461,10 @@ async fn a_changed_byte_makes_verify_fail_and_name_the_event() {
 
 #[tokio::test]
 async fn purge_keeps_the_rest_verifiable() {
-    let (_pki, _upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let (_pki, _upstream, gate) = setup_examples(&extra(), |c| {
+        c.guards.audit_retention_min = std::time::Duration::ZERO
+    })
+    .await;
     let client = staging(&gate);
     for i in 0..3 {
         send(
@@ -475,22 +478,35 @@ async fn purge_keeps_the_rest_verifiable() {
         .unwrap();
     }
     settle().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let before = events(&gate, "").await.len();
-    let cut = (std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs()
-        + 1)
-    .to_string();
-    let got = gate
-        .admin(
-            "POST",
-            "/api/audit/purge",
-            Some("demo-carol-token"),
-            Some(json!({"before": cut})),
-        )
-        .await;
-    assert_eq!(got.status, 200);
+        .as_secs();
+    let purge = |who: &'static str, cut: u64| {
+        let gate = &gate;
+        async move {
+            gate.admin(
+                "POST",
+                "/api/audit/purge",
+                Some(who),
+                Some(json!({"before": cut.to_string(), "reason": "retention policy"})),
+            )
+            .await
+        }
+    };
+    // Not an admin: refused, nothing removed.
+    let got = purge("demo-carol-token", now).await;
+    assert_eq!(got.status, 403, "{}", got.text());
+    // Into the future: refused whatever the retention minimum.
+    let got = purge("demo-dave-token", now + 3600).await;
+    assert_eq!(got.status, 400, "{}", got.text());
+    assert!(got.text().contains("retention minimum"), "{}", got.text());
+    assert_eq!(events(&gate, "").await.len(), before);
+
+    let got = purge("demo-dave-token", now).await;
+    assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(got.json()["removed"].as_u64().unwrap() as usize, before - 1);
     send(
         &client,
@@ -508,6 +524,34 @@ async fn purge_keeps_the_rest_verifiable() {
         .json();
     assert_eq!(v["ok"], true, "{v}");
     assert!(v["events"].as_u64().unwrap() >= 4);
+    // The purge says who, why and what range, in the chain and in verify's answer.
+    let p = &v["purges"][0];
+    assert_eq!(p["by"], "dave@example.com", "{v}");
+    assert_eq!(p["reason"], "retention policy");
+    assert_eq!(p["removed"].as_u64().unwrap() as usize, before - 1);
+    assert_eq!(p["from_seq"], 1);
+    let all = events(&gate, "").await;
+    let e = all.iter().find(|e| e["kind"] == "purge").expect("a purge event");
+    assert_eq!(e["payload"]["by"], "dave@example.com");
+}
+
+#[tokio::test]
+async fn purge_never_reaches_inside_the_default_retention_minimum() {
+    let (_pki, _upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let ten_days_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 10 * 86400;
+    let got = gate
+        .admin(
+            "POST",
+            "/api/audit/purge",
+            Some("demo-dave-token"),
+            Some(json!({"before": ten_days_ago.to_string()})),
+        )
+        .await;
+    assert_eq!(got.status, 400, "{}", got.text());
 }
 
 #[tokio::test]

@@ -584,6 +584,20 @@ idempotency = "payload"
     )
     .await
     .unwrap();
+    // A held call obeys the Idempotency-Key rule as much as a sent one.
+    assert_eq!(got.status, 428, "{}", got.message());
+    let got = send(
+        &bot,
+        "POST",
+        "https://api.stripe.com/v1/refunds",
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("idempotency-key", "refund-1"),
+        ],
+        "amount=1",
+    )
+    .await
+    .unwrap();
     assert_eq!(got.status, 423);
     assert_eq!(got.code(), "approval_pending");
     assert!(got.headers.contains_key("toolgate-proposal"));
