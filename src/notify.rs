@@ -50,12 +50,11 @@ pub fn new_proposal(gate: &Gate, p: &Proposal, tool_webhook: Option<&str>) {
         gate.config.admin_url.trim_end_matches('/'),
         p.id
     );
-    let text = format!(
-        "toolgate: agent {} (owner {}) asks to run {} [{}]: {}. Review: {}",
-        p.agent, p.owner, p.tool, p.risk, p.summary, link
-    );
+    let text = slack_text(p, &link);
     let payload = json!({
         "text": text,
+        "unfurl_links": false,
+        "unfurl_media": false,
         "proposal": p.id,
         "tool": p.tool,
         "agent": p.agent,
@@ -66,6 +65,42 @@ pub fn new_proposal(gate: &Gate, p: &Proposal, tool_webhook: Option<&str>) {
     let client = gate.webhook.clone();
     let id = p.id.clone();
     gate.tasks.spawn(deliver(client, url, payload, id));
+}
+
+/// The message text. What the agent chose (its summary fields, even its id) is shown as
+/// inline code with Slack's control characters escaped, so it can neither format, mention
+/// (`<!channel>`) nor link; the only link is toolgate's own.
+fn slack_text(p: &Proposal, link: &str) -> String {
+    format!(
+        "toolgate: agent {} (owner {}) asks to run {} [{}]: {} <{}|Review proposal {}>",
+        slack_code(&p.agent),
+        slack_code(&p.owner),
+        slack_code(&p.tool),
+        slack_code(&p.risk),
+        slack_code(&p.summary),
+        slack_escape(link),
+        slack_escape(&p.id),
+    )
+}
+
+/// Slack's three control characters, escaped as its docs ask.
+fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Agent text as one inline code span: no formatting, no auto-linked URLs, one line.
+fn slack_code(s: &str) -> String {
+    let flat: String = s
+        .chars()
+        .map(|c| match c {
+            '`' => '\'',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect();
+    format!("`{}`", slack_escape(&flat))
 }
 
 async fn deliver(client: Arc<WebhookClient>, url: String, payload: String, id: String) {
@@ -100,4 +135,32 @@ async fn deliver(client: Arc<WebhookClient>, url: String, payload: String, id: S
         }
     }
     warn!(proposal = %id, "webhook gave up after {ATTEMPTS} attempts; the proposal is still in the queue");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_text_cannot_link_mention_or_format_in_slack() {
+        let p: Proposal = serde_json::from_value(serde_json::json!({
+            "id": "prop_1", "state": "pending", "tool": "stripe.refunds.create", "tool_version": 1,
+            "risk": "high", "agent": "bot", "owner": "alice@example.com", "environment": "staging",
+            "job": "j", "request_id": "req_1",
+            "summary": "Refund <https://evil.example/approve|Approve here> <!channel> `x`\n*now*",
+            "request": {"method": "POST", "host": "api.stripe.com", "port": 443,
+                        "path_and_query": "/v1/refunds", "headers": [], "body": "", "sha256": ""},
+            "identity": "i", "created_unix": 0, "expires_unix": 0, "required": 1, "groups": [],
+            "allow_self_approval": false
+        }))
+        .unwrap();
+        let text = slack_text(&p, "http://127.0.0.1:8081/proposals/prop_1");
+        assert!(!text.contains("<https://evil"), "{text}");
+        assert!(!text.contains("<!channel>"), "{text}");
+        assert!(text.contains("&lt;https://evil.example/approve|Approve here&gt;"), "{text}");
+        assert!(!text.contains('\n'));
+        // Exactly one link, toolgate's own.
+        assert_eq!(text.matches('<').count(), 1, "{text}");
+        assert!(text.contains("<http://127.0.0.1:8081/proposals/prop_1|Review proposal prop_1>"));
+    }
 }
