@@ -125,6 +125,16 @@ fn calls(gate: &Gate, id: &str) -> Result<Vec<Call>, ReplayError> {
     Ok(out)
 }
 
+/// A host name as compared: lower case, without brackets or the root's trailing dot
+/// (`API.Stripe.com.` is `api.stripe.com`).
+fn normalize_host(host: &str) -> String {
+    host.trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
 /// Re-sends the calls recorded for `id` to `to` (HOST:PORT).
 pub async fn replay(
     gate: &Arc<Gate>,
@@ -133,6 +143,7 @@ pub async fn replay(
     by: &str,
 ) -> Result<Vec<Report>, ReplayError> {
     let (to_host, to_port) = crate::policy::split_host_port(to, 443)
+        .map(|(h, p)| (normalize_host(&h), p))
         .filter(|(h, _)| !h.is_empty())
         .ok_or_else(|| ReplayError(format!("--to {to:?} is not HOST:PORT")))?;
     let policy = gate.policy();
@@ -214,7 +225,7 @@ async fn send(
         "refused",
         format!("tool {} is no longer defined in the policies", call.tool),
     ))?;
-    if to_host.eq_ignore_ascii_case(&call.host) {
+    if to_host == normalize_host(&call.host) {
         return Err((
             "refused",
             format!("{to_host} is the original host of this call; a replay never goes there"),
@@ -272,4 +283,13 @@ async fn send(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hosts_are_normalised_before_comparing() {
+        assert_eq!(super::normalize_host("API.Stripe.com."), "api.stripe.com");
+        assert_eq!(super::normalize_host("[::1]"), "::1");
+    }
 }

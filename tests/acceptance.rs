@@ -461,7 +461,12 @@ async fn replay_sends_recorded_calls_to_a_sandbox_only() {
     )
     .await;
     let sandbox = Fakes::start(pki.server_config(&["localhost"]), Keys::sandbox()).await;
-    let gate = examples_gate(&pki, prod.addr, &[], |_| {}).await;
+    let stray = Fakes::start(pki.server_config(&["127.0.0.1"]), Keys::sandbox()).await;
+    let route = format!("localhost:{0}={1}", sandbox.addr.port(), sandbox.addr);
+    let gate = examples_gate(&pki, prod.addr, &[], |c| {
+        c.add_connect_to(&route).unwrap();
+    })
+    .await;
     partial_job(&gate, "job-replay").await;
     let read = send(
         &staging(&gate),
@@ -488,6 +493,19 @@ async fn replay_sends_recorded_calls_to_a_sandbox_only() {
     )
     .await;
     assert!(!ok && out.contains("never to a real API"), "{out}");
+    // Nor to one spelled with the root's trailing dot or in capitals.
+    let (ok, out) = cli(
+        &gate,
+        DAVE,
+        &["replay", "job-replay", "--to", "API.Stripe.com.:443"],
+    )
+    .await;
+    assert!(!ok && out.contains("never to a real API"), "{out}");
+    // A loopback or private address only where --connect-to routes the sandbox's name.
+    let unrouted = format!("127.0.0.1:{}", stray.addr.port());
+    let (ok, out) = cli(&gate, DAVE, &["replay", "job-replay", "--to", &unrouted]).await;
+    assert!(!ok, "{out}");
+    assert!(stray.seen().is_empty(), "nothing reached an unrouted private address");
 
     let (ok, out) = cli(&gate, DAVE, &["replay", "job-replay", "--to", &to]).await;
     assert!(ok, "{out}");
@@ -519,8 +537,18 @@ async fn replay_sends_recorded_calls_to_a_sandbox_only() {
         .admin("GET", "/api/audit/search?kind=replay", Some(DAVE), None)
         .await
         .json();
-    let replays = replays["events"].as_array().unwrap();
+    let all = replays["events"].as_array().unwrap();
+    let (replays, refused): (Vec<&Value>, Vec<&Value>) =
+        all.iter().partition(|r| r["payload"]["to"] == to.as_str());
     assert_eq!(replays.len(), 4);
+    assert_eq!(refused.len(), 4, "the unrouted attempt is recorded too");
+    for r in refused {
+        assert!(r["payload"]["status"].is_null(), "{r}");
+        assert!(
+            r["payload"]["message"].as_str().unwrap().contains("127.0.0.1"),
+            "{r}"
+        );
+    }
     for r in replays {
         assert!(
             r["request_id"].as_str().unwrap().starts_with("req_"),

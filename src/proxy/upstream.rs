@@ -217,7 +217,7 @@ pub struct Failure {
 /// The pooled client toolgate forwards with.
 pub struct Upstream {
     client: Client<HttpsConnector<EgressConnector>, ProxyBody>,
-    sandbox: Client<HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, ProxyBody>,
+    sandbox: Client<HttpsConnector<EgressConnector>, ProxyBody>,
     routes: Arc<Routes>,
     timeout: Duration,
 }
@@ -266,13 +266,14 @@ impl Upstream {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        // Replays go to the sandbox an operator names, by its own address: no routes, no
-        // egress rules, the same certificate verification.
-        let mut plain = hyper_util::client::legacy::connect::HttpConnector::new();
-        plain.enforce_http(false);
-        plain.set_nodelay(true);
-        plain.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let sandbox = Client::builder(TokioExecutor::new()).build(https(tls.clone(), plain));
+        // Replays go to the sandbox an operator names under the same egress rules: a private
+        // or loopback address only where `--connect-to` routes the sandbox's name there.
+        let sandbox = Client::builder(TokioExecutor::new()).build(https(
+            tls.clone(),
+            EgressConnector {
+                routes: routes.clone(),
+            },
+        ));
         let https = https(
             tls,
             EgressConnector {
@@ -306,8 +307,8 @@ impl Upstream {
         send(&self.client, self.timeout, host, port, req).await
     }
 
-    /// Sends a replay to a sandbox at `host:port`, connecting to that address itself (never
-    /// through `--connect-to` routes); the `Host` is the sandbox's.
+    /// Sends a replay to a sandbox at `host:port` on a client of its own (no pooled connection
+    /// is shared with real upstreams); the `Host` is the sandbox's.
     pub async fn send_to_sandbox(
         &self,
         host: &str,
