@@ -268,6 +268,7 @@ async fn decide_proposal(
 pub(crate) fn rollback_status(outcome: &str) -> StatusCode {
     match outcome {
         "undone" => StatusCode::OK,
+        "awaiting_approval" => StatusCode::ACCEPTED,
         "not_found" => StatusCode::NOT_FOUND,
         "already_undone" => StatusCode::CONFLICT,
         "not_undoable" => StatusCode::UNPROCESSABLE_ENTITY,
@@ -286,7 +287,7 @@ async fn rollback_call(
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
-    let report = crate::rollback::undo(&gate, &id, &who.id).await;
+    let report = crate::rollback::undo(&gate, &id, &who).await;
     (rollback_status(&report.outcome), Json(json!(report))).into_response()
 }
 
@@ -301,7 +302,7 @@ async fn rollback_job(
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
-    match crate::rollback::undo_job(&gate, &job, &who.id).await {
+    match crate::rollback::undo_job(&gate, &job, &who).await {
         Ok(reports) if reports.is_empty() => api_error(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -669,8 +669,8 @@ pub async fn rollback_act(
         Err(r) => return r.into_response(),
     };
     let reports = match what.as_str() {
-        "call" => vec![crate::rollback::undo(&gate, &id, &s.approver.id).await],
-        "job" => match crate::rollback::undo_job(&gate, &id, &s.approver.id).await {
+        "call" => vec![crate::rollback::undo(&gate, &id, &s.approver).await],
+        "job" => match crate::rollback::undo_job(&gate, &id, &s.approver).await {
             Ok(r) => r,
             Err(e) => {
                 return (

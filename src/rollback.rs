@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::policy::file::RollbackDef;
-use crate::policy::{BodyFormat, Policy};
+use crate::policy::{Approver, BodyFormat, Policy, Tool};
 use crate::store::StoreError;
 use crate::Gate;
 
@@ -48,6 +48,16 @@ pub struct Committed {
     /// How many undo attempts were sent (each gets its own idempotency key).
     #[serde(default)]
     pub attempts: u32,
+    /// Approvers who asked for the undo so far, when the undo tool needs more than one.
+    #[serde(default)]
+    pub undo_approvals: Vec<UndoApproval>,
+}
+
+/// One approver's request for an undo that needs several.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UndoApproval {
+    pub by: String,
+    pub unix_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,6 +118,7 @@ pub(crate) fn record(gate: &Gate, f: CommitFacts<'_>) {
         undoes: f.undoes.map(str::to_string),
         undone: None,
         attempts: 0,
+        undo_approvals: Vec::new(),
     };
     let stored = tree(gate).and_then(|t| {
         t.insert(entry.request_id.as_bytes(), serde_json::to_vec(&entry)?)?;
@@ -407,7 +418,8 @@ fn plan(policy: &Policy, c: &Committed) -> Result<Plan, (&'static str, String)> 
 }
 
 /// Undoes one committed call (a request id or a proposal id), at most once.
-pub async fn undo(gate: &Arc<Gate>, id: &str, by: &str) -> Report {
+pub async fn undo(gate: &Arc<Gate>, id: &str, who: &Approver) -> Report {
+    let by = who.id.as_str();
     let found = match find(gate, id) {
         Ok(Some(c)) => c,
         Ok(None) => {
@@ -437,7 +449,8 @@ pub async fn undo(gate: &Arc<Gate>, id: &str, by: &str) -> Report {
         Ok(Some(fresh)) => fresh,
         _ => found,
     };
-    let tool = Some(c.tool.as_str());
+    let tool_name = c.tool.clone();
+    let tool = Some(tool_name.as_str());
     if let Some(u) = &c.undone {
         let mut r = Report::new(
             &c.request_id,
@@ -482,6 +495,11 @@ pub async fn undo(gate: &Arc<Gate>, id: &str, by: &str) -> Report {
     let undo_tool = policy
         .match_tool(&c.host, c.port, &plan.method, &plan.path)
         .map(|m| m.tool.clone());
+    if let Some(t) = &undo_tool {
+        if let Err((outcome, message)) = approve_undo(gate, &policy, &mut c, t, who) {
+            return Report::new(&c.request_id, tool, outcome, message);
+        }
+    }
     let (body, content_type) = match (&plan.body, undo_tool.as_ref().and_then(|t| t.body.as_ref()))
     {
         (None, _) => (Bytes::new(), None),
@@ -607,8 +625,82 @@ pub async fn undo(gate: &Arc<Gate>, id: &str, by: &str) -> Report {
     report
 }
 
+/// An undo needs what approving its undo tool needs, when that tool is held for approval: an
+/// approver in its groups, who does not own the agent (unless the tool allows it), and as many
+/// different approvers as it requires. Until enough have asked, the request is recorded and the
+/// undo waits (`awaiting_approval`).
+fn approve_undo(
+    gate: &Gate,
+    policy: &Policy,
+    c: &mut Committed,
+    undo_tool: &Tool,
+    who: &Approver,
+) -> Result<(), (&'static str, String)> {
+    if undo_tool.mode != crate::policy::Mode::Approve {
+        return Ok(());
+    }
+    let spec = &undo_tool.approval;
+    if !spec.groups.is_empty() && !who.groups.iter().any(|g| spec.groups.contains(g)) {
+        return Err((
+            "refused",
+            format!(
+                "{} is not in the groups that approve {} ({}), so may not ask for this undo",
+                who.id,
+                undo_tool.name,
+                spec.groups.join(", ")
+            ),
+        ));
+    }
+    let owner = policy.agent(&c.agent).map(|a| a.owner.as_str());
+    if !spec.allow_self_approval && owner.is_some_and(|o| o.eq_ignore_ascii_case(&who.id)) {
+        return Err((
+            "refused",
+            format!(
+                "{} owns agent {} and may not approve the undo of its calls through {}",
+                who.id, c.agent, undo_tool.name
+            ),
+        ));
+    }
+    if spec.required <= 1 {
+        return Ok(());
+    }
+    let now = crate::audit::now_ms();
+    let fresh_after = now.saturating_sub(spec.expires.as_millis() as u64);
+    c.undo_approvals.retain(|a| a.unix_ms >= fresh_after);
+    if !c.undo_approvals.iter().any(|a| a.by == who.id) {
+        c.undo_approvals.push(UndoApproval {
+            by: who.id.clone(),
+            unix_ms: now,
+        });
+    }
+    let have = c.undo_approvals.len() as u32;
+    if have >= spec.required {
+        return Ok(());
+    }
+    put(gate, c).map_err(|e| {
+        (
+            "refused",
+            format!("the store is unavailable ({e}); nothing was sent"),
+        )
+    })?;
+    let asked: Vec<&str> = c.undo_approvals.iter().map(|a| a.by.as_str()).collect();
+    Err((
+        "awaiting_approval",
+        format!(
+            "the undo goes through {}, which needs {} different approvers; {have} asked so far ({}). Another approver must ask for the same undo",
+            undo_tool.name,
+            spec.required,
+            asked.join(", ")
+        ),
+    ))
+}
+
 /// Undoes a job's committed calls, newest first, going on past failures.
-pub async fn undo_job(gate: &Arc<Gate>, job: &str, by: &str) -> Result<Vec<Report>, StoreError> {
+pub async fn undo_job(
+    gate: &Arc<Gate>,
+    job: &str,
+    by: &Approver,
+) -> Result<Vec<Report>, StoreError> {
     let mut calls: Vec<Committed> = all(gate)?
         .into_iter()
         .filter(|c| c.job == job && c.undoes.is_none() && (200..300).contains(&c.status))

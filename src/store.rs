@@ -54,6 +54,14 @@ pub struct IdemRecord {
     pub outcome: Option<Outcome>,
 }
 
+/// Which agent a job id belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobClaim {
+    pub agent: String,
+    pub owner: String,
+    pub since_unix: u64,
+}
+
 /// A thrown kill switch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KillSwitch {
@@ -312,6 +320,37 @@ impl Store {
             .open_tree(name)?
             .compare_and_swap(key, Some(value), None::<&[u8]>)?;
         Ok(())
+    }
+
+    /// Claims `job` for `agent` (owned by `owner`) unless it is held already. `Ok(None)`: this
+    /// agent, or another agent of the same owner, may use it. `Ok(Some(holder))`: it belongs
+    /// to that other agent. Written without a flush: a claim lost in a crash is made again.
+    pub fn claim_job(
+        &self,
+        job: &str,
+        agent: &str,
+        owner: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let tree = self.db.open_tree("jobs")?;
+        let claim = JobClaim {
+            agent: agent.to_string(),
+            owner: owner.to_string(),
+            since_unix: now_unix(),
+        };
+        let bytes = serde_json::to_vec(&claim)?;
+        let held = match tree.compare_and_swap(job, None::<&[u8]>, Some(bytes))? {
+            Ok(()) => return Ok(None),
+            Err(e) => e.current,
+        };
+        let Some(held) = held else {
+            return Ok(None);
+        };
+        let held: JobClaim = serde_json::from_slice(&held)?;
+        if held.agent == agent || (!owner.is_empty() && held.owner == owner) {
+            Ok(None)
+        } else {
+            Ok(Some(held.agent))
+        }
     }
 
     pub fn idem_get(&self, id: &str) -> Result<Option<IdemRecord>, StoreError> {

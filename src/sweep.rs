@@ -79,6 +79,13 @@ pub async fn once(gate: &Gate) -> Result<Swept, StoreError> {
         })
         .await?
         .len();
+    // A job's claim lasts as long as its calls can still be rolled back.
+    let job_cut = now.saturating_sub(g.ledger_retention.as_secs());
+    gate.store
+        .expire("jobs", |v| {
+            serde_json::from_slice::<crate::store::JobClaim>(v).is_ok_and(|j| j.since_unix < job_cut)
+        })
+        .await?;
     Ok(Swept {
         idempotency,
         proposals: removed.len(),

@@ -8,6 +8,7 @@ pub mod body;
 pub mod model;
 pub(crate) mod request;
 pub mod rewind;
+pub mod scrub;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -519,12 +520,10 @@ async fn handle(
 ) -> (Response<ProxyBody>, Option<Code>) {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let job = req
-        .headers()
-        .get("toolgate-job")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| target.tunnel_id.clone());
+    let (job, job_refused) = match job_of(&gate, target, req.headers()) {
+        Ok(job) => (job, None),
+        Err(refusal) => (target.tunnel_id.clone(), Some(refusal)),
+    };
     let mut trail = request::Trail {
         request_id: request_id.clone(),
         job,
@@ -554,7 +553,10 @@ async fn handle(
             },
         }),
     ));
-    let result = request::process(&gate, target, req, &mut trail).await;
+    let result = match job_refused {
+        Some(refusal) => Err(refusal),
+        None => request::process(&gate, target, req, &mut trail).await,
+    };
     let tool_name = trail.tool.clone();
     let (mut resp, decision) = match result {
         Ok(resp) => (resp, Decision::Forwarded),
@@ -600,6 +602,47 @@ async fn handle(
         latency_ms = started.elapsed().as_secs_f64() * 1000.0, "request"
     );
     (resp, refused)
+}
+
+/// The job a request belongs to: its `Toolgate-Job`, else its tunnel. A job belongs to the agent
+/// that named it first (or to agents of the same owner): another agent naming it is refused, so
+/// it cannot slip calls into someone else's story or rollback set.
+fn job_of(gate: &Gate, target: &Target, headers: &http::HeaderMap) -> Result<String, Refusal> {
+    let Some(value) = headers.get("toolgate-job") else {
+        return Ok(target.tunnel_id.clone());
+    };
+    let job = value
+        .to_str()
+        .ok()
+        .filter(|j| {
+            !j.is_empty()
+                && j.len() <= 128
+                && j.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b))
+        })
+        .ok_or_else(|| {
+            Refusal::new(
+                Code::ValidationError,
+                "Toolgate-Job must be 1 to 128 characters of letters, digits and - _ . : / @",
+            )
+        })?;
+    // Toolgate's own calls (undos) carry the job of the call they undo.
+    if matches!(target.origin, Origin::Undo { .. }) {
+        return Ok(job.to_string());
+    }
+    let owner = gate
+        .policy()
+        .agent(&target.agent_id)
+        .map(|a| a.owner.clone())
+        .unwrap_or_default();
+    match gate.store.claim_job(job, &target.agent_id, &owner) {
+        Ok(None) => Ok(job.to_string()),
+        Ok(Some(holder)) => Err(Refusal::policy(format!(
+            "job {job} belongs to agent {holder}; name a job of your own in Toolgate-Job"
+        ))),
+        Err(e) => Err(Refusal::internal(format!(
+            "the job store is unavailable ({e}); nothing was sent"
+        ))),
+    }
 }
 
 /// The record phase for refusals that happen before a tunnel exists. What one refusal records

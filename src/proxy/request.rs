@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::body::{self, ProxyBody};
+use super::scrub::{Needles, Scrubbed};
 use super::upstream::{self, strip_hop_by_hop};
 use super::Target;
 use crate::error::{Code, Refusal};
@@ -281,12 +282,7 @@ pub(super) async fn process(
         if let Some(cred) = &credential {
             headers.remove(&cred.header);
         }
-        let job = parts
-            .headers
-            .get("toolgate-job")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .unwrap_or_else(|| target.tunnel_id.clone());
+        let job = trail.job.clone();
         let call = crate::approval::Call {
             agent: &agent,
             tool: &tool,
@@ -338,7 +334,15 @@ pub(super) async fn process(
                 return Err(f.refusal);
             }
         };
-        let (parts, body) = resp.into_parts();
+        let (mut parts, body) = resp.into_parts();
+        // The injected credential never reaches the agent, even if the upstream echoes it.
+        let needles = Needles::new(
+            credential
+                .iter()
+                .flat_map(|c| [c.secret().to_string(), String::from_utf8_lossy(c.header_value().as_bytes()).into_owned()]),
+        );
+        needles.scrub_headers(&mut parts.headers);
+        let body = Scrubbed::new(body, needles);
         if tool.def.kind.as_deref() == Some("model") {
             let sse = parts
                 .headers
