@@ -134,6 +134,13 @@ where
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
+                        // The common case: nothing to cut and nothing to hold, no copy.
+                        if this.carry.is_empty()
+                            && !this.needles.0.iter().any(|n| find(&data, n).is_some())
+                            && this.needles.partial_tail(&data) == 0
+                        {
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
                         this.carry.extend_from_slice(&data);
                         let clean = this.needles.replace(&this.carry);
                         let hold = this.needles.partial_tail(&clean);
