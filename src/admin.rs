@@ -77,11 +77,15 @@ async fn throttle_failed_auth(
         let mut resp = api_error(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
-            format!("too many failed sign-ins from {}; retry after {secs}s", peer.ip()),
+            format!(
+                "too many failed sign-ins from {}; retry after {secs}s",
+                peer.ip()
+            ),
         )
         .into_response();
         if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
-            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
         }
         return resp;
     }

@@ -125,7 +125,10 @@ pub async fn purge(
         return api_error(
             StatusCode::FORBIDDEN,
             "policy_violation",
-            format!("{} may not purge the audit log: that needs group admin", who.id),
+            format!(
+                "{} may not purge the audit log: that needs group admin",
+                who.id
+            ),
         );
     }
     let Some(ms) = parse_time(&b.before) else {

@@ -587,10 +587,20 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
         policy.tool(&p.tool).cloned(),
         policy.agent(&p.agent).cloned(),
     ) else {
-        return cancel(gate, &mut p, "the policy in force no longer has this tool or agent").await;
+        return cancel(
+            gate,
+            &mut p,
+            "the policy in force no longer has this tool or agent",
+        )
+        .await;
     };
     if !agent.may_use(&tool.name) || tool.mode != crate::policy::Mode::Approve {
-        return cancel(gate, &mut p, "the policy in force no longer allows this call").await;
+        return cancel(
+            gate,
+            &mut p,
+            "the policy in force no longer allows this call",
+        )
+        .await;
     }
     if tool.version != p.tool_version {
         p.note = Some(format!(
@@ -630,10 +640,11 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
         }
     };
     let amount = crate::proxy::request::budget_amount(&tool, &checked.body).unwrap_or(None);
-    let charged = match crate::proxy::request::charge_budget(gate, &agent.id, &tool, amount).await
-    {
+    let charged = match crate::proxy::request::charge_budget(gate, &agent.id, &tool, amount).await {
         Ok(c) => c,
-        Err(refusal) if refusal.code == Code::Internal => return Err(refusal.with_proposal(p.id.clone())),
+        Err(refusal) if refusal.code == Code::Internal => {
+            return Err(refusal.with_proposal(p.id.clone()))
+        }
         Err(refusal) => return cancel(gate, &mut p, &refusal.message).await,
     };
     let credential = checked.credential;
@@ -783,7 +794,11 @@ async fn cancel(
     p.state = State::Cancelled;
     p.note = Some(why.to_string());
     gate.store.put_proposal(p, false).await.map_err(store_err)?;
-    gate.audit.record(record(p, "cancellation", json!({"by": "toolgate", "reason": why})));
+    gate.audit.record(record(
+        p,
+        "cancellation",
+        json!({"by": "toolgate", "reason": why}),
+    ));
     gate.waiters.notify(&p.id);
     Ok(None)
 }
@@ -797,7 +812,10 @@ fn sent_headers(gate: &Gate, r: &StoredRequest) -> Option<HeaderMap> {
     };
     let mut headers = HeaderMap::new();
     for (k, v) in pairs {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
             headers.append(k, v);
         }
     }

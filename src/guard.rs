@@ -72,7 +72,10 @@ impl Caps {
 
     /// Bytes buffered now (for /metrics).
     pub fn buffered_bytes(&self) -> usize {
-        self.buffered.lock().unwrap_or_else(|p| p.into_inner()).total
+        self.buffered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .total
     }
 }
 
@@ -178,9 +181,7 @@ impl Activity {
             let quiet = self
                 .now_ms()
                 .saturating_sub(self.last_ms.load(Ordering::Relaxed));
-            if self.in_flight.load(Ordering::Relaxed) == 0
-                && quiet >= timeout.as_millis() as u64
-            {
+            if self.in_flight.load(Ordering::Relaxed) == 0 && quiet >= timeout.as_millis() as u64 {
                 return;
             }
         }

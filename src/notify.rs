@@ -157,7 +157,10 @@ mod tests {
         let text = slack_text(&p, "http://127.0.0.1:8081/proposals/prop_1");
         assert!(!text.contains("<https://evil"), "{text}");
         assert!(!text.contains("<!channel>"), "{text}");
-        assert!(text.contains("&lt;https://evil.example/approve|Approve here&gt;"), "{text}");
+        assert!(
+            text.contains("&lt;https://evil.example/approve|Approve here&gt;"),
+            "{text}"
+        );
         assert!(!text.contains('\n'));
         // Exactly one link, toolgate's own.
         assert_eq!(text.matches('<').count(), 1, "{text}");

@@ -62,12 +62,17 @@ pub async fn once(gate: &Gate) -> Result<Swept, StoreError> {
             serde_json::from_slice::<crate::approval::Proposal>(v).is_ok_and(|p| {
                 !p.state.is_open()
                     && p.state != crate::approval::State::Committing
-                    && p.committed_unix.unwrap_or(p.created_unix).max(p.expires_unix) < prop_cut
+                    && p.committed_unix
+                        .unwrap_or(p.created_unix)
+                        .max(p.expires_unix)
+                        < prop_cut
             })
         })
         .await?;
     // The index from a call identity to a removed proposal goes with it.
-    gate.store.expire("proposal_by_call", |v| removed.iter().any(|k| k == v)).await?;
+    gate.store
+        .expire("proposal_by_call", |v| removed.iter().any(|k| k == v))
+        .await?;
 
     let ledger_cut = now
         .saturating_sub(g.ledger_retention.as_secs())
@@ -75,7 +80,8 @@ pub async fn once(gate: &Gate) -> Result<Swept, StoreError> {
     let ledger = gate
         .store
         .expire("commits", |v| {
-            serde_json::from_slice::<crate::rollback::Committed>(v).is_ok_and(|c| c.unix_ms < ledger_cut)
+            serde_json::from_slice::<crate::rollback::Committed>(v)
+                .is_ok_and(|c| c.unix_ms < ledger_cut)
         })
         .await?
         .len();
@@ -83,7 +89,8 @@ pub async fn once(gate: &Gate) -> Result<Swept, StoreError> {
     let job_cut = now.saturating_sub(g.ledger_retention.as_secs());
     gate.store
         .expire("jobs", |v| {
-            serde_json::from_slice::<crate::store::JobClaim>(v).is_ok_and(|j| j.since_unix < job_cut)
+            serde_json::from_slice::<crate::store::JobClaim>(v)
+                .is_ok_and(|j| j.since_unix < job_cut)
         })
         .await?;
     Ok(Swept {

@@ -505,7 +505,10 @@ async fn replay_sends_recorded_calls_to_a_sandbox_only() {
     let unrouted = format!("127.0.0.1:{}", stray.addr.port());
     let (ok, out) = cli(&gate, DAVE, &["replay", "job-replay", "--to", &unrouted]).await;
     assert!(!ok, "{out}");
-    assert!(stray.seen().is_empty(), "nothing reached an unrouted private address");
+    assert!(
+        stray.seen().is_empty(),
+        "nothing reached an unrouted private address"
+    );
 
     let (ok, out) = cli(&gate, DAVE, &["replay", "job-replay", "--to", &to]).await;
     assert!(ok, "{out}");
@@ -545,7 +548,10 @@ async fn replay_sends_recorded_calls_to_a_sandbox_only() {
     for r in refused {
         assert!(r["payload"]["status"].is_null(), "{r}");
         assert!(
-            r["payload"]["message"].as_str().unwrap().contains("127.0.0.1"),
+            r["payload"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("127.0.0.1"),
             "{r}"
         );
     }

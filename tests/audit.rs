@@ -531,7 +531,10 @@ async fn purge_keeps_the_rest_verifiable() {
     assert_eq!(p["removed"].as_u64().unwrap() as usize, before - 1);
     assert_eq!(p["from_seq"], 1);
     let all = events(&gate, "").await;
-    let e = all.iter().find(|e| e["kind"] == "purge").expect("a purge event");
+    let e = all
+        .iter()
+        .find(|e| e["kind"] == "purge")
+        .expect("a purge event");
     assert_eq!(e["payload"]["by"], "dave@example.com");
 }
 

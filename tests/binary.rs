@@ -5,8 +5,10 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http_body_util::StreamBody;
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
@@ -504,4 +506,340 @@ async fn sigkill_right_after_a_commit_keeps_its_commit_and_response_events() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Resident and peak memory (KiB) and open file descriptors of a process, from /proc.
+fn footprint(pid: u32) -> (u64, u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    (field("VmRSS:"), field("VmHWM:"), fds)
+}
+
+/// `GET /healthz` on the admin listener, with a deadline.
+async fn healthz(admin: &str) -> bool {
+    let probe = async {
+        let stream = tokio::net::TcpStream::connect(admin).await.ok()?;
+        let req = http::Request::get("/healthz")
+            .header("host", "admin")
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .ok()?;
+        Some(http1_over(stream, req).await.status == 200)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), probe).await,
+        Ok(Some(true))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_concurrent_writes_completes_while_healthz_answers_and_sigterm_exits() {
+    let (_pki, upstream, dir, args) = routed("api.github.com", "30s").await;
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--shutdown-grace", "3s"]);
+    let (mut child, proxy, admin, _log) = start_binary(dir.path(), &args);
+    let ca_pem = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
+
+    // /healthz is asked every 50 ms for as long as the burst lasts.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (s, a) = (stop.clone(), admin.clone());
+    let prober = tokio::spawn(async move {
+        let (mut asked, mut failed) = (0, 0);
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            asked += 1;
+            if !healthz(&a).await {
+                failed += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (asked, failed)
+    });
+    for round in 0..3 {
+        let mut calls = Vec::new();
+        for i in 0..48 {
+            // Every call on its own connection, each a distinct write.
+            let client = client_via(
+                proxy,
+                Some(("support-bot-staging", "demo-staging-token")),
+                &ca_pem,
+                http::Version::HTTP_11,
+            );
+            let body = serde_json::json!({"title": format!("burst {round}-{i}")}).to_string();
+            calls.push(tokio::spawn(async move {
+                send(
+                    &client,
+                    "POST",
+                    "https://api.github.com/repos/acme/web/issues",
+                    &[JSON],
+                    &body,
+                )
+                .await
+                .map(|a| a.status.as_u16())
+            }));
+        }
+        let answers = tokio::time::timeout(
+            Duration::from_secs(60),
+            futures_util::future::join_all(calls),
+        )
+        .await
+        .expect("the burst froze the gateway");
+        for a in answers {
+            assert_eq!(a.unwrap().unwrap(), 200);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (asked, failed) = prober.await.unwrap();
+    assert!(asked > 0);
+    assert_eq!(
+        failed, 0,
+        "/healthz failed {failed} of {asked} times during the burst"
+    );
+    assert_eq!(
+        upstream.count(),
+        144,
+        "each write reached the upstream exactly once"
+    );
+
+    signal(child.0.id(), "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "SIGTERM did not stop toolgate");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}
+
+/// HTTP/2 over a CONNECT tunnel to `api.github.com`, as the example staging agent.
+async fn h2_tunnel(
+    proxy: std::net::SocketAddr,
+    ca_pem: &str,
+) -> Option<hyper::client::conn::http2::SendRequest<StreamBody<ChunkStream>>> {
+    let (status, _, stream) = raw_connect(
+        proxy,
+        "api.github.com:443",
+        Some(("support-bot-staging", "demo-staging-token")),
+    )
+    .await;
+    if status != 200 {
+        return None;
+    }
+    let tls = tls_over(stream, "api.github.com", ca_pem, &[b"h2"])
+        .await
+        .ok()?;
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .ok()?;
+    tokio::spawn(conn);
+    Some(sender)
+}
+
+type ChunkStream = futures_util::stream::BoxStream<
+    'static,
+    Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+>;
+
+/// A body that sends `sent` bytes of a declared larger one, then stalls for `stall`.
+fn half_sent(sent: usize, stall: Duration) -> StreamBody<ChunkStream> {
+    use futures_util::StreamExt;
+    let chunk = bytes::Bytes::from(vec![b'a'; 64 * 1024]);
+    let chunks = sent / chunk.len();
+    let s = futures_util::stream::iter(
+        (0..chunks).map(move |_| Ok(hyper::body::Frame::data(chunk.clone()))),
+    )
+    .chain(futures_util::stream::once(async move {
+        tokio::time::sleep(stall).await;
+        Ok(hyper::body::Frame::data(bytes::Bytes::new()))
+    }))
+    .boxed();
+    StreamBody::new(s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_bodies_on_many_h2_streams_stay_within_the_caps_and_time_out() {
+    let (_pki, upstream, dir, args) = routed("api.github.com", "30s").await;
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend([
+        "--body-read-timeout",
+        "2s",
+        "--max-buffered-per-agent",
+        "16MiB",
+        "--max-buffered",
+        "64MiB",
+        "--max-streams",
+        "32",
+    ]);
+    let (child, proxy, _admin, _log) = start_binary(dir.path(), &args);
+    let pid = child.0.id();
+    let ca_pem = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
+    let (rss_before, _, _) = footprint(pid);
+
+    // 10 tunnels x 200 streams, each declaring 1 MB and sending half of it.
+    let mut calls = Vec::new();
+    for _ in 0..10 {
+        let sender = h2_tunnel(proxy, &ca_pem).await.expect("tunnel");
+        for i in 0..200 {
+            let mut sender = sender.clone();
+            calls.push(tokio::spawn(async move {
+                let req = http::Request::post("https://api.github.com/repos/acme/web/issues")
+                    .header("content-type", "application/json")
+                    .header("content-length", (1usize << 20).to_string())
+                    .body(half_sent(512 * 1024, Duration::from_secs(30)))
+                    .unwrap();
+                let _ = i;
+                if sender.ready().await.is_err() {
+                    return None;
+                }
+                let resp = sender.send_request(req).await.ok()?;
+                let status = resp.status().as_u16();
+                let body = http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .ok()?
+                    .to_bytes();
+                Some((status, body))
+            }));
+        }
+    }
+    // Peak memory while the attack runs and the timeouts fire.
+    let mut peak = 0;
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        peak = peak.max(footprint(pid).0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answers = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(calls),
+    )
+    .await
+    .expect("half-sent bodies were never answered");
+    let mut codes = std::collections::BTreeMap::new();
+    for (status, body) in answers.into_iter().flat_map(|a| a.unwrap()) {
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("a JSON refusal");
+        *codes
+            .entry((
+                status,
+                v["error"]["code"].as_str().unwrap_or("").to_string(),
+            ))
+            .or_insert(0) += 1;
+    }
+    // Every stream that got an answer got a JSON refusal: timed out, or over the caps.
+    assert!(!codes.is_empty());
+    for (status, code) in codes.keys() {
+        assert!(
+            matches!(
+                (*status, code.as_str()),
+                (408, "validation_error") | (429, "rate_limited")
+            ),
+            "{codes:?}"
+        );
+    }
+    assert!(
+        codes.contains_key(&(408, "validation_error".to_string())),
+        "{codes:?}"
+    );
+    assert_eq!(upstream.count(), 0, "nothing half-sent went upstream");
+    let grew_mb = peak.saturating_sub(rss_before) / 1024;
+    eprintln!("RSS before {rss_before} KiB, peak {peak} KiB, answers {codes:?}");
+    assert!(
+        grew_mb < 200,
+        "memory grew by {grew_mb} MB under the attack"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_so_one_agent_cannot_hold_every_descriptor() {
+    let (_pki, upstream, dir, args) = routed("api.github.com", "30s").await;
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend([
+        "--idle-timeout",
+        "2s",
+        "--max-connections",
+        "64",
+        "--max-connections-per-agent",
+        "16",
+    ]);
+    let (child, proxy, _admin, _log) = start_binary(dir.path(), &args);
+    let pid = child.0.id();
+    let ca_pem = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
+    let (_, _, fds_before) = footprint(pid);
+
+    // One agent opens tunnels and holds them idle; past its cap it is refused.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..24 {
+        let (status, head, stream) = raw_connect(
+            proxy,
+            "api.github.com:443",
+            Some(("support-bot-staging", "demo-staging-token")),
+        )
+        .await;
+        match status {
+            200 => held.push(stream),
+            429 => {
+                assert!(head.contains("rate_limited"), "{head}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {head}"),
+        }
+    }
+    assert_eq!((held.len(), refused), (16, 8));
+    // And 100 more bare connections that never send a byte.
+    let mut bare = Vec::new();
+    for _ in 0..100 {
+        bare.push(tokio::net::TcpStream::connect(proxy).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, _, fds_held) = footprint(pid);
+    assert!(
+        fds_held <= fds_before + 64 + 8,
+        "open descriptors went from {fds_before} to {fds_held} past the connection cap"
+    );
+
+    // Another agent still gets through once the idle ones are closed.
+    let other = client_via(
+        proxy,
+        Some(("support-bot-prod", "demo-prod-token")),
+        &ca_pem,
+        http::Version::HTTP_11,
+    );
+    let got = tokio::time::timeout(
+        Duration::from_secs(20),
+        send(
+            &other,
+            "GET",
+            "https://api.github.com/repos/acme/web",
+            &[],
+            "",
+        ),
+    )
+    .await
+    .expect("another agent was starved")
+    .unwrap();
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(upstream.count(), 1);
+    // The held tunnels were closed by toolgate.
+    let mut buf = [0u8; 1];
+    for mut s in held {
+        use tokio::io::AsyncReadExt;
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("an idle tunnel stayed open");
+        assert!(matches!(n, Ok(0) | Err(_)), "an idle tunnel stayed open");
+    }
+    drop(bare);
 }

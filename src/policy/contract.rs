@@ -205,7 +205,9 @@ pub fn depth(v: &Value) -> usize {
 pub fn parse_json_strict(bytes: &[u8]) -> Result<Value, String> {
     use serde::de::DeserializeSeed;
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = StrictValue.deserialize(&mut de).map_err(|e| e.to_string())?;
+    let value = StrictValue
+        .deserialize(&mut de)
+        .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     Ok(value)
 }

@@ -73,11 +73,7 @@ pub(crate) async fn accept_loop(
                     if let Err(e) = stream.set_nodelay(true) {
                         debug!(error = %e, "could not set TCP_NODELAY");
                     }
-                    let g = gate.clone();
-                    gate.tasks.spawn(async move {
-                        serve_client(g, stream, peer).await;
-                        drop(permit);
-                    });
+                    gate.tasks.spawn(serve_client(gate.clone(), stream, peer, Arc::new(permit)));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -90,15 +86,18 @@ pub(crate) async fn accept_loop(
 }
 
 /// Serves one agent connection: HTTP/1.1 to the proxy itself (CONNECT or absolute form).
-async fn serve_client(gate: Arc<Gate>, stream: TcpStream, peer: SocketAddr) {
+/// The connection holds `slot` (one of `--max-connections`) as long as it is open, tunnels
+/// upgraded from it included.
+async fn serve_client(gate: Arc<Gate>, stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) {
     let activity = Activity::new();
     let g = gate.clone();
     let a = activity.clone();
     let svc = service_fn(move |req| {
         let gate = g.clone();
         let in_flight = a.request();
+        let slot = slot.clone();
         async move {
-            let resp = outer(gate, peer, req).await;
+            let resp = outer(gate, peer, req, slot).await;
             drop(in_flight);
             Ok::<_, Infallible>(resp)
         }
@@ -107,10 +106,7 @@ async fn serve_client(gate: Arc<Gate>, stream: TcpStream, peer: SocketAddr) {
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES)
-        .serve_connection(
-            TokioIo::new(Watched::new(stream, activity.clone())),
-            svc,
-        )
+        .serve_connection(TokioIo::new(Watched::new(stream, activity.clone())), svc)
         .with_upgrades();
     tokio::pin!(conn);
     let idle = gate.config.guards.idle_timeout;
@@ -123,6 +119,9 @@ async fn serve_client(gate: Arc<Gate>, stream: TcpStream, peer: SocketAddr) {
         _ = activity.idle(idle) => debug!(%peer, "idle client connection closed"),
     }
 }
+
+/// One of the `--max-connections` client connections.
+type ConnectionSlot = Arc<tokio::sync::OwnedSemaphorePermit>;
 
 /// What the tunnel or absolute-form request is bound to: the agent and the target that were
 /// checked at the proxy layer. The target never comes from a `Host` header.
@@ -203,7 +202,12 @@ fn authenticate(policy: &Policy, req: &Request<Incoming>) -> Result<Arc<Agent>, 
 
 /// The proxy-level service: authenticates, then opens a tunnel or handles an absolute-form
 /// plain-HTTP request.
-async fn outer(gate: Arc<Gate>, peer: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn outer(
+    gate: Arc<Gate>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    slot: ConnectionSlot,
+) -> Response<ProxyBody> {
     let started = Instant::now();
     let request_id = new_id("req");
     let policy = gate.policy();
@@ -225,7 +229,7 @@ async fn outer(gate: Arc<Gate>, peer: SocketAddr, req: Request<Incoming>) -> Res
         }
     };
     if method == Method::CONNECT {
-        return connect(gate, &policy, agent, peer, req, request_id, started).await;
+        return connect(gate, &policy, (agent, peer, slot), req, request_id, started).await;
     }
     let absolute = matches!(req.uri().scheme_str(), Some("http") | Some("https"));
     let Some(host) = req.uri().host().filter(|_| absolute) else {
@@ -299,8 +303,7 @@ async fn egress(gate: &Gate, policy: &Policy, host: &str, port: u16) -> Result<(
 async fn connect(
     gate: Arc<Gate>,
     policy: &Policy,
-    agent: Arc<Agent>,
-    peer: SocketAddr,
+    (agent, peer, connection): (Arc<Agent>, SocketAddr, ConnectionSlot),
     req: Request<Incoming>,
     request_id: String,
     started: Instant,
@@ -370,7 +373,10 @@ async fn connect(
     let g = gate.clone();
     gate.tasks.spawn(async move {
         match hyper::upgrade::on(req).await {
-            Ok(upgraded) => tunnel(g, Arc::new(target), TokioIo::new(upgraded), slot).await,
+            Ok(upgraded) => {
+                tunnel(g, Arc::new(target), TokioIo::new(upgraded), slot).await;
+                drop(connection);
+            }
             Err(e) => debug!(error = %e, "CONNECT upgrade failed"),
         }
     });
@@ -466,8 +472,7 @@ where
         async move {
             let started = Instant::now();
             let request_id = new_id("req");
-            let (resp, _) =
-                handle(gate, &target, req.map(body::stream), request_id, started).await;
+            let (resp, _) = handle(gate, &target, req.map(body::stream), request_id, started).await;
             drop(in_flight);
             Ok::<_, Infallible>(resp)
         }
@@ -617,7 +622,8 @@ fn job_of(gate: &Gate, target: &Target, headers: &http::HeaderMap) -> Result<Str
         .filter(|j| {
             !j.is_empty()
                 && j.len() <= 128
-                && j.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b))
+                && j.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b))
         })
         .ok_or_else(|| {
             Refusal::new(

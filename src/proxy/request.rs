@@ -86,13 +86,23 @@ const STEERING_HEADERS: [&str; 16] = [
     "x-original-host",
 ];
 /// Headers an upstream may read first-wins or last-wins: more than one is refused.
-const SINGLE_HEADERS: [&str; 4] = ["content-type", "content-length", "idempotency-key", "stripe-version"];
+const SINGLE_HEADERS: [&str; 4] = [
+    "content-type",
+    "content-length",
+    "idempotency-key",
+    "stripe-version",
+];
 
 /// The headers phase: what of the agent's headers goes upstream. Duplicated single-valued
 /// headers and steering headers are refused; credentials, toolgate's own headers, hop-by-hop
 /// headers and anything the tool does not forward are dropped.
 fn forwarded_headers(tool: &Tool, sent: &HeaderMap) -> Result<HeaderMap, Refusal> {
-    let named = |name: &str| tool.def.headers.iter().any(|h| h.eq_ignore_ascii_case(name));
+    let named = |name: &str| {
+        tool.def
+            .headers
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
+    };
     for name in SINGLE_HEADERS {
         if sent.get_all(name).iter().count() > 1 {
             return Err(validation(format!(
@@ -192,7 +202,8 @@ pub(super) async fn process(
     // validate
     let (parts, incoming) = req.into_parts();
     let query = validate_query(&tool, parts.uri.query())?;
-    let (body_bytes, _buffered) = read_body(gate, &agent.id, &tool, &parts.headers, incoming).await?;
+    let (body_bytes, _buffered) =
+        read_body(gate, &agent.id, &tool, &parts.headers, incoming).await?;
     let body_json = validate_body(&tool, &parts.headers, &body_bytes)?;
 
     // rules
@@ -336,11 +347,12 @@ pub(super) async fn process(
         };
         let (mut parts, body) = resp.into_parts();
         // The injected credential never reaches the agent, even if the upstream echoes it.
-        let needles = Needles::new(
-            credential
-                .iter()
-                .flat_map(|c| [c.secret().to_string(), String::from_utf8_lossy(c.header_value().as_bytes()).into_owned()]),
-        );
+        let needles = Needles::new(credential.iter().flat_map(|c| {
+            [
+                c.secret().to_string(),
+                String::from_utf8_lossy(c.header_value().as_bytes()).into_owned(),
+            ]
+        }));
         needles.scrub_headers(&mut parts.headers);
         let body = Scrubbed::new(body, needles);
         if tool.def.kind.as_deref() == Some("model") {
@@ -641,7 +653,10 @@ pub(crate) fn recheck(
         .match_tool(host, port, method, path)
         .filter(|m| m.tool.name == tool.name)
         .ok_or_else(|| {
-            Refusal::policy(format!("{method} {path} no longer matches tool {}", tool.name))
+            Refusal::policy(format!(
+                "{method} {path} no longer matches tool {}",
+                tool.name
+            ))
         })?;
     let credential = authorize(agent, tool, &matched.params)?;
     forwarded_headers(tool, headers)?;
@@ -732,7 +747,11 @@ pub(crate) fn check_budget(
     let used = gate
         .store
         .budget_get(&budget_key(agent, tool, budget))
-        .map_err(|e| Refusal::internal(format!("the budget store is unavailable ({e}); nothing was sent")))?;
+        .map_err(|e| {
+            Refusal::internal(format!(
+                "the budget store is unavailable ({e}); nothing was sent"
+            ))
+        })?;
     if used + amount > budget.max {
         return Err(budget_exceeded(tool, agent, used, amount));
     }

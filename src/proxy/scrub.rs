@@ -179,10 +179,7 @@ mod tests {
             .map(|c| Ok(Frame::data(Bytes::from(c.to_string()))))
             .collect();
         let body = StreamBody::new(futures_util::stream::iter(frames));
-        let mut s = Scrubbed::new(
-            body,
-            Needles::new(secrets.iter().map(|s| s.to_string())),
-        );
+        let mut s = Scrubbed::new(body, Needles::new(secrets.iter().map(|s| s.to_string())));
         let mut parts = Vec::new();
         while let Some(f) = s.frame().await {
             parts.push(String::from_utf8(f.unwrap().into_data().unwrap().to_vec()).unwrap());
@@ -192,7 +189,11 @@ mod tests {
 
     #[tokio::test]
     async fn secrets_split_across_frames_are_cut_out() {
-        let (all, _) = run(&["auth: Bearer sk_te", "st_123 and sk_test_", "123!"], &["sk_test_123"]).await;
+        let (all, _) = run(
+            &["auth: Bearer sk_te", "st_123 and sk_test_", "123!"],
+            &["sk_test_123"],
+        )
+        .await;
         assert_eq!(all, "auth: Bearer [REDACTED] and [REDACTED]!");
         let (all, _) = run(&["s", "k", "_", "test_123"], &["sk_test_123"]).await;
         assert_eq!(all, "[REDACTED]");
@@ -200,7 +201,11 @@ mod tests {
 
     #[tokio::test]
     async fn frames_that_cannot_start_a_secret_pass_at_once() {
-        let (_, parts) = run(&["data: {\"a\":1}\n\n", "data: {\"b\":2}\n\n"], &["sk_test_123"]).await;
+        let (_, parts) = run(
+            &["data: {\"a\":1}\n\n", "data: {\"b\":2}\n\n"],
+            &["sk_test_123"],
+        )
+        .await;
         assert_eq!(parts, vec!["data: {\"a\":1}\n\n", "data: {\"b\":2}\n\n"]);
         // A tail that might start a secret waits, then goes out when it does not.
         let (all, parts) = run(&["x sk_", "nope"], &["sk_test_123"]).await;
