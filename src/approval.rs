@@ -163,6 +163,23 @@ pub struct Proposal {
 }
 
 impl Proposal {
+    /// When it was decided for good (committed, denied, revoked, cancelled, expired), as far as
+    /// the record tells; open ones are not finished.
+    pub fn finished_unix(&self) -> Option<u64> {
+        if self.state.is_open() || self.state == State::Committing {
+            return None;
+        }
+        Some(
+            self.committed_unix
+                .or(self.decision.as_ref().map(|d| d.at_unix))
+                .unwrap_or(if self.state == State::Expired {
+                    self.expires_unix
+                } else {
+                    self.created_unix
+                }),
+        )
+    }
+
     /// The JSON the API and the CLI show. The body is shown as text when it is UTF-8.
     pub fn view(&self) -> Value {
         let body = self.request.body_bytes();
@@ -623,16 +640,15 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
     let sent = Bytes::from(p.request.body_bytes());
     let method: http::Method = p.request.method.parse().unwrap_or(http::Method::POST);
     // Every policy phase again, on exactly what will be sent, under the policy in force now.
-    let checked = match crate::proxy::request::recheck(
-        &policy,
-        &agent,
-        &tool,
-        (&p.request.host, p.request.port),
-        &method,
-        &p.request.path_and_query,
-        &headers,
-        &sent,
-    ) {
+    let stored = crate::proxy::request::StoredCall {
+        host: &p.request.host,
+        port: p.request.port,
+        method: &method,
+        path_and_query: &p.request.path_and_query,
+        headers: &headers,
+        body: &sent,
+    };
+    let checked = match crate::proxy::request::recheck(&policy, &agent, &tool, &stored) {
         Ok(c) => c,
         Err(refusal) => {
             let why = format!("the policy in force refuses it now: {}", refusal.message);

@@ -59,14 +59,8 @@ pub async fn once(gate: &Gate) -> Result<Swept, StoreError> {
     let removed = gate
         .store
         .expire("proposals", |v| {
-            serde_json::from_slice::<crate::approval::Proposal>(v).is_ok_and(|p| {
-                !p.state.is_open()
-                    && p.state != crate::approval::State::Committing
-                    && p.committed_unix
-                        .unwrap_or(p.created_unix)
-                        .max(p.expires_unix)
-                        < prop_cut
-            })
+            serde_json::from_slice::<crate::approval::Proposal>(v)
+                .is_ok_and(|p| p.finished_unix().is_some_and(|t| t < prop_cut))
         })
         .await?;
     // The index from a call identity to a removed proposal goes with it.

@@ -625,6 +625,17 @@ fn idem_id(kind: &str, agent: &str, tool: &str, key: &str) -> String {
     hex::encode(h.finalize())
 }
 
+/// A request as stored for a later commit.
+#[derive(Clone, Copy)]
+pub(crate) struct StoredCall<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub method: &'a Method,
+    pub path_and_query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body: &'a Bytes,
+}
+
 /// What the policy phases decided about a stored request.
 pub(crate) struct Rechecked {
     pub credential: Option<Arc<Credential>>,
@@ -638,12 +649,16 @@ pub(crate) fn recheck(
     policy: &Policy,
     agent: &Agent,
     tool: &Tool,
-    (host, port): (&str, u16),
-    method: &Method,
-    path_and_query: &str,
-    headers: &HeaderMap,
-    body: &Bytes,
+    call: &StoredCall<'_>,
 ) -> Result<Rechecked, Refusal> {
+    let StoredCall {
+        host,
+        port,
+        method,
+        path_and_query,
+        headers,
+        body,
+    } = *call;
     let uri: http::Uri = path_and_query
         .parse()
         .map_err(|e| Refusal::policy(format!("the stored URI is not valid: {e}")))?;
@@ -704,7 +719,13 @@ pub(crate) fn budget_amount(tool: &Tool, body: &Value) -> Result<Option<f64>, Re
         return Ok(None);
     };
     let field = &budget.field;
-    match body.get(field).and_then(Value::as_f64) {
+    // Form bodies without a schema keep their values as text.
+    let amount = match body.get(field) {
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        Some(v) => v.as_f64(),
+        None => None,
+    };
+    match amount {
         None => Err(validation(format!(
             "field /{field} is required: tool {} counts it against a budget; send it explicitly",
             tool.name

@@ -1,7 +1,8 @@
 //! Scrubs the injected credential out of answers that stream to the agent. An upstream that
 //! echoes request headers (a debug endpoint, an error page) must not hand the agent the key it
 //! never held. The body passes through frame by frame; only the tail of a frame that could be
-//! the start of a secret is held back until the next frame tells.
+//! the start of a secret is held back until the next frame tells. A secret is replaced by a mark
+//! of the same length, so the answer's length does not change.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -12,7 +13,17 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::body::BoxError;
 
-const MARK: &[u8] = b"[REDACTED]";
+/// What stands in for a secret: as long as the secret, so that a `Content-Length` stays true.
+fn mark(len: usize) -> Vec<u8> {
+    const MARK: &[u8] = b"[REDACTED]";
+    if len >= MARK.len() {
+        let mut m = MARK.to_vec();
+        m.resize(len, b'*');
+        m
+    } else {
+        vec![b'*'; len]
+    }
+}
 
 /// Needles to cut out of a stream, longest first.
 #[derive(Clone, Debug, Default)]
@@ -47,7 +58,7 @@ impl Needles {
                 let mut at = Some(first);
                 while let Some(i) = at {
                     next.extend_from_slice(&rest[..i]);
-                    next.extend_from_slice(MARK);
+                    next.extend_from_slice(&mark(n.len()));
                     rest = &rest[i + n.len()..];
                     at = find(rest, n);
                 }
@@ -163,8 +174,14 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        // Replacing changes the length: no exact hint.
-        SizeHint::default()
+        // Marks are as long as what they replace.
+        let mut hint = self.inner.size_hint();
+        let carried = self.carry.len() as u64;
+        hint.set_lower(hint.lower() + carried);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + carried);
+        }
+        hint
     }
 }
 
@@ -194,9 +211,9 @@ mod tests {
             &["sk_test_123"],
         )
         .await;
-        assert_eq!(all, "auth: Bearer [REDACTED] and [REDACTED]!");
+        assert_eq!(all, "auth: Bearer [REDACTED]* and [REDACTED]*!");
         let (all, _) = run(&["s", "k", "_", "test_123"], &["sk_test_123"]).await;
-        assert_eq!(all, "[REDACTED]");
+        assert_eq!(all, "[REDACTED]*");
     }
 
     #[tokio::test]

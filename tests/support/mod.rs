@@ -194,6 +194,14 @@ async fn upstream_handle(
             })
             .unwrap_or_default(),
     });
+    // A body asking for it gets a refusal from the upstream.
+    if body.windows(16).any(|w| w == b"upstream-refuses") {
+        return Ok(Response::builder()
+            .status(400)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(r#"{"error":{"message":"refused upstream"}}"#)).boxed())
+            .unwrap());
+    }
     // A body asking for it makes the upstream hang past toolgate's timeout, after receiving it.
     if body.windows(13).any(|w| w == b"hang-upstream") {
         tokio::time::sleep(Duration::from_secs(5)).await;
