@@ -263,7 +263,8 @@ pub fn body_json(bytes: &[u8], cap: usize) -> Value {
 
 /// The log: a handle for writers and readers.
 pub struct Audit {
-    tx: std::sync::Mutex<mpsc::Sender<Msg>>,
+    tx: std::sync::Mutex<Option<mpsc::Sender<Msg>>>,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     tree: sled::Tree,
     meta: sled::Tree,
     pub redactor: Arc<Redactor>,
@@ -287,6 +288,16 @@ fn rfc3339(ms: u64) -> String {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+impl Drop for Audit {
+    /// The writer writes what is queued and ends; the store is released with it.
+    fn drop(&mut self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = w.join();
+        }
+    }
 }
 
 const ANCHOR: &[u8] = b"anchor";
@@ -343,7 +354,7 @@ impl Audit {
         let writer_flusher = flusher.clone();
         let redactor = Arc::new(Redactor::new());
         let writer_redactor = redactor.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("toolgate-audit".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
@@ -415,7 +426,8 @@ impl Audit {
             })
             .map_err(|e| StoreError::from(sled::Error::Io(e)))?;
         Ok(Audit {
-            tx: std::sync::Mutex::new(tx),
+            tx: std::sync::Mutex::new(Some(tx)),
+            writer: std::sync::Mutex::new(Some(writer)),
             tree,
             meta,
             redactor,
@@ -428,8 +440,8 @@ impl Audit {
         self.tx
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .send(msg)
-            .is_ok()
+            .as_ref()
+            .is_some_and(|tx| tx.send(msg).is_ok())
     }
 
     /// Records an event in the next batch; does not wait for a flush.

@@ -290,8 +290,8 @@ pub async fn run(
     if let Some(metrics) = listeners.metrics {
         tokio::spawn(admin::serve_metrics(metrics, gate.clone()));
     }
-    tokio::spawn(sweep::run(gate.clone()));
-    tokio::spawn(watch_policies(gate.clone()));
+    let sweeper = tokio::spawn(sweep::run(gate.clone()));
+    let watcher = tokio::spawn(watch_policies(gate.clone()));
     proxy::accept_loop(gate.clone(), listeners.proxy, shutdown).await;
 
     info!("shutting down: no new connections; waiting for in-flight requests");
@@ -316,7 +316,40 @@ pub async fn run(
     {
         warn!(error = %e, "the final flush failed");
     }
+    let _ = tokio::time::timeout_at(deadline, async {
+        let _ = watcher.await;
+        let _ = sweeper.await;
+    })
+    .await;
+    close(
+        gate,
+        tokio::time::Instant::now() + std::time::Duration::from_secs(2),
+    )
+    .await;
     Ok(())
+}
+
+/// Lets go of the store when the last task using it is done (bounded by `deadline`), so that
+/// the data dir can be opened again as soon as `run` returns.
+async fn close(gate: Arc<Gate>, deadline: tokio::time::Instant) {
+    let mut gate = gate;
+    loop {
+        match Arc::try_unwrap(gate) {
+            Ok(g) => {
+                // The audit writer and the flusher finish their queues and end here.
+                let _ = tokio::task::spawn_blocking(move || drop(g)).await;
+                return;
+            }
+            Err(still_shared) => {
+                if tokio::time::Instant::now() >= deadline {
+                    warn!("some tasks still hold the store at exit");
+                    return;
+                }
+                gate = still_shared;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
 }
 
 /// A cheap fingerprint of every file under `dir` (names, sizes, modification times), so that an
