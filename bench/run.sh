@@ -4,6 +4,8 @@
 # Policies: bench/policies (a read, and a side-effect-free POST validated against a schema,
 # both with a credential injected).
 # Usage: bench/run.sh [seconds per run, default 5]
+# On a machine with two cores or more, toolgate is pinned to core 0 and the load and the upstream
+# to core 1 (taskset), so that the numbers do not depend on the scheduler.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-5}s"
@@ -19,12 +21,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
+PIN_GATE=(); PIN_LOAD=()
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+  PIN_GATE=(taskset -c 0); PIN_LOAD=(taskset -c 1)
+fi
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); PX=$(free_port); AD=$(free_port)
 
-target/release/examples/echo_upstream --listen "127.0.0.1:$UP" --ca-out "$work/up-ca.pem" api.stripe.com \
+"${PIN_LOAD[@]}" target/release/examples/echo_upstream --listen "127.0.0.1:$UP" --ca-out "$work/up-ca.pem" api.stripe.com \
   2>"$work/upstream.log" & pids+=($!)
-RUST_LOG=warn target/release/toolgate serve --listen "127.0.0.1:$PX" --admin-listen "127.0.0.1:$AD" \
+RUST_LOG=warn "${PIN_GATE[@]}" target/release/toolgate serve --listen "127.0.0.1:$PX" --admin-listen "127.0.0.1:$AD" \
   --policies bench/policies --certs "$work/certs" --data-dir "$work/data" \
   --connect-to "api.stripe.com:443=127.0.0.1:$UP" --upstream-ca "$work/up-ca.pem" \
   2>"$work/toolgate.log" & pids+=($!)
@@ -39,9 +46,9 @@ AUTH="Proxy-Authorization: Basic $(printf %s 'bench:bench-token' | base64)"
 URL_GET=https://api.stripe.com/v1/customers/cus_123
 URL_POST=https://api.stripe.com/v1/customers/search
 
-direct() { oha --no-tui --output-format json -z "$DURATION" --cacert "$work/up-ca.pem" \
+direct() { "${PIN_LOAD[@]}" oha --no-tui --output-format json -z "$DURATION" --cacert "$work/up-ca.pem" \
   --connect-to "api.stripe.com:443:127.0.0.1:$UP" "$@"; }
-proxied() { oha --no-tui --output-format json -z "$DURATION" --cacert "$work/certs/ca.pem" \
+proxied() { "${PIN_LOAD[@]}" oha --no-tui --output-format json -z "$DURATION" --cacert "$work/certs/ca.pem" \
   -x "http://127.0.0.1:$PX" --proxy-header "$AUTH" --no-pre-lookup "$@"; }
 
 report() { # name, direct json, proxied json
@@ -66,7 +73,7 @@ run() { # name, oha args...
   report "$name" "$(direct "$@")" "$(proxied "$@")"
 }
 
-echo "oha $(oha --version | awk '{print $2}'), $DURATION per run, $(nproc) cores"
+echo "oha $(oha --version | awk '{print $2}'), $DURATION per run, $(nproc) cores${PIN_GATE:+, toolgate on core 0, load and upstream on core 1}"
 run "GET keep-alive c=1"  -c 1  "$URL_GET"
 run "GET keep-alive c=16" -c 16 "$URL_GET"
 run "POST 1 KiB c=16"     -c 16 -m POST -T application/x-www-form-urlencoded -D "$work/body" "$URL_POST"

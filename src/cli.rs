@@ -595,22 +595,7 @@ async fn audit(command: AuditCommand, server: &str, data_dir: Option<PathBuf>) -
             match result {
                 Ok(n) => {
                     println!("ok: {n} events, the chain is intact");
-                    for p in &purges {
-                        println!(
-                            "purged: {} events (seq {}..{}) older than {}, by {} at {}{}",
-                            p["removed"],
-                            p["from_seq"],
-                            p["to_seq"],
-                            p["before"].as_str().unwrap_or("?"),
-                            p["by"].as_str().unwrap_or("?"),
-                            p["at"].as_str().unwrap_or("?"),
-                            p["reason"]
-                                .as_str()
-                                .filter(|r| !r.is_empty())
-                                .map(|r| format!(": {r}"))
-                                .unwrap_or_default()
-                        );
-                    }
+                    purges.iter().for_each(print_purge);
                     ExitCode::SUCCESS
                 }
                 Err((seq, why)) => fail(&format!("chain broken at event {seq}: {why}")),
@@ -648,6 +633,24 @@ async fn audit(command: AuditCommand, server: &str, data_dir: Option<PathBuf>) -
             }
         }
     }
+}
+
+/// One line of `audit verify` about an earlier purge.
+fn print_purge(p: &serde_json::Value) {
+    println!(
+        "purged: {} events (seq {}..{}) older than {}, by {} at {}{}",
+        p["removed"],
+        p["from_seq"],
+        p["to_seq"],
+        p["before"].as_str().unwrap_or("?"),
+        p["by"].as_str().unwrap_or("?"),
+        p["at"].as_str().unwrap_or("?"),
+        p["reason"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    );
 }
 
 /// A purge of a stopped toolgate's store, by whoever holds its files.

@@ -781,3 +781,39 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+// Finding 3: a half-sent HTTP/1.1 body times out with a JSON refusal, and nothing is sent.
+#[tokio::test]
+async fn a_half_sent_body_times_out_and_is_never_forwarded() {
+    let (_pki, upstream, gate) = setup_examples(&extra(), |c| {
+        c.guards.body_read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let (status, _, stream) = raw_connect(
+        gate.addr,
+        "api.github.com:443",
+        Some(("support-bot-staging", "demo-staging-token")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut tls = tls_over(stream, "api.github.com", &gate.ca_pem, &[b"http/1.1"])
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(
+        b"POST /repos/acme/web/issues HTTP/1.1\r\nHost: api.github.com\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"title\": \"half",
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 8192];
+    let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+        .await
+        .expect("the half-sent body was never answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"validation_error\""), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(upstream.count(), 0);
+}
