@@ -13,16 +13,7 @@ use support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
 
 async fn events(gate: &Toolgate, query: &str) -> Vec<Value> {
-    let got = gate
-        .admin(
-            "GET",
-            &format!("/api/audit/search?{query}"),
-            Some("demo-carol-token"),
-            None,
-        )
-        .await;
-    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
-    got.json()["events"].as_array().unwrap().clone()
+    audit_events(gate, query).await
 }
 
 /// Waits until the batched writer has written what was recorded so far.

@@ -118,16 +118,7 @@ fn other(gate: &Toolgate) -> TestClient {
 }
 
 async fn events(gate: &Toolgate, query: &str) -> Vec<Value> {
-    let got = gate
-        .admin(
-            "GET",
-            &format!("/api/audit/search?{query}"),
-            Some("demo-carol-token"),
-            None,
-        )
-        .await;
-    assert_eq!(got.status, 200, "{}", got.text());
-    got.json()["events"].as_array().unwrap().clone()
+    audit_events(gate, query).await
 }
 
 async fn post_form(

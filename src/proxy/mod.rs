@@ -324,38 +324,27 @@ async fn connect(
         return refusal.into_response(&request_id);
     };
     let target_text = upstream::authority(&host, port);
-    if let Err(refusal) = egress(&gate, policy, &host, port).await {
-        record_refusal(
-            &gate,
-            (&request_id, started),
-            (Some(&agent.id), peer),
-            &host,
-            &Method::CONNECT,
-            &target_text,
-            &refusal,
-        );
-        return refusal.into_response(&request_id);
-    }
-    let Some(slot) = gate.caps.tunnel(&agent.id) else {
-        let mut refusal = Refusal::new(
-            Code::RateLimited,
-            format!(
-                "agent {} already holds {} open tunnels through toolgate, its cap; reuse or close one",
-                agent.id,
-                gate.config.guards.max_connections_per_agent
-            ),
-        );
-        refusal.retry_after = Some(1);
-        record_refusal(
-            &gate,
-            (&request_id, started),
-            (Some(&agent.id), peer),
-            &host,
-            &Method::CONNECT,
-            &target_text,
-            &refusal,
-        );
-        return refusal.into_response(&request_id);
+    let admitted = match egress(&gate, policy, &host, port).await {
+        Ok(()) => gate
+            .caps
+            .tunnel(&agent.id)
+            .ok_or_else(|| tunnel_cap(&gate, &agent.id)),
+        Err(refusal) => Err(refusal),
+    };
+    let slot = match admitted {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            record_refusal(
+                &gate,
+                (&request_id, started),
+                (Some(&agent.id), peer),
+                &host,
+                &Method::CONNECT,
+                &target_text,
+                &refusal,
+            );
+            return refusal.into_response(&request_id);
+        }
     };
     let target = Target {
         agent_id: agent.id.clone(),
@@ -385,6 +374,19 @@ async fn connect(
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
     resp
+}
+
+/// An agent holding its cap of tunnels asks for one more.
+fn tunnel_cap(gate: &Gate, agent: &str) -> Refusal {
+    let mut refusal = Refusal::new(
+        Code::RateLimited,
+        format!(
+            "agent {agent} already holds {} open tunnels through toolgate, its cap; reuse or close one",
+            gate.config.guards.max_connections_per_agent
+        ),
+    );
+    refusal.retry_after = Some(1);
+    refusal
 }
 
 /// Serves a tunnel: TLS (intercepted with a minted leaf) or plain HTTP, told apart by the first

@@ -879,6 +879,20 @@ fn collect(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(String,
     }
 }
 
+/// Audit events through the search API (`query` as in `audit search`), as an approver.
+pub async fn audit_events(gate: &Toolgate, query: &str) -> Vec<serde_json::Value> {
+    let got = gate
+        .admin(
+            "GET",
+            &format!("/api/audit/search?{query}"),
+            Some("demo-carol-token"),
+            None,
+        )
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    got.json()["events"].as_array().unwrap().clone()
+}
+
 /// The example staging agent.
 pub fn staging(gate: &Toolgate) -> TestClient {
     gate.client(
