@@ -3,12 +3,13 @@
 # Not a test. Prints requests/s, p50 and p99 per scenario and the ratio to direct.
 # Policies: bench/policies (a read, and a side-effect-free POST validated against a schema,
 # both with a credential injected).
-# Usage: bench/run.sh [seconds per run, default 5]
+# Usage: bench/run.sh [seconds per run, default 5] [only the scenarios whose name contains this]
 # On a machine with two cores or more, toolgate is pinned to core 0 and the load and the upstream
 # to core 1 (taskset), so that the numbers do not depend on the scheduler.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-5}s"
+ONLY="${2:-}"
 
 command -v oha >/dev/null || cargo install oha --locked
 cargo build --release --quiet --bin toolgate --example echo_upstream
@@ -70,6 +71,7 @@ PY
 
 run() { # name, oha args...
   local name=$1; shift
+  if [ -n "$ONLY" ] && [[ "$name" != *"$ONLY"* ]]; then return; fi
   report "$name" "$(direct "$@")" "$(proxied "$@")"
 }
 

@@ -69,14 +69,18 @@ impl Needles {
         out
     }
 
-    /// The length of the longest tail of `buf` that is a proper prefix of some needle.
+    /// The length of the longest tail of `buf` that is a proper prefix of some needle. Only
+    /// places where a needle's first byte occurs are tried.
     fn partial_tail(&self, buf: &[u8]) -> usize {
         let mut best = 0;
         for n in &self.0 {
-            let max = (n.len() - 1).min(buf.len());
-            for len in (best + 1..=max).rev() {
-                if buf[buf.len() - len..] == n[..len] {
-                    best = len;
+            let window = (n.len() - 1).min(buf.len());
+            let from = buf.len() - window;
+            // Earliest start first: the longest tail.
+            for i in memchr::memchr_iter(n[0], &buf[from..]) {
+                let tail = &buf[from + i..];
+                if tail.len() > best && n.starts_with(tail) {
+                    best = tail.len();
                     break;
                 }
             }
@@ -225,6 +229,8 @@ mod tests {
         .await;
         assert_eq!(parts, vec!["data: {\"a\":1}\n\n", "data: {\"b\":2}\n\n"]);
         // A tail that might start a secret waits, then goes out when it does not.
+        let (all, _) = run(&["as s sk_te", "st_123"], &["sk_test_123"]).await;
+        assert_eq!(all, "as s [REDACTED]*");
         let (all, parts) = run(&["x sk_", "nope"], &["sk_test_123"]).await;
         assert_eq!(all, "x sk_nope");
         assert_eq!(parts[0], "x ");
