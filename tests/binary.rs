@@ -843,3 +843,76 @@ async fn idle_connections_are_closed_so_one_agent_cannot_hold_every_descriptor()
     }
     drop(bare);
 }
+
+/// CPU time (user + system, in clock ticks) a process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    n(11) + n(12)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("SKIPPED out_of_descriptors: prlimit (util-linux) is not installed");
+        return;
+    }
+    let (_pki, upstream, dir, args) = routed("api.github.com", "30s").await;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut child, proxy, _admin, log) = start_binary(dir.path(), &args);
+    let pid = child.0.id();
+    let ca_pem = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
+    // Leave toolgate a handful of descriptors above what it holds now.
+    let (_, _, fds) = footprint(pid);
+    let limit = format!("--nofile={0}:{0}", fds + 6);
+    let ok = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &limit])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(tokio::net::TcpStream::connect(proxy).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(pid) - before;
+    // A spinning accept loop burns a whole core: about 200 ticks in 2 s.
+    assert!(
+        used < 60,
+        "toolgate used {used} ticks in 2 s out of descriptors"
+    );
+    drop(held);
+    let client = client_via(
+        proxy,
+        Some(("support-bot-staging", "demo-staging-token")),
+        &ca_pem,
+        http::Version::HTTP_11,
+    );
+    let got = tokio::time::timeout(
+        Duration::from_secs(20),
+        send(
+            &client,
+            "GET",
+            "https://api.github.com/repos/acme/web",
+            &[],
+            "",
+        ),
+    )
+    .await
+    .expect("toolgate did not recover")
+    .unwrap();
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(upstream.count(), 1);
+    signal(pid, "-TERM");
+    let _ = child.0.wait();
+    let lines = log.join().unwrap();
+    assert!(
+        lines.iter().any(|l| l.contains("accept failed")),
+        "the accept errors were logged"
+    );
+}
