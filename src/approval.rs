@@ -21,10 +21,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::base::authority;
+use crate::base::body::{self, ProxyBody};
 use crate::error::{Code, Refusal};
 use crate::policy::{Agent, Approver, Tool};
-use crate::proxy::body::{self, ProxyBody};
-use crate::proxy::upstream::authority;
 use crate::store::{now_unix, Outcome, StoreError};
 use crate::Gate;
 
@@ -393,7 +393,7 @@ fn new_proposal(call: &Call<'_>, identity: String) -> Proposal {
         None => format!("{} {}", call.method, call.path_and_query),
     };
     Proposal {
-        id: crate::proxy::new_id("prop"),
+        id: crate::base::new_id("prop"),
         state: State::Pending,
         tool: call.tool.name.clone(),
         tool_version: call.tool.version,

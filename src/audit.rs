@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use tracing::{error, warn};
 
+use crate::base::now_ms;
 use crate::store::StoreError;
 
 /// One event of the log. The field order is the hashing order: do not reorder.
@@ -275,13 +276,6 @@ pub struct Audit {
 
 /// The cap on bodies recorded in events.
 pub const BODY_CAP: usize = 16 * 1024;
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 fn rfc3339(ms: u64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)

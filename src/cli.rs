@@ -281,7 +281,7 @@ fn flag_duration(flag: &str, value: &str) -> Result<std::time::Duration, String>
 }
 
 fn flag_size(flag: &str, value: &str) -> Result<u64, String> {
-    crate::config::parse_size(value).map_err(|e| format!("--{flag}: {e}"))
+    crate::base::parse_size(value).map_err(|e| format!("--{flag}: {e}"))
 }
 
 impl ServeArgs {

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::proxy::body::{full, ProxyBody};
+use crate::base::body::{full, ProxyBody};
 
 /// The stable error codes of DESIGN section 1. Agents and SDKs may match on these strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,7 +220,7 @@ impl Refusal {
             }
         }
         if let Ok(v) = HeaderValue::from_str(request_id) {
-            headers.insert(crate::proxy::REQUEST_ID_HEADER, v);
+            headers.insert(crate::base::net::REQUEST_ID_HEADER, v);
         }
         resp
     }

@@ -7,6 +7,7 @@ pub mod admin_audit;
 pub mod admin_pages;
 pub mod approval;
 pub mod audit;
+pub mod base;
 pub mod ca;
 pub mod cli;
 pub mod config;

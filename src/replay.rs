@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Limited};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::proxy::body;
+use crate::base::body;
 use crate::Gate;
 
 /// The environment whose credential a replay sends.
@@ -142,7 +142,7 @@ pub async fn replay(
     to: &str,
     by: &str,
 ) -> Result<Vec<Report>, ReplayError> {
-    let (to_host, to_port) = crate::policy::split_host_port(to, 443)
+    let (to_host, to_port) = crate::base::split_host_port(to, 443)
         .map(|(h, p)| (normalize_host(&h), p))
         .filter(|(h, _)| !h.is_empty())
         .ok_or_else(|| ReplayError(format!("--to {to:?} is not HOST:PORT")))?;
@@ -158,10 +158,10 @@ pub async fn replay(
             "no recorded call that was sent belongs to {id}; replay takes a request, proposal or job id"
         )));
     }
-    let authority = crate::proxy::upstream::authority(&to_host, to_port);
+    let authority = crate::base::authority(&to_host, to_port);
     let mut out = Vec::new();
     for call in calls {
-        let replay_id = crate::proxy::new_id("rpl");
+        let replay_id = crate::base::new_id("rpl");
         let mut report = Report {
             request_id: call.request_id.clone(),
             tool: call.tool.clone(),

@@ -12,7 +12,7 @@ use http::{header, HeaderValue, Method, Request};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::policy::file::RollbackDef;
+use crate::policy::rollback_def::placeholders;
 use crate::policy::{Approver, BodyFormat, Policy, Tool};
 use crate::store::StoreError;
 use crate::Gate;
@@ -114,7 +114,7 @@ pub(crate) fn record(gate: &Gate, f: CommitFacts<'_>) {
         body: redactor.value(f.body_json),
         status: f.status,
         response: serde_json::from_slice(f.response).unwrap_or(Value::Null),
-        unix_ms: crate::audit::now_ms(),
+        unix_ms: crate::base::now_ms(),
         undoes: f.undoes.map(str::to_string),
         undone: None,
         attempts: 0,
@@ -186,73 +186,6 @@ impl Report {
     pub fn ok(&self) -> bool {
         self.outcome == "undone"
     }
-}
-
-/// Checks a tool's `rollback` declaration at load time.
-pub fn validate_def(def: &RollbackDef) -> Result<(), String> {
-    match (&def.none, &def.method, &def.path) {
-        (Some(why), None, None) if def.body.is_none() => {
-            if why.trim().is_empty() {
-                return Err("rollback.none must say why the call cannot be undone".into());
-            }
-            Ok(())
-        }
-        (None, Some(method), Some(path)) => {
-            Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-                .map_err(|_| format!("rollback.method {method:?} is not an HTTP method"))?;
-            if !path.starts_with('/') {
-                return Err(format!("rollback.path {path:?} must start with '/'"));
-            }
-            check_placeholders(path)?;
-            if let Some(body) = &def.body {
-                let v = serde_json::to_value(body).map_err(|e| e.to_string())?;
-                walk_strings(&v, &mut |s| check_placeholders(s))?;
-            }
-            Ok(())
-        }
-        _ => Err(
-            "rollback is either { none = \"why\" } or { method, path, body? } over {response.x}, {params.x}, {body.x}, {query.x}"
-                .into(),
-        ),
-    }
-}
-
-fn walk_strings(v: &Value, f: &mut dyn FnMut(&str) -> Result<(), String>) -> Result<(), String> {
-    match v {
-        Value::String(s) => f(s),
-        Value::Array(a) => a.iter().try_for_each(|x| walk_strings(x, f)),
-        Value::Object(m) => m.values().try_for_each(|x| walk_strings(x, f)),
-        _ => Ok(()),
-    }
-}
-
-fn placeholders(template: &str) -> Result<Vec<(usize, usize, &str)>, String> {
-    let mut out = Vec::new();
-    let mut from = 0;
-    while let Some(rel) = template[from..].find('{') {
-        let start = from + rel;
-        let end = template[start..]
-            .find('}')
-            .ok_or_else(|| format!("{template:?} has an unclosed '{{'"))?
-            + start;
-        out.push((start, end, &template[start + 1..end]));
-        from = end + 1;
-    }
-    Ok(out)
-}
-
-fn check_placeholders(template: &str) -> Result<(), String> {
-    for (_, _, name) in placeholders(template)? {
-        let ok = ["response.", "params.", "body.", "query."]
-            .iter()
-            .any(|p| name.strip_prefix(p).is_some_and(|rest| !rest.is_empty()));
-        if !ok {
-            return Err(format!(
-                "rollback template {template:?}: {{{name}}} must name response.x, params.x, body.x or query.x"
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// `{response.a.b}` against the context `{"response": {...}, "params": {...}, ...}`.
@@ -521,7 +454,7 @@ pub async fn undo(gate: &Arc<Gate>, id: &str, who: &Approver) -> Report {
             format!("the store is unavailable ({e}); nothing was sent"),
         );
     }
-    let mut req = Request::new(crate::proxy::body::full(body));
+    let mut req = Request::new(crate::base::body::full(body));
     *req.method_mut() = plan.method.clone();
     *req.uri_mut() = match plan.path.parse() {
         Ok(u) => u,
@@ -553,7 +486,7 @@ pub async fn undo(gate: &Arc<Gate>, id: &str, who: &Approver) -> Report {
     // Upstream failures are toolgate's 502/504, but the call may have been sent: "failed".
     let refused_by_toolgate =
         refused.is_some_and(|code| code.source() != crate::error::ErrorSource::Upstream);
-    let answer = crate::proxy::body::collect_capped(resp.into_body(), 64 * 1024).await;
+    let answer = crate::base::body::collect_capped(resp.into_body(), 64 * 1024).await;
     let text = String::from_utf8_lossy(&answer).into_owned();
     let message_of = |text: &str| {
         serde_json::from_str::<Value>(text)
@@ -596,7 +529,7 @@ pub async fn undo(gate: &Arc<Gate>, id: &str, who: &Approver) -> Report {
             by: by.to_string(),
             request_id: undo_id.clone(),
             status,
-            unix_ms: crate::audit::now_ms(),
+            unix_ms: crate::base::now_ms(),
         });
         if let Err(e) = put(gate, &c) {
             tracing::error!(request_id = %c.request_id, error = %e, "could not mark the call undone");
@@ -664,7 +597,7 @@ fn approve_undo(
     if spec.required <= 1 {
         return Ok(());
     }
-    let now = crate::audit::now_ms();
+    let now = crate::base::now_ms();
     let fresh_after = now.saturating_sub(spec.expires.as_millis() as u64);
     c.undo_approvals.retain(|a| a.unix_ms >= fresh_after);
     if !c.undo_approvals.iter().any(|a| a.by == who.id) {
@@ -740,22 +673,6 @@ mod tests {
         assert!(render("/x/{response.missing}", &ctx, true).is_err());
         let body = render_value(&json!({"n": "{response.number}", "s": "closed"}), &ctx).unwrap();
         assert_eq!(body, json!({"n": 7, "s": "closed"}));
-    }
-
-    #[test]
-    fn declarations_are_checked() {
-        let def = |none: Option<&str>, method: Option<&str>, path: Option<&str>| RollbackDef {
-            none: none.map(str::to_string),
-            method: method.map(str::to_string),
-            path: path.map(str::to_string),
-            body: None,
-        };
-        assert!(validate_def(&def(Some("why"), None, None)).is_ok());
-        assert!(validate_def(&def(Some(" "), None, None)).is_err());
-        assert!(validate_def(&def(None, Some("DELETE"), Some("/v1/c/{response.id}"))).is_ok());
-        assert!(validate_def(&def(None, Some("DELETE"), Some("/v1/c/{agent.id}"))).is_err());
-        assert!(validate_def(&def(None, Some("DELETE"), None)).is_err());
-        assert!(validate_def(&def(Some("x"), Some("DELETE"), Some("/x"))).is_err());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+pub use crate::base::now_unix;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -163,13 +165,6 @@ impl Flusher {
             .map_err(|_| StoreError("the flush thread stopped".into()))?
             .map_err(StoreError)
     }
-}
-
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Seals small records at rest (ChaCha20-Poly1305 under a key in `seal.key` beside the store,

@@ -3,6 +3,7 @@
 
 pub mod contract;
 pub mod file;
+pub mod rollback_def;
 pub mod rules;
 pub mod template;
 
@@ -12,6 +13,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+pub use crate::base::split_host_port;
 
 pub use file::{AgentDef, PolicyFile, ToolDef};
 pub use template::{check_path, PathError, PathTemplate};
@@ -580,26 +583,6 @@ fn compile_agent(
     })
 }
 
-/// Splits `host[:port]` (IPv6 in brackets) into a lower-case host and a port, 443 by default.
-pub fn split_host_port(s: &str, default_port: u16) -> Option<(String, u16)> {
-    let s = s.trim();
-    if let Some(rest) = s.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().ok()?,
-            None if after.is_empty() => default_port,
-            None => return None,
-        };
-        return Some((host.to_ascii_lowercase(), port));
-    }
-    match s.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => Some((h.to_ascii_lowercase(), p.parse().ok()?)),
-        Some(_) => None,
-        None if !s.is_empty() => Some((s.to_ascii_lowercase(), default_port)),
-        None => None,
-    }
-}
-
 fn compile_credential(
     path: &Path,
     def: &file::CredentialDef,
@@ -660,7 +643,7 @@ fn compile_tool(
         .map_err(|_| err(format!("method {:?} is not an HTTP method", def.method)))?;
     let template = PathTemplate::parse(&def.path).map_err(err)?;
     if let Some(r) = &def.rollback {
-        crate::rollback::validate_def(r).map_err(err)?;
+        rollback_def::validate_def(r).map_err(err)?;
     }
     let mode = Mode::parse(def.mode.as_deref()).map_err(err)?;
     let mut creds = BTreeMap::new();
@@ -741,7 +724,7 @@ fn compile_tool(
     };
     let idempotency_window = match def.idempotency_window.as_deref() {
         Some(w) => {
-            crate::config::parse_duration(w).map_err(|e| err(format!("idempotency_window: {e}")))?
+            crate::base::parse_duration(w).map_err(|e| err(format!("idempotency_window: {e}")))?
         }
         None => std::time::Duration::from_secs(600),
     };
@@ -812,8 +795,9 @@ fn compile_tool(
                    what: &str|
          -> Result<std::time::Duration, PolicyError> {
             match v {
-                Some(t) => crate::config::parse_duration(t)
-                    .map_err(|e| err(format!("approval.{what}: {e}"))),
+                Some(t) => {
+                    crate::base::parse_duration(t).map_err(|e| err(format!("approval.{what}: {e}")))
+                }
                 None => Ok(std::time::Duration::from_secs(default)),
             }
         };

@@ -4,7 +4,6 @@
 //! target), then per request inside the tunnel `match_tool`, `forward`, and `record`, which runs
 //! on every exit, refusals included.
 
-pub mod body;
 pub mod model;
 pub(crate) mod request;
 pub mod rewind;
@@ -26,16 +25,16 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use crate::base::{body, new_id, split_host_port};
 use crate::error::{Code, Refusal};
 use crate::guard::{Activity, TunnelSlot, Watched};
-use crate::policy::{split_host_port, Agent, Policy};
+use crate::policy::{Agent, Policy};
 use crate::Gate;
 use body::{empty, ProxyBody};
 use rewind::{detect, Protocol, Rewind};
 use upstream::EgressError;
 
-/// The header every response carries.
-pub const REQUEST_ID_HEADER: &str = "toolgate-request-id";
+pub use crate::base::net::REQUEST_ID_HEADER;
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,11 +43,6 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// HTTP/2 flow-control windows: what one stream, and one tunnel, may have in flight unread.
 const H2_STREAM_WINDOW: u32 = 256 * 1024;
 const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
-
-/// A new random id with a prefix, such as `req_3f2a…`.
-pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", hex::encode(rand::random::<[u8; 12]>()))
-}
 
 /// Accepts proxy connections until `shutdown` resolves.
 pub(crate) async fn accept_loop(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{header, HeaderMap, HeaderName, Request, Response, Uri, Version};
+use http::{header, HeaderName, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -20,6 +20,7 @@ use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
 
 use super::body::ProxyBody;
+pub use crate::base::{authority, strip_hop_by_hop};
 use crate::error::Refusal;
 
 /// How long a DNS lookup and a TCP connect may take.
@@ -222,34 +223,6 @@ pub struct Upstream {
     timeout: Duration,
 }
 
-/// Headers that describe one connection and never cross the proxy (RFC 9110 section 7.6.1), plus
-/// the proxy's own credentials.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-    headers.remove("proxy-connection");
-}
-
 impl Upstream {
     pub fn new(
         provider: Arc<CryptoProvider>,
@@ -393,20 +366,6 @@ pub fn stored_answer(outcome: &crate::store::Outcome) -> Response<ProxyBody> {
     resp
 }
 
-/// `host` or `host:port`, with IPv6 literals in brackets; the port is left out when it is 443.
-pub fn authority(host: &str, port: u16) -> String {
-    let host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    };
-    if port == 443 {
-        host
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
 /// Turns a client error into the refusal the agent sees, naming the cause.
 fn classify(authority: &str, err: &hyper_util::client::legacy::Error) -> Refusal {
     let mut causes: Vec<String> = Vec::new();
@@ -483,23 +442,5 @@ mod tests {
             vec!["127.0.0.1:9".parse().unwrap()]
         );
         assert!(routes.is_routed("api.example.com", 443));
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_stripped() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, "close, x-secret-hop".parse().unwrap());
-        h.insert("x-secret-hop", "1".parse().unwrap());
-        h.insert(header::PROXY_AUTHORIZATION, "Basic x".parse().unwrap());
-        h.insert("x-keep", "1".parse().unwrap());
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-keep"));
-    }
-
-    #[test]
-    fn authority_brackets_ipv6_and_drops_443() {
-        assert_eq!(authority("api.stripe.com", 443), "api.stripe.com");
-        assert_eq!(authority("::1", 8443), "[::1]:8443");
     }
 }

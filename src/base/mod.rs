@@ -1,0 +1,11 @@
+//! The bottom layer: helpers that import nothing of the crate. Bodies, host and header
+//! handling, time and ids, and parsing of durations and sizes.
+
+pub mod body;
+pub mod clock;
+pub mod net;
+pub mod parse;
+
+pub use clock::{new_id, now_ms, now_unix};
+pub use net::{authority, split_host_port, strip_hop_by_hop};
+pub use parse::{parse_duration, parse_size};
