@@ -196,7 +196,7 @@ pub async fn metrics(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Respo
 /// Prometheus metrics, unauthenticated (the `--metrics-listen` listener only).
 pub async fn metrics_open(State(gate): State<Arc<Gate>>) -> Response {
     let mut out = gate.metrics.render();
-    let pending = crate::approval::list(&gate, Some(crate::approval::State::Pending))
+    let pending = crate::approval::list(&gate, Some(crate::model::State::Pending))
         .await
         .map(|l| l.len())
         .unwrap_or(0);

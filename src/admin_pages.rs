@@ -585,7 +585,7 @@ pub async fn rollback_list(State(gate): State<Arc<Gate>>, headers: HeaderMap) ->
         return to_login();
     };
     let policy = gate.policy();
-    let mut calls = crate::rollback::all(&gate).unwrap_or_default();
+    let mut calls = crate::ledger::all(&gate).unwrap_or_default();
     calls.reverse();
     let mut jobs: Vec<String> = Vec::new();
     for c in &calls {

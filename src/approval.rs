@@ -15,13 +15,12 @@ use base64::Engine;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use serde::{Deserialize, Serialize};
+
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::base::authority;
 use crate::base::body::{self, ProxyBody};
 use crate::error::{Code, Refusal};
 use crate::policy::{Agent, Approver, Tool};
@@ -33,192 +32,7 @@ const MAX_STORED_OUTCOME: usize = 16 * 1024 * 1024;
 /// How long a finished proposal still answers the same call (denial, expiry, stored response).
 const REMEMBER_SECS: u64 = 24 * 3600;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    Pending,
-    Approved,
-    Committing,
-    Committed,
-    Failed,
-    Denied,
-    Expired,
-    Cancelled,
-    Revoked,
-    OutcomeUnknown,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Pending => "pending",
-            State::Approved => "approved",
-            State::Committing => "committing",
-            State::Committed => "committed",
-            State::Failed => "failed",
-            State::Denied => "denied",
-            State::Expired => "expired",
-            State::Cancelled => "cancelled",
-            State::Revoked => "revoked",
-            State::OutcomeUnknown => "outcome_unknown",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<State> {
-        [
-            State::Pending,
-            State::Approved,
-            State::Committing,
-            State::Committed,
-            State::Failed,
-            State::Denied,
-            State::Expired,
-            State::Cancelled,
-            State::Revoked,
-            State::OutcomeUnknown,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
-    }
-
-    /// Still waiting for people or for the agent to claim it.
-    pub fn is_open(self) -> bool {
-        matches!(self, State::Pending | State::Approved)
-    }
-}
-
-/// Who decided, when, and what they said.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Decision {
-    pub by: String,
-    pub at_unix: u64,
-    #[serde(default)]
-    pub comment: String,
-}
-
-/// The exact request that will be sent, secrets excluded (the credential is injected at commit).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StoredRequest {
-    pub method: String,
-    pub host: String,
-    pub port: u16,
-    pub path_and_query: String,
-    pub headers: Vec<(String, String)>,
-    /// Base64 of the body bytes.
-    pub body: String,
-    pub sha256: String,
-    /// The headers exactly as they will be sent, sealed at rest (`headers` shows them redacted).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sealed_headers: Option<String>,
-}
-
-impl StoredRequest {
-    pub fn url(&self) -> String {
-        format!(
-            "https://{}{}",
-            authority(&self.host, self.port),
-            self.path_and_query
-        )
-    }
-
-    pub fn body_bytes(&self) -> Vec<u8> {
-        base64::engine::general_purpose::STANDARD
-            .decode(&self.body)
-            .unwrap_or_default()
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Proposal {
-    pub id: String,
-    pub state: State,
-    pub tool: String,
-    pub tool_version: u32,
-    pub risk: String,
-    pub agent: String,
-    pub owner: String,
-    pub environment: String,
-    pub job: String,
-    pub request_id: String,
-    pub summary: String,
-    pub request: StoredRequest,
-    /// sha256 of agent, tool and payload: the same call sent again joins this proposal.
-    pub identity: String,
-    pub created_unix: u64,
-    pub expires_unix: u64,
-    pub required: u32,
-    pub groups: Vec<String>,
-    pub allow_self_approval: bool,
-    #[serde(default)]
-    pub approvals: Vec<Decision>,
-    /// The denial, revocation or cancellation.
-    #[serde(default)]
-    pub decision: Option<Decision>,
-    #[serde(default)]
-    pub note: Option<String>,
-    #[serde(default)]
-    pub outcome: Option<Outcome>,
-    #[serde(default)]
-    pub committed_unix: Option<u64>,
-}
-
-impl Proposal {
-    /// When it was decided for good (committed, denied, revoked, cancelled, expired), as far as
-    /// the record tells; open ones are not finished.
-    pub fn finished_unix(&self) -> Option<u64> {
-        if self.state.is_open() || self.state == State::Committing {
-            return None;
-        }
-        Some(
-            self.committed_unix
-                .or(self.decision.as_ref().map(|d| d.at_unix))
-                .unwrap_or(if self.state == State::Expired {
-                    self.expires_unix
-                } else {
-                    self.created_unix
-                }),
-        )
-    }
-
-    /// The JSON the API and the CLI show. The body is shown as text when it is UTF-8.
-    pub fn view(&self) -> Value {
-        let body = self.request.body_bytes();
-        let body_text = String::from_utf8(body.clone()).unwrap_or_else(|_| {
-            format!(
-                "base64:{}",
-                base64::engine::general_purpose::STANDARD.encode(&body)
-            )
-        });
-        json!({
-            "id": self.id,
-            "state": self.state.as_str(),
-            "tool": self.tool,
-            "tool_version": self.tool_version,
-            "risk": self.risk,
-            "agent": self.agent,
-            "owner": self.owner,
-            "environment": self.environment,
-            "job": self.job,
-            "request_id": self.request_id,
-            "summary": self.summary,
-            "request": {
-                "method": self.request.method,
-                "url": self.request.url(),
-                "headers": self.request.headers,
-                "body": body_text,
-                "sha256": self.request.sha256,
-            },
-            "created_unix": self.created_unix,
-            "expires_unix": self.expires_unix,
-            "policy": {"groups": self.groups, "required": self.required, "allow_self_approval": self.allow_self_approval},
-            "approvals": self.approvals,
-            "decision": self.decision,
-            "note": self.note,
-            "outcome_status": self.outcome.as_ref().map(|o| o.status),
-            "committed_unix": self.committed_unix,
-        })
-    }
-}
+pub use crate::model::{Decision, Proposal, State, StoredRequest};
 
 /// Wake-ups for connections held on a proposal.
 #[derive(Default)]
@@ -331,8 +145,8 @@ pub async fn propose_and_wait(gate: &Gate, call: Call<'_>) -> Result<Response<Pr
                 p.id
             }
             _ => {
-                crate::proxy::request::admit_proposal(
-                    gate,
+                crate::limits::admit_proposal(
+                    (&gate.limiter, &gate.store),
                     &call.agent.id,
                     call.tool,
                     call.budget_amount,
@@ -569,7 +383,7 @@ fn stored_response(p: &Proposal) -> Response<ProxyBody> {
         headers: vec![],
         body: String::new(),
     });
-    let mut resp = crate::proxy::upstream::stored_answer(&outcome);
+    let mut resp = crate::model::stored_answer(&outcome);
     if let Ok(v) = HeaderValue::from_str(&p.id) {
         resp.headers_mut().insert("toolgate-proposal", v);
     }
@@ -640,7 +454,7 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
     let sent = Bytes::from(p.request.body_bytes());
     let method: http::Method = p.request.method.parse().unwrap_or(http::Method::POST);
     // Every policy phase again, on exactly what will be sent, under the policy in force now.
-    let stored = crate::proxy::request::StoredCall {
+    let stored = crate::checks::StoredCall {
         host: &p.request.host,
         port: p.request.port,
         method: &method,
@@ -648,15 +462,15 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
         headers: &headers,
         body: &sent,
     };
-    let checked = match crate::proxy::request::recheck(&policy, &agent, &tool, &stored) {
+    let checked = match crate::checks::recheck(&policy, &agent, &tool, &stored) {
         Ok(c) => c,
         Err(refusal) => {
             let why = format!("the policy in force refuses it now: {}", refusal.message);
             return cancel(gate, &mut p, &why).await;
         }
     };
-    let amount = crate::proxy::request::budget_amount(&tool, &checked.body).unwrap_or(None);
-    let charged = match crate::proxy::request::charge_budget(gate, &agent.id, &tool, amount).await {
+    let amount = crate::checks::budget_amount(&tool, &checked.body).unwrap_or(None);
+    let charged = match crate::limits::charge_budget(&gate.store, &agent.id, &tool, amount).await {
         Ok(c) => c,
         Err(refusal) if refusal.code == Code::Internal => {
             return Err(refusal.with_proposal(p.id.clone()))
@@ -691,7 +505,7 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
         Err(refusal) => Err(refusal),
     };
     if let Err(refusal) = stored {
-        crate::proxy::request::refund_budget(gate, charged).await;
+        crate::limits::refund_budget(&gate.store, charged).await;
         return Err(refusal);
     }
     let started = std::time::Instant::now();
@@ -714,7 +528,7 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
             let (parts, body) = resp.into_parts();
             if !parts.status.is_success() {
                 // The upstream refused: nothing of the budget was spent.
-                crate::proxy::request::refund_budget(gate, charged).await;
+                crate::limits::refund_budget(&gate.store, charged).await;
             }
             let bytes = Limited::new(body, MAX_STORED_OUTCOME)
                 .collect()
@@ -734,9 +548,9 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
                 .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
                 .map(|(_, v)| v.clone());
             let body_json = checked.body;
-            crate::rollback::record(
+            crate::ledger::record(
                 gate,
-                crate::rollback::CommitFacts {
+                crate::ledger::CommitFacts {
                     request_id: &p.request_id,
                     proposal: Some(&p.id),
                     job: &p.job,
@@ -779,7 +593,7 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
         }
         Err(failure) => {
             if failure.not_sent {
-                crate::proxy::request::refund_budget(gate, charged).await;
+                crate::limits::refund_budget(&gate.store, charged).await;
             }
             p.state = if failure.not_sent {
                 State::Failed

@@ -1,10 +1,14 @@
-//! Rate limits per agent per tool: a token bucket that refills `count` tokens per period.
+//! Limits per agent per tool: rate limits (a token bucket that refills `count` tokens per
+//! period) and budgets (a sum of a body field per period, kept in the store).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::policy::RateLimit;
+use crate::base::now_unix;
+use crate::error::{Code, Refusal};
+use crate::policy::{Budget, RateLimit, Tool};
+use crate::store::Store;
 
 struct Bucket {
     tokens: f64,
@@ -49,6 +53,110 @@ impl RateLimiter {
             Err(wait.ceil().max(1.0) as u64)
         }
     }
+}
+
+/// The store key of an agent's budget for a tool in the current period.
+fn budget_key(agent: &str, tool: &Tool, budget: &Budget) -> String {
+    format!("{agent}\0{}\0{}", tool.name, budget.per.bucket(now_unix()))
+}
+
+fn budget_exceeded(tool: &Tool, agent: &str, used: f64, amount: f64) -> Refusal {
+    let (field, max, per) = tool
+        .budget
+        .as_ref()
+        .map(|b| (b.field.as_str(), b.max, b.per.as_str()))
+        .unwrap_or(("?", 0.0, "?"));
+    Refusal::policy(format!(
+        "budget exceeded: tool {} allows a total {field} of {max} per {per} for agent {agent}; {used} is used and this call asks for {amount}",
+        tool.name
+    ))
+}
+
+/// Checks, without charging, that `amount` still fits the agent's budget (a proposal is
+/// refused at once when it could never be committed).
+pub(crate) fn check_budget(
+    store: &Store,
+    agent: &str,
+    tool: &Tool,
+    amount: Option<f64>,
+) -> Result<(), Refusal> {
+    let (Some(budget), Some(amount)) = (&tool.budget, amount) else {
+        return Ok(());
+    };
+    let used = store
+        .budget_get(&budget_key(agent, tool, budget))
+        .map_err(|e| {
+            Refusal::internal(format!(
+                "the budget store is unavailable ({e}); nothing was sent"
+            ))
+        })?;
+    if used + amount > budget.max {
+        return Err(budget_exceeded(tool, agent, used, amount));
+    }
+    Ok(())
+}
+
+/// A charge to give back if the call does not take effect.
+pub(crate) type Charge = Option<(String, f64)>;
+
+/// Charges `amount` to the agent's budget, durably, or refuses the call.
+pub(crate) async fn charge_budget(
+    store: &Store,
+    agent: &str,
+    tool: &Tool,
+    amount: Option<f64>,
+) -> Result<Charge, Refusal> {
+    let (Some(budget), Some(amount)) = (&tool.budget, amount) else {
+        return Ok(None);
+    };
+    let key = budget_key(agent, tool, budget);
+    match store.budget_add(&key, amount, budget.max).await {
+        Ok(Ok(_)) => Ok(Some((key, amount))),
+        Ok(Err(used)) => Err(budget_exceeded(tool, agent, used, amount)),
+        Err(e) => Err(Refusal::internal(format!(
+            "the budget store is unavailable ({e}); the call was not sent"
+        ))),
+    }
+}
+
+/// Gives a charge back (the call was not sent, or the upstream refused it).
+pub(crate) async fn refund_budget(store: &Store, charge: Charge) {
+    if let Some((key, amount)) = charge {
+        if let Err(e) = store.budget_add(&key, -amount, f64::MAX).await {
+            tracing::error!(error = %e, "could not give a budget charge back");
+        }
+    }
+}
+
+/// Admits a new proposal: the rate limit counts it, and its amount must fit the budget now.
+pub(crate) fn admit_proposal(
+    (limiter, store): (&RateLimiter, &Store),
+    agent: &str,
+    tool: &Tool,
+    amount: Option<f64>,
+) -> Result<(), Refusal> {
+    if let Some(limit) = &tool.rate_limit {
+        limiter
+            .check(agent, &tool.name, limit)
+            .map_err(|secs| rate_limited(tool, secs))?;
+    }
+    check_budget(store, agent, tool, amount)
+}
+
+pub(crate) fn rate_limited(tool: &Tool, secs: u64) -> Refusal {
+    let mut r = Refusal::new(
+        Code::RateLimited,
+        format!(
+            "rate limit of tool {} reached ({} per agent); retry after {secs}s",
+            tool.name,
+            tool.rate_limit
+                .as_ref()
+                .map(|l| l.text.as_str())
+                .unwrap_or("")
+        ),
+    );
+    r.retry_after = Some(secs);
+    r
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::approval::Proposal;
+use crate::model::Proposal;
 use crate::Gate;
 
 /// Attempts per notification, and the first pause between them (doubling).

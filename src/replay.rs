@@ -57,7 +57,7 @@ fn calls(gate: &Gate, id: &str) -> Result<Vec<Call>, ReplayError> {
     let err = |e: crate::store::StoreError| ReplayError(format!("the store is unavailable: {e}"));
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
-    for c in crate::rollback::all(gate).map_err(err)? {
+    for c in crate::ledger::all(gate).map_err(err)? {
         if c.request_id == id || c.proposal.as_deref() == Some(id) || c.job == id {
             seen.insert(c.request_id.clone());
             out.push(Call {

@@ -1,5 +1,5 @@
-//! Undo: every committed call that changed something is kept in a ledger with what it asked and
-//! what the upstream answered. A tool's `rollback` template turns one entry into the request that
+//! Undo: every committed call that changed something is kept in the ledger (`ledger.rs`) with
+//! what it asked and what the upstream answered. A tool's `rollback` template turns one entry into the request that
 //! undoes it, and that request goes through the proxy's own phases (contract, kill switch,
 //! permissions, validation, credential, audit) as the agent that made the call. Only the mode is
 //! not applied: an approver asked for the undo, so it is neither held nor previewed.
@@ -12,149 +12,12 @@ use http::{header, HeaderValue, Method, Request};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use crate::ledger::{all, find, put};
+use crate::model::{Committed, UndoApproval, Undone};
 use crate::policy::rollback_def::placeholders;
 use crate::policy::{Approver, BodyFormat, Policy, Tool};
 use crate::store::StoreError;
 use crate::Gate;
-
-/// One committed call of a tool with side effects, and the upstream's answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Committed {
-    pub request_id: String,
-    pub proposal: Option<String>,
-    pub job: String,
-    pub agent: String,
-    pub tool: String,
-    pub tool_version: u32,
-    pub host: String,
-    pub port: u16,
-    pub method: String,
-    pub path_and_query: String,
-    pub content_type: Option<String>,
-    /// The request body as sent, with secrets redacted.
-    pub body_text: String,
-    /// The request body as the contract decoded it, redacted.
-    pub body: Value,
-    pub status: u16,
-    /// The upstream's answer as JSON (scrubbed), or null.
-    pub response: Value,
-    pub unix_ms: u64,
-    /// Set on an undo request: the call it undid.
-    #[serde(default)]
-    pub undoes: Option<String>,
-    /// Set once this call was undone.
-    #[serde(default)]
-    pub undone: Option<Undone>,
-    /// How many undo attempts were sent (each gets its own idempotency key).
-    #[serde(default)]
-    pub attempts: u32,
-    /// Approvers who asked for the undo so far, when the undo tool needs more than one.
-    #[serde(default)]
-    pub undo_approvals: Vec<UndoApproval>,
-}
-
-/// One approver's request for an undo that needs several.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UndoApproval {
-    pub by: String,
-    pub unix_ms: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Undone {
-    pub by: String,
-    pub request_id: String,
-    pub status: u16,
-    pub unix_ms: u64,
-}
-
-fn tree(gate: &Gate) -> Result<sled::Tree, StoreError> {
-    Ok(gate.store.db().open_tree("commits")?)
-}
-
-/// What the request path knows about a committed call, for the ledger.
-pub(crate) struct CommitFacts<'a> {
-    pub request_id: &'a str,
-    pub proposal: Option<&'a str>,
-    pub job: &'a str,
-    pub agent: &'a str,
-    pub tool: &'a str,
-    pub tool_version: u32,
-    pub host: &'a str,
-    pub port: u16,
-    pub method: &'a str,
-    pub path_and_query: &'a str,
-    pub content_type: Option<&'a str>,
-    pub body: &'a [u8],
-    pub body_json: &'a Value,
-    pub status: u16,
-    /// The scrubbed answer.
-    pub response: &'a [u8],
-    pub undoes: Option<&'a str>,
-}
-
-/// Records a committed call in the ledger, whatever the upstream answered (a replay re-sends it;
-/// only a 2xx can be undone). Written without a flush of its own; the caller's next store
-/// write flushes it.
-pub(crate) fn record(gate: &Gate, f: CommitFacts<'_>) {
-    let redactor = &gate.audit.redactor;
-    let entry = Committed {
-        request_id: f.request_id.to_string(),
-        proposal: f.proposal.map(str::to_string),
-        job: f.job.to_string(),
-        agent: f.agent.to_string(),
-        tool: f.tool.to_string(),
-        tool_version: f.tool_version,
-        host: f.host.to_string(),
-        port: f.port,
-        method: f.method.to_string(),
-        path_and_query: f.path_and_query.to_string(),
-        content_type: f.content_type.map(str::to_string),
-        body_text: redactor.text(&String::from_utf8_lossy(f.body)),
-        body: redactor.value(f.body_json),
-        status: f.status,
-        response: serde_json::from_slice(f.response).unwrap_or(Value::Null),
-        unix_ms: crate::base::now_ms(),
-        undoes: f.undoes.map(str::to_string),
-        undone: None,
-        attempts: 0,
-        undo_approvals: Vec::new(),
-    };
-    let stored = tree(gate).and_then(|t| {
-        t.insert(entry.request_id.as_bytes(), serde_json::to_vec(&entry)?)?;
-        Ok(())
-    });
-    if let Err(e) = stored {
-        tracing::error!(request_id = f.request_id, error = %e, "could not record the commit for rollback");
-    }
-}
-
-/// The ledger entry for a request id or a proposal id.
-pub fn find(gate: &Gate, id: &str) -> Result<Option<Committed>, StoreError> {
-    let t = tree(gate)?;
-    if let Some(v) = t.get(id.as_bytes())? {
-        return Ok(Some(serde_json::from_slice(&v)?));
-    }
-    Ok(all(gate)?
-        .into_iter()
-        .find(|c| c.proposal.as_deref() == Some(id)))
-}
-
-/// Every entry, oldest first.
-pub fn all(gate: &Gate) -> Result<Vec<Committed>, StoreError> {
-    let mut out = Vec::new();
-    for item in tree(gate)?.iter() {
-        let (_, v) = item?;
-        out.push(serde_json::from_slice::<Committed>(&v)?);
-    }
-    out.sort_by_key(|c| c.unix_ms);
-    Ok(out)
-}
-
-fn put(gate: &Gate, c: &Committed) -> Result<(), StoreError> {
-    tree(gate)?.insert(c.request_id.as_bytes(), serde_json::to_vec(c)?)?;
-    Ok(())
-}
 
 /// The result of undoing one call, as the API, the CLI and the page report it.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -5,8 +5,6 @@ use std::path::Path;
 
 pub use crate::base::now_unix;
 
-use serde::{Deserialize, Serialize};
-
 #[derive(Debug, thiserror::Error)]
 #[error("store: {0}")]
 pub struct StoreError(String);
@@ -29,48 +27,7 @@ impl From<serde_json::Error> for StoreError {
     }
 }
 
-/// An upstream answer, kept so that a duplicate call gets it back instead of executing again.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Outcome {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    /// Base64 of the body.
-    pub body: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IdemState {
-    /// Marked before the request left; no outcome stored yet. Found after a crash, it means the
-    /// outcome is unknown and the call is never sent again.
-    InFlight,
-    Done,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct IdemRecord {
-    pub state: IdemState,
-    pub payload_sha256: String,
-    pub created_unix: u64,
-    pub request_id: String,
-    pub outcome: Option<Outcome>,
-}
-
-/// Which agent a job id belongs to.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobClaim {
-    pub agent: String,
-    pub owner: String,
-    pub since_unix: u64,
-}
-
-/// A thrown kill switch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KillSwitch {
-    pub by: String,
-    pub reason: String,
-    pub at_unix: u64,
-}
+pub use crate::model::{IdemRecord, IdemState, JobClaim, KillSwitch, Outcome};
 
 impl Drop for Flusher {
     /// The last handle to the store is gone: the thread flushes what is queued, ends, and lets go
@@ -546,7 +503,7 @@ impl Store {
     /// Writes a proposal (and, when given, the index from its call identity) and flushes.
     pub async fn put_proposal(
         &self,
-        p: &crate::approval::Proposal,
+        p: &crate::model::Proposal,
         index: bool,
     ) -> Result<(), StoreError> {
         self.proposals()?.insert(&p.id, serde_json::to_vec(p)?)?;
@@ -557,7 +514,7 @@ impl Store {
         self.flush().await
     }
 
-    pub fn get_proposal(&self, id: &str) -> Result<Option<crate::approval::Proposal>, StoreError> {
+    pub fn get_proposal(&self, id: &str) -> Result<Option<crate::model::Proposal>, StoreError> {
         match self.proposals()?.get(id)? {
             Some(b) => Ok(Some(serde_json::from_slice(&b)?)),
             None => Ok(None),
@@ -568,14 +525,14 @@ impl Store {
     pub fn proposal_for(
         &self,
         identity: &str,
-    ) -> Result<Option<crate::approval::Proposal>, StoreError> {
+    ) -> Result<Option<crate::model::Proposal>, StoreError> {
         match self.proposal_index()?.get(identity)? {
             Some(id) => self.get_proposal(&String::from_utf8_lossy(&id)),
             None => Ok(None),
         }
     }
 
-    pub fn list_proposals(&self) -> Result<Vec<crate::approval::Proposal>, StoreError> {
+    pub fn list_proposals(&self) -> Result<Vec<crate::model::Proposal>, StoreError> {
         let mut out = Vec::new();
         for item in self.proposals()?.iter() {
             let (_, v) = item?;

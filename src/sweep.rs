@@ -59,7 +59,7 @@ pub async fn once(gate: &Gate) -> Result<Swept, StoreError> {
     let removed = gate
         .store
         .expire("proposals", |v| {
-            serde_json::from_slice::<crate::approval::Proposal>(v)
+            serde_json::from_slice::<crate::model::Proposal>(v)
                 .is_ok_and(|p| p.finished_unix().is_some_and(|t| t < prop_cut))
         })
         .await?;
@@ -74,7 +74,7 @@ pub async fn once(gate: &Gate) -> Result<Swept, StoreError> {
     let ledger = gate
         .store
         .expire("commits", |v| {
-            serde_json::from_slice::<crate::rollback::Committed>(v)
+            serde_json::from_slice::<crate::model::Committed>(v)
                 .is_ok_and(|c| c.unix_ms < ledger_cut)
         })
         .await?

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{header, HeaderName, Request, Response, Uri, Version};
+use http::{header, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -344,27 +344,7 @@ where
         }
 }
 
-/// A stored upstream answer (an idempotent call's or a committed proposal's) as a response.
-pub fn stored_answer(outcome: &crate::store::Outcome) -> Response<ProxyBody> {
-    use base64::Engine;
-    let body = base64::engine::general_purpose::STANDARD
-        .decode(&outcome.body)
-        .unwrap_or_default();
-    let mut resp = Response::new(super::body::full(body));
-    *resp.status_mut() = http::StatusCode::from_u16(outcome.status).unwrap_or(http::StatusCode::OK);
-    for (k, v) in &outcome.headers {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            http::HeaderValue::from_str(v),
-        ) {
-            resp.headers_mut().append(k, v);
-        }
-    }
-    strip_hop_by_hop(resp.headers_mut());
-    // The body is whole; hyper sets the length.
-    resp.headers_mut().remove(header::CONTENT_LENGTH);
-    resp
-}
+pub use crate::model::stored_answer;
 
 /// Turns a client error into the refusal the agent sees, naming the cause.
 fn classify(authority: &str, err: &hyper_util::client::legacy::Error) -> Refusal {

@@ -1,0 +1,313 @@
+//! Records that are stored or shown: proposals and the request they hold, upstream outcomes,
+//! idempotency records, kill switches and job claims. Their serde form is the stored format.
+
+use base64::Engine;
+use http::{header, HeaderName, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::base::body::ProxyBody;
+use crate::base::{authority, strip_hop_by_hop};
+
+/// An upstream answer, kept so that a duplicate call gets it back instead of executing again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Outcome {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// Base64 of the body.
+    pub body: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdemState {
+    /// Marked before the request left; no outcome stored yet. Found after a crash, it means the
+    /// outcome is unknown and the call is never sent again.
+    InFlight,
+    Done,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdemRecord {
+    pub state: IdemState,
+    pub payload_sha256: String,
+    pub created_unix: u64,
+    pub request_id: String,
+    pub outcome: Option<Outcome>,
+}
+
+/// Which agent a job id belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobClaim {
+    pub agent: String,
+    pub owner: String,
+    pub since_unix: u64,
+}
+
+/// A thrown kill switch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KillSwitch {
+    pub by: String,
+    pub reason: String,
+    pub at_unix: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Pending,
+    Approved,
+    Committing,
+    Committed,
+    Failed,
+    Denied,
+    Expired,
+    Cancelled,
+    Revoked,
+    OutcomeUnknown,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Approved => "approved",
+            State::Committing => "committing",
+            State::Committed => "committed",
+            State::Failed => "failed",
+            State::Denied => "denied",
+            State::Expired => "expired",
+            State::Cancelled => "cancelled",
+            State::Revoked => "revoked",
+            State::OutcomeUnknown => "outcome_unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        [
+            State::Pending,
+            State::Approved,
+            State::Committing,
+            State::Committed,
+            State::Failed,
+            State::Denied,
+            State::Expired,
+            State::Cancelled,
+            State::Revoked,
+            State::OutcomeUnknown,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
+    /// Still waiting for people or for the agent to claim it.
+    pub fn is_open(self) -> bool {
+        matches!(self, State::Pending | State::Approved)
+    }
+}
+
+/// Who decided, when, and what they said.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Decision {
+    pub by: String,
+    pub at_unix: u64,
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// The exact request that will be sent, secrets excluded (the credential is injected at commit).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredRequest {
+    pub method: String,
+    pub host: String,
+    pub port: u16,
+    pub path_and_query: String,
+    pub headers: Vec<(String, String)>,
+    /// Base64 of the body bytes.
+    pub body: String,
+    pub sha256: String,
+    /// The headers exactly as they will be sent, sealed at rest (`headers` shows them redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_headers: Option<String>,
+}
+
+impl StoredRequest {
+    pub fn url(&self) -> String {
+        format!(
+            "https://{}{}",
+            authority(&self.host, self.port),
+            self.path_and_query
+        )
+    }
+
+    pub fn body_bytes(&self) -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.body)
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proposal {
+    pub id: String,
+    pub state: State,
+    pub tool: String,
+    pub tool_version: u32,
+    pub risk: String,
+    pub agent: String,
+    pub owner: String,
+    pub environment: String,
+    pub job: String,
+    pub request_id: String,
+    pub summary: String,
+    pub request: StoredRequest,
+    /// sha256 of agent, tool and payload: the same call sent again joins this proposal.
+    pub identity: String,
+    pub created_unix: u64,
+    pub expires_unix: u64,
+    pub required: u32,
+    pub groups: Vec<String>,
+    pub allow_self_approval: bool,
+    #[serde(default)]
+    pub approvals: Vec<Decision>,
+    /// The denial, revocation or cancellation.
+    #[serde(default)]
+    pub decision: Option<Decision>,
+    #[serde(default)]
+    pub note: Option<String>,
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
+    #[serde(default)]
+    pub committed_unix: Option<u64>,
+}
+
+impl Proposal {
+    /// When it was decided for good (committed, denied, revoked, cancelled, expired), as far as
+    /// the record tells; open ones are not finished.
+    pub fn finished_unix(&self) -> Option<u64> {
+        if self.state.is_open() || self.state == State::Committing {
+            return None;
+        }
+        Some(
+            self.committed_unix
+                .or(self.decision.as_ref().map(|d| d.at_unix))
+                .unwrap_or(if self.state == State::Expired {
+                    self.expires_unix
+                } else {
+                    self.created_unix
+                }),
+        )
+    }
+
+    /// The JSON the API and the CLI show. The body is shown as text when it is UTF-8.
+    pub fn view(&self) -> Value {
+        let body = self.request.body_bytes();
+        let body_text = String::from_utf8(body.clone()).unwrap_or_else(|_| {
+            format!(
+                "base64:{}",
+                base64::engine::general_purpose::STANDARD.encode(&body)
+            )
+        });
+        json!({
+            "id": self.id,
+            "state": self.state.as_str(),
+            "tool": self.tool,
+            "tool_version": self.tool_version,
+            "risk": self.risk,
+            "agent": self.agent,
+            "owner": self.owner,
+            "environment": self.environment,
+            "job": self.job,
+            "request_id": self.request_id,
+            "summary": self.summary,
+            "request": {
+                "method": self.request.method,
+                "url": self.request.url(),
+                "headers": self.request.headers,
+                "body": body_text,
+                "sha256": self.request.sha256,
+            },
+            "created_unix": self.created_unix,
+            "expires_unix": self.expires_unix,
+            "policy": {"groups": self.groups, "required": self.required, "allow_self_approval": self.allow_self_approval},
+            "approvals": self.approvals,
+            "decision": self.decision,
+            "note": self.note,
+            "outcome_status": self.outcome.as_ref().map(|o| o.status),
+            "committed_unix": self.committed_unix,
+        })
+    }
+}
+
+/// A stored upstream answer (an idempotent call's or a committed proposal's) as a response.
+pub fn stored_answer(outcome: &Outcome) -> Response<ProxyBody> {
+    use base64::Engine;
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(&outcome.body)
+        .unwrap_or_default();
+    let mut resp = Response::new(crate::base::body::full(body));
+    *resp.status_mut() = http::StatusCode::from_u16(outcome.status).unwrap_or(http::StatusCode::OK);
+    for (k, v) in &outcome.headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            resp.headers_mut().append(k, v);
+        }
+    }
+    strip_hop_by_hop(resp.headers_mut());
+    // The body is whole; hyper sets the length.
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    resp
+}
+
+/// One committed call of a tool with side effects, and the upstream's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Committed {
+    pub request_id: String,
+    pub proposal: Option<String>,
+    pub job: String,
+    pub agent: String,
+    pub tool: String,
+    pub tool_version: u32,
+    pub host: String,
+    pub port: u16,
+    pub method: String,
+    pub path_and_query: String,
+    pub content_type: Option<String>,
+    /// The request body as sent, with secrets redacted.
+    pub body_text: String,
+    /// The request body as the contract decoded it, redacted.
+    pub body: Value,
+    pub status: u16,
+    /// The upstream's answer as JSON (scrubbed), or null.
+    pub response: Value,
+    pub unix_ms: u64,
+    /// Set on an undo request: the call it undid.
+    #[serde(default)]
+    pub undoes: Option<String>,
+    /// Set once this call was undone.
+    #[serde(default)]
+    pub undone: Option<Undone>,
+    /// How many undo attempts were sent (each gets its own idempotency key).
+    #[serde(default)]
+    pub attempts: u32,
+    /// Approvers who asked for the undo so far, when the undo tool needs more than one.
+    #[serde(default)]
+    pub undo_approvals: Vec<UndoApproval>,
+}
+
+/// One approver's request for an undo that needs several.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UndoApproval {
+    pub by: String,
+    pub unix_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Undone {
+    pub by: String,
+    pub request_id: String,
+    pub status: u16,
+    pub unix_ms: u64,
+}
