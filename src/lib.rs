@@ -3,8 +3,6 @@
 //! binary so that tests can start the whole server in-process on ephemeral ports.
 
 pub mod admin;
-pub mod admin_audit;
-pub mod admin_pages;
 pub mod approval;
 pub mod audit;
 pub mod base;

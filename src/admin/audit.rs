@@ -10,7 +10,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::admin_pages::esc;
+use crate::admin::pages::esc;
 use crate::audit::{describe, parse_time, Filter};
 use crate::Gate;
 
@@ -158,7 +158,7 @@ pub async fn story_page(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if !crate::admin_pages::is_signed_in(&gate, &headers) {
+    if !crate::admin::pages::is_signed_in(&gate, &headers) {
         return axum::response::Redirect::to("/login").into_response();
     }
     let events = gate.audit.story(&id).unwrap_or_default();

@@ -2,6 +2,9 @@
 //! approval API and metrics build on it). A separate listener, never reachable through the
 //! proxy, authenticated by approver tokens only.
 
+pub mod audit;
+pub mod pages;
+
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -14,8 +17,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::admin_pages as pages;
-pub use crate::admin_pages::Sessions;
+pub use crate::admin::pages::Sessions;
 use crate::approval::{self, Action};
 use crate::policy::Approver;
 use crate::store::{now_unix, KillSwitch};
@@ -37,13 +39,13 @@ pub fn router(gate: Arc<Gate>) -> Router {
         .route("/api/rollback/{id}", post(rollback_call))
         .route("/api/jobs/{job}/rollback", post(rollback_job))
         .route("/api/replay/{id}", post(replay))
-        .route("/api/audit/story/{id}", get(crate::admin_audit::story))
-        .route("/api/audit/search", get(crate::admin_audit::search))
-        .route("/api/audit/export", get(crate::admin_audit::export))
-        .route("/api/audit/verify", get(crate::admin_audit::verify))
-        .route("/api/audit/purge", post(crate::admin_audit::purge))
-        .route("/stories/{id}", get(crate::admin_audit::story_page))
-        .route("/metrics", get(crate::admin_audit::metrics))
+        .route("/api/audit/story/{id}", get(crate::admin::audit::story))
+        .route("/api/audit/search", get(crate::admin::audit::search))
+        .route("/api/audit/export", get(crate::admin::audit::export))
+        .route("/api/audit/verify", get(crate::admin::audit::verify))
+        .route("/api/audit/purge", post(crate::admin::audit::purge))
+        .route("/stories/{id}", get(crate::admin::audit::story_page))
+        .route("/metrics", get(crate::admin::audit::metrics))
         .route("/", get(pages::root))
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/logout", post(pages::logout))
@@ -103,7 +105,7 @@ async fn throttle_failed_auth(
 pub async fn serve_metrics(listener: TcpListener, gate: Arc<Gate>) {
     let cancel = gate.cancel.clone();
     let app = Router::new()
-        .route("/metrics", get(crate::admin_audit::metrics_open))
+        .route("/metrics", get(crate::admin::audit::metrics_open))
         .with_state(gate);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
