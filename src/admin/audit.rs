@@ -10,17 +10,18 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::admin::pages::esc;
+use super::auth::{api_error as api_error_body, approver, is_signed_in};
+use super::html::esc;
 use crate::audit::{describe, parse_time, Filter};
 use crate::Gate;
 
 fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
-    crate::admin::api_error(status, code, message).into_response()
+    api_error_body(status, code, message).into_response()
 }
 
 /// The admin API's approver check, shared with the rest of the API.
 fn authorized(gate: &Gate, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    crate::admin::approver(gate, headers)
+    approver(gate, headers)
         .map(|_| ())
         .map_err(|e| Box::new(e.into_response()))
 }
@@ -117,7 +118,7 @@ pub async fn purge(
     headers: HeaderMap,
     Json(b): Json<Before>,
 ) -> Response {
-    let who = match crate::admin::approver(&gate, &headers) {
+    let who = match approver(&gate, &headers) {
         Ok(who) => who,
         Err(e) => return e.into_response(),
     };
@@ -158,7 +159,7 @@ pub async fn story_page(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if !crate::admin::pages::is_signed_in(&gate, &headers) {
+    if !is_signed_in(&gate, &headers) {
         return axum::response::Redirect::to("/login").into_response();
     }
     let events = gate.audit.story(&id).unwrap_or_default();

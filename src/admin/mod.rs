@@ -2,7 +2,10 @@
 //! approval API and metrics build on it). A separate listener, never reachable through the
 //! proxy, authenticated by approver tokens only.
 
+pub mod actions;
 pub mod audit;
+pub mod auth;
+pub mod html;
 pub mod pages;
 
 use std::sync::Arc;
@@ -15,13 +18,13 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::warn;
 
-pub use crate::admin::pages::Sessions;
 use crate::approval::{self, Action};
-use crate::policy::Approver;
-use crate::store::{now_unix, KillSwitch};
 use crate::Gate;
+use actions::{apply_switch, rollback_status, Kind};
+pub use auth::Sessions;
+use auth::{api_error, approver};
 
 /// The admin routes.
 pub fn router(gate: Arc<Gate>) -> Router {
@@ -117,57 +120,6 @@ pub async fn serve_metrics(listener: TcpListener, gate: Arc<Gate>) {
 
 async fn healthz() -> &'static str {
     "ok\n"
-}
-
-/// An admin API error: the same JSON shape as the proxy's refusals.
-pub(crate) struct ApiError {
-    pub(crate) status: StatusCode,
-    code: &'static str,
-    pub(crate) message: String,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
-    }
-}
-
-pub(crate) fn api_error(
-    status: StatusCode,
-    code: &'static str,
-    message: impl Into<String>,
-) -> ApiError {
-    ApiError {
-        status,
-        code,
-        message: message.into(),
-    }
-}
-
-/// `Authorization: Bearer <approver token>`. Agent tokens are not approver tokens and fail here.
-/// The approver behind `Authorization: Bearer <token>`, for every admin API call.
-pub(crate) fn approver(gate: &Gate, headers: &HeaderMap) -> Result<Arc<Approver>, ApiError> {
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            api_error(
-                StatusCode::UNAUTHORIZED,
-                "auth_required",
-                "send an approver token: Authorization: Bearer <token> (TOOLGATE_TOKEN for the CLI)",
-            )
-        })?;
-    gate.policy().authenticate_approver(token).ok_or_else(|| {
-        api_error(
-            StatusCode::UNAUTHORIZED,
-            "auth_error",
-            "the token is not an approver's token",
-        )
-    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -267,19 +219,6 @@ async fn decide_proposal(
     match approval::decide(&gate, &who, &id, action, &comment).await {
         Ok(p) => Json(p.view()).into_response(),
         Err(e) => api_error(e.status, e.code, e.message).into_response(),
-    }
-}
-
-/// The HTTP status for one undo's outcome.
-pub(crate) fn rollback_status(outcome: &str) -> StatusCode {
-    match outcome {
-        "undone" => StatusCode::OK,
-        "awaiting_approval" => StatusCode::ACCEPTED,
-        "not_found" => StatusCode::NOT_FOUND,
-        "already_undone" => StatusCode::CONFLICT,
-        "not_undoable" => StatusCode::UNPROCESSABLE_ENTITY,
-        "failed" => StatusCode::BAD_GATEWAY,
-        _ => StatusCode::FORBIDDEN,
     }
 }
 
@@ -429,65 +368,6 @@ async fn list_agents(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Respo
         .collect();
     agents.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     Json(json!({ "agents": agents })).into_response()
-}
-
-enum Kind {
-    Tool,
-    Agent,
-}
-
-/// Throws (`disable`) or resets a kill switch for a tool or an agent, for the API and the page
-/// alike. Anyone who may approve may stop things; only an admin may start them again. Returns
-/// the switch's key.
-pub(crate) async fn apply_switch(
-    gate: &Gate,
-    who: &Approver,
-    kind: &str,
-    name: &str,
-    disable: bool,
-    reason: Option<String>,
-) -> Result<String, ApiError> {
-    let policy = gate.policy();
-    let exists = match kind {
-        "tool" => policy.tool(name).is_some(),
-        "agent" => policy.agent(name).is_some(),
-        _ => false,
-    };
-    if !exists {
-        return Err(api_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no {kind} named {name:?} in the policies in force"),
-        ));
-    }
-    if !disable && !who.groups.iter().any(|g| g == "admin") {
-        return Err(api_error(
-            StatusCode::FORBIDDEN,
-            "policy_violation",
-            format!(
-                "enabling a {kind} needs an approver in group admin; {} is not",
-                who.id
-            ),
-        ));
-    }
-    let key = format!("{kind}:{name}");
-    let value = disable.then(|| KillSwitch {
-        by: who.id.clone(),
-        reason: reason
-            .filter(|r| !r.trim().is_empty())
-            .unwrap_or_else(|| "no reason given".into()),
-        at_unix: now_unix(),
-    });
-    if let Err(e) = gate.set_kill_switch(&key, value).await {
-        warn!(error = %e, %key, "kill switch could not be stored");
-        return Err(api_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "internal_error",
-            format!("the kill switch could not be stored: {e}"),
-        ));
-    }
-    info!(%key, by = %who.id, disabled = disable, "kill switch");
-    Ok(key)
 }
 
 async fn switch(

@@ -2,9 +2,7 @@
 //! Sign-in with an approver token gives a session cookie (HttpOnly, SameSite=Strict); every form
 //! carries the session's CSRF token.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -12,133 +10,12 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::actions::{apply_switch, rollback_status};
+use super::auth::{signed, signed_form, to_login, CsrfForm, COOKIE, SESSION_TTL};
+use super::html::{age, esc, page};
 use crate::approval::{self, Action, Proposal};
-use crate::policy::Approver;
 use crate::store::now_unix;
 use crate::Gate;
-
-const COOKIE: &str = "tg_session";
-const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-
-struct Session {
-    approver: String,
-    csrf: String,
-    expires: Instant,
-}
-
-/// Signed-in approvers, by session id (random, in memory: a restart signs everyone out).
-#[derive(Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
-}
-
-impl Sessions {
-    fn create(&self, approver: &str) -> (String, String) {
-        let id = hex::encode(rand::random::<[u8; 32]>());
-        let csrf = hex::encode(rand::random::<[u8; 32]>());
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        map.retain(|_, s| s.expires > now);
-        map.insert(
-            id.clone(),
-            Session {
-                approver: approver.to_string(),
-                csrf: csrf.clone(),
-                expires: now + SESSION_TTL,
-            },
-        );
-        (id, csrf)
-    }
-
-    fn get(&self, id: &str) -> Option<(String, String)> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(id)
-            .filter(|s| s.expires > Instant::now())
-            .map(|s| (s.approver.clone(), s.csrf.clone()))
-    }
-
-    fn remove(&self, id: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-    }
-}
-
-/// The signed-in approver (looked up in the policy in force, so removing one signs them out).
-struct Signed {
-    approver: Arc<Approver>,
-    csrf: String,
-    session: String,
-}
-
-fn session_id(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
-}
-
-fn signed(gate: &Gate, headers: &HeaderMap) -> Option<Signed> {
-    let session = session_id(headers)?;
-    let (approver, csrf) = gate.sessions.get(&session)?;
-    let approver = gate.policy().approver(&approver).cloned()?;
-    Some(Signed {
-        approver,
-        csrf,
-        session,
-    })
-}
-
-/// True when the request carries a live session.
-pub fn is_signed_in(gate: &Gate, headers: &HeaderMap) -> bool {
-    signed(gate, headers).is_some()
-}
-
-fn to_login() -> Response {
-    Redirect::to("/login").into_response()
-}
-
-/// Escapes text for HTML.
-pub fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
-
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#111}\
-header{background:#1f2937;color:#fff;padding:.6rem 1rem;display:flex;flex-wrap:wrap;gap:1rem;align-items:center}\
-header a{color:#fff}main{padding:1rem;max-width:60rem;margin:auto;overflow-wrap:anywhere}\
-.card{background:#fff;border:1px solid #ddd;border-radius:8px;padding:.8rem;margin:.6rem 0}\
-.risk-high,.risk-critical{color:#b91c1c;font-weight:bold}pre{white-space:pre-wrap;word-break:break-all;background:#f3f4f6;padding:.5rem}\
-table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #eee;padding:.3rem;text-align:left;vertical-align:top}\
-button{padding:.5rem 1rem;margin:.2rem 0;font-size:1rem}textarea,input[type=text],input[type=password]{width:100%;box-sizing:border-box;font-size:1rem}\
-.flash{background:#fef3c7;padding:.5rem;border-radius:6px}@media(max-width:40rem){td,th{display:block}}";
-
-fn page(title: &str, who: Option<&Signed>, body: &str) -> Html<String> {
-    let nav = match who {
-        Some(s) => format!(
-            "<a href=\"/queue\">Queue</a><a href=\"/history\">History</a><a href=\"/switches\">Kill switches</a><a href=\"/rollback\">Roll back</a>\
-             <span>{}</span><form method=\"post\" action=\"/logout\" style=\"display:inline\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Sign out</button></form>",
-            esc(&s.approver.id),
-            esc(&s.csrf)
-        ),
-        None => String::new(),
-    };
-    Html(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>{} · toolgate</title><style>{STYLE}</style></head><body><header><strong>toolgate</strong>{nav}</header>\
-         <main>{body}</main></body></html>",
-        esc(title)
-    ))
-}
 
 pub async fn login_form() -> Html<String> {
     page(
@@ -168,56 +45,6 @@ pub async fn login(State(gate): State<Arc<Gate>>, Form(form): Form<LoginForm>) -
     ([(header::SET_COOKIE, cookie)], Redirect::to("/queue")).into_response()
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    comment: String,
-    #[serde(default)]
-    reason: String,
-}
-
-fn csrf_ok(s: &Signed, form: &CsrfForm) -> bool {
-    use subtle::ConstantTimeEq;
-    !form.csrf.is_empty() && bool::from(form.csrf.as_bytes().ct_eq(s.csrf.as_bytes()))
-}
-
-/// Why a form post was not accepted.
-enum FormRefused {
-    SignIn,
-    Csrf,
-}
-
-impl IntoResponse for FormRefused {
-    fn into_response(self) -> Response {
-        match self {
-            FormRefused::SignIn => to_login(),
-            FormRefused::Csrf => csrf_refused(),
-        }
-    }
-}
-
-/// The session behind a form post whose CSRF token matches it.
-fn signed_form(gate: &Gate, headers: &HeaderMap, form: &CsrfForm) -> Result<Signed, FormRefused> {
-    let s = signed(gate, headers).ok_or(FormRefused::SignIn)?;
-    if !csrf_ok(&s, form) {
-        return Err(FormRefused::Csrf);
-    }
-    Ok(s)
-}
-
-fn csrf_refused() -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        Html(
-            "<p>The form's CSRF token is missing or wrong; reload the page and try again.</p>"
-                .to_string(),
-        ),
-    )
-        .into_response()
-}
-
 pub async fn logout(
     State(gate): State<Arc<Gate>>,
     headers: HeaderMap,
@@ -234,14 +61,6 @@ pub async fn logout(
 
 pub async fn root() -> Redirect {
     Redirect::to("/queue")
-}
-
-fn age(secs: u64) -> String {
-    match secs {
-        0..=59 => format!("{secs}s"),
-        60..=3599 => format!("{}m", secs / 60),
-        _ => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
-    }
 }
 
 fn queue_rows(props: &[Proposal]) -> String {
@@ -557,7 +376,7 @@ pub async fn switch(
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     let reason = Some(form.reason.clone());
-    match crate::admin::apply_switch(&gate, &s.approver, &kind, &name, disable, reason).await {
+    match apply_switch(&gate, &s.approver, &kind, &name, disable, reason).await {
         Ok(_) => Redirect::to("/switches").into_response(),
         Err(e) => (
             e.status,
@@ -702,7 +521,7 @@ pub async fn rollback_act(
         })
         .collect();
     let status = match reports.as_slice() {
-        [one] => crate::admin::rollback_status(&one.outcome),
+        [one] => rollback_status(&one.outcome),
         _ => StatusCode::OK,
     };
     (

@@ -1,0 +1,82 @@
+//! What the JSON API and the page both do: throw kill switches, and answer a rollback.
+
+use axum::http::StatusCode;
+
+use tracing::{info, warn};
+
+use super::auth::{api_error, ApiError};
+use crate::policy::Approver;
+use crate::store::{now_unix, KillSwitch};
+use crate::Gate;
+
+/// The HTTP status for one undo's outcome.
+pub(crate) fn rollback_status(outcome: &str) -> StatusCode {
+    match outcome {
+        "undone" => StatusCode::OK,
+        "awaiting_approval" => StatusCode::ACCEPTED,
+        "not_found" => StatusCode::NOT_FOUND,
+        "already_undone" => StatusCode::CONFLICT,
+        "not_undoable" => StatusCode::UNPROCESSABLE_ENTITY,
+        "failed" => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::FORBIDDEN,
+    }
+}
+
+pub(crate) enum Kind {
+    Tool,
+    Agent,
+}
+
+/// Throws (`disable`) or resets a kill switch for a tool or an agent, for the API and the page
+/// alike. Anyone who may approve may stop things; only an admin may start them again. Returns
+/// the switch's key.
+pub(crate) async fn apply_switch(
+    gate: &Gate,
+    who: &Approver,
+    kind: &str,
+    name: &str,
+    disable: bool,
+    reason: Option<String>,
+) -> Result<String, ApiError> {
+    let policy = gate.policy();
+    let exists = match kind {
+        "tool" => policy.tool(name).is_some(),
+        "agent" => policy.agent(name).is_some(),
+        _ => false,
+    };
+    if !exists {
+        return Err(api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no {kind} named {name:?} in the policies in force"),
+        ));
+    }
+    if !disable && !who.groups.iter().any(|g| g == "admin") {
+        return Err(api_error(
+            StatusCode::FORBIDDEN,
+            "policy_violation",
+            format!(
+                "enabling a {kind} needs an approver in group admin; {} is not",
+                who.id
+            ),
+        ));
+    }
+    let key = format!("{kind}:{name}");
+    let value = disable.then(|| KillSwitch {
+        by: who.id.clone(),
+        reason: reason
+            .filter(|r| !r.trim().is_empty())
+            .unwrap_or_else(|| "no reason given".into()),
+        at_unix: now_unix(),
+    });
+    if let Err(e) = gate.set_kill_switch(&key, value).await {
+        warn!(error = %e, %key, "kill switch could not be stored");
+        return Err(api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "internal_error",
+            format!("the kill switch could not be stored: {e}"),
+        ));
+    }
+    info!(%key, by = %who.id, disabled = disable, "kill switch");
+    Ok(key)
+}

@@ -1,0 +1,51 @@
+//! The page layout shared by every admin page, and HTML escaping: nothing an agent sent is ever
+//! written unescaped.
+
+use axum::response::Html;
+
+use super::auth::Signed;
+
+/// Escapes text for HTML.
+pub fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+pub(crate) const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#111}\
+header{background:#1f2937;color:#fff;padding:.6rem 1rem;display:flex;flex-wrap:wrap;gap:1rem;align-items:center}\
+header a{color:#fff}main{padding:1rem;max-width:60rem;margin:auto;overflow-wrap:anywhere}\
+.card{background:#fff;border:1px solid #ddd;border-radius:8px;padding:.8rem;margin:.6rem 0}\
+.risk-high,.risk-critical{color:#b91c1c;font-weight:bold}pre{white-space:pre-wrap;word-break:break-all;background:#f3f4f6;padding:.5rem}\
+table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #eee;padding:.3rem;text-align:left;vertical-align:top}\
+button{padding:.5rem 1rem;margin:.2rem 0;font-size:1rem}textarea,input[type=text],input[type=password]{width:100%;box-sizing:border-box;font-size:1rem}\
+.flash{background:#fef3c7;padding:.5rem;border-radius:6px}@media(max-width:40rem){td,th{display:block}}";
+
+pub(crate) fn page(title: &str, who: Option<&Signed>, body: &str) -> Html<String> {
+    let nav = match who {
+        Some(s) => format!(
+            "<a href=\"/queue\">Queue</a><a href=\"/history\">History</a><a href=\"/switches\">Kill switches</a><a href=\"/rollback\">Roll back</a>\
+             <span>{}</span><form method=\"post\" action=\"/logout\" style=\"display:inline\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Sign out</button></form>",
+            esc(&s.approver.id),
+            esc(&s.csrf)
+        ),
+        None => String::new(),
+    };
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <title>{} · toolgate</title><style>{STYLE}</style></head><body><header><strong>toolgate</strong>{nav}</header>\
+         <main>{body}</main></body></html>",
+        esc(title)
+    ))
+}
+
+pub(crate) fn age(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m", secs / 60),
+        _ => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+    }
+}
