@@ -1,0 +1,250 @@
+//! The crate's shape, checked: a top-level module of `src/` imports (`crate::x`) only modules
+//! of a lower layer, and no function outside tests is longer than 100 lines. Functions that
+//! were longer before the layering work are listed with the length they may not exceed; the
+//! list only shrinks.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Layers from the bottom. A module may import modules of lower layers only.
+const LAYERS: &[&[&str]] = &[
+    // helpers that import nothing of the crate
+    &["base"],
+    // errors, stored records, start-up configuration; leaves with no crate imports
+    &["error", "model", "config", "logging", "metrics", "ca"],
+    // storage and policies
+    &["store", "policy"],
+    // what sits on storage and policy: the audit log, the policy phases, limits, the ledger,
+    // notifications, connection caps
+    &["audit", "checks", "limits", "ledger", "notify", "guard"],
+    // approvals (proposals, their waiters, the commit)
+    &["approval"],
+    // the proxy and its request phases
+    &["proxy"],
+    // what acts through the proxy, or on the records
+    &["rollback", "replay", "sweep"],
+    // the admin listener
+    &["admin"],
+    // the command line
+    &["cli"],
+];
+
+/// Functions longer than the limit before the layering work, with the most lines each may have.
+const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
+    ("proxy/request.rs", "process", 444),
+    ("approval.rs", "commit", 222),
+    ("policy/mod.rs", "compile_tool", 214),
+    ("rollback.rs", "undo", 206),
+    ("cli.rs", "audit", 196),
+    ("approval.rs", "decide", 132),
+    ("audit.rs", "open", 109),
+    ("admin/pages.rs", "detail", 102),
+];
+
+const MAX_LINES: usize = 100;
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+fn module_of(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).unwrap();
+    let top = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
+    top.trim_end_matches(".rs").to_string()
+}
+
+/// The lines of a file up to its first `#[cfg(test)]`: tests may import anything.
+fn code_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .take_while(|l| !l.trim_start().starts_with("#[cfg(test)]"))
+        .collect()
+}
+
+/// `crate::name` references on a line.
+fn crate_refs(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while let Some(i) = rest.find("crate::") {
+        let after = &rest[i + "crate::".len()..];
+        let name: String = after
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        if !name.is_empty() {
+            out.push(name);
+        }
+        rest = after;
+    }
+    out
+}
+
+/// Functions and their lengths in lines (from the `fn` line to its closing brace).
+fn functions(lines: &[&str]) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim_start();
+        let t = t
+            .strip_prefix("pub(crate) ")
+            .or_else(|| t.strip_prefix("pub(super) "))
+            .or_else(|| t.strip_prefix("pub "))
+            .unwrap_or(t);
+        let t = t.strip_prefix("async ").unwrap_or(t);
+        let Some(sig) = t.strip_prefix("fn ") else {
+            continue;
+        };
+        if line.trim_end().ends_with(';') {
+            continue;
+        }
+        let name: String = sig
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let (mut depth, mut started) = (0i64, false);
+        let mut end = i;
+        for (j, l) in lines.iter().enumerate().skip(i) {
+            let code = strip_literals(l);
+            depth += code.matches('{').count() as i64 - code.matches('}').count() as i64;
+            started |= code.contains('{');
+            end = j;
+            if started && depth <= 0 {
+                break;
+            }
+        }
+        out.push((name, end - i + 1));
+    }
+    out
+}
+
+/// A line without string and char literals and without its `//` comment, for brace counting.
+fn strip_literals(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                while let Some(d) = chars.next() {
+                    if d == '\\' {
+                        chars.next();
+                    } else if d == '"' {
+                        break;
+                    }
+                }
+            }
+            '\'' => {
+                // A char literal ('{' or '\''); a lifetime has no closing quote soon after.
+                let ahead: String = chars.clone().take(3).collect();
+                if let Some(close) = ahead.find('\'').filter(|&i| i > 0) {
+                    for _ in 0..=close {
+                        chars.next();
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'/') => break,
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[test]
+fn modules_import_only_lower_layers_and_functions_stay_short() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let layer_of: BTreeMap<&str, usize> = LAYERS
+        .iter()
+        .enumerate()
+        .flat_map(|(i, mods)| mods.iter().map(move |m| (*m, i)))
+        .collect();
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let modules: BTreeSet<String> = files.iter().map(|f| module_of(&src, f)).collect();
+    let mut problems = Vec::new();
+    let mut still_long = BTreeSet::new();
+    for file in &files {
+        let module = module_of(&src, file);
+        let rel = file
+            .strip_prefix(&src)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        let text = std::fs::read_to_string(file).unwrap();
+        let lines = code_lines(&text);
+        if module != "lib" && module != "main" {
+            let Some(&mine) = layer_of.get(module.as_str()) else {
+                problems.push(format!(
+                    "{rel}: module {module} has no layer in tests/layers.rs"
+                ));
+                continue;
+            };
+            for (n, line) in lines.iter().enumerate() {
+                for dep in crate_refs(line) {
+                    if dep == module || !modules.contains(&dep) {
+                        continue;
+                    }
+                    match layer_of.get(dep.as_str()) {
+                        Some(&theirs) if theirs < mine => {}
+                        _ => problems.push(format!(
+                            "{rel}:{}: {module} imports {dep}, which is not in a lower layer",
+                            n + 1
+                        )),
+                    }
+                }
+            }
+        }
+        for (name, len) in functions(&lines) {
+            if len <= MAX_LINES {
+                continue;
+            }
+            still_long.insert((rel.clone(), name.clone()));
+            let allowed = LONG_FUNCTIONS
+                .iter()
+                .find(|(f, n, _)| *f == rel && *n == name)
+                .map(|(_, _, max)| *max);
+            match allowed {
+                Some(max) if len <= max => {}
+                Some(max) => problems.push(format!(
+                    "{rel}: fn {name} grew to {len} lines (at most {max}, and it should shrink below {MAX_LINES})"
+                )),
+                None => problems.push(format!(
+                    "{rel}: fn {name} has {len} lines; split it below {MAX_LINES}"
+                )),
+            }
+        }
+    }
+    for (file, name, _) in LONG_FUNCTIONS {
+        if !still_long.contains(&(file.to_string(), name.to_string())) {
+            problems.push(format!(
+                "{file}: fn {name} is no longer over {MAX_LINES} lines: take it off LONG_FUNCTIONS"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_checker_sees_imports_and_long_functions() {
+    assert_eq!(
+        crate_refs("use crate::store::{Store}; crate::base::now_ms()"),
+        vec!["store", "base"]
+    );
+    let body: Vec<String> = std::iter::once("fn long() {".to_string())
+        .chain((0..120).map(|i| format!("    let x{i} = \"{{\";")))
+        .chain(std::iter::once("}".to_string()))
+        .collect();
+    let lines: Vec<&str> = body.iter().map(String::as_str).collect();
+    assert_eq!(functions(&lines), vec![("long".to_string(), 122)]);
+    let lines = ["#[cfg(test)]", "fn x() { crate::cli::main() }"];
+    assert!(code_lines(&lines.join("\n")).is_empty());
+}
