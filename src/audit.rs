@@ -318,106 +318,138 @@ pub fn check_purge_cut(before_ms: u64, min_age: Duration) -> Result<(), String> 
     Ok(())
 }
 
+/// The sequence number and hash the next event chains to: the newest event's, or the anchor a
+/// purge left.
+fn chain_head(tree: &sled::Tree, meta: &sled::Tree) -> Result<(u64, String), StoreError> {
+    Ok(match tree.last()? {
+        Some((_, v)) => {
+            let e: Event = serde_json::from_slice(&v)?;
+            (e.seq, e.hash)
+        }
+        None => match meta.get(ANCHOR)? {
+            Some(v) => {
+                let a: Value = serde_json::from_slice(&v)?;
+                (
+                    a["seq"].as_u64().unwrap_or(0),
+                    a["hash"].as_str().unwrap_or("").to_string(),
+                )
+            }
+            None => (0, String::new()),
+        },
+    })
+}
+
+/// The writer thread's state: where the chain ends, and what it writes with.
+struct Writer {
+    tree: sled::Tree,
+    flusher: Arc<crate::store::Flusher>,
+    redactor: Arc<Redactor>,
+    flush_gauge: Arc<std::sync::atomic::AtomicU64>,
+    seq: u64,
+    prev: String,
+}
+
+impl Writer {
+    /// Writes batches until every sender is gone.
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter().take(1023));
+            self.write(batch);
+        }
+    }
+
+    /// One batch: chained, redacted, written atomically, flushed once if anyone waits.
+    fn write(&mut self, batch: Vec<Msg>) {
+        let mut acks = Vec::new();
+        let mut failed: Option<String> = None;
+        let before = (self.seq, self.prev.clone());
+        let mut writes = sled::Batch::default();
+        for Msg::Append(rec, ack) in batch {
+            let e = self.chain(*rec);
+            writes.insert(
+                &e.seq.to_be_bytes(),
+                serde_json::to_vec(&e).unwrap_or_default(),
+            );
+            if let Some(ack) = ack {
+                acks.push((ack, e.seq));
+            }
+        }
+        // One atomic write per batch; on failure the chain continues from before it.
+        if let Err(err) = self.tree.apply_batch(writes) {
+            failed = Some(err.to_string());
+            (self.seq, self.prev) = before;
+        }
+        if !acks.is_empty() {
+            // One flush for every commit waiting in this batch: group commit.
+            let started = Instant::now();
+            if let Err(err) = self.flusher.flush_blocking() {
+                failed = Some(err.to_string());
+            }
+            self.flush_gauge.store(
+                started.elapsed().as_micros() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        for (ack, seq) in acks {
+            let _ = ack.send(match &failed {
+                Some(e) => Err(e.clone()),
+                None => Ok(seq),
+            });
+        }
+        if let Some(e) = failed {
+            error!(error = %e, "audit write failed");
+        }
+    }
+
+    /// The next event of the chain for a record.
+    fn chain(&mut self, rec: Record) -> Event {
+        let ms = now_ms();
+        let mut e = Event {
+            seq: self.seq + 1,
+            time: rfc3339(ms),
+            unix_ms: ms,
+            kind: rec.kind.to_string(),
+            request_id: rec.request_id,
+            job: rec.job,
+            proposal: rec.proposal,
+            agent: rec.agent,
+            owner: rec.owner,
+            tool: rec.tool,
+            tool_version: rec.tool_version,
+            // Redacted here, on the writer's thread, before anything is written.
+            payload: self.redactor.value(&rec.payload),
+            prev: self.prev.clone(),
+            hash: String::new(),
+        };
+        e.hash = e.compute_hash();
+        self.seq = e.seq;
+        self.prev = e.hash.clone();
+        e
+    }
+}
+
 impl Audit {
     /// Opens the log in the store's database and starts its writer thread.
     pub fn open(store: &crate::store::Store) -> Result<Audit, StoreError> {
         let db = store.db();
-        let flusher = store.flusher();
         let tree = db.open_tree("audit")?;
         let meta = db.open_tree("audit_meta")?;
         let (tx, rx) = mpsc::channel::<Msg>();
-        let (mut seq, mut prev) = match tree.last()? {
-            Some((_, v)) => {
-                let e: Event = serde_json::from_slice(&v)?;
-                (e.seq, e.hash)
-            }
-            None => match meta.get(ANCHOR)? {
-                Some(v) => {
-                    let a: Value = serde_json::from_slice(&v)?;
-                    (
-                        a["seq"].as_u64().unwrap_or(0),
-                        a["hash"].as_str().unwrap_or("").to_string(),
-                    )
-                }
-                None => (0, String::new()),
-            },
-        };
+        let (seq, prev) = chain_head(&tree, &meta)?;
         let last_flush_us = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let flush_gauge = last_flush_us.clone();
-        let writer_tree = tree.clone();
-        let writer_flusher = flusher.clone();
         let redactor = Arc::new(Redactor::new());
-        let writer_redactor = redactor.clone();
+        let writer = Writer {
+            tree: tree.clone(),
+            flusher: store.flusher(),
+            redactor: redactor.clone(),
+            flush_gauge: last_flush_us.clone(),
+            seq,
+            prev,
+        };
         let writer = std::thread::Builder::new()
             .name("toolgate-audit".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < 1024 {
-                        match rx.try_recv() {
-                            Ok(m) => batch.push(m),
-                            Err(_) => break,
-                        }
-                    }
-                    let mut acks = Vec::new();
-                    let mut failed: Option<String> = None;
-                    let before = (seq, prev.clone());
-                    let mut writes = sled::Batch::default();
-                    for Msg::Append(rec, ack) in batch {
-                        let ms = now_ms();
-                        let mut e = Event {
-                            seq: seq + 1,
-                            time: rfc3339(ms),
-                            unix_ms: ms,
-                            kind: rec.kind.to_string(),
-                            request_id: rec.request_id,
-                            job: rec.job,
-                            proposal: rec.proposal,
-                            agent: rec.agent,
-                            owner: rec.owner,
-                            tool: rec.tool,
-                            tool_version: rec.tool_version,
-                            // Redacted here, on the writer's thread, before anything is written.
-                            payload: writer_redactor.value(&rec.payload),
-                            prev: prev.clone(),
-                            hash: String::new(),
-                        };
-                        e.hash = e.compute_hash();
-                        let bytes = serde_json::to_vec(&e).unwrap_or_default();
-                        writes.insert(&e.seq.to_be_bytes(), bytes);
-                        seq = e.seq;
-                        prev = e.hash;
-                        if let Some(ack) = ack {
-                            acks.push((ack, seq));
-                        }
-                    }
-                    // One atomic write per batch; on failure the chain continues from before it.
-                    if let Err(err) = writer_tree.apply_batch(writes) {
-                        failed = Some(err.to_string());
-                        (seq, prev) = before;
-                    }
-                    if !acks.is_empty() {
-                        // One flush for every commit waiting in this batch: group commit.
-                        let started = Instant::now();
-                        if let Err(err) = writer_flusher.flush_blocking() {
-                            failed = Some(err.to_string());
-                        }
-                        flush_gauge.store(
-                            started.elapsed().as_micros() as u64,
-                            std::sync::atomic::Ordering::Relaxed,
-                        );
-                    }
-                    for (ack, seq) in acks {
-                        let _ = ack.send(match &failed {
-                            Some(e) => Err(e.clone()),
-                            None => Ok(seq),
-                        });
-                    }
-                    if let Some(e) = failed {
-                        error!(error = %e, "audit write failed");
-                    }
-                }
-            })
+            .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::from(sled::Error::Io(e)))?;
         Ok(Audit {
             tx: std::sync::Mutex::new(Some(tx)),
@@ -426,7 +458,7 @@ impl Audit {
             meta,
             redactor,
             last_flush_us,
-            flusher,
+            flusher: store.flusher(),
         })
     }
 
