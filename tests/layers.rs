@@ -38,7 +38,6 @@ const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
     ("rollback.rs", "undo", 206),
     ("cli.rs", "audit", 196),
     ("approval.rs", "decide", 132),
-    ("admin/pages.rs", "detail", 102),
 ];
 
 const MAX_LINES: usize = 100;

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::actions::{apply_switch, rollback_status};
-use super::auth::{signed, signed_form, to_login, CsrfForm, COOKIE, SESSION_TTL};
+use super::auth::{signed, signed_form, to_login, CsrfForm, Signed, COOKIE, SESSION_TTL};
 use super::html::{age, esc, page};
 use crate::approval::{self, Action, Proposal};
 use crate::store::now_unix;
@@ -122,6 +122,60 @@ pub async fn queue_fragment(State(gate): State<Arc<Gate>>, headers: HeaderMap) -
     Html(queue_rows(&open_proposals(&gate).await)).into_response()
 }
 
+/// Who approved a proposal so far, as list items.
+fn approvals_html(p: &Proposal) -> String {
+    p.approvals
+        .iter()
+        .map(|a| {
+            format!(
+                "<li>{} at {} {}</li>",
+                esc(&a.by),
+                a.at_unix,
+                esc(&a.comment)
+            )
+        })
+        .collect()
+}
+
+/// The denial, revocation or cancellation of a proposal, if any.
+fn decision_html(p: &Proposal) -> String {
+    p.decision
+        .as_ref()
+        .map(|d| {
+            format!(
+                "<p>{} by {}: {}</p>",
+                esc(p.state.as_str()),
+                esc(&d.by),
+                esc(&d.comment)
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// The forms an approver can use on a proposal in its state, each with the session's CSRF token.
+fn actions_html(p: &Proposal, s: &Signed) -> String {
+    let form = |action: &str, label: &str| {
+        format!(
+            "<form method=\"post\" action=\"/proposals/{id}/{action}\" class=\"card\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <label>Comment<textarea name=\"comment\" rows=\"2\"></textarea></label><button name=\"do\" value=\"{action}\">{label}</button></form>",
+            id = esc(&p.id),
+            csrf = esc(&s.csrf),
+        )
+    };
+    match p.state {
+        approval::State::Pending => {
+            format!("{}{}", form("approve", "Approve"), form("deny", "Deny"))
+        }
+        approval::State::Approved => format!(
+            "{}{}",
+            form("revoke", "Revoke approval"),
+            form("deny", "Deny")
+        ),
+        _ => String::new(),
+    }
+}
+
 pub async fn detail(
     State(gate): State<Arc<Gate>>,
     headers: HeaderMap,
@@ -147,50 +201,8 @@ pub async fn detail(
         .iter()
         .map(|(k, v)| format!("{}: {}\n", esc(k), esc(v)))
         .collect();
-    let approvals: String = p
-        .approvals
-        .iter()
-        .map(|a| {
-            format!(
-                "<li>{} at {} {}</li>",
-                esc(&a.by),
-                a.at_unix,
-                esc(&a.comment)
-            )
-        })
-        .collect();
-    let decision = p
-        .decision
-        .as_ref()
-        .map(|d| {
-            format!(
-                "<p>{} by {}: {}</p>",
-                esc(p.state.as_str()),
-                esc(&d.by),
-                esc(&d.comment)
-            )
-        })
-        .unwrap_or_default();
-    let form = |action: &str, label: &str| {
-        format!(
-            "<form method=\"post\" action=\"/proposals/{id}/{action}\" class=\"card\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-             <label>Comment<textarea name=\"comment\" rows=\"2\"></textarea></label><button name=\"do\" value=\"{action}\">{label}</button></form>",
-            id = esc(&p.id),
-            csrf = esc(&s.csrf),
-        )
-    };
-    let actions = match p.state {
-        approval::State::Pending => {
-            format!("{}{}", form("approve", "Approve"), form("deny", "Deny"))
-        }
-        approval::State::Approved => format!(
-            "{}{}",
-            form("revoke", "Revoke approval"),
-            form("deny", "Deny")
-        ),
-        _ => String::new(),
-    };
+    let (approvals, decision, actions) =
+        (approvals_html(&p), decision_html(&p), actions_html(&p, &s));
     let body = format!(
         "<h1>{summary}</h1><p>State: <strong id=\"state\">{state}</strong>{note}</p>\
          <div class=\"card\"><table>\
