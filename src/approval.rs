@@ -683,6 +683,18 @@ pub enum Action {
     Cancel,
 }
 
+impl Action {
+    /// The audit event an action records.
+    pub fn event_kind(self) -> &'static str {
+        match self {
+            Action::Approve => "approval",
+            Action::Deny => "denial",
+            Action::Revoke => "revocation",
+            Action::Cancel => "cancellation",
+        }
+    }
+}
+
 /// Why an approver's action was refused, with the HTTP status the API answers.
 #[derive(Debug)]
 pub struct ActionError {
@@ -745,6 +757,25 @@ pub async fn decide(
         at_unix: now_unix(),
         comment: comment.chars().take(2000).collect(),
     };
+    transition(&mut p, who, action, decision)?;
+    gate.store.put_proposal(&p, false).await.map_err(internal)?;
+    gate.audit.record(record(
+        &p,
+        action.event_kind(),
+        json!({"by": who.id, "comment": comment, "state": p.state.as_str(), "approvals": p.approvals.len(), "required": p.required}),
+    ));
+    gate.waiters.notify(id);
+    info!(proposal = %p.id, by = %who.id, action = ?action, state = p.state.as_str(), "proposal decision");
+    Ok(p)
+}
+
+/// What an approver's action does to a proposal, or why it may not.
+fn transition(
+    p: &mut Proposal,
+    who: &Approver,
+    action: Action,
+    decision: Decision,
+) -> Result<(), ActionError> {
     let conflict = |p: &Proposal, what: &str| {
         action_error(
             StatusCode::CONFLICT,
@@ -759,7 +790,7 @@ pub async fn decide(
     match action {
         Action::Approve => {
             if p.state != State::Pending {
-                return Err(conflict(&p, "approved"));
+                return Err(conflict(p, "approved"));
             }
             if !p.allow_self_approval && who.id.eq_ignore_ascii_case(&p.owner) {
                 return Err(action_error(
@@ -788,7 +819,7 @@ pub async fn decide(
         }
         Action::Deny => {
             if !p.state.is_open() {
-                return Err(conflict(&p, "denied"));
+                return Err(conflict(p, "denied"));
             }
             p.state = State::Denied;
             p.decision = Some(decision);
@@ -803,34 +834,20 @@ pub async fn decide(
             }
             _ => {
                 return Err(conflict(
-                    &p,
+                    p,
                     "revoked (only an approval whose commit has not started can be)",
                 ))
             }
         },
         Action::Cancel => {
             if !p.state.is_open() {
-                return Err(conflict(&p, "cancelled"));
+                return Err(conflict(p, "cancelled"));
             }
             p.state = State::Cancelled;
             p.decision = Some(decision);
         }
     }
-    gate.store.put_proposal(&p, false).await.map_err(internal)?;
-    let kind = match action {
-        Action::Approve => "approval",
-        Action::Deny => "denial",
-        Action::Revoke => "revocation",
-        Action::Cancel => "cancellation",
-    };
-    gate.audit.record(record(
-        &p,
-        kind,
-        json!({"by": who.id, "comment": comment, "state": p.state.as_str(), "approvals": p.approvals.len(), "required": p.required}),
-    ));
-    gate.waiters.notify(id);
-    info!(proposal = %p.id, by = %who.id, action = ?action, state = p.state.as_str(), "proposal decision");
-    Ok(p)
+    Ok(())
 }
 
 /// Proposals, newest first, optionally of one state.

@@ -37,7 +37,6 @@ const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
     ("policy/mod.rs", "compile_tool", 214),
     ("rollback.rs", "undo", 206),
     ("cli.rs", "audit", 196),
-    ("approval.rs", "decide", 132),
 ];
 
 const MAX_LINES: usize = 100;
