@@ -439,73 +439,13 @@ pub async fn admin_call(
 
 /// Runs an audit command against a running server, or a stopped one's store.
 async fn audit(command: AuditCommand, server: &str, data_dir: Option<PathBuf>) -> ExitCode {
-    use crate::audit::{describe, Event, Filter};
-    let offline = match &data_dir {
-        Some(dir) => {
-            let store = match crate::store::Store::open(dir) {
-                Ok(s) => s,
-                Err(e) => {
-                    return fail(&format!(
-                        "{e} (is toolgate still running on it? then use --server instead)"
-                    ))
-                }
-            };
-            match crate::audit::Audit::open(&store) {
-                Ok(a) => Some(a),
-                Err(e) => return fail(&e.to_string()),
-            }
-        }
-        None => None,
-    };
-    let online = |path: String| async move {
-        match admin_call(server, http::Method::GET, &path, None).await {
-            Ok((200, json)) => Ok(json),
-            Ok((status, json)) => Err(format!(
-                "{status}: {}",
-                json["error"]["message"]
-                    .as_str()
-                    .unwrap_or("request failed")
-            )),
-            Err(e) => Err(e),
-        }
-    };
-    let events_of = |v: &serde_json::Value| -> Vec<Event> {
-        serde_json::from_value(v["events"].clone()).unwrap_or_default()
-    };
-    let q = |k: &str, v: &Option<String>| match v {
-        Some(x) => format!(
-            "{k}={}&",
-            form_urlencoded::byte_serialize(x.as_bytes()).collect::<String>()
-        ),
-        None => String::new(),
+    use crate::audit::Filter;
+    let offline = match open_offline(data_dir.as_deref()) {
+        Ok(a) => a,
+        Err(e) => return fail(&e),
     };
     match command {
-        AuditCommand::Story { id, json } => {
-            let events = match &offline {
-                Some(a) => a.story(&id).map_err(|e| e.to_string()),
-                None => online(format!("/api/audit/story/{id}"))
-                    .await
-                    .map(|v| events_of(&v)),
-            };
-            let events = match events {
-                Ok(e) if e.is_empty() => return fail(&format!("no events mention {id}")),
-                Ok(e) => e,
-                Err(e) => return fail(&e),
-            };
-            if json {
-                println!("{}", serde_json::json!({"id": id, "events": events}));
-            } else {
-                println!("The story of {id}:");
-                for line in crate::audit::summary(&events) {
-                    println!("  {line}");
-                }
-                println!();
-                for e in &events {
-                    println!("{}", describe(e));
-                }
-            }
-            ExitCode::SUCCESS
-        }
+        AuditCommand::Story { id, json } => story_cmd(offline.as_ref(), server, &id, json).await,
         AuditCommand::Search {
             agent,
             tool,
@@ -523,84 +463,16 @@ async fn audit(command: AuditCommand, server: &str, data_dir: Option<PathBuf>) -
                 since,
                 until,
             };
-            let events = match &offline {
-                Some(a) => a.search(&f),
-                None => {
-                    let path = format!(
-                        "/api/audit/search?{}{}{}{}{}{}",
-                        q("agent", &f.agent),
-                        q("tool", &f.tool),
-                        q("code", &f.code),
-                        q("kind", &f.kind),
-                        q("since", &f.since),
-                        q("until", &f.until)
-                    );
-                    online(path).await.map(|v| events_of(&v))
-                }
-            };
-            match events {
-                Ok(events) => {
-                    for e in &events {
-                        if json {
-                            println!("{}", serde_json::to_string(e).unwrap_or_default());
-                        } else {
-                            println!("{}", describe(e));
-                        }
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e),
-            }
+            print_events(search_events(offline.as_ref(), server, &f).await, json)
         }
         AuditCommand::Export { since } => {
             let f = Filter {
                 since,
                 ..Default::default()
             };
-            let events = match &offline {
-                Some(a) => a.search(&f),
-                None => online(format!("/api/audit/search?{}", q("since", &f.since)))
-                    .await
-                    .map(|v| events_of(&v)),
-            };
-            match events {
-                Ok(events) => {
-                    for e in &events {
-                        println!("{}", serde_json::to_string(e).unwrap_or_default());
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e),
-            }
+            print_events(search_events(offline.as_ref(), server, &f).await, true)
         }
-        AuditCommand::Verify => {
-            let mut purges = Vec::new();
-            let result = match &offline {
-                Some(a) => {
-                    purges = a.purges().unwrap_or_default();
-                    a.verify()
-                }
-                None => match online("/api/audit/verify".into()).await {
-                    Ok(v) if v["ok"] == true => {
-                        purges = v["purges"].as_array().cloned().unwrap_or_default();
-                        Ok(v["events"].as_u64().unwrap_or(0))
-                    }
-                    Ok(v) => Err((
-                        v["seq"].as_u64().unwrap_or(0),
-                        v["reason"].as_str().unwrap_or("").to_string(),
-                    )),
-                    Err(e) => return fail(&e),
-                },
-            };
-            match result {
-                Ok(n) => {
-                    println!("ok: {n} events, the chain is intact");
-                    purges.iter().for_each(print_purge);
-                    ExitCode::SUCCESS
-                }
-                Err((seq, why)) => fail(&format!("chain broken at event {seq}: {why}")),
-            }
-        }
+        AuditCommand::Verify => verify_cmd(offline.as_ref(), server).await,
         AuditCommand::Purge {
             before,
             reason,
@@ -632,6 +504,150 @@ async fn audit(command: AuditCommand, server: &str, data_dir: Option<PathBuf>) -
                 Err(e) => fail(&e),
             }
         }
+    }
+}
+
+/// With `--data-dir`: the audit log of a stopped toolgate, opened directly.
+fn open_offline(data_dir: Option<&std::path::Path>) -> Result<Option<crate::audit::Audit>, String> {
+    let Some(dir) = data_dir else {
+        return Ok(None);
+    };
+    let store = crate::store::Store::open(dir)
+        .map_err(|e| format!("{e} (is toolgate still running on it? then use --server instead)"))?;
+    crate::audit::Audit::open(&store)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// `GET path` on the admin API; its JSON, or the error's message.
+async fn online_get(server: &str, path: String) -> Result<serde_json::Value, String> {
+    match admin_call(server, http::Method::GET, &path, None).await {
+        Ok((200, json)) => Ok(json),
+        Ok((status, json)) => Err(format!(
+            "{status}: {}",
+            json["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed")
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+fn events_of(v: &serde_json::Value) -> Vec<crate::audit::Event> {
+    serde_json::from_value(v["events"].clone()).unwrap_or_default()
+}
+
+/// `k=v&`, URL-encoded, or nothing.
+fn query_param(k: &str, v: &Option<String>) -> String {
+    match v {
+        Some(x) => format!(
+            "{k}={}&",
+            form_urlencoded::byte_serialize(x.as_bytes()).collect::<String>()
+        ),
+        None => String::new(),
+    }
+}
+
+/// The events a filter selects, from the stopped store or the server.
+async fn search_events(
+    offline: Option<&crate::audit::Audit>,
+    server: &str,
+    f: &crate::audit::Filter,
+) -> Result<Vec<crate::audit::Event>, String> {
+    if let Some(a) = offline {
+        return a.search(f);
+    }
+    let q = query_param;
+    let path = format!(
+        "/api/audit/search?{}{}{}{}{}{}",
+        q("agent", &f.agent),
+        q("tool", &f.tool),
+        q("code", &f.code),
+        q("kind", &f.kind),
+        q("since", &f.since),
+        q("until", &f.until)
+    );
+    online_get(server, path).await.map(|v| events_of(&v))
+}
+
+/// One line per event: JSON (the export schema) or as people read it.
+fn print_events(events: Result<Vec<crate::audit::Event>, String>, json: bool) -> ExitCode {
+    match events {
+        Ok(events) => {
+            for e in &events {
+                if json {
+                    println!("{}", serde_json::to_string(e).unwrap_or_default());
+                } else {
+                    println!("{}", crate::audit::describe(e));
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// `audit story ID`: the summary, then every event (or JSON).
+async fn story_cmd(
+    offline: Option<&crate::audit::Audit>,
+    server: &str,
+    id: &str,
+    json: bool,
+) -> ExitCode {
+    let events = match offline {
+        Some(a) => a.story(id).map_err(|e| e.to_string()),
+        None => online_get(server, format!("/api/audit/story/{id}"))
+            .await
+            .map(|v| events_of(&v)),
+    };
+    let events = match events {
+        Ok(e) if e.is_empty() => return fail(&format!("no events mention {id}")),
+        Ok(e) => e,
+        Err(e) => return fail(&e),
+    };
+    if json {
+        println!("{}", serde_json::json!({"id": id, "events": events}));
+    } else {
+        println!("The story of {id}:");
+        for line in crate::audit::summary(&events) {
+            println!("  {line}");
+        }
+        println!();
+        for e in &events {
+            println!("{}", crate::audit::describe(e));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `audit verify`: the chain, and every purge so far.
+async fn verify_cmd(offline: Option<&crate::audit::Audit>, server: &str) -> ExitCode {
+    let online = |path: String| online_get(server, path);
+    let mut purges = Vec::new();
+    let result = match offline {
+        Some(a) => {
+            purges = a.purges().unwrap_or_default();
+            a.verify()
+        }
+        None => match online("/api/audit/verify".into()).await {
+            Ok(v) if v["ok"] == true => {
+                purges = v["purges"].as_array().cloned().unwrap_or_default();
+                Ok(v["events"].as_u64().unwrap_or(0))
+            }
+            Ok(v) => Err((
+                v["seq"].as_u64().unwrap_or(0),
+                v["reason"].as_str().unwrap_or("").to_string(),
+            )),
+            Err(e) => return fail(&e),
+        },
+    };
+    match result {
+        Ok(n) => {
+            println!("ok: {n} events, the chain is intact");
+            purges.iter().for_each(print_purge);
+            ExitCode::SUCCESS
+        }
+        Err((seq, why)) => fail(&format!("chain broken at event {seq}: {why}")),
     }
 }
 

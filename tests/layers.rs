@@ -36,7 +36,6 @@ const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
     ("approval.rs", "commit", 222),
     ("policy/mod.rs", "compile_tool", 214),
     ("rollback.rs", "undo", 206),
-    ("cli.rs", "audit", 196),
 ];
 
 const MAX_LINES: usize = 100;
