@@ -655,38 +655,8 @@ fn compile_tool(
         })?;
         creds.insert(environment.clone(), cred.clone());
     }
-    let safe_method = matches!(
-        method,
-        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
-    );
-    let side_effects = match def.side_effects.as_deref() {
-        Some("none") => SideEffects::None,
-        Some("reversible") => SideEffects::Reversible,
-        Some("irreversible") => SideEffects::Irreversible,
-        None if safe_method => SideEffects::None,
-        None => {
-            return Err(err(format!(
-                "{method} can change things: set side_effects = \"none\", \"reversible\" or \"irreversible\""
-            )))
-        }
-        Some(other) => {
-            return Err(err(format!(
-                "side_effects {other:?} is not one of none, reversible, irreversible"
-            )))
-        }
-    };
-    if let Some(risk) = def.risk.as_deref() {
-        if !matches!(risk, "low" | "medium" | "high" | "critical") {
-            return Err(err(format!(
-                "risk {risk:?} is not one of low, medium, high, critical"
-            )));
-        }
-    }
-    if let Some(kind) = def.kind.as_deref() {
-        if !matches!(kind, "api" | "model") {
-            return Err(err(format!("kind {kind:?} is not one of api, model")));
-        }
-    }
+    let side_effects = compile_side_effects(&def, &method, &err)?;
+    check_labels(&def, &err)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let load_schema = |rel: &str| -> Result<Arc<contract::Schema>, PolicyError> {
         contract::Schema::load(&base.join(rel))
@@ -710,117 +680,21 @@ fn compile_tool(
         None => DEFAULT_MAX_BODY,
     };
     let query = def.query_schema.as_deref().map(load_schema).transpose()?;
-    let idempotency = match def.idempotency.as_deref() {
-        Some("key") => Some(Idempotency::Key),
-        Some("payload") => Some(Idempotency::Payload),
-        None if side_effects == SideEffects::None => None,
-        None => {
-            return Err(err(format!(
-                "side_effects is {:?}: choose idempotency = \"key\" (the client sends Idempotency-Key) or \"payload\" (identical payloads within the window are one call)",
-                side_effects.as_str()
-            )))
-        }
-        Some(other) => return Err(err(format!("idempotency {other:?} is not key or payload"))),
-    };
-    let idempotency_window = match def.idempotency_window.as_deref() {
-        Some(w) => {
-            crate::base::parse_duration(w).map_err(|e| err(format!("idempotency_window: {e}")))?
-        }
-        None => std::time::Duration::from_secs(600),
-    };
+    let (idempotency, idempotency_window) = compile_idempotency(&def, side_effects, &err)?;
     let rate_limit = def
         .rate_limit
         .as_deref()
         .map(|text| parse_rate(text).map_err(|e| err(format!("rate_limit: {e}"))))
         .transpose()?;
-    let budget = match &def.budget {
-        None => None,
-        Some(b) => {
-            let per = match b.per.as_str() {
-                "hour" => Period::Hour,
-                "day" => Period::Day,
-                "week" => Period::Week,
-                "month" => Period::Month,
-                other => {
-                    return Err(err(format!(
-                        "budget.per {other:?} is not hour, day, week or month"
-                    )))
-                }
-            };
-            if body.is_none() {
-                return Err(err(
-                    "a budget sums a body field, but the tool takes no body".into(),
-                ));
-            }
-            Some(Budget {
-                field: b.field.clone(),
-                max: b.max,
-                per,
-            })
-        }
-    };
-    let mut params = Vec::new();
-    for (name, binding) in &def.params {
-        if !template.params().any(|p| p == name) {
-            return Err(err(format!(
-                "params names {{{name}}}, which is not a parameter of {}",
-                def.path
-            )));
-        }
-        rules::check_agent_template(binding).map_err(|e| err(format!("params.{name}: {e}")))?;
-        params.push((name.clone(), binding.clone()));
-    }
-    if let Some(bad) = def.redact.iter().find(|p| !p.starts_with('/')) {
-        return Err(err(format!(
-            "redact entry {bad:?} must be a JSON pointer such as /card/number"
-        )));
-    }
+    let budget = compile_budget(&def, body.is_some(), &err)?;
+    let params = compile_params(&def, &template, &err)?;
     let rules = def
         .rules
         .iter()
         .map(|r| rules::Rule::compile(&r.deny_if, &r.message))
         .collect::<Result<Vec<_>, _>>()
         .map_err(err)?;
-    let approval = {
-        let a = def.approval.clone().unwrap_or(file::ApprovalDef {
-            groups: vec![],
-            required: None,
-            expires: None,
-            hold: None,
-            allow_self_approval: None,
-            webhook: None,
-        });
-        let dur = |v: &Option<String>,
-                   default: u64,
-                   what: &str|
-         -> Result<std::time::Duration, PolicyError> {
-            match v {
-                Some(t) => {
-                    crate::base::parse_duration(t).map_err(|e| err(format!("approval.{what}: {e}")))
-                }
-                None => Ok(std::time::Duration::from_secs(default)),
-            }
-        };
-        let required = a.required.unwrap_or(1);
-        if required == 0 {
-            return Err(err("approval.required must be at least 1".into()));
-        }
-        if let Some(url) = &a.webhook {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(err(format!(
-                    "approval.webhook {url:?} must be an http(s) URL"
-                )));
-            }
-        }
-        ApprovalSpec {
-            groups: a.groups,
-            required,
-            expires: dur(&a.expires, 3600, "expires")?,
-            hold: dur(&a.hold, 10, "hold")?,
-            allow_self_approval: a.allow_self_approval.unwrap_or(false),
-            webhook: a.webhook,
-        }
-    };
+    let approval = compile_approval(&def, &err)?;
     Ok(Tool {
         approval,
         mode,
@@ -842,6 +716,179 @@ fn compile_tool(
         method,
         path: template,
         def,
+    })
+}
+
+/// `risk`, `kind` and `redact` hold only what they may.
+fn check_labels(def: &ToolDef, err: &dyn Fn(String) -> PolicyError) -> Result<(), PolicyError> {
+    if let Some(risk) = def.risk.as_deref() {
+        if !matches!(risk, "low" | "medium" | "high" | "critical") {
+            return Err(err(format!(
+                "risk {risk:?} is not one of low, medium, high, critical"
+            )));
+        }
+    }
+    if let Some(kind) = def.kind.as_deref() {
+        if !matches!(kind, "api" | "model") {
+            return Err(err(format!("kind {kind:?} is not one of api, model")));
+        }
+    }
+    if let Some(bad) = def.redact.iter().find(|p| !p.starts_with('/')) {
+        return Err(err(format!(
+            "redact entry {bad:?} must be a JSON pointer such as /card/number"
+        )));
+    }
+    Ok(())
+}
+
+fn compile_side_effects(
+    def: &ToolDef,
+    method: &http::Method,
+    err: &dyn Fn(String) -> PolicyError,
+) -> Result<SideEffects, PolicyError> {
+    let safe_method = matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    );
+    let side_effects = match def.side_effects.as_deref() {
+        Some("none") => SideEffects::None,
+        Some("reversible") => SideEffects::Reversible,
+        Some("irreversible") => SideEffects::Irreversible,
+        None if safe_method => SideEffects::None,
+        None => {
+            return Err(err(format!(
+                "{method} can change things: set side_effects = \"none\", \"reversible\" or \"irreversible\""
+            )))
+        }
+        Some(other) => {
+            return Err(err(format!(
+                "side_effects {other:?} is not one of none, reversible, irreversible"
+            )))
+        }
+    };
+    Ok(side_effects)
+}
+
+fn compile_idempotency(
+    def: &ToolDef,
+    side_effects: SideEffects,
+    err: &dyn Fn(String) -> PolicyError,
+) -> Result<(Option<Idempotency>, std::time::Duration), PolicyError> {
+    let idempotency = match def.idempotency.as_deref() {
+        Some("key") => Some(Idempotency::Key),
+        Some("payload") => Some(Idempotency::Payload),
+        None if side_effects == SideEffects::None => None,
+        None => {
+            return Err(err(format!(
+                "side_effects is {:?}: choose idempotency = \"key\" (the client sends Idempotency-Key) or \"payload\" (identical payloads within the window are one call)",
+                side_effects.as_str()
+            )))
+        }
+        Some(other) => return Err(err(format!("idempotency {other:?} is not key or payload"))),
+    };
+    let idempotency_window = match def.idempotency_window.as_deref() {
+        Some(w) => {
+            crate::base::parse_duration(w).map_err(|e| err(format!("idempotency_window: {e}")))?
+        }
+        None => std::time::Duration::from_secs(600),
+    };
+    Ok((idempotency, idempotency_window))
+}
+
+fn compile_budget(
+    def: &ToolDef,
+    has_body: bool,
+    err: &dyn Fn(String) -> PolicyError,
+) -> Result<Option<Budget>, PolicyError> {
+    let budget = match &def.budget {
+        None => None,
+        Some(b) => {
+            let per = match b.per.as_str() {
+                "hour" => Period::Hour,
+                "day" => Period::Day,
+                "week" => Period::Week,
+                "month" => Period::Month,
+                other => {
+                    return Err(err(format!(
+                        "budget.per {other:?} is not hour, day, week or month"
+                    )))
+                }
+            };
+            if !has_body {
+                return Err(err(
+                    "a budget sums a body field, but the tool takes no body".into(),
+                ));
+            }
+            Some(Budget {
+                field: b.field.clone(),
+                max: b.max,
+                per,
+            })
+        }
+    };
+    Ok(budget)
+}
+
+fn compile_params(
+    def: &ToolDef,
+    template: &PathTemplate,
+    err: &dyn Fn(String) -> PolicyError,
+) -> Result<Vec<(String, String)>, PolicyError> {
+    let mut params = Vec::new();
+    for (name, binding) in &def.params {
+        if !template.params().any(|p| p == name) {
+            return Err(err(format!(
+                "params names {{{name}}}, which is not a parameter of {}",
+                def.path
+            )));
+        }
+        rules::check_agent_template(binding).map_err(|e| err(format!("params.{name}: {e}")))?;
+        params.push((name.clone(), binding.clone()));
+    }
+    Ok(params)
+}
+
+fn compile_approval(
+    def: &ToolDef,
+    err: &dyn Fn(String) -> PolicyError,
+) -> Result<ApprovalSpec, PolicyError> {
+    let a = def.approval.clone().unwrap_or(file::ApprovalDef {
+        groups: vec![],
+        required: None,
+        expires: None,
+        hold: None,
+        allow_self_approval: None,
+        webhook: None,
+    });
+    let dur = |v: &Option<String>,
+               default: u64,
+               what: &str|
+     -> Result<std::time::Duration, PolicyError> {
+        match v {
+            Some(t) => {
+                crate::base::parse_duration(t).map_err(|e| err(format!("approval.{what}: {e}")))
+            }
+            None => Ok(std::time::Duration::from_secs(default)),
+        }
+    };
+    let required = a.required.unwrap_or(1);
+    if required == 0 {
+        return Err(err("approval.required must be at least 1".into()));
+    }
+    if let Some(url) = &a.webhook {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(err(format!(
+                "approval.webhook {url:?} must be an http(s) URL"
+            )));
+        }
+    }
+    Ok(ApprovalSpec {
+        groups: a.groups,
+        required,
+        expires: dur(&a.expires, 3600, "expires")?,
+        hold: dur(&a.hold, 10, "hold")?,
+        allow_self_approval: a.allow_self_approval.unwrap_or(false),
+        webhook: a.webhook,
     })
 }
 
