@@ -247,40 +247,8 @@ pub async fn undo(gate: &Arc<Gate>, id: &str, who: &Approver) -> Report {
     };
     let tool_name = c.tool.clone();
     let tool = Some(tool_name.as_str());
-    if let Some(u) = &c.undone {
-        let mut r = Report::new(
-            &c.request_id,
-            tool,
-            "already_undone",
-            format!(
-                "{} was already undone by {} (request {}); it is not undone twice",
-                c.request_id, u.by, u.request_id
-            ),
-        );
-        r.undo_request = Some(u.request_id.clone());
-        return r;
-    }
-    if !(200..300).contains(&c.status) {
-        return Report::new(
-            &c.request_id,
-            tool,
-            "not_undoable",
-            format!(
-                "{} was answered {}: it changed nothing to undo",
-                c.request_id, c.status
-            ),
-        );
-    }
-    if let Some(of) = &c.undoes {
-        return Report::new(
-            &c.request_id,
-            tool,
-            "not_undoable",
-            format!(
-                "{} is itself the undo of {of}; it is not undone",
-                c.request_id
-            ),
-        );
+    if let Err(report) = undoable(&c) {
+        return *report;
     }
     let policy = gate.policy();
     let plan = match plan(&policy, &c) {
@@ -296,18 +264,6 @@ pub async fn undo(gate: &Arc<Gate>, id: &str, who: &Approver) -> Report {
             return Report::new(&c.request_id, tool, outcome, message);
         }
     }
-    let (body, content_type) = match (&plan.body, undo_tool.as_ref().and_then(|t| t.body.as_ref()))
-    {
-        (None, _) => (Bytes::new(), None),
-        (Some(v), Some(spec)) if spec.format == BodyFormat::Form => (
-            Bytes::from(encode_form(v)),
-            Some("application/x-www-form-urlencoded"),
-        ),
-        (Some(v), _) => (
-            Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
-            Some("application/json"),
-        ),
-    };
     c.attempts += 1;
     if let Err(e) = put(gate, &c) {
         return Report::new(
@@ -317,27 +273,10 @@ pub async fn undo(gate: &Arc<Gate>, id: &str, who: &Approver) -> Report {
             format!("the store is unavailable ({e}); nothing was sent"),
         );
     }
-    let mut req = Request::new(crate::base::body::full(body));
-    *req.method_mut() = plan.method.clone();
-    *req.uri_mut() = match plan.path.parse() {
-        Ok(u) => u,
-        Err(e) => {
-            return Report::new(
-                &c.request_id,
-                tool,
-                "refused",
-                format!("the undo path {:?} is not valid: {e}", plan.path),
-            )
-        }
+    let req = match undo_request(&plan, undo_tool.as_deref(), &c) {
+        Ok(req) => req,
+        Err(message) => return Report::new(&c.request_id, tool, "refused", message),
     };
-    let h = req.headers_mut();
-    if let Some(ct) = content_type {
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-    }
-    if let Ok(v) = HeaderValue::from_str(&format!("toolgate-undo-{}-{}", c.request_id, c.attempts))
-    {
-        h.insert("idempotency-key", v);
-    }
     let origin = crate::proxy::Origin::Undo {
         of: c.request_id.clone(),
         by: by.to_string(),
@@ -351,40 +290,8 @@ pub async fn undo(gate: &Arc<Gate>, id: &str, who: &Approver) -> Report {
         refused.is_some_and(|code| code.source() != crate::error::ErrorSource::Upstream);
     let answer = crate::base::body::collect_capped(resp.into_body(), 64 * 1024).await;
     let text = String::from_utf8_lossy(&answer).into_owned();
-    let message_of = |text: &str| {
-        serde_json::from_str::<Value>(text)
-            .ok()
-            .and_then(|v| {
-                v.pointer("/error/message")
-                    .or_else(|| v.pointer("/message"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
-            .unwrap_or_else(|| text.chars().take(300).collect())
-    };
     let ok = (200..300).contains(&status);
-    let mut report = if ok {
-        Report::new(
-            &c.request_id,
-            tool,
-            "undone",
-            format!("{} {} answered {status}", plan.method, plan.path),
-        )
-    } else if refused_by_toolgate {
-        Report::new(&c.request_id, tool, "refused", message_of(&text))
-    } else {
-        Report::new(
-            &c.request_id,
-            tool,
-            "failed",
-            format!(
-                "{} {} answered {status}: {}",
-                plan.method,
-                plan.path,
-                message_of(&text)
-            ),
-        )
-    };
+    let mut report = outcome_report(&c, &plan, status, refused_by_toolgate, &text);
     report.undo_request = Some(undo_id.clone());
     report.status = Some(status);
     if ok {
@@ -399,6 +306,138 @@ pub async fn undo(gate: &Arc<Gate>, id: &str, who: &Approver) -> Report {
         }
     }
     let _ = gate.store.flush().await;
+    record_rollback(gate, (&c, &plan), by, &report, &undo_id);
+    report
+}
+
+/// Whether a recorded call may be undone at all.
+fn undoable(c: &Committed) -> Result<(), Box<Report>> {
+    let tool = Some(c.tool.as_str());
+    if let Some(u) = &c.undone {
+        let mut r = Report::new(
+            &c.request_id,
+            tool,
+            "already_undone",
+            format!(
+                "{} was already undone by {} (request {}); it is not undone twice",
+                c.request_id, u.by, u.request_id
+            ),
+        );
+        r.undo_request = Some(u.request_id.clone());
+        return Err(Box::new(r));
+    }
+    if !(200..300).contains(&c.status) {
+        return Err(Box::new(Report::new(
+            &c.request_id,
+            tool,
+            "not_undoable",
+            format!(
+                "{} was answered {}: it changed nothing to undo",
+                c.request_id, c.status
+            ),
+        )));
+    }
+    if let Some(of) = &c.undoes {
+        return Err(Box::new(Report::new(
+            &c.request_id,
+            tool,
+            "not_undoable",
+            format!(
+                "{} is itself the undo of {of}; it is not undone",
+                c.request_id
+            ),
+        )));
+    }
+    Ok(())
+}
+
+/// The undo request: method, path, the body encoded as the undo tool takes it, and its own
+/// `Idempotency-Key` per attempt.
+fn undo_request(
+    plan: &Plan,
+    undo_tool: Option<&Tool>,
+    c: &Committed,
+) -> Result<Request<crate::base::body::ProxyBody>, String> {
+    let (body, content_type) = match (&plan.body, undo_tool.and_then(|t| t.body.as_ref())) {
+        (None, _) => (Bytes::new(), None),
+        (Some(v), Some(spec)) if spec.format == BodyFormat::Form => (
+            Bytes::from(encode_form(v)),
+            Some("application/x-www-form-urlencoded"),
+        ),
+        (Some(v), _) => (
+            Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+            Some("application/json"),
+        ),
+    };
+    let mut req = Request::new(crate::base::body::full(body));
+    *req.method_mut() = plan.method.clone();
+    *req.uri_mut() = plan
+        .path
+        .parse()
+        .map_err(|e| format!("the undo path {:?} is not valid: {e}", plan.path))?;
+    let h = req.headers_mut();
+    if let Some(ct) = content_type {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("toolgate-undo-{}-{}", c.request_id, c.attempts))
+    {
+        h.insert("idempotency-key", v);
+    }
+    Ok(req)
+}
+
+/// What the answer to an undo means: undone (2xx), refused by toolgate, or failed upstream.
+fn outcome_report(
+    c: &Committed,
+    plan: &Plan,
+    status: u16,
+    refused_by_toolgate: bool,
+    text: &str,
+) -> Report {
+    let tool = Some(c.tool.as_str());
+    let message_of = |text: &str| {
+        serde_json::from_str::<Value>(text)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/error/message")
+                    .or_else(|| v.pointer("/message"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| text.chars().take(300).collect())
+    };
+    if (200..300).contains(&status) {
+        Report::new(
+            &c.request_id,
+            tool,
+            "undone",
+            format!("{} {} answered {status}", plan.method, plan.path),
+        )
+    } else if refused_by_toolgate {
+        Report::new(&c.request_id, tool, "refused", message_of(text))
+    } else {
+        Report::new(
+            &c.request_id,
+            tool,
+            "failed",
+            format!(
+                "{} {} answered {status}: {}",
+                plan.method,
+                plan.path,
+                message_of(text)
+            ),
+        )
+    }
+}
+
+/// The `rollback` event on the undone call, linking the undo's request.
+fn record_rollback(
+    gate: &Gate,
+    (c, plan): (&Committed, &Plan),
+    by: &str,
+    report: &Report,
+    undo_id: &str,
+) {
     gate.audit.record(crate::audit::Record {
         kind: "rollback",
         request_id: Some(c.request_id.clone()),
@@ -413,12 +452,11 @@ pub async fn undo(gate: &Arc<Gate>, id: &str, who: &Approver) -> Report {
             "undo_request": undo_id,
             "method": plan.method.as_str(),
             "path": plan.path,
-            "status": status,
+            "status": report.status,
             "message": report.message,
         }),
         ..Default::default()
     });
-    report
 }
 
 /// An undo needs what approving its undo tool needs, when that tool is held for approval: an

@@ -34,7 +34,6 @@ const LAYERS: &[&[&str]] = &[
 const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
     ("proxy/request.rs", "process", 444),
     ("approval.rs", "commit", 222),
-    ("rollback.rs", "undo", 206),
 ];
 
 const MAX_LINES: usize = 100;
