@@ -14,7 +14,6 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -27,8 +26,6 @@ use crate::policy::{Agent, Approver, Tool};
 use crate::store::{now_unix, Outcome, StoreError};
 use crate::Gate;
 
-/// The largest upstream answer stored whole.
-const MAX_STORED_OUTCOME: usize = 16 * 1024 * 1024;
 /// How long a finished proposal still answers the same call (denial, expiry, stored response).
 const REMEMBER_SECS: u64 = 24 * 3600;
 
@@ -477,40 +474,14 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
         }
         Err(refusal) => return cancel(gate, &mut p, &refusal.message).await,
     };
-    let credential = checked.credential;
 
-    // Durable before a byte leaves: the commit event, then the state.
-    let durable = gate
-        .audit
-        .record_durable(record(
-            &p,
-            "commit",
-            json!({
-                "method": p.request.method,
-                "url": p.request.url(),
-                "sha256": p.request.sha256,
-                "approvals": p.approvals,
-            }),
-        ))
-        .await
-        .map_err(|e| {
-            Refusal::internal(format!(
-                "the audit log is unavailable ({e}); proposal {} was not sent",
-                p.id
-            ))
-        });
+    // Durable before a byte leaves: the state (then, in `commit::send`, the commit event).
     p.state = State::Committing;
-    let stored = match durable {
-        Ok(_) => gate.store.put_proposal(&p, false).await.map_err(store_err),
-        Err(refusal) => Err(refusal),
-    };
-    if let Err(refusal) = stored {
+    if let Err(e) = gate.store.put_proposal(&p, false).await {
         crate::limits::refund_budget(&gate.store, charged).await;
-        return Err(refusal);
+        return Err(store_err(e));
     }
-    let started = std::time::Instant::now();
-
-    if let Some(c) = &credential {
+    if let Some(c) = &checked.credential {
         headers.remove(&c.header);
         headers.insert(c.header.clone(), c.header_value());
     }
@@ -518,101 +489,82 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
     *req.method_mut() = method;
     *req.uri_mut() = p.request.path_and_query.parse().unwrap_or_default();
     *req.headers_mut() = headers;
+    let content_type = p
+        .request
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.clone());
     info!(proposal = %p.id, tool = %p.tool, "committing");
-    match gate
-        .upstream
-        .forward(&p.request.host, p.request.port, req)
-        .await
-    {
-        Ok(resp) => {
-            let (parts, body) = resp.into_parts();
-            if !parts.status.is_success() {
-                // The upstream refused: nothing of the budget was spent.
-                crate::limits::refund_budget(&gate.store, charged).await;
-            }
-            let bytes = Limited::new(body, MAX_STORED_OUTCOME)
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            let (outcome, answer) = crate::audit::scrub_outcome(
-                &gate.audit.redactor,
-                parts.status.as_u16(),
-                &parts.headers,
-                &bytes,
-            );
-            let content_type = p
-                .request
-                .headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-                .map(|(_, v)| v.clone());
-            let body_json = checked.body;
-            crate::ledger::record(
-                gate,
-                crate::ledger::CommitFacts {
-                    request_id: &p.request_id,
-                    proposal: Some(&p.id),
-                    job: &p.job,
-                    agent: &p.agent,
-                    tool: &p.tool,
-                    tool_version: p.tool_version,
-                    host: &p.request.host,
-                    port: p.request.port,
-                    method: &p.request.method,
-                    path_and_query: &p.request.path_and_query,
-                    content_type: content_type.as_deref(),
-                    body: &sent,
-                    body_json: &body_json,
-                    status: outcome.status,
-                    response: &answer,
-                    undoes: None,
-                },
-            );
+    let commit = crate::commit::Commit {
+        who: record(&p, "commit", Value::Null),
+        commit_payload: json!({
+            "method": p.request.method,
+            "url": p.request.url(),
+            "sha256": p.request.sha256,
+            "approvals": p.approvals,
+        }),
+        host: &p.request.host,
+        port: p.request.port,
+        request: req,
+        ledger: crate::ledger::CommitFacts {
+            request_id: &p.request_id,
+            proposal: Some(&p.id),
+            job: &p.job,
+            agent: &p.agent,
+            tool: &p.tool,
+            tool_version: p.tool_version,
+            host: &p.request.host,
+            port: p.request.port,
+            method: &p.request.method,
+            path_and_query: &p.request.path_and_query,
+            content_type: content_type.as_deref(),
+            body: &sent,
+            body_json: &checked.body,
+            status: 0,
+            response: &[],
+            undoes: None,
+        },
+        charged,
+    };
+    let result = crate::commit::send(gate, commit).await;
+    settle_commit(gate, &mut p, result).await
+}
+
+/// Stores how a commit ended and wakes whoever waits on the proposal.
+async fn settle_commit(
+    gate: &Gate,
+    p: &mut Proposal,
+    result: Result<crate::model::Outcome, crate::commit::Failed>,
+) -> Result<Option<Response<ProxyBody>>, Refusal> {
+    let answer = match result {
+        Ok(outcome) => {
             p.outcome = Some(outcome);
             p.state = State::Committed;
             p.committed_unix = Some(now_unix());
-            let _ = gate
-                .audit
-                .record_durable(record(
-                    &p,
-                    "response",
-                    json!({
-                        "status": parts.status.as_u16(),
-                        "headers": crate::audit::headers_json(&parts.headers),
-                        "body": crate::audit::body_json(&bytes, crate::audit::BODY_CAP),
-                        "latency_ms": started.elapsed().as_millis() as u64,
-                    }),
-                ))
-                .await;
-            if let Err(e) = gate.store.put_proposal(&p, false).await {
-                warn!(proposal = %p.id, error = %e, "the committed outcome could not be stored");
-            }
-            gate.waiters.notify(id);
-            Ok(Some(stored_response(&p)))
+            Ok(Some(stored_response(p)))
         }
-        Err(failure) => {
-            if failure.not_sent {
-                crate::limits::refund_budget(&gate.store, charged).await;
-            }
-            p.state = if failure.not_sent {
+        Err(failed) => {
+            // Toolgate could not record the commit: nothing was sent, the approval stands.
+            p.state = if failed.is_internal() {
+                State::Approved
+            } else if matches!(failed, crate::commit::Failed::NotSent(_)) {
                 State::Failed
             } else {
                 State::OutcomeUnknown
             };
-            p.note = Some(failure.refusal.message.clone());
-            gate.audit.record(record(
-                &p,
-                "upstream_error",
-                json!({"code": failure.refusal.code.as_str(), "message": failure.refusal.message, "sent": !failure.not_sent}),
-            ));
-            if let Err(e) = gate.store.put_proposal(&p, false).await {
-                warn!(proposal = %p.id, error = %e, "the failed commit could not be stored");
+            let refusal = failed.into_refusal();
+            if p.state != State::Approved {
+                p.note = Some(refusal.message.clone());
             }
-            gate.waiters.notify(id);
-            Err(failure.refusal.with_proposal(p.id.clone()))
+            Err(refusal.with_proposal(p.id.clone()))
         }
+    };
+    if let Err(e) = gate.store.put_proposal(p, false).await {
+        warn!(proposal = %p.id, error = %e, state = p.state.as_str(), "the end of a commit could not be stored");
     }
+    gate.waiters.notify(&p.id);
+    answer
 }
 
 /// Cancels an approved proposal that can no longer be committed, saying why.

@@ -9,6 +9,7 @@ pub mod base;
 pub mod ca;
 pub mod checks;
 pub mod cli;
+pub mod commit;
 pub mod config;
 pub mod error;
 pub mod guard;

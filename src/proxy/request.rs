@@ -4,7 +4,7 @@
 use base64::Engine;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -18,15 +18,13 @@ use crate::checks::{
 };
 use crate::error::{Code, Refusal};
 use crate::guard::{BodyReservation, Exceeded};
-use crate::limits::{charge_budget, rate_limited, refund_budget};
+use crate::limits::{charge_budget, rate_limited};
 use crate::policy::{check_path, Credential, Mode, Policy, SideEffects, Tool};
 use crate::store::{now_unix, IdemRecord, IdemState, Outcome};
 use crate::Gate;
 
 /// How long an `Idempotency-Key` is remembered (Stripe's own window).
 const KEY_WINDOW_SECS: u64 = 24 * 3600;
-/// The largest upstream answer to a mutating call that is stored whole for replays.
-const MAX_STORED_OUTCOME: usize = 16 * 1024 * 1024;
 
 pub(super) async fn process(
     gate: &Gate,
@@ -135,7 +133,6 @@ pub(super) async fn process(
         .unwrap_or_else(|| path.clone());
 
     let started = std::time::Instant::now();
-    let redactor = gate.audit.redactor.clone();
     let body_event = if tool.def.redact.is_empty() || !body_json.is_object() {
         crate::audit::body_json(&body_bytes, crate::audit::BODY_CAP)
     } else {
@@ -362,73 +359,22 @@ pub(super) async fn process(
         .await
         .map_err(store_err)?;
 
-    // record: the commit is durable in the audit log before the request leaves.
     gate.audit.record(trail.rec(
         "decision",
         json!({"outcome": "allowed", "mode": tool.mode.as_str(), "body": body_event}),
     ));
-    if let Err(e) = gate
-        .audit
-        .record_durable(trail.rec(
-            "commit",
-            json!({
-                "method": parts.method.as_str(),
-                "url": format!("https://{}{}", upstream::authority(&target.host, target.port), path_and_query),
-                "sha256": hex::encode(Sha256::digest(&body_bytes)),
-                "body": body_event,
-            }),
-        ))
-        .await
-    {
-        gate.store.idem_remove(&idem_id).await.map_err(store_err)?;
-        return Err(Refusal::internal(format!(
-            "the audit log is unavailable ({e}); the call was not sent"
-        )));
-    }
-
-    // forward
-    let resp = match gate
-        .upstream
-        .forward(&target.host, target.port, build(headers))
-        .await
-    {
-        Ok(resp) => resp,
-        Err(failure) => {
-            gate.audit.record(trail.rec(
-                "upstream_error",
-                json!({"code": failure.refusal.code.as_str(), "message": failure.refusal.message, "sent": !failure.not_sent}),
-            ));
-            if failure.not_sent {
-                // Nothing reached the upstream: the call may be retried, and spent nothing.
-                gate.store.idem_remove(&idem_id).await.map_err(store_err)?;
-                refund_budget(&gate.store, charged).await;
-            }
-            return Err(failure.refusal);
-        }
-    };
-    let (resp_parts, resp_body) = resp.into_parts();
-    if !resp_parts.status.is_success() {
-        // The upstream refused the call: it spent nothing of the budget.
-        refund_budget(&gate.store, charged).await;
-    }
-    let (bytes, truncated) = match Limited::new(resp_body, MAX_STORED_OUTCOME).collect().await {
-        Ok(c) => (c.to_bytes(), false),
-        Err(_) => (Bytes::new(), true),
-    };
-    let (mut outcome, bytes) = crate::audit::scrub_outcome(
-        &redactor,
-        resp_parts.status.as_u16(),
-        &resp_parts.headers,
-        &bytes,
-    );
-    if truncated {
-        outcome
-            .headers
-            .push(("toolgate-outcome-truncated".into(), "true".into()));
-    }
-    crate::ledger::record(
-        gate,
-        crate::ledger::CommitFacts {
+    let commit = crate::commit::Commit {
+        who: trail.rec("commit", Value::Null),
+        commit_payload: json!({
+            "method": parts.method.as_str(),
+            "url": format!("https://{}{}", upstream::authority(&target.host, target.port), path_and_query),
+            "sha256": hex::encode(Sha256::digest(&body_bytes)),
+            "body": body_event,
+        }),
+        host: &target.host,
+        port: target.port,
+        request: build(headers),
+        ledger: crate::ledger::CommitFacts {
             request_id,
             proposal: None,
             job: &trail.job,
@@ -445,11 +391,21 @@ pub(super) async fn process(
                 .and_then(|v| v.to_str().ok()),
             body: &body_bytes,
             body_json: &body_json,
-            status: outcome.status,
-            response: &bytes,
+            status: 0,
+            response: &[],
             undoes: undo_of.as_deref(),
         },
-    );
+        charged,
+    };
+    let outcome = match crate::commit::send(gate, commit).await {
+        Ok(outcome) => outcome,
+        Err(failed @ crate::commit::Failed::NotSent(_)) => {
+            // Nothing reached the upstream: the call may be retried.
+            gate.store.idem_remove(&idem_id).await.map_err(store_err)?;
+            return Err(failed.into_refusal());
+        }
+        Err(failed) => return Err(failed.into_refusal()),
+    };
     rec.state = IdemState::Done;
     rec.outcome = Some(outcome.clone());
     if let Err(e) = gate.store.idem_put(&idem_id, &rec).await {
@@ -457,18 +413,6 @@ pub(super) async fn process(
         // refused as unknown rather than executed twice.
         tracing::error!(request_id, error = %e, "could not store the outcome of a committed call");
     }
-    let _ = gate
-        .audit
-        .record_durable(trail.rec(
-            "response",
-            json!({
-                "status": resp_parts.status.as_u16(),
-                "headers": crate::audit::headers_json(&resp_parts.headers),
-                "body": crate::audit::body_json(&bytes, crate::audit::BODY_CAP),
-                "latency_ms": started.elapsed().as_millis() as u64,
-            }),
-        ))
-        .await;
     // The agent gets what is stored: the same answer a duplicate would get.
     Ok(replay_first(&outcome))
 }

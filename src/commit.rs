@@ -1,0 +1,151 @@
+//! The one commit routine: what happens between "this call may be sent" and its answer, for a
+//! call sent at once and for an approved proposal alike. The `commit` event is durable before a
+//! byte leaves; the answer is capped, scrubbed of secrets, put in the ledger and recorded as a
+//! durable `response` event; a budget charge is given back when the call took no effect. The
+//! caller keeps its own in-flight marker (an idempotency record, a proposal in `committing`) and
+//! clears or settles it by what this returns.
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Limited};
+use serde_json::{json, Value};
+
+use crate::audit::Record;
+use crate::base::body::ProxyBody;
+use crate::error::{Code, Refusal};
+use crate::ledger::CommitFacts;
+use crate::limits::{refund_budget, Charge};
+use crate::model::Outcome;
+use crate::Gate;
+
+/// The largest upstream answer to a call with side effects that is stored whole.
+pub const MAX_STORED_OUTCOME: usize = 16 * 1024 * 1024;
+
+/// A call about to be committed.
+pub(crate) struct Commit<'a> {
+    /// Who and what, for the audit events (its kind and payload are replaced).
+    pub who: Record,
+    /// The `commit` event's payload.
+    pub commit_payload: Value,
+    pub host: &'a str,
+    pub port: u16,
+    /// The request as it goes out, credential injected.
+    pub request: Request<ProxyBody>,
+    /// The ledger entry (its status and response are filled in here).
+    pub ledger: CommitFacts<'a>,
+    /// The budget charge to give back if the call takes no effect.
+    pub charged: Charge,
+}
+
+/// Why a commit did not end with an answer.
+#[derive(Debug)]
+pub(crate) enum Failed {
+    /// Nothing reached the upstream (the call may be retried): the audit log could not record
+    /// the commit (`Code::Internal`), or the upstream could not be reached.
+    NotSent(Refusal),
+    /// The request may have reached the upstream; its outcome is unknown.
+    Unknown(Refusal),
+}
+
+/// Sends a committed call and settles what it leaves behind.
+pub(crate) async fn send(gate: &Gate, c: Commit<'_>) -> Result<Outcome, Failed> {
+    let event = |kind: &'static str, payload: Value| Record {
+        kind,
+        payload,
+        ..c.who.clone()
+    };
+    if let Err(e) = gate
+        .audit
+        .record_durable(event("commit", c.commit_payload.clone()))
+        .await
+    {
+        refund_budget(&gate.store, c.charged).await;
+        return Err(Failed::NotSent(Refusal::internal(format!(
+            "the audit log is unavailable ({e}); the call was not sent"
+        ))));
+    }
+    let started = std::time::Instant::now();
+    let resp = match gate.upstream.forward(c.host, c.port, c.request).await {
+        Ok(resp) => resp,
+        Err(failure) => {
+            gate.audit.record(event(
+                "upstream_error",
+                json!({"code": failure.refusal.code.as_str(), "message": failure.refusal.message, "sent": !failure.not_sent}),
+            ));
+            if failure.not_sent {
+                refund_budget(&gate.store, c.charged).await;
+                return Err(Failed::NotSent(failure.refusal));
+            }
+            return Err(Failed::Unknown(failure.refusal));
+        }
+    };
+    let (parts, body) = resp.into_parts();
+    if !parts.status.is_success() {
+        // The upstream refused the call: it spent nothing of the budget.
+        refund_budget(&gate.store, c.charged).await;
+    }
+    let (outcome, answer) = settle(gate, parts, body).await;
+    crate::ledger::record(
+        gate,
+        CommitFacts {
+            status: outcome.status,
+            response: &answer,
+            ..c.ledger
+        },
+    );
+    let _ = gate
+        .audit
+        .record_durable(event(
+            "response",
+            json!({
+                "status": outcome.status,
+                "headers": outcome
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect::<serde_json::Map<String, Value>>(),
+                "body": crate::audit::body_json(&answer, crate::audit::BODY_CAP),
+                "latency_ms": started.elapsed().as_millis() as u64,
+            }),
+        ))
+        .await;
+    Ok(outcome)
+}
+
+/// The answer read whole (up to the cap, with a mark past it) and scrubbed of secrets: what is
+/// stored, shown and handed to duplicates.
+async fn settle(
+    gate: &Gate,
+    parts: http::response::Parts,
+    body: hyper::body::Incoming,
+) -> (Outcome, Bytes) {
+    let (bytes, truncated) = match Limited::new(body, MAX_STORED_OUTCOME).collect().await {
+        Ok(c) => (c.to_bytes(), false),
+        Err(_) => (Bytes::new(), true),
+    };
+    let (mut outcome, answer) = crate::audit::scrub_outcome(
+        &gate.audit.redactor,
+        parts.status.as_u16(),
+        &parts.headers,
+        &bytes,
+    );
+    if truncated {
+        outcome
+            .headers
+            .push(("toolgate-outcome-truncated".into(), "true".into()));
+    }
+    (outcome, answer)
+}
+
+impl Failed {
+    pub(crate) fn into_refusal(self) -> Refusal {
+        match self {
+            Failed::NotSent(r) | Failed::Unknown(r) => r,
+        }
+    }
+
+    /// Nothing was sent because toolgate could not record the commit.
+    pub(crate) fn is_internal(&self) -> bool {
+        matches!(self, Failed::NotSent(r) if r.code == Code::Internal)
+    }
+}
