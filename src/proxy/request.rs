@@ -1,5 +1,9 @@
-//! The phases of one request inside a tunnel: match, kill switch, authorize, validate, rules,
-//! decide, idempotency, limits, inject, forward. Each phase returns a [`Refusal`] to stop.
+//! The phases of one request inside a tunnel, each a function over the request's [`Call`]:
+//! identify, match (and the tool's kill switch), validate (authorize, query, body, rules,
+//! budget field, headers and credential), decide (deny, preview, propose, read, write). Each
+//! returns a [`Refusal`] to stop; the record phase (`super::handle`) runs on every exit.
+
+use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -19,24 +23,63 @@ use crate::checks::{
 use crate::error::{Code, Refusal};
 use crate::guard::{BodyReservation, Exceeded};
 use crate::limits::{charge_budget, rate_limited};
-use crate::policy::{check_path, Credential, Mode, Policy, SideEffects, Tool};
+use crate::policy::{check_path, Agent, Credential, Mode, Policy, SideEffects, Tool};
 use crate::store::{now_unix, IdemRecord, IdemState, Outcome};
 use crate::Gate;
 
 /// How long an `Idempotency-Key` is remembered (Stripe's own window).
 const KEY_WINDOW_SECS: u64 = 24 * 3600;
 
+/// Everything the phases learn about one request, filled in as it goes.
+struct Call {
+    agent: Arc<Agent>,
+    tool: Arc<Tool>,
+    params: std::collections::BTreeMap<String, String>,
+    credential: Option<Arc<Credential>>,
+    parts: http::request::Parts,
+    query: Value,
+    body: Bytes,
+    body_json: Value,
+    /// What the call asks of the tool's budget.
+    amount: Option<f64>,
+    path_and_query: String,
+    /// The headers that go upstream, credential injected.
+    headers: HeaderMap,
+    /// The body as the audit log records it (fields the contract names redacted).
+    body_event: Value,
+    /// The call being undone, when toolgate itself sends an undo.
+    undo_of: Option<String>,
+    started: std::time::Instant,
+    /// The body's bytes held against the buffer caps until the call is done.
+    _buffered: BodyReservation,
+}
+
+/// The phases of one request inside a tunnel: identify, match, authorize and validate, then
+/// decide (deny, preview, propose, read or write).
 pub(super) async fn process(
     gate: &Gate,
     target: &Target,
     req: Request<ProxyBody>,
     trail: &mut Trail,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    let request_id = trail.request_id.clone();
-    let request_id = request_id.as_str();
     let policy = gate.policy();
-    // The agent is looked up per request so that a reload or a kill switch takes effect on open
-    // tunnels too.
+    let agent = identify(gate, &policy, target, req.method())?;
+    let matched = match_tool(gate, &policy, target, &req)?;
+    trail.tool = Some(matched.tool.name.clone());
+    trail.version = Some(matched.tool.version);
+    trail.owner = Some(agent.owner.clone());
+    let call = validate(gate, target, agent, matched, req).await?;
+    decide(gate, target, call, trail).await
+}
+
+/// The identify phase: the agent, looked up per request so that a reload or a kill switch
+/// takes effect on open tunnels too.
+fn identify(
+    gate: &Gate,
+    policy: &Policy,
+    target: &Target,
+    method: &Method,
+) -> Result<Arc<Agent>, Refusal> {
     let agent = policy
         .agent(&target.agent_id)
         .cloned()
@@ -50,77 +93,59 @@ pub(super) async fn process(
             ),
         ));
     }
-    if req.method() == Method::CONNECT {
+    if method == Method::CONNECT {
         return Err(Refusal::policy(
             "CONNECT inside a tunnel is not allowed; open one tunnel per host through toolgate",
         ));
     }
-    let path = req.uri().path().to_string();
-    check_path(&path).map_err(|e| {
+    Ok(agent)
+}
+
+/// The match phase: a canonical path, the one contract it matches, and that tool's kill switch.
+fn match_tool(
+    gate: &Gate,
+    policy: &Policy,
+    target: &Target,
+    req: &Request<ProxyBody>,
+) -> Result<crate::policy::Matched, Refusal> {
+    let path = req.uri().path();
+    check_path(path).map_err(|e| {
         Refusal::policy(format!(
             "{e}; send the path in canonical form, toolgate does not normalise it"
         ))
     })?;
-
-    // match
     let matched = policy
-        .match_tool(&target.host, target.port, req.method(), &path)
-        .ok_or_else(|| no_match(&policy, target, req.method(), &path))?;
-    let tool = matched.tool.clone();
-    trail.tool = Some(tool.name.clone());
-    trail.version = Some(tool.version);
-    trail.owner = Some(agent.owner.clone());
-
-    // kill switch
-    if let Some(k) = gate.kill_switch(&format!("tool:{}", tool.name)) {
+        .match_tool(&target.host, target.port, req.method(), path)
+        .ok_or_else(|| no_match(policy, target, req.method(), path))?;
+    if let Some(k) = gate.kill_switch(&format!("tool:{}", matched.tool.name)) {
         return Err(Refusal::new(
             Code::ToolDisabled,
             format!(
                 "tool {} is disabled by {}: {}; do not retry until it is enabled",
-                tool.name, k.by, k.reason
+                matched.tool.name, k.by, k.reason
             ),
         ));
     }
+    Ok(matched)
+}
 
-    // authorize
+/// The authorize and validate phases: permissions and credential, query, body (read within
+/// the caps), rules, the budget field and the headers that go upstream.
+async fn validate(
+    gate: &Gate,
+    target: &Target,
+    agent: Arc<Agent>,
+    matched: crate::policy::Matched,
+    req: Request<ProxyBody>,
+) -> Result<Call, Refusal> {
+    let tool = matched.tool;
     let credential = authorize(&agent, &tool, &matched.params)?;
-
-    // validate
     let (parts, incoming) = req.into_parts();
     let query = validate_query(&tool, parts.uri.query())?;
-    let (body_bytes, _buffered) =
-        read_body(gate, &agent.id, &tool, &parts.headers, incoming).await?;
-    let body_json = validate_body(&tool, &parts.headers, &body_bytes)?;
-
-    // rules
+    let (body, buffered) = read_body(gate, &agent.id, &tool, &parts.headers, incoming).await?;
+    let body_json = validate_body(&tool, &parts.headers, &body)?;
     check_rules(&agent, &tool, &parts, &matched.params, &query, &body_json)?;
     let amount = budget_amount(&tool, &body_json)?;
-
-    // decide
-    match tool.mode {
-        Mode::Deny => {
-            return Err(Refusal::policy(format!(
-                "tool {} is in mode deny: no agent may call it",
-                tool.name
-            )))
-        }
-        Mode::Approve | Mode::Auto | Mode::DryRun => {}
-    }
-    let asked_dry_run = parts
-        .headers
-        .get("toolgate-dry-run")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| matches!(v.trim(), "1" | "true"));
-    // An undo was asked for by an approver: it is not previewed, and not held.
-    let undo_of = match &target.origin {
-        super::Origin::Undo { of, .. } => Some(of.clone()),
-        super::Origin::Agent => None,
-    };
-    let dry_run = undo_of.is_none()
-        && (tool.mode == Mode::DryRun
-            || (tool.side_effects != SideEffects::None && (agent.dry_run || asked_dry_run)));
-
-    // inject
     let mut headers = forwarded_headers(&tool, &parts.headers)?;
     if let Some(cred) = &credential {
         headers.remove(&cred.header);
@@ -130,278 +155,308 @@ pub(super) async fn process(
         .uri
         .path_and_query()
         .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| path.clone());
-
-    let started = std::time::Instant::now();
-    let body_event = if tool.def.redact.is_empty() || !body_json.is_object() {
-        crate::audit::body_json(&body_bytes, crate::audit::BODY_CAP)
-    } else {
-        // Fields the contract names are never written, whatever they hold.
-        let mut v = body_json.clone();
-        for pointer in &tool.def.redact {
-            if let Some(field) = v.pointer_mut(pointer) {
-                *field = Value::String(crate::audit::REDACTED.into());
-            }
-        }
-        json!({"json": v, "bytes": body_bytes.len()})
+        .unwrap_or_else(|| parts.uri.path().to_string());
+    let body_event = body_event(&tool, &body, &body_json);
+    let undo_of = match &target.origin {
+        super::Origin::Undo { of, .. } => Some(of.clone()),
+        super::Origin::Agent => None,
     };
+    Ok(Call {
+        agent,
+        tool,
+        params: matched.params,
+        credential,
+        parts,
+        query,
+        body,
+        body_json,
+        amount,
+        path_and_query,
+        headers,
+        body_event,
+        undo_of,
+        started: std::time::Instant::now(),
+        _buffered: buffered,
+    })
+}
+
+/// The body as the audit log records it: fields the contract names are never written.
+fn body_event(tool: &Tool, body: &Bytes, body_json: &Value) -> Value {
+    if tool.def.redact.is_empty() || !body_json.is_object() {
+        return crate::audit::body_json(body, crate::audit::BODY_CAP);
+    }
+    let mut v = body_json.clone();
+    for pointer in &tool.def.redact {
+        if let Some(field) = v.pointer_mut(pointer) {
+            *field = Value::String(crate::audit::REDACTED.into());
+        }
+    }
+    json!({"json": v, "bytes": body.len()})
+}
+
+/// The decide phase: deny, preview, hold for approval, or send (a read, or a write).
+async fn decide(
+    gate: &Gate,
+    target: &Target,
+    mut call: Call,
+    trail: &Trail,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let tool = call.tool.clone();
+    if tool.mode == Mode::Deny {
+        return Err(Refusal::policy(format!(
+            "tool {} is in mode deny: no agent may call it",
+            tool.name
+        )));
+    }
+    let asked_dry_run = call
+        .parts
+        .headers
+        .get("toolgate-dry-run")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| matches!(v.trim(), "1" | "true"));
+    // An undo was asked for by an approver: it is not previewed, and not held.
+    let dry_run = call.undo_of.is_none()
+        && (tool.mode == Mode::DryRun
+            || (tool.side_effects != SideEffects::None && (call.agent.dry_run || asked_dry_run)));
     if dry_run {
         gate.audit.record(trail.rec(
             "decision",
-            json!({"outcome": "dry_run", "mode": tool.mode.as_str(), "body": body_event}),
+            json!({"outcome": "dry_run", "mode": tool.mode.as_str(), "body": call.body_event}),
         ));
         return Ok(preview(
             target,
             &tool,
-            &parts.method,
-            &path_and_query,
-            &headers,
-            &body_bytes,
-            credential.as_deref(),
+            &call.parts.method,
+            &call.path_and_query,
+            &call.headers,
+            &call.body,
+            call.credential.as_deref(),
         ));
     }
-
-    let payload_sha = {
-        let mut h = Sha256::new();
-        h.update(parts.method.as_str());
-        h.update([0]);
-        h.update(&path_and_query);
-        h.update([0]);
-        h.update(&body_bytes);
-        hex::encode(h.finalize())
-    };
-
     // Limits that hold for calls held for approval as much as for calls sent at once.
-    let key = idempotency_key(&tool, &parts.headers)?;
-    if tool.mode == Mode::Approve && undo_of.is_none() {
+    let key = idempotency_key(&tool, &call.parts.headers)?.map(str::to_string);
+    if tool.mode == Mode::Approve && call.undo_of.is_none() {
         // The proposal stores the request without the credential; it is injected at commit.
-        if let Some(cred) = &credential {
-            headers.remove(&cred.header);
+        if let Some(cred) = &call.credential {
+            call.headers.remove(&cred.header);
         }
-        let job = trail.job.clone();
-        let call = crate::approval::Call {
-            agent: &agent,
-            tool: &tool,
-            request_id,
-            job,
-            host: &target.host,
-            port: target.port,
-            method: &parts.method,
-            path_and_query: &path_and_query,
-            headers: &headers,
-            body: &body_bytes,
-            payload_sha256: &payload_sha,
-            summary_ctx: json!({"body": body_json, "params": matched.params, "query": query}),
-            redactor: &gate.audit.redactor,
-            budget_amount: amount,
-        };
-        return crate::approval::propose_and_wait(gate, call).await;
+        return propose(gate, target, &call, trail).await;
     }
-
-    let build = |headers: HeaderMap| {
-        let mut out = Request::new(body::full(body_bytes.clone()));
-        *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = path_and_query.parse().unwrap_or_default();
-        *out.headers_mut() = headers;
-        out
-    };
-
     if tool.side_effects == SideEffects::None {
-        if let Some(limit) = &tool.rate_limit {
-            gate.limiter
-                .check(&agent.id, &tool.name, limit)
-                .map_err(|secs| rate_limited(&tool, secs))?;
-        }
-        gate.audit.record(trail.rec(
-            "decision",
-            json!({"outcome": "allowed", "mode": tool.mode.as_str(), "body": body_event}),
-        ));
-        let resp = match gate
-            .upstream
-            .forward(&target.host, target.port, build(headers))
-            .await
-        {
-            Ok(r) => r,
-            Err(f) => {
-                gate.audit.record(trail.rec(
-                    "upstream_error",
-                    json!({"code": f.refusal.code.as_str(), "message": f.refusal.message, "sent": !f.not_sent}),
-                ));
-                return Err(f.refusal);
-            }
-        };
-        let (mut parts, body) = resp.into_parts();
-        // The injected credential never reaches the agent, even if the upstream echoes it.
-        let needles = Needles::new(credential.iter().flat_map(|c| {
-            [
-                c.secret().to_string(),
-                String::from_utf8_lossy(c.header_value().as_bytes()).into_owned(),
-            ]
-        }));
-        needles.scrub_headers(&mut parts.headers);
-        let body = Scrubbed::new(body, needles);
-        if tool.def.kind.as_deref() == Some("model") {
-            let sse = parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("text/event-stream"));
-            let audit = gate.audit.clone();
-            let provider = super::model::provider(&target.host);
-            let asked_model = body_json
-                .get("model")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            let status = parts.status.as_u16();
-            let headers_event = crate::audit::headers_json(&parts.headers);
-            let base = trail.rec("model_usage", Value::Null);
-            let tap = super::model::UsageTap::new(
-                body,
-                sse,
-                Box::new(move |model, usage| {
-                    let mut rec = base;
-                    rec.payload = json!({
-                        "provider": provider,
-                        "model": model.or(asked_model),
-                        "usage": usage,
-                        "status": status,
-                        "streamed": sse,
-                        "headers": headers_event,
-                        "latency_ms": started.elapsed().as_millis() as u64,
-                    });
-                    audit.record(rec);
-                }),
-            );
-            gate.audit.record(trail.rec(
-                "response",
-                json!({"status": status, "body": {"streamed": true}, "latency_ms": started.elapsed().as_millis() as u64}),
-            ));
-            return Ok(Response::from_parts(parts, body::stream(tap)));
-        }
-        // A read's body streams to the agent and is not kept.
-        gate.audit.record(trail.rec(
-            "response",
-            json!({
-                "status": parts.status.as_u16(),
-                "headers": crate::audit::headers_json(&parts.headers),
-                "body": {"streamed": true},
-                "latency_ms": started.elapsed().as_millis() as u64,
-            }),
-        ));
-        return Ok(Response::from_parts(parts, body::stream(body)));
+        return read(gate, target, call, trail).await;
     }
+    write(gate, target, call, key.as_deref(), trail).await
+}
 
-    // idempotency: at most one execution per call.
+/// sha256 of method, path and query, and body: what makes two calls the same call.
+fn payload_sha(call: &Call) -> String {
+    let mut h = Sha256::new();
+    h.update(call.parts.method.as_str());
+    h.update([0]);
+    h.update(&call.path_and_query);
+    h.update([0]);
+    h.update(&call.body);
+    hex::encode(h.finalize())
+}
+
+/// The request as it goes upstream.
+fn outgoing(call: &Call) -> Request<ProxyBody> {
+    let mut out = Request::new(body::full(call.body.clone()));
+    *out.method_mut() = call.parts.method.clone();
+    *out.uri_mut() = call.path_and_query.parse().unwrap_or_default();
+    *out.headers_mut() = call.headers.clone();
+    out
+}
+
+/// Holds the call for a person: a new or joined proposal.
+async fn propose(
+    gate: &Gate,
+    target: &Target,
+    call: &Call,
+    trail: &Trail,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let payload = payload_sha(call);
+    let proposal = crate::approval::Call {
+        agent: &call.agent,
+        tool: &call.tool,
+        request_id: &trail.request_id,
+        job: trail.job.clone(),
+        host: &target.host,
+        port: target.port,
+        method: &call.parts.method,
+        path_and_query: &call.path_and_query,
+        headers: &call.headers,
+        body: &call.body,
+        payload_sha256: &payload,
+        summary_ctx: json!({"body": call.body_json, "params": call.params, "query": call.query}),
+        redactor: &gate.audit.redactor,
+        budget_amount: call.amount,
+    };
+    crate::approval::propose_and_wait(gate, proposal).await
+}
+
+/// A call without side effects: sent at once, its answer streamed back, secrets cut out.
+async fn read(
+    gate: &Gate,
+    target: &Target,
+    call: Call,
+    trail: &Trail,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let tool = &call.tool;
+    if let Some(limit) = &tool.rate_limit {
+        gate.limiter
+            .check(&call.agent.id, &tool.name, limit)
+            .map_err(|secs| rate_limited(tool, secs))?;
+    }
+    gate.audit.record(trail.rec(
+        "decision",
+        json!({"outcome": "allowed", "mode": tool.mode.as_str(), "body": call.body_event}),
+    ));
+    let resp = match gate
+        .upstream
+        .forward(&target.host, target.port, outgoing(&call))
+        .await
+    {
+        Ok(r) => r,
+        Err(f) => {
+            gate.audit.record(trail.rec(
+                "upstream_error",
+                json!({"code": f.refusal.code.as_str(), "message": f.refusal.message, "sent": !f.not_sent}),
+            ));
+            return Err(f.refusal);
+        }
+    };
+    let (mut parts, body) = resp.into_parts();
+    // The injected credential never reaches the agent, even if the upstream echoes it.
+    let needles = Needles::new(call.credential.iter().flat_map(|c| {
+        [
+            c.secret().to_string(),
+            String::from_utf8_lossy(c.header_value().as_bytes()).into_owned(),
+        ]
+    }));
+    needles.scrub_headers(&mut parts.headers);
+    let body = Scrubbed::new(body, needles);
+    let latency_ms = call.started.elapsed().as_millis() as u64;
+    if tool.def.kind.as_deref() == Some("model") {
+        return Ok(model_answer(gate, target, &call, trail, parts, body));
+    }
+    // A read's body streams to the agent and is not kept.
+    gate.audit.record(trail.rec(
+        "response",
+        json!({
+            "status": parts.status.as_u16(),
+            "headers": crate::audit::headers_json(&parts.headers),
+            "body": {"streamed": true},
+            "latency_ms": latency_ms,
+        }),
+    ));
+    Ok(Response::from_parts(parts, body::stream(body)))
+}
+
+/// A model provider's answer: streamed as it comes, its usage recorded when it ends.
+fn model_answer(
+    gate: &Gate,
+    target: &Target,
+    call: &Call,
+    trail: &Trail,
+    parts: http::response::Parts,
+    body: Scrubbed<hyper::body::Incoming>,
+) -> Response<ProxyBody> {
+    let sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let audit = gate.audit.clone();
+    let provider = super::model::provider(&target.host);
+    let asked_model = call
+        .body_json
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let status = parts.status.as_u16();
+    let headers_event = crate::audit::headers_json(&parts.headers);
+    let base = trail.rec("model_usage", Value::Null);
+    let started = call.started;
+    let tap = super::model::UsageTap::new(
+        body,
+        sse,
+        Box::new(move |model, usage| {
+            let mut rec = base;
+            rec.payload = json!({
+                "provider": provider,
+                "model": model.or(asked_model),
+                "usage": usage,
+                "status": status,
+                "streamed": sse,
+                "headers": headers_event,
+                "latency_ms": started.elapsed().as_millis() as u64,
+            });
+            audit.record(rec);
+        }),
+    );
+    gate.audit.record(trail.rec(
+        "response",
+        json!({"status": status, "body": {"streamed": true}, "latency_ms": started.elapsed().as_millis() as u64}),
+    ));
+    Response::from_parts(parts, body::stream(tap))
+}
+
+/// A call with side effects: at most once per idempotency identity, within the limits, then
+/// the one commit routine.
+async fn write(
+    gate: &Gate,
+    target: &Target,
+    call: Call,
+    key: Option<&str>,
+    trail: &Trail,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let (agent, tool) = (&call.agent, &call.tool);
+    let payload = payload_sha(&call);
     let (idem_id, window_secs) = match key {
         Some(key) => (idem_id("key", &agent.id, &tool.name, key), KEY_WINDOW_SECS),
         // A tool with side effects always has an idempotency mode (a load-time rule); payload is
         // the safe reading of anything else.
         None => (
-            idem_id("payload", &agent.id, &tool.name, &payload_sha),
+            idem_id("payload", &agent.id, &tool.name, &payload),
             tool.idempotency_window.as_secs(),
         ),
     };
     let _guard = gate.idem_locks.lock(&idem_id).await;
-    let store_err = |e: crate::store::StoreError| {
-        Refusal::internal(format!(
-            "the idempotency store is unavailable ({e}); the call was not sent"
-        ))
-    };
-    if let Some(rec) = gate.store.idem_get(&idem_id).map_err(store_err)? {
-        let fresh = now_unix().saturating_sub(rec.created_unix) < window_secs;
-        if fresh {
-            if rec.payload_sha256 != payload_sha {
-                return Err(Refusal::new(
-                    Code::IdempotencyConflict,
-                    format!(
-                        "this Idempotency-Key was already used for a different request to {} (request {}); use a new key for a new call",
-                        tool.name, rec.request_id
-                    ),
-                ));
-            }
-            return match (rec.state, rec.outcome) {
-                (IdemState::Done, Some(outcome)) => {
-                    gate.audit.record(trail.rec(
-                        "idempotent_replay",
-                        json!({"original_request": rec.request_id, "status": outcome.status}),
-                    ));
-                    Ok(replay(&outcome))
-                }
-                _ => Err(Refusal::new(
-                    Code::IdempotencyConflict,
-                    format!(
-                        "the outcome of the earlier identical call to {} (request {}) is unknown: it was in flight when toolgate stopped or timed out; it will not be sent again. Check the upstream, then retry with a new Idempotency-Key if it did not happen",
-                        tool.name, rec.request_id
-                    ),
-                )),
-            };
-        }
+    if let Some(answer) = earlier_answer(gate, tool, &idem_id, window_secs, &payload, trail)? {
+        return answer;
     }
-
     // limits: only calls that will execute count.
     if let Some(limit) = &tool.rate_limit {
         gate.limiter
             .check(&agent.id, &tool.name, limit)
-            .map_err(|secs| rate_limited(&tool, secs))?;
+            .map_err(|secs| rate_limited(tool, secs))?;
     }
-    let charged = charge_budget(&gate.store, &agent.id, &tool, amount).await?;
-
+    let charged = charge_budget(&gate.store, &agent.id, tool, call.amount).await?;
     // Marked in flight, durably, before a byte leaves: a crash from here on is never re-sent.
     let mut rec = IdemRecord {
         state: IdemState::InFlight,
-        payload_sha256: payload_sha,
+        payload_sha256: payload,
         created_unix: now_unix(),
-        request_id: request_id.to_string(),
+        request_id: trail.request_id.clone(),
         outcome: None,
     };
-    gate.store
-        .idem_put(&idem_id, &rec)
-        .await
-        .map_err(store_err)?;
-
+    if let Err(e) = gate.store.idem_put(&idem_id, &rec).await {
+        crate::limits::refund_budget(&gate.store, charged).await;
+        return Err(idem_store_err(e));
+    }
     gate.audit.record(trail.rec(
         "decision",
-        json!({"outcome": "allowed", "mode": tool.mode.as_str(), "body": body_event}),
+        json!({"outcome": "allowed", "mode": tool.mode.as_str(), "body": call.body_event}),
     ));
-    let commit = crate::commit::Commit {
-        who: trail.rec("commit", Value::Null),
-        commit_payload: json!({
-            "method": parts.method.as_str(),
-            "url": format!("https://{}{}", upstream::authority(&target.host, target.port), path_and_query),
-            "sha256": hex::encode(Sha256::digest(&body_bytes)),
-            "body": body_event,
-        }),
-        host: &target.host,
-        port: target.port,
-        request: build(headers),
-        ledger: crate::ledger::CommitFacts {
-            request_id,
-            proposal: None,
-            job: &trail.job,
-            agent: &agent.id,
-            tool: &tool.name,
-            tool_version: tool.version,
-            host: &target.host,
-            port: target.port,
-            method: parts.method.as_str(),
-            path_and_query: &path_and_query,
-            content_type: parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
-            body: &body_bytes,
-            body_json: &body_json,
-            status: 0,
-            response: &[],
-            undoes: undo_of.as_deref(),
-        },
-        charged,
-    };
-    let outcome = match crate::commit::send(gate, commit).await {
+    let outcome = match crate::commit::send(gate, commit_of(target, &call, trail, charged)).await {
         Ok(outcome) => outcome,
         Err(failed @ crate::commit::Failed::NotSent(_)) => {
             // Nothing reached the upstream: the call may be retried.
-            gate.store.idem_remove(&idem_id).await.map_err(store_err)?;
+            gate.store
+                .idem_remove(&idem_id)
+                .await
+                .map_err(idem_store_err)?;
             return Err(failed.into_refusal());
         }
         Err(failed) => return Err(failed.into_refusal()),
@@ -411,10 +466,103 @@ pub(super) async fn process(
     if let Err(e) = gate.store.idem_put(&idem_id, &rec).await {
         // The call executed; the agent gets its answer. A retry finds it in flight and is
         // refused as unknown rather than executed twice.
-        tracing::error!(request_id, error = %e, "could not store the outcome of a committed call");
+        tracing::error!(request_id = %trail.request_id, error = %e, "could not store the outcome of a committed call");
     }
     // The agent gets what is stored: the same answer a duplicate would get.
     Ok(replay_first(&outcome))
+}
+
+fn idem_store_err(e: crate::store::StoreError) -> Refusal {
+    Refusal::internal(format!(
+        "the idempotency store is unavailable ({e}); the call was not sent"
+    ))
+}
+
+/// The answer an identical earlier call already got (or why it cannot be given), if one is
+/// remembered within the window.
+fn earlier_answer(
+    gate: &Gate,
+    tool: &Tool,
+    idem_id: &str,
+    window_secs: u64,
+    payload: &str,
+    trail: &Trail,
+) -> Result<Option<Result<Response<ProxyBody>, Refusal>>, Refusal> {
+    let Some(rec) = gate.store.idem_get(idem_id).map_err(idem_store_err)? else {
+        return Ok(None);
+    };
+    if now_unix().saturating_sub(rec.created_unix) >= window_secs {
+        return Ok(None);
+    }
+    if rec.payload_sha256 != payload {
+        return Err(Refusal::new(
+            Code::IdempotencyConflict,
+            format!(
+                "this Idempotency-Key was already used for a different request to {} (request {}); use a new key for a new call",
+                tool.name, rec.request_id
+            ),
+        ));
+    }
+    Ok(Some(match (rec.state, rec.outcome) {
+        (IdemState::Done, Some(outcome)) => {
+            gate.audit.record(trail.rec(
+                "idempotent_replay",
+                json!({"original_request": rec.request_id, "status": outcome.status}),
+            ));
+            Ok(replay(&outcome))
+        }
+        _ => Err(Refusal::new(
+            Code::IdempotencyConflict,
+            format!(
+                "the outcome of the earlier identical call to {} (request {}) is unknown: it was in flight when toolgate stopped or timed out; it will not be sent again. Check the upstream, then retry with a new Idempotency-Key if it did not happen",
+                tool.name, rec.request_id
+            ),
+        )),
+    }))
+}
+
+/// What the commit routine needs to know about a call sent at once.
+fn commit_of<'a>(
+    target: &'a Target,
+    call: &'a Call,
+    trail: &'a Trail,
+    charged: crate::limits::Charge,
+) -> crate::commit::Commit<'a> {
+    crate::commit::Commit {
+        who: trail.rec("commit", Value::Null),
+        commit_payload: json!({
+            "method": call.parts.method.as_str(),
+            "url": format!("https://{}{}", upstream::authority(&target.host, target.port), call.path_and_query),
+            "sha256": hex::encode(Sha256::digest(&call.body)),
+            "body": call.body_event,
+        }),
+        host: &target.host,
+        port: target.port,
+        request: outgoing(call),
+        ledger: crate::ledger::CommitFacts {
+            request_id: &trail.request_id,
+            proposal: None,
+            job: &trail.job,
+            agent: &call.agent.id,
+            tool: &call.tool.name,
+            tool_version: call.tool.version,
+            host: &target.host,
+            port: target.port,
+            method: call.parts.method.as_str(),
+            path_and_query: &call.path_and_query,
+            content_type: call
+                .parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            body: &call.body,
+            body_json: &call.body_json,
+            status: 0,
+            response: &[],
+            undoes: call.undo_of.as_deref(),
+        },
+        charged,
+    }
 }
 
 /// The answer to the call that executed: the stored outcome, without the replay mark.
