@@ -445,7 +445,7 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
         gate.waiters.notify(id);
         return Ok(None);
     }
-    let Some(mut headers) = sent_headers(gate, &p.request) else {
+    let Some(headers) = sent_headers(gate, &p.request) else {
         return cancel(gate, &mut p, "its stored headers could not be opened (the seal key changed or the record was altered)").await;
     };
     let sent = Bytes::from(p.request.body_bytes());
@@ -475,9 +475,20 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
         Err(refusal) => return cancel(gate, &mut p, &refusal.message).await,
     };
 
+    send_approved(gate, &mut p, checked, (method, headers, sent), charged).await
+}
+
+/// Sends an approved proposal through the one commit routine: `committing` is durable first.
+async fn send_approved(
+    gate: &Gate,
+    p: &mut Proposal,
+    checked: crate::checks::Rechecked,
+    (method, mut headers, sent): (http::Method, HeaderMap, Bytes),
+    charged: crate::limits::Charge,
+) -> Result<Option<Response<ProxyBody>>, Refusal> {
     // Durable before a byte leaves: the state (then, in `commit::send`, the commit event).
     p.state = State::Committing;
-    if let Err(e) = gate.store.put_proposal(&p, false).await {
+    if let Err(e) = gate.store.put_proposal(p, false).await {
         crate::limits::refund_budget(&gate.store, charged).await;
         return Err(store_err(e));
     }
@@ -497,7 +508,7 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
         .map(|(_, v)| v.clone());
     info!(proposal = %p.id, tool = %p.tool, "committing");
     let commit = crate::commit::Commit {
-        who: record(&p, "commit", Value::Null),
+        who: record(p, "commit", Value::Null),
         commit_payload: json!({
             "method": p.request.method,
             "url": p.request.url(),
@@ -528,7 +539,7 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
         charged,
     };
     let result = crate::commit::send(gate, commit).await;
-    settle_commit(gate, &mut p, result).await
+    settle_commit(gate, p, result).await
 }
 
 /// Stores how a commit ended and wakes whoever waits on the proposal.

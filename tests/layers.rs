@@ -1,7 +1,5 @@
 //! The crate's shape, checked: a top-level module of `src/` imports (`crate::x`) only modules
-//! of a lower layer, and no function outside tests is longer than 100 lines. Functions that
-//! were longer before the layering work are listed with the length they may not exceed; the
-//! list only shrinks.
+//! of a lower layer, and no function outside tests is longer than 100 lines.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,11 +28,6 @@ const LAYERS: &[&[&str]] = &[
     &["admin"],
     // the command line
     &["cli"],
-];
-
-/// Functions longer than the limit before the layering work, with the most lines each may have.
-const LONG_FUNCTIONS: &[(&str, &str, usize)] = &[
-    ("approval.rs", "commit", 141),
 ];
 
 const MAX_LINES: usize = 100;
@@ -166,7 +159,6 @@ fn modules_import_only_lower_layers_and_functions_stay_short() {
     rust_files(&src, &mut files);
     let modules: BTreeSet<String> = files.iter().map(|f| module_of(&src, f)).collect();
     let mut problems = Vec::new();
-    let mut still_long = BTreeSet::new();
     for file in &files {
         let module = module_of(&src, file);
         let rel = file
@@ -199,30 +191,11 @@ fn modules_import_only_lower_layers_and_functions_stay_short() {
             }
         }
         for (name, len) in functions(&lines) {
-            if len <= MAX_LINES {
-                continue;
-            }
-            still_long.insert((rel.clone(), name.clone()));
-            let allowed = LONG_FUNCTIONS
-                .iter()
-                .find(|(f, n, _)| *f == rel && *n == name)
-                .map(|(_, _, max)| *max);
-            match allowed {
-                Some(max) if len <= max => {}
-                Some(max) => problems.push(format!(
-                    "{rel}: fn {name} grew to {len} lines (at most {max}, and it should shrink below {MAX_LINES})"
-                )),
-                None => problems.push(format!(
+            if len > MAX_LINES {
+                problems.push(format!(
                     "{rel}: fn {name} has {len} lines; split it below {MAX_LINES}"
-                )),
+                ));
             }
-        }
-    }
-    for (file, name, _) in LONG_FUNCTIONS {
-        if !still_long.contains(&(file.to_string(), name.to_string())) {
-            problems.push(format!(
-                "{file}: fn {name} is no longer over {MAX_LINES} lines: take it off LONG_FUNCTIONS"
-            ));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
