@@ -259,12 +259,12 @@ fn payload_sha(call: &Call) -> String {
     hex::encode(h.finalize())
 }
 
-/// The request as it goes upstream.
-fn outgoing(call: &Call) -> Request<ProxyBody> {
+/// The request as it goes upstream (the headers move into it).
+fn outgoing(call: &mut Call) -> Request<ProxyBody> {
     let mut out = Request::new(body::full(call.body.clone()));
     *out.method_mut() = call.parts.method.clone();
     *out.uri_mut() = call.path_and_query.parse().unwrap_or_default();
-    *out.headers_mut() = call.headers.clone();
+    *out.headers_mut() = std::mem::take(&mut call.headers);
     out
 }
 
@@ -299,14 +299,14 @@ async fn propose(
 async fn read(
     gate: &Gate,
     target: &Target,
-    call: Call,
+    mut call: Call,
     trail: &Trail,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    let tool = &call.tool;
+    let tool = call.tool.clone();
     if let Some(limit) = &tool.rate_limit {
         gate.limiter
             .check(&call.agent.id, &tool.name, limit)
-            .map_err(|secs| rate_limited(tool, secs))?;
+            .map_err(|secs| rate_limited(&tool, secs))?;
     }
     gate.audit.record(trail.rec(
         "decision",
@@ -314,7 +314,7 @@ async fn read(
     ));
     let resp = match gate
         .upstream
-        .forward(&target.host, target.port, outgoing(&call))
+        .forward(&target.host, target.port, outgoing(&mut call))
         .await
     {
         Ok(r) => r,
@@ -407,11 +407,11 @@ fn model_answer(
 async fn write(
     gate: &Gate,
     target: &Target,
-    call: Call,
+    mut call: Call,
     key: Option<&str>,
     trail: &Trail,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    let (agent, tool) = (&call.agent, &call.tool);
+    let (agent, tool) = (call.agent.clone(), call.tool.clone());
     let payload = payload_sha(&call);
     let (idem_id, window_secs) = match key {
         Some(key) => (idem_id("key", &agent.id, &tool.name, key), KEY_WINDOW_SECS),
@@ -423,16 +423,16 @@ async fn write(
         ),
     };
     let _guard = gate.idem_locks.lock(&idem_id).await;
-    if let Some(answer) = earlier_answer(gate, tool, &idem_id, window_secs, &payload, trail)? {
+    if let Some(answer) = earlier_answer(gate, &tool, &idem_id, window_secs, &payload, trail)? {
         return answer;
     }
     // limits: only calls that will execute count.
     if let Some(limit) = &tool.rate_limit {
         gate.limiter
             .check(&agent.id, &tool.name, limit)
-            .map_err(|secs| rate_limited(tool, secs))?;
+            .map_err(|secs| rate_limited(&tool, secs))?;
     }
-    let charged = charge_budget(&gate.store, &agent.id, tool, call.amount).await?;
+    let charged = charge_budget(&gate.store, &agent.id, &tool, call.amount).await?;
     // Marked in flight, durably, before a byte leaves: a crash from here on is never re-sent.
     let mut rec = IdemRecord {
         state: IdemState::InFlight,
@@ -449,7 +449,13 @@ async fn write(
         "decision",
         json!({"outcome": "allowed", "mode": tool.mode.as_str(), "body": call.body_event}),
     ));
-    let outcome = match crate::commit::send(gate, commit_of(target, &call, trail, charged)).await {
+    let request = outgoing(&mut call);
+    let outcome = match crate::commit::send(
+        gate,
+        commit_of(target, &call, trail, (request, charged)),
+    )
+    .await
+    {
         Ok(outcome) => outcome,
         Err(failed @ crate::commit::Failed::NotSent(_)) => {
             // Nothing reached the upstream: the call may be retried.
@@ -526,7 +532,7 @@ fn commit_of<'a>(
     target: &'a Target,
     call: &'a Call,
     trail: &'a Trail,
-    charged: crate::limits::Charge,
+    (request, charged): (Request<ProxyBody>, crate::limits::Charge),
 ) -> crate::commit::Commit<'a> {
     crate::commit::Commit {
         who: trail.rec("commit", Value::Null),
@@ -538,7 +544,7 @@ fn commit_of<'a>(
         }),
         host: &target.host,
         port: target.port,
-        request: outgoing(call),
+        request,
         ledger: crate::ledger::CommitFacts {
             request_id: &trail.request_id,
             proposal: None,
