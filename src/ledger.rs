@@ -7,10 +7,6 @@ use crate::model::Committed;
 use crate::store::StoreError;
 use crate::Gate;
 
-fn tree(gate: &Gate) -> Result<sled::Tree, StoreError> {
-    Ok(gate.store.db().open_tree("commits")?)
-}
-
 /// What the request path knows about a committed call, for the ledger.
 pub(crate) struct CommitFacts<'a> {
     pub request_id: &'a str,
@@ -59,20 +55,15 @@ pub(crate) fn record(gate: &Gate, f: CommitFacts<'_>) {
         attempts: 0,
         undo_approvals: Vec::new(),
     };
-    let stored = tree(gate).and_then(|t| {
-        t.insert(entry.request_id.as_bytes(), serde_json::to_vec(&entry)?)?;
-        Ok(())
-    });
-    if let Err(e) = stored {
+    if let Err(e) = gate.store.ledger_put(&entry) {
         tracing::error!(request_id = f.request_id, error = %e, "could not record the commit for rollback");
     }
 }
 
 /// The ledger entry for a request id or a proposal id.
 pub fn find(gate: &Gate, id: &str) -> Result<Option<Committed>, StoreError> {
-    let t = tree(gate)?;
-    if let Some(v) = t.get(id.as_bytes())? {
-        return Ok(Some(serde_json::from_slice(&v)?));
+    if let Some(c) = gate.store.ledger_get(id)? {
+        return Ok(Some(c));
     }
     Ok(all(gate)?
         .into_iter()
@@ -81,16 +72,11 @@ pub fn find(gate: &Gate, id: &str) -> Result<Option<Committed>, StoreError> {
 
 /// Every entry, oldest first.
 pub fn all(gate: &Gate) -> Result<Vec<Committed>, StoreError> {
-    let mut out = Vec::new();
-    for item in tree(gate)?.iter() {
-        let (_, v) = item?;
-        out.push(serde_json::from_slice::<Committed>(&v)?);
-    }
+    let mut out = gate.store.ledger_all()?;
     out.sort_by_key(|c| c.unix_ms);
     Ok(out)
 }
 
 pub(crate) fn put(gate: &Gate, c: &Committed) -> Result<(), StoreError> {
-    tree(gate)?.insert(c.request_id.as_bytes(), serde_json::to_vec(c)?)?;
-    Ok(())
+    gate.store.ledger_put(c)
 }

@@ -27,6 +27,9 @@ impl From<serde_json::Error> for StoreError {
     }
 }
 
+/// The tree of committed calls.
+pub const LEDGER: &str = "commits";
+
 pub use crate::model::{IdemRecord, IdemState, JobClaim, KillSwitch, Outcome};
 
 impl Drop for Flusher {
@@ -272,6 +275,36 @@ impl Store {
             .open_tree(name)?
             .compare_and_swap(key, Some(value), None::<&[u8]>)?;
         Ok(())
+    }
+
+    /// Writes a ledger entry (keyed by its request id). Not flushed: the caller's next store
+    /// write flushes it.
+    pub fn ledger_put(&self, c: &crate::model::Committed) -> Result<(), StoreError> {
+        self.db
+            .open_tree(LEDGER)?
+            .insert(c.request_id.as_bytes(), serde_json::to_vec(c)?)?;
+        Ok(())
+    }
+
+    /// The ledger entry of a request id.
+    pub fn ledger_get(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<crate::model::Committed>, StoreError> {
+        match self.db.open_tree(LEDGER)?.get(request_id.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every ledger entry, in key order.
+    pub fn ledger_all(&self) -> Result<Vec<crate::model::Committed>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.open_tree(LEDGER)?.iter() {
+            let (_, v) = item?;
+            out.push(serde_json::from_slice(&v)?);
+        }
+        Ok(out)
     }
 
     /// Claims `job` for `agent` (owned by `owner`) unless it is held already. `Ok(None)`: this

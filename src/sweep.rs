@@ -73,7 +73,7 @@ pub async fn once(gate: &Gate) -> Result<Swept, StoreError> {
         .saturating_mul(1000);
     let ledger = gate
         .store
-        .expire("commits", |v| {
+        .expire(crate::store::LEDGER, |v| {
             serde_json::from_slice::<crate::model::Committed>(v)
                 .is_ok_and(|c| c.unix_ms < ledger_cut)
         })
