@@ -1,4 +1,4 @@
-//! The audit log: append-only events in sled, each carrying the sha256 of the one before, so
+//! The audit log: append-only events in the store (`store::EventLog`), each carrying the sha256 of the one before, so
 //! that `verify` finds an edited or removed event. Secrets are redacted before anything is
 //! written. Events that a commit depends on are flushed before the request leaves (several
 //! concurrent commits share one flush); everything else is written in batches. The writing
@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use tracing::{error, warn};
 
 use crate::base::now_ms;
-use crate::store::StoreError;
+use crate::store::{EventLog, StoreError};
 
 /// One event of the log. The field order is the hashing order: do not reorder.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -266,8 +266,7 @@ pub fn body_json(bytes: &[u8], cap: usize) -> Value {
 pub struct Audit {
     tx: std::sync::Mutex<Option<mpsc::Sender<Msg>>>,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
-    tree: sled::Tree,
-    meta: sled::Tree,
+    log: EventLog,
     pub redactor: Arc<Redactor>,
     /// Flush latency of the last group commit, in microseconds (for /metrics).
     pub last_flush_us: Arc<std::sync::atomic::AtomicU64>,
@@ -320,13 +319,13 @@ pub fn check_purge_cut(before_ms: u64, min_age: Duration) -> Result<(), String> 
 
 /// The sequence number and hash the next event chains to: the newest event's, or the anchor a
 /// purge left.
-fn chain_head(tree: &sled::Tree, meta: &sled::Tree) -> Result<(u64, String), StoreError> {
-    Ok(match tree.last()? {
-        Some((_, v)) => {
+fn chain_head(log: &EventLog) -> Result<(u64, String), StoreError> {
+    Ok(match log.last()? {
+        Some(v) => {
             let e: Event = serde_json::from_slice(&v)?;
             (e.seq, e.hash)
         }
-        None => match meta.get(ANCHOR)? {
+        None => match log.meta_get(ANCHOR)? {
             Some(v) => {
                 let a: Value = serde_json::from_slice(&v)?;
                 (
@@ -341,7 +340,7 @@ fn chain_head(tree: &sled::Tree, meta: &sled::Tree) -> Result<(u64, String), Sto
 
 /// The writer thread's state: where the chain ends, and what it writes with.
 struct Writer {
-    tree: sled::Tree,
+    log: EventLog,
     flusher: Arc<crate::store::Flusher>,
     redactor: Arc<Redactor>,
     flush_gauge: Arc<std::sync::atomic::AtomicU64>,
@@ -364,19 +363,16 @@ impl Writer {
         let mut acks = Vec::new();
         let mut failed: Option<String> = None;
         let before = (self.seq, self.prev.clone());
-        let mut writes = sled::Batch::default();
+        let mut writes = Vec::new();
         for Msg::Append(rec, ack) in batch {
             let e = self.chain(*rec);
-            writes.insert(
-                &e.seq.to_be_bytes(),
-                serde_json::to_vec(&e).unwrap_or_default(),
-            );
+            writes.push((e.seq, serde_json::to_vec(&e).unwrap_or_default()));
             if let Some(ack) = ack {
                 acks.push((ack, e.seq));
             }
         }
         // One atomic write per batch; on failure the chain continues from before it.
-        if let Err(err) = self.tree.apply_batch(writes) {
+        if let Err(err) = self.log.append(writes) {
             failed = Some(err.to_string());
             (self.seq, self.prev) = before;
         }
@@ -432,15 +428,13 @@ impl Writer {
 impl Audit {
     /// Opens the log in the store's database and starts its writer thread.
     pub fn open(store: &crate::store::Store) -> Result<Audit, StoreError> {
-        let db = store.db();
-        let tree = db.open_tree("audit")?;
-        let meta = db.open_tree("audit_meta")?;
+        let log = store.event_log()?;
         let (tx, rx) = mpsc::channel::<Msg>();
-        let (seq, prev) = chain_head(&tree, &meta)?;
+        let (seq, prev) = chain_head(&log)?;
         let last_flush_us = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let redactor = Arc::new(Redactor::new());
         let writer = Writer {
-            tree: tree.clone(),
+            log: log.clone(),
             flusher: store.flusher(),
             redactor: redactor.clone(),
             flush_gauge: last_flush_us.clone(),
@@ -450,12 +444,13 @@ impl Audit {
         let writer = std::thread::Builder::new()
             .name("toolgate-audit".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::from(sled::Error::Io(e)))?;
+            .map_err(|e| {
+                StoreError::from_message(format!("could not start the audit writer: {e}"))
+            })?;
         Ok(Audit {
             tx: std::sync::Mutex::new(Some(tx)),
             writer: std::sync::Mutex::new(Some(writer)),
-            tree,
-            meta,
+            log,
             redactor,
             last_flush_us,
             flusher: store.flusher(),
@@ -493,7 +488,7 @@ impl Audit {
 
     /// Every event, in order.
     pub fn events(&self) -> impl Iterator<Item = Result<Event, StoreError>> + '_ {
-        self.tree.iter().map(|item| {
+        self.log.iter().map(|item| {
             let (_, v) = item?;
             Ok(serde_json::from_slice::<Event>(&v)?)
         })
@@ -501,7 +496,7 @@ impl Audit {
 
     /// Checks the chain. `Ok(n)`: n events verified. `Err((seq, why))`: the first bad one.
     pub fn verify(&self) -> Result<u64, (u64, String)> {
-        let (mut expect_seq, mut prev) = match self.meta.get(ANCHOR) {
+        let (mut expect_seq, mut prev) = match self.log.meta_get(ANCHOR) {
             Ok(Some(v)) => {
                 let a: Value = serde_json::from_slice(&v).unwrap_or_default();
                 (
@@ -512,11 +507,8 @@ impl Audit {
             _ => (1, String::new()),
         };
         let mut n = 0;
-        for item in self.tree.iter() {
-            let (key, v) = item.map_err(|e| (expect_seq, e.to_string()))?;
-            let key_seq = <[u8; 8]>::try_from(key.as_ref())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
+        for item in self.log.iter() {
+            let (key_seq, v) = item.map_err(|e| (expect_seq, e.to_string()))?;
             let e: Event = serde_json::from_slice(&v)
                 .map_err(|err| (key_seq, format!("event {key_seq} is not readable: {err}")))?;
             if e.seq != expect_seq || key_seq != e.seq {
@@ -556,24 +548,22 @@ impl Audit {
     ) -> Result<PurgeReport, StoreError> {
         let mut report = PurgeReport::default();
         let mut anchor: Option<(u64, String)> = None;
-        for item in self.tree.iter() {
+        // Never purge the newest event: it anchors the next append.
+        let newest = chain_head(&self.log)?.0;
+        for item in self.log.iter() {
             let (k, v) = item?;
             let e: Event = serde_json::from_slice(&v)?;
-            if e.unix_ms >= before_ms {
-                break;
-            }
-            // Never purge the newest event: it anchors the next append.
-            if self.tree.last()?.map(|(lk, _)| lk == k).unwrap_or(false) {
+            if e.unix_ms >= before_ms || k >= newest {
                 break;
             }
             report.first_seq.get_or_insert(e.seq);
             report.last_seq = Some(e.seq);
             anchor = Some((e.seq, e.hash.clone()));
-            self.tree.remove(k)?;
+            self.log.remove(k)?;
             report.removed += 1;
         }
         if let Some((seq, hash)) = anchor {
-            self.meta.insert(
+            self.log.meta_put(
                 ANCHOR,
                 serde_json::to_vec(&json!({"seq": seq, "hash": hash}))?,
             )?;
@@ -589,7 +579,7 @@ impl Audit {
         });
         let mut purges = self.purges()?;
         purges.push(entry.clone());
-        self.meta.insert(PURGES, serde_json::to_vec(&purges)?)?;
+        self.log.meta_put(PURGES, serde_json::to_vec(&purges)?)?;
         self.flusher.flush().await?;
         self.record_durable(Record {
             kind: "purge",
@@ -603,7 +593,7 @@ impl Audit {
 
     /// Every purge so far (who, why, which range), oldest first.
     pub fn purges(&self) -> Result<Vec<Value>, StoreError> {
-        Ok(match self.meta.get(PURGES)? {
+        Ok(match self.log.meta_get(PURGES)? {
             Some(v) => serde_json::from_slice(&v)?,
             None => Vec::new(),
         })

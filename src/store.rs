@@ -27,6 +27,56 @@ impl From<serde_json::Error> for StoreError {
     }
 }
 
+/// The audit log's storage: events keyed by sequence number, and a small tree of facts about
+/// the log (the anchor a purge leaves, the list of purges).
+#[derive(Clone)]
+pub struct EventLog {
+    events: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl EventLog {
+    /// The newest event, if any.
+    pub fn last(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.events.last()?.map(|(_, v)| v.to_vec()))
+    }
+
+    /// Appends events in one atomic write: all of them or none.
+    pub fn append(&self, events: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (seq, bytes) in events {
+            batch.insert(&seq.to_be_bytes(), bytes);
+        }
+        self.events.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Every event in sequence order, with the sequence number its key says (0 if unreadable).
+    pub fn iter(&self) -> impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + '_ {
+        self.events.iter().map(|item| {
+            let (k, v) = item?;
+            let seq = <[u8; 8]>::try_from(k.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            Ok((seq, v.to_vec()))
+        })
+    }
+
+    pub fn remove(&self, seq: u64) -> Result<(), StoreError> {
+        self.events.remove(seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+    }
+
+    pub fn meta_put(&self, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        self.meta.insert(key, value)?;
+        Ok(())
+    }
+}
+
 /// The tree of committed calls.
 pub const LEDGER: &str = "commits";
 
@@ -226,11 +276,6 @@ impl Store {
         })
     }
 
-    /// The database, for the audit log that shares it.
-    pub fn db(&self) -> &sled::Db {
-        &self.db
-    }
-
     /// The one flusher of this database.
     pub fn flusher(&self) -> std::sync::Arc<Flusher> {
         self.flusher.clone()
@@ -275,6 +320,14 @@ impl Store {
             .open_tree(name)?
             .compare_and_swap(key, Some(value), None::<&[u8]>)?;
         Ok(())
+    }
+
+    /// The audit log's storage.
+    pub fn event_log(&self) -> Result<EventLog, StoreError> {
+        Ok(EventLog {
+            events: self.db.open_tree("audit")?,
+            meta: self.db.open_tree("audit_meta")?,
+        })
     }
 
     /// Writes a ledger entry (keyed by its request id). Not flushed: the caller's next store
