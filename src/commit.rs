@@ -49,23 +49,32 @@ pub(crate) enum Failed {
 
 /// Sends a committed call and settles what it leaves behind.
 pub(crate) async fn send(gate: &Gate, c: Commit<'_>) -> Result<Outcome, Failed> {
+    let Commit {
+        who,
+        commit_payload,
+        host,
+        port,
+        request,
+        ledger,
+        charged,
+    } = c;
     let event = |kind: &'static str, payload: Value| Record {
         kind,
         payload,
-        ..c.who.clone()
+        ..who.clone()
     };
     if let Err(e) = gate
         .audit
-        .record_durable(event("commit", c.commit_payload.clone()))
+        .record_durable(event("commit", commit_payload))
         .await
     {
-        refund_budget(&gate.store, c.charged).await;
+        refund_budget(&gate.store, charged).await;
         return Err(Failed::NotSent(Refusal::internal(format!(
             "the audit log is unavailable ({e}); the call was not sent"
         ))));
     }
     let started = std::time::Instant::now();
-    let resp = match gate.upstream.forward(c.host, c.port, c.request).await {
+    let resp = match gate.upstream.forward(host, port, request).await {
         Ok(resp) => resp,
         Err(failure) => {
             gate.audit.record(event(
@@ -73,7 +82,7 @@ pub(crate) async fn send(gate: &Gate, c: Commit<'_>) -> Result<Outcome, Failed> 
                 json!({"code": failure.refusal.code.as_str(), "message": failure.refusal.message, "sent": !failure.not_sent}),
             ));
             if failure.not_sent {
-                refund_budget(&gate.store, c.charged).await;
+                refund_budget(&gate.store, charged).await;
                 return Err(Failed::NotSent(failure.refusal));
             }
             return Err(Failed::Unknown(failure.refusal));
@@ -82,7 +91,7 @@ pub(crate) async fn send(gate: &Gate, c: Commit<'_>) -> Result<Outcome, Failed> 
     let (parts, body) = resp.into_parts();
     if !parts.status.is_success() {
         // The upstream refused the call: it spent nothing of the budget.
-        refund_budget(&gate.store, c.charged).await;
+        refund_budget(&gate.store, charged).await;
     }
     let (outcome, answer) = settle(gate, parts, body).await;
     crate::ledger::record(
@@ -90,7 +99,7 @@ pub(crate) async fn send(gate: &Gate, c: Commit<'_>) -> Result<Outcome, Failed> 
         CommitFacts {
             status: outcome.status,
             response: &answer,
-            ..c.ledger
+            ..ledger
         },
     );
     let _ = gate
