@@ -21,6 +21,16 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
+    /// Counts a call of `tool` by `agent` against the tool's rate limit, if it has one.
+    pub(crate) fn admit(&self, agent: &str, tool: &Tool) -> Result<(), Refusal> {
+        match &tool.rate_limit {
+            Some(limit) => self
+                .check(agent, &tool.name, limit)
+                .map_err(|secs| rate_limited(tool, secs)),
+            None => Ok(()),
+        }
+    }
+
     /// Takes a token, or returns how many whole seconds until one is available.
     pub fn check(&self, agent: &str, tool: &str, limit: &RateLimit) -> Result<(), u64> {
         self.check_at(agent, tool, limit, Instant::now())
@@ -135,15 +145,11 @@ pub(crate) fn admit_proposal(
     tool: &Tool,
     amount: Option<f64>,
 ) -> Result<(), Refusal> {
-    if let Some(limit) = &tool.rate_limit {
-        limiter
-            .check(agent, &tool.name, limit)
-            .map_err(|secs| rate_limited(tool, secs))?;
-    }
+    limiter.admit(agent, tool)?;
     check_budget(store, agent, tool, amount)
 }
 
-pub(crate) fn rate_limited(tool: &Tool, secs: u64) -> Refusal {
+fn rate_limited(tool: &Tool, secs: u64) -> Refusal {
     let mut r = Refusal::new(
         Code::RateLimited,
         format!(

@@ -22,7 +22,7 @@ use crate::checks::{
 };
 use crate::error::{Code, Refusal};
 use crate::guard::{BodyReservation, Exceeded};
-use crate::limits::{charge_budget, rate_limited};
+use crate::limits::charge_budget;
 use crate::policy::{check_path, Agent, Credential, Mode, Policy, SideEffects, Tool};
 use crate::store::{now_unix, IdemRecord, IdemState, Outcome};
 use crate::Gate;
@@ -303,11 +303,7 @@ async fn read(
     trail: &Trail,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let tool = call.tool.clone();
-    if let Some(limit) = &tool.rate_limit {
-        gate.limiter
-            .check(&call.agent.id, &tool.name, limit)
-            .map_err(|secs| rate_limited(&tool, secs))?;
-    }
+    gate.limiter.admit(&call.agent.id, &tool)?;
     gate.audit.record(trail.rec(
         "decision",
         json!({"outcome": "allowed", "mode": tool.mode.as_str(), "body": call.body_event}),
@@ -427,11 +423,7 @@ async fn write(
         return answer;
     }
     // limits: only calls that will execute count.
-    if let Some(limit) = &tool.rate_limit {
-        gate.limiter
-            .check(&agent.id, &tool.name, limit)
-            .map_err(|secs| rate_limited(&tool, secs))?;
-    }
+    gate.limiter.admit(&agent.id, &tool)?;
     let charged = charge_budget(&gate.store, &agent.id, &tool, call.amount).await?;
     // Marked in flight, durably, before a byte leaves: a crash from here on is never re-sent.
     let mut rec = IdemRecord {
