@@ -141,25 +141,23 @@ impl Drop for BodyReservation {
 
 /// When a connection last moved a byte, and how many requests it has in flight: a connection
 /// with neither for the idle timeout is closed.
-#[derive(Default)]
 pub struct Activity {
-    epoch: std::sync::OnceLock<Instant>,
+    epoch: Instant,
     last_ms: AtomicU64,
     in_flight: AtomicUsize,
 }
 
 impl Activity {
     pub fn new() -> Arc<Activity> {
-        let a = Activity::default();
-        let _ = a.epoch.set(Instant::now());
-        Arc::new(a)
+        Arc::new(Activity {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        })
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch
-            .get()
-            .map(|e| e.elapsed().as_millis() as u64)
-            .unwrap_or(0)
+        self.epoch.elapsed().as_millis() as u64
     }
 
     fn touch(&self) {
