@@ -43,10 +43,6 @@ impl Caps {
         })
     }
 
-    pub fn limits(&self) -> &Guards {
-        &self.limits
-    }
-
     /// A tunnel slot for `agent`, or `None` when it already holds its cap.
     pub fn tunnel(self: &Arc<Self>, agent: &str) -> Option<TunnelSlot> {
         let mut map = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());

@@ -113,15 +113,11 @@ type FlushAck = tokio::sync::oneshot::Sender<Result<(), String>>;
 pub struct Flusher {
     tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<FlushAck>>>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Duration of the last flush, in microseconds (for /metrics).
-    pub last_flush_us: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Flusher {
     fn start(db: sled::Db) -> Result<std::sync::Arc<Flusher>, StoreError> {
         let (tx, rx) = std::sync::mpsc::channel::<FlushAck>();
-        let gauge = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let last_flush_us = gauge.clone();
         let thread = std::thread::Builder::new()
             .name("toolgate-flush".into())
             .spawn(move || {
@@ -129,12 +125,7 @@ impl Flusher {
                 while let Ok(first) = rx.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
-                    let started = std::time::Instant::now();
                     let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
-                    gauge.store(
-                        started.elapsed().as_micros() as u64,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
                     for ack in waiting {
                         let _ = ack.send(result.clone());
                     }
@@ -144,7 +135,6 @@ impl Flusher {
         Ok(std::sync::Arc::new(Flusher {
             tx: std::sync::Mutex::new(Some(tx)),
             thread: std::sync::Mutex::new(Some(thread)),
-            last_flush_us,
         }))
     }
 
@@ -311,15 +301,6 @@ impl Store {
             self.flush().await?;
         }
         Ok(removed)
-    }
-
-    /// Removes `key` from tree `name` if it still holds `value`.
-    pub fn remove_if(&self, name: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        let _ = self
-            .db
-            .open_tree(name)?
-            .compare_and_swap(key, Some(value), None::<&[u8]>)?;
-        Ok(())
     }
 
     /// The audit log's storage.

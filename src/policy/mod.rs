@@ -14,7 +14,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-pub use crate::base::split_host_port;
+use crate::base::split_host_port;
 
 pub use file::{AgentDef, PolicyFile, ToolDef};
 pub use template::{check_path, PathError, PathTemplate};

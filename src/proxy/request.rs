@@ -565,7 +565,7 @@ fn commit_of<'a>(
 
 /// The answer to the call that executed: the stored outcome, without the replay mark.
 fn replay_first(outcome: &Outcome) -> Response<ProxyBody> {
-    upstream::stored_answer(outcome)
+    crate::model::stored_answer(outcome)
 }
 
 /// Who and what a request is about, for its audit events.
@@ -730,7 +730,7 @@ fn preview(
 
 /// A stored outcome, answered again.
 fn replay(outcome: &Outcome) -> Response<ProxyBody> {
-    let mut resp = upstream::stored_answer(outcome);
+    let mut resp = crate::model::stored_answer(outcome);
     resp.headers_mut()
         .insert("toolgate-replayed", HeaderValue::from_static("true"));
     resp

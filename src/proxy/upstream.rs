@@ -344,8 +344,6 @@ where
         }
 }
 
-pub use crate::model::stored_answer;
-
 /// Turns a client error into the refusal the agent sees, naming the cause.
 fn classify(authority: &str, err: &hyper_util::client::legacy::Error) -> Refusal {
     let mut causes: Vec<String> = Vec::new();
