@@ -556,13 +556,11 @@ async fn settle_commit(
             Ok(Some(stored_response(p)))
         }
         Err(failed) => {
-            // Toolgate could not record the commit: nothing was sent, the approval stands.
-            p.state = if failed.is_internal() {
-                State::Approved
-            } else if matches!(failed, crate::commit::Failed::NotSent(_)) {
-                State::Failed
-            } else {
-                State::OutcomeUnknown
+            p.state = match failed {
+                // Toolgate could not record the commit: nothing was tried, the approval stands.
+                crate::commit::Failed::NotRecorded(_) => State::Approved,
+                crate::commit::Failed::NotSent(_) => State::Failed,
+                crate::commit::Failed::Unknown(_) => State::OutcomeUnknown,
             };
             let refusal = failed.into_refusal();
             if p.state != State::Approved {

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::audit::Record;
 use crate::base::body::ProxyBody;
-use crate::error::{Code, Refusal};
+use crate::error::Refusal;
 use crate::ledger::CommitFacts;
 use crate::limits::{refund_budget, Charge};
 use crate::model::Outcome;
@@ -40,8 +40,9 @@ pub(crate) struct Commit<'a> {
 /// Why a commit did not end with an answer.
 #[derive(Debug)]
 pub(crate) enum Failed {
-    /// Nothing reached the upstream (the call may be retried): the audit log could not record
-    /// the commit (`Code::Internal`), or the upstream could not be reached.
+    /// The audit log could not record the commit: nothing was sent, nothing was tried.
+    NotRecorded(Refusal),
+    /// The upstream could not be reached: nothing reached it, the call may be retried.
     NotSent(Refusal),
     /// The request may have reached the upstream; its outcome is unknown.
     Unknown(Refusal),
@@ -69,7 +70,7 @@ pub(crate) async fn send(gate: &Gate, c: Commit<'_>) -> Result<Outcome, Failed> 
         .await
     {
         refund_budget(&gate.store, charged).await;
-        return Err(Failed::NotSent(Refusal::internal(format!(
+        return Err(Failed::NotRecorded(Refusal::internal(format!(
             "the audit log is unavailable ({e}); the call was not sent"
         ))));
     }
@@ -149,12 +150,12 @@ async fn settle(
 impl Failed {
     pub(crate) fn into_refusal(self) -> Refusal {
         match self {
-            Failed::NotSent(r) | Failed::Unknown(r) => r,
+            Failed::NotRecorded(r) | Failed::NotSent(r) | Failed::Unknown(r) => r,
         }
     }
 
-    /// Nothing was sent because toolgate could not record the commit.
-    pub(crate) fn is_internal(&self) -> bool {
-        matches!(self, Failed::NotSent(r) if r.code == Code::Internal)
+    /// Nothing reached the upstream.
+    pub(crate) fn sent_nothing(&self) -> bool {
+        matches!(self, Failed::NotRecorded(_) | Failed::NotSent(_))
     }
 }

@@ -449,7 +449,7 @@ async fn write(
     .await
     {
         Ok(outcome) => outcome,
-        Err(failed @ crate::commit::Failed::NotSent(_)) => {
+        Err(failed) if failed.sent_nothing() => {
             // Nothing reached the upstream: the call may be retried.
             gate.store
                 .idem_remove(&idem_id)
