@@ -478,16 +478,7 @@ async fn ambiguous_bodies_paths_and_form_keys_are_refused_unsent() {
         "/repos/acme/..;/evilcorp",
         "/repos/acme/.;x/issues",
     ] {
-        let (status, _, stream) = raw_connect(
-            gate.addr,
-            "api.github.com:443",
-            Some(("support-bot-staging", "demo-staging-token")),
-        )
-        .await;
-        assert_eq!(status, 200);
-        let mut tls = tls_over(stream, "api.github.com", &gate.ca_pem, &[b"http/1.1"])
-            .await
-            .unwrap();
+        let mut tls = github_tunnel(&gate).await;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: api.github.com\r\n\r\n").as_bytes())
             .await
@@ -749,6 +740,21 @@ async fn a_commit_rechecks_the_policy_in_force_and_sends_the_sealed_headers() {
     assert!(!clear, "the header value is on disk in clear");
 }
 
+/// An HTTP/1.1-over-TLS tunnel to `api.github.com` as the staging agent, for bytes no client
+/// library would send.
+async fn github_tunnel(gate: &Toolgate) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let (status, _, stream) = raw_connect(
+        gate.addr,
+        "api.github.com:443",
+        Some(("support-bot-staging", "demo-staging-token")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    tls_over(stream, "api.github.com", &gate.ca_pem, &[b"http/1.1"])
+        .await
+        .unwrap()
+}
+
 /// The first pending proposal of `tool`, waiting for it to appear.
 async fn pending_of(gate: &Toolgate, tool: &str) -> Value {
     for _ in 0..200 {
@@ -795,16 +801,7 @@ async fn a_half_sent_body_times_out_and_is_never_forwarded() {
         c.guards.body_read_timeout = Duration::from_millis(500);
     })
     .await;
-    let (status, _, stream) = raw_connect(
-        gate.addr,
-        "api.github.com:443",
-        Some(("support-bot-staging", "demo-staging-token")),
-    )
-    .await;
-    assert_eq!(status, 200);
-    let mut tls = tls_over(stream, "api.github.com", &gate.ca_pem, &[b"http/1.1"])
-        .await
-        .unwrap();
+    let mut tls = github_tunnel(&gate).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     tls.write_all(
         b"POST /repos/acme/web/issues HTTP/1.1\r\nHost: api.github.com\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"title\": \"half",
