@@ -22,9 +22,11 @@ use tracing::{info, warn};
 
 use crate::base::body::{self, ProxyBody};
 use crate::error::{Code, Refusal};
+use crate::model::KillTarget;
 use crate::policy::{Agent, Approver, Tool};
+use crate::services::LockKey;
 use crate::store::{now_unix, Outcome, StoreError};
-use crate::Gate;
+use crate::App;
 
 /// How long a finished proposal still answers the same call (denial, expiry, stored response).
 const REMEMBER_SECS: u64 = 24 * 3600;
@@ -118,7 +120,7 @@ pub struct Call<'a> {
 
 /// The agent side: create or join the proposal for this call, hold the connection, and commit
 /// once approved.
-pub async fn propose_and_wait(gate: &Gate, call: Call<'_>) -> Result<Response<ProxyBody>, Refusal> {
+pub async fn propose_and_wait(app: &App, call: Call<'_>) -> Result<Response<ProxyBody>, Refusal> {
     let identity = {
         let mut h = Sha256::new();
         for part in [
@@ -132,8 +134,8 @@ pub async fn propose_and_wait(gate: &Gate, call: Call<'_>) -> Result<Response<Pr
         hex::encode(h.finalize())
     };
     let id = {
-        let _creating = gate.idem_locks.lock(&format!("propose\0{identity}")).await;
-        let existing = gate.store.proposal_for(&identity).map_err(store_err)?;
+        let _creating = app.locks.lock(LockKey::Propose(identity.clone())).await;
+        let existing = app.store.proposal_for(&identity).await.map_err(store_err)?;
         match existing {
             Some(p)
                 if p.state.is_open()
@@ -143,11 +145,12 @@ pub async fn propose_and_wait(gate: &Gate, call: Call<'_>) -> Result<Response<Pr
             }
             _ => {
                 crate::limits::admit_proposal(
-                    (&gate.limiter, &gate.store),
+                    (&app.limiter, &app.store),
                     &call.agent.id,
                     call.tool,
                     call.budget_amount,
-                )?;
+                )
+                .await?;
                 let mut p = new_proposal(&call, identity);
                 let exact: Vec<(&str, &str)> = call
                     .headers
@@ -157,9 +160,9 @@ pub async fn propose_and_wait(gate: &Gate, call: Call<'_>) -> Result<Response<Pr
                     .collect();
                 let plain = serde_json::to_vec(&exact).map_err(|e| store_err(e.into()))?;
                 p.request.sealed_headers =
-                    Some(gate.store.sealer().seal(&plain).map_err(store_err)?);
-                gate.store.put_proposal(&p, true).await.map_err(store_err)?;
-                gate.audit.record(record(
+                    Some(app.store.sealer().seal(&plain).map_err(store_err)?);
+                app.store.proposal_put(&p, true).await.map_err(store_err)?;
+                app.audit.record(record(
                     &p,
                     "proposal",
                     json!({
@@ -174,12 +177,13 @@ pub async fn propose_and_wait(gate: &Gate, call: Call<'_>) -> Result<Response<Pr
                     }),
                 ));
                 info!(proposal = %p.id, tool = %p.tool, agent = %p.agent, summary = %p.summary, "proposal created");
-                crate::notify::new_proposal(gate, &p, call.tool.approval.webhook.as_deref());
+                app.notifier
+                    .new_proposal(&p, call.tool.approval.webhook.as_deref());
                 p.id
             }
         }
     };
-    gate.audit.record(crate::audit::Record {
+    app.audit.record(crate::audit::Record {
         kind: "decision",
         request_id: Some(call.request_id.to_string()),
         job: Some(call.job.clone()),
@@ -191,7 +195,7 @@ pub async fn propose_and_wait(gate: &Gate, call: Call<'_>) -> Result<Response<Pr
         payload: json!({"outcome": "held for approval", "mode": "approve", "proposal": id}),
     });
     let hold = call.tool.approval.hold;
-    wait_and_claim(gate, &id, hold).await
+    wait_and_claim(app, &id, hold).await
 }
 
 fn new_proposal(call: &Call<'_>, identity: String) -> Proposal {
@@ -251,20 +255,20 @@ fn new_proposal(call: &Call<'_>, identity: String) -> Proposal {
 }
 
 /// Reads a proposal, expiring it first when its time is up.
-pub async fn load(gate: &Gate, id: &str) -> Result<Option<Proposal>, StoreError> {
-    let Some(mut p) = gate.store.get_proposal(id)? else {
+pub async fn load(app: &App, id: &str) -> Result<Option<Proposal>, StoreError> {
+    let Some(mut p) = app.store.proposal_get(id).await? else {
         return Ok(None);
     };
     if p.state.is_open() && now_unix() >= p.expires_unix {
-        let _g = gate.idem_locks.lock(&format!("proposal\0{id}")).await;
-        if let Some(fresh) = gate.store.get_proposal(id)? {
+        let _g = app.locks.lock(LockKey::Proposal(id.to_string())).await;
+        if let Some(fresh) = app.store.proposal_get(id).await? {
             p = fresh;
         }
         if p.state.is_open() && now_unix() >= p.expires_unix {
             p.state = State::Expired;
-            gate.store.put_proposal(&p, false).await?;
-            gate.audit.record(record(&p, "expiry", json!({})));
-            gate.waiters.notify(id);
+            app.store.proposal_put(&p, false).await?;
+            app.audit.record(record(&p, "expiry", json!({})));
+            app.waiters.notify(id);
             info!(proposal = %id, "proposal expired");
         }
     }
@@ -286,18 +290,18 @@ fn pending(p: &Proposal) -> Refusal {
 }
 
 async fn wait_and_claim(
-    gate: &Gate,
+    app: &App,
     id: &str,
     hold: Duration,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let deadline = tokio::time::Instant::now() + hold;
     loop {
-        let notify = gate.waiters.get(id);
+        let notify = app.waiters.get(id);
         let notified = notify.notified();
         tokio::pin!(notified);
         // Registered before the state is read, so a decision in between is not missed.
         notified.as_mut().enable();
-        let p = load(gate, id).await.map_err(store_err)?.ok_or_else(|| {
+        let p = load(app, id).await.map_err(store_err)?.ok_or_else(|| {
             Refusal::internal(format!("proposal {id} vanished; nothing was sent"))
         })?;
         match p.state {
@@ -314,7 +318,7 @@ async fn wait_and_claim(
                 }
             }
             State::Approved => {
-                if let Some(resp) = commit(gate, id).await? {
+                if let Some(resp) = commit(app, id).await? {
                     return Ok(resp);
                 }
             }
@@ -389,17 +393,20 @@ fn stored_response(p: &Proposal) -> Response<ProxyBody> {
 
 /// Commits an approved proposal, at most once. `Ok(None)`: it was not approved any more (the
 /// caller reads it again).
-async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Refusal> {
-    let _g = gate.idem_locks.lock(&format!("proposal\0{id}")).await;
-    let Some(mut p) = gate.store.get_proposal(id).map_err(store_err)? else {
+async fn commit(app: &App, id: &str) -> Result<Option<Response<ProxyBody>>, Refusal> {
+    let _g = app.locks.lock(LockKey::Proposal(id.to_string())).await;
+    let Some(mut p) = app.store.proposal_get(id).await.map_err(store_err)? else {
         return Ok(None);
     };
     if p.state != State::Approved {
         return Ok(None);
     }
     // The kill switches and the policy in force now, not at proposal time.
-    for key in [format!("agent:{}", p.agent), format!("tool:{}", p.tool)] {
-        if let Some(k) = gate.kill_switch(&key) {
+    for key in [
+        KillTarget::Agent(p.agent.clone()),
+        KillTarget::Tool(p.tool.clone()),
+    ] {
+        if let Some(k) = app.kill.get(&key) {
             return Err(Refusal::new(
                 Code::ToolDisabled,
                 format!(
@@ -410,13 +417,13 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
             .with_proposal(p.id.clone()));
         }
     }
-    let policy = gate.policy();
+    let policy = app.policy();
     let (Some(tool), Some(agent)) = (
         policy.tool(&p.tool).cloned(),
         policy.agent(&p.agent).cloned(),
     ) else {
         return cancel(
-            gate,
+            app,
             &mut p,
             "the policy in force no longer has this tool or agent",
         )
@@ -424,7 +431,7 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
     };
     if !agent.may_use(&tool.name) || tool.mode != crate::policy::Mode::Approve {
         return cancel(
-            gate,
+            app,
             &mut p,
             "the policy in force no longer allows this call",
         )
@@ -438,15 +445,12 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
         p.tool_version = tool.version;
         p.approvals.clear();
         p.state = State::Pending;
-        gate.store
-            .put_proposal(&p, false)
-            .await
-            .map_err(store_err)?;
-        gate.waiters.notify(id);
+        app.store.proposal_put(&p, false).await.map_err(store_err)?;
+        app.waiters.notify(id);
         return Ok(None);
     }
-    let Some(headers) = sent_headers(gate, &p.request) else {
-        return cancel(gate, &mut p, "its stored headers could not be opened (the seal key changed or the record was altered)").await;
+    let Some(headers) = sent_headers(app, &p.request) else {
+        return cancel(app, &mut p, "its stored headers could not be opened (the seal key changed or the record was altered)").await;
     };
     let sent = Bytes::from(p.request.body_bytes());
     let method: http::Method = p.request.method.parse().unwrap_or(http::Method::POST);
@@ -463,34 +467,42 @@ async fn commit(gate: &Gate, id: &str) -> Result<Option<Response<ProxyBody>>, Re
         Ok(c) => c,
         Err(refusal) => {
             let why = format!("the policy in force refuses it now: {}", refusal.message);
-            return cancel(gate, &mut p, &why).await;
+            return cancel(app, &mut p, &why).await;
         }
     };
     let amount = crate::checks::budget_amount(&tool, &checked.body).unwrap_or(None);
-    let charged = match crate::limits::charge_budget(&gate.store, &agent.id, &tool, amount).await {
+    let charged = match crate::limits::charge_budget(&app.store, &agent.id, &tool, amount).await {
         Ok(c) => c,
         Err(refusal) if refusal.code == Code::Internal => {
             return Err(refusal.with_proposal(p.id.clone()))
         }
-        Err(refusal) => return cancel(gate, &mut p, &refusal.message).await,
+        Err(refusal) => return cancel(app, &mut p, &refusal.message).await,
     };
 
-    send_approved(gate, &mut p, checked, (method, headers, sent), charged).await
+    send_approved(app, &mut p, checked, (method, headers, sent), charged).await
 }
 
 /// Sends an approved proposal through the one commit routine: `committing` is durable first.
 async fn send_approved(
-    gate: &Gate,
+    app: &App,
     p: &mut Proposal,
     checked: crate::checks::Rechecked,
     (method, mut headers, sent): (http::Method, HeaderMap, Bytes),
     charged: crate::limits::Charge,
 ) -> Result<Option<Response<ProxyBody>>, Refusal> {
     // Durable before a byte leaves: the state (then, in `commit::send`, the commit event).
+    // Compare-and-set from `approved`: whoever moves it first (on any replica) sends it.
     p.state = State::Committing;
-    if let Err(e) = gate.store.put_proposal(p, false).await {
-        crate::limits::refund_budget(&gate.store, charged).await;
-        return Err(store_err(e));
+    match app.store.proposal_swap(p, State::Approved).await {
+        Ok(true) => {}
+        Ok(false) => {
+            crate::limits::refund_budget(&app.store, charged).await;
+            return Ok(None);
+        }
+        Err(e) => {
+            crate::limits::refund_budget(&app.store, charged).await;
+            return Err(store_err(e));
+        }
     }
     if let Some(c) = &checked.credential {
         headers.remove(&c.header);
@@ -538,13 +550,13 @@ async fn send_approved(
         },
         charged,
     };
-    let result = crate::commit::send(gate, commit).await;
-    settle_commit(gate, p, result).await
+    let result = crate::commit::send(app, commit).await;
+    settle_commit(app, p, result).await
 }
 
 /// Stores how a commit ended and wakes whoever waits on the proposal.
 async fn settle_commit(
-    gate: &Gate,
+    app: &App,
     p: &mut Proposal,
     result: Result<crate::model::Outcome, crate::commit::Failed>,
 ) -> Result<Option<Response<ProxyBody>>, Refusal> {
@@ -569,36 +581,36 @@ async fn settle_commit(
             Err(refusal.with_proposal(p.id.clone()))
         }
     };
-    if let Err(e) = gate.store.put_proposal(p, false).await {
+    if let Err(e) = app.store.proposal_put(p, false).await {
         warn!(proposal = %p.id, error = %e, state = p.state.as_str(), "the end of a commit could not be stored");
     }
-    gate.waiters.notify(&p.id);
+    app.waiters.notify(&p.id);
     answer
 }
 
 /// Cancels an approved proposal that can no longer be committed, saying why.
 async fn cancel(
-    gate: &Gate,
+    app: &App,
     p: &mut Proposal,
     why: &str,
 ) -> Result<Option<Response<ProxyBody>>, Refusal> {
     p.state = State::Cancelled;
     p.note = Some(why.to_string());
-    gate.store.put_proposal(p, false).await.map_err(store_err)?;
-    gate.audit.record(record(
+    app.store.proposal_put(p, false).await.map_err(store_err)?;
+    app.audit.record(record(
         p,
         "cancellation",
         json!({"by": "toolgate", "reason": why}),
     ));
-    gate.waiters.notify(&p.id);
+    app.waiters.notify(&p.id);
     Ok(None)
 }
 
 /// The headers an approved call sends: unsealed, or for proposals stored before sealing, the
 /// shown ones. `None` when a seal does not open (fail closed).
-fn sent_headers(gate: &Gate, r: &StoredRequest) -> Option<HeaderMap> {
+fn sent_headers(app: &App, r: &StoredRequest) -> Option<HeaderMap> {
     let pairs: Vec<(String, String)> = match &r.sealed_headers {
-        Some(sealed) => serde_json::from_slice(&gate.store.sealer().open_sealed(sealed)?).ok()?,
+        Some(sealed) => serde_json::from_slice(&app.store.sealer().open_sealed(sealed)?).ok()?,
         None => r.headers.clone(),
     };
     let mut headers = HeaderMap::new();
@@ -620,13 +632,13 @@ pub async fn recover(
     audit: &crate::audit::Audit,
 ) -> Result<usize, StoreError> {
     let mut n = 0;
-    for mut p in store.list_proposals()? {
+    for mut p in store.proposal_list().await? {
         if p.state == State::Committing {
             p.state = State::OutcomeUnknown;
             p.note = Some(
                 "toolgate stopped while this call was being sent; it will not be sent again".into(),
             );
-            store.put_proposal(&p, false).await?;
+            store.proposal_put(&p, false).await?;
             audit.record(record(&p, "outcome_unknown", json!({"note": p.note})));
             warn!(proposal = %p.id, tool = %p.tool, "found committing at start-up: outcome unknown");
             n += 1;
@@ -674,7 +686,7 @@ fn action_error(status: StatusCode, code: &'static str, message: impl Into<Strin
 
 /// The approver side: approve, deny, revoke or cancel.
 pub async fn decide(
-    gate: &Gate,
+    app: &App,
     who: &Approver,
     id: &str,
     action: Action,
@@ -687,11 +699,12 @@ pub async fn decide(
             e.to_string(),
         )
     };
-    load(gate, id).await.map_err(internal)?;
-    let _g = gate.idem_locks.lock(&format!("proposal\0{id}")).await;
-    let mut p = gate
+    load(app, id).await.map_err(internal)?;
+    let _g = app.locks.lock(LockKey::Proposal(id.to_string())).await;
+    let mut p = app
         .store
-        .get_proposal(id)
+        .proposal_get(id)
+        .await
         .map_err(internal)?
         .ok_or_else(|| {
             action_error(
@@ -719,13 +732,13 @@ pub async fn decide(
         comment: comment.chars().take(2000).collect(),
     };
     transition(&mut p, who, action, decision)?;
-    gate.store.put_proposal(&p, false).await.map_err(internal)?;
-    gate.audit.record(record(
+    app.store.proposal_put(&p, false).await.map_err(internal)?;
+    app.audit.record(record(
         &p,
         action.event_kind(),
         json!({"by": who.id, "comment": comment, "state": p.state.as_str(), "approvals": p.approvals.len(), "required": p.required}),
     ));
-    gate.waiters.notify(id);
+    app.waiters.notify(id);
     info!(proposal = %p.id, by = %who.id, action = ?action, state = p.state.as_str(), "proposal decision");
     Ok(p)
 }
@@ -812,11 +825,11 @@ fn transition(
 }
 
 /// Proposals, newest first, optionally of one state.
-pub async fn list(gate: &Gate, state: Option<State>) -> Result<Vec<Proposal>, StoreError> {
+pub async fn list(app: &App, state: Option<State>) -> Result<Vec<Proposal>, StoreError> {
     let mut out = Vec::new();
-    for p in gate.store.list_proposals()? {
+    for p in app.store.proposal_list().await? {
         let p = if p.state.is_open() && now_unix() >= p.expires_unix {
-            load(gate, &p.id).await?.unwrap_or(p)
+            load(app, &p.id).await?.unwrap_or(p)
         } else {
             p
         };

@@ -266,11 +266,10 @@ pub fn body_json(bytes: &[u8], cap: usize) -> Value {
 pub struct Audit {
     tx: std::sync::Mutex<Option<mpsc::Sender<Msg>>>,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
-    log: EventLog,
+    log: Arc<dyn EventLog>,
     pub redactor: Arc<Redactor>,
     /// Flush latency of the last group commit, in microseconds (for /metrics).
     pub last_flush_us: Arc<std::sync::atomic::AtomicU64>,
-    flusher: Arc<crate::store::Flusher>,
 }
 
 /// The cap on bodies recorded in events.
@@ -319,7 +318,7 @@ pub fn check_purge_cut(before_ms: u64, min_age: Duration) -> Result<(), String> 
 
 /// The sequence number and hash the next event chains to: the newest event's, or the anchor a
 /// purge left.
-fn chain_head(log: &EventLog) -> Result<(u64, String), StoreError> {
+fn chain_head(log: &dyn EventLog) -> Result<(u64, String), StoreError> {
     Ok(match log.last()? {
         Some(v) => {
             let e: Event = serde_json::from_slice(&v)?;
@@ -340,8 +339,7 @@ fn chain_head(log: &EventLog) -> Result<(u64, String), StoreError> {
 
 /// The writer thread's state: where the chain ends, and what it writes with.
 struct Writer {
-    log: EventLog,
-    flusher: Arc<crate::store::Flusher>,
+    log: Arc<dyn EventLog>,
     redactor: Arc<Redactor>,
     flush_gauge: Arc<std::sync::atomic::AtomicU64>,
     seq: u64,
@@ -379,7 +377,7 @@ impl Writer {
         if !acks.is_empty() {
             // One flush for every commit waiting in this batch: group commit.
             let started = Instant::now();
-            if let Err(err) = self.flusher.flush_blocking() {
+            if let Err(err) = self.log.sync() {
                 failed = Some(err.to_string());
             }
             self.flush_gauge.store(
@@ -430,12 +428,11 @@ impl Audit {
     pub fn open(store: &crate::store::Store) -> Result<Audit, StoreError> {
         let log = store.event_log()?;
         let (tx, rx) = mpsc::channel::<Msg>();
-        let (seq, prev) = chain_head(&log)?;
+        let (seq, prev) = chain_head(log.as_ref())?;
         let last_flush_us = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let redactor = Arc::new(Redactor::new());
         let writer = Writer {
             log: log.clone(),
-            flusher: store.flusher(),
             redactor: redactor.clone(),
             flush_gauge: last_flush_us.clone(),
             seq,
@@ -453,7 +450,6 @@ impl Audit {
             log,
             redactor,
             last_flush_us,
-            flusher: store.flusher(),
         })
     }
 
@@ -488,7 +484,7 @@ impl Audit {
 
     /// Every event, in order.
     pub fn events(&self) -> impl Iterator<Item = Result<Event, StoreError>> + '_ {
-        self.log.iter().map(|item| {
+        self.log.scan().map(|item| {
             let (_, v) = item?;
             Ok(serde_json::from_slice::<Event>(&v)?)
         })
@@ -507,7 +503,7 @@ impl Audit {
             _ => (1, String::new()),
         };
         let mut n = 0;
-        for item in self.log.iter() {
+        for item in self.log.scan() {
             let (key_seq, v) = item.map_err(|e| (expect_seq, e.to_string()))?;
             let e: Event = serde_json::from_slice(&v)
                 .map_err(|err| (key_seq, format!("event {key_seq} is not readable: {err}")))?;
@@ -549,8 +545,8 @@ impl Audit {
         let mut report = PurgeReport::default();
         let mut anchor: Option<(u64, String)> = None;
         // Never purge the newest event: it anchors the next append.
-        let newest = chain_head(&self.log)?.0;
-        for item in self.log.iter() {
+        let newest = chain_head(self.log.as_ref())?.0;
+        for item in self.log.scan() {
             let (k, v) = item?;
             let e: Event = serde_json::from_slice(&v)?;
             if e.unix_ms >= before_ms || k >= newest {
@@ -580,7 +576,10 @@ impl Audit {
         let mut purges = self.purges()?;
         purges.push(entry.clone());
         self.log.meta_put(PURGES, serde_json::to_vec(&purges)?)?;
-        self.flusher.flush().await?;
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.sync())
+            .await
+            .map_err(|e| StoreError::from_message(format!("the purge's flush stopped: {e}")))??;
         self.record_durable(Record {
             kind: "purge",
             payload: entry,

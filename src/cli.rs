@@ -512,7 +512,7 @@ fn open_offline(data_dir: Option<&std::path::Path>) -> Result<Option<crate::audi
     let Some(dir) = data_dir else {
         return Ok(None);
     };
-    let store = crate::store::Store::open(dir)
+    let store = crate::store::open(dir)
         .map_err(|e| format!("{e} (is toolgate still running on it? then use --server instead)"))?;
     crate::audit::Audit::open(&store)
         .map(Some)

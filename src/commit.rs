@@ -16,7 +16,7 @@ use crate::error::Refusal;
 use crate::ledger::CommitFacts;
 use crate::limits::{refund_budget, Charge};
 use crate::model::Outcome;
-use crate::Gate;
+use crate::App;
 
 /// The largest upstream answer to a call with side effects that is stored whole.
 pub const MAX_STORED_OUTCOME: usize = 16 * 1024 * 1024;
@@ -49,7 +49,7 @@ pub(crate) enum Failed {
 }
 
 /// Sends a committed call and settles what it leaves behind.
-pub(crate) async fn send(gate: &Gate, c: Commit<'_>) -> Result<Outcome, Failed> {
+pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Outcome, Failed> {
     let Commit {
         who,
         commit_payload,
@@ -64,26 +64,26 @@ pub(crate) async fn send(gate: &Gate, c: Commit<'_>) -> Result<Outcome, Failed> 
         payload,
         ..who.clone()
     };
-    if let Err(e) = gate
+    if let Err(e) = app
         .audit
         .record_durable(event("commit", commit_payload))
         .await
     {
-        refund_budget(&gate.store, charged).await;
+        refund_budget(&app.store, charged).await;
         return Err(Failed::NotRecorded(Refusal::internal(format!(
             "the audit log is unavailable ({e}); the call was not sent"
         ))));
     }
     let started = std::time::Instant::now();
-    let resp = match gate.upstream.forward(host, port, request).await {
+    let resp = match app.upstream.forward(host, port, request).await {
         Ok(resp) => resp,
         Err(failure) => {
-            gate.audit.record(event(
+            app.audit.record(event(
                 "upstream_error",
                 json!({"code": failure.refusal.code.as_str(), "message": failure.refusal.message, "sent": !failure.not_sent}),
             ));
             if failure.not_sent {
-                refund_budget(&gate.store, charged).await;
+                refund_budget(&app.store, charged).await;
                 return Err(Failed::NotSent(failure.refusal));
             }
             return Err(Failed::Unknown(failure.refusal));
@@ -92,18 +92,20 @@ pub(crate) async fn send(gate: &Gate, c: Commit<'_>) -> Result<Outcome, Failed> 
     let (parts, body) = resp.into_parts();
     if !parts.status.is_success() {
         // The upstream refused the call: it spent nothing of the budget.
-        refund_budget(&gate.store, charged).await;
+        refund_budget(&app.store, charged).await;
     }
-    let (outcome, answer) = settle(gate, parts, body).await;
+    let (outcome, answer) = settle(app, parts, body).await;
     crate::ledger::record(
-        gate,
+        &app.store,
+        &app.audit.redactor,
         CommitFacts {
             status: outcome.status,
             response: &answer,
             ..ledger
         },
-    );
-    let _ = gate
+    )
+    .await;
+    let _ = app
         .audit
         .record_durable(event(
             "response",
@@ -125,7 +127,7 @@ pub(crate) async fn send(gate: &Gate, c: Commit<'_>) -> Result<Outcome, Failed> 
 /// The answer read whole (up to the cap, with a mark past it) and scrubbed of secrets: what is
 /// stored, shown and handed to duplicates.
 async fn settle(
-    gate: &Gate,
+    app: &App,
     parts: http::response::Parts,
     body: hyper::body::Incoming,
 ) -> (Outcome, Bytes) {
@@ -134,7 +136,7 @@ async fn settle(
         Err(_) => (Bytes::new(), true),
     };
     let (mut outcome, answer) = crate::audit::scrub_outcome(
-        &gate.audit.redactor,
+        &app.audit.redactor,
         parts.status.as_u16(),
         &parts.headers,
         &bytes,

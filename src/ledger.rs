@@ -3,9 +3,9 @@
 
 use serde_json::Value;
 
+use crate::audit::Redactor;
 use crate::model::Committed;
-use crate::store::StoreError;
-use crate::Gate;
+use crate::store::{Store, StoreError};
 
 /// What the request path knows about a committed call, for the ledger.
 pub(crate) struct CommitFacts<'a> {
@@ -31,8 +31,7 @@ pub(crate) struct CommitFacts<'a> {
 /// Records a committed call in the ledger, whatever the upstream answered (a replay re-sends it;
 /// only a 2xx can be undone). Written without a flush of its own; the caller's next store
 /// write flushes it.
-pub(crate) fn record(gate: &Gate, f: CommitFacts<'_>) {
-    let redactor = &gate.audit.redactor;
+pub(crate) async fn record(store: &Store, redactor: &Redactor, f: CommitFacts<'_>) {
     let entry = Committed {
         request_id: f.request_id.to_string(),
         proposal: f.proposal.map(str::to_string),
@@ -55,28 +54,25 @@ pub(crate) fn record(gate: &Gate, f: CommitFacts<'_>) {
         attempts: 0,
         undo_approvals: Vec::new(),
     };
-    if let Err(e) = gate.store.ledger_put(&entry) {
+    if let Err(e) = store.ledger_put(&entry).await {
         tracing::error!(request_id = f.request_id, error = %e, "could not record the commit for rollback");
     }
 }
 
 /// The ledger entry for a request id or a proposal id.
-pub fn find(gate: &Gate, id: &str) -> Result<Option<Committed>, StoreError> {
-    if let Some(c) = gate.store.ledger_get(id)? {
+pub async fn find(store: &Store, id: &str) -> Result<Option<Committed>, StoreError> {
+    if let Some(c) = store.ledger_get(id).await? {
         return Ok(Some(c));
     }
-    Ok(all(gate)?
+    Ok(all(store)
+        .await?
         .into_iter()
         .find(|c| c.proposal.as_deref() == Some(id)))
 }
 
 /// Every entry, oldest first.
-pub fn all(gate: &Gate) -> Result<Vec<Committed>, StoreError> {
-    let mut out = gate.store.ledger_all()?;
+pub async fn all(store: &Store) -> Result<Vec<Committed>, StoreError> {
+    let mut out = store.ledger_all().await?;
     out.sort_by_key(|c| c.unix_ms);
     Ok(out)
-}
-
-pub(crate) fn put(gate: &Gate, c: &Committed) -> Result<(), StoreError> {
-    gate.store.ledger_put(c)
 }

@@ -1,66 +1,36 @@
 //! Limits per agent per tool: rate limits (a token bucket that refills `count` tokens per
 //! period) and budgets (a sum of a body field per period, kept in the store).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::Arc;
 
 use crate::base::now_unix;
 use crate::error::{Code, Refusal};
-use crate::policy::{Budget, RateLimit, Tool};
-use crate::store::Store;
+use crate::policy::{Budget, Tool};
+use crate::store::{CounterStore, Store};
 
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-#[derive(Default)]
+/// Rate limits per agent per tool, counted in the store's counters.
 pub struct RateLimiter {
-    buckets: Mutex<HashMap<(String, String), Bucket>>,
+    counters: Arc<dyn CounterStore>,
 }
 
 impl RateLimiter {
-    /// Counts a call of `tool` by `agent` against the tool's rate limit, if it has one.
-    pub(crate) fn admit(&self, agent: &str, tool: &Tool) -> Result<(), Refusal> {
-        match &tool.rate_limit {
-            Some(limit) => self
-                .check(agent, &tool.name, limit)
-                .map_err(|secs| rate_limited(tool, secs)),
-            None => Ok(()),
-        }
+    pub fn new(counters: Arc<dyn CounterStore>) -> Self {
+        RateLimiter { counters }
     }
 
-    /// Takes a token, or returns how many whole seconds until one is available.
-    pub fn check(&self, agent: &str, tool: &str, limit: &RateLimit) -> Result<(), u64> {
-        self.check_at(agent, tool, limit, Instant::now())
-    }
-
-    fn check_at(
-        &self,
-        agent: &str,
-        tool: &str,
-        limit: &RateLimit,
-        now: Instant,
-    ) -> Result<(), u64> {
-        let capacity = f64::from(limit.count);
-        let per_sec = capacity / limit.per.as_secs_f64();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let bucket = buckets
-            .entry((agent.to_string(), tool.to_string()))
-            .or_insert(Bucket {
-                tokens: capacity,
-                last: now,
-            });
-        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * per_sec).min(capacity);
-        bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = (1.0 - bucket.tokens) / per_sec;
-            Err(wait.ceil().max(1.0) as u64)
+    /// Counts a call of `tool` by `agent` against the tool's rate limit, if it has one. A
+    /// counter store that cannot answer refuses the call (nothing is sent).
+    pub(crate) async fn admit(&self, agent: &str, tool: &Tool) -> Result<(), Refusal> {
+        let Some(limit) = &tool.rate_limit else {
+            return Ok(());
+        };
+        let key = format!("{agent}\0{}", tool.name);
+        match self.counters.take_token(&key, limit.count, limit.per).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(secs)) => Err(rate_limited(tool, secs)),
+            Err(e) => Err(Refusal::internal(format!(
+                "the rate-limit store is unavailable ({e}); nothing was sent"
+            ))),
         }
     }
 }
@@ -84,7 +54,7 @@ fn budget_exceeded(tool: &Tool, agent: &str, used: f64, amount: f64) -> Refusal 
 
 /// Checks, without charging, that `amount` still fits the agent's budget (a proposal is
 /// refused at once when it could never be committed).
-pub(crate) fn check_budget(
+pub(crate) async fn check_budget(
     store: &Store,
     agent: &str,
     tool: &Tool,
@@ -95,6 +65,7 @@ pub(crate) fn check_budget(
     };
     let used = store
         .budget_get(&budget_key(agent, tool, budget))
+        .await
         .map_err(|e| {
             Refusal::internal(format!(
                 "the budget store is unavailable ({e}); nothing was sent"
@@ -139,14 +110,14 @@ pub(crate) async fn refund_budget(store: &Store, charge: Charge) {
 }
 
 /// Admits a new proposal: the rate limit counts it, and its amount must fit the budget now.
-pub(crate) fn admit_proposal(
+pub(crate) async fn admit_proposal(
     (limiter, store): (&RateLimiter, &Store),
     agent: &str,
     tool: &Tool,
     amount: Option<f64>,
 ) -> Result<(), Refusal> {
-    limiter.admit(agent, tool)?;
-    check_budget(store, agent, tool, amount)
+    limiter.admit(agent, tool).await?;
+    check_budget(store, agent, tool, amount).await
 }
 
 fn rate_limited(tool: &Tool, secs: u64) -> Refusal {
@@ -168,21 +139,40 @@ fn rate_limited(tool: &Tool, secs: u64) -> Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    #[test]
-    fn allows_the_count_then_refuses_until_refilled() {
-        let limit = crate::policy::parse_rate("2/minute").unwrap();
-        let rl = RateLimiter::default();
-        let t0 = Instant::now();
-        assert!(rl.check_at("a", "t", &limit, t0).is_ok());
-        assert!(rl.check_at("a", "t", &limit, t0).is_ok());
-        let wait = rl.check_at("a", "t", &limit, t0).unwrap_err();
-        assert!((29..=30).contains(&wait), "{wait}");
-        // Another agent has its own bucket.
-        assert!(rl.check_at("b", "t", &limit, t0).is_ok());
-        assert!(rl
-            .check_at("a", "t", &limit, t0 + Duration::from_secs(31))
-            .is_ok());
+    #[tokio::test]
+    async fn a_rate_limit_counts_per_agent_and_refuses_with_the_wait() {
+        let policy = crate::policy::for_tests(
+            r#"
+[[tool]]
+name = "t"
+host = "api.example.test"
+method = "GET"
+path = "/t"
+rate_limit = "2/minute"
+
+[[tool]]
+name = "free"
+host = "api.example.test"
+method = "GET"
+path = "/free"
+"#,
+        );
+        let (tool, free) = (policy.tool("t").unwrap(), policy.tool("free").unwrap());
+        let rl = RateLimiter::new(Arc::new(crate::store::MemoryCounters::default()));
+        assert!(rl.admit("a", tool).await.is_ok());
+        assert!(rl.admit("a", tool).await.is_ok());
+        let refused = rl.admit("a", tool).await.unwrap_err();
+        assert_eq!(refused.code, Code::RateLimited);
+        assert!(
+            matches!(refused.retry_after, Some(29..=30)),
+            "{:?}",
+            refused.retry_after
+        );
+        assert!(rl.admit("b", tool).await.is_ok());
+        // A tool without a limit is never counted.
+        for _ in 0..5 {
+            assert!(rl.admit("a", free).await.is_ok());
+        }
     }
 }

@@ -52,6 +52,53 @@ pub struct KillSwitch {
     pub at_unix: u64,
 }
 
+/// What a kill switch stops: every call of a tool, or every call of an agent. Stored and shown
+/// as `tool:NAME` / `agent:ID`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KillTarget {
+    Tool(String),
+    Agent(String),
+}
+
+impl KillTarget {
+    /// Reads `tool:NAME` or `agent:ID`.
+    pub fn parse(key: &str) -> Option<KillTarget> {
+        match key.split_once(':')? {
+            ("tool", name) if !name.is_empty() => Some(KillTarget::Tool(name.to_string())),
+            ("agent", id) if !id.is_empty() => Some(KillTarget::Agent(id.to_string())),
+            _ => None,
+        }
+    }
+
+    /// `tool` or `agent`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KillTarget::Tool(_) => "tool",
+            KillTarget::Agent(_) => "agent",
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            KillTarget::Tool(n) | KillTarget::Agent(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for KillTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.kind(), self.name())
+    }
+}
+
+/// A signed-in approver's session on the admin pages (stored under a hash of its cookie).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    pub approver: String,
+    pub csrf: String,
+    pub expires_unix: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {

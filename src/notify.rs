@@ -14,57 +14,78 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::model::Proposal;
-use crate::Gate;
 
 /// Attempts per notification, and the first pause between them (doubling).
 const ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-pub type WebhookClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type WebhookClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// A client for webhooks (http or https, verified against the same roots as upstreams).
-pub fn client(tls: rustls::ClientConfig) -> WebhookClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new()).build(https)
+/// Sends notifications of new proposals, in the background.
+pub struct Notifier {
+    client: Arc<WebhookClient>,
+    /// The webhook for tools that name none (`--webhook`).
+    default_url: Option<String>,
+    /// The admin listener's public address, for links.
+    admin_url: String,
+    tasks: tokio_util::task::TaskTracker,
 }
 
-/// Sends the notification for a new proposal, if a webhook is configured for the tool or
-/// globally. Returns at once; delivery happens in the background.
-pub fn new_proposal(gate: &Gate, p: &Proposal, tool_webhook: Option<&str>) {
-    let Some(url) = tool_webhook
-        .or(gate.config.webhook.as_deref())
-        .map(str::to_string)
-    else {
-        return;
-    };
-    let link = format!(
-        "{}/proposals/{}",
-        gate.config.admin_url.trim_end_matches('/'),
-        p.id
-    );
-    let text = slack_text(p, &link);
-    let payload = json!({
-        "text": text,
-        "unfurl_links": false,
-        "unfurl_media": false,
-        "proposal": p.id,
-        "tool": p.tool,
-        "agent": p.agent,
-        "summary": p.summary,
-        "link": link,
-    })
-    .to_string();
-    let client = gate.webhook.clone();
-    let id = p.id.clone();
-    gate.tasks.spawn(deliver(client, url, payload, id));
+impl Notifier {
+    /// A notifier whose client verifies https webhooks with `tls` (the same roots as upstreams),
+    /// and whose deliveries run on `tasks` (so shutdown waits for them within its grace).
+    pub fn new(
+        tls: rustls::ClientConfig,
+        default_url: Option<String>,
+        admin_url: String,
+        tasks: tokio_util::task::TaskTracker,
+    ) -> Notifier {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Notifier {
+            client: Arc::new(Client::builder(TokioExecutor::new()).build(https)),
+            default_url,
+            admin_url,
+            tasks,
+        }
+    }
+
+    /// Sends the notification for a new proposal, if a webhook is configured for the tool or
+    /// globally. Returns at once; delivery happens in the background.
+    pub fn new_proposal(&self, p: &Proposal, tool_webhook: Option<&str>) {
+        let Some(url) = tool_webhook
+            .or(self.default_url.as_deref())
+            .map(str::to_string)
+        else {
+            return;
+        };
+        let link = format!(
+            "{}/proposals/{}",
+            self.admin_url.trim_end_matches('/'),
+            p.id
+        );
+        let text = slack_text(p, &link);
+        let payload = json!({
+            "text": text,
+            "unfurl_links": false,
+            "unfurl_media": false,
+            "proposal": p.id,
+            "tool": p.tool,
+            "agent": p.agent,
+            "summary": p.summary,
+            "link": link,
+        })
+        .to_string();
+        self.tasks
+            .spawn(deliver(self.client.clone(), url, payload, p.id.clone()));
+    }
 }
 
 /// The message text. What the agent chose (its summary fields, even its id) is shown as

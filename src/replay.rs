@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::base::body;
-use crate::Gate;
+use crate::App;
 
 /// The environment whose credential a replay sends.
 pub const SANDBOX_ENVIRONMENT: &str = "sandbox";
@@ -53,11 +53,11 @@ pub struct ReplayError(pub String);
 
 /// The calls recorded for `id` (a request, a proposal or a job), oldest first: committed calls
 /// from the ledger, and forwarded reads from the audit log.
-fn calls(gate: &Gate, id: &str) -> Result<Vec<Call>, ReplayError> {
+async fn calls(app: &App, id: &str) -> Result<Vec<Call>, ReplayError> {
     let err = |e: crate::store::StoreError| ReplayError(format!("the store is unavailable: {e}"));
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
-    for c in crate::ledger::all(gate).map_err(err)? {
+    for c in crate::ledger::all(&app.store).await.map_err(err)? {
         if c.request_id == id || c.proposal.as_deref() == Some(id) || c.job == id {
             seen.insert(c.request_id.clone());
             out.push(Call {
@@ -76,7 +76,7 @@ fn calls(gate: &Gate, id: &str) -> Result<Vec<Call>, ReplayError> {
         }
     }
     // Reads: a request event whose call was forwarded and answered.
-    let events = gate.audit.story(id).map_err(err)?;
+    let events = app.audit.story(id).map_err(err)?;
     let answered: BTreeSet<&str> = events
         .iter()
         .filter(|e| e.kind == "response")
@@ -137,7 +137,7 @@ fn normalize_host(host: &str) -> String {
 
 /// Re-sends the calls recorded for `id` to `to` (HOST:PORT).
 pub async fn replay(
-    gate: &Arc<Gate>,
+    app: &Arc<App>,
     id: &str,
     to: &str,
     by: &str,
@@ -146,13 +146,13 @@ pub async fn replay(
         .map(|(h, p)| (normalize_host(&h), p))
         .filter(|(h, _)| !h.is_empty())
         .ok_or_else(|| ReplayError(format!("--to {to:?} is not HOST:PORT")))?;
-    let policy = gate.policy();
+    let policy = app.policy();
     if policy.port_for_host(&to_host).is_some() {
         return Err(ReplayError(format!(
             "{to_host} is a host a tool contract names; a replay only goes to a sandbox, never to a real API"
         )));
     }
-    let calls = calls(gate, id)?;
+    let calls = calls(app, id).await?;
     if calls.is_empty() {
         return Err(ReplayError(format!(
             "no recorded call that was sent belongs to {id}; replay takes a request, proposal or job id"
@@ -173,7 +173,7 @@ pub async fn replay(
             replay_id: replay_id.clone(),
         };
         let started = std::time::Instant::now();
-        let result = send(gate, &policy, &call, &to_host, to_port, &replay_id).await;
+        let result = send(app, &policy, &call, &to_host, to_port, &replay_id).await;
         let mut payload = json!({
             "replay_id": replay_id,
             "to": authority,
@@ -198,7 +198,7 @@ pub async fn replay(
                 payload["message"] = json!(message);
             }
         }
-        gate.audit.record(crate::audit::Record {
+        app.audit.record(crate::audit::Record {
             kind: "replay",
             request_id: Some(call.request_id.clone()),
             job: call.job.clone(),
@@ -214,7 +214,7 @@ pub async fn replay(
 }
 
 async fn send(
-    gate: &Gate,
+    app: &App,
     policy: &crate::policy::Policy,
     call: &Call,
     to_host: &str,
@@ -271,7 +271,7 @@ async fn send(
     if let Some(c) = credential {
         h.insert(c.header.clone(), c.header_value());
     }
-    let resp = gate
+    let resp = app
         .upstream
         .send_to_sandbox(to_host, to_port, req)
         .await

@@ -12,12 +12,13 @@ use http::{header, HeaderValue, Method, Request};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::ledger::{all, find, put};
+use crate::ledger::{all, find};
 use crate::model::{Committed, UndoApproval, Undone};
 use crate::policy::rollback_def::placeholders;
 use crate::policy::{Approver, BodyFormat, Policy, Tool};
+use crate::services::LockKey;
 use crate::store::StoreError;
-use crate::Gate;
+use crate::App;
 
 /// The result of undoing one call, as the API, the CLI and the page report it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -214,9 +215,9 @@ fn plan(policy: &Policy, c: &Committed) -> Result<Plan, (&'static str, String)> 
 }
 
 /// Undoes one committed call (a request id or a proposal id), at most once.
-pub async fn undo(gate: &Arc<Gate>, id: &str, who: &Approver) -> Report {
+pub async fn undo(app: &Arc<App>, id: &str, who: &Approver) -> Report {
     let by = who.id.as_str();
-    let found = match find(gate, id) {
+    let found = match find(&app.store, id).await {
         Ok(Some(c)) => c,
         Ok(None) => {
             return Report::new(
@@ -237,11 +238,11 @@ pub async fn undo(gate: &Arc<Gate>, id: &str, who: &Approver) -> Report {
     };
     // One lock per call (a proposal id and its request id are the same call), then read again
     // under it: an undo that finished meanwhile is seen.
-    let _lock = gate
-        .idem_locks
-        .lock(&format!("undo\0{}", found.request_id))
+    let _lock = app
+        .locks
+        .lock(LockKey::Undo(found.request_id.clone()))
         .await;
-    let mut c = match find(gate, &found.request_id) {
+    let mut c = match find(&app.store, &found.request_id).await {
         Ok(Some(fresh)) => fresh,
         _ => found,
     };
@@ -250,7 +251,7 @@ pub async fn undo(gate: &Arc<Gate>, id: &str, who: &Approver) -> Report {
     if let Err(report) = undoable(&c) {
         return *report;
     }
-    let policy = gate.policy();
+    let policy = app.policy();
     let plan = match plan(&policy, &c) {
         Ok(p) => p,
         Err((outcome, message)) => return Report::new(&c.request_id, tool, outcome, message),
@@ -260,12 +261,12 @@ pub async fn undo(gate: &Arc<Gate>, id: &str, who: &Approver) -> Report {
         .match_tool(&c.host, c.port, &plan.method, &plan.path)
         .map(|m| m.tool.clone());
     if let Some(t) = &undo_tool {
-        if let Err((outcome, message)) = approve_undo(gate, &policy, &mut c, t, who) {
+        if let Err((outcome, message)) = approve_undo(app, &policy, &mut c, t, who).await {
             return Report::new(&c.request_id, tool, outcome, message);
         }
     }
     c.attempts += 1;
-    if let Err(e) = put(gate, &c) {
+    if let Err(e) = app.store.ledger_put(&c).await {
         return Report::new(
             &c.request_id,
             tool,
@@ -282,7 +283,7 @@ pub async fn undo(gate: &Arc<Gate>, id: &str, who: &Approver) -> Report {
         by: by.to_string(),
     };
     let (undo_id, resp, refused) =
-        crate::proxy::internal_call(gate.clone(), &c.agent, &c.host, c.port, &c.job, origin, req)
+        crate::proxy::internal_call(app.clone(), &c.agent, &c.host, c.port, &c.job, origin, req)
             .await;
     let status = resp.status().as_u16();
     // Upstream failures are toolgate's 502/504, but the call may have been sent: "failed".
@@ -301,12 +302,12 @@ pub async fn undo(gate: &Arc<Gate>, id: &str, who: &Approver) -> Report {
             status,
             unix_ms: crate::base::now_ms(),
         });
-        if let Err(e) = put(gate, &c) {
+        if let Err(e) = app.store.ledger_put(&c).await {
             tracing::error!(request_id = %c.request_id, error = %e, "could not mark the call undone");
         }
     }
-    let _ = gate.store.flush().await;
-    record_rollback(gate, (&c, &plan), by, &report, &undo_id);
+    let _ = app.store.flush().await;
+    record_rollback(app, (&c, &plan), by, &report, &undo_id);
     report
 }
 
@@ -432,13 +433,13 @@ fn outcome_report(
 
 /// The `rollback` event on the undone call, linking the undo's request.
 fn record_rollback(
-    gate: &Gate,
+    app: &App,
     (c, plan): (&Committed, &Plan),
     by: &str,
     report: &Report,
     undo_id: &str,
 ) {
-    gate.audit.record(crate::audit::Record {
+    app.audit.record(crate::audit::Record {
         kind: "rollback",
         request_id: Some(c.request_id.clone()),
         job: Some(c.job.clone()),
@@ -463,8 +464,8 @@ fn record_rollback(
 /// approver in its groups, who does not own the agent (unless the tool allows it), and as many
 /// different approvers as it requires. Until enough have asked, the request is recorded and the
 /// undo waits (`awaiting_approval`).
-fn approve_undo(
-    gate: &Gate,
+async fn approve_undo(
+    app: &App,
     policy: &Policy,
     c: &mut Committed,
     undo_tool: &Tool,
@@ -511,7 +512,7 @@ fn approve_undo(
     if have >= spec.required {
         return Ok(());
     }
-    put(gate, c).map_err(|e| {
+    app.store.ledger_put(c).await.map_err(|e| {
         (
             "refused",
             format!("the store is unavailable ({e}); nothing was sent"),
@@ -530,19 +531,16 @@ fn approve_undo(
 }
 
 /// Undoes a job's committed calls, newest first, going on past failures.
-pub async fn undo_job(
-    gate: &Arc<Gate>,
-    job: &str,
-    by: &Approver,
-) -> Result<Vec<Report>, StoreError> {
-    let mut calls: Vec<Committed> = all(gate)?
+pub async fn undo_job(app: &Arc<App>, job: &str, by: &Approver) -> Result<Vec<Report>, StoreError> {
+    let mut calls: Vec<Committed> = all(&app.store)
+        .await?
         .into_iter()
         .filter(|c| c.job == job && c.undoes.is_none() && (200..300).contains(&c.status))
         .collect();
     calls.reverse();
     let mut out = Vec::new();
     for c in calls {
-        out.push(undo(gate, &c.request_id, by).await);
+        out.push(undo(app, &c.request_id, by).await);
     }
     Ok(out)
 }

@@ -6,8 +6,8 @@ use tracing::{info, warn};
 
 use super::auth::{api_error, ApiError};
 use crate::policy::Approver;
-use crate::store::{now_unix, KillSwitch};
-use crate::Gate;
+use crate::store::{now_unix, KillSwitch, KillTarget};
+use crate::App;
 
 /// The HTTP status for one undo's outcome.
 pub(crate) fn rollback_status(outcome: &str) -> StatusCode {
@@ -29,16 +29,16 @@ pub(crate) enum Kind {
 
 /// Throws (`disable`) or resets a kill switch for a tool or an agent, for the API and the page
 /// alike. Anyone who may approve may stop things; only an admin may start them again. Returns
-/// the switch's key.
+/// the switch's target.
 pub(crate) async fn apply_switch(
-    gate: &Gate,
+    app: &App,
     who: &Approver,
     kind: &str,
     name: &str,
     disable: bool,
     reason: Option<String>,
-) -> Result<String, ApiError> {
-    let policy = gate.policy();
+) -> Result<KillTarget, ApiError> {
+    let policy = app.policy();
     let exists = match kind {
         "tool" => policy.tool(name).is_some(),
         "agent" => policy.agent(name).is_some(),
@@ -61,7 +61,11 @@ pub(crate) async fn apply_switch(
             ),
         ));
     }
-    let key = format!("{kind}:{name}");
+    let target = match kind {
+        "tool" => KillTarget::Tool(name.to_string()),
+        _ => KillTarget::Agent(name.to_string()),
+    };
+    let key = target.to_string();
     let value = disable.then(|| KillSwitch {
         by: who.id.clone(),
         reason: reason
@@ -69,7 +73,7 @@ pub(crate) async fn apply_switch(
             .unwrap_or_else(|| "no reason given".into()),
         at_unix: now_unix(),
     });
-    if let Err(e) = gate.set_kill_switch(&key, value).await {
+    if let Err(e) = app.kill.set(&target, value).await {
         warn!(error = %e, %key, "kill switch could not be stored");
         return Err(api_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -78,5 +82,5 @@ pub(crate) async fn apply_switch(
         ));
     }
     info!(%key, by = %who.id, disabled = disable, "kill switch");
-    Ok(key)
+    Ok(target)
 }

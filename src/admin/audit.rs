@@ -13,28 +13,28 @@ use serde_json::json;
 use super::auth::{api_error as api_error_body, approver, is_signed_in};
 use super::html::esc;
 use crate::audit::{describe, parse_time, Filter};
-use crate::Gate;
+use crate::App;
 
 fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
     api_error_body(status, code, message).into_response()
 }
 
 /// The admin API's approver check, shared with the rest of the API.
-fn authorized(gate: &Gate, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    approver(gate, headers)
+fn authorized(app: &App, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    approver(app, headers)
         .map(|_| ())
         .map_err(|e| Box::new(e.into_response()))
 }
 
 pub async fn story(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = authorized(&gate, &headers) {
+    if let Err(r) = authorized(&app, &headers) {
         return *r;
     }
-    match gate.audit.story(&id) {
+    match app.audit.story(&id) {
         Ok(events) if events.is_empty() => api_error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -50,14 +50,14 @@ pub async fn story(
 }
 
 pub async fn search(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
     Query(f): Query<Filter>,
 ) -> Response {
-    if let Err(r) = authorized(&gate, &headers) {
+    if let Err(r) = authorized(&app, &headers) {
         return *r;
     }
-    match gate.audit.search(&f) {
+    match app.audit.search(&f) {
         Ok(events) => Json(json!({"events": events})).into_response(),
         Err(e) => api_error(StatusCode::BAD_REQUEST, "validation_error", e),
     }
@@ -69,18 +69,18 @@ pub struct Since {
 }
 
 pub async fn export(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
     Query(q): Query<Since>,
 ) -> Response {
-    if let Err(r) = authorized(&gate, &headers) {
+    if let Err(r) = authorized(&app, &headers) {
         return *r;
     }
     let f = Filter {
         since: q.since,
         ..Default::default()
     };
-    match gate.audit.search(&f) {
+    match app.audit.search(&f) {
         Ok(events) => {
             let mut out = String::new();
             for e in events {
@@ -93,12 +93,12 @@ pub async fn export(
     }
 }
 
-pub async fn verify(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&gate, &headers) {
+pub async fn verify(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&app, &headers) {
         return *r;
     }
-    let purges = gate.audit.purges().unwrap_or_default();
-    match gate.audit.verify() {
+    let purges = app.audit.purges().unwrap_or_default();
+    match app.audit.verify() {
         Ok(n) => Json(json!({"ok": true, "events": n, "purges": purges})).into_response(),
         Err((seq, why)) => Json(json!({"ok": false, "seq": seq, "reason": why})).into_response(),
     }
@@ -114,11 +114,11 @@ pub struct Before {
 /// Purges old events: approvers in group `admin` only, never inside the retention minimum, and
 /// always leaving a `purge` event.
 pub async fn purge(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
     Json(b): Json<Before>,
 ) -> Response {
-    let who = match approver(&gate, &headers) {
+    let who = match approver(&app, &headers) {
         Ok(who) => who,
         Err(e) => return e.into_response(),
     };
@@ -139,10 +139,10 @@ pub async fn purge(
             format!("before {:?} is not a time", b.before),
         );
     };
-    if let Err(why) = crate::audit::check_purge_cut(ms, gate.config.guards.audit_retention_min) {
+    if let Err(why) = crate::audit::check_purge_cut(ms, app.config.guards.audit_retention_min) {
         return api_error(StatusCode::BAD_REQUEST, "validation_error", why);
     }
-    match gate.audit.purge(ms, &who.id, &b.reason).await {
+    match app.audit.purge(ms, &who.id, &b.reason).await {
         Ok(r) => Json(json!({"removed": r.removed, "from_seq": r.first_seq, "to_seq": r.last_seq}))
             .into_response(),
         Err(e) => api_error(
@@ -155,14 +155,14 @@ pub async fn purge(
 
 /// The story as a page for approvers and reviewers (session sign-in, like the queue).
 pub async fn story_page(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if !is_signed_in(&gate, &headers) {
+    if !is_signed_in(&app, &headers).await {
         return axum::response::Redirect::to("/login").into_response();
     }
-    let events = gate.audit.story(&id).unwrap_or_default();
+    let events = app.audit.story(&id).unwrap_or_default();
     let rows: String = events
         .iter()
         .map(|e| format!("<li><code>{}</code></li>", esc(&describe(e))))
@@ -187,17 +187,17 @@ pub async fn story_page(
 
 /// Prometheus metrics, for approvers (`Authorization: Bearer`); `--metrics-listen` serves the
 /// same without a token on an address of its own.
-pub async fn metrics(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&gate, &headers) {
+pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&app, &headers) {
         return *r;
     }
-    metrics_open(State(gate)).await
+    metrics_open(State(app)).await
 }
 
 /// Prometheus metrics, unauthenticated (the `--metrics-listen` listener only).
-pub async fn metrics_open(State(gate): State<Arc<Gate>>) -> Response {
-    let mut out = gate.metrics.render();
-    let pending = crate::approval::list(&gate, Some(crate::model::State::Pending))
+pub async fn metrics_open(State(app): State<Arc<App>>) -> Response {
+    let mut out = app.metrics.render();
+    let pending = crate::approval::list(&app, Some(crate::model::State::Pending))
         .await
         .map(|l| l.len())
         .unwrap_or(0);
@@ -206,13 +206,13 @@ pub async fn metrics_open(State(gate): State<Arc<Gate>>) -> Response {
     out.push_str("# HELP toolgate_audit_flush_seconds Duration of the last audit group-commit flush.\n# TYPE toolgate_audit_flush_seconds gauge\n");
     out.push_str(&format!(
         "toolgate_audit_flush_seconds {}\n",
-        gate.audit
+        app.audit
             .last_flush_us
             .load(std::sync::atomic::Ordering::Relaxed) as f64
             / 1e6
     ));
-    let size = gate.store.size_on_disk();
-    let alarm = u8::from(size > gate.config.guards.store_alarm_bytes);
+    let size = app.store.size_on_disk();
+    let alarm = u8::from(size > app.config.guards.store_alarm_bytes);
     out.push_str("# HELP toolgate_store_bytes Bytes the store takes on disk.\n# TYPE toolgate_store_bytes gauge\n");
     out.push_str(&format!("toolgate_store_bytes {size}\n"));
     out.push_str("# HELP toolgate_store_alarm 1 when the store is larger than --store-alarm.\n# TYPE toolgate_store_alarm gauge\n");
@@ -220,7 +220,7 @@ pub async fn metrics_open(State(gate): State<Arc<Gate>>) -> Response {
     out.push_str("# HELP toolgate_buffered_body_bytes Request-body bytes buffered now.\n# TYPE toolgate_buffered_body_bytes gauge\n");
     out.push_str(&format!(
         "toolgate_buffered_body_bytes {}\n",
-        gate.caps.buffered_bytes()
+        app.caps.buffered_bytes()
     ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

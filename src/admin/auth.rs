@@ -2,9 +2,7 @@
 //! sessions with a CSRF token for the page. Siblings import this module and `html`, never each
 //! other.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -13,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::policy::Approver;
-use crate::Gate;
+use crate::App;
 
 /// An admin API error: the same JSON shape as the proxy's refusals.
 pub(crate) struct ApiError {
@@ -43,7 +41,7 @@ pub(crate) fn api_error(
 
 /// `Authorization: Bearer <approver token>`. Agent tokens are not approver tokens and fail here.
 /// The approver behind `Authorization: Bearer <token>`, for every admin API call.
-pub(crate) fn approver(gate: &Gate, headers: &HeaderMap) -> Result<Arc<Approver>, ApiError> {
+pub(crate) fn approver(app: &App, headers: &HeaderMap) -> Result<Arc<Approver>, ApiError> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -57,7 +55,7 @@ pub(crate) fn approver(gate: &Gate, headers: &HeaderMap) -> Result<Arc<Approver>
                 "send an approver token: Authorization: Bearer <token> (TOOLGATE_TOKEN for the CLI)",
             )
         })?;
-    gate.policy().authenticate_approver(token).ok_or_else(|| {
+    app.policy().authenticate_approver(token).ok_or_else(|| {
         api_error(
             StatusCode::UNAUTHORIZED,
             "auth_error",
@@ -68,52 +66,7 @@ pub(crate) fn approver(gate: &Gate, headers: &HeaderMap) -> Result<Arc<Approver>
 
 pub(crate) const COOKIE: &str = "tg_session";
 
-pub(crate) const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-
-pub(crate) struct Session {
-    approver: String,
-    csrf: String,
-    expires: Instant,
-}
-
-/// Signed-in approvers, by session id (random, in memory: a restart signs everyone out).
-#[derive(Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
-}
-
-impl Sessions {
-    pub(crate) fn create(&self, approver: &str) -> (String, String) {
-        let id = hex::encode(rand::random::<[u8; 32]>());
-        let csrf = hex::encode(rand::random::<[u8; 32]>());
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        map.retain(|_, s| s.expires > now);
-        map.insert(
-            id.clone(),
-            Session {
-                approver: approver.to_string(),
-                csrf: csrf.clone(),
-                expires: now + SESSION_TTL,
-            },
-        );
-        (id, csrf)
-    }
-
-    fn get(&self, id: &str) -> Option<(String, String)> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(id)
-            .filter(|s| s.expires > Instant::now())
-            .map(|s| (s.approver.clone(), s.csrf.clone()))
-    }
-
-    pub(crate) fn remove(&self, id: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-    }
-}
+pub(crate) use crate::services::sessions::SESSION_TTL;
 
 /// The signed-in approver (looked up in the policy in force, so removing one signs them out).
 pub(crate) struct Signed {
@@ -133,10 +86,11 @@ pub(crate) fn session_id(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-pub(crate) fn signed(gate: &Gate, headers: &HeaderMap) -> Option<Signed> {
+pub(crate) async fn signed(app: &App, headers: &HeaderMap) -> Option<Signed> {
     let session = session_id(headers)?;
-    let (approver, csrf) = gate.sessions.get(&session)?;
-    let approver = gate.policy().approver(&approver).cloned()?;
+    let found = app.sessions.get(&session).await?;
+    let approver = app.policy().approver(&found.approver).cloned()?;
+    let csrf = found.csrf;
     Some(Signed {
         approver,
         csrf,
@@ -145,8 +99,8 @@ pub(crate) fn signed(gate: &Gate, headers: &HeaderMap) -> Option<Signed> {
 }
 
 /// True when the request carries a live session.
-pub fn is_signed_in(gate: &Gate, headers: &HeaderMap) -> bool {
-    signed(gate, headers).is_some()
+pub async fn is_signed_in(app: &App, headers: &HeaderMap) -> bool {
+    signed(app, headers).await.is_some()
 }
 
 pub(crate) fn to_login() -> Response {
@@ -184,12 +138,12 @@ impl IntoResponse for FormRefused {
 }
 
 /// The session behind a form post whose CSRF token matches it.
-pub(crate) fn signed_form(
-    gate: &Gate,
+pub(crate) async fn signed_form(
+    app: &App,
     headers: &HeaderMap,
     form: &CsrfForm,
 ) -> Result<Signed, FormRefused> {
-    let s = signed(gate, headers).ok_or(FormRefused::SignIn)?;
+    let s = signed(app, headers).await.ok_or(FormRefused::SignIn)?;
     if !csrf_ok(&s, form) {
         return Err(FormRefused::Csrf);
     }

@@ -21,13 +21,13 @@ use tokio::net::TcpListener;
 use tracing::warn;
 
 use crate::approval::{self, Action};
-use crate::Gate;
+use crate::model::KillTarget;
+use crate::App;
 use actions::{apply_switch, rollback_status, Kind};
-pub use auth::Sessions;
 use auth::{api_error, approver};
 
 /// The admin routes.
-pub fn router(gate: Arc<Gate>) -> Router {
+pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/tools", get(list_tools))
@@ -62,23 +62,23 @@ pub fn router(gate: Arc<Gate>) -> Router {
         .route("/rollback/{what}/{id}", post(pages::rollback_act))
         .route("/switches/{kind}/{name}/{action}", post(pages::switch))
         .layer(axum::middleware::from_fn_with_state(
-            gate.clone(),
+            app.clone(),
             throttle_failed_auth,
         ))
-        .with_state(gate)
+        .with_state(app)
 }
 
 /// Failed sign-ins and failed Bearer checks are counted per source address; past
 /// `auth_failures_per_minute` the address gets `429 rate_limited` until its minute is over.
 async fn throttle_failed_auth(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     const WHAT: &str = "admin_auth";
-    let max = gate.config.guards.auth_failures_per_minute;
-    if let Some(secs) = gate.sources.blocked(peer.ip(), WHAT, max) {
+    let max = app.config.guards.auth_failures_per_minute;
+    if let Some(secs) = app.sources.blocked(peer.ip(), WHAT, max) {
         let mut resp = api_error(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -96,7 +96,7 @@ async fn throttle_failed_auth(
     }
     let resp = next.run(req).await;
     if resp.status() == StatusCode::UNAUTHORIZED {
-        let (n, _) = gate.sources.count(peer.ip(), WHAT);
+        let (n, _) = app.sources.count(peer.ip(), WHAT);
         if n == max {
             warn!(peer = %peer.ip(), failures = n, "failed admin sign-ins: this address is refused for the rest of the minute");
         }
@@ -105,12 +105,12 @@ async fn throttle_failed_auth(
 }
 
 /// `/metrics` alone, without a token, for `--metrics-listen` (a private scrape network).
-pub async fn serve_metrics(listener: TcpListener, gate: Arc<Gate>) {
-    let cancel = gate.cancel.clone();
-    let app = Router::new()
+pub async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
+    let cancel = app.cancel.clone();
+    let router = Router::new()
         .route("/metrics", get(crate::admin::audit::metrics_open))
-        .with_state(gate);
-    if let Err(e) = axum::serve(listener, app)
+        .with_state(app);
+    if let Err(e) = axum::serve(listener, router)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await
     {
@@ -128,11 +128,11 @@ struct StateQuery {
 }
 
 async fn list_proposals(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
     axum::extract::Query(q): axum::extract::Query<StateQuery>,
 ) -> Response {
-    if let Err(r) = approver(&gate, &headers) {
+    if let Err(r) = approver(&app, &headers) {
         return r.into_response();
     }
     let state = match q.state.as_deref().filter(|s| !s.is_empty()) {
@@ -149,7 +149,7 @@ async fn list_proposals(
             }
         },
     };
-    match approval::list(&gate, state).await {
+    match approval::list(&app, state).await {
         Ok(list) => Json(pages::proposals_json(&list)).into_response(),
         Err(e) => api_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -161,14 +161,14 @@ async fn list_proposals(
 }
 
 async fn get_proposal(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = approver(&gate, &headers) {
+    if let Err(r) = approver(&app, &headers) {
         return r.into_response();
     }
-    match approval::load(&gate, &id).await {
+    match approval::load(&app, &id).await {
         Ok(Some(p)) => Json(p.view()).into_response(),
         Ok(None) => api_error(
             StatusCode::NOT_FOUND,
@@ -192,12 +192,12 @@ struct Comment {
 }
 
 async fn decide_proposal(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
     body: Option<Json<Comment>>,
 ) -> Response {
-    let who = match approver(&gate, &headers) {
+    let who = match approver(&app, &headers) {
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
@@ -216,7 +216,7 @@ async fn decide_proposal(
         }
     };
     let comment = body.and_then(|Json(c)| c.comment).unwrap_or_default();
-    match approval::decide(&gate, &who, &id, action, &comment).await {
+    match approval::decide(&app, &who, &id, action, &comment).await {
         Ok(p) => Json(p.view()).into_response(),
         Err(e) => api_error(e.status, e.code, e.message).into_response(),
     }
@@ -224,30 +224,30 @@ async fn decide_proposal(
 
 /// `POST /api/rollback/{id}`: undoes one committed call (a request or proposal id).
 async fn rollback_call(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let who = match approver(&gate, &headers) {
+    let who = match approver(&app, &headers) {
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
-    let report = crate::rollback::undo(&gate, &id, &who).await;
+    let report = crate::rollback::undo(&app, &id, &who).await;
     (rollback_status(&report.outcome), Json(json!(report))).into_response()
 }
 
 /// `POST /api/jobs/{job}/rollback`: undoes a job's committed calls, newest first. Answers 200
 /// with a report per call; `complete` says whether everything was undone.
 async fn rollback_job(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path(job): Path<String>,
 ) -> Response {
-    let who = match approver(&gate, &headers) {
+    let who = match approver(&app, &headers) {
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
-    match crate::rollback::undo_job(&gate, &job, &who).await {
+    match crate::rollback::undo_job(&app, &job, &who).await {
         Ok(reports) if reports.is_empty() => api_error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -277,12 +277,12 @@ struct ReplayBody {
 /// `POST /api/replay/{id}` with `{"to": "HOST:PORT"}`: re-sends the recorded calls of a request,
 /// proposal or job to a sandbox. Admins only: it sends a credential to a host named at run time.
 async fn replay(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Option<Json<ReplayBody>>,
 ) -> Response {
-    let who = match approver(&gate, &headers) {
+    let who = match approver(&app, &headers) {
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
@@ -302,7 +302,7 @@ async fn replay(
         )
         .into_response();
     };
-    match crate::replay::replay(&gate, &id, &body.to, &who.id).await {
+    match crate::replay::replay(&app, &id, &body.to, &who.id).await {
         Ok(results) => Json(json!({"id": id, "to": body.to, "results": results})).into_response(),
         Err(e) => {
             api_error(StatusCode::UNPROCESSABLE_ENTITY, "replay_refused", e.0).into_response()
@@ -316,18 +316,18 @@ struct Reason {
     reason: Option<String>,
 }
 
-fn kill_json(gate: &Gate, key: &str) -> Value {
-    match gate.kill_switch(key) {
+fn kill_json(app: &App, target: &KillTarget) -> Value {
+    match app.kill.get(target) {
         Some(k) => json!({"by": k.by, "reason": k.reason, "at_unix": k.at_unix}),
         None => Value::Null,
     }
 }
 
-async fn list_tools(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Response {
-    if let Err(r) = approver(&gate, &headers) {
+async fn list_tools(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(r) = approver(&app, &headers) {
         return r.into_response();
     }
-    let policy = gate.policy();
+    let policy = app.policy();
     let tools: Vec<Value> = policy
         .tools()
         .iter()
@@ -342,18 +342,18 @@ async fn list_tools(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Respon
                 "host": t.host,
                 "method": t.method.as_str(),
                 "path": t.path.as_str(),
-                "disabled": kill_json(&gate, &format!("tool:{}", t.name)),
+                "disabled": kill_json(&app, &KillTarget::Tool(t.name.clone())),
             })
         })
         .collect();
     Json(json!({ "tools": tools })).into_response()
 }
 
-async fn list_agents(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Response {
-    if let Err(r) = approver(&gate, &headers) {
+async fn list_agents(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Err(r) = approver(&app, &headers) {
         return r.into_response();
     }
-    let policy = gate.policy();
+    let policy = app.policy();
     let mut agents: Vec<Value> = policy
         .agents()
         .map(|a| {
@@ -362,7 +362,7 @@ async fn list_agents(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Respo
                 "owner": a.owner,
                 "environment": a.environment,
                 "tools": a.tools,
-                "disabled": kill_json(&gate, &format!("agent:{}", a.id)),
+                "disabled": kill_json(&app, &KillTarget::Agent(a.id.clone())),
             })
         })
         .collect();
@@ -371,14 +371,14 @@ async fn list_agents(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Respo
 }
 
 async fn switch(
-    gate: Arc<Gate>,
+    app: Arc<App>,
     headers: HeaderMap,
     kind: Kind,
     name: String,
     disable: bool,
     reason: Option<String>,
 ) -> Response {
-    let who = match approver(&gate, &headers) {
+    let who = match approver(&app, &headers) {
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
@@ -386,10 +386,8 @@ async fn switch(
         Kind::Tool => "tool",
         Kind::Agent => "agent",
     };
-    match apply_switch(&gate, &who, prefix, &name, disable, reason).await {
-        Ok(key) => {
-            Json(json!({ prefix: name, "disabled": kill_json(&gate, &key) })).into_response()
-        }
+    match apply_switch(&app, &who, prefix, &name, disable, reason).await {
+        Ok(key) => Json(json!({ prefix: name, "disabled": kill_json(&app, &key) })).into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -399,45 +397,44 @@ fn reason_of(body: Option<Json<Reason>>) -> Option<String> {
 }
 
 async fn disable_tool(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Option<Json<Reason>>,
 ) -> Response {
-    switch(gate, headers, Kind::Tool, name, true, reason_of(body)).await
+    switch(app, headers, Kind::Tool, name, true, reason_of(body)).await
 }
 
 async fn enable_tool(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    switch(gate, headers, Kind::Tool, name, false, None).await
+    switch(app, headers, Kind::Tool, name, false, None).await
 }
 
 async fn disable_agent(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Option<Json<Reason>>,
 ) -> Response {
-    switch(gate, headers, Kind::Agent, id, true, reason_of(body)).await
+    switch(app, headers, Kind::Agent, id, true, reason_of(body)).await
 }
 
 async fn enable_agent(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    switch(gate, headers, Kind::Agent, id, false, None).await
+    switch(app, headers, Kind::Agent, id, false, None).await
 }
 
-/// Serves the admin listener until the gate shuts down.
-pub async fn serve(listener: TcpListener, gate: Arc<Gate>) {
-    let cancel = gate.cancel.clone();
-    let app = router(gate);
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    if let Err(e) = axum::serve(listener, app)
+/// Serves the admin listener until the app shuts down.
+pub async fn serve(listener: TcpListener, app: Arc<App>) {
+    let cancel = app.cancel.clone();
+    let service = router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(e) = axum::serve(listener, service)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await
     {

@@ -14,8 +14,9 @@ use super::actions::{apply_switch, rollback_status};
 use super::auth::{signed, signed_form, to_login, CsrfForm, Signed, COOKIE, SESSION_TTL};
 use super::html::{age, esc, page};
 use crate::approval::{self, Action, Proposal};
+use crate::model::KillTarget;
 use crate::store::now_unix;
-use crate::Gate;
+use crate::App;
 
 pub async fn login_form() -> Html<String> {
     page(
@@ -32,12 +33,22 @@ pub struct LoginForm {
     token: String,
 }
 
-pub async fn login(State(gate): State<Arc<Gate>>, Form(form): Form<LoginForm>) -> Response {
-    let Some(approver) = gate.policy().authenticate_approver(form.token.trim()) else {
+/// Sign-in while the session store cannot be written: refused, nothing half-made.
+fn session_store_down(e: crate::store::StoreError) -> Response {
+    tracing::warn!(error = %e, "could not store a new session");
+    let body = "<h1>Sign in</h1><p class=\"flash\">Signing in is unavailable: the session store cannot be written. Try again shortly.</p>";
+    (StatusCode::SERVICE_UNAVAILABLE, page("Sign in", None, body)).into_response()
+}
+
+pub async fn login(State(app): State<Arc<App>>, Form(form): Form<LoginForm>) -> Response {
+    let Some(approver) = app.policy().authenticate_approver(form.token.trim()) else {
         let body = "<h1>Sign in</h1><p class=\"flash\">That is not an approver's token.</p><p><a href=\"/login\">Try again</a></p>";
         return (StatusCode::UNAUTHORIZED, page("Sign in", None, body)).into_response();
     };
-    let (id, _) = gate.sessions.create(&approver.id);
+    let (id, _) = match app.sessions.create(&approver.id).await {
+        Ok(s) => s,
+        Err(e) => return session_store_down(e),
+    };
     let cookie = format!(
         "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
         SESSION_TTL.as_secs()
@@ -46,15 +57,15 @@ pub async fn login(State(gate): State<Arc<Gate>>, Form(form): Form<LoginForm>) -
 }
 
 pub async fn logout(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let s = match signed_form(&gate, &headers, &form) {
+    let s = match signed_form(&app, &headers, &form).await {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
-    gate.sessions.remove(&s.session);
+    let _ = app.sessions.remove(&s.session).await;
     let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
     ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
 }
@@ -91,8 +102,8 @@ fn queue_rows(props: &[Proposal]) -> String {
         .collect()
 }
 
-async fn open_proposals(gate: &Gate) -> Vec<Proposal> {
-    approval::list(gate, None)
+async fn open_proposals(app: &App) -> Vec<Proposal> {
+    approval::list(app, None)
         .await
         .unwrap_or_default()
         .into_iter()
@@ -100,11 +111,11 @@ async fn open_proposals(gate: &Gate) -> Vec<Proposal> {
         .collect()
 }
 
-pub async fn queue(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Response {
-    let Some(s) = signed(&gate, &headers) else {
+pub async fn queue(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let Some(s) = signed(&app, &headers).await else {
         return to_login();
     };
-    let rows = queue_rows(&open_proposals(&gate).await);
+    let rows = queue_rows(&open_proposals(&app).await);
     // Updates by itself: the fragment is fetched again every two seconds (same origin, session
     // cookie), so a new proposal appears without a reload.
     let body = format!(
@@ -115,11 +126,11 @@ pub async fn queue(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Respons
     page("Queue", Some(&s), &body).into_response()
 }
 
-pub async fn queue_fragment(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Response {
-    if signed(&gate, &headers).is_none() {
+pub async fn queue_fragment(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if signed(&app, &headers).await.is_none() {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    Html(queue_rows(&open_proposals(&gate).await)).into_response()
+    Html(queue_rows(&open_proposals(&app).await)).into_response()
 }
 
 /// Who approved a proposal so far, as list items.
@@ -177,14 +188,14 @@ fn actions_html(p: &Proposal, s: &Signed) -> String {
 }
 
 pub async fn detail(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(s) = signed(&gate, &headers) else {
+    let Some(s) = signed(&app, &headers).await else {
         return to_login();
     };
-    let p = match approval::load(&gate, &id).await {
+    let p = match approval::load(&app, &id).await {
         Ok(Some(p)) => p,
         _ => {
             return (
@@ -238,12 +249,12 @@ pub async fn detail(
 }
 
 pub async fn act(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let s = match signed_form(&gate, &headers, &form) {
+    let s = match signed_form(&app, &headers, &form).await {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
@@ -253,7 +264,7 @@ pub async fn act(
         "revoke" => Action::Revoke,
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
-    match approval::decide(&gate, &s.approver, &id, action, &form.comment).await {
+    match approval::decide(&app, &s.approver, &id, action, &form.comment).await {
         Ok(_) => Redirect::to(&format!("/proposals/{id}")).into_response(),
         Err(e) => (
             e.status,
@@ -279,11 +290,11 @@ pub struct HistoryQuery {
 }
 
 pub async fn history(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
     Query(q): Query<HistoryQuery>,
 ) -> Response {
-    let Some(s) = signed(&gate, &headers) else {
+    let Some(s) = signed(&app, &headers).await else {
         return to_login();
     };
     let state = q
@@ -293,7 +304,7 @@ pub async fn history(
         .and_then(approval::State::parse);
     let tool = q.tool.clone().unwrap_or_default();
     let agent = q.agent.clone().unwrap_or_default();
-    let rows: String = approval::list(&gate, state)
+    let rows: String = approval::list(&app, state)
         .await
         .unwrap_or_default()
         .iter()
@@ -330,13 +341,17 @@ pub async fn history(
     page("History", Some(&s), &body).into_response()
 }
 
-pub async fn switches(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Response {
-    let Some(s) = signed(&gate, &headers) else {
+pub async fn switches(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let Some(s) = signed(&app, &headers).await else {
         return to_login();
     };
-    let policy = gate.policy();
+    let policy = app.policy();
     let row = |kind: &str, name: &str| {
-        let state = gate.kill_switch(&format!("{kind}:{name}"));
+        let target = match kind {
+            "tool" => KillTarget::Tool(name.to_string()),
+            _ => KillTarget::Agent(name.to_string()),
+        };
+        let state = app.kill.get(&target);
         let (label, action) = match &state {
             Some(_) => ("Enable", "enable"),
             None => ("Disable", "disable"),
@@ -373,12 +388,12 @@ pub async fn switches(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Resp
 }
 
 pub async fn switch(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path((kind, name, action)): Path<(String, String, String)>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let s = match signed_form(&gate, &headers, &form) {
+    let s = match signed_form(&app, &headers, &form).await {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
@@ -388,7 +403,7 @@ pub async fn switch(
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     let reason = Some(form.reason.clone());
-    match apply_switch(&gate, &s.approver, &kind, &name, disable, reason).await {
+    match apply_switch(&app, &s.approver, &kind, &name, disable, reason).await {
         Ok(_) => Redirect::to("/switches").into_response(),
         Err(e) => (
             e.status,
@@ -411,12 +426,12 @@ pub fn proposals_json(props: &[Proposal]) -> serde_json::Value {
 }
 
 /// Committed calls, grouped by job, newest first, with their undo buttons.
-pub async fn rollback_list(State(gate): State<Arc<Gate>>, headers: HeaderMap) -> Response {
-    let Some(s) = signed(&gate, &headers) else {
+pub async fn rollback_list(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let Some(s) = signed(&app, &headers).await else {
         return to_login();
     };
-    let policy = gate.policy();
-    let mut calls = crate::ledger::all(&gate).unwrap_or_default();
+    let policy = app.policy();
+    let mut calls = crate::ledger::all(&app.store).await.unwrap_or_default();
     calls.reverse();
     let mut jobs: Vec<String> = Vec::new();
     for c in &calls {
@@ -490,18 +505,18 @@ pub async fn rollback_list(State(gate): State<Arc<Gate>>, headers: HeaderMap) ->
 
 /// Undoes one call (`/rollback/call/{id}`) or a job (`/rollback/job/{job}`) and shows each result.
 pub async fn rollback_act(
-    State(gate): State<Arc<Gate>>,
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
     Path((what, id)): Path<(String, String)>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let s = match signed_form(&gate, &headers, &form) {
+    let s = match signed_form(&app, &headers, &form).await {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
     let reports = match what.as_str() {
-        "call" => vec![crate::rollback::undo(&gate, &id, &s.approver).await],
-        "job" => match crate::rollback::undo_job(&gate, &id, &s.approver).await {
+        "call" => vec![crate::rollback::undo(&app, &id, &s.approver).await],
+        "job" => match crate::rollback::undo_job(&app, &id, &s.approver).await {
             Ok(r) => r,
             Err(e) => {
                 return (

@@ -921,6 +921,16 @@ pub fn parse_rate(text: &str) -> Result<RateLimit, String> {
     })
 }
 
+/// A policy set from one TOML text, every `token_env` reading `secret` (for unit tests).
+#[cfg(test)]
+pub(crate) fn for_tests(toml_text: &str) -> Policy {
+    let file: PolicyFile = toml::from_str(toml_text).expect("test policy parses");
+    Policy::build(vec![("t.toml".into(), file)], &|_| {
+        Some("secret".to_string())
+    })
+    .expect("test policy builds")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

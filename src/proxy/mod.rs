@@ -8,7 +8,6 @@ pub mod model;
 pub(crate) mod request;
 pub mod rewind;
 pub mod scrub;
-pub mod upstream;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -29,10 +28,10 @@ use crate::base::{body, new_id, split_host_port};
 use crate::error::{Code, Refusal};
 use crate::guard::{Activity, TunnelSlot, Watched};
 use crate::policy::{Agent, Policy};
-use crate::Gate;
+use crate::upstream::{self, EgressError};
+use crate::App;
 use body::{empty, ProxyBody};
 use rewind::{detect, Protocol, Rewind};
-use upstream::EgressError;
 
 pub use crate::base::net::REQUEST_ID_HEADER;
 
@@ -46,7 +45,7 @@ const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// Accepts proxy connections until `shutdown` resolves.
 pub(crate) async fn accept_loop(
-    gate: Arc<Gate>,
+    app: Arc<App>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -55,7 +54,7 @@ pub(crate) async fn accept_loop(
         // At the connection cap, further clients wait in the kernel's backlog.
         let permit = tokio::select! {
             _ = &mut shutdown => break,
-            p = gate.connections.clone().acquire_owned() => match p {
+            p = app.connections.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => break,
             },
@@ -67,7 +66,7 @@ pub(crate) async fn accept_loop(
                     if let Err(e) = stream.set_nodelay(true) {
                         debug!(error = %e, "could not set TCP_NODELAY");
                     }
-                    gate.tasks.spawn(serve_client(gate.clone(), stream, peer, Arc::new(permit)));
+                    app.tasks.spawn(serve_client(app.clone(), stream, peer, Arc::new(permit)));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -82,16 +81,16 @@ pub(crate) async fn accept_loop(
 /// Serves one agent connection: HTTP/1.1 to the proxy itself (CONNECT or absolute form).
 /// The connection holds `slot` (one of `--max-connections`) as long as it is open, tunnels
 /// upgraded from it included.
-async fn serve_client(gate: Arc<Gate>, stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) {
+async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) {
     let activity = Activity::new();
-    let g = gate.clone();
+    let g = app.clone();
     let a = activity.clone();
     let svc = service_fn(move |req| {
-        let gate = g.clone();
+        let app = g.clone();
         let in_flight = a.request();
         let slot = slot.clone();
         async move {
-            let resp = outer(gate, peer, req, slot).await;
+            let resp = outer(app, peer, req, slot).await;
             drop(in_flight);
             Ok::<_, Infallible>(resp)
         }
@@ -103,10 +102,10 @@ async fn serve_client(gate: Arc<Gate>, stream: TcpStream, peer: SocketAddr, slot
         .serve_connection(TokioIo::new(Watched::new(stream, activity.clone())), svc)
         .with_upgrades();
     tokio::pin!(conn);
-    let idle = gate.config.guards.idle_timeout;
+    let idle = app.config.guards.idle_timeout;
     tokio::select! {
         res = conn.as_mut() => if let Err(e) = res { debug!(%peer, error = %e, "client connection ended with an error") },
-        _ = gate.cancel.cancelled() => {
+        _ = app.cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
@@ -145,7 +144,7 @@ pub(crate) enum Origin {
 /// call takes, with its own request id and audit events. Returns that id, the answer, and the
 /// refusal code when toolgate refused it.
 pub(crate) async fn internal_call(
-    gate: Arc<Gate>,
+    app: Arc<App>,
     agent_id: &str,
     host: &str,
     port: u16,
@@ -162,7 +161,7 @@ pub(crate) async fn internal_call(
         tunnel_id: job.to_string(),
         origin,
     };
-    let (resp, code) = handle(gate, &target, req, request_id.clone(), Instant::now()).await;
+    let (resp, code) = handle(app, &target, req, request_id.clone(), Instant::now()).await;
     (request_id, resp, code)
 }
 
@@ -197,21 +196,21 @@ fn authenticate(policy: &Policy, req: &Request<Incoming>) -> Result<Arc<Agent>, 
 /// The proxy-level service: authenticates, then opens a tunnel or handles an absolute-form
 /// plain-HTTP request.
 async fn outer(
-    gate: Arc<Gate>,
+    app: Arc<App>,
     peer: SocketAddr,
     req: Request<Incoming>,
     slot: ConnectionSlot,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let request_id = new_id("req");
-    let policy = gate.policy();
+    let policy = app.policy();
     let method = req.method().clone();
     let target_text = req.uri().to_string();
     let agent = match authenticate(&policy, &req) {
         Ok(agent) => agent,
         Err(refusal) => {
             record_refusal(
-                &gate,
+                &app,
                 (&request_id, started),
                 (None, peer),
                 "-",
@@ -223,7 +222,7 @@ async fn outer(
         }
     };
     if method == Method::CONNECT {
-        return connect(gate, &policy, (agent, peer, slot), req, request_id, started).await;
+        return connect(app, &policy, (agent, peer, slot), req, request_id, started).await;
     }
     let absolute = matches!(req.uri().scheme_str(), Some("http") | Some("https"));
     let Some(host) = req.uri().host().filter(|_| absolute) else {
@@ -232,7 +231,7 @@ async fn outer(
              HTTP_PROXY (absolute-form URLs), not to it directly",
         );
         record_refusal(
-            &gate,
+            &app,
             (&request_id, started),
             (Some(&agent.id), peer),
             "-",
@@ -252,9 +251,9 @@ async fn outer(
         None | Some(80) => policy.port_for_host(&host).unwrap_or(443),
         Some(p) => p,
     };
-    if let Err(refusal) = egress(&gate, &policy, &host, port).await {
+    if let Err(refusal) = egress(&app, &policy, &host, port).await {
         record_refusal(
-            &gate,
+            &app,
             (&request_id, started),
             (Some(&agent.id), peer),
             &host,
@@ -272,21 +271,21 @@ async fn outer(
         tunnel_id: new_id("conn"),
         origin: Origin::Agent,
     };
-    handle(gate, &target, req.map(body::stream), request_id, started)
+    handle(app, &target, req.map(body::stream), request_id, started)
         .await
         .0
 }
 
 /// The egress phase: the host must be named by a contract, and must not resolve to a private
 /// address unless `--connect-to` routes it explicitly.
-async fn egress(gate: &Gate, policy: &Policy, host: &str, port: u16) -> Result<(), Refusal> {
+async fn egress(app: &App, policy: &Policy, host: &str, port: u16) -> Result<(), Refusal> {
     if !policy.allows_host(host, port) {
         return Err(Refusal::egress(format!(
             "{} is not named by any tool contract; toolgate only connects to hosts that a [[tool]] entry names",
             upstream::authority(host, port)
         )));
     }
-    match gate.upstream.routes().resolve(host, port).await {
+    match app.upstream.routes().resolve(host, port).await {
         Ok(_) => Ok(()),
         Err(e @ EgressError::Forbidden { .. }) => Err(Refusal::egress(e.to_string())),
         Err(e @ EgressError::Dns { .. }) => Err(Refusal::upstream(e.to_string())),
@@ -295,7 +294,7 @@ async fn egress(gate: &Gate, policy: &Policy, host: &str, port: u16) -> Result<(
 
 /// Answers a CONNECT: the target is decided before the 200, then the tunnel is served.
 async fn connect(
-    gate: Arc<Gate>,
+    app: Arc<App>,
     policy: &Policy,
     (agent, peer, connection): (Arc<Agent>, SocketAddr, ConnectionSlot),
     req: Request<Incoming>,
@@ -307,7 +306,7 @@ async fn connect(
     let Some((host, port)) = parsed else {
         let refusal = Refusal::policy("CONNECT needs a HOST:PORT target");
         record_refusal(
-            &gate,
+            &app,
             (&request_id, started),
             (Some(&agent.id), peer),
             "-",
@@ -318,18 +317,18 @@ async fn connect(
         return refusal.into_response(&request_id);
     };
     let target_text = upstream::authority(&host, port);
-    let admitted = match egress(&gate, policy, &host, port).await {
-        Ok(()) => gate
+    let admitted = match egress(&app, policy, &host, port).await {
+        Ok(()) => app
             .caps
             .tunnel(&agent.id)
-            .ok_or_else(|| tunnel_cap(&gate, &agent.id)),
+            .ok_or_else(|| tunnel_cap(&app, &agent.id)),
         Err(refusal) => Err(refusal),
     };
     let slot = match admitted {
         Ok(slot) => slot,
         Err(refusal) => {
             record_refusal(
-                &gate,
+                &app,
                 (&request_id, started),
                 (Some(&agent.id), peer),
                 &host,
@@ -353,8 +352,8 @@ async fn connect(
         path = %target_text, decision = "tunnel", status = 200u16,
         latency_ms = started.elapsed().as_secs_f64() * 1000.0, "tunnel opened"
     );
-    let g = gate.clone();
-    gate.tasks.spawn(async move {
+    let g = app.clone();
+    app.tasks.spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 tunnel(g, Arc::new(target), TokioIo::new(upgraded), slot).await;
@@ -371,12 +370,12 @@ async fn connect(
 }
 
 /// An agent holding its cap of tunnels asks for one more.
-fn tunnel_cap(gate: &Gate, agent: &str) -> Refusal {
+fn tunnel_cap(app: &App, agent: &str) -> Refusal {
     let mut refusal = Refusal::new(
         Code::RateLimited,
         format!(
             "agent {agent} already holds {} open tunnels through toolgate, its cap; reuse or close one",
-            gate.config.guards.max_connections_per_agent
+            app.config.guards.max_connections_per_agent
         ),
     );
     refusal.retry_after = Some(1);
@@ -385,13 +384,13 @@ fn tunnel_cap(gate: &Gate, agent: &str) -> Refusal {
 
 /// Serves a tunnel: TLS (intercepted with a minted leaf) or plain HTTP, told apart by the first
 /// bytes; anything else is closed.
-async fn tunnel<T>(gate: Arc<Gate>, target: Arc<Target>, io: T, _slot: TunnelSlot)
+async fn tunnel<T>(app: Arc<App>, target: Arc<Target>, io: T, _slot: TunnelSlot)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::new();
     let mut io = Watched::new(io, activity.clone());
-    let limit = gate.config.handshake_timeout;
+    let limit = app.config.handshake_timeout;
     let (protocol, prefix) = match detect(&mut io, limit).await {
         Ok(found) => found,
         Err(e) => {
@@ -401,7 +400,7 @@ where
     };
     let io = Rewind::new(prefix, io);
     match protocol {
-        Protocol::Http => serve_inner(gate, target, io, activity).await,
+        Protocol::Http => serve_inner(app, target, io, activity).await,
         Protocol::Tls => {
             let acceptor =
                 tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
@@ -433,7 +432,7 @@ where
                 );
                 return;
             }
-            let config = match gate.ca.server_config(&target.host) {
+            let config = match app.ca.server_config(&target.host) {
                 Ok(c) => c,
                 Err(e) => {
                     warn!(host = %target.host, error = %e, "could not mint a certificate");
@@ -441,7 +440,7 @@ where
                 }
             };
             match tokio::time::timeout(limit, start.into_stream(config)).await {
-                Ok(Ok(tls)) => serve_inner(gate, target, tls, activity).await,
+                Ok(Ok(tls)) => serve_inner(app, target, tls, activity).await,
                 Ok(Err(e)) => {
                     warn!(agent = %target.agent_id, host = %target.host, error = %e, "TLS handshake failed")
                 }
@@ -454,26 +453,26 @@ where
 }
 
 /// Serves HTTP/1.1 or HTTP/2 requests inside a tunnel.
-async fn serve_inner<T>(gate: Arc<Gate>, target: Arc<Target>, io: T, activity: Arc<Activity>)
+async fn serve_inner<T>(app: Arc<App>, target: Arc<Target>, io: T, activity: Arc<Activity>)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let g = gate.clone();
+    let g = app.clone();
     let t = target.clone();
     let a = activity.clone();
     let svc = service_fn(move |req| {
-        let gate = g.clone();
+        let app = g.clone();
         let target = t.clone();
         let in_flight = a.request();
         async move {
             let started = Instant::now();
             let request_id = new_id("req");
-            let (resp, _) = handle(gate, &target, req.map(body::stream), request_id, started).await;
+            let (resp, _) = handle(app, &target, req.map(body::stream), request_id, started).await;
             drop(in_flight);
             Ok::<_, Infallible>(resp)
         }
     });
-    let guards = &gate.config.guards;
+    let guards = &app.config.guards;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -495,7 +494,7 @@ where
         res = conn.as_mut() => if let Err(e) = res {
             debug!(agent = %target.agent_id, host = %target.host, error = %e, "tunnel connection ended with an error")
         },
-        _ = gate.cancel.cancelled() => {
+        _ = app.cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
@@ -513,7 +512,7 @@ enum Decision {
 
 /// One request inside a tunnel (or in absolute form): every phase, then the record phase.
 async fn handle(
-    gate: Arc<Gate>,
+    app: Arc<App>,
     target: &Target,
     req: Request<ProxyBody>,
     request_id: String,
@@ -521,7 +520,7 @@ async fn handle(
 ) -> (Response<ProxyBody>, Option<Code>) {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let (job, job_refused) = match job_of(&gate, target, req.headers()) {
+    let (job, job_refused) = match job_of(&app, target, req.headers()).await {
         Ok(job) => (job, None),
         Err(refusal) => (target.tunnel_id.clone(), Some(refusal)),
     };
@@ -534,7 +533,7 @@ async fn handle(
         version: None,
     };
     // The record phase: what was asked, whatever happens next.
-    gate.audit.record(trail.rec(
+    app.audit.record(trail.rec(
         "request",
         serde_json::json!({
             "method": method.as_str(),
@@ -556,7 +555,7 @@ async fn handle(
     ));
     let result = match job_refused {
         Some(refusal) => Err(refusal),
-        None => request::process(&gate, target, req, &mut trail).await,
+        None => request::process(&app, target, req, &mut trail).await,
     };
     let tool_name = trail.tool.clone();
     let (mut resp, decision) = match result {
@@ -575,7 +574,7 @@ async fn handle(
                 serde_json::json!({"outcome": "refused", "code": code.as_str(), "status": code.status().as_u16(), "message": refusal.message}),
             );
             rec.proposal = refusal.proposal.clone();
-            gate.audit.record(rec);
+            app.audit.record(rec);
             (refusal.into_response(&request_id), Decision::Refused(code))
         }
     };
@@ -590,7 +589,7 @@ async fn handle(
         None => ("forwarded", ""),
         Some(code) => ("refused", code.as_str()),
     };
-    gate.metrics.observe(
+    app.metrics.observe(
         tool_name.as_deref().unwrap_or("-"),
         decision,
         resp.status().as_u16(),
@@ -608,7 +607,7 @@ async fn handle(
 /// The job a request belongs to: its `Toolgate-Job`, else its tunnel. A job belongs to the agent
 /// that named it first (or to agents of the same owner): another agent naming it is refused, so
 /// it cannot slip calls into someone else's story or rollback set.
-fn job_of(gate: &Gate, target: &Target, headers: &http::HeaderMap) -> Result<String, Refusal> {
+async fn job_of(app: &App, target: &Target, headers: &http::HeaderMap) -> Result<String, Refusal> {
     let Some(value) = headers.get("toolgate-job") else {
         return Ok(target.tunnel_id.clone());
     };
@@ -631,12 +630,12 @@ fn job_of(gate: &Gate, target: &Target, headers: &http::HeaderMap) -> Result<Str
     if matches!(target.origin, Origin::Undo { .. }) {
         return Ok(job.to_string());
     }
-    let owner = gate
+    let owner = app
         .policy()
         .agent(&target.agent_id)
         .map(|a| a.owner.clone())
         .unwrap_or_default();
-    match gate.store.claim_job(job, &target.agent_id, &owner) {
+    match app.store.job_claim(job, &target.agent_id, &owner).await {
         Ok(None) => Ok(job.to_string()),
         Ok(Some(holder)) => Err(Refusal::policy(format!(
             "job {job} belongs to agent {holder}; name a job of your own in Toolgate-Job"
@@ -651,7 +650,7 @@ fn job_of(gate: &Gate, target: &Target, headers: &http::HeaderMap) -> Result<Str
 /// is capped, and a flood of one kind from one address is recorded as its first events plus a
 /// count: unauthenticated clients must not be able to fill the disk.
 fn record_refusal(
-    gate: &Gate,
+    app: &App,
     (request_id, started): (&str, Instant),
     (agent, peer): (Option<&str>, SocketAddr),
     host: &str,
@@ -659,9 +658,9 @@ fn record_refusal(
     path: &str,
     refusal: &Refusal,
 ) {
-    let (count, ended) = gate.sources.count(peer.ip(), refusal.code.as_str());
+    let (count, ended) = app.sources.count(peer.ip(), refusal.code.as_str());
     if let Some(n) = ended.filter(|n| *n > REFUSALS_RECORDED_PER_MINUTE) {
-        gate.audit.record(crate::audit::Record {
+        app.audit.record(crate::audit::Record {
             kind: "decision",
             agent: agent.map(str::to_string),
             payload: serde_json::json!({
@@ -673,7 +672,7 @@ fn record_refusal(
         });
     }
     if count <= REFUSALS_RECORDED_PER_MINUTE {
-        gate.audit.record(crate::audit::Record {
+        app.audit.record(crate::audit::Record {
             kind: "decision",
             request_id: Some(request_id.to_string()),
             agent: agent.map(str::to_string),

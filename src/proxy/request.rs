@@ -14,7 +14,6 @@ use sha2::{Digest, Sha256};
 
 use super::body::{self, ProxyBody};
 use super::scrub::{Needles, Scrubbed};
-use super::upstream::{self};
 use super::Target;
 use crate::checks::{
     authorize, budget_amount, check_rules, forwarded_headers, idempotency_key, validate_body,
@@ -23,9 +22,12 @@ use crate::checks::{
 use crate::error::{Code, Refusal};
 use crate::guard::{BodyReservation, Exceeded};
 use crate::limits::charge_budget;
+use crate::model::KillTarget;
 use crate::policy::{check_path, Agent, Credential, Mode, Policy, SideEffects, Tool};
+use crate::services::LockKey;
 use crate::store::{now_unix, IdemRecord, IdemState, Outcome};
-use crate::Gate;
+use crate::upstream;
+use crate::App;
 
 /// How long an `Idempotency-Key` is remembered (Stripe's own window).
 const KEY_WINDOW_SECS: u64 = 24 * 3600;
@@ -57,25 +59,25 @@ struct Call {
 /// The phases of one request inside a tunnel: identify, match, authorize and validate, then
 /// decide (deny, preview, propose, read or write).
 pub(super) async fn process(
-    gate: &Gate,
+    app: &App,
     target: &Target,
     req: Request<ProxyBody>,
     trail: &mut Trail,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    let policy = gate.policy();
-    let agent = identify(gate, &policy, target, req.method())?;
-    let matched = match_tool(gate, &policy, target, &req)?;
+    let policy = app.policy();
+    let agent = identify(app, &policy, target, req.method())?;
+    let matched = match_tool(app, &policy, target, &req)?;
     trail.tool = Some(matched.tool.name.clone());
     trail.version = Some(matched.tool.version);
     trail.owner = Some(agent.owner.clone());
-    let call = validate(gate, target, agent, matched, req).await?;
-    decide(gate, target, call, trail).await
+    let call = validate(app, target, agent, matched, req).await?;
+    decide(app, target, call, trail).await
 }
 
 /// The identify phase: the agent, looked up per request so that a reload or a kill switch
 /// takes effect on open tunnels too.
 fn identify(
-    gate: &Gate,
+    app: &App,
     policy: &Policy,
     target: &Target,
     method: &Method,
@@ -84,7 +86,7 @@ fn identify(
         .agent(&target.agent_id)
         .cloned()
         .ok_or_else(|| Refusal::auth_error("this agent is no longer defined in the policies"))?;
-    if let Some(k) = gate.kill_switch(&format!("agent:{}", agent.id)) {
+    if let Some(k) = app.kill.get(&KillTarget::Agent(agent.id.clone())) {
         return Err(Refusal::new(
             Code::ToolDisabled,
             format!(
@@ -103,7 +105,7 @@ fn identify(
 
 /// The match phase: a canonical path, the one contract it matches, and that tool's kill switch.
 fn match_tool(
-    gate: &Gate,
+    app: &App,
     policy: &Policy,
     target: &Target,
     req: &Request<ProxyBody>,
@@ -117,7 +119,7 @@ fn match_tool(
     let matched = policy
         .match_tool(&target.host, target.port, req.method(), path)
         .ok_or_else(|| no_match(policy, target, req.method(), path))?;
-    if let Some(k) = gate.kill_switch(&format!("tool:{}", matched.tool.name)) {
+    if let Some(k) = app.kill.get(&KillTarget::Tool(matched.tool.name.clone())) {
         return Err(Refusal::new(
             Code::ToolDisabled,
             format!(
@@ -132,7 +134,7 @@ fn match_tool(
 /// The authorize and validate phases: permissions and credential, query, body (read within
 /// the caps), rules, the budget field and the headers that go upstream.
 async fn validate(
-    gate: &Gate,
+    app: &App,
     target: &Target,
     agent: Arc<Agent>,
     matched: crate::policy::Matched,
@@ -142,7 +144,7 @@ async fn validate(
     let credential = authorize(&agent, &tool, &matched.params)?;
     let (parts, incoming) = req.into_parts();
     let query = validate_query(&tool, parts.uri.query())?;
-    let (body, buffered) = read_body(gate, &agent.id, &tool, &parts.headers, incoming).await?;
+    let (body, buffered) = read_body(app, &agent.id, &tool, &parts.headers, incoming).await?;
     let body_json = validate_body(&tool, &parts.headers, &body)?;
     check_rules(&agent, &tool, &parts, &matched.params, &query, &body_json)?;
     let amount = budget_amount(&tool, &body_json)?;
@@ -196,7 +198,7 @@ fn body_event(tool: &Tool, body: &Bytes, body_json: &Value) -> Value {
 
 /// The decide phase: deny, preview, hold for approval, or send (a read, or a write).
 async fn decide(
-    gate: &Gate,
+    app: &App,
     target: &Target,
     mut call: Call,
     trail: &Trail,
@@ -219,7 +221,7 @@ async fn decide(
         && (tool.mode == Mode::DryRun
             || (tool.side_effects != SideEffects::None && (call.agent.dry_run || asked_dry_run)));
     if dry_run {
-        gate.audit.record(trail.rec(
+        app.audit.record(trail.rec(
             "decision",
             json!({"outcome": "dry_run", "mode": tool.mode.as_str(), "body": call.body_event}),
         ));
@@ -240,12 +242,12 @@ async fn decide(
         if let Some(cred) = &call.credential {
             call.headers.remove(&cred.header);
         }
-        return propose(gate, target, &call, trail).await;
+        return propose(app, target, &call, trail).await;
     }
     if tool.side_effects == SideEffects::None {
-        return read(gate, target, call, trail).await;
+        return read(app, target, call, trail).await;
     }
-    write(gate, target, call, key.as_deref(), trail).await
+    write(app, target, call, key.as_deref(), trail).await
 }
 
 /// sha256 of method, path and query, and body: what makes two calls the same call.
@@ -270,7 +272,7 @@ fn outgoing(call: &mut Call) -> Request<ProxyBody> {
 
 /// Holds the call for a person: a new or joined proposal.
 async fn propose(
-    gate: &Gate,
+    app: &App,
     target: &Target,
     call: &Call,
     trail: &Trail,
@@ -289,33 +291,33 @@ async fn propose(
         body: &call.body,
         payload_sha256: &payload,
         summary_ctx: json!({"body": call.body_json, "params": call.params, "query": call.query}),
-        redactor: &gate.audit.redactor,
+        redactor: &app.audit.redactor,
         budget_amount: call.amount,
     };
-    crate::approval::propose_and_wait(gate, proposal).await
+    crate::approval::propose_and_wait(app, proposal).await
 }
 
 /// A call without side effects: sent at once, its answer streamed back, secrets cut out.
 async fn read(
-    gate: &Gate,
+    app: &App,
     target: &Target,
     mut call: Call,
     trail: &Trail,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let tool = call.tool.clone();
-    gate.limiter.admit(&call.agent.id, &tool)?;
-    gate.audit.record(trail.rec(
+    app.limiter.admit(&call.agent.id, &tool).await?;
+    app.audit.record(trail.rec(
         "decision",
         json!({"outcome": "allowed", "mode": tool.mode.as_str(), "body": call.body_event}),
     ));
-    let resp = match gate
+    let resp = match app
         .upstream
         .forward(&target.host, target.port, outgoing(&mut call))
         .await
     {
         Ok(r) => r,
         Err(f) => {
-            gate.audit.record(trail.rec(
+            app.audit.record(trail.rec(
                 "upstream_error",
                 json!({"code": f.refusal.code.as_str(), "message": f.refusal.message, "sent": !f.not_sent}),
             ));
@@ -334,10 +336,10 @@ async fn read(
     let body = Scrubbed::new(body, needles);
     let latency_ms = call.started.elapsed().as_millis() as u64;
     if tool.def.kind.as_deref() == Some("model") {
-        return Ok(model_answer(gate, target, &call, trail, parts, body));
+        return Ok(model_answer(app, target, &call, trail, parts, body));
     }
     // A read's body streams to the agent and is not kept.
-    gate.audit.record(trail.rec(
+    app.audit.record(trail.rec(
         "response",
         json!({
             "status": parts.status.as_u16(),
@@ -351,7 +353,7 @@ async fn read(
 
 /// A model provider's answer: streamed as it comes, its usage recorded when it ends.
 fn model_answer(
-    gate: &Gate,
+    app: &App,
     target: &Target,
     call: &Call,
     trail: &Trail,
@@ -363,7 +365,7 @@ fn model_answer(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let audit = gate.audit.clone();
+    let audit = app.audit.clone();
     let provider = super::model::provider(&target.host);
     let asked_model = call
         .body_json
@@ -391,7 +393,7 @@ fn model_answer(
             audit.record(rec);
         }),
     );
-    gate.audit.record(trail.rec(
+    app.audit.record(trail.rec(
         "response",
         json!({"status": status, "body": {"streamed": true}, "latency_ms": started.elapsed().as_millis() as u64}),
     ));
@@ -401,7 +403,7 @@ fn model_answer(
 /// A call with side effects: at most once per idempotency identity, within the limits, then
 /// the one commit routine.
 async fn write(
-    gate: &Gate,
+    app: &App,
     target: &Target,
     mut call: Call,
     key: Option<&str>,
@@ -418,13 +420,16 @@ async fn write(
             tool.idempotency_window.as_secs(),
         ),
     };
-    let _guard = gate.idem_locks.lock(&idem_id).await;
-    if let Some(answer) = earlier_answer(gate, &tool, &idem_id, window_secs, &payload, trail)? {
+    let _guard = app.locks.lock(LockKey::Call(idem_id.clone())).await;
+    let earlier = app.store.idem_get(&idem_id).await.map_err(idem_store_err)?;
+    if let Some(answer) =
+        earlier_answer(app, &tool, earlier.as_ref(), window_secs, &payload, trail)?
+    {
         return answer;
     }
     // limits: only calls that will execute count.
-    gate.limiter.admit(&agent.id, &tool)?;
-    let charged = charge_budget(&gate.store, &agent.id, &tool, call.amount).await?;
+    app.limiter.admit(&agent.id, &tool).await?;
+    let charged = charge_budget(&app.store, &agent.id, &tool, call.amount).await?;
     // Marked in flight, durably, before a byte leaves: a crash from here on is never re-sent.
     let mut rec = IdemRecord {
         state: IdemState::InFlight,
@@ -433,35 +438,47 @@ async fn write(
         request_id: trail.request_id.clone(),
         outcome: None,
     };
-    if let Err(e) = gate.store.idem_put(&idem_id, &rec).await {
-        crate::limits::refund_budget(&gate.store, charged).await;
-        return Err(idem_store_err(e));
+    // Compare-and-set against the record read above: of two identical calls racing (on two
+    // replicas of a shared store), one marks it and sends; the other is told it is in flight.
+    let holder = earlier.as_ref().map(|r| r.request_id.as_str());
+    match app.store.idem_swap(&idem_id, holder, &rec).await {
+        Ok(true) => {}
+        Ok(false) => {
+            crate::limits::refund_budget(&app.store, charged).await;
+            return Err(Refusal::new(
+                Code::IdempotencyConflict,
+                format!(
+                    "an identical call to {} is being sent right now; it was not sent twice. Retry shortly to get its answer",
+                    tool.name
+                ),
+            ));
+        }
+        Err(e) => {
+            crate::limits::refund_budget(&app.store, charged).await;
+            return Err(idem_store_err(e));
+        }
     }
-    gate.audit.record(trail.rec(
+    app.audit.record(trail.rec(
         "decision",
         json!({"outcome": "allowed", "mode": tool.mode.as_str(), "body": call.body_event}),
     ));
     let request = outgoing(&mut call);
-    let outcome = match crate::commit::send(
-        gate,
-        commit_of(target, &call, trail, (request, charged)),
-    )
-    .await
-    {
-        Ok(outcome) => outcome,
-        Err(failed) if failed.sent_nothing() => {
-            // Nothing reached the upstream: the call may be retried.
-            gate.store
-                .idem_remove(&idem_id)
-                .await
-                .map_err(idem_store_err)?;
-            return Err(failed.into_refusal());
-        }
-        Err(failed) => return Err(failed.into_refusal()),
-    };
+    let outcome =
+        match crate::commit::send(app, commit_of(target, &call, trail, (request, charged))).await {
+            Ok(outcome) => outcome,
+            Err(failed) if failed.sent_nothing() => {
+                // Nothing reached the upstream: the call may be retried.
+                app.store
+                    .idem_remove(&idem_id)
+                    .await
+                    .map_err(idem_store_err)?;
+                return Err(failed.into_refusal());
+            }
+            Err(failed) => return Err(failed.into_refusal()),
+        };
     rec.state = IdemState::Done;
     rec.outcome = Some(outcome.clone());
-    if let Err(e) = gate.store.idem_put(&idem_id, &rec).await {
+    if let Err(e) = app.store.idem_put(&idem_id, &rec).await {
         // The call executed; the agent gets its answer. A retry finds it in flight and is
         // refused as unknown rather than executed twice.
         tracing::error!(request_id = %trail.request_id, error = %e, "could not store the outcome of a committed call");
@@ -479,14 +496,14 @@ fn idem_store_err(e: crate::store::StoreError) -> Refusal {
 /// The answer an identical earlier call already got (or why it cannot be given), if one is
 /// remembered within the window.
 fn earlier_answer(
-    gate: &Gate,
+    app: &App,
     tool: &Tool,
-    idem_id: &str,
+    earlier: Option<&IdemRecord>,
     window_secs: u64,
     payload: &str,
     trail: &Trail,
 ) -> Result<Option<Result<Response<ProxyBody>, Refusal>>, Refusal> {
-    let Some(rec) = gate.store.idem_get(idem_id).map_err(idem_store_err)? else {
+    let Some(rec) = earlier.cloned() else {
         return Ok(None);
     };
     if now_unix().saturating_sub(rec.created_unix) >= window_secs {
@@ -503,7 +520,7 @@ fn earlier_answer(
     }
     Ok(Some(match (rec.state, rec.outcome) {
         (IdemState::Done, Some(outcome)) => {
-            gate.audit.record(trail.rec(
+            app.audit.record(trail.rec(
                 "idempotent_replay",
                 json!({"original_request": rec.request_id, "status": outcome.status}),
             ));
@@ -607,7 +624,7 @@ fn idem_id(kind: &str, agent: &str, tool: &str, key: &str) -> String {
 /// and the agent's (and everyone's) cap on buffered bytes. The reservation holds those bytes
 /// against the caps until the request is done.
 async fn read_body(
-    gate: &Gate,
+    app: &App,
     agent: &str,
     tool: &Tool,
     headers: &HeaderMap,
@@ -630,7 +647,7 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let mut reservation = gate.caps.body(agent);
+    let mut reservation = app.caps.body(agent);
     let over_cap = |e: Exceeded| {
         let message = match e {
             Exceeded::Agent(cap) => format!(
@@ -644,7 +661,7 @@ async fn read_body(
         r.retry_after = Some(1);
         r
     };
-    let timeout = gate.config.guards.body_read_timeout;
+    let timeout = app.config.guards.body_read_timeout;
     let read = async {
         // Read frame by frame with the limits checked as data arrives.
         let mut body = body;

@@ -19,7 +19,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpStream;
 
-use super::body::ProxyBody;
+use crate::base::body::ProxyBody;
 pub use crate::base::{authority, strip_hop_by_hop};
 use crate::error::Refusal;
 
@@ -223,22 +223,25 @@ pub struct Upstream {
     timeout: Duration,
 }
 
+/// The TLS client configuration for everything toolgate calls out to (upstreams, webhooks):
+/// the public web roots plus `--upstream-ca`, under the one crypto provider.
+pub fn client_tls(
+    provider: Arc<CryptoProvider>,
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<rustls::ClientConfig, UpstreamSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for der in extra_roots {
+        roots.add(der.clone())?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 impl Upstream {
-    pub fn new(
-        provider: Arc<CryptoProvider>,
-        routes: Arc<Routes>,
-        extra_roots: &[CertificateDer<'static>],
-        timeout: Duration,
-    ) -> Result<Self, UpstreamSetupError> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        for der in extra_roots {
-            roots.add(der.clone())?;
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    pub fn new(tls: rustls::ClientConfig, routes: Arc<Routes>, timeout: Duration) -> Self {
         // Replays go to the sandbox an operator names under the same egress rules: a private
         // or loopback address only where `--connect-to` routes the sandbox's name there.
         let sandbox = Client::builder(TokioExecutor::new()).build(https(
@@ -257,12 +260,12 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
             .build(https);
-        Ok(Upstream {
+        Upstream {
             client,
             sandbox,
             routes,
             timeout,
-        })
+        }
     }
 
     pub fn routes(&self) -> &Routes {

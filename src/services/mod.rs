@@ -1,0 +1,14 @@
+//! Services: each owns its state behind private fields and keeps it consistent with the store
+//! and the audit log. `app.rs` builds them from the configuration.
+
+pub mod kill;
+pub mod locks;
+pub mod policies;
+pub mod sessions;
+pub mod waiters;
+
+pub use kill::KillSwitches;
+pub use locks::{KeyedLocks, LockKey};
+pub use policies::Policies;
+pub use sessions::Sessions;
+pub use waiters::Waiters;

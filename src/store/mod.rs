@@ -1,0 +1,202 @@
+//! Storage behind an interface. Everything toolgate keeps between requests goes through the
+//! traits of this module: idempotency records, budgets, rate-limit counters, kill switches,
+//! proposals, the rollback ledger and job claims, admin sessions, and the audit log. The one
+//! implementation today is sled under `--data-dir` (`sled.rs`); nothing outside this folder
+//! touches sled.
+//!
+//! The traits are written for a networked store as much as for a local one: every call is
+//! fallible, the state ones are async, and where two callers (or two replicas) could race, the
+//! operation is a compare-and-set that says who won. A write that returns `Ok` is durable.
+
+mod counters;
+mod sled;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use self::sled::{Sealer, SledStore};
+pub use crate::base::now_unix;
+pub use crate::model::{
+    Committed, IdemRecord, IdemState, JobClaim, KillSwitch, KillTarget, Outcome, Proposal, Session,
+};
+pub use counters::MemoryCounters;
+
+#[derive(Debug, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(String);
+
+impl StoreError {
+    pub fn from_message(message: String) -> Self {
+        StoreError(message)
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError(format!("corrupt record: {e}"))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// At-most-once records of calls with side effects, keyed by their idempotency identity.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    async fn idem_get(&self, id: &str) -> Result<Option<IdemRecord>>;
+
+    /// Writes `new` when the record stored under `id` is still the one of request
+    /// `expected_request` (`None`: no record). `Ok(false)`: another call changed it first and
+    /// nothing was written. Durable when `Ok(true)`.
+    async fn idem_swap(
+        &self,
+        id: &str,
+        expected_request: Option<&str>,
+        new: &IdemRecord,
+    ) -> Result<bool>;
+
+    /// Overwrites the record (the owner of an in-flight record storing its outcome). Durable.
+    async fn idem_put(&self, id: &str, rec: &IdemRecord) -> Result<()>;
+
+    /// Forgets a record (a call that sent nothing may be retried). Durable.
+    async fn idem_remove(&self, id: &str) -> Result<()>;
+
+    /// Removes records created before `before_unix`; returns how many.
+    async fn idem_expire(&self, before_unix: u64) -> Result<usize>;
+}
+
+/// Sums per budget key (agent, tool and period).
+#[async_trait]
+pub trait BudgetStore: Send + Sync {
+    /// Adds `amount` unless the total would pass `max`, atomically against every other caller.
+    /// `Ok(Ok(total))`: added (durable); `Ok(Err(current))`: refused, nothing changed.
+    async fn budget_add(
+        &self,
+        key: &str,
+        amount: f64,
+        max: f64,
+    ) -> Result<std::result::Result<f64, f64>>;
+
+    async fn budget_get(&self, key: &str) -> Result<f64>;
+}
+
+/// Rate-limit counters: token buckets that refill `capacity` tokens per `per`.
+#[async_trait]
+pub trait CounterStore: Send + Sync {
+    /// Takes a token from bucket `key`, or says how many whole seconds until one is free.
+    async fn take_token(
+        &self,
+        key: &str,
+        capacity: u32,
+        per: Duration,
+    ) -> Result<std::result::Result<(), u64>>;
+}
+
+/// Thrown kill switches.
+#[async_trait]
+pub trait KillStore: Send + Sync {
+    async fn kill_list(&self) -> Result<Vec<(KillTarget, KillSwitch)>>;
+
+    /// Throws (`Some`) or resets (`None`) a kill switch. Durable.
+    async fn kill_set(&self, target: &KillTarget, value: Option<&KillSwitch>) -> Result<()>;
+}
+
+/// ProposalStore (held calls) and the index from a call's identity to its latest proposal.
+#[async_trait]
+pub trait ProposalStore: Send + Sync {
+    /// Writes a proposal, and when `index` the index from its identity to it. Durable.
+    async fn proposal_put(&self, p: &Proposal, index: bool) -> Result<()>;
+
+    /// Writes `p` only while the stored proposal is still in state `expected`. `Ok(false)`:
+    /// another caller moved it first; nothing was written. Durable when `Ok(true)`.
+    async fn proposal_swap(&self, p: &Proposal, expected: crate::model::State) -> Result<bool>;
+
+    async fn proposal_get(&self, id: &str) -> Result<Option<Proposal>>;
+
+    /// The latest proposal made for a call identity.
+    async fn proposal_for(&self, identity: &str) -> Result<Option<Proposal>>;
+
+    async fn proposal_list(&self) -> Result<Vec<Proposal>>;
+
+    /// Removes proposals finished before `before_unix` (and their index entries).
+    async fn proposal_expire(&self, before_unix: u64) -> Result<usize>;
+}
+
+/// The rollback ledger of committed calls, and the claims of job ids by agents.
+#[async_trait]
+pub trait LedgerStore: Send + Sync {
+    /// Writes an entry (keyed by its request id). Made durable by the caller's next durable
+    /// write (a commit is always followed by one).
+    async fn ledger_put(&self, c: &Committed) -> Result<()>;
+
+    async fn ledger_get(&self, request_id: &str) -> Result<Option<Committed>>;
+
+    /// Every entry, in no particular order.
+    async fn ledger_all(&self) -> Result<Vec<Committed>>;
+
+    /// Removes entries committed before `before_ms`; returns how many.
+    async fn ledger_expire(&self, before_ms: u64) -> Result<usize>;
+
+    /// Claims `job` for `agent` (owned by `owner`) unless someone holds it already (a
+    /// compare-and-set). `Ok(None)`: this agent, or another agent of the same owner, may use
+    /// it. `Ok(Some(holder))`: it belongs to that other agent.
+    async fn job_claim(&self, job: &str, agent: &str, owner: &str) -> Result<Option<String>>;
+
+    /// Removes job claims made before `before_unix`.
+    async fn job_expire(&self, before_unix: u64) -> Result<usize>;
+}
+
+/// Admin sessions, keyed by a hash of the cookie (the cookie itself is never stored).
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    async fn session_put(&self, key: &str, s: &Session) -> Result<()>;
+    async fn session_get(&self, key: &str) -> Result<Option<Session>>;
+    async fn session_remove(&self, key: &str) -> Result<()>;
+}
+
+/// The audit log's storage: events keyed by sequence number, and a few facts about the log
+/// (the anchor a purge leaves, the list of purges). Blocking: its one writer is a thread that
+/// batches events (group commit), and its readers run on blocking threads.
+pub trait EventLog: Send + Sync {
+    /// The newest event, if any.
+    fn last(&self) -> Result<Option<Vec<u8>>>;
+    /// Appends events in one atomic write: all of them or none. Not yet durable.
+    fn append(&self, events: Vec<(u64, Vec<u8>)>) -> Result<()>;
+    /// Every event in sequence order.
+    fn scan(&self) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send + '_>;
+    fn remove(&self, seq: u64) -> Result<()>;
+    fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    fn meta_put(&self, key: &[u8], value: Vec<u8>) -> Result<()>;
+    /// Makes everything written so far durable.
+    fn sync(&self) -> Result<()>;
+}
+
+/// One storage backend: every interface above, and what the process needs of the whole.
+#[async_trait]
+pub trait Backend:
+    IdempotencyStore
+    + BudgetStore
+    + CounterStore
+    + KillStore
+    + ProposalStore
+    + LedgerStore
+    + SessionStore
+{
+    /// Makes every write so far durable.
+    async fn flush(&self) -> Result<()>;
+    /// Bytes the store takes (0 when unknown).
+    fn size_on_disk(&self) -> u64;
+    /// Seals small records at rest.
+    fn sealer(&self) -> &Sealer;
+    /// The audit log's storage.
+    fn event_log(&self) -> Result<Arc<dyn EventLog>>;
+}
+
+/// The storage every part of toolgate shares.
+pub type Store = Arc<dyn Backend>;
+
+/// Opens the local store under a data dir.
+pub fn open(dir: &std::path::Path) -> Result<Store> {
+    Ok(Arc::new(SledStore::open(dir)?))
+}

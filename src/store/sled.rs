@@ -1,0 +1,737 @@
+//! The local store: sled under `--data-dir`. Trees: `idempotency`, `budgets`, `kill_switches`,
+//! `proposals` and `proposal_by_call`, `commits` (the ledger), `jobs`, `sessions`, and the audit
+//! log's `audit` and `audit_meta`. Writes that a decision depends on are flushed before the call
+//! goes on (one flush thread, group commit).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+
+use super::{
+    Backend, BudgetStore, Committed, CounterStore, EventLog, IdemRecord, IdempotencyStore,
+    JobClaim, KillStore, KillSwitch, KillTarget, LedgerStore, MemoryCounters, Proposal,
+    ProposalStore, Session, SessionStore, StoreError,
+};
+use crate::base::now_unix;
+use crate::model::State;
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::from_message(e.to_string())
+    }
+}
+
+/// The tree of committed calls.
+const LEDGER: &str = "commits";
+
+/// The sled store. Its handles are reference counted; the database closes when the last one
+/// (and the flush thread) is gone.
+pub struct SledStore {
+    db: sled::Db,
+    idem: sled::Tree,
+    budgets: sled::Tree,
+    kill: sled::Tree,
+    proposals: sled::Tree,
+    proposal_index: sled::Tree,
+    ledger: sled::Tree,
+    jobs: sled::Tree,
+    sessions: sled::Tree,
+    counters: MemoryCounters,
+    flusher: Arc<Flusher>,
+    sealer: Sealer,
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+impl SledStore {
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let at =
+            |e: &dyn std::fmt::Display| StoreError::from_message(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(|e| at(&e))?;
+        let db = sled::Config::new()
+            .path(dir.join("store"))
+            .open()
+            .map_err(|e| at(&e))?;
+        Ok(SledStore {
+            idem: db.open_tree("idempotency")?,
+            budgets: db.open_tree("budgets")?,
+            kill: db.open_tree("kill_switches")?,
+            proposals: db.open_tree("proposals")?,
+            proposal_index: db.open_tree("proposal_by_call")?,
+            ledger: db.open_tree(LEDGER)?,
+            jobs: db.open_tree("jobs")?,
+            sessions: db.open_tree("sessions")?,
+            counters: MemoryCounters::default(),
+            flusher: Flusher::start(db.clone())?,
+            sealer: Sealer::open(dir)?,
+            db,
+        })
+    }
+
+    /// Removes the records of `tree` that `expired` says are past their time (compare-and-swap:
+    /// a record rewritten since it was read is left for the next sweep), and flushes. Returns
+    /// the keys removed.
+    async fn expire(
+        &self,
+        tree: &sled::Tree,
+        expired: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut removed = Vec::new();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            if expired(&v) && tree.compare_and_swap(&k, Some(&v), None::<&[u8]>)?.is_ok() {
+                removed.push(k.to_vec());
+            }
+        }
+        if !removed.is_empty() {
+            self.flusher.flush().await?;
+        }
+        Ok(removed)
+    }
+
+    fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        for item in tree.iter() {
+            let (_, v) = item?;
+            out.push(decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>, StoreError> {
+        tree.get(key)?.map(|v| decode(&v)).transpose()
+    }
+}
+
+#[async_trait]
+impl Backend for SledStore {
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.flusher.flush().await
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    fn event_log(&self) -> Result<Arc<dyn EventLog>, StoreError> {
+        Ok(Arc::new(SledEventLog {
+            events: self.db.open_tree("audit")?,
+            meta: self.db.open_tree("audit_meta")?,
+            flusher: self.flusher.clone(),
+        }))
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for SledStore {
+    async fn idem_get(&self, id: &str) -> Result<Option<IdemRecord>, StoreError> {
+        Self::get(&self.idem, id)
+    }
+
+    async fn idem_swap(
+        &self,
+        id: &str,
+        expected_request: Option<&str>,
+        new: &IdemRecord,
+    ) -> Result<bool, StoreError> {
+        let current = self.idem.get(id)?;
+        let holder = match &current {
+            Some(bytes) => Some(decode::<IdemRecord>(bytes)?.request_id),
+            None => None,
+        };
+        if holder.as_deref() != expected_request {
+            return Ok(false);
+        }
+        let swapped = self
+            .idem
+            .compare_and_swap(id, current, Some(serde_json::to_vec(new)?))?
+            .is_ok();
+        if swapped {
+            self.flusher.flush().await?;
+        }
+        Ok(swapped)
+    }
+
+    async fn idem_put(&self, id: &str, rec: &IdemRecord) -> Result<(), StoreError> {
+        self.idem.insert(id, serde_json::to_vec(rec)?)?;
+        self.flusher.flush().await
+    }
+
+    async fn idem_remove(&self, id: &str) -> Result<(), StoreError> {
+        self.idem.remove(id)?;
+        self.flusher.flush().await
+    }
+
+    async fn idem_expire(&self, before_unix: u64) -> Result<usize, StoreError> {
+        let removed = self
+            .expire(&self.idem, |v| {
+                decode::<IdemRecord>(v).is_ok_and(|r| r.created_unix < before_unix)
+            })
+            .await?;
+        Ok(removed.len())
+    }
+}
+
+fn read_f64(bytes: Option<&[u8]>) -> f64 {
+    bytes
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(f64::from_be_bytes)
+        .unwrap_or(0.0)
+}
+
+#[async_trait]
+impl BudgetStore for SledStore {
+    async fn budget_add(
+        &self,
+        key: &str,
+        amount: f64,
+        max: f64,
+    ) -> Result<Result<f64, f64>, StoreError> {
+        let mut answer = Ok(0.0);
+        self.budgets.fetch_and_update(key, |old| {
+            let current = read_f64(old);
+            if current + amount > max {
+                answer = Err(current);
+                old.map(|b| b.to_vec())
+            } else {
+                answer = Ok(current + amount);
+                Some((current + amount).to_be_bytes().to_vec())
+            }
+        })?;
+        if answer.is_ok() {
+            self.flusher.flush().await?;
+        }
+        Ok(answer)
+    }
+
+    async fn budget_get(&self, key: &str) -> Result<f64, StoreError> {
+        Ok(read_f64(self.budgets.get(key)?.as_deref()))
+    }
+}
+
+#[async_trait]
+impl CounterStore for SledStore {
+    async fn take_token(
+        &self,
+        key: &str,
+        capacity: u32,
+        per: Duration,
+    ) -> Result<Result<(), u64>, StoreError> {
+        self.counters.take_token(key, capacity, per).await
+    }
+}
+
+#[async_trait]
+impl KillStore for SledStore {
+    async fn kill_list(&self) -> Result<Vec<(KillTarget, KillSwitch)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.kill.iter() {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k);
+            let target = KillTarget::parse(&key).ok_or_else(|| {
+                StoreError::from_message(format!("corrupt record: kill switch key {key:?}"))
+            })?;
+            out.push((target, decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    async fn kill_set(
+        &self,
+        target: &KillTarget,
+        value: Option<&KillSwitch>,
+    ) -> Result<(), StoreError> {
+        let key = target.to_string();
+        match value {
+            Some(v) => {
+                self.kill.insert(key, serde_json::to_vec(v)?)?;
+            }
+            None => {
+                self.kill.remove(key)?;
+            }
+        }
+        self.flusher.flush().await
+    }
+}
+
+#[async_trait]
+impl ProposalStore for SledStore {
+    async fn proposal_put(&self, p: &Proposal, index: bool) -> Result<(), StoreError> {
+        self.proposals.insert(&p.id, serde_json::to_vec(p)?)?;
+        if index {
+            self.proposal_index.insert(&p.identity, p.id.as_bytes())?;
+        }
+        self.flusher.flush().await
+    }
+
+    async fn proposal_swap(&self, p: &Proposal, expected: State) -> Result<bool, StoreError> {
+        let Some(current) = self.proposals.get(&p.id)? else {
+            return Ok(false);
+        };
+        if decode::<Proposal>(&current)?.state != expected {
+            return Ok(false);
+        }
+        let swapped = self
+            .proposals
+            .compare_and_swap(&p.id, Some(current), Some(serde_json::to_vec(p)?))?
+            .is_ok();
+        if swapped {
+            self.flusher.flush().await?;
+        }
+        Ok(swapped)
+    }
+
+    async fn proposal_get(&self, id: &str) -> Result<Option<Proposal>, StoreError> {
+        Self::get(&self.proposals, id)
+    }
+
+    async fn proposal_for(&self, identity: &str) -> Result<Option<Proposal>, StoreError> {
+        match self.proposal_index.get(identity)? {
+            Some(id) => Self::get(&self.proposals, &String::from_utf8_lossy(&id)),
+            None => Ok(None),
+        }
+    }
+
+    async fn proposal_list(&self) -> Result<Vec<Proposal>, StoreError> {
+        Self::all(&self.proposals)
+    }
+
+    async fn proposal_expire(&self, before_unix: u64) -> Result<usize, StoreError> {
+        let removed = self
+            .expire(&self.proposals, |v| {
+                decode::<Proposal>(v)
+                    .is_ok_and(|p| p.finished_unix().is_some_and(|t| t < before_unix))
+            })
+            .await?;
+        // The index from a call identity to a removed proposal goes with it.
+        self.expire(&self.proposal_index, |v| removed.iter().any(|k| k == v))
+            .await?;
+        Ok(removed.len())
+    }
+}
+
+#[async_trait]
+impl LedgerStore for SledStore {
+    async fn ledger_put(&self, c: &Committed) -> Result<(), StoreError> {
+        self.ledger
+            .insert(c.request_id.as_bytes(), serde_json::to_vec(c)?)?;
+        Ok(())
+    }
+
+    async fn ledger_get(&self, request_id: &str) -> Result<Option<Committed>, StoreError> {
+        Self::get(&self.ledger, request_id)
+    }
+
+    async fn ledger_all(&self) -> Result<Vec<Committed>, StoreError> {
+        Self::all(&self.ledger)
+    }
+
+    async fn ledger_expire(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let removed = self
+            .expire(&self.ledger, |v| {
+                decode::<Committed>(v).is_ok_and(|c| c.unix_ms < before_ms)
+            })
+            .await?;
+        Ok(removed.len())
+    }
+
+    async fn job_claim(
+        &self,
+        job: &str,
+        agent: &str,
+        owner: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let claim = JobClaim {
+            agent: agent.to_string(),
+            owner: owner.to_string(),
+            since_unix: now_unix(),
+        };
+        let bytes = serde_json::to_vec(&claim)?;
+        // Written without a flush: a claim lost in a crash is made again.
+        let held = match self
+            .jobs
+            .compare_and_swap(job, None::<&[u8]>, Some(bytes))?
+        {
+            Ok(()) => return Ok(None),
+            Err(e) => e.current,
+        };
+        let Some(held) = held else {
+            return Ok(None);
+        };
+        let held: JobClaim = decode(&held)?;
+        if held.agent == agent || (!owner.is_empty() && held.owner == owner) {
+            Ok(None)
+        } else {
+            Ok(Some(held.agent))
+        }
+    }
+
+    async fn job_expire(&self, before_unix: u64) -> Result<usize, StoreError> {
+        let removed = self
+            .expire(&self.jobs, |v| {
+                decode::<JobClaim>(v).is_ok_and(|j| j.since_unix < before_unix)
+            })
+            .await?;
+        Ok(removed.len())
+    }
+}
+
+#[async_trait]
+impl SessionStore for SledStore {
+    async fn session_put(&self, key: &str, s: &Session) -> Result<(), StoreError> {
+        // Sign-ins are rare: drop the expired sessions on the way.
+        let now = now_unix();
+        for item in self.sessions.iter() {
+            let (k, v) = item?;
+            if decode::<Session>(&v).map_or(true, |s| s.expires_unix <= now) {
+                self.sessions.remove(k)?;
+            }
+        }
+        self.sessions.insert(key, serde_json::to_vec(s)?)?;
+        self.flusher.flush().await
+    }
+
+    async fn session_get(&self, key: &str) -> Result<Option<Session>, StoreError> {
+        Self::get(&self.sessions, key)
+    }
+
+    async fn session_remove(&self, key: &str) -> Result<(), StoreError> {
+        self.sessions.remove(key)?;
+        self.flusher.flush().await
+    }
+}
+
+/// The audit log's trees.
+struct SledEventLog {
+    events: sled::Tree,
+    meta: sled::Tree,
+    flusher: Arc<Flusher>,
+}
+
+impl EventLog for SledEventLog {
+    fn last(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.events.last()?.map(|(_, v)| v.to_vec()))
+    }
+
+    fn append(&self, events: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (seq, bytes) in events {
+            batch.insert(&seq.to_be_bytes(), bytes);
+        }
+        self.events.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn scan(&self) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + Send + '_> {
+        Box::new(self.events.iter().map(|item| {
+            let (k, v) = item?;
+            // The key is the sequence number (0 if unreadable; the chain check reports it).
+            let seq = <[u8; 8]>::try_from(k.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            Ok((seq, v.to_vec()))
+        }))
+    }
+
+    fn remove(&self, seq: u64) -> Result<(), StoreError> {
+        self.events.remove(seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn meta_put(&self, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        self.meta.insert(key, value)?;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.flusher.flush_blocking()
+    }
+}
+
+impl Drop for Flusher {
+    /// The last handle to the store is gone: the thread flushes what is queued, ends, and lets go
+    /// of the database, so that it can be opened again at once.
+    fn drop(&mut self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+type FlushAck = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// The one thread that flushes the database. sled 0.34 deadlocks when flushes run concurrently
+/// (every IO thread ends up parked in `flush()`), so nothing else ever calls `flush`: writers
+/// ask this thread, and every request that arrived while a flush ran is answered by the next
+/// single flush (group commit). A write made before asking is covered by the answer.
+pub struct Flusher {
+    tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<FlushAck>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Flusher {
+    fn start(db: sled::Db) -> Result<std::sync::Arc<Flusher>, StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel::<FlushAck>();
+        let thread = std::thread::Builder::new()
+            .name("toolgate-flush".into())
+            .spawn(move || {
+                // Ends when the store is closed (the channel closes).
+                while let Ok(first) = rx.recv() {
+                    let mut waiting = vec![first];
+                    waiting.extend(rx.try_iter());
+                    let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    for ack in waiting {
+                        let _ = ack.send(result.clone());
+                    }
+                }
+            })
+            .map_err(|e| {
+                StoreError::from_message(format!("could not start the flush thread: {e}"))
+            })?;
+        Ok(std::sync::Arc::new(Flusher {
+            tx: std::sync::Mutex::new(Some(tx)),
+            thread: std::sync::Mutex::new(Some(thread)),
+        }))
+    }
+
+    fn ask(&self) -> Result<tokio::sync::oneshot::Receiver<Result<(), String>>, StoreError> {
+        let (ack, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .ok_or_else(|| StoreError::from_message("the store is closed".to_string()))?
+            .send(ack)
+            .map_err(|_| StoreError::from_message("the flush thread is not running".to_string()))?;
+        Ok(rx)
+    }
+
+    /// Waits until every write made before the call is durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.ask()?
+            .await
+            .map_err(|_| StoreError::from_message("the flush thread stopped".to_string()))?
+            .map_err(StoreError::from_message)
+    }
+
+    /// The same, for threads outside the async runtime (the audit writer).
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.ask()?
+            .blocking_recv()
+            .map_err(|_| StoreError::from_message("the flush thread stopped".to_string()))?
+            .map_err(StoreError::from_message)
+    }
+}
+
+/// Seals small records at rest (ChaCha20-Poly1305 under a key in `seal.key` beside the store,
+/// readable by its owner only): what a held call will send may contain values that look like
+/// secrets, which are shown redacted but must be sent as they were.
+#[derive(Clone)]
+pub struct Sealer {
+    key: std::sync::Arc<ring::aead::LessSafeKey>,
+}
+
+impl Sealer {
+    fn open(dir: &Path) -> Result<Sealer, StoreError> {
+        let path = dir.join("seal.key");
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key: [u8; 32] = rand::random();
+                write_private(&path, &key)
+                    .map_err(|e| StoreError::from_message(format!("{}: {e}", path.display())))?;
+                key.to_vec()
+            }
+            Err(e) => return Err(StoreError::from_message(format!("{}: {e}", path.display()))),
+        };
+        let key =
+            ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &bytes).map_err(|_| {
+                StoreError::from_message(format!("{}: not a 32-byte key", path.display()))
+            })?;
+        Ok(Sealer {
+            key: std::sync::Arc::new(ring::aead::LessSafeKey::new(key)),
+        })
+    }
+
+    /// Base64 of nonce and ciphertext.
+    pub fn seal(&self, plain: &[u8]) -> Result<String, StoreError> {
+        use base64::Engine;
+        let nonce: [u8; 12] = rand::random();
+        let mut buf = plain.to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::empty(),
+                &mut buf,
+            )
+            .map_err(|_| StoreError::from_message("could not seal a record".to_string()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buf);
+        Ok(base64::engine::general_purpose::STANDARD.encode(out))
+    }
+
+    /// The plain text of a sealed record; `None` when it was altered or sealed under another key.
+    pub fn open_sealed(&self, sealed: &str) -> Option<Vec<u8>> {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .ok()?;
+        if raw.len() < 12 {
+            return None;
+        }
+        let (nonce, rest) = raw.split_at(12);
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut buf = rest.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, ring::aead::Aad::empty(), &mut buf)
+            .ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn budgets_survive_a_reopen_and_refuse_past_the_max() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert_eq!(
+                store.budget_add("k", 300.0, 500.0).await.unwrap(),
+                Ok(300.0)
+            );
+            assert_eq!(
+                store.budget_add("k", 300.0, 500.0).await.unwrap(),
+                Err(300.0)
+            );
+            assert_eq!(
+                store.budget_add("k", 200.0, 500.0).await.unwrap(),
+                Ok(500.0)
+            );
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.budget_get("k").await.unwrap(), 500.0);
+    }
+
+    #[test]
+    fn sealed_records_open_only_unaltered_and_under_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealed = {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.sealer().seal(b"x-token: sk_live_1").unwrap()
+        };
+        assert!(!sealed.contains("sk_live"));
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.sealer().open_sealed(&sealed).unwrap(),
+            b"x-token: sk_live_1"
+        );
+        let mut bad = sealed.into_bytes();
+        bad[20] = if bad[20] == b'A' { b'B' } else { b'A' };
+        assert!(store
+            .sealer()
+            .open_sealed(&String::from_utf8(bad).unwrap())
+            .is_none());
+        let other = tempfile::tempdir().unwrap();
+        let s2 = SledStore::open(other.path()).unwrap();
+        let sealed = s2.sealer().seal(b"x").unwrap();
+        assert!(store.sealer().open_sealed(&sealed).is_none());
+    }
+
+    #[tokio::test]
+    async fn kill_switches_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let k = KillSwitch {
+                by: "carol".into(),
+                reason: "incident".into(),
+                at_unix: 1,
+            };
+            store
+                .kill_set(&KillTarget::Tool("x".into()), Some(&k))
+                .await
+                .unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let all = store.kill_list().await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].0.to_string(), "tool:x");
+        store
+            .kill_set(&KillTarget::Tool("x".into()), None)
+            .await
+            .unwrap();
+        assert!(store.kill_list().await.unwrap().is_empty());
+    }
+
+    fn record(request_id: &str) -> IdemRecord {
+        IdemRecord {
+            state: crate::model::IdemState::InFlight,
+            payload_sha256: "p".into(),
+            created_unix: 10,
+            request_id: request_id.into(),
+            outcome: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn idempotency_swap_lets_one_caller_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store.idem_swap("c", None, &record("r1")).await.unwrap());
+        // A second caller that also saw no record loses.
+        assert!(!store.idem_swap("c", None, &record("r2")).await.unwrap());
+        assert!(!store
+            .idem_swap("c", Some("r0"), &record("r2"))
+            .await
+            .unwrap());
+        assert!(store
+            .idem_swap("c", Some("r1"), &record("r3"))
+            .await
+            .unwrap());
+        assert_eq!(store.idem_get("c").await.unwrap().unwrap().request_id, "r3");
+        assert_eq!(store.idem_expire(11).await.unwrap(), 1);
+        assert!(store.idem_get("c").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn job_claims_belong_to_one_agent_or_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.job_claim("j", "a1", "alice").await.unwrap(), None);
+        assert_eq!(store.job_claim("j", "a2", "alice").await.unwrap(), None);
+        assert_eq!(
+            store.job_claim("j", "b1", "bob").await.unwrap(),
+            Some("a1".to_string())
+        );
+    }
+}
