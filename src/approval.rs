@@ -7,8 +7,6 @@
 //! in force, at most once: `committing` is stored durably before the request leaves, and a
 //! proposal found `committing` at start-up becomes `outcome_unknown`, never re-sent.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -17,7 +15,6 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Status
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::base::body::{self, ProxyBody};
@@ -33,26 +30,6 @@ const REMEMBER_SECS: u64 = 24 * 3600;
 
 pub use crate::model::{Decision, Proposal, State, StoredRequest};
 
-/// Wake-ups for connections held on a proposal.
-#[derive(Default)]
-pub struct Waiters {
-    map: Mutex<HashMap<String, Arc<Notify>>>,
-}
-
-impl Waiters {
-    fn get(&self, id: &str) -> Arc<Notify> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 4096 {
-            map.retain(|_, n| Arc::strong_count(n) > 1);
-        }
-        map.entry(id.to_string()).or_default().clone()
-    }
-
-    pub fn notify(&self, id: &str) {
-        self.get(id).notify_waiters();
-    }
-}
-
 /// An audit record about a proposal.
 fn record(p: &Proposal, kind: &'static str, payload: Value) -> crate::audit::Record {
     crate::audit::Record {
@@ -65,6 +42,7 @@ fn record(p: &Proposal, kind: &'static str, payload: Value) -> crate::audit::Rec
         tool: Some(p.tool.clone()),
         tool_version: Some(p.tool_version),
         payload,
+        at_ms: 0,
     }
 }
 
@@ -175,7 +153,7 @@ pub async fn propose_and_wait(app: &App, call: Call<'_>) -> Result<Response<Prox
                         "body": crate::audit::body_json(&p.request.body_bytes(), crate::audit::BODY_CAP),
                         "risk": p.risk,
                     }),
-                ));
+                )).await;
                 info!(proposal = %p.id, tool = %p.tool, agent = %p.agent, summary = %p.summary, "proposal created");
                 app.notifier
                     .new_proposal(&p, call.tool.approval.webhook.as_deref());
@@ -183,17 +161,20 @@ pub async fn propose_and_wait(app: &App, call: Call<'_>) -> Result<Response<Prox
             }
         }
     };
-    app.audit.record(crate::audit::Record {
-        kind: "decision",
-        request_id: Some(call.request_id.to_string()),
-        job: Some(call.job.clone()),
-        proposal: Some(id.clone()),
-        agent: Some(call.agent.id.clone()),
-        owner: Some(call.agent.owner.clone()),
-        tool: Some(call.tool.name.clone()),
-        tool_version: Some(call.tool.version),
-        payload: json!({"outcome": "held for approval", "mode": "approve", "proposal": id}),
-    });
+    app.audit
+        .record(crate::audit::Record {
+            kind: "decision",
+            request_id: Some(call.request_id.to_string()),
+            job: Some(call.job.clone()),
+            proposal: Some(id.clone()),
+            agent: Some(call.agent.id.clone()),
+            owner: Some(call.agent.owner.clone()),
+            tool: Some(call.tool.name.clone()),
+            tool_version: Some(call.tool.version),
+            payload: json!({"outcome": "held for approval", "mode": "approve", "proposal": id}),
+            at_ms: 0,
+        })
+        .await;
     let hold = call.tool.approval.hold;
     wait_and_claim(app, &id, hold).await
 }
@@ -267,7 +248,7 @@ pub async fn load(app: &App, id: &str) -> Result<Option<Proposal>, StoreError> {
         if p.state.is_open() && now_unix() >= p.expires_unix {
             p.state = State::Expired;
             app.store.proposal_put(&p, false).await?;
-            app.audit.record(record(&p, "expiry", json!({})));
+            app.audit.record(record(&p, "expiry", json!({}))).await;
             app.waiters.notify(id);
             info!(proposal = %id, "proposal expired");
         }
@@ -597,11 +578,13 @@ async fn cancel(
     p.state = State::Cancelled;
     p.note = Some(why.to_string());
     app.store.proposal_put(p, false).await.map_err(store_err)?;
-    app.audit.record(record(
-        p,
-        "cancellation",
-        json!({"by": "toolgate", "reason": why}),
-    ));
+    app.audit
+        .record(record(
+            p,
+            "cancellation",
+            json!({"by": "toolgate", "reason": why}),
+        ))
+        .await;
     app.waiters.notify(&p.id);
     Ok(None)
 }
@@ -639,7 +622,9 @@ pub async fn recover(
                 "toolgate stopped while this call was being sent; it will not be sent again".into(),
             );
             store.proposal_put(&p, false).await?;
-            audit.record(record(&p, "outcome_unknown", json!({"note": p.note})));
+            audit
+                .record(record(&p, "outcome_unknown", json!({"note": p.note})))
+                .await;
             warn!(proposal = %p.id, tool = %p.tool, "found committing at start-up: outcome unknown");
             n += 1;
         }
@@ -737,7 +722,7 @@ pub async fn decide(
         &p,
         action.event_kind(),
         json!({"by": who.id, "comment": comment, "state": p.state.as_str(), "approvals": p.approvals.len(), "required": p.required}),
-    ));
+    )).await;
     app.waiters.notify(id);
     info!(proposal = %p.id, by = %who.id, action = ?action, state = p.state.as_str(), "proposal decision");
     Ok(p)

@@ -402,7 +402,28 @@ pub async fn admin_call(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<(u16, serde_json::Value), String> {
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::BodyExt;
+    let resp = admin_request(server, method, path, body).await?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{server}{path}: {e}"))?
+        .to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    Ok((status, json))
+}
+
+/// Sends one request to the admin API with the approver token; the answer's head (its body
+/// is read by the caller, whole or as it streams).
+async fn admin_request(
+    server: &str,
+    method: http::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
+    use http_body_util::Full;
     let token = std::env::var(env::TOKEN)
         .map_err(|_| format!("set {} to an approver token", env::TOKEN))?;
     let url = format!("{}{}", server.trim_end_matches('/'), path);
@@ -422,19 +443,69 @@ pub async fn admin_call(
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(hyper_util::client::legacy::connect::HttpConnector::new());
     // Long enough for a job's rollback or a replay, each call bounded by the upstream timeout.
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(300), client.request(req))
+    tokio::time::timeout(std::time::Duration::from_secs(300), client.request(req))
         .await
         .map_err(|_| format!("{url}: no answer within 300s"))?
-        .map_err(|e| format!("{url}: {e} (is toolgate serving there? see --server)"))?;
-    let status = resp.status().as_u16();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?
-        .to_bytes();
-    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    Ok((status, json))
+        .map_err(|e| format!("{url}: {e} (is toolgate serving there? see --server)"))
+}
+
+/// `audit export`: JSON Lines, written as they are read (from the stopped store) or as they
+/// arrive (from the server), so that memory stays flat whatever the log's size.
+async fn export_cmd(
+    offline: Option<&crate::audit::Audit>,
+    server: &str,
+    since: Option<String>,
+) -> ExitCode {
+    use std::io::Write;
+    let since_ms = match since.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => match crate::audit::parse_time(s) {
+            Some(ms) => Some(ms),
+            None => {
+                return fail(&format!(
+                    "since {s:?} is not a time (RFC 3339, YYYY-MM-DD or unix seconds)"
+                ))
+            }
+        },
+        None => None,
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if let Some(a) = offline {
+        let events: Box<dyn Iterator<Item = _>> = match since_ms {
+            Some(ms) => Box::new(a.events_since(ms)),
+            None => Box::new(a.events(0)),
+        };
+        for e in events {
+            match e {
+                Ok(e) => {
+                    let _ = writeln!(out, "{}", serde_json::to_string(&e).unwrap_or_default());
+                }
+                Err(e) => return fail(&e.to_string()),
+            }
+        }
+        let _ = out.flush();
+        return ExitCode::SUCCESS;
+    }
+    let path = format!("/api/audit/export?{}", query_param("since", &since));
+    let resp = match admin_request(server, http::Method::GET, &path, None).await {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    if !resp.status().is_success() {
+        return fail(&format!("{}: the export was refused", resp.status()));
+    }
+    let mut body = resp.into_body();
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        match frame {
+            Ok(f) => {
+                if let Some(chunk) = f.data_ref() {
+                    let _ = out.write_all(chunk);
+                }
+            }
+            Err(e) => return fail(&format!("the export stopped: {e}")),
+        }
+    }
+    let _ = out.flush();
+    ExitCode::SUCCESS
 }
 
 /// Runs an audit command against a running server, or a stopped one's store.
@@ -465,13 +536,7 @@ async fn audit(command: AuditCommand, server: &str, data_dir: Option<PathBuf>) -
             };
             print_events(search_events(offline.as_ref(), server, &f).await, json)
         }
-        AuditCommand::Export { since } => {
-            let f = Filter {
-                since,
-                ..Default::default()
-            };
-            print_events(search_events(offline.as_ref(), server, &f).await, true)
-        }
+        AuditCommand::Export { since } => export_cmd(offline.as_ref(), server, since).await,
         AuditCommand::Verify => verify_cmd(offline.as_ref(), server).await,
         AuditCommand::Purge {
             before,

@@ -81,7 +81,7 @@ pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Outcome, Failed> {
             app.audit.record(event(
                 "upstream_error",
                 json!({"code": failure.refusal.code.as_str(), "message": failure.refusal.message, "sent": !failure.not_sent}),
-            ));
+            )).await;
             if failure.not_sent {
                 refund_budget(&app.store, charged).await;
                 return Err(Failed::NotSent(failure.refusal));

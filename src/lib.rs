@@ -94,17 +94,22 @@ pub async fn run(
     if tokio::time::timeout_at(deadline, admin).await.is_err() {
         warn!("admin connections did not close within the grace period; closing them");
     }
+    let _ = tokio::time::timeout_at(deadline, async {
+        let _ = watcher.await;
+        let _ = sweeper.await;
+    })
+    .await;
+    // Every queued audit event is written and flushed before the process goes: a graceful
+    // stop loses none. Bounded, so a sick disk cannot hold the exit forever.
+    if !app.audit.close(std::time::Duration::from_secs(30)).await {
+        warn!("the audit log did not finish writing its queue in time");
+    }
     // What was written is made durable once more; bounded, so a sick disk cannot hold the exit.
     if let Ok(Err(e)) =
         tokio::time::timeout(std::time::Duration::from_secs(5), app.store.flush()).await
     {
         warn!(error = %e, "the final flush failed");
     }
-    let _ = tokio::time::timeout_at(deadline, async {
-        let _ = watcher.await;
-        let _ = sweeper.await;
-    })
-    .await;
     close(
         app,
         tokio::time::Instant::now() + std::time::Duration::from_secs(2),

@@ -77,9 +77,12 @@ async fn calls(app: &App, id: &str) -> Result<Vec<Call>, ReplayError> {
     }
     // Reads: a request event whose call was forwarded and answered.
     let events = app.audit.story(id).map_err(err)?;
+    // Answered: a `response` event, or a read told in one event (its payload has the answer).
     let answered: BTreeSet<&str> = events
         .iter()
-        .filter(|e| e.kind == "response")
+        .filter(|e| {
+            e.kind == "response" || (e.kind == "request" && !e.payload["response"].is_null())
+        })
         .filter_map(|e| e.request_id.as_deref())
         .collect();
     // The request event is written before the tool is known; later events name it.
@@ -198,16 +201,18 @@ pub async fn replay(
                 payload["message"] = json!(message);
             }
         }
-        app.audit.record(crate::audit::Record {
-            kind: "replay",
-            request_id: Some(call.request_id.clone()),
-            job: call.job.clone(),
-            proposal: call.proposal.clone(),
-            agent: call.agent.clone(),
-            tool: Some(call.tool.clone()),
-            payload,
-            ..Default::default()
-        });
+        app.audit
+            .record(crate::audit::Record {
+                kind: "replay",
+                request_id: Some(call.request_id.clone()),
+                job: call.job.clone(),
+                proposal: call.proposal.clone(),
+                agent: call.agent.clone(),
+                tool: Some(call.tool.clone()),
+                payload,
+                ..Default::default()
+            })
+            .await;
         out.push(report);
     }
     Ok(out)

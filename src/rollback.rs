@@ -307,7 +307,7 @@ pub async fn undo(app: &Arc<App>, id: &str, who: &Approver) -> Report {
         }
     }
     let _ = app.store.flush().await;
-    record_rollback(app, (&c, &plan), by, &report, &undo_id);
+    record_rollback(app, (&c, &plan), by, &report, &undo_id).await;
     report
 }
 
@@ -432,32 +432,34 @@ fn outcome_report(
 }
 
 /// The `rollback` event on the undone call, linking the undo's request.
-fn record_rollback(
+async fn record_rollback(
     app: &App,
     (c, plan): (&Committed, &Plan),
     by: &str,
     report: &Report,
     undo_id: &str,
 ) {
-    app.audit.record(crate::audit::Record {
-        kind: "rollback",
-        request_id: Some(c.request_id.clone()),
-        job: Some(c.job.clone()),
-        proposal: c.proposal.clone(),
-        agent: Some(c.agent.clone()),
-        tool: Some(c.tool.clone()),
-        tool_version: Some(c.tool_version),
-        payload: json!({
-            "by": by,
-            "outcome": report.outcome,
-            "undo_request": undo_id,
-            "method": plan.method.as_str(),
-            "path": plan.path,
-            "status": report.status,
-            "message": report.message,
-        }),
-        ..Default::default()
-    });
+    app.audit
+        .record(crate::audit::Record {
+            kind: "rollback",
+            request_id: Some(c.request_id.clone()),
+            job: Some(c.job.clone()),
+            proposal: c.proposal.clone(),
+            agent: Some(c.agent.clone()),
+            tool: Some(c.tool.clone()),
+            tool_version: Some(c.tool_version),
+            payload: json!({
+                "by": by,
+                "outcome": report.outcome,
+                "undo_request": undo_id,
+                "method": plan.method.as_str(),
+                "path": plan.path,
+                "status": report.status,
+                "message": report.message,
+            }),
+            ..Default::default()
+        })
+        .await;
 }
 
 /// An undo needs what approving its undo tool needs, when that tool is held for approval: an

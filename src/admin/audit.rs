@@ -68,6 +68,8 @@ pub struct Since {
     since: Option<String>,
 }
 
+/// The log as JSON Lines, streamed: read on a blocking thread a chunk at a time, so memory
+/// stays flat whatever the log's size.
 pub async fn export(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -76,20 +78,63 @@ pub async fn export(
     if let Err(r) = authorized(&app, &headers) {
         return *r;
     }
-    let f = Filter {
-        since: q.since,
-        ..Default::default()
-    };
-    match app.audit.search(&f) {
-        Ok(events) => {
-            let mut out = String::new();
-            for e in events {
-                out.push_str(&serde_json::to_string(&e).unwrap_or_default());
-                out.push('\n');
+    let since = match q.since.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => match crate::audit::parse_time(s) {
+            Some(ms) => Some(ms),
+            None => {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    "validation_error",
+                    format!("since {s:?} is not a time (RFC 3339, YYYY-MM-DD or unix seconds)"),
+                )
             }
-            ([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response()
+        },
+        None => None,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let audit = app.audit.clone();
+    tokio::task::spawn_blocking(move || export_chunks(&audit, since, &tx));
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+type Chunks = tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>;
+
+/// Sends the events as JSON Lines in chunks of about 64 KiB; stops when the client goes.
+fn export_chunks(audit: &crate::audit::Audit, since: Option<u64>, tx: &Chunks) {
+    const CHUNK: usize = 64 * 1024;
+    let events: Box<dyn Iterator<Item = _>> = match since {
+        Some(ms) => Box::new(audit.events_since(ms)),
+        None => Box::new(audit.events(0)),
+    };
+    let mut buf = Vec::with_capacity(CHUNK + 4096);
+    for e in events {
+        let e = match e {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                return;
+            }
+        };
+        if serde_json::to_writer(&mut buf, &e).is_ok() {
+            buf.push(b'\n');
         }
-        Err(e) => api_error(StatusCode::BAD_REQUEST, "validation_error", e),
+        if buf.len() >= CHUNK
+            && tx
+                .blocking_send(Ok(bytes::Bytes::from(std::mem::take(&mut buf))))
+                .is_err()
+        {
+            return;
+        }
+    }
+    if !buf.is_empty() {
+        let _ = tx.blocking_send(Ok(bytes::Bytes::from(buf)));
     }
 }
 

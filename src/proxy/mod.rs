@@ -217,7 +217,8 @@ async fn outer(
                 &method,
                 &target_text,
                 &refusal,
-            );
+            )
+            .await;
             return refusal.into_response(&request_id);
         }
     };
@@ -238,7 +239,8 @@ async fn outer(
             &method,
             &target_text,
             &refusal,
-        );
+        )
+        .await;
         return refusal.into_response(&request_id);
     };
     let host = host
@@ -260,7 +262,8 @@ async fn outer(
             &method,
             &target_text,
             &refusal,
-        );
+        )
+        .await;
         return refusal.into_response(&request_id);
     }
     let target = Target {
@@ -313,7 +316,8 @@ async fn connect(
             &Method::CONNECT,
             "-",
             &refusal,
-        );
+        )
+        .await;
         return refusal.into_response(&request_id);
     };
     let target_text = upstream::authority(&host, port);
@@ -335,7 +339,8 @@ async fn connect(
                 &Method::CONNECT,
                 &target_text,
                 &refusal,
-            );
+            )
+            .await;
             return refusal.into_response(&request_id);
         }
     };
@@ -524,35 +529,26 @@ async fn handle(
         Ok(job) => (job, None),
         Err(refusal) => (target.tunnel_id.clone(), Some(refusal)),
     };
-    let mut trail = request::Trail {
-        request_id: request_id.clone(),
-        job,
-        agent: target.agent_id.clone(),
-        owner: None,
-        tool: None,
-        version: None,
-    };
-    // The record phase: what was asked, whatever happens next.
-    app.audit.record(trail.rec(
-        "request",
-        serde_json::json!({
-            "method": method.as_str(),
-            "host": target.host,
-            "port": target.port,
-            "path": crate::audit::cap_text(&path, crate::audit::URI_CAP),
-            "query": crate::audit::cap_text(req.uri().query().unwrap_or(""), crate::audit::URI_CAP),
-            "headers": crate::audit::headers_json(req.headers()),
-            "peer": target.peer.to_string(),
-            "undoes": match &target.origin {
-                Origin::Undo { of, .. } => Some(of.as_str()),
-                Origin::Agent => None,
-            },
-            "asked_by": match &target.origin {
-                Origin::Undo { by, .. } => Some(by.as_str()),
-                Origin::Agent => None,
-            },
-        }),
-    ));
+    let mut trail = request::Trail::new(request_id.clone(), job, target.agent_id.clone());
+    // The record phase: what was asked, whatever happens next (held until the next event of
+    // the request, or folded into one event with the answer of a read).
+    trail.hold_request(serde_json::json!({
+        "method": method.as_str(),
+        "host": target.host,
+        "port": target.port,
+        "path": crate::audit::cap_text(&path, crate::audit::URI_CAP),
+        "query": crate::audit::cap_text(req.uri().query().unwrap_or(""), crate::audit::URI_CAP),
+        "headers": crate::audit::headers_json(req.headers()),
+        "peer": target.peer.to_string(),
+        "undoes": match &target.origin {
+            Origin::Undo { of, .. } => Some(of.as_str()),
+            Origin::Agent => None,
+        },
+        "asked_by": match &target.origin {
+            Origin::Undo { by, .. } => Some(by.as_str()),
+            Origin::Agent => None,
+        },
+    }));
     let result = match job_refused {
         Some(refusal) => Err(refusal),
         None => request::process(&app, target, req, &mut trail).await,
@@ -574,10 +570,15 @@ async fn handle(
                 serde_json::json!({"outcome": "refused", "code": code.as_str(), "status": code.status().as_u16(), "message": refusal.message}),
             );
             rec.proposal = refusal.proposal.clone();
-            app.audit.record(rec);
+            trail.flush(&app.audit).await;
+            app.audit.record(rec).await;
             (refusal.into_response(&request_id), Decision::Refused(code))
         }
     };
+    // A path that recorded nothing else still records what was asked.
+    trail.flush(&app.audit).await;
+    // A path that recorded nothing else still records what was asked.
+    trail.flush(&app.audit).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
@@ -649,7 +650,7 @@ async fn job_of(app: &App, target: &Target, headers: &http::HeaderMap) -> Result
 /// The record phase for refusals that happen before a tunnel exists. What one refusal records
 /// is capped, and a flood of one kind from one address is recorded as its first events plus a
 /// count: unauthenticated clients must not be able to fill the disk.
-fn record_refusal(
+async fn record_refusal(
     app: &App,
     (request_id, started): (&str, Instant),
     (agent, peer): (Option<&str>, SocketAddr),
@@ -669,7 +670,7 @@ fn record_refusal(
                 "note": "refusals of this kind from this address in the minute before, not recorded one by one",
             }),
             ..Default::default()
-        });
+        }).await;
     }
     if count <= REFUSALS_RECORDED_PER_MINUTE {
         app.audit.record(crate::audit::Record {
@@ -685,7 +686,7 @@ fn record_refusal(
                 "peer": peer.ip().to_string(),
             }),
             ..Default::default()
-        });
+        }).await;
     }
     info!(
         request_id = %request_id, agent = agent.unwrap_or("-"), host = %crate::audit::cap_text(host, 256), method = %method,

@@ -221,10 +221,13 @@ async fn decide(
         && (tool.mode == Mode::DryRun
             || (tool.side_effects != SideEffects::None && (call.agent.dry_run || asked_dry_run)));
     if dry_run {
-        app.audit.record(trail.rec(
-            "decision",
-            json!({"outcome": "dry_run", "mode": tool.mode.as_str(), "body": call.body_event}),
-        ));
+        trail
+            .record(
+                &app.audit,
+                "decision",
+                json!({"outcome": "dry_run", "mode": tool.mode.as_str(), "body": call.body_event}),
+            )
+            .await;
         return Ok(preview(
             target,
             &tool,
@@ -242,11 +245,13 @@ async fn decide(
         if let Some(cred) = &call.credential {
             call.headers.remove(&cred.header);
         }
+        trail.flush(&app.audit).await;
         return propose(app, target, &call, trail).await;
     }
     if tool.side_effects == SideEffects::None {
         return read(app, target, call, trail).await;
     }
+    trail.flush(&app.audit).await;
     write(app, target, call, key.as_deref(), trail).await
 }
 
@@ -306,10 +311,8 @@ async fn read(
 ) -> Result<Response<ProxyBody>, Refusal> {
     let tool = call.tool.clone();
     app.limiter.admit(&call.agent.id, &tool).await?;
-    app.audit.record(trail.rec(
-        "decision",
-        json!({"outcome": "allowed", "mode": tool.mode.as_str(), "body": call.body_event}),
-    ));
+    let decision =
+        json!({"outcome": "allowed", "mode": tool.mode.as_str(), "body": call.body_event});
     let resp = match app
         .upstream
         .forward(&target.host, target.port, outgoing(&mut call))
@@ -317,10 +320,11 @@ async fn read(
     {
         Ok(r) => r,
         Err(f) => {
-            app.audit.record(trail.rec(
+            trail.record(&app.audit, "decision", decision).await;
+            trail.record(&app.audit,
                 "upstream_error",
                 json!({"code": f.refusal.code.as_str(), "message": f.refusal.message, "sent": !f.not_sent}),
-            ));
+            ).await;
             return Err(f.refusal);
         }
     };
@@ -336,23 +340,23 @@ async fn read(
     let body = Scrubbed::new(body, needles);
     let latency_ms = call.started.elapsed().as_millis() as u64;
     if tool.def.kind.as_deref() == Some("model") {
-        return Ok(model_answer(app, target, &call, trail, parts, body));
+        trail.record(&app.audit, "decision", decision).await;
+        return Ok(model_answer(app, target, &call, trail, parts, body).await);
     }
-    // A read's body streams to the agent and is not kept.
-    app.audit.record(trail.rec(
-        "response",
-        json!({
-            "status": parts.status.as_u16(),
-            "headers": crate::audit::headers_json(&parts.headers),
-            "body": {"streamed": true},
-            "latency_ms": latency_ms,
-        }),
-    ));
+    // One event tells the whole read: what was asked, the decision, and the answer (whose
+    // body streams to the agent and is not kept).
+    let response = json!({
+        "status": parts.status.as_u16(),
+        "headers": crate::audit::headers_json(&parts.headers),
+        "body": {"streamed": true},
+        "latency_ms": latency_ms,
+    });
+    trail.record_read(&app.audit, decision, response).await;
     Ok(Response::from_parts(parts, body::stream(body)))
 }
 
 /// A model provider's answer: streamed as it comes, its usage recorded when it ends.
-fn model_answer(
+async fn model_answer(
     app: &App,
     target: &Target,
     call: &Call,
@@ -390,13 +394,13 @@ fn model_answer(
                 "headers": headers_event,
                 "latency_ms": started.elapsed().as_millis() as u64,
             });
-            audit.record(rec);
+            audit.record_now(rec);
         }),
     );
-    app.audit.record(trail.rec(
+    trail.record(&app.audit,
         "response",
         json!({"status": status, "body": {"streamed": true}, "latency_ms": started.elapsed().as_millis() as u64}),
-    ));
+    ).await;
     Response::from_parts(parts, body::stream(tap))
 }
 
@@ -423,7 +427,7 @@ async fn write(
     let _guard = app.locks.lock(LockKey::Call(idem_id.clone())).await;
     let earlier = app.store.idem_get(&idem_id).await.map_err(idem_store_err)?;
     if let Some(answer) =
-        earlier_answer(app, &tool, earlier.as_ref(), window_secs, &payload, trail)?
+        earlier_answer(app, &tool, earlier.as_ref(), window_secs, &payload, trail).await?
     {
         return answer;
     }
@@ -458,10 +462,13 @@ async fn write(
             return Err(idem_store_err(e));
         }
     }
-    app.audit.record(trail.rec(
-        "decision",
-        json!({"outcome": "allowed", "mode": tool.mode.as_str(), "body": call.body_event}),
-    ));
+    trail
+        .record(
+            &app.audit,
+            "decision",
+            json!({"outcome": "allowed", "mode": tool.mode.as_str(), "body": call.body_event}),
+        )
+        .await;
     let request = outgoing(&mut call);
     let outcome =
         match crate::commit::send(app, commit_of(target, &call, trail, (request, charged))).await {
@@ -495,7 +502,7 @@ fn idem_store_err(e: crate::store::StoreError) -> Refusal {
 
 /// The answer an identical earlier call already got (or why it cannot be given), if one is
 /// remembered within the window.
-fn earlier_answer(
+async fn earlier_answer(
     app: &App,
     tool: &Tool,
     earlier: Option<&IdemRecord>,
@@ -520,10 +527,10 @@ fn earlier_answer(
     }
     Ok(Some(match (rec.state, rec.outcome) {
         (IdemState::Done, Some(outcome)) => {
-            app.audit.record(trail.rec(
+            trail.record(&app.audit,
                 "idempotent_replay",
                 json!({"original_request": rec.request_id, "status": outcome.status}),
-            ));
+            ).await;
             Ok(replay(&outcome))
         }
         _ => Err(Refusal::new(
@@ -585,7 +592,9 @@ fn replay_first(outcome: &Outcome) -> Response<ProxyBody> {
     crate::model::stored_answer(outcome)
 }
 
-/// Who and what a request is about, for its audit events.
+/// Who and what a request is about, for its audit events. The request's own event is held
+/// until the next event of the request is recorded (then it goes first), or folded with the
+/// decision and the answer into one event when the call is a read sent at once.
 pub(crate) struct Trail {
     pub request_id: String,
     pub job: String,
@@ -593,9 +602,23 @@ pub(crate) struct Trail {
     pub owner: Option<String>,
     pub tool: Option<String>,
     pub version: Option<u32>,
+    /// The request's event, not yet recorded.
+    held: std::sync::Mutex<Option<crate::audit::Record>>,
 }
 
 impl Trail {
+    pub fn new(request_id: String, job: String, agent: String) -> Trail {
+        Trail {
+            request_id,
+            job,
+            agent,
+            owner: None,
+            tool: None,
+            version: None,
+            held: std::sync::Mutex::new(None),
+        }
+    }
+
     pub fn rec(&self, kind: &'static str, payload: Value) -> crate::audit::Record {
         crate::audit::Record {
             kind,
@@ -607,7 +630,49 @@ impl Trail {
             tool: self.tool.clone(),
             tool_version: self.version,
             payload,
+            at_ms: 0,
         }
+    }
+
+    /// Holds the request's own event (stamped now, the request's time).
+    pub fn hold_request(&self, payload: Value) {
+        let mut rec = self.rec("request", payload);
+        rec.at_ms = crate::base::now_ms();
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(rec);
+    }
+
+    fn take_request(&self) -> Option<crate::audit::Record> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Records the held request event, if any is still held.
+    pub async fn flush(&self, audit: &crate::audit::Audit) {
+        if let Some(rec) = self.take_request() {
+            audit.record(rec).await;
+        }
+    }
+
+    /// Records an event of this request, after the request's own event.
+    pub async fn record(&self, audit: &crate::audit::Audit, kind: &'static str, payload: Value) {
+        self.flush(audit).await;
+        audit.record(self.rec(kind, payload)).await;
+    }
+
+    /// Records the request, its decision and its answer as one event (a read in mode auto).
+    pub async fn record_read(&self, audit: &crate::audit::Audit, decision: Value, response: Value) {
+        let Some(mut rec) = self.take_request() else {
+            self.record(audit, "decision", decision).await;
+            self.record(audit, "response", response).await;
+            return;
+        };
+        rec.owner = self.owner.clone();
+        rec.tool = self.tool.clone();
+        rec.tool_version = self.version;
+        if let Value::Object(m) = &mut rec.payload {
+            m.insert("decision".into(), decision);
+            m.insert("response".into(), response);
+        }
+        audit.record(rec).await;
     }
 }
 

@@ -59,7 +59,7 @@ impl KillSwitches {
             kind: "kill_switch",
             payload: json!({"target": target.to_string(), "state": state, "by": by, "reason": reason}),
             ..Default::default()
-        });
+        }).await;
         let mut thrown = self.thrown.write().unwrap_or_else(|p| p.into_inner());
         match value {
             Some(v) => thrown.insert(target.clone(), v),

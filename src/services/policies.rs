@@ -50,7 +50,7 @@ impl Policies {
             Ok(new) => {
                 let tools = new.tools().len();
                 self.audit.redactor.set_secrets(new.secrets());
-                self.audit.record(Record {
+                self.audit.record_now(Record {
                     kind: "policy_reload",
                     payload: json!({"result": "loaded", "tools": tools}),
                     ..Default::default()
@@ -61,7 +61,7 @@ impl Policies {
             }
             Err(e) => {
                 warn!(error = %e, "policy reload failed; the previous policies stay in force");
-                self.audit.record(Record {
+                self.audit.record_now(Record {
                     kind: "policy_reload",
                     payload: json!({"result": "refused; the previous policies stay in force", "error": e.to_string()}),
                     ..Default::default()

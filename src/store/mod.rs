@@ -155,17 +155,65 @@ pub trait SessionStore: Send + Sync {
     async fn session_remove(&self, key: &str) -> Result<()>;
 }
 
-/// The audit log's storage: events keyed by sequence number, and a few facts about the log
-/// (the anchor a purge leaves, the list of purges). Blocking: its one writer is a thread that
-/// batches events (group commit), and its readers run on blocking threads.
+/// The audit log's secondary indexes: which events name a request, a proposal, a job, an
+/// agent, a tool, an event kind or an error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Index {
+    Request,
+    Proposal,
+    Job,
+    Agent,
+    Tool,
+    Kind,
+    Code,
+}
+
+impl Index {
+    /// The one-byte tag of the index in stored keys.
+    pub fn tag(self) -> u8 {
+        match self {
+            Index::Request => b'r',
+            Index::Proposal => b'p',
+            Index::Job => b'j',
+            Index::Agent => b'a',
+            Index::Tool => b't',
+            Index::Kind => b'k',
+            Index::Code => b'c',
+        }
+    }
+}
+
+/// One audit event as the log stores it: its bytes, and what it is found by.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub unix_ms: u64,
+    pub bytes: Vec<u8>,
+    pub keys: Vec<(Index, String)>,
+}
+
+/// Sequence numbers of events, ascending.
+pub type Seqs<'a> = Box<dyn Iterator<Item = Result<u64>> + Send + 'a>;
+
+/// The audit log's storage: events keyed by sequence number, their indexes (by id, name and
+/// time), and a few facts about the log (the anchor a purge leaves, the list of purges).
+/// Blocking: its one writer is a thread that batches events (group commit), and its readers
+/// run on blocking threads.
 pub trait EventLog: Send + Sync {
     /// The newest event, if any.
     fn last(&self) -> Result<Option<Vec<u8>>>;
-    /// Appends events in one atomic write: all of them or none. Not yet durable.
-    fn append(&self, events: Vec<(u64, Vec<u8>)>) -> Result<()>;
-    /// Every event in sequence order.
-    fn scan(&self) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send + '_>;
-    fn remove(&self, seq: u64) -> Result<()>;
+    /// Appends events with their index entries in one atomic write: all of them or none. Not
+    /// yet durable (`sync`). Appending an event again rewrites it and its entries.
+    fn append(&self, events: Vec<StoredEvent>) -> Result<()>;
+    fn get(&self, seq: u64) -> Result<Option<Vec<u8>>>;
+    /// Events from `from_seq` on, in sequence order.
+    fn scan(&self, from_seq: u64) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send + '_>;
+    /// The events an index lists under `value`.
+    fn lookup(&self, index: Index, value: &str) -> Seqs<'_>;
+    /// The events whose time is in `[from_ms, until_ms)`, in time order.
+    fn in_time(&self, from_ms: u64, until_ms: u64) -> Seqs<'_>;
+    /// Removes an event and its index entries (a purge).
+    fn remove(&self, event: &StoredEvent) -> Result<()>;
     fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     fn meta_put(&self, key: &[u8], value: Vec<u8>) -> Result<()>;
     /// Makes everything written so far durable.

@@ -410,40 +410,129 @@ impl SessionStore for SledStore {
     }
 }
 
-/// The audit log's trees.
+/// The audit log: one tree holds the events (8-byte big-endian sequence keys, whose first
+/// byte is 0 for any sequence below 2^56) and, after them, the index entries (keys starting
+/// with 0xFF), so that an event and its entries are written in one atomic batch.
 struct SledEventLog {
     events: sled::Tree,
     meta: sled::Tree,
     flusher: Arc<Flusher>,
 }
 
+const INDEX: u8 = 0xFF;
+const TIME: u8 = b'T';
+
+/// `0xFF tag value 0x00`: the prefix of an index's entries for one value. A value holding a
+/// NUL is not indexed (no id, name or code has one).
+fn index_prefix(index: super::Index, value: &str) -> Option<Vec<u8>> {
+    if value.as_bytes().contains(&0) {
+        return None;
+    }
+    let mut k = Vec::with_capacity(value.len() + 11);
+    k.extend_from_slice(&[INDEX, index.tag()]);
+    k.extend_from_slice(value.as_bytes());
+    k.push(0);
+    Some(k)
+}
+
+fn time_key(ms: u64, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(18);
+    k.extend_from_slice(&[INDEX, TIME]);
+    k.extend_from_slice(&ms.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The sequence number at the end of an index key.
+fn seq_at_end(key: &[u8]) -> u64 {
+    key.len()
+        .checked_sub(8)
+        .and_then(|i| <[u8; 8]>::try_from(&key[i..]).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+/// Every index key of an event.
+fn index_keys(e: &super::StoredEvent) -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = e
+        .keys
+        .iter()
+        .filter_map(|(index, value)| index_prefix(*index, value))
+        .map(|mut k| {
+            k.extend_from_slice(&e.seq.to_be_bytes());
+            k
+        })
+        .collect();
+    keys.push(time_key(e.unix_ms, e.seq));
+    keys
+}
+
 impl EventLog for SledEventLog {
     fn last(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.events.last()?.map(|(_, v)| v.to_vec()))
+        let last = self.events.range(..[INDEX].as_slice()).next_back();
+        Ok(last.transpose()?.map(|(_, v)| v.to_vec()))
     }
 
-    fn append(&self, events: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
+    fn append(&self, events: Vec<super::StoredEvent>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        for (seq, bytes) in events {
-            batch.insert(&seq.to_be_bytes(), bytes);
+        for e in events {
+            for k in index_keys(&e) {
+                batch.insert(k, &[]);
+            }
+            batch.insert(&e.seq.to_be_bytes(), e.bytes);
         }
         self.events.apply_batch(batch)?;
         Ok(())
     }
 
-    fn scan(&self) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + Send + '_> {
-        Box::new(self.events.iter().map(|item| {
-            let (k, v) = item?;
-            // The key is the sequence number (0 if unreadable; the chain check reports it).
-            let seq = <[u8; 8]>::try_from(k.as_ref())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
-            Ok((seq, v.to_vec()))
+    fn get(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.events.get(seq.to_be_bytes())?.map(|v| v.to_vec()))
+    }
+
+    fn scan(
+        &self,
+        from_seq: u64,
+    ) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + Send + '_> {
+        let from = from_seq.to_be_bytes();
+        Box::new(
+            self.events
+                .range(from.as_slice()..[INDEX].as_slice())
+                .map(|item| {
+                    let (k, v) = item?;
+                    // The key is the sequence number (0 if unreadable; the chain check says so).
+                    let seq = <[u8; 8]>::try_from(k.as_ref())
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(0);
+                    Ok((seq, v.to_vec()))
+                }),
+        )
+    }
+
+    fn lookup(&self, index: super::Index, value: &str) -> super::Seqs<'_> {
+        let Some(prefix) = index_prefix(index, value) else {
+            return Box::new(std::iter::empty());
+        };
+        Box::new(self.events.scan_prefix(prefix).map(|item| {
+            let (k, _) = item?;
+            Ok(seq_at_end(&k))
         }))
     }
 
-    fn remove(&self, seq: u64) -> Result<(), StoreError> {
-        self.events.remove(seq.to_be_bytes())?;
+    fn in_time(&self, from_ms: u64, until_ms: u64) -> super::Seqs<'_> {
+        let (from, until) = (time_key(from_ms, 0), time_key(until_ms, 0));
+        Box::new(self.events.range(from..until).map(|item| {
+            let (k, _) = item?;
+            Ok(seq_at_end(&k))
+        }))
+    }
+
+    fn remove(&self, e: &super::StoredEvent) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for k in index_keys(e) {
+            batch.remove(k);
+        }
+        batch.remove(&e.seq.to_be_bytes());
+        self.events.apply_batch(batch)?;
         Ok(())
     }
 
@@ -472,7 +561,21 @@ impl Drop for Flusher {
     }
 }
 
-type FlushAck = tokio::sync::oneshot::Sender<Result<(), String>>;
+/// How a waiting writer is answered: a oneshot for async callers, a plain channel for
+/// threads (which may run inside a runtime, where a oneshot's blocking receive panics).
+enum FlushAck {
+    Async(tokio::sync::oneshot::Sender<Result<(), String>>),
+    Blocking(std::sync::mpsc::Sender<Result<(), String>>),
+}
+
+impl FlushAck {
+    fn answer(self, result: Result<(), String>) {
+        let _ = match self {
+            FlushAck::Async(tx) => tx.send(result).map_err(|_| ()),
+            FlushAck::Blocking(tx) => tx.send(result).map_err(|_| ()),
+        };
+    }
+}
 
 /// The one thread that flushes the database. sled 0.34 deadlocks when flushes run concurrently
 /// (every IO thread ends up parked in `flush()`), so nothing else ever calls `flush`: writers
@@ -495,7 +598,7 @@ impl Flusher {
                     waiting.extend(rx.try_iter());
                     let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
                     for ack in waiting {
-                        let _ = ack.send(result.clone());
+                        ack.answer(result.clone());
                     }
                 }
             })
@@ -508,30 +611,30 @@ impl Flusher {
         }))
     }
 
-    fn ask(&self) -> Result<tokio::sync::oneshot::Receiver<Result<(), String>>, StoreError> {
-        let (ack, rx) = tokio::sync::oneshot::channel();
+    fn ask(&self, ack: FlushAck) -> Result<(), StoreError> {
         self.tx
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .ok_or_else(|| StoreError::from_message("the store is closed".to_string()))?
             .send(ack)
-            .map_err(|_| StoreError::from_message("the flush thread is not running".to_string()))?;
-        Ok(rx)
+            .map_err(|_| StoreError::from_message("the flush thread is not running".to_string()))
     }
 
     /// Waits until every write made before the call is durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.ask()?
-            .await
+        let (ack, rx) = tokio::sync::oneshot::channel();
+        self.ask(FlushAck::Async(ack))?;
+        rx.await
             .map_err(|_| StoreError::from_message("the flush thread stopped".to_string()))?
             .map_err(StoreError::from_message)
     }
 
-    /// The same, for threads outside the async runtime (the audit writer).
+    /// The same, for threads (the audit writer, blocking readers).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.ask()?
-            .blocking_recv()
+        let (ack, rx) = std::sync::mpsc::channel();
+        self.ask(FlushAck::Blocking(ack))?;
+        rx.recv()
             .map_err(|_| StoreError::from_message("the flush thread stopped".to_string()))?
             .map_err(StoreError::from_message)
     }

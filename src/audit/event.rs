@@ -1,0 +1,151 @@
+//! The event: its stored form, its hash chain, and what the indexes find it by.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::store::{Index, StoredEvent};
+
+/// One event of the log. The field order is the hashing order: do not reorder.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    pub seq: u64,
+    pub time: String,
+    pub unix_ms: u64,
+    pub kind: String,
+    #[serde(default)]
+    pub request_id: Option<String>,
+    #[serde(default)]
+    pub job: Option<String>,
+    #[serde(default)]
+    pub proposal: Option<String>,
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub tool: Option<String>,
+    #[serde(default)]
+    pub tool_version: Option<u32>,
+    pub payload: Value,
+    pub prev: String,
+    #[serde(default)]
+    pub hash: String,
+}
+
+impl Event {
+    /// sha256 over the event with an empty `hash`, chained to `prev`.
+    pub fn compute_hash(&self) -> String {
+        let mut copy = self.clone();
+        copy.hash = String::new();
+        let bytes = serde_json::to_vec(&copy).unwrap_or_default();
+        hex::encode(Sha256::digest(&bytes))
+    }
+}
+
+/// What a caller records; the writer adds the sequence and the chain. The time is when it
+/// was recorded (the request's time), not when the writer got to it.
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    pub kind: &'static str,
+    /// Milliseconds since the epoch; 0: stamped when recorded.
+    pub at_ms: u64,
+    pub request_id: Option<String>,
+    pub job: Option<String>,
+    pub proposal: Option<String>,
+    pub agent: Option<String>,
+    pub owner: Option<String>,
+    pub tool: Option<String>,
+    pub tool_version: Option<u32>,
+    pub payload: Value,
+}
+
+/// The tail of an event serialised with an empty hash: `hash` is the last field.
+const EMPTY_HASH_TAIL: &[u8] = b"\"hash\":\"\"}";
+
+impl Event {
+    /// The stored form and the hash in one serialisation: the bytes hashed are the event with
+    /// an empty `hash` (as `compute_hash`), and the hash is then written into them.
+    pub fn seal(&mut self) -> Vec<u8> {
+        self.hash.clear();
+        let mut bytes = serde_json::to_vec(self).unwrap_or_default();
+        let hash = hex::encode(Sha256::digest(&bytes));
+        if bytes.ends_with(EMPTY_HASH_TAIL) {
+            bytes.truncate(bytes.len() - 2);
+            bytes.extend_from_slice(hash.as_bytes());
+            bytes.extend_from_slice(b"\"}");
+        } else {
+            // Not reached while `hash` is the last field; stay correct if it ever is not.
+            let mut sealed = self.clone();
+            sealed.hash = hash.clone();
+            bytes = serde_json::to_vec(&sealed).unwrap_or_default();
+        }
+        self.hash = hash;
+        bytes
+    }
+
+    /// What the indexes find this event by.
+    pub fn index_keys(&self) -> Vec<(Index, String)> {
+        let mut keys = Vec::with_capacity(7);
+        let named = [
+            (Index::Request, &self.request_id),
+            (Index::Proposal, &self.proposal),
+            (Index::Job, &self.job),
+            (Index::Agent, &self.agent),
+            (Index::Tool, &self.tool),
+        ];
+        for (index, value) in named {
+            if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+                keys.push((index, v.to_string()));
+            }
+        }
+        keys.push((Index::Kind, self.kind.clone()));
+        if let Some(code) = self.payload.get("code").and_then(Value::as_str) {
+            keys.push((Index::Code, code.to_string()));
+        }
+        keys
+    }
+
+    /// The event as the log stores it.
+    pub fn stored(&self, bytes: Vec<u8>) -> StoredEvent {
+        StoredEvent {
+            seq: self.seq,
+            unix_ms: self.unix_ms,
+            bytes,
+            keys: self.index_keys(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealing_hashes_what_verify_recomputes() {
+        let mut e = Event {
+            seq: 7,
+            time: "t".into(),
+            unix_ms: 1,
+            kind: "request".into(),
+            request_id: Some("req_1".into()),
+            job: None,
+            proposal: None,
+            agent: Some("bot".into()),
+            owner: None,
+            tool: None,
+            tool_version: None,
+            payload: serde_json::json!({"code": "validation_error", "x": "\"}"}),
+            prev: "abc".into(),
+            hash: "stale".into(),
+        };
+        let bytes = e.seal();
+        let read: Event = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(read, e);
+        assert_eq!(read.compute_hash(), read.hash);
+        let keys = e.index_keys();
+        assert!(keys.contains(&(Index::Request, "req_1".into())));
+        assert!(keys.contains(&(Index::Code, "validation_error".into())));
+        assert!(!keys.iter().any(|(i, _)| *i == Index::Job));
+    }
+}

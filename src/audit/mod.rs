@@ -1,0 +1,428 @@
+//! The audit log: append-only events in the store (`store::EventLog`), each carrying the
+//! sha256 of the one before, so that `verify` finds an edited or removed event; indexed by
+//! request, proposal, job, agent, tool, kind, error code and time in the same atomic write, so
+//! that a story or a search reads only its own events. Secrets are redacted before anything
+//! is written.
+//!
+//! Records queue for one writer thread (`writer.rs`). The queue is bounded: when it is full,
+//! `record` waits for room (the request path slows down; nothing is dropped and memory does
+//! not grow). Events that a commit depends on are flushed before the request goes on (several
+//! concurrent commits share one flush). `close` drains the queue and flushes it.
+
+mod event;
+mod query;
+mod redact;
+mod writer;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::{oneshot, Semaphore};
+use tracing::{info, warn};
+
+pub use event::{Event, Record};
+pub use query::{describe, parse_time, summary, Filter};
+pub use redact::{
+    body_json, cap_text, headers_json, scrub_outcome, Redactor, HEADERS_CAP, HEADER_VALUE_CAP,
+    MAX_HEADERS_RECORDED, REDACTED, SECRET_HEADERS, URI_CAP,
+};
+
+use crate::base::now_ms;
+use crate::store::{EventLog, StoreError};
+use writer::{Msg, Writer};
+
+/// Records that may wait for the writer at once. Past this, `record` waits for room.
+pub const QUEUE: usize = 8192;
+
+/// How the log is opened.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// A pause before each batch the writer takes (a test hook; zero in production).
+    pub write_delay: Duration,
+}
+
+/// The log: a handle for writers and readers.
+pub struct Audit {
+    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Room in the queue: a permit per record waiting for the writer.
+    room: Arc<Semaphore>,
+    log: Arc<dyn EventLog>,
+    pub redactor: Arc<Redactor>,
+    /// Flush latency of the last group commit, in microseconds (for /metrics).
+    pub last_flush_us: Arc<AtomicU64>,
+    /// Events read back from the store since the log was opened (reads stay bounded by what a
+    /// query returns; tests check it).
+    decoded: AtomicU64,
+}
+
+/// The cap on bodies recorded in events.
+pub const BODY_CAP: usize = 16 * 1024;
+
+pub(crate) fn rfc3339(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl Drop for Audit {
+    /// The writer writes what is queued and ends; the store is released with it.
+    fn drop(&mut self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = w.join();
+        }
+    }
+}
+
+const ANCHOR: &[u8] = b"anchor";
+const PURGES: &[u8] = b"purges";
+
+/// What a purge removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub removed: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+}
+
+/// Refuses a purge that would remove events younger than the retention minimum.
+pub fn check_purge_cut(before_ms: u64, min_age: Duration) -> Result<(), String> {
+    let earliest = now_ms().saturating_sub(min_age.as_millis() as u64);
+    if before_ms > earliest {
+        return Err(format!(
+            "events younger than the retention minimum ({}s) are never purged; the latest cut allowed now is {}",
+            min_age.as_secs(),
+            rfc3339(earliest)
+        ));
+    }
+    Ok(())
+}
+
+/// The sequence number and hash the next event chains to: the newest event's, or the anchor a
+/// purge left.
+fn chain_head(log: &dyn EventLog) -> Result<(u64, String), StoreError> {
+    Ok(match log.last()? {
+        Some(v) => {
+            let e: Event = serde_json::from_slice(&v)?;
+            (e.seq, e.hash)
+        }
+        None => match log.meta_get(ANCHOR)? {
+            Some(v) => {
+                let a: Value = serde_json::from_slice(&v)?;
+                (
+                    a["seq"].as_u64().unwrap_or(0),
+                    a["hash"].as_str().unwrap_or("").to_string(),
+                )
+            }
+            None => (0, String::new()),
+        },
+    })
+}
+
+/// The meta key that says every event has its index entries.
+const INDEXED: &[u8] = b"indexed_v1";
+
+impl Audit {
+    /// Opens the log in the store and starts its writer thread.
+    pub fn open(store: &crate::store::Store) -> Result<Audit, StoreError> {
+        Audit::open_with(store, Options::default())
+    }
+
+    pub fn open_with(store: &crate::store::Store, opts: Options) -> Result<Audit, StoreError> {
+        let log = store.event_log()?;
+        index_older_events(log.as_ref())?;
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let (seq, prev) = chain_head(log.as_ref())?;
+        let last_flush_us = Arc::new(AtomicU64::new(0));
+        let redactor = Arc::new(Redactor::new());
+        let room = Arc::new(Semaphore::new(QUEUE));
+        let writer = Writer {
+            log: log.clone(),
+            redactor: redactor.clone(),
+            flush_gauge: last_flush_us.clone(),
+            room: room.clone(),
+            delay: opts.write_delay,
+            seq,
+            prev,
+        };
+        let writer = std::thread::Builder::new()
+            .name("toolgate-audit".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| {
+                StoreError::from_message(format!("could not start the audit writer: {e}"))
+            })?;
+        Ok(Audit {
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            room,
+            log,
+            redactor,
+            last_flush_us,
+            decoded: AtomicU64::new(0),
+        })
+    }
+
+    fn send(
+        &self,
+        mut rec: Record,
+        ack: Option<oneshot::Sender<Result<u64, String>>>,
+        roomed: bool,
+    ) -> bool {
+        if rec.at_ms == 0 {
+            rec.at_ms = now_ms();
+        }
+        let msg = Msg {
+            rec: Box::new(rec),
+            ack,
+            roomed,
+        };
+        let sent = self
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|tx| tx.send(msg).is_ok());
+        if !sent && roomed {
+            self.room.add_permits(1);
+        }
+        sent
+    }
+
+    /// Waits for room in the queue (backpressure), then queues the event. Its time is now.
+    pub async fn record(&self, mut rec: Record) {
+        if rec.at_ms == 0 {
+            rec.at_ms = now_ms();
+        }
+        let roomed = self.room.acquire().await.map(|p| p.forget()).is_ok();
+        self.queue(rec, roomed);
+    }
+
+    /// Queues an event from code that cannot wait (policy reloads, stream ends). Takes room
+    /// when there is some; past the bound it queues anyway: such callers are few and rare.
+    pub fn record_now(&self, rec: Record) {
+        let roomed = self.room.try_acquire().map(|p| p.forget()).is_ok();
+        self.queue(rec, roomed);
+    }
+
+    fn queue(&self, rec: Record, roomed: bool) {
+        if !self.send(rec, None, roomed) {
+            warn!("the audit log is closed; an event was not recorded");
+        }
+    }
+
+    /// Records an event and waits until it is durable. An error means the caller must not go
+    /// on with what the event records (fail closed).
+    pub async fn record_durable(&self, rec: Record) -> Result<u64, String> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(rec, Some(tx), false) {
+            return Err("the audit writer is not running".into());
+        }
+        match tokio::time::timeout(Duration::from_secs(30), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the audit writer stopped".into()),
+            Err(_) => Err("the audit flush timed out".into()),
+        }
+    }
+
+    /// Stops taking records, lets the writer write and flush everything queued, and waits
+    /// for it (up to `limit`). Returns false if it did not finish in time.
+    pub async fn close(&self, limit: Duration) -> bool {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(writer) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return true;
+        };
+        let log = self.log.clone();
+        let drained = tokio::task::spawn_blocking(move || {
+            let _ = writer.join();
+            log.sync()
+        });
+        match tokio::time::timeout(limit, drained).await {
+            Ok(Ok(Ok(()))) => true,
+            Ok(Ok(Err(e))) => {
+                warn!(error = %e, "the audit log's last flush failed");
+                false
+            }
+            _ => false,
+        }
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Event, StoreError> {
+        self.decoded.fetch_add(1, Ordering::Relaxed);
+        Ok(serde_json::from_slice(bytes)?)
+    }
+
+    /// How many events were read back from the store so far.
+    pub fn decoded(&self) -> u64 {
+        self.decoded.load(Ordering::Relaxed)
+    }
+
+    /// One event by its sequence number.
+    pub fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
+        self.log.get(seq)?.map(|v| self.decode(&v)).transpose()
+    }
+
+    /// Every event from `from_seq` on, in order, read as it is consumed (an export streams).
+    pub fn events(&self, from_seq: u64) -> impl Iterator<Item = Result<Event, StoreError>> + '_ {
+        self.log.scan(from_seq).map(|item| {
+            let (_, v) = item?;
+            self.decode(&v)
+        })
+    }
+
+    /// Events whose time is at or after `since_ms`, in time order, read as consumed.
+    pub fn events_since(
+        &self,
+        since_ms: u64,
+    ) -> impl Iterator<Item = Result<Event, StoreError>> + '_ {
+        self.log
+            .in_time(since_ms, u64::MAX)
+            .filter_map(|seq| match seq {
+                Ok(seq) => self.event(seq).transpose(),
+                Err(e) => Some(Err(e)),
+            })
+    }
+
+    /// Checks the chain. `Ok(n)`: n events verified. `Err((seq, why))`: the first bad one.
+    pub fn verify(&self) -> Result<u64, (u64, String)> {
+        let (mut expect_seq, mut prev) = match self.log.meta_get(ANCHOR) {
+            Ok(Some(v)) => {
+                let a: Value = serde_json::from_slice(&v).unwrap_or_default();
+                (
+                    a["seq"].as_u64().unwrap_or(0) + 1,
+                    a["hash"].as_str().unwrap_or("").to_string(),
+                )
+            }
+            _ => (1, String::new()),
+        };
+        let mut n = 0;
+        for item in self.log.scan(0) {
+            let (key_seq, v) = item.map_err(|e| (expect_seq, e.to_string()))?;
+            let e = self
+                .decode(&v)
+                .map_err(|err| (key_seq, format!("event {key_seq} is not readable: {err}")))?;
+            if e.seq != expect_seq || key_seq != e.seq {
+                return Err((
+                    expect_seq,
+                    format!("event {expect_seq} is missing (found {})", e.seq),
+                ));
+            }
+            if e.prev != prev {
+                return Err((
+                    e.seq,
+                    format!("event {} does not chain to the one before", e.seq),
+                ));
+            }
+            if e.compute_hash() != e.hash {
+                return Err((
+                    e.seq,
+                    format!("event {} was changed after it was written", e.seq),
+                ));
+            }
+            prev = e.hash;
+            expect_seq += 1;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Removes events older than `before_ms`, keeping the chain verifiable from an anchor (the
+    /// last removed event's sequence and hash). The purge itself is then recorded twice: as a
+    /// `purge` event in the chain, and in the list of purges `verify` reports, which no later
+    /// purge removes.
+    pub async fn purge(
+        &self,
+        before_ms: u64,
+        by: &str,
+        reason: &str,
+    ) -> Result<PurgeReport, StoreError> {
+        let mut report = PurgeReport::default();
+        let mut anchor: Option<(u64, String)> = None;
+        // Never purge the newest event: it anchors the next append.
+        let newest = chain_head(self.log.as_ref())?.0;
+        for item in self.log.scan(0) {
+            let (k, v) = item?;
+            let e = self.decode(&v)?;
+            if e.unix_ms >= before_ms || k >= newest {
+                break;
+            }
+            report.first_seq.get_or_insert(e.seq);
+            report.last_seq = Some(e.seq);
+            anchor = Some((e.seq, e.hash.clone()));
+            self.log.remove(&e.stored(Vec::new()))?;
+            report.removed += 1;
+        }
+        if let Some((seq, hash)) = anchor {
+            self.log.meta_put(
+                ANCHOR,
+                serde_json::to_vec(&json!({"seq": seq, "hash": hash}))?,
+            )?;
+        }
+        let entry = json!({
+            "by": by,
+            "reason": reason,
+            "before": rfc3339(before_ms),
+            "removed": report.removed,
+            "from_seq": report.first_seq,
+            "to_seq": report.last_seq,
+            "at": rfc3339(now_ms()),
+        });
+        let mut purges = self.purges()?;
+        purges.push(entry.clone());
+        self.log.meta_put(PURGES, serde_json::to_vec(&purges)?)?;
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.sync())
+            .await
+            .map_err(|e| StoreError::from_message(format!("the purge's flush stopped: {e}")))??;
+        self.record_durable(Record {
+            kind: "purge",
+            payload: entry,
+            ..Default::default()
+        })
+        .await
+        .map_err(StoreError::from_message)?;
+        Ok(report)
+    }
+
+    /// Every purge so far (who, why, which range), oldest first.
+    pub fn purges(&self) -> Result<Vec<Value>, StoreError> {
+        Ok(match self.log.meta_get(PURGES)? {
+            Some(v) => serde_json::from_slice(&v)?,
+            None => Vec::new(),
+        })
+    }
+}
+
+/// A log written before the indexes existed gets them, once, at open.
+fn index_older_events(log: &dyn EventLog) -> Result<(), StoreError> {
+    if log.meta_get(INDEXED)?.is_some() {
+        return Ok(());
+    }
+    let mut batch = Vec::new();
+    let mut total = 0u64;
+    for item in log.scan(0) {
+        let (_, bytes) = item?;
+        let e: Event = serde_json::from_slice(&bytes)?;
+        batch.push(e.stored(bytes));
+        if batch.len() == 10_000 {
+            total += batch.len() as u64;
+            log.append(std::mem::take(&mut batch))?;
+        }
+    }
+    total += batch.len() as u64;
+    if !batch.is_empty() {
+        log.append(batch)?;
+    }
+    log.meta_put(INDEXED, b"1".to_vec())?;
+    if total > 0 {
+        log.sync()?;
+        info!(
+            events = total,
+            "indexed the audit log written by an earlier version"
+        );
+    }
+    Ok(())
+}

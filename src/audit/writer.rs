@@ -1,0 +1,115 @@
+//! The one writer: a thread that takes queued records in batches, chains, redacts and seals
+//! them, writes each batch with its index entries in one atomic write, and flushes once per
+//! batch when anyone waits for durability (group commit). It gives the queue's room back as
+//! it goes, so a slow disk makes the request path wait rather than the queue grow.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, Semaphore};
+use tracing::error;
+
+use super::{rfc3339, Event, Record, Redactor};
+use crate::store::EventLog;
+
+/// A queued record, the durability wait of its caller if any, and whether it holds a unit
+/// of the queue's room.
+pub(super) struct Msg {
+    pub rec: Box<Record>,
+    pub ack: Option<oneshot::Sender<Result<u64, String>>>,
+    pub roomed: bool,
+}
+
+/// The most records written in one batch.
+const BATCH: usize = 1024;
+
+pub(super) struct Writer {
+    pub log: Arc<dyn EventLog>,
+    pub redactor: Arc<Redactor>,
+    pub flush_gauge: Arc<AtomicU64>,
+    pub room: Arc<Semaphore>,
+    /// A pause before each batch (a test hook: a writer slower than the request path).
+    pub delay: Duration,
+    pub seq: u64,
+    pub prev: String,
+}
+
+impl Writer {
+    /// Writes batches until every sender is gone and the queue is empty.
+    pub fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        while let Ok(first) = rx.recv() {
+            if !self.delay.is_zero() {
+                std::thread::sleep(self.delay);
+            }
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter().take(BATCH - 1));
+            self.write(batch);
+        }
+    }
+
+    /// One batch: chained, redacted, written atomically, flushed once if anyone waits.
+    fn write(&mut self, batch: Vec<Msg>) {
+        let mut acks = Vec::new();
+        let mut failed: Option<String> = None;
+        let before = (self.seq, self.prev.clone());
+        let mut writes = Vec::with_capacity(batch.len());
+        let mut room = 0;
+        for msg in batch {
+            room += usize::from(msg.roomed);
+            let mut e = self.chain(*msg.rec);
+            let bytes = e.seal();
+            self.prev = e.hash.clone();
+            writes.push(e.stored(bytes));
+            if let Some(ack) = msg.ack {
+                acks.push((ack, e.seq));
+            }
+        }
+        // One atomic write per batch; on failure the chain continues from before it.
+        if let Err(err) = self.log.append(writes) {
+            failed = Some(err.to_string());
+            (self.seq, self.prev) = before;
+        }
+        if !acks.is_empty() {
+            let started = Instant::now();
+            if let Err(err) = self.log.sync() {
+                failed = Some(err.to_string());
+            }
+            self.flush_gauge
+                .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        self.room.add_permits(room);
+        for (ack, seq) in acks {
+            let _ = ack.send(match &failed {
+                Some(e) => Err(e.clone()),
+                None => Ok(seq),
+            });
+        }
+        if let Some(e) = failed {
+            error!(error = %e, "audit write failed");
+        }
+    }
+
+    /// The next event of the chain for a record (redacted here, before anything is written).
+    fn chain(&mut self, rec: Record) -> Event {
+        let mut payload = rec.payload;
+        self.redactor.value_in_place(&mut payload);
+        self.seq += 1;
+        Event {
+            seq: self.seq,
+            time: rfc3339(rec.at_ms),
+            unix_ms: rec.at_ms,
+            kind: rec.kind.to_string(),
+            request_id: rec.request_id,
+            job: rec.job,
+            proposal: rec.proposal,
+            agent: rec.agent,
+            owner: rec.owner,
+            tool: rec.tool,
+            tool_version: rec.tool_version,
+            payload,
+            prev: self.prev.clone(),
+            hash: String::new(),
+        }
+    }
+}
