@@ -71,7 +71,13 @@ impl App {
         // One crypto provider, passed explicitly everywhere.
         let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
         let store = crate::store::open(&config.data_dir)?;
-        let audit = Arc::new(Audit::open(&store)?);
+        let audit = Arc::new(Audit::open_with(
+            &store,
+            crate::audit::Options {
+                write_delay: config.guards.audit_write_delay,
+                queue: config.guards.audit_queue,
+            },
+        )?);
         let policies = Policies::load(&config.policies_dir, audit.clone())?;
         let kill = KillSwitches::load(store.clone(), audit.clone()).await?;
         let ca = CertAuthority::load_or_init(&config.certs_dir, provider.clone())?;

@@ -271,6 +271,10 @@ pub struct ServeArgs {
     /// `audit purge` never removes events younger than this.
     #[arg(long, env = env::AUDIT_RETENTION_MIN, default_value = "30d")]
     pub audit_retention_min: String,
+    /// Purge audit events older than this in the background (off unless set; at least
+    /// --audit-retention-min).
+    #[arg(long, env = env::AUDIT_RETENTION)]
+    pub audit_retention: Option<String>,
     /// Also serve /metrics without a token on this address (a private scrape network).
     #[arg(long, env = env::METRICS_LISTEN)]
     pub metrics_listen: Option<SocketAddr>,
@@ -325,6 +329,17 @@ impl ServeArgs {
         g.ledger_retention = flag_duration("ledger-retention", &self.ledger_retention)?;
         g.store_alarm_bytes = flag_size("store-alarm", &self.store_alarm)?;
         g.audit_retention_min = flag_duration("audit-retention-min", &self.audit_retention_min)?;
+        if let Some(r) = self.audit_retention.as_deref().filter(|r| !r.is_empty()) {
+            let r = flag_duration("audit-retention", r)?;
+            if r < g.audit_retention_min {
+                return Err(format!(
+                    "--audit-retention {}s is shorter than --audit-retention-min {}s: events younger than the minimum are never purged",
+                    r.as_secs(),
+                    g.audit_retention_min.as_secs()
+                ));
+            }
+            g.audit_retention = Some(r);
+        }
         Ok(config)
     }
 }

@@ -37,6 +37,7 @@ pub mod env {
     pub const LEDGER_RETENTION: &str = "TOOLGATE_LEDGER_RETENTION";
     pub const STORE_ALARM: &str = "TOOLGATE_STORE_ALARM";
     pub const AUDIT_RETENTION_MIN: &str = "TOOLGATE_AUDIT_RETENTION_MIN";
+    pub const AUDIT_RETENTION: &str = "TOOLGATE_AUDIT_RETENTION";
     pub const METRICS_LISTEN: &str = "TOOLGATE_METRICS_LISTEN";
 }
 
@@ -68,6 +69,13 @@ pub struct Guards {
     pub store_alarm_bytes: u64,
     /// `audit purge` never removes events younger than this.
     pub audit_retention_min: Duration,
+    /// Events older than this are purged by the sweep (never younger than the minimum above).
+    pub audit_retention: Option<Duration>,
+    /// Audit events that may wait for the writer at once (no flag; tests make it small).
+    pub audit_queue: usize,
+    /// A pause before each batch the audit writer takes. A test hook (a writer slower than
+    /// the request path); zero otherwise, and no flag sets it.
+    pub audit_write_delay: Duration,
     /// How often expired records are swept.
     pub sweep_interval: Duration,
     /// Failed sign-ins and failed Bearer checks allowed per source address per minute.
@@ -89,6 +97,9 @@ impl Default for Guards {
             ledger_retention: Duration::from_secs(90 * 86400),
             store_alarm_bytes: 8 << 30,
             audit_retention_min: Duration::from_secs(30 * 86400),
+            audit_retention: None,
+            audit_write_delay: Duration::ZERO,
+            audit_queue: crate::base::AUDIT_QUEUE,
             sweep_interval: Duration::from_secs(60),
             auth_failures_per_minute: 20,
         }

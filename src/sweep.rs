@@ -16,6 +16,7 @@ pub struct Swept {
     pub idempotency: usize,
     pub proposals: usize,
     pub ledger: usize,
+    pub audit: u64,
 }
 
 /// Sweeps every `sweep_interval` until shutdown.
@@ -27,7 +28,7 @@ pub(crate) async fn run(app: Arc<App>) {
             _ = app.cancel.cancelled() => return,
             _ = tick.tick() => {
                 match once(&app).await {
-                    Ok(s) if s != Swept::default() => info!(idempotency = s.idempotency, proposals = s.proposals, ledger = s.ledger, "expired records removed"),
+                    Ok(s) if s != Swept::default() => info!(idempotency = s.idempotency, proposals = s.proposals, ledger = s.ledger, audit = s.audit, "expired records removed"),
                     Ok(_) => {}
                     Err(e) => warn!(error = %e, "the expiry sweep failed"),
                 }
@@ -65,5 +66,20 @@ pub async fn once(app: &App) -> Result<Swept, StoreError> {
         idempotency,
         proposals,
         ledger,
+        audit: expire_audit(app).await?,
     })
+}
+
+/// With `--audit-retention`: events older than it are purged (a `purge` event and an entry in
+/// the list of purges say so; the chain still verifies from its anchor).
+async fn expire_audit(app: &App) -> Result<u64, StoreError> {
+    let Some(keep) = app.config.guards.audit_retention else {
+        return Ok(0);
+    };
+    let cut = crate::base::now_ms().saturating_sub(keep.as_millis() as u64);
+    if app.audit.oldest_ms()?.is_none_or(|t| t >= cut) {
+        return Ok(0);
+    }
+    let why = format!("--audit-retention {}s", keep.as_secs());
+    Ok(app.audit.purge(cut, "toolgate", &why).await?.removed)
 }

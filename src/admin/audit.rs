@@ -256,6 +256,11 @@ pub async fn metrics_open(State(app): State<Arc<App>>) -> Response {
             .load(std::sync::atomic::Ordering::Relaxed) as f64
             / 1e6
     ));
+    let (queued, peak) = app.audit.queued();
+    out.push_str("# HELP toolgate_audit_queued Audit events waiting for the writer now.\n# TYPE toolgate_audit_queued gauge\n");
+    out.push_str(&format!("toolgate_audit_queued {queued}\n"));
+    out.push_str("# HELP toolgate_audit_queued_peak The most audit events that ever waited for the writer at once.\n# TYPE toolgate_audit_queued_peak gauge\n");
+    out.push_str(&format!("toolgate_audit_queued_peak {peak}\n"));
     let size = app.store.size_on_disk();
     let alarm = u8::from(size > app.config.guards.store_alarm_bytes);
     out.push_str("# HELP toolgate_store_bytes Bytes the store takes on disk.\n# TYPE toolgate_store_bytes gauge\n");

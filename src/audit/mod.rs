@@ -33,14 +33,22 @@ use crate::base::now_ms;
 use crate::store::{EventLog, StoreError};
 use writer::{Msg, Writer};
 
-/// Records that may wait for the writer at once. Past this, `record` waits for room.
-pub const QUEUE: usize = 8192;
-
 /// How the log is opened.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// A pause before each batch the writer takes (a test hook; zero in production).
     pub write_delay: Duration,
+    /// Records that may wait for the writer at once. Past this, `record` waits for room.
+    pub queue: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            write_delay: Duration::ZERO,
+            queue: crate::base::AUDIT_QUEUE,
+        }
+    }
 }
 
 /// The log: a handle for writers and readers.
@@ -49,6 +57,9 @@ pub struct Audit {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Room in the queue: a permit per record waiting for the writer.
     room: Arc<Semaphore>,
+    capacity: usize,
+    /// The most records that waited at once.
+    peak: AtomicU64,
     log: Arc<dyn EventLog>,
     pub redactor: Arc<Redactor>,
     /// Flush latency of the last group commit, in microseconds (for /metrics).
@@ -139,7 +150,8 @@ impl Audit {
         let (seq, prev) = chain_head(log.as_ref())?;
         let last_flush_us = Arc::new(AtomicU64::new(0));
         let redactor = Arc::new(Redactor::new());
-        let room = Arc::new(Semaphore::new(QUEUE));
+        let capacity = opts.queue.max(1);
+        let room = Arc::new(Semaphore::new(capacity));
         let writer = Writer {
             log: log.clone(),
             redactor: redactor.clone(),
@@ -159,6 +171,8 @@ impl Audit {
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             room,
+            capacity,
+            peak: AtomicU64::new(0),
             log,
             redactor,
             last_flush_us,
@@ -199,6 +213,14 @@ impl Audit {
         }
         let roomed = self.room.acquire().await.map(|p| p.forget()).is_ok();
         self.queue(rec, roomed);
+        let queued = self.queued().0;
+        self.peak.fetch_max(queued, Ordering::Relaxed);
+    }
+
+    /// Records waiting for the writer now, and the most that ever waited at once.
+    pub fn queued(&self) -> (u64, u64) {
+        let now = self.capacity.saturating_sub(self.room.available_permits()) as u64;
+        (now, self.peak.load(Ordering::Relaxed).max(now))
     }
 
     /// Queues an event from code that cannot wait (policy reloads, stream ends). Takes room
@@ -258,6 +280,14 @@ impl Audit {
     /// How many events were read back from the store so far.
     pub fn decoded(&self) -> u64 {
         self.decoded.load(Ordering::Relaxed)
+    }
+
+    /// The time of the oldest event, if any.
+    pub fn oldest_ms(&self) -> Result<Option<u64>, StoreError> {
+        self.events(0)
+            .next()
+            .transpose()
+            .map(|e| e.map(|e| e.unix_ms))
     }
 
     /// One event by its sequence number.

@@ -1,0 +1,176 @@
+//! The audit log under load: a writer slower than the request path makes requests wait (the
+//! queue stays bounded, nothing is dropped), events carry their request's time, and stories
+//! and searches read only their own events through the indexes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use toolgate::audit::{Audit, Filter, Record};
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_writer_makes_requests_wait_and_loses_nothing() {
+    let (_pki, upstream, gate) = setup_examples(&[], |c| {
+        c.guards.audit_queue = 4;
+        c.guards.audit_write_delay = Duration::from_millis(150);
+    })
+    .await;
+    let mut calls = Vec::new();
+    for i in 0..24 {
+        let client = staging(&gate);
+        calls.push(tokio::spawn(async move {
+            let url = format!("https://api.stripe.com/v1/customers/cus_slow{i}");
+            send(&client, "GET", &url, &[], "").await.unwrap().status
+        }));
+    }
+    for c in calls {
+        assert_eq!(c.await.unwrap(), 200);
+    }
+    assert_eq!(upstream.count(), 24);
+    // Every request has its event once the writer catches up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = audit_events(&gate, "kind=request").await;
+        let paths = got
+            .iter()
+            .filter(|e| {
+                e["payload"]["path"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("cus_slow")
+            })
+            .count();
+        if paths == 24 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{paths} of 24 requests audited");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The queue never held more than its bound (memory stays flat): requests waited instead.
+    let m = gate
+        .admin("GET", "/metrics", Some("demo-carol-token"), None)
+        .await
+        .text();
+    let peak = metric(&m, "toolgate_audit_queued_peak");
+    assert!(peak <= 4.0, "the queue held {peak} events");
+    assert!(peak >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_carries_its_request_time_not_the_writers() {
+    let (_pki, _upstream, gate) = setup_examples(&[], |c| {
+        c.guards.audit_queue = 1;
+        c.guards.audit_write_delay = Duration::from_secs(2);
+    })
+    .await;
+    let client = staging(&gate);
+    // The first read's event occupies the one place in the queue for 2 s; the second read
+    // waits for room before its answer, and is recorded later than it was asked.
+    send(
+        &client,
+        "GET",
+        "https://api.stripe.com/v1/customers/cus_t1",
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
+    let asked = toolgate::base::now_ms();
+    let started = Instant::now();
+    let got = send(
+        &client,
+        "GET",
+        "https://api.stripe.com/v1/customers/cus_t2",
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.status, 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "the request waited for the slow writer"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let event = loop {
+        let all = audit_events(&gate, "kind=request").await;
+        if let Some(e) = all
+            .into_iter()
+            .find(|e| e["payload"]["path"] == "/v1/customers/cus_t2")
+        {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "the event was never written");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let at = event["unix_ms"].as_u64().unwrap();
+    assert!(
+        at >= asked && at < asked + 1000,
+        "the event says {at}, the request was made at {asked}"
+    );
+}
+
+fn record(i: u64) -> Record {
+    Record {
+        kind: "request",
+        request_id: Some(format!("req_{i}")),
+        job: Some(format!("job_{}", i / 10)),
+        agent: Some(format!("agent_{}", i % 50)),
+        tool: Some(format!("tool_{}", i % 7)),
+        payload: serde_json::json!({"method": "GET", "path": format!("/v1/x/{i}")}),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stories_and_searches_read_only_their_own_events_among_200k() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = toolgate::store::open(dir.path()).unwrap();
+    let audit = Audit::open(&store).unwrap();
+    const N: u64 = 200_000;
+    for i in 0..N {
+        audit.record(record(i)).await;
+    }
+    audit.record_durable(record(N)).await.unwrap();
+
+    let before = audit.decoded();
+    let story = audit.story("req_123457").unwrap();
+    assert_eq!(story.len(), 1);
+    assert_eq!(story[0].request_id.as_deref(), Some("req_123457"));
+    let read = audit.decoded() - before;
+    assert!(read <= 4, "the story of one request decoded {read} events");
+
+    // A job's story: its ten requests.
+    let before = audit.decoded();
+    let story = audit.story("job_4321").unwrap();
+    assert_eq!(story.len(), 10);
+    let read = audit.decoded() - before;
+    assert!(read <= 40, "the story of one job decoded {read} events");
+
+    // A search by agent reads that agent's events only (one in fifty).
+    let before = audit.decoded();
+    let found = audit
+        .search(&Filter {
+            agent: Some("agent_7".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(found.len(), (0..=N).filter(|i| i % 50 == 7).count());
+    let read = audit.decoded() - before;
+    assert!(
+        read <= found.len() as u64,
+        "the search decoded {read} events"
+    );
+    assert_eq!(audit.verify().unwrap(), N + 1);
+}
