@@ -1,18 +1,34 @@
 #!/usr/bin/env bash
-# Benchmark: toolgate vs a direct connection to a local TLS upstream, with oha.
-# Not a test. Prints requests/s, p50 and p99 per scenario and the ratio to direct.
+# Benchmark: toolgate vs a direct connection to a local TLS upstream, with oha, and vs a bare
+# MITM proxy (hudsucker, bench/mitm-ref: interception and nothing else) in the same run.
+# Not a test. Each scenario runs RUNS times (default 3), alternating direct, toolgate and the
+# reference; it prints the medians of requests/s and p50, and their ratios to direct.
 # Policies: bench/policies (a read, and a side-effect-free POST validated against a schema,
 # both with a credential injected).
+#
+# Then "sigterm": LOAD_SECONDS (default 60) of reads at c=16 on a fresh data dir, SIGTERM while
+# the load runs, and the upstream's count of requests received against the audit log's count
+# of recorded requests, toolgate's peak RSS, `audit story` on the full log (time and peak
+# memory), and bytes on disk per audited request.
+#
 # Usage: bench/run.sh [seconds per run, default 5] [only the scenarios whose name contains this]
-# On a machine with two cores or more, toolgate is pinned to core 0 and the load and the upstream
-# to core 1 (taskset), so that the numbers do not depend on the scheduler.
+#   RUNS=3 LOAD_SECONDS=60 NO_REF=1 (skip the hudsucker reference)
+# On a machine with two cores or more, toolgate (and the reference) run on core 0 and the load
+# and the upstream on core 1 (taskset), so that the numbers do not depend on the scheduler.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-5}s"
 ONLY="${2:-}"
+RUNS="${RUNS:-3}"
+LOAD_SECONDS="${LOAD_SECONDS:-60}"
 
 command -v oha >/dev/null || cargo install oha --locked
 cargo build --release --quiet --bin toolgate --example echo_upstream
+REF=""
+if [ -z "${NO_REF:-}" ]; then
+  cargo build --release --quiet --manifest-path bench/mitm-ref/Cargo.toml
+  REF=bench/mitm-ref/target/release/mitm-ref
+fi
 
 work=$(mktemp -d)
 pids=()
@@ -28,19 +44,28 @@ if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
 fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(free_port); PX=$(free_port); AD=$(free_port)
+UP=$(free_port); PX=$(free_port); AD=$(free_port); RF=$(free_port)
 
 "${PIN_LOAD[@]}" target/release/examples/echo_upstream --listen "127.0.0.1:$UP" --ca-out "$work/up-ca.pem" api.stripe.com \
-  2>"$work/upstream.log" & pids+=($!)
-RUST_LOG=warn "${PIN_GATE[@]}" target/release/toolgate serve --listen "127.0.0.1:$PX" --admin-listen "127.0.0.1:$AD" \
-  --policies bench/policies --certs "$work/certs" --data-dir "$work/data" \
-  --connect-to "api.stripe.com:443=127.0.0.1:$UP" --upstream-ca "$work/up-ca.pem" \
-  2>"$work/toolgate.log" & pids+=($!)
+  2>"$work/upstream.log" & UPSTREAM=$!; pids+=($UPSTREAM)
+for _ in $(seq 1 100); do [ -f "$work/up-ca.pem" ] && break; sleep 0.1; done
 
-for _ in $(seq 1 100); do
-  [ -f "$work/certs/ca.pem" ] && [ -f "$work/up-ca.pem" ] && curl -sf "http://127.0.0.1:$AD/healthz" >/dev/null && break
-  sleep 0.1
-done
+start_toolgate() { # data dir, proxy port, admin port; sets GATE
+  RUST_LOG=warn "${PIN_GATE[@]}" target/release/toolgate serve --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" \
+    --policies bench/policies --certs "$work/certs" --data-dir "$1" \
+    --connect-to "api.stripe.com:443=127.0.0.1:$UP" --upstream-ca "$work/up-ca.pem" \
+    2>>"$work/toolgate.log" & GATE=$!; pids+=($GATE)
+  for _ in $(seq 1 100); do
+    [ -f "$work/certs/ca.pem" ] && curl -sf "http://127.0.0.1:$3/healthz" >/dev/null && return
+    sleep 0.1
+  done
+  echo "toolgate did not start"; cat "$work/toolgate.log"; exit 1
+}
+start_toolgate "$work/data" "$PX" "$AD"
+if [ -n "$REF" ]; then
+  "${PIN_GATE[@]}" "$REF" "127.0.0.1:$RF" "$work/ref-ca.pem" "127.0.0.1:$UP" "$work/up-ca.pem" 2>"$work/ref.log" & pids+=($!)
+  for _ in $(seq 1 100); do [ -f "$work/ref-ca.pem" ] && break; sleep 0.1; done
+fi
 
 python3 -c 'import sys; sys.stdout.write("limit=10&query=" + "a" * (1024 - 15))' > "$work/body"
 AUTH="Proxy-Authorization: Basic $(printf %s 'bench:bench-token' | base64)"
@@ -51,32 +76,90 @@ direct() { "${PIN_LOAD[@]}" oha --no-tui --output-format json -z "$DURATION" --c
   --connect-to "api.stripe.com:443:127.0.0.1:$UP" "$@"; }
 proxied() { "${PIN_LOAD[@]}" oha --no-tui --output-format json -z "$DURATION" --cacert "$work/certs/ca.pem" \
   -x "http://127.0.0.1:$PX" --proxy-header "$AUTH" --no-pre-lookup "$@"; }
+reference() { "${PIN_LOAD[@]}" oha --no-tui --output-format json -z "$DURATION" --cacert "$work/ref-ca.pem" \
+  -x "http://127.0.0.1:$RF" --no-pre-lookup "$@"; }
 
-report() { # name, direct json, proxied json
-  python3 - "$1" "$2" "$3" <<'PY'
-import json, sys
-name, d, p = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-def pick(j):
-    s = j["summary"]; lat = j["latencyPercentiles"]
-    codes = j.get("statusCodeDistribution", {})
-    return s["requestsPerSec"], lat["p50"] * 1000, lat["p99"] * 1000, codes
-dr, d50, d99, dc = pick(d); pr, p50, p99, pc = pick(p)
-print(f"{name:<28} direct {dr:9.0f} req/s p50 {d50:6.2f} ms p99 {d99:6.2f} ms | "
-      f"toolgate {pr:9.0f} req/s p50 {p50:6.2f} ms p99 {p99:6.2f} ms | "
-      f"ratio rps {pr/dr:4.2f} p50 {p50/d50:4.2f}x p99 {p99/d99:4.2f}x")
-bad = {k: v for k, v in pc.items() if k != "200"}
-if bad: print(f"  (toolgate non-200 answers: {bad})")
+report() { # name, then a directory of d.N / t.N / r.N oha JSON files
+  python3 - "$1" "$2" <<'PY'
+import json, sys, glob, statistics as st
+name, d = sys.argv[1], sys.argv[2]
+def med(prefix):
+    runs = []
+    for f in sorted(glob.glob(f"{d}/{prefix}.*")):
+        j = json.load(open(f))
+        codes = j.get("statusCodeDistribution", {})
+        runs.append((j["summary"]["requestsPerSec"], j["latencyPercentiles"]["p50"] * 1000,
+                     {k: v for k, v in codes.items() if k != "200"}))
+    if not runs:
+        return None
+    return st.median(r[0] for r in runs), st.median(r[1] for r in runs), [r[2] for r in runs if r[2]]
+dr, d50, _ = med("d"); tr, t50, tbad = med("t"); ref = med("r")
+line = (f"{name:<22} direct {dr:8.0f}/s p50 {d50:5.2f} ms | toolgate {tr:7.0f}/s p50 {t50:5.2f} ms "
+        f"ratio {tr/dr:4.2f} (+{t50-d50:4.2f} ms)")
+if ref:
+    rr, r50, _ = ref
+    line += f" | mitm-ref {rr:7.0f}/s ratio {rr/dr:4.2f}; toolgate/mitm-ref {tr/rr:4.2f}"
+print(line)
+if tbad: print(f"  (toolgate non-200 answers: {tbad})")
 PY
 }
 
 run() { # name, oha args...
   local name=$1; shift
   if [ -n "$ONLY" ] && [[ "$name" != *"$ONLY"* ]]; then return; fi
-  report "$name" "$(direct "$@")" "$(proxied "$@")"
+  local d; d=$(mktemp -d -p "$work")
+  for i in $(seq 1 "$RUNS"); do
+    direct "$@" > "$d/d.$i"
+    proxied "$@" > "$d/t.$i"
+    if [ -n "$REF" ]; then reference "$@" > "$d/r.$i"; fi
+  done
+  report "$name" "$d"
 }
 
-echo "oha $(oha --version | awk '{print $2}'), $DURATION per run, $(nproc) cores${PIN_GATE:+, toolgate on core 0, load and upstream on core 1}"
+echo "oha $(oha --version | awk '{print $2}'), $DURATION per run, medians of $RUNS, $(nproc) cores${PIN_GATE:+, toolgate on core 0, load and upstream on core 1}"
 run "GET keep-alive c=1"  -c 1  "$URL_GET"
 run "GET keep-alive c=16" -c 16 "$URL_GET"
 run "POST 1 KiB c=16"     -c 16 -m POST -T application/x-www-form-urlencoded -D "$work/body" "$URL_POST"
 run "GET new conn c=4"    -c 4  --disable-keepalive "$URL_GET"
+
+if [ -n "$ONLY" ] && [[ "sigterm" != *"$ONLY"* ]]; then exit 0; fi
+# The stop under load: a fresh toolgate and data dir, its own upstream count.
+kill "$GATE" 2>/dev/null || true; wait "$GATE" 2>/dev/null || true
+kill -TERM "$UPSTREAM"; wait "$UPSTREAM" 2>/dev/null || true
+UP2=$(free_port); PX2=$(free_port); AD2=$(free_port)
+"${PIN_LOAD[@]}" target/release/examples/echo_upstream --listen "127.0.0.1:$UP2" --ca-out "$work/up-ca.pem" api.stripe.com \
+  2>"$work/upstream2.log" & UPSTREAM=$!; pids+=($UPSTREAM)
+sleep 0.5
+UP=$UP2 start_toolgate "$work/data2" "$PX2" "$AD2"
+"${PIN_LOAD[@]}" oha --no-tui --output-format json -z "$((LOAD_SECONDS + 10))s" --cacert "$work/certs/ca.pem" \
+  -x "http://127.0.0.1:$PX2" --proxy-header "$AUTH" --no-pre-lookup -c 16 "$URL_GET" > "$work/load.json" 2>/dev/null & LOAD=$!
+sleep "$LOAD_SECONDS"
+RSS_KB=$(awk '/VmHWM/ {print $2}' "/proc/$GATE/status")
+kill -TERM "$GATE"
+wait "$GATE" || true
+kill "$LOAD" 2>/dev/null || true; wait "$LOAD" 2>/dev/null || true
+kill -TERM "$UPSTREAM"; wait "$UPSTREAM" 2>/dev/null || true
+SERVED=$(awk '/^served/ {print $2}' "$work/upstream2.log")
+target/release/toolgate audit export --data-dir "$work/data2" > "$work/export.jsonl"
+python3 - "$work" "$SERVED" "$RSS_KB" "$LOAD_SECONDS" <<'PY'
+import json, os, subprocess, sys, time, resource
+work, served, rss_kb, secs = sys.argv[1], int(sys.argv[2] or 0), int(sys.argv[3] or 0), sys.argv[4]
+ids, audited = [], 0
+for line in open(f"{work}/export.jsonl"):
+    e = json.loads(line)
+    if e["kind"] == "request":
+        audited += 1
+        ids.append(e["request_id"])
+disk = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(f"{work}/data2") for f in fs)
+rid = ids[len(ids) // 2] if ids else "none"
+t0 = time.time()
+subprocess.run(["target/release/toolgate", "audit", "story", rid, "--data-dir", f"{work}/data2"],
+               stdout=subprocess.DEVNULL, check=False)
+story_s = time.time() - t0
+story_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+missing = served - audited
+print(f"sigterm after {secs}s of reads at c=16: upstream received {served}, audited {audited} "
+      f"(missing {max(missing, 0)}, {100 * max(missing, 0) / max(served, 1):.2f}%)")
+print(f"  toolgate peak RSS {rss_kb / 1024:.0f} MiB; audit story of one request among {audited} events: "
+      f"{story_s:.2f} s, {story_kb / 1024:.0f} MiB; disk {disk / max(audited, 1):.0f} B per audited request")
+PY

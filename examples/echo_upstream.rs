@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,6 +30,9 @@ struct Args {
     #[arg(required = true)]
     hosts: Vec<String>,
 }
+
+/// Requests received so far.
+static SERVED: AtomicU64 = AtomicU64::new(0);
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -65,8 +69,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.hosts,
         args.ca_out.display()
     );
+    // SIGTERM: say how many requests were received (the benchmark compares it with the audit
+    // log), then stop.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = tokio::select! {
+            accepted = listener.accept() => accepted?.0,
+            _ = term.recv() => {
+                eprintln!("served {}", SERVED.load(Ordering::Relaxed));
+                return Ok(());
+            }
+        };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
@@ -75,6 +88,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             let svc = hyper::service::service_fn(
                 |req: http::Request<hyper::body::Incoming>| async move {
+                    SERVED.fetch_add(1, Ordering::Relaxed);
                     let method = req.method().to_string();
                     let path = req.uri().path().to_string();
                     let len = req

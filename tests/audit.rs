@@ -427,7 +427,11 @@ async fn a_changed_byte_makes_verify_fail_and_name_the_event() {
 
     // Change one byte inside event 5.
     {
-        let db = sled::open(data.join("store")).unwrap();
+        let db = sled::Config::new()
+            .path(data.join("store"))
+            .use_compression(true)
+            .open()
+            .unwrap();
         let tree = db.open_tree("audit").unwrap();
         let key = 5u64.to_be_bytes();
         let mut bytes = tree.get(key).unwrap().unwrap().to_vec();
@@ -446,7 +450,11 @@ async fn a_changed_byte_makes_verify_fail_and_name_the_event() {
 
     // Remove an event instead: verify names the gap.
     {
-        let db = sled::open(data.join("store")).unwrap();
+        let db = sled::Config::new()
+            .path(data.join("store"))
+            .use_compression(true)
+            .open()
+            .unwrap();
         let tree = db.open_tree("audit").unwrap();
         tree.remove(5u64.to_be_bytes()).unwrap();
         db.flush().unwrap();

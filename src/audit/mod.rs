@@ -373,6 +373,7 @@ impl Audit {
         let mut anchor: Option<(u64, String)> = None;
         // Never purge the newest event: it anchors the next append.
         let newest = chain_head(self.log.as_ref())?.0;
+        let mut doomed = Vec::new();
         for item in self.log.scan(0) {
             let (k, v) = item?;
             let e = self.decode(&v)?;
@@ -382,9 +383,13 @@ impl Audit {
             report.first_seq.get_or_insert(e.seq);
             report.last_seq = Some(e.seq);
             anchor = Some((e.seq, e.hash.clone()));
-            self.log.remove(&e.stored(Vec::new()))?;
+            doomed.push(e.stored(Vec::new()));
             report.removed += 1;
+            if doomed.len() == 1000 {
+                self.log.remove(&std::mem::take(&mut doomed))?;
+            }
         }
+        self.log.remove(&doomed)?;
         if let Some((seq, hash)) = anchor {
             self.log.meta_put(
                 ANCHOR,

@@ -210,10 +210,10 @@ pub trait EventLog: Send + Sync {
     fn scan(&self, from_seq: u64) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send + '_>;
     /// The events an index lists under `value`.
     fn lookup(&self, index: Index, value: &str) -> Seqs<'_>;
-    /// The events whose time is in `[from_ms, until_ms)`, in time order.
+    /// The events whose time is in `[from_ms, until_ms)`, in time order to the second.
     fn in_time(&self, from_ms: u64, until_ms: u64) -> Seqs<'_>;
-    /// Removes an event and its index entries (a purge).
-    fn remove(&self, event: &StoredEvent) -> Result<()>;
+    /// Removes events and their index entries (a purge), in one atomic write.
+    fn remove(&self, events: &[StoredEvent]) -> Result<()>;
     fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     fn meta_put(&self, key: &[u8], value: Vec<u8>) -> Result<()>;
     /// Makes everything written so far durable.

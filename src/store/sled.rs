@@ -24,6 +24,21 @@ impl From<sled::Error> for StoreError {
     }
 }
 
+/// sled's page cache (its default, 1 GiB, is most of a small gateway's memory).
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Whether the database at `path` compresses its pages (zstd): yes for a new one; an existing
+/// one keeps what it was created with (sled cannot change it).
+fn compressed(path: &Path) -> bool {
+    // The file ends in a binary checksum: read it as bytes.
+    match std::fs::read(path.join("conf")) {
+        Ok(conf) => String::from_utf8_lossy(&conf)
+            .lines()
+            .any(|l| l.trim() == "use_compression: true"),
+        Err(_) => true,
+    }
+}
+
 /// The tree of committed calls.
 const LEDGER: &str = "commits";
 
@@ -53,8 +68,12 @@ impl SledStore {
         let at =
             |e: &dyn std::fmt::Display| StoreError::from_message(format!("{}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(|e| at(&e))?;
+        let path = dir.join("store");
         let db = sled::Config::new()
-            .path(dir.join("store"))
+            .path(&path)
+            .cache_capacity(CACHE_BYTES)
+            .use_compression(compressed(&path))
+            .compression_factor(3)
             .open()
             .map_err(|e| at(&e))?;
         Ok(SledStore {
@@ -412,7 +431,12 @@ impl SessionStore for SledStore {
 
 /// The audit log: one tree holds the events (8-byte big-endian sequence keys, whose first
 /// byte is 0 for any sequence below 2^56) and, after them, the index entries (keys starting
-/// with 0xFF), so that an event and its entries are written in one atomic batch.
+/// with 0xFF), so that events and their entries are written in one atomic batch.
+///
+/// An index entry is a posting list per written batch: `0xFF tag value 0x00 first-seq` holds
+/// the sequence numbers of that batch's events with that value, so a batch of a thousand reads
+/// by one agent writes one agent entry, not a thousand. The time index is the same per second:
+/// `0xFF 'T' second first-seq` holds (milliseconds, sequence) pairs.
 struct SledEventLog {
     events: sled::Tree,
     meta: sled::Tree,
@@ -435,36 +459,89 @@ fn index_prefix(index: super::Index, value: &str) -> Option<Vec<u8>> {
     Some(k)
 }
 
-fn time_key(ms: u64, seq: u64) -> Vec<u8> {
+fn time_prefix(second: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(18);
     k.extend_from_slice(&[INDEX, TIME]);
-    k.extend_from_slice(&ms.to_be_bytes());
-    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(&second.to_be_bytes());
     k
 }
 
-/// The sequence number at the end of an index key.
-fn seq_at_end(key: &[u8]) -> u64 {
-    key.len()
-        .checked_sub(8)
-        .and_then(|i| <[u8; 8]>::try_from(&key[i..]).ok())
+fn u64s(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    bytes
+        .chunks_exact(8)
+        .filter_map(|c| <[u8; 8]>::try_from(c).ok())
         .map(u64::from_be_bytes)
-        .unwrap_or(0)
 }
 
-/// Every index key of an event.
-fn index_keys(e: &super::StoredEvent) -> Vec<Vec<u8>> {
-    let mut keys: Vec<Vec<u8>> = e
-        .keys
-        .iter()
-        .filter_map(|(index, value)| index_prefix(*index, value))
-        .map(|mut k| {
-            k.extend_from_slice(&e.seq.to_be_bytes());
-            k
-        })
-        .collect();
-    keys.push(time_key(e.unix_ms, e.seq));
-    keys
+/// The posting lists of a group of events: index entries by prefix, time entries by second.
+#[derive(Default)]
+struct Postings {
+    named: std::collections::BTreeMap<Vec<u8>, Vec<u64>>,
+    times: std::collections::BTreeMap<u64, Vec<(u64, u64)>>,
+}
+
+impl Postings {
+    fn of(events: &[super::StoredEvent]) -> Postings {
+        let mut p = Postings::default();
+        for e in events {
+            for (index, value) in &e.keys {
+                if let Some(prefix) = index_prefix(*index, value) {
+                    p.named.entry(prefix).or_default().push(e.seq);
+                }
+            }
+            p.times
+                .entry(e.unix_ms / 1000)
+                .or_default()
+                .push((e.unix_ms, e.seq));
+        }
+        p
+    }
+
+    fn write(self, batch: &mut sled::Batch) {
+        for (mut key, seqs) in self.named {
+            key.extend_from_slice(&seqs[0].to_be_bytes());
+            let value: Vec<u8> = seqs.iter().flat_map(|s| s.to_be_bytes()).collect();
+            batch.insert(key, value);
+        }
+        for (second, pairs) in self.times {
+            let mut key = time_prefix(second);
+            key.extend_from_slice(&pairs[0].1.to_be_bytes());
+            let value: Vec<u8> = pairs
+                .iter()
+                .flat_map(|(ms, seq)| ms.to_be_bytes().into_iter().chain(seq.to_be_bytes()))
+                .collect();
+            batch.insert(key, value);
+        }
+    }
+}
+
+impl SledEventLog {
+    /// Rewrites the entries under `prefix` without the sequence numbers in `gone`; `pairs`:
+    /// the entries are time entries ((ms, seq) pairs).
+    fn drop_postings(
+        &self,
+        prefix: &[u8],
+        gone: &std::collections::BTreeSet<u64>,
+        pairs: bool,
+        batch: &mut sled::Batch,
+    ) -> Result<(), StoreError> {
+        let width = if pairs { 16 } else { 8 };
+        for item in self.events.scan_prefix(prefix) {
+            let (k, v) = item?;
+            let kept: Vec<u8> = v
+                .chunks_exact(width)
+                .filter(|c| !u64s(&c[width - 8..]).any(|s| gone.contains(&s)))
+                .flatten()
+                .copied()
+                .collect();
+            if kept.is_empty() {
+                batch.remove(k);
+            } else if kept.len() != v.len() {
+                batch.insert(k, kept);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl EventLog for SledEventLog {
@@ -475,12 +552,11 @@ impl EventLog for SledEventLog {
 
     fn append(&self, events: Vec<super::StoredEvent>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
+        let postings = Postings::of(&events);
         for e in events {
-            for k in index_keys(&e) {
-                batch.insert(k, &[]);
-            }
             batch.insert(&e.seq.to_be_bytes(), e.bytes);
         }
+        postings.write(&mut batch);
         self.events.apply_batch(batch)?;
         Ok(())
     }
@@ -512,26 +588,52 @@ impl EventLog for SledEventLog {
         let Some(prefix) = index_prefix(index, value) else {
             return Box::new(std::iter::empty());
         };
-        Box::new(self.events.scan_prefix(prefix).map(|item| {
-            let (k, _) = item?;
-            Ok(seq_at_end(&k))
-        }))
+        Box::new(
+            self.events
+                .scan_prefix(prefix)
+                .flat_map(|item| -> Vec<Result<u64, StoreError>> {
+                    match item {
+                        Ok((_, v)) => u64s(&v).map(Ok).collect(),
+                        Err(e) => vec![Err(e.into())],
+                    }
+                }),
+        )
     }
 
     fn in_time(&self, from_ms: u64, until_ms: u64) -> super::Seqs<'_> {
-        let (from, until) = (time_key(from_ms, 0), time_key(until_ms, 0));
-        Box::new(self.events.range(from..until).map(|item| {
-            let (k, _) = item?;
-            Ok(seq_at_end(&k))
-        }))
+        let start = time_prefix(from_ms / 1000);
+        let end = time_prefix((until_ms / 1000).saturating_add(1));
+        Box::new(self.events.range(start..end).flat_map(
+            move |item| -> Vec<Result<u64, StoreError>> {
+                match item {
+                    Ok((_, v)) => v
+                        .chunks_exact(16)
+                        .filter_map(|c| {
+                            let mut it = u64s(c);
+                            Some((it.next()?, it.next()?))
+                        })
+                        .filter(|(ms, _)| (from_ms..until_ms).contains(ms))
+                        .map(|(_, seq)| Ok(seq))
+                        .collect(),
+                    Err(e) => vec![Err(e.into())],
+                }
+            },
+        ))
     }
 
-    fn remove(&self, e: &super::StoredEvent) -> Result<(), StoreError> {
+    fn remove(&self, events: &[super::StoredEvent]) -> Result<(), StoreError> {
+        let gone: std::collections::BTreeSet<u64> = events.iter().map(|e| e.seq).collect();
+        let postings = Postings::of(events);
         let mut batch = sled::Batch::default();
-        for k in index_keys(e) {
-            batch.remove(k);
+        for prefix in postings.named.keys() {
+            self.drop_postings(prefix, &gone, false, &mut batch)?;
         }
-        batch.remove(&e.seq.to_be_bytes());
+        for second in postings.times.keys() {
+            self.drop_postings(&time_prefix(*second), &gone, true, &mut batch)?;
+        }
+        for seq in &gone {
+            batch.remove(&seq.to_be_bytes());
+        }
         self.events.apply_batch(batch)?;
         Ok(())
     }
@@ -836,5 +938,80 @@ mod tests {
             store.job_claim("j", "b1", "bob").await.unwrap(),
             Some("a1".to_string())
         );
+    }
+
+    fn stored(seq: u64, ms: u64, agent: &str) -> crate::store::StoredEvent {
+        crate::store::StoredEvent {
+            seq,
+            unix_ms: ms,
+            bytes: format!("event {seq}").into_bytes(),
+            keys: vec![
+                (crate::store::Index::Agent, agent.to_string()),
+                (crate::store::Index::Request, format!("req_{seq}")),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_event_log_finds_events_by_posting_lists_and_forgets_removed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let log = store.event_log().unwrap();
+        let a = crate::store::Index::Agent;
+        log.append(vec![
+            stored(1, 1_000, "x"),
+            stored(2, 1_500, "y"),
+            stored(3, 2_100, "x"),
+        ])
+        .unwrap();
+        log.append(vec![stored(4, 2_200, "x")]).unwrap();
+        let seqs = |i, v: &str| log.lookup(i, v).collect::<Result<Vec<_>, _>>().unwrap();
+        assert_eq!(seqs(a, "x"), [1, 3, 4]);
+        assert_eq!(seqs(crate::store::Index::Request, "req_2"), [2]);
+        assert!(seqs(a, "nobody").is_empty());
+        let mut t: Vec<u64> = log.in_time(1_400, 2_150).collect::<Result<_, _>>().unwrap();
+        t.sort();
+        assert_eq!(t, [2, 3]);
+        assert_eq!(log.last().unwrap().unwrap(), b"event 4");
+        assert_eq!(log.scan(3).count(), 2);
+        log.remove(&[stored(1, 1_000, "x"), stored(2, 1_500, "y")])
+            .unwrap();
+        assert_eq!(seqs(a, "x"), [3, 4]);
+        assert!(seqs(a, "y").is_empty());
+        assert!(log.get(1).unwrap().is_none());
+        let t: Vec<u64> = log.in_time(0, u64::MAX).collect::<Result<_, _>>().unwrap();
+        assert_eq!(t, [3, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_data_dir_written_without_compression_opens_as_it_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What toolgate before page compression wrote.
+            let db = sled::Config::new()
+                .path(dir.path().join("store"))
+                .open()
+                .unwrap();
+            db.open_tree("kill_switches")
+                .unwrap()
+                .insert(
+                    "tool:x",
+                    serde_json::to_vec(&KillSwitch {
+                        by: "carol".into(),
+                        reason: "old".into(),
+                        at_unix: 1,
+                    })
+                    .unwrap(),
+                )
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.kill_list().await.unwrap().len(), 1);
+        // A new one compresses.
+        let fresh = tempfile::tempdir().unwrap();
+        drop(SledStore::open(fresh.path()).unwrap());
+        assert!(compressed(&fresh.path().join("store")));
+        assert!(!compressed(&dir.path().join("store")));
     }
 }
