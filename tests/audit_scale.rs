@@ -174,3 +174,46 @@ async fn stories_and_searches_read_only_their_own_events_among_200k() {
     );
     assert_eq!(audit.verify().unwrap(), N + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_retention_purges_old_events_in_the_sweep_and_the_rest_verifies() {
+    let (_pki, _upstream, gate) = setup_examples(&[], |_| {}).await;
+    let dir = gate.into_dir().await;
+    // Forty days ago, five events; now, one.
+    {
+        let store = toolgate::store::open(&dir.path().join("data")).unwrap();
+        let audit = Audit::open(&store).unwrap();
+        let old = toolgate::base::now_ms() - 40 * 86_400_000;
+        for i in 0..5 {
+            let mut r = record(i);
+            r.at_ms = old + i;
+            audit.record(r).await;
+        }
+        audit.record_durable(record(99)).await.unwrap();
+        assert!(audit.close(Duration::from_secs(10)).await);
+    }
+    let gate = Toolgate::restart_in(dir, |c| {
+        c.guards.audit_retention = Some(Duration::from_secs(31 * 86_400));
+        c.guards.sweep_interval = Duration::from_millis(100);
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let purges = loop {
+        let v = gate
+            .admin("GET", "/api/audit/verify", Some("demo-carol-token"), None)
+            .await
+            .json();
+        assert_eq!(v["ok"], true, "{v}");
+        if !v["purges"].as_array().unwrap().is_empty() {
+            break v["purges"].clone();
+        }
+        assert!(Instant::now() < deadline, "the sweep never purged: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(purges[0]["removed"], 5, "{purges}");
+    assert_eq!(purges[0]["by"], "toolgate");
+    assert!(audit_events(&gate, "")
+        .await
+        .iter()
+        .all(|e| e["request_id"] != "req_0"));
+}
