@@ -373,23 +373,28 @@ impl Audit {
         let mut anchor: Option<(u64, String)> = None;
         // Never purge the newest event: it anchors the next append.
         let newest = chain_head(self.log.as_ref())?.0;
-        let mut doomed = Vec::new();
-        for item in self.log.scan(0) {
-            let (k, v) = item?;
-            let e = self.decode(&v)?;
-            if e.unix_ms >= before_ms || k >= newest {
+        // A thousand at a time, each round scanning afresh (a removal rewrites stored blocks).
+        let mut from = 0;
+        loop {
+            let mut doomed = Vec::new();
+            for item in self.log.scan(from) {
+                let (k, v) = item?;
+                let e = self.decode(&v)?;
+                if e.unix_ms >= before_ms || k >= newest || doomed.len() == 1000 {
+                    break;
+                }
+                report.first_seq.get_or_insert(e.seq);
+                report.last_seq = Some(e.seq);
+                anchor = Some((e.seq, e.hash.clone()));
+                doomed.push(e.stored(Vec::new()));
+            }
+            let Some(last) = doomed.last().map(|e| e.seq) else {
                 break;
-            }
-            report.first_seq.get_or_insert(e.seq);
-            report.last_seq = Some(e.seq);
-            anchor = Some((e.seq, e.hash.clone()));
-            doomed.push(e.stored(Vec::new()));
-            report.removed += 1;
-            if doomed.len() == 1000 {
-                self.log.remove(&std::mem::take(&mut doomed))?;
-            }
+            };
+            report.removed += doomed.len() as u64;
+            self.log.remove(&doomed)?;
+            from = last + 1;
         }
-        self.log.remove(&doomed)?;
         if let Some((seq, hash)) = anchor {
             self.log.meta_put(
                 ANCHOR,
@@ -444,13 +449,11 @@ fn index_older_events(log: &dyn EventLog) -> Result<(), StoreError> {
         batch.push(e.stored(bytes));
         if batch.len() == 10_000 {
             total += batch.len() as u64;
-            log.append(std::mem::take(&mut batch))?;
+            log.index(&std::mem::take(&mut batch))?;
         }
     }
     total += batch.len() as u64;
-    if !batch.is_empty() {
-        log.append(batch)?;
-    }
+    log.index(&batch)?;
     log.meta_put(INDEXED, b"1".to_vec())?;
     if total > 0 {
         log.sync()?;

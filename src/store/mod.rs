@@ -205,6 +205,8 @@ pub trait EventLog: Send + Sync {
     /// Appends events with their index entries in one atomic write: all of them or none. Not
     /// yet durable (`sync`). Appending an event again rewrites it and its entries.
     fn append(&self, events: Vec<StoredEvent>) -> Result<()>;
+    /// Writes the index entries of events already stored (a log written before the indexes).
+    fn index(&self, events: &[StoredEvent]) -> Result<()>;
     fn get(&self, seq: u64) -> Result<Option<Vec<u8>>>;
     /// Events from `from_seq` on, in sequence order.
     fn scan(&self, from_seq: u64) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send + '_>;

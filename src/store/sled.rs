@@ -544,42 +544,131 @@ impl SledEventLog {
     }
 }
 
+/// A value holding several events (one written batch) starts with this byte; a value holding
+/// one event is that event's JSON (which starts with `{`), as every earlier version wrote it.
+const BLOCK: u8 = 1;
+
+/// The events of a batch in one value: `BLOCK`, then (seq, length, bytes) for each. One key
+/// and one compressed page write per batch instead of one per event.
+fn encode_block(events: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let size = events.iter().map(|(_, b)| b.len() + 12).sum::<usize>() + 1;
+    let mut out = Vec::with_capacity(size);
+    out.push(BLOCK);
+    for (seq, bytes) in events {
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+/// The events a stored value holds: itself under its key's sequence, or a block's.
+fn block_events(key_seq: u64, v: &[u8]) -> Vec<(u64, &[u8])> {
+    if v.first() != Some(&BLOCK) {
+        return vec![(key_seq, v)];
+    }
+    let mut out = Vec::new();
+    let mut rest = &v[1..];
+    while rest.len() >= 12 {
+        let seq = u64s(&rest[..8]).next().unwrap_or(0);
+        let len = u32::from_be_bytes([rest[8], rest[9], rest[10], rest[11]]) as usize;
+        let Some(bytes) = rest.get(12..12 + len) else {
+            break;
+        };
+        out.push((seq, bytes));
+        rest = &rest[12 + len..];
+    }
+    out
+}
+
+fn key_seq(k: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(k).map(u64::from_be_bytes).unwrap_or(0)
+}
+
+impl SledEventLog {
+    /// The stored value (its key's sequence and bytes) that holds event `seq`, if any.
+    fn holding(&self, seq: u64) -> Result<Option<(u64, sled::IVec)>, StoreError> {
+        let key = seq.to_be_bytes();
+        match self.events.range(..=key.as_slice()).next_back() {
+            Some(item) => {
+                let (k, v) = item?;
+                Ok(Some((key_seq(&k), v)))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
 impl EventLog for SledEventLog {
     fn last(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let last = self.events.range(..[INDEX].as_slice()).next_back();
-        Ok(last.transpose()?.map(|(_, v)| v.to_vec()))
+        let Some(item) = self.events.range(..[INDEX].as_slice()).next_back() else {
+            return Ok(None);
+        };
+        let (k, v) = item?;
+        Ok(block_events(key_seq(&k), &v)
+            .last()
+            .map(|(_, b)| b.to_vec()))
     }
 
     fn append(&self, events: Vec<super::StoredEvent>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         let postings = Postings::of(&events);
-        for e in events {
-            batch.insert(&e.seq.to_be_bytes(), e.bytes);
+        match events.as_slice() {
+            [] => {}
+            [one] => batch.insert(&one.seq.to_be_bytes(), one.bytes.as_slice()),
+            [first, ..] => {
+                let key = first.seq.to_be_bytes();
+                let all: Vec<(u64, Vec<u8>)> =
+                    events.into_iter().map(|e| (e.seq, e.bytes)).collect();
+                batch.insert(&key, encode_block(&all));
+            }
         }
         postings.write(&mut batch);
         self.events.apply_batch(batch)?;
         Ok(())
     }
 
+    fn index(&self, events: &[super::StoredEvent]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        Postings::of(events).write(&mut batch);
+        self.events.apply_batch(batch)?;
+        Ok(())
+    }
+
     fn get(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.events.get(seq.to_be_bytes())?.map(|v| v.to_vec()))
+        let Some((k, v)) = self.holding(seq)? else {
+            return Ok(None);
+        };
+        Ok(block_events(k, &v)
+            .into_iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, b)| b.to_vec()))
     }
 
     fn scan(
         &self,
         from_seq: u64,
     ) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + Send + '_> {
-        let from = from_seq.to_be_bytes();
+        // From the value holding `from_seq` (a block may start before it).
+        let start = match self.holding(from_seq) {
+            Ok(Some((k, _))) => k,
+            Ok(None) => from_seq,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        let from = start.to_be_bytes();
         Box::new(
             self.events
                 .range(from.as_slice()..[INDEX].as_slice())
-                .map(|item| {
-                    let (k, v) = item?;
-                    // The key is the sequence number (0 if unreadable; the chain check says so).
-                    let seq = <[u8; 8]>::try_from(k.as_ref())
-                        .map(u64::from_be_bytes)
-                        .unwrap_or(0);
-                    Ok((seq, v.to_vec()))
+                .flat_map(move |item| -> Vec<Result<(u64, Vec<u8>), StoreError>> {
+                    match item {
+                        // A key's sequence (0 if unreadable; the chain check says so).
+                        Ok((k, v)) => block_events(key_seq(&k), &v)
+                            .into_iter()
+                            .filter(|(s, _)| *s >= from_seq)
+                            .map(|(s, b)| Ok((s, b.to_vec())))
+                            .collect(),
+                        Err(e) => vec![Err(e.into())],
+                    }
                 }),
         )
     }
@@ -631,8 +720,26 @@ impl EventLog for SledEventLog {
         for second in postings.times.keys() {
             self.drop_postings(&time_prefix(*second), &gone, true, &mut batch)?;
         }
+        // Each value holding a removed event is removed, or rewritten without it.
+        let mut done = std::collections::BTreeSet::new();
         for seq in &gone {
-            batch.remove(&seq.to_be_bytes());
+            let Some((k, v)) = self.holding(*seq)? else {
+                continue;
+            };
+            if !done.insert(k) {
+                continue;
+            }
+            let kept: Vec<(u64, Vec<u8>)> = block_events(k, &v)
+                .into_iter()
+                .filter(|(s, _)| !gone.contains(s))
+                .map(|(s, b)| (s, b.to_vec()))
+                .collect();
+            batch.remove(&k.to_be_bytes());
+            match kept.as_slice() {
+                [] => {}
+                [(s, b)] => batch.insert(&s.to_be_bytes(), b.as_slice()),
+                [(s, _), ..] => batch.insert(&s.to_be_bytes(), encode_block(&kept)),
+            }
         }
         self.events.apply_batch(batch)?;
         Ok(())
