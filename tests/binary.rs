@@ -97,6 +97,20 @@ fn start_binary(dir: &std::path::Path, extra: &[&str]) -> Started {
     (child, proxy, admin, log)
 }
 
+/// SIGTERM, then waits (up to `limit`) for a clean exit.
+async fn stop_cleanly(child: &mut ChildGuard, limit: Duration) {
+    signal(child.0.id(), "-TERM");
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "SIGTERM did not stop toolgate");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}
+
 /// A recording upstream for `host`, the example policies in a fresh folder, and the `serve`
 /// flags that route `host` to that upstream with `timeout` for upstream answers.
 async fn routed(host: &str, timeout: &str) -> (Pki, Upstream, tempfile::TempDir, Vec<String>) {
@@ -609,16 +623,7 @@ async fn a_burst_of_concurrent_writes_completes_while_healthz_answers_and_sigter
         "each write reached the upstream exactly once"
     );
 
-    signal(child.0.id(), "-TERM");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "SIGTERM did not stop toolgate");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "{status}");
+    stop_cleanly(&mut child, Duration::from_secs(10)).await;
 }
 
 /// HTTP/2 over a CONNECT tunnel to `api.github.com`, as the example staging agent.
@@ -961,16 +966,7 @@ async fn sigterm_under_load_leaves_every_forwarded_request_audited() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    signal(child.0.id(), "-TERM");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "SIGTERM did not stop toolgate");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "{status}");
+    stop_cleanly(&mut child, Duration::from_secs(30)).await;
     for w in workers {
         let _ = w.await;
     }
