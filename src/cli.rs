@@ -472,24 +472,13 @@ async fn export_cmd(
     since: Option<String>,
 ) -> ExitCode {
     use std::io::Write;
-    let since_ms = match since.as_deref().filter(|s| !s.is_empty()) {
-        Some(s) => match crate::audit::parse_time(s) {
-            Some(ms) => Some(ms),
-            None => {
-                return fail(&format!(
-                    "since {s:?} is not a time (RFC 3339, YYYY-MM-DD or unix seconds)"
-                ))
-            }
-        },
-        None => None,
+    let since_ms = match crate::audit::time_filter("since", &since) {
+        Ok(since) => since,
+        Err(why) => return fail(&why),
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if let Some(a) = offline {
-        let events: Box<dyn Iterator<Item = _>> = match since_ms {
-            Some(ms) => Box::new(a.events_since(ms)),
-            None => Box::new(a.events(0)),
-        };
-        for e in events {
+        for e in a.export(since_ms) {
             match e {
                 Ok(e) => {
                     let _ = writeln!(out, "{}", serde_json::to_string(&e).unwrap_or_default());

@@ -78,18 +78,9 @@ pub async fn export(
     if let Err(r) = authorized(&app, &headers) {
         return *r;
     }
-    let since = match q.since.as_deref().filter(|s| !s.is_empty()) {
-        Some(s) => match crate::audit::parse_time(s) {
-            Some(ms) => Some(ms),
-            None => {
-                return api_error(
-                    StatusCode::BAD_REQUEST,
-                    "validation_error",
-                    format!("since {s:?} is not a time (RFC 3339, YYYY-MM-DD or unix seconds)"),
-                )
-            }
-        },
-        None => None,
+    let since = match crate::audit::time_filter("since", &q.since) {
+        Ok(since) => since,
+        Err(why) => return api_error(StatusCode::BAD_REQUEST, "validation_error", why),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
     let audit = app.audit.clone();
@@ -109,12 +100,8 @@ type Chunks = tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>;
 /// Sends the events as JSON Lines in chunks of about 64 KiB; stops when the client goes.
 fn export_chunks(audit: &crate::audit::Audit, since: Option<u64>, tx: &Chunks) {
     const CHUNK: usize = 64 * 1024;
-    let events: Box<dyn Iterator<Item = _>> = match since {
-        Some(ms) => Box::new(audit.events_since(ms)),
-        None => Box::new(audit.events(0)),
-    };
     let mut buf = Vec::with_capacity(CHUNK + 4096);
-    for e in events {
+    for e in audit.export(since) {
         let e = match e {
             Ok(e) => e,
             Err(e) => {

@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tracing::{info, warn};
 
 pub use event::{Event, Record};
-pub use query::{describe, parse_time, summary, Filter};
+pub use query::{describe, parse_time, summary, time_filter, Filter};
 pub use redact::{
     body_json, cap_text, headers_json, scrub_outcome, Redactor, HEADERS_CAP, HEADER_VALUE_CAP,
     MAX_HEADERS_RECORDED, REDACTED, SECRET_HEADERS, URI_CAP,
@@ -301,6 +301,18 @@ impl Audit {
             let (_, v) = item?;
             self.decode(&v)
         })
+    }
+
+    /// What `audit export` writes: every event, or those at or after `since_ms` (through the
+    /// time index), read as consumed.
+    pub fn export(
+        &self,
+        since_ms: Option<u64>,
+    ) -> Box<dyn Iterator<Item = Result<Event, StoreError>> + '_> {
+        match since_ms {
+            Some(ms) => Box::new(self.events_since(ms)),
+            None => Box::new(self.events(0)),
+        }
     }
 
     /// Events whose time is at or after `since_ms`, in time order, read as consumed.

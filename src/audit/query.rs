@@ -323,7 +323,8 @@ impl Audit {
     }
 }
 
-fn time_filter(name: &str, value: &Option<String>) -> Result<Option<u64>, String> {
+/// A filter's time (`since`, `until`): none when empty, else parsed or refused by name.
+pub fn time_filter(name: &str, value: &Option<String>) -> Result<Option<u64>, String> {
     match value.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => parse_time(s).map(Some).ok_or_else(|| {
             format!("{name} {s:?} is not a time (RFC 3339, YYYY-MM-DD or unix seconds)")
