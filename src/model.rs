@@ -63,9 +63,16 @@ pub enum KillTarget {
 impl KillTarget {
     /// Reads `tool:NAME` or `agent:ID`.
     pub fn parse(key: &str) -> Option<KillTarget> {
-        match key.split_once(':')? {
-            ("tool", name) if !name.is_empty() => Some(KillTarget::Tool(name.to_string())),
-            ("agent", id) if !id.is_empty() => Some(KillTarget::Agent(id.to_string())),
+        let (kind, name) = key.split_once(':')?;
+        KillTarget::of(kind, name)
+    }
+
+    /// The target of `kind` (`tool` or `agent`) named `name`.
+    pub fn of(kind: &str, name: &str) -> Option<KillTarget> {
+        match kind {
+            _ if name.is_empty() => None,
+            "tool" => Some(KillTarget::Tool(name.to_string())),
+            "agent" => Some(KillTarget::Agent(name.to_string())),
             _ => None,
         }
     }
@@ -357,4 +364,24 @@ pub struct Undone {
     pub request_id: String,
     pub status: u16,
     pub unix_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kill_targets_read_and_write_their_stored_keys() {
+        let t = KillTarget::parse("tool:stripe.refunds.create").unwrap();
+        assert_eq!(t, KillTarget::Tool("stripe.refunds.create".into()));
+        assert_eq!(t.to_string(), "tool:stripe.refunds.create");
+        assert_eq!(
+            KillTarget::of("agent", "bot"),
+            KillTarget::parse("agent:bot")
+        );
+        for bad in ["tool:", "job:x", "agent", ""] {
+            assert!(KillTarget::parse(bad).is_none(), "{bad}");
+        }
+        assert!(KillTarget::of("tool", "").is_none());
+    }
 }

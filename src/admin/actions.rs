@@ -39,18 +39,17 @@ pub(crate) async fn apply_switch(
     reason: Option<String>,
 ) -> Result<KillTarget, ApiError> {
     let policy = app.policy();
-    let exists = match kind {
-        "tool" => policy.tool(name).is_some(),
-        "agent" => policy.agent(name).is_some(),
-        _ => false,
-    };
-    if !exists {
+    let target = KillTarget::of(kind, name).filter(|t| match t {
+        KillTarget::Tool(n) => policy.tool(n).is_some(),
+        KillTarget::Agent(n) => policy.agent(n).is_some(),
+    });
+    let Some(target) = target else {
         return Err(api_error(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no {kind} named {name:?} in the policies in force"),
         ));
-    }
+    };
     if !disable && !who.groups.iter().any(|g| g == "admin") {
         return Err(api_error(
             StatusCode::FORBIDDEN,
@@ -61,10 +60,6 @@ pub(crate) async fn apply_switch(
             ),
         ));
     }
-    let target = match kind {
-        "tool" => KillTarget::Tool(name.to_string()),
-        _ => KillTarget::Agent(name.to_string()),
-    };
     let key = target.to_string();
     let value = disable.then(|| KillSwitch {
         by: who.id.clone(),

@@ -347,11 +347,7 @@ pub async fn switches(State(app): State<Arc<App>>, headers: HeaderMap) -> Respon
     };
     let policy = app.policy();
     let row = |kind: &str, name: &str| {
-        let target = match kind {
-            "tool" => KillTarget::Tool(name.to_string()),
-            _ => KillTarget::Agent(name.to_string()),
-        };
-        let state = app.kill.get(&target);
+        let state = KillTarget::of(kind, name).and_then(|t| app.kill.get(&t));
         let (label, action) = match &state {
             Some(_) => ("Enable", "enable"),
             None => ("Disable", "disable"),

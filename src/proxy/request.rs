@@ -222,11 +222,7 @@ async fn decide(
             || (tool.side_effects != SideEffects::None && (call.agent.dry_run || asked_dry_run)));
     if dry_run {
         trail
-            .record(
-                &app.audit,
-                "decision",
-                json!({"outcome": "dry_run", "mode": tool.mode.as_str(), "body": call.body_event}),
-            )
+            .record(&app.audit, "decision", decision("dry_run", &call))
             .await;
         return Ok(preview(
             target,
@@ -253,6 +249,11 @@ async fn decide(
     }
     trail.flush(&app.audit).await;
     write(app, target, call, key.as_deref(), trail).await
+}
+
+/// The payload of a call's `decision` event when it goes on (sent, or previewed).
+fn decision(outcome: &str, call: &Call) -> Value {
+    json!({"outcome": outcome, "mode": call.tool.mode.as_str(), "body": call.body_event})
 }
 
 /// sha256 of method, path and query, and body: what makes two calls the same call.
@@ -311,8 +312,7 @@ async fn read(
 ) -> Result<Response<ProxyBody>, Refusal> {
     let tool = call.tool.clone();
     app.limiter.admit(&call.agent.id, &tool).await?;
-    let decision =
-        json!({"outcome": "allowed", "mode": tool.mode.as_str(), "body": call.body_event});
+    let decision = decision("allowed", &call);
     let resp = match app
         .upstream
         .forward(&target.host, target.port, outgoing(&mut call))
@@ -445,29 +445,22 @@ async fn write(
     // Compare-and-set against the record read above: of two identical calls racing (on two
     // replicas of a shared store), one marks it and sends; the other is told it is in flight.
     let holder = earlier.as_ref().map(|r| r.request_id.as_str());
-    match app.store.idem_swap(&idem_id, holder, &rec).await {
-        Ok(true) => {}
-        Ok(false) => {
-            crate::limits::refund_budget(&app.store, charged).await;
-            return Err(Refusal::new(
+    let swapped = app.store.idem_swap(&idem_id, holder, &rec).await;
+    if !matches!(swapped, Ok(true)) {
+        crate::limits::refund_budget(&app.store, charged).await;
+        return Err(match swapped {
+            Err(e) => idem_store_err(e),
+            _ => Refusal::new(
                 Code::IdempotencyConflict,
                 format!(
                     "an identical call to {} is being sent right now; it was not sent twice. Retry shortly to get its answer",
                     tool.name
                 ),
-            ));
-        }
-        Err(e) => {
-            crate::limits::refund_budget(&app.store, charged).await;
-            return Err(idem_store_err(e));
-        }
+            ),
+        });
     }
     trail
-        .record(
-            &app.audit,
-            "decision",
-            json!({"outcome": "allowed", "mode": tool.mode.as_str(), "body": call.body_event}),
-        )
+        .record(&app.audit, "decision", decision("allowed", &call))
         .await;
     let request = outgoing(&mut call);
     let outcome =
