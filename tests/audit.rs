@@ -13,20 +13,23 @@ use support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
 
 /// The stored value holding event `seq` in the store's `audit` tree: its key and its events
-/// (one event's JSON, or a block of a written batch: 0x01, then sequence, length and bytes).
+/// (one event's JSON, or a block of a written batch: 0x02, the plain length, then a zstd frame
+/// of sequence, length and bytes per event).
 fn holding(tree: &sled::Tree, seq: u64) -> (sled::IVec, Vec<(u64, Vec<u8>)>) {
     let (k, v) = tree
         .range(..=seq.to_be_bytes())
         .next_back()
         .unwrap()
         .unwrap();
-    if v[0] != 1 {
+    if v[0] != 2 {
         return (
             k.clone(),
             vec![(u64::from_be_bytes(k[..].try_into().unwrap()), v.to_vec())],
         );
     }
-    let (mut out, mut rest) = (Vec::new(), &v[1..]);
+    let len = u32::from_be_bytes(v[1..5].try_into().unwrap()) as usize;
+    let plain = zstd::block::decompress(&v[5..], len).unwrap();
+    let (mut out, mut rest) = (Vec::new(), &plain[..]);
     while rest.len() >= 12 {
         let s = u64::from_be_bytes(rest[..8].try_into().unwrap());
         let len = u32::from_be_bytes(rest[8..12].try_into().unwrap()) as usize;
@@ -40,12 +43,15 @@ fn join(events: &[(u64, Vec<u8>)]) -> Vec<u8> {
     if let [(_, one)] = events {
         return one.clone();
     }
-    let mut out = vec![1u8];
+    let mut plain = Vec::new();
     for (s, b) in events {
-        out.extend_from_slice(&s.to_be_bytes());
-        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-        out.extend_from_slice(b);
+        plain.extend_from_slice(&s.to_be_bytes());
+        plain.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        plain.extend_from_slice(b);
     }
+    let mut out = vec![2u8];
+    out.extend_from_slice(&(plain.len() as u32).to_be_bytes());
+    out.extend_from_slice(&zstd::block::compress(&plain, 1).unwrap());
     out
 }
 
@@ -466,7 +472,6 @@ async fn a_changed_byte_makes_verify_fail_and_name_the_event() {
     {
         let db = sled::Config::new()
             .path(data.join("store"))
-            .use_compression(true)
             .open()
             .unwrap();
         let tree = db.open_tree("audit").unwrap();
@@ -489,7 +494,6 @@ async fn a_changed_byte_makes_verify_fail_and_name_the_event() {
     {
         let db = sled::Config::new()
             .path(data.join("store"))
-            .use_compression(true)
             .open()
             .unwrap();
         let tree = db.open_tree("audit").unwrap();

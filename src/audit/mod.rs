@@ -55,6 +55,8 @@ impl Default for Options {
 pub struct Audit {
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The writer thread, to wake when a record waits to be durable.
+    wake: std::thread::Thread,
     /// Room in the queue: a permit per record waiting for the writer.
     room: Arc<Semaphore>,
     capacity: usize,
@@ -169,6 +171,7 @@ impl Audit {
             })?;
         Ok(Audit {
             tx: Mutex::new(Some(tx)),
+            wake: writer.thread().clone(),
             writer: Mutex::new(Some(writer)),
             room,
             capacity,
@@ -189,6 +192,7 @@ impl Audit {
         if rec.at_ms == 0 {
             rec.at_ms = now_ms();
         }
+        let durable = ack.is_some();
         let msg = Msg {
             rec: Box::new(rec),
             ack,
@@ -200,6 +204,9 @@ impl Audit {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .is_some_and(|tx| tx.send(msg).is_ok());
+        if sent && durable {
+            self.wake.unpark();
+        }
         if !sent && roomed {
             self.room.add_permits(1);
         }

@@ -27,15 +27,17 @@ impl From<sled::Error> for StoreError {
 /// sled's page cache (its default, 1 GiB, is most of a small gateway's memory).
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Whether the database at `path` compresses its pages (zstd): yes for a new one; an existing
-/// one keeps what it was created with (sled cannot change it).
+/// Whether the database at `path` compresses its pages with sled's own zstd: only a database
+/// created so (by the version before the audit log compressed its blocks itself); sled cannot
+/// change it afterwards. A new one does not: sled creates a compression context for every page
+/// it writes, which cost more than the rest of the audit writer together.
 fn compressed(path: &Path) -> bool {
     // The file ends in a binary checksum: read it as bytes.
     match std::fs::read(path.join("conf")) {
         Ok(conf) => String::from_utf8_lossy(&conf)
             .lines()
             .any(|l| l.trim() == "use_compression: true"),
-        Err(_) => true,
+        Err(_) => false,
     }
 }
 
@@ -146,6 +148,7 @@ impl Backend for SledStore {
             events: self.db.open_tree("audit")?,
             meta: self.db.open_tree("audit_meta")?,
             flusher: self.flusher.clone(),
+            blocks: BlockWriter::new(),
         }))
     }
 }
@@ -441,6 +444,7 @@ struct SledEventLog {
     events: sled::Tree,
     meta: sled::Tree,
     flusher: Arc<Flusher>,
+    blocks: BlockWriter,
 }
 
 const INDEX: u8 = 0xFF;
@@ -544,41 +548,89 @@ impl SledEventLog {
     }
 }
 
-/// A value holding several events (one written batch) starts with this byte; a value holding
-/// one event is that event's JSON (which starts with `{`), as every earlier version wrote it.
+/// A value holding several events (one written batch) starts with `BLOCK` or `ZBLOCK`; a value
+/// holding one event is that event's JSON (which starts with `{`), as every earlier version
+/// wrote it.
 const BLOCK: u8 = 1;
+/// A block compressed with zstd: `ZBLOCK`, the plain block's length (u32), the frame.
+const ZBLOCK: u8 = 2;
+/// No block is larger (a corrupt length must not ask for gigabytes).
+const MAX_BLOCK: usize = 256 << 20;
+/// zstd level for blocks: the events of a batch are alike, so the fast level already keeps
+/// a read under 1 KiB on disk.
+const ZSTD_LEVEL: i32 = 1;
 
-/// The events of a batch in one value: `BLOCK`, then (seq, length, bytes) for each. One key
-/// and one compressed page write per batch instead of one per event.
-fn encode_block(events: &[(u64, Vec<u8>)]) -> Vec<u8> {
-    let size = events.iter().map(|(_, b)| b.len() + 12).sum::<usize>() + 1;
-    let mut out = Vec::with_capacity(size);
-    out.push(BLOCK);
-    for (seq, bytes) in events {
-        out.extend_from_slice(&seq.to_be_bytes());
-        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-        out.extend_from_slice(bytes);
+/// Writes blocks with one zstd context, reused for every batch (only the writer and purge
+/// write blocks, so the lock is not contended).
+struct BlockWriter(std::sync::Mutex<zstd::block::Compressor>);
+
+impl BlockWriter {
+    fn new() -> BlockWriter {
+        BlockWriter(std::sync::Mutex::new(zstd::block::Compressor::new()))
     }
-    out
+
+    /// The events of a batch in one value: (seq, length, bytes) for each, compressed. One key
+    /// and one page write per batch instead of one per event.
+    fn encode(&self, events: &[(u64, Vec<u8>)]) -> Vec<u8> {
+        let size = events.iter().map(|(_, b)| b.len() + 12).sum::<usize>();
+        let mut plain = Vec::with_capacity(size);
+        for (seq, bytes) in events {
+            plain.extend_from_slice(&seq.to_be_bytes());
+            plain.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            plain.extend_from_slice(bytes);
+        }
+        let frame = match self.0.lock() {
+            Ok(mut z) => z.compress(&plain, ZSTD_LEVEL).ok(),
+            Err(_) => None,
+        };
+        match frame {
+            Some(frame) if plain.len() <= MAX_BLOCK => {
+                let mut out = Vec::with_capacity(frame.len() + 5);
+                out.push(ZBLOCK);
+                out.extend_from_slice(&(plain.len() as u32).to_be_bytes());
+                out.extend_from_slice(&frame);
+                out
+            }
+            // Uncompressed, as the version before wrote blocks.
+            _ => {
+                plain.insert(0, BLOCK);
+                plain
+            }
+        }
+    }
 }
 
-/// The events a stored value holds: itself under its key's sequence, or a block's.
-fn block_events(key_seq: u64, v: &[u8]) -> Vec<(u64, &[u8])> {
-    if v.first() != Some(&BLOCK) {
-        return vec![(key_seq, v)];
-    }
+/// The events a stored value holds: itself under its key's sequence, or a block's. A block
+/// that does not decompress is an error (the chain check reports where).
+fn block_events(key_seq: u64, v: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let plain;
+    let mut rest = match v.first() {
+        Some(&BLOCK) => &v[1..],
+        Some(&ZBLOCK) if v.len() >= 5 => {
+            let len = u32::from_be_bytes([v[1], v[2], v[3], v[4]]) as usize;
+            if len > MAX_BLOCK {
+                return Err(StoreError::from_message(format!(
+                    "audit block at {key_seq}: length {len} is not a block's"
+                )));
+            }
+            plain = zstd::block::decompress(&v[5..], len).map_err(|e| {
+                StoreError::from_message(format!("audit block at {key_seq} is corrupt: {e}"))
+            })?;
+            &plain[..]
+        }
+        _ => return Ok(vec![(key_seq, v.to_vec())]),
+    };
     let mut out = Vec::new();
-    let mut rest = &v[1..];
     while rest.len() >= 12 {
         let seq = u64s(&rest[..8]).next().unwrap_or(0);
         let len = u32::from_be_bytes([rest[8], rest[9], rest[10], rest[11]]) as usize;
         let Some(bytes) = rest.get(12..12 + len) else {
             break;
         };
-        out.push((seq, bytes));
+        out.push((seq, bytes.to_vec()));
         rest = &rest[12 + len..];
     }
-    out
+    Ok(out)
 }
 
 fn key_seq(k: &[u8]) -> u64 {
@@ -605,9 +657,7 @@ impl EventLog for SledEventLog {
             return Ok(None);
         };
         let (k, v) = item?;
-        Ok(block_events(key_seq(&k), &v)
-            .last()
-            .map(|(_, b)| b.to_vec()))
+        Ok(block_events(key_seq(&k), &v)?.pop().map(|(_, b)| b))
     }
 
     fn append(&self, events: Vec<super::StoredEvent>) -> Result<(), StoreError> {
@@ -620,7 +670,7 @@ impl EventLog for SledEventLog {
                 let key = first.seq.to_be_bytes();
                 let all: Vec<(u64, Vec<u8>)> =
                     events.into_iter().map(|e| (e.seq, e.bytes)).collect();
-                batch.insert(&key, encode_block(&all));
+                batch.insert(&key, self.blocks.encode(&all));
             }
         }
         postings.write(&mut batch);
@@ -639,10 +689,10 @@ impl EventLog for SledEventLog {
         let Some((k, v)) = self.holding(seq)? else {
             return Ok(None);
         };
-        Ok(block_events(k, &v)
+        Ok(block_events(k, &v)?
             .into_iter()
             .find(|(s, _)| *s == seq)
-            .map(|(_, b)| b.to_vec()))
+            .map(|(_, b)| b))
     }
 
     fn scan(
@@ -662,11 +712,14 @@ impl EventLog for SledEventLog {
                 .flat_map(move |item| -> Vec<Result<(u64, Vec<u8>), StoreError>> {
                     match item {
                         // A key's sequence (0 if unreadable; the chain check says so).
-                        Ok((k, v)) => block_events(key_seq(&k), &v)
-                            .into_iter()
-                            .filter(|(s, _)| *s >= from_seq)
-                            .map(|(s, b)| Ok((s, b.to_vec())))
-                            .collect(),
+                        Ok((k, v)) => match block_events(key_seq(&k), &v) {
+                            Ok(events) => events
+                                .into_iter()
+                                .filter(|(s, _)| *s >= from_seq)
+                                .map(Ok)
+                                .collect(),
+                            Err(e) => vec![Err(e)],
+                        },
                         Err(e) => vec![Err(e.into())],
                     }
                 }),
@@ -729,16 +782,15 @@ impl EventLog for SledEventLog {
             if !done.insert(k) {
                 continue;
             }
-            let kept: Vec<(u64, Vec<u8>)> = block_events(k, &v)
+            let kept: Vec<(u64, Vec<u8>)> = block_events(k, &v)?
                 .into_iter()
                 .filter(|(s, _)| !gone.contains(s))
-                .map(|(s, b)| (s, b.to_vec()))
                 .collect();
             batch.remove(&k.to_be_bytes());
             match kept.as_slice() {
                 [] => {}
                 [(s, b)] => batch.insert(&s.to_be_bytes(), b.as_slice()),
-                [(s, _), ..] => batch.insert(&s.to_be_bytes(), encode_block(&kept)),
+                [(s, _), ..] => batch.insert(&s.to_be_bytes(), self.blocks.encode(&kept)),
             }
         }
         self.events.apply_batch(batch)?;
@@ -1091,12 +1143,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_data_dir_written_without_compression_opens_as_it_was_written() {
+    async fn a_data_dir_with_sled_page_compression_opens_as_it_was_written() {
         let dir = tempfile::tempdir().unwrap();
         {
-            // What toolgate before page compression wrote.
+            // What the version before block compression wrote.
             let db = sled::Config::new()
                 .path(dir.path().join("store"))
+                .use_compression(true)
                 .open()
                 .unwrap();
             db.open_tree("kill_switches")
@@ -1115,10 +1168,46 @@ mod tests {
         }
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.kill_list().await.unwrap().len(), 1);
-        // A new one compresses.
+        assert!(compressed(&dir.path().join("store")));
+        // A new one leaves compression to the audit blocks.
         let fresh = tempfile::tempdir().unwrap();
         drop(SledStore::open(fresh.path()).unwrap());
-        assert!(compressed(&fresh.path().join("store")));
-        assert!(!compressed(&dir.path().join("store")));
+        assert!(!compressed(&fresh.path().join("store")));
+    }
+
+    #[test]
+    fn blocks_are_compressed_and_older_plain_blocks_still_read() {
+        let events: Vec<(u64, Vec<u8>)> = (7..107)
+            .map(|s| {
+                (
+                    s,
+                    format!(r#"{{"seq":{s},"kind":"request","agent":"a"}}"#).into_bytes(),
+                )
+            })
+            .collect();
+        let plain_len: usize = events.iter().map(|(_, b)| b.len() + 12).sum();
+        let z = BlockWriter::new().encode(&events);
+        assert_eq!(z[0], ZBLOCK);
+        assert!(z.len() * 4 < plain_len, "{} vs {plain_len}", z.len());
+        assert_eq!(block_events(7, &z).unwrap(), events);
+        // A block as the version before wrote it: 0x01 and the plain entries.
+        let mut old = vec![BLOCK];
+        for (s, b) in &events {
+            old.extend_from_slice(&s.to_be_bytes());
+            old.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            old.extend_from_slice(b);
+        }
+        assert_eq!(block_events(7, &old).unwrap(), events);
+        // One event's JSON is itself.
+        assert_eq!(block_events(3, b"{}").unwrap(), [(3, b"{}".to_vec())]);
+        // A damaged frame is an error, not a silently shorter log.
+        let mut bad = z.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 0xFF;
+        bad.truncate(bad.len() - 3);
+        assert!(block_events(7, &bad).is_err());
+        let mut huge = z;
+        huge[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(block_events(7, &huge).is_err());
     }
 }
