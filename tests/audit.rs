@@ -470,10 +470,7 @@ async fn a_changed_byte_makes_verify_fail_and_name_the_event() {
 
     // Change one byte inside event 5.
     {
-        let db = sled::Config::new()
-            .path(data.join("store"))
-            .open()
-            .unwrap();
+        let db = sled::Config::new().path(data.join("store")).open().unwrap();
         let tree = db.open_tree("audit").unwrap();
         let (key, mut events) = holding(&tree, 5);
         let bytes = &mut events.iter_mut().find(|(s, _)| *s == 5).unwrap().1;
@@ -492,10 +489,7 @@ async fn a_changed_byte_makes_verify_fail_and_name_the_event() {
 
     // Remove an event instead: verify names the gap.
     {
-        let db = sled::Config::new()
-            .path(data.join("store"))
-            .open()
-            .unwrap();
+        let db = sled::Config::new().path(data.join("store")).open().unwrap();
         let tree = db.open_tree("audit").unwrap();
         let (key, mut events) = holding(&tree, 5);
         events.retain(|(s, _)| *s != 5);

@@ -180,7 +180,10 @@ pub fn headers_json(headers: &http::HeaderMap) -> Value {
             out.insert("toolgate-truncated".into(), Value::Bool(true));
             break;
         }
-        let value = cap_text(&String::from_utf8_lossy(v.as_bytes()), HEADER_VALUE_CAP);
+        let value = match v.to_str() {
+            Ok(text) => cap_text(text, HEADER_VALUE_CAP),
+            Err(_) => cap_text(&String::from_utf8_lossy(v.as_bytes()), HEADER_VALUE_CAP),
+        };
         total += k.as_str().len() + value.len();
         match out.get_mut(k.as_str()) {
             Some(Value::String(prev)) => {

@@ -122,7 +122,8 @@ pub(crate) struct Target {
     agent_id: String,
     host: String,
     port: u16,
-    peer: SocketAddr,
+    /// The client's address, as events record it (formatted once per tunnel).
+    peer: String,
     /// The tunnel (or connection) the request came on: the job of calls that name none.
     tunnel_id: String,
     origin: Origin,
@@ -157,7 +158,7 @@ pub(crate) async fn internal_call(
         agent_id: agent_id.to_string(),
         host: host.to_string(),
         port,
-        peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+        peer: SocketAddr::from(([127, 0, 0, 1], 0)).to_string(),
         tunnel_id: job.to_string(),
         origin,
     };
@@ -270,7 +271,7 @@ async fn outer(
         agent_id: agent.id.clone(),
         host,
         port,
-        peer,
+        peer: peer.to_string(),
         tunnel_id: new_id("conn"),
         origin: Origin::Agent,
     };
@@ -348,7 +349,7 @@ async fn connect(
         agent_id: agent.id.clone(),
         host,
         port,
-        peer,
+        peer: peer.to_string(),
         tunnel_id: new_id("tun"),
         origin: Origin::Agent,
     };
@@ -532,14 +533,13 @@ async fn handle(
     let mut trail = request::Trail::new(request_id.clone(), job, target.agent_id.clone());
     // The record phase: what was asked, whatever happens next (held until the next event of
     // the request, or folded into one event with the answer of a read).
-    trail.hold_request(serde_json::json!({
+    let mut asked = serde_json::json!({
         "method": method.as_str(),
         "host": target.host,
         "port": target.port,
         "path": crate::audit::cap_text(&path, crate::audit::URI_CAP),
         "query": crate::audit::cap_text(req.uri().query().unwrap_or(""), crate::audit::URI_CAP),
-        "headers": crate::audit::headers_json(req.headers()),
-        "peer": target.peer.to_string(),
+        "peer": target.peer,
         "undoes": match &target.origin {
             Origin::Undo { of, .. } => Some(of.as_str()),
             Origin::Agent => None,
@@ -548,7 +548,10 @@ async fn handle(
             Origin::Undo { by, .. } => Some(by.as_str()),
             Origin::Agent => None,
         },
-    }));
+    });
+    // Set apart: `json!` would copy the map through a serializer.
+    asked["headers"] = crate::audit::headers_json(req.headers());
+    trail.hold_request(asked);
     let result = match job_refused {
         Some(refusal) => Err(refusal),
         None => request::process(&app, target, req, &mut trail).await,
@@ -575,8 +578,6 @@ async fn handle(
             (refusal.into_response(&request_id), Decision::Refused(code))
         }
     };
-    // A path that recorded nothing else still records what was asked.
-    trail.flush(&app.audit).await;
     // A path that recorded nothing else still records what was asked.
     trail.flush(&app.audit).await;
     if let Ok(v) = HeaderValue::from_str(&request_id) {

@@ -253,7 +253,12 @@ async fn decide(
 
 /// The payload of a call's `decision` event when it goes on (sent, or previewed).
 fn decision(outcome: &str, call: &Call) -> Value {
-    json!({"outcome": outcome, "mode": call.tool.mode.as_str(), "body": call.body_event})
+    // Built by hand: `json!` would copy the body through a serializer.
+    let mut m = serde_json::Map::new();
+    m.insert("outcome".into(), outcome.into());
+    m.insert("mode".into(), call.tool.mode.as_str().into());
+    m.insert("body".into(), call.body_event.clone());
+    Value::Object(m)
 }
 
 /// sha256 of method, path and query, and body: what makes two calls the same call.
@@ -345,12 +350,12 @@ async fn read(
     }
     // One event tells the whole read: what was asked, the decision, and the answer (whose
     // body streams to the agent and is not kept).
-    let response = json!({
+    let mut response = json!({
         "status": parts.status.as_u16(),
-        "headers": crate::audit::headers_json(&parts.headers),
         "body": {"streamed": true},
         "latency_ms": latency_ms,
     });
+    response["headers"] = crate::audit::headers_json(&parts.headers);
     trail.record_read(&app.audit, decision, response).await;
     Ok(Response::from_parts(parts, body::stream(body)))
 }
