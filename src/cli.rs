@@ -278,6 +278,10 @@ pub struct ServeArgs {
     /// Also serve /metrics without a token on this address (a private scrape network).
     #[arg(long, env = env::METRICS_LISTEN)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Accept connections the kernel redirected from an agent network (nftables/iptables
+    /// REDIRECT or DNAT of ports 443 and 80) on this address; agents are known by `sources`.
+    #[arg(long, env = env::TRANSPARENT_LISTEN)]
+    pub transparent_listen: Option<SocketAddr>,
 }
 
 fn flag_duration(flag: &str, value: &str) -> Result<std::time::Duration, String> {
@@ -1122,10 +1126,18 @@ async fn serve(args: ServeArgs) -> ExitCode {
         },
         None => None,
     };
+    let transparent = match args.transparent_listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => return fail(&format!("--transparent-listen {addr}: {e}")),
+        },
+        None => None,
+    };
     let listeners = crate::Listeners {
         proxy,
         admin,
         metrics,
+        transparent,
     };
     match crate::run(listeners, config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

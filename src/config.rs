@@ -39,6 +39,7 @@ pub mod env {
     pub const AUDIT_RETENTION_MIN: &str = "TOOLGATE_AUDIT_RETENTION_MIN";
     pub const AUDIT_RETENTION: &str = "TOOLGATE_AUDIT_RETENTION";
     pub const METRICS_LISTEN: &str = "TOOLGATE_METRICS_LISTEN";
+    pub const TRANSPARENT_LISTEN: &str = "TOOLGATE_TRANSPARENT_LISTEN";
 }
 
 /// The limits that keep one agent (or anyone who can reach the listeners) from freezing,

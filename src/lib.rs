@@ -44,6 +44,8 @@ pub struct Listeners {
     pub admin: TcpListener,
     /// `/metrics` without a token, for a private scrape network (`--metrics-listen`).
     pub metrics: Option<TcpListener>,
+    /// Connections the kernel redirected from an agent network (`--transparent-listen`).
+    pub transparent: Option<TcpListener>,
 }
 
 /// Runs toolgate on already-bound listeners until `shutdown` resolves, then stops accepting and
@@ -70,6 +72,27 @@ pub async fn run(
         files = policy.files.len(),
         "toolgate serving"
     );
+    let own: Vec<std::net::SocketAddr> = [
+        Some(&listeners.proxy),
+        Some(&listeners.admin),
+        listeners.metrics.as_ref(),
+        listeners.transparent.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|l| l.local_addr().ok())
+    .collect();
+    if let Some(transparent) = listeners.transparent {
+        if !policy.has_sources() {
+            warn!("--transparent-listen is set but no [[agent]] has sources: every redirected connection will be refused");
+        }
+        info!(transparent = %transparent.local_addr().map(|a| a.to_string()).unwrap_or_default(), "transparent listener");
+        tokio::spawn(proxy::transparent::accept_loop(
+            app.clone(),
+            transparent,
+            own,
+        ));
+    }
     let admin = tokio::spawn(admin::serve(listeners.admin, app.clone()));
     if let Some(metrics) = listeners.metrics {
         tokio::spawn(admin::serve_metrics(metrics, app.clone()));

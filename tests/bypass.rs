@@ -10,106 +10,10 @@
 mod support;
 
 use std::process::Command;
-use std::time::Duration;
 
 use support::fakes::{Fakes, Keys};
+use support::netns::{create, curl};
 use support::*;
-
-/// The namespace and veth pair, removed on drop (also when the test fails).
-struct Netns {
-    name: String,
-    host_if: String,
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .status();
-    }
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Creates namespace `tgagent<pid>` with `10.231.N.2/30`, linked to the host's `10.231.N.1/30`.
-fn create() -> Result<(Netns, String, String), String> {
-    let pid = std::process::id();
-    let n = pid % 250 + 1;
-    let ns = Netns {
-        name: format!("tgagent{pid}"),
-        host_if: format!("tgh{}", pid % 100_000),
-    };
-    let agent_if = format!("tga{}", pid % 100_000);
-    let (host_ip, agent_ip) = (format!("10.231.{n}.1"), format!("10.231.{n}.2"));
-    ip(&["netns", "add", &ns.name])?;
-    ip(&[
-        "link",
-        "add",
-        &ns.host_if,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &agent_if,
-    ])?;
-    ip(&["link", "set", &agent_if, "netns", &ns.name])?;
-    ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &ns.host_if])?;
-    ip(&["link", "set", &ns.host_if, "up"])?;
-    ip(&[
-        "-n",
-        &ns.name,
-        "addr",
-        "add",
-        &format!("{agent_ip}/30"),
-        "dev",
-        &agent_if,
-    ])?;
-    ip(&["-n", &ns.name, "link", "set", &agent_if, "up"])?;
-    ip(&["-n", &ns.name, "link", "set", "lo", "up"])?;
-    Ok((ns, host_ip, agent_ip))
-}
-
-/// curl, in the agent's namespace when `ns` is given; bounded to 10 s.
-async fn curl(ns: Option<&str>, args: &[&str]) -> (i32, String) {
-    let mut cmd = match ns {
-        Some(ns) => {
-            let mut c = tokio::process::Command::new("ip");
-            c.args(["netns", "exec", ns, "curl"]);
-            c
-        }
-        None => tokio::process::Command::new("curl"),
-    };
-    cmd.args(["-sS", "--max-time", "10"]).args(args);
-    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
-        .await
-        .expect("curl ended")
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 fn skip(why: &str) {
     if std::env::var("TOOLGATE_REQUIRE_NETNS").as_deref() == Ok("1") {
@@ -123,7 +27,7 @@ async fn launch_check_tool_bypass_fails_at_the_network_layer() {
     if Command::new("curl").arg("--version").output().is_err() {
         return skip("curl is not installed");
     }
-    let (ns, host_ip, _agent_ip) = match create() {
+    let (ns, host_ip, _agent_ip) = match create("agent", 231) {
         Ok(x) => x,
         Err(e) => return skip(&format!("cannot create a network namespace ({e})")),
     };

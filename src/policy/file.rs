@@ -34,6 +34,10 @@ pub struct AgentDef {
     pub attrs: BTreeMap<String, String>,
     #[serde(default)]
     pub dry_run: bool,
+    /// Addresses (CIDR) whose redirected connections are this agent's, on the transparent
+    /// listener. An agent with sources may have no token (it never uses the proxy listener).
+    #[serde(default)]
+    pub sources: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

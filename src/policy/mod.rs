@@ -41,13 +41,16 @@ impl PolicyError {
 #[derive(Debug)]
 pub struct Agent {
     pub id: String,
-    token_sha256: [u8; 32],
+    /// None: the agent is known by its `sources` only and cannot use the proxy listener.
+    token_sha256: Option<[u8; 32]>,
     pub owner: String,
     pub tenant: Option<String>,
     pub environment: String,
     pub tools: Vec<String>,
     pub attrs: BTreeMap<String, String>,
     pub dry_run: bool,
+    /// The networks whose redirected connections are this agent's (transparent listener).
+    pub sources: Vec<ipnet::IpNet>,
 }
 
 /// What toolgate does with a call that passed every check.
@@ -365,6 +368,9 @@ impl Policy {
                         format!("agent {:?} is defined twice", agent.id),
                     ));
                 }
+                if let Some(clash) = overlapping_sources(&agent, policy.agents.values()) {
+                    return Err(PolicyError::new(&path, clash));
+                }
                 policy.agents.insert(agent.id.clone(), Arc::new(agent));
             }
             for def in file.tool {
@@ -406,11 +412,32 @@ impl Policy {
         &self.tools
     }
 
+    /// The agent whose `sources` hold `ip` (IPv4-mapped IPv6 addresses count as IPv4). Sources
+    /// never overlap across agents (a load error), so there is at most one.
+    pub fn agent_for_source(&self, ip: std::net::IpAddr) -> Option<Arc<Agent>> {
+        let ip = ip.to_canonical();
+        self.agents
+            .values()
+            .find(|a| a.sources.iter().any(|net| net.contains(&ip)))
+            .cloned()
+    }
+
+    /// Whether any agent is known by its source address (the transparent listener has users).
+    pub fn has_sources(&self) -> bool {
+        self.agents.values().any(|a| !a.sources.is_empty())
+    }
+
     /// Checks proxy credentials in constant time over the token hash.
     pub fn authenticate(&self, id: &str, token: &str) -> Option<Arc<Agent>> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         match self.agents.get(id) {
-            Some(agent) if bool::from(agent.token_sha256.ct_eq(&digest)) => Some(agent.clone()),
+            Some(agent)
+                if agent
+                    .token_sha256
+                    .is_some_and(|t| bool::from(t.ct_eq(&digest))) =>
+            {
+                Some(agent.clone())
+            }
             Some(_) => None,
             None => {
                 // Spend the same work for an unknown id so timing does not reveal which ids exist.
@@ -551,23 +578,36 @@ fn compile_agent(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Agent, PolicyError> {
     let err = |m: String| PolicyError::new(path, format!("agent {:?}: {m}", def.id));
-    let token_sha256 = match (&def.token_sha256, &def.token_env) {
-        (Some(hex_hash), None) => {
-            let bytes = hex::decode(hex_hash.trim())
-                .map_err(|_| err("token_sha256 must be 64 hex characters".into()))?;
-            <[u8; 32]>::try_from(bytes.as_slice())
-                .map_err(|_| err("token_sha256 must be 64 hex characters".into()))?
-        }
-        (None, Some(var)) => {
-            let token = env(var).filter(|t| !t.is_empty()).ok_or_else(|| {
-                err(format!(
-                    "token_env names {var}, which is not set in the environment"
-                ))
-            })?;
-            Sha256::digest(token.as_bytes()).into()
-        }
-        _ => return Err(err("set exactly one of token_sha256 or token_env".into())),
-    };
+    let token_sha256 =
+        match (&def.token_sha256, &def.token_env) {
+            (Some(hex_hash), None) => {
+                let bytes = hex::decode(hex_hash.trim())
+                    .map_err(|_| err("token_sha256 must be 64 hex characters".into()))?;
+                Some(
+                    <[u8; 32]>::try_from(bytes.as_slice())
+                        .map_err(|_| err("token_sha256 must be 64 hex characters".into()))?,
+                )
+            }
+            (None, Some(var)) => {
+                let token = env(var).filter(|t| !t.is_empty()).ok_or_else(|| {
+                    err(format!(
+                        "token_env names {var}, which is not set in the environment"
+                    ))
+                })?;
+                Some(Sha256::digest(token.as_bytes()).into())
+            }
+            (None, None) if !def.sources.is_empty() => None,
+            (None, None) => return Err(err(
+                "set one of token_sha256 or token_env (or sources, for the transparent listener)"
+                    .into(),
+            )),
+            _ => return Err(err("set only one of token_sha256 or token_env".into())),
+        };
+    let sources = def
+        .sources
+        .iter()
+        .map(|s| parse_source(s).map_err(|m| err(format!("sources: {m}"))))
+        .collect::<Result<Vec<_>, _>>()?;
     if def.id.is_empty() || def.id.contains(':') {
         return Err(err("id must be non-empty and must not contain ':'".into()));
     }
@@ -580,7 +620,45 @@ fn compile_agent(
         tools: def.tools.clone(),
         attrs: def.attrs.clone(),
         dry_run: def.dry_run,
+        sources,
     })
+}
+
+/// A source network: `10.0.3.0/28`, `fd00::5/128`, or one address (`10.0.3.7`).
+fn parse_source(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<ipnet::IpNet>() {
+        if net.trunc() != net {
+            return Err(format!(
+                "{text:?} has host bits set; write the network ({})",
+                net.trunc()
+            ));
+        }
+        return Ok(net);
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("{text:?} is not an address or a CIDR network"))
+}
+
+/// Two agents may not share a source address: a connection would belong to either.
+fn overlapping_sources<'a>(
+    agent: &Agent,
+    others: impl Iterator<Item = &'a Arc<Agent>>,
+) -> Option<String> {
+    let overlaps =
+        |a: &ipnet::IpNet, b: &ipnet::IpNet| a.contains(&b.network()) || b.contains(&a.network());
+    for other in others {
+        for mine in &agent.sources {
+            if let Some(theirs) = other.sources.iter().find(|t| overlaps(mine, t)) {
+                return Some(format!(
+                    "agent {:?}: source {mine} overlaps agent {:?}'s source {theirs}; a connection must belong to one agent",
+                    agent.id, other.id
+                ));
+            }
+        }
+    }
+    None
 }
 
 fn compile_credential(
@@ -959,6 +1037,34 @@ host = "api.stripe.com"
 method = "GET"
 path = "/v1/customers/{customer}"
 "#;
+
+    #[test]
+    fn agents_are_known_by_source_networks_that_never_overlap() {
+        let agents = |a: &str, b: &str| {
+            format!(
+                "{BASE}\n[[agent]]\nid = \"t1\"\nowner = \"o\"\nenvironment = \"staging\"\nsources = [{a}]\n\n\
+                 [[agent]]\nid = \"t2\"\nowner = \"o\"\nenvironment = \"staging\"\nsources = [{b}]\n"
+            )
+        };
+        let p = build(&agents(r#""10.0.3.0/28""#, r#""fd00::5/128", "10.0.4.7""#)).unwrap();
+        let who = |ip: &str| {
+            p.agent_for_source(ip.parse().unwrap())
+                .map(|a| a.id.clone())
+        };
+        assert_eq!(who("10.0.3.9").as_deref(), Some("t1"));
+        assert_eq!(who("::ffff:10.0.3.9").as_deref(), Some("t1"));
+        assert_eq!(who("10.0.4.7").as_deref(), Some("t2"));
+        assert_eq!(who("fd00::5").as_deref(), Some("t2"));
+        assert_eq!(who("10.0.3.16"), None);
+        // Known by source only: no token works on the proxy listener.
+        assert!(p.authenticate("t1", "").is_none());
+        let e = build(&agents(r#""10.0.3.0/24""#, r#""10.0.3.8/29""#)).unwrap_err();
+        assert!(e.message.contains("overlaps"), "{}", e.message);
+        let e = build(&agents(r#""10.0.3.1/24""#, r#""10.0.9.0/24""#)).unwrap_err();
+        assert!(e.message.contains("host bits"), "{}", e.message);
+        let e = build(&agents(r#""not-an-address""#, r#""10.0.9.0/24""#)).unwrap_err();
+        assert!(e.message.contains("not an address"), "{}", e.message);
+    }
 
     #[test]
     fn authenticates_and_matches() {

@@ -134,13 +134,14 @@ mod tests {
     fn templates() {
         let agent = Agent {
             id: "bot".into(),
-            token_sha256: [0; 32],
+            token_sha256: None,
             owner: "o".into(),
             tenant: Some("acme".into()),
             environment: "staging".into(),
             tools: vec![],
             attrs: [("github_org".to_string(), "acme".to_string())].into(),
             dry_run: false,
+            sources: vec![],
         };
         assert_eq!(
             render_agent_template("{agent.attrs.github_org}", &agent).as_deref(),

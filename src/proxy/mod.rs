@@ -8,6 +8,7 @@ pub mod model;
 pub(crate) mod request;
 pub mod rewind;
 pub mod scrub;
+pub(crate) mod transparent;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -244,23 +245,48 @@ async fn outer(
         .await;
         return refusal.into_response(&request_id);
     };
+    let host = host.to_string();
+    let port = req.uri().port_u16();
+    plain_http(
+        app,
+        &policy,
+        (&agent, peer),
+        (&host, port),
+        req,
+        request_id,
+        started,
+    )
+    .await
+}
+
+/// A plain-HTTP request for `host` (absolute form, or a redirected connection's `Host`): sent
+/// upstream over TLS — toolgate never forwards a request, nor a credential, in clear text. Port
+/// 80 (or none) means the contract's TLS port.
+async fn plain_http(
+    app: Arc<App>,
+    policy: &Policy,
+    (agent, peer): (&Agent, SocketAddr),
+    (host, port): (&str, Option<u16>),
+    req: Request<Incoming>,
+    request_id: String,
+    started: Instant,
+) -> Response<ProxyBody> {
     let host = host
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_ascii_lowercase();
-    // A plain-HTTP request is sent upstream over TLS: toolgate never forwards a request, nor a
-    // credential, in clear text. Port 80 (or none) means the contract's TLS port.
-    let port = match req.uri().port_u16() {
+    let port = match port {
         None | Some(80) => policy.port_for_host(&host).unwrap_or(443),
         Some(p) => p,
     };
-    if let Err(refusal) = egress(&app, &policy, &host, port).await {
+    if let Err(refusal) = egress(&app, policy, &host, port).await {
+        let target_text = req.uri().to_string();
         record_refusal(
             &app,
             (&request_id, started),
             (Some(&agent.id), peer),
             &host,
-            &method,
+            req.method(),
             &target_text,
             &refusal,
         )
@@ -408,18 +434,8 @@ where
     match protocol {
         Protocol::Http => serve_inner(app, target, io, activity).await,
         Protocol::Tls => {
-            let acceptor =
-                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
-            let start = match tokio::time::timeout(limit, acceptor).await {
-                Ok(Ok(start)) => start,
-                Ok(Err(e)) => {
-                    warn!(agent = %target.agent_id, host = %target.host, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    warn!(agent = %target.agent_id, host = %target.host, "TLS handshake timed out");
-                    return;
-                }
+            let Some(start) = client_hello(io, limit, &target.agent_id).await else {
+                return;
             };
             let sni = start
                 .client_hello()
@@ -438,22 +454,62 @@ where
                 );
                 return;
             }
-            let config = match app.ca.server_config(&target.host) {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(host = %target.host, error = %e, "could not mint a certificate");
-                    return;
-                }
-            };
-            match tokio::time::timeout(limit, start.into_stream(config)).await {
-                Ok(Ok(tls)) => serve_inner(app, target, tls, activity).await,
-                Ok(Err(e)) => {
-                    warn!(agent = %target.agent_id, host = %target.host, error = %e, "TLS handshake failed")
-                }
-                Err(_) => {
-                    warn!(agent = %target.agent_id, host = %target.host, "TLS handshake timed out")
-                }
+            if let Some(tls) = finish_handshake(&app, start, &target.host, limit).await {
+                serve_inner(app, target, tls, activity).await;
             }
+        }
+    }
+}
+
+/// The first half of an intercepted TLS handshake: the client's hello (for its SNI).
+async fn client_hello<T>(
+    io: T,
+    limit: Duration,
+    agent: &str,
+) -> Option<tokio_rustls::StartHandshake<T>>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    match tokio::time::timeout(limit, acceptor).await {
+        Ok(Ok(start)) => Some(start),
+        Ok(Err(e)) => {
+            warn!(%agent, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            warn!(%agent, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// The second half: toolgate's leaf for `host` (minted once, then cached).
+async fn finish_handshake<T>(
+    app: &App,
+    start: tokio_rustls::StartHandshake<T>,
+    host: &str,
+    limit: Duration,
+) -> Option<tokio_rustls::server::TlsStream<T>>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = match app.ca.server_config(host) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(%host, error = %e, "could not mint a certificate");
+            return None;
+        }
+    };
+    match tokio::time::timeout(limit, start.into_stream(config)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            warn!(%host, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            warn!(%host, "TLS handshake timed out");
+            None
         }
     }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod fakes;
+pub mod netns;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -319,10 +320,26 @@ async fn upstream_handle(
     Ok(resp)
 }
 
+/// A directory with `policies` (file name, contents) and a fresh CA under `certs`.
+fn lay_out(policies: &[(&str, String)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let pdir = dir.path().join("policies");
+    std::fs::create_dir_all(&pdir).unwrap();
+    for (name, text) in policies {
+        let path = pdir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    toolgate::ca::init(&dir.path().join("certs"), false).unwrap();
+    dir
+}
+
 /// toolgate running in-process on ephemeral loopback ports.
 pub struct Toolgate {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The transparent listener, when started with one.
+    pub transparent_addr: Option<SocketAddr>,
     pub ca_pem: String,
     pub dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
@@ -352,16 +369,17 @@ impl Toolgate {
         policies: &[(&str, String)],
         configure: impl FnOnce(&mut toolgate::Config),
     ) -> Toolgate {
-        let dir = tempfile::tempdir().unwrap();
-        let pdir = dir.path().join("policies");
-        std::fs::create_dir_all(&pdir).unwrap();
-        for (name, text) in policies {
-            let path = pdir.join(name);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, text).unwrap();
-        }
-        toolgate::ca::init(&dir.path().join("certs"), false).unwrap();
-        Toolgate::restart_at(proxy_bind, dir, configure).await
+        Toolgate::restart_at((proxy_bind, None), lay_out(policies), configure).await
+    }
+
+    /// [`Toolgate::start`] with a transparent listener on `transparent_bind` too.
+    pub async fn start_transparent(
+        transparent_bind: &str,
+        policies: &[(&str, String)],
+        configure: impl FnOnce(&mut toolgate::Config),
+    ) -> Toolgate {
+        let binds = ("127.0.0.1:0", Some(transparent_bind));
+        Toolgate::restart_at(binds, lay_out(policies), configure).await
     }
 
     /// Signals shutdown and waits for `run` to return. The directory (data, certs, policies)
@@ -381,11 +399,11 @@ impl Toolgate {
         dir: tempfile::TempDir,
         configure: impl FnOnce(&mut toolgate::Config),
     ) -> Toolgate {
-        Toolgate::restart_at("127.0.0.1:0", dir, configure).await
+        Toolgate::restart_at(("127.0.0.1:0", None), dir, configure).await
     }
 
     async fn restart_at(
-        proxy_bind: &str,
+        (proxy_bind, transparent_bind): (&str, Option<&str>),
         dir: tempfile::TempDir,
         configure: impl FnOnce(&mut toolgate::Config),
     ) -> Toolgate {
@@ -398,12 +416,18 @@ impl Toolgate {
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = proxy.local_addr().unwrap();
         let admin_addr = admin.local_addr().unwrap();
+        let transparent = match transparent_bind {
+            Some(bind) => Some(TcpListener::bind(bind).await.unwrap()),
+            None => None,
+        };
+        let transparent_addr = transparent.as_ref().map(|l| l.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(toolgate::run(
             toolgate::Listeners {
                 proxy,
                 admin,
                 metrics: None,
+                transparent,
             },
             config,
             async move {
@@ -413,6 +437,7 @@ impl Toolgate {
         Toolgate {
             addr,
             admin_addr,
+            transparent_addr,
             ca_pem,
             dir,
             shutdown: Some(tx),
@@ -813,8 +838,8 @@ pub async fn examples_gate(
 }
 
 /// [`examples_gate`] with the proxy listening on `proxy_bind`.
-pub async fn examples_gate_at(
-    proxy_bind: &str,
+async fn examples_gate_with(
+    binds: (&str, Option<&str>),
     pki: &Pki,
     addr: SocketAddr,
     extra: &[(&str, String)],
@@ -828,7 +853,8 @@ pub async fn examples_gate_at(
         files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     policies.extend(extra.iter().map(|(n, t)| (*n, t.clone())));
     let ca = pki.ca_path.clone();
-    Toolgate::start_at(proxy_bind, &policies, move |c| {
+    let dir = lay_out(&policies);
+    Toolgate::restart_at(binds, dir, move |c| {
         for host in [
             "api.stripe.com",
             "api.github.com",
@@ -842,6 +868,36 @@ pub async fn examples_gate_at(
         c.reload_interval = Duration::from_millis(100);
         configure(c);
     })
+    .await
+}
+
+/// The example policies (plus `extra` files) with the proxy on `proxy_bind`, every example API
+/// routed to `addr` and trusted through `pki`.
+pub async fn examples_gate_at(
+    proxy_bind: &str,
+    pki: &Pki,
+    addr: SocketAddr,
+    extra: &[(&str, String)],
+    configure: impl FnOnce(&mut toolgate::Config),
+) -> Toolgate {
+    examples_gate_with((proxy_bind, None), pki, addr, extra, configure).await
+}
+
+/// [`examples_gate_at`] with the proxy on loopback and a transparent listener on
+/// `transparent_bind`.
+pub async fn examples_gate_transparent(
+    transparent_bind: &str,
+    pki: &Pki,
+    addr: SocketAddr,
+    extra: &[(&str, String)],
+) -> Toolgate {
+    examples_gate_with(
+        ("127.0.0.1:0", Some(transparent_bind)),
+        pki,
+        addr,
+        extra,
+        |_| {},
+    )
     .await
 }
 

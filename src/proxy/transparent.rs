@@ -1,0 +1,291 @@
+//! The transparent listener (`--transparent-listen`): connections the kernel redirected to
+//! toolgate (nftables/iptables `REDIRECT` or `DNAT` of an agent network's ports 443 and 80), for
+//! clients that ignore `HTTPS_PROXY`. The agent is the one whose `sources` hold the client's
+//! address; the host is the TLS SNI (or the `Host` of plain HTTP); the port is the original
+//! destination's (`SO_ORIGINAL_DST`). From there on, the same phases as a CONNECT tunnel.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use super::{
+    client_hello, detect, egress, finish_handshake, plain_http, record_refusal, serve_inner,
+    Origin, Protocol, Rewind, Target,
+};
+use crate::base::new_id;
+use crate::error::{Code, Refusal};
+use crate::guard::{Activity, Watched};
+use crate::policy::Agent;
+use crate::App;
+
+/// Accepts redirected connections until toolgate stops. `own` are toolgate's own listening
+/// addresses: a connection whose original destination is one of them is a loop, refused.
+pub(crate) async fn accept_loop(app: Arc<App>, listener: TcpListener, own: Vec<SocketAddr>) {
+    let own = Arc::new(own);
+    loop {
+        let permit = tokio::select! {
+            _ = app.cancel.cancelled() => break,
+            p = app.connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        tokio::select! {
+            _ = app.cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let (app2, own) = (app.clone(), own.clone());
+                    app.tasks.spawn(async move {
+                        serve(app2, stream, peer, &own).await;
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    warn!(error = %e, "transparent accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Where the client meant to connect before the kernel redirected it here.
+fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
+    let sock = socket2::SockRef::from(stream);
+    let addr = match stream.local_addr()? {
+        SocketAddr::V4(_) => sock.original_dst_v4()?,
+        SocketAddr::V6(_) => sock.original_dst_v6()?,
+    };
+    addr.as_socket()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an IP address"))
+}
+
+/// Whether `dst` is one of toolgate's own listeners (or the connection was not redirected).
+fn is_own(dst: SocketAddr, local: SocketAddr, own: &[SocketAddr]) -> bool {
+    let same = |a: SocketAddr, b: SocketAddr| {
+        a.port() == b.port()
+            && (a.ip().to_canonical() == b.ip().to_canonical() || b.ip().is_unspecified())
+    };
+    same(dst, local) || own.iter().any(|o| same(dst, *o))
+}
+
+async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, own: &[SocketAddr]) {
+    let started = Instant::now();
+    let dst = match (original_destination(&stream), stream.local_addr()) {
+        (Ok(dst), Ok(local)) if !is_own(dst, local, own) => dst,
+        (Ok(dst), _) => {
+            warn!(
+                %peer, original_destination = %dst, decision = "refused",
+                "a connection to the transparent listener was not redirected from an agent network \
+                 (its destination is toolgate itself: a direct connection or a redirect loop); closed"
+            );
+            return;
+        }
+        (Err(e), _) => {
+            warn!(%peer, error = %e, decision = "refused", "no original destination for a transparent connection (not redirected by the kernel); closed");
+            return;
+        }
+    };
+    let policy = app.policy();
+    let agent = policy.agent_for_source(peer.ip());
+    let activity = Activity::new();
+    let mut io = Watched::new(stream, activity.clone());
+    let limit = app.config.handshake_timeout;
+    let (protocol, prefix) = match detect(&mut io, limit).await {
+        Ok(found) => found,
+        Err(e) => {
+            debug!(%peer, error = %e, "transparent connection closed");
+            return;
+        }
+    };
+    let io = Rewind::new(prefix, io);
+    match protocol {
+        Protocol::Http => plain(app, agent, peer, dst, io, activity).await,
+        Protocol::Tls => tls(app, agent, (peer, dst), io, activity, started).await,
+    }
+}
+
+/// A refusal for a client whose address no agent's `sources` holds.
+fn unknown_source(peer: SocketAddr) -> Refusal {
+    Refusal::new(
+        Code::AuthRequired,
+        format!(
+            "{} is not the source address of any agent: add it to an [[agent]]'s sources, or send \
+             requests through the proxy listener with Proxy-Authorization",
+            peer.ip().to_canonical()
+        ),
+    )
+}
+
+async fn tls<T>(
+    app: Arc<App>,
+    agent: Option<Arc<Agent>>,
+    (peer, dst): (SocketAddr, SocketAddr),
+    io: T,
+    activity: Arc<Activity>,
+    started: Instant,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limit = app.config.handshake_timeout;
+    let who = agent.as_ref().map_or("-", |a| a.id.as_str());
+    let Some(start) = client_hello(io, limit, who).await else {
+        return;
+    };
+    let policy = app.policy();
+    let request_id = new_id("req");
+    let agent_id = agent.as_ref().map(|a| a.id.clone());
+    let refuse = |refusal: Refusal, host: String| {
+        let (app, request_id, agent_id) = (app.clone(), request_id.clone(), agent_id.clone());
+        async move {
+            let target = format!("{host}:{}", dst.port());
+            warn!(%peer, %host, code = refusal.code.as_str(), "transparent connection refused: {}", refusal.message);
+            record_refusal(
+                &app,
+                (&request_id, started),
+                (agent_id.as_deref(), peer),
+                &host,
+                &http::Method::CONNECT,
+                &target,
+                &refusal,
+            )
+            .await;
+        }
+    };
+    let Some(host) = start
+        .client_hello()
+        .server_name()
+        .map(str::to_ascii_lowercase)
+    else {
+        let refusal = Refusal::egress(format!(
+            "a TLS connection to {dst} sent no server name (SNI): toolgate cannot tell which API \
+             it is for; clients must connect by host name"
+        ));
+        return refuse(refusal, "-".into()).await;
+    };
+    // An uncontracted host is refused before any certificate is minted or upstream touched.
+    if let Err(refusal) = egress(&app, &policy, &host, dst.port()).await {
+        return refuse(refusal, host).await;
+    }
+    let admitted = match &agent {
+        None => Err(unknown_source(peer)),
+        Some(a) => match app.caps.tunnel(&a.id) {
+            Some(slot) => Ok((a.clone(), slot)),
+            None => Err(super::tunnel_cap(&app, &a.id)),
+        },
+    };
+    let Some(tls) = finish_handshake(&app, start, &host, limit).await else {
+        return;
+    };
+    match admitted {
+        Ok((agent, _slot)) => {
+            let target = Target {
+                agent_id: agent.id.clone(),
+                host,
+                port: dst.port(),
+                peer: peer.to_string(),
+                tunnel_id: new_id("tun"),
+                origin: Origin::Agent,
+            };
+            serve_inner(app.clone(), Arc::new(target), tls, activity).await;
+        }
+        Err(refusal) => {
+            refuse(refusal.clone(), host).await;
+            answer_every_request(tls, refusal).await;
+        }
+    }
+}
+
+/// Plain HTTP on a redirected port 80: each request's `Host` names its API; it is sent upstream
+/// over TLS like an absolute-form request on the proxy listener.
+async fn plain<T>(
+    app: Arc<App>,
+    agent: Option<Arc<Agent>>,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    io: T,
+    activity: Arc<Activity>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let (app, agent) = (app.clone(), agent.clone());
+        let in_flight = activity.request();
+        async move {
+            let started = Instant::now();
+            let request_id = new_id("req");
+            let host = req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| crate::base::split_host_port(h, dst.port()));
+            let policy = app.policy();
+            let resp = match (agent, host) {
+                (Some(agent), Some((host, port))) => {
+                    plain_http(
+                        app.clone(),
+                        &policy,
+                        (&agent, peer),
+                        (&host, Some(port)),
+                        req,
+                        request_id,
+                        started,
+                    )
+                    .await
+                }
+                (agent, host) => {
+                    let refusal = match agent {
+                        None => unknown_source(peer),
+                        Some(_) => Refusal::new(
+                            Code::ValidationError,
+                            "a plain-HTTP request needs a Host header naming the API",
+                        ),
+                    };
+                    let host = host.map(|(h, _)| h).unwrap_or_else(|| "-".into());
+                    let target = req.uri().to_string();
+                    record_refusal(
+                        &app,
+                        (&request_id, started),
+                        (None, peer),
+                        &host,
+                        req.method(),
+                        &target,
+                        &refusal,
+                    )
+                    .await;
+                    refusal.into_response(&request_id)
+                }
+            };
+            drop(in_flight);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = conn.await {
+        debug!(%peer, error = %e, "transparent plain-HTTP connection ended with an error");
+    }
+}
+
+/// After a completed handshake with a client toolgate will not serve: every request on the
+/// connection gets `refusal` as JSON (bounded by the connection's idle and header timeouts).
+async fn answer_every_request<T>(io: T, refusal: Refusal)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+        let resp = refusal.clone().into_response(&new_id("req"));
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+}
