@@ -27,8 +27,8 @@ impl Drop for Nat {
 }
 
 /// Redirects ports 443 and 80 arriving on `ifaces` to `to` (toolgate's transparent listener).
-fn redirect(ifaces: &[&str], to: &str) -> Result<Nat, String> {
-    let table = format!("toolgate_test_{}", std::process::id());
+fn redirect(tag: &str, ifaces: &[&str], to: &str) -> Result<Nat, String> {
+    let table = format!("toolgate_test_{tag}_{}", std::process::id());
     let names: Vec<String> = ifaces.iter().map(|i| format!("\"{i}\"")).collect();
     let rules = format!(
         "table ip {table} {{\n  chain pre {{\n    type nat hook prerouting priority -100;\n    \
@@ -57,7 +57,7 @@ fn skip(why: &str) {
     if std::env::var("TOOLGATE_REQUIRE_NETNS").as_deref() == Ok("1") {
         panic!("TOOLGATE_REQUIRE_NETNS=1 but the transparent test cannot run: {why}");
     }
-    eprintln!("SKIPPED an_agent_without_proxy_settings_is_governed_by_its_source_address: {why}");
+    eprintln!("SKIPPED (transparent interception): {why}");
 }
 
 #[tokio::test]
@@ -90,7 +90,8 @@ id = "transparent-bot"
 owner = "alice@example.com"
 tenant = "acme"
 environment = "staging"
-tools = ["stripe.*"]
+tools = ["stripe.*", "github.*"]
+attrs = {{ github_org = "acme" }}
 sources = ["{agent_ip}/32"]
 "#
     );
@@ -103,6 +104,7 @@ sources = ["{agent_ip}/32"]
     .await;
     let listener = gate.transparent_addr.unwrap();
     let _nat = match redirect(
+        "curl",
         &[&agent_ns.host_if, &stranger_ns.host_if],
         &listener.to_string(),
     ) {
@@ -161,6 +163,30 @@ sources = ["{agent_ip}/32"]
     assert_eq!(code, 0, "{out}");
     let refused: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
     assert_eq!(refused["error"]["code"], "policy_violation", "{out}");
+
+    // 2b. A tenant-bound parameter of another tenant: refused, nothing sent.
+    let (code, out) = curl(
+        Some(&agent_ns.name),
+        &[
+            "--noproxy",
+            "*",
+            "--resolve",
+            &format!("api.github.com:443:{agent_host_ip}"),
+            "--cacert",
+            ca,
+            "https://api.github.com/repos/othercorp/secrets",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let refused: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("othercorp"),
+        "{out}"
+    );
 
     // 3. Plain HTTP on port 80 is sent upstream over TLS, through the same checks.
     let (code, out) = curl(
@@ -244,4 +270,130 @@ sources = ["{agent_ip}/32"]
         );
     }
     drop((agent_ns, stranger_ns));
+}
+
+/// stripe-python with no `proxy=`, only `stripe.ca_bundle_path`: its calls are governed as
+/// through the proxy listener, a held refund included (approved here through the admin API).
+#[tokio::test]
+async fn stripe_python_with_no_proxy_setting_is_governed_transparently() {
+    let python =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/.venv/bin/python");
+    if !python.exists() {
+        if std::env::var("TOOLGATE_REQUIRE_SDKS").as_deref() == Ok("1") {
+            panic!("TOOLGATE_REQUIRE_SDKS=1 but tests/sdk/.venv is missing");
+        }
+        return eprintln!("SKIPPED stripe-python transparent: tests/sdk/.venv is missing");
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        return skip("nft is not installed");
+    }
+    let (ns, host_ip, agent_ip) = match create("tq", 234) {
+        Ok(x) => x,
+        Err(e) => return skip(&format!("cannot create a network namespace ({e})")),
+    };
+    if let Err(e) = ns.hosts(&host_ip, &["api.stripe.com"]) {
+        return skip(&format!("cannot write /etc/netns ({e})"));
+    }
+    let pki = Pki::new("test upstream CA");
+    let fakes = Fakes::start(
+        pki.server_config(&["api.stripe.com", "api.github.com", "api.sendgrid.com"]),
+        Keys::examples(),
+    )
+    .await;
+    let agent = format!(
+        "[[agent]]\nid = \"transparent-py\"\nowner = \"alice@example.com\"\ntenant = \"acme\"\n\
+         environment = \"staging\"\ntools = [\"stripe.*\"]\nsources = [\"{agent_ip}\"]\n"
+    );
+    let gate = examples_gate_transparent(
+        &format!("{host_ip}:0"),
+        &pki,
+        fakes.addr,
+        &[("transparent.toml", agent)],
+    )
+    .await;
+    let to = gate.transparent_addr.unwrap().to_string();
+    let _nat = match redirect("py", &[&ns.host_if], &to) {
+        Ok(nat) => nat,
+        Err(e) => return skip(&format!("cannot install a redirect ({e})")),
+    };
+    // Approves what the agent's refund asks for, as carol, while the agent waits.
+    let admin = gate.admin_addr;
+    let approving = tokio::spawn(async move {
+        for _ in 0..600 {
+            let list = admin_at(
+                admin,
+                "GET",
+                "/api/proposals?state=pending",
+                Some("demo-carol-token"),
+                None,
+            )
+            .await;
+            let list: serde_json::Value = serde_json::from_slice(&list.body).unwrap_or_default();
+            for p in list["proposals"].as_array().cloned().unwrap_or_default() {
+                let path = format!("/api/proposals/{}/approve", p["id"].as_str().unwrap());
+                let body = serde_json::json!({"comment": "released for the transparent agent"});
+                admin_at(admin, "POST", &path, Some("demo-carol-token"), Some(body)).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    let ca = gate.ca_path();
+    let mut cmd = tokio::process::Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name])
+        .arg(&python)
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/agent.py"))
+        .arg("stripe")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TOOLGATE_PROXY", "")
+        .env("TOOLGATE_CA", &ca)
+        .env("SDK_RUN", format!("t{}", std::process::id()));
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), cmd.output())
+        .await
+        .expect("the agent finished")
+        .unwrap();
+    approving.abort();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let steps: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let step = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s["step"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name}: {stdout}"))
+    };
+    assert_eq!(step("retried_write")["ok"], true, "{stdout}");
+    assert_eq!(step("read")["ok"], true, "{stdout}");
+    assert_eq!(step("held_write")["detail"], "succeeded", "{stdout}");
+    let refused = step("refused_write");
+    assert_eq!(refused["ok"], false, "{stdout}");
+    assert!(
+        refused["detail"].as_str().unwrap().contains("tax_exempt"),
+        "{stdout}"
+    );
+    assert_eq!(
+        fakes.count("POST", "/v1/customers"),
+        1,
+        "the retried create executed once"
+    );
+    assert_eq!(
+        fakes.count("POST", "/v1/refunds"),
+        1,
+        "the approved refund executed once"
+    );
+    for s in fakes.seen() {
+        assert_eq!(
+            s.authorization.as_deref(),
+            Some("Bearer sk_test_toolgate_demo_placeholder")
+        );
+    }
+    drop(ns);
 }

@@ -1,7 +1,8 @@
 """An agent using the official Python SDKs (stripe, PyGithub, sendgrid) through toolgate.
 
 Run by tests/sdk.rs with:
-  TOOLGATE_PROXY  http://AGENT:TOKEN@HOST:PORT   (also exported as HTTPS_PROXY)
+  TOOLGATE_PROXY  http://AGENT:TOKEN@HOST:PORT   (also exported as HTTPS_PROXY); empty for an
+                  agent on a redirected network (tests/transparent.rs), which sets no proxy
   TOOLGATE_CA     toolgate's CA (also SSL_CERT_FILE / REQUESTS_CA_BUNDLE)
   SDK_RUN         a word that makes this run's payloads unique
 
@@ -13,7 +14,7 @@ import json
 import os
 import sys
 
-PROXY = os.environ["TOOLGATE_PROXY"]
+PROXY = os.environ["TOOLGATE_PROXY"] or None
 CA = os.environ["TOOLGATE_CA"]
 RUN = os.environ.get("SDK_RUN", "run")
 # The agent never holds a real key; SDKs insist on having one, so it gets a dummy that toolgate

@@ -10,8 +10,23 @@ pub struct Netns {
     pub host_if: String,
 }
 
+impl Netns {
+    /// Names that resolve to `ip` inside the namespace (`ip netns exec` mounts
+    /// `/etc/netns/NAME/hosts` over `/etc/hosts`).
+    pub fn hosts(&self, ip: &str, names: &[&str]) -> std::io::Result<()> {
+        let dir = format!("/etc/netns/{}", self.name);
+        std::fs::create_dir_all(&dir)?;
+        let mut text = String::from("127.0.0.1 localhost\n");
+        for name in names {
+            text.push_str(&format!("{ip} {name}\n"));
+        }
+        std::fs::write(format!("{dir}/hosts"), text)
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
