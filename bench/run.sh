@@ -11,6 +11,9 @@
 # of recorded requests, toolgate's peak RSS, `audit story` on the full log (time and peak
 # memory), and bytes on disk per audited request.
 #
+# As root with nft, "transparent": the same GETs from a network namespace whose port 443 the
+# kernel redirects to toolgate's --transparent-listen, next to the CONNECT path.
+#
 # Usage: bench/run.sh [seconds per run, default 5] [only the scenarios whose name contains this]
 #   RUNS=3 LOAD_SECONDS=60 NO_REF=1 (skip the hudsucker reference)
 # On a machine with two cores or more, toolgate (and the reference) run on core 0 and the load
@@ -32,8 +35,13 @@ fi
 
 work=$(mktemp -d)
 pids=()
+TP_NS=""
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  if [ -n "$TP_NS" ]; then
+    nft delete table ip "toolgate_bench_$$" 2>/dev/null || true
+    ip netns del "$TP_NS" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -50,8 +58,26 @@ UP=$(free_port); PX=$(free_port); AD=$(free_port); RF=$(free_port)
   2>"$work/upstream.log" & UPSTREAM=$!; pids+=($UPSTREAM)
 for _ in $(seq 1 100); do [ -f "$work/up-ca.pem" ] && break; sleep 0.1; done
 
+# The transparent path: as root with nft, the load also runs from a network namespace of its
+# own (veth 10.239.1.2 -> 10.239.1.1) whose port 443 the kernel redirects to toolgate's
+# --transparent-listen; agent "bench-transparent" is known by that source address.
+TRANSPARENT=()
+if [ "$(id -u)" = 0 ] && command -v nft >/dev/null && command -v ip >/dev/null; then
+  TP_NS="tgbench$$"; TP_H="tgbh$$"; TP_A="tgba$$"; TPP=$(free_port)
+  if ip netns add "$TP_NS" && ip link add "$TP_H" type veth peer name "$TP_A" \
+    && ip link set "$TP_A" netns "$TP_NS" && ip addr add 10.239.1.1/30 dev "$TP_H" && ip link set "$TP_H" up \
+    && ip -n "$TP_NS" addr add 10.239.1.2/30 dev "$TP_A" && ip -n "$TP_NS" link set "$TP_A" up \
+    && ip -n "$TP_NS" link set lo up \
+    && printf 'table ip toolgate_bench_%s {\n chain pre {\n  type nat hook prerouting priority -100;\n  iifname "%s" tcp dport 443 dnat to 10.239.1.1:%s\n }\n}\n' "$$" "$TP_H" "$TPP" | nft -f -; then
+    TRANSPARENT=(--transparent-listen "10.239.1.1:$TPP")
+  else
+    echo "note: no network namespace for the transparent scenario; skipping it"
+    ip netns del "$TP_NS" 2>/dev/null || true; TP_NS=""
+  fi
+fi
+
 start_toolgate() { # data dir, proxy port, admin port; sets GATE
-  RUST_LOG=warn "${PIN_GATE[@]}" target/release/toolgate serve --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" \
+  RUST_LOG=warn "${PIN_GATE[@]}" target/release/toolgate serve --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" "${TRANSPARENT[@]}" \
     --policies bench/policies --certs "$work/certs" --data-dir "$1" \
     --connect-to "api.stripe.com:443=127.0.0.1:$UP" --upstream-ca "$work/up-ca.pem" \
     2>>"$work/toolgate.log" & GATE=$!; pids+=($GATE)
@@ -76,13 +102,16 @@ direct() { "${PIN_LOAD[@]}" oha --no-tui --output-format json -z "$DURATION" --c
   --connect-to "api.stripe.com:443:127.0.0.1:$UP" "$@"; }
 proxied() { "${PIN_LOAD[@]}" oha --no-tui --output-format json -z "$DURATION" --cacert "$work/certs/ca.pem" \
   -x "http://127.0.0.1:$PX" --proxy-header "$AUTH" --no-pre-lookup "$@"; }
+transparent() { ip netns exec "$TP_NS" "${PIN_LOAD[@]}" oha --no-tui --output-format json -z "$DURATION" \
+  --cacert "$work/certs/ca.pem" --connect-to "api.stripe.com:443:10.239.1.1:443" "$@"; }
 reference() { "${PIN_LOAD[@]}" oha --no-tui --output-format json -z "$DURATION" --cacert "$work/ref-ca.pem" \
   -x "http://127.0.0.1:$RF" --no-pre-lookup "$@"; }
 
 report() { # name, then a directory of d.N / t.N / r.N oha JSON files
   python3 - "$1" "$2" <<'PY'
-import json, sys, glob, statistics as st
+import json, os, sys, glob, statistics as st
 name, d = sys.argv[1], sys.argv[2]
+label = os.environ.get("THIRD", "mitm-ref")
 def med(prefix):
     runs = []
     for f in sorted(glob.glob(f"{d}/{prefix}.*")):
@@ -98,7 +127,7 @@ line = (f"{name:<22} direct {dr:8.0f}/s p50 {d50:5.2f} ms | toolgate {tr:7.0f}/s
         f"ratio {tr/dr:4.2f} (+{t50-d50:4.2f} ms)")
 if ref:
     rr, r50, _ = ref
-    line += f" | mitm-ref {rr:7.0f}/s ratio {rr/dr:4.2f}; toolgate/mitm-ref {tr/rr:4.2f}"
+    line += f" | {label} {rr:7.0f}/s p50 {r50:5.2f} ms ratio {rr/dr:4.2f}; toolgate/{label} {tr/rr:4.2f}"
 print(line)
 if tbad: print(f"  (toolgate non-200 answers: {tbad})")
 PY
@@ -122,7 +151,22 @@ run "GET keep-alive c=16" -c 16 "$URL_GET"
 run "POST 1 KiB c=16"     -c 16 -m POST -T application/x-www-form-urlencoded -D "$work/body" "$URL_POST"
 run "GET new conn c=4"    -c 4  --disable-keepalive "$URL_GET"
 
+# The transparent path next to the CONNECT path ("toolgate" is CONNECT, the third column the
+# same toolgate reached through the kernel redirect from the namespace).
+if [ -n "$TP_NS" ] && { [ -z "$ONLY" ] || [[ "transparent" == *"$ONLY"* ]]; }; then
+  for c in 1 16; do
+    d=$(mktemp -d -p "$work")
+    for i in $(seq 1 "$RUNS"); do
+      direct -c "$c" "$URL_GET" > "$d/d.$i"
+      proxied -c "$c" "$URL_GET" > "$d/t.$i"
+      transparent -c "$c" "$URL_GET" > "$d/r.$i"
+    done
+    THIRD=transparent report "transparent GET c=$c" "$d"
+  done
+fi
+
 if [ -n "$ONLY" ] && [[ "sigterm" != *"$ONLY"* ]]; then exit 0; fi
+TRANSPARENT=()
 # The stop under load: a fresh toolgate and data dir, its own upstream count.
 kill "$GATE" 2>/dev/null || true; wait "$GATE" 2>/dev/null || true
 kill -TERM "$UPSTREAM"; wait "$UPSTREAM" 2>/dev/null || true
