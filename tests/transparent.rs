@@ -252,6 +252,41 @@ sources = ["{agent_ip}/32"]
     .await;
     assert_ne!(code, 0, "{out}");
 
+    // 7. Guard rails: a TLS client without SNI (an IP literal) and a connection straight to the
+    //    transparent listener (not redirected: its destination is toolgate itself) are closed.
+    let (code, out) = curl(
+        Some(&agent_ns.name),
+        &[
+            "--noproxy",
+            "*",
+            "--cacert",
+            ca,
+            &format!("https://{agent_host_ip}/v1/customers/cus_123"),
+        ],
+    )
+    .await;
+    assert_ne!(code, 0, "no SNI, no session: {out}");
+    let (code, out) = curl(
+        Some(&agent_ns.name),
+        &[
+            "--noproxy",
+            "*",
+            "--resolve",
+            &format!("api.stripe.com:{}:{agent_host_ip}", listener.port()),
+            "--cacert",
+            ca,
+            &format!(
+                "https://api.stripe.com:{}/v1/customers/cus_123",
+                listener.port()
+            ),
+        ],
+    )
+    .await;
+    assert_ne!(
+        code, 0,
+        "a direct connection to the listener is a loop: {out}"
+    );
+
     assert_eq!(
         fakes.seen().len(),
         2,
