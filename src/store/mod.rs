@@ -9,6 +9,7 @@
 //! operation is a compare-and-set that says who won. A write that returns `Ok` is durable.
 
 mod counters;
+mod postgres;
 mod sled;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use self::postgres::PgStore;
 pub use self::sled::{Sealer, SledStore};
 pub use crate::base::now_unix;
 pub use crate::model::{

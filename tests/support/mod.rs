@@ -5,6 +5,7 @@
 
 pub mod fakes;
 pub mod netns;
+pub mod pg;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

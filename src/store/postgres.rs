@@ -1,0 +1,550 @@
+//! The shared store on PostgreSQL (`--database-url`): the state records of the traits in
+//! `mod.rs`, one table each, for replicas that act as one gateway. Every compare-and-set is one
+//! statement or one transaction holding the row, so two replicas racing get one winner.
+//!
+//! Schema changes are versioned migrations (`MIGRATIONS`), applied in order under an advisory
+//! lock, so replicas starting together apply each one once.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use serde::de::DeserializeOwned;
+use tokio_postgres::NoTls;
+
+use super::{
+    BudgetStore, Committed, CounterStore, IdemRecord, IdempotencyStore, JobClaim, KillStore,
+    KillSwitch, KillTarget, LedgerStore, Proposal, ProposalStore, SessionStore, StoreError,
+};
+use crate::base::now_unix;
+use crate::model::{Session, State};
+
+/// The schema, one migration per version. A version, once released, never changes.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE idempotency (id text PRIMARY KEY, request_id text NOT NULL,
+        created_unix bigint NOT NULL, record bytea NOT NULL);
+     CREATE TABLE budgets (key text PRIMARY KEY, total double precision NOT NULL);
+     CREATE TABLE counters (key text PRIMARY KEY, tokens double precision NOT NULL,
+        updated_ms bigint NOT NULL);
+     CREATE TABLE kill_switches (target text PRIMARY KEY, record bytea NOT NULL);
+     CREATE TABLE proposals (id text PRIMARY KEY, state text NOT NULL, finished_unix bigint,
+        record bytea NOT NULL);
+     CREATE TABLE proposal_by_call (identity text PRIMARY KEY,
+        id text NOT NULL REFERENCES proposals (id) ON DELETE CASCADE);
+     CREATE TABLE ledger (request_id text PRIMARY KEY, unix_ms bigint NOT NULL,
+        record bytea NOT NULL);
+     CREATE TABLE jobs (job text PRIMARY KEY, agent text NOT NULL, owner text NOT NULL,
+        since_unix bigint NOT NULL);
+     CREATE TABLE sessions (key text PRIMARY KEY, expires_unix bigint NOT NULL,
+        record bytea NOT NULL);",
+)];
+
+/// The advisory lock replicas take to migrate one at a time.
+const MIGRATION_LOCK: i64 = 0x746f_6f6c_6761_7465;
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoreError::from_message(format!("postgres: {e}"))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::from_message(format!("postgres: {e}"))
+    }
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+/// Seconds and milliseconds as PostgreSQL's bigint (saturating: no record lives past 2^63).
+fn big(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The PostgreSQL store: a pool of connections to one database.
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl PgStore {
+    /// Connects (lazily: the pool opens connections as calls need them) to `url`
+    /// (`postgres://USER[:PASS]@HOST:PORT/DB`). The password never appears in an error.
+    pub fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::from_message(format!("--database-url: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::from_message(format!("postgres pool: {e}")))?;
+        Ok(PgStore { pool })
+    }
+
+    /// Applies the migrations this version knows and the database has not seen; returns the
+    /// versions applied now. Safe to run from several replicas at once.
+    pub async fn migrate(&self) -> Result<Vec<i32>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS toolgate_migrations (version integer PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+        let done: Vec<i32> = tx
+            .query("SELECT version FROM toolgate_migrations", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if let Some(newer) = done.iter().find(|v| **v > latest()) {
+            return Err(StoreError::from_message(format!(
+                "the database is at schema version {newer}, newer than this toolgate knows ({}); \
+                 run the newer toolgate",
+                latest()
+            )));
+        }
+        let mut applied = Vec::new();
+        for (version, sql) in MIGRATIONS {
+            if done.contains(version) {
+                continue;
+            }
+            tx.batch_execute(sql).await?;
+            tx.execute(
+                "INSERT INTO toolgate_migrations (version) VALUES ($1)",
+                &[version],
+            )
+            .await?;
+            applied.push(*version);
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let client = self.pool.get().await?;
+        match client.query_opt(sql, &[&key]).await? {
+            Some(row) => Ok(Some(decode(row.get::<_, &[u8]>(0))?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn all<T: DeserializeOwned>(&self, sql: &str) -> Result<Vec<T>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client.query(sql, &[]).await?;
+        rows.iter().map(|r| decode(r.get::<_, &[u8]>(0))).collect()
+    }
+
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client.execute(sql, params).await?)
+    }
+}
+
+/// The newest schema version this toolgate knows.
+fn latest() -> i32 {
+    MIGRATIONS.last().map_or(0, |(v, _)| *v)
+}
+
+#[async_trait]
+impl IdempotencyStore for PgStore {
+    async fn idem_get(&self, id: &str) -> Result<Option<IdemRecord>, StoreError> {
+        self.get("SELECT record FROM idempotency WHERE id = $1", id)
+            .await
+    }
+
+    async fn idem_swap(
+        &self,
+        id: &str,
+        expected_request: Option<&str>,
+        new: &IdemRecord,
+    ) -> Result<bool, StoreError> {
+        let record = serde_json::to_vec(new)?;
+        let created = big(new.created_unix);
+        let n = match expected_request {
+            // The unique key decides who sends.
+            None => {
+                self.execute(
+                    "INSERT INTO idempotency (id, request_id, created_unix, record)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+                    &[&id, &new.request_id, &created, &record],
+                )
+                .await?
+            }
+            Some(holder) => {
+                self.execute(
+                    "UPDATE idempotency SET request_id = $2, created_unix = $3, record = $4
+                     WHERE id = $1 AND request_id = $5",
+                    &[&id, &new.request_id, &created, &record, &holder],
+                )
+                .await?
+            }
+        };
+        Ok(n == 1)
+    }
+
+    async fn idem_put(&self, id: &str, rec: &IdemRecord) -> Result<(), StoreError> {
+        let record = serde_json::to_vec(rec)?;
+        self.execute(
+            "INSERT INTO idempotency (id, request_id, created_unix, record) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET request_id = $2, created_unix = $3, record = $4",
+            &[&id, &rec.request_id, &big(rec.created_unix), &record],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn idem_remove(&self, id: &str) -> Result<(), StoreError> {
+        self.execute("DELETE FROM idempotency WHERE id = $1", &[&id])
+            .await?;
+        Ok(())
+    }
+
+    async fn idem_expire(&self, before_unix: u64) -> Result<usize, StoreError> {
+        let n = self
+            .execute(
+                "DELETE FROM idempotency WHERE created_unix < $1",
+                &[&big(before_unix)],
+            )
+            .await?;
+        Ok(n as usize)
+    }
+}
+
+#[async_trait]
+impl BudgetStore for PgStore {
+    async fn budget_add(
+        &self,
+        key: &str,
+        amount: f64,
+        max: f64,
+    ) -> Result<Result<f64, f64>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO budgets (key, total) VALUES ($1, 0) ON CONFLICT (key) DO NOTHING",
+            &[&key],
+        )
+        .await?;
+        let current: f64 = tx
+            .query_one(
+                "SELECT total FROM budgets WHERE key = $1 FOR UPDATE",
+                &[&key],
+            )
+            .await?
+            .get(0);
+        if current + amount > max {
+            return Ok(Err(current));
+        }
+        tx.execute(
+            "UPDATE budgets SET total = $2 WHERE key = $1",
+            &[&key, &(current + amount)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(current + amount))
+    }
+
+    async fn budget_get(&self, key: &str) -> Result<f64, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_opt("SELECT total FROM budgets WHERE key = $1", &[&key])
+            .await?
+            .map_or(0.0, |r| r.get(0)))
+    }
+}
+
+#[async_trait]
+impl CounterStore for PgStore {
+    /// A token bucket shared by every replica, on the database's clock.
+    async fn take_token(
+        &self,
+        key: &str,
+        capacity: u32,
+        per: Duration,
+    ) -> Result<Result<(), u64>, StoreError> {
+        let capacity = f64::from(capacity);
+        let per_ms = capacity / (per.as_secs_f64() * 1000.0).max(f64::MIN_POSITIVE);
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO counters (key, tokens, updated_ms)
+             VALUES ($1, $2, (extract(epoch from clock_timestamp()) * 1000)::bigint)
+             ON CONFLICT (key) DO NOTHING",
+            &[&key, &capacity],
+        )
+        .await?;
+        let row = tx
+            .query_one(
+                "SELECT tokens, updated_ms, (extract(epoch from clock_timestamp()) * 1000)::bigint
+                 FROM counters WHERE key = $1 FOR UPDATE",
+                &[&key],
+            )
+            .await?;
+        let (tokens, updated, now): (f64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        let elapsed = (now - updated).max(0) as f64;
+        let tokens = (tokens + elapsed * per_ms).min(capacity);
+        let (left, answer) = if tokens >= 1.0 {
+            (tokens - 1.0, Ok(()))
+        } else {
+            let wait_s = (1.0 - tokens) / per_ms / 1000.0;
+            (tokens, Err(wait_s.ceil().max(1.0) as u64))
+        };
+        tx.execute(
+            "UPDATE counters SET tokens = $2, updated_ms = $3 WHERE key = $1",
+            &[&key, &left, &now],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(answer)
+    }
+}
+
+#[async_trait]
+impl KillStore for PgStore {
+    async fn kill_list(&self) -> Result<Vec<(KillTarget, KillSwitch)>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query("SELECT target, record FROM kill_switches", &[])
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let key: &str = r.get(0);
+                let target = KillTarget::parse(key).ok_or_else(|| {
+                    StoreError::from_message(format!("corrupt record: kill switch key {key:?}"))
+                })?;
+                Ok((target, decode(r.get::<_, &[u8]>(1))?))
+            })
+            .collect()
+    }
+
+    async fn kill_set(
+        &self,
+        target: &KillTarget,
+        value: Option<&KillSwitch>,
+    ) -> Result<(), StoreError> {
+        let key = target.to_string();
+        match value {
+            Some(v) => {
+                self.execute(
+                    "INSERT INTO kill_switches (target, record) VALUES ($1, $2)
+                     ON CONFLICT (target) DO UPDATE SET record = $2",
+                    &[&key, &serde_json::to_vec(v)?],
+                )
+                .await?
+            }
+            None => {
+                self.execute("DELETE FROM kill_switches WHERE target = $1", &[&key])
+                    .await?
+            }
+        };
+        Ok(())
+    }
+}
+
+/// A proposal's columns besides its record: its state and when it finished (for expiry).
+fn proposal_columns(p: &Proposal) -> (&'static str, Option<i64>) {
+    (p.state.as_str(), p.finished_unix().map(big))
+}
+
+#[async_trait]
+impl ProposalStore for PgStore {
+    async fn proposal_put(&self, p: &Proposal, index: bool) -> Result<(), StoreError> {
+        let (state, finished) = proposal_columns(p);
+        let record = serde_json::to_vec(p)?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO proposals (id, state, finished_unix, record) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET state = $2, finished_unix = $3, record = $4",
+            &[&p.id, &state, &finished, &record],
+        )
+        .await?;
+        if index {
+            tx.execute(
+                "INSERT INTO proposal_by_call (identity, id) VALUES ($1, $2)
+                 ON CONFLICT (identity) DO UPDATE SET id = $2",
+                &[&p.identity, &p.id],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn proposal_swap(&self, p: &Proposal, expected: State) -> Result<bool, StoreError> {
+        let (state, finished) = proposal_columns(p);
+        let n = self
+            .execute(
+                "UPDATE proposals SET state = $2, finished_unix = $3, record = $4
+                 WHERE id = $1 AND state = $5",
+                &[
+                    &p.id,
+                    &state,
+                    &finished,
+                    &serde_json::to_vec(p)?,
+                    &expected.as_str(),
+                ],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn proposal_get(&self, id: &str) -> Result<Option<Proposal>, StoreError> {
+        self.get("SELECT record FROM proposals WHERE id = $1", id)
+            .await
+    }
+
+    async fn proposal_for(&self, identity: &str) -> Result<Option<Proposal>, StoreError> {
+        self.get(
+            "SELECT p.record FROM proposal_by_call c JOIN proposals p ON p.id = c.id
+             WHERE c.identity = $1",
+            identity,
+        )
+        .await
+    }
+
+    async fn proposal_list(&self) -> Result<Vec<Proposal>, StoreError> {
+        self.all("SELECT record FROM proposals ORDER BY id").await
+    }
+
+    async fn proposal_expire(&self, before_unix: u64) -> Result<usize, StoreError> {
+        // The index rows go with their proposal (ON DELETE CASCADE).
+        let n = self
+            .execute(
+                "DELETE FROM proposals WHERE finished_unix < $1",
+                &[&big(before_unix)],
+            )
+            .await?;
+        Ok(n as usize)
+    }
+}
+
+#[async_trait]
+impl LedgerStore for PgStore {
+    async fn ledger_put(&self, c: &Committed) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO ledger (request_id, unix_ms, record) VALUES ($1, $2, $3)
+             ON CONFLICT (request_id) DO UPDATE SET unix_ms = $2, record = $3",
+            &[&c.request_id, &big(c.unix_ms), &serde_json::to_vec(c)?],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn ledger_get(&self, request_id: &str) -> Result<Option<Committed>, StoreError> {
+        self.get(
+            "SELECT record FROM ledger WHERE request_id = $1",
+            request_id,
+        )
+        .await
+    }
+
+    async fn ledger_all(&self) -> Result<Vec<Committed>, StoreError> {
+        self.all("SELECT record FROM ledger ORDER BY unix_ms").await
+    }
+
+    async fn ledger_expire(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let n = self
+            .execute("DELETE FROM ledger WHERE unix_ms < $1", &[&big(before_ms)])
+            .await?;
+        Ok(n as usize)
+    }
+
+    async fn job_claim(
+        &self,
+        job: &str,
+        agent: &str,
+        owner: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let client = self.pool.get().await?;
+        let claimed = client
+            .query_opt(
+                "INSERT INTO jobs (job, agent, owner, since_unix) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (job) DO NOTHING RETURNING agent",
+                &[&job, &agent, &owner, &big(now_unix())],
+            )
+            .await?;
+        if claimed.is_some() {
+            return Ok(None);
+        }
+        let Some(row) = client
+            .query_opt("SELECT agent, owner FROM jobs WHERE job = $1", &[&job])
+            .await?
+        else {
+            return Ok(None);
+        };
+        let held = JobClaim {
+            agent: row.get(0),
+            owner: row.get(1),
+            since_unix: 0,
+        };
+        if held.agent == agent || (!owner.is_empty() && held.owner == owner) {
+            Ok(None)
+        } else {
+            Ok(Some(held.agent))
+        }
+    }
+
+    async fn job_expire(&self, before_unix: u64) -> Result<usize, StoreError> {
+        let n = self
+            .execute(
+                "DELETE FROM jobs WHERE since_unix < $1",
+                &[&big(before_unix)],
+            )
+            .await?;
+        Ok(n as usize)
+    }
+}
+
+#[async_trait]
+impl SessionStore for PgStore {
+    async fn session_put(&self, key: &str, s: &Session) -> Result<(), StoreError> {
+        // Sign-ins are rare: drop the expired sessions on the way.
+        self.execute(
+            "DELETE FROM sessions WHERE expires_unix <= $1",
+            &[&big(now_unix())],
+        )
+        .await?;
+        self.execute(
+            "INSERT INTO sessions (key, expires_unix, record) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO UPDATE SET expires_unix = $2, record = $3",
+            &[&key, &big(s.expires_unix), &serde_json::to_vec(s)?],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn session_get(&self, key: &str) -> Result<Option<Session>, StoreError> {
+        self.get("SELECT record FROM sessions WHERE key = $1", key)
+            .await
+    }
+
+    async fn session_remove(&self, key: &str) -> Result<(), StoreError> {
+        self.execute("DELETE FROM sessions WHERE key = $1", &[&key])
+            .await?;
+        Ok(())
+    }
+}
