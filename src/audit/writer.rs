@@ -29,6 +29,8 @@ const BATCH: usize = 1024;
 /// rather than blocking on the queue, so a sender does not have to wake it for every event;
 /// a durable record wakes it at once (`Audit::send` unparks it).
 const LINGER: Duration = Duration::from_millis(20);
+/// How often a batch is chained again when other replicas keep appending first.
+const APPEND_TRIES: usize = 64;
 pub(super) struct Writer {
     pub log: Arc<dyn EventLog>,
     pub redactor: Arc<Redactor>,
@@ -80,26 +82,28 @@ impl Writer {
     /// One batch: chained, redacted, written atomically, flushed once if anyone waits.
     fn write(&mut self, batch: Vec<Msg>) {
         let mut acks = Vec::new();
-        let mut failed: Option<String> = None;
         let before = (self.seq, self.prev.clone());
-        let mut writes = Vec::with_capacity(batch.len());
+        let mut events = Vec::with_capacity(batch.len());
         let mut room = 0;
         for msg in batch {
             room += usize::from(msg.roomed);
             let mut e = self.chain(*msg.rec);
             let bytes = e.seal();
             self.prev = e.hash.clone();
-            writes.push(e.stored(bytes));
-            if let Some(ack) = msg.ack {
-                acks.push((ack, e.seq));
-            }
+            events.push((e, bytes));
+            acks.push(msg.ack);
         }
         // One atomic write per batch; on failure the chain continues from before it.
-        if let Err(err) = self.log.append(writes) {
-            failed = Some(err.to_string());
+        let mut failed = self.append(&mut events).err();
+        if failed.is_some() {
             (self.seq, self.prev) = before;
         }
-        if !acks.is_empty() {
+        let acks: Vec<_> = acks
+            .into_iter()
+            .zip(&events)
+            .filter_map(|(ack, (e, _))| ack.map(|a| (a, e.seq)))
+            .collect();
+        if !acks.is_empty() && failed.is_none() {
             let started = Instant::now();
             if let Err(err) = self.log.sync() {
                 failed = Some(err.to_string());
@@ -117,6 +121,37 @@ impl Writer {
         if let Some(e) = failed {
             error!(error = %e, "audit write failed");
         }
+    }
+
+    /// Appends sealed `events` (their bytes are taken). A shared log that another replica
+    /// appended to first answers a conflict: the batch is chained again from the log's new head,
+    /// sealed again and retried.
+    fn append(&mut self, events: &mut [(Event, Vec<u8>)]) -> Result<(), String> {
+        for _ in 0..APPEND_TRIES {
+            let writes = events
+                .iter_mut()
+                .map(|(e, bytes)| e.stored(std::mem::take(bytes)))
+                .collect();
+            match self.log.append(writes) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_conflict() => {
+                    let (seq, prev) =
+                        super::chain_head(self.log.as_ref()).map_err(|e| e.to_string())?;
+                    (self.seq, self.prev) = (seq, prev);
+                    for (e, bytes) in events.iter_mut() {
+                        self.seq += 1;
+                        e.seq = self.seq;
+                        e.prev = std::mem::take(&mut self.prev);
+                        *bytes = e.seal();
+                        self.prev = e.hash.clone();
+                    }
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err(format!(
+            "the shared audit log moved on {APPEND_TRIES} times while appending; this batch was not written"
+        ))
     }
 
     /// The next event of the chain for a record (redacted here, before anything is written).

@@ -10,6 +10,7 @@
 
 mod counters;
 mod postgres;
+mod postgres_log;
 mod sled;
 
 use std::sync::Arc;
@@ -26,18 +27,36 @@ pub use crate::model::{
 pub use counters::MemoryCounters;
 
 #[derive(Debug, thiserror::Error)]
-#[error("store: {0}")]
-pub struct StoreError(String);
+#[error("store: {message}")]
+pub struct StoreError {
+    message: String,
+    /// Someone else wrote first (a shared store's compare-and-set lost): read and try again.
+    conflict: bool,
+}
 
 impl StoreError {
     pub fn from_message(message: String) -> Self {
-        StoreError(message)
+        StoreError {
+            message,
+            conflict: false,
+        }
+    }
+
+    pub fn conflict(message: String) -> Self {
+        StoreError {
+            message,
+            conflict: true,
+        }
+    }
+
+    pub fn is_conflict(&self) -> bool {
+        self.conflict
     }
 }
 
 impl From<serde_json::Error> for StoreError {
     fn from(e: serde_json::Error) -> Self {
-        StoreError(format!("corrupt record: {e}"))
+        StoreError::from_message(format!("corrupt record: {e}"))
     }
 }
 

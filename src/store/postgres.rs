@@ -12,17 +12,22 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde::de::DeserializeOwned;
 use tokio_postgres::NoTls;
 
+use std::sync::Arc;
+
+use super::postgres_log::PgEventLog;
 use super::{
-    BudgetStore, Committed, CounterStore, IdemRecord, IdempotencyStore, JobClaim, KillStore,
-    KillSwitch, KillTarget, LedgerStore, Proposal, ProposalStore, SessionStore, StoreError,
+    Backend, BudgetStore, Committed, CounterStore, EventLog, IdemRecord, IdempotencyStore,
+    JobClaim, KillStore, KillSwitch, KillTarget, LedgerStore, Proposal, ProposalStore, Sealer,
+    SessionStore, StoreError,
 };
 use crate::base::now_unix;
 use crate::model::{Session, State};
 
 /// The schema, one migration per version. A version, once released, never changes.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE idempotency (id text PRIMARY KEY, request_id text NOT NULL,
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE idempotency (id text PRIMARY KEY, request_id text NOT NULL,
         created_unix bigint NOT NULL, record bytea NOT NULL);
      CREATE TABLE budgets (key text PRIMARY KEY, total double precision NOT NULL);
      CREATE TABLE counters (key text PRIMARY KEY, tokens double precision NOT NULL,
@@ -38,7 +43,18 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         since_unix bigint NOT NULL);
      CREATE TABLE sessions (key text PRIMARY KEY, expires_unix bigint NOT NULL,
         record bytea NOT NULL);",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE audit_events (seq bigint PRIMARY KEY, unix_ms bigint NOT NULL,
+            event bytea NOT NULL);
+         CREATE INDEX audit_events_time ON audit_events (unix_ms);
+         CREATE TABLE audit_index (tag smallint NOT NULL, value text NOT NULL,
+            seq bigint NOT NULL, PRIMARY KEY (tag, value, seq));
+         CREATE INDEX audit_index_seq ON audit_index (seq);
+         CREATE TABLE audit_meta (key bytea PRIMARY KEY, value bytea NOT NULL);",
+    ),
+];
 
 /// The advisory lock replicas take to migrate one at a time.
 const MIGRATION_LOCK: i64 = 0x746f_6f6c_6761_7465;
@@ -64,33 +80,30 @@ fn big(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// The PostgreSQL store: a pool of connections to one database.
+/// The PostgreSQL store: a pool of connections to one database, and the audit log (its own
+/// thread and connections, started on first use).
 pub struct PgStore {
     pool: Pool,
+    config: tokio_postgres::Config,
+    log: std::sync::OnceLock<Arc<PgEventLog>>,
+    sealer: Sealer,
 }
 
 impl PgStore {
     /// Connects (lazily: the pool opens connections as calls need them) to `url`
     /// (`postgres://USER[:PASS]@HOST:PORT/DB`). The password never appears in an error.
-    pub fn connect(url: &str) -> Result<PgStore, StoreError> {
+    /// `seal_dir` holds the key sealing stored requests; replicas must share it (their
+    /// `--certs`), so that any replica opens what another sealed.
+    pub fn connect(url: &str, seal_dir: &std::path::Path) -> Result<PgStore, StoreError> {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::from_message(format!("--database-url: {e}")))?;
-        let manager = Manager::from_config(
+        Ok(PgStore {
+            pool: pool(config.clone(), 16)?,
             config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(16)
-            .wait_timeout(Some(Duration::from_secs(5)))
-            .create_timeout(Some(Duration::from_secs(5)))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::from_message(format!("postgres pool: {e}")))?;
-        Ok(PgStore { pool })
+            log: std::sync::OnceLock::new(),
+            sealer: Sealer::open(seal_dir)?,
+        })
     }
 
     /// Applies the migrations this version knows and the database has not seen; returns the
@@ -160,6 +173,52 @@ impl PgStore {
     ) -> Result<u64, StoreError> {
         let client = self.pool.get().await?;
         Ok(client.execute(sql, params).await?)
+    }
+}
+
+/// A pool of up to `size` connections with bounded waits (a lost database is an error within
+/// seconds, never a hang).
+fn pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::from_message(format!("postgres pool: {e}")))
+}
+
+#[async_trait]
+impl Backend for PgStore {
+    /// Every write is a committed transaction when it returns.
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The database's disk is the database's to watch: `--store-alarm` applies to a data dir.
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
+
+    fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    fn event_log(&self) -> Result<Arc<dyn EventLog>, StoreError> {
+        if let Some(log) = self.log.get() {
+            return Ok(log.clone());
+        }
+        let config = self.config.clone();
+        let log = Arc::new(PgEventLog::start(move || pool(config, 2))?);
+        Ok(self.log.get_or_init(|| log).clone())
     }
 }
 

@@ -910,7 +910,7 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    fn open(dir: &Path) -> Result<Sealer, StoreError> {
+    pub(super) fn open(dir: &Path) -> Result<Sealer, StoreError> {
         let path = dir.join("seal.key");
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,

@@ -137,6 +137,11 @@ impl Cluster {
         Some(cluster)
     }
 
+    /// A directory the test owns (for the seal key replicas share).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     /// Stops the server (the data stays): clients lose their connections.
     pub fn stop(&self) {
         self.pg_ctl(&["-m", "fast", "-w", "stop"]);
