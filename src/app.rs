@@ -70,7 +70,12 @@ impl App {
     pub async fn new(config: Config) -> Result<App, StartError> {
         // One crypto provider, passed explicitly everywhere.
         let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
-        let store = crate::store::open(&config.data_dir)?;
+        let store = crate::store::open_configured(
+            config.database_url.as_deref(),
+            &config.data_dir,
+            &config.certs_dir,
+        )
+        .await?;
         let audit = Arc::new(Audit::open_with(
             &store,
             crate::audit::Options {

@@ -270,6 +270,9 @@ fn pending(p: &Proposal) -> Refusal {
     .with_proposal(p.id.clone())
 }
 
+/// How often a call held on a shared store looks for a decision made on another replica.
+const SHARED_POLL: Duration = Duration::from_secs(1);
+
 async fn wait_and_claim(
     app: &App,
     id: &str,
@@ -288,10 +291,14 @@ async fn wait_and_claim(
         match p.state {
             State::Pending | State::Committing => {
                 // Wake at a decision, at the end of the hold, or at expiry.
-                let until = deadline.min(
+                let mut until = deadline.min(
                     tokio::time::Instant::now()
                         + Duration::from_secs(p.expires_unix.saturating_sub(now_unix())),
                 );
+                // A decision on another replica is not announced here: look again each second.
+                if app.store.shared() {
+                    until = until.min(tokio::time::Instant::now() + SHARED_POLL);
+                }
                 if tokio::time::timeout_at(until, notified).await.is_err()
                     && tokio::time::Instant::now() >= deadline
                 {

@@ -20,6 +20,15 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Apply the schema migrations this version knows (replicas also do it at start).
+    Migrate {
+        #[arg(long, env = env::DATABASE_URL)]
+        database_url: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy and the admin listener.
     Serve(Box<ServeArgs>),
@@ -27,6 +36,11 @@ pub enum Command {
     Ca {
         #[command(subcommand)]
         command: CaCommand,
+    },
+    /// The PostgreSQL store: `db migrate` applies this version's schema migrations and exits.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
     },
     /// Validate a policy folder without serving; prints the tools and exits non-zero on error.
     Check {
@@ -278,6 +292,10 @@ pub struct ServeArgs {
     /// Also serve /metrics without a token on this address (a private scrape network).
     #[arg(long, env = env::METRICS_LISTEN)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Keep all shared state in PostgreSQL (replicas on one database act as one gateway)
+    /// instead of sled in --data-dir: postgres://USER[:PASS]@HOST:PORT/DB.
+    #[arg(long, env = env::DATABASE_URL)]
+    pub database_url: Option<String>,
     /// Accept connections the kernel redirected from an agent network (nftables/iptables
     /// REDIRECT or DNAT of ports 443 and 80) on this address; agents are known by `sources`.
     #[arg(long, env = env::TRANSPARENT_LISTEN)]
@@ -303,6 +321,7 @@ impl ServeArgs {
         for spec in &self.connect_to {
             config.add_connect_to(spec)?;
         }
+        config.database_url = self.database_url.clone().filter(|u| !u.is_empty());
         config.upstream_ca = self.upstream_ca.clone();
         config.upstream_timeout = parse_duration(&self.upstream_timeout)
             .map_err(|e| format!("--upstream-timeout: {e}"))?;
@@ -376,6 +395,9 @@ pub async fn main(cli: Cli) -> ExitCode {
             },
         },
         Command::Check { policies } => check(&policies),
+        Command::Db {
+            command: DbCommand::Migrate { database_url },
+        } => db_migrate(&database_url).await,
         Command::Pending { server } => pending(&server.server).await,
         Command::Approve {
             id,
@@ -577,6 +599,22 @@ async fn audit(command: AuditCommand, server: &str, data_dir: Option<PathBuf>) -
                 Err(e) => fail(&e),
             }
         }
+    }
+}
+
+/// `toolgate db migrate`: the schema this version needs, applied once whatever runs at once.
+async fn db_migrate(url: &str) -> ExitCode {
+    match crate::store::PgStore::migrate_url(url).await {
+        Ok(applied) if applied.is_empty() => {
+            println!("the database is up to date");
+            ExitCode::SUCCESS
+        }
+        Ok(applied) => {
+            let list: Vec<String> = applied.iter().map(i32::to_string).collect();
+            println!("applied migrations {}", list.join(", "));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string()),
     }
 }
 

@@ -40,6 +40,7 @@ pub mod env {
     pub const AUDIT_RETENTION: &str = "TOOLGATE_AUDIT_RETENTION";
     pub const METRICS_LISTEN: &str = "TOOLGATE_METRICS_LISTEN";
     pub const TRANSPARENT_LISTEN: &str = "TOOLGATE_TRANSPARENT_LISTEN";
+    pub const DATABASE_URL: &str = "TOOLGATE_DATABASE_URL";
 }
 
 /// The limits that keep one agent (or anyone who can reach the listeners) from freezing,
@@ -113,6 +114,8 @@ pub struct Config {
     pub policies_dir: PathBuf,
     pub data_dir: PathBuf,
     pub certs_dir: PathBuf,
+    /// `--database-url`: the shared store on PostgreSQL for replicas; None: sled in `data_dir`.
+    pub database_url: Option<String>,
     /// `--connect-to HOST:PORT=ADDR:PORT`, keyed by lower-case host and port.
     pub connect_to: HashMap<(String, u16), SocketAddr>,
     /// PEM files with extra roots for upstream TLS.
@@ -141,6 +144,7 @@ impl Config {
             policies_dir,
             data_dir,
             certs_dir,
+            database_url: None,
             connect_to: HashMap::new(),
             upstream_ca: Vec::new(),
             upstream_timeout: Duration::from_secs(30),

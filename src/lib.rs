@@ -98,6 +98,21 @@ pub async fn run(
         tokio::spawn(admin::serve_metrics(metrics, app.clone()));
     }
     let sweeper = tokio::spawn(sweep::run(app.clone()));
+    if app.store.shared() {
+        // Kill switches thrown on another replica apply here within a second.
+        let app = app.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = app.cancel.cancelled() => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+                if let Err(e) = app.kill.refresh().await {
+                    warn!(error = %e, "could not read the kill switches from the shared store");
+                }
+            }
+        });
+    }
     let watcher = tokio::spawn(watch_policies(app.clone()));
     proxy::accept_loop(app.clone(), listeners.proxy, shutdown).await;
 

@@ -272,3 +272,160 @@ async fn replicas_write_one_audit_chain_that_verifies_from_either() {
     assert_eq!(from_a, from_b);
     assert_eq!(check_b.story("job-shared").unwrap().len(), 601);
 }
+
+/// Two toolgates on one database, sharing the CA and seal key (`--certs`) and the policies, act
+/// as one gateway: a call held on A is approved through B and completes on A; a kill switch
+/// thrown on A refuses the next call on B; duplicates sent to both execute once.
+#[tokio::test]
+async fn two_replicas_act_as_one_gateway() {
+    use support::fakes::{Fakes, Keys};
+    use support::*;
+    let Some(cluster) = Cluster::start("two_replicas_act_as_one_gateway") else {
+        return;
+    };
+    let pki = Pki::new("test upstream CA");
+    let fakes = Fakes::start(
+        pki.server_config(&["api.stripe.com", "api.github.com", "api.sendgrid.com"]),
+        Keys::examples(),
+    )
+    .await;
+    let url = cluster.url.clone();
+    let a = examples_gate(&pki, fakes.addr, &[], {
+        let url = url.clone();
+        move |c| c.database_url = Some(url)
+    })
+    .await;
+    let certs = a.dir.path().join("certs");
+    let b = examples_gate(&pki, fakes.addr, &[], move |c| {
+        c.database_url = Some(url);
+        c.certs_dir = certs;
+    })
+    .await;
+    let agent = Some(("support-bot-staging", "demo-staging-token"));
+    let via_a = client_via(a.addr, agent, &a.ca_pem, http::Version::HTTP_11);
+    let via_b = client_via(b.addr, agent, &a.ca_pem, http::Version::HTTP_11);
+
+    // 1. Held on A, approved through B's API: A sends it, once.
+    let held = tokio::spawn(async move {
+        send(
+            &via_a,
+            "POST",
+            "https://api.stripe.com/v1/refunds",
+            &[FORM, ("idempotency-key", "replica-refund-1")],
+            "payment_intent=pi_replica&amount=100",
+        )
+        .await
+        .unwrap()
+    });
+    let mut approved = false;
+    for _ in 0..100 {
+        let list = b
+            .admin(
+                "GET",
+                "/api/proposals?state=pending",
+                Some("demo-carol-token"),
+                None,
+            )
+            .await
+            .json();
+        if let Some(p) = list["proposals"].as_array().and_then(|l| l.first()) {
+            let path = format!("/api/proposals/{}/approve", p["id"].as_str().unwrap());
+            let got = b
+                .admin(
+                    "POST",
+                    &path,
+                    Some("demo-carol-token"),
+                    Some(serde_json::json!({"comment": "from B"})),
+                )
+                .await;
+            assert_eq!(got.status, 200, "{}", got.text());
+            approved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !approved {
+        let list = b
+            .admin("GET", "/api/proposals", Some("demo-carol-token"), None)
+            .await;
+        let list_a = a
+            .admin("GET", "/api/proposals", Some("demo-carol-token"), None)
+            .await;
+        panic!(
+            "the proposal made on A is not listed on B: {} / on A: {} / the call: {}",
+            list.text(),
+            list_a.text(),
+            held.await.unwrap().text()
+        );
+    }
+    let answer = held.await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(fakes.count("POST", "/v1/refunds"), 1);
+
+    // 2. Twenty duplicates, half to each replica: one customer.
+    let via_a = client_via(a.addr, agent, &a.ca_pem, http::Version::HTTP_11);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let client = if i % 2 == 0 {
+            via_a.clone()
+        } else {
+            via_b.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            send(
+                &client,
+                "POST",
+                "https://api.stripe.com/v1/customers",
+                &[FORM, ("idempotency-key", "replica-dup-1")],
+                "email=dup@acme.com",
+            )
+            .await
+            .unwrap()
+            .status
+            .as_u16()
+        }));
+    }
+    for t in tasks {
+        let status = t.await.unwrap();
+        assert!(status == 200 || status == 409, "{status}");
+    }
+    assert_eq!(
+        fakes.count("POST", "/v1/customers"),
+        1,
+        "executed once across replicas"
+    );
+
+    // 3. A kill switch thrown on A refuses the next call on B (within a second).
+    let got = a
+        .admin(
+            "POST",
+            "/api/tools/stripe.customers.retrieve/disable",
+            Some("demo-carol-token"),
+            Some(serde_json::json!({"reason": "incident on A"})),
+        )
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = send(
+        &via_b,
+        "GET",
+        "https://api.stripe.com/v1/customers/cus_1",
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.code(), "tool_disabled", "{}", got.text());
+
+    // The audit chain verifies from both, and a story reads the same.
+    let va = a
+        .admin("GET", "/api/audit/verify", Some("demo-carol-token"), None)
+        .await
+        .json();
+    let vb = b
+        .admin("GET", "/api/audit/verify", Some("demo-carol-token"), None)
+        .await
+        .json();
+    assert_eq!(va["ok"], true, "{va}");
+    assert_eq!(va, vb);
+}

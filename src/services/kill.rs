@@ -26,6 +26,14 @@ impl KillSwitches {
         })
     }
 
+    /// Reads the switches again from the store: replicas on a shared store see what another
+    /// threw (called every second there). On an error the switches in force stay as they were.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let thrown = self.store.kill_list().await?.into_iter().collect();
+        *self.thrown.write().unwrap_or_else(|p| p.into_inner()) = thrown;
+        Ok(())
+    }
+
     /// The switch thrown for `target`, if any.
     pub fn get(&self, target: &KillTarget) -> Option<KillSwitch> {
         self.thrown

@@ -262,6 +262,11 @@ pub trait Backend:
     fn sealer(&self) -> &Sealer;
     /// The audit log's storage.
     fn event_log(&self) -> Result<Arc<dyn EventLog>>;
+    /// Whether other processes (replicas) share this store, so that what they decide must be
+    /// looked for here rather than announced in-process.
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// The storage every part of toolgate shares.
@@ -270,4 +275,21 @@ pub type Store = Arc<dyn Backend>;
 /// Opens the local store under a data dir.
 pub fn open(dir: &std::path::Path) -> Result<Store> {
     Ok(Arc::new(SledStore::open(dir)?))
+}
+
+/// The store a configuration names: PostgreSQL at `database_url` (migrated to this version's
+/// schema first; the seal key in `shared_dir`, which replicas share), else sled in `data_dir`.
+pub async fn open_configured(
+    database_url: Option<&str>,
+    data_dir: &std::path::Path,
+    shared_dir: &std::path::Path,
+) -> Result<Store> {
+    match database_url {
+        Some(url) => {
+            let store = PgStore::connect(url, shared_dir)?;
+            store.migrate().await?;
+            Ok(Arc::new(store))
+        }
+        None => open(data_dir),
+    }
 }

@@ -29,8 +29,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
         1,
         "CREATE TABLE idempotency (id text PRIMARY KEY, request_id text NOT NULL,
         created_unix bigint NOT NULL, record bytea NOT NULL);
-     CREATE TABLE budgets (key text PRIMARY KEY, total double precision NOT NULL);
-     CREATE TABLE counters (key text PRIMARY KEY, tokens double precision NOT NULL,
+     CREATE TABLE budgets (key bytea PRIMARY KEY, total double precision NOT NULL);
+     CREATE TABLE counters (key bytea PRIMARY KEY, tokens double precision NOT NULL,
         updated_ms bigint NOT NULL);
      CREATE TABLE kill_switches (target text PRIMARY KEY, record bytea NOT NULL);
      CREATE TABLE proposals (id text PRIMARY KEY, state text NOT NULL, finished_unix bigint,
@@ -61,7 +61,14 @@ const MIGRATION_LOCK: i64 = 0x746f_6f6c_6761_7465;
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        StoreError::from_message(format!("postgres: {e}"))
+        match e.as_db_error() {
+            Some(db) => StoreError::from_message(format!(
+                "postgres: {} ({})",
+                db.message(),
+                db.code().code()
+            )),
+            None => StoreError::from_message(format!("postgres: {e}")),
+        }
     }
 }
 
@@ -109,43 +116,15 @@ impl PgStore {
     /// Applies the migrations this version knows and the database has not seen; returns the
     /// versions applied now. Safe to run from several replicas at once.
     pub async fn migrate(&self) -> Result<Vec<i32>, StoreError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS toolgate_migrations (version integer PRIMARY KEY,
-                applied_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .await?;
-        let done: Vec<i32> = tx
-            .query("SELECT version FROM toolgate_migrations", &[])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if let Some(newer) = done.iter().find(|v| **v > latest()) {
-            return Err(StoreError::from_message(format!(
-                "the database is at schema version {newer}, newer than this toolgate knows ({}); \
-                 run the newer toolgate",
-                latest()
-            )));
-        }
-        let mut applied = Vec::new();
-        for (version, sql) in MIGRATIONS {
-            if done.contains(version) {
-                continue;
-            }
-            tx.batch_execute(sql).await?;
-            tx.execute(
-                "INSERT INTO toolgate_migrations (version) VALUES ($1)",
-                &[version],
-            )
-            .await?;
-            applied.push(*version);
-        }
-        tx.commit().await?;
-        Ok(applied)
+        migrate(&self.pool).await
+    }
+
+    /// [`PgStore::migrate`] for `toolgate db migrate`: the database at `url`, nothing else.
+    pub async fn migrate_url(url: &str) -> Result<Vec<i32>, StoreError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::from_message(format!("--database-url: {e}")))?;
+        migrate(&pool(config, 1)?).await
     }
 
     async fn get<T: DeserializeOwned>(
@@ -212,6 +191,10 @@ impl Backend for PgStore {
         &self.sealer
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn event_log(&self) -> Result<Arc<dyn EventLog>, StoreError> {
         if let Some(log) = self.log.get() {
             return Ok(log.clone());
@@ -220,6 +203,47 @@ impl Backend for PgStore {
         let log = Arc::new(PgEventLog::start(move || pool(config, 2))?);
         Ok(self.log.get_or_init(|| log).clone())
     }
+}
+
+/// Applies the migrations the database has not seen, in order, under an advisory lock.
+async fn migrate(pool: &Pool) -> Result<Vec<i32>, StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS toolgate_migrations (version integer PRIMARY KEY,
+            applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await?;
+    let done: Vec<i32> = tx
+        .query("SELECT version FROM toolgate_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if let Some(newer) = done.iter().find(|v| **v > latest()) {
+        return Err(StoreError::from_message(format!(
+            "the database is at schema version {newer}, newer than this toolgate knows ({}); \
+             run the newer toolgate",
+            latest()
+        )));
+    }
+    let mut applied = Vec::new();
+    for (version, sql) in MIGRATIONS {
+        if done.contains(version) {
+            continue;
+        }
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO toolgate_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await?;
+        applied.push(*version);
+    }
+    tx.commit().await?;
+    Ok(applied)
 }
 
 /// The newest schema version this toolgate knows.
@@ -300,6 +324,8 @@ impl BudgetStore for PgStore {
         amount: f64,
         max: f64,
     ) -> Result<Result<f64, f64>, StoreError> {
+        // Keys may hold NUL separators: bytea, not text.
+        let key = key.as_bytes();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(
@@ -327,6 +353,7 @@ impl BudgetStore for PgStore {
     }
 
     async fn budget_get(&self, key: &str) -> Result<f64, StoreError> {
+        let key = key.as_bytes();
         let client = self.pool.get().await?;
         Ok(client
             .query_opt("SELECT total FROM budgets WHERE key = $1", &[&key])
@@ -346,6 +373,7 @@ impl CounterStore for PgStore {
     ) -> Result<Result<(), u64>, StoreError> {
         let capacity = f64::from(capacity);
         let per_ms = capacity / (per.as_secs_f64() * 1000.0).max(f64::MIN_POSITIVE);
+        let key = key.as_bytes();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(
