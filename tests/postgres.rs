@@ -428,4 +428,37 @@ async fn two_replicas_act_as_one_gateway() {
         .json();
     assert_eq!(va["ok"], true, "{va}");
     assert_eq!(va, vb);
+
+    // 4. The database stops: calls are refused with 503, nothing reaches the API; it comes
+    //    back: calls flow again, without a restart.
+    let before = fakes.seen().len();
+    cluster.stop();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let read = "https://api.github.com/repos/acme/widgets";
+    let got = send(&via_a, "GET", read, &[], "").await.unwrap();
+    assert_eq!(
+        (got.status.as_u16(), got.code().as_str()),
+        (503, "internal_error"),
+        "{}",
+        got.text()
+    );
+    assert_eq!(
+        fakes.seen().len(),
+        before,
+        "nothing was sent while the database was gone"
+    );
+    cluster.start_again();
+    let mut status = 0;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        status = send(&via_a, "GET", read, &[], "")
+            .await
+            .unwrap()
+            .status
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+    }
+    assert_eq!(status, 200, "calls flow again once the database is back");
 }

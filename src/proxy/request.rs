@@ -71,6 +71,12 @@ pub(super) async fn process(
     trail.version = Some(matched.tool.version);
     trail.owner = Some(agent.owner.clone());
     let call = validate(app, target, agent, matched, req).await?;
+    // Fail closed: without the shared store nothing can be recorded or deduplicated.
+    if !app.store.healthy() {
+        return Err(Refusal::internal(
+            "toolgate's shared store (PostgreSQL) is unreachable; nothing was sent. Retry later",
+        ));
+    }
     decide(app, target, call, trail).await
 }
 

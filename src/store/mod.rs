@@ -267,6 +267,10 @@ pub trait Backend:
     fn shared(&self) -> bool {
         false
     }
+    /// Whether the store answered lately. A local store is there while the process is.
+    fn healthy(&self) -> bool {
+        true
+    }
 }
 
 /// The storage every part of toolgate shares.
@@ -288,6 +292,7 @@ pub async fn open_configured(
         Some(url) => {
             let store = PgStore::connect(url, shared_dir)?;
             store.migrate().await?;
+            store.watch_health();
             Ok(Arc::new(store))
         }
         None => open(data_dir),

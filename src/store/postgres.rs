@@ -94,6 +94,8 @@ pub struct PgStore {
     config: tokio_postgres::Config,
     log: std::sync::OnceLock<Arc<PgEventLog>>,
     sealer: Sealer,
+    /// Set by the health watch: whether the database answered its last ping.
+    healthy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl PgStore {
@@ -110,7 +112,38 @@ impl PgStore {
             config,
             log: std::sync::OnceLock::new(),
             sealer: Sealer::open(seal_dir)?,
+            healthy: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         })
+    }
+
+    /// Pings the database every half second (on the current runtime, for as long as it runs):
+    /// while it does not answer within a second, `healthy` is false and calls are refused.
+    pub fn watch_health(&self) {
+        let (pool, healthy) = (self.pool.clone(), self.healthy.clone());
+        tokio::spawn(async move {
+            let mut was = true;
+            loop {
+                let ping = async {
+                    let client = pool.get().await?;
+                    client.simple_query("SELECT 1").await?;
+                    Ok::<_, StoreError>(())
+                };
+                let ok = matches!(
+                    tokio::time::timeout(Duration::from_secs(1), ping).await,
+                    Ok(Ok(()))
+                );
+                healthy.store(ok, std::sync::atomic::Ordering::Relaxed);
+                if ok != was {
+                    if ok {
+                        tracing::warn!("the shared store (PostgreSQL) answers again");
+                    } else {
+                        tracing::error!("the shared store (PostgreSQL) does not answer: calls are refused until it does");
+                    }
+                    was = ok;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
     }
 
     /// Applies the migrations this version knows and the database has not seen; returns the
@@ -193,6 +226,10 @@ impl Backend for PgStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn healthy(&self) -> bool {
+        self.healthy.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn event_log(&self) -> Result<Arc<dyn EventLog>, StoreError> {
