@@ -76,8 +76,14 @@ if [ "$(id -u)" = 0 ] && command -v nft >/dev/null && command -v ip >/dev/null; 
   fi
 fi
 
+# DATABASE_URL=postgres://… runs toolgate on that PostgreSQL database instead of sled (use a
+# scratch database: the runs' audit events stay in it). Only the load scenarios mean anything
+# then ("sigterm" reads the sled data dir).
+DB=()
+if [ -n "${DATABASE_URL:-}" ]; then DB=(--database-url "$DATABASE_URL"); fi
+
 start_toolgate() { # data dir, proxy port, admin port; sets GATE
-  RUST_LOG=warn "${PIN_GATE[@]}" target/release/toolgate serve --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" "${TRANSPARENT[@]}" \
+  RUST_LOG=warn "${PIN_GATE[@]}" target/release/toolgate serve "${DB[@]}" --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" "${TRANSPARENT[@]}" \
     --policies bench/policies --certs "$work/certs" --data-dir "$1" \
     --connect-to "api.stripe.com:443=127.0.0.1:$UP" --upstream-ca "$work/up-ca.pem" \
     2>>"$work/toolgate.log" & GATE=$!; pids+=($GATE)

@@ -107,6 +107,8 @@ impl PgStore {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::from_message(format!("--database-url: {e}")))?;
+        std::fs::create_dir_all(seal_dir)
+            .map_err(|e| StoreError::from_message(format!("{}: {e}", seal_dir.display())))?;
         Ok(PgStore {
             pool: pool(config.clone(), 16)?,
             config,
