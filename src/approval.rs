@@ -628,7 +628,10 @@ pub async fn recover(
             p.note = Some(
                 "toolgate stopped while this call was being sent; it will not be sent again".into(),
             );
-            store.proposal_put(&p, false).await?;
+            // Compare-and-set: a replica that finished the commit meanwhile keeps its record.
+            if !store.proposal_swap(&p, State::Committing).await? {
+                continue;
+            }
             audit
                 .record(record(&p, "outcome_unknown", json!({"note": p.note})))
                 .await;

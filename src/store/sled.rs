@@ -916,9 +916,17 @@ impl Sealer {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key: [u8; 32] = rand::random();
-                write_private(&path, &key)
-                    .map_err(|e| StoreError::from_message(format!("{}: {e}", path.display())))?;
-                key.to_vec()
+                match write_private(&path, &key) {
+                    Ok(()) => key.to_vec(),
+                    // Another replica sharing the directory wrote it first: use theirs.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read(&path)
+                        .map_err(|e| {
+                            StoreError::from_message(format!("{}: {e}", path.display()))
+                        })?,
+                    Err(e) => {
+                        return Err(StoreError::from_message(format!("{}: {e}", path.display())))
+                    }
+                }
             }
             Err(e) => return Err(StoreError::from_message(format!("{}: {e}", path.display()))),
         };
