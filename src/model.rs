@@ -44,6 +44,18 @@ pub struct JobClaim {
     pub since_unix: u64,
 }
 
+impl JobClaim {
+    /// Who holds the job against `agent` (of `owner`): None if it may use it (its own claim,
+    /// or one by an agent of the same owner), else the holding agent.
+    pub fn holder_against(self, agent: &str, owner: &str) -> Option<String> {
+        if self.agent == agent || (!owner.is_empty() && self.owner == owner) {
+            None
+        } else {
+            Some(self.agent)
+        }
+    }
+}
+
 /// A thrown kill switch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KillSwitch {

@@ -53,6 +53,25 @@ fn redirect(tag: &str, ifaces: &[&str], to: &str) -> Result<Nat, String> {
     Ok(Nat(table))
 }
 
+/// curl in namespace `ns` with no proxy settings at all: `resolve` as curl's `--resolve`,
+/// trusting `ca`.
+async fn agent_curl(
+    ns: &str,
+    resolve: Option<&str>,
+    ca: Option<&str>,
+    args: &[&str],
+) -> (i32, String) {
+    let mut all = vec!["--noproxy", "*"];
+    if let Some(r) = resolve {
+        all.extend(["--resolve", r]);
+    }
+    if let Some(c) = ca {
+        all.extend(["--cacert", c]);
+    }
+    all.extend_from_slice(args);
+    curl(Some(ns), &all).await
+}
+
 fn skip(why: &str) {
     if std::env::var("TOOLGATE_REQUIRE_NETNS").as_deref() == Ok("1") {
         panic!("TOOLGATE_REQUIRE_NETNS=1 but the transparent test cannot run: {why}");
@@ -116,15 +135,11 @@ sources = ["{agent_ip}/32"]
     let stripe = format!("api.stripe.com:443:{agent_host_ip}");
 
     // 1. No proxy settings at all: the call is decrypted, checked, given the real key, sent.
-    let (code, out) = curl(
-        Some(&agent_ns.name),
+    let (code, out) = agent_curl(
+        &agent_ns.name,
+        Some(&stripe),
+        Some(ca),
         &[
-            "--noproxy",
-            "*",
-            "--resolve",
-            &stripe,
-            "--cacert",
-            ca,
             "-H",
             "Authorization: Bearer sk_test_agent_was_never_given_one",
             "-H",
@@ -147,17 +162,11 @@ sources = ["{agent_ip}/32"]
     );
 
     // 2. An unmatched path: refused by toolgate, nothing sent.
-    let (code, out) = curl(
-        Some(&agent_ns.name),
-        &[
-            "--noproxy",
-            "*",
-            "--resolve",
-            &stripe,
-            "--cacert",
-            ca,
-            "https://api.stripe.com/v1/not_a_contract",
-        ],
+    let (code, out) = agent_curl(
+        &agent_ns.name,
+        Some(&stripe),
+        Some(ca),
+        &["https://api.stripe.com/v1/not_a_contract"],
     )
     .await;
     assert_eq!(code, 0, "{out}");
@@ -165,17 +174,11 @@ sources = ["{agent_ip}/32"]
     assert_eq!(refused["error"]["code"], "policy_violation", "{out}");
 
     // 2b. A tenant-bound parameter of another tenant: refused, nothing sent.
-    let (code, out) = curl(
-        Some(&agent_ns.name),
-        &[
-            "--noproxy",
-            "*",
-            "--resolve",
-            &format!("api.github.com:443:{agent_host_ip}"),
-            "--cacert",
-            ca,
-            "https://api.github.com/repos/othercorp/secrets",
-        ],
+    let (code, out) = agent_curl(
+        &agent_ns.name,
+        Some(&format!("api.github.com:443:{agent_host_ip}")),
+        Some(ca),
+        &["https://api.github.com/repos/othercorp/secrets"],
     )
     .await;
     assert_eq!(code, 0, "{out}");
@@ -189,47 +192,33 @@ sources = ["{agent_ip}/32"]
     );
 
     // 3. Plain HTTP on port 80 is sent upstream over TLS, through the same checks.
-    let (code, out) = curl(
-        Some(&agent_ns.name),
-        &[
-            "--noproxy",
-            "*",
-            "--resolve",
-            &format!("api.stripe.com:80:{agent_host_ip}"),
-            "http://api.stripe.com/v1/customers/cus_123",
-        ],
+    let (code, out) = agent_curl(
+        &agent_ns.name,
+        Some(&format!("api.stripe.com:80:{agent_host_ip}")),
+        None,
+        &["http://api.stripe.com/v1/customers/cus_123"],
     )
     .await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(fakes.count("GET", "/v1/customers/cus_123"), 1, "{out}");
 
     // 4. A host no contract names: no certificate is minted, nothing is sent.
-    let (code, out) = curl(
-        Some(&agent_ns.name),
-        &[
-            "--noproxy",
-            "*",
-            "--resolve",
-            &format!("uncontracted.test:443:{agent_host_ip}"),
-            "--cacert",
-            ca,
-            "https://uncontracted.test/",
-        ],
+    let (code, out) = agent_curl(
+        &agent_ns.name,
+        Some(&format!("uncontracted.test:443:{agent_host_ip}")),
+        Some(ca),
+        &["https://uncontracted.test/"],
     )
     .await;
     assert_ne!(code, 0, "an uncontracted host gets no TLS session: {out}");
 
     // 5. A namespace that no agent's sources name: the handshake completes, every request is
     //    answered auth_required, nothing reaches the API.
-    let (code, out) = curl(
-        Some(&stranger_ns.name),
+    let (code, out) = agent_curl(
+        &stranger_ns.name,
+        Some(&format!("api.stripe.com:443:{stranger_host_ip}")),
+        Some(ca),
         &[
-            "--noproxy",
-            "*",
-            "--resolve",
-            &format!("api.stripe.com:443:{stranger_host_ip}"),
-            "--cacert",
-            ca,
             "-d",
             "email=stranger@acme.com",
             "https://api.stripe.com/v1/customers",
@@ -241,45 +230,39 @@ sources = ["{agent_ip}/32"]
     assert_eq!(refused["error"]["code"], "auth_required", "{out}");
 
     // 6. Ports other than the redirected ones do not leave the namespace.
-    let (code, out) = curl(
-        Some(&agent_ns.name),
-        &[
-            "--noproxy",
-            "*",
-            &format!("http://{agent_host_ip}:{}/", gate.admin_addr.port()),
-        ],
+    let (code, out) = agent_curl(
+        &agent_ns.name,
+        None,
+        None,
+        &[&format!(
+            "http://{agent_host_ip}:{}/",
+            gate.admin_addr.port()
+        )],
     )
     .await;
     assert_ne!(code, 0, "{out}");
 
     // 7. Guard rails: a TLS client without SNI (an IP literal) and a connection straight to the
     //    transparent listener (not redirected: its destination is toolgate itself) are closed.
-    let (code, out) = curl(
-        Some(&agent_ns.name),
-        &[
-            "--noproxy",
-            "*",
-            "--cacert",
-            ca,
-            &format!("https://{agent_host_ip}/v1/customers/cus_123"),
-        ],
+    let (code, out) = agent_curl(
+        &agent_ns.name,
+        None,
+        Some(ca),
+        &[&format!("https://{agent_host_ip}/v1/customers/cus_123")],
     )
     .await;
     assert_ne!(code, 0, "no SNI, no session: {out}");
-    let (code, out) = curl(
-        Some(&agent_ns.name),
-        &[
-            "--noproxy",
-            "*",
-            "--resolve",
-            &format!("api.stripe.com:{}:{agent_host_ip}", listener.port()),
-            "--cacert",
-            ca,
-            &format!(
-                "https://api.stripe.com:{}/v1/customers/cus_123",
-                listener.port()
-            ),
-        ],
+    let (code, out) = agent_curl(
+        &agent_ns.name,
+        Some(&format!(
+            "api.stripe.com:{}:{agent_host_ip}",
+            listener.port()
+        )),
+        Some(ca),
+        &[&format!(
+            "https://api.stripe.com:{}/v1/customers/cus_123",
+            listener.port()
+        )],
     )
     .await;
     assert_ne!(

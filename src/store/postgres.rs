@@ -627,11 +627,7 @@ impl LedgerStore for PgStore {
             owner: row.get(1),
             since_unix: 0,
         };
-        if held.agent == agent || (!owner.is_empty() && held.owner == owner) {
-            Ok(None)
-        } else {
-            Ok(Some(held.agent))
-        }
+        Ok(held.holder_against(agent, owner))
     }
 
     async fn job_expire(&self, before_unix: u64) -> Result<usize, StoreError> {

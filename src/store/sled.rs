@@ -389,12 +389,7 @@ impl LedgerStore for SledStore {
         let Some(held) = held else {
             return Ok(None);
         };
-        let held: JobClaim = decode(&held)?;
-        if held.agent == agent || (!owner.is_empty() && held.owner == owner) {
-            Ok(None)
-        } else {
-            Ok(Some(held.agent))
-        }
+        Ok(decode::<JobClaim>(&held)?.holder_against(agent, owner))
     }
 
     async fn job_expire(&self, before_unix: u64) -> Result<usize, StoreError> {

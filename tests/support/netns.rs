@@ -30,8 +30,10 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+        // Usually gone with the namespace already.
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_if])
+            .stderr(std::process::Stdio::null())
             .status();
     }
 }
