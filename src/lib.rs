@@ -48,6 +48,39 @@ pub struct Listeners {
     pub transparent: Option<TcpListener>,
 }
 
+/// The addresses toolgate listens on: a redirected connection to one of them is a loop.
+fn own_addresses<const N: usize>(
+    listeners: [Option<&TcpListener>; N],
+) -> Vec<std::net::SocketAddr> {
+    listeners
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.local_addr().ok())
+        .collect()
+}
+
+/// Starts the transparent listener (`--transparent-listen`).
+fn serve_transparent(app: &Arc<App>, listener: TcpListener, own: Vec<std::net::SocketAddr>) {
+    if !app.policy().has_sources() {
+        warn!("--transparent-listen is set but no [[agent]] has sources: every redirected connection will be refused");
+    }
+    info!(transparent = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "transparent listener");
+    tokio::spawn(proxy::transparent::accept_loop(app.clone(), listener, own));
+}
+
+/// On a shared store, kill switches thrown on another replica apply here within a second.
+async fn refresh_kill_switches(app: Arc<App>) {
+    loop {
+        tokio::select! {
+            _ = app.cancel.cancelled() => break,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        if let Err(e) = app.kill.refresh().await {
+            warn!(error = %e, "could not read the kill switches from the shared store");
+        }
+    }
+}
+
 /// Runs toolgate on already-bound listeners until `shutdown` resolves, then stops accepting and
 /// gives in-flight requests `config.shutdown_grace` to finish.
 pub async fn run(
@@ -72,26 +105,15 @@ pub async fn run(
         files = policy.files.len(),
         "toolgate serving"
     );
-    let own: Vec<std::net::SocketAddr> = [
+    let transparent = listeners.transparent;
+    let own = own_addresses([
         Some(&listeners.proxy),
         Some(&listeners.admin),
         listeners.metrics.as_ref(),
-        listeners.transparent.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .filter_map(|l| l.local_addr().ok())
-    .collect();
-    if let Some(transparent) = listeners.transparent {
-        if !policy.has_sources() {
-            warn!("--transparent-listen is set but no [[agent]] has sources: every redirected connection will be refused");
-        }
-        info!(transparent = %transparent.local_addr().map(|a| a.to_string()).unwrap_or_default(), "transparent listener");
-        tokio::spawn(proxy::transparent::accept_loop(
-            app.clone(),
-            transparent,
-            own,
-        ));
+        transparent.as_ref(),
+    ]);
+    if let Some(transparent) = transparent {
+        serve_transparent(&app, transparent, own);
     }
     let admin = tokio::spawn(admin::serve(listeners.admin, app.clone()));
     if let Some(metrics) = listeners.metrics {
@@ -99,19 +121,7 @@ pub async fn run(
     }
     let sweeper = tokio::spawn(sweep::run(app.clone()));
     if app.store.shared() {
-        // Kill switches thrown on another replica apply here within a second.
-        let app = app.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = app.cancel.cancelled() => break,
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                }
-                if let Err(e) = app.kill.refresh().await {
-                    warn!(error = %e, "could not read the kill switches from the shared store");
-                }
-            }
-        });
+        tokio::spawn(refresh_kill_switches(app.clone()));
     }
     let watcher = tokio::spawn(watch_policies(app.clone()));
     proxy::accept_loop(app.clone(), listeners.proxy, shutdown).await;
