@@ -103,7 +103,7 @@ impl App {
             limiter: RateLimiter::new(store.clone()),
             sessions: Sessions::new(store.clone()),
             locks: KeyedLocks::default(),
-            waiters: Waiters::default(),
+            waiters: Waiters::new(&store),
             metrics: Metrics::default(),
             cancel: CancellationToken::new(),
             config,

@@ -68,15 +68,25 @@ fn serve_transparent(app: &Arc<App>, listener: TcpListener, own: Vec<std::net::S
     tokio::spawn(proxy::transparent::accept_loop(app.clone(), listener, own));
 }
 
-/// On a shared store, kill switches thrown on another replica apply here within a second.
-async fn refresh_kill_switches(app: Arc<App>) {
+/// On a shared store, what other replicas decide applies here at once when announced
+/// (LISTEN/NOTIFY), and within a second in any case: kill switches are read again every second,
+/// and a held call looks at its proposal every second (`approval`).
+async fn follow_replicas(app: Arc<App>) {
+    let mut heard = app.store.subscribe();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
-        tokio::select! {
+        let topic = tokio::select! {
             _ = app.cancel.cancelled() => break,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-        }
-        if let Err(e) = app.kill.refresh().await {
-            warn!(error = %e, "could not read the kill switches from the shared store");
+            _ = tick.tick() => None,
+            Some(t) = async { heard.as_mut()?.recv().await } => Some(t),
+        };
+        match topic.as_deref() {
+            Some(t) if t != crate::services::kill::KILL_TOPIC => app.waiters.heard(t),
+            _ => {
+                if let Err(e) = app.kill.refresh().await {
+                    warn!(error = %e, "could not read the kill switches from the shared store");
+                }
+            }
         }
     }
 }
@@ -121,7 +131,7 @@ pub async fn run(
     }
     let sweeper = tokio::spawn(sweep::run(app.clone()));
     if app.store.shared() {
-        tokio::spawn(refresh_kill_switches(app.clone()));
+        tokio::spawn(follow_replicas(app.clone()));
     }
     let watcher = tokio::spawn(watch_policies(app.clone()));
     proxy::accept_loop(app.clone(), listeners.proxy, shutdown).await;

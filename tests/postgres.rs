@@ -462,3 +462,37 @@ async fn two_replicas_act_as_one_gateway() {
     }
     assert_eq!(status, 200, "calls flow again once the database is back");
 }
+
+#[tokio::test]
+async fn what_one_replica_announces_the_others_hear() {
+    use toolgate::store::Backend;
+    let Some(cluster) = Cluster::start("what_one_replica_announces_the_others_hear") else {
+        return;
+    };
+    let (a, b) = two_replicas(&cluster).await;
+    let mut heard = b.subscribe().expect("a shared store can be listened to");
+    // The listener connects in the background: announce until it hears (bounded).
+    let mut got = None;
+    for _ in 0..50 {
+        a.announce("proposal:prop_1").await.unwrap();
+        if let Ok(Some(topic)) =
+            tokio::time::timeout(Duration::from_millis(200), heard.recv()).await
+        {
+            got = Some(topic);
+            break;
+        }
+    }
+    assert_eq!(got.as_deref(), Some("proposal:prop_1"));
+    a.announce("kill").await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match heard.recv().await.as_deref() {
+                Some("kill") => return true,
+                Some(_) => continue,
+                None => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(next.ok(), Some(true), "the kill announcement arrives");
+}

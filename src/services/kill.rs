@@ -7,17 +7,20 @@ use serde_json::json;
 
 use crate::audit::{Audit, Record};
 use crate::model::{KillSwitch, KillTarget};
-use crate::store::{KillStore, StoreError};
+use crate::store::{Store, StoreError};
+
+/// What a replica announces when it throws or resets a switch.
+pub const KILL_TOPIC: &str = "kill";
 
 pub struct KillSwitches {
-    store: Arc<dyn KillStore>,
+    store: Store,
     audit: Arc<Audit>,
     thrown: RwLock<HashMap<KillTarget, KillSwitch>>,
 }
 
 impl KillSwitches {
     /// Loads the switches thrown before a restart.
-    pub async fn load(store: Arc<dyn KillStore>, audit: Arc<Audit>) -> Result<Self, StoreError> {
+    pub async fn load(store: Store, audit: Arc<Audit>) -> Result<Self, StoreError> {
         let thrown = store.kill_list().await?.into_iter().collect();
         Ok(KillSwitches {
             store,
@@ -59,6 +62,10 @@ impl KillSwitches {
         value: Option<KillSwitch>,
     ) -> Result<(), StoreError> {
         self.store.kill_set(target, value.as_ref()).await?;
+        // Best effort: replicas also read the switches again every second.
+        if let Err(e) = self.store.announce(KILL_TOPIC).await {
+            tracing::debug!(error = %e, "could not announce a kill switch");
+        }
         let (state, by, reason) = match &value {
             Some(k) => ("disabled", k.by.clone(), k.reason.clone()),
             None => ("enabled", String::new(), String::new()),

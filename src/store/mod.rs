@@ -271,6 +271,15 @@ pub trait Backend:
     fn healthy(&self) -> bool {
         true
     }
+    /// Tells the other replicas sharing the store that `topic` changed (`proposal:ID`, `kill`).
+    /// Nobody else shares a local store: nothing to tell.
+    async fn announce(&self, _topic: &str) -> Result<()> {
+        Ok(())
+    }
+    /// What other replicas announce, for as long as the runtime runs (None: a local store).
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
+        None
+    }
 }
 
 /// The storage every part of toolgate shares.

@@ -234,6 +234,27 @@ impl Backend for PgStore {
         self.healthy.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    async fn announce(&self, topic: &str) -> Result<(), StoreError> {
+        self.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &topic])
+            .await?;
+        Ok(())
+    }
+
+    /// LISTENs on a connection of its own, reconnecting a second after it is lost.
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let config = self.config.clone();
+        tokio::spawn(async move {
+            while !tx.is_closed() {
+                if let Err(e) = listen(&config, &tx).await {
+                    tracing::debug!(error = %e, "the announcement listener lost its connection");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        Some(rx)
+    }
+
     fn event_log(&self) -> Result<Arc<dyn EventLog>, StoreError> {
         if let Some(log) = self.log.get() {
             return Ok(log.clone());
@@ -283,6 +304,40 @@ async fn migrate(pool: &Pool) -> Result<Vec<i32>, StoreError> {
     }
     tx.commit().await?;
     Ok(applied)
+}
+
+/// The channel replicas announce changes on.
+const CHANNEL: &str = "toolgate";
+
+/// Forwards what is announced on `CHANNEL` to `tx` until the connection or `tx` ends.
+async fn listen(
+    config: &tokio_postgres::Config,
+    tx: &tokio::sync::mpsc::Sender<String>,
+) -> Result<(), StoreError> {
+    use futures_util::StreamExt;
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let listen = client.batch_execute("LISTEN toolgate");
+    tokio::pin!(listen);
+    let mut listening = false;
+    loop {
+        tokio::select! {
+            done = &mut listen, if !listening => {
+                done?;
+                listening = true;
+            }
+            message = messages.next() => match message {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    if tx.send(n.payload().to_string()).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => return Ok(()),
+            },
+        }
+    }
 }
 
 /// The newest schema version this toolgate knows.
