@@ -66,6 +66,13 @@ pub struct App {
 }
 
 impl App {
+    /// The longest a send can take: a proposal `committing` for longer was abandoned.
+    pub fn in_flight_limit(&self) -> std::time::Duration {
+        self.config.upstream_timeout
+            + self.config.shutdown_grace
+            + std::time::Duration::from_secs(60)
+    }
+
     /// Loads everything the listeners need, failing before anything is served.
     pub async fn new(config: Config) -> Result<App, StartError> {
         // One crypto provider, passed explicitly everywhere.

@@ -232,6 +232,7 @@ fn new_proposal(call: &Call<'_>, identity: String) -> Proposal {
         note: None,
         outcome: None,
         committed_unix: None,
+        committing_unix: None,
     }
 }
 
@@ -481,6 +482,7 @@ async fn send_approved(
     // Durable before a byte leaves: the state (then, in `commit::send`, the commit event).
     // Compare-and-set from `approved`: whoever moves it first (on any replica) sends it.
     p.state = State::Committing;
+    p.committing_unix = Some(now_unix());
     match app.store.proposal_swap(p, State::Approved).await {
         Ok(true) => {}
         Ok(false) => {
@@ -616,28 +618,36 @@ fn sent_headers(app: &App, r: &StoredRequest) -> Option<HeaderMap> {
 }
 
 /// At start-up: a proposal found `committing` may or may not have reached the upstream. It
-/// becomes `outcome_unknown` and is never sent again.
+/// becomes `outcome_unknown` and is never sent again. On a shared store another replica may be
+/// sending it right now: only a commit older than `in_flight` (the longest a send can take) is
+/// taken; younger ones are left to the replica sending them, or to the sweep once they are old.
 pub async fn recover(
     store: &crate::store::Store,
     audit: &crate::audit::Audit,
+    in_flight: Duration,
 ) -> Result<usize, StoreError> {
     let mut n = 0;
+    let cut = now_unix().saturating_sub(in_flight.as_secs());
     for mut p in store.proposal_list().await? {
-        if p.state == State::Committing {
-            p.state = State::OutcomeUnknown;
-            p.note = Some(
-                "toolgate stopped while this call was being sent; it will not be sent again".into(),
-            );
-            // Compare-and-set: a replica that finished the commit meanwhile keeps its record.
-            if !store.proposal_swap(&p, State::Committing).await? {
-                continue;
-            }
-            audit
-                .record(record(&p, "outcome_unknown", json!({"note": p.note})))
-                .await;
-            warn!(proposal = %p.id, tool = %p.tool, "found committing at start-up: outcome unknown");
-            n += 1;
+        if p.state != State::Committing {
+            continue;
         }
+        if store.shared() && p.committing_unix.is_some_and(|t| t > cut) {
+            continue;
+        }
+        p.state = State::OutcomeUnknown;
+        p.note = Some(
+            "toolgate stopped while this call was being sent; it will not be sent again".into(),
+        );
+        // Compare-and-set: a replica that finished the commit meanwhile keeps its record.
+        if !store.proposal_swap(&p, State::Committing).await? {
+            continue;
+        }
+        audit
+            .record(record(&p, "outcome_unknown", json!({"note": p.note})))
+            .await;
+        warn!(proposal = %p.id, tool = %p.tool, "found committing at start-up: outcome unknown");
+        n += 1;
     }
     Ok(n)
 }

@@ -106,7 +106,7 @@ pub async fn run(
         }
     }
     let app = Arc::new(App::new(config).await?);
-    approval::recover(&app.store, &app.audit).await?;
+    approval::recover(&app.store, &app.audit, app.in_flight_limit()).await?;
     let policy = app.policy();
     info!(
         proxy = %listeners.proxy.local_addr().map(|a| a.to_string()).unwrap_or_default(),

@@ -245,6 +245,9 @@ pub struct Proposal {
     pub outcome: Option<Outcome>,
     #[serde(default)]
     pub committed_unix: Option<u64>,
+    /// When a replica began sending it (state `committing`).
+    #[serde(default)]
+    pub committing_unix: Option<u64>,
 }
 
 impl Proposal {

@@ -362,6 +362,33 @@ async fn two_replicas_act_as_one_gateway() {
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(fakes.count("POST", "/v1/refunds"), 1);
 
+    // 1b. A replica starting while another is sending takes only abandoned commits: one found
+    //     `committing` since just now is left alone, one committing for long is outcome_unknown.
+    {
+        use toolgate::model::State;
+        let store: toolgate::store::Store =
+            Arc::new(PgStore::connect(&cluster.url, cluster.dir()).unwrap());
+        let audit = toolgate::audit::Audit::open(&store).unwrap();
+        let mut p = store.proposal_list().await.unwrap().pop().unwrap();
+        p.state = State::Committing;
+        p.committing_unix = Some(toolgate::base::now_unix());
+        store.proposal_put(&p, false).await.unwrap();
+        let limit = Duration::from_secs(120);
+        let n = toolgate::approval::recover(&store, &audit, limit)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "a commit in progress elsewhere is not taken");
+        p.committing_unix = Some(toolgate::base::now_unix() - 1000);
+        store.proposal_put(&p, false).await.unwrap();
+        let n = toolgate::approval::recover(&store, &audit, limit)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        let after = store.proposal_get(&p.id).await.unwrap().unwrap();
+        assert_eq!(after.state, State::OutcomeUnknown);
+        assert!(audit.close(Duration::from_secs(10)).await);
+    }
+
     // 2. Twenty duplicates, half to each replica: one customer.
     let via_a = client_via(a.addr, agent, &a.ca_pem, http::Version::HTTP_11);
     let mut tasks = Vec::new();
