@@ -454,12 +454,7 @@ async fn launch_check_the_story_of_an_action_comes_from_one_command() {
 
 #[tokio::test]
 async fn replay_sends_recorded_calls_to_a_sandbox_only() {
-    let pki = Pki::new("test upstream CA");
-    let prod = Fakes::start(
-        pki.server_config(&["api.stripe.com", "api.github.com", "api.sendgrid.com"]),
-        Keys::examples(),
-    )
-    .await;
+    let (pki, prod) = example_apis().await;
     let sandbox = Fakes::start(pki.server_config(&["localhost"]), Keys::sandbox()).await;
     let stray = Fakes::start(pki.server_config(&["127.0.0.1"]), Keys::sandbox()).await;
     let route = format!("localhost:{0}={1}", sandbox.addr.port(), sandbox.addr);

@@ -11,7 +11,6 @@ mod support;
 
 use std::process::Command;
 
-use support::fakes::{Fakes, Keys};
 use support::netns::{create, curl};
 use support::*;
 
@@ -34,12 +33,7 @@ async fn launch_check_tool_bypass_fails_at_the_network_layer() {
 
     // The API fake listens on the host's loopback, as a real API sits beyond a route the
     // agent's namespace does not have. toolgate listens on the veth address only.
-    let pki = Pki::new("test upstream CA");
-    let fakes = Fakes::start(
-        pki.server_config(&["api.stripe.com", "api.github.com", "api.sendgrid.com"]),
-        Keys::examples(),
-    )
-    .await;
+    let (pki, fakes) = example_apis().await;
     let gate = examples_gate_at(&format!("{host_ip}:0"), &pki, fakes.addr, &[], |_| {}).await;
     let proxy = format!(
         "http://support-bot-staging:demo-staging-token@{}",

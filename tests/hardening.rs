@@ -9,7 +9,6 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::fakes::{Fakes, Keys};
 use support::*;
 
 const SECRET: &str = "sk_test_toolgate_demo_placeholder";
@@ -500,12 +499,7 @@ async fn ambiguous_bodies_paths_and_form_keys_are_refused_unsent() {
 // Finding 11: an undo needs what approving its undo tool needs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undo_needs_the_groups_count_and_independence_of_its_undo_tool() {
-    let pki = Pki::new("test upstream CA");
-    let fakes = Fakes::start(
-        pki.server_config(&["api.stripe.com", "api.github.com", "api.sendgrid.com"]),
-        Keys::examples(),
-    )
-    .await;
+    let (pki, fakes) = example_apis().await;
     // The examples with customers.delete needing two approvers.
     let stripe = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/stripe.toml"),

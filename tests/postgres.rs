@@ -278,17 +278,11 @@ async fn replicas_write_one_audit_chain_that_verifies_from_either() {
 /// thrown on A refuses the next call on B; duplicates sent to both execute once.
 #[tokio::test]
 async fn two_replicas_act_as_one_gateway() {
-    use support::fakes::{Fakes, Keys};
     use support::*;
     let Some(cluster) = Cluster::start("two_replicas_act_as_one_gateway") else {
         return;
     };
-    let pki = Pki::new("test upstream CA");
-    let fakes = Fakes::start(
-        pki.server_config(&["api.stripe.com", "api.github.com", "api.sendgrid.com"]),
-        Keys::examples(),
-    )
-    .await;
+    let (pki, fakes) = example_apis().await;
     let url = cluster.url.clone();
     let a = examples_gate(&pki, fakes.addr, &[], {
         let url = url.clone();

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::fakes::{Fakes, Keys};
 use support::*;
 
 const CAROL: &str = "demo-carol-token";
@@ -70,27 +69,6 @@ credential = { staging = "sendgrid" }
             schema.to_string(),
         ),
     ]
-}
-
-/// Approves every pending proposal as carol, until aborted.
-fn approver(gate: &Toolgate) -> tokio::task::JoinHandle<()> {
-    let admin = gate.admin_addr;
-    tokio::spawn(async move {
-        for _ in 0..3000 {
-            let list = admin_json(admin, "GET", "/api/proposals?state=pending", None).await;
-            for p in list["proposals"].as_array().cloned().unwrap_or_default() {
-                let id = p["id"].as_str().unwrap();
-                admin_json(
-                    admin,
-                    "POST",
-                    &format!("/api/proposals/{id}/approve"),
-                    Some(json!({"comment": "released by the SDK test"})),
-                )
-                .await;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
 }
 
 async fn admin_json(
@@ -157,17 +135,12 @@ async fn launch_check_real_sdks() {
         return;
     }
 
-    let pki = Pki::new("test upstream CA");
-    let fakes = Fakes::start(
-        pki.server_config(&["api.stripe.com", "api.github.com", "api.sendgrid.com"]),
-        Keys::examples(),
-    )
-    .await;
+    let (pki, fakes) = example_apis().await;
     let gate = examples_gate(&pki, fakes.addr, &policies(), |c| {
         c.upstream_timeout = Duration::from_secs(10);
     })
     .await;
-    let approving = approver(&gate);
+    let approving = approver(&gate, "released by the SDK test");
     let proxy = format!(
         "http://support-bot-staging:demo-staging-token@{}",
         gate.addr

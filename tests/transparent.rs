@@ -11,7 +11,6 @@ mod support;
 
 use std::process::Command;
 
-use support::fakes::{Fakes, Keys};
 use support::netns::{create, curl};
 use support::*;
 
@@ -95,12 +94,7 @@ async fn an_agent_without_proxy_settings_is_governed_by_its_source_address() {
         Err(e) => return skip(&format!("cannot create a second network namespace ({e})")),
     };
 
-    let pki = Pki::new("test upstream CA");
-    let fakes = Fakes::start(
-        pki.server_config(&["api.stripe.com", "api.github.com", "api.sendgrid.com"]),
-        Keys::examples(),
-    )
-    .await;
+    let (pki, fakes) = example_apis().await;
     // The agent has no token: it is known by its address only.
     let agent = format!(
         r#"
@@ -312,12 +306,7 @@ async fn stripe_python_with_no_proxy_setting_is_governed_transparently() {
     if let Err(e) = ns.hosts(&host_ip, &["api.stripe.com"]) {
         return skip(&format!("cannot write /etc/netns ({e})"));
     }
-    let pki = Pki::new("test upstream CA");
-    let fakes = Fakes::start(
-        pki.server_config(&["api.stripe.com", "api.github.com", "api.sendgrid.com"]),
-        Keys::examples(),
-    )
-    .await;
+    let (pki, fakes) = example_apis().await;
     let agent = format!(
         "[[agent]]\nid = \"transparent-py\"\nowner = \"alice@example.com\"\ntenant = \"acme\"\n\
          environment = \"staging\"\ntools = [\"stripe.*\"]\nsources = [\"{agent_ip}\"]\n"
@@ -335,26 +324,7 @@ async fn stripe_python_with_no_proxy_setting_is_governed_transparently() {
         Err(e) => return skip(&format!("cannot install a redirect ({e})")),
     };
     // Approves what the agent's refund asks for, as carol, while the agent waits.
-    let admin = gate.admin_addr;
-    let approving = tokio::spawn(async move {
-        for _ in 0..600 {
-            let list = admin_at(
-                admin,
-                "GET",
-                "/api/proposals?state=pending",
-                Some("demo-carol-token"),
-                None,
-            )
-            .await;
-            let list: serde_json::Value = serde_json::from_slice(&list.body).unwrap_or_default();
-            for p in list["proposals"].as_array().cloned().unwrap_or_default() {
-                let path = format!("/api/proposals/{}/approve", p["id"].as_str().unwrap());
-                let body = serde_json::json!({"comment": "released for the transparent agent"});
-                admin_at(admin, "POST", &path, Some("demo-carol-token"), Some(body)).await;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    });
+    let approving = approver(&gate, "released for the transparent agent");
     let ca = gate.ca_path();
     let mut cmd = tokio::process::Command::new("ip");
     cmd.args(["netns", "exec", &ns.name])

@@ -805,15 +805,55 @@ pub async fn setup_with(extra: &[(&str, String)]) -> (Pki, Upstream, Toolgate) {
 }
 
 /// The example policies served against the stateful fakes of Stripe, GitHub and SendGrid.
-pub async fn setup_fakes(
-    configure: impl FnOnce(&mut toolgate::Config),
-) -> (Pki, fakes::Fakes, Toolgate) {
+/// Approves every pending proposal as carol (with `comment`), polling the admin API every
+/// 100 ms, until aborted (at most 3000 rounds).
+pub fn approver(gate: &Toolgate, comment: &str) -> tokio::task::JoinHandle<()> {
+    let admin = gate.admin_addr;
+    let body = serde_json::json!({ "comment": comment });
+    tokio::spawn(async move {
+        for _ in 0..3000 {
+            let list = admin_at(
+                admin,
+                "GET",
+                "/api/proposals?state=pending",
+                Some("demo-carol-token"),
+                None,
+            )
+            .await;
+            let list: serde_json::Value = serde_json::from_slice(&list.body).unwrap_or_default();
+            for p in list["proposals"].as_array().cloned().unwrap_or_default() {
+                let Some(id) = p["id"].as_str() else { continue };
+                let path = format!("/api/proposals/{id}/approve");
+                admin_at(
+                    admin,
+                    "POST",
+                    &path,
+                    Some("demo-carol-token"),
+                    Some(body.clone()),
+                )
+                .await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+/// A test PKI and the stateful fakes of the example APIs (Stripe, GitHub, SendGrid) with the
+/// example policies' keys, on loopback.
+pub async fn example_apis() -> (Pki, fakes::Fakes) {
     let pki = Pki::new("test upstream CA");
     let fakes = fakes::Fakes::start(
         pki.server_config(&["api.stripe.com", "api.github.com", "api.sendgrid.com"]),
         fakes::Keys::examples(),
     )
     .await;
+    (pki, fakes)
+}
+
+pub async fn setup_fakes(
+    configure: impl FnOnce(&mut toolgate::Config),
+) -> (Pki, fakes::Fakes, Toolgate) {
+    let (pki, fakes) = example_apis().await;
     let gate = examples_gate(&pki, fakes.addr, &[], configure).await;
     (pki, fakes, gate)
 }
