@@ -296,7 +296,7 @@ async fn wait_and_claim(
                     tokio::time::Instant::now()
                         + Duration::from_secs(p.expires_unix.saturating_sub(now_unix())),
                 );
-                // A decision on another replica is not announced here: look again each second.
+                // Other replicas announce their decisions; if one is lost, look again each second.
                 if app.store.shared() {
                     until = until.min(tokio::time::Instant::now() + SHARED_POLL);
                 }

@@ -87,9 +87,8 @@ impl Writer {
         let mut room = 0;
         for msg in batch {
             room += usize::from(msg.roomed);
-            let mut e = self.chain(*msg.rec);
-            let bytes = e.seal();
-            self.prev = e.hash.clone();
+            let mut e = self.event(*msg.rec);
+            let bytes = self.link(&mut e);
             events.push((e, bytes));
             acks.push(msg.ack);
         }
@@ -139,11 +138,7 @@ impl Writer {
                         super::chain_head(self.log.as_ref()).map_err(|e| e.to_string())?;
                     (self.seq, self.prev) = (seq, prev);
                     for (e, bytes) in events.iter_mut() {
-                        self.seq += 1;
-                        e.seq = self.seq;
-                        e.prev = std::mem::take(&mut self.prev);
-                        *bytes = e.seal();
-                        self.prev = e.hash.clone();
+                        *bytes = self.link(e);
                     }
                 }
                 Err(e) => return Err(e.to_string()),
@@ -154,13 +149,12 @@ impl Writer {
         ))
     }
 
-    /// The next event of the chain for a record (redacted here, before anything is written).
-    fn chain(&mut self, rec: Record) -> Event {
+    /// The event for a record (redacted here, before anything is written), not yet chained.
+    fn event(&self, rec: Record) -> Event {
         let mut payload = rec.payload;
         self.redactor.value_in_place(&mut payload);
-        self.seq += 1;
         Event {
-            seq: self.seq,
+            seq: 0,
             time: rfc3339(rec.at_ms),
             unix_ms: rec.at_ms,
             kind: rec.kind.to_string(),
@@ -172,8 +166,19 @@ impl Writer {
             tool: rec.tool,
             tool_version: rec.tool_version,
             payload,
-            prev: self.prev.clone(),
+            prev: String::new(),
             hash: String::new(),
         }
+    }
+
+    /// Makes `e` the next event of the chain (its sequence number and the previous hash) and
+    /// seals it; returns its bytes.
+    fn link(&mut self, e: &mut Event) -> Vec<u8> {
+        self.seq += 1;
+        e.seq = self.seq;
+        e.prev = std::mem::take(&mut self.prev);
+        let bytes = e.seal();
+        self.prev = e.hash.clone();
+        bytes
     }
 }

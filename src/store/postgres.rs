@@ -104,9 +104,7 @@ impl PgStore {
     /// `seal_dir` holds the key sealing stored requests; replicas must share it (their
     /// `--certs`), so that any replica opens what another sealed.
     pub fn connect(url: &str, seal_dir: &std::path::Path) -> Result<PgStore, StoreError> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::from_message(format!("--database-url: {e}")))?;
+        let config = parse_url(url)?;
         std::fs::create_dir_all(seal_dir)
             .map_err(|e| StoreError::from_message(format!("{}: {e}", seal_dir.display())))?;
         Ok(PgStore {
@@ -156,9 +154,7 @@ impl PgStore {
 
     /// [`PgStore::migrate`] for `toolgate db migrate`: the database at `url`, nothing else.
     pub async fn migrate_url(url: &str) -> Result<Vec<i32>, StoreError> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::from_message(format!("--database-url: {e}")))?;
+        let config = parse_url(url)?;
         migrate(&pool(config, 1)?).await
     }
 
@@ -188,6 +184,13 @@ impl PgStore {
         let client = self.pool.get().await?;
         Ok(client.execute(sql, params).await?)
     }
+}
+
+/// `--database-url` read as a connection configuration (the error never repeats the URL, which
+/// may hold a password).
+fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    url.parse()
+        .map_err(|e| StoreError::from_message(format!("--database-url: {e}")))
 }
 
 /// A pool of up to `size` connections with bounded waits (a lost database is an error within
