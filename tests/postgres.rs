@@ -517,3 +517,70 @@ async fn what_one_replica_announces_the_others_hear() {
     .await;
     assert_eq!(next.ok(), Some(true), "the kill announcement arrives");
 }
+
+#[tokio::test]
+async fn the_database_connection_is_tls_when_the_url_asks_and_never_unverified() {
+    let Some(cluster) = Cluster::start("the_database_connection_is_tls_when_the_url_asks") else {
+        return;
+    };
+    let pki = support::Pki::new("database CA");
+    let (cert, key) = pki.server_pem(&["localhost", "127.0.0.1"]);
+    cluster.enable_tls(&cert, &key);
+    let seal = cluster.dir().join("seal");
+    let ca = pki.ca_path.display();
+
+    // Verified TLS: the store works and every connection it holds is encrypted.
+    for mode in ["require", "verify-full"] {
+        let url = format!("{}?sslmode={mode}&sslrootcert={ca}", cluster.url);
+        let store = PgStore::connect(&url, &seal).unwrap();
+        store.migrate().await.unwrap();
+        let target = KillTarget::Tool("stripe.refunds.create".into());
+        store.kill_set(&target, None).await.unwrap();
+        let plain = cluster.psql(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.usename = 'toolgate' AND a.pid <> pg_backend_pid() AND NOT s.ssl",
+        );
+        assert_eq!(plain, "0", "sslmode={mode}: no connection without TLS");
+        let encrypted = cluster.psql("SELECT count(*) FROM pg_stat_ssl WHERE ssl");
+        assert_ne!(
+            encrypted, "0",
+            "sslmode={mode}: the store's connections use TLS"
+        );
+    }
+
+    // A certificate toolgate cannot verify is refused, whether TLS was required or only
+    // preferred (the default): never a connection to a server it cannot authenticate.
+    for url in [
+        format!("{}?sslmode=require", cluster.url),
+        cluster.url.clone(),
+    ] {
+        let store = PgStore::connect(&url, &seal).unwrap();
+        let err = store.migrate().await.unwrap_err().to_string();
+        assert!(err.contains("certificate"), "{url}: {err}");
+    }
+    // A name the certificate does not carry is refused too (verify-full is what every mode does).
+    let pki_other = support::Pki::new("another CA");
+    let url = format!(
+        "{}?sslmode=require&sslrootcert={}",
+        cluster.url.replace("127.0.0.1", "localhost"),
+        pki_other.ca_path.display()
+    );
+    let err = PgStore::connect(&url, &seal)
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("certificate"), "{err}");
+    // A root file that is not there is an error at start, naming the option.
+    let url = format!("{}?sslrootcert=/nonexistent/ca.pem", cluster.url);
+    let err = PgStore::connect(&url, &seal).err().unwrap().to_string();
+    assert!(err.contains("sslrootcert"), "{err}");
+    // sslmode=disable stays plain, as asked.
+    let url = format!("{}?sslmode=disable", cluster.url);
+    PgStore::connect(&url, &seal)
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde::de::DeserializeOwned;
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use std::sync::Arc;
 
@@ -67,15 +67,31 @@ impl From<tokio_postgres::Error> for StoreError {
                 db.message(),
                 db.code().code()
             )),
-            None => StoreError::from_message(format!("postgres: {e}")),
+            None => StoreError::from_message(with_causes(&e)),
         }
     }
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        StoreError::from_message(format!("postgres: {e}"))
+        StoreError::from_message(with_causes(&e))
     }
+}
+
+/// An error and its causes in one line: what went wrong when connecting (a certificate refused,
+/// a connection refused) is in the source chain, not in the outer message.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut message = format!("postgres: {e}");
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = c.source();
+    }
+    message
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
@@ -91,7 +107,7 @@ fn big(n: u64) -> i64 {
 /// thread and connections, started on first use).
 pub struct PgStore {
     pool: Pool,
-    config: tokio_postgres::Config,
+    target: Target,
     log: std::sync::OnceLock<Arc<PgEventLog>>,
     sealer: Sealer,
     /// Set by the health watch: whether the database answered its last ping.
@@ -104,12 +120,12 @@ impl PgStore {
     /// `seal_dir` holds the key sealing stored requests; replicas must share it (their
     /// `--certs`), so that any replica opens what another sealed.
     pub fn connect(url: &str, seal_dir: &std::path::Path) -> Result<PgStore, StoreError> {
-        let config = parse_url(url)?;
+        let target = parse_url(url)?;
         std::fs::create_dir_all(seal_dir)
             .map_err(|e| StoreError::from_message(format!("{}: {e}", seal_dir.display())))?;
         Ok(PgStore {
-            pool: pool(config.clone(), 16)?,
-            config,
+            pool: pool(&target, 16)?,
+            target,
             log: std::sync::OnceLock::new(),
             sealer: Sealer::open(seal_dir)?,
             healthy: Arc::new(std::sync::atomic::AtomicBool::new(true)),
@@ -154,8 +170,7 @@ impl PgStore {
 
     /// [`PgStore::migrate`] for `toolgate db migrate`: the database at `url`, nothing else.
     pub async fn migrate_url(url: &str) -> Result<Vec<i32>, StoreError> {
-        let config = parse_url(url)?;
-        migrate(&pool(config, 1)?).await
+        migrate(&pool(&parse_url(url)?, 1)?).await
     }
 
     async fn get<T: DeserializeOwned>(
@@ -186,19 +201,78 @@ impl PgStore {
     }
 }
 
-/// `--database-url` read as a connection configuration (the error never repeats the URL, which
-/// may hold a password).
-fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
-    url.parse()
-        .map_err(|e| StoreError::from_message(format!("--database-url: {e}")))
+/// Where the database is and how to reach it: the connection settings and the TLS connector.
+/// The connector is always there; `sslmode` decides whether it is used (`disable`: never;
+/// unset or `prefer`: when the server offers TLS; `require`, `verify-ca`, `verify-full`: always,
+/// or no connection). Whenever TLS is used the server's certificate chain and host name are
+/// verified, against the public web roots and the PEM file named by `sslrootcert`: toolgate
+/// never accepts a certificate it cannot verify (libpq's `require` would).
+#[derive(Clone)]
+struct Target {
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+}
+
+/// `--database-url` read (`postgres://USER[:PASS]@HOST:PORT/DB[?sslmode=…&sslrootcert=FILE]`).
+/// An error never repeats the URL, which may hold a password.
+fn parse_url(url: &str) -> Result<Target, StoreError> {
+    let bad = |e: &dyn std::fmt::Display| StoreError::from_message(format!("--database-url: {e}"));
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut root_file = None;
+    let mut kept = form_urlencoded::Serializer::new(String::new());
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match (&*key, &*value) {
+            ("sslrootcert", file) => root_file = Some(file.to_string()),
+            // tokio-postgres knows disable/prefer/require; we verify in every mode that encrypts.
+            ("sslmode", "verify-ca" | "verify-full") => {
+                kept.append_pair("sslmode", "require");
+            }
+            _ => {
+                kept.append_pair(&key, &value);
+            }
+        }
+    }
+    let kept = kept.finish();
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{kept}")
+    };
+    let config: tokio_postgres::Config = url.parse().map_err(|e| bad(&e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(file) = root_file {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let certs: Vec<_> = CertificateDer::pem_file_iter(&file)
+            .and_then(|certs| certs.collect::<Result<_, _>>())
+            .map_err(|e| bad(&format!("sslrootcert {file}: {e}")))?;
+        if certs.is_empty() {
+            return Err(bad(&format!("sslrootcert {file}: no certificate in it")));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| bad(&format!("sslrootcert {file}: {e}")))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Target {
+        config,
+        tls: MakeRustlsConnect::new(tls),
+    })
 }
 
 /// A pool of up to `size` connections with bounded waits (a lost database is an error within
 /// seconds, never a hang).
-fn pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, StoreError> {
+fn pool(target: &Target, size: usize) -> Result<Pool, StoreError> {
     let manager = Manager::from_config(
-        config,
-        NoTls,
+        target.config.clone(),
+        target.tls.clone(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -246,10 +320,10 @@ impl Backend for PgStore {
     /// LISTENs on a connection of its own, reconnecting a second after it is lost.
     fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        let config = self.config.clone();
+        let target = self.target.clone();
         tokio::spawn(async move {
             while !tx.is_closed() {
-                if let Err(e) = listen(&config, &tx).await {
+                if let Err(e) = listen(&target, &tx).await {
                     tracing::debug!(error = %e, "the announcement listener lost its connection");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -262,8 +336,8 @@ impl Backend for PgStore {
         if let Some(log) = self.log.get() {
             return Ok(log.clone());
         }
-        let config = self.config.clone();
-        let log = Arc::new(PgEventLog::start(move || pool(config, 2))?);
+        let target = self.target.clone();
+        let log = Arc::new(PgEventLog::start(move || pool(&target, 2))?);
         Ok(self.log.get_or_init(|| log).clone())
     }
 }
@@ -313,12 +387,9 @@ async fn migrate(pool: &Pool) -> Result<Vec<i32>, StoreError> {
 const CHANNEL: &str = "toolgate";
 
 /// Forwards what is announced on `CHANNEL` to `tx` until the connection or `tx` ends.
-async fn listen(
-    config: &tokio_postgres::Config,
-    tx: &tokio::sync::mpsc::Sender<String>,
-) -> Result<(), StoreError> {
+async fn listen(target: &Target, tx: &tokio::sync::mpsc::Sender<String>) -> Result<(), StoreError> {
     use futures_util::StreamExt;
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = target.config.connect(target.tls.clone()).await?;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     let listen = client.batch_execute("LISTEN toolgate");
     tokio::pin!(listen);

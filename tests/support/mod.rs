@@ -68,6 +68,17 @@ impl Pki {
         }
     }
 
+    /// A certificate for `hosts` and its private key, both PEM (for servers we do not run in
+    /// process, such as PostgreSQL).
+    pub fn server_pem(&self, hosts: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A TLS server configuration for `hosts`, offering h2 and http/1.1.
     pub fn server_config(&self, hosts: &[&str]) -> Arc<rustls::ServerConfig> {
         let key = KeyPair::generate().unwrap();

@@ -152,6 +152,55 @@ impl Cluster {
         self.pg_ctl(&["-o", &self.opts, "-l", &self.log, "-w", "-t", "30", "start"]);
     }
 
+    /// Turns TLS on with this certificate and key (PEM) and restarts the server. Clients may
+    /// still connect without TLS (`host` lines in pg_hba), so a test sees which one it got.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) {
+        std::fs::write(self.data.join("server.crt"), cert_pem).unwrap();
+        let key = self.data.join("server.key");
+        std::fs::write(&key, key_pem).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if self.as_postgres {
+            for f in ["server.crt", "server.key"] {
+                let _ = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(self.data.join(f))
+                    .status();
+            }
+        }
+        let conf = self.data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nssl = on\n");
+        std::fs::write(&conf, text).unwrap();
+        self.stop();
+        self.start_again();
+    }
+
+    /// Runs `sql` with psql (without TLS) and returns what it printed, unaligned.
+    pub fn psql(&self, sql: &str) -> String {
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-A", "-t", "-c", sql])
+            .arg(format!(
+                "host=127.0.0.1 port={port} user=toolgate dbname=toolgate sslmode=disable"
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     fn pg_ctl(&self, args: &[&str]) {
         let mut cmd = if self.as_postgres {
             let mut c = Command::new("runuser");
