@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +27,20 @@ pub enum DbCommand {
     Migrate {
         #[arg(long, env = env::DATABASE_URL)]
         database_url: String,
+    },
+    /// Move a stopped toolgate's open state (proposals, kill switches, idempotency records,
+    /// budgets, rollback ledger, job claims) from its sled data dir into the database. Records
+    /// the database already holds are left as they are; the audit log stays where it is.
+    Import {
+        #[arg(long, env = env::DATABASE_URL)]
+        database_url: String,
+        /// The data dir of the single-process toolgate (stopped).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Where the replicas' seal key is (their `--certs`): held calls are sealed again
+        /// under it.
+        #[arg(long, env = env::CERTS, default_value = "./certs")]
+        certs: PathBuf,
     },
 }
 
@@ -398,6 +414,14 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Db {
             command: DbCommand::Migrate { database_url },
         } => db_migrate(&database_url).await,
+        Command::Db {
+            command:
+                DbCommand::Import {
+                    database_url,
+                    data_dir,
+                    certs,
+                },
+        } => db_import(&database_url, &data_dir, &certs).await,
         Command::Pending { server } => pending(&server.server).await,
         Command::Approve {
             id,
@@ -616,6 +640,101 @@ async fn db_migrate(url: &str) -> ExitCode {
         }
         Err(e) => fail(&e.to_string()),
     }
+}
+
+/// `toolgate db import`: a stopped toolgate's open state moved into the database, and the move
+/// recorded in the database's audit chain with where the old chain ends (and whether it
+/// verified), so the two logs read as one story.
+async fn db_import(url: &str, data_dir: &std::path::Path, certs: &std::path::Path) -> ExitCode {
+    use crate::store::Store;
+    if !data_dir.join("store").join("db").exists() {
+        return fail(&format!(
+            "{} is not a toolgate data dir (no sled database in it)",
+            data_dir.display()
+        ));
+    }
+    let from = match crate::store::SledStore::open(data_dir) {
+        Ok(s) => Arc::new(s),
+        Err(e) => return fail(&format!("{e} (stop the toolgate using it first)")),
+    };
+    let to = match crate::store::PgStore::connect(url, certs) {
+        Ok(s) => Arc::new(s),
+        Err(e) => return fail(&e.to_string()),
+    };
+    if let Err(e) = to.migrate().await {
+        return fail(&e.to_string());
+    }
+    let old_chain = match old_chain(from.clone()).await {
+        Ok(v) => v,
+        Err(e) => return fail(&e),
+    };
+    let done = match crate::store::import(&from, to.as_ref()).await {
+        Ok(done) => done,
+        Err(e) => {
+            return fail(&format!(
+                "import stopped: {e} (run it again: what is in is kept)"
+            ))
+        }
+    };
+    let to: Store = to;
+    let recorded = async {
+        let audit = crate::audit::Audit::open(&to).map_err(|e| e.to_string())?;
+        let mut payload = serde_json::to_value(&done).map_err(|e| e.to_string())?;
+        payload["data_dir"] = data_dir.display().to_string().into();
+        payload["source_audit"] = old_chain.clone();
+        let seq = audit
+            .record_durable(crate::audit::Record {
+                kind: "store.import",
+                payload,
+                ..Default::default()
+            })
+            .await?;
+        audit.close(Duration::from_secs(10)).await;
+        Ok::<_, String>(seq)
+    };
+    if let Err(e) = recorded.await {
+        return fail(&format!(
+            "imported, but the audit event was not written: {e}"
+        ));
+    }
+    println!(
+        "imported {} proposals, {} kill switches, {} idempotency records, {} budgets, \
+         {} ledger entries, {} job claims; {} already in the database (left as they were)",
+        done.proposals,
+        done.kill_switches,
+        done.idempotency_records,
+        done.budgets,
+        done.ledger_entries,
+        done.job_claims,
+        done.skipped
+    );
+    if done.unsealable > 0 {
+        eprintln!(
+            "warning: {} held calls' headers did not open under {}/seal.key: they were \
+             imported without them and can be decided but not sent",
+            done.unsealable,
+            data_dir.display()
+        );
+    }
+    println!(
+        "the audit log stays in {} ({}): read it with `toolgate audit … --data-dir`",
+        data_dir.display(),
+        old_chain["verified"]
+    );
+    ExitCode::SUCCESS
+}
+
+/// The old audit chain checked, and where it ends: recorded with the import.
+async fn old_chain(from: Arc<crate::store::SledStore>) -> Result<serde_json::Value, String> {
+    let store: crate::store::Store = from;
+    let audit = crate::audit::Audit::open(&store).map_err(|e| e.to_string())?;
+    let (seq, hash) = audit.head().map_err(|e| e.to_string())?;
+    let verified = match audit.verify() {
+        Ok(n) => format!("{n} events verified"),
+        Err((at, why)) => format!("DOES NOT VERIFY at event {at}: {why}"),
+    };
+    audit.close(Duration::from_secs(10)).await;
+    Ok(serde_json::json!({"last_seq": seq, "last_hash": hash, "verified": verified}))
 }
 
 /// With `--data-dir`: the audit log of a stopped toolgate, opened directly.

@@ -584,3 +584,155 @@ async fn the_database_connection_is_tls_when_the_url_asks_and_never_unverified()
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_single_toolgate_moves_its_open_state_to_the_database() {
+    use support::*;
+    let Some(cluster) = Cluster::start("a_single_toolgate_moves_its_open_state") else {
+        return;
+    };
+    let (pki, fakes) = example_apis().await;
+    let one = examples_gate(&pki, fakes.addr, &[], |_| {}).await;
+    let agent = Some(("support-bot-staging", "demo-staging-token"));
+    let via = client_via(one.addr, agent, &one.ca_pem, http::Version::HTTP_11);
+    let refund = |client: TestClient| async move {
+        send(
+            &client,
+            "POST",
+            "https://api.stripe.com/v1/refunds",
+            &[FORM, ("idempotency-key", "import-refund-1")],
+            "payment_intent=pi_import&amount=100",
+        )
+        .await
+        .unwrap()
+    };
+    let customer = |client: TestClient| async move {
+        send(
+            &client,
+            "POST",
+            "https://api.stripe.com/v1/customers",
+            &[FORM, ("idempotency-key", "import-customer-1")],
+            "email=moved@acme.com",
+        )
+        .await
+        .unwrap()
+    };
+
+    // On sled: a held refund (its agent gave up waiting), a committed call, a kill switch.
+    let held = tokio::spawn(refund(via.clone()));
+    let mut pending = Vec::new();
+    for _ in 0..100 {
+        pending = one
+            .admin(
+                "GET",
+                "/api/proposals?state=pending",
+                Some("demo-carol-token"),
+                None,
+            )
+            .await
+            .json()["proposals"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !pending.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pending.len(), 1, "the refund is held");
+    held.abort();
+    assert_eq!(customer(via.clone()).await.status, 200);
+    let got = one
+        .admin(
+            "POST",
+            "/api/tools/stripe.customers.retrieve/disable",
+            Some("demo-carol-token"),
+            Some(serde_json::json!({"reason": "before the move"})),
+        )
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let dir = one.into_dir().await;
+
+    // The import, twice: the second finds everything there and changes nothing.
+    let import = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .args(["db", "import", "--database-url", &cluster.url, "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--certs")
+            .arg(dir.path().join("certs"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let first = import();
+    assert!(
+        first.contains("imported 1 proposals, 1 kill switches"),
+        "{first}"
+    );
+    assert!(first.contains("events verified"), "{first}");
+    let second = import();
+    assert!(
+        second.contains("imported 0 proposals, 0 kill switches, 0 idempotency"),
+        "{second}"
+    );
+
+    // A replica on the database carries on where the single toolgate stopped.
+    let url = cluster.url.clone();
+    let (addr, ca) = (fakes.addr, pki.ca_path.clone());
+    let replica = Toolgate::restart_in(dir, move |c| {
+        route_examples(c, addr, ca);
+        c.database_url = Some(url);
+    })
+    .await;
+    let via = client_via(replica.addr, agent, &replica.ca_pem, http::Version::HTTP_11);
+    let id = pending[0]["id"].as_str().unwrap();
+    let got = replica
+        .admin(
+            "POST",
+            &format!("/api/proposals/{id}/approve"),
+            Some("demo-carol-token"),
+            Some(serde_json::json!({"comment": "approved after the move"})),
+        )
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let answer = refund(via.clone()).await;
+    assert_eq!(
+        answer.status,
+        200,
+        "the same call joins its proposal: {}",
+        answer.text()
+    );
+    assert_eq!(
+        fakes.count("POST", "/v1/refunds"),
+        1,
+        "sent once, with its sealed headers"
+    );
+    assert_eq!(customer(via.clone()).await.status, 200);
+    assert_eq!(
+        fakes.count("POST", "/v1/customers"),
+        1,
+        "answered from the imported record"
+    );
+    let got = send(
+        &via,
+        "GET",
+        "https://api.stripe.com/v1/customers/cus_1",
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.code(), "tool_disabled", "{}", got.text());
+    let events = audit_events(&replica, "kind=store.import").await;
+    assert_eq!(events.len(), 2, "each import is in the new chain");
+    assert_eq!(events[0]["payload"]["proposals"], 1);
+    assert!(events[0]["payload"]["source_audit"]["last_hash"]
+        .as_str()
+        .is_some_and(|h| h.len() == 64));
+}

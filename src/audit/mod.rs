@@ -297,6 +297,11 @@ impl Audit {
             .map(|e| e.map(|e| e.unix_ms))
     }
 
+    /// The newest event's sequence number and hash (what the next event chains to).
+    pub fn head(&self) -> Result<(u64, String), StoreError> {
+        chain_head(self.log.as_ref())
+    }
+
     /// One event by its sequence number.
     pub fn event(&self, seq: u64) -> Result<Option<Event>, StoreError> {
         self.log.get(seq)?.map(|v| self.decode(&v)).transpose()

@@ -9,6 +9,7 @@
 //! operation is a compare-and-set that says who won. A write that returns `Ok` is durable.
 
 mod counters;
+mod import;
 mod postgres;
 mod postgres_log;
 mod sled;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use self::import::{import, Imported};
 pub use self::postgres::PgStore;
 pub use self::sled::{Sealer, SledStore};
 pub use crate::base::now_unix;

@@ -127,6 +127,34 @@ impl SledStore {
     fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>, StoreError> {
         tree.get(key)?.map(|v| decode(&v)).transpose()
     }
+
+    /// Every record of a tree with its key (for `db import`: the request path reads by key).
+    fn keyed<T>(
+        tree: &sled::Tree,
+        read: impl Fn(&[u8]) -> Result<T, StoreError>,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let mut out = Vec::new();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), read(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Every idempotency record by its identity.
+    pub fn idem_all(&self) -> Result<Vec<(String, IdemRecord)>, StoreError> {
+        Self::keyed(&self.idem, decode)
+    }
+
+    /// Every budget total by its key.
+    pub fn budget_all(&self) -> Result<Vec<(String, f64)>, StoreError> {
+        Self::keyed(&self.budgets, |v| Ok(read_f64(Some(v))))
+    }
+
+    /// Every job claim by its job.
+    pub fn job_all(&self) -> Result<Vec<(String, JobClaim)>, StoreError> {
+        Self::keyed(&self.jobs, decode)
+    }
 }
 
 #[async_trait]

@@ -907,20 +907,25 @@ async fn examples_gate_with(
     let ca = pki.ca_path.clone();
     let dir = lay_out(&policies);
     Toolgate::restart_at(binds, dir, move |c| {
-        for host in [
-            "api.stripe.com",
-            "api.github.com",
-            "api.sendgrid.com",
-            "api.openai.com",
-        ] {
-            c.add_connect_to(&format!("{host}:443={addr}")).unwrap();
-        }
-        c.upstream_ca.push(ca);
-        c.upstream_timeout = Duration::from_millis(1500);
-        c.reload_interval = Duration::from_millis(100);
+        route_examples(c, addr, ca);
         configure(c);
     })
     .await
+}
+
+/// Routes the example API hosts (and OpenAI's) to `addr`, trusting the test CA at `ca`.
+pub fn route_examples(c: &mut toolgate::Config, addr: SocketAddr, ca: PathBuf) {
+    for host in [
+        "api.stripe.com",
+        "api.github.com",
+        "api.sendgrid.com",
+        "api.openai.com",
+    ] {
+        c.add_connect_to(&format!("{host}:443={addr}")).unwrap();
+    }
+    c.upstream_ca.push(ca);
+    c.upstream_timeout = Duration::from_millis(1500);
+    c.reload_interval = Duration::from_millis(100);
 }
 
 /// The example policies (plus `extra` files) with the proxy on `proxy_bind`, every example API

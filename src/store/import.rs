@@ -1,0 +1,94 @@
+//! `toolgate db import --data-dir DIR`: the open state of a stopped single-process toolgate
+//! (sled) moved to the shared store, so that switching to replicas loses no held call, no kill
+//! switch and no idempotency record. Nothing already in the target is overwritten: a record the
+//! target holds stays as it is and is counted as skipped, so running the import twice is safe.
+//!
+//! The audit log is not moved: its chain and hashes are the evidence as written, and it stays
+//! readable and verifiable where it is (`toolgate audit … --data-dir DIR`).
+
+use super::{Backend, KillStore, LedgerStore, ProposalStore, SledStore, StoreError};
+
+/// What an import wrote and what it left because the target already had it.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Imported {
+    pub proposals: usize,
+    pub kill_switches: usize,
+    pub idempotency_records: usize,
+    pub budgets: usize,
+    pub ledger_entries: usize,
+    pub job_claims: usize,
+    /// Records the target already held (left as they were).
+    pub skipped: usize,
+    /// Held calls whose sealed headers did not open under the data dir's key: imported without
+    /// them, so they can be decided and read but never sent.
+    pub unsealable: usize,
+}
+
+/// Copies the open state of `from` into `to`. Proposals keep their sealed headers, sealed again
+/// under the target's key (replicas share `--certs/seal.key`; the data dir had its own).
+pub async fn import(from: &SledStore, to: &dyn Backend) -> Result<Imported, StoreError> {
+    let mut done = Imported::default();
+
+    let mut proposals = from.proposal_list().await?;
+    // Oldest first, so that the index from a call to its latest proposal ends where it was.
+    proposals.sort_by_key(|p| p.created_unix);
+    for mut p in proposals {
+        if to.proposal_get(&p.id).await?.is_some() {
+            done.skipped += 1;
+            continue;
+        }
+        if let Some(sealed) = p.request.sealed_headers.take() {
+            match from.sealer().open_sealed(&sealed) {
+                Some(plain) => p.request.sealed_headers = Some(to.sealer().seal(&plain)?),
+                None => done.unsealable += 1,
+            }
+        }
+        to.proposal_put(&p, true).await?;
+        done.proposals += 1;
+    }
+
+    let present = to.kill_list().await?;
+    for (target, switch) in from.kill_list().await? {
+        if present.iter().any(|(t, _)| *t == target) {
+            done.skipped += 1;
+            continue;
+        }
+        to.kill_set(&target, Some(&switch)).await?;
+        done.kill_switches += 1;
+    }
+
+    for (id, record) in from.idem_all()? {
+        if to.idem_swap(&id, None, &record).await? {
+            done.idempotency_records += 1;
+        } else {
+            done.skipped += 1;
+        }
+    }
+
+    for (key, total) in from.budget_all()? {
+        if to.budget_get(&key).await? != 0.0 {
+            done.skipped += 1;
+            continue;
+        }
+        to.budget_add(&key, total, f64::INFINITY).await?.ok();
+        done.budgets += 1;
+    }
+
+    for entry in from.ledger_all().await? {
+        if to.ledger_get(&entry.request_id).await?.is_some() {
+            done.skipped += 1;
+            continue;
+        }
+        to.ledger_put(&entry).await?;
+        done.ledger_entries += 1;
+    }
+
+    for (job, claim) in from.job_all()? {
+        match to.job_claim(&job, &claim.agent, &claim.owner).await? {
+            None => done.job_claims += 1,
+            Some(_) => done.skipped += 1,
+        }
+    }
+    to.flush().await?;
+    Ok(done)
+}
