@@ -233,6 +233,7 @@ fn new_proposal(call: &Call<'_>, identity: String) -> Proposal {
         outcome: None,
         committed_unix: None,
         committing_unix: None,
+        committing_by: None,
     }
 }
 
@@ -483,6 +484,7 @@ async fn send_approved(
     // Compare-and-set from `approved`: whoever moves it first (on any replica) sends it.
     p.state = State::Committing;
     p.committing_unix = Some(now_unix());
+    p.committing_by = app.store.replica().map(str::to_string);
     match app.store.proposal_swap(p, State::Approved).await {
         Ok(true) => {}
         Ok(false) => {
@@ -617,23 +619,35 @@ fn sent_headers(app: &App, r: &StoredRequest) -> Option<HeaderMap> {
     Some(headers)
 }
 
-/// At start-up: a proposal found `committing` may or may not have reached the upstream. It
-/// becomes `outcome_unknown` and is never sent again. On a shared store another replica may be
-/// sending it right now: only a commit older than `in_flight` (the longest a send can take) is
-/// taken; younger ones are left to the replica sending them, or to the sweep once they are old.
+/// A proposal found `committing` by a process that is not sending it may or may not have
+/// reached the upstream. It becomes `outcome_unknown` and is never sent again. On a local store
+/// that is every one found at start-up. On a shared store another replica may be sending it
+/// right now: a commit is taken once the replica sending it stopped showing it is alive (a
+/// replica killed mid-send), or once it is older than `in_flight`, the longest a send can take
+/// (a live replica that lost track of it). Run at start and every few seconds on a shared store.
 pub async fn recover(
     store: &crate::store::Store,
     audit: &crate::audit::Audit,
     in_flight: Duration,
 ) -> Result<usize, StoreError> {
-    let mut n = 0;
+    let found = store.proposal_in_state(State::Committing).await?;
+    if found.is_empty() {
+        return Ok(0);
+    }
+    let alive = match store.shared() {
+        true => store.replicas_alive().await?,
+        false => Vec::new(),
+    };
     let cut = now_unix().saturating_sub(in_flight.as_secs());
-    for mut p in store.proposal_list().await? {
-        if p.state != State::Committing {
-            continue;
-        }
-        if store.shared() && p.committing_unix.is_some_and(|t| t > cut) {
-            continue;
+    let mut n = 0;
+    for mut p in found {
+        if store.shared() {
+            // Records from before replicas named themselves have only their age to go by.
+            let sender_alive = p.committing_by.as_ref().is_none_or(|r| alive.contains(r));
+            let young = p.committing_unix.is_some_and(|t| t > cut);
+            if sender_alive && young {
+                continue;
+            }
         }
         p.state = State::OutcomeUnknown;
         p.note = Some(

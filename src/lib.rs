@@ -70,13 +70,23 @@ fn serve_transparent(app: &Arc<App>, listener: TcpListener, own: Vec<std::net::S
 
 /// On a shared store, what other replicas decide applies here at once when announced
 /// (LISTEN/NOTIFY), and within a second in any case: kill switches are read again every second,
-/// and a held call looks at its proposal every second (`approval`).
+/// and a held call looks at its proposal every second (`approval`). Every two seconds, commits
+/// left by a replica that died are turned into `outcome_unknown`.
 async fn follow_replicas(app: Arc<App>) {
     let mut heard = app.store.subscribe();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut abandoned = tokio::time::interval(std::time::Duration::from_secs(2));
     loop {
         let topic = tokio::select! {
             _ = app.cancel.cancelled() => break,
+            _ = abandoned.tick() => {
+                // A replica that died while sending leaves its commit: outcome unknown.
+                let limit = app.in_flight_limit();
+                if let Err(e) = approval::recover(&app.store, &app.audit, limit).await {
+                    warn!(error = %e, "could not look for commits abandoned by other replicas");
+                }
+                continue;
+            }
             _ = tick.tick() => None,
             Some(t) = async { heard.as_mut()?.recv().await } => Some(t),
         };

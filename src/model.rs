@@ -248,6 +248,10 @@ pub struct Proposal {
     /// When a replica began sending it (state `committing`).
     #[serde(default)]
     pub committing_unix: Option<u64>,
+    /// Which replica is sending it, on a shared store (`committing`): once that replica stops
+    /// showing it is alive, the commit is abandoned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committing_by: Option<String>,
 }
 
 impl Proposal {

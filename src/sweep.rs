@@ -62,11 +62,6 @@ pub async fn once(app: &App) -> Result<Swept, StoreError> {
         .await?;
     // A job's claim lasts as long as its calls can still be rolled back.
     app.store.job_expire(ledger_cut).await?;
-    // On a shared store, a commit abandoned by a replica that died is found here (a local
-    // store has only this process, which recovered its own at start).
-    if app.store.shared() {
-        crate::approval::recover(&app.store, &app.audit, app.in_flight_limit()).await?;
-    }
     Ok(Swept {
         idempotency,
         proposals,

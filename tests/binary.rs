@@ -1010,3 +1010,110 @@ async fn sigterm_under_load_leaves_every_forwarded_request_audited() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Two replicas (real processes) on one PostgreSQL database: one is killed while sending an
+/// approved call; the other finds the commit abandoned once the dead replica's heartbeat stops,
+/// turns it into `outcome_unknown`, and never sends it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_commit_leaves_outcome_unknown_on_the_others() {
+    let Some(cluster) = support::pg::Cluster::start("a_replica_killed_mid_commit") else {
+        return;
+    };
+    let (_pki, upstream, dir, mut args) = routed("api.stripe.com", "60s").await;
+    args.extend(["--database-url".to_string(), cluster.url.clone()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut a, proxy_a, admin_a, _log_a) = start_binary(dir.path(), &args);
+    let (_b, proxy_b, admin_b, _log_b) = start_binary(dir.path(), &args);
+    let ca_pem = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
+    let agent = Some(("support-bot-staging", "demo-staging-token"));
+    let url = "https://api.stripe.com/v1/refunds";
+    let body = "payment_intent=hang-upstream&amount=100";
+    let refund = |proxy| {
+        let client = client_via(proxy, agent, &ca_pem, http::Version::HTTP_11);
+        async move {
+            send(
+                &client,
+                "POST",
+                url,
+                &[FORM, ("idempotency-key", "replica-kill-1")],
+                body,
+            )
+            .await
+        }
+    };
+
+    // Held on A, approved on B: A sends it and the upstream hangs.
+    let held = tokio::spawn(refund(proxy_a));
+    let mut id = String::new();
+    for _ in 0..200 {
+        let got = admin_api(
+            &admin_a,
+            "GET",
+            "/api/proposals?state=pending",
+            "demo-carol-token",
+            None,
+        )
+        .await;
+        if let Some(p) = got.json()["proposals"]
+            .as_array()
+            .and_then(|a| a.first().cloned())
+        {
+            id = p["id"].as_str().unwrap().to_string();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!id.is_empty(), "the proposal appeared");
+    let path = format!("/api/proposals/{id}/approve");
+    let got = admin_api(&admin_b, "POST", &path, "demo-carol-token", None).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    for _ in 0..250 {
+        if upstream.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(upstream.count(), 1, "A is sending it");
+    let path = format!("/api/proposals/{id}");
+    let got = admin_api(&admin_b, "GET", &path, "demo-carol-token", None).await;
+    assert_eq!(
+        got.json()["state"],
+        "committing",
+        "B leaves a live replica's commit alone"
+    );
+
+    signal(a.0.id(), "-KILL");
+    let _ = a.0.wait();
+    let _ = held.await;
+
+    // B finds it abandoned within the lease (5 s) and its next look (every 2 s).
+    let killed = Instant::now();
+    let mut state = serde_json::Value::Null;
+    while killed.elapsed() < Duration::from_secs(20) {
+        state = admin_api(&admin_b, "GET", &path, "demo-carol-token", None)
+            .await
+            .json()["state"]
+            .clone();
+        if state == "outcome_unknown" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(state, "outcome_unknown");
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "found in {:?}",
+        killed.elapsed()
+    );
+
+    // The agent's retry through B is told the outcome is unknown; nothing is sent again.
+    let got = refund(proxy_b).await.unwrap();
+    assert_eq!(got.status, 409, "{}", got.text());
+    assert!(
+        got.message().contains("outcome is unknown"),
+        "{}",
+        got.message()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(upstream.count(), 1, "nothing was sent again");
+}

@@ -22,7 +22,9 @@ async fn two_replicas(cluster: &Cluster) -> (Arc<PgStore>, Arc<PgStore>) {
     let mut applied = ma.unwrap();
     applied.extend(mb.unwrap());
     applied.sort();
-    assert_eq!(applied, [1, 2], "each version applied once, by one of them");
+    let every: Vec<i32> = (1..=applied.len() as i32).collect();
+    assert!(applied.len() >= 3, "{applied:?}");
+    assert_eq!(applied, every, "each version applied once, by one of them");
     assert!(
         a.migrate().await.unwrap().is_empty(),
         "nothing left to apply"

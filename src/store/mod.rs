@@ -142,6 +142,13 @@ pub trait ProposalStore: Send + Sync {
 
     async fn proposal_list(&self) -> Result<Vec<Proposal>>;
 
+    /// The proposals in `state` (the sweep's look for abandoned commits).
+    async fn proposal_in_state(&self, state: crate::model::State) -> Result<Vec<Proposal>> {
+        let mut all = self.proposal_list().await?;
+        all.retain(|p| p.state == state);
+        Ok(all)
+    }
+
     /// Removes proposals finished before `before_unix` (and their index entries).
     async fn proposal_expire(&self, before_unix: u64) -> Result<usize>;
 }
@@ -277,6 +284,15 @@ pub trait Backend:
     /// Nobody else shares a local store: nothing to tell.
     async fn announce(&self, _topic: &str) -> Result<()> {
         Ok(())
+    }
+    /// This process's name among the replicas sharing the store (None: a local store).
+    fn replica(&self) -> Option<&str> {
+        None
+    }
+    /// The replicas that showed they are alive within the last few seconds, by the store's
+    /// clock (a local store has only this process).
+    async fn replicas_alive(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
     }
     /// What other replicas announce, for as long as the runtime runs (None: a local store).
     fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {

@@ -54,7 +54,20 @@ const MIGRATIONS: &[(i32, &str)] = &[
          CREATE INDEX audit_index_seq ON audit_index (seq);
          CREATE TABLE audit_meta (key bytea PRIMARY KEY, value bytea NOT NULL);",
     ),
+    (
+        3,
+        "CREATE TABLE replicas (id text PRIMARY KEY, seen_ms bigint NOT NULL);
+         CREATE INDEX proposals_committing ON proposals (id) WHERE state = 'committing';",
+    ),
 ];
+
+/// The database's clock in milliseconds: replicas compare heartbeats on one clock, never their
+/// own.
+const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// A replica that has not shown it is alive for this long is taken for dead: the commits it
+/// left are turned into `outcome_unknown` by the others. Heartbeats come every half second.
+const REPLICA_LEASE_MS: i64 = 5_000;
 
 /// The advisory lock replicas take to migrate one at a time.
 const MIGRATION_LOCK: i64 = 0x746f_6f6c_6761_7465;
@@ -112,6 +125,8 @@ pub struct PgStore {
     sealer: Sealer,
     /// Set by the health watch: whether the database answered its last ping.
     healthy: Arc<std::sync::atomic::AtomicBool>,
+    /// This process's name among the replicas (host, pid and a random part).
+    replica: String,
 }
 
 impl PgStore {
@@ -129,19 +144,31 @@ impl PgStore {
             log: std::sync::OnceLock::new(),
             sealer: Sealer::open(seal_dir)?,
             healthy: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            replica: replica_name(),
         })
     }
 
     /// Pings the database every half second (on the current runtime, for as long as it runs):
-    /// while it does not answer within a second, `healthy` is false and calls are refused.
+    /// while it does not answer within a second, `healthy` is false and calls are refused. The
+    /// ping is this replica's heartbeat, which tells the others it is alive.
     pub fn watch_health(&self) {
         let (pool, healthy) = (self.pool.clone(), self.healthy.clone());
+        let replica = self.replica.clone();
+        let beat = format!(
+            "INSERT INTO replicas (id, seen_ms) VALUES ($1, {DB_NOW_MS})
+             ON CONFLICT (id) DO UPDATE SET seen_ms = EXCLUDED.seen_ms"
+        );
+        let forget = format!("DELETE FROM replicas WHERE seen_ms < {DB_NOW_MS} - 86400000");
         tokio::spawn(async move {
             let mut was = true;
-            loop {
+            for tick in 0u64.. {
                 let ping = async {
                     let client = pool.get().await?;
-                    client.simple_query("SELECT 1").await?;
+                    client.execute(&beat, &[&replica]).await?;
+                    // Replicas gone for a day are forgotten (once a minute is plenty).
+                    if tick % 120 == 0 {
+                        client.execute(&forget, &[]).await?;
+                    }
                     Ok::<_, StoreError>(())
                 };
                 let ok = matches!(
@@ -211,6 +238,16 @@ impl PgStore {
 struct Target {
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
+}
+
+/// A replica's name: where it runs and which process it is, plus a random part so that a
+/// restarted process with a reused pid is a new replica.
+fn replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let random: u32 = rand::random();
+    format!("{host}/{}/{random:08x}", std::process::id())
 }
 
 /// `--database-url` read (`postgres://USER[:PASS]@HOST:PORT/DB[?sslmode=…&sslrootcert=FILE]`).
@@ -297,6 +334,17 @@ impl Backend for PgStore {
     /// The database's disk is the database's to watch: `--store-alarm` applies to a data dir.
     fn size_on_disk(&self) -> u64 {
         0
+    }
+
+    fn replica(&self) -> Option<&str> {
+        Some(&self.replica)
+    }
+
+    async fn replicas_alive(&self) -> Result<Vec<String>, StoreError> {
+        let client = self.pool.get().await?;
+        let sql = format!("SELECT id FROM replicas WHERE seen_ms > {DB_NOW_MS} - $1");
+        let rows = client.query(&sql, &[&REPLICA_LEASE_MS]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     fn sealer(&self) -> &Sealer {
@@ -683,6 +731,17 @@ impl ProposalStore for PgStore {
 
     async fn proposal_list(&self) -> Result<Vec<Proposal>, StoreError> {
         self.all("SELECT record FROM proposals ORDER BY id").await
+    }
+
+    async fn proposal_in_state(&self, state: State) -> Result<Vec<Proposal>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT record FROM proposals WHERE state = $1 ORDER BY id",
+                &[&state.as_str()],
+            )
+            .await?;
+        rows.iter().map(|r| decode(r.get::<_, &[u8]>(0))).collect()
     }
 
     async fn proposal_expire(&self, before_unix: u64) -> Result<usize, StoreError> {
