@@ -4,7 +4,7 @@
 # Not a test. Each scenario runs RUNS times (default 3), alternating direct, toolgate and the
 # reference; it prints the medians of requests/s and p50, and their ratios to direct.
 # Policies: bench/policies (a read, and a side-effect-free POST validated against a schema,
-# both with a credential injected).
+# both with a credential injected; and a write, committed: its rate is the commit rate).
 #
 # Then "sigterm": LOAD_SECONDS (default 60) of reads at c=16 on a fresh data dir, SIGTERM while
 # the load runs, and the upstream's count of requests received against the audit log's count
@@ -156,6 +156,11 @@ run "GET keep-alive c=1"  -c 1  "$URL_GET"
 run "GET keep-alive c=16" -c 16 "$URL_GET"
 run "POST 1 KiB c=16"     -c 16 -m POST -T application/x-www-form-urlencoded -D "$work/body" "$URL_POST"
 run "GET new conn c=4"    -c 4  --disable-keepalive "$URL_GET"
+# Writes: every call a new invoice id, so every one is committed (idempotency record, durable
+# commit event, then sent); the audit writer's group commit is what lets them scale with c.
+URL_WRITE='https://api\.stripe\.com/v1/invoices/in_[a-z0-9]{24}'
+run "write commit c=1"      -c 1  -m POST -T application/x-www-form-urlencoded -d "description=bench" --rand-regex-url "$URL_WRITE"
+run "write commit c=16"     -c 16 -m POST -T application/x-www-form-urlencoded -d "description=bench" --rand-regex-url "$URL_WRITE"
 
 # The transparent path next to the CONNECT path ("toolgate" is CONNECT, the third column the
 # same toolgate reached through the kernel redirect from the namespace).
