@@ -206,7 +206,8 @@ impl PgStore {
         key: &str,
     ) -> Result<Option<T>, StoreError> {
         let client = self.pool.get().await?;
-        match client.query_opt(sql, &[&key]).await? {
+        let statement = client.prepare_cached(sql).await?;
+        match client.query_opt(&statement, &[&key]).await? {
             Some(row) => Ok(Some(decode(row.get::<_, &[u8]>(0))?)),
             None => Ok(None),
         }
@@ -214,7 +215,8 @@ impl PgStore {
 
     async fn all<T: DeserializeOwned>(&self, sql: &str) -> Result<Vec<T>, StoreError> {
         let client = self.pool.get().await?;
-        let rows = client.query(sql, &[]).await?;
+        let statement = client.prepare_cached(sql).await?;
+        let rows = client.query(&statement, &[]).await?;
         rows.iter().map(|r| decode(r.get::<_, &[u8]>(0))).collect()
     }
 
@@ -224,7 +226,9 @@ impl PgStore {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, StoreError> {
         let client = self.pool.get().await?;
-        Ok(client.execute(sql, params).await?)
+        // Prepared once per connection: a call is one round trip, not two.
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.execute(&statement, params).await?)
     }
 }
 

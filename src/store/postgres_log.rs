@@ -170,23 +170,26 @@ impl EventLog for PgEventLog {
                 let times: Vec<i64> = events.iter().map(|e| big(e.unix_ms)).collect();
                 let bodies: Vec<&[u8]> = events.iter().map(|e| e.bytes.as_slice()).collect();
                 let (tags, values, index_seqs) = index_rows(&events);
-                let mut client = pool.get().await?;
-                let tx = client.transaction().await?;
-                tx.execute(
-                    "INSERT INTO audit_events (seq, unix_ms, event)
-                     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])",
-                    &[&seqs, &times, &bodies],
-                )
-                .await
-                .map_err(conflict_or)?;
-                tx.execute(
-                    "INSERT INTO audit_index (tag, value, seq)
-                     SELECT * FROM unnest($1::smallint[], $2::text[], $3::bigint[])
-                     ON CONFLICT DO NOTHING",
-                    &[&tags, &values, &index_seqs],
-                )
-                .await?;
-                tx.commit().await.map_err(conflict_or)?;
+                let client = pool.get().await?;
+                // One statement (so one transaction and one round trip) for the whole batch:
+                // the events and their index entries, all or none.
+                let statement = client
+                    .prepare_cached(
+                        "WITH events AS (
+                            INSERT INTO audit_events (seq, unix_ms, event)
+                            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]))
+                         INSERT INTO audit_index (tag, value, seq)
+                         SELECT * FROM unnest($4::smallint[], $5::text[], $6::bigint[])
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .await?;
+                client
+                    .execute(
+                        &statement,
+                        &[&seqs, &times, &bodies, &tags, &values, &index_seqs],
+                    )
+                    .await
+                    .map_err(conflict_or)?;
                 Ok(())
             })
         })
