@@ -63,6 +63,8 @@ pub struct App {
     pub(crate) connections: Arc<tokio::sync::Semaphore>,
     /// Refusals and failed authentications per source address.
     pub(crate) sources: PerSource,
+    /// What MCP servers last listed for their pinned tools.
+    pub(crate) pins: crate::services::Pins,
 }
 
 impl App {
@@ -107,6 +109,7 @@ impl App {
             caps: Caps::new(config.guards.clone()),
             connections: Arc::new(tokio::sync::Semaphore::new(config.guards.max_connections)),
             sources: PerSource::default(),
+            pins: crate::services::Pins::default(),
             limiter: RateLimiter::new(store.clone()),
             sessions: Sessions::new(store.clone()),
             locks: KeyedLocks::default(),

@@ -56,6 +56,10 @@ pub(crate) const FORWARDED_HEADERS: [&str; 20] = [
     "anthropic-beta",
 ];
 
+/// The headers of an MCP session, forwarded to MCP tools.
+pub(crate) const MCP_HEADERS: [&str; 3] =
+    ["mcp-session-id", "mcp-protocol-version", "last-event-id"];
+
 /// Prefixes of forwarded headers (the OpenAI and Anthropic SDKs' telemetry).
 pub(crate) const FORWARDED_PREFIXES: [&str; 2] = ["x-stainless-", "openai-beta"];
 
@@ -121,6 +125,7 @@ pub(crate) fn forwarded_headers(tool: &Tool, sent: &HeaderMap) -> Result<HeaderM
         }
         let forwarded = FORWARDED_HEADERS.contains(&n)
             || FORWARDED_PREFIXES.iter().any(|p| n.starts_with(p))
+            || (tool.mcp.is_some() && MCP_HEADERS.contains(&n))
             || named(n);
         if forwarded {
             out.append(name.clone(), value.clone());
@@ -169,6 +174,9 @@ pub(crate) fn recheck(
         .map_err(|e| Refusal::policy(format!("the stored URI is not valid: {e}")))?;
     let path = uri.path();
     check_path(path).map_err(|e| Refusal::policy(e.to_string()))?;
+    if tool.mcp.is_some() {
+        return recheck_mcp(policy, agent, tool, call, uri);
+    }
     let matched = policy
         .match_tool(host, port, method, path)
         .filter(|m| m.tool.name == tool.name)
@@ -192,6 +200,55 @@ pub(crate) fn recheck(
     Ok(Rechecked {
         credential,
         body: body_json,
+    })
+}
+
+/// [`recheck`] of a stored MCP tool call: the endpoint still serves the tool, and the stored
+/// message still calls it with arguments that pass its schema, rules and budget field.
+fn recheck_mcp(
+    policy: &Policy,
+    agent: &Agent,
+    tool: &Tool,
+    call: &StoredCall<'_>,
+    uri: http::Uri,
+) -> Result<Rechecked, Refusal> {
+    let gone = || {
+        Refusal::policy(format!(
+            "MCP tool {} is no longer contracted at {}{}",
+            tool.name,
+            call.host,
+            uri.path()
+        ))
+    };
+    let spec = tool.mcp.as_ref().ok_or_else(gone)?;
+    let served = policy.mcp_endpoint(call.host, call.port, uri.path());
+    if !served.iter().any(|t| t.name == tool.name) {
+        return Err(gone());
+    }
+    let message = contract::parse_json_strict(call.body)
+        .map_err(|e| validation(format!("the stored MCP message is not JSON: {e}")))?;
+    let arguments = match crate::mcp::classify(&message) {
+        crate::mcp::Message::Call {
+            name, arguments, ..
+        } if name == spec.name => arguments,
+        _ => return Err(gone()),
+    };
+    let params = Default::default();
+    let credential = authorize(agent, tool, &params)?;
+    forwarded_headers(tool, call.headers)?;
+    spec.arguments
+        .check(&arguments)
+        .map_err(|e| validation(format!("MCP tool {} arguments: {e}", spec.name)))?;
+    let mut req = Request::new(());
+    *req.method_mut() = call.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = call.headers.clone();
+    let (parts, ()) = req.into_parts();
+    check_rules(agent, tool, &parts, &params, &Value::Null, &arguments)?;
+    budget_amount(tool, &arguments)?;
+    Ok(Rechecked {
+        credential,
+        body: arguments,
     })
 }
 
@@ -406,7 +463,7 @@ pub(crate) fn check_rules(
         .filter(|(k, _)| !AGENT_CREDENTIAL_HEADERS.contains(&k.as_str()))
         .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), Value::from(v))))
         .collect();
-    let request = json!({
+    let mut request = json!({
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
         "params": params,
@@ -414,6 +471,10 @@ pub(crate) fn check_rules(
         "body": if body.is_null() { json!({}) } else { body.clone() },
         "headers": headers,
     });
+    // An MCP tool's rules read its arguments (which are what `body` holds for it).
+    if tool.mcp.is_some() {
+        request["arguments"] = request["body"].clone();
+    }
     let agent_v = json!({
         "id": agent.id,
         "owner": agent.owner,

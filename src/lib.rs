@@ -17,6 +17,7 @@ pub mod guard;
 pub mod ledger;
 pub mod limits;
 pub mod logging;
+pub mod mcp;
 pub mod metrics;
 pub mod model;
 pub mod notify;

@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     // errors, stored records, start-up configuration; leaves with no crate imports
     &["error", "model", "config", "logging", "metrics", "ca"],
     // storage (the interface and its implementations), policies, the upstream client
-    &["store", "policy", "upstream"],
+    &["store", "policy", "upstream", "mcp"],
     // what sits on storage and policy: the audit log, the policy phases, limits,
     // notifications, connection caps
     &["audit", "checks", "limits", "notify", "guard"],

@@ -117,9 +117,18 @@ pub struct ToolDef {
     pub side_effects: Option<String>,
     pub mode: Option<String>,
     pub host: String,
+    /// Required for an HTTP tool; an MCP tool is always POST to its endpoint.
+    #[serde(default)]
     pub method: String,
     pub path: String,
     pub body: Option<BodyDef>,
+    /// An MCP server's tool (`params.name` of `tools/call`) reached at `host` + `path`.
+    pub mcp_tool: Option<String>,
+    /// The JSON Schema of an MCP tool's `params.arguments` (closed: unknown fields refused).
+    pub arguments: Option<String>,
+    /// `sha256:…` over the MCP tool's description and input schema as the server lists them:
+    /// a server that changes them has the tool hidden and refused.
+    pub pin: Option<String>,
     pub query_schema: Option<String>,
     pub idempotency: Option<String>,
     pub idempotency_window: Option<String>,

@@ -282,7 +282,20 @@ pub struct Tool {
     pub params: Vec<(String, String)>,
     pub rules: Vec<rules::Rule>,
     pub approval: ApprovalSpec,
+    /// An MCP server's tool: matched by its endpoint and name, not by method and path alone.
+    pub mcp: Option<McpSpec>,
     pub def: ToolDef,
+}
+
+/// What makes a tool an MCP tool.
+#[derive(Debug)]
+pub struct McpSpec {
+    /// `params.name` of `tools/call`.
+    pub name: String,
+    /// `params.arguments`, closed.
+    pub arguments: Arc<contract::Schema>,
+    /// `sha256:HEX` over the tool's description and input schema as listed.
+    pub pin: Option<String>,
 }
 
 /// Default body limit per tool.
@@ -382,11 +395,24 @@ impl Policy {
                             format!("tool {:?} is defined twice", tool.name),
                         ));
                     }
-                    if other.host == tool.host
+                    let same_endpoint = other.host == tool.host
                         && other.port == tool.port
                         && other.method == tool.method
-                        && other.path.overlaps(&tool.path)
-                    {
+                        && other.path.overlaps(&tool.path);
+                    // MCP tools share their endpoint and differ by name.
+                    if let (true, Some(a), Some(b)) = (same_endpoint, &other.mcp, &tool.mcp) {
+                        if a.name == b.name {
+                            return Err(PolicyError::new(
+                                &path,
+                                format!(
+                                    "tools {:?} and {:?} both contract MCP tool {:?} on {}{}",
+                                    other.name, tool.name, a.name, tool.host, tool.def.path
+                                ),
+                            ));
+                        }
+                        continue;
+                    }
+                    if same_endpoint {
                         return Err(PolicyError::new(
                             &path,
                             format!(
@@ -499,6 +525,17 @@ impl Policy {
             .map(|t| t.port)
     }
 
+    /// The MCP tools served at an endpoint (empty: `path` on that host is no MCP endpoint).
+    /// `path` must have passed [`check_path`].
+    pub fn mcp_endpoint(&self, host: &str, port: u16, path: &str) -> Vec<Arc<Tool>> {
+        self.tools
+            .iter()
+            .filter(|t| t.mcp.is_some() && t.port == port && t.host.eq_ignore_ascii_case(host))
+            .filter(|t| t.path.matches(path).is_some())
+            .cloned()
+            .collect()
+    }
+
     /// Finds the tool for a request. `path` must have passed [`check_path`].
     pub fn match_tool(
         &self,
@@ -510,6 +547,7 @@ impl Policy {
         self.tools
             .iter()
             .filter(|t| t.port == port && t.method == method && t.host.eq_ignore_ascii_case(host))
+            .filter(|t| t.mcp.is_none())
             .find_map(|t| {
                 t.path.matches(path).map(|params| Matched {
                     tool: t.clone(),
@@ -717,8 +755,7 @@ fn compile_tool(
     let (host, port) = split_host_port(&def.host, 443)
         .filter(|(h, _)| !h.is_empty() && !h.contains('/'))
         .ok_or_else(|| err(format!("host {:?} is not HOST or HOST:PORT", def.host)))?;
-    let method = http::Method::from_bytes(def.method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| err(format!("method {:?} is not an HTTP method", def.method)))?;
+    let method = compile_method(&def, &err)?;
     let template = PathTemplate::parse(&def.path).map_err(err)?;
     if let Some(r) = &def.rollback {
         rollback_def::validate_def(r).map_err(err)?;
@@ -758,13 +795,14 @@ fn compile_tool(
         None => DEFAULT_MAX_BODY,
     };
     let query = def.query_schema.as_deref().map(load_schema).transpose()?;
+    let mcp = compile_mcp(&def, &load_schema, &err)?;
     let (idempotency, idempotency_window) = compile_idempotency(&def, side_effects, &err)?;
     let rate_limit = def
         .rate_limit
         .as_deref()
         .map(|text| parse_rate(text).map_err(|e| err(format!("rate_limit: {e}"))))
         .transpose()?;
-    let budget = compile_budget(&def, body.is_some(), &err)?;
+    let budget = compile_budget(&def, body.is_some() || mcp.is_some(), &err)?;
     let params = compile_params(&def, &template, &err)?;
     let rules = def
         .rules
@@ -775,6 +813,7 @@ fn compile_tool(
     let approval = compile_approval(&def, &err)?;
     Ok(Tool {
         approval,
+        mcp,
         mode,
         side_effects,
         body,
@@ -795,6 +834,73 @@ fn compile_tool(
         path: template,
         def,
     })
+}
+
+/// An HTTP tool's method, or POST for an MCP tool (which names none, or POST).
+fn compile_method(
+    def: &ToolDef,
+    err: &dyn Fn(String) -> PolicyError,
+) -> Result<http::Method, PolicyError> {
+    Ok(match (&def.mcp_tool, def.method.as_str()) {
+        (Some(_), "" | "POST" | "post") => http::Method::POST,
+        (Some(_), other) => {
+            return Err(err(format!(
+                "an MCP tool is called with POST to its endpoint; remove method {other:?}"
+            )))
+        }
+        (None, "") => {
+            return Err(err(
+                "method is required (or mcp_tool for an MCP tool)".into()
+            ))
+        }
+        (None, m) => http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+            .map_err(|_| err(format!("method {m:?} is not an HTTP method")))?,
+    })
+}
+
+/// `mcp_tool` with its argument schema (required), and no HTTP body or query of its own.
+fn compile_mcp(
+    def: &ToolDef,
+    load_schema: &dyn Fn(&str) -> Result<Arc<contract::Schema>, PolicyError>,
+    err: &dyn Fn(String) -> PolicyError,
+) -> Result<Option<McpSpec>, PolicyError> {
+    let Some(name) = &def.mcp_tool else {
+        if def.arguments.is_some() || def.pin.is_some() {
+            return Err(err(
+                "arguments and pin are for MCP tools: add mcp_tool".into()
+            ));
+        }
+        return Ok(None);
+    };
+    if def.body.is_some() || def.query_schema.is_some() {
+        return Err(err(
+            "an MCP tool describes its arguments (arguments = \"schema.json\"), not a body or query".into(),
+        ));
+    }
+    if def.idempotency.as_deref() == Some("key") {
+        return Err(err(
+            "MCP calls carry no Idempotency-Key: use idempotency = \"payload\"".into(),
+        ));
+    }
+    let arguments = def.arguments.as_deref().ok_or_else(|| {
+        err(
+            "an MCP tool needs arguments = \"schema.json\" (the JSON Schema of its arguments)"
+                .into(),
+        )
+    })?;
+    if let Some(pin) = &def.pin {
+        let hex = pin.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(err(format!(
+                "pin {pin:?} is not sha256:<64 hex> (`toolgate mcp pin URL` prints the current pins)"
+            )));
+        }
+    }
+    Ok(Some(McpSpec {
+        name: name.clone(),
+        arguments: load_schema(arguments)?,
+        pin: def.pin.as_ref().map(|p| p.to_ascii_lowercase()),
+    }))
 }
 
 /// `risk`, `kind` and `redact` hold only what they may.

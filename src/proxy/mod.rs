@@ -4,6 +4,7 @@
 //! target), then per request inside the tunnel `match_tool`, `forward`, and `record`, which runs
 //! on every exit, refusals included.
 
+pub(crate) mod mcp;
 pub mod model;
 pub(crate) mod request;
 pub mod rewind;
@@ -631,7 +632,11 @@ async fn handle(
             rec.proposal = refusal.proposal.clone();
             trail.flush(&app.audit).await;
             app.audit.record(rec).await;
-            (refusal.into_response(&request_id), Decision::Refused(code))
+            let resp = match &trail.mcp {
+                Some(reply) => mcp::refusal_answer(reply, &refusal),
+                None => refusal.into_response(&request_id),
+            };
+            (resp, Decision::Refused(code))
         }
     };
     // A path that recorded nothing else still records what was asked.

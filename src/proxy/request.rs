@@ -33,7 +33,7 @@ use crate::App;
 const KEY_WINDOW_SECS: u64 = 24 * 3600;
 
 /// Everything the phases learn about one request, filled in as it goes.
-struct Call {
+pub(super) struct Call {
     agent: Arc<Agent>,
     tool: Arc<Tool>,
     params: std::collections::BTreeMap<String, String>,
@@ -51,6 +51,8 @@ struct Call {
     body_event: Value,
     /// The call being undone, when toolgate itself sends an undo.
     undo_of: Option<String>,
+    /// An MCP tool call: its JSON-RPC id (the tool's name is the contract's `mcp_tool`).
+    mcp_id: Option<Value>,
     started: std::time::Instant,
     /// The body's bytes held against the buffer caps until the call is done.
     _buffered: BodyReservation,
@@ -59,13 +61,18 @@ struct Call {
 /// The phases of one request inside a tunnel: identify, match, authorize and validate, then
 /// decide (deny, preview, propose, read or write).
 pub(super) async fn process(
-    app: &App,
+    app: &Arc<App>,
     target: &Target,
     req: Request<ProxyBody>,
     trail: &mut Trail,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let policy = app.policy();
     let agent = identify(app, &policy, target, req.method())?;
+    canonical(req.uri().path())?;
+    let endpoint = policy.mcp_endpoint(&target.host, target.port, req.uri().path());
+    if !endpoint.is_empty() {
+        return super::mcp::process(app, target, agent, endpoint, req, trail).await;
+    }
     let matched = match_tool(app, &policy, target, &req)?;
     trail.tool = Some(matched.tool.name.clone());
     trail.version = Some(matched.tool.version);
@@ -117,24 +124,102 @@ fn match_tool(
     req: &Request<ProxyBody>,
 ) -> Result<crate::policy::Matched, Refusal> {
     let path = req.uri().path();
+    let matched = policy
+        .match_tool(&target.host, target.port, req.method(), path)
+        .ok_or_else(|| no_match(policy, target, req.method(), path))?;
+    tool_enabled(app, &matched.tool)?;
+    Ok(matched)
+}
+
+/// The path as sent must be canonical: toolgate matches it as it is and never normalises it.
+fn canonical(path: &str) -> Result<(), Refusal> {
     check_path(path).map_err(|e| {
         Refusal::policy(format!(
             "{e}; send the path in canonical form, toolgate does not normalise it"
         ))
-    })?;
-    let matched = policy
-        .match_tool(&target.host, target.port, req.method(), path)
-        .ok_or_else(|| no_match(policy, target, req.method(), path))?;
-    if let Some(k) = app.kill.get(&KillTarget::Tool(matched.tool.name.clone())) {
-        return Err(Refusal::new(
+    })
+}
+
+/// The tool's kill switch.
+pub(super) fn tool_enabled(app: &App, tool: &Tool) -> Result<(), Refusal> {
+    match app.kill.get(&KillTarget::Tool(tool.name.clone())) {
+        Some(k) => Err(Refusal::new(
             Code::ToolDisabled,
             format!(
                 "tool {} is disabled by {}: {}; do not retry until it is enabled",
-                matched.tool.name, k.by, k.reason
+                tool.name, k.by, k.reason
             ),
-        ));
+        )),
+        None => Ok(()),
     }
-    Ok(matched)
+}
+
+/// An MCP tool call read from its JSON-RPC message: the authorize and validate phases with the
+/// arguments in the place of a body (the body read is the message, sent as it is).
+pub(super) fn mcp_call(
+    target: &Target,
+    agent: Arc<Agent>,
+    tool: Arc<Tool>,
+    (parts, body, buffered): (http::request::Parts, Bytes, BodyReservation),
+    (id, arguments): (Value, Value),
+) -> Result<Call, Refusal> {
+    let params = Default::default();
+    let credential = authorize(&agent, &tool, &params)?;
+    if let Some(mcp) = &tool.mcp {
+        if crate::policy::contract::depth(&arguments) > crate::policy::contract::MAX_DEPTH {
+            return Err(validation("the arguments nest too deeply"));
+        }
+        mcp.arguments
+            .check(&arguments)
+            .map_err(|e| validation(format!("MCP tool {} arguments: {e}", mcp.name)))?;
+    }
+    check_rules(&agent, &tool, &parts, &params, &Value::Null, &arguments)?;
+    let amount = budget_amount(&tool, &arguments)?;
+    let mut headers = forwarded_headers(&tool, &parts.headers)?;
+    if let Some(cred) = &credential {
+        headers.remove(&cred.header);
+        headers.insert(cred.header.clone(), cred.header_value());
+    }
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| parts.uri.path().to_string());
+    let body_event = arguments_event(&tool, &arguments);
+    let undo_of = match &target.origin {
+        super::Origin::Undo { of, .. } => Some(of.clone()),
+        super::Origin::Agent => None,
+    };
+    Ok(Call {
+        agent,
+        tool,
+        params,
+        credential,
+        parts,
+        query: Value::Null,
+        body,
+        body_json: arguments,
+        amount,
+        path_and_query,
+        headers,
+        body_event,
+        undo_of,
+        mcp_id: Some(id),
+        started: std::time::Instant::now(),
+        _buffered: buffered,
+    })
+}
+
+/// An MCP call's arguments as the audit log records them (fields the contract names redacted).
+fn arguments_event(tool: &Tool, arguments: &Value) -> Value {
+    let mut v = arguments.clone();
+    for pointer in &tool.def.redact {
+        if let Some(field) = v.pointer_mut(pointer) {
+            *field = Value::String(crate::audit::REDACTED.into());
+        }
+    }
+    let name = tool.mcp.as_ref().map(|m| m.name.as_str()).unwrap_or("");
+    json!({"mcp_tool": name, "arguments": v})
 }
 
 /// The authorize and validate phases: permissions and credential, query, body (read within
@@ -183,6 +268,7 @@ async fn validate(
         headers,
         body_event,
         undo_of,
+        mcp_id: None,
         started: std::time::Instant::now(),
         _buffered: buffered,
     })
@@ -203,7 +289,7 @@ fn body_event(tool: &Tool, body: &Bytes, body_json: &Value) -> Value {
 }
 
 /// The decide phase: deny, preview, hold for approval, or send (a read, or a write).
-async fn decide(
+pub(super) async fn decide(
     app: &App,
     target: &Target,
     mut call: Call,
@@ -230,6 +316,14 @@ async fn decide(
         trail
             .record(&app.audit, "decision", decision("dry_run", &call))
             .await;
+        if let Some(id) = &call.mcp_id {
+            return Ok(super::mcp::preview(
+                id,
+                &tool,
+                &call.body_json,
+                &target.host,
+            ));
+        }
         return Ok(preview(
             target,
             &tool,
@@ -267,8 +361,21 @@ fn decision(outcome: &str, call: &Call) -> Value {
     Value::Object(m)
 }
 
-/// sha256 of method, path and query, and body: what makes two calls the same call.
+/// sha256 of method, path and query, and body: what makes two calls the same call. For an MCP
+/// call, of the tool and its arguments: a retry carries a new JSON-RPC id and is the same call.
 fn payload_sha(call: &Call) -> String {
+    if call.mcp_id.is_some() {
+        let name = call
+            .tool
+            .mcp
+            .as_ref()
+            .map(|m| m.name.as_str())
+            .unwrap_or("");
+        return hex::encode(Sha256::digest(crate::mcp::call_identity(
+            name,
+            &call.body_json,
+        )));
+    }
     let mut h = Sha256::new();
     h.update(call.parts.method.as_str());
     h.update([0]);
@@ -307,7 +414,7 @@ async fn propose(
         headers: &call.headers,
         body: &call.body,
         payload_sha256: &payload,
-        summary_ctx: json!({"body": call.body_json, "params": call.params, "query": call.query}),
+        summary_ctx: json!({"body": call.body_json, "arguments": call.body_json, "params": call.params, "query": call.query}),
         redactor: &app.audit.redactor,
         budget_amount: call.amount,
     };
@@ -606,6 +713,8 @@ pub(crate) struct Trail {
     pub owner: Option<String>,
     pub tool: Option<String>,
     pub version: Option<u32>,
+    /// An MCP message: how a refusal is written (inside JSON-RPC rather than as HTTP).
+    pub mcp: Option<super::mcp::Reply>,
     /// The request's event, not yet recorded.
     held: std::sync::Mutex<Option<crate::audit::Record>>,
 }
@@ -619,6 +728,7 @@ impl Trail {
             owner: None,
             tool: None,
             version: None,
+            mcp: None,
             held: std::sync::Mutex::new(None),
         }
     }
@@ -692,7 +802,7 @@ fn idem_id(kind: &str, agent: &str, tool: &str, key: &str) -> String {
 /// Reads the body whole, as it arrives: within the tool's size limit, the body read timeout,
 /// and the agent's (and everyone's) cap on buffered bytes. The reservation holds those bytes
 /// against the caps until the request is done.
-async fn read_body(
+pub(super) async fn read_body(
     app: &App,
     agent: &str,
     tool: &Tool,

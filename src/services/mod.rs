@@ -3,12 +3,14 @@
 
 pub mod kill;
 pub mod locks;
+pub mod pins;
 pub mod policies;
 pub mod sessions;
 pub mod waiters;
 
 pub use kill::KillSwitches;
 pub use locks::{KeyedLocks, LockKey};
+pub use pins::Pins;
 pub use policies::Policies;
 pub use sessions::Sessions;
 pub use waiters::Waiters;

@@ -1,0 +1,544 @@
+//! An MCP server's endpoint (DESIGN section 9): every tool behind one `POST /mcp`, told apart
+//! by the JSON-RPC message. Session set-up passes for an agent holding a tool there;
+//! `tools/list` answers are filtered to the tools it may call (and whose pins hold);
+//! `tools/call` takes the whole request path with the MCP tool as the tool; any other method is
+//! refused. A batch is answered message by message, each one a request of its own.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+
+use super::body::{self, ProxyBody};
+use super::request::{self, Trail};
+use super::scrub::{Needles, Scrubbed};
+use super::Target;
+use crate::checks::{authorize, forwarded_headers, validation};
+use crate::error::Refusal;
+use crate::mcp::{self, Message};
+use crate::policy::{Agent, Mode, SideEffects, Tool};
+use crate::App;
+
+/// The largest `tools/list` answer or stored answer toolgate reads whole to rewrite.
+const ANSWER_CAP: usize = 8 * 1024 * 1024;
+
+/// How a refusal of this request is written: as the tool's result (a `tools/call`), as a
+/// JSON-RPC error (another message), or as toolgate's JSON error (no message read yet).
+#[derive(Debug, Clone)]
+pub(crate) enum Reply {
+    ToolResult(Value),
+    Error(Option<Value>),
+}
+
+/// An MCP endpoint's request.
+pub(super) async fn process(
+    app: &Arc<App>,
+    target: &Target,
+    agent: Arc<Agent>,
+    endpoint: Vec<Arc<Tool>>,
+    req: Request<ProxyBody>,
+    trail: &mut Trail,
+) -> Result<Response<ProxyBody>, Refusal> {
+    trail.owner = Some(agent.owner.clone());
+    let Some(via) = endpoint.iter().find(|t| agent.may_use(&t.name)).cloned() else {
+        return Err(Refusal::policy(format!(
+            "agent {} holds no tool on the MCP server at {}{}; ask for a contract for the tool you need",
+            agent.id,
+            target.host,
+            req.uri().path()
+        )));
+    };
+    let what = match *req.method() {
+        Method::POST => None,
+        Method::GET => Some("stream"),
+        Method::DELETE => Some("end of session"),
+        _ => {
+            return Err(Refusal::policy(
+                "an MCP endpoint takes POST (messages), GET (the server's stream) and DELETE (the end of a session)",
+            ))
+        }
+    };
+    let (parts, incoming) = req.into_parts();
+    if let Some(what) = what {
+        return pass(
+            app,
+            target,
+            &agent,
+            &via,
+            (parts, Bytes::new()),
+            Some(trail),
+            what,
+        )
+        .await;
+    }
+    let (body, buffered) =
+        request::read_body(app, &agent.id, &via, &parts.headers, incoming).await?;
+    let message = crate::policy::contract::parse_json_strict(&body)
+        .map_err(|e| validation(format!("an MCP message must be JSON: {e}")))?;
+    match message {
+        Value::Array(list) => batch(app, target, parts, list, trail).await,
+        message => {
+            let who = (agent, via, endpoint.as_slice());
+            one(app, target, who, (parts, body, buffered), message, trail).await
+        }
+    }
+}
+
+/// One message: set-up passes, a list is filtered, a tool call takes the request path, and
+/// anything else is refused.
+async fn one(
+    app: &App,
+    target: &Target,
+    (agent, via, endpoint): (Arc<Agent>, Arc<Tool>, &[Arc<Tool>]),
+    (parts, body, buffered): (http::request::Parts, Bytes, crate::guard::BodyReservation),
+    message: Value,
+    trail: &mut Trail,
+) -> Result<Response<ProxyBody>, Refusal> {
+    match mcp::classify(&message) {
+        Message::SetUp | Message::Reply => {
+            let method = message
+                .get("method")
+                .and_then(Value::as_str)
+                .unwrap_or("reply");
+            pass(
+                app,
+                target,
+                &agent,
+                &via,
+                (parts, body),
+                Some(trail),
+                method,
+            )
+            .await
+        }
+        Message::List { id } => {
+            let answer = pass(
+                app,
+                target,
+                &agent,
+                &via,
+                (parts, body),
+                Some(trail),
+                "tools/list",
+            );
+            filter_list(app, target, &agent, endpoint, &id, answer.await?).await
+        }
+        Message::Call {
+            id,
+            name,
+            arguments,
+        } => {
+            trail.mcp = Some(Reply::ToolResult(id.clone()));
+            let tool = endpoint
+                .iter()
+                .find(|t| t.mcp.as_ref().is_some_and(|m| m.name == name))
+                .cloned()
+                .ok_or_else(|| {
+                    Refusal::policy(format!(
+                        "no contract allows MCP tool {name:?} on {}{}; call only the tools tools/list shows you",
+                        target.host, parts.uri.path()
+                    ))
+                })?;
+            call_tool(
+                app,
+                target,
+                (agent, tool),
+                (parts, body, buffered),
+                (id, arguments),
+                trail,
+            )
+            .await
+        }
+        Message::Other { id, method } => {
+            trail.mcp = Some(Reply::Error(id));
+            Err(Refusal::policy(format!(
+                "MCP method {method} is not allowed through toolgate: only tools/call of contracted tools, tools/list and session set-up pass"
+            )))
+        }
+        Message::Invalid { id, why } => {
+            trail.mcp = Some(Reply::Error(id));
+            Err(validation(format!("not a JSON-RPC 2.0 message: {why}")))
+        }
+    }
+}
+
+/// `tools/call` of a contracted tool: its kill switch and pin, then the request path's phases
+/// with the arguments in the place of a body.
+async fn call_tool(
+    app: &App,
+    target: &Target,
+    (agent, tool): (Arc<Agent>, Arc<Tool>),
+    read: (http::request::Parts, Bytes, crate::guard::BodyReservation),
+    (id, arguments): (Value, Value),
+    trail: &mut Trail,
+) -> Result<Response<ProxyBody>, Refusal> {
+    trail.tool = Some(tool.name.clone());
+    trail.version = Some(tool.version);
+    request::tool_enabled(app, &tool)?;
+    pinned(app, target, &agent, &tool, &read.0).await?;
+    let call = request::mcp_call(target, agent, tool.clone(), read, (id.clone(), arguments))?;
+    let answer = request::decide(app, target, call, trail).await?;
+    // A stored answer (a write's, a replay's, an approved call's) carries the id of the call
+    // that executed; the agent gets it under its own.
+    let stored = tool.side_effects != SideEffects::None || tool.mode == Mode::Approve;
+    Ok(match stored {
+        true => answer_as(&id, answer).await,
+        false => answer,
+    })
+}
+
+/// A refusal as the MCP client reads it: the tool's result with `isError` and toolgate's
+/// message (a tool call), or a JSON-RPC error; HTTP 200 either way, the error in the message.
+pub(super) fn refusal_answer(reply: &Reply, refusal: &Refusal) -> Response<ProxyBody> {
+    let text = match &refusal.proposal {
+        Some(p) if !refusal.message.contains(p.as_str()) => {
+            format!("{} (proposal {p})", refusal.message)
+        }
+        _ => refusal.message.clone(),
+    };
+    let text = format!(
+        "toolgate refused this call ({}): {text}",
+        refusal.code.as_str()
+    );
+    let message = match reply {
+        Reply::ToolResult(id) => mcp::refused_result(id, &text),
+        Reply::Error(id) => {
+            let code = match refusal.code {
+                crate::error::Code::ValidationError => mcp::INVALID_REQUEST,
+                _ => mcp::METHOD_NOT_FOUND,
+            };
+            mcp::error_message(id.as_ref(), code, &text)
+        }
+    };
+    json_answer(StatusCode::OK, &message)
+}
+
+/// A dry run's preview as the tool's result: what would be called, nothing sent.
+pub(super) fn preview(
+    id: &Value,
+    tool: &Tool,
+    arguments: &Value,
+    host: &str,
+) -> Response<ProxyBody> {
+    let name = tool.mcp.as_ref().map(|m| m.name.as_str()).unwrap_or("");
+    let text = format!(
+        "dry run: toolgate would call MCP tool {name} on {host} with arguments {arguments}; nothing was sent"
+    );
+    json_answer(StatusCode::OK, &mcp::text_result(id, &text))
+}
+
+fn json_answer(status: StatusCode, message: &Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(body::full(Bytes::from(message.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Sends a message (or the GET stream, or the DELETE) as it is, with the credential of a tool
+/// the agent holds on this endpoint; the answer streams back with the credential cut out.
+/// Recorded in `trail` (toolgate's own look at a server has none).
+async fn pass(
+    app: &App,
+    target: &Target,
+    agent: &Agent,
+    via: &Tool,
+    (parts, body): (http::request::Parts, Bytes),
+    trail: Option<&Trail>,
+    what: &str,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let no_params = std::collections::BTreeMap::new();
+    let credential = authorize(agent, via, &no_params)?;
+    let mut headers = forwarded_headers(via, &parts.headers)?;
+    if let Some(cred) = &credential {
+        headers.remove(&cred.header);
+        headers.insert(cred.header.clone(), cred.header_value());
+    }
+    let mut out = Request::new(body::full(body));
+    *out.method_mut() = parts.method.clone();
+    *out.uri_mut() = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .parse()
+        .unwrap_or_default();
+    *out.headers_mut() = headers;
+    let decision = json!({"outcome": "allowed", "mcp": what});
+    let resp = match app.upstream.forward(&target.host, target.port, out).await {
+        Ok(r) => r,
+        Err(f) => {
+            if let Some(trail) = trail {
+                trail.record(&app.audit, "decision", decision).await;
+            }
+            return Err(f.refusal);
+        }
+    };
+    let (mut parts, body) = resp.into_parts();
+    let needles = Needles::new(credential.iter().flat_map(|c| {
+        [
+            c.secret().to_string(),
+            String::from_utf8_lossy(c.header_value().as_bytes()).into_owned(),
+        ]
+    }));
+    needles.scrub_headers(&mut parts.headers);
+    let mut response = json!({"status": parts.status.as_u16(), "body": {"streamed": true}});
+    response["headers"] = crate::audit::headers_json(&parts.headers);
+    if let Some(trail) = trail {
+        trail.record_read(&app.audit, decision, response).await;
+    }
+    Ok(Response::from_parts(
+        parts,
+        body::stream(Scrubbed::new(body, needles)),
+    ))
+}
+
+/// Reads an answer whole (within [`ANSWER_CAP`]): its parts, bytes, and whether it was an
+/// event stream.
+async fn read_whole(
+    resp: Response<ProxyBody>,
+) -> Result<(http::response::Parts, Bytes, bool), Refusal> {
+    let (parts, mut body) = resp.into_parts();
+    let too_big = || {
+        Refusal::new(
+            crate::error::Code::UpstreamError,
+            format!("the MCP server's answer is larger than {ANSWER_CAP} bytes; toolgate reads such answers whole"),
+        )
+    };
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            Refusal::new(
+                crate::error::Code::UpstreamError,
+                format!("the MCP server's answer could not be read whole: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > ANSWER_CAP {
+                return Err(too_big());
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    let bytes = Bytes::from(bytes);
+    let stream = mcp::is_event_stream(
+        parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    Ok((parts, bytes, stream))
+}
+
+/// The answer to the call, under the agent's JSON-RPC id, as one JSON message.
+async fn answer_as(id: &Value, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    let status = resp.status();
+    let (parts, bytes, stream) = match read_whole(resp).await {
+        Ok(read) => read,
+        Err(refusal) => return refusal_answer(&Reply::ToolResult(id.clone()), &refusal),
+    };
+    let answer = mcp::messages_in(stream, &bytes)
+        .into_iter()
+        .find(|m| m.get("result").is_some() || m.get("error").is_some());
+    match answer {
+        Some(mut m) => {
+            m["id"] = id.clone();
+            let mut resp = json_answer(status, &m);
+            for (name, value) in &parts.headers {
+                if name == header::CONTENT_TYPE || name == header::CONTENT_LENGTH {
+                    continue;
+                }
+                resp.headers_mut().append(name.clone(), value.clone());
+            }
+            resp
+        }
+        None => Response::from_parts(parts, body::full(bytes)),
+    }
+}
+
+/// A `tools/list` answer with only the tools the agent may call: contracted here, held by the
+/// agent, and listed as pinned (a tool whose description or schema changed is hidden).
+async fn filter_list(
+    app: &App,
+    target: &Target,
+    agent: &Agent,
+    endpoint: &[Arc<Tool>],
+    id: &Value,
+    resp: Response<ProxyBody>,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let (mut parts, bytes, stream) = read_whole(resp).await?;
+    let key = endpoint_key(target, endpoint);
+    let out = mcp::rewrite(stream, &bytes, |m| {
+        if m.get("id") != Some(id) {
+            return;
+        }
+        let Some(tools) = m.pointer_mut("/result/tools").and_then(Value::as_array_mut) else {
+            return;
+        };
+        remember_pins(app, &key, endpoint, tools);
+        tools.retain(|listed| {
+            let name = listed.get("name").and_then(Value::as_str).unwrap_or("");
+            endpoint.iter().any(|t| {
+                t.mcp.as_ref().is_some_and(|m| {
+                    m.name == name
+                        && agent.may_use(&t.name)
+                        && t.mode != Mode::Deny
+                        && request::tool_enabled(app, t).is_ok()
+                        && m.pin.as_ref().is_none_or(|pin| *pin == mcp::pin_of(listed))
+                })
+            })
+        });
+    });
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok(Response::from_parts(parts, body::full(Bytes::from(out))))
+}
+
+/// The endpoint's name in the pin cache.
+fn endpoint_key(target: &Target, endpoint: &[Arc<Tool>]) -> String {
+    let path = endpoint.first().map(|t| t.def.path.as_str()).unwrap_or("");
+    format!("{}:{}{}", target.host, target.port, path)
+}
+
+/// Notes what the server listed for each pinned tool of the endpoint.
+fn remember_pins(app: &App, key: &str, endpoint: &[Arc<Tool>], listed: &[Value]) {
+    for t in endpoint {
+        let Some(m) = t.mcp.as_ref().filter(|m| m.pin.is_some()) else {
+            continue;
+        };
+        let seen = listed
+            .iter()
+            .find(|l| l.get("name").and_then(Value::as_str) == Some(m.name.as_str()))
+            .map(mcp::pin_of);
+        app.pins.saw(key, &m.name, seen);
+    }
+}
+
+/// A pinned tool is called only while the server lists it as pinned: from what it last
+/// listed (within a few seconds), else toolgate asks it now, in the agent's session.
+async fn pinned(
+    app: &App,
+    target: &Target,
+    agent: &Agent,
+    tool: &Arc<Tool>,
+    parts: &http::request::Parts,
+) -> Result<(), Refusal> {
+    let Some(m) = tool.mcp.as_ref() else {
+        return Ok(());
+    };
+    let Some(pin) = &m.pin else {
+        return Ok(());
+    };
+    let endpoint = std::slice::from_ref(tool);
+    let key = endpoint_key(target, endpoint);
+    let seen = match app.pins.fresh(&key, &m.name) {
+        Some(seen) => seen,
+        None => {
+            let ask = json!({"jsonrpc": "2.0", "id": "toolgate-pin-check", "method": "tools/list"});
+            let mut ask_parts = Request::new(()).into_parts().0;
+            ask_parts.method = Method::POST;
+            ask_parts.uri = parts.uri.clone();
+            ask_parts.headers = parts.headers.clone();
+            ask_parts.headers.remove(header::CONTENT_LENGTH);
+            let body = Bytes::from(ask.to_string());
+            let answer = pass(
+                app,
+                target,
+                agent,
+                tool,
+                (ask_parts, body),
+                None,
+                "pin check",
+            );
+            let answer = answer.await?;
+            let (_, bytes, stream) = read_whole(answer).await?;
+            let listed = mcp::answer_to(mcp::messages_in(stream, &bytes), &ask["id"])
+                .and_then(|a| {
+                    a.pointer("/result/tools")
+                        .and_then(Value::as_array)
+                        .cloned()
+                })
+                .unwrap_or_default();
+            remember_pins(app, &key, endpoint, &listed);
+            app.pins.fresh(&key, &m.name).unwrap_or_default()
+        }
+    };
+    if seen == *pin {
+        return Ok(());
+    }
+    let now = match seen.is_empty() {
+        true => "the server no longer lists it".to_string(),
+        false => format!("the server now lists it as {seen}"),
+    };
+    Err(Refusal::policy(format!(
+        "MCP tool {} is pinned to {pin} but {now}: its description or input schema changed. It stays refused until its contract's pin is reviewed and updated",
+        m.name
+    )))
+}
+
+/// A request handled: the answer, and the refusal's code if it was refused.
+type Handled<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = (Response<ProxyBody>, Option<crate::error::Code>)>
+            + Send
+            + 'a,
+    >,
+>;
+
+/// One message of a batch through the whole request path. Boxed as a trait object: the request
+/// path reaches this function again, and a future cannot contain itself.
+fn handle_one<'a>(
+    app: Arc<App>,
+    target: &'a Target,
+    req: Request<ProxyBody>,
+    request_id: String,
+) -> Handled<'a> {
+    Box::pin(super::handle(app, target, req, request_id, Instant::now()))
+}
+
+/// A batch: each message a request of its own (its own id, decision and events), answered
+/// together as a JSON array in the order asked (notifications get no answer).
+async fn batch(
+    app: &Arc<App>,
+    target: &Target,
+    parts: http::request::Parts,
+    list: Vec<Value>,
+    trail: &Trail,
+) -> Result<Response<ProxyBody>, Refusal> {
+    if list.is_empty() {
+        return Err(validation("an empty JSON-RPC batch asks for nothing"));
+    }
+    trail
+        .record(
+            &app.audit,
+            "decision",
+            json!({"outcome": "batch", "messages": list.len()}),
+        )
+        .await;
+    let mut answers = Vec::new();
+    for (i, message) in list.into_iter().enumerate() {
+        let id = message.get("id").cloned();
+        let mut req = Request::new(body::full(Bytes::from(message.to_string())));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = parts.uri.clone();
+        *req.headers_mut() = parts.headers.clone();
+        req.headers_mut().remove(header::CONTENT_LENGTH);
+        let request_id = format!("{}.{}", trail.request_id, i + 1);
+        let (resp, _) = handle_one(app.clone(), target, req, request_id).await;
+        let Some(id) = id else { continue };
+        let (_, bytes, stream) = read_whole(resp).await?;
+        let answer = mcp::answer_to(mcp::messages_in(stream, &bytes), &id).unwrap_or_else(|| {
+            mcp::error_message(
+                Some(&id),
+                mcp::INVALID_REQUEST,
+                "toolgate: no answer to this message",
+            )
+        });
+        answers.push(answer);
+    }
+    Ok(json_answer(StatusCode::OK, &Value::Array(answers)))
+}

@@ -1,0 +1,345 @@
+//! MCP tool calls as contracts, against the official MCP Python SDK on both sides: its server
+//! (`MCPServer`, streamable HTTP over TLS on loopback) and its client through toolgate by
+//! HTTPS_PROXY. The server's own log of what it received and executed is the judge.
+//!
+//! The SDK is installed by `.ci/run` into `tests/sdk/.venv`. Without it this test prints why it
+//! skipped, unless `TOOLGATE_REQUIRE_SDKS=1`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+
+const CAROL: &str = "demo-carol-token";
+
+fn sdk_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk")
+}
+
+fn python() -> Option<PathBuf> {
+    let python = sdk_dir().join(".venv/bin/python");
+    let has_mcp = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import mcp.server.mcpserver, mcp.client.streamable_http",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_mcp {
+        return Some(python);
+    }
+    let why = "the MCP SDK (`mcp`) is not installed in tests/sdk/.venv";
+    if std::env::var("TOOLGATE_REQUIRE_SDKS").as_deref() == Ok("1") {
+        panic!("TOOLGATE_REQUIRE_SDKS=1 but {why}");
+    }
+    eprintln!("SKIPPED mcp: {why}; run .ci/run (or pip install -r tests/sdk/requirements.txt)");
+    None
+}
+
+/// An MCP server process (the SDK's), stopped on drop.
+struct Server {
+    child: std::process::Child,
+    port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(python: &Path, pki: &Pki, host: &str, variant: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pki.server_pem(&[host]);
+        std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key).unwrap();
+        let log = dir.path().join("log.jsonl");
+        let port_file = dir.path().join("port");
+        let child = std::process::Command::new(python)
+            .arg(sdk_dir().join("mcp_server.py"))
+            .env("MCP_LOG", &log)
+            .env("MCP_PORT_FILE", &port_file)
+            .env("MCP_CERT", dir.path().join("cert.pem"))
+            .env("MCP_KEY", dir.path().join("key.pem"))
+            .env("MCP_HOST", host)
+            .env("MCP_VARIANT", variant)
+            .spawn()
+            .unwrap();
+        let mut port = 0;
+        for _ in 0..300 {
+            if let Ok(text) = std::fs::read_to_string(&port_file) {
+                port = text.trim().parse().unwrap();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_ne!(port, 0, "the MCP server did not start");
+        Server {
+            child,
+            port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Every line the server logged: HTTP requests received and tools executed.
+    fn seen(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn executed(&self, tool: &str) -> Vec<Value> {
+        self.seen()
+            .into_iter()
+            .filter(|e| e["executed"] == tool)
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The example policies plus the same pinned read on a second server (an update of the first
+/// that changed the tool's input schema).
+fn policies() -> Vec<(&'static str, String)> {
+    let examples = example_policies();
+    let mcp = &examples.iter().find(|(n, _)| n == "mcp.toml").unwrap().1;
+    let start = mcp.find("\n[[tool]]").unwrap();
+    let end = mcp[start + 1..].find("\n[[tool]]").unwrap() + start + 1;
+    let changed = mcp[start..end]
+        .replace("tickets.get_ticket", "tickets.changed.get_ticket")
+        .replace("mcp.tickets.example", "mcp.changed.example");
+    vec![("mcp-changed.toml", changed)]
+}
+
+/// Approves pending MCP proposals as carol, but denies one titled "deny me".
+fn approver(gate: &Toolgate) -> tokio::task::JoinHandle<()> {
+    let admin = gate.admin_addr;
+    tokio::spawn(async move {
+        for _ in 0..1500 {
+            let list = admin_at(
+                admin,
+                "GET",
+                "/api/proposals?state=pending",
+                Some(CAROL),
+                None,
+            )
+            .await;
+            let list: Value = serde_json::from_slice(&list.body).unwrap_or_default();
+            for p in list["proposals"].as_array().cloned().unwrap_or_default() {
+                let id = p["id"].as_str().unwrap_or_default();
+                let (action, comment) = match p.to_string().contains("deny me") {
+                    true => ("deny", "not today: a duplicate of T-1"),
+                    false => ("approve", "looks right"),
+                };
+                let path = format!("/api/proposals/{id}/{action}");
+                let body = json!({ "comment": comment });
+                admin_at(admin, "POST", &path, Some(CAROL), Some(body)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+/// Runs the SDK client through toolgate; its steps by name.
+async fn agent(python: &Path, gate: &Toolgate, url: &str, steps: &[&str]) -> Vec<Value> {
+    let proxy = format!(
+        "http://support-bot-staging:demo-staging-token@{}",
+        gate.addr
+    );
+    let out = tokio::process::Command::new(python)
+        .arg(sdk_dir().join("mcp_agent.py"))
+        .arg(url)
+        .args(steps)
+        .env("HTTPS_PROXY", &proxy)
+        .env("SSL_CERT_FILE", gate.ca_path())
+        .env("NO_PROXY", "")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .expect("the agent finished within 120 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "agent failed:\n{stdout}\n{stderr}");
+    eprintln!("{stdout}");
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn step<'a>(steps: &'a [Value], name: &str) -> &'a Value {
+    steps
+        .iter()
+        .find(|s| s["step"] == name)
+        .unwrap_or_else(|| panic!("no step {name}: {steps:#?}"))
+}
+
+/// A step that failed, with a message naming `needle`.
+fn refused(steps: &[Value], name: &str, needle: &str) {
+    let s = step(steps, name);
+    assert_eq!(s["ok"], false, "{name} must be refused: {s}");
+    let text = s["detail"].as_str().unwrap_or_default();
+    assert!(text.contains(needle), "{name}: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_tools_through_toolgate_with_the_official_sdk() {
+    let Some(python) = python() else { return };
+    let pki = Pki::new("MCP server CA");
+    let tickets = Server::start(&python, &pki, "mcp.tickets.example", "original");
+    let changed = Server::start(&python, &pki, "mcp.changed.example", "changed");
+    let (t_port, c_port) = (tickets.port, changed.port);
+    let gate = examples_gate(&pki, ([127, 0, 0, 1], t_port).into(), &policies(), |c| {
+        c.add_connect_to(&format!("mcp.tickets.example:443=127.0.0.1:{t_port}"))
+            .unwrap();
+        c.add_connect_to(&format!("mcp.changed.example:443=127.0.0.1:{c_port}"))
+            .unwrap();
+        c.upstream_timeout = Duration::from_secs(20);
+    })
+    .await;
+    let approving = approver(&gate);
+    let url = "https://mcp.tickets.example/mcp";
+    let steps = agent(
+        &python,
+        &gate,
+        url,
+        &[
+            "list",
+            "read",
+            "unknown_argument",
+            "uncontracted",
+            "rule",
+            "denied_tool",
+            "held",
+            "retry",
+            "denied",
+            "batch",
+        ],
+    )
+    .await;
+
+    // tools/list shows the agent's callable tools only: not the uncontracted search_tickets,
+    // not delete_all_tickets (contracted in mode deny).
+    assert_eq!(
+        step(&steps, "list")["detail"],
+        json!(["create_ticket", "get_ticket"])
+    );
+    // A read goes through, with the credential toolgate injected.
+    assert_eq!(step(&steps, "read")["ok"], true);
+    assert!(step(&steps, "read")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("printer on fire"));
+    let auths: Vec<Value> = tickets
+        .seen()
+        .iter()
+        .map(|e| e["authorization"].clone())
+        .collect();
+    assert!(
+        auths.contains(&json!("Bearer demo-tickets-mcp-key")),
+        "{auths:?}"
+    );
+    // Refusals come back as the tool's result with isError, saying what to change.
+    refused(&steps, "unknown_argument", "/verbose");
+    refused(&steps, "uncontracted", "search_tickets");
+    refused(&steps, "rule", "must not carry a secret");
+    refused(&steps, "denied_tool", "mode deny");
+    // Held, approved, executed once; the retry (a new JSON-RPC id) executes nothing more and
+    // gets the first result.
+    let held = step(&steps, "held");
+    assert_eq!(held["ok"], true, "{held}");
+    assert!(held["detail"]
+        .as_str()
+        .unwrap()
+        .contains("created ticket (printer on fire, high)"));
+    assert_eq!(step(&steps, "retry")["detail"], held["detail"]);
+    refused(&steps, "denied", "not today");
+    // A batch is answered message by message.
+    let batch = step(&steps, "batch");
+    let answers = batch["detail"].as_array().unwrap();
+    assert_eq!(answers.len(), 2, "{batch}");
+    let a = answers.iter().find(|m| m["id"] == "a").unwrap();
+    let b = answers.iter().find(|m| m["id"] == "b").unwrap();
+    assert!(
+        a["result"]["isError"] != true && a.to_string().contains("ticket T-7"),
+        "{a}"
+    );
+    assert_eq!(b["result"]["isError"], true, "{b}");
+    assert!(b.to_string().contains("search_tickets"), "{b}");
+
+    // What the server executed: exactly what was allowed.
+    let created = tickets.executed("create_ticket");
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_eq!(created[0]["title"], "printer on fire");
+    assert!(tickets.executed("search_tickets").is_empty());
+    assert!(tickets.executed("delete_all_tickets").is_empty());
+    let reads: Vec<Value> = tickets
+        .executed("get_ticket")
+        .iter()
+        .map(|e| e["id"].clone())
+        .collect();
+    assert_eq!(reads, vec![json!("T-9"), json!("T-7")]);
+
+    // A server that changed a pinned tool: hidden from the list and refused.
+    let steps = agent(
+        &python,
+        &gate,
+        "https://mcp.changed.example/mcp",
+        &["list", "pinned_read"],
+    )
+    .await;
+    approving.abort();
+    // (Its only contracted tool is the pinned read.)
+    assert_eq!(step(&steps, "list")["detail"], json!([]));
+    refused(&steps, "pinned_read", "pinned");
+    assert!(changed.executed("get_ticket").is_empty());
+
+    // The story of the approved call names the MCP tool, its arguments and the approver.
+    let committed = admin_at(
+        gate.admin_addr,
+        "GET",
+        "/api/proposals?state=committed",
+        Some(CAROL),
+        None,
+    )
+    .await;
+    let committed: Value = serde_json::from_slice(&committed.body).unwrap();
+    let p = committed["proposals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["tool"] == "tickets.create_ticket")
+        .unwrap()
+        .clone();
+    let story = admin_at(
+        gate.admin_addr,
+        "GET",
+        &format!("/api/audit/story/{}", p["id"].as_str().unwrap()),
+        Some(CAROL),
+        None,
+    )
+    .await;
+    let story = String::from_utf8_lossy(&story.body);
+    for needle in [
+        "create_ticket",
+        "printer on fire",
+        "carol@example.com",
+        "looks right",
+    ] {
+        assert!(story.contains(needle), "the story names {needle}: {story}");
+    }
+    assert!(
+        !story.contains("demo-tickets-mcp-key"),
+        "no secret in the story"
+    );
+}
