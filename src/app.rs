@@ -134,7 +134,9 @@ impl App {
 }
 
 /// The certificates of every `--upstream-ca` file.
-fn read_roots(paths: &[std::path::PathBuf]) -> Result<Vec<CertificateDer<'static>>, StartError> {
+pub fn read_roots(
+    paths: &[std::path::PathBuf],
+) -> Result<Vec<CertificateDer<'static>>, StartError> {
     let mut roots = Vec::new();
     for path in paths {
         let failed = |message: String| StartError::UpstreamCa {

@@ -45,6 +45,26 @@ pub enum DbCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum McpCommand {
+    /// List the tools an MCP server offers now, each with its pin (`sha256:…` over its
+    /// description and input schema) and how it stands against the contracts. Uses the
+    /// credential the contracts give the endpoint.
+    Pin {
+        /// The server's endpoint, e.g. https://mcp.tickets.example/mcp
+        url: String,
+        #[arg(long, env = env::POLICIES, default_value = "./policies")]
+        policies: PathBuf,
+        /// Whose credential to use, when the contracts name several environments.
+        #[arg(long)]
+        environment: Option<String>,
+        #[arg(long = "connect-to", env = env::CONNECT_TO, value_delimiter = ',')]
+        connect_to: Vec<String>,
+        #[arg(long = "upstream-ca", env = env::UPSTREAM_CA, value_delimiter = ',')]
+        upstream_ca: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy and the admin listener.
     Serve(Box<ServeArgs>),
@@ -57,6 +77,11 @@ pub enum Command {
     Db {
         #[command(subcommand)]
         command: DbCommand,
+    },
+    /// MCP servers: `mcp pin URL` lists a server's tools with their current pins.
+    Mcp {
+        #[command(subcommand)]
+        command: McpCommand,
     },
     /// Validate a policy folder without serving; prints the tools and exits non-zero on error.
     Check {
@@ -411,6 +436,27 @@ pub async fn main(cli: Cli) -> ExitCode {
             },
         },
         Command::Check { policies } => check(&policies),
+        Command::Mcp {
+            command:
+                McpCommand::Pin {
+                    url,
+                    policies,
+                    environment,
+                    connect_to,
+                    upstream_ca,
+                },
+        } => {
+            let how = (connect_to.as_slice(), upstream_ca.as_slice());
+            match mcp_pin(&url, &policies, environment.as_deref(), how).await {
+                Ok(lines) => {
+                    for line in lines {
+                        println!("{line}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
         Command::Db {
             command: DbCommand::Migrate { database_url },
         } => db_migrate(&database_url).await,
@@ -640,6 +686,32 @@ async fn db_migrate(url: &str) -> ExitCode {
         }
         Err(e) => fail(&e.to_string()),
     }
+}
+
+/// `toolgate mcp pin URL`: the server's tools now, against the contracts.
+async fn mcp_pin(
+    url: &str,
+    policies: &std::path::Path,
+    environment: Option<&str>,
+    (connect_to, upstream_ca): (&[String], &[PathBuf]),
+) -> Result<Vec<String>, String> {
+    let (host, port, path) = crate::mcp_pin::parse_endpoint(url)?;
+    let policy = crate::policy::Policy::load_dir(policies).map_err(|e| e.to_string())?;
+    let (tools, credential) =
+        crate::mcp_pin::contracted(&policy, (&host, port, &path), environment)?;
+    let mut routes = std::collections::HashMap::new();
+    for spec in connect_to {
+        let (from, to) = crate::config::parse_connect_to(spec)?;
+        routes.insert(from, to);
+    }
+    let roots = crate::app::read_roots(upstream_ca).map_err(|e| e.to_string())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = crate::upstream::client_tls(provider, &roots).map_err(|e| e.to_string())?;
+    let routes = Arc::new(crate::upstream::Routes::new(routes));
+    let upstream = crate::upstream::Upstream::new(tls, routes, Duration::from_secs(30));
+    let listed =
+        crate::mcp_pin::list(&upstream, (&host, port, &path), credential.as_deref()).await?;
+    Ok(crate::mcp_pin::report(&listed, &tools))
 }
 
 /// `toolgate db import`: a stopped toolgate's open state moved into the database, and the move

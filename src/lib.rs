@@ -18,6 +18,7 @@ pub mod ledger;
 pub mod limits;
 pub mod logging;
 pub mod mcp;
+pub mod mcp_pin;
 pub mod metrics;
 pub mod model;
 pub mod notify;

@@ -29,7 +29,7 @@ const LAYERS: &[&[&str]] = &[
     // the proxy and its request phases
     &["proxy"],
     // what acts through the proxy, or on the records
-    &["rollback", "replay", "sweep"],
+    &["rollback", "replay", "sweep", "mcp_pin"],
     // the admin listener
     &["admin"],
     // the command line

@@ -342,4 +342,54 @@ async fn mcp_tools_through_toolgate_with_the_official_sdk() {
         !story.contains("demo-tickets-mcp-key"),
         "no secret in the story"
     );
+    // `toolgate mcp pin URL` lists what each server offers now against the contracts.
+    let pins = |host: &str, port: u16| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .args(["mcp", "pin", &format!("https://{host}/mcp"), "--policies"])
+            .arg(gate.dir.path().join("policies"))
+            .arg("--connect-to")
+            .arg(format!("{host}:443=127.0.0.1:{port}"))
+            .arg("--upstream-ca")
+            .arg(&pki.ca_path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let example_pin = example_policies()
+        .into_iter()
+        .find(|(n, _)| n == "mcp.toml")
+        .unwrap()
+        .1
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("pin = \"")
+                .map(|p| p.trim_end_matches('"').to_string())
+        })
+        .unwrap();
+    let now = pins("mcp.tickets.example", t_port);
+    let line = |text: &str, tool: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{tool}\t")))
+            .unwrap_or_else(|| panic!("{tool} is not listed: {text}"))
+            .to_string()
+    };
+    let get = line(&now, "get_ticket");
+    assert!(
+        get.contains(&example_pin) && get.contains("pin matches"),
+        "{get}"
+    );
+    assert!(
+        line(&now, "search_tickets").contains("not contracted"),
+        "{now}"
+    );
+    assert!(line(&now, "create_ticket").contains("not pinned"), "{now}");
+    let after = pins("mcp.changed.example", c_port);
+    assert!(line(&after, "get_ticket").contains("CHANGED"), "{after}");
+    assert!(!now.contains("demo-tickets-mcp-key") && !after.contains("demo-tickets-mcp-key"));
 }
