@@ -223,6 +223,7 @@ async fn mcp_tools_through_toolgate_with_the_official_sdk() {
             "held",
             "retry",
             "denied",
+            "other_method",
             "batch",
         ],
     )
@@ -264,6 +265,8 @@ async fn mcp_tools_through_toolgate_with_the_official_sdk() {
         .contains("created ticket (printer on fire, high)"));
     assert_eq!(step(&steps, "retry")["detail"], held["detail"]);
     refused(&steps, "denied", "not today");
+    // Other methods are refused (as a JSON-RPC error).
+    refused(&steps, "other_method", "not allowed through toolgate");
     // A batch is answered message by message.
     let batch = step(&steps, "batch");
     let answers = batch["detail"].as_array().unwrap();
@@ -342,6 +345,35 @@ async fn mcp_tools_through_toolgate_with_the_official_sdk() {
         !story.contains("demo-tickets-mcp-key"),
         "no secret in the story"
     );
+    // An agent holding no tool on the endpoint cannot even open a session; a query string is
+    // refused; nothing reaches the server.
+    let before = tickets.seen().len();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}).to_string();
+    let prod = client_via(
+        gate.addr,
+        Some(("support-bot-prod", "demo-prod-token")),
+        &gate.ca_pem,
+        http::Version::HTTP_11,
+    );
+    let got = send(&prod, "POST", url, &[JSON], &init).await.unwrap();
+    assert_eq!(
+        (got.status.as_u16(), got.code().as_str()),
+        (403, "policy_violation"),
+        "{}",
+        got.text()
+    );
+    let staging = client_via(
+        gate.addr,
+        Some(("support-bot-staging", "demo-staging-token")),
+        &gate.ca_pem,
+        http::Version::HTTP_11,
+    );
+    let got = send(&staging, "POST", &format!("{url}?debug=1"), &[JSON], &init)
+        .await
+        .unwrap();
+    assert_eq!(got.code(), "validation_error", "{}", got.text());
+    assert_eq!(tickets.seen().len(), before, "nothing reached the server");
+
     // `toolgate mcp pin URL` lists what each server offers now against the contracts.
     let pins = |host: &str, port: u16| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))

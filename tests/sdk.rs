@@ -43,10 +43,10 @@ fn policies() -> Vec<(&'static str, String)> {
     );
     assert!(github.contains("30s"), "github.issues.create is held");
     let sendgrid = text("sendgrid.toml").replacen("mode = \"auto\"", hold, 1);
-    let agents = text("agents.toml").replacen(
-        "\"github.*\", \"sendgrid.mail.send\"]",
-        "\"github.*\", \"sendgrid.*\"]",
-        1,
+    let agents = text("agents.toml").replacen("\"sendgrid.mail.send\"", "\"sendgrid.*\"", 1);
+    assert!(
+        agents.contains("\"sendgrid.*\""),
+        "the staging agent gets SendGrid's read"
     );
     let reads = r#"
 [[tool]]

@@ -217,7 +217,7 @@ pub async fn detail(
     let body = format!(
         "<h1>{summary}</h1><p>State: <strong id=\"state\">{state}</strong>{note}</p>\
          <div class=\"card\"><table>\
-         <tr><th>Tool</th><td>{tool} v{version} · <span class=\"risk-{risk}\">{risk}</span></td></tr>\
+         <tr><th>Tool</th><td>{tool} v{version} · <span class=\"risk-{risk}\">{risk}</span></td></tr>{mcp}\
          <tr><th>Agent</th><td>{agent} ({environment}), owner {owner}</td></tr>\
          <tr><th>Job</th><td>{job}</td></tr>\
          <tr><th>Policy</th><td>mode approve; {required} approval(s) from {groups}; self-approval {selfapp}</td></tr>\
@@ -244,8 +244,26 @@ pub async fn detail(
         body_text = esc(v["request"]["body"].as_str().unwrap_or("")),
         sha = esc(&p.request.sha256),
         id = esc(&p.id),
+        mcp = mcp_row(v["request"]["body"].as_str().unwrap_or("")),
     );
     page(&p.summary, Some(&s), &body).into_response()
+}
+
+/// For an MCP tool call, a row naming the server's tool and its arguments (escaped).
+fn mcp_row(body: &str) -> String {
+    let Ok(message) = serde_json::from_str::<serde_json::Value>(body) else {
+        return String::new();
+    };
+    match crate::mcp::classify(&message) {
+        crate::mcp::Message::Call {
+            name, arguments, ..
+        } => format!(
+            "<tr><th>MCP tool</th><td>{} with arguments <code>{}</code></td></tr>",
+            esc(&name),
+            esc(&arguments.to_string())
+        ),
+        _ => String::new(),
+    }
 }
 
 pub async fn act(

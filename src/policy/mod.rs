@@ -882,6 +882,11 @@ fn compile_mcp(
             "MCP calls carry no Idempotency-Key: use idempotency = \"payload\"".into(),
         ));
     }
+    if def.rollback.as_ref().is_some_and(|r| r.none.is_none()) {
+        return Err(err(
+            "an MCP tool's undo cannot be an HTTP request template yet: declare rollback = { none = \"why\" }".into(),
+        ));
+    }
     let arguments = def.arguments.as_deref().ok_or_else(|| {
         err(
             "an MCP tool needs arguments = \"schema.json\" (the JSON Schema of its arguments)"
@@ -1127,6 +1132,92 @@ mod tests {
         Policy::build(vec![("t.toml".into(), file)], &|v| {
             (v == "TOKEN").then(|| "secret".to_string())
         })
+    }
+
+    /// An MCP tool on mcp.example.com/mcp (`extra` lines added), its schema in a temp file.
+    fn mcp_tool(name: &str, mcp: &str, extra: &str, schema: &std::path::Path) -> String {
+        format!(
+            "[[tool]]\nname = \"{name}\"\nhost = \"mcp.example.com\"\npath = \"/mcp\"\nmcp_tool = \"{mcp}\"\narguments = \"{}\"\n{extra}\n",
+            schema.display()
+        )
+    }
+
+    #[test]
+    fn mcp_tools_share_an_endpoint_and_are_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = dir.path().join("args.json");
+        std::fs::write(
+            &schema,
+            r#"{"type": "object", "properties": {"id": {"type": "string"}}}"#,
+        )
+        .unwrap();
+        let two = format!(
+            "{BASE}{}{}",
+            mcp_tool("t.get", "get", "side_effects = \"none\"", &schema),
+            mcp_tool(
+                "t.create",
+                "create",
+                "side_effects = \"reversible\"\nidempotency = \"payload\"",
+                &schema
+            )
+        );
+        let p = build(&two).unwrap();
+        let served = p.mcp_endpoint("mcp.example.com", 443, "/mcp");
+        assert_eq!(served.len(), 2);
+        assert!(served.iter().all(|t| t.method == http::Method::POST));
+        assert!(p.mcp_endpoint("mcp.example.com", 443, "/other").is_empty());
+        // MCP tools are never matched by method and path alone.
+        assert!(p
+            .match_tool("mcp.example.com", 443, &http::Method::POST, "/mcp")
+            .is_none());
+
+        let refused = |extra: &str, why: &str| {
+            let text = format!("{BASE}{}", mcp_tool("t.x", "x", extra, &schema));
+            let err = build(&text).unwrap_err().to_string();
+            assert!(err.contains(why), "{extra}: {err}");
+        };
+        refused(
+            "side_effects = \"reversible\"\nidempotency = \"key\"",
+            "no Idempotency-Key",
+        );
+        refused("side_effects = \"none\"\nmethod = \"GET\"", "POST");
+        refused(
+            "side_effects = \"none\"\nbody = { format = \"json\" }",
+            "not a body",
+        );
+        refused(
+            "side_effects = \"none\"\npin = \"sha256:abc\"",
+            "sha256:<64 hex>",
+        );
+        refused(
+            "side_effects = \"reversible\"\nidempotency = \"payload\"\nrollback = { method = \"POST\", path = \"/mcp\" }",
+            "rollback = { none",
+        );
+        let no_args = format!(
+            "{BASE}[[tool]]\nname = \"t.y\"\nhost = \"mcp.example.com\"\npath = \"/mcp\"\nmcp_tool = \"y\"\nside_effects = \"none\"\n"
+        );
+        assert!(build(&no_args)
+            .unwrap_err()
+            .to_string()
+            .contains("needs arguments"));
+        // The same MCP tool contracted twice on one endpoint, or an HTTP tool on the endpoint.
+        let twice = format!(
+            "{BASE}{}{}",
+            mcp_tool("t.a", "same", "side_effects = \"none\"", &schema),
+            mcp_tool("t.b", "same", "side_effects = \"none\"", &schema)
+        );
+        assert!(build(&twice)
+            .unwrap_err()
+            .to_string()
+            .contains("both contract MCP tool"));
+        let http_too = format!(
+            "{BASE}{}[[tool]]\nname = \"t.http\"\nhost = \"mcp.example.com\"\nmethod = \"POST\"\npath = \"/mcp\"\nside_effects = \"none\"\n",
+            mcp_tool("t.a", "a", "side_effects = \"none\"", &schema)
+        );
+        assert!(build(&http_too)
+            .unwrap_err()
+            .to_string()
+            .contains("could match the same request"));
     }
 
     const BASE: &str = r#"

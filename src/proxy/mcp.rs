@@ -51,6 +51,11 @@ pub(super) async fn process(
             req.uri().path()
         )));
     };
+    if req.uri().query().is_some() {
+        return Err(validation(
+            "an MCP endpoint takes no query string: send everything in the JSON-RPC message",
+        ));
+    }
     let what = match *req.method() {
         Method::POST => None,
         Method::GET => Some("stream"),

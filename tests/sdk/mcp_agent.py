@@ -5,7 +5,7 @@ HTTPS_PROXY, for tests/mcp.rs. Prints one JSON line per step: {"step", "ok", "de
     python mcp_agent.py https://mcp.tickets.example/mcp STEP...
 
 Steps: list, read, unknown_argument, uncontracted, rule, held, retry, denied, denied_tool,
-batch, pinned_read.
+other_method, batch, pinned_read.
 """
 
 import asyncio
@@ -88,6 +88,9 @@ async def session_steps(url, steps):
                         await call(session, step, "create_ticket", {"title": "deny me"})
                     elif step == "denied_tool":
                         await call(session, step, "delete_all_tickets", {})
+                    elif step == "other_method":
+                        await session.list_resources()
+                        report(step, True, "listed")
                 except Exception as e:  # a step that fails says why, the others still run
                     report(step, False, f"{type(e).__name__}: {e}")
 
