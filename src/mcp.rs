@@ -104,15 +104,6 @@ pub fn refused_result(id: &Value, text: &str) -> Value {
     })
 }
 
-/// A tool's result that ran nowhere but in toolgate (a dry run's preview), as text.
-pub fn text_result(id: &Value, text: &str) -> Value {
-    json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "result": {"content": [{"type": "text", "text": text}], "isError": false},
-    })
-}
-
 /// A JSON-RPC error (for what is not a tool call: another method, an unreadable message).
 pub fn error_message(id: Option<&Value>, code: i64, message: &str) -> Value {
     json!({

@@ -117,7 +117,20 @@ fn policies() -> Vec<(&'static str, String)> {
     let changed = mcp[start..end]
         .replace("tickets.get_ticket", "tickets.changed.get_ticket")
         .replace("mcp.tickets.example", "mcp.changed.example");
-    vec![("mcp-changed.toml", changed)]
+    // And a tool previewed there, never sent (mode dry_run).
+    let preview = r#"
+[[tool]]
+name = "tickets.changed.create_ticket"
+side_effects = "reversible"
+mode = "dry_run"
+host = "mcp.changed.example"
+path = "/mcp"
+mcp_tool = "create_ticket"
+arguments = "schemas/tickets/create_ticket.json"
+idempotency = "payload"
+credential = { staging = "tickets" }
+"#;
+    vec![("mcp-changed.toml", format!("{changed}{preview}"))]
 }
 
 /// Approves pending MCP proposals as carol, but denies one titled "deny me".
@@ -298,14 +311,22 @@ async fn mcp_tools_through_toolgate_with_the_official_sdk() {
         &python,
         &gate,
         "https://mcp.changed.example/mcp",
-        &["list", "pinned_read"],
+        &["list", "pinned_read", "held"],
     )
     .await;
     approving.abort();
-    // (Its only contracted tool is the pinned read.)
-    assert_eq!(step(&steps, "list")["detail"], json!([]));
+    // (Its other contracted tool is previewed, in mode dry_run.)
+    assert_eq!(step(&steps, "list")["detail"], json!(["create_ticket"]));
     refused(&steps, "pinned_read", "pinned");
     assert!(changed.executed("get_ticket").is_empty());
+    // A dry run answers with a preview of the call (marked isError: it is not the tool's
+    // output); the server executes nothing.
+    let text = step(&steps, "held")["detail"].as_str().unwrap().to_string();
+    assert!(
+        text.contains("dry run") && text.contains("printer on fire"),
+        "{text}"
+    );
+    assert!(changed.executed("create_ticket").is_empty());
 
     // The story of the approved call names the MCP tool, its arguments and the approver.
     let committed = admin_at(

@@ -221,7 +221,9 @@ pub(super) fn refusal_answer(reply: &Reply, refusal: &Refusal) -> Response<Proxy
     json_answer(StatusCode::OK, &message)
 }
 
-/// A dry run's preview as the tool's result: what would be called, nothing sent.
+/// A dry run's preview as the tool's result: what would be called, nothing sent. Marked
+/// `isError`: it is not the tool's output, and a client checks a successful result against the
+/// tool's output schema, which a preview cannot meet.
 pub(super) fn preview(
     id: &Value,
     tool: &Tool,
@@ -230,9 +232,10 @@ pub(super) fn preview(
 ) -> Response<ProxyBody> {
     let name = tool.mcp.as_ref().map(|m| m.name.as_str()).unwrap_or("");
     let text = format!(
-        "dry run: toolgate would call MCP tool {name} on {host} with arguments {arguments}; nothing was sent"
+        "dry run: toolgate would call MCP tool {name} on {host} with arguments {arguments}; nothing was sent (tool {} runs in dry-run mode for this agent)",
+        tool.name
     );
-    json_answer(StatusCode::OK, &mcp::text_result(id, &text))
+    json_answer(StatusCode::OK, &mcp::refused_result(id, &text))
 }
 
 fn json_answer(status: StatusCode, message: &Value) -> Response<ProxyBody> {
