@@ -113,7 +113,11 @@ impl std::fmt::Display for KillTarget {
 /// A signed-in approver's session on the admin pages (stored under a hash of its cookie).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
+    /// The approver's id, or the reviewer's.
     pub approver: String,
+    /// A reviewer's session: reads, never acts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reviewer: bool,
     pub csrf: String,
     pub expires_unix: u64,
 }

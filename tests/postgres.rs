@@ -159,6 +159,7 @@ async fn two_replicas_on_one_database_agree_on_every_race() {
     // Sessions made on one replica are valid on the other; expired ones are dropped.
     let session = Session {
         approver: "carol@example.com".into(),
+        reviewer: false,
         csrf: "c".into(),
         expires_unix: toolgate::base::now_unix() + 60,
     };

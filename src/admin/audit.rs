@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::{api_error as api_error_body, approver, is_signed_in};
+use super::auth::{api_error as api_error_body, approver};
 use super::html::esc;
 use crate::audit::{describe, parse_time, Filter};
 use crate::App;
@@ -20,8 +20,9 @@ fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>)
 }
 
 /// The admin API's approver check, shared with the rest of the API.
-fn authorized(app: &App, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    approver(app, headers)
+/// Reading the log: approvers and reviewers.
+pub(crate) fn authorized(app: &App, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    super::auth::reader(app, headers)
         .map(|_| ())
         .map_err(|e| Box::new(e.into_response()))
 }
@@ -191,30 +192,76 @@ pub async fn story_page(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if !is_signed_in(&app, &headers).await {
+    let Some(who) = super::auth::signed_reader(&app, &headers).await else {
         return axum::response::Redirect::to("/login").into_response();
-    }
+    };
     let events = app.audit.story(&id).unwrap_or_default();
-    let rows: String = events
-        .iter()
-        .map(|e| format!("<li><code>{}</code></li>", esc(&describe(e))))
-        .collect();
     let summary: String = crate::audit::summary(&events)
         .iter()
         .map(|l| format!("<li>{}</li>", esc(l)))
         .collect();
-    let body = if rows.is_empty() {
-        format!("<p>No events mention {}.</p>", esc(&id))
+    let body = if events.is_empty() {
+        format!("<h1>Story of {}</h1><p>No events mention it.</p>", esc(&id))
     } else {
-        format!("<ul class=\"card\">{summary}</ul><ol class=\"card\">{rows}</ol>")
+        format!(
+            "<h1>Story of {}</h1><ul class=\"card\" id=\"summary\">{summary}</ul>{}",
+            esc(&id),
+            story_blocks(&events)
+        )
     };
-    Html(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>Story of {id}</title><style>body{{font-family:system-ui,sans-serif;margin:1rem;overflow-wrap:anywhere}}li{{margin:.4rem 0}}</style></head>\
-         <body><p><a href=\"/queue\">Queue</a></p><h1>Story of {id}</h1>{body}</body></html>",
-        id = esc(&id)
-    ))
-    .into_response()
+    super::html::page(&format!("Story of {id}"), Some(&who), &body).into_response()
+}
+
+/// A story's events grouped per request (a collapsible block per call, its decision and outcome
+/// in the heading), in the order the calls began; events of no request (a proposal's decisions
+/// after its call, a kill switch) in blocks of their own.
+fn story_blocks(events: &[crate::audit::Event]) -> String {
+    let mut order: Vec<String> = Vec::new();
+    let mut groups: std::collections::HashMap<String, Vec<&crate::audit::Event>> =
+        std::collections::HashMap::new();
+    for e in events {
+        let key = e
+            .request_id
+            .clone()
+            .or_else(|| e.proposal.clone().map(|p| format!("proposal {p}")))
+            .unwrap_or_else(|| format!("event {}", e.seq));
+        if !groups.contains_key(&key) {
+            order.push(key.clone());
+        }
+        groups.entry(key).or_default().push(e);
+    }
+    order
+        .iter()
+        .map(|key| {
+            let list = &groups[key];
+            let owned: Vec<crate::audit::Event> = list.iter().map(|e| (*e).clone()).collect();
+            let row = crate::audit::Row::of(key, &owned);
+            let head = match row.method.is_empty() {
+                true => esc(key),
+                false => format!(
+                    "{} {}{} — {} {}{}",
+                    esc(&row.method),
+                    esc(&row.host),
+                    esc(&row.path),
+                    esc(&row.decision),
+                    esc(&row.code),
+                    row.status.map(|s| format!(" → {s}")).unwrap_or_default()
+                ),
+            };
+            let lines: String = list
+                .iter()
+                .map(|e| format!("<li><code>{}</code></li>", esc(&describe(e))))
+                .collect();
+            let link = match row.method.is_empty() {
+                true => String::new(),
+                false => format!(
+                    "<p><a href=\"/traffic/{}\">The request as recorded</a></p>",
+                    esc(key)
+                ),
+            };
+            format!("<details class=\"call\" open><summary>{head}</summary><ol>{lines}</ol>{link}</details>")
+        })
+        .collect()
 }
 
 /// Prometheus metrics, for approvers (`Authorization: Bearer`); `--metrics-listen` serves the

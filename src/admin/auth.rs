@@ -39,10 +39,9 @@ pub(crate) fn api_error(
     }
 }
 
-/// `Authorization: Bearer <approver token>`. Agent tokens are not approver tokens and fail here.
-/// The approver behind `Authorization: Bearer <token>`, for every admin API call.
-pub(crate) fn approver(app: &App, headers: &HeaderMap) -> Result<Arc<Approver>, ApiError> {
-    let token = headers
+/// The token of `Authorization: Bearer <token>`.
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
@@ -54,14 +53,45 @@ pub(crate) fn approver(app: &App, headers: &HeaderMap) -> Result<Arc<Approver>, 
                 "auth_required",
                 "send an approver token: Authorization: Bearer <token> (TOOLGATE_TOKEN for the CLI)",
             )
-        })?;
-    app.policy().authenticate_approver(token).ok_or_else(|| {
-        api_error(
-            StatusCode::UNAUTHORIZED,
-            "auth_error",
-            "the token is not an approver's token",
-        )
-    })
+        })
+}
+
+/// What a reviewer is told when they try to act.
+pub(crate) const READ_ONLY: &str =
+    "reviewers read traffic, stories, exports and metrics; they cannot approve, switch, roll back or replay";
+
+/// The approver behind `Authorization: Bearer <token>`, for every admin API call that acts.
+/// Agent tokens are not approver tokens and fail here; a reviewer's token is refused (403).
+pub(crate) fn approver(app: &App, headers: &HeaderMap) -> Result<Arc<Approver>, ApiError> {
+    let token = bearer(headers)?;
+    let policy = app.policy();
+    if let Some(a) = policy.authenticate_approver(token) {
+        return Ok(a);
+    }
+    if policy.authenticate_reviewer(token).is_some() {
+        return Err(api_error(StatusCode::FORBIDDEN, "forbidden", READ_ONLY));
+    }
+    Err(api_error(
+        StatusCode::UNAUTHORIZED,
+        "auth_error",
+        "the token is not an approver's token",
+    ))
+}
+
+/// Whoever may read (an approver or a reviewer), for the API calls that only read.
+pub(crate) fn reader(app: &App, headers: &HeaderMap) -> Result<Arc<Approver>, ApiError> {
+    let token = bearer(headers)?;
+    let policy = app.policy();
+    policy
+        .authenticate_approver(token)
+        .or_else(|| policy.authenticate_reviewer(token))
+        .ok_or_else(|| {
+            api_error(
+                StatusCode::UNAUTHORIZED,
+                "auth_error",
+                "the token is not an approver's or a reviewer's token",
+            )
+        })
 }
 
 pub(crate) const COOKIE: &str = "tg_session";
@@ -73,6 +103,8 @@ pub(crate) struct Signed {
     pub(crate) approver: Arc<Approver>,
     pub(crate) csrf: String,
     pub(crate) session: String,
+    /// A reviewer's session (reads only).
+    pub(crate) reviewer: bool,
 }
 
 pub(crate) fn session_id(headers: &HeaderMap) -> Option<String> {
@@ -86,21 +118,57 @@ pub(crate) fn session_id(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
+/// The signed-in approver (a reviewer's session is not one).
 pub(crate) async fn signed(app: &App, headers: &HeaderMap) -> Option<Signed> {
+    signed_reader(app, headers).await.filter(|s| !s.reviewer)
+}
+
+/// Whoever is signed in, approver or reviewer.
+pub(crate) async fn signed_reader(app: &App, headers: &HeaderMap) -> Option<Signed> {
     let session = session_id(headers)?;
     let found = app.sessions.get(&session).await?;
-    let approver = app.policy().approver(&found.approver).cloned()?;
-    let csrf = found.csrf;
+    let policy = app.policy();
+    let approver = match found.reviewer {
+        true => policy.reviewer(&found.approver).cloned()?,
+        false => policy.approver(&found.approver).cloned()?,
+    };
     Some(Signed {
         approver,
-        csrf,
+        csrf: found.csrf,
         session,
+        reviewer: found.reviewer,
     })
 }
 
-/// True when the request carries a live session.
-pub async fn is_signed_in(app: &App, headers: &HeaderMap) -> bool {
-    signed(app, headers).await.is_some()
+/// In front of every route that acts (and the approvers' own pages): a reviewer, by session or
+/// token, is refused with 403 before the handler runs.
+pub(crate) async fn refuse_reviewers(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = req.headers();
+    let by_token = bearer(headers)
+        .ok()
+        .is_some_and(|t| app.policy().authenticate_reviewer(t).is_some());
+    let by_session = match signed_reader(&app, headers).await {
+        Some(s) => s.reviewer,
+        None => false,
+    };
+    if by_token || by_session {
+        if by_session && !by_token {
+            let body = format!(
+                "<h1>Read only</h1><p>{READ_ONLY}.</p><p><a href=\"/traffic\">Traffic</a></p>"
+            );
+            return (
+                StatusCode::FORBIDDEN,
+                super::html::page("Read only", None, &body),
+            )
+                .into_response();
+        }
+        return api_error(StatusCode::FORBIDDEN, "forbidden", READ_ONLY).into_response();
+    }
+    next.run(req).await
 }
 
 pub(crate) fn to_login() -> Response {

@@ -16,7 +16,9 @@ pub fn esc(s: &str) -> String {
 
 pub(crate) const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#111}\
 header{background:#1f2937;color:#fff;padding:.6rem 1rem;display:flex;flex-wrap:wrap;gap:1rem;align-items:center}\
-header a{color:#fff}main{padding:1rem;max-width:60rem;margin:auto;overflow-wrap:anywhere}\
+header a{color:#fff}main{padding:1rem;max-width:72rem;margin:auto;overflow-wrap:anywhere}\
+.filters label{display:inline-block;margin:.2rem .4rem .2rem 0;min-width:9rem}.filters input{width:auto;max-width:100%}\
+details{background:#fff;border:1px solid #ddd;border-radius:8px;padding:.5rem;margin:.4rem 0}summary{cursor:pointer}\
 .card{background:#fff;border:1px solid #ddd;border-radius:8px;padding:.8rem;margin:.6rem 0}\
 .risk-high,.risk-critical{color:#b91c1c;font-weight:bold}pre{white-space:pre-wrap;word-break:break-all;background:#f3f4f6;padding:.5rem}\
 table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #eee;padding:.3rem;text-align:left;vertical-align:top}\
@@ -25,13 +27,19 @@ button{padding:.5rem 1rem;margin:.2rem 0;font-size:1rem}textarea,input[type=text
 
 pub(crate) fn page(title: &str, who: Option<&Signed>, body: &str) -> Html<String> {
     let nav = match who {
-        Some(s) => format!(
-            "<a href=\"/queue\">Queue</a><a href=\"/history\">History</a><a href=\"/switches\">Kill switches</a><a href=\"/rollback\">Roll back</a>\
-             <span>{}</span><form method=\"post\" action=\"/logout\" style=\"display:inline\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Sign out</button></form>",
-            esc(&s.approver.id),
-            esc(&s.csrf)
-        ),
+        Some(s) => {
+            let links = match s.reviewer {
+                true => "<a href=\"/traffic\">Traffic</a>",
+                false => "<a href=\"/queue\">Queue</a><a href=\"/history\">History</a><a href=\"/traffic\">Traffic</a><a href=\"/switches\">Kill switches</a><a href=\"/rollback\">Roll back</a>",
+            };
+            format!(
+                "{links}<span>{}{}</span><form method=\"post\" action=\"/logout\" style=\"display:inline\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Sign out</button></form>",
+                esc(&s.approver.id),
+                if s.reviewer { " (reviewer)" } else { "" },
+                esc(&s.csrf)
+            )
+        }
         None => String::new(),
     };
     Html(format!(

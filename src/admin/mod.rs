@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod html;
 pub mod pages;
+pub mod traffic;
 
 use std::sync::Arc;
 
@@ -28,8 +29,8 @@ use auth::{api_error, approver};
 
 /// The admin routes.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
+    // What approvers do, and their own pages: a reviewer is refused (403) before the handler.
+    let acting = Router::new()
         .route("/api/tools", get(list_tools))
         .route("/api/tools/{name}/disable", post(disable_tool))
         .route("/api/tools/{name}/enable", post(enable_tool))
@@ -42,16 +43,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/rollback/{id}", post(rollback_call))
         .route("/api/jobs/{job}/rollback", post(rollback_job))
         .route("/api/replay/{id}", post(replay))
-        .route("/api/audit/story/{id}", get(crate::admin::audit::story))
-        .route("/api/audit/search", get(crate::admin::audit::search))
-        .route("/api/audit/export", get(crate::admin::audit::export))
-        .route("/api/audit/verify", get(crate::admin::audit::verify))
         .route("/api/audit/purge", post(crate::admin::audit::purge))
-        .route("/stories/{id}", get(crate::admin::audit::story_page))
-        .route("/metrics", get(crate::admin::audit::metrics))
-        .route("/", get(pages::root))
-        .route("/login", get(pages::login_form).post(pages::login))
-        .route("/logout", post(pages::logout))
         .route("/queue", get(pages::queue))
         .route("/queue/fragment", get(pages::queue_fragment))
         .route("/proposals/{id}", get(pages::detail))
@@ -61,6 +53,28 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/rollback", get(pages::rollback_list))
         .route("/rollback/{what}/{id}", post(pages::rollback_act))
         .route("/switches/{kind}/{name}/{action}", post(pages::switch))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::refuse_reviewers,
+        ));
+    // What reviewers (and approvers) read.
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/audit/story/{id}", get(crate::admin::audit::story))
+        .route("/api/audit/search", get(crate::admin::audit::search))
+        .route("/api/audit/export", get(crate::admin::audit::export))
+        .route("/api/audit/verify", get(crate::admin::audit::verify))
+        .route("/api/traffic", get(traffic::api_list))
+        .route("/api/traffic/{id}", get(traffic::api_detail))
+        .route("/traffic", get(traffic::list_page))
+        .route("/traffic/export", get(traffic::export))
+        .route("/traffic/{id}", get(traffic::detail_page))
+        .route("/stories/{id}", get(crate::admin::audit::story_page))
+        .route("/metrics", get(crate::admin::audit::metrics))
+        .route("/", get(pages::root))
+        .route("/login", get(pages::login_form).post(pages::login))
+        .route("/logout", post(pages::logout))
+        .merge(acting)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             throttle_failed_auth,

@@ -11,7 +11,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::actions::{apply_switch, rollback_status};
-use super::auth::{signed, signed_form, to_login, CsrfForm, Signed, COOKIE, SESSION_TTL};
+use super::auth::{
+    csrf_ok, csrf_refused, signed, signed_form, signed_reader, to_login, CsrfForm, Signed, COOKIE,
+    SESSION_TTL,
+};
 use super::html::{age, esc, page};
 use crate::approval::{self, Action, Proposal};
 use crate::model::KillTarget;
@@ -41,11 +44,19 @@ fn session_store_down(e: crate::store::StoreError) -> Response {
 }
 
 pub async fn login(State(app): State<Arc<App>>, Form(form): Form<LoginForm>) -> Response {
-    let Some(approver) = app.policy().authenticate_approver(form.token.trim()) else {
-        let body = "<h1>Sign in</h1><p class=\"flash\">That is not an approver's token.</p><p><a href=\"/login\">Try again</a></p>";
-        return (StatusCode::UNAUTHORIZED, page("Sign in", None, body)).into_response();
+    let policy = app.policy();
+    let token = form.token.trim();
+    let (who, reviewer) = match policy.authenticate_approver(token) {
+        Some(a) => (a, false),
+        None => match policy.authenticate_reviewer(token) {
+            Some(r) => (r, true),
+            None => {
+                let body = "<h1>Sign in</h1><p class=\"flash\">That is not an approver's or a reviewer's token.</p><p><a href=\"/login\">Try again</a></p>";
+                return (StatusCode::UNAUTHORIZED, page("Sign in", None, body)).into_response();
+            }
+        },
     };
-    let (id, _) = match app.sessions.create(&approver.id).await {
+    let (id, _) = match app.sessions.create(&who.id, reviewer).await {
         Ok(s) => s,
         Err(e) => return session_store_down(e),
     };
@@ -53,7 +64,8 @@ pub async fn login(State(app): State<Arc<App>>, Form(form): Form<LoginForm>) -> 
         "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
         SESSION_TTL.as_secs()
     );
-    ([(header::SET_COOKIE, cookie)], Redirect::to("/queue")).into_response()
+    let home = if reviewer { "/traffic" } else { "/queue" };
+    ([(header::SET_COOKIE, cookie)], Redirect::to(home)).into_response()
 }
 
 pub async fn logout(
@@ -61,17 +73,22 @@ pub async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let s = match signed_form(&app, &headers, &form).await {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
+    let Some(s) = signed_reader(&app, &headers).await else {
+        return to_login();
     };
+    if !csrf_ok(&s, &form) {
+        return csrf_refused();
+    }
     let _ = app.sessions.remove(&s.session).await;
     let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
     ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
 }
 
-pub async fn root() -> Redirect {
-    Redirect::to("/queue")
+pub async fn root(State(app): State<Arc<App>>, headers: HeaderMap) -> Redirect {
+    match signed_reader(&app, &headers).await {
+        Some(s) if s.reviewer => Redirect::to("/traffic"),
+        _ => Redirect::to("/queue"),
+    }
 }
 
 fn queue_rows(props: &[Proposal]) -> String {

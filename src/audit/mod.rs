@@ -12,6 +12,7 @@
 mod event;
 mod query;
 mod redact;
+mod traffic;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,7 @@ pub use redact::{
     body_json, cap_text, headers_json, scrub_outcome, Redactor, HEADERS_CAP, HEADER_VALUE_CAP,
     MAX_HEADERS_RECORDED, REDACTED, SECRET_HEADERS, URI_CAP,
 };
+pub use traffic::{Page, Row, TrafficFilter, PAGE_ROWS};
 
 use crate::base::now_ms;
 use crate::store::{EventLog, StoreError};

@@ -13,6 +13,9 @@ pub struct PolicyFile {
     pub agent: Vec<AgentDef>,
     #[serde(default)]
     pub approver: Vec<ApproverDef>,
+    /// Security reviewers: read captured traffic and stories on the admin listener, never act.
+    #[serde(default)]
+    pub reviewer: Vec<ReviewerDef>,
     #[serde(default)]
     pub credential: Vec<CredentialDef>,
     #[serde(default)]
@@ -48,6 +51,14 @@ pub struct ApproverDef {
     pub token_env: Option<String>,
     #[serde(default)]
     pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewerDef {
+    pub id: String,
+    pub token_sha256: Option<String>,
+    pub token_env: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -313,6 +313,8 @@ pub struct Matched {
 pub struct Policy {
     agents: HashMap<String, Arc<Agent>>,
     approvers: Vec<Arc<Approver>>,
+    /// Read-only principals of the admin listener (an id and a token; no groups).
+    reviewers: Vec<Arc<Approver>>,
     tools: Vec<Arc<Tool>>,
     /// The files the set was loaded from, for logs.
     pub files: Vec<PathBuf>,
@@ -363,12 +365,19 @@ impl Policy {
             }
         }
         for (path, file) in files {
+            for def in file.reviewer {
+                policy.add_reviewer(&path, def, env)?;
+            }
             for def in file.approver {
                 let approver = compile_approver(&path, def, env)?;
-                if policy.approvers.iter().any(|a| a.id == approver.id) {
+                let taken = policy.approvers.iter().chain(&policy.reviewers);
+                if taken.clone().any(|a| a.id == approver.id) {
                     return Err(PolicyError::new(
                         &path,
-                        format!("approver {:?} is defined twice", approver.id),
+                        format!(
+                            "approver {:?} is defined twice (or is a reviewer)",
+                            approver.id
+                        ),
                     ));
                 }
                 policy.approvers.push(Arc::new(approver));
@@ -388,46 +397,41 @@ impl Policy {
             }
             for def in file.tool {
                 let tool = compile_tool(&path, def, &credentials)?;
-                for other in &policy.tools {
-                    if other.name == tool.name {
-                        return Err(PolicyError::new(
-                            &path,
-                            format!("tool {:?} is defined twice", tool.name),
-                        ));
-                    }
-                    let same_endpoint = other.host == tool.host
-                        && other.port == tool.port
-                        && other.method == tool.method
-                        && other.path.overlaps(&tool.path);
-                    // MCP tools share their endpoint and differ by name.
-                    if let (true, Some(a), Some(b)) = (same_endpoint, &other.mcp, &tool.mcp) {
-                        if a.name == b.name {
-                            return Err(PolicyError::new(
-                                &path,
-                                format!(
-                                    "tools {:?} and {:?} both contract MCP tool {:?} on {}{}",
-                                    other.name, tool.name, a.name, tool.host, tool.def.path
-                                ),
-                            ));
-                        }
-                        continue;
-                    }
-                    if same_endpoint {
-                        return Err(PolicyError::new(
-                            &path,
-                            format!(
-                                "tools {:?} ({} {}) and {:?} ({} {}) could match the same request on {}; make their paths distinct",
-                                other.name, other.method, other.path.as_str(),
-                                tool.name, tool.method, tool.path.as_str(), tool.host
-                            ),
-                        ));
-                    }
+                if let Some(clash) = policy.tools.iter().find_map(|other| clash(other, &tool)) {
+                    return Err(PolicyError::new(&path, clash));
                 }
                 policy.tools.push(Arc::new(tool));
             }
             policy.files.push(path);
         }
         Ok(policy)
+    }
+
+    fn add_reviewer(
+        &mut self,
+        path: &Path,
+        def: file::ReviewerDef,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), PolicyError> {
+        let as_approver = file::ApproverDef {
+            id: def.id,
+            token_sha256: def.token_sha256,
+            token_env: def.token_env,
+            groups: Vec::new(),
+        };
+        let reviewer = compile_approver(path, as_approver, env)?;
+        let taken = self.reviewers.iter().chain(&self.approvers);
+        if taken.clone().any(|a| a.id == reviewer.id) {
+            return Err(PolicyError::new(
+                path,
+                format!(
+                    "reviewer {:?} is defined twice (or is an approver)",
+                    reviewer.id
+                ),
+            ));
+        }
+        self.reviewers.push(Arc::new(reviewer));
+        Ok(())
     }
 
     pub fn agent(&self, id: &str) -> Option<&Arc<Agent>> {
@@ -483,6 +487,22 @@ impl Policy {
             }
         }
         found
+    }
+
+    /// Finds the reviewer holding `token` (constant time per reviewer).
+    pub fn authenticate_reviewer(&self, token: &str) -> Option<Arc<Approver>> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for r in &self.reviewers {
+            if bool::from(r.token_sha256.ct_eq(&digest)) {
+                found = Some(r.clone());
+            }
+        }
+        found
+    }
+
+    pub fn reviewer(&self, id: &str) -> Option<&Arc<Approver>> {
+        self.reviewers.iter().find(|r| r.id == id)
     }
 
     /// Every credential secret in force, for redaction.
@@ -554,6 +574,31 @@ impl Policy {
                     params,
                 })
             })
+    }
+}
+
+/// Why two tools cannot both be loaded, if they cannot: the same name, or requests both could
+/// match (MCP tools share an endpoint and differ by the server's tool name).
+fn clash(other: &Tool, tool: &Tool) -> Option<String> {
+    if other.name == tool.name {
+        return Some(format!("tool {:?} is defined twice", tool.name));
+    }
+    let same_endpoint = other.host == tool.host
+        && other.port == tool.port
+        && other.method == tool.method
+        && other.path.overlaps(&tool.path);
+    match (same_endpoint, &other.mcp, &tool.mcp) {
+        (false, _, _) => None,
+        (true, Some(a), Some(b)) if a.name == b.name => Some(format!(
+            "tools {:?} and {:?} both contract MCP tool {:?} on {}{}",
+            other.name, tool.name, a.name, tool.host, tool.def.path
+        )),
+        (true, Some(_), Some(_)) => None,
+        (true, _, _) => Some(format!(
+            "tools {:?} ({} {}) and {:?} ({} {}) could match the same request on {}; make their paths distinct",
+            other.name, other.method, other.path.as_str(),
+            tool.name, tool.method, tool.path.as_str(), tool.host
+        )),
     }
 }
 

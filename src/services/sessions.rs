@@ -26,12 +26,18 @@ impl Sessions {
         Sessions { store }
     }
 
-    /// Signs `approver` in: returns the cookie value and the session's CSRF token.
-    pub async fn create(&self, approver: &str) -> Result<(String, String), StoreError> {
+    /// Signs `approver` (or a reviewer) in: returns the cookie value and the session's CSRF
+    /// token.
+    pub async fn create(
+        &self,
+        approver: &str,
+        reviewer: bool,
+    ) -> Result<(String, String), StoreError> {
         let cookie = hex::encode(rand::random::<[u8; 32]>());
         let csrf = hex::encode(rand::random::<[u8; 32]>());
         let session = Session {
             approver: approver.to_string(),
+            reviewer,
             csrf: csrf.clone(),
             expires_unix: now_unix() + SESSION_TTL.as_secs(),
         };
@@ -65,7 +71,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::open(dir.path()).unwrap();
         let sessions = Sessions::new(store.clone());
-        let (cookie, csrf) = sessions.create("carol").await.unwrap();
+        let (cookie, csrf) = sessions.create("carol", false).await.unwrap();
         let s = sessions.get(&cookie).await.unwrap();
         assert_eq!(
             (s.approver.as_str(), s.csrf.as_str()),

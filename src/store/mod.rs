@@ -242,6 +242,9 @@ pub trait EventLog: Send + Sync {
     fn scan(&self, from_seq: u64) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>)>> + Send + '_>;
     /// The events an index lists under `value`.
     fn lookup(&self, index: Index, value: &str) -> Seqs<'_>;
+    /// The events an index lists under `value` with sequence numbers below `before`, newest
+    /// first (a page of a list read backwards).
+    fn lookup_rev(&self, index: Index, value: &str, before: u64) -> Seqs<'_>;
     /// The events whose time is in `[from_ms, until_ms)`, in time order to the second.
     fn in_time(&self, from_ms: u64, until_ms: u64) -> Seqs<'_>;
     /// Removes events and their index entries (a purge), in one atomic write.

@@ -267,6 +267,28 @@ impl EventLog for PgEventLog {
         )
     }
 
+    fn lookup_rev(&self, index: Index, value: &str, before: u64) -> Seqs<'_> {
+        let (tag, value) = (i16::from(index.tag()), value.to_string());
+        // `paged` hands each query the last sequence returned (at first, `before`).
+        Box::new(
+            self.paged(before.saturating_add(1), move |pool, below| {
+                let value = value.clone();
+                Box::pin(async move {
+                    let client = pool.get().await?;
+                    let rows = client
+                        .query(
+                            "SELECT seq FROM audit_index WHERE tag = $1 AND value = $2 AND seq < $3
+                             ORDER BY seq DESC LIMIT $4",
+                            &[&tag, &value, &below, &PAGE],
+                        )
+                        .await?;
+                    Ok(rows.iter().map(|r| (from_big(r.get(0)), ())).collect())
+                })
+            })
+            .map(|r| r.map(|(seq, ())| seq)),
+        )
+    }
+
     fn in_time(&self, from_ms: u64, until_ms: u64) -> Seqs<'_> {
         let (from, until) = (big(from_ms), big(until_ms));
         Box::new(

@@ -765,6 +765,27 @@ impl EventLog for SledEventLog {
         )
     }
 
+    fn lookup_rev(&self, index: super::Index, value: &str, before: u64) -> super::Seqs<'_> {
+        let Some(prefix) = index_prefix(index, value) else {
+            return Box::new(std::iter::empty());
+        };
+        // Entries are keyed by their first sequence number: those starting below `before`.
+        let mut end = prefix.clone();
+        end.extend_from_slice(&before.to_be_bytes());
+        Box::new(self.events.range(prefix..end).rev().flat_map(
+            move |item| -> Vec<Result<u64, StoreError>> {
+                match item {
+                    Ok((_, v)) => {
+                        let mut seqs: Vec<u64> = u64s(&v).filter(|s| *s < before).collect();
+                        seqs.reverse();
+                        seqs.into_iter().map(Ok).collect()
+                    }
+                    Err(e) => vec![Err(e.into())],
+                }
+            },
+        ))
+    }
+
     fn in_time(&self, from_ms: u64, until_ms: u64) -> super::Seqs<'_> {
         let start = time_prefix(from_ms / 1000);
         let end = time_prefix((until_ms / 1000).saturating_add(1));

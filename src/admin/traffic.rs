@@ -1,0 +1,349 @@
+//! Captured traffic for security reviewers (and approvers): `/traffic` (the list, filtered and
+//! paged), `/traffic/{request_id}` (one request as a reviewer reads it), `/traffic/export` (the
+//! list's rows as JSON Lines), and the same in `GET /api/traffic` and `GET /api/traffic/{id}`.
+//! Everything an agent sent is escaped before it is written into a page.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::auth::{api_error, signed_reader, to_login, Signed};
+use super::html::{esc, page};
+use crate::audit::{describe, Event, Row, TrafficFilter};
+use crate::App;
+
+/// The most rows an export writes.
+const EXPORT_ROWS: usize = 100_000;
+
+/// Reads off a blocking thread (the audit log's readers block).
+async fn blocking<T: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&crate::audit::Audit) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let audit = app.audit.clone();
+    tokio::task::spawn_blocking(move || f(&audit))
+        .await
+        .map_err(|e| format!("the audit read stopped: {e}"))?
+}
+
+/// A path segment for a link: percent-encoded, so an id an agent chose stays one segment.
+fn seg(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `GET /api/traffic?…`: a page of rows and the next cursor.
+pub async fn api_list(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(f): Query<TrafficFilter>,
+) -> Response {
+    if let Err(r) = super::audit::authorized(&app, &headers) {
+        return *r;
+    }
+    match blocking(&app, move |a| a.traffic(&f)).await {
+        Ok(page) => Json(page).into_response(),
+        Err(why) => api_error(StatusCode::BAD_REQUEST, "validation_error", why).into_response(),
+    }
+}
+
+/// `GET /api/traffic/{id}`: one request's row, its events, and its proposal's.
+pub async fn api_detail(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = super::audit::authorized(&app, &headers) {
+        return *r;
+    }
+    match one(&app, &id).await.ok().flatten() {
+        Some((row, events, proposal)) => {
+            Json(json!({"request": row, "events": events, "proposal_events": proposal}))
+                .into_response()
+        }
+        None => api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no request {id} in the audit log"),
+        )
+        .into_response(),
+    }
+}
+
+/// A request's row, its events, and the events of its proposal (approvals, decisions).
+async fn one(app: &Arc<App>, id: &str) -> Result<Option<Detail>, String> {
+    let id = id.to_string();
+    blocking(app, move |a| {
+        let events = a.request_events(&id).map_err(|e| e.to_string())?;
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let row = Row::of(&id, &events);
+        let proposal = match row.proposal.as_str() {
+            "" => Vec::new(),
+            p => a
+                .story(p)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| {
+                    e.proposal.as_deref() == Some(p) && e.request_id.as_deref() != Some(&id)
+                })
+                .collect(),
+        };
+        Ok(Some((row, events, proposal)))
+    })
+    .await
+}
+
+/// A request's row, its events, and its proposal's events.
+type Detail = (Row, Vec<Event>, Vec<Event>);
+
+/// `/traffic/export?…` and the page's export link: every row the filters select, as JSON
+/// Lines (a session or a reader's token).
+pub async fn export(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(f): Query<TrafficFilter>,
+) -> Response {
+    let signed_in = signed_reader(&app, &headers).await.is_some();
+    if !signed_in {
+        if let Err(r) = super::audit::authorized(&app, &headers) {
+            return *r;
+        }
+    }
+    let rows = blocking(&app, move |a| {
+        let mut out = String::new();
+        let mut f = f;
+        let mut written = 0;
+        loop {
+            let page = a.traffic(&f)?;
+            for row in &page.requests {
+                out.push_str(&serde_json::to_string(row).unwrap_or_default());
+                out.push('\n');
+                written += 1;
+            }
+            match page.next_cursor {
+                Some(c) if written < EXPORT_ROWS => f.cursor = Some(c),
+                _ => return Ok::<_, String>(out),
+            }
+        }
+    })
+    .await;
+    match rows {
+        Ok(text) => ([(header::CONTENT_TYPE, "application/x-ndjson")], text).into_response(),
+        Err(why) => api_error(StatusCode::BAD_REQUEST, "validation_error", why).into_response(),
+    }
+}
+
+/// `/traffic`: the filter form, a page of rows, the next page's link and the export link.
+pub async fn list_page(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(f): Query<TrafficFilter>,
+) -> Response {
+    let Some(s) = signed_reader(&app, &headers).await else {
+        return to_login();
+    };
+    let filter = f.clone();
+    let page_rows = blocking(&app, move |a| a.traffic(&filter)).await;
+    let (rows, next) = match page_rows {
+        Ok(p) => (p.requests, p.next_cursor),
+        Err(why) => {
+            let body = format!("{}<p class=\"flash\">{}</p>", form(&f), esc(&why));
+            return (StatusCode::BAD_REQUEST, page("Traffic", Some(&s), &body)).into_response();
+        }
+    };
+    let query = f.query();
+    let table: String = rows.iter().map(row_html).collect();
+    let table = match table.is_empty() {
+        true => "<p id=\"empty\">No captured request matches.</p>".to_string(),
+        false => format!(
+            "<table id=\"traffic\"><thead><tr><th>Time</th><th>Agent</th><th>Request</th><th>Tool</th>\
+             <th>Decision</th><th>Status</th><th>Latency</th></tr></thead><tbody>{table}</tbody></table>"
+        ),
+    };
+    let amp = if query.is_empty() { "" } else { "&" };
+    let next = next
+        .map(|c| {
+            format!(
+                "<p><a id=\"older\" href=\"/traffic?{}{amp}cursor={}\">Older requests →</a></p>",
+                esc(&query),
+                esc(&c)
+            )
+        })
+        .unwrap_or_default();
+    let body = format!(
+        "<h1>Traffic</h1>{}<p><a id=\"export\" href=\"/traffic/export?{}\">Export these as JSON Lines</a></p>{table}{next}",
+        form(&f),
+        esc(&query)
+    );
+    page("Traffic", Some(&s), &body).into_response()
+}
+
+/// The filter form, filled with the filters in force.
+fn form(f: &TrafficFilter) -> String {
+    let field = |name: &str, label: &str, v: &Option<String>| {
+        format!(
+            "<label>{label} <input type=\"text\" name=\"{name}\" value=\"{}\"></label>",
+            esc(v.as_deref().unwrap_or(""))
+        )
+    };
+    format!(
+        "<form method=\"get\" action=\"/traffic\" class=\"card filters\">{}{}{}{}{}{}{}{}{}<button>Filter</button></form>",
+        field("agent", "Agent", &f.agent),
+        field("tool", "Tool", &f.tool),
+        field("host", "Host", &f.host),
+        field("code", "Decision or code", &f.code),
+        field("status", "Status", &f.status),
+        field("job", "Job", &f.job),
+        field("since", "Since", &f.since),
+        field("until", "Until", &f.until),
+        field("q", "Path contains", &f.q),
+    )
+}
+
+fn decision_text(r: &Row) -> String {
+    match r.code.as_str() {
+        "" => r.decision.clone(),
+        code => format!("{} {code}", r.decision),
+    }
+}
+
+fn row_html(r: &Row) -> String {
+    format!(
+        "<tr class=\"request\"><td>{time}</td><td>{agent}</td>\
+         <td><a href=\"/traffic/{link}\">{method} {host}{path}</a></td><td>{tool}</td>\
+         <td class=\"decision\">{decision}</td><td>{status}</td><td>{latency}</td></tr>",
+        time = esc(&r.time),
+        agent = esc(&r.agent),
+        link = seg(&r.request_id),
+        method = esc(&r.method),
+        host = esc(&r.host),
+        path = esc(&r.path),
+        tool = esc(&r.tool),
+        decision = esc(&decision_text(r)),
+        status = r.status.map(|s| s.to_string()).unwrap_or_default(),
+        latency = r.latency_ms.map(|l| format!("{l} ms")).unwrap_or_default(),
+    )
+}
+
+/// `/traffic/{request_id}`: who, what, the decision and the policy behind it, the proposal and
+/// its approvals, what came back, and links to the story, the job and the undo.
+pub async fn detail_page(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(s) = signed_reader(&app, &headers).await else {
+        return to_login();
+    };
+    let Some((row, events, proposal)) = one(&app, &id).await.ok().flatten() else {
+        let body = format!(
+            "<h1>Not found</h1><p>No request {} in the audit log.</p>",
+            esc(&id)
+        );
+        return (StatusCode::NOT_FOUND, page("Not found", Some(&s), &body)).into_response();
+    };
+    let body = detail_html(&row, &events, &proposal, &s);
+    page(&format!("Request {id}"), Some(&s), &body).into_response()
+}
+
+fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Signed) -> String {
+    let asked = events.iter().find(|e| e.kind == "request");
+    let p = asked.map(|e| &e.payload).cloned().unwrap_or(Value::Null);
+    let headers: String = p["headers"]
+        .as_object()
+        .map(|h| {
+            h.iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{}: {}\n",
+                        esc(k),
+                        esc(v.as_str().unwrap_or(&v.to_string()))
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let body = events
+        .iter()
+        .find_map(|e| {
+            let b = &e.payload["body"];
+            (!b.is_null()).then(|| serde_json::to_string_pretty(b).unwrap_or_default())
+        })
+        .unwrap_or_default();
+    let decided: String = proposal
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind.as_str(),
+                "approval" | "denial" | "revocation" | "cancellation" | "expiry"
+            )
+        })
+        .map(|e| format!("<li class=\"approval\">{}</li>", esc(&describe(e))))
+        .collect();
+    let proposal_html = match row.proposal.as_str() {
+        "" => String::new(),
+        pid => format!(
+            "<h2>Proposal</h2><div class=\"card\"><p>{pid} — {summary}</p><ul>{decided}</ul></div>",
+            pid = esc(pid),
+            summary = esc(&row.message),
+        ),
+    };
+    let lines: String = events
+        .iter()
+        .map(|e| format!("<li><code>{}</code></li>", esc(&describe(e))))
+        .collect();
+    let undo = match (s.reviewer, row.decision.as_str()) {
+        (false, "allowed" | "held") => format!(
+            "<a href=\"/rollback\">Undo (approvers: the roll back page lists {})</a>",
+            esc(&row.request_id)
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "<h1>{method} {host}{path}</h1>\
+         <div class=\"card\"><table>\
+         <tr><th>Who</th><td>{agent} (owner {owner}) from {peer}</td></tr>\
+         <tr><th>When</th><td>{time}</td></tr>\
+         <tr><th>Tool</th><td>{tool}{version}</td></tr>\
+         <tr><th>Decision</th><td id=\"decision\">{decision}</td></tr>\
+         <tr><th>Why</th><td id=\"why\">{message}</td></tr>\
+         <tr><th>Answer</th><td>{status}{latency}</td></tr>\
+         <tr><th>Job</th><td><a href=\"/stories/{job_q}\">{job}</a></td></tr></table></div>\
+         <h2>As recorded</h2><pre id=\"recorded\">{method} {host}{path}{query}\n{headers}\n{body}</pre>\
+         {proposal_html}<h2>Events</h2><ol class=\"card\">{lines}</ol>\
+         <p><a href=\"/stories/{id_q}\">The story of this request</a> {undo}</p>",
+        method = esc(&row.method),
+        host = esc(&row.host),
+        path = esc(&row.path),
+        query = match p["query"].as_str() {
+            Some(q) if !q.is_empty() => format!("?{}", esc(q)),
+            _ => String::new(),
+        },
+        agent = esc(&row.agent),
+        owner = esc(&row.owner),
+        peer = esc(p["peer"].as_str().unwrap_or("-")),
+        time = esc(&row.time),
+        tool = esc(&row.tool),
+        version = row.tool_version.map(|v| format!(" v{v}")).unwrap_or_default(),
+        decision = esc(&decision_text(row)),
+        message = esc(&row.message),
+        status = row.status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+        latency = row.latency_ms.map(|l| format!(" in {l} ms")).unwrap_or_default(),
+        job = esc(&row.job),
+        job_q = seg(&row.job),
+        body = esc(&body),
+        id_q = seg(&row.request_id),
+    )
+}

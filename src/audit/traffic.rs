@@ -1,0 +1,302 @@
+//! Captured traffic as a reviewer reads it: one row per request, newest first, filtered and
+//! paged with a stable cursor. A page walks one audit index backwards (the agent's, the error
+//! code's, the tool's, the job's, or every request's) and reads only the events of the requests
+//! it shows, so it costs the same among millions of events as among a hundred.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::query::time_filter;
+use super::{Audit, Event};
+use crate::store::Index;
+
+/// Rows per page unless asked otherwise, and the most a page may ask for.
+pub const PAGE_ROWS: usize = 50;
+const MAX_ROWS: usize = 500;
+/// Events a page examines at most before it stops and hands back a cursor (a filter that
+/// matches little never makes one page read the whole log).
+const SCAN_CAP: usize = 20_000;
+
+/// The filters of `/traffic` and `GET /api/traffic` (those of `audit search`, and more).
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+pub struct TrafficFilter {
+    pub agent: Option<String>,
+    pub tool: Option<String>,
+    pub host: Option<String>,
+    /// An error code, or `allowed` / `held` / `dry_run`.
+    pub code: Option<String>,
+    pub status: Option<String>,
+    pub job: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    /// Text in the path.
+    pub q: Option<String>,
+    /// Where the previous page stopped.
+    pub cursor: Option<String>,
+    pub limit: Option<usize>,
+}
+
+impl TrafficFilter {
+    fn given(v: &Option<String>) -> Option<&str> {
+        v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+    }
+
+    /// The filters as a query string (without the cursor), for links.
+    pub fn query(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("agent", &self.agent),
+            ("tool", &self.tool),
+            ("host", &self.host),
+            ("code", &self.code),
+            ("status", &self.status),
+            ("job", &self.job),
+            ("since", &self.since),
+            ("until", &self.until),
+            ("q", &self.q),
+        ] {
+            if let Some(v) = Self::given(v) {
+                q.append_pair(k, v);
+            }
+        }
+        q.finish()
+    }
+}
+
+/// One captured request, as the list shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Row {
+    pub request_id: String,
+    pub time: String,
+    pub unix_ms: u64,
+    pub agent: String,
+    pub owner: String,
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub tool: String,
+    pub tool_version: Option<u32>,
+    /// allowed, dry_run, held, refused, or what toolgate did with a batch or a session message.
+    pub decision: String,
+    /// The refusal's code, if refused.
+    pub code: String,
+    /// The refusal's message, or the proposal's summary.
+    pub message: String,
+    /// The status the agent got (the upstream's, or toolgate's refusal).
+    pub status: Option<u64>,
+    pub latency_ms: Option<u64>,
+    pub job: String,
+    pub proposal: String,
+}
+
+/// A page of rows, and the cursor of the next one (none: the list ends here).
+#[derive(Debug, Serialize)]
+pub struct Page {
+    pub requests: Vec<Row>,
+    pub next_cursor: Option<String>,
+}
+
+impl Row {
+    /// The row of a request, from its events (in sequence order).
+    pub fn of(request_id: &str, events: &[Event]) -> Row {
+        let mut row = Row {
+            request_id: request_id.to_string(),
+            ..Row::default()
+        };
+        for e in events {
+            let p = &e.payload;
+            let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
+            if row.agent.is_empty() {
+                row.agent = e.agent.clone().unwrap_or_default();
+            }
+            if let Some(o) = &e.owner {
+                row.owner = o.clone();
+            }
+            if let Some(t) = &e.tool {
+                row.tool = t.clone();
+                row.tool_version = e.tool_version;
+            }
+            if let Some(j) = &e.job {
+                row.job = j.clone();
+            }
+            if let Some(pr) = &e.proposal {
+                row.proposal = pr.clone();
+            }
+            match e.kind.as_str() {
+                "request" => {
+                    row.time = e.time.clone();
+                    row.unix_ms = e.unix_ms;
+                    row.method = s("method");
+                    row.host = s("host");
+                    row.path = s("path");
+                    if !p["decision"].is_null() {
+                        row.decision_from(&p["decision"]);
+                    }
+                    if !p["response"].is_null() {
+                        row.response_from(&p["response"]);
+                    }
+                }
+                "decision" => row.decision_from(p),
+                "proposal" => {
+                    row.decision = "held".into();
+                    row.message = s("summary");
+                }
+                "response" => row.response_from(p),
+                _ => {}
+            }
+        }
+        row
+    }
+
+    fn decision_from(&mut self, d: &Value) {
+        let outcome = d["outcome"].as_str().unwrap_or("");
+        // A held call's later refusal (expiry, denial) is its outcome; a held call that went on
+        // stays "held".
+        if self.decision == "held" && outcome != "refused" {
+            return;
+        }
+        self.decision = outcome.to_string();
+        if outcome == "refused" {
+            self.code = d["code"].as_str().unwrap_or("").to_string();
+            self.message = d["message"].as_str().unwrap_or("").to_string();
+            self.status = d["status"].as_u64();
+        }
+    }
+
+    fn response_from(&mut self, r: &Value) {
+        if let Some(status) = r["status"].as_u64() {
+            self.status = Some(status);
+        }
+        if let Some(ms) = r["latency_ms"].as_u64() {
+            self.latency_ms = Some(ms);
+        }
+    }
+
+    /// Whether the row passes the filters an index did not already apply.
+    fn passes(&self, f: &TrafficFilter, since: Option<u64>, until: Option<u64>) -> bool {
+        let given = TrafficFilter::given;
+        let eq = |want: Option<&str>, have: &str| want.is_none_or(|w| w.eq_ignore_ascii_case(have));
+        let code_ok = match given(&f.code) {
+            None => true,
+            Some(c @ ("allowed" | "held" | "dry_run" | "refused")) => self.decision == c,
+            Some(c) => self.code == c,
+        };
+        let status_ok =
+            given(&f.status).is_none_or(|s| self.status.is_some_and(|have| have.to_string() == s));
+        code_ok
+            && status_ok
+            && eq(given(&f.agent), &self.agent)
+            && eq(given(&f.tool), &self.tool)
+            && eq(given(&f.host), &self.host)
+            && given(&f.job).is_none_or(|j| self.job == j)
+            && given(&f.q).is_none_or(|q| self.path.contains(q))
+            && since.is_none_or(|s| self.unix_ms >= s)
+            && until.is_none_or(|u| self.unix_ms < u)
+    }
+}
+
+/// The index a page walks, and the value it walks it under.
+fn walk(f: &TrafficFilter) -> (Index, String) {
+    let given = TrafficFilter::given;
+    let code = given(&f.code).filter(|c| !matches!(*c, "allowed" | "held" | "dry_run" | "refused"));
+    [
+        (Index::Agent, given(&f.agent)),
+        (Index::Code, code),
+        (Index::Tool, given(&f.tool)),
+        (Index::Job, given(&f.job)),
+    ]
+    .into_iter()
+    .find_map(|(i, v)| v.map(|v| (i, v.to_string())))
+    .unwrap_or((Index::Kind, "request".to_string()))
+}
+
+/// Whether an event is listed by the index a page walks.
+fn in_walk(e: &Event, (index, value): &(Index, String)) -> bool {
+    match index {
+        Index::Agent => e.agent.as_deref() == Some(value),
+        Index::Code => e.payload["code"].as_str() == Some(value),
+        Index::Tool => e.tool.as_deref() == Some(value),
+        Index::Job => e.job.as_deref() == Some(value),
+        Index::Kind => e.kind == *value,
+        Index::Request | Index::Proposal => false,
+    }
+}
+
+impl Audit {
+    /// A page of captured requests, newest first. Each request is listed once over all pages:
+    /// at its newest event in the walked index.
+    pub fn traffic(&self, f: &TrafficFilter) -> Result<Page, String> {
+        let since = time_filter("since", &f.since)?;
+        let until = time_filter("until", &f.until)?;
+        let limit = f.limit.unwrap_or(PAGE_ROWS).clamp(1, MAX_ROWS);
+        let before = match TrafficFilter::given(&f.cursor) {
+            Some(c) => c
+                .parse::<u64>()
+                .map_err(|_| format!("cursor {c:?} is not one this list handed out"))?,
+            None => u64::MAX,
+        };
+        let walked = walk(f);
+        let err = |e: crate::store::StoreError| e.to_string();
+        let mut rows = Vec::new();
+        let mut seen = HashSet::new();
+        for (examined, seq) in self.log.lookup_rev(walked.0, &walked.1, before).enumerate() {
+            let seq = seq.map_err(err)?;
+            if examined >= SCAN_CAP {
+                return Ok(Page {
+                    requests: rows,
+                    next_cursor: Some((seq + 1).to_string()),
+                });
+            }
+            let Some(e) = self.event(seq).map_err(err)? else {
+                continue;
+            };
+            if since.is_some_and(|s| e.unix_ms.saturating_add(60_000) < s) {
+                // Older than the range (with a minute's slack: a request's event is stamped when
+                // it arrived, and written after its first events).
+                break;
+            }
+            let Some(rid) = e.request_id.clone() else {
+                continue;
+            };
+            if !seen.insert(rid.clone()) {
+                continue;
+            }
+            let events = self.request_events(&rid).map_err(err)?;
+            // Listed where its newest event in this index is: once, whatever the page.
+            let newest = events
+                .iter()
+                .filter(|x| in_walk(x, &walked))
+                .map(|x| x.seq)
+                .max();
+            if newest != Some(seq) {
+                continue;
+            }
+            let row = Row::of(&rid, &events);
+            if row.method.is_empty() || !row.passes(f, since, until) {
+                continue;
+            }
+            rows.push(row);
+            if rows.len() == limit {
+                return Ok(Page {
+                    requests: rows,
+                    next_cursor: Some(seq.to_string()),
+                });
+            }
+        }
+        Ok(Page {
+            requests: rows,
+            next_cursor: None,
+        })
+    }
+
+    /// The events of one request, in order.
+    pub fn request_events(&self, request_id: &str) -> Result<Vec<Event>, crate::store::StoreError> {
+        let mut out = Vec::new();
+        for seq in self.log.lookup(Index::Request, request_id) {
+            out.extend(self.event(seq?)?);
+        }
+        Ok(out)
+    }
+}
