@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -38,17 +37,9 @@ async fn next(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approver_approves_a_held_call_in_a_real_browser() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let ready = Path::new(&chromium).exists() && dir.join("node_modules/playwright-core").exists();
-    if !ready {
-        assert!(
-            std::env::var_os("TOOLGATE_REQUIRE_BROWSER").is_none(),
-            "TOOLGATE_REQUIRE_BROWSER is set but {chromium} or tests/browser/node_modules is missing"
-        );
-        eprintln!("skipped: install Debian's chromium and run `npm ci` in tests/browser (.ci/run does both)");
+    let Some((dir, chromium)) = browser() else {
         return;
-    }
+    };
     let (_pki, upstream, gate) =
         setup_examples(&[("browser.toml", TOOL.to_string())], |_| {}).await;
 

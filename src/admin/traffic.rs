@@ -95,9 +95,7 @@ async fn one(app: &Arc<App>, id: &str) -> Result<Option<Detail>, String> {
                 .story(p)
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|e| {
-                    e.proposal.as_deref() == Some(p) && e.request_id.as_deref() != Some(&id)
-                })
+                .filter(|e| e.proposal.as_deref() == Some(p))
                 .collect(),
         };
         Ok(Some((row, events, proposal)))

@@ -1024,3 +1024,22 @@ pub fn prod(gate: &Toolgate) -> TestClient {
 
 pub const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
 pub const JSON: (&str, &str) = ("content-type", "application/json");
+
+/// Headless Chromium for the page tests: the browser scripts' folder and the browser, or None
+/// after saying why (a failure under `TOOLGATE_REQUIRE_BROWSER`).
+pub fn browser() -> Option<(std::path::PathBuf, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if std::path::Path::new(&chromium).exists() && dir.join("node_modules/playwright-core").exists()
+    {
+        return Some((dir, chromium));
+    }
+    assert!(
+        std::env::var_os("TOOLGATE_REQUIRE_BROWSER").is_none(),
+        "TOOLGATE_REQUIRE_BROWSER is set but {chromium} or tests/browser/node_modules is missing"
+    );
+    eprintln!(
+        "skipped: install Debian's chromium and run `npm ci` in tests/browser (.ci/run does both)"
+    );
+    None
+}
