@@ -17,7 +17,7 @@ pub const PAGE_ROWS: usize = 50;
 const MAX_ROWS: usize = 500;
 /// Events a page examines at most before it stops and hands back a cursor (a filter that
 /// matches little never makes one page read the whole log).
-const SCAN_CAP: usize = 20_000;
+const SCAN_CAP: usize = 5_000;
 
 /// The filters of `/traffic` and `GET /api/traffic` (those of `audit search`, and more).
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -197,6 +197,22 @@ impl Row {
     }
 }
 
+/// What a request's own event already rules out (path text, host, agent, time), before the
+/// request's other events are read.
+fn request_may_pass(e: &Event, f: &TrafficFilter, since: Option<u64>, until: Option<u64>) -> bool {
+    if e.kind != "request" {
+        return true;
+    }
+    let given = TrafficFilter::given;
+    let p = &e.payload;
+    let text = |k: &str| p[k].as_str().unwrap_or("");
+    given(&f.q).is_none_or(|q| text("path").contains(q))
+        && given(&f.host).is_none_or(|h| text("host").eq_ignore_ascii_case(h))
+        && given(&f.agent).is_none_or(|a| e.agent.as_deref() == Some(a))
+        && since.is_none_or(|s| e.unix_ms >= s)
+        && until.is_none_or(|u| e.unix_ms < u)
+}
+
 /// The index a page walks, and the value it walks it under.
 fn walk(f: &TrafficFilter) -> (Index, String) {
     let given = TrafficFilter::given;
@@ -260,10 +276,14 @@ impl Audit {
             let Some(rid) = e.request_id.clone() else {
                 continue;
             };
-            if !seen.insert(rid.clone()) {
+            if !seen.insert(rid.clone()) || !request_may_pass(&e, f, since, until) {
                 continue;
             }
-            let events = self.request_events(&rid).map_err(err)?;
+            // A read told in one event is the whole request: nothing more to read.
+            let events = match e.kind == "request" && !e.payload["response"].is_null() {
+                true => vec![e],
+                false => self.request_events(&rid).map_err(err)?,
+            };
             // Listed where its newest event in this index is: once, whatever the page.
             let newest = events
                 .iter()
