@@ -16,7 +16,7 @@ use super::body::{self, ProxyBody};
 use super::request::{self, Trail};
 use super::scrub::{Needles, Scrubbed};
 use super::Target;
-use crate::checks::{authorize, forwarded_headers, validation};
+use crate::checks::{authorize, validation};
 use crate::error::Refusal;
 use crate::mcp::{self, Message};
 use crate::policy::{Agent, Mode, SideEffects, Tool};
@@ -262,20 +262,10 @@ async fn pass(
 ) -> Result<Response<ProxyBody>, Refusal> {
     let no_params = std::collections::BTreeMap::new();
     let credential = authorize(agent, via, &no_params)?;
-    let mut headers = forwarded_headers(via, &parts.headers)?;
-    if let Some(cred) = &credential {
-        headers.remove(&cred.header);
-        headers.insert(cred.header.clone(), cred.header_value());
-    }
+    let headers = request::upstream_headers(via, &parts.headers, credential.as_deref())?;
     let mut out = Request::new(body::full(body));
     *out.method_mut() = parts.method.clone();
-    *out.uri_mut() = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .parse()
-        .unwrap_or_default();
+    *out.uri_mut() = request::path_and_query(&parts).parse().unwrap_or_default();
     *out.headers_mut() = headers;
     let decision = json!({"outcome": "allowed", "mcp": what});
     let resp = match app.upstream.forward(&target.host, target.port, out).await {

@@ -175,21 +175,10 @@ pub(super) fn mcp_call(
     }
     check_rules(&agent, &tool, &parts, &params, &Value::Null, &arguments)?;
     let amount = budget_amount(&tool, &arguments)?;
-    let mut headers = forwarded_headers(&tool, &parts.headers)?;
-    if let Some(cred) = &credential {
-        headers.remove(&cred.header);
-        headers.insert(cred.header.clone(), cred.header_value());
-    }
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| parts.uri.path().to_string());
+    let headers = upstream_headers(&tool, &parts.headers, credential.as_deref())?;
+    let path_and_query = path_and_query(&parts);
     let body_event = arguments_event(&tool, &arguments);
-    let undo_of = match &target.origin {
-        super::Origin::Undo { of, .. } => Some(of.clone()),
-        super::Origin::Agent => None,
-    };
+    let undo_of = undo_of(target);
     Ok(Call {
         agent,
         tool,
@@ -208,6 +197,38 @@ pub(super) fn mcp_call(
         started: std::time::Instant::now(),
         _buffered: buffered,
     })
+}
+
+/// The headers that go upstream: the agent's, as the tool forwards them, with the tool's
+/// credential in place of anything the agent sent.
+pub(super) fn upstream_headers(
+    tool: &Tool,
+    sent: &HeaderMap,
+    credential: Option<&Credential>,
+) -> Result<HeaderMap, Refusal> {
+    let mut headers = forwarded_headers(tool, sent)?;
+    if let Some(cred) = credential {
+        headers.remove(&cred.header);
+        headers.insert(cred.header.clone(), cred.header_value());
+    }
+    Ok(headers)
+}
+
+/// The path and query as sent.
+pub(super) fn path_and_query(parts: &http::request::Parts) -> String {
+    parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| parts.uri.path().to_string())
+}
+
+/// The call being undone, when toolgate itself sends an undo.
+fn undo_of(target: &Target) -> Option<String> {
+    match &target.origin {
+        super::Origin::Undo { of, .. } => Some(of.clone()),
+        super::Origin::Agent => None,
+    }
 }
 
 /// An MCP call's arguments as the audit log records them (fields the contract names redacted).
@@ -239,21 +260,10 @@ async fn validate(
     let body_json = validate_body(&tool, &parts.headers, &body)?;
     check_rules(&agent, &tool, &parts, &matched.params, &query, &body_json)?;
     let amount = budget_amount(&tool, &body_json)?;
-    let mut headers = forwarded_headers(&tool, &parts.headers)?;
-    if let Some(cred) = &credential {
-        headers.remove(&cred.header);
-        headers.insert(cred.header.clone(), cred.header_value());
-    }
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| parts.uri.path().to_string());
+    let headers = upstream_headers(&tool, &parts.headers, credential.as_deref())?;
+    let path_and_query = path_and_query(&parts);
     let body_event = body_event(&tool, &body, &body_json);
-    let undo_of = match &target.origin {
-        super::Origin::Undo { of, .. } => Some(of.clone()),
-        super::Origin::Agent => None,
-    };
+    let undo_of = undo_of(target);
     Ok(Call {
         agent,
         tool,
