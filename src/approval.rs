@@ -313,7 +313,7 @@ async fn wait_and_claim(
                 }
             }
             State::Committed => {
-                return Ok(stored_response(&p));
+                return Ok(stored_response(app, &p));
             }
             State::Denied | State::Revoked | State::Cancelled => {
                 let d = p.decision.clone();
@@ -368,13 +368,24 @@ async fn wait_and_claim(
     }
 }
 
-fn stored_response(p: &Proposal) -> Response<ProxyBody> {
+fn stored_response(app: &App, p: &Proposal) -> Response<ProxyBody> {
     let outcome = p.outcome.clone().unwrap_or(Outcome {
         status: 502,
         headers: vec![],
         body: String::new(),
     });
-    let mut resp = crate::model::stored_answer(&outcome);
+    // What is stored is shown as the tool shows answers now (hidden fields out).
+    let policy = app.policy();
+    let shown = match policy.tool(&p.tool).and_then(|t| t.response.as_ref()) {
+        Some(spec) => crate::commit::shown(spec, &outcome),
+        None => outcome,
+    };
+    answer_of(p, &shown)
+}
+
+/// An answer to the proposal's call, naming the proposal.
+fn answer_of(p: &Proposal, outcome: &Outcome) -> Response<ProxyBody> {
+    let mut resp = crate::model::stored_answer(outcome);
     if let Ok(v) = HeaderValue::from_str(&p.id) {
         resp.headers_mut().insert("toolgate-proposal", v);
     }
@@ -511,6 +522,8 @@ async fn send_approved(
         .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
         .map(|(_, v)| v.clone());
     info!(proposal = %p.id, tool = %p.tool, "committing");
+    let policy = app.policy();
+    let response = policy.tool(&p.tool).and_then(|t| t.response.as_ref());
     let commit = crate::commit::Commit {
         who: record(p, "commit", Value::Null),
         commit_payload: json!({
@@ -541,6 +554,7 @@ async fn send_approved(
             undoes: None,
         },
         charged,
+        response,
     };
     let result = crate::commit::send(app, commit).await;
     settle_commit(app, p, result).await
@@ -550,14 +564,15 @@ async fn send_approved(
 async fn settle_commit(
     app: &App,
     p: &mut Proposal,
-    result: Result<crate::model::Outcome, crate::commit::Failed>,
+    result: Result<crate::commit::Sent, crate::commit::Failed>,
 ) -> Result<Option<Response<ProxyBody>>, Refusal> {
     let answer = match result {
-        Ok(outcome) => {
-            p.outcome = Some(outcome);
+        Ok(sent) => {
+            // Stored: the kept fields. The held call gets the whole answer, hidden fields out.
+            p.outcome = Some(sent.stored);
             p.state = State::Committed;
             p.committed_unix = Some(now_unix());
-            Ok(Some(stored_response(p)))
+            Ok(Some(answer_of(p, &sent.shown)))
         }
         Err(failed) => {
             p.state = match failed {

@@ -35,6 +35,15 @@ pub(crate) struct Commit<'a> {
     pub ledger: CommitFacts<'a>,
     /// The budget charge to give back if the call takes no effect.
     pub charged: Charge,
+    /// The tool's response contract: what of the answer is kept, and what the agent sees.
+    pub response: Option<&'a crate::policy::response::ResponseSpec>,
+}
+
+/// The answer to a committed call: as stored (the kept fields), and as the agent sees it now
+/// (the whole answer, hidden fields removed).
+pub(crate) struct Sent {
+    pub stored: Outcome,
+    pub shown: Outcome,
 }
 
 /// Why a commit did not end with an answer.
@@ -49,7 +58,7 @@ pub(crate) enum Failed {
 }
 
 /// Sends a committed call and settles what it leaves behind.
-pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Outcome, Failed> {
+pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Sent, Failed> {
     let Commit {
         who,
         commit_payload,
@@ -58,6 +67,7 @@ pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Outcome, Failed> {
         request,
         ledger,
         charged,
+        response,
     } = c;
     let event = |kind: &'static str, payload: Value| Record {
         kind,
@@ -95,6 +105,8 @@ pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Outcome, Failed> {
         refund_budget(&app.store, charged).await;
     }
     let (outcome, answer) = settle(app, parts, body).await;
+    let (sent, answer) = contract(app, response, outcome, answer, &event).await;
+    let outcome = &sent.stored;
     crate::ledger::record(
         &app.store,
         &app.audit.redactor,
@@ -121,7 +133,74 @@ pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Outcome, Failed> {
             }),
         ))
         .await;
-    Ok(outcome)
+    Ok(sent)
+}
+
+/// A stored answer as the agent sees it: the hidden fields removed.
+pub(crate) fn shown(spec: &crate::policy::response::ResponseSpec, outcome: &Outcome) -> Outcome {
+    use base64::Engine;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let body = engine.decode(&outcome.body).unwrap_or_default();
+    let stream = crate::mcp::is_event_stream(
+        outcome
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.as_str()),
+    );
+    Outcome {
+        status: outcome.status,
+        headers: outcome.headers.clone(),
+        body: engine.encode(spec.shown(&body, stream)),
+    }
+}
+
+/// The response contract applied: what is stored (and recorded) and what the agent gets; a
+/// schema mismatch is an event. Without a contract both are the whole answer.
+async fn contract(
+    app: &App,
+    spec: Option<&crate::policy::response::ResponseSpec>,
+    outcome: Outcome,
+    answer: Bytes,
+    event: &(dyn Fn(&'static str, Value) -> Record + Sync),
+) -> (Sent, Bytes) {
+    let Some(spec) = spec else {
+        return (
+            Sent {
+                stored: outcome.clone(),
+                shown: outcome,
+            },
+            answer,
+        );
+    };
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    if let Some(why) = spec.mismatch(&answer) {
+        app.audit
+            .record(event("response_schema_mismatch", json!({ "message": why })))
+            .await;
+    }
+    let stream = crate::mcp::is_event_stream(
+        outcome
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.as_str()),
+    );
+    let kept = Bytes::from(spec.kept(&answer));
+    let mut headers = outcome.headers.clone();
+    headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-length"));
+    let shown = Outcome {
+        status: outcome.status,
+        headers: headers.clone(),
+        body: b64(&spec.shown(&answer, stream)),
+    };
+    let stored = Outcome {
+        status: outcome.status,
+        headers,
+        body: b64(&kept),
+    };
+    (Sent { stored, shown }, kept)
 }
 
 /// The answer read whole (up to the cap, with a mark past it) and scrubbed of secrets: what is

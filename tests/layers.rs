@@ -11,9 +11,11 @@ const LAYERS: &[&[&str]] = &[
     // helpers that import nothing of the crate
     &["base"],
     // errors, stored records, start-up configuration; leaves with no crate imports
-    &["error", "model", "config", "logging", "metrics", "ca"],
+    &[
+        "error", "model", "config", "logging", "metrics", "ca", "mcp",
+    ],
     // storage (the interface and its implementations), policies, the upstream client
-    &["store", "policy", "upstream", "mcp"],
+    &["store", "policy", "upstream"],
     // what sits on storage and policy: the audit log, the policy phases, limits,
     // notifications, connection caps
     &["audit", "checks", "limits", "notify", "guard"],

@@ -43,11 +43,7 @@ pub fn summary(events: &[Event]) -> Vec<String> {
             }
             "approval" => approved.push(format!("{} at {}", s("by"), e.time)),
             "commit" => executed.push(format!("{} {}", s("method"), s("url"))),
-            "response" => changed.push(format!(
-                "{} answered {}",
-                e.tool.as_deref().unwrap_or("-"),
-                p["status"]
-            )),
+            "response" => changed.push(what_changed(e.tool.as_deref().unwrap_or("-"), p)),
             "rollback" if s("outcome") == "undone" => undone.push(format!(
                 "{} by {} via {}",
                 e.request_id.as_deref().unwrap_or("-"),
@@ -72,6 +68,74 @@ pub fn summary(events: &[Event]) -> Vec<String> {
         format!("what changed:  {}", join(changed)),
         format!("rolled back:   {}", join(undone)),
     ]
+}
+
+/// What a committed call changed, in the words of its answer: "stripe.refunds.create created
+/// refund re_123 (status succeeded, amount 100)". Falls back to the status when the answer
+/// names no object.
+fn what_changed(tool: &str, response: &serde_json::Value) -> String {
+    let status = &response["status"];
+    let parsed;
+    let answer = match &response["body"]["json"] {
+        serde_json::Value::Null => {
+            parsed = response["body"]["text"]
+                .as_str()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+                .unwrap_or_default();
+            &parsed
+        }
+        json => json,
+    };
+    let id = answer["id"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| answer["id"].as_u64().map(|n| n.to_string()))
+        .or_else(|| answer["number"].as_u64().map(|n| format!("#{n}")));
+    let (Some(id), true) = (id, status.as_u64().is_some_and(|s| s < 400)) else {
+        return format!("{tool} answered {status}");
+    };
+    let mut parts = tool.rsplit('.');
+    let action = parts.next().unwrap_or("");
+    let kind = parts.next().unwrap_or("object");
+    let verb = match action {
+        "create" | "send" => "created",
+        "delete" => "deleted",
+        "cancel" => "cancelled",
+        _ => "changed",
+    };
+    let object = answer["object"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| kind.trim_end_matches('s').to_string());
+    const TELLING: [&str; 8] = [
+        "status", "state", "amount", "currency", "title", "email", "number", "name",
+    ];
+    let scalars: Vec<(&String, &serde_json::Value)> = answer
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, v)| {
+                    !matches!(k.as_str(), "id" | "object")
+                        && (v.is_string() || v.is_number() || v.is_boolean())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // A kept answer is told whole; a whole answer by its telling fields only.
+    let told: Vec<String> = scalars
+        .iter()
+        .filter(|(k, _)| scalars.len() <= 6 || TELLING.contains(&k.as_str()))
+        .take(6)
+        .map(|(k, v)| match v.as_str() {
+            Some(s) => format!("{k} {s}"),
+            None => format!("{k} {v}"),
+        })
+        .collect();
+    let details = match told.is_empty() {
+        true => String::new(),
+        false => format!(" ({})", told.join(", ")),
+    };
+    format!("{tool} {verb} {object} {id}{details}")
 }
 
 /// What a request event says: the call, and for a read told in one event its decision and

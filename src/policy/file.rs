@@ -81,6 +81,16 @@ pub struct BodyDef {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ResponseDef {
+    #[serde(default)]
+    pub keep: Vec<String>,
+    #[serde(default)]
+    pub hide: Vec<String>,
+    pub schema: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BudgetDef {
     pub field: String,
     pub max: f64,
@@ -157,6 +167,8 @@ pub struct ToolDef {
     pub kind: Option<String>,
     #[serde(default)]
     pub redact: Vec<String>,
+    /// What of the answer is kept and what the agent sees.
+    pub response: Option<ResponseDef>,
     /// Request headers forwarded besides the defaults (and steering headers it allows, such as
     /// `Stripe-Account`).
     #[serde(default)]

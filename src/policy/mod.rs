@@ -3,6 +3,7 @@
 
 pub mod contract;
 pub mod file;
+pub mod response;
 pub mod rollback_def;
 pub mod rules;
 pub mod template;
@@ -284,6 +285,8 @@ pub struct Tool {
     pub approval: ApprovalSpec,
     /// An MCP server's tool: matched by its endpoint and name, not by method and path alone.
     pub mcp: Option<McpSpec>,
+    /// What of the answer is kept and shown.
+    pub response: Option<response::ResponseSpec>,
     pub def: ToolDef,
 }
 
@@ -841,6 +844,7 @@ fn compile_tool(
     };
     let query = def.query_schema.as_deref().map(load_schema).transpose()?;
     let mcp = compile_mcp(&def, &load_schema, &err)?;
+    let response = compile_response(&def, &load_schema, &err)?;
     let (idempotency, idempotency_window) = compile_idempotency(&def, side_effects, &err)?;
     let rate_limit = def
         .rate_limit
@@ -859,6 +863,7 @@ fn compile_tool(
     Ok(Tool {
         approval,
         mcp,
+        response,
         mode,
         side_effects,
         body,
@@ -879,6 +884,27 @@ fn compile_tool(
         path: template,
         def,
     })
+}
+
+/// `response = { keep, hide, schema }`: pointers that are pointers, and a schema that loads.
+fn compile_response(
+    def: &ToolDef,
+    load_schema: &dyn Fn(&str) -> Result<Arc<contract::Schema>, PolicyError>,
+    err: &dyn Fn(String) -> PolicyError,
+) -> Result<Option<response::ResponseSpec>, PolicyError> {
+    let Some(r) = &def.response else {
+        return Ok(None);
+    };
+    if let Some(bad) = r.keep.iter().chain(&r.hide).find(|p| !p.starts_with('/')) {
+        return Err(err(format!(
+            "response field {bad:?} must be a JSON pointer such as /id or /card/last4"
+        )));
+    }
+    Ok(Some(response::ResponseSpec {
+        keep: r.keep.clone(),
+        hide: r.hide.clone(),
+        schema: r.schema.as_deref().map(load_schema).transpose()?,
+    }))
 }
 
 /// An HTTP tool's method, or POST for an MCP tool (which names none, or POST).

@@ -471,6 +471,9 @@ async fn read(
         trail.record(&app.audit, "decision", decision).await;
         return Ok(model_answer(app, target, &call, trail, parts, body).await);
     }
+    if let Some(spec) = &tool.response {
+        return contracted_read(app, trail, decision, (parts, body), spec, latency_ms).await;
+    }
     // One event tells the whole read: what was asked, the decision, and the answer (whose
     // body streams to the agent and is not kept).
     let mut response = json!({
@@ -481,6 +484,67 @@ async fn read(
     response["headers"] = crate::audit::headers_json(&parts.headers);
     trail.record_read(&app.audit, decision, response).await;
     Ok(Response::from_parts(parts, body::stream(body)))
+}
+
+/// The largest answer of a read with a response contract that toolgate reads whole.
+const CONTRACTED_ANSWER_CAP: usize = 16 * 1024 * 1024;
+
+/// A read whose tool has a response contract: the answer is read whole, the agent gets it with
+/// the hidden fields out, and the audit keeps the kept fields (a schema mismatch is an event).
+async fn contracted_read(
+    app: &App,
+    trail: &Trail,
+    decision: Value,
+    (mut parts, mut body): (http::response::Parts, Scrubbed<hyper::body::Incoming>),
+    spec: &crate::policy::response::ResponseSpec,
+    latency_ms: u64,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            Refusal::new(
+                Code::UpstreamError,
+                format!("the answer could not be read: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > CONTRACTED_ANSWER_CAP {
+                return Err(Refusal::new(
+                    Code::UpstreamError,
+                    format!("the answer is larger than {CONTRACTED_ANSWER_CAP} bytes, which a tool with a response contract reads whole"),
+                ));
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    let stream = crate::mcp::is_event_stream(
+        parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    if let Some(why) = spec.mismatch(&bytes) {
+        trail
+            .record(
+                &app.audit,
+                "response_schema_mismatch",
+                json!({ "message": why }),
+            )
+            .await;
+    }
+    let kept = spec.kept(&bytes);
+    let mut response = json!({
+        "status": parts.status.as_u16(),
+        "body": crate::audit::body_json(&kept, crate::audit::BODY_CAP),
+        "latency_ms": latency_ms,
+    });
+    response["headers"] = crate::audit::headers_json(&parts.headers);
+    trail.record_read(&app.audit, decision, response).await;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok(Response::from_parts(
+        parts,
+        body::full(Bytes::from(spec.shown(&bytes, stream))),
+    ))
 }
 
 /// A model provider's answer: streamed as it comes, its usage recorded when it ends.
@@ -591,9 +655,9 @@ async fn write(
         .record(&app.audit, "decision", decision("allowed", &call))
         .await;
     let request = outgoing(&mut call);
-    let outcome =
+    let sent =
         match crate::commit::send(app, commit_of(target, &call, trail, (request, charged))).await {
-            Ok(outcome) => outcome,
+            Ok(sent) => sent,
             Err(failed) if failed.sent_nothing() => {
                 // Nothing reached the upstream: the call may be retried.
                 app.store
@@ -605,14 +669,14 @@ async fn write(
             Err(failed) => return Err(failed.into_refusal()),
         };
     rec.state = IdemState::Done;
-    rec.outcome = Some(outcome.clone());
+    rec.outcome = Some(sent.stored);
     if let Err(e) = app.store.idem_put(&idem_id, &rec).await {
         // The call executed; the agent gets its answer. A retry finds it in flight and is
         // refused as unknown rather than executed twice.
         tracing::error!(request_id = %trail.request_id, error = %e, "could not store the outcome of a committed call");
     }
-    // The agent gets what is stored: the same answer a duplicate would get.
-    Ok(replay_first(&outcome))
+    // The agent gets the answer (hidden fields out); a duplicate gets what is stored.
+    Ok(replay_first(&sent.shown))
 }
 
 fn idem_store_err(e: crate::store::StoreError) -> Refusal {
@@ -652,7 +716,10 @@ async fn earlier_answer(
                 "idempotent_replay",
                 json!({"original_request": rec.request_id, "status": outcome.status}),
             ).await;
-            Ok(replay(&outcome))
+            Ok(match &tool.response {
+                Some(spec) => replay(&crate::commit::shown(spec, &outcome)),
+                None => replay(&outcome),
+            })
         }
         _ => Err(Refusal::new(
             Code::IdempotencyConflict,
@@ -705,6 +772,7 @@ fn commit_of<'a>(
             undoes: call.undo_of.as_deref(),
         },
         charged,
+        response: call.tool.response.as_ref(),
     }
 }
 
