@@ -1237,6 +1237,98 @@ fn check(dir: &std::path::Path) -> ExitCode {
             undo
         );
     }
+    let notes = schema_notes(&policy);
+    let mut undo = Vec::new();
+    for tool in policy.tools() {
+        if tool.side_effects == crate::policy::SideEffects::None {
+            continue;
+        }
+        match tool.def.rollback.as_ref() {
+            Some(r) if r.none.is_some() => undo.push(format!(
+                "{}: cannot be undone: {}",
+                tool.name,
+                r.none.as_deref().unwrap_or("")
+            )),
+            None => undo.push(format!("{}: declares no undo", tool.name)),
+            Some(r) => {
+                if let Some(warning) = undo_target_warning(&policy, tool, r) {
+                    undo.push(warning);
+                }
+            }
+        }
+    }
+    if !notes.is_empty() || !undo.is_empty() {
+        println!();
+    }
+    for line in notes.iter().chain(undo.iter()) {
+        println!("{line}");
+    }
+    let refused = launch_gate(&policy);
+    if !refused.is_empty() {
+        println!();
+        for line in &refused {
+            println!("launch gate: {line}");
+        }
+        return fail(&format!(
+            "the policies fail the launch gate ({} finding(s) above)",
+            refused.len()
+        ));
+    }
+    println!(
+        "ok: {} tools from {} files",
+        policy.tools().len(),
+        policy.files.len()
+    );
+    ExitCode::SUCCESS
+}
+
+/// What no policy set may go to production with: one credential shared by every tool, an
+/// irreversible tool that runs without approval, a tool with side effects whose body or
+/// arguments nobody described.
+fn launch_gate(policy: &crate::policy::Policy) -> Vec<String> {
+    use crate::policy::{Mode, SideEffects};
+    let mut refused = Vec::new();
+    let with_credentials: Vec<_> = policy
+        .tools()
+        .iter()
+        .filter(|t| !t.credentials.is_empty())
+        .collect();
+    if with_credentials.len() > 1 {
+        let names = |t: &crate::policy::Tool| -> std::collections::BTreeSet<String> {
+            t.credentials.values().map(|c| c.name.clone()).collect()
+        };
+        let mut shared = names(with_credentials[0]);
+        for t in &with_credentials[1..] {
+            let mine = names(t);
+            shared.retain(|n| mine.contains(n));
+        }
+        for name in shared {
+            refused.push(format!(
+                "credential {name} is shared by every tool ({}): give each API, or each tool, a credential of its own",
+                with_credentials.len()
+            ));
+        }
+    }
+    for t in policy.tools() {
+        if t.side_effects == SideEffects::Irreversible && t.mode == Mode::Auto {
+            refused.push(format!(
+                "{} is irreversible and runs in mode auto: hold it for approval (mode = \"approve\") or deny it",
+                t.name
+            ));
+        }
+        let described = t.mcp.is_some() || t.body.as_ref().is_none_or(|b| b.schema.is_some());
+        if t.side_effects != SideEffects::None && !described {
+            refused.push(format!(
+                "{} has side effects but no body schema: describe what it may send (body = {{ format = …, schema = \"…\" }})",
+                t.name
+            ));
+        }
+    }
+    refused
+}
+
+/// Which object schemas `check` treats as closed, and which accept any keys.
+fn schema_notes(policy: &crate::policy::Policy) -> Vec<String> {
     let mut notes = Vec::new();
     for tool in policy.tools() {
         let schemas = tool
@@ -1263,45 +1355,7 @@ fn check(dir: &std::path::Path) -> ExitCode {
             }
         }
     }
-    let mut undo = Vec::new();
-    for tool in policy.tools() {
-        if tool.side_effects == crate::policy::SideEffects::None {
-            continue;
-        }
-        match tool.def.rollback.as_ref() {
-            Some(r) if r.none.is_some() => undo.push(format!(
-                "{}: cannot be undone: {}",
-                tool.name,
-                r.none.as_deref().unwrap_or("")
-            )),
-            None => undo.push(format!("{}: declares no undo", tool.name)),
-            Some(r) => {
-                if let Some(warning) = undo_target_warning(&policy, tool, r) {
-                    undo.push(warning);
-                }
-            }
-        }
-        if tool.side_effects == crate::policy::SideEffects::Irreversible
-            && tool.mode == crate::policy::Mode::Auto
-        {
-            undo.push(format!(
-                "warning: {} is irreversible and runs in mode auto, without approval",
-                tool.name
-            ));
-        }
-    }
-    if !notes.is_empty() || !undo.is_empty() {
-        println!();
-    }
-    for line in notes.iter().chain(undo.iter()) {
-        println!("{line}");
-    }
-    println!(
-        "ok: {} tools from {} files",
-        policy.tools().len(),
-        policy.files.len()
-    );
-    ExitCode::SUCCESS
+    notes
 }
 
 /// A rollback template must lead to a contract an undo can go through.

@@ -268,8 +268,58 @@ fn check_passes_on_the_examples_and_fails_on_a_broken_folder() {
     assert!(table.contains(
         "stripe.customers.create: undone by DELETE /v1/customers/{response.id} through tool stripe.customers.delete"
     ));
-    assert!(table.contains("warning: sendgrid.mail.send is irreversible and runs in mode auto"));
+    assert!(
+        !table.contains("launch gate"),
+        "the examples pass the launch gate: {table}"
+    );
     assert!(!table.contains("matches no tool contract"), "{table}");
+
+    // The launch gate: one credential for every tool, an irreversible tool in auto, a tool with
+    // side effects and a body nobody described. Each is named, and check fails.
+    let gate_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        gate_dir.path().join("gate.toml"),
+        r#"
+[[credential]]
+name = "one-key"
+env = "PATH"
+header = "Authorization"
+format = "Bearer {secret}"
+
+[[tool]]
+name = "a.read"
+host = "api.example.com"
+method = "GET"
+path = "/a"
+credential = { prod = "one-key" }
+
+[[tool]]
+name = "a.send"
+host = "api.example.com"
+method = "POST"
+path = "/send"
+side_effects = "irreversible"
+idempotency = "payload"
+body = { format = "json" }
+credential = { prod = "one-key" }
+"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--policies"])
+        .arg(gate_dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for finding in [
+        "launch gate: credential one-key is shared by every tool (2)",
+        "launch gate: a.send is irreversible and runs in mode auto",
+        "launch gate: a.send has side effects but no body schema",
+    ] {
+        assert!(text.contains(finding), "{finding}: {text}");
+    }
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fail the launch gate"));
 
     // An undo that leads nowhere is warned about; a malformed one is a load error.
     let dir = tempfile::tempdir().unwrap();

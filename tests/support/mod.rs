@@ -874,6 +874,15 @@ pub fn example_policies() -> Vec<(String, String)> {
     let mut files = Vec::new();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
     collect(&root, &root, &mut files);
+    // The example holds every email for a person (the launch gate); the tests that send mail
+    // test everything else about it, so they send it at once. The SDK test holds it again.
+    for (name, text) in &mut files {
+        if name == "sendgrid.toml" {
+            let held = "mode = \"approve\"\napproval = { groups = [\"platform-leads\", \"payments-leads\"], required = 1, hold = \"30s\" }";
+            assert!(text.contains(held), "the example holds mail for approval");
+            *text = text.replacen(held, "mode = \"auto\"", 1);
+        }
+    }
     files
 }
 
