@@ -196,6 +196,35 @@ sources = ["{agent_ip}/32"]
     assert_eq!(code, 0, "{out}");
     assert_eq!(fakes.count("GET", "/v1/customers/cus_123"), 1, "{out}");
 
+    //    Without a Host header it is refused, and recorded as that agent's refusal.
+    let (code, out) = agent_curl(
+        &agent_ns.name,
+        Some(&format!("api.stripe.com:80:{agent_host_ip}")),
+        None,
+        &["-H", "Host:", "http://api.stripe.com/v1/customers/cus_123"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("needs a Host header"), "{out}");
+    assert_eq!(
+        fakes.count("GET", "/v1/customers/cus_123"),
+        1,
+        "nothing more was sent"
+    );
+    // (Recorded by the audit writer within its batch time.)
+    let mut events = Vec::new();
+    for _ in 0..40 {
+        events = audit_events(&gate, "code=validation_error").await;
+        if !events.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        events.iter().any(|e| e["agent"].is_string()),
+        "the refusal names the agent its source belongs to: {events:?}"
+    );
+
     // 4. A host no contract names: no certificate is minted, nothing is sent.
     let (code, out) = agent_curl(
         &agent_ns.name,

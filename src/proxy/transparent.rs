@@ -242,6 +242,8 @@ async fn plain<T>(
                     .await
                 }
                 (agent, host) => {
+                    // A known source without a Host header is still that agent's refusal.
+                    let agent_id = agent.as_ref().map(|a| a.id.clone());
                     let refusal = match agent {
                         None => unknown_source(peer),
                         Some(_) => Refusal::new(
@@ -254,7 +256,7 @@ async fn plain<T>(
                     record_refusal(
                         &app,
                         (&request_id, started),
-                        (None, peer),
+                        (agent_id.as_deref(), peer),
                         &host,
                         req.method(),
                         &target,
