@@ -345,6 +345,31 @@ async fn mcp_tools_through_toolgate_with_the_official_sdk() {
         .find(|p| p["tool"] == "tickets.create_ticket")
         .unwrap()
         .clone();
+    // The approvers' page names the server's tool and its arguments (escaped).
+    let login = gate
+        .page("POST", "/login", None, Some(format!("token={CAROL}")))
+        .await;
+    let cookie = login.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = gate
+        .page(
+            "GET",
+            &format!("/proposals/{}", p["id"].as_str().unwrap()),
+            Some(&cookie),
+            None,
+        )
+        .await
+        .text();
+    assert!(
+        page.contains("<th>MCP tool</th><td>create_ticket with arguments <code>")
+            && page.contains("printer on fire"),
+        "{page}"
+    );
     let story = admin_at(
         gate.admin_addr,
         "GET",
