@@ -36,6 +36,30 @@ pub struct IdemRecord {
     pub outcome: Option<Outcome>,
 }
 
+/// A short-lived token an approver issued for an agent (DESIGN section 10). Only the token's
+/// sha256 is stored; the token itself is shown once, when issued.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentToken {
+    pub id: String,
+    pub agent: String,
+    /// Calls made with it belong to this job.
+    #[serde(default)]
+    pub job: Option<String>,
+    pub sha256: String,
+    pub issued_by: String,
+    pub issued_unix: u64,
+    pub expires_unix: u64,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+impl AgentToken {
+    /// Whether it lets its agent in at `now`.
+    pub fn live(&self, now: u64) -> bool {
+        !self.revoked && now < self.expires_unix
+    }
+}
+
 /// Which agent a job id belongs to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobClaim {

@@ -739,3 +739,31 @@ async fn a_single_toolgate_moves_its_open_state_to_the_database() {
         .as_str()
         .is_some_and(|h| h.len() == 64));
 }
+
+#[tokio::test]
+async fn an_issued_token_and_its_revocation_hold_across_replicas() {
+    use toolgate::store::TokenStore;
+    let Some(cluster) = Cluster::start("an_issued_token_and_its_revocation_hold") else {
+        return;
+    };
+    let (a, b) = two_replicas(&cluster).await;
+    let now = toolgate::base::now_unix();
+    let mut token = toolgate::model::AgentToken {
+        id: "tok_1".into(),
+        agent: "support-bot-staging".into(),
+        job: Some("job-1".into()),
+        sha256: "ab".repeat(32),
+        issued_by: "dave@example.com".into(),
+        issued_unix: now,
+        expires_unix: now + 60,
+        revoked: false,
+    };
+    a.token_put(&token).await.unwrap();
+    let found = b.token_by_hash(&"ab".repeat(32)).await.unwrap().unwrap();
+    assert!(found.live(now) && found.job.as_deref() == Some("job-1"));
+    token.revoked = true;
+    b.token_put(&token).await.unwrap();
+    assert!(!a.token_get("tok_1").await.unwrap().unwrap().live(now));
+    assert_eq!(a.token_list(now).await.unwrap().len(), 1);
+    assert!(a.token_list(now + 61).await.unwrap().is_empty());
+}

@@ -168,3 +168,143 @@ async fn response_contracts_keep_and_hide_and_the_story_names_what_changed() {
     );
     let _: Value = list;
 }
+
+const DAVE: &str = "demo-dave-token";
+
+async fn issue(gate: &Toolgate, token: &str, body: serde_json::Value) -> Answer {
+    gate.admin(
+        "POST",
+        "/api/agents/support-bot-staging/tokens",
+        Some(token),
+        Some(body),
+    )
+    .await
+}
+
+async fn read_with(gate: &Toolgate, agent: &str, token: &str) -> Answer {
+    let client = client_via(
+        gate.addr,
+        Some((agent, token)),
+        &gate.ca_pem,
+        http::Version::HTTP_11,
+    );
+    send(
+        &client,
+        "GET",
+        "https://api.github.com/repos/acme/widgets",
+        &[],
+        "",
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issued_tokens_work_expire_are_revoked_and_never_recorded() {
+    let (pki, fakes) = example_apis().await;
+    let gate = examples_gate(&pki, fakes.addr, &[], |_| {}).await;
+
+    // Only group admin (or a group the agent names) issues; an agent's own token never does.
+    let agent_token = issue(
+        &gate,
+        "demo-staging-token",
+        serde_json::json!({"ttl": "15m"}),
+    )
+    .await;
+    assert_eq!(agent_token.status, 401, "{}", agent_token.text());
+    let carol = issue(&gate, CAROL, serde_json::json!({"ttl": "15m"})).await;
+    assert_eq!(carol.status, 403, "{}", carol.text());
+    let bad = issue(&gate, DAVE, serde_json::json!({"ttl": "30d"})).await;
+    assert_eq!(bad.code(), "validation_error");
+
+    let got = issue(
+        &gate,
+        DAVE,
+        serde_json::json!({"ttl": "15m", "job": "job-token"}),
+    )
+    .await;
+    assert_eq!(got.status, 201, "{}", got.text());
+    let issued = got.json();
+    let (id, token) = (
+        issued["id"].as_str().unwrap().to_string(),
+        issued["token"].as_str().unwrap().to_string(),
+    );
+    // It works as the agent's proxy password, for that agent only; its calls are the job's.
+    let (status, text) = connect_with(&gate, "support-bot-staging", &token).await;
+    assert_eq!(status, 200, "{text}");
+    let ok = read_with(&gate, "support-bot-staging", &token).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(connect_with(&gate, "support-bot-prod", &token).await.0, 407);
+    let job = gate
+        .admin("GET", "/api/audit/story/job-token", Some(CAROL), None)
+        .await
+        .json();
+    let events = job["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e["payload"]["token"] == id.as_str()),
+        "the job's story holds the call, naming the token id: {job}"
+    );
+    let listed = gate
+        .admin(
+            "GET",
+            "/api/tokens?agent=support-bot-staging",
+            Some(DAVE),
+            None,
+        )
+        .await;
+    assert!(listed.text().contains(&id) && !listed.text().contains(&token));
+
+    // Revoked: refused at once, on a tunnel already open too.
+    let client = client_via(
+        gate.addr,
+        Some(("support-bot-staging", &token)),
+        &gate.ca_pem,
+        http::Version::HTTP_11,
+    );
+    let read = "https://api.github.com/repos/acme/widgets";
+    assert_eq!(
+        send(&client, "GET", read, &[], "").await.unwrap().status,
+        200
+    );
+    let revoked = gate
+        .admin("DELETE", &format!("/api/tokens/{id}"), Some(DAVE), None)
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    let after = send(&client, "GET", read, &[], "").await.unwrap();
+    assert_eq!(after.status, 407, "{}", after.text());
+    let (status, text) = connect_with(&gate, "support-bot-staging", &token).await;
+    assert_eq!(status, 407, "{text}");
+
+    // Expired: a second-long token stops after its second.
+    let short = issue(&gate, DAVE, serde_json::json!({"ttl": "1s"}))
+        .await
+        .json();
+    let short_token = short["token"].as_str().unwrap().to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    let (status, text) = connect_with(&gate, "support-bot-staging", &short_token).await;
+    assert_eq!(status, 407, "{text}");
+    assert!(text.contains("expired or was revoked"), "{text}");
+
+    // The tokens themselves are in no audit event and in no file under the data dir.
+    let export = gate
+        .admin("GET", "/api/audit/export", Some(CAROL), None)
+        .await
+        .text();
+    assert!(export.contains("token.issued") && export.contains("token.revoked"));
+    for t in [&token, &short_token] {
+        assert!(
+            !export.contains(t.as_str()),
+            "the token is not in the audit log"
+        );
+        let mut found = Vec::new();
+        files_holding(&gate.dir.path().join("data"), &[t.to_string()], &mut found);
+        assert!(found.is_empty(), "{found:?}");
+    }
+}
+
+/// A new tunnel with these credentials: its CONNECT status and answer.
+async fn connect_with(gate: &Toolgate, agent: &str, token: &str) -> (u16, String) {
+    let (status, text, _) =
+        raw_connect(gate.addr, "api.github.com:443", Some((agent, token))).await;
+    (status, text)
+}

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod html;
 pub mod pages;
+pub mod tokens;
 pub mod traffic;
 
 use std::sync::Arc;
@@ -37,6 +38,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/agents", get(list_agents))
         .route("/api/agents/{id}/disable", post(disable_agent))
         .route("/api/agents/{id}/enable", post(enable_agent))
+        .route("/api/agents/{id}/tokens", post(tokens::issue))
+        .route("/api/tokens", get(tokens::list))
+        .route("/api/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/api/proposals", get(list_proposals))
         .route("/api/proposals/{id}", get(get_proposal))
         .route("/api/proposals/{id}/{action}", post(decide_proposal))

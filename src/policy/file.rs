@@ -41,6 +41,16 @@ pub struct AgentDef {
     /// listener. An agent with sources may have no token (it never uses the proxy listener).
     #[serde(default)]
     pub sources: Vec<String>,
+    /// Approver groups (besides `admin`) whose members may issue this agent short-lived tokens.
+    #[serde(default)]
+    pub token_issuers: Vec<String>,
+    /// false: only issued tokens let the agent in, never its static token.
+    #[serde(default = "yes")]
+    pub static_token: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]

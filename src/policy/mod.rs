@@ -52,6 +52,20 @@ pub struct Agent {
     pub dry_run: bool,
     /// The networks whose redirected connections are this agent's (transparent listener).
     pub sources: Vec<ipnet::IpNet>,
+    /// Approver groups (besides `admin`) that may issue it tokens.
+    pub token_issuers: Vec<String>,
+    /// Whether its static token lets it in (else only issued tokens do).
+    pub static_token: bool,
+}
+
+impl Agent {
+    /// Whether `approver` may issue this agent tokens: group `admin`, or a group it names.
+    pub fn token_issuer(&self, approver: &Approver) -> bool {
+        approver
+            .groups
+            .iter()
+            .any(|g| g == "admin" || self.token_issuers.contains(g))
+    }
 }
 
 /// What toolgate does with a call that passed every check.
@@ -465,9 +479,10 @@ impl Policy {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         match self.agents.get(id) {
             Some(agent)
-                if agent
-                    .token_sha256
-                    .is_some_and(|t| bool::from(t.ct_eq(&digest))) =>
+                if agent.static_token
+                    && agent
+                        .token_sha256
+                        .is_some_and(|t| bool::from(t.ct_eq(&digest))) =>
             {
                 Some(agent.clone())
             }
@@ -682,7 +697,7 @@ fn compile_agent(
                 })?;
                 Some(Sha256::digest(token.as_bytes()).into())
             }
-            (None, None) if !def.sources.is_empty() => None,
+            (None, None) if !def.sources.is_empty() || !def.static_token => None,
             (None, None) => return Err(err(
                 "set one of token_sha256 or token_env (or sources, for the transparent listener)"
                     .into(),
@@ -707,6 +722,8 @@ fn compile_agent(
         attrs: def.attrs.clone(),
         dry_run: def.dry_run,
         sources,
+        token_issuers: def.token_issuers.clone(),
+        static_token: def.static_token,
     })
 }
 

@@ -142,6 +142,8 @@ mod tests {
             attrs: [("github_org".to_string(), "acme".to_string())].into(),
             dry_run: false,
             sources: vec![],
+            token_issuers: vec![],
+            static_token: true,
         };
         assert_eq!(
             render_agent_template("{agent.attrs.github_org}", &agent).as_deref(),

@@ -129,6 +129,8 @@ pub(crate) struct Target {
     /// The tunnel (or connection) the request came on: the job of calls that name none.
     tunnel_id: String,
     origin: Origin,
+    /// The issued token the agent came in with, if any (checked again on every request).
+    token: Option<Arc<crate::model::AgentToken>>,
 }
 
 /// Who sent a request: an agent through the proxy, or toolgate itself on an approver's word.
@@ -163,13 +165,45 @@ pub(crate) async fn internal_call(
         peer: SocketAddr::from(([127, 0, 0, 1], 0)).to_string(),
         tunnel_id: job.to_string(),
         origin,
+        token: None,
     };
     let (resp, code) = handle(app, &target, req, request_id.clone(), Instant::now()).await;
     (request_id, resp, code)
 }
 
-/// The authenticate phase: `Proxy-Authorization: Basic base64(agent-id:token)`.
-fn authenticate(policy: &Policy, req: &Request<Incoming>) -> Result<Arc<Agent>, Refusal> {
+/// The authenticate phase: `Proxy-Authorization: Basic base64(agent-id:token)`. The token is
+/// the agent's static token, or one an approver issued it (then returned too).
+async fn authenticate(
+    app: &App,
+    policy: &Policy,
+    req: &Request<Incoming>,
+) -> Result<(Arc<Agent>, Option<Arc<crate::model::AgentToken>>), Refusal> {
+    let (id, token) = basic_credentials(req)?;
+    if let Some(agent) = policy.authenticate(&id, &token) {
+        return Ok((agent, None));
+    }
+    let wrong = || Refusal::auth_error("unknown agent or wrong token");
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let issued = app
+        .store
+        .token_by_hash(&hash)
+        .await
+        .map_err(|e| Refusal::internal(format!("the token store is unavailable ({e})")))?
+        .filter(|t| t.agent == id)
+        .ok_or_else(wrong)?;
+    if !issued.live(crate::base::now_unix()) {
+        let why = format!(
+            "token {} has expired or was revoked; ask for a new one",
+            issued.id
+        );
+        return Err(Refusal::auth_error(&why));
+    }
+    let agent = policy.agent(&id).cloned().ok_or_else(wrong)?;
+    Ok((agent, Some(Arc::new(issued))))
+}
+
+/// The agent id and token of `Proxy-Authorization: Basic …`.
+fn basic_credentials(req: &Request<Incoming>) -> Result<(String, String), Refusal> {
     let Some(value) = req.headers().get(header::PROXY_AUTHORIZATION) else {
         return Err(Refusal::auth_required());
     };
@@ -190,10 +224,7 @@ fn authenticate(policy: &Policy, req: &Request<Incoming>) -> Result<Arc<Agent>, 
     let (id, token) = decoded
         .split_once(':')
         .ok_or_else(|| Refusal::auth_error("expected agent-id:token"))?;
-    // Clients percent-encode user info in proxy URLs; most decode it before sending, a few don't.
-    policy
-        .authenticate(id, token)
-        .ok_or_else(|| Refusal::auth_error("unknown agent or wrong token"))
+    Ok((id.to_string(), token.to_string()))
 }
 
 /// The proxy-level service: authenticates, then opens a tunnel or handles an absolute-form
@@ -209,8 +240,8 @@ async fn outer(
     let policy = app.policy();
     let method = req.method().clone();
     let target_text = req.uri().to_string();
-    let agent = match authenticate(&policy, &req) {
-        Ok(agent) => agent,
+    let (agent, token) = match authenticate(&app, &policy, &req).await {
+        Ok(found) => found,
         Err(refusal) => {
             record_refusal(
                 &app,
@@ -226,7 +257,8 @@ async fn outer(
         }
     };
     if method == Method::CONNECT {
-        return connect(app, &policy, (agent, peer, slot), req, request_id, started).await;
+        let who = (agent, peer, slot, token);
+        return connect(app, &policy, who, req, request_id, started).await;
     }
     let absolute = matches!(req.uri().scheme_str(), Some("http") | Some("https"));
     let Some(host) = req.uri().host().filter(|_| absolute) else {
@@ -251,7 +283,7 @@ async fn outer(
     plain_http(
         app,
         &policy,
-        (&agent, peer),
+        (&agent, peer, token),
         (&host, port),
         req,
         request_id,
@@ -266,7 +298,7 @@ async fn outer(
 async fn plain_http(
     app: Arc<App>,
     policy: &Policy,
-    (agent, peer): (&Agent, SocketAddr),
+    (agent, peer, token): (&Agent, SocketAddr, Option<Arc<crate::model::AgentToken>>),
     (host, port): (&str, Option<u16>),
     req: Request<Incoming>,
     request_id: String,
@@ -301,6 +333,7 @@ async fn plain_http(
         peer: peer.to_string(),
         tunnel_id: new_id("conn"),
         origin: Origin::Agent,
+        token,
     };
     handle(app, &target, req.map(body::stream), request_id, started)
         .await
@@ -327,7 +360,12 @@ async fn egress(app: &App, policy: &Policy, host: &str, port: u16) -> Result<(),
 async fn connect(
     app: Arc<App>,
     policy: &Policy,
-    (agent, peer, connection): (Arc<Agent>, SocketAddr, ConnectionSlot),
+    (agent, peer, connection, token): (
+        Arc<Agent>,
+        SocketAddr,
+        ConnectionSlot,
+        Option<Arc<crate::model::AgentToken>>,
+    ),
     req: Request<Incoming>,
     request_id: String,
     started: Instant,
@@ -379,6 +417,7 @@ async fn connect(
         peer: peer.to_string(),
         tunnel_id: new_id("tun"),
         origin: Origin::Agent,
+        token,
     };
     info!(
         request_id = %request_id, agent = %agent.id, host = %target.host, method = "CONNECT",
@@ -605,6 +644,7 @@ async fn handle(
             Origin::Undo { by, .. } => Some(by.as_str()),
             Origin::Agent => None,
         },
+        "token": target.token.as_ref().map(|t| t.id.as_str()),
     });
     // Set apart: `json!` would copy the map through a serializer.
     asked["headers"] = crate::audit::headers_json(req.headers());
@@ -671,6 +711,25 @@ async fn handle(
 /// that named it first (or to agents of the same owner): another agent naming it is refused, so
 /// it cannot slip calls into someone else's story or rollback set.
 async fn job_of(app: &App, target: &Target, headers: &http::HeaderMap) -> Result<String, Refusal> {
+    if let Some(t) = &target.token {
+        // Checked on every request: an expiry or a revocation ends an open tunnel too.
+        let current = app
+            .store
+            .token_get(&t.id)
+            .await
+            .map_err(|e| Refusal::internal(format!("the token store is unavailable ({e})")))?;
+        if !current.is_some_and(|c| c.live(crate::base::now_unix())) {
+            let why = format!(
+                "token {} has expired or was revoked; ask for a new one",
+                t.id
+            );
+            return Err(Refusal::auth_error(&why));
+        }
+        // A job-bound token's calls belong to its job.
+        if let Some(job) = &t.job {
+            return Ok(job.clone());
+        }
+    }
     let Some(value) = headers.get("toolgate-job") else {
         return Ok(target.tunnel_id.clone());
     };

@@ -194,6 +194,7 @@ async fn tls<T>(
                 peer: peer.to_string(),
                 tunnel_id: new_id("tun"),
                 origin: Origin::Agent,
+                token: None,
             };
             serve_inner(app.clone(), Arc::new(target), tls, activity).await;
         }
@@ -233,7 +234,7 @@ async fn plain<T>(
                     plain_http(
                         app.clone(),
                         &policy,
-                        (&agent, peer),
+                        (&agent, peer, None),
                         (&host, Some(port)),
                         req,
                         request_id,

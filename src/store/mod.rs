@@ -24,7 +24,8 @@ pub use self::postgres::PgStore;
 pub use self::sled::{Sealer, SledStore};
 pub use crate::base::now_unix;
 pub use crate::model::{
-    Committed, IdemRecord, IdemState, JobClaim, KillSwitch, KillTarget, Outcome, Proposal, Session,
+    AgentToken, Committed, IdemRecord, IdemState, JobClaim, KillSwitch, KillTarget, Outcome,
+    Proposal, Session,
 };
 pub use counters::MemoryCounters;
 
@@ -255,6 +256,17 @@ pub trait EventLog: Send + Sync {
     fn sync(&self) -> Result<()>;
 }
 
+/// Short-lived agent tokens, found by their hash (authentication) or their id (revocation).
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    /// Writes a token record (a new one, or one revoked). Durable.
+    async fn token_put(&self, t: &AgentToken) -> Result<()>;
+    async fn token_get(&self, id: &str) -> Result<Option<AgentToken>>;
+    async fn token_by_hash(&self, sha256: &str) -> Result<Option<AgentToken>>;
+    /// Every token not yet expired (revoked ones included).
+    async fn token_list(&self, now_unix: u64) -> Result<Vec<AgentToken>>;
+}
+
 /// One storage backend: every interface above, and what the process needs of the whole.
 #[async_trait]
 pub trait Backend:
@@ -265,6 +277,7 @@ pub trait Backend:
     + ProposalStore
     + LedgerStore
     + SessionStore
+    + TokenStore
 {
     /// Makes every write so far durable.
     async fn flush(&self) -> Result<()>;

@@ -18,7 +18,7 @@ use super::postgres_log::PgEventLog;
 use super::{
     Backend, BudgetStore, Committed, CounterStore, EventLog, IdemRecord, IdempotencyStore,
     JobClaim, KillStore, KillSwitch, KillTarget, LedgerStore, Proposal, ProposalStore, Sealer,
-    SessionStore, StoreError,
+    SessionStore, StoreError, TokenStore,
 };
 use crate::base::now_unix;
 use crate::model::{Session, State};
@@ -58,6 +58,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
         3,
         "CREATE TABLE replicas (id text PRIMARY KEY, seen_ms bigint NOT NULL);
          CREATE INDEX proposals_committing ON proposals (id) WHERE state = 'committing';",
+    ),
+    (
+        4,
+        "CREATE TABLE tokens (id text PRIMARY KEY, sha256 text NOT NULL UNIQUE,
+            expires_unix bigint NOT NULL, record bytea NOT NULL);",
     ),
 ];
 
@@ -830,6 +835,37 @@ impl LedgerStore for PgStore {
             )
             .await?;
         Ok(n as usize)
+    }
+}
+
+#[async_trait]
+impl TokenStore for PgStore {
+    async fn token_put(&self, t: &super::AgentToken) -> Result<(), StoreError> {
+        let record = serde_json::to_vec(t)?;
+        self.execute(
+            "INSERT INTO tokens (id, sha256, expires_unix, record) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET record = $4",
+            &[&t.id, &t.sha256, &big(t.expires_unix), &record],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn token_get(&self, id: &str) -> Result<Option<super::AgentToken>, StoreError> {
+        self.get("SELECT record FROM tokens WHERE id = $1", id)
+            .await
+    }
+
+    async fn token_by_hash(&self, sha256: &str) -> Result<Option<super::AgentToken>, StoreError> {
+        self.get("SELECT record FROM tokens WHERE sha256 = $1", sha256)
+            .await
+    }
+
+    async fn token_list(&self, now_unix: u64) -> Result<Vec<super::AgentToken>, StoreError> {
+        let mut all: Vec<super::AgentToken> =
+            self.all("SELECT record FROM tokens ORDER BY id").await?;
+        all.retain(|t| t.expires_unix > now_unix);
+        Ok(all)
     }
 }
 

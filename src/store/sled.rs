@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use super::{
     Backend, BudgetStore, Committed, CounterStore, EventLog, IdemRecord, IdempotencyStore,
     JobClaim, KillStore, KillSwitch, KillTarget, LedgerStore, MemoryCounters, Proposal,
-    ProposalStore, Session, SessionStore, StoreError,
+    ProposalStore, Session, SessionStore, StoreError, TokenStore,
 };
 use crate::base::now_unix;
 use crate::model::State;
@@ -56,6 +56,9 @@ pub struct SledStore {
     ledger: sled::Tree,
     jobs: sled::Tree,
     sessions: sled::Tree,
+    /// Agent tokens by id, and their ids by the token's hash.
+    tokens: sled::Tree,
+    token_hashes: sled::Tree,
     counters: MemoryCounters,
     flusher: Arc<Flusher>,
     sealer: Sealer,
@@ -87,6 +90,8 @@ impl SledStore {
             ledger: db.open_tree(LEDGER)?,
             jobs: db.open_tree("jobs")?,
             sessions: db.open_tree("sessions")?,
+            tokens: db.open_tree("tokens")?,
+            token_hashes: db.open_tree("token_hashes")?,
             counters: MemoryCounters::default(),
             flusher: Flusher::start(db.clone())?,
             sealer: Sealer::open(dir)?,
@@ -427,6 +432,32 @@ impl LedgerStore for SledStore {
             })
             .await?;
         Ok(removed.len())
+    }
+}
+
+#[async_trait]
+impl TokenStore for SledStore {
+    async fn token_put(&self, t: &super::AgentToken) -> Result<(), StoreError> {
+        self.tokens.insert(&t.id, serde_json::to_vec(t)?)?;
+        self.token_hashes.insert(&t.sha256, t.id.as_bytes())?;
+        self.flusher.flush().await
+    }
+
+    async fn token_get(&self, id: &str) -> Result<Option<super::AgentToken>, StoreError> {
+        Self::get(&self.tokens, id)
+    }
+
+    async fn token_by_hash(&self, sha256: &str) -> Result<Option<super::AgentToken>, StoreError> {
+        match self.token_hashes.get(sha256)? {
+            Some(id) => Self::get(&self.tokens, &String::from_utf8_lossy(&id)),
+            None => Ok(None),
+        }
+    }
+
+    async fn token_list(&self, now_unix: u64) -> Result<Vec<super::AgentToken>, StoreError> {
+        let mut all: Vec<super::AgentToken> = Self::all(&self.tokens)?;
+        all.retain(|t| t.expires_unix > now_unix);
+        Ok(all)
     }
 }
 

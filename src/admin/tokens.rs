@@ -1,0 +1,195 @@
+//! Short-lived agent tokens (DESIGN section 10): issued by an approver in group `admin` (or in
+//! a group the agent names in `token_issuers`), shown once, stored as a hash, ended by expiry
+//! or revocation. `POST /api/agents/{id}/tokens`, `DELETE /api/tokens/{id}`, `GET /api/tokens`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::auth::{api_error, approver};
+use crate::model::AgentToken;
+use crate::App;
+
+/// The longest a token may live.
+const MAX_TTL_SECS: u64 = 7 * 24 * 3600;
+
+#[derive(Deserialize)]
+pub struct Issue {
+    /// How long it lives, e.g. 15m (at most 7 days).
+    ttl: String,
+    /// The job its calls belong to.
+    job: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct ListQuery {
+    agent: Option<String>,
+}
+
+fn store_down(e: crate::store::StoreError) -> Response {
+    api_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "internal_error",
+        format!("the token store is unavailable ({e})"),
+    )
+    .into_response()
+}
+
+fn expires(t: &AgentToken) -> String {
+    crate::audit::rfc3339(t.expires_unix.saturating_mul(1000))
+}
+
+/// `POST /api/agents/{id}/tokens`: a new token, shown once.
+pub async fn issue(
+    State(app): State<Arc<App>>,
+    Path(agent_id): Path<String>,
+    headers: HeaderMap,
+    Json(ask): Json<Issue>,
+) -> Response {
+    let who = match approver(&app, &headers) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let Some(agent) = app.policy().agent(&agent_id).cloned() else {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no agent {agent_id}"),
+        )
+        .into_response();
+    };
+    if !agent.token_issuer(&who) {
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} may not issue tokens for {agent_id}: that takes group admin or one of its token_issuers",
+                who.id
+            ),
+        )
+        .into_response();
+    }
+    let ttl = match crate::base::parse_duration(&ask.ttl) {
+        Ok(d) if d.as_secs() > 0 && d.as_secs() <= MAX_TTL_SECS => d.as_secs(),
+        _ => {
+            return api_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_error",
+                format!(
+                    "ttl {:?} must be a duration from 1s to 7d, e.g. 15m",
+                    ask.ttl
+                ),
+            )
+            .into_response()
+        }
+    };
+    let token = format!("tgt_{}", hex::encode(rand::random::<[u8; 24]>()));
+    let now = crate::base::now_unix();
+    let issued = AgentToken {
+        id: crate::base::new_id("tok"),
+        agent: agent_id.clone(),
+        job: ask.job.filter(|j| !j.is_empty()),
+        sha256: hex::encode(Sha256::digest(token.as_bytes())),
+        issued_by: who.id.clone(),
+        issued_unix: now,
+        expires_unix: now + ttl,
+        revoked: false,
+    };
+    if let Err(e) = app.store.token_put(&issued).await {
+        return store_down(e);
+    }
+    app.audit
+        .record(crate::audit::Record {
+            kind: "token.issued",
+            agent: Some(agent_id.clone()),
+            job: issued.job.clone(),
+            payload: json!({"token": issued.id, "by": who.id, "expires": expires(&issued)}),
+            ..Default::default()
+        })
+        .await;
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "id": issued.id, "token": token, "agent": agent_id,
+            "job": issued.job, "expires": expires(&issued),
+        })),
+    )
+        .into_response()
+}
+
+/// `DELETE /api/tokens/{id}`: the token stops working at once.
+pub async fn revoke(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match approver(&app, &headers) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let mut token = match app.store.token_get(&id).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return api_error(StatusCode::NOT_FOUND, "not_found", format!("no token {id}"))
+                .into_response()
+        }
+        Err(e) => return store_down(e),
+    };
+    let may = app
+        .policy()
+        .agent(&token.agent)
+        .is_some_and(|a| a.token_issuer(&who));
+    if !may {
+        return api_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("{} may not revoke tokens of {}", who.id, token.agent),
+        )
+        .into_response();
+    }
+    token.revoked = true;
+    if let Err(e) = app.store.token_put(&token).await {
+        return store_down(e);
+    }
+    app.audit
+        .record(crate::audit::Record {
+            kind: "token.revoked",
+            agent: Some(token.agent.clone()),
+            payload: json!({"token": token.id, "by": who.id}),
+            ..Default::default()
+        })
+        .await;
+    Json(json!({"id": token.id, "revoked": true})).into_response()
+}
+
+/// `GET /api/tokens[?agent=ID]`: live tokens (never the tokens themselves).
+pub async fn list(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    if let Err(e) = approver(&app, &headers) {
+        return e.into_response();
+    }
+    let now = crate::base::now_unix();
+    let tokens = match app.store.token_list(now).await {
+        Ok(t) => t,
+        Err(e) => return store_down(e),
+    };
+    let live: Vec<_> = tokens
+        .iter()
+        .filter(|t| t.live(now))
+        .filter(|t| q.agent.as_deref().is_none_or(|a| t.agent == a))
+        .map(|t| {
+            json!({"id": t.id, "agent": t.agent, "job": t.job, "issued_by": t.issued_by,
+                   "expires": expires(t)})
+        })
+        .collect();
+    Json(json!({ "tokens": live })).into_response()
+}
