@@ -45,6 +45,26 @@ pub enum DbCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Issue AGENT a token that works for --ttl (its proxy password); printed once.
+    Issue {
+        agent: String,
+        #[arg(long)]
+        ttl: String,
+        /// The job the token's calls belong to.
+        #[arg(long)]
+        job: Option<String>,
+        /// Print {"id","token","agent","job","expires"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a token now.
+    Revoke { id: String },
+    /// Live tokens (never the tokens themselves), of AGENT or of all.
+    List { agent: Option<String> },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum McpCommand {
     /// List the tools an MCP server offers now, each with its pin (`sha256:…` over its
     /// description and input schema) and how it stands against the contracts. Uses the
@@ -87,6 +107,14 @@ pub enum Command {
     Check {
         #[arg(long, env = env::POLICIES, default_value = "./policies")]
         policies: PathBuf,
+    },
+    /// Short-lived agent tokens, through a running server's admin API (group admin, or a group
+    /// the agent names in token_issuers).
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// List proposals waiting for approval, through a running server's admin API.
     Pending {
@@ -469,6 +497,7 @@ pub async fn main(cli: Cli) -> ExitCode {
                 },
         } => db_import(&database_url, &data_dir, &certs).await,
         Command::Pending { server } => pending(&server.server).await,
+        Command::Tokens { command, server } => tokens(&server.server, command).await,
         Command::Approve {
             id,
             comment,
@@ -1007,6 +1036,66 @@ fn show_proposal(p: &serde_json::Value) {
         p["policy"]["required"].as_u64().unwrap_or(1),
         s("summary")
     );
+}
+
+/// `toolgate tokens issue|revoke|list`.
+async fn tokens(server: &str, command: TokensCommand) -> ExitCode {
+    let (method, path, body) = match &command {
+        TokensCommand::Issue {
+            agent, ttl, job, ..
+        } => (
+            http::Method::POST,
+            format!("/api/agents/{agent}/tokens"),
+            Some(serde_json::json!({"ttl": ttl, "job": job})),
+        ),
+        TokensCommand::Revoke { id } => (http::Method::DELETE, format!("/api/tokens/{id}"), None),
+        TokensCommand::List { agent } => (
+            http::Method::GET,
+            match agent {
+                Some(a) => format!("/api/tokens?agent={a}"),
+                None => "/api/tokens".to_string(),
+            },
+            None,
+        ),
+    };
+    let json = match admin_call(server, method, &path, body).await {
+        Ok((200 | 201, json)) => json,
+        Ok((status, json)) => {
+            return fail(&format!(
+                "{status}: {}",
+                json["error"]["message"]
+                    .as_str()
+                    .unwrap_or("request failed")
+            ))
+        }
+        Err(e) => return fail(&e),
+    };
+    match command {
+        TokensCommand::Issue { json: true, .. } => println!("{json}"),
+        TokensCommand::Issue { .. } => {
+            println!("{}", json["token"].as_str().unwrap_or(""));
+            eprintln!(
+                "token {} for {} until {} (shown once; use it as the agent's proxy password)",
+                json["id"].as_str().unwrap_or(""),
+                json["agent"].as_str().unwrap_or(""),
+                json["expires"].as_str().unwrap_or("")
+            );
+        }
+        TokensCommand::Revoke { id } => println!("revoked {id}"),
+        TokensCommand::List { .. } => {
+            for t in json["tokens"].as_array().cloned().unwrap_or_default() {
+                println!(
+                    "{}  {}  until {}  job {}  issued by {}",
+                    t["id"].as_str().unwrap_or(""),
+                    t["agent"].as_str().unwrap_or(""),
+                    t["expires"].as_str().unwrap_or(""),
+                    t["job"].as_str().unwrap_or("-"),
+                    t["issued_by"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 async fn pending(server: &str) -> ExitCode {

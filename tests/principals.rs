@@ -285,6 +285,49 @@ async fn issued_tokens_work_expire_are_revoked_and_never_recorded() {
     assert_eq!(status, 407, "{text}");
     assert!(text.contains("expired or was revoked"), "{text}");
 
+    // The same from the command line.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .args(["tokens"])
+            .args(args)
+            .args(["--server", &format!("http://{}", gate.admin_addr)])
+            .env("TOOLGATE_TOKEN", DAVE)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let issued: Value = serde_json::from_str(&cli(&[
+        "issue",
+        "support-bot-staging",
+        "--ttl",
+        "5m",
+        "--json",
+    ]))
+    .unwrap();
+    let cli_id = issued["id"].as_str().unwrap().to_string();
+    let cli_token = issued["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        connect_with(&gate, "support-bot-staging", &cli_token)
+            .await
+            .0,
+        200
+    );
+    assert!(cli(&["list", "support-bot-staging"]).contains(&cli_id));
+    assert!(cli(&["revoke", &cli_id]).contains("revoked"));
+    assert!(!cli(&["list"]).contains(&cli_id));
+    assert_eq!(
+        connect_with(&gate, "support-bot-staging", &cli_token)
+            .await
+            .0,
+        407
+    );
+
     // The tokens themselves are in no audit event and in no file under the data dir.
     let export = gate
         .admin("GET", "/api/audit/export", Some(CAROL), None)
