@@ -374,9 +374,13 @@ impl Audit {
         let mut n = 0;
         for item in self.log.scan(0) {
             let (key_seq, v) = item.map_err(|e| (expect_seq, e.to_string(), n))?;
-            let e = self
-                .decode(&v)
-                .map_err(|err| (key_seq, format!("event {key_seq} is not readable: {err}"), n))?;
+            let e = self.decode(&v).map_err(|err| {
+                (
+                    key_seq,
+                    format!("event {key_seq} is not readable: {err}"),
+                    n,
+                )
+            })?;
             if e.seq != expect_seq || key_seq != e.seq {
                 return Err((
                     expect_seq,
