@@ -136,18 +136,23 @@ pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Sent, Failed> {
     Ok(sent)
 }
 
-/// A stored answer as the agent sees it: the hidden fields removed.
-pub(crate) fn shown(spec: &crate::policy::response::ResponseSpec, outcome: &Outcome) -> Outcome {
-    use base64::Engine;
-    let engine = base64::engine::general_purpose::STANDARD;
-    let body = engine.decode(&outcome.body).unwrap_or_default();
-    let stream = crate::mcp::is_event_stream(
+/// Whether a stored answer is a server-sent event stream.
+fn is_event_stream(outcome: &Outcome) -> bool {
+    crate::mcp::is_event_stream(
         outcome
             .headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
             .map(|(_, v)| v.as_str()),
-    );
+    )
+}
+
+/// A stored answer as the agent sees it: the hidden fields removed.
+pub(crate) fn shown(spec: &crate::policy::response::ResponseSpec, outcome: &Outcome) -> Outcome {
+    use base64::Engine;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let body = engine.decode(&outcome.body).unwrap_or_default();
+    let stream = is_event_stream(outcome);
     Outcome {
         status: outcome.status,
         headers: outcome.headers.clone(),
@@ -180,13 +185,7 @@ async fn contract(
             .record(event("response_schema_mismatch", json!({ "message": why })))
             .await;
     }
-    let stream = crate::mcp::is_event_stream(
-        outcome
-            .headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-            .map(|(_, v)| v.as_str()),
-    );
+    let stream = is_event_stream(&outcome);
     let kept = Bytes::from(spec.kept(&answer));
     let mut headers = outcome.headers.clone();
     headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-length"));

@@ -497,26 +497,12 @@ impl Policy {
 
     /// Finds the approver holding `token` (constant time per approver).
     pub fn authenticate_approver(&self, token: &str) -> Option<Arc<Approver>> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let mut found = None;
-        for a in &self.approvers {
-            if bool::from(a.token_sha256.ct_eq(&digest)) {
-                found = Some(a.clone());
-            }
-        }
-        found
+        holder(&self.approvers, token)
     }
 
     /// Finds the reviewer holding `token` (constant time per reviewer).
     pub fn authenticate_reviewer(&self, token: &str) -> Option<Arc<Approver>> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let mut found = None;
-        for r in &self.reviewers {
-            if bool::from(r.token_sha256.ct_eq(&digest)) {
-                found = Some(r.clone());
-            }
-        }
-        found
+        holder(&self.reviewers, token)
     }
 
     pub fn reviewer(&self, id: &str) -> Option<&Arc<Approver>> {
@@ -593,6 +579,18 @@ impl Policy {
                 })
             })
     }
+}
+
+/// The one of `list` holding `token`: every hash compared, in constant time.
+fn holder(list: &[Arc<Approver>], token: &str) -> Option<Arc<Approver>> {
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let mut found = None;
+    for a in list {
+        if bool::from(a.token_sha256.ct_eq(&digest)) {
+            found = Some(a.clone());
+        }
+    }
+    found
 }
 
 /// Why two tools cannot both be loaded, if they cannot: the same name, or requests both could
