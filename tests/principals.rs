@@ -235,10 +235,18 @@ async fn issued_tokens_work_expire_are_revoked_and_never_recorded() {
     let ok = read_with(&gate, "support-bot-staging", &token).await;
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(connect_with(&gate, "support-bot-prod", &token).await.0, 407);
-    let job = gate
-        .admin("GET", "/api/audit/story/job-token", Some(CAROL), None)
-        .await
-        .json();
+    // (Recorded by the audit writer within its batch time.)
+    let mut job = Value::Null;
+    for _ in 0..40 {
+        job = gate
+            .admin("GET", "/api/audit/story/job-token", Some(CAROL), None)
+            .await
+            .json();
+        if job["events"].is_array() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let events = job["events"].as_array().unwrap();
     assert!(
         events.iter().any(|e| e["payload"]["token"] == id.as_str()),
