@@ -41,6 +41,7 @@ fn record(p: &Proposal, kind: &'static str, payload: Value) -> crate::audit::Rec
         owner: Some(p.owner.clone()),
         tool: Some(p.tool.clone()),
         tool_version: Some(p.tool_version),
+        token: p.token.clone(),
         payload,
         at_ms: 0,
     }
@@ -94,6 +95,8 @@ pub struct Call<'a> {
     pub redactor: &'a crate::audit::Redactor,
     /// What the call asks of the tool's budget (charged at commit).
     pub budget_amount: Option<f64>,
+    /// The id of the issued token the call came in with.
+    pub token: Option<&'a str>,
 }
 
 /// The agent side: create or join the proposal for this call, hold the connection, and commit
@@ -171,6 +174,7 @@ pub async fn propose_and_wait(app: &App, call: Call<'_>) -> Result<Response<Prox
             owner: Some(call.agent.owner.clone()),
             tool: Some(call.tool.name.clone()),
             tool_version: Some(call.tool.version),
+            token: call.token.map(str::to_string),
             payload: json!({"outcome": "held for approval", "mode": "approve", "proposal": id}),
             at_ms: 0,
         })
@@ -234,6 +238,7 @@ fn new_proposal(call: &Call<'_>, identity: String) -> Proposal {
         committed_unix: None,
         committing_unix: None,
         committing_by: None,
+        token: call.token.map(str::to_string),
     }
 }
 
@@ -430,6 +435,8 @@ async fn commit(app: &App, id: &str) -> Result<Option<Response<ProxyBody>>, Refu
         )
         .await;
     };
+    // A call proposed under a grant is sent only while the grant lasts.
+    let agent = crate::grants::for_tool(app, agent, &tool.name).await?;
     if !agent.may_use(&tool.name) || tool.mode != crate::policy::Mode::Approve {
         return cancel(
             app,

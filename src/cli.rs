@@ -65,6 +65,29 @@ pub enum TokensCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum GrantsCommand {
+    /// Lend AGENT one TOOL its policy does not name, for a time (every other check still
+    /// applies).
+    Add {
+        agent: String,
+        tool: String,
+        /// How long it lasts, e.g. 1h (at most 7d).
+        #[arg(long = "for")]
+        lasts: String,
+        /// Why the agent needs it (recorded with the grant and each use).
+        #[arg(long)]
+        reason: String,
+        /// Print the grant as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a grant now.
+    Revoke { id: String },
+    /// Live grants, of AGENT or of all.
+    List { agent: Option<String> },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum McpCommand {
     /// List the tools an MCP server offers now, each with its pin (`sha256:…` over its
     /// description and input schema) and how it stands against the contracts. Uses the
@@ -113,6 +136,13 @@ pub enum Command {
     Tokens {
         #[command(subcommand)]
         command: TokensCommand,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Time-bound grants, through a running server's admin API (group admin).
+    Grants {
+        #[command(subcommand)]
+        command: GrantsCommand,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -498,6 +528,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         } => db_import(&database_url, &data_dir, &certs).await,
         Command::Pending { server } => pending(&server.server).await,
         Command::Tokens { command, server } => tokens(&server.server, command).await,
+        Command::Grants { command, server } => grants(&server.server, command).await,
         Command::Approve {
             id,
             comment,
@@ -800,13 +831,16 @@ async fn db_import(url: &str, data_dir: &std::path::Path, certs: &std::path::Pat
     }
     println!(
         "imported {} proposals, {} kill switches, {} idempotency records, {} budgets, \
-         {} ledger entries, {} job claims; {} already in the database (left as they were)",
+         {} ledger entries, {} job claims, {} tokens, {} grants; {} already in the database \
+         (left as they were)",
         done.proposals,
         done.kill_switches,
         done.idempotency_records,
         done.budgets,
         done.ledger_entries,
         done.job_claims,
+        done.tokens,
+        done.grants,
         done.skipped
     );
     if done.unsealable > 0 {
@@ -1038,6 +1072,78 @@ fn show_proposal(p: &serde_json::Value) {
     );
 }
 
+/// `toolgate grants add|revoke|list`.
+async fn grants(server: &str, command: GrantsCommand) -> ExitCode {
+    let (method, path, body) = match &command {
+        GrantsCommand::Add {
+            agent,
+            tool,
+            lasts,
+            reason,
+            ..
+        } => (
+            http::Method::POST,
+            "/api/grants".to_string(),
+            Some(serde_json::json!({"agent": agent, "tool": tool, "for": lasts, "reason": reason})),
+        ),
+        GrantsCommand::Revoke { id } => (http::Method::DELETE, format!("/api/grants/{id}"), None),
+        GrantsCommand::List { agent } => (
+            http::Method::GET,
+            match agent {
+                Some(a) => format!("/api/grants?agent={a}"),
+                None => "/api/grants".to_string(),
+            },
+            None,
+        ),
+    };
+    let json = match admin_answer(server, method, &path, body).await {
+        Ok(json) => json,
+        Err(code) => return code,
+    };
+    let line = |g: &serde_json::Value| {
+        let s = |k: &str| g[k].as_str().unwrap_or("").to_string();
+        format!(
+            "{}  {}  {}  until {}  by {}: {}",
+            s("id"),
+            s("agent"),
+            s("tool"),
+            s("until"),
+            s("granted_by"),
+            s("reason")
+        )
+    };
+    match command {
+        GrantsCommand::Add { json: true, .. } => println!("{json}"),
+        GrantsCommand::Add { .. } => println!("{}", line(&json)),
+        GrantsCommand::Revoke { id } => println!("revoked {id}"),
+        GrantsCommand::List { .. } => {
+            for g in json["grants"].as_array().cloned().unwrap_or_default() {
+                println!("{}", line(&g));
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// An admin API call's JSON answer when it succeeded; else the error printed and the exit code.
+async fn admin_answer(
+    server: &str,
+    method: http::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, ExitCode> {
+    match admin_call(server, method, path, body).await {
+        Ok((200 | 201, json)) => Ok(json),
+        Ok((status, json)) => Err(fail(&format!(
+            "{status}: {}",
+            json["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed")
+        ))),
+        Err(e) => Err(fail(&e)),
+    }
+}
+
 /// `toolgate tokens issue|revoke|list`.
 async fn tokens(server: &str, command: TokensCommand) -> ExitCode {
     let (method, path, body) = match &command {
@@ -1058,17 +1164,9 @@ async fn tokens(server: &str, command: TokensCommand) -> ExitCode {
             None,
         ),
     };
-    let json = match admin_call(server, method, &path, body).await {
-        Ok((200 | 201, json)) => json,
-        Ok((status, json)) => {
-            return fail(&format!(
-                "{status}: {}",
-                json["error"]["message"]
-                    .as_str()
-                    .unwrap_or("request failed")
-            ))
-        }
-        Err(e) => return fail(&e),
+    let json = match admin_answer(server, method, &path, body).await {
+        Ok(json) => json,
+        Err(code) => return code,
     };
     match command {
         TokensCommand::Issue { json: true, .. } => println!("{json}"),

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod commit;
 pub mod config;
 pub mod error;
+pub mod grants;
 pub mod guard;
 pub mod ledger;
 pub mod limits;

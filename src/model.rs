@@ -60,6 +60,37 @@ impl AgentToken {
     }
 }
 
+/// A time-bound grant (DESIGN section 10): an approver in group `admin` lends an agent one
+/// tool it does not hold until `until_unix`; every other check still applies to its calls.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Grant {
+    pub id: String,
+    pub agent: String,
+    pub tool: String,
+    pub granted_by: String,
+    pub reason: String,
+    pub created_unix: u64,
+    pub until_unix: u64,
+    /// How it ended (revoked, or its expiry recorded); None while it has not.
+    #[serde(default)]
+    pub ended: Option<GrantEnd>,
+}
+
+/// The end of a grant: `revoked` by an approver, or `expired` (by `toolgate`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GrantEnd {
+    pub how: String,
+    pub by: String,
+    pub at_unix: u64,
+}
+
+impl Grant {
+    /// Whether it lets its agent use its tool at `now`.
+    pub fn live(&self, now: u64) -> bool {
+        self.ended.is_none() && now < self.until_unix
+    }
+}
+
 /// Which agent a job id belongs to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobClaim {
@@ -280,6 +311,9 @@ pub struct Proposal {
     /// showing it is alive, the commit is abandoned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub committing_by: Option<String>,
+    /// The id of the issued token the call came in with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 impl Proposal {
@@ -320,6 +354,7 @@ impl Proposal {
             "environment": self.environment,
             "job": self.job,
             "request_id": self.request_id,
+            "token": self.token,
             "summary": self.summary,
             "request": {
                 "method": self.request.method,

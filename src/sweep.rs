@@ -62,6 +62,8 @@ pub async fn once(app: &App) -> Result<Swept, StoreError> {
         .await?;
     // A job's claim lasts as long as its calls can still be rolled back.
     app.store.job_expire(ledger_cut).await?;
+    // Grants whose time is up and whose end no timer recorded (a restart, another replica).
+    crate::grants::expire_due(app).await?;
     Ok(Swept {
         idempotency,
         proposals,

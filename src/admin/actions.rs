@@ -50,7 +50,7 @@ pub(crate) async fn apply_switch(
             format!("no {kind} named {name:?} in the policies in force"),
         ));
     };
-    if !disable && !who.groups.iter().any(|g| g == "admin") {
+    if !disable && !who.is_admin() {
         return Err(api_error(
             StatusCode::FORBIDDEN,
             "policy_violation",

@@ -155,7 +155,7 @@ pub async fn purge(
         Ok(who) => who,
         Err(e) => return e.into_response(),
     };
-    if !who.groups.iter().any(|g| g == "admin") {
+    if !who.is_admin() {
         return api_error(
             StatusCode::FORBIDDEN,
             "policy_violation",

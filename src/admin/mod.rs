@@ -5,6 +5,7 @@
 pub mod actions;
 pub mod audit;
 pub mod auth;
+pub mod grants;
 pub mod html;
 pub mod pages;
 pub mod tokens;
@@ -41,6 +42,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/agents/{id}/tokens", post(tokens::issue))
         .route("/api/tokens", get(tokens::list))
         .route("/api/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/api/grants", get(grants::api_list).post(grants::api_add))
+        .route(
+            "/api/grants/{id}",
+            axum::routing::delete(grants::api_revoke),
+        )
         .route("/api/proposals", get(list_proposals))
         .route("/api/proposals/{id}", get(get_proposal))
         .route("/api/proposals/{id}/{action}", post(decide_proposal))
@@ -57,6 +63,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/rollback", get(pages::rollback_list))
         .route("/rollback/{what}/{id}", post(pages::rollback_act))
         .route("/switches/{kind}/{name}/{action}", post(pages::switch))
+        .route("/grants", get(grants::page_list).post(grants::page_add))
+        .route("/grants/{id}/revoke", post(grants::page_revoke))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             auth::refuse_reviewers,
@@ -304,7 +312,7 @@ async fn replay(
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
-    if !who.groups.iter().any(|g| g == "admin") {
+    if !who.is_admin() {
         return api_error(
             StatusCode::FORBIDDEN,
             "forbidden",

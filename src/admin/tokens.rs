@@ -109,6 +109,7 @@ pub async fn issue(
             kind: "token.issued",
             agent: Some(agent_id.clone()),
             job: issued.job.clone(),
+            token: Some(issued.id.clone()),
             payload: json!({"token": issued.id, "by": who.id, "expires": expires(&issued)}),
             ..Default::default()
         })
@@ -161,6 +162,7 @@ pub async fn revoke(
         .record(crate::audit::Record {
             kind: "token.revoked",
             agent: Some(token.agent.clone()),
+            token: Some(token.id.clone()),
             payload: json!({"token": token.id, "by": who.id}),
             ..Default::default()
         })

@@ -30,6 +30,18 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| format!("the audit read stopped: {e}"))?
 }
 
+/// What the agent came in with: an issued token (by id) or not, and a grant if one lent the tool.
+fn credential_text(row: &Row) -> String {
+    let token = match row.token.as_str() {
+        "" => "no issued token (its static token or its source network)".to_string(),
+        id => format!("issued token {id}"),
+    };
+    match row.grant.as_str() {
+        "" => token,
+        g => format!("{token}; the tool lent by grant {g}"),
+    }
+}
+
 /// A path segment for a link: percent-encoded, so an id an agent chose stays one segment.
 fn seg(s: &str) -> String {
     s.bytes()
@@ -313,6 +325,7 @@ fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Signed) -> S
         "<h1>{method} {host}{path}</h1>\
          <div class=\"card\"><table>\
          <tr><th>Who</th><td>{agent} (owner {owner}) from {peer}</td></tr>\
+         <tr><th>Token</th><td id=\"token\">{token}</td></tr>\
          <tr><th>When</th><td>{time}</td></tr>\
          <tr><th>Tool</th><td>{tool}{version}</td></tr>\
          <tr><th>Decision</th><td id=\"decision\">{decision}</td></tr>\
@@ -332,6 +345,7 @@ fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Signed) -> S
         agent = esc(&row.agent),
         owner = esc(&row.owner),
         peer = esc(p["peer"].as_str().unwrap_or("-")),
+        token = esc(&credential_text(row)),
         time = esc(&row.time),
         tool = esc(&row.tool),
         version = row.tool_version.map(|v| format!(" v{v}")).unwrap_or_default(),

@@ -27,6 +27,10 @@ pub struct Event {
     pub tool: Option<String>,
     #[serde(default)]
     pub tool_version: Option<u32>,
+    /// The issued token the call came in with (its id, never the token). Left out when none,
+    /// so events from before it existed hash as they were written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     pub payload: Value,
     pub prev: String,
     #[serde(default)]
@@ -57,6 +61,8 @@ pub struct Record {
     pub owner: Option<String>,
     pub tool: Option<String>,
     pub tool_version: Option<u32>,
+    /// The id of the issued token the call came in with.
+    pub token: Option<String>,
     pub payload: Value,
 }
 
@@ -135,6 +141,7 @@ mod tests {
             owner: None,
             tool: None,
             tool_version: None,
+            token: None,
             payload: serde_json::json!({"code": "validation_error", "x": "\"}"}),
             prev: "abc".into(),
             hash: "stale".into(),
@@ -142,6 +149,14 @@ mod tests {
         let bytes = e.seal();
         let read: Event = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(read, e);
+        // Without a token the event is written as before the field existed: old chains verify.
+        assert!(!String::from_utf8_lossy(&bytes).contains("\"token\""));
+        assert_eq!(read.compute_hash(), read.hash);
+        e.token = Some("tok_1".into());
+        let bytes = e.seal();
+        let read: Event = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(read.token.as_deref(), Some("tok_1"));
+        assert_eq!(read.compute_hash(), read.hash);
         assert_eq!(read.compute_hash(), read.hash);
         let keys = e.index_keys();
         assert!(keys.contains(&(Index::Request, "req_1".into())));

@@ -89,6 +89,10 @@ pub struct Row {
     pub latency_ms: Option<u64>,
     pub job: String,
     pub proposal: String,
+    /// The id of the issued token the agent came in with (empty: its static token).
+    pub token: String,
+    /// The grant that lent the agent the tool, if one did.
+    pub grant: String,
 }
 
 /// A page of rows, and the cursor of the next one (none: the list ends here).
@@ -123,6 +127,12 @@ impl Row {
             }
             if let Some(pr) = &e.proposal {
                 row.proposal = pr.clone();
+            }
+            if let Some(t) = &e.token {
+                row.token = t.clone();
+            }
+            if e.kind == "grant.used" {
+                row.grant = s("grant");
             }
             match e.kind.as_str() {
                 "request" => {

@@ -165,6 +165,7 @@ impl Writer {
             owner: rec.owner,
             tool: rec.tool,
             tool_version: rec.tool_version,
+            token: rec.token,
             payload,
             prev: String::new(),
             hash: String::new(),

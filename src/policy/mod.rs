@@ -39,7 +39,7 @@ impl PolicyError {
 }
 
 /// A principal that calls through the proxy.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Agent {
     pub id: String,
     /// None: the agent is known by its `sources` only and cannot use the proxy listener.
@@ -56,6 +56,9 @@ pub struct Agent {
     pub token_issuers: Vec<String>,
     /// Whether its static token lets it in (else only issued tokens do).
     pub static_token: bool,
+    /// Live grants lending it tools its `tools` do not name: empty as the policy defines it,
+    /// filled in for one request by [`Agent::with_grants`].
+    pub granted: Vec<crate::model::Grant>,
 }
 
 impl Agent {
@@ -121,9 +124,29 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 }
 
 impl Agent {
-    /// True when one of the agent's `tools` globs names the tool.
+    /// True when one of the agent's `tools` globs names the tool, or a grant lends it.
     pub fn may_use(&self, tool: &str) -> bool {
+        self.holds(tool) || self.grant(tool).is_some()
+    }
+
+    /// True when one of the agent's own `tools` globs names the tool (grants aside).
+    pub fn holds(&self, tool: &str) -> bool {
         self.tools.iter().any(|g| glob_match(g, tool))
+    }
+
+    /// The grant that lends it `tool`, when its own globs do not name it.
+    pub fn grant(&self, tool: &str) -> Option<&crate::model::Grant> {
+        self.granted.iter().find(|g| g.tool == tool)
+    }
+
+    /// This agent with `grants` in force (those for tools it already holds are left out).
+    pub fn with_grants(&self, grants: Vec<crate::model::Grant>) -> Agent {
+        let mut agent = self.clone();
+        agent.granted = grants
+            .into_iter()
+            .filter(|g| !self.holds(&g.tool))
+            .collect();
+        agent
     }
 }
 
@@ -238,6 +261,13 @@ pub struct Approver {
     pub id: String,
     token_sha256: [u8; 32],
     pub groups: Vec<String>,
+}
+
+impl Approver {
+    /// Whether it is in group `admin` (enables, grants, purges, replays).
+    pub fn is_admin(&self) -> bool {
+        self.groups.iter().any(|g| g == "admin")
+    }
 }
 
 /// A real API credential. Only toolgate holds it; it is injected into forwarded requests and
@@ -722,6 +752,7 @@ fn compile_agent(
         sources,
         token_issuers: def.token_issuers.clone(),
         static_token: def.static_token,
+        granted: Vec::new(),
     })
 }
 

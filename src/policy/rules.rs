@@ -144,6 +144,7 @@ mod tests {
             sources: vec![],
             token_issuers: vec![],
             static_token: true,
+            granted: vec![],
         };
         assert_eq!(
             render_agent_template("{agent.attrs.github_org}", &agent).as_deref(),

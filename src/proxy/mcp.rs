@@ -43,6 +43,7 @@ pub(super) async fn process(
     trail: &mut Trail,
 ) -> Result<Response<ProxyBody>, Refusal> {
     trail.owner = Some(agent.owner.clone());
+    let agent = crate::grants::for_tools(app, agent, &endpoint).await?;
     let Some(via) = endpoint.iter().find(|t| agent.may_use(&t.name)).cloned() else {
         return Err(Refusal::policy(format!(
             "agent {} holds no tool on the MCP server at {}{}; ask for a contract for the tool you need",

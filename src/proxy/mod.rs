@@ -627,6 +627,7 @@ async fn handle(
         Err(refusal) => (target.tunnel_id.clone(), Some(refusal)),
     };
     let mut trail = request::Trail::new(request_id.clone(), job, target.agent_id.clone());
+    trail.token = target.token.as_ref().map(|t| t.id.clone());
     // The record phase: what was asked, whatever happens next (held until the next event of
     // the request, or folded into one event with the answer of a read).
     let mut asked = serde_json::json!({
@@ -644,7 +645,6 @@ async fn handle(
             Origin::Undo { by, .. } => Some(by.as_str()),
             Origin::Agent => None,
         },
-        "token": target.token.as_ref().map(|t| t.id.as_str()),
     });
     // Set apart: `json!` would copy the map through a serializer.
     asked["headers"] = crate::audit::headers_json(req.headers());

@@ -77,6 +77,7 @@ pub(super) async fn process(
     trail.tool = Some(matched.tool.name.clone());
     trail.version = Some(matched.tool.version);
     trail.owner = Some(agent.owner.clone());
+    let agent = crate::grants::for_tool(app, agent, &matched.tool.name).await?;
     let call = validate(app, target, agent, matched, req).await?;
     // Fail closed: without the shared store nothing can be recorded or deduplicated.
     if !app.store.healthy() {
@@ -306,6 +307,11 @@ pub(super) async fn decide(
     trail: &Trail,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let tool = call.tool.clone();
+    if let Some(g) = call.agent.grant(&tool.name) {
+        trail
+            .record(&app.audit, "grant.used", crate::grants::facts(g))
+            .await;
+    }
     if tool.mode == Mode::Deny {
         return Err(Refusal::policy(format!(
             "tool {} is in mode deny: no agent may call it",
@@ -427,6 +433,7 @@ async fn propose(
         summary_ctx: json!({"body": call.body_json, "arguments": call.body_json, "params": call.params, "query": call.query}),
         redactor: &app.audit.redactor,
         budget_amount: call.amount,
+        token: trail.token.as_deref(),
     };
     crate::approval::propose_and_wait(app, proposal).await
 }
@@ -791,6 +798,8 @@ pub(crate) struct Trail {
     pub owner: Option<String>,
     pub tool: Option<String>,
     pub version: Option<u32>,
+    /// The id of the issued token the request came in with.
+    pub token: Option<String>,
     /// An MCP message: how a refusal is written (inside JSON-RPC rather than as HTTP).
     pub mcp: Option<super::mcp::Reply>,
     /// The request's event, not yet recorded.
@@ -806,6 +815,7 @@ impl Trail {
             owner: None,
             tool: None,
             version: None,
+            token: None,
             mcp: None,
             held: std::sync::Mutex::new(None),
         }
@@ -821,6 +831,7 @@ impl Trail {
             owner: self.owner.clone(),
             tool: self.tool.clone(),
             tool_version: self.version,
+            token: self.token.clone(),
             payload,
             at_ms: 0,
         }

@@ -1,12 +1,14 @@
 //! `toolgate db import --data-dir DIR`: the open state of a stopped single-process toolgate
 //! (sled) moved to the shared store, so that switching to replicas loses no held call, no kill
-//! switch and no idempotency record. Nothing already in the target is overwritten: a record the
+//! switch, no idempotency record, no issued token and no grant. Nothing already in the target is overwritten: a record the
 //! target holds stays as it is and is counted as skipped, so running the import twice is safe.
 //!
 //! The audit log is not moved: its chain and hashes are the evidence as written, and it stays
 //! readable and verifiable where it is (`toolgate audit … --data-dir DIR`).
 
-use super::{Backend, KillStore, LedgerStore, ProposalStore, SledStore, StoreError};
+use super::{
+    Backend, GrantStore, KillStore, LedgerStore, ProposalStore, SledStore, StoreError, TokenStore,
+};
 
 /// What an import wrote and what it left because the target already had it.
 #[derive(Debug, Default, serde::Serialize)]
@@ -17,6 +19,10 @@ pub struct Imported {
     pub budgets: usize,
     pub ledger_entries: usize,
     pub job_claims: usize,
+    /// Issued agent tokens not yet expired (as hashes, as they were stored).
+    pub tokens: usize,
+    /// Grants that have not ended.
+    pub grants: usize,
     /// Records the target already held (left as they were).
     pub skipped: usize,
     /// Held calls whose sealed headers did not open under the data dir's key: imported without
@@ -88,6 +94,23 @@ pub async fn import(from: &SledStore, to: &dyn Backend) -> Result<Imported, Stor
             None => done.job_claims += 1,
             Some(_) => done.skipped += 1,
         }
+    }
+    for t in from.token_list(super::now_unix()).await? {
+        if to.token_get(&t.id).await?.is_some() {
+            done.skipped += 1;
+            continue;
+        }
+        to.token_put(&t).await?;
+        done.tokens += 1;
+    }
+
+    for g in from.grant_open(None).await? {
+        if to.grant_get(&g.id).await?.is_some() {
+            done.skipped += 1;
+            continue;
+        }
+        to.grant_put(&g).await?;
+        done.grants += 1;
     }
     to.flush().await?;
     Ok(done)

@@ -24,8 +24,8 @@ pub use self::postgres::PgStore;
 pub use self::sled::{Sealer, SledStore};
 pub use crate::base::now_unix;
 pub use crate::model::{
-    AgentToken, Committed, IdemRecord, IdemState, JobClaim, KillSwitch, KillTarget, Outcome,
-    Proposal, Session,
+    AgentToken, Committed, Grant, GrantEnd, IdemRecord, IdemState, JobClaim, KillSwitch,
+    KillTarget, Outcome, Proposal, Session,
 };
 pub use counters::MemoryCounters;
 
@@ -267,6 +267,23 @@ pub trait TokenStore: Send + Sync {
     async fn token_list(&self, now_unix: u64) -> Result<Vec<AgentToken>>;
 }
 
+/// How long a grant's record is kept after it ended (its events stay in the audit log).
+pub const ENDED_GRANT_KEEP_SECS: u64 = 30 * 24 * 3600;
+
+/// Time-bound grants, found by id or by agent.
+#[async_trait]
+pub trait GrantStore: Send + Sync {
+    /// Writes a new grant. Durable.
+    async fn grant_put(&self, g: &Grant) -> Result<()>;
+    async fn grant_get(&self, id: &str) -> Result<Option<Grant>>;
+    /// Grants that have not ended (live ones, and expired ones whose end is not yet recorded),
+    /// of `agent` or of all.
+    async fn grant_open(&self, agent: Option<&str>) -> Result<Vec<Grant>>;
+    /// Ends a grant unless it has ended already (by another request or replica): the ended
+    /// grant when this call ended it, else None. Durable.
+    async fn grant_end(&self, id: &str, end: GrantEnd) -> Result<Option<Grant>>;
+}
+
 /// One storage backend: every interface above, and what the process needs of the whole.
 #[async_trait]
 pub trait Backend:
@@ -278,6 +295,7 @@ pub trait Backend:
     + LedgerStore
     + SessionStore
     + TokenStore
+    + GrantStore
 {
     /// Makes every write so far durable.
     async fn flush(&self) -> Result<()>;

@@ -16,9 +16,9 @@ use std::sync::Arc;
 
 use super::postgres_log::PgEventLog;
 use super::{
-    Backend, BudgetStore, Committed, CounterStore, EventLog, IdemRecord, IdempotencyStore,
-    JobClaim, KillStore, KillSwitch, KillTarget, LedgerStore, Proposal, ProposalStore, Sealer,
-    SessionStore, StoreError, TokenStore,
+    Backend, BudgetStore, Committed, CounterStore, EventLog, GrantStore, IdemRecord,
+    IdempotencyStore, JobClaim, KillStore, KillSwitch, KillTarget, LedgerStore, Proposal,
+    ProposalStore, Sealer, SessionStore, StoreError, TokenStore,
 };
 use crate::base::now_unix;
 use crate::model::{Session, State};
@@ -63,6 +63,12 @@ const MIGRATIONS: &[(i32, &str)] = &[
         4,
         "CREATE TABLE tokens (id text PRIMARY KEY, sha256 text NOT NULL UNIQUE,
             expires_unix bigint NOT NULL, record bytea NOT NULL);",
+    ),
+    (
+        5,
+        "CREATE TABLE grants (id text PRIMARY KEY, agent text NOT NULL,
+            ended_unix bigint, record bytea NOT NULL);
+         CREATE INDEX grants_open ON grants (agent) WHERE ended_unix IS NULL;",
     ),
 ];
 
@@ -222,6 +228,18 @@ impl PgStore {
         let client = self.pool.get().await?;
         let statement = client.prepare_cached(sql).await?;
         let rows = client.query(&statement, &[]).await?;
+        rows.iter().map(|r| decode(r.get::<_, &[u8]>(0))).collect()
+    }
+
+    /// [`Self::all`] of the rows a key selects.
+    async fn all_by<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        key: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(sql).await?;
+        let rows = client.query(&statement, &[&key]).await?;
         rows.iter().map(|r| decode(r.get::<_, &[u8]>(0))).collect()
     }
 
@@ -866,6 +884,66 @@ impl TokenStore for PgStore {
             self.all("SELECT record FROM tokens ORDER BY id").await?;
         all.retain(|t| t.expires_unix > now_unix);
         Ok(all)
+    }
+}
+
+#[async_trait]
+impl GrantStore for PgStore {
+    async fn grant_put(&self, g: &super::Grant) -> Result<(), StoreError> {
+        // Grants are rare: drop those that ended long ago on the way.
+        let cut = now_unix().saturating_sub(super::ENDED_GRANT_KEEP_SECS);
+        self.execute("DELETE FROM grants WHERE ended_unix < $1", &[&big(cut)])
+            .await?;
+        self.execute(
+            "INSERT INTO grants (id, agent, record) VALUES ($1, $2, $3)",
+            &[&g.id, &g.agent, &serde_json::to_vec(g)?],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn grant_get(&self, id: &str) -> Result<Option<super::Grant>, StoreError> {
+        self.get("SELECT record FROM grants WHERE id = $1", id)
+            .await
+    }
+
+    async fn grant_open(&self, agent: Option<&str>) -> Result<Vec<super::Grant>, StoreError> {
+        match agent {
+            Some(a) => {
+                self.all_by(
+                    "SELECT record FROM grants WHERE agent = $1 AND ended_unix IS NULL",
+                    a,
+                )
+                .await
+            }
+            None => {
+                self.all("SELECT record FROM grants WHERE ended_unix IS NULL ORDER BY id")
+                    .await
+            }
+        }
+    }
+
+    async fn grant_end(
+        &self,
+        id: &str,
+        end: super::GrantEnd,
+    ) -> Result<Option<super::Grant>, StoreError> {
+        let Some(mut g) = self.grant_get(id).await? else {
+            return Ok(None);
+        };
+        if g.ended.is_some() {
+            return Ok(None);
+        }
+        let at = big(end.at_unix);
+        g.ended = Some(end);
+        // Only the first to end it changes the row.
+        let n = self
+            .execute(
+                "UPDATE grants SET ended_unix = $2, record = $3 WHERE id = $1 AND ended_unix IS NULL",
+                &[&id, &at, &serde_json::to_vec(&g)?],
+            )
+            .await?;
+        Ok((n == 1).then_some(g))
     }
 }
 

@@ -11,9 +11,9 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 
 use super::{
-    Backend, BudgetStore, Committed, CounterStore, EventLog, IdemRecord, IdempotencyStore,
-    JobClaim, KillStore, KillSwitch, KillTarget, LedgerStore, MemoryCounters, Proposal,
-    ProposalStore, Session, SessionStore, StoreError, TokenStore,
+    Backend, BudgetStore, Committed, CounterStore, EventLog, GrantStore, IdemRecord,
+    IdempotencyStore, JobClaim, KillStore, KillSwitch, KillTarget, LedgerStore, MemoryCounters,
+    Proposal, ProposalStore, Session, SessionStore, StoreError, TokenStore,
 };
 use crate::base::now_unix;
 use crate::model::State;
@@ -59,6 +59,8 @@ pub struct SledStore {
     /// Agent tokens by id, and their ids by the token's hash.
     tokens: sled::Tree,
     token_hashes: sled::Tree,
+    /// Time-bound grants by id (ended ones are kept for a while).
+    grants: sled::Tree,
     counters: MemoryCounters,
     flusher: Arc<Flusher>,
     sealer: Sealer,
@@ -92,6 +94,7 @@ impl SledStore {
             sessions: db.open_tree("sessions")?,
             tokens: db.open_tree("tokens")?,
             token_hashes: db.open_tree("token_hashes")?,
+            grants: db.open_tree("grants")?,
             counters: MemoryCounters::default(),
             flusher: Flusher::start(db.clone())?,
             sealer: Sealer::open(dir)?,
@@ -458,6 +461,61 @@ impl TokenStore for SledStore {
         let mut all: Vec<super::AgentToken> = Self::all(&self.tokens)?;
         all.retain(|t| t.expires_unix > now_unix);
         Ok(all)
+    }
+}
+
+#[async_trait]
+impl GrantStore for SledStore {
+    async fn grant_put(&self, g: &super::Grant) -> Result<(), StoreError> {
+        // Grants are rare: drop those that ended long ago on the way.
+        let cut = now_unix().saturating_sub(super::ENDED_GRANT_KEEP_SECS);
+        for old in Self::all::<super::Grant>(&self.grants)? {
+            if old.ended.as_ref().is_some_and(|e| e.at_unix < cut) {
+                self.grants.remove(&old.id)?;
+            }
+        }
+        self.grants.insert(&g.id, serde_json::to_vec(g)?)?;
+        self.flusher.flush().await
+    }
+
+    async fn grant_get(&self, id: &str) -> Result<Option<super::Grant>, StoreError> {
+        Self::get(&self.grants, id)
+    }
+
+    async fn grant_open(&self, agent: Option<&str>) -> Result<Vec<super::Grant>, StoreError> {
+        let mut all: Vec<super::Grant> = Self::all(&self.grants)?;
+        all.retain(|g| g.ended.is_none() && agent.is_none_or(|a| g.agent == a));
+        Ok(all)
+    }
+
+    async fn grant_end(
+        &self,
+        id: &str,
+        end: super::GrantEnd,
+    ) -> Result<Option<super::Grant>, StoreError> {
+        // Another request ending it at the same moment makes the swap fail: read it again.
+        for _ in 0..16 {
+            let Some(old) = self.grants.get(id)? else {
+                return Ok(None);
+            };
+            let mut g: super::Grant = decode(&old)?;
+            if g.ended.is_some() {
+                return Ok(None);
+            }
+            g.ended = Some(end.clone());
+            let new = serde_json::to_vec(&g)?;
+            if self
+                .grants
+                .compare_and_swap(id, Some(old), Some(new))?
+                .is_ok()
+            {
+                self.flusher.flush().await?;
+                return Ok(Some(g));
+            }
+        }
+        Err(StoreError::from_message(format!(
+            "grant {id} kept changing while it was being ended"
+        )))
     }
 }
 
