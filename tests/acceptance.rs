@@ -564,16 +564,7 @@ async fn replay_sends_recorded_calls_to_a_sandbox_only() {
 async fn the_rollback_page_undoes_a_job_with_a_session_and_csrf() {
     let (_pki, fakes, gate) = setup_fakes(|_| {}).await;
     let (customer, issue) = partial_job(&gate, "job-page").await;
-    let login = gate
-        .page("POST", "/login", None, Some(format!("token={CAROL}")))
-        .await;
-    let cookie = login.headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = gate.sign_in(CAROL).await;
     let list = gate.page("GET", "/rollback", Some(&cookie), None).await;
     assert_eq!(list.status, 200);
     let html = list.text();
@@ -582,8 +573,7 @@ async fn the_rollback_page_undoes_a_job_with_a_session_and_csrf() {
         html.contains("github.issues.create") && html.contains("changed nothing"),
         "the declined call is shown, without a button"
     );
-    let at = html.find("name=\"csrf\" value=\"").unwrap() + 19;
-    let csrf = html[at..at + html[at..].find('"').unwrap()].to_string();
+    let csrf = csrf_of(&html);
 
     // Without the CSRF token nothing is sent.
     let refused = gate

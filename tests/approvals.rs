@@ -358,12 +358,6 @@ async fn two_person_rule_self_approval_and_agent_tokens() {
     assert_eq!(p["approvals"].as_array().unwrap().len(), 2);
 }
 
-/// Pulls the value of the hidden `csrf` input out of a page.
-fn csrf_of(html: &str) -> String {
-    let at = html.find("name=\"csrf\" value=\"").expect("no csrf field") + 19;
-    html[at..at + html[at..].find('"').unwrap()].to_string()
-}
-
 #[tokio::test]
 async fn the_page_needs_a_session_and_a_csrf_token() {
     let (_pki, upstream, gate) = setup_examples(&extra(), |_| {}).await;

@@ -24,8 +24,9 @@ const LAYERS: &[&[&str]] = &[
     &["services", "ledger"],
     // the composition root that builds them all from the configuration
     &["app"],
-    // the one commit routine (calls sent at once and approved proposals)
-    &["commit"],
+    // the one commit routine (calls sent at once and approved proposals), and grants (what
+    // they lend an agent on the request path, their ends)
+    &["commit", "grants"],
     // approvals (proposals, their waiters, the commit)
     &["approval"],
     // the proxy and its request phases

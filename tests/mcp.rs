@@ -129,6 +129,14 @@ mcp_tool = "create_ticket"
 arguments = "schemas/tickets/create_ticket.json"
 idempotency = "payload"
 credential = { staging = "tickets" }
+
+# An agent that holds no ticket tool until a grant lends it one.
+[[agent]]
+id = "triage-bot"
+token_sha256 = "6d4b477c99390fc29453c4932c22bb075bb013ec0bfbca33224fbe7fedbadc46"
+owner = "erin@example.com"
+environment = "staging"
+tools = ["github.repos.get"]
 "#;
     vec![("mcp-changed.toml", format!("{changed}{preview}"))]
 }
@@ -162,12 +170,27 @@ fn approver(gate: &Toolgate) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Runs the SDK client through toolgate; its steps by name.
+/// Runs the SDK client through toolgate as the staging bot; its steps by name.
 async fn agent(python: &Path, gate: &Toolgate, url: &str, steps: &[&str]) -> Vec<Value> {
-    let proxy = format!(
-        "http://support-bot-staging:demo-staging-token@{}",
-        gate.addr
-    );
+    agent_as(
+        ("support-bot-staging", "demo-staging-token"),
+        python,
+        gate,
+        url,
+        steps,
+    )
+    .await
+}
+
+/// [`agent`] as another agent.
+async fn agent_as(
+    (id, token): (&str, &str),
+    python: &Path,
+    gate: &Toolgate,
+    url: &str,
+    steps: &[&str],
+) -> Vec<Value> {
+    let proxy = format!("http://{id}:{token}@{}", gate.addr);
     let out = tokio::process::Command::new(python)
         .arg(sdk_dir().join("mcp_agent.py"))
         .arg(url)
@@ -346,16 +369,7 @@ async fn mcp_tools_through_toolgate_with_the_official_sdk() {
         .unwrap()
         .clone();
     // The approvers' page names the server's tool and its arguments (escaped).
-    let login = gate
-        .page("POST", "/login", None, Some(format!("token={CAROL}")))
-        .await;
-    let cookie = login.headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = gate.sign_in(CAROL).await;
     let page = gate
         .page(
             "GET",
@@ -419,6 +433,31 @@ async fn mcp_tools_through_toolgate_with_the_official_sdk() {
         .unwrap();
     assert_eq!(got.code(), "validation_error", "{}", got.text());
     assert_eq!(tickets.seen().len(), before, "nothing reached the server");
+
+    // A grant lends the triage bot (no ticket tool of its own) one tool on the endpoint: it may
+    // open a session, sees only that tool listed, and its read goes through.
+    let lent = gate
+        .admin(
+            "POST",
+            "/api/grants",
+            Some("demo-dave-token"),
+            Some(
+                json!({"agent": "triage-bot", "tool": "tickets.get_ticket", "for": "10m",
+                        "reason": "triage the printer incident"}),
+            ),
+        )
+        .await;
+    assert_eq!(lent.status, 201, "{}", lent.text());
+    let triage = agent_as(
+        ("triage-bot", "demo-triage-token"),
+        &python,
+        &gate,
+        url,
+        &["list", "read"],
+    )
+    .await;
+    assert_eq!(step(&triage, "list")["detail"], json!(["get_ticket"]));
+    assert_eq!(step(&triage, "read")["ok"], true, "{triage:?}");
 
     // `toolgate mcp pin URL` lists what each server offers now against the contracts.
     let pins = |host: &str, port: u16| {

@@ -767,3 +767,55 @@ async fn an_issued_token_and_its_revocation_hold_across_replicas() {
     assert_eq!(a.token_list(now).await.unwrap().len(), 1);
     assert!(a.token_list(now + 61).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_grant_is_seen_by_every_replica_and_ended_once() {
+    use toolgate::store::GrantStore;
+    let Some(cluster) = Cluster::start("a_grant_is_seen_by_every_replica") else {
+        return;
+    };
+    let (a, b) = two_replicas(&cluster).await;
+    let now = toolgate::base::now_unix();
+    let grant = toolgate::model::Grant {
+        id: "grant_1".into(),
+        agent: "support-bot-prod".into(),
+        tool: "stripe.payment_intents.create".into(),
+        granted_by: "dave@example.com".into(),
+        reason: "incident 42".into(),
+        created_unix: now,
+        until_unix: now + 60,
+        ended: None,
+    };
+    a.grant_put(&grant).await.unwrap();
+    assert_eq!(
+        b.grant_open(Some("support-bot-prod")).await.unwrap(),
+        vec![grant.clone()]
+    );
+    assert!(b
+        .grant_open(Some("support-bot-staging"))
+        .await
+        .unwrap()
+        .is_empty());
+    // Both replicas end it at once (an expiry timer on each, say): one of them does.
+    let ends = (0..8).map(|i| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move {
+            let end = toolgate::model::GrantEnd {
+                how: "expired".into(),
+                by: format!("replica-{i}"),
+                at_unix: now,
+            };
+            store.grant_end("grant_1", end).await.unwrap()
+        }
+    });
+    let ended: Vec<_> = futures_util::future::join_all(ends)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(ended.len(), 1, "ended exactly once: {ended:?}");
+    assert!(a.grant_open(None).await.unwrap().is_empty());
+    let stored = b.grant_get("grant_1").await.unwrap().unwrap();
+    assert_eq!(stored.ended, ended[0].ended);
+    assert!(!stored.live(now));
+}

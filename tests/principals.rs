@@ -139,16 +139,7 @@ async fn response_contracts_keep_and_hide_and_the_story_names_what_changed() {
         .await
         .json();
     let proposal = list["proposals"][0]["id"].as_str().unwrap().to_string();
-    let login = gate
-        .page("POST", "/login", None, Some(format!("token={CAROL}")))
-        .await;
-    let cookie = login.headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = gate.sign_in(CAROL).await;
     let story = gate
         .page("GET", &format!("/stories/{proposal}"), Some(&cookie), None)
         .await
@@ -362,4 +353,314 @@ async fn connect_with(gate: &Toolgate, agent: &str, token: &str) -> (u16, String
     let (status, text, _) =
         raw_connect(gate.addr, "api.github.com:443", Some((agent, token))).await;
     (status, text)
+}
+
+/// The example agents plus `ops-bot`, owned by dave (an admin), for the rule that nobody lends
+/// a tool to their own agent.
+fn agents_with_daves_bot() -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let mut text = std::fs::read_to_string(root.join("agents.toml")).unwrap();
+    text.push_str(
+        "\n[[agent]]\nid = \"ops-bot\"\n\
+         token_sha256 = \"4db91eab0281403a94ae3ed61e1e1baf7528d2dc264eb786f64c43d7697d3177\"\n\
+         owner = \"dave@example.com\"\nenvironment = \"prod\"\ntools = [\"github.repos.get\"]\n",
+    );
+    text
+}
+
+const PI: &str = "https://api.stripe.com/v1/payment_intents";
+
+/// A payment intent created by the prod bot (its tools do not name payment_intents.create).
+async fn create_pi(gate: &Toolgate, key: &str) -> Answer {
+    let client = client_via(
+        gate.addr,
+        Some(("support-bot-prod", "demo-prod-token")),
+        &gate.ca_pem,
+        http::Version::HTTP_11,
+    );
+    send(
+        &client,
+        "POST",
+        PI,
+        &[FORM, ("idempotency-key", key)],
+        "amount=500&currency=usd",
+    )
+    .await
+    .unwrap()
+}
+
+async fn grant(gate: &Toolgate, token: &str, body: Value) -> Answer {
+    gate.admin("POST", "/api/grants", Some(token), Some(body))
+        .await
+}
+
+/// Events of the audit export of `kind` (polled: the writer records within its batch time).
+async fn exported(gate: &Toolgate, kind: &str, grant_id: &str) -> Vec<Value> {
+    for _ in 0..60 {
+        let found: Vec<Value> = gate
+            .admin("GET", "/api/audit/export", Some(CAROL), None)
+            .await
+            .text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["kind"] == kind && e["payload"]["grant"] == grant_id)
+            .collect();
+        if !found.is_empty() {
+            return found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Vec::new()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_lends_one_tool_for_its_time_and_every_step_is_recorded() {
+    let (pki, fakes) = example_apis().await;
+    let agents = agents_with_daves_bot();
+    let gate = examples_gate(&pki, fakes.addr, &[("agents.toml", agents)], |_| {}).await;
+    let sent = || fakes.count("POST", "/v1/payment_intents");
+
+    // Without a grant the prod bot may not create payment intents.
+    let before = create_pi(&gate, "pi-before").await;
+    assert_eq!(before.code(), "policy_violation", "{}", before.text());
+    assert_eq!(sent(), 0);
+
+    // Who may grant what.
+    let ask = |agent: &str, tool: &str, lasts: &str, reason: &str| serde_json::json!({"agent": agent, "tool": tool, "for": lasts, "reason": reason});
+    let pi_tool = "stripe.payment_intents.create";
+    let refusals = [
+        // An agent's token is no approver's.
+        (
+            "demo-prod-token",
+            ask("support-bot-prod", pi_tool, "1h", "x"),
+            401,
+        ),
+        // Not in group admin.
+        (CAROL, ask("support-bot-prod", pi_tool, "1h", "x"), 403),
+        // Dave's own agent, and the tool does not allow self-approval.
+        (DAVE, ask("ops-bot", pi_tool, "1h", "x"), 403),
+        (
+            DAVE,
+            ask("support-bot-prod", "stripe.nothing", "1h", "x"),
+            404,
+        ),
+        // Already held through its globs.
+        (
+            DAVE,
+            ask("support-bot-prod", "github.repos.get", "1h", "x"),
+            422,
+        ),
+        // No prod credential: the grant could not work.
+        (
+            DAVE,
+            ask("support-bot-staging", "github.repos.delete", "1h", "x"),
+            422,
+        ),
+        (DAVE, ask("support-bot-prod", pi_tool, "30d", "x"), 422),
+        (DAVE, ask("support-bot-prod", pi_tool, "1h", " "), 422),
+    ];
+    for (token, body, status) in refusals {
+        let got = grant(&gate, token, body.clone()).await;
+        assert_eq!(got.status, status, "{body}: {}", got.text());
+    }
+    let own = grant(&gate, DAVE, ask("ops-bot", pi_tool, "1h", "x")).await;
+    assert!(own.text().contains("self-approval"), "{}", own.text());
+
+    // A two-second grant: the tool works, exactly that tool, for that long.
+    let got = grant(
+        &gate,
+        DAVE,
+        ask(
+            "support-bot-prod",
+            pi_tool,
+            "2s",
+            "incident 42: rebill the customer",
+        ),
+    )
+    .await;
+    assert_eq!(got.status, 201, "{}", got.text());
+    let g = got.json();
+    let id = g["id"].as_str().unwrap().to_string();
+    let during = create_pi(&gate, "pi-during").await;
+    assert_eq!(during.status, 200, "{}", during.text());
+    assert_eq!(sent(), 1);
+    let other = send(
+        &client_via(
+            gate.addr,
+            Some(("support-bot-prod", "demo-prod-token")),
+            &gate.ca_pem,
+            http::Version::HTTP_11,
+        ),
+        "POST",
+        &format!("{PI}/pi_1/cancel"),
+        &[FORM, ("idempotency-key", "cancel-1")],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(other.code(), "policy_violation", "a grant lends one tool");
+    let listed = gate.admin("GET", "/api/grants", Some(CAROL), None).await;
+    assert!(listed.text().contains(&id), "{}", listed.text());
+
+    // The use is in the call's story, with who granted it, why and until when.
+    let request = during.headers["toolgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let used = exported(&gate, "grant.used", &id).await;
+    assert_eq!(used.len(), 1, "{used:?}");
+    let story = gate
+        .admin(
+            "GET",
+            &format!("/api/audit/story/{request}"),
+            Some(CAROL),
+            None,
+        )
+        .await
+        .json();
+    let use_event = story["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "grant.used")
+        .cloned()
+        .unwrap_or_else(|| panic!("no grant.used in {story}"));
+    assert_eq!(use_event["payload"]["granted_by"], "dave@example.com");
+    assert_eq!(
+        use_event["payload"]["reason"],
+        "incident 42: rebill the customer"
+    );
+    assert_eq!(use_event["payload"]["until"], g["until"]);
+
+    // Not a second longer: after its end the call is refused and nothing more is sent.
+    let until = g["until_unix"].as_u64().unwrap();
+    let wait = until.saturating_sub(now_unix()) + 1;
+    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+    let after = create_pi(&gate, "pi-after").await;
+    assert_eq!(after.code(), "policy_violation", "{}", after.text());
+    assert_eq!(sent(), 1);
+    let expired = exported(&gate, "grant.expired", &id).await;
+    assert_eq!(expired.len(), 1, "its expiry is recorded once: {expired:?}");
+    assert_eq!(expired[0]["payload"]["by"], "toolgate");
+    assert!(!gate
+        .admin("GET", "/api/grants", Some(CAROL), None)
+        .await
+        .text()
+        .contains(&id));
+
+    // Revoked from the command line: refused at once.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .args(["grants"])
+            .args(args)
+            .args(["--server", &format!("http://{}", gate.admin_addr)])
+            .env("TOOLGATE_TOKEN", DAVE)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = cli(&[
+        "add",
+        "support-bot-prod",
+        pi_tool,
+        "--for",
+        "1h",
+        "--reason",
+        "incident 43",
+        "--json",
+    ]);
+    assert!(ok, "{text}");
+    let added: Value = serde_json::from_str(text.trim()).unwrap();
+    let cli_id = added["id"].as_str().unwrap().to_string();
+    assert_eq!(create_pi(&gate, "pi-cli").await.status, 200);
+    assert_eq!(sent(), 2);
+    let (ok, text) = cli(&["list", "support-bot-prod"]);
+    assert!(
+        ok && text.contains(&cli_id) && text.contains("incident 43"),
+        "{text}"
+    );
+    let (ok, text) = cli(&["revoke", &cli_id]);
+    assert!(ok, "{text}");
+    let again = gate
+        .admin("DELETE", &format!("/api/grants/{cli_id}"), Some(DAVE), None)
+        .await;
+    assert_eq!(again.status, 409, "{}", again.text());
+    let revoked_call = create_pi(&gate, "pi-revoked").await;
+    assert_eq!(revoked_call.code(), "policy_violation");
+    assert_eq!(sent(), 2);
+    let revoked = exported(&gate, "grant.revoked", &cli_id).await;
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(revoked[0]["payload"]["by"], "dave@example.com");
+    assert!(!exported(&gate, "grant.added", &cli_id).await.is_empty());
+
+    // The page: lists live grants, adds one through its form (CSRF), revokes it.
+    let cookie = gate.sign_in(DAVE).await;
+    let html = gate
+        .page("GET", "/grants", Some(&cookie), None)
+        .await
+        .text();
+    assert!(html.contains("Grant a tool"), "{html}");
+    let csrf = csrf_of(&html);
+    let form = format!(
+        "csrf={csrf}&agent=support-bot-prod&tool={pi_tool}&for=10m&reason=page+%3Cb%3Etest%3C%2Fb%3E"
+    );
+    let no_csrf = gate
+        .page(
+            "POST",
+            "/grants",
+            Some(&cookie),
+            Some(form.replace(&csrf, "wrong")),
+        )
+        .await;
+    assert_eq!(no_csrf.status, 403);
+    let added = gate
+        .page("POST", "/grants", Some(&cookie), Some(form))
+        .await;
+    assert_eq!(added.status, 303, "{}", added.text());
+    let html = gate
+        .page("GET", "/grants", Some(&cookie), None)
+        .await
+        .text();
+    assert!(
+        html.contains("page &lt;b&gt;test&lt;/b&gt;"),
+        "listed, escaped: {html}"
+    );
+    let page_id = gate
+        .admin("GET", "/api/grants", Some(DAVE), None)
+        .await
+        .json()["grants"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let revoked = gate
+        .page(
+            "POST",
+            &format!("/grants/{page_id}/revoke"),
+            Some(&cookie),
+            Some(format!("csrf={csrf}")),
+        )
+        .await;
+    assert_eq!(revoked.status, 303, "{}", revoked.text());
+    assert!(gate
+        .admin("GET", "/api/grants", Some(DAVE), None)
+        .await
+        .json()["grants"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // Carol sees the page but no form to grant.
+    let carol = gate.sign_in(CAROL).await;
+    let html = gate.page("GET", "/grants", Some(&carol), None).await.text();
+    assert!(html.contains("Only group admin") && !html.contains("Grant a tool"));
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }

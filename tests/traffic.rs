@@ -79,19 +79,6 @@ async fn fill(gate: &Toolgate, noise: usize) -> String {
     refund
 }
 
-async fn sign_in(gate: &Toolgate, token: &str) -> String {
-    let login = gate
-        .page("POST", "/login", None, Some(format!("token={token}")))
-        .await;
-    login.headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reviewer_reads_every_request_once_and_can_act_on_nothing() {
     let (pki, fakes) = example_apis().await;
@@ -134,7 +121,7 @@ async fn a_reviewer_reads_every_request_once_and_can_act_on_nothing() {
         assert_eq!(got.status, 403, "{method} {path}: {}", got.text());
         assert_eq!(got.code(), "forbidden");
     }
-    let cookie = sign_in(&gate, RILEY).await;
+    let cookie = gate.sign_in(RILEY).await;
     for (method, path) in [
         ("GET", "/queue"),
         ("GET", "/queue/fragment"),

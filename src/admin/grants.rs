@@ -83,6 +83,7 @@ fn view(g: &Grant) -> Value {
     let mut v = crate::grants::facts(g);
     v["id"] = json!(g.id);
     v["agent"] = json!(g.agent);
+    v["until_unix"] = json!(g.until_unix);
     v["created"] = json!(crate::audit::rfc3339(g.created_unix.saturating_mul(1000)));
     v
 }

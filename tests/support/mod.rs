@@ -499,6 +499,21 @@ impl Toolgate {
         http1_over(TcpStream::connect(self.admin_addr).await.unwrap(), req).await
     }
 
+    /// Signs in on the admin pages with an approver's or reviewer's token: the session cookie.
+    pub async fn sign_in(&self, token: &str) -> String {
+        let login = self
+            .page("POST", "/login", None, Some(format!("token={token}")))
+            .await;
+        assert_eq!(login.status, 303, "sign-in: {}", login.text());
+        login.headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
     pub fn ca_path(&self) -> PathBuf {
         self.dir.path().join("certs").join("ca.pem")
     }
@@ -526,6 +541,12 @@ impl Drop for Toolgate {
             let _ = tx.send(());
         }
     }
+}
+
+/// Pulls the value of the first hidden `csrf` input out of a page.
+pub fn csrf_of(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("no csrf field") + 19;
+    html[at..at + html[at..].find('"').unwrap()].to_string()
 }
 
 /// Calls the admin API at `addr` with a bearer token (for tasks that do not hold the
