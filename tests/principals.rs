@@ -233,7 +233,10 @@ async fn issued_tokens_work_expire_are_revoked_and_never_recorded() {
             .admin("GET", "/api/audit/story/job-token", Some(CAROL), None)
             .await
             .json();
-        if job["events"].is_array() {
+        let has_request = job["events"]
+            .as_array()
+            .is_some_and(|es| es.iter().any(|e| e["kind"] == "request"));
+        if has_request {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -247,6 +250,14 @@ async fn issued_tokens_work_expire_are_revoked_and_never_recorded() {
         events.iter().all(|e| e["token"] == id.as_str()),
         "every event of the call names the token id: {job}"
     );
+    // The call's page names the token by its id.
+    let request = ok.headers["toolgate-request-id"].to_str().unwrap();
+    let cookie = gate.sign_in(CAROL).await;
+    let detail = gate
+        .page("GET", &format!("/traffic/{request}"), Some(&cookie), None)
+        .await
+        .text();
+    assert!(detail.contains(&format!("issued token {id}")), "{detail}");
     let listed = gate
         .admin(
             "GET",
@@ -652,6 +663,16 @@ async fn a_grant_lends_one_tool_for_its_time_and_every_step_is_recorded() {
         .as_array()
         .unwrap()
         .is_empty());
+    // The reviewers' view of the call names the grant that let it through.
+    let detail = gate
+        .page("GET", &format!("/traffic/{request}"), Some(&cookie), None)
+        .await
+        .text();
+    assert!(
+        detail.contains(&format!("the tool lent by grant {id}"))
+            && detail.contains("allowed by grant"),
+        "{detail}"
+    );
     // Carol sees the page but no form to grant.
     let carol = gate.sign_in(CAROL).await;
     let html = gate.page("GET", "/grants", Some(&carol), None).await.text();

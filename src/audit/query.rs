@@ -235,17 +235,48 @@ pub fn describe(e: &Event) -> String {
         "policy_reload" => format!("policies reloaded: {}", s("result")),
         "expiry" => "expired without a decision".to_string(),
         "outcome_unknown" => s("note"),
-        other => other.to_string(),
+        other => principal_line(other, p).unwrap_or_else(|| other.to_string()),
+    };
+    let token = match &e.token {
+        Some(t) => format!(" [token {t}]"),
+        None => String::new(),
     };
     format!(
-        "{}  #{:<5} {:<17} {:<22} {:<28} {}",
+        "{}  #{:<5} {:<17} {:<22} {:<28} {what}{token}",
         e.time,
         e.seq,
         e.kind,
         e.agent.as_deref().unwrap_or("-"),
         e.tool.as_deref().unwrap_or("-"),
-        what
     )
+}
+
+/// The line of a grant's or an issued token's event.
+fn principal_line(kind: &str, p: &serde_json::Value) -> Option<String> {
+    let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
+    let grant = || {
+        format!(
+            "grant {} by {} until {}: {}",
+            s("grant"),
+            s("granted_by"),
+            s("until"),
+            s("reason")
+        )
+    };
+    Some(match kind {
+        "grant.added" => format!("granted: {}", grant()),
+        "grant.used" => format!("allowed by {}", grant()),
+        "grant.revoked" => format!("revoked by {}: {}", s("by"), grant()),
+        "grant.expired" => format!("expired: {}", grant()),
+        "token.issued" => format!(
+            "token {} issued by {} until {}",
+            s("token"),
+            s("by"),
+            s("expires")
+        ),
+        "token.revoked" => format!("token {} revoked by {}", s("token"), s("by")),
+        _ => return None,
+    })
 }
 
 /// Parses a time for filters: RFC 3339, a date (`2026-11-22`, midnight UTC), or unix seconds.
