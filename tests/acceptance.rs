@@ -443,6 +443,7 @@ async fn launch_check_the_story_of_an_action_comes_from_one_command() {
         "upstream answered 200",                                    // what changed
         "upstream answered 402",                                    // the failure
         "rolled back by carol@example.com",                         // what was undone, and by whom
+        "by carol@example.com: DELETE /v1/customers/cus_", // what the undo changed, in the summary
     ] {
         assert!(story.contains(needle), "{needle:?} missing from:\n{story}");
     }

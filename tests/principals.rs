@@ -663,6 +663,15 @@ async fn a_grant_lends_one_tool_for_its_time_and_every_step_is_recorded() {
         .as_array()
         .unwrap()
         .is_empty());
+    // The story's summary says the grant approved the call, and who granted it.
+    let story = gate
+        .page("GET", &format!("/stories/{request}"), Some(&cookie), None)
+        .await
+        .text();
+    assert!(
+        story.contains(&format!("dave@example.com by grant {id}")),
+        "{story}"
+    );
     // The reviewers' view of the call names the grant that let it through.
     let detail = gate
         .page("GET", &format!("/traffic/{request}"), Some(&cookie), None)

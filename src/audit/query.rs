@@ -44,10 +44,20 @@ pub fn summary(events: &[Event]) -> Vec<String> {
             "approval" => approved.push(format!("{} at {}", s("by"), e.time)),
             "commit" => executed.push(format!("{} {}", s("method"), s("url"))),
             "response" => changed.push(what_changed(e.tool.as_deref().unwrap_or("-"), p)),
+            "grant.used" => approved.push(format!(
+                "{} by grant {} until {} ({})",
+                s("granted_by"),
+                s("grant"),
+                s("until"),
+                s("reason")
+            )),
             "rollback" if s("outcome") == "undone" => undone.push(format!(
-                "{} by {} via {}",
+                "{} by {}: {} {} answered {} (via {})",
                 e.request_id.as_deref().unwrap_or("-"),
                 s("by"),
+                s("method"),
+                s("path"),
+                p["status"],
                 s("undo_request")
             )),
             _ => {}
