@@ -1089,10 +1089,7 @@ async fn grants(server: &str, command: GrantsCommand) -> ExitCode {
         GrantsCommand::Revoke { id } => (http::Method::DELETE, format!("/api/grants/{id}"), None),
         GrantsCommand::List { agent } => (
             http::Method::GET,
-            match agent {
-                Some(a) => format!("/api/grants?agent={a}"),
-                None => "/api/grants".to_string(),
-            },
+            of_agent("/api/grants", agent.as_deref()),
             None,
         ),
     };
@@ -1123,6 +1120,19 @@ async fn grants(server: &str, command: GrantsCommand) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// A list's path, narrowed to one agent when one is named.
+fn of_agent(path: &str, agent: Option<&str>) -> String {
+    match agent {
+        Some(a) => format!(
+            "{path}?{}",
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair("agent", a)
+                .finish()
+        ),
+        None => path.to_string(),
+    }
 }
 
 /// An admin API call's JSON answer when it succeeded; else the error printed and the exit code.
@@ -1157,10 +1167,7 @@ async fn tokens(server: &str, command: TokensCommand) -> ExitCode {
         TokensCommand::Revoke { id } => (http::Method::DELETE, format!("/api/tokens/{id}"), None),
         TokensCommand::List { agent } => (
             http::Method::GET,
-            match agent {
-                Some(a) => format!("/api/tokens?agent={a}"),
-                None => "/api/tokens".to_string(),
-            },
+            of_agent("/api/tokens", agent.as_deref()),
             None,
         ),
     };

@@ -122,8 +122,21 @@ pub async fn expire_due(app: &App) -> Result<usize, StoreError> {
     Ok(ended)
 }
 
-/// Records the grant's expiry at its time (the sweep does it too, after a restart or when
-/// another replica granted it).
+/// Watches every grant not yet ended, at start: their expiry is recorded at its time after a
+/// restart too.
+pub async fn watch_open(app: Arc<App>) {
+    match app.store.grant_open(None).await {
+        Ok(open) => {
+            for g in &open {
+                watch(app.clone(), g);
+            }
+        }
+        Err(e) => warn!(error = %e, "open grants could not be read; the sweep records their ends"),
+    }
+}
+
+/// Records the grant's expiry at its time (the sweep does it too, when another replica granted
+/// it or this one could not read the store at start).
 pub fn watch(app: Arc<App>, g: &Grant) {
     let id = g.id.clone();
     let wait_ms = g

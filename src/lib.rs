@@ -143,6 +143,7 @@ pub async fn run(
         tokio::spawn(admin::serve_metrics(metrics, app.clone()));
     }
     let sweeper = tokio::spawn(sweep::run(app.clone()));
+    tokio::spawn(grants::watch_open(app.clone()));
     if app.store.shared() {
         tokio::spawn(follow_replicas(app.clone()));
     }

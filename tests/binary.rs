@@ -443,26 +443,7 @@ async fn killed_during_a_commit_the_proposal_is_outcome_unknown_and_never_resent
         )
         .await
     });
-    let mut id = String::new();
-    for _ in 0..200 {
-        let got = admin_api(
-            &admin,
-            "GET",
-            "/api/proposals?state=pending",
-            "demo-carol-token",
-            None,
-        )
-        .await;
-        if let Some(p) = got.json()["proposals"]
-            .as_array()
-            .and_then(|a| a.first().cloned())
-        {
-            id = p["id"].as_str().unwrap().to_string();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(!id.is_empty(), "the proposal appeared");
+    let id = first_pending(&admin).await;
     let got = admin_api(
         &admin,
         "POST",
@@ -1094,26 +1075,7 @@ async fn a_replica_killed_mid_commit_leaves_outcome_unknown_on_the_others() {
 
     // Held on A, approved on B: A sends it and the upstream hangs.
     let held = tokio::spawn(refund(proxy_a));
-    let mut id = String::new();
-    for _ in 0..200 {
-        let got = admin_api(
-            &admin_a,
-            "GET",
-            "/api/proposals?state=pending",
-            "demo-carol-token",
-            None,
-        )
-        .await;
-        if let Some(p) = got.json()["proposals"]
-            .as_array()
-            .and_then(|a| a.first().cloned())
-        {
-            id = p["id"].as_str().unwrap().to_string();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(!id.is_empty(), "the proposal appeared");
+    let id = first_pending(&admin_a).await;
     let path = format!("/api/proposals/{id}/approve");
     let got = admin_api(&admin_b, "POST", &path, "demo-carol-token", None).await;
     assert_eq!(got.status, 200, "{}", got.text());
@@ -1166,4 +1128,26 @@ async fn a_replica_killed_mid_commit_leaves_outcome_unknown_on_the_others() {
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(upstream.count(), 1, "nothing was sent again");
+}
+
+/// The id of the first pending proposal, once one appears (polled for up to 4 s).
+async fn first_pending(admin: &str) -> String {
+    for _ in 0..200 {
+        let got = admin_api(
+            admin,
+            "GET",
+            "/api/proposals?state=pending",
+            "demo-carol-token",
+            None,
+        )
+        .await;
+        if let Some(p) = got.json()["proposals"]
+            .as_array()
+            .and_then(|a| a.first().cloned())
+        {
+            return p["id"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no proposal appeared");
 }
