@@ -309,7 +309,7 @@ pub(super) async fn decide(
     let tool = call.tool.clone();
     if let Some(g) = call.agent.grant(&tool.name) {
         trail
-            .record(&app.audit, "grant.used", crate::grants::facts(g))
+            .record_beside(&app.audit, "grant.used", crate::grants::facts(g))
             .await;
     }
     if tool.mode == Mode::Deny {
@@ -858,6 +858,17 @@ impl Trail {
     /// Records an event of this request, after the request's own event.
     pub async fn record(&self, audit: &crate::audit::Audit, kind: &'static str, payload: Value) {
         self.flush(audit).await;
+        audit.record(self.rec(kind, payload)).await;
+    }
+
+    /// Records an event of this request while its own event stays held, so that a read is
+    /// still told in one event after it: what let the request through (a grant's use).
+    pub async fn record_beside(
+        &self,
+        audit: &crate::audit::Audit,
+        kind: &'static str,
+        payload: Value,
+    ) {
         audit.record(self.rec(kind, payload)).await;
     }
 
