@@ -65,6 +65,8 @@ pub struct App {
     pub(crate) sources: PerSource,
     /// What MCP servers last listed for their pinned tools.
     pub(crate) pins: crate::services::Pins,
+    /// Issued tokens and grants as the request path reads them (fresh within a second).
+    pub(crate) principals: crate::services::Principals,
 }
 
 impl App {
@@ -114,6 +116,7 @@ impl App {
             sessions: Sessions::new(store.clone()),
             locks: KeyedLocks::default(),
             waiters: Waiters::new(&store),
+            principals: crate::services::Principals::new(&store),
             metrics: Metrics::default(),
             cancel: CancellationToken::new(),
             config,

@@ -67,8 +67,8 @@ async fn live(
 ) -> Result<Arc<Agent>, Refusal> {
     let now = now_unix();
     let grants: Vec<Grant> = app
-        .store
-        .grant_open(Some(&agent.id))
+        .principals
+        .grants_of(&agent.id)
         .await
         .map_err(store_down)?
         .into_iter()
@@ -91,6 +91,7 @@ pub async fn end(app: &App, id: &str, how: &str, by: &str) -> Result<Option<Gran
     let Some(g) = app.store.grant_end(id, end).await? else {
         return Ok(None);
     };
+    app.principals.grants_changed(&g.agent).await;
     let mut payload = facts(&g);
     payload["by"] = json!(by);
     app.audit

@@ -94,6 +94,7 @@ async fn follow_replicas(app: Arc<App>) {
             Some(t) = async { heard.as_mut()?.recv().await } => Some(t),
         };
         match topic.as_deref() {
+            Some(t) if app.principals.heard(t) => {}
             Some(t) if t != crate::services::kill::KILL_TOPIC => app.waiters.heard(t),
             _ => {
                 if let Err(e) = app.kill.refresh().await {

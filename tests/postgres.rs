@@ -453,6 +453,10 @@ async fn two_replicas_act_as_one_gateway() {
     assert_eq!(va["ok"], true, "{va}");
     assert_eq!(va, vb);
 
+    // A token issued on A and revoked through B, a grant made and revoked through B: A
+    // follows each (B's announcement, else its own copy going stale within a second).
+    principals_follow_across_replicas(&a, &b, &fakes).await;
+
     // 4. The database stops: calls are refused with 503, nothing reaches the API; it comes
     //    back: calls flow again, without a restart.
     let before = fakes.seen().len();
@@ -818,4 +822,100 @@ async fn a_grant_is_seen_by_every_replica_and_ended_once() {
     let stored = b.grant_get("grant_1").await.unwrap().unwrap();
     assert_eq!(stored.ended, ended[0].ended);
     assert!(!stored.live(now));
+}
+
+/// Sends `method url` through `gate` as `agent` on one tunnel until the answer's status is `want`
+/// (up to 3 s); the last status (407 when the tunnel itself is refused).
+async fn until_status(
+    gate: &support::Toolgate,
+    agent: (&str, &str),
+    (method, url, headers, body): (&str, &str, &[(&str, &str)], &str),
+    want: u16,
+) -> u16 {
+    let client = support::client_via(gate.addr, Some(agent), &gate.ca_pem, http::Version::HTTP_11);
+    let mut status = 0;
+    for _ in 0..60 {
+        status = match support::send(&client, method, url, headers, body).await {
+            Ok(a) => a.status.as_u16(),
+            Err(e) if format!("{e:?}").contains("ProxyAuthRequired") => 407,
+            Err(e) => panic!("{e:?}"),
+        };
+        if status == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    status
+}
+
+async fn principals_follow_across_replicas(
+    a: &support::Toolgate,
+    b: &support::Toolgate,
+    fakes: &support::fakes::Fakes,
+) {
+    const DAVE: &str = "demo-dave-token";
+    let issued = a
+        .admin(
+            "POST",
+            "/api/agents/support-bot-staging/tokens",
+            Some(DAVE),
+            Some(serde_json::json!({"ttl": "10m"})),
+        )
+        .await
+        .json();
+    let (id, token) = (
+        issued["id"].as_str().unwrap(),
+        issued["token"].as_str().unwrap(),
+    );
+    let read = (
+        "GET",
+        "https://api.github.com/repos/acme/widgets",
+        &[][..],
+        "",
+    );
+    let staging = ("support-bot-staging", token);
+    assert_eq!(until_status(a, staging, read, 200).await, 200);
+    let revoked = b
+        .admin("DELETE", &format!("/api/tokens/{id}"), Some(DAVE), None)
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    assert_eq!(
+        until_status(a, staging, read, 407).await,
+        407,
+        "A refuses it"
+    );
+
+    let prod = ("support-bot-prod", "demo-prod-token");
+    let form = [support::FORM, ("idempotency-key", "replica-grant")];
+    let create = (
+        "POST",
+        "https://api.stripe.com/v1/payment_intents",
+        &form[..],
+        "amount=500&currency=usd",
+    );
+    assert_eq!(until_status(a, prod, create, 403).await, 403);
+    let granted = b
+        .admin(
+            "POST",
+            "/api/grants",
+            Some(DAVE),
+            Some(serde_json::json!({"agent": "support-bot-prod",
+                "tool": "stripe.payment_intents.create", "for": "10m", "reason": "replicas"})),
+        )
+        .await;
+    assert_eq!(granted.status, 201, "{}", granted.text());
+    assert_eq!(until_status(a, prod, create, 200).await, 200, "A lends it");
+    let grant = granted.json()["id"].as_str().unwrap().to_string();
+    let revoked = b
+        .admin("DELETE", &format!("/api/grants/{grant}"), Some(DAVE), None)
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    let other = [support::FORM, ("idempotency-key", "replica-grant-2")];
+    let again = ("POST", create.1, &other[..], create.3);
+    assert_eq!(
+        until_status(a, prod, again, 403).await,
+        403,
+        "A stops lending it"
+    );
+    assert_eq!(fakes.count("POST", "/v1/payment_intents"), 1, "sent once");
 }

@@ -158,6 +158,7 @@ pub(crate) async fn add(app: &Arc<App>, who: &Approver, ask: Ask) -> Result<Gran
         ended: None,
     };
     app.store.grant_put(&grant).await.map_err(store_down)?;
+    app.principals.grants_changed(&grant.agent).await;
     app.audit
         .record(crate::audit::Record {
             kind: "grant.added",

@@ -158,6 +158,7 @@ pub async fn revoke(
     if let Err(e) = app.store.token_put(&token).await {
         return store_down(e);
     }
+    app.principals.token_changed(&token.id).await;
     app.audit
         .record(crate::audit::Record {
             kind: "token.revoked",

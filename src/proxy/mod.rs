@@ -714,8 +714,8 @@ async fn job_of(app: &App, target: &Target, headers: &http::HeaderMap) -> Result
     if let Some(t) = &target.token {
         // Checked on every request: an expiry or a revocation ends an open tunnel too.
         let current = app
-            .store
-            .token_get(&t.id)
+            .principals
+            .token(&t.id)
             .await
             .map_err(|e| Refusal::internal(format!("the token store is unavailable ({e})")))?;
         if !current.is_some_and(|c| c.live(crate::base::now_unix())) {

@@ -5,6 +5,7 @@ pub mod kill;
 pub mod locks;
 pub mod pins;
 pub mod policies;
+pub mod principals;
 pub mod sessions;
 pub mod waiters;
 
@@ -12,5 +13,6 @@ pub use kill::KillSwitches;
 pub use locks::{KeyedLocks, LockKey};
 pub use pins::Pins;
 pub use policies::Policies;
+pub use principals::Principals;
 pub use sessions::Sessions;
 pub use waiters::Waiters;

@@ -1,0 +1,158 @@
+//! What the request path reads of issued tokens and grants on every call, kept for at most
+//! [`FRESH`]: a revocation or a grant made through this process is seen by its next request, one
+//! made through another replica as soon as its announcement arrives (and within [`FRESH`] if
+//! the announcement is lost). Expiry needs no store: every use compares the record's end with
+//! the clock.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use crate::model::{AgentToken, Grant};
+use crate::store::{Store, StoreError};
+
+/// How long a record read from the store is used without reading it again.
+pub const FRESH: Duration = Duration::from_secs(1);
+
+/// Entries kept at most; past it, the stale ones are dropped.
+const MAX_ENTRIES: usize = 10_000;
+
+const TOKEN_TOPIC: &str = "token:";
+const GRANTS_TOPIC: &str = "grants:";
+
+/// Records by key, each with when it was read.
+struct Fresh<T>(Mutex<HashMap<String, (T, Instant)>>);
+
+impl<T: Clone> Fresh<T> {
+    fn new() -> Self {
+        Fresh(Mutex::new(HashMap::new()))
+    }
+
+    fn get(&self, key: &str) -> Option<T> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key)
+            .filter(|(_, at)| at.elapsed() < FRESH)
+            .map(|(v, _)| v.clone())
+    }
+
+    fn put(&self, key: &str, value: T) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_ENTRIES {
+            map.retain(|_, (_, at)| at.elapsed() < FRESH);
+        }
+        if map.len() < MAX_ENTRIES {
+            map.insert(key.to_string(), (value, Instant::now()));
+        }
+    }
+
+    fn forget(&self, key: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
+pub struct Principals {
+    store: Store,
+    /// Token id -> its record (None: no such token).
+    tokens: Fresh<Option<AgentToken>>,
+    /// Agent -> its grants that have not ended.
+    grants: Fresh<Vec<Grant>>,
+}
+
+impl Principals {
+    pub fn new(store: &Store) -> Principals {
+        Principals {
+            store: store.clone(),
+            tokens: Fresh::new(),
+            grants: Fresh::new(),
+        }
+    }
+
+    /// The token record of `id`, as fresh as [`FRESH`].
+    pub async fn token(&self, id: &str) -> Result<Option<AgentToken>, StoreError> {
+        if let Some(t) = self.tokens.get(id) {
+            return Ok(t);
+        }
+        let t = self.store.token_get(id).await?;
+        self.tokens.put(id, t.clone());
+        Ok(t)
+    }
+
+    /// The grants of `agent` that have not ended, as fresh as [`FRESH`].
+    pub async fn grants_of(&self, agent: &str) -> Result<Vec<Grant>, StoreError> {
+        if let Some(g) = self.grants.get(agent) {
+            return Ok(g);
+        }
+        let g = self.store.grant_open(Some(agent)).await?;
+        self.grants.put(agent, g.clone());
+        Ok(g)
+    }
+
+    /// A token changed (revoked): forgotten here, and announced to the other replicas.
+    pub async fn token_changed(&self, id: &str) {
+        self.tokens.forget(id);
+        self.announce(&format!("{TOKEN_TOPIC}{id}")).await;
+    }
+
+    /// An agent's grants changed (added, revoked, ended): forgotten here, and announced.
+    pub async fn grants_changed(&self, agent: &str) {
+        self.grants.forget(agent);
+        self.announce(&format!("{GRANTS_TOPIC}{agent}")).await;
+    }
+
+    async fn announce(&self, topic: &str) {
+        if let Err(e) = self.store.announce(topic).await {
+            warn!(error = %e, topic, "could not tell the other replicas; they see it within a second");
+        }
+    }
+
+    /// Forgets what another replica announced changed; false when the topic is not about
+    /// tokens or grants.
+    pub fn heard(&self, topic: &str) -> bool {
+        if let Some(id) = topic.strip_prefix(TOKEN_TOPIC) {
+            self.tokens.forget(id);
+        } else if let Some(agent) = topic.strip_prefix(GRANTS_TOPIC) {
+            self.grants.forget(agent);
+        } else {
+            return false;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_revocation_through_this_process_is_seen_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(dir.path()).unwrap();
+        let principals = Principals::new(&store);
+        let mut t = AgentToken {
+            id: "tok_1".into(),
+            agent: "bot".into(),
+            job: None,
+            sha256: "ab".repeat(32),
+            issued_by: "dave".into(),
+            issued_unix: 1,
+            expires_unix: u64::MAX,
+            revoked: false,
+        };
+        store.token_put(&t).await.unwrap();
+        assert!(!principals.token("tok_1").await.unwrap().unwrap().revoked);
+        t.revoked = true;
+        store.token_put(&t).await.unwrap();
+        // Read within FRESH: the copy is used...
+        assert!(!principals.token("tok_1").await.unwrap().unwrap().revoked);
+        // ...until the change is told (here, or announced by another replica).
+        assert!(principals.heard("token:tok_1"));
+        assert!(principals.token("tok_1").await.unwrap().unwrap().revoked);
+        t.revoked = false;
+        store.token_put(&t).await.unwrap();
+        principals.token_changed("tok_1").await;
+        assert!(!principals.token("tok_1").await.unwrap().unwrap().revoked);
+        assert!(!principals.heard("proposal:prop_1"));
+    }
+}
