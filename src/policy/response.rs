@@ -70,9 +70,13 @@ impl ResponseSpec {
         }
     }
 
-    /// Why the answer does not have the declared shape, if it does not.
+    /// Why the answer does not have the declared shape, if it does not. An answer with no body
+    /// (`202 Accepted`, `204 No Content`) has no shape to check.
     pub fn mismatch(&self, body: &[u8]) -> Option<String> {
         let schema = self.schema.as_ref()?;
+        if body.is_empty() {
+            return None;
+        }
         match serde_json::from_slice::<Value>(body) {
             Ok(v) => schema.check(&v).err(),
             Err(e) => Some(format!("the answer is not JSON: {e}")),
@@ -129,5 +133,22 @@ mod tests {
             !out.contains("\"number\"") && out.contains("last4"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn a_mismatch_names_the_shape_and_an_empty_answer_has_none() {
+        let schema = Schema::from_value(
+            "test",
+            json!({"type": "object", "properties": {"errors": {"type": "array"}}}),
+        )
+        .unwrap();
+        let spec = ResponseSpec {
+            schema: Some(Arc::new(schema)),
+            ..Default::default()
+        };
+        assert!(spec.mismatch(b"").is_none(), "202 Accepted has no body");
+        assert!(spec.mismatch(br#"{"errors": []}"#).is_none());
+        assert!(spec.mismatch(br#"{"errors": "x"}"#).is_some());
+        assert!(spec.mismatch(b"<html>").unwrap().contains("not JSON"));
     }
 }
