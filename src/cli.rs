@@ -246,6 +246,9 @@ pub enum AuditCommand {
         code: Option<String>,
         #[arg(long)]
         kind: Option<String>,
+        /// The id of an issued token (tok_…): the calls made with it.
+        #[arg(long)]
+        token: Option<String>,
         #[arg(long)]
         since: Option<String>,
         #[arg(long)]
@@ -682,6 +685,7 @@ async fn audit(command: AuditCommand, server: &str, data_dir: Option<PathBuf>) -
             tool,
             code,
             kind,
+            token,
             since,
             until,
             json,
@@ -691,6 +695,7 @@ async fn audit(command: AuditCommand, server: &str, data_dir: Option<PathBuf>) -
                 tool,
                 code,
                 kind,
+                token,
                 since,
                 until,
             };
@@ -924,11 +929,12 @@ async fn search_events(
     }
     let q = query_param;
     let path = format!(
-        "/api/audit/search?{}{}{}{}{}{}",
+        "/api/audit/search?{}{}{}{}{}{}{}",
         q("agent", &f.agent),
         q("tool", &f.tool),
         q("code", &f.code),
         q("kind", &f.kind),
+        q("token", &f.token),
         q("since", &f.since),
         q("until", &f.until)
     );

@@ -250,8 +250,44 @@ async fn issued_tokens_work_expire_are_revoked_and_never_recorded() {
         events.iter().all(|e| e["token"] == id.as_str()),
         "every event of the call names the token id: {job}"
     );
-    // The call's page names the token by its id.
+    // Everything done with the token is one query, on the traffic list and in the search.
     let request = ok.headers["toolgate-request-id"].to_str().unwrap();
+    let rows = gate
+        .admin(
+            "GET",
+            &format!("/api/traffic?token={id}"),
+            Some(CAROL),
+            None,
+        )
+        .await
+        .json();
+    let listed: Vec<&str> = rows["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, vec![request], "{rows}");
+    let found = gate
+        .admin(
+            "GET",
+            &format!("/api/audit/search?token={id}"),
+            Some(CAROL),
+            None,
+        )
+        .await
+        .json();
+    let kinds: Vec<&str> = found["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"token.issued") && kinds.contains(&"request"),
+        "{found}"
+    );
+    // The call's page names the token by its id.
     let cookie = gate.sign_in(CAROL).await;
     let detail = gate
         .page("GET", &format!("/traffic/{request}"), Some(&cookie), None)

@@ -209,13 +209,14 @@ fn form(f: &TrafficFilter) -> String {
         )
     };
     format!(
-        "<form method=\"get\" action=\"/traffic\" class=\"card filters\">{}{}{}{}{}{}{}{}{}<button>Filter</button></form>",
+        "<form method=\"get\" action=\"/traffic\" class=\"card filters\">{}{}{}{}{}{}{}{}{}{}<button>Filter</button></form>",
         field("agent", "Agent", &f.agent),
         field("tool", "Tool", &f.tool),
         field("host", "Host", &f.host),
         field("code", "Decision or code", &f.code),
         field("status", "Status", &f.status),
         field("job", "Job", &f.job),
+        field("token", "Token id", &f.token),
         field("since", "Since", &f.since),
         field("until", "Until", &f.until),
         field("q", "Path contains", &f.q),

@@ -92,13 +92,14 @@ impl Event {
 
     /// What the indexes find this event by.
     pub fn index_keys(&self) -> Vec<(Index, String)> {
-        let mut keys = Vec::with_capacity(7);
+        let mut keys = Vec::with_capacity(8);
         let named = [
             (Index::Request, &self.request_id),
             (Index::Proposal, &self.proposal),
             (Index::Job, &self.job),
             (Index::Agent, &self.agent),
             (Index::Tool, &self.tool),
+            (Index::Token, &self.token),
         ];
         for (index, value) in named {
             if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {

@@ -310,6 +310,8 @@ pub struct Filter {
     pub tool: Option<String>,
     pub code: Option<String>,
     pub kind: Option<String>,
+    /// The id of an issued token: every event of the calls made with it.
+    pub token: Option<String>,
     pub since: Option<String>,
     pub until: Option<String>,
 }
@@ -332,8 +334,10 @@ impl Audit {
                 && want(&f.tool, e.tool.as_deref())
                 && want(&f.kind, Some(e.kind.as_str()))
                 && want(&f.code, e.payload["code"].as_str())
+                && want(&f.token, e.token.as_deref())
         };
         let indexed = [
+            (Index::Token, given(&f.token)),
             (Index::Agent, given(&f.agent)),
             (Index::Tool, given(&f.tool)),
             (Index::Code, given(&f.code)),

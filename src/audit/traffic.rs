@@ -29,6 +29,8 @@ pub struct TrafficFilter {
     pub code: Option<String>,
     pub status: Option<String>,
     pub job: Option<String>,
+    /// The id of the issued token the calls came in with.
+    pub token: Option<String>,
     pub since: Option<String>,
     pub until: Option<String>,
     /// Text in the path.
@@ -53,6 +55,7 @@ impl TrafficFilter {
             ("code", &self.code),
             ("status", &self.status),
             ("job", &self.job),
+            ("token", &self.token),
             ("since", &self.since),
             ("until", &self.until),
             ("q", &self.q),
@@ -232,6 +235,7 @@ fn walk(f: &TrafficFilter) -> (Index, String) {
         (Index::Code, code),
         (Index::Tool, given(&f.tool)),
         (Index::Job, given(&f.job)),
+        (Index::Token, given(&f.token)),
     ]
     .into_iter()
     .find_map(|(i, v)| v.map(|v| (i, v.to_string())))
@@ -245,6 +249,7 @@ fn in_walk(e: &Event, (index, value): &(Index, String)) -> bool {
         Index::Code => e.payload["code"].as_str() == Some(value),
         Index::Tool => e.tool.as_deref() == Some(value),
         Index::Job => e.job.as_deref() == Some(value),
+        Index::Token => e.token.as_deref() == Some(value),
         Index::Kind => e.kind == *value,
         Index::Request | Index::Proposal => false,
     }

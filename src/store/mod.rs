@@ -197,6 +197,8 @@ pub enum Index {
     Tool,
     Kind,
     Code,
+    /// The issued token a call came in with.
+    Token,
 }
 
 impl Index {
@@ -210,6 +212,7 @@ impl Index {
             Index::Tool => b't',
             Index::Kind => b'k',
             Index::Code => b'c',
+            Index::Token => b'o',
         }
     }
 }
