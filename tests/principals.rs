@@ -208,6 +208,33 @@ async fn issued_tokens_work_expire_are_revoked_and_never_recorded() {
     let bad = issue(&gate, DAVE, serde_json::json!({"ttl": "30d"})).await;
     assert_eq!(bad.code(), "validation_error");
 
+    // A job-bound token claims its job as a call naming it would: not another owner's job.
+    let prod = client_via(
+        gate.addr,
+        Some(("support-bot-prod", "demo-prod-token")),
+        &gate.ca_pem,
+        http::Version::HTTP_11,
+    );
+    let read = "https://api.github.com/repos/acme/widgets";
+    let prods = send(&prod, "GET", read, &[("toolgate-job", "job-of-bob")], "")
+        .await
+        .unwrap();
+    assert_eq!(prods.status, 200, "{}", prods.text());
+    let taken = issue(
+        &gate,
+        DAVE,
+        serde_json::json!({"ttl": "15m", "job": "job-of-bob"}),
+    )
+    .await;
+    assert_eq!(taken.status, 409, "{}", taken.text());
+    let bad_job = issue(
+        &gate,
+        DAVE,
+        serde_json::json!({"ttl": "15m", "job": "no spaces"}),
+    )
+    .await;
+    assert_eq!(bad_job.code(), "validation_error");
+
     let got = issue(
         &gate,
         DAVE,

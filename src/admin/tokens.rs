@@ -45,6 +45,30 @@ fn expires(t: &AgentToken) -> String {
     crate::audit::rfc3339(t.expires_unix.saturating_mul(1000))
 }
 
+/// Claims a job-bound token's job for its agent, as its first call naming the job would: a
+/// job another agent (of another owner) holds is refused, so the token cannot put calls into
+/// someone else's story or rollback set.
+async fn claim_job(app: &App, agent: &crate::policy::Agent, job: &str) -> Result<(), Response> {
+    if !crate::base::job_id_ok(job) {
+        return Err(api_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+            format!("job must be {}", crate::base::JOB_ID_RULE),
+        )
+        .into_response());
+    }
+    match app.store.job_claim(job, &agent.id, &agent.owner).await {
+        Ok(None) => Ok(()),
+        Ok(Some(holder)) => Err(api_error(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("job {job} belongs to agent {holder}; choose another job id"),
+        )
+        .into_response()),
+        Err(e) => Err(store_down(e)),
+    }
+}
+
 /// `POST /api/agents/{id}/tokens`: a new token, shown once.
 pub async fn issue(
     State(app): State<Arc<App>>,
@@ -89,12 +113,18 @@ pub async fn issue(
             .into_response()
         }
     };
+    let job = ask.job.filter(|j| !j.is_empty());
+    if let Some(job) = &job {
+        if let Err(e) = claim_job(&app, &agent, job).await {
+            return e;
+        }
+    }
     let token = format!("tgt_{}", hex::encode(rand::random::<[u8; 24]>()));
     let now = crate::base::now_unix();
     let issued = AgentToken {
         id: crate::base::new_id("tok"),
         agent: agent_id.clone(),
-        job: ask.job.filter(|j| !j.is_empty()),
+        job,
         sha256: hex::encode(Sha256::digest(token.as_bytes())),
         issued_by: who.id.clone(),
         issued_unix: now,

@@ -52,3 +52,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult)
         .ok_or_else(|| format!("{s:?} is too large"))
 }
+
+/// What a job id may be: 1 to 128 characters of letters, digits and `- _ . : / @`.
+pub const JOB_ID_RULE: &str = "1 to 128 characters of letters, digits and - _ . : / @";
+
+/// Whether `job` is a job id ([`JOB_ID_RULE`]).
+pub fn job_id_ok(job: &str) -> bool {
+    !job.is_empty()
+        && job.len() <= 128
+        && job
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b))
+}

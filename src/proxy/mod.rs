@@ -736,16 +736,11 @@ async fn job_of(app: &App, target: &Target, headers: &http::HeaderMap) -> Result
     let job = value
         .to_str()
         .ok()
-        .filter(|j| {
-            !j.is_empty()
-                && j.len() <= 128
-                && j.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b))
-        })
+        .filter(|j| crate::base::job_id_ok(j))
         .ok_or_else(|| {
             Refusal::new(
                 Code::ValidationError,
-                "Toolgate-Job must be 1 to 128 characters of letters, digits and - _ . : / @",
+                format!("Toolgate-Job must be {}", crate::base::JOB_ID_RULE),
             )
         })?;
     // Toolgate's own calls (undos) carry the job of the call they undo.
