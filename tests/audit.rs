@@ -334,12 +334,7 @@ async fn the_story_of_a_job_comes_from_one_command() {
         .output()
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let kinds: Vec<&str> = v["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds = texts(&v, "events", "kind");
     for k in ["request", "proposal", "approval", "commit", "response"] {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
     }

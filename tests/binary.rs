@@ -531,12 +531,7 @@ async fn sigkill_right_after_a_commit_keeps_its_commit_and_response_events() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let kinds: Vec<&str> = v["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds = texts(&v, "events", "kind");
     assert!(
         kinds.contains(&"commit") && kinds.contains(&"response"),
         "{kinds:?}"

@@ -288,12 +288,7 @@ async fn issued_tokens_work_expire_are_revoked_and_never_recorded() {
         )
         .await
         .json();
-    let listed: Vec<&str> = rows["requests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["request_id"].as_str().unwrap())
-        .collect();
+    let listed = texts(&rows, "requests", "request_id");
     assert_eq!(listed, vec![request], "{rows}");
     let found = gate
         .admin(
@@ -304,12 +299,7 @@ async fn issued_tokens_work_expire_are_revoked_and_never_recorded() {
         )
         .await
         .json();
-    let kinds: Vec<&str> = found["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds = texts(&found, "events", "kind");
     assert!(
         kinds.contains(&"token.issued") && kinds.contains(&"request"),
         "{found}"

@@ -543,6 +543,15 @@ impl Drop for Toolgate {
     }
 }
 
+/// The text `field` of each item of the list `v[list]`, e.g. the kinds of a story's events:
+/// `texts(&story, "events", "kind")`.
+pub fn texts<'a>(v: &'a serde_json::Value, list: &str, field: &str) -> Vec<&'a str> {
+    v[list]
+        .as_array()
+        .map(|items| items.iter().filter_map(|i| i[field].as_str()).collect())
+        .unwrap_or_default()
+}
+
 /// Pulls the value of the first hidden `csrf` input out of a page.
 pub fn csrf_of(html: &str) -> String {
     let at = html.find("name=\"csrf\" value=\"").expect("no csrf field") + 19;
