@@ -211,5 +211,12 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5y").is_err());
+        // Token and grant lifetimes: whole seconds from 1 s to the bound.
+        let week = 7 * 24 * 3600;
+        assert_eq!(crate::base::lifetime_secs("15m", week), Some(900));
+        assert_eq!(crate::base::lifetime_secs("7d", week), Some(week));
+        assert_eq!(crate::base::lifetime_secs("8d", week), None);
+        assert_eq!(crate::base::lifetime_secs("250ms", week), None);
+        assert_eq!(crate::base::lifetime_secs("ten", week), None);
     }
 }

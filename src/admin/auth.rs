@@ -196,6 +196,15 @@ impl CsrfForm {
     }
 }
 
+/// A store that did not answer, as the admin API says it (`what`: "token", "grant").
+pub(crate) fn store_down(what: &str, e: crate::store::StoreError) -> ApiError {
+    api_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "internal_error",
+        format!("the {what} store is unavailable ({e})"),
+    )
+}
+
 pub(crate) fn csrf_ok(s: &Signed, form: &CsrfForm) -> bool {
     use subtle::ConstantTimeEq;
     !form.csrf.is_empty() && bool::from(form.csrf.as_bytes().ct_eq(s.csrf.as_bytes()))

@@ -52,11 +52,7 @@ pub struct AddForm {
 const MAX_REASON: usize = 1000;
 
 fn store_down(e: crate::store::StoreError) -> ApiError {
-    api_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "internal_error",
-        format!("the grant store is unavailable ({e})"),
-    )
+    super::auth::store_down("grant", e)
 }
 
 fn admin_only(who: &Approver, what: &str) -> Result<(), ApiError> {
@@ -131,15 +127,12 @@ pub(crate) async fn add(app: &Arc<App>, who: &Approver, ask: Ask) -> Result<Gran
             ),
         ));
     }
-    let secs = match crate::base::parse_duration(&ask.lasts) {
-        Ok(d) if d.as_secs() > 0 && d.as_secs() <= MAX_GRANT_SECS => d.as_secs(),
-        _ => {
-            return Err(invalid(format!(
-                "for {:?} must be a duration from 1s to 7d, e.g. 1h",
-                ask.lasts
-            )))
-        }
-    };
+    let secs = crate::base::lifetime_secs(&ask.lasts, MAX_GRANT_SECS).ok_or_else(|| {
+        invalid(format!(
+            "for {:?} must be a duration from 1s to 7d, e.g. 1h",
+            ask.lasts
+        ))
+    })?;
     let reason = ask.reason.trim();
     if reason.is_empty() || reason.chars().count() > MAX_REASON {
         return Err(invalid(format!(

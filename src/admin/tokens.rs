@@ -33,12 +33,7 @@ pub struct ListQuery {
 }
 
 fn store_down(e: crate::store::StoreError) -> Response {
-    api_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "internal_error",
-        format!("the token store is unavailable ({e})"),
-    )
-    .into_response()
+    super::auth::store_down("token", e).into_response()
 }
 
 fn expires(t: &AgentToken) -> String {
@@ -99,9 +94,9 @@ pub async fn issue(
         )
         .into_response();
     }
-    let ttl = match crate::base::parse_duration(&ask.ttl) {
-        Ok(d) if d.as_secs() > 0 && d.as_secs() <= MAX_TTL_SECS => d.as_secs(),
-        _ => {
+    let ttl = match crate::base::lifetime_secs(&ask.ttl, MAX_TTL_SECS) {
+        Some(secs) => secs,
+        None => {
             return api_error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "validation_error",

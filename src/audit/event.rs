@@ -158,7 +158,6 @@ mod tests {
         let read: Event = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(read.token.as_deref(), Some("tok_1"));
         assert_eq!(read.compute_hash(), read.hash);
-        assert_eq!(read.compute_hash(), read.hash);
         let keys = e.index_keys();
         assert!(keys.contains(&(Index::Request, "req_1".into())));
         assert!(keys.contains(&(Index::Code, "validation_error".into())));

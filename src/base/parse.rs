@@ -53,6 +53,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// A lifetime such as `15m`: its whole seconds when from 1 s to `max_secs`.
+pub fn lifetime_secs(s: &str, max_secs: u64) -> Option<u64> {
+    parse_duration(s)
+        .ok()
+        .map(|d| d.as_secs())
+        .filter(|secs| (1..=max_secs).contains(secs))
+}
+
 /// What a job id may be: 1 to 128 characters of letters, digits and `- _ . : / @`.
 pub const JOB_ID_RULE: &str = "1 to 128 characters of letters, digits and - _ . : / @";
 

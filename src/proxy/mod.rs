@@ -191,15 +191,19 @@ async fn authenticate(
         .map_err(|e| Refusal::internal(format!("the token store is unavailable ({e})")))?
         .filter(|t| t.agent == id)
         .ok_or_else(wrong)?;
-    if !issued.live(crate::base::now_unix()) {
-        let why = format!(
-            "token {} has expired or was revoked; ask for a new one",
-            issued.id
-        );
-        return Err(Refusal::auth_error(&why));
-    }
+    in_force(Some(&issued), &issued.id)?;
     let agent = policy.agent(&id).cloned().ok_or_else(wrong)?;
     Ok((agent, Some(Arc::new(issued))))
+}
+
+/// Whether the issued token `id` (as found in the store) still lets its agent in: not expired,
+/// not revoked.
+fn in_force(found: Option<&crate::model::AgentToken>, id: &str) -> Result<(), Refusal> {
+    if found.is_some_and(|t| t.live(crate::base::now_unix())) {
+        return Ok(());
+    }
+    let why = format!("token {id} has expired or was revoked; ask for a new one");
+    Err(Refusal::auth_error(&why))
 }
 
 /// The agent id and token of `Proxy-Authorization: Basic …`.
@@ -718,13 +722,7 @@ async fn job_of(app: &App, target: &Target, headers: &http::HeaderMap) -> Result
             .token(&t.id)
             .await
             .map_err(|e| Refusal::internal(format!("the token store is unavailable ({e})")))?;
-        if !current.is_some_and(|c| c.live(crate::base::now_unix())) {
-            let why = format!(
-                "token {} has expired or was revoked; ask for a new one",
-                t.id
-            );
-            return Err(Refusal::auth_error(&why));
-        }
+        in_force(current.as_ref(), &t.id)?;
         // A job-bound token's calls belong to its job.
         if let Some(job) = &t.job {
             return Ok(job.clone());

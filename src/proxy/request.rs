@@ -858,7 +858,7 @@ impl Trail {
     /// Records an event of this request, after the request's own event.
     pub async fn record(&self, audit: &crate::audit::Audit, kind: &'static str, payload: Value) {
         self.flush(audit).await;
-        audit.record(self.rec(kind, payload)).await;
+        self.record_beside(audit, kind, payload).await;
     }
 
     /// Records an event of this request while its own event stays held, so that a read is

@@ -1,7 +1,8 @@
 //! `toolgate db import --data-dir DIR`: the open state of a stopped single-process toolgate
 //! (sled) moved to the shared store, so that switching to replicas loses no held call, no kill
-//! switch, no idempotency record, no issued token and no grant. Nothing already in the target is overwritten: a record the
-//! target holds stays as it is and is counted as skipped, so running the import twice is safe.
+//! switch, no idempotency record, no issued token and no grant. Nothing already in the target
+//! is overwritten: a record the target holds stays as it is and is counted as skipped, so
+//! running the import twice is safe.
 //!
 //! The audit log is not moved: its chain and hashes are the evidence as written, and it stays
 //! readable and verifiable where it is (`toolgate audit … --data-dir DIR`).
