@@ -1,6 +1,7 @@
 //! Services: each owns its state behind private fields and keeps it consistent with the store
 //! and the audit log. `app.rs` builds them from the configuration.
 
+pub mod fresh;
 pub mod kill;
 pub mod locks;
 pub mod pins;

@@ -4,11 +4,11 @@
 //! the announcement is lost). Expiry needs no store: every use compares the record's end with
 //! the clock.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::warn;
+
+use super::fresh::Fresh;
 
 use crate::model::{AgentToken, Grant};
 use crate::store::{Store, StoreError};
@@ -16,56 +16,23 @@ use crate::store::{Store, StoreError};
 /// How long a record read from the store is used without reading it again.
 pub const FRESH: Duration = Duration::from_secs(1);
 
-/// Entries kept at most; past it, the stale ones are dropped.
-const MAX_ENTRIES: usize = 10_000;
-
 const TOKEN_TOPIC: &str = "token:";
 const GRANTS_TOPIC: &str = "grants:";
-
-/// Records by key, each with when it was read.
-struct Fresh<T>(Mutex<HashMap<String, (T, Instant)>>);
-
-impl<T: Clone> Fresh<T> {
-    fn new() -> Self {
-        Fresh(Mutex::new(HashMap::new()))
-    }
-
-    fn get(&self, key: &str) -> Option<T> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(key)
-            .filter(|(_, at)| at.elapsed() < FRESH)
-            .map(|(v, _)| v.clone())
-    }
-
-    fn put(&self, key: &str, value: T) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_ENTRIES {
-            map.retain(|_, (_, at)| at.elapsed() < FRESH);
-        }
-        if map.len() < MAX_ENTRIES {
-            map.insert(key.to_string(), (value, Instant::now()));
-        }
-    }
-
-    fn forget(&self, key: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
-    }
-}
 
 pub struct Principals {
     store: Store,
     /// Token id -> its record (None: no such token).
-    tokens: Fresh<Option<AgentToken>>,
+    tokens: Fresh<String, Option<AgentToken>>,
     /// Agent -> its grants that have not ended.
-    grants: Fresh<Vec<Grant>>,
+    grants: Fresh<String, Vec<Grant>>,
 }
 
 impl Principals {
     pub fn new(store: &Store) -> Principals {
         Principals {
             store: store.clone(),
-            tokens: Fresh::new(),
-            grants: Fresh::new(),
+            tokens: Fresh::new(FRESH),
+            grants: Fresh::new(FRESH),
         }
     }
 
@@ -75,7 +42,7 @@ impl Principals {
             return Ok(t);
         }
         let t = self.store.token_get(id).await?;
-        self.tokens.put(id, t.clone());
+        self.tokens.put(id.to_string(), t.clone());
         Ok(t)
     }
 
@@ -85,7 +52,7 @@ impl Principals {
             return Ok(g);
         }
         let g = self.store.grant_open(Some(agent)).await?;
-        self.grants.put(agent, g.clone());
+        self.grants.put(agent.to_string(), g.clone());
         Ok(g)
     }
 

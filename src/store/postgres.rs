@@ -225,10 +225,7 @@ impl PgStore {
     }
 
     async fn all<T: DeserializeOwned>(&self, sql: &str) -> Result<Vec<T>, StoreError> {
-        let client = self.pool.get().await?;
-        let statement = client.prepare_cached(sql).await?;
-        let rows = client.query(&statement, &[]).await?;
-        rows.iter().map(|r| decode(r.get::<_, &[u8]>(0))).collect()
+        self.records(sql, &[]).await
     }
 
     /// [`Self::all`] of the rows a key selects.
@@ -237,9 +234,18 @@ impl PgStore {
         sql: &str,
         key: &str,
     ) -> Result<Vec<T>, StoreError> {
+        self.records(sql, &[&key]).await
+    }
+
+    /// The records (first column) of the rows a statement returns.
+    async fn records<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<T>, StoreError> {
         let client = self.pool.get().await?;
         let statement = client.prepare_cached(sql).await?;
-        let rows = client.query(&statement, &[&key]).await?;
+        let rows = client.query(&statement, params).await?;
         rows.iter().map(|r| decode(r.get::<_, &[u8]>(0))).collect()
     }
 
