@@ -185,17 +185,6 @@ pub struct CsrfForm {
     pub(crate) reason: String,
 }
 
-impl CsrfForm {
-    /// A form that carries only its CSRF token (a form with other fields checks it this way).
-    pub(crate) fn with_token(csrf: String) -> CsrfForm {
-        CsrfForm {
-            csrf,
-            comment: String::new(),
-            reason: String::new(),
-        }
-    }
-}
-
 /// A store that did not answer, as the admin API says it (`what`: "token", "grant").
 pub(crate) fn store_down(what: &str, e: crate::store::StoreError) -> ApiError {
     api_error(
@@ -205,9 +194,10 @@ pub(crate) fn store_down(what: &str, e: crate::store::StoreError) -> ApiError {
     )
 }
 
-pub(crate) fn csrf_ok(s: &Signed, form: &CsrfForm) -> bool {
+/// Whether a form's CSRF token is the session's.
+pub(crate) fn csrf_ok(s: &Signed, csrf: &str) -> bool {
     use subtle::ConstantTimeEq;
-    !form.csrf.is_empty() && bool::from(form.csrf.as_bytes().ct_eq(s.csrf.as_bytes()))
+    !csrf.is_empty() && bool::from(csrf.as_bytes().ct_eq(s.csrf.as_bytes()))
 }
 
 /// Why a form post was not accepted.
@@ -225,14 +215,14 @@ impl IntoResponse for FormRefused {
     }
 }
 
-/// The session behind a form post whose CSRF token matches it.
+/// The session behind a form post whose CSRF token (`csrf`, the form's field) matches it.
 pub(crate) async fn signed_form(
     app: &App,
     headers: &HeaderMap,
-    form: &CsrfForm,
+    csrf: &str,
 ) -> Result<Signed, FormRefused> {
     let s = signed(app, headers).await.ok_or(FormRefused::SignIn)?;
-    if !csrf_ok(&s, form) {
+    if !csrf_ok(&s, csrf) {
         return Err(FormRefused::Csrf);
     }
     Ok(s)

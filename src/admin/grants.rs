@@ -338,8 +338,7 @@ pub async fn page_add(
     headers: HeaderMap,
     Form(form): Form<AddForm>,
 ) -> Response {
-    let csrf = CsrfForm::with_token(form.csrf);
-    let s = match signed_form(&app, &headers, &csrf).await {
+    let s = match signed_form(&app, &headers, &form.csrf).await {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
@@ -356,7 +355,7 @@ pub async fn page_revoke(
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let s = match signed_form(&app, &headers, &form).await {
+    let s = match signed_form(&app, &headers, &form.csrf).await {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };

@@ -76,7 +76,7 @@ pub async fn logout(
     let Some(s) = signed_reader(&app, &headers).await else {
         return to_login();
     };
-    if !csrf_ok(&s, &form) {
+    if !csrf_ok(&s, &form.csrf) {
         return csrf_refused();
     }
     let _ = app.sessions.remove(&s.session).await;
@@ -289,7 +289,7 @@ pub async fn act(
     Path((id, action)): Path<(String, String)>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let s = match signed_form(&app, &headers, &form).await {
+    let s = match signed_form(&app, &headers, &form.csrf).await {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
@@ -424,7 +424,7 @@ pub async fn switch(
     Path((kind, name, action)): Path<(String, String, String)>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let s = match signed_form(&app, &headers, &form).await {
+    let s = match signed_form(&app, &headers, &form.csrf).await {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
@@ -541,7 +541,7 @@ pub async fn rollback_act(
     Path((what, id)): Path<(String, String)>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let s = match signed_form(&app, &headers, &form).await {
+    let s = match signed_form(&app, &headers, &form.csrf).await {
         Ok(s) => s,
         Err(r) => return r.into_response(),
     };
