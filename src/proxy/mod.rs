@@ -192,6 +192,7 @@ async fn authenticate(
         .filter(|t| t.agent == id)
         .ok_or_else(wrong)?;
     in_force(Some(&issued), &issued.id)?;
+    app.principals.seen_token(&issued);
     let agent = policy.agent(&id).cloned().ok_or_else(wrong)?;
     Ok((agent, Some(Arc::new(issued))))
 }

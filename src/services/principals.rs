@@ -46,6 +46,12 @@ impl Principals {
         Ok(t)
     }
 
+    /// Keeps a token record just read from the store (by its hash, when a tunnel opens), so
+    /// that the tunnel's first request does not read it again.
+    pub fn seen_token(&self, t: &AgentToken) {
+        self.tokens.put(t.id.clone(), Some(t.clone()));
+    }
+
     /// The grants of `agent` that have not ended, as fresh as [`FRESH`].
     pub async fn grants_of(&self, agent: &str) -> Result<Vec<Grant>, StoreError> {
         if let Some(g) = self.grants.get(agent) {
