@@ -21,7 +21,6 @@ use crate::base::body::{self, ProxyBody};
 use crate::error::{Code, Refusal};
 use crate::model::KillTarget;
 use crate::policy::{Agent, Approver, Tool};
-use crate::services::LockKey;
 use crate::store::{now_unix, Outcome, StoreError};
 use crate::App;
 
@@ -114,56 +113,7 @@ pub async fn propose_and_wait(app: &App, call: Call<'_>) -> Result<Response<Prox
         }
         hex::encode(h.finalize())
     };
-    let id = {
-        let _creating = app.locks.lock(LockKey::Propose(identity.clone())).await;
-        let existing = app.store.proposal_for(&identity).await.map_err(store_err)?;
-        match existing {
-            Some(p)
-                if p.state.is_open()
-                    || now_unix().saturating_sub(p.created_unix) < REMEMBER_SECS =>
-            {
-                p.id
-            }
-            _ => {
-                crate::limits::admit_proposal(
-                    (&app.limiter, &app.store),
-                    &call.agent.id,
-                    call.tool,
-                    call.budget_amount,
-                )
-                .await?;
-                let mut p = new_proposal(&call, identity);
-                let exact: Vec<(&str, &str)> = call
-                    .headers
-                    .iter()
-                    .filter(|(k, _)| *k != header::HOST)
-                    .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
-                    .collect();
-                let plain = serde_json::to_vec(&exact).map_err(|e| store_err(e.into()))?;
-                p.request.sealed_headers =
-                    Some(app.store.sealer().seal(&plain).map_err(store_err)?);
-                app.store.proposal_put(&p, true).await.map_err(store_err)?;
-                app.audit.record(record(
-                    &p,
-                    "proposal",
-                    json!({
-                        "summary": p.summary,
-                        "required": p.required,
-                        "groups": p.groups,
-                        "method": p.request.method,
-                        "url": p.request.url(),
-                        "sha256": p.request.sha256,
-                        "body": crate::audit::body_json(&p.request.body_bytes(), crate::audit::BODY_CAP),
-                        "risk": p.risk,
-                    }),
-                )).await;
-                info!(proposal = %p.id, tool = %p.tool, agent = %p.agent, summary = %p.summary, "proposal created");
-                app.notifier
-                    .new_proposal(&p, call.tool.approval.webhook.as_deref());
-                p.id
-            }
-        }
-    };
+    let id = join_or_propose(app, &call, identity).await?;
     app.audit
         .record(crate::audit::Record {
             kind: "decision",
@@ -183,6 +133,97 @@ pub async fn propose_and_wait(app: &App, call: Call<'_>) -> Result<Response<Prox
     wait_and_claim(app, &id, hold).await
 }
 
+/// How many times a caller that lost a compare-and-set on a proposal reads it again before
+/// giving up (each loss means another caller moved it meanwhile).
+const SWAP_TRIES: usize = 16;
+
+/// The proposal this call joins (an open one, or one finished lately, whose outcome it gets),
+/// else a new one. Creating it is a compare-and-set on the call's identity in the store: of two
+/// requests proposing the same call at once, on one replica or two, one creates it and the
+/// other joins it.
+async fn join_or_propose(app: &App, call: &Call<'_>, identity: String) -> Result<String, Refusal> {
+    let mut admitted = false;
+    for _ in 0..SWAP_TRIES {
+        let existing = app.store.proposal_for(&identity).await.map_err(store_err)?;
+        let replacing = match existing {
+            Some(p)
+                if p.state.is_open()
+                    || now_unix().saturating_sub(p.created_unix) < REMEMBER_SECS =>
+            {
+                return Ok(p.id)
+            }
+            Some(p) => Some(p.id),
+            None => None,
+        };
+        if !admitted {
+            crate::limits::admit_proposal(
+                (&app.limiter, &app.store),
+                &call.agent.id,
+                call.tool,
+                call.budget_amount,
+            )
+            .await?;
+            admitted = true;
+        }
+        let mut p = new_proposal(call, identity.clone());
+        let exact: Vec<(&str, &str)> = call
+            .headers
+            .iter()
+            .filter(|(k, _)| *k != header::HOST)
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
+            .collect();
+        let plain = serde_json::to_vec(&exact).map_err(|e| store_err(e.into()))?;
+        p.request.sealed_headers = Some(app.store.sealer().seal(&plain).map_err(store_err)?);
+        if !app
+            .store
+            .proposal_create(&p, replacing.as_deref())
+            .await
+            .map_err(store_err)?
+        {
+            continue;
+        }
+        app.audit
+            .record(record(
+                &p,
+                "proposal",
+                json!({
+                    "summary": p.summary,
+                    "required": p.required,
+                    "groups": p.groups,
+                    "method": p.request.method,
+                    "url": p.request.url(),
+                    "sha256": p.request.sha256,
+                    "body": crate::audit::body_json(&p.request.body_bytes(), crate::audit::BODY_CAP),
+                    "risk": p.risk,
+                }),
+            ))
+            .await;
+        info!(proposal = %p.id, tool = %p.tool, agent = %p.agent, summary = %p.summary, "proposal created");
+        app.notifier
+            .new_proposal(&p, call.tool.approval.webhook.as_deref());
+        return Ok(p.id);
+    }
+    Err(Refusal::internal(
+        "the proposal for this call kept changing while toolgate made it; nothing was sent. Send the same call again",
+    ))
+}
+
+/// The one way a stored proposal changes: a compare-and-set from `seen` (its state and version
+/// as read) to `next`, in the store. `Some` (with its new version) when this caller won, and
+/// whoever waits on it is woken; `None` when another request or replica changed it first.
+async fn advance(
+    app: &App,
+    seen: &Proposal,
+    mut next: Proposal,
+) -> Result<Option<Proposal>, StoreError> {
+    if !app.store.proposal_swap(seen, &next).await? {
+        return Ok(None);
+    }
+    next.version = seen.version + 1;
+    app.waiters.notify(&next.id);
+    Ok(Some(next))
+}
+
 fn new_proposal(call: &Call<'_>, identity: String) -> Proposal {
     let now = now_unix();
     let spec = &call.tool.approval;
@@ -195,6 +236,7 @@ fn new_proposal(call: &Call<'_>, identity: String) -> Proposal {
     Proposal {
         id: crate::base::new_id("prop"),
         state: State::Pending,
+        version: 0,
         tool: call.tool.name.clone(),
         tool_version: call.tool.version,
         risk: call.tool.def.risk.clone().unwrap_or_default(),
@@ -244,23 +286,24 @@ fn new_proposal(call: &Call<'_>, identity: String) -> Proposal {
 
 /// Reads a proposal, expiring it first when its time is up.
 pub async fn load(app: &App, id: &str) -> Result<Option<Proposal>, StoreError> {
-    let Some(mut p) = app.store.proposal_get(id).await? else {
-        return Ok(None);
-    };
-    if p.state.is_open() && now_unix() >= p.expires_unix {
-        let _g = app.locks.lock(LockKey::Proposal(id.to_string())).await;
-        if let Some(fresh) = app.store.proposal_get(id).await? {
-            p = fresh;
+    for _ in 0..SWAP_TRIES {
+        let Some(p) = app.store.proposal_get(id).await? else {
+            return Ok(None);
+        };
+        if !(p.state.is_open() && now_unix() >= p.expires_unix) {
+            return Ok(Some(p));
         }
-        if p.state.is_open() && now_unix() >= p.expires_unix {
-            p.state = State::Expired;
-            app.store.proposal_put(&p, false).await?;
-            app.audit.record(record(&p, "expiry", json!({}))).await;
-            app.waiters.notify(id);
+        let mut next = p.clone();
+        next.state = State::Expired;
+        if let Some(expired) = advance(app, &p, next).await? {
+            app.audit
+                .record(record(&expired, "expiry", json!({})))
+                .await;
             info!(proposal = %id, "proposal expired");
+            return Ok(Some(expired));
         }
     }
-    Ok(Some(p))
+    app.store.proposal_get(id).await
 }
 
 fn pending(p: &Proposal) -> Refusal {
@@ -400,8 +443,7 @@ fn answer_of(p: &Proposal, outcome: &Outcome) -> Response<ProxyBody> {
 /// Commits an approved proposal, at most once. `Ok(None)`: it was not approved any more (the
 /// caller reads it again).
 async fn commit(app: &App, id: &str) -> Result<Option<Response<ProxyBody>>, Refusal> {
-    let _g = app.locks.lock(LockKey::Proposal(id.to_string())).await;
-    let Some(mut p) = app.store.proposal_get(id).await.map_err(store_err)? else {
+    let Some(p) = app.store.proposal_get(id).await.map_err(store_err)? else {
         return Ok(None);
     };
     if p.state != State::Approved {
@@ -430,35 +472,40 @@ async fn commit(app: &App, id: &str) -> Result<Option<Response<ProxyBody>>, Refu
     ) else {
         return cancel(
             app,
-            &mut p,
+            &p,
             "the policy in force no longer has this tool or agent",
         )
         .await;
     };
+    // A call held under an issued token is sent only while that token is in force: a
+    // revocation or expiry after approval cancels it, as a grant's end does.
+    if let Some(token) = &p.token {
+        let current = app.store.token_get(token).await.map_err(store_err)?;
+        if !current.is_some_and(|t| t.live(now_unix())) {
+            let why =
+                format!("the issued token it came in with ({token}) has expired or was revoked");
+            return cancel(app, &p, &why).await;
+        }
+    }
     // A call proposed under a grant is sent only while the grant lasts.
     let agent = crate::grants::for_tool(app, agent, &tool.name).await?;
     if !agent.may_use(&tool.name) || tool.mode != crate::policy::Mode::Approve {
-        return cancel(
-            app,
-            &mut p,
-            "the policy in force no longer allows this call",
-        )
-        .await;
+        return cancel(app, &p, "the policy in force no longer allows this call").await;
     }
     if tool.version != p.tool_version {
-        p.note = Some(format!(
+        let mut next = p.clone();
+        next.note = Some(format!(
             "tool {} changed from version {} to {} after approval; it needs approving again",
             tool.name, p.tool_version, tool.version
         ));
-        p.tool_version = tool.version;
-        p.approvals.clear();
-        p.state = State::Pending;
-        app.store.proposal_put(&p, false).await.map_err(store_err)?;
-        app.waiters.notify(id);
+        next.tool_version = tool.version;
+        next.approvals.clear();
+        next.state = State::Pending;
+        advance(app, &p, next).await.map_err(store_err)?;
         return Ok(None);
     }
     let Some(headers) = sent_headers(app, &p.request) else {
-        return cancel(app, &mut p, "its stored headers could not be opened (the seal key changed or the record was altered)").await;
+        return cancel(app, &p, "its stored headers could not be opened (the seal key changed or the record was altered)").await;
     };
     let sent = Bytes::from(p.request.body_bytes());
     let method: http::Method = p.request.method.parse().unwrap_or(http::Method::POST);
@@ -475,7 +522,7 @@ async fn commit(app: &App, id: &str) -> Result<Option<Response<ProxyBody>>, Refu
         Ok(c) => c,
         Err(refusal) => {
             let why = format!("the policy in force refuses it now: {}", refusal.message);
-            return cancel(app, &mut p, &why).await;
+            return cancel(app, &p, &why).await;
         }
     };
     let amount = crate::checks::budget_amount(&tool, &checked.body).unwrap_or(None);
@@ -484,28 +531,30 @@ async fn commit(app: &App, id: &str) -> Result<Option<Response<ProxyBody>>, Refu
         Err(refusal) if refusal.code == Code::Internal => {
             return Err(refusal.with_proposal(p.id.clone()))
         }
-        Err(refusal) => return cancel(app, &mut p, &refusal.message).await,
+        Err(refusal) => return cancel(app, &p, &refusal.message).await,
     };
 
-    send_approved(app, &mut p, checked, (method, headers, sent), charged).await
+    send_approved(app, &p, checked, (method, headers, sent), charged).await
 }
 
 /// Sends an approved proposal through the one commit routine: `committing` is durable first.
 async fn send_approved(
     app: &App,
-    p: &mut Proposal,
+    approved: &Proposal,
     checked: crate::checks::Rechecked,
     (method, mut headers, sent): (http::Method, HeaderMap, Bytes),
     charged: crate::limits::Charge,
 ) -> Result<Option<Response<ProxyBody>>, Refusal> {
     // Durable before a byte leaves: the state (then, in `commit::send`, the commit event).
-    // Compare-and-set from `approved`: whoever moves it first (on any replica) sends it.
-    p.state = State::Committing;
-    p.committing_unix = Some(now_unix());
-    p.committing_by = app.store.replica().map(str::to_string);
-    match app.store.proposal_swap(p, State::Approved).await {
-        Ok(true) => {}
-        Ok(false) => {
+    // Compare-and-set from the approved record as read (state and version): whoever moves it
+    // first, on any replica, sends it; a decision made meanwhile makes this one lose.
+    let mut next = approved.clone();
+    next.state = State::Committing;
+    next.committing_unix = Some(now_unix());
+    next.committing_by = app.store.replica().map(str::to_string);
+    let p = match advance(app, approved, next).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
             crate::limits::refund_budget(&app.store, charged).await;
             return Ok(None);
         }
@@ -513,7 +562,7 @@ async fn send_approved(
             crate::limits::refund_budget(&app.store, charged).await;
             return Err(store_err(e));
         }
-    }
+    };
     if let Some(c) = &checked.credential {
         headers.remove(&c.header);
         headers.insert(c.header.clone(), c.header_value());
@@ -532,7 +581,7 @@ async fn send_approved(
     let policy = app.policy();
     let response = policy.tool(&p.tool).and_then(|t| t.response.as_ref());
     let commit = crate::commit::Commit {
-        who: record(p, "commit", Value::Null),
+        who: record(&p, "commit", Value::Null),
         commit_payload: json!({
             "method": p.request.method,
             "url": p.request.url(),
@@ -564,61 +613,85 @@ async fn send_approved(
         response,
     };
     let result = crate::commit::send(app, commit).await;
-    settle_commit(app, p, result).await
+    settle_commit(app, &p, result).await
 }
 
-/// Stores how a commit ended and wakes whoever waits on the proposal.
+/// Stores how a commit ended and wakes whoever waits on the proposal. Only the replica whose
+/// compare-and-set moved the proposal to `committing` gets here, and it writes from that
+/// record; the sweep may have taken it for abandoned meanwhile (`outcome_unknown`), and then
+/// what the commit really did replaces that guess.
 async fn settle_commit(
     app: &App,
-    p: &mut Proposal,
+    committing: &Proposal,
     result: Result<crate::commit::Sent, crate::commit::Failed>,
 ) -> Result<Option<Response<ProxyBody>>, Refusal> {
+    let mut next = committing.clone();
     let answer = match result {
         Ok(sent) => {
             // Stored: the kept fields. The held call gets the whole answer, hidden fields out.
-            p.outcome = Some(sent.stored);
-            p.state = State::Committed;
-            p.committed_unix = Some(now_unix());
-            Ok(Some(answer_of(p, &sent.shown)))
+            next.outcome = Some(sent.stored);
+            next.state = State::Committed;
+            next.committed_unix = Some(now_unix());
+            Ok(Some(answer_of(&next, &sent.shown)))
         }
         Err(failed) => {
-            p.state = match failed {
-                // Toolgate could not record the commit: nothing was tried, the approval stands.
+            next.state = match failed {
+                // Toolgate could not record the commit: nothing was tried, the approval stands
+                // (only this sender may move its own `committing` record back).
                 crate::commit::Failed::NotRecorded(_) => State::Approved,
                 crate::commit::Failed::NotSent(_) => State::Failed,
                 crate::commit::Failed::Unknown(_) => State::OutcomeUnknown,
             };
             let refusal = failed.into_refusal();
-            if p.state != State::Approved {
-                p.note = Some(refusal.message.clone());
+            if next.state != State::Approved {
+                next.note = Some(refusal.message.clone());
             }
-            Err(refusal.with_proposal(p.id.clone()))
+            Err(refusal.with_proposal(next.id.clone()))
         }
     };
-    if let Err(e) = app.store.proposal_put(p, false).await {
-        warn!(proposal = %p.id, error = %e, state = p.state.as_str(), "the end of a commit could not be stored");
+    let mut seen = committing.clone();
+    for _ in 0..SWAP_TRIES {
+        match advance(app, &seen, next.clone()).await {
+            Ok(Some(_)) => return answer,
+            Ok(None) => {}
+            Err(e) => {
+                warn!(proposal = %next.id, error = %e, state = next.state.as_str(), "the end of a commit could not be stored");
+                return answer;
+            }
+        }
+        match app.store.proposal_get(&next.id).await {
+            // The sweep's guess, or a retry of ours: what happened is known here.
+            Ok(Some(fresh))
+                if fresh.state == State::OutcomeUnknown && next.state != State::Approved =>
+            {
+                seen = fresh
+            }
+            _ => break,
+        }
     }
-    app.waiters.notify(&p.id);
+    warn!(proposal = %next.id, state = next.state.as_str(), "the end of a commit was not stored: the proposal changed meanwhile");
     answer
 }
 
-/// Cancels an approved proposal that can no longer be committed, saying why.
+/// Cancels an approved proposal that can no longer be committed, saying why. A decision made
+/// meanwhile wins (the caller reads the proposal again either way).
 async fn cancel(
     app: &App,
-    p: &mut Proposal,
+    seen: &Proposal,
     why: &str,
 ) -> Result<Option<Response<ProxyBody>>, Refusal> {
-    p.state = State::Cancelled;
-    p.note = Some(why.to_string());
-    app.store.proposal_put(p, false).await.map_err(store_err)?;
-    app.audit
-        .record(record(
-            p,
-            "cancellation",
-            json!({"by": "toolgate", "reason": why}),
-        ))
-        .await;
-    app.waiters.notify(&p.id);
+    let mut next = seen.clone();
+    next.state = State::Cancelled;
+    next.note = Some(why.to_string());
+    if let Some(p) = advance(app, seen, next).await.map_err(store_err)? {
+        app.audit
+            .record(record(
+                &p,
+                "cancellation",
+                json!({"by": "toolgate", "reason": why}),
+            ))
+            .await;
+    }
     Ok(None)
 }
 
@@ -662,23 +735,28 @@ pub async fn recover(
     };
     let cut = now_unix().saturating_sub(in_flight.as_secs());
     let mut n = 0;
-    for mut p in found {
+    for seen in found {
         if store.shared() {
             // Records from before replicas named themselves have only their age to go by.
-            let sender_alive = p.committing_by.as_ref().is_none_or(|r| alive.contains(r));
-            let young = p.committing_unix.is_some_and(|t| t > cut);
+            let sender_alive = seen
+                .committing_by
+                .as_ref()
+                .is_none_or(|r| alive.contains(r));
+            let young = seen.committing_unix.is_some_and(|t| t > cut);
             if sender_alive && young {
                 continue;
             }
         }
+        let mut p = seen.clone();
         p.state = State::OutcomeUnknown;
         p.note = Some(
             "toolgate stopped while this call was being sent; it will not be sent again".into(),
         );
         // Compare-and-set: a replica that finished the commit meanwhile keeps its record.
-        if !store.proposal_swap(&p, State::Committing).await? {
+        if !store.proposal_swap(&seen, &p).await? {
             continue;
         }
+        p.version = seen.version + 1;
         audit
             .record(record(&p, "outcome_unknown", json!({"note": p.note})))
             .await;
@@ -740,48 +818,55 @@ pub async fn decide(
             e.to_string(),
         )
     };
-    load(app, id).await.map_err(internal)?;
-    let _g = app.locks.lock(LockKey::Proposal(id.to_string())).await;
-    let mut p = app
-        .store
-        .proposal_get(id)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| {
+    let decision = Decision {
+        by: who.id.clone(),
+        at_unix: now_unix(),
+        comment: comment.chars().take(2000).collect(),
+    };
+    // Read, decide, compare-and-set; a loss means another decision (or a commit) landed first,
+    // so the action is judged again against what it did: approving a proposal denied meanwhile
+    // gets 409 naming that state, never a write over it.
+    for _ in 0..SWAP_TRIES {
+        let p = load(app, id).await.map_err(internal)?.ok_or_else(|| {
             action_error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!("no proposal {id}"),
             )
         })?;
-    let eligible = p.groups.is_empty() || who.groups.iter().any(|g| p.groups.contains(g));
-    if !eligible {
-        return Err(action_error(
-            StatusCode::FORBIDDEN,
-            "policy_violation",
-            format!(
-                "{} is not in the groups that decide on {} ({})",
-                who.id,
-                p.tool,
-                p.groups.join(", ")
-            ),
-        ));
+        let eligible = p.groups.is_empty() || who.groups.iter().any(|g| p.groups.contains(g));
+        if !eligible {
+            return Err(action_error(
+                StatusCode::FORBIDDEN,
+                "policy_violation",
+                format!(
+                    "{} is not in the groups that decide on {} ({})",
+                    who.id,
+                    p.tool,
+                    p.groups.join(", ")
+                ),
+            ));
+        }
+        let mut next = p.clone();
+        transition(&mut next, who, action, decision.clone())?;
+        let Some(p) = advance(app, &p, next).await.map_err(internal)? else {
+            continue;
+        };
+        app.audit.record(record(
+            &p,
+            action.event_kind(),
+            json!({"by": who.id, "comment": comment, "state": p.state.as_str(), "approvals": p.approvals.len(), "required": p.required}),
+        )).await;
+        info!(proposal = %p.id, by = %who.id, action = ?action, state = p.state.as_str(), "proposal decision");
+        return Ok(p);
     }
-    let decision = Decision {
-        by: who.id.clone(),
-        at_unix: now_unix(),
-        comment: comment.chars().take(2000).collect(),
-    };
-    transition(&mut p, who, action, decision)?;
-    app.store.proposal_put(&p, false).await.map_err(internal)?;
-    app.audit.record(record(
-        &p,
-        action.event_kind(),
-        json!({"by": who.id, "comment": comment, "state": p.state.as_str(), "approvals": p.approvals.len(), "required": p.required}),
-    )).await;
-    app.waiters.notify(id);
-    info!(proposal = %p.id, by = %who.id, action = ?action, state = p.state.as_str(), "proposal decision");
-    Ok(p)
+    Err(action_error(
+        StatusCode::CONFLICT,
+        "invalid_state",
+        format!(
+            "proposal {id} kept changing while this decision was made; read it and decide again"
+        ),
+    ))
 }
 
 /// What an approver's action does to a proposal, or why it may not.

@@ -276,6 +276,11 @@ impl StoredRequest {
 pub struct Proposal {
     pub id: String,
     pub state: State,
+    /// How many times the stored record has changed: every change is a compare-and-set on the
+    /// state and this version read before it (`ProposalStore::proposal_swap`), so of two
+    /// replicas deciding at once one wins and the other reads again.
+    #[serde(default)]
+    pub version: u64,
     pub tool: String,
     pub tool_version: u32,
     pub risk: String,

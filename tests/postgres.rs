@@ -49,6 +49,9 @@ async fn two_replicas_on_one_database_agree_on_every_race() {
     };
     let (a, b) = two_replicas(&cluster).await;
 
+    // Proposals: creation, decisions and commits, one winner each.
+    support::proposal_races(&[a.clone(), b.clone()]).await;
+
     // Twenty duplicates, half through each replica: one in-flight marker wins.
     let mut tasks = Vec::new();
     for i in 0..20 {
@@ -366,17 +369,20 @@ async fn two_replicas_act_as_one_gateway() {
         let store: toolgate::store::Store =
             Arc::new(PgStore::connect(&cluster.url, cluster.dir()).unwrap());
         let audit = toolgate::audit::Audit::open(&store).unwrap();
-        let mut p = store.proposal_list().await.unwrap().pop().unwrap();
+        let seen = store.proposal_list().await.unwrap().pop().unwrap();
+        let mut p = seen.clone();
         p.state = State::Committing;
         p.committing_unix = Some(toolgate::base::now_unix());
-        store.proposal_put(&p, false).await.unwrap();
+        assert!(store.proposal_swap(&seen, &p).await.unwrap());
+        p.version = seen.version + 1;
         let limit = Duration::from_secs(120);
         let n = toolgate::approval::recover(&store, &audit, limit)
             .await
             .unwrap();
         assert_eq!(n, 0, "a commit in progress elsewhere is not taken");
+        let seen = p.clone();
         p.committing_unix = Some(toolgate::base::now_unix() - 1000);
-        store.proposal_put(&p, false).await.unwrap();
+        assert!(store.proposal_swap(&seen, &p).await.unwrap());
         let n = toolgate::approval::recover(&store, &audit, limit)
             .await
             .unwrap();
@@ -918,4 +924,326 @@ async fn principals_follow_across_replicas(
         "A stops lending it"
     );
     assert_eq!(fakes.count("POST", "/v1/payment_intents"), 1, "sent once");
+}
+
+/// Three `toolgate serve` processes on one database, with more approvers of refunds than the
+/// examples have.
+struct Replicas {
+    _base: tempfile::TempDir,
+    running: Vec<support::process::Started>,
+    ca_pem: String,
+}
+
+impl Replicas {
+    fn admin(&self, i: usize) -> std::net::SocketAddr {
+        self.running[i].2.parse().unwrap()
+    }
+
+    fn agent(&self, i: usize) -> support::TestClient {
+        support::client_via(
+            self.running[i].1,
+            Some(("support-bot-staging", "demo-staging-token")),
+            &self.ca_pem,
+            http::Version::HTTP_11,
+        )
+    }
+}
+
+/// Approvers of refunds, beside carol: (id, token).
+const RACERS: [(&str, &str); 2] = [
+    ("erin@example.com", "race-erin-token"),
+    ("frank@example.com", "race-frank-token"),
+];
+
+async fn three_replicas(
+    cluster: &Cluster,
+    fakes: &support::fakes::Fakes,
+    pki: &support::Pki,
+) -> Replicas {
+    use sha2::Digest;
+    use support::process::{copy_dir, start_serve};
+    let base = tempfile::tempdir().unwrap();
+    let policies = base.path().join("policies");
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        &policies,
+    );
+    let mut agents = std::fs::read_to_string(policies.join("agents.toml")).unwrap();
+    for (id, token) in RACERS {
+        let sha = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+        agents.push_str(&format!(
+            "\n[[approver]]\nid = \"{id}\"\ntoken_sha256 = \"{sha}\"\ngroups = [\"payments-leads\"]\n"
+        ));
+    }
+    std::fs::write(policies.join("agents.toml"), agents).unwrap();
+    std::fs::create_dir_all(base.path().join("certs")).unwrap();
+    let upstream = format!("api.stripe.com:443={}", fakes.addr);
+    let ca = pki.ca_path.to_string_lossy().into_owned();
+    let mut running = Vec::new();
+    for i in 0..3 {
+        // Each replica its own data dir; the policies and the CA (and seal key) are shared.
+        let dir = base.path().join(format!("replica-{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(&policies, dir.join("policies")).unwrap();
+        std::os::unix::fs::symlink(base.path().join("certs"), dir.join("certs")).unwrap();
+        running.push(start_serve(
+            env!("CARGO_BIN_EXE_toolgate"),
+            &dir,
+            &[
+                "--database-url",
+                &cluster.url,
+                "--connect-to",
+                &upstream,
+                "--upstream-ca",
+                &ca,
+            ],
+        ));
+    }
+    let ca_pem = std::fs::read_to_string(base.path().join("certs/ca.pem")).unwrap();
+    Replicas {
+        _base: base,
+        running,
+        ca_pem,
+    }
+}
+
+/// Holds a slow refund of `pi` on replica 0; returns the held call and its proposal's id.
+async fn hold_refund(r: &Replicas, pi: &str) -> (tokio::task::JoinHandle<support::Answer>, String) {
+    let client = r.agent(0);
+    let body = refund_body(pi);
+    let held = tokio::spawn(async move {
+        support::send(
+            &client,
+            "POST",
+            "https://api.stripe.com/v1/refunds",
+            &[support::FORM, ("idempotency-key", "race-first-try")],
+            body,
+        )
+        .await
+        .unwrap()
+    });
+    (held, support::pending_proposal(r.admin(0), pi).await)
+}
+
+fn refund_body(pi: &str) -> String {
+    format!("payment_intent={pi}&amount=100&metadata[note]=slow-upstream")
+}
+
+/// How many refunds of `pi` the upstream received.
+fn refunds_of(fakes: &support::fakes::Fakes, pi: &str) -> usize {
+    fakes
+        .seen()
+        .iter()
+        .filter(|s| s.method == "POST" && s.path == "/v1/refunds" && s.body.contains(pi))
+        .count()
+}
+
+async fn decide_at(
+    admin: std::net::SocketAddr,
+    token: &'static str,
+    id: &str,
+    action: &str,
+) -> support::Answer {
+    let path = format!("/api/proposals/{id}/{action}");
+    let body = serde_json::json!({"comment": format!("race {action}")});
+    support::admin_at(admin, "POST", &path, Some(token), Some(body)).await
+}
+
+async fn proposal_at(r: &Replicas, i: usize, id: &str) -> serde_json::Value {
+    support::admin_at(
+        r.admin(i),
+        "GET",
+        &format!("/api/proposals/{id}"),
+        Some("demo-carol-token"),
+        None,
+    )
+    .await
+    .json()
+}
+
+/// The kinds of the events in a proposal's story, as replica `i` reads it.
+async fn story_kinds(r: &Replicas, i: usize, id: &str) -> Vec<String> {
+    let story = support::admin_at(
+        r.admin(i),
+        "GET",
+        &format!("/api/audit/story/{id}"),
+        Some("demo-carol-token"),
+        None,
+    )
+    .await
+    .json();
+    story["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter_map(|e| e["kind"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue 23, rows 1 and 2: three replica processes on one PostgreSQL database. Three
+/// approvers approve one slow refund at the same moment on three replicas while the agent
+/// sends it again on two of them: it is sent once, committed once, and every other decision
+/// gets 409. A denial racing an approval on another replica is final: either the denial wins
+/// and nothing is sent, or the commit had started and the denial gets 409; never both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_decisions_on_replica_processes_send_once_and_deny_is_final() {
+    let Some(cluster) = Cluster::start("racing_decisions_on_replica_processes") else {
+        return;
+    };
+    let pki = support::Pki::new("test upstream CA");
+    let fakes = support::fakes::Fakes::start(
+        pki.server_config(&["api.stripe.com"]),
+        support::fakes::Keys::examples(),
+    )
+    .await;
+    let r = three_replicas(&cluster, &fakes, &pki).await;
+    let approvers = [
+        ("carol@example.com", "demo-carol-token"),
+        RACERS[0],
+        RACERS[1],
+    ];
+
+    // Row 1, a bounded number of trials (the refunds' rate limit is 10 a minute).
+    for trial in 0..4 {
+        let pi = format!("pi_race_{trial}");
+        let (held, id) = hold_refund(&r, &pi).await;
+        let start = Arc::new(tokio::sync::Barrier::new(5));
+        let mut approvals = Vec::new();
+        for (i, (_, token)) in approvers.iter().enumerate() {
+            let (admin, id, start, token) = (r.admin(i), id.clone(), start.clone(), *token);
+            approvals.push(tokio::spawn(async move {
+                start.wait().await;
+                decide_at(admin, token, &id, "approve").await
+            }));
+        }
+        let mut resends = Vec::new();
+        for i in 1..3 {
+            let (client, body, start) = (r.agent(i), refund_body(&pi), start.clone());
+            resends.push(tokio::spawn(async move {
+                start.wait().await;
+                let key = format!("race-retry-{i}");
+                support::send(
+                    &client,
+                    "POST",
+                    "https://api.stripe.com/v1/refunds",
+                    &[support::FORM, ("idempotency-key", key.as_str())],
+                    body,
+                )
+                .await
+                .unwrap()
+            }));
+        }
+        let mut won = 0;
+        for a in approvals {
+            let a = a.await.unwrap();
+            match a.status.as_u16() {
+                200 => won += 1,
+                409 => assert_eq!(a.json()["error"]["code"], "invalid_state", "{}", a.text()),
+                other => panic!("trial {trial}: an approval got {other}: {}", a.text()),
+            }
+        }
+        assert_eq!(
+            won, 1,
+            "trial {trial}: one approval of a one-approval proposal"
+        );
+        let held = held.await.unwrap();
+        assert_eq!(held.status, 200, "trial {trial}: {}", held.text());
+        for resend in resends {
+            let resend = resend.await.unwrap();
+            // Joined the proposal: its stored answer, or still being sent when the hold ended.
+            assert!(
+                resend.status == 200 || resend.status == 423,
+                "trial {trial}: a resend got {}: {}",
+                resend.status,
+                resend.text()
+            );
+        }
+        assert_eq!(
+            refunds_of(&fakes, &pi),
+            1,
+            "trial {trial}: sent exactly once"
+        );
+        let p = proposal_at(&r, 2, &id).await;
+        assert_eq!(p["state"], "committed", "trial {trial}: {p}");
+        let kinds = story_kinds(&r, 1, &id).await;
+        let count = |k: &str| kinds.iter().filter(|x| *x == k).count();
+        assert_eq!(count("approval"), 1, "trial {trial}: {kinds:?}");
+        assert_eq!(count("commit"), 1, "trial {trial}: {kinds:?}");
+    }
+
+    // Row 2: deny on replica 0 and approve on replica 1 at the same moment.
+    let mut outcomes = std::collections::BTreeSet::new();
+    for trial in 0..4 {
+        let pi = format!("pi_deny_race_{trial}");
+        let (held, id) = hold_refund(&r, &pi).await;
+        let start = Arc::new(tokio::sync::Barrier::new(2));
+        let deny = {
+            let (admin, id, start) = (r.admin(0), id.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                decide_at(admin, "demo-carol-token", &id, "deny").await
+            })
+        };
+        let approve = {
+            let (admin, id, start) = (r.admin(1), id.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                decide_at(admin, RACERS[0].1, &id, "approve").await
+            })
+        };
+        let (deny, approve) = (deny.await.unwrap(), approve.await.unwrap());
+        let held = held.await.unwrap();
+        let p = proposal_at(&r, 2, &id).await;
+        let statuses = (deny.status.as_u16(), approve.status.as_u16());
+        outcomes.insert(statuses);
+        match statuses {
+            // The denial landed before any commit started: final, nothing sent, whatever the
+            // approval got (409 naming `denied`, or 200 just before the denial).
+            (200, a) => {
+                assert!(a == 200 || a == 409, "trial {trial}: approve {a}");
+                if a == 409 {
+                    assert!(approve.text().contains("denied"), "{}", approve.text());
+                }
+                assert_eq!(p["state"], "denied", "trial {trial}: {p}");
+                assert_eq!(held.status, 403, "trial {trial}: {}", held.text());
+                assert_eq!(held.json()["error"]["code"], "approval_denied");
+                // The agent sending it again is refused too, on any replica.
+                let again = support::send(
+                    &r.agent(2),
+                    "POST",
+                    "https://api.stripe.com/v1/refunds",
+                    &[support::FORM, ("idempotency-key", "race-after-deny")],
+                    refund_body(&pi),
+                )
+                .await
+                .unwrap();
+                assert_eq!(again.status, 403, "{}", again.text());
+                assert_eq!(
+                    refunds_of(&fakes, &pi),
+                    0,
+                    "trial {trial}: a denied call is never sent"
+                );
+            }
+            // The commit had started: the denial gets 409 naming that state; sent once.
+            (409, 200) => {
+                let text = deny.text();
+                assert!(
+                    text.contains("committing") || text.contains("committed"),
+                    "trial {trial}: {text}"
+                );
+                assert_eq!(held.status, 200, "{}", held.text());
+                assert_eq!(p["state"], "committed", "trial {trial}: {p}");
+                assert_eq!(refunds_of(&fakes, &pi), 1);
+            }
+            other => panic!(
+                "trial {trial}: deny and approve answered {other:?}: {} / {}",
+                deny.text(),
+                approve.text()
+            ),
+        }
+    }
+    eprintln!("deny/approve outcomes seen: {outcomes:?}");
 }

@@ -747,3 +747,65 @@ fn now_unix() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// Issue 23 row 10: a call held under an issued token is not sent once the token is revoked,
+/// even when an approver approves it afterwards: the commit re-checks the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_call_is_not_sent_after_its_token_is_revoked() {
+    let (pki, fakes) = example_apis().await;
+    let gate = examples_gate(&pki, fakes.addr, &[], |_| {}).await;
+    let got = issue(&gate, DAVE, serde_json::json!({"ttl": "15m"})).await;
+    assert_eq!(got.status, 201, "{}", got.text());
+    let issued = got.json();
+    let id = issued["id"].as_str().unwrap().to_string();
+    let client = client_via(
+        gate.addr,
+        Some(("support-bot-staging", issued["token"].as_str().unwrap())),
+        &gate.ca_pem,
+        http::Version::HTTP_11,
+    );
+    let held = tokio::spawn(async move {
+        send(
+            &client,
+            "POST",
+            "https://api.stripe.com/v1/refunds",
+            &[FORM, ("idempotency-key", "revoked-token-refund")],
+            "payment_intent=pi_revoked&amount=100",
+        )
+        .await
+        .unwrap()
+    });
+    let proposal = pending_proposal(gate.admin_addr, "pi_revoked").await;
+    let revoked = gate
+        .admin("DELETE", &format!("/api/tokens/{id}"), Some(DAVE), None)
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    let approved = gate
+        .admin(
+            "POST",
+            &format!("/api/proposals/{proposal}/approve"),
+            Some(CAROL),
+            Some(serde_json::json!({"comment": "after the revocation"})),
+        )
+        .await;
+    assert_eq!(approved.status, 200, "{}", approved.text());
+    let held = held.await.unwrap();
+    assert_eq!(held.status, 403, "{}", held.text());
+    assert_eq!(held.code(), "approval_denied");
+    assert!(
+        held.text().contains(&id),
+        "names the token: {}",
+        held.text()
+    );
+    let p = gate
+        .admin(
+            "GET",
+            &format!("/api/proposals/{proposal}"),
+            Some(CAROL),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(p["state"], "cancelled", "{p}");
+    assert_eq!(fakes.count("POST", "/v1/refunds"), 0, "never sent");
+}

@@ -9,10 +9,6 @@ use std::sync::{Arc, Mutex, Weak};
 pub enum LockKey {
     /// A call with side effects, by its idempotency identity.
     Call(String),
-    /// Creating the proposal of a call identity.
-    Propose(String),
-    /// Changing one proposal.
-    Proposal(String),
     /// Undoing one committed call, by its request id.
     Undo(String),
 }
@@ -52,7 +48,7 @@ mod tests {
         let locks = KeyedLocks::default();
         let held = locks.lock(LockKey::Call("a".into())).await;
         // Another key (and the same text under another kind) is free.
-        let _b = locks.lock(LockKey::Proposal("a".into())).await;
+        let _b = locks.lock(LockKey::Undo("a".into())).await;
         let waiting = tokio::time::timeout(
             std::time::Duration::from_millis(50),
             locks.lock(LockKey::Call("a".into())),

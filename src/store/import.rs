@@ -50,7 +50,7 @@ pub async fn import(from: &SledStore, to: &dyn Backend) -> Result<Imported, Stor
                 None => done.unsealable += 1,
             }
         }
-        to.proposal_put(&p, true).await?;
+        to.proposal_restore(&p).await?;
         done.proposals += 1;
     }
 

@@ -127,14 +127,27 @@ pub trait KillStore: Send + Sync {
 }
 
 /// ProposalStore (held calls) and the index from a call's identity to its latest proposal.
+///
+/// A stored proposal changes only by compare-and-set (`proposal_swap`): its state and version
+/// are checked in the same atomic step that writes the next record, on sled and on PostgreSQL
+/// alike. That, not a lock in one process, is what makes a decision final and a commit happen
+/// at most once across replicas.
 #[async_trait]
 pub trait ProposalStore: Send + Sync {
-    /// Writes a proposal, and when `index` the index from its identity to it. Durable.
-    async fn proposal_put(&self, p: &Proposal, index: bool) -> Result<()>;
+    /// Writes a new proposal and points its call identity at it, unless the identity points
+    /// at a proposal other than `replacing` (`None`: at none) by then: another request or
+    /// replica made one first. `Ok(false)`: nothing was written; read the identity again.
+    /// Durable when `Ok(true)`.
+    async fn proposal_create(&self, p: &Proposal, replacing: Option<&str>) -> Result<bool>;
 
-    /// Writes `p` only while the stored proposal is still in state `expected`. `Ok(false)`:
-    /// another caller moved it first; nothing was written. Durable when `Ok(true)`.
-    async fn proposal_swap(&self, p: &Proposal, expected: crate::model::State) -> Result<bool>;
+    /// Writes `next` only while the stored proposal is still `seen`: same state, same version.
+    /// The record written carries version `seen.version + 1`. `Ok(false)`: another caller
+    /// changed it first; nothing was written. Durable when `Ok(true)`.
+    async fn proposal_swap(&self, seen: &Proposal, next: &Proposal) -> Result<bool>;
+
+    /// Copies a proposal in as it is, with its index entry (`toolgate db import` only: no
+    /// decision or commit goes through here).
+    async fn proposal_restore(&self, p: &Proposal) -> Result<()>;
 
     async fn proposal_get(&self, id: &str) -> Result<Option<Proposal>>;
 

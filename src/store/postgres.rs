@@ -70,6 +70,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
             ended_unix bigint, record bytea NOT NULL);
          CREATE INDEX grants_open ON grants (agent) WHERE ended_unix IS NULL;",
     ),
+    (
+        6,
+        "ALTER TABLE proposals ADD COLUMN version bigint NOT NULL DEFAULT 0;",
+    ),
 ];
 
 /// The database's clock in milliseconds: replicas compare heartbeats on one clock, never their
@@ -707,45 +711,92 @@ fn proposal_columns(p: &Proposal) -> (&'static str, Option<i64>) {
 
 #[async_trait]
 impl ProposalStore for PgStore {
-    async fn proposal_put(&self, p: &Proposal, index: bool) -> Result<(), StoreError> {
+    async fn proposal_create(
+        &self,
+        p: &Proposal,
+        replacing: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let (state, finished) = proposal_columns(p);
         let record = serde_json::to_vec(p)?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(
-            "INSERT INTO proposals (id, state, finished_unix, record) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (id) DO UPDATE SET state = $2, finished_unix = $3, record = $4",
-            &[&p.id, &state, &finished, &record],
+            "INSERT INTO proposals (id, state, finished_unix, record, version)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&p.id, &state, &finished, &record, &big(p.version)],
         )
         .await?;
-        if index {
-            tx.execute(
-                "INSERT INTO proposal_by_call (identity, id) VALUES ($1, $2)
-                 ON CONFLICT (identity) DO UPDATE SET id = $2",
-                &[&p.identity, &p.id],
-            )
-            .await?;
+        // The index row is the compare-and-set: a concurrent insert or update of the same
+        // identity waits for this one and then finds its condition false.
+        let claimed = match replacing {
+            None => {
+                tx.execute(
+                    "INSERT INTO proposal_by_call (identity, id) VALUES ($1, $2)
+                     ON CONFLICT (identity) DO NOTHING",
+                    &[&p.identity, &p.id],
+                )
+                .await?
+            }
+            Some(old) => {
+                tx.execute(
+                    "UPDATE proposal_by_call SET id = $2 WHERE identity = $1 AND id = $3",
+                    &[&p.identity, &p.id, &old],
+                )
+                .await?
+            }
+        };
+        if claimed != 1 {
+            tx.rollback().await?;
+            return Ok(false);
         }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
-    async fn proposal_swap(&self, p: &Proposal, expected: State) -> Result<bool, StoreError> {
-        let (state, finished) = proposal_columns(p);
+    async fn proposal_swap(&self, seen: &Proposal, next: &Proposal) -> Result<bool, StoreError> {
+        let mut next = next.clone();
+        next.version = seen.version + 1;
+        let (state, finished) = proposal_columns(&next);
+        // State and version checked in the statement that writes: one atomic step.
         let n = self
             .execute(
-                "UPDATE proposals SET state = $2, finished_unix = $3, record = $4
-                 WHERE id = $1 AND state = $5",
+                "UPDATE proposals SET state = $2, finished_unix = $3, record = $4, version = $5
+                 WHERE id = $1 AND state = $6 AND version = $7",
                 &[
-                    &p.id,
+                    &seen.id,
                     &state,
                     &finished,
-                    &serde_json::to_vec(p)?,
-                    &expected.as_str(),
+                    &serde_json::to_vec(&next)?,
+                    &big(next.version),
+                    &seen.state.as_str(),
+                    &big(seen.version),
                 ],
             )
             .await?;
         Ok(n == 1)
+    }
+
+    async fn proposal_restore(&self, p: &Proposal) -> Result<(), StoreError> {
+        let (state, finished) = proposal_columns(p);
+        let record = serde_json::to_vec(p)?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO proposals (id, state, finished_unix, record, version)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET state = $2, finished_unix = $3, record = $4,
+                version = $5",
+            &[&p.id, &state, &finished, &record, &big(p.version)],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO proposal_by_call (identity, id) VALUES ($1, $2)
+             ON CONFLICT (identity) DO UPDATE SET id = $2",
+            &[&p.identity, &p.id],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn proposal_get(&self, id: &str) -> Result<Option<Proposal>, StoreError> {

@@ -16,7 +16,6 @@ use super::{
     Proposal, ProposalStore, Session, SessionStore, StoreError, TokenStore,
 };
 use crate::base::now_unix;
-use crate::model::State;
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
@@ -323,29 +322,54 @@ impl KillStore for SledStore {
 
 #[async_trait]
 impl ProposalStore for SledStore {
-    async fn proposal_put(&self, p: &Proposal, index: bool) -> Result<(), StoreError> {
+    async fn proposal_create(
+        &self,
+        p: &Proposal,
+        replacing: Option<&str>,
+    ) -> Result<bool, StoreError> {
         self.proposals.insert(&p.id, serde_json::to_vec(p)?)?;
-        if index {
-            self.proposal_index.insert(&p.identity, p.id.as_bytes())?;
+        let claimed = self
+            .proposal_index
+            .compare_and_swap(
+                &p.identity,
+                replacing.map(str::as_bytes),
+                Some(p.id.as_bytes()),
+            )?
+            .is_ok();
+        if !claimed {
+            // Another request made the call's proposal first: this one was never visible.
+            self.proposals.remove(&p.id)?;
+            return Ok(false);
         }
-        self.flusher.flush().await
+        self.flusher.flush().await?;
+        Ok(true)
     }
 
-    async fn proposal_swap(&self, p: &Proposal, expected: State) -> Result<bool, StoreError> {
-        let Some(current) = self.proposals.get(&p.id)? else {
+    async fn proposal_swap(&self, seen: &Proposal, next: &Proposal) -> Result<bool, StoreError> {
+        let Some(current) = self.proposals.get(&seen.id)? else {
             return Ok(false);
         };
-        if decode::<Proposal>(&current)?.state != expected {
+        let stored = decode::<Proposal>(&current)?;
+        if stored.state != seen.state || stored.version != seen.version {
             return Ok(false);
         }
+        let mut next = next.clone();
+        next.version = seen.version + 1;
+        // Against the exact bytes read: a write in between (any field) makes this one lose.
         let swapped = self
             .proposals
-            .compare_and_swap(&p.id, Some(current), Some(serde_json::to_vec(p)?))?
+            .compare_and_swap(&seen.id, Some(current), Some(serde_json::to_vec(&next)?))?
             .is_ok();
         if swapped {
             self.flusher.flush().await?;
         }
         Ok(swapped)
+    }
+
+    async fn proposal_restore(&self, p: &Proposal) -> Result<(), StoreError> {
+        self.proposals.insert(&p.id, serde_json::to_vec(p)?)?;
+        self.proposal_index.insert(&p.identity, p.id.as_bytes())?;
+        self.flusher.flush().await
     }
 
     async fn proposal_get(&self, id: &str) -> Result<Option<Proposal>, StoreError> {

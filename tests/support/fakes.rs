@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -279,6 +280,11 @@ async fn handle(
     } else {
         ""
     };
+    // A body asking for it is answered slowly (0.8 s), as a real API under load may be: calls
+    // racing one in flight.
+    if body.contains("slow-upstream") {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
     let mut st = state.lock().unwrap();
     let resp = if api == "stripe" {
         if !keys.stripe.contains(&token) {

@@ -1,0 +1,91 @@
+//! toolgate run as a child process, as an operator runs it: `serve` on ephemeral ports over a
+//! folder of policies, certs and data.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let dest = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &dest);
+        } else {
+            std::fs::copy(&path, &dest).unwrap();
+        }
+    }
+}
+
+/// Ends the child it holds if the test fails before the child exits on its own.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Starts `toolgate serve` on ephemeral ports over `dir` (policies, certs, data); returns the
+/// child, the proxy and admin addresses, and a thread collecting the rest of its log.
+pub type Started = (
+    ChildGuard,
+    std::net::SocketAddr,
+    String,
+    std::thread::JoinHandle<Vec<String>>,
+);
+
+pub fn start_serve(bin: &str, dir: &std::path::Path, extra: &[&str]) -> Started {
+    let mut child = Command::new(bin)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--policies")
+        .arg(dir.join("policies"))
+        .arg("--certs")
+        .arg(dir.join("certs"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(extra)
+        .env("TOOLGATE_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let child = ChildGuard(child);
+    let started = Instant::now();
+    let (proxy, admin) = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "toolgate did not start"
+        );
+        let line = lines.next().expect("toolgate exited").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "toolgate serving" {
+            break (
+                v["proxy"].as_str().unwrap().parse().unwrap(),
+                v["admin"].as_str().unwrap().to_string(),
+            );
+        }
+    };
+    // Keep draining the log so the child never blocks on a full pipe.
+    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    (child, proxy, admin, log)
+}
