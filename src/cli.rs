@@ -10,6 +10,38 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{env, parse_duration, Config};
 
+/// Writes to standard output. A reader that went away (`toolgate audit story ID | head -1`)
+/// ends the command quietly, as Unix tools do, instead of a panic on the closed pipe.
+macro_rules! say {
+    () => { $crate::cli::write_out(format_args!(""), true) };
+    (raw $($t:tt)*) => { $crate::cli::write_out(format_args!($($t)*), false) };
+    ($($t:tt)*) => { $crate::cli::write_out(format_args!($($t)*), true) };
+}
+
+/// [`say!`]'s writer: any other write error is reported once on standard error.
+pub(crate) fn write_out(text: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(text)
+        .and_then(|()| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: could not write the output: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "toolgate",
@@ -476,11 +508,11 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Ca { command } => match command {
             CaCommand::Init { certs, force } => match crate::ca::init(&certs, force) {
                 Ok(true) => {
-                    println!("created {}", certs.join(crate::ca::CA_CERT_FILE).display());
+                    say!("created {}", certs.join(crate::ca::CA_CERT_FILE).display());
                     ExitCode::SUCCESS
                 }
                 Ok(false) => {
-                    println!(
+                    say!(
                         "{} already exists; use --force to replace it",
                         certs.join(crate::ca::CA_CERT_FILE).display()
                     );
@@ -490,7 +522,7 @@ pub async fn main(cli: Cli) -> ExitCode {
             },
             CaCommand::Export { certs } => match crate::ca::export(&certs) {
                 Ok(pem) => {
-                    print!("{pem}");
+                    say!(raw "{pem}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&format!("{e} (run `toolgate ca init` first)")),
@@ -511,7 +543,7 @@ pub async fn main(cli: Cli) -> ExitCode {
             match mcp_pin(&url, &policies, environment.as_deref(), how).await {
                 Ok(lines) => {
                     for line in lines {
-                        println!("{line}");
+                        say!("{line}");
                     }
                     ExitCode::SUCCESS
                 }
@@ -728,7 +760,7 @@ async fn audit(command: AuditCommand, server: &str, data_dir: Option<PathBuf>) -
             };
             match removed {
                 Ok(n) => {
-                    println!("removed {n} events; the rest still verifies");
+                    say!("removed {n} events; the rest still verifies");
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e),
@@ -741,12 +773,12 @@ async fn audit(command: AuditCommand, server: &str, data_dir: Option<PathBuf>) -
 async fn db_migrate(url: &str) -> ExitCode {
     match crate::store::PgStore::migrate_url(url).await {
         Ok(applied) if applied.is_empty() => {
-            println!("the database is up to date");
+            say!("the database is up to date");
             ExitCode::SUCCESS
         }
         Ok(applied) => {
             let list: Vec<String> = applied.iter().map(i32::to_string).collect();
-            println!("applied migrations {}", list.join(", "));
+            say!("applied migrations {}", list.join(", "));
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e.to_string()),
@@ -834,7 +866,7 @@ async fn db_import(url: &str, data_dir: &std::path::Path, certs: &std::path::Pat
             "imported, but the audit event was not written: {e}"
         ));
     }
-    println!(
+    say!(
         "imported {} proposals, {} kill switches, {} idempotency records, {} budgets, \
          {} ledger entries, {} job claims, {} tokens, {} grants; {} already in the database \
          (left as they were)",
@@ -856,7 +888,7 @@ async fn db_import(url: &str, data_dir: &std::path::Path, certs: &std::path::Pat
             data_dir.display()
         );
     }
-    println!(
+    say!(
         "the audit log stays in {} ({}): read it with `toolgate audit … --data-dir`",
         data_dir.display(),
         old_chain["verified"]
@@ -947,9 +979,9 @@ fn print_events(events: Result<Vec<crate::audit::Event>, String>, json: bool) ->
         Ok(events) => {
             for e in &events {
                 if json {
-                    println!("{}", serde_json::to_string(e).unwrap_or_default());
+                    say!("{}", serde_json::to_string(e).unwrap_or_default());
                 } else {
-                    println!("{}", crate::audit::describe(e));
+                    say!("{}", crate::audit::describe(e));
                 }
             }
             ExitCode::SUCCESS
@@ -977,15 +1009,15 @@ async fn story_cmd(
         Err(e) => return fail(&e),
     };
     if json {
-        println!("{}", serde_json::json!({"id": id, "events": events}));
+        say!("{}", serde_json::json!({"id": id, "events": events}));
     } else {
-        println!("The story of {id}:");
+        say!("The story of {id}:");
         for line in crate::audit::summary(&events) {
-            println!("  {line}");
+            say!("  {line}");
         }
-        println!();
+        say!();
         for e in &events {
-            println!("{}", crate::audit::describe(e));
+            say!("{}", crate::audit::describe(e));
         }
     }
     ExitCode::SUCCESS
@@ -1014,7 +1046,7 @@ async fn verify_cmd(offline: Option<&crate::audit::Audit>, server: &str) -> Exit
     };
     match result {
         Ok(n) => {
-            println!("ok: {n} events, the chain is intact");
+            say!("ok: {n} events, the chain is intact");
             purges.iter().for_each(print_purge);
             ExitCode::SUCCESS
         }
@@ -1024,7 +1056,7 @@ async fn verify_cmd(offline: Option<&crate::audit::Audit>, server: &str) -> Exit
 
 /// One line of `audit verify` about an earlier purge.
 fn print_purge(p: &serde_json::Value) {
-    println!(
+    say!(
         "purged: {} events (seq {}..{}) older than {}, by {} at {}{}",
         p["removed"],
         p["from_seq"],
@@ -1064,7 +1096,7 @@ async fn purge_offline(
 
 fn show_proposal(p: &serde_json::Value) {
     let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
-    println!(
+    say!(
         "{}  {}  {}  [{}]  agent {} (owner {})  {}/{} approvals  {}",
         s("id"),
         s("state"),
@@ -1116,12 +1148,12 @@ async fn grants(server: &str, command: GrantsCommand) -> ExitCode {
         )
     };
     match command {
-        GrantsCommand::Add { json: true, .. } => println!("{json}"),
-        GrantsCommand::Add { .. } => println!("{}", line(&json)),
-        GrantsCommand::Revoke { id } => println!("revoked {id}"),
+        GrantsCommand::Add { json: true, .. } => say!("{json}"),
+        GrantsCommand::Add { .. } => say!("{}", line(&json)),
+        GrantsCommand::Revoke { id } => say!("revoked {id}"),
         GrantsCommand::List { .. } => {
             for g in json["grants"].as_array().cloned().unwrap_or_default() {
-                println!("{}", line(&g));
+                say!("{}", line(&g));
             }
         }
     }
@@ -1182,9 +1214,9 @@ async fn tokens(server: &str, command: TokensCommand) -> ExitCode {
         Err(code) => return code,
     };
     match command {
-        TokensCommand::Issue { json: true, .. } => println!("{json}"),
+        TokensCommand::Issue { json: true, .. } => say!("{json}"),
         TokensCommand::Issue { .. } => {
-            println!("{}", json["token"].as_str().unwrap_or(""));
+            say!("{}", json["token"].as_str().unwrap_or(""));
             eprintln!(
                 "token {} for {} until {} (shown once; use it as the agent's proxy password)",
                 json["id"].as_str().unwrap_or(""),
@@ -1192,10 +1224,10 @@ async fn tokens(server: &str, command: TokensCommand) -> ExitCode {
                 json["expires"].as_str().unwrap_or("")
             );
         }
-        TokensCommand::Revoke { id } => println!("revoked {id}"),
+        TokensCommand::Revoke { id } => say!("revoked {id}"),
         TokensCommand::List { .. } => {
             for t in json["tokens"].as_array().cloned().unwrap_or_default() {
-                println!(
+                say!(
                     "{}  {}  until {}  job {}  issued by {}",
                     t["id"].as_str().unwrap_or(""),
                     t["agent"].as_str().unwrap_or(""),
@@ -1221,7 +1253,7 @@ async fn pending(server: &str) -> ExitCode {
         Ok((200, json)) => {
             let list = json["proposals"].as_array().cloned().unwrap_or_default();
             if list.is_empty() {
-                println!("nothing is waiting for approval");
+                say!("nothing is waiting for approval");
             }
             for p in &list {
                 show_proposal(p);
@@ -1277,7 +1309,7 @@ async fn rollback(server: &str, id: Option<String>, job: Option<String>, json: b
         Err(e) => return fail(&e),
     };
     if json {
-        println!("{body}");
+        say!("{body}");
     }
     let reports: Vec<serde_json::Value> = match body.get("results") {
         Some(serde_json::Value::Array(a)) => a.clone(),
@@ -1297,7 +1329,7 @@ async fn rollback(server: &str, id: Option<String>, job: Option<String>, json: b
         complete &= matches!(outcome, "undone" | "already_undone")
             && (job.is_some() || outcome == "undone");
         if !json {
-            println!(
+            say!(
                 "{:<15} {:<28} {:<28} {}",
                 outcome,
                 r["request_id"].as_str().unwrap_or("-"),
@@ -1329,13 +1361,13 @@ async fn replay(server: &str, id: &str, to: &str, json: bool) -> ExitCode {
         ));
     }
     if json {
-        println!("{body}");
+        say!("{body}");
     }
     let mut all_sent = true;
     for r in body["results"].as_array().into_iter().flatten() {
         all_sent &= r["outcome"] == "sent";
         if !json {
-            println!(
+            say!(
                 "{:<8} {:<28} {:<24} {} {} -> {} {}",
                 r["outcome"].as_str().unwrap_or("?"),
                 r["request_id"].as_str().unwrap_or("-"),
@@ -1390,11 +1422,11 @@ async fn switches(kind: &str, command: SwitchCommand, server: &str) -> ExitCode 
         SwitchCommand::List => {
             let key = if kind == "tools" { "name" } else { "id" };
             for item in json[kind].as_array().into_iter().flatten() {
-                println!("{:<32} {}", item[key].as_str().unwrap_or("?"), state(item));
+                say!("{:<32} {}", item[key].as_str().unwrap_or("?"), state(item));
             }
         }
         SwitchCommand::Disable { name, .. } | SwitchCommand::Enable { name } => {
-            println!("{name}: {}", state(&json));
+            say!("{name}: {}", state(&json));
         }
     }
     ExitCode::SUCCESS
@@ -1410,9 +1442,15 @@ fn check(dir: &std::path::Path) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(&e.to_string()),
     };
-    println!(
+    say!(
         "{:<32} {:>3} {:<18} {:<8} {:<12} {:<8} {:<11} UNDO",
-        "TOOL", "VER", "OWNER", "RISK", "SIDE-EFFECTS", "MODE", "IDEMPOTENCY"
+        "TOOL",
+        "VER",
+        "OWNER",
+        "RISK",
+        "SIDE-EFFECTS",
+        "MODE",
+        "IDEMPOTENCY"
     );
     for tool in policy.tools() {
         let d = &tool.def;
@@ -1425,7 +1463,7 @@ fn check(dir: &std::path::Path) -> ExitCode {
             ),
             None => "-".to_string(),
         };
-        println!(
+        say!(
             "{:<32} {:>3} {:<18} {:<8} {:<12} {:<8} {:<11} {}",
             tool.name,
             tool.version,
@@ -1458,23 +1496,23 @@ fn check(dir: &std::path::Path) -> ExitCode {
         }
     }
     if !notes.is_empty() || !undo.is_empty() {
-        println!();
+        say!();
     }
     for line in notes.iter().chain(undo.iter()) {
-        println!("{line}");
+        say!("{line}");
     }
     let refused = launch_gate(&policy);
     if !refused.is_empty() {
-        println!();
+        say!();
         for line in &refused {
-            println!("launch gate: {line}");
+            say!("launch gate: {line}");
         }
         return fail(&format!(
             "the policies fail the launch gate ({} finding(s) above)",
             refused.len()
         ));
     }
-    println!(
+    say!(
         "ok: {} tools from {} files",
         policy.tools().len(),
         policy.files.len()

@@ -320,6 +320,32 @@ async fn the_story_of_a_job_comes_from_one_command() {
     );
     assert!(story.contains("upstream answered 200"));
 
+    // A reader that went away (`| head -1`) ends the command quietly, no panic (issue 23 row 13).
+    for json in [false, true] {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "audit",
+            "story",
+            "job-42",
+            "--server",
+            &format!("http://{}", gate.admin_addr),
+        ]);
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd
+            .env("TOOLGATE_TOKEN", "demo-carol-token")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    }
+
     // The proposal id tells the same story of the refund, as JSON for machines.
     let out = Command::new(BIN)
         .args([

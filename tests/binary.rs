@@ -1066,3 +1066,41 @@ async fn first_pending(admin: &str) -> String {
     }
     panic!("no proposal appeared");
 }
+
+/// Issue 23 row 14: a second toolgate on a data dir another one holds stops at once with an
+/// error naming the data dir and saying what holds it, not sled's raw lock error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_toolgate_on_the_same_data_dir_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        &dir.path().join("policies"),
+    );
+    let (mut first, _, _, _log) = start_binary(dir.path(), &[]);
+    let data = dir.path().join("data");
+    let second = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--policies")
+        .arg(dir.path().join("policies"))
+        .arg("--certs")
+        .arg(dir.path().join("certs"))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("in use by another toolgate"), "{stderr}");
+    assert!(stderr.contains(&data.display().to_string()), "{stderr}");
+    assert!(
+        !stderr.contains("WouldBlock") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    stop_cleanly(&mut first, Duration::from_secs(20)).await;
+}

@@ -207,6 +207,12 @@ async fn issued_tokens_work_expire_are_revoked_and_never_recorded() {
     assert_eq!(carol.status, 403, "{}", carol.text());
     let bad = issue(&gate, DAVE, serde_json::json!({"ttl": "30d"})).await;
     assert_eq!(bad.code(), "validation_error");
+    for ttl in ["99999999999999999999999d", "1e300s"] {
+        let huge = issue(&gate, DAVE, serde_json::json!({ "ttl": ttl })).await;
+        assert_eq!(huge.status, 422, "{}", huge.text());
+        assert_eq!(huge.code(), "validation_error");
+        assert!(huge.text().contains("ttl"), "{}", huge.text());
+    }
 
     // A job-bound token claims its job as a call naming it would: not another owner's job.
     let prod = client_via(
@@ -521,6 +527,12 @@ async fn a_grant_lends_one_tool_for_its_time_and_every_step_is_recorded() {
             422,
         ),
         (DAVE, ask("support-bot-prod", pi_tool, "30d", "x"), 422),
+        // A duration past any clock (issue 23 row 12): 422, not a panic.
+        (
+            DAVE,
+            ask("support-bot-prod", pi_tool, "99999999999999999999999d", "x"),
+            422,
+        ),
         (DAVE, ask("support-bot-prod", pi_tool, "1h", " "), 422),
     ];
     for (token, body, status) in refusals {

@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
-/// Parses durations such as `10s`, `5m`, `1h`, `2d`, `250ms`.
+/// The longest duration toolgate accepts anywhere (flags, policies, the admin API): 100 years.
+/// Longer ones would overflow a clock's arithmetic; none is meant.
+pub const MAX_DURATION_SECS: u64 = 100 * 365 * 86_400;
+
+/// Parses durations such as `10s`, `5m`, `1h`, `2d`, `250ms`, up to [`MAX_DURATION_SECS`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -27,7 +31,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("{s:?} is not a duration"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    if secs > MAX_DURATION_SECS as f64 {
+        return Err(format!("{s:?} is too long (at most 36500d)"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is not a duration"))
 }
 
 /// Parses sizes such as `64MiB`, `512KiB`, `8GiB`, `1000` (bytes).
@@ -71,4 +78,39 @@ pub fn job_id_ok(job: &str) -> bool {
         && job
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/@".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn overlong_durations_are_errors_not_panics() {
+        for s in [
+            "99999999999999999999999d",
+            "1e400s",
+            "18446744073709551616s",
+            "36501d",
+        ] {
+            assert!(parse_duration(s).is_err(), "{s}");
+        }
+        assert_eq!(lifetime_secs("99999999999999999999999d", 7 * 86_400), None);
+        assert_eq!(
+            parse_duration("36500d").unwrap().as_secs(),
+            MAX_DURATION_SECS
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_parses_or_errs_within_the_bound(s in "\\PC{0,40}", n in any::<u64>(), unit in "(ms|s|m|h|d|)") {
+            for text in [s, format!("{n}{unit}"), format!("{n}.{n}{unit}")] {
+                if let Ok(d) = parse_duration(&text) {
+                    prop_assert!(d.as_secs() <= MAX_DURATION_SECS);
+                }
+                let _ = parse_size(&text);
+            }
+        }
+    }
 }

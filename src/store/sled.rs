@@ -81,7 +81,20 @@ impl SledStore {
             .use_compression(compressed(&path))
             .compression_factor(3)
             .open()
-            .map_err(|e| at(&e))?;
+            .map_err(|e| match &e {
+                // sled locks its files: another process holds this data dir. sled says so only
+                // in the text of an I/O error (its lock's WouldBlock formatted into it).
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    StoreError::from_message(format!(
+                        "the data dir {} is in use by another toolgate (its store is locked). Stop that one, or give this one its own --data-dir; replicas share one store through --database-url",
+                        dir.display()
+                    ))
+                }
+                _ => at(&e),
+            })?;
         Ok(SledStore {
             idem: db.open_tree("idempotency")?,
             budgets: db.open_tree("budgets")?,
