@@ -1475,7 +1475,8 @@ fn check(dir: &std::path::Path) -> ExitCode {
             undo
         );
     }
-    let notes = schema_notes(&policy);
+    let mut notes = schema_notes(&policy);
+    notes.extend(expand_notes(&policy));
     let mut undo = Vec::new();
     for tool in policy.tools() {
         if tool.side_effects == crate::policy::SideEffects::None {
@@ -1589,6 +1590,36 @@ fn schema_notes(policy: &crate::policy::Policy) -> Vec<String> {
                     "{}: {what} schema: free-form objects accept any keys at {}",
                     tool.name,
                     schema.open.join(", ")
+                ));
+            }
+        }
+    }
+    notes
+}
+
+/// Where a response contract's `hide` can be gone around: another tool on the same host admits
+/// `expand` (Stripe's way to answer with whole related objects, so `expand[]=customer` on a
+/// payment intent returns the customer with the fields `customers.retrieve` hides).
+fn expand_notes(policy: &crate::policy::Policy) -> Vec<String> {
+    let admits_expand = |tool: &crate::policy::Tool| {
+        let body = tool.body.as_ref().and_then(|b| b.schema.as_ref());
+        body.into_iter()
+            .chain(tool.query.as_ref())
+            .any(|s| s.value.pointer("/properties/expand").is_some())
+    };
+    let mut notes = Vec::new();
+    for hiding in policy.tools() {
+        let Some(hidden) = hiding.response.as_ref().filter(|r| !r.hide.is_empty()) else {
+            continue;
+        };
+        for other in policy.tools() {
+            if other.name != hiding.name && other.host == hiding.host && admits_expand(other) {
+                notes.push(format!(
+                    "{}: admits `expand`, which answers with whole related objects, while {} hides {} of its answers: an expanded object carries those fields past that hide. Remove `expand` from {}'s schema",
+                    other.name,
+                    hiding.name,
+                    hidden.hide.join(", "),
+                    other.name
                 ));
             }
         }

@@ -193,6 +193,35 @@ fn check_passes_on_the_examples_and_fails_on_a_broken_folder() {
         "the examples pass the launch gate: {table}"
     );
     assert!(!table.contains("matches no tool contract"), "{table}");
+    assert!(!table.contains("admits `expand`"), "{table}");
+
+    // A tool that admits Stripe's `expand` beside one that hides fields: check says how the
+    // hidden fields could come back (issue 23 row 9), and still passes.
+    let expand_dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        expand_dir.path(),
+    );
+    let schema = expand_dir
+        .path()
+        .join("schemas/stripe/payment_intents.create.json");
+    let mut with_expand: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&schema).unwrap()).unwrap();
+    with_expand["properties"]["expand"] =
+        serde_json::json!({"type": "array", "items": {"type": "string"}});
+    std::fs::write(&schema, with_expand.to_string()).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--policies"])
+        .arg(expand_dir.path())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table.contains("stripe.payment_intents.create: admits `expand`")
+            && table.contains("stripe.customers.retrieve hides /phone, /address, /shipping"),
+        "{table}"
+    );
 
     // The launch gate: one credential for every tool, an irreversible tool in auto, a tool with
     // side effects and a body nobody described. Each is named, and check fails.

@@ -289,6 +289,16 @@ fn fuzz_table() -> Vec<Case> {
             V,
             VE,
         ),
+        // `expand` would answer with the whole customer, past customers.retrieve's hide.
+        case(
+            "expand reaching a customer",
+            "POST",
+            pi,
+            &form,
+            "amount=100&currency=usd&expand[]=customer",
+            V,
+            VE,
+        ),
         case(
             "missing required currency",
             "POST",
