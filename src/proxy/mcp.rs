@@ -297,11 +297,8 @@ async fn pass(
     ))
 }
 
-/// Reads an answer whole (within [`ANSWER_CAP`]): its parts, bytes, and whether it was an
-/// event stream.
-async fn read_whole(
-    resp: Response<ProxyBody>,
-) -> Result<(http::response::Parts, Bytes, bool), Refusal> {
+/// Reads an answer whole (within [`ANSWER_CAP`]): its parts and bytes.
+async fn read_whole(resp: Response<ProxyBody>) -> Result<(http::response::Parts, Bytes), Refusal> {
     let (parts, mut body) = resp.into_parts();
     let too_big = || {
         Refusal::new(
@@ -324,27 +321,40 @@ async fn read_whole(
             bytes.extend_from_slice(&data);
         }
     }
-    let bytes = Bytes::from(bytes);
-    let stream = mcp::is_event_stream(
-        parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-    );
-    Ok((parts, bytes, stream))
+    Ok((parts, Bytes::from(bytes)))
+}
+
+/// The refusal of an MCP answer toolgate cannot read: passed on unread, it would reach the
+/// client unchecked.
+pub(crate) fn unreadable(why: mcp::Unreadable) -> Refusal {
+    Refusal::new(
+        crate::error::Code::UpstreamError,
+        format!("the MCP server's answer could not be read: {why}. toolgate passes on only what it can read and check; the server must answer as JSON or as a UTF-8 event stream, without a content coding"),
+    )
+}
+
+/// Reads an MCP answer by its headers.
+fn read_answer(parts: &http::response::Parts, bytes: &[u8]) -> Result<mcp::Answer, Refusal> {
+    mcp::Answer::from_headers(&parts.headers, bytes).map_err(unreadable)
 }
 
 /// The answer to the call, under the agent's JSON-RPC id, as one JSON message.
 async fn answer_as(id: &Value, resp: Response<ProxyBody>) -> Response<ProxyBody> {
     let status = resp.status();
-    let (parts, bytes, stream) = match read_whole(resp).await {
+    let read = match read_whole(resp).await {
+        Ok((parts, bytes)) => read_answer(&parts, &bytes).map(|a| (parts, a)),
+        Err(refusal) => Err(refusal),
+    };
+    let (parts, answer) = match read {
         Ok(read) => read,
         Err(refusal) => return refusal_answer(&Reply::ToolResult(id.clone()), &refusal),
     };
-    let answer = mcp::messages_in(stream, &bytes)
+    let found = answer
+        .clone()
+        .messages()
         .into_iter()
         .find(|m| m.get("result").is_some() || m.get("error").is_some());
-    match answer {
+    match found {
         Some(mut m) => {
             m["id"] = id.clone();
             let mut resp = json_answer(status, &m);
@@ -356,12 +366,19 @@ async fn answer_as(id: &Value, resp: Response<ProxyBody>) -> Response<ProxyBody>
             }
             resp
         }
-        None => Response::from_parts(parts, body::full(bytes)),
+        None => {
+            let mut parts = parts;
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, body::full(Bytes::from(answer.to_bytes())))
+        }
     }
 }
 
 /// A `tools/list` answer with only the tools the agent may call: contracted here, held by the
-/// agent, and listed as pinned (a tool whose description or schema changed is hidden).
+/// agent, and listed as pinned (a tool whose description or schema changed is hidden). What
+/// the agent gets is written from what toolgate read; an answer it cannot read is refused (an
+/// HTTP error status with a body that is neither JSON nor a stream passes: no client reads a
+/// list from it).
 async fn filter_list(
     app: &App,
     target: &Target,
@@ -370,9 +387,21 @@ async fn filter_list(
     id: &Value,
     resp: Response<ProxyBody>,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    let (mut parts, bytes, stream) = read_whole(resp).await?;
+    let (mut parts, bytes) = read_whole(resp).await?;
+    let mut answer = match read_answer(&parts, &bytes) {
+        Ok(answer) => answer,
+        Err(_) if !parts.status.is_success() => {
+            return Ok(Response::from_parts(parts, body::full(bytes)))
+        }
+        Err(refusal) => return Err(refusal),
+    };
+    if parts.status.is_success() && mcp::answer_to(answer.clone().messages(), id).is_none() {
+        return Err(unreadable(mcp::Unreadable::Json(format!(
+            "it holds no answer to tools/list (id {id})"
+        ))));
+    }
     let key = endpoint_key(target, endpoint);
-    let out = mcp::rewrite(stream, &bytes, |m| {
+    answer.edit(|m| {
         if m.get("id") != Some(id) {
             return;
         }
@@ -394,7 +423,10 @@ async fn filter_list(
         });
     });
     parts.headers.remove(header::CONTENT_LENGTH);
-    Ok(Response::from_parts(parts, body::full(Bytes::from(out))))
+    Ok(Response::from_parts(
+        parts,
+        body::full(Bytes::from(answer.to_bytes())),
+    ))
 }
 
 /// The endpoint's name in the pin cache.
@@ -453,9 +485,8 @@ async fn pinned(
                 None,
                 "pin check",
             );
-            let answer = answer.await?;
-            let (_, bytes, stream) = read_whole(answer).await?;
-            let listed = mcp::answer_to(mcp::messages_in(stream, &bytes), &ask["id"])
+            let (parts, bytes) = read_whole(answer.await?).await?;
+            let listed = mcp::answer_to(read_answer(&parts, &bytes)?.messages(), &ask["id"])
                 .and_then(|a| {
                     a.pointer("/result/tools")
                         .and_then(Value::as_array)
@@ -529,8 +560,11 @@ async fn batch(
         let request_id = format!("{}.{}", trail.request_id, i + 1);
         let (resp, _) = handle_one(app.clone(), target, req, request_id).await;
         let Some(id) = id else { continue };
-        let (_, bytes, stream) = read_whole(resp).await?;
-        let answer = mcp::answer_to(mcp::messages_in(stream, &bytes), &id).unwrap_or_else(|| {
+        let (parts, bytes) = read_whole(resp).await?;
+        let messages = read_answer(&parts, &bytes)
+            .map(mcp::Answer::messages)
+            .unwrap_or_default();
+        let answer = mcp::answer_to(messages, &id).unwrap_or_else(|| {
             mcp::error_message(
                 Some(&id),
                 mcp::INVALID_REQUEST,

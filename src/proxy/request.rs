@@ -524,12 +524,6 @@ async fn contracted_read(
             bytes.extend_from_slice(&data);
         }
     }
-    let stream = crate::mcp::is_event_stream(
-        parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-    );
     if let Some(why) = spec.mismatch(&bytes) {
         trail
             .record(
@@ -547,11 +541,17 @@ async fn contracted_read(
     });
     response["headers"] = crate::audit::headers_json(&parts.headers);
     trail.record_read(&app.audit, decision, response).await;
+    let value_of = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let shown = spec
+        .shown(&bytes, value_of(header::CONTENT_TYPE), value_of(header::CONTENT_ENCODING))
+        .map_err(|why| {
+            Refusal::new(
+                Code::UpstreamError,
+                format!("toolgate withheld the answer: {why}; it cannot remove the fields the tool's contract hides"),
+            )
+        })?;
     parts.headers.remove(header::CONTENT_LENGTH);
-    Ok(Response::from_parts(
-        parts,
-        body::full(Bytes::from(spec.shown(&bytes, stream))),
-    ))
+    Ok(Response::from_parts(parts, body::full(Bytes::from(shown))))
 }
 
 /// A model provider's answer: streamed as it comes, its usage recorded when it ends.
