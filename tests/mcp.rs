@@ -543,6 +543,11 @@ fn crm_policy() -> Vec<(&'static str, String)> {
         tool("get_customer", hide),
         tool("describe_customer", hide),
         tool("note", hide),
+        tool(
+            "update_customer",
+            &format!("{hide}\nidempotency = \"payload\"\nrollback = {{ none = \"by hand\" }}"),
+        )
+        .replace("side_effects = \"none\"", "side_effects = \"reversible\""),
     ]
     .concat();
     let schema = json!({"type": "object", "properties": {"id": {"type": "string"}}, "additionalProperties": false});
@@ -844,4 +849,50 @@ async fn the_sdk_client_sees_no_changed_tool_from_a_cr_only_server() {
         "the server answered the list: {:?}",
         server.seen()
     );
+}
+
+/// Issue 23 row 8: `hide` on an MCP tool takes the hidden fields out of every copy of the
+/// answer the agent gets, structured content and text alike, in every framing; an answer
+/// whose copies toolgate cannot tell is withheld.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_fields_leave_every_copy_of_an_mcp_answer() {
+    let (_pki, fake, gate) = crm().await;
+    let mut a = Mcp::new(&gate, A);
+    a.init().await;
+    let hidden = ["ada@example.com", "555-0100"];
+    let shown = json!({"id": "cus_1", "name": "Ada", "plan": "pro"});
+    for framing in [Framing::json(), Framing::sse("\r"), Framing::sse("\r\n")] {
+        fake.frame(framing.clone());
+        for tool in ["get_customer", "describe_customer", "update_customer"] {
+            let got = a.call(tool).await;
+            let text = got.text();
+            for h in hidden {
+                assert!(
+                    !text.contains(h),
+                    "{tool} {framing:?}: {h} reached the agent: {text}"
+                );
+            }
+            let answer = rpc_answer(&got);
+            let result = &answer["result"];
+            assert_eq!(result["structuredContent"], shown, "{tool}: {answer}");
+            // The text copy: the same answer without the hidden fields (words are replaced).
+            let copy = result["content"][0]["text"].as_str().unwrap();
+            assert_eq!(
+                serde_json::from_str::<Value>(copy).unwrap(),
+                shown,
+                "{tool}"
+            );
+        }
+        // Words with no structured content to stand in: withheld, the model is told why.
+        let refused = refused_text(&a.call("note").await);
+        assert!(
+            refused.contains("withheld") && !refused.contains("555-0100"),
+            "{refused}"
+        );
+    }
+    // The write ran once (the later calls were the same call, answered from the store) and
+    // its stored answer is shown without the hidden fields too.
+    assert_eq!(calls_of(&fake, "update_customer"), 1);
+    // The upstream did send them.
+    assert!(calls_of(&fake, "get_customer") >= 3);
 }

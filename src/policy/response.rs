@@ -289,4 +289,83 @@ mod tests {
         assert!(spec.mismatch(br#"{"errors": "x"}"#).is_some());
         assert!(spec.mismatch(b"<html>").unwrap().contains("not JSON"));
     }
+
+    #[test]
+    fn an_mcp_answer_loses_its_hidden_fields_in_every_copy() {
+        let spec = ResponseSpec {
+            hide: vec![
+                "/result/structuredContent/email".into(),
+                "/result/structuredContent/phone".into(),
+            ],
+            mcp: true,
+            ..Default::default()
+        };
+        let customer =
+            json!({"id": "cus_1", "email": "ada@example.com", "phone": 5550100, "plan": "pro"});
+        let shown_customer = json!({"id": "cus_1", "plan": "pro"});
+        let answer = |content: Value, structured: Option<&Value>| {
+            let mut m = json!({"jsonrpc": "2.0", "id": 1, "result": {"content": content}});
+            if let Some(s) = structured {
+                m["result"]["structuredContent"] = s.clone();
+            }
+            m.to_string().into_bytes()
+        };
+        let json = Some("application/json");
+        let read = |bytes: Vec<u8>| serde_json::from_slice::<Value>(&bytes).unwrap();
+        // JSON text and an embedded resource's JSON text: the same fields out.
+        let both = answer(
+            json!([{"type": "text", "text": customer.to_string()},
+                   {"type": "resource", "resource": {"uri": "crm://1", "text": customer.to_string()}},
+                   {"type": "image", "data": "aGk=", "mimeType": "image/png"}]),
+            Some(&customer),
+        );
+        let shown = read(spec.shown(&both, json, None).unwrap());
+        assert_eq!(shown["result"]["structuredContent"], shown_customer);
+        let text = &shown["result"]["content"][0]["text"];
+        assert_eq!(
+            serde_json::from_str::<Value>(text.as_str().unwrap()).unwrap(),
+            shown_customer
+        );
+        let text = &shown["result"]["content"][1]["resource"]["text"];
+        assert_eq!(
+            serde_json::from_str::<Value>(text.as_str().unwrap()).unwrap(),
+            shown_customer
+        );
+        assert_eq!(shown["result"]["content"][2]["data"], "aGk=");
+        // Text in words is replaced by the structured content without the hidden fields; so is
+        // JSON text in another shape that still holds a hidden value.
+        for text in [
+            "Ada <ada@example.com>, 5550100".to_string(),
+            json!({"customer": customer}).to_string(),
+        ] {
+            let words = answer(json!([{"type": "text", "text": text}]), Some(&customer));
+            let shown = read(spec.shown(&words, json, None).unwrap());
+            let text = shown["result"]["content"][0]["text"].as_str().unwrap();
+            assert_eq!(serde_json::from_str::<Value>(text).unwrap(), shown_customer);
+        }
+        // Words and nothing to stand in for them: withheld.
+        let words = answer(json!([{"type": "text", "text": "call 5550100"}]), None);
+        assert!(spec.shown(&words, json, None).is_err());
+        // In a CR-only event stream too; an encoded or unreadable answer is withheld.
+        let body = String::from_utf8(both.clone()).unwrap();
+        let stream = format!("event: message\rdata: {body}\r\r");
+        let shown = spec
+            .shown(stream.as_bytes(), Some("text/event-stream"), None)
+            .unwrap();
+        let shown = String::from_utf8(shown).unwrap();
+        assert!(
+            !shown.contains("ada@example.com") && !shown.contains("5550100"),
+            "{shown}"
+        );
+        assert!(shown.contains("pro"));
+        assert!(spec.shown(&both, json, Some("gzip")).is_err());
+        assert!(spec
+            .shown(b"ada@example.com", Some("text/plain"), None)
+            .is_err());
+        // An error message without the fields is shown as it is when structured content stands
+        // by; the JSON-RPC error of a failed call has no result to hide in.
+        let error = json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -1, "message": "no such customer"}});
+        let bytes = error.to_string().into_bytes();
+        assert_eq!(read(spec.shown(&bytes, json, None).unwrap()), error);
+    }
 }

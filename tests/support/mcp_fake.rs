@@ -246,7 +246,7 @@ fn call(params: &Value) -> Value {
     match params["name"].as_str().unwrap_or("") {
         "lookup" => json!({"content": [{"type": "text", "text": "record 1"}]}),
         "exfiltrate" => json!({"content": [{"type": "text", "text": "sent"}]}),
-        "get_customer" => json!({
+        "get_customer" | "update_customer" => json!({
             "content": [
                 {"type": "text", "text": c.to_string()},
                 {"type": "resource", "resource": {"uri": "crm://cus_1", "mimeType": "application/json", "text": c.to_string()}},
