@@ -519,6 +519,7 @@ use support::mcp_fake::{self, Framing, McpFake};
 const CRM: &str = "https://mcp.crm.example/mcp";
 const A: (&str, &str) = ("agent-a", "agent-a-token");
 const B: (&str, &str) = ("agent-b", "agent-b-token");
+const ADMIN: &str = "crm-admin-token";
 
 /// Two agents holding the CRM server's tools: a pinned lookup (pinned to the description the
 /// fake first lists), and customer reads that hide email and phone.
@@ -536,7 +537,12 @@ fn crm_policy() -> Vec<(&'static str, String)> {
         )
     };
     let hide = "response = { hide = [\"/result/structuredContent/email\", \"/result/structuredContent/phone\"] }";
+    let admin = format!(
+        "[[approver]]\nid = \"root@example.com\"\ntoken_sha256 = \"{}\"\ngroups = [\"admin\"]\n\n",
+        sha256_hex(ADMIN)
+    );
     let text = [
+        admin,
         agent(A),
         agent(B),
         tool("lookup", &format!("pin = \"{pin}\"")),
@@ -895,4 +901,90 @@ async fn hidden_fields_leave_every_copy_of_an_mcp_answer() {
     assert_eq!(calls_of(&fake, "update_customer"), 1);
     // The upstream did send them.
     assert!(calls_of(&fake, "get_customer") >= 3);
+}
+
+/// Issue 23 row 11: an MCP session belongs to the agent that opened it. Another agent using
+/// its id is refused before anything reaches the server, DELETE included, and the session lives
+/// on for its opener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_session_belongs_to_the_agent_that_opened_it() {
+    let (_pki, fake, gate) = crm().await;
+    let mut a = Mcp::new(&gate, A);
+    a.init().await;
+    let session = a.session.clone().unwrap();
+    let mut b = Mcp::new(&gate, B);
+    b.session = Some(session.clone());
+    let before = fake.seen().len();
+    for got in [
+        b.call("get_customer").await,
+        b.list().await,
+        b.send("DELETE", "").await,
+        b.send("GET", "").await,
+        b.post(json!([{"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+            "params": {"name": "get_customer", "arguments": {"id": "cus_1"}}}]))
+            .await,
+    ] {
+        assert_eq!(
+            (got.status.as_u16(), got.code().as_str()),
+            (403, "policy_violation"),
+            "{}",
+            got.text()
+        );
+        assert!(
+            got.message().contains("belongs to another agent"),
+            "{}",
+            got.text()
+        );
+    }
+    assert_eq!(
+        fake.seen().len(),
+        before,
+        "none of B's requests reached the server"
+    );
+    assert!(fake.sessions().contains(&session), "A's session lives on");
+    // A's session still works.
+    let got = a.call("get_customer").await;
+    assert_eq!(
+        rpc_answer(&got)["result"]["structuredContent"]["id"],
+        "cus_1"
+    );
+    // B opens its own session and uses it.
+    b.session = None;
+    b.init().await;
+    assert_ne!(b.session.as_deref(), Some(session.as_str()));
+    assert_eq!(tool_names(&b.list().await).len(), 4);
+    // A token issued to A later is another opener: A opens sessions with it for itself.
+    let issued = gate
+        .admin(
+            "POST",
+            "/api/agents/agent-a/tokens",
+            Some(ADMIN),
+            Some(json!({"ttl": "15m"})),
+        )
+        .await;
+    assert_eq!(issued.status, 201, "{}", issued.text());
+    let issued = issued.json()["token"].as_str().unwrap().to_string();
+    let mut a2 = Mcp::new(&gate, ("agent-a", issued.as_str()));
+    a2.session = Some(session.clone());
+    let got = a2.list().await;
+    assert_eq!(got.status, 403, "{}", got.text());
+    assert!(got.message().contains("another token"), "{}", got.text());
+    a2.session = None;
+    a2.init().await;
+    assert_eq!(a2.list().await.status, 200);
+    // A session toolgate does not know is the spec's unknown session (404), and nothing of it
+    // reaches the server either; once A ends its session, it is unknown to A too.
+    let mut stranger = Mcp::new(&gate, A);
+    stranger.session = Some("made-up-session".into());
+    let before = fake.seen().len();
+    let got = stranger.list().await;
+    assert_eq!(
+        (got.status.as_u16(), got.code().as_str()),
+        (404, "policy_violation")
+    );
+    assert_eq!(fake.seen().len(), before);
+    let ended = a.send("DELETE", "").await;
+    assert_eq!(ended.status, 200, "{}", ended.text());
+    assert!(!fake.sessions().contains(&session));
+    assert_eq!(a.list().await.status, 404);
 }

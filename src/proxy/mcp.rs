@@ -20,6 +20,7 @@ use crate::checks::{authorize, validation};
 use crate::error::Refusal;
 use crate::mcp::{self, Message};
 use crate::policy::{Agent, Mode, SideEffects, Tool};
+use crate::services::mcp_sessions::{Opener, Standing};
 use crate::App;
 
 /// The largest `tools/list` answer or stored answer toolgate reads whole to rewrite.
@@ -67,9 +68,14 @@ pub(super) async fn process(
             ))
         }
     };
+    let key = endpoint_key(target, &endpoint);
+    let session = session_id(req.headers())?;
+    if let Some(session) = &session {
+        owned(app, &key, session, &opener(&agent, trail))?;
+    }
     let (parts, incoming) = req.into_parts();
     if let Some(what) = what {
-        return pass(
+        let resp = pass(
             app,
             target,
             &agent,
@@ -78,7 +84,13 @@ pub(super) async fn process(
             Some(trail),
             what,
         )
-        .await;
+        .await?;
+        let gone = resp.status() == StatusCode::NOT_FOUND
+            || (what == "end of session" && resp.status().is_success());
+        if let Some(session) = session.filter(|_| gone) {
+            app.mcp_sessions.ended(&key, &session);
+        }
+        return Ok(resp);
     }
     let (body, buffered) =
         request::read_body(app, &agent.id, &via, &parts.headers, incoming).await?;
@@ -109,7 +121,7 @@ async fn one(
                 .get("method")
                 .and_then(Value::as_str)
                 .unwrap_or("reply");
-            pass(
+            let resp = pass(
                 app,
                 target,
                 &agent,
@@ -118,7 +130,17 @@ async fn one(
                 Some(trail),
                 method,
             )
-            .await
+            .await?;
+            let opened = resp
+                .headers()
+                .get(MCP_SESSION)
+                .and_then(|v| v.to_str().ok());
+            if let Some(session) = opened.filter(|_| method == "initialize") {
+                let key = endpoint_key(target, endpoint);
+                app.mcp_sessions
+                    .opened(&key, session, opener(&agent, trail));
+            }
+            Ok(resp)
         }
         Message::List { id } => {
             let answer = pass(
@@ -427,6 +449,50 @@ async fn filter_list(
         parts,
         body::full(Bytes::from(answer.to_bytes())),
     ))
+}
+
+/// The header that carries an MCP session's id.
+const MCP_SESSION: &str = "mcp-session-id";
+
+/// The session a request names, if any (once at most: two would be two sessions to check).
+fn session_id(headers: &http::HeaderMap) -> Result<Option<String>, Refusal> {
+    let mut values = headers.get_all(MCP_SESSION).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) => v
+            .to_str()
+            .map(|s| Some(s.to_string()))
+            .map_err(|_| validation("Mcp-Session-Id must be visible ASCII, as the server gave it")),
+        (Some(_), Some(_)) => Err(validation(
+            "the request has more than one Mcp-Session-Id header; send the session's id once",
+        )),
+    }
+}
+
+/// Who a request comes from, as a session's opener: the agent and its issued token.
+fn opener(agent: &Agent, trail: &Trail) -> Opener {
+    Opener {
+        agent: agent.id.clone(),
+        token: trail.token.clone(),
+    }
+}
+
+/// A session is used only by the agent (and the token) that opened it: another agent's use is
+/// refused before it reaches the server, so the session and its state stay its opener's.
+fn owned(app: &App, key: &str, session: &str, who: &Opener) -> Result<(), Refusal> {
+    match app.mcp_sessions.standing(key, session, who) {
+        Standing::Own => Ok(()),
+        Standing::Another(opener) if opener.agent == who.agent => Err(Refusal::policy(
+            "this MCP session was opened with another token of this agent; open a new session (initialize without an Mcp-Session-Id) with the token you use now",
+        )),
+        Standing::Another(_) => Err(Refusal::policy(
+            "this MCP session belongs to another agent: a session is used only by the agent that opened it. Open your own session (initialize without an Mcp-Session-Id)",
+        )),
+        Standing::Unknown => Err(Refusal::new(
+            crate::error::Code::SessionUnknown,
+            "toolgate knows no such MCP session here (it ended, was not opened through toolgate, or toolgate restarted): open a new session (initialize without an Mcp-Session-Id)",
+        )),
+    }
 }
 
 /// The endpoint's name in the pin cache.
