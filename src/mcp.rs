@@ -184,6 +184,26 @@ impl Form {
     }
 }
 
+impl Form {
+    /// The form an answer's headers declare, its content type and coding each given once at
+    /// most (two would be two readings, and toolgate reads one).
+    pub fn from_headers(headers: &http::HeaderMap) -> Result<Form, Unreadable> {
+        let one = |name: http::header::HeaderName| {
+            let mut values = headers.get_all(&name).iter();
+            match (values.next(), values.next()) {
+                (None, _) => Ok(None),
+                (Some(v), None) => v
+                    .to_str()
+                    .map(Some)
+                    .map_err(|_| Unreadable::Headers(format!("{name} is not ASCII"))),
+                (Some(_), Some(_)) => Err(Unreadable::Headers(format!("{name} is given twice"))),
+            }
+        };
+        let content_type = one(http::header::CONTENT_TYPE)?;
+        Form::of(content_type, one(http::header::CONTENT_ENCODING)?)
+    }
+}
+
 /// A JSON value in an answer: a message, or a batch of them.
 fn each_message(v: &mut Value, edit: &mut impl FnMut(&mut Value)) {
     match v {
@@ -242,23 +262,12 @@ impl Answer {
         Answer::read(Form::of(content_type, content_encoding)?, body)
     }
 
-    /// Reads a body with the content type and coding of `headers` (each at most once: two
-    /// content types are two readings, and toolgate reads one).
+    /// Reads a body in the form `headers` declare (see [`Form::from_headers`]).
     pub fn from_headers(headers: &http::HeaderMap, body: &[u8]) -> Result<Answer, Unreadable> {
-        let one = |name: http::header::HeaderName| {
-            let mut values = headers.get_all(&name).iter();
-            match (values.next(), values.next()) {
-                (None, _) => Ok(None),
-                (Some(v), None) => v
-                    .to_str()
-                    .map(Some)
-                    .map_err(|_| Unreadable::Headers(format!("{name} is not ASCII"))),
-                (Some(_), Some(_)) => Err(Unreadable::Headers(format!("{name} is given twice"))),
-            }
-        };
-        let content_type = one(http::header::CONTENT_TYPE)?;
-        let content_encoding = one(http::header::CONTENT_ENCODING)?;
-        Answer::of(content_type, content_encoding, body)
+        if body.is_empty() {
+            return Ok(Answer::Json(None));
+        }
+        Answer::read(Form::from_headers(headers)?, body)
     }
 
     /// Passes every JSON-RPC message of the answer through `edit`.
@@ -307,6 +316,33 @@ impl Answer {
                     .collect();
                 crate::base::sse::write(&written)
             }
+        }
+    }
+}
+
+/// The tools an agent may see listed at an endpoint: each one's name, and its pin if pinned.
+#[derive(Debug, Clone, Default)]
+pub struct Listable(pub Vec<(String, Option<String>)>);
+
+impl Listable {
+    /// Whether a tool as the server lists it may be shown: named here, and as pinned.
+    pub fn shows(&self, listed: &Value) -> bool {
+        let name = listed.get("name").and_then(Value::as_str).unwrap_or("");
+        self.0
+            .iter()
+            .any(|(n, pin)| n == name && pin.as_ref().is_none_or(|pin| *pin == pin_of(listed)))
+    }
+
+    /// A message with every list of tools it carries (`result.tools`) cut to what may be shown,
+    /// whatever its id: a client may take it for the answer to its own list (ids are matched
+    /// loosely by some, the TypeScript SDK compares them as numbers), and a server may put it
+    /// on any stream.
+    pub fn filter(&self, message: &mut Value) {
+        if let Some(tools) = message
+            .pointer_mut("/result/tools")
+            .and_then(Value::as_array_mut)
+        {
+            tools.retain(|t| self.shows(t));
         }
     }
 }

@@ -795,6 +795,42 @@ async fn a_cr_only_event_stream_slips_no_changed_or_uncontracted_tool_past_toolg
         assert!(!got.text().contains("IGNORE ALL"));
     }
 
+    // A list under a loosely matching id ("1" for 1), or slipped into any other answer or the
+    // GET stream, is cut to the agent's tools all the same.
+    fake.frame(Framing {
+        loose_id: true,
+        ..Framing::sse("\r")
+    });
+    let got = a.list().await;
+    assert_eq!(
+        got.status,
+        502,
+        "no answer under the list's own id: {}",
+        got.text()
+    );
+    assert!(!got.text().contains("IGNORE ALL") && !got.text().contains("exfiltrate"));
+    for framing in [Framing::json(), Framing::sse("\r"), Framing::sse("\n")] {
+        fake.frame(Framing {
+            decoy: true,
+            ..framing.clone()
+        });
+        let ping = a
+            .post(json!({"jsonrpc": "2.0", "id": 9, "method": "ping"}))
+            .await;
+        let called = a.call("get_customer").await;
+        let stream = a.send("GET", "").await;
+        for got in [ping, called, stream] {
+            let text = got.text();
+            assert!(
+                text.contains("get_customer")
+                    && !text.contains("exfiltrate")
+                    && !text.contains("IGNORE ALL"),
+                "{framing:?}: {} {text}",
+                got.status
+            );
+        }
+    }
+
     // toolgate's own look before a pinned call (no list seen yet) reads a CR-only stream too:
     // a fresh toolgate calls the unchanged tool, and refuses it once it changed.
     fake.frame(Framing::sse("\r"));

@@ -60,6 +60,38 @@ pub fn parse_chunks(chunks: impl IntoIterator<Item = Bytes>) -> Result<Vec<Event
     }
 }
 
+/// A body failing, as the parser's input error (a boxed error is not an `Error` itself).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BodyFailed(crate::base::body::BoxError);
+
+/// An event stream passed on event by event as it arrives: each event read as the spec says,
+/// given to `edit` (`None`: dropped), and written anew. Comments (keep-alives) are not passed
+/// on; a stream that cannot be read ends with an error.
+pub fn map_events(
+    body: crate::base::body::ProxyBody,
+    mut edit: impl FnMut(Event) -> Option<Event> + Send + 'static,
+) -> crate::base::body::ProxyBody {
+    use futures_util::{StreamExt, TryStreamExt};
+    let data = http_body_util::BodyDataStream::new(body).map_err(BodyFailed);
+    let events = sse_stream::SseByteStream::new(data).map(move |e| match e {
+        Ok(e) => {
+            let e = Event {
+                event: e.event,
+                id: e.id,
+                retry: e.retry,
+                data: e.data,
+            };
+            let written = edit(e).map(|e| write(&[e])).unwrap_or_default();
+            Ok(http_body::Frame::data(Bytes::from(written)))
+        }
+        Err(e) => Err(crate::base::body::BoxError::from(format!(
+            "the event stream could not be read: {e}"
+        ))),
+    });
+    crate::base::body::stream(http_body_util::StreamBody::new(events))
+}
+
 /// The events written as a stream: one field a line, each line ending in LF, each event ending
 /// in an empty line. A value read by [`parse`] holds no line end (a data value's LFs separate
 /// its lines), so what is written reads back as the same events.

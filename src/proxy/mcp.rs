@@ -90,7 +90,7 @@ pub(super) async fn process(
         if let Some(session) = session.filter(|_| gone) {
             app.mcp_sessions.ended(&key, &session);
         }
-        return Ok(resp);
+        return guarded(app, &agent, &endpoint, resp).await;
     }
     let (body, buffered) =
         request::read_body(app, &agent.id, &via, &parts.headers, incoming).await?;
@@ -140,7 +140,7 @@ async fn one(
                 app.mcp_sessions
                     .opened(&key, session, opener(&agent, trail));
             }
-            Ok(resp)
+            guarded(app, &agent, endpoint, resp).await
         }
         Message::List { id } => {
             let answer = pass(
@@ -170,15 +170,15 @@ async fn one(
                         target.host, parts.uri.path()
                     ))
                 })?;
-            call_tool(
+            let answer = call_tool(
                 app,
                 target,
-                (agent, tool),
+                (agent.clone(), tool),
                 (parts, body, buffered),
                 (id, arguments),
                 trail,
-            )
-            .await
+            );
+            guarded(app, &agent, endpoint, answer.await?).await
         }
         Message::Other { id, method } => {
             trail.mcp = Some(Reply::Error(id));
@@ -423,26 +423,14 @@ async fn filter_list(
         ))));
     }
     let key = endpoint_key(target, endpoint);
+    let listable = listable(app, agent, endpoint);
     answer.edit(|m| {
-        if m.get("id") != Some(id) {
-            return;
+        if m.get("id") == Some(id) {
+            if let Some(tools) = m.pointer(LISTED).and_then(Value::as_array) {
+                remember_pins(app, &key, endpoint, tools);
+            }
         }
-        let Some(tools) = m.pointer_mut("/result/tools").and_then(Value::as_array_mut) else {
-            return;
-        };
-        remember_pins(app, &key, endpoint, tools);
-        tools.retain(|listed| {
-            let name = listed.get("name").and_then(Value::as_str).unwrap_or("");
-            endpoint.iter().any(|t| {
-                t.mcp.as_ref().is_some_and(|m| {
-                    m.name == name
-                        && agent.may_use(&t.name)
-                        && t.mode != Mode::Deny
-                        && request::tool_enabled(app, t).is_ok()
-                        && m.pin.as_ref().is_none_or(|pin| *pin == mcp::pin_of(listed))
-                })
-            })
-        });
+        listable.filter(m);
     });
     parts.headers.remove(header::CONTENT_LENGTH);
     Ok(Response::from_parts(
@@ -493,6 +481,75 @@ fn owned(app: &App, key: &str, session: &str, who: &Opener) -> Result<(), Refusa
             "toolgate knows no such MCP session here (it ended, was not opened through toolgate, or toolgate restarted): open a new session (initialize without an Mcp-Session-Id)",
         )),
     }
+}
+
+/// Where a message carries a list of tools.
+const LISTED: &str = "/result/tools";
+
+/// The tools `agent` may see listed at `endpoint`: contracted, held, not in mode deny, not
+/// switched off (and as pinned).
+fn listable(app: &App, agent: &Agent, endpoint: &[Arc<Tool>]) -> mcp::Listable {
+    let shown = endpoint.iter().filter(|t| {
+        agent.may_use(&t.name) && t.mode != Mode::Deny && request::tool_enabled(app, t).is_ok()
+    });
+    mcp::Listable(
+        shown
+            .filter_map(|t| t.mcp.as_ref().map(|m| (m.name.clone(), m.pin.clone())))
+            .collect(),
+    )
+}
+
+/// Any answer of the server, as it reaches the agent: every list of tools in it cut to what
+/// the agent may see (a server may put one in any answer, or on the GET stream), and written
+/// from what toolgate read. A JSON answer is read whole, a stream event by event; an empty one
+/// passes; a successful answer of another form is refused, an error status's body passes (no
+/// client reads messages from it).
+pub(super) async fn guarded(
+    app: &App,
+    agent: &Agent,
+    endpoint: &[Arc<Tool>],
+    resp: Response<ProxyBody>,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let listable = listable(app, agent, endpoint);
+    if mcp::Form::from_headers(resp.headers()) == Ok(mcp::Form::EventStream) {
+        let (mut parts, body) = resp.into_parts();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let body = crate::base::sse::map_events(body, move |e| guard_event(&listable, e));
+        return Ok(Response::from_parts(parts, body));
+    }
+    let status = resp.status();
+    let (mut parts, bytes) = read_whole(resp).await?;
+    let mut answer = match read_answer(&parts, &bytes) {
+        Ok(answer) => answer,
+        Err(_) if !status.is_success() => {
+            return Ok(Response::from_parts(parts, body::full(bytes)))
+        }
+        Err(refusal) => return Err(refusal),
+    };
+    answer.edit(|m| listable.filter(m));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok(Response::from_parts(
+        parts,
+        body::full(Bytes::from(answer.to_bytes())),
+    ))
+}
+
+/// One event of a stream passed on: its lists of tools cut to what the agent may see. Data that
+/// is not JSON carries no message a client reads: the event is dropped, never passed on unread.
+fn guard_event(
+    listable: &mcp::Listable,
+    mut e: crate::base::sse::Event,
+) -> Option<crate::base::sse::Event> {
+    let Some(data) = e.data.as_deref().filter(|d| !d.is_empty()) else {
+        return Some(e);
+    };
+    let mut message = serde_json::from_str::<Value>(data).ok()?;
+    match &mut message {
+        Value::Array(list) => list.iter_mut().for_each(|m| listable.filter(m)),
+        m => listable.filter(m),
+    }
+    e.data = Some(message.to_string());
+    Some(e)
 }
 
 /// The endpoint's name in the pin cache.

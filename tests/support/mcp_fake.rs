@@ -29,6 +29,11 @@ pub struct Framing {
     pub content_type: Option<&'static str>,
     /// A `Content-Encoding` header sent (the body is not encoded: toolgate must not look).
     pub content_encoding: Option<&'static str>,
+    /// The answer to tools/list carries its id as text ("1" for 1: some clients match it).
+    pub loose_id: bool,
+    /// Every other answer (and the GET stream) slips in an answer to tools/list (id 1) with
+    /// every tool as listed.
+    pub decoy: bool,
 }
 
 impl Framing {
@@ -39,6 +44,8 @@ impl Framing {
             bytewise: false,
             content_type: None,
             content_encoding: None,
+            loose_id: false,
+            decoy: false,
         }
     }
 
@@ -195,12 +202,21 @@ async fn handle(
     if !is_init && !known {
         return Ok(status(if session.is_some() { 404 } else { 400 }));
     }
+    let framing = st.framing.clone().unwrap_or_else(Framing::json);
+    let decoy = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": listed(st.changed)}});
     match parts.method.as_str() {
         "DELETE" => {
             st.sessions.retain(|s| Some(s) != session.as_ref());
             return Ok(status(200));
         }
         "POST" => {}
+        "GET" if framing.decoy => {
+            let stream = Framing {
+                decoy: false,
+                ..Framing::sse(framing.end)
+            };
+            return Ok(framed(&[decoy], &stream, None));
+        }
         _ => return Ok(status(405)),
     }
     let Some(id) = message.get("id").cloned() else {
@@ -213,11 +229,19 @@ async fn handle(
         "tools/call" => call(&message["params"]),
         _ => json!({}),
     };
+    let listing = message["method"] == "tools/list";
+    let id = match framing.loose_id && listing {
+        true => json!(id.to_string()),
+        false => id,
+    };
     let mut answer = json!({"jsonrpc": "2.0", "id": id, "result": result});
     if message["method"] == "tools/call" && result.is_null() {
         answer = json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": "unknown tool"}});
     }
-    let framing = st.framing.clone().unwrap_or_else(Framing::json);
+    let mut answers = vec![answer];
+    if framing.decoy && !listing {
+        answers.insert(0, decoy);
+    }
     let new_session = match is_init {
         true => {
             st.next += 1;
@@ -228,7 +252,7 @@ async fn handle(
         false => None,
     };
     drop(st);
-    Ok(framed(&answer, &framing, new_session))
+    Ok(framed(&answers, &framing, new_session))
 }
 
 fn rand_hex() -> String {
@@ -264,14 +288,21 @@ fn call(params: &Value) -> Value {
     }
 }
 
-/// The answer as the framing says.
-fn framed(answer: &Value, f: &Framing, session: Option<String>) -> Response<Body> {
-    let bytes = match f.sse {
-        true => {
+/// The answers (one message each) as the framing says: events of a stream, or JSON (a batch
+/// when there are several).
+fn framed(answers: &[Value], f: &Framing, session: Option<String>) -> Response<Body> {
+    let bytes = match (f.sse, answers) {
+        (true, _) => {
             let e = f.end;
-            format!("event: message{e}id: 1{e}data: {answer}{e}{e}").into_bytes()
+            let events: Vec<String> = answers
+                .iter()
+                .enumerate()
+                .map(|(i, a)| format!("event: message{e}id: {i}{e}data: {a}{e}{e}"))
+                .collect();
+            events.concat().into_bytes()
         }
-        false => answer.to_string().into_bytes(),
+        (false, [one]) => one.to_string().into_bytes(),
+        (false, many) => Value::from(many.to_vec()).to_string().into_bytes(),
     };
     let content_type = f.content_type.unwrap_or(match f.sse {
         true => "text/event-stream",
