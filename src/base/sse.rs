@@ -237,4 +237,45 @@ mod tests {
             }
         }
     }
+
+    /// A body that arrives in `chunks`.
+    fn chunked(chunks: Vec<Bytes>) -> crate::base::body::ProxyBody {
+        let frames = chunks
+            .into_iter()
+            .map(|c| Ok::<_, Infallible>(http_body::Frame::data(c)));
+        crate::base::body::stream(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+    }
+
+    async fn passed(chunks: Vec<Bytes>) -> Vec<u8> {
+        use http_body_util::BodyExt;
+        let body = map_events(chunked(chunks), Some);
+        body.collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_stream_passed_event_by_event_reads_the_same_at_every_chunk_boundary() {
+        for end in ["\n", "\r", "\r\n"] {
+            let body = format!(
+                "\u{feff}: hi{end}event: message{end}id: 1{end}data: {{\"a\":{end}data: 1}}{end}{end}data:x{end}{end}"
+            );
+            let body = body.as_bytes();
+            let expected = write(&parse(body).unwrap());
+            assert_eq!(parse(&expected).unwrap().len(), 2);
+            for at in 0..=body.len() {
+                let chunks = vec![
+                    Bytes::copy_from_slice(&body[..at]),
+                    Bytes::copy_from_slice(&body[at..]),
+                ];
+                assert_eq!(passed(chunks).await, expected, "{end:?} cut at {at}");
+            }
+            let bytewise = body.iter().map(|b| Bytes::copy_from_slice(&[*b])).collect();
+            assert_eq!(passed(bytewise).await, expected, "{end:?} a byte a chunk");
+        }
+        // What cannot be read ends the stream with an error, never passes on.
+        use http_body_util::BodyExt;
+        let bad = map_events(chunked(vec![Bytes::from_static(b"data: \xff\n\n")]), Some);
+        assert!(bad.collect().await.is_err());
+    }
 }
