@@ -75,6 +75,7 @@ pub(super) async fn process(
     }
     let (parts, incoming) = req.into_parts();
     if let Some(what) = what {
+        let ending = parts.method == Method::DELETE;
         let resp = pass(
             app,
             target,
@@ -85,8 +86,7 @@ pub(super) async fn process(
             what,
         )
         .await?;
-        let gone = resp.status() == StatusCode::NOT_FOUND
-            || (what == "end of session" && resp.status().is_success());
+        let gone = resp.status() == StatusCode::NOT_FOUND || (ending && resp.status().is_success());
         if let Some(session) = session.filter(|_| gone) {
             app.mcp_sessions.ended(&key, &session);
         }
