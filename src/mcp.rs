@@ -182,9 +182,7 @@ impl Form {
             _ => Err(Unreadable::ContentType(declared.to_string())),
         }
     }
-}
 
-impl Form {
     /// The form an answer's headers declare, its content type and coding each given once at
     /// most (two would be two readings, and toolgate reads one).
     pub fn from_headers(headers: &http::HeaderMap) -> Result<Form, Unreadable> {
