@@ -215,7 +215,12 @@ async fn contract(
     };
     use base64::Engine;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    if let Some(why) = spec.mismatch(&answer) {
+    let subject = spec.subject(
+        &answer,
+        header(&outcome, "content-type"),
+        header(&outcome, "content-encoding"),
+    );
+    if let Some(why) = spec.mismatch(&subject) {
         app.audit
             .record(event("response_schema_mismatch", json!({ "message": why })))
             .await;

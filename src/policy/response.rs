@@ -180,6 +180,33 @@ impl ResponseSpec {
         }
     }
 
+    /// What `keep` and `schema` look at in an answer: for an MCP tool answering with an event
+    /// stream, its JSON-RPC answer as JSON (its pointers name fields of that message); else the
+    /// body as it is.
+    pub fn subject(
+        &self,
+        body: &[u8],
+        content_type: Option<&str>,
+        content_encoding: Option<&str>,
+    ) -> Vec<u8> {
+        if !self.mcp
+            || crate::mcp::Form::of(content_type, content_encoding).ok()
+                != Some(crate::mcp::Form::EventStream)
+        {
+            return body.to_vec();
+        }
+        let answer = crate::mcp::Answer::read(crate::mcp::Form::EventStream, body)
+            .ok()
+            .and_then(|a| {
+                a.messages()
+                    .into_iter()
+                    .find(|m| m.get("result").is_some() || m.get("error").is_some())
+            });
+        answer
+            .map(|m| m.to_string().into_bytes())
+            .unwrap_or_default()
+    }
+
     /// Why the answer does not have the declared shape, if it does not. An answer with no body
     /// (`202 Accepted`, `204 No Content`) has no shape to check.
     pub fn mismatch(&self, body: &[u8]) -> Option<String> {
@@ -367,5 +394,36 @@ mod tests {
         let error = json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -1, "message": "no such customer"}});
         let bytes = error.to_string().into_bytes();
         assert_eq!(read(spec.shown(&bytes, json, None).unwrap()), error);
+    }
+
+    #[test]
+    fn an_mcp_stream_is_kept_and_checked_by_its_answer() {
+        let schema = Schema::from_value(
+            "test",
+            json!({"type": "object", "required": ["result"], "properties": {
+                "jsonrpc": {"const": "2.0"}, "id": {}, "result": {"type": "object", "additionalProperties": true}}}),
+        )
+        .unwrap();
+        let spec = ResponseSpec {
+            keep: vec!["/result/structuredContent/id".into()],
+            schema: Some(Arc::new(schema)),
+            mcp: true,
+            ..Default::default()
+        };
+        let stream = b"event: message\rdata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\r\rdata: {\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{\"structuredContent\":{\"id\":\"cus_1\",\"email\":\"a@b\"}}}\r\r";
+        let subject = spec.subject(stream, Some("text/event-stream"), None);
+        assert_eq!(spec.mismatch(&subject), None);
+        let kept: Value = serde_json::from_slice(&spec.kept(&subject)).unwrap();
+        assert_eq!(
+            kept,
+            json!({"result": {"structuredContent": {"id": "cus_1"}}})
+        );
+        // A JSON answer, or an HTTP tool's stream, is its own subject.
+        assert_eq!(spec.subject(b"{}", Some("application/json"), None), b"{}");
+        let http = ResponseSpec::default();
+        assert_eq!(
+            http.subject(stream, Some("text/event-stream"), None),
+            stream
+        );
     }
 }

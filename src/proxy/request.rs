@@ -524,7 +524,13 @@ async fn contracted_read(
             bytes.extend_from_slice(&data);
         }
     }
-    if let Some(why) = spec.mismatch(&bytes) {
+    let value_of = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let (content_type, content_encoding) = (
+        value_of(header::CONTENT_TYPE),
+        value_of(header::CONTENT_ENCODING),
+    );
+    let subject = spec.subject(&bytes, content_type, content_encoding);
+    if let Some(why) = spec.mismatch(&subject) {
         trail
             .record(
                 &app.audit,
@@ -533,7 +539,8 @@ async fn contracted_read(
             )
             .await;
     }
-    let kept = spec.kept(&bytes);
+    let kept = spec.kept(&subject);
+    let shown = spec.shown(&bytes, content_type, content_encoding);
     let mut response = json!({
         "status": parts.status.as_u16(),
         "body": crate::audit::body_json(&kept, crate::audit::BODY_CAP),
@@ -541,15 +548,12 @@ async fn contracted_read(
     });
     response["headers"] = crate::audit::headers_json(&parts.headers);
     trail.record_read(&app.audit, decision, response).await;
-    let value_of = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    let shown = spec
-        .shown(&bytes, value_of(header::CONTENT_TYPE), value_of(header::CONTENT_ENCODING))
-        .map_err(|why| {
-            Refusal::new(
-                Code::UpstreamError,
-                format!("toolgate withheld the answer: {why}; it cannot remove the fields the tool's contract hides"),
-            )
-        })?;
+    let shown = shown.map_err(|why| {
+        Refusal::new(
+            Code::UpstreamError,
+            format!("toolgate withheld the answer: {why}; it cannot remove the fields the tool's contract hides"),
+        )
+    })?;
     parts.headers.remove(header::CONTENT_LENGTH);
     Ok(Response::from_parts(parts, body::full(Bytes::from(shown))))
 }
