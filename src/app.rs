@@ -65,6 +65,8 @@ pub struct App {
     pub(crate) sources: PerSource,
     /// What MCP servers last listed for their pinned tools.
     pub(crate) pins: crate::services::Pins,
+    /// Which agent opened each MCP session.
+    pub(crate) mcp_sessions: crate::services::McpSessions,
     /// Issued tokens and grants as the request path reads them (fresh within a second).
     pub(crate) principals: crate::services::Principals,
 }
@@ -112,6 +114,7 @@ impl App {
             connections: Arc::new(tokio::sync::Semaphore::new(config.guards.max_connections)),
             sources: PerSource::default(),
             pins: crate::services::Pins::default(),
+            mcp_sessions: crate::services::McpSessions::default(),
             limiter: RateLimiter::new(store.clone()),
             sessions: Sessions::new(store.clone()),
             locks: KeyedLocks::default(),

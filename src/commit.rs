@@ -136,15 +136,55 @@ pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Sent, Failed> {
     Ok(sent)
 }
 
-/// Whether a stored answer is a server-sent event stream.
-fn is_event_stream(outcome: &Outcome) -> bool {
-    crate::mcp::is_event_stream(
-        outcome
-            .headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-            .map(|(_, v)| v.as_str()),
-    )
+/// A stored answer's header (the first of that name).
+fn header<'a>(outcome: &'a Outcome, name: &str) -> Option<&'a str> {
+    outcome
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// An answer as the agent sees it: the hidden fields removed, or, where toolgate cannot remove
+/// them, withheld (an MCP tool's result with `isError`, or a 502 `upstream_error`; the call
+/// itself took place, and the stored answer and the ledger say so).
+fn shown_body(
+    spec: &crate::policy::response::ResponseSpec,
+    outcome: &Outcome,
+    answer: &[u8],
+) -> Outcome {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let mut headers = outcome.headers.clone();
+    headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-length"));
+    let shown = spec.shown(
+        answer,
+        header(outcome, "content-type"),
+        header(outcome, "content-encoding"),
+    );
+    let why = match shown {
+        Ok(body) => {
+            return Outcome {
+                status: outcome.status,
+                headers,
+                body: b64(&body),
+            }
+        }
+        Err(why) => why,
+    };
+    let message = format!("toolgate withheld the tool's answer: {why}; it cannot remove the fields the tool's contract hides. The call itself was made (status {})", outcome.status);
+    let (status, body) = match spec.mcp {
+        true => (200, crate::mcp::refused_result(&Value::Null, &message)),
+        false => (
+            502,
+            json!({"error": {"code": "upstream_error", "message": message}}),
+        ),
+    };
+    Outcome {
+        status,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: b64(body.to_string().as_bytes()),
+    }
 }
 
 /// A stored answer as the agent sees it: the hidden fields removed.
@@ -152,12 +192,7 @@ pub(crate) fn shown(spec: &crate::policy::response::ResponseSpec, outcome: &Outc
     use base64::Engine;
     let engine = base64::engine::general_purpose::STANDARD;
     let body = engine.decode(&outcome.body).unwrap_or_default();
-    let stream = is_event_stream(outcome);
-    Outcome {
-        status: outcome.status,
-        headers: outcome.headers.clone(),
-        body: engine.encode(spec.shown(&body, stream)),
-    }
+    shown_body(spec, outcome, &body)
 }
 
 /// The response contract applied: what is stored (and recorded) and what the agent gets; a
@@ -180,20 +215,20 @@ async fn contract(
     };
     use base64::Engine;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    if let Some(why) = spec.mismatch(&answer) {
+    let subject = spec.subject(
+        &answer,
+        header(&outcome, "content-type"),
+        header(&outcome, "content-encoding"),
+    );
+    if let Some(why) = spec.mismatch(&subject) {
         app.audit
             .record(event("response_schema_mismatch", json!({ "message": why })))
             .await;
     }
-    let stream = is_event_stream(&outcome);
     let kept = Bytes::from(spec.kept(&answer));
+    let shown = shown_body(spec, &outcome, &answer);
     let mut headers = outcome.headers.clone();
     headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-length"));
-    let shown = Outcome {
-        status: outcome.status,
-        headers: headers.clone(),
-        body: b64(&spec.shown(&answer, stream)),
-    };
     let stored = Outcome {
         status: outcome.status,
         headers,

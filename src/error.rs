@@ -16,6 +16,9 @@ pub enum Code {
     AuthError,
     EgressDenied,
     PolicyViolation,
+    /// An MCP session toolgate does not know: `policy_violation` with status 404, which an MCP
+    /// client answers by opening a new session.
+    SessionUnknown,
     ToolDisabled,
     ValidationError,
     PayloadTooLarge,
@@ -39,7 +42,7 @@ impl Code {
             Code::AuthRequired => "auth_required",
             Code::AuthError => "auth_error",
             Code::EgressDenied => "egress_denied",
-            Code::PolicyViolation => "policy_violation",
+            Code::PolicyViolation | Code::SessionUnknown => "policy_violation",
             Code::ToolDisabled => "tool_disabled",
             Code::ValidationError | Code::PayloadTooLarge | Code::RequestTimeout => {
                 "validation_error"
@@ -65,6 +68,7 @@ impl Code {
             | Code::ToolDisabled
             | Code::ApprovalDenied => StatusCode::FORBIDDEN,
             Code::ValidationError => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::SessionUnknown => StatusCode::NOT_FOUND,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::IdempotencyKeyRequired => StatusCode::PRECONDITION_REQUIRED,

@@ -117,25 +117,232 @@ pub fn error_message(id: Option<&Value>, code: i64, message: &str) -> Value {
 pub const METHOD_NOT_FOUND: i64 = -32601;
 pub const INVALID_REQUEST: i64 = -32600;
 
-/// Whether an answer is a server-sent event stream (else JSON).
-pub fn is_event_stream(content_type: Option<&str>) -> bool {
-    content_type.is_some_and(|c| c.trim_start().starts_with("text/event-stream"))
+/// How an answer's body is framed: one JSON message or batch, or an event stream whose events
+/// each carry one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    Json,
+    EventStream,
 }
 
-/// The JSON-RPC messages in an answer: a JSON message or batch, or the `data` of each event of
-/// an event stream. What is not JSON is skipped.
-pub fn messages_in(event_stream: bool, body: &[u8]) -> Vec<Value> {
-    if !event_stream {
-        return match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Array(list)) => list,
-            Ok(v) => vec![v],
-            Err(_) => Vec::new(),
-        };
+/// Why toolgate cannot read an MCP answer. It refuses such an answer: passed on unread, it
+/// would reach the client unfiltered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unreadable {
+    #[error("it is encoded as {0:?}, which toolgate does not decode")]
+    Encoded(String),
+    #[error("its content type {0:?} is neither application/json nor text/event-stream")]
+    ContentType(String),
+    #[error("its headers cannot be read: {0}")]
+    Headers(String),
+    #[error("its charset {0:?} is not UTF-8")]
+    Charset(String),
+    #[error("it is not JSON: {0}")]
+    Json(String),
+    #[error("its event stream cannot be read: {0}")]
+    Stream(String),
+    #[error("event {0} of its stream does not carry JSON: {1}")]
+    Event(usize, String),
+}
+
+impl Form {
+    /// The form an answer's headers declare. Media types are compared without case; a charset
+    /// other than UTF-8, and any content coding but `identity`, are refused (toolgate does not
+    /// ask for one, and does not decode one).
+    pub fn of(
+        content_type: Option<&str>,
+        content_encoding: Option<&str>,
+    ) -> Result<Form, Unreadable> {
+        if let Some(coding) = content_encoding {
+            let codings: Vec<&str> = coding
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect();
+            if codings.iter().any(|c| !c.eq_ignore_ascii_case("identity")) {
+                return Err(Unreadable::Encoded(coding.to_string()));
+            }
+        }
+        let declared = content_type.unwrap_or("");
+        let mut params = declared.split(';');
+        let essence = params.next().unwrap_or("").trim().to_ascii_lowercase();
+        for param in params {
+            let Some((name, value)) = param.split_once('=') else {
+                continue;
+            };
+            let value = value.trim().trim_matches('"');
+            let utf8 = value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8");
+            if name.trim().eq_ignore_ascii_case("charset") && !utf8 {
+                return Err(Unreadable::Charset(value.to_string()));
+            }
+        }
+        match essence.as_str() {
+            "application/json" => Ok(Form::Json),
+            "text/event-stream" => Ok(Form::EventStream),
+            _ => Err(Unreadable::ContentType(declared.to_string())),
+        }
     }
-    events(body)
-        .iter()
-        .filter_map(|e| serde_json::from_str(&e.data).ok())
-        .collect()
+
+    /// The form an answer's headers declare, its content type and coding each given once at
+    /// most (two would be two readings, and toolgate reads one).
+    pub fn from_headers(headers: &http::HeaderMap) -> Result<Form, Unreadable> {
+        let one = |name: http::header::HeaderName| {
+            let mut values = headers.get_all(&name).iter();
+            match (values.next(), values.next()) {
+                (None, _) => Ok(None),
+                (Some(v), None) => v
+                    .to_str()
+                    .map(Some)
+                    .map_err(|_| Unreadable::Headers(format!("{name} is not ASCII"))),
+                (Some(_), Some(_)) => Err(Unreadable::Headers(format!("{name} is given twice"))),
+            }
+        };
+        let content_type = one(http::header::CONTENT_TYPE)?;
+        Form::of(content_type, one(http::header::CONTENT_ENCODING)?)
+    }
+}
+
+/// A JSON value in an answer: a message, or a batch of them.
+fn each_message(v: &mut Value, edit: &mut impl FnMut(&mut Value)) {
+    match v {
+        Value::Array(list) => list.iter_mut().for_each(edit),
+        one => edit(one),
+    }
+}
+
+/// An MCP answer as toolgate read it; what it passes on is written from this, never the bytes
+/// that came (so the client sees what toolgate checked, and nothing else).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// A JSON message or batch; `None`: an empty body (an accepted notification).
+    Json(Option<Value>),
+    /// The events of a stream, each with its JSON data (`None`: no data, or empty data, such as
+    /// a priming event that only carries an id).
+    Events(Vec<(crate::base::sse::Event, Option<Value>)>),
+}
+
+impl Answer {
+    /// Reads a body in `form`: JSON, or an event stream whose every event carries JSON.
+    pub fn read(form: Form, body: &[u8]) -> Result<Answer, Unreadable> {
+        if form == Form::Json {
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Ok(Answer::Json(None));
+            }
+            return serde_json::from_slice(body)
+                .map(|v| Answer::Json(Some(v)))
+                .map_err(|e| Unreadable::Json(e.to_string()));
+        }
+        let events =
+            crate::base::sse::parse(body).map_err(|e| Unreadable::Stream(e.to_string()))?;
+        let mut out = Vec::with_capacity(events.len());
+        for (i, e) in events.into_iter().enumerate() {
+            let message = match e.data.as_deref() {
+                None | Some("") => None,
+                Some(data) => Some(
+                    serde_json::from_str(data)
+                        .map_err(|err| Unreadable::Event(i + 1, err.to_string()))?,
+                ),
+            };
+            out.push((e, message));
+        }
+        Ok(Answer::Events(out))
+    }
+
+    /// Reads a body with the headers' content type and coding.
+    pub fn of(
+        content_type: Option<&str>,
+        content_encoding: Option<&str>,
+        body: &[u8],
+    ) -> Result<Answer, Unreadable> {
+        if body.is_empty() {
+            return Ok(Answer::Json(None));
+        }
+        Answer::read(Form::of(content_type, content_encoding)?, body)
+    }
+
+    /// Reads a body in the form `headers` declare (see [`Form::from_headers`]).
+    pub fn from_headers(headers: &http::HeaderMap, body: &[u8]) -> Result<Answer, Unreadable> {
+        if body.is_empty() {
+            return Ok(Answer::Json(None));
+        }
+        Answer::read(Form::from_headers(headers)?, body)
+    }
+
+    /// Passes every JSON-RPC message of the answer through `edit`.
+    pub fn edit(&mut self, mut edit: impl FnMut(&mut Value)) {
+        match self {
+            Answer::Json(v) => v.iter_mut().for_each(|v| each_message(v, &mut edit)),
+            Answer::Events(events) => {
+                for (_, m) in events {
+                    m.iter_mut().for_each(|v| each_message(v, &mut edit));
+                }
+            }
+        }
+    }
+
+    /// The JSON-RPC messages of the answer, in order.
+    pub fn messages(self) -> Vec<Value> {
+        let values: Vec<Value> = match self {
+            Answer::Json(v) => v.into_iter().collect(),
+            Answer::Events(events) => events.into_iter().filter_map(|(_, m)| m).collect(),
+        };
+        values
+            .into_iter()
+            .flat_map(|v| match v {
+                Value::Array(list) => list,
+                one => vec![one],
+            })
+            .collect()
+    }
+
+    /// The answer written in its form: JSON, or the same events (type, id, retry) with their
+    /// messages as data.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Answer::Json(None) => Vec::new(),
+            Answer::Json(Some(v)) => serde_json::to_vec(v).unwrap_or_default(),
+            Answer::Events(events) => {
+                let written: Vec<crate::base::sse::Event> = events
+                    .iter()
+                    .map(|(e, m)| crate::base::sse::Event {
+                        data: match m {
+                            Some(m) => Some(m.to_string()),
+                            None => e.data.clone(),
+                        },
+                        ..e.clone()
+                    })
+                    .collect();
+                crate::base::sse::write(&written)
+            }
+        }
+    }
+}
+
+/// The tools an agent may see listed at an endpoint: each one's name, and its pin if pinned.
+#[derive(Debug, Clone, Default)]
+pub struct Listable(pub Vec<(String, Option<String>)>);
+
+impl Listable {
+    /// Whether a tool as the server lists it may be shown: named here, and as pinned.
+    pub fn shows(&self, listed: &Value) -> bool {
+        let name = listed.get("name").and_then(Value::as_str).unwrap_or("");
+        self.0
+            .iter()
+            .any(|(n, pin)| n == name && pin.as_ref().is_none_or(|pin| *pin == pin_of(listed)))
+    }
+
+    /// A message with every list of tools it carries (`result.tools`) cut to what may be shown,
+    /// whatever its id: a client may take it for the answer to its own list (ids are matched
+    /// loosely by some, the TypeScript SDK compares them as numbers), and a server may put it
+    /// on any stream.
+    pub fn filter(&self, message: &mut Value) {
+        if let Some(tools) = message
+            .pointer_mut("/result/tools")
+            .and_then(Value::as_array_mut)
+        {
+            tools.retain(|t| self.shows(t));
+        }
+    }
 }
 
 /// The answer to request `id` among `messages`.
@@ -143,84 +350,6 @@ pub fn answer_to(messages: Vec<Value>, id: &Value) -> Option<Value> {
     messages.into_iter().find(|m| {
         m.get("id") == Some(id) && (m.get("result").is_some() || m.get("error").is_some())
     })
-}
-
-/// One server-sent event: its lines other than `data`, and its data joined.
-#[derive(Debug, Default)]
-struct Event {
-    other: Vec<String>,
-    data: String,
-    has_data: bool,
-}
-
-fn events(body: &[u8]) -> Vec<Event> {
-    let text = String::from_utf8_lossy(body);
-    let mut out = Vec::new();
-    let mut current = Event::default();
-    for line in text.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.is_empty() {
-            if current.has_data || !current.other.is_empty() {
-                out.push(std::mem::take(&mut current));
-            }
-            continue;
-        }
-        match line.strip_prefix("data:") {
-            Some(d) => {
-                if current.has_data {
-                    current.data.push('\n');
-                }
-                current.data.push_str(d.strip_prefix(' ').unwrap_or(d));
-                current.has_data = true;
-            }
-            None => current.other.push(line.to_string()),
-        }
-    }
-    if current.has_data || !current.other.is_empty() {
-        out.push(current);
-    }
-    out
-}
-
-/// The answer with every JSON-RPC message passed through `edit`, in the same form (JSON, or
-/// the same events with their ids and names).
-pub fn rewrite(event_stream: bool, body: &[u8], mut edit: impl FnMut(&mut Value)) -> Vec<u8> {
-    if !event_stream {
-        return match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Array(mut list)) => {
-                list.iter_mut().for_each(&mut edit);
-                serde_json::to_vec(&list).unwrap_or_default()
-            }
-            Ok(mut v) => {
-                edit(&mut v);
-                serde_json::to_vec(&v).unwrap_or_default()
-            }
-            Err(_) => body.to_vec(),
-        };
-    }
-    let mut out = String::new();
-    for e in events(body) {
-        for line in &e.other {
-            out.push_str(line);
-            out.push('\n');
-        }
-        if e.has_data {
-            let data = match serde_json::from_str::<Value>(&e.data) {
-                Ok(mut v) => {
-                    edit(&mut v);
-                    v.to_string()
-                }
-                Err(_) => e.data.clone(),
-            };
-            for line in data.split('\n') {
-                out.push_str("data: ");
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        out.push('\n');
-    }
-    out.into_bytes()
 }
 
 /// The pin of a tool as a server lists it: `sha256:` over its description and input schema,
@@ -320,18 +449,207 @@ mod tests {
     #[test]
     fn event_streams_are_read_and_rewritten_event_by_event() {
         let body = b"event: message\r\nid: 1\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"tools\":[{\"name\":\"a\"},{\"name\":\"b\"}]}}\r\n\r\n";
-        let messages = messages_in(true, body);
-        assert_eq!(messages.len(), 1);
-        assert!(answer_to(messages, &json!(2)).is_some());
-        let out = rewrite(true, body, |m| {
-            if let Some(tools) = m.pointer_mut("/result/tools").and_then(Value::as_array_mut) {
-                tools.retain(|t| t["name"] == "b");
-            }
-        });
-        let text = String::from_utf8(out).unwrap();
+        let answer = Answer::read(Form::EventStream, body).unwrap();
+        assert!(answer_to(answer.clone().messages(), &json!(2)).is_some());
+        let mut answer = answer;
+        answer.edit(keep_only_b);
+        let text = String::from_utf8(answer.to_bytes()).unwrap();
         assert!(text.starts_with("event: message\nid: 1\ndata: "), "{text}");
-        let again = messages_in(true, text.as_bytes());
-        assert_eq!(again[0]["result"]["tools"], json!([{"name": "b"}]));
+        let again = Answer::read(Form::EventStream, text.as_bytes()).unwrap();
+        assert_eq!(
+            again.messages()[0]["result"]["tools"],
+            json!([{"name": "b"}])
+        );
+    }
+
+    fn keep_only_b(m: &mut Value) {
+        if let Some(tools) = m.pointer_mut("/result/tools").and_then(Value::as_array_mut) {
+            tools.retain(|t| t["name"] == "b");
+        }
+    }
+
+    #[test]
+    fn a_cr_only_stream_is_read_and_filtered() {
+        // The bypass of issue 23 row 3: CR-only line ends hid the whole answer from a reader
+        // that split on LF, and it passed on as it came.
+        let body = b"event: message\rdata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"a\",\"description\":\"IGNORE ALL\"},{\"name\":\"b\"}]}}\r\r";
+        let mut answer = Answer::of(Some("text/event-stream"), None, body).unwrap();
+        answer.edit(keep_only_b);
+        let out = answer.to_bytes();
+        assert!(!String::from_utf8_lossy(&out).contains("IGNORE ALL"));
+        let tools =
+            &Answer::read(Form::EventStream, &out).unwrap().messages()[0]["result"]["tools"];
+        assert_eq!(tools, &json!([{"name": "b"}]));
+    }
+
+    #[test]
+    fn what_toolgate_cannot_read_is_refused() {
+        let list = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#;
+        let refused = |ct: Option<&str>, ce: Option<&str>, body: &[u8]| {
+            Answer::of(ct, ce, body).err().map(|e| e.to_string())
+        };
+        assert!(refused(Some("application/json"), Some("gzip"), list)
+            .unwrap()
+            .contains("gzip"));
+        assert!(refused(Some("application/json"), Some("identity, br"), list).is_some());
+        assert!(refused(Some("text/html"), None, list)
+            .unwrap()
+            .contains("content type"));
+        assert!(refused(None, None, list).is_some());
+        assert!(
+            refused(Some("application/json; charset=utf-16"), None, list)
+                .unwrap()
+                .contains("utf-16")
+        );
+        assert!(refused(Some("application/json"), None, b"\xEF\xBB\xBF{}").is_some());
+        assert!(refused(Some("application/json"), None, b"tools: a, b").is_some());
+        assert!(
+            refused(Some("text/event-stream"), None, b"data: not json\n\n")
+                .unwrap()
+                .contains("event 1")
+        );
+        assert!(refused(Some("text/event-stream"), None, b"data: \xff\n\n").is_some());
+        // What is read: case, parameters, identity coding, an empty body, a priming event.
+        for ct in [
+            "Application/JSON; charset=\"UTF-8\"",
+            "application/json;charset=utf8",
+        ] {
+            assert_eq!(refused(Some(ct), Some("identity"), list), None, "{ct}");
+        }
+        assert_eq!(
+            Answer::of(None, Some("gzip"), b"").unwrap().messages(),
+            Vec::<Value>::new()
+        );
+        let primed = Answer::of(Some("TEXT/Event-Stream"), None, b"id: p1\ndata:\n\n").unwrap();
+        assert_eq!(primed.to_bytes(), b"id: p1\ndata: \n\n");
+    }
+
+    mod answers {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A tools/list answer with `n` tools named t0, t1, …, descriptions with any text.
+        fn listing() -> impl Strategy<Value = Value> {
+            proptest::collection::vec("\\PC{0,16}", 1..5).prop_map(|descriptions| {
+                let tools: Vec<Value> = descriptions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| json!({"name": format!("t{i}"), "description": d, "inputSchema": {"type": "object"}}))
+                    .collect();
+                json!({"jsonrpc": "2.0", "id": 7, "result": {"tools": tools}})
+            })
+        }
+
+        /// How a server may frame one message: as JSON, or as an event stream with any line
+        /// end, comments, a BOM, `data:` with or without its space, the message pretty-printed
+        /// over several data lines, events before it.
+        #[derive(Debug, Clone)]
+        struct Framing {
+            sse: bool,
+            end: &'static str,
+            comments: bool,
+            bom: bool,
+            space: bool,
+            pretty: bool,
+            before: bool,
+        }
+
+        fn framing() -> impl Strategy<Value = Framing> {
+            let end = prop_oneof![Just("\n"), Just("\r"), Just("\r\n")];
+            (any::<bool>(), end, any::<[bool; 5]>()).prop_map(|(sse, end, f)| Framing {
+                sse,
+                end,
+                comments: f[0],
+                bom: f[1],
+                space: f[2],
+                pretty: f[3],
+                before: f[4],
+            })
+        }
+
+        fn frame(message: &Value, f: &Framing) -> (String, Vec<u8>) {
+            let json = match f.pretty {
+                true => serde_json::to_string_pretty(message).unwrap(),
+                false => message.to_string(),
+            };
+            if !f.sse {
+                return ("application/json".into(), json.into_bytes());
+            }
+            let e = f.end;
+            let mut out = String::new();
+            if f.bom {
+                out.push('\u{feff}');
+            }
+            if f.before {
+                out.push_str(&format!("id: prime{e}data:{e}{e}"));
+                out.push_str(&format!(
+                    "data: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}}{e}{e}"
+                ));
+            }
+            if f.comments {
+                out.push_str(&format!(": ping{e}"));
+            }
+            out.push_str(&format!("event: message{e}"));
+            for line in json.split('\n') {
+                out.push_str(if f.space { "data: " } else { "data:" });
+                out.push_str(line);
+                out.push_str(e);
+            }
+            out.push_str(e);
+            ("text/event-stream".into(), out.into_bytes())
+        }
+
+        proptest! {
+            #[test]
+            fn every_framing_reads_the_same_message_and_passes_only_what_was_kept(
+                message in listing(),
+                f in framing(),
+                keep in any::<prop::sample::Index>(),
+            ) {
+                let (ct, body) = frame(&message, &f);
+                let mut answer = Answer::of(Some(&ct), None, &body).unwrap();
+                let read = answer_to(answer.clone().messages(), &json!(7));
+                prop_assert_eq!(read.as_ref(), Some(&message));
+                let n = message["result"]["tools"].as_array().unwrap().len();
+                let kept = format!("t{}", keep.index(n));
+                answer.edit(|m| {
+                    if let Some(tools) = m.pointer_mut("/result/tools").and_then(Value::as_array_mut) {
+                        tools.retain(|t| t["name"] == kept.as_str());
+                    }
+                });
+                let out = answer.to_bytes();
+                let again = Answer::of(Some(&ct), None, &out).unwrap().messages();
+                let names: Vec<&Value> = again.iter()
+                    .filter_map(|m| m.pointer("/result/tools").and_then(Value::as_array))
+                    .flatten()
+                    .map(|t| &t["name"])
+                    .collect();
+                let kept = json!(kept);
+                prop_assert_eq!(names, vec![&kept]);
+                // Nor in another encoding of the same answer.
+                prop_assert!(Answer::of(Some(&ct), Some("gzip"), &body).is_err());
+            }
+
+            #[test]
+            fn a_damaged_answer_is_refused_or_passed_only_as_read(
+                message in listing(),
+                f in framing(),
+                flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            ) {
+                let (ct, mut body) = frame(&message, &f);
+                for (at, byte) in &flips {
+                    let i = at.index(body.len());
+                    body[i] = *byte;
+                }
+                if let Ok(mut answer) = Answer::of(Some(&ct), None, &body) {
+                    answer.edit(keep_only_b);
+                    let out = answer.to_bytes();
+                    // What passes on reads back as exactly what toolgate read and edited.
+                    let again = Answer::of(Some(&ct), None, &out).unwrap();
+                    prop_assert_eq!(again.messages(), answer.messages());
+                }
+            }
+        }
     }
 
     #[test]

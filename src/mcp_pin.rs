@@ -123,14 +123,14 @@ impl Session<'_> {
                     .collect::<String>()
             ));
         }
-        let stream = crate::mcp::is_event_stream(
-            parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
-        );
-        let answer =
-            id.and_then(|id| crate::mcp::answer_to(crate::mcp::messages_in(stream, &bytes), &id));
+        let answer = match id {
+            Some(id) => {
+                let read = crate::mcp::Answer::from_headers(&parts.headers, &bytes)
+                    .map_err(|e| format!("the server's answer could not be read: {e}"))?;
+                crate::mcp::answer_to(read.messages(), &id)
+            }
+            None => None,
+        };
         if let Some(error) = answer.as_ref().and_then(|a| a.get("error")) {
             return Err(format!("the server refused: {error}"));
         }

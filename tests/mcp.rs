@@ -510,3 +510,517 @@ async fn mcp_tools_through_toolgate_with_the_official_sdk() {
     assert!(line(&after, "get_ticket").contains("CHANGED"), "{after}");
     assert!(!now.contains("demo-tickets-mcp-key") && !after.contains("demo-tickets-mcp-key"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// The edges (issue 23), against a fake MCP server whose answers each test shapes.
+
+use support::mcp_fake::{self, Framing, McpFake};
+
+const CRM: &str = "https://mcp.crm.example/mcp";
+const A: (&str, &str) = ("agent-a", "agent-a-token");
+const B: (&str, &str) = ("agent-b", "agent-b-token");
+const ADMIN: &str = "crm-admin-token";
+
+/// Two agents holding the CRM server's tools: a pinned lookup (pinned to the description the
+/// fake first lists), and customer reads that hide email and phone.
+fn crm_policy() -> Vec<(&'static str, String)> {
+    let pin = toolgate::mcp::pin_of(&mcp_fake::listed(false)[0]);
+    let agent = |(id, token): (&str, &str)| {
+        format!(
+            "[[agent]]\nid = \"{id}\"\ntoken_sha256 = \"{}\"\nowner = \"{id}@example.com\"\nenvironment = \"staging\"\ntools = [\"crm.*\"]\n\n",
+            sha256_hex(token)
+        )
+    };
+    let tool = |name: &str, extra: &str| {
+        format!(
+            "[[tool]]\nname = \"crm.{name}\"\nhost = \"mcp.crm.example\"\npath = \"/mcp\"\nmcp_tool = \"{name}\"\nside_effects = \"none\"\narguments = \"schemas/crm/id.json\"\n{extra}\n\n"
+        )
+    };
+    let hide = "response = { hide = [\"/result/structuredContent/email\", \"/result/structuredContent/phone\"] }";
+    let admin = format!(
+        "[[approver]]\nid = \"root@example.com\"\ntoken_sha256 = \"{}\"\ngroups = [\"admin\"]\n\n",
+        sha256_hex(ADMIN)
+    );
+    let text = [
+        admin,
+        agent(A),
+        agent(B),
+        tool("lookup", &format!("pin = \"{pin}\"")),
+        tool("get_customer", hide),
+        tool("describe_customer", hide),
+        tool("note", hide),
+        tool(
+            "update_customer",
+            &format!("{hide}\nidempotency = \"payload\"\nrollback = {{ none = \"by hand\" }}"),
+        )
+        .replace("side_effects = \"none\"", "side_effects = \"reversible\""),
+    ]
+    .concat();
+    let schema = json!({"type": "object", "properties": {"id": {"type": "string"}}, "additionalProperties": false});
+    vec![
+        ("crm.toml", text),
+        ("schemas/crm/id.json", schema.to_string()),
+    ]
+}
+
+/// toolgate with the CRM policy, routing mcp.crm.example to `fake`.
+async fn crm_gate(pki: &Pki, fake: &McpFake) -> Toolgate {
+    let (addr, ca) = (fake.addr, pki.ca_path.clone());
+    Toolgate::start(&crm_policy(), move |c| {
+        c.add_connect_to(&format!("mcp.crm.example:443={addr}"))
+            .unwrap();
+        c.upstream_ca.push(ca);
+        c.upstream_timeout = Duration::from_secs(10);
+    })
+    .await
+}
+
+async fn crm() -> (Pki, McpFake, Toolgate) {
+    let pki = Pki::new("MCP fake CA");
+    let fake = McpFake::start(pki.server_config(&["mcp.crm.example"])).await;
+    let gate = crm_gate(&pki, &fake).await;
+    (pki, fake, gate)
+}
+
+/// An agent's MCP client: plain requests to the endpoint through toolgate.
+struct Mcp {
+    client: TestClient,
+    session: Option<String>,
+}
+
+impl Mcp {
+    fn new(gate: &Toolgate, (id, token): (&str, &str)) -> Mcp {
+        Mcp {
+            client: client_via(
+                gate.addr,
+                Some((id, token)),
+                &gate.ca_pem,
+                http::Version::HTTP_11,
+            ),
+            session: None,
+        }
+    }
+
+    async fn send(&self, method: &str, body: &str) -> support::Answer {
+        let mut headers = vec![JSON, ("accept", "application/json, text/event-stream")];
+        if let Some(s) = &self.session {
+            headers.push(("mcp-session-id", s.as_str()));
+        }
+        send(&self.client, method, CRM, &headers, body)
+            .await
+            .unwrap()
+    }
+
+    async fn post(&self, message: Value) -> support::Answer {
+        self.send("POST", &message.to_string()).await
+    }
+
+    /// Opens a session.
+    async fn init(&mut self) {
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+        let got = self.post(init).await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        let session = got.headers.get("mcp-session-id").unwrap().to_str().unwrap();
+        self.session = Some(session.to_string());
+        let done = self
+            .post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+            .await;
+        assert_eq!(done.status, 202, "{}", done.text());
+    }
+
+    async fn list(&self) -> support::Answer {
+        self.post(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+            .await
+    }
+
+    async fn call(&self, tool: &str) -> support::Answer {
+        self.post(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": tool, "arguments": {"id": "cus_1"}}}))
+            .await
+    }
+}
+
+/// The JSON-RPC messages of an answer, read as a client reads them (an event stream's lines
+/// end in CR, LF or CRLF).
+fn rpc_messages(got: &support::Answer) -> Vec<Value> {
+    let stream = got.headers.get("content-type").is_some_and(|c| {
+        c.to_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .starts_with("text/event-stream")
+    });
+    if !stream {
+        return vec![got.json()];
+    }
+    let text = got.text().replace("\r\n", "\n").replace('\r', "\n");
+    text.split("\n\n")
+        .filter_map(|event| {
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            serde_json::from_str(&data.join("\n")).ok()
+        })
+        .collect()
+}
+
+/// The one answer of an answer (the result or error with an id).
+fn rpc_answer(got: &support::Answer) -> Value {
+    rpc_messages(got)
+        .into_iter()
+        .find(|m| m.get("result").is_some() || m.get("error").is_some())
+        .unwrap_or_else(|| panic!("no JSON-RPC answer in {}", got.text()))
+}
+
+fn tool_names(got: &support::Answer) -> Vec<String> {
+    let answer = rpc_answer(got);
+    answer["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {answer}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The text of a refused call's result.
+fn refused_text(got: &support::Answer) -> String {
+    let answer = rpc_answer(got);
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn calls_of(fake: &McpFake, tool: &str) -> usize {
+    fake.seen()
+        .iter()
+        .filter(|s| s.what() == "tools/call" && s.body["params"]["name"] == tool)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cr_only_event_stream_slips_no_changed_or_uncontracted_tool_past_toolgate() {
+    let (pki, fake, gate) = crm().await;
+    let mut a = Mcp::new(&gate, A);
+    // Issue 23 row 3: the server changed the pinned tool's description to an injection and
+    // answers tools/list as an event stream with CR-only line ends.
+    fake.change_pinned_tool(true);
+    fake.frame(Framing::sse("\r"));
+    a.init().await;
+    let got = a.list().await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let text = got.text();
+    assert!(
+        !text.contains("exfiltrate") && !text.contains("IGNORE ALL"),
+        "the agent sees only contracted tools as pinned: {text}"
+    );
+    let contracted = ["get_customer", "describe_customer", "note"];
+    assert_eq!(tool_names(&got), contracted);
+    // The changed tool's call is refused; the server never gets it.
+    let refused = refused_text(&a.call("lookup").await);
+    assert!(refused.contains("pinned"), "{refused}");
+    let refused = refused_text(&a.call("exfiltrate").await);
+    assert!(refused.contains("exfiltrate"), "{refused}");
+    assert_eq!(calls_of(&fake, "lookup") + calls_of(&fake, "exfiltrate"), 0);
+
+    // Every framing a server may choose reads the same: JSON, a stream with each line end,
+    // sent whole or a byte at a time (every chunk boundary at once).
+    let mut framings = vec![Framing::json()];
+    for end in ["\n", "\r", "\r\n"] {
+        for bytewise in [false, true] {
+            framings.push(Framing {
+                bytewise,
+                ..Framing::sse(end)
+            });
+        }
+    }
+    framings.push(Framing {
+        content_type: Some("Text/Event-Stream; charset=UTF-8"),
+        ..Framing::sse("\r")
+    });
+    for framing in framings {
+        fake.frame(framing.clone());
+        fake.change_pinned_tool(true);
+        let got = a.list().await;
+        assert_eq!(tool_names(&got), contracted, "{framing:?}: {}", got.text());
+        assert!(!got.text().contains("IGNORE ALL"), "{framing:?}");
+        // Unchanged again: the pinned tool is listed and called.
+        fake.change_pinned_tool(false);
+        let got = a.list().await;
+        assert_eq!(tool_names(&got)[0], "lookup", "{framing:?}: {}", got.text());
+        let called = rpc_answer(&a.call("lookup").await);
+        assert_eq!(
+            called["result"]["content"][0]["text"], "record 1",
+            "{framing:?}"
+        );
+    }
+
+    // An answer toolgate cannot read is refused, never passed on unread.
+    fake.change_pinned_tool(true);
+    let unreadable = [
+        Framing {
+            content_encoding: Some("gzip"),
+            ..Framing::sse("\r")
+        },
+        Framing {
+            content_encoding: Some("br"),
+            ..Framing::json()
+        },
+        Framing {
+            content_type: Some("text/plain"),
+            ..Framing::sse("\r")
+        },
+        Framing {
+            content_type: Some("application/json; charset=utf-16"),
+            ..Framing::json()
+        },
+    ];
+    for framing in unreadable {
+        fake.frame(framing.clone());
+        let got = a.list().await;
+        assert_eq!(
+            (got.status.as_u16(), got.code().as_str()),
+            (502, "upstream_error"),
+            "{framing:?}: {}",
+            got.text()
+        );
+        assert!(
+            got.message().contains("could not be read"),
+            "{}",
+            got.text()
+        );
+        assert!(!got.text().contains("IGNORE ALL"));
+    }
+
+    // A list under a loosely matching id ("1" for 1), or slipped into any other answer or the
+    // GET stream, is cut to the agent's tools all the same.
+    fake.frame(Framing {
+        loose_id: true,
+        ..Framing::sse("\r")
+    });
+    let got = a.list().await;
+    assert_eq!(
+        got.status,
+        502,
+        "no answer under the list's own id: {}",
+        got.text()
+    );
+    assert!(!got.text().contains("IGNORE ALL") && !got.text().contains("exfiltrate"));
+    for framing in [Framing::json(), Framing::sse("\r"), Framing::sse("\n")] {
+        fake.frame(Framing {
+            decoy: true,
+            ..framing.clone()
+        });
+        let ping = a
+            .post(json!({"jsonrpc": "2.0", "id": 9, "method": "ping"}))
+            .await;
+        let called = a.call("get_customer").await;
+        let stream = a.send("GET", "").await;
+        for got in [ping, called, stream] {
+            let text = got.text();
+            assert!(
+                text.contains("get_customer")
+                    && !text.contains("exfiltrate")
+                    && !text.contains("IGNORE ALL"),
+                "{framing:?}: {} {text}",
+                got.status
+            );
+        }
+    }
+
+    // toolgate's own look before a pinned call (no list seen yet) reads a CR-only stream too:
+    // a fresh toolgate calls the unchanged tool, and refuses it once it changed.
+    fake.frame(Framing::sse("\r"));
+    for (changed, expect_call) in [(false, true), (true, false)] {
+        fake.change_pinned_tool(changed);
+        let fresh = crm_gate(&pki, &fake).await;
+        let mut a = Mcp::new(&fresh, A);
+        a.init().await;
+        let before = calls_of(&fake, "lookup");
+        let got = a.call("lookup").await;
+        let answer = rpc_answer(&got);
+        assert_eq!(answer["result"]["isError"] != true, expect_call, "{answer}");
+        assert_eq!(calls_of(&fake, "lookup") - before, expect_call as usize);
+    }
+}
+
+/// Issue 23 row 3 with the official MCP SDK client, and the SDK's server changed to answer with
+/// CR-only event streams and a prompt-injecting description of the pinned tool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_client_sees_no_changed_tool_from_a_cr_only_server() {
+    let Some(python) = python() else { return };
+    let pki = Pki::new("MCP server CA");
+    let server = Server::start(&python, &pki, "mcp.cronly.example", "cr_only");
+    let port = server.port;
+    let examples = example_policies();
+    let tickets = &examples.iter().find(|(n, _)| n == "mcp.toml").unwrap().1;
+    let moved = vec![(
+        "mcp.toml",
+        tickets.replace("mcp.tickets.example", "mcp.cronly.example"),
+    )];
+    let gate = examples_gate(&pki, ([127, 0, 0, 1], port).into(), &moved, |c| {
+        c.add_connect_to(&format!("mcp.cronly.example:443=127.0.0.1:{port}"))
+            .unwrap();
+        c.upstream_timeout = Duration::from_secs(20);
+    })
+    .await;
+    let url = "https://mcp.cronly.example/mcp";
+    let steps = agent(
+        &python,
+        &gate,
+        url,
+        &["list", "pinned_read", "uncontracted"],
+    )
+    .await;
+    // Not the changed get_ticket, not the uncontracted search_tickets, not the denied tool.
+    assert_eq!(step(&steps, "list")["detail"], json!(["create_ticket"]));
+    refused(&steps, "pinned_read", "pinned");
+    refused(&steps, "uncontracted", "search_tickets");
+    assert!(server.executed("get_ticket").is_empty());
+    assert!(server.executed("search_tickets").is_empty());
+    let lists = server
+        .seen()
+        .iter()
+        .filter(|e| e["body"].as_str().unwrap_or("").contains("tools/list"))
+        .count();
+    assert!(
+        lists >= 1,
+        "the server answered the list: {:?}",
+        server.seen()
+    );
+}
+
+/// Issue 23 row 8: `hide` on an MCP tool takes the hidden fields out of every copy of the
+/// answer the agent gets, structured content and text alike, in every framing; an answer
+/// whose copies toolgate cannot tell is withheld.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_fields_leave_every_copy_of_an_mcp_answer() {
+    let (_pki, fake, gate) = crm().await;
+    let mut a = Mcp::new(&gate, A);
+    a.init().await;
+    let hidden = ["ada@example.com", "555-0100"];
+    let shown = json!({"id": "cus_1", "name": "Ada", "plan": "pro"});
+    for framing in [Framing::json(), Framing::sse("\r"), Framing::sse("\r\n")] {
+        fake.frame(framing.clone());
+        for tool in ["get_customer", "describe_customer", "update_customer"] {
+            let got = a.call(tool).await;
+            let text = got.text();
+            for h in hidden {
+                assert!(
+                    !text.contains(h),
+                    "{tool} {framing:?}: {h} reached the agent: {text}"
+                );
+            }
+            let answer = rpc_answer(&got);
+            let result = &answer["result"];
+            assert_eq!(result["structuredContent"], shown, "{tool}: {answer}");
+            // The text copy: the same answer without the hidden fields (words are replaced).
+            let copy = result["content"][0]["text"].as_str().unwrap();
+            assert_eq!(
+                serde_json::from_str::<Value>(copy).unwrap(),
+                shown,
+                "{tool}"
+            );
+        }
+        // Words with no structured content to stand in: withheld, the model is told why.
+        let refused = refused_text(&a.call("note").await);
+        assert!(
+            refused.contains("withheld") && !refused.contains("555-0100"),
+            "{refused}"
+        );
+    }
+    // The write ran once (the later calls were the same call, answered from the store) and
+    // its stored answer is shown without the hidden fields too.
+    assert_eq!(calls_of(&fake, "update_customer"), 1);
+    // The upstream did send them.
+    assert!(calls_of(&fake, "get_customer") >= 3);
+}
+
+/// Issue 23 row 11: an MCP session belongs to the agent that opened it. Another agent using
+/// its id is refused before anything reaches the server, DELETE included, and the session lives
+/// on for its opener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_session_belongs_to_the_agent_that_opened_it() {
+    let (_pki, fake, gate) = crm().await;
+    let mut a = Mcp::new(&gate, A);
+    a.init().await;
+    let session = a.session.clone().unwrap();
+    let mut b = Mcp::new(&gate, B);
+    b.session = Some(session.clone());
+    let before = fake.seen().len();
+    for got in [
+        b.call("get_customer").await,
+        b.list().await,
+        b.send("DELETE", "").await,
+        b.send("GET", "").await,
+        b.post(json!([{"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+            "params": {"name": "get_customer", "arguments": {"id": "cus_1"}}}]))
+            .await,
+    ] {
+        assert_eq!(
+            (got.status.as_u16(), got.code().as_str()),
+            (403, "policy_violation"),
+            "{}",
+            got.text()
+        );
+        assert!(
+            got.message().contains("belongs to another agent"),
+            "{}",
+            got.text()
+        );
+    }
+    assert_eq!(
+        fake.seen().len(),
+        before,
+        "none of B's requests reached the server"
+    );
+    assert!(fake.sessions().contains(&session), "A's session lives on");
+    // A's session still works.
+    let got = a.call("get_customer").await;
+    assert_eq!(
+        rpc_answer(&got)["result"]["structuredContent"]["id"],
+        "cus_1"
+    );
+    // B opens its own session and uses it.
+    b.session = None;
+    b.init().await;
+    assert_ne!(b.session.as_deref(), Some(session.as_str()));
+    assert_eq!(tool_names(&b.list().await).len(), 4);
+    // A token issued to A later is another opener: A opens sessions with it for itself.
+    let issued = gate
+        .admin(
+            "POST",
+            "/api/agents/agent-a/tokens",
+            Some(ADMIN),
+            Some(json!({"ttl": "15m"})),
+        )
+        .await;
+    assert_eq!(issued.status, 201, "{}", issued.text());
+    let issued = issued.json()["token"].as_str().unwrap().to_string();
+    let mut a2 = Mcp::new(&gate, ("agent-a", issued.as_str()));
+    a2.session = Some(session.clone());
+    let got = a2.list().await;
+    assert_eq!(got.status, 403, "{}", got.text());
+    assert!(got.message().contains("another token"), "{}", got.text());
+    a2.session = None;
+    a2.init().await;
+    assert_eq!(a2.list().await.status, 200);
+    // A session toolgate does not know is the spec's unknown session (404), and nothing of it
+    // reaches the server either; once A ends its session, it is unknown to A too.
+    let mut stranger = Mcp::new(&gate, A);
+    stranger.session = Some("made-up-session".into());
+    let before = fake.seen().len();
+    let got = stranger.list().await;
+    assert_eq!(
+        (got.status.as_u16(), got.code().as_str()),
+        (404, "policy_violation")
+    );
+    assert_eq!(fake.seen().len(), before);
+    let ended = a.send("DELETE", "").await;
+    assert_eq!(ended.status, 200, "{}", ended.text());
+    assert!(!fake.sessions().contains(&session));
+    assert_eq!(a.list().await.status, 404);
+}

@@ -5,6 +5,7 @@ pub mod body;
 pub mod clock;
 pub mod net;
 pub mod parse;
+pub mod sse;
 
 pub use clock::{new_id, now_ms, now_unix};
 pub use net::{authority, split_host_port, strip_hop_by_hop};

@@ -946,10 +946,24 @@ fn compile_response(
             "response field {bad:?} must be a JSON pointer such as /id or /card/last4"
         )));
     }
+    let mcp = def.mcp_tool.is_some();
+    // An MCP answer copies the tool's output into text blocks; toolgate can find a field in
+    // every copy only when it names a field of the structured output.
+    let under = response::MCP_HIDDEN_UNDER;
+    let outside = |p: &&String| {
+        !p.strip_prefix(under)
+            .is_some_and(|rest| rest.len() > 1 && rest.starts_with('/'))
+    };
+    if let Some(bad) = r.hide.iter().find(outside).filter(|_| mcp) {
+        return Err(err(format!(
+            "hide {bad:?}: an MCP tool's answer reaches the agent as its structured content and as text blocks that copy it, and toolgate removes a field from every copy only when it is a field of the structured content: name it as {under}/FIELD (for example {under}/email)"
+        )));
+    }
     Ok(Some(response::ResponseSpec {
         keep: r.keep.clone(),
         hide: r.hide.clone(),
         schema: r.schema.as_deref().map(load_schema).transpose()?,
+        mcp,
     }))
 }
 
@@ -1310,6 +1324,30 @@ mod tests {
             "side_effects = \"reversible\"\nidempotency = \"payload\"\nrollback = { method = \"POST\", path = \"/mcp\" }",
             "rollback = { none",
         );
+        // An MCP tool hides fields of its structured output, which toolgate finds in every
+        // copy of the answer; a field anywhere else it could not.
+        for elsewhere in [
+            "/email",
+            "/result/content/0/text",
+            "/result/structuredContent",
+            "/result/structuredContent/",
+        ] {
+            refused(
+                &format!("side_effects = \"none\"\nresponse = {{ hide = [\"{elsewhere}\"] }}"),
+                "/result/structuredContent/FIELD",
+            );
+        }
+        let hides = format!(
+            "{BASE}{}",
+            mcp_tool(
+                "t.h",
+                "h",
+                "side_effects = \"none\"\nresponse = { hide = [\"/result/structuredContent/email\"] }",
+                &schema
+            )
+        );
+        let policy = build(&hides).unwrap();
+        assert!(policy.tool("t.h").unwrap().response.as_ref().unwrap().mcp);
         let no_args = format!(
             "{BASE}[[tool]]\nname = \"t.y\"\nhost = \"mcp.example.com\"\npath = \"/mcp\"\nmcp_tool = \"y\"\nside_effects = \"none\"\n"
         );

@@ -20,6 +20,7 @@ use crate::checks::{authorize, validation};
 use crate::error::Refusal;
 use crate::mcp::{self, Message};
 use crate::policy::{Agent, Mode, SideEffects, Tool};
+use crate::services::mcp_sessions::{Opener, Standing};
 use crate::App;
 
 /// The largest `tools/list` answer or stored answer toolgate reads whole to rewrite.
@@ -67,9 +68,15 @@ pub(super) async fn process(
             ))
         }
     };
+    let key = endpoint_key(target, &endpoint);
+    let session = session_id(req.headers())?;
+    if let Some(session) = &session {
+        owned(app, &key, session, &opener(&agent, trail))?;
+    }
     let (parts, incoming) = req.into_parts();
     if let Some(what) = what {
-        return pass(
+        let ending = parts.method == Method::DELETE;
+        let resp = pass(
             app,
             target,
             &agent,
@@ -78,7 +85,12 @@ pub(super) async fn process(
             Some(trail),
             what,
         )
-        .await;
+        .await?;
+        let gone = resp.status() == StatusCode::NOT_FOUND || (ending && resp.status().is_success());
+        if let Some(session) = session.filter(|_| gone) {
+            app.mcp_sessions.ended(&key, &session);
+        }
+        return guarded(app, &agent, &endpoint, resp).await;
     }
     let (body, buffered) =
         request::read_body(app, &agent.id, &via, &parts.headers, incoming).await?;
@@ -109,7 +121,7 @@ async fn one(
                 .get("method")
                 .and_then(Value::as_str)
                 .unwrap_or("reply");
-            pass(
+            let resp = pass(
                 app,
                 target,
                 &agent,
@@ -118,7 +130,17 @@ async fn one(
                 Some(trail),
                 method,
             )
-            .await
+            .await?;
+            let opened = resp
+                .headers()
+                .get(MCP_SESSION)
+                .and_then(|v| v.to_str().ok());
+            if let Some(session) = opened.filter(|_| method == "initialize") {
+                let key = endpoint_key(target, endpoint);
+                app.mcp_sessions
+                    .opened(&key, session, opener(&agent, trail));
+            }
+            guarded(app, &agent, endpoint, resp).await
         }
         Message::List { id } => {
             let answer = pass(
@@ -148,15 +170,15 @@ async fn one(
                         target.host, parts.uri.path()
                     ))
                 })?;
-            call_tool(
+            let answer = call_tool(
                 app,
                 target,
-                (agent, tool),
+                (agent.clone(), tool),
                 (parts, body, buffered),
                 (id, arguments),
                 trail,
-            )
-            .await
+            );
+            guarded(app, &agent, endpoint, answer.await?).await
         }
         Message::Other { id, method } => {
             trail.mcp = Some(Reply::Error(id));
@@ -297,11 +319,8 @@ async fn pass(
     ))
 }
 
-/// Reads an answer whole (within [`ANSWER_CAP`]): its parts, bytes, and whether it was an
-/// event stream.
-async fn read_whole(
-    resp: Response<ProxyBody>,
-) -> Result<(http::response::Parts, Bytes, bool), Refusal> {
+/// Reads an answer whole (within [`ANSWER_CAP`]): its parts and bytes.
+async fn read_whole(resp: Response<ProxyBody>) -> Result<(http::response::Parts, Bytes), Refusal> {
     let (parts, mut body) = resp.into_parts();
     let too_big = || {
         Refusal::new(
@@ -324,27 +343,40 @@ async fn read_whole(
             bytes.extend_from_slice(&data);
         }
     }
-    let bytes = Bytes::from(bytes);
-    let stream = mcp::is_event_stream(
-        parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-    );
-    Ok((parts, bytes, stream))
+    Ok((parts, Bytes::from(bytes)))
+}
+
+/// The refusal of an MCP answer toolgate cannot read: passed on unread, it would reach the
+/// client unchecked.
+pub(crate) fn unreadable(why: mcp::Unreadable) -> Refusal {
+    Refusal::new(
+        crate::error::Code::UpstreamError,
+        format!("the MCP server's answer could not be read: {why}. toolgate passes on only what it can read and check; the server must answer as JSON or as a UTF-8 event stream, without a content coding"),
+    )
+}
+
+/// Reads an MCP answer by its headers.
+fn read_answer(parts: &http::response::Parts, bytes: &[u8]) -> Result<mcp::Answer, Refusal> {
+    mcp::Answer::from_headers(&parts.headers, bytes).map_err(unreadable)
 }
 
 /// The answer to the call, under the agent's JSON-RPC id, as one JSON message.
 async fn answer_as(id: &Value, resp: Response<ProxyBody>) -> Response<ProxyBody> {
     let status = resp.status();
-    let (parts, bytes, stream) = match read_whole(resp).await {
+    let read = match read_whole(resp).await {
+        Ok((parts, bytes)) => read_answer(&parts, &bytes).map(|a| (parts, a)),
+        Err(refusal) => Err(refusal),
+    };
+    let (parts, answer) = match read {
         Ok(read) => read,
         Err(refusal) => return refusal_answer(&Reply::ToolResult(id.clone()), &refusal),
     };
-    let answer = mcp::messages_in(stream, &bytes)
+    let found = answer
+        .clone()
+        .messages()
         .into_iter()
         .find(|m| m.get("result").is_some() || m.get("error").is_some());
-    match answer {
+    match found {
         Some(mut m) => {
             m["id"] = id.clone();
             let mut resp = json_answer(status, &m);
@@ -356,12 +388,19 @@ async fn answer_as(id: &Value, resp: Response<ProxyBody>) -> Response<ProxyBody>
             }
             resp
         }
-        None => Response::from_parts(parts, body::full(bytes)),
+        None => {
+            let mut parts = parts;
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, body::full(Bytes::from(answer.to_bytes())))
+        }
     }
 }
 
 /// A `tools/list` answer with only the tools the agent may call: contracted here, held by the
-/// agent, and listed as pinned (a tool whose description or schema changed is hidden).
+/// agent, and listed as pinned (a tool whose description or schema changed is hidden). What
+/// the agent gets is written from what toolgate read; an answer it cannot read is refused (an
+/// HTTP error status with a body that is neither JSON nor a stream passes: no client reads a
+/// list from it).
 async fn filter_list(
     app: &App,
     target: &Target,
@@ -370,31 +409,147 @@ async fn filter_list(
     id: &Value,
     resp: Response<ProxyBody>,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    let (mut parts, bytes, stream) = read_whole(resp).await?;
-    let key = endpoint_key(target, endpoint);
-    let out = mcp::rewrite(stream, &bytes, |m| {
-        if m.get("id") != Some(id) {
-            return;
+    let (mut parts, bytes) = read_whole(resp).await?;
+    let mut answer = match read_answer(&parts, &bytes) {
+        Ok(answer) => answer,
+        Err(_) if !parts.status.is_success() => {
+            return Ok(Response::from_parts(parts, body::full(bytes)))
         }
-        let Some(tools) = m.pointer_mut("/result/tools").and_then(Value::as_array_mut) else {
-            return;
-        };
-        remember_pins(app, &key, endpoint, tools);
-        tools.retain(|listed| {
-            let name = listed.get("name").and_then(Value::as_str).unwrap_or("");
-            endpoint.iter().any(|t| {
-                t.mcp.as_ref().is_some_and(|m| {
-                    m.name == name
-                        && agent.may_use(&t.name)
-                        && t.mode != Mode::Deny
-                        && request::tool_enabled(app, t).is_ok()
-                        && m.pin.as_ref().is_none_or(|pin| *pin == mcp::pin_of(listed))
-                })
-            })
-        });
+        Err(refusal) => return Err(refusal),
+    };
+    if parts.status.is_success() && mcp::answer_to(answer.clone().messages(), id).is_none() {
+        return Err(unreadable(mcp::Unreadable::Json(format!(
+            "it holds no answer to tools/list (id {id})"
+        ))));
+    }
+    let key = endpoint_key(target, endpoint);
+    let listable = listable(app, agent, endpoint);
+    answer.edit(|m| {
+        if m.get("id") == Some(id) {
+            if let Some(tools) = m.pointer(LISTED).and_then(Value::as_array) {
+                remember_pins(app, &key, endpoint, tools);
+            }
+        }
+        listable.filter(m);
     });
     parts.headers.remove(header::CONTENT_LENGTH);
-    Ok(Response::from_parts(parts, body::full(Bytes::from(out))))
+    Ok(Response::from_parts(
+        parts,
+        body::full(Bytes::from(answer.to_bytes())),
+    ))
+}
+
+/// The header that carries an MCP session's id.
+const MCP_SESSION: &str = "mcp-session-id";
+
+/// The session a request names, if any (once at most: two would be two sessions to check).
+fn session_id(headers: &http::HeaderMap) -> Result<Option<String>, Refusal> {
+    let mut values = headers.get_all(MCP_SESSION).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) => v
+            .to_str()
+            .map(|s| Some(s.to_string()))
+            .map_err(|_| validation("Mcp-Session-Id must be visible ASCII, as the server gave it")),
+        (Some(_), Some(_)) => Err(validation(
+            "the request has more than one Mcp-Session-Id header; send the session's id once",
+        )),
+    }
+}
+
+/// Who a request comes from, as a session's opener: the agent and its issued token.
+fn opener(agent: &Agent, trail: &Trail) -> Opener {
+    Opener {
+        agent: agent.id.clone(),
+        token: trail.token.clone(),
+    }
+}
+
+/// A session is used only by the agent (and the token) that opened it: another agent's use is
+/// refused before it reaches the server, so the session and its state stay its opener's.
+fn owned(app: &App, key: &str, session: &str, who: &Opener) -> Result<(), Refusal> {
+    match app.mcp_sessions.standing(key, session, who) {
+        Standing::Own => Ok(()),
+        Standing::Another(opener) if opener.agent == who.agent => Err(Refusal::policy(
+            "this MCP session was opened with another token of this agent; open a new session (initialize without an Mcp-Session-Id) with the token you use now",
+        )),
+        Standing::Another(_) => Err(Refusal::policy(
+            "this MCP session belongs to another agent: a session is used only by the agent that opened it. Open your own session (initialize without an Mcp-Session-Id)",
+        )),
+        Standing::Unknown => Err(Refusal::new(
+            crate::error::Code::SessionUnknown,
+            "toolgate knows no such MCP session here (it ended, was not opened through toolgate, or toolgate restarted): open a new session (initialize without an Mcp-Session-Id)",
+        )),
+    }
+}
+
+/// Where a message carries a list of tools.
+const LISTED: &str = "/result/tools";
+
+/// The tools `agent` may see listed at `endpoint`: contracted, held, not in mode deny, not
+/// switched off (and as pinned).
+fn listable(app: &App, agent: &Agent, endpoint: &[Arc<Tool>]) -> mcp::Listable {
+    let shown = endpoint.iter().filter(|t| {
+        agent.may_use(&t.name) && t.mode != Mode::Deny && request::tool_enabled(app, t).is_ok()
+    });
+    mcp::Listable(
+        shown
+            .filter_map(|t| t.mcp.as_ref().map(|m| (m.name.clone(), m.pin.clone())))
+            .collect(),
+    )
+}
+
+/// Any answer of the server, as it reaches the agent: every list of tools in it cut to what
+/// the agent may see (a server may put one in any answer, or on the GET stream), and written
+/// from what toolgate read. A JSON answer is read whole, a stream event by event; an empty one
+/// passes; a successful answer of another form is refused, an error status's body passes (no
+/// client reads messages from it).
+pub(super) async fn guarded(
+    app: &App,
+    agent: &Agent,
+    endpoint: &[Arc<Tool>],
+    resp: Response<ProxyBody>,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let listable = listable(app, agent, endpoint);
+    if mcp::Form::from_headers(resp.headers()) == Ok(mcp::Form::EventStream) {
+        let (mut parts, body) = resp.into_parts();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let body = crate::base::sse::map_events(body, move |e| guard_event(&listable, e));
+        return Ok(Response::from_parts(parts, body));
+    }
+    let status = resp.status();
+    let (mut parts, bytes) = read_whole(resp).await?;
+    let mut answer = match read_answer(&parts, &bytes) {
+        Ok(answer) => answer,
+        Err(_) if !status.is_success() => {
+            return Ok(Response::from_parts(parts, body::full(bytes)))
+        }
+        Err(refusal) => return Err(refusal),
+    };
+    answer.edit(|m| listable.filter(m));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok(Response::from_parts(
+        parts,
+        body::full(Bytes::from(answer.to_bytes())),
+    ))
+}
+
+/// One event of a stream passed on: its lists of tools cut to what the agent may see. Data that
+/// is not JSON carries no message a client reads: the event is dropped, never passed on unread.
+fn guard_event(
+    listable: &mcp::Listable,
+    mut e: crate::base::sse::Event,
+) -> Option<crate::base::sse::Event> {
+    let Some(data) = e.data.as_deref().filter(|d| !d.is_empty()) else {
+        return Some(e);
+    };
+    let mut message = serde_json::from_str::<Value>(data).ok()?;
+    match &mut message {
+        Value::Array(list) => list.iter_mut().for_each(|m| listable.filter(m)),
+        m => listable.filter(m),
+    }
+    e.data = Some(message.to_string());
+    Some(e)
 }
 
 /// The endpoint's name in the pin cache.
@@ -453,9 +608,8 @@ async fn pinned(
                 None,
                 "pin check",
             );
-            let answer = answer.await?;
-            let (_, bytes, stream) = read_whole(answer).await?;
-            let listed = mcp::answer_to(mcp::messages_in(stream, &bytes), &ask["id"])
+            let (parts, bytes) = read_whole(answer.await?).await?;
+            let listed = mcp::answer_to(read_answer(&parts, &bytes)?.messages(), &ask["id"])
                 .and_then(|a| {
                     a.pointer("/result/tools")
                         .and_then(Value::as_array)
@@ -529,8 +683,11 @@ async fn batch(
         let request_id = format!("{}.{}", trail.request_id, i + 1);
         let (resp, _) = handle_one(app.clone(), target, req, request_id).await;
         let Some(id) = id else { continue };
-        let (_, bytes, stream) = read_whole(resp).await?;
-        let answer = mcp::answer_to(mcp::messages_in(stream, &bytes), &id).unwrap_or_else(|| {
+        let (parts, bytes) = read_whole(resp).await?;
+        let messages = read_answer(&parts, &bytes)
+            .map(mcp::Answer::messages)
+            .unwrap_or_default();
+        let answer = mcp::answer_to(messages, &id).unwrap_or_else(|| {
             mcp::error_message(
                 Some(&id),
                 mcp::INVALID_REQUEST,

@@ -524,13 +524,13 @@ async fn contracted_read(
             bytes.extend_from_slice(&data);
         }
     }
-    let stream = crate::mcp::is_event_stream(
-        parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
+    let value_of = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let (content_type, content_encoding) = (
+        value_of(header::CONTENT_TYPE),
+        value_of(header::CONTENT_ENCODING),
     );
-    if let Some(why) = spec.mismatch(&bytes) {
+    let subject = spec.subject(&bytes, content_type, content_encoding);
+    if let Some(why) = spec.mismatch(&subject) {
         trail
             .record(
                 &app.audit,
@@ -539,7 +539,8 @@ async fn contracted_read(
             )
             .await;
     }
-    let kept = spec.kept(&bytes);
+    let kept = spec.kept(&subject);
+    let shown = spec.shown(&bytes, content_type, content_encoding);
     let mut response = json!({
         "status": parts.status.as_u16(),
         "body": crate::audit::body_json(&kept, crate::audit::BODY_CAP),
@@ -547,11 +548,14 @@ async fn contracted_read(
     });
     response["headers"] = crate::audit::headers_json(&parts.headers);
     trail.record_read(&app.audit, decision, response).await;
+    let shown = shown.map_err(|why| {
+        Refusal::new(
+            Code::UpstreamError,
+            format!("toolgate withheld the answer: {why}; it cannot remove the fields the tool's contract hides"),
+        )
+    })?;
     parts.headers.remove(header::CONTENT_LENGTH);
-    Ok(Response::from_parts(
-        parts,
-        body::full(Bytes::from(spec.shown(&bytes, stream))),
-    ))
+    Ok(Response::from_parts(parts, body::full(Bytes::from(shown))))
 }
 
 /// A model provider's answer: streamed as it comes, its usage recorded when it ends.

@@ -7,8 +7,7 @@ use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Entries kept at most; past it, the stale ones are dropped (and, if none is, nothing new is
-/// kept until one is).
+/// Entries kept at most; past it, the stale ones are dropped (and, if none is, the oldest).
 const MAX_ENTRIES: usize = 10_000;
 
 /// Values by key, each with when it was put; an entry older than `ttl` is not given out.
@@ -17,7 +16,7 @@ pub struct Fresh<K, V> {
     map: Mutex<HashMap<K, (V, Instant)>>,
 }
 
-impl<K: Eq + Hash, V: Clone> Fresh<K, V> {
+impl<K: Eq + Hash + Clone, V: Clone> Fresh<K, V> {
     pub fn new(ttl: Duration) -> Self {
         Fresh {
             ttl,
@@ -38,13 +37,18 @@ impl<K: Eq + Hash, V: Clone> Fresh<K, V> {
 
     pub fn put(&self, key: K, value: V) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_ENTRIES {
+        if map.len() >= MAX_ENTRIES && !map.contains_key(&key) {
             let ttl = self.ttl;
             map.retain(|_, (_, at)| at.elapsed() < ttl);
+            if map.len() >= MAX_ENTRIES {
+                // What is dropped is read again (or, for an MCP session, opened again).
+                let oldest = map.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k);
+                if let Some(k) = oldest.cloned() {
+                    map.remove(&k);
+                }
+            }
         }
-        if map.len() < MAX_ENTRIES {
-            map.insert(key, (value, Instant::now()));
-        }
+        map.insert(key, (value, Instant::now()));
     }
 
     pub fn forget<Q: Eq + Hash + ?Sized>(&self, key: &Q)

@@ -4,6 +4,7 @@
 pub mod fresh;
 pub mod kill;
 pub mod locks;
+pub mod mcp_sessions;
 pub mod pins;
 pub mod policies;
 pub mod principals;
@@ -12,6 +13,7 @@ pub mod waiters;
 
 pub use kill::KillSwitches;
 pub use locks::{KeyedLocks, LockKey};
+pub use mcp_sessions::McpSessions;
 pub use pins::Pins;
 pub use policies::Policies;
 pub use principals::Principals;

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod fakes;
+pub mod mcp_fake;
 pub mod netns;
 pub mod pg;
 pub mod process;
