@@ -220,8 +220,19 @@ impl Audit {
         if rec.at_ms == 0 {
             rec.at_ms = now_ms();
         }
+        self.record_from(move || Some(rec)).await;
+    }
+
+    /// Waits for room in the queue, then queues what `take` gives. The record is taken only
+    /// once there is room, so that a caller dropped while it waits (a client gone) still holds
+    /// it, and its own guard can record it.
+    pub async fn record_from(&self, take: impl FnOnce() -> Option<Record>) {
         let roomed = self.room.acquire().await.map(|p| p.forget()).is_ok();
-        self.queue(rec, roomed);
+        match take() {
+            Some(rec) => self.queue(rec, roomed),
+            None if roomed => self.room.add_permits(1),
+            None => {}
+        }
         let queued = self.queued().0;
         self.peak.fetch_max(queued, Ordering::Relaxed);
     }
@@ -232,7 +243,8 @@ impl Audit {
         (now, self.peak.load(Ordering::Relaxed).max(now))
     }
 
-    /// Queues an event from code that cannot wait (policy reloads, stream ends). Takes room
+    /// Queues an event from code that cannot wait (policy reloads, stream ends, the guard of a
+    /// request whose client went away). Takes room
     /// when there is some; past the bound it queues anyway: such callers are few and rare.
     pub fn record_now(&self, rec: Record) {
         let roomed = self.room.try_acquire().map(|p| p.forget()).is_ok();

@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
 use super::body::{self, ProxyBody};
+use super::exchange::CallEvent;
 use super::request::{self, Trail};
 use super::scrub::{Needles, Scrubbed};
 use super::Target;
@@ -269,13 +270,15 @@ async fn pass(
     *out.uri_mut() = request::path_and_query(&parts).parse().unwrap_or_default();
     *out.headers_mut() = headers;
     let decision = json!({"outcome": "allowed", "mcp": what});
-    let resp = match app.upstream.forward(&target.host, target.port, out).await {
-        Ok(r) => r,
-        Err(f) => {
-            if let Some(trail) = trail {
-                trail.record(&app.audit, "decision", decision).await;
-            }
-            return Err(f.refusal);
+    let (resp, event) = match trail {
+        Some(trail) => {
+            let event = CallEvent::new(&app.audit, trail, decision, Instant::now());
+            let (resp, event) = super::exchange::forward(app, target, out, event).await?;
+            (resp, Some(event))
+        }
+        None => {
+            let resp = app.upstream.forward(&target.host, target.port, out).await;
+            (resp.map_err(|f| f.refusal)?, None)
         }
     };
     let (mut parts, body) = resp.into_parts();
@@ -288,8 +291,8 @@ async fn pass(
     needles.scrub_headers(&mut parts.headers);
     let mut response = json!({"status": parts.status.as_u16(), "body": {"streamed": true}});
     response["headers"] = crate::audit::headers_json(&parts.headers);
-    if let Some(trail) = trail {
-        trail.record_read(&app.audit, decision, response).await;
+    if let Some(event) = event {
+        event.record(response).await;
     }
     Ok(Response::from_parts(
         parts,

@@ -4,6 +4,7 @@
 //! target), then per request inside the tunnel `match_tool`, `forward`, and `record`, which runs
 //! on every exit, refusals included.
 
+mod exchange;
 pub(crate) mod mcp;
 pub mod model;
 pub(crate) mod request;
@@ -631,7 +632,12 @@ async fn handle(
         Ok(job) => (job, None),
         Err(refusal) => (target.tunnel_id.clone(), Some(refusal)),
     };
-    let mut trail = request::Trail::new(request_id.clone(), job, target.agent_id.clone());
+    let mut trail = request::Trail::new(
+        request_id.clone(),
+        job,
+        target.agent_id.clone(),
+        app.audit.clone(),
+    );
     trail.token = target.token.as_ref().map(|t| t.id.clone());
     // The record phase: what was asked, whatever happens next (held until the next event of
     // the request, or folded into one event with the answer of a read).

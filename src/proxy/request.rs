@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::body::{self, ProxyBody};
+use super::exchange::{self, CallEvent};
 use super::scrub::{Needles, Scrubbed};
 use super::Target;
 use crate::checks::{
@@ -447,22 +448,8 @@ async fn read(
 ) -> Result<Response<ProxyBody>, Refusal> {
     let tool = call.tool.clone();
     app.limiter.admit(&call.agent.id, &tool).await?;
-    let decision = decision("allowed", &call);
-    let resp = match app
-        .upstream
-        .forward(&target.host, target.port, outgoing(&mut call))
-        .await
-    {
-        Ok(r) => r,
-        Err(f) => {
-            trail.record(&app.audit, "decision", decision).await;
-            trail.record(&app.audit,
-                "upstream_error",
-                json!({"code": f.refusal.code.as_str(), "message": f.refusal.message, "sent": !f.not_sent}),
-            ).await;
-            return Err(f.refusal);
-        }
-    };
+    let event = CallEvent::new(&app.audit, trail, decision("allowed", &call), call.started);
+    let (resp, event) = exchange::forward(app, target, outgoing(&mut call), event).await?;
     let (mut parts, body) = resp.into_parts();
     // The injected credential never reaches the agent, even if the upstream echoes it.
     let needles = Needles::new(call.credential.iter().flat_map(|c| {
@@ -475,11 +462,10 @@ async fn read(
     let body = Scrubbed::new(body, needles);
     let latency_ms = call.started.elapsed().as_millis() as u64;
     if tool.def.kind.as_deref() == Some("model") {
-        trail.record(&app.audit, "decision", decision).await;
-        return Ok(model_answer(app, target, &call, trail, parts, body).await);
+        return Ok(model_answer(app, target, &call, trail, event, parts, body).await);
     }
     if let Some(spec) = &tool.response {
-        return contracted_read(app, trail, decision, (parts, body), spec, latency_ms).await;
+        return contracted_read(event, (parts, body), spec, latency_ms).await;
     }
     // One event tells the whole read: what was asked, the decision, and the answer (whose
     // body streams to the agent and is not kept).
@@ -489,7 +475,7 @@ async fn read(
         "latency_ms": latency_ms,
     });
     response["headers"] = crate::audit::headers_json(&parts.headers);
-    trail.record_read(&app.audit, decision, response).await;
+    event.record(response).await;
     Ok(Response::from_parts(parts, body::stream(body)))
 }
 
@@ -499,30 +485,38 @@ const CONTRACTED_ANSWER_CAP: usize = 16 * 1024 * 1024;
 /// A read whose tool has a response contract: the answer is read whole, the agent gets it with
 /// the hidden fields out, and the audit keeps the kept fields (a schema mismatch is an event).
 async fn contracted_read(
-    app: &App,
-    trail: &Trail,
-    decision: Value,
+    mut event: CallEvent,
     (mut parts, mut body): (http::response::Parts, Scrubbed<hyper::body::Incoming>),
     spec: &crate::policy::response::ResponseSpec,
     latency_ms: u64,
 ) -> Result<Response<ProxyBody>, Refusal> {
+    let mut response = json!({
+        "status": parts.status.as_u16(),
+        "latency_ms": latency_ms,
+    });
+    response["headers"] = crate::audit::headers_json(&parts.headers);
     let mut bytes = Vec::new();
+    let mut unread = None;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            Refusal::new(
-                Code::UpstreamError,
-                format!("the answer could not be read: {e}"),
-            )
-        })?;
-        if let Ok(data) = frame.into_data() {
-            if bytes.len() + data.len() > CONTRACTED_ANSWER_CAP {
-                return Err(Refusal::new(
-                    Code::UpstreamError,
-                    format!("the answer is larger than {CONTRACTED_ANSWER_CAP} bytes, which a tool with a response contract reads whole"),
-                ));
+        let data = match frame.map(|f| f.into_data()) {
+            Ok(Ok(data)) => data,
+            Ok(Err(_)) => continue,
+            Err(e) => {
+                unread = Some(format!("the answer could not be read: {e}"));
+                break;
             }
-            bytes.extend_from_slice(&data);
+        };
+        if bytes.len() + data.len() > CONTRACTED_ANSWER_CAP {
+            unread = Some(format!("the answer is larger than {CONTRACTED_ANSWER_CAP} bytes, which a tool with a response contract reads whole"));
+            break;
         }
+        bytes.extend_from_slice(&data);
+    }
+    if let Some(why) = unread {
+        // The call went out and was answered: its event says so, and why the agent gets none.
+        response["error"] = Value::String(why.clone());
+        event.record(response).await;
+        return Err(Refusal::new(Code::UpstreamError, why));
     }
     let stream = crate::mcp::is_event_stream(
         parts
@@ -531,22 +525,13 @@ async fn contracted_read(
             .and_then(|v| v.to_str().ok()),
     );
     if let Some(why) = spec.mismatch(&bytes) {
-        trail
-            .record(
-                &app.audit,
-                "response_schema_mismatch",
-                json!({ "message": why }),
-            )
+        event
+            .record_first("response_schema_mismatch", json!({ "message": why }))
             .await;
     }
     let kept = spec.kept(&bytes);
-    let mut response = json!({
-        "status": parts.status.as_u16(),
-        "body": crate::audit::body_json(&kept, crate::audit::BODY_CAP),
-        "latency_ms": latency_ms,
-    });
-    response["headers"] = crate::audit::headers_json(&parts.headers);
-    trail.record_read(&app.audit, decision, response).await;
+    response["body"] = crate::audit::body_json(&kept, crate::audit::BODY_CAP);
+    event.record(response).await;
     parts.headers.remove(header::CONTENT_LENGTH);
     Ok(Response::from_parts(
         parts,
@@ -560,6 +545,7 @@ async fn model_answer(
     target: &Target,
     call: &Call,
     trail: &Trail,
+    event: CallEvent,
     parts: http::response::Parts,
     body: Scrubbed<hyper::body::Incoming>,
 ) -> Response<ProxyBody> {
@@ -596,10 +582,9 @@ async fn model_answer(
             audit.record_now(rec);
         }),
     );
-    trail.record(&app.audit,
-        "response",
-        json!({"status": status, "body": {"streamed": true}, "latency_ms": started.elapsed().as_millis() as u64}),
-    ).await;
+    event
+        .record_apart(json!({"status": status, "body": {"streamed": true}, "latency_ms": started.elapsed().as_millis() as u64}))
+        .await;
     Response::from_parts(parts, body::stream(tap))
 }
 
@@ -790,7 +775,11 @@ fn replay_first(outcome: &Outcome) -> Response<ProxyBody> {
 
 /// Who and what a request is about, for its audit events. The request's own event is held
 /// until the next event of the request is recorded (then it goes first), or folded with the
-/// decision and the answer into one event when the call is a read sent at once.
+/// decision and the answer into one event when the call is a read sent at once (then the
+/// forward phase takes it, [`super::exchange`]).
+///
+/// A guard too: hyper drops a request's future when its client goes away, and a trail dropped
+/// with its request's event still held records it then, marked `client_gone`.
 pub(crate) struct Trail {
     pub request_id: String,
     pub job: String,
@@ -804,10 +793,17 @@ pub(crate) struct Trail {
     pub mcp: Option<super::mcp::Reply>,
     /// The request's event, not yet recorded.
     held: std::sync::Mutex<Option<crate::audit::Record>>,
+    /// Where the held event goes if the request is dropped.
+    audit: Arc<crate::audit::Audit>,
 }
 
 impl Trail {
-    pub fn new(request_id: String, job: String, agent: String) -> Trail {
+    pub fn new(
+        request_id: String,
+        job: String,
+        agent: String,
+        audit: Arc<crate::audit::Audit>,
+    ) -> Trail {
         Trail {
             request_id,
             job,
@@ -818,6 +814,7 @@ impl Trail {
             token: None,
             mcp: None,
             held: std::sync::Mutex::new(None),
+            audit,
         }
     }
 
@@ -844,15 +841,15 @@ impl Trail {
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(rec);
     }
 
-    fn take_request(&self) -> Option<crate::audit::Record> {
+    /// The held request event, if it is still held.
+    pub(super) fn take_request(&self) -> Option<crate::audit::Record> {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// Records the held request event, if any is still held.
+    /// Records the held request event, if any is still held. It stays held while the queue
+    /// has no room, so that a request dropped meanwhile still records it.
     pub async fn flush(&self, audit: &crate::audit::Audit) {
-        if let Some(rec) = self.take_request() {
-            audit.record(rec).await;
-        }
+        audit.record_from(|| self.take_request()).await;
     }
 
     /// Records an event of this request, after the request's own event.
@@ -871,22 +868,18 @@ impl Trail {
     ) {
         audit.record(self.rec(kind, payload)).await;
     }
+}
 
-    /// Records the request, its decision and its answer as one event (a read in mode auto).
-    pub async fn record_read(&self, audit: &crate::audit::Audit, decision: Value, response: Value) {
-        let Some(mut rec) = self.take_request() else {
-            self.record(audit, "decision", decision).await;
-            self.record(audit, "response", response).await;
-            return;
-        };
-        rec.owner = self.owner.clone();
-        rec.tool = self.tool.clone();
-        rec.tool_version = self.version;
-        if let Value::Object(m) = &mut rec.payload {
-            m.insert("decision".into(), decision);
-            m.insert("response".into(), response);
+impl Drop for Trail {
+    /// The record phase of a request dropped mid-way (its client went away): what was asked is
+    /// recorded all the same, without waiting (a drop cannot).
+    fn drop(&mut self) {
+        if let Some(mut rec) = self.take_request() {
+            if let Value::Object(m) = &mut rec.payload {
+                m.insert("client_gone".into(), Value::Bool(true));
+            }
+            self.audit.record_now(rec);
         }
-        audit.record(rec).await;
     }
 }
 
