@@ -8,6 +8,9 @@
 //! `record` waits for room (the request path slows down; nothing is dropped and memory does
 //! not grow). Events that a commit depends on are flushed before the request goes on (several
 //! concurrent commits share one flush). `close` drains the queue and flushes it.
+//!
+//! A batch the store refuses is written again until the store takes it; meanwhile the log is
+//! not [`Audit::writable`], and the request path refuses to forward what it could not record.
 
 mod event;
 mod query;
@@ -33,7 +36,7 @@ pub use traffic::{Page, Row, TrafficFilter, PAGE_ROWS};
 
 use crate::base::now_ms;
 use crate::store::{EventLog, StoreError};
-use writer::{Msg, Writer};
+use writer::{Health, Msg, Writer};
 
 /// How the log is opened.
 #[derive(Debug, Clone)]
@@ -65,6 +68,13 @@ pub struct Audit {
     /// The most records that waited at once.
     peak: AtomicU64,
     log: Arc<dyn EventLog>,
+    /// Whether the writer's last batch was written (and when to give up at exit).
+    health: Arc<Health>,
+    /// The store, for whether it answers (a shared store's health watch).
+    store: crate::store::Store,
+    /// Events of refusals not recorded because the queue was full while the log could not be
+    /// written.
+    unrecorded: AtomicU64,
     pub redactor: Arc<Redactor>,
     /// Flush latency of the last group commit, in microseconds (for /metrics).
     pub last_flush_us: Arc<AtomicU64>,
@@ -87,6 +97,8 @@ impl Drop for Audit {
     /// The writer writes what is queued and ends; the store is released with it.
     fn drop(&mut self) {
         self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // Nobody waits any longer: a batch the store keeps refusing is given up.
+        self.health.give_up.store(true, Ordering::Relaxed);
         if let Some(w) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = w.join();
         }
@@ -156,11 +168,14 @@ impl Audit {
         let redactor = Arc::new(Redactor::new());
         let capacity = opts.queue.max(1);
         let room = Arc::new(Semaphore::new(capacity));
+        let health = Arc::new(Health::default());
+        health.writable.store(true, Ordering::Relaxed);
         let writer = Writer {
             log: log.clone(),
             redactor: redactor.clone(),
             flush_gauge: last_flush_us.clone(),
             room: room.clone(),
+            health: health.clone(),
             delay: opts.write_delay,
             seq,
             prev,
@@ -179,6 +194,9 @@ impl Audit {
             capacity,
             peak: AtomicU64::new(0),
             log,
+            health,
+            store: store.clone(),
+            unrecorded: AtomicU64::new(0),
             redactor,
             last_flush_us,
             decoded: AtomicU64::new(0),
@@ -237,6 +255,42 @@ impl Audit {
         self.peak.fetch_max(queued, Ordering::Relaxed);
     }
 
+    /// Queues the event if the queue has room now; otherwise it is not recorded and counted.
+    /// For refusals made because the log cannot be written: the queue does not drain then,
+    /// and a refusal must not wait for it.
+    pub fn record_if_room(&self, rec: Record) {
+        match self.room.try_acquire() {
+            Ok(p) => {
+                p.forget();
+                self.queue(rec, true);
+            }
+            Err(_) => {
+                let n = self.unrecorded.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    warn!(
+                        unrecorded = n,
+                        "the audit queue is full while the log cannot be written: refusals are answered without their events"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Batch writes the store refused so far (each retry counts), and refusals answered
+    /// without their events because the queue was full while the log could not be written.
+    pub fn write_failures(&self) -> (u64, u64) {
+        (
+            self.health.failures.load(Ordering::Relaxed),
+            self.unrecorded.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Whether an event recorded now can be written: the writer's last batch was (none failed
+    /// since), and the store answers. Nothing may be forwarded while it is false.
+    pub fn writable(&self) -> bool {
+        self.health.writable.load(Ordering::Relaxed) && self.store.healthy()
+    }
+
     /// Records waiting for the writer now, and the most that ever waited at once.
     pub fn queued(&self) -> (u64, u64) {
         let now = self.capacity.saturating_sub(self.room.available_permits()) as u64;
@@ -260,6 +314,9 @@ impl Audit {
     /// Records an event and waits until it is durable. An error means the caller must not go
     /// on with what the event records (fail closed).
     pub async fn record_durable(&self, rec: Record) -> Result<u64, String> {
+        if !self.writable() {
+            return Err("the audit log cannot be written now".into());
+        }
         let (tx, rx) = oneshot::channel();
         if !self.send(rec, Some(tx), false) {
             return Err("the audit writer is not running".into());
@@ -283,7 +340,11 @@ impl Audit {
             let _ = writer.join();
             log.sync()
         });
-        match tokio::time::timeout(limit, drained).await {
+        let drained = tokio::time::timeout(limit, drained).await;
+        // Past the limit, a batch the store keeps refusing is given up so that the process
+        // can leave (the writer says how many events it could not write).
+        self.health.give_up.store(true, Ordering::Relaxed);
+        match drained {
             Ok(Ok(Ok(()))) => true,
             Ok(Ok(Err(e))) => {
                 warn!(error = %e, "the audit log's last flush failed");

@@ -2,13 +2,19 @@
 //! them, writes each batch with its index entries in one atomic write, and flushes once per
 //! batch when anyone waits for durability (group commit). It gives the queue's room back as
 //! it goes, so a slow disk makes the request path wait rather than the queue grow.
+//!
+//! A batch the store refuses is kept and written again (after a pause that grows to a bound)
+//! until the store takes it: the log is marked unwritable meanwhile, so that the request path
+//! refuses what it could not record, and the queue stops draining, so that nothing is dropped.
+//! Only a durable record's caller is told at once (it must not go on; its event is then not
+//! written, since what it records does not happen).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Semaphore};
-use tracing::error;
+use tracing::{error, warn};
 
 use super::{rfc3339, Event, Record, Redactor};
 use crate::store::EventLog;
@@ -31,16 +37,37 @@ const BATCH: usize = 1024;
 const LINGER: Duration = Duration::from_millis(20);
 /// How often a batch is chained again when other replicas keep appending first.
 const APPEND_TRIES: usize = 64;
+/// The first pause before a failed batch is written again, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Whether the log can be written, as the writer last found it, and whether it must give up
+/// on a batch it cannot write (the process is leaving).
+#[derive(Default)]
+pub(super) struct Health {
+    /// False from a failed batch until a batch is written again.
+    pub writable: AtomicBool,
+    /// Batch writes the store refused (each retry counts).
+    pub failures: AtomicU64,
+    /// Set when the log closes and its time is up: a failing batch is tried once more, then
+    /// given up (and said so), so that the process can exit.
+    pub give_up: AtomicBool,
+}
+
 pub(super) struct Writer {
     pub log: Arc<dyn EventLog>,
     pub redactor: Arc<Redactor>,
     pub flush_gauge: Arc<AtomicU64>,
     pub room: Arc<Semaphore>,
+    pub health: Arc<Health>,
     /// A pause before each batch (a test hook: a writer slower than the request path).
     pub delay: Duration,
     pub seq: u64,
     pub prev: String,
 }
+
+/// A durable record's caller, waiting to hear whether (and under which number) it was written.
+type Ack = oneshot::Sender<Result<u64, String>>;
 
 impl Writer {
     /// Writes batches until every sender is gone and the queue is empty.
@@ -79,12 +106,14 @@ impl Writer {
         }
     }
 
-    /// One batch: chained, redacted, written atomically, flushed once if anyone waits.
+    /// One batch: chained, redacted, written atomically, flushed once if anyone waits. A batch
+    /// the store refuses is written again until it is taken (or the log gives up at exit).
     fn write(&mut self, batch: Vec<Msg>) {
-        let mut acks = Vec::new();
+        let mut room = 0;
+        // Where the chain stood before this batch: a failed write continues from here.
         let before = (self.seq, self.prev.clone());
         let mut events = Vec::with_capacity(batch.len());
-        let mut room = 0;
+        let mut acks: Vec<Option<Ack>> = Vec::with_capacity(batch.len());
         for msg in batch {
             room += usize::from(msg.roomed);
             let mut e = self.event(*msg.rec);
@@ -92,33 +121,76 @@ impl Writer {
             events.push((e, bytes));
             acks.push(msg.ack);
         }
-        // One atomic write per batch; on failure the chain continues from before it.
-        let mut failed = self.append(&mut events).err();
-        if failed.is_some() {
-            (self.seq, self.prev) = before;
-        }
-        let acks: Vec<_> = acks
-            .into_iter()
-            .zip(&events)
-            .filter_map(|(ack, (e, _))| ack.map(|a| (a, e.seq)))
-            .collect();
-        if !acks.is_empty() && failed.is_none() {
-            let started = Instant::now();
-            if let Err(err) = self.log.sync() {
-                failed = Some(err.to_string());
+        let mut failures = 0u32;
+        let failed = loop {
+            match self.append(&mut events) {
+                Ok(()) => break None,
+                Err(e) => {
+                    // The chain continues from before the batch; its events are chained again.
+                    (self.seq, self.prev) = before.clone();
+                    self.health.writable.store(false, Ordering::Relaxed);
+                    self.health.failures.fetch_add(1, Ordering::Relaxed);
+                    failures += 1;
+                    // Durable callers are told now and do not go on: what their events record
+                    // does not happen, so those events are not written.
+                    let mut kept = Vec::with_capacity(events.len());
+                    for (event, ack) in std::mem::take(&mut events).into_iter().zip(acks) {
+                        match ack {
+                            Some(ack) => {
+                                let _ = ack.send(Err(e.clone()));
+                            }
+                            None => kept.push(event),
+                        }
+                    }
+                    events = kept;
+                    acks = events.iter().map(|_| None).collect();
+                    if failures == 1 || failures % 30 == 0 {
+                        error!(error = %e, events = events.len(), tries = failures,
+                            "audit write failed; the batch is kept and written again, and calls are refused until it is");
+                    }
+                    if events.is_empty() {
+                        break None;
+                    }
+                    if self.health.give_up.load(Ordering::Relaxed) {
+                        break Some((e, events.len()));
+                    }
+                    std::thread::sleep(retry_pause(failures));
+                    for (e, bytes) in events.iter_mut() {
+                        *bytes = self.link(e);
+                    }
+                }
             }
+        };
+        let mut synced = Ok(());
+        if acks.iter().any(Option::is_some) && failed.is_none() {
+            let started = Instant::now();
+            synced = self.log.sync().map_err(|e| e.to_string());
             self.flush_gauge
                 .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
         self.room.add_permits(room);
-        for (ack, seq) in acks {
-            let _ = ack.send(match &failed {
-                Some(e) => Err(e.clone()),
-                None => Ok(seq),
-            });
+        for (ack, (e, _)) in acks.into_iter().zip(&events) {
+            if let Some(ack) = ack {
+                let _ = ack.send(synced.clone().map(|()| e.seq));
+            }
         }
-        if let Some(e) = failed {
-            error!(error = %e, "audit write failed");
+        match (failed, synced) {
+            (Some((e, lost)), _) => {
+                error!(error = %e, events = lost, "the audit log closed before the store took these events; they were not written");
+            }
+            (None, Err(e)) => {
+                // Written but not known to be durable: the log is not trusted until a batch is.
+                self.health.writable.store(false, Ordering::Relaxed);
+                error!(error = %e, "audit flush failed");
+            }
+            (None, Ok(())) => {
+                if failures > 0 {
+                    warn!(tries = failures + 1, "the audit log is written again");
+                }
+                if failed_nothing(failures, &events) {
+                    self.health.writable.store(true, Ordering::Relaxed);
+                }
+            }
         }
     }
 
@@ -181,5 +253,30 @@ impl Writer {
         let bytes = e.seal();
         self.prev = e.hash.clone();
         bytes
+    }
+}
+
+/// The pause before a failed batch's `failures`th try again: doubling, within a bound.
+fn retry_pause(failures: u32) -> Duration {
+    RETRY_FIRST
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(8))
+        .min(RETRY_MAX)
+}
+
+/// Whether the batch just ended tells that the log takes writes: it wrote something (a batch
+/// emptied by its failures proves nothing).
+fn failed_nothing(failures: u32, events: &[(Event, Vec<u8>)]) -> bool {
+    failures == 0 || !events.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pause_between_tries_grows_to_its_bound() {
+        assert_eq!(retry_pause(1), RETRY_FIRST);
+        assert_eq!(retry_pause(2), RETRY_FIRST * 2);
+        assert_eq!(retry_pause(40), RETRY_MAX);
     }
 }

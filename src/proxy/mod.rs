@@ -681,8 +681,15 @@ async fn handle(
                 serde_json::json!({"outcome": "refused", "code": code.as_str(), "status": code.status().as_u16(), "message": refusal.message}),
             );
             rec.proposal = refusal.proposal.clone();
-            trail.flush(&app.audit).await;
-            app.audit.record(rec).await;
+            if code == Code::StoreUnavailable {
+                // The log's queue does not drain while it cannot be written: the refusal is
+                // recorded if there is room, and never waits for it.
+                trail.flush_if_room(&app.audit);
+                app.audit.record_if_room(rec);
+            } else {
+                trail.flush(&app.audit).await;
+                app.audit.record(rec).await;
+            }
             let resp = match &trail.mcp {
                 Some(reply) => mcp::refusal_answer(reply, &refusal),
                 None => refusal.into_response(&request_id),

@@ -67,6 +67,7 @@ pub(super) async fn process(
     req: Request<ProxyBody>,
     trail: &mut Trail,
 ) -> Result<Response<ProxyBody>, Refusal> {
+    recordable(app)?;
     let policy = app.policy();
     let agent = identify(app, &policy, target, req.method())?;
     canonical(req.uri().path())?;
@@ -80,13 +81,18 @@ pub(super) async fn process(
     trail.owner = Some(agent.owner.clone());
     let agent = crate::grants::for_tool(app, agent, &matched.tool.name).await?;
     let call = validate(app, target, agent, matched, req).await?;
-    // Fail closed: without the shared store nothing can be recorded or deduplicated.
-    if !app.store.healthy() {
-        return Err(Refusal::internal(
-            "toolgate's shared store (PostgreSQL) is unreachable; nothing was sent. Retry later",
-        ));
-    }
     decide(app, target, call, trail).await
+}
+
+/// Audit before forward: while the audit log cannot be written (a batch the store refused is
+/// still being retried, or the shared store does not answer), nothing goes on, so nothing is
+/// sent that could not be recorded. Checked once, before every phase that could forward
+/// (MCP messages included); an approved call's commit fails closed on its durable event.
+fn recordable(app: &App) -> Result<(), Refusal> {
+    match app.audit.writable() {
+        true => Ok(()),
+        false => Err(Refusal::store_unavailable()),
+    }
 }
 
 /// The identify phase: the agent, looked up per request so that a reload or a kill switch
@@ -850,6 +856,14 @@ impl Trail {
     /// has no room, so that a request dropped meanwhile still records it.
     pub async fn flush(&self, audit: &crate::audit::Audit) {
         audit.record_from(|| self.take_request()).await;
+    }
+
+    /// Records the held request event without waiting for room (see
+    /// [`crate::audit::Audit::record_if_room`]).
+    pub fn flush_if_room(&self, audit: &crate::audit::Audit) {
+        if let Some(rec) = self.take_request() {
+            audit.record_if_room(rec);
+        }
     }
 
     /// Records an event of this request, after the request's own event.
