@@ -790,3 +790,45 @@ async fn a_read_whose_client_gives_up_is_recorded_with_the_status_it_would_have_
         .json();
     assert_eq!(v["ok"], true, "{v}");
 }
+
+/// A graceful stop whose grace ends before a slow read is answered: the read is ended then,
+/// and recorded (its answer unfinished) before the audit log closes, not lost with the runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_still_in_flight_when_the_grace_ends_is_recorded_before_exit() {
+    let extra = [("delayed.toml", DELAYED.to_string())];
+    let (_pki, upstream, gate) = setup_examples(&extra, |c| {
+        c.upstream_timeout = Duration::from_secs(10);
+        c.shutdown_grace = Duration::from_millis(300);
+    })
+    .await;
+    let client = staging(&gate);
+    let path = "/delay/5000";
+    let read = tokio::spawn(async move {
+        send(
+            &client,
+            "GET",
+            &format!("https://api.stripe.com{path}"),
+            &[],
+            "",
+        )
+        .await
+    });
+    for _ in 0..200 {
+        if upstream.received().iter().any(|r| r.path == path) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(upstream.count(), 1, "the read reached the upstream");
+    let dir = gate.into_dir().await;
+    let _ = read.await;
+    let gate = Toolgate::restart_in(dir, |_| {}).await;
+    let e = event_of_path(&gate, path).await;
+    assert_eq!(e["payload"]["decision"]["outcome"], "allowed", "{e}");
+    assert_eq!(e["payload"]["response"]["unfinished"], true, "{e}");
+    let v = gate
+        .admin("GET", "/api/audit/verify", Some("demo-carol-token"), None)
+        .await
+        .json();
+    assert_eq!(v["ok"], true, "{v}");
+}

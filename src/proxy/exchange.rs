@@ -24,7 +24,7 @@ use crate::App;
 
 /// What is known of a call's answer, for the event recorded when nobody is left to read it.
 enum Known {
-    /// The exchange did not end (the process is stopping).
+    /// The exchange did not end (the shutdown grace was over first).
     Nothing,
     /// The upstream answered: its status and how long it took.
     Answer(Value),
@@ -192,8 +192,14 @@ pub(super) async fn forward(
         .upstream
         .forward_detached(&target.host, target.port, request);
     let (tx, rx) = oneshot::channel();
+    let abandon = app.abandon.clone();
     app.tasks.spawn(async move {
-        let result = sending.await;
+        // At the end of the shutdown grace the exchange is ended: dropped here, the event is
+        // recorded as unfinished while the audit log still takes it.
+        let result = tokio::select! {
+            r = sending => r,
+            _ = abandon.cancelled() => return,
+        };
         let latency_ms = event.started.elapsed().as_millis() as u64;
         event.known = match &result {
             Ok(resp) => Known::Answer(json!({

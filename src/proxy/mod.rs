@@ -110,7 +110,10 @@ async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: 
         res = conn.as_mut() => if let Err(e) = res { debug!(%peer, error = %e, "client connection ended with an error") },
         _ = app.cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = app.abandon.cancelled() => debug!(%peer, "client connection closed at the end of the shutdown grace"),
+            }
         }
         _ = activity.idle(idle) => debug!(%peer, "idle client connection closed"),
     }
@@ -604,7 +607,10 @@ where
         },
         _ = app.cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = app.abandon.cancelled() => debug!(agent = %target.agent_id, host = %target.host, "tunnel closed at the end of the shutdown grace"),
+            }
         }
         _ = activity.idle(guards.idle_timeout) => {
             debug!(agent = %target.agent_id, host = %target.host, "idle tunnel closed");
