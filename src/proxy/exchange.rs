@@ -16,7 +16,6 @@ use tokio::sync::oneshot;
 use tracing::info;
 
 use super::body::ProxyBody;
-use super::request::Trail;
 use super::Target;
 use crate::audit::{Audit, Record};
 use crate::error::Refusal;
@@ -50,17 +49,18 @@ pub(super) struct CallEvent {
 }
 
 impl CallEvent {
-    /// The events of the call `trail` is about, its held request event taken out of it.
+    /// The events of a call: `held`, the request's own event if it is still held; `base`, who
+    /// and what (see `Trail::call_event`).
     pub(super) fn new(
         audit: &Arc<Audit>,
-        trail: &Trail,
+        (held, base): (Option<Record>, Record),
         decision: Value,
         started: Instant,
     ) -> CallEvent {
         CallEvent {
             audit: audit.clone(),
-            held: trail.take_request(),
-            base: trail.rec("decision", Value::Null),
+            held,
+            base,
             decision: Some(decision),
             known: Known::Nothing,
             started,

@@ -13,7 +13,6 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
 use super::body::{self, ProxyBody};
-use super::exchange::CallEvent;
 use super::request::{self, Trail};
 use super::scrub::{Needles, Scrubbed};
 use super::Target;
@@ -272,7 +271,7 @@ async fn pass(
     let decision = json!({"outcome": "allowed", "mcp": what});
     let (resp, event) = match trail {
         Some(trail) => {
-            let event = CallEvent::new(&app.audit, trail, decision, Instant::now());
+            let event = trail.call_event(&app.audit, decision, Instant::now());
             let (resp, event) = super::exchange::forward(app, target, out, event).await?;
             (resp, Some(event))
         }

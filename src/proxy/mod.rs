@@ -682,20 +682,7 @@ async fn handle(
             if code.source() == crate::error::ErrorSource::Upstream {
                 warn!(request_id = %request_id, error = %refusal.message, "upstream failure");
             }
-            let mut rec = trail.rec(
-                "decision",
-                serde_json::json!({"outcome": "refused", "code": code.as_str(), "status": code.status().as_u16(), "message": refusal.message}),
-            );
-            rec.proposal = refusal.proposal.clone();
-            if code == Code::StoreUnavailable {
-                // The log's queue does not drain while it cannot be written: the refusal is
-                // recorded if there is room, and never waits for it.
-                trail.flush_if_room(&app.audit);
-                app.audit.record_if_room(rec);
-            } else {
-                trail.flush(&app.audit).await;
-                app.audit.record(rec).await;
-            }
+            record_refused(&app, &trail, &refusal).await;
             let resp = match &trail.mcp {
                 Some(reply) => mcp::refusal_answer(reply, &refusal),
                 None => refusal.into_response(&request_id),
@@ -729,6 +716,25 @@ async fn handle(
         latency_ms = started.elapsed().as_secs_f64() * 1000.0, "request"
     );
     (resp, refused)
+}
+
+/// The record phase of a refused request: what was asked, then the refusal.
+async fn record_refused(app: &App, trail: &request::Trail, refusal: &Refusal) {
+    let code = refusal.code;
+    let mut rec = trail.rec(
+        "decision",
+        serde_json::json!({"outcome": "refused", "code": code.as_str(), "status": code.status().as_u16(), "message": refusal.message}),
+    );
+    rec.proposal = refusal.proposal.clone();
+    if code == Code::StoreUnavailable {
+        // The log's queue does not drain while it cannot be written: the refusal is recorded
+        // if there is room, and never waits for it.
+        trail.flush_if_room(&app.audit);
+        app.audit.record_if_room(rec);
+    } else {
+        trail.flush(&app.audit).await;
+        app.audit.record(rec).await;
+    }
 }
 
 /// The job a request belongs to: its `Toolgate-Job`, else its tunnel. A job belongs to the agent

@@ -454,7 +454,7 @@ async fn read(
 ) -> Result<Response<ProxyBody>, Refusal> {
     let tool = call.tool.clone();
     app.limiter.admit(&call.agent.id, &tool).await?;
-    let event = CallEvent::new(&app.audit, trail, decision("allowed", &call), call.started);
+    let event = trail.call_event(&app.audit, decision("allowed", &call), call.started);
     let (resp, event) = exchange::forward(app, target, outgoing(&mut call), event).await?;
     let (mut parts, body) = resp.into_parts();
     // The injected credential never reaches the agent, even if the upstream echoes it.
@@ -864,6 +864,18 @@ impl Trail {
         if let Some(rec) = self.take_request() {
             audit.record_if_room(rec);
         }
+    }
+
+    /// The events of this request's call as it is forwarded, its own event taken from the
+    /// trail into them (the forward phase records them, whatever happens to the client).
+    pub(super) fn call_event(
+        &self,
+        audit: &Arc<crate::audit::Audit>,
+        decision: Value,
+        started: std::time::Instant,
+    ) -> CallEvent {
+        let who = (self.take_request(), self.rec("decision", Value::Null));
+        CallEvent::new(audit, who, decision, started)
     }
 
     /// Records an event of this request, after the request's own event.
