@@ -272,6 +272,149 @@ fn failed_nothing(failures: u32, events: &[(Event, Vec<u8>)]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Index, Seqs, StoreError, StoredEvent};
+
+    /// A log that refuses appends while `fail` is set (a disk error, a database gone), and
+    /// counts the refusals.
+    struct Flaky {
+        inner: Arc<dyn EventLog>,
+        fail: AtomicBool,
+        refused: AtomicU64,
+    }
+
+    impl EventLog for Flaky {
+        fn last(&self) -> crate::store::Result<Option<Vec<u8>>> {
+            self.inner.last()
+        }
+        fn append(&self, events: Vec<StoredEvent>) -> crate::store::Result<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                self.refused.fetch_add(1, Ordering::SeqCst);
+                return Err(StoreError::from_message("the disk is gone".into()));
+            }
+            self.inner.append(events)
+        }
+        fn index(&self, events: &[StoredEvent]) -> crate::store::Result<()> {
+            self.inner.index(events)
+        }
+        fn get(&self, seq: u64) -> crate::store::Result<Option<Vec<u8>>> {
+            self.inner.get(seq)
+        }
+        fn scan(
+            &self,
+            from_seq: u64,
+        ) -> Box<dyn Iterator<Item = crate::store::Result<(u64, Vec<u8>)>> + Send + '_> {
+            self.inner.scan(from_seq)
+        }
+        fn lookup(&self, index: Index, value: &str) -> Seqs<'_> {
+            self.inner.lookup(index, value)
+        }
+        fn lookup_rev(&self, index: Index, value: &str, before: u64) -> Seqs<'_> {
+            self.inner.lookup_rev(index, value, before)
+        }
+        fn in_time(&self, from_ms: u64, until_ms: u64) -> Seqs<'_> {
+            self.inner.in_time(from_ms, until_ms)
+        }
+        fn remove(&self, events: &[StoredEvent]) -> crate::store::Result<()> {
+            self.inner.remove(events)
+        }
+        fn meta_get(&self, key: &[u8]) -> crate::store::Result<Option<Vec<u8>>> {
+            self.inner.meta_get(key)
+        }
+        fn meta_put(&self, key: &[u8], value: Vec<u8>) -> crate::store::Result<()> {
+            self.inner.meta_put(key, value)
+        }
+        fn sync(&self) -> crate::store::Result<()> {
+            self.inner.sync()
+        }
+    }
+
+    fn msg(request: &str, ack: Option<Ack>) -> Msg {
+        Msg {
+            rec: Box::new(Record {
+                kind: "request",
+                request_id: Some(request.into()),
+                ..Default::default()
+            }),
+            ack,
+            roomed: false,
+        }
+    }
+
+    /// Polls `done` every 10 ms, up to 5 s.
+    fn until(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("{what} did not happen within 5 s");
+    }
+
+    /// The same on sled as on PostgreSQL: a batch the store refuses is kept and written again
+    /// once it is taken, chained where the chain stood; the log is unwritable meanwhile; a
+    /// durable caller is told at once and its event is not written.
+    #[test]
+    fn a_refused_batch_is_written_again_and_the_chain_stays_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(dir.path()).unwrap();
+        let log = Arc::new(Flaky {
+            inner: store.event_log().unwrap(),
+            fail: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
+        });
+        let health = Arc::new(Health::default());
+        health.writable.store(true, Ordering::SeqCst);
+        let writer = Writer {
+            log: log.clone(),
+            redactor: Arc::new(Redactor::new()),
+            flush_gauge: Arc::new(AtomicU64::new(0)),
+            room: Arc::new(Semaphore::new(16)),
+            health: health.clone(),
+            delay: Duration::ZERO,
+            seq: 0,
+            prev: String::new(),
+        };
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || writer.run(rx));
+        let written = || log.scan(0).count();
+        tx.send(msg("r1", None)).unwrap();
+        until("the first write", || written() == 1);
+
+        log.fail.store(true, Ordering::SeqCst);
+        let (ack, durable) = oneshot::channel();
+        tx.send(msg("r2", None)).unwrap();
+        tx.send(msg("held", Some(ack))).unwrap();
+        tx.send(msg("r3", None)).unwrap();
+        until("a refused write", || {
+            !health.writable.load(Ordering::SeqCst)
+        });
+        assert!(durable.blocking_recv().unwrap().is_err(), "told at once");
+        until("a retry", || log.refused.load(Ordering::SeqCst) >= 2);
+        assert_eq!(written(), 1);
+
+        log.fail.store(false, Ordering::SeqCst);
+        until("the write again", || health.writable.load(Ordering::SeqCst));
+        drop(tx);
+        thread.join().unwrap();
+
+        let events: Vec<Event> = log
+            .scan(0)
+            .map(|item| serde_json::from_slice(&item.unwrap().1).unwrap())
+            .collect();
+        let ids: Vec<&str> = events
+            .iter()
+            .filter_map(|e| e.request_id.as_deref())
+            .collect();
+        assert_eq!(ids, ["r1", "r2", "r3"]);
+        let mut prev = String::new();
+        for (n, e) in events.iter().enumerate() {
+            assert_eq!(e.seq, n as u64 + 1);
+            assert_eq!(e.prev, prev);
+            assert_eq!(e.compute_hash(), e.hash);
+            prev = e.hash.clone();
+        }
+    }
 
     #[test]
     fn the_pause_between_tries_grows_to_its_bound() {
