@@ -118,9 +118,10 @@ pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Sent, Failed> {
         },
     )
     .await;
+    // What happened is recorded whatever the log's state: kept and written later if need be.
     let _ = app
         .audit
-        .record_durable(event(
+        .record_happened(event(
             "response",
             json!({
                 "status": outcome.status,

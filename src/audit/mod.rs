@@ -207,7 +207,7 @@ impl Audit {
         &self,
         mut rec: Record,
         ack: Option<oneshot::Sender<Result<u64, String>>>,
-        roomed: bool,
+        (roomed, keep): (bool, bool),
     ) -> bool {
         if rec.at_ms == 0 {
             rec.at_ms = now_ms();
@@ -217,6 +217,7 @@ impl Audit {
             rec: Box::new(rec),
             ack,
             roomed,
+            keep,
         };
         let sent = self
             .tx
@@ -306,7 +307,7 @@ impl Audit {
     }
 
     fn queue(&self, rec: Record, roomed: bool) {
-        if !self.send(rec, None, roomed) {
+        if !self.send(rec, None, (roomed, false)) {
             warn!("the audit log is closed; an event was not recorded");
         }
     }
@@ -317,8 +318,23 @@ impl Audit {
         if !self.writable() {
             return Err("the audit log cannot be written now".into());
         }
+        self.durable(rec, false).await
+    }
+
+    /// Records what already happened (a committed call's answer) and waits until it is
+    /// durable. If the log cannot be written now, the event is kept and written once the store
+    /// takes it; the error then only says that it is not durable yet.
+    pub async fn record_happened(&self, rec: Record) -> Result<u64, String> {
+        if !self.writable() {
+            self.record(rec).await;
+            return Err("the audit log cannot be written now; the event is kept for later".into());
+        }
+        self.durable(rec, true).await
+    }
+
+    async fn durable(&self, rec: Record, keep: bool) -> Result<u64, String> {
         let (tx, rx) = oneshot::channel();
-        if !self.send(rec, Some(tx), false) {
+        if !self.send(rec, Some(tx), (false, keep)) {
             return Err("the audit writer is not running".into());
         }
         match tokio::time::timeout(Duration::from_secs(30), rx).await {

@@ -6,8 +6,9 @@
 //! A batch the store refuses is kept and written again (after a pause that grows to a bound)
 //! until the store takes it: the log is marked unwritable meanwhile, so that the request path
 //! refuses what it could not record, and the queue stops draining, so that nothing is dropped.
-//! Only a durable record's caller is told at once (it must not go on; its event is then not
-//! written, since what it records does not happen).
+//! A durable record's caller is told at once: a commit's caller does not go on, and its event is
+//! then not written, since what it records does not happen; an event of what already happened
+//! (`keep`) stays in the batch.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -25,6 +26,9 @@ pub(super) struct Msg {
     pub rec: Box<Record>,
     pub ack: Option<oneshot::Sender<Result<u64, String>>>,
     pub roomed: bool,
+    /// A durable record of what already happened: when its write fails its caller is told,
+    /// and the event stays in the batch to be written again.
+    pub keep: bool,
 }
 
 /// The most records written in one batch.
@@ -113,13 +117,13 @@ impl Writer {
         // Where the chain stood before this batch: a failed write continues from here.
         let before = (self.seq, self.prev.clone());
         let mut events = Vec::with_capacity(batch.len());
-        let mut acks: Vec<Option<Ack>> = Vec::with_capacity(batch.len());
+        let mut acks: Vec<Option<(Ack, bool)>> = Vec::with_capacity(batch.len());
         for msg in batch {
             room += usize::from(msg.roomed);
             let mut e = self.event(*msg.rec);
             let bytes = self.link(&mut e);
             events.push((e, bytes));
-            acks.push(msg.ack);
+            acks.push(msg.ack.map(|ack| (ack, msg.keep)));
         }
         let mut failures = 0u32;
         let failed = loop {
@@ -131,16 +135,17 @@ impl Writer {
                     self.health.writable.store(false, Ordering::Relaxed);
                     self.health.failures.fetch_add(1, Ordering::Relaxed);
                     failures += 1;
-                    // Durable callers are told now and do not go on: what their events record
-                    // does not happen, so those events are not written.
+                    // Durable callers are told now. A commit's caller does not go on: what its
+                    // event records does not happen, so the event is not written.
                     let mut kept = Vec::with_capacity(events.len());
                     for (event, ack) in std::mem::take(&mut events).into_iter().zip(acks) {
-                        match ack {
-                            Some(ack) => {
-                                let _ = ack.send(Err(e.clone()));
+                        if let Some((ack, keep)) = ack {
+                            let _ = ack.send(Err(e.clone()));
+                            if !keep {
+                                continue;
                             }
-                            None => kept.push(event),
                         }
+                        kept.push(event);
                     }
                     events = kept;
                     acks = events.iter().map(|_| None).collect();
@@ -170,7 +175,7 @@ impl Writer {
         }
         self.room.add_permits(room);
         for (ack, (e, _)) in acks.into_iter().zip(&events) {
-            if let Some(ack) = ack {
+            if let Some((ack, _)) = ack {
                 let _ = ack.send(synced.clone().map(|()| e.seq));
             }
         }
@@ -183,14 +188,14 @@ impl Writer {
                 self.health.writable.store(false, Ordering::Relaxed);
                 error!(error = %e, "audit flush failed");
             }
-            (None, Ok(())) => {
+            // A batch emptied by its failures (durable records only) proves nothing.
+            (None, Ok(())) if failures == 0 || !events.is_empty() => {
                 if failures > 0 {
                     warn!(tries = failures + 1, "the audit log is written again");
                 }
-                if failed_nothing(failures, &events) {
-                    self.health.writable.store(true, Ordering::Relaxed);
-                }
+                self.health.writable.store(true, Ordering::Relaxed);
             }
+            (None, Ok(())) => {}
         }
     }
 
@@ -263,12 +268,6 @@ fn retry_pause(failures: u32) -> Duration {
         .min(RETRY_MAX)
 }
 
-/// Whether the batch just ended tells that the log takes writes: it wrote something (a batch
-/// emptied by its failures proves nothing).
-fn failed_nothing(failures: u32, events: &[(Event, Vec<u8>)]) -> bool {
-    failures == 0 || !events.is_empty()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,6 +336,7 @@ mod tests {
             }),
             ack,
             roomed: false,
+            keep: false,
         }
     }
 
@@ -352,8 +352,9 @@ mod tests {
     }
 
     /// The same on sled as on PostgreSQL: a batch the store refuses is kept and written again
-    /// once it is taken, chained where the chain stood; the log is unwritable meanwhile; a
-    /// durable caller is told at once and its event is not written.
+    /// once it is taken, chained where the chain stood; the log is unwritable meanwhile; durable
+    /// callers are told at once, and a commit's event is not written while an event of what
+    /// already happened is.
     #[test]
     fn a_refused_batch_is_written_again_and_the_chain_stays_whole() {
         let dir = tempfile::tempdir().unwrap();
@@ -371,7 +372,8 @@ mod tests {
             flush_gauge: Arc::new(AtomicU64::new(0)),
             room: Arc::new(Semaphore::new(16)),
             health: health.clone(),
-            delay: Duration::ZERO,
+            // What is sent within the pause before a batch is one batch.
+            delay: Duration::from_millis(100),
             seq: 0,
             prev: String::new(),
         };
@@ -382,14 +384,19 @@ mod tests {
         until("the first write", || written() == 1);
 
         log.fail.store(true, Ordering::SeqCst);
-        let (ack, durable) = oneshot::channel();
+        let (ack, commit) = oneshot::channel();
+        let (ack_kept, happened) = oneshot::channel();
         tx.send(msg("r2", None)).unwrap();
-        tx.send(msg("held", Some(ack))).unwrap();
+        tx.send(msg("commit", Some(ack))).unwrap();
+        let mut kept = msg("happened", Some(ack_kept));
+        kept.keep = true;
+        tx.send(kept).unwrap();
         tx.send(msg("r3", None)).unwrap();
         until("a refused write", || {
             !health.writable.load(Ordering::SeqCst)
         });
-        assert!(durable.blocking_recv().unwrap().is_err(), "told at once");
+        assert!(commit.blocking_recv().unwrap().is_err(), "told at once");
+        assert!(happened.blocking_recv().unwrap().is_err(), "told at once");
         until("a retry", || log.refused.load(Ordering::SeqCst) >= 2);
         assert_eq!(written(), 1);
 
@@ -406,7 +413,7 @@ mod tests {
             .iter()
             .filter_map(|e| e.request_id.as_deref())
             .collect();
-        assert_eq!(ids, ["r1", "r2", "r3"]);
+        assert_eq!(ids, ["r1", "r2", "happened", "r3"]);
         let mut prev = String::new();
         for (n, e) in events.iter().enumerate() {
             assert_eq!(e.seq, n as u64 + 1);
