@@ -673,15 +673,25 @@ host = "api.stripe.com"
 method = "GET"
 path = "/delay/{ms}"
 credential = { staging = "stripe-test" }
+
+[[tool]]
+name = "stripe.delayed.create"
+host = "api.stripe.com"
+method = "POST"
+path = "/delay/{ms}"
+side_effects = "reversible"
+idempotency = "key"
+body = { format = "form" }
+credential = { staging = "stripe-test" }
 "#;
 
-/// Sends `GET path` on a tunnel of its own speaking `alpn`, gives up after `patience` (the
+/// Sends `method path` on a tunnel of its own speaking `alpn`, gives up after `patience` (the
 /// response future dropped: an HTTP/2 stream reset), and, for HTTP/1.1, closes the connection.
 /// Returns what is left of the tunnel (an HTTP/2 connection stays open).
 async fn give_up_on(
     gate: &Toolgate,
     alpn: &[u8],
-    path: &str,
+    (method, path, headers): (&str, &str, &[(&str, &str)]),
     patience: Duration,
 ) -> tokio::task::JoinHandle<()> {
     use http_body_util::Full;
@@ -696,9 +706,14 @@ async fn give_up_on(
         .await
         .unwrap();
     let io = hyper_util::rt::TokioIo::new(tls);
-    let req = http::Request::get(format!("https://api.stripe.com{path}"))
-        .body(Full::new(bytes::Bytes::new()))
-        .unwrap();
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("https://api.stripe.com{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let body = if method == "POST" { "name=Ann" } else { "" };
+    let req = req.body(Full::new(bytes::Bytes::from(body))).unwrap();
     if alpn == b"h2" {
         let (mut sender, conn) =
             hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
@@ -756,7 +771,7 @@ async fn a_read_whose_client_gives_up_is_recorded_with_the_status_it_would_have_
         (&b"http/1.1"[..], "/delay/1200"),
         (&b"h2"[..], "/delay/1201"),
     ] {
-        let conn = give_up_on(&gate, alpn, path, Duration::from_millis(300)).await;
+        let conn = give_up_on(&gate, alpn, ("GET", path, &[]), Duration::from_millis(300)).await;
         let e = event_of_path(&gate, path).await;
         let version = String::from_utf8_lossy(alpn);
         assert_eq!(e["tool"], "stripe.delayed.get", "{version}: {e}");
@@ -831,4 +846,63 @@ async fn a_read_still_in_flight_when_the_grace_ends_is_recorded_before_exit() {
         .await
         .json();
     assert_eq!(v["ok"], true, "{v}");
+}
+
+/// A write whose client gives up before the (slow) answer is committed and settled all the
+/// same: its response event has the upstream's status, and a retry with the same key gets the
+/// stored answer rather than "outcome unknown". The upstream got it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_client_gives_up_is_settled_and_its_retry_gets_the_answer() {
+    let extra = [("delayed.toml", DELAYED.to_string())];
+    let (_pki, upstream, gate) = setup_examples(&extra, |c| {
+        c.upstream_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let path = "/delay/1300";
+    let key = ("idempotency-key", "gone-1");
+    let headers = [FORM, key];
+    let conn = give_up_on(
+        &gate,
+        b"http/1.1",
+        ("POST", path, &headers),
+        Duration::from_millis(300),
+    )
+    .await;
+    let mut response = None;
+    for _ in 0..100 {
+        let all = exported(&gate).await;
+        let commit = all
+            .iter()
+            .find(|e| e["kind"] == "commit" && e["tool"] == "stripe.delayed.create");
+        if let Some(commit) = commit {
+            response = all
+                .iter()
+                .find(|e| e["kind"] == "response" && e["request_id"] == commit["request_id"])
+                .cloned();
+        }
+        if response.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let response = response.expect("the committed call's answer is recorded");
+    assert_eq!(response["payload"]["status"], 200, "{response}");
+    conn.abort();
+    let retry = send(
+        &staging(&gate),
+        "POST",
+        &format!("https://api.stripe.com{path}"),
+        &headers,
+        "name=Ann",
+    )
+    .await
+    .unwrap();
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(retry.headers["toolgate-replayed"], "true");
+    let sent = upstream
+        .received()
+        .iter()
+        .filter(|r| r.path == path)
+        .count();
+    assert_eq!(sent, 1, "the upstream got the call once");
 }

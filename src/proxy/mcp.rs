@@ -96,7 +96,7 @@ pub(super) async fn process(
 /// One message: set-up passes, a list is filtered, a tool call takes the request path, and
 /// anything else is refused.
 async fn one(
-    app: &App,
+    app: &Arc<App>,
     target: &Target,
     (agent, via, endpoint): (Arc<Agent>, Arc<Tool>, &[Arc<Tool>]),
     (parts, body, buffered): (http::request::Parts, Bytes, crate::guard::BodyReservation),
@@ -174,7 +174,7 @@ async fn one(
 /// `tools/call` of a contracted tool: its kill switch and pin, then the request path's phases
 /// with the arguments in the place of a body.
 async fn call_tool(
-    app: &App,
+    app: &Arc<App>,
     target: &Target,
     (agent, tool): (Arc<Agent>, Arc<Tool>),
     read: (http::request::Parts, Bytes, crate::guard::BodyReservation),

@@ -124,6 +124,7 @@ type ConnectionSlot = Arc<tokio::sync::OwnedSemaphorePermit>;
 
 /// What the tunnel or absolute-form request is bound to: the agent and the target that were
 /// checked at the proxy layer. The target never comes from a `Host` header.
+#[derive(Clone)]
 pub(crate) struct Target {
     agent_id: String,
     host: String,

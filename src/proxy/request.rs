@@ -308,7 +308,7 @@ fn body_event(tool: &Tool, body: &Bytes, body_json: &Value) -> Value {
 
 /// The decide phase: deny, preview, hold for approval, or send (a read, or a write).
 pub(super) async fn decide(
-    app: &App,
+    app: &Arc<App>,
     target: &Target,
     mut call: Call,
     trail: &Trail,
@@ -597,9 +597,9 @@ async fn model_answer(
 /// A call with side effects: at most once per idempotency identity, within the limits, then
 /// the one commit routine.
 async fn write(
-    app: &App,
+    app: &Arc<App>,
     target: &Target,
-    mut call: Call,
+    call: Call,
     key: Option<&str>,
     trail: &Trail,
 ) -> Result<Response<ProxyBody>, Refusal> {
@@ -614,7 +614,7 @@ async fn write(
             tool.idempotency_window.as_secs(),
         ),
     };
-    let _guard = app.locks.lock(LockKey::Call(idem_id.clone())).await;
+    let guard = app.locks.lock(LockKey::Call(idem_id.clone())).await;
     let earlier = app.store.idem_get(&idem_id).await.map_err(idem_store_err)?;
     if let Some(answer) =
         earlier_answer(app, &tool, earlier.as_ref(), window_secs, &payload, trail).await?
@@ -625,7 +625,7 @@ async fn write(
     app.limiter.admit(&agent.id, &tool).await?;
     let charged = charge_budget(&app.store, &agent.id, &tool, call.amount).await?;
     // Marked in flight, durably, before a byte leaves: a crash from here on is never re-sent.
-    let mut rec = IdemRecord {
+    let rec = IdemRecord {
         state: IdemState::InFlight,
         payload_sha256: payload,
         created_unix: now_unix(),
@@ -649,23 +649,49 @@ async fn write(
             ),
         });
     }
+    // Marked in flight: from here the commit and what settles it run as a task of their own,
+    // so that a client going away (hyper drops this future) cannot leave the call in flight
+    // with its answer unrecorded (a retry then gets the stored answer).
+    let settling = (idem_id, rec, charged, guard);
+    let detached = (app.clone(), target.clone(), trail.detached());
+    let settled = app.tasks.spawn(commit_and_settle(detached, call, settling));
+    settled.await.unwrap_or_else(|e| {
+        Err(Refusal::internal(format!(
+            "the commit ended without an answer ({e}); its outcome is unknown"
+        )))
+    })
+}
+
+/// A write marked in flight: committed, then its idempotency record settled (cleared when
+/// nothing was sent, else the outcome stored), the key's lock held until then.
+async fn commit_and_settle(
+    (app, target, trail): (Arc<App>, Target, Trail),
+    mut call: Call,
+    (idem_id, mut rec, charged, _guard): (
+        String,
+        IdemRecord,
+        crate::limits::Charge,
+        tokio::sync::OwnedMutexGuard<()>,
+    ),
+) -> Result<Response<ProxyBody>, Refusal> {
+    let app = app.as_ref();
     trail
         .record(&app.audit, "decision", decision("allowed", &call))
         .await;
     let request = outgoing(&mut call);
-    let sent =
-        match crate::commit::send(app, commit_of(target, &call, trail, (request, charged))).await {
-            Ok(sent) => sent,
-            Err(failed) if failed.sent_nothing() => {
-                // Nothing reached the upstream: the call may be retried.
-                app.store
-                    .idem_remove(&idem_id)
-                    .await
-                    .map_err(idem_store_err)?;
-                return Err(failed.into_refusal());
-            }
-            Err(failed) => return Err(failed.into_refusal()),
-        };
+    let commit = commit_of(&target, &call, &trail, (request, charged));
+    let sent = match crate::commit::send(app, commit).await {
+        Ok(sent) => sent,
+        Err(failed) if failed.sent_nothing() => {
+            // Nothing reached the upstream: the call may be retried.
+            app.store
+                .idem_remove(&idem_id)
+                .await
+                .map_err(idem_store_err)?;
+            return Err(failed.into_refusal());
+        }
+        Err(failed) => return Err(failed.into_refusal()),
+    };
     rec.state = IdemState::Done;
     rec.outcome = Some(sent.stored);
     if let Err(e) = app.store.idem_put(&idem_id, &rec).await {
@@ -864,6 +890,23 @@ impl Trail {
         if let Some(rec) = self.take_request() {
             audit.record_if_room(rec);
         }
+    }
+
+    /// A copy for a task of its own (what it records comes after the request's own event,
+    /// which stays here).
+    pub(super) fn detached(&self) -> Trail {
+        let mut t = Trail::new(
+            self.request_id.clone(),
+            self.job.clone(),
+            self.agent.clone(),
+            self.audit.clone(),
+        );
+        t.owner = self.owner.clone();
+        t.tool = self.tool.clone();
+        t.version = self.version;
+        t.token = self.token.clone();
+        t.mcp = self.mcp.clone();
+        t
     }
 
     /// The events of this request's call as it is forwarded, its own event taken from the
