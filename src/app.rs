@@ -46,6 +46,10 @@ pub struct App {
     pub(crate) upstream: Upstream,
     /// Cancelled at shutdown; long waits select on it.
     pub(crate) cancel: CancellationToken,
+    /// Cancelled when the shutdown grace is over: connections still open are closed and
+    /// upstream exchanges still running are ended, so that their requests' guards record them
+    /// before the audit log closes.
+    pub(crate) abandon: CancellationToken,
     /// Request and background tasks that shutdown waits for.
     pub(crate) tasks: TaskTracker,
     pub(crate) store: Store,
@@ -122,6 +126,7 @@ impl App {
             principals: crate::services::Principals::new(&store),
             metrics: Metrics::default(),
             cancel: CancellationToken::new(),
+            abandon: CancellationToken::new(),
             config,
             policies,
             ca,

@@ -80,9 +80,10 @@ pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Sent, Failed> {
         .await
     {
         refund_budget(&app.store, charged).await;
-        return Err(Failed::NotRecorded(Refusal::internal(format!(
-            "the audit log is unavailable ({e}); the call was not sent"
-        ))));
+        return Err(Failed::NotRecorded(Refusal::new(
+            crate::error::Code::StoreUnavailable,
+            format!("the audit log cannot be written ({e}); the call was not sent. Retry later"),
+        )));
     }
     let started = std::time::Instant::now();
     let resp = match app.upstream.forward(host, port, request).await {
@@ -117,9 +118,10 @@ pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Sent, Failed> {
         },
     )
     .await;
+    // What happened is recorded whatever the log's state: kept and written later if need be.
     let _ = app
         .audit
-        .record_durable(event(
+        .record_happened(event(
             "response",
             json!({
                 "status": outcome.status,

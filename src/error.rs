@@ -32,6 +32,9 @@ pub enum Code {
     ApprovalExpired,
     UpstreamTimeout,
     UpstreamError,
+    /// The audit log cannot be written now (its store failed or does not answer): nothing is
+    /// forwarded that cannot be recorded.
+    StoreUnavailable,
     Internal,
 }
 
@@ -55,6 +58,7 @@ impl Code {
             Code::ApprovalExpired => "approval_expired",
             Code::UpstreamTimeout => "upstream_timeout",
             Code::UpstreamError => "upstream_error",
+            Code::StoreUnavailable => "store_unavailable",
             Code::Internal => "internal_error",
         }
     }
@@ -79,7 +83,7 @@ impl Code {
             Code::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Code::UpstreamError => StatusCode::BAD_GATEWAY,
             // A refusal toolgate could not decide is still a refusal: fail closed.
-            Code::Internal => StatusCode::SERVICE_UNAVAILABLE,
+            Code::StoreUnavailable | Code::Internal => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -87,7 +91,7 @@ impl Code {
     pub fn source(self) -> ErrorSource {
         match self {
             Code::UpstreamTimeout | Code::UpstreamError => ErrorSource::Upstream,
-            Code::Internal => ErrorSource::Internal,
+            Code::StoreUnavailable | Code::Internal => ErrorSource::Internal,
             Code::AuthRequired | Code::AuthError => ErrorSource::Client,
             _ => ErrorSource::Policy,
         }
@@ -185,6 +189,15 @@ impl Refusal {
         Refusal::new(Code::Internal, message)
     }
 
+    /// The audit log cannot be written now: the call is refused before anything is sent.
+    pub fn store_unavailable() -> Self {
+        Refusal::new(
+            Code::StoreUnavailable,
+            "toolgate cannot write its audit log right now (its store failed or does not answer), \
+             and it sends nothing it cannot record; nothing was sent. Retry later",
+        )
+    }
+
     /// The JSON body of DESIGN section 1.
     pub fn body(&self, request_id: &str) -> serde_json::Value {
         let mut error = serde_json::json!({
@@ -249,6 +262,14 @@ mod tests {
         assert_eq!(resp.status(), 407);
         assert!(resp.headers().contains_key(header::PROXY_AUTHENTICATE));
         assert!(resp.headers().contains_key("toolgate-request-id"));
+    }
+
+    #[test]
+    fn an_unwritable_audit_log_is_503_store_unavailable() {
+        let r = Refusal::store_unavailable();
+        assert_eq!(r.code.as_str(), "store_unavailable");
+        assert_eq!(r.code.status(), 503);
+        assert_eq!(r.code.source(), ErrorSource::Internal);
     }
 
     #[test]

@@ -105,6 +105,9 @@ async fn follow_replicas(app: Arc<App>) {
     }
 }
 
+/// How long requests closed at the end of the shutdown grace get to record themselves.
+const ABANDON_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs toolgate on already-bound listeners until `shutdown` resolves, then stops accepting and
 /// gives in-flight requests `config.shutdown_grace` to finish.
 pub async fn run(
@@ -163,6 +166,10 @@ pub async fn run(
             grace_s = grace.as_secs_f64(),
             "in-flight requests did not finish in time; closing them"
         );
+        // Closed now rather than dropped with the runtime: their guards record them (marked
+        // client_gone, or unfinished) while the audit log still takes events.
+        app.abandon.cancel();
+        let _ = tokio::time::timeout(ABANDON_WAIT, app.tasks.wait()).await;
     }
     if tokio::time::timeout_at(deadline, admin).await.is_err() {
         warn!("admin connections did not close within the grace period; closing them");

@@ -283,6 +283,18 @@ impl Upstream {
         send(&self.client, self.timeout, host, port, req).await
     }
 
+    /// [`Upstream::forward`] as a future that borrows nothing, for a task of its own.
+    pub fn forward_detached(
+        &self,
+        host: &str,
+        port: u16,
+        req: Request<ProxyBody>,
+    ) -> impl std::future::Future<Output = Result<Response<Incoming>, Failure>> + Send + 'static
+    {
+        let (client, timeout, host) = (self.client.clone(), self.timeout, host.to_string());
+        async move { send(&client, timeout, &host, port, req).await }
+    }
+
     /// Sends a replay to a sandbox at `host:port` on a client of its own (no pooled connection
     /// is shared with real upstreams); the `Host` is the sandbox's.
     pub async fn send_to_sandbox(

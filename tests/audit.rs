@@ -691,3 +691,244 @@ redact = ["/messages"]
     let all = events(&gate, "tool=openai.chat").await;
     assert!(!serde_json::to_string(&all).unwrap().contains("my diary"));
 }
+
+const DELAYED: &str = r#"
+[[tool]]
+name = "stripe.delayed.get"
+host = "api.stripe.com"
+method = "GET"
+path = "/delay/{ms}"
+credential = { staging = "stripe-test" }
+
+[[tool]]
+name = "stripe.delayed.create"
+host = "api.stripe.com"
+method = "POST"
+path = "/delay/{ms}"
+side_effects = "reversible"
+idempotency = "key"
+body = { format = "form" }
+credential = { staging = "stripe-test" }
+"#;
+
+/// Sends `method path` on a tunnel of its own speaking `alpn`, gives up after `patience` (the
+/// response future dropped: an HTTP/2 stream reset), and, for HTTP/1.1, closes the connection.
+/// Returns what is left of the tunnel (an HTTP/2 connection stays open).
+async fn give_up_on(
+    gate: &Toolgate,
+    alpn: &[u8],
+    (method, path, headers): (&str, &str, &[(&str, &str)]),
+    patience: Duration,
+) -> tokio::task::JoinHandle<()> {
+    use http_body_util::Full;
+    let (status, _, stream) = raw_connect(
+        gate.addr,
+        "api.stripe.com:443",
+        Some(("support-bot-staging", "demo-staging-token")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let tls = tls_over(stream, "api.stripe.com", &gate.ca_pem, &[alpn])
+        .await
+        .unwrap();
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("https://api.stripe.com{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let body = if method == "POST" { "name=Ann" } else { "" };
+    let req = req.body(Full::new(bytes::Bytes::from(body))).unwrap();
+    if alpn == b"h2" {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .unwrap();
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let answer = tokio::time::timeout(patience, sender.send_request(req)).await;
+        assert!(answer.is_err(), "the client gave up before the answer");
+        // The stream is reset; the connection stays open.
+        conn
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let answer = tokio::time::timeout(patience, sender.send_request(req)).await;
+        assert!(answer.is_err(), "the client gave up before the answer");
+        // The connection closes under the request.
+        conn.abort();
+        drop(sender);
+        conn
+    }
+}
+
+/// The event of the call to `path` (one event: the request with its decision and answer),
+/// once it is in the log (polled, up to 10 s).
+async fn event_of_path(gate: &Toolgate, path: &str) -> Value {
+    for _ in 0..100 {
+        let found = exported(gate).await.into_iter().find(|e| {
+            e["kind"] == "request"
+                && e["payload"]["path"] == path
+                && !e["payload"]["response"].is_null()
+        });
+        if let Some(e) = found {
+            return e;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no event for {path} with its answer");
+}
+
+/// A read whose client gives up before the (slow) answer is recorded all the same, when the
+/// answer comes: marked `client_gone`, with the upstream's status, over HTTP/1.1 (connection
+/// closed) and HTTP/2 (stream reset). The upstream got each request once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_client_gives_up_is_recorded_with_the_status_it_would_have_had() {
+    let extra = [("delayed.toml", DELAYED.to_string())];
+    let (_pki, upstream, gate) = setup_examples(&extra, |c| {
+        c.upstream_timeout = Duration::from_secs(10);
+    })
+    .await;
+    for (alpn, path) in [
+        (&b"http/1.1"[..], "/delay/1200"),
+        (&b"h2"[..], "/delay/1201"),
+    ] {
+        let conn = give_up_on(&gate, alpn, ("GET", path, &[]), Duration::from_millis(300)).await;
+        let e = event_of_path(&gate, path).await;
+        let version = String::from_utf8_lossy(alpn);
+        assert_eq!(e["tool"], "stripe.delayed.get", "{version}: {e}");
+        assert_eq!(
+            e["payload"]["decision"]["outcome"], "allowed",
+            "{version}: {e}"
+        );
+        assert_eq!(
+            e["payload"]["response"]["client_gone"], true,
+            "{version}: {e}"
+        );
+        assert_eq!(e["payload"]["response"]["status"], 200, "{version}: {e}");
+        let sent = upstream
+            .received()
+            .iter()
+            .filter(|r| r.path == path)
+            .count();
+        assert_eq!(sent, 1, "{version}: the upstream got the request once");
+        let request_id = e["request_id"].as_str().unwrap();
+        let all = exported(&gate).await;
+        assert_eq!(
+            kinds_for(&all, request_id),
+            ["request"],
+            "{version}: one event tells the call"
+        );
+        conn.abort();
+    }
+    let v = gate
+        .admin("GET", "/api/audit/verify", Some("demo-carol-token"), None)
+        .await
+        .json();
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+/// A graceful stop whose grace ends before a slow read is answered: the read is ended then,
+/// and recorded (its answer unfinished) before the audit log closes, not lost with the runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_still_in_flight_when_the_grace_ends_is_recorded_before_exit() {
+    let extra = [("delayed.toml", DELAYED.to_string())];
+    let (_pki, upstream, gate) = setup_examples(&extra, |c| {
+        c.upstream_timeout = Duration::from_secs(10);
+        c.shutdown_grace = Duration::from_millis(300);
+    })
+    .await;
+    let client = staging(&gate);
+    let path = "/delay/5000";
+    let read = tokio::spawn(async move {
+        send(
+            &client,
+            "GET",
+            &format!("https://api.stripe.com{path}"),
+            &[],
+            "",
+        )
+        .await
+    });
+    for _ in 0..200 {
+        if upstream.received().iter().any(|r| r.path == path) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(upstream.count(), 1, "the read reached the upstream");
+    let dir = gate.into_dir().await;
+    let _ = read.await;
+    let gate = Toolgate::restart_in(dir, |_| {}).await;
+    let e = event_of_path(&gate, path).await;
+    assert_eq!(e["payload"]["decision"]["outcome"], "allowed", "{e}");
+    assert_eq!(e["payload"]["response"]["unfinished"], true, "{e}");
+    let v = gate
+        .admin("GET", "/api/audit/verify", Some("demo-carol-token"), None)
+        .await
+        .json();
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+/// A write whose client gives up before the (slow) answer is committed and settled all the
+/// same: its response event has the upstream's status, and a retry with the same key gets the
+/// stored answer rather than "outcome unknown". The upstream got it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_client_gives_up_is_settled_and_its_retry_gets_the_answer() {
+    let extra = [("delayed.toml", DELAYED.to_string())];
+    let (_pki, upstream, gate) = setup_examples(&extra, |c| {
+        c.upstream_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let path = "/delay/1300";
+    let key = ("idempotency-key", "gone-1");
+    let headers = [FORM, key];
+    let conn = give_up_on(
+        &gate,
+        b"http/1.1",
+        ("POST", path, &headers),
+        Duration::from_millis(300),
+    )
+    .await;
+    let mut response = None;
+    for _ in 0..100 {
+        let all = exported(&gate).await;
+        let commit = all
+            .iter()
+            .find(|e| e["kind"] == "commit" && e["tool"] == "stripe.delayed.create");
+        if let Some(commit) = commit {
+            response = all
+                .iter()
+                .find(|e| e["kind"] == "response" && e["request_id"] == commit["request_id"])
+                .cloned();
+        }
+        if response.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let response = response.expect("the committed call's answer is recorded");
+    assert_eq!(response["payload"]["status"], 200, "{response}");
+    conn.abort();
+    let retry = send(
+        &staging(&gate),
+        "POST",
+        &format!("https://api.stripe.com{path}"),
+        &headers,
+        "name=Ann",
+    )
+    .await
+    .unwrap();
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(retry.headers["toolgate-replayed"], "true");
+    let sent = upstream
+        .received()
+        .iter()
+        .filter(|r| r.path == path)
+        .count();
+    assert_eq!(sent, 1, "the upstream got the call once");
+}

@@ -463,8 +463,9 @@ async fn two_replicas_act_as_one_gateway() {
     // follows each (B's announcement, else its own copy going stale within a second).
     principals_follow_across_replicas(&a, &b, &fakes).await;
 
-    // 4. The database stops: calls are refused with 503, nothing reaches the API; it comes
-    //    back: calls flow again, without a restart.
+    // 4. The database stops: calls are refused with 503 store_unavailable (the audit log
+    //    cannot be written), nothing reaches the API; it comes back: calls flow again, without
+    //    a restart.
     let before = fakes.seen().len();
     cluster.stop();
     tokio::time::sleep(Duration::from_millis(2000)).await;
@@ -472,7 +473,7 @@ async fn two_replicas_act_as_one_gateway() {
     let got = send(&via_a, "GET", read, &[], "").await.unwrap();
     assert_eq!(
         (got.status.as_u16(), got.code().as_str()),
-        (503, "internal_error"),
+        (503, "store_unavailable"),
         "{}",
         got.text()
     );
@@ -1246,4 +1247,225 @@ async fn racing_decisions_on_replica_processes_send_once_and_deny_is_final() {
         }
     }
     eprintln!("deny/approve outcomes seen: {outcomes:?}");
+}
+
+const THINGS: &str = r#"
+[[tool]]
+name = "stripe.things.get"
+host = "api.stripe.com"
+method = "GET"
+path = "/v1/things/{id}"
+credential = { staging = "stripe-test" }
+
+[[tool]]
+name = "stripe.delayed.get"
+host = "api.stripe.com"
+method = "GET"
+path = "/delay/{ms}"
+credential = { staging = "stripe-test" }
+"#;
+
+/// One read of thing `i` through `client`: its status, error code (if refused) and request id.
+async fn read_thing(client: &support::TestClient, i: usize) -> (u16, String, String) {
+    let url = format!("https://api.stripe.com/v1/things/t{i}");
+    let got = support::send(client, "GET", &url, &[], "").await.unwrap();
+    let code = match got.status.as_u16() {
+        200 => String::new(),
+        _ => got.code(),
+    };
+    let id = got.headers["toolgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    (got.status.as_u16(), code, id)
+}
+
+/// Audit before forward on PostgreSQL: while the database is stopped, reads are refused with
+/// 503 `store_unavailable` and nothing more reaches the upstream; the events of reads forwarded
+/// as it stopped are kept and written once it is back; then every request the upstream got has
+/// its event, and the chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_stopped_nothing_is_forwarded_and_no_event_is_lost() {
+    use support::*;
+    let Some(cluster) =
+        Cluster::start("with_the_database_stopped_nothing_is_forwarded_and_no_event_is_lost")
+    else {
+        return;
+    };
+    let cluster = Arc::new(cluster);
+    let url = cluster.url.clone();
+    let extra = [("things.toml", THINGS.to_string())];
+    let (_pki, upstream, gate) = setup_examples(&extra, move |c| {
+        c.database_url = Some(url);
+        c.upstream_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let client = staging(&gate);
+    let mut answered = Vec::new();
+    for i in 0..5 {
+        let got = read_thing(&client, i).await;
+        assert_eq!(got.0, 200, "{got:?}");
+        answered.push(got);
+    }
+
+    // Slow reads are in flight as the database stops: forwarded before, answered after.
+    let slow: Vec<_> = (0..3)
+        .map(|i| {
+            let client = staging(&gate);
+            tokio::spawn(async move {
+                let url = format!("https://api.stripe.com/delay/{}", 1500 + i);
+                let got = send(&client, "GET", &url, &[], "").await.unwrap();
+                assert_eq!(got.status, 200, "{}", got.text());
+                let id = got.headers["toolgate-request-id"].to_str().unwrap();
+                (200u16, String::new(), id.to_string())
+            })
+        })
+        .collect();
+    // Reads keep coming while the database stops (some are in flight as it goes).
+    let reader = {
+        let (addr, ca) = (gate.addr, gate.ca_pem.clone());
+        tokio::spawn(async move {
+            let client = client_via(
+                addr,
+                Some(("support-bot-staging", "demo-staging-token")),
+                &ca,
+                http::Version::HTTP_11,
+            );
+            let mut got = Vec::new();
+            for i in 100..400 {
+                got.push(read_thing(&client, i).await);
+                if got
+                    .iter()
+                    .rev()
+                    .take(5)
+                    .filter(|g| g.1 == "store_unavailable")
+                    .count()
+                    == 5
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            got
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.stop()).await.unwrap();
+    let during = reader.await.unwrap();
+    assert!(
+        during
+            .iter()
+            .rev()
+            .take(5)
+            .all(|g| g.1 == "store_unavailable"),
+        "reads are refused once the database is gone: {during:?}"
+    );
+    for g in &during {
+        assert!(
+            matches!(
+                (g.0, g.1.as_str()),
+                (200, "") | (503, "store_unavailable") | (503, "internal_error")
+            ),
+            "{g:?}"
+        );
+    }
+    answered.extend(during.iter().filter(|g| g.0 == 200).cloned());
+    for read in slow {
+        answered.push(read.await.unwrap());
+    }
+
+    // Stopped: every read is refused, and nothing more reaches the upstream.
+    let sent = upstream.count();
+    for i in 500..510 {
+        let got = read_thing(&client, i).await;
+        assert_eq!(
+            (got.0, got.1.as_str()),
+            (503, "store_unavailable"),
+            "{got:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        upstream.count(),
+        sent,
+        "nothing was forwarded while the log could not be written"
+    );
+
+    // Back: reads flow again without a restart.
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.start_again())
+        .await
+        .unwrap();
+    let mut back = None;
+    for i in 600..700 {
+        let got = read_thing(&client, i).await;
+        if got.0 == 200 {
+            back = Some(got);
+            break;
+        }
+        assert_eq!(got.1, "store_unavailable", "{got:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    answered.push(back.expect("reads flow again once the database is back"));
+
+    // The events of the reads answered while the database was gone were refused by it, kept,
+    // and written again.
+    let metrics = gate
+        .admin("GET", "/metrics", Some("demo-carol-token"), None)
+        .await
+        .text();
+    let failures: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("toolgate_audit_write_failures_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(failures > 0, "{metrics}");
+    assert!(metrics.contains("toolgate_audit_writable 1"), "{metrics}");
+
+    // Every request the upstream received has its event (written once the log could be),
+    // matched by its path, and every answered one by its request id.
+    let paths: Vec<String> = upstream.received().iter().map(|r| r.path.clone()).collect();
+    assert!(paths.len() > 5, "{paths:?}");
+    let mut missing = paths.clone();
+    let mut all = Vec::new();
+    for _ in 0..100 {
+        all = exported(&gate).await;
+        missing.retain(|p| {
+            !all.iter().any(|e| {
+                e["kind"] == "request"
+                    && e["payload"]["path"] == p.as_str()
+                    && e["payload"]["response"]["status"] == 200
+            })
+        });
+        if missing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        missing.is_empty(),
+        "forwarded without an event: {missing:?}"
+    );
+    for (_, _, id) in &answered {
+        assert!(
+            all.iter()
+                .any(|e| e["request_id"] == id.as_str() && e["kind"] == "request"),
+            "no event for {id}"
+        );
+    }
+    // Each forwarded request is told once, and the chain verifies.
+    for p in &paths {
+        let told = all
+            .iter()
+            .filter(|e| e["kind"] == "request" && e["payload"]["path"] == p.as_str())
+            .count();
+        assert_eq!(told, 1, "{p}");
+    }
+    let v = gate
+        .admin("GET", "/api/audit/verify", Some("demo-carol-token"), None)
+        .await
+        .json();
+    assert_eq!(v["ok"], true, "{v}");
 }

@@ -295,6 +295,16 @@ pub async fn metrics_open(State(app): State<Arc<App>>) -> Response {
     out.push_str(&format!("toolgate_audit_queued {queued}\n"));
     out.push_str("# HELP toolgate_audit_queued_peak The most audit events that ever waited for the writer at once.\n# TYPE toolgate_audit_queued_peak gauge\n");
     out.push_str(&format!("toolgate_audit_queued_peak {peak}\n"));
+    let writable = u8::from(app.audit.writable());
+    let (failures, unrecorded) = app.audit.write_failures();
+    out.push_str("# HELP toolgate_audit_writable 1 when the audit log can be written; 0 while calls are refused with store_unavailable.\n# TYPE toolgate_audit_writable gauge\n");
+    out.push_str(&format!("toolgate_audit_writable {writable}\n"));
+    out.push_str("# HELP toolgate_audit_write_failures_total Audit batch writes the store refused (each is kept and tried again).\n# TYPE toolgate_audit_write_failures_total counter\n");
+    out.push_str(&format!("toolgate_audit_write_failures_total {failures}\n"));
+    out.push_str("# HELP toolgate_audit_unrecorded_refusals_total Events of store_unavailable refusals not recorded because the audit queue was full.\n# TYPE toolgate_audit_unrecorded_refusals_total counter\n");
+    out.push_str(&format!(
+        "toolgate_audit_unrecorded_refusals_total {unrecorded}\n"
+    ));
     let size = app.store.size_on_disk();
     let alarm = u8::from(size > app.config.guards.store_alarm_bytes);
     out.push_str("# HELP toolgate_store_bytes Bytes the store takes on disk.\n# TYPE toolgate_store_bytes gauge\n");

@@ -8,6 +8,9 @@
 //! `record` waits for room (the request path slows down; nothing is dropped and memory does
 //! not grow). Events that a commit depends on are flushed before the request goes on (several
 //! concurrent commits share one flush). `close` drains the queue and flushes it.
+//!
+//! A batch the store refuses is written again until the store takes it; meanwhile the log is
+//! not [`Audit::writable`], and the request path refuses to forward what it could not record.
 
 mod event;
 mod query;
@@ -33,7 +36,7 @@ pub use traffic::{Page, Row, TrafficFilter, PAGE_ROWS};
 
 use crate::base::now_ms;
 use crate::store::{EventLog, StoreError};
-use writer::{Msg, Writer};
+use writer::{Health, Msg, Writer};
 
 /// How the log is opened.
 #[derive(Debug, Clone)]
@@ -65,6 +68,13 @@ pub struct Audit {
     /// The most records that waited at once.
     peak: AtomicU64,
     log: Arc<dyn EventLog>,
+    /// Whether the writer's last batch was written (and when to give up at exit).
+    health: Arc<Health>,
+    /// The store, for whether it answers (a shared store's health watch).
+    store: crate::store::Store,
+    /// Events of refusals not recorded because the queue was full while the log could not be
+    /// written.
+    unrecorded: AtomicU64,
     pub redactor: Arc<Redactor>,
     /// Flush latency of the last group commit, in microseconds (for /metrics).
     pub last_flush_us: Arc<AtomicU64>,
@@ -87,6 +97,8 @@ impl Drop for Audit {
     /// The writer writes what is queued and ends; the store is released with it.
     fn drop(&mut self) {
         self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // Nobody waits any longer: a batch the store keeps refusing is given up.
+        self.health.give_up.store(true, Ordering::Relaxed);
         if let Some(w) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = w.join();
         }
@@ -156,11 +168,14 @@ impl Audit {
         let redactor = Arc::new(Redactor::new());
         let capacity = opts.queue.max(1);
         let room = Arc::new(Semaphore::new(capacity));
+        let health = Arc::new(Health::default());
+        health.writable.store(true, Ordering::Relaxed);
         let writer = Writer {
             log: log.clone(),
             redactor: redactor.clone(),
             flush_gauge: last_flush_us.clone(),
             room: room.clone(),
+            health: health.clone(),
             delay: opts.write_delay,
             seq,
             prev,
@@ -179,6 +194,9 @@ impl Audit {
             capacity,
             peak: AtomicU64::new(0),
             log,
+            health,
+            store: store.clone(),
+            unrecorded: AtomicU64::new(0),
             redactor,
             last_flush_us,
             decoded: AtomicU64::new(0),
@@ -189,7 +207,7 @@ impl Audit {
         &self,
         mut rec: Record,
         ack: Option<oneshot::Sender<Result<u64, String>>>,
-        roomed: bool,
+        (roomed, keep): (bool, bool),
     ) -> bool {
         if rec.at_ms == 0 {
             rec.at_ms = now_ms();
@@ -199,6 +217,7 @@ impl Audit {
             rec: Box::new(rec),
             ack,
             roomed,
+            keep,
         };
         let sent = self
             .tx
@@ -220,10 +239,57 @@ impl Audit {
         if rec.at_ms == 0 {
             rec.at_ms = now_ms();
         }
+        self.record_from(move || Some(rec)).await;
+    }
+
+    /// Waits for room in the queue, then queues what `take` gives. The record is taken only
+    /// once there is room, so that a caller dropped while it waits (a client gone) still holds
+    /// it, and its own guard can record it.
+    pub async fn record_from(&self, take: impl FnOnce() -> Option<Record>) {
         let roomed = self.room.acquire().await.map(|p| p.forget()).is_ok();
-        self.queue(rec, roomed);
+        match take() {
+            Some(rec) => self.queue(rec, roomed),
+            None if roomed => self.room.add_permits(1),
+            None => {}
+        }
         let queued = self.queued().0;
         self.peak.fetch_max(queued, Ordering::Relaxed);
+    }
+
+    /// Queues the event if the queue has room now; otherwise it is not recorded and counted.
+    /// For refusals made because the log cannot be written: the queue does not drain then,
+    /// and a refusal must not wait for it.
+    pub fn record_if_room(&self, rec: Record) {
+        match self.room.try_acquire() {
+            Ok(p) => {
+                p.forget();
+                self.queue(rec, true);
+            }
+            Err(_) => {
+                let n = self.unrecorded.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    warn!(
+                        unrecorded = n,
+                        "the audit queue is full while the log cannot be written: refusals are answered without their events"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Batch writes the store refused so far (each retry counts), and refusals answered
+    /// without their events because the queue was full while the log could not be written.
+    pub fn write_failures(&self) -> (u64, u64) {
+        (
+            self.health.failures.load(Ordering::Relaxed),
+            self.unrecorded.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Whether an event recorded now can be written: the writer's last batch was (none failed
+    /// since), and the store answers. Nothing may be forwarded while it is false.
+    pub fn writable(&self) -> bool {
+        self.health.writable.load(Ordering::Relaxed) && self.store.healthy()
     }
 
     /// Records waiting for the writer now, and the most that ever waited at once.
@@ -232,7 +298,8 @@ impl Audit {
         (now, self.peak.load(Ordering::Relaxed).max(now))
     }
 
-    /// Queues an event from code that cannot wait (policy reloads, stream ends). Takes room
+    /// Queues an event from code that cannot wait (policy reloads, stream ends, the guard of a
+    /// request whose client went away). Takes room
     /// when there is some; past the bound it queues anyway: such callers are few and rare.
     pub fn record_now(&self, rec: Record) {
         let roomed = self.room.try_acquire().map(|p| p.forget()).is_ok();
@@ -240,7 +307,7 @@ impl Audit {
     }
 
     fn queue(&self, rec: Record, roomed: bool) {
-        if !self.send(rec, None, roomed) {
+        if !self.send(rec, None, (roomed, false)) {
             warn!("the audit log is closed; an event was not recorded");
         }
     }
@@ -248,8 +315,26 @@ impl Audit {
     /// Records an event and waits until it is durable. An error means the caller must not go
     /// on with what the event records (fail closed).
     pub async fn record_durable(&self, rec: Record) -> Result<u64, String> {
+        if !self.writable() {
+            return Err("the audit log cannot be written now".into());
+        }
+        self.durable(rec, false).await
+    }
+
+    /// Records what already happened (a committed call's answer) and waits until it is
+    /// durable. If the log cannot be written now, the event is kept and written once the store
+    /// takes it; the error then only says that it is not durable yet.
+    pub async fn record_happened(&self, rec: Record) -> Result<u64, String> {
+        if !self.writable() {
+            self.record(rec).await;
+            return Err("the audit log cannot be written now; the event is kept for later".into());
+        }
+        self.durable(rec, true).await
+    }
+
+    async fn durable(&self, rec: Record, keep: bool) -> Result<u64, String> {
         let (tx, rx) = oneshot::channel();
-        if !self.send(rec, Some(tx), false) {
+        if !self.send(rec, Some(tx), (false, keep)) {
             return Err("the audit writer is not running".into());
         }
         match tokio::time::timeout(Duration::from_secs(30), rx).await {
@@ -271,7 +356,11 @@ impl Audit {
             let _ = writer.join();
             log.sync()
         });
-        match tokio::time::timeout(limit, drained).await {
+        let drained = tokio::time::timeout(limit, drained).await;
+        // Past the limit, a batch the store keeps refusing is given up so that the process
+        // can leave (the writer says how many events it could not write).
+        self.health.give_up.store(true, Ordering::Relaxed);
+        match drained {
             Ok(Ok(Ok(()))) => true,
             Ok(Ok(Err(e))) => {
                 warn!(error = %e, "the audit log's last flush failed");

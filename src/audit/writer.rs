@@ -2,13 +2,20 @@
 //! them, writes each batch with its index entries in one atomic write, and flushes once per
 //! batch when anyone waits for durability (group commit). It gives the queue's room back as
 //! it goes, so a slow disk makes the request path wait rather than the queue grow.
+//!
+//! A batch the store refuses is kept and written again (after a pause that grows to a bound)
+//! until the store takes it: the log is marked unwritable meanwhile, so that the request path
+//! refuses what it could not record, and the queue stops draining, so that nothing is dropped.
+//! A durable record's caller is told at once: a commit's caller does not go on, and its event is
+//! then not written, since what it records does not happen; an event of what already happened
+//! (`keep`) stays in the batch.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Semaphore};
-use tracing::error;
+use tracing::{error, warn};
 
 use super::{rfc3339, Event, Record, Redactor};
 use crate::store::EventLog;
@@ -19,6 +26,9 @@ pub(super) struct Msg {
     pub rec: Box<Record>,
     pub ack: Option<oneshot::Sender<Result<u64, String>>>,
     pub roomed: bool,
+    /// A durable record of what already happened: when its write fails its caller is told,
+    /// and the event stays in the batch to be written again.
+    pub keep: bool,
 }
 
 /// The most records written in one batch.
@@ -31,16 +41,37 @@ const BATCH: usize = 1024;
 const LINGER: Duration = Duration::from_millis(20);
 /// How often a batch is chained again when other replicas keep appending first.
 const APPEND_TRIES: usize = 64;
+/// The first pause before a failed batch is written again, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// Whether the log can be written, as the writer last found it, and whether it must give up
+/// on a batch it cannot write (the process is leaving).
+#[derive(Default)]
+pub(super) struct Health {
+    /// False from a failed batch until a batch is written again.
+    pub writable: AtomicBool,
+    /// Batch writes the store refused (each retry counts).
+    pub failures: AtomicU64,
+    /// Set when the log closes and its time is up: a failing batch is tried once more, then
+    /// given up (and said so), so that the process can exit.
+    pub give_up: AtomicBool,
+}
+
 pub(super) struct Writer {
     pub log: Arc<dyn EventLog>,
     pub redactor: Arc<Redactor>,
     pub flush_gauge: Arc<AtomicU64>,
     pub room: Arc<Semaphore>,
+    pub health: Arc<Health>,
     /// A pause before each batch (a test hook: a writer slower than the request path).
     pub delay: Duration,
     pub seq: u64,
     pub prev: String,
 }
+
+/// A durable record's caller, waiting to hear whether (and under which number) it was written.
+type Ack = oneshot::Sender<Result<u64, String>>;
 
 impl Writer {
     /// Writes batches until every sender is gone and the queue is empty.
@@ -79,46 +110,92 @@ impl Writer {
         }
     }
 
-    /// One batch: chained, redacted, written atomically, flushed once if anyone waits.
+    /// One batch: chained, redacted, written atomically, flushed once if anyone waits. A batch
+    /// the store refuses is written again until it is taken (or the log gives up at exit).
     fn write(&mut self, batch: Vec<Msg>) {
-        let mut acks = Vec::new();
+        let mut room = 0;
+        // Where the chain stood before this batch: a failed write continues from here.
         let before = (self.seq, self.prev.clone());
         let mut events = Vec::with_capacity(batch.len());
-        let mut room = 0;
+        let mut acks: Vec<Option<(Ack, bool)>> = Vec::with_capacity(batch.len());
         for msg in batch {
             room += usize::from(msg.roomed);
             let mut e = self.event(*msg.rec);
             let bytes = self.link(&mut e);
             events.push((e, bytes));
-            acks.push(msg.ack);
+            acks.push(msg.ack.map(|ack| (ack, msg.keep)));
         }
-        // One atomic write per batch; on failure the chain continues from before it.
-        let mut failed = self.append(&mut events).err();
-        if failed.is_some() {
-            (self.seq, self.prev) = before;
-        }
-        let acks: Vec<_> = acks
-            .into_iter()
-            .zip(&events)
-            .filter_map(|(ack, (e, _))| ack.map(|a| (a, e.seq)))
-            .collect();
-        if !acks.is_empty() && failed.is_none() {
-            let started = Instant::now();
-            if let Err(err) = self.log.sync() {
-                failed = Some(err.to_string());
+        let mut failures = 0u32;
+        let failed = loop {
+            match self.append(&mut events) {
+                Ok(()) => break None,
+                Err(e) => {
+                    // The chain continues from before the batch; its events are chained again.
+                    (self.seq, self.prev) = before.clone();
+                    self.health.writable.store(false, Ordering::Relaxed);
+                    self.health.failures.fetch_add(1, Ordering::Relaxed);
+                    failures += 1;
+                    // Durable callers are told now. A commit's caller does not go on: what its
+                    // event records does not happen, so the event is not written.
+                    let mut kept = Vec::with_capacity(events.len());
+                    for (event, ack) in std::mem::take(&mut events).into_iter().zip(acks) {
+                        if let Some((ack, keep)) = ack {
+                            let _ = ack.send(Err(e.clone()));
+                            if !keep {
+                                continue;
+                            }
+                        }
+                        kept.push(event);
+                    }
+                    events = kept;
+                    acks = events.iter().map(|_| None).collect();
+                    if failures == 1 || failures % 30 == 0 {
+                        error!(error = %e, events = events.len(), tries = failures,
+                            "audit write failed; the batch is kept and written again, and calls are refused until it is");
+                    }
+                    if events.is_empty() {
+                        break None;
+                    }
+                    if self.health.give_up.load(Ordering::Relaxed) {
+                        break Some((e, events.len()));
+                    }
+                    std::thread::sleep(retry_pause(failures));
+                    for (e, bytes) in events.iter_mut() {
+                        *bytes = self.link(e);
+                    }
+                }
             }
+        };
+        let mut synced = Ok(());
+        if acks.iter().any(Option::is_some) && failed.is_none() {
+            let started = Instant::now();
+            synced = self.log.sync().map_err(|e| e.to_string());
             self.flush_gauge
                 .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
         self.room.add_permits(room);
-        for (ack, seq) in acks {
-            let _ = ack.send(match &failed {
-                Some(e) => Err(e.clone()),
-                None => Ok(seq),
-            });
+        for (ack, (e, _)) in acks.into_iter().zip(&events) {
+            if let Some((ack, _)) = ack {
+                let _ = ack.send(synced.clone().map(|()| e.seq));
+            }
         }
-        if let Some(e) = failed {
-            error!(error = %e, "audit write failed");
+        match (failed, synced) {
+            (Some((e, lost)), _) => {
+                error!(error = %e, events = lost, "the audit log closed before the store took these events; they were not written");
+            }
+            (None, Err(e)) => {
+                // Written but not known to be durable: the log is not trusted until a batch is.
+                self.health.writable.store(false, Ordering::Relaxed);
+                error!(error = %e, "audit flush failed");
+            }
+            // A batch emptied by its failures (durable records only) proves nothing.
+            (None, Ok(())) if failures == 0 || !events.is_empty() => {
+                if failures > 0 {
+                    warn!(tries = failures + 1, "the audit log is written again");
+                }
+                self.health.writable.store(true, Ordering::Relaxed);
+            }
+            (None, Ok(())) => {}
         }
     }
 
@@ -181,5 +258,175 @@ impl Writer {
         let bytes = e.seal();
         self.prev = e.hash.clone();
         bytes
+    }
+}
+
+/// The pause before a failed batch's `failures`th try again: doubling, within a bound.
+fn retry_pause(failures: u32) -> Duration {
+    RETRY_FIRST
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(8))
+        .min(RETRY_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Index, Seqs, StoreError, StoredEvent};
+
+    /// A log that refuses appends while `fail` is set (a disk error, a database gone), and
+    /// counts the refusals.
+    struct Flaky {
+        inner: Arc<dyn EventLog>,
+        fail: AtomicBool,
+        refused: AtomicU64,
+    }
+
+    impl EventLog for Flaky {
+        fn last(&self) -> crate::store::Result<Option<Vec<u8>>> {
+            self.inner.last()
+        }
+        fn append(&self, events: Vec<StoredEvent>) -> crate::store::Result<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                self.refused.fetch_add(1, Ordering::SeqCst);
+                return Err(StoreError::from_message("the disk is gone".into()));
+            }
+            self.inner.append(events)
+        }
+        fn index(&self, events: &[StoredEvent]) -> crate::store::Result<()> {
+            self.inner.index(events)
+        }
+        fn get(&self, seq: u64) -> crate::store::Result<Option<Vec<u8>>> {
+            self.inner.get(seq)
+        }
+        fn scan(
+            &self,
+            from_seq: u64,
+        ) -> Box<dyn Iterator<Item = crate::store::Result<(u64, Vec<u8>)>> + Send + '_> {
+            self.inner.scan(from_seq)
+        }
+        fn lookup(&self, index: Index, value: &str) -> Seqs<'_> {
+            self.inner.lookup(index, value)
+        }
+        fn lookup_rev(&self, index: Index, value: &str, before: u64) -> Seqs<'_> {
+            self.inner.lookup_rev(index, value, before)
+        }
+        fn in_time(&self, from_ms: u64, until_ms: u64) -> Seqs<'_> {
+            self.inner.in_time(from_ms, until_ms)
+        }
+        fn remove(&self, events: &[StoredEvent]) -> crate::store::Result<()> {
+            self.inner.remove(events)
+        }
+        fn meta_get(&self, key: &[u8]) -> crate::store::Result<Option<Vec<u8>>> {
+            self.inner.meta_get(key)
+        }
+        fn meta_put(&self, key: &[u8], value: Vec<u8>) -> crate::store::Result<()> {
+            self.inner.meta_put(key, value)
+        }
+        fn sync(&self) -> crate::store::Result<()> {
+            self.inner.sync()
+        }
+    }
+
+    fn msg(request: &str, ack: Option<Ack>) -> Msg {
+        Msg {
+            rec: Box::new(Record {
+                kind: "request",
+                request_id: Some(request.into()),
+                ..Default::default()
+            }),
+            ack,
+            roomed: false,
+            keep: false,
+        }
+    }
+
+    /// Polls `done` every 10 ms, up to 5 s.
+    fn until(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("{what} did not happen within 5 s");
+    }
+
+    /// The same on sled as on PostgreSQL: a batch the store refuses is kept and written again
+    /// once it is taken, chained where the chain stood; the log is unwritable meanwhile; durable
+    /// callers are told at once, and a commit's event is not written while an event of what
+    /// already happened is.
+    #[test]
+    fn a_refused_batch_is_written_again_and_the_chain_stays_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(dir.path()).unwrap();
+        let log = Arc::new(Flaky {
+            inner: store.event_log().unwrap(),
+            fail: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
+        });
+        let health = Arc::new(Health::default());
+        health.writable.store(true, Ordering::SeqCst);
+        let writer = Writer {
+            log: log.clone(),
+            redactor: Arc::new(Redactor::new()),
+            flush_gauge: Arc::new(AtomicU64::new(0)),
+            room: Arc::new(Semaphore::new(16)),
+            health: health.clone(),
+            // What is sent within the pause before a batch is one batch.
+            delay: Duration::from_millis(100),
+            seq: 0,
+            prev: String::new(),
+        };
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || writer.run(rx));
+        let written = || log.scan(0).count();
+        tx.send(msg("r1", None)).unwrap();
+        until("the first write", || written() == 1);
+
+        log.fail.store(true, Ordering::SeqCst);
+        let (ack, commit) = oneshot::channel();
+        let (ack_kept, happened) = oneshot::channel();
+        tx.send(msg("r2", None)).unwrap();
+        tx.send(msg("commit", Some(ack))).unwrap();
+        let mut kept = msg("happened", Some(ack_kept));
+        kept.keep = true;
+        tx.send(kept).unwrap();
+        tx.send(msg("r3", None)).unwrap();
+        until("a refused write", || {
+            !health.writable.load(Ordering::SeqCst)
+        });
+        assert!(commit.blocking_recv().unwrap().is_err(), "told at once");
+        assert!(happened.blocking_recv().unwrap().is_err(), "told at once");
+        until("a retry", || log.refused.load(Ordering::SeqCst) >= 2);
+        assert_eq!(written(), 1);
+
+        log.fail.store(false, Ordering::SeqCst);
+        until("the write again", || health.writable.load(Ordering::SeqCst));
+        drop(tx);
+        thread.join().unwrap();
+
+        let events: Vec<Event> = log
+            .scan(0)
+            .map(|item| serde_json::from_slice(&item.unwrap().1).unwrap())
+            .collect();
+        let ids: Vec<&str> = events
+            .iter()
+            .filter_map(|e| e.request_id.as_deref())
+            .collect();
+        assert_eq!(ids, ["r1", "r2", "happened", "r3"]);
+        let mut prev = String::new();
+        for (n, e) in events.iter().enumerate() {
+            assert_eq!(e.seq, n as u64 + 1);
+            assert_eq!(e.prev, prev);
+            assert_eq!(e.compute_hash(), e.hash);
+            prev = e.hash.clone();
+        }
+    }
+
+    #[test]
+    fn the_pause_between_tries_grows_to_its_bound() {
+        assert_eq!(retry_pause(1), RETRY_FIRST);
+        assert_eq!(retry_pause(2), RETRY_FIRST * 2);
+        assert_eq!(retry_pause(40), RETRY_MAX);
     }
 }

@@ -108,7 +108,7 @@ pub(super) async fn process(
 /// One message: set-up passes, a list is filtered, a tool call takes the request path, and
 /// anything else is refused.
 async fn one(
-    app: &App,
+    app: &Arc<App>,
     target: &Target,
     (agent, via, endpoint): (Arc<Agent>, Arc<Tool>, &[Arc<Tool>]),
     (parts, body, buffered): (http::request::Parts, Bytes, crate::guard::BodyReservation),
@@ -196,7 +196,7 @@ async fn one(
 /// `tools/call` of a contracted tool: its kill switch and pin, then the request path's phases
 /// with the arguments in the place of a body.
 async fn call_tool(
-    app: &App,
+    app: &Arc<App>,
     target: &Target,
     (agent, tool): (Arc<Agent>, Arc<Tool>),
     read: (http::request::Parts, Bytes, crate::guard::BodyReservation),
@@ -291,13 +291,15 @@ async fn pass(
     *out.uri_mut() = request::path_and_query(&parts).parse().unwrap_or_default();
     *out.headers_mut() = headers;
     let decision = json!({"outcome": "allowed", "mcp": what});
-    let resp = match app.upstream.forward(&target.host, target.port, out).await {
-        Ok(r) => r,
-        Err(f) => {
-            if let Some(trail) = trail {
-                trail.record(&app.audit, "decision", decision).await;
-            }
-            return Err(f.refusal);
+    let (resp, event) = match trail {
+        Some(trail) => {
+            let event = trail.call_event(&app.audit, decision, Instant::now());
+            let (resp, event) = super::exchange::forward(app, target, out, event).await?;
+            (resp, Some(event))
+        }
+        None => {
+            let resp = app.upstream.forward(&target.host, target.port, out).await;
+            (resp.map_err(|f| f.refusal)?, None)
         }
     };
     let (mut parts, body) = resp.into_parts();
@@ -310,8 +312,8 @@ async fn pass(
     needles.scrub_headers(&mut parts.headers);
     let mut response = json!({"status": parts.status.as_u16(), "body": {"streamed": true}});
     response["headers"] = crate::audit::headers_json(&parts.headers);
-    if let Some(trail) = trail {
-        trail.record_read(&app.audit, decision, response).await;
+    if let Some(event) = event {
+        event.record(response).await;
     }
     Ok(Response::from_parts(
         parts,

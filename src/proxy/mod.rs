@@ -4,6 +4,7 @@
 //! target), then per request inside the tunnel `match_tool`, `forward`, and `record`, which runs
 //! on every exit, refusals included.
 
+mod exchange;
 pub(crate) mod mcp;
 pub mod model;
 pub(crate) mod request;
@@ -109,7 +110,10 @@ async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: 
         res = conn.as_mut() => if let Err(e) = res { debug!(%peer, error = %e, "client connection ended with an error") },
         _ = app.cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = app.abandon.cancelled() => debug!(%peer, "client connection closed at the end of the shutdown grace"),
+            }
         }
         _ = activity.idle(idle) => debug!(%peer, "idle client connection closed"),
     }
@@ -120,6 +124,7 @@ type ConnectionSlot = Arc<tokio::sync::OwnedSemaphorePermit>;
 
 /// What the tunnel or absolute-form request is bound to: the agent and the target that were
 /// checked at the proxy layer. The target never comes from a `Host` header.
+#[derive(Clone)]
 pub(crate) struct Target {
     agent_id: String,
     host: String,
@@ -603,7 +608,10 @@ where
         },
         _ = app.cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = app.abandon.cancelled() => debug!(agent = %target.agent_id, host = %target.host, "tunnel closed at the end of the shutdown grace"),
+            }
         }
         _ = activity.idle(guards.idle_timeout) => {
             debug!(agent = %target.agent_id, host = %target.host, "idle tunnel closed");
@@ -631,7 +639,12 @@ async fn handle(
         Ok(job) => (job, None),
         Err(refusal) => (target.tunnel_id.clone(), Some(refusal)),
     };
-    let mut trail = request::Trail::new(request_id.clone(), job, target.agent_id.clone());
+    let mut trail = request::Trail::new(
+        request_id.clone(),
+        job,
+        target.agent_id.clone(),
+        app.audit.clone(),
+    );
     trail.token = target.token.as_ref().map(|t| t.id.clone());
     // The record phase: what was asked, whatever happens next (held until the next event of
     // the request, or folded into one event with the answer of a read).
@@ -670,13 +683,7 @@ async fn handle(
             if code.source() == crate::error::ErrorSource::Upstream {
                 warn!(request_id = %request_id, error = %refusal.message, "upstream failure");
             }
-            let mut rec = trail.rec(
-                "decision",
-                serde_json::json!({"outcome": "refused", "code": code.as_str(), "status": code.status().as_u16(), "message": refusal.message}),
-            );
-            rec.proposal = refusal.proposal.clone();
-            trail.flush(&app.audit).await;
-            app.audit.record(rec).await;
+            record_refused(&app, &trail, &refusal).await;
             let resp = match &trail.mcp {
                 Some(reply) => mcp::refusal_answer(reply, &refusal),
                 None => refusal.into_response(&request_id),
@@ -710,6 +717,25 @@ async fn handle(
         latency_ms = started.elapsed().as_secs_f64() * 1000.0, "request"
     );
     (resp, refused)
+}
+
+/// The record phase of a refused request: what was asked, then the refusal.
+async fn record_refused(app: &App, trail: &request::Trail, refusal: &Refusal) {
+    let code = refusal.code;
+    let mut rec = trail.rec(
+        "decision",
+        serde_json::json!({"outcome": "refused", "code": code.as_str(), "status": code.status().as_u16(), "message": refusal.message}),
+    );
+    rec.proposal = refusal.proposal.clone();
+    if code == Code::StoreUnavailable {
+        // The log's queue does not drain while it cannot be written: the refusal is recorded
+        // if there is room, and never waits for it.
+        trail.flush_if_room(&app.audit);
+        app.audit.record_if_room(rec);
+    } else {
+        trail.flush(&app.audit).await;
+        app.audit.record(rec).await;
+    }
 }
 
 /// The job a request belongs to: its `Toolgate-Job`, else its tunnel. A job belongs to the agent

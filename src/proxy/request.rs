@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::body::{self, ProxyBody};
+use super::exchange::{self, CallEvent};
 use super::scrub::{Needles, Scrubbed};
 use super::Target;
 use crate::checks::{
@@ -66,6 +67,7 @@ pub(super) async fn process(
     req: Request<ProxyBody>,
     trail: &mut Trail,
 ) -> Result<Response<ProxyBody>, Refusal> {
+    recordable(app)?;
     let policy = app.policy();
     let agent = identify(app, &policy, target, req.method())?;
     canonical(req.uri().path())?;
@@ -79,13 +81,18 @@ pub(super) async fn process(
     trail.owner = Some(agent.owner.clone());
     let agent = crate::grants::for_tool(app, agent, &matched.tool.name).await?;
     let call = validate(app, target, agent, matched, req).await?;
-    // Fail closed: without the shared store nothing can be recorded or deduplicated.
-    if !app.store.healthy() {
-        return Err(Refusal::internal(
-            "toolgate's shared store (PostgreSQL) is unreachable; nothing was sent. Retry later",
-        ));
-    }
     decide(app, target, call, trail).await
+}
+
+/// Audit before forward: while the audit log cannot be written (a batch the store refused is
+/// still being retried, or the shared store does not answer), nothing goes on, so nothing is
+/// sent that could not be recorded. Checked once, before every phase that could forward
+/// (MCP messages included); an approved call's commit fails closed on its durable event.
+fn recordable(app: &App) -> Result<(), Refusal> {
+    match app.audit.writable() {
+        true => Ok(()),
+        false => Err(Refusal::store_unavailable()),
+    }
 }
 
 /// The identify phase: the agent, looked up per request so that a reload or a kill switch
@@ -301,7 +308,7 @@ fn body_event(tool: &Tool, body: &Bytes, body_json: &Value) -> Value {
 
 /// The decide phase: deny, preview, hold for approval, or send (a read, or a write).
 pub(super) async fn decide(
-    app: &App,
+    app: &Arc<App>,
     target: &Target,
     mut call: Call,
     trail: &Trail,
@@ -447,22 +454,8 @@ async fn read(
 ) -> Result<Response<ProxyBody>, Refusal> {
     let tool = call.tool.clone();
     app.limiter.admit(&call.agent.id, &tool).await?;
-    let decision = decision("allowed", &call);
-    let resp = match app
-        .upstream
-        .forward(&target.host, target.port, outgoing(&mut call))
-        .await
-    {
-        Ok(r) => r,
-        Err(f) => {
-            trail.record(&app.audit, "decision", decision).await;
-            trail.record(&app.audit,
-                "upstream_error",
-                json!({"code": f.refusal.code.as_str(), "message": f.refusal.message, "sent": !f.not_sent}),
-            ).await;
-            return Err(f.refusal);
-        }
-    };
+    let event = trail.call_event(&app.audit, decision("allowed", &call), call.started);
+    let (resp, event) = exchange::forward(app, target, outgoing(&mut call), event).await?;
     let (mut parts, body) = resp.into_parts();
     // The injected credential never reaches the agent, even if the upstream echoes it.
     let needles = Needles::new(call.credential.iter().flat_map(|c| {
@@ -475,11 +468,10 @@ async fn read(
     let body = Scrubbed::new(body, needles);
     let latency_ms = call.started.elapsed().as_millis() as u64;
     if tool.def.kind.as_deref() == Some("model") {
-        trail.record(&app.audit, "decision", decision).await;
-        return Ok(model_answer(app, target, &call, trail, parts, body).await);
+        return Ok(model_answer(app, target, &call, trail, event, parts, body).await);
     }
     if let Some(spec) = &tool.response {
-        return contracted_read(app, trail, decision, (parts, body), spec, latency_ms).await;
+        return contracted_read(event, (parts, body), spec, latency_ms).await;
     }
     // One event tells the whole read: what was asked, the decision, and the answer (whose
     // body streams to the agent and is not kept).
@@ -489,7 +481,7 @@ async fn read(
         "latency_ms": latency_ms,
     });
     response["headers"] = crate::audit::headers_json(&parts.headers);
-    trail.record_read(&app.audit, decision, response).await;
+    event.record(response).await;
     Ok(Response::from_parts(parts, body::stream(body)))
 }
 
@@ -499,30 +491,38 @@ const CONTRACTED_ANSWER_CAP: usize = 16 * 1024 * 1024;
 /// A read whose tool has a response contract: the answer is read whole, the agent gets it with
 /// the hidden fields out, and the audit keeps the kept fields (a schema mismatch is an event).
 async fn contracted_read(
-    app: &App,
-    trail: &Trail,
-    decision: Value,
+    mut event: CallEvent,
     (mut parts, mut body): (http::response::Parts, Scrubbed<hyper::body::Incoming>),
     spec: &crate::policy::response::ResponseSpec,
     latency_ms: u64,
 ) -> Result<Response<ProxyBody>, Refusal> {
+    let mut response = json!({
+        "status": parts.status.as_u16(),
+        "latency_ms": latency_ms,
+    });
+    response["headers"] = crate::audit::headers_json(&parts.headers);
     let mut bytes = Vec::new();
+    let mut unread = None;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            Refusal::new(
-                Code::UpstreamError,
-                format!("the answer could not be read: {e}"),
-            )
-        })?;
-        if let Ok(data) = frame.into_data() {
-            if bytes.len() + data.len() > CONTRACTED_ANSWER_CAP {
-                return Err(Refusal::new(
-                    Code::UpstreamError,
-                    format!("the answer is larger than {CONTRACTED_ANSWER_CAP} bytes, which a tool with a response contract reads whole"),
-                ));
+        let data = match frame.map(|f| f.into_data()) {
+            Ok(Ok(data)) => data,
+            Ok(Err(_)) => continue,
+            Err(e) => {
+                unread = Some(format!("the answer could not be read: {e}"));
+                break;
             }
-            bytes.extend_from_slice(&data);
+        };
+        if bytes.len() + data.len() > CONTRACTED_ANSWER_CAP {
+            unread = Some(format!("the answer is larger than {CONTRACTED_ANSWER_CAP} bytes, which a tool with a response contract reads whole"));
+            break;
         }
+        bytes.extend_from_slice(&data);
+    }
+    if let Some(why) = unread {
+        // The call went out and was answered: its event says so, and why the agent gets none.
+        response["error"] = Value::String(why.clone());
+        event.record(response).await;
+        return Err(Refusal::new(Code::UpstreamError, why));
     }
     let value_of = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
     let (content_type, content_encoding) = (
@@ -531,23 +531,14 @@ async fn contracted_read(
     );
     let subject = spec.subject(&bytes, content_type, content_encoding);
     if let Some(why) = spec.mismatch(&subject) {
-        trail
-            .record(
-                &app.audit,
-                "response_schema_mismatch",
-                json!({ "message": why }),
-            )
+        event
+            .record_first("response_schema_mismatch", json!({ "message": why }))
             .await;
     }
     let kept = spec.kept(&subject);
     let shown = spec.shown(&bytes, content_type, content_encoding);
-    let mut response = json!({
-        "status": parts.status.as_u16(),
-        "body": crate::audit::body_json(&kept, crate::audit::BODY_CAP),
-        "latency_ms": latency_ms,
-    });
-    response["headers"] = crate::audit::headers_json(&parts.headers);
-    trail.record_read(&app.audit, decision, response).await;
+    response["body"] = crate::audit::body_json(&kept, crate::audit::BODY_CAP);
+    event.record(response).await;
     let shown = shown.map_err(|why| {
         Refusal::new(
             Code::UpstreamError,
@@ -564,6 +555,7 @@ async fn model_answer(
     target: &Target,
     call: &Call,
     trail: &Trail,
+    event: CallEvent,
     parts: http::response::Parts,
     body: Scrubbed<hyper::body::Incoming>,
 ) -> Response<ProxyBody> {
@@ -600,19 +592,18 @@ async fn model_answer(
             audit.record_now(rec);
         }),
     );
-    trail.record(&app.audit,
-        "response",
-        json!({"status": status, "body": {"streamed": true}, "latency_ms": started.elapsed().as_millis() as u64}),
-    ).await;
+    event
+        .record_apart(json!({"status": status, "body": {"streamed": true}, "latency_ms": started.elapsed().as_millis() as u64}))
+        .await;
     Response::from_parts(parts, body::stream(tap))
 }
 
 /// A call with side effects: at most once per idempotency identity, within the limits, then
 /// the one commit routine.
 async fn write(
-    app: &App,
+    app: &Arc<App>,
     target: &Target,
-    mut call: Call,
+    call: Call,
     key: Option<&str>,
     trail: &Trail,
 ) -> Result<Response<ProxyBody>, Refusal> {
@@ -627,7 +618,7 @@ async fn write(
             tool.idempotency_window.as_secs(),
         ),
     };
-    let _guard = app.locks.lock(LockKey::Call(idem_id.clone())).await;
+    let guard = app.locks.lock(LockKey::Call(idem_id.clone())).await;
     let earlier = app.store.idem_get(&idem_id).await.map_err(idem_store_err)?;
     if let Some(answer) =
         earlier_answer(app, &tool, earlier.as_ref(), window_secs, &payload, trail).await?
@@ -638,7 +629,7 @@ async fn write(
     app.limiter.admit(&agent.id, &tool).await?;
     let charged = charge_budget(&app.store, &agent.id, &tool, call.amount).await?;
     // Marked in flight, durably, before a byte leaves: a crash from here on is never re-sent.
-    let mut rec = IdemRecord {
+    let rec = IdemRecord {
         state: IdemState::InFlight,
         payload_sha256: payload,
         created_unix: now_unix(),
@@ -662,23 +653,49 @@ async fn write(
             ),
         });
     }
+    // Marked in flight: from here the commit and what settles it run as a task of their own,
+    // so that a client going away (hyper drops this future) cannot leave the call in flight
+    // with its answer unrecorded (a retry then gets the stored answer).
+    let settling = (idem_id, rec, charged, guard);
+    let detached = (app.clone(), target.clone(), trail.detached());
+    let settled = app.tasks.spawn(commit_and_settle(detached, call, settling));
+    settled.await.unwrap_or_else(|e| {
+        Err(Refusal::internal(format!(
+            "the commit ended without an answer ({e}); its outcome is unknown"
+        )))
+    })
+}
+
+/// A write marked in flight: committed, then its idempotency record settled (cleared when
+/// nothing was sent, else the outcome stored), the key's lock held until then.
+async fn commit_and_settle(
+    (app, target, trail): (Arc<App>, Target, Trail),
+    mut call: Call,
+    (idem_id, mut rec, charged, _guard): (
+        String,
+        IdemRecord,
+        crate::limits::Charge,
+        tokio::sync::OwnedMutexGuard<()>,
+    ),
+) -> Result<Response<ProxyBody>, Refusal> {
+    let app = app.as_ref();
     trail
         .record(&app.audit, "decision", decision("allowed", &call))
         .await;
     let request = outgoing(&mut call);
-    let sent =
-        match crate::commit::send(app, commit_of(target, &call, trail, (request, charged))).await {
-            Ok(sent) => sent,
-            Err(failed) if failed.sent_nothing() => {
-                // Nothing reached the upstream: the call may be retried.
-                app.store
-                    .idem_remove(&idem_id)
-                    .await
-                    .map_err(idem_store_err)?;
-                return Err(failed.into_refusal());
-            }
-            Err(failed) => return Err(failed.into_refusal()),
-        };
+    let commit = commit_of(&target, &call, &trail, (request, charged));
+    let sent = match crate::commit::send(app, commit).await {
+        Ok(sent) => sent,
+        Err(failed) if failed.sent_nothing() => {
+            // Nothing reached the upstream: the call may be retried.
+            app.store
+                .idem_remove(&idem_id)
+                .await
+                .map_err(idem_store_err)?;
+            return Err(failed.into_refusal());
+        }
+        Err(failed) => return Err(failed.into_refusal()),
+    };
     rec.state = IdemState::Done;
     rec.outcome = Some(sent.stored);
     if let Err(e) = app.store.idem_put(&idem_id, &rec).await {
@@ -794,7 +811,11 @@ fn replay_first(outcome: &Outcome) -> Response<ProxyBody> {
 
 /// Who and what a request is about, for its audit events. The request's own event is held
 /// until the next event of the request is recorded (then it goes first), or folded with the
-/// decision and the answer into one event when the call is a read sent at once.
+/// decision and the answer into one event when the call is a read sent at once (then the
+/// forward phase takes it, [`super::exchange`]).
+///
+/// A guard too: hyper drops a request's future when its client goes away, and a trail dropped
+/// with its request's event still held records it then, marked `client_gone`.
 pub(crate) struct Trail {
     pub request_id: String,
     pub job: String,
@@ -808,10 +829,17 @@ pub(crate) struct Trail {
     pub mcp: Option<super::mcp::Reply>,
     /// The request's event, not yet recorded.
     held: std::sync::Mutex<Option<crate::audit::Record>>,
+    /// Where the held event goes if the request is dropped.
+    audit: Arc<crate::audit::Audit>,
 }
 
 impl Trail {
-    pub fn new(request_id: String, job: String, agent: String) -> Trail {
+    pub fn new(
+        request_id: String,
+        job: String,
+        agent: String,
+        audit: Arc<crate::audit::Audit>,
+    ) -> Trail {
         Trail {
             request_id,
             job,
@@ -822,6 +850,7 @@ impl Trail {
             token: None,
             mcp: None,
             held: std::sync::Mutex::new(None),
+            audit,
         }
     }
 
@@ -848,15 +877,52 @@ impl Trail {
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(rec);
     }
 
-    fn take_request(&self) -> Option<crate::audit::Record> {
+    /// The held request event, if it is still held.
+    pub(super) fn take_request(&self) -> Option<crate::audit::Record> {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// Records the held request event, if any is still held.
+    /// Records the held request event, if any is still held. It stays held while the queue
+    /// has no room, so that a request dropped meanwhile still records it.
     pub async fn flush(&self, audit: &crate::audit::Audit) {
+        audit.record_from(|| self.take_request()).await;
+    }
+
+    /// Records the held request event without waiting for room (see
+    /// [`crate::audit::Audit::record_if_room`]).
+    pub fn flush_if_room(&self, audit: &crate::audit::Audit) {
         if let Some(rec) = self.take_request() {
-            audit.record(rec).await;
+            audit.record_if_room(rec);
         }
+    }
+
+    /// A copy for a task of its own (what it records comes after the request's own event,
+    /// which stays here).
+    pub(super) fn detached(&self) -> Trail {
+        let mut t = Trail::new(
+            self.request_id.clone(),
+            self.job.clone(),
+            self.agent.clone(),
+            self.audit.clone(),
+        );
+        t.owner = self.owner.clone();
+        t.tool = self.tool.clone();
+        t.version = self.version;
+        t.token = self.token.clone();
+        t.mcp = self.mcp.clone();
+        t
+    }
+
+    /// The events of this request's call as it is forwarded, its own event taken from the
+    /// trail into them (the forward phase records them, whatever happens to the client).
+    pub(super) fn call_event(
+        &self,
+        audit: &Arc<crate::audit::Audit>,
+        decision: Value,
+        started: std::time::Instant,
+    ) -> CallEvent {
+        let who = (self.take_request(), self.rec("decision", Value::Null));
+        CallEvent::new(audit, who, decision, started)
     }
 
     /// Records an event of this request, after the request's own event.
@@ -875,22 +941,18 @@ impl Trail {
     ) {
         audit.record(self.rec(kind, payload)).await;
     }
+}
 
-    /// Records the request, its decision and its answer as one event (a read in mode auto).
-    pub async fn record_read(&self, audit: &crate::audit::Audit, decision: Value, response: Value) {
-        let Some(mut rec) = self.take_request() else {
-            self.record(audit, "decision", decision).await;
-            self.record(audit, "response", response).await;
-            return;
-        };
-        rec.owner = self.owner.clone();
-        rec.tool = self.tool.clone();
-        rec.tool_version = self.version;
-        if let Value::Object(m) = &mut rec.payload {
-            m.insert("decision".into(), decision);
-            m.insert("response".into(), response);
+impl Drop for Trail {
+    /// The record phase of a request dropped mid-way (its client went away): what was asked is
+    /// recorded all the same, without waiting (a drop cannot).
+    fn drop(&mut self) {
+        if let Some(mut rec) = self.take_request() {
+            if let Value::Object(m) = &mut rec.payload {
+                m.insert("client_gone".into(), Value::Bool(true));
+            }
+            self.audit.record_now(rec);
         }
-        audit.record(rec).await;
     }
 }
 

@@ -117,7 +117,8 @@ pub struct Received {
 /// A loopback HTTPS upstream that records every request.
 ///
 /// Paths: `/sse` streams one event, waits for `release_sse`, then sends a second; `/slow` answers
-/// after 3 s; `/download/N` streams N bytes; anything else echoes the request as JSON.
+/// after 3 s; `/delay/MS` answers 200 after MS milliseconds; `/download/N` streams N bytes;
+/// anything else echoes the request as JSON.
 pub struct Upstream {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
@@ -272,6 +273,14 @@ async fn upstream_handle(
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(3)).await;
             Response::new(Full::new(Bytes::from("slow")).boxed())
+        }
+        p if p.starts_with("/delay/") => {
+            let ms: u64 = p["/delay/".len()..].parse().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(format!(r#"{{"delayed_ms":{ms}}}"#))).boxed())
+                .unwrap()
         }
         p if p.starts_with("/download") => {
             let total: usize = p
@@ -1031,6 +1040,19 @@ fn collect(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<(String,
             out.push((rel, std::fs::read_to_string(&path).unwrap()));
         }
     }
+}
+
+/// Every event of the audit log, through the export API, as an approver.
+pub async fn exported(gate: &Toolgate) -> Vec<serde_json::Value> {
+    let got = gate
+        .admin("GET", "/api/audit/export", Some("demo-carol-token"), None)
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    got.text()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// Audit events through the search API (`query` as in `audit search`), as an approver.
