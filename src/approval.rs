@@ -100,7 +100,10 @@ pub struct Call<'a> {
 
 /// The agent side: create or join the proposal for this call, hold the connection, and commit
 /// once approved.
-pub async fn propose_and_wait(app: &App, call: Call<'_>) -> Result<Response<ProxyBody>, Refusal> {
+pub async fn propose_and_wait(
+    app: &std::sync::Arc<App>,
+    call: Call<'_>,
+) -> Result<Response<ProxyBody>, Refusal> {
     let identity = {
         let mut h = Sha256::new();
         for part in [
@@ -324,7 +327,7 @@ fn pending(p: &Proposal) -> Refusal {
 const SHARED_POLL: Duration = Duration::from_secs(1);
 
 async fn wait_and_claim(
-    app: &App,
+    app: &std::sync::Arc<App>,
     id: &str,
     hold: Duration,
 ) -> Result<Response<ProxyBody>, Refusal> {
@@ -356,7 +359,7 @@ async fn wait_and_claim(
                 }
             }
             State::Approved => {
-                if let Some(resp) = commit(app, id).await? {
+                if let Some(resp) = commit_detached(app, id).await? {
                     return Ok(resp);
                 }
             }
@@ -438,6 +441,25 @@ fn answer_of(p: &Proposal, outcome: &Outcome) -> Response<ProxyBody> {
         resp.headers_mut().insert("toolgate-proposal", v);
     }
     resp
+}
+
+/// [`commit`] as a task of its own: once the commit starts it finishes and is settled (its
+/// outcome stored, its response recorded) even if the agent waiting for it goes away, so a
+/// call that was sent never stays `committing` for want of a listener.
+async fn commit_detached(
+    app: &std::sync::Arc<App>,
+    id: &str,
+) -> Result<Option<Response<ProxyBody>>, Refusal> {
+    let (app, id) = (app.clone(), id.to_string());
+    let task = app.tasks.spawn({
+        let app = app.clone();
+        async move { commit(&app, &id).await }
+    });
+    task.await.unwrap_or_else(|e| {
+        Err(Refusal::internal(format!(
+            "the commit ended without an answer ({e}); its outcome is unknown"
+        )))
+    })
 }
 
 /// Commits an approved proposal, at most once. `Ok(None)`: it was not approved any more (the

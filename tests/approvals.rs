@@ -595,3 +595,76 @@ async fn proposal_transitions_are_compare_and_set_on_sled() {
     let store = toolgate::store::open(dir.path()).unwrap();
     proposal_races(&[store]).await;
 }
+
+/// An approved call whose waiting agent goes away while it is being sent is still settled:
+/// committed, its answer stored and recorded, and the agent's retry gets that answer. Nothing
+/// is left `committing` for want of a listener, nothing is sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_commit_finishes_when_its_agent_goes_away() {
+    let slow = vec![(
+        "slow.toml",
+        r#"
+[[tool]]
+name = "stripe.slow_refunds.create"
+host = "api.stripe.com"
+method = "POST"
+path = "/delay/{ms}"
+side_effects = "irreversible"
+mode = "approve"
+idempotency = "key"
+body = { format = "form" }
+credential = { staging = "stripe-test" }
+summary = "Slow refund {body.amount}"
+approval = { required = 1, hold = "10s" }
+"#
+        .to_string(),
+    )];
+    let (_pki, upstream, gate) = setup_examples(&slow, |_| {}).await;
+    let url = "https://api.stripe.com/delay/800";
+    let held = {
+        let client = staging(&gate);
+        tokio::spawn(async move {
+            send(
+                &client,
+                "POST",
+                url,
+                &[FORM, ("idempotency-key", "gone-1")],
+                "amount=7",
+            )
+            .await
+        })
+    };
+    let id = pending_proposal(gate.admin_addr, "Slow refund 7").await;
+    let approved = decide(&gate, &id, "approve", "demo-carol-token", "ok").await;
+    assert_eq!(approved.status, 200, "{}", approved.text());
+    // The upstream has it (it answers 0.8 s later): the agent gives up now.
+    let sent = || {
+        upstream
+            .received()
+            .iter()
+            .filter(|r| r.path == "/delay/800")
+            .count()
+    };
+    for _ in 0..200 {
+        if sent() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sent(), 1);
+    held.abort();
+    assert!(held.await.is_err(), "the agent went away before the answer");
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        state = proposal(&gate, &id).await["state"].clone();
+        if state == "committed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "committed");
+    let again = call(&gate, url, "gone-2", "amount=7").await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert!(again.text().contains("delayed_ms"), "{}", again.text());
+    assert_eq!(sent(), 1, "sent once");
+}

@@ -419,7 +419,7 @@ fn outgoing(call: &mut Call) -> Request<ProxyBody> {
 
 /// Holds the call for a person: a new or joined proposal.
 async fn propose(
-    app: &App,
+    app: &Arc<App>,
     target: &Target,
     call: &Call,
     trail: &Trail,
