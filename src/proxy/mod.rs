@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use http::{header, HeaderValue, Method, Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -44,6 +45,9 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// HTTP/2 flow-control windows: what one stream, and one tunnel, may have in flight unread.
 const H2_STREAM_WINDOW: u32 = 256 * 1024;
 const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// The most of a request body that toolgate reads (and drops) after answering without it, so
+/// that the client gets the answer (see [`body::Kept`]); past it, the exchange is cut short.
+const FINISH_CAP: usize = 16 << 20;
 
 /// Accepts proxy connections until `shutdown` resolves.
 pub(crate) async fn accept_loop(
@@ -115,6 +119,20 @@ async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: 
     }
 }
 
+/// A client's request as the phases take it: its body finishes itself when they leave it unread,
+/// so that every answer, refusals first, reaches the client over HTTP/1.1 and HTTP/2 alike.
+pub(crate) fn kept(app: &App, req: Request<Incoming>) -> Request<ProxyBody> {
+    let expect_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let finish = body::Finish {
+        cap: FINISH_CAP,
+        within: app.config.guards.body_read_timeout,
+    };
+    req.map(|b| body::Kept::new(body::stream(b), finish, expect_continue).boxed_unsync())
+}
+
 /// One of the `--max-connections` client connections.
 type ConnectionSlot = Arc<tokio::sync::OwnedSemaphorePermit>;
 
@@ -176,9 +194,9 @@ pub(crate) async fn internal_call(
 async fn authenticate(
     app: &App,
     policy: &Policy,
-    req: &Request<Incoming>,
+    headers: &http::HeaderMap,
 ) -> Result<(Arc<Agent>, Option<Arc<crate::model::AgentToken>>), Refusal> {
-    let (id, token) = basic_credentials(req)?;
+    let (id, token) = basic_credentials(headers)?;
     if let Some(agent) = policy.authenticate(&id, &token) {
         return Ok((agent, None));
     }
@@ -208,8 +226,8 @@ fn in_force(found: Option<&crate::model::AgentToken>, id: &str) -> Result<(), Re
 }
 
 /// The agent id and token of `Proxy-Authorization: Basic …`.
-fn basic_credentials(req: &Request<Incoming>) -> Result<(String, String), Refusal> {
-    let Some(value) = req.headers().get(header::PROXY_AUTHORIZATION) else {
+fn basic_credentials(headers: &http::HeaderMap) -> Result<(String, String), Refusal> {
+    let Some(value) = headers.get(header::PROXY_AUTHORIZATION) else {
         return Err(Refusal::auth_required());
     };
     let value = value
@@ -243,9 +261,10 @@ async fn outer(
     let started = Instant::now();
     let request_id = new_id("req");
     let policy = app.policy();
+    let req = kept(&app, req);
     let method = req.method().clone();
     let target_text = req.uri().to_string();
-    let (agent, token) = match authenticate(&app, &policy, &req).await {
+    let (agent, token) = match authenticate(&app, &policy, req.headers()).await {
         Ok(found) => found,
         Err(refusal) => {
             record_refusal(
@@ -305,7 +324,7 @@ async fn plain_http(
     policy: &Policy,
     (agent, peer, token): (&Agent, SocketAddr, Option<Arc<crate::model::AgentToken>>),
     (host, port): (&str, Option<u16>),
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     request_id: String,
     started: Instant,
 ) -> Response<ProxyBody> {
@@ -340,9 +359,7 @@ async fn plain_http(
         origin: Origin::Agent,
         token,
     };
-    handle(app, &target, req.map(body::stream), request_id, started)
-        .await
-        .0
+    handle(app, &target, req, request_id, started).await.0
 }
 
 /// The egress phase: the host must be named by a contract, and must not resolve to a private
@@ -371,7 +388,7 @@ async fn connect(
         ConnectionSlot,
         Option<Arc<crate::model::AgentToken>>,
     ),
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     request_id: String,
     started: Instant,
 ) -> Response<ProxyBody> {
@@ -574,7 +591,8 @@ where
         async move {
             let started = Instant::now();
             let request_id = new_id("req");
-            let (resp, _) = handle(app, &target, req.map(body::stream), request_id, started).await;
+            let req = kept(&app, req);
+            let (resp, _) = handle(app, &target, req, request_id, started).await;
             drop(in_flight);
             Ok::<_, Infallible>(resp)
         }

@@ -200,7 +200,7 @@ async fn tls<T>(
         }
         Err(refusal) => {
             refuse(refusal.clone(), host).await;
-            answer_every_request(tls, refusal).await;
+            answer_every_request(&app, tls, refusal).await;
         }
     }
 }
@@ -221,6 +221,7 @@ async fn plain<T>(
         let (app, agent) = (app.clone(), agent.clone());
         let in_flight = activity.request();
         async move {
+            let req = super::kept(&app, req);
             let started = Instant::now();
             let request_id = new_id("req");
             let host = req
@@ -280,11 +281,14 @@ async fn plain<T>(
 
 /// After a completed handshake with a client toolgate will not serve: every request on the
 /// connection gets `refusal` as JSON (bounded by the connection's idle and header timeouts).
-async fn answer_every_request<T>(io: T, refusal: Refusal)
+async fn answer_every_request<T>(app: &Arc<App>, io: T, refusal: Refusal)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+    let app = app.clone();
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        // Its body is finished (not dropped), so that the refusal reaches the client.
+        drop(super::kept(&app, req));
         let resp = refusal.clone().into_response(&new_id("req"));
         async move { Ok::<_, Infallible>(resp) }
     });
