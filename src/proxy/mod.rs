@@ -38,7 +38,8 @@ use rewind::{detect, Protocol, Rewind};
 
 pub use crate::base::net::REQUEST_ID_HEADER;
 
-/// How long a client may take to send a request's headers.
+/// How long a client may take to send a request's headers (never longer than the idle timeout:
+/// a connection whose request has not arrived is idle as far as toolgate is concerned).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most an HTTP/1.1 request head (request line and headers) may take; beyond, 431.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -103,7 +104,7 @@ async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: 
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_read_timeout(&app))
         .max_buf_size(MAX_HEADER_BYTES)
         .serve_connection(TokioIo::new(Watched::new(stream, activity.clone())), svc)
         .with_upgrades();
@@ -131,6 +132,11 @@ pub(crate) fn kept(app: &App, req: Request<Incoming>) -> Request<ProxyBody> {
         within: app.config.guards.body_read_timeout,
     };
     req.map(|b| body::Kept::new(body::stream(b), finish, expect_continue).boxed_unsync())
+}
+
+/// The header-read timeout of every HTTP/1.1 connection.
+fn header_read_timeout(app: &App) -> Duration {
+    HEADER_READ_TIMEOUT.min(app.config.guards.idle_timeout)
 }
 
 /// One of the `--max-connections` client connections.
@@ -581,6 +587,7 @@ async fn serve_inner<T>(app: Arc<App>, target: Arc<Target>, io: T, activity: Arc
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let who = format!("agent {} host {}", target.agent_id, target.host);
     let g = app.clone();
     let t = target.clone();
     let a = activity.clone();
@@ -597,12 +604,32 @@ where
             Ok::<_, Infallible>(resp)
         }
     });
+    serve_http(&app, io, svc, &activity, &who).await;
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (whichever the client speaks) on a connection: a tunnel's, or one
+/// the transparent listener took. Every such connection has the same guards: the header-read
+/// timeout (HTTP/1.1), the idle timeout (both: no bytes moving and no request in flight, which
+/// also ends a request head or an HTTP/2 preface that stopped half-way), the HTTP/2 stream and
+/// window limits, and a graceful end at shutdown. `who` names the connection in the logs.
+pub(crate) async fn serve_http<T, S>(app: &App, io: T, svc: S, activity: &Activity, who: &str)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<ProxyBody>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let guards = &app.config.guards;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_read_timeout(app))
         .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()
@@ -617,14 +644,14 @@ where
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => if let Err(e) = res {
-            debug!(agent = %target.agent_id, host = %target.host, error = %e, "tunnel connection ended with an error")
+            debug!(conn = %who, error = %e, "connection ended with an error")
         },
         _ = app.cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
         _ = activity.idle(guards.idle_timeout) => {
-            debug!(agent = %target.agent_id, host = %target.host, "idle tunnel closed");
+            debug!(conn = %who, "idle connection closed");
         }
     }
 }
