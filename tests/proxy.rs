@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::{BodyExt, Full};
+use serde_json::json;
 use support::*;
 
 const CUSTOMER: &str = "https://api.stripe.com/v1/customers/cus_123";
@@ -785,14 +786,33 @@ struct Case {
 /// Bodies from one frame to past the HTTP/2 stream window (256 KiB) and the connection window
 /// (1 MiB), within the tools' 1 MiB cap; `OVER_CAP` is past it.
 const SIZES: &[usize] = &[16, 300_000, 1_000_000];
+
+/// A refusal the example staging agent provokes with bodies of every size in `SIZES`.
+fn case(
+    name: &'static str,
+    path: &'static str,
+    fields: serde_json::Value,
+    (status, code): (u16, &'static str),
+) -> Case {
+    Case {
+        name,
+        prod: false,
+        path,
+        key: None,
+        fields,
+        status,
+        code,
+        sizes: SIZES,
+    }
+}
 const OVER_CAP: &[usize] = &[2 << 20, 5 << 20];
 
-/// curl through the proxy, as the agent `who`, over `version`: the status and the body.
+/// curl POSTing the file `body` to `url` through the proxy, as the agent `who`, over `version`,
+/// with an Idempotency-Key if given: the status and the body.
 async fn curl_post(
     gate: &Toolgate,
-    who: (&str, &str),
-    version: &str,
-    case: &Case,
+    (who, version): ((&str, &str), &str),
+    (url, key): (&str, Option<&str>),
     body: &std::path::Path,
 ) -> (u16, String) {
     let proxy = format!("http://{}:{}@{}", who.0, who.1, gate.addr);
@@ -813,10 +833,10 @@ async fn curl_post(
         "-w".into(),
         "\n%{http_code}".into(),
     ];
-    if let Some(k) = case.key {
+    if let Some(k) = key {
         args.extend(["-H".into(), format!("idempotency-key: {k}")]);
     }
-    args.push(format!("https://api.github.com{}", case.path));
+    args.push(url.to_string());
     let out = tokio::time::timeout(
         Duration::from_secs(30),
         tokio::process::Command::new("curl").args(&args).output(),
@@ -844,116 +864,76 @@ async fn every_refusal_reaches_the_client_over_http2_and_http1_whatever_the_body
     let staging_id = ("support-bot-staging", "demo-staging-token");
     let prod_id = ("support-bot-prod", "demo-prod-token");
     let cases = [
+        case(
+            "tenant binding",
+            "/repos/globex/r/issues",
+            json!({"title": "t"}),
+            (403, "policy_violation"),
+        ),
         Case {
-            name: "tenant binding",
-            prod: false,
-            path: "/repos/globex/r/issues",
-            key: None,
-            fields: serde_json::json!({"title": "t"}),
-            status: 403,
-            code: "policy_violation",
-            sizes: SIZES,
-        },
-        Case {
-            name: "no grant",
             prod: true,
-            path: "/edge/limited",
-            key: None,
-            fields: serde_json::json!({}),
-            status: 403,
-            code: "policy_violation",
-            sizes: SIZES,
+            ..case(
+                "no grant",
+                "/edge/limited",
+                json!({}),
+                (403, "policy_violation"),
+            )
         },
+        case(
+            "no contract",
+            "/edge/nothing",
+            json!({}),
+            (403, "policy_violation"),
+        ),
+        case(
+            "kill switch",
+            "/edge/off",
+            json!({}),
+            (403, "tool_disabled"),
+        ),
         Case {
-            name: "no contract",
-            prod: false,
-            path: "/edge/nothing",
-            key: None,
-            fields: serde_json::json!({}),
-            status: 403,
-            code: "policy_violation",
-            sizes: SIZES,
-        },
-        Case {
-            name: "kill switch",
-            prod: false,
-            path: "/edge/off",
-            key: None,
-            fields: serde_json::json!({}),
-            status: 403,
-            code: "tool_disabled",
-            sizes: SIZES,
-        },
-        Case {
-            name: "over the size cap",
-            prod: false,
-            path: "/repos/acme/r/issues",
-            key: None,
-            fields: serde_json::json!({"title": "t"}),
-            status: 413,
-            code: "validation_error",
             sizes: OVER_CAP,
+            ..case(
+                "over the size cap",
+                "/repos/acme/r/issues",
+                json!({"title": "t"}),
+                (413, "validation_error"),
+            )
         },
+        case(
+            "schema",
+            "/repos/acme/r/issues",
+            json!({}),
+            (422, "validation_error"),
+        ),
+        case(
+            "rate limit",
+            "/edge/limited",
+            json!({}),
+            (429, "rate_limited"),
+        ),
+        case(
+            "no key",
+            "/edge/keyed",
+            json!({}),
+            (428, "idempotency_key_required"),
+        ),
         Case {
-            name: "schema",
-            prod: false,
-            path: "/repos/acme/r/issues",
-            key: None,
-            fields: serde_json::json!({}),
-            status: 422,
-            code: "validation_error",
-            sizes: SIZES,
-        },
-        Case {
-            name: "rate limit",
-            prod: false,
-            path: "/edge/limited",
-            key: None,
-            fields: serde_json::json!({}),
-            status: 429,
-            code: "rate_limited",
-            sizes: SIZES,
-        },
-        Case {
-            name: "no key",
-            prod: false,
-            path: "/edge/keyed",
-            key: None,
-            fields: serde_json::json!({}),
-            status: 428,
-            code: "idempotency_key_required",
-            sizes: SIZES,
-        },
-        Case {
-            name: "key reused",
-            prod: false,
-            path: "/edge/keyed",
             key: Some("edge-key-1"),
-            fields: serde_json::json!({"v": "other"}),
-            status: 409,
-            code: "idempotency_conflict",
-            sizes: SIZES,
+            ..case(
+                "key reused",
+                "/edge/keyed",
+                json!({"v": "other"}),
+                (409, "idempotency_conflict"),
+            )
         },
-        Case {
-            name: "held",
-            prod: false,
-            path: "/edge/held",
-            key: None,
-            fields: serde_json::json!({}),
-            status: 423,
-            code: "approval_pending",
-            sizes: SIZES,
-        },
-        Case {
-            name: "denied",
-            prod: false,
-            path: "/edge/denied",
-            key: None,
-            fields: serde_json::json!({}),
-            status: 403,
-            code: "approval_denied",
-            sizes: SIZES,
-        },
+        case("held", "/edge/held", json!({}), (423, "approval_pending")),
+        case(
+            "denied",
+            "/edge/denied",
+            json!({}),
+            (403, "approval_denied"),
+        ),
     ];
 
     let h1 = gate.client(Some(staging_id), Version::HTTP_11);
@@ -972,7 +952,7 @@ async fn every_refusal_reaches_the_client_over_http2_and_http1_whatever_the_body
     let first = post(&h1, &cases[6], 16).await.unwrap();
     assert_ne!(first.status, 429, "{}", first.text());
     let keyed = Case {
-        fields: serde_json::json!({"v": "first"}),
+        fields: json!({"v": "first"}),
         ..cases[8]
     };
     let first = post(&h1, &keyed, 16).await.unwrap();
@@ -982,7 +962,7 @@ async fn every_refusal_reaches_the_client_over_http2_and_http1_whatever_the_body
             "POST",
             "/api/tools/github.edge.off/disable",
             Some("demo-carol-token"),
-            Some(serde_json::json!({"reason": "test"})),
+            Some(json!({"reason": "test"})),
         )
         .await;
     assert_eq!(off.status, 200, "{}", off.text());
@@ -998,7 +978,7 @@ async fn every_refusal_reaches_the_client_over_http2_and_http1_whatever_the_body
                 "POST",
                 &format!("/api/proposals/{id}/deny"),
                 Some("demo-carol-token"),
-                Some(serde_json::json!({"comment": "no"})),
+                Some(json!({"comment": "no"})),
             )
             .await;
         assert_eq!(denied.status, 200, "{}", denied.text());
@@ -1038,7 +1018,9 @@ async fn every_refusal_reaches_the_client_over_http2_and_http1_whatever_the_body
             std::fs::write(&file, padded(case.fields.clone(), *size)).unwrap();
             for version in ["--http2", "--http1.1"] {
                 for _ in 0..3 {
-                    let (status, body) = curl_post(&gate, who, version, case, &file).await;
+                    let url = format!("https://api.github.com{}", case.path);
+                    let (status, body) =
+                        curl_post(&gate, (who, version), (&url, case.key), &file).await;
                     let code = serde_json::from_str::<serde_json::Value>(&body)
                         .ok()
                         .and_then(|v| v["error"]["code"].as_str().map(str::to_string));
@@ -1049,6 +1031,37 @@ async fn every_refusal_reaches_the_client_over_http2_and_http1_whatever_the_body
                             &body[..body.len().min(300)]
                         ));
                     }
+                }
+            }
+        }
+    }
+    // Refusals on the proxy listener itself (absolute-form plain HTTP, HTTP/1.1): a host no
+    // contract names, and a wrong token, with a body of 1 MB that is never read.
+    if curl {
+        let file = dir.path().join("absolute.json");
+        std::fs::write(&file, padded(json!({}), 1_000_000)).unwrap();
+        let wrong = ("support-bot-staging", "not-the-token");
+        for (who, url, status, code) in [
+            (
+                staging_id,
+                "http://uncontracted.example/v1/x",
+                403,
+                "egress_denied",
+            ),
+            (
+                wrong,
+                "http://api.github.com/edge/limited",
+                407,
+                "auth_error",
+            ),
+        ] {
+            for _ in 0..5 {
+                let (got, body) = curl_post(&gate, (who, "--http1.1"), (url, None), &file).await;
+                if got != status || !body.contains(code) {
+                    failures.push(format!(
+                        "curl {url}: {got} {}",
+                        &body[..body.len().min(300)]
+                    ));
                 }
             }
         }
