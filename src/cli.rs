@@ -395,6 +395,10 @@ pub struct ServeArgs {
     /// Tunnels one agent may hold open at once (429 rate_limited beyond).
     #[arg(long, env = env::MAX_CONNECTIONS_PER_AGENT, default_value_t = 256)]
     pub max_connections_per_agent: usize,
+    /// Connections one address that no agent's `sources` holds may have open on the transparent
+    /// listener (such addresses together: a quarter of --max-connections); more are closed.
+    #[arg(long, env = env::MAX_CONNECTIONS_PER_UNKNOWN_SOURCE, default_value_t = 4)]
+    pub max_connections_per_unknown_source: usize,
     /// Concurrent HTTP/2 streams per tunnel.
     #[arg(long, env = env::MAX_STREAMS, default_value_t = 64)]
     pub max_streams: u32,
@@ -476,6 +480,7 @@ impl ServeArgs {
         g.idle_timeout = flag_duration("idle-timeout", &self.idle_timeout)?;
         g.max_connections = self.max_connections.max(1);
         g.max_connections_per_agent = self.max_connections_per_agent.max(1);
+        g.max_connections_per_unknown_source = self.max_connections_per_unknown_source;
         g.max_streams = self.max_streams.max(1);
         g.max_buffered_per_agent =
             flag_size("max-buffered-per-agent", &self.max_buffered_per_agent)? as usize;

@@ -29,6 +29,8 @@ pub mod env {
     pub const IDLE_TIMEOUT: &str = "TOOLGATE_IDLE_TIMEOUT";
     pub const MAX_CONNECTIONS: &str = "TOOLGATE_MAX_CONNECTIONS";
     pub const MAX_CONNECTIONS_PER_AGENT: &str = "TOOLGATE_MAX_CONNECTIONS_PER_AGENT";
+    pub const MAX_CONNECTIONS_PER_UNKNOWN_SOURCE: &str =
+        "TOOLGATE_MAX_CONNECTIONS_PER_UNKNOWN_SOURCE";
     pub const MAX_STREAMS: &str = "TOOLGATE_MAX_STREAMS";
     pub const MAX_BUFFERED_PER_AGENT: &str = "TOOLGATE_MAX_BUFFERED_PER_AGENT";
     pub const MAX_BUFFERED: &str = "TOOLGATE_MAX_BUFFERED";
@@ -55,6 +57,9 @@ pub struct Guards {
     pub max_connections: usize,
     /// Tunnels (and absolute-form connections) one agent may hold open at once.
     pub max_connections_per_agent: usize,
+    /// Connections one source address that no agent's `sources` holds may have open at once on
+    /// the transparent listener (all such sources together: [`Guards::unknown_sources_max`]).
+    pub max_connections_per_unknown_source: usize,
     /// Concurrent HTTP/2 streams per tunnel.
     pub max_streams: u32,
     /// Request-body bytes one agent may have buffered in toolgate at once.
@@ -91,6 +96,7 @@ impl Default for Guards {
             idle_timeout: Duration::from_secs(120),
             max_connections: 4096,
             max_connections_per_agent: 256,
+            max_connections_per_unknown_source: 4,
             max_streams: 64,
             max_buffered_per_agent: 64 << 20,
             max_buffered: 512 << 20,
@@ -105,6 +111,15 @@ impl Default for Guards {
             sweep_interval: Duration::from_secs(60),
             auth_failures_per_minute: 20,
         }
+    }
+}
+
+impl Guards {
+    /// The client connections that sources no agent's `sources` holds may have open at once,
+    /// all together: a quarter of `--max-connections`. They only ever get a refusal, so the
+    /// other three quarters are kept for agents (none at all below four connections).
+    pub fn unknown_sources_max(&self) -> usize {
+        self.max_connections / 4
     }
 }
 

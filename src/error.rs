@@ -3,6 +3,11 @@
 //! Every refusal toolgate makes carries a stable [`Code`], a message that tells the agent (often a
 //! language model) what to change, and where the failure came from. The JSON body is the one of
 //! DESIGN section 1: `{"error": {"code", "message", "request_id", "tool"}}`.
+//!
+//! A refusal often comes before the request body was read, or after only part of it: the body
+//! finishes itself when dropped (`base::body::Kept`, wrapped around every client request where
+//! it enters the proxy), so the answer built here reaches the client over HTTP/1.1 and HTTP/2
+//! instead of a reset stream or a closed connection (DESIGN 13).
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};

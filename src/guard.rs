@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Guards;
 
@@ -19,6 +20,10 @@ pub struct Caps {
     limits: Guards,
     tunnels: Mutex<HashMap<String, usize>>,
     buffered: Mutex<Buffered>,
+    /// Connections per source address that no agent's `sources` holds.
+    strangers: Mutex<HashMap<IpAddr, usize>>,
+    /// The connection slots such sources may take, all together.
+    strangers_share: Arc<Semaphore>,
 }
 
 #[derive(Default)]
@@ -37,9 +42,37 @@ pub enum Exceeded {
 impl Caps {
     pub fn new(limits: Guards) -> Arc<Caps> {
         Arc::new(Caps {
+            strangers_share: Arc::new(Semaphore::new(limits.unknown_sources_max())),
             limits,
             tunnels: Mutex::default(),
             buffered: Mutex::default(),
+            strangers: Mutex::default(),
+        })
+    }
+
+    /// One of the `connections` (the global `--max-connections` slots) for a source address that
+    /// no agent's `sources` holds, or `None` when that address holds its cap or such sources
+    /// hold their share of the slots. Never waits: a stranger over its cap is turned away at
+    /// once, and cannot keep agents from the slots they are kept.
+    pub fn stranger(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        connections: &Arc<Semaphore>,
+    ) -> Option<StrangerSlot> {
+        let ip = ip.to_canonical();
+        let mut map = self.strangers.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.get(&ip).copied().unwrap_or(0);
+        if n >= self.limits.max_connections_per_unknown_source {
+            return None;
+        }
+        let share = self.strangers_share.clone().try_acquire_owned().ok()?;
+        let slot = connections.clone().try_acquire_owned().ok()?;
+        *map.entry(ip).or_insert(0) += 1;
+        Some(StrangerSlot {
+            caps: self.clone(),
+            ip,
+            _share: share,
+            _slot: slot,
         })
     }
 
@@ -88,6 +121,31 @@ impl Drop for TunnelSlot {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 map.remove(&self.agent);
+            }
+        }
+    }
+}
+
+/// One open connection of a source address that no agent's `sources` holds; its slots are
+/// released with it.
+pub struct StrangerSlot {
+    caps: Arc<Caps>,
+    ip: IpAddr,
+    _share: OwnedSemaphorePermit,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Drop for StrangerSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .caps
+            .strangers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
             }
         }
     }
@@ -343,6 +401,35 @@ mod tests {
         assert_eq!(caps.buffered_bytes(), 0);
         caps.body("c").grow(150).unwrap_err();
         caps.body("c").grow(100).unwrap();
+    }
+
+    #[test]
+    fn strangers_are_capped_per_address_and_keep_off_the_agents_slots() {
+        let limits = Guards {
+            max_connections: 8,
+            max_connections_per_unknown_source: 1,
+            ..Guards::default()
+        };
+        let caps = Caps::new(limits);
+        let connections = Arc::new(Semaphore::new(8));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let c: IpAddr = "10.0.0.3".parse().unwrap();
+        let first = caps.stranger(a, &connections).unwrap();
+        assert!(caps.stranger(a, &connections).is_none(), "one per address");
+        let _second = caps.stranger(b, &connections).unwrap();
+        assert!(
+            caps.stranger(c, &connections).is_none(),
+            "a quarter of the slots"
+        );
+        assert_eq!(
+            connections.available_permits(),
+            6,
+            "the agents' six are free"
+        );
+        drop(first);
+        assert_eq!(connections.available_permits(), 7);
+        assert!(caps.stranger(a, &connections).is_some());
     }
 
     #[test]

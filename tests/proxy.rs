@@ -4,11 +4,13 @@
 
 mod support;
 
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::{BodyExt, Full};
+use serde_json::json;
 use support::*;
 
 const CUSTOMER: &str = "https://api.stripe.com/v1/customers/cus_123";
@@ -723,5 +725,356 @@ format = "Bearer {secret}"
     assert!(
         err.to_string().contains("TOOLGATE_TEST_SURELY_UNSET_VAR"),
         "{err}"
+    );
+}
+
+/// Tools for every refusal a request with a body can get after its tunnel opened, beside the
+/// example policies (whose agents, approvers and GitHub contracts the test uses too).
+fn edge_tools() -> String {
+    let tool = |name: &str, path: &str, extra: &str| {
+        format!(
+            "[[tool]]\nname = \"github.edge.{name}\"\nversion = 1\nowner = \"platform-team\"\n\
+             description = \"edge case\"\nrisk = \"low\"\nhost = \"api.github.com\"\n\
+             method = \"POST\"\npath = \"{path}\"\nbody = {{ format = \"json\" }}\n\
+             credential = {{ staging = \"github\", prod = \"github\" }}\n{extra}\n"
+        )
+    };
+    [
+        tool("limited", "/edge/limited", "side_effects = \"none\"\nmode = \"auto\"\nrate_limit = \"1/hour\""),
+        tool("off", "/edge/off", "side_effects = \"none\"\nmode = \"auto\""),
+        tool(
+            "keyed",
+            "/edge/keyed",
+            "side_effects = \"reversible\"\nmode = \"auto\"\nidempotency = \"key\"\n\
+             rollback = { none = \"a test\" }",
+        ),
+        tool(
+            "held",
+            "/edge/held",
+            "side_effects = \"irreversible\"\nmode = \"approve\"\nidempotency = \"payload\"\n\
+             approval = { groups = [\"payments-leads\"], hold = \"50ms\" }\nrollback = { none = \"a test\" }",
+        ),
+        tool(
+            "denied",
+            "/edge/denied",
+            "side_effects = \"irreversible\"\nmode = \"approve\"\nidempotency = \"payload\"\n\
+             approval = { groups = [\"payments-leads\"], hold = \"50ms\" }\nrollback = { none = \"a test\" }",
+        ),
+    ]
+    .concat()
+}
+
+/// A JSON body of about `size` bytes: `fields` plus padding in `"body"`.
+fn padded(fields: serde_json::Value, size: usize) -> String {
+    let mut v = fields;
+    v["body"] = serde_json::Value::String("x".repeat(size));
+    v.to_string()
+}
+
+/// One refusal to provoke: who sends what, and the status and code that must come back.
+struct Case {
+    name: &'static str,
+    prod: bool,
+    path: &'static str,
+    key: Option<&'static str>,
+    fields: serde_json::Value,
+    status: u16,
+    code: &'static str,
+    sizes: &'static [usize],
+}
+
+/// Bodies from one frame to past the HTTP/2 stream window (256 KiB) and the connection window
+/// (1 MiB), within the tools' 1 MiB cap; `OVER_CAP` is past it.
+const SIZES: &[usize] = &[16, 300_000, 1_000_000];
+
+/// A refusal the example staging agent provokes with bodies of every size in `SIZES`.
+fn case(
+    name: &'static str,
+    path: &'static str,
+    fields: serde_json::Value,
+    (status, code): (u16, &'static str),
+) -> Case {
+    Case {
+        name,
+        prod: false,
+        path,
+        key: None,
+        fields,
+        status,
+        code,
+        sizes: SIZES,
+    }
+}
+const OVER_CAP: &[usize] = &[2 << 20, 5 << 20];
+
+/// curl POSTing the file `body` to `url` through the proxy, as the agent `who`, over `version`,
+/// with an Idempotency-Key if given: the status and the body.
+async fn curl_post(
+    gate: &Toolgate,
+    (who, version): ((&str, &str), &str),
+    (url, key): (&str, Option<&str>),
+    body: &std::path::Path,
+) -> (u16, String) {
+    let proxy = format!("http://{}:{}@{}", who.0, who.1, gate.addr);
+    let ca = gate.ca_path();
+    let mut args = vec![
+        "-sS".to_string(),
+        "--max-time".into(),
+        "20".into(),
+        version.into(),
+        "-x".into(),
+        proxy,
+        "--cacert".into(),
+        ca.to_str().unwrap().into(),
+        "-H".into(),
+        "content-type: application/json".into(),
+        "--data-binary".into(),
+        format!("@{}", body.display()),
+        "-w".into(),
+        "\n%{http_code}".into(),
+    ];
+    if let Some(k) = key {
+        args.extend(["-H".into(), format!("idempotency-key: {k}")]);
+    }
+    args.push(url.to_string());
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new("curl").args(&args).output(),
+    )
+    .await
+    .expect("curl ended")
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    let status = status.trim().parse().unwrap_or(0);
+    if status == 0 {
+        return (0, format!("{text}{}", String::from_utf8_lossy(&out.stderr)));
+    }
+    (status, body.to_string())
+}
+
+/// DESIGN 13, "every refusal is delivered": a request with a body that toolgate refuses, whether
+/// before reading the body (tenant binding, no grant, no contract, kill switch, too large) or
+/// after (schema, rate limit, idempotency, approval), gets its status and JSON error over HTTP/2
+/// and HTTP/1.1, from hyper and from curl, with bodies past the HTTP/2 flow-control windows and
+/// past the size cap: never a reset stream or a closed connection instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_reaches_the_client_over_http2_and_http1_whatever_the_body() {
+    let (_pki, upstream, gate) = setup_examples(&[("edge.toml", edge_tools())], |_| {}).await;
+    let staging_id = ("support-bot-staging", "demo-staging-token");
+    let prod_id = ("support-bot-prod", "demo-prod-token");
+    let cases = [
+        case(
+            "tenant binding",
+            "/repos/globex/r/issues",
+            json!({"title": "t"}),
+            (403, "policy_violation"),
+        ),
+        Case {
+            prod: true,
+            ..case(
+                "no grant",
+                "/edge/limited",
+                json!({}),
+                (403, "policy_violation"),
+            )
+        },
+        case(
+            "no contract",
+            "/edge/nothing",
+            json!({}),
+            (403, "policy_violation"),
+        ),
+        case(
+            "kill switch",
+            "/edge/off",
+            json!({}),
+            (403, "tool_disabled"),
+        ),
+        Case {
+            sizes: OVER_CAP,
+            ..case(
+                "over the size cap",
+                "/repos/acme/r/issues",
+                json!({"title": "t"}),
+                (413, "validation_error"),
+            )
+        },
+        case(
+            "schema",
+            "/repos/acme/r/issues",
+            json!({}),
+            (422, "validation_error"),
+        ),
+        case(
+            "rate limit",
+            "/edge/limited",
+            json!({}),
+            (429, "rate_limited"),
+        ),
+        case(
+            "no key",
+            "/edge/keyed",
+            json!({}),
+            (428, "idempotency_key_required"),
+        ),
+        Case {
+            key: Some("edge-key-1"),
+            ..case(
+                "key reused",
+                "/edge/keyed",
+                json!({"v": "other"}),
+                (409, "idempotency_conflict"),
+            )
+        },
+        case("held", "/edge/held", json!({}), (423, "approval_pending")),
+        case(
+            "denied",
+            "/edge/denied",
+            json!({}),
+            (403, "approval_denied"),
+        ),
+    ];
+
+    let h1 = gate.client(Some(staging_id), Version::HTTP_11);
+    let post = |client: &TestClient, case: &Case, size: usize| {
+        let mut headers = vec![JSON];
+        if let Some(k) = case.key {
+            headers.push(("idempotency-key", k));
+        }
+        let url = format!("https://api.github.com{}", case.path);
+        let body = padded(case.fields.clone(), size);
+        let client = client.clone();
+        async move { send(&client, "POST", &url, &headers, body).await }
+    };
+    // What the refusals need in place: the one call the rate limit allows, the first use of the
+    // key, the kill switch, and a denied proposal for each body.
+    let first = post(&h1, &cases[6], 16).await.unwrap();
+    assert_ne!(first.status, 429, "{}", first.text());
+    let keyed = Case {
+        fields: json!({"v": "first"}),
+        ..cases[8]
+    };
+    let first = post(&h1, &keyed, 16).await.unwrap();
+    assert_eq!(first.status, 200, "{}", first.text());
+    let off = gate
+        .admin(
+            "POST",
+            "/api/tools/github.edge.off/disable",
+            Some("demo-carol-token"),
+            Some(json!({"reason": "test"})),
+        )
+        .await;
+    assert_eq!(off.status, 200, "{}", off.text());
+    for size in SIZES {
+        let held = post(&h1, &cases[10], *size).await.unwrap();
+        assert_eq!(held.status, 423, "{}", held.text());
+        let id = held.headers["toolgate-proposal"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let denied = gate
+            .admin(
+                "POST",
+                &format!("/api/proposals/{id}/deny"),
+                Some("demo-carol-token"),
+                Some(json!({"comment": "no"})),
+            )
+            .await;
+        assert_eq!(denied.status, 200, "{}", denied.text());
+    }
+    let forwarded = upstream.count();
+
+    let curl = Command::new("curl").arg("--version").output().is_ok();
+    if !curl {
+        eprintln!("SKIPPED the curl half of the refusal test: curl is not installed");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let who = if case.prod { prod_id } else { staging_id };
+        for version in [Version::HTTP_2, Version::HTTP_11] {
+            // A client (and so a tunnel) per case and protocol: refusals must leave it usable.
+            let client = gate.client(Some(who), version);
+            for i in 0..20 {
+                let size = case.sizes[i % case.sizes.len()];
+                match post(&client, case, size).await {
+                    Ok(got) if got.status == case.status && got.code() == case.code => {}
+                    Ok(got) => failures.push(format!(
+                        "{} {version:?} {size}: {} {}",
+                        case.name,
+                        got.status,
+                        got.text()
+                    )),
+                    Err(e) => failures.push(format!("{} {version:?} {size}: {e:?}", case.name)),
+                }
+            }
+        }
+        if !curl {
+            continue;
+        }
+        for (i, size) in case.sizes.iter().enumerate() {
+            let file = dir.path().join(format!("{i}.json"));
+            std::fs::write(&file, padded(case.fields.clone(), *size)).unwrap();
+            for version in ["--http2", "--http1.1"] {
+                for _ in 0..3 {
+                    let url = format!("https://api.github.com{}", case.path);
+                    let (status, body) =
+                        curl_post(&gate, (who, version), (&url, case.key), &file).await;
+                    let code = serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["error"]["code"].as_str().map(str::to_string));
+                    if status != case.status || code.as_deref() != Some(case.code) {
+                        failures.push(format!(
+                            "curl {} {version} {size}: {status} {}",
+                            case.name,
+                            &body[..body.len().min(300)]
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    // Refusals on the proxy listener itself (absolute-form plain HTTP, HTTP/1.1): a host no
+    // contract names, and a wrong token, with a body of 1 MB that is never read.
+    if curl {
+        let file = dir.path().join("absolute.json");
+        std::fs::write(&file, padded(json!({}), 1_000_000)).unwrap();
+        let wrong = ("support-bot-staging", "not-the-token");
+        for (who, url, status, code) in [
+            (
+                staging_id,
+                "http://uncontracted.example/v1/x",
+                403,
+                "egress_denied",
+            ),
+            (
+                wrong,
+                "http://api.github.com/edge/limited",
+                407,
+                "auth_error",
+            ),
+        ] {
+            for _ in 0..5 {
+                let (got, body) = curl_post(&gate, (who, "--http1.1"), (url, None), &file).await;
+                if got != status || !body.contains(code) {
+                    failures.push(format!(
+                        "curl {url}: {got} {}",
+                        &body[..body.len().min(300)]
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(
+        upstream.count(),
+        forwarded,
+        "no refused call reached the upstream"
     );
 }

@@ -414,3 +414,144 @@ async fn stripe_python_with_no_proxy_setting_is_governed_transparently() {
     }
     drop(ns);
 }
+
+/// Half-sent requests (`GET / HTTP/1.1`, a header, then nothing) from an address that no agent's
+/// `sources` holds, more of them than `--max-connections`, on the plain-HTTP port: past the
+/// address's cap they are closed at once, the rest by the idle and header-read timeouts, and an
+/// agent's request through the proxy listener is served meanwhile (the strangers cannot take the
+/// connection slots).
+#[tokio::test]
+async fn half_sent_requests_from_an_unknown_source_time_out_and_leave_agents_their_slots() {
+    for tool in ["nft", "bash"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            return skip(&format!("{tool} is not installed"));
+        }
+    }
+    let (ns, host_ip, _) = match create("tu", 235) {
+        Ok(x) => x,
+        Err(e) => return skip(&format!("cannot create a network namespace ({e})")),
+    };
+    const MAX_CONNECTIONS: usize = 20;
+    const HALF_SENT: usize = 24;
+    const IDLE: std::time::Duration = std::time::Duration::from_secs(4);
+    let (pki, fakes) = example_apis().await;
+    let gate = examples_gate_with(
+        ("127.0.0.1:0", Some(&format!("{host_ip}:0"))),
+        &pki,
+        fakes.addr,
+        &[],
+        |c| {
+            c.guards.idle_timeout = IDLE;
+            c.guards.max_connections = MAX_CONNECTIONS;
+        },
+    )
+    .await;
+    let to = gate.transparent_addr.unwrap().to_string();
+    let _nat = match redirect("slow", &[&ns.host_if], &to) {
+        Ok(nat) => nat,
+        Err(e) => return skip(&format!("cannot install a redirect ({e})")),
+    };
+    // Each connection sends half a request and waits (30 s at most) for toolgate to close it.
+    let script = format!(
+        "trap '' PIPE\n\
+         for i in $(seq 1 {HALF_SENT}); do\n\
+           if exec {{fd}}<>/dev/tcp/{host_ip}/80; then\n\
+             printf 'GET / HTTP/1.1\\r\\nHost: api.stripe.com\\r\\n' >&$fd\n\
+             ( timeout 30 cat <&$fd >/dev/null 2>&1; echo closed ) &\n\
+             exec {{fd}}>&-\n\
+           else echo closed; fi\n\
+         done\n\
+         echo opened\n\
+         wait\n"
+    );
+    let mut child = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "bash", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // What the connections report, timed as it arrives.
+    let start = std::time::Instant::now();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let log = heard.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.lock().unwrap().push((line, start.elapsed()));
+        }
+    });
+    let closed = || -> Vec<std::time::Duration> {
+        let heard = heard.lock().unwrap();
+        heard
+            .iter()
+            .filter(|(l, _)| l == "closed")
+            .map(|(_, t)| *t)
+            .collect()
+    };
+    for _ in 0..400 {
+        if heard.lock().unwrap().iter().any(|(l, _)| l == "opened") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        heard.lock().unwrap().iter().any(|(l, _)| l == "opened"),
+        "the connections were opened within 20 s: {:?}",
+        heard.lock().unwrap()
+    );
+
+    // The strangers hold what they may; an agent's new connections on the proxy listener are
+    // served at once (each client opens its own).
+    for _ in 0..3 {
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            send(
+                &staging(&gate),
+                "GET",
+                "https://api.stripe.com/v1/customers/cus_123",
+                &[],
+                "",
+            ),
+        )
+        .await
+        .expect("the agent waited for a connection slot that strangers held")
+        .unwrap();
+        assert!(
+            got.headers.contains_key("toolgate-request-id"),
+            "{}",
+            got.text()
+        );
+    }
+    let served = start.elapsed();
+    assert_eq!(
+        fakes.count("GET", "/v1/customers/cus_123"),
+        3,
+        "the agent's calls were sent"
+    );
+
+    for _ in 0..400 {
+        if closed().len() == HALF_SENT {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let closed = closed();
+    assert_eq!(
+        closed.len(),
+        HALF_SENT,
+        "every half-sent request was closed within 20 s: {closed:?}"
+    );
+    let late: Vec<_> = closed.iter().filter(|t| **t >= IDLE / 2).collect();
+    assert!(
+        !late.is_empty() && late.len() <= 4,
+        "the address's 4 connections waited for the timeout, the others were closed at once: \
+         {closed:?}"
+    );
+    assert!(
+        late.iter().all(|t| **t > served && **t < IDLE * 3),
+        "the agent was served while they were open, and the timeout closed them: {served:?} \
+         {closed:?}"
+    );
+    drop(ns);
+}

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use http::{header, HeaderValue, Method, Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -38,13 +39,17 @@ use rewind::{detect, Protocol, Rewind};
 
 pub use crate::base::net::REQUEST_ID_HEADER;
 
-/// How long a client may take to send a request's headers.
+/// How long a client may take to send a request's headers (never longer than the idle timeout:
+/// a connection whose request has not arrived is idle as far as toolgate is concerned).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most an HTTP/1.1 request head (request line and headers) may take; beyond, 431.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// HTTP/2 flow-control windows: what one stream, and one tunnel, may have in flight unread.
 const H2_STREAM_WINDOW: u32 = 256 * 1024;
 const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// The most of a request body that toolgate reads (and drops) after answering without it, so
+/// that the client gets the answer (see [`body::Kept`]); past it, the exchange is cut short.
+const FINISH_CAP: usize = 16 << 20;
 
 /// Accepts proxy connections until `shutdown` resolves.
 pub(crate) async fn accept_loop(
@@ -100,7 +105,7 @@ async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: 
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_read_timeout(&app))
         .max_buf_size(MAX_HEADER_BYTES)
         .serve_connection(TokioIo::new(Watched::new(stream, activity.clone())), svc)
         .with_upgrades();
@@ -117,6 +122,25 @@ async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: 
         }
         _ = activity.idle(idle) => debug!(%peer, "idle client connection closed"),
     }
+}
+
+/// A client's request as the phases take it: its body finishes itself when they leave it unread,
+/// so that every answer, refusals first, reaches the client over HTTP/1.1 and HTTP/2 alike.
+pub(crate) fn kept(app: &App, req: Request<Incoming>) -> Request<ProxyBody> {
+    let expect_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let finish = body::Finish {
+        cap: FINISH_CAP,
+        within: app.config.guards.body_read_timeout,
+    };
+    req.map(|b| body::Kept::new(body::stream(b), finish, expect_continue).boxed_unsync())
+}
+
+/// The header-read timeout of every HTTP/1.1 connection.
+fn header_read_timeout(app: &App) -> Duration {
+    HEADER_READ_TIMEOUT.min(app.config.guards.idle_timeout)
 }
 
 /// One of the `--max-connections` client connections.
@@ -181,9 +205,9 @@ pub(crate) async fn internal_call(
 async fn authenticate(
     app: &App,
     policy: &Policy,
-    req: &Request<Incoming>,
+    headers: &http::HeaderMap,
 ) -> Result<(Arc<Agent>, Option<Arc<crate::model::AgentToken>>), Refusal> {
-    let (id, token) = basic_credentials(req)?;
+    let (id, token) = basic_credentials(headers)?;
     if let Some(agent) = policy.authenticate(&id, &token) {
         return Ok((agent, None));
     }
@@ -213,8 +237,8 @@ fn in_force(found: Option<&crate::model::AgentToken>, id: &str) -> Result<(), Re
 }
 
 /// The agent id and token of `Proxy-Authorization: Basic …`.
-fn basic_credentials(req: &Request<Incoming>) -> Result<(String, String), Refusal> {
-    let Some(value) = req.headers().get(header::PROXY_AUTHORIZATION) else {
+fn basic_credentials(headers: &http::HeaderMap) -> Result<(String, String), Refusal> {
+    let Some(value) = headers.get(header::PROXY_AUTHORIZATION) else {
         return Err(Refusal::auth_required());
     };
     let value = value
@@ -248,9 +272,10 @@ async fn outer(
     let started = Instant::now();
     let request_id = new_id("req");
     let policy = app.policy();
+    let req = kept(&app, req);
     let method = req.method().clone();
     let target_text = req.uri().to_string();
-    let (agent, token) = match authenticate(&app, &policy, &req).await {
+    let (agent, token) = match authenticate(&app, &policy, req.headers()).await {
         Ok(found) => found,
         Err(refusal) => {
             record_refusal(
@@ -310,7 +335,7 @@ async fn plain_http(
     policy: &Policy,
     (agent, peer, token): (&Agent, SocketAddr, Option<Arc<crate::model::AgentToken>>),
     (host, port): (&str, Option<u16>),
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     request_id: String,
     started: Instant,
 ) -> Response<ProxyBody> {
@@ -345,9 +370,7 @@ async fn plain_http(
         origin: Origin::Agent,
         token,
     };
-    handle(app, &target, req.map(body::stream), request_id, started)
-        .await
-        .0
+    handle(app, &target, req, request_id, started).await.0
 }
 
 /// The egress phase: the host must be named by a contract, and must not resolve to a private
@@ -376,7 +399,7 @@ async fn connect(
         ConnectionSlot,
         Option<Arc<crate::model::AgentToken>>,
     ),
-    req: Request<Incoming>,
+    req: Request<ProxyBody>,
     request_id: String,
     started: Instant,
 ) -> Response<ProxyBody> {
@@ -569,6 +592,7 @@ async fn serve_inner<T>(app: Arc<App>, target: Arc<Target>, io: T, activity: Arc
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let who = format!("agent {} host {}", target.agent_id, target.host);
     let g = app.clone();
     let t = target.clone();
     let a = activity.clone();
@@ -579,17 +603,38 @@ where
         async move {
             let started = Instant::now();
             let request_id = new_id("req");
-            let (resp, _) = handle(app, &target, req.map(body::stream), request_id, started).await;
+            let req = kept(&app, req);
+            let (resp, _) = handle(app, &target, req, request_id, started).await;
             drop(in_flight);
             Ok::<_, Infallible>(resp)
         }
     });
+    serve_http(&app, io, svc, &activity, &who).await;
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (whichever the client speaks) on a connection: a tunnel's, or one
+/// the transparent listener took. Every such connection has the same guards: the header-read
+/// timeout (HTTP/1.1), the idle timeout (both: no bytes moving and no request in flight, which
+/// also ends a request head or an HTTP/2 preface that stopped half-way), the HTTP/2 stream and
+/// window limits, and a graceful end at shutdown. `who` names the connection in the logs.
+pub(crate) async fn serve_http<T, S>(app: &App, io: T, svc: S, activity: &Activity, who: &str)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<ProxyBody>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let guards = &app.config.guards;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_read_timeout(app))
         .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()
@@ -604,7 +649,7 @@ where
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => if let Err(e) = res {
-            debug!(agent = %target.agent_id, host = %target.host, error = %e, "tunnel connection ended with an error")
+            debug!(conn = %who, error = %e, "connection ended with an error")
         },
         _ = app.cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
@@ -614,7 +659,7 @@ where
             }
         }
         _ = activity.idle(guards.idle_timeout) => {
-            debug!(agent = %target.agent_id, host = %target.host, "idle tunnel closed");
+            debug!(conn = %who, "idle connection closed");
         }
     }
 }

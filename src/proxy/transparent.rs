@@ -10,50 +10,100 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, warn};
 
 use super::{
-    client_hello, detect, egress, finish_handshake, plain_http, record_refusal, serve_inner,
-    Origin, Protocol, Rewind, Target,
+    client_hello, detect, egress, finish_handshake, plain_http, record_refusal, serve_http,
+    serve_inner, Origin, Protocol, Rewind, Target,
 };
 use crate::base::new_id;
 use crate::error::{Code, Refusal};
-use crate::guard::{Activity, Watched};
+use crate::guard::{Activity, StrangerSlot, Watched};
 use crate::policy::Agent;
 use crate::App;
 
+/// How long a connection from an address that no agent's `sources` holds may stay open at
+/// all: it only ever gets refusals.
+const STRANGER_LIFETIME: Duration = Duration::from_secs(30);
+
+/// What a redirected connection holds while it is open.
+enum Slot {
+    /// An agent's connection: one of the `--max-connections` slots.
+    Agent { _slot: OwnedSemaphorePermit },
+    /// A stranger's: within its address's cap and the strangers' share of the slots.
+    Stranger { _slot: StrangerSlot },
+}
+
 /// Accepts redirected connections until toolgate stops. `own` are toolgate's own listening
 /// addresses: a connection whose original destination is one of them is a loop, refused.
+///
+/// The client's address decides what a connection may take: an agent's waits for one of the
+/// `--max-connections` slots (the next connections wait in the kernel's backlog meanwhile, as
+/// on the proxy listener); a stranger's (no agent's `sources` holds it) is closed at once when
+/// its address holds its cap or strangers hold their share of the slots, so that strangers
+/// can never keep agents, on this listener or the proxy listener, from connecting.
 pub(crate) async fn accept_loop(app: Arc<App>, listener: TcpListener, own: Vec<SocketAddr>) {
     let own = Arc::new(own);
     loop {
-        let permit = tokio::select! {
-            _ = app.cancel.cancelled() => break,
-            p = app.connections.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = app.cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let (app2, own) = (app.clone(), own.clone());
-                    app.tasks.spawn(async move {
-                        serve(app2, stream, peer, &own).await;
-                        drop(permit);
-                    });
-                }
+                Ok(accepted) => accepted,
                 Err(e) => {
                     warn!(error = %e, "transparent accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
             },
-        }
+        };
+        let agent = app.policy().agent_for_source(peer.ip());
+        let slot = match &agent {
+            Some(_) => tokio::select! {
+                _ = app.cancel.cancelled() => break,
+                p = app.connections.clone().acquire_owned() => match p {
+                    Ok(p) => Slot::Agent { _slot: p },
+                    Err(_) => break,
+                },
+            },
+            None => match app.caps.stranger(peer.ip(), &app.connections) {
+                Some(slot) => Slot::Stranger { _slot: slot },
+                None => {
+                    turned_away(&app, peer);
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (app2, own) = (app.clone(), own.clone());
+        app.tasks.spawn(async move {
+            match slot {
+                Slot::Agent { .. } => serve(app2, stream, peer, agent, &own).await,
+                Slot::Stranger { .. } => {
+                    let serving = serve(app2, stream, peer, None, &own);
+                    if tokio::time::timeout(STRANGER_LIFETIME, serving).await.is_err() {
+                        debug!(%peer, "connection from an unknown source closed at the end of its lifetime");
+                    }
+                }
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// A stranger's connection over its caps, closed unserved (logged once a minute per address).
+fn turned_away(app: &App, peer: SocketAddr) {
+    let (count, _) = app.sources.count(peer.ip(), "unknown_source_over_cap");
+    if count == 1 {
+        warn!(
+            %peer, decision = "refused",
+            per_address = app.config.guards.max_connections_per_unknown_source,
+            all_unknown = app.config.guards.unknown_sources_max(),
+            "a connection from an address that no agent's sources holds is over its cap; closed \
+             (further ones from this address this minute are closed without a log line)"
+        );
     }
 }
 
@@ -77,7 +127,13 @@ fn is_own(dst: SocketAddr, local: SocketAddr, own: &[SocketAddr]) -> bool {
     same(dst, local) || own.iter().any(|o| same(dst, *o))
 }
 
-async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, own: &[SocketAddr]) {
+async fn serve(
+    app: Arc<App>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    agent: Option<Arc<Agent>>,
+    own: &[SocketAddr],
+) {
     let started = Instant::now();
     let dst = match (original_destination(&stream), stream.local_addr()) {
         (Ok(dst), Ok(local)) if !is_own(dst, local, own) => dst,
@@ -94,8 +150,6 @@ async fn serve(app: Arc<App>, stream: TcpStream, peer: SocketAddr, own: &[Socket
             return;
         }
     };
-    let policy = app.policy();
-    let agent = policy.agent_for_source(peer.ip());
     let activity = Activity::new();
     let mut io = Watched::new(stream, activity.clone());
     let limit = app.config.handshake_timeout;
@@ -200,7 +254,7 @@ async fn tls<T>(
         }
         Err(refusal) => {
             refuse(refusal.clone(), host).await;
-            answer_every_request(tls, refusal).await;
+            answer_every_request(&app, tls, refusal, &activity).await;
         }
     }
 }
@@ -217,10 +271,30 @@ async fn plain<T>(
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // An agent's plain-HTTP connection counts against its cap, as a tunnel does.
+    let _slot = match &agent {
+        None => None,
+        Some(a) => match app.caps.tunnel(&a.id) {
+            Some(slot) => Some(slot),
+            None => {
+                let refusal = super::tunnel_cap(&app, &a.id);
+                warn!(%peer, agent = %a.id, code = refusal.code.as_str(), "transparent connection refused: {}", refusal.message);
+                return answer_every_request(&app, io, refusal, &activity).await;
+            }
+        },
+    };
+    let who = format!(
+        "plain HTTP from {peer} (agent {})",
+        agent.as_ref().map_or("-", |a| a.id.as_str())
+    );
+    let g = app.clone();
+    let a = activity.clone();
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let (app, agent) = (app.clone(), agent.clone());
+        let (app, agent) = (g.clone(), agent.clone());
+        let activity = &a;
         let in_flight = activity.request();
         async move {
+            let req = super::kept(&app, req);
             let started = Instant::now();
             let request_id = new_id("req");
             let host = req
@@ -271,24 +345,23 @@ async fn plain<T>(
             Ok::<_, Infallible>(resp)
         }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    if let Err(e) = conn.await {
-        debug!(%peer, error = %e, "transparent plain-HTTP connection ended with an error");
-    }
+    serve_http(&app, io, svc, &activity, &who).await;
 }
 
 /// After a completed handshake with a client toolgate will not serve: every request on the
-/// connection gets `refusal` as JSON (bounded by the connection's idle and header timeouts).
-async fn answer_every_request<T>(io: T, refusal: Refusal)
+/// connection gets `refusal` as JSON (under the guards of every connection, and for at most
+/// `STRANGER_LIFETIME`).
+async fn answer_every_request<T>(app: &Arc<App>, io: T, refusal: Refusal, activity: &Activity)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+    let g = app.clone();
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        // Its body is finished (not dropped), so that the refusal reaches the client.
+        drop(super::kept(&g, req));
         let resp = refusal.clone().into_response(&new_id("req"));
         async move { Ok::<_, Infallible>(resp) }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+    let serving = serve_http(app, io, svc, activity, "refused client");
+    let _ = tokio::time::timeout(STRANGER_LIFETIME, serving).await;
 }

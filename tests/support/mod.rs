@@ -939,8 +939,8 @@ pub async fn examples_gate(
     examples_gate_at("127.0.0.1:0", pki, addr, extra, configure).await
 }
 
-/// [`examples_gate`] with the proxy listening on `proxy_bind`.
-async fn examples_gate_with(
+/// [`examples_gate`] with the proxy (and a transparent listener, if given) on `binds`.
+pub async fn examples_gate_with(
     binds: (&str, Option<&str>),
     pki: &Pki,
     addr: SocketAddr,
