@@ -655,7 +655,7 @@ where
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 _ = conn.as_mut() => {}
-                _ = app.abandon.cancelled() => debug!(agent = %target.agent_id, host = %target.host, "tunnel closed at the end of the shutdown grace"),
+                _ = app.abandon.cancelled() => debug!(conn = %who, "connection closed at the end of the shutdown grace"),
             }
         }
         _ = activity.idle(guards.idle_timeout) => {
