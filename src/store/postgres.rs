@@ -709,6 +709,31 @@ fn proposal_columns(p: &Proposal) -> (&'static str, Option<i64>) {
     (p.state.as_str(), p.finished_unix().map(big))
 }
 
+/// Inserts a proposal's row as it is (`over`: in place of one with the same id).
+async fn insert_proposal(
+    tx: &deadpool_postgres::Transaction<'_>,
+    p: &Proposal,
+    over: bool,
+) -> Result<(), StoreError> {
+    let (state, finished) = proposal_columns(p);
+    let sql = match over {
+        false => {
+            "INSERT INTO proposals (id, state, finished_unix, record, version)
+             VALUES ($1, $2, $3, $4, $5)"
+        }
+        true => {
+            "INSERT INTO proposals (id, state, finished_unix, record, version)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET state = $2, finished_unix = $3, record = $4,
+                version = $5"
+        }
+    };
+    let record = serde_json::to_vec(p)?;
+    tx.execute(sql, &[&p.id, &state, &finished, &record, &big(p.version)])
+        .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl ProposalStore for PgStore {
     async fn proposal_create(
@@ -716,16 +741,9 @@ impl ProposalStore for PgStore {
         p: &Proposal,
         replacing: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let (state, finished) = proposal_columns(p);
-        let record = serde_json::to_vec(p)?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        tx.execute(
-            "INSERT INTO proposals (id, state, finished_unix, record, version)
-             VALUES ($1, $2, $3, $4, $5)",
-            &[&p.id, &state, &finished, &record, &big(p.version)],
-        )
-        .await?;
+        insert_proposal(&tx, p, false).await?;
         // The index row is the compare-and-set: a concurrent insert or update of the same
         // identity waits for this one and then finds its condition false.
         let claimed = match replacing {
@@ -777,18 +795,9 @@ impl ProposalStore for PgStore {
     }
 
     async fn proposal_restore(&self, p: &Proposal) -> Result<(), StoreError> {
-        let (state, finished) = proposal_columns(p);
-        let record = serde_json::to_vec(p)?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        tx.execute(
-            "INSERT INTO proposals (id, state, finished_unix, record, version)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (id) DO UPDATE SET state = $2, finished_unix = $3, record = $4,
-                version = $5",
-            &[&p.id, &state, &finished, &record, &big(p.version)],
-        )
-        .await?;
+        insert_proposal(&tx, p, true).await?;
         tx.execute(
             "INSERT INTO proposal_by_call (identity, id) VALUES ($1, $2)
              ON CONFLICT (identity) DO UPDATE SET id = $2",
