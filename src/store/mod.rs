@@ -11,7 +11,6 @@
 mod counters;
 mod import;
 mod postgres;
-mod postgres_log;
 mod seal;
 mod sled;
 
