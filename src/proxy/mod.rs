@@ -664,13 +664,8 @@ where
     }
 }
 
-/// How a request ended, for the record phase.
-enum Decision {
-    Forwarded,
-    Refused(Code),
-}
-
-/// One request inside a tunnel (or in absolute form): every phase, then the record phase.
+/// One request inside a tunnel (or in absolute form): every phase, then the record phase; a
+/// refusal from any phase is answered at the one rescue point, [`rescue`].
 async fn handle(
     app: Arc<App>,
     target: &Target,
@@ -684,56 +679,16 @@ async fn handle(
         Ok(job) => (job, None),
         Err(refusal) => (target.tunnel_id.clone(), Some(refusal)),
     };
-    let mut trail = request::Trail::new(
-        request_id.clone(),
-        job,
-        target.agent_id.clone(),
-        app.audit.clone(),
-    );
-    trail.token = target.token.as_ref().map(|t| t.id.clone());
-    // The record phase: what was asked, whatever happens next (held until the next event of
-    // the request, or folded into one event with the answer of a read).
-    let mut asked = serde_json::json!({
-        "method": method.as_str(),
-        "host": target.host,
-        "port": target.port,
-        "path": crate::audit::cap_text(&path, crate::audit::URI_CAP),
-        "query": crate::audit::cap_text(req.uri().query().unwrap_or(""), crate::audit::URI_CAP),
-        "peer": target.peer,
-        "undoes": match &target.origin {
-            Origin::Undo { of, .. } => Some(of.as_str()),
-            Origin::Agent => None,
-        },
-        "asked_by": match &target.origin {
-            Origin::Undo { by, .. } => Some(by.as_str()),
-            Origin::Agent => None,
-        },
-    });
-    // Set apart: `json!` would copy the map through a serializer.
-    asked["headers"] = crate::audit::headers_json(req.headers());
-    trail.hold_request(asked);
+    let mut trail = asked(&app, target, &req, (request_id.clone(), job));
     let result = match job_refused {
         Some(refusal) => Err(refusal),
         None => request::process(&app, target, req, &mut trail).await,
     };
-    let tool_name = trail.tool.clone();
-    let (mut resp, decision) = match result {
-        Ok(resp) => (resp, Decision::Forwarded),
+    let (mut resp, refused) = match result {
+        Ok(resp) => (resp, None),
         Err(refusal) => {
             let code = refusal.code;
-            let refusal = match &tool_name {
-                Some(t) if refusal.tool.is_none() => refusal.with_tool(t.clone()),
-                _ => refusal,
-            };
-            if code.source() == crate::error::ErrorSource::Upstream {
-                warn!(request_id = %request_id, error = %refusal.message, "upstream failure");
-            }
-            record_refused(&app, &trail, &refusal).await;
-            let resp = match &trail.mcp {
-                Some(reply) => mcp::refusal_answer(reply, &refusal),
-                None => refusal.into_response(&request_id),
-            };
-            (resp, Decision::Refused(code))
+            (rescue(&app, &trail, refusal).await, Some(code))
         }
     };
     // A path that recorded nothing else still records what was asked.
@@ -741,27 +696,68 @@ async fn handle(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
-    let refused = match decision {
-        Decision::Forwarded => None,
-        Decision::Refused(code) => Some(code),
-    };
     let (decision, code) = match refused {
         None => ("forwarded", ""),
         Some(code) => ("refused", code.as_str()),
     };
-    app.metrics.observe(
-        tool_name.as_deref().unwrap_or("-"),
-        decision,
-        resp.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
+    let tool_name = trail.tool.as_deref().unwrap_or("-");
+    let status = resp.status().as_u16();
+    app.metrics
+        .observe(tool_name, decision, status, started.elapsed().as_secs_f64());
     info!(
         request_id = %request_id, agent = %target.agent_id, peer = %target.peer, host = %target.host,
-        method = %method, path = %path, tool = tool_name.as_deref().unwrap_or("-"),
-        decision, code, status = resp.status().as_u16(),
+        method = %method, path = %path, tool = tool_name, decision, code, status,
         latency_ms = started.elapsed().as_secs_f64() * 1000.0, "request"
     );
     (resp, refused)
+}
+
+/// The start of the record phase: a request's trail, holding what was asked until the next
+/// event of the request (or folded into one event with the answer of a read).
+fn asked(
+    app: &App,
+    target: &Target,
+    req: &Request<ProxyBody>,
+    (request_id, job): (String, String),
+) -> request::Trail {
+    let mut trail =
+        request::Trail::new(request_id, job, target.agent_id.clone(), app.audit.clone());
+    trail.token = target.token.as_ref().map(|t| t.id.clone());
+    let (undoes, asked_by) = match &target.origin {
+        Origin::Undo { of, by } => (Some(of.as_str()), Some(by.as_str())),
+        Origin::Agent => (None, None),
+    };
+    let mut asked = serde_json::json!({
+        "method": req.method().as_str(),
+        "host": target.host,
+        "port": target.port,
+        "path": crate::audit::cap_text(req.uri().path(), crate::audit::URI_CAP),
+        "query": crate::audit::cap_text(req.uri().query().unwrap_or(""), crate::audit::URI_CAP),
+        "peer": target.peer,
+        "undoes": undoes,
+        "asked_by": asked_by,
+    });
+    // Set apart: `json!` would copy the map through a serializer.
+    asked["headers"] = crate::audit::headers_json(req.headers());
+    trail.hold_request(asked);
+    trail
+}
+
+/// The one rescue point: a refusal from any phase is recorded and answered here, as JSON with
+/// its code (or, for an MCP message, as the JSON-RPC error its client reads).
+async fn rescue(app: &App, trail: &request::Trail, refusal: Refusal) -> Response<ProxyBody> {
+    let refusal = match &trail.tool {
+        Some(t) if refusal.tool.is_none() => refusal.with_tool(t.clone()),
+        _ => refusal,
+    };
+    if refusal.code.source() == crate::error::ErrorSource::Upstream {
+        warn!(request_id = %trail.request_id, error = %refusal.message, "upstream failure");
+    }
+    record_refused(app, trail, &refusal).await;
+    match &trail.mcp {
+        Some(reply) => mcp::refusal_answer(reply, &refusal),
+        None => refusal.into_response(&trail.request_id),
+    }
 }
 
 /// The record phase of a refused request: what was asked, then the refusal.
