@@ -268,22 +268,33 @@ pub async fn undo(app: &Arc<App>, id: &str, who: &Approver) -> Report {
     if let Err(report) = claim_undo(app, &c).await {
         return *report;
     }
-    c.attempts += 1;
-    if let Err(e) = app.store.ledger_put(&c).await {
-        release_undo(app, &c.request_id, false).await;
-        return Report::new(
-            &c.request_id,
-            tool,
-            "refused",
-            format!("the store is unavailable ({e}); nothing was sent"),
-        );
+    let report = send_undo(app, &mut c, (&plan, undo_tool.as_deref()), by).await;
+    release_undo(app, &c.request_id, c.undone.is_some()).await;
+    let _ = app.store.flush().await;
+    if let Some(undo_id) = &report.undo_request {
+        record_rollback(app, (&c, &plan), by, &report, undo_id).await;
     }
-    let req = match undo_request(&plan, undo_tool.as_deref(), &c) {
+    report
+}
+
+/// Sends the undo of `c` as its agent's call (through every phase of the proxy), once its
+/// sending is claimed, and marks `c` undone when the upstream took it.
+async fn send_undo(
+    app: &Arc<App>,
+    c: &mut Committed,
+    (plan, undo_tool): (&Plan, Option<&Tool>),
+    by: &str,
+) -> Report {
+    let tool = Some(c.tool.clone());
+    let tool = tool.as_deref();
+    c.attempts += 1;
+    if let Err(e) = app.store.ledger_put(c).await {
+        let message = format!("the store is unavailable ({e}); nothing was sent");
+        return Report::new(&c.request_id, tool, "refused", message);
+    }
+    let req = match undo_request(plan, undo_tool, c) {
         Ok(req) => req,
-        Err(message) => {
-            release_undo(app, &c.request_id, false).await;
-            return Report::new(&c.request_id, tool, "refused", message);
-        }
+        Err(message) => return Report::new(&c.request_id, tool, "refused", message),
     };
     let origin = crate::proxy::Origin::Undo {
         of: c.request_id.clone(),
@@ -298,24 +309,20 @@ pub async fn undo(app: &Arc<App>, id: &str, who: &Approver) -> Report {
         refused.is_some_and(|code| code.source() != crate::error::ErrorSource::Upstream);
     let answer = crate::base::body::collect_capped(resp.into_body(), 64 * 1024).await;
     let text = String::from_utf8_lossy(&answer).into_owned();
-    let ok = (200..300).contains(&status);
-    let mut report = outcome_report(&c, &plan, status, refused_by_toolgate, &text);
+    let mut report = outcome_report(c, plan, status, refused_by_toolgate, &text);
     report.undo_request = Some(undo_id.clone());
     report.status = Some(status);
-    if ok {
+    if (200..300).contains(&status) {
         c.undone = Some(Undone {
             by: by.to_string(),
-            request_id: undo_id.clone(),
+            request_id: undo_id,
             status,
             unix_ms: crate::base::now_ms(),
         });
-        if let Err(e) = app.store.ledger_put(&c).await {
+        if let Err(e) = app.store.ledger_put(c).await {
             tracing::error!(request_id = %c.request_id, error = %e, "could not mark the call undone");
         }
     }
-    release_undo(app, &c.request_id, ok).await;
-    let _ = app.store.flush().await;
-    record_rollback(app, (&c, &plan), by, &report, &undo_id).await;
     report
 }
 

@@ -404,32 +404,10 @@ async fn connect(
     started: Instant,
 ) -> Response<ProxyBody> {
     let authority = req.uri().authority().map(|a| a.as_str().to_string());
-    let parsed = authority.as_deref().and_then(|a| split_host_port(a, 443));
-    let Some((host, port)) = parsed else {
-        let refusal = Refusal::policy("CONNECT needs a HOST:PORT target");
-        record_refusal(
-            &app,
-            (&request_id, started),
-            (Some(&agent.id), peer),
-            "-",
-            &Method::CONNECT,
-            "-",
-            &refusal,
-        )
-        .await;
-        return refusal.into_response(&request_id);
-    };
-    let target_text = upstream::authority(&host, port);
-    let admitted = match egress(&app, policy, &host, port).await {
-        Ok(()) => app
-            .caps
-            .tunnel(&agent.id)
-            .ok_or_else(|| tunnel_cap(&app, &agent.id)),
-        Err(refusal) => Err(refusal),
-    };
-    let slot = match admitted {
-        Ok(slot) => slot,
-        Err(refusal) => {
+    let (host, port, slot) = match admit_tunnel(&app, policy, &agent.id, authority.as_deref()).await
+    {
+        Ok(admitted) => admitted,
+        Err((host, target_text, refusal)) => {
             record_refusal(
                 &app,
                 (&request_id, started),
@@ -443,6 +421,7 @@ async fn connect(
             return refusal.into_response(&request_id);
         }
     };
+    let target_text = upstream::authority(&host, port);
     let target = Target {
         agent_id: agent.id.clone(),
         host,
@@ -472,6 +451,31 @@ async fn connect(
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
     resp
+}
+
+/// Whether a CONNECT target may be tunnelled to: a HOST:PORT, past the egress check, within the
+/// agent's cap of tunnels. Refused: the host and target as the refusal records them, and why.
+async fn admit_tunnel(
+    app: &Arc<App>,
+    policy: &Policy,
+    agent: &str,
+    authority: Option<&str>,
+) -> Result<(String, u16, crate::guard::TunnelSlot), (String, String, Refusal)> {
+    let Some((host, port)) = authority.and_then(|a| split_host_port(a, 443)) else {
+        let refusal = Refusal::policy("CONNECT needs a HOST:PORT target");
+        return Err(("-".into(), "-".into(), refusal));
+    };
+    let admitted = match egress(app, policy, &host, port).await {
+        Ok(()) => app.caps.tunnel(agent).ok_or_else(|| tunnel_cap(app, agent)),
+        Err(refusal) => Err(refusal),
+    };
+    match admitted {
+        Ok(slot) => Ok((host, port, slot)),
+        Err(refusal) => {
+            let target_text = upstream::authority(&host, port);
+            Err((host, target_text, refusal))
+        }
+    }
 }
 
 /// An agent holding its cap of tunnels asks for one more.
