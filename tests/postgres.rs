@@ -1391,6 +1391,11 @@ async fn with_the_database_stopped_nothing_is_forwarded_and_no_event_is_lost() {
         sent,
         "nothing was forwarded while the log could not be written"
     );
+    // Alive, but not ready: a load balancer sends agents elsewhere; nothing restarts it.
+    let ready = gate.admin("GET", "/readyz", None, None).await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert_eq!(ready.json()["error"]["code"], "store_unavailable");
+    assert_eq!(gate.admin("GET", "/healthz", None, None).await.status, 200);
 
     // Back: reads flow again without a restart.
     let c = cluster.clone();
@@ -1423,6 +1428,8 @@ async fn with_the_database_stopped_nothing_is_forwarded_and_no_event_is_lost() {
         .unwrap();
     assert!(failures > 0, "{metrics}");
     assert!(metrics.contains("toolgate_audit_writable 1"), "{metrics}");
+    let ready = gate.admin("GET", "/readyz", None, None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
 
     // Every request the upstream received has its event (written once the log could be),
     // matched by its path, and every answered one by its request id.
