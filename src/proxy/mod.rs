@@ -90,6 +90,12 @@ pub(crate) async fn accept_loop(
 /// The connection holds `slot` (one of `--max-connections`) as long as it is open, tunnels
 /// upgraded from it included.
 async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) {
+    // Counted against its address until a request authenticates: one address cannot hold the
+    // listener's slots with request heads that never finish.
+    let Some(unauthenticated) = app.caps.unauthenticated(peer.ip()) else {
+        return too_many_unauthenticated(&app, peer);
+    };
+    let unauthenticated = Arc::new(std::sync::Mutex::new(Some(unauthenticated)));
     let activity = Activity::new();
     let g = app.clone();
     let a = activity.clone();
@@ -97,8 +103,9 @@ async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: 
         let app = g.clone();
         let in_flight = a.request();
         let slot = slot.clone();
+        let unauthenticated = unauthenticated.clone();
         async move {
-            let resp = outer(app, peer, req, slot).await;
+            let resp = outer(app, peer, req, (slot, unauthenticated)).await;
             drop(in_flight);
             Ok::<_, Infallible>(resp)
         }
@@ -124,6 +131,20 @@ async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: 
     }
 }
 
+/// A connection from an address holding its cap of unauthenticated connections, closed
+/// unserved (logged once a minute per address).
+fn too_many_unauthenticated(app: &App, peer: SocketAddr) {
+    let (count, _) = app.sources.count(peer.ip(), "unauthenticated_over_cap");
+    if count == 1 {
+        warn!(
+            %peer, decision = "refused", per_address = crate::guard::UNAUTHENTICATED_PER_ADDRESS,
+            "a proxy connection from an address that holds its cap of connections not yet \
+             authenticated; closed (further ones from this address this minute are closed \
+             without a log line)"
+        );
+    }
+}
+
 /// A client's request as the phases take it: its body finishes itself when they leave it unread,
 /// so that every answer, refusals first, reaches the client over HTTP/1.1 and HTTP/2 alike.
 pub(crate) fn kept(app: &App, req: Request<Incoming>) -> Request<ProxyBody> {
@@ -145,6 +166,10 @@ fn header_read_timeout(app: &App) -> Duration {
 
 /// One of the `--max-connections` client connections.
 type ConnectionSlot = Arc<tokio::sync::OwnedSemaphorePermit>;
+
+/// A connection's place in its address's count of unauthenticated connections, until a
+/// request on it authenticates.
+type Unauthenticated = Arc<std::sync::Mutex<Option<crate::guard::UnauthenticatedSlot>>>;
 
 /// What the tunnel or absolute-form request is bound to: the agent and the target that were
 /// checked at the proxy layer. The target never comes from a `Host` header.
@@ -267,7 +292,7 @@ async fn outer(
     app: Arc<App>,
     peer: SocketAddr,
     req: Request<Incoming>,
-    slot: ConnectionSlot,
+    (slot, unauthenticated): (ConnectionSlot, Unauthenticated),
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let request_id = new_id("req");
@@ -276,7 +301,14 @@ async fn outer(
     let method = req.method().clone();
     let target_text = req.uri().to_string();
     let (agent, token) = match authenticate(&app, &policy, req.headers()).await {
-        Ok(found) => found,
+        Ok(found) => {
+            // The connection is an agent's now: its address's count of strangers drops.
+            unauthenticated
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            found
+        }
         Err(refusal) => {
             record_refusal(
                 &app,
