@@ -704,20 +704,29 @@ approval = {{ groups = ["payments-leads"], required = 1, hold = "{hold}", send =
     files
 }
 
-/// The rows `/api/traffic` lists for a tool, oldest first.
-async fn traffic_rows(gate: &Toolgate, tool: &str) -> Vec<Value> {
-    let mut rows = gate
-        .admin(
-            "GET",
-            &format!("/api/traffic?tool={tool}"),
-            Some("demo-carol-token"),
-            None,
-        )
-        .await
-        .json()["requests"]
-        .as_array()
-        .unwrap()
-        .clone();
+/// The rows `/api/traffic` lists for a tool, oldest first, once there are `n` (the log is
+/// written behind the calls: polled, bounded).
+async fn traffic_rows(gate: &Toolgate, tool: &str, n: usize) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        rows = gate
+            .admin(
+                "GET",
+                &format!("/api/traffic?tool={tool}"),
+                Some("demo-carol-token"),
+                None,
+            )
+            .await
+            .json()["requests"]
+            .as_array()
+            .unwrap()
+            .clone();
+        // Each row complete: its answer's status recorded.
+        if rows.len() >= n && rows.iter().all(|r| r["status"].is_u64()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     rows.reverse();
     rows
 }
@@ -844,7 +853,7 @@ async fn on_retry_an_approval_sends_nothing_until_the_agent_sends_the_call_again
 
     // /traffic: the first request was held and answered 423; the retry that sent it shows the
     // upstream's status and latency; the last one was answered from the stored result.
-    let rows = traffic_rows(&gate, "stripe.retry_refunds.create").await;
+    let rows = traffic_rows(&gate, "stripe.retry_refunds.create", 3).await;
     assert_eq!(rows.len(), 3, "{rows:#?}");
     assert_eq!(
         rows[0]["request_id"],
@@ -930,7 +939,7 @@ async fn on_approval_the_approval_sends_it_once_though_the_agent_is_gone() {
         "{summary}"
     );
     // /traffic: the held call shows 423 (it never got the answer); the retry the stored 200.
-    let rows = traffic_rows(&gate, "stripe.prompt_refunds.create").await;
+    let rows = traffic_rows(&gate, "stripe.prompt_refunds.create", 2).await;
     assert_eq!(rows.len(), 2, "{rows:#?}");
     assert_eq!(
         (&rows[0]["decision"], &rows[0]["status"]),
