@@ -90,7 +90,7 @@ pub async fn root(State(app): State<Arc<App>>, headers: HeaderMap) -> Redirect {
     }
 }
 
-fn queue_rows(props: &[Proposal]) -> String {
+fn queue_rows(app: &App, props: &[Proposal]) -> String {
     if props.is_empty() {
         return "<p id=\"empty\">Nothing is waiting for approval.</p>".into();
     }
@@ -111,7 +111,8 @@ fn queue_rows(props: &[Proposal]) -> String {
                 required = p.required,
                 age = when(p.created_unix),
                 left = when(p.expires_unix),
-                state = p.state.as_str(),
+                // Plain words, not a bare "approved": when it is sent, and until when.
+                state = esc(&approval::status_text(p, approval::send_on(app, p))),
             )
         })
         .collect()
@@ -130,7 +131,7 @@ pub async fn queue(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
     let Some(s) = signed(&app, &headers).await else {
         return to_login();
     };
-    let rows = queue_rows(&open_proposals(&app).await);
+    let rows = queue_rows(&app, &open_proposals(&app).await);
     // Updates by itself: the fragment is fetched again every two seconds (same origin, session
     // cookie), so a new proposal appears without a reload.
     let body = format!(
@@ -145,7 +146,7 @@ pub async fn queue_fragment(State(app): State<Arc<App>>, headers: HeaderMap) -> 
     if signed(&app, &headers).await.is_none() {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    Html(queue_rows(&open_proposals(&app).await)).into_response()
+    Html(queue_rows(&app, &open_proposals(&app).await)).into_response()
 }
 
 /// Who approved a proposal so far, as list items.
