@@ -817,6 +817,14 @@ async fn on_retry_an_approval_sends_nothing_until_the_agent_sends_the_call_again
         page.contains("approved; sent when the agent sends the call again, until 20"),
         "{page}"
     );
+    // Times read as ISO 8601 in UTC and how long ago, never epoch seconds.
+    let approved_at = p["approvals"][0]["at_unix"].as_u64().unwrap().to_string();
+    assert!(
+        page.contains("carol@example.com at <time datetime=\"20")
+            && (page.contains(" ago)") || page.contains("(just now)")),
+        "{page}"
+    );
+    assert!(!page.contains(&approved_at), "{page}");
 
     // The agent's retry sends it, once; the next retry gets the stored answer.
     let sent = call(&gate, url, "rr-2", body).await;
@@ -875,6 +883,20 @@ async fn on_retry_an_approval_sends_nothing_until_the_agent_sends_the_call_again
     );
     assert!(rows[1]["latency_ms"].is_u64(), "{rows:#?}");
     assert_eq!(rows[2]["status"], 200, "{rows:#?}");
+    let list = gate
+        .page(
+            "GET",
+            "/traffic?tool=stripe.retry_refunds.create",
+            Some(&cookie),
+            None,
+        )
+        .await
+        .text();
+    assert!(
+        list.contains("<td><time datetime=\"20")
+            && (list.contains(" ago)</td>") || list.contains("(just now)</td>")),
+        "{list}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
