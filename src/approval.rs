@@ -3,8 +3,10 @@
 //! An `approve`-mode call becomes a proposal holding the exact request that will be sent. The
 //! agent's connection is held up to the tool's `hold`; approvers decide through the admin API,
 //! the CLI or the web page. An approved proposal is committed when the agent claims it (the held
-//! connection, or the same call sent again), after re-checking the kill switches and the policy
-//! in force, at most once: `committing` is stored durably before the request leaves, and a
+//! connection, or the same call sent again; `approval.send = "on_retry"`), or at once by the
+//! approval itself (`"on_approval"`), after re-checking the kill switches and the policy in
+//! force, at most once: whoever moves it from `approved` to `committing` (a compare-and-set in
+//! the store) sends it, `committing` is stored durably before the request leaves, and a
 //! proposal found `committing` at start-up becomes `outcome_unknown`, never re-sent.
 
 use std::time::Duration;
@@ -20,7 +22,7 @@ use tracing::{info, warn};
 use crate::base::body::{self, ProxyBody};
 use crate::error::{Code, Refusal};
 use crate::model::KillTarget;
-use crate::policy::{Agent, Approver, Tool};
+use crate::policy::{Agent, Approver, SendOn, Tool};
 use crate::store::{now_unix, Outcome, StoreError};
 use crate::App;
 
@@ -43,6 +45,76 @@ fn record(p: &Proposal, kind: &'static str, payload: Value) -> crate::audit::Rec
         token: p.token.clone(),
         payload,
         at_ms: 0,
+    }
+}
+
+/// An audit record about a proposal that no request of the agent's made (what its approval's
+/// own commit met).
+fn record_apart(p: &Proposal, kind: &'static str, payload: Value) -> crate::audit::Record {
+    crate::audit::Record {
+        request_id: None,
+        ..record(p, kind, payload)
+    }
+}
+
+/// When the proposal's tool sends an approved call, under the policy in force.
+pub fn send_on(app: &App, p: &Proposal) -> SendOn {
+    app.policy()
+        .tool(&p.tool)
+        .map(|t| t.approval.send)
+        .unwrap_or_default()
+}
+
+/// What a proposal's state means, in the words an approver reads on the page, from the CLI and
+/// in the API (`status_text`).
+pub fn status_text(p: &Proposal, send: SendOn) -> String {
+    let until = crate::audit::rfc3339(p.expires_unix.saturating_mul(1000));
+    match p.state {
+        State::Pending => format!(
+            "pending: {} of {} approval(s); expires {until}",
+            p.approvals.len(),
+            p.required
+        ),
+        State::Approved => match send {
+            SendOn::Retry => {
+                format!("approved; sent when the agent sends the call again, until {until}")
+            }
+            SendOn::Approval => format!(
+                "approved; sent at once on approval (not sent yet: it stays approved until {until}, and the agent's next identical call sends it)"
+            ),
+        },
+        State::Committing => "approved; being sent now".to_string(),
+        State::Committed => format!(
+            "approved and sent; the upstream answered {}",
+            p.outcome
+                .as_ref()
+                .map(|o| o.status.to_string())
+                .unwrap_or_else(|| "-".into())
+        ),
+        State::Failed => format!(
+            "approved, but it could not be sent: {}",
+            p.note.as_deref().unwrap_or("unknown error")
+        ),
+        State::Denied | State::Revoked | State::Cancelled => {
+            let d = p.decision.as_ref();
+            format!(
+                "{} by {}{}{}; nothing was sent",
+                p.state.as_str(),
+                d.map(|d| d.by.as_str()).unwrap_or("toolgate"),
+                d.filter(|d| !d.comment.is_empty())
+                    .map(|d| format!(": {}", d.comment))
+                    .unwrap_or_default(),
+                p.note
+                    .as_ref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            )
+        }
+        State::Expired => "expired without a decision; nothing was sent".to_string(),
+        State::OutcomeUnknown => format!(
+            "outcome unknown: {}",
+            p.note.as_deref().unwrap_or("it was being sent when toolgate stopped")
+        ),
     }
 }
 
@@ -133,7 +205,7 @@ pub async fn propose_and_wait(
         })
         .await;
     let hold = call.tool.approval.hold;
-    wait_and_claim(app, &id, hold).await
+    wait_and_claim(app, &id, hold, call.request_id).await
 }
 
 /// How many times a caller that lost a compare-and-set on a proposal reads it again before
@@ -310,28 +382,51 @@ pub async fn load(app: &App, id: &str) -> Result<Option<Proposal>, StoreError> {
 }
 
 fn pending(p: &Proposal) -> Refusal {
-    Refusal::new(
-        Code::ApprovalPending,
-        format!(
+    let message = match p.state {
+        State::Approved | State::Committing => format!(
+            "{} is approved and being sent (proposal {}). Send the same call again later to get its result; it will not be sent twice",
+            p.tool, p.id
+        ),
+        _ => format!(
             "{} needs approval ({} of {} approvals so far; proposal {}). Nothing was sent. Send the same call again later to get its result; it will not create a second proposal",
             p.tool,
             p.approvals.len(),
             p.required,
             p.id
         ),
-    )
-    .with_proposal(p.id.clone())
+    };
+    Refusal::new(Code::ApprovalPending, message).with_proposal(p.id.clone())
+}
+
+/// How long after an approval a claimant leaves an `on_approval` commit to the approval's own
+/// task (here or on the replica that approved) before it commits the proposal itself: that
+/// task may have died with its replica, or been refused (a kill switch) and left it approved.
+const APPROVAL_SENDS: u64 = 5;
+
+/// Whether the approval's own commit is (or should be) on its way, so a claimant waits for it
+/// instead of racing it.
+fn approval_sends(app: &App, p: &Proposal) -> bool {
+    send_on(app, p) == SendOn::Approval
+        && p.approvals
+            .last()
+            .is_some_and(|a| now_unix() < a.at_unix + APPROVAL_SENDS)
 }
 
 /// How often a call held on a shared store looks for a decision made on another replica.
 const SHARED_POLL: Duration = Duration::from_secs(1);
 
+/// Holds the call of request `claimant` on proposal `id` until it is decided, committed, or the
+/// hold ends; commits it when it is approved (unless the approval sends it itself).
 async fn wait_and_claim(
     app: &std::sync::Arc<App>,
     id: &str,
     hold: Duration,
+    claimant: &str,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let deadline = tokio::time::Instant::now() + hold;
+    // Whether this call was held while the proposal was still open or being sent: such a call
+    // gets the whole answer of a commit its approval sent here (a later one the stored answer).
+    let mut waited = false;
     loop {
         let notify = app.waiters.get(id);
         let notified = notify.notified();
@@ -341,15 +436,22 @@ async fn wait_and_claim(
         let p = load(app, id).await.map_err(store_err)?.ok_or_else(|| {
             Refusal::internal(format!("proposal {id} vanished; nothing was sent"))
         })?;
+        let waiting = match p.state {
+            State::Pending | State::Committing => true,
+            State::Approved => approval_sends(app, &p),
+            _ => false,
+        };
         match p.state {
-            State::Pending | State::Committing => {
+            _ if waiting => {
+                waited = true;
                 // Wake at a decision, at the end of the hold, or at expiry.
                 let mut until = deadline.min(
                     tokio::time::Instant::now()
                         + Duration::from_secs(p.expires_unix.saturating_sub(now_unix())),
                 );
-                // Other replicas announce their decisions; if one is lost, look again each second.
-                if app.store.shared() {
+                // Other replicas announce their decisions; if one is lost, look again each second
+                // (and while an approval's own commit is awaited, in case it never comes).
+                if app.store.shared() || p.state == State::Approved {
                     until = until.min(tokio::time::Instant::now() + SHARED_POLL);
                 }
                 if tokio::time::timeout_at(until, notified).await.is_err()
@@ -359,64 +461,88 @@ async fn wait_and_claim(
                 }
             }
             State::Approved => {
-                if let Some(resp) = commit_detached(app, id).await? {
+                if let Some(resp) = commit_detached(app, id, claimant).await? {
                     return Ok(resp);
                 }
             }
-            State::Committed => {
-                return Ok(stored_response(app, &p));
-            }
-            State::Denied | State::Revoked | State::Cancelled => {
-                let d = p.decision.clone();
-                return Err(Refusal::new(
-                    Code::ApprovalDenied,
-                    format!(
-                        "proposal {} for {} was {} by {}{}{}. Do not retry the same call",
-                        p.id,
-                        p.tool,
-                        p.state.as_str(),
-                        d.as_ref().map(|d| d.by.as_str()).unwrap_or("policy"),
-                        d.as_ref()
-                            .filter(|d| !d.comment.is_empty())
-                            .map(|d| format!(": {}", d.comment))
-                            .unwrap_or_default(),
-                        p.note
-                            .as_ref()
-                            .map(|n| format!(" ({n})"))
-                            .unwrap_or_default(),
-                    ),
-                )
-                .with_proposal(p.id.clone()));
-            }
-            State::Expired => {
-                return Err(Refusal::new(
-                    Code::ApprovalExpired,
-                    format!(
-                        "proposal {} for {} expired without a decision; nothing was sent",
-                        p.id, p.tool
-                    ),
-                )
-                .with_proposal(p.id.clone()));
-            }
-            State::Failed => {
-                return Err(Refusal::upstream(format!(
-                    "proposal {} was approved but could not be sent: {}",
-                    p.id,
-                    p.note.as_deref().unwrap_or("unknown error")
-                ))
-                .with_proposal(p.id.clone()));
-            }
-            State::OutcomeUnknown => {
-                return Err(Refusal::new(
-                    Code::IdempotencyConflict,
-                    format!(
-                        "proposal {} was being committed when toolgate stopped or the upstream timed out: its outcome is unknown and it will not be sent again. Check the upstream",
-                        p.id
-                    ),
-                ).with_proposal(p.id.clone()));
-            }
+            State::Committed => return Ok(answer_committed(app, &p, waited, claimant).await),
+            // Pending and committing proposals are waited on above.
+            State::Pending | State::Committing => {}
+            _ => return Err(finished(&p)),
         }
     }
+}
+
+/// The refusal a call gets for a proposal that ended without a stored answer.
+fn finished(p: &Proposal) -> Refusal {
+    let d = p.decision.as_ref();
+    let refusal = match p.state {
+        State::Expired => Refusal::new(
+            Code::ApprovalExpired,
+            format!(
+                "proposal {} for {} expired without a decision; nothing was sent",
+                p.id, p.tool
+            ),
+        ),
+        State::Failed => Refusal::upstream(format!(
+            "proposal {} was approved but could not be sent: {}",
+            p.id,
+            p.note.as_deref().unwrap_or("unknown error")
+        )),
+        State::OutcomeUnknown => Refusal::new(
+            Code::IdempotencyConflict,
+            format!(
+                "proposal {} was being committed when toolgate stopped or the upstream timed out: its outcome is unknown and it will not be sent again. Check the upstream",
+                p.id
+            ),
+        ),
+        _ => Refusal::new(
+            Code::ApprovalDenied,
+            format!(
+                "proposal {} for {} was {} by {}{}{}. Do not retry the same call",
+                p.id,
+                p.tool,
+                p.state.as_str(),
+                d.map(|d| d.by.as_str()).unwrap_or("policy"),
+                d.filter(|d| !d.comment.is_empty())
+                    .map(|d| format!(": {}", d.comment))
+                    .unwrap_or_default(),
+                p.note
+                    .as_ref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default(),
+            ),
+        ),
+    };
+    refusal.with_proposal(p.id.clone())
+}
+
+/// The answer of a committed proposal to the call of request `claimant`: the whole answer if
+/// it waited here while its approval sent it, else the stored one.
+async fn answer_committed(
+    app: &App,
+    p: &Proposal,
+    waited: bool,
+    claimant: &str,
+) -> Response<ProxyBody> {
+    let resp = match waited.then(|| app.waiters.answer(&p.id)).flatten() {
+        Some(whole) => answer_of(p, &whole),
+        None => stored_response(app, p),
+    };
+    if claimant != p.request_id {
+        // Another request (or the approval) sent it: this one got its answer.
+        app.audit
+            .record(crate::audit::Record {
+                request_id: Some(claimant.to_string()),
+                ..record(
+                    p,
+                    "idempotent_replay",
+                    json!({"original_request": p.request_id, "status": resp.status().as_u16()}),
+                )
+            })
+            .await;
+    }
+    resp
 }
 
 fn stored_response(app: &App, p: &Proposal) -> Response<ProxyBody> {
@@ -449,11 +575,12 @@ fn answer_of(p: &Proposal, outcome: &Outcome) -> Response<ProxyBody> {
 async fn commit_detached(
     app: &std::sync::Arc<App>,
     id: &str,
+    claimant: &str,
 ) -> Result<Option<Response<ProxyBody>>, Refusal> {
-    let (app, id) = (app.clone(), id.to_string());
+    let (app, id, claimant) = (app.clone(), id.to_string(), claimant.to_string());
     let task = app.tasks.spawn({
         let app = app.clone();
-        async move { commit(&app, &id).await }
+        async move { commit(&app, &id, Some(&claimant)).await }
     });
     task.await.unwrap_or_else(|e| {
         Err(Refusal::internal(format!(
@@ -463,8 +590,13 @@ async fn commit_detached(
 }
 
 /// Commits an approved proposal, at most once. `Ok(None)`: it was not approved any more (the
-/// caller reads it again).
-async fn commit(app: &App, id: &str) -> Result<Option<Response<ProxyBody>>, Refusal> {
+/// caller reads it again). `claimant`: the request whose call sends it (the held one, or the
+/// same call sent again); `None` when its approval sends it (`on_approval`).
+async fn commit(
+    app: &App,
+    id: &str,
+    claimant: Option<&str>,
+) -> Result<Option<Response<ProxyBody>>, Refusal> {
     let Some(p) = app.store.proposal_get(id).await.map_err(store_err)? else {
         return Ok(None);
     };
@@ -556,7 +688,7 @@ async fn commit(app: &App, id: &str) -> Result<Option<Response<ProxyBody>>, Refu
         Err(refusal) => return cancel(app, &p, &refusal.message).await,
     };
 
-    send_approved(app, &p, checked, (method, headers, sent), charged).await
+    send_approved(app, &p, checked, (method, headers, sent), charged, claimant).await
 }
 
 /// Sends an approved proposal through the one commit routine: `committing` is durable first.
@@ -566,6 +698,7 @@ async fn send_approved(
     checked: crate::checks::Rechecked,
     (method, mut headers, sent): (http::Method, HeaderMap, Bytes),
     charged: crate::limits::Charge,
+    claimant: Option<&str>,
 ) -> Result<Option<Response<ProxyBody>>, Refusal> {
     // Durable before a byte leaves: the state (then, in `commit::send`, the commit event).
     // Compare-and-set from the approved record as read (state and version): whoever moves it
@@ -602,8 +735,14 @@ async fn send_approved(
     info!(proposal = %p.id, tool = %p.tool, "committing");
     let policy = app.policy();
     let response = policy.tool(&p.tool).and_then(|t| t.response.as_ref());
+    // The commit and its answer belong to the request that sent it (the proposal's own first
+    // request when the approval sends it): that request's row shows the upstream's answer.
+    let who = crate::audit::Record {
+        request_id: Some(claimant.unwrap_or(&p.request_id).to_string()),
+        ..record(&p, "commit", Value::Null)
+    };
     let commit = crate::commit::Commit {
-        who: record(&p, "commit", Value::Null),
+        who,
         commit_payload: json!({
             "method": p.request.method,
             "url": p.request.url(),
@@ -635,6 +774,10 @@ async fn send_approved(
         response,
     };
     let result = crate::commit::send(app, commit).await;
+    if let (None, Ok(sent)) = (claimant, &result) {
+        // Sent by its approval: a call held here meanwhile gets the whole answer too.
+        app.waiters.keep_answer(&p.id, &sent.shown);
+    }
     settle_commit(app, &p, result).await
 }
 
@@ -825,8 +968,91 @@ fn action_error(status: StatusCode, code: &'static str, message: impl Into<Strin
     }
 }
 
-/// The approver side: approve, deny, revoke or cancel.
+/// What an approver's action did.
+#[derive(Debug)]
+pub struct Decided {
+    /// The proposal as it is now (after the approval's own commit, when it sent it at once).
+    pub proposal: Proposal,
+    /// When its tool sends an approved call.
+    pub send: SendOn,
+    /// Why the approval's own commit did not send it (a kill switch, say): it stays approved.
+    pub unsent: Option<String>,
+}
+
+impl Decided {
+    /// What the decision led to, in plain words.
+    pub fn status_text(&self) -> String {
+        match &self.unsent {
+            Some(why) => format!(
+                "approved, but not sent: {why}. It stays approved until {}; the agent's next identical call tries again",
+                crate::audit::rfc3339(self.proposal.expires_unix.saturating_mul(1000))
+            ),
+            None => status_text(&self.proposal, self.send),
+        }
+    }
+}
+
+/// How long an approver's request waits for the commit its approval started (`on_approval`)
+/// before it answers with the proposal as it stands; the commit goes on either way.
+const SEND_WAIT: Duration = Duration::from_secs(10);
+
+/// The approver side: approve, deny, revoke or cancel. An approval that completes a proposal of
+/// an `on_approval` tool commits it at once, in a task of its own (the compare-and-set from
+/// `approved` to `committing` decides who sends it, here or on another replica), and waits for
+/// it up to [`SEND_WAIT`].
 pub async fn decide(
+    app: &std::sync::Arc<App>,
+    who: &Approver,
+    id: &str,
+    action: Action,
+    comment: &str,
+) -> Result<Decided, ActionError> {
+    let p = decide_only(app, who, id, action, comment).await?;
+    let send = send_on(app, &p);
+    if !(action == Action::Approve && p.state == State::Approved && send == SendOn::Approval) {
+        return Ok(Decided {
+            proposal: p,
+            send,
+            unsent: None,
+        });
+    }
+    let task = app.tasks.spawn({
+        let (app, id) = (app.clone(), p.id.clone());
+        async move {
+            let r = commit(&app, &id, None).await.err()?;
+            // A refusal that left it approved (a kill switch, the store) is told here; one that
+            // settled it (failed, outcome unknown) is in its state and its events.
+            let p = app.store.proposal_get(&id).await.ok().flatten()?;
+            if p.state != State::Approved {
+                return None;
+            }
+            warn!(proposal = %id, code = r.code.as_str(), error = %r.message, "an approval's commit was refused; the proposal stays approved");
+            app.audit
+                .record(record_apart(
+                    &p,
+                    "decision",
+                    json!({"outcome": "refused", "code": r.code.as_str(), "status": r.code.status().as_u16(), "message": r.message, "at": "commit on approval"}),
+                ))
+                .await;
+            Some(r.message)
+        }
+    });
+    let unsent = match tokio::time::timeout(SEND_WAIT, task).await {
+        Ok(Ok(unsent)) => unsent,
+        _ => None,
+    };
+    let proposal = match app.store.proposal_get(&p.id).await {
+        Ok(Some(now)) => now,
+        _ => p,
+    };
+    Ok(Decided {
+        proposal,
+        send,
+        unsent,
+    })
+}
+
+async fn decide_only(
     app: &App,
     who: &Approver,
     id: &str,
@@ -874,11 +1100,15 @@ pub async fn decide(
         let Some(p) = advance(app, &p, next).await.map_err(internal)? else {
             continue;
         };
-        app.audit.record(record(
-            &p,
-            action.event_kind(),
-            json!({"by": who.id, "comment": comment, "state": p.state.as_str(), "approvals": p.approvals.len(), "required": p.required}),
-        )).await;
+        let mut payload = json!({"by": who.id, "comment": comment, "state": p.state.as_str(), "approvals": p.approvals.len(), "required": p.required});
+        if p.state == State::Approved {
+            // What the approval leads to, for the story: sent now, or on the agent's retry.
+            payload["send"] = json!(send_on(app, &p).as_str());
+            payload["until"] = json!(crate::audit::rfc3339(p.expires_unix.saturating_mul(1000)));
+        }
+        app.audit
+            .record(record(&p, action.event_kind(), payload))
+            .await;
         info!(proposal = %p.id, by = %who.id, action = ?action, state = p.state.as_str(), "proposal decision");
         return Ok(p);
     }

@@ -158,10 +158,15 @@ pub enum Command {
         #[command(subcommand)]
         command: McpCommand,
     },
-    /// Validate a policy folder without serving; prints the tools and exits non-zero on error.
+    /// Validate a policy folder without serving; prints the tools, warns of likely mistakes
+    /// (file:line), and exits non-zero on error (and, with --strict, on a warning).
     Check {
         #[arg(long, env = env::POLICIES, default_value = "./policies")]
         policies: PathBuf,
+        /// Treat the warnings (a glob that names no tool, an approval group without approvers,
+        /// an unused credential, a tool no agent may call) as errors.
+        #[arg(long)]
+        strict: bool,
     },
     /// Short-lived agent tokens, through a running server's admin API (group admin, or a group
     /// the agent names in token_issuers).
@@ -533,7 +538,7 @@ pub async fn main(cli: Cli) -> ExitCode {
                 Err(e) => fail(&format!("{e} (run `toolgate ca init` first)")),
             },
         },
-        Command::Check { policies } => check(&policies),
+        Command::Check { policies, strict } => check(&policies, strict),
         Command::Mcp {
             command:
                 McpCommand::Pin {
@@ -1287,6 +1292,11 @@ async fn decide(server: &str, id: &str, action: &str, comment: Option<String>) -
     {
         Ok((200, json)) => {
             show_proposal(&json);
+            // What the decision leads to, plainly: "approved; sent when the agent sends the
+            // call again, until …", or the upstream's answer when the approval sent it.
+            if let Some(text) = json["status_text"].as_str() {
+                say!("{text}");
+            }
             ExitCode::SUCCESS
         }
         Ok((status, json)) => fail(&format!(
@@ -1442,9 +1452,13 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn check(dir: &std::path::Path) -> ExitCode {
+fn check(dir: &std::path::Path, strict: bool) -> ExitCode {
     let policy = match crate::policy::Policy::load_dir(dir) {
         Ok(p) => p,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let warnings = match crate::policy::lint::lint_dir(dir) {
+        Ok(w) => w,
         Err(e) => return fail(&e.to_string()),
     };
     say!(
@@ -1480,8 +1494,53 @@ fn check(dir: &std::path::Path) -> ExitCode {
             undo
         );
     }
-    let mut notes = schema_notes(&policy);
-    notes.extend(expand_notes(&policy));
+    let notes = check_notes(&policy);
+    if !notes.is_empty() {
+        say!();
+    }
+    for line in &notes {
+        say!("{line}");
+    }
+    if !warnings.is_empty() {
+        say!();
+    }
+    for w in &warnings {
+        say!("{w}");
+    }
+    let refused = launch_gate(&policy);
+    if !refused.is_empty() {
+        say!();
+        for line in &refused {
+            say!("launch gate: {line}");
+        }
+        return fail(&format!(
+            "the policies fail the launch gate ({} finding(s) above)",
+            refused.len()
+        ));
+    }
+    if strict && !warnings.is_empty() {
+        return fail(&format!(
+            "--strict: {} warning(s) above; fix them or run without --strict",
+            warnings.len()
+        ));
+    }
+    say!(
+        "ok: {} tools from {} files{}",
+        policy.tools().len(),
+        policy.files.len(),
+        match warnings.len() {
+            0 => String::new(),
+            n => format!(", {n} warning(s)"),
+        }
+    );
+    ExitCode::SUCCESS
+}
+
+/// What `check` says beside the table: which schemas are closed, where `expand` could bring
+/// hidden fields back, and what cannot be undone (or where an undo leads nowhere).
+fn check_notes(policy: &crate::policy::Policy) -> Vec<String> {
+    let mut notes = schema_notes(policy);
+    notes.extend(expand_notes(policy));
     let mut undo = Vec::new();
     for tool in policy.tools() {
         if tool.side_effects == crate::policy::SideEffects::None {
@@ -1495,35 +1554,14 @@ fn check(dir: &std::path::Path) -> ExitCode {
             )),
             None => undo.push(format!("{}: declares no undo", tool.name)),
             Some(r) => {
-                if let Some(warning) = undo_target_warning(&policy, tool, r) {
+                if let Some(warning) = undo_target_warning(policy, tool, r) {
                     undo.push(warning);
                 }
             }
         }
     }
-    if !notes.is_empty() || !undo.is_empty() {
-        say!();
-    }
-    for line in notes.iter().chain(undo.iter()) {
-        say!("{line}");
-    }
-    let refused = launch_gate(&policy);
-    if !refused.is_empty() {
-        say!();
-        for line in &refused {
-            say!("launch gate: {line}");
-        }
-        return fail(&format!(
-            "the policies fail the launch gate ({} finding(s) above)",
-            refused.len()
-        ));
-    }
-    say!(
-        "ok: {} tools from {} files",
-        policy.tools().len(),
-        policy.files.len()
-    );
-    ExitCode::SUCCESS
+    notes.extend(undo);
+    notes
 }
 
 /// What no policy set may go to production with: one credential shared by every tool, an

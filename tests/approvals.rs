@@ -668,3 +668,383 @@ approval = { required = 1, hold = "10s" }
     assert!(again.text().contains("delayed_ms"), "{}", again.text());
     assert_eq!(sent(), 1, "sent once");
 }
+
+/// Tools that say when an approved call is sent: on the agent's retry, or at once on approval
+/// (one holding the agent briefly, one holding it long enough to be approved meanwhile).
+fn sending() -> Vec<(&'static str, String)> {
+    let tool = |name: &str, hold: &str, send: &str, keep: &str| {
+        format!(
+            r#"
+[[tool]]
+name = "stripe.{name}.create"
+host = "api.stripe.com"
+method = "POST"
+path = "/v1/{name}"
+side_effects = "irreversible"
+mode = "approve"
+idempotency = "key"
+body = {{ format = "form" }}
+credential = {{ staging = "stripe-test" }}
+summary = "{name} {{body.amount}} of {{body.payment_intent}}"
+response = {{ keep = [{keep}] }}
+approval = {{ groups = ["payments-leads"], required = 1, hold = "{hold}", send = "{send}" }}
+"#
+        )
+    };
+    let mut files = extra();
+    files.push((
+        "sending.toml",
+        [
+            tool("retry_refunds", "300ms", "on_retry", "\"/path\""),
+            tool("prompt_refunds", "300ms", "on_approval", "\"/path\""),
+            tool("waited_refunds", "10s", "on_approval", "\"/method\""),
+        ]
+        .concat(),
+    ));
+    files
+}
+
+/// The rows `/api/traffic` lists for a tool, oldest first, once there are `n` (the log is
+/// written behind the calls: polled, bounded).
+async fn traffic_rows(gate: &Toolgate, tool: &str, n: usize) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        rows = gate
+            .admin(
+                "GET",
+                &format!("/api/traffic?tool={tool}"),
+                Some("demo-carol-token"),
+                None,
+            )
+            .await
+            .json()["requests"]
+            .as_array()
+            .unwrap()
+            .clone();
+        // Each row complete: its answer's status recorded.
+        if rows.len() >= n && rows.iter().all(|r| r["status"].is_u64()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rows.reverse();
+    rows
+}
+
+/// The summary lines of a story.
+async fn story_summary(gate: &Toolgate, id: &str) -> String {
+    let story = gate
+        .admin(
+            "GET",
+            &format!("/api/audit/story/{id}"),
+            Some("demo-carol-token"),
+            None,
+        )
+        .await
+        .json();
+    story["summary"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Runs the real `toolgate` binary against the test server's admin listener.
+async fn cli(gate: &Toolgate, args: &[&str]) -> (bool, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .args(args)
+            .env("TOOLGATE_SERVER", format!("http://{}", gate.admin_addr))
+            .env("TOOLGATE_TOKEN", "demo-carol-token")
+            .output(),
+    )
+    .await
+    .expect("the CLI answered within 60s")
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Polls until the upstream received `n` requests (bounded), then says how many it did.
+async fn upstream_reaches(upstream: &Upstream, n: usize) -> usize {
+    for _ in 0..100 {
+        if upstream.count() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    upstream.count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_retry_an_approval_sends_nothing_until_the_agent_sends_the_call_again() {
+    let (_pki, upstream, gate) = setup_examples(&sending(), |_| {}).await;
+    let url = "https://api.stripe.com/v1/retry_refunds";
+    let body = "payment_intent=pi_retry&amount=100";
+    let first = call(&gate, url, "rr-1", body).await;
+    assert_eq!(first.status, 423, "{}", first.text());
+    let id = first.headers["toolgate-proposal"]
+        .to_str()
+        .unwrap()
+        .to_string();
+
+    // `toolgate approve` says plainly what happens next, and nothing is sent yet.
+    let (ok, out) = cli(&gate, &["approve", &id, "--comment", "customer called"]).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("approved; sent when the agent sends the call again, until 20"),
+        "{out}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(upstream.count(), 0, "approved on_retry: nothing sent yet");
+    let p = proposal(&gate, &id).await;
+    assert_eq!(p["state"], "approved");
+    assert_eq!(p["send"], "on_retry");
+    // So does the page.
+    let cookie = gate.sign_in("demo-carol-token").await;
+    let page = gate
+        .page("GET", &format!("/proposals/{id}"), Some(&cookie), None)
+        .await
+        .text();
+    assert!(
+        page.contains("approved; sent when the agent sends the call again, until 20"),
+        "{page}"
+    );
+    // Times read as ISO 8601 in UTC and how long ago, never epoch seconds.
+    let approved_at = p["approvals"][0]["at_unix"].as_u64().unwrap().to_string();
+    assert!(
+        page.contains("carol@example.com at <time datetime=\"20")
+            && (page.contains(" ago)") || page.contains("(just now)")),
+        "{page}"
+    );
+    assert!(!page.contains(&approved_at), "{page}");
+
+    // The agent's retry sends it, once; the next retry gets the stored answer.
+    let sent = call(&gate, url, "rr-2", body).await;
+    assert_eq!(sent.status, 200, "{}", sent.text());
+    assert_eq!(sent.json()["path"], "/v1/retry_refunds");
+    let again = call(&gate, url, "rr-3", body).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(
+        again.json(),
+        json!({"path": "/v1/retry_refunds"}),
+        "the kept fields"
+    );
+    assert_eq!(upstream.count(), 1, "sent exactly once");
+    assert_eq!(upstream.received()[0].body, body);
+
+    // The story: what was proposed, who approved with their comment, and when it is sent.
+    let summary = story_summary(&gate, &id).await;
+    let sha = p["request"]["sha256"].as_str().unwrap();
+    assert!(
+        summary.contains(&format!(
+            "what was proposed: retry_refunds 100 of pi_retry (payload sha256 {sha})"
+        )),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("who approved:  carol@example.com at 20")
+            && summary.contains(": \"customer called\" (approved; sent when the agent sends the call again, until 20"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("what executed: POST https://api.stripe.com/v1/retry_refunds"),
+        "{summary}"
+    );
+
+    // /traffic: the first request was held and answered 423; the retry that sent it shows the
+    // upstream's status and latency; the last one was answered from the stored result.
+    let rows = traffic_rows(&gate, "stripe.retry_refunds.create", 3).await;
+    assert_eq!(rows.len(), 3, "{rows:#?}");
+    assert_eq!(
+        rows[0]["request_id"],
+        first.headers["toolgate-request-id"].to_str().unwrap()
+    );
+    assert_eq!(
+        (&rows[0]["decision"], &rows[0]["status"], &rows[0]["code"]),
+        (&json!("held"), &json!(423), &json!("approval_pending")),
+        "{rows:#?}"
+    );
+    assert!(rows[0]["latency_ms"].is_null(), "{rows:#?}");
+    assert_eq!(
+        rows[1]["request_id"],
+        sent.headers["toolgate-request-id"].to_str().unwrap()
+    );
+    assert_eq!(
+        (&rows[1]["decision"], &rows[1]["status"]),
+        (&json!("held"), &json!(200))
+    );
+    assert!(rows[1]["latency_ms"].is_u64(), "{rows:#?}");
+    assert_eq!(rows[2]["status"], 200, "{rows:#?}");
+    let list = gate
+        .page(
+            "GET",
+            "/traffic?tool=stripe.retry_refunds.create",
+            Some(&cookie),
+            None,
+        )
+        .await
+        .text();
+    assert!(
+        list.contains("<td><time datetime=\"20")
+            && (list.contains(" ago)</td>") || list.contains("(just now)</td>")),
+        "{list}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_approval_the_approval_sends_it_once_though_the_agent_is_gone() {
+    let (_pki, upstream, gate) = setup_examples(&sending(), |_| {}).await;
+    let url = "https://api.stripe.com/v1/prompt_refunds";
+    let body = "payment_intent=pi_prompt&amount=200";
+    // The agent's call is held, answered 423, and the agent goes away.
+    let first = call(&gate, url, "pr-1", body).await;
+    assert_eq!(first.status, 423, "{}", first.text());
+    let id = first.headers["toolgate-proposal"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(upstream.count(), 0);
+
+    // Approving sends it at once, and says so.
+    let got = decide(&gate, &id, "approve", "demo-carol-token", "send it now").await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let decided = got.json();
+    assert_eq!(decided["state"], "committed", "{decided}");
+    assert_eq!(
+        decided["status_text"], "approved and sent; the upstream answered 200",
+        "{decided}"
+    );
+    assert_eq!(
+        upstream_reaches(&upstream, 1).await,
+        1,
+        "sent by the approval"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(upstream.count(), 1, "sent exactly once");
+    let cookie = gate.sign_in("demo-carol-token").await;
+    let page = gate
+        .page("GET", &format!("/proposals/{id}"), Some(&cookie), None)
+        .await
+        .text();
+    assert!(
+        page.contains("approved and sent; the upstream answered 200")
+            && page.contains("at once on approval (on_approval)"),
+        "{page}"
+    );
+
+    // The agent's retry gets the stored result; nothing more is sent.
+    let retry = call(&gate, url, "pr-2", body).await;
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(
+        retry.json(),
+        json!({"path": "/v1/prompt_refunds"}),
+        "the kept fields"
+    );
+    assert_eq!(retry.headers["toolgate-proposal"].to_str().unwrap(), id);
+    assert_eq!(upstream.count(), 1, "the retry sent nothing");
+
+    let summary = story_summary(&gate, &id).await;
+    assert!(
+        summary.contains("what was proposed: prompt_refunds 200 of pi_prompt (payload sha256 "),
+        "{summary}"
+    );
+    assert!(
+        summary.contains(": \"send it now\" (approved; sent at once on approval)"),
+        "{summary}"
+    );
+    // /traffic: the held call shows 423 (it never got the answer); the retry the stored 200.
+    let rows = traffic_rows(&gate, "stripe.prompt_refunds.create", 2).await;
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    assert_eq!(
+        (&rows[0]["decision"], &rows[0]["status"]),
+        (&json!("held"), &json!(423)),
+        "{rows:#?}"
+    );
+    assert_eq!(
+        (&rows[1]["decision"], &rows[1]["status"]),
+        (&json!("held"), &json!(200))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_approval_the_held_call_gets_the_whole_answer_and_a_kill_switch_stops_the_send() {
+    let (_pki, upstream, gate) = setup_examples(&sending(), |_| {}).await;
+    let url = "https://api.stripe.com/v1/waited_refunds";
+    let body = "payment_intent=pi_waited&amount=300";
+    let held = {
+        let client = staging(&gate);
+        tokio::spawn(async move {
+            send(
+                &client,
+                "POST",
+                url,
+                &[FORM, ("idempotency-key", "wr-1")],
+                body,
+            )
+            .await
+            .unwrap()
+        })
+    };
+    let id = pending_proposal(gate.admin_addr, "pi_waited").await;
+    let got = decide(&gate, &id, "approve", "demo-carol-token", "").await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let held = held.await.unwrap();
+    assert_eq!(held.status, 200, "{}", held.text());
+    assert_eq!(
+        held.json()["path"],
+        "/v1/waited_refunds",
+        "the whole answer"
+    );
+    assert_eq!(upstream.count(), 1);
+    let retry = call(&gate, url, "wr-2", body).await;
+    assert_eq!(
+        retry.json(),
+        json!({"method": "POST"}),
+        "a retry gets the kept fields"
+    );
+    assert_eq!(upstream.count(), 1, "sent exactly once");
+
+    // A kill switch thrown between the proposal and its approval: the approval sends nothing,
+    // says why, and the proposal stays approved; the held call is refused.
+    let client = staging(&gate);
+    let held = tokio::spawn(async move {
+        send(
+            &client,
+            "POST",
+            url,
+            &[FORM, ("idempotency-key", "wr-3")],
+            "payment_intent=pi_frozen&amount=1",
+        )
+        .await
+        .unwrap()
+    });
+    let frozen = pending_proposal(gate.admin_addr, "pi_frozen").await;
+    let off = gate
+        .admin(
+            "POST",
+            "/api/tools/stripe.waited_refunds.create/disable",
+            Some("demo-carol-token"),
+            Some(json!({"reason": "freeze"})),
+        )
+        .await;
+    assert_eq!(off.status, 200);
+    let got = decide(&gate, &frozen, "approve", "demo-carol-token", "").await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let text = got.json()["status_text"].as_str().unwrap().to_string();
+    assert!(
+        text.starts_with("approved, but not sent:") && text.contains("freeze"),
+        "{text}"
+    );
+    assert_eq!(proposal(&gate, &frozen).await["state"], "approved");
+    let got = held.await.unwrap();
+    assert_eq!(got.code(), "tool_disabled", "{}", got.text());
+    assert_eq!(upstream.count(), 1, "nothing more was sent");
+}

@@ -307,11 +307,13 @@ async fn the_story_of_a_job_comes_from_one_command() {
             .find(needle)
             .unwrap_or_else(|| panic!("{needle:?} not in:\n{story}"))
     };
-    // All three calls, in order, with who approved.
+    // All three calls, in order, with who approved (the events, after the summary that also
+    // says what was proposed).
+    assert!(story.contains("what was proposed: Quick refund 900 of pi_42 (payload sha256 "));
     assert!(at("stripe.customers.create") < at("github.issues.create"));
-    assert!(at("github.issues.create") < at("proposed: Quick refund 900 of pi_42"));
+    assert!(at("github.issues.create") < at("proposed: Quick refund 900 of pi_42 — needs"));
     assert!(
-        at("proposed: Quick refund 900 of pi_42")
+        at("proposed: Quick refund 900 of pi_42 — needs")
             < at("approval by carol@example.com: customer called")
     );
     assert!(

@@ -1120,3 +1120,120 @@ async fn a_second_toolgate_on_the_same_data_dir_says_so() {
     );
     stop_cleanly(&mut first, Duration::from_secs(20)).await;
 }
+
+/// Issue 25: `toolgate check` warns of what people get wrong (each warning naming its file and
+/// line), passes with warnings, and fails on them with `--strict`; the examples pass `--strict`.
+#[test]
+fn check_warns_of_likely_mistakes_by_file_and_line_and_strict_fails_on_them() {
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--strict",
+            "--policies",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/policies"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the examples pass --strict: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("warning: agent"), "{text}");
+
+    let hash = "0".repeat(64);
+    let policy = format!(
+        r#"# A policy folder with one of each mistake.
+[[agent]]
+id = "bot"
+token_sha256 = "{hash}"
+owner = "o@example.com"
+environment = "prod"
+tools = ["a.read", "a.typo*"]
+
+[[approver]]
+id = "carol@example.com"
+token_sha256 = "{hash}"
+groups = ["leads"]
+
+[[credential]]
+name = "used-key"
+env = "PATH"
+header = "Authorization"
+format = "Bearer {{secret}}"
+
+[[credential]]
+name = "spare-key"
+env = "PATH"
+header = "Authorization"
+format = "Bearer {{secret}}"
+
+[[tool]]
+name = "a.read"
+host = "api.example.com"
+method = "GET"
+path = "/a"
+mode = "approve"
+credential = {{ prod = "used-key" }}
+approval = {{ groups = ["leeds"] }}
+
+[[tool]]
+name = "a.orphan"
+host = "api.example.com"
+method = "GET"
+path = "/orphan"
+"#
+    );
+    let line = |needle: &str| {
+        policy
+            .lines()
+            .position(|l| l.contains(needle))
+            .map(|i| i + 1)
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mistakes.toml");
+    std::fs::write(&file, &policy).unwrap();
+    let run = |strict: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("check");
+        if strict {
+            cmd.arg("--strict");
+        }
+        cmd.arg("--policies").arg(dir.path()).output().unwrap()
+    };
+    let out = run(false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "warnings alone pass: {text}");
+    let at = |needle: &str| format!("{}:{}: warning: ", file.display(), line(needle));
+    for expected in [
+        format!(
+            "{}agent bot: tools glob \"a.typo*\" matches no tool",
+            at("tools = [")
+        ),
+        format!(
+            "{}tool a.read: approval group \"leeds\" has no approver",
+            at("approval = {")
+        ),
+        format!(
+            "{}credential \"spare-key\" is used by no tool",
+            at("name = \"spare-key\"")
+        ),
+        format!(
+            "{}tool a.orphan may be called by no agent",
+            at("name = \"a.orphan\"")
+        ),
+    ] {
+        assert!(text.contains(&expected), "{expected}\nin:\n{text}");
+    }
+    assert!(
+        text.contains("ok: 2 tools from 1 files, 4 warning(s)"),
+        "{text}"
+    );
+
+    let out = run(true);
+    assert!(!out.status.success(), "--strict fails on a warning");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--strict: 4 warning(s)"), "{err}");
+}

@@ -1542,3 +1542,148 @@ async fn racing_undos_on_two_replicas_send_one() {
         "one undo sent per call"
     );
 }
+
+/// Issue 25: with `send = "on_approval"` (the example refunds) the approval itself sends the
+/// call. Two in-process gateways on one database: approvals on both at once, while the call is
+/// held on A and sent again through B: one approval wins, its commit sends the refund once, and
+/// whoever else claims it (the held call, the resend) gets its answer without sending again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn approvals_racing_on_two_gateways_send_an_on_approval_call_once() {
+    use support::*;
+    let Some(cluster) = Cluster::start("approvals_racing_on_two_gateways") else {
+        return;
+    };
+    let (pki, fakes) = example_apis().await;
+    let erin = vec![(
+        "erin.toml",
+        format!(
+            "[[approver]]\nid = \"erin@example.com\"\ntoken_sha256 = \"{}\"\ngroups = [\"payments-leads\"]\n",
+            sha256_hex("erin-token")
+        ),
+    )];
+    let url = cluster.url.clone();
+    let a = examples_gate(&pki, fakes.addr, &erin, {
+        let url = url.clone();
+        move |c| c.database_url = Some(url)
+    })
+    .await;
+    let certs = a.dir.path().join("certs");
+    let b = examples_gate(&pki, fakes.addr, &erin, move |c| {
+        c.database_url = Some(url);
+        c.certs_dir = certs;
+    })
+    .await;
+    let agent = Some(("support-bot-staging", "demo-staging-token"));
+    for trial in 0..3 {
+        let pi = format!("pi_two_gates_{trial}");
+        let body = format!("payment_intent={pi}&amount=100");
+        let held = {
+            let (client, body) = (
+                client_via(a.addr, agent, &a.ca_pem, http::Version::HTTP_11),
+                body.clone(),
+            );
+            tokio::spawn(async move {
+                send(
+                    &client,
+                    "POST",
+                    "https://api.stripe.com/v1/refunds",
+                    &[FORM, ("idempotency-key", "two-gates-held")],
+                    body,
+                )
+                .await
+                .unwrap()
+            })
+        };
+        let id = pending_proposal(a.admin_addr, &pi).await;
+        let start = Arc::new(tokio::sync::Barrier::new(3));
+        let approve = |admin: std::net::SocketAddr, token: &'static str| {
+            let (id, start) = (id.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                admin_at(
+                    admin,
+                    "POST",
+                    &format!("/api/proposals/{id}/approve"),
+                    Some(token),
+                    Some(serde_json::json!({"comment": "race"})),
+                )
+                .await
+            })
+        };
+        let on_a = approve(a.admin_addr, "demo-carol-token");
+        let on_b = approve(b.admin_addr, "erin-token");
+        let resend = {
+            let (client, body, start) = (
+                client_via(b.addr, agent, &a.ca_pem, http::Version::HTTP_11),
+                body.clone(),
+                start.clone(),
+            );
+            tokio::spawn(async move {
+                start.wait().await;
+                send(
+                    &client,
+                    "POST",
+                    "https://api.stripe.com/v1/refunds",
+                    &[FORM, ("idempotency-key", "two-gates-resend")],
+                    body,
+                )
+                .await
+                .unwrap()
+            })
+        };
+        let (on_a, on_b) = (on_a.await.unwrap(), on_b.await.unwrap());
+        let mut statuses = [on_a.status.as_u16(), on_b.status.as_u16()];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [200, 409],
+            "trial {trial}: one approval wins: {} / {}",
+            on_a.text(),
+            on_b.text()
+        );
+        let held = held.await.unwrap();
+        assert_eq!(held.status, 200, "trial {trial}: {}", held.text());
+        let resend = resend.await.unwrap();
+        assert!(
+            resend.status == 200 || resend.status == 423,
+            "trial {trial}: {}",
+            resend.text()
+        );
+        assert_eq!(
+            fakes
+                .seen()
+                .iter()
+                .filter(|s| s.method == "POST" && s.path == "/v1/refunds" && s.body.contains(&pi))
+                .count(),
+            1,
+            "trial {trial}: sent exactly once"
+        );
+        let story = a
+            .admin(
+                "GET",
+                &format!("/api/audit/story/{id}"),
+                Some("demo-carol-token"),
+                None,
+            )
+            .await
+            .json();
+        let commits = story["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "commit")
+            .count();
+        assert_eq!(commits, 1, "trial {trial}: {story}");
+        let p = b
+            .admin(
+                "GET",
+                &format!("/api/proposals/{id}"),
+                Some("demo-carol-token"),
+                None,
+            )
+            .await
+            .json();
+        assert_eq!(p["state"], "committed", "trial {trial}: {p}");
+        assert_eq!(p["send"], "on_approval");
+    }
+}

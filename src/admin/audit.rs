@@ -41,7 +41,12 @@ pub async fn story(
             "not_found",
             format!("no events mention {id}"),
         ),
-        Ok(events) => Json(json!({"id": id, "events": events})).into_response(),
+        Ok(events) => Json(json!({
+            "id": id,
+            "summary": crate::audit::summary(&events),
+            "events": events,
+        }))
+        .into_response(),
         Err(e) => api_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "internal_error",
@@ -203,9 +208,15 @@ pub async fn story_page(
     let body = if events.is_empty() {
         format!("<h1>Story of {}</h1><p>No events mention it.</p>", esc(&id))
     } else {
+        let (first, last) = (
+            events.first().map(|e| e.unix_ms).unwrap_or(0),
+            events.last().map(|e| e.unix_ms).unwrap_or(0),
+        );
         format!(
-            "<h1>Story of {}</h1><ul class=\"card\" id=\"summary\">{summary}</ul>{}",
+            "<h1>Story of {}</h1><p id=\"span\">From {} to {}</p><ul class=\"card\" id=\"summary\">{summary}</ul>{}",
             esc(&id),
+            super::html::when_ms(first),
+            super::html::when_ms(last),
             story_blocks(&events)
         )
     };

@@ -273,7 +273,7 @@ pub async fn page_list(State(app): State<Arc<App>>, headers: HeaderMap) -> Respo
                 "<tr class=\"grant\"><td>{agent}</td><td>{tool}</td><td>until {until}</td><td>by {by}: {reason}</td><td>{revoke}</td></tr>",
                 agent = esc(&g.agent),
                 tool = esc(&g.tool),
-                until = esc(&crate::audit::rfc3339(g.until_unix.saturating_mul(1000))),
+                until = super::html::when(g.until_unix),
                 by = esc(&g.granted_by),
                 reason = esc(&g.reason),
             )

@@ -50,10 +50,63 @@ pub(crate) fn page(title: &str, who: Option<&Signed>, body: &str) -> Html<String
     ))
 }
 
-pub(crate) fn age(secs: u64) -> String {
-    match secs {
-        0..=59 => format!("{secs}s"),
-        60..=3599 => format!("{}m", secs / 60),
-        _ => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+/// A time on a page: ISO 8601 in UTC to the second, and how long ago (or how soon) it is,
+/// e.g. `2026-12-04T13:37:45Z (5 min ago)`. Never epoch seconds.
+pub(crate) fn when(unix_secs: u64) -> String {
+    when_ms(unix_secs.saturating_mul(1000))
+}
+
+/// [`when`] of a time in milliseconds since the epoch.
+pub(crate) fn when_ms(unix_ms: u64) -> String {
+    when_at(unix_ms, crate::base::now_ms())
+}
+
+fn when_at(unix_ms: u64, now_ms: u64) -> String {
+    let iso = crate::audit::rfc3339(unix_ms / 1000 * 1000);
+    let relative = match unix_ms <= now_ms {
+        true => match span((now_ms - unix_ms) / 1000) {
+            None => "just now".to_string(),
+            Some(s) => format!("{s} ago"),
+        },
+        false => match span((unix_ms - now_ms) / 1000) {
+            None => "in a moment".to_string(),
+            Some(s) => format!("in {s}"),
+        },
+    };
+    format!("<time datetime=\"{iso}\">{iso}</time> ({relative})")
+}
+
+/// A duration as people say it: `40 s`, `5 min`, `2 h 10 min`, `3 days`; None under a second.
+fn span(secs: u64) -> Option<String> {
+    Some(match secs {
+        0 => return None,
+        1..=59 => format!("{secs} s"),
+        60..=3599 => format!("{} min", secs / 60),
+        3600..=86_399 => match secs % 3600 / 60 {
+            0 => format!("{} h", secs / 3600),
+            m => format!("{} h {m} min", secs / 3600),
+        },
+        _ => match secs / 86_400 {
+            1 => "1 day".to_string(),
+            d => format!("{d} days"),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_as_iso_and_relative() {
+        let now = 1_764_855_465_000; // 2025-12-04T13:37:45Z
+        assert_eq!(
+            when_at(now - 300_000, now),
+            "<time datetime=\"2025-12-04T13:32:45Z\">2025-12-04T13:32:45Z</time> (5 min ago)"
+        );
+        assert!(when_at(now + 3_660_000, now).ends_with("(in 1 h 1 min)"));
+        assert!(when_at(now + 400, now).ends_with("(in a moment)"));
+        assert!(when_at(now - 2 * 86_400_000, now).ends_with("(2 days ago)"));
+        assert!(when_at(now, now).ends_with("(just now)"));
     }
 }

@@ -190,7 +190,7 @@ async fn list_proposals(
         },
     };
     match approval::list(&app, state).await {
-        Ok(list) => Json(pages::proposals_json(&list)).into_response(),
+        Ok(list) => Json(pages::proposals_json(&app, &list)).into_response(),
         Err(e) => api_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "internal_error",
@@ -209,7 +209,7 @@ async fn get_proposal(
         return r.into_response();
     }
     match approval::load(&app, &id).await {
-        Ok(Some(p)) => Json(p.view()).into_response(),
+        Ok(Some(p)) => Json(pages::proposal_json(&app, &p)).into_response(),
         Ok(None) => api_error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -257,7 +257,11 @@ async fn decide_proposal(
     };
     let comment = body.and_then(|Json(c)| c.comment).unwrap_or_default();
     match approval::decide(&app, &who, &id, action, &comment).await {
-        Ok(p) => Json(p.view()).into_response(),
+        Ok(d) => {
+            let mut v = pages::proposal_json(&app, &d.proposal);
+            v["status_text"] = json!(d.status_text());
+            Json(v).into_response()
+        }
         Err(e) => api_error(e.status, e.code, e.message).into_response(),
     }
 }

@@ -15,10 +15,9 @@ use super::auth::{
     csrf_ok, csrf_refused, signed, signed_form, signed_reader, to_login, CsrfForm, Signed, COOKIE,
     SESSION_TTL,
 };
-use super::html::{age, esc, page};
+use super::html::{esc, page, when};
 use crate::approval::{self, Action, Proposal};
 use crate::model::KillTarget;
-use crate::store::now_unix;
 use crate::App;
 
 pub async fn login_form() -> Html<String> {
@@ -91,8 +90,7 @@ pub async fn root(State(app): State<Arc<App>>, headers: HeaderMap) -> Redirect {
     }
 }
 
-fn queue_rows(props: &[Proposal]) -> String {
-    let now = now_unix();
+fn queue_rows(app: &App, props: &[Proposal]) -> String {
     if props.is_empty() {
         return "<p id=\"empty\">Nothing is waiting for approval.</p>".into();
     }
@@ -102,7 +100,7 @@ fn queue_rows(props: &[Proposal]) -> String {
             format!(
                 "<div class=\"card proposal\" data-id=\"{id}\"><a href=\"/proposals/{id}\"><strong>{summary}</strong></a><br>\
                  {tool} · <span class=\"risk-{risk}\">{risk}</span> · agent {agent} (owner {owner})<br>\
-                 {approvals}/{required} approvals · age {age} · {left} left · {state}</div>",
+                 {approvals}/{required} approvals · proposed {age} · expires {left} · {state}</div>",
                 id = esc(&p.id),
                 summary = esc(&p.summary),
                 tool = esc(&p.tool),
@@ -111,9 +109,10 @@ fn queue_rows(props: &[Proposal]) -> String {
                 owner = esc(&p.owner),
                 approvals = p.approvals.len(),
                 required = p.required,
-                age = age(now.saturating_sub(p.created_unix)),
-                left = age(p.expires_unix.saturating_sub(now)),
-                state = p.state.as_str(),
+                age = when(p.created_unix),
+                left = when(p.expires_unix),
+                // Plain words, not a bare "approved": when it is sent, and until when.
+                state = esc(&approval::status_text(p, approval::send_on(app, p))),
             )
         })
         .collect()
@@ -132,7 +131,7 @@ pub async fn queue(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
     let Some(s) = signed(&app, &headers).await else {
         return to_login();
     };
-    let rows = queue_rows(&open_proposals(&app).await);
+    let rows = queue_rows(&app, &open_proposals(&app).await);
     // Updates by itself: the fragment is fetched again every two seconds (same origin, session
     // cookie), so a new proposal appears without a reload.
     let body = format!(
@@ -147,7 +146,7 @@ pub async fn queue_fragment(State(app): State<Arc<App>>, headers: HeaderMap) -> 
     if signed(&app, &headers).await.is_none() {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    Html(queue_rows(&open_proposals(&app).await)).into_response()
+    Html(queue_rows(&app, &open_proposals(&app).await)).into_response()
 }
 
 /// Who approved a proposal so far, as list items.
@@ -156,10 +155,13 @@ fn approvals_html(p: &Proposal) -> String {
         .iter()
         .map(|a| {
             format!(
-                "<li>{} at {} {}</li>",
+                "<li>{} at {}{}</li>",
                 esc(&a.by),
-                a.at_unix,
-                esc(&a.comment)
+                when(a.at_unix),
+                match a.comment.is_empty() {
+                    true => String::new(),
+                    false => format!(": {}", esc(&a.comment)),
+                }
             )
         })
         .collect()
@@ -171,9 +173,10 @@ fn decision_html(p: &Proposal) -> String {
         .as_ref()
         .map(|d| {
             format!(
-                "<p>{} by {}: {}</p>",
+                "<p>{} by {} at {}: {}</p>",
                 esc(p.state.as_str()),
                 esc(&d.by),
+                when(d.at_unix),
                 esc(&d.comment)
             )
         })
@@ -223,6 +226,7 @@ pub async fn detail(
         }
     };
     let v = p.view();
+    let send = approval::send_on(&app, &p);
     let headers_html: String = p
         .request
         .headers
@@ -233,12 +237,14 @@ pub async fn detail(
         (approvals_html(&p), decision_html(&p), actions_html(&p, &s));
     let body = format!(
         "<h1>{summary}</h1><p>State: <strong id=\"state\">{state}</strong>{note}</p>\
+         <p id=\"status-text\">{status_text}</p>\
          <div class=\"card\"><table>\
          <tr><th>Tool</th><td>{tool} v{version} · <span class=\"risk-{risk}\">{risk}</span></td></tr>{mcp}\
          <tr><th>Agent</th><td>{agent} ({environment}), owner {owner}</td></tr>\
          <tr><th>Job</th><td>{job}</td></tr>\
-         <tr><th>Policy</th><td>mode approve; {required} approval(s) from {groups}; self-approval {selfapp}</td></tr>\
-         <tr><th>Expires</th><td>in {left}</td></tr></table></div>\
+         <tr><th>Policy</th><td>mode approve; {required} approval(s) from {groups}; self-approval {selfapp}; sent {send}</td></tr>\
+         <tr><th>Proposed</th><td>{created}</td></tr>\
+         <tr><th>Expires</th><td>{left}</td></tr></table></div>\
          <h2>Exact request</h2><pre>{method} {url}\n{headers_html}\n{body_text}</pre><p>sha256 {sha}</p>\
          <h2>Approvals so far</h2><ul>{approvals}</ul>{decision}{actions}\
          <p><a href=\"/stories/{id}\">The story of this call</a></p>",
@@ -255,7 +261,13 @@ pub async fn detail(
         required = p.required,
         groups = if p.groups.is_empty() { "any approver".to_string() } else { esc(&p.groups.join(", ")) },
         selfapp = if p.allow_self_approval { "allowed" } else { "not allowed" },
-        left = age(p.expires_unix.saturating_sub(now_unix())),
+        left = when(p.expires_unix),
+        created = when(p.created_unix),
+        send = match send {
+            crate::policy::SendOn::Retry => "when the agent sends the call again (on_retry)",
+            crate::policy::SendOn::Approval => "at once on approval (on_approval)",
+        },
+        status_text = esc(&approval::status_text(&p, send)),
         method = esc(&p.request.method),
         url = esc(&p.request.url()),
         body_text = esc(v["request"]["body"].as_str().unwrap_or("")),
@@ -300,6 +312,16 @@ pub async fn act(
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     match approval::decide(&app, &s.approver, &id, action, &form.comment).await {
+        Ok(d) if d.unsent.is_some() => page(
+            "Approved, not sent",
+            Some(&s),
+            &format!(
+                "<p class=\"flash\" id=\"status-text\">{}</p><p><a href=\"/proposals/{}\">Back to the proposal</a></p>",
+                esc(&d.status_text()),
+                esc(&id)
+            ),
+        )
+        .into_response(),
         Ok(_) => Redirect::to(&format!("/proposals/{id}")).into_response(),
         Err(e) => (
             e.status,
@@ -355,7 +377,8 @@ pub async fn history(
                 .collect::<Vec<_>>()
                 .join(", ");
             format!(
-                "<tr><td><a href=\"/proposals/{id}\">{summary}</a></td><td>{tool}</td><td>{agent}</td><td>{state}</td><td>{by}</td></tr>",
+                "<tr><td><a href=\"/proposals/{id}\">{summary}</a></td><td>{tool}</td><td>{agent}</td><td>{state}</td><td>{by}</td><td>{at}</td></tr>",
+                at = when(p.created_unix),
                 id = esc(&p.id),
                 summary = esc(&p.summary),
                 tool = esc(&p.tool),
@@ -368,7 +391,7 @@ pub async fn history(
     let body = format!(
         "<h1>History</h1><form method=\"get\" class=\"card\"><label>State <input type=\"text\" name=\"state\" value=\"{}\"></label>\
          <label>Tool <input type=\"text\" name=\"tool\" value=\"{}\"></label><label>Agent <input type=\"text\" name=\"agent\" value=\"{}\"></label>\
-         <button>Filter</button></form><table><tr><th>Summary</th><th>Tool</th><th>Agent</th><th>State</th><th>By</th></tr>{rows}</table>",
+         <button>Filter</button></form><table><tr><th>Summary</th><th>Tool</th><th>Agent</th><th>State</th><th>By</th><th>Proposed</th></tr>{rows}</table>",
         esc(q.state.as_deref().unwrap_or("")),
         esc(&tool),
         esc(&agent)
@@ -388,7 +411,12 @@ pub async fn switches(State(app): State<Arc<App>>, headers: HeaderMap) -> Respon
             None => ("Disable", "disable"),
         };
         let status = match &state {
-            Some(k) => format!("disabled by {}: {}", esc(&k.by), esc(&k.reason)),
+            Some(k) => format!(
+                "disabled by {} at {}: {}",
+                esc(&k.by),
+                when(k.at_unix),
+                esc(&k.reason)
+            ),
             None => "enabled".into(),
         };
         let reason = if action == "disable" {
@@ -452,8 +480,18 @@ pub async fn switch(
 }
 
 /// The JSON view of a proposal list for the API.
-pub fn proposals_json(props: &[Proposal]) -> serde_json::Value {
-    json!({ "proposals": props.iter().map(Proposal::view).collect::<Vec<_>>() })
+pub fn proposals_json(app: &App, props: &[Proposal]) -> serde_json::Value {
+    json!({ "proposals": props.iter().map(|p| proposal_json(app, p)).collect::<Vec<_>>() })
+}
+
+/// The JSON view of a proposal for the API and the CLI: its record, when its tool sends it once
+/// approved (`send`), and what its state means in plain words (`status_text`).
+pub fn proposal_json(app: &App, p: &Proposal) -> serde_json::Value {
+    let send = approval::send_on(app, p);
+    let mut v = p.view();
+    v["send"] = json!(send.as_str());
+    v["status_text"] = json!(approval::status_text(p, send));
+    v
 }
 
 /// Committed calls, grouped by job, newest first, with their undo buttons.

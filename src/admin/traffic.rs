@@ -12,7 +12,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::auth::{api_error, signed_reader, to_login, Signed};
-use super::html::{esc, page};
+use super::html::{esc, page, when_ms};
 use crate::audit::{describe, Event, Row, TrafficFilter};
 use crate::App;
 
@@ -235,7 +235,7 @@ fn row_html(r: &Row) -> String {
         "<tr class=\"request\"><td>{time}</td><td>{agent}</td>\
          <td><a href=\"/traffic/{link}\">{method} {host}{path}</a></td><td>{tool}</td>\
          <td class=\"decision\">{decision}</td><td>{status}</td><td>{latency}</td></tr>",
-        time = esc(&r.time),
+        time = when_ms(r.unix_ms),
         agent = esc(&r.agent),
         link = seg(&r.request_id),
         method = esc(&r.method),
@@ -347,7 +347,7 @@ fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Signed) -> S
         owner = esc(&row.owner),
         peer = esc(p["peer"].as_str().unwrap_or("-")),
         token = esc(&credential_text(row)),
-        time = esc(&row.time),
+        time = when_ms(row.unix_ms),
         tool = esc(&row.tool),
         version = row.tool_version.map(|v| format!(" v{v}")).unwrap_or_default(),
         decision = esc(&decision_text(row)),

@@ -11,6 +11,7 @@ use crate::store::{Index, StoreError};
 /// changed, what was rolled back.
 pub fn summary(events: &[Event]) -> Vec<String> {
     let mut asked = BTreeSet::new();
+    let mut proposed = Vec::new();
     let mut approved = Vec::new();
     let mut executed = Vec::new();
     let mut changed = Vec::new();
@@ -41,7 +42,22 @@ pub fn summary(events: &[Event]) -> Vec<String> {
                     asked.insert(format!("{agent} (owner {owner})"));
                 }
             }
-            "approval" => approved.push(format!("{} at {}", s("by"), e.time)),
+            "proposal" => {
+                proposed.push(format!("{} (payload sha256 {})", s("summary"), s("sha256")))
+            }
+            "approval" => approved.push(format!(
+                "{} at {}{}{}",
+                s("by"),
+                e.time,
+                match s("comment").as_str() {
+                    "" => String::new(),
+                    c => format!(": \"{c}\""),
+                },
+                match approval_leads_to(p) {
+                    Some(next) => format!(" ({next})"),
+                    None => String::new(),
+                }
+            )),
             "commit" => executed.push(format!("{} {}", s("method"), s("url"))),
             "response" => changed.push(what_changed(e.tool.as_deref().unwrap_or("-"), p)),
             "grant.used" => approved.push(format!(
@@ -73,11 +89,27 @@ pub fn summary(events: &[Event]) -> Vec<String> {
     let join = |v: Vec<String>| if v.is_empty() { none() } else { v.join("; ") };
     vec![
         format!("who asked:     {}", join(asked)),
+        format!("what was proposed: {}", join(proposed)),
         format!("who approved:  {}", join(approved)),
         format!("what executed: {}", join(executed)),
         format!("what changed:  {}", join(changed)),
         format!("rolled back:   {}", join(undone)),
     ]
+}
+
+/// What an approval that completed its proposal leads to, in plain words: sent at once, or when
+/// the agent sends the call again, until the proposal expires.
+fn approval_leads_to(p: &serde_json::Value) -> Option<String> {
+    if p["state"].as_str() != Some("approved") {
+        return None;
+    }
+    Some(match p["send"].as_str() {
+        Some("on_approval") => "approved; sent at once on approval".to_string(),
+        _ => format!(
+            "approved; sent when the agent sends the call again, until {}",
+            p["until"].as_str().unwrap_or("it expires")
+        ),
+    })
 }
 
 /// What a committed call changed, in the words of its answer: "stripe.refunds.create created
@@ -183,13 +215,17 @@ pub fn describe(e: &Event) -> String {
         ),
         "approval" | "denial" | "revocation" | "cancellation" => {
             format!(
-                "{} by {}{}",
+                "{} by {}{}{}",
                 e.kind,
                 s("by"),
                 if s("comment").is_empty() {
                     String::new()
                 } else {
                     format!(": {}", s("comment"))
+                },
+                match approval_leads_to(p) {
+                    Some(next) => format!(" — {next}"),
+                    None => String::new(),
                 }
             )
         }
@@ -439,5 +475,65 @@ pub fn time_filter(name: &str, value: &Option<String>) -> Result<Option<u64>, St
             format!("{name} {s:?} is not a time (RFC 3339, YYYY-MM-DD or unix seconds)")
         }),
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(kind: &str, payload: serde_json::Value) -> Event {
+        Event {
+            seq: 1,
+            time: "2026-11-22T05:30:04Z".into(),
+            unix_ms: 0,
+            kind: kind.into(),
+            request_id: Some("req_1".into()),
+            job: None,
+            proposal: Some("prop_1".into()),
+            agent: Some("bot".into()),
+            owner: Some("alice@example.com".into()),
+            tool: Some("stripe.refunds.create".into()),
+            tool_version: Some(1),
+            token: None,
+            payload,
+            prev: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_summary_says_what_was_proposed_and_what_the_approval_leads_to() {
+        let events = [
+            event(
+                "proposal",
+                json!({"summary": "Refund 100 of pi_1", "sha256": "abc"}),
+            ),
+            event(
+                "approval",
+                json!({"by": "carol", "comment": "customer called", "state": "approved", "send": "on_retry", "until": "2026-11-22T06:30:01Z"}),
+            ),
+        ];
+        let lines = summary(&events).join("\n");
+        assert!(
+            lines.contains("what was proposed: Refund 100 of pi_1 (payload sha256 abc)"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("who approved:  carol at 2026-11-22T05:30:04Z: \"customer called\" (approved; sent when the agent sends the call again, until 2026-11-22T06:30:01Z)"),
+            "{lines}"
+        );
+        assert!(describe(&events[1]).ends_with(
+            "approval by carol: customer called — approved; sent when the agent sends the call again, until 2026-11-22T06:30:01Z"
+        ));
+        let now = event(
+            "approval",
+            json!({"by": "carol", "comment": "", "state": "approved", "send": "on_approval"}),
+        );
+        assert!(describe(&now).ends_with("approval by carol — approved; sent at once on approval"));
+        // An approval that does not complete the proposal leads nowhere yet.
+        let first = event("approval", json!({"by": "carol", "state": "pending"}));
+        assert!(describe(&first).ends_with("approval by carol"));
     }
 }

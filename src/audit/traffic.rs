@@ -96,6 +96,10 @@ pub struct Row {
     pub token: String,
     /// The grant that lent the agent the tool, if one did.
     pub grant: String,
+    /// The agent was answered with a refusal (a held call's 423): events of its proposal
+    /// recorded later (the commit its approval or a retry made) do not change what it got.
+    #[serde(skip)]
+    answered: bool,
 }
 
 /// A page of rows, and the cursor of the next one (none: the list ends here).
@@ -156,7 +160,13 @@ impl Row {
                     row.decision = "held".into();
                     row.message = s("summary");
                 }
-                "response" => row.response_from(p),
+                "response" if !row.answered => row.response_from(p),
+                // Answered from a committed proposal's stored answer (a held call's retry).
+                "idempotent_replay" if !row.answered => {
+                    if let Some(status) = p["status"].as_u64() {
+                        row.status = Some(status);
+                    }
+                }
                 _ => {}
             }
         }
@@ -164,18 +174,32 @@ impl Row {
     }
 
     fn decision_from(&mut self, d: &Value) {
-        let outcome = d["outcome"].as_str().unwrap_or("");
+        if self.answered {
+            return;
+        }
+        let outcome = match d["outcome"].as_str().unwrap_or("") {
+            // A call that joined a proposal (the same call sent again) is a held call too.
+            "held for approval" => "held",
+            other => other,
+        };
         // A held call's later refusal (expiry, denial) is its outcome; a held call that went on
         // stays "held".
         if self.decision == "held" && outcome != "refused" {
             return;
         }
-        self.decision = outcome.to_string();
+        let code = d["code"].as_str().unwrap_or("");
         if outcome == "refused" {
-            self.code = d["code"].as_str().unwrap_or("").to_string();
-            self.message = d["message"].as_str().unwrap_or("").to_string();
+            self.code = code.to_string();
             self.status = d["status"].as_u64();
+            self.answered = true;
+            // Still waiting for approval when its hold ended: held, answered 423.
+            if code == "approval_pending" {
+                self.decision = "held".into();
+                return;
+            }
+            self.message = d["message"].as_str().unwrap_or("").to_string();
         }
+        self.decision = outcome.to_string();
     }
 
     fn response_from(&mut self, r: &Value) {
@@ -333,5 +357,105 @@ impl Audit {
             out.extend(self.event(seq?)?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(seq: u64, kind: &str, request: &str, payload: Value) -> Event {
+        Event {
+            seq,
+            time: String::new(),
+            unix_ms: seq,
+            kind: kind.into(),
+            request_id: Some(request.into()),
+            job: None,
+            proposal: Some("prop_1".into()),
+            agent: Some("bot".into()),
+            owner: None,
+            tool: Some("t".into()),
+            tool_version: Some(1),
+            token: None,
+            payload,
+            prev: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_held_call_shows_423_and_the_retry_that_sent_it_the_upstream_answer() {
+        let asked = json!({"method": "POST", "host": "h", "path": "/p"});
+        // The first request: held, answered 423; the approval and its commit carry its id.
+        let first = [
+            event(1, "request", "req_1", asked.clone()),
+            event(2, "proposal", "req_1", json!({"summary": "Refund 1"})),
+            event(
+                3,
+                "decision",
+                "req_1",
+                json!({"outcome": "held for approval"}),
+            ),
+            event(
+                4,
+                "decision",
+                "req_1",
+                json!({"outcome": "refused", "code": "approval_pending", "status": 423, "message": "needs approval"}),
+            ),
+            event(6, "commit", "req_1", json!({})),
+            event(
+                7,
+                "response",
+                "req_1",
+                json!({"status": 200, "latency_ms": 41}),
+            ),
+        ];
+        let row = Row::of("req_1", &first);
+        assert_eq!(
+            (
+                row.decision.as_str(),
+                row.status,
+                row.latency_ms,
+                row.code.as_str()
+            ),
+            ("held", Some(423), None, "approval_pending")
+        );
+        assert_eq!(row.message, "Refund 1");
+        // The same call again: it joined the proposal, sent it, and got the upstream's answer.
+        let retry = [
+            event(8, "request", "req_2", asked.clone()),
+            event(
+                9,
+                "decision",
+                "req_2",
+                json!({"outcome": "held for approval"}),
+            ),
+            event(10, "commit", "req_2", json!({})),
+            event(
+                11,
+                "response",
+                "req_2",
+                json!({"status": 200, "latency_ms": 41}),
+            ),
+        ];
+        let row = Row::of("req_2", &retry);
+        assert_eq!(
+            (row.decision.as_str(), row.status, row.latency_ms),
+            ("held", Some(200), Some(41))
+        );
+        // Answered from the stored result.
+        let stored = [
+            event(12, "request", "req_3", asked),
+            event(
+                13,
+                "decision",
+                "req_3",
+                json!({"outcome": "held for approval"}),
+            ),
+            event(14, "idempotent_replay", "req_3", json!({"status": 200})),
+        ];
+        assert_eq!(Row::of("req_3", &stored).status, Some(200));
     }
 }

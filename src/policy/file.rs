@@ -124,6 +124,9 @@ pub struct ApprovalDef {
     pub hold: Option<String>,
     pub allow_self_approval: Option<bool>,
     pub webhook: Option<String>,
+    /// When an approved call is sent: `on_retry` (the held call, or the agent's same call
+    /// again) or `on_approval` (at once, by the approval).
+    pub send: Option<String>,
 }
 
 /// `rollback = { none = "why" }` or a request template over the call and its response.

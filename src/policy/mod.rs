@@ -3,6 +3,7 @@
 
 pub mod contract;
 pub mod file;
+pub mod lint;
 pub mod response;
 pub mod rollback_def;
 pub mod rules;
@@ -241,7 +242,38 @@ pub struct Budget {
     pub per: Period,
 }
 
-/// `approval = { groups, required, expires, hold, allow_self_approval, webhook }`.
+/// When an approved call is sent (`approval.send`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SendOn {
+    /// By the held connection, or when the agent sends the same call again (until the
+    /// proposal expires). Nothing is sent for an agent that gave up.
+    #[default]
+    Retry,
+    /// At once, by the approval that completes the proposal, whether or not the agent still
+    /// waits; its answer is kept for the agent's next identical call.
+    Approval,
+}
+
+impl SendOn {
+    /// `on_retry` or `on_approval`, as written in policies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendOn::Retry => "on_retry",
+            SendOn::Approval => "on_approval",
+        }
+    }
+
+    /// Reads `on_retry` or `on_approval`.
+    pub fn parse(s: &str) -> Option<SendOn> {
+        match s {
+            "on_retry" => Some(SendOn::Retry),
+            "on_approval" => Some(SendOn::Approval),
+            _ => None,
+        }
+    }
+}
+
+/// `approval = { groups, required, expires, hold, allow_self_approval, webhook, send }`.
 #[derive(Debug, Clone)]
 pub struct ApprovalSpec {
     /// Approvers in any of these groups may decide; empty means any approver.
@@ -253,6 +285,8 @@ pub struct ApprovalSpec {
     pub hold: std::time::Duration,
     pub allow_self_approval: bool,
     pub webhook: Option<String>,
+    /// When the approved call is sent.
+    pub send: SendOn,
 }
 
 /// A person who may approve held calls and use the admin API.
@@ -1179,6 +1213,7 @@ fn compile_approval(
         hold: None,
         allow_self_approval: None,
         webhook: None,
+        send: None,
     });
     let dur = |v: &Option<String>,
                default: u64,
@@ -1202,7 +1237,16 @@ fn compile_approval(
             )));
         }
     }
+    let send = match a.send.as_deref() {
+        None => SendOn::default(),
+        Some(s) => SendOn::parse(s).ok_or_else(|| {
+            err(format!(
+                "approval.send {s:?} must be \"on_retry\" or \"on_approval\""
+            ))
+        })?,
+    };
     Ok(ApprovalSpec {
+        send,
         groups: a.groups,
         required,
         expires: dur(&a.expires, 3600, "expires")?,

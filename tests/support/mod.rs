@@ -919,7 +919,7 @@ pub fn example_policies() -> Vec<(String, String)> {
     // test everything else about it, so they send it at once. The SDK test holds it again.
     for (name, text) in &mut files {
         if name == "sendgrid.toml" {
-            let held = "mode = \"approve\"\napproval = { groups = [\"platform-leads\", \"payments-leads\"], required = 1, hold = \"30s\" }";
+            let held = "mode = \"approve\"\napproval = { groups = [\"platform-leads\", \"payments-leads\"], required = 1, hold = \"30s\", send = \"on_approval\" }";
             assert!(text.contains(held), "the example holds mail for approval");
             *text = text.replacen(held, "mode = \"auto\"", 1);
         }
