@@ -393,16 +393,14 @@ async fn killed_during_a_commit_the_proposal_is_outcome_unknown_and_never_resent
         .await
     });
     let id = first_pending(&admin).await;
-    let got = admin_api(
-        &admin,
-        "POST",
-        &format!("/api/proposals/{id}/approve"),
-        "demo-carol-token",
-        None,
-    )
-    .await;
-    assert_eq!(got.status, 200);
-    // The held call commits; the upstream receives it and hangs.
+    // Refunds are sent on approval: the approver's request waits for the send, which hangs.
+    let approving = {
+        let (admin, path) = (admin.clone(), format!("/api/proposals/{id}/approve"));
+        tokio::spawn(
+            async move { admin_api(&admin, "POST", &path, "demo-carol-token", None).await },
+        )
+    };
+    // The approval commits; the upstream receives it and hangs.
     for _ in 0..200 {
         if upstream.count() == 1 {
             break;
@@ -413,6 +411,7 @@ async fn killed_during_a_commit_the_proposal_is_outcome_unknown_and_never_resent
     signal(child.0.id(), "-KILL");
     let _ = child.0.wait();
     let _ = held.await;
+    let _ = approving.await;
 
     let (_child, proxy, admin, _log) = start_binary(dir.path(), &args);
     let got = admin_api(
@@ -1017,12 +1016,15 @@ async fn a_replica_killed_mid_commit_leaves_outcome_unknown_on_the_others() {
         }
     };
 
-    // Held on A, approved on B: A sends it and the upstream hangs.
+    // Held and approved on A (refunds are sent on approval): A sends it and the upstream hangs.
     let held = tokio::spawn(refund(proxy_a));
     let id = first_pending(&admin_a).await;
-    let path = format!("/api/proposals/{id}/approve");
-    let got = admin_api(&admin_b, "POST", &path, "demo-carol-token", None).await;
-    assert_eq!(got.status, 200, "{}", got.text());
+    let approving = {
+        let (admin, path) = (admin_a.clone(), format!("/api/proposals/{id}/approve"));
+        tokio::spawn(
+            async move { admin_api(&admin, "POST", &path, "demo-carol-token", None).await },
+        )
+    };
     for _ in 0..250 {
         if upstream.count() == 1 {
             break;
@@ -1041,6 +1043,7 @@ async fn a_replica_killed_mid_commit_leaves_outcome_unknown_on_the_others() {
     signal(a.0.id(), "-KILL");
     let _ = a.0.wait();
     let _ = held.await;
+    let _ = approving.await;
 
     // B finds it abandoned within the lease (5 s) and its next look (every 2 s).
     let killed = Instant::now();
