@@ -41,7 +41,10 @@ pub fn summary(events: &[Event]) -> Vec<String> {
                     asked.insert(format!("{agent} (owner {owner})"));
                 }
             }
-            "approval" => approved.push(format!("{} at {}", s("by"), e.time)),
+            "approval" => approved.push(match s("comment") {
+                c if c.is_empty() => format!("{} at {}", s("by"), e.time),
+                c => format!("{} at {} ({c:?})", s("by"), e.time),
+            }),
             "commit" => executed.push(format!("{} {}", s("method"), s("url"))),
             "response" => changed.push(what_changed(e.tool.as_deref().unwrap_or("-"), p)),
             "grant.used" => approved.push(format!(
