@@ -18,13 +18,73 @@ use crate::config::Guards;
 /// Per-agent and global counters. Shared by every connection.
 pub struct Caps {
     limits: Guards,
-    tunnels: Mutex<HashMap<String, usize>>,
+    tunnels: Arc<PerKey<String>>,
     buffered: Mutex<Buffered>,
     /// Connections per source address that no agent's `sources` holds.
-    strangers: Mutex<HashMap<IpAddr, usize>>,
+    strangers: Arc<PerKey<IpAddr>>,
     /// The connection slots such sources may take, all together.
     strangers_share: Arc<Semaphore>,
+    /// Proxy-listener connections per source address that have not yet authenticated.
+    unauthenticated: Arc<PerKey<IpAddr>>,
 }
+
+/// How many proxy-listener connections one address may hold open before any of them has
+/// authenticated (a request head that is still arriving, say). A client authenticates with its
+/// first request, so an agent host's burst of new connections stays far below it, while one
+/// address cannot hold the listener's connection slots with half-sent requests.
+pub const UNAUTHENTICATED_PER_ADDRESS: usize = 64;
+
+/// Open things counted per key (an agent's tunnels, an address's connections), each taken
+/// under a cap and given back when its [`Counted`] drops.
+pub struct PerKey<K: std::hash::Hash + Eq> {
+    counts: Mutex<HashMap<K, usize>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> PerKey<K> {
+    fn new() -> Arc<PerKey<K>> {
+        Arc::new(PerKey {
+            counts: Mutex::default(),
+        })
+    }
+
+    /// One more for `key`, or `None` when it holds `cap` already.
+    fn take(self: &Arc<Self>, key: K, cap: usize) -> Option<Counted<K>> {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key.clone()).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(Counted {
+            of: self.clone(),
+            key,
+        })
+    }
+}
+
+/// One open thing of a key; the key's count drops with it.
+pub struct Counted<K: std::hash::Hash + Eq> {
+    of: Arc<PerKey<K>>,
+    key: K,
+}
+
+impl<K: std::hash::Hash + Eq> Drop for Counted<K> {
+    fn drop(&mut self) {
+        let mut map = self.of.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// One open tunnel of an agent.
+pub type TunnelSlot = Counted<String>;
+
+/// A proxy-listener connection that has not authenticated yet: dropped when it does.
+pub type UnauthenticatedSlot = Counted<IpAddr>;
 
 #[derive(Default)]
 struct Buffered {
@@ -44,9 +104,10 @@ impl Caps {
         Arc::new(Caps {
             strangers_share: Arc::new(Semaphore::new(limits.unknown_sources_max())),
             limits,
-            tunnels: Mutex::default(),
+            tunnels: PerKey::new(),
             buffered: Mutex::default(),
-            strangers: Mutex::default(),
+            strangers: PerKey::new(),
+            unauthenticated: PerKey::new(),
         })
     }
 
@@ -59,35 +120,30 @@ impl Caps {
         ip: IpAddr,
         connections: &Arc<Semaphore>,
     ) -> Option<StrangerSlot> {
-        let ip = ip.to_canonical();
-        let mut map = self.strangers.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.get(&ip).copied().unwrap_or(0);
-        if n >= self.limits.max_connections_per_unknown_source {
-            return None;
-        }
+        let counted = self.strangers.take(
+            ip.to_canonical(),
+            self.limits.max_connections_per_unknown_source,
+        )?;
         let share = self.strangers_share.clone().try_acquire_owned().ok()?;
         let slot = connections.clone().try_acquire_owned().ok()?;
-        *map.entry(ip).or_insert(0) += 1;
         Some(StrangerSlot {
-            caps: self.clone(),
-            ip,
+            _counted: counted,
             _share: share,
             _slot: slot,
         })
     }
 
+    /// A proxy-listener connection from `ip` before it authenticates, or `None` when that
+    /// address holds [`UNAUTHENTICATED_PER_ADDRESS`] such connections already.
+    pub fn unauthenticated(&self, ip: IpAddr) -> Option<UnauthenticatedSlot> {
+        self.unauthenticated
+            .take(ip.to_canonical(), UNAUTHENTICATED_PER_ADDRESS)
+    }
+
     /// A tunnel slot for `agent`, or `None` when it already holds its cap.
-    pub fn tunnel(self: &Arc<Self>, agent: &str) -> Option<TunnelSlot> {
-        let mut map = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(agent.to_string()).or_insert(0);
-        if *n >= self.limits.max_connections_per_agent {
-            return None;
-        }
-        *n += 1;
-        Some(TunnelSlot {
-            caps: self.clone(),
-            agent: agent.to_string(),
-        })
+    pub fn tunnel(&self, agent: &str) -> Option<TunnelSlot> {
+        self.tunnels
+            .take(agent.to_string(), self.limits.max_connections_per_agent)
     }
 
     /// An empty reservation of body bytes for `agent`; it grows as the body arrives.
@@ -108,47 +164,12 @@ impl Caps {
     }
 }
 
-/// One open tunnel of an agent; the count drops with it.
-pub struct TunnelSlot {
-    caps: Arc<Caps>,
-    agent: String,
-}
-
-impl Drop for TunnelSlot {
-    fn drop(&mut self) {
-        let mut map = self.caps.tunnels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.agent) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.agent);
-            }
-        }
-    }
-}
-
 /// One open connection of a source address that no agent's `sources` holds; its slots are
 /// released with it.
 pub struct StrangerSlot {
-    caps: Arc<Caps>,
-    ip: IpAddr,
+    _counted: Counted<IpAddr>,
     _share: OwnedSemaphorePermit,
     _slot: OwnedSemaphorePermit,
-}
-
-impl Drop for StrangerSlot {
-    fn drop(&mut self) {
-        let mut map = self
-            .caps
-            .strangers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
 }
 
 /// Body bytes an agent's request holds in toolgate's memory; released when dropped.

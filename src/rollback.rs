@@ -265,16 +265,34 @@ pub async fn undo(app: &Arc<App>, id: &str, who: &Approver) -> Report {
             return Report::new(&c.request_id, tool, outcome, message);
         }
     }
-    c.attempts += 1;
-    if let Err(e) = app.store.ledger_put(&c).await {
-        return Report::new(
-            &c.request_id,
-            tool,
-            "refused",
-            format!("the store is unavailable ({e}); nothing was sent"),
-        );
+    if let Err(report) = claim_undo(app, &c).await {
+        return *report;
     }
-    let req = match undo_request(&plan, undo_tool.as_deref(), &c) {
+    let report = send_undo(app, &mut c, (&plan, undo_tool.as_deref()), by).await;
+    release_undo(app, &c.request_id, c.undone.is_some()).await;
+    let _ = app.store.flush().await;
+    if let Some(undo_id) = &report.undo_request {
+        record_rollback(app, (&c, &plan), by, &report, undo_id).await;
+    }
+    report
+}
+
+/// Sends the undo of `c` as its agent's call (through every phase of the proxy), once its
+/// sending is claimed, and marks `c` undone when the upstream took it.
+async fn send_undo(
+    app: &Arc<App>,
+    c: &mut Committed,
+    (plan, undo_tool): (&Plan, Option<&Tool>),
+    by: &str,
+) -> Report {
+    let tool = Some(c.tool.clone());
+    let tool = tool.as_deref();
+    c.attempts += 1;
+    if let Err(e) = app.store.ledger_put(c).await {
+        let message = format!("the store is unavailable ({e}); nothing was sent");
+        return Report::new(&c.request_id, tool, "refused", message);
+    }
+    let req = match undo_request(plan, undo_tool, c) {
         Ok(req) => req,
         Err(message) => return Report::new(&c.request_id, tool, "refused", message),
     };
@@ -291,24 +309,74 @@ pub async fn undo(app: &Arc<App>, id: &str, who: &Approver) -> Report {
         refused.is_some_and(|code| code.source() != crate::error::ErrorSource::Upstream);
     let answer = crate::base::body::collect_capped(resp.into_body(), 64 * 1024).await;
     let text = String::from_utf8_lossy(&answer).into_owned();
-    let ok = (200..300).contains(&status);
-    let mut report = outcome_report(&c, &plan, status, refused_by_toolgate, &text);
+    let mut report = outcome_report(c, plan, status, refused_by_toolgate, &text);
     report.undo_request = Some(undo_id.clone());
     report.status = Some(status);
-    if ok {
+    if (200..300).contains(&status) {
         c.undone = Some(Undone {
             by: by.to_string(),
-            request_id: undo_id.clone(),
+            request_id: undo_id,
             status,
             unix_ms: crate::base::now_ms(),
         });
-        if let Err(e) = app.store.ledger_put(&c).await {
+        if let Err(e) = app.store.ledger_put(c).await {
             tracing::error!(request_id = %c.request_id, error = %e, "could not mark the call undone");
         }
     }
-    let _ = app.store.flush().await;
-    record_rollback(app, (&c, &plan), by, &report, &undo_id).await;
     report
+}
+
+/// The key of the claim on undoing call `request_id`.
+fn undo_claim(request_id: &str) -> String {
+    format!("undo:{request_id}")
+}
+
+/// Claims the sending of an undo of `c`: a compare-and-set in the store (with the idempotency
+/// records), so that of two approvers or replicas undoing one call at once only one sends, and
+/// none sends once an undo succeeded. The other is told the undo is under way.
+async fn claim_undo(app: &App, c: &Committed) -> Result<(), Box<Report>> {
+    let claim = crate::model::IdemRecord {
+        state: crate::model::IdemState::InFlight,
+        payload_sha256: String::new(),
+        created_unix: crate::base::now_unix(),
+        request_id: c.request_id.clone(),
+        outcome: None,
+    };
+    let report =
+        |outcome, message| Box::new(Report::new(&c.request_id, Some(&c.tool), outcome, message));
+    match app.store.idem_swap(&undo_claim(&c.request_id), None, &claim).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(report(
+            "already_undone",
+            format!(
+                "an undo of {} is already under way or done (another approver or replica); it is not sent twice",
+                c.request_id
+            ),
+        )),
+        Err(e) => Err(report(
+            "refused",
+            format!("the store is unavailable ({e}); nothing was sent"),
+        )),
+    }
+}
+
+/// Ends the claim: kept when the undo succeeded (the ledger says so too), else removed so that
+/// the undo may be asked for again.
+async fn release_undo(app: &App, request_id: &str, undone: bool) {
+    let key = undo_claim(request_id);
+    let ended = match undone {
+        true => match app.store.idem_get(&key).await {
+            Ok(Some(mut rec)) => {
+                rec.state = crate::model::IdemState::Done;
+                app.store.idem_put(&key, &rec).await
+            }
+            other => other.map(|_| ()),
+        },
+        false => app.store.idem_remove(&key).await,
+    };
+    if let Err(e) = ended {
+        tracing::error!(request_id = %request_id, error = %e, "could not end the claim on an undo");
+    }
 }
 
 /// Whether a recorded call may be undone at all.

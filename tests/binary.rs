@@ -1111,20 +1111,7 @@ async fn a_second_toolgate_on_the_same_data_dir_says_so() {
     );
     let (mut first, _, _, _log) = start_binary(dir.path(), &[]);
     let data = dir.path().join("data");
-    let second = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--policies")
-        .arg(dir.path().join("policies"))
-        .arg("--certs")
-        .arg(dir.path().join("certs"))
-        .arg("--data-dir")
-        .arg(&data)
+    let second = support::process::serve_command(BIN, dir.path())
         .output()
         .unwrap();
     assert!(!second.status.success());

@@ -814,3 +814,74 @@ async fn a_half_sent_body_times_out_and_is_never_forwarded() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(upstream.count(), 0);
 }
+
+/// Opens a connection to `proxy` from `from` (a loopback address of the test's choosing).
+async fn connect_from(from: &str, proxy: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(proxy).await.unwrap()
+}
+
+/// One address cannot hold the proxy listener's connection slots with request heads that never
+/// finish: past its cap of unauthenticated connections it is closed at once, while agents from
+/// other addresses are served, and connections that authenticated no longer count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_a_bounded_number_of_unauthenticated_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_pki, _upstream, gate) = setup_examples(&[], |_| {}).await;
+    let cap = toolgate::guard::UNAUTHENTICATED_PER_ADDRESS;
+    let mut held = Vec::new();
+    for _ in 0..cap + 1 {
+        let mut s = connect_from("127.0.0.2", gate.addr).await;
+        s.write_all(b"CONNECT api.github.com:443 HTTP/1.1\r\nHost: api.gi")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    // One over the cap (whichever the listener took last): closed unserved, at once (not after
+    // the header timeout); the others stay open.
+    let mut closed = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while closed.is_empty() && tokio::time::Instant::now() < deadline {
+        for (i, s) in held.iter_mut().enumerate() {
+            let mut buf = [0u8; 64];
+            if let Ok(read) = tokio::time::timeout(Duration::from_millis(5), s.read(&mut buf)).await
+            {
+                assert!(
+                    matches!(read, Ok(0) | Err(_)),
+                    "closed, not answered: {read:?}"
+                );
+                closed.push(i);
+            }
+        }
+    }
+    assert_eq!(closed.len(), 1, "exactly one over the cap: {closed:?}");
+    // Another address (the agent's) is served meanwhile, and its authenticated tunnels do not
+    // count against its address: more of them than the cap stay open.
+    let agent = Some(("support-bot-staging", "demo-staging-token"));
+    let mut tunnels = Vec::new();
+    for _ in 0..cap + 8 {
+        let (status, text, stream) = raw_connect(gate.addr, "api.github.com:443", agent).await;
+        assert_eq!(status, 200, "{text}");
+        tunnels.push(stream);
+    }
+    // Released with the connections: the address may connect again.
+    drop(held);
+    let mut again = None;
+    for _ in 0..100 {
+        let s = connect_from("127.0.0.2", gate.addr).await;
+        let mut probe = [0u8; 1];
+        // Served: it stays open (no immediate close) while it sends nothing.
+        match tokio::time::timeout(Duration::from_millis(100), s.peek(&mut probe)).await {
+            Err(_) => {
+                again = Some(s);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(
+        again.is_some(),
+        "the address's count dropped with its connections"
+    );
+}

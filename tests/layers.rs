@@ -1,4 +1,5 @@
-//! The crate's shape, checked: a top-level module of `src/` imports (`crate::x`) only modules
+//! The crate's shape, checked: a top-level module of `src/` imports (`crate::x`, `crate::{x, y}`,
+//! and the root's re-exports such as `crate::App`, which count as their module) only modules
 //! of a lower layer, nothing but the store touches sled, and no function outside tests is
 //! longer than 100 lines.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -76,19 +77,43 @@ fn code_lines(text: &str) -> Vec<&str> {
         .collect()
 }
 
-/// `crate::name` references on a line.
+/// What the crate root re-exports, by the module that defines it: `crate::App` is a use of
+/// `app` as much as `crate::app::App` is.
+const REEXPORTS: &[(&str, &str)] = &[("App", "app"), ("StartError", "app"), ("Config", "config")];
+
+/// The module a path segment after `crate::` names: a module, or a root re-export.
+fn module_named(segment: &str) -> Option<String> {
+    if segment.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Some(segment.to_string());
+    }
+    REEXPORTS
+        .iter()
+        .find(|(name, _)| *name == segment)
+        .map(|(_, module)| module.to_string())
+}
+
+/// The modules a line names through `crate::` paths, grouped ones (`crate::{a, b::C}`) too.
 fn crate_refs(line: &str) -> Vec<String> {
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
     let mut out = Vec::new();
     let mut rest = line;
     while let Some(i) = rest.find("crate::") {
         let after = &rest[i + "crate::".len()..];
-        let name: String = after
-            .chars()
-            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
-            .collect();
-        if !name.is_empty() {
-            out.push(name);
-        }
+        let segments: Vec<String> = match after.strip_prefix('{') {
+            Some(group) => group
+                .split('}')
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .map(|part| ident(part.trim()))
+                .collect(),
+            None => vec![ident(after)],
+        };
+        out.extend(segments.iter().filter_map(|s| module_named(s)));
         rest = after;
     }
     out
@@ -230,6 +255,10 @@ fn the_checker_sees_imports_and_long_functions() {
     assert_eq!(
         crate_refs("use crate::store::{Store}; crate::base::now_ms()"),
         vec!["store", "base"]
+    );
+    assert_eq!(
+        crate_refs("use crate::{audit, store::Store}; fn f(app: &crate::App, c: crate::Config)"),
+        vec!["audit", "store", "app", "config"]
     );
     let body: Vec<String> = std::iter::once("fn long() {".to_string())
         .chain((0..120).map(|i| format!("    let x{i} = \"{{\";")))

@@ -1391,6 +1391,11 @@ async fn with_the_database_stopped_nothing_is_forwarded_and_no_event_is_lost() {
         sent,
         "nothing was forwarded while the log could not be written"
     );
+    // Alive, but not ready: a load balancer sends agents elsewhere; nothing restarts it.
+    let ready = gate.admin("GET", "/readyz", None, None).await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert_eq!(ready.json()["error"]["code"], "store_unavailable");
+    assert_eq!(gate.admin("GET", "/healthz", None, None).await.status, 200);
 
     // Back: reads flow again without a restart.
     let c = cluster.clone();
@@ -1423,6 +1428,8 @@ async fn with_the_database_stopped_nothing_is_forwarded_and_no_event_is_lost() {
         .unwrap();
     assert!(failures > 0, "{metrics}");
     assert!(metrics.contains("toolgate_audit_writable 1"), "{metrics}");
+    let ready = gate.admin("GET", "/readyz", None, None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
 
     // Every request the upstream received has its event (written once the log could be),
     // matched by its path, and every answered one by its request id.
@@ -1468,4 +1475,70 @@ async fn with_the_database_stopped_nothing_is_forwarded_and_no_event_is_lost() {
         .await
         .json();
     assert_eq!(v["ok"], true, "{v}");
+}
+
+/// An undo is sent at most once across replicas: two approvers undoing one call at the same
+/// moment through two replicas get one undo sent (200) and one 409 naming it under way or done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_undos_on_two_replicas_send_one() {
+    use support::*;
+    let Some(cluster) = Cluster::start("racing_undos_on_two_replicas_send_one") else {
+        return;
+    };
+    let (pki, fakes) = example_apis().await;
+    let url = cluster.url.clone();
+    let a = examples_gate(&pki, fakes.addr, &[], {
+        let url = url.clone();
+        move |c| c.database_url = Some(url)
+    })
+    .await;
+    let certs = a.dir.path().join("certs");
+    let b = examples_gate(&pki, fakes.addr, &[], move |c| {
+        c.database_url = Some(url);
+        c.certs_dir = certs;
+    })
+    .await;
+    let agent = client_via(
+        a.addr,
+        Some(("support-bot-staging", "demo-staging-token")),
+        &a.ca_pem,
+        http::Version::HTTP_11,
+    );
+    for trial in 0..5 {
+        let key = format!("undo-race-{trial}");
+        let created = send(
+            &agent,
+            "POST",
+            "https://api.stripe.com/v1/customers",
+            &[FORM, ("idempotency-key", key.as_str())],
+            format!("email=undo{trial}%40acme.com"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(created.status, 200, "{}", created.text());
+        let rid = created.headers["toolgate-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let start = Arc::new(tokio::sync::Barrier::new(2));
+        let undo = |addr: std::net::SocketAddr| {
+            let (start, path) = (start.clone(), format!("/api/rollback/{rid}"));
+            tokio::spawn(async move {
+                start.wait().await;
+                admin_at(addr, "POST", &path, Some("demo-carol-token"), None).await
+            })
+        };
+        let (on_a, on_b) = (undo(a.admin_addr), undo(b.admin_addr));
+        let mut statuses = vec![
+            on_a.await.unwrap().status.as_u16(),
+            on_b.await.unwrap().status.as_u16(),
+        ];
+        statuses.sort();
+        assert_eq!(statuses, vec![200, 409], "trial {trial}");
+    }
+    assert_eq!(
+        fakes.count("DELETE", "/v1/customers/"),
+        5,
+        "one undo sent per call"
+    );
 }

@@ -72,6 +72,7 @@ pub fn router(app: Arc<App>) -> Router {
     // What reviewers (and approvers) read.
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/api/audit/story/{id}", get(crate::admin::audit::story))
         .route("/api/audit/search", get(crate::admin::audit::search))
         .route("/api/audit/export", get(crate::admin::audit::export))
@@ -146,6 +147,19 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// Whether this toolgate can take calls now: 503 `store_unavailable` while its audit log cannot
+/// be written (it refuses every call then), so a load balancer sends agents to a replica that
+/// can. `/healthz` stays `ok` meanwhile: the process is alive and must not be restarted for a
+/// database that is away.
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.audit.writable() {
+        return "ready\n".into_response();
+    }
+    let refusal = crate::error::Refusal::store_unavailable();
+    let body = json!({"error": {"code": refusal.code.as_str(), "message": refusal.message}});
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -64,6 +64,35 @@ async fn claim_job(app: &App, agent: &crate::policy::Agent, job: &str) -> Result
     }
 }
 
+/// Whether `who` may issue a token for `agent_id` that lasts `ttl`: the agent, and the lifetime
+/// in seconds; else the API's refusal (404, 403, or 422 for a lifetime outside 1s to 7d).
+fn may_issue(
+    app: &App,
+    who: &crate::policy::Approver,
+    agent_id: &str,
+    ttl: &str,
+) -> Result<(Arc<crate::policy::Agent>, u64), super::auth::ApiError> {
+    let Some(agent) = app.policy().agent(agent_id).cloned() else {
+        let message = format!("no agent {agent_id}");
+        return Err(api_error(StatusCode::NOT_FOUND, "not_found", message));
+    };
+    if !agent.token_issuer(who) {
+        let message = format!(
+            "{} may not issue tokens for {agent_id}: that takes group admin or one of its token_issuers",
+            who.id
+        );
+        return Err(api_error(StatusCode::FORBIDDEN, "forbidden", message));
+    }
+    match crate::base::lifetime_secs(ttl, MAX_TTL_SECS) {
+        Some(secs) => Ok((agent, secs)),
+        None => {
+            let message = format!("ttl {ttl:?} must be a duration from 1s to 7d, e.g. 15m");
+            let status = StatusCode::UNPROCESSABLE_ENTITY;
+            Err(api_error(status, "validation_error", message))
+        }
+    }
+}
+
 /// `POST /api/agents/{id}/tokens`: a new token, shown once.
 pub async fn issue(
     State(app): State<Arc<App>>,
@@ -75,38 +104,9 @@ pub async fn issue(
         Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    let Some(agent) = app.policy().agent(&agent_id).cloned() else {
-        return api_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no agent {agent_id}"),
-        )
-        .into_response();
-    };
-    if !agent.token_issuer(&who) {
-        return api_error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "{} may not issue tokens for {agent_id}: that takes group admin or one of its token_issuers",
-                who.id
-            ),
-        )
-        .into_response();
-    }
-    let ttl = match crate::base::lifetime_secs(&ask.ttl, MAX_TTL_SECS) {
-        Some(secs) => secs,
-        None => {
-            return api_error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_error",
-                format!(
-                    "ttl {:?} must be a duration from 1s to 7d, e.g. 15m",
-                    ask.ttl
-                ),
-            )
-            .into_response()
-        }
+    let (agent, ttl) = match may_issue(&app, &who, &agent_id, &ask.ttl) {
+        Ok(allowed) => allowed,
+        Err(refused) => return refused.into_response(),
     };
     let job = ask.job.filter(|j| !j.is_empty());
     if let Some(job) = &job {

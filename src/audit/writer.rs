@@ -114,10 +114,10 @@ impl Writer {
     /// the store refuses is written again until it is taken (or the log gives up at exit).
     fn write(&mut self, batch: Vec<Msg>) {
         let mut room = 0;
-        // Where the chain stood before this batch: a failed write continues from here.
-        let before = (self.seq, self.prev.clone());
         let mut events = Vec::with_capacity(batch.len());
         let mut acks: Vec<Option<(Ack, bool)>> = Vec::with_capacity(batch.len());
+        // Where the chain stood before this batch: a failed write continues from here.
+        let before = (self.seq, self.prev.clone());
         for msg in batch {
             room += usize::from(msg.roomed);
             let mut e = self.event(*msg.rec);
@@ -125,47 +125,7 @@ impl Writer {
             events.push((e, bytes));
             acks.push(msg.ack.map(|ack| (ack, msg.keep)));
         }
-        let mut failures = 0u32;
-        let failed = loop {
-            match self.append(&mut events) {
-                Ok(()) => break None,
-                Err(e) => {
-                    // The chain continues from before the batch; its events are chained again.
-                    (self.seq, self.prev) = before.clone();
-                    self.health.writable.store(false, Ordering::Relaxed);
-                    self.health.failures.fetch_add(1, Ordering::Relaxed);
-                    failures += 1;
-                    // Durable callers are told now. A commit's caller does not go on: what its
-                    // event records does not happen, so the event is not written.
-                    let mut kept = Vec::with_capacity(events.len());
-                    for (event, ack) in std::mem::take(&mut events).into_iter().zip(acks) {
-                        if let Some((ack, keep)) = ack {
-                            let _ = ack.send(Err(e.clone()));
-                            if !keep {
-                                continue;
-                            }
-                        }
-                        kept.push(event);
-                    }
-                    events = kept;
-                    acks = events.iter().map(|_| None).collect();
-                    if failures == 1 || failures % 30 == 0 {
-                        error!(error = %e, events = events.len(), tries = failures,
-                            "audit write failed; the batch is kept and written again, and calls are refused until it is");
-                    }
-                    if events.is_empty() {
-                        break None;
-                    }
-                    if self.health.give_up.load(Ordering::Relaxed) {
-                        break Some((e, events.len()));
-                    }
-                    std::thread::sleep(retry_pause(failures));
-                    for (e, bytes) in events.iter_mut() {
-                        *bytes = self.link(e);
-                    }
-                }
-            }
-        };
+        let (failures, failed) = self.append_until_taken(&mut events, &mut acks, before);
         let mut synced = Ok(());
         if acks.iter().any(Option::is_some) && failed.is_none() {
             let started = Instant::now();
@@ -179,6 +139,66 @@ impl Writer {
                 let _ = ack.send(synced.clone().map(|()| e.seq));
             }
         }
+        self.settle_health(failed, synced, failures, events.is_empty());
+    }
+
+    /// Appends the batch, and while the store refuses it, keeps it and tries again after a
+    /// pause, chained again from where the chain stood `before`. Durable callers are told of
+    /// the first failure at once and their events dropped unless they asked to be kept (a
+    /// commit's caller does not go on: what its event records does not happen). Returns how
+    /// many tries failed, and what was given up at exit (the error and how many events).
+    fn append_until_taken(
+        &mut self,
+        events: &mut Vec<(Event, Vec<u8>)>,
+        acks: &mut Vec<Option<(Ack, bool)>>,
+        before: (u64, String),
+    ) -> (u32, Option<(String, usize)>) {
+        let mut failures = 0u32;
+        loop {
+            let Err(e) = self.append(events) else {
+                return (failures, None);
+            };
+            (self.seq, self.prev) = before.clone();
+            self.health.writable.store(false, Ordering::Relaxed);
+            self.health.failures.fetch_add(1, Ordering::Relaxed);
+            failures += 1;
+            let mut kept = Vec::with_capacity(events.len());
+            for (event, ack) in std::mem::take(events).into_iter().zip(std::mem::take(acks)) {
+                if let Some((ack, keep)) = ack {
+                    let _ = ack.send(Err(e.clone()));
+                    if !keep {
+                        continue;
+                    }
+                }
+                kept.push(event);
+            }
+            *events = kept;
+            *acks = events.iter().map(|_| None).collect();
+            if failures == 1 || failures % 30 == 0 {
+                error!(error = %e, events = events.len(), tries = failures,
+                    "audit write failed; the batch is kept and written again, and calls are refused until it is");
+            }
+            if events.is_empty() {
+                return (failures, None);
+            }
+            if self.health.give_up.load(Ordering::Relaxed) {
+                return (failures, Some((e, events.len())));
+            }
+            std::thread::sleep(retry_pause(failures));
+            for (e, bytes) in events.iter_mut() {
+                *bytes = self.link(e);
+            }
+        }
+    }
+
+    /// Whether the log is writable after a batch: only a batch written and flushed says so.
+    fn settle_health(
+        &self,
+        failed: Option<(String, usize)>,
+        synced: Result<(), String>,
+        failures: u32,
+        emptied: bool,
+    ) {
         match (failed, synced) {
             (Some((e, lost)), _) => {
                 error!(error = %e, events = lost, "the audit log closed before the store took these events; they were not written");
@@ -189,7 +209,7 @@ impl Writer {
                 error!(error = %e, "audit flush failed");
             }
             // A batch emptied by its failures (durable records only) proves nothing.
-            (None, Ok(())) if failures == 0 || !events.is_empty() => {
+            (None, Ok(())) if failures == 0 || !emptied => {
                 if failures > 0 {
                     warn!(tries = failures + 1, "the audit log is written again");
                 }

@@ -121,26 +121,8 @@ async fn one(
                 .get("method")
                 .and_then(Value::as_str)
                 .unwrap_or("reply");
-            let resp = pass(
-                app,
-                target,
-                &agent,
-                &via,
-                (parts, body),
-                Some(trail),
-                method,
-            )
-            .await?;
-            let opened = resp
-                .headers()
-                .get(MCP_SESSION)
-                .and_then(|v| v.to_str().ok());
-            if let Some(session) = opened.filter(|_| method == "initialize") {
-                let key = endpoint_key(target, endpoint);
-                app.mcp_sessions
-                    .opened(&key, session, opener(&agent, trail));
-            }
-            guarded(app, &agent, endpoint, resp).await
+            let who = (&agent, &via, endpoint);
+            set_up(app, target, who, (parts, body), method, trail).await
         }
         Message::List { id } => {
             let answer = pass(
@@ -191,6 +173,28 @@ async fn one(
             Err(validation(format!("not a JSON-RPC 2.0 message: {why}")))
         }
     }
+}
+
+/// A set-up message (or the client's reply to the server): passed on with the endpoint's
+/// credential. The session an `initialize` opens is bound to its agent (and token).
+async fn set_up(
+    app: &Arc<App>,
+    target: &Target,
+    (agent, via, endpoint): (&Arc<Agent>, &Arc<Tool>, &[Arc<Tool>]),
+    message: (http::request::Parts, Bytes),
+    method: &str,
+    trail: &mut Trail,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let resp = pass(app, target, agent, via, message, Some(trail), method).await?;
+    let opened = resp
+        .headers()
+        .get(MCP_SESSION)
+        .and_then(|v| v.to_str().ok());
+    if let Some(session) = opened.filter(|_| method == "initialize") {
+        let key = endpoint_key(target, endpoint);
+        app.mcp_sessions.opened(&key, session, opener(agent, trail));
+    }
+    guarded(app, agent, endpoint, resp).await
 }
 
 /// `tools/call` of a contracted tool: its kill switch and pin, then the request path's phases

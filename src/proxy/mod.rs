@@ -90,6 +90,12 @@ pub(crate) async fn accept_loop(
 /// The connection holds `slot` (one of `--max-connections`) as long as it is open, tunnels
 /// upgraded from it included.
 async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) {
+    // Counted against its address until a request authenticates: one address cannot hold the
+    // listener's slots with request heads that never finish.
+    let Some(unauthenticated) = app.caps.unauthenticated(peer.ip()) else {
+        return too_many_unauthenticated(&app, peer);
+    };
+    let unauthenticated = Arc::new(std::sync::Mutex::new(Some(unauthenticated)));
     let activity = Activity::new();
     let g = app.clone();
     let a = activity.clone();
@@ -97,8 +103,9 @@ async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: 
         let app = g.clone();
         let in_flight = a.request();
         let slot = slot.clone();
+        let unauthenticated = unauthenticated.clone();
         async move {
-            let resp = outer(app, peer, req, slot).await;
+            let resp = outer(app, peer, req, (slot, unauthenticated)).await;
             drop(in_flight);
             Ok::<_, Infallible>(resp)
         }
@@ -124,6 +131,20 @@ async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: 
     }
 }
 
+/// A connection from an address holding its cap of unauthenticated connections, closed
+/// unserved (logged once a minute per address).
+fn too_many_unauthenticated(app: &App, peer: SocketAddr) {
+    let (count, _) = app.sources.count(peer.ip(), "unauthenticated_over_cap");
+    if count == 1 {
+        warn!(
+            %peer, decision = "refused", per_address = crate::guard::UNAUTHENTICATED_PER_ADDRESS,
+            "a proxy connection from an address that holds its cap of connections not yet \
+             authenticated; closed (further ones from this address this minute are closed \
+             without a log line)"
+        );
+    }
+}
+
 /// A client's request as the phases take it: its body finishes itself when they leave it unread,
 /// so that every answer, refusals first, reaches the client over HTTP/1.1 and HTTP/2 alike.
 pub(crate) fn kept(app: &App, req: Request<Incoming>) -> Request<ProxyBody> {
@@ -145,6 +166,10 @@ fn header_read_timeout(app: &App) -> Duration {
 
 /// One of the `--max-connections` client connections.
 type ConnectionSlot = Arc<tokio::sync::OwnedSemaphorePermit>;
+
+/// A connection's place in its address's count of unauthenticated connections, until a
+/// request on it authenticates.
+type Unauthenticated = Arc<std::sync::Mutex<Option<crate::guard::UnauthenticatedSlot>>>;
 
 /// What the tunnel or absolute-form request is bound to: the agent and the target that were
 /// checked at the proxy layer. The target never comes from a `Host` header.
@@ -267,7 +292,7 @@ async fn outer(
     app: Arc<App>,
     peer: SocketAddr,
     req: Request<Incoming>,
-    slot: ConnectionSlot,
+    (slot, unauthenticated): (ConnectionSlot, Unauthenticated),
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let request_id = new_id("req");
@@ -276,7 +301,14 @@ async fn outer(
     let method = req.method().clone();
     let target_text = req.uri().to_string();
     let (agent, token) = match authenticate(&app, &policy, req.headers()).await {
-        Ok(found) => found,
+        Ok(found) => {
+            // The connection is an agent's now: its address's count of strangers drops.
+            unauthenticated
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            found
+        }
         Err(refusal) => {
             record_refusal(
                 &app,
@@ -404,32 +436,10 @@ async fn connect(
     started: Instant,
 ) -> Response<ProxyBody> {
     let authority = req.uri().authority().map(|a| a.as_str().to_string());
-    let parsed = authority.as_deref().and_then(|a| split_host_port(a, 443));
-    let Some((host, port)) = parsed else {
-        let refusal = Refusal::policy("CONNECT needs a HOST:PORT target");
-        record_refusal(
-            &app,
-            (&request_id, started),
-            (Some(&agent.id), peer),
-            "-",
-            &Method::CONNECT,
-            "-",
-            &refusal,
-        )
-        .await;
-        return refusal.into_response(&request_id);
-    };
-    let target_text = upstream::authority(&host, port);
-    let admitted = match egress(&app, policy, &host, port).await {
-        Ok(()) => app
-            .caps
-            .tunnel(&agent.id)
-            .ok_or_else(|| tunnel_cap(&app, &agent.id)),
-        Err(refusal) => Err(refusal),
-    };
-    let slot = match admitted {
-        Ok(slot) => slot,
-        Err(refusal) => {
+    let (host, port, slot) = match admit_tunnel(&app, policy, &agent.id, authority.as_deref()).await
+    {
+        Ok(admitted) => admitted,
+        Err((host, target_text, refusal)) => {
             record_refusal(
                 &app,
                 (&request_id, started),
@@ -443,6 +453,7 @@ async fn connect(
             return refusal.into_response(&request_id);
         }
     };
+    let target_text = upstream::authority(&host, port);
     let target = Target {
         agent_id: agent.id.clone(),
         host,
@@ -472,6 +483,31 @@ async fn connect(
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
     resp
+}
+
+/// Whether a CONNECT target may be tunnelled to: a HOST:PORT, past the egress check, within the
+/// agent's cap of tunnels. Refused: the host and target as the refusal records them, and why.
+async fn admit_tunnel(
+    app: &Arc<App>,
+    policy: &Policy,
+    agent: &str,
+    authority: Option<&str>,
+) -> Result<(String, u16, crate::guard::TunnelSlot), (String, String, Refusal)> {
+    let Some((host, port)) = authority.and_then(|a| split_host_port(a, 443)) else {
+        let refusal = Refusal::policy("CONNECT needs a HOST:PORT target");
+        return Err(("-".into(), "-".into(), refusal));
+    };
+    let admitted = match egress(app, policy, &host, port).await {
+        Ok(()) => app.caps.tunnel(agent).ok_or_else(|| tunnel_cap(app, agent)),
+        Err(refusal) => Err(refusal),
+    };
+    match admitted {
+        Ok(slot) => Ok((host, port, slot)),
+        Err(refusal) => {
+            let target_text = upstream::authority(&host, port);
+            Err((host, target_text, refusal))
+        }
+    }
 }
 
 /// An agent holding its cap of tunnels asks for one more.
@@ -664,13 +700,8 @@ where
     }
 }
 
-/// How a request ended, for the record phase.
-enum Decision {
-    Forwarded,
-    Refused(Code),
-}
-
-/// One request inside a tunnel (or in absolute form): every phase, then the record phase.
+/// One request inside a tunnel (or in absolute form): every phase, then the record phase; a
+/// refusal from any phase is answered at the one rescue point, [`rescue`].
 async fn handle(
     app: Arc<App>,
     target: &Target,
@@ -684,56 +715,16 @@ async fn handle(
         Ok(job) => (job, None),
         Err(refusal) => (target.tunnel_id.clone(), Some(refusal)),
     };
-    let mut trail = request::Trail::new(
-        request_id.clone(),
-        job,
-        target.agent_id.clone(),
-        app.audit.clone(),
-    );
-    trail.token = target.token.as_ref().map(|t| t.id.clone());
-    // The record phase: what was asked, whatever happens next (held until the next event of
-    // the request, or folded into one event with the answer of a read).
-    let mut asked = serde_json::json!({
-        "method": method.as_str(),
-        "host": target.host,
-        "port": target.port,
-        "path": crate::audit::cap_text(&path, crate::audit::URI_CAP),
-        "query": crate::audit::cap_text(req.uri().query().unwrap_or(""), crate::audit::URI_CAP),
-        "peer": target.peer,
-        "undoes": match &target.origin {
-            Origin::Undo { of, .. } => Some(of.as_str()),
-            Origin::Agent => None,
-        },
-        "asked_by": match &target.origin {
-            Origin::Undo { by, .. } => Some(by.as_str()),
-            Origin::Agent => None,
-        },
-    });
-    // Set apart: `json!` would copy the map through a serializer.
-    asked["headers"] = crate::audit::headers_json(req.headers());
-    trail.hold_request(asked);
+    let mut trail = asked(&app, target, &req, (request_id.clone(), job));
     let result = match job_refused {
         Some(refusal) => Err(refusal),
         None => request::process(&app, target, req, &mut trail).await,
     };
-    let tool_name = trail.tool.clone();
-    let (mut resp, decision) = match result {
-        Ok(resp) => (resp, Decision::Forwarded),
+    let (mut resp, refused) = match result {
+        Ok(resp) => (resp, None),
         Err(refusal) => {
             let code = refusal.code;
-            let refusal = match &tool_name {
-                Some(t) if refusal.tool.is_none() => refusal.with_tool(t.clone()),
-                _ => refusal,
-            };
-            if code.source() == crate::error::ErrorSource::Upstream {
-                warn!(request_id = %request_id, error = %refusal.message, "upstream failure");
-            }
-            record_refused(&app, &trail, &refusal).await;
-            let resp = match &trail.mcp {
-                Some(reply) => mcp::refusal_answer(reply, &refusal),
-                None => refusal.into_response(&request_id),
-            };
-            (resp, Decision::Refused(code))
+            (rescue(&app, &trail, refusal).await, Some(code))
         }
     };
     // A path that recorded nothing else still records what was asked.
@@ -741,27 +732,68 @@ async fn handle(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
-    let refused = match decision {
-        Decision::Forwarded => None,
-        Decision::Refused(code) => Some(code),
-    };
     let (decision, code) = match refused {
         None => ("forwarded", ""),
         Some(code) => ("refused", code.as_str()),
     };
-    app.metrics.observe(
-        tool_name.as_deref().unwrap_or("-"),
-        decision,
-        resp.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
+    let tool_name = trail.tool.as_deref().unwrap_or("-");
+    let status = resp.status().as_u16();
+    app.metrics
+        .observe(tool_name, decision, status, started.elapsed().as_secs_f64());
     info!(
         request_id = %request_id, agent = %target.agent_id, peer = %target.peer, host = %target.host,
-        method = %method, path = %path, tool = tool_name.as_deref().unwrap_or("-"),
-        decision, code, status = resp.status().as_u16(),
+        method = %method, path = %path, tool = tool_name, decision, code, status,
         latency_ms = started.elapsed().as_secs_f64() * 1000.0, "request"
     );
     (resp, refused)
+}
+
+/// The start of the record phase: a request's trail, holding what was asked until the next
+/// event of the request (or folded into one event with the answer of a read).
+fn asked(
+    app: &App,
+    target: &Target,
+    req: &Request<ProxyBody>,
+    (request_id, job): (String, String),
+) -> request::Trail {
+    let mut trail =
+        request::Trail::new(request_id, job, target.agent_id.clone(), app.audit.clone());
+    trail.token = target.token.as_ref().map(|t| t.id.clone());
+    let (undoes, asked_by) = match &target.origin {
+        Origin::Undo { of, by } => (Some(of.as_str()), Some(by.as_str())),
+        Origin::Agent => (None, None),
+    };
+    let mut asked = serde_json::json!({
+        "method": req.method().as_str(),
+        "host": target.host,
+        "port": target.port,
+        "path": crate::audit::cap_text(req.uri().path(), crate::audit::URI_CAP),
+        "query": crate::audit::cap_text(req.uri().query().unwrap_or(""), crate::audit::URI_CAP),
+        "peer": target.peer,
+        "undoes": undoes,
+        "asked_by": asked_by,
+    });
+    // Set apart: `json!` would copy the map through a serializer.
+    asked["headers"] = crate::audit::headers_json(req.headers());
+    trail.hold_request(asked);
+    trail
+}
+
+/// The one rescue point: a refusal from any phase is recorded and answered here, as JSON with
+/// its code (or, for an MCP message, as the JSON-RPC error its client reads).
+async fn rescue(app: &App, trail: &request::Trail, refusal: Refusal) -> Response<ProxyBody> {
+    let refusal = match &trail.tool {
+        Some(t) if refusal.tool.is_none() => refusal.with_tool(t.clone()),
+        _ => refusal,
+    };
+    if refusal.code.source() == crate::error::ErrorSource::Upstream {
+        warn!(request_id = %trail.request_id, error = %refusal.message, "upstream failure");
+    }
+    record_refused(app, trail, &refusal).await;
+    match &trail.mcp {
+        Some(reply) => mcp::refusal_answer(reply, &refusal),
+        None => refusal.into_response(&trail.request_id),
+    }
 }
 
 /// The record phase of a refused request: what was asked, then the refusal.

@@ -259,6 +259,59 @@ async fn tls<T>(
     }
 }
 
+/// One request on a redirected port 80: sent on as its agent's call to the API its `Host`
+/// names, or refused (an unknown source, or no `Host`) and recorded.
+async fn plain_request(
+    app: Arc<App>,
+    agent: Option<Arc<Agent>>,
+    peer: SocketAddr,
+    default_port: u16,
+    req: http::Request<hyper::body::Incoming>,
+) -> http::Response<crate::base::body::ProxyBody> {
+    let req = super::kept(&app, req);
+    let started = Instant::now();
+    let request_id = new_id("req");
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| crate::base::split_host_port(h, default_port));
+    let policy = app.policy();
+    if let (Some(agent), Some((host, port))) = (&agent, &host) {
+        return plain_http(
+            app.clone(),
+            &policy,
+            (agent, peer, None),
+            (host, Some(*port)),
+            req,
+            request_id,
+            started,
+        )
+        .await;
+    }
+    // A known source without a Host header is still that agent's refusal.
+    let refusal = match &agent {
+        None => unknown_source(peer),
+        Some(_) => Refusal::new(
+            Code::ValidationError,
+            "a plain-HTTP request needs a Host header naming the API",
+        ),
+    };
+    let host = host.map(|(h, _)| h).unwrap_or_else(|| "-".into());
+    let target = req.uri().to_string();
+    record_refusal(
+        &app,
+        (&request_id, started),
+        (agent.as_ref().map(|a| a.id.as_str()), peer),
+        &host,
+        req.method(),
+        &target,
+        &refusal,
+    )
+    .await;
+    refusal.into_response(&request_id)
+}
+
 /// Plain HTTP on a redirected port 80: each request's `Host` names its API; it is sent upstream
 /// over TLS like an absolute-form request on the proxy listener.
 async fn plain<T>(
@@ -294,53 +347,7 @@ async fn plain<T>(
         let activity = &a;
         let in_flight = activity.request();
         async move {
-            let req = super::kept(&app, req);
-            let started = Instant::now();
-            let request_id = new_id("req");
-            let host = req
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .and_then(|h| crate::base::split_host_port(h, dst.port()));
-            let policy = app.policy();
-            let resp = match (agent, host) {
-                (Some(agent), Some((host, port))) => {
-                    plain_http(
-                        app.clone(),
-                        &policy,
-                        (&agent, peer, None),
-                        (&host, Some(port)),
-                        req,
-                        request_id,
-                        started,
-                    )
-                    .await
-                }
-                (agent, host) => {
-                    // A known source without a Host header is still that agent's refusal.
-                    let agent_id = agent.as_ref().map(|a| a.id.clone());
-                    let refusal = match agent {
-                        None => unknown_source(peer),
-                        Some(_) => Refusal::new(
-                            Code::ValidationError,
-                            "a plain-HTTP request needs a Host header naming the API",
-                        ),
-                    };
-                    let host = host.map(|(h, _)| h).unwrap_or_else(|| "-".into());
-                    let target = req.uri().to_string();
-                    record_refusal(
-                        &app,
-                        (&request_id, started),
-                        (agent_id.as_deref(), peer),
-                        &host,
-                        req.method(),
-                        &target,
-                        &refusal,
-                    )
-                    .await;
-                    refusal.into_response(&request_id)
-                }
-            };
+            let resp = plain_request(app, agent, peer, dst.port(), req).await;
             drop(in_flight);
             Ok::<_, Infallible>(resp)
         }

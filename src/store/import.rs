@@ -35,9 +35,21 @@ pub struct Imported {
 /// under the target's key (replicas share `--certs/seal.key`; the data dir had its own).
 pub async fn import(from: &SledStore, to: &dyn Backend) -> Result<Imported, StoreError> {
     let mut done = Imported::default();
+    import_proposals(from, to, &mut done).await?;
+    import_decisions(from, to, &mut done).await?;
+    import_principals(from, to, &mut done).await?;
+    to.flush().await?;
+    Ok(done)
+}
 
+/// Proposals, oldest first, so that the index from a call to its latest proposal ends where it
+/// was.
+async fn import_proposals(
+    from: &SledStore,
+    to: &dyn Backend,
+    done: &mut Imported,
+) -> Result<(), StoreError> {
     let mut proposals = from.proposal_list().await?;
-    // Oldest first, so that the index from a call to its latest proposal ends where it was.
     proposals.sort_by_key(|p| p.created_unix);
     for mut p in proposals {
         if to.proposal_get(&p.id).await?.is_some() {
@@ -53,7 +65,16 @@ pub async fn import(from: &SledStore, to: &dyn Backend) -> Result<Imported, Stor
         to.proposal_restore(&p).await?;
         done.proposals += 1;
     }
+    Ok(())
+}
 
+/// What earlier calls decided: kill switches, idempotency records, budgets, the ledger and the
+/// job claims.
+async fn import_decisions(
+    from: &SledStore,
+    to: &dyn Backend,
+    done: &mut Imported,
+) -> Result<(), StoreError> {
     let present = to.kill_list().await?;
     for (target, switch) in from.kill_list().await? {
         if present.iter().any(|(t, _)| *t == target) {
@@ -63,7 +84,6 @@ pub async fn import(from: &SledStore, to: &dyn Backend) -> Result<Imported, Stor
         to.kill_set(&target, Some(&switch)).await?;
         done.kill_switches += 1;
     }
-
     for (id, record) in from.idem_all()? {
         if to.idem_swap(&id, None, &record).await? {
             done.idempotency_records += 1;
@@ -71,7 +91,6 @@ pub async fn import(from: &SledStore, to: &dyn Backend) -> Result<Imported, Stor
             done.skipped += 1;
         }
     }
-
     for (key, total) in from.budget_all()? {
         if to.budget_get(&key).await? != 0.0 {
             done.skipped += 1;
@@ -80,7 +99,6 @@ pub async fn import(from: &SledStore, to: &dyn Backend) -> Result<Imported, Stor
         to.budget_add(&key, total, f64::INFINITY).await?.ok();
         done.budgets += 1;
     }
-
     for entry in from.ledger_all().await? {
         if to.ledger_get(&entry.request_id).await?.is_some() {
             done.skipped += 1;
@@ -89,13 +107,21 @@ pub async fn import(from: &SledStore, to: &dyn Backend) -> Result<Imported, Stor
         to.ledger_put(&entry).await?;
         done.ledger_entries += 1;
     }
-
     for (job, claim) in from.job_all()? {
         match to.job_claim(&job, &claim.agent, &claim.owner).await? {
             None => done.job_claims += 1,
             Some(_) => done.skipped += 1,
         }
     }
+    Ok(())
+}
+
+/// Issued tokens still in force and grants still open.
+async fn import_principals(
+    from: &SledStore,
+    to: &dyn Backend,
+    done: &mut Imported,
+) -> Result<(), StoreError> {
     for t in from.token_list(super::now_unix()).await? {
         if to.token_get(&t.id).await?.is_some() {
             done.skipped += 1;
@@ -104,7 +130,6 @@ pub async fn import(from: &SledStore, to: &dyn Backend) -> Result<Imported, Stor
         to.token_put(&t).await?;
         done.tokens += 1;
     }
-
     for g in from.grant_open(None).await? {
         if to.grant_get(&g.id).await?.is_some() {
             done.skipped += 1;
@@ -113,6 +138,5 @@ pub async fn import(from: &SledStore, to: &dyn Backend) -> Result<Imported, Stor
         to.grant_put(&g).await?;
         done.grants += 1;
     }
-    to.flush().await?;
-    Ok(done)
+    Ok(())
 }

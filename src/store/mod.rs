@@ -11,7 +11,7 @@
 mod counters;
 mod import;
 mod postgres;
-mod postgres_log;
+mod seal;
 mod sled;
 
 use std::sync::Arc;
@@ -21,7 +21,8 @@ use async_trait::async_trait;
 
 pub use self::import::{import, Imported};
 pub use self::postgres::PgStore;
-pub use self::sled::{Sealer, SledStore};
+pub use self::seal::Sealer;
+pub use self::sled::SledStore;
 pub use crate::base::now_unix;
 pub use crate::model::{
     AgentToken, Committed, Grant, GrantEnd, IdemRecord, IdemState, JobClaim, KillSwitch,

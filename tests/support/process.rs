@@ -48,21 +48,27 @@ pub type Started = (
     std::thread::JoinHandle<Vec<String>>,
 );
 
+/// `toolgate serve` on ephemeral ports over `dir` (its policies, certs and data).
+pub fn serve_command(bin: &str, dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--policies")
+    .arg(dir.join("policies"))
+    .arg("--certs")
+    .arg(dir.join("certs"))
+    .arg("--data-dir")
+    .arg(dir.join("data"));
+    cmd
+}
+
 pub fn start_serve(bin: &str, dir: &std::path::Path, extra: &[&str]) -> Started {
-    let mut child = Command::new(bin)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--policies")
-        .arg(dir.join("policies"))
-        .arg("--certs")
-        .arg(dir.join("certs"))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
+    let mut child = serve_command(bin, dir)
         .args(extra)
         .env("TOOLGATE_LOG_FORMAT", "json")
         .stderr(Stdio::piped())

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use deadpool_postgres::Pool;
 use futures_util::future::BoxFuture;
 
-use super::{EventLog, Index, Result, Seqs, StoreError, StoredEvent};
+use crate::store::{EventLog, Index, Result, Seqs, StoreError, StoredEvent};
 
 type Job = Box<dyn FnOnce(&tokio::runtime::Runtime, &Pool) + Send>;
 

@@ -1,0 +1,210 @@
+//! The local store: sled under `--data-dir`. Trees: `idempotency`, `budgets`, `kill_switches`,
+//! `proposals` and `proposal_by_call`, `commits` (the ledger), `jobs`, `sessions`, and the audit
+//! log's `audit` and `audit_meta`. Writes that a decision depends on are flushed before the call
+//! goes on (one flush thread, group commit).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+
+mod flush;
+mod kv;
+mod log;
+
+pub use self::flush::Flusher;
+use self::log::{BlockWriter, SledEventLog};
+pub use super::Sealer;
+
+use super::{
+    Backend, BudgetStore, Committed, CounterStore, EventLog, GrantStore, IdemRecord,
+    IdempotencyStore, JobClaim, KillStore, KillSwitch, KillTarget, LedgerStore, MemoryCounters,
+    Proposal, ProposalStore, Session, SessionStore, StoreError, TokenStore,
+};
+use crate::base::now_unix;
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::from_message(e.to_string())
+    }
+}
+
+/// sled's page cache (its default, 1 GiB, is most of a small gateway's memory).
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Whether the database at `path` compresses its pages with sled's own zstd: only a database
+/// created so (by the version before the audit log compressed its blocks itself); sled cannot
+/// change it afterwards. A new one does not: sled creates a compression context for every page
+/// it writes, which cost more than the rest of the audit writer together.
+fn compressed(path: &Path) -> bool {
+    // The file ends in a binary checksum: read it as bytes.
+    match std::fs::read(path.join("conf")) {
+        Ok(conf) => String::from_utf8_lossy(&conf)
+            .lines()
+            .any(|l| l.trim() == "use_compression: true"),
+        Err(_) => false,
+    }
+}
+
+/// The tree of committed calls.
+const LEDGER: &str = "commits";
+
+/// The sled store. Its handles are reference counted; the database closes when the last one
+/// (and the flush thread) is gone.
+pub struct SledStore {
+    db: sled::Db,
+    idem: sled::Tree,
+    budgets: sled::Tree,
+    kill: sled::Tree,
+    proposals: sled::Tree,
+    proposal_index: sled::Tree,
+    ledger: sled::Tree,
+    jobs: sled::Tree,
+    sessions: sled::Tree,
+    /// Agent tokens by id, and their ids by the token's hash.
+    tokens: sled::Tree,
+    token_hashes: sled::Tree,
+    /// Time-bound grants by id (ended ones are kept for a while).
+    grants: sled::Tree,
+    counters: MemoryCounters,
+    flusher: Arc<Flusher>,
+    sealer: Sealer,
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+impl SledStore {
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        let at =
+            |e: &dyn std::fmt::Display| StoreError::from_message(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(|e| at(&e))?;
+        let path = dir.join("store");
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(CACHE_BYTES)
+            .use_compression(compressed(&path))
+            .compression_factor(3)
+            .open()
+            .map_err(|e| match &e {
+                // sled locks its files: another process holds this data dir. sled says so only
+                // in the text of an I/O error (its lock's WouldBlock formatted into it).
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    StoreError::from_message(format!(
+                        "the data dir {} is in use by another toolgate (its store is locked). Stop that one, or give this one its own --data-dir; replicas share one store through --database-url",
+                        dir.display()
+                    ))
+                }
+                _ => at(&e),
+            })?;
+        Ok(SledStore {
+            idem: db.open_tree("idempotency")?,
+            budgets: db.open_tree("budgets")?,
+            kill: db.open_tree("kill_switches")?,
+            proposals: db.open_tree("proposals")?,
+            proposal_index: db.open_tree("proposal_by_call")?,
+            ledger: db.open_tree(LEDGER)?,
+            jobs: db.open_tree("jobs")?,
+            sessions: db.open_tree("sessions")?,
+            tokens: db.open_tree("tokens")?,
+            token_hashes: db.open_tree("token_hashes")?,
+            grants: db.open_tree("grants")?,
+            counters: MemoryCounters::default(),
+            flusher: Flusher::start(db.clone())?,
+            sealer: Sealer::open(dir)?,
+            db,
+        })
+    }
+
+    /// Removes the records of `tree` that `expired` says are past their time (compare-and-swap:
+    /// a record rewritten since it was read is left for the next sweep), and flushes. Returns
+    /// the keys removed.
+    async fn expire(
+        &self,
+        tree: &sled::Tree,
+        expired: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut removed = Vec::new();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            if expired(&v) && tree.compare_and_swap(&k, Some(&v), None::<&[u8]>)?.is_ok() {
+                removed.push(k.to_vec());
+            }
+        }
+        if !removed.is_empty() {
+            self.flusher.flush().await?;
+        }
+        Ok(removed)
+    }
+
+    fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        for item in tree.iter() {
+            let (_, v) = item?;
+            out.push(decode(&v)?);
+        }
+        Ok(out)
+    }
+
+    fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &str) -> Result<Option<T>, StoreError> {
+        tree.get(key)?.map(|v| decode(&v)).transpose()
+    }
+
+    /// Every record of a tree with its key (for `db import`: the request path reads by key).
+    fn keyed<T>(
+        tree: &sled::Tree,
+        read: impl Fn(&[u8]) -> Result<T, StoreError>,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let mut out = Vec::new();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), read(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Every idempotency record by its identity.
+    pub fn idem_all(&self) -> Result<Vec<(String, IdemRecord)>, StoreError> {
+        Self::keyed(&self.idem, decode)
+    }
+
+    /// Every budget total by its key.
+    pub fn budget_all(&self) -> Result<Vec<(String, f64)>, StoreError> {
+        Self::keyed(&self.budgets, |v| Ok(kv::read_f64(Some(v))))
+    }
+
+    /// Every job claim by its job.
+    pub fn job_all(&self) -> Result<Vec<(String, JobClaim)>, StoreError> {
+        Self::keyed(&self.jobs, decode)
+    }
+}
+
+#[async_trait]
+impl Backend for SledStore {
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.flusher.flush().await
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    fn event_log(&self) -> Result<Arc<dyn EventLog>, StoreError> {
+        Ok(Arc::new(SledEventLog {
+            events: self.db.open_tree("audit")?,
+            meta: self.db.open_tree("audit_meta")?,
+            flusher: self.flusher.clone(),
+            blocks: BlockWriter::new(),
+        }))
+    }
+}
