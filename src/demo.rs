@@ -156,8 +156,8 @@ impl Demo {
         let hold = refund.map(|t| t.approval.hold.as_secs()).unwrap_or(10);
         let mut out = vec![
             format!(
-                "toolgate demo: the policies in {} against a built-in sandbox of {} (https://{}, a CA of its own). Nothing leaves this machine.",
-                shown(&s.config.policies_dir),
+                "toolgate demo: the policies in {}/ against a built-in sandbox of {} (https://{}, a CA of its own). Nothing leaves this machine.",
+                shown(&s.config.policies_dir).trim_end_matches('/'),
                 self.routed.join(", "),
                 self.sandbox.addr()
             ),

@@ -82,7 +82,7 @@ pub fn lines(s: &Serving<'_>, extra: &[String]) -> Vec<String> {
         Some(_) => "PostgreSQL (--database-url), shared by the replicas".to_string(),
         None => format!(
             "{}   (audit log, proposals, state)",
-            s.config.data_dir.display()
+            shown(&s.config.data_dir)
         ),
     };
     row("data", data);
