@@ -388,6 +388,9 @@ async fn demo_next_steps_run_as_printed_from_a_read_to_a_held_refunds_story() {
                 "{out}{err}"
             );
         }
+        None if std::env::var("TOOLGATE_REQUIRE_SDKS").as_deref() == Ok("1") => {
+            panic!("TOOLGATE_REQUIRE_SDKS=1 but no Python has requests")
+        }
         None => skips::skipped(
             "the Python read of demo_next_steps_run_as_printed (tests/demo.rs)",
             "no Python with requests",
