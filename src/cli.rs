@@ -143,6 +143,10 @@ pub enum McpCommand {
 pub enum Command {
     /// Run the proxy and the admin listener.
     Serve(Box<ServeArgs>),
+    /// Run the policies (the examples by default) against a built-in local sandbox of the
+    /// example APIs (Stripe, GitHub, SendGrid, the tickets MCP server), and print the next
+    /// steps: a read, a refusal, a held refund, its approval and its story. Takes serve's flags.
+    Demo(Box<ServeArgs>),
     /// Manage the local certificate authority agents trust.
     Ca {
         #[command(subcommand)]
@@ -515,6 +519,7 @@ impl ServeArgs {
 pub async fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(*args).await,
+        Command::Demo(args) => demo(*args).await,
         Command::Ca { command } => match command {
             CaCommand::Init { certs, force } => match crate::ca::init(&certs, force) {
                 Ok(true) => {
@@ -1701,64 +1706,108 @@ fn undo_target_warning(
     }
 }
 
+/// Binds the listeners the flags name.
+async fn bind(args: &ServeArgs) -> Result<crate::Listeners, String> {
+    let at = |flag: &'static str, addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AddrInUse => format!(
+                    "--{flag} {addr}: {e} (another toolgate, or another program, holds it: stop it, or choose another address, e.g. --{flag} 127.0.0.1:0)"
+                ),
+                _ => format!("--{flag} {addr}: {e}"),
+            })
+    };
+    let proxy = at("listen", args.listen).await?;
+    let admin = at("admin-listen", args.admin_listen).await?;
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(at("metrics-listen", addr).await?),
+        None => None,
+    };
+    let transparent = match args.transparent_listen {
+        Some(addr) => Some(at("transparent-listen", addr).await?),
+        None => None,
+    };
+    Ok(crate::Listeners {
+        proxy,
+        admin,
+        metrics,
+        transparent,
+    })
+}
+
 async fn serve(args: ServeArgs) -> ExitCode {
     let config = match args.config() {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    let proxy = match tokio::net::TcpListener::bind(args.listen).await {
+    let listeners = match bind(&args).await {
         Ok(l) => l,
-        Err(e) => return fail(&format!("--listen {}: {e}", args.listen)),
+        Err(e) => return fail(&e),
     };
-    let admin = match tokio::net::TcpListener::bind(args.admin_listen).await {
-        Ok(l) => l,
-        Err(e) => return fail(&format!("--admin-listen {}: {e}", args.admin_listen)),
-    };
-    let metrics = match args.metrics_listen {
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => Some(l),
-            Err(e) => return fail(&format!("--metrics-listen {addr}: {e}")),
-        },
-        None => None,
-    };
-    let transparent = match args.transparent_listen {
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => Some(l),
-            Err(e) => return fail(&format!("--transparent-listen {addr}: {e}")),
-        },
-        None => None,
-    };
-    let listeners = crate::Listeners {
-        proxy,
-        admin,
-        metrics,
-        transparent,
-    };
-    match crate::run(listeners, config, shutdown_signal()).await {
+    match crate::run_with(listeners, config, shutdown_signal(), crate::orient::print).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+/// `toolgate demo`: serve against the sandbox, then say what to try.
+async fn demo(args: ServeArgs) -> ExitCode {
+    let mut config = match args.config() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let listeners = match bind(&args).await {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
+    let demo = match crate::demo::Demo::start(&mut config).await {
+        Ok(d) => d,
+        Err(e) => return fail(&e),
+    };
+    let program = crate::demo::program();
+    let result = crate::run_with(listeners, config, shutdown_signal(), |s| {
+        crate::orient::print_lines(&crate::orient::lines(s, &demo.about()));
+        for line in demo.next_steps(s, &program) {
+            say!("{line}");
+        }
+    })
+    .await;
+    drop(demo);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: a SIGTERM while toolgate is still starting stops it gracefully too,
+/// instead of killing it mid-start.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = term.recv() => {},
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let recv = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            tokio::select! {
+                _ = recv(term) => {},
+                _ = recv(int) => {},
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

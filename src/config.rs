@@ -150,6 +150,8 @@ pub struct Config {
     pub admin_url: String,
     /// Timeouts, caps and expiries.
     pub guards: Guards,
+    /// Run by `toolgate demo`: the sign-in page names the published demo tokens in force.
+    pub demo: bool,
 }
 
 impl Config {
@@ -169,6 +171,7 @@ impl Config {
             webhook: None,
             admin_url: String::new(),
             guards: Guards::default(),
+            demo: false,
         }
     }
 

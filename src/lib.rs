@@ -12,6 +12,7 @@ pub mod checks;
 pub mod cli;
 pub mod commit;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod grants;
 pub mod guard;
@@ -23,10 +24,12 @@ pub mod mcp_pin;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod orient;
 pub mod policy;
 pub mod proxy;
 pub mod replay;
 pub mod rollback;
+pub mod sandbox;
 pub mod services;
 pub mod store;
 pub mod sweep;
@@ -108,12 +111,47 @@ async fn follow_replicas(app: Arc<App>) {
 /// How long requests closed at the end of the shutdown grace get to record themselves.
 const ABANDON_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// What toolgate serves, once it serves: what the start-up lines people read are made of.
+pub struct Serving<'a> {
+    pub proxy: Option<std::net::SocketAddr>,
+    pub admin: Option<std::net::SocketAddr>,
+    pub metrics: Option<std::net::SocketAddr>,
+    pub transparent: Option<std::net::SocketAddr>,
+    pub config: &'a Config,
+    pub policy: &'a policy::Policy,
+}
+
+impl<'a> Serving<'a> {
+    fn of(listeners: &Listeners, config: &'a Config, policy: &'a policy::Policy) -> Serving<'a> {
+        let addr = |l: Option<&TcpListener>| l.and_then(|l| l.local_addr().ok());
+        Serving {
+            proxy: addr(Some(&listeners.proxy)),
+            admin: addr(Some(&listeners.admin)),
+            metrics: addr(listeners.metrics.as_ref()),
+            transparent: addr(listeners.transparent.as_ref()),
+            config,
+            policy,
+        }
+    }
+}
+
 /// Runs toolgate on already-bound listeners until `shutdown` resolves, then stops accepting and
 /// gives in-flight requests `config.shutdown_grace` to finish.
 pub async fn run(
     listeners: Listeners,
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartError> {
+    run_with(listeners, config, shutdown, |_| {}).await
+}
+
+/// [`run`], calling `serving` once everything is loaded and the listeners are about to accept
+/// (the command line prints where everything is).
+pub async fn run_with(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+    serving: impl FnOnce(&Serving<'_>) + Send,
 ) -> Result<(), StartError> {
     let grace = config.shutdown_grace;
     let mut config = config;
@@ -132,6 +170,7 @@ pub async fn run(
         files = policy.files.len(),
         "toolgate serving"
     );
+    serving(&Serving::of(&listeners, &app.config, &policy));
     let transparent = listeners.transparent;
     let own = own_addresses([
         Some(&listeners.proxy),

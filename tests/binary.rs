@@ -836,7 +836,11 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
     if Command::new("prlimit").arg("--version").output().is_err() {
-        eprintln!("SKIPPED out_of_descriptors: prlimit (util-linux) is not installed");
+        support::skips::skipped(
+            "out_of_descriptors_the_accept_loop_backs_off_and_recovers",
+            "prlimit is not installed",
+            "apt-get install util-linux",
+        );
         return;
     }
     let (_pki, upstream, dir, args) = routed("api.github.com", "30s").await;

@@ -18,7 +18,11 @@ fn skip(why: &str) {
     if std::env::var("TOOLGATE_REQUIRE_NETNS").as_deref() == Ok("1") {
         panic!("TOOLGATE_REQUIRE_NETNS=1 but the bypass test cannot run: {why}");
     }
-    eprintln!("SKIPPED launch_check_tool_bypass_fails_at_the_network_layer: {why}");
+    support::skips::skipped(
+        "launch_check_tool_bypass_fails_at_the_network_layer",
+        why,
+        support::skips::NETNS,
+    );
 }
 
 #[tokio::test]

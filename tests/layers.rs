@@ -17,6 +17,8 @@ const LAYERS: &[&[&str]] = &[
     ],
     // storage (the interface and its implementations), policies, the upstream client
     &["store", "policy", "upstream"],
+    // the demo's sandbox of the example APIs: an HTTPS server reached like any upstream
+    &["sandbox"],
     // what sits on storage and policy: the audit log, the policy phases, limits,
     // notifications, connection caps
     &["audit", "checks", "limits", "notify", "guard"],
@@ -34,8 +36,12 @@ const LAYERS: &[&[&str]] = &[
     &["proxy"],
     // what acts through the proxy, or on the records
     &["rollback", "replay", "sweep", "mcp_pin"],
+    // what start-up says: where everything is, published tokens in force
+    &["orient"],
     // the admin listener
     &["admin"],
+    // `toolgate demo`: the sandbox routed, the next steps
+    &["demo"],
     // the command line
     &["cli"],
 ];

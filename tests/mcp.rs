@@ -36,7 +36,11 @@ fn python() -> Option<PathBuf> {
     if std::env::var("TOOLGATE_REQUIRE_SDKS").as_deref() == Ok("1") {
         panic!("TOOLGATE_REQUIRE_SDKS=1 but {why}");
     }
-    eprintln!("SKIPPED mcp: {why}; run .ci/run (or pip install -r tests/sdk/requirements.txt)");
+    support::skips::skipped(
+        &format!("{} (MCP through the official SDK)", support::current_test()),
+        why,
+        support::skips::SDKS,
+    );
     None
 }
 

@@ -987,7 +987,11 @@ async fn every_refusal_reaches_the_client_over_http2_and_http1_whatever_the_body
 
     let curl = Command::new("curl").arg("--version").output().is_ok();
     if !curl {
-        eprintln!("SKIPPED the curl half of the refusal test: curl is not installed");
+        support::skips::skipped(
+            "the curl half of the refusal test (tests/proxy.rs)",
+            "curl is not installed",
+            "apt-get install curl",
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();

@@ -26,7 +26,7 @@ fn skip(why: &str) -> bool {
     if std::env::var("TOOLGATE_REQUIRE_SDKS").as_deref() == Ok("1") {
         panic!("TOOLGATE_REQUIRE_SDKS=1 but {why}");
     }
-    eprintln!("SKIPPED launch_check_real_sdks: {why}; run .ci/run (or see tests/sdk/README.md) to install them");
+    support::skips::skipped("launch_check_real_sdks", why, support::skips::SDKS);
     true
 }
 

@@ -75,7 +75,11 @@ fn skip(why: &str) {
     if std::env::var("TOOLGATE_REQUIRE_NETNS").as_deref() == Ok("1") {
         panic!("TOOLGATE_REQUIRE_NETNS=1 but the transparent test cannot run: {why}");
     }
-    eprintln!("SKIPPED (transparent interception): {why}");
+    support::skips::skipped(
+        &format!("{} (transparent interception)", support::current_test()),
+        why,
+        support::skips::NETNS,
+    );
 }
 
 #[tokio::test]
@@ -323,7 +327,11 @@ async fn stripe_python_with_no_proxy_setting_is_governed_transparently() {
         if std::env::var("TOOLGATE_REQUIRE_SDKS").as_deref() == Ok("1") {
             panic!("TOOLGATE_REQUIRE_SDKS=1 but tests/sdk/.venv is missing");
         }
-        return eprintln!("SKIPPED stripe-python transparent: tests/sdk/.venv is missing");
+        return support::skips::skipped(
+            "stripe-python transparent (tests/transparent.rs)",
+            "tests/sdk/.venv is missing",
+            support::skips::SDKS,
+        );
     }
     if Command::new("nft").arg("--version").output().is_err() {
         return skip("nft is not installed");

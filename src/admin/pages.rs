@@ -20,13 +20,49 @@ use crate::approval::{self, Action, Proposal};
 use crate::model::KillTarget;
 use crate::App;
 
-pub async fn login_form() -> Html<String> {
-    page(
-        "Sign in",
-        None,
-        "<h1>Sign in</h1><form method=\"post\" action=\"/login\" class=\"card\">\
-         <label>Approver token<input type=\"password\" name=\"token\" autocomplete=\"current-password\" autofocus></label>\
-         <button>Sign in</button></form>",
+pub async fn login_form(State(app): State<Arc<App>>) -> Html<String> {
+    page("Sign in", None, &login_body(&app, None))
+}
+
+/// The sign-in form, and what to paste into it: in `toolgate demo`, the published tokens that
+/// sign someone in.
+fn login_body(app: &App, flash: Option<&str>) -> String {
+    let flash = flash
+        .map(|f| format!("<p class=\"flash\">{}</p>", esc(f)))
+        .unwrap_or_default();
+    let mut demo = String::new();
+    if app.config.demo {
+        let rows: String = app
+            .policy()
+            .published_tokens()
+            .iter()
+            .filter(|p| p.role != crate::policy::Role::Agent)
+            .map(|p| {
+                let what = match p.groups.is_empty() {
+                    true => p.role.as_str().to_string(),
+                    false => format!("{} ({})", p.role.as_str(), p.groups.join(", ")),
+                };
+                format!(
+                    "<tr><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+                    esc(&p.id),
+                    esc(&what),
+                    esc(p.token)
+                )
+            })
+            .collect();
+        if !rows.is_empty() {
+            demo = format!(
+                "<div class=\"card\" id=\"demo-tokens\"><p>This is <code>toolgate demo</code>: the example \
+                 policies' tokens are published, so here they are.</p><table><tr><th>who</th><th>role</th><th>token</th></tr>{rows}</table></div>"
+            );
+        }
+    }
+    format!(
+        "<h1>Sign in</h1>{flash}<form method=\"post\" action=\"/login\" class=\"card\">\
+         <label>Approver or reviewer token<input type=\"password\" name=\"token\" autocomplete=\"current-password\" autofocus></label>\
+         <button>Sign in</button></form>\
+         <p>Paste the token you were given as an approver (its SHA-256 is your <code>token_sha256</code> \
+         in the policies' <code>[[approver]]</code>) or as a reviewer. Agents' tokens do not sign in here.</p>{demo}"
     )
 }
 
@@ -50,8 +86,11 @@ pub async fn login(State(app): State<Arc<App>>, Form(form): Form<LoginForm>) -> 
         None => match policy.authenticate_reviewer(token) {
             Some(r) => (r, true),
             None => {
-                let body = "<h1>Sign in</h1><p class=\"flash\">That is not an approver's or a reviewer's token.</p><p><a href=\"/login\">Try again</a></p>";
-                return (StatusCode::UNAUTHORIZED, page("Sign in", None, body)).into_response();
+                let body = login_body(
+                    &app,
+                    Some("That is not an approver's or a reviewer's token."),
+                );
+                return (StatusCode::UNAUTHORIZED, page("Sign in", None, &body)).into_response();
             }
         },
     };

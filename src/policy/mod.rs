@@ -4,6 +4,7 @@
 pub mod contract;
 pub mod file;
 pub mod lint;
+pub mod published;
 pub mod response;
 pub mod rollback_def;
 pub mod rules;
@@ -19,6 +20,7 @@ use subtle::ConstantTimeEq;
 use crate::base::split_host_port;
 
 pub use file::{AgentDef, PolicyFile, ToolDef};
+pub use published::{Published, Role, PUBLISHED_TOKENS};
 pub use template::{check_path, PathError, PathTemplate};
 
 /// A policy set failed to load. The message names the file and, where the TOML parser knows it,

@@ -3,6 +3,8 @@
 //! stripe/openapi's fixtures). One server answers for `api.stripe.com`, `api.github.com` and
 //! `api.sendgrid.com`, told apart by the `Host` (or `:authority`) it is sent; each API accepts
 //! only its real key, so a request without toolgate's injected credential gets the API's own 401.
+//! `toolgate demo`'s sandbox (`src/sandbox/`) is the product's version of these; the fakes stay
+//! for the tests' hooks (every request recorded, a slow answer on demand, keys per test).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;

@@ -8,6 +8,7 @@ pub mod mcp_fake;
 pub mod netns;
 pub mod pg;
 pub mod process;
+pub mod skips;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -1088,6 +1089,14 @@ pub fn prod(gate: &Toolgate) -> TestClient {
 pub const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
 pub const JSON: (&str, &str) = ("content-type", "application/json");
 
+/// The name of the running test (its thread's name under the harness).
+pub fn current_test() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("a browser test")
+        .to_string()
+}
+
 /// Headless Chromium for the page tests: the browser scripts' folder and the browser, or None
 /// after saying why (a failure under `TOOLGATE_REQUIRE_BROWSER`).
 pub fn browser() -> Option<(std::path::PathBuf, String)> {
@@ -1101,8 +1110,13 @@ pub fn browser() -> Option<(std::path::PathBuf, String)> {
         std::env::var_os("TOOLGATE_REQUIRE_BROWSER").is_none(),
         "TOOLGATE_REQUIRE_BROWSER is set but {chromium} or tests/browser/node_modules is missing"
     );
-    eprintln!(
-        "skipped: install Debian's chromium and run `npm ci` in tests/browser (.ci/run does both)"
+    skips::skipped(
+        &format!(
+            "{} (the approvers' page in headless Chromium)",
+            current_test()
+        ),
+        &format!("{chromium} or tests/browser/node_modules/playwright-core is missing"),
+        skips::BROWSER,
     );
     None
 }

@@ -45,7 +45,7 @@ pub fn skip(test: &str, why: &str) -> Option<Cluster> {
     if std::env::var("TOOLGATE_REQUIRE_POSTGRES").as_deref() == Ok("1") {
         panic!("TOOLGATE_REQUIRE_POSTGRES=1 but {test} cannot run: {why}");
     }
-    eprintln!("SKIPPED {test}: {why}");
+    super::skips::skipped(test, why, super::skips::POSTGRES);
     None
 }
 
