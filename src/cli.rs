@@ -42,6 +42,8 @@ pub(crate) fn write_out(text: std::fmt::Arguments<'_>, newline: bool) {
     }
 }
 
+mod contracts;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "toolgate",
@@ -157,6 +159,11 @@ pub enum Command {
     Mcp {
         #[command(subcommand)]
         command: McpCommand,
+    },
+    /// Draft tool contracts: `contracts import SPEC` from an OpenAPI document.
+    Contracts {
+        #[command(subcommand)]
+        command: contracts::ContractsCommand,
     },
     /// Validate a policy folder without serving; prints the tools and exits non-zero on error.
     Check {
@@ -534,6 +541,7 @@ pub async fn main(cli: Cli) -> ExitCode {
             },
         },
         Command::Check { policies } => check(&policies),
+        Command::Contracts { command } => contracts::run(command),
         Command::Mcp {
             command:
                 McpCommand::Pin {

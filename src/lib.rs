@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod grants;
 pub mod guard;
+pub mod import;
 pub mod ledger;
 pub mod limits;
 pub mod logging;
