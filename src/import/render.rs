@@ -27,6 +27,7 @@ pub(super) fn toml(docs: &Docs, opts: &Options, host: &str, tools: &[Draft]) -> 
     out
 }
 
+/// One `[[tool]]`: the guesses from the method marked, then what the spec says.
 fn tool(out: &mut String, opts: &Options, host: &str, t: &Draft) {
     let (side_effects, risk, mode) = match t.method.as_str() {
         "GET" | "HEAD" | "OPTIONS" => ("none", "low", "auto"),
@@ -78,6 +79,28 @@ fn tool(out: &mut String, opts: &Options, host: &str, t: &Draft) {
             .collect();
         let _ = writeln!(out, "# path parameters: {}", types.join("; "));
     }
+    inputs(out, opts, t);
+    if side_effects != "none" {
+        idempotency(out, t);
+    }
+    if !opts.credentials.is_empty() {
+        let mut creds: Vec<&(String, String)> = opts.credentials.iter().collect();
+        creds.sort();
+        let pairs: Vec<String> = creds
+            .iter()
+            .map(|(env, name)| format!("{} = {}", key(env), quote(name)))
+            .collect();
+        let _ = writeln!(out, "credential = {{ {} }}", pairs.join(", "));
+    }
+    let _ = writeln!(out, "summary = {}", quote(&summary(&description, t)));
+    if !t.keep.is_empty() {
+        let keep: Vec<String> = t.keep.iter().map(|k| quote(k)).collect();
+        let _ = writeln!(out, "response = {{ keep = [{}] }}", keep.join(", "));
+    }
+}
+
+/// `body` and `query_schema`.
+fn inputs(out: &mut String, opts: &Options, t: &Draft) {
     let schemas = format!("schemas/{}", opts.prefix);
     match &t.body {
         Some((format, Some(file))) => {
@@ -104,32 +127,20 @@ fn tool(out: &mut String, opts: &Options, host: &str, t: &Draft) {
             quote(&format!("{schemas}/{file}"))
         );
     }
-    if side_effects != "none" {
-        if t.idempotency_key {
-            let _ = writeln!(
-                out,
-                "idempotency = \"key\"  # the spec declares an Idempotency-Key header"
-            );
-        } else {
-            let _ = writeln!(
-                out,
-                "idempotency = \"payload\"  # the spec declares no Idempotency-Key header: identical calls within 10m are one"
-            );
-        }
-    }
-    if !opts.credentials.is_empty() {
-        let mut creds: Vec<&(String, String)> = opts.credentials.iter().collect();
-        creds.sort();
-        let pairs: Vec<String> = creds
-            .iter()
-            .map(|(env, name)| format!("{} = {}", key(env), quote(name)))
-            .collect();
-        let _ = writeln!(out, "credential = {{ {} }}", pairs.join(", "));
-    }
-    let _ = writeln!(out, "summary = {}", quote(&summary(&description, t)));
-    if !t.keep.is_empty() {
-        let keep: Vec<String> = t.keep.iter().map(|k| quote(k)).collect();
-        let _ = writeln!(out, "response = {{ keep = [{}] }}", keep.join(", "));
+}
+
+/// How a write is made to run once: by the client's key where the spec declares one.
+fn idempotency(out: &mut String, t: &Draft) {
+    if t.idempotency_key {
+        let _ = writeln!(
+            out,
+            "idempotency = \"key\"  # the spec declares an Idempotency-Key header"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "idempotency = \"payload\"  # the spec declares no Idempotency-Key header: identical calls within 10m are one"
+        );
     }
 }
 
