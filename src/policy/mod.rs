@@ -355,6 +355,9 @@ pub struct Matched {
     pub params: BTreeMap<String, String>,
 }
 
+/// One host's HTTP tools, a router per port and method.
+type HostRoutes = HashMap<(u16, http::Method), template::Router<Arc<Tool>>>;
+
 /// A loaded, validated policy set. Immutable: a reload builds a new one and swaps it in whole.
 #[derive(Debug, Default)]
 pub struct Policy {
@@ -365,7 +368,7 @@ pub struct Policy {
     tools: Vec<Arc<Tool>>,
     /// The HTTP tools (MCP tools aside) by host, then port and method: a request is matched
     /// in the time of its path, however many contracts there are.
-    routes: HashMap<String, HashMap<(u16, http::Method), template::Router<Arc<Tool>>>>,
+    routes: HashMap<String, HostRoutes>,
     /// The MCP tools, few: matched by endpoint and then by the server's tool name.
     mcp_tools: Vec<Arc<Tool>>,
     /// The files the set was loaded from, for logs.
