@@ -113,7 +113,7 @@ async fn stripe_refunds_and_customers_import_check_and_enforce_nested_fields() {
         "mode = \"auto\"  # guess from GET",
         "idempotency = \"payload\"",
         "path = \"/v1/customers/{customer}\"",
-        "# path parameters: customer: string",
+        "path_params = { customer = { maxLength = 5000, type = \"string\" } }",
         "summary = \"Retrieves a Customer object: customer {params.customer}\"",
     ] {
         assert!(toml.contains(want), "{want} missing from:\n{toml}");
@@ -217,6 +217,78 @@ async fn stripe_refunds_and_customers_import_check_and_enforce_nested_fields() {
             "POST /v1/customers",
             "POST /v1/refunds",
             "GET /v1/customers/cus_1"
+        ]
+    );
+}
+
+/// Whole-API matching through the gateway: a literal segment wins over a parameter at the same
+/// place, and a typed parameter refuses a value of another type (without changing the match).
+#[tokio::test]
+async fn a_literal_segment_wins_and_typed_parameters_hold_through_the_gateway() {
+    let pki = Pki::new("test upstream CA");
+    let upstream = Upstream::start(pki.server_config(&["api.stripe.com", "api.github.com"])).await;
+    let tool = |name: &str, host: &str, path: &str, extra: &str| {
+        format!("[[tool]]\nname = \"{name}\"\nhost = \"{host}\"\nmethod = \"GET\"\npath = \"{path}\"\n{extra}\n")
+    };
+    let policy = [
+        format!(
+            "[[agent]]\nid = \"bot\"\ntoken_sha256 = \"{}\"\nowner = \"a@example.com\"\nenvironment = \"staging\"\ntools = [\"t.search\", \"t.get\", \"t.issue\"]\n\n",
+            sha256_hex(BOT_TOKEN)
+        ),
+        tool("t.get", "api.stripe.com", "/v1/customers/{customer}", ""),
+        tool("t.search", "api.stripe.com", "/v1/customers/search", ""),
+        tool(
+            "t.issue",
+            "api.github.com",
+            "/repos/{owner}/{repo}/issues/{issue_number}",
+            "path_params = { issue_number = { type = \"integer\", minimum = 1 } }",
+        ),
+        tool("t.comments", "api.github.com", "/repos/{owner}/{repo}/issues/comments", ""),
+    ]
+    .concat();
+    let (addr, ca) = (upstream.addr, pki.ca_path.clone());
+    let gate = Toolgate::start(&[("p.toml", policy)], move |c| {
+        c.add_connect_to(&format!("api.stripe.com:443={addr}"))
+            .unwrap();
+        c.add_connect_to(&format!("api.github.com:443={addr}"))
+            .unwrap();
+        c.upstream_ca.push(ca);
+        c.upstream_timeout = Duration::from_millis(1500);
+    })
+    .await;
+    let bot = gate.bot();
+    let get = |url: &'static str| send(&bot, "GET", url, &[], "");
+    let a = get("https://api.stripe.com/v1/customers/search")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", a.text());
+    let a = get("https://api.stripe.com/v1/customers/cus_1")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", a.text());
+    // The literal `comments` matched t.comments, which this agent may not use.
+    let a = get("https://api.github.com/repos/acme/web/issues/comments")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 403, "{}", a.text());
+    assert!(a.message().contains("t.comments"), "{}", a.message());
+    let a = get("https://api.github.com/repos/acme/web/issues/12")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200, "{}", a.text());
+    for bad in ["abc", "0"] {
+        let url = format!("https://api.github.com/repos/acme/web/issues/{bad}");
+        let a = send(&bot, "GET", &url, &[], "").await.unwrap();
+        assert_eq!(a.status, 422, "{}", a.text());
+        assert!(a.message().contains("/issue_number"), "{}", a.message());
+    }
+    let sent: Vec<String> = upstream.received().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        sent,
+        [
+            "/v1/customers/search",
+            "/v1/customers/cus_1",
+            "/repos/acme/web/issues/12"
         ]
     );
 }
@@ -451,7 +523,7 @@ paths:
     for want in [
         "host = \"eu.tickets.example\"",
         "path = \"/api/tickets/{ticket_id}\"",
-        "# path parameters: ticket_id: integer",
+        "path_params = { ticket_id = { type = \"integer\" } }",
         "idempotency = \"key\"",
         "response = { keep = [\"/id\"] }",
     ] {

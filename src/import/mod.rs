@@ -397,7 +397,8 @@ pub(crate) struct Draft {
     pub operation_id: String,
     pub body: Option<(&'static str, Option<String>)>,
     pub query: Option<String>,
-    pub path_types: Vec<(String, String)>,
+    /// Each path parameter's schema, in the order of the path.
+    pub path_types: Vec<(String, Value)>,
     pub idempotency_key: bool,
     pub keep: Vec<String>,
 }
@@ -442,7 +443,7 @@ fn contract(
             None => json!({}),
         };
         match p.get("in").and_then(Value::as_str) {
-            Some("path") => draft.path_types.push((sanitize(pname), type_text(&schema))),
+            Some("path") => draft.path_types.push((sanitize(pname), schema)),
             Some("query") if opts.omit_params.iter().any(|x| x == pname) => {
                 // Still a query schema: one that refuses the omitted parameter.
                 any_query = true;
@@ -468,9 +469,10 @@ fn contract(
                 .iter()
                 .find(|(n, _)| n == name)
                 .map(|(_, t)| t.clone());
-            draft
-                .path_types
-                .push((name.to_string(), ty.unwrap_or_else(|| "string".into())));
+            draft.path_types.push((
+                name.to_string(),
+                ty.unwrap_or_else(|| json!({"type": "string"})),
+            ));
         }
     }
     if any_query {
@@ -684,23 +686,6 @@ fn sanitize(name: &str) -> String {
             }
         })
         .collect()
-}
-
-/// A parameter's type for the contract's comment: `integer`, `string (pattern …)`, `one of …`.
-fn type_text(schema: &Value) -> String {
-    if let Some(Value::Array(values)) = schema.get("enum") {
-        let values: Vec<String> = values.iter().map(|v| v.to_string()).collect();
-        return format!("one of {}", values.join(", "));
-    }
-    let t = match schema.get("type") {
-        Some(Value::String(t)) => t.clone(),
-        Some(other) => other.to_string(),
-        None => "any".into(),
-    };
-    match schema.get("pattern").and_then(Value::as_str) {
-        Some(p) => format!("{t} matching {p}"),
-        None => t,
-    }
 }
 
 /// Writes `DIR/PREFIX.toml` (unless `schemas_only`) and `DIR/schemas/PREFIX/…`. Nothing is

@@ -2,6 +2,8 @@
 
 use std::fmt::Write;
 
+use serde_json::Value;
+
 use super::spec::Docs;
 use super::{Draft, Options};
 
@@ -75,9 +77,9 @@ fn tool(out: &mut String, opts: &Options, host: &str, t: &Draft) {
         let types: Vec<String> = t
             .path_types
             .iter()
-            .map(|(n, ty)| format!("{n}: {ty}"))
+            .map(|(n, schema)| format!("{} = {}", key(n), inline_toml(schema)))
             .collect();
-        let _ = writeln!(out, "# path parameters: {}", types.join("; "));
+        let _ = writeln!(out, "path_params = {{ {} }}", types.join(", "));
     }
     inputs(out, opts, t);
     if side_effects != "none" {
@@ -155,6 +157,33 @@ fn summary(description: &str, t: &Draft) -> String {
         description.to_string()
     } else {
         format!("{description}: {}", params.join(", "))
+    }
+}
+
+/// A JSON Schema as a TOML inline value (TOML has no null: a `null` is left out).
+fn inline_toml(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => quote(s),
+        Value::Array(items) => {
+            let items: Vec<String> = items
+                .iter()
+                .filter(|i| !i.is_null())
+                .map(inline_toml)
+                .collect();
+            format!("[{}]", items.join(", "))
+        }
+        Value::Object(m) if m.is_empty() => "{}".into(),
+        Value::Object(m) => {
+            let fields: Vec<String> = m
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| format!("{} = {}", key(k), inline_toml(v)))
+                .collect();
+            format!("{{ {} }}", fields.join(", "))
+        }
     }
 }
 

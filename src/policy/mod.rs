@@ -325,6 +325,8 @@ pub struct Tool {
     pub budget: Option<Budget>,
     /// Path parameters bound to agent templates, e.g. `owner` = `{agent.attrs.github_org}`.
     pub params: Vec<(String, String)>,
+    /// The types of the path parameters (`path_params`), as one closed object schema.
+    pub path_schema: Option<Arc<contract::Schema>>,
     pub rules: Vec<rules::Rule>,
     pub approval: ApprovalSpec,
     /// An MCP server's tool: matched by its endpoint and name, not by method and path alone.
@@ -947,6 +949,7 @@ fn compile_tool(
         .transpose()?;
     let budget = compile_budget(&def, body.is_some() || mcp.is_some(), &err)?;
     let params = compile_params(&def, &template, &err)?;
+    let path_schema = compile_path_params(&def, &template, &err)?;
     let rules = def
         .rules
         .iter()
@@ -968,6 +971,7 @@ fn compile_tool(
         rate_limit,
         budget,
         params,
+        path_schema,
         rules,
         credentials: creds,
         name: def.name.clone(),
@@ -1214,6 +1218,41 @@ fn compile_params(
         params.push((name.clone(), binding.clone()));
     }
     Ok(params)
+}
+
+/// `path_params = { issue_number = { type = "integer" } }`: one schema per parameter of the
+/// path, gathered into one object schema the matched parameters are checked against.
+fn compile_path_params(
+    def: &ToolDef,
+    template: &PathTemplate,
+    err: &dyn Fn(String) -> PolicyError,
+) -> Result<Option<Arc<contract::Schema>>, PolicyError> {
+    if def.path_params.is_empty() {
+        return Ok(None);
+    }
+    let mut props = serde_json::Map::new();
+    for (name, schema) in &def.path_params {
+        if !template.params().any(|p| p == name) {
+            return Err(err(format!(
+                "path_params names {{{name}}}, which is not a parameter of {}",
+                def.path
+            )));
+        }
+        let schema = serde_json::to_value(schema)
+            .ok()
+            .filter(serde_json::Value::is_object)
+            .ok_or_else(|| {
+                err(format!(
+                    "path_params.{name} must be a JSON Schema written as a table, such as {{ type = \"integer\" }}"
+                ))
+            })?;
+        props.insert(name.clone(), schema);
+    }
+    // Parameters without a type stay strings of any value.
+    let schema = serde_json::json!({"type": "object", "properties": props, "additionalProperties": {"type": "string"}});
+    contract::Schema::from_value(&format!("{} path_params", def.name), schema)
+        .map(|s| Some(Arc::new(s)))
+        .map_err(err)
 }
 
 fn compile_approval(
@@ -1546,6 +1585,25 @@ path = "/v1/customers/{customer}"
         ))
         .unwrap_err();
         assert!(e.message.contains("defined twice"), "{e}");
+        // Typed path parameters: only parameters of the path, each a schema written as a table.
+        let typed = |extra: &str| {
+            format!(
+                "{BASE}{}{extra}\n",
+                tool("stripe.customers.search", "/v1/customers/search/{page}")
+            )
+        };
+        assert!(build(&typed("path_params = { page = { type = \"integer\" } }")).is_ok());
+        let e = build(&typed("path_params = { nope = { type = \"integer\" } }")).unwrap_err();
+        assert!(
+            e.message.contains("{nope}, which is not a parameter"),
+            "{e}"
+        );
+        let e = build(&typed("path_params = { page = \"integer\" }")).unwrap_err();
+        assert!(
+            e.message
+                .contains("must be a JSON Schema written as a table"),
+            "{e}"
+        );
     }
 
     #[test]
