@@ -373,6 +373,9 @@ pub struct Policy {
     routes: HashMap<String, HostRoutes>,
     /// The MCP tools, few: matched by endpoint and then by the server's tool name.
     mcp_tools: Vec<Arc<Tool>>,
+    /// The ports each host is named with, in the order of the tools: the egress allow-list,
+    /// looked up per connection.
+    ports: HashMap<String, Vec<u16>>,
     /// The files the set was loaded from, for logs.
     pub files: Vec<PathBuf>,
 }
@@ -500,8 +503,23 @@ impl Policy {
                 ));
             }
         }
+        let ports = self.ports.entry(tool.host.clone()).or_default();
+        if !ports.contains(&tool.port) {
+            ports.push(tool.port);
+        }
         self.tools.push(tool);
         Ok(())
+    }
+
+    /// The ports `host` is named with (any case).
+    fn ports_of(&self, host: &str) -> Option<&Vec<u16>> {
+        match self.ports.get(host) {
+            Some(p) => Some(p),
+            None if host.bytes().any(|b| b.is_ascii_uppercase()) => {
+                self.ports.get(&host.to_ascii_lowercase())
+            }
+            None => None,
+        }
     }
 
     fn add_reviewer(
@@ -616,17 +634,12 @@ impl Policy {
 
     /// True when some tool names this host and port: the egress allow-list.
     pub fn allows_host(&self, host: &str, port: u16) -> bool {
-        self.tools
-            .iter()
-            .any(|t| t.port == port && t.host.eq_ignore_ascii_case(host))
+        self.ports_of(host).is_some_and(|p| p.contains(&port))
     }
 
     /// The port of the first tool naming `host`, for plain-HTTP requests that carry no TLS port.
     pub fn port_for_host(&self, host: &str) -> Option<u16> {
-        self.tools
-            .iter()
-            .find(|t| t.host.eq_ignore_ascii_case(host))
-            .map(|t| t.port)
+        self.ports_of(host).and_then(|p| p.first().copied())
     }
 
     /// The MCP tools served at an endpoint (empty: `path` on that host is no MCP endpoint).
