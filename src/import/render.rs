@@ -17,9 +17,10 @@ pub(super) fn toml(docs: &Docs, opts: &Options, host: &str, tools: &[Draft]) -> 
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "# Drafted by `toolgate contracts import` from {file}. Review before deploying: lines marked\n\
-         # \"guess\" are defaults from the HTTP method, and every object of the schemas in\n\
-         # schemas/{}/ is closed (unknown fields refused) unless the spec says otherwise.",
+        "# Drafted by `toolgate contracts import` from {file}.\n\
+         # Review before deploying: lines marked \"guess\" are defaults from the HTTP method, and\n\
+         # every object of the schemas in schemas/{}/ is closed (unknown fields refused) unless the\n\
+         # spec says otherwise.",
         opts.prefix
     );
     for t in tools {
@@ -73,12 +74,14 @@ fn tool(out: &mut String, opts: &Options, host: &str, t: &Draft) {
     let _ = writeln!(out, "host = {}", quote(host));
     let _ = writeln!(out, "method = {}", quote(&t.method));
     let _ = writeln!(out, "path = {}", quote(&t.path));
-    if !t.path_types.is_empty() {
-        let types: Vec<String> = t
-            .path_types
-            .iter()
-            .map(|(n, schema)| format!("{} = {}", key(n), inline_toml(schema)))
-            .collect();
+    // A parameter of any string needs no type.
+    let types: Vec<String> = t
+        .path_types
+        .iter()
+        .filter(|(_, schema)| *schema != serde_json::json!({"type": "string"}))
+        .map(|(n, schema)| format!("{} = {}", key(n), inline_toml(schema)))
+        .collect();
+    if !types.is_empty() {
         let _ = writeln!(out, "path_params = {{ {} }}", types.join(", "));
     }
     inputs(out, opts, t);
