@@ -724,3 +724,59 @@ pub fn write(
     }
     Ok(files.into_iter().map(|(p, _)| p).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offered(method: &str, path: &str, id: &str) -> Offered {
+        Offered {
+            method: method.into(),
+            path: path.into(),
+            operation_id: id.into(),
+            summary: String::new(),
+            tags: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn names_are_readable_forms_of_the_operation_id() {
+        for (id, want) in [
+            ("issues/create", "issues.create"),
+            ("git/delete-ref", "git.delete_ref"),
+            ("PostPaymentIntents", "post_payment_intents"),
+            ("getURLForThing", "get_urlfor_thing"),
+            ("SendMail", "send_mail"),
+        ] {
+            assert_eq!(readable_name(&offered("POST", "/x", id)), want, "{id}");
+        }
+        assert_eq!(
+            readable_name(&offered("GET", "/v1/customers/{customer}", "")),
+            "get.v1.customers.customer"
+        );
+    }
+
+    #[test]
+    fn summaries_come_from_the_summary_or_the_first_sentence() {
+        assert_eq!(summary_of("  Create\n an issue ", "x"), "Create an issue");
+        assert_eq!(
+            summary_of(
+                "",
+                "<p>Creates a PaymentIntent object.</p>\n\n<p>After it…</p>"
+            ),
+            "Creates a PaymentIntent object"
+        );
+        assert_eq!(summary_of("", ""), "");
+    }
+
+    #[test]
+    fn spec_paths_become_templates_or_are_skipped_with_a_reason() {
+        assert_eq!(
+            path_template("/gists/{gist-id}/star").unwrap(),
+            "/gists/{gist_id}/star"
+        );
+        assert_eq!(path_template("/").unwrap(), "/");
+        let why = path_template("/repos/{owner}/{repo}/compare/{base}...{head}").unwrap_err();
+        assert!(why.contains("whole segments"), "{why}");
+    }
+}
