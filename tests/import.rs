@@ -491,7 +491,7 @@ paths:
           application/json:
             schema: {$ref: 'common.yaml#/Ticket'}
       responses:
-        "200":
+        200:
           content:
             application/json:
               schema: {$ref: 'common.yaml#/Ticket'}
