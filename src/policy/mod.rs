@@ -325,7 +325,8 @@ pub struct Tool {
     pub budget: Option<Budget>,
     /// Path parameters bound to agent templates, e.g. `owner` = `{agent.attrs.github_org}`.
     pub params: Vec<(String, String)>,
-    /// The types of the path parameters (`path_params`), as one closed object schema.
+    /// The types of the path parameters (`path_params`), as one object schema (parameters
+    /// without a type are any string).
     pub path_schema: Option<Arc<contract::Schema>>,
     pub rules: Vec<rules::Rule>,
     pub approval: ApprovalSpec,
