@@ -5,7 +5,8 @@
 # reference; it prints the medians of requests/s and p50, and their ratios to direct.
 # Policies: bench/policies (a read, and a side-effect-free POST validated against a schema,
 # both with a credential injected; and a write, committed: its rate is the commit rate). The
-# read also runs with an issued token and through a grant.
+# read also runs with an issued token and through a grant, and with 1,000 more contracts on its
+# host ("1000 contracts": the policies plus a generated file, on a second toolgate).
 #
 # Then "sigterm": LOAD_SECONDS (default 60) of reads at c=16 on a fresh data dir, SIGTERM while
 # the load runs, and the upstream's count of requests received against the audit log's count
@@ -85,7 +86,7 @@ if [ -n "${DATABASE_URL:-}" ]; then DB=(--database-url "$DATABASE_URL"); fi
 
 start_toolgate() { # data dir, proxy port, admin port; sets GATE
   RUST_LOG=warn "${PIN_GATE[@]}" target/release/toolgate serve "${DB[@]}" --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" "${TRANSPARENT[@]}" \
-    --policies bench/policies --certs "$work/certs" --data-dir "$1" \
+    --policies "${POLICIES:-bench/policies}" --certs "$work/certs" --data-dir "$1" \
     --connect-to "api.stripe.com:443=127.0.0.1:$UP" --upstream-ca "$work/up-ca.pem" \
     2>>"$work/toolgate.log" & GATE=$!; pids+=($GATE)
   for _ in $(seq 1 100); do
@@ -184,6 +185,28 @@ if [ -n "$TP_NS" ] && { [ -z "$ONLY" ] || [[ "transparent" == *"$ONLY"* ]]; }; t
     done
     THIRD=transparent report "transparent GET c=$c" "$d"
   done
+fi
+
+# Whole-API matching: the same reads with 1,000 more contracts on the same host and method (as
+# an imported API has), next to the one-contract rows above. A router per host and method: the
+# cost of a match follows the path, not the number of contracts.
+if [ -z "$ONLY" ] || [[ "1000 contracts" == *"$ONLY"* ]]; then
+  many="$work/policies-1000"
+  cp -r bench/policies "$many"
+  python3 - "$many/many.toml" <<'PY'
+import sys
+with open(sys.argv[1], "w") as f:
+    for i in range(1000):
+        f.write(f'[[tool]]\nname = "bench.many.t{i}"\nhost = "api.stripe.com"\nmethod = "GET"\n'
+                f'path = "/v1/many{i}/{{id}}/items/{{item}}"\ncredential = {{ staging = "bench-key" }}\n\n')
+PY
+  ONE_GATE=$GATE; ONE_PX=$PX; SAVED_TP=("${TRANSPARENT[@]}"); TRANSPARENT=()
+  PX=$(free_port); AD_MANY=$(free_port)
+  POLICIES="$many" start_toolgate "$work/data-many" "$PX" "$AD_MANY"
+  run "GET keep-alive c=1 1000 contracts"  -c 1  "$URL_GET"
+  run "GET keep-alive c=16 1000 contracts" -c 16 "$URL_GET"
+  kill "$GATE" 2>/dev/null || true; wait "$GATE" 2>/dev/null || true
+  GATE=$ONE_GATE; PX=$ONE_PX; TRANSPARENT=("${SAVED_TP[@]}")
 fi
 
 if [ -n "$ONLY" ] && [[ "sigterm" != *"$ONLY"* ]]; then exit 0; fi

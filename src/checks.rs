@@ -187,6 +187,7 @@ pub(crate) fn recheck(
             ))
         })?;
     let credential = authorize(agent, tool, &matched.params)?;
+    validate_path(tool, &matched.params)?;
     forwarded_headers(tool, headers)?;
     let query = validate_query(tool, uri.query())?;
     let body_json = validate_body(tool, headers, body)?;
@@ -353,6 +354,26 @@ pub(crate) fn authorize(
 
 pub(crate) fn validation(message: impl Into<String>) -> Refusal {
     Refusal::new(Code::ValidationError, message)
+}
+
+/// The path parameters, of the types `path_params` gives them (strings coerced as in a query).
+pub(crate) fn validate_path(
+    tool: &Tool,
+    params: &std::collections::BTreeMap<String, String>,
+) -> Result<(), Refusal> {
+    let Some(schema) = &tool.path_schema else {
+        return Ok(());
+    };
+    let mut value = Value::Object(
+        params
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    );
+    contract::coerce(&mut value, &schema.value);
+    schema
+        .check(&value)
+        .map_err(|e| validation(format!("path parameter: {e}")))
 }
 
 pub(crate) fn validate_query(tool: &Tool, query: Option<&str>) -> Result<Value, Refusal> {

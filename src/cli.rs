@@ -42,6 +42,8 @@ pub(crate) fn write_out(text: std::fmt::Arguments<'_>, newline: bool) {
     }
 }
 
+mod contracts;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "toolgate",
@@ -161,6 +163,11 @@ pub enum Command {
     Mcp {
         #[command(subcommand)]
         command: McpCommand,
+    },
+    /// Draft tool contracts: `contracts import SPEC` from an OpenAPI document.
+    Contracts {
+        #[command(subcommand)]
+        command: contracts::ContractsCommand,
     },
     /// Validate a policy folder without serving; prints the tools, warns of likely mistakes
     /// (file:line), and exits non-zero on error (and, with --strict, on a warning).
@@ -544,6 +551,7 @@ pub async fn main(cli: Cli) -> ExitCode {
             },
         },
         Command::Check { policies, strict } => check(&policies, strict),
+        Command::Contracts { command } => contracts::run(command),
         Command::Mcp {
             command:
                 McpCommand::Pin {

@@ -16,6 +16,7 @@ pub mod demo;
 pub mod error;
 pub mod grants;
 pub mod guard;
+pub mod import;
 pub mod ledger;
 pub mod limits;
 pub mod logging;

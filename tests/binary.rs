@@ -184,7 +184,8 @@ fn check_passes_on_the_examples_and_fails_on_a_broken_folder() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("stripe.refunds.create"));
     assert!(table.contains("cannot be undone"));
-    assert!(table.contains("treated as closed"));
+    // The example schemas are imported closed: nothing is left for `check` to close.
+    assert!(!table.contains("treated as closed"), "{table}");
     assert!(table.contains(
         "stripe.customers.create: undone by DELETE /v1/customers/{response.id} through tool stripe.customers.delete"
     ));

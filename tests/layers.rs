@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["sandbox"],
     // what sits on storage and policy: the audit log, the policy phases, limits,
     // notifications, connection caps
-    &["audit", "checks", "limits", "notify", "guard"],
+    &["audit", "checks", "limits", "notify", "guard", "import"],
     // services that own state (kill switches, the policy in force, sessions, locks, waiters),
     // and the rollback ledger (redacted through the audit's redactor)
     &["services", "ledger"],

@@ -31,8 +31,10 @@ fn skip(why: &str) -> bool {
 }
 
 /// The example policies, with GitHub's issue creation and SendGrid's mail send held for
-/// approval (so every SDK has a held write), and a SendGrid read for the sendgrid SDK.
-fn policies() -> Vec<(&'static str, String)> {
+/// approval (so every SDK has a held write), and a SendGrid read for the sendgrid SDK. GitHub's
+/// issue schemas are imported from GitHub's whole REST description (npm `@octokit/openapi`,
+/// installed beside the SDKs) by `contracts import`, so PyGithub and Octokit go through them.
+fn policies() -> Vec<(String, String)> {
     let examples = example_policies();
     let text = |name: &str| examples.iter().find(|(n, _)| n == name).unwrap().1.clone();
     let hold = "mode = \"approve\"\napproval = { required = 1, hold = \"30s\" }";
@@ -59,16 +61,32 @@ credential = { staging = "sendgrid" }
 "#;
     let schema = json!({"type": "object", "additionalProperties": false,
         "properties": {"generations": {"type": "string"}, "page_size": {"type": "string"}}});
-    vec![
-        ("github.toml", github),
-        ("sendgrid.toml", sendgrid),
-        ("agents.toml", agents),
-        ("sdk-reads.toml", reads.to_string()),
+    let mut files = vec![
+        ("github.toml".to_string(), github),
+        ("sendgrid.toml".into(), sendgrid),
+        ("agents.toml".into(), agents),
+        ("sdk-reads.toml".into(), reads.to_string()),
         (
-            "schemas/sendgrid/templates.list.query.json",
+            "schemas/sendgrid/templates.list.query.json".into(),
             schema.to_string(),
         ),
-    ]
+    ];
+    let full = sdk_dir().join("node_modules/@octokit/openapi/generated/api.github.com.json");
+    if full.exists() {
+        let imported = toolgate::import::import(&toolgate::import::Options {
+            spec: full,
+            prefix: "github".into(),
+            operation_ids: vec!["issues/create".into(), "issues/update".into()],
+            max_spec_bytes: toolgate::import::spec::MAX_SPEC_BYTES,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(imported.schemas.len(), 2, "{:?}", imported.notes);
+        for (name, text) in imported.schemas {
+            files.push((format!("schemas/github/{name}"), text));
+        }
+    }
+    files
 }
 
 async fn admin_json(
@@ -136,7 +154,9 @@ async fn launch_check_real_sdks() {
     }
 
     let (pki, fakes) = example_apis().await;
-    let gate = examples_gate(&pki, fakes.addr, &policies(), |c| {
+    let files = policies();
+    let extra: Vec<(&str, String)> = files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let gate = examples_gate(&pki, fakes.addr, &extra, |c| {
         c.upstream_timeout = Duration::from_secs(10);
     })
     .await;

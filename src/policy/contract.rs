@@ -123,6 +123,15 @@ fn escape_pointer(s: &str) -> String {
     s.replace('~', "~0").replace('/', "~1")
 }
 
+/// Closes every object schema of `schema` that lists `properties` and says nothing about other
+/// keys, as loading does. Returns how many it closed and how many free-form objects it found.
+pub fn close(schema: &mut Value) -> (usize, usize) {
+    let mut closed = Vec::new();
+    let mut open = Vec::new();
+    close_objects(schema, String::new(), &mut closed, &mut open);
+    (closed.len(), open.len())
+}
+
 /// Walks a schema, adding `"additionalProperties": false` to every object schema that lists
 /// `properties` and says nothing about other keys.
 fn close_objects(

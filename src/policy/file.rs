@@ -173,6 +173,10 @@ pub struct ToolDef {
     pub summary: Option<String>,
     #[serde(default)]
     pub params: BTreeMap<String, String>,
+    /// The JSON Schema of each typed path parameter (`issue_number = { type = "integer" }`):
+    /// a matched value of another type is refused. Types never change which contract matches.
+    #[serde(default)]
+    pub path_params: BTreeMap<String, toml::Value>,
     #[serde(default)]
     pub rules: Vec<RuleDef>,
     pub approval: Option<ApprovalDef>,

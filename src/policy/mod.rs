@@ -361,6 +361,9 @@ pub struct Tool {
     pub budget: Option<Budget>,
     /// Path parameters bound to agent templates, e.g. `owner` = `{agent.attrs.github_org}`.
     pub params: Vec<(String, String)>,
+    /// The types of the path parameters (`path_params`), as one object schema (parameters
+    /// without a type are any string).
+    pub path_schema: Option<Arc<contract::Schema>>,
     pub rules: Vec<rules::Rule>,
     pub approval: ApprovalSpec,
     /// An MCP server's tool: matched by its endpoint and name, not by method and path alone.
@@ -391,6 +394,9 @@ pub struct Matched {
     pub params: BTreeMap<String, String>,
 }
 
+/// One host's HTTP tools, a router per port and method.
+type HostRoutes = HashMap<(u16, http::Method), template::Router<Arc<Tool>>>;
+
 /// A loaded, validated policy set. Immutable: a reload builds a new one and swaps it in whole.
 #[derive(Debug, Default)]
 pub struct Policy {
@@ -399,6 +405,14 @@ pub struct Policy {
     /// Read-only principals of the admin listener (an id and a token; no groups).
     reviewers: Vec<Arc<Approver>>,
     tools: Vec<Arc<Tool>>,
+    /// The HTTP tools (MCP tools aside) by host, then port and method: a request is matched
+    /// in the time of its path, however many contracts there are.
+    routes: HashMap<String, HostRoutes>,
+    /// The MCP tools, few: matched by endpoint and then by the server's tool name.
+    mcp_tools: Vec<Arc<Tool>>,
+    /// The ports each host is named with, in the order of the tools: the egress allow-list,
+    /// looked up per connection.
+    ports: HashMap<String, Vec<u16>>,
     /// The files the set was loaded from, for logs.
     pub files: Vec<PathBuf>,
 }
@@ -447,6 +461,7 @@ impl Policy {
                 credentials.insert(cred.name.clone(), Arc::new(cred));
             }
         }
+        let mut names = std::collections::HashSet::new();
         for (path, file) in files {
             for def in file.reviewer {
                 policy.add_reviewer(&path, def, env)?;
@@ -480,14 +495,68 @@ impl Policy {
             }
             for def in file.tool {
                 let tool = compile_tool(&path, def, &credentials)?;
-                if let Some(clash) = policy.tools.iter().find_map(|other| clash(other, &tool)) {
-                    return Err(PolicyError::new(&path, clash));
+                if !names.insert(tool.name.clone()) {
+                    return Err(PolicyError::new(
+                        &path,
+                        format!("tool {:?} is defined twice", tool.name),
+                    ));
                 }
-                policy.tools.push(Arc::new(tool));
+                policy
+                    .add_tool(Arc::new(tool))
+                    .map_err(|m| PolicyError::new(&path, m))?;
             }
             policy.files.push(path);
         }
         Ok(policy)
+    }
+
+    /// Adds a compiled tool to the routes, refusing one that would match the same requests as
+    /// a tool already in (the message names both).
+    fn add_tool(&mut self, tool: Arc<Tool>) -> Result<(), String> {
+        // An MCP endpoint and an HTTP contract may not share a request at all; MCP tools on one
+        // endpoint are told apart by the server's tool name.
+        let others = if tool.mcp.is_some() {
+            &self.tools
+        } else {
+            &self.mcp_tools
+        };
+        if let Some(clash) = others.iter().find_map(|other| clash(other, &tool)) {
+            return Err(clash);
+        }
+        if tool.mcp.is_some() {
+            self.mcp_tools.push(tool.clone());
+        } else {
+            let router = self
+                .routes
+                .entry(tool.host.clone())
+                .or_default()
+                .entry((tool.port, tool.method.clone()))
+                .or_default();
+            if let Err(other) = router.insert(&tool.path, tool.clone()) {
+                return Err(format!(
+                    "tools {:?} ({} {}) and {:?} ({} {}) match the same requests on {}: the same literal segments at the same places and parameters at the others; make their paths distinct",
+                    other.name, other.method, other.path.as_str(),
+                    tool.name, tool.method, tool.path.as_str(), tool.host
+                ));
+            }
+        }
+        let ports = self.ports.entry(tool.host.clone()).or_default();
+        if !ports.contains(&tool.port) {
+            ports.push(tool.port);
+        }
+        self.tools.push(tool);
+        Ok(())
+    }
+
+    /// The ports `host` is named with (any case).
+    fn ports_of(&self, host: &str) -> Option<&Vec<u16>> {
+        match self.ports.get(host) {
+            Some(p) => Some(p),
+            None if host.bytes().any(|b| b.is_ascii_uppercase()) => {
+                self.ports.get(&host.to_ascii_lowercase())
+            }
+            None => None,
+        }
     }
 
     fn add_reviewer(
@@ -602,31 +671,27 @@ impl Policy {
 
     /// True when some tool names this host and port: the egress allow-list.
     pub fn allows_host(&self, host: &str, port: u16) -> bool {
-        self.tools
-            .iter()
-            .any(|t| t.port == port && t.host.eq_ignore_ascii_case(host))
+        self.ports_of(host).is_some_and(|p| p.contains(&port))
     }
 
     /// The port of the first tool naming `host`, for plain-HTTP requests that carry no TLS port.
     pub fn port_for_host(&self, host: &str) -> Option<u16> {
-        self.tools
-            .iter()
-            .find(|t| t.host.eq_ignore_ascii_case(host))
-            .map(|t| t.port)
+        self.ports_of(host).and_then(|p| p.first().copied())
     }
 
     /// The MCP tools served at an endpoint (empty: `path` on that host is no MCP endpoint).
     /// `path` must have passed [`check_path`].
     pub fn mcp_endpoint(&self, host: &str, port: u16, path: &str) -> Vec<Arc<Tool>> {
-        self.tools
+        self.mcp_tools
             .iter()
-            .filter(|t| t.mcp.is_some() && t.port == port && t.host.eq_ignore_ascii_case(host))
+            .filter(|t| t.port == port && t.host.eq_ignore_ascii_case(host))
             .filter(|t| t.path.matches(path).is_some())
             .cloned()
             .collect()
     }
 
-    /// Finds the tool for a request. `path` must have passed [`check_path`].
+    /// Finds the tool for a request: a literal path segment wins over a parameter at the same
+    /// position. `path` must have passed [`check_path`].
     pub fn match_tool(
         &self,
         host: &str,
@@ -634,16 +699,18 @@ impl Policy {
         method: &http::Method,
         path: &str,
     ) -> Option<Matched> {
-        self.tools
-            .iter()
-            .filter(|t| t.port == port && t.method == method && t.host.eq_ignore_ascii_case(host))
-            .filter(|t| t.mcp.is_none())
-            .find_map(|t| {
-                t.path.matches(path).map(|params| Matched {
-                    tool: t.clone(),
-                    params,
-                })
-            })
+        let by_host = match self.routes.get(host) {
+            Some(r) => r,
+            None if host.bytes().any(|b| b.is_ascii_uppercase()) => {
+                self.routes.get(&host.to_ascii_lowercase())?
+            }
+            None => return None,
+        };
+        let (tool, values) = by_host.get(&(port, method.clone()))?.at(path)?;
+        Some(Matched {
+            params: tool.path.bind(&values)?,
+            tool: tool.clone(),
+        })
     }
 }
 
@@ -659,12 +726,9 @@ fn holder(list: &[Arc<Approver>], token: &str) -> Option<Arc<Approver>> {
     found
 }
 
-/// Why two tools cannot both be loaded, if they cannot: the same name, or requests both could
-/// match (MCP tools share an endpoint and differ by the server's tool name).
+/// Why two tools of which one or both are MCP tools cannot both be loaded, if they cannot:
+/// requests both could match (MCP tools share an endpoint and differ by the server's tool name).
 fn clash(other: &Tool, tool: &Tool) -> Option<String> {
-    if other.name == tool.name {
-        return Some(format!("tool {:?} is defined twice", tool.name));
-    }
     let same_endpoint = other.host == tool.host
         && other.port == tool.port
         && other.method == tool.method
@@ -935,6 +999,7 @@ fn compile_tool(
         .transpose()?;
     let budget = compile_budget(&def, body.is_some() || mcp.is_some(), &err)?;
     let params = compile_params(&def, &template, &err)?;
+    let path_schema = compile_path_params(&def, &template, &err)?;
     let rules = def
         .rules
         .iter()
@@ -956,6 +1021,7 @@ fn compile_tool(
         rate_limit,
         budget,
         params,
+        path_schema,
         rules,
         credentials: creds,
         name: def.name.clone(),
@@ -1202,6 +1268,41 @@ fn compile_params(
         params.push((name.clone(), binding.clone()));
     }
     Ok(params)
+}
+
+/// `path_params = { issue_number = { type = "integer" } }`: one schema per parameter of the
+/// path, gathered into one object schema the matched parameters are checked against.
+fn compile_path_params(
+    def: &ToolDef,
+    template: &PathTemplate,
+    err: &dyn Fn(String) -> PolicyError,
+) -> Result<Option<Arc<contract::Schema>>, PolicyError> {
+    if def.path_params.is_empty() {
+        return Ok(None);
+    }
+    let mut props = serde_json::Map::new();
+    for (name, schema) in &def.path_params {
+        if !template.params().any(|p| p == name) {
+            return Err(err(format!(
+                "path_params names {{{name}}}, which is not a parameter of {}",
+                def.path
+            )));
+        }
+        let schema = serde_json::to_value(schema)
+            .ok()
+            .filter(serde_json::Value::is_object)
+            .ok_or_else(|| {
+                err(format!(
+                    "path_params.{name} must be a JSON Schema written as a table, such as {{ type = \"integer\" }}"
+                ))
+            })?;
+        props.insert(name.clone(), schema);
+    }
+    // Parameters without a type stay strings of any value.
+    let schema = serde_json::json!({"type": "object", "properties": props, "additionalProperties": {"type": "string"}});
+    contract::Schema::from_value(&format!("{} path_params", def.name), schema)
+        .map(|s| Some(Arc::new(s)))
+        .map_err(err)
 }
 
 fn compile_approval(
@@ -1499,12 +1600,70 @@ path = "/v1/customers/{customer}"
     }
 
     #[test]
-    fn overlapping_tools_are_a_load_error() {
+    fn a_literal_segment_wins_and_only_true_duplicates_are_a_load_error() {
+        let tool = |name: &str, path: &str| {
+            format!("\n[[tool]]\nname = \"{name}\"\nhost = \"api.stripe.com\"\nmethod = \"GET\"\npath = \"{path}\"\n")
+        };
         let text = format!(
-            "{BASE}\n[[tool]]\nname = \"stripe.customers.search\"\nhost = \"api.stripe.com\"\nmethod = \"GET\"\npath = \"/v1/customers/search\"\n"
+            "{BASE}{}",
+            tool("stripe.customers.search", "/v1/customers/search")
+        );
+        let p = build(&text).unwrap();
+        let name = |host: &str, path: &str| {
+            p.match_tool(host, 443, &http::Method::GET, path)
+                .map(|m| (m.tool.name.clone(), m.params))
+        };
+        let (n, params) = name("api.stripe.com", "/v1/customers/search").unwrap();
+        assert_eq!((n.as_str(), params.len()), ("stripe.customers.search", 0));
+        let (n, params) = name("API.Stripe.com", "/v1/customers/cus_1").unwrap();
+        assert_eq!(n, "stripe.customers.retrieve");
+        assert_eq!(params["customer"], "cus_1");
+        assert!(name("api.stripe.com", "/v1/customers").is_none());
+        assert!(p
+            .match_tool(
+                "api.stripe.com",
+                443,
+                &http::Method::POST,
+                "/v1/customers/search"
+            )
+            .is_none());
+        // The same shape under other parameter names matches the very same requests.
+        let text = format!(
+            "{BASE}{}",
+            tool("stripe.customers.get", "/v1/customers/{id}")
         );
         let e = build(&text).unwrap_err();
-        assert!(e.message.contains("could match the same request"), "{e}");
+        assert!(e.message.contains("match the same requests"), "{e}");
+        assert!(
+            e.message.contains("stripe.customers.retrieve")
+                && e.message.contains("stripe.customers.get"),
+            "{e}"
+        );
+        let e = build(&format!(
+            "{BASE}{}",
+            tool("stripe.customers.retrieve", "/x")
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("defined twice"), "{e}");
+        // Typed path parameters: only parameters of the path, each a schema written as a table.
+        let typed = |extra: &str| {
+            format!(
+                "{BASE}{}{extra}\n",
+                tool("stripe.customers.search", "/v1/customers/search/{page}")
+            )
+        };
+        assert!(build(&typed("path_params = { page = { type = \"integer\" } }")).is_ok());
+        let e = build(&typed("path_params = { nope = { type = \"integer\" } }")).unwrap_err();
+        assert!(
+            e.message.contains("{nope}, which is not a parameter"),
+            "{e}"
+        );
+        let e = build(&typed("path_params = { page = \"integer\" }")).unwrap_err();
+        assert!(
+            e.message
+                .contains("must be a JSON Schema written as a table"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::scrub::{Needles, Scrubbed};
 use super::Target;
 use crate::checks::{
     authorize, budget_amount, check_rules, forwarded_headers, idempotency_key, validate_body,
-    validate_query, validation,
+    validate_path, validate_query, validation,
 };
 use crate::error::{Code, Refusal};
 use crate::guard::{BodyReservation, Exceeded};
@@ -262,6 +262,7 @@ async fn validate(
 ) -> Result<Call, Refusal> {
     let tool = matched.tool;
     let credential = authorize(&agent, &tool, &matched.params)?;
+    validate_path(&tool, &matched.params)?;
     let (parts, incoming) = req.into_parts();
     let query = validate_query(&tool, parts.uri.query())?;
     let (body, buffered) = read_body(app, &agent.id, &tool, &parts.headers, incoming).await?;
