@@ -101,17 +101,19 @@ async fn leaf_for_a_host_verifies_against_the_toolgate_ca() {
 }
 
 #[tokio::test]
-async fn unknown_host_is_refused_before_tls() {
+async fn unknown_host_is_refused_and_nothing_reaches_an_upstream() {
     let (_pki, upstream, gate) = setup("").await;
+    // A host name on 443: the tunnel completes and every request in it gets the refusal (see
+    // a_host_no_contract_names_is_refused_inside_the_tunnel_with_its_message).
     let (status, answer, _) =
         raw_connect(gate.addr, "evil.example.com:443", Some(("bot", BOT_TOKEN))).await;
-    assert_eq!(status, 403);
-    assert!(answer.contains("\"egress_denied\""), "{answer}");
-    assert!(answer.contains("toolgate-request-id"), "{answer}");
-    // A known host on another port is just as unknown.
+    assert_eq!(status, 200, "{answer}");
+    // A known host on another port is just as unknown, and refused at the CONNECT.
     let (status, answer, _) =
         raw_connect(gate.addr, "api.stripe.com:8443", Some(("bot", BOT_TOKEN))).await;
     assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("\"egress_denied\""), "{answer}");
+    assert!(answer.contains("toolgate-request-id"), "{answer}");
     assert_eq!(upstream.count(), 0);
 }
 
@@ -1081,4 +1083,81 @@ async fn every_refusal_reaches_the_client_over_http2_and_http1_whatever_the_body
         forwarded,
         "no refused call reached the upstream"
     );
+}
+
+/// Issue 25 item 5: a CONNECT to a host no contract names is completed, and every request in the
+/// tunnel is answered with the refusal (status and JSON) instead of a bare "tunnel failed, 403"
+/// that clients print without its message. Nothing goes upstream; the certificates this mints
+/// are bounded per address and minute, past which the CONNECT itself is refused as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_no_contract_names_is_refused_inside_the_tunnel_with_its_message() {
+    let (_pki, upstream, gate) = setup_examples(&[], |_| {}).await;
+    let agent = Some(("support-bot-staging", "demo-staging-token"));
+
+    // A client library: the request's answer is toolgate's 403 JSON, naming the host.
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let client = gate.client(agent, version);
+        let got = send(
+            &client,
+            "GET",
+            "https://api.unnamed-example.com/v1/things",
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.status, 403, "{}", got.text());
+        assert_eq!(got.code(), "egress_denied");
+        assert!(
+            got.message()
+                .contains("api.unnamed-example.com is not named by any tool contract"),
+            "{}",
+            got.message()
+        );
+    }
+    // curl prints the message (not "CONNECT tunnel failed").
+    if Command::new("curl").arg("--version").output().is_ok() {
+        let ca = gate.dir.path().join("certs/ca.pem");
+        let proxy = format!(
+            "http://support-bot-staging:demo-staging-token@{}",
+            gate.addr
+        );
+        let (code, out) = support::netns::curl(
+            None,
+            &[
+                "--proxy",
+                &proxy,
+                "--cacert",
+                ca.to_str().unwrap(),
+                "-w",
+                "\n%{http_code}",
+                "https://api.unnamed-example.com/v1/things",
+            ],
+        )
+        .await;
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains("egress_denied") && out.ends_with("403"),
+            "{out}"
+        );
+    }
+    // An IP literal gets no minted certificate: refused at the CONNECT, as before.
+    let (status, text, _) = raw_connect(gate.addr, "203.0.113.9:443", agent).await;
+    assert_eq!(status, 403, "{text}");
+    assert_eq!(upstream.count(), 0, "nothing went upstream");
+
+    // Made-up host names cannot make toolgate mint certificates without end: per address and
+    // minute a bounded number are answered inside the tunnel, the rest at the CONNECT.
+    let mut inside = 0;
+    for i in 0..300 {
+        let host = format!("made-up-{i}.example.com:443");
+        let (status, text, _) = raw_connect(gate.addr, &host, agent).await;
+        match status {
+            200 => inside += 1,
+            403 => assert!(text.contains("egress_denied"), "{text}"),
+            other => panic!("{other}: {text}"),
+        }
+    }
+    assert!(inside <= 60, "{inside} answered inside the tunnel");
+    assert!(inside >= 50, "the first ones still are: {inside}");
 }

@@ -450,6 +450,9 @@ async fn connect(
                 &refusal,
             )
             .await;
+            if refused_inside(&app, &refusal, (&host, port_of(authority.as_deref())), peer) {
+                return refuse_inside(app, req, (host, refusal), connection);
+            }
             return refusal.into_response(&request_id);
         }
     };
@@ -508,6 +511,75 @@ async fn admit_tunnel(
             Err((host, target_text, refusal))
         }
     }
+}
+
+/// How many refused tunnels one address gets answered inside TLS per minute; past it, a refused
+/// CONNECT is answered 403 at the proxy as before. Each costs a minted certificate (CPU, and a
+/// place in the CA's bounded cache), so a stream of made-up host names cannot spend either.
+const REFUSED_INSIDE_PER_MINUTE: u32 = 60;
+
+/// The port of a CONNECT target (443 when it names none).
+fn port_of(authority: Option<&str>) -> u16 {
+    authority
+        .and_then(|a| split_host_port(a, 443))
+        .map_or(0, |(_, port)| port)
+}
+
+/// Whether a refused CONNECT is answered inside the tunnel: an egress refusal of a host name on
+/// port 443, within the address's budget. Clients and SDKs show a CONNECT's own status only as
+/// "tunnel failed, 403" and drop its body; inside the tunnel the refusal reaches them whole,
+/// status and JSON, as the transparent listener's refusals do.
+fn refused_inside(
+    app: &App,
+    refusal: &Refusal,
+    (host, port): (&str, u16),
+    peer: SocketAddr,
+) -> bool {
+    let name_like = !host.is_empty()
+        && host.parse::<IpAddr>().is_err()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if refusal.code != Code::EgressDenied || port != 443 || !name_like {
+        return false;
+    }
+    let (count, _) = app.sources.count(peer.ip(), "refused_inside_tls");
+    count <= REFUSED_INSIDE_PER_MINUTE
+}
+
+/// Completes a refused CONNECT (200), then the TLS handshake with a certificate for `host`
+/// (the client's SNI must name it), contacts no upstream, and answers every request in the
+/// tunnel with `refusal`: its status and JSON error, which curl and the SDKs show.
+fn refuse_inside(
+    app: Arc<App>,
+    req: Request<ProxyBody>,
+    (host, refusal): (String, Refusal),
+    connection: ConnectionSlot,
+) -> Response<ProxyBody> {
+    let g = app.clone();
+    app.tasks.spawn(async move {
+        let Ok(upgraded) = hyper::upgrade::on(req).await else {
+            return;
+        };
+        let activity = Activity::new();
+        let io = Watched::new(TokioIo::new(upgraded), activity.clone());
+        let limit = g.config.handshake_timeout;
+        let Some(start) = client_hello(io, limit, "-").await else {
+            return;
+        };
+        let sni = start
+            .client_hello()
+            .server_name()
+            .map(str::to_ascii_lowercase);
+        if sni.as_deref() != Some(host.as_str()) {
+            return;
+        }
+        if let Some(tls) = finish_handshake(&g, start, &host, limit).await {
+            transparent::answer_every_request(&g, tls, refusal, &activity).await;
+        }
+        drop(connection);
+    });
+    Response::new(empty())
 }
 
 /// An agent holding its cap of tunnels asks for one more.

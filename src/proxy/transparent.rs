@@ -358,8 +358,12 @@ async fn plain<T>(
 /// After a completed handshake with a client toolgate will not serve: every request on the
 /// connection gets `refusal` as JSON (under the guards of every connection, and for at most
 /// `STRANGER_LIFETIME`).
-async fn answer_every_request<T>(app: &Arc<App>, io: T, refusal: Refusal, activity: &Activity)
-where
+pub(super) async fn answer_every_request<T>(
+    app: &Arc<App>,
+    io: T,
+    refusal: Refusal,
+    activity: &Activity,
+) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let g = app.clone();
