@@ -190,6 +190,13 @@ async fn launch_check_real_sdks() {
     );
     assert_eq!(ok(&steps, "stripe-python", "held_write"), "succeeded");
     refused(&steps, "stripe-python", "tax_exempt");
+    let elsewhere = find(&steps, "stripe-python", "uncontracted_host");
+    assert_eq!(elsewhere["ok"], false, "{elsewhere}");
+    let detail = elsewhere["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("api.unnamed-example.com is not named by any tool contract"),
+        "stripe-python shows toolgate's message, not a tunnel failure: {detail}"
+    );
     let n = ok(&steps, "pygithub", "held_write").clone();
     assert_eq!(
         ok(&steps, "pygithub", "retried_write"),

@@ -72,6 +72,14 @@ def stripe_python():
             {"idempotency_key": f"py-bad-{RUN}"},
         ).id,
     )
+    # A host no contract names: the refusal comes inside the tunnel, so the SDK shows its text.
+    elsewhere = stripe.StripeClient(
+        DUMMY_KEY,
+        proxy=PROXY,
+        max_network_retries=0,
+        base_addresses={"api": "https://api.unnamed-example.com"},
+    )
+    step(sdk, "uncontracted_host", lambda: elsewhere.v1.customers.retrieve("cus_1").id)
 
 
 def pygithub():
