@@ -589,21 +589,9 @@ async fn commit_detached(
     })
 }
 
-/// Commits an approved proposal, at most once. `Ok(None)`: it was not approved any more (the
-/// caller reads it again). `claimant`: the request whose call sends it (the held one, or the
-/// same call sent again); `None` when its approval sends it (`on_approval`).
-async fn commit(
-    app: &App,
-    id: &str,
-    claimant: Option<&str>,
-) -> Result<Option<Response<ProxyBody>>, Refusal> {
-    let Some(p) = app.store.proposal_get(id).await.map_err(store_err)? else {
-        return Ok(None);
-    };
-    if p.state != State::Approved {
-        return Ok(None);
-    }
-    // The kill switches and the policy in force now, not at proposal time.
+/// Refuses the commit of `p` while its agent's or its tool's kill switch is thrown (the
+/// proposal stays approved).
+fn not_killed(app: &App, p: &Proposal) -> Result<(), Refusal> {
     for key in [
         KillTarget::Agent(p.agent.clone()),
         KillTarget::Tool(p.tool.clone()),
@@ -619,6 +607,36 @@ async fn commit(
             .with_proposal(p.id.clone()));
         }
     }
+    Ok(())
+}
+
+/// Why `p` may not be sent any more because the issued token it came in with expired or was
+/// revoked, if so.
+async fn token_ended(app: &App, p: &Proposal) -> Result<Option<String>, Refusal> {
+    let Some(token) = &p.token else {
+        return Ok(None);
+    };
+    let current = app.store.token_get(token).await.map_err(store_err)?;
+    Ok((!current.is_some_and(|t| t.live(now_unix())))
+        .then(|| format!("the issued token it came in with ({token}) has expired or was revoked")))
+}
+
+/// Commits an approved proposal, at most once. `Ok(None)`: it was not approved any more (the
+/// caller reads it again). `claimant`: the request whose call sends it (the held one, or the
+/// same call sent again); `None` when its approval sends it (`on_approval`).
+async fn commit(
+    app: &App,
+    id: &str,
+    claimant: Option<&str>,
+) -> Result<Option<Response<ProxyBody>>, Refusal> {
+    let Some(p) = app.store.proposal_get(id).await.map_err(store_err)? else {
+        return Ok(None);
+    };
+    if p.state != State::Approved {
+        return Ok(None);
+    }
+    // The kill switches and the policy in force now, not at proposal time.
+    not_killed(app, &p)?;
     let policy = app.policy();
     let (Some(tool), Some(agent)) = (
         policy.tool(&p.tool).cloned(),
@@ -633,13 +651,8 @@ async fn commit(
     };
     // A call held under an issued token is sent only while that token is in force: a
     // revocation or expiry after approval cancels it, as a grant's end does.
-    if let Some(token) = &p.token {
-        let current = app.store.token_get(token).await.map_err(store_err)?;
-        if !current.is_some_and(|t| t.live(now_unix())) {
-            let why =
-                format!("the issued token it came in with ({token}) has expired or was revoked");
-            return cancel(app, &p, &why).await;
-        }
+    if let Some(why) = token_ended(app, &p).await? {
+        return cancel(app, &p, &why).await;
     }
     // A call proposed under a grant is sent only while the grant lasts.
     let agent = crate::grants::for_tool(app, agent, &tool.name).await?;
@@ -691,6 +704,28 @@ async fn commit(
     send_approved(app, &p, checked, (method, headers, sent), charged, claimant).await
 }
 
+/// Moves `approved` to `committing`, durably, before a byte leaves (then, in `commit::send`,
+/// the commit event): a compare-and-set from the record as read (state and version), so
+/// whoever moves it first, on any replica, sends it, and a decision made meanwhile makes this
+/// one lose (`None`). The budget charged for it is given back when it is not sent.
+async fn claim_commit(
+    app: &App,
+    approved: &Proposal,
+    charged: &crate::limits::Charge,
+) -> Result<Option<Proposal>, Refusal> {
+    let mut next = approved.clone();
+    next.state = State::Committing;
+    next.committing_unix = Some(now_unix());
+    next.committing_by = app.store.replica().map(str::to_string);
+    match advance(app, approved, next).await {
+        Ok(claimed) => Ok(claimed),
+        Err(e) => {
+            crate::limits::refund_budget(&app.store, charged.clone()).await;
+            Err(store_err(e))
+        }
+    }
+}
+
 /// Sends an approved proposal through the one commit routine: `committing` is durable first.
 async fn send_approved(
     app: &App,
@@ -700,23 +735,9 @@ async fn send_approved(
     charged: crate::limits::Charge,
     claimant: Option<&str>,
 ) -> Result<Option<Response<ProxyBody>>, Refusal> {
-    // Durable before a byte leaves: the state (then, in `commit::send`, the commit event).
-    // Compare-and-set from the approved record as read (state and version): whoever moves it
-    // first, on any replica, sends it; a decision made meanwhile makes this one lose.
-    let mut next = approved.clone();
-    next.state = State::Committing;
-    next.committing_unix = Some(now_unix());
-    next.committing_by = app.store.replica().map(str::to_string);
-    let p = match advance(app, approved, next).await {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            crate::limits::refund_budget(&app.store, charged).await;
-            return Ok(None);
-        }
-        Err(e) => {
-            crate::limits::refund_budget(&app.store, charged).await;
-            return Err(store_err(e));
-        }
+    let Some(p) = claim_commit(app, approved, &charged).await? else {
+        crate::limits::refund_budget(&app.store, charged).await;
+        return Ok(None);
     };
     if let Some(c) = &checked.credential {
         headers.remove(&c.header);
