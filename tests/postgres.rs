@@ -279,6 +279,29 @@ async fn replicas_write_one_audit_chain_that_verifies_from_either() {
     assert_eq!(check_b.story("job-shared").unwrap().len(), 601);
 }
 
+/// Two in-process toolgates on the cluster's database with the example policies (and `extra`),
+/// sharing the CA and seal key (`--certs`), as two replicas are deployed.
+async fn two_gates(
+    cluster: &Cluster,
+    pki: &support::Pki,
+    upstream: std::net::SocketAddr,
+    extra: &[(&str, String)],
+) -> (support::Toolgate, support::Toolgate) {
+    let url = cluster.url.clone();
+    let a = support::examples_gate(pki, upstream, extra, {
+        let url = url.clone();
+        move |c| c.database_url = Some(url)
+    })
+    .await;
+    let certs = a.dir.path().join("certs");
+    let b = support::examples_gate(pki, upstream, extra, move |c| {
+        c.database_url = Some(url);
+        c.certs_dir = certs;
+    })
+    .await;
+    (a, b)
+}
+
 /// Two toolgates on one database, sharing the CA and seal key (`--certs`) and the policies, act
 /// as one gateway: a call held on A is approved through B and completes on A; a kill switch
 /// thrown on A refuses the next call on B; duplicates sent to both execute once.
@@ -289,18 +312,7 @@ async fn two_replicas_act_as_one_gateway() {
         return;
     };
     let (pki, fakes) = example_apis().await;
-    let url = cluster.url.clone();
-    let a = examples_gate(&pki, fakes.addr, &[], {
-        let url = url.clone();
-        move |c| c.database_url = Some(url)
-    })
-    .await;
-    let certs = a.dir.path().join("certs");
-    let b = examples_gate(&pki, fakes.addr, &[], move |c| {
-        c.database_url = Some(url);
-        c.certs_dir = certs;
-    })
-    .await;
+    let (a, b) = two_gates(&cluster, &pki, fakes.addr, &[]).await;
     let agent = Some(("support-bot-staging", "demo-staging-token"));
     let via_a = client_via(a.addr, agent, &a.ca_pem, http::Version::HTTP_11);
     let via_b = client_via(b.addr, agent, &a.ca_pem, http::Version::HTTP_11);
@@ -1486,18 +1498,7 @@ async fn racing_undos_on_two_replicas_send_one() {
         return;
     };
     let (pki, fakes) = example_apis().await;
-    let url = cluster.url.clone();
-    let a = examples_gate(&pki, fakes.addr, &[], {
-        let url = url.clone();
-        move |c| c.database_url = Some(url)
-    })
-    .await;
-    let certs = a.dir.path().join("certs");
-    let b = examples_gate(&pki, fakes.addr, &[], move |c| {
-        c.database_url = Some(url);
-        c.certs_dir = certs;
-    })
-    .await;
+    let (a, b) = two_gates(&cluster, &pki, fakes.addr, &[]).await;
     let agent = client_via(
         a.addr,
         Some(("support-bot-staging", "demo-staging-token")),
@@ -1561,18 +1562,7 @@ async fn approvals_racing_on_two_gateways_send_an_on_approval_call_once() {
             sha256_hex("erin-token")
         ),
     )];
-    let url = cluster.url.clone();
-    let a = examples_gate(&pki, fakes.addr, &erin, {
-        let url = url.clone();
-        move |c| c.database_url = Some(url)
-    })
-    .await;
-    let certs = a.dir.path().join("certs");
-    let b = examples_gate(&pki, fakes.addr, &erin, move |c| {
-        c.database_url = Some(url);
-        c.certs_dir = certs;
-    })
-    .await;
+    let (a, b) = two_gates(&cluster, &pki, fakes.addr, &erin).await;
     let agent = Some(("support-bot-staging", "demo-staging-token"));
     for trial in 0..3 {
         let pi = format!("pi_two_gates_{trial}");
