@@ -325,22 +325,11 @@ impl<'d> Inliner<'d> {
                 continue;
             }
             let here = at.child(key);
-            let v = match key.as_str() {
-                "properties" | "patternProperties" | "$defs" | "definitions"
-                | "dependentSchemas" => self.each_named(value, &here)?,
-                "allOf" | "anyOf" | "oneOf" | "prefixItems" => self.each_listed(value, &here)?,
-                "items" if value.is_array() => self.each_listed(value, &here)?,
-                "items"
-                | "additionalProperties"
-                | "unevaluatedProperties"
-                | "not"
-                | "if"
-                | "then"
-                | "else"
-                | "contains"
-                | "propertyNames"
-                | "additionalItems" => self.inline(value, &here)?,
-                _ => value.clone(),
+            let v = match subschemas(key, value) {
+                Some(Subschemas::Named) => self.each_named(value, &here)?,
+                Some(Subschemas::Listed) => self.each_listed(value, &here)?,
+                Some(Subschemas::One) => self.inline(value, &here)?,
+                None => value.clone(),
             };
             out.insert(key.clone(), v);
         }
@@ -504,30 +493,47 @@ pub fn drop_read_only(node: &mut Value) {
     for_each_subschema(obj, &mut drop_read_only);
 }
 
+/// How a JSON Schema keyword holds schemas: a map of them, a list of them, or one.
+#[derive(Clone, Copy)]
+enum Subschemas {
+    Named,
+    Listed,
+    One,
+}
+
+/// Whether keyword `key` (with `value`) holds schemas, and how.
+fn subschemas(key: &str, value: &Value) -> Option<Subschemas> {
+    match key {
+        "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas" => {
+            Some(Subschemas::Named)
+        }
+        "allOf" | "anyOf" | "oneOf" | "prefixItems" => Some(Subschemas::Listed),
+        "items" if value.is_array() => Some(Subschemas::Listed),
+        "items"
+        | "additionalProperties"
+        | "unevaluatedProperties"
+        | "not"
+        | "if"
+        | "then"
+        | "else"
+        | "contains"
+        | "propertyNames"
+        | "additionalItems" => Some(Subschemas::One),
+        _ => None,
+    }
+}
+
 /// Calls `f` on every schema directly inside a schema object.
 pub fn for_each_subschema(obj: &mut Map<String, Value>, f: &mut dyn FnMut(&mut Value)) {
     for (key, value) in obj.iter_mut() {
-        match (key.as_str(), value) {
-            (
-                "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas",
-                Value::Object(children),
-            ) => children.values_mut().for_each(&mut *f),
-            ("allOf" | "anyOf" | "oneOf" | "prefixItems" | "items", Value::Array(children)) => {
+        match (subschemas(key, value), value) {
+            (Some(Subschemas::Named), Value::Object(children)) => {
+                children.values_mut().for_each(&mut *f)
+            }
+            (Some(Subschemas::Listed), Value::Array(children)) => {
                 children.iter_mut().for_each(&mut *f)
             }
-            (
-                "items"
-                | "additionalProperties"
-                | "unevaluatedProperties"
-                | "not"
-                | "if"
-                | "then"
-                | "else"
-                | "contains"
-                | "propertyNames"
-                | "additionalItems",
-                child,
-            ) => f(child),
+            (Some(Subschemas::One), child) => f(child),
             _ => {}
         }
     }
