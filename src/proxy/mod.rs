@@ -439,7 +439,7 @@ async fn connect(
     let (host, port, slot) = match admit_tunnel(&app, policy, &agent.id, authority.as_deref()).await
     {
         Ok(admitted) => admitted,
-        Err((host, target_text, refusal)) => {
+        Err(((host, port), target_text, refusal)) => {
             record_refusal(
                 &app,
                 (&request_id, started),
@@ -450,7 +450,7 @@ async fn connect(
                 &refusal,
             )
             .await;
-            if refused_inside(&app, &refusal, (&host, port_of(authority.as_deref())), peer) {
+            if refused_inside(&app, &refusal, (&host, port), peer) {
                 return refuse_inside(app, req, (host, refusal), connection);
             }
             return refusal.into_response(&request_id);
@@ -489,16 +489,17 @@ async fn connect(
 }
 
 /// Whether a CONNECT target may be tunnelled to: a HOST:PORT, past the egress check, within the
-/// agent's cap of tunnels. Refused: the host and target as the refusal records them, and why.
+/// agent's cap of tunnels. Refused: the host and port, the target as the refusal records it,
+/// and why.
 async fn admit_tunnel(
     app: &Arc<App>,
     policy: &Policy,
     agent: &str,
     authority: Option<&str>,
-) -> Result<(String, u16, crate::guard::TunnelSlot), (String, String, Refusal)> {
+) -> Result<(String, u16, crate::guard::TunnelSlot), ((String, u16), String, Refusal)> {
     let Some((host, port)) = authority.and_then(|a| split_host_port(a, 443)) else {
         let refusal = Refusal::policy("CONNECT needs a HOST:PORT target");
-        return Err(("-".into(), "-".into(), refusal));
+        return Err((("-".into(), 0), "-".into(), refusal));
     };
     let admitted = match egress(app, policy, &host, port).await {
         Ok(()) => app.caps.tunnel(agent).ok_or_else(|| tunnel_cap(app, agent)),
@@ -508,7 +509,7 @@ async fn admit_tunnel(
         Ok(slot) => Ok((host, port, slot)),
         Err(refusal) => {
             let target_text = upstream::authority(&host, port);
-            Err((host, target_text, refusal))
+            Err(((host, port), target_text, refusal))
         }
     }
 }
@@ -517,13 +518,6 @@ async fn admit_tunnel(
 /// CONNECT is answered 403 at the proxy as before. Each costs a minted certificate (CPU, and a
 /// place in the CA's bounded cache), so a stream of made-up host names cannot spend either.
 const REFUSED_INSIDE_PER_MINUTE: u32 = 60;
-
-/// The port of a CONNECT target (443 when it names none).
-fn port_of(authority: Option<&str>) -> u16 {
-    authority
-        .and_then(|a| split_host_port(a, 443))
-        .map_or(0, |(_, port)| port)
-}
 
 /// Whether a refused CONNECT is answered inside the tunnel: an egress refusal of a host name on
 /// port 443, within the address's budget. Clients and SDKs show a CONNECT's own status only as
