@@ -147,19 +147,14 @@ pub fn render_summary(template: &str, ctx: &Value) -> String {
     out
 }
 
-/// What the agent's request contributes to a proposal.
-pub struct Call<'a> {
+/// A call held for approval: the call, with what the agent's request contributes to its
+/// proposal.
+pub struct Held<'a> {
+    pub call: &'a crate::model::Call,
     pub agent: &'a Agent,
     pub tool: &'a Tool,
-    pub request_id: &'a str,
-    pub job: String,
-    pub host: &'a str,
-    pub port: u16,
-    pub method: &'a http::Method,
-    pub path_and_query: &'a str,
     /// Headers as they will be sent, without the agent's credentials and before injection.
     pub headers: &'a HeaderMap,
-    pub body: &'a Bytes,
     pub payload_sha256: &'a str,
     /// `{body, params, query}` for the summary.
     pub summary_ctx: Value,
@@ -174,38 +169,38 @@ pub struct Call<'a> {
 /// once approved.
 pub async fn propose_and_wait(
     app: &std::sync::Arc<App>,
-    call: Call<'_>,
+    held: Held<'_>,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let identity = {
         let mut h = Sha256::new();
         for part in [
-            call.agent.id.as_str(),
-            call.tool.name.as_str(),
-            call.payload_sha256,
+            held.agent.id.as_str(),
+            held.tool.name.as_str(),
+            held.payload_sha256,
         ] {
             h.update(part.as_bytes());
             h.update([0]);
         }
         hex::encode(h.finalize())
     };
-    let id = join_or_propose(app, &call, identity).await?;
+    let id = join_or_propose(app, &held, identity).await?;
     app.audit
         .record(crate::audit::Record {
             kind: "decision",
-            request_id: Some(call.request_id.to_string()),
-            job: Some(call.job.clone()),
+            request_id: Some(held.call.request_id.to_string()),
+            job: Some(held.call.job.clone()),
             proposal: Some(id.clone()),
-            agent: Some(call.agent.id.clone()),
-            owner: Some(call.agent.owner.clone()),
-            tool: Some(call.tool.name.clone()),
-            tool_version: Some(call.tool.version),
-            token: call.token.map(str::to_string),
+            agent: Some(held.agent.id.clone()),
+            owner: Some(held.agent.owner.clone()),
+            tool: Some(held.tool.name.clone()),
+            tool_version: Some(held.tool.version),
+            token: held.token.map(str::to_string),
             payload: json!({"outcome": "held for approval", "mode": "approve", "proposal": id}),
             at_ms: 0,
         })
         .await;
-    let hold = call.tool.approval.hold;
-    wait_and_claim(app, &id, hold, call.request_id).await
+    let hold = held.tool.approval.hold;
+    wait_and_claim(app, &id, hold, &held.call.request_id).await
 }
 
 /// How many times a caller that lost a compare-and-set on a proposal reads it again before
@@ -216,7 +211,7 @@ const SWAP_TRIES: usize = 16;
 /// else a new one. Creating it is a compare-and-set on the call's identity in the store: of two
 /// requests proposing the same call at once, on one replica or two, one creates it and the
 /// other joins it.
-async fn join_or_propose(app: &App, call: &Call<'_>, identity: String) -> Result<String, Refusal> {
+async fn join_or_propose(app: &App, held: &Held<'_>, identity: String) -> Result<String, Refusal> {
     let mut admitted = false;
     for _ in 0..SWAP_TRIES {
         let existing = app.store.proposal_for(&identity).await.map_err(store_err)?;
@@ -233,15 +228,15 @@ async fn join_or_propose(app: &App, call: &Call<'_>, identity: String) -> Result
         if !admitted {
             crate::limits::admit_proposal(
                 (&app.limiter, &app.store),
-                &call.agent.id,
-                call.tool,
-                call.budget_amount,
+                &held.agent.id,
+                held.tool,
+                held.budget_amount,
             )
             .await?;
             admitted = true;
         }
-        let mut p = new_proposal(call, identity.clone());
-        let exact: Vec<(&str, &str)> = call
+        let mut p = new_proposal(held, identity.clone());
+        let exact: Vec<(&str, &str)> = held
             .headers
             .iter()
             .filter(|(k, _)| *k != header::HOST)
@@ -275,7 +270,7 @@ async fn join_or_propose(app: &App, call: &Call<'_>, identity: String) -> Result
             .await;
         info!(proposal = %p.id, tool = %p.tool, agent = %p.agent, summary = %p.summary, "proposal created");
         app.notifier
-            .new_proposal(&p, call.tool.approval.webhook.as_deref());
+            .new_proposal(&p, held.tool.approval.webhook.as_deref());
         return Ok(p.id);
     }
     Err(Refusal::internal(
@@ -299,47 +294,47 @@ async fn advance(
     Ok(Some(next))
 }
 
-fn new_proposal(call: &Call<'_>, identity: String) -> Proposal {
+fn new_proposal(held: &Held<'_>, identity: String) -> Proposal {
     let now = now_unix();
-    let spec = &call.tool.approval;
-    let mut ctx = call.summary_ctx.clone();
-    ctx["agent"] = json!({"id": call.agent.id, "owner": call.agent.owner, "tenant": call.agent.tenant, "environment": call.agent.environment});
-    let summary = match &call.tool.def.summary {
+    let spec = &held.tool.approval;
+    let mut ctx = held.summary_ctx.clone();
+    ctx["agent"] = json!({"id": held.agent.id, "owner": held.agent.owner, "tenant": held.agent.tenant, "environment": held.agent.environment});
+    let summary = match &held.tool.def.summary {
         Some(t) => render_summary(t, &ctx),
-        None => format!("{} {}", call.method, call.path_and_query),
+        None => format!("{} {}", held.call.method, held.call.path_and_query),
     };
     Proposal {
         id: crate::base::new_id("prop"),
         state: State::Pending,
         version: 0,
-        tool: call.tool.name.clone(),
-        tool_version: call.tool.version,
-        risk: call.tool.def.risk.clone().unwrap_or_default(),
-        agent: call.agent.id.clone(),
-        owner: call.agent.owner.clone(),
-        environment: call.agent.environment.clone(),
-        job: call.job.clone(),
-        request_id: call.request_id.to_string(),
+        tool: held.tool.name.clone(),
+        tool_version: held.tool.version,
+        risk: held.tool.def.risk.clone().unwrap_or_default(),
+        agent: held.agent.id.clone(),
+        owner: held.agent.owner.clone(),
+        environment: held.agent.environment.clone(),
+        job: held.call.job.clone(),
+        request_id: held.call.request_id.to_string(),
         summary,
         request: StoredRequest {
-            method: call.method.to_string(),
-            host: call.host.to_string(),
-            port: call.port,
-            path_and_query: call.path_and_query.to_string(),
+            method: held.call.method.to_string(),
+            host: held.call.host.to_string(),
+            port: held.call.port,
+            path_and_query: held.call.path_and_query.to_string(),
             // The Host header came from the agent; the target is the tunnel's, shown in the URL.
             // Values that look like secrets are redacted: what approvers see is what is sent.
-            headers: call
+            headers: held
                 .headers
                 .iter()
                 .filter(|(k, _)| *k != header::HOST)
                 .filter_map(|(k, v)| {
                     v.to_str()
                         .ok()
-                        .map(|v| (k.to_string(), call.redactor.text(v)))
+                        .map(|v| (k.to_string(), held.redactor.text(v)))
                 })
                 .collect(),
-            body: base64::engine::general_purpose::STANDARD.encode(call.body),
-            sha256: hex::encode(Sha256::digest(call.body)),
+            body: base64::engine::general_purpose::STANDARD.encode(&held.call.body),
+            sha256: hex::encode(Sha256::digest(&held.call.body)),
             sealed_headers: None,
         },
         identity,
@@ -355,7 +350,7 @@ fn new_proposal(call: &Call<'_>, identity: String) -> Proposal {
         committed_unix: None,
         committing_unix: None,
         committing_by: None,
-        token: call.token.map(str::to_string),
+        token: held.token.map(str::to_string),
     }
 }
 
@@ -700,8 +695,27 @@ async fn commit(
         }
         Err(refusal) => return cancel(app, &p, &refusal.message).await,
     };
+    let call = crate::model::Call::of_proposal(&p, sent, checked.body);
+    let request = outgoing(&call, method, headers, checked.credential.as_deref());
+    send_approved(app, &p, &call, request, charged, claimant).await
+}
 
-    send_approved(app, &p, checked, (method, headers, sent), charged, claimant).await
+/// The request an approved call sends: what was proposed, with the tool's credential.
+fn outgoing(
+    call: &crate::model::Call,
+    method: http::Method,
+    mut headers: HeaderMap,
+    credential: Option<&crate::policy::Credential>,
+) -> Request<ProxyBody> {
+    if let Some(c) = credential {
+        headers.remove(&c.header);
+        headers.insert(c.header.clone(), c.header_value());
+    }
+    let mut req = Request::new(body::full(call.body.clone()));
+    *req.method_mut() = method;
+    *req.uri_mut() = call.path_and_query.parse().unwrap_or_default();
+    *req.headers_mut() = headers;
+    req
 }
 
 /// Moves `approved` to `committing`, durably, before a byte leaves (then, in `commit::send`,
@@ -730,8 +744,8 @@ async fn claim_commit(
 async fn send_approved(
     app: &App,
     approved: &Proposal,
-    checked: crate::checks::Rechecked,
-    (method, mut headers, sent): (http::Method, HeaderMap, Bytes),
+    call: &crate::model::Call,
+    request: Request<ProxyBody>,
     charged: crate::limits::Charge,
     claimant: Option<&str>,
 ) -> Result<Option<Response<ProxyBody>>, Refusal> {
@@ -739,20 +753,6 @@ async fn send_approved(
         crate::limits::refund_budget(&app.store, charged).await;
         return Ok(None);
     };
-    if let Some(c) = &checked.credential {
-        headers.remove(&c.header);
-        headers.insert(c.header.clone(), c.header_value());
-    }
-    let mut req = Request::new(body::full(sent.clone()));
-    *req.method_mut() = method;
-    *req.uri_mut() = p.request.path_and_query.parse().unwrap_or_default();
-    *req.headers_mut() = headers;
-    let content_type = p
-        .request
-        .headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-        .map(|(_, v)| v.clone());
     info!(proposal = %p.id, tool = %p.tool, "committing");
     let policy = app.policy();
     let response = policy.tool(&p.tool).and_then(|t| t.response.as_ref());
@@ -770,27 +770,8 @@ async fn send_approved(
             "sha256": p.request.sha256,
             "approvals": p.approvals,
         }),
-        host: &p.request.host,
-        port: p.request.port,
-        request: req,
-        ledger: crate::ledger::CommitFacts {
-            request_id: &p.request_id,
-            proposal: Some(&p.id),
-            job: &p.job,
-            agent: &p.agent,
-            tool: &p.tool,
-            tool_version: p.tool_version,
-            host: &p.request.host,
-            port: p.request.port,
-            method: &p.request.method,
-            path_and_query: &p.request.path_and_query,
-            content_type: content_type.as_deref(),
-            body: &sent,
-            body_json: &checked.body,
-            status: 0,
-            response: &[],
-            undoes: None,
-        },
+        call,
+        request,
         charged,
         response,
     };

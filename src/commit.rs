@@ -13,9 +13,8 @@ use serde_json::{json, Value};
 use crate::audit::Record;
 use crate::base::body::ProxyBody;
 use crate::error::Refusal;
-use crate::ledger::CommitFacts;
 use crate::limits::{refund_budget, Charge};
-use crate::model::Outcome;
+use crate::model::{Call, Outcome};
 use crate::App;
 
 /// The largest upstream answer to a call with side effects that is stored whole.
@@ -27,12 +26,10 @@ pub(crate) struct Commit<'a> {
     pub who: Record,
     /// The `commit` event's payload.
     pub commit_payload: Value,
-    pub host: &'a str,
-    pub port: u16,
+    /// The call (the ledger's entry is made from it with the answer).
+    pub call: &'a Call,
     /// The request as it goes out, credential injected.
     pub request: Request<ProxyBody>,
-    /// The ledger entry (its status and response are filled in here).
-    pub ledger: CommitFacts<'a>,
     /// The budget charge to give back if the call takes no effect.
     pub charged: Charge,
     /// The tool's response contract: what of the answer is kept, and what the agent sees.
@@ -62,10 +59,8 @@ pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Sent, Failed> {
     let Commit {
         who,
         commit_payload,
-        host,
-        port,
+        call,
         request,
-        ledger,
         charged,
         response,
     } = c;
@@ -86,7 +81,7 @@ pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Sent, Failed> {
         )));
     }
     let started = std::time::Instant::now();
-    let resp = match app.upstream.forward(host, port, request).await {
+    let resp = match app.upstream.forward(&call.host, call.port, request).await {
         Ok(resp) => resp,
         Err(failure) => {
             app.audit.record(event(
@@ -111,11 +106,9 @@ pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Sent, Failed> {
     crate::ledger::record(
         &app.store,
         &app.audit.redactor,
-        CommitFacts {
-            status: outcome.status,
-            response: &answer,
-            ..ledger
-        },
+        call,
+        outcome.status,
+        &answer,
     )
     .await;
     // What happened is recorded whatever the log's state: kept and written later if need be.

@@ -4,58 +4,43 @@
 use serde_json::Value;
 
 use crate::audit::Redactor;
-use crate::model::Committed;
+use crate::model::{Call, Committed};
 use crate::store::{Store, StoreError};
 
-/// What the request path knows about a committed call, for the ledger.
-pub(crate) struct CommitFacts<'a> {
-    pub request_id: &'a str,
-    pub proposal: Option<&'a str>,
-    pub job: &'a str,
-    pub agent: &'a str,
-    pub tool: &'a str,
-    pub tool_version: u32,
-    pub host: &'a str,
-    pub port: u16,
-    pub method: &'a str,
-    pub path_and_query: &'a str,
-    pub content_type: Option<&'a str>,
-    pub body: &'a [u8],
-    pub body_json: &'a Value,
-    pub status: u16,
-    /// The scrubbed answer.
-    pub response: &'a [u8],
-    pub undoes: Option<&'a str>,
-}
-
-/// Records a committed call in the ledger, whatever the upstream answered (a replay re-sends it;
-/// only a 2xx can be undone). Written without a flush of its own; the caller's next store
-/// write flushes it.
-pub(crate) async fn record(store: &Store, redactor: &Redactor, f: CommitFacts<'_>) {
+/// Records a committed call in the ledger, whatever the upstream answered (`status`, and
+/// `response`, the scrubbed answer): a replay re-sends it; only a 2xx can be undone. Written
+/// without a flush of its own; the caller's next store write flushes it.
+pub(crate) async fn record(
+    store: &Store,
+    redactor: &Redactor,
+    call: &Call,
+    status: u16,
+    response: &[u8],
+) {
     let entry = Committed {
-        request_id: f.request_id.to_string(),
-        proposal: f.proposal.map(str::to_string),
-        job: f.job.to_string(),
-        agent: f.agent.to_string(),
-        tool: f.tool.to_string(),
-        tool_version: f.tool_version,
-        host: f.host.to_string(),
-        port: f.port,
-        method: f.method.to_string(),
-        path_and_query: f.path_and_query.to_string(),
-        content_type: f.content_type.map(str::to_string),
-        body_text: redactor.text(&String::from_utf8_lossy(f.body)),
-        body: redactor.value(f.body_json),
-        status: f.status,
-        response: serde_json::from_slice(f.response).unwrap_or(Value::Null),
+        request_id: call.request_id.clone(),
+        proposal: call.proposal.clone(),
+        job: call.job.clone(),
+        agent: call.agent.clone(),
+        tool: call.tool.clone(),
+        tool_version: call.tool_version,
+        host: call.host.clone(),
+        port: call.port,
+        method: call.method.clone(),
+        path_and_query: call.path_and_query.clone(),
+        content_type: call.content_type.clone(),
+        body_text: redactor.text(&String::from_utf8_lossy(&call.body)),
+        body: redactor.value(&call.body_json),
+        status,
+        response: serde_json::from_slice(response).unwrap_or(Value::Null),
         unix_ms: crate::base::now_ms(),
-        undoes: f.undoes.map(str::to_string),
+        undoes: call.undoes.clone(),
         undone: None,
         attempts: 0,
         undo_approvals: Vec::new(),
     };
     if let Err(e) = store.ledger_put(&entry).await {
-        tracing::error!(request_id = f.request_id, error = %e, "could not record the commit for rollback");
+        tracing::error!(request_id = %call.request_id, error = %e, "could not record the commit for rollback");
     }
 }
 

@@ -402,6 +402,91 @@ pub fn stored_answer(outcome: &Outcome) -> Response<ProxyBody> {
     resp
 }
 
+/// One call as toolgate tells it once the request path has read it: who sent what to where, in
+/// which job. The request path makes it (or an approved proposal, [`Call::of_proposal`]);
+/// approval, the commit routine, the ledger and replay take it, and the ledger's stored form
+/// ([`Committed`]) is made from it.
+#[derive(Debug, Clone, Default)]
+pub struct Call {
+    pub request_id: String,
+    /// The proposal it was held in, if it was.
+    pub proposal: Option<String>,
+    pub job: String,
+    pub agent: String,
+    pub tool: String,
+    pub tool_version: u32,
+    pub host: String,
+    pub port: u16,
+    pub method: String,
+    pub path_and_query: String,
+    pub content_type: Option<String>,
+    /// The body as sent.
+    pub body: bytes::Bytes,
+    /// The body (or an MCP call's arguments) as its contract reads it.
+    pub body_json: Value,
+    /// Set on an undo: the call it undoes.
+    pub undoes: Option<String>,
+}
+
+impl Call {
+    /// Where the call goes.
+    pub fn url(&self) -> String {
+        format!(
+            "https://{}{}",
+            authority(&self.host, self.port),
+            self.path_and_query
+        )
+    }
+
+    /// An approved proposal's call (its body as it will be sent, and as its contract reads it).
+    pub fn of_proposal(p: &Proposal, body: bytes::Bytes, body_json: Value) -> Call {
+        let content_type = p
+            .request
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .map(|(_, v)| v.clone());
+        Call {
+            request_id: p.request_id.clone(),
+            proposal: Some(p.id.clone()),
+            job: p.job.clone(),
+            agent: p.agent.clone(),
+            tool: p.tool.clone(),
+            tool_version: p.tool_version,
+            host: p.request.host.clone(),
+            port: p.request.port,
+            method: p.request.method.clone(),
+            path_and_query: p.request.path_and_query.clone(),
+            content_type,
+            body,
+            body_json,
+            undoes: None,
+        }
+    }
+}
+
+impl From<&Committed> for Call {
+    /// A committed call as the ledger keeps it (its body as recorded, secrets redacted).
+    fn from(c: &Committed) -> Call {
+        Call {
+            request_id: c.request_id.clone(),
+            proposal: c.proposal.clone(),
+            job: c.job.clone(),
+            agent: c.agent.clone(),
+            tool: c.tool.clone(),
+            tool_version: c.tool_version,
+            host: c.host.clone(),
+            port: c.port,
+            method: c.method.clone(),
+            path_and_query: c.path_and_query.clone(),
+            content_type: c.content_type.clone(),
+            body: bytes::Bytes::from(c.body_text.clone()),
+            body_json: c.body.clone(),
+            undoes: c.undoes.clone(),
+        }
+    }
+}
+
 /// One committed call of a tool with side effects, and the upstream's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Committed {

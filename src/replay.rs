@@ -5,31 +5,21 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Limited};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::base::body;
+use crate::model::Call;
 use crate::App;
 
 /// The environment whose credential a replay sends.
 pub const SANDBOX_ENVIRONMENT: &str = "sandbox";
 
-/// One call to re-send.
-#[derive(Debug, Clone)]
-struct Call {
-    request_id: String,
-    job: Option<String>,
-    proposal: Option<String>,
-    agent: Option<String>,
-    tool: String,
-    host: String,
-    method: String,
-    path_and_query: String,
-    content_type: Option<String>,
-    body: String,
+/// One call to re-send, and when it was made.
+struct Recorded {
+    call: Call,
     unix_ms: u64,
 }
 
@@ -60,17 +50,8 @@ async fn calls(app: &App, id: &str) -> Result<Vec<Call>, ReplayError> {
     for c in crate::ledger::all(&app.store).await.map_err(err)? {
         if c.request_id == id || c.proposal.as_deref() == Some(id) || c.job == id {
             seen.insert(c.request_id.clone());
-            out.push(Call {
-                request_id: c.request_id,
-                job: Some(c.job),
-                proposal: c.proposal,
-                agent: Some(c.agent),
-                tool: c.tool,
-                host: c.host,
-                method: c.method,
-                path_and_query: c.path_and_query,
-                content_type: c.content_type,
-                body: c.body_text,
+            out.push(Recorded {
+                call: Call::from(&c),
                 unix_ms: c.unix_ms,
             });
         }
@@ -106,11 +87,11 @@ async fn calls(app: &App, id: &str) -> Result<Vec<Call>, ReplayError> {
         }
         let path = e.payload["path"].as_str().unwrap_or("/");
         let query = e.payload["query"].as_str().unwrap_or("");
-        out.push(Call {
+        let call = Call {
             request_id: rid.to_string(),
-            job: e.job.clone(),
+            job: e.job.clone().unwrap_or_default(),
             proposal: e.proposal.clone(),
-            agent: e.agent.clone(),
+            agent: e.agent.clone().unwrap_or_default(),
             tool,
             host: e.payload["host"].as_str().unwrap_or("").to_string(),
             method: method.to_string(),
@@ -119,13 +100,15 @@ async fn calls(app: &App, id: &str) -> Result<Vec<Call>, ReplayError> {
             } else {
                 format!("{path}?{query}")
             },
-            content_type: None,
-            body: String::new(),
+            ..Call::default()
+        };
+        out.push(Recorded {
+            call,
             unix_ms: e.unix_ms,
         });
     }
     out.sort_by_key(|c| c.unix_ms);
-    Ok(out)
+    Ok(out.into_iter().map(|r| r.call).collect())
 }
 
 /// A host name as compared: lower case, without brackets or the root's trailing dot
@@ -205,9 +188,9 @@ pub async fn replay(
             .record(crate::audit::Record {
                 kind: "replay",
                 request_id: Some(call.request_id.clone()),
-                job: call.job.clone(),
+                job: Some(call.job.clone()).filter(|j| !j.is_empty()),
                 proposal: call.proposal.clone(),
-                agent: call.agent.clone(),
+                agent: Some(call.agent.clone()).filter(|a| !a.is_empty()),
                 tool: Some(call.tool.clone()),
                 payload,
                 ..Default::default()
@@ -249,7 +232,7 @@ async fn send(
     };
     let method = Method::from_bytes(call.method.as_bytes())
         .map_err(|e| ("refused", format!("recorded method: {e}")))?;
-    let mut req = Request::new(body::full(Bytes::from(call.body.clone())));
+    let mut req = Request::new(body::full(call.body.clone()));
     *req.method_mut() = method.clone();
     *req.uri_mut() = call
         .path_and_query

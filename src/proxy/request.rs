@@ -23,7 +23,7 @@ use crate::checks::{
 use crate::error::{Code, Refusal};
 use crate::guard::{BodyReservation, Exceeded};
 use crate::limits::charge_budget;
-use crate::model::KillTarget;
+use crate::model::{Call, KillTarget};
 use crate::policy::{check_path, Agent, Credential, Mode, Policy, SideEffects, Tool};
 use crate::services::LockKey;
 use crate::store::{now_unix, IdemRecord, IdemState, Outcome};
@@ -33,26 +33,24 @@ use crate::App;
 /// How long an `Idempotency-Key` is remembered (Stripe's own window).
 const KEY_WINDOW_SECS: u64 = 24 * 3600;
 
-/// Everything the phases learn about one call, filled in as it goes: an HTTP request to a
-/// contracted path, or a tool call an adapter (MCP) read out of a message.
-pub(super) struct Call {
+/// A call past the validate phase: the [`Call`] (as approval, commit, the ledger and replay
+/// take it) with what the decide phase needs of the request: an HTTP request to a contracted
+/// path, or a tool call an adapter (MCP) read out of a message.
+pub(super) struct Checked {
+    call: Call,
     agent: Arc<Agent>,
     tool: Arc<Tool>,
     params: std::collections::BTreeMap<String, String>,
     credential: Option<Arc<Credential>>,
+    /// The head as sent.
     parts: http::request::Parts,
     query: Value,
-    body: Bytes,
-    body_json: Value,
     /// What the call asks of the tool's budget.
     amount: Option<f64>,
-    path_and_query: String,
     /// The headers that go upstream, credential injected.
     headers: HeaderMap,
     /// The body as the audit log records it (fields the contract names redacted).
     body_event: Value,
-    /// The call being undone, when toolgate itself sends an undo.
-    undo_of: Option<String>,
     /// An MCP tool call: its JSON-RPC id (the tool's name is the contract's `mcp_tool`).
     mcp_id: Option<Value>,
     started: std::time::Instant,
@@ -60,7 +58,7 @@ pub(super) struct Call {
     _buffered: BodyReservation,
 }
 
-impl Call {
+impl Checked {
     /// The tool the call is for.
     pub(super) fn tool(&self) -> &Arc<Tool> {
         &self.tool
@@ -68,7 +66,38 @@ impl Call {
 
     /// The arguments (an MCP call's) or the body as JSON.
     pub(super) fn arguments(&self) -> &Value {
-        &self.body_json
+        &self.call.body_json
+    }
+}
+
+/// The call a request of `ctx` makes: to `tool`, with the head and body as sent and the body
+/// (or arguments) as the contract reads it.
+fn call_of(
+    ctx: &RequestCtx,
+    tool: &Tool,
+    parts: &http::request::Parts,
+    body: Bytes,
+    body_json: Value,
+) -> Call {
+    Call {
+        request_id: ctx.id.clone(),
+        proposal: None,
+        job: ctx.job.clone(),
+        agent: ctx.agent().to_string(),
+        tool: tool.name.clone(),
+        tool_version: tool.version,
+        host: ctx.target.host.clone(),
+        port: ctx.target.port,
+        method: parts.method.as_str().to_string(),
+        path_and_query: path_and_query(parts),
+        content_type: parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        body,
+        body_json,
+        undoes: ctx.target.undoes().map(str::to_string),
     }
 }
 
@@ -84,7 +113,7 @@ pub(super) struct Read {
 /// in its own form.
 pub(super) enum Answer {
     /// Nothing was sent: the call, for a preview of what would have been.
-    Preview(Box<Call>),
+    Preview(Box<Checked>),
     /// The upstream's answer to a read, passed on as it comes.
     Passed(Response<ProxyBody>),
     /// A stored answer: of a write, of an earlier identical call, of an approved proposal.
@@ -95,7 +124,7 @@ impl Answer {
     /// The answer as an HTTP client reads it.
     pub(super) fn into_http(self, target: &Target) -> Response<ProxyBody> {
         match self {
-            Answer::Preview(call) => preview(target, &call),
+            Answer::Preview(checked) => preview(target, &checked),
             Answer::Passed(resp) | Answer::Stored(resp) => resp,
         }
     }
@@ -152,8 +181,8 @@ pub(super) async fn process(
     let matched = match_tool(app, ctx, &req)?;
     ctx.matched(&matched.tool);
     let agent = crate::grants::for_tool(app, agent, &matched.tool.name).await?;
-    let call = validate(app, ctx, agent, matched, req).await?;
-    decide(app, ctx, call).await
+    let checked = validate(app, ctx, agent, matched, req).await?;
+    decide(app, ctx, checked).await
 }
 
 /// The match phase: the one contract the path matches, and that tool's kill switch.
@@ -204,7 +233,7 @@ pub(super) fn arguments_call(
     read: Read,
     id: Value,
     arguments: Value,
-) -> Result<Call, Refusal> {
+) -> Result<Checked, Refusal> {
     let params = Default::default();
     let credential = authorize(&agent, &tool, &params)?;
     if let Some(mcp) = &tool.mcp {
@@ -223,22 +252,18 @@ pub(super) fn arguments_call(
     check_rules(&agent, &tool, &parts, &params, &Value::Null, &arguments)?;
     let amount = budget_amount(&tool, &arguments)?;
     let headers = upstream_headers(&tool, &parts.headers, credential.as_deref())?;
-    let path_and_query = path_and_query(&parts);
     let body_event = arguments_event(&tool, &arguments);
-    Ok(Call {
+    Ok(Checked {
+        call: call_of(ctx, &tool, &parts, body, arguments),
         agent,
         tool,
         params,
         credential,
         parts,
         query: Value::Null,
-        body,
-        body_json: arguments,
         amount,
-        path_and_query,
         headers,
         body_event,
-        undo_of: ctx.target.undoes().map(str::to_string),
         mcp_id: Some(id),
         started: std::time::Instant::now(),
         _buffered: buffered,
@@ -289,7 +314,7 @@ async fn validate(
     agent: Arc<Agent>,
     matched: crate::policy::Matched,
     req: Request<ProxyBody>,
-) -> Result<Call, Refusal> {
+) -> Result<Checked, Refusal> {
     let tool = matched.tool;
     let credential = authorize(&agent, &tool, &matched.params)?;
     validate_path(&tool, &matched.params)?;
@@ -304,22 +329,18 @@ async fn validate(
     check_rules(&agent, &tool, &parts, &matched.params, &query, &body_json)?;
     let amount = budget_amount(&tool, &body_json)?;
     let headers = upstream_headers(&tool, &parts.headers, credential.as_deref())?;
-    let path_and_query = path_and_query(&parts);
     let body_event = body_event(&tool, &body, &body_json);
-    Ok(Call {
+    Ok(Checked {
+        call: call_of(ctx, &tool, &parts, body, body_json),
         agent,
         tool,
         params: matched.params,
         credential,
         parts,
         query,
-        body,
-        body_json,
         amount,
-        path_and_query,
         headers,
         body_event,
-        undo_of: ctx.target.undoes().map(str::to_string),
         mcp_id: None,
         started: std::time::Instant::now(),
         _buffered: buffered,
@@ -344,10 +365,10 @@ fn body_event(tool: &Tool, body: &Bytes, body_json: &Value) -> Value {
 pub(super) async fn decide(
     app: &Arc<App>,
     ctx: &RequestCtx,
-    mut call: Call,
+    mut checked: Checked,
 ) -> Result<Answer, Refusal> {
-    let tool = call.tool.clone();
-    if let Some(g) = call.agent.grant(&tool.name) {
+    let tool = checked.tool.clone();
+    if let Some(g) = checked.agent.grant(&tool.name) {
         ctx.record_beside("grant.used", crate::grants::facts(g))
             .await;
     }
@@ -357,54 +378,55 @@ pub(super) async fn decide(
             tool.name
         )));
     }
-    let asked_dry_run = call
+    let asked_dry_run = checked
         .parts
         .headers
         .get("toolgate-dry-run")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| matches!(v.trim(), "1" | "true"));
     // An undo was asked for by an approver: it is not previewed, and not held.
-    let dry_run = call.undo_of.is_none()
+    let dry_run = checked.call.undoes.is_none()
         && (tool.mode == Mode::DryRun
-            || (tool.side_effects != SideEffects::None && (call.agent.dry_run || asked_dry_run)));
+            || (tool.side_effects != SideEffects::None
+                && (checked.agent.dry_run || asked_dry_run)));
     if dry_run {
-        ctx.record("decision", decision("dry_run", &call)).await;
-        return Ok(Answer::Preview(Box::new(call)));
+        ctx.record("decision", decision("dry_run", &checked)).await;
+        return Ok(Answer::Preview(Box::new(checked)));
     }
     // Limits that hold for calls held for approval as much as for calls sent at once.
-    let key = idempotency_key(&tool, &call.parts.headers)?.map(str::to_string);
-    if tool.mode == Mode::Approve && call.undo_of.is_none() {
+    let key = idempotency_key(&tool, &checked.parts.headers)?.map(str::to_string);
+    if tool.mode == Mode::Approve && checked.call.undoes.is_none() {
         // The proposal stores the request without the credential; it is injected at commit.
-        if let Some(cred) = &call.credential {
-            call.headers.remove(&cred.header);
+        if let Some(cred) = &checked.credential {
+            checked.headers.remove(&cred.header);
         }
         ctx.flush().await;
-        return propose(app, ctx, &call).await.map(Answer::Stored);
+        return propose(app, ctx, &checked).await.map(Answer::Stored);
     }
     if tool.side_effects == SideEffects::None {
-        return read(app, ctx, call).await.map(Answer::Passed);
+        return read(app, ctx, checked).await.map(Answer::Passed);
     }
     ctx.flush().await;
-    write(app, ctx, call, key.as_deref())
+    write(app, ctx, checked, key.as_deref())
         .await
         .map(Answer::Stored)
 }
 
 /// The payload of a call's `decision` event when it goes on (sent, or previewed).
-fn decision(outcome: &str, call: &Call) -> Value {
+fn decision(outcome: &str, checked: &Checked) -> Value {
     // Built by hand: `json!` would copy the body through a serializer.
     let mut m = serde_json::Map::new();
     m.insert("outcome".into(), outcome.into());
-    m.insert("mode".into(), call.tool.mode.as_str().into());
-    m.insert("body".into(), call.body_event.clone());
+    m.insert("mode".into(), checked.tool.mode.as_str().into());
+    m.insert("body".into(), checked.body_event.clone());
     Value::Object(m)
 }
 
 /// sha256 of method, path and query, and body: what makes two calls the same call. For an MCP
 /// call, of the tool and its arguments: a retry carries a new JSON-RPC id and is the same call.
-fn payload_sha(call: &Call) -> String {
-    if call.mcp_id.is_some() {
-        let name = call
+fn payload_sha(checked: &Checked) -> String {
+    if checked.mcp_id.is_some() {
+        let name = checked
             .tool
             .mcp
             .as_ref()
@@ -412,24 +434,24 @@ fn payload_sha(call: &Call) -> String {
             .unwrap_or("");
         return hex::encode(Sha256::digest(crate::mcp::call_identity(
             name,
-            &call.body_json,
+            &checked.call.body_json,
         )));
     }
     let mut h = Sha256::new();
-    h.update(call.parts.method.as_str());
+    h.update(checked.parts.method.as_str());
     h.update([0]);
-    h.update(&call.path_and_query);
+    h.update(&checked.call.path_and_query);
     h.update([0]);
-    h.update(&call.body);
+    h.update(&checked.call.body);
     hex::encode(h.finalize())
 }
 
 /// The request as it goes upstream (the headers move into it).
-fn outgoing(call: &mut Call) -> Request<ProxyBody> {
-    let mut out = Request::new(body::full(call.body.clone()));
-    *out.method_mut() = call.parts.method.clone();
-    *out.uri_mut() = call.path_and_query.parse().unwrap_or_default();
-    *out.headers_mut() = std::mem::take(&mut call.headers);
+fn outgoing(checked: &mut Checked) -> Request<ProxyBody> {
+    let mut out = Request::new(body::full(checked.call.body.clone()));
+    *out.method_mut() = checked.parts.method.clone();
+    *out.uri_mut() = checked.call.path_and_query.parse().unwrap_or_default();
+    *out.headers_mut() = std::mem::take(&mut checked.headers);
     out
 }
 
@@ -437,38 +459,36 @@ fn outgoing(call: &mut Call) -> Request<ProxyBody> {
 async fn propose(
     app: &Arc<App>,
     ctx: &RequestCtx,
-    call: &Call,
+    checked: &Checked,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    let payload = payload_sha(call);
-    let proposal = crate::approval::Call {
-        agent: &call.agent,
-        tool: &call.tool,
-        request_id: &ctx.id,
-        job: ctx.job.clone(),
-        host: &ctx.target.host,
-        port: ctx.target.port,
-        method: &call.parts.method,
-        path_and_query: &call.path_and_query,
-        headers: &call.headers,
-        body: &call.body,
+    let payload = payload_sha(checked);
+    let held = crate::approval::Held {
+        call: &checked.call,
+        agent: &checked.agent,
+        tool: &checked.tool,
+        headers: &checked.headers,
         payload_sha256: &payload,
-        summary_ctx: json!({"body": call.body_json, "arguments": call.body_json, "params": call.params, "query": call.query}),
+        summary_ctx: json!({"body": checked.call.body_json, "arguments": checked.call.body_json, "params": checked.params, "query": checked.query}),
         redactor: &app.audit.redactor,
-        budget_amount: call.amount,
+        budget_amount: checked.amount,
         token: ctx.token.as_deref(),
     };
-    crate::approval::propose_and_wait(app, proposal).await
+    crate::approval::propose_and_wait(app, held).await
 }
 
 /// A call without side effects: sent at once, its answer streamed back, secrets cut out.
-async fn read(app: &App, ctx: &RequestCtx, mut call: Call) -> Result<Response<ProxyBody>, Refusal> {
-    let tool = call.tool.clone();
-    app.limiter.admit(&call.agent.id, &tool).await?;
-    let event = CallEvent::of(ctx, decision("allowed", &call), call.started);
-    let (resp, event) = exchange::forward(app, &ctx.target, outgoing(&mut call), event).await?;
+async fn read(
+    app: &App,
+    ctx: &RequestCtx,
+    mut checked: Checked,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let tool = checked.tool.clone();
+    app.limiter.admit(&checked.agent.id, &tool).await?;
+    let event = CallEvent::of(ctx, decision("allowed", &checked), checked.started);
+    let (resp, event) = exchange::forward(app, &ctx.target, outgoing(&mut checked), event).await?;
     let (mut parts, body) = resp.into_parts();
     // The injected credential never reaches the agent, even if the upstream echoes it.
-    let needles = Needles::new(call.credential.iter().flat_map(|c| {
+    let needles = Needles::new(checked.credential.iter().flat_map(|c| {
         [
             c.secret().to_string(),
             String::from_utf8_lossy(c.header_value().as_bytes()).into_owned(),
@@ -476,9 +496,9 @@ async fn read(app: &App, ctx: &RequestCtx, mut call: Call) -> Result<Response<Pr
     }));
     needles.scrub_headers(&mut parts.headers);
     let body = Scrubbed::new(body, needles);
-    let latency_ms = call.started.elapsed().as_millis() as u64;
+    let latency_ms = checked.started.elapsed().as_millis() as u64;
     if tool.def.kind.as_deref() == Some("model") {
-        return Ok(model_answer(app, ctx, &call, event, parts, body).await);
+        return Ok(model_answer(app, ctx, &checked, event, parts, body).await);
     }
     if let Some(spec) = &tool.response {
         return contracted_read(event, parts, body, spec, latency_ms).await;
@@ -564,7 +584,7 @@ async fn contracted_read(
 async fn model_answer(
     app: &App,
     ctx: &RequestCtx,
-    call: &Call,
+    checked: &Checked,
     event: CallEvent,
     parts: http::response::Parts,
     body: Scrubbed<hyper::body::Incoming>,
@@ -576,7 +596,8 @@ async fn model_answer(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let audit = app.audit.clone();
     let provider = super::model::provider(&ctx.target.host);
-    let asked_model = call
+    let asked_model = checked
+        .call
         .body_json
         .get("model")
         .and_then(Value::as_str)
@@ -584,7 +605,7 @@ async fn model_answer(
     let status = parts.status.as_u16();
     let headers_event = crate::audit::headers_json(&parts.headers);
     let base = ctx.rec("model_usage", Value::Null);
-    let started = call.started;
+    let started = checked.started;
     let tap = super::model::UsageTap::new(
         body,
         sse,
@@ -613,11 +634,11 @@ async fn model_answer(
 async fn write(
     app: &Arc<App>,
     ctx: &RequestCtx,
-    call: Call,
+    checked: Checked,
     key: Option<&str>,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    let (agent, tool) = (call.agent.clone(), call.tool.clone());
-    let payload = payload_sha(&call);
+    let (agent, tool) = (checked.agent.clone(), checked.tool.clone());
+    let payload = payload_sha(&checked);
     let (idem_id, window_secs) = match key {
         Some(key) => (idem_id("key", &agent.id, &tool.name, key), KEY_WINDOW_SECS),
         // A tool with side effects always has an idempotency mode (a load-time rule); payload is
@@ -636,7 +657,7 @@ async fn write(
     }
     // limits: only calls that will execute count.
     app.limiter.admit(&agent.id, &tool).await?;
-    let charged = charge_budget(&app.store, &agent.id, &tool, call.amount).await?;
+    let charged = charge_budget(&app.store, &agent.id, &tool, checked.amount).await?;
     // Marked in flight, durably, before a byte leaves: a crash from here on is never re-sent.
     let rec = IdemRecord {
         state: IdemState::InFlight,
@@ -674,7 +695,7 @@ async fn write(
     let settled = app.tasks.spawn(commit_and_settle(
         app.clone(),
         ctx.detached(),
-        call,
+        checked,
         settling,
     ));
     settled.await.unwrap_or_else(|e| {
@@ -698,7 +719,7 @@ struct Settling {
 async fn commit_and_settle(
     app: Arc<App>,
     ctx: RequestCtx,
-    mut call: Call,
+    mut checked: Checked,
     settling: Settling,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let app = app.as_ref();
@@ -708,9 +729,9 @@ async fn commit_and_settle(
         charged,
         _guard,
     } = settling;
-    ctx.record("decision", decision("allowed", &call)).await;
-    let request = outgoing(&mut call);
-    let commit = commit_of(&ctx, &call, request, charged);
+    ctx.record("decision", decision("allowed", &checked)).await;
+    let request = outgoing(&mut checked);
+    let commit = commit_of(&ctx, &checked, request, charged);
     let sent = match crate::commit::send(app, commit).await {
         Ok(sent) => sent,
         Err(failed) if failed.sent_nothing() => {
@@ -787,47 +808,24 @@ async fn earlier_answer(
 
 /// What the commit routine needs to know about a call sent at once.
 fn commit_of<'a>(
-    ctx: &'a RequestCtx,
-    call: &'a Call,
+    ctx: &RequestCtx,
+    checked: &'a Checked,
     request: Request<ProxyBody>,
     charged: crate::limits::Charge,
 ) -> crate::commit::Commit<'a> {
-    let target = &ctx.target;
+    let call = &checked.call;
     crate::commit::Commit {
         who: ctx.rec("commit", Value::Null),
         commit_payload: json!({
-            "method": call.parts.method.as_str(),
-            "url": format!("https://{}{}", upstream::authority(&target.host, target.port), call.path_and_query),
+            "method": call.method,
+            "url": call.url(),
             "sha256": hex::encode(Sha256::digest(&call.body)),
-            "body": call.body_event,
+            "body": checked.body_event,
         }),
-        host: &target.host,
-        port: target.port,
+        call,
         request,
-        ledger: crate::ledger::CommitFacts {
-            request_id: &ctx.id,
-            proposal: None,
-            job: &ctx.job,
-            agent: &call.agent.id,
-            tool: &call.tool.name,
-            tool_version: call.tool.version,
-            host: &target.host,
-            port: target.port,
-            method: call.parts.method.as_str(),
-            path_and_query: &call.path_and_query,
-            content_type: call
-                .parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
-            body: &call.body,
-            body_json: &call.body_json,
-            status: 0,
-            response: &[],
-            undoes: call.undo_of.as_deref(),
-        },
         charged,
-        response: call.tool.response.as_ref(),
+        response: checked.tool.response.as_ref(),
     }
 }
 
@@ -923,11 +921,11 @@ pub(super) async fn read_body(
 }
 
 /// The dry-run answer: the request toolgate would send, secrets redacted, nothing sent.
-fn preview(target: &Target, call: &Call) -> Response<ProxyBody> {
-    let (tool, credential) = (&call.tool, call.credential.as_deref());
-    let (body, path_and_query) = (&call.body, &call.path_and_query);
+fn preview(target: &Target, checked: &Checked) -> Response<ProxyBody> {
+    let (tool, credential) = (&checked.tool, checked.credential.as_deref());
+    let (body, path_and_query) = (&checked.call.body, &checked.call.path_and_query);
     let mut shown = serde_json::Map::new();
-    for (name, value) in &call.headers {
+    for (name, value) in &checked.headers {
         let text = value.to_str().unwrap_or("<binary>");
         let secret = credential.is_some_and(|c| name == c.header || text.contains(c.secret()));
         let text = if secret || value.is_sensitive() {
@@ -952,7 +950,7 @@ fn preview(target: &Target, call: &Call) -> Response<ProxyBody> {
         "tool": tool.name,
         "version": tool.version,
         "request": {
-            "method": call.parts.method.as_str(),
+            "method": checked.parts.method.as_str(),
             "url": format!("https://{}{}", upstream::authority(&target.host, target.port), path_and_query),
             "headers": shown,
             "body": body_text,
