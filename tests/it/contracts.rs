@@ -1,14 +1,11 @@
 //! Tool contracts end to end, with the repository's example policies (built from the real
 //! Stripe, GitHub and SendGrid specs): validation, permissions, credentials, idempotency, dry
 //! run, limits, kill switches and reload. Every test asserts what the upstream received.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const CUSTOMERS: &str = "https://api.stripe.com/v1/customers";
 const ISSUES: &str = "https://api.github.com/repos/acme/web/issues";

@@ -3,15 +3,12 @@
 //! (each request once), one request as recorded with secrets redacted and agent markup escaped,
 //! and, in headless Chromium, a reviewer who knows only the agent's name finding its refused
 //! calls and the approved refund.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const CAROL: &str = "demo-carol-token";
 const RILEY: &str = "demo-riley-token";

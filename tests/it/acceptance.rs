@@ -4,15 +4,12 @@
 //! against a sandbox only. Each asserts on what the fake APIs hold, not only on what toolgate
 //! says. The other launch checks (`launch_check_*`) live beside the features they test; see the
 //! README's "Launch checks".
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::time::Duration;
 
+use crate::support::fakes::{Fakes, Keys};
+use crate::support::*;
 use serde_json::{json, Value};
-use support::fakes::{Fakes, Keys};
-use support::*;
 
 const CAROL: &str = "demo-carol-token";
 const DAVE: &str = "demo-dave-token";

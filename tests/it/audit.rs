@@ -1,14 +1,11 @@
 //! The audit log end to end: every decision recorded, the story of a job in one command,
 //! secrets nowhere on disk, tamper evidence, durability across SIGKILL, and purge.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
 

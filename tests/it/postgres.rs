@@ -1,14 +1,11 @@
 //! The PostgreSQL store against a real private cluster (never a mock): migrations applied once
 //! by replicas starting together, and every compare-and-set deciding one winner between two
 //! stores on the same database, as two replicas would.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::pg::Cluster;
+use crate::support::pg::Cluster;
 use toolgate::model::{IdemRecord, IdemState, KillSwitch, KillTarget, Session};
 use toolgate::store::{
     BudgetStore, CounterStore, IdempotencyStore, KillStore, LedgerStore, PgStore, SessionStore,
@@ -50,7 +47,7 @@ async fn two_replicas_on_one_database_agree_on_every_race() {
     let (a, b) = two_replicas(&cluster).await;
 
     // Proposals: creation, decisions and commits, one winner each.
-    support::proposal_races(&[a.clone(), b.clone()]).await;
+    crate::support::proposal_races(&[a.clone(), b.clone()]).await;
 
     // Twenty duplicates, half through each replica: one in-flight marker wins.
     let mut tasks = Vec::new();
@@ -283,18 +280,18 @@ async fn replicas_write_one_audit_chain_that_verifies_from_either() {
 /// sharing the CA and seal key (`--certs`), as two replicas are deployed.
 async fn two_gates(
     cluster: &Cluster,
-    pki: &support::Pki,
+    pki: &crate::support::Pki,
     upstream: std::net::SocketAddr,
     extra: &[(&str, String)],
-) -> (support::Toolgate, support::Toolgate) {
+) -> (crate::support::Toolgate, crate::support::Toolgate) {
     let url = cluster.url.clone();
-    let a = support::examples_gate(pki, upstream, extra, {
+    let a = crate::support::examples_gate(pki, upstream, extra, {
         let url = url.clone();
         move |c| c.database_url = Some(url)
     })
     .await;
     let certs = a.dir.path().join("certs");
-    let b = support::examples_gate(pki, upstream, extra, move |c| {
+    let b = crate::support::examples_gate(pki, upstream, extra, move |c| {
         c.database_url = Some(url);
         c.certs_dir = certs;
     })
@@ -307,7 +304,7 @@ async fn two_gates(
 /// thrown on A refuses the next call on B; duplicates sent to both execute once.
 #[tokio::test]
 async fn two_replicas_act_as_one_gateway() {
-    use support::*;
+    use crate::support::*;
     let Some(cluster) = Cluster::start("two_replicas_act_as_one_gateway") else {
         return;
     };
@@ -549,7 +546,7 @@ async fn the_database_connection_is_tls_when_the_url_asks_and_never_unverified()
     let Some(cluster) = Cluster::start("the_database_connection_is_tls_when_the_url_asks") else {
         return;
     };
-    let pki = support::Pki::new("database CA");
+    let pki = crate::support::Pki::new("database CA");
     let (cert, key) = pki.server_pem(&["localhost", "127.0.0.1"]);
     cluster.enable_tls(&cert, &key);
     let seal = cluster.dir().join("seal");
@@ -585,7 +582,7 @@ async fn the_database_connection_is_tls_when_the_url_asks_and_never_unverified()
         assert!(err.contains("certificate"), "{url}: {err}");
     }
     // A name the certificate does not carry is refused too (verify-full is what every mode does).
-    let pki_other = support::Pki::new("another CA");
+    let pki_other = crate::support::Pki::new("another CA");
     let url = format!(
         "{}?sslmode=require&sslrootcert={}",
         cluster.url.replace("127.0.0.1", "localhost"),
@@ -613,7 +610,7 @@ async fn the_database_connection_is_tls_when_the_url_asks_and_never_unverified()
 
 #[tokio::test]
 async fn a_single_toolgate_moves_its_open_state_to_the_database() {
-    use support::*;
+    use crate::support::*;
     let Some(cluster) = Cluster::start("a_single_toolgate_moves_its_open_state") else {
         return;
     };
@@ -846,15 +843,16 @@ async fn a_grant_is_seen_by_every_replica_and_ended_once() {
 /// Sends `method url` through `gate` as `agent` on one tunnel until the answer's status is `want`
 /// (up to 3 s); the last status (407 when the tunnel itself is refused).
 async fn until_status(
-    gate: &support::Toolgate,
+    gate: &crate::support::Toolgate,
     agent: (&str, &str),
     (method, url, headers, body): (&str, &str, &[(&str, &str)], &str),
     want: u16,
 ) -> u16 {
-    let client = support::client_via(gate.addr, Some(agent), &gate.ca_pem, http::Version::HTTP_11);
+    let client =
+        crate::support::client_via(gate.addr, Some(agent), &gate.ca_pem, http::Version::HTTP_11);
     let mut status = 0;
     for _ in 0..60 {
-        status = match support::send(&client, method, url, headers, body).await {
+        status = match crate::support::send(&client, method, url, headers, body).await {
             Ok(a) => a.status.as_u16(),
             Err(e) if format!("{e:?}").contains("ProxyAuthRequired") => 407,
             Err(e) => panic!("{e:?}"),
@@ -868,9 +866,9 @@ async fn until_status(
 }
 
 async fn principals_follow_across_replicas(
-    a: &support::Toolgate,
-    b: &support::Toolgate,
-    fakes: &support::fakes::Fakes,
+    a: &crate::support::Toolgate,
+    b: &crate::support::Toolgate,
+    fakes: &crate::support::fakes::Fakes,
 ) {
     const DAVE: &str = "demo-dave-token";
     let issued = a
@@ -905,7 +903,7 @@ async fn principals_follow_across_replicas(
     );
 
     let prod = ("support-bot-prod", "demo-prod-token");
-    let form = [support::FORM, ("idempotency-key", "replica-grant")];
+    let form = [crate::support::FORM, ("idempotency-key", "replica-grant")];
     let create = (
         "POST",
         "https://api.stripe.com/v1/payment_intents",
@@ -929,7 +927,7 @@ async fn principals_follow_across_replicas(
         .admin("DELETE", &format!("/api/grants/{grant}"), Some(DAVE), None)
         .await;
     assert_eq!(revoked.status, 200, "{}", revoked.text());
-    let other = [support::FORM, ("idempotency-key", "replica-grant-2")];
+    let other = [crate::support::FORM, ("idempotency-key", "replica-grant-2")];
     let again = ("POST", create.1, &other[..], create.3);
     assert_eq!(
         until_status(a, prod, again, 403).await,
@@ -943,7 +941,7 @@ async fn principals_follow_across_replicas(
 /// examples have.
 struct Replicas {
     _base: tempfile::TempDir,
-    running: Vec<support::process::Started>,
+    running: Vec<crate::support::process::Started>,
     ca_pem: String,
 }
 
@@ -952,8 +950,8 @@ impl Replicas {
         self.running[i].2.parse().unwrap()
     }
 
-    fn agent(&self, i: usize) -> support::TestClient {
-        support::client_via(
+    fn agent(&self, i: usize) -> crate::support::TestClient {
+        crate::support::client_via(
             self.running[i].1,
             Some(("support-bot-staging", "demo-staging-token")),
             &self.ca_pem,
@@ -970,11 +968,11 @@ const RACERS: [(&str, &str); 2] = [
 
 async fn three_replicas(
     cluster: &Cluster,
-    fakes: &support::fakes::Fakes,
-    pki: &support::Pki,
+    fakes: &crate::support::fakes::Fakes,
+    pki: &crate::support::Pki,
 ) -> Replicas {
+    use crate::support::process::{copy_dir, start_serve};
     use sha2::Digest;
-    use support::process::{copy_dir, start_serve};
     let base = tempfile::tempdir().unwrap();
     let policies = base.path().join("policies");
     copy_dir(
@@ -1021,21 +1019,24 @@ async fn three_replicas(
 }
 
 /// Holds a slow refund of `pi` on replica 0; returns the held call and its proposal's id.
-async fn hold_refund(r: &Replicas, pi: &str) -> (tokio::task::JoinHandle<support::Answer>, String) {
+async fn hold_refund(
+    r: &Replicas,
+    pi: &str,
+) -> (tokio::task::JoinHandle<crate::support::Answer>, String) {
     let client = r.agent(0);
     let body = refund_body(pi);
     let held = tokio::spawn(async move {
-        support::send(
+        crate::support::send(
             &client,
             "POST",
             "https://api.stripe.com/v1/refunds",
-            &[support::FORM, ("idempotency-key", "race-first-try")],
+            &[crate::support::FORM, ("idempotency-key", "race-first-try")],
             body,
         )
         .await
         .unwrap()
     });
-    (held, support::pending_proposal(r.admin(0), pi).await)
+    (held, crate::support::pending_proposal(r.admin(0), pi).await)
 }
 
 fn refund_body(pi: &str) -> String {
@@ -1043,7 +1044,7 @@ fn refund_body(pi: &str) -> String {
 }
 
 /// How many refunds of `pi` the upstream received.
-fn refunds_of(fakes: &support::fakes::Fakes, pi: &str) -> usize {
+fn refunds_of(fakes: &crate::support::fakes::Fakes, pi: &str) -> usize {
     fakes
         .seen()
         .iter()
@@ -1056,14 +1057,14 @@ async fn decide_at(
     token: &'static str,
     id: &str,
     action: &str,
-) -> support::Answer {
+) -> crate::support::Answer {
     let path = format!("/api/proposals/{id}/{action}");
     let body = serde_json::json!({"comment": format!("race {action}")});
-    support::admin_at(admin, "POST", &path, Some(token), Some(body)).await
+    crate::support::admin_at(admin, "POST", &path, Some(token), Some(body)).await
 }
 
 async fn proposal_at(r: &Replicas, i: usize, id: &str) -> serde_json::Value {
-    support::admin_at(
+    crate::support::admin_at(
         r.admin(i),
         "GET",
         &format!("/api/proposals/{id}"),
@@ -1076,7 +1077,7 @@ async fn proposal_at(r: &Replicas, i: usize, id: &str) -> serde_json::Value {
 
 /// The kinds of the events in a proposal's story, as replica `i` reads it.
 async fn story_kinds(r: &Replicas, i: usize, id: &str) -> Vec<String> {
-    let story = support::admin_at(
+    let story = crate::support::admin_at(
         r.admin(i),
         "GET",
         &format!("/api/audit/story/{id}"),
@@ -1106,10 +1107,10 @@ async fn racing_decisions_on_replica_processes_send_once_and_deny_is_final() {
     let Some(cluster) = Cluster::start("racing_decisions_on_replica_processes") else {
         return;
     };
-    let pki = support::Pki::new("test upstream CA");
-    let fakes = support::fakes::Fakes::start(
+    let pki = crate::support::Pki::new("test upstream CA");
+    let fakes = crate::support::fakes::Fakes::start(
         pki.server_config(&["api.stripe.com"]),
-        support::fakes::Keys::examples(),
+        crate::support::fakes::Keys::examples(),
     )
     .await;
     let r = three_replicas(&cluster, &fakes, &pki).await;
@@ -1138,11 +1139,11 @@ async fn racing_decisions_on_replica_processes_send_once_and_deny_is_final() {
             resends.push(tokio::spawn(async move {
                 start.wait().await;
                 let key = format!("race-retry-{i}");
-                support::send(
+                crate::support::send(
                     &client,
                     "POST",
                     "https://api.stripe.com/v1/refunds",
-                    &[support::FORM, ("idempotency-key", key.as_str())],
+                    &[crate::support::FORM, ("idempotency-key", key.as_str())],
                     body,
                 )
                 .await
@@ -1224,11 +1225,11 @@ async fn racing_decisions_on_replica_processes_send_once_and_deny_is_final() {
                 assert_eq!(held.status, 403, "trial {trial}: {}", held.text());
                 assert_eq!(held.json()["error"]["code"], "approval_denied");
                 // The agent sending it again is refused too, on any replica.
-                let again = support::send(
+                let again = crate::support::send(
                     &r.agent(2),
                     "POST",
                     "https://api.stripe.com/v1/refunds",
-                    &[support::FORM, ("idempotency-key", "race-after-deny")],
+                    &[crate::support::FORM, ("idempotency-key", "race-after-deny")],
                     refund_body(&pi),
                 )
                 .await
@@ -1278,9 +1279,11 @@ credential = { staging = "stripe-test" }
 "#;
 
 /// One read of thing `i` through `client`: its status, error code (if refused) and request id.
-async fn read_thing(client: &support::TestClient, i: usize) -> (u16, String, String) {
+async fn read_thing(client: &crate::support::TestClient, i: usize) -> (u16, String, String) {
     let url = format!("https://api.stripe.com/v1/things/t{i}");
-    let got = support::send(client, "GET", &url, &[], "").await.unwrap();
+    let got = crate::support::send(client, "GET", &url, &[], "")
+        .await
+        .unwrap();
     let code = match got.status.as_u16() {
         200 => String::new(),
         _ => got.code(),
@@ -1298,7 +1301,7 @@ async fn read_thing(client: &support::TestClient, i: usize) -> (u16, String, Str
 /// its event, and the chain verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_database_stopped_nothing_is_forwarded_and_no_event_is_lost() {
-    use support::*;
+    use crate::support::*;
     let Some(cluster) =
         Cluster::start("with_the_database_stopped_nothing_is_forwarded_and_no_event_is_lost")
     else {
@@ -1493,7 +1496,7 @@ async fn with_the_database_stopped_nothing_is_forwarded_and_no_event_is_lost() {
 /// moment through two replicas get one undo sent (200) and one 409 naming it under way or done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_undos_on_two_replicas_send_one() {
-    use support::*;
+    use crate::support::*;
     let Some(cluster) = Cluster::start("racing_undos_on_two_replicas_send_one") else {
         return;
     };
@@ -1550,7 +1553,7 @@ async fn racing_undos_on_two_replicas_send_one() {
 /// whoever else claims it (the held call, the resend) gets its answer without sending again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn approvals_racing_on_two_gateways_send_an_on_approval_call_once() {
-    use support::*;
+    use crate::support::*;
     let Some(cluster) = Cluster::start("approvals_racing_on_two_gateways") else {
         return;
     };

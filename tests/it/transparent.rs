@@ -5,14 +5,11 @@
 //!
 //! Needs root (or CAP_NET_ADMIN), `ip`, `nft` and `curl`. Without them it prints why it skipped
 //! and passes, unless `TOOLGATE_REQUIRE_NETNS=1` makes a skip a failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::process::Command;
 
-use support::netns::{create, curl};
-use support::*;
+use crate::support::netns::{create, curl};
+use crate::support::*;
 
 /// An nftables table of the test's own, removed on drop.
 struct Nat(String);
@@ -75,10 +72,13 @@ fn skip(why: &str) {
     if std::env::var("TOOLGATE_REQUIRE_NETNS").as_deref() == Ok("1") {
         panic!("TOOLGATE_REQUIRE_NETNS=1 but the transparent test cannot run: {why}");
     }
-    support::skips::skipped(
-        &format!("{} (transparent interception)", support::current_test()),
+    crate::support::skips::skipped(
+        &format!(
+            "{} (transparent interception)",
+            crate::support::current_test()
+        ),
         why,
-        support::skips::NETNS,
+        crate::support::skips::NETNS,
     );
 }
 
@@ -327,10 +327,10 @@ async fn stripe_python_with_no_proxy_setting_is_governed_transparently() {
         if std::env::var("TOOLGATE_REQUIRE_SDKS").as_deref() == Ok("1") {
             panic!("TOOLGATE_REQUIRE_SDKS=1 but tests/sdk/.venv is missing");
         }
-        return support::skips::skipped(
+        return crate::support::skips::skipped(
             "stripe-python transparent (tests/transparent.rs)",
             "tests/sdk/.venv is missing",
-            support::skips::SDKS,
+            crate::support::skips::SDKS,
         );
     }
     if Command::new("nft").arg("--version").output().is_err() {

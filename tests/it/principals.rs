@@ -2,13 +2,10 @@
 //! stateful API fakes: response contracts keep only what they name (nothing else of an answer
 //! is written anywhere under the data dir) and hide fields from the agent; the story of an
 //! approved refund names the refund.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
+use crate::support::*;
 use base64::Engine;
 use serde_json::Value;
-use support::*;
 
 const CAROL: &str = "demo-carol-token";
 /// In the fakes' refund answers, and in nothing the agent sent: `keep` leaves it out.

@@ -1,17 +1,14 @@
 //! The intercepting proxy end to end: real sockets on loopback, a real TLS upstream, a real
 //! client through toolgate, and assertions on what the upstream actually received.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
-use support::*;
 
 const CUSTOMER: &str = "https://api.stripe.com/v1/customers/cus_123";
 
@@ -989,7 +986,7 @@ async fn every_refusal_reaches_the_client_over_http2_and_http1_whatever_the_body
 
     let curl = Command::new("curl").arg("--version").output().is_ok();
     if !curl {
-        support::skips::skipped(
+        crate::support::skips::skipped(
             "the curl half of the refusal test (tests/proxy.rs)",
             "curl is not installed",
             "apt-get install curl",
@@ -1122,7 +1119,7 @@ async fn a_host_no_contract_names_is_refused_inside_the_tunnel_with_its_message(
             "http://support-bot-staging:demo-staging-token@{}",
             gate.addr
         );
-        let (code, out) = support::netns::curl(
+        let (code, out) = crate::support::netns::curl(
             None,
             &[
                 "--proxy",

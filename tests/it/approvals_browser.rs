@@ -2,14 +2,11 @@
 //! playwright-core from tests/browser): sign in, see a held request appear, approve it, and see
 //! the agent's held call complete. `.ci/run` installs both and sets TOOLGATE_REQUIRE_BROWSER, so
 //! in CI a missing browser fails the test instead of skipping it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const TOOL: &str = r#"

@@ -1,16 +1,13 @@
 //! Approvals end to end: held calls, decisions through the API and the page, the rules of who
 //! may approve, commit at most once, and what the upstream received in each case.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
-use support::*;
 
 const REFUNDS: &str = "https://api.stripe.com/v1/refunds";
 const QUICK: &str = "https://api.stripe.com/v1/quick_refunds";

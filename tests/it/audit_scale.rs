@@ -1,13 +1,10 @@
 //! The audit log under load: a writer slower than the request path makes requests wait (the
 //! queue stays bounded, nothing is dropped), events carry their request's time, and stories
 //! and searches read only their own events through the indexes.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 use toolgate::audit::{Audit, Filter, Record};
 
 fn metric(text: &str, name: &str) -> f64 {

@@ -2,7 +2,6 @@
 //! and the root's re-exports such as `crate::App`, which count as their module) only modules
 //! of a lower layer, nothing but the store touches sled, and no function outside tests is
 //! longer than 100 lines.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -1,15 +1,12 @@
 //! `toolgate contracts import`: contracts drafted from OpenAPI documents load, pass `check`,
 //! and are enforced by the gateway; the output is byte-identical run to run; each bad input is
 //! refused with its reason; the example schemas are what the import writes.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
 

@@ -2,14 +2,11 @@
 //! token, or an approver acting alone, cannot exhaust, fool or bypass toolgate. Each test asserts
 //! what the upstream received (nothing for a refused call) and, where it matters, what is on disk.
 //! The freeze, memory and descriptor findings are tested against the real binary in `binary.rs`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const SECRET: &str = "sk_test_toolgate_demo_placeholder";
 

@@ -1,7 +1,6 @@
 //! Shared helpers for the tests that cross the network: a test PKI, a loopback TLS upstream that
 //! speaks HTTP/1.1 and HTTP/2 and records what it received, toolgate started in-process on
 //! ephemeral ports, and clients that go through it as an agent would.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod fakes;
 pub mod mcp_fake;
@@ -38,8 +37,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A certificate authority for test upstreams (standing in for the public web PKI).
 pub struct Pki {
-    pub ca_pem: String,
-    /// `ca_pem` written to a file, for `--upstream-ca`.
+    /// The CA certificate (PEM) in a file, for `--upstream-ca`.
     pub ca_path: PathBuf,
     _dir: tempfile::TempDir,
     issuer: Issuer<'static, KeyPair>,
@@ -64,7 +62,6 @@ impl Pki {
         let ca_path = dir.path().join("upstream-ca.pem");
         std::fs::write(&ca_path, &ca_pem).unwrap();
         Pki {
-            ca_pem,
             ca_path,
             _dir: dir,
             issuer,
@@ -394,16 +391,6 @@ impl Toolgate {
         configure: impl FnOnce(&mut toolgate::Config),
     ) -> Toolgate {
         Toolgate::restart_at((proxy_bind, None), lay_out(policies), configure).await
-    }
-
-    /// [`Toolgate::start`] with a transparent listener on `transparent_bind` too.
-    pub async fn start_transparent(
-        transparent_bind: &str,
-        policies: &[(&str, String)],
-        configure: impl FnOnce(&mut toolgate::Config),
-    ) -> Toolgate {
-        let binds = ("127.0.0.1:0", Some(transparent_bind));
-        Toolgate::restart_at(binds, lay_out(policies), configure).await
     }
 
     /// Signals shutdown and waits for `run` to return. The directory (data, certs, policies)
