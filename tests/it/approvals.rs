@@ -123,7 +123,10 @@ async fn proposal(gate: &Toolgate, id: &str) -> Value {
 
 #[tokio::test]
 async fn approved_within_the_hold_the_held_call_gets_the_upstream_response() {
-    let (_pki, upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
     let client = staging(&gate);
     let held = tokio::spawn(async move {
         send(
@@ -178,7 +181,10 @@ async fn approved_within_the_hold_the_held_call_gets_the_upstream_response() {
 
 #[tokio::test]
 async fn no_decision_in_time_gives_423_and_the_same_call_later_gets_the_stored_response() {
-    let (_pki, upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
     let got = call(&gate, QUICK, "q-1", "payment_intent=pi_9&amount=500").await;
     assert_eq!(
         (got.status.as_u16(), got.code().as_str()),
@@ -212,7 +218,10 @@ async fn no_decision_in_time_gives_423_and_the_same_call_later_gets_the_stored_r
 
 #[tokio::test]
 async fn denial_expiry_and_revocation_never_send() {
-    let (_pki, upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
     // Deny: 403 with the approver's comment.
     let got = call(&gate, QUICK, "d-1", "payment_intent=pi_d").await;
     let id = got.headers["toolgate-proposal"]
@@ -304,7 +313,10 @@ async fn denial_expiry_and_revocation_never_send() {
 
 #[tokio::test]
 async fn two_person_rule_self_approval_and_agent_tokens() {
-    let (_pki, upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
     let got = call(&gate, BIG, "b-1", "payment_intent=pi_big").await;
     let id = got.headers["toolgate-proposal"]
         .to_str()
@@ -357,7 +369,10 @@ async fn two_person_rule_self_approval_and_agent_tokens() {
 
 #[tokio::test]
 async fn the_page_needs_a_session_and_a_csrf_token() {
-    let (_pki, upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
     let got = call(&gate, QUICK, "p-1", "payment_intent=pi_page&amount=7").await;
     let id = got.headers["toolgate-proposal"]
         .to_str()
@@ -542,11 +557,14 @@ async fn webhook_receiver(fail: usize) -> (std::net::SocketAddr, Arc<Mutex<Vec<V
 #[tokio::test]
 async fn a_new_proposal_is_announced_to_the_webhook_even_after_failures() {
     let (hook, received) = webhook_receiver(1).await;
-    let (_pki, _upstream, gate) = setup_examples(&extra(), move |c| {
-        c.webhook = Some(format!("http://{hook}/hook"));
-        c.admin_url = "https://toolgate.example.internal".into();
-    })
-    .await;
+    let (_pki, _upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .config(move |c| {
+            c.webhook = Some(format!("http://{hook}/hook"));
+            c.admin_url = "https://toolgate.example.internal".into();
+        })
+        .with_upstream()
+        .await;
     let got = call(&gate, QUICK, "w-1", "payment_intent=pi_hook&amount=42").await;
     let id = got.headers["toolgate-proposal"]
         .to_str()
@@ -575,10 +593,13 @@ async fn a_broken_webhook_never_blocks_a_proposal() {
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = closed.local_addr().unwrap();
     drop(closed);
-    let (_pki, _upstream, gate) = setup_examples(&extra(), move |c| {
-        c.webhook = Some(format!("http://{addr}/hook"));
-    })
-    .await;
+    let (_pki, _upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .config(move |c| {
+            c.webhook = Some(format!("http://{addr}/hook"));
+        })
+        .with_upstream()
+        .await;
     let got = call(&gate, QUICK, "x-1", "payment_intent=pi_x").await;
     assert_eq!(got.status, 423);
     assert_eq!(pending_ids(&gate).await.len(), 1);
@@ -616,7 +637,10 @@ approval = { required = 1, hold = "10s" }
 "#
         .to_string(),
     )];
-    let (_pki, upstream, gate) = setup_examples(&slow, |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&slow)
+        .with_upstream()
+        .await;
     let url = "https://api.stripe.com/delay/800";
     let held = {
         let client = staging(&gate);
@@ -782,7 +806,10 @@ async fn upstream_reaches(upstream: &Upstream, n: usize) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_retry_an_approval_sends_nothing_until_the_agent_sends_the_call_again() {
-    let (_pki, upstream, gate) = setup_examples(&sending(), |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&sending())
+        .with_upstream()
+        .await;
     let url = "https://api.stripe.com/v1/retry_refunds";
     let body = "payment_intent=pi_retry&amount=100";
     let first = call(&gate, url, "rr-1", body).await;
@@ -898,7 +925,10 @@ async fn on_retry_an_approval_sends_nothing_until_the_agent_sends_the_call_again
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_approval_the_approval_sends_it_once_though_the_agent_is_gone() {
-    let (_pki, upstream, gate) = setup_examples(&sending(), |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&sending())
+        .with_upstream()
+        .await;
     let url = "https://api.stripe.com/v1/prompt_refunds";
     let body = "payment_intent=pi_prompt&amount=200";
     // The agent's call is held, answered 423, and the agent goes away.
@@ -973,7 +1003,10 @@ async fn on_approval_the_approval_sends_it_once_though_the_agent_is_gone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_approval_the_held_call_gets_the_whole_answer_and_a_kill_switch_stops_the_send() {
-    let (_pki, upstream, gate) = setup_examples(&sending(), |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&sending())
+        .with_upstream()
+        .await;
     let url = "https://api.stripe.com/v1/waited_refunds";
     let body = "payment_intent=pi_waited&amount=300";
     let held = {

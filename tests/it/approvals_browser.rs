@@ -37,8 +37,10 @@ async fn an_approver_approves_a_held_call_in_a_real_browser() {
     let Some((dir, chromium)) = browser() else {
         return;
     };
-    let (_pki, upstream, gate) =
-        setup_examples(&[("browser.toml", TOOL.to_string())], |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&[("browser.toml", TOOL.to_string())])
+        .with_upstream()
+        .await;
 
     let mut node = tokio::process::Command::new("node")
         .arg(dir.join("approve.mjs"))

@@ -35,7 +35,11 @@ async fn launch_check_tool_bypass_fails_at_the_network_layer() {
     // The API fake listens on the host's loopback, as a real API sits beyond a route the
     // agent's namespace does not have. toolgate listens on the veth address only.
     let (pki, fakes) = example_apis().await;
-    let gate = examples_gate_at(&format!("{host_ip}:0"), &pki, fakes.addr, &[], |_| {}).await;
+    let gate = GateBuilder::examples()
+        .proxy_bind(&format!("{host_ip}:0"))
+        .routed_to(&pki, fakes.addr)
+        .start()
+        .await;
     let proxy = format!(
         "http://support-bot-staging:demo-staging-token@{}",
         gate.addr

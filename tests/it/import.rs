@@ -140,13 +140,16 @@ async fn stripe_refunds_and_customers_import_check_and_enforce_nested_fields() {
         .map(|(n, t)| (n.as_str(), t.clone()))
         .collect();
     let (addr, ca) = (upstream.addr, pki.ca_path.clone());
-    let gate = Toolgate::start(&policies, move |c| {
-        c.add_connect_to(&format!("api.stripe.com:443={addr}"))
-            .unwrap();
-        c.upstream_ca.push(ca);
-        c.upstream_timeout = Duration::from_millis(1500);
-    })
-    .await;
+    let gate = GateBuilder::new()
+        .policies(&policies)
+        .config(move |c| {
+            c.add_connect_to(&format!("api.stripe.com:443={addr}"))
+                .unwrap();
+            c.upstream_ca.push(ca);
+            c.upstream_timeout = Duration::from_millis(1500);
+        })
+        .start()
+        .await;
     let bot = gate.bot();
     let customers = "https://api.stripe.com/v1/customers";
     let good = "email=ann%40example.com&address[city]=Paris&metadata[order]=42";
@@ -244,15 +247,18 @@ async fn a_literal_segment_wins_and_typed_parameters_hold_through_the_gateway() 
     ]
     .concat();
     let (addr, ca) = (upstream.addr, pki.ca_path.clone());
-    let gate = Toolgate::start(&[("p.toml", policy)], move |c| {
-        c.add_connect_to(&format!("api.stripe.com:443={addr}"))
-            .unwrap();
-        c.add_connect_to(&format!("api.github.com:443={addr}"))
-            .unwrap();
-        c.upstream_ca.push(ca);
-        c.upstream_timeout = Duration::from_millis(1500);
-    })
-    .await;
+    let gate = GateBuilder::new()
+        .policies(&[("p.toml", policy)])
+        .config(move |c| {
+            c.add_connect_to(&format!("api.stripe.com:443={addr}"))
+                .unwrap();
+            c.add_connect_to(&format!("api.github.com:443={addr}"))
+                .unwrap();
+            c.upstream_ca.push(ca);
+            c.upstream_timeout = Duration::from_millis(1500);
+        })
+        .start()
+        .await;
     let bot = gate.bot();
     let get = |url: &'static str| send(&bot, "GET", url, &[], "");
     let a = get("https://api.stripe.com/v1/customers/search")

@@ -239,14 +239,18 @@ async fn mcp_tools_through_toolgate_with_the_official_sdk() {
     let tickets = Server::start(&python, &pki, "mcp.tickets.example", "original");
     let changed = Server::start(&python, &pki, "mcp.changed.example", "changed");
     let (t_port, c_port) = (tickets.port, changed.port);
-    let gate = examples_gate(&pki, ([127, 0, 0, 1], t_port).into(), &policies(), |c| {
-        c.add_connect_to(&format!("mcp.tickets.example:443=127.0.0.1:{t_port}"))
-            .unwrap();
-        c.add_connect_to(&format!("mcp.changed.example:443=127.0.0.1:{c_port}"))
-            .unwrap();
-        c.upstream_timeout = Duration::from_secs(20);
-    })
-    .await;
+    let gate = GateBuilder::examples()
+        .policies(&policies())
+        .routed_to(&pki, ([127, 0, 0, 1], t_port).into())
+        .config(|c| {
+            c.add_connect_to(&format!("mcp.tickets.example:443=127.0.0.1:{t_port}"))
+                .unwrap();
+            c.add_connect_to(&format!("mcp.changed.example:443=127.0.0.1:{c_port}"))
+                .unwrap();
+            c.upstream_timeout = Duration::from_secs(20);
+        })
+        .start()
+        .await;
     let approving = approver(&gate);
     let url = "https://mcp.tickets.example/mcp";
     let steps = agent(
@@ -570,13 +574,16 @@ fn crm_policy() -> Vec<(&'static str, String)> {
 /// toolgate with the CRM policy, routing mcp.crm.example to `fake`.
 async fn crm_gate(pki: &Pki, fake: &McpFake) -> Toolgate {
     let (addr, ca) = (fake.addr, pki.ca_path.clone());
-    Toolgate::start(&crm_policy(), move |c| {
-        c.add_connect_to(&format!("mcp.crm.example:443={addr}"))
-            .unwrap();
-        c.upstream_ca.push(ca);
-        c.upstream_timeout = Duration::from_secs(10);
-    })
-    .await
+    GateBuilder::new()
+        .policies(&crm_policy())
+        .config(move |c| {
+            c.add_connect_to(&format!("mcp.crm.example:443={addr}"))
+                .unwrap();
+            c.upstream_ca.push(ca);
+            c.upstream_timeout = Duration::from_secs(10);
+        })
+        .start()
+        .await
 }
 
 async fn crm() -> (Pki, McpFake, Toolgate) {
@@ -865,12 +872,16 @@ async fn the_sdk_client_sees_no_changed_tool_from_a_cr_only_server() {
         "mcp.toml",
         tickets.replace("mcp.tickets.example", "mcp.cronly.example"),
     )];
-    let gate = examples_gate(&pki, ([127, 0, 0, 1], port).into(), &moved, |c| {
-        c.add_connect_to(&format!("mcp.cronly.example:443=127.0.0.1:{port}"))
-            .unwrap();
-        c.upstream_timeout = Duration::from_secs(20);
-    })
-    .await;
+    let gate = GateBuilder::examples()
+        .policies(&moved)
+        .routed_to(&pki, ([127, 0, 0, 1], port).into())
+        .config(|c| {
+            c.add_connect_to(&format!("mcp.cronly.example:443=127.0.0.1:{port}"))
+                .unwrap();
+            c.upstream_timeout = Duration::from_secs(20);
+        })
+        .start()
+        .await;
     let url = "https://mcp.cronly.example/mcp";
     let steps = agent(
         &python,

@@ -285,17 +285,25 @@ async fn two_gates(
     extra: &[(&str, String)],
 ) -> (crate::support::Toolgate, crate::support::Toolgate) {
     let url = cluster.url.clone();
-    let a = crate::support::examples_gate(pki, upstream, extra, {
-        let url = url.clone();
-        move |c| c.database_url = Some(url)
-    })
-    .await;
+    let a = crate::support::GateBuilder::examples()
+        .policies(extra)
+        .routed_to(pki, upstream)
+        .config({
+            let url = url.clone();
+            move |c| c.database_url = Some(url)
+        })
+        .start()
+        .await;
     let certs = a.dir.path().join("certs");
-    let b = crate::support::examples_gate(pki, upstream, extra, move |c| {
-        c.database_url = Some(url);
-        c.certs_dir = certs;
-    })
-    .await;
+    let b = crate::support::GateBuilder::examples()
+        .policies(extra)
+        .routed_to(pki, upstream)
+        .config(move |c| {
+            c.database_url = Some(url);
+            c.certs_dir = certs;
+        })
+        .start()
+        .await;
     (a, b)
 }
 
@@ -615,7 +623,10 @@ async fn a_single_toolgate_moves_its_open_state_to_the_database() {
         return;
     };
     let (pki, fakes) = example_apis().await;
-    let one = examples_gate(&pki, fakes.addr, &[], |_| {}).await;
+    let one = GateBuilder::examples()
+        .routed_to(&pki, fakes.addr)
+        .start()
+        .await;
     let agent = Some(("support-bot-staging", "demo-staging-token"));
     let via = client_via(one.addr, agent, &one.ca_pem, http::Version::HTTP_11);
     let refund = |client: TestClient| async move {
@@ -707,12 +718,14 @@ async fn a_single_toolgate_moves_its_open_state_to_the_database() {
 
     // A replica on the database carries on where the single toolgate stopped.
     let url = cluster.url.clone();
-    let (addr, ca) = (fakes.addr, pki.ca_path.clone());
-    let replica = Toolgate::restart_in(dir, move |c| {
-        route_examples(c, addr, ca);
-        c.database_url = Some(url);
-    })
-    .await;
+    let replica = GateBuilder::reopen(dir)
+        .routed_to(&pki, fakes.addr)
+        .config(move |c| {
+            c.reload_interval = Duration::from_millis(100);
+            c.database_url = Some(url);
+        })
+        .start()
+        .await;
     let via = client_via(replica.addr, agent, &replica.ca_pem, http::Version::HTTP_11);
     let id = pending[0]["id"].as_str().unwrap();
     let got = replica
@@ -1310,11 +1323,14 @@ async fn with_the_database_stopped_nothing_is_forwarded_and_no_event_is_lost() {
     let cluster = Arc::new(cluster);
     let url = cluster.url.clone();
     let extra = [("things.toml", THINGS.to_string())];
-    let (_pki, upstream, gate) = setup_examples(&extra, move |c| {
-        c.database_url = Some(url);
-        c.upstream_timeout = Duration::from_secs(10);
-    })
-    .await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra)
+        .config(move |c| {
+            c.database_url = Some(url);
+            c.upstream_timeout = Duration::from_secs(10);
+        })
+        .with_upstream()
+        .await;
     let client = staging(&gate);
     let mut answered = Vec::new();
     for i in 0..5 {

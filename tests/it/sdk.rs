@@ -153,10 +153,14 @@ async fn launch_check_real_sdks() {
     let (pki, fakes) = example_apis().await;
     let files = policies();
     let extra: Vec<(&str, String)> = files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-    let gate = examples_gate(&pki, fakes.addr, &extra, |c| {
-        c.upstream_timeout = Duration::from_secs(10);
-    })
-    .await;
+    let gate = GateBuilder::examples()
+        .policies(&extra)
+        .routed_to(&pki, fakes.addr)
+        .config(|c| {
+            c.upstream_timeout = Duration::from_secs(10);
+        })
+        .start()
+        .await;
     let approving = approver(&gate, "released by the SDK test");
     let proxy = format!(
         "http://support-bot-staging:demo-staging-token@{}",

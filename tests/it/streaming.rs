@@ -39,7 +39,7 @@ fn a_50_mb_download_streams_without_growing_memory_by_50_mb() {
 #[ignore = "run in a process of its own by a_50_mb_download_streams_without_growing_memory_by_50_mb"]
 async fn measured_alone() {
     const TOTAL: usize = 50 * 1024 * 1024;
-    let (_pki, _upstream, gate) = setup("").await;
+    let (_pki, _upstream, gate) = GateBuilder::base().with_upstream().await;
     let client = gate.bot();
     // Warm up the connection, certificates and pools before measuring.
     let warm = send(
