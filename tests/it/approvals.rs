@@ -605,15 +605,6 @@ async fn a_broken_webhook_never_blocks_a_proposal() {
     assert_eq!(pending_ids(&gate).await.len(), 1);
 }
 
-/// Decisions and commits are compare-and-sets in the local store too: racing tasks on one sled
-/// store, one winner each time (the same checks run on PostgreSQL in tests/postgres.rs).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn proposal_transitions_are_compare_and_set_on_sled() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = toolgate::store::open(dir.path()).unwrap();
-    proposal_races(&[store]).await;
-}
-
 /// An approved call whose waiting agent goes away while it is being sent is still settled:
 /// committed, its answer stored and recorded, and the agent's retry gets that answer. Nothing
 /// is left `committing` for want of a listener, nothing is sent twice.

@@ -25,6 +25,7 @@ mod postgres;
 mod principals;
 mod proxy;
 mod sdk;
+mod store;
 mod streaming;
 mod traffic;
 mod transparent;

@@ -13,12 +13,10 @@ pub mod pg;
 pub mod pki;
 pub mod process;
 pub mod skips;
-pub mod stores;
 pub mod upstreams;
 
 pub use browser::*;
 pub use clients::*;
 pub use gate::*;
 pub use pki::*;
-pub use stores::*;
 pub use upstreams::*;
