@@ -62,7 +62,7 @@ mode = "approve"
 idempotency = "key"
 body = {{ format = "form" }}
 credential = {{ staging = "stripe-test" }}
-approval = {{ required = 1, hold = "200ms", expires = "1s" }}
+approval = {{ required = 1, hold = "200ms", expires = "2s" }}
 "#,
         alice = sha256_hex("alice-token"),
         erin = sha256_hex("erin-token"),
@@ -139,14 +139,11 @@ async fn approved_within_the_hold_the_held_call_gets_the_upstream_response() {
         .await
         .unwrap()
     });
-    let mut ids = Vec::new();
-    for _ in 0..100 {
-        ids = pending_ids(&gate).await;
-        if !ids.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let listed = || async {
+        let ids = pending_ids(&gate).await;
+        (!ids.is_empty()).then_some(ids)
+    };
+    let ids = poll::until_some("the call is pending", Duration::from_secs(2), listed).await;
     assert_eq!(ids.len(), 1);
     let p = proposal(&gate, &ids[0]).await;
     assert_eq!(p["summary"], "Refund 120000 (minor units) of pi_123");
@@ -254,8 +251,12 @@ async fn denial_expiry_and_revocation_never_send() {
     // Expiry: 410.
     let got = call(&gate, EXPIRING, "e-1", "payment_intent=pi_e").await;
     assert_eq!(got.status, 423);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let got = call(&gate, EXPIRING, "e-2", "payment_intent=pi_e").await;
+    // Until it expires the same call is held again (423); then it is refused.
+    let expired = || async {
+        let got = call(&gate, EXPIRING, "e-2", "payment_intent=pi_e").await;
+        (got.status != 423).then_some(got)
+    };
+    let got = poll::until_some("the proposal expires", Duration::from_secs(10), expired).await;
     assert_eq!(
         (got.status.as_u16(), got.code().as_str()),
         (410, "approval_expired")
@@ -570,12 +571,8 @@ async fn a_new_proposal_is_announced_to_the_webhook_even_after_failures() {
         .to_str()
         .unwrap()
         .to_string();
-    for _ in 0..100 {
-        if !received.lock().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let notified = || async { !received.lock().unwrap().is_empty() };
+    poll::until("the webhook is called", Duration::from_secs(5), notified).await;
     let got = received.lock().unwrap().clone();
     assert_eq!(got.len(), 1, "delivered once, after one failed attempt");
     let text = got[0]["text"].as_str().unwrap();
@@ -657,24 +654,19 @@ approval = { required = 1, hold = "10s" }
             .filter(|r| r.path == "/delay/800")
             .count()
     };
-    for _ in 0..200 {
-        if sent() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(sent(), 1);
+    poll::until("the call is sent", Duration::from_secs(2), || async {
+        sent() == 1
+    })
+    .await;
     held.abort();
     assert!(held.await.is_err(), "the agent went away before the answer");
-    let mut state = Value::Null;
-    for _ in 0..100 {
-        state = proposal(&gate, &id).await["state"].clone();
-        if state == "committed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(state, "committed");
+    let committed = || async { proposal(&gate, &id).await["state"] == "committed" };
+    poll::until(
+        "the proposal is committed",
+        Duration::from_secs(5),
+        committed,
+    )
+    .await;
     let again = call(&gate, url, "gone-2", "amount=7").await;
     assert_eq!(again.status, 200, "{}", again.text());
     assert!(again.text().contains("delayed_ms"), "{}", again.text());
@@ -786,12 +778,8 @@ async fn cli(gate: &Toolgate, args: &[&str]) -> (bool, String) {
 
 /// Polls until the upstream received `n` requests (bounded), then says how many it did.
 async fn upstream_reaches(upstream: &Upstream, n: usize) -> usize {
-    for _ in 0..100 {
-        if upstream.count() >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let reached = || async { upstream.count() >= n };
+    poll::until("the upstream is reached", Duration::from_secs(2), reached).await;
     upstream.count()
 }
 

@@ -308,29 +308,33 @@ async fn two_replicas_act_as_one_gateway() {
         )
         .await;
     assert_eq!(got.status, 200, "{}", got.text());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let got = send(
-        &via_b,
-        "GET",
-        "https://api.stripe.com/v1/customers/cus_1",
-        &[],
-        "",
-    )
-    .await
-    .unwrap();
-    assert_eq!(got.code(), "tool_disabled", "{}", got.text());
+    let disabled = || async {
+        let got = send(
+            &via_b,
+            "GET",
+            "https://api.stripe.com/v1/customers/cus_1",
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+        got.code() == "tool_disabled"
+    };
+    let what = "B refuses the tool A disabled";
+    crate::support::poll::until(what, Duration::from_millis(1500), disabled).await;
 
-    // The audit chain verifies from both, and a story reads the same.
-    let va = a
-        .admin("GET", "/api/audit/verify", Some("demo-carol-token"), None)
-        .await
-        .json();
-    let vb = b
-        .admin("GET", "/api/audit/verify", Some("demo-carol-token"), None)
-        .await
-        .json();
-    assert_eq!(va["ok"], true, "{va}");
-    assert_eq!(va, vb);
+    // The audit chain verifies from both, and reads the same once both replicas' batched
+    // writers have written what they hold.
+    let same = || async {
+        let path = "/api/audit/verify";
+        let va = a.admin("GET", path, Some("demo-carol-token"), None).await;
+        let vb = b.admin("GET", path, Some("demo-carol-token"), None).await;
+        let (va, vb) = (va.json(), vb.json());
+        assert_eq!(va["ok"], true, "{va}");
+        va == vb
+    };
+    let what = "A and B verify the same chain";
+    crate::support::poll::until(what, Duration::from_secs(5), same).await;
 
     // A token issued on A and revoked through B, a grant made and revoked through B: A
     // follows each (B's announcement, else its own copy going stale within a second).
@@ -803,7 +807,10 @@ async fn principals_follow_across_replicas(
         403,
         "A stops lending it"
     );
-    assert_eq!(fakes.count("POST", "/v1/payment_intents"), 1, "sent once");
+    // Until A hears of the revocation (or its copy goes stale, within a second) the second
+    // call may go out, once: its idempotency key keeps the retries from sending it again.
+    let sent = fakes.count("POST", "/v1/payment_intents");
+    assert!((1..=2).contains(&sent), "sent {sent} times");
 }
 
 /// Three `toolgate serve` processes on one database, with more approvers of refunds than the

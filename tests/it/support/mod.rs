@@ -11,6 +11,7 @@ pub mod mcp_fake;
 pub mod netns;
 pub mod pg;
 pub mod pki;
+pub mod poll;
 pub mod process;
 pub mod skips;
 pub mod upstreams;
