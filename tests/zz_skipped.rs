@@ -1,7 +1,14 @@
-//! The last test binary `cargo test` runs (binaries run in name order, and the library has no
-//! doc tests): it prints every suite of this run that skipped, and what to install for it, so a
-//! skip is seen at the end of the output instead of lost in a passing test's captured output.
-//! A plain `main` (`harness = false` in Cargo.toml), so that what it prints is shown.
+//! The last test binary `cargo test` runs (binaries run in name order: `it`, the integration
+//! tests, then this; the library has no doc tests): it prints every suite of this run that
+//! skipped, and what to install for it, so a skip is seen at the end of the output instead of
+//! lost in a passing test's captured output. A plain `main` (`harness = false` in Cargo.toml),
+//! so that what it prints is shown.
+//!
+//! A binary of its own rather than a test inside `it`: a test there cannot know when all the
+//! others have finished (filters, `--skip` and parallel threads change which run and when), and
+//! the harness captures what a passing test prints. A second process started after `it` exits
+//! sees every skip of the run and prints unhindered; it reads a file, so it does not link the
+//! crate and costs a few megabytes.
 
 use std::collections::BTreeMap;
 

@@ -4,15 +4,12 @@
 //!
 //! The SDK is installed by `.ci/run` into `tests/sdk/.venv`. Without it this test prints why it
 //! skipped, unless `TOOLGATE_REQUIRE_SDKS=1`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const CAROL: &str = "demo-carol-token";
 
@@ -36,10 +33,13 @@ fn python() -> Option<PathBuf> {
     if std::env::var("TOOLGATE_REQUIRE_SDKS").as_deref() == Ok("1") {
         panic!("TOOLGATE_REQUIRE_SDKS=1 but {why}");
     }
-    support::skips::skipped(
-        &format!("{} (MCP through the official SDK)", support::current_test()),
+    crate::support::skips::skipped(
+        &format!(
+            "{} (MCP through the official SDK)",
+            crate::support::current_test()
+        ),
         why,
-        support::skips::SDKS,
+        crate::support::skips::SDKS,
     );
     None
 }
@@ -239,14 +239,18 @@ async fn mcp_tools_through_toolgate_with_the_official_sdk() {
     let tickets = Server::start(&python, &pki, "mcp.tickets.example", "original");
     let changed = Server::start(&python, &pki, "mcp.changed.example", "changed");
     let (t_port, c_port) = (tickets.port, changed.port);
-    let gate = examples_gate(&pki, ([127, 0, 0, 1], t_port).into(), &policies(), |c| {
-        c.add_connect_to(&format!("mcp.tickets.example:443=127.0.0.1:{t_port}"))
-            .unwrap();
-        c.add_connect_to(&format!("mcp.changed.example:443=127.0.0.1:{c_port}"))
-            .unwrap();
-        c.upstream_timeout = Duration::from_secs(20);
-    })
-    .await;
+    let gate = GateBuilder::examples()
+        .policies(&policies())
+        .routed_to(&pki, ([127, 0, 0, 1], t_port).into())
+        .config(|c| {
+            c.add_connect_to(&format!("mcp.tickets.example:443=127.0.0.1:{t_port}"))
+                .unwrap();
+            c.add_connect_to(&format!("mcp.changed.example:443=127.0.0.1:{c_port}"))
+                .unwrap();
+            c.upstream_timeout = Duration::from_secs(20);
+        })
+        .start()
+        .await;
     let approving = approver(&gate);
     let url = "https://mcp.tickets.example/mcp";
     let steps = agent(
@@ -518,7 +522,7 @@ async fn mcp_tools_through_toolgate_with_the_official_sdk() {
 // ---------------------------------------------------------------------------------------------
 // The edges (issue 23), against a fake MCP server whose answers each test shapes.
 
-use support::mcp_fake::{self, Framing, McpFake};
+use crate::support::mcp_fake::{self, Framing, McpFake};
 
 const CRM: &str = "https://mcp.crm.example/mcp";
 const A: (&str, &str) = ("agent-a", "agent-a-token");
@@ -570,13 +574,16 @@ fn crm_policy() -> Vec<(&'static str, String)> {
 /// toolgate with the CRM policy, routing mcp.crm.example to `fake`.
 async fn crm_gate(pki: &Pki, fake: &McpFake) -> Toolgate {
     let (addr, ca) = (fake.addr, pki.ca_path.clone());
-    Toolgate::start(&crm_policy(), move |c| {
-        c.add_connect_to(&format!("mcp.crm.example:443={addr}"))
-            .unwrap();
-        c.upstream_ca.push(ca);
-        c.upstream_timeout = Duration::from_secs(10);
-    })
-    .await
+    GateBuilder::new()
+        .policies(&crm_policy())
+        .config(move |c| {
+            c.add_connect_to(&format!("mcp.crm.example:443={addr}"))
+                .unwrap();
+            c.upstream_ca.push(ca);
+            c.upstream_timeout = Duration::from_secs(10);
+        })
+        .start()
+        .await
 }
 
 async fn crm() -> (Pki, McpFake, Toolgate) {
@@ -605,7 +612,7 @@ impl Mcp {
         }
     }
 
-    async fn send(&self, method: &str, body: &str) -> support::Answer {
+    async fn send(&self, method: &str, body: &str) -> crate::support::Answer {
         let mut headers = vec![JSON, ("accept", "application/json, text/event-stream")];
         if let Some(s) = &self.session {
             headers.push(("mcp-session-id", s.as_str()));
@@ -615,7 +622,7 @@ impl Mcp {
             .unwrap()
     }
 
-    async fn post(&self, message: Value) -> support::Answer {
+    async fn post(&self, message: Value) -> crate::support::Answer {
         self.send("POST", &message.to_string()).await
     }
 
@@ -633,12 +640,12 @@ impl Mcp {
         assert_eq!(done.status, 202, "{}", done.text());
     }
 
-    async fn list(&self) -> support::Answer {
+    async fn list(&self) -> crate::support::Answer {
         self.post(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
             .await
     }
 
-    async fn call(&self, tool: &str) -> support::Answer {
+    async fn call(&self, tool: &str) -> crate::support::Answer {
         self.post(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
             "params": {"name": tool, "arguments": {"id": "cus_1"}}}))
             .await
@@ -647,7 +654,7 @@ impl Mcp {
 
 /// The JSON-RPC messages of an answer, read as a client reads them (an event stream's lines
 /// end in CR, LF or CRLF).
-fn rpc_messages(got: &support::Answer) -> Vec<Value> {
+fn rpc_messages(got: &crate::support::Answer) -> Vec<Value> {
     let stream = got.headers.get("content-type").is_some_and(|c| {
         c.to_str()
             .unwrap()
@@ -671,14 +678,14 @@ fn rpc_messages(got: &support::Answer) -> Vec<Value> {
 }
 
 /// The one answer of an answer (the result or error with an id).
-fn rpc_answer(got: &support::Answer) -> Value {
+fn rpc_answer(got: &crate::support::Answer) -> Value {
     rpc_messages(got)
         .into_iter()
         .find(|m| m.get("result").is_some() || m.get("error").is_some())
         .unwrap_or_else(|| panic!("no JSON-RPC answer in {}", got.text()))
 }
 
-fn tool_names(got: &support::Answer) -> Vec<String> {
+fn tool_names(got: &crate::support::Answer) -> Vec<String> {
     let answer = rpc_answer(got);
     answer["result"]["tools"]
         .as_array()
@@ -689,7 +696,7 @@ fn tool_names(got: &support::Answer) -> Vec<String> {
 }
 
 /// The text of a refused call's result.
-fn refused_text(got: &support::Answer) -> String {
+fn refused_text(got: &crate::support::Answer) -> String {
     let answer = rpc_answer(got);
     assert_eq!(answer["result"]["isError"], true, "{answer}");
     answer["result"]["content"][0]["text"]
@@ -865,12 +872,16 @@ async fn the_sdk_client_sees_no_changed_tool_from_a_cr_only_server() {
         "mcp.toml",
         tickets.replace("mcp.tickets.example", "mcp.cronly.example"),
     )];
-    let gate = examples_gate(&pki, ([127, 0, 0, 1], port).into(), &moved, |c| {
-        c.add_connect_to(&format!("mcp.cronly.example:443=127.0.0.1:{port}"))
-            .unwrap();
-        c.upstream_timeout = Duration::from_secs(20);
-    })
-    .await;
+    let gate = GateBuilder::examples()
+        .policies(&moved)
+        .routed_to(&pki, ([127, 0, 0, 1], port).into())
+        .config(|c| {
+            c.add_connect_to(&format!("mcp.cronly.example:443=127.0.0.1:{port}"))
+                .unwrap();
+            c.upstream_timeout = Duration::from_secs(20);
+        })
+        .start()
+        .await;
     let url = "https://mcp.cronly.example/mcp";
     let steps = agent(
         &python,

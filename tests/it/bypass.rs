@@ -5,23 +5,20 @@
 //!
 //! Needs root (or CAP_NET_ADMIN), `ip` from iproute2 and `curl`. Without them it prints why it
 //! skipped and passes, unless `TOOLGATE_REQUIRE_NETNS=1` makes a skip a failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::process::Command;
 
-use support::netns::{create, curl};
-use support::*;
+use crate::support::netns::{create, curl};
+use crate::support::*;
 
 fn skip(why: &str) {
     if std::env::var("TOOLGATE_REQUIRE_NETNS").as_deref() == Ok("1") {
         panic!("TOOLGATE_REQUIRE_NETNS=1 but the bypass test cannot run: {why}");
     }
-    support::skips::skipped(
+    crate::support::skips::skipped(
         "launch_check_tool_bypass_fails_at_the_network_layer",
         why,
-        support::skips::NETNS,
+        crate::support::skips::NETNS,
     );
 }
 
@@ -38,7 +35,11 @@ async fn launch_check_tool_bypass_fails_at_the_network_layer() {
     // The API fake listens on the host's loopback, as a real API sits beyond a route the
     // agent's namespace does not have. toolgate listens on the veth address only.
     let (pki, fakes) = example_apis().await;
-    let gate = examples_gate_at(&format!("{host_ip}:0"), &pki, fakes.addr, &[], |_| {}).await;
+    let gate = GateBuilder::examples()
+        .proxy_bind(&format!("{host_ip}:0"))
+        .routed_to(&pki, fakes.addr)
+        .start()
+        .await;
     let proxy = format!(
         "http://support-bot-staging:demo-staging-token@{}",
         gate.addr

@@ -1,14 +1,11 @@
 //! Tool contracts end to end, with the repository's example policies (built from the real
 //! Stripe, GitHub and SendGrid specs): validation, permissions, credentials, idempotency, dry
 //! run, limits, kill switches and reload. Every test asserts what the upstream received.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const CUSTOMERS: &str = "https://api.stripe.com/v1/customers";
 const ISSUES: &str = "https://api.github.com/repos/acme/web/issues";
@@ -584,7 +581,7 @@ fn fuzz_table() -> Vec<Case> {
 
 #[tokio::test]
 async fn launch_check_schema_fuzzing_refuses_every_malformed_or_hostile_input() {
-    let (_pki, upstream, gate) = setup_examples(&[], |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples().with_upstream().await;
     let client = staging(&gate);
     let table = fuzz_table();
     assert!(table.len() >= 40, "{} cases", table.len());
@@ -693,7 +690,7 @@ fn property_an_unknown_field_anywhere_is_refused() {
     use proptest::test_runner::{Config, TestRunner};
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (_pki, upstream, gate) = rt.block_on(setup_examples(&[], |_| {}));
+    let (_pki, upstream, gate) = rt.block_on(GateBuilder::examples().with_upstream());
     let client = staging(&gate);
     let bodies = [(ISSUES, issue()), (MAIL, mail())];
     let mut runner = TestRunner::new(Config {
@@ -744,7 +741,7 @@ fn property_an_unknown_field_anywhere_is_refused() {
 
 #[tokio::test]
 async fn launch_check_privilege_escalation_is_refused_and_nothing_is_sent() {
-    let (_pki, upstream, gate) = setup_examples(&[], |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples().with_upstream().await;
     let staging = staging(&gate);
     let prod = prod(&gate);
 
@@ -877,7 +874,7 @@ async fn launch_check_privilege_escalation_is_refused_and_nothing_is_sent() {
 
 #[tokio::test]
 async fn launch_check_replayed_idempotency_key_executes_once() {
-    let (_pki, upstream, gate) = setup_examples(&[], |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples().with_upstream().await;
     let client = staging(&gate);
     let headers = [FORM, ("idempotency-key", "cust-1")];
     let first = send(&client, "POST", CUSTOMERS, &headers, "name=Ann")
@@ -933,7 +930,7 @@ async fn launch_check_replayed_idempotency_key_executes_once() {
 
 #[tokio::test]
 async fn a_call_whose_outcome_is_unknown_is_never_sent_again() {
-    let (_pki, upstream, gate) = setup_examples(&[], |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples().with_upstream().await;
     let client = staging(&gate);
     let body = json!({"title": "hang-upstream"}).to_string();
     // The upstream receives the call but does not answer before toolgate's timeout.
@@ -954,12 +951,14 @@ async fn a_call_whose_outcome_is_unknown_is_never_sent_again() {
     let dir = gate.into_dir().await;
     let addr = upstream.addr;
     let ca = _pki.ca_path.clone();
-    let gate = Toolgate::restart_in(dir, move |c| {
-        c.add_connect_to(&format!("api.github.com:443={addr}"))
-            .unwrap();
-        c.upstream_ca.push(ca);
-    })
-    .await;
+    let gate = GateBuilder::reopen(dir)
+        .config(move |c| {
+            c.add_connect_to(&format!("api.github.com:443={addr}"))
+                .unwrap();
+            c.upstream_ca.push(ca);
+        })
+        .start()
+        .await;
     let got = send(&staging(&gate), "POST", ISSUES, &[JSON], &body)
         .await
         .unwrap();
@@ -981,7 +980,10 @@ dry_run = true
 "#,
         sha256_hex("rehearsal-token")
     );
-    let (_pki, upstream, gate) = setup_examples(&[("rehearsal.toml", extra)], |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&[("rehearsal.toml", extra)])
+        .with_upstream()
+        .await;
     let client = staging(&gate);
     let got = send(
         &client,
@@ -1063,14 +1065,13 @@ path = "/v1/balance"
 rate_limit = "2/minute"
 "#;
     let schema = json!({"type": "object", "properties": {"amount": {"type": "integer"}}, "required": ["amount"]}).to_string();
-    let (pki, upstream, gate) = setup_examples(
-        &[
+    let (pki, upstream, gate) = GateBuilder::examples()
+        .policies(&[
             ("charges.toml", extra.to_string()),
             ("schemas/charges.json", schema),
-        ],
-        |_| {},
-    )
-    .await;
+        ])
+        .with_upstream()
+        .await;
     let client = staging(&gate);
     for _ in 0..2 {
         assert_eq!(
@@ -1126,12 +1127,14 @@ rate_limit = "2/minute"
     let dir = gate.into_dir().await;
     let addr = upstream.addr;
     let ca = pki.ca_path.clone();
-    let gate = Toolgate::restart_in(dir, move |c| {
-        c.add_connect_to(&format!("api.stripe.com:443={addr}"))
-            .unwrap();
-        c.upstream_ca.push(ca);
-    })
-    .await;
+    let gate = GateBuilder::reopen(dir)
+        .config(move |c| {
+            c.add_connect_to(&format!("api.stripe.com:443={addr}"))
+                .unwrap();
+            c.upstream_ca.push(ca);
+        })
+        .start()
+        .await;
     let client = staging(&gate);
     let got = send(
         &client,
@@ -1158,7 +1161,7 @@ rate_limit = "2/minute"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_switch_takes_effect_on_an_open_tunnel() {
-    let (_pki, upstream, gate) = setup_examples(&[], |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples().with_upstream().await;
     let client = staging(&gate); // one pooled tunnel, reused for every call below
     let url = "https://api.stripe.com/v1/customers/cus_1";
     assert_eq!(
@@ -1262,7 +1265,7 @@ async fn kill_switch_takes_effect_on_an_open_tunnel() {
 
 #[tokio::test]
 async fn policies_reload_when_changed_and_a_broken_set_leaves_the_old_one() {
-    let (_pki, upstream, gate) = setup_examples(&[], |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples().with_upstream().await;
     let client = staging(&gate);
     let url = "https://api.stripe.com/v1/balance";
     let wait_for = |want: u16| {

@@ -4,15 +4,12 @@
 //! against a sandbox only. Each asserts on what the fake APIs hold, not only on what toolgate
 //! says. The other launch checks (`launch_check_*`) live beside the features they test; see the
 //! README's "Launch checks".
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::time::Duration;
 
+use crate::support::fakes::{Fakes, Keys};
+use crate::support::*;
 use serde_json::{json, Value};
-use support::fakes::{Fakes, Keys};
-use support::*;
 
 const CAROL: &str = "demo-carol-token";
 const DAVE: &str = "demo-dave-token";
@@ -88,7 +85,7 @@ async fn partial_job(gate: &Toolgate, job: &str) -> (String, u64) {
 
 #[tokio::test]
 async fn launch_check_rollback_after_a_partial_failure_unwinds_the_job() {
-    let (_pki, fakes, gate) = setup_fakes(|_| {}).await;
+    let (_pki, fakes, gate) = GateBuilder::examples().with_fakes().await;
     let (customer, issue) = partial_job(&gate, "job-onboard-jo").await;
     {
         let st = fakes.state.lock().unwrap();
@@ -220,7 +217,7 @@ async fn launch_check_rollback_after_a_partial_failure_unwinds_the_job() {
 
 #[tokio::test]
 async fn undo_goes_through_the_policy_in_force() {
-    let (_pki, fakes, gate) = setup_fakes(|_| {}).await;
+    let (_pki, fakes, gate) = GateBuilder::examples().with_fakes().await;
     let c = staging(&gate);
     let created = send(
         &c,
@@ -309,7 +306,7 @@ async fn undo_goes_through_the_policy_in_force() {
 
 #[tokio::test]
 async fn launch_check_every_commit_has_a_traceable_proposal_and_approval() {
-    let (_pki, fakes, gate) = setup_fakes(|_| {}).await;
+    let (_pki, fakes, gate) = GateBuilder::examples().with_fakes().await;
     let c = staging(&gate);
     // Unattended commits (mode auto) and a held refund that carol approves.
     partial_job(&gate, "job-trace").await;
@@ -428,7 +425,7 @@ async fn launch_check_every_commit_has_a_traceable_proposal_and_approval() {
 
 #[tokio::test]
 async fn launch_check_the_story_of_an_action_comes_from_one_command() {
-    let (_pki, _fakes, gate) = setup_fakes(|_| {}).await;
+    let (_pki, _fakes, gate) = GateBuilder::examples().with_fakes().await;
     partial_job(&gate, "job-story").await;
     let (ok, _) = cli(&gate, CAROL, &["rollback", "--job", "job-story"]).await;
     assert!(ok);
@@ -459,10 +456,13 @@ async fn replay_sends_recorded_calls_to_a_sandbox_only() {
     let sandbox = Fakes::start(pki.server_config(&["localhost"]), Keys::sandbox()).await;
     let stray = Fakes::start(pki.server_config(&["127.0.0.1"]), Keys::sandbox()).await;
     let route = format!("localhost:{0}={1}", sandbox.addr.port(), sandbox.addr);
-    let gate = examples_gate(&pki, prod.addr, &[], |c| {
-        c.add_connect_to(&route).unwrap();
-    })
-    .await;
+    let gate = GateBuilder::examples()
+        .routed_to(&pki, prod.addr)
+        .config(|c| {
+            c.add_connect_to(&route).unwrap();
+        })
+        .start()
+        .await;
     partial_job(&gate, "job-replay").await;
     let read = send(
         &staging(&gate),
@@ -563,7 +563,7 @@ async fn replay_sends_recorded_calls_to_a_sandbox_only() {
 
 #[tokio::test]
 async fn the_rollback_page_undoes_a_job_with_a_session_and_csrf() {
-    let (_pki, fakes, gate) = setup_fakes(|_| {}).await;
+    let (_pki, fakes, gate) = GateBuilder::examples().with_fakes().await;
     let (customer, issue) = partial_job(&gate, "job-page").await;
     let cookie = gate.sign_in(CAROL).await;
     let list = gate.page("GET", "/rollback", Some(&cookie), None).await;

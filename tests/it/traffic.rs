@@ -3,15 +3,12 @@
 //! (each request once), one request as recorded with secrets redacted and agent markup escaped,
 //! and, in headless Chromium, a reviewer who knows only the agent's name finding its refused
 //! calls and the approved refund.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const CAROL: &str = "demo-carol-token";
 const RILEY: &str = "demo-riley-token";
@@ -82,7 +79,10 @@ async fn fill(gate: &Toolgate, noise: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reviewer_reads_every_request_once_and_can_act_on_nothing() {
     let (pki, fakes) = example_apis().await;
-    let gate = examples_gate(&pki, fakes.addr, &[], |_| {}).await;
+    let gate = GateBuilder::examples()
+        .routed_to(&pki, fakes.addr)
+        .start()
+        .await;
     let noise = 1500;
     let refund = fill(&gate, noise).await;
 
@@ -282,7 +282,10 @@ async fn a_reviewer_finds_refused_calls_and_the_approved_refund_in_a_real_browse
         return;
     };
     let (pki, fakes) = example_apis().await;
-    let gate = examples_gate(&pki, fakes.addr, &[], |_| {}).await;
+    let gate = GateBuilder::examples()
+        .routed_to(&pki, fakes.addr)
+        .start()
+        .await;
     fill(&gate, 120).await;
     let out = tokio::process::Command::new("node")
         .arg(dir.join("review.mjs"))

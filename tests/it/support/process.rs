@@ -1,6 +1,5 @@
 //! toolgate run as a child process, as an operator runs it: `serve` on ephemeral ports over a
 //! folder of policies, certs and data.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

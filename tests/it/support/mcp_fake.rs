@@ -62,7 +62,6 @@ impl Framing {
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub method: String,
-    pub session: Option<String>,
     pub body: Value,
 }
 
@@ -188,7 +187,6 @@ async fn handle(
     let mut st = state.lock().unwrap();
     st.seen.push(Seen {
         method: parts.method.to_string(),
-        session: session.clone(),
         body: message.clone(),
     });
     let status = |code: u16| {

@@ -1,14 +1,11 @@
 //! The audit log end to end: every decision recorded, the story of a job in one command,
 //! secrets nowhere on disk, tamper evidence, durability across SIGKILL, and purge.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
 
@@ -108,7 +105,10 @@ fn extra() -> Vec<(&'static str, String)> {
 
 #[tokio::test]
 async fn every_request_and_every_commit_is_recorded_in_order() {
-    let (_pki, _upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let (_pki, _upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
     let client = staging(&gate);
     let read = send(
         &client,
@@ -232,7 +232,10 @@ async fn every_request_and_every_commit_is_recorded_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_story_of_a_job_comes_from_one_command() {
-    let (_pki, _upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let (_pki, _upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
     let client = staging(&gate);
     let job = ("toolgate-job", "job-42");
     send(
@@ -396,7 +399,10 @@ fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
 
 #[tokio::test]
 async fn no_secret_reaches_the_data_directory() {
-    let (_pki, _upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let (_pki, _upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
     let client = staging(&gate);
     let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     for (i, secret) in SECRETS.iter().enumerate() {
@@ -461,7 +467,10 @@ async fn no_secret_reaches_the_data_directory() {
 
 #[tokio::test]
 async fn a_changed_byte_makes_verify_fail_and_name_the_event() {
-    let (_pki, _upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let (_pki, _upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
     let client = staging(&gate);
     for i in 0..6 {
         send(
@@ -529,10 +538,11 @@ async fn a_changed_byte_makes_verify_fail_and_name_the_event() {
 
 #[tokio::test]
 async fn purge_keeps_the_rest_verifiable() {
-    let (_pki, _upstream, gate) = setup_examples(&extra(), |c| {
-        c.guards.audit_retention_min = std::time::Duration::ZERO
-    })
-    .await;
+    let (_pki, _upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .config(|c| c.guards.audit_retention_min = std::time::Duration::ZERO)
+        .with_upstream()
+        .await;
     let client = staging(&gate);
     for i in 0..3 {
         send(
@@ -609,7 +619,10 @@ async fn purge_keeps_the_rest_verifiable() {
 
 #[tokio::test]
 async fn purge_never_reaches_inside_the_default_retention_minimum() {
-    let (_pki, _upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let (_pki, _upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
     let ten_days_ago = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -654,7 +667,10 @@ credential = { staging = "openai" }
 redact = ["/messages"]
 "#
     .replace("WRITER", &sha256_hex("writer-token"));
-    let (_pki, _upstream, gate) = setup_examples(&[("model.toml", tool)], |_| {}).await;
+    let (_pki, _upstream, gate) = GateBuilder::examples()
+        .policies(&[("model.toml", tool)])
+        .with_upstream()
+        .await;
     let client = gate.client(Some(("writer", "writer-token")), http::Version::HTTP_11);
     let url = "https://api.openai.com/v1/chat/completions";
     let streamed = send(&client, "POST", url, &[JSON], json!({"model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "my diary"}]}).to_string())
@@ -791,10 +807,13 @@ async fn event_of_path(gate: &Toolgate, path: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_whose_client_gives_up_is_recorded_with_the_status_it_would_have_had() {
     let extra = [("delayed.toml", DELAYED.to_string())];
-    let (_pki, upstream, gate) = setup_examples(&extra, |c| {
-        c.upstream_timeout = Duration::from_secs(10);
-    })
-    .await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra)
+        .config(|c| {
+            c.upstream_timeout = Duration::from_secs(10);
+        })
+        .with_upstream()
+        .await;
     for (alpn, path) in [
         (&b"http/1.1"[..], "/delay/1200"),
         (&b"h2"[..], "/delay/1201"),
@@ -839,11 +858,14 @@ async fn a_read_whose_client_gives_up_is_recorded_with_the_status_it_would_have_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_still_in_flight_when_the_grace_ends_is_recorded_before_exit() {
     let extra = [("delayed.toml", DELAYED.to_string())];
-    let (_pki, upstream, gate) = setup_examples(&extra, |c| {
-        c.upstream_timeout = Duration::from_secs(10);
-        c.shutdown_grace = Duration::from_millis(300);
-    })
-    .await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra)
+        .config(|c| {
+            c.upstream_timeout = Duration::from_secs(10);
+            c.shutdown_grace = Duration::from_millis(300);
+        })
+        .with_upstream()
+        .await;
     let client = staging(&gate);
     let path = "/delay/5000";
     let read = tokio::spawn(async move {
@@ -865,7 +887,7 @@ async fn a_read_still_in_flight_when_the_grace_ends_is_recorded_before_exit() {
     assert_eq!(upstream.count(), 1, "the read reached the upstream");
     let dir = gate.into_dir().await;
     let _ = read.await;
-    let gate = Toolgate::restart_in(dir, |_| {}).await;
+    let gate = GateBuilder::reopen(dir).start().await;
     let e = event_of_path(&gate, path).await;
     assert_eq!(e["payload"]["decision"]["outcome"], "allowed", "{e}");
     assert_eq!(e["payload"]["response"]["unfinished"], true, "{e}");
@@ -882,10 +904,13 @@ async fn a_read_still_in_flight_when_the_grace_ends_is_recorded_before_exit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_client_gives_up_is_settled_and_its_retry_gets_the_answer() {
     let extra = [("delayed.toml", DELAYED.to_string())];
-    let (_pki, upstream, gate) = setup_examples(&extra, |c| {
-        c.upstream_timeout = Duration::from_secs(10);
-    })
-    .await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra)
+        .config(|c| {
+            c.upstream_timeout = Duration::from_secs(10);
+        })
+        .with_upstream()
+        .await;
     let path = "/delay/1300";
     let key = ("idempotency-key", "gone-1");
     let headers = [FORM, key];

@@ -1,15 +1,12 @@
 //! `toolgate contracts import`: contracts drafted from OpenAPI documents load, pass `check`,
 //! and are enforced by the gateway; the output is byte-identical run to run; each bad input is
 //! refused with its reason; the example schemas are what the import writes.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
 
@@ -143,13 +140,16 @@ async fn stripe_refunds_and_customers_import_check_and_enforce_nested_fields() {
         .map(|(n, t)| (n.as_str(), t.clone()))
         .collect();
     let (addr, ca) = (upstream.addr, pki.ca_path.clone());
-    let gate = Toolgate::start(&policies, move |c| {
-        c.add_connect_to(&format!("api.stripe.com:443={addr}"))
-            .unwrap();
-        c.upstream_ca.push(ca);
-        c.upstream_timeout = Duration::from_millis(1500);
-    })
-    .await;
+    let gate = GateBuilder::new()
+        .policies(&policies)
+        .config(move |c| {
+            c.add_connect_to(&format!("api.stripe.com:443={addr}"))
+                .unwrap();
+            c.upstream_ca.push(ca);
+            c.upstream_timeout = Duration::from_millis(1500);
+        })
+        .start()
+        .await;
     let bot = gate.bot();
     let customers = "https://api.stripe.com/v1/customers";
     let good = "email=ann%40example.com&address[city]=Paris&metadata[order]=42";
@@ -247,15 +247,18 @@ async fn a_literal_segment_wins_and_typed_parameters_hold_through_the_gateway() 
     ]
     .concat();
     let (addr, ca) = (upstream.addr, pki.ca_path.clone());
-    let gate = Toolgate::start(&[("p.toml", policy)], move |c| {
-        c.add_connect_to(&format!("api.stripe.com:443={addr}"))
-            .unwrap();
-        c.add_connect_to(&format!("api.github.com:443={addr}"))
-            .unwrap();
-        c.upstream_ca.push(ca);
-        c.upstream_timeout = Duration::from_millis(1500);
-    })
-    .await;
+    let gate = GateBuilder::new()
+        .policies(&[("p.toml", policy)])
+        .config(move |c| {
+            c.add_connect_to(&format!("api.stripe.com:443={addr}"))
+                .unwrap();
+            c.add_connect_to(&format!("api.github.com:443={addr}"))
+                .unwrap();
+            c.upstream_ca.push(ca);
+            c.upstream_timeout = Duration::from_millis(1500);
+        })
+        .start()
+        .await;
     let bot = gate.bot();
     let get = |url: &'static str| send(&bot, "GET", url, &[], "");
     let a = get("https://api.stripe.com/v1/customers/search")

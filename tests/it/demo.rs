@@ -4,9 +4,6 @@
 //! `requests`, the CLI's approve and story. The held refund goes from 423 to the agent's retry
 //! getting `re_…`, and its story says who asked, what was proposed, who approved and why, what
 //! was sent and what it created.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -14,11 +11,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::support::process::{copy_dir, signal, ChildGuard};
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::Value;
-use support::process::{copy_dir, signal, ChildGuard};
-use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
 const CUSTOMER: &str = "cus_NffrFeUfNV2Hib";

@@ -1,15 +1,12 @@
 //! The real binary: `serve` with SIGHUP reload and SIGTERM shutdown, `check`, and `ca`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::process::{copy_dir, signal, ChildGuard, Started};
+use crate::support::*;
 use http_body_util::StreamBody;
-use support::process::{copy_dir, signal, ChildGuard, Started};
-use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
 
@@ -837,7 +834,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
     if Command::new("prlimit").arg("--version").output().is_err() {
-        support::skips::skipped(
+        crate::support::skips::skipped(
             "out_of_descriptors_the_accept_loop_backs_off_and_recovers",
             "prlimit is not installed",
             "apt-get install util-linux",
@@ -995,7 +992,7 @@ async fn sigterm_under_load_leaves_every_forwarded_request_audited() {
 /// turns it into `outcome_unknown`, and never sends it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_mid_commit_leaves_outcome_unknown_on_the_others() {
-    let Some(cluster) = support::pg::Cluster::start("a_replica_killed_mid_commit") else {
+    let Some(cluster) = crate::support::pg::Cluster::start("a_replica_killed_mid_commit") else {
         return;
     };
     let (_pki, upstream, dir, mut args) = routed("api.stripe.com", "60s").await;
@@ -1115,7 +1112,7 @@ async fn a_second_toolgate_on_the_same_data_dir_says_so() {
     );
     let (mut first, _, _, _log) = start_binary(dir.path(), &[]);
     let data = dir.path().join("data");
-    let second = support::process::serve_command(BIN, dir.path())
+    let second = crate::support::process::serve_command(BIN, dir.path())
         .output()
         .unwrap();
     assert!(!second.status.success());

@@ -1,7 +1,7 @@
 //! Skipped suites, made visible. A test that cannot run here (a browser, an SDK, PostgreSQL or
 //! network namespaces missing) says so on standard error, which the harness shows only for
-//! failures, and adds a line to a list under `target/`; `tests/zz_skipped.rs`, the last test
-//! binary `cargo test` runs, prints the list of this run at the very end of its output.
+//! failures, and adds a line to a list under `target/`; `tests/zz_skipped.rs`, the test binary
+//! `cargo test` runs after `it`, prints the list of this run at the very end of its output.
 
 use std::io::Write;
 

@@ -5,7 +5,6 @@
 //! only its real key, so a request without toolgate's injected credential gets the API's own 401.
 //! `toolgate demo`'s sandbox (`src/sandbox/`) is the product's version of these; the fakes stay
 //! for the tests' hooks (every request recorded, a slow answer on demand, keys per test).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -64,11 +63,9 @@ impl Keys {
 /// One request as the fake received it.
 #[derive(Debug, Clone)]
 pub struct Seen {
-    pub host: String,
     pub method: String,
     pub path: String,
     pub authorization: Option<String>,
-    pub idempotency_key: Option<String>,
     pub body: String,
     pub status: u16,
 }
@@ -256,7 +253,6 @@ async fn handle(
             .map(str::to_string)
     };
     let authorization = header("authorization");
-    let idempotency_key = header("idempotency-key");
     let body = req
         .into_body()
         .collect()
@@ -324,11 +320,9 @@ async fn handle(
         )
     };
     st.seen.push(Seen {
-        host,
         method,
         path,
         authorization,
-        idempotency_key,
         body,
         status: resp.status().as_u16(),
     });

@@ -6,15 +6,12 @@
 //!
 //! The SDKs are installed by `.ci/run` into `tests/sdk/.venv` and `tests/sdk/node_modules`.
 //! Without them this test prints why it skipped, unless `TOOLGATE_REQUIRE_SDKS=1`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const CAROL: &str = "demo-carol-token";
 
@@ -26,7 +23,7 @@ fn skip(why: &str) -> bool {
     if std::env::var("TOOLGATE_REQUIRE_SDKS").as_deref() == Ok("1") {
         panic!("TOOLGATE_REQUIRE_SDKS=1 but {why}");
     }
-    support::skips::skipped("launch_check_real_sdks", why, support::skips::SDKS);
+    crate::support::skips::skipped("launch_check_real_sdks", why, crate::support::skips::SDKS);
     true
 }
 
@@ -156,10 +153,14 @@ async fn launch_check_real_sdks() {
     let (pki, fakes) = example_apis().await;
     let files = policies();
     let extra: Vec<(&str, String)> = files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
-    let gate = examples_gate(&pki, fakes.addr, &extra, |c| {
-        c.upstream_timeout = Duration::from_secs(10);
-    })
-    .await;
+    let gate = GateBuilder::examples()
+        .policies(&extra)
+        .routed_to(&pki, fakes.addr)
+        .config(|c| {
+            c.upstream_timeout = Duration::from_secs(10);
+        })
+        .start()
+        .await;
     let approving = approver(&gate, "released by the SDK test");
     let proxy = format!(
         "http://support-bot-staging:demo-staging-token@{}",

@@ -2,14 +2,11 @@
 //! token, or an approver acting alone, cannot exhaust, fool or bypass toolgate. Each test asserts
 //! what the upstream received (nothing for a refused call) and, where it matters, what is on disk.
 //! The freeze, memory and descriptor findings are tested against the real binary in `binary.rs`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const SECRET: &str = "sk_test_toolgate_demo_placeholder";
 
@@ -151,7 +148,10 @@ fn proposal_of(a: &Answer) -> String {
 // Finding 4: what a flood of refusals may write is capped and aggregated.
 #[tokio::test]
 async fn a_flood_of_refused_requests_records_a_bounded_amount() {
-    let (_pki, upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
     let long_path = format!("/v1/customers/{}", "x".repeat(60 * 1024));
     for i in 0..60 {
         // Unauthenticated, absolute form, a 60 KB URI.
@@ -221,13 +221,16 @@ async fn a_flood_of_refused_requests_records_a_bounded_amount() {
 // Finding 4: proposals, idempotency records and ledger entries expire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_records_proposals_and_ledger_entries_expire() {
-    let (_pki, upstream, gate) = setup_examples(&extra(), |c| {
-        c.guards.idempotency_retention = Duration::from_secs(1);
-        c.guards.proposal_retention = Duration::from_secs(1);
-        c.guards.ledger_retention = Duration::from_secs(1);
-        c.guards.sweep_interval = Duration::from_millis(200);
-    })
-    .await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .config(|c| {
+            c.guards.idempotency_retention = Duration::from_secs(1);
+            c.guards.proposal_retention = Duration::from_secs(1);
+            c.guards.ledger_retention = Duration::from_secs(1);
+            c.guards.sweep_interval = Duration::from_millis(200);
+        })
+        .with_upstream()
+        .await;
     let url = "https://api.stripe.com/v1/connected";
     let first = post_form(&gate, url, "exp-1", "name=a", &[]).await;
     assert_eq!(first.status, 200, "{}", first.text());
@@ -286,7 +289,10 @@ async fn idempotency_records_proposals_and_ledger_entries_expire() {
 // Finding 5: approve-mode tools obey the rate limit, the budget and the key rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_calls_obey_rate_limits_and_budgets_charged_at_commit() {
-    let (_pki, upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
     let url = "https://api.stripe.com/v1/held_refunds";
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -338,7 +344,10 @@ async fn held_calls_obey_rate_limits_and_budgets_charged_at_commit() {
 // Finding 7: the budget field is required, never negative, and given back when refused.
 #[tokio::test]
 async fn budget_amounts_are_required_non_negative_and_refunded_on_refusal() {
-    let (_pki, upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
     let url = "https://api.stripe.com/v1/auto_refunds";
     let got = post_form(&gate, url, "m-1", "payment_intent=pi_1", &[]).await;
     assert_eq!(
@@ -374,7 +383,10 @@ async fn budget_amounts_are_required_non_negative_and_refunded_on_refusal() {
 // Finding 8: headers that steer the upstream, duplicates and unknown headers.
 #[tokio::test]
 async fn steering_and_duplicate_headers_are_refused_and_unknown_ones_dropped() {
-    let (_pki, upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
     let customers = "https://api.stripe.com/v1/customers";
     let got = post_form(
         &gate,
@@ -441,7 +453,10 @@ async fn steering_and_duplicate_headers_are_refused_and_unknown_ones_dropped() {
 // Findings 9, 10 and 18: bodies, paths and form keys that upstreams read differently.
 #[tokio::test]
 async fn ambiguous_bodies_paths_and_form_keys_are_refused_unsent() {
-    let (_pki, upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
     let got = send(
         &staging(&gate),
         "POST",
@@ -510,7 +525,11 @@ async fn an_undo_needs_the_groups_count_and_independence_of_its_undo_tool() {
     let tail = tail.replacen("required = 1", "required = 2", 1);
     let mut files = extra();
     files.push(("stripe.toml", format!("{head}{tail}")));
-    let gate = examples_gate(&pki, fakes.addr, &files, |_| {}).await;
+    let gate = GateBuilder::examples()
+        .policies(&files)
+        .routed_to(&pki, fakes.addr)
+        .start()
+        .await;
 
     let created = post_form(
         &gate,
@@ -563,7 +582,10 @@ async fn an_undo_needs_the_groups_count_and_independence_of_its_undo_tool() {
 // Finding 12: the injected key never reaches the agent, even echoed in a streamed read.
 #[tokio::test]
 async fn an_upstream_echoing_the_injected_key_does_not_hand_it_to_the_agent() {
-    let (_pki, upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
     let got = send(
         &staging(&gate),
         "GET",
@@ -592,7 +614,10 @@ async fn an_upstream_echoing_the_injected_key_does_not_hand_it_to_the_agent() {
 // Finding 14: a job belongs to the agent that named it.
 #[tokio::test]
 async fn another_agent_cannot_put_calls_into_a_foreign_job() {
-    let (_pki, upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
     let job = ("toolgate-job", "job-owned");
     let url = "https://api.github.com/repos/acme/web";
     let got = send(&staging(&gate), "GET", url, &[job], "").await.unwrap();
@@ -638,10 +663,13 @@ async fn another_agent_cannot_put_calls_into_a_foreign_job() {
 // Finding 16: metrics need a token; failed sign-ins are throttled per address.
 #[tokio::test]
 async fn failed_sign_ins_are_throttled() {
-    let (_pki, _upstream, gate) = setup_examples(&extra(), |c| {
-        c.guards.auth_failures_per_minute = 5;
-    })
-    .await;
+    let (_pki, _upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .config(|c| {
+            c.guards.auth_failures_per_minute = 5;
+        })
+        .with_upstream()
+        .await;
     for _ in 0..5 {
         let got = gate
             .page("POST", "/login", None, Some("token=wrong".into()))
@@ -663,7 +691,10 @@ async fn failed_sign_ins_are_throttled() {
 // Finding 17: a commit re-runs the policy on what it sends, and sends what was held exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_rechecks_the_policy_in_force_and_sends_the_sealed_headers() {
-    let (_pki, upstream, gate) = setup_examples(&extra(), |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
     let url = "https://api.stripe.com/v1/noted_refunds";
     let gate2 = &gate;
     let held = async move { post_form(gate2, url, "c-1", "amount=700", &[]).await };
@@ -791,10 +822,13 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 // Finding 3: a half-sent HTTP/1.1 body times out with a JSON refusal, and nothing is sent.
 #[tokio::test]
 async fn a_half_sent_body_times_out_and_is_never_forwarded() {
-    let (_pki, upstream, gate) = setup_examples(&extra(), |c| {
-        c.guards.body_read_timeout = Duration::from_millis(500);
-    })
-    .await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .config(|c| {
+            c.guards.body_read_timeout = Duration::from_millis(500);
+        })
+        .with_upstream()
+        .await;
     let mut tls = github_tunnel(&gate).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     tls.write_all(
@@ -828,7 +862,7 @@ async fn connect_from(from: &str, proxy: std::net::SocketAddr) -> tokio::net::Tc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_holds_a_bounded_number_of_unauthenticated_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (_pki, _upstream, gate) = setup_examples(&[], |_| {}).await;
+    let (_pki, _upstream, gate) = GateBuilder::examples().with_upstream().await;
     let cap = toolgate::guard::UNAUTHENTICATED_PER_ADDRESS;
     let mut held = Vec::new();
     for _ in 0..cap + 1 {

@@ -1,13 +1,10 @@
 //! The audit log under load: a writer slower than the request path makes requests wait (the
 //! queue stays bounded, nothing is dropped), events carry their request's time, and stories
 //! and searches read only their own events through the indexes.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 use toolgate::audit::{Audit, Filter, Record};
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -21,11 +18,13 @@ fn metric(text: &str, name: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_writer_makes_requests_wait_and_loses_nothing() {
-    let (_pki, upstream, gate) = setup_examples(&[], |c| {
-        c.guards.audit_queue = 4;
-        c.guards.audit_write_delay = Duration::from_millis(150);
-    })
-    .await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .config(|c| {
+            c.guards.audit_queue = 4;
+            c.guards.audit_write_delay = Duration::from_millis(150);
+        })
+        .with_upstream()
+        .await;
     let mut calls = Vec::new();
     for i in 0..24 {
         let client = staging(&gate);
@@ -69,11 +68,13 @@ async fn a_slow_writer_makes_requests_wait_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_carries_its_request_time_not_the_writers() {
-    let (_pki, _upstream, gate) = setup_examples(&[], |c| {
-        c.guards.audit_queue = 1;
-        c.guards.audit_write_delay = Duration::from_secs(2);
-    })
-    .await;
+    let (_pki, _upstream, gate) = GateBuilder::examples()
+        .config(|c| {
+            c.guards.audit_queue = 1;
+            c.guards.audit_write_delay = Duration::from_secs(2);
+        })
+        .with_upstream()
+        .await;
     let client = staging(&gate);
     // The first read's event occupies the one place in the queue for 2 s; the second read
     // waits for room before its answer, and is recorded later than it was asked.
@@ -177,7 +178,7 @@ async fn stories_and_searches_read_only_their_own_events_among_200k() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_retention_purges_old_events_in_the_sweep_and_the_rest_verifies() {
-    let (_pki, _upstream, gate) = setup_examples(&[], |_| {}).await;
+    let (_pki, _upstream, gate) = GateBuilder::examples().with_upstream().await;
     let dir = gate.into_dir().await;
     // Forty days ago, five events; now, one.
     {
@@ -192,11 +193,13 @@ async fn audit_retention_purges_old_events_in_the_sweep_and_the_rest_verifies() 
         audit.record_durable(record(99)).await.unwrap();
         assert!(audit.close(Duration::from_secs(10)).await);
     }
-    let gate = Toolgate::restart_in(dir, |c| {
-        c.guards.audit_retention = Some(Duration::from_secs(31 * 86_400));
-        c.guards.sweep_interval = Duration::from_millis(100);
-    })
-    .await;
+    let gate = GateBuilder::reopen(dir)
+        .config(|c| {
+            c.guards.audit_retention = Some(Duration::from_secs(31 * 86_400));
+            c.guards.sweep_interval = Duration::from_millis(100);
+        })
+        .start()
+        .await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let purges = loop {
         let v = gate

@@ -1,23 +1,20 @@
 //! The intercepting proxy end to end: real sockets on loopback, a real TLS upstream, a real
 //! client through toolgate, and assertions on what the upstream actually received.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
-use support::*;
 
 const CUSTOMER: &str = "https://api.stripe.com/v1/customers/cus_123";
 
 #[tokio::test]
 async fn get_and_post_over_http1() {
-    let (_pki, upstream, gate) = setup("").await;
+    let (_pki, upstream, gate) = GateBuilder::base().with_upstream().await;
     let client = gate.bot();
 
     let got = send(&client, "GET", CUSTOMER, &[], "").await.unwrap();
@@ -56,7 +53,7 @@ async fn get_and_post_over_http1() {
 
 #[tokio::test]
 async fn get_and_post_over_http2() {
-    let (_pki, upstream, gate) = setup("").await;
+    let (_pki, upstream, gate) = GateBuilder::base().with_upstream().await;
     let client = gate.client(Some(("bot", BOT_TOKEN)), Version::HTTP_2);
     let got = send(&client, "GET", CUSTOMER, &[], "").await.unwrap();
     assert_eq!(got.status, 200);
@@ -84,7 +81,7 @@ async fn get_and_post_over_http2() {
 
 #[tokio::test]
 async fn leaf_for_a_host_verifies_against_the_toolgate_ca() {
-    let (_pki, _upstream, gate) = setup("").await;
+    let (_pki, _upstream, gate) = GateBuilder::base().with_upstream().await;
     let (status, _, stream) =
         raw_connect(gate.addr, "api.stripe.com:443", Some(("bot", BOT_TOKEN))).await;
     assert_eq!(status, 200);
@@ -102,7 +99,7 @@ async fn leaf_for_a_host_verifies_against_the_toolgate_ca() {
 
 #[tokio::test]
 async fn unknown_host_is_refused_and_nothing_reaches_an_upstream() {
-    let (_pki, upstream, gate) = setup("").await;
+    let (_pki, upstream, gate) = GateBuilder::base().with_upstream().await;
     // A host name on 443: the tunnel completes and every request in it gets the refusal (see
     // a_host_no_contract_names_is_refused_inside_the_tunnel_with_its_message).
     let (status, answer, _) =
@@ -134,7 +131,10 @@ host = "127.0.0.1"
 method = "GET"
 path = "/"
 "#;
-    let (_pki, upstream, gate) = setup(extra).await;
+    let (_pki, upstream, gate) = GateBuilder::base()
+        .policy("extra.toml", extra)
+        .with_upstream()
+        .await;
     for target in ["169.254.169.254:443", "127.0.0.1:443", "10.0.0.1:443"] {
         let (status, answer, _) = raw_connect(gate.addr, target, Some(("bot", BOT_TOKEN))).await;
         assert_eq!(status, 403, "{target}: {answer}");
@@ -151,7 +151,7 @@ path = "/"
 
 #[tokio::test]
 async fn missing_and_wrong_proxy_credentials_get_407() {
-    let (_pki, upstream, gate) = setup("").await;
+    let (_pki, upstream, gate) = GateBuilder::base().with_upstream().await;
     let (status, answer, _) = raw_connect(gate.addr, "api.stripe.com:443", None).await;
     assert_eq!(status, 407);
     assert!(
@@ -190,7 +190,7 @@ async fn missing_and_wrong_proxy_credentials_get_407() {
 
 #[tokio::test]
 async fn unmatched_request_is_refused_and_the_upstream_receives_nothing() {
-    let (_pki, upstream, gate) = setup("").await;
+    let (_pki, upstream, gate) = GateBuilder::base().with_upstream().await;
     let client = gate.bot();
     let cases = [
         ("GET", "https://api.stripe.com/v1/charges"),
@@ -223,7 +223,7 @@ async fn unmatched_request_is_refused_and_the_upstream_receives_nothing() {
 
 #[tokio::test]
 async fn sni_that_differs_from_the_connect_host_is_refused() {
-    let (_pki, upstream, gate) = setup("").await;
+    let (_pki, upstream, gate) = GateBuilder::base().with_upstream().await;
     let (status, _, stream) =
         raw_connect(gate.addr, "api.stripe.com:443", Some(("bot", BOT_TOKEN))).await;
     assert_eq!(status, 200);
@@ -234,7 +234,7 @@ async fn sni_that_differs_from_the_connect_host_is_refused() {
 
 #[tokio::test]
 async fn plain_http_absolute_form_takes_the_same_path() {
-    let (_pki, upstream, gate) = setup("").await;
+    let (_pki, upstream, gate) = GateBuilder::base().with_upstream().await;
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.set_nodelay(true);
     let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
@@ -285,7 +285,7 @@ async fn plain_http_absolute_form_takes_the_same_path() {
 
 #[tokio::test]
 async fn plain_http_inside_a_tunnel_is_served_too() {
-    let (_pki, upstream, gate) = setup("").await;
+    let (_pki, upstream, gate) = GateBuilder::base().with_upstream().await;
     let (status, _, stream) =
         raw_connect(gate.addr, "api.stripe.com:443", Some(("bot", BOT_TOKEN))).await;
     assert_eq!(status, 200);
@@ -301,7 +301,7 @@ async fn plain_http_inside_a_tunnel_is_served_too() {
 #[tokio::test]
 async fn a_tunnel_that_is_neither_tls_nor_http_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (_pki, upstream, gate) = setup("").await;
+    let (_pki, upstream, gate) = GateBuilder::base().with_upstream().await;
     let (status, _, mut stream) =
         raw_connect(gate.addr, "api.stripe.com:443", Some(("bot", BOT_TOKEN))).await;
     assert_eq!(status, 200);
@@ -317,7 +317,7 @@ async fn a_tunnel_that_is_neither_tls_nor_http_is_closed() {
 
 #[tokio::test]
 async fn connect_inside_a_tunnel_is_refused() {
-    let (_pki, upstream, gate) = setup("").await;
+    let (_pki, upstream, gate) = GateBuilder::base().with_upstream().await;
     let (_, _, stream) =
         raw_connect(gate.addr, "api.stripe.com:443", Some(("bot", BOT_TOKEN))).await;
     let tls = tls_over(stream, "api.stripe.com", &gate.ca_pem, &[b"http/1.1"])
@@ -335,7 +335,7 @@ async fn connect_inside_a_tunnel_is_refused() {
 
 #[tokio::test]
 async fn sse_events_arrive_before_the_upstream_finishes() {
-    let (_pki, upstream, gate) = setup("").await;
+    let (_pki, upstream, gate) = GateBuilder::base().with_upstream().await;
     let client = gate.bot();
     let req = Request::get("https://api.stripe.com/sse")
         .body(Full::new(Bytes::new()))
@@ -374,12 +374,15 @@ body = { format = "json" }
     let policies = vec![("base.toml", base_policy()), ("sg.toml", extra.to_string())];
     let addr = rogue_upstream.addr;
     let ca = pki.ca_path.clone();
-    let gate = Toolgate::start(&policies, move |c| {
-        c.add_connect_to(&format!("api.sendgrid.com:443={addr}"))
-            .unwrap();
-        c.upstream_ca.push(ca);
-    })
-    .await;
+    let gate = GateBuilder::new()
+        .policies(&policies)
+        .config(move |c| {
+            c.add_connect_to(&format!("api.sendgrid.com:443={addr}"))
+                .unwrap();
+            c.upstream_ca.push(ca);
+        })
+        .start()
+        .await;
     let got = send(
         &gate.bot(),
         "POST",
@@ -407,16 +410,19 @@ body = { format = "json" }
 
 #[tokio::test]
 async fn a_spoofed_host_header_does_not_change_where_the_request_goes() {
-    let (_pki, upstream, gate) = setup(
-        r#"
+    let (_pki, upstream, gate) = GateBuilder::base()
+        .policy(
+            "extra.toml",
+            r#"
 [[tool]]
 name = "github.repos.get"
 host = "api.github.com"
 method = "GET"
 path = "/repos/{owner}/{repo}"
 "#,
-    )
-    .await;
+        )
+        .with_upstream()
+        .await;
     let (_, _, stream) =
         raw_connect(gate.addr, "api.stripe.com:443", Some(("bot", BOT_TOKEN))).await;
     let tls = tls_over(stream, "api.stripe.com", &gate.ca_pem, &[b"http/1.1"])
@@ -451,7 +457,7 @@ path = "/repos/{owner}/{repo}"
 
 #[tokio::test]
 async fn a_slow_upstream_gets_504() {
-    let (_pki, _upstream, gate) = setup("").await;
+    let (_pki, _upstream, gate) = GateBuilder::base().with_upstream().await;
     let got = send(&gate.bot(), "GET", "https://api.stripe.com/slow", &[], "")
         .await
         .unwrap();
@@ -467,11 +473,14 @@ async fn an_unreachable_upstream_gets_502() {
     let addr = closed.local_addr().unwrap();
     drop(closed);
     let policies = vec![("base.toml", base_policy())];
-    let gate = Toolgate::start(&policies, move |c| {
-        c.add_connect_to(&format!("api.stripe.com:443={addr}"))
-            .unwrap();
-    })
-    .await;
+    let gate = GateBuilder::new()
+        .policies(&policies)
+        .config(move |c| {
+            c.add_connect_to(&format!("api.stripe.com:443={addr}"))
+                .unwrap();
+        })
+        .start()
+        .await;
     let got = send(&gate.bot(), "GET", CUSTOMER, &[], "").await.unwrap();
     assert_eq!(got.status, 502);
     assert_eq!(got.code(), "upstream_error");
@@ -489,13 +498,16 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let upstream = Upstream::start(pki.server_config(&["api.stripe.com"])).await;
     let addr = upstream.addr;
     let ca = pki.ca_path.clone();
-    let gate = Toolgate::start(&[("base.toml", base_policy())], move |c| {
-        c.add_connect_to(&format!("api.stripe.com:443={addr}"))
-            .unwrap();
-        c.upstream_ca.push(ca);
-        c.shutdown_grace = Duration::from_secs(10);
-    })
-    .await;
+    let gate = GateBuilder::new()
+        .policies(&[("base.toml", base_policy())])
+        .config(move |c| {
+            c.add_connect_to(&format!("api.stripe.com:443={addr}"))
+                .unwrap();
+            c.upstream_ca.push(ca);
+            c.shutdown_grace = Duration::from_secs(10);
+        })
+        .start()
+        .await;
     let client = gate.bot();
     let proxy_addr = gate.addr;
     let in_flight =
@@ -552,7 +564,10 @@ idempotency = "payload"
 "#,
         sha256_hex("reader-token")
     );
-    let (_pki, upstream, gate) = setup(&extra).await;
+    let (_pki, upstream, gate) = GateBuilder::base()
+        .policy("extra.toml", &extra)
+        .with_upstream()
+        .await;
     let reader = gate.client(Some(("reader", "reader-token")), Version::HTTP_11);
     let got = send(
         &reader,
@@ -647,18 +662,20 @@ credential = { prod = "stripe-live" }
 
 #[tokio::test]
 async fn the_upstream_sees_the_configured_secret_and_never_the_agents_header() {
-    let (_pki, upstream, gate) = setup_with(&[
-        ("creds.toml", CREDENTIALS.to_string()),
-        (
-            "secrets/stripe-test.key",
-            "sk_test_injected_123\n".to_string(),
-        ),
-        (
-            "secrets/stripe-live.key",
-            "sk_live_never_for_staging\n".to_string(),
-        ),
-    ])
-    .await;
+    let (_pki, upstream, gate) = GateBuilder::base()
+        .policies(&[
+            ("creds.toml", CREDENTIALS.to_string()),
+            (
+                "secrets/stripe-test.key",
+                "sk_test_injected_123\n".to_string(),
+            ),
+            (
+                "secrets/stripe-live.key",
+                "sk_live_never_for_staging\n".to_string(),
+            ),
+        ])
+        .with_upstream()
+        .await;
     let client = gate.bot();
     let got = send(
         &client,
@@ -862,7 +879,10 @@ async fn curl_post(
 /// past the size cap: never a reset stream or a closed connection instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_refusal_reaches_the_client_over_http2_and_http1_whatever_the_body() {
-    let (_pki, upstream, gate) = setup_examples(&[("edge.toml", edge_tools())], |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&[("edge.toml", edge_tools())])
+        .with_upstream()
+        .await;
     let staging_id = ("support-bot-staging", "demo-staging-token");
     let prod_id = ("support-bot-prod", "demo-prod-token");
     let cases = [
@@ -989,7 +1009,7 @@ async fn every_refusal_reaches_the_client_over_http2_and_http1_whatever_the_body
 
     let curl = Command::new("curl").arg("--version").output().is_ok();
     if !curl {
-        support::skips::skipped(
+        crate::support::skips::skipped(
             "the curl half of the refusal test (tests/proxy.rs)",
             "curl is not installed",
             "apt-get install curl",
@@ -1091,7 +1111,7 @@ async fn every_refusal_reaches_the_client_over_http2_and_http1_whatever_the_body
 /// are bounded per address and minute, past which the CONNECT itself is refused as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_no_contract_names_is_refused_inside_the_tunnel_with_its_message() {
-    let (_pki, upstream, gate) = setup_examples(&[], |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples().with_upstream().await;
     let agent = Some(("support-bot-staging", "demo-staging-token"));
 
     // A client library: the request's answer is toolgate's 403 JSON, naming the host.
@@ -1122,7 +1142,7 @@ async fn a_host_no_contract_names_is_refused_inside_the_tunnel_with_its_message(
             "http://support-bot-staging:demo-staging-token@{}",
             gate.addr
         );
-        let (code, out) = support::netns::curl(
+        let (code, out) = crate::support::netns::curl(
             None,
             &[
                 "--proxy",

@@ -2,13 +2,10 @@
 //! stateful API fakes: response contracts keep only what they name (nothing else of an answer
 //! is written anywhere under the data dir) and hide fields from the agent; the story of an
 //! approved refund names the refund.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
+use crate::support::*;
 use base64::Engine;
 use serde_json::Value;
-use support::*;
 
 const CAROL: &str = "demo-carol-token";
 /// In the fakes' refund answers, and in nothing the agent sent: `keep` leaves it out.
@@ -47,7 +44,10 @@ fn files_holding(dir: &std::path::Path, needles: &[String], out: &mut Vec<String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_contracts_keep_and_hide_and_the_story_names_what_changed() {
     let (pki, fakes) = example_apis().await;
-    let gate = examples_gate(&pki, fakes.addr, &[], |_| {}).await;
+    let gate = GateBuilder::examples()
+        .routed_to(&pki, fakes.addr)
+        .start()
+        .await;
     let agent = staging(&gate);
 
     // An approved refund: the agent gets the whole answer, the store keeps the named fields.
@@ -193,7 +193,10 @@ async fn read_with(gate: &Toolgate, agent: &str, token: &str) -> Answer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issued_tokens_work_expire_are_revoked_and_never_recorded() {
     let (pki, fakes) = example_apis().await;
-    let gate = examples_gate(&pki, fakes.addr, &[], |_| {}).await;
+    let gate = GateBuilder::examples()
+        .routed_to(&pki, fakes.addr)
+        .start()
+        .await;
 
     // Only group admin (or a group the agent names) issues; an agent's own token never does.
     let agent_token = issue(
@@ -487,7 +490,11 @@ async fn exported(gate: &Toolgate, kind: &str, grant_id: &str) -> Vec<Value> {
 async fn a_grant_lends_one_tool_for_its_time_and_every_step_is_recorded() {
     let (pki, fakes) = example_apis().await;
     let agents = agents_with_daves_bot();
-    let gate = examples_gate(&pki, fakes.addr, &[("agents.toml", agents)], |_| {}).await;
+    let gate = GateBuilder::examples()
+        .policies(&[("agents.toml", agents)])
+        .routed_to(&pki, fakes.addr)
+        .start()
+        .await;
     let sent = || fakes.count("POST", "/v1/payment_intents");
 
     // Without a grant the prod bot may not create payment intents.
@@ -765,7 +772,10 @@ fn now_unix() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_call_is_not_sent_after_its_token_is_revoked() {
     let (pki, fakes) = example_apis().await;
-    let gate = examples_gate(&pki, fakes.addr, &[], |_| {}).await;
+    let gate = GateBuilder::examples()
+        .routed_to(&pki, fakes.addr)
+        .start()
+        .await;
     let got = issue(&gate, DAVE, serde_json::json!({"ttl": "15m"})).await;
     assert_eq!(got.status, 201, "{}", got.text());
     let issued = got.json();

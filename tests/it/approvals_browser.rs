@@ -2,14 +2,11 @@
 //! playwright-core from tests/browser): sign in, see a held request appear, approve it, and see
 //! the agent's held call complete. `.ci/run` installs both and sets TOOLGATE_REQUIRE_BROWSER, so
 //! in CI a missing browser fails the test instead of skipping it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const TOOL: &str = r#"
@@ -40,8 +37,10 @@ async fn an_approver_approves_a_held_call_in_a_real_browser() {
     let Some((dir, chromium)) = browser() else {
         return;
     };
-    let (_pki, upstream, gate) =
-        setup_examples(&[("browser.toml", TOOL.to_string())], |_| {}).await;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&[("browser.toml", TOOL.to_string())])
+        .with_upstream()
+        .await;
 
     let mut node = tokio::process::Command::new("node")
         .arg(dir.join("approve.mjs"))

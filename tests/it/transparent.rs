@@ -5,14 +5,11 @@
 //!
 //! Needs root (or CAP_NET_ADMIN), `ip`, `nft` and `curl`. Without them it prints why it skipped
 //! and passes, unless `TOOLGATE_REQUIRE_NETNS=1` makes a skip a failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
 
 use std::process::Command;
 
-use support::netns::{create, curl};
-use support::*;
+use crate::support::netns::{create, curl};
+use crate::support::*;
 
 /// An nftables table of the test's own, removed on drop.
 struct Nat(String);
@@ -75,10 +72,13 @@ fn skip(why: &str) {
     if std::env::var("TOOLGATE_REQUIRE_NETNS").as_deref() == Ok("1") {
         panic!("TOOLGATE_REQUIRE_NETNS=1 but the transparent test cannot run: {why}");
     }
-    support::skips::skipped(
-        &format!("{} (transparent interception)", support::current_test()),
+    crate::support::skips::skipped(
+        &format!(
+            "{} (transparent interception)",
+            crate::support::current_test()
+        ),
         why,
-        support::skips::NETNS,
+        crate::support::skips::NETNS,
     );
 }
 
@@ -112,13 +112,12 @@ attrs = {{ github_org = "acme" }}
 sources = ["{agent_ip}/32"]
 "#
     );
-    let gate = examples_gate_transparent(
-        &format!("{agent_host_ip}:0"),
-        &pki,
-        fakes.addr,
-        &[("transparent.toml", agent)],
-    )
-    .await;
+    let gate = GateBuilder::examples()
+        .policies(&[("transparent.toml", agent)])
+        .transparent(&format!("{agent_host_ip}:0"))
+        .routed_to(&pki, fakes.addr)
+        .start()
+        .await;
     let listener = gate.transparent_addr.unwrap();
     let _nat = match redirect(
         "curl",
@@ -327,10 +326,10 @@ async fn stripe_python_with_no_proxy_setting_is_governed_transparently() {
         if std::env::var("TOOLGATE_REQUIRE_SDKS").as_deref() == Ok("1") {
             panic!("TOOLGATE_REQUIRE_SDKS=1 but tests/sdk/.venv is missing");
         }
-        return support::skips::skipped(
+        return crate::support::skips::skipped(
             "stripe-python transparent (tests/transparent.rs)",
             "tests/sdk/.venv is missing",
-            support::skips::SDKS,
+            crate::support::skips::SDKS,
         );
     }
     if Command::new("nft").arg("--version").output().is_err() {
@@ -348,13 +347,12 @@ async fn stripe_python_with_no_proxy_setting_is_governed_transparently() {
         "[[agent]]\nid = \"transparent-py\"\nowner = \"alice@example.com\"\ntenant = \"acme\"\n\
          environment = \"staging\"\ntools = [\"stripe.*\"]\nsources = [\"{agent_ip}\"]\n"
     );
-    let gate = examples_gate_transparent(
-        &format!("{host_ip}:0"),
-        &pki,
-        fakes.addr,
-        &[("transparent.toml", agent)],
-    )
-    .await;
+    let gate = GateBuilder::examples()
+        .policies(&[("transparent.toml", agent)])
+        .transparent(&format!("{host_ip}:0"))
+        .routed_to(&pki, fakes.addr)
+        .start()
+        .await;
     let to = gate.transparent_addr.unwrap().to_string();
     let _nat = match redirect("py", &[&ns.host_if], &to) {
         Ok(nat) => nat,
@@ -443,17 +441,15 @@ async fn half_sent_requests_from_an_unknown_source_time_out_and_leave_agents_the
     const HALF_SENT: usize = 24;
     const IDLE: std::time::Duration = std::time::Duration::from_secs(4);
     let (pki, fakes) = example_apis().await;
-    let gate = examples_gate_with(
-        ("127.0.0.1:0", Some(&format!("{host_ip}:0"))),
-        &pki,
-        fakes.addr,
-        &[],
-        |c| {
+    let gate = GateBuilder::examples()
+        .transparent(&format!("{host_ip}:0"))
+        .routed_to(&pki, fakes.addr)
+        .config(|c| {
             c.guards.idle_timeout = IDLE;
             c.guards.max_connections = MAX_CONNECTIONS;
-        },
-    )
-    .await;
+        })
+        .start()
+        .await;
     let to = gate.transparent_addr.unwrap().to_string();
     let _nat = match redirect("slow", &[&ns.host_if], &to) {
         Ok(nat) => nat,

@@ -1,0 +1,31 @@
+//! The integration tests: one binary, so the crate is linked once (eighteen binaries each
+//! linking it once filled a CI machine's disk). Each module is one suite, named in a test's
+//! path: `cargo test --test it proxy::` runs the proxy's, `cargo test --test it
+//! acceptance::launch_check_rollback_after_a_partial_failure_unwinds_the_job` one test.
+//! Shared helpers are in `support`; `tests/zz_skipped.rs`, a second, tiny binary that runs after
+//! this one, prints which suites skipped.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+mod acceptance;
+mod approvals;
+mod approvals_browser;
+mod audit;
+mod audit_scale;
+mod binary;
+mod bypass;
+mod contracts;
+mod demo;
+mod hardening;
+mod import;
+mod layers;
+mod mcp;
+mod postgres;
+mod principals;
+mod proxy;
+mod sdk;
+mod store;
+mod streaming;
+mod traffic;
+mod transparent;
