@@ -235,7 +235,7 @@ async fn call_tool(
         Answer::Passed(resp) => resp,
         // A stored answer (a write's, a replay's, an approved call's) carries the id of the
         // call that executed; the agent gets it under its own.
-        Answer::Stored(resp) => answer_as(&id, resp).await,
+        Answer::Stored(resp) => answer_as(&id, resp).await?,
     })
 }
 
@@ -391,17 +391,13 @@ fn read_answer(parts: &http::response::Parts, bytes: &[u8]) -> Result<mcp::Answe
     mcp::Answer::from_headers(&parts.headers, bytes).map_err(unreadable)
 }
 
-/// The answer to the call, under the agent's JSON-RPC id, as one JSON message.
-async fn answer_as(id: &Value, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+/// The answer to the call, under the agent's JSON-RPC id, as one JSON message. An answer that
+/// cannot be read is refused (at the rescue point, as the tool's result: the call's id is the
+/// request's reply form by now).
+async fn answer_as(id: &Value, resp: Response<ProxyBody>) -> Result<Response<ProxyBody>, Refusal> {
     let status = resp.status();
-    let read = match read_whole(resp).await {
-        Ok((parts, bytes)) => read_answer(&parts, &bytes).map(|a| (parts, a)),
-        Err(refusal) => Err(refusal),
-    };
-    let (parts, answer) = match read {
-        Ok(read) => read,
-        Err(refusal) => return refusal_answer(&McpReply::ToolResult(id.clone()), &refusal),
-    };
+    let (parts, bytes) = read_whole(resp).await?;
+    let answer = read_answer(&parts, &bytes)?;
     let found = answer
         .clone()
         .messages()
@@ -417,12 +413,15 @@ async fn answer_as(id: &Value, resp: Response<ProxyBody>) -> Response<ProxyBody>
                 }
                 resp.headers_mut().append(name.clone(), value.clone());
             }
-            resp
+            Ok(resp)
         }
         None => {
             let mut parts = parts;
             parts.headers.remove(header::CONTENT_LENGTH);
-            Response::from_parts(parts, body::full(Bytes::from(answer.to_bytes())))
+            Ok(Response::from_parts(
+                parts,
+                body::full(Bytes::from(answer.to_bytes())),
+            ))
         }
     }
 }
