@@ -272,45 +272,6 @@ pub async fn detail_page(
 fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Signed) -> String {
     let asked = events.iter().find(|e| e.kind == "request");
     let p = asked.map(|e| &e.payload).cloned().unwrap_or(Value::Null);
-    let headers: String = p["headers"]
-        .as_object()
-        .map(|h| {
-            h.iter()
-                .map(|(k, v)| {
-                    format!(
-                        "{}: {}\n",
-                        esc(k),
-                        esc(v.as_str().unwrap_or(&v.to_string()))
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let body = events
-        .iter()
-        .find_map(|e| {
-            let b = &e.payload["body"];
-            (!b.is_null()).then(|| serde_json::to_string_pretty(b).unwrap_or_default())
-        })
-        .unwrap_or_default();
-    let decided: String = proposal
-        .iter()
-        .filter(|e| {
-            matches!(
-                e.kind.as_str(),
-                "approval" | "denial" | "revocation" | "cancellation" | "expiry"
-            )
-        })
-        .map(|e| format!("<li class=\"approval\">{}</li>", esc(&describe(e))))
-        .collect();
-    let proposal_html = match row.proposal.as_str() {
-        "" => String::new(),
-        pid => format!(
-            "<h2>Proposal</h2><div class=\"card\"><p>{pid} — {summary}</p><ul>{decided}</ul></div>",
-            pid = esc(pid),
-            summary = esc(&row.message),
-        ),
-    };
     let lines: String = events
         .iter()
         .map(|e| format!("<li><code>{}</code></li>", esc(&describe(e))))
@@ -333,30 +294,95 @@ fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Signed) -> S
          <tr><th>Why</th><td id=\"why\">{message}</td></tr>\
          <tr><th>Answer</th><td>{status}{latency}</td></tr>\
          <tr><th>Job</th><td><a href=\"/stories/{job_q}\">{job}</a></td></tr></table></div>\
-         <h2>As recorded</h2><pre id=\"recorded\">{method} {host}{path}{query}\n{headers}\n{body}</pre>\
+         <h2>As recorded</h2><pre id=\"recorded\">{recorded}</pre>\
          {proposal_html}<h2>Events</h2><ol class=\"card\">{lines}</ol>\
          <p><a href=\"/stories/{id_q}\">The story of this request</a> {undo}</p>",
         method = esc(&row.method),
         host = esc(&row.host),
         path = esc(&row.path),
-        query = match p["query"].as_str() {
-            Some(q) if !q.is_empty() => format!("?{}", esc(q)),
-            _ => String::new(),
-        },
         agent = esc(&row.agent),
         owner = esc(&row.owner),
         peer = esc(p["peer"].as_str().unwrap_or("-")),
         token = esc(&credential_text(row)),
         time = when_ms(row.unix_ms),
         tool = esc(&row.tool),
-        version = row.tool_version.map(|v| format!(" v{v}")).unwrap_or_default(),
+        version = row
+            .tool_version
+            .map(|v| format!(" v{v}"))
+            .unwrap_or_default(),
         decision = esc(&decision_text(row)),
         message = esc(&row.message),
-        status = row.status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-        latency = row.latency_ms.map(|l| format!(" in {l} ms")).unwrap_or_default(),
+        status = row
+            .status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "-".into()),
+        latency = row
+            .latency_ms
+            .map(|l| format!(" in {l} ms"))
+            .unwrap_or_default(),
         job = esc(&row.job),
         job_q = seg(&row.job),
-        body = esc(&body),
+        recorded = recorded_html(row, &p, events),
+        proposal_html = proposal_html(row, proposal),
         id_q = seg(&row.request_id),
     )
+}
+
+/// The request as recorded (`request`, the payload of its request event): the request line,
+/// the headers, and the body the first event with one holds, all escaped.
+fn recorded_html(row: &Row, request: &Value, events: &[Event]) -> String {
+    let headers: String = request["headers"]
+        .as_object()
+        .map(|h| {
+            h.iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{}: {}\n",
+                        esc(k),
+                        esc(v.as_str().unwrap_or(&v.to_string()))
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let body = events
+        .iter()
+        .find_map(|e| {
+            let b = &e.payload["body"];
+            (!b.is_null()).then(|| serde_json::to_string_pretty(b).unwrap_or_default())
+        })
+        .unwrap_or_default();
+    let query = match request["query"].as_str() {
+        Some(q) if !q.is_empty() => format!("?{}", esc(q)),
+        _ => String::new(),
+    };
+    format!(
+        "{} {}{}{query}\n{headers}\n{}",
+        esc(&row.method),
+        esc(&row.host),
+        esc(&row.path),
+        esc(&body)
+    )
+}
+
+/// The request's proposal and its decisions (approvals, denials, …), when it was held.
+fn proposal_html(row: &Row, proposal: &[Event]) -> String {
+    let decided: String = proposal
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind.as_str(),
+                "approval" | "denial" | "revocation" | "cancellation" | "expiry"
+            )
+        })
+        .map(|e| format!("<li class=\"approval\">{}</li>", esc(&describe(e))))
+        .collect();
+    match row.proposal.as_str() {
+        "" => String::new(),
+        pid => format!(
+            "<h2>Proposal</h2><div class=\"card\"><p>{pid} — {summary}</p><ul>{decided}</ul></div>",
+            pid = esc(pid),
+            summary = esc(&row.message),
+        ),
+    }
 }
