@@ -6,12 +6,12 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::auth::{api_error, signed_reader, to_login, Signed};
+use super::auth::{api_error, Reviewer, Session, SignedOrReviewer, SignedReviewer};
 use super::html::{esc, page, when_ms};
 use crate::audit::{describe, Event, Row, TrafficFilter};
 use crate::App;
@@ -57,12 +57,9 @@ fn seg(s: &str) -> String {
 /// `GET /api/traffic?…`: a page of rows and the next cursor.
 pub async fn api_list(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    _: Reviewer,
     Query(f): Query<TrafficFilter>,
 ) -> Response {
-    if let Err(r) = super::audit::authorized(&app, &headers) {
-        return *r;
-    }
     match blocking(&app, move |a| a.traffic(&f)).await {
         Ok(page) => Json(page).into_response(),
         Err(why) => api_error(StatusCode::BAD_REQUEST, "validation_error", why).into_response(),
@@ -72,12 +69,9 @@ pub async fn api_list(
 /// `GET /api/traffic/{id}`: one request's row, its events, and its proposal's.
 pub async fn api_detail(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    _: Reviewer,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = super::audit::authorized(&app, &headers) {
-        return *r;
-    }
     match one(&app, &id).await.ok().flatten() {
         Some((row, events, proposal)) => {
             Json(json!({"request": row, "events": events, "proposal_events": proposal}))
@@ -122,15 +116,9 @@ type Detail = (Row, Vec<Event>, Vec<Event>);
 /// Lines (a session or a reader's token).
 pub async fn export(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    _: SignedOrReviewer,
     Query(f): Query<TrafficFilter>,
 ) -> Response {
-    let signed_in = signed_reader(&app, &headers).await.is_some();
-    if !signed_in {
-        if let Err(r) = super::audit::authorized(&app, &headers) {
-            return *r;
-        }
-    }
     let rows = blocking(&app, move |a| {
         let mut out = String::new();
         let mut f = f;
@@ -158,12 +146,9 @@ pub async fn export(
 /// `/traffic`: the filter form, a page of rows, the next page's link and the export link.
 pub async fn list_page(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    SignedReviewer(s): SignedReviewer,
     Query(f): Query<TrafficFilter>,
 ) -> Response {
-    let Some(s) = signed_reader(&app, &headers).await else {
-        return to_login();
-    };
     let filter = f.clone();
     let page_rows = blocking(&app, move |a| a.traffic(&filter)).await;
     let (rows, next) = match page_rows {
@@ -252,12 +237,9 @@ fn row_html(r: &Row) -> String {
 /// its approvals, what came back, and links to the story, the job and the undo.
 pub async fn detail_page(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    SignedReviewer(s): SignedReviewer,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(s) = signed_reader(&app, &headers).await else {
-        return to_login();
-    };
     let Some((row, events, proposal)) = one(&app, &id).await.ok().flatten() else {
         let body = format!(
             "<h1>Not found</h1><p>No request {} in the audit log.</p>",
@@ -269,7 +251,7 @@ pub async fn detail_page(
     page(&format!("Request {id}"), Some(&s), &body).into_response()
 }
 
-fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Signed) -> String {
+fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Session) -> String {
     let asked = events.iter().find(|e| e.kind == "request");
     let p = asked.map(|e| &e.payload).cloned().unwrap_or(Value::Null);
     let lines: String = events
