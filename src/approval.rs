@@ -943,6 +943,28 @@ pub enum Action {
 }
 
 impl Action {
+    /// The action as the admin API's paths name it (`/api/proposals/{id}/approve`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Approve => "approve",
+            Action::Deny => "deny",
+            Action::Revoke => "revoke",
+            Action::Cancel => "cancel",
+        }
+    }
+
+    /// The action a path names, if any.
+    pub fn parse(name: &str) -> Option<Action> {
+        [
+            Action::Approve,
+            Action::Deny,
+            Action::Revoke,
+            Action::Cancel,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == name)
+    }
+
     /// The audit event an action records.
     pub fn event_kind(self) -> &'static str {
         match self {

@@ -124,13 +124,28 @@ impl Demo {
     /// started in.
     pub fn next_steps(&self, s: &Serving<'_>, program: &str) -> Vec<String> {
         let published = s.policy.published_tokens();
-        let proxy = s.proxy.map(crate::orient::reachable);
-        let admin = s.admin.map(crate::orient::reachable);
         let agent = published
             .iter()
             .filter(|p| p.role == Role::Agent)
             .find(|p| p.id == DEMO_AGENT)
             .or_else(|| published.iter().find(|p| p.role == Role::Agent));
+        let refund = s.policy.tool(REFUND_TOOL);
+        let approver = approver_for(&published, refund.map(|t| t.approval.groups.as_slice()));
+        let hold = refund.map(|t| t.approval.hold.as_secs()).unwrap_or(10);
+        let mut out = self.agent_steps(s, agent, hold);
+        out.extend(approver_steps(s, approver, program));
+        if s.policy.tool(READ_TOOL).is_none() || refund.is_none() {
+            out.push(format!(
+                "(These steps use the example contracts {READ_TOOL} and {REFUND_TOOL}, which the policies in force do not all have.)"
+            ));
+        }
+        out
+    }
+
+    /// What the demo is, and the agent's steps: a read, a refusal, a refund held `hold` seconds
+    /// for a person.
+    fn agent_steps(&self, s: &Serving<'_>, agent: Option<&Published>, hold: u64) -> Vec<String> {
+        let proxy = s.proxy.map(crate::orient::reachable);
         let proxy_url = match (agent, proxy) {
             (Some(a), Some(p)) => format!("http://{}:{}@{p}", a.id, a.token),
             (None, Some(p)) => format!("http://AGENT-ID:TOKEN@{p}"),
@@ -142,19 +157,11 @@ impl Demo {
             sh_quote(&proxy_url),
             sh_quote(&shown(&ca))
         );
-        let refund = s.policy.tool(REFUND_TOOL);
-        let approver = approver_for(&published, refund.map(|t| t.approval.groups.as_slice()));
-        let token = approver.map(|a| a.token).unwrap_or("APPROVER-TOKEN");
-        let server = admin
-            .map(|a| format!("http://{a}"))
-            .unwrap_or_else(|| "http://ADMIN".into());
-        let cli = format!("TOOLGATE_TOKEN={token} {} ", sh_quote(program));
         let customer = format!(
             "https://api.stripe.com/v1/customers/{}",
             crate::sandbox::DEMO_CUSTOMER
         );
-        let hold = refund.map(|t| t.approval.hold.as_secs()).unwrap_or(10);
-        let mut out = vec![
+        vec![
             format!(
                 "toolgate demo: the policies in {}/ against a built-in sandbox of {} (https://{}, a CA of its own). Nothing leaves this machine.",
                 shown(&s.config.policies_dir).trim_end_matches('/'),
@@ -182,27 +189,31 @@ impl Demo {
                 crate::sandbox::DEMO_PAYMENT_INTENT
             ),
             String::new(),
-        ];
-        let who = approver
-            .map(|a| format!("the token {} ({}, {})", a.token, a.id, a.groups.join(", ")))
-            .unwrap_or_else(|| "an approver's token".into());
-        out.extend([
-            format!("4. Approve it on the approvers' page, {server}/, signed in with {who}; or here:"),
-            format!("   {cli}approve PROPOSAL_ID --comment 'customer called' --server {server}"),
-            "   Then run the refund of step 3 again: the same call now gets the refund, re_...".into(),
-            String::new(),
-            "5. The story of the refund: who asked, what was proposed, who approved, what was sent, what came back:".into(),
-            format!("   {cli}audit story PROPOSAL_ID --server {server}"),
-            String::new(),
-            "Ctrl-C stops toolgate and the sandbox.".into(),
-        ]);
-        if s.policy.tool(READ_TOOL).is_none() || refund.is_none() {
-            out.push(format!(
-                "(These steps use the example contracts {READ_TOOL} and {REFUND_TOOL}, which the policies in force do not all have.)"
-            ));
-        }
-        out
+        ]
     }
+}
+
+/// The approver's steps: the approval (on the page or with `program`), then the refund's story.
+fn approver_steps(s: &Serving<'_>, approver: Option<&Published>, program: &str) -> Vec<String> {
+    let admin = s.admin.map(crate::orient::reachable);
+    let token = approver.map(|a| a.token).unwrap_or("APPROVER-TOKEN");
+    let server = admin
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_else(|| "http://ADMIN".into());
+    let cli = format!("TOOLGATE_TOKEN={token} {} ", sh_quote(program));
+    let who = approver
+        .map(|a| format!("the token {} ({}, {})", a.token, a.id, a.groups.join(", ")))
+        .unwrap_or_else(|| "an approver's token".into());
+    vec![
+        format!("4. Approve it on the approvers' page, {server}/, signed in with {who}; or here:"),
+        format!("   {cli}approve PROPOSAL_ID --comment 'customer called' --server {server}"),
+        "   Then run the refund of step 3 again: the same call now gets the refund, re_...".into(),
+        String::new(),
+        "5. The story of the refund: who asked, what was proposed, who approved, what was sent, what came back:".into(),
+        format!("   {cli}audit story PROPOSAL_ID --server {server}"),
+        String::new(),
+        "Ctrl-C stops toolgate and the sandbox.".into(),
+    ]
 }
 
 /// The approver whose published token can decide a call held for `groups` (any approver when

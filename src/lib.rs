@@ -10,6 +10,7 @@ pub mod base;
 pub mod ca;
 pub mod checks;
 pub mod cli;
+pub mod client;
 pub mod commit;
 pub mod config;
 pub mod demo;

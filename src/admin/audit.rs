@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::{api_error as api_error_body, approver};
+use super::auth::{api_error as api_error_body, Approver, Reviewer, SignedReviewer};
 use super::html::esc;
 use crate::audit::{describe, parse_time, Filter};
 use crate::App;
@@ -19,22 +19,7 @@ fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>)
     api_error_body(status, code, message).into_response()
 }
 
-/// The admin API's approver check, shared with the rest of the API.
-/// Reading the log: approvers and reviewers.
-pub(crate) fn authorized(app: &App, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    super::auth::reader(app, headers)
-        .map(|_| ())
-        .map_err(|e| Box::new(e.into_response()))
-}
-
-pub async fn story(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(r) = authorized(&app, &headers) {
-        return *r;
-    }
+pub async fn story(State(app): State<Arc<App>>, _: Reviewer, Path(id): Path<String>) -> Response {
     match app.audit.story(&id) {
         Ok(events) if events.is_empty() => api_error(
             StatusCode::NOT_FOUND,
@@ -55,14 +40,7 @@ pub async fn story(
     }
 }
 
-pub async fn search(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Query(f): Query<Filter>,
-) -> Response {
-    if let Err(r) = authorized(&app, &headers) {
-        return *r;
-    }
+pub async fn search(State(app): State<Arc<App>>, _: Reviewer, Query(f): Query<Filter>) -> Response {
     match app.audit.search(&f) {
         Ok(events) => Json(json!({"events": events})).into_response(),
         Err(e) => api_error(StatusCode::BAD_REQUEST, "validation_error", e),
@@ -76,14 +54,7 @@ pub struct Since {
 
 /// The log as JSON Lines, streamed: read on a blocking thread a chunk at a time, so memory
 /// stays flat whatever the log's size.
-pub async fn export(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Query(q): Query<Since>,
-) -> Response {
-    if let Err(r) = authorized(&app, &headers) {
-        return *r;
-    }
+pub async fn export(State(app): State<Arc<App>>, _: Reviewer, Query(q): Query<Since>) -> Response {
     let since = match crate::audit::time_filter("since", &q.since) {
         Ok(since) => since,
         Err(why) => return api_error(StatusCode::BAD_REQUEST, "validation_error", why),
@@ -131,10 +102,7 @@ fn export_chunks(audit: &crate::audit::Audit, since: Option<u64>, tx: &Chunks) {
     }
 }
 
-pub async fn verify(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&app, &headers) {
-        return *r;
-    }
+pub async fn verify(State(app): State<Arc<App>>, _: Reviewer) -> Response {
     let purges = app.audit.purges().unwrap_or_default();
     match app.audit.verify() {
         Ok(n) => Json(json!({"ok": true, "events": n, "purges": purges})).into_response(),
@@ -153,13 +121,9 @@ pub struct Before {
 /// always leaving a `purge` event.
 pub async fn purge(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    Approver(who): Approver,
     Json(b): Json<Before>,
 ) -> Response {
-    let who = match approver(&app, &headers) {
-        Ok(who) => who,
-        Err(e) => return e.into_response(),
-    };
     if !who.is_admin() {
         return api_error(
             StatusCode::FORBIDDEN,
@@ -194,12 +158,9 @@ pub async fn purge(
 /// The story as a page for approvers and reviewers (session sign-in, like the queue).
 pub async fn story_page(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    SignedReviewer(who): SignedReviewer,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(who) = super::auth::signed_reader(&app, &headers).await else {
-        return axum::response::Redirect::to("/login").into_response();
-    };
     let events = app.audit.story(&id).unwrap_or_default();
     let summary: String = crate::audit::summary(&events)
         .iter()
@@ -277,10 +238,7 @@ fn story_blocks(events: &[crate::audit::Event]) -> String {
 
 /// Prometheus metrics, for approvers (`Authorization: Bearer`); `--metrics-listen` serves the
 /// same without a token on an address of its own.
-pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&app, &headers) {
-        return *r;
-    }
+pub async fn metrics(State(app): State<Arc<App>>, _: Reviewer) -> Response {
     metrics_open(State(app)).await
 }
 

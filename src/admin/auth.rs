@@ -1,20 +1,28 @@
-//! Who is asking, on the admin listener: approver tokens (`Authorization: Bearer`) for the API,
-//! sessions with a CSRF token for the page. Siblings import this module and `html`, never each
-//! other.
+//! Who is asking, on the admin listener: approver and reviewer tokens (`Authorization: Bearer`)
+//! for the API, sessions with a CSRF token for the page. Each is an axum extractor, so a handler
+//! names who it serves in its signature and authentication (and, for form posts, the CSRF check)
+//! happens here, once, before it runs. Siblings import this module and `html`, never each other.
 
 use std::sync::Arc;
 
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::Json;
+use axum::{Form, Json};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::policy::Approver;
+use crate::policy;
 use crate::App;
 
+/// The state every admin extractor reads: the one line to change when the admin listener gets
+/// a handle of its own instead of the whole [`App`].
+pub type AdminState = Arc<App>;
+
 /// An admin API error: the same JSON shape as the proxy's refusals.
-pub(crate) struct ApiError {
+pub struct ApiError {
     pub(crate) status: StatusCode,
     code: &'static str,
     pub(crate) message: String,
@@ -40,7 +48,7 @@ pub(crate) fn api_error(
 }
 
 /// The token of `Authorization: Bearer <token>`.
-fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -61,53 +69,68 @@ pub(crate) const READ_ONLY: &str =
     "reviewers read traffic, stories, exports and metrics; they cannot approve, switch, roll back or replay";
 
 /// The approver behind `Authorization: Bearer <token>`, for every admin API call that acts.
-/// Agent tokens are not approver tokens and fail here; a reviewer's token is refused (403).
-pub(crate) fn approver(app: &App, headers: &HeaderMap) -> Result<Arc<Approver>, ApiError> {
-    let token = bearer(headers)?;
-    let policy = app.policy();
-    if let Some(a) = policy.authenticate_approver(token) {
-        return Ok(a);
+/// Agent tokens are not approver tokens and are refused (401); a reviewer's token too (403).
+pub struct Approver(pub(crate) Arc<policy::Approver>);
+
+impl FromRequestParts<AdminState> for Approver {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AdminState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers)?;
+        let policy = app.policy();
+        if let Some(a) = policy.authenticate_approver(token) {
+            return Ok(Approver(a));
+        }
+        if policy.authenticate_reviewer(token).is_some() {
+            return Err(api_error(StatusCode::FORBIDDEN, "forbidden", READ_ONLY));
+        }
+        Err(api_error(
+            StatusCode::UNAUTHORIZED,
+            "auth_error",
+            "the token is not an approver's token",
+        ))
     }
-    if policy.authenticate_reviewer(token).is_some() {
-        return Err(api_error(StatusCode::FORBIDDEN, "forbidden", READ_ONLY));
-    }
-    Err(api_error(
-        StatusCode::UNAUTHORIZED,
-        "auth_error",
-        "the token is not an approver's token",
-    ))
 }
 
-/// Whoever may read (an approver or a reviewer), for the API calls that only read.
-pub(crate) fn reader(app: &App, headers: &HeaderMap) -> Result<Arc<Approver>, ApiError> {
-    let token = bearer(headers)?;
-    let policy = app.policy();
-    policy
-        .authenticate_approver(token)
-        .or_else(|| policy.authenticate_reviewer(token))
-        .ok_or_else(|| {
-            api_error(
-                StatusCode::UNAUTHORIZED,
-                "auth_error",
-                "the token is not an approver's or a reviewer's token",
-            )
-        })
+/// Whoever may read (an approver or a reviewer) by `Authorization: Bearer <token>`, for the API
+/// calls that only read (they answer everyone alike, so who it is is not kept).
+pub struct Reviewer;
+
+impl FromRequestParts<AdminState> for Reviewer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AdminState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers)?;
+        let policy = app.policy();
+        policy
+            .authenticate_approver(token)
+            .or_else(|| policy.authenticate_reviewer(token))
+            .map(|_| Reviewer)
+            .ok_or_else(|| {
+                api_error(
+                    StatusCode::UNAUTHORIZED,
+                    "auth_error",
+                    "the token is not an approver's or a reviewer's token",
+                )
+            })
+    }
 }
 
 pub(crate) const COOKIE: &str = "tg_session";
 
 pub(crate) use crate::services::sessions::SESSION_TTL;
 
-/// The signed-in approver (looked up in the policy in force, so removing one signs them out).
-pub(crate) struct Signed {
-    pub(crate) approver: Arc<Approver>,
+/// A session on the page: its approver or reviewer (looked up in the policy in force, so
+/// removing one signs them out) and its CSRF token.
+pub struct Session {
+    pub(crate) approver: Arc<policy::Approver>,
     pub(crate) csrf: String,
     pub(crate) session: String,
     /// A reviewer's session (reads only).
     pub(crate) reviewer: bool,
 }
 
-pub(crate) fn session_id(headers: &HeaderMap) -> Option<String> {
+fn session_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -118,13 +141,8 @@ pub(crate) fn session_id(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-/// The signed-in approver (a reviewer's session is not one).
-pub(crate) async fn signed(app: &App, headers: &HeaderMap) -> Option<Signed> {
-    signed_reader(app, headers).await.filter(|s| !s.reviewer)
-}
-
 /// Whoever is signed in, approver or reviewer.
-pub(crate) async fn signed_reader(app: &App, headers: &HeaderMap) -> Option<Signed> {
+pub(crate) async fn session(app: &App, headers: &HeaderMap) -> Option<Session> {
     let session = session_id(headers)?;
     let found = app.sessions.get(&session).await?;
     let policy = app.policy();
@@ -132,7 +150,7 @@ pub(crate) async fn signed_reader(app: &App, headers: &HeaderMap) -> Option<Sign
         true => policy.reviewer(&found.approver).cloned()?,
         false => policy.approver(&found.approver).cloned()?,
     };
-    Some(Signed {
+    Some(Session {
         approver,
         csrf: found.csrf,
         session,
@@ -140,39 +158,70 @@ pub(crate) async fn signed_reader(app: &App, headers: &HeaderMap) -> Option<Sign
     })
 }
 
-/// In front of every route that acts (and the approvers' own pages): a reviewer, by session or
-/// token, is refused with 403 before the handler runs.
-pub(crate) async fn refuse_reviewers(
-    axum::extract::State(app): axum::extract::State<Arc<App>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let headers = req.headers();
-    let by_token = bearer(headers)
-        .ok()
-        .is_some_and(|t| app.policy().authenticate_reviewer(t).is_some());
-    let by_session = match signed_reader(&app, headers).await {
-        Some(s) => s.reviewer,
-        None => false,
-    };
-    if by_token || by_session {
-        if by_session && !by_token {
-            let body = format!(
-                "<h1>Read only</h1><p>{READ_ONLY}.</p><p><a href=\"/traffic\">Traffic</a></p>"
-            );
-            return (
-                StatusCode::FORBIDDEN,
-                super::html::page("Read only", None, &body),
-            )
-                .into_response();
+/// The signed-in approver, for the page's approver views; anyone else is sent to sign in.
+pub struct Signed(pub(crate) Session);
+
+impl FromRequestParts<AdminState> for Signed {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AdminState) -> Result<Self, Response> {
+        match session(app, &parts.headers).await {
+            Some(s) if !s.reviewer => Ok(Signed(s)),
+            _ => Err(to_login()),
         }
-        return api_error(StatusCode::FORBIDDEN, "forbidden", READ_ONLY).into_response();
     }
-    next.run(req).await
+}
+
+/// Whoever is signed in, approver or reviewer, for the views both read; anyone else is sent to
+/// sign in.
+pub struct SignedReviewer(pub(crate) Session);
+
+impl FromRequestParts<AdminState> for SignedReviewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AdminState) -> Result<Self, Response> {
+        match session(app, &parts.headers).await {
+            Some(s) => Ok(SignedReviewer(s)),
+            None => Err(to_login()),
+        }
+    }
+}
+
+/// A reader by session or by token: what both the page's links and scripts fetch (the
+/// traffic export). Without a session, the token's refusal is the answer.
+pub struct SignedOrReviewer;
+
+impl FromRequestParts<AdminState> for SignedOrReviewer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AdminState) -> Result<Self, ApiError> {
+        if session(app, &parts.headers).await.is_some() {
+            return Ok(SignedOrReviewer);
+        }
+        Reviewer::from_request_parts(parts, app).await?;
+        Ok(SignedOrReviewer)
+    }
+}
+
+impl From<Signed> for Session {
+    fn from(s: Signed) -> Session {
+        s.0
+    }
+}
+
+impl From<SignedReviewer> for Session {
+    fn from(s: SignedReviewer) -> Session {
+        s.0
+    }
 }
 
 pub(crate) fn to_login() -> Response {
     Redirect::to("/login").into_response()
+}
+
+/// A form that carries the session's CSRF token.
+pub trait CsrfField {
+    fn csrf(&self) -> &str;
 }
 
 #[derive(Deserialize)]
@@ -185,6 +234,45 @@ pub struct CsrfForm {
     pub(crate) reason: String,
 }
 
+impl CsrfField for CsrfForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// A form post from the page: the session (`S`, [`Signed`] or [`SignedReviewer`]: without one,
+/// the sign-in page) and its form, whose CSRF token must be the session's (else 403).
+pub struct Posted<S, F> {
+    pub(crate) session: Session,
+    pub(crate) form: F,
+    who: std::marker::PhantomData<S>,
+}
+
+impl<S, F> FromRequest<AdminState> for Posted<S, F>
+where
+    S: FromRequestParts<AdminState, Rejection = Response> + Into<Session>,
+    F: DeserializeOwned + CsrfField + Send,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request, app: &AdminState) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let session: Session = S::from_request_parts(&mut parts, app).await?.into();
+        let req = Request::from_parts(parts, body);
+        let Form(form) = Form::<F>::from_request(req, app)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        if !csrf_ok(&session, form.csrf()) {
+            return Err(csrf_refused());
+        }
+        Ok(Posted {
+            session,
+            form,
+            who: std::marker::PhantomData,
+        })
+    }
+}
+
 /// A store that did not answer, as the admin API says it (`what`: "token", "grant").
 pub(crate) fn store_down(what: &str, e: crate::store::StoreError) -> ApiError {
     api_error(
@@ -195,40 +283,12 @@ pub(crate) fn store_down(what: &str, e: crate::store::StoreError) -> ApiError {
 }
 
 /// Whether a form's CSRF token is the session's.
-pub(crate) fn csrf_ok(s: &Signed, csrf: &str) -> bool {
+fn csrf_ok(s: &Session, csrf: &str) -> bool {
     use subtle::ConstantTimeEq;
     !csrf.is_empty() && bool::from(csrf.as_bytes().ct_eq(s.csrf.as_bytes()))
 }
 
-/// Why a form post was not accepted.
-pub(crate) enum FormRefused {
-    SignIn,
-    Csrf,
-}
-
-impl IntoResponse for FormRefused {
-    fn into_response(self) -> Response {
-        match self {
-            FormRefused::SignIn => to_login(),
-            FormRefused::Csrf => csrf_refused(),
-        }
-    }
-}
-
-/// The session behind a form post whose CSRF token (`csrf`, the form's field) matches it.
-pub(crate) async fn signed_form(
-    app: &App,
-    headers: &HeaderMap,
-    csrf: &str,
-) -> Result<Signed, FormRefused> {
-    let s = signed(app, headers).await.ok_or(FormRefused::SignIn)?;
-    if !csrf_ok(&s, csrf) {
-        return Err(FormRefused::Csrf);
-    }
-    Ok(s)
-}
-
-pub(crate) fn csrf_refused() -> Response {
+fn csrf_refused() -> Response {
     (
         StatusCode::FORBIDDEN,
         Html(

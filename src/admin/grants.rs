@@ -6,13 +6,13 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::{Form, Json};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::{api_error, approver, signed, signed_form, to_login, ApiError, CsrfForm};
+use super::auth::{self, api_error, ApiError, CsrfField, CsrfForm, Posted, Session, Signed};
 use super::html::{esc, page};
 use crate::grants::MAX_GRANT_SECS;
 use crate::model::Grant;
@@ -46,6 +46,12 @@ pub struct AddForm {
     csrf: String,
     #[serde(flatten)]
     ask: Ask,
+}
+
+impl CsrfField for AddForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
 }
 
 /// The longest reason kept.
@@ -202,13 +208,9 @@ async fn live(app: &App, agent: Option<&str>) -> Result<Vec<Grant>, ApiError> {
 /// `POST /api/grants`.
 pub async fn api_add(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    auth::Approver(who): auth::Approver,
     Json(ask): Json<Ask>,
 ) -> Response {
-    let who = match approver(&app, &headers) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
     match add(&app, &who, ask).await {
         Ok(g) => (StatusCode::CREATED, Json(view(&g))).into_response(),
         Err(e) => e.into_response(),
@@ -218,13 +220,9 @@ pub async fn api_add(
 /// `DELETE /api/grants/{id}`.
 pub async fn api_revoke(
     State(app): State<Arc<App>>,
+    auth::Approver(who): auth::Approver,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    let who = match approver(&app, &headers) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
     match revoke_grant(&app, &who, &id).await {
         Ok(g) => Json(json!({"id": g.id, "revoked": true})).into_response(),
         Err(e) => e.into_response(),
@@ -234,12 +232,9 @@ pub async fn api_revoke(
 /// `GET /api/grants[?agent=ID]`: live grants.
 pub async fn api_list(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    _: auth::Approver,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    if let Err(e) = approver(&app, &headers) {
-        return e.into_response();
-    }
     match live(&app, q.agent.as_deref()).await {
         Ok(grants) => {
             Json(json!({"grants": grants.iter().map(view).collect::<Vec<_>>()})).into_response()
@@ -249,10 +244,7 @@ pub async fn api_list(
 }
 
 /// `GET /grants`: live grants with their revoke buttons, and (for admins) the form to add one.
-pub async fn page_list(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let Some(s) = signed(&app, &headers).await else {
-        return to_login();
-    };
+pub async fn page_list(State(app): State<Arc<App>>, Signed(s): Signed) -> Response {
     let grants = match live(&app, None).await {
         Ok(g) => g,
         Err(e) => return e.into_response(),
@@ -317,7 +309,7 @@ fn add_form(app: &App, csrf: &str) -> String {
 }
 
 /// What a refused page action shows.
-fn refused(s: &super::auth::Signed, e: ApiError) -> Response {
+fn refused(s: &Session, e: ApiError) -> Response {
     (
         e.status,
         page(
@@ -335,13 +327,10 @@ fn refused(s: &super::auth::Signed, e: ApiError) -> Response {
 /// `POST /grants`: the page's form.
 pub async fn page_add(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Form(form): Form<AddForm>,
+    Posted {
+        session: s, form, ..
+    }: Posted<Signed, AddForm>,
 ) -> Response {
-    let s = match signed_form(&app, &headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
     match add(&app, &s.approver, form.ask).await {
         Ok(_) => Redirect::to("/grants").into_response(),
         Err(e) => refused(&s, e),
@@ -351,14 +340,9 @@ pub async fn page_add(
 /// `POST /grants/{id}/revoke`.
 pub async fn page_revoke(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    Form(form): Form<CsrfForm>,
+    Posted { session: s, .. }: Posted<Signed, CsrfForm>,
 ) -> Response {
-    let s = match signed_form(&app, &headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
     match revoke_grant(&app, &s.approver, &id).await {
         Ok(_) => Redirect::to("/grants").into_response(),
         Err(e) => refused(&s, e),

@@ -3,7 +3,7 @@
 
 use axum::response::Html;
 
-use super::auth::Signed;
+use super::auth::Session;
 
 /// Escapes text for HTML.
 pub fn esc(s: &str) -> String {
@@ -25,7 +25,7 @@ table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #eee;pad
 button{padding:.5rem 1rem;margin:.2rem 0;font-size:1rem}textarea,input[type=text],input[type=password]{width:100%;box-sizing:border-box;font-size:1rem}\
 .flash{background:#fef3c7;padding:.5rem;border-radius:6px}@media(max-width:40rem){td,th{display:block}}";
 
-pub(crate) fn page(title: &str, who: Option<&Signed>, body: &str) -> Html<String> {
+pub(crate) fn page(title: &str, who: Option<&Session>, body: &str) -> Html<String> {
     let nav = match who {
         Some(s) => {
             let links = match s.reviewer {

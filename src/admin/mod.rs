@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod grants;
 pub mod html;
+mod layers;
 pub mod pages;
 pub mod tokens;
 pub mod traffic;
@@ -14,7 +15,7 @@ pub mod traffic;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -27,7 +28,7 @@ use crate::approval::{self, Action};
 use crate::model::KillTarget;
 use crate::App;
 use actions::{apply_switch, rollback_status, Kind};
-use auth::{api_error, approver};
+use auth::{api_error, Approver};
 
 /// The admin routes.
 pub fn router(app: Arc<App>) -> Router {
@@ -67,7 +68,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/grants/{id}/revoke", post(grants::page_revoke))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
-            auth::refuse_reviewers,
+            layers::refuse_reviewers,
         ));
     // What reviewers (and approvers) read.
     Router::new()
@@ -90,45 +91,9 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(acting)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
-            throttle_failed_auth,
+            layers::throttle_failed_auth,
         ))
         .with_state(app)
-}
-
-/// Failed sign-ins and failed Bearer checks are counted per source address; past
-/// `auth_failures_per_minute` the address gets `429 rate_limited` until its minute is over.
-async fn throttle_failed_auth(
-    State(app): State<Arc<App>>,
-    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    const WHAT: &str = "admin_auth";
-    let max = app.config.guards.auth_failures_per_minute;
-    if let Some(secs) = app.sources.blocked(peer.ip(), WHAT, max) {
-        let mut resp = api_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!(
-                "too many failed sign-ins from {}; retry after {secs}s",
-                peer.ip()
-            ),
-        )
-        .into_response();
-        if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
-            resp.headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, v);
-        }
-        return resp;
-    }
-    let resp = next.run(req).await;
-    if resp.status() == StatusCode::UNAUTHORIZED {
-        let (n, _) = app.sources.count(peer.ip(), WHAT);
-        if n == max {
-            warn!(peer = %peer.ip(), failures = n, "failed admin sign-ins: this address is refused for the rest of the minute");
-        }
-    }
-    resp
 }
 
 /// `/metrics` alone, without a token, for `--metrics-listen` (a private scrape network).
@@ -169,12 +134,9 @@ struct StateQuery {
 
 async fn list_proposals(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    _: Approver,
     axum::extract::Query(q): axum::extract::Query<StateQuery>,
 ) -> Response {
-    if let Err(r) = approver(&app, &headers) {
-        return r.into_response();
-    }
     let state = match q.state.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => match approval::State::parse(s) {
@@ -202,12 +164,9 @@ async fn list_proposals(
 
 async fn get_proposal(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    _: Approver,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = approver(&app, &headers) {
-        return r.into_response();
-    }
     match approval::load(&app, &id).await {
         Ok(Some(p)) => Json(pages::proposal_json(&app, &p)).into_response(),
         Ok(None) => api_error(
@@ -233,27 +192,17 @@ struct Comment {
 
 async fn decide_proposal(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    Approver(who): Approver,
     Path((id, action)): Path<(String, String)>,
     body: Option<Json<Comment>>,
 ) -> Response {
-    let who = match approver(&app, &headers) {
-        Ok(a) => a,
-        Err(r) => return r.into_response(),
-    };
-    let action = match action.as_str() {
-        "approve" => Action::Approve,
-        "deny" => Action::Deny,
-        "revoke" => Action::Revoke,
-        "cancel" => Action::Cancel,
-        other => {
-            return api_error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no action {other:?}; use approve, deny, revoke or cancel"),
-            )
-            .into_response()
-        }
+    let Some(action) = Action::parse(&action) else {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no action {action:?}; use approve, deny, revoke or cancel"),
+        )
+        .into_response();
     };
     let comment = body.and_then(|Json(c)| c.comment).unwrap_or_default();
     match approval::decide(&app, &who, &id, action, &comment).await {
@@ -269,13 +218,9 @@ async fn decide_proposal(
 /// `POST /api/rollback/{id}`: undoes one committed call (a request or proposal id).
 async fn rollback_call(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    Approver(who): Approver,
     Path(id): Path<String>,
 ) -> Response {
-    let who = match approver(&app, &headers) {
-        Ok(a) => a,
-        Err(r) => return r.into_response(),
-    };
     let report = crate::rollback::undo(&app, &id, &who).await;
     (rollback_status(&report.outcome), Json(json!(report))).into_response()
 }
@@ -284,13 +229,9 @@ async fn rollback_call(
 /// with a report per call; `complete` says whether everything was undone.
 async fn rollback_job(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    Approver(who): Approver,
     Path(job): Path<String>,
 ) -> Response {
-    let who = match approver(&app, &headers) {
-        Ok(a) => a,
-        Err(r) => return r.into_response(),
-    };
     match crate::rollback::undo_job(&app, &job, &who).await {
         Ok(reports) if reports.is_empty() => api_error(
             StatusCode::NOT_FOUND,
@@ -322,14 +263,10 @@ struct ReplayBody {
 /// proposal or job to a sandbox. Admins only: it sends a credential to a host named at run time.
 async fn replay(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    Approver(who): Approver,
     Path(id): Path<String>,
     body: Option<Json<ReplayBody>>,
 ) -> Response {
-    let who = match approver(&app, &headers) {
-        Ok(a) => a,
-        Err(r) => return r.into_response(),
-    };
     if !who.is_admin() {
         return api_error(
             StatusCode::FORBIDDEN,
@@ -367,10 +304,7 @@ fn kill_json(app: &App, target: &KillTarget) -> Value {
     }
 }
 
-async fn list_tools(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Err(r) = approver(&app, &headers) {
-        return r.into_response();
-    }
+async fn list_tools(State(app): State<Arc<App>>, _: Approver) -> Response {
     let policy = app.policy();
     let tools: Vec<Value> = policy
         .tools()
@@ -393,10 +327,7 @@ async fn list_tools(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
     Json(json!({ "tools": tools })).into_response()
 }
 
-async fn list_agents(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Err(r) = approver(&app, &headers) {
-        return r.into_response();
-    }
+async fn list_agents(State(app): State<Arc<App>>, _: Approver) -> Response {
     let policy = app.policy();
     let mut agents: Vec<Value> = policy
         .agents()
@@ -416,16 +347,12 @@ async fn list_agents(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
 
 async fn switch(
     app: Arc<App>,
-    headers: HeaderMap,
+    who: Arc<crate::policy::Approver>,
     kind: Kind,
     name: String,
     disable: bool,
     reason: Option<String>,
 ) -> Response {
-    let who = match approver(&app, &headers) {
-        Ok(a) => a,
-        Err(r) => return r.into_response(),
-    };
     let prefix = match kind {
         Kind::Tool => "tool",
         Kind::Agent => "agent",
@@ -442,36 +369,36 @@ fn reason_of(body: Option<Json<Reason>>) -> Option<String> {
 
 async fn disable_tool(
     State(app): State<Arc<App>>,
+    Approver(who): Approver,
     Path(name): Path<String>,
-    headers: HeaderMap,
     body: Option<Json<Reason>>,
 ) -> Response {
-    switch(app, headers, Kind::Tool, name, true, reason_of(body)).await
+    switch(app, who, Kind::Tool, name, true, reason_of(body)).await
 }
 
 async fn enable_tool(
     State(app): State<Arc<App>>,
+    Approver(who): Approver,
     Path(name): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    switch(app, headers, Kind::Tool, name, false, None).await
+    switch(app, who, Kind::Tool, name, false, None).await
 }
 
 async fn disable_agent(
     State(app): State<Arc<App>>,
+    Approver(who): Approver,
     Path(id): Path<String>,
-    headers: HeaderMap,
     body: Option<Json<Reason>>,
 ) -> Response {
-    switch(app, headers, Kind::Agent, id, true, reason_of(body)).await
+    switch(app, who, Kind::Agent, id, true, reason_of(body)).await
 }
 
 async fn enable_agent(
     State(app): State<Arc<App>>,
+    Approver(who): Approver,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    switch(app, headers, Kind::Agent, id, false, None).await
+    switch(app, who, Kind::Agent, id, false, None).await
 }
 
 /// Serves the admin listener until the app shuts down.

@@ -5,16 +5,13 @@
 use std::sync::Arc;
 
 use axum::extract::{Form, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::actions::{apply_switch, rollback_status};
-use super::auth::{
-    csrf_ok, csrf_refused, signed, signed_form, signed_reader, to_login, CsrfForm, Signed, COOKIE,
-    SESSION_TTL,
-};
+use super::auth::{CsrfForm, Posted, Session, Signed, SignedReviewer, COOKIE, SESSION_TTL};
 use super::html::{esc, page, when};
 use crate::approval::{self, Action, Proposal};
 use crate::model::KillTarget;
@@ -108,23 +105,16 @@ pub async fn login(State(app): State<Arc<App>>, Form(form): Form<LoginForm>) -> 
 
 pub async fn logout(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    Posted { session: s, .. }: Posted<SignedReviewer, CsrfForm>,
 ) -> Response {
-    let Some(s) = signed_reader(&app, &headers).await else {
-        return to_login();
-    };
-    if !csrf_ok(&s, &form.csrf) {
-        return csrf_refused();
-    }
     let _ = app.sessions.remove(&s.session).await;
     let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
     ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
 }
 
-pub async fn root(State(app): State<Arc<App>>, headers: HeaderMap) -> Redirect {
-    match signed_reader(&app, &headers).await {
-        Some(s) if s.reviewer => Redirect::to("/traffic"),
+pub async fn root(signed: Result<SignedReviewer, Response>) -> Redirect {
+    match signed {
+        Ok(SignedReviewer(s)) if s.reviewer => Redirect::to("/traffic"),
         _ => Redirect::to("/queue"),
     }
 }
@@ -166,10 +156,7 @@ async fn open_proposals(app: &App) -> Vec<Proposal> {
         .collect()
 }
 
-pub async fn queue(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let Some(s) = signed(&app, &headers).await else {
-        return to_login();
-    };
+pub async fn queue(State(app): State<Arc<App>>, Signed(s): Signed) -> Response {
     let rows = queue_rows(&app, &open_proposals(&app).await);
     // Updates by itself: the fragment is fetched again every two seconds (same origin, session
     // cookie), so a new proposal appears without a reload.
@@ -181,8 +168,13 @@ pub async fn queue(State(app): State<Arc<App>>, headers: HeaderMap) -> Response 
     page("Queue", Some(&s), &body).into_response()
 }
 
-pub async fn queue_fragment(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if signed(&app, &headers).await.is_none() {
+/// The queue's rows alone, fetched by the queue page every two seconds: 401 (not the sign-in
+/// page) when the session is gone.
+pub async fn queue_fragment(
+    State(app): State<Arc<App>>,
+    signed: Result<Signed, Response>,
+) -> Response {
+    if signed.is_err() {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     Html(queue_rows(&app, &open_proposals(&app).await)).into_response()
@@ -223,7 +215,7 @@ fn decision_html(p: &Proposal) -> String {
 }
 
 /// The forms an approver can use on a proposal in its state, each with the session's CSRF token.
-fn actions_html(p: &Proposal, s: &Signed) -> String {
+fn actions_html(p: &Proposal, s: &Session) -> String {
     let form = |action: &str, label: &str| {
         format!(
             "<form method=\"post\" action=\"/proposals/{id}/{action}\" class=\"card\">\
@@ -248,12 +240,9 @@ fn actions_html(p: &Proposal, s: &Signed) -> String {
 
 pub async fn detail(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    Signed(s): Signed,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(s) = signed(&app, &headers).await else {
-        return to_login();
-    };
     let p = match approval::load(&app, &id).await {
         Ok(Some(p)) => p,
         _ => {
@@ -336,19 +325,15 @@ fn mcp_row(body: &str) -> String {
 
 pub async fn act(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
-    Form(form): Form<CsrfForm>,
+    Posted {
+        session: s, form, ..
+    }: Posted<Signed, CsrfForm>,
 ) -> Response {
-    let s = match signed_form(&app, &headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
-    let action = match action.as_str() {
-        "approve" => Action::Approve,
-        "deny" => Action::Deny,
-        "revoke" => Action::Revoke,
-        _ => return StatusCode::NOT_FOUND.into_response(),
+    // The page never offers to cancel (only the agent's side does).
+    let action = match Action::parse(&action) {
+        Some(Action::Cancel) | None => return StatusCode::NOT_FOUND.into_response(),
+        Some(action) => action,
     };
     match approval::decide(&app, &s.approver, &id, action, &form.comment).await {
         Ok(d) if d.unsent.is_some() => page(
@@ -387,12 +372,9 @@ pub struct HistoryQuery {
 
 pub async fn history(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    Signed(s): Signed,
     Query(q): Query<HistoryQuery>,
 ) -> Response {
-    let Some(s) = signed(&app, &headers).await else {
-        return to_login();
-    };
     let state = q
         .state
         .as_deref()
@@ -438,10 +420,7 @@ pub async fn history(
     page("History", Some(&s), &body).into_response()
 }
 
-pub async fn switches(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let Some(s) = signed(&app, &headers).await else {
-        return to_login();
-    };
+pub async fn switches(State(app): State<Arc<App>>, Signed(s): Signed) -> Response {
     let policy = app.policy();
     let row = |kind: &str, name: &str| {
         let state = KillTarget::of(kind, name).and_then(|t| app.kill.get(&t));
@@ -487,14 +466,11 @@ pub async fn switches(State(app): State<Arc<App>>, headers: HeaderMap) -> Respon
 
 pub async fn switch(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     Path((kind, name, action)): Path<(String, String, String)>,
-    Form(form): Form<CsrfForm>,
+    Posted {
+        session: s, form, ..
+    }: Posted<Signed, CsrfForm>,
 ) -> Response {
-    let s = match signed_form(&app, &headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
     let disable = match action.as_str() {
         "disable" => true,
         "enable" => false,
@@ -534,10 +510,7 @@ pub fn proposal_json(app: &App, p: &Proposal) -> serde_json::Value {
 }
 
 /// Committed calls, grouped by job, newest first, with their undo buttons.
-pub async fn rollback_list(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let Some(s) = signed(&app, &headers).await else {
-        return to_login();
-    };
+pub async fn rollback_list(State(app): State<Arc<App>>, Signed(s): Signed) -> Response {
     let policy = app.policy();
     let mut calls = crate::ledger::all(&app.store).await.unwrap_or_default();
     calls.reverse();
@@ -614,14 +587,9 @@ pub async fn rollback_list(State(app): State<Arc<App>>, headers: HeaderMap) -> R
 /// Undoes one call (`/rollback/call/{id}`) or a job (`/rollback/job/{job}`) and shows each result.
 pub async fn rollback_act(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     Path((what, id)): Path<(String, String)>,
-    Form(form): Form<CsrfForm>,
+    Posted { session: s, .. }: Posted<Signed, CsrfForm>,
 ) -> Response {
-    let s = match signed_form(&app, &headers, &form.csrf).await {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
     let reports = match what.as_str() {
         "call" => vec![crate::rollback::undo(&app, &id, &s.approver).await],
         "job" => match crate::rollback::undo_job(&app, &id, &s.approver).await {

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::auth::{api_error, approver};
+use super::auth::{api_error, Approver};
 use crate::model::AgentToken;
 use crate::App;
 
@@ -96,14 +96,10 @@ fn may_issue(
 /// `POST /api/agents/{id}/tokens`: a new token, shown once.
 pub async fn issue(
     State(app): State<Arc<App>>,
+    Approver(who): Approver,
     Path(agent_id): Path<String>,
-    headers: HeaderMap,
     Json(ask): Json<Issue>,
 ) -> Response {
-    let who = match approver(&app, &headers) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
     let (agent, ttl) = match may_issue(&app, &who, &agent_id, &ask.ttl) {
         Ok(allowed) => allowed,
         Err(refused) => return refused.into_response(),
@@ -152,13 +148,9 @@ pub async fn issue(
 /// `DELETE /api/tokens/{id}`: the token stops working at once.
 pub async fn revoke(
     State(app): State<Arc<App>>,
+    Approver(who): Approver,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    let who = match approver(&app, &headers) {
-        Ok(a) => a,
-        Err(e) => return e.into_response(),
-    };
     let mut token = match app.store.token_get(&id).await {
         Ok(Some(t)) => t,
         Ok(None) => {
@@ -199,12 +191,9 @@ pub async fn revoke(
 /// `GET /api/tokens[?agent=ID]`: live tokens (never the tokens themselves).
 pub async fn list(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    _: Approver,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    if let Err(e) = approver(&app, &headers) {
-        return e.into_response();
-    }
     let now = crate::base::now_unix();
     let tokens = match app.store.token_list(now).await {
         Ok(t) => t,

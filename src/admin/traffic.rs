@@ -6,12 +6,12 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::auth::{api_error, signed_reader, to_login, Signed};
+use super::auth::{api_error, Reviewer, Session, SignedOrReviewer, SignedReviewer};
 use super::html::{esc, page, when_ms};
 use crate::audit::{describe, Event, Row, TrafficFilter};
 use crate::App;
@@ -57,12 +57,9 @@ fn seg(s: &str) -> String {
 /// `GET /api/traffic?…`: a page of rows and the next cursor.
 pub async fn api_list(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    _: Reviewer,
     Query(f): Query<TrafficFilter>,
 ) -> Response {
-    if let Err(r) = super::audit::authorized(&app, &headers) {
-        return *r;
-    }
     match blocking(&app, move |a| a.traffic(&f)).await {
         Ok(page) => Json(page).into_response(),
         Err(why) => api_error(StatusCode::BAD_REQUEST, "validation_error", why).into_response(),
@@ -72,12 +69,9 @@ pub async fn api_list(
 /// `GET /api/traffic/{id}`: one request's row, its events, and its proposal's.
 pub async fn api_detail(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    _: Reviewer,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = super::audit::authorized(&app, &headers) {
-        return *r;
-    }
     match one(&app, &id).await.ok().flatten() {
         Some((row, events, proposal)) => {
             Json(json!({"request": row, "events": events, "proposal_events": proposal}))
@@ -122,15 +116,9 @@ type Detail = (Row, Vec<Event>, Vec<Event>);
 /// Lines (a session or a reader's token).
 pub async fn export(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    _: SignedOrReviewer,
     Query(f): Query<TrafficFilter>,
 ) -> Response {
-    let signed_in = signed_reader(&app, &headers).await.is_some();
-    if !signed_in {
-        if let Err(r) = super::audit::authorized(&app, &headers) {
-            return *r;
-        }
-    }
     let rows = blocking(&app, move |a| {
         let mut out = String::new();
         let mut f = f;
@@ -158,12 +146,9 @@ pub async fn export(
 /// `/traffic`: the filter form, a page of rows, the next page's link and the export link.
 pub async fn list_page(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    SignedReviewer(s): SignedReviewer,
     Query(f): Query<TrafficFilter>,
 ) -> Response {
-    let Some(s) = signed_reader(&app, &headers).await else {
-        return to_login();
-    };
     let filter = f.clone();
     let page_rows = blocking(&app, move |a| a.traffic(&filter)).await;
     let (rows, next) = match page_rows {
@@ -252,12 +237,9 @@ fn row_html(r: &Row) -> String {
 /// its approvals, what came back, and links to the story, the job and the undo.
 pub async fn detail_page(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    SignedReviewer(s): SignedReviewer,
     Path(id): Path<String>,
 ) -> Response {
-    let Some(s) = signed_reader(&app, &headers).await else {
-        return to_login();
-    };
     let Some((row, events, proposal)) = one(&app, &id).await.ok().flatten() else {
         let body = format!(
             "<h1>Not found</h1><p>No request {} in the audit log.</p>",
@@ -269,48 +251,9 @@ pub async fn detail_page(
     page(&format!("Request {id}"), Some(&s), &body).into_response()
 }
 
-fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Signed) -> String {
+fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Session) -> String {
     let asked = events.iter().find(|e| e.kind == "request");
     let p = asked.map(|e| &e.payload).cloned().unwrap_or(Value::Null);
-    let headers: String = p["headers"]
-        .as_object()
-        .map(|h| {
-            h.iter()
-                .map(|(k, v)| {
-                    format!(
-                        "{}: {}\n",
-                        esc(k),
-                        esc(v.as_str().unwrap_or(&v.to_string()))
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let body = events
-        .iter()
-        .find_map(|e| {
-            let b = &e.payload["body"];
-            (!b.is_null()).then(|| serde_json::to_string_pretty(b).unwrap_or_default())
-        })
-        .unwrap_or_default();
-    let decided: String = proposal
-        .iter()
-        .filter(|e| {
-            matches!(
-                e.kind.as_str(),
-                "approval" | "denial" | "revocation" | "cancellation" | "expiry"
-            )
-        })
-        .map(|e| format!("<li class=\"approval\">{}</li>", esc(&describe(e))))
-        .collect();
-    let proposal_html = match row.proposal.as_str() {
-        "" => String::new(),
-        pid => format!(
-            "<h2>Proposal</h2><div class=\"card\"><p>{pid} — {summary}</p><ul>{decided}</ul></div>",
-            pid = esc(pid),
-            summary = esc(&row.message),
-        ),
-    };
     let lines: String = events
         .iter()
         .map(|e| format!("<li><code>{}</code></li>", esc(&describe(e))))
@@ -333,30 +276,95 @@ fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Signed) -> S
          <tr><th>Why</th><td id=\"why\">{message}</td></tr>\
          <tr><th>Answer</th><td>{status}{latency}</td></tr>\
          <tr><th>Job</th><td><a href=\"/stories/{job_q}\">{job}</a></td></tr></table></div>\
-         <h2>As recorded</h2><pre id=\"recorded\">{method} {host}{path}{query}\n{headers}\n{body}</pre>\
+         <h2>As recorded</h2><pre id=\"recorded\">{recorded}</pre>\
          {proposal_html}<h2>Events</h2><ol class=\"card\">{lines}</ol>\
          <p><a href=\"/stories/{id_q}\">The story of this request</a> {undo}</p>",
         method = esc(&row.method),
         host = esc(&row.host),
         path = esc(&row.path),
-        query = match p["query"].as_str() {
-            Some(q) if !q.is_empty() => format!("?{}", esc(q)),
-            _ => String::new(),
-        },
         agent = esc(&row.agent),
         owner = esc(&row.owner),
         peer = esc(p["peer"].as_str().unwrap_or("-")),
         token = esc(&credential_text(row)),
         time = when_ms(row.unix_ms),
         tool = esc(&row.tool),
-        version = row.tool_version.map(|v| format!(" v{v}")).unwrap_or_default(),
+        version = row
+            .tool_version
+            .map(|v| format!(" v{v}"))
+            .unwrap_or_default(),
         decision = esc(&decision_text(row)),
         message = esc(&row.message),
-        status = row.status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-        latency = row.latency_ms.map(|l| format!(" in {l} ms")).unwrap_or_default(),
+        status = row
+            .status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "-".into()),
+        latency = row
+            .latency_ms
+            .map(|l| format!(" in {l} ms"))
+            .unwrap_or_default(),
         job = esc(&row.job),
         job_q = seg(&row.job),
-        body = esc(&body),
+        recorded = recorded_html(row, &p, events),
+        proposal_html = proposal_html(row, proposal),
         id_q = seg(&row.request_id),
     )
+}
+
+/// The request as recorded (`request`, the payload of its request event): the request line,
+/// the headers, and the body the first event with one holds, all escaped.
+fn recorded_html(row: &Row, request: &Value, events: &[Event]) -> String {
+    let headers: String = request["headers"]
+        .as_object()
+        .map(|h| {
+            h.iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{}: {}\n",
+                        esc(k),
+                        esc(v.as_str().unwrap_or(&v.to_string()))
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let body = events
+        .iter()
+        .find_map(|e| {
+            let b = &e.payload["body"];
+            (!b.is_null()).then(|| serde_json::to_string_pretty(b).unwrap_or_default())
+        })
+        .unwrap_or_default();
+    let query = match request["query"].as_str() {
+        Some(q) if !q.is_empty() => format!("?{}", esc(q)),
+        _ => String::new(),
+    };
+    format!(
+        "{} {}{}{query}\n{headers}\n{}",
+        esc(&row.method),
+        esc(&row.host),
+        esc(&row.path),
+        esc(&body)
+    )
+}
+
+/// The request's proposal and its decisions (approvals, denials, …), when it was held.
+fn proposal_html(row: &Row, proposal: &[Event]) -> String {
+    let decided: String = proposal
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.kind.as_str(),
+                "approval" | "denial" | "revocation" | "cancellation" | "expiry"
+            )
+        })
+        .map(|e| format!("<li class=\"approval\">{}</li>", esc(&describe(e))))
+        .collect();
+    match row.proposal.as_str() {
+        "" => String::new(),
+        pid => format!(
+            "<h2>Proposal</h2><div class=\"card\"><p>{pid} — {summary}</p><ul>{decided}</ul></div>",
+            pid = esc(pid),
+            summary = esc(&row.message),
+        ),
+    }
 }

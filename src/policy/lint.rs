@@ -15,6 +15,9 @@ use toml::Spanned;
 
 use super::glob_match;
 
+mod gate;
+pub use gate::{launch_gate, notes};
+
 /// One warning about a policy set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {

@@ -16,8 +16,9 @@ const LAYERS: &[&[&str]] = &[
     &[
         "error", "model", "config", "logging", "metrics", "ca", "mcp",
     ],
-    // storage (the interface and its implementations), policies, the upstream client
-    &["store", "policy", "upstream"],
+    // storage (the interface and its implementations), policies, the upstream client, the
+    // admin API's client (for the command line)
+    &["store", "policy", "upstream", "client"],
     // the demo's sandbox of the example APIs: an HTTPS server reached like any upstream
     &["sandbox"],
     // what sits on storage and policy: the audit log, the policy phases, limits,

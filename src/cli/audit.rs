@@ -1,0 +1,341 @@
+//! `toolgate audit …`: stories, search, export, verify and purge, through a running server's
+//! admin API or, with `--data-dir`, on a stopped toolgate's store.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::client::{query_param, AdminClient};
+use crate::config::{env, parse_duration};
+
+use super::fail;
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// The story of a request, proposal or job id: who asked, what was proposed, who approved,
+    /// what was sent, what came back.
+    Story {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Events by agent, tool, refusal code, kind and time.
+    Search {
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        tool: Option<String>,
+        #[arg(long)]
+        code: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        /// The id of an issued token (tok_…): the calls made with it.
+        #[arg(long)]
+        token: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every event since a time, as JSON Lines (the schema is in the README).
+    Export {
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Checks the hash chain; names the first bad sequence number.
+    Verify,
+    /// Removes events older than a time; the rest stays verifiable.
+    Purge {
+        #[arg(long)]
+        before: String,
+        /// Why (recorded in the purge event).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// With --data-dir: the youngest events that may be removed (the server uses its own
+        /// --audit-retention-min).
+        #[arg(long, env = env::AUDIT_RETENTION_MIN, default_value = "30d")]
+        audit_retention_min: String,
+    },
+}
+
+/// Runs an audit command against a running server, or a stopped one's store.
+pub(super) async fn run(
+    command: AuditCommand,
+    client: AdminClient<'_>,
+    data_dir: Option<PathBuf>,
+) -> ExitCode {
+    use crate::audit::Filter;
+    let offline = match open_offline(data_dir.as_deref()) {
+        Ok(a) => a,
+        Err(e) => return fail(&e),
+    };
+    match command {
+        AuditCommand::Story { id, json } => story_cmd(offline.as_ref(), client, &id, json).await,
+        AuditCommand::Search {
+            agent,
+            tool,
+            code,
+            kind,
+            token,
+            since,
+            until,
+            json,
+        } => {
+            let f = Filter {
+                agent,
+                tool,
+                code,
+                kind,
+                token,
+                since,
+                until,
+            };
+            print_events(search_events(offline.as_ref(), client, &f).await, json)
+        }
+        AuditCommand::Export { since } => export_cmd(offline.as_ref(), client, since).await,
+        AuditCommand::Verify => verify_cmd(offline.as_ref(), client).await,
+        AuditCommand::Purge {
+            before,
+            reason,
+            audit_retention_min,
+        } => {
+            let removed = match &offline {
+                Some(a) => purge_offline(a, &before, &reason, &audit_retention_min).await,
+                None => purge_online(client, &before, &reason).await,
+            };
+            match removed {
+                Ok(n) => {
+                    say!("removed {n} events; the rest still verifies");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+    }
+}
+
+/// A purge by the running server (which applies its own retention minimum).
+async fn purge_online(client: AdminClient<'_>, before: &str, reason: &str) -> Result<u64, String> {
+    let body = serde_json::json!({ "before": before, "reason": reason });
+    match client
+        .call(http::Method::POST, "/api/audit/purge", Some(body))
+        .await?
+    {
+        (200, v) => Ok(v["removed"].as_u64().unwrap_or(0)),
+        (status, v) => Err(format!(
+            "{status}: {}",
+            v["error"]["message"].as_str().unwrap_or("")
+        )),
+    }
+}
+
+/// `audit export`: JSON Lines, written as they are read (from the stopped store) or as they
+/// arrive (from the server), so that memory stays flat whatever the log's size.
+async fn export_cmd(
+    offline: Option<&crate::audit::Audit>,
+    client: AdminClient<'_>,
+    since: Option<String>,
+) -> ExitCode {
+    use std::io::Write;
+    let since_ms = match crate::audit::time_filter("since", &since) {
+        Ok(since) => since,
+        Err(why) => return fail(&why),
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if let Some(a) = offline {
+        for e in a.export(since_ms) {
+            match e {
+                Ok(e) => {
+                    let _ = writeln!(out, "{}", serde_json::to_string(&e).unwrap_or_default());
+                }
+                Err(e) => return fail(&e.to_string()),
+            }
+        }
+        let _ = out.flush();
+        return ExitCode::SUCCESS;
+    }
+    let path = format!("/api/audit/export?{}", query_param("since", &since));
+    let resp = match client.request(http::Method::GET, &path, None).await {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    if !resp.status().is_success() {
+        return fail(&format!("{}: the export was refused", resp.status()));
+    }
+    let mut body = resp.into_body();
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        match frame {
+            Ok(f) => {
+                if let Some(chunk) = f.data_ref() {
+                    let _ = out.write_all(chunk);
+                }
+            }
+            Err(e) => return fail(&format!("the export stopped: {e}")),
+        }
+    }
+    let _ = out.flush();
+    ExitCode::SUCCESS
+}
+
+/// With `--data-dir`: the audit log of a stopped toolgate, opened directly.
+fn open_offline(data_dir: Option<&std::path::Path>) -> Result<Option<crate::audit::Audit>, String> {
+    let Some(dir) = data_dir else {
+        return Ok(None);
+    };
+    let store = crate::store::open(dir)
+        .map_err(|e| format!("{e} (is toolgate still running on it? then use --server instead)"))?;
+    crate::audit::Audit::open(&store)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+fn events_of(v: &serde_json::Value) -> Vec<crate::audit::Event> {
+    serde_json::from_value(v["events"].clone()).unwrap_or_default()
+}
+
+/// The events a filter selects, from the stopped store or the server.
+async fn search_events(
+    offline: Option<&crate::audit::Audit>,
+    client: AdminClient<'_>,
+    f: &crate::audit::Filter,
+) -> Result<Vec<crate::audit::Event>, String> {
+    if let Some(a) = offline {
+        return a.search(f);
+    }
+    let q = query_param;
+    let path = format!(
+        "/api/audit/search?{}{}{}{}{}{}{}",
+        q("agent", &f.agent),
+        q("tool", &f.tool),
+        q("code", &f.code),
+        q("kind", &f.kind),
+        q("token", &f.token),
+        q("since", &f.since),
+        q("until", &f.until)
+    );
+    client.get(&path).await.map(|v| events_of(&v))
+}
+
+/// One line per event: JSON (the export schema) or as people read it.
+fn print_events(events: Result<Vec<crate::audit::Event>, String>, json: bool) -> ExitCode {
+    match events {
+        Ok(events) => {
+            for e in &events {
+                if json {
+                    say!("{}", serde_json::to_string(e).unwrap_or_default());
+                } else {
+                    say!("{}", crate::audit::describe(e));
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// `audit story ID`: the summary, then every event (or JSON).
+async fn story_cmd(
+    offline: Option<&crate::audit::Audit>,
+    client: AdminClient<'_>,
+    id: &str,
+    json: bool,
+) -> ExitCode {
+    let events = match offline {
+        Some(a) => a.story(id).map_err(|e| e.to_string()),
+        None => client
+            .get(&format!("/api/audit/story/{id}"))
+            .await
+            .map(|v| events_of(&v)),
+    };
+    let events = match events {
+        Ok(e) if e.is_empty() => return fail(&format!("no events mention {id}")),
+        Ok(e) => e,
+        Err(e) => return fail(&e),
+    };
+    if json {
+        say!("{}", serde_json::json!({"id": id, "events": events}));
+    } else {
+        say!("The story of {id}:");
+        for line in crate::audit::summary(&events) {
+            say!("  {line}");
+        }
+        say!();
+        for e in &events {
+            say!("{}", crate::audit::describe(e));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `audit verify`: the chain, and every purge so far.
+async fn verify_cmd(offline: Option<&crate::audit::Audit>, client: AdminClient<'_>) -> ExitCode {
+    let mut purges = Vec::new();
+    let result = match offline {
+        Some(a) => {
+            purges = a.purges().unwrap_or_default();
+            a.verify()
+        }
+        None => match client.get("/api/audit/verify").await {
+            Ok(v) if v["ok"] == true => {
+                purges = v["purges"].as_array().cloned().unwrap_or_default();
+                Ok(v["events"].as_u64().unwrap_or(0))
+            }
+            Ok(v) => Err((
+                v["seq"].as_u64().unwrap_or(0),
+                v["reason"].as_str().unwrap_or("").to_string(),
+            )),
+            Err(e) => return fail(&e),
+        },
+    };
+    match result {
+        Ok(n) => {
+            say!("ok: {n} events, the chain is intact");
+            purges.iter().for_each(print_purge);
+            ExitCode::SUCCESS
+        }
+        Err((seq, why)) => fail(&format!("chain broken at event {seq}: {why}")),
+    }
+}
+
+/// One line of `audit verify` about an earlier purge.
+fn print_purge(p: &serde_json::Value) {
+    say!(
+        "purged: {} events (seq {}..{}) older than {}, by {} at {}{}",
+        p["removed"],
+        p["from_seq"],
+        p["to_seq"],
+        p["before"].as_str().unwrap_or("?"),
+        p["by"].as_str().unwrap_or("?"),
+        p["at"].as_str().unwrap_or("?"),
+        p["reason"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    );
+}
+
+/// A purge of a stopped toolgate's store, by whoever holds its files.
+async fn purge_offline(
+    audit: &crate::audit::Audit,
+    before: &str,
+    reason: &str,
+    min: &str,
+) -> Result<u64, String> {
+    let ms = crate::audit::parse_time(before)
+        .ok_or_else(|| format!("--before {before:?} is not a time"))?;
+    let min = parse_duration(min).map_err(|e| format!("--audit-retention-min: {e}"))?;
+    crate::audit::check_purge_cut(ms, min)?;
+    let by = format!(
+        "local:{} (--data-dir)",
+        std::env::var("USER").unwrap_or_else(|_| "operator".into())
+    );
+    audit
+        .purge(ms, &by, reason)
+        .await
+        .map(|r| r.removed)
+        .map_err(|e| e.to_string())
+}

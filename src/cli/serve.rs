@@ -1,0 +1,277 @@
+//! `toolgate serve` and `toolgate demo`: the flags turned into a [`Config`], the listeners bound,
+//! the server run until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::config::{env, parse_duration, Config};
+
+use super::fail;
+
+#[derive(Debug, clap::Args)]
+/// The flags of `serve` and `demo`.
+pub struct ServeArgs {
+    /// Where agents connect (HTTPS_PROXY).
+    #[arg(long, env = env::LISTEN, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// The approvers' page, the admin API, /metrics and /healthz.
+    #[arg(long, env = env::ADMIN_LISTEN, default_value = "127.0.0.1:8081")]
+    pub admin_listen: SocketAddr,
+    #[arg(long, env = env::POLICIES, default_value = "./policies")]
+    pub policies: PathBuf,
+    #[arg(long, env = env::DATA_DIR, default_value = "./data")]
+    pub data_dir: PathBuf,
+    #[arg(long, env = env::CERTS, default_value = "./certs")]
+    pub certs: PathBuf,
+    /// Route HOST:PORT to ADDR:PORT instead of DNS (tests, sandboxes). Repeatable; in the
+    /// environment variable, separate several with commas.
+    #[arg(long = "connect-to", env = env::CONNECT_TO, value_delimiter = ',')]
+    pub connect_to: Vec<String>,
+    /// Extra PEM roots trusted for upstream TLS, on top of the webpki roots. Repeatable.
+    #[arg(long = "upstream-ca", env = env::UPSTREAM_CA, value_delimiter = ',')]
+    pub upstream_ca: Vec<PathBuf>,
+    /// How long an upstream may take to start answering (e.g. 30s).
+    #[arg(long, env = env::UPSTREAM_TIMEOUT, default_value = "30s")]
+    pub upstream_timeout: String,
+    /// How long in-flight requests get to finish on SIGTERM or Ctrl-C.
+    #[arg(long, env = env::SHUTDOWN_GRACE, default_value = "10s")]
+    pub shutdown_grace: String,
+    /// How often the policy folder is checked for changes (SIGHUP reloads at once).
+    #[arg(long, env = env::RELOAD_INTERVAL, default_value = "2s")]
+    pub reload_interval: String,
+    /// A webhook (Slack-compatible JSON) for every new proposal; a tool's approval.webhook wins.
+    #[arg(long, env = env::WEBHOOK)]
+    pub webhook: Option<String>,
+    /// The approvers' page as approvers reach it, for links in notifications.
+    #[arg(long, env = env::ADMIN_URL)]
+    pub admin_url: Option<String>,
+    /// How long a request body may take to arrive whole (408 validation_error after).
+    #[arg(long, env = env::BODY_READ_TIMEOUT, default_value = "30s")]
+    pub body_read_timeout: String,
+    /// A connection or tunnel with no traffic and no request in flight is closed after this.
+    #[arg(long, env = env::IDLE_TIMEOUT, default_value = "120s")]
+    pub idle_timeout: String,
+    /// Client connections open at once, all agents together.
+    #[arg(long, env = env::MAX_CONNECTIONS, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Tunnels one agent may hold open at once (429 rate_limited beyond).
+    #[arg(long, env = env::MAX_CONNECTIONS_PER_AGENT, default_value_t = 256)]
+    pub max_connections_per_agent: usize,
+    /// Connections one address that no agent's `sources` holds may have open on the transparent
+    /// listener (such addresses together: a quarter of --max-connections); more are closed.
+    #[arg(long, env = env::MAX_CONNECTIONS_PER_UNKNOWN_SOURCE, default_value_t = 4)]
+    pub max_connections_per_unknown_source: usize,
+    /// Concurrent HTTP/2 streams per tunnel.
+    #[arg(long, env = env::MAX_STREAMS, default_value_t = 64)]
+    pub max_streams: u32,
+    /// Request-body bytes one agent may have in toolgate's buffers at once.
+    #[arg(long, env = env::MAX_BUFFERED_PER_AGENT, default_value = "64MiB")]
+    pub max_buffered_per_agent: String,
+    /// Request-body bytes buffered at once, all agents together.
+    #[arg(long, env = env::MAX_BUFFERED, default_value = "512MiB")]
+    pub max_buffered: String,
+    /// Idempotency records are removed after this.
+    #[arg(long, env = env::IDEMPOTENCY_RETENTION, default_value = "48h")]
+    pub idempotency_retention: String,
+    /// Finished proposals are removed after this.
+    #[arg(long, env = env::PROPOSAL_RETENTION, default_value = "30d")]
+    pub proposal_retention: String,
+    /// Rollback-ledger entries are removed after this (they can no longer be undone).
+    #[arg(long, env = env::LEDGER_RETENTION, default_value = "90d")]
+    pub ledger_retention: String,
+    /// `toolgate_store_alarm` on /metrics turns 1 when the store passes this size.
+    #[arg(long, env = env::STORE_ALARM, default_value = "8GiB")]
+    pub store_alarm: String,
+    /// `audit purge` never removes events younger than this.
+    #[arg(long, env = env::AUDIT_RETENTION_MIN, default_value = "30d")]
+    pub audit_retention_min: String,
+    /// Purge audit events older than this in the background (off unless set; at least
+    /// --audit-retention-min).
+    #[arg(long, env = env::AUDIT_RETENTION)]
+    pub audit_retention: Option<String>,
+    /// Also serve /metrics without a token on this address (a private scrape network).
+    #[arg(long, env = env::METRICS_LISTEN)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Keep all shared state in PostgreSQL (replicas on one database act as one gateway)
+    /// instead of sled in --data-dir: postgres://USER[:PASS]@HOST:PORT/DB.
+    #[arg(long, env = env::DATABASE_URL)]
+    pub database_url: Option<String>,
+    /// Accept connections the kernel redirected from an agent network (nftables/iptables
+    /// REDIRECT or DNAT of ports 443 and 80) on this address; agents are known by `sources`.
+    #[arg(long, env = env::TRANSPARENT_LISTEN)]
+    pub transparent_listen: Option<SocketAddr>,
+}
+
+fn flag_duration(flag: &str, value: &str) -> Result<std::time::Duration, String> {
+    parse_duration(value).map_err(|e| format!("--{flag}: {e}"))
+}
+
+fn flag_size(flag: &str, value: &str) -> Result<u64, String> {
+    crate::base::parse_size(value).map_err(|e| format!("--{flag}: {e}"))
+}
+
+impl ServeArgs {
+    /// Validates the flags into a [`Config`].
+    pub fn config(&self) -> Result<Config, String> {
+        let mut config = Config::new(
+            self.policies.clone(),
+            self.data_dir.clone(),
+            self.certs.clone(),
+        );
+        for spec in &self.connect_to {
+            config.add_connect_to(spec)?;
+        }
+        config.database_url = self.database_url.clone().filter(|u| !u.is_empty());
+        config.upstream_ca = self.upstream_ca.clone();
+        config.upstream_timeout = parse_duration(&self.upstream_timeout)
+            .map_err(|e| format!("--upstream-timeout: {e}"))?;
+        config.shutdown_grace =
+            parse_duration(&self.shutdown_grace).map_err(|e| format!("--shutdown-grace: {e}"))?;
+        config.reload_interval = parse_duration(&self.reload_interval)
+            .map_err(|e| format!("--reload-interval: {e}"))?
+            .max(std::time::Duration::from_millis(50));
+        config.webhook = self.webhook.clone().filter(|w| !w.is_empty());
+        if let Some(w) = &config.webhook {
+            if !(w.starts_with("http://") || w.starts_with("https://")) {
+                return Err(format!("--webhook {w:?}: expected an http(s) URL"));
+            }
+        }
+        config.admin_url = self.admin_url.clone().unwrap_or_default();
+        let g = &mut config.guards;
+        g.body_read_timeout = flag_duration("body-read-timeout", &self.body_read_timeout)?;
+        g.idle_timeout = flag_duration("idle-timeout", &self.idle_timeout)?;
+        g.max_connections = self.max_connections.max(1);
+        g.max_connections_per_agent = self.max_connections_per_agent.max(1);
+        g.max_connections_per_unknown_source = self.max_connections_per_unknown_source;
+        g.max_streams = self.max_streams.max(1);
+        g.max_buffered_per_agent =
+            flag_size("max-buffered-per-agent", &self.max_buffered_per_agent)? as usize;
+        g.max_buffered = flag_size("max-buffered", &self.max_buffered)? as usize;
+        g.idempotency_retention =
+            flag_duration("idempotency-retention", &self.idempotency_retention)?;
+        g.proposal_retention = flag_duration("proposal-retention", &self.proposal_retention)?;
+        g.ledger_retention = flag_duration("ledger-retention", &self.ledger_retention)?;
+        g.store_alarm_bytes = flag_size("store-alarm", &self.store_alarm)?;
+        g.audit_retention_min = flag_duration("audit-retention-min", &self.audit_retention_min)?;
+        if let Some(r) = self.audit_retention.as_deref().filter(|r| !r.is_empty()) {
+            let r = flag_duration("audit-retention", r)?;
+            if r < g.audit_retention_min {
+                return Err(format!(
+                    "--audit-retention {}s is shorter than --audit-retention-min {}s: events younger than the minimum are never purged",
+                    r.as_secs(),
+                    g.audit_retention_min.as_secs()
+                ));
+            }
+            g.audit_retention = Some(r);
+        }
+        Ok(config)
+    }
+}
+
+/// Binds the listeners the flags name.
+async fn bind(args: &ServeArgs) -> Result<crate::Listeners, String> {
+    let at = |flag: &'static str, addr: SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AddrInUse => format!(
+                    "--{flag} {addr}: {e} (another toolgate, or another program, holds it: stop it, or choose another address, e.g. --{flag} 127.0.0.1:0)"
+                ),
+                _ => format!("--{flag} {addr}: {e}"),
+            })
+    };
+    let proxy = at("listen", args.listen).await?;
+    let admin = at("admin-listen", args.admin_listen).await?;
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(at("metrics-listen", addr).await?),
+        None => None,
+    };
+    let transparent = match args.transparent_listen {
+        Some(addr) => Some(at("transparent-listen", addr).await?),
+        None => None,
+    };
+    Ok(crate::Listeners {
+        proxy,
+        admin,
+        metrics,
+        transparent,
+    })
+}
+
+/// `toolgate serve`: the proxy and the admin listener, until Ctrl-C or SIGTERM.
+pub(super) async fn serve(args: ServeArgs) -> ExitCode {
+    let config = match args.config() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let listeners = match bind(&args).await {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
+    match crate::run_with(listeners, config, shutdown_signal(), crate::orient::print).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// `toolgate demo`: serve against the sandbox, then say what to try.
+pub(super) async fn demo(args: ServeArgs) -> ExitCode {
+    let mut config = match args.config() {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let listeners = match bind(&args).await {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
+    let demo = match crate::demo::Demo::start(&mut config).await {
+        Ok(d) => d,
+        Err(e) => return fail(&e),
+    };
+    let program = crate::demo::program();
+    let result = crate::run_with(listeners, config, shutdown_signal(), |s| {
+        crate::orient::print_lines(&crate::orient::lines(s, &demo.about()));
+        for line in demo.next_steps(s, &program) {
+            say!("{line}");
+        }
+    })
+    .await;
+    drop(demo);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: a SIGTERM while toolgate is still starting stops it gracefully too,
+/// instead of killing it mid-start.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let recv = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = recv(term) => {},
+                _ = recv(int) => {},
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
