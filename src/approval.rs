@@ -304,7 +304,7 @@ fn new_proposal(call: &Call<'_>, identity: String) -> Proposal {
     let spec = &call.tool.approval;
     let mut ctx = call.summary_ctx.clone();
     ctx["agent"] = json!({"id": call.agent.id, "owner": call.agent.owner, "tenant": call.agent.tenant, "environment": call.agent.environment});
-    let summary = match &call.tool.def.summary {
+    let summary = match &call.tool.summary {
         Some(t) => render_summary(t, &ctx),
         None => format!("{} {}", call.method, call.path_and_query),
     };
@@ -314,7 +314,7 @@ fn new_proposal(call: &Call<'_>, identity: String) -> Proposal {
         version: 0,
         tool: call.tool.name.clone(),
         tool_version: call.tool.version,
-        risk: call.tool.def.risk.clone().unwrap_or_default(),
+        risk: call.tool.risk_text().to_string(),
         agent: call.agent.id.clone(),
         owner: call.agent.owner.clone(),
         environment: call.agent.environment.clone(),

@@ -1485,25 +1485,22 @@ fn check(dir: &std::path::Path, strict: bool) -> ExitCode {
         "IDEMPOTENCY"
     );
     for tool in policy.tools() {
-        let d = &tool.def;
-        let undo = match &d.rollback {
-            Some(r) if r.none.is_some() => "none".to_string(),
-            Some(r) => format!(
-                "{} {}",
-                r.method.as_deref().unwrap_or("?"),
-                r.path.as_deref().unwrap_or("?")
-            ),
+        let undo = match &tool.rollback {
+            Some(crate::policy::Rollback::None(_)) => "none".to_string(),
+            Some(crate::policy::Rollback::Request { method, path, .. }) => {
+                format!("{method} {path}")
+            }
             None => "-".to_string(),
         };
         say!(
             "{:<32} {:>3} {:<18} {:<8} {:<12} {:<8} {:<11} {}",
             tool.name,
             tool.version,
-            d.owner.as_deref().unwrap_or("-"),
-            d.risk.as_deref().unwrap_or("-"),
-            d.side_effects.as_deref().unwrap_or("-"),
-            d.mode.as_deref().unwrap_or("auto"),
-            d.idempotency.as_deref().unwrap_or("-"),
+            tool.owner.as_deref().unwrap_or("-"),
+            tool.risk.map_or("-", |r| r.as_str()),
+            tool.side_effects.as_str(),
+            tool.mode.as_str(),
+            tool.idempotency.map_or("-", |i| i.as_str()),
             undo
         );
     }
@@ -1559,15 +1556,13 @@ fn check_notes(policy: &crate::policy::Policy) -> Vec<String> {
         if tool.side_effects == crate::policy::SideEffects::None {
             continue;
         }
-        match tool.def.rollback.as_ref() {
-            Some(r) if r.none.is_some() => undo.push(format!(
-                "{}: cannot be undone: {}",
-                tool.name,
-                r.none.as_deref().unwrap_or("")
-            )),
+        match tool.rollback.as_ref() {
+            Some(crate::policy::Rollback::None(why)) => {
+                undo.push(format!("{}: cannot be undone: {why}", tool.name))
+            }
             None => undo.push(format!("{}: declares no undo", tool.name)),
-            Some(r) => {
-                if let Some(warning) = undo_target_warning(policy, tool, r) {
+            Some(crate::policy::Rollback::Request { method, path, .. }) => {
+                if let Some(warning) = undo_target_warning(policy, tool, method, path) {
                     undo.push(warning);
                 }
             }
@@ -1687,18 +1682,16 @@ fn expand_notes(policy: &crate::policy::Policy) -> Vec<String> {
 fn undo_target_warning(
     policy: &crate::policy::Policy,
     tool: &crate::policy::Tool,
-    r: &crate::policy::file::RollbackDef,
+    method: &http::Method,
+    template: &str,
 ) -> Option<String> {
-    let method =
-        http::Method::from_bytes(r.method.as_deref()?.to_ascii_uppercase().as_bytes()).ok()?;
-    let template = r.path.as_deref()?;
     // Each placeholder stands for one path segment.
     let sample: String = regex::Regex::new(r"\{[^}]*\}")
         .ok()?
         .replace_all(template, "x")
         .into_owned();
     let text = format!("{method} {template}");
-    match policy.match_tool(&tool.host, tool.port, &method, &sample) {
+    match policy.match_tool(&tool.host, tool.port, method, &sample) {
         None => Some(format!(
             "warning: {}: its rollback {text} matches no tool contract on {}; add one, or every undo is refused",
             tool.name, tool.host
