@@ -294,13 +294,8 @@ async fn send_undo(
         Ok(req) => req,
         Err(message) => return Report::new(&c.request_id, tool, "refused", message),
     };
-    let origin = crate::proxy::Origin::Undo {
-        of: c.request_id.clone(),
-        by: by.to_string(),
-    };
-    let (undo_id, resp, refused) =
-        crate::proxy::internal_call(app.clone(), &c.agent, &c.host, c.port, &c.job, origin, req)
-            .await;
+    let target = crate::proxy::Target::undo(c, by);
+    let (undo_id, resp, refused) = crate::proxy::internal_call(app.clone(), target, req).await;
     let status = resp.status().as_u16();
     // Upstream failures are toolgate's 502/504, but the call may have been sent: "failed".
     let refused_by_toolgate =

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tracing::info;
 
 use super::body::ProxyBody;
-use super::Target;
+use super::ctx::{RequestCtx, Target};
 use crate::audit::{Audit, Record};
 use crate::error::Refusal;
 use crate::App;
@@ -49,18 +49,14 @@ pub(super) struct CallEvent {
 }
 
 impl CallEvent {
-    /// The events of a call: `held`, the request's own event if it is still held; `base`, who
-    /// and what (see `Trail::call_event`).
-    pub(super) fn new(
-        audit: &Arc<Audit>,
-        (held, base): (Option<Record>, Record),
-        decision: Value,
-        started: Instant,
-    ) -> CallEvent {
+    /// The events of `ctx`'s call as it is forwarded, with `decision`: the request's own event
+    /// taken from the context into them (the forward phase records them, whatever happens to
+    /// the client).
+    pub(super) fn of(ctx: &RequestCtx, decision: Value, started: Instant) -> CallEvent {
         CallEvent {
-            audit: audit.clone(),
-            held,
-            base,
+            audit: ctx.audit.clone(),
+            held: ctx.take_request(),
+            base: ctx.rec("decision", Value::Null),
             decision: Some(decision),
             known: Known::Nothing,
             started,

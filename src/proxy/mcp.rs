@@ -13,43 +13,52 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
 use super::body::{self, ProxyBody};
-use super::request::{self, Trail};
+use super::ctx::{McpReply, Reply, RequestCtx, Target};
+use super::exchange::CallEvent;
+use super::request::{self, Answer, Read};
 use super::scrub::{Needles, Scrubbed};
-use super::Target;
 use crate::checks::{authorize, validation};
 use crate::error::Refusal;
 use crate::mcp::{self, Message};
-use crate::policy::{Agent, Mode, SideEffects, Tool};
+use crate::policy::{Agent, Mode, Tool};
 use crate::services::mcp_sessions::{Opener, Standing};
 use crate::App;
 
 /// The largest `tools/list` answer or stored answer toolgate reads whole to rewrite.
 const ANSWER_CAP: usize = 8 * 1024 * 1024;
 
-/// How a refusal of this request is written: as the tool's result (a `tools/call`), as a
-/// JSON-RPC error (another message), or as toolgate's JSON error (no message read yet).
-#[derive(Debug, Clone)]
-pub(crate) enum Reply {
-    ToolResult(Value),
-    Error(Option<Value>),
+/// What the adapter did with a request: answered it, or found a batch, whose messages the
+/// request path then takes one by one, each a request of its own.
+pub(super) enum Routed {
+    Answered(Response<ProxyBody>),
+    Batch(Batch),
+}
+
+/// The MCP endpoint a request reached, as its agent stands there.
+struct Endpoint {
+    agent: Arc<Agent>,
+    /// A tool the agent holds here: what is not a tool call is sent with its credential.
+    via: Arc<Tool>,
+    /// Every tool contracted on the endpoint.
+    tools: Vec<Arc<Tool>>,
+    /// Its name in the pin and session caches.
+    key: String,
 }
 
 /// An MCP endpoint's request.
 pub(super) async fn process(
     app: &Arc<App>,
-    target: &Target,
+    ctx: &mut RequestCtx,
     agent: Arc<Agent>,
-    endpoint: Vec<Arc<Tool>>,
+    tools: Vec<Arc<Tool>>,
     req: Request<ProxyBody>,
-    trail: &mut Trail,
-) -> Result<Response<ProxyBody>, Refusal> {
-    trail.owner = Some(agent.owner.clone());
-    let agent = crate::grants::for_tools(app, agent, &endpoint).await?;
-    let Some(via) = endpoint.iter().find(|t| agent.may_use(&t.name)).cloned() else {
+) -> Result<Routed, Refusal> {
+    let agent = crate::grants::for_tools(app, agent, &tools).await?;
+    let Some(via) = tools.iter().find(|t| agent.may_use(&t.name)).cloned() else {
         return Err(Refusal::policy(format!(
             "agent {} holds no tool on the MCP server at {}{}; ask for a contract for the tool you need",
             agent.id,
-            target.host,
+            ctx.target.host,
             req.uri().path()
         )));
     };
@@ -68,39 +77,63 @@ pub(super) async fn process(
             ))
         }
     };
-    let key = endpoint_key(target, &endpoint);
+    let key = endpoint_key(&ctx.target, &tools);
+    let ep = Endpoint {
+        agent,
+        via,
+        tools,
+        key,
+    };
     let session = session_id(req.headers())?;
     if let Some(session) = &session {
-        owned(app, &key, session, &opener(&agent, trail))?;
+        owned(app, &ep.key, session, &opener(&ep.agent, ctx))?;
     }
     let (parts, incoming) = req.into_parts();
     if let Some(what) = what {
-        let ending = parts.method == Method::DELETE;
-        let resp = pass(
-            app,
-            target,
-            &agent,
-            &via,
-            (parts, Bytes::new()),
-            Some(trail),
-            what,
-        )
-        .await?;
-        let gone = resp.status() == StatusCode::NOT_FOUND || (ending && resp.status().is_success());
-        if let Some(session) = session.filter(|_| gone) {
-            app.mcp_sessions.ended(&key, &session);
-        }
-        return guarded(app, &agent, &endpoint, resp).await;
+        return stream_or_end(app, ctx, &ep, parts, session, what).await;
     }
-    let (body, buffered) =
-        request::read_body(app, &agent.id, &via, &parts.headers, incoming).await?;
-    let message = crate::policy::contract::parse_json_strict(&body)
+    let read = request::read_body(app, &ep.agent.id, &ep.via, parts, incoming).await?;
+    let message = crate::policy::contract::parse_json_strict(&read.body)
         .map_err(|e| validation(format!("an MCP message must be JSON: {e}")))?;
     match message {
-        Value::Array(list) => batch(app, target, parts, list, trail).await,
-        message => {
-            let who = (agent, via, endpoint.as_slice());
-            one(app, target, who, (parts, body, buffered), message, trail).await
+        Value::Array(list) => batch(ctx, read.parts, list).await.map(Routed::Batch),
+        message => one(app, ctx, &ep, read, message)
+            .await
+            .map(Routed::Answered),
+    }
+}
+
+/// The server's stream (GET) or the end of a session (DELETE): passed on; a session the
+/// server no longer knows, or one ended, is forgotten.
+async fn stream_or_end(
+    app: &App,
+    ctx: &RequestCtx,
+    ep: &Endpoint,
+    parts: http::request::Parts,
+    session: Option<String>,
+    what: &str,
+) -> Result<Routed, Refusal> {
+    let ending = parts.method == Method::DELETE;
+    let message = ep.passed(parts, Bytes::new(), what);
+    let resp = pass(app, &ctx.target, message, Some(ctx)).await?;
+    let gone = resp.status() == StatusCode::NOT_FOUND || (ending && resp.status().is_success());
+    if let Some(session) = session.filter(|_| gone) {
+        app.mcp_sessions.ended(&ep.key, &session);
+    }
+    guarded(app, &ep.agent, &ep.tools, resp)
+        .await
+        .map(Routed::Answered)
+}
+
+impl Endpoint {
+    /// A message passed on with the credential of the tool the agent holds here.
+    fn passed<'a>(&'a self, parts: http::request::Parts, body: Bytes, what: &'a str) -> Passed<'a> {
+        Passed {
+            agent: &self.agent,
+            tool: &self.via,
+            parts,
+            body,
+            what,
         }
     }
 }
@@ -109,11 +142,10 @@ pub(super) async fn process(
 /// anything else is refused.
 async fn one(
     app: &Arc<App>,
-    target: &Target,
-    (agent, via, endpoint): (Arc<Agent>, Arc<Tool>, &[Arc<Tool>]),
-    (parts, body, buffered): (http::request::Parts, Bytes, crate::guard::BodyReservation),
+    ctx: &mut RequestCtx,
+    ep: &Endpoint,
+    read: Read,
     message: Value,
-    trail: &mut Trail,
 ) -> Result<Response<ProxyBody>, Refusal> {
     match mcp::classify(&message) {
         Message::SetUp | Message::Reply => {
@@ -121,55 +153,41 @@ async fn one(
                 .get("method")
                 .and_then(Value::as_str)
                 .unwrap_or("reply");
-            let who = (&agent, &via, endpoint);
-            set_up(app, target, who, (parts, body), method, trail).await
+            set_up(app, ctx, ep, read, method).await
         }
         Message::List { id } => {
-            let answer = pass(
-                app,
-                target,
-                &agent,
-                &via,
-                (parts, body),
-                Some(trail),
-                "tools/list",
-            );
-            filter_list(app, target, &agent, endpoint, &id, answer.await?).await
+            let message = ep.passed(read.parts, read.body, "tools/list");
+            let answer = pass(app, &ctx.target, message, Some(ctx)).await?;
+            filter_list(app, ep, &id, answer).await
         }
         Message::Call {
             id,
             name,
             arguments,
         } => {
-            trail.mcp = Some(Reply::ToolResult(id.clone()));
-            let tool = endpoint
+            ctx.reply = Reply::Mcp(McpReply::ToolResult(id.clone()));
+            let tool = ep
+                .tools
                 .iter()
                 .find(|t| t.mcp.as_ref().is_some_and(|m| m.name == name))
                 .cloned()
                 .ok_or_else(|| {
                     Refusal::policy(format!(
                         "no contract allows MCP tool {name:?} on {}{}; call only the tools tools/list shows you",
-                        target.host, parts.uri.path()
+                        ctx.target.host, read.parts.uri.path()
                     ))
                 })?;
-            let answer = call_tool(
-                app,
-                target,
-                (agent.clone(), tool),
-                (parts, body, buffered),
-                (id, arguments),
-                trail,
-            );
-            guarded(app, &agent, endpoint, answer.await?).await
+            let answer = call_tool(app, ctx, ep, tool, read, id, arguments).await?;
+            guarded(app, &ep.agent, &ep.tools, answer).await
         }
         Message::Other { id, method } => {
-            trail.mcp = Some(Reply::Error(id));
+            ctx.reply = Reply::Mcp(McpReply::Error(id));
             Err(Refusal::policy(format!(
                 "MCP method {method} is not allowed through toolgate: only tools/call of contracted tools, tools/list and session set-up pass"
             )))
         }
         Message::Invalid { id, why } => {
-            trail.mcp = Some(Reply::Error(id));
+            ctx.reply = Reply::Mcp(McpReply::Error(id));
             Err(validation(format!("not a JSON-RPC 2.0 message: {why}")))
         }
     }
@@ -179,52 +197,51 @@ async fn one(
 /// credential. The session an `initialize` opens is bound to its agent (and token).
 async fn set_up(
     app: &Arc<App>,
-    target: &Target,
-    (agent, via, endpoint): (&Arc<Agent>, &Arc<Tool>, &[Arc<Tool>]),
-    message: (http::request::Parts, Bytes),
+    ctx: &RequestCtx,
+    ep: &Endpoint,
+    read: Read,
     method: &str,
-    trail: &mut Trail,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    let resp = pass(app, target, agent, via, message, Some(trail), method).await?;
+    let message = ep.passed(read.parts, read.body, method);
+    let resp = pass(app, &ctx.target, message, Some(ctx)).await?;
     let opened = resp
         .headers()
         .get(MCP_SESSION)
         .and_then(|v| v.to_str().ok());
     if let Some(session) = opened.filter(|_| method == "initialize") {
-        let key = endpoint_key(target, endpoint);
-        app.mcp_sessions.opened(&key, session, opener(agent, trail));
+        app.mcp_sessions
+            .opened(&ep.key, session, opener(&ep.agent, ctx));
     }
-    guarded(app, agent, endpoint, resp).await
+    guarded(app, &ep.agent, &ep.tools, resp).await
 }
 
 /// `tools/call` of a contracted tool: its kill switch and pin, then the request path's phases
-/// with the arguments in the place of a body.
+/// with the arguments in the place of a body; the answer under the agent's JSON-RPC id.
 async fn call_tool(
     app: &Arc<App>,
-    target: &Target,
-    (agent, tool): (Arc<Agent>, Arc<Tool>),
-    read: (http::request::Parts, Bytes, crate::guard::BodyReservation),
-    (id, arguments): (Value, Value),
-    trail: &mut Trail,
+    ctx: &mut RequestCtx,
+    ep: &Endpoint,
+    tool: Arc<Tool>,
+    read: Read,
+    id: Value,
+    arguments: Value,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    trail.tool = Some(tool.name.clone());
-    trail.version = Some(tool.version);
+    ctx.matched(&tool);
     request::tool_enabled(app, &tool)?;
-    pinned(app, target, &agent, &tool, &read.0).await?;
-    let call = request::mcp_call(target, agent, tool.clone(), read, (id.clone(), arguments))?;
-    let answer = request::decide(app, target, call, trail).await?;
-    // A stored answer (a write's, a replay's, an approved call's) carries the id of the call
-    // that executed; the agent gets it under its own.
-    let stored = tool.side_effects != SideEffects::None || tool.mode == Mode::Approve;
-    Ok(match stored {
-        true => answer_as(&id, answer).await,
-        false => answer,
+    pinned(app, &ctx.target, &ep.agent, &tool, &read.parts).await?;
+    let call = request::arguments_call(ctx, ep.agent.clone(), tool, read, id.clone(), arguments)?;
+    Ok(match request::decide(app, ctx, call).await? {
+        Answer::Preview(call) => preview(&id, call.tool(), call.arguments(), &ctx.target.host),
+        Answer::Passed(resp) => resp,
+        // A stored answer (a write's, a replay's, an approved call's) carries the id of the
+        // call that executed; the agent gets it under its own.
+        Answer::Stored(resp) => answer_as(&id, resp).await,
     })
 }
 
 /// A refusal as the MCP client reads it: the tool's result with `isError` and toolgate's
 /// message (a tool call), or a JSON-RPC error; HTTP 200 either way, the error in the message.
-pub(super) fn refusal_answer(reply: &Reply, refusal: &Refusal) -> Response<ProxyBody> {
+pub(super) fn refusal_answer(reply: &McpReply, refusal: &Refusal) -> Response<ProxyBody> {
     let text = match &refusal.proposal {
         Some(p) if !refusal.message.contains(p.as_str()) => {
             format!("{} (proposal {p})", refusal.message)
@@ -236,8 +253,8 @@ pub(super) fn refusal_answer(reply: &Reply, refusal: &Refusal) -> Response<Proxy
         refusal.code.as_str()
     );
     let message = match reply {
-        Reply::ToolResult(id) => mcp::refused_result(id, &text),
-        Reply::Error(id) => {
+        McpReply::ToolResult(id) => mcp::refused_result(id, &text),
+        McpReply::Error(id) => {
             let code = match refusal.code {
                 crate::error::Code::ValidationError => mcp::INVALID_REQUEST,
                 _ => mcp::METHOD_NOT_FOUND,
@@ -251,12 +268,7 @@ pub(super) fn refusal_answer(reply: &Reply, refusal: &Refusal) -> Response<Proxy
 /// A dry run's preview as the tool's result: what would be called, nothing sent. Marked
 /// `isError`: it is not the tool's output, and a client checks a successful result against the
 /// tool's output schema, which a preview cannot meet.
-pub(super) fn preview(
-    id: &Value,
-    tool: &Tool,
-    arguments: &Value,
-    host: &str,
-) -> Response<ProxyBody> {
+fn preview(id: &Value, tool: &Tool, arguments: &Value, host: &str) -> Response<ProxyBody> {
     let name = tool.mcp.as_ref().map(|m| m.name.as_str()).unwrap_or("");
     let text = format!(
         "dry run: toolgate would call MCP tool {name} on {host} with arguments {arguments}; nothing was sent (tool {} runs in dry-run mode for this agent)",
@@ -275,29 +287,42 @@ fn json_answer(status: StatusCode, message: &Value) -> Response<ProxyBody> {
     resp
 }
 
-/// Sends a message (or the GET stream, or the DELETE) as it is, with the credential of a tool
-/// the agent holds on this endpoint; the answer streams back with the credential cut out.
-/// Recorded in `trail` (toolgate's own look at a server has none).
+/// A message (or the GET stream, or the DELETE) to send on as it is, with the credential of
+/// `tool` as `agent` holds it; `what` names it in the audit.
+struct Passed<'a> {
+    agent: &'a Agent,
+    tool: &'a Tool,
+    parts: http::request::Parts,
+    body: Bytes,
+    what: &'a str,
+}
+
+/// Sends a message on; the answer streams back with the credential cut out. Recorded in `ctx`
+/// (toolgate's own look at a server has none).
 async fn pass(
     app: &App,
     target: &Target,
-    agent: &Agent,
-    via: &Tool,
-    (parts, body): (http::request::Parts, Bytes),
-    trail: Option<&Trail>,
-    what: &str,
+    message: Passed<'_>,
+    ctx: Option<&RequestCtx>,
 ) -> Result<Response<ProxyBody>, Refusal> {
+    let Passed {
+        agent,
+        tool,
+        parts,
+        body,
+        what,
+    } = message;
     let no_params = std::collections::BTreeMap::new();
-    let credential = authorize(agent, via, &no_params)?;
-    let headers = request::upstream_headers(via, &parts.headers, credential.as_deref())?;
+    let credential = authorize(agent, tool, &no_params)?;
+    let headers = request::upstream_headers(tool, &parts.headers, credential.as_deref())?;
     let mut out = Request::new(body::full(body));
     *out.method_mut() = parts.method.clone();
     *out.uri_mut() = request::path_and_query(&parts).parse().unwrap_or_default();
     *out.headers_mut() = headers;
     let decision = json!({"outcome": "allowed", "mcp": what});
-    let (resp, event) = match trail {
-        Some(trail) => {
-            let event = trail.call_event(&app.audit, decision, Instant::now());
+    let (resp, event) = match ctx {
+        Some(ctx) => {
+            let event = CallEvent::of(ctx, decision, Instant::now());
             let (resp, event) = super::exchange::forward(app, target, out, event).await?;
             (resp, Some(event))
         }
@@ -375,7 +400,7 @@ async fn answer_as(id: &Value, resp: Response<ProxyBody>) -> Response<ProxyBody>
     };
     let (parts, answer) = match read {
         Ok(read) => read,
-        Err(refusal) => return refusal_answer(&Reply::ToolResult(id.clone()), &refusal),
+        Err(refusal) => return refusal_answer(&McpReply::ToolResult(id.clone()), &refusal),
     };
     let found = answer
         .clone()
@@ -409,9 +434,7 @@ async fn answer_as(id: &Value, resp: Response<ProxyBody>) -> Response<ProxyBody>
 /// list from it).
 async fn filter_list(
     app: &App,
-    target: &Target,
-    agent: &Agent,
-    endpoint: &[Arc<Tool>],
+    ep: &Endpoint,
     id: &Value,
     resp: Response<ProxyBody>,
 ) -> Result<Response<ProxyBody>, Refusal> {
@@ -428,12 +451,11 @@ async fn filter_list(
             "it holds no answer to tools/list (id {id})"
         ))));
     }
-    let key = endpoint_key(target, endpoint);
-    let listable = listable(app, agent, endpoint);
+    let listable = listable(app, &ep.agent, &ep.tools);
     answer.edit(|m| {
         if m.get("id") == Some(id) {
             if let Some(tools) = m.pointer(LISTED).and_then(Value::as_array) {
-                remember_pins(app, &key, endpoint, tools);
+                remember_pins(app, &ep.key, &ep.tools, tools);
             }
         }
         listable.filter(m);
@@ -464,10 +486,10 @@ fn session_id(headers: &http::HeaderMap) -> Result<Option<String>, Refusal> {
 }
 
 /// Who a request comes from, as a session's opener: the agent and its issued token.
-fn opener(agent: &Agent, trail: &Trail) -> Opener {
+fn opener(agent: &Agent, ctx: &RequestCtx) -> Opener {
     Opener {
         agent: agent.id.clone(),
-        token: trail.token.clone(),
+        token: ctx.token.clone(),
     }
 }
 
@@ -604,16 +626,14 @@ async fn pinned(
             ask_parts.uri = parts.uri.clone();
             ask_parts.headers = parts.headers.clone();
             ask_parts.headers.remove(header::CONTENT_LENGTH);
-            let body = Bytes::from(ask.to_string());
-            let answer = pass(
-                app,
-                target,
+            let message = Passed {
                 agent,
                 tool,
-                (ask_parts, body),
-                None,
-                "pin check",
-            );
+                parts: ask_parts,
+                body: Bytes::from(ask.to_string()),
+                what: "pin check",
+            };
+            let answer = pass(app, target, message, None);
             let (parts, bytes) = read_whole(answer.await?).await?;
             let listed = mcp::answer_to(read_answer(&parts, &bytes)?.messages(), &ask["id"])
                 .and_then(|a| {
@@ -639,68 +659,69 @@ async fn pinned(
     )))
 }
 
-/// A request handled: the answer, and the refusal's code if it was refused.
-type Handled<'a> = std::pin::Pin<
-    Box<
-        dyn std::future::Future<Output = (Response<ProxyBody>, Option<crate::error::Code>)>
-            + Send
-            + 'a,
-    >,
->;
-
-/// One message of a batch through the whole request path. Boxed as a trait object: the request
-/// path reaches this function again, and a future cannot contain itself.
-fn handle_one<'a>(
-    app: Arc<App>,
-    target: &'a Target,
-    req: Request<ProxyBody>,
-    request_id: String,
-) -> Handled<'a> {
-    Box::pin(super::handle(app, target, req, request_id, Instant::now()))
-}
-
-/// A batch: each message a request of its own (its own id, decision and events), answered
-/// together as a JSON array in the order asked (notifications get no answer).
-async fn batch(
-    app: &Arc<App>,
-    target: &Target,
+/// A batch of JSON-RPC messages: each a request of its own (its own id, decision and events),
+/// answered together as a JSON array in the order asked (notifications get no answer).
+pub(super) struct Batch {
     parts: http::request::Parts,
     list: Vec<Value>,
-    trail: &Trail,
-) -> Result<Response<ProxyBody>, Refusal> {
+}
+
+/// A batch, as the request that brought it records it.
+async fn batch(
+    ctx: &RequestCtx,
+    parts: http::request::Parts,
+    list: Vec<Value>,
+) -> Result<Batch, Refusal> {
     if list.is_empty() {
         return Err(validation("an empty JSON-RPC batch asks for nothing"));
     }
-    trail
-        .record(
-            &app.audit,
-            "decision",
-            json!({"outcome": "batch", "messages": list.len()}),
-        )
-        .await;
-    let mut answers = Vec::new();
-    for (i, message) in list.into_iter().enumerate() {
-        let id = message.get("id").cloned();
-        let mut req = Request::new(body::full(Bytes::from(message.to_string())));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = parts.uri.clone();
-        *req.headers_mut() = parts.headers.clone();
-        req.headers_mut().remove(header::CONTENT_LENGTH);
-        let request_id = format!("{}.{}", trail.request_id, i + 1);
-        let (resp, _) = handle_one(app.clone(), target, req, request_id).await;
-        let Some(id) = id else { continue };
-        let (parts, bytes) = read_whole(resp).await?;
-        let messages = read_answer(&parts, &bytes)
-            .map(mcp::Answer::messages)
-            .unwrap_or_default();
-        let answer = mcp::answer_to(messages, &id).unwrap_or_else(|| {
-            mcp::error_message(
-                Some(&id),
-                mcp::INVALID_REQUEST,
-                "toolgate: no answer to this message",
-            )
-        });
-        answers.push(answer);
+    ctx.record(
+        "decision",
+        json!({"outcome": "batch", "messages": list.len()}),
+    )
+    .await;
+    Ok(Batch { parts, list })
+}
+
+impl Batch {
+    /// Each message as a request of its own, in the order asked.
+    pub(super) fn requests(&self) -> Vec<Request<ProxyBody>> {
+        self.list
+            .iter()
+            .map(|message| {
+                let mut req = Request::new(body::full(Bytes::from(message.to_string())));
+                *req.method_mut() = Method::POST;
+                *req.uri_mut() = self.parts.uri.clone();
+                *req.headers_mut() = self.parts.headers.clone();
+                req.headers_mut().remove(header::CONTENT_LENGTH);
+                req
+            })
+            .collect()
     }
-    Ok(json_answer(StatusCode::OK, &Value::Array(answers)))
+
+    /// The batch's answer: the answer to each message that has an id, in order.
+    pub(super) async fn answer(
+        self,
+        answers: Vec<Response<ProxyBody>>,
+    ) -> Result<Response<ProxyBody>, Refusal> {
+        let mut out = Vec::new();
+        for (message, resp) in self.list.iter().zip(answers) {
+            let Some(id) = message.get("id").cloned() else {
+                continue;
+            };
+            let (parts, bytes) = read_whole(resp).await?;
+            let messages = read_answer(&parts, &bytes)
+                .map(mcp::Answer::messages)
+                .unwrap_or_default();
+            let answer = mcp::answer_to(messages, &id).unwrap_or_else(|| {
+                mcp::error_message(
+                    Some(&id),
+                    mcp::INVALID_REQUEST,
+                    "toolgate: no answer to this message",
+                )
+            });
+            out.push(answer);
+        }
+        Ok(json_answer(StatusCode::OK, &Value::Array(out)))
+    }
 }

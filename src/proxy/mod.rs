@@ -4,10 +4,12 @@
 //! target), then per request inside the tunnel `match_tool`, `forward`, and `record`, which runs
 //! on every exit, refusals included.
 
+mod ctx;
 mod exchange;
-pub(crate) mod mcp;
+mod handle;
+mod mcp;
 pub mod model;
-pub(crate) mod request;
+mod request;
 pub mod rewind;
 pub mod scrub;
 pub(crate) mod transparent;
@@ -38,6 +40,10 @@ use body::{empty, ProxyBody};
 use rewind::{detect, Protocol, Rewind};
 
 pub use crate::base::net::REQUEST_ID_HEADER;
+use ctx::Outer;
+pub(crate) use ctx::Target;
+pub(crate) use handle::internal_call;
+use handle::{handle, record_outer, refuse_outer};
 
 /// How long a client may take to send a request's headers (never longer than the idle timeout:
 /// a connection whose request has not arrived is idle as far as toolgate is concerned).
@@ -102,10 +108,12 @@ async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: 
     let svc = service_fn(move |req| {
         let app = g.clone();
         let in_flight = a.request();
-        let slot = slot.clone();
-        let unauthenticated = unauthenticated.clone();
+        let conn = Connection {
+            slot: slot.clone(),
+            unauthenticated: unauthenticated.clone(),
+        };
         async move {
-            let resp = outer(app, peer, req, (slot, unauthenticated)).await;
+            let resp = outer(app, peer, req, conn).await;
             drop(in_flight);
             Ok::<_, Infallible>(resp)
         }
@@ -171,58 +179,10 @@ type ConnectionSlot = Arc<tokio::sync::OwnedSemaphorePermit>;
 /// request on it authenticates.
 type Unauthenticated = Arc<std::sync::Mutex<Option<crate::guard::UnauthenticatedSlot>>>;
 
-/// What the tunnel or absolute-form request is bound to: the agent and the target that were
-/// checked at the proxy layer. The target never comes from a `Host` header.
-#[derive(Clone)]
-pub(crate) struct Target {
-    agent_id: String,
-    host: String,
-    port: u16,
-    /// The client's address, as events record it (formatted once per tunnel).
-    peer: String,
-    /// The tunnel (or connection) the request came on: the job of calls that name none.
-    tunnel_id: String,
-    origin: Origin,
-    /// The issued token the agent came in with, if any (checked again on every request).
-    token: Option<Arc<crate::model::AgentToken>>,
-}
-
-/// Who sent a request: an agent through the proxy, or toolgate itself on an approver's word.
-#[derive(Debug, Clone)]
-pub(crate) enum Origin {
-    Agent,
-    /// The undo of a committed call: it is neither held for approval nor previewed, because an
-    /// approver asked for it; every other phase applies.
-    Undo {
-        of: String,
-        by: String,
-    },
-}
-
-/// A call toolgate makes itself on an agent's behalf (an undo), through every phase an agent's
-/// call takes, with its own request id and audit events. Returns that id, the answer, and the
-/// refusal code when toolgate refused it.
-pub(crate) async fn internal_call(
-    app: Arc<App>,
-    agent_id: &str,
-    host: &str,
-    port: u16,
-    job: &str,
-    origin: Origin,
-    req: Request<ProxyBody>,
-) -> (String, Response<ProxyBody>, Option<Code>) {
-    let request_id = new_id("req");
-    let target = Target {
-        agent_id: agent_id.to_string(),
-        host: host.to_string(),
-        port,
-        peer: SocketAddr::from(([127, 0, 0, 1], 0)).to_string(),
-        tunnel_id: job.to_string(),
-        origin,
-        token: None,
-    };
-    let (resp, code) = handle(app, &target, req, request_id.clone(), Instant::now()).await;
-    (request_id, resp, code)
+/// What a client connection holds, for each of its requests.
+struct Connection {
+    slot: ConnectionSlot,
+    unauthenticated: Unauthenticated,
 }
 
 /// The authenticate phase: `Proxy-Authorization: Basic base64(agent-id:token)`. The token is
@@ -292,40 +252,25 @@ async fn outer(
     app: Arc<App>,
     peer: SocketAddr,
     req: Request<Incoming>,
-    (slot, unauthenticated): (ConnectionSlot, Unauthenticated),
+    conn: Connection,
 ) -> Response<ProxyBody> {
-    let started = Instant::now();
-    let request_id = new_id("req");
-    let policy = app.policy();
     let req = kept(&app, req);
-    let method = req.method().clone();
-    let target_text = req.uri().to_string();
-    let (agent, token) = match authenticate(&app, &policy, req.headers()).await {
-        Ok(found) => {
+    let mut outer = Outer::new(peer, req.method().clone(), req.uri().to_string());
+    let policy = app.policy();
+    match authenticate(&app, &policy, req.headers()).await {
+        Ok((agent, token)) => {
             // The connection is an agent's now: its address's count of strangers drops.
-            unauthenticated
+            conn.unauthenticated
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
-            found
+            outer.agent = Some(agent.id.clone());
+            outer.token = token;
         }
-        Err(refusal) => {
-            record_refusal(
-                &app,
-                (&request_id, started),
-                (None, peer),
-                "-",
-                &method,
-                &target_text,
-                &refusal,
-            )
-            .await;
-            return refusal.into_response(&request_id);
-        }
+        Err(refusal) => return refuse_outer(&app, &outer, refusal).await,
     };
-    if method == Method::CONNECT {
-        let who = (agent, peer, slot, token);
-        return connect(app, &policy, who, req, request_id, started).await;
+    if outer.method == Method::CONNECT {
+        return connect(app, &policy, outer, req, conn.slot).await;
     }
     let absolute = matches!(req.uri().scheme_str(), Some("http") | Some("https"));
     let Some(host) = req.uri().host().filter(|_| absolute) else {
@@ -333,76 +278,40 @@ async fn outer(
             "toolgate is a forward proxy: send requests through it with HTTPS_PROXY (CONNECT) or \
              HTTP_PROXY (absolute-form URLs), not to it directly",
         );
-        record_refusal(
-            &app,
-            (&request_id, started),
-            (Some(&agent.id), peer),
-            "-",
-            &method,
-            &target_text,
-            &refusal,
-        )
-        .await;
-        return refusal.into_response(&request_id);
+        return refuse_outer(&app, &outer, refusal).await;
     };
-    let host = host.to_string();
+    outer.host = host.to_string();
     let port = req.uri().port_u16();
-    plain_http(
-        app,
-        &policy,
-        (&agent, peer, token),
-        (&host, port),
-        req,
-        request_id,
-        started,
-    )
-    .await
+    plain_http(app, &policy, outer, port, req).await
 }
 
-/// A plain-HTTP request for `host` (absolute form, or a redirected connection's `Host`): sent
-/// upstream over TLS — toolgate never forwards a request, nor a credential, in clear text. Port
-/// 80 (or none) means the contract's TLS port.
+/// A plain-HTTP request for `outer.host` (absolute form, or a redirected connection's `Host`):
+/// sent upstream over TLS — toolgate never forwards a request, nor a credential, in clear
+/// text. Port 80 (or none) means the contract's TLS port.
 async fn plain_http(
     app: Arc<App>,
     policy: &Policy,
-    (agent, peer, token): (&Agent, SocketAddr, Option<Arc<crate::model::AgentToken>>),
-    (host, port): (&str, Option<u16>),
+    mut outer: Outer,
+    port: Option<u16>,
     req: Request<ProxyBody>,
-    request_id: String,
-    started: Instant,
 ) -> Response<ProxyBody> {
-    let host = host
+    outer.host = outer
+        .host
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_ascii_lowercase();
     let port = match port {
-        None | Some(80) => policy.port_for_host(&host).unwrap_or(443),
+        None | Some(80) => policy.port_for_host(&outer.host).unwrap_or(443),
         Some(p) => p,
     };
-    if let Err(refusal) = egress(&app, policy, &host, port).await {
-        let target_text = req.uri().to_string();
-        record_refusal(
-            &app,
-            (&request_id, started),
-            (Some(&agent.id), peer),
-            &host,
-            req.method(),
-            &target_text,
-            &refusal,
-        )
-        .await;
-        return refusal.into_response(&request_id);
+    if let Err(refusal) = egress(&app, policy, &outer.host, port).await {
+        return refuse_outer(&app, &outer, refusal).await;
     }
-    let target = Target {
-        agent_id: agent.id.clone(),
-        host,
-        port,
-        peer: peer.to_string(),
-        tunnel_id: new_id("conn"),
-        origin: Origin::Agent,
-        token,
-    };
-    handle(app, &target, req, request_id, started).await.0
+    let target = Target::of(&outer, port, new_id("conn"));
+    let started = outer.started;
+    handle(app, Arc::new(target), req, outer.request_id, started)
+        .await
+        .0
 }
 
 /// The egress phase: the host must be named by a contract, and must not resolve to a private
@@ -425,51 +334,27 @@ async fn egress(app: &App, policy: &Policy, host: &str, port: u16) -> Result<(),
 async fn connect(
     app: Arc<App>,
     policy: &Policy,
-    (agent, peer, connection, token): (
-        Arc<Agent>,
-        SocketAddr,
-        ConnectionSlot,
-        Option<Arc<crate::model::AgentToken>>,
-    ),
+    mut outer: Outer,
     req: Request<ProxyBody>,
-    request_id: String,
-    started: Instant,
+    connection: ConnectionSlot,
 ) -> Response<ProxyBody> {
     let authority = req.uri().authority().map(|a| a.as_str().to_string());
-    let (host, port, slot) = match admit_tunnel(&app, policy, &agent.id, authority.as_deref()).await
-    {
+    let agent = outer.agent.clone().unwrap_or_default();
+    let (port, slot) = match admit_tunnel(&app, policy, &mut outer, authority.as_deref()).await {
         Ok(admitted) => admitted,
-        Err(((host, port), target_text, refusal)) => {
-            record_refusal(
-                &app,
-                (&request_id, started),
-                (Some(&agent.id), peer),
-                &host,
-                &Method::CONNECT,
-                &target_text,
-                &refusal,
-            )
-            .await;
-            if refused_inside(&app, &refusal, (&host, port), peer) {
-                return refuse_inside(app, req, (host, refusal), connection);
+        Err((port, refusal)) => {
+            if refused_inside(&app, &refusal, &outer.host, port, outer.peer) {
+                record_outer(&app, &outer, &refusal).await;
+                return refuse_inside(app, req, outer.host, refusal, connection);
             }
-            return refusal.into_response(&request_id);
+            return refuse_outer(&app, &outer, refusal).await;
         }
     };
-    let target_text = upstream::authority(&host, port);
-    let target = Target {
-        agent_id: agent.id.clone(),
-        host,
-        port,
-        peer: peer.to_string(),
-        tunnel_id: new_id("tun"),
-        origin: Origin::Agent,
-        token,
-    };
+    let target = Target::of(&outer, port, new_id("tun"));
     info!(
-        request_id = %request_id, agent = %agent.id, host = %target.host, method = "CONNECT",
-        path = %target_text, decision = "tunnel", status = 200u16,
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0, "tunnel opened"
+        request_id = %outer.request_id, agent = %agent, host = %target.host, method = "CONNECT",
+        path = %outer.target, decision = "tunnel", status = 200u16,
+        latency_ms = outer.started.elapsed().as_secs_f64() * 1000.0, "tunnel opened"
     );
     let g = app.clone();
     app.tasks.spawn(async move {
@@ -482,36 +367,33 @@ async fn connect(
         }
     });
     let mut resp = Response::new(empty());
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
+    if let Ok(v) = HeaderValue::from_str(&outer.request_id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
     resp
 }
 
 /// Whether a CONNECT target may be tunnelled to: a HOST:PORT, past the egress check, within the
-/// agent's cap of tunnels. Refused: the host and port, the target as the refusal records it,
-/// and why.
+/// agent's cap of tunnels. The host and the target as the refusal records them are noted in
+/// `outer`; refused, the port with why.
 async fn admit_tunnel(
     app: &Arc<App>,
     policy: &Policy,
-    agent: &str,
+    outer: &mut Outer,
     authority: Option<&str>,
-) -> Result<(String, u16, crate::guard::TunnelSlot), ((String, u16), String, Refusal)> {
+) -> Result<(u16, crate::guard::TunnelSlot), (u16, Refusal)> {
     let Some((host, port)) = authority.and_then(|a| split_host_port(a, 443)) else {
-        let refusal = Refusal::policy("CONNECT needs a HOST:PORT target");
-        return Err((("-".into(), 0), "-".into(), refusal));
+        outer.target = "-".into();
+        return Err((0, Refusal::policy("CONNECT needs a HOST:PORT target")));
     };
-    let admitted = match egress(app, policy, &host, port).await {
+    outer.target = upstream::authority(&host, port);
+    outer.host = host;
+    let agent = outer.agent.as_deref().unwrap_or_default();
+    let admitted = match egress(app, policy, &outer.host, port).await {
         Ok(()) => app.caps.tunnel(agent).ok_or_else(|| tunnel_cap(app, agent)),
         Err(refusal) => Err(refusal),
     };
-    match admitted {
-        Ok(slot) => Ok((host, port, slot)),
-        Err(refusal) => {
-            let target_text = upstream::authority(&host, port);
-            Err(((host, port), target_text, refusal))
-        }
-    }
+    admitted.map(|slot| (port, slot)).map_err(|r| (port, r))
 }
 
 /// How many refused tunnels one address gets answered inside TLS per minute; past it, a refused
@@ -523,12 +405,7 @@ const REFUSED_INSIDE_PER_MINUTE: u32 = 60;
 /// port 443, within the address's budget. Clients and SDKs show a CONNECT's own status only as
 /// "tunnel failed, 403" and drop its body; inside the tunnel the refusal reaches them whole,
 /// status and JSON, as the transparent listener's refusals do.
-fn refused_inside(
-    app: &App,
-    refusal: &Refusal,
-    (host, port): (&str, u16),
-    peer: SocketAddr,
-) -> bool {
+fn refused_inside(app: &App, refusal: &Refusal, host: &str, port: u16, peer: SocketAddr) -> bool {
     let name_like = !host.is_empty()
         && host.parse::<IpAddr>().is_err()
         && host
@@ -547,7 +424,8 @@ fn refused_inside(
 fn refuse_inside(
     app: Arc<App>,
     req: Request<ProxyBody>,
-    (host, refusal): (String, Refusal),
+    host: String,
+    refusal: Refusal,
     connection: ConnectionSlot,
 ) -> Response<ProxyBody> {
     let g = app.clone();
@@ -706,7 +584,7 @@ where
             let started = Instant::now();
             let request_id = new_id("req");
             let req = kept(&app, req);
-            let (resp, _) = handle(app, &target, req, request_id, started).await;
+            let (resp, _) = handle(app, target, req, request_id, started).await;
             drop(in_flight);
             Ok::<_, Infallible>(resp)
         }
@@ -765,220 +643,3 @@ where
         }
     }
 }
-
-/// One request inside a tunnel (or in absolute form): every phase, then the record phase; a
-/// refusal from any phase is answered at the one rescue point, [`rescue`].
-async fn handle(
-    app: Arc<App>,
-    target: &Target,
-    req: Request<ProxyBody>,
-    request_id: String,
-    started: Instant,
-) -> (Response<ProxyBody>, Option<Code>) {
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let (job, job_refused) = match job_of(&app, target, req.headers()).await {
-        Ok(job) => (job, None),
-        Err(refusal) => (target.tunnel_id.clone(), Some(refusal)),
-    };
-    let mut trail = asked(&app, target, &req, (request_id.clone(), job));
-    let result = match job_refused {
-        Some(refusal) => Err(refusal),
-        None => request::process(&app, target, req, &mut trail).await,
-    };
-    let (mut resp, refused) = match result {
-        Ok(resp) => (resp, None),
-        Err(refusal) => {
-            let code = refusal.code;
-            (rescue(&app, &trail, refusal).await, Some(code))
-        }
-    };
-    // A path that recorded nothing else still records what was asked.
-    trail.flush(&app.audit).await;
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
-    }
-    let (decision, code) = match refused {
-        None => ("forwarded", ""),
-        Some(code) => ("refused", code.as_str()),
-    };
-    let tool_name = trail.tool.as_deref().unwrap_or("-");
-    let status = resp.status().as_u16();
-    app.metrics
-        .observe(tool_name, decision, status, started.elapsed().as_secs_f64());
-    info!(
-        request_id = %request_id, agent = %target.agent_id, peer = %target.peer, host = %target.host,
-        method = %method, path = %path, tool = tool_name, decision, code, status,
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0, "request"
-    );
-    (resp, refused)
-}
-
-/// The start of the record phase: a request's trail, holding what was asked until the next
-/// event of the request (or folded into one event with the answer of a read).
-fn asked(
-    app: &App,
-    target: &Target,
-    req: &Request<ProxyBody>,
-    (request_id, job): (String, String),
-) -> request::Trail {
-    let mut trail =
-        request::Trail::new(request_id, job, target.agent_id.clone(), app.audit.clone());
-    trail.token = target.token.as_ref().map(|t| t.id.clone());
-    let (undoes, asked_by) = match &target.origin {
-        Origin::Undo { of, by } => (Some(of.as_str()), Some(by.as_str())),
-        Origin::Agent => (None, None),
-    };
-    let mut asked = serde_json::json!({
-        "method": req.method().as_str(),
-        "host": target.host,
-        "port": target.port,
-        "path": crate::audit::cap_text(req.uri().path(), crate::audit::URI_CAP),
-        "query": crate::audit::cap_text(req.uri().query().unwrap_or(""), crate::audit::URI_CAP),
-        "peer": target.peer,
-        "undoes": undoes,
-        "asked_by": asked_by,
-    });
-    // Set apart: `json!` would copy the map through a serializer.
-    asked["headers"] = crate::audit::headers_json(req.headers());
-    trail.hold_request(asked);
-    trail
-}
-
-/// The one rescue point: a refusal from any phase is recorded and answered here, as JSON with
-/// its code (or, for an MCP message, as the JSON-RPC error its client reads).
-async fn rescue(app: &App, trail: &request::Trail, refusal: Refusal) -> Response<ProxyBody> {
-    let refusal = match &trail.tool {
-        Some(t) if refusal.tool.is_none() => refusal.with_tool(t.clone()),
-        _ => refusal,
-    };
-    if refusal.code.source() == crate::error::ErrorSource::Upstream {
-        warn!(request_id = %trail.request_id, error = %refusal.message, "upstream failure");
-    }
-    record_refused(app, trail, &refusal).await;
-    match &trail.mcp {
-        Some(reply) => mcp::refusal_answer(reply, &refusal),
-        None => refusal.into_response(&trail.request_id),
-    }
-}
-
-/// The record phase of a refused request: what was asked, then the refusal.
-async fn record_refused(app: &App, trail: &request::Trail, refusal: &Refusal) {
-    let code = refusal.code;
-    let mut rec = trail.rec(
-        "decision",
-        serde_json::json!({"outcome": "refused", "code": code.as_str(), "status": code.status().as_u16(), "message": refusal.message}),
-    );
-    rec.proposal = refusal.proposal.clone();
-    if code == Code::StoreUnavailable {
-        // The log's queue does not drain while it cannot be written: the refusal is recorded
-        // if there is room, and never waits for it.
-        trail.flush_if_room(&app.audit);
-        app.audit.record_if_room(rec);
-    } else {
-        trail.flush(&app.audit).await;
-        app.audit.record(rec).await;
-    }
-}
-
-/// The job a request belongs to: its `Toolgate-Job`, else its tunnel. A job belongs to the agent
-/// that named it first (or to agents of the same owner): another agent naming it is refused, so
-/// it cannot slip calls into someone else's story or rollback set.
-async fn job_of(app: &App, target: &Target, headers: &http::HeaderMap) -> Result<String, Refusal> {
-    if let Some(t) = &target.token {
-        // Checked on every request: an expiry or a revocation ends an open tunnel too.
-        let current = app
-            .principals
-            .token(&t.id)
-            .await
-            .map_err(|e| Refusal::internal(format!("the token store is unavailable ({e})")))?;
-        in_force(current.as_ref(), &t.id)?;
-        // A job-bound token's calls belong to its job.
-        if let Some(job) = &t.job {
-            return Ok(job.clone());
-        }
-    }
-    let Some(value) = headers.get("toolgate-job") else {
-        return Ok(target.tunnel_id.clone());
-    };
-    let job = value
-        .to_str()
-        .ok()
-        .filter(|j| crate::base::job_id_ok(j))
-        .ok_or_else(|| {
-            Refusal::new(
-                Code::ValidationError,
-                format!("Toolgate-Job must be {}", crate::base::JOB_ID_RULE),
-            )
-        })?;
-    // Toolgate's own calls (undos) carry the job of the call they undo.
-    if matches!(target.origin, Origin::Undo { .. }) {
-        return Ok(job.to_string());
-    }
-    let owner = app
-        .policy()
-        .agent(&target.agent_id)
-        .map(|a| a.owner.clone())
-        .unwrap_or_default();
-    match app.store.job_claim(job, &target.agent_id, &owner).await {
-        Ok(None) => Ok(job.to_string()),
-        Ok(Some(holder)) => Err(Refusal::policy(format!(
-            "job {job} belongs to agent {holder}; name a job of your own in Toolgate-Job"
-        ))),
-        Err(e) => Err(Refusal::internal(format!(
-            "the job store is unavailable ({e}); nothing was sent"
-        ))),
-    }
-}
-
-/// The record phase for refusals that happen before a tunnel exists. What one refusal records
-/// is capped, and a flood of one kind from one address is recorded as its first events plus a
-/// count: unauthenticated clients must not be able to fill the disk.
-async fn record_refusal(
-    app: &App,
-    (request_id, started): (&str, Instant),
-    (agent, peer): (Option<&str>, SocketAddr),
-    host: &str,
-    method: &Method,
-    path: &str,
-    refusal: &Refusal,
-) {
-    let (count, ended) = app.sources.count(peer.ip(), refusal.code.as_str());
-    if let Some(n) = ended.filter(|n| *n > REFUSALS_RECORDED_PER_MINUTE) {
-        app.audit.record(crate::audit::Record {
-            kind: "decision",
-            agent: agent.map(str::to_string),
-            payload: serde_json::json!({
-                "outcome": "refused", "code": refusal.code.as_str(), "peer": peer.ip().to_string(),
-                "repeated": n - REFUSALS_RECORDED_PER_MINUTE,
-                "note": "refusals of this kind from this address in the minute before, not recorded one by one",
-            }),
-            ..Default::default()
-        }).await;
-    }
-    if count <= REFUSALS_RECORDED_PER_MINUTE {
-        app.audit.record(crate::audit::Record {
-            kind: "decision",
-            request_id: Some(request_id.to_string()),
-            agent: agent.map(str::to_string),
-            payload: serde_json::json!({
-                "outcome": "refused", "code": refusal.code.as_str(), "status": refusal.code.status().as_u16(),
-                "message": crate::audit::cap_text(&refusal.message, crate::audit::URI_CAP),
-                "method": method.as_str(),
-                "host": crate::audit::cap_text(host, 256),
-                "target": crate::audit::cap_text(path, crate::audit::URI_CAP),
-                "peer": peer.ip().to_string(),
-            }),
-            ..Default::default()
-        }).await;
-    }
-    info!(
-        request_id = %request_id, agent = agent.unwrap_or("-"), host = %crate::audit::cap_text(host, 256), method = %method,
-        path = %crate::audit::cap_text(path, 256), tool = "-", decision = "refused", code = refusal.code.as_str(),
-        status = refusal.code.status().as_u16(),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0, "request"
-    );
-}
-
-/// Refusals of one kind from one address recorded one by one per minute; the rest are counted.
-const REFUSALS_RECORDED_PER_MINUTE: u32 = 20;

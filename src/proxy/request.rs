@@ -1,7 +1,7 @@
 //! The phases of one request inside a tunnel, each a function over the request's [`Call`]:
 //! identify, match (and the tool's kill switch), validate (authorize, query, body, rules,
 //! budget field, headers and credential), decide (deny, preview, propose, read, write). Each
-//! returns a [`Refusal`] to stop; the record phase (`super::handle`) runs on every exit.
+//! returns a [`Refusal`] to stop; the record phase (in `handle`) runs on every exit.
 
 use std::sync::Arc;
 
@@ -13,9 +13,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::body::{self, ProxyBody};
+use super::ctx::{RequestCtx, Target};
 use super::exchange::{self, CallEvent};
 use super::scrub::{Needles, Scrubbed};
-use super::Target;
 use crate::checks::{
     authorize, budget_amount, check_rules, forwarded_headers, idempotency_key, validate_body,
     validate_path, validate_query, validation,
@@ -33,7 +33,8 @@ use crate::App;
 /// How long an `Idempotency-Key` is remembered (Stripe's own window).
 const KEY_WINDOW_SECS: u64 = 24 * 3600;
 
-/// Everything the phases learn about one request, filled in as it goes.
+/// Everything the phases learn about one call, filled in as it goes: an HTTP request to a
+/// contracted path, or a tool call an adapter (MCP) read out of a message.
 pub(super) struct Call {
     agent: Arc<Agent>,
     tool: Arc<Tool>,
@@ -59,36 +60,52 @@ pub(super) struct Call {
     _buffered: BodyReservation,
 }
 
-/// The phases of one request inside a tunnel: identify, match, authorize and validate, then
-/// decide (deny, preview, propose, read or write).
-pub(super) async fn process(
-    app: &Arc<App>,
-    target: &Target,
-    req: Request<ProxyBody>,
-    trail: &mut Trail,
-) -> Result<Response<ProxyBody>, Refusal> {
-    recordable(app)?;
-    let policy = app.policy();
-    let agent = identify(app, &policy, target, req.method())?;
-    canonical(req.uri().path())?;
-    let endpoint = policy.mcp_endpoint(&target.host, target.port, req.uri().path());
-    if !endpoint.is_empty() {
-        return super::mcp::process(app, target, agent, endpoint, req, trail).await;
+impl Call {
+    /// The tool the call is for.
+    pub(super) fn tool(&self) -> &Arc<Tool> {
+        &self.tool
     }
-    let matched = match_tool(app, &policy, target, &req)?;
-    trail.tool = Some(matched.tool.name.clone());
-    trail.version = Some(matched.tool.version);
-    trail.owner = Some(agent.owner.clone());
-    let agent = crate::grants::for_tool(app, agent, &matched.tool.name).await?;
-    let call = validate(app, target, agent, matched, req).await?;
-    decide(app, target, call, trail).await
+
+    /// The arguments (an MCP call's) or the body as JSON.
+    pub(super) fn arguments(&self) -> &Value {
+        &self.body_json
+    }
+}
+
+/// A request's body, read whole within the caps, with its head.
+pub(super) struct Read {
+    pub(super) parts: http::request::Parts,
+    pub(super) body: Bytes,
+    /// The body's bytes held against the buffer caps until the call is done.
+    pub(super) buffered: BodyReservation,
+}
+
+/// What the decide phase ends with, for the adapter the call came through (HTTP, MCP) to write
+/// in its own form.
+pub(super) enum Answer {
+    /// Nothing was sent: the call, for a preview of what would have been.
+    Preview(Box<Call>),
+    /// The upstream's answer to a read, passed on as it comes.
+    Passed(Response<ProxyBody>),
+    /// A stored answer: of a write, of an earlier identical call, of an approved proposal.
+    Stored(Response<ProxyBody>),
+}
+
+impl Answer {
+    /// The answer as an HTTP client reads it.
+    pub(super) fn into_http(self, target: &Target) -> Response<ProxyBody> {
+        match self {
+            Answer::Preview(call) => preview(target, &call),
+            Answer::Passed(resp) | Answer::Stored(resp) => resp,
+        }
+    }
 }
 
 /// Audit before forward: while the audit log cannot be written (a batch the store refused is
 /// still being retried, or the shared store does not answer), nothing goes on, so nothing is
 /// sent that could not be recorded. Checked once, before every phase that could forward
 /// (MCP messages included); an approved call's commit fails closed on its durable event.
-fn recordable(app: &App) -> Result<(), Refusal> {
+pub(super) fn recordable(app: &App) -> Result<(), Refusal> {
     match app.audit.writable() {
         true => Ok(()),
         false => Err(Refusal::store_unavailable()),
@@ -96,17 +113,16 @@ fn recordable(app: &App) -> Result<(), Refusal> {
 }
 
 /// The identify phase: the agent, looked up per request so that a reload or a kill switch
-/// takes effect on open tunnels too.
-fn identify(
+/// takes effect on open tunnels too; and the path, which must be canonical.
+pub(super) fn identify(
     app: &App,
-    policy: &Policy,
-    target: &Target,
-    method: &Method,
+    ctx: &mut RequestCtx,
+    req: &Request<ProxyBody>,
 ) -> Result<Arc<Agent>, Refusal> {
-    let agent = policy
-        .agent(&target.agent_id)
-        .cloned()
-        .ok_or_else(|| Refusal::auth_error("this agent is no longer defined in the policies"))?;
+    let agent =
+        ctx.policy.agent(ctx.agent()).cloned().ok_or_else(|| {
+            Refusal::auth_error("this agent is no longer defined in the policies")
+        })?;
     if let Some(k) = app.kill.get(&KillTarget::Agent(agent.id.clone())) {
         return Err(Refusal::new(
             Code::ToolDisabled,
@@ -116,25 +132,41 @@ fn identify(
             ),
         ));
     }
-    if method == Method::CONNECT {
+    if req.method() == Method::CONNECT {
         return Err(Refusal::policy(
             "CONNECT inside a tunnel is not allowed; open one tunnel per host through toolgate",
         ));
     }
+    canonical(req.uri().path())?;
+    ctx.owner = Some(agent.owner.clone());
     Ok(agent)
 }
 
-/// The match phase: a canonical path, the one contract it matches, and that tool's kill switch.
+/// The phases of a request to a contracted path: match, authorize and validate, then decide.
+pub(super) async fn process(
+    app: &Arc<App>,
+    ctx: &mut RequestCtx,
+    agent: Arc<Agent>,
+    req: Request<ProxyBody>,
+) -> Result<Answer, Refusal> {
+    let matched = match_tool(app, ctx, &req)?;
+    ctx.matched(&matched.tool);
+    let agent = crate::grants::for_tool(app, agent, &matched.tool.name).await?;
+    let call = validate(app, ctx, agent, matched, req).await?;
+    decide(app, ctx, call).await
+}
+
+/// The match phase: the one contract the path matches, and that tool's kill switch.
 fn match_tool(
     app: &App,
-    policy: &Policy,
-    target: &Target,
+    ctx: &RequestCtx,
     req: &Request<ProxyBody>,
 ) -> Result<crate::policy::Matched, Refusal> {
-    let path = req.uri().path();
-    let matched = policy
+    let (target, path) = (&ctx.target, req.uri().path());
+    let matched = ctx
+        .policy
         .match_tool(&target.host, target.port, req.method(), path)
-        .ok_or_else(|| no_match(policy, target, req.method(), path))?;
+        .ok_or_else(|| no_match(&ctx.policy, target, req.method(), path))?;
     tool_enabled(app, &matched.tool)?;
     Ok(matched)
 }
@@ -162,14 +194,16 @@ pub(super) fn tool_enabled(app: &App, tool: &Tool) -> Result<(), Refusal> {
     }
 }
 
-/// An MCP tool call read from its JSON-RPC message: the authorize and validate phases with the
-/// arguments in the place of a body (the body read is the message, sent as it is).
-pub(super) fn mcp_call(
-    target: &Target,
+/// A tool call an adapter read from a message (an MCP `tools/call`): the authorize and
+/// validate phases with the arguments in the place of a body (the body read is the message,
+/// sent as it is).
+pub(super) fn arguments_call(
+    ctx: &RequestCtx,
     agent: Arc<Agent>,
     tool: Arc<Tool>,
-    (parts, body, buffered): (http::request::Parts, Bytes, BodyReservation),
-    (id, arguments): (Value, Value),
+    read: Read,
+    id: Value,
+    arguments: Value,
 ) -> Result<Call, Refusal> {
     let params = Default::default();
     let credential = authorize(&agent, &tool, &params)?;
@@ -181,12 +215,16 @@ pub(super) fn mcp_call(
             .check(&arguments)
             .map_err(|e| validation(format!("MCP tool {} arguments: {e}", mcp.name)))?;
     }
+    let Read {
+        parts,
+        body,
+        buffered,
+    } = read;
     check_rules(&agent, &tool, &parts, &params, &Value::Null, &arguments)?;
     let amount = budget_amount(&tool, &arguments)?;
     let headers = upstream_headers(&tool, &parts.headers, credential.as_deref())?;
     let path_and_query = path_and_query(&parts);
     let body_event = arguments_event(&tool, &arguments);
-    let undo_of = undo_of(target);
     Ok(Call {
         agent,
         tool,
@@ -200,7 +238,7 @@ pub(super) fn mcp_call(
         path_and_query,
         headers,
         body_event,
-        undo_of,
+        undo_of: ctx.target.undoes().map(str::to_string),
         mcp_id: Some(id),
         started: std::time::Instant::now(),
         _buffered: buffered,
@@ -231,14 +269,6 @@ pub(super) fn path_and_query(parts: &http::request::Parts) -> String {
         .unwrap_or_else(|| parts.uri.path().to_string())
 }
 
-/// The call being undone, when toolgate itself sends an undo.
-fn undo_of(target: &Target) -> Option<String> {
-    match &target.origin {
-        super::Origin::Undo { of, .. } => Some(of.clone()),
-        super::Origin::Agent => None,
-    }
-}
-
 /// An MCP call's arguments as the audit log records them (fields the contract names redacted).
 fn arguments_event(tool: &Tool, arguments: &Value) -> Value {
     let mut v = arguments.clone();
@@ -255,7 +285,7 @@ fn arguments_event(tool: &Tool, arguments: &Value) -> Value {
 /// the caps), rules, the budget field and the headers that go upstream.
 async fn validate(
     app: &App,
-    target: &Target,
+    ctx: &RequestCtx,
     agent: Arc<Agent>,
     matched: crate::policy::Matched,
     req: Request<ProxyBody>,
@@ -265,14 +295,17 @@ async fn validate(
     validate_path(&tool, &matched.params)?;
     let (parts, incoming) = req.into_parts();
     let query = validate_query(&tool, parts.uri.query())?;
-    let (body, buffered) = read_body(app, &agent.id, &tool, &parts.headers, incoming).await?;
+    let Read {
+        parts,
+        body,
+        buffered,
+    } = read_body(app, &agent.id, &tool, parts, incoming).await?;
     let body_json = validate_body(&tool, &parts.headers, &body)?;
     check_rules(&agent, &tool, &parts, &matched.params, &query, &body_json)?;
     let amount = budget_amount(&tool, &body_json)?;
     let headers = upstream_headers(&tool, &parts.headers, credential.as_deref())?;
     let path_and_query = path_and_query(&parts);
     let body_event = body_event(&tool, &body, &body_json);
-    let undo_of = undo_of(target);
     Ok(Call {
         agent,
         tool,
@@ -286,7 +319,7 @@ async fn validate(
         path_and_query,
         headers,
         body_event,
-        undo_of,
+        undo_of: ctx.target.undoes().map(str::to_string),
         mcp_id: None,
         started: std::time::Instant::now(),
         _buffered: buffered,
@@ -310,14 +343,12 @@ fn body_event(tool: &Tool, body: &Bytes, body_json: &Value) -> Value {
 /// The decide phase: deny, preview, hold for approval, or send (a read, or a write).
 pub(super) async fn decide(
     app: &Arc<App>,
-    target: &Target,
+    ctx: &RequestCtx,
     mut call: Call,
-    trail: &Trail,
-) -> Result<Response<ProxyBody>, Refusal> {
+) -> Result<Answer, Refusal> {
     let tool = call.tool.clone();
     if let Some(g) = call.agent.grant(&tool.name) {
-        trail
-            .record_beside(&app.audit, "grant.used", crate::grants::facts(g))
+        ctx.record_beside("grant.used", crate::grants::facts(g))
             .await;
     }
     if tool.mode == Mode::Deny {
@@ -337,26 +368,8 @@ pub(super) async fn decide(
         && (tool.mode == Mode::DryRun
             || (tool.side_effects != SideEffects::None && (call.agent.dry_run || asked_dry_run)));
     if dry_run {
-        trail
-            .record(&app.audit, "decision", decision("dry_run", &call))
-            .await;
-        if let Some(id) = &call.mcp_id {
-            return Ok(super::mcp::preview(
-                id,
-                &tool,
-                &call.body_json,
-                &target.host,
-            ));
-        }
-        return Ok(preview(
-            target,
-            &tool,
-            &call.parts.method,
-            &call.path_and_query,
-            &call.headers,
-            &call.body,
-            call.credential.as_deref(),
-        ));
+        ctx.record("decision", decision("dry_run", &call)).await;
+        return Ok(Answer::Preview(Box::new(call)));
     }
     // Limits that hold for calls held for approval as much as for calls sent at once.
     let key = idempotency_key(&tool, &call.parts.headers)?.map(str::to_string);
@@ -365,14 +378,16 @@ pub(super) async fn decide(
         if let Some(cred) = &call.credential {
             call.headers.remove(&cred.header);
         }
-        trail.flush(&app.audit).await;
-        return propose(app, target, &call, trail).await;
+        ctx.flush().await;
+        return propose(app, ctx, &call).await.map(Answer::Stored);
     }
     if tool.side_effects == SideEffects::None {
-        return read(app, target, call, trail).await;
+        return read(app, ctx, call).await.map(Answer::Passed);
     }
-    trail.flush(&app.audit).await;
-    write(app, target, call, key.as_deref(), trail).await
+    ctx.flush().await;
+    write(app, ctx, call, key.as_deref())
+        .await
+        .map(Answer::Stored)
 }
 
 /// The payload of a call's `decision` event when it goes on (sent, or previewed).
@@ -421,18 +436,17 @@ fn outgoing(call: &mut Call) -> Request<ProxyBody> {
 /// Holds the call for a person: a new or joined proposal.
 async fn propose(
     app: &Arc<App>,
-    target: &Target,
+    ctx: &RequestCtx,
     call: &Call,
-    trail: &Trail,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let payload = payload_sha(call);
     let proposal = crate::approval::Call {
         agent: &call.agent,
         tool: &call.tool,
-        request_id: &trail.request_id,
-        job: trail.job.clone(),
-        host: &target.host,
-        port: target.port,
+        request_id: &ctx.id,
+        job: ctx.job.clone(),
+        host: &ctx.target.host,
+        port: ctx.target.port,
         method: &call.parts.method,
         path_and_query: &call.path_and_query,
         headers: &call.headers,
@@ -441,22 +455,17 @@ async fn propose(
         summary_ctx: json!({"body": call.body_json, "arguments": call.body_json, "params": call.params, "query": call.query}),
         redactor: &app.audit.redactor,
         budget_amount: call.amount,
-        token: trail.token.as_deref(),
+        token: ctx.token.as_deref(),
     };
     crate::approval::propose_and_wait(app, proposal).await
 }
 
 /// A call without side effects: sent at once, its answer streamed back, secrets cut out.
-async fn read(
-    app: &App,
-    target: &Target,
-    mut call: Call,
-    trail: &Trail,
-) -> Result<Response<ProxyBody>, Refusal> {
+async fn read(app: &App, ctx: &RequestCtx, mut call: Call) -> Result<Response<ProxyBody>, Refusal> {
     let tool = call.tool.clone();
     app.limiter.admit(&call.agent.id, &tool).await?;
-    let event = trail.call_event(&app.audit, decision("allowed", &call), call.started);
-    let (resp, event) = exchange::forward(app, target, outgoing(&mut call), event).await?;
+    let event = CallEvent::of(ctx, decision("allowed", &call), call.started);
+    let (resp, event) = exchange::forward(app, &ctx.target, outgoing(&mut call), event).await?;
     let (mut parts, body) = resp.into_parts();
     // The injected credential never reaches the agent, even if the upstream echoes it.
     let needles = Needles::new(call.credential.iter().flat_map(|c| {
@@ -469,10 +478,10 @@ async fn read(
     let body = Scrubbed::new(body, needles);
     let latency_ms = call.started.elapsed().as_millis() as u64;
     if tool.kind == ToolKind::Model {
-        return Ok(model_answer(app, target, &call, trail, event, parts, body).await);
+        return Ok(model_answer(app, ctx, &call, event, parts, body).await);
     }
     if let Some(spec) = &tool.response {
-        return contracted_read(event, (parts, body), spec, latency_ms).await;
+        return contracted_read(event, parts, body, spec, latency_ms).await;
     }
     // One event tells the whole read: what was asked, the decision, and the answer (whose
     // body streams to the agent and is not kept).
@@ -493,7 +502,8 @@ const CONTRACTED_ANSWER_CAP: usize = 16 * 1024 * 1024;
 /// the hidden fields out, and the audit keeps the kept fields (a schema mismatch is an event).
 async fn contracted_read(
     mut event: CallEvent,
-    (mut parts, mut body): (http::response::Parts, Scrubbed<hyper::body::Incoming>),
+    mut parts: http::response::Parts,
+    mut body: Scrubbed<hyper::body::Incoming>,
     spec: &crate::policy::response::ResponseSpec,
     latency_ms: u64,
 ) -> Result<Response<ProxyBody>, Refusal> {
@@ -553,9 +563,8 @@ async fn contracted_read(
 /// A model provider's answer: streamed as it comes, its usage recorded when it ends.
 async fn model_answer(
     app: &App,
-    target: &Target,
+    ctx: &RequestCtx,
     call: &Call,
-    trail: &Trail,
     event: CallEvent,
     parts: http::response::Parts,
     body: Scrubbed<hyper::body::Incoming>,
@@ -566,7 +575,7 @@ async fn model_answer(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let audit = app.audit.clone();
-    let provider = super::model::provider(&target.host);
+    let provider = super::model::provider(&ctx.target.host);
     let asked_model = call
         .body_json
         .get("model")
@@ -574,7 +583,7 @@ async fn model_answer(
         .map(str::to_string);
     let status = parts.status.as_u16();
     let headers_event = crate::audit::headers_json(&parts.headers);
-    let base = trail.rec("model_usage", Value::Null);
+    let base = ctx.rec("model_usage", Value::Null);
     let started = call.started;
     let tap = super::model::UsageTap::new(
         body,
@@ -603,10 +612,9 @@ async fn model_answer(
 /// the one commit routine.
 async fn write(
     app: &Arc<App>,
-    target: &Target,
+    ctx: &RequestCtx,
     call: Call,
     key: Option<&str>,
-    trail: &Trail,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let (agent, tool) = (call.agent.clone(), call.tool.clone());
     let payload = payload_sha(&call);
@@ -622,7 +630,7 @@ async fn write(
     let guard = app.locks.lock(LockKey::Call(idem_id.clone())).await;
     let earlier = app.store.idem_get(&idem_id).await.map_err(idem_store_err)?;
     if let Some(answer) =
-        earlier_answer(app, &tool, earlier.as_ref(), window_secs, &payload, trail).await?
+        earlier_answer(ctx, &tool, earlier.as_ref(), window_secs, &payload).await?
     {
         return answer;
     }
@@ -634,7 +642,7 @@ async fn write(
         state: IdemState::InFlight,
         payload_sha256: payload,
         created_unix: now_unix(),
-        request_id: trail.request_id.clone(),
+        request_id: ctx.id.clone(),
         outcome: None,
     };
     // Compare-and-set against the record read above: of two identical calls racing (on two
@@ -657,9 +665,18 @@ async fn write(
     // Marked in flight: from here the commit and what settles it run as a task of their own,
     // so that a client going away (hyper drops this future) cannot leave the call in flight
     // with its answer unrecorded (a retry then gets the stored answer).
-    let settling = (idem_id, rec, charged, guard);
-    let detached = (app.clone(), target.clone(), trail.detached());
-    let settled = app.tasks.spawn(commit_and_settle(detached, call, settling));
+    let settling = Settling {
+        idem_id,
+        rec,
+        charged,
+        _guard: guard,
+    };
+    let settled = app.tasks.spawn(commit_and_settle(
+        app.clone(),
+        ctx.detached(),
+        call,
+        settling,
+    ));
     settled.await.unwrap_or_else(|e| {
         Err(Refusal::internal(format!(
             "the commit ended without an answer ({e}); its outcome is unknown"
@@ -667,24 +684,33 @@ async fn write(
     })
 }
 
+/// A write marked in flight, until it is settled: its idempotency record, the budget charged,
+/// and the key's lock.
+struct Settling {
+    idem_id: String,
+    rec: IdemRecord,
+    charged: crate::limits::Charge,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
 /// A write marked in flight: committed, then its idempotency record settled (cleared when
 /// nothing was sent, else the outcome stored), the key's lock held until then.
 async fn commit_and_settle(
-    (app, target, trail): (Arc<App>, Target, Trail),
+    app: Arc<App>,
+    ctx: RequestCtx,
     mut call: Call,
-    (idem_id, mut rec, charged, _guard): (
-        String,
-        IdemRecord,
-        crate::limits::Charge,
-        tokio::sync::OwnedMutexGuard<()>,
-    ),
+    settling: Settling,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let app = app.as_ref();
-    trail
-        .record(&app.audit, "decision", decision("allowed", &call))
-        .await;
+    let Settling {
+        idem_id,
+        mut rec,
+        charged,
+        _guard,
+    } = settling;
+    ctx.record("decision", decision("allowed", &call)).await;
     let request = outgoing(&mut call);
-    let commit = commit_of(&target, &call, &trail, (request, charged));
+    let commit = commit_of(&ctx, &call, request, charged);
     let sent = match crate::commit::send(app, commit).await {
         Ok(sent) => sent,
         Err(failed) if failed.sent_nothing() => {
@@ -702,7 +728,7 @@ async fn commit_and_settle(
     if let Err(e) = app.store.idem_put(&idem_id, &rec).await {
         // The call executed; the agent gets its answer. A retry finds it in flight and is
         // refused as unknown rather than executed twice.
-        tracing::error!(request_id = %trail.request_id, error = %e, "could not store the outcome of a committed call");
+        tracing::error!(request_id = %ctx.id, error = %e, "could not store the outcome of a committed call");
     }
     // The agent gets the answer (hidden fields out); a duplicate gets what is stored.
     Ok(replay_first(&sent.shown))
@@ -717,12 +743,11 @@ fn idem_store_err(e: crate::store::StoreError) -> Refusal {
 /// The answer an identical earlier call already got (or why it cannot be given), if one is
 /// remembered within the window.
 async fn earlier_answer(
-    app: &App,
+    ctx: &RequestCtx,
     tool: &Tool,
     earlier: Option<&IdemRecord>,
     window_secs: u64,
     payload: &str,
-    trail: &Trail,
 ) -> Result<Option<Result<Response<ProxyBody>, Refusal>>, Refusal> {
     let Some(rec) = earlier.cloned() else {
         return Ok(None);
@@ -741,7 +766,7 @@ async fn earlier_answer(
     }
     Ok(Some(match (rec.state, rec.outcome) {
         (IdemState::Done, Some(outcome)) => {
-            trail.record(&app.audit,
+            ctx.record(
                 "idempotent_replay",
                 json!({"original_request": rec.request_id, "status": outcome.status}),
             ).await;
@@ -762,13 +787,14 @@ async fn earlier_answer(
 
 /// What the commit routine needs to know about a call sent at once.
 fn commit_of<'a>(
-    target: &'a Target,
+    ctx: &'a RequestCtx,
     call: &'a Call,
-    trail: &'a Trail,
-    (request, charged): (Request<ProxyBody>, crate::limits::Charge),
+    request: Request<ProxyBody>,
+    charged: crate::limits::Charge,
 ) -> crate::commit::Commit<'a> {
+    let target = &ctx.target;
     crate::commit::Commit {
-        who: trail.rec("commit", Value::Null),
+        who: ctx.rec("commit", Value::Null),
         commit_payload: json!({
             "method": call.parts.method.as_str(),
             "url": format!("https://{}{}", upstream::authority(&target.host, target.port), call.path_and_query),
@@ -779,9 +805,9 @@ fn commit_of<'a>(
         port: target.port,
         request,
         ledger: crate::ledger::CommitFacts {
-            request_id: &trail.request_id,
+            request_id: &ctx.id,
             proposal: None,
-            job: &trail.job,
+            job: &ctx.job,
             agent: &call.agent.id,
             tool: &call.tool.name,
             tool_version: call.tool.version,
@@ -810,153 +836,6 @@ fn replay_first(outcome: &Outcome) -> Response<ProxyBody> {
     crate::model::stored_answer(outcome)
 }
 
-/// Who and what a request is about, for its audit events. The request's own event is held
-/// until the next event of the request is recorded (then it goes first), or folded with the
-/// decision and the answer into one event when the call is a read sent at once (then the
-/// forward phase takes it, [`super::exchange`]).
-///
-/// A guard too: hyper drops a request's future when its client goes away, and a trail dropped
-/// with its request's event still held records it then, marked `client_gone`.
-pub(crate) struct Trail {
-    pub request_id: String,
-    pub job: String,
-    pub agent: String,
-    pub owner: Option<String>,
-    pub tool: Option<String>,
-    pub version: Option<u32>,
-    /// The id of the issued token the request came in with.
-    pub token: Option<String>,
-    /// An MCP message: how a refusal is written (inside JSON-RPC rather than as HTTP).
-    pub mcp: Option<super::mcp::Reply>,
-    /// The request's event, not yet recorded.
-    held: std::sync::Mutex<Option<crate::audit::Record>>,
-    /// Where the held event goes if the request is dropped.
-    audit: Arc<crate::audit::Audit>,
-}
-
-impl Trail {
-    pub fn new(
-        request_id: String,
-        job: String,
-        agent: String,
-        audit: Arc<crate::audit::Audit>,
-    ) -> Trail {
-        Trail {
-            request_id,
-            job,
-            agent,
-            owner: None,
-            tool: None,
-            version: None,
-            token: None,
-            mcp: None,
-            held: std::sync::Mutex::new(None),
-            audit,
-        }
-    }
-
-    pub fn rec(&self, kind: &'static str, payload: Value) -> crate::audit::Record {
-        crate::audit::Record {
-            kind,
-            request_id: Some(self.request_id.clone()),
-            job: Some(self.job.clone()),
-            proposal: None,
-            agent: Some(self.agent.clone()),
-            owner: self.owner.clone(),
-            tool: self.tool.clone(),
-            tool_version: self.version,
-            token: self.token.clone(),
-            payload,
-            at_ms: 0,
-        }
-    }
-
-    /// Holds the request's own event (stamped now, the request's time).
-    pub fn hold_request(&self, payload: Value) {
-        let mut rec = self.rec("request", payload);
-        rec.at_ms = crate::base::now_ms();
-        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(rec);
-    }
-
-    /// The held request event, if it is still held.
-    pub(super) fn take_request(&self) -> Option<crate::audit::Record> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-
-    /// Records the held request event, if any is still held. It stays held while the queue
-    /// has no room, so that a request dropped meanwhile still records it.
-    pub async fn flush(&self, audit: &crate::audit::Audit) {
-        audit.record_from(|| self.take_request()).await;
-    }
-
-    /// Records the held request event without waiting for room (see
-    /// [`crate::audit::Audit::record_if_room`]).
-    pub fn flush_if_room(&self, audit: &crate::audit::Audit) {
-        if let Some(rec) = self.take_request() {
-            audit.record_if_room(rec);
-        }
-    }
-
-    /// A copy for a task of its own (what it records comes after the request's own event,
-    /// which stays here).
-    pub(super) fn detached(&self) -> Trail {
-        let mut t = Trail::new(
-            self.request_id.clone(),
-            self.job.clone(),
-            self.agent.clone(),
-            self.audit.clone(),
-        );
-        t.owner = self.owner.clone();
-        t.tool = self.tool.clone();
-        t.version = self.version;
-        t.token = self.token.clone();
-        t.mcp = self.mcp.clone();
-        t
-    }
-
-    /// The events of this request's call as it is forwarded, its own event taken from the
-    /// trail into them (the forward phase records them, whatever happens to the client).
-    pub(super) fn call_event(
-        &self,
-        audit: &Arc<crate::audit::Audit>,
-        decision: Value,
-        started: std::time::Instant,
-    ) -> CallEvent {
-        let who = (self.take_request(), self.rec("decision", Value::Null));
-        CallEvent::new(audit, who, decision, started)
-    }
-
-    /// Records an event of this request, after the request's own event.
-    pub async fn record(&self, audit: &crate::audit::Audit, kind: &'static str, payload: Value) {
-        self.flush(audit).await;
-        self.record_beside(audit, kind, payload).await;
-    }
-
-    /// Records an event of this request while its own event stays held, so that a read is
-    /// still told in one event after it: what let the request through (a grant's use).
-    pub async fn record_beside(
-        &self,
-        audit: &crate::audit::Audit,
-        kind: &'static str,
-        payload: Value,
-    ) {
-        audit.record(self.rec(kind, payload)).await;
-    }
-}
-
-impl Drop for Trail {
-    /// The record phase of a request dropped mid-way (its client went away): what was asked is
-    /// recorded all the same, without waiting (a drop cannot).
-    fn drop(&mut self) {
-        if let Some(mut rec) = self.take_request() {
-            if let Value::Object(m) = &mut rec.payload {
-                m.insert("client_gone".into(), Value::Bool(true));
-            }
-            self.audit.record_now(rec);
-        }
-    }
-}
-
 fn idem_id(kind: &str, agent: &str, tool: &str, key: &str) -> String {
     let mut h = Sha256::new();
     for part in [kind, agent, tool, key] {
@@ -973,9 +852,10 @@ pub(super) async fn read_body(
     app: &App,
     agent: &str,
     tool: &Tool,
-    headers: &HeaderMap,
+    parts: http::request::Parts,
     body: ProxyBody,
-) -> Result<(Bytes, BodyReservation), Refusal> {
+) -> Result<Read, Refusal> {
+    let headers = &parts.headers;
     let limit = tool.max_body_bytes;
     let too_large = || {
         Refusal::new(
@@ -1026,7 +906,11 @@ pub(super) async fn read_body(
         Ok(out.freeze())
     };
     match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(bytes)) => Ok((bytes, reservation)),
+        Ok(Ok(body)) => Ok(Read {
+            parts,
+            body,
+            buffered: reservation,
+        }),
         Ok(Err(refusal)) => Err(refusal),
         Err(_) => Err(Refusal::new(
             Code::RequestTimeout,
@@ -1039,17 +923,11 @@ pub(super) async fn read_body(
 }
 
 /// The dry-run answer: the request toolgate would send, secrets redacted, nothing sent.
-fn preview(
-    target: &Target,
-    tool: &Tool,
-    method: &Method,
-    path_and_query: &str,
-    headers: &HeaderMap,
-    body: &Bytes,
-    credential: Option<&Credential>,
-) -> Response<ProxyBody> {
+fn preview(target: &Target, call: &Call) -> Response<ProxyBody> {
+    let (tool, credential) = (&call.tool, call.credential.as_deref());
+    let (body, path_and_query) = (&call.body, &call.path_and_query);
     let mut shown = serde_json::Map::new();
-    for (name, value) in headers {
+    for (name, value) in &call.headers {
         let text = value.to_str().unwrap_or("<binary>");
         let secret = credential.is_some_and(|c| name == c.header || text.contains(c.secret()));
         let text = if secret || value.is_sensitive() {
@@ -1074,7 +952,7 @@ fn preview(
         "tool": tool.name,
         "version": tool.version,
         "request": {
-            "method": method.as_str(),
+            "method": call.parts.method.as_str(),
             "url": format!("https://{}{}", upstream::authority(&target.host, target.port), path_and_query),
             "headers": shown,
             "body": body_text,

@@ -16,8 +16,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, warn};
 
 use super::{
-    client_hello, detect, egress, finish_handshake, plain_http, record_refusal, serve_http,
-    serve_inner, Origin, Protocol, Rewind, Target,
+    client_hello, detect, egress, finish_handshake, plain_http, record_outer, refuse_outer,
+    serve_http, serve_inner, Outer, Protocol, Rewind, Target,
 };
 use crate::base::new_id;
 use crate::error::{Code, Refusal};
@@ -163,7 +163,7 @@ async fn serve(
     let io = Rewind::new(prefix, io);
     match protocol {
         Protocol::Http => plain(app, agent, peer, dst, io, activity).await,
-        Protocol::Tls => tls(app, agent, (peer, dst), io, activity, started).await,
+        Protocol::Tls => tls(app, agent, peer, dst, io, activity, started).await,
     }
 }
 
@@ -182,7 +182,8 @@ fn unknown_source(peer: SocketAddr) -> Refusal {
 async fn tls<T>(
     app: Arc<App>,
     agent: Option<Arc<Agent>>,
-    (peer, dst): (SocketAddr, SocketAddr),
+    peer: SocketAddr,
+    dst: SocketAddr,
     io: T,
     activity: Arc<Activity>,
     started: Instant,
@@ -195,23 +196,16 @@ async fn tls<T>(
         return;
     };
     let policy = app.policy();
-    let request_id = new_id("req");
-    let agent_id = agent.as_ref().map(|a| a.id.clone());
+    let mut outer = Outer::new(peer, http::Method::CONNECT, "-".into());
+    outer.started = started;
+    outer.agent = agent.as_ref().map(|a| a.id.clone());
     let refuse = |refusal: Refusal, host: String| {
-        let (app, request_id, agent_id) = (app.clone(), request_id.clone(), agent_id.clone());
+        let (app, mut outer) = (app.clone(), outer.clone());
         async move {
-            let target = format!("{host}:{}", dst.port());
-            warn!(%peer, %host, code = refusal.code.as_str(), "transparent connection refused: {}", refusal.message);
-            record_refusal(
-                &app,
-                (&request_id, started),
-                (agent_id.as_deref(), peer),
-                &host,
-                &http::Method::CONNECT,
-                &target,
-                &refusal,
-            )
-            .await;
+            outer.target = format!("{host}:{}", dst.port());
+            outer.host = host;
+            warn!(%peer, host = %outer.host, code = refusal.code.as_str(), "transparent connection refused: {}", refusal.message);
+            record_outer(&app, &outer, &refusal).await;
         }
     };
     let Some(host) = start
@@ -240,16 +234,9 @@ async fn tls<T>(
         return;
     };
     match admitted {
-        Ok((agent, _slot)) => {
-            let target = Target {
-                agent_id: agent.id.clone(),
-                host,
-                port: dst.port(),
-                peer: peer.to_string(),
-                tunnel_id: new_id("tun"),
-                origin: Origin::Agent,
-                token: None,
-            };
+        Ok((_agent, _slot)) => {
+            outer.host = host;
+            let target = Target::of(&outer, dst.port(), new_id("tun"));
             serve_inner(app.clone(), Arc::new(target), tls, activity).await;
         }
         Err(refusal) => {
@@ -269,25 +256,17 @@ async fn plain_request(
     req: http::Request<hyper::body::Incoming>,
 ) -> http::Response<crate::base::body::ProxyBody> {
     let req = super::kept(&app, req);
-    let started = Instant::now();
-    let request_id = new_id("req");
+    let mut outer = Outer::new(peer, req.method().clone(), req.uri().to_string());
+    outer.agent = agent.as_ref().map(|a| a.id.clone());
     let host = req
         .headers()
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| crate::base::split_host_port(h, default_port));
     let policy = app.policy();
-    if let (Some(agent), Some((host, port))) = (&agent, &host) {
-        return plain_http(
-            app.clone(),
-            &policy,
-            (agent, peer, None),
-            (host, Some(*port)),
-            req,
-            request_id,
-            started,
-        )
-        .await;
+    if let (Some(_), Some((host, port))) = (&agent, host.clone()) {
+        outer.host = host;
+        return plain_http(app.clone(), &policy, outer, Some(port), req).await;
     }
     // A known source without a Host header is still that agent's refusal.
     let refusal = match &agent {
@@ -297,19 +276,10 @@ async fn plain_request(
             "a plain-HTTP request needs a Host header naming the API",
         ),
     };
-    let host = host.map(|(h, _)| h).unwrap_or_else(|| "-".into());
-    let target = req.uri().to_string();
-    record_refusal(
-        &app,
-        (&request_id, started),
-        (agent.as_ref().map(|a| a.id.as_str()), peer),
-        &host,
-        req.method(),
-        &target,
-        &refusal,
-    )
-    .await;
-    refusal.into_response(&request_id)
+    if let Some((host, _)) = host {
+        outer.host = host;
+    }
+    refuse_outer(&app, &outer, refusal).await
 }
 
 /// Plain HTTP on a redirected port 80: each request's `Host` names its API; it is sent upstream
