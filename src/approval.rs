@@ -299,7 +299,7 @@ fn new_proposal(held: &Held<'_>, identity: String) -> Proposal {
     let spec = &held.tool.approval;
     let mut ctx = held.summary_ctx.clone();
     ctx["agent"] = json!({"id": held.agent.id, "owner": held.agent.owner, "tenant": held.agent.tenant, "environment": held.agent.environment});
-    let summary = match &held.tool.def.summary {
+    let summary = match &held.tool.summary {
         Some(t) => render_summary(t, &ctx),
         None => format!("{} {}", held.call.method, held.call.path_and_query),
     };
@@ -309,7 +309,7 @@ fn new_proposal(held: &Held<'_>, identity: String) -> Proposal {
         version: 0,
         tool: held.tool.name.clone(),
         tool_version: held.tool.version,
-        risk: held.tool.def.risk.clone().unwrap_or_default(),
+        risk: held.tool.risk_text().to_string(),
         agent: held.agent.id.clone(),
         owner: held.agent.owner.clone(),
         environment: held.agent.environment.clone(),

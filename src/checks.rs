@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 use crate::base::strip_hop_by_hop;
 use crate::error::{Code, Refusal};
 use crate::policy::contract::{self, MAX_DEPTH};
-use crate::policy::rules::render_agent_template;
 use crate::policy::{
     check_path, Agent, BodyFormat, Credential, Idempotency, Policy, SideEffects, Tool,
 };
@@ -96,12 +95,7 @@ pub(crate) const SINGLE_HEADERS: [&str; 4] = [
 /// headers and steering headers are refused; credentials, toolgate's own headers, hop-by-hop
 /// headers and anything the tool does not forward are dropped.
 pub(crate) fn forwarded_headers(tool: &Tool, sent: &HeaderMap) -> Result<HeaderMap, Refusal> {
-    let named = |name: &str| {
-        tool.def
-            .headers
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(name))
-    };
+    let named = |name: &str| tool.headers.iter().any(|h| h.eq_ignore_ascii_case(name));
     for name in SINGLE_HEADERS {
         if sent.get_all(name).iter().count() > 1 {
             return Err(validation(format!(
@@ -335,7 +329,7 @@ pub(crate) fn authorize(
         Some(found.clone())
     };
     for (name, binding) in &tool.params {
-        let allowed = render_agent_template(binding, agent).ok_or_else(|| {
+        let allowed = agent.render_binding(binding).ok_or_else(|| {
             Refusal::policy(format!(
                 "tool {} binds {{{name}}} to {binding}, which agent {} does not have",
                 tool.name, agent.id
@@ -506,7 +500,7 @@ pub(crate) fn check_rules(
     let tool_v = json!({
         "name": tool.name,
         "version": tool.version,
-        "risk": tool.def.risk.clone().unwrap_or_default(),
+        "risk": tool.risk_text(),
         "side_effects": tool.side_effects.as_str(),
         "mode": tool.mode.as_str(),
     });

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use crate::ledger::{all, find};
 use crate::model::{Committed, UndoApproval, Undone};
 use crate::policy::rollback_def::placeholders;
-use crate::policy::{Approver, BodyFormat, Policy, Tool};
+use crate::policy::{Approver, BodyFormat, Policy, Rollback, Tool};
 use crate::services::LockKey;
 use crate::store::StoreError;
 use crate::App;
@@ -170,16 +170,21 @@ fn plan(policy: &Policy, c: &Committed) -> Result<Plan, (&'static str, String)> 
             c.tool
         ),
     ))?;
-    let def = tool.def.rollback.as_ref().ok_or((
-        "not_undoable",
-        format!("tool {} declares no rollback", c.tool),
-    ))?;
-    if let Some(why) = &def.none {
-        return Err((
-            "not_undoable",
-            format!("tool {} cannot be undone: {why}", c.tool),
-        ));
-    }
+    let (method, path, body) = match tool.rollback.as_ref() {
+        None => {
+            return Err((
+                "not_undoable",
+                format!("tool {} declares no rollback", c.tool),
+            ))
+        }
+        Some(Rollback::None(why)) => {
+            return Err((
+                "not_undoable",
+                format!("tool {} cannot be undone: {why}", c.tool),
+            ))
+        }
+        Some(Rollback::Request { method, path, body }) => (method, path, body),
+    };
     let (path_only, query) = match c.path_and_query.split_once('?') {
         Some((p, q)) => (p, q),
         None => (c.path_and_query.as_str(), ""),
@@ -195,23 +200,16 @@ fn plan(policy: &Policy, c: &Committed) -> Result<Plan, (&'static str, String)> 
         "query": query,
     });
     let bad = |m: String| ("refused", format!("the rollback of tool {}: {m}", c.tool));
-    let method = Method::from_bytes(
-        def.method
-            .as_deref()
-            .unwrap_or("")
-            .to_ascii_uppercase()
-            .as_bytes(),
-    )
-    .map_err(|e| bad(e.to_string()))?;
-    let path = render(def.path.as_deref().unwrap_or("/"), &ctx, true).map_err(bad)?;
-    let body = match &def.body {
-        Some(b) => {
-            let v = serde_json::to_value(b).map_err(|e| bad(e.to_string()))?;
-            Some(render_value(&v, &ctx).map_err(bad)?)
-        }
+    let path = render(path, &ctx, true).map_err(bad)?;
+    let body = match body {
+        Some(v) => Some(render_value(v, &ctx).map_err(bad)?),
         None => None,
     };
-    Ok(Plan { method, path, body })
+    Ok(Plan {
+        method: method.clone(),
+        path,
+        body,
+    })
 }
 
 /// Undoes one committed call (a request id or a proposal id), at most once.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
+use crate::store::rules::retention_cut;
 use crate::store::{now_unix, StoreError};
 use crate::App;
 
@@ -47,15 +48,15 @@ pub async fn once(app: &App) -> Result<Swept, StoreError> {
     let now = now_unix();
     let idempotency = app
         .store
-        .idem_expire(now.saturating_sub(g.idempotency_retention.as_secs()))
+        .idem_expire(retention_cut(now, g.idempotency_retention.as_secs()))
         .await?;
     // Open proposals past their time become `expired` (with their audit event) first.
     crate::approval::list(app, None).await?;
     let proposals = app
         .store
-        .proposal_expire(now.saturating_sub(g.proposal_retention.as_secs()))
+        .proposal_expire(retention_cut(now, g.proposal_retention.as_secs()))
         .await?;
-    let ledger_cut = now.saturating_sub(g.ledger_retention.as_secs());
+    let ledger_cut = retention_cut(now, g.ledger_retention.as_secs());
     let ledger = app
         .store
         .ledger_expire(ledger_cut.saturating_mul(1000))
@@ -78,7 +79,7 @@ async fn expire_audit(app: &App) -> Result<u64, StoreError> {
     let Some(keep) = app.config.guards.audit_retention else {
         return Ok(0);
     };
-    let cut = crate::base::now_ms().saturating_sub(keep.as_millis() as u64);
+    let cut = retention_cut(crate::base::now_ms(), keep.as_millis() as u64);
     if app.audit.oldest_ms()?.is_none_or(|t| t >= cut) {
         return Ok(0);
     }

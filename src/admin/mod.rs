@@ -313,8 +313,8 @@ async fn list_tools(State(app): State<Arc<App>>, _: Approver) -> Response {
             json!({
                 "name": t.name,
                 "version": t.version,
-                "owner": t.def.owner,
-                "risk": t.def.risk,
+                "owner": t.owner,
+                "risk": t.risk.map(|r| r.as_str()),
                 "side_effects": t.side_effects.as_str(),
                 "mode": t.mode.as_str(),
                 "host": t.host,

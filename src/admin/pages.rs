@@ -15,6 +15,7 @@ use super::auth::{CsrfForm, Posted, Session, Signed, SignedReviewer, COOKIE, SES
 use super::html::{esc, page, when};
 use crate::approval::{self, Action, Proposal};
 use crate::model::KillTarget;
+use crate::policy::Rollback;
 use crate::App;
 
 pub async fn login_form(State(app): State<Arc<App>>) -> Html<String> {
@@ -540,10 +541,10 @@ pub async fn rollback_list(State(app): State<Arc<App>>, Signed(s): Signed) -> Re
             .map(|c| {
                 let undo = policy
                     .tool(&c.tool)
-                    .and_then(|t| t.def.rollback.as_ref())
-                    .map(|r| match &r.none {
-                        Some(why) => format!("cannot be undone: {}", esc(why)),
-                        None => String::new(),
+                    .and_then(|t| t.rollback.as_ref())
+                    .map(|r| match r {
+                        Rollback::None(why) => format!("cannot be undone: {}", esc(why)),
+                        Rollback::Request { .. } => String::new(),
                     })
                     .unwrap_or_else(|| "declares no undo".into());
                 let state = if let Some(u) = &c.undone {

@@ -75,25 +75,22 @@ fn print_table(policy: &Policy) {
         "IDEMPOTENCY"
     );
     for tool in policy.tools() {
-        let d = &tool.def;
-        let undo = match &d.rollback {
-            Some(r) if r.none.is_some() => "none".to_string(),
-            Some(r) => format!(
-                "{} {}",
-                r.method.as_deref().unwrap_or("?"),
-                r.path.as_deref().unwrap_or("?")
-            ),
+        let undo = match &tool.rollback {
+            Some(crate::policy::Rollback::None(_)) => "none".to_string(),
+            Some(crate::policy::Rollback::Request { method, path, .. }) => {
+                format!("{method} {path}")
+            }
             None => "-".to_string(),
         };
         say!(
             "{:<32} {:>3} {:<18} {:<8} {:<12} {:<8} {:<11} {}",
             tool.name,
             tool.version,
-            d.owner.as_deref().unwrap_or("-"),
-            d.risk.as_deref().unwrap_or("-"),
-            d.side_effects.as_deref().unwrap_or("-"),
-            d.mode.as_deref().unwrap_or("auto"),
-            d.idempotency.as_deref().unwrap_or("-"),
+            tool.owner.as_deref().unwrap_or("-"),
+            tool.risk.map_or("-", |r| r.as_str()),
+            tool.side_effects.as_str(),
+            tool.mode.as_str(),
+            tool.idempotency.map_or("-", |i| i.as_str()),
             undo
         );
     }

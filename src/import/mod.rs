@@ -411,39 +411,65 @@ fn contract(
     imported: &mut Imported,
 ) -> Result<Option<Draft>, ImportError> {
     let o = &op.offered;
-    let what = format!("{} {}", o.method, o.path);
     let path = match path_template(&o.path) {
         Ok(p) => p,
         Err(why) => {
+            let what = format!("{} {}", o.method, o.path);
             imported.notes.push(format!("{what}: skipped: {why}"));
             return Ok(None);
         }
     };
-    let params = parameters(docs, op)?;
-    let mut draft = Draft {
+    let params = typed_parameters(docs, op, opts)?;
+    let query = params.query.map(|mut q| {
+        let file = format!("{name}.query.json");
+        imported.closed += finish_schema(&mut q, &[]);
+        imported.schemas.push((file.clone(), schema_text(&q)));
+        file
+    });
+    Ok(Some(Draft {
         name: name.to_string(),
         method: o.method.clone(),
+        path_types: in_path_order(&path, params.path_types),
         path,
         summary: o.summary.clone(),
         operation_id: o.operation_id.clone(),
-        body: None,
-        query: None,
+        body: body(docs, op, name, opts, imported)?,
+        query,
+        idempotency_key: params.idempotency_key,
+        keep: keep(docs, op)?,
+    }))
+}
+
+/// What an operation's parameters say about a call: the path parameters' schemas (as the spec
+/// declares them), the query's schema (None: it takes no query) and whether it takes an
+/// `Idempotency-Key` header.
+struct Params {
+    path_types: Vec<(String, Value)>,
+    query: Option<Value>,
+    idempotency_key: bool,
+}
+
+fn typed_parameters(
+    docs: &mut Docs,
+    op: &Operation,
+    opts: &Options,
+) -> Result<Params, ImportError> {
+    let mut out = Params {
         path_types: Vec::new(),
+        query: None,
         idempotency_key: false,
-        keep: Vec::new(),
     };
     let mut query_props = Map::new();
     let mut query_required = Vec::new();
     let mut any_query = false;
-    for (p, p_at) in &params {
+    for (p, p_at) in &parameters(docs, op)? {
         let pname = p.get("name").and_then(Value::as_str).unwrap_or("");
-        let schema_at = p_at.child("schema");
         let schema = match p.get("schema") {
-            Some(_) => Inliner::new(docs).schema(&schema_at)?,
+            Some(_) => Inliner::new(docs).schema(&p_at.child("schema"))?,
             None => json!({}),
         };
         match p.get("in").and_then(Value::as_str) {
-            Some("path") => draft.path_types.push((sanitize(pname), schema)),
+            Some("path") => out.path_types.push((sanitize(pname), schema)),
             Some("query") if opts.omit_params.iter().any(|x| x == pname) => {
                 // Still a query schema: one that refuses the omitted parameter.
                 any_query = true;
@@ -456,23 +482,9 @@ fn contract(
                 }
             }
             Some("header") if pname.eq_ignore_ascii_case("idempotency-key") => {
-                draft.idempotency_key = true;
+                out.idempotency_key = true;
             }
             _ => {}
-        }
-    }
-    // In the order of the path, with "string" where the spec declares no parameter.
-    let declared = std::mem::take(&mut draft.path_types);
-    if let Ok(t) = crate::policy::PathTemplate::parse(&draft.path) {
-        for name in t.params() {
-            let ty = declared
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t.clone());
-            draft.path_types.push((
-                name.to_string(),
-                ty.unwrap_or_else(|| json!({"type": "string"})),
-            ));
         }
     }
     if any_query {
@@ -480,14 +492,29 @@ fn contract(
         if !query_required.is_empty() {
             q["required"] = Value::Array(query_required);
         }
-        let file = format!("{name}.query.json");
-        imported.closed += finish_schema(&mut q, &[]);
-        imported.schemas.push((file.clone(), schema_text(&q)));
-        draft.query = Some(file);
+        out.query = Some(q);
     }
-    draft.body = body(docs, op, name, opts, imported)?;
-    draft.keep = keep(docs, op)?;
-    Ok(Some(draft))
+    Ok(out)
+}
+
+/// The path parameters' schemas in the order of the path, with "string" where the spec
+/// declares no parameter.
+fn in_path_order(path: &str, declared: Vec<(String, Value)>) -> Vec<(String, Value)> {
+    let Ok(t) = crate::policy::PathTemplate::parse(path) else {
+        return Vec::new();
+    };
+    t.params()
+        .map(|name| {
+            let ty = declared
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.clone());
+            (
+                name.to_string(),
+                ty.unwrap_or_else(|| json!({"type": "string"})),
+            )
+        })
+        .collect()
 }
 
 /// The operation's parameters: the path item's, then the operation's (which win by name and

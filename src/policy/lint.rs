@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::glob_match;
+use super::types::{glob_match, PolicyError};
 
 mod gate;
 pub use gate::{launch_gate, notes};
@@ -175,45 +175,61 @@ pub fn lint(files: &[(PathBuf, String)]) -> Vec<Finding> {
     for (path, text) in files {
         read(&mut seen, path, text);
     }
-    let mut out = Vec::new();
-    let mut warn = |at: &At, message: String| {
-        out.push(Finding {
-            path: at.path.clone(),
-            line: at.line,
+    let mut out = unmatched_globs(&seen);
+    out.extend(undecidable_approvals(&seen));
+    out.extend(unused_credentials(&seen));
+    out.extend(uncalled_tools(&seen));
+    out
+}
+
+impl At {
+    /// A warning about this string.
+    fn warn(&self, message: String) -> Finding {
+        Finding {
+            path: self.path.clone(),
+            line: self.line,
             message,
-        })
-    };
+        }
+    }
+}
+
+/// An agent's tools glob that names no tool.
+fn unmatched_globs(seen: &Seen) -> Vec<Finding> {
     let tool_names: Vec<&str> = seen
         .tools
         .iter()
         .map(|(t, _, _)| t.value.as_str())
         .collect();
+    let mut out = Vec::new();
     for (agent, globs) in &seen.agents {
         for glob in globs {
             if !tool_names.iter().any(|t| glob_match(&glob.value, t)) {
-                warn(
-                    glob,
-                    format!(
-                        "agent {}: tools glob {:?} matches no tool (a typo, or a tool that was removed?)",
-                        agent.value, glob.value
-                    ),
-                );
+                out.push(glob.warn(format!(
+                    "agent {}: tools glob {:?} matches no tool (a typo, or a tool that was removed?)",
+                    agent.value, glob.value
+                )));
             }
         }
     }
+    out
+}
+
+/// An approval group no approver belongs to, or an approval needing more approvers than may
+/// decide.
+fn undecidable_approvals(seen: &Seen) -> Vec<Finding> {
     let approvers: BTreeSet<&String> = seen.groups.values().flatten().collect();
+    let mut out = Vec::new();
     for (tool, _, approval) in &seen.tools {
         let Some(a) = approval else { continue };
-        for g in &a.groups {
-            if !seen.groups.contains_key(&g.value) {
-                warn(
-                    g,
-                    format!(
-                        "tool {}: approval group {:?} has no approver: no approver belongs to it",
-                        tool.value, g.value
-                    ),
-                );
-            }
+        for g in a
+            .groups
+            .iter()
+            .filter(|g| !seen.groups.contains_key(&g.value))
+        {
+            out.push(g.warn(format!(
+                "tool {}: approval group {:?} has no approver: no approver belongs to it",
+                tool.value, g.value
+            )));
         }
         // Who may decide: the named groups' members, or any approver when none are named.
         let deciders: BTreeSet<&String> = match a.groups.is_empty() {
@@ -226,59 +242,61 @@ pub fn lint(files: &[(PathBuf, String)]) -> Vec<Finding> {
                 .collect(),
         };
         if !deciders.is_empty() && (deciders.len() as u64) < a.required {
-            let at = At {
-                value: String::new(),
+            let names: Vec<&str> = deciders.iter().map(|s| s.as_str()).collect();
+            out.push(Finding {
                 path: tool.path.clone(),
                 line: a.line,
-            };
-            warn(
-                &at,
-                format!(
+                message: format!(
                     "tool {}: its approval needs {} different approvers, but only {} may decide ({}): no call of it can ever be approved",
                     tool.value,
                     a.required,
                     deciders.len(),
-                    deciders.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    names.join(", ")
                 ),
-            );
-        }
-    }
-    let used: BTreeSet<&String> = seen.tools.iter().flat_map(|(_, c, _)| c).collect();
-    for cred in &seen.credentials {
-        if !used.contains(&cred.value) {
-            warn(
-                cred,
-                format!("credential {:?} is used by no tool", cred.value),
-            );
-        }
-    }
-    for (tool, _, _) in &seen.tools {
-        let callers = seen
-            .agents
-            .iter()
-            .any(|(_, globs)| globs.iter().any(|g| glob_match(&g.value, &tool.value)));
-        if !callers {
-            warn(
-                tool,
-                format!(
-                    "tool {} may be called by no agent: no agent's tools glob names it (only a grant could lend it)",
-                    tool.value
-                ),
-            );
+            });
         }
     }
     out
 }
 
+/// A credential no tool names.
+fn unused_credentials(seen: &Seen) -> Vec<Finding> {
+    let used: BTreeSet<&String> = seen.tools.iter().flat_map(|(_, c, _)| c).collect();
+    seen.credentials
+        .iter()
+        .filter(|cred| !used.contains(&cred.value))
+        .map(|cred| cred.warn(format!("credential {:?} is used by no tool", cred.value)))
+        .collect()
+}
+
+/// A tool no agent's tools glob names.
+fn uncalled_tools(seen: &Seen) -> Vec<Finding> {
+    let called = |tool: &At| {
+        seen.agents
+            .iter()
+            .any(|(_, globs)| globs.iter().any(|g| glob_match(&g.value, &tool.value)))
+    };
+    seen.tools
+        .iter()
+        .filter(|(tool, _, _)| !called(tool))
+        .map(|(tool, _, _)| {
+            tool.warn(format!(
+                "tool {} may be called by no agent: no agent's tools glob names it (only a grant could lend it)",
+                tool.value
+            ))
+        })
+        .collect()
+}
+
 /// [`lint`] over the `*.toml` files of a policy folder (as `Policy::load_dir` reads them).
 pub fn lint_dir(dir: &Path) -> Result<Vec<Finding>, super::PolicyError> {
     let mut paths = Vec::new();
-    super::collect_toml(dir, &mut paths)?;
+    super::compile::collect_toml(dir, &mut paths)?;
     paths.sort();
     let mut files = Vec::new();
     for path in paths {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| super::PolicyError::new(&path, e.to_string()))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| PolicyError::new(&path, e.to_string()))?;
         files.push((path, text));
     }
     Ok(lint(&files))

@@ -50,14 +50,14 @@ impl Policy {
     /// reviewers, each in id order.
     pub fn published_tokens(&self) -> Vec<Published> {
         let mut found = Vec::new();
-        let mut agents: Vec<&String> = self.agents.keys().collect();
+        let mut agents: Vec<&str> = self.agents().map(|a| a.id.as_str()).collect();
         agents.sort();
         for id in agents {
             for token in PUBLISHED_TOKENS {
                 if self.authenticate(id, token).is_some() {
                     found.push(Published {
                         role: Role::Agent,
-                        id: id.clone(),
+                        id: id.to_string(),
                         token,
                         groups: Vec::new(),
                     });

@@ -6,6 +6,28 @@ use http::Method;
 use serde_json::Value;
 
 use super::file::RollbackDef;
+use super::types::Rollback;
+
+/// A tool's `rollback` declaration, checked and compiled: the body becomes JSON and the method
+/// an HTTP method once, at load.
+pub fn compile(def: &RollbackDef) -> Result<Rollback, String> {
+    validate_def(def)?;
+    if let Some(why) = &def.none {
+        return Ok(Rollback::None(why.clone()));
+    }
+    let method = def.method.as_deref().unwrap_or("");
+    let body = def
+        .body
+        .as_ref()
+        .map(|b| serde_json::to_value(b).map_err(|e| e.to_string()))
+        .transpose()?;
+    Ok(Rollback::Request {
+        method: Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| format!("rollback.method {method:?} is not an HTTP method"))?,
+        path: def.path.clone().unwrap_or_else(|| "/".into()),
+        body,
+    })
+}
 
 /// Checks a tool's `rollback` declaration at load time.
 pub fn validate_def(def: &RollbackDef) -> Result<(), String> {

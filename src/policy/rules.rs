@@ -3,8 +3,6 @@
 
 use serde_json::Value;
 
-use super::Agent;
-
 /// A `deny_if` rule, compiled at load.
 pub struct Rule {
     pub source: String,
@@ -52,31 +50,6 @@ impl Rule {
             )),
         }
     }
-}
-
-/// Renders a binding template such as `{agent.attrs.github_org}` for an agent. `None` when the
-/// agent lacks what the template names: the binding then refuses (fail closed).
-pub fn render_agent_template(template: &str, agent: &Agent) -> Option<String> {
-    let mut out = String::new();
-    let mut rest = template;
-    while let Some(start) = rest.find('{') {
-        out.push_str(&rest[..start]);
-        let end = rest[start..].find('}')? + start;
-        let name = &rest[start + 1..end];
-        let value = match name {
-            "agent.id" => Some(agent.id.clone()),
-            "agent.owner" => Some(agent.owner.clone()),
-            "agent.tenant" => agent.tenant.clone(),
-            "agent.environment" => Some(agent.environment.clone()),
-            other => other
-                .strip_prefix("agent.attrs.")
-                .and_then(|k| agent.attrs.get(k).cloned()),
-        }?;
-        out.push_str(&value);
-        rest = &rest[end + 1..];
-    }
-    out.push_str(rest);
-    Some(out)
 }
 
 /// Checks that a binding template only names things an agent can have.
@@ -132,29 +105,6 @@ mod tests {
 
     #[test]
     fn templates() {
-        let agent = Agent {
-            id: "bot".into(),
-            token_sha256: None,
-            owner: "o".into(),
-            tenant: Some("acme".into()),
-            environment: "staging".into(),
-            tools: vec![],
-            attrs: [("github_org".to_string(), "acme".to_string())].into(),
-            dry_run: false,
-            sources: vec![],
-            token_issuers: vec![],
-            static_token: true,
-            granted: vec![],
-        };
-        assert_eq!(
-            render_agent_template("{agent.attrs.github_org}", &agent).as_deref(),
-            Some("acme")
-        );
-        assert_eq!(
-            render_agent_template("t-{agent.tenant}", &agent).as_deref(),
-            Some("t-acme")
-        );
-        assert_eq!(render_agent_template("{agent.attrs.nope}", &agent), None);
         assert!(check_agent_template("{agent.attrs.x}").is_ok());
         assert!(check_agent_template("{request.body}").is_err());
     }

@@ -581,7 +581,7 @@ fn guard_event(
 
 /// The endpoint's name in the pin cache.
 fn endpoint_key(target: &Target, endpoint: &[Arc<Tool>]) -> String {
-    let path = endpoint.first().map(|t| t.def.path.as_str()).unwrap_or("");
+    let path = endpoint.first().map(|t| t.path.as_str()).unwrap_or("");
     format!("{}:{}{}", target.host, target.port, path)
 }
 

@@ -24,7 +24,7 @@ use crate::error::{Code, Refusal};
 use crate::guard::{BodyReservation, Exceeded};
 use crate::limits::charge_budget;
 use crate::model::{Call, KillTarget};
-use crate::policy::{check_path, Agent, Credential, Mode, Policy, SideEffects, Tool};
+use crate::policy::{check_path, Agent, Credential, Mode, Policy, SideEffects, Tool, ToolKind};
 use crate::services::LockKey;
 use crate::store::{now_unix, IdemRecord, IdemState, Outcome};
 use crate::upstream;
@@ -297,7 +297,7 @@ pub(super) fn path_and_query(parts: &http::request::Parts) -> String {
 /// An MCP call's arguments as the audit log records them (fields the contract names redacted).
 fn arguments_event(tool: &Tool, arguments: &Value) -> Value {
     let mut v = arguments.clone();
-    for pointer in &tool.def.redact {
+    for pointer in &tool.redact {
         if let Some(field) = v.pointer_mut(pointer) {
             *field = Value::String(crate::audit::REDACTED.into());
         }
@@ -349,11 +349,11 @@ async fn validate(
 
 /// The body as the audit log records it: fields the contract names are never written.
 fn body_event(tool: &Tool, body: &Bytes, body_json: &Value) -> Value {
-    if tool.def.redact.is_empty() || !body_json.is_object() {
+    if tool.redact.is_empty() || !body_json.is_object() {
         return crate::audit::body_json(body, crate::audit::BODY_CAP);
     }
     let mut v = body_json.clone();
-    for pointer in &tool.def.redact {
+    for pointer in &tool.redact {
         if let Some(field) = v.pointer_mut(pointer) {
             *field = Value::String(crate::audit::REDACTED.into());
         }
@@ -497,7 +497,7 @@ async fn read(
     needles.scrub_headers(&mut parts.headers);
     let body = Scrubbed::new(body, needles);
     let latency_ms = checked.started.elapsed().as_millis() as u64;
-    if tool.def.kind.as_deref() == Some("model") {
+    if tool.kind == ToolKind::Model {
         return Ok(model_answer(app, ctx, &checked, event, parts, body).await);
     }
     if let Some(spec) = &tool.response {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use super::rules;
 use super::{CounterStore, Result};
 
 struct Bucket {
@@ -28,14 +29,13 @@ impl MemoryCounters {
         per: Duration,
         now: Instant,
     ) -> std::result::Result<(), u64> {
-        let capacity = f64::from(capacity);
-        let per_sec = capacity / per.as_secs_f64().max(f64::MIN_POSITIVE);
+        let rule = rules::Bucket { capacity, per };
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if !buckets.contains_key(key) {
             buckets.insert(
                 key.to_string(),
                 Bucket {
-                    tokens: capacity,
+                    tokens: rule.full(),
                     last: now,
                 },
             );
@@ -43,16 +43,10 @@ impl MemoryCounters {
         let Some(bucket) = buckets.get_mut(key) else {
             return Ok(());
         };
-        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * per_sec).min(capacity);
+        let (left, answer) = rule.take(bucket.tokens, now.saturating_duration_since(bucket.last));
+        bucket.tokens = left;
         bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = (1.0 - bucket.tokens) / per_sec;
-            Err(wait.ceil().max(1.0) as u64)
-        }
+        answer
     }
 }
 

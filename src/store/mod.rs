@@ -11,6 +11,7 @@
 mod counters;
 mod import;
 mod postgres;
+pub mod rules;
 mod seal;
 mod sled;
 
@@ -283,9 +284,6 @@ pub trait TokenStore: Send + Sync {
     /// Every token not yet expired (revoked ones included).
     async fn token_list(&self, now_unix: u64) -> Result<Vec<AgentToken>>;
 }
-
-/// How long a grant's record is kept after it ended (its events stay in the audit log).
-pub const ENDED_GRANT_KEEP_SECS: u64 = 30 * 24 * 3600;
 
 /// Time-bound grants, found by id or by agent.
 #[async_trait]

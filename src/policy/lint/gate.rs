@@ -4,8 +4,7 @@
 //! notes say which schemas are closed, where `expand` could bring hidden fields back, and what
 //! cannot be undone. Unlike the lint's warnings they read the compiled [`Policy`].
 
-use crate::policy::file::RollbackDef;
-use crate::policy::{Mode, Policy, SideEffects, Tool};
+use crate::policy::{Mode, Policy, Rollback, SideEffects, Tool};
 
 /// What `check` says beside the table: which schemas are closed, where `expand` could bring
 /// hidden fields back, and what cannot be undone (or where an undo leads nowhere).
@@ -17,15 +16,13 @@ pub fn notes(policy: &Policy) -> Vec<String> {
         if tool.side_effects == SideEffects::None {
             continue;
         }
-        match tool.def.rollback.as_ref() {
-            Some(r) if r.none.is_some() => undo.push(format!(
-                "{}: cannot be undone: {}",
-                tool.name,
-                r.none.as_deref().unwrap_or("")
-            )),
+        match tool.rollback.as_ref() {
+            Some(Rollback::None(why)) => {
+                undo.push(format!("{}: cannot be undone: {why}", tool.name))
+            }
             None => undo.push(format!("{}: declares no undo", tool.name)),
-            Some(r) => {
-                if let Some(warning) = undo_target_warning(policy, tool, r) {
+            Some(Rollback::Request { method, path, .. }) => {
+                if let Some(warning) = undo_target_warning(policy, tool, method, path) {
                     undo.push(warning);
                 }
             }
@@ -141,17 +138,19 @@ fn expand_notes(policy: &Policy) -> Vec<String> {
 }
 
 /// A rollback template must lead to a contract an undo can go through.
-fn undo_target_warning(policy: &Policy, tool: &Tool, r: &RollbackDef) -> Option<String> {
-    let method =
-        http::Method::from_bytes(r.method.as_deref()?.to_ascii_uppercase().as_bytes()).ok()?;
-    let template = r.path.as_deref()?;
+fn undo_target_warning(
+    policy: &Policy,
+    tool: &Tool,
+    method: &http::Method,
+    template: &str,
+) -> Option<String> {
     // Each placeholder stands for one path segment.
     let sample: String = regex::Regex::new(r"\{[^}]*\}")
         .ok()?
         .replace_all(template, "x")
         .into_owned();
     let text = format!("{method} {template}");
-    match policy.match_tool(&tool.host, tool.port, &method, &sample) {
+    match policy.match_tool(&tool.host, tool.port, method, &sample) {
         None => Some(format!(
             "warning: {}: its rollback {text} matches no tool contract on {}; add one, or every undo is refused",
             tool.name, tool.host

@@ -1,6 +1,7 @@
 //! The state records on PostgreSQL: every interface but the audit log, one table each.
 
 use super::*;
+use crate::store::rules;
 
 #[async_trait]
 impl IdempotencyStore for PgStore {
@@ -91,16 +92,17 @@ impl BudgetStore for PgStore {
             )
             .await?
             .get(0);
-        if current + amount > max {
-            return Ok(Err(current));
-        }
+        let total = match rules::budget_add(current, amount, max) {
+            Ok(total) => total,
+            refused => return Ok(refused),
+        };
         tx.execute(
             "UPDATE budgets SET total = $2 WHERE key = $1",
-            &[&key, &(current + amount)],
+            &[&key, &total],
         )
         .await?;
         tx.commit().await?;
-        Ok(Ok(current + amount))
+        Ok(Ok(total))
     }
 
     async fn budget_get(&self, key: &str) -> Result<f64, StoreError> {
@@ -122,8 +124,7 @@ impl CounterStore for PgStore {
         capacity: u32,
         per: Duration,
     ) -> Result<Result<(), u64>, StoreError> {
-        let capacity = f64::from(capacity);
-        let per_ms = capacity / (per.as_secs_f64() * 1000.0).max(f64::MIN_POSITIVE);
+        let bucket = rules::Bucket { capacity, per };
         let key = key.as_bytes();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -131,7 +132,7 @@ impl CounterStore for PgStore {
             "INSERT INTO counters (key, tokens, updated_ms)
              VALUES ($1, $2, (extract(epoch from clock_timestamp()) * 1000)::bigint)
              ON CONFLICT (key) DO NOTHING",
-            &[&key, &capacity],
+            &[&key, &bucket.full()],
         )
         .await?;
         let row = tx
@@ -142,14 +143,8 @@ impl CounterStore for PgStore {
             )
             .await?;
         let (tokens, updated, now): (f64, i64, i64) = (row.get(0), row.get(1), row.get(2));
-        let elapsed = (now - updated).max(0) as f64;
-        let tokens = (tokens + elapsed * per_ms).min(capacity);
-        let (left, answer) = if tokens >= 1.0 {
-            (tokens - 1.0, Ok(()))
-        } else {
-            let wait_s = (1.0 - tokens) / per_ms / 1000.0;
-            (tokens, Err(wait_s.ceil().max(1.0) as u64))
-        };
+        let elapsed = Duration::from_millis(u64::try_from(now - updated).unwrap_or(0));
+        let (left, answer) = bucket.take(tokens, elapsed);
         tx.execute(
             "UPDATE counters SET tokens = $2, updated_ms = $3 WHERE key = $1",
             &[&key, &left, &now],
@@ -449,7 +444,7 @@ impl TokenStore for PgStore {
     async fn token_list(&self, now_unix: u64) -> Result<Vec<crate::store::AgentToken>, StoreError> {
         let mut all: Vec<crate::store::AgentToken> =
             self.all("SELECT record FROM tokens ORDER BY id").await?;
-        all.retain(|t| t.expires_unix > now_unix);
+        all.retain(|t| rules::token_unexpired(t, now_unix));
         Ok(all)
     }
 }
@@ -458,7 +453,7 @@ impl TokenStore for PgStore {
 impl GrantStore for PgStore {
     async fn grant_put(&self, g: &crate::store::Grant) -> Result<(), StoreError> {
         // Grants are rare: drop those that ended long ago on the way.
-        let cut = now_unix().saturating_sub(crate::store::ENDED_GRANT_KEEP_SECS);
+        let cut = rules::ended_grant_cut(now_unix());
         self.execute("DELETE FROM grants WHERE ended_unix < $1", &[&big(cut)])
             .await?;
         self.execute(
@@ -498,14 +493,13 @@ impl GrantStore for PgStore {
         id: &str,
         end: crate::store::GrantEnd,
     ) -> Result<Option<crate::store::Grant>, StoreError> {
-        let Some(mut g) = self.grant_get(id).await? else {
+        let Some(old) = self.grant_get(id).await? else {
             return Ok(None);
         };
-        if g.ended.is_some() {
-            return Ok(None);
-        }
         let at = big(end.at_unix);
-        g.ended = Some(end);
+        let Some(g) = rules::end_grant(old, end) else {
+            return Ok(None);
+        };
         // Only the first to end it changes the row.
         let n = self
             .execute(

@@ -1,6 +1,7 @@
 //! The sled store's records: every state interface but the audit log, one tree each.
 
 use super::*;
+use crate::store::rules;
 
 #[async_trait]
 impl IdempotencyStore for SledStore {
@@ -45,7 +46,8 @@ impl IdempotencyStore for SledStore {
     async fn idem_expire(&self, before_unix: u64) -> Result<usize, StoreError> {
         let removed = self
             .expire(&self.idem, |v| {
-                decode::<IdemRecord>(v).is_ok_and(|r| r.created_unix < before_unix)
+                decode::<IdemRecord>(v)
+                    .is_ok_and(|r| rules::before_cut(r.created_unix, before_unix))
             })
             .await?;
         Ok(removed.len())
@@ -69,13 +71,10 @@ impl BudgetStore for SledStore {
     ) -> Result<Result<f64, f64>, StoreError> {
         let mut answer = Ok(0.0);
         self.budgets.fetch_and_update(key, |old| {
-            let current = read_f64(old);
-            if current + amount > max {
-                answer = Err(current);
-                old.map(|b| b.to_vec())
-            } else {
-                answer = Ok(current + amount);
-                Some((current + amount).to_be_bytes().to_vec())
+            answer = rules::budget_add(read_f64(old), amount, max);
+            match answer {
+                Err(_) => old.map(|b| b.to_vec()),
+                Ok(total) => Some(total.to_be_bytes().to_vec()),
             }
         })?;
         if answer.is_ok() {
@@ -204,8 +203,10 @@ impl ProposalStore for SledStore {
     async fn proposal_expire(&self, before_unix: u64) -> Result<usize, StoreError> {
         let removed = self
             .expire(&self.proposals, |v| {
-                decode::<Proposal>(v)
-                    .is_ok_and(|p| p.finished_unix().is_some_and(|t| t < before_unix))
+                decode::<Proposal>(v).is_ok_and(|p| {
+                    p.finished_unix()
+                        .is_some_and(|t| rules::before_cut(t, before_unix))
+                })
             })
             .await?;
         // The index from a call identity to a removed proposal goes with it.
@@ -234,7 +235,7 @@ impl LedgerStore for SledStore {
     async fn ledger_expire(&self, before_ms: u64) -> Result<usize, StoreError> {
         let removed = self
             .expire(&self.ledger, |v| {
-                decode::<Committed>(v).is_ok_and(|c| c.unix_ms < before_ms)
+                decode::<Committed>(v).is_ok_and(|c| rules::before_cut(c.unix_ms, before_ms))
             })
             .await?;
         Ok(removed.len())
@@ -269,7 +270,7 @@ impl LedgerStore for SledStore {
     async fn job_expire(&self, before_unix: u64) -> Result<usize, StoreError> {
         let removed = self
             .expire(&self.jobs, |v| {
-                decode::<JobClaim>(v).is_ok_and(|j| j.since_unix < before_unix)
+                decode::<JobClaim>(v).is_ok_and(|j| rules::before_cut(j.since_unix, before_unix))
             })
             .await?;
         Ok(removed.len())
@@ -300,7 +301,7 @@ impl TokenStore for SledStore {
 
     async fn token_list(&self, now_unix: u64) -> Result<Vec<crate::store::AgentToken>, StoreError> {
         let mut all: Vec<crate::store::AgentToken> = Self::all(&self.tokens)?;
-        all.retain(|t| t.expires_unix > now_unix);
+        all.retain(|t| rules::token_unexpired(t, now_unix));
         Ok(all)
     }
 }
@@ -309,9 +310,9 @@ impl TokenStore for SledStore {
 impl GrantStore for SledStore {
     async fn grant_put(&self, g: &crate::store::Grant) -> Result<(), StoreError> {
         // Grants are rare: drop those that ended long ago on the way.
-        let cut = now_unix().saturating_sub(crate::store::ENDED_GRANT_KEEP_SECS);
+        let cut = rules::ended_grant_cut(now_unix());
         for old in Self::all::<crate::store::Grant>(&self.grants)? {
-            if old.ended.as_ref().is_some_and(|e| e.at_unix < cut) {
+            if rules::grant_ended_before(&old, cut) {
                 self.grants.remove(&old.id)?;
             }
         }
@@ -328,7 +329,7 @@ impl GrantStore for SledStore {
         agent: Option<&str>,
     ) -> Result<Vec<crate::store::Grant>, StoreError> {
         let mut all: Vec<crate::store::Grant> = Self::all(&self.grants)?;
-        all.retain(|g| g.ended.is_none() && agent.is_none_or(|a| g.agent == a));
+        all.retain(|g| rules::grant_open(g, agent));
         Ok(all)
     }
 
@@ -342,11 +343,9 @@ impl GrantStore for SledStore {
             let Some(old) = self.grants.get(id)? else {
                 return Ok(None);
             };
-            let mut g: crate::store::Grant = decode(&old)?;
-            if g.ended.is_some() {
+            let Some(g) = rules::end_grant(decode(&old)?, end.clone()) else {
                 return Ok(None);
-            }
-            g.ended = Some(end.clone());
+            };
             let new = serde_json::to_vec(&g)?;
             if self
                 .grants
@@ -370,7 +369,7 @@ impl SessionStore for SledStore {
         let now = now_unix();
         for item in self.sessions.iter() {
             let (k, v) = item?;
-            if decode::<Session>(&v).map_or(true, |s| s.expires_unix <= now) {
+            if decode::<Session>(&v).map_or(true, |s| rules::session_expired(&s, now)) {
                 self.sessions.remove(k)?;
             }
         }

@@ -1,0 +1,350 @@
+//! The policy set as a whole: loading, matching, and the load-time errors.
+
+use super::*;
+use crate::base::split_host_port;
+
+fn build(toml_text: &str) -> Result<Policy, PolicyError> {
+    let file: PolicyFile = toml::from_str(toml_text).map_err(|e| PolicyError {
+        path: "t.toml".into(),
+        message: e.to_string(),
+    })?;
+    Policy::build(vec![("t.toml".into(), file)], &|v| {
+        (v == "TOKEN").then(|| "secret".to_string())
+    })
+}
+
+/// An MCP tool on mcp.example.com/mcp (`extra` lines added), its schema in a temp file.
+fn mcp_tool(name: &str, mcp: &str, extra: &str, schema: &std::path::Path) -> String {
+    format!(
+            "[[tool]]\nname = \"{name}\"\nhost = \"mcp.example.com\"\npath = \"/mcp\"\nmcp_tool = \"{mcp}\"\narguments = \"{}\"\n{extra}\n",
+            schema.display()
+        )
+}
+
+/// A temp dir holding an MCP tool's argument schema, and the schema's path.
+fn mcp_schema() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("args.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "properties": {"id": {"type": "string"}}}"#,
+    )
+    .unwrap();
+    (dir, schema)
+}
+
+#[test]
+fn mcp_tools_share_an_endpoint_and_are_checked_at_load() {
+    let (_dir, schema) = mcp_schema();
+    let two = format!(
+        "{BASE}{}{}",
+        mcp_tool("t.get", "get", "side_effects = \"none\"", &schema),
+        mcp_tool(
+            "t.create",
+            "create",
+            "side_effects = \"reversible\"\nidempotency = \"payload\"",
+            &schema
+        )
+    );
+    let p = build(&two).unwrap();
+    let served = p.mcp_endpoint("mcp.example.com", 443, "/mcp");
+    assert_eq!(served.len(), 2);
+    assert!(served.iter().all(|t| t.method == http::Method::POST));
+    assert!(p.mcp_endpoint("mcp.example.com", 443, "/other").is_empty());
+    // MCP tools are never matched by method and path alone.
+    assert!(p
+        .match_tool("mcp.example.com", 443, &http::Method::POST, "/mcp")
+        .is_none());
+
+    let refused = |extra: &str, why: &str| {
+        let text = format!("{BASE}{}", mcp_tool("t.x", "x", extra, &schema));
+        let err = build(&text).unwrap_err().to_string();
+        assert!(err.contains(why), "{extra}: {err}");
+    };
+    refused(
+        "side_effects = \"reversible\"\nidempotency = \"key\"",
+        "no Idempotency-Key",
+    );
+    refused("side_effects = \"none\"\nmethod = \"GET\"", "POST");
+    refused(
+        "side_effects = \"none\"\nbody = { format = \"json\" }",
+        "not a body",
+    );
+    refused(
+        "side_effects = \"none\"\npin = \"sha256:abc\"",
+        "sha256:<64 hex>",
+    );
+    refused(
+            "side_effects = \"reversible\"\nidempotency = \"payload\"\nrollback = { method = \"POST\", path = \"/mcp\" }",
+            "rollback = { none",
+        );
+    // An MCP tool hides fields of its structured output, which toolgate finds in every
+    // copy of the answer; a field anywhere else it could not.
+    for elsewhere in [
+        "/email",
+        "/result/content/0/text",
+        "/result/structuredContent",
+        "/result/structuredContent/",
+    ] {
+        refused(
+            &format!("side_effects = \"none\"\nresponse = {{ hide = [\"{elsewhere}\"] }}"),
+            "/result/structuredContent/FIELD",
+        );
+    }
+    let hides = format!(
+        "{BASE}{}",
+        mcp_tool(
+            "t.h",
+            "h",
+            "side_effects = \"none\"\nresponse = { hide = [\"/result/structuredContent/email\"] }",
+            &schema
+        )
+    );
+    let policy = build(&hides).unwrap();
+    assert!(policy.tool("t.h").unwrap().response.as_ref().unwrap().mcp);
+    let no_args = format!(
+            "{BASE}[[tool]]\nname = \"t.y\"\nhost = \"mcp.example.com\"\npath = \"/mcp\"\nmcp_tool = \"y\"\nside_effects = \"none\"\n"
+        );
+    assert!(build(&no_args)
+        .unwrap_err()
+        .to_string()
+        .contains("needs arguments"));
+}
+
+#[test]
+fn an_mcp_endpoint_is_shared_by_distinct_mcp_tools_only() {
+    let (_dir, schema) = mcp_schema();
+    // The same MCP tool contracted twice on one endpoint, or an HTTP tool on the endpoint.
+    let twice = format!(
+        "{BASE}{}{}",
+        mcp_tool("t.a", "same", "side_effects = \"none\"", &schema),
+        mcp_tool("t.b", "same", "side_effects = \"none\"", &schema)
+    );
+    assert!(build(&twice)
+        .unwrap_err()
+        .to_string()
+        .contains("both contract MCP tool"));
+    let http_too = format!(
+            "{BASE}{}[[tool]]\nname = \"t.http\"\nhost = \"mcp.example.com\"\nmethod = \"POST\"\npath = \"/mcp\"\nside_effects = \"none\"\n",
+            mcp_tool("t.a", "a", "side_effects = \"none\"", &schema)
+        );
+    assert!(build(&http_too)
+        .unwrap_err()
+        .to_string()
+        .contains("could match the same request"));
+}
+
+const BASE: &str = r#"
+[[agent]]
+id = "bot"
+token_env = "TOKEN"
+owner = "alice@example.com"
+environment = "staging"
+tools = ["stripe.*"]
+
+[[tool]]
+name = "stripe.customers.retrieve"
+host = "api.stripe.com"
+method = "GET"
+path = "/v1/customers/{customer}"
+"#;
+
+#[test]
+fn agents_are_known_by_source_networks_that_never_overlap() {
+    let agents = |a: &str, b: &str| {
+        format!(
+                "{BASE}\n[[agent]]\nid = \"t1\"\nowner = \"o\"\nenvironment = \"staging\"\nsources = [{a}]\n\n\
+                 [[agent]]\nid = \"t2\"\nowner = \"o\"\nenvironment = \"staging\"\nsources = [{b}]\n"
+            )
+    };
+    let p = build(&agents(r#""10.0.3.0/28""#, r#""fd00::5/128", "10.0.4.7""#)).unwrap();
+    let who = |ip: &str| {
+        p.agent_for_source(ip.parse().unwrap())
+            .map(|a| a.id.clone())
+    };
+    assert_eq!(who("10.0.3.9").as_deref(), Some("t1"));
+    assert_eq!(who("::ffff:10.0.3.9").as_deref(), Some("t1"));
+    assert_eq!(who("10.0.4.7").as_deref(), Some("t2"));
+    assert_eq!(who("fd00::5").as_deref(), Some("t2"));
+    assert_eq!(who("10.0.3.16"), None);
+    // Known by source only: no token works on the proxy listener.
+    assert!(p.authenticate("t1", "").is_none());
+    let e = build(&agents(r#""10.0.3.0/24""#, r#""10.0.3.8/29""#)).unwrap_err();
+    assert!(e.message.contains("overlaps"), "{}", e.message);
+    let e = build(&agents(r#""10.0.3.1/24""#, r#""10.0.9.0/24""#)).unwrap_err();
+    assert!(e.message.contains("host bits"), "{}", e.message);
+    let e = build(&agents(r#""not-an-address""#, r#""10.0.9.0/24""#)).unwrap_err();
+    assert!(e.message.contains("not an address"), "{}", e.message);
+}
+
+#[test]
+fn authenticates_and_matches() {
+    let p = build(BASE).unwrap();
+    assert!(p.authenticate("bot", "secret").is_some());
+    assert!(p.authenticate("bot", "wrong").is_none());
+    assert!(p.authenticate("nobody", "secret").is_none());
+    assert!(p.allows_host("API.STRIPE.COM", 443));
+    assert!(!p.allows_host("api.stripe.com", 8443));
+    let m = p
+        .match_tool(
+            "api.stripe.com",
+            443,
+            &http::Method::GET,
+            "/v1/customers/cus_1",
+        )
+        .unwrap();
+    assert_eq!(m.params["customer"], "cus_1");
+    assert!(p
+        .match_tool(
+            "api.stripe.com",
+            443,
+            &http::Method::DELETE,
+            "/v1/customers/cus_1"
+        )
+        .is_none());
+}
+
+#[test]
+fn unknown_keys_name_the_line() {
+    let e = build(&format!("{BASE}\nsurprise = 1\n")).unwrap_err();
+    assert!(e.message.contains("surprise"), "{e}");
+    assert!(e.message.contains("line"), "{e}");
+}
+
+#[test]
+fn a_literal_segment_wins_and_only_true_duplicates_are_a_load_error() {
+    let tool = |name: &str, path: &str| {
+        format!("\n[[tool]]\nname = \"{name}\"\nhost = \"api.stripe.com\"\nmethod = \"GET\"\npath = \"{path}\"\n")
+    };
+    let text = format!(
+        "{BASE}{}",
+        tool("stripe.customers.search", "/v1/customers/search")
+    );
+    let p = build(&text).unwrap();
+    let name = |host: &str, path: &str| {
+        p.match_tool(host, 443, &http::Method::GET, path)
+            .map(|m| (m.tool.name.clone(), m.params))
+    };
+    let (n, params) = name("api.stripe.com", "/v1/customers/search").unwrap();
+    assert_eq!((n.as_str(), params.len()), ("stripe.customers.search", 0));
+    let (n, params) = name("API.Stripe.com", "/v1/customers/cus_1").unwrap();
+    assert_eq!(n, "stripe.customers.retrieve");
+    assert_eq!(params["customer"], "cus_1");
+    assert!(name("api.stripe.com", "/v1/customers").is_none());
+    assert!(p
+        .match_tool(
+            "api.stripe.com",
+            443,
+            &http::Method::POST,
+            "/v1/customers/search"
+        )
+        .is_none());
+    // The same shape under other parameter names matches the very same requests.
+    let text = format!(
+        "{BASE}{}",
+        tool("stripe.customers.get", "/v1/customers/{id}")
+    );
+    let e = build(&text).unwrap_err();
+    assert!(e.message.contains("match the same requests"), "{e}");
+    assert!(
+        e.message.contains("stripe.customers.retrieve")
+            && e.message.contains("stripe.customers.get"),
+        "{e}"
+    );
+    let e = build(&format!(
+        "{BASE}{}",
+        tool("stripe.customers.retrieve", "/x")
+    ))
+    .unwrap_err();
+    assert!(e.message.contains("defined twice"), "{e}");
+    // Typed path parameters: only parameters of the path, each a schema written as a table.
+    let typed = |extra: &str| {
+        format!(
+            "{BASE}{}{extra}\n",
+            tool("stripe.customers.search", "/v1/customers/search/{page}")
+        )
+    };
+    assert!(build(&typed("path_params = { page = { type = \"integer\" } }")).is_ok());
+    let e = build(&typed("path_params = { nope = { type = \"integer\" } }")).unwrap_err();
+    assert!(
+        e.message.contains("{nope}, which is not a parameter"),
+        "{e}"
+    );
+    let e = build(&typed("path_params = { page = \"integer\" }")).unwrap_err();
+    assert!(
+        e.message
+            .contains("must be a JSON Schema written as a table"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_token_env_names_the_variable() {
+    let e = build(&BASE.replace("token_env = \"TOKEN\"", "token_env = \"NOPE\"")).unwrap_err();
+    assert!(e.message.contains("NOPE"), "{e}");
+}
+
+#[test]
+fn credentials_resolve_per_environment_and_never_print_the_secret() {
+    let text = format!(
+            "{BASE}\ncredential = {{ staging = \"c\" }}\n\n[[credential]]\nname = \"c\"\nenv = \"TOKEN\"\nheader = \"X-Key\"\nformat = \"Token {{secret}}\"\n"
+        );
+    let p = build(&text).unwrap();
+    let tool = &p.tools()[0];
+    let cred = &tool.credentials["staging"];
+    assert_eq!(cred.header_value(), "Token secret");
+    assert!(cred.header_value().is_sensitive());
+    assert!(!format!("{:?}", p).contains("Token secret"));
+    let missing = BASE.to_string() + "credential = { staging = \"nope\" }\n";
+    assert!(build(&missing).unwrap_err().message.contains("\"nope\""));
+}
+
+#[test]
+fn globs() {
+    assert!(glob_match("*", "stripe.refunds.create"));
+    assert!(glob_match("stripe.*", "stripe.refunds.create"));
+    assert!(glob_match("*.create", "stripe.refunds.create"));
+    assert!(glob_match("stripe.*.create", "stripe.refunds.create"));
+    assert!(!glob_match("stripe.*", "github.repos.get"));
+    assert!(!glob_match(
+        "stripe.customers.create",
+        "stripe.customers.created"
+    ));
+    assert!(!glob_match("a*a", "a"));
+}
+
+#[test]
+fn host_port_splitting() {
+    assert_eq!(split_host_port("a.b", 443), Some(("a.b".into(), 443)));
+    assert_eq!(split_host_port("A.b:8443", 443), Some(("a.b".into(), 8443)));
+    assert_eq!(split_host_port("[::1]:9", 443), Some(("::1".into(), 9)));
+    assert_eq!(split_host_port("[::1]", 443), Some(("::1".into(), 443)));
+    assert_eq!(split_host_port("a:b", 443), None);
+}
+
+#[test]
+fn agent_bindings_render_or_refuse() {
+    let agent = Agent {
+        id: "bot".into(),
+        token_sha256: None,
+        owner: "o".into(),
+        tenant: Some("acme".into()),
+        environment: "staging".into(),
+        tools: vec![],
+        attrs: [("github_org".to_string(), "acme".to_string())].into(),
+        dry_run: false,
+        sources: vec![],
+        token_issuers: vec![],
+        static_token: true,
+        granted: vec![],
+    };
+    assert_eq!(
+        agent.render_binding("{agent.attrs.github_org}").as_deref(),
+        Some("acme")
+    );
+    assert_eq!(
+        agent.render_binding("t-{agent.tenant}").as_deref(),
+        Some("t-acme")
+    );
+    assert_eq!(agent.render_binding("{agent.attrs.nope}"), None);
+}

@@ -1,0 +1,516 @@
+//! The compiled, typed model of a policy set: agents, approvers, credentials and tools as the
+//! request path reads them. Nothing here knows the TOML format (`compile` turns definitions
+//! into these) or how a request finds them (`lookup`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::template::PathTemplate;
+use super::{contract, response, rules};
+
+/// A policy set failed to load. The message names the file and, where the TOML parser knows it,
+/// the line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct PolicyError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl PolicyError {
+    pub(super) fn new(path: &Path, message: impl Into<String>) -> Self {
+        PolicyError {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A principal that calls through the proxy.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub id: String,
+    /// None: the agent is known by its `sources` only and cannot use the proxy listener.
+    pub(super) token_sha256: Option<[u8; 32]>,
+    pub owner: String,
+    pub tenant: Option<String>,
+    pub environment: String,
+    pub tools: Vec<String>,
+    pub attrs: BTreeMap<String, String>,
+    pub dry_run: bool,
+    /// The networks whose redirected connections are this agent's (transparent listener).
+    pub sources: Vec<ipnet::IpNet>,
+    /// Approver groups (besides `admin`) that may issue it tokens.
+    pub token_issuers: Vec<String>,
+    /// Whether its static token lets it in (else only issued tokens do).
+    pub static_token: bool,
+    /// Live grants lending it tools its `tools` do not name: empty as the policy defines it,
+    /// filled in for one request by [`Agent::with_grants`].
+    pub granted: Vec<crate::model::Grant>,
+}
+
+impl Agent {
+    /// Whether `approver` may issue this agent tokens: group `admin`, or a group it names.
+    pub fn token_issuer(&self, approver: &Approver) -> bool {
+        approver
+            .groups
+            .iter()
+            .any(|g| g == "admin" || self.token_issuers.contains(g))
+    }
+}
+
+/// What toolgate does with a call that passed every check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Auto,
+    DryRun,
+    Approve,
+    Deny,
+}
+
+impl Mode {
+    pub(super) fn parse(s: Option<&str>) -> Result<Mode, String> {
+        match s.unwrap_or("auto") {
+            "auto" => Ok(Mode::Auto),
+            "dry_run" => Ok(Mode::DryRun),
+            "approve" => Ok(Mode::Approve),
+            "deny" => Ok(Mode::Deny),
+            other => Err(format!(
+                "mode {other:?} is not one of auto, dry_run, approve, deny"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::DryRun => "dry_run",
+            Mode::Approve => "approve",
+            Mode::Deny => "deny",
+        }
+    }
+}
+
+/// Matches a tool name against an agent's glob (`*` matches any run of characters).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+impl Agent {
+    /// True when one of the agent's `tools` globs names the tool, or a grant lends it.
+    pub fn may_use(&self, tool: &str) -> bool {
+        self.holds(tool) || self.grant(tool).is_some()
+    }
+
+    /// True when one of the agent's own `tools` globs names the tool (grants aside).
+    pub fn holds(&self, tool: &str) -> bool {
+        self.tools.iter().any(|g| glob_match(g, tool))
+    }
+
+    /// The grant that lends it `tool`, when its own globs do not name it.
+    pub fn grant(&self, tool: &str) -> Option<&crate::model::Grant> {
+        self.granted.iter().find(|g| g.tool == tool)
+    }
+
+    /// Renders a binding template such as `{agent.attrs.github_org}` for this agent. `None`
+    /// when the agent lacks what the template names: the binding then refuses (fail closed).
+    pub fn render_binding(&self, template: &str) -> Option<String> {
+        let mut out = String::new();
+        let mut rest = template;
+        while let Some(start) = rest.find('{') {
+            out.push_str(&rest[..start]);
+            let end = rest[start..].find('}')? + start;
+            let name = &rest[start + 1..end];
+            let value = match name {
+                "agent.id" => Some(self.id.clone()),
+                "agent.owner" => Some(self.owner.clone()),
+                "agent.tenant" => self.tenant.clone(),
+                "agent.environment" => Some(self.environment.clone()),
+                other => other
+                    .strip_prefix("agent.attrs.")
+                    .and_then(|k| self.attrs.get(k).cloned()),
+            }?;
+            out.push_str(&value);
+            rest = &rest[end + 1..];
+        }
+        out.push_str(rest);
+        Some(out)
+    }
+
+    /// This agent with `grants` in force (those for tools it already holds are left out).
+    pub fn with_grants(&self, grants: Vec<crate::model::Grant>) -> Agent {
+        let mut agent = self.clone();
+        agent.granted = grants
+            .into_iter()
+            .filter(|g| !self.holds(&g.tool))
+            .collect();
+        agent
+    }
+}
+
+/// What a call does to the world, as the contract declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SideEffects {
+    None,
+    Reversible,
+    Irreversible,
+}
+
+impl SideEffects {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SideEffects::None => "none",
+            SideEffects::Reversible => "reversible",
+            SideEffects::Irreversible => "irreversible",
+        }
+    }
+}
+
+/// How a mutating call is identified so that it executes at most once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idempotency {
+    /// By its `Idempotency-Key` header (required).
+    Key,
+    /// By its payload, within the tool's window.
+    Payload,
+}
+
+impl Idempotency {
+    /// `key` or `payload`, as written in policies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Idempotency::Key => "key",
+            Idempotency::Payload => "payload",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    Json,
+    Form,
+}
+
+/// What a tool's request body must be.
+#[derive(Debug)]
+pub struct BodySpec {
+    pub format: BodyFormat,
+    pub schema: Option<Arc<contract::Schema>>,
+}
+
+/// `rate_limit = "10/minute"`.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    pub count: u32,
+    pub per: std::time::Duration,
+    pub text: String,
+}
+
+/// The period a budget sums over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+impl Period {
+    /// A label for the period containing `unix_secs` (UTC), used as part of the budget key.
+    pub fn bucket(self, unix_secs: u64) -> String {
+        let days = unix_secs / 86_400;
+        match self {
+            Period::Hour => format!("h{}", unix_secs / 3600),
+            Period::Day => format!("d{days}"),
+            Period::Week => format!("w{}", (days + 3) / 7),
+            Period::Month => {
+                let date = time::OffsetDateTime::from_unix_timestamp(unix_secs as i64)
+                    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+                format!("m{}-{:02}", date.year(), date.month() as u8)
+            }
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Hour => "hour",
+            Period::Day => "day",
+            Period::Week => "week",
+            Period::Month => "month",
+        }
+    }
+}
+
+/// `budget = { field = "amount", max = 500000, per = "day" }`: a sum of a body field per agent.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    pub field: String,
+    pub max: f64,
+    pub per: Period,
+}
+
+/// When an approved call is sent (`approval.send`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SendOn {
+    /// By the held connection, or when the agent sends the same call again (until the
+    /// proposal expires). Nothing is sent for an agent that gave up.
+    #[default]
+    Retry,
+    /// At once, by the approval that completes the proposal, whether or not the agent still
+    /// waits; its answer is kept for the agent's next identical call.
+    Approval,
+}
+
+impl SendOn {
+    /// `on_retry` or `on_approval`, as written in policies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendOn::Retry => "on_retry",
+            SendOn::Approval => "on_approval",
+        }
+    }
+
+    /// Reads `on_retry` or `on_approval`.
+    pub fn parse(s: &str) -> Option<SendOn> {
+        match s {
+            "on_retry" => Some(SendOn::Retry),
+            "on_approval" => Some(SendOn::Approval),
+            _ => None,
+        }
+    }
+}
+
+/// `approval = { groups, required, expires, hold, allow_self_approval, webhook, send }`.
+#[derive(Debug, Clone)]
+pub struct ApprovalSpec {
+    /// Approvers in any of these groups may decide; empty means any approver.
+    pub groups: Vec<String>,
+    /// Distinct approvers needed.
+    pub required: u32,
+    pub expires: std::time::Duration,
+    /// How long the agent's connection is held waiting for a decision.
+    pub hold: std::time::Duration,
+    pub allow_self_approval: bool,
+    pub webhook: Option<String>,
+    /// When the approved call is sent.
+    pub send: SendOn,
+}
+
+/// A person who may approve held calls and use the admin API.
+#[derive(Debug)]
+pub struct Approver {
+    pub id: String,
+    pub(super) token_sha256: [u8; 32],
+    pub groups: Vec<String>,
+}
+
+impl Approver {
+    /// Whether it is in group `admin` (enables, grants, purges, replays).
+    pub fn is_admin(&self) -> bool {
+        self.groups.iter().any(|g| g == "admin")
+    }
+}
+
+/// A real API credential. Only toolgate holds it; it is injected into forwarded requests and
+/// never printed (its `Debug` leaves the secret out).
+pub struct Credential {
+    pub name: String,
+    pub header: http::HeaderName,
+    value: http::HeaderValue,
+    secret: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("name", &self.name)
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credential {
+    /// A credential whose header value (`value`, marked sensitive) holds `secret`.
+    pub(super) fn new(
+        name: String,
+        header: http::HeaderName,
+        value: http::HeaderValue,
+        secret: String,
+    ) -> Credential {
+        Credential {
+            name,
+            header,
+            value,
+            secret,
+        }
+    }
+
+    /// The header value to inject, marked sensitive so HTTP/2 never indexes it.
+    pub fn header_value(&self) -> http::HeaderValue {
+        self.value.clone()
+    }
+
+    /// The raw secret, for redaction.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+}
+
+/// A tool contract, compiled.
+#[derive(Debug)]
+pub struct Tool {
+    pub name: String,
+    pub version: u32,
+    /// Lower-case host name or IP literal, without brackets.
+    pub host: String,
+    pub port: u16,
+    pub method: http::Method,
+    pub path: PathTemplate,
+    pub mode: Mode,
+    pub side_effects: SideEffects,
+    /// The credential to inject per agent environment.
+    pub credentials: BTreeMap<String, Arc<Credential>>,
+    /// `None`: the tool takes no body.
+    pub body: Option<BodySpec>,
+    pub max_body_bytes: usize,
+    /// `None`: the tool takes no query string.
+    pub query: Option<Arc<contract::Schema>>,
+    pub idempotency: Option<Idempotency>,
+    pub idempotency_window: std::time::Duration,
+    pub rate_limit: Option<RateLimit>,
+    pub budget: Option<Budget>,
+    /// Path parameters bound to agent templates, e.g. `owner` = `{agent.attrs.github_org}`.
+    pub params: Vec<(String, String)>,
+    /// The types of the path parameters (`path_params`), as one object schema (parameters
+    /// without a type are any string).
+    pub path_schema: Option<Arc<contract::Schema>>,
+    pub rules: Vec<rules::Rule>,
+    pub approval: ApprovalSpec,
+    /// An MCP server's tool: matched by its endpoint and name, not by method and path alone.
+    pub mcp: Option<McpSpec>,
+    /// What of the answer is kept and shown.
+    pub response: Option<response::ResponseSpec>,
+    /// What the tool is: an API, or a model whose answers are metered.
+    pub kind: ToolKind,
+    /// The team that answers for the tool (shown, never enforced).
+    pub owner: Option<String>,
+    pub risk: Option<Risk>,
+    /// How a committed call is undone, if it can be.
+    pub rollback: Option<Rollback>,
+    /// The approval summary template (`{body.amount}`…); None: method and path.
+    pub summary: Option<String>,
+    /// JSON pointers of body (or MCP argument) fields the audit log never records.
+    pub redact: Vec<String>,
+    /// Request headers forwarded besides the defaults.
+    pub headers: Vec<String>,
+}
+
+/// `kind`: what a tool is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ToolKind {
+    /// An API (the default).
+    #[default]
+    Api,
+    /// A model: its answers are read for token usage.
+    Model,
+}
+
+impl ToolKind {
+    pub(super) fn parse(s: Option<&str>) -> Result<ToolKind, String> {
+        match s {
+            None | Some("api") => Ok(ToolKind::Api),
+            Some("model") => Ok(ToolKind::Model),
+            Some(other) => Err(format!("kind {other:?} is not one of api, model")),
+        }
+    }
+}
+
+/// `risk`: a label shown to approvers and rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Risk {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Risk {
+    pub(super) fn parse(s: &str) -> Result<Risk, String> {
+        match s {
+            "low" => Ok(Risk::Low),
+            "medium" => Ok(Risk::Medium),
+            "high" => Ok(Risk::High),
+            "critical" => Ok(Risk::Critical),
+            other => Err(format!(
+                "risk {other:?} is not one of low, medium, high, critical"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Risk::Low => "low",
+            Risk::Medium => "medium",
+            Risk::High => "high",
+            Risk::Critical => "critical",
+        }
+    }
+}
+
+impl Tool {
+    /// Its risk as proposals and rules show it: empty when it declares none.
+    pub fn risk_text(&self) -> &'static str {
+        self.risk.map(Risk::as_str).unwrap_or_default()
+    }
+}
+
+/// `rollback`: how a committed call is undone.
+#[derive(Debug, Clone)]
+pub enum Rollback {
+    /// It cannot be, for the reason given.
+    None(String),
+    /// By a request whose path and body are templates over the call and its response
+    /// (`{response.id}`, `{params.x}`, `{body.x}`, `{query.x}`).
+    Request {
+        method: http::Method,
+        path: String,
+        body: Option<serde_json::Value>,
+    },
+}
+
+/// What makes a tool an MCP tool.
+#[derive(Debug)]
+pub struct McpSpec {
+    /// `params.name` of `tools/call`.
+    pub name: String,
+    /// `params.arguments`, closed.
+    pub arguments: Arc<contract::Schema>,
+    /// `sha256:HEX` over the tool's description and input schema as listed.
+    pub pin: Option<String>,
+}
+
+/// Default body limit per tool.
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+
+/// A tool that matched a request, with the path parameters it captured.
+#[derive(Debug, Clone)]
+pub struct Matched {
+    pub tool: Arc<Tool>,
+    pub params: BTreeMap<String, String>,
+}
