@@ -876,7 +876,7 @@ async fn db_import(url: &str, data_dir: &std::path::Path, certs: &std::path::Pat
         payload["source_audit"] = old_chain.clone();
         let seq = audit
             .record_durable(crate::audit::Record {
-                kind: "store.import",
+                kind: crate::audit::Kind::StoreImport,
                 payload,
                 ..Default::default()
             })
@@ -1354,8 +1354,12 @@ async fn rollback(server: &str, id: Option<String>, job: Option<String>, json: b
     let mut complete = true;
     for r in &reports {
         let outcome = r["outcome"].as_str().unwrap_or("?");
-        complete &= matches!(outcome, "undone" | "already_undone")
-            && (job.is_some() || outcome == "undone");
+        use crate::rollback::Outcome;
+        complete &= match serde_json::from_value::<Outcome>(r["outcome"].clone()) {
+            Ok(Outcome::Undone) => true,
+            Ok(Outcome::AlreadyUndone) => job.is_some(),
+            _ => false,
+        };
         if !json {
             say!(
                 "{:<15} {:<28} {:<28} {}",

@@ -6,19 +6,20 @@ use tracing::{info, warn};
 
 use super::auth::{api_error, ApiError};
 use crate::policy::Approver;
+use crate::rollback::Outcome;
 use crate::store::{now_unix, KillSwitch, KillTarget};
 use crate::App;
 
 /// The HTTP status for one undo's outcome.
-pub(crate) fn rollback_status(outcome: &str) -> StatusCode {
+pub(crate) fn rollback_status(outcome: Outcome) -> StatusCode {
     match outcome {
-        "undone" => StatusCode::OK,
-        "awaiting_approval" => StatusCode::ACCEPTED,
-        "not_found" => StatusCode::NOT_FOUND,
-        "already_undone" => StatusCode::CONFLICT,
-        "not_undoable" => StatusCode::UNPROCESSABLE_ENTITY,
-        "failed" => StatusCode::BAD_GATEWAY,
-        _ => StatusCode::FORBIDDEN,
+        Outcome::Undone => StatusCode::OK,
+        Outcome::AwaitingApproval => StatusCode::ACCEPTED,
+        Outcome::NotFound => StatusCode::NOT_FOUND,
+        Outcome::AlreadyUndone => StatusCode::CONFLICT,
+        Outcome::NotUndoable => StatusCode::UNPROCESSABLE_ENTITY,
+        Outcome::Failed => StatusCode::BAD_GATEWAY,
+        Outcome::Refused => StatusCode::FORBIDDEN,
     }
 }
 

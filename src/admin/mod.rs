@@ -277,7 +277,7 @@ async fn rollback_call(
         Err(r) => return r.into_response(),
     };
     let report = crate::rollback::undo(&app, &id, &who).await;
-    (rollback_status(&report.outcome), Json(json!(report))).into_response()
+    (rollback_status(report.outcome), Json(json!(report))).into_response()
 }
 
 /// `POST /api/jobs/{job}/rollback`: undoes a job's committed calls, newest first. Answers 200
@@ -301,7 +301,7 @@ async fn rollback_job(
         Ok(reports) => {
             let complete = reports
                 .iter()
-                .all(|r| r.ok() || r.outcome == "already_undone");
+                .all(|r| r.ok() || r.outcome == crate::rollback::Outcome::AlreadyUndone);
             Json(json!({"job": job, "complete": complete, "results": reports})).into_response()
         }
         Err(e) => api_error(

@@ -650,13 +650,13 @@ pub async fn rollback_act(
                 "<tr><td>{}</td><td>{}</td><td><strong>{}</strong></td><td>{}</td></tr>",
                 esc(&r.request_id),
                 esc(r.tool.as_deref().unwrap_or("-")),
-                esc(&r.outcome),
+                esc(r.outcome.as_str()),
                 esc(&r.message)
             )
         })
         .collect();
     let status = match reports.as_slice() {
-        [one] => rollback_status(&one.outcome),
+        [one] => rollback_status(one.outcome),
         _ => StatusCode::OK,
     };
     (

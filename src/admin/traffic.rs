@@ -9,11 +9,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::auth::{api_error, signed_reader, to_login, Signed};
 use super::html::{esc, page, when_ms};
-use crate::audit::{describe, Event, Row, TrafficFilter};
+use crate::audit::payload::Asked;
+use crate::audit::{describe, Event, Kind, Payload, Row, TrafficFilter};
 use crate::App;
 
 /// The most rows an export writes.
@@ -270,10 +271,13 @@ pub async fn detail_page(
 }
 
 fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Signed) -> String {
-    let asked = events.iter().find(|e| e.kind == "request");
-    let p = asked.map(|e| &e.payload).cloned().unwrap_or(Value::Null);
-    let headers: String = p["headers"]
-        .as_object()
+    let asked: Asked = (events.iter())
+        .find_map(|e| match e.body() {
+            Payload::Request(r) => Some(r),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let headers: String = (asked.headers.as_object())
         .map(|h| {
             h.iter()
                 .map(|(k, v)| {
@@ -295,12 +299,7 @@ fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Signed) -> S
         .unwrap_or_default();
     let decided: String = proposal
         .iter()
-        .filter(|e| {
-            matches!(
-                e.kind.as_str(),
-                "approval" | "denial" | "revocation" | "cancellation" | "expiry"
-            )
-        })
+        .filter(|e| e.kind.is_approval_act() || e.kind == Kind::Expiry)
         .map(|e| format!("<li class=\"approval\">{}</li>", esc(&describe(e))))
         .collect();
     let proposal_html = match row.proposal.as_str() {
@@ -339,13 +338,13 @@ fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Signed) -> S
         method = esc(&row.method),
         host = esc(&row.host),
         path = esc(&row.path),
-        query = match p["query"].as_str() {
-            Some(q) if !q.is_empty() => format!("?{}", esc(q)),
-            _ => String::new(),
+        query = match asked.query.as_str() {
+            "" => String::new(),
+            q => format!("?{}", esc(q)),
         },
         agent = esc(&row.agent),
         owner = esc(&row.owner),
-        peer = esc(p["peer"].as_str().unwrap_or("-")),
+        peer = esc(Some(asked.peer.as_str()).filter(|p| !p.is_empty()).unwrap_or("-")),
         token = esc(&credential_text(row)),
         time = when_ms(row.unix_ms),
         tool = esc(&row.tool),

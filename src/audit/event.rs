@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::Kind;
 use crate::store::{Index, StoredEvent};
 
 /// One event of the log. The field order is the hashing order: do not reorder.
@@ -12,7 +13,7 @@ pub struct Event {
     pub seq: u64,
     pub time: String,
     pub unix_ms: u64,
-    pub kind: String,
+    pub kind: Kind,
     #[serde(default)]
     pub request_id: Option<String>,
     #[serde(default)]
@@ -51,7 +52,7 @@ impl Event {
 /// was recorded (the request's time), not when the writer got to it.
 #[derive(Debug, Clone, Default)]
 pub struct Record {
-    pub kind: &'static str,
+    pub kind: Kind,
     /// Milliseconds since the epoch; 0: stamped when recorded.
     pub at_ms: u64,
     pub request_id: Option<String>,
@@ -106,7 +107,7 @@ impl Event {
                 keys.push((index, v.to_string()));
             }
         }
-        keys.push((Index::Kind, self.kind.clone()));
+        keys.push((Index::Kind, self.kind.as_str().to_string()));
         if let Some(code) = self.payload.get("code").and_then(Value::as_str) {
             keys.push((Index::Code, code.to_string()));
         }
@@ -134,7 +135,7 @@ mod tests {
             seq: 7,
             time: "t".into(),
             unix_ms: 1,
-            kind: "request".into(),
+            kind: Kind::Request,
             request_id: Some("req_1".into()),
             job: None,
             proposal: None,

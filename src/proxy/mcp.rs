@@ -674,7 +674,7 @@ async fn batch(
     trail
         .record(
             &app.audit,
-            "decision",
+            crate::audit::Kind::Decision,
             json!({"outcome": "batch", "messages": list.len()}),
         )
         .await;

@@ -866,7 +866,7 @@ async fn rescue(app: &App, trail: &request::Trail, refusal: Refusal) -> Response
 async fn record_refused(app: &App, trail: &request::Trail, refusal: &Refusal) {
     let code = refusal.code;
     let mut rec = trail.rec(
-        "decision",
+        crate::audit::Kind::Decision,
         serde_json::json!({"outcome": "refused", "code": code.as_str(), "status": code.status().as_u16(), "message": refusal.message}),
     );
     rec.proposal = refusal.proposal.clone();
@@ -946,7 +946,7 @@ async fn record_refusal(
     let (count, ended) = app.sources.count(peer.ip(), refusal.code.as_str());
     if let Some(n) = ended.filter(|n| *n > REFUSALS_RECORDED_PER_MINUTE) {
         app.audit.record(crate::audit::Record {
-            kind: "decision",
+            kind: crate::audit::Kind::Decision,
             agent: agent.map(str::to_string),
             payload: serde_json::json!({
                 "outcome": "refused", "code": refusal.code.as_str(), "peer": peer.ip().to_string(),
@@ -958,7 +958,7 @@ async fn record_refusal(
     }
     if count <= REFUSALS_RECORDED_PER_MINUTE {
         app.audit.record(crate::audit::Record {
-            kind: "decision",
+            kind: crate::audit::Kind::Decision,
             request_id: Some(request_id.to_string()),
             agent: agent.map(str::to_string),
             payload: serde_json::json!({

@@ -317,7 +317,7 @@ pub(super) async fn decide(
     let tool = call.tool.clone();
     if let Some(g) = call.agent.grant(&tool.name) {
         trail
-            .record_beside(&app.audit, "grant.used", crate::grants::facts(g))
+            .record_beside(&app.audit, crate::audit::Kind::GrantUsed, crate::grants::facts(g))
             .await;
     }
     if tool.mode == Mode::Deny {
@@ -338,7 +338,7 @@ pub(super) async fn decide(
             || (tool.side_effects != SideEffects::None && (call.agent.dry_run || asked_dry_run)));
     if dry_run {
         trail
-            .record(&app.audit, "decision", decision("dry_run", &call))
+            .record(&app.audit, crate::audit::Kind::Decision, decision("dry_run", &call))
             .await;
         if let Some(id) = &call.mcp_id {
             return Ok(super::mcp::preview(
@@ -533,7 +533,7 @@ async fn contracted_read(
     let subject = spec.subject(&bytes, content_type, content_encoding);
     if let Some(why) = spec.mismatch(&subject) {
         event
-            .record_first("response_schema_mismatch", json!({ "message": why }))
+            .record_first(crate::audit::Kind::ResponseSchemaMismatch, json!({ "message": why }))
             .await;
     }
     let kept = spec.kept(&subject);
@@ -574,7 +574,7 @@ async fn model_answer(
         .map(str::to_string);
     let status = parts.status.as_u16();
     let headers_event = crate::audit::headers_json(&parts.headers);
-    let base = trail.rec("model_usage", Value::Null);
+    let base = trail.rec(crate::audit::Kind::ModelUsage, Value::Null);
     let started = call.started;
     let tap = super::model::UsageTap::new(
         body,
@@ -681,7 +681,7 @@ async fn commit_and_settle(
 ) -> Result<Response<ProxyBody>, Refusal> {
     let app = app.as_ref();
     trail
-        .record(&app.audit, "decision", decision("allowed", &call))
+        .record(&app.audit, crate::audit::Kind::Decision, decision("allowed", &call))
         .await;
     let request = outgoing(&mut call);
     let commit = commit_of(&target, &call, &trail, (request, charged));
@@ -742,7 +742,7 @@ async fn earlier_answer(
     Ok(Some(match (rec.state, rec.outcome) {
         (IdemState::Done, Some(outcome)) => {
             trail.record(&app.audit,
-                "idempotent_replay",
+                crate::audit::Kind::IdempotentReplay,
                 json!({"original_request": rec.request_id, "status": outcome.status}),
             ).await;
             Ok(match &tool.response {
@@ -768,7 +768,7 @@ fn commit_of<'a>(
     (request, charged): (Request<ProxyBody>, crate::limits::Charge),
 ) -> crate::commit::Commit<'a> {
     crate::commit::Commit {
-        who: trail.rec("commit", Value::Null),
+        who: trail.rec(crate::audit::Kind::Commit, Value::Null),
         commit_payload: json!({
             "method": call.parts.method.as_str(),
             "url": format!("https://{}{}", upstream::authority(&target.host, target.port), call.path_and_query),
@@ -855,7 +855,7 @@ impl Trail {
         }
     }
 
-    pub fn rec(&self, kind: &'static str, payload: Value) -> crate::audit::Record {
+    pub fn rec(&self, kind: crate::audit::Kind, payload: Value) -> crate::audit::Record {
         crate::audit::Record {
             kind,
             request_id: Some(self.request_id.clone()),
@@ -873,7 +873,7 @@ impl Trail {
 
     /// Holds the request's own event (stamped now, the request's time).
     pub fn hold_request(&self, payload: Value) {
-        let mut rec = self.rec("request", payload);
+        let mut rec = self.rec(crate::audit::Kind::Request, payload);
         rec.at_ms = crate::base::now_ms();
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(rec);
     }
@@ -922,12 +922,12 @@ impl Trail {
         decision: Value,
         started: std::time::Instant,
     ) -> CallEvent {
-        let who = (self.take_request(), self.rec("decision", Value::Null));
+        let who = (self.take_request(), self.rec(crate::audit::Kind::Decision, Value::Null));
         CallEvent::new(audit, who, decision, started)
     }
 
     /// Records an event of this request, after the request's own event.
-    pub async fn record(&self, audit: &crate::audit::Audit, kind: &'static str, payload: Value) {
+    pub async fn record(&self, audit: &crate::audit::Audit, kind: crate::audit::Kind, payload: Value) {
         self.flush(audit).await;
         self.record_beside(audit, kind, payload).await;
     }
@@ -937,7 +937,7 @@ impl Trail {
     pub async fn record_beside(
         &self,
         audit: &crate::audit::Audit,
-        kind: &'static str,
+        kind: crate::audit::Kind,
         payload: Value,
     ) {
         audit.record(self.rec(kind, payload)).await;

@@ -71,7 +71,7 @@ impl KillSwitches {
             None => ("enabled", String::new(), String::new()),
         };
         self.audit.record(Record {
-            kind: "kill_switch",
+            kind: crate::audit::Kind::KillSwitch,
             payload: json!({"target": target.to_string(), "state": state, "by": by, "reason": reason}),
             ..Default::default()
         }).await;
