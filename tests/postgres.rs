@@ -227,7 +227,7 @@ async fn replicas_write_one_audit_chain_that_verifies_from_either() {
             for i in 0..300 {
                 audit
                     .record(toolgate::audit::Record {
-                        kind: "request",
+                        kind: toolgate::audit::Kind::Request,
                         request_id: Some(format!("req_{name}_{i}")),
                         agent: Some(format!("agent-{name}")),
                         job: Some("job-shared".into()),
@@ -247,7 +247,7 @@ async fn replicas_write_one_audit_chain_that_verifies_from_either() {
     // A durable record on B after A's writes: it chains after everything before it.
     audit_b
         .record_durable(toolgate::audit::Record {
-            kind: "commit",
+            kind: toolgate::audit::Kind::Commit,
             request_id: Some("req_b_commit".into()),
             job: Some("job-shared".into()),
             ..Default::default()
