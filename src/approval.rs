@@ -955,7 +955,11 @@ pub async fn recover(
         }
         p.version = seen.version + 1;
         audit
-            .record(record(&p, crate::audit::Kind::OutcomeUnknown, json!({"note": p.note})))
+            .record(record(
+                &p,
+                crate::audit::Kind::OutcomeUnknown,
+                json!({"note": p.note}),
+            ))
             .await;
         warn!(proposal = %p.id, tool = %p.tool, "found committing at start-up: outcome unknown");
         n += 1;
@@ -1153,9 +1157,7 @@ async fn decide_only(
             act.until = Some(crate::audit::rfc3339(p.expires_unix.saturating_mul(1000)));
         }
         let act = payload::to_value(&act);
-        app.audit
-            .record(record(&p, action.event_kind(), act))
-            .await;
+        app.audit.record(record(&p, action.event_kind(), act)).await;
         info!(proposal = %p.id, by = %who.id, action = ?action, state = p.state.as_str(), "proposal decision");
         return Ok(p);
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::config::{env, parse_duration, Config};
+use crate::model::KillScope;
 
 /// Writes to standard output. A reader that went away (`toolgate audit story ID | head -1`)
 /// ends the command quietly, as Unix tools do, instead of a panic on the closed pipe.
@@ -619,8 +620,12 @@ pub async fn main(cli: Cli) -> ExitCode {
             json,
             server,
         } => replay(&server.server, &id, &to, json).await,
-        Command::Tools { command, server } => switches("tools", command, &server.server).await,
-        Command::Agents { command, server } => switches("agents", command, &server.server).await,
+        Command::Tools { command, server } => {
+            switches(KillScope::Tool, command, &server.server).await
+        }
+        Command::Agents { command, server } => {
+            switches(KillScope::Agent, command, &server.server).await
+        }
     }
 }
 
@@ -1418,7 +1423,8 @@ async fn replay(server: &str, id: &str, to: &str, json: bool) -> ExitCode {
     }
 }
 
-async fn switches(kind: &str, command: SwitchCommand, server: &str) -> ExitCode {
+async fn switches(scope: KillScope, command: SwitchCommand, server: &str) -> ExitCode {
+    let kind = scope.plural();
     let (method, path, body) = match &command {
         SwitchCommand::List => (http::Method::GET, format!("/api/{kind}"), None),
         SwitchCommand::Disable { name, reason } => (
@@ -1452,7 +1458,7 @@ async fn switches(kind: &str, command: SwitchCommand, server: &str) -> ExitCode 
     };
     match command {
         SwitchCommand::List => {
-            let key = if kind == "tools" { "name" } else { "id" };
+            let key = scope.key();
             for item in json[kind].as_array().into_iter().flatten() {
                 say!("{:<32} {}", item[key].as_str().unwrap_or("?"), state(item));
             }

@@ -223,7 +223,10 @@ async fn contract(
     );
     if let Some(why) = spec.mismatch(&subject) {
         app.audit
-            .record(event(Kind::ResponseSchemaMismatch, json!({ "message": why })))
+            .record(event(
+                Kind::ResponseSchemaMismatch,
+                json!({ "message": why }),
+            ))
             .await;
     }
     let kept = Bytes::from(spec.kept(&answer));

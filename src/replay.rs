@@ -85,7 +85,11 @@ async fn calls(app: &App, id: &str) -> Result<Vec<Call>, ReplayError> {
         .filter(|e| {
             matches!(
                 e.body(),
-                Payload::Response(_) | Payload::Request(Asked { response: Some(_), .. })
+                Payload::Response(_)
+                    | Payload::Request(Asked {
+                        response: Some(_),
+                        ..
+                    })
             )
         })
         .filter_map(|e| e.request_id.as_deref())

@@ -193,7 +193,12 @@ fn plan(policy: &Policy, c: &Committed) -> Result<Plan, (Outcome, String)> {
         "body": c.body,
         "query": query,
     });
-    let bad = |m: String| (Outcome::Refused, format!("the rollback of tool {}: {m}", c.tool));
+    let bad = |m: String| {
+        (
+            Outcome::Refused,
+            format!("the rollback of tool {}: {m}", c.tool),
+        )
+    };
     let method = Method::from_bytes(
         def.method
             .as_deref()

@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use tracing::{info, warn};
 
 use super::auth::{api_error, ApiError};
+use crate::model::KillScope;
 use crate::policy::Approver;
 use crate::rollback::Outcome;
 use crate::store::{now_unix, KillSwitch, KillTarget};
@@ -23,24 +24,19 @@ pub(crate) fn rollback_status(outcome: Outcome) -> StatusCode {
     }
 }
 
-pub(crate) enum Kind {
-    Tool,
-    Agent,
-}
-
 /// Throws (`disable`) or resets a kill switch for a tool or an agent, for the API and the page
 /// alike. Anyone who may approve may stop things; only an admin may start them again. Returns
 /// the switch's target.
 pub(crate) async fn apply_switch(
     app: &App,
     who: &Approver,
-    kind: &str,
-    name: &str,
+    (scope, name): (KillScope, &str),
     disable: bool,
     reason: Option<String>,
 ) -> Result<KillTarget, ApiError> {
     let policy = app.policy();
-    let target = KillTarget::of(kind, name).filter(|t| match t {
+    let kind = scope.as_str();
+    let target = KillTarget::of(scope, name).filter(|t| match t {
         KillTarget::Tool(n) => policy.tool(n).is_some(),
         KillTarget::Agent(n) => policy.agent(n).is_some(),
     });

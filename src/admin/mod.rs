@@ -24,9 +24,10 @@ use tokio::net::TcpListener;
 use tracing::warn;
 
 use crate::approval::{self, Action};
+use crate::model::KillScope;
 use crate::model::KillTarget;
 use crate::App;
-use actions::{apply_switch, rollback_status, Kind};
+use actions::{apply_switch, rollback_status};
 use auth::{api_error, approver};
 
 /// The admin routes.
@@ -417,7 +418,7 @@ async fn list_agents(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
 async fn switch(
     app: Arc<App>,
     headers: HeaderMap,
-    kind: Kind,
+    scope: KillScope,
     name: String,
     disable: bool,
     reason: Option<String>,
@@ -426,11 +427,8 @@ async fn switch(
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
-    let prefix = match kind {
-        Kind::Tool => "tool",
-        Kind::Agent => "agent",
-    };
-    match apply_switch(&app, &who, prefix, &name, disable, reason).await {
+    let prefix = scope.as_str();
+    match apply_switch(&app, &who, (scope, &name), disable, reason).await {
         Ok(key) => Json(json!({ prefix: name, "disabled": kill_json(&app, &key) })).into_response(),
         Err(e) => e.into_response(),
     }
@@ -446,7 +444,7 @@ async fn disable_tool(
     headers: HeaderMap,
     body: Option<Json<Reason>>,
 ) -> Response {
-    switch(app, headers, Kind::Tool, name, true, reason_of(body)).await
+    switch(app, headers, KillScope::Tool, name, true, reason_of(body)).await
 }
 
 async fn enable_tool(
@@ -454,7 +452,7 @@ async fn enable_tool(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    switch(app, headers, Kind::Tool, name, false, None).await
+    switch(app, headers, KillScope::Tool, name, false, None).await
 }
 
 async fn disable_agent(
@@ -463,7 +461,7 @@ async fn disable_agent(
     headers: HeaderMap,
     body: Option<Json<Reason>>,
 ) -> Response {
-    switch(app, headers, Kind::Agent, id, true, reason_of(body)).await
+    switch(app, headers, KillScope::Agent, id, true, reason_of(body)).await
 }
 
 async fn enable_agent(
@@ -471,7 +469,7 @@ async fn enable_agent(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    switch(app, headers, Kind::Agent, id, false, None).await
+    switch(app, headers, KillScope::Agent, id, false, None).await
 }
 
 /// Serves the admin listener until the app shuts down.

@@ -17,7 +17,7 @@ use super::auth::{
 };
 use super::html::{esc, page, when};
 use crate::approval::{self, Action, Proposal};
-use crate::model::KillTarget;
+use crate::model::{KillScope, KillTarget};
 use crate::App;
 
 pub async fn login_form(State(app): State<Arc<App>>) -> Html<String> {
@@ -443,8 +443,9 @@ pub async fn switches(State(app): State<Arc<App>>, headers: HeaderMap) -> Respon
         return to_login();
     };
     let policy = app.policy();
-    let row = |kind: &str, name: &str| {
-        let state = KillTarget::of(kind, name).and_then(|t| app.kill.get(&t));
+    let row = |scope: KillScope, name: &str| {
+        let kind = scope.as_str();
+        let state = KillTarget::of(scope, name).and_then(|t| app.kill.get(&t));
         let (label, action) = match &state {
             Some(_) => ("Enable", "enable"),
             None => ("Disable", "disable"),
@@ -473,11 +474,11 @@ pub async fn switches(State(app): State<Arc<App>>, headers: HeaderMap) -> Respon
     let tools: String = policy
         .tools()
         .iter()
-        .map(|t| row("tool", &t.name))
+        .map(|t| row(KillScope::Tool, &t.name))
         .collect();
     let mut agent_ids: Vec<&str> = policy.agents().map(|a| a.id.as_str()).collect();
     agent_ids.sort();
-    let agents: String = agent_ids.iter().map(|a| row("agent", a)).collect();
+    let agents: String = agent_ids.iter().map(|a| row(KillScope::Agent, a)).collect();
     let body = format!(
         "<h1>Kill switches</h1><p>Any approver may disable; enabling needs group admin.</p>\
          <h2>Tools</h2><table>{tools}</table><h2>Agents</h2><table>{agents}</table>"
@@ -500,8 +501,11 @@ pub async fn switch(
         "enable" => false,
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
+    let Some(scope) = KillScope::parse(&kind) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
     let reason = Some(form.reason.clone());
-    match apply_switch(&app, &s.approver, &kind, &name, disable, reason).await {
+    match apply_switch(&app, &s.approver, (scope, &name), disable, reason).await {
         Ok(_) => Redirect::to("/switches").into_response(),
         Err(e) => (
             e.status,

@@ -338,10 +338,7 @@ mod tests {
             }),
             json!({"status": 200, "headers": {}, "body": {"text": "{}", "bytes": 2}, "latency_ms": 4}),
         );
-        same(
-            to_value(&Response::default()),
-            json!({"status": null}),
-        );
+        same(to_value(&Response::default()), json!({"status": null}));
         same(
             to_value(&Rollback {
                 by: "carol".into(),
@@ -367,8 +364,8 @@ mod tests {
 
     #[test]
     fn a_payload_written_by_a_newer_version_still_reads() {
-        let r: Rollback = serde_json::from_value(json!({"by": "c", "outcome": "queued", "x": 1}))
-            .unwrap();
+        let r: Rollback =
+            serde_json::from_value(json!({"by": "c", "outcome": "queued", "x": 1})).unwrap();
         assert_eq!((r.by.as_str(), r.outcome), ("c", None));
         for o in [
             RollbackOutcome::Undone,

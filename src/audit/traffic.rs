@@ -5,11 +5,11 @@
 
 use std::collections::HashSet;
 
-use serde::{Deserialize, Serialize};
 use super::payload::{Asked, Decision, Response};
 use super::query::time_filter;
 use super::{Audit, Event, Kind, Payload};
 use crate::store::Index;
+use serde::{Deserialize, Serialize};
 
 /// Rows per page unless asked otherwise, and the most a page may ask for.
 pub const PAGE_ROWS: usize = 50;
@@ -320,7 +320,13 @@ impl Audit {
                 continue;
             }
             // A read told in one event is the whole request: nothing more to read.
-            let told_whole = matches!(e.body(), Payload::Request(Asked { response: Some(_), .. }));
+            let told_whole = matches!(
+                e.body(),
+                Payload::Request(Asked {
+                    response: Some(_),
+                    ..
+                })
+            );
             let events = match told_whole {
                 true => vec![e],
                 false => self.request_events(&rid).map_err(err)?,

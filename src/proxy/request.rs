@@ -317,7 +317,11 @@ pub(super) async fn decide(
     let tool = call.tool.clone();
     if let Some(g) = call.agent.grant(&tool.name) {
         trail
-            .record_beside(&app.audit, crate::audit::Kind::GrantUsed, crate::grants::facts(g))
+            .record_beside(
+                &app.audit,
+                crate::audit::Kind::GrantUsed,
+                crate::grants::facts(g),
+            )
             .await;
     }
     if tool.mode == Mode::Deny {
@@ -338,7 +342,11 @@ pub(super) async fn decide(
             || (tool.side_effects != SideEffects::None && (call.agent.dry_run || asked_dry_run)));
     if dry_run {
         trail
-            .record(&app.audit, crate::audit::Kind::Decision, decision("dry_run", &call))
+            .record(
+                &app.audit,
+                crate::audit::Kind::Decision,
+                decision("dry_run", &call),
+            )
             .await;
         if let Some(id) = &call.mcp_id {
             return Ok(super::mcp::preview(
@@ -533,7 +541,10 @@ async fn contracted_read(
     let subject = spec.subject(&bytes, content_type, content_encoding);
     if let Some(why) = spec.mismatch(&subject) {
         event
-            .record_first(crate::audit::Kind::ResponseSchemaMismatch, json!({ "message": why }))
+            .record_first(
+                crate::audit::Kind::ResponseSchemaMismatch,
+                json!({ "message": why }),
+            )
             .await;
     }
     let kept = spec.kept(&subject);
@@ -681,7 +692,11 @@ async fn commit_and_settle(
 ) -> Result<Response<ProxyBody>, Refusal> {
     let app = app.as_ref();
     trail
-        .record(&app.audit, crate::audit::Kind::Decision, decision("allowed", &call))
+        .record(
+            &app.audit,
+            crate::audit::Kind::Decision,
+            decision("allowed", &call),
+        )
         .await;
     let request = outgoing(&mut call);
     let commit = commit_of(&target, &call, &trail, (request, charged));
@@ -922,12 +937,20 @@ impl Trail {
         decision: Value,
         started: std::time::Instant,
     ) -> CallEvent {
-        let who = (self.take_request(), self.rec(crate::audit::Kind::Decision, Value::Null));
+        let who = (
+            self.take_request(),
+            self.rec(crate::audit::Kind::Decision, Value::Null),
+        );
         CallEvent::new(audit, who, decision, started)
     }
 
     /// Records an event of this request, after the request's own event.
-    pub async fn record(&self, audit: &crate::audit::Audit, kind: crate::audit::Kind, payload: Value) {
+    pub async fn record(
+        &self,
+        audit: &crate::audit::Audit,
+        kind: crate::audit::Kind,
+        payload: Value,
+    ) {
         self.flush(audit).await;
         self.record_beside(audit, kind, payload).await;
     }
