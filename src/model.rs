@@ -504,12 +504,12 @@ mod tests {
         assert_eq!(t, KillTarget::Tool("stripe.refunds.create".into()));
         assert_eq!(t.to_string(), "tool:stripe.refunds.create");
         assert_eq!(
-            KillTarget::of("agent", "bot"),
+            KillTarget::of(KillScope::Agent, "bot"),
             KillTarget::parse("agent:bot")
         );
         for bad in ["tool:", "job:x", "agent", ""] {
             assert!(KillTarget::parse(bad).is_none(), "{bad}");
         }
-        assert!(KillTarget::of("tool", "").is_none());
+        assert!(KillTarget::of(KillScope::Tool, "").is_none());
     }
 }

@@ -11,7 +11,6 @@ use http_body_util::{BodyExt, Limited};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::audit::payload::Asked;
 use crate::audit::Payload;
 use crate::base::body;
 use crate::App;
@@ -82,16 +81,7 @@ async fn calls(app: &App, id: &str) -> Result<Vec<Call>, ReplayError> {
     // Answered: a `response` event, or a read told in one event (its payload has the answer).
     let answered: BTreeSet<&str> = events
         .iter()
-        .filter(|e| {
-            matches!(
-                e.body(),
-                Payload::Response(_)
-                    | Payload::Request(Asked {
-                        response: Some(_),
-                        ..
-                    })
-            )
-        })
+        .filter(|e| e.body().answers())
         .filter_map(|e| e.request_id.as_deref())
         .collect();
     // The request event is written before the tool is known; later events name it.

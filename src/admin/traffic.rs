@@ -271,7 +271,7 @@ pub async fn detail_page(
 }
 
 fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Signed) -> String {
-    let asked: Asked = (events.iter())
+    let asked: Box<Asked> = (events.iter())
         .find_map(|e| match e.body() {
             Payload::Request(r) => Some(r),
             _ => None,

@@ -240,7 +240,8 @@ impl Act {
 /// An event's payload read by its kind: the families above typed, the rest as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Payload<'a> {
-    Request(Asked),
+    /// Boxed: the largest by far.
+    Request(Box<Asked>),
     Decision(Decision),
     Proposal(Proposed),
     Commit(Commit),
@@ -250,11 +251,22 @@ pub enum Payload<'a> {
     Other(&'a Value),
 }
 
+impl Payload<'_> {
+    /// Whether it holds the upstream's answer: a response, or a read told in one event.
+    pub fn answers(&self) -> bool {
+        match self {
+            Payload::Response(_) => true,
+            Payload::Request(r) => r.response.is_some(),
+            _ => false,
+        }
+    }
+}
+
 impl Event {
     /// The payload, read as its kind's type.
     pub fn body(&self) -> Payload<'_> {
         match &self.kind {
-            Kind::Request => Payload::Request(self.read()),
+            Kind::Request => Payload::Request(Box::new(self.read())),
             Kind::Decision => Payload::Decision(self.read()),
             Kind::Proposal => Payload::Proposal(self.read()),
             Kind::Commit => Payload::Commit(self.read()),

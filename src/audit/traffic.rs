@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use super::payload::{Asked, Decision, Response};
+use super::payload::{Decision, Response};
 use super::query::time_filter;
 use super::{Audit, Event, Kind, Payload};
 use crate::store::Index;
@@ -320,13 +320,7 @@ impl Audit {
                 continue;
             }
             // A read told in one event is the whole request: nothing more to read.
-            let told_whole = matches!(
-                e.body(),
-                Payload::Request(Asked {
-                    response: Some(_),
-                    ..
-                })
-            );
+            let told_whole = matches!(e.body(), Payload::Request(r) if r.response.is_some());
             let events = match told_whole {
                 true => vec![e],
                 false => self.request_events(&rid).map_err(err)?,
