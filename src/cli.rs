@@ -620,12 +620,8 @@ pub async fn main(cli: Cli) -> ExitCode {
             json,
             server,
         } => replay(&server.server, &id, &to, json).await,
-        Command::Tools { command, server } => {
-            switches(KillScope::Tool, command, &server.server).await
-        }
-        Command::Agents { command, server } => {
-            switches(KillScope::Agent, command, &server.server).await
-        }
+        Command::Tools { command, server } => switches(command, server, KillScope::Tool).await,
+        Command::Agents { command, server } => switches(command, server, KillScope::Agent).await,
     }
 }
 
@@ -1423,8 +1419,8 @@ async fn replay(server: &str, id: &str, to: &str, json: bool) -> ExitCode {
     }
 }
 
-async fn switches(scope: KillScope, command: SwitchCommand, server: &str) -> ExitCode {
-    let kind = scope.plural();
+async fn switches(command: SwitchCommand, server: ServerArgs, scope: KillScope) -> ExitCode {
+    let (kind, server) = (scope.plural(), server.server.as_str());
     let (method, path, body) = match &command {
         SwitchCommand::List => (http::Method::GET, format!("/api/{kind}"), None),
         SwitchCommand::Disable { name, reason } => (

@@ -169,6 +169,8 @@ mod tests {
         let names: std::collections::BTreeSet<&str> =
             Kind::KNOWN.iter().map(Kind::as_str).collect();
         assert_eq!(names.len(), Kind::KNOWN.len(), "two kinds share a name");
+        // A story's columns line up: the name pads as a string does.
+        assert_eq!(format!("{:<9}|", Kind::Request), "request  |");
     }
 
     #[test]
