@@ -9,6 +9,7 @@
 //! the store) sends it, `committing` is stored durably before the request leaves, and a
 //! proposal found `committing` at start-up becomes `outcome_unknown`, never re-sent.
 
+use crate::audit::payload;
 use std::time::Duration;
 
 use base64::Engine;
@@ -32,7 +33,7 @@ const REMEMBER_SECS: u64 = 24 * 3600;
 pub use crate::model::{Decision, Proposal, State, StoredRequest};
 
 /// An audit record about a proposal.
-fn record(p: &Proposal, kind: &'static str, payload: Value) -> crate::audit::Record {
+fn record(p: &Proposal, kind: crate::audit::Kind, payload: Value) -> crate::audit::Record {
     crate::audit::Record {
         kind,
         request_id: Some(p.request_id.clone()),
@@ -50,7 +51,7 @@ fn record(p: &Proposal, kind: &'static str, payload: Value) -> crate::audit::Rec
 
 /// An audit record about a proposal that no request of the agent's made (what its approval's
 /// own commit met).
-fn record_apart(p: &Proposal, kind: &'static str, payload: Value) -> crate::audit::Record {
+fn record_apart(p: &Proposal, kind: crate::audit::Kind, payload: Value) -> crate::audit::Record {
     crate::audit::Record {
         request_id: None,
         ..record(p, kind, payload)
@@ -186,7 +187,7 @@ pub async fn propose_and_wait(
     let id = join_or_propose(app, &held, identity).await?;
     app.audit
         .record(crate::audit::Record {
-            kind: "decision",
+            kind: crate::audit::Kind::Decision,
             request_id: Some(held.call.request_id.to_string()),
             job: Some(held.call.job.clone()),
             proposal: Some(id.clone()),
@@ -195,7 +196,12 @@ pub async fn propose_and_wait(
             tool: Some(held.tool.name.clone()),
             tool_version: Some(held.tool.version),
             token: held.token.map(str::to_string),
-            payload: json!({"outcome": "held for approval", "mode": "approve", "proposal": id}),
+            payload: payload::to_value(&payload::Decision {
+                outcome: "held for approval".into(),
+                mode: Some("approve".into()),
+                proposal: Some(id.clone()),
+                ..Default::default()
+            }),
             at_ms: 0,
         })
         .await;
@@ -255,16 +261,16 @@ async fn join_or_propose(app: &App, held: &Held<'_>, identity: String) -> Result
         app.audit
             .record(record(
                 &p,
-                "proposal",
-                json!({
-                    "summary": p.summary,
-                    "required": p.required,
-                    "groups": p.groups,
-                    "method": p.request.method,
-                    "url": p.request.url(),
-                    "sha256": p.request.sha256,
-                    "body": crate::audit::body_json(&p.request.body_bytes(), crate::audit::BODY_CAP),
-                    "risk": p.risk,
+                crate::audit::Kind::Proposal,
+                payload::to_value(&payload::Proposed {
+                    summary: p.summary.clone(),
+                    required: p.required,
+                    groups: p.groups.clone(),
+                    method: p.request.method.clone(),
+                    url: p.request.url(),
+                    sha256: p.request.sha256.clone(),
+                    body: crate::audit::body_json(&p.request.body_bytes(), crate::audit::BODY_CAP),
+                    risk: p.risk.clone(),
                 }),
             ))
             .await;
@@ -367,7 +373,7 @@ pub async fn load(app: &App, id: &str) -> Result<Option<Proposal>, StoreError> {
         next.state = State::Expired;
         if let Some(expired) = advance(app, &p, next).await? {
             app.audit
-                .record(record(&expired, "expiry", json!({})))
+                .record(record(&expired, crate::audit::Kind::Expiry, json!({})))
                 .await;
             info!(proposal = %id, "proposal expired");
             return Ok(Some(expired));
@@ -531,7 +537,7 @@ async fn answer_committed(
                 request_id: Some(claimant.to_string()),
                 ..record(
                     p,
-                    "idempotent_replay",
+                    crate::audit::Kind::IdempotentReplay,
                     json!({"original_request": p.request_id, "status": resp.status().as_u16()}),
                 )
             })
@@ -760,15 +766,16 @@ async fn send_approved(
     // request when the approval sends it): that request's row shows the upstream's answer.
     let who = crate::audit::Record {
         request_id: Some(claimant.unwrap_or(&p.request_id).to_string()),
-        ..record(&p, "commit", Value::Null)
+        ..record(&p, crate::audit::Kind::Commit, Value::Null)
     };
     let commit = crate::commit::Commit {
         who,
-        commit_payload: json!({
-            "method": p.request.method,
-            "url": p.request.url(),
-            "sha256": p.request.sha256,
-            "approvals": p.approvals,
+        commit_payload: payload::to_value(&payload::Commit {
+            method: p.request.method.clone(),
+            url: p.request.url(),
+            sha256: p.request.sha256.clone(),
+            body: None,
+            approvals: Some(payload::to_value(&p.approvals)),
         }),
         call,
         request,
@@ -854,8 +861,12 @@ async fn cancel(
         app.audit
             .record(record(
                 &p,
-                "cancellation",
-                json!({"by": "toolgate", "reason": why}),
+                crate::audit::Kind::Cancellation,
+                payload::to_value(&payload::Act {
+                    by: "toolgate".into(),
+                    reason: Some(why.to_string()),
+                    ..Default::default()
+                }),
             ))
             .await;
     }
@@ -925,7 +936,11 @@ pub async fn recover(
         }
         p.version = seen.version + 1;
         audit
-            .record(record(&p, "outcome_unknown", json!({"note": p.note})))
+            .record(record(
+                &p,
+                crate::audit::Kind::OutcomeUnknown,
+                json!({"note": p.note}),
+            ))
             .await;
         warn!(proposal = %p.id, tool = %p.tool, "found committing at start-up: outcome unknown");
         n += 1;
@@ -966,12 +981,12 @@ impl Action {
     }
 
     /// The audit event an action records.
-    pub fn event_kind(self) -> &'static str {
+    pub fn event_kind(self) -> crate::audit::Kind {
         match self {
-            Action::Approve => "approval",
-            Action::Deny => "denial",
-            Action::Revoke => "revocation",
-            Action::Cancel => "cancellation",
+            Action::Approve => crate::audit::Kind::Approval,
+            Action::Deny => crate::audit::Kind::Denial,
+            Action::Revoke => crate::audit::Kind::Revocation,
+            Action::Cancel => crate::audit::Kind::Cancellation,
         }
     }
 }
@@ -1054,8 +1069,15 @@ pub async fn decide(
             app.audit
                 .record(record_apart(
                     &p,
-                    "decision",
-                    json!({"outcome": "refused", "code": r.code.as_str(), "status": r.code.status().as_u16(), "message": r.message, "at": "commit on approval"}),
+                    crate::audit::Kind::Decision,
+                    payload::to_value(&payload::Decision {
+                        outcome: "refused".into(),
+                        code: Some(r.code.as_str().into()),
+                        status: Some(r.code.status().as_u16()),
+                        message: Some(r.message.clone()),
+                        at: Some("commit on approval".into()),
+                        ..Default::default()
+                    }),
                 ))
                 .await;
             Some(r.message)
@@ -1124,15 +1146,21 @@ async fn decide_only(
         let Some(p) = advance(app, &p, next).await.map_err(internal)? else {
             continue;
         };
-        let mut payload = json!({"by": who.id, "comment": comment, "state": p.state.as_str(), "approvals": p.approvals.len(), "required": p.required});
+        let mut act = payload::Act {
+            by: who.id.clone(),
+            comment: Some(comment.to_string()),
+            state: Some(p.state.as_str().into()),
+            approvals: Some(p.approvals.len()),
+            required: Some(p.required),
+            ..Default::default()
+        };
         if p.state == State::Approved {
             // What the approval leads to, for the story: sent now, or on the agent's retry.
-            payload["send"] = json!(send_on(app, &p).as_str());
-            payload["until"] = json!(crate::audit::rfc3339(p.expires_unix.saturating_mul(1000)));
+            act.send = Some(send_on(app, &p).as_str().into());
+            act.until = Some(crate::audit::rfc3339(p.expires_unix.saturating_mul(1000)));
         }
-        app.audit
-            .record(record(&p, action.event_kind(), payload))
-            .await;
+        let act = payload::to_value(&act);
+        app.audit.record(record(&p, action.event_kind(), act)).await;
         info!(proposal = %p.id, by = %who.id, action = ?action, state = p.state.as_str(), "proposal decision");
         return Ok(p);
     }

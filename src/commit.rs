@@ -10,7 +10,7 @@ use http::Request;
 use http_body_util::{BodyExt, Limited};
 use serde_json::{json, Value};
 
-use crate::audit::Record;
+use crate::audit::{payload, Kind, Record};
 use crate::base::body::ProxyBody;
 use crate::error::Refusal;
 use crate::limits::{refund_budget, Charge};
@@ -64,14 +64,14 @@ pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Sent, Failed> {
         charged,
         response,
     } = c;
-    let event = |kind: &'static str, payload: Value| Record {
+    let event = |kind: Kind, payload: Value| Record {
         kind,
         payload,
         ..who.clone()
     };
     if let Err(e) = app
         .audit
-        .record_durable(event("commit", commit_payload))
+        .record_durable(event(Kind::Commit, commit_payload))
         .await
     {
         refund_budget(&app.store, charged).await;
@@ -85,7 +85,7 @@ pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Sent, Failed> {
         Ok(resp) => resp,
         Err(failure) => {
             app.audit.record(event(
-                "upstream_error",
+                Kind::UpstreamError,
                 json!({"code": failure.refusal.code.as_str(), "message": failure.refusal.message, "sent": !failure.not_sent}),
             )).await;
             if failure.not_sent {
@@ -112,21 +112,20 @@ pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Sent, Failed> {
     )
     .await;
     // What happened is recorded whatever the log's state: kept and written later if need be.
+    let recorded = payload::Response {
+        status: Some(outcome.status),
+        headers: Some(Value::Object(
+            (outcome.headers.iter())
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        )),
+        body: Some(crate::audit::body_json(&answer, crate::audit::BODY_CAP)),
+        latency_ms: Some(started.elapsed().as_millis() as u64),
+        ..Default::default()
+    };
     let _ = app
         .audit
-        .record_happened(event(
-            "response",
-            json!({
-                "status": outcome.status,
-                "headers": outcome
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                    .collect::<serde_json::Map<String, Value>>(),
-                "body": crate::audit::body_json(&answer, crate::audit::BODY_CAP),
-                "latency_ms": started.elapsed().as_millis() as u64,
-            }),
-        ))
+        .record_happened(event(Kind::Response, payload::to_value(&recorded)))
         .await;
     Ok(sent)
 }
@@ -197,7 +196,7 @@ async fn contract(
     spec: Option<&crate::policy::response::ResponseSpec>,
     outcome: Outcome,
     answer: Bytes,
-    event: &(dyn Fn(&'static str, Value) -> Record + Sync),
+    event: &(dyn Fn(Kind, Value) -> Record + Sync),
 ) -> (Sent, Bytes) {
     let Some(spec) = spec else {
         return (
@@ -217,7 +216,10 @@ async fn contract(
     );
     if let Some(why) = spec.mismatch(&subject) {
         app.audit
-            .record(event("response_schema_mismatch", json!({ "message": why })))
+            .record(event(
+                Kind::ResponseSchemaMismatch,
+                json!({ "message": why }),
+            ))
             .await;
     }
     let kept = Bytes::from(spec.kept(&answer));

@@ -97,9 +97,9 @@ pub async fn end(app: &App, id: &str, how: &str, by: &str) -> Result<Option<Gran
     app.audit
         .record(crate::audit::Record {
             kind: if how == "revoked" {
-                "grant.revoked"
+                crate::audit::Kind::GrantRevoked
             } else {
-                "grant.expired"
+                crate::audit::Kind::GrantExpired
             },
             agent: Some(g.agent.clone()),
             tool: Some(g.tool.clone()),

@@ -43,6 +43,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::store::Topic;
+
 pub use app::{App, StartError};
 pub use config::Config;
 
@@ -98,10 +100,11 @@ async fn follow_replicas(app: Arc<App>) {
             _ = tick.tick() => None,
             Some(t) = async { heard.as_mut()?.recv().await } => Some(t),
         };
-        match topic.as_deref() {
-            Some(t) if app.principals.heard(t) => {}
-            Some(t) if t != crate::services::kill::KILL_TOPIC => app.waiters.heard(t),
-            _ => {
+        match topic {
+            Some(Topic::Token(id)) => app.principals.token_heard(&id),
+            Some(Topic::Grants(agent)) => app.principals.grants_heard(&agent),
+            Some(Topic::Proposal(id)) => app.waiters.heard(&id),
+            Some(Topic::Kill) | None => {
                 if let Err(e) = app.kill.refresh().await {
                     warn!(error = %e, "could not read the kill switches from the shared store");
                 }

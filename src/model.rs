@@ -119,6 +119,49 @@ pub struct KillSwitch {
     pub at_unix: u64,
 }
 
+/// What kind of thing a kill switch stops: a tool or an agent (`tool` / `agent` in stored keys
+/// and on the admin pages' paths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KillScope {
+    Tool,
+    Agent,
+}
+
+impl KillScope {
+    /// The scope named `name` (`tool` or `agent`).
+    pub fn parse(name: &str) -> Option<KillScope> {
+        match name {
+            "tool" => Some(KillScope::Tool),
+            "agent" => Some(KillScope::Agent),
+            _ => None,
+        }
+    }
+
+    /// `tool` or `agent`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KillScope::Tool => "tool",
+            KillScope::Agent => "agent",
+        }
+    }
+
+    /// The admin API's collection: `tools` or `agents`.
+    pub fn plural(self) -> &'static str {
+        match self {
+            KillScope::Tool => "tools",
+            KillScope::Agent => "agents",
+        }
+    }
+
+    /// The field that names an item of the admin API's collection: `name` or `id`.
+    pub fn key(self) -> &'static str {
+        match self {
+            KillScope::Tool => "name",
+            KillScope::Agent => "id",
+        }
+    }
+}
+
 /// What a kill switch stops: every call of a tool, or every call of an agent. Stored and shown
 /// as `tool:NAME` / `agent:ID`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -130,25 +173,23 @@ pub enum KillTarget {
 impl KillTarget {
     /// Reads `tool:NAME` or `agent:ID`.
     pub fn parse(key: &str) -> Option<KillTarget> {
-        let (kind, name) = key.split_once(':')?;
-        KillTarget::of(kind, name)
+        let (scope, name) = key.split_once(':')?;
+        KillTarget::of(KillScope::parse(scope)?, name)
     }
 
-    /// The target of `kind` (`tool` or `agent`) named `name`.
-    pub fn of(kind: &str, name: &str) -> Option<KillTarget> {
-        match kind {
-            _ if name.is_empty() => None,
-            "tool" => Some(KillTarget::Tool(name.to_string())),
-            "agent" => Some(KillTarget::Agent(name.to_string())),
-            _ => None,
-        }
+    /// The target of `scope` named `name`; none for an empty name.
+    pub fn of(scope: KillScope, name: &str) -> Option<KillTarget> {
+        let name = Some(name.to_string()).filter(|n| !n.is_empty())?;
+        Some(match scope {
+            KillScope::Tool => KillTarget::Tool(name),
+            KillScope::Agent => KillTarget::Agent(name),
+        })
     }
 
-    /// `tool` or `agent`.
-    pub fn kind(&self) -> &'static str {
+    pub fn scope(&self) -> KillScope {
         match self {
-            KillTarget::Tool(_) => "tool",
-            KillTarget::Agent(_) => "agent",
+            KillTarget::Tool(_) => KillScope::Tool,
+            KillTarget::Agent(_) => KillScope::Agent,
         }
     }
 
@@ -161,7 +202,7 @@ impl KillTarget {
 
 impl std::fmt::Display for KillTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.kind(), self.name())
+        write!(f, "{}:{}", self.scope().as_str(), self.name())
     }
 }
 
@@ -548,12 +589,12 @@ mod tests {
         assert_eq!(t, KillTarget::Tool("stripe.refunds.create".into()));
         assert_eq!(t.to_string(), "tool:stripe.refunds.create");
         assert_eq!(
-            KillTarget::of("agent", "bot"),
+            KillTarget::of(KillScope::Agent, "bot"),
             KillTarget::parse("agent:bot")
         );
         for bad in ["tool:", "job:x", "agent", ""] {
             assert!(KillTarget::parse(bad).is_none(), "{bad}");
         }
-        assert!(KillTarget::of("tool", "").is_none());
+        assert!(KillTarget::of(KillScope::Tool, "").is_none());
     }
 }

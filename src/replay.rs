@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Limited};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::audit::Payload;
 use crate::base::body;
 use crate::model::Call;
 use crate::App;
@@ -61,9 +62,7 @@ async fn calls(app: &App, id: &str) -> Result<Vec<Call>, ReplayError> {
     // Answered: a `response` event, or a read told in one event (its payload has the answer).
     let answered: BTreeSet<&str> = events
         .iter()
-        .filter(|e| {
-            e.kind == "response" || (e.kind == "request" && !e.payload["response"].is_null())
-        })
+        .filter(|e| e.body().answers())
         .filter_map(|e| e.request_id.as_deref())
         .collect();
     // The request event is written before the tool is known; later events name it.
@@ -75,25 +74,29 @@ async fn calls(app: &App, id: &str) -> Result<Vec<Call>, ReplayError> {
         let Some(rid) = e.request_id.as_deref() else {
             continue;
         };
-        if e.kind != "request" || seen.contains(rid) || !answered.contains(rid) {
+        if seen.contains(rid) || !answered.contains(rid) {
             continue;
         }
-        let (Some(tool), Some(method)) = (tools.get(rid), e.payload["method"].as_str()) else {
+        let (Payload::Request(asked), Some(tool)) = (e.body(), tools.get(rid)) else {
             continue;
         };
         let tool = tool.to_string();
+        let method = asked.method.as_str();
         if !matches!(method, "GET" | "HEAD") {
             continue;
         }
-        let path = e.payload["path"].as_str().unwrap_or("/");
-        let query = e.payload["query"].as_str().unwrap_or("");
+        let path = match asked.path.as_str() {
+            "" => "/",
+            path => path,
+        };
+        let query = asked.query.as_str();
         let call = Call {
             request_id: rid.to_string(),
             job: e.job.clone().unwrap_or_default(),
             proposal: e.proposal.clone(),
             agent: e.agent.clone().unwrap_or_default(),
             tool,
-            host: e.payload["host"].as_str().unwrap_or("").to_string(),
+            host: asked.host.clone(),
             method: method.to_string(),
             path_and_query: if query.is_empty() {
                 path.to_string()
@@ -186,7 +189,7 @@ pub async fn replay(
         }
         app.audit
             .record(crate::audit::Record {
-                kind: "replay",
+                kind: crate::audit::Kind::Replay,
                 request_id: Some(call.request_id.clone()),
                 job: Some(call.job.clone()).filter(|j| !j.is_empty()),
                 proposal: call.proposal.clone(),

@@ -12,6 +12,7 @@ use http::{header, HeaderValue, Method, Request};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+pub use crate::audit::RollbackOutcome as Outcome;
 use crate::ledger::{all, find};
 use crate::model::{Committed, UndoApproval, Undone};
 use crate::policy::rollback_def::placeholders;
@@ -26,9 +27,7 @@ pub struct Report {
     /// The call that was to be undone.
     pub request_id: String,
     pub tool: Option<String>,
-    /// `undone`, `failed` (the undo was sent and the upstream refused it), `refused` (toolgate
-    /// did not send it), `not_undoable` (the tool declares why), `already_undone`, `not_found`.
-    pub outcome: String,
+    pub outcome: Outcome,
     pub message: String,
     /// The undo request's own id, when one was made.
     pub undo_request: Option<String>,
@@ -36,11 +35,11 @@ pub struct Report {
 }
 
 impl Report {
-    fn new(request_id: &str, tool: Option<&str>, outcome: &str, message: String) -> Report {
+    fn new(request_id: &str, tool: Option<&str>, outcome: Outcome, message: String) -> Report {
         Report {
             request_id: request_id.to_string(),
             tool: tool.map(str::to_string),
-            outcome: outcome.to_string(),
+            outcome,
             message,
             undo_request: None,
             status: None,
@@ -48,7 +47,7 @@ impl Report {
     }
 
     pub fn ok(&self) -> bool {
-        self.outcome == "undone"
+        self.outcome == Outcome::Undone
     }
 }
 
@@ -162,9 +161,9 @@ struct Plan {
     body: Option<Value>,
 }
 
-fn plan(policy: &Policy, c: &Committed) -> Result<Plan, (&'static str, String)> {
+fn plan(policy: &Policy, c: &Committed) -> Result<Plan, (Outcome, String)> {
     let tool = policy.tool(&c.tool).ok_or((
-        "refused",
+        Outcome::Refused,
         format!(
             "tool {} is no longer defined in the policies; its undo is unknown",
             c.tool
@@ -173,13 +172,13 @@ fn plan(policy: &Policy, c: &Committed) -> Result<Plan, (&'static str, String)> 
     let (method, path, body) = match tool.rollback.as_ref() {
         None => {
             return Err((
-                "not_undoable",
+                Outcome::NotUndoable,
                 format!("tool {} declares no rollback", c.tool),
             ))
         }
         Some(Rollback::None(why)) => {
             return Err((
-                "not_undoable",
+                Outcome::NotUndoable,
                 format!("tool {} cannot be undone: {why}", c.tool),
             ))
         }
@@ -199,7 +198,12 @@ fn plan(policy: &Policy, c: &Committed) -> Result<Plan, (&'static str, String)> 
         "body": c.body,
         "query": query,
     });
-    let bad = |m: String| ("refused", format!("the rollback of tool {}: {m}", c.tool));
+    let bad = |m: String| {
+        (
+            Outcome::Refused,
+            format!("the rollback of tool {}: {m}", c.tool),
+        )
+    };
     let path = render(path, &ctx, true).map_err(bad)?;
     let body = match body {
         Some(v) => Some(render_value(v, &ctx).map_err(bad)?),
@@ -221,7 +225,7 @@ pub async fn undo(app: &Arc<App>, id: &str, who: &Approver) -> Report {
             return Report::new(
                 id,
                 None,
-                "not_found",
+                Outcome::NotFound,
                 format!("no committed call {id}: only calls that changed something and succeeded can be undone"),
             )
         }
@@ -229,7 +233,7 @@ pub async fn undo(app: &Arc<App>, id: &str, who: &Approver) -> Report {
             return Report::new(
                 id,
                 None,
-                "refused",
+                Outcome::Refused,
                 format!("the store is unavailable ({e}); nothing was sent"),
             )
         }
@@ -288,11 +292,11 @@ async fn send_undo(
     c.attempts += 1;
     if let Err(e) = app.store.ledger_put(c).await {
         let message = format!("the store is unavailable ({e}); nothing was sent");
-        return Report::new(&c.request_id, tool, "refused", message);
+        return Report::new(&c.request_id, tool, Outcome::Refused, message);
     }
     let req = match undo_request(plan, undo_tool, c) {
         Ok(req) => req,
-        Err(message) => return Report::new(&c.request_id, tool, "refused", message),
+        Err(message) => return Report::new(&c.request_id, tool, Outcome::Refused, message),
     };
     let target = crate::proxy::Target::undo(c, by);
     let (undo_id, resp, refused) = crate::proxy::internal_call(app.clone(), target, req).await;
@@ -340,14 +344,14 @@ async fn claim_undo(app: &App, c: &Committed) -> Result<(), Box<Report>> {
     match app.store.idem_swap(&undo_claim(&c.request_id), None, &claim).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(report(
-            "already_undone",
+            Outcome::AlreadyUndone,
             format!(
                 "an undo of {} is already under way or done (another approver or replica); it is not sent twice",
                 c.request_id
             ),
         )),
         Err(e) => Err(report(
-            "refused",
+            Outcome::Refused,
             format!("the store is unavailable ({e}); nothing was sent"),
         )),
     }
@@ -379,7 +383,7 @@ fn undoable(c: &Committed) -> Result<(), Box<Report>> {
         let mut r = Report::new(
             &c.request_id,
             tool,
-            "already_undone",
+            Outcome::AlreadyUndone,
             format!(
                 "{} was already undone by {} (request {}); it is not undone twice",
                 c.request_id, u.by, u.request_id
@@ -392,7 +396,7 @@ fn undoable(c: &Committed) -> Result<(), Box<Report>> {
         return Err(Box::new(Report::new(
             &c.request_id,
             tool,
-            "not_undoable",
+            Outcome::NotUndoable,
             format!(
                 "{} was answered {}: it changed nothing to undo",
                 c.request_id, c.status
@@ -403,7 +407,7 @@ fn undoable(c: &Committed) -> Result<(), Box<Report>> {
         return Err(Box::new(Report::new(
             &c.request_id,
             tool,
-            "not_undoable",
+            Outcome::NotUndoable,
             format!(
                 "{} is itself the undo of {of}; it is not undone",
                 c.request_id
@@ -472,16 +476,16 @@ fn outcome_report(
         Report::new(
             &c.request_id,
             tool,
-            "undone",
+            Outcome::Undone,
             format!("{} {} answered {status}", plan.method, plan.path),
         )
     } else if refused_by_toolgate {
-        Report::new(&c.request_id, tool, "refused", message_of(text))
+        Report::new(&c.request_id, tool, Outcome::Refused, message_of(text))
     } else {
         Report::new(
             &c.request_id,
             tool,
-            "failed",
+            Outcome::Failed,
             format!(
                 "{} {} answered {status}: {}",
                 plan.method,
@@ -502,21 +506,21 @@ async fn record_rollback(
 ) {
     app.audit
         .record(crate::audit::Record {
-            kind: "rollback",
+            kind: crate::audit::Kind::Rollback,
             request_id: Some(c.request_id.clone()),
             job: Some(c.job.clone()),
             proposal: c.proposal.clone(),
             agent: Some(c.agent.clone()),
             tool: Some(c.tool.clone()),
             tool_version: Some(c.tool_version),
-            payload: json!({
-                "by": by,
-                "outcome": report.outcome,
-                "undo_request": undo_id,
-                "method": plan.method.as_str(),
-                "path": plan.path,
-                "status": report.status,
-                "message": report.message,
+            payload: crate::audit::payload::to_value(&crate::audit::payload::Rollback {
+                by: by.to_string(),
+                outcome: Some(report.outcome),
+                undo_request: undo_id.to_string(),
+                method: plan.method.to_string(),
+                path: plan.path.clone(),
+                status: report.status,
+                message: report.message.clone(),
             }),
             ..Default::default()
         })
@@ -533,14 +537,14 @@ async fn approve_undo(
     c: &mut Committed,
     undo_tool: &Tool,
     who: &Approver,
-) -> Result<(), (&'static str, String)> {
+) -> Result<(), (Outcome, String)> {
     if undo_tool.mode != crate::policy::Mode::Approve {
         return Ok(());
     }
     let spec = &undo_tool.approval;
     if !spec.groups.is_empty() && !who.groups.iter().any(|g| spec.groups.contains(g)) {
         return Err((
-            "refused",
+            Outcome::Refused,
             format!(
                 "{} is not in the groups that approve {} ({}), so may not ask for this undo",
                 who.id,
@@ -552,7 +556,7 @@ async fn approve_undo(
     let owner = policy.agent(&c.agent).map(|a| a.owner.as_str());
     if !spec.allow_self_approval && owner.is_some_and(|o| o.eq_ignore_ascii_case(&who.id)) {
         return Err((
-            "refused",
+            Outcome::Refused,
             format!(
                 "{} owns agent {} and may not approve the undo of its calls through {}",
                 who.id, c.agent, undo_tool.name
@@ -577,13 +581,13 @@ async fn approve_undo(
     }
     app.store.ledger_put(c).await.map_err(|e| {
         (
-            "refused",
+            Outcome::Refused,
             format!("the store is unavailable ({e}); nothing was sent"),
         )
     })?;
     let asked: Vec<&str> = c.undo_approvals.iter().map(|a| a.by.as_str()).collect();
     Err((
-        "awaiting_approval",
+        Outcome::AwaitingApproval,
         format!(
             "the undo goes through {}, which needs {} different approvers; {have} asked so far ({}). Another approver must ask for the same undo",
             undo_tool.name,

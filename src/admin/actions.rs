@@ -5,26 +5,23 @@ use axum::http::StatusCode;
 use tracing::{info, warn};
 
 use super::auth::{api_error, ApiError};
+use crate::model::KillScope;
 use crate::policy::Approver;
+use crate::rollback::Outcome;
 use crate::store::{now_unix, KillSwitch, KillTarget};
 use crate::App;
 
 /// The HTTP status for one undo's outcome.
-pub(crate) fn rollback_status(outcome: &str) -> StatusCode {
+pub(crate) fn rollback_status(outcome: Outcome) -> StatusCode {
     match outcome {
-        "undone" => StatusCode::OK,
-        "awaiting_approval" => StatusCode::ACCEPTED,
-        "not_found" => StatusCode::NOT_FOUND,
-        "already_undone" => StatusCode::CONFLICT,
-        "not_undoable" => StatusCode::UNPROCESSABLE_ENTITY,
-        "failed" => StatusCode::BAD_GATEWAY,
-        _ => StatusCode::FORBIDDEN,
+        Outcome::Undone => StatusCode::OK,
+        Outcome::AwaitingApproval => StatusCode::ACCEPTED,
+        Outcome::NotFound => StatusCode::NOT_FOUND,
+        Outcome::AlreadyUndone => StatusCode::CONFLICT,
+        Outcome::NotUndoable => StatusCode::UNPROCESSABLE_ENTITY,
+        Outcome::Failed => StatusCode::BAD_GATEWAY,
+        Outcome::Refused => StatusCode::FORBIDDEN,
     }
-}
-
-pub(crate) enum Kind {
-    Tool,
-    Agent,
 }
 
 /// Throws (`disable`) or resets a kill switch for a tool or an agent, for the API and the page
@@ -33,13 +30,14 @@ pub(crate) enum Kind {
 pub(crate) async fn apply_switch(
     app: &App,
     who: &Approver,
-    kind: &str,
+    scope: KillScope,
     name: &str,
     disable: bool,
     reason: Option<String>,
 ) -> Result<KillTarget, ApiError> {
     let policy = app.policy();
-    let target = KillTarget::of(kind, name).filter(|t| match t {
+    let kind = scope.as_str();
+    let target = KillTarget::of(scope, name).filter(|t| match t {
         KillTarget::Tool(n) => policy.tool(n).is_some(),
         KillTarget::Agent(n) => policy.agent(n).is_some(),
     });

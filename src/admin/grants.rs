@@ -160,7 +160,7 @@ pub(crate) async fn add(app: &Arc<App>, who: &Approver, ask: Ask) -> Result<Gran
     app.principals.grants_changed(&grant.agent).await;
     app.audit
         .record(crate::audit::Record {
-            kind: "grant.added",
+            kind: crate::audit::Kind::GrantAdded,
             agent: Some(grant.agent.clone()),
             owner: Some(agent.owner.clone()),
             tool: Some(grant.tool.clone()),

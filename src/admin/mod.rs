@@ -25,9 +25,10 @@ use tokio::net::TcpListener;
 use tracing::warn;
 
 use crate::approval::{self, Action};
+use crate::model::KillScope;
 use crate::model::KillTarget;
 use crate::App;
-use actions::{apply_switch, rollback_status, Kind};
+use actions::{apply_switch, rollback_status};
 use auth::{api_error, Approver};
 
 /// The admin routes.
@@ -222,7 +223,7 @@ async fn rollback_call(
     Path(id): Path<String>,
 ) -> Response {
     let report = crate::rollback::undo(&app, &id, &who).await;
-    (rollback_status(&report.outcome), Json(json!(report))).into_response()
+    (rollback_status(report.outcome), Json(json!(report))).into_response()
 }
 
 /// `POST /api/jobs/{job}/rollback`: undoes a job's committed calls, newest first. Answers 200
@@ -242,7 +243,7 @@ async fn rollback_job(
         Ok(reports) => {
             let complete = reports
                 .iter()
-                .all(|r| r.ok() || r.outcome == "already_undone");
+                .all(|r| r.ok() || r.outcome == crate::rollback::Outcome::AlreadyUndone);
             Json(json!({"job": job, "complete": complete, "results": reports})).into_response()
         }
         Err(e) => api_error(
@@ -348,16 +349,13 @@ async fn list_agents(State(app): State<Arc<App>>, _: Approver) -> Response {
 async fn switch(
     app: Arc<App>,
     who: Arc<crate::policy::Approver>,
-    kind: Kind,
+    scope: KillScope,
     name: String,
     disable: bool,
     reason: Option<String>,
 ) -> Response {
-    let prefix = match kind {
-        Kind::Tool => "tool",
-        Kind::Agent => "agent",
-    };
-    match apply_switch(&app, &who, prefix, &name, disable, reason).await {
+    let prefix = scope.as_str();
+    match apply_switch(&app, &who, scope, &name, disable, reason).await {
         Ok(key) => Json(json!({ prefix: name, "disabled": kill_json(&app, &key) })).into_response(),
         Err(e) => e.into_response(),
     }
@@ -373,7 +371,7 @@ async fn disable_tool(
     Path(name): Path<String>,
     body: Option<Json<Reason>>,
 ) -> Response {
-    switch(app, who, Kind::Tool, name, true, reason_of(body)).await
+    switch(app, who, KillScope::Tool, name, true, reason_of(body)).await
 }
 
 async fn enable_tool(
@@ -381,7 +379,7 @@ async fn enable_tool(
     Approver(who): Approver,
     Path(name): Path<String>,
 ) -> Response {
-    switch(app, who, Kind::Tool, name, false, None).await
+    switch(app, who, KillScope::Tool, name, false, None).await
 }
 
 async fn disable_agent(
@@ -390,7 +388,7 @@ async fn disable_agent(
     Path(id): Path<String>,
     body: Option<Json<Reason>>,
 ) -> Response {
-    switch(app, who, Kind::Agent, id, true, reason_of(body)).await
+    switch(app, who, KillScope::Agent, id, true, reason_of(body)).await
 }
 
 async fn enable_agent(
@@ -398,7 +396,7 @@ async fn enable_agent(
     Approver(who): Approver,
     Path(id): Path<String>,
 ) -> Response {
-    switch(app, who, Kind::Agent, id, false, None).await
+    switch(app, who, KillScope::Agent, id, false, None).await
 }
 
 /// Serves the admin listener until the app shuts down.

@@ -14,7 +14,7 @@ use super::actions::{apply_switch, rollback_status};
 use super::auth::{CsrfForm, Posted, Session, Signed, SignedReviewer, COOKIE, SESSION_TTL};
 use super::html::{esc, page, when};
 use crate::approval::{self, Action, Proposal};
-use crate::model::KillTarget;
+use crate::model::{KillScope, KillTarget};
 use crate::policy::Rollback;
 use crate::App;
 
@@ -423,8 +423,9 @@ pub async fn history(
 
 pub async fn switches(State(app): State<Arc<App>>, Signed(s): Signed) -> Response {
     let policy = app.policy();
-    let row = |kind: &str, name: &str| {
-        let state = KillTarget::of(kind, name).and_then(|t| app.kill.get(&t));
+    let row = |scope: KillScope, name: &str| {
+        let kind = scope.as_str();
+        let state = KillTarget::of(scope, name).and_then(|t| app.kill.get(&t));
         let (label, action) = match &state {
             Some(_) => ("Enable", "enable"),
             None => ("Disable", "disable"),
@@ -453,11 +454,11 @@ pub async fn switches(State(app): State<Arc<App>>, Signed(s): Signed) -> Respons
     let tools: String = policy
         .tools()
         .iter()
-        .map(|t| row("tool", &t.name))
+        .map(|t| row(KillScope::Tool, &t.name))
         .collect();
     let mut agent_ids: Vec<&str> = policy.agents().map(|a| a.id.as_str()).collect();
     agent_ids.sort();
-    let agents: String = agent_ids.iter().map(|a| row("agent", a)).collect();
+    let agents: String = agent_ids.iter().map(|a| row(KillScope::Agent, a)).collect();
     let body = format!(
         "<h1>Kill switches</h1><p>Any approver may disable; enabling needs group admin.</p>\
          <h2>Tools</h2><table>{tools}</table><h2>Agents</h2><table>{agents}</table>"
@@ -477,8 +478,11 @@ pub async fn switch(
         "enable" => false,
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
+    let Some(scope) = KillScope::parse(&kind) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
     let reason = Some(form.reason.clone());
-    match apply_switch(&app, &s.approver, &kind, &name, disable, reason).await {
+    match apply_switch(&app, &s.approver, scope, &name, disable, reason).await {
         Ok(_) => Redirect::to("/switches").into_response(),
         Err(e) => (
             e.status,
@@ -619,13 +623,13 @@ pub async fn rollback_act(
                 "<tr><td>{}</td><td>{}</td><td><strong>{}</strong></td><td>{}</td></tr>",
                 esc(&r.request_id),
                 esc(r.tool.as_deref().unwrap_or("-")),
-                esc(&r.outcome),
+                esc(r.outcome.as_str()),
                 esc(&r.message)
             )
         })
         .collect();
     let status = match reports.as_slice() {
-        [one] => rollback_status(&one.outcome),
+        [one] => rollback_status(one.outcome),
         _ => StatusCode::OK,
     };
     (

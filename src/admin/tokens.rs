@@ -127,7 +127,7 @@ pub async fn issue(
     }
     app.audit
         .record(crate::audit::Record {
-            kind: "token.issued",
+            kind: crate::audit::Kind::TokenIssued,
             agent: Some(agent_id.clone()),
             job: issued.job.clone(),
             token: Some(issued.id.clone()),
@@ -178,7 +178,7 @@ pub async fn revoke(
     app.principals.token_changed(&token.id).await;
     app.audit
         .record(crate::audit::Record {
-            kind: "token.revoked",
+            kind: crate::audit::Kind::TokenRevoked,
             agent: Some(token.agent.clone()),
             token: Some(token.id.clone()),
             payload: json!({"token": token.id, "by": who.id}),

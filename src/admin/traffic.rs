@@ -9,11 +9,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::auth::{api_error, Reviewer, Session, SignedOrReviewer, SignedReviewer};
 use super::html::{esc, page, when_ms};
-use crate::audit::{describe, Event, Row, TrafficFilter};
+use crate::audit::payload::Asked;
+use crate::audit::{describe, Event, Kind, Payload, Row, TrafficFilter};
 use crate::App;
 
 /// The most rows an export writes.
@@ -252,8 +253,12 @@ pub async fn detail_page(
 }
 
 fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Session) -> String {
-    let asked = events.iter().find(|e| e.kind == "request");
-    let p = asked.map(|e| &e.payload).cloned().unwrap_or(Value::Null);
+    let asked: Box<Asked> = (events.iter())
+        .find_map(|e| match e.body() {
+            Payload::Request(r) => Some(r),
+            _ => None,
+        })
+        .unwrap_or_default();
     let lines: String = events
         .iter()
         .map(|e| format!("<li><code>{}</code></li>", esc(&describe(e))))
@@ -284,7 +289,9 @@ fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Session) -> 
         path = esc(&row.path),
         agent = esc(&row.agent),
         owner = esc(&row.owner),
-        peer = esc(p["peer"].as_str().unwrap_or("-")),
+        peer = esc(Some(asked.peer.as_str())
+            .filter(|p| !p.is_empty())
+            .unwrap_or("-")),
         token = esc(&credential_text(row)),
         time = when_ms(row.unix_ms),
         tool = esc(&row.tool),
@@ -304,7 +311,7 @@ fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Session) -> 
             .unwrap_or_default(),
         job = esc(&row.job),
         job_q = seg(&row.job),
-        recorded = recorded_html(row, &p, events),
+        recorded = recorded_html(row, &asked, events),
         proposal_html = proposal_html(row, proposal),
         id_q = seg(&row.request_id),
     )
@@ -312,9 +319,8 @@ fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Session) -> 
 
 /// The request as recorded (`request`, the payload of its request event): the request line,
 /// the headers, and the body the first event with one holds, all escaped.
-fn recorded_html(row: &Row, request: &Value, events: &[Event]) -> String {
-    let headers: String = request["headers"]
-        .as_object()
+fn recorded_html(row: &Row, request: &Asked, events: &[Event]) -> String {
+    let headers: String = (request.headers.as_object())
         .map(|h| {
             h.iter()
                 .map(|(k, v)| {
@@ -334,9 +340,9 @@ fn recorded_html(row: &Row, request: &Value, events: &[Event]) -> String {
             (!b.is_null()).then(|| serde_json::to_string_pretty(b).unwrap_or_default())
         })
         .unwrap_or_default();
-    let query = match request["query"].as_str() {
-        Some(q) if !q.is_empty() => format!("?{}", esc(q)),
-        _ => String::new(),
+    let query = match request.query.as_str() {
+        "" => String::new(),
+        q => format!("?{}", esc(q)),
     };
     format!(
         "{} {}{}{query}\n{headers}\n{}",
@@ -351,12 +357,7 @@ fn recorded_html(row: &Row, request: &Value, events: &[Event]) -> String {
 fn proposal_html(row: &Row, proposal: &[Event]) -> String {
     let decided: String = proposal
         .iter()
-        .filter(|e| {
-            matches!(
-                e.kind.as_str(),
-                "approval" | "denial" | "revocation" | "cancellation" | "expiry"
-            )
-        })
+        .filter(|e| e.kind.is_approval_act() || e.kind == Kind::Expiry)
         .map(|e| format!("<li class=\"approval\">{}</li>", esc(&describe(e))))
         .collect();
     match row.proposal.as_str() {

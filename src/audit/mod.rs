@@ -13,6 +13,8 @@
 //! not [`Audit::writable`], and the request path refuses to forward what it could not record.
 
 mod event;
+mod kind;
+pub mod payload;
 mod query;
 mod redact;
 mod traffic;
@@ -27,6 +29,8 @@ use tokio::sync::{oneshot, Semaphore};
 use tracing::{info, warn};
 
 pub use event::{Event, Record};
+pub use kind::Kind;
+pub use payload::{Payload, RollbackOutcome};
 pub use query::{describe, parse_time, summary, time_filter, Filter};
 pub use redact::{
     body_json, cap_text, headers_json, scrub_outcome, Redactor, HEADERS_CAP, HEADER_VALUE_CAP,
@@ -557,7 +561,7 @@ impl Audit {
             .await
             .map_err(|e| StoreError::from_message(format!("the purge's flush stopped: {e}")))??;
         self.record_durable(Record {
-            kind: "purge",
+            kind: Kind::Purge,
             payload: entry,
             ..Default::default()
         })

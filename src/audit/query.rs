@@ -3,137 +3,133 @@
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use super::{Audit, Event};
+use super::payload::{status_text, Act, Asked, Response};
+use super::{Audit, Event, Kind, Payload, RollbackOutcome};
 use crate::store::{Index, StoreError};
 
 /// The answers a story gives, before its events: who asked, who approved, what executed, what
 /// changed, what was rolled back.
 pub fn summary(events: &[Event]) -> Vec<String> {
-    let mut asked = BTreeSet::new();
-    let mut proposed = Vec::new();
-    let mut approved = Vec::new();
-    let mut executed = Vec::new();
-    let mut changed = Vec::new();
-    let mut undone = Vec::new();
+    let mut answers = Answers::default();
     for e in events {
-        let p = &e.payload;
-        let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
-        if e.kind == "request" && p["undoes"].is_null() {
-            if let Some(agent) = &e.agent {
-                asked.insert(match &e.owner {
-                    Some(o) => format!("{agent} (owner {o})"),
-                    None => agent.clone(),
-                });
+        answers.add(e);
+    }
+    answers.lines()
+}
+
+/// What a story's events answer, as they are read.
+#[derive(Default)]
+struct Answers {
+    asked: BTreeSet<String>,
+    proposed: Vec<String>,
+    approved: Vec<String>,
+    executed: Vec<String>,
+    changed: Vec<String>,
+    undone: Vec<String>,
+}
+
+impl Answers {
+    fn add(&mut self, e: &Event) {
+        let tool = e.tool.as_deref().unwrap_or("-");
+        match e.body() {
+            Payload::Request(r) => {
+                if let (None, Some(agent)) = (&r.undoes, &e.agent) {
+                    self.asked.insert(match &e.owner {
+                        Some(o) => format!("{agent} (owner {o})"),
+                        None => agent.clone(),
+                    });
+                }
+                if let Some(response) = &r.response {
+                    // A read told in one event.
+                    let status = response.status_text();
+                    self.changed.push(format!("{tool} answered {status}"));
+                }
             }
-        }
-        if e.kind == "request" && !p["response"].is_null() {
-            // A read told in one event.
-            changed.push(format!(
-                "{} answered {}",
-                e.tool.as_deref().unwrap_or("-"),
-                p["response"]["status"]
-            ));
-        }
-        match e.kind.as_str() {
-            "decision" => {
+            Payload::Decision(_) => {
                 if let (Some(agent), Some(owner)) = (&e.agent, &e.owner) {
-                    asked.remove(agent);
-                    asked.insert(format!("{agent} (owner {owner})"));
+                    self.asked.remove(agent);
+                    self.asked.insert(format!("{agent} (owner {owner})"));
                 }
             }
-            "proposal" => {
-                proposed.push(format!("{} (payload sha256 {})", s("summary"), s("sha256")))
-            }
-            "approval" => approved.push(format!(
+            Payload::Proposal(p) => self
+                .proposed
+                .push(format!("{} (payload sha256 {})", p.summary, p.sha256)),
+            Payload::Act(a) if e.kind == Kind::Approval => self.approved.push(format!(
                 "{} at {}{}{}",
-                s("by"),
+                a.by,
                 e.time,
-                match s("comment").as_str() {
-                    "" => String::new(),
-                    c => format!(": \"{c}\""),
-                },
-                match approval_leads_to(p) {
-                    Some(next) => format!(" ({next})"),
-                    None => String::new(),
-                }
+                comment(&a, ": \"", "\""),
+                a.leads_to().map(|n| format!(" ({n})")).unwrap_or_default()
             )),
-            "commit" => executed.push(format!("{} {}", s("method"), s("url"))),
-            "response" => changed.push(what_changed(e.tool.as_deref().unwrap_or("-"), p)),
-            "grant.used" => approved.push(format!(
+            Payload::Commit(c) => self.executed.push(format!("{} {}", c.method, c.url)),
+            Payload::Response(r) => self.changed.push(what_changed(tool, &r)),
+            Payload::Rollback(r) if r.outcome == Some(RollbackOutcome::Undone) => {
+                self.undone.push(format!(
+                    "{} by {}: {} {} answered {} (via {})",
+                    e.request_id.as_deref().unwrap_or("-"),
+                    r.by,
+                    r.method,
+                    r.path,
+                    status_text(r.status),
+                    r.undo_request
+                ))
+            }
+            Payload::Other(_) if e.kind == Kind::GrantUsed => self.approved.push(format!(
                 "{} by grant {} until {} ({})",
-                s("granted_by"),
-                s("grant"),
-                s("until"),
-                s("reason")
-            )),
-            "rollback" if s("outcome") == "undone" => undone.push(format!(
-                "{} by {}: {} {} answered {} (via {})",
-                e.request_id.as_deref().unwrap_or("-"),
-                s("by"),
-                s("method"),
-                s("path"),
-                p["status"],
-                s("undo_request")
+                e.text("granted_by"),
+                e.text("grant"),
+                e.text("until"),
+                e.text("reason")
             )),
             _ => {}
         }
     }
-    // An agent listed bare and with its owner is listed once.
-    let asked: Vec<String> = asked
-        .iter()
-        .filter(|a| a.contains(' ') || !asked.iter().any(|b| b.starts_with(&format!("{a} "))))
-        .cloned()
-        .collect();
-    let none = || "-".to_string();
-    let join = |v: Vec<String>| if v.is_empty() { none() } else { v.join("; ") };
-    vec![
-        format!("who asked:     {}", join(asked)),
-        format!("what was proposed: {}", join(proposed)),
-        format!("who approved:  {}", join(approved)),
-        format!("what executed: {}", join(executed)),
-        format!("what changed:  {}", join(changed)),
-        format!("rolled back:   {}", join(undone)),
-    ]
+
+    fn lines(self) -> Vec<String> {
+        // An agent listed bare and with its owner is listed once.
+        let asked: Vec<String> = (self.asked.iter())
+            .filter(|a| {
+                a.contains(' ') || !self.asked.iter().any(|b| b.starts_with(&format!("{a} ")))
+            })
+            .cloned()
+            .collect();
+        let join = |v: Vec<String>| match v.is_empty() {
+            true => "-".to_string(),
+            false => v.join("; "),
+        };
+        vec![
+            format!("who asked:     {}", join(asked)),
+            format!("what was proposed: {}", join(self.proposed)),
+            format!("who approved:  {}", join(self.approved)),
+            format!("what executed: {}", join(self.executed)),
+            format!("what changed:  {}", join(self.changed)),
+            format!("rolled back:   {}", join(self.undone)),
+        ]
+    }
 }
 
-/// What an approval that completed its proposal leads to, in plain words: sent at once, or when
-/// the agent sends the call again, until the proposal expires.
-fn approval_leads_to(p: &serde_json::Value) -> Option<String> {
-    if p["state"].as_str() != Some("approved") {
-        return None;
+/// An act's comment between `open` and `close`; nothing when it has none.
+fn comment(a: &Act, open: &str, close: &str) -> String {
+    match a.comment.as_deref().unwrap_or("") {
+        "" => String::new(),
+        c => format!("{open}{c}{close}"),
     }
-    Some(match p["send"].as_str() {
-        Some("on_approval") => "approved; sent at once on approval".to_string(),
-        _ => format!(
-            "approved; sent when the agent sends the call again, until {}",
-            p["until"].as_str().unwrap_or("it expires")
-        ),
-    })
 }
 
 /// What a committed call changed, in the words of its answer: "stripe.refunds.create created
 /// refund re_123 (status succeeded, amount 100)". Falls back to the status when the answer
 /// names no object.
-fn what_changed(tool: &str, response: &serde_json::Value) -> String {
-    let status = &response["status"];
-    let parsed;
-    let answer = match &response["body"]["json"] {
-        serde_json::Value::Null => {
-            parsed = response["body"]["text"]
-                .as_str()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
-                .unwrap_or_default();
-            &parsed
-        }
-        json => json,
-    };
+fn what_changed(tool: &str, response: &Response) -> String {
+    let status = response.status_text();
+    let answer = response.answer();
     let id = answer["id"]
         .as_str()
         .map(str::to_string)
         .or_else(|| answer["id"].as_u64().map(|n| n.to_string()))
         .or_else(|| answer["number"].as_u64().map(|n| format!("#{n}")));
-    let (Some(id), true) = (id, status.as_u64().is_some_and(|s| s < 400)) else {
+    let (Some(id), true) = (id, response.status.is_some_and(|s| s < 400)) else {
         return format!("{tool} answered {status}");
     };
     let mut parts = tool.rsplit('.');
@@ -149,10 +145,16 @@ fn what_changed(tool: &str, response: &serde_json::Value) -> String {
         .as_str()
         .map(str::to_string)
         .unwrap_or_else(|| kind.trim_end_matches('s').to_string());
+    format!("{tool} {verb} {object} {id}{}", telling(&answer))
+}
+
+/// The fields of an answer worth telling: a kept answer whole, a whole answer by its telling
+/// fields only. Empty when there are none.
+fn telling(answer: &Value) -> String {
     const TELLING: [&str; 8] = [
         "status", "state", "amount", "currency", "title", "email", "number", "name",
     ];
-    let scalars: Vec<(&String, &serde_json::Value)> = answer
+    let scalars: Vec<(&String, &Value)> = answer
         .as_object()
         .map(|m| {
             m.iter()
@@ -163,7 +165,6 @@ fn what_changed(tool: &str, response: &serde_json::Value) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    // A kept answer is told whole; a whole answer by its telling fields only.
     let told: Vec<String> = scalars
         .iter()
         .filter(|(k, _)| scalars.len() <= 6 || TELLING.contains(&k.as_str()))
@@ -173,97 +174,111 @@ fn what_changed(tool: &str, response: &serde_json::Value) -> String {
             None => format!("{k} {v}"),
         })
         .collect();
-    let details = match told.is_empty() {
+    match told.is_empty() {
         true => String::new(),
         false => format!(" ({})", told.join(", ")),
-    };
-    format!("{tool} {verb} {object} {id}{details}")
+    }
 }
 
 /// What a request event says: the call, and for a read told in one event its decision and
 /// answer.
-fn request_line(p: &serde_json::Value) -> String {
-    let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
-    let asked = format!("{} {} {}", s("method"), s("host"), s("path"));
-    if p["response"].is_null() {
+fn request_line(r: &Asked) -> String {
+    let asked = format!("{} {} {}", r.method, r.host, r.path);
+    let Some(response) = &r.response else {
         return asked;
-    }
+    };
+    let decision = r.decision.clone().unwrap_or_default();
     format!(
         "{asked}: {} (mode {}), upstream answered {} in {} ms",
-        p["decision"]["outcome"].as_str().unwrap_or(""),
-        p["decision"]["mode"].as_str().unwrap_or(""),
-        p["response"]["status"],
-        p["response"]["latency_ms"]
+        decision.outcome,
+        decision.mode.as_deref().unwrap_or(""),
+        response.status_text(),
+        status_text(response.latency_ms)
     )
 }
 
 /// A line of a story for people.
 pub fn describe(e: &Event) -> String {
-    let p = &e.payload;
-    let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
-    let what = match e.kind.as_str() {
-        "request" => request_line(p),
-        "decision" => match s("outcome").as_str() {
-            "refused" => format!("refused: {} ({})", s("code"), s("message")),
-            other => format!("{other} (mode {})", s("mode")),
-        },
-        "proposal" => format!(
+    let token = match &e.token {
+        Some(t) => format!(" [token {t}]"),
+        None => String::new(),
+    };
+    format!(
+        "{}  #{:<5} {:<17} {:<22} {:<28} {}{token}",
+        e.time,
+        e.seq,
+        e.kind,
+        e.agent.as_deref().unwrap_or("-"),
+        e.tool.as_deref().unwrap_or("-"),
+        what(e),
+    )
+}
+
+/// What an event says, by its payload's type.
+fn what(e: &Event) -> String {
+    match e.body() {
+        Payload::Request(r) => request_line(&r),
+        Payload::Decision(d) if d.refused() => format!(
+            "refused: {} ({})",
+            d.code.unwrap_or_default(),
+            d.message.unwrap_or_default()
+        ),
+        Payload::Decision(d) => format!("{} (mode {})", d.outcome, d.mode.unwrap_or_default()),
+        Payload::Proposal(p) => format!(
             "proposed: {} — needs {} approval(s) from {}",
-            s("summary"),
-            p["required"],
-            p["groups"]
+            p.summary,
+            p.required,
+            Value::from(p.groups)
         ),
-        "approval" | "denial" | "revocation" | "cancellation" => {
-            format!(
-                "{} by {}{}{}",
-                e.kind,
-                s("by"),
-                if s("comment").is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", s("comment"))
-                },
-                match approval_leads_to(p) {
-                    Some(next) => format!(" — {next}"),
-                    None => String::new(),
-                }
-            )
-        }
-        "commit" => format!(
+        Payload::Act(a) => format!(
+            "{} by {}{}{}",
+            e.kind,
+            a.by,
+            comment(&a, ": ", ""),
+            a.leads_to().map(|n| format!(" — {n}")).unwrap_or_default()
+        ),
+        Payload::Commit(c) => format!(
             "commit: sending {} {} (payload sha256 {})",
-            s("method"),
-            s("url"),
-            s("sha256")
+            c.method, c.url, c.sha256
         ),
-        "response" => format!(
+        Payload::Response(r) => format!(
             "upstream answered {} in {} ms",
-            p["status"], p["latency_ms"]
+            r.status_text(),
+            status_text(r.latency_ms)
         ),
-        "upstream_error" => format!("upstream failed: {} ({})", s("code"), s("message")),
-        "dry_run" => "dry run: previewed, nothing sent".to_string(),
-        "idempotent_replay" => format!(
+        Payload::Rollback(r) => match r.outcome {
+            Some(RollbackOutcome::Undone) => format!(
+                "rolled back by {} via {} ({} {} answered {})",
+                r.by,
+                r.undo_request,
+                r.method,
+                r.path,
+                status_text(r.status)
+            ),
+            _ => format!("rollback by {} {}: {}", r.by, e.text("outcome"), r.message),
+        },
+        Payload::Other(p) => other_line(e, p),
+    }
+}
+
+/// The line of an event whose payload has no type of its own.
+fn other_line(e: &Event, p: &Value) -> String {
+    let s = |k: &str| e.text(k);
+    match &e.kind {
+        Kind::UpstreamError => format!("upstream failed: {} ({})", s("code"), s("message")),
+        Kind::DryRun => "dry run: previewed, nothing sent".to_string(),
+        Kind::IdempotentReplay => format!(
             "replayed the stored outcome of request {}",
             s("original_request")
         ),
-        "kill_switch" => format!(
+        Kind::KillSwitch => format!(
             "kill switch {} {} by {}: {}",
             s("target"),
             s("state"),
             s("by"),
             s("reason")
         ),
-        "rollback" => match s("outcome").as_str() {
-            "undone" => format!(
-                "rolled back by {} via {} ({} {} answered {})",
-                s("by"),
-                s("undo_request"),
-                s("method"),
-                s("path"),
-                p["status"]
-            ),
-            other => format!("rollback by {} {other}: {}", s("by"), s("message")),
-        },
-        "replay" => match p["status"].as_u64() {
+        Kind::Replay => match p["status"].as_u64() {
             Some(status) => format!(
                 "replayed to sandbox {} by {} as {}: answered {status}",
                 s("to"),
@@ -278,28 +293,16 @@ pub fn describe(e: &Event) -> String {
                 s("message")
             ),
         },
-        "policy_reload" => format!("policies reloaded: {}", s("result")),
-        "expiry" => "expired without a decision".to_string(),
-        "outcome_unknown" => s("note"),
-        other => principal_line(other, p).unwrap_or_else(|| other.to_string()),
-    };
-    let token = match &e.token {
-        Some(t) => format!(" [token {t}]"),
-        None => String::new(),
-    };
-    format!(
-        "{}  #{:<5} {:<17} {:<22} {:<28} {what}{token}",
-        e.time,
-        e.seq,
-        e.kind,
-        e.agent.as_deref().unwrap_or("-"),
-        e.tool.as_deref().unwrap_or("-"),
-    )
+        Kind::PolicyReload => format!("policies reloaded: {}", s("result")),
+        Kind::Expiry => "expired without a decision".to_string(),
+        Kind::OutcomeUnknown => s("note").to_string(),
+        kind => principal_line(e).unwrap_or_else(|| kind.to_string()),
+    }
 }
 
 /// The line of a grant's or an issued token's event.
-fn principal_line(kind: &str, p: &serde_json::Value) -> Option<String> {
-    let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
+fn principal_line(e: &Event) -> Option<String> {
+    let s = |k: &str| e.text(k);
     let grant = || {
         format!(
             "grant {} by {} until {}: {}",
@@ -309,18 +312,18 @@ fn principal_line(kind: &str, p: &serde_json::Value) -> Option<String> {
             s("reason")
         )
     };
-    Some(match kind {
-        "grant.added" => format!("granted: {}", grant()),
-        "grant.used" => format!("allowed by {}", grant()),
-        "grant.revoked" => format!("revoked by {}: {}", s("by"), grant()),
-        "grant.expired" => format!("expired: {}", grant()),
-        "token.issued" => format!(
+    Some(match e.kind {
+        Kind::GrantAdded => format!("granted: {}", grant()),
+        Kind::GrantUsed => format!("allowed by {}", grant()),
+        Kind::GrantRevoked => format!("revoked by {}: {}", s("by"), grant()),
+        Kind::GrantExpired => format!("expired: {}", grant()),
+        Kind::TokenIssued => format!(
             "token {} issued by {} until {}",
             s("token"),
             s("by"),
             s("expires")
         ),
-        "token.revoked" => format!("token {} revoked by {}", s("token"), s("by")),
+        Kind::TokenRevoked => format!("token {} revoked by {}", s("token"), s("by")),
         _ => return None,
     })
 }
@@ -488,7 +491,7 @@ mod tests {
             seq: 1,
             time: "2026-11-22T05:30:04Z".into(),
             unix_ms: 0,
-            kind: kind.into(),
+            kind: Kind::parse(kind),
             request_id: Some("req_1".into()),
             job: None,
             proposal: Some("prop_1".into()),

@@ -5,12 +5,11 @@
 
 use std::collections::HashSet;
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-
+use super::payload::{Decision, Response};
 use super::query::time_filter;
-use super::{Audit, Event};
+use super::{Audit, Event, Kind, Payload};
 use crate::store::Index;
+use serde::{Deserialize, Serialize};
 
 /// Rows per page unless asked otherwise, and the most a page may ask for.
 pub const PAGE_ROWS: usize = 50;
@@ -117,8 +116,6 @@ impl Row {
             ..Row::default()
         };
         for e in events {
-            let p = &e.payload;
-            let s = |k: &str| p[k].as_str().unwrap_or("").to_string();
             if row.agent.is_empty() {
                 row.agent = e.agent.clone().unwrap_or_default();
             }
@@ -138,46 +135,52 @@ impl Row {
             if let Some(t) = &e.token {
                 row.token = t.clone();
             }
-            if e.kind == "grant.used" {
-                row.grant = s("grant");
-            }
-            match e.kind.as_str() {
-                "request" => {
-                    row.time = e.time.clone();
-                    row.unix_ms = e.unix_ms;
-                    row.method = s("method");
-                    row.host = s("host");
-                    row.path = s("path");
-                    if !p["decision"].is_null() {
-                        row.decision_from(&p["decision"]);
-                    }
-                    if !p["response"].is_null() {
-                        row.response_from(&p["response"]);
-                    }
-                }
-                "decision" => row.decision_from(p),
-                "proposal" => {
-                    row.decision = "held".into();
-                    row.message = s("summary");
-                }
-                "response" if !row.answered => row.response_from(p),
-                // Answered from a committed proposal's stored answer (a held call's retry).
-                "idempotent_replay" if !row.answered => {
-                    if let Some(status) = p["status"].as_u64() {
-                        row.status = Some(status);
-                    }
-                }
-                _ => {}
-            }
+            row.add(e);
         }
         row
     }
 
-    fn decision_from(&mut self, d: &Value) {
+    /// What one of the request's events adds to its row.
+    fn add(&mut self, e: &Event) {
+        match e.body() {
+            Payload::Request(r) => {
+                self.time = e.time.clone();
+                self.unix_ms = e.unix_ms;
+                self.method = r.method;
+                self.host = r.host;
+                self.path = r.path;
+                if let Some(d) = &r.decision {
+                    self.decision_from(d);
+                }
+                if let Some(response) = &r.response {
+                    self.response_from(response);
+                }
+            }
+            Payload::Decision(d) => self.decision_from(&d),
+            Payload::Proposal(p) => {
+                self.decision = "held".into();
+                self.message = p.summary;
+            }
+            Payload::Response(r) if !self.answered => self.response_from(&r),
+            Payload::Other(p) => match e.kind {
+                Kind::GrantUsed => self.grant = e.text("grant").to_string(),
+                // Answered from a committed proposal's stored answer (a held call's retry).
+                Kind::IdempotentReplay if !self.answered => {
+                    if let Some(status) = p["status"].as_u64() {
+                        self.status = Some(status);
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn decision_from(&mut self, d: &Decision) {
         if self.answered {
             return;
         }
-        let outcome = match d["outcome"].as_str().unwrap_or("") {
+        let outcome = match d.outcome.as_str() {
             // A call that joined a proposal (the same call sent again) is a held call too.
             "held for approval" => "held",
             other => other,
@@ -187,26 +190,26 @@ impl Row {
         if self.decision == "held" && outcome != "refused" {
             return;
         }
-        let code = d["code"].as_str().unwrap_or("");
-        if outcome == "refused" {
+        let code = d.code.as_deref().unwrap_or("");
+        if d.refused() {
             self.code = code.to_string();
-            self.status = d["status"].as_u64();
+            self.status = d.status.map(u64::from);
             self.answered = true;
             // Still waiting for approval when its hold ended: held, answered 423.
             if code == "approval_pending" {
                 self.decision = "held".into();
                 return;
             }
-            self.message = d["message"].as_str().unwrap_or("").to_string();
+            self.message = d.message.clone().unwrap_or_default();
         }
         self.decision = outcome.to_string();
     }
 
-    fn response_from(&mut self, r: &Value) {
-        if let Some(status) = r["status"].as_u64() {
-            self.status = Some(status);
+    fn response_from(&mut self, r: &Response) {
+        if let Some(status) = r.status {
+            self.status = Some(u64::from(status));
         }
-        if let Some(ms) = r["latency_ms"].as_u64() {
+        if let Some(ms) = r.latency_ms {
             self.latency_ms = Some(ms);
         }
     }
@@ -237,14 +240,12 @@ impl Row {
 /// What a request's own event already rules out (path text, host, agent, time), before the
 /// request's other events are read.
 fn request_may_pass(e: &Event, f: &TrafficFilter, since: Option<u64>, until: Option<u64>) -> bool {
-    if e.kind != "request" {
+    let Payload::Request(r) = e.body() else {
         return true;
-    }
+    };
     let given = TrafficFilter::given;
-    let p = &e.payload;
-    let text = |k: &str| p[k].as_str().unwrap_or("");
-    given(&f.q).is_none_or(|q| text("path").contains(q))
-        && given(&f.host).is_none_or(|h| text("host").eq_ignore_ascii_case(h))
+    given(&f.q).is_none_or(|q| r.path.contains(q))
+        && given(&f.host).is_none_or(|h| r.host.eq_ignore_ascii_case(h))
         && given(&f.agent).is_none_or(|a| e.agent.as_deref() == Some(a))
         && since.is_none_or(|s| e.unix_ms >= s)
         && until.is_none_or(|u| e.unix_ms < u)
@@ -263,7 +264,7 @@ fn walk(f: &TrafficFilter) -> (Index, String) {
     ]
     .into_iter()
     .find_map(|(i, v)| v.map(|v| (i, v.to_string())))
-    .unwrap_or((Index::Kind, "request".to_string()))
+    .unwrap_or((Index::Kind, Kind::Request.as_str().to_string()))
 }
 
 /// Whether an event is listed by the index a page walks.
@@ -274,7 +275,7 @@ fn in_walk(e: &Event, (index, value): &(Index, String)) -> bool {
         Index::Tool => e.tool.as_deref() == Some(value),
         Index::Job => e.job.as_deref() == Some(value),
         Index::Token => e.token.as_deref() == Some(value),
-        Index::Kind => e.kind == *value,
+        Index::Kind => e.kind.as_str() == value,
         Index::Request | Index::Proposal => false,
     }
 }
@@ -319,7 +320,8 @@ impl Audit {
                 continue;
             }
             // A read told in one event is the whole request: nothing more to read.
-            let events = match e.kind == "request" && !e.payload["response"].is_null() {
+            let told_whole = matches!(e.body(), Payload::Request(r) if r.response.is_some());
+            let events = match told_whole {
                 true => vec![e],
                 false => self.request_events(&rid).map_err(err)?,
             };
@@ -363,14 +365,14 @@ impl Audit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn event(seq: u64, kind: &str, request: &str, payload: Value) -> Event {
         Event {
             seq,
             time: String::new(),
             unix_ms: seq,
-            kind: kind.into(),
+            kind: Kind::parse(kind),
             request_id: Some(request.into()),
             job: None,
             proposal: Some("prop_1".into()),

@@ -254,7 +254,7 @@ impl Writer {
             seq: 0,
             time: rfc3339(rec.at_ms),
             unix_ms: rec.at_ms,
-            kind: rec.kind.to_string(),
+            kind: rec.kind,
             request_id: rec.request_id,
             job: rec.job,
             proposal: rec.proposal,
@@ -350,7 +350,7 @@ mod tests {
     fn msg(request: &str, ack: Option<Ack>) -> Msg {
         Msg {
             rec: Box::new(Record {
-                kind: "request",
+                kind: crate::audit::Kind::Request,
                 request_id: Some(request.into()),
                 ..Default::default()
             }),

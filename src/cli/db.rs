@@ -115,7 +115,7 @@ async fn record_import(
     payload["source_audit"] = old_chain.clone();
     let seq = audit
         .record_durable(crate::audit::Record {
-            kind: "store.import",
+            kind: crate::audit::Kind::StoreImport,
             payload,
             ..Default::default()
         })

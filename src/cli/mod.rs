@@ -250,10 +250,10 @@ pub async fn main(cli: Cli) -> ExitCode {
             server,
         } => rollback::replay(server.client(), &id, &to, json).await,
         Command::Tools { command, server } => {
-            switches::run(server.client(), switches::Kind::Tools, command).await
+            switches::run(server.client(), crate::model::KillScope::Tool, command).await
         }
         Command::Agents { command, server } => {
-            switches::run(server.client(), switches::Kind::Agents, command).await
+            switches::run(server.client(), crate::model::KillScope::Agent, command).await
         }
     }
 }

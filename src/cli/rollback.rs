@@ -42,8 +42,12 @@ pub(super) async fn rollback(
     let mut complete = true;
     for r in &reports {
         let outcome = r["outcome"].as_str().unwrap_or("?");
-        complete &= matches!(outcome, "undone" | "already_undone")
-            && (job.is_some() || outcome == "undone");
+        use crate::rollback::Outcome;
+        complete &= match serde_json::from_value::<Outcome>(r["outcome"].clone()) {
+            Ok(Outcome::Undone) => true,
+            Ok(Outcome::AlreadyUndone) => job.is_some(),
+            _ => false,
+        };
         if !json {
             say!(
                 "{:<15} {:<28} {:<28} {}",

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Subcommand;
 
 use crate::client::{error_text, AdminClient};
+use crate::model::KillScope;
 
 use super::fail;
 
@@ -22,33 +23,12 @@ pub enum SwitchCommand {
     Enable { name: String },
 }
 
-/// Whose kill switches: the tools' or the agents'.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Kind {
-    Tools,
-    Agents,
-}
-
-impl Kind {
-    /// The API's word for them (`/api/tools`), also the key of their list.
-    fn plural(self) -> &'static str {
-        match self {
-            Kind::Tools => "tools",
-            Kind::Agents => "agents",
-        }
-    }
-
-    /// The key that names one of them in the list.
-    fn key(self) -> &'static str {
-        match self {
-            Kind::Tools => "name",
-            Kind::Agents => "id",
-        }
-    }
-}
-
 /// `toolgate tools|agents list|disable|enable`.
-pub(super) async fn run(client: AdminClient<'_>, of: Kind, command: SwitchCommand) -> ExitCode {
+pub(super) async fn run(
+    client: AdminClient<'_>,
+    of: KillScope,
+    command: SwitchCommand,
+) -> ExitCode {
     let kind = of.plural();
     let (method, path, body) = match &command {
         SwitchCommand::List => (http::Method::GET, format!("/api/{kind}"), None),

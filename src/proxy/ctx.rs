@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use http::Method;
 
-use crate::audit::{Audit, Record};
+use crate::audit::{Audit, Kind, Record};
 use crate::base::new_id;
 use crate::policy::Policy;
 
@@ -191,7 +191,7 @@ impl RequestCtx {
     }
 
     /// An event of this request: who and what, as the phases learnt it.
-    pub(crate) fn rec(&self, kind: &'static str, payload: Value) -> Record {
+    pub(crate) fn rec(&self, kind: Kind, payload: Value) -> Record {
         Record {
             kind,
             request_id: Some(self.id.clone()),
@@ -209,7 +209,7 @@ impl RequestCtx {
 
     /// Holds the request's own event (stamped now, the request's time).
     pub(super) fn hold_request(&self, payload: Value) {
-        let mut rec = self.rec("request", payload);
+        let mut rec = self.rec(Kind::Request, payload);
         rec.at_ms = crate::base::now_ms();
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(rec);
     }
@@ -253,14 +253,14 @@ impl RequestCtx {
     }
 
     /// Records an event of this request, after the request's own event.
-    pub(super) async fn record(&self, kind: &'static str, payload: Value) {
+    pub(super) async fn record(&self, kind: Kind, payload: Value) {
         self.flush().await;
         self.record_beside(kind, payload).await;
     }
 
     /// Records an event of this request while its own event stays held, so that a read is
     /// still told in one event after it: what let the request through (a grant's use).
-    pub(super) async fn record_beside(&self, kind: &'static str, payload: Value) {
+    pub(super) async fn record_beside(&self, kind: Kind, payload: Value) {
         self.audit.record(self.rec(kind, payload)).await;
     }
 

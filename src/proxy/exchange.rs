@@ -17,7 +17,7 @@ use tracing::info;
 
 use super::body::ProxyBody;
 use super::ctx::{RequestCtx, Target};
-use crate::audit::{Audit, Record};
+use crate::audit::{Audit, Kind, Record};
 use crate::error::Refusal;
 use crate::App;
 
@@ -56,7 +56,7 @@ impl CallEvent {
         CallEvent {
             audit: ctx.audit.clone(),
             held: ctx.take_request(),
-            base: ctx.rec("decision", Value::Null),
+            base: ctx.rec(Kind::Decision, Value::Null),
             decision: Some(decision),
             known: Known::Nothing,
             started,
@@ -64,7 +64,7 @@ impl CallEvent {
         }
     }
 
-    fn event(&self, kind: &'static str, payload: Value) -> Record {
+    fn event(&self, kind: crate::audit::Kind, payload: Value) -> Record {
         Record {
             kind,
             payload,
@@ -75,7 +75,7 @@ impl CallEvent {
     /// The events that tell the call with `payload` as its `kind` (response or upstream
     /// error): one when the request's event is still held and the answer folds into it (a
     /// read told in one event), else the decision and then the answer. Nothing once told.
-    fn told(&mut self, kind: &'static str, payload: Value, fold: bool) -> Vec<Record> {
+    fn told(&mut self, kind: crate::audit::Kind, payload: Value, fold: bool) -> Vec<Record> {
         let Some(decision) = self.decision.take() else {
             return Vec::new();
         };
@@ -87,13 +87,13 @@ impl CallEvent {
                 rec.tool_version = self.base.tool_version;
                 if let Value::Object(m) = &mut rec.payload {
                     m.insert("decision".into(), decision);
-                    m.insert(kind.into(), payload);
+                    m.insert(kind.as_str().into(), payload);
                 }
                 vec![rec]
             }
             held => {
                 let mut out: Vec<Record> = held.into_iter().collect();
-                out.push(self.event("decision", decision));
+                out.push(self.event(Kind::Decision, decision));
                 out.push(self.event(kind, payload));
                 out
             }
@@ -105,14 +105,14 @@ impl CallEvent {
         match std::mem::replace(&mut self.known, Known::Nothing) {
             Known::Answer(mut response) => {
                 response["client_gone"] = Value::Bool(true);
-                self.told("response", response, true)
+                self.told(Kind::Response, response, true)
             }
             Known::Failed(mut failure) => {
                 failure["client_gone"] = Value::Bool(true);
-                self.told("upstream_error", failure, false)
+                self.told(Kind::UpstreamError, failure, false)
             }
             Known::Nothing => self.told(
-                "response",
+                Kind::Response,
                 json!({"status": null, "unfinished": true}),
                 true,
             ),
@@ -131,7 +131,7 @@ impl CallEvent {
     /// Records the call with its answer (`response`): folded into the request's event when
     /// that is still held, so that a read is one event.
     pub(super) async fn record(mut self, response: Value) {
-        let told = self.told("response", response, true);
+        let told = self.told(Kind::Response, response, true);
         self.pending.extend(told);
         self.drain().await;
     }
@@ -139,14 +139,14 @@ impl CallEvent {
     /// Records the call with its answer as separate events: the request's, the decision, the
     /// response (a model's answer, whose usage is recorded apart when its stream ends).
     pub(super) async fn record_apart(mut self, response: Value) {
-        let told = self.told("response", response, false);
+        let told = self.told(Kind::Response, response, false);
         self.pending.extend(told);
         self.drain().await;
     }
 
     /// Records an event about the answer before the answer itself (the request's own event
     /// first, so the call is then told in separate events).
-    pub(super) async fn record_first(&mut self, kind: &'static str, payload: Value) {
+    pub(super) async fn record_first(&mut self, kind: crate::audit::Kind, payload: Value) {
         self.pending.extend(self.held.take());
         let rec = self.event(kind, payload);
         self.pending.push_back(rec);
@@ -156,7 +156,7 @@ impl CallEvent {
     /// Records a failed exchange: the decision and the upstream error.
     async fn record_failure(mut self) {
         if let Known::Failed(failure) = std::mem::replace(&mut self.known, Known::Nothing) {
-            let told = self.told("upstream_error", failure, false);
+            let told = self.told(Kind::UpstreamError, failure, false);
             self.pending.extend(told);
         }
         self.drain().await;

@@ -18,6 +18,7 @@ use super::ctx::{Origin, Outer, Reply, RequestCtx, Target};
 use super::mcp::{self, Routed};
 use super::request;
 use super::REQUEST_ID_HEADER;
+use crate::audit::Kind;
 use crate::base::new_id;
 use crate::error::{Code, Refusal};
 use crate::App;
@@ -177,7 +178,7 @@ async fn rescue(ctx: &RequestCtx, refusal: Refusal) -> Response<ProxyBody> {
 async fn record_refused(ctx: &RequestCtx, refusal: &Refusal) {
     let code = refusal.code;
     let mut rec = ctx.rec(
-        "decision",
+        Kind::Decision,
         serde_json::json!({"outcome": "refused", "code": code.as_str(), "status": code.status().as_u16(), "message": refusal.message}),
     );
     rec.proposal = refusal.proposal.clone();
@@ -267,7 +268,7 @@ pub(super) async fn record_outer(app: &App, outer: &Outer, refusal: &Refusal) {
     let (count, ended) = app.sources.count(peer, refusal.code.as_str());
     if let Some(n) = ended.filter(|n| *n > REFUSALS_RECORDED_PER_MINUTE) {
         app.audit.record(crate::audit::Record {
-            kind: "decision",
+            kind: Kind::Decision,
             agent: outer.agent.clone(),
             payload: serde_json::json!({
                 "outcome": "refused", "code": refusal.code.as_str(), "peer": peer.to_string(),
@@ -279,7 +280,7 @@ pub(super) async fn record_outer(app: &App, outer: &Outer, refusal: &Refusal) {
     }
     if count <= REFUSALS_RECORDED_PER_MINUTE {
         app.audit.record(crate::audit::Record {
-            kind: "decision",
+            kind: Kind::Decision,
             request_id: Some(outer.request_id.clone()),
             agent: outer.agent.clone(),
             payload: serde_json::json!({

@@ -17,6 +17,7 @@ use super::ctx::{McpReply, Reply, RequestCtx, Target};
 use super::exchange::CallEvent;
 use super::request::{self, Answer, Read};
 use super::scrub::{Needles, Scrubbed};
+use crate::audit::Kind;
 use crate::checks::{authorize, validation};
 use crate::error::Refusal;
 use crate::mcp::{self, Message};
@@ -675,7 +676,7 @@ async fn batch(
         return Err(validation("an empty JSON-RPC batch asks for nothing"));
     }
     ctx.record(
-        "decision",
+        Kind::Decision,
         json!({"outcome": "batch", "messages": list.len()}),
     )
     .await;

@@ -16,6 +16,7 @@ use super::body::{self, ProxyBody};
 use super::ctx::{RequestCtx, Target};
 use super::exchange::{self, CallEvent};
 use super::scrub::{Needles, Scrubbed};
+use crate::audit::Kind;
 use crate::checks::{
     authorize, budget_amount, check_rules, forwarded_headers, idempotency_key, validate_body,
     validate_path, validate_query, validation,
@@ -369,7 +370,7 @@ pub(super) async fn decide(
 ) -> Result<Answer, Refusal> {
     let tool = checked.tool.clone();
     if let Some(g) = checked.agent.grant(&tool.name) {
-        ctx.record_beside("grant.used", crate::grants::facts(g))
+        ctx.record_beside(Kind::GrantUsed, crate::grants::facts(g))
             .await;
     }
     if tool.mode == Mode::Deny {
@@ -390,7 +391,8 @@ pub(super) async fn decide(
             || (tool.side_effects != SideEffects::None
                 && (checked.agent.dry_run || asked_dry_run)));
     if dry_run {
-        ctx.record("decision", decision("dry_run", &checked)).await;
+        ctx.record(Kind::Decision, decision("dry_run", &checked))
+            .await;
         return Ok(Answer::Preview(Box::new(checked)));
     }
     // Limits that hold for calls held for approval as much as for calls sent at once.
@@ -563,7 +565,7 @@ async fn contracted_read(
     let subject = spec.subject(&bytes, content_type, content_encoding);
     if let Some(why) = spec.mismatch(&subject) {
         event
-            .record_first("response_schema_mismatch", json!({ "message": why }))
+            .record_first(Kind::ResponseSchemaMismatch, json!({ "message": why }))
             .await;
     }
     let kept = spec.kept(&subject);
@@ -604,7 +606,7 @@ async fn model_answer(
         .map(str::to_string);
     let status = parts.status.as_u16();
     let headers_event = crate::audit::headers_json(&parts.headers);
-    let base = ctx.rec("model_usage", Value::Null);
+    let base = ctx.rec(Kind::ModelUsage, Value::Null);
     let started = checked.started;
     let tap = super::model::UsageTap::new(
         body,
@@ -729,7 +731,8 @@ async fn commit_and_settle(
         charged,
         _guard,
     } = settling;
-    ctx.record("decision", decision("allowed", &checked)).await;
+    ctx.record(Kind::Decision, decision("allowed", &checked))
+        .await;
     let request = outgoing(&mut checked);
     let commit = commit_of(&ctx, &checked, request, charged);
     let sent = match crate::commit::send(app, commit).await {
@@ -788,7 +791,7 @@ async fn earlier_answer(
     Ok(Some(match (rec.state, rec.outcome) {
         (IdemState::Done, Some(outcome)) => {
             ctx.record(
-                "idempotent_replay",
+                Kind::IdempotentReplay,
                 json!({"original_request": rec.request_id, "status": outcome.status}),
             ).await;
             Ok(match &tool.response {
@@ -815,7 +818,7 @@ fn commit_of<'a>(
 ) -> crate::commit::Commit<'a> {
     let call = &checked.call;
     crate::commit::Commit {
-        who: ctx.rec("commit", Value::Null),
+        who: ctx.rec(Kind::Commit, Value::Null),
         commit_payload: json!({
             "method": call.method,
             "url": call.url(),

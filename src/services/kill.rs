@@ -7,10 +7,7 @@ use serde_json::json;
 
 use crate::audit::{Audit, Record};
 use crate::model::{KillSwitch, KillTarget};
-use crate::store::{Store, StoreError};
-
-/// What a replica announces when it throws or resets a switch.
-pub const KILL_TOPIC: &str = "kill";
+use crate::store::{Store, StoreError, Topic};
 
 pub struct KillSwitches {
     store: Store,
@@ -63,7 +60,7 @@ impl KillSwitches {
     ) -> Result<(), StoreError> {
         self.store.kill_set(target, value.as_ref()).await?;
         // Best effort: replicas also read the switches again every second.
-        if let Err(e) = self.store.announce(KILL_TOPIC).await {
+        if let Err(e) = self.store.announce(&Topic::Kill).await {
             tracing::debug!(error = %e, "could not announce a kill switch");
         }
         let (state, by, reason) = match &value {
@@ -71,7 +68,7 @@ impl KillSwitches {
             None => ("enabled", String::new(), String::new()),
         };
         self.audit.record(Record {
-            kind: "kill_switch",
+            kind: crate::audit::Kind::KillSwitch,
             payload: json!({"target": target.to_string(), "state": state, "by": by, "reason": reason}),
             ..Default::default()
         }).await;

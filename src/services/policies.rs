@@ -51,7 +51,7 @@ impl Policies {
                 let tools = new.tools().len();
                 self.audit.redactor.set_secrets(new.secrets());
                 self.audit.record_now(Record {
-                    kind: "policy_reload",
+                    kind: crate::audit::Kind::PolicyReload,
                     payload: json!({"result": "loaded", "tools": tools}),
                     ..Default::default()
                 });
@@ -62,7 +62,7 @@ impl Policies {
             Err(e) => {
                 warn!(error = %e, "policy reload failed; the previous policies stay in force");
                 self.audit.record_now(Record {
-                    kind: "policy_reload",
+                    kind: crate::audit::Kind::PolicyReload,
                     payload: json!({"result": "refused; the previous policies stay in force", "error": e.to_string()}),
                     ..Default::default()
                 });

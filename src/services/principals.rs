@@ -11,13 +11,10 @@ use tracing::warn;
 use super::fresh::Fresh;
 
 use crate::model::{AgentToken, Grant};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Topic};
 
 /// How long a record read from the store is used without reading it again.
 pub const FRESH: Duration = Duration::from_secs(1);
-
-const TOKEN_TOPIC: &str = "token:";
-const GRANTS_TOPIC: &str = "grants:";
 
 pub struct Principals {
     store: Store,
@@ -65,32 +62,29 @@ impl Principals {
     /// A token changed (revoked): forgotten here, and announced to the other replicas.
     pub async fn token_changed(&self, id: &str) {
         self.tokens.forget(id);
-        self.announce(&format!("{TOKEN_TOPIC}{id}")).await;
+        self.announce(Topic::Token(id.to_string())).await;
     }
 
     /// An agent's grants changed (added, revoked, ended): forgotten here, and announced.
     pub async fn grants_changed(&self, agent: &str) {
         self.grants.forget(agent);
-        self.announce(&format!("{GRANTS_TOPIC}{agent}")).await;
+        self.announce(Topic::Grants(agent.to_string())).await;
     }
 
-    async fn announce(&self, topic: &str) {
-        if let Err(e) = self.store.announce(topic).await {
-            warn!(error = %e, topic, "could not tell the other replicas; they see it within a second");
+    async fn announce(&self, topic: Topic) {
+        if let Err(e) = self.store.announce(&topic).await {
+            warn!(error = %e, %topic, "could not tell the other replicas; they see it within a second");
         }
     }
 
-    /// Forgets what another replica announced changed; false when the topic is not about
-    /// tokens or grants.
-    pub fn heard(&self, topic: &str) -> bool {
-        if let Some(id) = topic.strip_prefix(TOKEN_TOPIC) {
-            self.tokens.forget(id);
-        } else if let Some(agent) = topic.strip_prefix(GRANTS_TOPIC) {
-            self.grants.forget(agent);
-        } else {
-            return false;
-        }
-        true
+    /// Forgets the token another replica announced changed.
+    pub fn token_heard(&self, id: &str) {
+        self.tokens.forget(id);
+    }
+
+    /// Forgets the grants of the agent another replica announced changed.
+    pub fn grants_heard(&self, agent: &str) {
+        self.grants.forget(agent);
     }
 }
 
@@ -120,12 +114,11 @@ mod tests {
         // Read within FRESH: the copy is used...
         assert!(!principals.token("tok_1").await.unwrap().unwrap().revoked);
         // ...until the change is told (here, or announced by another replica).
-        assert!(principals.heard("token:tok_1"));
+        principals.token_heard("tok_1");
         assert!(principals.token("tok_1").await.unwrap().unwrap().revoked);
         t.revoked = false;
         store.token_put(&t).await.unwrap();
         principals.token_changed("tok_1").await;
         assert!(!principals.token("tok_1").await.unwrap().unwrap().revoked);
-        assert!(!principals.heard("proposal:prop_1"));
     }
 }

@@ -8,16 +8,13 @@ use tokio::sync::Notify;
 use tracing::debug;
 
 use crate::model::Outcome;
-use crate::store::Store;
+use crate::store::{Store, Topic};
 
 /// How long the whole answer of a commit its approval sent stays here for the calls that wait
 /// on it, and how many (and how large) are kept.
 const ANSWER_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 const ANSWERS_KEPT: usize = 64;
 const ANSWER_MAX_BYTES: usize = 1024 * 1024;
-
-/// What a replica announces when a proposal changes; `wake` takes it apart.
-const PROPOSAL: &str = "proposal:";
 
 pub struct Waiters {
     map: Mutex<HashMap<String, Arc<Notify>>>,
@@ -38,11 +35,9 @@ impl Waiters {
         }
     }
 
-    /// An announcement heard from another replica: wakes what waits here on that proposal.
-    pub fn heard(&self, topic: &str) {
-        if let Some(id) = topic.strip_prefix(PROPOSAL) {
-            self.get(id).notify_waiters();
-        }
+    /// Another replica announced that proposal `id` changed: wakes what waits on it here.
+    pub fn heard(&self, id: &str) {
+        self.get(id).notify_waiters();
     }
 
     /// What to wait on for proposal `id`.
@@ -78,7 +73,7 @@ impl Waiters {
     pub fn notify(&self, id: &str) {
         self.get(id).notify_waiters();
         if let Some(store) = &self.shared {
-            let (store, topic) = (store.clone(), format!("{PROPOSAL}{id}"));
+            let (store, topic) = (store.clone(), Topic::Proposal(id.to_string()));
             // Best effort: replicas also look again every second.
             tokio::spawn(async move {
                 if let Err(e) = store.announce(&topic).await {

@@ -14,6 +14,7 @@ mod postgres;
 pub mod rules;
 mod seal;
 mod sled;
+mod topic;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub use self::import::{import, Imported};
 pub use self::postgres::PgStore;
 pub use self::seal::Sealer;
 pub use self::sled::SledStore;
+pub use self::topic::Topic;
 pub use crate::base::now_unix;
 pub use crate::model::{
     AgentToken, Committed, Grant, GrantEnd, IdemRecord, IdemState, JobClaim, KillSwitch,
@@ -329,9 +331,9 @@ pub trait Backend:
     fn healthy(&self) -> bool {
         true
     }
-    /// Tells the other replicas sharing the store that `topic` changed (`proposal:ID`, `kill`).
+    /// Tells the other replicas sharing the store that `topic` changed.
     /// Nobody else shares a local store: nothing to tell.
-    async fn announce(&self, _topic: &str) -> Result<()> {
+    async fn announce(&self, _topic: &Topic) -> Result<()> {
         Ok(())
     }
     /// This process's name among the replicas sharing the store (None: a local store).
@@ -344,7 +346,7 @@ pub trait Backend:
         Ok(Vec::new())
     }
     /// What other replicas announce, for as long as the runtime runs (None: a local store).
-    fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<Topic>> {
         None
     }
 }

@@ -124,7 +124,7 @@ async fn an_event_carries_its_request_time_not_the_writers() {
 
 fn record(i: u64) -> Record {
     Record {
-        kind: "request",
+        kind: toolgate::audit::Kind::Request,
         request_id: Some(format!("req_{i}")),
         job: Some(format!("job_{}", i / 10)),
         agent: Some(format!("agent_{}", i % 50)),

@@ -80,7 +80,7 @@ async fn replicas_write_one_audit_chain_that_verifies_from_either() {
             for i in 0..300 {
                 audit
                     .record(toolgate::audit::Record {
-                        kind: "request",
+                        kind: toolgate::audit::Kind::Request,
                         request_id: Some(format!("req_{name}_{i}")),
                         agent: Some(format!("agent-{name}")),
                         job: Some("job-shared".into()),
@@ -100,7 +100,7 @@ async fn replicas_write_one_audit_chain_that_verifies_from_either() {
     // A durable record on B after A's writes: it chains after everything before it.
     audit_b
         .record_durable(toolgate::audit::Record {
-            kind: "commit",
+            kind: toolgate::audit::Kind::Commit,
             request_id: Some("req_b_commit".into()),
             job: Some("job-shared".into()),
             ..Default::default()
@@ -377,7 +377,7 @@ async fn two_replicas_act_as_one_gateway() {
 
 #[tokio::test]
 async fn what_one_replica_announces_the_others_hear() {
-    use toolgate::store::Backend;
+    use toolgate::store::{Backend, Topic};
     let Some(cluster) = Cluster::start("what_one_replica_announces_the_others_hear") else {
         return;
     };
@@ -386,7 +386,7 @@ async fn what_one_replica_announces_the_others_hear() {
     // The listener connects in the background: announce until it hears (bounded).
     let mut got = None;
     for _ in 0..50 {
-        a.announce("proposal:prop_1").await.unwrap();
+        a.announce(&Topic::Proposal("prop_1".into())).await.unwrap();
         if let Ok(Some(topic)) =
             tokio::time::timeout(Duration::from_millis(200), heard.recv()).await
         {
@@ -394,12 +394,12 @@ async fn what_one_replica_announces_the_others_hear() {
             break;
         }
     }
-    assert_eq!(got.as_deref(), Some("proposal:prop_1"));
-    a.announce("kill").await.unwrap();
+    assert_eq!(got, Some(Topic::Proposal("prop_1".into())));
+    a.announce(&Topic::Kill).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            match heard.recv().await.as_deref() {
-                Some("kill") => return true,
+            match heard.recv().await {
+                Some(Topic::Kill) => return true,
                 Some(_) => continue,
                 None => return false,
             }

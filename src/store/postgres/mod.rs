@@ -22,6 +22,7 @@ use self::log::PgEventLog;
 use self::schema::MIGRATIONS;
 use crate::base::now_unix;
 use crate::model::{Session, State};
+use crate::store::Topic;
 use crate::store::{
     Backend, BudgetStore, Committed, CounterStore, EventLog, GrantStore, IdemRecord,
     IdempotencyStore, JobClaim, KillStore, KillSwitch, KillTarget, LedgerStore, Proposal,
@@ -348,14 +349,14 @@ impl Backend for PgStore {
         self.healthy.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    async fn announce(&self, topic: &str) -> Result<(), StoreError> {
-        self.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &topic])
+    async fn announce(&self, topic: &Topic) -> Result<(), StoreError> {
+        self.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &topic.to_string()])
             .await?;
         Ok(())
     }
 
     /// LISTENs on a connection of its own, reconnecting a second after it is lost.
-    fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<String>> {
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<Topic>> {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let target = self.target.clone();
         tokio::spawn(async move {
@@ -424,7 +425,7 @@ async fn migrate(pool: &Pool) -> Result<Vec<i32>, StoreError> {
 const CHANNEL: &str = "toolgate";
 
 /// Forwards what is announced on `CHANNEL` to `tx` until the connection or `tx` ends.
-async fn listen(target: &Target, tx: &tokio::sync::mpsc::Sender<String>) -> Result<(), StoreError> {
+async fn listen(target: &Target, tx: &tokio::sync::mpsc::Sender<Topic>) -> Result<(), StoreError> {
     use futures_util::StreamExt;
     let (client, mut connection) = target.config.connect(target.tls.clone()).await?;
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -439,7 +440,8 @@ async fn listen(target: &Target, tx: &tokio::sync::mpsc::Sender<String>) -> Resu
             }
             message = messages.next() => match message {
                 Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
-                    if tx.send(n.payload().to_string()).await.is_err() {
+                    let Some(topic) = Topic::parse(n.payload()) else { continue };
+                    if tx.send(topic).await.is_err() {
                         return Ok(());
                     }
                 }
