@@ -1,5 +1,6 @@
 //! The composition root: builds every service from the configuration, once, and hands the
-//! result to the listeners. Modules above take `&App` and use the services they need; each
+//! listeners their handles: the proxy's [`Gate`] and the admin listener's [`Console`], over the
+//! [`Core`] they share. Modules above take the narrowest handle they need; every handle and
 //! service keeps its own state private.
 
 use std::sync::Arc;
@@ -37,56 +38,35 @@ pub enum StartError {
     UpstreamCa { path: String, message: String },
 }
 
-/// The services every connection shares.
-pub struct App {
-    pub(crate) config: Config,
-    /// The policy set in force and its reload.
-    pub(crate) policies: Policies,
-    pub(crate) ca: CertAuthority,
-    pub(crate) upstream: Upstream,
-    /// Cancelled at shutdown; long waits select on it.
-    pub(crate) cancel: CancellationToken,
-    /// Cancelled when the shutdown grace is over: connections still open are closed and
-    /// upstream exchanges still running are ended, so that their requests' guards record them
-    /// before the audit log closes.
-    pub(crate) abandon: CancellationToken,
-    /// Request and background tasks that shutdown waits for.
-    pub(crate) tasks: TaskTracker,
-    pub(crate) store: Store,
-    pub(crate) audit: Arc<Audit>,
-    pub(crate) limiter: RateLimiter,
-    pub(crate) locks: KeyedLocks,
-    pub(crate) kill: KillSwitches,
-    pub(crate) waiters: Waiters,
-    pub(crate) notifier: Notifier,
-    pub(crate) sessions: Sessions,
-    pub(crate) metrics: Metrics,
-    /// Per-agent and global caps (tunnels, buffered bodies).
-    pub(crate) caps: Arc<Caps>,
-    /// Client connections open at once.
-    pub(crate) connections: Arc<tokio::sync::Semaphore>,
-    /// Refusals and failed authentications per source address.
-    pub(crate) sources: PerSource,
-    /// What MCP servers last listed for their pinned tools.
-    pub(crate) pins: crate::services::Pins,
-    /// Which agent opened each MCP session.
-    pub(crate) mcp_sessions: crate::services::McpSessions,
-    /// Issued tokens and grants as the request path reads them (fresh within a second).
-    pub(crate) principals: crate::services::Principals,
+/// What every part of toolgate that acts on a call shares: the configuration, the policy in
+/// force, the store and the audit log, the upstream client, and the services that own state
+/// (locks, kill switches, waiters, notifications, limits, tokens and grants as the request path
+/// reads them, metrics, per-address counts), with the process's lifetime (shutdown, tasks).
+/// `commit`, `approval`, `grants`, `replay` and `sweep` take it; the proxy's [`Gate`] and the
+/// admin listener's [`Console`] hold it.
+pub struct Core {
+    config: Config,
+    policies: Policies,
+    store: Store,
+    audit: Arc<Audit>,
+    upstream: Upstream,
+    locks: KeyedLocks,
+    kill: KillSwitches,
+    waiters: Waiters,
+    notifier: Notifier,
+    limiter: RateLimiter,
+    principals: crate::services::Principals,
+    metrics: Metrics,
+    sources: PerSource,
+    cancel: CancellationToken,
+    abandon: CancellationToken,
+    tasks: TaskTracker,
 }
 
-impl App {
-    /// The longest a send can take: a proposal `committing` for longer was abandoned.
-    pub fn in_flight_limit(&self) -> std::time::Duration {
-        self.config.upstream_timeout
-            + self.config.shutdown_grace
-            + std::time::Duration::from_secs(60)
-    }
-
-    /// Loads everything the listeners need, failing before anything is served.
-    pub async fn new(config: Config) -> Result<App, StartError> {
-        // One crypto provider, passed explicitly everywhere.
-        let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
+impl Core {
+    /// Loads the store, the audit log, the policies and the kill switches, and builds the
+    /// services on them, failing before anything is served.
+    async fn new(config: Config, tls: rustls::ClientConfig) -> Result<Core, StartError> {
         let store = crate::store::open_configured(
             config.database_url.as_deref(),
             &config.data_dir,
@@ -102,8 +82,6 @@ impl App {
         )?);
         let policies = Policies::load(&config.policies_dir, audit.clone())?;
         let kill = KillSwitches::load(store.clone(), audit.clone()).await?;
-        let ca = CertAuthority::load_or_init(&config.certs_dir, provider.clone())?;
-        let tls = crate::upstream::client_tls(provider, &read_roots(&config.upstream_ca)?)?;
         let tasks = TaskTracker::new();
         let notifier = Notifier::new(
             tls.clone(),
@@ -112,24 +90,18 @@ impl App {
             tasks.clone(),
         );
         let routes = Arc::new(Routes::new(config.connect_to.clone()));
-        Ok(App {
+        Ok(Core {
             upstream: Upstream::new(tls, routes, config.upstream_timeout),
-            caps: Caps::new(config.guards.clone()),
-            connections: Arc::new(tokio::sync::Semaphore::new(config.guards.max_connections)),
-            sources: PerSource::default(),
-            pins: crate::services::Pins::default(),
-            mcp_sessions: crate::services::McpSessions::default(),
             limiter: RateLimiter::new(store.clone()),
-            sessions: Sessions::new(store.clone()),
             locks: KeyedLocks::default(),
             waiters: Waiters::new(&store),
             principals: crate::services::Principals::new(&store),
             metrics: Metrics::default(),
+            sources: PerSource::default(),
             cancel: CancellationToken::new(),
             abandon: CancellationToken::new(),
             config,
             policies,
-            ca,
             tasks,
             store,
             audit,
@@ -142,6 +114,192 @@ impl App {
     pub fn policy(&self) -> Arc<Policy> {
         self.policies.current()
     }
+
+    /// The longest a send can take: a proposal `committing` for longer was abandoned.
+    pub fn in_flight_limit(&self) -> std::time::Duration {
+        self.config.upstream_timeout
+            + self.config.shutdown_grace
+            + std::time::Duration::from_secs(60)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The policy set in force and its reload.
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn audit(&self) -> &Arc<Audit> {
+        &self.audit
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    pub fn locks(&self) -> &KeyedLocks {
+        &self.locks
+    }
+
+    pub fn kill(&self) -> &KillSwitches {
+        &self.kill
+    }
+
+    pub fn waiters(&self) -> &Waiters {
+        &self.waiters
+    }
+
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// Issued tokens and grants as the request path reads them (fresh within a second).
+    pub fn principals(&self) -> &crate::services::Principals {
+        &self.principals
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Refusals and failed authentications per source address.
+    pub fn sources(&self) -> &PerSource {
+        &self.sources
+    }
+
+    /// Cancelled at shutdown; long waits select on it.
+    pub fn cancel(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Cancelled when the shutdown grace is over: connections still open are closed and
+    /// upstream exchanges still running are ended, so that their requests' guards record them
+    /// before the audit log closes.
+    pub fn abandon(&self) -> &CancellationToken {
+        &self.abandon
+    }
+
+    /// Request and background tasks that shutdown waits for.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+}
+
+/// The proxy's handle: the [`Core`], and what only the listeners that take agents' calls use
+/// (the CA that mints leaves, the connection caps, what MCP servers listed and who opened their
+/// sessions).
+pub struct Gate {
+    core: Arc<Core>,
+    ca: CertAuthority,
+    /// Per-agent and global caps (tunnels, buffered bodies).
+    caps: Arc<Caps>,
+    /// Client connections open at once.
+    connections: Arc<tokio::sync::Semaphore>,
+    /// What MCP servers last listed for their pinned tools.
+    pins: crate::services::Pins,
+    /// Which agent opened each MCP session.
+    mcp_sessions: crate::services::McpSessions,
+}
+
+impl std::ops::Deref for Gate {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl Gate {
+    /// The core, for what outlives a request (an approval's commit, a watch).
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    pub fn ca(&self) -> &CertAuthority {
+        &self.ca
+    }
+
+    pub fn caps(&self) -> &Arc<Caps> {
+        &self.caps
+    }
+
+    pub fn connections(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.connections
+    }
+
+    pub fn pins(&self) -> &crate::services::Pins {
+        &self.pins
+    }
+
+    pub fn mcp_sessions(&self) -> &crate::services::McpSessions {
+        &self.mcp_sessions
+    }
+}
+
+/// The admin listener's handle: the [`Core`], the page's sessions, and the [`Gate`] an undo
+/// goes through (an undo is a call toolgate sends through every phase of the proxy).
+pub struct Console {
+    gate: Arc<Gate>,
+    sessions: Sessions,
+}
+
+impl std::ops::Deref for Console {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.gate.core
+    }
+}
+
+impl Console {
+    /// The core, for what outlives a request.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.gate.core
+    }
+
+    /// The proxy's handle, for the calls toolgate sends itself (undos).
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+
+    /// The approvers' and reviewers' page sessions.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+}
+
+/// Loads everything the listeners need, failing before anything is served: the proxy's
+/// [`Gate`] and the admin listener's [`Console`], over one [`Core`].
+pub async fn start(config: Config) -> Result<(Arc<Gate>, Arc<Console>), StartError> {
+    // One crypto provider, passed explicitly everywhere.
+    let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
+    let ca = CertAuthority::load_or_init(&config.certs_dir, provider.clone())?;
+    let tls = crate::upstream::client_tls(provider, &read_roots(&config.upstream_ca)?)?;
+    let guards = config.guards.clone();
+    let core = Arc::new(Core::new(config, tls).await?);
+    let gate = Arc::new(Gate {
+        caps: Caps::new(guards.clone()),
+        connections: Arc::new(tokio::sync::Semaphore::new(guards.max_connections)),
+        pins: crate::services::Pins::default(),
+        mcp_sessions: crate::services::McpSessions::default(),
+        ca,
+        core,
+    });
+    let console = Arc::new(Console {
+        sessions: Sessions::new(gate.store().clone()),
+        gate: gate.clone(),
+    });
+    Ok((gate, console))
 }
 
 /// The certificates of every `--upstream-ca` file.

@@ -20,12 +20,12 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
+use crate::app::Core;
 use crate::base::body::{self, ProxyBody};
 use crate::error::{Code, Refusal};
 use crate::model::KillTarget;
 use crate::policy::{Agent, Approver, SendOn, Tool};
 use crate::store::{now_unix, Outcome, StoreError};
-use crate::App;
 
 /// How long a finished proposal still answers the same call (denial, expiry, stored response).
 const REMEMBER_SECS: u64 = 24 * 3600;
@@ -59,7 +59,7 @@ fn record_apart(p: &Proposal, kind: crate::audit::Kind, payload: Value) -> crate
 }
 
 /// When the proposal's tool sends an approved call, under the policy in force.
-pub fn send_on(app: &App, p: &Proposal) -> SendOn {
+pub fn send_on(app: &Core, p: &Proposal) -> SendOn {
     app.policy()
         .tool(&p.tool)
         .map(|t| t.approval.send)
@@ -169,7 +169,7 @@ pub struct Held<'a> {
 /// The agent side: create or join the proposal for this call, hold the connection, and commit
 /// once approved.
 pub async fn propose_and_wait(
-    app: &std::sync::Arc<App>,
+    app: &std::sync::Arc<Core>,
     held: Held<'_>,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let identity = {
@@ -185,7 +185,7 @@ pub async fn propose_and_wait(
         hex::encode(h.finalize())
     };
     let id = join_or_propose(app, &held, identity).await?;
-    app.audit
+    app.audit()
         .record(crate::audit::Record {
             kind: crate::audit::Kind::Decision,
             request_id: Some(held.call.request_id.to_string()),
@@ -217,10 +217,14 @@ const SWAP_TRIES: usize = 16;
 /// else a new one. Creating it is a compare-and-set on the call's identity in the store: of two
 /// requests proposing the same call at once, on one replica or two, one creates it and the
 /// other joins it.
-async fn join_or_propose(app: &App, held: &Held<'_>, identity: String) -> Result<String, Refusal> {
+async fn join_or_propose(app: &Core, held: &Held<'_>, identity: String) -> Result<String, Refusal> {
     let mut admitted = false;
     for _ in 0..SWAP_TRIES {
-        let existing = app.store.proposal_for(&identity).await.map_err(store_err)?;
+        let existing = app
+            .store()
+            .proposal_for(&identity)
+            .await
+            .map_err(store_err)?;
         let replacing = match existing {
             Some(p)
                 if p.state.is_open()
@@ -233,7 +237,8 @@ async fn join_or_propose(app: &App, held: &Held<'_>, identity: String) -> Result
         };
         if !admitted {
             crate::limits::admit_proposal(
-                (&app.limiter, &app.store),
+                app.limiter(),
+                app.store(),
                 &held.agent.id,
                 held.tool,
                 held.budget_amount,
@@ -249,16 +254,16 @@ async fn join_or_propose(app: &App, held: &Held<'_>, identity: String) -> Result
             .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
             .collect();
         let plain = serde_json::to_vec(&exact).map_err(|e| store_err(e.into()))?;
-        p.request.sealed_headers = Some(app.store.sealer().seal(&plain).map_err(store_err)?);
+        p.request.sealed_headers = Some(app.store().sealer().seal(&plain).map_err(store_err)?);
         if !app
-            .store
+            .store()
             .proposal_create(&p, replacing.as_deref())
             .await
             .map_err(store_err)?
         {
             continue;
         }
-        app.audit
+        app.audit()
             .record(record(
                 &p,
                 crate::audit::Kind::Proposal,
@@ -275,7 +280,7 @@ async fn join_or_propose(app: &App, held: &Held<'_>, identity: String) -> Result
             ))
             .await;
         info!(proposal = %p.id, tool = %p.tool, agent = %p.agent, summary = %p.summary, "proposal created");
-        app.notifier
+        app.notifier()
             .new_proposal(&p, held.tool.approval.webhook.as_deref());
         return Ok(p.id);
     }
@@ -288,15 +293,15 @@ async fn join_or_propose(app: &App, held: &Held<'_>, identity: String) -> Result
 /// as read) to `next`, in the store. `Some` (with its new version) when this caller won, and
 /// whoever waits on it is woken; `None` when another request or replica changed it first.
 async fn advance(
-    app: &App,
+    app: &Core,
     seen: &Proposal,
     mut next: Proposal,
 ) -> Result<Option<Proposal>, StoreError> {
-    if !app.store.proposal_swap(seen, &next).await? {
+    if !app.store().proposal_swap(seen, &next).await? {
         return Ok(None);
     }
     next.version = seen.version + 1;
-    app.waiters.notify(&next.id);
+    app.waiters().notify(&next.id);
     Ok(Some(next))
 }
 
@@ -361,9 +366,9 @@ fn new_proposal(held: &Held<'_>, identity: String) -> Proposal {
 }
 
 /// Reads a proposal, expiring it first when its time is up.
-pub async fn load(app: &App, id: &str) -> Result<Option<Proposal>, StoreError> {
+pub async fn load(app: &Core, id: &str) -> Result<Option<Proposal>, StoreError> {
     for _ in 0..SWAP_TRIES {
-        let Some(p) = app.store.proposal_get(id).await? else {
+        let Some(p) = app.store().proposal_get(id).await? else {
             return Ok(None);
         };
         if !(p.state.is_open() && now_unix() >= p.expires_unix) {
@@ -372,14 +377,14 @@ pub async fn load(app: &App, id: &str) -> Result<Option<Proposal>, StoreError> {
         let mut next = p.clone();
         next.state = State::Expired;
         if let Some(expired) = advance(app, &p, next).await? {
-            app.audit
+            app.audit()
                 .record(record(&expired, crate::audit::Kind::Expiry, json!({})))
                 .await;
             info!(proposal = %id, "proposal expired");
             return Ok(Some(expired));
         }
     }
-    app.store.proposal_get(id).await
+    app.store().proposal_get(id).await
 }
 
 fn pending(p: &Proposal) -> Refusal {
@@ -406,7 +411,7 @@ const APPROVAL_SENDS: u64 = 5;
 
 /// Whether the approval's own commit is (or should be) on its way, so a claimant waits for it
 /// instead of racing it.
-fn approval_sends(app: &App, p: &Proposal) -> bool {
+fn approval_sends(app: &Core, p: &Proposal) -> bool {
     send_on(app, p) == SendOn::Approval
         && p.approvals
             .last()
@@ -419,7 +424,7 @@ const SHARED_POLL: Duration = Duration::from_secs(1);
 /// Holds the call of request `claimant` on proposal `id` until it is decided, committed, or the
 /// hold ends; commits it when it is approved (unless the approval sends it itself).
 async fn wait_and_claim(
-    app: &std::sync::Arc<App>,
+    app: &std::sync::Arc<Core>,
     id: &str,
     hold: Duration,
     claimant: &str,
@@ -429,7 +434,7 @@ async fn wait_and_claim(
     // gets the whole answer of a commit its approval sent here (a later one the stored answer).
     let mut waited = false;
     loop {
-        let notify = app.waiters.get(id);
+        let notify = app.waiters().get(id);
         let notified = notify.notified();
         tokio::pin!(notified);
         // Registered before the state is read, so a decision in between is not missed.
@@ -452,7 +457,7 @@ async fn wait_and_claim(
                 );
                 // Other replicas announce their decisions; if one is lost, look again each second
                 // (and while an approval's own commit is awaited, in case it never comes).
-                if app.store.shared() || p.state == State::Approved {
+                if app.store().shared() || p.state == State::Approved {
                     until = until.min(tokio::time::Instant::now() + SHARED_POLL);
                 }
                 if tokio::time::timeout_at(until, notified).await.is_err()
@@ -521,18 +526,18 @@ fn finished(p: &Proposal) -> Refusal {
 /// The answer of a committed proposal to the call of request `claimant`: the whole answer if
 /// it waited here while its approval sent it, else the stored one.
 async fn answer_committed(
-    app: &App,
+    app: &Core,
     p: &Proposal,
     waited: bool,
     claimant: &str,
 ) -> Response<ProxyBody> {
-    let resp = match waited.then(|| app.waiters.answer(&p.id)).flatten() {
+    let resp = match waited.then(|| app.waiters().answer(&p.id)).flatten() {
         Some(whole) => answer_of(p, &whole),
         None => stored_response(app, p),
     };
     if claimant != p.request_id {
         // Another request (or the approval) sent it: this one got its answer.
-        app.audit
+        app.audit()
             .record(crate::audit::Record {
                 request_id: Some(claimant.to_string()),
                 ..record(
@@ -546,7 +551,7 @@ async fn answer_committed(
     resp
 }
 
-fn stored_response(app: &App, p: &Proposal) -> Response<ProxyBody> {
+fn stored_response(app: &Core, p: &Proposal) -> Response<ProxyBody> {
     let outcome = p.outcome.clone().unwrap_or(Outcome {
         status: 502,
         headers: vec![],
@@ -574,12 +579,12 @@ fn answer_of(p: &Proposal, outcome: &Outcome) -> Response<ProxyBody> {
 /// outcome stored, its response recorded) even if the agent waiting for it goes away, so a
 /// call that was sent never stays `committing` for want of a listener.
 async fn commit_detached(
-    app: &std::sync::Arc<App>,
+    app: &std::sync::Arc<Core>,
     id: &str,
     claimant: &str,
 ) -> Result<Option<Response<ProxyBody>>, Refusal> {
     let (app, id, claimant) = (app.clone(), id.to_string(), claimant.to_string());
-    let task = app.tasks.spawn({
+    let task = app.tasks().spawn({
         let app = app.clone();
         async move { commit(&app, &id, Some(&claimant)).await }
     });
@@ -592,12 +597,12 @@ async fn commit_detached(
 
 /// Refuses the commit of `p` while its agent's or its tool's kill switch is thrown (the
 /// proposal stays approved).
-fn not_killed(app: &App, p: &Proposal) -> Result<(), Refusal> {
+fn not_killed(app: &Core, p: &Proposal) -> Result<(), Refusal> {
     for key in [
         KillTarget::Agent(p.agent.clone()),
         KillTarget::Tool(p.tool.clone()),
     ] {
-        if let Some(k) = app.kill.get(&key) {
+        if let Some(k) = app.kill().get(&key) {
             return Err(Refusal::new(
                 Code::ToolDisabled,
                 format!(
@@ -613,11 +618,11 @@ fn not_killed(app: &App, p: &Proposal) -> Result<(), Refusal> {
 
 /// Why `p` may not be sent any more because the issued token it came in with expired or was
 /// revoked, if so.
-async fn token_ended(app: &App, p: &Proposal) -> Result<Option<String>, Refusal> {
+async fn token_ended(app: &Core, p: &Proposal) -> Result<Option<String>, Refusal> {
     let Some(token) = &p.token else {
         return Ok(None);
     };
-    let current = app.store.token_get(token).await.map_err(store_err)?;
+    let current = app.store().token_get(token).await.map_err(store_err)?;
     Ok((!current.is_some_and(|t| t.live(now_unix())))
         .then(|| format!("the issued token it came in with ({token}) has expired or was revoked")))
 }
@@ -626,11 +631,11 @@ async fn token_ended(app: &App, p: &Proposal) -> Result<Option<String>, Refusal>
 /// caller reads it again). `claimant`: the request whose call sends it (the held one, or the
 /// same call sent again); `None` when its approval sends it (`on_approval`).
 async fn commit(
-    app: &App,
+    app: &Core,
     id: &str,
     claimant: Option<&str>,
 ) -> Result<Option<Response<ProxyBody>>, Refusal> {
-    let Some(p) = app.store.proposal_get(id).await.map_err(store_err)? else {
+    let Some(p) = app.store().proposal_get(id).await.map_err(store_err)? else {
         return Ok(None);
     };
     if p.state != State::Approved {
@@ -694,7 +699,7 @@ async fn commit(
         }
     };
     let amount = crate::checks::budget_amount(&tool, &checked.body).unwrap_or(None);
-    let charged = match crate::limits::charge_budget(&app.store, &agent.id, &tool, amount).await {
+    let charged = match crate::limits::charge_budget(app.store(), &agent.id, &tool, amount).await {
         Ok(c) => c,
         Err(refusal) if refusal.code == Code::Internal => {
             return Err(refusal.with_proposal(p.id.clone()))
@@ -729,18 +734,18 @@ fn outgoing(
 /// whoever moves it first, on any replica, sends it, and a decision made meanwhile makes this
 /// one lose (`None`). The budget charged for it is given back when it is not sent.
 async fn claim_commit(
-    app: &App,
+    app: &Core,
     approved: &Proposal,
     charged: &crate::limits::Charge,
 ) -> Result<Option<Proposal>, Refusal> {
     let mut next = approved.clone();
     next.state = State::Committing;
     next.committing_unix = Some(now_unix());
-    next.committing_by = app.store.replica().map(str::to_string);
+    next.committing_by = app.store().replica().map(str::to_string);
     match advance(app, approved, next).await {
         Ok(claimed) => Ok(claimed),
         Err(e) => {
-            crate::limits::refund_budget(&app.store, charged.clone()).await;
+            crate::limits::refund_budget(app.store(), charged.clone()).await;
             Err(store_err(e))
         }
     }
@@ -748,7 +753,7 @@ async fn claim_commit(
 
 /// Sends an approved proposal through the one commit routine: `committing` is durable first.
 async fn send_approved(
-    app: &App,
+    app: &Core,
     approved: &Proposal,
     call: &crate::model::Call,
     request: Request<ProxyBody>,
@@ -756,7 +761,7 @@ async fn send_approved(
     claimant: Option<&str>,
 ) -> Result<Option<Response<ProxyBody>>, Refusal> {
     let Some(p) = claim_commit(app, approved, &charged).await? else {
-        crate::limits::refund_budget(&app.store, charged).await;
+        crate::limits::refund_budget(app.store(), charged).await;
         return Ok(None);
     };
     info!(proposal = %p.id, tool = %p.tool, "committing");
@@ -785,7 +790,7 @@ async fn send_approved(
     let result = crate::commit::send(app, commit).await;
     if let (None, Ok(sent)) = (claimant, &result) {
         // Sent by its approval: a call held here meanwhile gets the whole answer too.
-        app.waiters.keep_answer(&p.id, &sent.shown);
+        app.waiters().keep_answer(&p.id, &sent.shown);
     }
     settle_commit(app, &p, result).await
 }
@@ -795,7 +800,7 @@ async fn send_approved(
 /// record; the sweep may have taken it for abandoned meanwhile (`outcome_unknown`), and then
 /// what the commit really did replaces that guess.
 async fn settle_commit(
-    app: &App,
+    app: &Core,
     committing: &Proposal,
     result: Result<crate::commit::Sent, crate::commit::Failed>,
 ) -> Result<Option<Response<ProxyBody>>, Refusal> {
@@ -833,7 +838,7 @@ async fn settle_commit(
                 return answer;
             }
         }
-        match app.store.proposal_get(&next.id).await {
+        match app.store().proposal_get(&next.id).await {
             // The sweep's guess, or a retry of ours: what happened is known here.
             Ok(Some(fresh))
                 if fresh.state == State::OutcomeUnknown && next.state != State::Approved =>
@@ -850,7 +855,7 @@ async fn settle_commit(
 /// Cancels an approved proposal that can no longer be committed, saying why. A decision made
 /// meanwhile wins (the caller reads the proposal again either way).
 async fn cancel(
-    app: &App,
+    app: &Core,
     seen: &Proposal,
     why: &str,
 ) -> Result<Option<Response<ProxyBody>>, Refusal> {
@@ -858,7 +863,7 @@ async fn cancel(
     next.state = State::Cancelled;
     next.note = Some(why.to_string());
     if let Some(p) = advance(app, seen, next).await.map_err(store_err)? {
-        app.audit
+        app.audit()
             .record(record(
                 &p,
                 crate::audit::Kind::Cancellation,
@@ -875,9 +880,9 @@ async fn cancel(
 
 /// The headers an approved call sends: unsealed, or for proposals stored before sealing, the
 /// shown ones. `None` when a seal does not open (fail closed).
-fn sent_headers(app: &App, r: &StoredRequest) -> Option<HeaderMap> {
+fn sent_headers(app: &Core, r: &StoredRequest) -> Option<HeaderMap> {
     let pairs: Vec<(String, String)> = match &r.sealed_headers {
-        Some(sealed) => serde_json::from_slice(&app.store.sealer().open_sealed(sealed)?).ok()?,
+        Some(sealed) => serde_json::from_slice(&app.store().sealer().open_sealed(sealed)?).ok()?,
         None => r.headers.clone(),
     };
     let mut headers = HeaderMap::new();
@@ -1040,7 +1045,7 @@ const SEND_WAIT: Duration = Duration::from_secs(10);
 /// `approved` to `committing` decides who sends it, here or on another replica), and waits for
 /// it up to [`SEND_WAIT`].
 pub async fn decide(
-    app: &std::sync::Arc<App>,
+    app: &std::sync::Arc<Core>,
     who: &Approver,
     id: &str,
     action: Action,
@@ -1055,18 +1060,18 @@ pub async fn decide(
             unsent: None,
         });
     }
-    let task = app.tasks.spawn({
+    let task = app.tasks().spawn({
         let (app, id) = (app.clone(), p.id.clone());
         async move {
             let r = commit(&app, &id, None).await.err()?;
             // A refusal that left it approved (a kill switch, the store) is told here; one that
             // settled it (failed, outcome unknown) is in its state and its events.
-            let p = app.store.proposal_get(&id).await.ok().flatten()?;
+            let p = app.store().proposal_get(&id).await.ok().flatten()?;
             if p.state != State::Approved {
                 return None;
             }
             warn!(proposal = %id, code = r.code.as_str(), error = %r.message, "an approval's commit was refused; the proposal stays approved");
-            app.audit
+            app.audit()
                 .record(record_apart(
                     &p,
                     crate::audit::Kind::Decision,
@@ -1087,7 +1092,7 @@ pub async fn decide(
         Ok(Ok(unsent)) => unsent,
         _ => None,
     };
-    let proposal = match app.store.proposal_get(&p.id).await {
+    let proposal = match app.store().proposal_get(&p.id).await {
         Ok(Some(now)) => now,
         _ => p,
     };
@@ -1099,7 +1104,7 @@ pub async fn decide(
 }
 
 async fn decide_only(
-    app: &App,
+    app: &Core,
     who: &Approver,
     id: &str,
     action: Action,
@@ -1160,7 +1165,9 @@ async fn decide_only(
             act.until = Some(crate::audit::rfc3339(p.expires_unix.saturating_mul(1000)));
         }
         let act = payload::to_value(&act);
-        app.audit.record(record(&p, action.event_kind(), act)).await;
+        app.audit()
+            .record(record(&p, action.event_kind(), act))
+            .await;
         info!(proposal = %p.id, by = %who.id, action = ?action, state = p.state.as_str(), "proposal decision");
         return Ok(p);
     }
@@ -1255,9 +1262,9 @@ fn transition(
 }
 
 /// Proposals, newest first, optionally of one state.
-pub async fn list(app: &App, state: Option<State>) -> Result<Vec<Proposal>, StoreError> {
+pub async fn list(app: &Core, state: Option<State>) -> Result<Vec<Proposal>, StoreError> {
     let mut out = Vec::new();
-    for p in app.store.proposal_list().await? {
+    for p in app.store().proposal_list().await? {
         let p = if p.state.is_open() && now_unix() >= p.expires_unix {
             load(app, &p.id).await?.unwrap_or(p)
         } else {

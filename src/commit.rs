@@ -10,12 +10,12 @@ use http::Request;
 use http_body_util::{BodyExt, Limited};
 use serde_json::{json, Value};
 
+use crate::app::Core;
 use crate::audit::{payload, Kind, Record};
 use crate::base::body::ProxyBody;
 use crate::error::Refusal;
 use crate::limits::{refund_budget, Charge};
 use crate::model::{Call, Outcome};
-use crate::App;
 
 /// The largest upstream answer to a call with side effects that is stored whole.
 pub const MAX_STORED_OUTCOME: usize = 16 * 1024 * 1024;
@@ -55,7 +55,7 @@ pub(crate) enum Failed {
 }
 
 /// Sends a committed call and settles what it leaves behind.
-pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Sent, Failed> {
+pub(crate) async fn send(app: &Core, c: Commit<'_>) -> Result<Sent, Failed> {
     let Commit {
         who,
         commit_payload,
@@ -70,26 +70,26 @@ pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Sent, Failed> {
         ..who.clone()
     };
     if let Err(e) = app
-        .audit
+        .audit()
         .record_durable(event(Kind::Commit, commit_payload))
         .await
     {
-        refund_budget(&app.store, charged).await;
+        refund_budget(app.store(), charged).await;
         return Err(Failed::NotRecorded(Refusal::new(
             crate::error::Code::StoreUnavailable,
             format!("the audit log cannot be written ({e}); the call was not sent. Retry later"),
         )));
     }
     let started = std::time::Instant::now();
-    let resp = match app.upstream.forward(&call.host, call.port, request).await {
+    let resp = match app.upstream().forward(&call.host, call.port, request).await {
         Ok(resp) => resp,
         Err(failure) => {
-            app.audit.record(event(
+            app.audit().record(event(
                 Kind::UpstreamError,
                 json!({"code": failure.refusal.code.as_str(), "message": failure.refusal.message, "sent": !failure.not_sent}),
             )).await;
             if failure.not_sent {
-                refund_budget(&app.store, charged).await;
+                refund_budget(app.store(), charged).await;
                 return Err(Failed::NotSent(failure.refusal));
             }
             return Err(Failed::Unknown(failure.refusal));
@@ -98,14 +98,14 @@ pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Sent, Failed> {
     let (parts, body) = resp.into_parts();
     if !parts.status.is_success() {
         // The upstream refused the call: it spent nothing of the budget.
-        refund_budget(&app.store, charged).await;
+        refund_budget(app.store(), charged).await;
     }
     let (outcome, answer) = settle(app, parts, body).await;
     let (sent, answer) = contract(app, response, outcome, answer, &event).await;
     let outcome = &sent.stored;
     crate::ledger::record(
-        &app.store,
-        &app.audit.redactor,
+        app.store(),
+        &app.audit().redactor,
         call,
         outcome.status,
         &answer,
@@ -124,7 +124,7 @@ pub(crate) async fn send(app: &App, c: Commit<'_>) -> Result<Sent, Failed> {
         ..Default::default()
     };
     let _ = app
-        .audit
+        .audit()
         .record_happened(event(Kind::Response, payload::to_value(&recorded)))
         .await;
     Ok(sent)
@@ -192,7 +192,7 @@ pub(crate) fn shown(spec: &crate::policy::response::ResponseSpec, outcome: &Outc
 /// The response contract applied: what is stored (and recorded) and what the agent gets; a
 /// schema mismatch is an event. Without a contract both are the whole answer.
 async fn contract(
-    app: &App,
+    app: &Core,
     spec: Option<&crate::policy::response::ResponseSpec>,
     outcome: Outcome,
     answer: Bytes,
@@ -215,7 +215,7 @@ async fn contract(
         header(&outcome, "content-encoding"),
     );
     if let Some(why) = spec.mismatch(&subject) {
-        app.audit
+        app.audit()
             .record(event(
                 Kind::ResponseSchemaMismatch,
                 json!({ "message": why }),
@@ -237,7 +237,7 @@ async fn contract(
 /// The answer read whole (up to the cap, with a mark past it) and scrubbed of secrets: what is
 /// stored, shown and handed to duplicates.
 async fn settle(
-    app: &App,
+    app: &Core,
     parts: http::response::Parts,
     body: hyper::body::Incoming,
 ) -> (Outcome, Bytes) {
@@ -246,7 +246,7 @@ async fn settle(
         Err(_) => (Bytes::new(), true),
     };
     let (mut outcome, answer) = crate::audit::scrub_outcome(
-        &app.audit.redactor,
+        &app.audit().redactor,
         parts.status.as_u16(),
         &parts.headers,
         &bytes,

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tracing::warn;
 
+use crate::app::Core;
 use crate::error::Refusal;
 use crate::model::{Grant, GrantEnd};
 use crate::policy::{Agent, Tool};
 use crate::store::{now_unix, StoreError};
-use crate::App;
 
 /// The longest a grant may last.
 pub const MAX_GRANT_SECS: u64 = 7 * 24 * 3600;
@@ -37,7 +37,7 @@ pub fn facts(g: &Grant) -> Value {
 /// The agent as it stands for one call of `tool`: with the live grant that lends it the tool,
 /// when its own globs do not name it. Without the store it cannot tell: refused.
 pub(crate) async fn for_tool(
-    app: &App,
+    app: &Core,
     agent: Arc<Agent>,
     tool: &str,
 ) -> Result<Arc<Agent>, Refusal> {
@@ -50,7 +50,7 @@ pub(crate) async fn for_tool(
 /// The agent as it stands on an MCP endpoint serving `tools`: with every live grant of one of
 /// them.
 pub(crate) async fn for_tools(
-    app: &App,
+    app: &Core,
     agent: Arc<Agent>,
     tools: &[Arc<Tool>],
 ) -> Result<Arc<Agent>, Refusal> {
@@ -61,13 +61,13 @@ pub(crate) async fn for_tools(
 }
 
 async fn live(
-    app: &App,
+    app: &Core,
     agent: Arc<Agent>,
     wanted: impl Fn(&str) -> bool,
 ) -> Result<Arc<Agent>, Refusal> {
     let now = now_unix();
     let grants: Vec<Grant> = app
-        .principals
+        .principals()
         .grants_of(&agent.id)
         .await
         .map_err(store_down)?
@@ -82,19 +82,19 @@ async fn live(
 
 /// Ends a grant (`revoked` by an approver, or `expired`) and records its end, unless it had
 /// ended already: then None.
-pub async fn end(app: &App, id: &str, how: &str, by: &str) -> Result<Option<Grant>, StoreError> {
+pub async fn end(app: &Core, id: &str, how: &str, by: &str) -> Result<Option<Grant>, StoreError> {
     let end = GrantEnd {
         how: how.to_string(),
         by: by.to_string(),
         at_unix: now_unix(),
     };
-    let Some(g) = app.store.grant_end(id, end).await? else {
+    let Some(g) = app.store().grant_end(id, end).await? else {
         return Ok(None);
     };
-    app.principals.grants_changed(&g.agent).await;
+    app.principals().grants_changed(&g.agent).await;
     let mut payload = facts(&g);
     payload["by"] = json!(by);
-    app.audit
+    app.audit()
         .record(crate::audit::Record {
             kind: if how == "revoked" {
                 crate::audit::Kind::GrantRevoked
@@ -112,10 +112,10 @@ pub async fn end(app: &App, id: &str, how: &str, by: &str) -> Result<Option<Gran
 
 /// Records the expiry of every grant whose time is up and whose end nobody recorded yet (the
 /// sweep; on replicas, whichever gets there first). Returns how many it ended.
-pub async fn expire_due(app: &App) -> Result<usize, StoreError> {
+pub async fn expire_due(app: &Core) -> Result<usize, StoreError> {
     let now = now_unix();
     let mut ended = 0;
-    for g in app.store.grant_open(None).await? {
+    for g in app.store().grant_open(None).await? {
         if g.until_unix <= now && end(app, &g.id, "expired", "toolgate").await?.is_some() {
             ended += 1;
         }
@@ -125,8 +125,8 @@ pub async fn expire_due(app: &App) -> Result<usize, StoreError> {
 
 /// Watches every grant not yet ended, at start: their expiry is recorded at its time after a
 /// restart too.
-pub async fn watch_open(app: Arc<App>) {
-    match app.store.grant_open(None).await {
+pub async fn watch_open(app: Arc<Core>) {
+    match app.store().grant_open(None).await {
         Ok(open) => {
             for g in &open {
                 watch(app.clone(), g);
@@ -138,7 +138,7 @@ pub async fn watch_open(app: Arc<App>) {
 
 /// Records the grant's expiry at its time (the sweep does it too, when another replica granted
 /// it or this one could not read the store at start).
-pub fn watch(app: Arc<App>, g: &Grant) {
+pub fn watch(app: Arc<Core>, g: &Grant) {
     let id = g.id.clone();
     let wait_ms = g
         .until_unix
@@ -146,7 +146,7 @@ pub fn watch(app: Arc<App>, g: &Grant) {
         .saturating_sub(crate::base::now_ms());
     tokio::spawn(async move {
         tokio::select! {
-            _ = app.cancel.cancelled() => {}
+            _ = app.cancel().cancelled() => {}
             _ = tokio::time::sleep(std::time::Duration::from_millis(wait_ms)) => {
                 if let Err(e) = end(&app, &id, "expired", "toolgate").await {
                     warn!(grant = %id, error = %e, "the grant's expiry could not be recorded; the sweep will try again");

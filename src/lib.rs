@@ -45,7 +45,7 @@ use tracing::{info, warn};
 
 use crate::store::Topic;
 
-pub use app::{App, StartError};
+pub use app::{Console, Core, Gate, StartError};
 pub use config::Config;
 
 /// The listeners `run` serves on, bound by the caller (tests bind `127.0.0.1:0`).
@@ -70,7 +70,7 @@ fn own_addresses<const N: usize>(
 }
 
 /// Starts the transparent listener (`--transparent-listen`).
-fn serve_transparent(app: &Arc<App>, listener: TcpListener, own: Vec<std::net::SocketAddr>) {
+fn serve_transparent(app: &Arc<Gate>, listener: TcpListener, own: Vec<std::net::SocketAddr>) {
     if !app.policy().has_sources() {
         warn!("--transparent-listen is set but no [[agent]] has sources: every redirected connection will be refused");
     }
@@ -82,17 +82,17 @@ fn serve_transparent(app: &Arc<App>, listener: TcpListener, own: Vec<std::net::S
 /// (LISTEN/NOTIFY), and within a second in any case: kill switches are read again every second,
 /// and a held call looks at its proposal every second (`approval`). Every two seconds, commits
 /// left by a replica that died are turned into `outcome_unknown`.
-async fn follow_replicas(app: Arc<App>) {
-    let mut heard = app.store.subscribe();
+async fn follow_replicas(app: Arc<Core>) {
+    let mut heard = app.store().subscribe();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut abandoned = tokio::time::interval(std::time::Duration::from_secs(2));
     loop {
         let topic = tokio::select! {
-            _ = app.cancel.cancelled() => break,
+            _ = app.cancel().cancelled() => break,
             _ = abandoned.tick() => {
                 // A replica that died while sending leaves its commit: outcome unknown.
                 let limit = app.in_flight_limit();
-                if let Err(e) = approval::recover(&app.store, &app.audit, limit).await {
+                if let Err(e) = approval::recover(app.store(), app.audit(), limit).await {
                     warn!(error = %e, "could not look for commits abandoned by other replicas");
                 }
                 continue;
@@ -101,11 +101,11 @@ async fn follow_replicas(app: Arc<App>) {
             Some(t) = async { heard.as_mut()?.recv().await } => Some(t),
         };
         match topic {
-            Some(Topic::Token(id)) => app.principals.token_heard(&id),
-            Some(Topic::Grants(agent)) => app.principals.grants_heard(&agent),
-            Some(Topic::Proposal(id)) => app.waiters.heard(&id),
+            Some(Topic::Token(id)) => app.principals().token_heard(&id),
+            Some(Topic::Grants(agent)) => app.principals().grants_heard(&agent),
+            Some(Topic::Proposal(id)) => app.waiters().heard(&id),
             Some(Topic::Kill) | None => {
-                if let Err(e) = app.kill.refresh().await {
+                if let Err(e) = app.kill().refresh().await {
                     warn!(error = %e, "could not read the kill switches from the shared store");
                 }
             }
@@ -165,9 +165,10 @@ pub async fn run_with(
             config.admin_url = format!("http://{addr}");
         }
     }
-    let app = Arc::new(App::new(config).await?);
-    approval::recover(&app.store, &app.audit, app.in_flight_limit()).await?;
-    let policy = app.policy();
+    let (gate, console) = app::start(config).await?;
+    let core = gate.core().clone();
+    approval::recover(core.store(), core.audit(), core.in_flight_limit()).await?;
+    let policy = core.policy();
     info!(
         proxy = %listeners.proxy.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         admin = %listeners.admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -175,34 +176,52 @@ pub async fn run_with(
         files = policy.files.len(),
         "toolgate serving"
     );
-    serving(&Serving::of(&listeners, &app.config, &policy));
-    let transparent = listeners.transparent;
+    serving(&Serving::of(&listeners, core.config(), &policy));
     let own = own_addresses([
         Some(&listeners.proxy),
         Some(&listeners.admin),
         listeners.metrics.as_ref(),
-        transparent.as_ref(),
+        listeners.transparent.as_ref(),
     ]);
-    if let Some(transparent) = transparent {
-        serve_transparent(&app, transparent, own);
+    if let Some(transparent) = listeners.transparent {
+        serve_transparent(&gate, transparent, own);
     }
-    let admin = tokio::spawn(admin::serve(listeners.admin, app.clone()));
+    let admin = tokio::spawn(admin::serve(listeners.admin, console.clone()));
     if let Some(metrics) = listeners.metrics {
-        tokio::spawn(admin::serve_metrics(metrics, app.clone()));
+        tokio::spawn(admin::serve_metrics(metrics, console.clone()));
     }
-    let sweeper = tokio::spawn(sweep::run(app.clone()));
-    tokio::spawn(grants::watch_open(app.clone()));
-    if app.store.shared() {
-        tokio::spawn(follow_replicas(app.clone()));
+    let background = [
+        tokio::spawn(sweep::run(core.clone())),
+        tokio::spawn(watch_policies(core.clone())),
+    ];
+    tokio::spawn(grants::watch_open(core.clone()));
+    if core.store().shared() {
+        tokio::spawn(follow_replicas(core.clone()));
     }
-    let watcher = tokio::spawn(watch_policies(app.clone()));
-    proxy::accept_loop(app.clone(), listeners.proxy, shutdown).await;
+    proxy::accept_loop(gate.clone(), listeners.proxy, shutdown).await;
+    drop((gate, console));
+    stop(&core, grace, admin, background).await;
+    close(
+        core,
+        tokio::time::Instant::now() + std::time::Duration::from_secs(2),
+    )
+    .await;
+    Ok(())
+}
 
+/// Stops serving: no new connections, in-flight requests get `grace` to finish (then they are
+/// closed and record themselves), and every queued audit event is written and flushed.
+async fn stop(
+    core: &Core,
+    grace: std::time::Duration,
+    admin: tokio::task::JoinHandle<()>,
+    background: [tokio::task::JoinHandle<()>; 2],
+) {
     info!("shutting down: no new connections; waiting for in-flight requests");
     let deadline = tokio::time::Instant::now() + grace;
-    app.cancel.cancel();
-    app.tasks.close();
-    if tokio::time::timeout_at(deadline, app.tasks.wait())
+    core.cancel().cancel();
+    core.tasks().close();
+    if tokio::time::timeout_at(deadline, core.tasks().wait())
         .await
         .is_err()
     {
@@ -212,45 +231,41 @@ pub async fn run_with(
         );
         // Closed now rather than dropped with the runtime: their guards record them (marked
         // client_gone, or unfinished) while the audit log still takes events.
-        app.abandon.cancel();
-        let _ = tokio::time::timeout(ABANDON_WAIT, app.tasks.wait()).await;
+        core.abandon().cancel();
+        let _ = tokio::time::timeout(ABANDON_WAIT, core.tasks().wait()).await;
     }
     if tokio::time::timeout_at(deadline, admin).await.is_err() {
         warn!("admin connections did not close within the grace period; closing them");
     }
     let _ = tokio::time::timeout_at(deadline, async {
-        let _ = watcher.await;
-        let _ = sweeper.await;
+        for task in background {
+            let _ = task.await;
+        }
     })
     .await;
     // Every queued audit event is written and flushed before the process goes: a graceful
     // stop loses none. Bounded, so a sick disk cannot hold the exit forever.
-    if !app.audit.close(std::time::Duration::from_secs(30)).await {
+    if !core.audit().close(std::time::Duration::from_secs(30)).await {
         warn!("the audit log did not finish writing its queue in time");
     }
     // What was written is made durable once more; bounded, so a sick disk cannot hold the exit.
     if let Ok(Err(e)) =
-        tokio::time::timeout(std::time::Duration::from_secs(5), app.store.flush()).await
+        tokio::time::timeout(std::time::Duration::from_secs(5), core.store().flush()).await
     {
         warn!(error = %e, "the final flush failed");
     }
-    close(
-        app,
-        tokio::time::Instant::now() + std::time::Duration::from_secs(2),
-    )
-    .await;
-    Ok(())
 }
 
 /// Lets go of the store when the last task using it is done (bounded by `deadline`), so that
-/// the data dir can be opened again as soon as `run` returns.
-async fn close(app: Arc<App>, deadline: tokio::time::Instant) {
-    let mut app = app;
+/// the data dir can be opened again as soon as `run` returns. Every [`Gate`] and [`Console`]
+/// holds the core: it is let go once they all are.
+async fn close(core: Arc<Core>, deadline: tokio::time::Instant) {
+    let mut core = core;
     loop {
-        match Arc::try_unwrap(app) {
-            Ok(g) => {
+        match Arc::try_unwrap(core) {
+            Ok(c) => {
                 // The audit writer and the flusher finish their queues and end here.
-                let _ = tokio::task::spawn_blocking(move || drop(g)).await;
+                let _ = tokio::task::spawn_blocking(move || drop(c)).await;
                 return;
             }
             Err(still_shared) => {
@@ -258,7 +273,7 @@ async fn close(app: Arc<App>, deadline: tokio::time::Instant) {
                     warn!("some tasks still hold the store at exit");
                     return;
                 }
-                app = still_shared;
+                core = still_shared;
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
@@ -266,10 +281,10 @@ async fn close(app: Arc<App>, deadline: tokio::time::Instant) {
 }
 
 /// Reloads policies on SIGHUP and when the folder changes, until shutdown.
-async fn watch_policies(app: Arc<App>) {
+async fn watch_policies(app: Arc<Core>) {
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut tick = tokio::time::interval(app.config.reload_interval);
+    let mut tick = tokio::time::interval(app.config().reload_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         #[cfg(unix)]
@@ -284,12 +299,12 @@ async fn watch_policies(app: Arc<App>) {
         #[cfg(not(unix))]
         let hup_recv = std::future::pending::<()>();
         tokio::select! {
-            _ = app.cancel.cancelled() => return,
+            _ = app.cancel().cancelled() => return,
             _ = hup_recv => {
                 info!("SIGHUP: reloading policies");
-                let _ = app.policies.reload();
+                let _ = app.policies().reload();
             }
-            _ = tick.tick() => app.policies.reload_if_changed(),
+            _ = tick.tick() => app.policies().reload_if_changed(),
         }
     }
 }

@@ -111,7 +111,8 @@ pub(crate) async fn refund_budget(store: &Store, charge: Charge) {
 
 /// Admits a new proposal: the rate limit counts it, and its amount must fit the budget now.
 pub(crate) async fn admit_proposal(
-    (limiter, store): (&RateLimiter, &Store),
+    limiter: &RateLimiter,
+    store: &Store,
     agent: &str,
     tool: &Tool,
     amount: Option<f64>,

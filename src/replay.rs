@@ -10,10 +10,10 @@ use http_body_util::{BodyExt, Limited};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::app::Core;
 use crate::audit::Payload;
 use crate::base::body;
 use crate::model::Call;
-use crate::App;
 
 /// The environment whose credential a replay sends.
 pub const SANDBOX_ENVIRONMENT: &str = "sandbox";
@@ -44,11 +44,11 @@ pub struct ReplayError(pub String);
 
 /// The calls recorded for `id` (a request, a proposal or a job), oldest first: committed calls
 /// from the ledger, and forwarded reads from the audit log.
-async fn calls(app: &App, id: &str) -> Result<Vec<Call>, ReplayError> {
+async fn calls(app: &Core, id: &str) -> Result<Vec<Call>, ReplayError> {
     let err = |e: crate::store::StoreError| ReplayError(format!("the store is unavailable: {e}"));
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
-    for c in crate::ledger::all(&app.store).await.map_err(err)? {
+    for c in crate::ledger::all(app.store()).await.map_err(err)? {
         if c.request_id == id || c.proposal.as_deref() == Some(id) || c.job == id {
             seen.insert(c.request_id.clone());
             out.push(Recorded {
@@ -58,7 +58,7 @@ async fn calls(app: &App, id: &str) -> Result<Vec<Call>, ReplayError> {
         }
     }
     // Reads: a request event whose call was forwarded and answered.
-    let events = app.audit.story(id).map_err(err)?;
+    let events = app.audit().story(id).map_err(err)?;
     // Answered: a `response` event, or a read told in one event (its payload has the answer).
     let answered: BTreeSet<&str> = events
         .iter()
@@ -126,7 +126,7 @@ fn normalize_host(host: &str) -> String {
 
 /// Re-sends the calls recorded for `id` to `to` (HOST:PORT).
 pub async fn replay(
-    app: &Arc<App>,
+    app: &Arc<Core>,
     id: &str,
     to: &str,
     by: &str,
@@ -187,7 +187,7 @@ pub async fn replay(
                 payload["message"] = json!(message);
             }
         }
-        app.audit
+        app.audit()
             .record(crate::audit::Record {
                 kind: crate::audit::Kind::Replay,
                 request_id: Some(call.request_id.clone()),
@@ -205,7 +205,7 @@ pub async fn replay(
 }
 
 async fn send(
-    app: &App,
+    app: &Core,
     policy: &crate::policy::Policy,
     call: &Call,
     to_host: &str,
@@ -263,7 +263,7 @@ async fn send(
         h.insert(c.header.clone(), c.header_value());
     }
     let resp = app
-        .upstream
+        .upstream()
         .send_to_sandbox(to_host, to_port, req)
         .await
         .map_err(|f| ("failed", f.refusal.message))?;

@@ -12,6 +12,7 @@ use http::{header, HeaderValue, Method, Request};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use crate::app::Gate;
 pub use crate::audit::RollbackOutcome as Outcome;
 use crate::ledger::{all, find};
 use crate::model::{Committed, UndoApproval, Undone};
@@ -19,7 +20,6 @@ use crate::policy::rollback_def::placeholders;
 use crate::policy::{Approver, BodyFormat, Policy, Rollback, Tool};
 use crate::services::LockKey;
 use crate::store::StoreError;
-use crate::App;
 
 /// The result of undoing one call, as the API, the CLI and the page report it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -217,9 +217,9 @@ fn plan(policy: &Policy, c: &Committed) -> Result<Plan, (Outcome, String)> {
 }
 
 /// Undoes one committed call (a request id or a proposal id), at most once.
-pub async fn undo(app: &Arc<App>, id: &str, who: &Approver) -> Report {
+pub async fn undo(app: &Arc<Gate>, id: &str, who: &Approver) -> Report {
     let by = who.id.as_str();
-    let found = match find(&app.store, id).await {
+    let found = match find(app.store(), id).await {
         Ok(Some(c)) => c,
         Ok(None) => {
             return Report::new(
@@ -241,10 +241,10 @@ pub async fn undo(app: &Arc<App>, id: &str, who: &Approver) -> Report {
     // One lock per call (a proposal id and its request id are the same call), then read again
     // under it: an undo that finished meanwhile is seen.
     let _lock = app
-        .locks
+        .locks()
         .lock(LockKey::Undo(found.request_id.clone()))
         .await;
-    let mut c = match find(&app.store, &found.request_id).await {
+    let mut c = match find(app.store(), &found.request_id).await {
         Ok(Some(fresh)) => fresh,
         _ => found,
     };
@@ -272,7 +272,7 @@ pub async fn undo(app: &Arc<App>, id: &str, who: &Approver) -> Report {
     }
     let report = send_undo(app, &mut c, (&plan, undo_tool.as_deref()), by).await;
     release_undo(app, &c.request_id, c.undone.is_some()).await;
-    let _ = app.store.flush().await;
+    let _ = app.store().flush().await;
     if let Some(undo_id) = &report.undo_request {
         record_rollback(app, (&c, &plan), by, &report, undo_id).await;
     }
@@ -282,7 +282,7 @@ pub async fn undo(app: &Arc<App>, id: &str, who: &Approver) -> Report {
 /// Sends the undo of `c` as its agent's call (through every phase of the proxy), once its
 /// sending is claimed, and marks `c` undone when the upstream took it.
 async fn send_undo(
-    app: &Arc<App>,
+    app: &Arc<Gate>,
     c: &mut Committed,
     (plan, undo_tool): (&Plan, Option<&Tool>),
     by: &str,
@@ -290,7 +290,7 @@ async fn send_undo(
     let tool = Some(c.tool.clone());
     let tool = tool.as_deref();
     c.attempts += 1;
-    if let Err(e) = app.store.ledger_put(c).await {
+    if let Err(e) = app.store().ledger_put(c).await {
         let message = format!("the store is unavailable ({e}); nothing was sent");
         return Report::new(&c.request_id, tool, Outcome::Refused, message);
     }
@@ -316,7 +316,7 @@ async fn send_undo(
             status,
             unix_ms: crate::base::now_ms(),
         });
-        if let Err(e) = app.store.ledger_put(c).await {
+        if let Err(e) = app.store().ledger_put(c).await {
             tracing::error!(request_id = %c.request_id, error = %e, "could not mark the call undone");
         }
     }
@@ -331,7 +331,7 @@ fn undo_claim(request_id: &str) -> String {
 /// Claims the sending of an undo of `c`: a compare-and-set in the store (with the idempotency
 /// records), so that of two approvers or replicas undoing one call at once only one sends, and
 /// none sends once an undo succeeded. The other is told the undo is under way.
-async fn claim_undo(app: &App, c: &Committed) -> Result<(), Box<Report>> {
+async fn claim_undo(app: &Gate, c: &Committed) -> Result<(), Box<Report>> {
     let claim = crate::model::IdemRecord {
         state: crate::model::IdemState::InFlight,
         payload_sha256: String::new(),
@@ -341,7 +341,7 @@ async fn claim_undo(app: &App, c: &Committed) -> Result<(), Box<Report>> {
     };
     let report =
         |outcome, message| Box::new(Report::new(&c.request_id, Some(&c.tool), outcome, message));
-    match app.store.idem_swap(&undo_claim(&c.request_id), None, &claim).await {
+    match app.store().idem_swap(&undo_claim(&c.request_id), None, &claim).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(report(
             Outcome::AlreadyUndone,
@@ -359,17 +359,17 @@ async fn claim_undo(app: &App, c: &Committed) -> Result<(), Box<Report>> {
 
 /// Ends the claim: kept when the undo succeeded (the ledger says so too), else removed so that
 /// the undo may be asked for again.
-async fn release_undo(app: &App, request_id: &str, undone: bool) {
+async fn release_undo(app: &Gate, request_id: &str, undone: bool) {
     let key = undo_claim(request_id);
     let ended = match undone {
-        true => match app.store.idem_get(&key).await {
+        true => match app.store().idem_get(&key).await {
             Ok(Some(mut rec)) => {
                 rec.state = crate::model::IdemState::Done;
-                app.store.idem_put(&key, &rec).await
+                app.store().idem_put(&key, &rec).await
             }
             other => other.map(|_| ()),
         },
-        false => app.store.idem_remove(&key).await,
+        false => app.store().idem_remove(&key).await,
     };
     if let Err(e) = ended {
         tracing::error!(request_id = %request_id, error = %e, "could not end the claim on an undo");
@@ -498,13 +498,13 @@ fn outcome_report(
 
 /// The `rollback` event on the undone call, linking the undo's request.
 async fn record_rollback(
-    app: &App,
+    app: &Gate,
     (c, plan): (&Committed, &Plan),
     by: &str,
     report: &Report,
     undo_id: &str,
 ) {
-    app.audit
+    app.audit()
         .record(crate::audit::Record {
             kind: crate::audit::Kind::Rollback,
             request_id: Some(c.request_id.clone()),
@@ -532,7 +532,7 @@ async fn record_rollback(
 /// different approvers as it requires. Until enough have asked, the request is recorded and the
 /// undo waits (`awaiting_approval`).
 async fn approve_undo(
-    app: &App,
+    app: &Gate,
     policy: &Policy,
     c: &mut Committed,
     undo_tool: &Tool,
@@ -579,7 +579,7 @@ async fn approve_undo(
     if have >= spec.required {
         return Ok(());
     }
-    app.store.ledger_put(c).await.map_err(|e| {
+    app.store().ledger_put(c).await.map_err(|e| {
         (
             Outcome::Refused,
             format!("the store is unavailable ({e}); nothing was sent"),
@@ -598,8 +598,12 @@ async fn approve_undo(
 }
 
 /// Undoes a job's committed calls, newest first, going on past failures.
-pub async fn undo_job(app: &Arc<App>, job: &str, by: &Approver) -> Result<Vec<Report>, StoreError> {
-    let mut calls: Vec<Committed> = all(&app.store)
+pub async fn undo_job(
+    app: &Arc<Gate>,
+    job: &str,
+    by: &Approver,
+) -> Result<Vec<Report>, StoreError> {
+    let mut calls: Vec<Committed> = all(app.store())
         .await?
         .into_iter()
         .filter(|c| c.job == job && c.undoes.is_none() && (200..300).contains(&c.status))

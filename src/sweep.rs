@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
+use crate::app::Core;
 use crate::store::rules::retention_cut;
 use crate::store::{now_unix, StoreError};
-use crate::App;
 
 /// What one sweep removed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -21,21 +21,21 @@ pub struct Swept {
 }
 
 /// Sweeps every `sweep_interval` until shutdown.
-pub(crate) async fn run(app: Arc<App>) {
-    let mut tick = tokio::time::interval(app.config.guards.sweep_interval);
+pub(crate) async fn run(app: Arc<Core>) {
+    let mut tick = tokio::time::interval(app.config().guards.sweep_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = app.cancel.cancelled() => return,
+            _ = app.cancel().cancelled() => return,
             _ = tick.tick() => {
                 match once(&app).await {
                     Ok(s) if s != Swept::default() => info!(idempotency = s.idempotency, proposals = s.proposals, ledger = s.ledger, audit = s.audit, "expired records removed"),
                     Ok(_) => {}
                     Err(e) => warn!(error = %e, "the expiry sweep failed"),
                 }
-                let size = app.store.size_on_disk();
-                if size > app.config.guards.store_alarm_bytes {
-                    warn!(bytes = size, alarm = app.config.guards.store_alarm_bytes, "the store is larger than --store-alarm");
+                let size = app.store().size_on_disk();
+                if size > app.config().guards.store_alarm_bytes {
+                    warn!(bytes = size, alarm = app.config().guards.store_alarm_bytes, "the store is larger than --store-alarm");
                 }
             }
         }
@@ -43,26 +43,26 @@ pub(crate) async fn run(app: Arc<App>) {
 }
 
 /// One sweep over the three kinds of records.
-pub async fn once(app: &App) -> Result<Swept, StoreError> {
-    let g = &app.config.guards;
+pub async fn once(app: &Core) -> Result<Swept, StoreError> {
+    let g = &app.config().guards;
     let now = now_unix();
     let idempotency = app
-        .store
+        .store()
         .idem_expire(retention_cut(now, g.idempotency_retention.as_secs()))
         .await?;
     // Open proposals past their time become `expired` (with their audit event) first.
     crate::approval::list(app, None).await?;
     let proposals = app
-        .store
+        .store()
         .proposal_expire(retention_cut(now, g.proposal_retention.as_secs()))
         .await?;
     let ledger_cut = retention_cut(now, g.ledger_retention.as_secs());
     let ledger = app
-        .store
+        .store()
         .ledger_expire(ledger_cut.saturating_mul(1000))
         .await?;
     // A job's claim lasts as long as its calls can still be rolled back.
-    app.store.job_expire(ledger_cut).await?;
+    app.store().job_expire(ledger_cut).await?;
     // Grants whose time is up and whose end no timer recorded (a restart, another replica).
     crate::grants::expire_due(app).await?;
     Ok(Swept {
@@ -75,14 +75,14 @@ pub async fn once(app: &App) -> Result<Swept, StoreError> {
 
 /// With `--audit-retention`: events older than it are purged (a `purge` event and an entry in
 /// the list of purges say so; the chain still verifies from its anchor).
-async fn expire_audit(app: &App) -> Result<u64, StoreError> {
-    let Some(keep) = app.config.guards.audit_retention else {
+async fn expire_audit(app: &Core) -> Result<u64, StoreError> {
+    let Some(keep) = app.config().guards.audit_retention else {
         return Ok(0);
     };
     let cut = retention_cut(crate::base::now_ms(), keep.as_millis() as u64);
-    if app.audit.oldest_ms()?.is_none_or(|t| t >= cut) {
+    if app.audit().oldest_ms()?.is_none_or(|t| t >= cut) {
         return Ok(0);
     }
     let why = format!("--audit-retention {}s", keep.as_secs());
-    Ok(app.audit.purge(cut, "toolgate", &why).await?.removed)
+    Ok(app.audit().purge(cut, "toolgate", &why).await?.removed)
 }

@@ -5,11 +5,11 @@ use axum::http::StatusCode;
 use tracing::{info, warn};
 
 use super::auth::{api_error, ApiError};
+use crate::app::Console;
 use crate::model::KillScope;
 use crate::policy::Approver;
 use crate::rollback::Outcome;
 use crate::store::{now_unix, KillSwitch, KillTarget};
-use crate::App;
 
 /// The HTTP status for one undo's outcome.
 pub(crate) fn rollback_status(outcome: Outcome) -> StatusCode {
@@ -28,7 +28,7 @@ pub(crate) fn rollback_status(outcome: Outcome) -> StatusCode {
 /// alike. Anyone who may approve may stop things; only an admin may start them again. Returns
 /// the switch's target.
 pub(crate) async fn apply_switch(
-    app: &App,
+    app: &Console,
     who: &Approver,
     scope: KillScope,
     name: &str,
@@ -66,7 +66,7 @@ pub(crate) async fn apply_switch(
             .unwrap_or_else(|| "no reason given".into()),
         at_unix: now_unix(),
     });
-    if let Err(e) = app.kill.set(&target, value).await {
+    if let Err(e) = app.kill().set(&target, value).await {
         warn!(error = %e, %key, "kill switch could not be stored");
         return Err(api_error(
             StatusCode::SERVICE_UNAVAILABLE,

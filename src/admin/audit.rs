@@ -12,15 +12,19 @@ use serde_json::json;
 
 use super::auth::{api_error as api_error_body, Approver, Reviewer, SignedReviewer};
 use super::html::esc;
+use crate::app::Console;
 use crate::audit::{describe, parse_time, Filter};
-use crate::App;
 
 fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
     api_error_body(status, code, message).into_response()
 }
 
-pub async fn story(State(app): State<Arc<App>>, _: Reviewer, Path(id): Path<String>) -> Response {
-    match app.audit.story(&id) {
+pub async fn story(
+    State(app): State<Arc<Console>>,
+    _: Reviewer,
+    Path(id): Path<String>,
+) -> Response {
+    match app.audit().story(&id) {
         Ok(events) if events.is_empty() => api_error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -40,8 +44,12 @@ pub async fn story(State(app): State<Arc<App>>, _: Reviewer, Path(id): Path<Stri
     }
 }
 
-pub async fn search(State(app): State<Arc<App>>, _: Reviewer, Query(f): Query<Filter>) -> Response {
-    match app.audit.search(&f) {
+pub async fn search(
+    State(app): State<Arc<Console>>,
+    _: Reviewer,
+    Query(f): Query<Filter>,
+) -> Response {
+    match app.audit().search(&f) {
         Ok(events) => Json(json!({"events": events})).into_response(),
         Err(e) => api_error(StatusCode::BAD_REQUEST, "validation_error", e),
     }
@@ -54,13 +62,17 @@ pub struct Since {
 
 /// The log as JSON Lines, streamed: read on a blocking thread a chunk at a time, so memory
 /// stays flat whatever the log's size.
-pub async fn export(State(app): State<Arc<App>>, _: Reviewer, Query(q): Query<Since>) -> Response {
+pub async fn export(
+    State(app): State<Arc<Console>>,
+    _: Reviewer,
+    Query(q): Query<Since>,
+) -> Response {
     let since = match crate::audit::time_filter("since", &q.since) {
         Ok(since) => since,
         Err(why) => return api_error(StatusCode::BAD_REQUEST, "validation_error", why),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
-    let audit = app.audit.clone();
+    let audit = app.audit().clone();
     tokio::task::spawn_blocking(move || export_chunks(&audit, since, &tx));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (chunk, rx))
@@ -102,9 +114,9 @@ fn export_chunks(audit: &crate::audit::Audit, since: Option<u64>, tx: &Chunks) {
     }
 }
 
-pub async fn verify(State(app): State<Arc<App>>, _: Reviewer) -> Response {
-    let purges = app.audit.purges().unwrap_or_default();
-    match app.audit.verify() {
+pub async fn verify(State(app): State<Arc<Console>>, _: Reviewer) -> Response {
+    let purges = app.audit().purges().unwrap_or_default();
+    match app.audit().verify() {
         Ok(n) => Json(json!({"ok": true, "events": n, "purges": purges})).into_response(),
         Err((seq, why)) => Json(json!({"ok": false, "seq": seq, "reason": why})).into_response(),
     }
@@ -120,7 +132,7 @@ pub struct Before {
 /// Purges old events: approvers in group `admin` only, never inside the retention minimum, and
 /// always leaving a `purge` event.
 pub async fn purge(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     Approver(who): Approver,
     Json(b): Json<Before>,
 ) -> Response {
@@ -141,10 +153,10 @@ pub async fn purge(
             format!("before {:?} is not a time", b.before),
         );
     };
-    if let Err(why) = crate::audit::check_purge_cut(ms, app.config.guards.audit_retention_min) {
+    if let Err(why) = crate::audit::check_purge_cut(ms, app.config().guards.audit_retention_min) {
         return api_error(StatusCode::BAD_REQUEST, "validation_error", why);
     }
-    match app.audit.purge(ms, &who.id, &b.reason).await {
+    match app.audit().purge(ms, &who.id, &b.reason).await {
         Ok(r) => Json(json!({"removed": r.removed, "from_seq": r.first_seq, "to_seq": r.last_seq}))
             .into_response(),
         Err(e) => api_error(
@@ -157,11 +169,11 @@ pub async fn purge(
 
 /// The story as a page for approvers and reviewers (session sign-in, like the queue).
 pub async fn story_page(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     SignedReviewer(who): SignedReviewer,
     Path(id): Path<String>,
 ) -> Response {
-    let events = app.audit.story(&id).unwrap_or_default();
+    let events = app.audit().story(&id).unwrap_or_default();
     let summary: String = crate::audit::summary(&events)
         .iter()
         .map(|l| format!("<li>{}</li>", esc(l)))
@@ -238,13 +250,13 @@ fn story_blocks(events: &[crate::audit::Event]) -> String {
 
 /// Prometheus metrics, for approvers (`Authorization: Bearer`); `--metrics-listen` serves the
 /// same without a token on an address of its own.
-pub async fn metrics(State(app): State<Arc<App>>, _: Reviewer) -> Response {
+pub async fn metrics(State(app): State<Arc<Console>>, _: Reviewer) -> Response {
     metrics_open(State(app)).await
 }
 
 /// Prometheus metrics, unauthenticated (the `--metrics-listen` listener only).
-pub async fn metrics_open(State(app): State<Arc<App>>) -> Response {
-    let mut out = app.metrics.render();
+pub async fn metrics_open(State(app): State<Arc<Console>>) -> Response {
+    let mut out = app.metrics().render();
     let pending = crate::approval::list(&app, Some(crate::model::State::Pending))
         .await
         .map(|l| l.len())
@@ -254,18 +266,18 @@ pub async fn metrics_open(State(app): State<Arc<App>>) -> Response {
     out.push_str("# HELP toolgate_audit_flush_seconds Duration of the last audit group-commit flush.\n# TYPE toolgate_audit_flush_seconds gauge\n");
     out.push_str(&format!(
         "toolgate_audit_flush_seconds {}\n",
-        app.audit
+        app.audit()
             .last_flush_us
             .load(std::sync::atomic::Ordering::Relaxed) as f64
             / 1e6
     ));
-    let (queued, peak) = app.audit.queued();
+    let (queued, peak) = app.audit().queued();
     out.push_str("# HELP toolgate_audit_queued Audit events waiting for the writer now.\n# TYPE toolgate_audit_queued gauge\n");
     out.push_str(&format!("toolgate_audit_queued {queued}\n"));
     out.push_str("# HELP toolgate_audit_queued_peak The most audit events that ever waited for the writer at once.\n# TYPE toolgate_audit_queued_peak gauge\n");
     out.push_str(&format!("toolgate_audit_queued_peak {peak}\n"));
-    let writable = u8::from(app.audit.writable());
-    let (failures, unrecorded) = app.audit.write_failures();
+    let writable = u8::from(app.audit().writable());
+    let (failures, unrecorded) = app.audit().write_failures();
     out.push_str("# HELP toolgate_audit_writable 1 when the audit log can be written; 0 while calls are refused with store_unavailable.\n# TYPE toolgate_audit_writable gauge\n");
     out.push_str(&format!("toolgate_audit_writable {writable}\n"));
     out.push_str("# HELP toolgate_audit_write_failures_total Audit batch writes the store refused (each is kept and tried again).\n# TYPE toolgate_audit_write_failures_total counter\n");
@@ -274,8 +286,8 @@ pub async fn metrics_open(State(app): State<Arc<App>>) -> Response {
     out.push_str(&format!(
         "toolgate_audit_unrecorded_refusals_total {unrecorded}\n"
     ));
-    let size = app.store.size_on_disk();
-    let alarm = u8::from(size > app.config.guards.store_alarm_bytes);
+    let size = app.store().size_on_disk();
+    let alarm = u8::from(size > app.config().guards.store_alarm_bytes);
     out.push_str("# HELP toolgate_store_bytes Bytes the store takes on disk.\n# TYPE toolgate_store_bytes gauge\n");
     out.push_str(&format!("toolgate_store_bytes {size}\n"));
     out.push_str("# HELP toolgate_store_alarm 1 when the store is larger than --store-alarm.\n# TYPE toolgate_store_alarm gauge\n");
@@ -283,7 +295,7 @@ pub async fn metrics_open(State(app): State<Arc<App>>) -> Response {
     out.push_str("# HELP toolgate_buffered_body_bytes Request-body bytes buffered now.\n# TYPE toolgate_buffered_body_bytes gauge\n");
     out.push_str(&format!(
         "toolgate_buffered_body_bytes {}\n",
-        app.caps.buffered_bytes()
+        app.gate().caps().buffered_bytes()
     ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

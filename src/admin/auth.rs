@@ -14,12 +14,11 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::app::Console;
 use crate::policy;
-use crate::App;
 
-/// The state every admin extractor reads: the one line to change when the admin listener gets
-/// a handle of its own instead of the whole [`App`].
-pub type AdminState = Arc<App>;
+/// The state every admin handler and extractor reads: the admin listener's handle.
+pub type AdminState = Arc<Console>;
 
 /// An admin API error: the same JSON shape as the proxy's refusals.
 pub struct ApiError {
@@ -142,9 +141,9 @@ fn session_id(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Whoever is signed in, approver or reviewer.
-pub(crate) async fn session(app: &App, headers: &HeaderMap) -> Option<Session> {
+pub(crate) async fn session(app: &Console, headers: &HeaderMap) -> Option<Session> {
     let session = session_id(headers)?;
-    let found = app.sessions.get(&session).await?;
+    let found = app.sessions().get(&session).await?;
     let policy = app.policy();
     let approver = match found.reviewer {
         true => policy.reviewer(&found.approver).cloned()?,

@@ -14,11 +14,11 @@ use serde_json::{json, Value};
 
 use super::auth::{self, api_error, ApiError, CsrfField, CsrfForm, Posted, Session, Signed};
 use super::html::{esc, page};
+use crate::app::Console;
 use crate::grants::MAX_GRANT_SECS;
 use crate::model::Grant;
 use crate::policy::Approver;
 use crate::store::now_unix;
-use crate::App;
 
 /// A grant asked for: `{"agent", "tool", "for": "1h", "reason"}`.
 #[derive(Deserialize, Default)]
@@ -91,7 +91,7 @@ fn view(g: &Grant) -> Value {
 }
 
 /// Checks an ask against the policy in force, stores the grant and records it.
-pub(crate) async fn add(app: &Arc<App>, who: &Approver, ask: Ask) -> Result<Grant, ApiError> {
+pub(crate) async fn add(app: &Arc<Console>, who: &Approver, ask: Ask) -> Result<Grant, ApiError> {
     admin_only(who, "granting a tool")?;
     let policy = app.policy();
     let agent = policy.agent(&ask.agent).cloned().ok_or_else(|| {
@@ -156,9 +156,9 @@ pub(crate) async fn add(app: &Arc<App>, who: &Approver, ask: Ask) -> Result<Gran
         until_unix: now + secs,
         ended: None,
     };
-    app.store.grant_put(&grant).await.map_err(store_down)?;
-    app.principals.grants_changed(&grant.agent).await;
-    app.audit
+    app.store().grant_put(&grant).await.map_err(store_down)?;
+    app.principals().grants_changed(&grant.agent).await;
+    app.audit()
         .record(crate::audit::Record {
             kind: crate::audit::Kind::GrantAdded,
             agent: Some(grant.agent.clone()),
@@ -168,16 +168,16 @@ pub(crate) async fn add(app: &Arc<App>, who: &Approver, ask: Ask) -> Result<Gran
             ..Default::default()
         })
         .await;
-    crate::grants::watch(app.clone(), &grant);
+    crate::grants::watch(app.core().clone(), &grant);
     Ok(grant)
 }
 
 /// Ends a grant now.
-async fn revoke_grant(app: &App, who: &Approver, id: &str) -> Result<Grant, ApiError> {
+async fn revoke_grant(app: &Console, who: &Approver, id: &str) -> Result<Grant, ApiError> {
     admin_only(who, "revoking a grant")?;
     match crate::grants::end(app, id, "revoked", &who.id).await {
         Ok(Some(g)) => Ok(g),
-        Ok(None) => match app.store.grant_get(id).await.map_err(store_down)? {
+        Ok(None) => match app.store().grant_get(id).await.map_err(store_down)? {
             Some(g) => Err(api_error(
                 StatusCode::CONFLICT,
                 "conflict",
@@ -197,9 +197,9 @@ async fn revoke_grant(app: &App, who: &Approver, id: &str) -> Result<Grant, ApiE
 }
 
 /// Live grants, of `agent` or of all, soonest to end first.
-async fn live(app: &App, agent: Option<&str>) -> Result<Vec<Grant>, ApiError> {
+async fn live(app: &Console, agent: Option<&str>) -> Result<Vec<Grant>, ApiError> {
     let now = now_unix();
-    let mut grants = app.store.grant_open(agent).await.map_err(store_down)?;
+    let mut grants = app.store().grant_open(agent).await.map_err(store_down)?;
     grants.retain(|g| g.live(now));
     grants.sort_by_key(|g| (g.until_unix, g.id.clone()));
     Ok(grants)
@@ -207,7 +207,7 @@ async fn live(app: &App, agent: Option<&str>) -> Result<Vec<Grant>, ApiError> {
 
 /// `POST /api/grants`.
 pub async fn api_add(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     auth::Approver(who): auth::Approver,
     Json(ask): Json<Ask>,
 ) -> Response {
@@ -219,7 +219,7 @@ pub async fn api_add(
 
 /// `DELETE /api/grants/{id}`.
 pub async fn api_revoke(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     auth::Approver(who): auth::Approver,
     Path(id): Path<String>,
 ) -> Response {
@@ -231,7 +231,7 @@ pub async fn api_revoke(
 
 /// `GET /api/grants[?agent=ID]`: live grants.
 pub async fn api_list(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     _: auth::Approver,
     Query(q): Query<ListQuery>,
 ) -> Response {
@@ -244,7 +244,7 @@ pub async fn api_list(
 }
 
 /// `GET /grants`: live grants with their revoke buttons, and (for admins) the form to add one.
-pub async fn page_list(State(app): State<Arc<App>>, Signed(s): Signed) -> Response {
+pub async fn page_list(State(app): State<Arc<Console>>, Signed(s): Signed) -> Response {
     let grants = match live(&app, None).await {
         Ok(g) => g,
         Err(e) => return e.into_response(),
@@ -286,7 +286,7 @@ pub async fn page_list(State(app): State<Arc<App>>, Signed(s): Signed) -> Respon
     page("Grants", Some(&s), &body).into_response()
 }
 
-fn add_form(app: &App, csrf: &str) -> String {
+fn add_form(app: &Console, csrf: &str) -> String {
     let policy = app.policy();
     let mut agents: Vec<&str> = policy.agents().map(|a| a.id.as_str()).collect();
     agents.sort();
@@ -326,7 +326,7 @@ fn refused(s: &Session, e: ApiError) -> Response {
 
 /// `POST /grants`: the page's form.
 pub async fn page_add(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     Posted {
         session: s, form, ..
     }: Posted<Signed, AddForm>,
@@ -339,7 +339,7 @@ pub async fn page_add(
 
 /// `POST /grants/{id}/revoke`.
 pub async fn page_revoke(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     Path(id): Path<String>,
     Posted { session: s, .. }: Posted<Signed, CsrfForm>,
 ) -> Response {

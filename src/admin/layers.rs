@@ -49,8 +49,8 @@ pub(crate) async fn throttle_failed_auth(
     next: Next,
 ) -> Response {
     const WHAT: &str = "admin_auth";
-    let max = app.config.guards.auth_failures_per_minute;
-    if let Some(secs) = app.sources.blocked(peer.ip(), WHAT, max) {
+    let max = app.config().guards.auth_failures_per_minute;
+    if let Some(secs) = app.sources().blocked(peer.ip(), WHAT, max) {
         let mut resp = api_error(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -68,7 +68,7 @@ pub(crate) async fn throttle_failed_auth(
     }
     let resp = next.run(req).await;
     if resp.status() == StatusCode::UNAUTHORIZED {
-        let (n, _) = app.sources.count(peer.ip(), WHAT);
+        let (n, _) = app.sources().count(peer.ip(), WHAT);
         if n == max {
             warn!(peer = %peer.ip(), failures = n, "failed admin sign-ins: this address is refused for the rest of the minute");
         }

@@ -24,15 +24,15 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tracing::warn;
 
+use crate::app::Console;
 use crate::approval::{self, Action};
 use crate::model::KillScope;
 use crate::model::KillTarget;
-use crate::App;
 use actions::{apply_switch, rollback_status};
 use auth::{api_error, Approver};
 
 /// The admin routes.
-pub fn router(app: Arc<App>) -> Router {
+pub fn router(app: Arc<Console>) -> Router {
     // What approvers do, and their own pages: a reviewer is refused (403) before the handler.
     let acting = Router::new()
         .route("/api/tools", get(list_tools))
@@ -98,8 +98,8 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 /// `/metrics` alone, without a token, for `--metrics-listen` (a private scrape network).
-pub async fn serve_metrics(listener: TcpListener, app: Arc<App>) {
-    let cancel = app.cancel.clone();
+pub async fn serve_metrics(listener: TcpListener, app: Arc<Console>) {
+    let cancel = app.cancel().clone();
     let router = Router::new()
         .route("/metrics", get(crate::admin::audit::metrics_open))
         .with_state(app);
@@ -119,8 +119,8 @@ async fn healthz() -> &'static str {
 /// be written (it refuses every call then), so a load balancer sends agents to a replica that
 /// can. `/healthz` stays `ok` meanwhile: the process is alive and must not be restarted for a
 /// database that is away.
-async fn readyz(State(app): State<Arc<App>>) -> Response {
-    if app.audit.writable() {
+async fn readyz(State(app): State<Arc<Console>>) -> Response {
+    if app.audit().writable() {
         return "ready\n".into_response();
     }
     let refusal = crate::error::Refusal::store_unavailable();
@@ -134,7 +134,7 @@ struct StateQuery {
 }
 
 async fn list_proposals(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     _: Approver,
     axum::extract::Query(q): axum::extract::Query<StateQuery>,
 ) -> Response {
@@ -164,7 +164,7 @@ async fn list_proposals(
 }
 
 async fn get_proposal(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     _: Approver,
     Path(id): Path<String>,
 ) -> Response {
@@ -192,7 +192,7 @@ struct Comment {
 }
 
 async fn decide_proposal(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     Approver(who): Approver,
     Path((id, action)): Path<(String, String)>,
     body: Option<Json<Comment>>,
@@ -206,7 +206,7 @@ async fn decide_proposal(
         .into_response();
     };
     let comment = body.and_then(|Json(c)| c.comment).unwrap_or_default();
-    match approval::decide(&app, &who, &id, action, &comment).await {
+    match approval::decide(app.core(), &who, &id, action, &comment).await {
         Ok(d) => {
             let mut v = pages::proposal_json(&app, &d.proposal);
             v["status_text"] = json!(d.status_text());
@@ -218,22 +218,22 @@ async fn decide_proposal(
 
 /// `POST /api/rollback/{id}`: undoes one committed call (a request or proposal id).
 async fn rollback_call(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     Approver(who): Approver,
     Path(id): Path<String>,
 ) -> Response {
-    let report = crate::rollback::undo(&app, &id, &who).await;
+    let report = crate::rollback::undo(app.gate(), &id, &who).await;
     (rollback_status(report.outcome), Json(json!(report))).into_response()
 }
 
 /// `POST /api/jobs/{job}/rollback`: undoes a job's committed calls, newest first. Answers 200
 /// with a report per call; `complete` says whether everything was undone.
 async fn rollback_job(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     Approver(who): Approver,
     Path(job): Path<String>,
 ) -> Response {
-    match crate::rollback::undo_job(&app, &job, &who).await {
+    match crate::rollback::undo_job(app.gate(), &job, &who).await {
         Ok(reports) if reports.is_empty() => api_error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -263,7 +263,7 @@ struct ReplayBody {
 /// `POST /api/replay/{id}` with `{"to": "HOST:PORT"}`: re-sends the recorded calls of a request,
 /// proposal or job to a sandbox. Admins only: it sends a credential to a host named at run time.
 async fn replay(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     Approver(who): Approver,
     Path(id): Path<String>,
     body: Option<Json<ReplayBody>>,
@@ -284,7 +284,7 @@ async fn replay(
         )
         .into_response();
     };
-    match crate::replay::replay(&app, &id, &body.to, &who.id).await {
+    match crate::replay::replay(app.core(), &id, &body.to, &who.id).await {
         Ok(results) => Json(json!({"id": id, "to": body.to, "results": results})).into_response(),
         Err(e) => {
             api_error(StatusCode::UNPROCESSABLE_ENTITY, "replay_refused", e.0).into_response()
@@ -298,14 +298,14 @@ struct Reason {
     reason: Option<String>,
 }
 
-fn kill_json(app: &App, target: &KillTarget) -> Value {
-    match app.kill.get(target) {
+fn kill_json(app: &Console, target: &KillTarget) -> Value {
+    match app.kill().get(target) {
         Some(k) => json!({"by": k.by, "reason": k.reason, "at_unix": k.at_unix}),
         None => Value::Null,
     }
 }
 
-async fn list_tools(State(app): State<Arc<App>>, _: Approver) -> Response {
+async fn list_tools(State(app): State<Arc<Console>>, _: Approver) -> Response {
     let policy = app.policy();
     let tools: Vec<Value> = policy
         .tools()
@@ -328,7 +328,7 @@ async fn list_tools(State(app): State<Arc<App>>, _: Approver) -> Response {
     Json(json!({ "tools": tools })).into_response()
 }
 
-async fn list_agents(State(app): State<Arc<App>>, _: Approver) -> Response {
+async fn list_agents(State(app): State<Arc<Console>>, _: Approver) -> Response {
     let policy = app.policy();
     let mut agents: Vec<Value> = policy
         .agents()
@@ -347,7 +347,7 @@ async fn list_agents(State(app): State<Arc<App>>, _: Approver) -> Response {
 }
 
 async fn switch(
-    app: Arc<App>,
+    app: Arc<Console>,
     who: Arc<crate::policy::Approver>,
     scope: KillScope,
     name: String,
@@ -366,7 +366,7 @@ fn reason_of(body: Option<Json<Reason>>) -> Option<String> {
 }
 
 async fn disable_tool(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     Approver(who): Approver,
     Path(name): Path<String>,
     body: Option<Json<Reason>>,
@@ -375,7 +375,7 @@ async fn disable_tool(
 }
 
 async fn enable_tool(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     Approver(who): Approver,
     Path(name): Path<String>,
 ) -> Response {
@@ -383,7 +383,7 @@ async fn enable_tool(
 }
 
 async fn disable_agent(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     Approver(who): Approver,
     Path(id): Path<String>,
     body: Option<Json<Reason>>,
@@ -392,7 +392,7 @@ async fn disable_agent(
 }
 
 async fn enable_agent(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     Approver(who): Approver,
     Path(id): Path<String>,
 ) -> Response {
@@ -400,8 +400,8 @@ async fn enable_agent(
 }
 
 /// Serves the admin listener until the app shuts down.
-pub async fn serve(listener: TcpListener, app: Arc<App>) {
-    let cancel = app.cancel.clone();
+pub async fn serve(listener: TcpListener, app: Arc<Console>) {
+    let cancel = app.cancel().clone();
     let service = router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, service)
         .with_graceful_shutdown(cancel.cancelled_owned())

@@ -13,23 +13,23 @@ use serde_json::json;
 use super::actions::{apply_switch, rollback_status};
 use super::auth::{CsrfForm, Posted, Session, Signed, SignedReviewer, COOKIE, SESSION_TTL};
 use super::html::{esc, page, when};
+use crate::app::Console;
 use crate::approval::{self, Action, Proposal};
 use crate::model::{KillScope, KillTarget};
 use crate::policy::Rollback;
-use crate::App;
 
-pub async fn login_form(State(app): State<Arc<App>>) -> Html<String> {
+pub async fn login_form(State(app): State<Arc<Console>>) -> Html<String> {
     page("Sign in", None, &login_body(&app, None))
 }
 
 /// The sign-in form, and what to paste into it: in `toolgate demo`, the published tokens that
 /// sign someone in.
-fn login_body(app: &App, flash: Option<&str>) -> String {
+fn login_body(app: &Console, flash: Option<&str>) -> String {
     let flash = flash
         .map(|f| format!("<p class=\"flash\">{}</p>", esc(f)))
         .unwrap_or_default();
     let mut demo = String::new();
-    if app.config.demo {
+    if app.config().demo {
         let rows: String = app
             .policy()
             .published_tokens()
@@ -76,7 +76,7 @@ fn session_store_down(e: crate::store::StoreError) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, page("Sign in", None, body)).into_response()
 }
 
-pub async fn login(State(app): State<Arc<App>>, Form(form): Form<LoginForm>) -> Response {
+pub async fn login(State(app): State<Arc<Console>>, Form(form): Form<LoginForm>) -> Response {
     let policy = app.policy();
     let token = form.token.trim();
     let (who, reviewer) = match policy.authenticate_approver(token) {
@@ -92,7 +92,7 @@ pub async fn login(State(app): State<Arc<App>>, Form(form): Form<LoginForm>) -> 
             }
         },
     };
-    let (id, _) = match app.sessions.create(&who.id, reviewer).await {
+    let (id, _) = match app.sessions().create(&who.id, reviewer).await {
         Ok(s) => s,
         Err(e) => return session_store_down(e),
     };
@@ -105,10 +105,10 @@ pub async fn login(State(app): State<Arc<App>>, Form(form): Form<LoginForm>) -> 
 }
 
 pub async fn logout(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     Posted { session: s, .. }: Posted<SignedReviewer, CsrfForm>,
 ) -> Response {
-    let _ = app.sessions.remove(&s.session).await;
+    let _ = app.sessions().remove(&s.session).await;
     let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
     ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
 }
@@ -120,7 +120,7 @@ pub async fn root(signed: Result<SignedReviewer, Response>) -> Redirect {
     }
 }
 
-fn queue_rows(app: &App, props: &[Proposal]) -> String {
+fn queue_rows(app: &Console, props: &[Proposal]) -> String {
     if props.is_empty() {
         return "<p id=\"empty\">Nothing is waiting for approval.</p>".into();
     }
@@ -148,7 +148,7 @@ fn queue_rows(app: &App, props: &[Proposal]) -> String {
         .collect()
 }
 
-async fn open_proposals(app: &App) -> Vec<Proposal> {
+async fn open_proposals(app: &Console) -> Vec<Proposal> {
     approval::list(app, None)
         .await
         .unwrap_or_default()
@@ -157,7 +157,7 @@ async fn open_proposals(app: &App) -> Vec<Proposal> {
         .collect()
 }
 
-pub async fn queue(State(app): State<Arc<App>>, Signed(s): Signed) -> Response {
+pub async fn queue(State(app): State<Arc<Console>>, Signed(s): Signed) -> Response {
     let rows = queue_rows(&app, &open_proposals(&app).await);
     // Updates by itself: the fragment is fetched again every two seconds (same origin, session
     // cookie), so a new proposal appears without a reload.
@@ -172,7 +172,7 @@ pub async fn queue(State(app): State<Arc<App>>, Signed(s): Signed) -> Response {
 /// The queue's rows alone, fetched by the queue page every two seconds: 401 (not the sign-in
 /// page) when the session is gone.
 pub async fn queue_fragment(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     signed: Result<Signed, Response>,
 ) -> Response {
     if signed.is_err() {
@@ -240,7 +240,7 @@ fn actions_html(p: &Proposal, s: &Session) -> String {
 }
 
 pub async fn detail(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     Signed(s): Signed,
     Path(id): Path<String>,
 ) -> Response {
@@ -325,7 +325,7 @@ fn mcp_row(body: &str) -> String {
 }
 
 pub async fn act(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     Path((id, action)): Path<(String, String)>,
     Posted {
         session: s, form, ..
@@ -336,7 +336,7 @@ pub async fn act(
         Some(Action::Cancel) | None => return StatusCode::NOT_FOUND.into_response(),
         Some(action) => action,
     };
-    match approval::decide(&app, &s.approver, &id, action, &form.comment).await {
+    match approval::decide(app.core(), &s.approver, &id, action, &form.comment).await {
         Ok(d) if d.unsent.is_some() => page(
             "Approved, not sent",
             Some(&s),
@@ -372,7 +372,7 @@ pub struct HistoryQuery {
 }
 
 pub async fn history(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     Signed(s): Signed,
     Query(q): Query<HistoryQuery>,
 ) -> Response {
@@ -421,11 +421,11 @@ pub async fn history(
     page("History", Some(&s), &body).into_response()
 }
 
-pub async fn switches(State(app): State<Arc<App>>, Signed(s): Signed) -> Response {
+pub async fn switches(State(app): State<Arc<Console>>, Signed(s): Signed) -> Response {
     let policy = app.policy();
     let row = |scope: KillScope, name: &str| {
         let kind = scope.as_str();
-        let state = KillTarget::of(scope, name).and_then(|t| app.kill.get(&t));
+        let state = KillTarget::of(scope, name).and_then(|t| app.kill().get(&t));
         let (label, action) = match &state {
             Some(_) => ("Enable", "enable"),
             None => ("Disable", "disable"),
@@ -467,7 +467,7 @@ pub async fn switches(State(app): State<Arc<App>>, Signed(s): Signed) -> Respons
 }
 
 pub async fn switch(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     Path((kind, name, action)): Path<(String, String, String)>,
     Posted {
         session: s, form, ..
@@ -500,13 +500,13 @@ pub async fn switch(
 }
 
 /// The JSON view of a proposal list for the API.
-pub fn proposals_json(app: &App, props: &[Proposal]) -> serde_json::Value {
+pub fn proposals_json(app: &Console, props: &[Proposal]) -> serde_json::Value {
     json!({ "proposals": props.iter().map(|p| proposal_json(app, p)).collect::<Vec<_>>() })
 }
 
 /// The JSON view of a proposal for the API and the CLI: its record, when its tool sends it once
 /// approved (`send`), and what its state means in plain words (`status_text`).
-pub fn proposal_json(app: &App, p: &Proposal) -> serde_json::Value {
+pub fn proposal_json(app: &Console, p: &Proposal) -> serde_json::Value {
     let send = approval::send_on(app, p);
     let mut v = p.view();
     v["send"] = json!(send.as_str());
@@ -515,9 +515,9 @@ pub fn proposal_json(app: &App, p: &Proposal) -> serde_json::Value {
 }
 
 /// Committed calls, grouped by job, newest first, with their undo buttons.
-pub async fn rollback_list(State(app): State<Arc<App>>, Signed(s): Signed) -> Response {
+pub async fn rollback_list(State(app): State<Arc<Console>>, Signed(s): Signed) -> Response {
     let policy = app.policy();
-    let mut calls = crate::ledger::all(&app.store).await.unwrap_or_default();
+    let mut calls = crate::ledger::all(app.store()).await.unwrap_or_default();
     calls.reverse();
     let mut jobs: Vec<String> = Vec::new();
     for c in &calls {
@@ -591,13 +591,13 @@ pub async fn rollback_list(State(app): State<Arc<App>>, Signed(s): Signed) -> Re
 
 /// Undoes one call (`/rollback/call/{id}`) or a job (`/rollback/job/{job}`) and shows each result.
 pub async fn rollback_act(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     Path((what, id)): Path<(String, String)>,
     Posted { session: s, .. }: Posted<Signed, CsrfForm>,
 ) -> Response {
     let reports = match what.as_str() {
-        "call" => vec![crate::rollback::undo(&app, &id, &s.approver).await],
-        "job" => match crate::rollback::undo_job(&app, &id, &s.approver).await {
+        "call" => vec![crate::rollback::undo(app.gate(), &id, &s.approver).await],
+        "job" => match crate::rollback::undo_job(app.gate(), &id, &s.approver).await {
             Ok(r) => r,
             Err(e) => {
                 return (

@@ -13,8 +13,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::auth::{api_error, Approver};
+use crate::app::Console;
 use crate::model::AgentToken;
-use crate::App;
 
 /// The longest a token may live.
 const MAX_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -43,7 +43,7 @@ fn expires(t: &AgentToken) -> String {
 /// Claims a job-bound token's job for its agent, as its first call naming the job would: a
 /// job another agent (of another owner) holds is refused, so the token cannot put calls into
 /// someone else's story or rollback set.
-async fn claim_job(app: &App, agent: &crate::policy::Agent, job: &str) -> Result<(), Response> {
+async fn claim_job(app: &Console, agent: &crate::policy::Agent, job: &str) -> Result<(), Response> {
     if !crate::base::job_id_ok(job) {
         return Err(api_error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -52,7 +52,7 @@ async fn claim_job(app: &App, agent: &crate::policy::Agent, job: &str) -> Result
         )
         .into_response());
     }
-    match app.store.job_claim(job, &agent.id, &agent.owner).await {
+    match app.store().job_claim(job, &agent.id, &agent.owner).await {
         Ok(None) => Ok(()),
         Ok(Some(holder)) => Err(api_error(
             StatusCode::CONFLICT,
@@ -67,7 +67,7 @@ async fn claim_job(app: &App, agent: &crate::policy::Agent, job: &str) -> Result
 /// Whether `who` may issue a token for `agent_id` that lasts `ttl`: the agent, and the lifetime
 /// in seconds; else the API's refusal (404, 403, or 422 for a lifetime outside 1s to 7d).
 fn may_issue(
-    app: &App,
+    app: &Console,
     who: &crate::policy::Approver,
     agent_id: &str,
     ttl: &str,
@@ -95,7 +95,7 @@ fn may_issue(
 
 /// `POST /api/agents/{id}/tokens`: a new token, shown once.
 pub async fn issue(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     Approver(who): Approver,
     Path(agent_id): Path<String>,
     Json(ask): Json<Issue>,
@@ -122,10 +122,10 @@ pub async fn issue(
         expires_unix: now + ttl,
         revoked: false,
     };
-    if let Err(e) = app.store.token_put(&issued).await {
+    if let Err(e) = app.store().token_put(&issued).await {
         return store_down(e);
     }
-    app.audit
+    app.audit()
         .record(crate::audit::Record {
             kind: crate::audit::Kind::TokenIssued,
             agent: Some(agent_id.clone()),
@@ -147,11 +147,11 @@ pub async fn issue(
 
 /// `DELETE /api/tokens/{id}`: the token stops working at once.
 pub async fn revoke(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     Approver(who): Approver,
     Path(id): Path<String>,
 ) -> Response {
-    let mut token = match app.store.token_get(&id).await {
+    let mut token = match app.store().token_get(&id).await {
         Ok(Some(t)) => t,
         Ok(None) => {
             return api_error(StatusCode::NOT_FOUND, "not_found", format!("no token {id}"))
@@ -172,11 +172,11 @@ pub async fn revoke(
         .into_response();
     }
     token.revoked = true;
-    if let Err(e) = app.store.token_put(&token).await {
+    if let Err(e) = app.store().token_put(&token).await {
         return store_down(e);
     }
-    app.principals.token_changed(&token.id).await;
-    app.audit
+    app.principals().token_changed(&token.id).await;
+    app.audit()
         .record(crate::audit::Record {
             kind: crate::audit::Kind::TokenRevoked,
             agent: Some(token.agent.clone()),
@@ -190,12 +190,12 @@ pub async fn revoke(
 
 /// `GET /api/tokens[?agent=ID]`: live tokens (never the tokens themselves).
 pub async fn list(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     _: Approver,
     Query(q): Query<ListQuery>,
 ) -> Response {
     let now = crate::base::now_unix();
-    let tokens = match app.store.token_list(now).await {
+    let tokens = match app.store().token_list(now).await {
         Ok(t) => t,
         Err(e) => return store_down(e),
     };

@@ -13,19 +13,19 @@ use serde_json::json;
 
 use super::auth::{api_error, Reviewer, Session, SignedOrReviewer, SignedReviewer};
 use super::html::{esc, page, when_ms};
+use crate::app::Console;
 use crate::audit::payload::Asked;
 use crate::audit::{describe, Event, Kind, Payload, Row, TrafficFilter};
-use crate::App;
 
 /// The most rows an export writes.
 const EXPORT_ROWS: usize = 100_000;
 
 /// Reads off a blocking thread (the audit log's readers block).
 async fn blocking<T: Send + 'static>(
-    app: &Arc<App>,
+    app: &Arc<Console>,
     f: impl FnOnce(&crate::audit::Audit) -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
-    let audit = app.audit.clone();
+    let audit = app.audit().clone();
     tokio::task::spawn_blocking(move || f(&audit))
         .await
         .map_err(|e| format!("the audit read stopped: {e}"))?
@@ -57,7 +57,7 @@ fn seg(s: &str) -> String {
 
 /// `GET /api/traffic?…`: a page of rows and the next cursor.
 pub async fn api_list(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     _: Reviewer,
     Query(f): Query<TrafficFilter>,
 ) -> Response {
@@ -69,7 +69,7 @@ pub async fn api_list(
 
 /// `GET /api/traffic/{id}`: one request's row, its events, and its proposal's.
 pub async fn api_detail(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     _: Reviewer,
     Path(id): Path<String>,
 ) -> Response {
@@ -88,7 +88,7 @@ pub async fn api_detail(
 }
 
 /// A request's row, its events, and the events of its proposal (approvals, decisions).
-async fn one(app: &Arc<App>, id: &str) -> Result<Option<Detail>, String> {
+async fn one(app: &Arc<Console>, id: &str) -> Result<Option<Detail>, String> {
     let id = id.to_string();
     blocking(app, move |a| {
         let events = a.request_events(&id).map_err(|e| e.to_string())?;
@@ -116,7 +116,7 @@ type Detail = (Row, Vec<Event>, Vec<Event>);
 /// `/traffic/export?…` and the page's export link: every row the filters select, as JSON
 /// Lines (a session or a reader's token).
 pub async fn export(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     _: SignedOrReviewer,
     Query(f): Query<TrafficFilter>,
 ) -> Response {
@@ -146,7 +146,7 @@ pub async fn export(
 
 /// `/traffic`: the filter form, a page of rows, the next page's link and the export link.
 pub async fn list_page(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     SignedReviewer(s): SignedReviewer,
     Query(f): Query<TrafficFilter>,
 ) -> Response {
@@ -237,7 +237,7 @@ fn row_html(r: &Row) -> String {
 /// `/traffic/{request_id}`: who, what, the decision and the policy behind it, the proposal and
 /// its approvals, what came back, and links to the story, the job and the undo.
 pub async fn detail_page(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Console>>,
     SignedReviewer(s): SignedReviewer,
     Path(id): Path<String>,
 ) -> Response {

@@ -17,9 +17,9 @@ use tracing::info;
 
 use super::body::ProxyBody;
 use super::ctx::{RequestCtx, Target};
+use crate::app::Gate;
 use crate::audit::{Audit, Kind, Record};
 use crate::error::Refusal;
-use crate::App;
 
 /// What is known of a call's answer, for the event recorded when nobody is left to read it.
 enum Known {
@@ -179,17 +179,17 @@ impl Drop for CallEvent {
 /// (and records the call) even when the client goes away meanwhile. A failure is recorded
 /// here; an answer comes back with the call's event, for the caller to record with it.
 pub(super) async fn forward(
-    app: &App,
+    app: &Gate,
     target: &Target,
     request: Request<ProxyBody>,
     mut event: CallEvent,
 ) -> Result<(Response<Incoming>, CallEvent), Refusal> {
     let sending = app
-        .upstream
+        .upstream()
         .forward_detached(&target.host, target.port, request);
     let (tx, rx) = oneshot::channel();
-    let abandon = app.abandon.clone();
-    app.tasks.spawn(async move {
+    let abandon = app.abandon().clone();
+    app.tasks().spawn(async move {
         // At the end of the shutdown grace the exchange is ended: dropped here, the event is
         // recorded as unfinished while the audit log still takes it.
         let result = tokio::select! {

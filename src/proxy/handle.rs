@@ -18,16 +18,16 @@ use super::ctx::{Origin, Outer, Reply, RequestCtx, Target};
 use super::mcp::{self, Routed};
 use super::request;
 use super::REQUEST_ID_HEADER;
+use crate::app::Gate;
 use crate::audit::Kind;
 use crate::base::new_id;
 use crate::error::{Code, Refusal};
-use crate::App;
 
 /// A call toolgate makes itself on an agent's behalf (an undo), through every phase an agent's
 /// call takes, with its own request id and audit events. Returns that id, the answer, and the
 /// refusal code when toolgate refused it.
 pub(crate) async fn internal_call(
-    app: Arc<App>,
+    app: Arc<Gate>,
     target: Target,
     req: Request<ProxyBody>,
 ) -> (String, Response<ProxyBody>, Option<Code>) {
@@ -46,14 +46,20 @@ type Handled = std::pin::Pin<
 /// the one rescue point. Boxed: a batch of MCP messages handles each message as a request of
 /// its own, and a future cannot contain itself.
 pub(super) fn handle(
-    app: Arc<App>,
+    app: Arc<Gate>,
     target: Arc<Target>,
     req: Request<ProxyBody>,
     request_id: String,
     started: Instant,
 ) -> Handled {
     Box::pin(async move {
-        let mut ctx = RequestCtx::new(request_id, started, app.policy(), target, app.audit.clone());
+        let mut ctx = RequestCtx::new(
+            request_id,
+            started,
+            app.policy(),
+            target,
+            app.audit().clone(),
+        );
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
         let job = job_of(&app, &mut ctx, req.headers()).await;
         asked(&ctx, &req);
@@ -80,7 +86,7 @@ pub(super) fn handle(
 
 /// The request's metrics and its log line.
 fn observe(
-    app: &App,
+    app: &Gate,
     ctx: &RequestCtx,
     method: &Method,
     path: &str,
@@ -93,7 +99,7 @@ fn observe(
     };
     let tool_name = ctx.tool.as_deref().unwrap_or("-");
     let latency = ctx.started.elapsed().as_secs_f64();
-    app.metrics.observe(tool_name, decision, status, latency);
+    app.metrics().observe(tool_name, decision, status, latency);
     let target = &ctx.target;
     info!(
         request_id = %ctx.id, agent = %target.agent_id, peer = %target.peer, host = %target.host,
@@ -105,7 +111,7 @@ fn observe(
 /// The adapter the request takes: an MCP endpoint's messages, or a contracted path. Each ends
 /// in the same phases (match, validate, decide) and writes the answer in its own form.
 async fn route(
-    app: &Arc<App>,
+    app: &Arc<Gate>,
     ctx: &mut RequestCtx,
     req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, Refusal> {
@@ -196,12 +202,16 @@ async fn record_refused(ctx: &RequestCtx, refusal: &Refusal) {
 /// The job a request belongs to: its `Toolgate-Job`, else its tunnel. A job belongs to the agent
 /// that named it first (or to agents of the same owner): another agent naming it is refused, so
 /// it cannot slip calls into someone else's story or rollback set.
-async fn job_of(app: &App, ctx: &mut RequestCtx, headers: &http::HeaderMap) -> Result<(), Refusal> {
+async fn job_of(
+    app: &Gate,
+    ctx: &mut RequestCtx,
+    headers: &http::HeaderMap,
+) -> Result<(), Refusal> {
     let target = ctx.target.clone();
     if let Some(t) = &target.token {
         // Checked on every request: an expiry or a revocation ends an open tunnel too.
         let current = app
-            .principals
+            .principals()
             .token(&t.id)
             .await
             .map_err(|e| Refusal::internal(format!("the token store is unavailable ({e})")))?;
@@ -235,7 +245,7 @@ async fn job_of(app: &App, ctx: &mut RequestCtx, headers: &http::HeaderMap) -> R
         .agent(&target.agent_id)
         .map(|a| a.owner.clone())
         .unwrap_or_default();
-    match app.store.job_claim(job, &target.agent_id, &owner).await {
+    match app.store().job_claim(job, &target.agent_id, &owner).await {
         Ok(None) => {
             ctx.job = job.to_string();
             Ok(())
@@ -251,7 +261,7 @@ async fn job_of(app: &App, ctx: &mut RequestCtx, headers: &http::HeaderMap) -> R
 
 /// The rescue point for refusals before a tunnel exists: recorded and answered.
 pub(super) async fn refuse_outer(
-    app: &App,
+    app: &Gate,
     outer: &Outer,
     refusal: Refusal,
 ) -> Response<ProxyBody> {
@@ -263,11 +273,11 @@ pub(super) async fn refuse_outer(
 /// inside TLS). What one refusal records is capped, and a flood of one kind from one address is
 /// recorded as its first events plus a count: unauthenticated clients must not be able to fill
 /// the disk.
-pub(super) async fn record_outer(app: &App, outer: &Outer, refusal: &Refusal) {
+pub(super) async fn record_outer(app: &Gate, outer: &Outer, refusal: &Refusal) {
     let peer = outer.peer.ip();
-    let (count, ended) = app.sources.count(peer, refusal.code.as_str());
+    let (count, ended) = app.sources().count(peer, refusal.code.as_str());
     if let Some(n) = ended.filter(|n| *n > REFUSALS_RECORDED_PER_MINUTE) {
-        app.audit.record(crate::audit::Record {
+        app.audit().record(crate::audit::Record {
             kind: Kind::Decision,
             agent: outer.agent.clone(),
             payload: serde_json::json!({
@@ -279,7 +289,7 @@ pub(super) async fn record_outer(app: &App, outer: &Outer, refusal: &Refusal) {
         }).await;
     }
     if count <= REFUSALS_RECORDED_PER_MINUTE {
-        app.audit.record(crate::audit::Record {
+        app.audit().record(crate::audit::Record {
             kind: Kind::Decision,
             request_id: Some(outer.request_id.clone()),
             agent: outer.agent.clone(),

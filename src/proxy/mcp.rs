@@ -17,13 +17,13 @@ use super::ctx::{McpReply, Reply, RequestCtx, Target};
 use super::exchange::CallEvent;
 use super::request::{self, Answer, Read};
 use super::scrub::{Needles, Scrubbed};
+use crate::app::Gate;
 use crate::audit::Kind;
 use crate::checks::{authorize, validation};
 use crate::error::Refusal;
 use crate::mcp::{self, Message};
 use crate::policy::{Agent, Mode, Tool};
 use crate::services::mcp_sessions::{Opener, Standing};
-use crate::App;
 
 /// The largest `tools/list` answer or stored answer toolgate reads whole to rewrite.
 const ANSWER_CAP: usize = 8 * 1024 * 1024;
@@ -48,7 +48,7 @@ struct Endpoint {
 
 /// An MCP endpoint's request.
 pub(super) async fn process(
-    app: &Arc<App>,
+    app: &Arc<Gate>,
     ctx: &mut RequestCtx,
     agent: Arc<Agent>,
     tools: Vec<Arc<Tool>>,
@@ -107,7 +107,7 @@ pub(super) async fn process(
 /// The server's stream (GET) or the end of a session (DELETE): passed on; a session the
 /// server no longer knows, or one ended, is forgotten.
 async fn stream_or_end(
-    app: &App,
+    app: &Gate,
     ctx: &RequestCtx,
     ep: &Endpoint,
     parts: http::request::Parts,
@@ -119,7 +119,7 @@ async fn stream_or_end(
     let resp = pass(app, &ctx.target, message, Some(ctx)).await?;
     let gone = resp.status() == StatusCode::NOT_FOUND || (ending && resp.status().is_success());
     if let Some(session) = session.filter(|_| gone) {
-        app.mcp_sessions.ended(&ep.key, &session);
+        app.mcp_sessions().ended(&ep.key, &session);
     }
     guarded(app, &ep.agent, &ep.tools, resp)
         .await
@@ -142,7 +142,7 @@ impl Endpoint {
 /// One message: set-up passes, a list is filtered, a tool call takes the request path, and
 /// anything else is refused.
 async fn one(
-    app: &Arc<App>,
+    app: &Arc<Gate>,
     ctx: &mut RequestCtx,
     ep: &Endpoint,
     read: Read,
@@ -197,7 +197,7 @@ async fn one(
 /// A set-up message (or the client's reply to the server): passed on with the endpoint's
 /// credential. The session an `initialize` opens is bound to its agent (and token).
 async fn set_up(
-    app: &Arc<App>,
+    app: &Arc<Gate>,
     ctx: &RequestCtx,
     ep: &Endpoint,
     read: Read,
@@ -210,7 +210,7 @@ async fn set_up(
         .get(MCP_SESSION)
         .and_then(|v| v.to_str().ok());
     if let Some(session) = opened.filter(|_| method == "initialize") {
-        app.mcp_sessions
+        app.mcp_sessions()
             .opened(&ep.key, session, opener(&ep.agent, ctx));
     }
     guarded(app, &ep.agent, &ep.tools, resp).await
@@ -219,7 +219,7 @@ async fn set_up(
 /// `tools/call` of a contracted tool: its kill switch and pin, then the request path's phases
 /// with the arguments in the place of a body; the answer under the agent's JSON-RPC id.
 async fn call_tool(
-    app: &Arc<App>,
+    app: &Arc<Gate>,
     ctx: &mut RequestCtx,
     ep: &Endpoint,
     tool: Arc<Tool>,
@@ -301,7 +301,7 @@ struct Passed<'a> {
 /// Sends a message on; the answer streams back with the credential cut out. Recorded in `ctx`
 /// (toolgate's own look at a server has none).
 async fn pass(
-    app: &App,
+    app: &Gate,
     target: &Target,
     message: Passed<'_>,
     ctx: Option<&RequestCtx>,
@@ -328,7 +328,7 @@ async fn pass(
             (resp, Some(event))
         }
         None => {
-            let resp = app.upstream.forward(&target.host, target.port, out).await;
+            let resp = app.upstream().forward(&target.host, target.port, out).await;
             (resp.map_err(|f| f.refusal)?, None)
         }
     };
@@ -433,7 +433,7 @@ async fn answer_as(id: &Value, resp: Response<ProxyBody>) -> Result<Response<Pro
 /// HTTP error status with a body that is neither JSON nor a stream passes: no client reads a
 /// list from it).
 async fn filter_list(
-    app: &App,
+    app: &Gate,
     ep: &Endpoint,
     id: &Value,
     resp: Response<ProxyBody>,
@@ -495,8 +495,8 @@ fn opener(agent: &Agent, ctx: &RequestCtx) -> Opener {
 
 /// A session is used only by the agent (and the token) that opened it: another agent's use is
 /// refused before it reaches the server, so the session and its state stay its opener's.
-fn owned(app: &App, key: &str, session: &str, who: &Opener) -> Result<(), Refusal> {
-    match app.mcp_sessions.standing(key, session, who) {
+fn owned(app: &Gate, key: &str, session: &str, who: &Opener) -> Result<(), Refusal> {
+    match app.mcp_sessions().standing(key, session, who) {
         Standing::Own => Ok(()),
         Standing::Another(opener) if opener.agent == who.agent => Err(Refusal::policy(
             "this MCP session was opened with another token of this agent; open a new session (initialize without an Mcp-Session-Id) with the token you use now",
@@ -516,7 +516,7 @@ const LISTED: &str = "/result/tools";
 
 /// The tools `agent` may see listed at `endpoint`: contracted, held, not in mode deny, not
 /// switched off (and as pinned).
-fn listable(app: &App, agent: &Agent, endpoint: &[Arc<Tool>]) -> mcp::Listable {
+fn listable(app: &Gate, agent: &Agent, endpoint: &[Arc<Tool>]) -> mcp::Listable {
     let shown = endpoint.iter().filter(|t| {
         agent.may_use(&t.name) && t.mode != Mode::Deny && request::tool_enabled(app, t).is_ok()
     });
@@ -533,7 +533,7 @@ fn listable(app: &App, agent: &Agent, endpoint: &[Arc<Tool>]) -> mcp::Listable {
 /// passes; a successful answer of another form is refused, an error status's body passes (no
 /// client reads messages from it).
 pub(super) async fn guarded(
-    app: &App,
+    app: &Gate,
     agent: &Agent,
     endpoint: &[Arc<Tool>],
     resp: Response<ProxyBody>,
@@ -587,7 +587,7 @@ fn endpoint_key(target: &Target, endpoint: &[Arc<Tool>]) -> String {
 }
 
 /// Notes what the server listed for each pinned tool of the endpoint.
-fn remember_pins(app: &App, key: &str, endpoint: &[Arc<Tool>], listed: &[Value]) {
+fn remember_pins(app: &Gate, key: &str, endpoint: &[Arc<Tool>], listed: &[Value]) {
     for t in endpoint {
         let Some(m) = t.mcp.as_ref().filter(|m| m.pin.is_some()) else {
             continue;
@@ -596,14 +596,14 @@ fn remember_pins(app: &App, key: &str, endpoint: &[Arc<Tool>], listed: &[Value])
             .iter()
             .find(|l| l.get("name").and_then(Value::as_str) == Some(m.name.as_str()))
             .map(mcp::pin_of);
-        app.pins.saw(key, &m.name, seen);
+        app.pins().saw(key, &m.name, seen);
     }
 }
 
 /// A pinned tool is called only while the server lists it as pinned: from what it last
 /// listed (within a few seconds), else toolgate asks it now, in the agent's session.
 async fn pinned(
-    app: &App,
+    app: &Gate,
     target: &Target,
     agent: &Agent,
     tool: &Arc<Tool>,
@@ -617,7 +617,7 @@ async fn pinned(
     };
     let endpoint = std::slice::from_ref(tool);
     let key = endpoint_key(target, endpoint);
-    let seen = match app.pins.fresh(&key, &m.name) {
+    let seen = match app.pins().fresh(&key, &m.name) {
         Some(seen) => seen,
         None => {
             let ask = json!({"jsonrpc": "2.0", "id": "toolgate-pin-check", "method": "tools/list"});
@@ -643,7 +643,7 @@ async fn pinned(
                 })
                 .unwrap_or_default();
             remember_pins(app, &key, endpoint, &listed);
-            app.pins.fresh(&key, &m.name).unwrap_or_default()
+            app.pins().fresh(&key, &m.name).unwrap_or_default()
         }
     };
     if seen == *pin {

@@ -30,12 +30,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use crate::app::Gate;
 use crate::base::{body, new_id, split_host_port};
 use crate::error::{Code, Refusal};
 use crate::guard::{Activity, TunnelSlot, Watched};
 use crate::policy::{Agent, Policy};
 use crate::upstream::{self, EgressError};
-use crate::App;
 use body::{empty, ProxyBody};
 use rewind::{detect, Protocol, Rewind};
 
@@ -59,7 +59,7 @@ const FINISH_CAP: usize = 16 << 20;
 
 /// Accepts proxy connections until `shutdown` resolves.
 pub(crate) async fn accept_loop(
-    app: Arc<App>,
+    app: Arc<Gate>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -68,7 +68,7 @@ pub(crate) async fn accept_loop(
         // At the connection cap, further clients wait in the kernel's backlog.
         let permit = tokio::select! {
             _ = &mut shutdown => break,
-            p = app.connections.clone().acquire_owned() => match p {
+            p = app.connections().clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => break,
             },
@@ -80,7 +80,7 @@ pub(crate) async fn accept_loop(
                     if let Err(e) = stream.set_nodelay(true) {
                         debug!(error = %e, "could not set TCP_NODELAY");
                     }
-                    app.tasks.spawn(serve_client(app.clone(), stream, peer, Arc::new(permit)));
+                    app.tasks().spawn(serve_client(app.clone(), stream, peer, Arc::new(permit)));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -95,10 +95,10 @@ pub(crate) async fn accept_loop(
 /// Serves one agent connection: HTTP/1.1 to the proxy itself (CONNECT or absolute form).
 /// The connection holds `slot` (one of `--max-connections`) as long as it is open, tunnels
 /// upgraded from it included.
-async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) {
+async fn serve_client(app: Arc<Gate>, stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) {
     // Counted against its address until a request authenticates: one address cannot hold the
     // listener's slots with request heads that never finish.
-    let Some(unauthenticated) = app.caps.unauthenticated(peer.ip()) else {
+    let Some(unauthenticated) = app.caps().unauthenticated(peer.ip()) else {
         return too_many_unauthenticated(&app, peer);
     };
     let unauthenticated = Arc::new(std::sync::Mutex::new(Some(unauthenticated)));
@@ -125,14 +125,14 @@ async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: 
         .serve_connection(TokioIo::new(Watched::new(stream, activity.clone())), svc)
         .with_upgrades();
     tokio::pin!(conn);
-    let idle = app.config.guards.idle_timeout;
+    let idle = app.config().guards.idle_timeout;
     tokio::select! {
         res = conn.as_mut() => if let Err(e) = res { debug!(%peer, error = %e, "client connection ended with an error") },
-        _ = app.cancel.cancelled() => {
+        _ = app.cancel().cancelled() => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 _ = conn.as_mut() => {}
-                _ = app.abandon.cancelled() => debug!(%peer, "client connection closed at the end of the shutdown grace"),
+                _ = app.abandon().cancelled() => debug!(%peer, "client connection closed at the end of the shutdown grace"),
             }
         }
         _ = activity.idle(idle) => debug!(%peer, "idle client connection closed"),
@@ -141,8 +141,8 @@ async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, slot: 
 
 /// A connection from an address holding its cap of unauthenticated connections, closed
 /// unserved (logged once a minute per address).
-fn too_many_unauthenticated(app: &App, peer: SocketAddr) {
-    let (count, _) = app.sources.count(peer.ip(), "unauthenticated_over_cap");
+fn too_many_unauthenticated(app: &Gate, peer: SocketAddr) {
+    let (count, _) = app.sources().count(peer.ip(), "unauthenticated_over_cap");
     if count == 1 {
         warn!(
             %peer, decision = "refused", per_address = crate::guard::UNAUTHENTICATED_PER_ADDRESS,
@@ -155,21 +155,21 @@ fn too_many_unauthenticated(app: &App, peer: SocketAddr) {
 
 /// A client's request as the phases take it: its body finishes itself when they leave it unread,
 /// so that every answer, refusals first, reaches the client over HTTP/1.1 and HTTP/2 alike.
-pub(crate) fn kept(app: &App, req: Request<Incoming>) -> Request<ProxyBody> {
+pub(crate) fn kept(app: &Gate, req: Request<Incoming>) -> Request<ProxyBody> {
     let expect_continue = req
         .headers()
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let finish = body::Finish {
         cap: FINISH_CAP,
-        within: app.config.guards.body_read_timeout,
+        within: app.config().guards.body_read_timeout,
     };
     req.map(|b| body::Kept::new(body::stream(b), finish, expect_continue).boxed_unsync())
 }
 
 /// The header-read timeout of every HTTP/1.1 connection.
-fn header_read_timeout(app: &App) -> Duration {
-    HEADER_READ_TIMEOUT.min(app.config.guards.idle_timeout)
+fn header_read_timeout(app: &Gate) -> Duration {
+    HEADER_READ_TIMEOUT.min(app.config().guards.idle_timeout)
 }
 
 /// One of the `--max-connections` client connections.
@@ -188,7 +188,7 @@ struct Connection {
 /// The authenticate phase: `Proxy-Authorization: Basic base64(agent-id:token)`. The token is
 /// the agent's static token, or one an approver issued it (then returned too).
 async fn authenticate(
-    app: &App,
+    app: &Gate,
     policy: &Policy,
     headers: &http::HeaderMap,
 ) -> Result<(Arc<Agent>, Option<Arc<crate::model::AgentToken>>), Refusal> {
@@ -199,14 +199,14 @@ async fn authenticate(
     let wrong = || Refusal::auth_error("unknown agent or wrong token");
     let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
     let issued = app
-        .store
+        .store()
         .token_by_hash(&hash)
         .await
         .map_err(|e| Refusal::internal(format!("the token store is unavailable ({e})")))?
         .filter(|t| t.agent == id)
         .ok_or_else(wrong)?;
     in_force(Some(&issued), &issued.id)?;
-    app.principals.seen_token(&issued);
+    app.principals().seen_token(&issued);
     let agent = policy.agent(&id).cloned().ok_or_else(wrong)?;
     Ok((agent, Some(Arc::new(issued))))
 }
@@ -249,7 +249,7 @@ fn basic_credentials(headers: &http::HeaderMap) -> Result<(String, String), Refu
 /// The proxy-level service: authenticates, then opens a tunnel or handles an absolute-form
 /// plain-HTTP request.
 async fn outer(
-    app: Arc<App>,
+    app: Arc<Gate>,
     peer: SocketAddr,
     req: Request<Incoming>,
     conn: Connection,
@@ -289,7 +289,7 @@ async fn outer(
 /// sent upstream over TLS — toolgate never forwards a request, nor a credential, in clear
 /// text. Port 80 (or none) means the contract's TLS port.
 async fn plain_http(
-    app: Arc<App>,
+    app: Arc<Gate>,
     policy: &Policy,
     mut outer: Outer,
     port: Option<u16>,
@@ -316,14 +316,14 @@ async fn plain_http(
 
 /// The egress phase: the host must be named by a contract, and must not resolve to a private
 /// address unless `--connect-to` routes it explicitly.
-async fn egress(app: &App, policy: &Policy, host: &str, port: u16) -> Result<(), Refusal> {
+async fn egress(app: &Gate, policy: &Policy, host: &str, port: u16) -> Result<(), Refusal> {
     if !policy.allows_host(host, port) {
         return Err(Refusal::egress(format!(
             "{} is not named by any tool contract; toolgate only connects to hosts that a [[tool]] entry names",
             upstream::authority(host, port)
         )));
     }
-    match app.upstream.routes().resolve(host, port).await {
+    match app.upstream().routes().resolve(host, port).await {
         Ok(_) => Ok(()),
         Err(e @ EgressError::Forbidden { .. }) => Err(Refusal::egress(e.to_string())),
         Err(e @ EgressError::Dns { .. }) => Err(Refusal::upstream(e.to_string())),
@@ -332,7 +332,7 @@ async fn egress(app: &App, policy: &Policy, host: &str, port: u16) -> Result<(),
 
 /// Answers a CONNECT: the target is decided before the 200, then the tunnel is served.
 async fn connect(
-    app: Arc<App>,
+    app: Arc<Gate>,
     policy: &Policy,
     mut outer: Outer,
     req: Request<ProxyBody>,
@@ -357,7 +357,7 @@ async fn connect(
         latency_ms = outer.started.elapsed().as_secs_f64() * 1000.0, "tunnel opened"
     );
     let g = app.clone();
-    app.tasks.spawn(async move {
+    app.tasks().spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 tunnel(g, Arc::new(target), TokioIo::new(upgraded), slot).await;
@@ -377,7 +377,7 @@ async fn connect(
 /// agent's cap of tunnels. The host and the target as the refusal records them are noted in
 /// `outer`; refused, the port with why.
 async fn admit_tunnel(
-    app: &Arc<App>,
+    app: &Arc<Gate>,
     policy: &Policy,
     outer: &mut Outer,
     authority: Option<&str>,
@@ -390,7 +390,10 @@ async fn admit_tunnel(
     outer.host = host;
     let agent = outer.agent.as_deref().unwrap_or_default();
     let admitted = match egress(app, policy, &outer.host, port).await {
-        Ok(()) => app.caps.tunnel(agent).ok_or_else(|| tunnel_cap(app, agent)),
+        Ok(()) => app
+            .caps()
+            .tunnel(agent)
+            .ok_or_else(|| tunnel_cap(app, agent)),
         Err(refusal) => Err(refusal),
     };
     admitted.map(|slot| (port, slot)).map_err(|r| (port, r))
@@ -405,7 +408,7 @@ const REFUSED_INSIDE_PER_MINUTE: u32 = 60;
 /// port 443, within the address's budget. Clients and SDKs show a CONNECT's own status only as
 /// "tunnel failed, 403" and drop its body; inside the tunnel the refusal reaches them whole,
 /// status and JSON, as the transparent listener's refusals do.
-fn refused_inside(app: &App, refusal: &Refusal, host: &str, port: u16, peer: SocketAddr) -> bool {
+fn refused_inside(app: &Gate, refusal: &Refusal, host: &str, port: u16, peer: SocketAddr) -> bool {
     let name_like = !host.is_empty()
         && host.parse::<IpAddr>().is_err()
         && host
@@ -414,7 +417,7 @@ fn refused_inside(app: &App, refusal: &Refusal, host: &str, port: u16, peer: Soc
     if refusal.code != Code::EgressDenied || port != 443 || !name_like {
         return false;
     }
-    let (count, _) = app.sources.count(peer.ip(), "refused_inside_tls");
+    let (count, _) = app.sources().count(peer.ip(), "refused_inside_tls");
     count <= REFUSED_INSIDE_PER_MINUTE
 }
 
@@ -422,20 +425,20 @@ fn refused_inside(app: &App, refusal: &Refusal, host: &str, port: u16, peer: Soc
 /// (the client's SNI must name it), contacts no upstream, and answers every request in the
 /// tunnel with `refusal`: its status and JSON error, which curl and the SDKs show.
 fn refuse_inside(
-    app: Arc<App>,
+    app: Arc<Gate>,
     req: Request<ProxyBody>,
     host: String,
     refusal: Refusal,
     connection: ConnectionSlot,
 ) -> Response<ProxyBody> {
     let g = app.clone();
-    app.tasks.spawn(async move {
+    app.tasks().spawn(async move {
         let Ok(upgraded) = hyper::upgrade::on(req).await else {
             return;
         };
         let activity = Activity::new();
         let io = Watched::new(TokioIo::new(upgraded), activity.clone());
-        let limit = g.config.handshake_timeout;
+        let limit = g.config().handshake_timeout;
         let Some(start) = client_hello(io, limit, "-").await else {
             return;
         };
@@ -455,12 +458,12 @@ fn refuse_inside(
 }
 
 /// An agent holding its cap of tunnels asks for one more.
-fn tunnel_cap(app: &App, agent: &str) -> Refusal {
+fn tunnel_cap(app: &Gate, agent: &str) -> Refusal {
     let mut refusal = Refusal::new(
         Code::RateLimited,
         format!(
             "agent {agent} already holds {} open tunnels through toolgate, its cap; reuse or close one",
-            app.config.guards.max_connections_per_agent
+            app.config().guards.max_connections_per_agent
         ),
     );
     refusal.retry_after = Some(1);
@@ -469,13 +472,13 @@ fn tunnel_cap(app: &App, agent: &str) -> Refusal {
 
 /// Serves a tunnel: TLS (intercepted with a minted leaf) or plain HTTP, told apart by the first
 /// bytes; anything else is closed.
-async fn tunnel<T>(app: Arc<App>, target: Arc<Target>, io: T, _slot: TunnelSlot)
+async fn tunnel<T>(app: Arc<Gate>, target: Arc<Target>, io: T, _slot: TunnelSlot)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::new();
     let mut io = Watched::new(io, activity.clone());
-    let limit = app.config.handshake_timeout;
+    let limit = app.config().handshake_timeout;
     let (protocol, prefix) = match detect(&mut io, limit).await {
         Ok(found) => found,
         Err(e) => {
@@ -539,7 +542,7 @@ where
 
 /// The second half: toolgate's leaf for `host` (minted once, then cached).
 async fn finish_handshake<T>(
-    app: &App,
+    app: &Gate,
     start: tokio_rustls::StartHandshake<T>,
     host: &str,
     limit: Duration,
@@ -547,7 +550,7 @@ async fn finish_handshake<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let config = match app.ca.server_config(host) {
+    let config = match app.ca().server_config(host) {
         Ok(c) => c,
         Err(e) => {
             warn!(%host, error = %e, "could not mint a certificate");
@@ -568,7 +571,7 @@ where
 }
 
 /// Serves HTTP/1.1 or HTTP/2 requests inside a tunnel.
-async fn serve_inner<T>(app: Arc<App>, target: Arc<Target>, io: T, activity: Arc<Activity>)
+async fn serve_inner<T>(app: Arc<Gate>, target: Arc<Target>, io: T, activity: Arc<Activity>)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -597,7 +600,7 @@ where
 /// timeout (HTTP/1.1), the idle timeout (both: no bytes moving and no request in flight, which
 /// also ends a request head or an HTTP/2 preface that stopped half-way), the HTTP/2 stream and
 /// window limits, and a graceful end at shutdown. `who` names the connection in the logs.
-pub(crate) async fn serve_http<T, S>(app: &App, io: T, svc: S, activity: &Activity, who: &str)
+pub(crate) async fn serve_http<T, S>(app: &Gate, io: T, svc: S, activity: &Activity, who: &str)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
@@ -609,7 +612,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let guards = &app.config.guards;
+    let guards = &app.config().guards;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -631,11 +634,11 @@ where
         res = conn.as_mut() => if let Err(e) = res {
             debug!(conn = %who, error = %e, "connection ended with an error")
         },
-        _ = app.cancel.cancelled() => {
+        _ = app.cancel().cancelled() => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 _ = conn.as_mut() => {}
-                _ = app.abandon.cancelled() => debug!(conn = %who, "connection closed at the end of the shutdown grace"),
+                _ = app.abandon().cancelled() => debug!(conn = %who, "connection closed at the end of the shutdown grace"),
             }
         }
         _ = activity.idle(guards.idle_timeout) => {

@@ -16,6 +16,7 @@ use super::body::{self, ProxyBody};
 use super::ctx::{RequestCtx, Target};
 use super::exchange::{self, CallEvent};
 use super::scrub::{Needles, Scrubbed};
+use crate::app::Gate;
 use crate::audit::Kind;
 use crate::checks::{
     authorize, budget_amount, check_rules, forwarded_headers, idempotency_key, validate_body,
@@ -29,7 +30,6 @@ use crate::policy::{check_path, Agent, Credential, Mode, Policy, SideEffects, To
 use crate::services::LockKey;
 use crate::store::{now_unix, IdemRecord, IdemState, Outcome};
 use crate::upstream;
-use crate::App;
 
 /// How long an `Idempotency-Key` is remembered (Stripe's own window).
 const KEY_WINDOW_SECS: u64 = 24 * 3600;
@@ -135,8 +135,8 @@ impl Answer {
 /// still being retried, or the shared store does not answer), nothing goes on, so nothing is
 /// sent that could not be recorded. Checked once, before every phase that could forward
 /// (MCP messages included); an approved call's commit fails closed on its durable event.
-pub(super) fn recordable(app: &App) -> Result<(), Refusal> {
-    match app.audit.writable() {
+pub(super) fn recordable(app: &Gate) -> Result<(), Refusal> {
+    match app.audit().writable() {
         true => Ok(()),
         false => Err(Refusal::store_unavailable()),
     }
@@ -145,7 +145,7 @@ pub(super) fn recordable(app: &App) -> Result<(), Refusal> {
 /// The identify phase: the agent, looked up per request so that a reload or a kill switch
 /// takes effect on open tunnels too; and the path, which must be canonical.
 pub(super) fn identify(
-    app: &App,
+    app: &Gate,
     ctx: &mut RequestCtx,
     req: &Request<ProxyBody>,
 ) -> Result<Arc<Agent>, Refusal> {
@@ -153,7 +153,7 @@ pub(super) fn identify(
         ctx.policy.agent(ctx.agent()).cloned().ok_or_else(|| {
             Refusal::auth_error("this agent is no longer defined in the policies")
         })?;
-    if let Some(k) = app.kill.get(&KillTarget::Agent(agent.id.clone())) {
+    if let Some(k) = app.kill().get(&KillTarget::Agent(agent.id.clone())) {
         return Err(Refusal::new(
             Code::ToolDisabled,
             format!(
@@ -174,7 +174,7 @@ pub(super) fn identify(
 
 /// The phases of a request to a contracted path: match, authorize and validate, then decide.
 pub(super) async fn process(
-    app: &Arc<App>,
+    app: &Arc<Gate>,
     ctx: &mut RequestCtx,
     agent: Arc<Agent>,
     req: Request<ProxyBody>,
@@ -188,7 +188,7 @@ pub(super) async fn process(
 
 /// The match phase: the one contract the path matches, and that tool's kill switch.
 fn match_tool(
-    app: &App,
+    app: &Gate,
     ctx: &RequestCtx,
     req: &Request<ProxyBody>,
 ) -> Result<crate::policy::Matched, Refusal> {
@@ -211,8 +211,8 @@ fn canonical(path: &str) -> Result<(), Refusal> {
 }
 
 /// The tool's kill switch.
-pub(super) fn tool_enabled(app: &App, tool: &Tool) -> Result<(), Refusal> {
-    match app.kill.get(&KillTarget::Tool(tool.name.clone())) {
+pub(super) fn tool_enabled(app: &Gate, tool: &Tool) -> Result<(), Refusal> {
+    match app.kill().get(&KillTarget::Tool(tool.name.clone())) {
         Some(k) => Err(Refusal::new(
             Code::ToolDisabled,
             format!(
@@ -310,7 +310,7 @@ fn arguments_event(tool: &Tool, arguments: &Value) -> Value {
 /// The authorize and validate phases: permissions and credential, query, body (read within
 /// the caps), rules, the budget field and the headers that go upstream.
 async fn validate(
-    app: &App,
+    app: &Gate,
     ctx: &RequestCtx,
     agent: Arc<Agent>,
     matched: crate::policy::Matched,
@@ -364,7 +364,7 @@ fn body_event(tool: &Tool, body: &Bytes, body_json: &Value) -> Value {
 
 /// The decide phase: deny, preview, hold for approval, or send (a read, or a write).
 pub(super) async fn decide(
-    app: &Arc<App>,
+    app: &Arc<Gate>,
     ctx: &RequestCtx,
     mut checked: Checked,
 ) -> Result<Answer, Refusal> {
@@ -459,7 +459,7 @@ fn outgoing(checked: &mut Checked) -> Request<ProxyBody> {
 
 /// Holds the call for a person: a new or joined proposal.
 async fn propose(
-    app: &Arc<App>,
+    app: &Arc<Gate>,
     ctx: &RequestCtx,
     checked: &Checked,
 ) -> Result<Response<ProxyBody>, Refusal> {
@@ -471,21 +471,21 @@ async fn propose(
         headers: &checked.headers,
         payload_sha256: &payload,
         summary_ctx: json!({"body": checked.call.body_json, "arguments": checked.call.body_json, "params": checked.params, "query": checked.query}),
-        redactor: &app.audit.redactor,
+        redactor: &app.audit().redactor,
         budget_amount: checked.amount,
         token: ctx.token.as_deref(),
     };
-    crate::approval::propose_and_wait(app, held).await
+    crate::approval::propose_and_wait(app.core(), held).await
 }
 
 /// A call without side effects: sent at once, its answer streamed back, secrets cut out.
 async fn read(
-    app: &App,
+    app: &Gate,
     ctx: &RequestCtx,
     mut checked: Checked,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let tool = checked.tool.clone();
-    app.limiter.admit(&checked.agent.id, &tool).await?;
+    app.limiter().admit(&checked.agent.id, &tool).await?;
     let event = CallEvent::of(ctx, decision("allowed", &checked), checked.started);
     let (resp, event) = exchange::forward(app, &ctx.target, outgoing(&mut checked), event).await?;
     let (mut parts, body) = resp.into_parts();
@@ -584,7 +584,7 @@ async fn contracted_read(
 
 /// A model provider's answer: streamed as it comes, its usage recorded when it ends.
 async fn model_answer(
-    app: &App,
+    app: &Gate,
     ctx: &RequestCtx,
     checked: &Checked,
     event: CallEvent,
@@ -596,7 +596,7 @@ async fn model_answer(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let audit = app.audit.clone();
+    let audit = app.audit().clone();
     let provider = super::model::provider(&ctx.target.host);
     let asked_model = checked
         .call
@@ -634,7 +634,7 @@ async fn model_answer(
 /// A call with side effects: at most once per idempotency identity, within the limits, then
 /// the one commit routine.
 async fn write(
-    app: &Arc<App>,
+    app: &Arc<Gate>,
     ctx: &RequestCtx,
     checked: Checked,
     key: Option<&str>,
@@ -650,16 +650,20 @@ async fn write(
             tool.idempotency_window.as_secs(),
         ),
     };
-    let guard = app.locks.lock(LockKey::Call(idem_id.clone())).await;
-    let earlier = app.store.idem_get(&idem_id).await.map_err(idem_store_err)?;
+    let guard = app.locks().lock(LockKey::Call(idem_id.clone())).await;
+    let earlier = app
+        .store()
+        .idem_get(&idem_id)
+        .await
+        .map_err(idem_store_err)?;
     if let Some(answer) =
         earlier_answer(ctx, &tool, earlier.as_ref(), window_secs, &payload).await?
     {
         return answer;
     }
     // limits: only calls that will execute count.
-    app.limiter.admit(&agent.id, &tool).await?;
-    let charged = charge_budget(&app.store, &agent.id, &tool, checked.amount).await?;
+    app.limiter().admit(&agent.id, &tool).await?;
+    let charged = charge_budget(app.store(), &agent.id, &tool, checked.amount).await?;
     // Marked in flight, durably, before a byte leaves: a crash from here on is never re-sent.
     let rec = IdemRecord {
         state: IdemState::InFlight,
@@ -671,9 +675,9 @@ async fn write(
     // Compare-and-set against the record read above: of two identical calls racing (on two
     // replicas of a shared store), one marks it and sends; the other is told it is in flight.
     let holder = earlier.as_ref().map(|r| r.request_id.as_str());
-    let swapped = app.store.idem_swap(&idem_id, holder, &rec).await;
+    let swapped = app.store().idem_swap(&idem_id, holder, &rec).await;
     if !matches!(swapped, Ok(true)) {
-        crate::limits::refund_budget(&app.store, charged).await;
+        crate::limits::refund_budget(app.store(), charged).await;
         return Err(match swapped {
             Err(e) => idem_store_err(e),
             _ => Refusal::new(
@@ -694,7 +698,7 @@ async fn write(
         charged,
         _guard: guard,
     };
-    let settled = app.tasks.spawn(commit_and_settle(
+    let settled = app.tasks().spawn(commit_and_settle(
         app.clone(),
         ctx.detached(),
         checked,
@@ -719,7 +723,7 @@ struct Settling {
 /// A write marked in flight: committed, then its idempotency record settled (cleared when
 /// nothing was sent, else the outcome stored), the key's lock held until then.
 async fn commit_and_settle(
-    app: Arc<App>,
+    app: Arc<Gate>,
     ctx: RequestCtx,
     mut checked: Checked,
     settling: Settling,
@@ -739,7 +743,7 @@ async fn commit_and_settle(
         Ok(sent) => sent,
         Err(failed) if failed.sent_nothing() => {
             // Nothing reached the upstream: the call may be retried.
-            app.store
+            app.store()
                 .idem_remove(&idem_id)
                 .await
                 .map_err(idem_store_err)?;
@@ -749,7 +753,7 @@ async fn commit_and_settle(
     };
     rec.state = IdemState::Done;
     rec.outcome = Some(sent.stored);
-    if let Err(e) = app.store.idem_put(&idem_id, &rec).await {
+    if let Err(e) = app.store().idem_put(&idem_id, &rec).await {
         // The call executed; the agent gets its answer. A retry finds it in flight and is
         // refused as unknown rather than executed twice.
         tracing::error!(request_id = %ctx.id, error = %e, "could not store the outcome of a committed call");
@@ -850,7 +854,7 @@ fn idem_id(kind: &str, agent: &str, tool: &str, key: &str) -> String {
 /// and the agent's (and everyone's) cap on buffered bytes. The reservation holds those bytes
 /// against the caps until the request is done.
 pub(super) async fn read_body(
-    app: &App,
+    app: &Gate,
     agent: &str,
     tool: &Tool,
     parts: http::request::Parts,
@@ -874,7 +878,7 @@ pub(super) async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let mut reservation = app.caps.body(agent);
+    let mut reservation = app.caps().body(agent);
     let over_cap = |e: Exceeded| {
         let message = match e {
             Exceeded::Agent(cap) => format!(
@@ -888,7 +892,7 @@ pub(super) async fn read_body(
         r.retry_after = Some(1);
         r
     };
-    let timeout = app.config.guards.body_read_timeout;
+    let timeout = app.config().guards.body_read_timeout;
     let read = async {
         // Read frame by frame with the limits checked as data arrives.
         let mut body = body;

@@ -19,11 +19,11 @@ use super::{
     client_hello, detect, egress, finish_handshake, plain_http, record_outer, refuse_outer,
     serve_http, serve_inner, Outer, Protocol, Rewind, Target,
 };
+use crate::app::Gate;
 use crate::base::new_id;
 use crate::error::{Code, Refusal};
 use crate::guard::{Activity, StrangerSlot, Watched};
 use crate::policy::Agent;
-use crate::App;
 
 /// How long a connection from an address that no agent's `sources` holds may stay open at
 /// all: it only ever gets refusals.
@@ -45,11 +45,11 @@ enum Slot {
 /// on the proxy listener); a stranger's (no agent's `sources` holds it) is closed at once when
 /// its address holds its cap or strangers hold their share of the slots, so that strangers
 /// can never keep agents, on this listener or the proxy listener, from connecting.
-pub(crate) async fn accept_loop(app: Arc<App>, listener: TcpListener, own: Vec<SocketAddr>) {
+pub(crate) async fn accept_loop(app: Arc<Gate>, listener: TcpListener, own: Vec<SocketAddr>) {
     let own = Arc::new(own);
     loop {
         let (stream, peer) = tokio::select! {
-            _ = app.cancel.cancelled() => break,
+            _ = app.cancel().cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -62,13 +62,13 @@ pub(crate) async fn accept_loop(app: Arc<App>, listener: TcpListener, own: Vec<S
         let agent = app.policy().agent_for_source(peer.ip());
         let slot = match &agent {
             Some(_) => tokio::select! {
-                _ = app.cancel.cancelled() => break,
-                p = app.connections.clone().acquire_owned() => match p {
+                _ = app.cancel().cancelled() => break,
+                p = app.connections().clone().acquire_owned() => match p {
                     Ok(p) => Slot::Agent { _slot: p },
                     Err(_) => break,
                 },
             },
-            None => match app.caps.stranger(peer.ip(), &app.connections) {
+            None => match app.caps().stranger(peer.ip(), app.connections()) {
                 Some(slot) => Slot::Stranger { _slot: slot },
                 None => {
                     turned_away(&app, peer);
@@ -78,7 +78,7 @@ pub(crate) async fn accept_loop(app: Arc<App>, listener: TcpListener, own: Vec<S
         };
         let _ = stream.set_nodelay(true);
         let (app2, own) = (app.clone(), own.clone());
-        app.tasks.spawn(async move {
+        app.tasks().spawn(async move {
             match slot {
                 Slot::Agent { .. } => serve(app2, stream, peer, agent, &own).await,
                 Slot::Stranger { .. } => {
@@ -94,13 +94,13 @@ pub(crate) async fn accept_loop(app: Arc<App>, listener: TcpListener, own: Vec<S
 }
 
 /// A stranger's connection over its caps, closed unserved (logged once a minute per address).
-fn turned_away(app: &App, peer: SocketAddr) {
-    let (count, _) = app.sources.count(peer.ip(), "unknown_source_over_cap");
+fn turned_away(app: &Gate, peer: SocketAddr) {
+    let (count, _) = app.sources().count(peer.ip(), "unknown_source_over_cap");
     if count == 1 {
         warn!(
             %peer, decision = "refused",
-            per_address = app.config.guards.max_connections_per_unknown_source,
-            all_unknown = app.config.guards.unknown_sources_max(),
+            per_address = app.config().guards.max_connections_per_unknown_source,
+            all_unknown = app.config().guards.unknown_sources_max(),
             "a connection from an address that no agent's sources holds is over its cap; closed \
              (further ones from this address this minute are closed without a log line)"
         );
@@ -128,7 +128,7 @@ fn is_own(dst: SocketAddr, local: SocketAddr, own: &[SocketAddr]) -> bool {
 }
 
 async fn serve(
-    app: Arc<App>,
+    app: Arc<Gate>,
     stream: TcpStream,
     peer: SocketAddr,
     agent: Option<Arc<Agent>>,
@@ -152,7 +152,7 @@ async fn serve(
     };
     let activity = Activity::new();
     let mut io = Watched::new(stream, activity.clone());
-    let limit = app.config.handshake_timeout;
+    let limit = app.config().handshake_timeout;
     let (protocol, prefix) = match detect(&mut io, limit).await {
         Ok(found) => found,
         Err(e) => {
@@ -180,7 +180,7 @@ fn unknown_source(peer: SocketAddr) -> Refusal {
 }
 
 async fn tls<T>(
-    app: Arc<App>,
+    app: Arc<Gate>,
     agent: Option<Arc<Agent>>,
     peer: SocketAddr,
     dst: SocketAddr,
@@ -190,7 +190,7 @@ async fn tls<T>(
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let limit = app.config.handshake_timeout;
+    let limit = app.config().handshake_timeout;
     let who = agent.as_ref().map_or("-", |a| a.id.as_str());
     let Some(start) = client_hello(io, limit, who).await else {
         return;
@@ -225,7 +225,7 @@ async fn tls<T>(
     }
     let admitted = match &agent {
         None => Err(unknown_source(peer)),
-        Some(a) => match app.caps.tunnel(&a.id) {
+        Some(a) => match app.caps().tunnel(&a.id) {
             Some(slot) => Ok((a.clone(), slot)),
             None => Err(super::tunnel_cap(&app, &a.id)),
         },
@@ -249,7 +249,7 @@ async fn tls<T>(
 /// One request on a redirected port 80: sent on as its agent's call to the API its `Host`
 /// names, or refused (an unknown source, or no `Host`) and recorded.
 async fn plain_request(
-    app: Arc<App>,
+    app: Arc<Gate>,
     agent: Option<Arc<Agent>>,
     peer: SocketAddr,
     default_port: u16,
@@ -285,7 +285,7 @@ async fn plain_request(
 /// Plain HTTP on a redirected port 80: each request's `Host` names its API; it is sent upstream
 /// over TLS like an absolute-form request on the proxy listener.
 async fn plain<T>(
-    app: Arc<App>,
+    app: Arc<Gate>,
     agent: Option<Arc<Agent>>,
     peer: SocketAddr,
     dst: SocketAddr,
@@ -297,7 +297,7 @@ async fn plain<T>(
     // An agent's plain-HTTP connection counts against its cap, as a tunnel does.
     let _slot = match &agent {
         None => None,
-        Some(a) => match app.caps.tunnel(&a.id) {
+        Some(a) => match app.caps().tunnel(&a.id) {
             Some(slot) => Some(slot),
             None => {
                 let refusal = super::tunnel_cap(&app, &a.id);
@@ -329,7 +329,7 @@ async fn plain<T>(
 /// connection gets `refusal` as JSON (under the guards of every connection, and for at most
 /// `STRANGER_LIFETIME`).
 pub(super) async fn answer_every_request<T>(
-    app: &Arc<App>,
+    app: &Arc<Gate>,
     io: T,
     refusal: Refusal,
     activity: &Activity,
