@@ -775,13 +775,13 @@ async fn send_approved(
     };
     let commit = crate::commit::Commit {
         who,
-        commit_payload: payload::to_value(&payload::Commit {
+        commit_payload: payload::Commit {
             method: p.request.method.clone(),
             url: p.request.url(),
             sha256: p.request.sha256.clone(),
             body: None,
             approvals: Some(payload::to_value(&p.approvals)),
-        }),
+        },
         call,
         request,
         charged,

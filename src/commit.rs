@@ -25,7 +25,7 @@ pub(crate) struct Commit<'a> {
     /// Who and what, for the audit events (its kind and payload are replaced).
     pub who: Record,
     /// The `commit` event's payload.
-    pub commit_payload: Value,
+    pub commit_payload: crate::audit::payload::Commit,
     /// The call (the ledger's entry is made from it with the answer).
     pub call: &'a Call,
     /// The request as it goes out, credential injected.
@@ -71,7 +71,10 @@ pub(crate) async fn send(app: &Core, c: Commit<'_>) -> Result<Sent, Failed> {
     };
     if let Err(e) = app
         .audit()
-        .record_durable(event(Kind::Commit, commit_payload))
+        .record_durable(event(
+            Kind::Commit,
+            crate::audit::payload::to_value(&commit_payload),
+        ))
         .await
     {
         refund_budget(app.store(), charged).await;

@@ -298,6 +298,48 @@ pub fn to_value(payload: &impl Serialize) -> Value {
     serde_json::to_value(payload).unwrap_or_default()
 }
 
+/// A payload as it is stored, its large fields (bodies, headers: `take` takes them out) moved in
+/// rather than copied through the serializer: what the request path records on every call.
+fn moved_in<T: Serialize>(
+    mut payload: T,
+    take: impl FnOnce(&mut T) -> Vec<(&'static str, Value)>,
+) -> Value {
+    let fields = take(&mut payload);
+    let mut v = to_value(&payload);
+    if let Value::Object(m) = &mut v {
+        for (key, value) in fields.into_iter().filter(|(_, v)| !v.is_null()) {
+            m.insert(key.to_string(), value);
+        }
+    }
+    v
+}
+
+impl Asked {
+    /// As stored (see [`moved_in`]).
+    pub fn into_value(self) -> Value {
+        moved_in(self, |a| vec![("headers", std::mem::take(&mut a.headers))])
+    }
+}
+
+impl Decision {
+    /// As stored (see [`moved_in`]).
+    pub fn into_value(self) -> Value {
+        moved_in(self, |d| vec![("body", d.body.take().unwrap_or_default())])
+    }
+}
+
+impl Response {
+    /// As stored (see [`moved_in`]).
+    pub fn into_value(self) -> Value {
+        moved_in(self, |r| {
+            vec![
+                ("headers", r.headers.take().unwrap_or_default()),
+                ("body", r.body.take().unwrap_or_default()),
+            ]
+        })
+    }
+}
+
 /// A value this build may not know (written by a newer version): None then, never an error.
 fn known<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
     Ok(T::deserialize(Value::deserialize(d)?).ok())
@@ -390,5 +432,39 @@ mod tests {
         ] {
             assert_eq!(to_value(&o), json!(o.as_str()));
         }
+    }
+
+    #[test]
+    fn moving_large_fields_in_stores_the_same_bytes() {
+        let asked = Asked {
+            method: "POST".into(),
+            host: "api.stripe.com".into(),
+            port: 443,
+            path: "/v1/refunds".into(),
+            headers: json!({"content-type": "application/json"}),
+            ..Asked::default()
+        };
+        let decision = Decision {
+            outcome: "allowed".into(),
+            mode: Some("auto".into()),
+            body: Some(json!({"json": {"amount": 500}, "bytes": 14})),
+            ..Decision::default()
+        };
+        let response = Response {
+            status: Some(200),
+            headers: Some(json!({"content-type": "application/json"})),
+            body: Some(json!({"streamed": true})),
+            latency_ms: Some(3),
+            ..Response::default()
+        };
+        let same = |a: Value, b: Value| assert_eq!(a.to_string(), b.to_string());
+        same(asked.clone().into_value(), to_value(&asked));
+        same(decision.clone().into_value(), to_value(&decision));
+        same(response.clone().into_value(), to_value(&response));
+        let bare = Decision {
+            outcome: "refused".into(),
+            ..Decision::default()
+        };
+        same(bare.clone().into_value(), to_value(&bare));
     }
 }

@@ -19,6 +19,7 @@ use super::mcp::{self, Routed};
 use super::request;
 use super::REQUEST_ID_HEADER;
 use crate::app::Gate;
+use crate::audit::payload::{Asked, Decision};
 use crate::audit::Kind;
 use crate::base::new_id;
 use crate::error::{Code, Refusal};
@@ -110,6 +111,7 @@ fn observe(
 
 /// The adapter the request takes: an MCP endpoint's messages, or a contracted path. Each ends
 /// in the same phases (match, validate, decide) and writes the answer in its own form.
+#[tracing::instrument(level = "debug", skip_all, fields(request_id = %ctx.id, phase = "route"))]
 async fn route(
     app: &Arc<Gate>,
     ctx: &mut RequestCtx,
@@ -145,26 +147,27 @@ async fn route(
 fn asked(ctx: &RequestCtx, req: &Request<ProxyBody>) {
     let target = &ctx.target;
     let (undoes, asked_by) = match &target.origin {
-        Origin::Undo { of, by } => (Some(of.as_str()), Some(by.as_str())),
+        Origin::Undo { of, by } => (Some(of.clone()), Some(by.clone())),
         Origin::Agent => (None, None),
     };
-    let mut asked = serde_json::json!({
-        "method": req.method().as_str(),
-        "host": target.host,
-        "port": target.port,
-        "path": crate::audit::cap_text(req.uri().path(), crate::audit::URI_CAP),
-        "query": crate::audit::cap_text(req.uri().query().unwrap_or(""), crate::audit::URI_CAP),
-        "peer": target.peer,
-        "undoes": undoes,
-        "asked_by": asked_by,
-    });
-    // Set apart: `json!` would copy the map through a serializer.
-    asked["headers"] = crate::audit::headers_json(req.headers());
-    ctx.hold_request(asked);
+    let asked = Asked {
+        method: req.method().as_str().to_string(),
+        host: target.host.clone(),
+        port: target.port,
+        path: crate::audit::cap_text(req.uri().path(), crate::audit::URI_CAP),
+        query: crate::audit::cap_text(req.uri().query().unwrap_or(""), crate::audit::URI_CAP),
+        peer: target.peer.clone(),
+        undoes,
+        asked_by,
+        headers: crate::audit::headers_json(req.headers()),
+        ..Asked::default()
+    };
+    ctx.hold_request(asked.into_value());
 }
 
 /// The one rescue point: a refusal from any phase is recorded and answered here, as JSON with
 /// its code (or, for an MCP message, as the JSON-RPC error its client reads).
+#[tracing::instrument(level = "debug", skip_all, fields(request_id = %ctx.id, phase = "rescue"))]
 async fn rescue(ctx: &RequestCtx, refusal: Refusal) -> Response<ProxyBody> {
     let refusal = match &ctx.tool {
         Some(t) if refusal.tool.is_none() => refusal.with_tool(t.clone()),
@@ -181,12 +184,17 @@ async fn rescue(ctx: &RequestCtx, refusal: Refusal) -> Response<ProxyBody> {
 }
 
 /// The record phase of a refused request: what was asked, then the refusal.
+#[tracing::instrument(level = "debug", skip_all, fields(request_id = %ctx.id, phase = "record"))]
 async fn record_refused(ctx: &RequestCtx, refusal: &Refusal) {
     let code = refusal.code;
-    let mut rec = ctx.rec(
-        Kind::Decision,
-        serde_json::json!({"outcome": "refused", "code": code.as_str(), "status": code.status().as_u16(), "message": refusal.message}),
-    );
+    let refused = Decision {
+        outcome: "refused".into(),
+        code: Some(code.as_str().into()),
+        status: Some(code.status().as_u16()),
+        message: Some(refusal.message.clone()),
+        ..Decision::default()
+    };
+    let mut rec = ctx.rec(Kind::Decision, refused.into_value());
     rec.proposal = refusal.proposal.clone();
     if code == Code::StoreUnavailable {
         // The log's queue does not drain while it cannot be written: the refusal is recorded

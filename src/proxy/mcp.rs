@@ -47,6 +47,7 @@ struct Endpoint {
 }
 
 /// An MCP endpoint's request.
+#[tracing::instrument(level = "debug", skip_all, fields(request_id = %ctx.id, phase = "mcp"))]
 pub(super) async fn process(
     app: &Arc<Gate>,
     ctx: &mut RequestCtx,

@@ -17,7 +17,7 @@ use super::ctx::{RequestCtx, Target};
 use super::exchange::{self, CallEvent};
 use super::scrub::{Needles, Scrubbed};
 use crate::app::Gate;
-use crate::audit::Kind;
+use crate::audit::{payload, Kind};
 use crate::checks::{
     authorize, budget_amount, check_rules, forwarded_headers, idempotency_key, validate_body,
     validate_path, validate_query, validation,
@@ -144,6 +144,7 @@ pub(super) fn recordable(app: &Gate) -> Result<(), Refusal> {
 
 /// The identify phase: the agent, looked up per request so that a reload or a kill switch
 /// takes effect on open tunnels too; and the path, which must be canonical.
+#[tracing::instrument(level = "debug", skip_all, fields(request_id = %ctx.id, phase = "identify"))]
 pub(super) fn identify(
     app: &Gate,
     ctx: &mut RequestCtx,
@@ -173,6 +174,7 @@ pub(super) fn identify(
 }
 
 /// The phases of a request to a contracted path: match, authorize and validate, then decide.
+#[tracing::instrument(level = "debug", skip_all, fields(request_id = %ctx.id, phase = "match and validate"))]
 pub(super) async fn process(
     app: &Arc<Gate>,
     ctx: &mut RequestCtx,
@@ -363,6 +365,7 @@ fn body_event(tool: &Tool, body: &Bytes, body_json: &Value) -> Value {
 }
 
 /// The decide phase: deny, preview, hold for approval, or send (a read, or a write).
+#[tracing::instrument(level = "debug", skip_all, fields(request_id = %ctx.id, phase = "decide"))]
 pub(super) async fn decide(
     app: &Arc<Gate>,
     ctx: &RequestCtx,
@@ -416,12 +419,13 @@ pub(super) async fn decide(
 
 /// The payload of a call's `decision` event when it goes on (sent, or previewed).
 fn decision(outcome: &str, checked: &Checked) -> Value {
-    // Built by hand: `json!` would copy the body through a serializer.
-    let mut m = serde_json::Map::new();
-    m.insert("outcome".into(), outcome.into());
-    m.insert("mode".into(), checked.tool.mode.as_str().into());
-    m.insert("body".into(), checked.body_event.clone());
-    Value::Object(m)
+    payload::Decision {
+        outcome: outcome.into(),
+        mode: Some(checked.tool.mode.as_str().into()),
+        body: Some(checked.body_event.clone()),
+        ..payload::Decision::default()
+    }
+    .into_value()
 }
 
 /// sha256 of method, path and query, and body: what makes two calls the same call. For an MCP
@@ -507,13 +511,14 @@ async fn read(
     }
     // One event tells the whole read: what was asked, the decision, and the answer (whose
     // body streams to the agent and is not kept).
-    let mut response = json!({
-        "status": parts.status.as_u16(),
-        "body": {"streamed": true},
-        "latency_ms": latency_ms,
-    });
-    response["headers"] = crate::audit::headers_json(&parts.headers);
-    event.record(response).await;
+    let response = payload::Response {
+        status: Some(parts.status.as_u16()),
+        headers: Some(crate::audit::headers_json(&parts.headers)),
+        body: Some(json!({"streamed": true})),
+        latency_ms: Some(latency_ms),
+        ..payload::Response::default()
+    };
+    event.record(response.into_value()).await;
     Ok(Response::from_parts(parts, body::stream(body)))
 }
 
@@ -823,12 +828,13 @@ fn commit_of<'a>(
     let call = &checked.call;
     crate::commit::Commit {
         who: ctx.rec(Kind::Commit, Value::Null),
-        commit_payload: json!({
-            "method": call.method,
-            "url": call.url(),
-            "sha256": hex::encode(Sha256::digest(&call.body)),
-            "body": checked.body_event,
-        }),
+        commit_payload: payload::Commit {
+            method: call.method.clone(),
+            url: call.url(),
+            sha256: hex::encode(Sha256::digest(&call.body)),
+            body: Some(checked.body_event.clone()),
+            approvals: None,
+        },
         call,
         request,
         charged,
