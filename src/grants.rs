@@ -80,11 +80,35 @@ async fn live(
     Ok(Arc::new(agent.with_grants(grants)))
 }
 
-/// Ends a grant (`revoked` by an approver, or `expired`) and records its end, unless it had
-/// ended already: then None.
-pub async fn end(app: &Core, id: &str, how: &str, by: &str) -> Result<Option<Grant>, StoreError> {
+/// How a grant ends: an approver takes it back, or its time is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Revoked,
+    Expired,
+}
+
+impl Ending {
+    /// As the grant's record stores it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::Revoked => "revoked",
+            Ending::Expired => "expired",
+        }
+    }
+
+    fn kind(self) -> crate::audit::Kind {
+        match self {
+            Ending::Revoked => crate::audit::Kind::GrantRevoked,
+            Ending::Expired => crate::audit::Kind::GrantExpired,
+        }
+    }
+}
+
+/// Ends a grant (revoked by an approver, or expired) and records its end, unless it had ended
+/// already: then None.
+pub async fn end(app: &Core, id: &str, how: Ending, by: &str) -> Result<Option<Grant>, StoreError> {
     let end = GrantEnd {
-        how: how.to_string(),
+        how: how.as_str().to_string(),
         by: by.to_string(),
         at_unix: now_unix(),
     };
@@ -96,11 +120,7 @@ pub async fn end(app: &Core, id: &str, how: &str, by: &str) -> Result<Option<Gra
     payload["by"] = json!(by);
     app.audit()
         .record(crate::audit::Record {
-            kind: if how == "revoked" {
-                crate::audit::Kind::GrantRevoked
-            } else {
-                crate::audit::Kind::GrantExpired
-            },
+            kind: how.kind(),
             agent: Some(g.agent.clone()),
             tool: Some(g.tool.clone()),
             payload,
@@ -116,7 +136,11 @@ pub async fn expire_due(app: &Core) -> Result<usize, StoreError> {
     let now = now_unix();
     let mut ended = 0;
     for g in app.store().grant_open(None).await? {
-        if g.until_unix <= now && end(app, &g.id, "expired", "toolgate").await?.is_some() {
+        if g.until_unix <= now
+            && end(app, &g.id, Ending::Expired, "toolgate")
+                .await?
+                .is_some()
+        {
             ended += 1;
         }
     }
@@ -148,7 +172,7 @@ pub fn watch(app: Arc<Core>, g: &Grant) {
         tokio::select! {
             _ = app.cancel().cancelled() => {}
             _ = tokio::time::sleep(std::time::Duration::from_millis(wait_ms)) => {
-                if let Err(e) = end(&app, &id, "expired", "toolgate").await {
+                if let Err(e) = end(&app, &id, Ending::Expired, "toolgate").await {
                     warn!(grant = %id, error = %e, "the grant's expiry could not be recorded; the sweep will try again");
                 }
             }

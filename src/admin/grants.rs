@@ -175,7 +175,7 @@ pub(crate) async fn add(app: &Arc<Console>, who: &Approver, ask: Ask) -> Result<
 /// Ends a grant now.
 async fn revoke_grant(app: &Console, who: &Approver, id: &str) -> Result<Grant, ApiError> {
     admin_only(who, "revoking a grant")?;
-    match crate::grants::end(app, id, "revoked", &who.id).await {
+    match crate::grants::end(app, id, crate::grants::Ending::Revoked, &who.id).await {
         Ok(Some(g)) => Ok(g),
         Ok(None) => match app.store().grant_get(id).await.map_err(store_down)? {
             Some(g) => Err(api_error(
