@@ -35,8 +35,20 @@ async fn cli(gate: &Toolgate, token: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
+/// The first event of the story of `id` (a request or a job) that `pick` accepts, once the log
+/// has it (it is written behind the calls: polled, bounded).
+async fn story_event(gate: &Toolgate, id: &str, pick: impl Fn(&Value) -> bool) -> Value {
+    let (path, pick) = (&format!("/api/audit/story/{id}"), &pick);
+    let what = format!("the story of {id} holds the event");
+    poll::until_some(&what, poll::SOON, move || async move {
+        let story = gate.admin("GET", path, Some(CAROL), None).await.json();
+        story["events"]
+            .as_array()?
+            .iter()
+            .find(|e| pick(e))
+            .cloned()
+    })
+    .await
 }
 
 /// A job of three calls by the staging agent: a customer and an issue are created, then the
@@ -266,36 +278,13 @@ async fn undo_goes_through_the_policy_in_force() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(fakes.count("DELETE", "/v1/customers"), 1);
-    settle().await;
     // Both calls' stories show the link.
-    let story = gate
-        .admin("GET", &format!("/api/audit/story/{rid}"), Some(CAROL), None)
-        .await
-        .json();
-    let rollback = story["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "rollback" && e["payload"]["outcome"] == "undone")
-        .expect("a rollback event")
-        .clone();
+    let rollback = story_event(&gate, &rid, |e| {
+        e["kind"] == "rollback" && e["payload"]["outcome"] == "undone"
+    })
+    .await;
     let undo_id = rollback["payload"]["undo_request"].as_str().unwrap();
-    let undo_story = gate
-        .admin(
-            "GET",
-            &format!("/api/audit/story/{undo_id}"),
-            Some(CAROL),
-            None,
-        )
-        .await
-        .json();
-    let request = undo_story["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "request")
-        .unwrap()
-        .clone();
+    let request = story_event(&gate, undo_id, |e| e["kind"] == "request").await;
     assert_eq!(request["payload"]["undoes"], rid.as_str());
     assert_eq!(request["payload"]["asked_by"], "carol@example.com");
     assert_eq!(
@@ -328,19 +317,7 @@ async fn launch_check_every_commit_has_a_traceable_proposal_and_approval() {
             .unwrap()
         })
     };
-    let mut id = None;
-    for _ in 0..100 {
-        let list = gate
-            .admin("GET", "/api/proposals?state=pending", Some(CAROL), None)
-            .await
-            .json();
-        if let Some(p) = list["proposals"].as_array().and_then(|a| a.first()) {
-            id = p["id"].as_str().map(str::to_string);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let id = id.expect("the refund was proposed");
+    let id = pending_proposal(gate.admin_addr, "").await;
     assert_eq!(fakes.count("POST", "/v1/refunds"), 0, "held: nothing sent");
     let ok = gate
         .admin(
@@ -353,18 +330,12 @@ async fn launch_check_every_commit_has_a_traceable_proposal_and_approval() {
     assert_eq!(ok.status, 200, "{}", ok.text());
     let refund = held.await.unwrap();
     assert_eq!(refund.status, 200, "{}", refund.text());
-    settle().await;
 
     // Every request that reached an upstream with a change has a commit event, and every commit
     // names the proposal and approval that allowed it, or the policy that let it run unattended.
-    let all: Vec<Value> = gate
-        .admin("GET", "/api/audit/search?kind=commit", Some(CAROL), None)
-        .await
-        .json()["events"]
-        .as_array()
-        .unwrap()
-        .clone();
     let mutating_sent = fakes.seen().iter().filter(|s| s.method != "GET").count();
+    let what = "every change sent has its commit event";
+    let all = audit_events_once(&gate, "kind=commit", what, |all| all.len() >= mutating_sent).await;
     assert_eq!(
         all.len(),
         mutating_sent,
@@ -429,7 +400,14 @@ async fn launch_check_the_story_of_an_action_comes_from_one_command() {
     partial_job(&gate, "job-story").await;
     let (ok, _) = cli(&gate, CAROL, &["rollback", "--job", "job-story"]).await;
     assert!(ok);
-    settle().await;
+    let what = "both undos are recorded";
+    audit_events_once(&gate, "kind=rollback", what, |all| {
+        all.iter()
+            .filter(|e| e["payload"]["outcome"] == "undone")
+            .count()
+            >= 2
+    })
+    .await;
     let (ok, story) = cli(&gate, CAROL, &["audit", "story", "job-story"]).await;
     assert!(ok, "{story}");
     for needle in [
@@ -474,7 +452,10 @@ async fn replay_sends_recorded_calls_to_a_sandbox_only() {
     .await
     .unwrap();
     assert_eq!(read.status, 200);
-    settle().await;
+    story_event(&gate, "job-replay", |e| {
+        e["kind"] == "request" && e["payload"]["path"] == "/repos/acme/widgets"
+    })
+    .await;
     let before = prod.seen().len();
 
     let to = format!("localhost:{}", sandbox.addr.port());
@@ -531,12 +512,8 @@ async fn replay_sends_recorded_calls_to_a_sandbox_only() {
         sandbox.state.lock().unwrap().customers.len() == 1,
         "the sandbox now holds the customer"
     );
-    settle().await;
-    let replays = gate
-        .admin("GET", "/api/audit/search?kind=replay", Some(DAVE), None)
-        .await
-        .json();
-    let all = replays["events"].as_array().unwrap();
+    let what = "every replay and refusal is recorded";
+    let all = audit_events_once(&gate, "kind=replay", what, |all| all.len() >= 8).await;
     let (replays, refused): (Vec<&Value>, Vec<&Value>) =
         all.iter().partition(|r| r["payload"]["to"] == to.as_str());
     assert_eq!(replays.len(), 4);

@@ -711,26 +711,18 @@ approval = {{ groups = ["payments-leads"], required = 1, hold = "{hold}", send =
 /// The rows `/api/traffic` lists for a tool, oldest first, once there are `n` (the log is
 /// written behind the calls: polled, bounded).
 async fn traffic_rows(gate: &Toolgate, tool: &str, n: usize) -> Vec<Value> {
-    let mut rows = Vec::new();
-    for _ in 0..100 {
-        rows = gate
-            .admin(
-                "GET",
-                &format!("/api/traffic?tool={tool}"),
-                Some("demo-carol-token"),
-                None,
-            )
-            .await
-            .json()["requests"]
-            .as_array()
-            .unwrap()
-            .clone();
+    let what = format!("/api/traffic lists {n} complete rows of {tool}");
+    let mut rows = poll::until_some(&what, poll::SOON, || async {
+        let path = format!("/api/traffic?tool={tool}");
+        let got = gate
+            .admin("GET", &path, Some("demo-carol-token"), None)
+            .await;
+        let rows = got.json()["requests"].as_array().unwrap().clone();
         // Each row complete: its answer's status recorded.
-        if rows.len() >= n && rows.iter().all(|r| r["status"].is_u64()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let complete = rows.len() >= n && rows.iter().all(|r| r["status"].is_u64());
+        complete.then_some(rows)
+    })
+    .await;
     rows.reverse();
     rows
 }
@@ -805,6 +797,7 @@ async fn on_retry_an_approval_sends_nothing_until_the_agent_sends_the_call_again
         out.contains("approved; sent when the agent sends the call again, until 20"),
         "{out}"
     );
+    // A sleep: a window in which a send behind the approval would show.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(upstream.count(), 0, "approved on_retry: nothing sent yet");
     let p = proposal(&gate, &id).await;
@@ -933,6 +926,7 @@ async fn on_approval_the_approval_sends_it_once_though_the_agent_is_gone() {
         1,
         "sent by the approval"
     );
+    // A sleep: a window in which a second send would show.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(upstream.count(), 1, "sent exactly once");
     let cookie = gate.sign_in("demo-carol-token").await;

@@ -56,9 +56,21 @@ async fn events(gate: &Toolgate, query: &str) -> Vec<Value> {
     audit_events(gate, query).await
 }
 
-/// Waits until the batched writer has written what was recorded so far.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(300)).await;
+/// Every event of the log, once the batched writer has written the response event of
+/// `proposal`'s commit (what was recorded before it is written with it, or before it).
+async fn answered(gate: &Toolgate, proposal: &str) -> Vec<Value> {
+    let what = format!("the answer to proposal {proposal} is written");
+    audit_events_once(gate, "", &what, |all| {
+        all.iter()
+            .any(|e| e["kind"] == "response" && e["proposal"] == proposal)
+    })
+    .await
+}
+
+/// Waits until `n` events of `kind` are written (they are written behind the calls).
+async fn written_n(gate: &Toolgate, kind: &str, n: usize) {
+    let what = format!("{n} {kind} events are written");
+    audit_events_once(gate, &format!("kind={kind}"), &what, |e| e.len() >= n).await;
 }
 
 fn kinds_for(all: &[Value], request_id: &str) -> Vec<String> {
@@ -161,9 +173,8 @@ async fn every_request_and_every_commit_is_recorded_in_order() {
     .await
     .unwrap();
     assert_eq!(committed.status, 200);
-    settle().await;
 
-    let all = events(&gate, "").await;
+    let all = answered(&gate, &id).await;
     let rid = |a: &Answer| {
         a.headers["toolgate-request-id"]
             .to_str()
@@ -286,7 +297,7 @@ async fn the_story_of_a_job_comes_from_one_command() {
     .await
     .unwrap();
     assert_eq!(done.status, 200);
-    settle().await;
+    answered(&gate, &id).await;
 
     let out = Command::new(BIN)
         .args([
@@ -444,7 +455,7 @@ async fn no_secret_reaches_the_data_directory() {
     )
     .await
     .unwrap();
-    settle().await;
+    written_n(&gate, "proposal", 1).await;
     let data = gate.dir.path().join("data");
     let dir = gate.into_dir().await; // stopped: everything flushed
     let mut files = Vec::new();
@@ -483,7 +494,7 @@ async fn a_changed_byte_makes_verify_fail_and_name_the_event() {
         .await
         .unwrap();
     }
-    settle().await;
+    written_n(&gate, "request", 6).await;
     let dir = gate.into_dir().await;
     let data = dir.path().join("data");
     let verify = || {
@@ -555,13 +566,14 @@ async fn purge_keeps_the_rest_verifiable() {
         .await
         .unwrap();
     }
-    settle().await;
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    written_n(&gate, "request", 3).await;
+    // The cut is a whole second: one after every event so far.
+    let unix = || toolgate::base::now_ms() / 1000;
+    let written_by = unix();
+    let later = || std::future::ready(unix() > written_by);
+    poll::until("the clock is past the events' second", poll::SOON, later).await;
     let before = events(&gate, "").await.len();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = unix();
     let purge = |who: &'static str, cut: u64| {
         let gate = &gate;
         async move {
@@ -595,7 +607,12 @@ async fn purge_keeps_the_rest_verifiable() {
     )
     .await
     .unwrap();
-    settle().await;
+    let what = "the read after the purge is written";
+    audit_events_once(&gate, "kind=request", what, |e| {
+        e.iter()
+            .any(|e| e["payload"]["path"] == "/v1/customers/cus_9")
+    })
+    .await;
     let v = gate
         .admin("GET", "/api/audit/verify", Some("demo-carol-token"), None)
         .await
@@ -688,7 +705,7 @@ redact = ["/messages"]
     .await
     .unwrap();
     assert_eq!(plain.status, 200);
-    settle().await;
+    written_n(&gate, "model_usage", 2).await;
 
     let usage = events(&gate, "kind=model_usage").await;
     assert_eq!(usage.len(), 2, "{usage:?}");
@@ -787,18 +804,15 @@ async fn give_up_on(
 /// The event of the call to `path` (one event: the request with its decision and answer),
 /// once it is in the log (polled, up to 10 s).
 async fn event_of_path(gate: &Toolgate, path: &str) -> Value {
-    for _ in 0..100 {
-        let found = exported(gate).await.into_iter().find(|e| {
+    let what = format!("the event for {path} with its answer is written");
+    poll::until_some(&what, poll::SOON, || async {
+        exported(gate).await.into_iter().find(|e| {
             e["kind"] == "request"
                 && e["payload"]["path"] == path
                 && !e["payload"]["response"].is_null()
-        });
-        if let Some(e) = found {
-            return e;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no event for {path} with its answer");
+        })
+    })
+    .await
 }
 
 /// A read whose client gives up before the (slow) answer is recorded all the same, when the
@@ -878,12 +892,8 @@ async fn a_read_still_in_flight_when_the_grace_ends_is_recorded_before_exit() {
         )
         .await
     });
-    for _ in 0..200 {
-        if upstream.received().iter().any(|r| r.path == path) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let reached = || std::future::ready(upstream.received().iter().any(|r| r.path == path));
+    poll::until("the read reaches the upstream", poll::SOON, reached).await;
     assert_eq!(upstream.count(), 1, "the read reached the upstream");
     let dir = gate.into_dir().await;
     let _ = read.await;
@@ -921,24 +931,17 @@ async fn a_write_whose_client_gives_up_is_settled_and_its_retry_gets_the_answer(
         Duration::from_millis(300),
     )
     .await;
-    let mut response = None;
-    for _ in 0..100 {
+    let recorded = || async {
         let all = exported(&gate).await;
         let commit = all
             .iter()
-            .find(|e| e["kind"] == "commit" && e["tool"] == "stripe.delayed.create");
-        if let Some(commit) = commit {
-            response = all
-                .iter()
-                .find(|e| e["kind"] == "response" && e["request_id"] == commit["request_id"])
-                .cloned();
-        }
-        if response.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let response = response.expect("the committed call's answer is recorded");
+            .find(|e| e["kind"] == "commit" && e["tool"] == "stripe.delayed.create")?;
+        all.iter()
+            .find(|e| e["kind"] == "response" && e["request_id"] == commit["request_id"])
+            .cloned()
+    };
+    let what = "the committed call's answer is recorded";
+    let response = poll::until_some(what, poll::SOON, recorded).await;
     assert_eq!(response["payload"]["status"], 200, "{response}");
     conn.abort();
     let retry = send(

@@ -38,24 +38,15 @@ async fn a_slow_writer_makes_requests_wait_and_loses_nothing() {
     }
     assert_eq!(upstream.count(), 24);
     // Every request has its event once the writer catches up.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got = audit_events(&gate, "kind=request").await;
-        let paths = got
-            .iter()
-            .filter(|e| {
-                e["payload"]["path"]
-                    .as_str()
-                    .unwrap_or("")
-                    .contains("cus_slow")
-            })
-            .count();
-        if paths == 24 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{paths} of 24 requests audited");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let what = "the writer catches up with the 24 requests";
+    audit_events_once(&gate, "kind=request", what, |got| {
+        let slow = |e: &&serde_json::Value| {
+            let path = e["payload"]["path"].as_str().unwrap_or("");
+            path.contains("cus_slow")
+        };
+        got.iter().filter(slow).count() == 24
+    })
+    .await;
     // The queue never held more than its bound (memory stays flat): requests waited instead.
     let m = gate
         .admin("GET", "/metrics", Some("demo-carol-token"), None)
@@ -103,18 +94,16 @@ async fn an_event_carries_its_request_time_not_the_writers() {
         started.elapsed() >= Duration::from_millis(1500),
         "the request waited for the slow writer"
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let event = loop {
-        let all = audit_events(&gate, "kind=request").await;
-        if let Some(e) = all
-            .into_iter()
-            .find(|e| e["payload"]["path"] == "/v1/customers/cus_t2")
-        {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "the event was never written");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let what = "the second read's event is written";
+    let all = audit_events_once(&gate, "kind=request", what, |all| {
+        all.iter()
+            .any(|e| e["payload"]["path"] == "/v1/customers/cus_t2")
+    })
+    .await;
+    let event = all
+        .into_iter()
+        .find(|e| e["payload"]["path"] == "/v1/customers/cus_t2")
+        .unwrap();
     let at = event["unix_ms"].as_u64().unwrap();
     assert!(
         at >= asked && at < asked + 1000,
@@ -200,19 +189,17 @@ async fn audit_retention_purges_old_events_in_the_sweep_and_the_rest_verifies() 
         })
         .start()
         .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let purges = loop {
+    let purged = || async {
         let v = gate
             .admin("GET", "/api/audit/verify", Some("demo-carol-token"), None)
             .await
             .json();
         assert_eq!(v["ok"], true, "{v}");
-        if !v["purges"].as_array().unwrap().is_empty() {
-            break v["purges"].clone();
-        }
-        assert!(Instant::now() < deadline, "the sweep never purged: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let purges = v["purges"].clone();
+        (!purges.as_array().unwrap().is_empty()).then_some(purges)
     };
+    let within = Duration::from_secs(20);
+    let purges = poll::until_some("the sweep purges", within, purged).await;
     assert_eq!(purges[0]["removed"], 5, "{purges}");
     assert_eq!(purges[0]["by"], "toolgate");
     assert!(audit_events(&gate, "")

@@ -4,7 +4,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::process::{copy_dir, signal, ChildGuard, Started};
+use crate::support::process::{copy_dir, exited, signal, ChildGuard, Started};
 use crate::support::*;
 use http_body_util::StreamBody;
 
@@ -17,14 +17,7 @@ fn start_binary(dir: &std::path::Path, extra: &[&str]) -> Started {
 /// SIGTERM, then waits (up to `limit`) for a clean exit.
 async fn stop_cleanly(child: &mut ChildGuard, limit: Duration) {
     signal(child.0.id(), "-TERM");
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "SIGTERM did not stop toolgate");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = exited(child, "SIGTERM stops toolgate", limit).await;
     assert!(status.success(), "{status}");
 }
 
@@ -62,12 +55,7 @@ async fn a_call_in_flight_when_toolgate_is_killed_is_never_sent_again() {
     let client = client_via(proxy, agent, &ca_pem, http::Version::HTTP_11);
     let b = body.clone();
     let in_flight = tokio::spawn(async move { send(&client, "POST", url, &[JSON], &b).await });
-    for _ in 0..200 {
-        if upstream.count() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    reaches(&upstream, "the call reaches the upstream").await;
     assert_eq!(upstream.count(), 1, "the call reached the upstream");
     signal(child.0.id(), "-KILL");
     let _ = child.0.wait();
@@ -81,6 +69,7 @@ async fn a_call_in_flight_when_toolgate_is_killed_is_never_sent_again() {
         (409, "idempotency_conflict")
     );
     assert!(got.message().contains("unknown"), "{}", got.message());
+    // A sleep: a window in which a retry sent behind the refusal would show.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(upstream.count(), 1, "the retry was not sent");
 }
@@ -126,16 +115,11 @@ async fn serve_reloads_on_sighup_and_stops_on_sigterm() {
     )
     .unwrap();
     signal(pid, "-HUP");
-    let mut reloaded = false;
-    for _ in 0..100 {
+    let denied = || async {
         let got = send(&client, "GET", url, &[], "").await.unwrap();
-        if got.message().contains("mode deny") {
-            reloaded = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(reloaded, "SIGHUP did not reload the policies");
+        got.message().contains("mode deny")
+    };
+    poll::until("SIGHUP reloads the policies", poll::SOON, denied).await;
     let health = Command::new("curl")
         .args(["-sf", &format!("http://{admin}/healthz")])
         .output();
@@ -143,19 +127,7 @@ async fn serve_reloads_on_sighup_and_stops_on_sigterm() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
     }
 
-    signal(pid, "-TERM");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "toolgate did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success());
+    stop_cleanly(&mut child, Duration::from_secs(20)).await;
     let log = log.join().unwrap().join("\n");
     assert!(log.contains("policies reloaded"));
     // The injected demo secrets never reach the log.
@@ -399,12 +371,7 @@ async fn killed_during_a_commit_the_proposal_is_outcome_unknown_and_never_resent
         )
     };
     // The approval commits; the upstream receives it and hangs.
-    for _ in 0..200 {
-        if upstream.count() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    reaches(&upstream, "the approved call reaches the upstream").await;
     assert_eq!(upstream.count(), 1);
     signal(child.0.id(), "-KILL");
     let _ = child.0.wait();
@@ -437,6 +404,7 @@ async fn killed_during_a_commit_the_proposal_is_outcome_unknown_and_never_resent
         "{}",
         got.message()
     );
+    // A sleep: a window in which a call sent again behind the refusal would show.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(upstream.count(), 1, "nothing was sent again");
 }
@@ -545,6 +513,7 @@ async fn a_burst_of_concurrent_writes_completes_while_healthz_answers_and_sigter
             if !healthz(&a).await {
                 failed += 1;
             }
+            // A sleep: the probe's pace for as long as the burst lasts.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         (asked, failed)
@@ -639,6 +608,7 @@ fn half_sent(sent: usize, stall: Duration) -> StreamBody<ChunkStream> {
         (0..chunks).map(move |_| Ok(hyper::body::Frame::data(chunk.clone()))),
     )
     .chain(futures_util::stream::once(async move {
+        // A sleep: a client that stalls mid-body is the point.
         tokio::time::sleep(stall).await;
         Ok(hyper::body::Frame::data(bytes::Bytes::new()))
     }))
@@ -696,6 +666,7 @@ async fn half_sent_bodies_on_many_h2_streams_stay_within_the_caps_and_time_out()
     let until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < until {
         peak = peak.max(footprint(pid).0);
+        // A sleep: the sampling pace over a fixed window of attack.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let answers = tokio::time::timeout(
@@ -780,6 +751,8 @@ async fn idle_connections_are_closed_so_one_agent_cannot_hold_every_descriptor()
     for _ in 0..100 {
         bare.push(tokio::net::TcpStream::connect(proxy).await.unwrap());
     }
+    // A sleep: a window for the bare connections to be taken; what is asserted is that the
+    // descriptors stay under the cap whatever was taken in it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, _, fds_held) = footprint(pid);
     assert!(
@@ -858,8 +831,10 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
     for _ in 0..40 {
         held.push(tokio::net::TcpStream::connect(proxy).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let full = || std::future::ready(footprint(pid).2 >= fds + 6);
+    poll::until("toolgate runs out of descriptors", poll::SOON, full).await;
     let before = cpu_ticks(pid);
+    // A sleep: the window over which the CPU the accept loop burns is measured.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let used = cpu_ticks(pid) - before;
     // A spinning accept loop burns a whole core: about 200 ticks in 2 s.
@@ -941,7 +916,13 @@ async fn sigterm_under_load_leaves_every_forwarded_request_audited() {
             5000
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let under_way = || std::future::ready(upstream.count() >= 100);
+    poll::until(
+        "the readers are under way",
+        Duration::from_secs(30),
+        under_way,
+    )
+    .await;
     stop_cleanly(&mut child, Duration::from_secs(30)).await;
     for w in workers {
         let _ = w.await;
@@ -1027,12 +1008,7 @@ async fn a_replica_killed_mid_commit_leaves_outcome_unknown_on_the_others() {
             async move { admin_api(&admin, "POST", &path, "demo-carol-token", None).await },
         )
     };
-    for _ in 0..250 {
-        if upstream.count() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    reaches(&upstream, "A sends the approved call").await;
     assert_eq!(upstream.count(), 1, "A is sending it");
     let path = format!("/api/proposals/{id}");
     let got = admin_api(&admin_b, "GET", &path, "demo-carol-token", None).await;
@@ -1049,18 +1025,12 @@ async fn a_replica_killed_mid_commit_leaves_outcome_unknown_on_the_others() {
 
     // B finds it abandoned within the lease (5 s) and its next look (every 2 s).
     let killed = Instant::now();
-    let mut state = serde_json::Value::Null;
-    while killed.elapsed() < Duration::from_secs(20) {
-        state = admin_api(&admin_b, "GET", &path, "demo-carol-token", None)
-            .await
-            .json()["state"]
-            .clone();
-        if state == "outcome_unknown" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(state, "outcome_unknown");
+    let unknown = || async {
+        let got = admin_api(&admin_b, "GET", &path, "demo-carol-token", None).await;
+        got.json()["state"] == "outcome_unknown"
+    };
+    let what = "B finds the dead replica's commit abandoned";
+    poll::until(what, Duration::from_secs(20), unknown).await;
     assert!(
         killed.elapsed() < Duration::from_secs(10),
         "found in {:?}",
@@ -1075,13 +1045,14 @@ async fn a_replica_killed_mid_commit_leaves_outcome_unknown_on_the_others() {
         "{}",
         got.message()
     );
+    // A sleep: a window in which a call sent again behind the refusal would show.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(upstream.count(), 1, "nothing was sent again");
 }
 
-/// The id of the first pending proposal, once one appears (polled for up to 4 s).
+/// The id of the first pending proposal, once one appears (polled).
 async fn first_pending(admin: &str) -> String {
-    for _ in 0..200 {
+    poll::until_some("a proposal is pending", poll::SOON, || async {
         let got = admin_api(
             admin,
             "GET",
@@ -1090,15 +1061,18 @@ async fn first_pending(admin: &str) -> String {
             None,
         )
         .await;
-        if let Some(p) = got.json()["proposals"]
-            .as_array()
-            .and_then(|a| a.first().cloned())
-        {
-            return p["id"].as_str().unwrap().to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no proposal appeared");
+        let first = got.json()["proposals"].as_array()?.first()?.clone();
+        Some(first["id"].as_str().unwrap().to_string())
+    })
+    .await
+}
+
+/// Waits until `upstream` received a request.
+async fn reaches(upstream: &Upstream, what: &str) {
+    poll::until(what, poll::SOON, || {
+        std::future::ready(upstream.count() >= 1)
+    })
+    .await;
 }
 
 /// Issue 23 row 14: a second toolgate on a data dir another one holds stops at once with an

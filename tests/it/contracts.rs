@@ -2,8 +2,6 @@
 //! Stripe, GitHub and SendGrid specs): validation, permissions, credentials, idempotency, dry
 //! run, limits, kill switches and reload. Every test asserts what the upstream received.
 
-use std::time::Duration;
-
 use crate::support::*;
 use serde_json::{json, Value};
 
@@ -1271,14 +1269,11 @@ async fn policies_reload_when_changed_and_a_broken_set_leaves_the_old_one() {
     let wait_for = |want: u16| {
         let client = staging(&gate);
         async move {
-            for _ in 0..100 {
-                let got = send(&client, "GET", url, &[], "").await.unwrap();
-                if got.status == want {
-                    return got;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("status {want} never came");
+            let what = format!("the reloaded policies answer {want}");
+            poll::until(&what, poll::SOON, || async {
+                send(&client, "GET", url, &[], "").await.unwrap().status == want
+            })
+            .await
         }
     };
     assert_eq!(
@@ -1297,7 +1292,16 @@ async fn policies_reload_when_changed_and_a_broken_set_leaves_the_old_one() {
     // A broken change is refused whole: the previous set stays in force.
     gate.write_policy("balance.toml", "[[tool]]\nname = \"stripe.balance.get\"\nhost = \"api.stripe.com\"\nmethod = \"GET\"\npath = \"/v1/balance\"\nmdoe = \"deny\"\n");
     gate.write_policy("broken.toml", "this is not toml");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let what = "the broken set is refused";
+    audit_events_once(&gate, "kind=policy_reload", what, |events| {
+        events.iter().any(|e| {
+            e["payload"]["result"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("refused")
+        })
+    })
+    .await;
     assert_eq!(
         send(&client, "GET", url, &[], "").await.unwrap().status,
         200

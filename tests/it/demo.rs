@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::support::process::{copy_dir, signal, ChildGuard};
+use crate::support::process::{copy_dir, exited, signal, ChildGuard};
 use crate::support::*;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -131,20 +131,11 @@ impl Demo {
     }
 
     /// SIGTERM, then a clean exit within the bound.
-    fn stop(mut self) {
+    async fn stop(mut self) {
         signal(self.child.0.id(), "-TERM");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.0.try_wait().unwrap() {
-                assert!(status.success(), "{status}");
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "toolgate demo did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let what = "SIGTERM stops toolgate demo";
+        let status = exited(&mut self.child, what, Duration::from_secs(20)).await;
+        assert!(status.success(), "{status}");
     }
 }
 
@@ -506,7 +497,7 @@ async fn demo_next_steps_run_as_printed_from_a_read_to_a_held_refunds_story() {
         "the README's first command"
     );
 
-    demo.stop();
+    demo.stop().await;
     assert!(
         started.elapsed() < Duration::from_secs(120),
         "{:?}",
@@ -543,7 +534,7 @@ async fn the_sandbox_refuses_what_did_not_come_through_toolgate() {
         assert_eq!(got.status, want, "{}", got.text());
         assert_eq!(got.json()["error"]["type"], "invalid_request_error");
     }
-    demo.stop();
+    demo.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -674,7 +665,7 @@ async fn demo_walk_with_the_approval_on_the_page_in_chromium() {
         "{story}"
     );
     match std::sync::Arc::try_unwrap(demo) {
-        Ok(demo) => demo.stop(),
+        Ok(demo) => demo.stop().await,
         Err(_) => panic!("the held call still holds the demo"),
     }
 }
@@ -747,5 +738,5 @@ async fn the_sandboxs_mcp_server_answers_through_toolgate_as_the_contracts_allow
     assert_eq!(got["result"]["isError"], true, "{got}");
     let text = got["result"]["content"][0]["text"].as_str().unwrap_or("");
     assert!(text.contains("policy_violation"), "{got}");
-    demo.stop();
+    demo.stop().await;
 }

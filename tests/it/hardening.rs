@@ -179,12 +179,9 @@ async fn a_flood_of_refused_requests_records_a_bounded_amount() {
     .unwrap();
     assert_eq!(got.status, 403);
     // Wait until the first 20 are written, then give the other 40 time to show if they were.
-    for _ in 0..100 {
-        if events(&gate, "code=auth_required").await.len() >= 20 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = "the first 20 refusals are written";
+    audit_events_once(&gate, "code=auth_required", what, |e| e.len() >= 20).await;
+    // A sleep: a window in which refusals past the first 20 would show.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let refused = events(&gate, "code=auth_required").await;
     assert_eq!(refused.len(), 20, "the first 20 of the minute are recorded");
@@ -196,18 +193,13 @@ async fn a_flood_of_refused_requests_records_a_bounded_amount() {
     for e in &refused {
         assert!(e["payload"]["target"].as_str().unwrap().len() < 1200);
     }
-    let mut big = None;
-    for _ in 0..100 {
-        big = events(&gate, "kind=request")
-            .await
+    let big = poll::until_some("the refused call's request event", poll::SOON, || async {
+        let requests = events(&gate, "kind=request").await;
+        requests
             .into_iter()
-            .find(|e| e["payload"]["path"] == "/v1/charges");
-        if big.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let big = big.expect("the refused call's request event");
+            .find(|e| e["payload"]["path"] == "/v1/charges")
+    })
+    .await;
     let headers = big["payload"]["headers"].to_string();
     assert!(
         headers.len() < 5000,
@@ -260,7 +252,15 @@ async fn idempotency_records_proposals_and_ledger_entries_expire() {
     assert_eq!(denied.status, 200);
     assert_eq!(upstream.count(), 1);
 
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    // The sweep removes the denied proposal, the newest of the three records, last.
+    let swept = || async {
+        let path = format!("/api/proposals/{id}");
+        gate.admin("GET", &path, Some("demo-carol-token"), None)
+            .await
+            .status
+            == 404
+    };
+    poll::until("the sweep removes the proposal", poll::SOON, swept).await;
     // The record is gone: the same key executes again.
     let later = post_form(&gate, url, "exp-1", "name=a", &[]).await;
     assert_eq!(later.status, 200);
@@ -645,16 +645,21 @@ async fn another_agent_cannot_put_calls_into_a_foreign_job() {
     .unwrap();
     assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(upstream.count(), 2);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let story = gate
-        .admin(
-            "GET",
-            "/api/audit/story/job-owned",
-            Some("demo-carol-token"),
-            None,
-        )
-        .await
-        .json();
+    // The helper's call was recorded after the other bot's refusal: once it is in the story,
+    // the refusal would be too.
+    let told = || async {
+        let path = "/api/audit/story/job-owned";
+        let story = gate
+            .admin("GET", path, Some("demo-carol-token"), None)
+            .await
+            .json();
+        let events = story["events"].as_array()?;
+        events
+            .iter()
+            .any(|e| e["agent"] == "helper-bot")
+            .then_some(story)
+    };
+    let story = poll::until_some("the helper's call is in the story", poll::SOON, told).await;
     for e in story["events"].as_array().unwrap() {
         assert_ne!(e["agent"], "other-bot", "{e}");
     }
@@ -710,7 +715,11 @@ async fn a_commit_rechecks_the_policy_in_force_and_sends_the_sealed_headers() {
             "headers = [\"X-Client-Note\"]\nrules = [ { deny_if = \"int(request.body.amount) > 500\", message = \"refunds over 500 are closed today\" } ]",
         );
         gate.write_policy("hardening.toml", &files[0].1);
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        let what = "the changed policy is loaded";
+        audit_events_once(&gate, "kind=policy_reload", what, |e| {
+            e.iter().any(|e| e["payload"]["result"] == "loaded")
+        })
+        .await;
         assert_eq!(approve(&gate, &id, "demo-carol-token").await.status, 200);
     };
     let (got, ()) = tokio::join!(held, change_then_approve);
@@ -782,28 +791,16 @@ async fn github_tunnel(gate: &Toolgate) -> tokio_rustls::client::TlsStream<tokio
 
 /// The first pending proposal of `tool`, waiting for it to appear.
 async fn pending_of(gate: &Toolgate, tool: &str) -> Value {
-    for _ in 0..200 {
+    let what = format!("a proposal of {tool} is pending");
+    poll::until_some(&what, poll::SOON, || async {
+        let path = "/api/proposals?state=pending";
         let got = gate
-            .admin(
-                "GET",
-                "/api/proposals?state=pending",
-                Some("demo-carol-token"),
-                None,
-            )
-            .await
-            .json();
-        let found = got["proposals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["tool"] == tool)
-            .cloned();
-        if let Some(p) = found {
-            return p;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no pending proposal of {tool}");
+            .admin("GET", path, Some("demo-carol-token"), None)
+            .await;
+        let proposals = got.json()["proposals"].as_array().unwrap().clone();
+        proposals.into_iter().find(|p| p["tool"] == tool)
+    })
+    .await
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -901,21 +898,13 @@ async fn one_address_holds_a_bounded_number_of_unauthenticated_connections() {
     }
     // Released with the connections: the address may connect again.
     drop(held);
-    let mut again = None;
-    for _ in 0..100 {
+    let served = || async {
         let s = connect_from("127.0.0.2", gate.addr).await;
         let mut probe = [0u8; 1];
         // Served: it stays open (no immediate close) while it sends nothing.
-        match tokio::time::timeout(Duration::from_millis(100), s.peek(&mut probe)).await {
-            Err(_) => {
-                again = Some(s);
-                break;
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-    assert!(
-        again.is_some(),
-        "the address's count dropped with its connections"
-    );
+        let peeked = tokio::time::timeout(Duration::from_millis(100), s.peek(&mut probe)).await;
+        peeked.is_err().then_some(s)
+    };
+    let what = "the address's count drops with its connections";
+    let _again = poll::until_some(what, poll::SOON, served).await;
 }

@@ -53,7 +53,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(python: &Path, pki: &Pki, host: &str, variant: &str) -> Server {
+    async fn start(python: &Path, pki: &Pki, host: &str, variant: &str) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = pki.server_pem(&[host]);
         std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
@@ -70,15 +70,12 @@ impl Server {
             .env("MCP_VARIANT", variant)
             .spawn()
             .unwrap();
-        let mut port = 0;
-        for _ in 0..300 {
-            if let Ok(text) = std::fs::read_to_string(&port_file) {
-                port = text.trim().parse().unwrap();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert_ne!(port, 0, "the MCP server did not start");
+        let written = || {
+            let text = std::fs::read_to_string(&port_file).ok();
+            std::future::ready(text.and_then(|t| t.trim().parse::<u16>().ok()))
+        };
+        let what = "the MCP server writes its port";
+        let port = poll::until_some(what, Duration::from_secs(30), written).await;
         Server {
             child,
             port,
@@ -169,6 +166,7 @@ fn approver(gate: &Toolgate) -> tokio::task::JoinHandle<()> {
                 let body = json!({ "comment": comment });
                 admin_at(admin, "POST", &path, Some(CAROL), Some(body)).await;
             }
+            // A sleep: the pace of a stand-in approver that runs until the test drops it.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
@@ -236,8 +234,8 @@ fn refused(steps: &[Value], name: &str, needle: &str) {
 async fn mcp_tools_through_toolgate_with_the_official_sdk() {
     let Some(python) = python() else { return };
     let pki = Pki::new("MCP server CA");
-    let tickets = Server::start(&python, &pki, "mcp.tickets.example", "original");
-    let changed = Server::start(&python, &pki, "mcp.changed.example", "changed");
+    let tickets = Server::start(&python, &pki, "mcp.tickets.example", "original").await;
+    let changed = Server::start(&python, &pki, "mcp.changed.example", "changed").await;
     let (t_port, c_port) = (tickets.port, changed.port);
     let gate = GateBuilder::examples()
         .policies(&policies())
@@ -864,7 +862,7 @@ async fn a_cr_only_event_stream_slips_no_changed_or_uncontracted_tool_past_toolg
 async fn the_sdk_client_sees_no_changed_tool_from_a_cr_only_server() {
     let Some(python) = python() else { return };
     let pki = Pki::new("MCP server CA");
-    let server = Server::start(&python, &pki, "mcp.cronly.example", "cr_only");
+    let server = Server::start(&python, &pki, "mcp.cronly.example", "cr_only").await;
     let port = server.port;
     let examples = example_policies();
     let tickets = &examples.iter().find(|(n, _)| n == "mcp.toml").unwrap().1;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::pg::Cluster;
+use crate::support::poll;
 use toolgate::model::KillTarget;
 use toolgate::store::{BudgetStore, KillStore, PgStore};
 
@@ -48,19 +49,10 @@ async fn a_lost_database_is_an_error_and_the_pool_reconnects() {
     assert!(!message.contains("password"), "{message}");
     // Back: the pool replaces its dead connections on its own.
     cluster.start_again();
-    let mut total = None;
-    for _ in 0..50 {
-        if let Ok(t) = store.budget_get("k").await {
-            total = Some(t);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(
-        total,
-        Some(1.0),
-        "calls flow again once the database is back"
-    );
+    let answered = || async { store.budget_get("k").await.ok() };
+    let what = "calls flow again once the database is back";
+    let total = poll::until_some(what, Duration::from_secs(20), answered).await;
+    assert_eq!(total, 1.0);
 }
 
 #[tokio::test]
@@ -190,34 +182,20 @@ async fn two_replicas_act_as_one_gateway() {
         .await
         .unwrap()
     });
-    let mut approved = false;
-    for _ in 0..100 {
-        let list = b
-            .admin(
-                "GET",
-                "/api/proposals?state=pending",
-                Some("demo-carol-token"),
-                None,
-            )
-            .await
-            .json();
-        if let Some(p) = list["proposals"].as_array().and_then(|l| l.first()) {
-            let path = format!("/api/proposals/{}/approve", p["id"].as_str().unwrap());
-            let got = b
-                .admin(
-                    "POST",
-                    &path,
-                    Some("demo-carol-token"),
-                    Some(serde_json::json!({"comment": "from B"})),
-                )
-                .await;
-            assert_eq!(got.status, 200, "{}", got.text());
-            approved = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if !approved {
+    let listed_on_b = || async {
+        let path = "/api/proposals?state=pending";
+        let list = b.admin("GET", path, Some("demo-carol-token"), None).await;
+        let first = list.json()["proposals"].as_array()?.first()?.clone();
+        first["id"].as_str().map(str::to_string)
+    };
+    if let Some(id) = poll::eventually(poll::SOON, listed_on_b).await {
+        let path = format!("/api/proposals/{id}/approve");
+        let comment = serde_json::json!({"comment": "from B"});
+        let got = b
+            .admin("POST", &path, Some("demo-carol-token"), Some(comment))
+            .await;
+        assert_eq!(got.status, 200, "{}", got.text());
+    } else {
         let list = b
             .admin("GET", "/api/proposals", Some("demo-carol-token"), None)
             .await;
@@ -321,7 +299,7 @@ async fn two_replicas_act_as_one_gateway() {
         got.code() == "tool_disabled"
     };
     let what = "B refuses the tool A disabled";
-    crate::support::poll::until(what, Duration::from_millis(1500), disabled).await;
+    poll::until(what, Duration::from_millis(1500), disabled).await;
 
     // The audit chain verifies from both, and reads the same once both replicas' batched
     // writers have written what they hold.
@@ -334,7 +312,7 @@ async fn two_replicas_act_as_one_gateway() {
         va == vb
     };
     let what = "A and B verify the same chain";
-    crate::support::poll::until(what, Duration::from_secs(5), same).await;
+    poll::until(what, Duration::from_secs(5), same).await;
 
     // A token issued on A and revoked through B, a grant made and revoked through B: A
     // follows each (B's announcement, else its own copy going stale within a second).
@@ -345,7 +323,8 @@ async fn two_replicas_act_as_one_gateway() {
     //    a restart.
     let before = fakes.seen().len();
     cluster.stop();
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let unready = || async { a.admin("GET", "/readyz", None, None).await.status == 503 };
+    poll::until("A finds the database gone", poll::SOON, unready).await;
     let read = "https://api.github.com/repos/acme/widgets";
     let got = send(&via_a, "GET", read, &[], "").await.unwrap();
     assert_eq!(
@@ -360,19 +339,9 @@ async fn two_replicas_act_as_one_gateway() {
         "nothing was sent while the database was gone"
     );
     cluster.start_again();
-    let mut status = 0;
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        status = send(&via_a, "GET", read, &[], "")
-            .await
-            .unwrap()
-            .status
-            .as_u16();
-        if status == 200 {
-            break;
-        }
-    }
-    assert_eq!(status, 200, "calls flow again once the database is back");
+    let flowing = || async { send(&via_a, "GET", read, &[], "").await.unwrap().status == 200 };
+    let what = "calls flow again once the database is back";
+    poll::until(what, Duration::from_secs(20), flowing).await;
 }
 
 #[tokio::test]
@@ -514,25 +483,13 @@ async fn a_single_toolgate_moves_its_open_state_to_the_database() {
 
     // On sled: a held refund (its agent gave up waiting), a committed call, a kill switch.
     let held = tokio::spawn(refund(via.clone()));
-    let mut pending = Vec::new();
-    for _ in 0..100 {
-        pending = one
-            .admin(
-                "GET",
-                "/api/proposals?state=pending",
-                Some("demo-carol-token"),
-                None,
-            )
-            .await
-            .json()["proposals"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if !pending.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let listed = || async {
+        let path = "/api/proposals?state=pending";
+        let list = one.admin("GET", path, Some("demo-carol-token"), None).await;
+        let pending = list.json()["proposals"].as_array().cloned()?;
+        (!pending.is_empty()).then_some(pending)
+    };
+    let pending = poll::until_some("the refund is held", poll::SOON, listed).await;
     assert_eq!(pending.len(), 1, "the refund is held");
     held.abort();
     assert_eq!(customer(via.clone()).await.status, 200);
@@ -714,7 +671,7 @@ async fn a_grant_is_seen_by_every_replica_and_ended_once() {
 }
 
 /// Sends `method url` through `gate` as `agent` on one tunnel until the answer's status is `want`
-/// (up to 3 s); the last status (407 when the tunnel itself is refused).
+/// (polled, bounded); the last status (407 when the tunnel itself is refused).
 async fn until_status(
     gate: &crate::support::Toolgate,
     agent: (&str, &str),
@@ -723,19 +680,19 @@ async fn until_status(
 ) -> u16 {
     let client =
         crate::support::client_via(gate.addr, Some(agent), &gate.ca_pem, http::Version::HTTP_11);
-    let mut status = 0;
-    for _ in 0..60 {
-        status = match crate::support::send(&client, method, url, headers, body).await {
+    let last = std::cell::Cell::new(0);
+    let answered = || async {
+        let status = match crate::support::send(&client, method, url, headers, body).await {
             Ok(a) => a.status.as_u16(),
             Err(e) if format!("{e:?}").contains("ProxyAuthRequired") => 407,
             Err(e) => panic!("{e:?}"),
         };
-        if status == want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    status
+        last.set(status);
+        (status == want).then_some(status)
+    };
+    let within = poll::SOON;
+    let got = poll::eventually(within, answered).await;
+    got.unwrap_or(last.get())
 }
 
 async fn principals_follow_across_replicas(
@@ -1238,12 +1195,21 @@ async fn with_the_database_stopped_nothing_is_forwarded_and_no_event_is_lost() {
                 {
                     break;
                 }
+                // A sleep: the pace of reads that keep coming while the database stops.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             got
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let forwarded = || {
+        let slow = upstream
+            .received()
+            .iter()
+            .filter(|r| r.path.starts_with("/delay/"))
+            .count();
+        std::future::ready(slow == 3)
+    };
+    poll::until("the slow reads are forwarded", poll::SOON, forwarded).await;
     let c = cluster.clone();
     tokio::task::spawn_blocking(move || c.stop()).await.unwrap();
     let during = reader.await.unwrap();
@@ -1279,6 +1245,7 @@ async fn with_the_database_stopped_nothing_is_forwarded_and_no_event_is_lost() {
             "{got:?}"
         );
     }
+    // A sleep: a window in which a read forwarded behind its refusal would show.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         upstream.count(),
@@ -1296,17 +1263,20 @@ async fn with_the_database_stopped_nothing_is_forwarded_and_no_event_is_lost() {
     tokio::task::spawn_blocking(move || c.start_again())
         .await
         .unwrap();
-    let mut back = None;
-    for i in 600..700 {
-        let got = read_thing(&client, i).await;
-        if got.0 == 200 {
-            back = Some(got);
-            break;
+    let mut i = 600;
+    let flowing = || {
+        i += 1;
+        let read = read_thing(&client, i);
+        async move {
+            let got = read.await;
+            if got.0 != 200 {
+                assert_eq!(got.1, "store_unavailable", "{got:?}");
+            }
+            (got.0 == 200).then_some(got)
         }
-        assert_eq!(got.1, "store_unavailable", "{got:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    answered.push(back.expect("reads flow again once the database is back"));
+    };
+    let what = "reads flow again once the database is back";
+    answered.push(poll::until_some(what, Duration::from_secs(20), flowing).await);
 
     // The events of the reads answered while the database was gone were refused by it, kept,
     // and written again.
@@ -1329,26 +1299,24 @@ async fn with_the_database_stopped_nothing_is_forwarded_and_no_event_is_lost() {
     // matched by its path, and every answered one by its request id.
     let paths: Vec<String> = upstream.received().iter().map(|r| r.path.clone()).collect();
     assert!(paths.len() > 5, "{paths:?}");
-    let mut missing = paths.clone();
-    let mut all = Vec::new();
-    for _ in 0..100 {
-        all = exported(&gate).await;
-        missing.retain(|p| {
-            !all.iter().any(|e| {
+    let missing = |all: &[serde_json::Value]| -> Vec<String> {
+        let told = |p: &String| {
+            all.iter().any(|e| {
                 e["kind"] == "request"
                     && e["payload"]["path"] == p.as_str()
                     && e["payload"]["response"]["status"] == 200
             })
-        });
-        if missing.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        missing.is_empty(),
-        "forwarded without an event: {missing:?}"
-    );
+        };
+        paths.iter().filter(|p| !told(p)).cloned().collect()
+    };
+    let all_told = || async {
+        let all = exported(&gate).await;
+        missing(&all).is_empty().then_some(all)
+    };
+    let Some(all) = poll::eventually(poll::SOON, all_told).await else {
+        let missing = missing(&exported(&gate).await);
+        panic!("forwarded without an event: {missing:?}");
+    };
     for (_, _, id) in &answered {
         assert!(
             all.iter()

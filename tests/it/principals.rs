@@ -263,25 +263,14 @@ async fn issued_tokens_work_expire_are_revoked_and_never_recorded() {
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(connect_with(&gate, "support-bot-prod", &token).await.0, 407);
     // (Recorded by the audit writer within its batch time.)
-    let mut job = Value::Null;
-    for _ in 0..40 {
-        job = gate
-            .admin("GET", "/api/audit/story/job-token", Some(CAROL), None)
-            .await
-            .json();
-        let has_request = job["events"]
-            .as_array()
-            .is_some_and(|es| es.iter().any(|e| e["kind"] == "request"));
-        if has_request {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let told = || async {
+        let path = "/api/audit/story/job-token";
+        let job = gate.admin("GET", path, Some(CAROL), None).await.json();
+        let events = job["events"].as_array()?;
+        events.iter().any(|e| e["kind"] == "request").then_some(job)
+    };
+    let job = poll::until_some("the job's story holds the call", poll::SOON, told).await;
     let events = job["events"].as_array().unwrap();
-    assert!(
-        events.iter().any(|e| e["kind"] == "request"),
-        "the job's story holds the call: {job}"
-    );
     assert!(
         events.iter().all(|e| e["token"] == id.as_str()),
         "every event of the call names the token id: {job}"
@@ -356,8 +345,11 @@ async fn issued_tokens_work_expire_are_revoked_and_never_recorded() {
         .await
         .json();
     let short_token = short["token"].as_str().unwrap().to_string();
-    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
-    let (status, text) = connect_with(&gate, "support-bot-staging", &short_token).await;
+    let refused = || async {
+        let got = connect_with(&gate, "support-bot-staging", &short_token).await;
+        (got.0 != 200).then_some(got)
+    };
+    let (status, text) = poll::until_some("the token expires", poll::SOON, refused).await;
     assert_eq!(status, 407, "{text}");
     assert!(text.contains("expired or was revoked"), "{text}");
 
@@ -467,9 +459,11 @@ async fn grant(gate: &Toolgate, token: &str, body: Value) -> Answer {
         .await
 }
 
-/// Events of the audit export of `kind` (polled: the writer records within its batch time).
+/// Events of the audit export of `kind` for the grant, once there is one (polled: the writer
+/// records within its batch time, and an expiry at the grant's end).
 async fn exported(gate: &Toolgate, kind: &str, grant_id: &str) -> Vec<Value> {
-    for _ in 0..60 {
+    let what = format!("a {kind} event of grant {grant_id} is recorded");
+    poll::until_some(&what, poll::SOON, || async {
         let found: Vec<Value> = gate
             .admin("GET", "/api/audit/export", Some(CAROL), None)
             .await
@@ -478,12 +472,9 @@ async fn exported(gate: &Toolgate, kind: &str, grant_id: &str) -> Vec<Value> {
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|e| e["kind"] == kind && e["payload"]["grant"] == grant_id)
             .collect();
-        if !found.is_empty() {
-            return found;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    Vec::new()
+        (!found.is_empty()).then_some(found)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -615,14 +606,13 @@ async fn a_grant_lends_one_tool_for_its_time_and_every_step_is_recorded() {
     );
     assert_eq!(use_event["payload"]["until"], g["until"]);
 
-    // Not a second longer: after its end the call is refused and nothing more is sent.
-    let until = g["until_unix"].as_u64().unwrap();
-    let wait = until.saturating_sub(now_unix()) + 1;
-    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+    // Not a second longer: after its end (recorded at its time) the call is refused and
+    // nothing more is sent.
+    let expired = exported(&gate, "grant.expired", &id).await;
+    assert!(now_unix() >= g["until_unix"].as_u64().unwrap());
     let after = create_pi(&gate, "pi-after").await;
     assert_eq!(after.code(), "policy_violation", "{}", after.text());
     assert_eq!(sent(), 1);
-    let expired = exported(&gate, "grant.expired", &id).await;
     assert_eq!(expired.len(), 1, "its expiry is recorded once: {expired:?}");
     assert_eq!(expired[0]["payload"]["by"], "toolgate");
     assert!(!gate

@@ -515,12 +515,8 @@ async fn shutdown_lets_in_flight_requests_finish() {
             async move { send(&client, "GET", "https://api.stripe.com/slow", &[], "").await },
         );
     // Wait until the slow request reached the upstream, then shut down.
-    for _ in 0..100 {
-        if upstream.count() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let reached = || std::future::ready(upstream.count() >= 1);
+    poll::until("the slow request reaches the upstream", poll::SOON, reached).await;
     assert_eq!(upstream.count(), 1);
     let mut gate = gate;
     gate.stop().await.unwrap();

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use toolgate::model::{IdemRecord, IdemState, KillSwitch, KillTarget, Session};
+use toolgate::model::{
+    AgentToken, Grant, GrantEnd, IdemRecord, IdemState, KillSwitch, KillTarget, Session,
+};
 use toolgate::store::Store;
 
 use crate::support::pg::Cluster;
@@ -19,6 +21,9 @@ async fn conforms(stores: &[Store]) {
     counters(stores).await;
     kill_switches(stores).await;
     jobs_and_sessions(stores).await;
+    tokens(stores).await;
+    grants(stores).await;
+    grant_ends(stores).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -193,6 +198,233 @@ async fn jobs_and_sessions(stores: &[Store]) {
     b.session_remove("k1").await.unwrap();
     assert!(a.session_get("k1").await.unwrap().is_none());
     assert!(a.ledger_all().await.unwrap().is_empty());
+}
+
+/// A token of `agent` issued at 100 that expires at `expires`.
+fn token(id: &str, agent: &str, expires: u64) -> AgentToken {
+    AgentToken {
+        id: id.into(),
+        agent: agent.into(),
+        job: Some(format!("job-{id}")),
+        sha256: format!("sha-{id}"),
+        issued_by: "dave@example.com".into(),
+        issued_unix: 100,
+        expires_unix: expires,
+        revoked: false,
+    }
+}
+
+/// Tokens: issued through one store, found by id and by hash through the other; revoked
+/// through the other, the revocation is what both find; the list leaves out the expired ones
+/// (revoked ones stay in it until they expire).
+async fn tokens(stores: &[Store]) {
+    let (a, b) = (nth(stores, 0), nth(stores, 1));
+    let live = token("tok_live", "bot-a", 1_000);
+    a.token_put(&live).await.unwrap();
+    a.token_put(&token("tok_short", "bot-b", 200))
+        .await
+        .unwrap();
+    assert_eq!(
+        as_json(b.token_get("tok_live").await.unwrap()),
+        as_json(Some(&live))
+    );
+    assert_eq!(
+        as_json(b.token_by_hash("sha-tok_live").await.unwrap()),
+        as_json(Some(&live))
+    );
+    assert!(b.token_get("tok_nobody").await.unwrap().is_none());
+    assert!(b.token_by_hash("sha-nobody").await.unwrap().is_none());
+
+    let ids = |list: Vec<AgentToken>| {
+        let mut ids: Vec<String> = list.into_iter().map(|t| t.id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        ids(b.token_list(199).await.unwrap()),
+        ["tok_live", "tok_short"]
+    );
+    // Expired at its second: left out from then on, still found (and not live) by its hash.
+    assert_eq!(ids(a.token_list(200).await.unwrap()), ["tok_live"]);
+    let short = b.token_by_hash("sha-tok_short").await.unwrap().unwrap();
+    assert!(short.live(199) && !short.live(200));
+
+    let mut revoked = live.clone();
+    revoked.revoked = true;
+    b.token_put(&revoked).await.unwrap();
+    for store in [&a, &b] {
+        let found = store.token_by_hash("sha-tok_live").await.unwrap().unwrap();
+        assert!(found.revoked && !found.live(150), "{found:?}");
+        let by_id = as_json(store.token_get("tok_live").await.unwrap());
+        assert_eq!(by_id, as_json(Some(&revoked)));
+    }
+    assert_eq!(
+        ids(a.token_list(150).await.unwrap()),
+        ["tok_live", "tok_short"]
+    );
+    assert!(a.token_list(1_000).await.unwrap().is_empty());
+}
+
+/// A token as JSON (tokens are compared as they are stored).
+fn as_json<T: serde::Serialize>(found: T) -> serde_json::Value {
+    serde_json::to_value(found).unwrap()
+}
+
+/// A grant of `tool` to `agent` until `until`, not ended.
+fn grant(id: &str, agent: &str, until: u64) -> Grant {
+    Grant {
+        id: id.into(),
+        agent: agent.into(),
+        tool: "stripe.payment_intents.create".into(),
+        granted_by: "dave@example.com".into(),
+        reason: "incident 42".into(),
+        created_unix: 100,
+        until_unix: until,
+        ended: None,
+    }
+}
+
+fn ending(how: &str, at_unix: u64) -> GrantEnd {
+    GrantEnd {
+        how: how.into(),
+        by: "dave@example.com".into(),
+        at_unix,
+    }
+}
+
+/// The ids of the open grants of `agent` (of all when None), sorted.
+async fn open_ids(store: &Store, agent: Option<&str>) -> Vec<String> {
+    let mut ids: Vec<String> = store
+        .grant_open(agent)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Grants: made through one store, found and listed through the other, by agent; one past its
+/// time stays open (and not live) until its end is recorded; ended, it leaves the list and ends
+/// no more; an end recorded long ago is dropped when the next grant is made.
+async fn grants(stores: &[Store]) {
+    let (a, b) = (nth(stores, 0), nth(stores, 1));
+    let now = toolgate::base::now_unix();
+    let lent = grant("grant_lent", "bot-a", now + 3600);
+    a.grant_put(&lent).await.unwrap();
+    a.grant_put(&grant("grant_past", "bot-b", now - 1))
+        .await
+        .unwrap();
+    assert_eq!(b.grant_get("grant_lent").await.unwrap(), Some(lent.clone()));
+    assert_eq!(b.grant_get("grant_nobody").await.unwrap(), None);
+    assert_eq!(open_ids(&b, Some("bot-a")).await, ["grant_lent"]);
+    assert_eq!(open_ids(&b, Some("bot-c")).await, Vec::<String>::new());
+    assert_eq!(open_ids(&b, None).await, ["grant_lent", "grant_past"]);
+    // Used while live: its agent's open grant, live now.
+    assert!(b.grant_open(Some("bot-a")).await.unwrap()[0].live(now));
+    let past = b.grant_get("grant_past").await.unwrap().unwrap();
+    assert!(!past.live(now), "past its time it lends nothing");
+
+    // Its expiry recorded (through the other store): it ends once, and leaves the list.
+    let expired = b
+        .grant_end("grant_past", ending("expired", now))
+        .await
+        .unwrap();
+    let expired = expired.expect("the first end is recorded");
+    assert_eq!(expired.ended, Some(ending("expired", now)));
+    assert_eq!(
+        a.grant_end("grant_past", ending("revoked", now))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(a.grant_get("grant_past").await.unwrap(), Some(expired));
+    assert_eq!(open_ids(&a, None).await, ["grant_lent"]);
+
+    // Revoked: not live, not open; a grant that is not there does not end.
+    let revoked = a
+        .grant_end("grant_lent", ending("revoked", now))
+        .await
+        .unwrap();
+    assert!(!revoked.unwrap().live(now));
+    assert!(open_ids(&b, Some("bot-a")).await.is_empty());
+    assert_eq!(
+        b.grant_end("grant_nobody", ending("revoked", now))
+            .await
+            .unwrap(),
+        None
+    );
+
+    // An end recorded longer ago than the records are kept is dropped with the next grant.
+    let keep = toolgate::store::ENDED_GRANT_KEEP_SECS;
+    a.grant_put(&grant("grant_old", "bot-a", 50)).await.unwrap();
+    a.grant_end("grant_old", ending("expired", now - keep - 60))
+        .await
+        .unwrap();
+    assert!(b.grant_get("grant_old").await.unwrap().is_some());
+    b.grant_put(&grant("grant_new", "bot-a", now + 60))
+        .await
+        .unwrap();
+    assert_eq!(a.grant_get("grant_old").await.unwrap(), None);
+    assert!(
+        a.grant_get("grant_past").await.unwrap().is_some(),
+        "a recent end is kept"
+    );
+}
+
+/// Ending a grant is a compare-and-set: of 16 tasks ending one grant at once (revoking or
+/// recording its expiry, through either store) exactly one ends it, and what is stored is its
+/// end; of two tasks on each of 8 grants, one per grant.
+async fn grant_ends(stores: &[Store]) {
+    let now = toolgate::base::now_unix();
+    nth(stores, 0)
+        .grant_put(&grant("grant_raced", "bot-a", now + 60))
+        .await
+        .unwrap();
+    let won = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let winners_seen = won.clone();
+    let n = winners(stores, 16, move |i, store| {
+        let won = winners_seen.clone();
+        async move {
+            let how = if i % 2 == 0 { "revoked" } else { "expired" };
+            let end = ending(how, now + i as u64);
+            let ended = store.grant_end("grant_raced", end).await.unwrap();
+            let ended = ended.and_then(|g| g.ended);
+            won.lock().unwrap().extend(ended.clone());
+            ended.is_some()
+        }
+    })
+    .await;
+    assert_eq!(n, 1, "exactly one task ends the grant");
+    let won = won.lock().unwrap().clone();
+    for store in stores {
+        let stored = store.grant_get("grant_raced").await.unwrap().unwrap();
+        assert_eq!(
+            stored.ended.as_ref(),
+            won.first(),
+            "the winner's end is stored"
+        );
+    }
+
+    for g in 0..8 {
+        let id = format!("grant_pair_{g}");
+        nth(stores, g)
+            .grant_put(&grant(&id, "bot-b", now + 60))
+            .await
+            .unwrap();
+    }
+    let n = winners(stores, 16, |i, store| async move {
+        let id = format!("grant_pair_{}", i / 2);
+        let ended = store.grant_end(&id, ending("revoked", now)).await.unwrap();
+        ended.is_some()
+    })
+    .await;
+    assert_eq!(
+        n, 8,
+        "one end per grant, and no grant's end stops another's"
+    );
+    assert!(open_ids(&nth(stores, 1), Some("bot-b")).await.is_empty());
 }
 
 /// A pending proposal of call `identity`, as a store keeps it.

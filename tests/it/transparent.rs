@@ -215,14 +215,8 @@ sources = ["{agent_ip}/32"]
         "nothing more was sent"
     );
     // (Recorded by the audit writer within its batch time.)
-    let mut events = Vec::new();
-    for _ in 0..40 {
-        events = audit_events(&gate, "code=validation_error").await;
-        if !events.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let what = "the refusal is recorded";
+    let events = audit_events_once(&gate, "code=validation_error", what, |e| !e.is_empty()).await;
     assert!(
         events.iter().any(|e| e["agent"].is_string()),
         "the refusal names the agent its source belongs to: {events:?}"
@@ -493,17 +487,9 @@ async fn half_sent_requests_from_an_unknown_source_time_out_and_leave_agents_the
             .map(|(_, t)| *t)
             .collect()
     };
-    for _ in 0..400 {
-        if heard.lock().unwrap().iter().any(|(l, _)| l == "opened") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(
-        heard.lock().unwrap().iter().any(|(l, _)| l == "opened"),
-        "the connections were opened within 20 s: {:?}",
-        heard.lock().unwrap()
-    );
+    let opened = || std::future::ready(heard.lock().unwrap().iter().any(|(l, _)| l == "opened"));
+    let within = std::time::Duration::from_secs(20);
+    poll::until("the connections are opened", within, opened).await;
 
     // The strangers hold what they may; an agent's new connections on the proxy listener are
     // served at once (each client opens its own).
@@ -534,18 +520,10 @@ async fn half_sent_requests_from_an_unknown_source_time_out_and_leave_agents_the
         "the agent's calls were sent"
     );
 
-    for _ in 0..400 {
-        if closed().len() == HALF_SENT {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let all_closed = || std::future::ready(closed().len() >= HALF_SENT);
+    poll::until("every half-sent request is closed", within, all_closed).await;
     let closed = closed();
-    assert_eq!(
-        closed.len(),
-        HALF_SENT,
-        "every half-sent request was closed within 20 s: {closed:?}"
-    );
+    assert_eq!(closed.len(), HALF_SENT, "{closed:?}");
     let late: Vec<_> = closed.iter().filter(|t| **t >= IDLE / 2).collect();
     assert!(
         !late.is_empty() && late.len() <= 4,

@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 
 use super::gate::Toolgate;
 use super::pki::client_tls;
+use super::poll;
 
 /// The text `field` of each item of the list `v[list]`, e.g. the kinds of a story's events:
 /// `texts(&story, "events", "kind")`.
@@ -258,6 +259,7 @@ pub fn approver(gate: &Toolgate, comment: &str) -> tokio::task::JoinHandle<()> {
                 )
                 .await;
             }
+            // A sleep: the pace of a stand-in approver that runs until the test drops it.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
@@ -290,6 +292,22 @@ pub async fn audit_events(gate: &Toolgate, query: &str) -> Vec<serde_json::Value
     got.json()["events"].as_array().unwrap().clone()
 }
 
+/// The audit events `query` finds, once `ready` holds for them: the log is written behind the
+/// calls, so it is polled (bounded); `what` names the wait in a failure.
+pub async fn audit_events_once(
+    gate: &Toolgate,
+    query: &str,
+    what: &str,
+    ready: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let ready = &ready;
+    poll::until_some(what, poll::SOON, move || async move {
+        let events = audit_events(gate, query).await;
+        ready(&events).then_some(events)
+    })
+    .await
+}
+
 /// The example staging agent.
 pub fn staging(gate: &Toolgate) -> TestClient {
     gate.client(
@@ -310,9 +328,10 @@ pub const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencod
 pub const JSON: (&str, &str) = ("content-type", "application/json");
 
 /// The id of the pending proposal whose summary contains `containing` ("" for the first one),
-/// as the admin API at `admin` lists it; polled until it appears (up to 5 s).
+/// as the admin API at `admin` lists it; polled until it appears.
 pub async fn pending_proposal(admin: SocketAddr, containing: &str) -> String {
-    for _ in 0..200 {
+    let what = format!("a pending proposal names {containing:?}");
+    poll::until_some(&what, poll::SOON, || async {
         let list = admin_at(
             admin,
             "GET",
@@ -322,7 +341,7 @@ pub async fn pending_proposal(admin: SocketAddr, containing: &str) -> String {
         )
         .await
         .json();
-        let found = list["proposals"].as_array().and_then(|l| {
+        list["proposals"].as_array().and_then(|l| {
             l.iter()
                 .find(|p| {
                     p["summary"]
@@ -330,11 +349,7 @@ pub async fn pending_proposal(admin: SocketAddr, containing: &str) -> String {
                         .is_some_and(|s| s.contains(containing))
                 })
                 .and_then(|p| p["id"].as_str().map(str::to_string))
-        });
-        if let Some(id) = found {
-            return id;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no pending proposal naming {containing:?}");
+        })
+    })
+    .await
 }

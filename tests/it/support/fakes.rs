@@ -281,6 +281,7 @@ async fn handle(
     // A body asking for it is answered slowly (0.8 s), as a real API under load may be: calls
     // racing one in flight.
     if body.contains("slow-upstream") {
+        // A sleep: a slow upstream is the point.
         tokio::time::sleep(Duration::from_millis(800)).await;
     }
     let mut st = state.lock().unwrap();

@@ -2,7 +2,7 @@
 //! folder of policies, certs and data.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -28,6 +28,15 @@ impl Drop for ChildGuard {
             let _ = self.0.wait();
         }
     }
+}
+
+/// The child's exit status, once it exits (polled, for at most `within`); `what` names the
+/// wait in a failure.
+pub async fn exited(child: &mut ChildGuard, what: &str, within: Duration) -> ExitStatus {
+    super::poll::until_some(what, within, || {
+        std::future::ready(child.0.try_wait().unwrap())
+    })
+    .await
 }
 
 pub fn signal(pid: u32, sig: &str) {

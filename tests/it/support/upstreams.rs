@@ -142,6 +142,7 @@ async fn upstream_handle(
             .unwrap());
     }
     // A body asking for it makes the upstream hang past toolgate's timeout, after receiving it.
+    // A sleep: a hanging upstream is the point.
     if body.windows(13).any(|w| w == b"hang-upstream") {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
@@ -194,11 +195,13 @@ async fn upstream_handle(
                 .unwrap()
         }
         "/slow" => {
+            // A sleep: a slow upstream is the point.
             tokio::time::sleep(Duration::from_secs(3)).await;
             Response::new(Full::new(Bytes::from("slow")).boxed())
         }
         p if p.starts_with("/delay/") => {
             let ms: u64 = p["/delay/".len()..].parse().unwrap_or(0);
+            // A sleep: an upstream as slow as the path asks is the point.
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Response::builder()
                 .header("content-type", "application/json")
