@@ -169,7 +169,6 @@ pub(super) fn identify(
         ));
     }
     canonical(req.uri().path())?;
-    ctx.owner = Some(agent.owner.clone());
     Ok(agent)
 }
 
@@ -183,6 +182,7 @@ pub(super) async fn process(
 ) -> Result<Answer, Refusal> {
     let matched = match_tool(app, ctx, &req)?;
     ctx.matched(&matched.tool);
+    ctx.owner = Some(agent.owner.clone());
     let agent = crate::grants::for_tool(app, agent, &matched.tool.name).await?;
     let checked = validate(app, ctx, agent, matched, req).await?;
     decide(app, ctx, checked).await
