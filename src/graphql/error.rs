@@ -2,6 +2,8 @@
 //! answered with and a message that names the field (or variable, fragment, directive) and says
 //! what to change.
 
+use serde_json::{json, Value};
+
 use crate::error::{Code, Refusal};
 
 /// A GraphQL request toolgate will not pass on.
@@ -82,4 +84,21 @@ impl From<GraphqlError> for Refusal {
     fn from(e: GraphqlError) -> Refusal {
         Refusal::new(e.code(), e.to_string())
     }
+}
+
+/// A refusal in the shape a GraphQL client reads and prints (`gh`, Octokit):
+/// `{"errors":[{"message", "extensions":{"code", "request_id"}}]}`, with toolgate's stable code
+/// and the request id, so that the agent sees toolgate's message and what to change.
+pub fn errors_body(refusal: &Refusal, request_id: &str) -> Value {
+    let mut extensions = json!({
+        "code": refusal.code.as_str(),
+        "request_id": request_id,
+    });
+    if let Some(tool) = &refusal.tool {
+        extensions["tool"] = Value::String(tool.clone());
+    }
+    if let Some(p) = &refusal.proposal {
+        extensions["proposal"] = Value::String(p.clone());
+    }
+    json!({ "errors": [{ "message": refusal.message, "extensions": extensions }] })
 }

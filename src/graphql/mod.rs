@@ -17,7 +17,7 @@ mod walk;
 
 use serde_json::Value;
 
-pub use error::GraphqlError;
+pub use error::{errors_body, GraphqlError};
 pub use http::{Request, Via};
 
 /// The parser's own nesting limit (selection sets, lists and objects in values, list types):

@@ -299,6 +299,24 @@ fn http_requests_that_could_be_read_two_ways_are_refused() {
 }
 
 #[test]
+fn refusals_are_written_as_graphql_errors() {
+    let refusal = crate::error::Refusal::from(GraphqlError::Introspection("__schema".into()))
+        .with_tool("github.graphql.viewer")
+        .with_proposal("prop_1");
+    let body = errors_body(&refusal, "req_1");
+    let error = &body["errors"][0];
+    assert!(error["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("__schema"));
+    assert_eq!(error["extensions"]["code"], "policy_violation");
+    assert_eq!(error["extensions"]["request_id"], "req_1");
+    assert_eq!(error["extensions"]["tool"], "github.graphql.viewer");
+    assert_eq!(error["extensions"]["proposal"], "prop_1");
+    assert_eq!(body.as_object().map(|o| o.len()), Some(1));
+}
+
+#[test]
 fn refusals_become_toolgate_refusals() {
     let r: crate::error::Refusal = GraphqlError::Introspection("__schema".into()).into();
     assert_eq!(r.code, Code::PolicyViolation);

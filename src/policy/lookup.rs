@@ -254,6 +254,25 @@ impl Policy {
             .collect()
     }
 
+    /// The contract of one GraphQL root field at an endpoint, if any. `path` must have passed
+    /// [`check_path`].
+    pub fn graphql_field(
+        &self,
+        host: &str,
+        port: u16,
+        path: &str,
+        operation: crate::graphql::OperationType,
+        field: &str,
+    ) -> Option<Arc<Tool>> {
+        self.graphql_endpoint(host, port, path)
+            .into_iter()
+            .find(|t| {
+                t.graphql
+                    .as_ref()
+                    .is_some_and(|g| g.operation == operation && g.field == field)
+            })
+    }
+
     /// Finds the tool for a request: a literal path segment wins over a parameter at the same
     /// position. `path` must have passed [`check_path`].
     pub fn match_tool(
