@@ -235,23 +235,13 @@ impl Policy {
     /// The MCP tools served at an endpoint (empty: `path` on that host is no MCP endpoint).
     /// `path` must have passed [`check_path`].
     pub fn mcp_endpoint(&self, host: &str, port: u16, path: &str) -> Vec<Arc<Tool>> {
-        self.mcp_tools
-            .iter()
-            .filter(|t| t.port == port && t.host.eq_ignore_ascii_case(host))
-            .filter(|t| t.path.matches(path).is_some())
-            .cloned()
-            .collect()
+        served_at(&self.mcp_tools, host, port, path)
     }
 
     /// The GraphQL fields contracted at an endpoint (empty: `path` on that host is no GraphQL
     /// endpoint). `path` must have passed [`check_path`].
     pub fn graphql_endpoint(&self, host: &str, port: u16, path: &str) -> Vec<Arc<Tool>> {
-        self.graphql_tools
-            .iter()
-            .filter(|t| t.port == port && t.host.eq_ignore_ascii_case(host))
-            .filter(|t| t.path.matches(path).is_some())
-            .cloned()
-            .collect()
+        served_at(&self.graphql_tools, host, port, path)
     }
 
     /// The contract of one GraphQL root field at an endpoint, if any. `path` must have passed
@@ -295,6 +285,15 @@ impl Policy {
             tool: tool.clone(),
         })
     }
+}
+
+/// The tools of `list` served at an endpoint (host in any case).
+fn served_at(list: &[Arc<Tool>], host: &str, port: u16, path: &str) -> Vec<Arc<Tool>> {
+    list.iter()
+        .filter(|t| t.port == port && t.host.eq_ignore_ascii_case(host))
+        .filter(|t| t.path.matches(path).is_some())
+        .cloned()
+        .collect()
 }
 
 /// The one of `list` holding `token`: every hash compared, in constant time.
