@@ -42,6 +42,28 @@ fn lists_root_fields_with_aliases_and_arguments() {
 }
 
 #[test]
+fn an_alias_never_hides_the_field_it_calls() {
+    let op = run(
+        r#"mutation { createIssue: deleteRef(input: {refId: "R"}) { clientMutationId } }"#,
+        json!({}),
+    )
+    .expect("extracts");
+    assert_eq!(op.fields[0].name, "deleteRef");
+    assert_eq!(op.fields[0].key(), "createIssue");
+    // A mutation field spread into a query is listed as the query's root field, which no
+    // mutation contract matches.
+    let op = run(
+        r#"query { ...F } fragment F on Mutation { deleteRef(input: {refId: "R"}) { clientMutationId } }"#,
+        json!({}),
+    )
+    .expect("extracts");
+    assert_eq!(
+        (op.kind, op.fields[0].name.as_str()),
+        (OperationType::Query, "deleteRef")
+    );
+}
+
+#[test]
 fn variables_are_substituted_into_arguments() {
     let inline = fields(
         r#"mutation { createIssue(input: {repositoryId: "R_1", title: "Bug", labelIds: ["L1"], priority: HIGH, n: 3, f: 1.5, ok: true, none: null}) { issue { number } } }"#,
