@@ -486,8 +486,9 @@ pub(crate) fn check_rules(
         "body": if body.is_null() { json!({}) } else { body.clone() },
         "headers": headers,
     });
-    // An MCP tool's rules read its arguments (which are what `body` holds for it).
-    if tool.mcp.is_some() {
+    // An MCP tool's (or GraphQL field's) rules read its arguments (which are what `body` holds
+    // for it).
+    if tool.mcp.is_some() || tool.graphql.is_some() {
         request["arguments"] = request["body"].clone();
     }
     let agent_v = json!({

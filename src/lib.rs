@@ -16,6 +16,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod grants;
+pub mod graphql;
 pub mod guard;
 pub mod import;
 pub mod ledger;

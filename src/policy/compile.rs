@@ -13,11 +13,11 @@ use super::file::{self, AgentDef, PolicyFile, ToolDef};
 use super::lookup::Policy;
 use super::template::PathTemplate;
 use super::types::{
-    Agent, ApprovalSpec, Approver, BodyFormat, BodySpec, Budget, Credential, Idempotency, McpSpec,
-    Mode, Period, PolicyError, RateLimit, Risk, SendOn, SideEffects, Tool, ToolKind,
-    DEFAULT_MAX_BODY,
+    Agent, ApprovalSpec, Approver, BodyFormat, BodySpec, Budget, Credential, GraphqlSpec,
+    Idempotency, McpSpec, Mode, Period, PolicyError, RateLimit, Risk, SendOn, SideEffects, Tool,
+    ToolKind, DEFAULT_MAX_BODY,
 };
-use super::{contract, response, rollback_def, rules};
+use super::{contract, graphql_def, response, rollback_def, rules};
 
 /// Reads and parses every `*.toml` file under `dir` (recursively, in name order).
 pub(super) fn read_dir(dir: &Path) -> Result<Vec<(PathBuf, PolicyFile)>, PolicyError> {
@@ -284,6 +284,7 @@ struct Shape {
     max_body_bytes: usize,
     query: Option<Arc<contract::Schema>>,
     mcp: Option<McpSpec>,
+    graphql: Option<GraphqlSpec>,
     response: Option<response::ResponseSpec>,
     idempotency: Option<Idempotency>,
     idempotency_window: std::time::Duration,
@@ -312,13 +313,16 @@ fn compile_tool(
         .transpose()?;
     let mode = Mode::parse(def.mode.as_deref()).map_err(err)?;
     let creds = tool_credentials(&def, credentials, &err)?;
-    let side_effects = compile_side_effects(&def, &method, &err)?;
+    // A GraphQL query reads, as a GET does; a mutation says what it changes.
+    let reads = graphql_def::is_query(&def).then_some(http::Method::GET);
+    let side_effects = compile_side_effects(&def, reads.as_ref().unwrap_or(&method), &err)?;
     let (kind, risk) = compile_labels(&def, &err)?;
     let shape = compile_shape(path, &def, &template, side_effects, &err)?;
     let approval = compile_approval(&def, &err)?;
     Ok(Tool {
         approval,
         mcp: shape.mcp,
+        graphql: shape.graphql,
         response: shape.response,
         mode,
         side_effects,
@@ -384,6 +388,7 @@ fn compile_shape(
     };
     let (body, max_body_bytes) = compile_body(def, &load_schema, err)?;
     let query = def.query_schema.as_deref().map(load_schema).transpose()?;
+    let graphql = graphql_def::compile(def, template, &load_schema, err)?;
     let mcp = compile_mcp(def, &load_schema, err)?;
     let response = compile_response(def, &load_schema, err)?;
     let (idempotency, idempotency_window) = compile_idempotency(def, side_effects, err)?;
@@ -392,7 +397,8 @@ fn compile_shape(
         .as_deref()
         .map(|text| parse_rate(text).map_err(|e| err(format!("rate_limit: {e}"))))
         .transpose()?;
-    let budget = compile_budget(def, body.is_some() || mcp.is_some(), err)?;
+    let has_body = body.is_some() || mcp.is_some() || graphql.is_some();
+    let budget = compile_budget(def, has_body, err)?;
     let params = compile_params(def, template, err)?;
     let path_schema = compile_path_params(def, template, err)?;
     let rules = def
@@ -406,6 +412,7 @@ fn compile_shape(
         max_body_bytes,
         query,
         mcp,
+        graphql,
         response,
         idempotency,
         idempotency_window,
@@ -482,6 +489,9 @@ fn compile_method(
     def: &ToolDef,
     err: &dyn Fn(String) -> PolicyError,
 ) -> Result<http::Method, PolicyError> {
+    if def.graphql.is_some() {
+        return graphql_def::method(def).map_err(err);
+    }
     Ok(match (&def.mcp_tool, def.method.as_str()) {
         (Some(_), "" | "POST" | "post") => http::Method::POST,
         (Some(_), other) => {
@@ -506,9 +516,9 @@ fn compile_mcp(
     err: &dyn Fn(String) -> PolicyError,
 ) -> Result<Option<McpSpec>, PolicyError> {
     let Some(name) = &def.mcp_tool else {
-        if def.arguments.is_some() || def.pin.is_some() {
+        if def.pin.is_some() || (def.arguments.is_some() && def.graphql.is_none()) {
             return Err(err(
-                "arguments and pin are for MCP tools: add mcp_tool".into()
+                "arguments and pin are for MCP tools (and arguments for GraphQL fields): add mcp_tool or graphql".into()
             ));
         }
         return Ok(None);

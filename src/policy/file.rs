@@ -151,14 +151,18 @@ pub struct ToolDef {
     pub side_effects: Option<String>,
     pub mode: Option<String>,
     pub host: String,
-    /// Required for an HTTP tool; an MCP tool is always POST to its endpoint.
+    /// Required for an HTTP tool; an MCP tool is always POST to its endpoint, a GraphQL field
+    /// POST (or GET, for a query).
     #[serde(default)]
     pub method: String,
     pub path: String,
     pub body: Option<BodyDef>,
     /// An MCP server's tool (`params.name` of `tools/call`) reached at `host` + `path`.
     pub mcp_tool: Option<String>,
-    /// The JSON Schema of an MCP tool's `params.arguments` (closed: unknown fields refused).
+    /// A GraphQL root field at `host` + `path`: `"query.repository"`, `"mutation.createIssue"`.
+    pub graphql: Option<String>,
+    /// The JSON Schema of an MCP tool's `params.arguments`, or of a GraphQL field's arguments
+    /// after variable substitution (closed: unknown fields refused).
     pub arguments: Option<String>,
     /// `sha256:…` over the MCP tool's description and input schema as the server lists them:
     /// a server that changes them has the tool hidden and refused.

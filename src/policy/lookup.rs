@@ -29,6 +29,8 @@ pub struct Policy {
     routes: HashMap<String, HostRoutes>,
     /// The MCP tools, few: matched by endpoint and then by the server's tool name.
     mcp_tools: Vec<Arc<Tool>>,
+    /// The GraphQL fields, few: matched by endpoint and then by operation type and field.
+    graphql_tools: Vec<Arc<Tool>>,
     /// The ports each host is named with, in the order of the tools: the egress allow-list,
     /// looked up per connection.
     ports: HashMap<String, Vec<u16>>,
@@ -84,18 +86,25 @@ impl Policy {
     /// Adds a compiled tool to the routes, refusing one that would match the same requests as
     /// a tool already in (the message names both).
     pub(super) fn add_tool(&mut self, tool: Arc<Tool>) -> Result<(), String> {
-        // An MCP endpoint and an HTTP contract may not share a request at all; MCP tools on one
-        // endpoint are told apart by the server's tool name.
-        let others = if tool.mcp.is_some() {
-            &self.tools
+        // An MCP or GraphQL endpoint and an HTTP contract may not share a request at all; MCP
+        // tools on one endpoint are told apart by the server's tool name, GraphQL fields by
+        // their operation type and name.
+        let special = tool.mcp.is_some() || tool.graphql.is_some();
+        let clashing = if special {
+            self.tools.iter().find_map(|other| clash(other, &tool))
         } else {
-            &self.mcp_tools
+            self.mcp_tools
+                .iter()
+                .chain(&self.graphql_tools)
+                .find_map(|other| clash(other, &tool))
         };
-        if let Some(clash) = others.iter().find_map(|other| clash(other, &tool)) {
+        if let Some(clash) = clashing {
             return Err(clash);
         }
         if tool.mcp.is_some() {
             self.mcp_tools.push(tool.clone());
+        } else if tool.graphql.is_some() {
+            self.graphql_tools.push(tool.clone());
         } else {
             let router = self
                 .routes
@@ -226,12 +235,32 @@ impl Policy {
     /// The MCP tools served at an endpoint (empty: `path` on that host is no MCP endpoint).
     /// `path` must have passed [`check_path`].
     pub fn mcp_endpoint(&self, host: &str, port: u16, path: &str) -> Vec<Arc<Tool>> {
-        self.mcp_tools
-            .iter()
-            .filter(|t| t.port == port && t.host.eq_ignore_ascii_case(host))
-            .filter(|t| t.path.matches(path).is_some())
-            .cloned()
-            .collect()
+        served_at(&self.mcp_tools, host, port, path)
+    }
+
+    /// The GraphQL fields contracted at an endpoint (empty: `path` on that host is no GraphQL
+    /// endpoint). `path` must have passed [`check_path`].
+    pub fn graphql_endpoint(&self, host: &str, port: u16, path: &str) -> Vec<Arc<Tool>> {
+        served_at(&self.graphql_tools, host, port, path)
+    }
+
+    /// The contract of one GraphQL root field at an endpoint, if any. `path` must have passed
+    /// [`check_path`].
+    pub fn graphql_field(
+        &self,
+        host: &str,
+        port: u16,
+        path: &str,
+        operation: crate::graphql::OperationType,
+        field: &str,
+    ) -> Option<Arc<Tool>> {
+        self.graphql_endpoint(host, port, path)
+            .into_iter()
+            .find(|t| {
+                t.graphql
+                    .as_ref()
+                    .is_some_and(|g| g.operation == operation && g.field == field)
+            })
     }
 
     /// Finds the tool for a request: a literal path segment wins over a parameter at the same
@@ -258,6 +287,15 @@ impl Policy {
     }
 }
 
+/// The tools of `list` served at an endpoint (host in any case).
+fn served_at(list: &[Arc<Tool>], host: &str, port: u16, path: &str) -> Vec<Arc<Tool>> {
+    list.iter()
+        .filter(|t| t.port == port && t.host.eq_ignore_ascii_case(host))
+        .filter(|t| t.path.matches(path).is_some())
+        .cloned()
+        .collect()
+}
+
 /// The one of `list` holding `token`: every hash compared, in constant time.
 fn holder(list: &[Arc<Approver>], token: &str) -> Option<Arc<Approver>> {
     let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -270,20 +308,46 @@ fn holder(list: &[Arc<Approver>], token: &str) -> Option<Arc<Approver>> {
     found
 }
 
-/// Why two tools of which one or both are MCP tools cannot both be loaded, if they cannot:
-/// requests both could match (MCP tools share an endpoint and differ by the server's tool name).
+/// What tells apart the tools served at one endpoint.
+enum Served<'a> {
+    Http,
+    Mcp(&'a str),
+    Graphql(String),
+}
+
+impl Served<'_> {
+    fn of(tool: &Tool) -> Served<'_> {
+        match (&tool.mcp, &tool.graphql) {
+            (Some(m), _) => Served::Mcp(&m.name),
+            (None, Some(g)) => Served::Graphql(g.label()),
+            (None, None) => Served::Http,
+        }
+    }
+}
+
+/// Why two tools of which one or both are MCP tools or GraphQL fields cannot both be loaded, if
+/// they cannot: requests both could match (MCP tools share an endpoint and differ by the
+/// server's tool name, GraphQL fields by operation type and name). A GraphQL endpoint takes GET
+/// as well as POST, so its method is no way apart.
 fn clash(other: &Tool, tool: &Tool) -> Option<String> {
+    let graphql = other.graphql.is_some() || tool.graphql.is_some();
     let same_endpoint = other.host == tool.host
         && other.port == tool.port
-        && other.method == tool.method
+        && (graphql || other.method == tool.method)
         && other.path.overlaps(&tool.path);
-    match (same_endpoint, &other.mcp, &tool.mcp) {
+    match (same_endpoint, Served::of(other), Served::of(tool)) {
         (false, _, _) => None,
-        (true, Some(a), Some(b)) if a.name == b.name => Some(format!(
+        (true, Served::Mcp(a), Served::Mcp(b)) if a == b => Some(format!(
             "tools {:?} and {:?} both contract MCP tool {:?} on {}{}",
-            other.name, tool.name, a.name, tool.host, tool.path.as_str()
+            other.name, tool.name, a, tool.host, tool.path.as_str()
         )),
-        (true, Some(_), Some(_)) => None,
+        (true, Served::Graphql(a), Served::Graphql(b)) if a == b => Some(format!(
+            "tools {:?} and {:?} both contract GraphQL field {a} on {}{}: one contract per field and endpoint",
+            other.name, tool.name, tool.host, tool.path.as_str()
+        )),
+        (true, Served::Mcp(_), Served::Mcp(_)) | (true, Served::Graphql(_), Served::Graphql(_)) => {
+            None
+        }
         (true, _, _) => Some(format!(
             "tools {:?} ({} {}) and {:?} ({} {}) could match the same request on {}; make their paths distinct",
             other.name, other.method, other.path.as_str(),

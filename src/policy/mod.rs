@@ -7,6 +7,7 @@
 mod compile;
 pub mod contract;
 pub mod file;
+mod graphql_def;
 pub mod lint;
 mod lookup;
 pub mod published;
@@ -25,8 +26,8 @@ pub use published::{Published, Role, PUBLISHED_TOKENS};
 pub use template::{check_path, PathError, PathTemplate};
 pub use types::{
     glob_match, Agent, ApprovalSpec, Approver, BodyFormat, BodySpec, Budget, Credential,
-    Idempotency, Matched, McpSpec, Mode, Period, PolicyError, RateLimit, Risk, Rollback, SendOn,
-    SideEffects, Tool, ToolKind, DEFAULT_MAX_BODY,
+    GraphqlSpec, Idempotency, Matched, McpSpec, Mode, Period, PolicyError, RateLimit, Risk,
+    Rollback, SendOn, SideEffects, Tool, ToolKind, DEFAULT_MAX_BODY,
 };
 
 impl Policy {

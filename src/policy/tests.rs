@@ -348,3 +348,225 @@ fn agent_bindings_render_or_refuse() {
     );
     assert_eq!(agent.render_binding("{agent.attrs.nope}"), None);
 }
+
+/// A GraphQL field's contract on api.github.com/graphql (`extra` lines added).
+fn graphql_tool(name: &str, field: &str, extra: &str) -> String {
+    format!(
+        "[[tool]]\nname = \"{name}\"\nhost = \"api.github.com\"\npath = \"/graphql\"\ngraphql = \"{field}\"\n{extra}\n"
+    )
+}
+
+#[test]
+fn graphql_fields_share_an_endpoint_and_are_checked_at_load() {
+    let (_dir, schema) = mcp_schema();
+    let args = format!("arguments = \"{}\"", schema.display());
+    let mutation = format!("side_effects = \"reversible\"\nidempotency = \"payload\"\n{args}");
+    let three = format!(
+        "{BASE}{}{}{}",
+        graphql_tool("gh.viewer", "query.viewer", ""),
+        graphql_tool("gh.repository", "query.repository", &args),
+        graphql_tool("gh.createIssue", "mutation.createIssue", &mutation),
+    );
+    let p = build(&three).unwrap();
+    let served = p.graphql_endpoint("api.github.com", 443, "/graphql");
+    assert_eq!(served.len(), 3);
+    let viewer = p.tool("gh.viewer").unwrap();
+    let spec = viewer.graphql.as_ref().unwrap();
+    assert_eq!(spec.label(), "query.viewer");
+    assert_eq!(viewer.side_effects, SideEffects::None);
+    assert_eq!(viewer.method, http::Method::POST);
+    // A field declared without arguments takes none.
+    assert!(spec.arguments.check(&serde_json::json!({})).is_ok());
+    assert!(spec.arguments.check(&serde_json::json!({"x": 1})).is_err());
+    let create = p.tool("gh.createIssue").unwrap().graphql.as_ref().unwrap();
+    assert_eq!(create.operation, crate::graphql::OperationType::Mutation);
+    assert_eq!(create.field, "createIssue");
+    assert!(create
+        .arguments
+        .check(&serde_json::json!({"id": "x"}))
+        .is_ok());
+    assert!(create
+        .arguments
+        .check(&serde_json::json!({"other": "x"}))
+        .is_err());
+    // GraphQL fields are never matched by method and path alone, nor listed as MCP tools.
+    assert!(p
+        .match_tool("api.github.com", 443, &http::Method::POST, "/graphql")
+        .is_none());
+    assert!(p.mcp_endpoint("api.github.com", 443, "/graphql").is_empty());
+    assert!(p
+        .graphql_endpoint("api.github.com", 443, "/other")
+        .is_empty());
+    assert!(p.allows_host("api.github.com", 443));
+}
+
+#[test]
+fn graphql_contracts_that_cannot_hold_are_refused_at_load() {
+    let (_dir, schema) = mcp_schema();
+    let refused = |field: &str, extra: &str, why: &str| {
+        let text = format!("{BASE}{}", graphql_tool("gh.x", field, extra));
+        let err = build(&text).unwrap_err().to_string();
+        assert!(err.contains(why), "{field} {extra}: {err}");
+    };
+    refused("createIssue", "", "not OPERATION.FIELD");
+    refused("muta.createIssue", "", "unknown operation type \"muta\"");
+    refused(
+        "subscription.issueEvents",
+        "",
+        "subscriptions cannot be contracted",
+    );
+    refused("mutation.create-issue", "", "not a GraphQL field name");
+    refused("mutation.1x", "", "not a GraphQL field name");
+    refused("query.", "", "not a GraphQL field name");
+    refused("mutation.__schema", "", "only query.__schema");
+    refused("query.__typename", "", "only query.__schema");
+    refused("mutation.createIssue", "", "side_effects");
+    refused("query.viewer", "method = \"PUT\"", "remove method \"PUT\"");
+    refused("query.viewer", "mcp_tool = \"v\"", "not both");
+    refused("query.viewer", "body = { format = \"json\" }", "not a body");
+    refused(
+        "query.viewer",
+        "pin = \"sha256:00\"",
+        "pin is for MCP tools",
+    );
+    refused(
+        "mutation.createIssue",
+        "side_effects = \"reversible\"\nidempotency = \"key\"",
+        "no Idempotency-Key",
+    );
+    refused(
+        "mutation.createIssue",
+        "side_effects = \"reversible\"\nidempotency = \"payload\"\nrollback = { method = \"POST\", path = \"/graphql\" }",
+        "rollback = { none",
+    );
+    refused(
+        "query.viewer",
+        "arguments = \"missing.json\"",
+        "missing.json",
+    );
+    let templated = format!(
+        "{BASE}[[tool]]\nname = \"gh.x\"\nhost = \"api.github.com\"\npath = \"/{{v}}/graphql\"\ngraphql = \"query.viewer\"\n"
+    );
+    assert!(build(&templated)
+        .unwrap_err()
+        .to_string()
+        .contains("literal"));
+    // Allowed: introspection by contract, POST named, arguments for a GraphQL field.
+    let ok = format!(
+        "{BASE}{}{}",
+        graphql_tool("gh.schema", "query.__schema", "method = \"post\""),
+        graphql_tool(
+            "gh.repo",
+            "query.repository",
+            &format!("arguments = \"{}\"", schema.display())
+        ),
+    );
+    assert!(build(&ok).is_ok());
+}
+
+#[test]
+fn a_graphql_endpoint_holds_one_contract_per_field_and_no_http_contract() {
+    let twice = format!(
+        "{BASE}{}{}",
+        graphql_tool("gh.a", "query.viewer", ""),
+        graphql_tool("gh.b", "query.viewer", "")
+    );
+    let err = build(&twice).unwrap_err().to_string();
+    assert!(
+        err.contains("both contract GraphQL field query.viewer"),
+        "{err}"
+    );
+    // The same name as a query and as a mutation are two fields.
+    let both = format!(
+        "{BASE}{}{}",
+        graphql_tool("gh.a", "query.thing", ""),
+        graphql_tool("gh.b", "mutation.thing", "side_effects = \"none\"")
+    );
+    assert!(build(&both).is_ok());
+    // Another endpoint may contract the same field.
+    let elsewhere = format!(
+        "{BASE}{}[[tool]]\nname = \"gh.b\"\nhost = \"ghe.example.com\"\npath = \"/api/graphql\"\ngraphql = \"query.viewer\"\n",
+        graphql_tool("gh.a", "query.viewer", ""),
+    );
+    assert!(build(&elsewhere).is_ok());
+    // An HTTP contract on the endpoint, whatever its method (GraphQL reads GET too).
+    for method in ["POST", "GET"] {
+        let http_too = format!(
+            "{BASE}{}[[tool]]\nname = \"gh.http\"\nhost = \"api.github.com\"\nmethod = \"{method}\"\npath = \"/graphql\"\nside_effects = \"none\"\n",
+            graphql_tool("gh.a", "query.viewer", "")
+        );
+        let err = build(&http_too).unwrap_err().to_string();
+        assert!(
+            err.contains("could match the same request"),
+            "{method}: {err}"
+        );
+    }
+    // An MCP endpoint at the same path.
+    let (_dir, schema) = mcp_schema();
+    let mcp_too = format!(
+        "{BASE}{}[[tool]]\nname = \"t.m\"\nhost = \"api.github.com\"\npath = \"/graphql\"\nmcp_tool = \"m\"\narguments = \"{}\"\nside_effects = \"none\"\n",
+        graphql_tool("gh.a", "query.viewer", ""),
+        schema.display()
+    );
+    assert!(build(&mcp_too)
+        .unwrap_err()
+        .to_string()
+        .contains("could match the same request"));
+}
+
+#[test]
+fn the_example_github_graphql_contracts_load_and_check_arguments() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let policy = Policy::load_dir(&dir).unwrap();
+    let served = policy.graphql_endpoint("api.github.com", 443, "/graphql");
+    let mut labels: Vec<String> = served
+        .iter()
+        .map(|t| t.graphql.as_ref().unwrap().label())
+        .collect();
+    labels.sort();
+    assert_eq!(
+        labels,
+        [
+            "mutation.addComment",
+            "mutation.createIssue",
+            "mutation.deleteRef",
+            "mutation.mergePullRequest",
+            "query.repository",
+            "query.viewer"
+        ]
+    );
+    let tool = |name: &str| policy.tool(name).unwrap().clone();
+    let args = |name: &str| tool(name).graphql.as_ref().unwrap().arguments.clone();
+    let create = args("github.graphql.createIssue");
+    assert!(create
+        .check(&serde_json::json!({"input": {"repositoryId": "R_kgDO", "title": "Bug", "body": null, "labelIds": ["LA_1"]}}))
+        .is_ok());
+    assert!(create
+        .check(
+            &serde_json::json!({"input": {"repositoryId": "R_kgDO", "title": "Bug", "draft": true}})
+        )
+        .is_err());
+    assert!(create
+        .check(&serde_json::json!({"input": {"title": "Bug"}}))
+        .is_err());
+    let merge = args("github.graphql.mergePullRequest");
+    assert!(merge
+        .check(&serde_json::json!({"input": {"pullRequestId": "PR_1", "mergeMethod": "SQUASH"}}))
+        .is_ok());
+    assert!(merge
+        .check(&serde_json::json!({"input": {"pullRequestId": "PR_1", "mergeMethod": "FAST"}}))
+        .is_err());
+    let repo = args("github.graphql.repository");
+    assert!(repo
+        .check(&serde_json::json!({"owner": "acme", "name": "widgets"}))
+        .is_ok());
+    assert!(repo.check(&serde_json::json!({"owner": "acme"})).is_err());
+    assert!(args("github.graphql.viewer")
+        .check(&serde_json::json!({"login": "x"}))
+        .is_err());
+    assert_eq!(tool("github.graphql.mergePullRequest").mode, Mode::Approve);
+    let delete = tool("github.graphql.deleteRef");
+    assert_eq!(delete.mode, Mode::Approve);
+    assert_eq!(delete.side_effects, SideEffects::Irreversible);
+    assert_eq!(tool("github.graphql.createIssue").mode, Mode::Auto);
+}

@@ -404,6 +404,8 @@ pub struct Tool {
     pub approval: ApprovalSpec,
     /// An MCP server's tool: matched by its endpoint and name, not by method and path alone.
     pub mcp: Option<McpSpec>,
+    /// A GraphQL root field: matched by its endpoint, operation type and field name.
+    pub graphql: Option<GraphqlSpec>,
     /// What of the answer is kept and shown.
     pub response: Option<response::ResponseSpec>,
     /// What the tool is: an API, or a model whose answers are metered.
@@ -503,6 +505,24 @@ pub struct McpSpec {
     pub arguments: Arc<contract::Schema>,
     /// `sha256:HEX` over the tool's description and input schema as listed.
     pub pin: Option<String>,
+}
+
+/// What a GraphQL contract names: one root field of one operation type.
+#[derive(Debug)]
+pub struct GraphqlSpec {
+    pub operation: crate::graphql::OperationType,
+    /// The schema's field name (`createIssue`), never an alias.
+    pub field: String,
+    /// The field's arguments after variable substitution, closed (a field declared without
+    /// `arguments` takes none).
+    pub arguments: Arc<contract::Schema>,
+}
+
+impl GraphqlSpec {
+    /// `mutation.createIssue`, as written in the contract.
+    pub fn label(&self) -> String {
+        format!("{}.{}", self.operation.as_str(), self.field)
+    }
 }
 
 /// Default body limit per tool.

@@ -16,6 +16,8 @@ const LAYERS: &[&[&str]] = &[
     &[
         "error", "model", "config", "logging", "metrics", "ca", "mcp",
     ],
+    // GraphQL as toolgate reads it (over the error codes): below the policy that names fields
+    &["graphql"],
     // storage (the interface and its implementations), policies, the upstream client, the
     // admin API's client (for the command line)
     &["store", "policy", "upstream", "client"],

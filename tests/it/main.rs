@@ -17,6 +17,7 @@ mod binary;
 mod bypass;
 mod contracts;
 mod demo;
+mod graphql;
 mod hardening;
 mod import;
 mod layers;

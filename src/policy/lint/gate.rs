@@ -65,7 +65,9 @@ pub fn launch_gate(policy: &Policy) -> Vec<String> {
                 t.name
             ));
         }
-        let described = t.mcp.is_some() || t.body.as_ref().is_none_or(|b| b.schema.is_some());
+        let described = t.mcp.is_some()
+            || t.graphql.is_some()
+            || t.body.as_ref().is_none_or(|b| b.schema.is_some());
         if t.side_effects != SideEffects::None && !described {
             refused.push(format!(
                 "{} has side effects but no body schema: describe what it may send (body = {{ format = …, schema = \"…\" }})",
