@@ -31,7 +31,7 @@ pub(super) fn toml(docs: &Docs, opts: &Options, host: &str, tools: &[Draft]) -> 
 }
 
 /// One `[[tool]]`: the guesses from the method marked, then what the spec says.
-fn tool(out: &mut String, opts: &Options, host: &str, t: &Draft) {
+pub(super) fn tool(out: &mut String, opts: &Options, host: &str, t: &Draft) {
     let (side_effects, risk, mode) = match t.method.as_str() {
         "GET" | "HEAD" | "OPTIONS" => ("none", "low", "auto"),
         "DELETE" => ("irreversible", "high", "approve"),

@@ -181,26 +181,31 @@ pub(super) async fn process(
     agent: Arc<Agent>,
     req: Request<ProxyBody>,
 ) -> Result<Answer, Refusal> {
-    let matched = match_tool(app, ctx, &req)?;
+    let Some(matched) = match_tool(app, ctx, &req)? else {
+        return Err(super::unmatched::refuse(app, ctx, req).await);
+    };
     ctx.matched(&matched.tool);
     let agent = crate::grants::for_tool(app, agent, &matched.tool.name).await?;
     let checked = validate(app, ctx, agent, matched, req).await?;
     decide(app, ctx, checked).await
 }
 
-/// The match phase: the one contract the path matches, and that tool's kill switch.
+/// The match phase: the one contract the path matches (none: refused, see
+/// [`super::unmatched`]), and that tool's kill switch.
 fn match_tool(
     app: &Gate,
     ctx: &RequestCtx,
     req: &Request<ProxyBody>,
-) -> Result<crate::policy::Matched, Refusal> {
+) -> Result<Option<crate::policy::Matched>, Refusal> {
     let (target, path) = (&ctx.target, req.uri().path());
-    let matched = ctx
+    let Some(matched) = ctx
         .policy
         .match_tool(&target.host, target.port, req.method(), path)
-        .ok_or_else(|| no_match(&ctx.policy, target, req.method(), path))?;
+    else {
+        return Ok(None);
+    };
     tool_enabled(app, &matched.tool)?;
-    Ok(matched)
+    Ok(Some(matched))
 }
 
 /// The path as sent must be canonical: toolgate matches it as it is and never normalises it.
@@ -988,7 +993,8 @@ fn replay(outcome: &Outcome) -> Response<ProxyBody> {
     resp
 }
 
-fn no_match(policy: &Policy, target: &Target, method: &Method, path: &str) -> Refusal {
+/// The refusal of a call no contract matches: what the contracts of its host allow.
+pub(super) fn no_match(policy: &Policy, target: &Target, method: &Method, path: &str) -> Refusal {
     let known: Vec<String> = policy
         .tools()
         .iter()
@@ -997,7 +1003,8 @@ fn no_match(policy: &Policy, target: &Target, method: &Method, path: &str) -> Re
         .map(|t| format!("{} {}", t.method, t.path.as_str()))
         .collect();
     Refusal::policy(format!(
-        "no tool contract matches {method} {path} on {}; the contracts on this host allow: {}",
+        "{} {method} {path} on {}; the contracts on this host allow: {}",
+        crate::model::NO_CONTRACT,
         upstream::authority(&target.host, target.port),
         known.join(", ")
     ))
