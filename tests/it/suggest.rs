@@ -3,7 +3,9 @@
 //! are drafted as one contract per endpoint, with the right counts and agents and no value of
 //! any body; once the draft is written into the policies folder, the same calls pass.
 
-use std::process::{Command, Output};
+use std::process::Output;
+
+use tokio::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
@@ -94,14 +96,18 @@ async fn send_all(client: &TestClient, calls: &[Call]) -> Vec<Answer> {
     out
 }
 
-fn suggest(args: &[&str], gate: Option<&Toolgate>) -> Output {
+/// The real binary, asking the gate's admin API (as reviewer rita) or reading `--data-dir`.
+async fn suggest(args: &[&str], gate: Option<&Toolgate>) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.args(["contracts", "suggest"]).args(args);
     if let Some(g) = gate {
         cmd.env("TOOLGATE_SERVER", format!("http://{}", g.admin_addr))
             .env("TOOLGATE_TOKEN", RITA);
     }
-    cmd.output().unwrap()
+    tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("the CLI answered within 60s")
+        .unwrap()
 }
 
 fn stdout_ok(out: &Output) -> String {
@@ -146,7 +152,7 @@ async fn refused_calls_become_four_drafted_contracts_that_then_pass() {
     .await;
 
     // Online, as a reviewer: four templates, counts and agents, no values.
-    let text = stdout_ok(&suggest(&[], Some(&gate)));
+    let text = stdout_ok(&suggest(&[], Some(&gate)).await);
     assert_eq!(text.matches("[[tool]]").count(), 4, "{text}");
     for (template, line) in [
         ("/v1/customers/{customer}/balance_transactions", "8 refused call(s), by bot (8)."),
@@ -159,7 +165,7 @@ async fn refused_calls_become_four_drafted_contracts_that_then_pass() {
     }
     assert!(text.contains("inferred from 7 calls"), "{text}");
     assert_no_values(&text);
-    let only = stdout_ok(&suggest(&["--agent", "helper"], Some(&gate)));
+    let only = stdout_ok(&suggest(&["--agent", "helper"], Some(&gate)).await);
     assert_eq!(only.matches("[[tool]]").count(), 1, "{only}");
     assert!(only.contains("2 refused call(s), by helper (2)."), "{only}");
 
@@ -169,8 +175,8 @@ async fn refused_calls_become_four_drafted_contracts_that_then_pass() {
     // writes' guessed mode set to auto), reloaded: the same calls pass.
     let policies = gate.dir.path().join("policies");
     let p = policies.to_str().unwrap();
-    stdout_ok(&suggest(&["--out", p], Some(&gate)));
-    let again = suggest(&["--out", p], Some(&gate));
+    stdout_ok(&suggest(&["--out", p], Some(&gate)).await);
+    let again = suggest(&["--out", p], Some(&gate)).await;
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
     let file = policies.join("suggested.toml");
@@ -196,7 +202,7 @@ async fn refused_calls_become_four_drafted_contracts_that_then_pass() {
     // Offline, on the stopped gate's store: the same suggestions.
     let dir = gate.into_dir().await;
     let data = dir.path().join("data");
-    let offline = stdout_ok(&suggest(&["--data-dir", data.to_str().unwrap()], None));
+    let offline = stdout_ok(&suggest(&["--data-dir", data.to_str().unwrap()], None).await);
     assert_eq!(offline, text);
 }
 
