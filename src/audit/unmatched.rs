@@ -39,19 +39,31 @@ impl Audit {
         let refused: Vec<_> = self
             .search(&f)?
             .into_iter()
-            .filter(|e| e.payload["message"].as_str().is_some_and(|m| m.starts_with(NO_CONTRACT)))
+            .filter(|e| {
+                e.payload["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(NO_CONTRACT))
+            })
             .collect();
         let truncated = refused.len() > max;
         let mut calls = Vec::new();
         for e in refused.iter().skip(refused.len().saturating_sub(max)) {
-            let Some(id) = e.request_id.as_deref() else { continue };
+            let Some(id) = e.request_id.as_deref() else {
+                continue;
+            };
             let events = self.request_events(id).map_err(|e| e.to_string())?;
             let Some(asked) = events.iter().find(|r| r.kind == Kind::Request) else {
                 continue;
             };
             let asked: Asked = asked.read();
             let decision: Decision = e.read();
-            calls.push(call_of(e.agent.clone().unwrap_or_default(), e.unix_ms, id, asked, decision));
+            calls.push(call_of(
+                e.agent.clone().unwrap_or_default(),
+                e.unix_ms,
+                id,
+                asked,
+                decision,
+            ));
         }
         Ok(UnmatchedCalls { calls, truncated })
     }

@@ -123,7 +123,12 @@ fn merge_same(t: &str, members: &[&Value]) -> Value {
                     }
                 }
                 let mine: BTreeSet<String> = (m.get("required").and_then(Value::as_array))
-                    .map(|r| r.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                    .map(|r| {
+                        r.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    })
                     .unwrap_or_default();
                 required = Some(match required {
                     None => mine,
@@ -134,7 +139,11 @@ fn merge_same(t: &str, members: &[&Value]) -> Value {
             object(props, required.unwrap_or_default())
         }
         "array" => {
-            let items: Vec<Value> = members.iter().filter_map(|m| m.get("items")).cloned().collect();
+            let items: Vec<Value> = members
+                .iter()
+                .filter_map(|m| m.get("items"))
+                .cloned()
+                .collect();
             let mut out = json!({"type": "array"});
             if !items.is_empty() {
                 out["items"] = merge(&items);
@@ -173,7 +182,10 @@ mod tests {
         assert_eq!(m["required"], json!(["a", "c"]));
         assert_eq!(m["properties"]["a"], json!({"type": "number"}));
         assert_eq!(m["properties"]["c"]["required"], json!(["d"]));
-        assert_eq!(merge(&[of(&json!(1)), of(&json!({}))])["anyOf"][0]["type"], "integer");
+        assert_eq!(
+            merge(&[of(&json!(1)), of(&json!({}))])["anyOf"][0]["type"],
+            "integer"
+        );
         assert_eq!(merge(&[json!({}), of(&json!(1))]), json!({}));
     }
 

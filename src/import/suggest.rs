@@ -427,7 +427,9 @@ fn inferred_body(
         forms.max(jsons)
     ));
     let file = format!("{name}.json");
-    imported.schemas.push((file.clone(), super::schema_text(&schema)));
+    imported
+        .schemas
+        .push((file.clone(), super::schema_text(&schema)));
     Some((format, Some(file)))
 }
 
@@ -465,7 +467,10 @@ fn whole_file(calls: usize, groups: &[Group]) -> String {
 pub fn printable(s: &Suggested, prefix: &str) -> String {
     let mut out = s.imported.toml.clone();
     for (file, text) in &s.imported.schemas {
-        let _ = writeln!(out, "\n# --- schemas/{prefix}/{file} (written by --out) ---");
+        let _ = writeln!(
+            out,
+            "\n# --- schemas/{prefix}/{file} (written by --out) ---"
+        );
         for line in text.lines() {
             let _ = writeln!(out, "# {line}");
         }
@@ -557,7 +562,11 @@ mod tests {
         let b = shape::of(&json!({"amount": 5}));
         let s = inferred_schema(&[Some(&a), Some(&b), None]).unwrap();
         assert_eq!(s["properties"]["amount"], json!({"type": "integer"}));
-        assert_eq!(s.get("required"), None, "a call with no body requires nothing");
+        assert_eq!(
+            s.get("required"),
+            None,
+            "a call with no body requires nothing"
+        );
         let s = inferred_schema(&[Some(&a), Some(&b)]).unwrap();
         assert_eq!(s["required"], json!(["amount"]));
         assert!(!s.to_string().contains("secret-ish"));

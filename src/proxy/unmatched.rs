@@ -32,7 +32,13 @@ async fn shape_of_body(app: &Gate, agent: &str, req: Request<ProxyBody>) -> Opti
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())?;
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })?;
     let format = if ctype == "application/json" || ctype.ends_with("+json") {
         "json"
     } else if ctype == "application/x-www-form-urlencoded" {
