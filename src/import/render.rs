@@ -144,7 +144,7 @@ fn idempotency(out: &mut String, t: &Draft) {
     } else {
         let _ = writeln!(
             out,
-            "idempotency = \"payload\"  # the spec declares no Idempotency-Key header: identical calls within 10m are one"
+            "idempotency = \"payload\"  # no Idempotency-Key header is declared: identical calls within 10m are one"
         );
     }
 }

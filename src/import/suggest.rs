@@ -556,6 +556,76 @@ mod tests {
         }
     }
 
+    fn call(agent: &str, method: &str, path: &str, body: Option<Value>) -> Unmatched {
+        Unmatched {
+            agent: agent.into(),
+            method: method.into(),
+            host: "api.stripe.com".into(),
+            port: 443,
+            path: path.into(),
+            body_format: body.as_ref().map(|_| "form".into()),
+            body_shape: body.as_ref().map(shape::of),
+            ..Unmatched::default()
+        }
+    }
+
+    /// With a spec, its templates and schemas win; calls it does not describe are inferred.
+    #[test]
+    fn a_spec_names_the_templates_and_describes_the_bodies() {
+        let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/specs/stripe/openapi-fragment.json");
+        let calls = [
+            call("bot", "GET", "/v1/customers/cus_Aa1", None),
+            call("bot", "GET", "/v1/customers/alice", None),
+            call(
+                "ops",
+                "POST",
+                "/v1/refunds",
+                Some(json!({"payment_intent": "pi_secretvalue"})),
+            ),
+            call("bot", "GET", "/v1/balance_transactions/txn_9Zz", None),
+        ];
+        let opts = SuggestOptions {
+            prefix: "stripe".into(),
+            spec: Some(spec),
+            max_spec_bytes: super::super::spec::MAX_SPEC_BYTES,
+        };
+        let s = suggest(&calls, &opts).unwrap();
+        let by_template: Vec<(&str, usize, &str)> = s
+            .groups
+            .iter()
+            .map(|g| (g.template.as_str(), g.calls, g.operation_id.as_str()))
+            .collect();
+        assert_eq!(
+            by_template,
+            [
+                ("/v1/balance_transactions/{balance_transaction}", 1, ""),
+                ("/v1/customers/{customer}", 2, "GetCustomersCustomer"),
+                ("/v1/refunds", 1, "PostRefunds"),
+            ]
+        );
+        let toml = &s.imported.toml;
+        assert!(
+            toml.contains("From the spec's operation PostRefunds"),
+            "{toml}"
+        );
+        assert!(
+            !toml.contains("secretvalue") && !toml.contains("alice"),
+            "{toml}"
+        );
+        let refund = s
+            .imported
+            .schemas
+            .iter()
+            .find(|(f, _)| f == "post_refunds.json");
+        assert!(
+            refund.is_some_and(|(_, text)| text.contains("\"amount\"")),
+            "{:?}",
+            s.imported.schemas
+        );
+        toml::from_str::<crate::policy::PolicyFile>(toml).unwrap();
+    }
+
     #[test]
     fn schemas_are_inferred_from_shapes_without_values() {
         let a = shape::of(&json!({"amount": 100, "note": "secret-ish"}));
