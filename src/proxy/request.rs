@@ -26,7 +26,7 @@ use crate::error::{Code, Refusal};
 use crate::guard::{BodyReservation, Exceeded};
 use crate::limits::charge_budget;
 use crate::model::{Call, KillTarget};
-use crate::policy::{check_path, Agent, Credential, Mode, Policy, SideEffects, Tool, ToolKind};
+use crate::policy::{check_path, Agent, Credential, Mode, SideEffects, Tool, ToolKind};
 use crate::services::LockKey;
 use crate::store::{now_unix, IdemRecord, IdemState, Outcome};
 use crate::upstream;
@@ -991,21 +991,4 @@ fn replay(outcome: &Outcome) -> Response<ProxyBody> {
     resp.headers_mut()
         .insert("toolgate-replayed", HeaderValue::from_static("true"));
     resp
-}
-
-/// The refusal of a call no contract matches: what the contracts of its host allow.
-pub(super) fn no_match(policy: &Policy, target: &Target, method: &Method, path: &str) -> Refusal {
-    let known: Vec<String> = policy
-        .tools()
-        .iter()
-        .filter(|t| t.port == target.port && t.host == target.host)
-        .take(20)
-        .map(|t| format!("{} {}", t.method, t.path.as_str()))
-        .collect();
-    Refusal::policy(format!(
-        "{} {method} {path} on {}; the contracts on this host allow: {}",
-        crate::model::NO_CONTRACT,
-        upstream::authority(&target.host, target.port),
-        known.join(", ")
-    ))
 }

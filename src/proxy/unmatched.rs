@@ -4,16 +4,16 @@
 //! timeout; a body larger or slower than that, or neither JSON nor a form, is refused the same
 //! way with no shape.
 
-use http::{header, Request};
+use http::{header, Method, Request};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
 use super::body::ProxyBody;
-use super::ctx::RequestCtx;
-use super::request::no_match;
+use super::ctx::{RequestCtx, Target};
 use crate::app::Gate;
 use crate::error::Refusal;
-use crate::policy::contract;
+use crate::policy::{contract, Policy};
+use crate::upstream;
 
 /// The most body bytes read to learn a refused call's shape.
 const SHAPE_CAP: usize = 16 * 1024;
@@ -25,20 +25,27 @@ pub(super) async fn refuse(app: &Gate, ctx: &mut RequestCtx, req: Request<ProxyB
     refusal
 }
 
+/// The refusal of a call no contract matches: what the contracts of its host allow.
+fn no_match(policy: &Policy, target: &Target, method: &Method, path: &str) -> Refusal {
+    let known: Vec<String> = policy
+        .tools()
+        .iter()
+        .filter(|t| t.port == target.port && t.host == target.host)
+        .take(20)
+        .map(|t| format!("{} {}", t.method, t.path.as_str()))
+        .collect();
+    Refusal::policy(format!(
+        "{} {method} {path} on {}; the contracts on this host allow: {}",
+        crate::model::NO_CONTRACT,
+        upstream::authority(&target.host, target.port),
+        known.join(", ")
+    ))
+}
+
 /// `{"format": "json" | "form", "shape": …}`, when the body is one of those and small.
 async fn shape_of_body(app: &Gate, agent: &str, req: Request<ProxyBody>) -> Option<Value> {
     let (parts, mut body) = req.into_parts();
-    let ctype = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })?;
+    let ctype = crate::checks::media_type(&parts.headers)?;
     let format = if ctype == "application/json" || ctype.ends_with("+json") {
         "json"
     } else if ctype == "application/x-www-form-urlencoded" {
