@@ -396,6 +396,20 @@ pub(crate) fn validate_query(tool: &Tool, query: Option<&str>) -> Result<Value, 
     Ok(value)
 }
 
+/// The media type of a request's `Content-Type`, lowercased, without its parameters.
+pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+}
+
 pub(crate) fn validate_body(
     tool: &Tool,
     headers: &HeaderMap,
@@ -414,16 +428,7 @@ pub(crate) fn validate_body(
         BodyFormat::Json => ("application/json", "JSON"),
         BodyFormat::Form => ("application/x-www-form-urlencoded", "form"),
     };
-    let ctype = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
+    let ctype = media_type(headers);
     let ctype_ok = match (&ctype, spec.format) {
         (None, _) => bytes.is_empty(),
         (Some(c), BodyFormat::Json) => {

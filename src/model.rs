@@ -579,6 +579,33 @@ pub struct Undone {
     pub unix_ms: u64,
 }
 
+/// The message of a refusal because no tool contract matched the call: its first words, which
+/// `contracts suggest` reads the audit log by (the code alone, `policy_violation`, has other
+/// causes).
+pub const NO_CONTRACT: &str = "no tool contract matches";
+
+/// A call refused because no tool contract matched it, as `contracts suggest` and the
+/// reviewers' "Refused: no contract" page read it: what was asked, and the shapes of its body
+/// and query ([`crate::base::shape`]), never their values.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Unmatched {
+    pub request_id: String,
+    pub unix_ms: u64,
+    pub agent: String,
+    pub method: String,
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+    /// `json` or `form`; none when the call had no body toolgate could read as either.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_shape: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_shape: Option<Value>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ mod layers;
 pub mod pages;
 pub mod tokens;
 pub mod traffic;
+pub mod unmatched;
 
 use std::sync::Arc;
 
@@ -80,9 +81,11 @@ pub fn router(app: Arc<Console>) -> Router {
         .route("/api/audit/export", get(crate::admin::audit::export))
         .route("/api/audit/verify", get(crate::admin::audit::verify))
         .route("/api/traffic", get(traffic::api_list))
+        .route("/api/traffic/no-contract", get(unmatched::api))
         .route("/api/traffic/{id}", get(traffic::api_detail))
         .route("/traffic", get(traffic::list_page))
         .route("/traffic/export", get(traffic::export))
+        .route("/traffic/no-contract", get(unmatched::view))
         .route("/traffic/{id}", get(traffic::detail_page))
         .route("/stories/{id}", get(crate::admin::audit::story_page))
         .route("/metrics", get(crate::admin::audit::metrics))

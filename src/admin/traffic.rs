@@ -1,7 +1,8 @@
 //! Captured traffic for security reviewers (and approvers): `/traffic` (the list, filtered and
 //! paged), `/traffic/{request_id}` (one request as a reviewer reads it), `/traffic/export` (the
 //! list's rows as JSON Lines), and the same in `GET /api/traffic` and `GET /api/traffic/{id}`.
-//! Everything an agent sent is escaped before it is written into a page.
+//! Everything an agent sent is escaped before it is written into a page. The "Refused: no
+//! contract" view is in `unmatched.rs`.
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ use crate::audit::{describe, Event, Kind, Payload, Row, TrafficFilter};
 const EXPORT_ROWS: usize = 100_000;
 
 /// Reads off a blocking thread (the audit log's readers block).
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     app: &Arc<Console>,
     f: impl FnOnce(&crate::audit::Audit) -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
@@ -179,7 +180,7 @@ pub async fn list_page(
         })
         .unwrap_or_default();
     let body = format!(
-        "<h1>Traffic</h1>{}<p><a id=\"export\" href=\"/traffic/export?{}\">Export these as JSON Lines</a></p>{table}{next}",
+        "<h1>Traffic</h1>{}<p><a id=\"export\" href=\"/traffic/export?{}\">Export these as JSON Lines</a> · <a id=\"no-contract\" href=\"/traffic/no-contract\">Refused: no contract</a> (calls no contract matched, with drafted contracts)</p>{table}{next}",
         form(&f),
         esc(&query)
     );

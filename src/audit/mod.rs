@@ -18,6 +18,7 @@ pub mod payload;
 mod query;
 mod redact;
 mod traffic;
+mod unmatched;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +38,7 @@ pub use redact::{
     MAX_HEADERS_RECORDED, REDACTED, SECRET_HEADERS, URI_CAP,
 };
 pub use traffic::{Page, Row, TrafficFilter, PAGE_ROWS};
+pub use unmatched::{UnmatchedCalls, UNMATCHED_MAX};
 
 use crate::base::now_ms;
 use crate::store::{EventLog, StoreError};

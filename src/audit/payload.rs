@@ -64,6 +64,10 @@ pub struct Decision {
     /// The body as recorded, for a call that goes on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
+    /// For a call no contract matched, the shape of its body, never its values:
+    /// `{"format": "json" | "form", "shape": <types and keys>}` ([`crate::base::shape`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_shape: Option<Value>,
 }
 
 impl Decision {

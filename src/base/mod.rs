@@ -1,10 +1,11 @@
 //! The bottom layer: helpers that import nothing of the crate. Bodies, host and header
-//! handling, time and ids, and parsing of durations and sizes.
+//! handling, time and ids, parsing of durations and sizes, and the shapes of JSON values.
 
 pub mod body;
 pub mod clock;
 pub mod net;
 pub mod parse;
+pub mod shape;
 pub mod sse;
 
 pub use clock::{new_id, now_ms, now_unix};

@@ -181,7 +181,9 @@ async fn export_cmd(
 }
 
 /// With `--data-dir`: the audit log of a stopped toolgate, opened directly.
-fn open_offline(data_dir: Option<&std::path::Path>) -> Result<Option<crate::audit::Audit>, String> {
+pub(super) fn open_offline(
+    data_dir: Option<&std::path::Path>,
+) -> Result<Option<crate::audit::Audit>, String> {
     let Some(dir) = data_dir else {
         return Ok(None);
     };

@@ -1,10 +1,13 @@
-//! `toolgate contracts …`: drafting contracts from an API description (DESIGN section 14).
+//! `toolgate contracts …`: drafting contracts from an API description, or from the calls agents
+//! were refused because no contract matched them (DESIGN section 14).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+use crate::audit::{UnmatchedCalls, UNMATCHED_MAX};
+use crate::import::suggest::{self, SuggestOptions};
 use crate::import::{self, Options};
 
 #[derive(Debug, Subcommand)]
@@ -13,6 +16,43 @@ pub enum ContractsCommand {
     /// YAML): writes DIR/PREFIX.toml and DIR/schemas/PREFIX/. The same spec and flags write the
     /// same bytes.
     Import(Box<ImportArgs>),
+    /// Draft `[[tool]]`s from the calls agents were refused because no contract matched them
+    /// (read from the audit log of a running server, or with --data-dir of a stopped one):
+    /// grouped by host, method and path template, each with the refused calls it would have
+    /// admitted and by which agents. It suggests, never applies: prints the TOML (or writes it
+    /// with --out) for a person to review and put into the policies folder.
+    Suggest(Box<SuggestArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct SuggestArgs {
+    /// Only calls refused since this time (RFC 3339, YYYY-MM-DD or unix seconds).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only this agent's calls.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// An OpenAPI document (local file): its path templates win over the guessed ones, and its
+    /// schemas describe the bodies and queries instead of the inferred ones.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Tool names start with PREFIX.; --out writes PREFIX.toml and schemas/PREFIX/.
+    #[arg(long, default_value = "suggested")]
+    pub prefix: String,
+    /// Write PREFIX.toml and schemas/PREFIX/ here instead of printing them.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Overwrite files that exist (with --out).
+    #[arg(long)]
+    pub force: bool,
+    /// The most bytes read from the spec and the files it names.
+    #[arg(long, default_value_t = import::spec::MAX_SPEC_BYTES)]
+    pub max_spec_bytes: u64,
+    /// Open the store of a stopped toolgate directly instead of asking a running one.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub server: super::ServerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -65,9 +105,69 @@ pub struct ImportArgs {
     pub max_spec_bytes: u64,
 }
 
-pub fn run(command: ContractsCommand) -> ExitCode {
+pub async fn run(command: ContractsCommand) -> ExitCode {
     match command {
         ContractsCommand::Import(args) => import_cmd(*args),
+        ContractsCommand::Suggest(args) => suggest_cmd(*args).await,
+    }
+}
+
+/// `contracts suggest`: the refused calls, read offline or from the server, drafted.
+async fn suggest_cmd(args: SuggestArgs) -> ExitCode {
+    let read = match &args.data_dir {
+        Some(dir) => super::audit::open_offline(Some(dir.as_path())).and_then(|a| match a {
+            Some(a) => a.unmatched(args.since.clone(), args.agent.clone(), UNMATCHED_MAX),
+            None => Err("no audit log".into()),
+        }),
+        None => {
+            let q = crate::client::query_param;
+            let path = format!(
+                "/api/traffic/no-contract?{}{}",
+                q("since", &args.since),
+                q("agent", &args.agent)
+            );
+            args.server.client().get(&path).await.and_then(|v| {
+                serde_json::from_value::<UnmatchedCalls>(v)
+                    .map_err(|e| format!("the server's answer does not read: {e}"))
+            })
+        }
+    };
+    let read = match read {
+        Ok(r) => r,
+        Err(e) => return super::fail(&e),
+    };
+    let opts = SuggestOptions {
+        prefix: args.prefix.clone(),
+        spec: args.spec.clone(),
+        max_spec_bytes: args.max_spec_bytes,
+    };
+    let drafted = match suggest::suggest(&read.calls, &opts) {
+        Ok(d) => d,
+        Err(e) => return super::fail(&e.to_string()),
+    };
+    if read.truncated {
+        eprintln!("note: only the newest {UNMATCHED_MAX} refused calls were read; narrow with --since or --agent");
+    }
+    eprintln!(
+        "{} call(s) refused for want of a contract; {} drafted tool(s). Review before deploying: nothing was applied.",
+        read.calls.len(),
+        drafted.groups.len()
+    );
+    let Some(out) = &args.out else {
+        say!(raw "{}", suggest::printable(&drafted, &args.prefix));
+        return ExitCode::SUCCESS;
+    };
+    if drafted.groups.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    match import::write(out, &args.prefix, &drafted.imported, args.force, false) {
+        Ok(written) => {
+            for path in &written {
+                say!("wrote {}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => super::fail(&e.to_string()),
     }
 }
 

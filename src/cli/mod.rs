@@ -58,7 +58,7 @@ mod tokens;
 
 pub use audit::AuditCommand;
 pub use ca::CaCommand;
-pub use contracts::{ContractsCommand, ImportArgs};
+pub use contracts::{ContractsCommand, ImportArgs, SuggestArgs};
 pub use db::DbCommand;
 pub use grants::GrantsCommand;
 pub use mcp::McpCommand;
@@ -100,7 +100,8 @@ pub enum Command {
         #[command(subcommand)]
         command: McpCommand,
     },
-    /// Draft tool contracts: `contracts import SPEC` from an OpenAPI document.
+    /// Draft tool contracts: `contracts import SPEC` from an OpenAPI document, `contracts
+    /// suggest` from the calls agents were refused because no contract matched them.
     Contracts {
         #[command(subcommand)]
         command: ContractsCommand,
@@ -223,7 +224,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Demo(args) => serve::demo(*args).await,
         Command::Ca { command } => ca::run(command),
         Command::Check { policies, strict } => check::run(&policies, strict),
-        Command::Contracts { command } => contracts::run(command),
+        Command::Contracts { command } => contracts::run(command).await,
         Command::Mcp { command } => mcp::run(command).await,
         Command::Db { command } => db::run(command).await,
         Command::Pending { server } => approvals::pending(server.client()).await,

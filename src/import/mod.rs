@@ -2,10 +2,12 @@
 //! (DESIGN section 14). Each chosen operation becomes a `[[tool]]` with its request body, query
 //! string and path parameters described by self-contained, closed JSON Schemas, and defaults a
 //! reviewer sees marked as guesses. The output is a pure function of the spec and the flags:
-//! the same input writes the same bytes.
+//! the same input writes the same bytes. `suggest.rs` drafts contracts from refused calls with
+//! the same rendering.
 
 mod render;
 pub mod spec;
+pub mod suggest;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

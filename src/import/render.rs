@@ -31,7 +31,7 @@ pub(super) fn toml(docs: &Docs, opts: &Options, host: &str, tools: &[Draft]) -> 
 }
 
 /// One `[[tool]]`: the guesses from the method marked, then what the spec says.
-fn tool(out: &mut String, opts: &Options, host: &str, t: &Draft) {
+pub(super) fn tool(out: &mut String, opts: &Options, host: &str, t: &Draft) {
     let (side_effects, risk, mode) = match t.method.as_str() {
         "GET" | "HEAD" | "OPTIONS" => ("none", "low", "auto"),
         "DELETE" => ("irreversible", "high", "approve"),
@@ -144,7 +144,7 @@ fn idempotency(out: &mut String, t: &Draft) {
     } else {
         let _ = writeln!(
             out,
-            "idempotency = \"payload\"  # the spec declares no Idempotency-Key header: identical calls within 10m are one"
+            "idempotency = \"payload\"  # no Idempotency-Key header is declared: identical calls within 10m are one"
         );
     }
 }

@@ -149,6 +149,8 @@ pub(crate) struct RequestCtx {
     /// The id of the issued token the request came in with.
     pub(super) token: Option<String>,
     pub(super) reply: Reply,
+    /// The shape of the body of a call no contract matched, for its refusal's record.
+    pub(super) body_shape: Option<Value>,
     /// The request's event, not yet recorded.
     held: Mutex<Option<Record>>,
     /// Where the held event goes if the request is dropped.
@@ -174,6 +176,7 @@ impl RequestCtx {
             tool: None,
             version: None,
             reply: Reply::Http,
+            body_shape: None,
             held: Mutex::new(None),
             audit,
         }
@@ -247,6 +250,7 @@ impl RequestCtx {
             version: self.version,
             token: self.token.clone(),
             reply: self.reply.clone(),
+            body_shape: None,
             held: Mutex::new(None),
             audit: self.audit.clone(),
         }

@@ -193,6 +193,7 @@ async fn record_refused(ctx: &RequestCtx, refusal: &Refusal) {
         code: Some(code.as_str().into()),
         status: Some(code.status().as_u16()),
         message: Some(refusal.message.clone()),
+        body_shape: ctx.body_shape.clone(),
         ..Decision::default()
     };
     let mut rec = ctx.rec(Kind::Decision, refused.into_value());

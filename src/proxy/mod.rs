@@ -13,6 +13,7 @@ mod request;
 pub mod rewind;
 pub mod scrub;
 pub(crate) mod transparent;
+mod unmatched;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};

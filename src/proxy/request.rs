@@ -26,7 +26,7 @@ use crate::error::{Code, Refusal};
 use crate::guard::{BodyReservation, Exceeded};
 use crate::limits::charge_budget;
 use crate::model::{Call, KillTarget};
-use crate::policy::{check_path, Agent, Credential, Mode, Policy, SideEffects, Tool, ToolKind};
+use crate::policy::{check_path, Agent, Credential, Mode, SideEffects, Tool, ToolKind};
 use crate::services::LockKey;
 use crate::store::{now_unix, IdemRecord, IdemState, Outcome};
 use crate::upstream;
@@ -180,7 +180,9 @@ pub(super) async fn process(
     agent: Arc<Agent>,
     req: Request<ProxyBody>,
 ) -> Result<Answer, Refusal> {
-    let matched = match_tool(app, ctx, &req)?;
+    let Some(matched) = match_tool(app, ctx, &req)? else {
+        return Err(super::unmatched::refuse(app, ctx, req).await);
+    };
     ctx.matched(&matched.tool);
     ctx.owner = Some(agent.owner.clone());
     let agent = crate::grants::for_tool(app, agent, &matched.tool.name).await?;
@@ -188,19 +190,22 @@ pub(super) async fn process(
     decide(app, ctx, checked).await
 }
 
-/// The match phase: the one contract the path matches, and that tool's kill switch.
+/// The match phase: the one contract the path matches (none: refused, see
+/// [`super::unmatched`]), and that tool's kill switch.
 fn match_tool(
     app: &Gate,
     ctx: &RequestCtx,
     req: &Request<ProxyBody>,
-) -> Result<crate::policy::Matched, Refusal> {
+) -> Result<Option<crate::policy::Matched>, Refusal> {
     let (target, path) = (&ctx.target, req.uri().path());
-    let matched = ctx
+    let Some(matched) = ctx
         .policy
         .match_tool(&target.host, target.port, req.method(), path)
-        .ok_or_else(|| no_match(&ctx.policy, target, req.method(), path))?;
+    else {
+        return Ok(None);
+    };
     tool_enabled(app, &matched.tool)?;
-    Ok(matched)
+    Ok(Some(matched))
 }
 
 /// The path as sent must be canonical: toolgate matches it as it is and never normalises it.
@@ -986,19 +991,4 @@ fn replay(outcome: &Outcome) -> Response<ProxyBody> {
     resp.headers_mut()
         .insert("toolgate-replayed", HeaderValue::from_static("true"));
     resp
-}
-
-fn no_match(policy: &Policy, target: &Target, method: &Method, path: &str) -> Refusal {
-    let known: Vec<String> = policy
-        .tools()
-        .iter()
-        .filter(|t| t.port == target.port && t.host == target.host)
-        .take(20)
-        .map(|t| format!("{} {}", t.method, t.path.as_str()))
-        .collect();
-    Refusal::policy(format!(
-        "no tool contract matches {method} {path} on {}; the contracts on this host allow: {}",
-        upstream::authority(&target.host, target.port),
-        known.join(", ")
-    ))
 }

@@ -28,5 +28,6 @@ mod proxy;
 mod sdk;
 mod store;
 mod streaming;
+mod suggest;
 mod traffic;
 mod transparent;
