@@ -21,6 +21,7 @@ mod hardening;
 mod import;
 mod layers;
 mod mcp;
+mod policy_tests;
 mod postgres;
 mod principals;
 mod proxy;
