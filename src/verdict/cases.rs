@@ -282,23 +282,22 @@ impl Expect {
     pub fn judge(&self, verdict: &Verdict) -> Option<String> {
         match (self, &verdict.outcome) {
             (Expect::Forward { credential: want }, Outcome::Forward { credential: got }) => {
-                match want.as_ref().filter(|w| Some(*w) != got.as_ref()) {
-                    Some(w) => Some(format!(
+                want.as_ref().filter(|w| Some(*w) != got.as_ref()).map(|w| {
+                    format!(
                         "forwarded with credential {}, not {w}",
                         got.as_deref().unwrap_or("none")
-                    )),
-                    None => None,
-                }
+                    )
+                })
             }
             (Expect::Hold, Outcome::Hold) | (Expect::DryRun, Outcome::DryRun) => None,
             (Expect::Refuse { code, message }, Outcome::Refused(r)) => {
                 if r.code.as_str() != code {
                     return Some(format!("refused with {}, not {code}", r.code.as_str()));
                 }
-                match message.as_ref().filter(|m| !r.message.contains(m.as_str())) {
-                    Some(m) => Some(format!("the refusal's message does not contain {m:?}")),
-                    None => None,
-                }
+                message
+                    .as_ref()
+                    .filter(|m| !r.message.contains(m.as_str()))
+                    .map(|m| format!("the refusal's message does not contain {m:?}"))
             }
             _ => Some(format!("decided {}", describe(verdict))),
         }

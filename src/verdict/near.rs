@@ -41,11 +41,11 @@ fn why_not(tool: &Tool, port: u16, method: &Method, path: &str) -> (usize, Vec<S
     let mut distance = 0;
     if tool.port != port {
         why.push(format!("it is on port {}, not {port}", tool.port));
-        distance += 4;
+        distance += 40;
     }
     if tool.method != *method {
         why.push(format!("it takes {}, not {method}", tool.method));
-        distance += 2;
+        distance += 20;
     }
     let want: Vec<&str> = tool.path.as_str().split('/').skip(1).collect();
     let got: Vec<&str> = path.split('/').skip(1).collect();
@@ -55,20 +55,28 @@ fn why_not(tool: &Tool, port: u16, method: &Method, path: &str) -> (usize, Vec<S
             want.len(),
             got.len()
         ));
-        distance += 3 + want.len().abs_diff(got.len());
+        distance += 30 + 10 * want.len().abs_diff(got.len());
     }
     for (i, (w, g)) in want.iter().zip(&got).enumerate() {
         let param = w.starts_with('{') && w.ends_with('}');
         if !param && w != g {
             why.push(format!("segment {} is {w:?}, not {g:?}", i + 1));
-            distance += 1;
+            distance += 10 + unlike(w, g);
         } else if param && g.is_empty() {
             why.push(format!("segment {} ({w}) is empty", i + 1));
-            distance += 1;
+            distance += 10;
         }
     }
     if why.is_empty() {
         why.push("its path parameters' types refuse the request's values".into());
     }
     (distance, why)
+}
+
+/// How unlike two segments are, 0 to 10: the share of the longer one past their common prefix
+/// (`refund` is nearer `refunds` than `customers`).
+fn unlike(a: &str, b: &str) -> usize {
+    let common = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+    let longest = a.chars().count().max(b.chars().count()).max(1);
+    10 * (longest - common) / longest
 }

@@ -357,7 +357,7 @@ async fn grants(stores: &[Store]) {
     );
 
     // An end recorded longer ago than the records are kept is dropped with the next grant.
-    let keep = toolgate::store::ENDED_GRANT_KEEP_SECS;
+    let keep = toolgate::store::rules::ENDED_GRANT_KEEP_SECS;
     a.grant_put(&grant("grant_old", "bot-a", 50)).await.unwrap();
     a.grant_end("grant_old", ending("expired", now - keep - 60))
         .await
