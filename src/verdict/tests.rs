@@ -222,10 +222,8 @@ fn no_match_lists_the_contracts_and_the_closest_say_why_not() {
     assert!(got[0].contains("it takes POST, not PUT"), "{got:?}");
 }
 
-#[test]
-fn route_denies_previews_holds_reads_and_writes_as_the_proxy_decides() {
-    let policy = crate::policy::for_tests(
-        r#"
+/// An agent, a dry-run agent, and a tool of each kind the decide phase tells apart.
+const ROUTES: &str = r#"
 [[agent]]
 id = "a"
 token_env = "T"
@@ -271,8 +269,11 @@ method = "POST"
 path = "/no"
 side_effects = "none"
 mode = "deny"
-"#,
-    );
+"#;
+
+#[test]
+fn route_denies_previews_holds_reads_and_writes_as_the_proxy_decides() {
+    let policy = crate::policy::for_tests(ROUTES);
     let (a, dry) = (
         policy.agent("a").expect("a").clone(),
         policy.agent("dry").expect("dry").clone(),
