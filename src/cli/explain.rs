@@ -10,7 +10,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
 use crate::config::env;
-use crate::model::KillTarget;
 use crate::policy::Policy;
 use crate::verdict::cases::describe;
 use crate::verdict::{closest, evaluate, Asked, Who, World};
@@ -136,18 +135,7 @@ fn asked(args: &ExplainArgs) -> Result<(Asked, World), String> {
         };
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     }
-    let disabled = args
-        .disabled
-        .iter()
-        .map(|d| {
-            KillTarget::parse(d)
-                .ok_or_else(|| format!("--disabled {d:?}: write tool:NAME or agent:ID"))
-        })
-        .collect::<Result<_, _>>()?;
-    let world = World {
-        disabled,
-        grants: args.grant.clone(),
-    };
+    let world = World::given(&args.disabled, args.grant.clone())?;
     Ok((
         Asked {
             who,

@@ -9,7 +9,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use serde::Deserialize;
 
 use super::{Asked, Outcome, Verdict, Who, World};
-use crate::model::KillTarget;
 
 /// A cases file as written.
 #[derive(Debug, Deserialize)]
@@ -118,21 +117,11 @@ fn case(def: CaseDef) -> Result<Case, String> {
         _ => return Err("give exactly one of agent = \"ID\" or source = \"ADDRESS\"".into()),
     };
     let expect = expect(def.expect, def.credential)?;
-    let disabled = def
-        .disabled
-        .iter()
-        .map(|d| {
-            KillTarget::parse(d)
-                .ok_or_else(|| format!("disabled {d:?}: write tool:NAME or agent:ID"))
-        })
-        .collect::<Result<_, _>>()?;
+    let world = World::given(&def.disabled, def.grants)?;
     Ok(Case {
         name: def.name,
         asked: request(def.request, who)?,
-        world: World {
-            disabled,
-            grants: def.grants,
-        },
+        world,
         expect,
     })
 }

@@ -58,6 +58,20 @@ pub struct World {
     pub grants: Vec<String>,
 }
 
+impl World {
+    /// The state as written: kill switches as `tool:NAME` or `agent:ID`, tools granted.
+    pub fn given(disabled: &[String], grants: Vec<String>) -> Result<World, String> {
+        let disabled = disabled
+            .iter()
+            .map(|d| {
+                KillTarget::parse(d)
+                    .ok_or_else(|| format!("disabled {d:?}: write tool:NAME or agent:ID"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(World { disabled, grants })
+    }
+}
+
 /// What the proxy would do with the request.
 #[derive(Debug, Clone)]
 pub enum Outcome {
