@@ -47,6 +47,9 @@ pub struct ExplainArgs {
     /// A tool lent to the agent by a live grant (repeatable).
     #[arg(long)]
     pub grant: Vec<String>,
+    /// What the agent already spent of the tool's budget in the current period.
+    #[arg(long)]
+    pub spent: Option<f64>,
 }
 
 /// Prints every phase's verdict; exit status 0 whatever the verdict (1 on a bad argument).
@@ -135,7 +138,8 @@ fn asked(args: &ExplainArgs) -> Result<(Asked, World), String> {
         };
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ctype));
     }
-    let world = World::given(&args.disabled, args.grant.clone())?;
+    let mut world = World::given(&args.disabled, args.grant.clone())?;
+    world.spent = args.spent;
     Ok((
         Asked {
             who,

@@ -34,6 +34,8 @@ struct CaseDef {
     /// Tools lent to the agent by a live grant.
     #[serde(default)]
     grants: Vec<String>,
+    /// What the agent already spent of the tool's budget in the current period.
+    spent: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,7 +119,8 @@ fn case(def: CaseDef) -> Result<Case, String> {
         _ => return Err("give exactly one of agent = \"ID\" or source = \"ADDRESS\"".into()),
     };
     let expect = expect(def.expect, def.credential)?;
-    let world = World::given(&def.disabled, def.grants)?;
+    let mut world = World::given(&def.disabled, def.grants)?;
+    world.spent = def.spent;
     Ok(Case {
         name: def.name,
         asked: request(def.request, who)?,

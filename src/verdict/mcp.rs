@@ -163,7 +163,7 @@ fn call(
     })?;
     let parts = parts_of(asked);
     let checked = super::arguments(agent, tool, &parts, arguments);
-    let (credential, _) = t.check("arguments", checked, |(c, _)| {
+    let (credential, amount) = t.check("arguments", checked, |(c, _)| {
         format!(
             "pass the schema and rules; {}",
             super::credential_note(agent, c.as_deref())
@@ -172,5 +172,10 @@ fn call(
     t.check("headers", forwarded_headers(tool, &asked.headers), |h| {
         format!("{} header(s) forwarded", h.len())
     })?;
-    decide(agent, tool, &asked.headers, credential, t)
+    let call = super::Decided {
+        credential,
+        amount,
+        spent: world.spent,
+    };
+    decide(agent, tool, &asked.headers, call, t)
 }

@@ -6,7 +6,7 @@
 //! kill-switch refusals, [`arguments`]) and the proxy calls them, so the two cannot drift.
 //!
 //! What needs state is given, not looked up: kill switches and grants come with the request
-//! ([`World`]); rate limits, budgets spent, idempotency records, job owners, MCP pins and DNS
+//! ([`World`]: kill switches, grants, a budget spent); rate limits, idempotency records, job owners, MCP pins and DNS
 //! are not evaluated (the phases that read them say so).
 
 pub mod cases;
@@ -56,6 +56,8 @@ pub struct World {
     pub disabled: Vec<KillTarget>,
     /// Tools lent to the request's agent by a live grant.
     pub grants: Vec<String>,
+    /// What the agent already spent of the tool's budget in the current period.
+    pub spent: Option<f64>,
 }
 
 impl World {
@@ -68,7 +70,11 @@ impl World {
                     .ok_or_else(|| format!("disabled {d:?}: write tool:NAME or agent:ID"))
             })
             .collect::<Result<_, _>>()?;
-        Ok(World { disabled, grants })
+        Ok(World {
+            disabled,
+            grants,
+            spent: None,
+        })
     }
 }
 
@@ -376,8 +382,13 @@ fn http_call(
         },
     )?;
     let parts = parts_of(asked);
-    checked_body(asked, &agent, &tool, &parts, &matched.params, &query, t)?;
-    decide(&agent, &tool, &asked.headers, credential, t)
+    let amount = checked_body(asked, &agent, &tool, &parts, &matched.params, &query, t)?;
+    let call = Decided {
+        credential,
+        amount,
+        spent: world.spent,
+    };
+    decide(&agent, &tool, &asked.headers, call, t)
 }
 
 /// The body's size, form and schema, the rules, the budget field and the headers.
@@ -389,7 +400,7 @@ fn checked_body(
     params: &std::collections::BTreeMap<String, String>,
     query: &Value,
     t: &mut Trail,
-) -> Result<(), Refusal> {
+) -> Result<Option<f64>, Refusal> {
     t.check("body size", within_limit(tool, asked), |n| {
         format!("{n} bytes, within {}", tool.max_body_bytes)
     })?;
@@ -405,18 +416,14 @@ fn checked_body(
     t.check("rules", rules, |()| {
         format!("{} rule(s) hold", tool.rules.len())
     })?;
-    t.check("budget field", budget_amount(tool, &body), amount_note)?;
+    let amount = t.check("budget field", budget_amount(tool, &body), |a| match a {
+        Some(n) => format!("asks {n} of the budget"),
+        None => "no budget".into(),
+    })?;
     t.check("headers", forwarded_headers(tool, &asked.headers), |h| {
         format!("{} header(s) forwarded", h.len())
     })?;
-    Ok(())
-}
-
-fn amount_note(amount: &Option<f64>) -> String {
-    match amount {
-        Some(n) => format!("asks {n} of the budget (what was spent is not checked)"),
-        None => "no budget".into(),
-    }
+    Ok(amount)
 }
 
 fn credential_note(agent: &Agent, credential: Option<&Credential>) -> String {
@@ -466,16 +473,24 @@ fn within_limit(tool: &Tool, asked: &Asked) -> Result<usize, Refusal> {
     }
 }
 
-/// The decide phase's verdict as an outcome.
+/// What the decide phase takes of a checked call: its credential, what it asks of its tool's
+/// budget, and what the case says was spent already.
+pub(super) struct Decided {
+    pub(super) credential: Option<Arc<Credential>>,
+    pub(super) amount: Option<f64>,
+    pub(super) spent: Option<f64>,
+}
+
+/// The decide phase's verdict as an outcome; a call held or sent at once must fit its budget.
 fn decide(
     agent: &Agent,
     tool: &Tool,
     headers: &HeaderMap,
-    credential: Option<Arc<Credential>>,
+    call: Decided,
     t: &mut Trail,
 ) -> Result<Outcome, Refusal> {
     let route = t.check("decide", route(agent, tool, headers, false), |r| {
-        let limits = "rate limit, budget and idempotency records are not checked";
+        let limits = "rate limit and idempotency records are not checked";
         match r {
             Route::Preview => format!("dry run (mode {}): previewed", tool.mode.as_str()),
             Route::Propose => "mode approve: held for approval".to_string(),
@@ -483,13 +498,46 @@ fn decide(
             Route::Write(_) => format!("a write, sent at once ({limits})"),
         }
     })?;
+    if matches!(route, Route::Propose | Route::Write(_)) {
+        let fits = budget_fits(agent, tool, call.amount, call.spent);
+        t.check("budget", fits, String::clone)?;
+    }
     Ok(match route {
         Route::Preview => Outcome::DryRun,
         Route::Propose => Outcome::Hold,
         Route::Read | Route::Write(_) => Outcome::Forward {
-            credential: credential.map(|c| c.name.clone()),
+            credential: call.credential.map(|c| c.name.clone()),
         },
     })
+}
+
+/// Whether `amount` fits the agent's budget for the tool with `spent` used in this period (the
+/// proxy's arithmetic and refusal); without `spent`, not checked.
+fn budget_fits(
+    agent: &Agent,
+    tool: &Tool,
+    amount: Option<f64>,
+    spent: Option<f64>,
+) -> Result<String, Refusal> {
+    let (Some(budget), Some(amount)) = (&tool.budget, amount) else {
+        return Ok("no budget".into());
+    };
+    let Some(spent) = spent else {
+        return Ok(format!(
+            "asks {amount} of {} per {}; what was spent is not given (spent = N in a case)",
+            budget.max,
+            budget.per.as_str()
+        ));
+    };
+    match crate::store::rules::budget_add(spent, amount, budget.max) {
+        Ok(total) => Ok(format!(
+            "{spent} spent + {amount} = {total}, within {}",
+            budget.max
+        )),
+        Err(used) => Err(crate::limits::budget_exceeded(
+            tool, &agent.id, used, amount,
+        )),
+    }
 }
 
 /// What the decide phase does with a call that passed every check.
