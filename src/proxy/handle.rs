@@ -23,6 +23,7 @@ use crate::audit::payload::{Asked, Decision};
 use crate::audit::Kind;
 use crate::base::new_id;
 use crate::error::{Code, Refusal};
+use crate::policy::Policy;
 
 /// A call toolgate makes itself on an agent's behalf (an undo), through every phase an agent's
 /// call takes, with its own request id and audit events. Returns that id, the answer, and the
@@ -33,8 +34,9 @@ pub(crate) async fn internal_call(
     req: Request<ProxyBody>,
 ) -> (String, Response<ProxyBody>, Option<Code>) {
     let request_id = new_id("req");
-    let target = Arc::new(target);
-    let (resp, code) = handle(app, target, req, request_id.clone(), Instant::now()).await;
+    let (target, policy) = (Arc::new(target), app.policy());
+    let started = Instant::now();
+    let (resp, code) = handle(app, target, policy, req, request_id.clone(), started).await;
     (request_id, resp, code)
 }
 
@@ -44,23 +46,21 @@ type Handled = std::pin::Pin<
 >;
 
 /// One request: every phase, then the record phase; a refusal from any phase is answered at
-/// the one rescue point. Boxed: a batch of MCP messages handles each message as a request of
-/// its own, and a future cannot contain itself.
+/// the one rescue point. `policy` is the snapshot it is judged by: taken for it when it
+/// arrives in a tunnel, or the one its absolute-form request or its batch was judged by.
+/// Boxed: a batch of MCP messages handles each message as a request of its own, and a future
+/// cannot contain itself.
 pub(super) fn handle(
     app: Arc<Gate>,
     target: Arc<Target>,
+    policy: Arc<Policy>,
     req: Request<ProxyBody>,
     request_id: String,
     started: Instant,
 ) -> Handled {
     Box::pin(async move {
-        let mut ctx = RequestCtx::new(
-            request_id,
-            started,
-            app.policy(),
-            target,
-            app.audit().clone(),
-        );
+        let audit = app.audit().clone();
+        let mut ctx = RequestCtx::new(request_id, started, policy, target, audit);
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
         let job = job_of(&app, &mut ctx, req.headers()).await;
         asked(&ctx, &req);
@@ -129,15 +129,16 @@ async fn route(
     }
     match mcp::process(app, ctx, agent, endpoint, req).await? {
         Routed::Answered(resp) => Ok(resp),
-        Routed::Batch(batch) => {
-            let mut answers = Vec::new();
-            for (i, message) in batch.requests().into_iter().enumerate() {
+        Routed::Batch(mut batch) => {
+            // Each message a request of its own, judged by the batch's policy snapshot.
+            for i in 0..batch.len() {
                 let id = format!("{}.{}", ctx.id, i + 1);
-                let (resp, _) =
-                    handle(app.clone(), target.clone(), message, id, Instant::now()).await;
-                answers.push(resp);
+                let (app, target, policy) = (app.clone(), target.clone(), ctx.policy.clone());
+                let message = batch.request(i);
+                let (resp, _) = handle(app, target, policy, message, id, Instant::now()).await;
+                batch.answered(i, resp).await?;
             }
-            batch.answer(answers).await
+            Ok(batch.answer())
         }
     }
 }

@@ -56,6 +56,7 @@ pub(super) async fn process(
     tools: Vec<Arc<Tool>>,
     req: Request<ProxyBody>,
 ) -> Result<Routed, Refusal> {
+    ctx.owner = Some(agent.owner.clone());
     let agent = crate::grants::for_tools(app, agent, &tools).await?;
     let (uri, host) = (req.uri(), &ctx.target.host);
     let via = verdict::endpoint_via(&agent, &tools, host, uri.path(), uri.query())?;
@@ -79,7 +80,7 @@ pub(super) async fn process(
     let message = crate::policy::contract::parse_json_strict(&read.body)
         .map_err(|e| validation(format!("an MCP message must be JSON: {e}")))?;
     match message {
-        Value::Array(list) => batch(ctx, read.parts, list).await.map(Routed::Batch),
+        Value::Array(list) => batch(ctx, read, list).await.map(Routed::Batch),
         message => one(app, ctx, &ep, read, message)
             .await
             .map(Routed::Answered),
@@ -207,7 +208,7 @@ async fn call_tool(
         Answer::Passed(resp) => resp,
         // A stored answer (a write's, a replay's, an approved call's) carries the id of the
         // call that executed; the agent gets it under its own.
-        Answer::Stored(resp) => answer_as(&id, resp).await?,
+        Answer::Stored(resp) => answer_as(&id, resp).await,
     })
 }
 
@@ -363,13 +364,20 @@ fn read_answer(parts: &http::response::Parts, bytes: &[u8]) -> Result<mcp::Answe
     mcp::Answer::from_headers(&parts.headers, bytes).map_err(unreadable)
 }
 
-/// The answer to the call, under the agent's JSON-RPC id, as one JSON message. An answer that
-/// cannot be read is refused (at the rescue point, as the tool's result: the call's id is the
-/// request's reply form by now).
-async fn answer_as(id: &Value, resp: Response<ProxyBody>) -> Result<Response<ProxyBody>, Refusal> {
+/// The answer to the call, under the agent's JSON-RPC id, as one JSON message. The call took
+/// place: an answer toolgate cannot read is withheld (the tool's result with `isError` and
+/// why), not refused — the call's events already tell what was sent and answered, as a
+/// withheld answer of a committed call does (`commit::shown`).
+async fn answer_as(id: &Value, resp: Response<ProxyBody>) -> Response<ProxyBody> {
     let status = resp.status();
-    let (parts, bytes) = read_whole(resp).await?;
-    let answer = read_answer(&parts, &bytes)?;
+    let read = match read_whole(resp).await {
+        Ok((parts, bytes)) => read_answer(&parts, &bytes).map(|a| (parts, a)),
+        Err(refusal) => Err(refusal),
+    };
+    let (parts, answer) = match read {
+        Ok(read) => read,
+        Err(withheld) => return refusal_answer(&McpReply::ToolResult(id.clone()), &withheld),
+    };
     let found = answer
         .clone()
         .messages()
@@ -385,15 +393,12 @@ async fn answer_as(id: &Value, resp: Response<ProxyBody>) -> Result<Response<Pro
                 }
                 resp.headers_mut().append(name.clone(), value.clone());
             }
-            Ok(resp)
+            resp
         }
         None => {
             let mut parts = parts;
             parts.headers.remove(header::CONTENT_LENGTH);
-            Ok(Response::from_parts(
-                parts,
-                body::full(Bytes::from(answer.to_bytes())),
-            ))
+            Response::from_parts(parts, body::full(Bytes::from(answer.to_bytes())))
         }
     }
 }
@@ -631,18 +636,18 @@ async fn pinned(
 }
 
 /// A batch of JSON-RPC messages: each a request of its own (its own id, decision and events),
-/// answered together as a JSON array in the order asked (notifications get no answer).
+/// answered together as a JSON array in the order asked (notifications get no answer). The
+/// messages run one after the other; each answer is read as soon as its message has run, and
+/// the batch's body stays held against the buffer caps until the batch is answered.
 pub(super) struct Batch {
     parts: http::request::Parts,
     list: Vec<Value>,
+    answers: Vec<Value>,
+    _buffered: crate::guard::BodyReservation,
 }
 
 /// A batch, as the request that brought it records it.
-async fn batch(
-    ctx: &RequestCtx,
-    parts: http::request::Parts,
-    list: Vec<Value>,
-) -> Result<Batch, Refusal> {
+async fn batch(ctx: &RequestCtx, read: Read, list: Vec<Value>) -> Result<Batch, Refusal> {
     if list.is_empty() {
         return Err(validation("an empty JSON-RPC batch asks for nothing"));
     }
@@ -651,48 +656,58 @@ async fn batch(
         json!({"outcome": "batch", "messages": list.len()}),
     )
     .await;
-    Ok(Batch { parts, list })
+    Ok(Batch {
+        parts: read.parts,
+        list,
+        answers: Vec::new(),
+        _buffered: read.buffered,
+    })
 }
 
 impl Batch {
-    /// Each message as a request of its own, in the order asked.
-    pub(super) fn requests(&self) -> Vec<Request<ProxyBody>> {
-        self.list
-            .iter()
-            .map(|message| {
-                let mut req = Request::new(body::full(Bytes::from(message.to_string())));
-                *req.method_mut() = Method::POST;
-                *req.uri_mut() = self.parts.uri.clone();
-                *req.headers_mut() = self.parts.headers.clone();
-                req.headers_mut().remove(header::CONTENT_LENGTH);
-                req
-            })
-            .collect()
+    /// How many messages it holds.
+    pub(super) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Message `i` as a request of its own.
+    pub(super) fn request(&self, i: usize) -> Request<ProxyBody> {
+        let message = self.list.get(i).cloned().unwrap_or(Value::Null);
+        let mut req = Request::new(body::full(Bytes::from(message.to_string())));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = self.parts.uri.clone();
+        *req.headers_mut() = self.parts.headers.clone();
+        req.headers_mut().remove(header::CONTENT_LENGTH);
+        req
+    }
+
+    /// Reads the answer to message `i` (nothing for a notification); an answer that cannot be
+    /// read ends the batch before its next message is sent.
+    pub(super) async fn answered(
+        &mut self,
+        i: usize,
+        resp: Response<ProxyBody>,
+    ) -> Result<(), Refusal> {
+        let Some(id) = self.list.get(i).and_then(|m| m.get("id")).cloned() else {
+            return Ok(());
+        };
+        let (parts, bytes) = read_whole(resp).await?;
+        let messages = read_answer(&parts, &bytes)
+            .map(mcp::Answer::messages)
+            .unwrap_or_default();
+        let answer = mcp::answer_to(messages, &id).unwrap_or_else(|| {
+            mcp::error_message(
+                Some(&id),
+                mcp::INVALID_REQUEST,
+                "toolgate: no answer to this message",
+            )
+        });
+        self.answers.push(answer);
+        Ok(())
     }
 
     /// The batch's answer: the answer to each message that has an id, in order.
-    pub(super) async fn answer(
-        self,
-        answers: Vec<Response<ProxyBody>>,
-    ) -> Result<Response<ProxyBody>, Refusal> {
-        let mut out = Vec::new();
-        for (message, resp) in self.list.iter().zip(answers) {
-            let Some(id) = message.get("id").cloned() else {
-                continue;
-            };
-            let (parts, bytes) = read_whole(resp).await?;
-            let messages = read_answer(&parts, &bytes)
-                .map(mcp::Answer::messages)
-                .unwrap_or_default();
-            let answer = mcp::answer_to(messages, &id).unwrap_or_else(|| {
-                mcp::error_message(
-                    Some(&id),
-                    mcp::INVALID_REQUEST,
-                    "toolgate: no answer to this message",
-                )
-            });
-            out.push(answer);
-        }
-        Ok(json_answer(StatusCode::OK, &Value::Array(out)))
+    pub(super) fn answer(self) -> Response<ProxyBody> {
+        json_answer(StatusCode::OK, &Value::Array(self.answers))
     }
 }

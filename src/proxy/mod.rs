@@ -282,7 +282,7 @@ async fn outer(
     };
     outer.host = host.to_string();
     let port = req.uri().port_u16();
-    plain_http(app, &policy, outer, port, req).await
+    plain_http(app, policy, outer, port, req).await
 }
 
 /// A plain-HTTP request for `outer.host` (absolute form, or a redirected connection's `Host`):
@@ -290,7 +290,7 @@ async fn outer(
 /// text. Port 80 (or none) means the contract's TLS port.
 async fn plain_http(
     app: Arc<Gate>,
-    policy: &Policy,
+    policy: Arc<Policy>,
     mut outer: Outer,
     port: Option<u16>,
     req: Request<ProxyBody>,
@@ -304,14 +304,21 @@ async fn plain_http(
         None | Some(80) => policy.port_for_host(&outer.host).unwrap_or(443),
         Some(p) => p,
     };
-    if let Err(refusal) = egress(&app, policy, &outer.host, port).await {
+    if let Err(refusal) = egress(&app, &policy, &outer.host, port).await {
         return refuse_outer(&app, &outer, refusal).await;
     }
     let target = Target::of(&outer, port, new_id("conn"));
     let started = outer.started;
-    handle(app, Arc::new(target), req, outer.request_id, started)
-        .await
-        .0
+    handle(
+        app,
+        Arc::new(target),
+        policy,
+        req,
+        outer.request_id,
+        started,
+    )
+    .await
+    .0
 }
 
 /// The egress phase: the host must be named by a contract, and must not resolve to a private
@@ -587,7 +594,8 @@ where
             let started = Instant::now();
             let request_id = new_id("req");
             let req = kept(&app, req);
-            let (resp, _) = handle(app, target, req, request_id, started).await;
+            let policy = app.policy();
+            let (resp, _) = handle(app, target, policy, req, request_id, started).await;
             drop(in_flight);
             Ok::<_, Infallible>(resp)
         }

@@ -164,7 +164,6 @@ pub(super) fn identify(
         ));
     }
     verdict::canonical(req.uri().path())?;
-    ctx.owner = Some(agent.owner.clone());
     Ok(agent)
 }
 
@@ -178,6 +177,7 @@ pub(super) async fn process(
 ) -> Result<Answer, Refusal> {
     let matched = match_tool(app, ctx, &req)?;
     ctx.matched(&matched.tool);
+    ctx.owner = Some(agent.owner.clone());
     let agent = crate::grants::for_tool(app, agent, &matched.tool.name).await?;
     let checked = validate(app, ctx, agent, matched, req).await?;
     decide(app, ctx, checked).await

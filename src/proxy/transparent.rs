@@ -266,7 +266,7 @@ async fn plain_request(
     let policy = app.policy();
     if let (Some(_), Some((host, port))) = (&agent, host.clone()) {
         outer.host = host;
-        return plain_http(app.clone(), &policy, outer, Some(port), req).await;
+        return plain_http(app.clone(), policy, outer, Some(port), req).await;
     }
     // A known source without a Host header is still that agent's refusal.
     let refusal = match &agent {
