@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::env;
 use crate::policy::Policy;
-use crate::verdict::cases::describe;
+use crate::verdict::cases::{describe, method_and_url};
 use crate::verdict::{closest, evaluate, Asked, Who, World};
 
 use super::fail;
@@ -100,18 +100,7 @@ fn asked(args: &ExplainArgs) -> Result<(Asked, World), String> {
         (None, Some(ip)) => Who::Source(ip),
         (None, None) => return Err("give --agent ID or --source ADDRESS".into()),
     };
-    let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| format!("{:?} is not an HTTP method", args.method))?;
-    let url: Uri = args
-        .url
-        .parse()
-        .map_err(|e| format!("{:?}: {e}", args.url))?;
-    if url.host().is_none() {
-        return Err(format!(
-            "{:?} must be absolute: https://host/path",
-            args.url
-        ));
-    }
+    let (method, url) = method_and_url(&args.method, &args.url)?;
     let mut headers = HeaderMap::new();
     for h in &args.headers {
         let (name, value) = h

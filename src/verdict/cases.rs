@@ -164,18 +164,7 @@ fn expect(def: ExpectDef, credential: Option<String>) -> Result<Expect, String> 
 
 /// The request a case describes: an absolute URL, headers, and one kind of body.
 fn request(def: RequestDef, who: Who) -> Result<Asked, String> {
-    let method = Method::from_bytes(def.method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| format!("method {:?} is not an HTTP method", def.method))?;
-    let url: Uri = def
-        .url
-        .parse()
-        .map_err(|e| format!("url {:?}: {e}", def.url))?;
-    if !matches!(url.scheme_str(), Some("https" | "http")) || url.host().is_none() {
-        return Err(format!(
-            "url {:?} must be absolute: https://host/path",
-            def.url
-        ));
-    }
+    let (method, url) = method_and_url(&def.method, &def.url)?;
     let mut headers = HeaderMap::new();
     for (name, value) in &def.headers {
         let n = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
@@ -210,6 +199,17 @@ fn request(def: RequestDef, who: Who) -> Result<Asked, String> {
         headers,
         body,
     })
+}
+
+/// A request's method and its absolute URL (`https://host/path?query`, or `http://`), read.
+pub fn method_and_url(method: &str, url: &str) -> Result<(Method, Uri), String> {
+    let m = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("method {method:?} is not an HTTP method"))?;
+    let u: Uri = url.parse().map_err(|e| format!("url {url:?}: {e}"))?;
+    if !matches!(u.scheme_str(), Some("https" | "http")) || u.host().is_none() {
+        return Err(format!("url {url:?} must be absolute: https://host/path"));
+    }
+    Ok((m, u))
 }
 
 /// A JSON object as a form body in bracket notation (`a[b]=1`, `a[0]=x`), as the Stripe SDKs
