@@ -37,6 +37,7 @@ pub mod services;
 pub mod store;
 pub mod sweep;
 pub mod upstream;
+pub mod verdict;
 
 use std::future::Future;
 use std::sync::Arc;

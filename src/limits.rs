@@ -40,7 +40,7 @@ fn budget_key(agent: &str, tool: &Tool, budget: &Budget) -> String {
     format!("{agent}\0{}\0{}", tool.name, budget.per.bucket(now_unix()))
 }
 
-fn budget_exceeded(tool: &Tool, agent: &str, used: f64, amount: f64) -> Refusal {
+pub(crate) fn budget_exceeded(tool: &Tool, agent: &str, used: f64, amount: f64) -> Refusal {
     let (field, max, per) = tool
         .budget
         .as_ref()

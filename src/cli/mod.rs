@@ -49,21 +49,25 @@ mod ca;
 mod check;
 mod contracts;
 mod db;
+mod explain;
 mod grants;
 mod mcp;
 mod rollback;
 mod serve;
 mod switches;
+mod test;
 mod tokens;
 
 pub use audit::AuditCommand;
 pub use ca::CaCommand;
 pub use contracts::{ContractsCommand, ImportArgs, SuggestArgs};
 pub use db::DbCommand;
+pub use explain::ExplainArgs;
 pub use grants::GrantsCommand;
 pub use mcp::McpCommand;
 pub use serve::ServeArgs;
 pub use switches::SwitchCommand;
+pub use test::TestArgs;
 pub use tokens::TokensCommand;
 
 #[derive(Debug, Parser)]
@@ -116,6 +120,14 @@ pub enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Run policy test cases (POLICIES/tests/*.toml, or the files named) through the proxy's
+    /// decision phases, without network or store: a table of PASS/FAIL, and for a failure what
+    /// was decided and why. Exits non-zero when a case fails.
+    Test(TestArgs),
+    /// One request through the proxy's decision phases, without network or store, each phase's
+    /// verdict printed: the contract it matched (or the closest ones and why not), the schema
+    /// error, the rule. What to run when an agent says "I was refused".
+    Explain(Box<ExplainArgs>),
     /// Short-lived agent tokens, through a running server's admin API (group admin, or a group
     /// the agent names in token_issuers).
     Tokens {
@@ -225,6 +237,8 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Ca { command } => ca::run(command),
         Command::Check { policies, strict } => check::run(&policies, strict),
         Command::Contracts { command } => contracts::run(command).await,
+        Command::Test(args) => test::run(args),
+        Command::Explain(args) => explain::run(*args),
         Command::Mcp { command } => mcp::run(command).await,
         Command::Db { command } => db::run(command).await,
         Command::Pending { server } => approvals::pending(server.client()).await,

@@ -112,6 +112,14 @@ fn compile_credentials(
 }
 
 pub(super) fn collect_toml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), PolicyError> {
+    collect_under(dir, out)?;
+    // The policy tests beside the policies (`toolgate test`) are cases, not policy.
+    let tests = dir.join(super::TESTS_DIR);
+    out.retain(|p| !p.starts_with(&tests));
+    Ok(())
+}
+
+fn collect_under(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), PolicyError> {
     let entries = std::fs::read_dir(dir).map_err(|e| PolicyError::new(dir, e.to_string()))?;
     for entry in entries {
         let entry = entry.map_err(|e| PolicyError::new(dir, e.to_string()))?;
@@ -120,7 +128,7 @@ pub(super) fn collect_toml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Pol
             .file_type()
             .map_err(|e| PolicyError::new(&path, e.to_string()))?;
         if ty.is_dir() {
-            collect_toml(&path, out)?;
+            collect_under(&path, out)?;
         } else if path.extension().is_some_and(|e| e == "toml") {
             out.push(path);
         }

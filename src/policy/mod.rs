@@ -30,11 +30,28 @@ pub use types::{
     Rollback, SendOn, SideEffects, Tool, ToolKind, DEFAULT_MAX_BODY,
 };
 
+/// What an unset secret reads as in [`Policy::load_dir_dry`].
+const DRY_SECRET: &str = "unset-in-a-dry-evaluation";
+
+/// The folder of a policy folder that holds its test cases (`toolgate test`), not policy.
+pub const TESTS_DIR: &str = "tests";
+
 impl Policy {
-    /// Loads every `*.toml` file under `dir` (recursively, in name order).
+    /// Loads every `*.toml` file under `dir` (recursively, in name order), but for the test
+    /// cases in `dir/tests/`.
     pub fn load_dir(dir: &Path) -> Result<Policy, PolicyError> {
         let files = compile::read_dir(dir)?;
         Policy::build(files, &|name| std::env::var(name).ok())
+    }
+
+    /// Loads `dir` for a dry evaluation (`toolgate test`, `toolgate explain`): a secret or
+    /// token named by an environment variable that is not set reads as a placeholder, since
+    /// nothing is sent and no one authenticates (CI runs the tests without the real secrets).
+    pub fn load_dir_dry(dir: &Path) -> Result<Policy, PolicyError> {
+        let files = compile::read_dir(dir)?;
+        Policy::build(files, &|name| {
+            Some(std::env::var(name).unwrap_or_else(|_| DRY_SECRET.to_string()))
+        })
     }
 
     /// Builds a policy set from parsed files. `env` reads environment variables (a parameter so

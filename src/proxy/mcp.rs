@@ -24,6 +24,7 @@ use crate::error::Refusal;
 use crate::mcp::{self, Message};
 use crate::policy::{Agent, Mode, Tool};
 use crate::services::mcp_sessions::{Opener, Standing};
+use crate::verdict::mcp as verdict;
 
 /// The largest `tools/list` answer or stored answer toolgate reads whole to rewrite.
 const ANSWER_CAP: usize = 8 * 1024 * 1024;
@@ -57,29 +58,9 @@ pub(super) async fn process(
 ) -> Result<Routed, Refusal> {
     ctx.owner = Some(agent.owner.clone());
     let agent = crate::grants::for_tools(app, agent, &tools).await?;
-    let Some(via) = tools.iter().find(|t| agent.may_use(&t.name)).cloned() else {
-        return Err(Refusal::policy(format!(
-            "agent {} holds no tool on the MCP server at {}{}; ask for a contract for the tool you need",
-            agent.id,
-            ctx.target.host,
-            req.uri().path()
-        )));
-    };
-    if req.uri().query().is_some() {
-        return Err(validation(
-            "an MCP endpoint takes no query string: send everything in the JSON-RPC message",
-        ));
-    }
-    let what = match *req.method() {
-        Method::POST => None,
-        Method::GET => Some("stream"),
-        Method::DELETE => Some("end of session"),
-        _ => {
-            return Err(Refusal::policy(
-                "an MCP endpoint takes POST (messages), GET (the server's stream) and DELETE (the end of a session)",
-            ))
-        }
-    };
+    let (uri, host) = (req.uri(), &ctx.target.host);
+    let via = verdict::endpoint_via(&agent, &tools, host, uri.path(), uri.query())?;
+    let what = verdict::endpoint_method(req.method())?;
     let key = endpoint_key(&ctx.target, &tools);
     let ep = Endpoint {
         agent,
@@ -169,29 +150,18 @@ async fn one(
             arguments,
         } => {
             ctx.reply = Reply::Mcp(McpReply::ToolResult(id.clone()));
-            let tool = ep
-                .tools
-                .iter()
-                .find(|t| t.mcp.as_ref().is_some_and(|m| m.name == name))
-                .cloned()
-                .ok_or_else(|| {
-                    Refusal::policy(format!(
-                        "no contract allows MCP tool {name:?} on {}{}; call only the tools tools/list shows you",
-                        ctx.target.host, read.parts.uri.path()
-                    ))
-                })?;
+            let path = read.parts.uri.path();
+            let tool = verdict::contracted(&ep.tools, &name, &ctx.target.host, path)?;
             let answer = call_tool(app, ctx, ep, tool, read, id, arguments).await?;
             guarded(app, &ep.agent, &ep.tools, answer).await
         }
         Message::Other { id, method } => {
             ctx.reply = Reply::Mcp(McpReply::Error(id));
-            Err(Refusal::policy(format!(
-                "MCP method {method} is not allowed through toolgate: only tools/call of contracted tools, tools/list and session set-up pass"
-            )))
+            Err(verdict::other_method(&method))
         }
         Message::Invalid { id, why } => {
             ctx.reply = Reply::Mcp(McpReply::Error(id));
-            Err(validation(format!("not a JSON-RPC 2.0 message: {why}")))
+            Err(verdict::invalid_message(&why))
         }
     }
 }

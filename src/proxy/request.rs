@@ -19,17 +19,18 @@ use super::scrub::{Needles, Scrubbed};
 use crate::app::Gate;
 use crate::audit::{payload, Kind};
 use crate::checks::{
-    authorize, budget_amount, check_rules, forwarded_headers, idempotency_key, validate_body,
-    validate_path, validate_query, validation,
+    authorize, budget_amount, check_rules, forwarded_headers, validate_body, validate_path,
+    validate_query, validation,
 };
 use crate::error::{Code, Refusal};
 use crate::guard::{BodyReservation, Exceeded};
 use crate::limits::charge_budget;
 use crate::model::{Call, KillTarget};
-use crate::policy::{check_path, Agent, Credential, Mode, SideEffects, Tool, ToolKind};
+use crate::policy::{Agent, Credential, Tool, ToolKind};
 use crate::services::LockKey;
 use crate::store::{now_unix, IdemRecord, IdemState, Outcome};
 use crate::upstream;
+use crate::verdict::{self, Route};
 
 /// How long an `Idempotency-Key` is remembered (Stripe's own window).
 const KEY_WINDOW_SECS: u64 = 24 * 3600;
@@ -155,20 +156,14 @@ pub(super) fn identify(
             Refusal::auth_error("this agent is no longer defined in the policies")
         })?;
     if let Some(k) = app.kill().get(&KillTarget::Agent(agent.id.clone())) {
-        return Err(Refusal::new(
-            Code::ToolDisabled,
-            format!(
-                "agent {} is disabled by {}: {}; no call is sent until it is enabled",
-                agent.id, k.by, k.reason
-            ),
-        ));
+        return Err(verdict::agent_disabled(&agent.id, &k));
     }
     if req.method() == Method::CONNECT {
         return Err(Refusal::policy(
             "CONNECT inside a tunnel is not allowed; open one tunnel per host through toolgate",
         ));
     }
-    canonical(req.uri().path())?;
+    verdict::canonical(req.uri().path())?;
     Ok(agent)
 }
 
@@ -208,25 +203,10 @@ fn match_tool(
     Ok(Some(matched))
 }
 
-/// The path as sent must be canonical: toolgate matches it as it is and never normalises it.
-fn canonical(path: &str) -> Result<(), Refusal> {
-    check_path(path).map_err(|e| {
-        Refusal::policy(format!(
-            "{e}; send the path in canonical form, toolgate does not normalise it"
-        ))
-    })
-}
-
 /// The tool's kill switch.
 pub(super) fn tool_enabled(app: &Gate, tool: &Tool) -> Result<(), Refusal> {
     match app.kill().get(&KillTarget::Tool(tool.name.clone())) {
-        Some(k) => Err(Refusal::new(
-            Code::ToolDisabled,
-            format!(
-                "tool {} is disabled by {}: {}; do not retry until it is enabled",
-                tool.name, k.by, k.reason
-            ),
-        )),
+        Some(k) => Err(verdict::tool_disabled(tool, &k)),
         None => Ok(()),
     }
 }
@@ -242,30 +222,19 @@ pub(super) fn arguments_call(
     id: Value,
     arguments: Value,
 ) -> Result<Checked, Refusal> {
-    let params = Default::default();
-    let credential = authorize(&agent, &tool, &params)?;
-    if let Some(mcp) = &tool.mcp {
-        if crate::policy::contract::depth(&arguments) > crate::policy::contract::MAX_DEPTH {
-            return Err(validation("the arguments nest too deeply"));
-        }
-        mcp.arguments
-            .check(&arguments)
-            .map_err(|e| validation(format!("MCP tool {} arguments: {e}", mcp.name)))?;
-    }
+    let (credential, amount) = verdict::arguments(&agent, &tool, &read.parts, &arguments)?;
     let Read {
         parts,
         body,
         buffered,
     } = read;
-    check_rules(&agent, &tool, &parts, &params, &Value::Null, &arguments)?;
-    let amount = budget_amount(&tool, &arguments)?;
     let headers = upstream_headers(&tool, &parts.headers, credential.as_deref())?;
     let body_event = arguments_event(&tool, &arguments);
     Ok(Checked {
         call: call_of(ctx, &tool, &parts, body, arguments),
         agent,
         tool,
-        params,
+        params: Default::default(),
         credential,
         parts,
         query: Value::Null,
@@ -381,45 +350,30 @@ pub(super) async fn decide(
         ctx.record_beside(Kind::GrantUsed, crate::grants::facts(g))
             .await;
     }
-    if tool.mode == Mode::Deny {
-        return Err(Refusal::policy(format!(
-            "tool {} is in mode deny: no agent may call it",
-            tool.name
-        )));
-    }
-    let asked_dry_run = checked
-        .parts
-        .headers
-        .get("toolgate-dry-run")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| matches!(v.trim(), "1" | "true"));
     // An undo was asked for by an approver: it is not previewed, and not held.
-    let dry_run = checked.call.undoes.is_none()
-        && (tool.mode == Mode::DryRun
-            || (tool.side_effects != SideEffects::None
-                && (checked.agent.dry_run || asked_dry_run)));
-    if dry_run {
-        ctx.record(Kind::Decision, decision("dry_run", &checked))
-            .await;
-        return Ok(Answer::Preview(Box::new(checked)));
-    }
-    // Limits that hold for calls held for approval as much as for calls sent at once.
-    let key = idempotency_key(&tool, &checked.parts.headers)?.map(str::to_string);
-    if tool.mode == Mode::Approve && checked.call.undoes.is_none() {
-        // The proposal stores the request without the credential; it is injected at commit.
-        if let Some(cred) = &checked.credential {
-            checked.headers.remove(&cred.header);
+    let undo = checked.call.undoes.is_some();
+    match verdict::route(&checked.agent, &tool, &checked.parts.headers, undo)? {
+        Route::Preview => {
+            ctx.record(Kind::Decision, decision("dry_run", &checked))
+                .await;
+            Ok(Answer::Preview(Box::new(checked)))
         }
-        ctx.flush().await;
-        return propose(app, ctx, &checked).await.map(Answer::Stored);
+        Route::Propose => {
+            // The proposal stores the request without the credential; it is injected at commit.
+            if let Some(cred) = &checked.credential {
+                checked.headers.remove(&cred.header);
+            }
+            ctx.flush().await;
+            propose(app, ctx, &checked).await.map(Answer::Stored)
+        }
+        Route::Read => read(app, ctx, checked).await.map(Answer::Passed),
+        Route::Write(key) => {
+            ctx.flush().await;
+            write(app, ctx, checked, key.as_deref())
+                .await
+                .map(Answer::Stored)
+        }
     }
-    if tool.side_effects == SideEffects::None {
-        return read(app, ctx, checked).await.map(Answer::Passed);
-    }
-    ctx.flush().await;
-    write(app, ctx, checked, key.as_deref())
-        .await
-        .map(Answer::Stored)
 }
 
 /// The payload of a call's `decision` event when it goes on (sent, or previewed).
@@ -873,15 +827,7 @@ pub(super) async fn read_body(
 ) -> Result<Read, Refusal> {
     let headers = &parts.headers;
     let limit = tool.max_body_bytes;
-    let too_large = || {
-        Refusal::new(
-            Code::PayloadTooLarge,
-            format!(
-                "the request body is larger than tool {}'s limit of {limit} bytes",
-                tool.name
-            ),
-        )
-    };
+    let too_large = || verdict::too_large(tool);
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -4,42 +4,26 @@
 //! timeout; a body larger or slower than that, or neither JSON nor a form, is refused the same
 //! way with no shape.
 
-use http::{header, Method, Request};
+use http::{header, Request};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
 use super::body::ProxyBody;
-use super::ctx::{RequestCtx, Target};
+use super::ctx::RequestCtx;
 use crate::app::Gate;
 use crate::error::Refusal;
-use crate::policy::{contract, Policy};
-use crate::upstream;
+use crate::policy::contract;
 
 /// The most body bytes read to learn a refused call's shape.
 const SHAPE_CAP: usize = 16 * 1024;
 
 /// The refusal of a call no contract matches, with its body's shape noted for the record.
 pub(super) async fn refuse(app: &Gate, ctx: &mut RequestCtx, req: Request<ProxyBody>) -> Refusal {
-    let refusal = no_match(&ctx.policy, &ctx.target, req.method(), req.uri().path());
+    let target = &ctx.target;
+    let (method, path) = (req.method(), req.uri().path());
+    let refusal = crate::verdict::no_match(&ctx.policy, &target.host, target.port, method, path);
     ctx.body_shape = shape_of_body(app, ctx.agent(), req).await;
     refusal
-}
-
-/// The refusal of a call no contract matches: what the contracts of its host allow.
-fn no_match(policy: &Policy, target: &Target, method: &Method, path: &str) -> Refusal {
-    let known: Vec<String> = policy
-        .tools()
-        .iter()
-        .filter(|t| t.port == target.port && t.host == target.host)
-        .take(20)
-        .map(|t| format!("{} {}", t.method, t.path.as_str()))
-        .collect();
-    Refusal::policy(format!(
-        "{} {method} {path} on {}; the contracts on this host allow: {}",
-        crate::model::NO_CONTRACT,
-        upstream::authority(&target.host, target.port),
-        known.join(", ")
-    ))
 }
 
 /// `{"format": "json" | "form", "shape": …}`, when the body is one of those and small.

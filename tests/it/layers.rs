@@ -26,6 +26,9 @@ const LAYERS: &[&[&str]] = &[
     // what sits on storage and policy: the audit log, the policy phases, limits,
     // notifications, connection caps
     &["audit", "checks", "limits", "notify", "guard", "import"],
+    // dry evaluation of a request (`toolgate test`, `explain`): the proxy's decisions over the
+    // policy phases, without network or store
+    &["verdict"],
     // services that own state (kill switches, the policy in force, sessions, locks, waiters),
     // and the rollback ledger (redacted through the audit's redactor)
     &["services", "ledger"],

@@ -22,6 +22,7 @@ mod hardening;
 mod import;
 mod layers;
 mod mcp;
+mod policy_tests;
 mod postgres;
 mod principals;
 mod proxy;
