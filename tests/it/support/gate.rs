@@ -270,9 +270,19 @@ impl<'a> GateBuilder<'a> {
             metrics: None,
             transparent,
         };
-        let handle = tokio::spawn(toolgate::run(listeners, config, async move {
-            let _ = rx.await;
-        }));
+        let handle = tokio::spawn(async move {
+            let ran = toolgate::run(listeners, config, async move {
+                let _ = rx.await;
+            })
+            .await;
+            // A gate that could not start says why (its listeners are closed: clients get
+            // "connection refused", which alone tells nothing).
+            if let Err(e) = &ran {
+                eprintln!("toolgate did not start: {e}");
+            }
+            ran
+        });
+        ready(admin_addr, &handle).await;
         Toolgate {
             addr,
             admin_addr,
@@ -396,4 +406,30 @@ fn lay_out(policies: &[(String, String)]) -> tempfile::TempDir {
     }
     toolgate::ca::init(&dir.path().join("certs"), false).unwrap();
     dir
+}
+
+/// Waits until the gate serves (its admin listener answers `/healthz`); a gate that stopped
+/// instead (it could not start) fails the test with why, rather than leaving its clients to
+/// meet a closed port.
+async fn ready(
+    admin: SocketAddr,
+    handle: &tokio::task::JoinHandle<Result<(), toolgate::StartError>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let serves = || async move {
+        let mut stream = TcpStream::connect(admin).await.ok()?;
+        let ask = b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
+        stream.write_all(ask).await.ok()?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.ok()?;
+        answer.starts_with(b"HTTP/1.1 200").then_some(())
+    };
+    super::poll::until_some("toolgate serves", Duration::from_secs(60), || async {
+        assert!(
+            !handle.is_finished(),
+            "toolgate stopped before it served (the reason is printed above)"
+        );
+        serves().await
+    })
+    .await;
 }
