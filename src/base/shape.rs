@@ -37,14 +37,39 @@ fn of_at(v: &Value, depth: usize) -> Value {
             out
         }
         Value::Object(m) => {
-            let props: Map<String, Value> = m
-                .iter()
-                .take(MAX_KEYS)
+            let named = m.iter().filter(|(k, _)| is_name(k)).take(MAX_KEYS);
+            let props: Map<String, Value> = named
                 .map(|(k, v)| (k.clone(), of_at(v, depth + 1)))
                 .collect();
-            object(props, m.keys().take(MAX_KEYS).cloned().collect())
+            let required = props.keys().cloned().collect();
+            let mut out = object(props, required);
+            // A map keyed by data (emails, ids, secrets): its values' shape, never its keys.
+            let keyed_by_data: Vec<Value> = (m.iter().filter(|(k, _)| !is_name(k)))
+                .take(MAX_KEYS)
+                .map(|(_, v)| of_at(v, depth + 1))
+                .collect();
+            if !keyed_by_data.is_empty() {
+                out["additionalProperties"] = merge(&keyed_by_data);
+            }
+            out
         }
     }
+}
+
+/// Whether an object's key reads as a field's name, which the shape may keep, rather than as
+/// data (an email, an id, a key or token, a number): short, a letter or `_` first, letters,
+/// digits, `_` and `-` only, few digits, and not a prefixed id (`cus_…`, `sk_live_…`).
+pub fn is_name(key: &str) -> bool {
+    let mut chars = key.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let digits = key.chars().filter(char::is_ascii_digit).count();
+    let prefixed_id = key.split_once('_').is_some_and(|(prefix, rest)| {
+        prefix.len() <= 4 && rest.len() >= 8 && rest.chars().any(|c| c.is_ascii_digit())
+    });
+    first_ok && rest_ok && key.len() <= 40 && digits <= 3 && !prefixed_id
 }
 
 fn object(props: Map<String, Value>, required: BTreeSet<String>) -> Value {
@@ -135,8 +160,18 @@ fn merge_same(t: &str, members: &[&Value]) -> Value {
                     Some(r) => r.intersection(&mine).cloned().collect(),
                 });
             }
-            let props = props.into_iter().map(|(k, v)| (k, merge(&v))).collect();
-            object(props, required.unwrap_or_default())
+            let props = (props.into_iter().take(MAX_KEYS))
+                .map(|(k, v)| (k, merge(&v)))
+                .collect();
+            let mut out = object(props, required.unwrap_or_default());
+            let keyed_by_data: Vec<Value> = (members.iter())
+                .filter_map(|m| m.get("additionalProperties"))
+                .cloned()
+                .collect();
+            if !keyed_by_data.is_empty() {
+                out["additionalProperties"] = merge(&keyed_by_data);
+            }
+            out
         }
         "array" => {
             let items: Vec<Value> = members
@@ -235,6 +270,35 @@ mod tests {
                 let listed = merged["required"].as_array().is_some_and(|r| r.contains(&json!(k)));
                 prop_assert_eq!(everywhere, listed);
             }
+        }
+    }
+
+    #[test]
+    fn keys_that_are_data_are_never_kept() {
+        let v = json!({"metadata": {"alice@example.com": 1, "sk_live_abc123": "x", "order": 2},
+            "cus_NffrFeUfNV2Hib": true, "12345": 1, "amount": 5});
+        let text = of(&v).to_string();
+        for data in [
+            "alice@example.com",
+            "sk_live_abc123",
+            "cus_NffrFeUfNV2Hib",
+            "12345",
+        ] {
+            assert!(!text.contains(data), "{data} in {text}");
+        }
+        assert!(
+            text.contains("\"order\"") && text.contains("\"amount\""),
+            "{text}"
+        );
+        assert!(text.contains("additionalProperties"), "{text}");
+        for name in [
+            "payment_intent",
+            "amount",
+            "tax_id_12",
+            "X-Custom",
+            "_private",
+        ] {
+            assert!(is_name(name), "{name}");
         }
     }
 }

@@ -1,7 +1,7 @@
 //! A call no tool contract matches: refused, and recorded with the shape of its body (types and
 //! keys, never values: [`crate::base::shape`]) so that `toolgate contracts suggest` can draft
 //! the contract it lacked. The body is read only within [`SHAPE_CAP`] and the body read
-//! timeout; a body larger or slower than that, or neither JSON nor a form, is refused the same
+//! timeout (at most a second: a refusal is not held back for its body); a body larger or slower than that, or neither JSON nor a form, is refused the same
 //! way with no shape.
 
 use http::{header, Request};
@@ -16,6 +16,9 @@ use crate::policy::contract;
 
 /// The most body bytes read to learn a refused call's shape.
 const SHAPE_CAP: usize = 16 * 1024;
+/// The longest a refusal waits for the body whose shape it notes (a body slower than that is
+/// refused all the same, with no shape).
+const SHAPE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The refusal of a call no contract matches, with its body's shape noted for the record.
 pub(super) async fn refuse(app: &Gate, ctx: &mut RequestCtx, req: Request<ProxyBody>) -> Refusal {
@@ -59,7 +62,8 @@ async fn shape_of_body(app: &Gate, agent: &str, req: Request<ProxyBody>) -> Opti
         }
         Some(out.freeze())
     };
-    let timeout = app.config().guards.body_read_timeout;
+    // A refusal is not held back for its body: the shape is noted if the body arrives soon.
+    let timeout = app.config().guards.body_read_timeout.min(SHAPE_WAIT);
     let bytes = tokio::time::timeout(timeout, read).await.ok()??;
     if bytes.is_empty() {
         return None;
