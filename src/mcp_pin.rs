@@ -18,7 +18,15 @@ use crate::upstream::Upstream;
 const MAX_PAGES: usize = 100;
 
 /// Where the server is: host, port and endpoint path, from `https://HOST[:PORT]/PATH`.
-pub fn parse_endpoint(url: &str) -> Result<(String, u16, String), String> {
+/// An MCP server's endpoint: where its messages are posted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+pub fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("{url} is not a URL: {e}"))?;
@@ -34,7 +42,8 @@ pub fn parse_endpoint(url: &str) -> Result<(String, u16, String), String> {
         "" => "/".to_string(),
         p => p.to_string(),
     };
-    Ok((host, uri.port_u16().unwrap_or(443), path))
+    let port = uri.port_u16().unwrap_or(443);
+    Ok(Endpoint { host, port, path })
 }
 
 /// The tools contracted at an endpoint, and the credential toolgate uses to reach it.
@@ -44,9 +53,14 @@ pub type Contracted = (Vec<Arc<Tool>>, Option<Arc<Credential>>);
 /// name).
 pub fn contracted(
     policy: &Policy,
-    (host, port, path): (&str, u16, &str),
+    endpoint: &Endpoint,
     environment: Option<&str>,
 ) -> Result<Contracted, String> {
+    let (host, port, path) = (
+        endpoint.host.as_str(),
+        endpoint.port,
+        endpoint.path.as_str(),
+    );
     let tools = policy.mcp_endpoint(host, port, path);
     if tools.is_empty() {
         return Err(format!(
@@ -141,9 +155,14 @@ impl Session<'_> {
 /// Every tool the server lists (all pages).
 pub async fn list(
     upstream: &Upstream,
-    (host, port, path): (&str, u16, &str),
+    endpoint: &Endpoint,
     credential: Option<&Credential>,
 ) -> Result<Vec<Value>, String> {
+    let (host, port, path) = (
+        endpoint.host.as_str(),
+        endpoint.port,
+        endpoint.path.as_str(),
+    );
     let mut headers = HeaderMap::new();
     headers.insert(
         header::ACCEPT,

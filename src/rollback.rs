@@ -270,11 +270,11 @@ pub async fn undo(app: &Arc<Gate>, id: &str, who: &Approver) -> Report {
     if let Err(report) = claim_undo(app, &c).await {
         return *report;
     }
-    let report = send_undo(app, &mut c, (&plan, undo_tool.as_deref()), by).await;
+    let report = send_undo(app, &mut c, &plan, undo_tool.as_deref(), by).await;
     release_undo(app, &c.request_id, c.undone.is_some()).await;
     let _ = app.store().flush().await;
     if let Some(undo_id) = &report.undo_request {
-        record_rollback(app, (&c, &plan), by, &report, undo_id).await;
+        record_rollback(app, &c, &plan, by, &report, undo_id).await;
     }
     report
 }
@@ -284,7 +284,8 @@ pub async fn undo(app: &Arc<Gate>, id: &str, who: &Approver) -> Report {
 async fn send_undo(
     app: &Arc<Gate>,
     c: &mut Committed,
-    (plan, undo_tool): (&Plan, Option<&Tool>),
+    plan: &Plan,
+    undo_tool: Option<&Tool>,
     by: &str,
 ) -> Report {
     let tool = Some(c.tool.clone());
@@ -499,7 +500,8 @@ fn outcome_report(
 /// The `rollback` event on the undone call, linking the undo's request.
 async fn record_rollback(
     app: &Gate,
-    (c, plan): (&Committed, &Plan),
+    c: &Committed,
+    plan: &Plan,
     by: &str,
     report: &Report,
     undo_id: &str,

@@ -213,7 +213,8 @@ impl Audit {
         &self,
         mut rec: Record,
         ack: Option<oneshot::Sender<Result<u64, String>>>,
-        (roomed, keep): (bool, bool),
+        roomed: bool,
+        keep: bool,
     ) -> bool {
         if rec.at_ms == 0 {
             rec.at_ms = now_ms();
@@ -313,7 +314,7 @@ impl Audit {
     }
 
     fn queue(&self, rec: Record, roomed: bool) {
-        if !self.send(rec, None, (roomed, false)) {
+        if !self.send(rec, None, roomed, false) {
             warn!("the audit log is closed; an event was not recorded");
         }
     }
@@ -340,7 +341,7 @@ impl Audit {
 
     async fn durable(&self, rec: Record, keep: bool) -> Result<u64, String> {
         let (tx, rx) = oneshot::channel();
-        if !self.send(rec, Some(tx), (false, keep)) {
+        if !self.send(rec, Some(tx), false, keep) {
             return Err("the audit writer is not running".into());
         }
         match tokio::time::timeout(Duration::from_secs(30), rx).await {

@@ -67,10 +67,9 @@ async fn pin(
     connect_to: &[String],
     upstream_ca: &[PathBuf],
 ) -> Result<Vec<String>, String> {
-    let (host, port, path) = crate::mcp_pin::parse_endpoint(url)?;
+    let endpoint = crate::mcp_pin::parse_endpoint(url)?;
     let policy = crate::policy::Policy::load_dir(policies).map_err(|e| e.to_string())?;
-    let (tools, credential) =
-        crate::mcp_pin::contracted(&policy, (&host, port, &path), environment)?;
+    let (tools, credential) = crate::mcp_pin::contracted(&policy, &endpoint, environment)?;
     let mut routes = std::collections::HashMap::new();
     for spec in connect_to {
         let (from, to) = crate::config::parse_connect_to(spec)?;
@@ -81,7 +80,6 @@ async fn pin(
     let tls = crate::upstream::client_tls(provider, &roots).map_err(|e| e.to_string())?;
     let routes = Arc::new(crate::upstream::Routes::new(routes));
     let upstream = crate::upstream::Upstream::new(tls, routes, Duration::from_secs(30));
-    let listed =
-        crate::mcp_pin::list(&upstream, (&host, port, &path), credential.as_deref()).await?;
+    let listed = crate::mcp_pin::list(&upstream, &endpoint, credential.as_deref()).await?;
     Ok(crate::mcp_pin::report(&listed, &tools))
 }
