@@ -846,6 +846,37 @@ async fn a_half_sent_body_times_out_and_is_never_forwarded() {
     assert_eq!(upstream.count(), 0);
 }
 
+// Review of `contracts suggest`: a call no contract matches notes its body's shape for the
+// record, but its refusal is never held back for a body that does not come (it once waited
+// for the whole body read timeout), and nothing is sent.
+#[tokio::test]
+async fn an_unmatched_call_is_refused_without_waiting_for_its_body() {
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .config(|c| {
+            c.guards.body_read_timeout = Duration::from_secs(120);
+        })
+        .with_upstream()
+        .await;
+    let mut tls = github_tunnel(&gate).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(
+        b"POST /no/contract/here HTTP/1.1\r\nHost: api.github.com\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"title\": \"half",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 8192];
+    // Far below the 120 s body read timeout: the refusal does not wait for the rest.
+    let n = tokio::time::timeout(crate::support::poll::SOON, tls.read(&mut buf))
+        .await
+        .expect("the refusal waited for a body that never came")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("no tool contract matches"), "{answer}");
+    assert_eq!(upstream.count(), 0);
+}
+
 /// Opens a connection to `proxy` from `from` (a loopback address of the test's choosing).
 async fn connect_from(from: &str, proxy: std::net::SocketAddr) -> tokio::net::TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
