@@ -210,14 +210,21 @@ async fn refused_calls_become_four_drafted_contracts_that_then_pass() {
 
     reviewer_page(&gate).await;
 
-    // Written into the policies folder (never over a file without --force), reviewed (the
-    // writes' guessed mode set to auto), reloaded: the same calls pass.
-    let policies = gate.dir.path().join("policies");
-    let p = policies.to_str().unwrap();
-    stdout_ok(&suggest(&["--out", p], Some(&gate)).await);
-    let again = suggest(&["--out", p], Some(&gate)).await;
+    // Written out (never over a file without --force), reviewed (the writes' guessed mode set
+    // to auto), then put in the policies folder: the gate reloads only the reviewed drafts.
+    let drafts = tempfile::tempdir().unwrap();
+    let d = drafts.path().to_str().unwrap();
+    stdout_ok(&suggest(&["--out", d], Some(&gate)).await);
+    let again = suggest(&["--out", d], Some(&gate)).await;
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let reviewed = std::fs::read_to_string(drafts.path().join("suggested.toml"))
+        .unwrap()
+        .replace("mode = \"approve\"", "mode = \"auto\"");
+    std::fs::write(drafts.path().join("suggested.toml"), reviewed).unwrap();
+    let policies = gate.dir.path().join("policies");
+    let p = policies.to_str().unwrap();
+    copy_tree(drafts.path(), &policies);
     let check = Command::new(BIN)
         .args(["check", "--policies", p])
         .output()
@@ -228,11 +235,6 @@ async fn refused_calls_become_four_drafted_contracts_that_then_pass() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
-    let file = policies.join("suggested.toml");
-    let reviewed = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace("mode = \"approve\"", "mode = \"auto\"");
-    std::fs::write(&file, reviewed).unwrap();
     let bot = gate.bot();
     poll::until("the drafted contracts are in force", poll::SOON, || async {
         let (m, u, h, b) = &calls[0];
@@ -298,4 +300,29 @@ async fn reviewer_page(gate: &Toolgate) {
     assert_eq!(filtered.matches("<tr class=\"unmatched\">").count(), 1);
     let anonymous = gate.page("GET", "/traffic/no-contract", None, None).await;
     assert_ne!(anonymous.status, 200);
+}
+
+/// Copies every file under `from` into `to`, schemas first and the TOML last (so that a reload
+/// in between never sees a tool whose schema is not there yet), each renamed into place (a
+/// reload never reads half a file).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    let mut files = Vec::new();
+    let mut dirs = vec![from.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            match path.is_dir() {
+                true => dirs.push(path),
+                false => files.push(path),
+            }
+        }
+    }
+    files.sort_by_key(|f| f.extension().is_some_and(|e| e == "toml"));
+    for file in files {
+        let dest = to.join(file.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        let part = dest.with_extension("part");
+        std::fs::copy(&file, &part).unwrap();
+        std::fs::rename(&part, &dest).unwrap();
+    }
 }
