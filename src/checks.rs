@@ -410,6 +410,18 @@ pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
         })
 }
 
+/// The body format a media type names: JSON (`application/json`, or `application/…+json`) or a
+/// form; none for anything else.
+pub(crate) fn body_format(media_type: &str) -> Option<BodyFormat> {
+    let json = media_type == "application/json"
+        || (media_type.starts_with("application/") && media_type.ends_with("+json"));
+    match media_type {
+        _ if json => Some(BodyFormat::Json),
+        "application/x-www-form-urlencoded" => Some(BodyFormat::Form),
+        _ => None,
+    }
+}
+
 pub(crate) fn validate_body(
     tool: &Tool,
     headers: &HeaderMap,
@@ -429,12 +441,9 @@ pub(crate) fn validate_body(
         BodyFormat::Form => ("application/x-www-form-urlencoded", "form"),
     };
     let ctype = media_type(headers);
-    let ctype_ok = match (&ctype, spec.format) {
-        (None, _) => bytes.is_empty(),
-        (Some(c), BodyFormat::Json) => {
-            c == want || (c.starts_with("application/") && c.ends_with("+json"))
-        }
-        (Some(c), BodyFormat::Form) => c == want,
+    let ctype_ok = match &ctype {
+        None => bytes.is_empty(),
+        Some(c) => body_format(c) == Some(spec.format),
     };
     if !ctype_ok {
         return Err(validation(format!(

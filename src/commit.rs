@@ -71,10 +71,7 @@ pub(crate) async fn send(app: &Core, c: Commit<'_>) -> Result<Sent, Failed> {
     };
     if let Err(e) = app
         .audit()
-        .record_durable(event(
-            Kind::Commit,
-            crate::audit::payload::to_value(&commit_payload),
-        ))
+        .record_durable(event(Kind::Commit, commit_payload.into_value()))
         .await
     {
         refund_budget(app.store(), charged).await;

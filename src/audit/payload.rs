@@ -332,6 +332,18 @@ impl Decision {
     }
 }
 
+impl Commit {
+    /// As stored (see [`moved_in`]).
+    pub fn into_value(self) -> Value {
+        moved_in(self, |c| {
+            vec![
+                ("body", c.body.take().unwrap_or_default()),
+                ("approvals", c.approvals.take().unwrap_or_default()),
+            ]
+        })
+    }
+}
+
 impl Response {
     /// As stored (see [`moved_in`]).
     pub fn into_value(self) -> Value {
@@ -461,7 +473,15 @@ mod tests {
             latency_ms: Some(3),
             ..Response::default()
         };
+        let commit = Commit {
+            method: "POST".into(),
+            url: "https://api.stripe.com/v1/refunds".into(),
+            sha256: "ab".into(),
+            body: Some(json!({"json": {"amount": 500}, "bytes": 14})),
+            approvals: Some(json!([{"by": "carol@example.com"}])),
+        };
         let same = |a: Value, b: Value| assert_eq!(a.to_string(), b.to_string());
+        same(commit.clone().into_value(), to_value(&commit));
         same(asked.clone().into_value(), to_value(&asked));
         same(decision.clone().into_value(), to_value(&decision));
         same(response.clone().into_value(), to_value(&response));

@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use super::body::{self, ProxyBody};
 use super::ctx::{McpReply, Reply, RequestCtx, Target};
 use super::exchange::CallEvent;
-use super::request::{self, Answer, Read};
+use super::read::{read_body, Read};
+use super::request::{self, Answer};
 use super::scrub::{Needles, Scrubbed};
 use crate::app::Gate;
 use crate::audit::Kind;
@@ -76,7 +77,7 @@ pub(super) async fn process(
     if let Some(what) = what {
         return stream_or_end(app, ctx, &ep, parts, session, what).await;
     }
-    let read = request::read_body(app, &ep.agent.id, &ep.via, parts, incoming).await?;
+    let read = read_body(app, &ep.agent.id, &ep.via, parts, incoming).await?;
     let message = crate::policy::contract::parse_json_strict(&read.body)
         .map_err(|e| validation(format!("an MCP message must be JSON: {e}")))?;
     match message {
@@ -305,12 +306,7 @@ async fn pass(
         }
     };
     let (mut parts, body) = resp.into_parts();
-    let needles = Needles::new(credential.iter().flat_map(|c| {
-        [
-            c.secret().to_string(),
-            String::from_utf8_lossy(c.header_value().as_bytes()).into_owned(),
-        ]
-    }));
+    let needles = Needles::of_credential(credential.as_deref());
     needles.scrub_headers(&mut parts.headers);
     let mut response = json!({"status": parts.status.as_u16(), "body": {"streamed": true}});
     response["headers"] = crate::audit::headers_json(&parts.headers);
@@ -672,8 +668,8 @@ impl Batch {
 
     /// Message `i` as a request of its own.
     pub(super) fn request(&self, i: usize) -> Request<ProxyBody> {
-        let message = self.list.get(i).cloned().unwrap_or(Value::Null);
-        let mut req = Request::new(body::full(Bytes::from(message.to_string())));
+        let message = self.list.get(i).map(Value::to_string).unwrap_or_default();
+        let mut req = Request::new(body::full(Bytes::from(message)));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = self.parts.uri.clone();
         *req.headers_mut() = self.parts.headers.clone();

@@ -9,6 +9,7 @@ mod exchange;
 mod handle;
 mod mcp;
 pub mod model;
+mod read;
 mod request;
 pub mod rewind;
 pub mod scrub;

@@ -15,15 +15,16 @@ use sha2::{Digest, Sha256};
 use super::body::{self, ProxyBody};
 use super::ctx::{RequestCtx, Target};
 use super::exchange::{self, CallEvent};
+use super::read::{read_body, Read};
 use super::scrub::{Needles, Scrubbed};
 use crate::app::Gate;
 use crate::audit::{payload, Kind};
 use crate::checks::{
     authorize, budget_amount, check_rules, forwarded_headers, validate_body, validate_path,
-    validate_query, validation,
+    validate_query,
 };
 use crate::error::{Code, Refusal};
-use crate::guard::{BodyReservation, Exceeded};
+use crate::guard::BodyReservation;
 use crate::limits::charge_budget;
 use crate::model::{Call, KillTarget};
 use crate::policy::{Agent, Credential, Tool, ToolKind};
@@ -101,14 +102,6 @@ fn call_of(
         body_json,
         undoes: ctx.target.undoes().map(str::to_string),
     }
-}
-
-/// A request's body, read whole within the caps, with its head.
-pub(super) struct Read {
-    pub(super) parts: http::request::Parts,
-    pub(super) body: Bytes,
-    /// The body's bytes held against the buffer caps until the call is done.
-    pub(super) buffered: BodyReservation,
 }
 
 /// What the decide phase ends with, for the adapter the call came through (HTTP, MCP) to write
@@ -453,12 +446,7 @@ async fn read(
     let (resp, event) = exchange::forward(app, &ctx.target, outgoing(&mut checked), event).await?;
     let (mut parts, body) = resp.into_parts();
     // The injected credential never reaches the agent, even if the upstream echoes it.
-    let needles = Needles::new(checked.credential.iter().flat_map(|c| {
-        [
-            c.secret().to_string(),
-            String::from_utf8_lossy(c.header_value().as_bytes()).into_owned(),
-        ]
-    }));
+    let needles = Needles::of_credential(checked.credential.as_deref());
     needles.scrub_headers(&mut parts.headers);
     let body = Scrubbed::new(body, needles);
     let latency_ms = checked.started.elapsed().as_millis() as u64;
@@ -813,75 +801,6 @@ fn idem_id(kind: &str, agent: &str, tool: &str, key: &str) -> String {
         h.update([0]);
     }
     hex::encode(h.finalize())
-}
-
-/// Reads the body whole, as it arrives: within the tool's size limit, the body read timeout,
-/// and the agent's (and everyone's) cap on buffered bytes. The reservation holds those bytes
-/// against the caps until the request is done.
-pub(super) async fn read_body(
-    app: &Gate,
-    agent: &str,
-    tool: &Tool,
-    parts: http::request::Parts,
-    body: ProxyBody,
-) -> Result<Read, Refusal> {
-    let headers = &parts.headers;
-    let limit = tool.max_body_bytes;
-    let too_large = || verdict::too_large(tool);
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let mut reservation = app.caps().body(agent);
-    let over_cap = |e: Exceeded| {
-        let message = match e {
-            Exceeded::Agent(cap) => format!(
-                "agent {agent} already has {cap} bytes of request bodies in toolgate's buffers, its cap; send fewer large bodies at once"
-            ),
-            Exceeded::Total(cap) => format!(
-                "toolgate is buffering its maximum of {cap} bytes of request bodies; retry shortly"
-            ),
-        };
-        let mut r = Refusal::new(Code::RateLimited, message);
-        r.retry_after = Some(1);
-        r
-    };
-    let timeout = app.config().guards.body_read_timeout;
-    let read = async {
-        // Read frame by frame with the limits checked as data arrives.
-        let mut body = body;
-        let mut out = bytes::BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame
-                .map_err(|e| validation(format!("the request body could not be read: {e}")))?;
-            if let Ok(data) = frame.into_data() {
-                if out.len() + data.len() > limit {
-                    return Err(too_large());
-                }
-                reservation.grow(data.len()).map_err(over_cap)?;
-                out.extend_from_slice(&data);
-            }
-        }
-        Ok(out.freeze())
-    };
-    match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(body)) => Ok(Read {
-            parts,
-            body,
-            buffered: reservation,
-        }),
-        Ok(Err(refusal)) => Err(refusal),
-        Err(_) => Err(Refusal::new(
-            Code::RequestTimeout,
-            format!(
-                "the request body did not arrive whole within {}s; send it at once",
-                timeout.as_secs_f64()
-            ),
-        )),
-    }
 }
 
 /// The dry-run answer: the request toolgate would send, secrets redacted, nothing sent.

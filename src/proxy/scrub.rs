@@ -41,6 +41,17 @@ impl Needles {
         Needles(v)
     }
 
+    /// The injected credential, as its secret and as the header value that carries it: what
+    /// never reaches the agent, even if the upstream echoes it.
+    pub fn of_credential(credential: Option<&crate::policy::Credential>) -> Needles {
+        Needles::new(credential.into_iter().flat_map(|c| {
+            [
+                c.secret().to_string(),
+                String::from_utf8_lossy(c.header_value().as_bytes()).into_owned(),
+            ]
+        }))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

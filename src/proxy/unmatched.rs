@@ -4,15 +4,14 @@
 //! timeout (at most a second: a refusal is not held back for its body); a body larger or slower than that, or neither JSON nor a form, is refused the same
 //! way with no shape.
 
-use http::{header, Request};
-use http_body_util::BodyExt;
+use http::Request;
 use serde_json::{json, Value};
 
 use super::body::ProxyBody;
 use super::ctx::RequestCtx;
 use crate::app::Gate;
 use crate::error::Refusal;
-use crate::policy::contract;
+use crate::policy::{contract, BodyFormat};
 
 /// The most body bytes read to learn a refused call's shape.
 const SHAPE_CAP: usize = 16 * 1024;
@@ -31,46 +30,20 @@ pub(super) async fn refuse(app: &Gate, ctx: &mut RequestCtx, req: Request<ProxyB
 
 /// `{"format": "json" | "form", "shape": …}`, when the body is one of those and small.
 async fn shape_of_body(app: &Gate, agent: &str, req: Request<ProxyBody>) -> Option<Value> {
-    let (parts, mut body) = req.into_parts();
-    let ctype = crate::checks::media_type(&parts.headers)?;
-    let format = if ctype == "application/json" || ctype.ends_with("+json") {
-        "json"
-    } else if ctype == "application/x-www-form-urlencoded" {
-        "form"
-    } else {
-        return None;
-    };
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > SHAPE_CAP as u64) {
-        return None;
-    }
-    let mut reservation = app.caps().body(agent);
-    let read = async {
-        let mut out = bytes::BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame.ok()?.into_data() {
-                if out.len() + data.len() > SHAPE_CAP {
-                    return None;
-                }
-                reservation.grow(data.len()).ok()?;
-                out.extend_from_slice(&data);
-            }
-        }
-        Some(out.freeze())
-    };
+    let (parts, body) = req.into_parts();
+    let media_type = crate::checks::media_type(&parts.headers)?;
+    let format = crate::checks::body_format(&media_type)?;
     // A refusal is not held back for its body: the shape is noted if the body arrives soon.
-    let timeout = app.config().guards.body_read_timeout.min(SHAPE_WAIT);
-    let bytes = tokio::time::timeout(timeout, read).await.ok()??;
+    let time = app.config().guards.body_read_timeout.min(SHAPE_WAIT);
+    let (bytes, _held) = super::read::within(app, agent, &parts, body, SHAPE_CAP, time)
+        .await
+        .ok()?;
     if bytes.is_empty() {
         return None;
     }
-    let value = match format {
-        "json" => contract::parse_json_strict(&bytes).ok()?,
-        _ => contract::decode_form(&bytes).ok()?,
+    let (value, format) = match format {
+        BodyFormat::Json => (contract::parse_json_strict(&bytes).ok()?, "json"),
+        BodyFormat::Form => (contract::decode_form(&bytes).ok()?, "form"),
     };
     Some(json!({"format": format, "shape": crate::base::shape::of(&value)}))
 }
