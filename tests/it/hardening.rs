@@ -819,31 +819,13 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 // Finding 3: a half-sent HTTP/1.1 body times out with a JSON refusal, and nothing is sent.
 #[tokio::test]
 async fn a_half_sent_body_times_out_and_is_never_forwarded() {
-    let (_pki, upstream, gate) = GateBuilder::examples()
-        .policies(&extra())
-        .config(|c| {
-            c.guards.body_read_timeout = Duration::from_millis(500);
-        })
-        .with_upstream()
-        .await;
-    let mut tls = github_tunnel(&gate).await;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    tls.write_all(
-        b"POST /repos/acme/web/issues HTTP/1.1\r\nHost: api.github.com\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"title\": \"half",
-    )
-    .await
-    .unwrap();
-    let started = std::time::Instant::now();
-    let mut buf = vec![0u8; 8192];
-    let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
-        .await
-        .expect("the half-sent body was never answered")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&buf[..n]);
+    let timeout = Duration::from_millis(500);
+    let within = Duration::from_secs(10);
+    let (answer, took, sent) = half_sent_body(timeout, "/repos/acme/web/issues", within).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"validation_error\""), "{answer}");
-    assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(upstream.count(), 0);
+    assert!(took < Duration::from_secs(5));
+    assert_eq!(sent, 0);
 }
 
 // Review of `contracts suggest`: a call no contract matches notes its body's shape for the
@@ -851,30 +833,45 @@ async fn a_half_sent_body_times_out_and_is_never_forwarded() {
 // for the whole body read timeout), and nothing is sent.
 #[tokio::test]
 async fn an_unmatched_call_is_refused_without_waiting_for_its_body() {
+    // Far below the 120 s body read timeout: the refusal does not wait for the rest.
+    let timeout = Duration::from_secs(120);
+    let within = crate::support::poll::SOON;
+    let (answer, _, sent) = half_sent_body(timeout, "/no/contract/here", within).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("no tool contract matches"), "{answer}");
+    assert_eq!(sent, 0);
+}
+
+/// A JSON POST to `path` on api.github.com whose body stops half-way (1,000 bytes declared, 15
+/// sent), through a gate whose body read timeout is `body_read_timeout`: its first answer (which
+/// must come within `within`), how long after the half body it came, and how many requests the
+/// upstream received.
+async fn half_sent_body(
+    body_read_timeout: Duration,
+    path: &str,
+    within: Duration,
+) -> (String, Duration, usize) {
     let (_pki, upstream, gate) = GateBuilder::examples()
         .policies(&extra())
-        .config(|c| {
-            c.guards.body_read_timeout = Duration::from_secs(120);
+        .config(move |c| {
+            c.guards.body_read_timeout = body_read_timeout;
         })
         .with_upstream()
         .await;
     let mut tls = github_tunnel(&gate).await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    tls.write_all(
-        b"POST /no/contract/here HTTP/1.1\r\nHost: api.github.com\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"title\": \"half",
-    )
-    .await
-    .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: api.github.com\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"title\": \"half"
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
     let mut buf = vec![0u8; 8192];
-    // Far below the 120 s body read timeout: the refusal does not wait for the rest.
-    let n = tokio::time::timeout(crate::support::poll::SOON, tls.read(&mut buf))
+    let n = tokio::time::timeout(within, tls.read(&mut buf))
         .await
-        .expect("the refusal waited for a body that never came")
+        .expect("the half-sent body was never answered")
         .unwrap();
-    let answer = String::from_utf8_lossy(&buf[..n]);
-    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
-    assert!(answer.contains("no tool contract matches"), "{answer}");
-    assert_eq!(upstream.count(), 0);
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    (answer, started.elapsed(), upstream.count())
 }
 
 /// Opens a connection to `proxy` from `from` (a loopback address of the test's choosing).
