@@ -227,3 +227,28 @@ async fn over_http2_a_refusal_is_a_graphql_answer_and_a_get_query_is_read() {
     );
     assert_eq!(upstream.count(), 1);
 }
+
+#[tokio::test]
+async fn a_dry_run_answers_what_would_be_sent_in_graphql_shape() {
+    let (_pki, upstream, gate) = GateBuilder::examples().with_upstream().await;
+    let client = staging(&gate);
+    let q = body(
+        "mutation { createIssue(input: {repositoryId: \"R_1\", title: \"Bug\"}) { clientMutationId } }",
+        json!({}),
+    );
+    let got = send(
+        &client,
+        "POST",
+        GRAPHQL,
+        &[JSON, ("toolgate-dry-run", "true")],
+        q,
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&got.body).to_string();
+    assert_eq!(got.status.as_u16(), 200, "{text}");
+    assert_eq!(errors_code(&got), "dry_run", "{text}");
+    assert!(text.contains("mutation.createIssue"), "{text}");
+    assert!(got.json()["data"].is_null(), "{text}");
+    assert_eq!(upstream.count(), 0, "nothing was sent");
+}
