@@ -191,7 +191,7 @@ fn inline_toml(v: &Value) -> String {
 }
 
 /// A TOML basic string.
-fn quote(s: &str) -> String {
+pub(super) fn quote(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {
@@ -210,7 +210,7 @@ fn quote(s: &str) -> String {
 }
 
 /// A TOML key: bare when it can be.
-fn key(s: &str) -> String {
+pub(super) fn key(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
