@@ -440,9 +440,11 @@ impl Builder<'_> {
                 self.defs.insert(name.to_string(), Value::Null);
                 self.input(name, description.as_deref(), fields, *one_of)?
             }
-            TypeDef::Object { .. } => return Err(format!(
+            TypeDef::Object { .. } => {
+                return Err(format!(
                 "{at} has type {name}, an object type (output only): the SDL is not valid GraphQL"
-            )),
+            ))
+            }
             TypeDef::Output(kind) => {
                 return Err(format!(
                     "{at} has type {name}, an {kind} (output only): the SDL is not valid GraphQL"

@@ -20,6 +20,7 @@ mod demo;
 mod graphql;
 mod hardening;
 mod import;
+mod import_graphql;
 mod layers;
 mod mcp;
 mod policy_tests;
