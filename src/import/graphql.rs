@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 
-use crate::graphql::{is_name, OperationType, INTROSPECTION_FIELDS};
+use crate::graphql::{is_name, OperationType};
 
 use super::render::{key, quote};
 use super::sdl::{Field, InputValue, Sdl, Ty, TypeDef};
@@ -175,7 +175,7 @@ fn wanted_fields(fields: &[String]) -> Result<Vec<(OperationType, String)>, Impo
                 "--field {text:?}: {name:?} is not a GraphQL field name (letters, digits and _, not starting with a digit)"
             ));
         }
-        if INTROSPECTION_FIELDS.contains(&name.as_ref()) || name.starts_with("__") {
+        if name.starts_with("__") {
             return refuse(format!(
                 "--field {text:?}: GraphQL's own fields are not in the SDL; write the contract for query.__schema or query.__type by hand"
             ));
@@ -313,7 +313,10 @@ fn arguments_schema(
     let signature: Vec<String> = field
         .arguments
         .iter()
-        .map(|a| format!("{}: {}", a.name, a.ty.show()))
+        .map(|a| match &a.default {
+            Some(d) => format!("{}: {} = {d}", a.name, a.ty.show()),
+            None => format!("{}: {}", a.name, a.ty.show()),
+        })
         .collect();
     let mut schema = json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
