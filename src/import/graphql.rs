@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use crate::graphql::{is_name, OperationType};
 
-use super::render::{key, quote};
+use super::render::{self, quote};
 use super::sdl::{Field, InputValue, Sdl, Ty, TypeDef};
 use super::{schema_text, summary_of, ImportError, Imported};
 
@@ -564,22 +564,12 @@ fn tool(out: &mut String, opts: &GraphqlOptions, prefix: &str, stem: &str, c: &C
     } else {
         first
     };
-    let _ = writeln!(out, "[[tool]]");
-    let _ = writeln!(
+    render::head(
         out,
-        "name = {}",
-        quote(&format!("{prefix}.graphql.{}", f.name))
+        &format!("{prefix}.graphql.{}", f.name),
+        opts.owner.as_deref(),
+        &description,
     );
-    let _ = writeln!(out, "version = 1");
-    match &opts.owner {
-        Some(owner) => {
-            let _ = writeln!(out, "owner = {}", quote(owner));
-        }
-        None => {
-            let _ = writeln!(out, "# owner = \"…\"  # who answers for this tool: set it");
-        }
-    }
-    let _ = writeln!(out, "description = {}", quote(&description));
     if let Some(why) = &f.deprecated {
         let _ = writeln!(
             out,
@@ -646,16 +636,12 @@ fn effects(out: &mut String, op: OperationType) {
 
 fn credentials(out: &mut String, credentials: &[(String, String)]) {
     if credentials.is_empty() {
-        let _ = writeln!(out, "# credential = {{ prod = \"…\" }}  # which credential each environment's agents use: set it");
-        return;
+        let _ = writeln!(
+            out,
+            "# credential = {{ prod = \"…\" }}  # which credential each environment's agents use: set it"
+        );
     }
-    let mut creds: Vec<&(String, String)> = credentials.iter().collect();
-    creds.sort();
-    let pairs: Vec<String> = creds
-        .iter()
-        .map(|(env, name)| format!("{} = {}", key(env), quote(name)))
-        .collect();
-    let _ = writeln!(out, "credential = {{ {} }}", pairs.join(", "));
+    render::credential(out, credentials);
 }
 
 fn one_line(s: &str) -> String {

@@ -5,12 +5,12 @@
 //! byte-identical run to run; each bad input is refused with its reason and nothing written.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::{json, Value};
 use toolgate::policy::contract::Schema;
 
-const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
+use crate::import::{ok, refused, toolgate};
 
 /// Where the whole schema is read from instead of the SDKs' node_modules.
 const SCHEMA_ENV: &str = "TOOLGATE_GRAPHQL_SCHEMA";
@@ -31,29 +31,6 @@ fn root() -> &'static Path {
 
 fn excerpt() -> PathBuf {
     root().join("tests/fixtures/graphql/github-excerpt.graphql")
-}
-
-fn toolgate(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn refused(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "expected a refusal; stdout: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// `contracts graphql SDL --host api.github.com --field …` with `extra` after.
