@@ -115,7 +115,7 @@ fn host_prefix(host: &str) -> Result<String, ImportError> {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    if prefix.is_empty() || labels.is_empty() {
+    if labels.is_empty() || !prefix.chars().any(|c| c.is_ascii_alphanumeric()) {
         return Err(ImportError::Selection(format!(
             "no tool name prefix can be made from host {host:?}: give one with --prefix"
         )));

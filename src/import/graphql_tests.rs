@@ -204,6 +204,26 @@ extend type Edit { b(x: String): Int }"#;
 }
 
 #[test]
+fn extensions_of_inputs_and_enums_are_merged() {
+    let sdl = r#"
+extend input Opts { more: Boolean }
+input Opts { size: Int! }
+enum Color { RED }
+extend enum Color { BLUE }
+type Query { f(o: Opts!, c: Color): Int }"#;
+    let (v, s) = drafted(sdl, "query.f");
+    assert_eq!(v["$defs"]["Color"]["enum"], json!(["RED", "BLUE"]));
+    accepts(&s, json!({"o": {"size": 1, "more": true}, "c": "BLUE"}));
+    refuses(&s, json!({"o": {"more": true}}));
+    let e = schema_of(
+        "enum Opts { A } extend input Opts { b: Int } type Query { a: Int }",
+        "query.a",
+    )
+    .unwrap_err();
+    assert!(e.contains("Opts is another kind of type"), "{e}");
+}
+
+#[test]
 fn one_of_inputs_take_exactly_one_field() {
     let sdl = "input By @oneOf { id: ID name: String } type Query { user(by: By!): Int }";
     let (_, s) = drafted(sdl, "query.user");
@@ -326,6 +346,7 @@ fn prefixes_come_from_the_host() {
         assert_eq!(host_prefix(host).unwrap(), want, "{host}");
     }
     assert!(host_prefix("api.com").is_err());
+    assert!(host_prefix("[::1]:8080").is_err());
 }
 
 /// A GraphQL input type for the property tests: a value of it can be built and the drafted
