@@ -36,7 +36,16 @@ pub(crate) fn request_of(
     body: &[u8],
 ) -> Result<graphql::Request, Refusal> {
     match *method {
+        Method::GET if !body.is_empty() => Err(validation(
+            "a GraphQL GET carries its request in the query string only: send no body",
+        )),
+        Method::GET if query.is_some_and(|q| q.contains(';')) => Err(validation(
+            "a GraphQL GET's query string must not contain a raw ';' (some servers split parameters on it): encode it as %3B",
+        )),
         Method::GET => Ok(graphql::Request::from_query_string(query.unwrap_or(""))?),
+        Method::POST if query.is_some() => Err(validation(
+            "a GraphQL POST carries its request in the body only: send no query string (some servers read query, variables or operationName from it first)",
+        )),
         Method::POST => {
             let json = headers
                 .get(header::CONTENT_TYPE)
@@ -162,6 +171,15 @@ pub(crate) fn response_of(fields: &[Field]) -> Result<Option<Arc<ResponseSpec>>,
         .iter()
         .filter_map(|f| f.tool.response.as_ref().map(|r| (f, r)))
         .collect();
+    if let Some((f, _)) = with
+        .iter()
+        .find(|(f, r)| f.root.nested_alias && !r.hide.is_empty())
+    {
+        return Err(Refusal::policy(format!(
+            "GraphQL field {} hides fields of its answer, and the document asks for some of them under an alias: ask for its fields without aliases",
+            f.root.name
+        )));
+    }
     if let Some((f, _)) = with.iter().find(|(f, _)| f.root.alias.is_some()) {
         return Err(Refusal::policy(format!(
             "GraphQL field {} is asked under the alias {:?}, and its contract's response rules apply at /data/{}: ask for it without an alias",
@@ -206,13 +224,14 @@ fn escape(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
-/// What makes two GraphQL calls the same call: the operation type, and each root field with
-/// its arguments (not aliases, not the fields selected from the answer), in document order.
+/// What makes two GraphQL calls the same call: the operation type, and each root field that
+/// runs with its arguments (not aliases, not the fields selected from the answer, not a field
+/// `@skip` turns off), in document order.
 pub(crate) fn identity(op: &Operation) -> String {
     let mut h = Sha256::new();
     h.update(b"graphql\0");
     h.update(op.kind.as_str());
-    for f in &op.fields {
+    for f in op.fields.iter().filter(|f| f.runs) {
         h.update([0]);
         h.update(crate::mcp::call_identity(&f.name, &f.arguments));
     }

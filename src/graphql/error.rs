@@ -43,7 +43,7 @@ pub enum GraphqlError {
     #[error("the document has more than {0} selections once its fragments are expanded: split it into smaller requests")]
     TooLarge(usize),
     /// More root fields than the limit.
-    #[error("the operation asks for {count} root fields, more than the limit of {limit}: split it into several requests")]
+    #[error("the operation asks for at least {count} root fields, more than the limit of {limit}: split it into several requests")]
     TooManyFields { count: usize, limit: usize },
     /// The same mutation field more than once (through aliases).
     #[error("mutation field {field} is called more than once in one document (as {keys}): send each call in a request of its own")]

@@ -99,6 +99,13 @@ pub struct RootField {
     /// Its arguments as a JSON object, variables substituted; an argument naming a variable
     /// that was not passed (and has no default) is left out, as GraphQL does.
     pub arguments: Value,
+    /// Whether an alias is written anywhere below it (its answer then has keys a response
+    /// contract's pointers do not name).
+    pub nested_alias: bool,
+    /// Whether it executes: `false` when an `@skip`/`@include` condition turns it off. Such a
+    /// field is still held to its contract (toolgate judges what the document could run), but
+    /// is no part of what the call does (its identity).
+    pub runs: bool,
 }
 
 impl RootField {
@@ -123,9 +130,12 @@ pub fn extract(req: &Request, limits: &Limits) -> Result<Operation, GraphqlError
         .token_limit(PARSER_TOKENS)
         .parse();
     if let Some(e) = tree.errors().next() {
+        // The parser's message quotes the token it met (`expected Name, got "4111…"`): the
+        // token could be a value the audit redacts, so only what was expected is said.
+        let message = e.message();
+        let message = message.split(", got ").next().unwrap_or(message);
         return Err(GraphqlError::Syntax(format!(
-            "{} at byte {}",
-            e.message(),
+            "{message} at byte {}",
             e.index()
         )));
     }
@@ -152,7 +162,7 @@ pub fn extract(req: &Request, limits: &Limits) -> Result<Operation, GraphqlError
     }
     let vars = value::Variables::resolve(op.variable_definitions(), &req.variables)?;
     let mut fields = Vec::new();
-    walk::Walk::new(&defs, &vars, limits).roots(op.selection_set(), &mut fields)?;
+    walk::Walk::new(&defs, &vars, limits).roots(op.selection_set(), &mut fields, true)?;
     check_fields(kind, &fields, limits)?;
     Ok(Operation {
         kind,

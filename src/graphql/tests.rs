@@ -449,3 +449,83 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_alias_anywhere_below_a_root_field_is_noted() {
+    let op = run(
+        r#"query { viewer { e: email } repository(owner: "a", name: "b") { id } }"#,
+        json!({}),
+    )
+    .expect("extracts");
+    assert!(op.fields[0].nested_alias);
+    assert!(!op.fields[1].nested_alias);
+    // In an inline fragment, and in a fragment measured once and spread under a second root.
+    let op = run(
+        r#"query { viewer { ... on User { m: email } } a: repository(owner: "a", name: "b") { ...R } b: repository(owner: "c", name: "d") { ...R } }
+           fragment R on Repository { owner { x: login } }"#,
+        json!({}),
+    )
+    .expect("extracts");
+    assert!(op.fields.iter().all(|f| f.nested_alias), "{:?}", op.fields);
+}
+
+#[test]
+fn skip_and_include_decide_whether_a_root_field_runs() {
+    let op = run(
+        r#"mutation($s: Boolean!) { a: createIssue(input: {title: "x"}) @skip(if: $s) { clientMutationId }
+             ... @include(if: false) { addComment(input: {body: "y"}) { clientMutationId } }
+             deleteRef(input: {refId: "R"}) @include(if: true) { clientMutationId } }"#,
+        json!({"s": true}),
+    )
+    .expect("extracts");
+    let runs: Vec<(&str, bool)> = op
+        .fields
+        .iter()
+        .map(|f| (f.name.as_str(), f.runs))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            ("createIssue", false),
+            ("addComment", false),
+            ("deleteRef", true)
+        ]
+    );
+}
+
+#[test]
+fn arguments_built_from_variables_are_bounded() {
+    let uses = vec!["$v"; 2000].join(" ");
+    let query = format!("query($v: String) {{ viewer(a: [{uses}]) {{ login }} }}");
+    let big = "x".repeat(8 * 1024);
+    let err = run(&query, json!({ "v": big })).expect_err("too large");
+    assert_eq!(err.code(), Code::ValidationError);
+    assert!(err.to_string().contains("pass each value once"), "{err}");
+    // The same value used a few times passes.
+    let query = "query($v: String) { viewer(a: [$v, $v]) { login } }";
+    assert!(run(query, json!({ "v": big })).is_ok());
+}
+
+#[test]
+fn thousands_of_root_fields_stop_at_the_limit() {
+    let many: String = (0..5000)
+        .map(|i| format!("f{i}: viewer {{ login }} "))
+        .collect();
+    let started = std::time::Instant::now();
+    let err = run(&format!("{{ {many} }}"), json!({})).expect_err("too many");
+    assert!(
+        matches!(err, GraphqlError::TooManyFields { limit: 10, .. }),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn a_syntax_error_never_quotes_the_token_it_met() {
+    let err = run(
+        r#"mutation { pay(card "4111111111111111") { id } }"#,
+        json!({}),
+    )
+    .expect_err("syntax");
+    assert!(!err.to_string().contains("4111"), "{err}");
+}

@@ -3,6 +3,7 @@
 //! into JSON with the variables substituted, so `f(a: 1)` and `f(a: $a)` with `{"a": 1}` give the
 //! same arguments.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 
 use apollo_parser::cst;
@@ -117,8 +118,16 @@ fn is_int32(v: &Value) -> bool {
 /// argument that names it is left out, as GraphQL does).
 #[derive(Debug, Default)]
 pub(super) struct Variables {
-    values: HashMap<String, Option<Value>>,
+    /// Each variable's value and its size as JSON.
+    values: HashMap<String, (Option<Value>, usize)>,
+    /// Bytes of arguments built so far, over every field the walk visits.
+    spent: Cell<usize>,
 }
+
+/// The arguments of a whole document, variables substituted, at most (as JSON bytes): a
+/// variable used many times (or a fragment with arguments spread many times) cannot make
+/// toolgate build more than this.
+pub(super) const MAX_ARGUMENT_BYTES: usize = 8 * 1024 * 1024;
 
 impl Variables {
     /// Declared variables checked against what was passed. Passed variables the operation
@@ -156,15 +165,35 @@ impl Variables {
                     ty.show()
                 )));
             }
-            values.insert(name, value);
+            let size = value
+                .as_ref()
+                .map_or(0, |v| serde_json::to_vec(v).map_or(0, |b| b.len()));
+            values.insert(name, (value, size));
         }
-        Ok(Variables { values })
+        Ok(Variables {
+            values,
+            spent: Cell::new(0),
+        })
     }
 
     fn get(&self, name: &str) -> Result<Option<Value>, String> {
-        self.values.get(name).cloned().ok_or_else(|| {
+        let (value, size) = self.values.get(name).ok_or_else(|| {
             format!("variable ${name} is used but the operation does not declare it")
-        })
+        })?;
+        self.charge(*size)?;
+        Ok(value.clone())
+    }
+
+    /// Counts `bytes` of arguments built, refusing past [`MAX_ARGUMENT_BYTES`].
+    fn charge(&self, bytes: usize) -> Result<(), String> {
+        let spent = self.spent.get().saturating_add(bytes);
+        self.spent.set(spent);
+        match spent > MAX_ARGUMENT_BYTES {
+            true => Err(format!(
+                "the document's arguments, variables put in, come to more than {MAX_ARGUMENT_BYTES} bytes: pass each value once"
+            )),
+            false => Ok(()),
+        }
     }
 }
 
@@ -202,6 +231,15 @@ pub(super) fn arguments(
 /// One value as JSON (`None`: a variable that was not given). `vars` is `None` where variables
 /// are not allowed (default values).
 fn value(v: cst::Value, vars: Option<&Variables>) -> Result<Option<Value>, String> {
+    // Every value built counts (a string by its length): defaults are built once, from the
+    // document itself.
+    if let Some(vars) = vars {
+        let bytes = match &v {
+            cst::Value::StringValue(s) => usize::from(cst::CstNode::syntax(s).text().len()),
+            _ => 8,
+        };
+        vars.charge(bytes)?;
+    }
     Ok(Some(match v {
         cst::Value::Variable(var) => {
             let name = name_of(var.name());

@@ -143,8 +143,11 @@ pub(super) struct Walk<'a> {
     fragments: &'a HashMap<String, cst::FragmentDefinition>,
     vars: &'a Variables,
     limits: &'a Limits,
-    /// The depth of each fragment's selection set, once measured.
-    depths: HashMap<String, usize>,
+    /// The depth of each fragment's selection set, once measured, and whether an alias is
+    /// written anywhere in it.
+    depths: HashMap<String, (usize, bool)>,
+    /// Whether an alias is written below the root field being measured.
+    aliased: bool,
     /// The fragments being expanded, innermost last: a spread of one of them is a cycle.
     active: Vec<String>,
     visits: usize,
@@ -159,6 +162,7 @@ impl<'a> Walk<'a> {
             vars,
             limits,
             depths: HashMap::new(),
+            aliased: false,
             active: Vec::new(),
             visits: 0,
             root: String::new(),
@@ -204,33 +208,59 @@ impl<'a> Walk<'a> {
 
     /// The root fields of a selection set, fragments expanded, in document order; a response
     /// key used twice for the same field and arguments is one field (GraphQL merges them).
+    /// `runs`: whether the set executes (no `@skip`/`@include` above it turns it off).
     pub(super) fn roots(
         &mut self,
         set: Option<cst::SelectionSet>,
         out: &mut Vec<RootField>,
+        runs: bool,
     ) -> Result<(), GraphqlError> {
         for selection in set.iter().flat_map(|s| s.selections()) {
             self.visit()?;
             match selection {
-                cst::Selection::Field(f) => self.root_field(f, out)?,
+                cst::Selection::Field(f) => self.root_field(f, out, runs)?,
                 cst::Selection::FragmentSpread(s) => {
                     let fragment = self.enter(&s)?;
-                    self.roots(fragment.selection_set(), out)?;
+                    let runs = runs && self.runs(s.directives())?;
+                    let runs = runs && self.runs(fragment.directives())?;
+                    self.roots(fragment.selection_set(), out, runs)?;
                     self.active.pop();
                 }
                 cst::Selection::InlineFragment(i) => {
                     directives(i.directives(), "an inline fragment")?;
-                    self.roots(i.selection_set(), out)?;
+                    let runs = runs && self.runs(i.directives())?;
+                    self.roots(i.selection_set(), out, runs)?;
                 }
             }
         }
         Ok(())
     }
 
-    fn root_field(&mut self, f: cst::Field, out: &mut Vec<RootField>) -> Result<(), GraphqlError> {
+    /// Whether `@skip`/`@include` let a selection run, their conditions read with the
+    /// variables (a condition that is not a boolean lets it run: toolgate judges it touched).
+    fn runs(&self, dirs: Option<cst::Directives>) -> Result<bool, GraphqlError> {
+        for d in dirs.iter().flat_map(|d| d.directives()) {
+            let name = name_of(d.name());
+            let args = value::arguments(d.arguments(), self.vars, &format!("@{name}"))?;
+            match (name.as_str(), args["if"].as_bool()) {
+                ("skip", Some(true)) | ("include", Some(false)) => return Ok(false),
+                _ => {}
+            }
+        }
+        Ok(true)
+    }
+
+    fn root_field(
+        &mut self,
+        f: cst::Field,
+        out: &mut Vec<RootField>,
+        runs: bool,
+    ) -> Result<(), GraphqlError> {
         let name = name_of(f.name());
         directives(f.directives(), &format!("field {name}"))?;
+        let runs = runs && self.runs(f.directives())?;
         self.root = name.clone();
+        self.aliased = false;
         self.depth(f.selection_set(), 1)?;
         // `__typename` executes nothing: it names the root type.
         if name == "__typename" {
@@ -240,15 +270,28 @@ impl<'a> Walk<'a> {
             alias: f.alias().map(|a| name_of(a.name())),
             arguments: value::arguments(f.arguments(), self.vars, &name)?,
             name,
+            nested_alias: self.aliased,
+            runs,
         };
-        match out.iter().find(|o| o.key() == field.key()) {
-            Some(same) if same.name == field.name && same.arguments == field.arguments => Ok(()),
+        let count = out.len();
+        match out.iter_mut().find(|o| o.key() == field.key()) {
+            Some(same) if same.name == field.name && same.arguments == field.arguments => {
+                same.nested_alias |= field.nested_alias;
+                same.runs |= field.runs;
+                Ok(())
+            }
             Some(other) => Err(GraphqlError::Invalid(format!(
                 "response key {} is given to {} and to {} with different arguments or fields; give each its own alias",
                 field.key(),
                 other.name,
                 field.name
             ))),
+            // Checked as the fields are found, so that a document of thousands costs no more
+            // than one at the limit.
+            None if count >= self.limits.max_root_fields => Err(GraphqlError::TooManyFields {
+                count: count + 1,
+                limit: self.limits.max_root_fields,
+            }),
             None => {
                 out.push(field);
                 Ok(())
@@ -269,6 +312,7 @@ impl<'a> Walk<'a> {
             let below = match selection {
                 cst::Selection::Field(f) => {
                     directives(f.directives(), &format!("field {}", name_of(f.name())))?;
+                    self.aliased |= f.alias().is_some();
                     if level + 1 > self.limits.max_depth {
                         return Err(self.too_deep());
                     }
@@ -297,17 +341,21 @@ impl<'a> Walk<'a> {
         level: usize,
     ) -> Result<usize, GraphqlError> {
         let name = name_of(s.fragment_name().and_then(|n| n.name()));
-        if let Some(&d) = self.depths.get(&name) {
+        if let Some(&(d, aliased)) = self.depths.get(&name) {
             directives(s.directives(), &format!("the spread of fragment {name}"))?;
             if level + d > self.limits.max_depth {
                 return Err(self.too_deep());
             }
+            self.aliased |= aliased;
             return Ok(d);
         }
         let fragment = self.enter(s)?;
+        let outer = std::mem::replace(&mut self.aliased, false);
         let d = self.depth(fragment.selection_set(), level)?;
+        let aliased = self.aliased;
+        self.aliased |= outer;
         self.active.pop();
-        self.depths.insert(name, d);
+        self.depths.insert(name, (d, aliased));
         Ok(d)
     }
 

@@ -218,6 +218,20 @@ impl RequestCtx {
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(rec);
     }
 
+    /// Writes the held request event's query string as `[REDACTED]`: it carries values a
+    /// contract redacts (a GraphQL GET's document and variables).
+    pub(super) fn redact_asked_query(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(Value::Object(m)) = held.as_mut().map(|r| &mut r.payload) {
+            if m.get("query")
+                .and_then(Value::as_str)
+                .is_some_and(|q| !q.is_empty())
+            {
+                m.insert("query".into(), Value::String(crate::audit::REDACTED.into()));
+            }
+        }
+    }
+
     /// The held request event, if it is still held.
     pub(super) fn take_request(&self) -> Option<Record> {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).take()

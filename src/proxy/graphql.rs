@@ -42,6 +42,11 @@ pub(super) async fn process(
             agent.id
         )));
     };
+    // A GET's query string is the document and its variables: not recorded where a contract
+    // redacts an argument (the decision event records the arguments, redacted).
+    if tools.iter().any(|t| !t.redact.is_empty()) {
+        ctx.redact_asked_query();
+    }
     let limits = checks::limits(&ctx.policy, &tools, (host, port, path));
     let (parts, incoming) = req.into_parts();
     let read = read_body(app, &agent.id, &via, parts, incoming).await?;
