@@ -15,9 +15,9 @@ use super::template::PathTemplate;
 use super::types::{
     Agent, ApprovalSpec, Approver, BodyFormat, BodySpec, Budget, Credential, GraphqlSpec,
     Idempotency, McpSpec, Mode, Period, PolicyError, RateLimit, Risk, SendOn, SideEffects, Tool,
-    ToolKind, DEFAULT_MAX_BODY,
+    ToolKind, Users, DEFAULT_MAX_BODY,
 };
-use super::{contract, graphql_def, response, rollback_def, rules};
+use super::{contract, graphql_def, identity_def, response, rollback_def, rules};
 
 /// Reads and parses every `*.toml` file under `dir` (recursively, in name order).
 pub(super) fn read_dir(dir: &Path) -> Result<Vec<(PathBuf, PolicyFile)>, PolicyError> {
@@ -63,6 +63,11 @@ pub(super) fn build(
             let reviewer = compile_approver(&path, as_approver, env)?;
             let at = |m| PolicyError::new(&path, m);
             policy.add_reviewer(reviewer).map_err(at)?;
+        }
+        for def in file.identity_provider {
+            let at = |m| PolicyError::new(&path, m);
+            let provider = identity_def::compile(&path, def).map_err(at)?;
+            policy.add_identity_provider(provider).map_err(at)?;
         }
         for def in file.approver {
             let approver = compile_approver(&path, def, env)?;
@@ -270,6 +275,16 @@ fn compile_agent(
         token_issuers: def.token_issuers.clone(),
         static_token: def.static_token,
         granted: Vec::new(),
+        users: match def.users.as_deref() {
+            None | Some("optional") => Users::Optional,
+            Some("required") => Users::Required,
+            Some(other) => {
+                return Err(err(format!(
+                    "users {other:?}: write \"required\" (every call names the person it acts for) or \"optional\""
+                )))
+            }
+        },
+        user: None,
     })
 }
 

@@ -20,9 +20,28 @@ pub struct PolicyFile {
     pub credential: Vec<CredentialDef>,
     #[serde(default)]
     pub tool: Vec<ToolDef>,
+    /// Issuers of signed assertions about the people agents act for.
+    #[serde(default)]
+    pub identity_provider: Vec<IdentityProviderDef>,
     /// Limits on the documents a GraphQL endpoint takes (defaults when none is declared).
     #[serde(default)]
     pub graphql_endpoint: Vec<GraphqlEndpointDef>,
+}
+
+/// `[[identity_provider]]`: who signs assertions about people, with which keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityProviderDef {
+    pub name: String,
+    pub issuer: String,
+    pub audience: String,
+    pub jwks_file: Option<String>,
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    pub user_claim: Option<String>,
+    pub groups_claim: Option<String>,
+    pub leeway: Option<String>,
 }
 
 /// `[[graphql_endpoint]]`: how deep and how wide a document sent to one GraphQL endpoint may be.
@@ -61,6 +80,8 @@ pub struct AgentDef {
     /// false: only issued tokens let the agent in, never its static token.
     #[serde(default = "yes")]
     pub static_token: bool,
+    /// "required": every call names the person it acts for; "optional" (the default).
+    pub users: Option<String>,
 }
 
 fn yes() -> bool {

@@ -31,6 +31,8 @@ pub struct Policy {
     mcp_tools: Vec<Arc<Tool>>,
     /// The GraphQL fields, few: matched by endpoint and then by operation type and field.
     graphql_tools: Vec<Arc<Tool>>,
+    /// Issuers of signed assertions about the people agents act for.
+    identity_providers: Vec<Arc<super::types::IdentityProvider>>,
     /// The limits of GraphQL endpoints declared with `[[graphql_endpoint]]` (host, port, path).
     graphql_limits: Vec<((String, u16, String), crate::graphql::Limits)>,
     /// The ports each host is named with, in the order of the tools: the egress allow-list,
@@ -244,6 +246,35 @@ impl Policy {
     /// endpoint). `path` must have passed [`check_path`].
     pub fn graphql_endpoint(&self, host: &str, port: u16, path: &str) -> Vec<Arc<Tool>> {
         served_at(&self.graphql_tools, host, port, path)
+    }
+
+    /// Adds an identity provider, refusing a second of the same name or issuer.
+    pub(super) fn add_identity_provider(
+        &mut self,
+        provider: super::types::IdentityProvider,
+    ) -> Result<(), String> {
+        if let Some(other) = self
+            .identity_providers
+            .iter()
+            .find(|p| p.name == provider.name || p.issuer == provider.issuer)
+        {
+            return Err(format!(
+                "identity providers {:?} and {:?} share a name or an issuer: an assertion names its issuer, which must name one provider",
+                other.name, provider.name
+            ));
+        }
+        self.identity_providers.push(Arc::new(provider));
+        Ok(())
+    }
+
+    /// The identity provider whose issuer is `issuer`.
+    pub fn identity_provider(&self, issuer: &str) -> Option<&Arc<super::types::IdentityProvider>> {
+        self.identity_providers.iter().find(|p| p.issuer == issuer)
+    }
+
+    /// Whether any identity provider is declared.
+    pub fn has_identity_providers(&self) -> bool {
+        !self.identity_providers.is_empty()
     }
 
     /// Declares the limits of a GraphQL endpoint, which must serve contracted fields and be

@@ -8,6 +8,7 @@ mod compile;
 pub mod contract;
 pub mod file;
 mod graphql_def;
+mod identity_def;
 pub mod lint;
 mod lookup;
 pub mod published;
@@ -25,9 +26,9 @@ pub use lookup::Policy;
 pub use published::{Published, Role, PUBLISHED_TOKENS};
 pub use template::{check_path, PathError, PathTemplate};
 pub use types::{
-    glob_match, Agent, ApprovalSpec, Approver, BodyFormat, BodySpec, Budget, Credential,
-    GraphqlSpec, Idempotency, Matched, McpSpec, Mode, Period, PolicyError, RateLimit, Risk,
-    Rollback, SendOn, SideEffects, Tool, ToolKind, DEFAULT_MAX_BODY,
+    glob_match, Agent, ApprovalSpec, Approver, BodyFormat, BodySpec, Budget, Credential, EndUser,
+    GraphqlSpec, Idempotency, IdentityProvider, Matched, McpSpec, Mode, Period, PolicyError,
+    RateLimit, Risk, Rollback, SendOn, SideEffects, Tool, ToolKind, Users, DEFAULT_MAX_BODY,
 };
 
 /// What an unset secret reads as in [`Policy::load_dir_dry`].

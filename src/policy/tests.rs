@@ -337,6 +337,8 @@ fn agent_bindings_render_or_refuse() {
         token_issuers: vec![],
         static_token: true,
         granted: vec![],
+        users: Default::default(),
+        user: None,
     };
     assert_eq!(
         agent.render_binding("{agent.attrs.github_org}").as_deref(),

@@ -48,6 +48,53 @@ pub struct Agent {
     /// Live grants lending it tools its `tools` do not name: empty as the policy defines it,
     /// filled in for one request by [`Agent::with_grants`].
     pub granted: Vec<crate::model::Grant>,
+    /// Whether its calls must name the person they act for.
+    pub users: Users,
+    /// The person the request acts for: none as the policy defines it, set for one request by
+    /// [`Agent::acting_for`].
+    pub user: Option<Arc<EndUser>>,
+}
+
+/// Whether an agent's calls name the person they act for (`users = "required"`), or may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Users {
+    #[default]
+    Optional,
+    Required,
+}
+
+/// The person a call acts for: from the issued token it came with, or from the signed
+/// assertion it carried (`Toolgate-User-Assertion`), verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndUser {
+    pub id: String,
+    pub groups: Vec<String>,
+    /// What named them: `token tok_…` or `identity provider NAME`.
+    pub via: String,
+}
+
+/// `[[identity_provider]]`: an issuer of signed assertions about people (an OIDC provider),
+/// its keys, and how its tokens name the person.
+#[derive(Debug)]
+pub struct IdentityProvider {
+    pub name: String,
+    pub issuer: String,
+    pub audience: String,
+    pub keys: jsonwebtoken::jwk::JwkSet,
+    /// Asymmetric algorithms only (never `none`, never HMAC).
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub user_claim: String,
+    pub groups_claim: Option<String>,
+    pub leeway: std::time::Duration,
+}
+
+impl Agent {
+    /// The agent as it stands for one request made for `user`.
+    pub fn acting_for(self: &Arc<Agent>, user: EndUser) -> Arc<Agent> {
+        let mut agent = Agent::clone(self);
+        agent.user = Some(Arc::new(user));
+        Arc::new(agent)
+    }
 }
 
 impl Agent {
