@@ -596,3 +596,51 @@ async fn octokit_graphql_queries_and_mutates_through_toolgate() {
     assert_eq!(sent["variables"]["input"]["repositoryId"], "R_1", "{sent}");
     all_with_the_real_key(&fake);
 }
+
+/// The fake itself, straight (no toolgate): it runs the operation named, expands fragments,
+/// answers under aliases, reads variables, and turns away any key but the real one.
+#[tokio::test]
+async fn the_fake_answers_the_fields_a_document_selects() {
+    let pki = Pki::new("test upstream CA");
+    let fake = GhFake::start(&pki).await;
+    let ca = std::fs::read_to_string(&pki.ca_path).unwrap();
+    let ask = |auth: String, body: Value| {
+        let ca = ca.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(fake.addr).await.unwrap();
+            let tls = tls_over(tcp, "api.github.com", &ca, &[b"http/1.1"])
+                .await
+                .unwrap();
+            let req = http::Request::post("/graphql")
+                .header("host", "api.github.com")
+                .header("authorization", auth)
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    body.to_string(),
+                )))
+                .unwrap();
+            http1_over(tls, req).await
+        }
+    };
+    let doc = "fragment repo on Repository { id owner { login } }
+        query Other { viewer { login } }
+        query RepositoryInfo($owner: String!, $name: String!) {
+          r: repository(owner: $owner, name: $name) { ...repo parent { ...repo } ... on Repository { hasIssuesEnabled } }
+        }";
+    let body = json!({"query": doc, "variables": {"owner": "acme", "name": "widgets"}, "operationName": "RepositoryInfo"});
+    let got = ask(real_authorization(), body.clone()).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(
+        got.json(),
+        json!({"data": {"r": {"id": "R_1", "owner": {"login": "acme"}, "parent": null, "hasIssuesEnabled": true}}})
+    );
+    let got = ask(format!("Bearer {PLACEHOLDER}"), body).await;
+    assert_eq!(got.status, 401, "{}", got.text());
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].fields, ["query.repository"]);
+    assert_eq!(
+        fake.calls("query.repository"),
+        1,
+        "a refused key runs nothing"
+    );
+}

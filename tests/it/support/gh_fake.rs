@@ -74,9 +74,8 @@ impl GhFake {
                     let Ok(tls) = acceptor.accept(stream).await else {
                         return;
                     };
-                    let svc = hyper::service::service_fn(move |req| {
-                        handle(req, w.clone(), keys.clone())
-                    });
+                    let svc =
+                        hyper::service::service_fn(move |req| handle(req, w.clone(), keys.clone()));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tls), svc)
                         .await;
@@ -172,9 +171,9 @@ async fn handle(
         )
     } else if path.starts_with("/graphql") {
         match graphql_request(&method, &query_string, &body) {
-            Ok((document, variables, operation_name)) => {
-                seen.document = Some(document.clone());
-                run(&mut w, &document, &variables, operation_name.as_deref(), &mut seen.fields)
+            Ok(gql) => {
+                seen.document = Some(gql.document.clone());
+                run(&mut w, &gql, &mut seen.fields)
             }
             Err(why) => (400, json!({"message": why})),
         }
@@ -189,12 +188,15 @@ async fn handle(
     Ok(respond(status, &answer))
 }
 
+/// A GraphQL-over-HTTP request as the fake reads it.
+struct GqlRequest {
+    document: String,
+    variables: Map<String, Value>,
+    operation_name: Option<String>,
+}
+
 /// The document, variables and operation name of a GraphQL-over-HTTP request.
-fn graphql_request(
-    method: &str,
-    query_string: &str,
-    body: &str,
-) -> Result<(String, Map<String, Value>, Option<String>), String> {
+fn graphql_request(method: &str, query_string: &str, body: &str) -> Result<GqlRequest, String> {
     let v: Value = if method == "GET" {
         let mut m = Map::new();
         for (k, v) in form_urlencoded::parse(query_string.as_bytes()) {
@@ -215,7 +217,11 @@ fn graphql_request(
         .to_string();
     let variables = v["variables"].as_object().cloned().unwrap_or_default();
     let operation_name = v["operationName"].as_str().map(str::to_string);
-    Ok((document, variables, operation_name))
+    Ok(GqlRequest {
+        document,
+        variables,
+        operation_name,
+    })
 }
 
 /// GitHub's answer for a GraphQL error (200 with `errors`, as GitHub answers them).
@@ -224,14 +230,8 @@ fn gql_error(message: &str) -> (u16, Value) {
 }
 
 /// Runs the operation: the status and the answer, and the root fields it ran into `fields`.
-fn run(
-    w: &mut World,
-    document: &str,
-    variables: &Map<String, Value>,
-    operation_name: Option<&str>,
-    fields: &mut Vec<String>,
-) -> (u16, Value) {
-    let tree = apollo_parser::Parser::new(document).parse();
+fn run(w: &mut World, gql: &GqlRequest, fields: &mut Vec<String>) -> (u16, Value) {
+    let tree = apollo_parser::Parser::new(&gql.document).parse();
     if let Some(e) = tree.errors().next() {
         return gql_error(&format!("Parse error: {}", e.message()));
     }
@@ -247,7 +247,7 @@ fn run(
             _ => {}
         }
     }
-    let op = match operation_name {
+    let op = match gql.operation_name.as_deref() {
         Some(name) => operations
             .iter()
             .find(|o| o.name().is_some_and(|n| n.text() == name)),
@@ -264,7 +264,7 @@ fn run(
     };
     let ctx = Ctx {
         fragments: &fragments,
-        variables: &defaults(op, variables),
+        variables: &defaults(op, &gql.variables),
     };
     let mut data = Map::new();
     let mut errors = Vec::new();
@@ -366,7 +366,11 @@ fn root(w: &mut World, kind: &str, field: &str, args: &Value) -> Result<Value, S
         })),
         _ => Err(format!(
             "Field '{field}' doesn't exist on type '{}'",
-            if kind == "mutation" { "Mutation" } else { "Query" }
+            if kind == "mutation" {
+                "Mutation"
+            } else {
+                "Query"
+            }
         )),
     }
 }
@@ -464,8 +468,14 @@ impl Ctx<'_> {
                 .cloned()
                 .unwrap_or(Value::Null),
             cst::Value::StringValue(s) => Value::String(String::from(s)),
-            cst::Value::IntValue(i) => i.source_string().parse().map_or(Value::Null, |n: i64| json!(n)),
-            cst::Value::FloatValue(f) => f.source_string().parse().map_or(Value::Null, |n: f64| json!(n)),
+            cst::Value::IntValue(i) => i
+                .source_string()
+                .parse()
+                .map_or(Value::Null, |n: i64| json!(n)),
+            cst::Value::FloatValue(f) => f
+                .source_string()
+                .parse()
+                .map_or(Value::Null, |n: f64| json!(n)),
             cst::Value::BooleanValue(b) => Value::Bool(b.true_token().is_some()),
             cst::Value::NullValue(_) => Value::Null,
             cst::Value::EnumValue(e) => Value::String(e.source_string()),
