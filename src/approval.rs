@@ -766,7 +766,7 @@ async fn send_approved(
     };
     info!(proposal = %p.id, tool = %p.tool, "committing");
     let policy = app.policy();
-    let response = policy.tool(&p.tool).and_then(|t| t.response.as_ref());
+    let response = policy.tool(&p.tool).and_then(|t| t.response.as_deref());
     // The commit and its answer belong to the request that sent it (the proposal's own first
     // request when the approval sends it): that request's row shows the upstream's answer.
     let who = crate::audit::Record {

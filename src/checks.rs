@@ -2,6 +2,8 @@
 //! query and body validation, rules, the idempotency key and the budget field. The proxy runs
 //! them on every request; a commit runs them again on the stored request (`recheck`).
 
+pub(crate) mod graphql;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -170,6 +172,9 @@ pub(crate) fn recheck(
     check_path(path).map_err(|e| Refusal::policy(e.to_string()))?;
     if tool.mcp.is_some() {
         return recheck_mcp(policy, agent, tool, call, uri);
+    }
+    if tool.graphql.is_some() {
+        return graphql::recheck(policy, agent, tool, call, &uri);
     }
     let matched = policy
         .match_tool(host, port, method, path)

@@ -50,7 +50,9 @@ pub(super) fn build(
     let credentials = compile_credentials(&files, env)?;
     let mut policy = Policy::default();
     let mut names = HashSet::new();
+    let mut endpoints = Vec::new();
     for (path, file) in files {
+        endpoints.extend(file.graphql_endpoint.into_iter().map(|d| (path.clone(), d)));
         for def in file.reviewer {
             let as_approver = file::ApproverDef {
                 id: def.id,
@@ -87,7 +89,51 @@ pub(super) fn build(
         }
         policy.files.push(path);
     }
+    for (path, def) in endpoints {
+        let (at, limits) = graphql_endpoint(def).map_err(|m| PolicyError::new(&path, m))?;
+        policy
+            .add_graphql_limits(at, limits)
+            .map_err(|m| PolicyError::new(&path, m))?;
+    }
     Ok(policy)
+}
+
+/// Deepest a `[[graphql_endpoint]]` may allow (the parser's own nesting limit is far above).
+const GRAPHQL_DEPTH_MAX: usize = 64;
+/// Widest a `[[graphql_endpoint]]` may allow.
+const GRAPHQL_ROOT_FIELDS_MAX: usize = 100;
+
+/// `[[graphql_endpoint]]`: the endpoint (host, port, literal path) and its limits.
+fn graphql_endpoint(
+    def: file::GraphqlEndpointDef,
+) -> Result<((String, u16, String), crate::graphql::Limits), String> {
+    let (host, port) = split_host_port(&def.host, def.port.unwrap_or(443)).ok_or_else(|| {
+        format!(
+            "graphql_endpoint host {:?} is not HOST or HOST:PORT",
+            def.host
+        )
+    })?;
+    let defaults = crate::graphql::Limits::default();
+    let max_depth = def.max_depth.unwrap_or(defaults.max_depth);
+    let max_root_fields = def.max_root_fields.unwrap_or(defaults.max_root_fields);
+    if !(1..=GRAPHQL_DEPTH_MAX).contains(&max_depth) {
+        return Err(format!(
+            "graphql_endpoint {host}{}: max_depth must be between 1 and {GRAPHQL_DEPTH_MAX}",
+            def.path
+        ));
+    }
+    if !(1..=GRAPHQL_ROOT_FIELDS_MAX).contains(&max_root_fields) {
+        return Err(format!(
+            "graphql_endpoint {host}{}: max_root_fields must be between 1 and {GRAPHQL_ROOT_FIELDS_MAX}",
+            def.path
+        ));
+    }
+    let limits = crate::graphql::Limits {
+        max_depth,
+        max_root_fields,
+        allow_introspection: false,
+    };
+    Ok(((host, port, def.path), limits))
 }
 
 /// Every file's credentials by name (a name defined twice is an error).
@@ -293,7 +339,7 @@ struct Shape {
     query: Option<Arc<contract::Schema>>,
     mcp: Option<McpSpec>,
     graphql: Option<GraphqlSpec>,
-    response: Option<response::ResponseSpec>,
+    response: Option<Arc<response::ResponseSpec>>,
     idempotency: Option<Idempotency>,
     idempotency_window: std::time::Duration,
     rate_limit: Option<RateLimit>,
@@ -462,7 +508,7 @@ fn compile_response(
     def: &ToolDef,
     load_schema: &dyn Fn(&str) -> Result<Arc<contract::Schema>, PolicyError>,
     err: &dyn Fn(String) -> PolicyError,
-) -> Result<Option<response::ResponseSpec>, PolicyError> {
+) -> Result<Option<Arc<response::ResponseSpec>>, PolicyError> {
     let Some(r) = &def.response else {
         return Ok(None);
     };
@@ -484,12 +530,12 @@ fn compile_response(
             "hide {bad:?}: an MCP tool's answer reaches the agent as its structured content and as text blocks that copy it, and toolgate removes a field from every copy only when it is a field of the structured content: name it as {under}/FIELD (for example {under}/email)"
         )));
     }
-    Ok(Some(response::ResponseSpec {
+    Ok(Some(Arc::new(response::ResponseSpec {
         keep: r.keep.clone(),
         hide: r.hide.clone(),
         schema: r.schema.as_deref().map(load_schema).transpose()?,
         mcp,
-    }))
+    })))
 }
 
 /// An HTTP tool's method, or POST for an MCP tool (which names none, or POST).

@@ -20,6 +20,20 @@ pub struct PolicyFile {
     pub credential: Vec<CredentialDef>,
     #[serde(default)]
     pub tool: Vec<ToolDef>,
+    /// Limits on the documents a GraphQL endpoint takes (defaults when none is declared).
+    #[serde(default)]
+    pub graphql_endpoint: Vec<GraphqlEndpointDef>,
+}
+
+/// `[[graphql_endpoint]]`: how deep and how wide a document sent to one GraphQL endpoint may be.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphqlEndpointDef {
+    pub host: String,
+    pub port: Option<u16>,
+    pub path: String,
+    pub max_depth: Option<usize>,
+    pub max_root_fields: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -31,6 +31,8 @@ pub struct Policy {
     mcp_tools: Vec<Arc<Tool>>,
     /// The GraphQL fields, few: matched by endpoint and then by operation type and field.
     graphql_tools: Vec<Arc<Tool>>,
+    /// The limits of GraphQL endpoints declared with `[[graphql_endpoint]]` (host, port, path).
+    graphql_limits: Vec<((String, u16, String), crate::graphql::Limits)>,
     /// The ports each host is named with, in the order of the tools: the egress allow-list,
     /// looked up per connection.
     ports: HashMap<String, Vec<u16>>,
@@ -242,6 +244,38 @@ impl Policy {
     /// endpoint). `path` must have passed [`check_path`].
     pub fn graphql_endpoint(&self, host: &str, port: u16, path: &str) -> Vec<Arc<Tool>> {
         served_at(&self.graphql_tools, host, port, path)
+    }
+
+    /// Declares the limits of a GraphQL endpoint, which must serve contracted fields and be
+    /// declared once.
+    pub(super) fn add_graphql_limits(
+        &mut self,
+        at: (String, u16, String),
+        limits: crate::graphql::Limits,
+    ) -> Result<(), String> {
+        let (host, port, path) = (&at.0, at.1, &at.2);
+        if self.graphql_endpoint(host, port, path).is_empty() {
+            return Err(format!(
+                "graphql_endpoint {host}:{port}{path} serves no contracted GraphQL field: declare its limits beside a [[tool]] with graphql = \"...\" on that host and path"
+            ));
+        }
+        if self.graphql_limits.iter().any(|(a, _)| *a == at) {
+            return Err(format!(
+                "graphql_endpoint {host}:{port}{path} is declared twice"
+            ));
+        }
+        self.graphql_limits.push((at, limits));
+        Ok(())
+    }
+
+    /// The limits a document sent to a GraphQL endpoint is read with: declared, else the
+    /// defaults (introspection is the caller's to allow).
+    pub fn graphql_limits(&self, host: &str, port: u16, path: &str) -> crate::graphql::Limits {
+        self.graphql_limits
+            .iter()
+            .find(|((h, p, pa), _)| *p == port && h.eq_ignore_ascii_case(host) && pa == path)
+            .map(|(_, l)| l.clone())
+            .unwrap_or_default()
     }
 
     /// The contract of one GraphQL root field at an endpoint, if any. `path` must have passed

@@ -407,7 +407,7 @@ pub struct Tool {
     /// A GraphQL root field: matched by its endpoint, operation type and field name.
     pub graphql: Option<GraphqlSpec>,
     /// What of the answer is kept and shown.
-    pub response: Option<response::ResponseSpec>,
+    pub response: Option<Arc<response::ResponseSpec>>,
     /// What the tool is: an API, or a model whose answers are metered.
     pub kind: ToolKind,
     /// The team that answers for the tool (shown, never enforced).

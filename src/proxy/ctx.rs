@@ -85,13 +85,14 @@ impl Target {
     }
 }
 
-/// How a refusal of this request is written: as toolgate's JSON error, or inside an MCP
-/// message the client sent.
+/// How a refusal of this request is written: as toolgate's JSON error, inside an MCP message
+/// the client sent, or in GraphQL's `errors` shape.
 #[derive(Debug, Clone, Default)]
 pub(crate) enum Reply {
     #[default]
     Http,
     Mcp(McpReply),
+    Graphql,
 }
 
 /// A refusal of an MCP message: as the tool's result (a `tools/call`), or as a JSON-RPC error

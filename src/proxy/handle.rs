@@ -120,9 +120,13 @@ async fn route(
     request::recordable(app)?;
     let agent = request::identify(app, ctx, &req)?;
     let target = ctx.target.clone();
-    let endpoint = ctx
-        .policy
-        .mcp_endpoint(&target.host, target.port, req.uri().path());
+    let (host, port, path) = (&target.host, target.port, req.uri().path());
+    let graphql = ctx.policy.graphql_endpoint(host, port, path);
+    if !graphql.is_empty() {
+        let answer = super::graphql::process(app, ctx, agent, graphql, req).await?;
+        return Ok(answer.into_http(&target));
+    }
+    let endpoint = ctx.policy.mcp_endpoint(host, port, path);
     if endpoint.is_empty() {
         let answer = request::process(app, ctx, agent, req).await?;
         return Ok(answer.into_http(&target));
@@ -167,7 +171,8 @@ fn asked(ctx: &RequestCtx, req: &Request<ProxyBody>) {
 }
 
 /// The one rescue point: a refusal from any phase is recorded and answered here, as JSON with
-/// its code (or, for an MCP message, as the JSON-RPC error its client reads).
+/// its code (or, for an MCP message, as the JSON-RPC error its client reads; on a GraphQL
+/// endpoint, in GraphQL's `errors` shape).
 #[tracing::instrument(level = "debug", skip_all, fields(request_id = %ctx.id, phase = "rescue"))]
 async fn rescue(ctx: &RequestCtx, refusal: Refusal) -> Response<ProxyBody> {
     let refusal = match &ctx.tool {
@@ -181,6 +186,7 @@ async fn rescue(ctx: &RequestCtx, refusal: Refusal) -> Response<ProxyBody> {
     match &ctx.reply {
         Reply::Http => refusal.into_response(&ctx.id),
         Reply::Mcp(reply) => mcp::refusal_answer(reply, &refusal),
+        Reply::Graphql => super::graphql::refusal_answer(refusal, &ctx.id),
     }
 }
 

@@ -203,7 +203,7 @@ async fn call_tool(
     ctx.matched(&tool);
     request::tool_enabled(app, &tool)?;
     pinned(app, &ctx.target, &ep.agent, &tool, &read.parts).await?;
-    let call = request::arguments_call(ctx, ep.agent.clone(), tool, read, id.clone(), arguments)?;
+    let call = request::arguments_call(ctx, ep.agent.clone(), tool, read, arguments)?;
     Ok(match request::decide(app, ctx, call).await? {
         Answer::Preview(call) => preview(&id, call.tool(), call.arguments(), &ctx.target.host),
         Answer::Passed(resp) => resp,

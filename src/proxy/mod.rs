@@ -6,6 +6,7 @@
 
 mod ctx;
 mod exchange;
+mod graphql;
 mod handle;
 mod mcp;
 pub mod model;

@@ -27,6 +27,7 @@ use crate::error::{Code, Refusal};
 use crate::guard::BodyReservation;
 use crate::limits::charge_budget;
 use crate::model::{Call, KillTarget};
+use crate::policy::response::ResponseSpec;
 use crate::policy::{Agent, Credential, Tool, ToolKind};
 use crate::services::LockKey;
 use crate::store::{now_unix, IdemRecord, IdemState, Outcome};
@@ -54,11 +55,25 @@ pub(super) struct Checked {
     headers: HeaderMap,
     /// The body as the audit log records it (fields the contract names redacted).
     body_event: Value,
-    /// An MCP tool call: its JSON-RPC id (the tool's name is the contract's `mcp_tool`).
-    mcp_id: Option<Value>,
+    /// What the call is of the request: the request itself, an MCP tool call, or the root
+    /// fields of a GraphQL operation.
+    form: Form,
+    /// The response contract the answer is held to: the tool's, or for a GraphQL operation
+    /// those of its fields, at the keys its answer has.
+    response: Option<Arc<ResponseSpec>>,
     started: std::time::Instant,
     /// The body's bytes held against the buffer caps until the call is done.
     _buffered: BodyReservation,
+}
+
+/// What a call is of the request that carries it.
+pub(super) enum Form {
+    /// The request is the call.
+    Http,
+    /// An MCP `tools/call` (the tool's name is the contract's `mcp_tool`).
+    Mcp,
+    /// A GraphQL operation: its root fields (the call's tool is the one whose mode decides).
+    Graphql(Box<crate::graphql::Operation>),
 }
 
 impl Checked {
@@ -212,7 +227,6 @@ pub(super) fn arguments_call(
     agent: Arc<Agent>,
     tool: Arc<Tool>,
     read: Read,
-    id: Value,
     arguments: Value,
 ) -> Result<Checked, Refusal> {
     let (credential, amount) = verdict::arguments(&agent, &tool, &read.parts, &arguments)?;
@@ -223,6 +237,7 @@ pub(super) fn arguments_call(
     } = read;
     let headers = upstream_headers(&tool, &parts.headers, credential.as_deref())?;
     let body_event = arguments_event(&tool, &arguments);
+    let response = tool.response.clone();
     Ok(Checked {
         call: call_of(ctx, &tool, &parts, body, arguments),
         agent,
@@ -234,7 +249,57 @@ pub(super) fn arguments_call(
         amount,
         headers,
         body_event,
-        mcp_id: Some(id),
+        form: Form::Mcp,
+        response,
+        started: std::time::Instant::now(),
+        _buffered: buffered,
+    })
+}
+
+/// A GraphQL operation its adapter read and held field by field: the operation, the field
+/// whose contract decides, the response contract of its fields, and how the audit records it.
+pub(super) struct Fielded {
+    pub(super) op: crate::graphql::Operation,
+    pub(super) field: crate::checks::graphql::Field,
+    pub(super) response: Option<Arc<ResponseSpec>>,
+    pub(super) body_event: Value,
+}
+
+/// A GraphQL operation as one call: the request as sent, judged by the deciding field's
+/// contract, whose arguments stand in the place of a body (for its summary, its budget, its
+/// story).
+pub(super) fn graphql_call(
+    ctx: &RequestCtx,
+    agent: Arc<Agent>,
+    fielded: Fielded,
+    read: Read,
+) -> Result<Checked, Refusal> {
+    let Fielded {
+        op,
+        field,
+        response,
+        body_event,
+    } = fielded;
+    let Read {
+        parts,
+        body,
+        buffered,
+    } = read;
+    let tool = field.tool;
+    let headers = upstream_headers(&tool, &parts.headers, field.credential.as_deref())?;
+    Ok(Checked {
+        call: call_of(ctx, &tool, &parts, body, field.root.arguments),
+        agent,
+        tool,
+        params: Default::default(),
+        credential: field.credential,
+        parts,
+        query: Value::Null,
+        amount: field.amount,
+        headers,
+        body_event,
+        form: Form::Graphql(Box::new(op)),
+        response,
         started: std::time::Instant::now(),
         _buffered: buffered,
     })
@@ -300,6 +365,7 @@ async fn validate(
     let amount = budget_amount(&tool, &body_json)?;
     let headers = upstream_headers(&tool, &parts.headers, credential.as_deref())?;
     let body_event = body_event(&tool, &body, &body_json);
+    let response = tool.response.clone();
     Ok(Checked {
         call: call_of(ctx, &tool, &parts, body, body_json),
         agent,
@@ -311,7 +377,8 @@ async fn validate(
         amount,
         headers,
         body_event,
-        mcp_id: None,
+        form: Form::Http,
+        response,
         started: std::time::Instant::now(),
         _buffered: buffered,
     })
@@ -383,17 +450,21 @@ fn decision(outcome: &str, checked: &Checked) -> Value {
 /// sha256 of method, path and query, and body: what makes two calls the same call. For an MCP
 /// call, of the tool and its arguments: a retry carries a new JSON-RPC id and is the same call.
 fn payload_sha(checked: &Checked) -> String {
-    if checked.mcp_id.is_some() {
-        let name = checked
-            .tool
-            .mcp
-            .as_ref()
-            .map(|m| m.name.as_str())
-            .unwrap_or("");
-        return hex::encode(Sha256::digest(crate::mcp::call_identity(
-            name,
-            &checked.call.body_json,
-        )));
+    match &checked.form {
+        Form::Http => {}
+        Form::Mcp => {
+            let name = checked
+                .tool
+                .mcp
+                .as_ref()
+                .map(|m| m.name.as_str())
+                .unwrap_or("");
+            return hex::encode(Sha256::digest(crate::mcp::call_identity(
+                name,
+                &checked.call.body_json,
+            )));
+        }
+        Form::Graphql(op) => return crate::checks::graphql::identity(op),
     }
     let mut h = Sha256::new();
     h.update(checked.parts.method.as_str());
@@ -453,7 +524,7 @@ async fn read(
     if tool.kind == ToolKind::Model {
         return Ok(model_answer(app, ctx, &checked, event, parts, body).await);
     }
-    if let Some(spec) = &tool.response {
+    if let Some(spec) = &checked.response {
         return contracted_read(event, parts, body, spec, latency_ms).await;
     }
     // One event tells the whole read: what was asked, the decision, and the answer (whose
@@ -609,7 +680,7 @@ async fn write(
         .await
         .map_err(idem_store_err)?;
     if let Some(answer) =
-        earlier_answer(ctx, &tool, earlier.as_ref(), window_secs, &payload).await?
+        earlier_answer(ctx, &checked, earlier.as_ref(), window_secs, &payload).await?
     {
         return answer;
     }
@@ -724,7 +795,7 @@ fn idem_store_err(e: crate::store::StoreError) -> Refusal {
 /// remembered within the window.
 async fn earlier_answer(
     ctx: &RequestCtx,
-    tool: &Tool,
+    checked: &Checked,
     earlier: Option<&IdemRecord>,
     window_secs: u64,
     payload: &str,
@@ -732,6 +803,7 @@ async fn earlier_answer(
     let Some(rec) = earlier.cloned() else {
         return Ok(None);
     };
+    let tool = &checked.tool;
     if now_unix().saturating_sub(rec.created_unix) >= window_secs {
         return Ok(None);
     }
@@ -750,7 +822,7 @@ async fn earlier_answer(
                 Kind::IdempotentReplay,
                 json!({"original_request": rec.request_id, "status": outcome.status}),
             ).await;
-            Ok(match &tool.response {
+            Ok(match &checked.response {
                 Some(spec) => replay(&crate::commit::shown(spec, &outcome)),
                 None => replay(&outcome),
             })
@@ -785,7 +857,7 @@ fn commit_of<'a>(
         call,
         request,
         charged,
-        response: checked.tool.response.as_ref(),
+        response: checked.response.as_deref(),
     }
 }
 

@@ -10,6 +10,7 @@
 //! are not evaluated (the phases that read them say so).
 
 pub mod cases;
+pub(crate) mod graphql;
 pub(crate) mod mcp;
 mod near;
 

@@ -18,6 +18,7 @@ mod bypass;
 mod contracts;
 mod demo;
 mod graphql;
+mod graphql_adapter;
 mod hardening;
 mod import;
 mod layers;

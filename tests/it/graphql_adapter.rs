@@ -1,0 +1,168 @@
+//! The GraphQL adapter over real sockets, with the generic recording upstream: what passes,
+//! what is written once, what is held, and that refusals reach the client in GraphQL's shape
+//! with nothing sent.
+
+use crate::support::*;
+use serde_json::{json, Value};
+
+const GRAPHQL: &str = "https://api.github.com/graphql";
+
+fn body(query: &str, variables: Value) -> String {
+    json!({"query": query, "variables": variables}).to_string()
+}
+
+fn errors_code(got: &Answer) -> String {
+    got.json()["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_query_of_allowed_fields_is_read_with_the_real_credential() {
+    let (_pki, upstream, gate) = GateBuilder::examples().with_upstream().await;
+    let client = staging(&gate);
+    let q = body(
+        "query Q($o: String!) { viewer { login } repo: repository(owner: $o, name: \"widgets\") { id } }",
+        json!({"o": "acme"}),
+    );
+    let got = send(
+        &client,
+        "POST",
+        GRAPHQL,
+        &[JSON, ("authorization", "bearer agents-own-token")],
+        q,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        got.status.as_u16(),
+        200,
+        "{}",
+        String::from_utf8_lossy(&got.body)
+    );
+    let seen = upstream.received();
+    assert_eq!(seen.len(), 1);
+    let auth = seen[0].headers["authorization"].to_str().unwrap();
+    assert_eq!(
+        auth, "Bearer toolgate-demo-github-placeholder",
+        "the real credential, never the agent's"
+    );
+}
+
+#[tokio::test]
+async fn refusals_arrive_as_graphql_errors_and_nothing_is_sent() {
+    let (_pki, upstream, gate) = GateBuilder::examples().with_upstream().await;
+    let client = staging(&gate);
+    let cases: Vec<(&str, Value, &str, &str)> = vec![
+        ("mutation { deleteIssue(input: {issueId: \"I_1\"}) { clientMutationId } }", json!({}), "policy_violation", "mutation.deleteIssue"),
+        ("query { repository(owner: \"evil\", name: \"x\") { id } }", json!({}), "policy_violation", "organisation"),
+        ("mutation { a: createIssue(input: {repositoryId: \"R\", title: \"x\"}) { clientMutationId } b: createIssue(input: {repositoryId: \"R\", title: \"y\"}) { clientMutationId } }", json!({}), "policy_violation", "createIssue"),
+        ("mutation { deleteRef(input: {refId: \"R\"}) { clientMutationId } createIssue(input: {repositoryId: \"R\", title: \"x\"}) { clientMutationId } }", json!({}), "policy_violation", "alone"),
+        ("mutation M($i: CreateIssueInput!) { createIssue(input: $i) { clientMutationId } }", json!({"i": {"repositoryId": "R", "title": "x", "bogus": 1}}), "validation_error", "createIssue"),
+    ];
+    for (query, vars, code, says) in cases {
+        let got = send(&client, "POST", GRAPHQL, &[JSON], body(query, vars))
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&got.body).to_string();
+        assert_eq!(errors_code(&got), code, "{query}: {text}");
+        assert!(text.contains(says), "{query}: {text}");
+        assert!(
+            got.json()["errors"][0]["extensions"]["request_id"].is_string(),
+            "{text}"
+        );
+    }
+    assert_eq!(upstream.count(), 0, "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn an_auto_mutation_is_written_once_by_field_and_arguments() {
+    let (_pki, upstream, gate) = GateBuilder::examples().with_upstream().await;
+    let client = staging(&gate);
+    let inline = body(
+        "mutation { createIssue(input: {repositoryId: \"R_1\", title: \"Bug\"}) { issue { number } } }",
+        json!({}),
+    );
+    let through_vars = body(
+        "mutation Create($input: CreateIssueInput!) { created: createIssue(input: $input) { clientMutationId } }",
+        json!({"input": {"repositoryId": "R_1", "title": "Bug"}}),
+    );
+    let first = send(&client, "POST", GRAPHQL, &[JSON], inline)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.status.as_u16(),
+        200,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    let again = send(&client, "POST", GRAPHQL, &[JSON], through_vars)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.status.as_u16(),
+        200,
+        "{}",
+        String::from_utf8_lossy(&again.body)
+    );
+    assert_eq!(
+        again
+            .headers
+            .get("toolgate-replayed")
+            .map(|v| v.to_str().unwrap()),
+        Some("true")
+    );
+    assert_eq!(upstream.count(), 1, "the same mutation ran once");
+}
+
+#[tokio::test]
+async fn an_approve_mode_mutation_is_held_then_sent_once_when_approved() {
+    let (_pki, upstream, gate) = GateBuilder::examples().with_upstream().await;
+    let client = staging(&gate);
+    let q = body(
+        "mutation { deleteRef(input: {refId: \"REF_1\"}) { clientMutationId } }",
+        json!({}),
+    );
+    let got = send(&client, "POST", GRAPHQL, &[JSON], q.clone())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&got.body).to_string();
+    assert_eq!(errors_code(&got), "approval_pending", "{text}");
+    let proposal = got.json()["errors"][0]["extensions"]["proposal"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(upstream.count(), 0, "nothing is sent while it is held");
+    assert_eq!(pending_proposal(gate.admin_addr, "REF_1").await, proposal);
+    let path = format!("/api/proposals/{proposal}/approve");
+    let approved = gate
+        .admin(
+            "POST",
+            &path,
+            Some("demo-dave-token"),
+            Some(json!({"comment": "ok"})),
+        )
+        .await;
+    assert_eq!(approved.status, 200, "{}", approved.text());
+    // send = "on_retry": the agent's retry of the same document sends it, once.
+    let sent = send(&client, "POST", GRAPHQL, &[JSON], q.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        sent.status.as_u16(),
+        200,
+        "{}",
+        String::from_utf8_lossy(&sent.body)
+    );
+    let again = send(&client, "POST", GRAPHQL, &[JSON], q).await.unwrap();
+    assert_eq!(
+        again.status.as_u16(),
+        200,
+        "{}",
+        String::from_utf8_lossy(&again.body)
+    );
+    let seen = upstream.received();
+    assert_eq!(seen.len(), 1, "the approved mutation ran once");
+    assert!(String::from_utf8_lossy(&seen[0].body).contains("deleteRef"));
+}
