@@ -3,7 +3,8 @@
 //! Octokit's GraphQL client (`@octokit/graphql`, `tests/sdk/graphql_agent.mjs`), against the fake
 //! of GitHub's GraphQL API (`support/gh_fake.rs`), which logs every request it receives. Queries
 //! are forwarded, auto mutations written once, approve-mode ones held; refusals come back in
-//! GraphQL's error shape with toolgate's code, and nothing refused reaches the fake.
+//! GraphQL's error shape with toolgate's code, and nothing refused reaches the fake. The
+//! adapter's own cases against the generic recording upstream are in `graphql_adapter`.
 //!
 //! Without `gh` or the Node SDKs the client tests print why they skipped, unless
 //! `TOOLGATE_REQUIRE_SDKS=1`.
@@ -237,11 +238,9 @@ async fn gh_delete_ref_is_held_until_a_platform_lead_approves_then_sent_once() {
     let held = gh(&gate, home.path(), &args).await;
     assert!(!held.ok, "held, gh fails: {held:?}");
     let id = pending_proposal(gate.admin_addr, "REF_1").await;
-    let said = format!("{}\n{}", held.stdout, held.stderr);
-    assert!(said.contains(&id), "gh shows the proposal {id}: {said}");
     assert!(
-        held.stderr.contains("approv"),
-        "gh prints toolgate's message: {held:?}"
+        held.stderr.contains("needs approval") && held.stderr.contains(&id),
+        "gh prints toolgate's message, with the proposal {id}: {held:?}"
     );
     assert!(fake.seen().is_empty(), "held: nothing sent: {}", fake.log());
 
@@ -286,6 +285,24 @@ async fn gh_prints_toolgates_message_for_an_uncontracted_mutation() {
     assert!(
         run.stderr
             .contains("no contract allows GraphQL field mutation.deleteIssue"),
+        "gh prints toolgate's message: {run:?}"
+    );
+    // gh's own GraphQL client prints it too: a repository of another organisation (a rule).
+    let args = [
+        "issue",
+        "create",
+        "--repo",
+        "evilcorp/secrets",
+        "--title",
+        "T",
+        "--body",
+        "B",
+    ];
+    let run = gh(&gate, home.path(), &args).await;
+    assert!(!run.ok, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("repository owner must be your organisation"),
         "gh prints toolgate's message: {run:?}"
     );
     assert!(fake.seen().is_empty(), "{}", fake.log());
