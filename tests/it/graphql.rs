@@ -15,6 +15,7 @@ use std::time::Duration;
 use http::Version;
 use serde_json::{json, Value};
 
+use crate::sdk::{find, ok, run_agent, sdk_dir};
 use crate::support::fakes::Keys;
 use crate::support::gh_fake::GhFake;
 use crate::support::*;
@@ -70,6 +71,16 @@ fn have_gh() -> bool {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// A gate over the example policies and the fake, and a home for `gh`; None (after saying why)
+/// when `gh` is missing and the test skips.
+async fn with_gh(suite: &str) -> Option<(Pki, GhFake, Toolgate, tempfile::TempDir)> {
+    if !have_gh() && skip(suite, "gh is not installed", skips::GH) {
+        return None;
+    }
+    let (pki, fake, gate) = gate_and_fake().await;
+    Some((pki, fake, gate, tempfile::tempdir().unwrap()))
 }
 
 /// What a `gh` run ended with.
@@ -175,11 +186,9 @@ async fn get(client: &TestClient, query: &str) -> Answer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gh_issue_create_goes_through_with_the_real_token_and_creates_once() {
-    if !have_gh() && skip("graphql::gh_issue_create", "gh is not installed", skips::GH) {
+    let Some((_pki, fake, gate, home)) = with_gh("graphql::gh_issue_create").await else {
         return;
-    }
-    let (_pki, fake, gate) = gate_and_fake().await;
-    let home = tempfile::tempdir().unwrap();
+    };
     let args = [
         "issue",
         "create",
@@ -228,11 +237,9 @@ async fn gh_issue_create_goes_through_with_the_real_token_and_creates_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gh_delete_ref_is_held_until_a_platform_lead_approves_then_sent_once() {
-    if !have_gh() && skip("graphql::gh_delete_ref", "gh is not installed", skips::GH) {
+    let Some((_pki, fake, gate, home)) = with_gh("graphql::gh_delete_ref").await else {
         return;
-    }
-    let (_pki, fake, gate) = gate_and_fake().await;
-    let home = tempfile::tempdir().unwrap();
+    };
     let query = r#"query=mutation { deleteRef(input:{refId:"REF_1"}) { clientMutationId } }"#;
     let args = ["api", "graphql", "-f", query];
     let held = gh(&gate, home.path(), &args).await;
@@ -274,11 +281,9 @@ async fn gh_delete_ref_is_held_until_a_platform_lead_approves_then_sent_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gh_prints_toolgates_message_for_an_uncontracted_mutation() {
-    if !have_gh() && skip("graphql::gh_uncontracted", "gh is not installed", skips::GH) {
+    let Some((_pki, fake, gate, home)) = with_gh("graphql::gh_uncontracted").await else {
         return;
-    }
-    let (_pki, fake, gate) = gate_and_fake().await;
-    let home = tempfile::tempdir().unwrap();
+    };
     let query = r#"query=mutation { deleteIssue(input:{issueId:"I_1"}) { clientMutationId } }"#;
     let run = gh(&gate, home.path(), &["api", "graphql", "-f", query]).await;
     assert!(!run.ok, "{run:?}");
@@ -543,10 +548,6 @@ async fn an_http2_refusal_arrives_as_a_graphql_errors_body() {
     assert_eq!(fake.seen().len(), 1, "{}", fake.log());
 }
 
-fn sdk_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn octokit_graphql_queries_and_mutates_through_toolgate() {
     let graphql = sdk_dir().join("node_modules/@octokit/graphql");
@@ -560,41 +561,22 @@ async fn octokit_graphql_queries_and_mutates_through_toolgate() {
         return;
     }
     let (_pki, fake, gate) = gate_and_fake().await;
-    let proxy = format!("http://{}:{}@{}", STAGING.0, STAGING.1, gate.addr);
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new("node")
-            .arg(sdk_dir().join("graphql_agent.mjs"))
-            .current_dir(sdk_dir())
-            .env("TOOLGATE_PROXY", &proxy)
-            .env("NODE_EXTRA_CA_CERTS", gate.ca_path())
-            .env("SDK_RUN", format!("r{}", std::process::id()))
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the agent finished within 120s")
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "agent failed:\n{stdout}\n{stderr}");
-    let steps: Vec<Value> = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let step = |name: &str| {
-        steps
-            .iter()
-            .find(|s| s["step"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("no step {name}:\n{stdout}\n{stderr}"))
-    };
-    assert_eq!(step("query")["detail"], "acme/widgets", "{stdout}");
-    assert_eq!(step("query")["ok"], true, "{stdout}");
-    assert_eq!(step("mutation")["ok"], true, "{stdout}");
-    assert_eq!(step("mutation")["detail"], 42, "{stdout}");
-    let refused = step("refused_mutation");
-    assert_eq!(refused["ok"], false, "{stdout}");
+    let mut node = tokio::process::Command::new("node");
+    node.arg(sdk_dir().join("graphql_agent.mjs"))
+        .current_dir(sdk_dir())
+        .env(
+            "TOOLGATE_PROXY",
+            format!("http://{}:{}@{}", STAGING.0, STAGING.1, gate.addr),
+        )
+        .env("NODE_EXTRA_CA_CERTS", gate.ca_path())
+        .env("SDK_RUN", format!("r{}", std::process::id()))
+        .kill_on_drop(true);
+    let steps = run_agent(node).await;
+    let sdk = "octokit-graphql";
+    assert_eq!(ok(&steps, sdk, "query"), "acme/widgets");
+    assert_eq!(ok(&steps, sdk, "mutation"), 42);
+    let refused = find(&steps, sdk, "refused_mutation");
+    assert_eq!(refused["ok"], false, "{refused}");
     assert!(
         refused["detail"]
             .as_str()

@@ -2,38 +2,19 @@
 //
 // Run by tests/it/graphql.rs with TOOLGATE_PROXY (http://AGENT:TOKEN@HOST:PORT),
 // NODE_EXTRA_CA_CERTS (toolgate's CA) and SDK_RUN. The client reads no HTTPS_PROXY: it takes a
-// `fetch` whose undici dispatcher is a ProxyAgent. Each step prints one JSON line:
+// `fetch` (common.mjs). Each step prints one JSON line:
 // {"sdk", "step", "ok", "detail"}.
 import { graphql } from "@octokit/graphql";
-import { ProxyAgent, fetch as undiciFetch } from "undici";
+import { proxyFetch, step } from "./common.mjs";
 
 const PROXY = process.env.TOOLGATE_PROXY;
 const RUN = process.env.SDK_RUN || "run";
 // The agent holds no real key; toolgate strips this one and injects the real credential.
 const DUMMY_KEY = "agent-holds-no-real-key";
 
-function report(sdk, step, ok, detail) {
-  console.log(JSON.stringify({ sdk, step, ok, detail }));
-}
-
-async function step(sdk, name, fn) {
-  try {
-    report(sdk, name, true, await fn());
-  } catch (e) {
-    // What the client surfaced to the caller: its message, and the body it kept.
-    const body = e?.response?.data ?? e?.errors ?? null;
-    report(sdk, name, false, `${e?.constructor?.name}: ${e?.message} ${JSON.stringify(body)}`);
-  }
-}
-
-const proxy = new URL(PROXY);
-const dispatcher = new ProxyAgent({
-  uri: `${proxy.protocol}//${proxy.host}`,
-  token: `Basic ${Buffer.from(`${decodeURIComponent(proxy.username)}:${decodeURIComponent(proxy.password)}`).toString("base64")}`,
-});
 const gql = graphql.defaults({
   headers: { authorization: `token ${DUMMY_KEY}` },
-  request: { fetch: (url, opts) => undiciFetch(url, { ...opts, dispatcher }) },
+  request: { fetch: proxyFetch(PROXY) },
 });
 const sdk = "octokit-graphql";
 

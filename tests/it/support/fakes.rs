@@ -16,7 +16,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -114,29 +113,9 @@ impl Fakes {
             .unwrap()
             .repos
             .insert("acme/widgets".into(), repo_json("acme", "widgets"));
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        let st = state.clone();
-        let keys = Arc::new(keys);
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let acceptor = acceptor.clone();
-                let st = st.clone();
-                let keys = keys.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let svc = hyper::service::service_fn(move |req| {
-                        handle(req, st.clone(), keys.clone())
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
+        let (st, keys) = (state.clone(), Arc::new(keys));
+        super::upstreams::serve_https(listener, tls, move |req| {
+            handle(req, st.clone(), keys.clone())
         });
         Fakes { addr, state }
     }

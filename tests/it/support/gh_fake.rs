@@ -17,13 +17,12 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 
 use super::fakes::Keys;
 use super::pki::Pki;
-use super::upstreams::API_HOSTS;
+use super::upstreams::{serve_https, API_HOSTS};
 
 /// One request as the fake received it.
 #[derive(Debug, Clone)]
@@ -60,27 +59,11 @@ impl GhFake {
     pub async fn start(pki: &Pki) -> GhFake {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config(&API_HOSTS));
         let world = Arc::new(Mutex::new(World::default()));
         let keys = Arc::new(Keys::examples().github);
         let w = world.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let (acceptor, w, keys) = (acceptor.clone(), w.clone(), keys.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let svc =
-                        hyper::service::service_fn(move |req| handle(req, w.clone(), keys.clone()));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
+        serve_https(listener, pki.server_config(&API_HOSTS), move |req| {
+            handle(req, w.clone(), keys.clone())
         });
         GhFake { addr, world }
     }
