@@ -15,12 +15,12 @@ use std::sync::{Arc, Mutex};
 use apollo_parser::cst::{self, CstNode};
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 
-use super::fakes::Keys;
+use super::fakes::{api_key, body_text, Keys};
 use super::pki::Pki;
 use super::upstreams::{serve_https, API_HOSTS};
 
@@ -123,20 +123,8 @@ async fn handle(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let body = String::from_utf8_lossy(&body).into_owned();
-    let token = authorization
-        .as_deref()
-        .and_then(|a| {
-            a.strip_prefix("Bearer ")
-                .or_else(|| a.strip_prefix("token "))
-        })
-        .unwrap_or("");
+    let body = body_text(req.into_body()).await;
+    let token = api_key(authorization.as_deref());
     let mut w = world.lock().unwrap();
     let mut seen = GhSeen {
         method: method.clone(),
