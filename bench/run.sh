@@ -158,6 +158,10 @@ run "GET keep-alive c=1"  -c 1  "$URL_GET"
 run "GET keep-alive c=16" -c 16 "$URL_GET"
 run "POST 1 KiB c=16"     -c 16 -m POST -T application/x-www-form-urlencoded -D "$work/body" "$URL_POST"
 run "GET new conn c=4"    -c 4  --disable-keepalive "$URL_GET"
+# GraphQL: a query of two root fields with variables, each field matched to its contract and its
+# arguments checked (the same body to the upstream directly and through the reference).
+GQL='{"query":"query Repo($owner: String!, $name: String!) { viewer { login } repository(owner: $owner, name: $name) { id name issues(first: 5) { nodes { number title author { login } } } } }","variables":{"owner":"acme","name":"widgets"},"operationName":"Repo"}'
+run "GraphQL query c=16"  -c 16 -m POST -T application/json -d "$GQL" https://api.stripe.com/graphql
 # Principals: the same reads with a short-lived token an admin issued (checked against the
 # store on every request), and by an agent whose tools do not name the read, lent it by a grant
 # (looked up in the store on every request).

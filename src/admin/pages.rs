@@ -302,9 +302,51 @@ pub async fn detail(
         body_text = esc(v["request"]["body"].as_str().unwrap_or("")),
         sha = esc(&p.request.sha256),
         id = esc(&p.id),
-        mcp = mcp_row(v["request"]["body"].as_str().unwrap_or("")),
+        mcp = match app.policy().tool(&p.tool).is_some_and(|t| t.graphql.is_some()) {
+            true => graphql_rows(v["request"]["body"].as_str().unwrap_or("")),
+            false => mcp_row(v["request"]["body"].as_str().unwrap_or("")),
+        },
     );
     page(&p.summary, Some(&s), &body).into_response()
+}
+
+/// For a GraphQL call, a row per root field (its operation type, name, alias and arguments as
+/// pretty JSON) and a row with the document as sent; the exact bytes committed are the body
+/// shown below them.
+fn graphql_rows(body: &str) -> String {
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(body) else {
+        return String::new();
+    };
+    let Ok(request) = crate::graphql::Request::from_json(&json) else {
+        return String::new();
+    };
+    let limits = crate::graphql::Limits {
+        allow_introspection: true,
+        ..Default::default()
+    };
+    let Ok(op) = crate::graphql::extract(&request, &limits) else {
+        return String::new();
+    };
+    let mut rows = String::new();
+    for f in &op.fields {
+        let alias = f
+            .alias
+            .as_ref()
+            .map(|a| format!(" (as {})", esc(a)))
+            .unwrap_or_default();
+        let arguments = serde_json::to_string_pretty(&f.arguments).unwrap_or_default();
+        rows.push_str(&format!(
+            "<tr><th>GraphQL field</th><td>{}.{}{alias} with arguments <pre>{}</pre></td></tr>",
+            op.kind.as_str(),
+            esc(&f.name),
+            esc(&arguments)
+        ));
+    }
+    rows.push_str(&format!(
+        "<tr><th>GraphQL document</th><td><pre>{}</pre></td></tr>",
+        esc(&request.query)
+    ));
+    rows
 }
 
 /// For an MCP tool call, a row naming the server's tool and its arguments (escaped).

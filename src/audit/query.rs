@@ -124,6 +124,9 @@ fn comment(a: &Act, open: &str, close: &str) -> String {
 fn what_changed(tool: &str, response: &Response) -> String {
     let status = response.status_text();
     let answer = response.answer();
+    if let Some(told) = graphql_changed(tool, &answer, &status) {
+        return told;
+    }
     let id = answer["id"]
         .as_str()
         .map(str::to_string)
@@ -146,6 +149,64 @@ fn what_changed(tool: &str, response: &Response) -> String {
         .map(str::to_string)
         .unwrap_or_else(|| kind.trim_end_matches('s').to_string());
     format!("{tool} {verb} {object} {id}{}", telling(&answer))
+}
+
+/// What a GraphQL mutation changed, in the words of its answer: "github.graphql.createIssue
+/// created issue #42 (acme/widgets)" from `{"data": {"createIssue": {"issue": {...}}}}`, or the
+/// error it answered with. `None` when the answer is not GraphQL's shape.
+fn graphql_changed(tool: &str, answer: &Value, status: &str) -> Option<String> {
+    let top = answer.as_object()?;
+    if !top
+        .keys()
+        .all(|k| matches!(k.as_str(), "data" | "errors" | "extensions"))
+    {
+        return None;
+    }
+    let (field, result) = answer["data"].as_object()?.iter().next()?;
+    if let (Value::Null, Some(error)) = (result, answer["errors"][0]["message"].as_str()) {
+        return Some(format!(
+            "{tool} answered {status} with the GraphQL error: {error}"
+        ));
+    }
+    let split = field.find(|c: char| c.is_ascii_uppercase())?;
+    let (verb, object) = field.split_at(split);
+    let verbed = match verb {
+        "create" => "created",
+        "add" => "added",
+        "delete" => "deleted",
+        "remove" => "removed",
+        "update" => "updated",
+        "merge" => "merged",
+        "close" => "closed",
+        "reopen" => "reopened",
+        _ => "changed",
+    };
+    let key = format!("{}{}", object[..1].to_ascii_lowercase(), &object[1..]);
+    let inner = match &result[&key] {
+        Value::Object(_) => &result[&key],
+        _ => result.as_object()?.values().find(|v| v.is_object())?,
+    };
+    let id = inner["number"]
+        .as_u64()
+        .map(|n| format!("#{n}"))
+        .or_else(|| inner["id"].as_str().map(str::to_string))?;
+    let place = inner["repository"]["nameWithOwner"]
+        .as_str()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    Some(format!("{tool} {verbed} {} {id}{place}", spaced(object)))
+}
+
+/// `PullRequest` as `pull request`.
+fn spaced(camel: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
 
 /// The fields of an answer worth telling: a kept answer whole, a whole answer by its telling
@@ -538,5 +599,40 @@ mod tests {
         // An approval that does not complete the proposal leads nowhere yet.
         let first = event("approval", json!({"by": "carol", "state": "pending"}));
         assert!(describe(&first).ends_with("approval by carol"));
+    }
+
+    fn answered(body: serde_json::Value) -> Response {
+        Response {
+            status: Some(200),
+            body: Some(json!({ "json": body })),
+            ..Response::default()
+        }
+    }
+
+    #[test]
+    fn a_graphql_mutation_is_told_by_its_field_and_answer() {
+        let tool = "github.graphql.createIssue";
+        let created = answered(json!({"data": {"createIssue": {"issue": {
+            "number": 42, "repository": {"nameWithOwner": "acme/widgets"}}}}}));
+        assert_eq!(
+            what_changed(tool, &created),
+            "github.graphql.createIssue created issue #42 (acme/widgets)"
+        );
+        let merged =
+            answered(json!({"data": {"mergePullRequest": {"pullRequest": {"id": "PR_1"}}}}));
+        assert_eq!(
+            what_changed("gh.merge", &merged),
+            "gh.merge merged pull request PR_1"
+        );
+        let failed = answered(
+            json!({"data": {"createIssue": null}, "errors": [{"message": "Could not resolve"}]}),
+        );
+        assert!(what_changed(tool, &failed).ends_with("with the GraphQL error: Could not resolve"));
+        // Nothing to name: the status, as for any answer.
+        let bare = answered(json!({"data": {"deleteRef": {"clientMutationId": null}}}));
+        assert!(what_changed("gh.deleteRef", &bare).starts_with("gh.deleteRef answered 200"));
+        // A REST answer with a data key among others is not read as GraphQL.
+        let rest = answered(json!({"id": "re_1", "data": {"x": {"y": {"id": "z"}}}}));
+        assert!(what_changed("stripe.refunds.create", &rest).contains("re_1"));
     }
 }

@@ -517,6 +517,9 @@ fn compile_response(
             "response field {bad:?} must be a JSON pointer such as /id or /card/last4"
         )));
     }
+    if let Some(bad) = graphql_def::outside_field(def, &r.keep, &r.hide) {
+        return Err(err(bad));
+    }
     let mcp = def.mcp_tool.is_some();
     // An MCP answer copies the tool's output into text blocks; toolgate can find a field in
     // every copy only when it names a field of the structured output.

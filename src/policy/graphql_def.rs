@@ -117,6 +117,22 @@ pub(super) fn method(def: &ToolDef) -> Result<http::Method, String> {
     }
 }
 
+/// A GraphQL field's response pointer that does not point into the field's own answer
+/// (`/data/FIELD`, or `/errors`), as the message that says so; `None` when all do (or the tool
+/// is not a GraphQL field).
+pub(super) fn outside_field(def: &ToolDef, keep: &[String], hide: &[String]) -> Option<String> {
+    let (_, field) = parse_field(def.graphql.as_deref()?).ok()?;
+    let own = format!("/data/{field}");
+    let inside = |p: &str, base: &str| p == base || p.starts_with(&format!("{base}/"));
+    let bad = keep
+        .iter()
+        .chain(hide)
+        .find(|p| !inside(p, &own) && !inside(p, "/errors"))?;
+    Some(format!(
+        "response field {bad:?}: a GraphQL field's response pointers start at its own answer, {own} (or /errors); for example {own}/issue/url"
+    ))
+}
+
 /// Whether the tool contracts a query field (which reads, as a GET does).
 pub(super) fn is_query(def: &ToolDef) -> bool {
     def.graphql

@@ -421,6 +421,16 @@ fn graphql_contracts_that_cannot_hold_are_refused_at_load() {
     refused("mutation.__schema", "", "only query.__schema");
     refused("query.__typename", "", "only query.__schema");
     refused("mutation.createIssue", "", "side_effects");
+    refused(
+        "query.viewer",
+        "response = { hide = [\"/data/viewerX/email\"] }",
+        "start at its own answer, /data/viewer",
+    );
+    refused(
+        "query.viewer",
+        "response = { keep = [\"/login\"] }",
+        "start at its own answer",
+    );
     refused("query.viewer", "method = \"PUT\"", "remove method \"PUT\"");
     refused("query.viewer", "mcp_tool = \"v\"", "not both");
     refused("query.viewer", "body = { format = \"json\" }", "not a body");
@@ -569,4 +579,41 @@ fn the_example_github_graphql_contracts_load_and_check_arguments() {
     assert_eq!(delete.mode, Mode::Approve);
     assert_eq!(delete.side_effects, SideEffects::Irreversible);
     assert_eq!(tool("github.graphql.createIssue").mode, Mode::Auto);
+}
+
+#[test]
+fn graphql_endpoint_limits_are_declared_once_beside_their_fields() {
+    let text = format!(
+        "{BASE}{}[[graphql_endpoint]]\nhost = \"api.github.com\"\npath = \"/graphql\"\nmax_depth = 8\nmax_root_fields = 3\n",
+        graphql_tool("gh.viewer", "query.viewer", "response = { keep = [\"/data/viewer/login\", \"/errors\"] }")
+    );
+    let p = build(&text).unwrap();
+    let limits = p.graphql_limits("api.github.com", 443, "/graphql");
+    assert_eq!((limits.max_depth, limits.max_root_fields), (8, 3));
+    assert_eq!(
+        p.graphql_limits("api.github.com", 443, "/other"),
+        crate::graphql::Limits::default()
+    );
+    let refused = |extra: &str, why: &str| {
+        let text = format!(
+            "{BASE}{}{extra}",
+            graphql_tool("gh.viewer", "query.viewer", "")
+        );
+        let err = build(&text).unwrap_err().to_string();
+        assert!(err.contains(why), "{extra}: {err}");
+    };
+    let endpoint = "[[graphql_endpoint]]\nhost = \"api.github.com\"\npath = \"/graphql\"\n";
+    refused(&format!("{endpoint}{endpoint}"), "declared twice");
+    refused(
+        "[[graphql_endpoint]]\nhost = \"api.github.com\"\npath = \"/v4\"\n",
+        "serves no contracted GraphQL field",
+    );
+    refused(
+        &format!("{endpoint}max_depth = 0\n"),
+        "max_depth must be between 1 and 64",
+    );
+    refused(
+        &format!("{endpoint}max_root_fields = 1000\n"),
+        "max_root_fields must be between 1 and 100",
+    );
 }

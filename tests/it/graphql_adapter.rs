@@ -135,6 +135,23 @@ async fn an_approve_mode_mutation_is_held_then_sent_once_when_approved() {
         .to_string();
     assert_eq!(upstream.count(), 0, "nothing is sent while it is held");
     assert_eq!(pending_proposal(gate.admin_addr, "REF_1").await, proposal);
+    // The approver reads the field, its arguments and the document.
+    let cookie = gate.sign_in("demo-dave-token").await;
+    let page = gate
+        .page(
+            "GET",
+            &format!("/proposals/{proposal}"),
+            Some(&cookie),
+            None,
+        )
+        .await
+        .text();
+    assert!(page.contains("mutation.deleteRef"), "{page}");
+    assert!(
+        page.contains("&quot;refId&quot;: &quot;REF_1&quot;"),
+        "{page}"
+    );
+    assert!(page.contains("GraphQL document"), "{page}");
     let path = format!("/api/proposals/{proposal}/approve");
     let approved = gate
         .admin(
