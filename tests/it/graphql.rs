@@ -15,6 +15,7 @@ use std::time::Duration;
 use http::Version;
 use serde_json::{json, Value};
 
+use crate::approvals::traffic_rows;
 use crate::sdk::{find, ok, run_agent, sdk_dir};
 use crate::support::fakes::Keys;
 use crate::support::gh_fake::GhFake;
@@ -233,6 +234,21 @@ async fn gh_issue_create_goes_through_with_the_real_token_and_creates_once() {
         fake.log()
     );
     all_with_the_real_key(&fake);
+
+    // /traffic tells gh's calls apart by field, and the story names the field and what it made.
+    let rows = traffic_rows(&gate, "github.graphql.createIssue", 2).await;
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    let reads = traffic_rows(&gate, "github.graphql.repository", 2).await;
+    assert_eq!(reads.len(), 2, "{reads:#?}");
+    let sent = rows[0]["request_id"].as_str().unwrap().to_string();
+    let story = gate
+        .admin("GET", &format!("/api/audit/story/{sent}"), Some(DAVE), None)
+        .await;
+    let summary = story.json()["summary"].to_string();
+    assert!(
+        summary.contains("github.graphql.createIssue created issue I_42"),
+        "{summary}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
