@@ -210,12 +210,7 @@ async fn gh_issue_create_goes_through_with_the_real_token_and_creates_once() {
     // gh 2.23 reads the repository (its id, through a fragment), then creates the issue.
     assert_eq!(fake.calls("query.repository"), 1, "{}", fake.log());
     assert_eq!(fake.calls("mutation.createIssue"), 1, "{}", fake.log());
-    let create = fake
-        .seen()
-        .into_iter()
-        .find(|s| s.fields == ["mutation.createIssue"])
-        .unwrap();
-    let sent: Value = serde_json::from_str(&create.body).unwrap();
+    let sent = fake.body_of("mutation.createIssue");
     assert_eq!(
         sent["variables"]["input"],
         json!({"repositoryId": "R_1", "title": "T", "body": "B"}),
@@ -602,12 +597,7 @@ async fn octokit_graphql_queries_and_mutates_through_toolgate() {
     assert_eq!(fake.calls("query.repository"), 1, "{}", fake.log());
     assert_eq!(fake.calls("mutation.createIssue"), 1, "{}", fake.log());
     assert_eq!(fake.calls("mutation.deleteIssue"), 0, "{}", fake.log());
-    let create = fake
-        .seen()
-        .into_iter()
-        .find(|s| s.fields == ["mutation.createIssue"])
-        .unwrap();
-    let sent: Value = serde_json::from_str(&create.body).unwrap();
+    let sent = fake.body_of("mutation.createIssue");
     assert_eq!(sent["variables"]["input"]["repositoryId"], "R_1", "{sent}");
     all_with_the_real_key(&fake);
 }

@@ -82,6 +82,16 @@ impl GhFake {
             .count()
     }
 
+    /// The JSON body of the first request that ran `field` alone (`mutation.createIssue`).
+    pub fn body_of(&self, field: &str) -> Value {
+        let seen = self.seen();
+        let request = seen
+            .iter()
+            .find(|s| s.fields == [field])
+            .unwrap_or_else(|| panic!("no request ran {field}: {}", self.log()));
+        serde_json::from_str(&request.body).unwrap()
+    }
+
     /// Every request, one line each, for failure messages and the report of what a client sent.
     pub fn log(&self) -> String {
         self.seen()
