@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use crate::audit::{UnmatchedCalls, UNMATCHED_MAX};
+use crate::import::graphql::{self, GraphqlOptions};
 use crate::import::suggest::{self, SuggestOptions};
 use crate::import::{self, Options};
 
@@ -22,6 +23,45 @@ pub enum ContractsCommand {
     /// admitted and by which agents. It suggests, never applies: prints the TOML (or writes it
     /// with --out) for a person to review and put into the policies folder.
     Suggest(Box<SuggestArgs>),
+    /// Draft `[[tool]]`s for GraphQL root fields and the JSON Schemas of their arguments from a
+    /// GraphQL schema (SDL) file, such as GitHub's schema.graphql (npm @octokit/graphql-schema):
+    /// writes DIR/PREFIX-graphql.toml and DIR/schemas/PREFIX-graphql/FIELD.json with --out,
+    /// else prints them. Queries are drafted as reads; mutations with the most cautious defaults
+    /// (irreversible, approve, high risk) for a reviewer to loosen.
+    Graphql(Box<GraphqlArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct GraphqlArgs {
+    /// The schema in GraphQL SDL (a local file).
+    pub schema: PathBuf,
+    /// A root field, OPERATION.FIELD (e.g. mutation.createIssue, query.repository). Repeatable.
+    #[arg(long = "field", required = true)]
+    pub fields: Vec<String>,
+    /// The API's host (e.g. api.github.com).
+    #[arg(long)]
+    pub host: String,
+    /// The GraphQL endpoint's path.
+    #[arg(long, default_value = "/graphql")]
+    pub path: String,
+    /// Tool names are PREFIX.graphql.FIELD (default: from the host, api.github.com → github).
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// ENV=NAME: the tools use credential NAME for agents of environment ENV. Repeatable.
+    #[arg(long = "credential")]
+    pub credentials: Vec<String>,
+    /// The owner the tools name (the team that answers for them).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Write PREFIX-graphql.toml and schemas/PREFIX-graphql/ here instead of printing them.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Overwrite files that exist (with --out).
+    #[arg(long)]
+    pub force: bool,
+    /// The most bytes read from the schema file.
+    #[arg(long, default_value_t = import::spec::MAX_SPEC_BYTES)]
+    pub max_schema_bytes: u64,
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +149,66 @@ pub async fn run(command: ContractsCommand) -> ExitCode {
     match command {
         ContractsCommand::Import(args) => import_cmd(*args),
         ContractsCommand::Suggest(args) => suggest_cmd(*args).await,
+        ContractsCommand::Graphql(args) => graphql_cmd(*args),
+    }
+}
+
+/// `--credential ENV=NAME`s as pairs.
+fn credential_pairs(given: &[String]) -> Result<Vec<(String, String)>, String> {
+    given
+        .iter()
+        .map(|c| match c.split_once('=') {
+            Some((env, name)) if !env.is_empty() && !name.is_empty() => {
+                Ok((env.to_string(), name.to_string()))
+            }
+            _ => Err(format!(
+                "--credential {c:?} is not ENV=NAME (e.g. prod=github)"
+            )),
+        })
+        .collect()
+}
+
+/// `contracts graphql`: the chosen fields of an SDL file drafted, written with --out or printed.
+fn graphql_cmd(args: GraphqlArgs) -> ExitCode {
+    let credentials = match credential_pairs(&args.credentials) {
+        Ok(c) => c,
+        Err(e) => return super::fail(&e),
+    };
+    let opts = GraphqlOptions {
+        sdl: args.schema,
+        fields: args.fields,
+        host: args.host,
+        path: args.path,
+        prefix: args.prefix,
+        credentials,
+        owner: args.owner,
+        max_bytes: args.max_schema_bytes,
+    };
+    let drafted = match graphql::draft(&opts) {
+        Ok(d) => d,
+        Err(e) => return super::fail(&e.to_string()),
+    };
+    let tools = drafted.imported.tools.join(", ");
+    let Some(out) = &args.out else {
+        say!(raw "{}", drafted.imported.printable(&drafted.stem));
+        eprintln!(
+            "{} tool(s): {tools}. Review before deploying.",
+            drafted.imported.tools.len()
+        );
+        return ExitCode::SUCCESS;
+    };
+    match import::write(out, &drafted.stem, &drafted.imported, args.force, false) {
+        Ok(written) => {
+            for path in &written {
+                say!("wrote {}", path.display());
+            }
+            say!(
+                "{} tool(s): {tools}. Review before deploying: mutations are drafted irreversible, held for approval and high risk",
+                drafted.imported.tools.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => super::fail(&e.to_string()),
     }
 }
 
@@ -189,19 +289,10 @@ fn import_cmd(args: ImportArgs) -> ExitCode {
             Err(e) => super::fail(&e.to_string()),
         };
     }
-    let mut credentials = Vec::new();
-    for c in &args.credentials {
-        match c.split_once('=') {
-            Some((env, name)) if !env.is_empty() && !name.is_empty() => {
-                credentials.push((env.to_string(), name.to_string()))
-            }
-            _ => {
-                return super::fail(&format!(
-                    "--credential {c:?} is not ENV=NAME (e.g. prod=github)"
-                ))
-            }
-        }
-    }
+    let credentials = match credential_pairs(&args.credentials) {
+        Ok(c) => c,
+        Err(e) => return super::fail(&e),
+    };
     let (Some(prefix), Some(out)) = (args.prefix, args.out) else {
         return super::fail("--prefix and --out are required");
     };

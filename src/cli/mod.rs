@@ -60,7 +60,7 @@ mod tokens;
 
 pub use audit::AuditCommand;
 pub use ca::CaCommand;
-pub use contracts::{ContractsCommand, ImportArgs, SuggestArgs};
+pub use contracts::{ContractsCommand, GraphqlArgs, ImportArgs, SuggestArgs};
 pub use db::DbCommand;
 pub use explain::ExplainArgs;
 pub use grants::GrantsCommand;

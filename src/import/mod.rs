@@ -3,9 +3,12 @@
 //! string and path parameters described by self-contained, closed JSON Schemas, and defaults a
 //! reviewer sees marked as guesses. The output is a pure function of the spec and the flags:
 //! the same input writes the same bytes. `suggest.rs` drafts contracts from refused calls with
-//! the same rendering.
+//! the same rendering; `graphql.rs` drafts GraphQL root fields from a schema (SDL, read by
+//! `sdl.rs`) and writes them the same way.
 
+pub mod graphql;
 mod render;
+mod sdl;
 pub mod spec;
 pub mod suggest;
 
@@ -23,6 +26,8 @@ pub enum ImportError {
     Read { path: PathBuf, message: String },
     #[error("{} is not JSON or YAML: {message}", path.display())]
     Parse { path: PathBuf, message: String },
+    #[error("{} is not a GraphQL schema (SDL): {message}", path.display())]
+    Sdl { path: PathBuf, message: String },
     #[error("{}: the spec is larger than {max} bytes (with the files its $refs name); raise --max-spec-bytes if it is trusted", path.display())]
     TooLarge { path: PathBuf, max: u64 },
     #[error("invalid spec: {at}: {message}")]
@@ -83,6 +88,25 @@ pub struct Imported {
     /// Object schemas closed (`additionalProperties: false`) where the spec said nothing.
     pub closed: usize,
     pub notes: Vec<String>,
+}
+
+impl Imported {
+    /// The TOML with each schema file after it as comments, for printing instead of writing
+    /// `FOLDER.toml` and `schemas/FOLDER/`.
+    pub fn printable(&self, folder: &str) -> String {
+        use std::fmt::Write;
+        let mut out = self.toml.clone();
+        for (file, text) in &self.schemas {
+            let _ = writeln!(
+                out,
+                "\n# --- schemas/{folder}/{file} (written by --out) ---"
+            );
+            for line in text.lines() {
+                let _ = writeln!(out, "# {line}");
+            }
+        }
+        out
+    }
 }
 
 const METHODS: &[&str] = &[

@@ -43,22 +43,12 @@ pub(super) fn tool(out: &mut String, opts: &Options, host: &str, t: &Draft) {
     } else {
         t.summary.clone()
     };
-    let _ = writeln!(out, "[[tool]]");
-    let _ = writeln!(
+    head(
         out,
-        "name = {}",
-        quote(&format!("{}.{}", opts.prefix, t.name))
+        &format!("{}.{}", opts.prefix, t.name),
+        opts.owner.as_deref(),
+        &description,
     );
-    let _ = writeln!(out, "version = 1");
-    match &opts.owner {
-        Some(owner) => {
-            let _ = writeln!(out, "owner = {}", quote(owner));
-        }
-        None => {
-            let _ = writeln!(out, "# owner = \"…\"  # who answers for this tool: set it");
-        }
-    }
-    let _ = writeln!(out, "description = {}", quote(&description));
     let _ = writeln!(out, "risk = {}  # {guess}", quote(risk));
     let undo = if side_effects == "reversible" {
         " (no undo declared yet: add rollback)"
@@ -88,20 +78,43 @@ pub(super) fn tool(out: &mut String, opts: &Options, host: &str, t: &Draft) {
     if side_effects != "none" {
         idempotency(out, t);
     }
-    if !opts.credentials.is_empty() {
-        let mut creds: Vec<&(String, String)> = opts.credentials.iter().collect();
-        creds.sort();
-        let pairs: Vec<String> = creds
-            .iter()
-            .map(|(env, name)| format!("{} = {}", key(env), quote(name)))
-            .collect();
-        let _ = writeln!(out, "credential = {{ {} }}", pairs.join(", "));
-    }
+    credential(out, &opts.credentials);
     let _ = writeln!(out, "summary = {}", quote(&summary(&description, t)));
     if !t.keep.is_empty() {
         let keep: Vec<String> = t.keep.iter().map(|k| quote(k)).collect();
         let _ = writeln!(out, "response = {{ keep = [{}] }}", keep.join(", "));
     }
+}
+
+/// A tool's first lines: `[[tool]]`, its name, version, owner (a placeholder when none is
+/// given) and description.
+pub(super) fn head(out: &mut String, name: &str, owner: Option<&str>, description: &str) {
+    let _ = writeln!(out, "[[tool]]");
+    let _ = writeln!(out, "name = {}", quote(name));
+    let _ = writeln!(out, "version = 1");
+    match owner {
+        Some(owner) => {
+            let _ = writeln!(out, "owner = {}", quote(owner));
+        }
+        None => {
+            let _ = writeln!(out, "# owner = \"…\"  # who answers for this tool: set it");
+        }
+    }
+    let _ = writeln!(out, "description = {}", quote(description));
+}
+
+/// `credential = { ENV = "NAME", … }`, in environment order; nothing when none is given.
+pub(super) fn credential(out: &mut String, credentials: &[(String, String)]) {
+    if credentials.is_empty() {
+        return;
+    }
+    let mut creds: Vec<&(String, String)> = credentials.iter().collect();
+    creds.sort();
+    let pairs: Vec<String> = creds
+        .iter()
+        .map(|(env, name)| format!("{} = {}", key(env), quote(name)))
+        .collect();
+    let _ = writeln!(out, "credential = {{ {} }}", pairs.join(", "));
 }
 
 /// `body` and `query_schema`.
@@ -191,7 +204,7 @@ fn inline_toml(v: &Value) -> String {
 }
 
 /// A TOML basic string.
-fn quote(s: &str) -> String {
+pub(super) fn quote(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {

@@ -465,17 +465,7 @@ fn whole_file(calls: usize, groups: &[Group]) -> String {
 /// The drafted file with its schema files after it as comments, for a terminal: the output
 /// stays one valid TOML document (`--out` writes the schema files themselves).
 pub fn printable(s: &Suggested, prefix: &str) -> String {
-    let mut out = s.imported.toml.clone();
-    for (file, text) in &s.imported.schemas {
-        let _ = writeln!(
-            out,
-            "\n# --- schemas/{prefix}/{file} (written by --out) ---"
-        );
-        for line in text.lines() {
-            let _ = writeln!(out, "# {line}");
-        }
-    }
-    out
+    s.imported.printable(prefix)
 }
 
 #[cfg(test)]

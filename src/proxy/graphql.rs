@@ -66,7 +66,38 @@ pub(super) async fn process(
         body_event,
     };
     let checked = request::graphql_call(ctx, agent, fielded, read)?;
-    request::decide(app, ctx, checked).await
+    match request::decide(app, ctx, checked).await? {
+        Answer::Preview(call) => Ok(Answer::Stored(preview(
+            &ctx.id,
+            call.tool(),
+            call.arguments(),
+        ))),
+        answer => Ok(answer),
+    }
+}
+
+/// A dry run as a GraphQL client reads it: no data, and an error whose message says what
+/// toolgate would have sent (the deciding field and its arguments) and that nothing was.
+fn preview(request_id: &str, tool: &Tool, arguments: &Value) -> Response<ProxyBody> {
+    let field = tool.graphql.as_ref().map(|g| g.label()).unwrap_or_default();
+    let message = format!(
+        "dry run: toolgate would send GraphQL field {field} with arguments {arguments}; nothing was sent (tool {} runs in dry-run mode for this agent)",
+        tool.name
+    );
+    let answer = json!({
+        "data": null,
+        "errors": [{"message": message, "extensions": {
+            "code": "dry_run", "request_id": request_id, "tool": tool.name, "arguments": arguments,
+        }}],
+    });
+    let mut resp = Response::new(body::full(answer.to_string()));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert("toolgate-dry-run", http::HeaderValue::from_static("true"));
+    resp
 }
 
 /// The rate limits of the fields besides the one that decides (whose own the decide phase

@@ -50,3 +50,72 @@ fn alone(f: &Field, held: bool) -> Result<(), Refusal> {
         f.root.name, f.tool.name
     )))
 }
+
+/// A request to the GraphQL endpoint serving `tools`, evaluated dry: read as GraphQL, each root
+/// field held to its contract, then the decide phase of the field that decides.
+pub(super) fn evaluate(
+    policy: &crate::policy::Policy,
+    asked: &super::Asked,
+    world: &super::World,
+    agent: std::sync::Arc<Agent>,
+    tools: Vec<std::sync::Arc<crate::policy::Tool>>,
+    at: &super::Target<'_>,
+    t: &mut super::Trail,
+) -> Result<super::Outcome, Refusal> {
+    let agent = super::lend(agent, world, |name| tools.iter().any(|t| t.name == name));
+    let via = tools.iter().find(|t| agent.may_use(&t.name)).cloned();
+    let via = via.ok_or_else(|| {
+        Refusal::policy(format!(
+            "agent {} holds no GraphQL field on {}{}; ask for a contract for the field you need",
+            agent.id, at.host, at.path
+        ))
+    });
+    let via = t.check("endpoint", via, |v| {
+        format!(
+            "{} field(s) contracted; the body limit of {}",
+            tools.len(),
+            v.name
+        )
+    })?;
+    t.check("body size", super::within_limit(&via, asked), |n| {
+        format!("{n} bytes")
+    })?;
+    let parts = super::parts_of(asked);
+    let request = crate::checks::graphql::request_of(
+        &asked.method,
+        asked.url.query(),
+        &asked.headers,
+        &asked.body,
+    );
+    let request = t.check("request", request, |_| "GraphQL over HTTP".into())?;
+    let limits = crate::checks::graphql::limits(policy, &tools, (at.host, at.port, at.path));
+    let op = crate::graphql::extract(&request, &limits).map_err(Refusal::from);
+    let op = t.check("operation", op, |op| {
+        let names: Vec<String> = op.fields.iter().map(|f| f.name.clone()).collect();
+        format!("{} {}", op.kind.as_str(), names.join(", "))
+    })?;
+    let endpoint = format!("{}{}", at.host, at.path);
+    let fields = crate::checks::graphql::fields(&agent, &tools, &endpoint, &parts, &op);
+    let mut fields = t.check("fields", fields, |f| {
+        let tools: Vec<&str> = f.iter().map(|f| f.tool.name.as_str()).collect();
+        format!(
+            "each field contracted, its arguments pass: {}",
+            tools.join(", ")
+        )
+    })?;
+    for f in &fields {
+        t.check("kill switch", super::tool_switch(world, &f.tool), |()| {
+            format!("tool {} is not disabled", f.tool.name)
+        })?;
+    }
+    let i = decisive(&agent, &fields, &asked.headers, false)?;
+    crate::checks::graphql::response_of(&fields)?;
+    let field = fields.swap_remove(i);
+    t.tool = Some(field.tool.name.clone());
+    let call = super::Decided {
+        credential: field.credential,
+        amount: field.amount,
+        spent: world.spent,
+    };
+    super::decide(&agent, &field.tool, &asked.headers, call, t)
+}

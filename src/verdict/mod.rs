@@ -208,6 +208,10 @@ fn phases(
         port,
         path,
     };
+    let graphql = policy.graphql_endpoint(&host, port, path);
+    if !graphql.is_empty() {
+        return graphql::evaluate(policy, asked, world, agent, graphql, &at, t);
+    }
     if endpoint.is_empty() {
         http_call(policy, asked, world, agent, &at, t)
     } else {

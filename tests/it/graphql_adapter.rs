@@ -183,3 +183,72 @@ async fn an_approve_mode_mutation_is_held_then_sent_once_when_approved() {
     assert_eq!(seen.len(), 1, "the approved mutation ran once");
     assert!(String::from_utf8_lossy(&seen[0].body).contains("deleteRef"));
 }
+
+#[tokio::test]
+async fn over_http2_a_refusal_is_a_graphql_answer_and_a_get_query_is_read() {
+    let (_pki, upstream, gate) = GateBuilder::examples().with_upstream().await;
+    let client = gate.client(
+        Some(("support-bot-staging", "demo-staging-token")),
+        http::Version::HTTP_2,
+    );
+    let refused = body("subscription { issueEvents { id } }", json!({}));
+    let got = send(&client, "POST", GRAPHQL, &[JSON], refused)
+        .await
+        .unwrap();
+    assert_eq!(got.version, http::Version::HTTP_2);
+    assert_eq!(got.status.as_u16(), 403);
+    assert_eq!(errors_code(&got), "policy_violation");
+    let mutation_get = format!(
+        "{GRAPHQL}?query={}",
+        "mutation%20%7B%20createIssue(input%3A%20%7BrepositoryId%3A%20%22R%22%2C%20title%3A%20%22x%22%7D)%20%7B%20clientMutationId%20%7D%20%7D"
+    );
+    let got = send(&client, "GET", &mutation_get, &[], "").await.unwrap();
+    assert_eq!(
+        errors_code(&got),
+        "policy_violation",
+        "{}",
+        String::from_utf8_lossy(&got.body)
+    );
+    assert_eq!(upstream.count(), 0, "nothing reached the upstream");
+    let read = send(
+        &client,
+        "GET",
+        &format!("{GRAPHQL}?query=%7Bviewer%7Blogin%7D%7D"),
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        read.status.as_u16(),
+        200,
+        "{}",
+        String::from_utf8_lossy(&read.body)
+    );
+    assert_eq!(upstream.count(), 1);
+}
+
+#[tokio::test]
+async fn a_dry_run_answers_what_would_be_sent_in_graphql_shape() {
+    let (_pki, upstream, gate) = GateBuilder::examples().with_upstream().await;
+    let client = staging(&gate);
+    let q = body(
+        "mutation { createIssue(input: {repositoryId: \"R_1\", title: \"Bug\"}) { clientMutationId } }",
+        json!({}),
+    );
+    let got = send(
+        &client,
+        "POST",
+        GRAPHQL,
+        &[JSON, ("toolgate-dry-run", "true")],
+        q,
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&got.body).to_string();
+    assert_eq!(got.status.as_u16(), 200, "{text}");
+    assert_eq!(errors_code(&got), "dry_run", "{text}");
+    assert!(text.contains("mutation.createIssue"), "{text}");
+    assert!(got.json()["data"].is_null(), "{text}");
+    assert_eq!(upstream.count(), 0, "nothing was sent");
+}

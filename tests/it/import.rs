@@ -16,11 +16,13 @@ fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-fn toolgate(args: &[&str]) -> Output {
+/// The real binary with `args` (shared with `import_graphql.rs`).
+pub(crate) fn toolgate(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
-fn ok(out: &Output) -> String {
+/// Its standard output, after asserting it succeeded.
+pub(crate) fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
         "stdout: {}\nstderr: {}",
@@ -30,7 +32,8 @@ fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn refused(out: &Output) -> String {
+/// Its standard error, after asserting it failed.
+pub(crate) fn refused(out: &Output) -> String {
     assert!(
         !out.status.success(),
         "expected a refusal; stdout: {}",

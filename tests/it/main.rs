@@ -21,6 +21,7 @@ mod graphql;
 mod graphql_adapter;
 mod hardening;
 mod import;
+mod import_graphql;
 mod layers;
 mod mcp;
 mod policy_tests;
