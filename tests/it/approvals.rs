@@ -710,7 +710,7 @@ approval = {{ groups = ["payments-leads"], required = 1, hold = "{hold}", send =
 
 /// The rows `/api/traffic` lists for a tool, oldest first, once there are `n` (the log is
 /// written behind the calls: polled, bounded).
-async fn traffic_rows(gate: &Toolgate, tool: &str, n: usize) -> Vec<Value> {
+pub(crate) async fn traffic_rows(gate: &Toolgate, tool: &str, n: usize) -> Vec<Value> {
     let what = format!("/api/traffic lists {n} complete rows of {tool}");
     let mut rows = poll::until_some(&what, poll::SOON, || async {
         let path = format!("/api/traffic?tool={tool}");

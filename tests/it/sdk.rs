@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 const CAROL: &str = "demo-carol-token";
 
-fn sdk_dir() -> PathBuf {
+pub(crate) fn sdk_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk")
 }
 
@@ -97,7 +97,7 @@ async fn admin_json(
 }
 
 /// Runs one agent program; returns its steps by (sdk, step).
-async fn run_agent(mut cmd: tokio::process::Command) -> Vec<Value> {
+pub(crate) async fn run_agent(mut cmd: tokio::process::Command) -> Vec<Value> {
     let out = tokio::time::timeout(Duration::from_secs(180), cmd.output())
         .await
         .expect("the agent finished within 180s")
@@ -114,14 +114,14 @@ async fn run_agent(mut cmd: tokio::process::Command) -> Vec<Value> {
     steps
 }
 
-fn find<'a>(steps: &'a [Value], sdk: &str, step: &str) -> &'a Value {
+pub(crate) fn find<'a>(steps: &'a [Value], sdk: &str, step: &str) -> &'a Value {
     steps
         .iter()
         .find(|s| s["sdk"] == sdk && s["step"] == step)
         .unwrap_or_else(|| panic!("{sdk} did not report {step}: {steps:#?}"))
 }
 
-fn ok<'a>(steps: &'a [Value], sdk: &str, step: &str) -> &'a Value {
+pub(crate) fn ok<'a>(steps: &'a [Value], sdk: &str, step: &str) -> &'a Value {
     let s = find(steps, sdk, step);
     assert_eq!(s["ok"], true, "{sdk} {step}: {s}");
     &s["detail"]

@@ -2,31 +2,17 @@
 //
 // Run by tests/sdk.rs with TOOLGATE_PROXY (http://AGENT:TOKEN@HOST:PORT), NODE_EXTRA_CA_CERTS
 // (toolgate's CA) and SDK_RUN. Neither SDK reads HTTPS_PROXY: stripe-node takes an `httpAgent`,
-// Octokit a `fetch` whose undici dispatcher is a ProxyAgent. Each step prints one JSON line:
+// Octokit a `fetch` (common.mjs). Each step prints one JSON line:
 // {"sdk", "step", "ok", "detail"}.
 import Stripe from "stripe";
 import { Octokit } from "@octokit/rest";
 import { HttpsProxyAgent } from "https-proxy-agent";
-import { ProxyAgent, fetch as undiciFetch } from "undici";
+import { proxyFetch, step } from "./common.mjs";
 
 const PROXY = process.env.TOOLGATE_PROXY;
 const RUN = process.env.SDK_RUN || "run";
 // The agent holds no real key; toolgate strips this one and injects the real credential.
 const DUMMY_KEY = "agent-holds-no-real-key";
-
-function report(sdk, step, ok, detail) {
-  console.log(JSON.stringify({ sdk, step, ok, detail }));
-}
-
-async function step(sdk, name, fn) {
-  try {
-    report(sdk, name, true, await fn());
-  } catch (e) {
-    // What the SDK surfaced to the caller: its message, and the body it kept.
-    const body = e?.raw ?? e?.response?.data ?? null;
-    report(sdk, name, false, `${e?.constructor?.name}: ${e?.message} ${JSON.stringify(body)}`);
-  }
-}
 
 async function stripeNode() {
   const stripe = new Stripe(DUMMY_KEY, {
@@ -54,15 +40,7 @@ async function stripeNode() {
 }
 
 async function octokit() {
-  const proxy = new URL(PROXY);
-  const dispatcher = new ProxyAgent({
-    uri: `${proxy.protocol}//${proxy.host}`,
-    token: `Basic ${Buffer.from(`${decodeURIComponent(proxy.username)}:${decodeURIComponent(proxy.password)}`).toString("base64")}`,
-  });
-  const gh = new Octokit({
-    auth: DUMMY_KEY,
-    request: { fetch: (url, opts) => undiciFetch(url, { ...opts, dispatcher }) },
-  });
+  const gh = new Octokit({ auth: DUMMY_KEY, request: { fetch: proxyFetch(PROXY) } });
   const sdk = "octokit";
   await step(sdk, "read", async () => (await gh.rest.repos.get({ owner: "acme", repo: "widgets" })).data.full_name);
   const issue = { owner: "acme", repo: "widgets", title: `Node held issue ${RUN}`, body: "from Octokit" };

@@ -16,7 +16,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -114,29 +113,9 @@ impl Fakes {
             .unwrap()
             .repos
             .insert("acme/widgets".into(), repo_json("acme", "widgets"));
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        let st = state.clone();
-        let keys = Arc::new(keys);
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let acceptor = acceptor.clone();
-                let st = st.clone();
-                let keys = keys.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let svc = hyper::service::service_fn(move |req| {
-                        handle(req, st.clone(), keys.clone())
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
+        let (st, keys) = (state.clone(), Arc::new(keys));
+        super::upstreams::serve_https(listener, tls, move |req| {
+            handle(req, st.clone(), keys.clone())
         });
         Fakes { addr, state }
     }
@@ -228,6 +207,26 @@ fn stripe_error(
     )
 }
 
+/// The key an `Authorization: Bearer <key>` (or GitHub's `token <key>`) carries; "" for none.
+pub fn api_key(authorization: Option<&str>) -> &str {
+    authorization
+        .and_then(|a| {
+            a.strip_prefix("Bearer ")
+                .or_else(|| a.strip_prefix("token "))
+        })
+        .unwrap_or("")
+}
+
+/// A request body read whole, as text.
+pub async fn body_text(body: Incoming) -> String {
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 async fn handle(
     req: Request<Incoming>,
     state: Arc<Mutex<State>>,
@@ -253,21 +252,8 @@ async fn handle(
             .map(str::to_string)
     };
     let authorization = header("authorization");
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let body = String::from_utf8_lossy(&body).into_owned();
-    let token = authorization
-        .as_deref()
-        .and_then(|a| {
-            a.strip_prefix("Bearer ")
-                .or_else(|| a.strip_prefix("token "))
-        })
-        .unwrap_or("")
-        .to_string();
+    let body = body_text(req.into_body()).await;
+    let token = api_key(authorization.as_deref()).to_string();
     // A sandbox is reached by its own name: tell the API by the path there.
     let api = if host.contains("stripe") || path.starts_with("/v1/") {
         "stripe"

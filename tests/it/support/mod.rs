@@ -1,5 +1,5 @@
 //! Shared helpers for the tests that cross the network: a test PKI (`pki`), loopback upstreams
-//! (`upstreams`, `fakes`, `mcp_fake`), toolgate started in-process by one builder (`gate`),
+//! (`upstreams`, `fakes`, `mcp_fake`, `gh_fake`), toolgate started in-process by one builder (`gate`),
 //! clients that go through it as an agent would (`clients`), bounded polling (`poll`), and
 //! what the suites that need outside pieces share (`browser`, `netns`, `pg`, `process`, `skips`).
 
@@ -7,6 +7,7 @@ pub mod browser;
 pub mod clients;
 pub mod fakes;
 pub mod gate;
+pub mod gh_fake;
 pub mod mcp_fake;
 pub mod netns;
 pub mod pg;

@@ -10,6 +10,8 @@ pub const LIST: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/toolgate-skips.txt
 
 /// Where each kind of missing piece is installed from.
 pub const SDKS: &str = "python3 -m venv tests/sdk/.venv && tests/sdk/.venv/bin/pip install -r tests/sdk/requirements.txt; (cd tests/sdk && npm ci); see tests/sdk/README.md";
+/// The GitHub CLI (the GraphQL tests; required with the SDKs, under TOOLGATE_REQUIRE_SDKS).
+pub const GH: &str = "apt-get install gh; see tests/sdk/README.md";
 pub const BROWSER: &str =
     "apt-get install chromium; (cd tests/browser && npm ci); see tests/sdk/README.md";
 pub const POSTGRES: &str = "apt-get install postgresql; see tests/sdk/README.md";

@@ -54,29 +54,9 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let sse_release = Arc::new(Notify::new());
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        let rec = received.clone();
-        let rel = sse_release.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let acceptor = acceptor.clone();
-                let rec = rec.clone();
-                let rel = rel.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let svc = hyper::service::service_fn(move |req| {
-                        upstream_handle(req, rec.clone(), rel.clone())
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
+        let (rec, rel) = (received.clone(), sse_release.clone());
+        serve_https(listener, tls, move |req| {
+            upstream_handle(req, rec.clone(), rel.clone())
         });
         Upstream {
             addr,
@@ -92,6 +72,37 @@ impl Upstream {
     pub fn count(&self) -> usize {
         self.received.lock().unwrap().len()
     }
+}
+
+/// Serves HTTPS on `listener` with `tls` (h2 or HTTP/1.1, as the client chooses), every request
+/// answered by `handle`, until the runtime ends: the loop of every loopback fake.
+pub fn serve_https<H, Fut, B>(listener: TcpListener, tls: Arc<rustls::ServerConfig>, handle: H)
+where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let _ = stream.set_nodelay(true);
+            let (acceptor, handle) = (acceptor.clone(), handle.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(handle);
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
 }
 
 type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
