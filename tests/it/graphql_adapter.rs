@@ -252,3 +252,82 @@ async fn a_dry_run_answers_what_would_be_sent_in_graphql_shape() {
     assert!(got.json()["data"].is_null(), "{text}");
     assert_eq!(upstream.count(), 0, "nothing was sent");
 }
+
+#[tokio::test]
+async fn what_a_server_could_read_differently_is_refused_and_nothing_is_sent() {
+    let hide = r#"
+[[tool]]
+name = "github.graphql.user"
+host = "api.github.com"
+path = "/graphql"
+graphql = "query.user"
+arguments = "user-args.json"
+credential = { staging = "github" }
+response = { hide = ["/data/user/email"] }
+"#;
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .policy("user.toml", hide)
+        .policy(
+            "user-args.json",
+            r#"{"type": "object", "properties": {"login": {"type": "string"}}}"#,
+        )
+        .with_upstream()
+        .await;
+    let client = staging(&gate);
+    let mutation = body(
+        "mutation { createIssue(input: {repositoryId: \"R\", title: \"x\"}) { clientMutationId } }",
+        json!({}),
+    );
+    let deletes = "mutation%7BdeleteRef(input%3A%7BrefId%3A%22R%22%7D)%7BclientMutationId%7D%7D";
+    let cases = [
+        // A POST whose URL carries another document.
+        (
+            "POST",
+            format!("{GRAPHQL}?query={deletes}"),
+            mutation.clone(),
+        ),
+        // A GET with a body beside its query string.
+        (
+            "GET",
+            format!("{GRAPHQL}?query=%7Bviewer%7Blogin%7D%7D"),
+            mutation,
+        ),
+        // A raw ';', which some servers split parameters on.
+        (
+            "GET",
+            format!("{GRAPHQL}?query=%7Bviewer%7Blogin%7D%7D%23;query={deletes}"),
+            String::new(),
+        ),
+        // An alias below a field whose contract hides part of its answer.
+        (
+            "POST",
+            GRAPHQL.to_string(),
+            body(
+                "{ user(login: \"x\") { ... on User { m: email } } }",
+                json!({}),
+            ),
+        ),
+    ];
+    for (method, url, sent) in cases {
+        let got = send(&client, method, &url, &[JSON], sent).await.unwrap();
+        let text = String::from_utf8_lossy(&got.body).to_string();
+        assert!(
+            matches!(
+                errors_code(&got).as_str(),
+                "validation_error" | "policy_violation"
+            ),
+            "{method} {url}: {text}"
+        );
+    }
+    assert_eq!(upstream.count(), 0, "nothing reached the upstream");
+    // Without the alias, the field is read and its hidden field removed.
+    let read = body("{ user(login: \"x\") { email login } }", json!({}));
+    let got = send(&client, "POST", GRAPHQL, &[JSON], read).await.unwrap();
+    assert_eq!(
+        got.status.as_u16(),
+        200,
+        "{}",
+        String::from_utf8_lossy(&got.body)
+    );
+    assert_eq!(upstream.count(), 1);
+}
