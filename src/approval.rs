@@ -44,6 +44,7 @@ fn record(p: &Proposal, kind: crate::audit::Kind, payload: Value) -> crate::audi
         tool: Some(p.tool.clone()),
         tool_version: Some(p.tool_version),
         token: p.token.clone(),
+        user: p.user.clone(),
         payload,
         at_ms: 0,
     }
@@ -182,6 +183,12 @@ pub async fn propose_and_wait(
             h.update(part.as_bytes());
             h.update([0]);
         }
+        // A call for one person never joins another's proposal.
+        if let Some(user) = &held.agent.user {
+            h.update(b"user\0");
+            h.update(user.id.as_bytes());
+            h.update([0]);
+        }
         hex::encode(h.finalize())
     };
     let id = join_or_propose(app, &held, identity).await?;
@@ -196,6 +203,7 @@ pub async fn propose_and_wait(
             tool: Some(held.tool.name.clone()),
             tool_version: Some(held.tool.version),
             token: held.token.map(str::to_string),
+            user: held.agent.user.as_ref().map(|u| u.id.clone()),
             payload: payload::to_value(&payload::Decision {
                 outcome: "held for approval".into(),
                 mode: Some("approve".into()),
@@ -362,6 +370,13 @@ fn new_proposal(held: &Held<'_>, identity: String) -> Proposal {
         committing_unix: None,
         committing_by: None,
         token: held.token.map(str::to_string),
+        user: held.agent.user.as_ref().map(|u| u.id.clone()),
+        user_groups: held
+            .agent
+            .user
+            .as_ref()
+            .map(|u| u.groups.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -648,20 +663,17 @@ async fn commit(
         policy.tool(&p.tool).cloned(),
         policy.agent(&p.agent).cloned(),
     ) else {
-        return cancel(
-            app,
-            &p,
-            "the policy in force no longer has this tool or agent",
-        )
-        .await;
+        let why = "the policy in force no longer has this tool or agent";
+        return cancel(app, &p, why).await;
     };
     // A call held under an issued token is sent only while that token is in force: a
     // revocation or expiry after approval cancels it, as a grant's end does.
     if let Some(why) = token_ended(app, &p).await? {
         return cancel(app, &p, &why).await;
     }
-    // A call proposed under a grant is sent only while the grant lasts.
-    let agent = crate::grants::for_tool(app, agent, &tool.name).await?;
+    // A call proposed under a grant is sent only while the grant lasts; one made for a person
+    // is judged for them again.
+    let agent = for_person(crate::grants::for_tool(app, agent, &tool.name).await?, &p);
     if !agent.may_use(&tool.name) || tool.mode != crate::policy::Mode::Approve {
         return cancel(app, &p, "the policy in force no longer allows this call").await;
     }
@@ -1181,6 +1193,40 @@ async fn decide_only(
 }
 
 /// What an approver's action does to a proposal, or why it may not.
+/// The agent as it acts for the proposal's person (a call made for a person is judged for them
+/// again at commit).
+fn for_person(agent: std::sync::Arc<Agent>, p: &Proposal) -> std::sync::Arc<Agent> {
+    match &p.user {
+        Some(user) => agent.acting_for(crate::policy::EndUser {
+            id: user.clone(),
+            groups: p.user_groups.clone(),
+            via: format!("proposal {}", p.id),
+        }),
+        None => agent,
+    }
+}
+
+/// An approver may not approve a call made for them (unless the tool allows self-approval).
+fn not_for_themselves(p: &Proposal, who: &Approver) -> Result<(), ActionError> {
+    let for_them = p
+        .user
+        .as_deref()
+        .is_some_and(|u| u.eq_ignore_ascii_case(&who.id));
+    match !p.allow_self_approval && for_them {
+        true => Err(action_error(
+            StatusCode::FORBIDDEN,
+            "policy_violation",
+            format!(
+                "{} may not approve a call made for themselves (agent {} acting for {}); another approver must",
+                who.id,
+                p.agent,
+                p.user.as_deref().unwrap_or("")
+            ),
+        )),
+        false => Ok(()),
+    }
+}
+
 fn transition(
     p: &mut Proposal,
     who: &Approver,
@@ -1203,6 +1249,7 @@ fn transition(
             if p.state != State::Pending {
                 return Err(conflict(p, "approved"));
             }
+            not_for_themselves(p, who)?;
             if !p.allow_self_approval && who.id.eq_ignore_ascii_case(&p.owner) {
                 return Err(action_error(
                     StatusCode::FORBIDDEN,

@@ -18,7 +18,11 @@ use crate::policy::{
 };
 
 /// Headers addressed to toolgate itself, never forwarded.
-pub(crate) const CONTROL_HEADERS: [&str; 2] = ["toolgate-job", "toolgate-dry-run"];
+pub(crate) const CONTROL_HEADERS: [&str; 3] = [
+    "toolgate-job",
+    "toolgate-dry-run",
+    crate::identity::ASSERTION_HEADER,
+];
 
 /// Headers in which agents (or their SDKs) carry API credentials. Removed from every request:
 /// the only credential that reaches an upstream is the one toolgate injects.
@@ -517,6 +521,11 @@ pub(crate) fn check_rules(
         "environment": agent.environment,
         "attrs": agent.attrs,
     });
+    // The person the call acts for (`user.id` empty when none).
+    let user_v = match &agent.user {
+        Some(u) => json!({"id": u.id, "groups": u.groups}),
+        None => json!({"id": "", "groups": []}),
+    };
     let tool_v = json!({
         "name": tool.name,
         "version": tool.version,
@@ -525,7 +534,7 @@ pub(crate) fn check_rules(
         "mode": tool.mode.as_str(),
     });
     for rule in &tool.rules {
-        match rule.denies(&request, &agent_v, &tool_v) {
+        match rule.denies(&request, &agent_v, &tool_v, &user_v) {
             Ok(false) => {}
             Ok(true) => return Err(Refusal::policy(rule.message.clone())),
             Err(e) => {

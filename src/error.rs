@@ -19,6 +19,10 @@ use crate::base::body::{full, ProxyBody};
 pub enum Code {
     AuthRequired,
     AuthError,
+    /// The person a call acts for could not be established (a bad, expired or foreign
+    /// assertion; a required user missing): `auth_error` with status 401, since the agent's
+    /// own proxy credentials were good.
+    UserAuthError,
     EgressDenied,
     PolicyViolation,
     /// An MCP session toolgate does not know: `policy_violation` with status 404, which an MCP
@@ -48,7 +52,7 @@ impl Code {
     pub fn as_str(self) -> &'static str {
         match self {
             Code::AuthRequired => "auth_required",
-            Code::AuthError => "auth_error",
+            Code::AuthError | Code::UserAuthError => "auth_error",
             Code::EgressDenied => "egress_denied",
             Code::PolicyViolation | Code::SessionUnknown => "policy_violation",
             Code::ToolDisabled => "tool_disabled",
@@ -72,6 +76,7 @@ impl Code {
     pub fn status(self) -> StatusCode {
         match self {
             Code::AuthRequired | Code::AuthError => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            Code::UserAuthError => StatusCode::UNAUTHORIZED,
             Code::EgressDenied
             | Code::PolicyViolation
             | Code::ToolDisabled
@@ -97,7 +102,7 @@ impl Code {
         match self {
             Code::UpstreamTimeout | Code::UpstreamError => ErrorSource::Upstream,
             Code::StoreUnavailable | Code::Internal => ErrorSource::Internal,
-            Code::AuthRequired | Code::AuthError => ErrorSource::Client,
+            Code::AuthRequired | Code::AuthError | Code::UserAuthError => ErrorSource::Client,
             _ => ErrorSource::Policy,
         }
     }

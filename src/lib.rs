@@ -18,6 +18,7 @@ pub mod error;
 pub mod grants;
 pub mod graphql;
 pub mod guard;
+pub mod identity;
 pub mod import;
 pub mod ledger;
 pub mod limits;

@@ -51,6 +51,9 @@ pub struct AgentToken {
     pub expires_unix: u64,
     #[serde(default)]
     pub revoked: bool,
+    /// The person every call made with it acts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl AgentToken {
@@ -360,6 +363,12 @@ pub struct Proposal {
     /// The id of the issued token the call came in with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The person the call acts for, and their groups as the call named them (the commit
+    /// judges the call for them again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_groups: Vec<String>,
 }
 
 impl Proposal {
@@ -401,6 +410,7 @@ impl Proposal {
             "job": self.job,
             "request_id": self.request_id,
             "token": self.token,
+            "user": self.user,
             "summary": self.summary,
             "request": {
                 "method": self.request.method,

@@ -129,13 +129,14 @@ fn queue_rows(app: &Console, props: &[Proposal]) -> String {
         .map(|p| {
             format!(
                 "<div class=\"card proposal\" data-id=\"{id}\"><a href=\"/proposals/{id}\"><strong>{summary}</strong></a><br>\
-                 {tool} · <span class=\"risk-{risk}\">{risk}</span> · agent {agent} (owner {owner})<br>\
+                 {tool} · <span class=\"risk-{risk}\">{risk}</span> · agent {agent}{user} (owner {owner})<br>\
                  {approvals}/{required} approvals · proposed {age} · expires {left} · {state}</div>",
                 id = esc(&p.id),
                 summary = esc(&p.summary),
                 tool = esc(&p.tool),
                 risk = esc(&p.risk),
                 agent = esc(&p.agent),
+                user = acting_for(p),
                 owner = esc(&p.owner),
                 approvals = p.approvals.len(),
                 required = p.required,
@@ -269,7 +270,7 @@ pub async fn detail(
          <p id=\"status-text\">{status_text}</p>\
          <div class=\"card\"><table>\
          <tr><th>Tool</th><td>{tool} v{version} · <span class=\"risk-{risk}\">{risk}</span></td></tr>{mcp}\
-         <tr><th>Agent</th><td>{agent} ({environment}), owner {owner}</td></tr>\
+         <tr><th>Agent</th><td>{agent}{user} ({environment}), owner {owner}</td></tr>\
          <tr><th>Job</th><td>{job}</td></tr>\
          <tr><th>Policy</th><td>mode approve; {required} approval(s) from {groups}; self-approval {selfapp}; sent {send}</td></tr>\
          <tr><th>Proposed</th><td>{created}</td></tr>\
@@ -284,6 +285,7 @@ pub async fn detail(
         version = p.tool_version,
         risk = esc(&p.risk),
         agent = esc(&p.agent),
+        user = acting_for(&p),
         environment = esc(&p.environment),
         owner = esc(&p.owner),
         job = esc(&p.job),
@@ -308,6 +310,14 @@ pub async fn detail(
         },
     );
     page(&p.summary, Some(&s), &body).into_response()
+}
+
+/// " for alice@example.com" when the call acts for a person (escaped), else nothing.
+fn acting_for(p: &Proposal) -> String {
+    p.user
+        .as_ref()
+        .map(|u| format!(" for {}", esc(u)))
+        .unwrap_or_default()
 }
 
 /// For a GraphQL call, a row per root field (its operation type, name, alias and arguments as

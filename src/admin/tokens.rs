@@ -25,6 +25,13 @@ pub struct Issue {
     ttl: String,
     /// The job its calls belong to.
     job: Option<String>,
+    /// The person its calls act for.
+    user: Option<String>,
+}
+
+/// A person's id as a token may name it: what an identity provider's user claim would hold.
+fn user_ok(user: &str) -> bool {
+    !user.is_empty() && user.len() <= 256 && !user.chars().any(char::is_control)
 }
 
 #[derive(Deserialize, Default)]
@@ -110,6 +117,16 @@ pub async fn issue(
             return e;
         }
     }
+    let user = ask.user.filter(|u| !u.is_empty());
+    if user.as_deref().is_some_and(|u| !user_ok(u)) {
+        let message = "user must be a person's id (at most 256 characters, no control characters), such as alice@example.com";
+        return api_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+            message,
+        )
+        .into_response();
+    }
     let token = format!("tgt_{}", hex::encode(rand::random::<[u8; 24]>()));
     let now = crate::base::now_unix();
     let issued = AgentToken {
@@ -121,6 +138,7 @@ pub async fn issue(
         issued_unix: now,
         expires_unix: now + ttl,
         revoked: false,
+        user,
     };
     if let Err(e) = app.store().token_put(&issued).await {
         return store_down(e);
@@ -131,6 +149,7 @@ pub async fn issue(
             agent: Some(agent_id.clone()),
             job: issued.job.clone(),
             token: Some(issued.id.clone()),
+            user: issued.user.clone(),
             payload: json!({"token": issued.id, "by": who.id, "expires": expires(&issued)}),
             ..Default::default()
         })
@@ -139,7 +158,7 @@ pub async fn issue(
         StatusCode::CREATED,
         Json(json!({
             "id": issued.id, "token": token, "agent": agent_id,
-            "job": issued.job, "expires": expires(&issued),
+            "job": issued.job, "user": issued.user, "expires": expires(&issued),
         })),
     )
         .into_response()
@@ -204,7 +223,7 @@ pub async fn list(
         .filter(|t| t.live(now))
         .filter(|t| q.agent.as_deref().is_none_or(|a| t.agent == a))
         .map(|t| {
-            json!({"id": t.id, "agent": t.agent, "job": t.job, "issued_by": t.issued_by,
+            json!({"id": t.id, "agent": t.agent, "job": t.job, "user": t.user, "issued_by": t.issued_by,
                    "expires": expires(t)})
         })
         .collect();

@@ -196,7 +196,7 @@ fn form(f: &TrafficFilter) -> String {
         )
     };
     format!(
-        "<form method=\"get\" action=\"/traffic\" class=\"card filters\">{}{}{}{}{}{}{}{}{}{}<button>Filter</button></form>",
+        "<form method=\"get\" action=\"/traffic\" class=\"card filters\">{}{}{}{}{}{}{}{}{}{}{}<button>Filter</button></form>",
         field("agent", "Agent", &f.agent),
         field("tool", "Tool", &f.tool),
         field("host", "Host", &f.host),
@@ -204,6 +204,7 @@ fn form(f: &TrafficFilter) -> String {
         field("status", "Status", &f.status),
         field("job", "Job", &f.job),
         field("token", "Token id", &f.token),
+        field("user", "For (person)", &f.user),
         field("since", "Since", &f.since),
         field("until", "Until", &f.until),
         field("q", "Path contains", &f.q),
@@ -217,13 +218,21 @@ fn decision_text(r: &Row) -> String {
     }
 }
 
+/// "bot-staging for alice@example.com", or the agent alone.
+fn for_whom(agent: &str, user: &str) -> String {
+    match user {
+        "" => agent.to_string(),
+        u => format!("{agent} for {u}"),
+    }
+}
+
 fn row_html(r: &Row) -> String {
     format!(
         "<tr class=\"request\"><td>{time}</td><td>{agent}</td>\
          <td><a href=\"/traffic/{link}\">{method} {host}{path}</a></td><td>{tool}</td>\
          <td class=\"decision\">{decision}</td><td>{status}</td><td>{latency}</td></tr>",
         time = when_ms(r.unix_ms),
-        agent = esc(&r.agent),
+        agent = esc(&for_whom(&r.agent, &r.user)),
         link = seg(&r.request_id),
         method = esc(&r.method),
         host = esc(&r.host),
@@ -274,7 +283,7 @@ fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Session) -> 
     format!(
         "<h1>{method} {host}{path}</h1>\
          <div class=\"card\"><table>\
-         <tr><th>Who</th><td>{agent} (owner {owner}) from {peer}</td></tr>\
+         <tr><th>Who</th><td id=\"who\">{agent} (owner {owner}) from {peer}</td></tr>\
          <tr><th>Token</th><td id=\"token\">{token}</td></tr>\
          <tr><th>When</th><td>{time}</td></tr>\
          <tr><th>Tool</th><td>{tool}{version}</td></tr>\
@@ -288,7 +297,7 @@ fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Session) -> 
         method = esc(&row.method),
         host = esc(&row.host),
         path = esc(&row.path),
-        agent = esc(&row.agent),
+        agent = esc(&for_whom(&row.agent, &row.user)),
         owner = esc(&row.owner),
         peer = esc(Some(asked.peer.as_str())
             .filter(|p| !p.is_empty())

@@ -32,6 +32,9 @@ pub struct Event {
     /// so events from before it existed hash as they were written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The person the call acted for. Left out when none (events before it hash as written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     pub payload: Value,
     pub prev: String,
     #[serde(default)]
@@ -64,6 +67,8 @@ pub struct Record {
     pub tool_version: Option<u32>,
     /// The id of the issued token the call came in with.
     pub token: Option<String>,
+    /// The person the call acts for.
+    pub user: Option<String>,
     pub payload: Value,
 }
 
@@ -101,6 +106,7 @@ impl Event {
             (Index::Agent, &self.agent),
             (Index::Tool, &self.tool),
             (Index::Token, &self.token),
+            (Index::User, &self.user),
         ];
         for (index, value) in named {
             if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
@@ -144,6 +150,7 @@ mod tests {
             tool: None,
             tool_version: None,
             token: None,
+            user: None,
             payload: serde_json::json!({"code": "validation_error", "x": "\"}"}),
             prev: "abc".into(),
             hash: "stale".into(),

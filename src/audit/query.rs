@@ -36,10 +36,7 @@ impl Answers {
         match e.body() {
             Payload::Request(r) => {
                 if let (None, Some(agent)) = (&r.undoes, &e.agent) {
-                    self.asked.insert(match &e.owner {
-                        Some(o) => format!("{agent} (owner {o})"),
-                        None => agent.clone(),
-                    });
+                    self.asked.insert(asker(agent, e, e.owner.as_deref()));
                 }
                 if let Some(response) = &r.response {
                     // A read told in one event.
@@ -49,8 +46,8 @@ impl Answers {
             }
             Payload::Decision(_) => {
                 if let (Some(agent), Some(owner)) = (&e.agent, &e.owner) {
-                    self.asked.remove(agent);
-                    self.asked.insert(format!("{agent} (owner {owner})"));
+                    self.asked.remove(&asker(agent, e, None));
+                    self.asked.insert(asker(agent, e, Some(owner)));
                 }
             }
             Payload::Proposal(p) => self
@@ -258,12 +255,28 @@ fn request_line(r: &Asked) -> String {
     )
 }
 
+/// Who asked, as a story says it: "support-bot-staging for alice@example.com (owner ops@…)".
+fn asker(agent: &str, e: &Event, owner: Option<&str>) -> String {
+    let user = e
+        .user
+        .as_ref()
+        .map(|u| format!(" for {u}"))
+        .unwrap_or_default();
+    match owner {
+        Some(o) => format!("{agent}{user} (owner {o})"),
+        None => format!("{agent}{user}"),
+    }
+}
+
 /// A line of a story for people.
 pub fn describe(e: &Event) -> String {
-    let token = match &e.token {
+    let mut token = match &e.token {
         Some(t) => format!(" [token {t}]"),
         None => String::new(),
     };
+    if let Some(u) = &e.user {
+        token.push_str(&format!(" [for {u}]"));
+    }
     format!(
         "{}  #{:<5} {:<17} {:<22} {:<28} {}{token}",
         e.time,
@@ -412,6 +425,9 @@ pub struct Filter {
     pub kind: Option<String>,
     /// The id of an issued token: every event of the calls made with it.
     pub token: Option<String>,
+    /// The person calls acted for: every event of them.
+    #[serde(default)]
+    pub user: Option<String>,
     pub since: Option<String>,
     pub until: Option<String>,
 }
@@ -435,9 +451,11 @@ impl Audit {
                 && want(&f.kind, Some(e.kind.as_str()))
                 && want(&f.code, e.payload["code"].as_str())
                 && want(&f.token, e.token.as_deref())
+                && want(&f.user, e.user.as_deref())
         };
         let indexed = [
             (Index::Token, given(&f.token)),
+            (Index::User, given(&f.user)),
             (Index::Agent, given(&f.agent)),
             (Index::Tool, given(&f.tool)),
             (Index::Code, given(&f.code)),
@@ -561,6 +579,7 @@ mod tests {
             tool: Some("stripe.refunds.create".into()),
             tool_version: Some(1),
             token: None,
+            user: None,
             payload,
             prev: String::new(),
             hash: String::new(),

@@ -15,8 +15,10 @@ pub struct Redactor {
 }
 
 /// Header names whose values are always redacted.
-pub const SECRET_HEADERS: [&str; 9] = [
+pub const SECRET_HEADERS: [&str; 10] = [
     "authorization",
+    // A person's signed assertion (an ID or access token), for toolgate alone.
+    "toolgate-user-assertion",
     "proxy-authorization",
     "x-api-key",
     "api-key",

@@ -30,6 +30,8 @@ pub struct TrafficFilter {
     pub job: Option<String>,
     /// The id of the issued token the calls came in with.
     pub token: Option<String>,
+    /// The person the calls acted for.
+    pub user: Option<String>,
     pub since: Option<String>,
     pub until: Option<String>,
     /// Text in the path.
@@ -55,6 +57,7 @@ impl TrafficFilter {
             ("status", &self.status),
             ("job", &self.job),
             ("token", &self.token),
+            ("user", &self.user),
             ("since", &self.since),
             ("until", &self.until),
             ("q", &self.q),
@@ -93,6 +96,8 @@ pub struct Row {
     pub proposal: String,
     /// The id of the issued token the agent came in with (empty: its static token).
     pub token: String,
+    /// The person the call acted for (empty: none).
+    pub user: String,
     /// The grant that lent the agent the tool, if one did.
     pub grant: String,
     /// The agent was answered with a refusal (a held call's 423): events of its proposal
@@ -134,6 +139,9 @@ impl Row {
             }
             if let Some(t) = &e.token {
                 row.token = t.clone();
+            }
+            if let Some(u) = &e.user {
+                row.user = u.clone();
             }
             row.add(e);
         }
@@ -261,6 +269,7 @@ fn walk(f: &TrafficFilter) -> (Index, String) {
         (Index::Tool, given(&f.tool)),
         (Index::Job, given(&f.job)),
         (Index::Token, given(&f.token)),
+        (Index::User, given(&f.user)),
     ]
     .into_iter()
     .find_map(|(i, v)| v.map(|v| (i, v.to_string())))
@@ -275,6 +284,7 @@ fn in_walk(e: &Event, (index, value): &(Index, String)) -> bool {
         Index::Tool => e.tool.as_deref() == Some(value),
         Index::Job => e.job.as_deref() == Some(value),
         Index::Token => e.token.as_deref() == Some(value),
+        Index::User => e.user.as_deref() == Some(value),
         Index::Kind => e.kind.as_str() == value,
         Index::Request | Index::Proposal => false,
     }
@@ -381,6 +391,7 @@ mod tests {
             tool: Some("t".into()),
             tool_version: Some(1),
             token: None,
+            user: None,
             payload,
             prev: String::new(),
             hash: String::new(),

@@ -263,6 +263,7 @@ impl Writer {
             tool: rec.tool,
             tool_version: rec.tool_version,
             token: rec.token,
+            user: rec.user,
             payload,
             prev: String::new(),
             hash: String::new(),

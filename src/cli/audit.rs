@@ -33,6 +33,9 @@ pub enum AuditCommand {
         /// The id of an issued token (tok_…): the calls made with it.
         #[arg(long)]
         token: Option<String>,
+        /// A person (alice@example.com): the calls made for them.
+        #[arg(long)]
+        user: Option<String>,
         #[arg(long)]
         since: Option<String>,
         #[arg(long)]
@@ -80,6 +83,7 @@ pub(super) async fn run(
             code,
             kind,
             token,
+            user,
             since,
             until,
             json,
@@ -90,6 +94,7 @@ pub(super) async fn run(
                 code,
                 kind,
                 token,
+                user,
                 since,
                 until,
             };
@@ -209,12 +214,13 @@ async fn search_events(
     }
     let q = query_param;
     let path = format!(
-        "/api/audit/search?{}{}{}{}{}{}{}",
+        "/api/audit/search?{}{}{}{}{}{}{}{}",
         q("agent", &f.agent),
         q("tool", &f.tool),
         q("code", &f.code),
         q("kind", &f.kind),
         q("token", &f.token),
+        q("user", &f.user),
         q("since", &f.since),
         q("until", &f.until)
     );

@@ -47,6 +47,12 @@ pub struct ExplainArgs {
     /// A tool lent to the agent by a live grant (repeatable).
     #[arg(long)]
     pub grant: Vec<String>,
+    /// The person the call acts for.
+    #[arg(long = "for-user", value_name = "ID")]
+    pub for_user: Option<String>,
+    /// A group of that person (repeatable).
+    #[arg(long = "user-group", value_name = "GROUP")]
+    pub user_group: Vec<String>,
     /// What the agent already spent of the tool's budget in the current period.
     #[arg(long)]
     pub spent: Option<f64>,
@@ -129,6 +135,7 @@ fn asked(args: &ExplainArgs) -> Result<(Asked, World), String> {
     }
     let mut world = World::given(&args.disabled, args.grant.clone())?;
     world.spent = args.spent;
+    world.acting_for(args.for_user.clone(), args.user_group.clone());
     Ok((
         Asked {
             who,

@@ -18,7 +18,11 @@ pub enum TokensCommand {
         /// The job the token's calls belong to.
         #[arg(long)]
         job: Option<String>,
-        /// Print {"id","token","agent","job","expires"}.
+        /// The person every call made with it acts for (its audit events, rules and approvals
+        /// name them).
+        #[arg(long = "for-user", value_name = "ID")]
+        for_user: Option<String>,
+        /// Print {"id","token","agent","job","user","expires"}.
         #[arg(long)]
         json: bool,
     },
@@ -32,11 +36,15 @@ pub enum TokensCommand {
 pub(super) async fn run(client: AdminClient<'_>, command: TokensCommand) -> ExitCode {
     let (method, path, body) = match &command {
         TokensCommand::Issue {
-            agent, ttl, job, ..
+            agent,
+            ttl,
+            job,
+            for_user,
+            ..
         } => (
             http::Method::POST,
             format!("/api/agents/{agent}/tokens"),
-            Some(serde_json::json!({"ttl": ttl, "job": job})),
+            Some(serde_json::json!({"ttl": ttl, "job": job, "user": for_user})),
         ),
         TokensCommand::Revoke { id } => (http::Method::DELETE, format!("/api/tokens/{id}"), None),
         TokensCommand::List { agent } => (
@@ -53,8 +61,12 @@ pub(super) async fn run(client: AdminClient<'_>, command: TokensCommand) -> Exit
         TokensCommand::Issue { json: true, .. } => say!("{json}"),
         TokensCommand::Issue { .. } => {
             say!("{}", json["token"].as_str().unwrap_or(""));
+            let user = json["user"]
+                .as_str()
+                .map(|u| format!(" acting for {u}"))
+                .unwrap_or_default();
             eprintln!(
-                "token {} for {} until {} (shown once; use it as the agent's proxy password)",
+                "token {} for {}{user} until {} (shown once; use it as the agent's proxy password)",
                 json["id"].as_str().unwrap_or(""),
                 json["agent"].as_str().unwrap_or(""),
                 json["expires"].as_str().unwrap_or("")
@@ -64,11 +76,12 @@ pub(super) async fn run(client: AdminClient<'_>, command: TokensCommand) -> Exit
         TokensCommand::List { .. } => {
             for t in json["tokens"].as_array().cloned().unwrap_or_default() {
                 say!(
-                    "{}  {}  until {}  job {}  issued by {}",
+                    "{}  {}  until {}  job {}  for {}  issued by {}",
                     t["id"].as_str().unwrap_or(""),
                     t["agent"].as_str().unwrap_or(""),
                     t["expires"].as_str().unwrap_or(""),
                     t["job"].as_str().unwrap_or("-"),
+                    t["user"].as_str().unwrap_or("-"),
                     t["issued_by"].as_str().unwrap_or("")
                 );
             }

@@ -32,9 +32,21 @@ impl Rule {
 
     /// Evaluates the rule. `Ok(true)` denies. A rule that cannot be evaluated (a missing field,
     /// a type error, a non-boolean result) is an error, and the caller refuses: fail closed.
-    pub fn denies(&self, request: &Value, agent: &Value, tool: &Value) -> Result<bool, String> {
+    pub fn denies(
+        &self,
+        request: &Value,
+        agent: &Value,
+        tool: &Value,
+        user: &Value,
+    ) -> Result<bool, String> {
         let mut ctx = cel::Context::default();
-        for (name, value) in [("request", request), ("agent", agent), ("tool", tool)] {
+        let vars = [
+            ("request", request),
+            ("agent", agent),
+            ("tool", tool),
+            ("user", user),
+        ];
+        for (name, value) in vars {
             let v = cel::to_value(value).map_err(|e| format!("{name}: {e}"))?;
             ctx.add_variable_from_value(name, v);
         }
@@ -92,14 +104,20 @@ mod tests {
         let agent = json!({"attrs": {"email_domain": "acme.com"}});
         let inside = json!({"body": {"personalizations": [{"to": [{"email": "a@acme.com"}]}]}});
         let outside = json!({"body": {"personalizations": [{"to": [{"email": "a@acme.com"}, {"email": "x@evil.com"}]}]}});
-        assert!(!rule.denies(&inside, &agent, &json!({})).unwrap());
-        assert!(rule.denies(&outside, &agent, &json!({})).unwrap());
+        assert!(!rule
+            .denies(&inside, &agent, &json!({}), &json!({}))
+            .unwrap());
+        assert!(rule
+            .denies(&outside, &agent, &json!({}), &json!({}))
+            .unwrap());
         // A missing field is an error, never a silent allow.
         assert!(rule
-            .denies(&json!({"body": {}}), &agent, &json!({}))
+            .denies(&json!({"body": {}}), &agent, &json!({}), &json!({}))
             .is_err());
         let not_bool = Rule::compile("1 + 1", "x").unwrap();
-        assert!(not_bool.denies(&json!({}), &agent, &json!({})).is_err());
+        assert!(not_bool
+            .denies(&json!({}), &agent, &json!({}), &json!({}))
+            .is_err());
         assert!(Rule::compile("(((", "x").is_err());
     }
 

@@ -149,6 +149,8 @@ pub(crate) struct RequestCtx {
     pub(super) version: Option<u32>,
     /// The id of the issued token the request came in with.
     pub(super) token: Option<String>,
+    /// The person the request acts for, once established.
+    pub(super) user: Option<Arc<crate::policy::EndUser>>,
     pub(super) reply: Reply,
     /// The shape of the body of a call no contract matched, for its refusal's record.
     pub(super) body_shape: Option<Value>,
@@ -176,6 +178,7 @@ impl RequestCtx {
             owner: None,
             tool: None,
             version: None,
+            user: None,
             reply: Reply::Http,
             body_shape: None,
             held: Mutex::new(None),
@@ -206,6 +209,7 @@ impl RequestCtx {
             tool: self.tool.clone(),
             tool_version: self.version,
             token: self.token.clone(),
+            user: self.user.as_ref().map(|u| u.id.clone()),
             payload,
             at_ms: 0,
         }
@@ -264,6 +268,7 @@ impl RequestCtx {
             tool: self.tool.clone(),
             version: self.version,
             token: self.token.clone(),
+            user: self.user.clone(),
             reply: self.reply.clone(),
             body_shape: None,
             held: Mutex::new(None),

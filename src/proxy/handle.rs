@@ -62,7 +62,10 @@ pub(super) fn handle(
         let audit = app.audit().clone();
         let mut ctx = RequestCtx::new(request_id, started, policy, target, audit);
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
-        let job = job_of(&app, &mut ctx, req.headers()).await;
+        let job = match job_of(&app, &mut ctx, req.headers()).await {
+            Ok(()) => user_of(&mut ctx, req.headers()),
+            Err(refusal) => Err(refusal),
+        };
         asked(&ctx, &req);
         let result = match job {
             Ok(()) => route(&app, &mut ctx, req).await,
@@ -273,6 +276,47 @@ async fn job_of(
             "the job store is unavailable ({e}); nothing was sent"
         ))),
     }
+}
+
+/// The person the request acts for: named by the issued token it came with, or by the signed
+/// assertion it carries (verified), or both when they agree. A bad assertion is refused, never
+/// ignored.
+fn user_of(ctx: &mut RequestCtx, headers: &http::HeaderMap) -> Result<(), Refusal> {
+    let assertion = match headers.get(crate::identity::ASSERTION_HEADER) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            Refusal::new(
+                Code::UserAuthError,
+                "the user assertion (Toolgate-User-Assertion) is not text: send the token as it was issued",
+            )
+        })?),
+    };
+    let of_token = ctx.target.token.as_ref().and_then(|t| {
+        t.user.as_ref().map(|u| crate::policy::EndUser {
+            id: u.clone(),
+            groups: Vec::new(),
+            via: format!("token {}", t.id),
+        })
+    });
+    let asserted = match assertion {
+        Some(a) => Some(crate::identity::verify(&ctx.policy, a.trim())?),
+        None => None,
+    };
+    let user = match (of_token, asserted) {
+        (Some(t), Some(a)) if t.id != a.id => {
+            return Err(Refusal::new(
+                Code::UserAuthError,
+                format!(
+                    "the user assertion names {} but the agent's token was issued for {}: a token issued for a person acts for them only",
+                    a.id, t.id
+                ),
+            ))
+        }
+        (_, Some(a)) => Some(a),
+        (t, None) => t,
+    };
+    ctx.user = user.map(Arc::new);
+    Ok(())
 }
 
 /// The rescue point for refusals before a tunnel exists: recorded and answered.

@@ -28,7 +28,7 @@ use crate::guard::BodyReservation;
 use crate::limits::charge_budget;
 use crate::model::{Call, KillTarget};
 use crate::policy::response::ResponseSpec;
-use crate::policy::{Agent, Credential, Tool, ToolKind};
+use crate::policy::{Agent, Credential, EndUser, Tool, ToolKind};
 use crate::services::LockKey;
 use crate::store::{now_unix, IdemRecord, IdemState, Outcome};
 use crate::upstream;
@@ -172,7 +172,17 @@ pub(super) fn identify(
         ));
     }
     verdict::canonical(req.uri().path())?;
-    Ok(agent)
+    match &ctx.user {
+        Some(user) => Ok(agent.acting_for(EndUser::clone(user))),
+        None if agent.users == crate::policy::Users::Required => Err(Refusal::new(
+            Code::UserAuthError,
+            format!(
+                "agent {} acts for people, and this call names none: send the person's signed assertion in Toolgate-User-Assertion, or use a token issued for them (toolgate tokens issue {} --for-user ID)",
+                agent.id, agent.id
+            ),
+        )),
+        None => Ok(agent),
+    }
 }
 
 /// The phases of a request to a contracted path: match, authorize and validate, then decide.
@@ -664,15 +674,7 @@ async fn write(
 ) -> Result<Response<ProxyBody>, Refusal> {
     let (agent, tool) = (checked.agent.clone(), checked.tool.clone());
     let payload = payload_sha(&checked);
-    let (idem_id, window_secs) = match key {
-        Some(key) => (idem_id("key", &agent.id, &tool.name, key), KEY_WINDOW_SECS),
-        // A tool with side effects always has an idempotency mode (a load-time rule); payload is
-        // the safe reading of anything else.
-        None => (
-            idem_id("payload", &agent.id, &tool.name, &payload),
-            tool.idempotency_window.as_secs(),
-        ),
-    };
+    let (idem_id, window_secs) = idempotency_of(&checked, key, &payload);
     let guard = app.locks().lock(LockKey::Call(idem_id.clone())).await;
     let earlier = app
         .store()
@@ -732,6 +734,26 @@ async fn write(
             "the commit ended without an answer ({e}); its outcome is unknown"
         )))
     })
+}
+
+/// The idempotency identity of a write and how long it is remembered: its key's (within the
+/// key window) or its payload's (within the tool's window), per agent and tool. A call for one
+/// person is never answered with another's: the person is part of who asks.
+fn idempotency_of(checked: &Checked, key: Option<&str>, payload: &str) -> (String, u64) {
+    let (agent, tool) = (&checked.agent, &checked.tool);
+    let who = match &agent.user {
+        Some(user) => format!("{}\u{0}for\u{0}{}", agent.id, user.id),
+        None => agent.id.clone(),
+    };
+    match key {
+        Some(key) => (idem_id("key", &who, &tool.name, key), KEY_WINDOW_SECS),
+        // A tool with side effects always has an idempotency mode (a load-time rule); payload is
+        // the safe reading of anything else.
+        None => (
+            idem_id("payload", &who, &tool.name, payload),
+            tool.idempotency_window.as_secs(),
+        ),
+    }
 }
 
 /// A write marked in flight, until it is settled: its idempotency record, the budget charged,

@@ -106,6 +106,7 @@ mod tests {
             issued_unix: 1,
             expires_unix: u64::MAX,
             revoked: false,
+            user: None,
         };
         store.token_put(&t).await.unwrap();
         assert!(!principals.token("tok_1").await.unwrap().unwrap().revoked);

@@ -216,6 +216,8 @@ pub enum Index {
     Code,
     /// The issued token a call came in with.
     Token,
+    /// The person a call acted for.
+    User,
 }
 
 impl Index {
@@ -230,6 +232,7 @@ impl Index {
             Index::Kind => b'k',
             Index::Code => b'c',
             Index::Token => b'o',
+            Index::User => b'u',
         }
     }
 }

@@ -158,6 +158,7 @@ mod tests {
             issued_unix: 0,
             expires_unix: 10,
             revoked: true,
+            user: None,
         };
         assert!(token_unexpired(&token, 9));
         assert!(!token_unexpired(&token, 10));

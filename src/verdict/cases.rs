@@ -36,6 +36,10 @@ struct CaseDef {
     grants: Vec<String>,
     /// What the agent already spent of the tool's budget in the current period.
     spent: Option<f64>,
+    /// The person the call acts for, and their groups.
+    user: Option<String>,
+    #[serde(default)]
+    user_groups: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +125,7 @@ fn case(def: CaseDef) -> Result<Case, String> {
     let expect = expect(def.expect, def.credential)?;
     let mut world = World::given(&def.disabled, def.grants)?;
     world.spent = def.spent;
+    world.acting_for(def.user, def.user_groups);
     Ok(Case {
         name: def.name,
         asked: request(def.request, who)?,

@@ -59,6 +59,9 @@ pub struct World {
     pub grants: Vec<String>,
     /// What the agent already spent of the tool's budget in the current period.
     pub spent: Option<f64>,
+    /// The person the call acts for (as a token issued for them or a verified assertion would
+    /// name them).
+    pub user: Option<crate::policy::EndUser>,
 }
 
 impl World {
@@ -75,7 +78,17 @@ impl World {
             disabled,
             grants,
             spent: None,
+            user: None,
         })
+    }
+
+    /// The person named by id and groups, if any.
+    pub fn acting_for(&mut self, user: Option<String>, groups: Vec<String>) {
+        self.user = user.map(|id| crate::policy::EndUser {
+            id,
+            groups,
+            via: "the case".into(),
+        });
     }
 }
 
@@ -186,6 +199,10 @@ fn phases(
             a.id, a.owner, a.environment
         )
     })?;
+    let agent = t.check("user", person(world, agent), |a| match &a.user {
+        Some(u) => format!("acting for {} (groups: {})", u.id, u.groups.join(", ")),
+        None => "the call names no person".into(),
+    })?;
     let (host, port) = t.check("egress", egress(policy, &asked.url), |(h, p)| {
         format!(
             "{} is named by a contract (its DNS answer is not checked)",
@@ -216,6 +233,22 @@ fn phases(
         http_call(policy, asked, world, agent, &at, t)
     } else {
         mcp::evaluate(asked, world, agent, endpoint, &at, t)
+    }
+}
+
+/// The agent as it acts for the world's person; an agent that must name one refuses a call
+/// that names none (as the proxy's identify phase does).
+fn person(world: &World, agent: Arc<Agent>) -> Result<Arc<Agent>, Refusal> {
+    match &world.user {
+        Some(user) => Ok(agent.acting_for(user.clone())),
+        None if agent.users == crate::policy::Users::Required => Err(Refusal::new(
+            Code::UserAuthError,
+            format!(
+                "agent {} acts for people, and this call names none",
+                agent.id
+            ),
+        )),
+        None => Ok(agent),
     }
 }
 

@@ -149,6 +149,7 @@ credential = "stripe-test"
         names,
         [
             "identify",
+            "user",
             "egress",
             "job",
             "kill switch",
@@ -356,4 +357,48 @@ proptest! {
     fn any_text_parses_or_is_refused(text in ".{0,400}") {
         let _ = cases::parse(&text);
     }
+}
+
+#[test]
+fn a_case_names_the_person_and_an_agent_that_needs_one_refuses_without() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy_text = r#"
+[[agent]]
+id = "desk"
+token_env = "UNSET_DESK_TOKEN"
+owner = "ops@example.com"
+environment = "staging"
+tools = ["t.*"]
+users = "required"
+
+[[tool]]
+name = "t.read"
+host = "api.example.com"
+method = "GET"
+path = "/x"
+rules = [{ deny_if = '!("support" in user.groups)', message = "support only" }]
+"#;
+    std::fs::write(dir.path().join("p.toml"), policy_text).unwrap();
+    let policy = Policy::load_dir_dry(dir.path()).unwrap();
+    let case = |extra: &str| {
+        format!(
+            "[[case]]\nname = \"n\"\nagent = \"desk\"\nrequest = {{ method = \"GET\", url = \"https://api.example.com/x\" }}\nexpect = \"forward\"\n{extra}"
+        )
+    };
+    let nobody = verdict_of(&policy, &case(""));
+    assert_eq!(refused(&nobody).code, Code::UserAuthError);
+    let sales = verdict_of(
+        &policy,
+        &case("user = \"bob@example.com\"\nuser_groups = [\"sales\"]"),
+    );
+    assert!(refused(&sales).message.contains("support only"));
+    let support = verdict_of(
+        &policy,
+        &case("user = \"alice@example.com\"\nuser_groups = [\"support\"]"),
+    );
+    assert!(
+        matches!(support.outcome, Outcome::Forward { .. }),
+        "{}",
+        cases::describe(&support)
+    );
 }

@@ -23,6 +23,8 @@ const LAYERS: &[&[&str]] = &[
     &["store", "policy", "upstream", "client"],
     // the demo's sandbox of the example APIs: an HTTPS server reached like any upstream
     &["sandbox"],
+    // the person a call acts for: signed assertions verified against the policy's providers
+    &["identity"],
     // what sits on storage and policy: the audit log, the policy phases, limits,
     // notifications, connection caps
     &["audit", "checks", "limits", "notify", "guard", "import"],

@@ -607,6 +607,7 @@ async fn an_issued_token_and_its_revocation_hold_across_replicas() {
         issued_unix: now,
         expires_unix: now + 60,
         revoked: false,
+        user: None,
     };
     a.token_put(&token).await.unwrap();
     let found = b.token_by_hash(&"ab".repeat(32)).await.unwrap().unwrap();

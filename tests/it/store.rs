@@ -211,6 +211,7 @@ fn token(id: &str, agent: &str, expires: u64) -> AgentToken {
         issued_unix: 100,
         expires_unix: expires,
         revoked: false,
+        user: None,
     }
 }
 
