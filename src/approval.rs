@@ -674,7 +674,8 @@ async fn commit(
     // A call proposed under a grant is sent only while the grant lasts; one made for a person
     // is judged for them again.
     let agent = for_person(crate::grants::for_tool(app, agent, &tool.name).await?, &p);
-    if !agent.may_use(&tool.name) || tool.mode != crate::policy::Mode::Approve {
+    let unnamed = agent.user.is_none() && agent.users == crate::policy::Users::Required;
+    if unnamed || !agent.may_use(&tool.name) || tool.mode != crate::policy::Mode::Approve {
         return cancel(app, &p, "the policy in force no longer allows this call").await;
     }
     if tool.version != p.tool_version {

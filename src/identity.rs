@@ -18,6 +18,17 @@ use crate::policy::{EndUser, IdentityProvider, Policy};
 /// never recorded.
 pub const ASSERTION_HEADER: &str = "toolgate-user-assertion";
 
+/// What a person's id may be, wherever it comes from (an assertion's claim, a token issued for
+/// them): printable ASCII without spaces, so that two ids that look alike are the same id, and
+/// at most 256 bytes, so that it fits every index.
+pub fn user_id_ok(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 256 && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// [`user_id_ok`] in words, for messages.
+pub const USER_ID_RULE: &str =
+    "a person's id is 1 to 256 printable ASCII characters without spaces, such as alice@example.com";
+
 /// An assertion larger than this is refused unread.
 const MAX_ASSERTION: usize = 16 * 1024;
 
@@ -128,10 +139,10 @@ fn verified(
 fn person(provider: &IdentityProvider, claims: &Value) -> Result<EndUser, Refusal> {
     let id = claims[provider.user_claim.as_str()]
         .as_str()
-        .filter(|id| !id.is_empty())
+        .filter(|id| user_id_ok(id))
         .ok_or_else(|| {
             refused(format!(
-                "it has no {} claim naming the person (identity provider {}'s user_claim)",
+                "it has no {} claim naming the person as an id toolgate takes (identity provider {}'s user_claim; {USER_ID_RULE})",
                 provider.user_claim, provider.name
             ))
         })?;
@@ -264,6 +275,20 @@ groups_claim = "groups"
         let mut nobody = claims(600);
         nobody.as_object_mut().unwrap().remove("email");
         assert!(refusal(&policy, &sign(&signing, "k1", &nobody)).contains("email claim"));
+        // Ids that could pass for another person's, or not fit an index, are no ids.
+        for odd in [
+            "carol@example.com\u{200b}",
+            "carol @example.com",
+            "\u{0}",
+            &"a".repeat(300),
+        ] {
+            let mut c = claims(600);
+            c["email"] = json!(odd);
+            assert!(
+                refusal(&policy, &sign(&signing, "k1", &c)).contains("email claim"),
+                "{odd:?}"
+            );
+        }
         for junk in ["", "a.b", "a.b.c.d", "!!.??.##", &"x".repeat(20_000)] {
             refusal(&policy, junk);
         }
@@ -292,6 +317,9 @@ groups_claim = "groups"
         assert!(load("jwks_url = \"https://idp/jwks\"").contains("jwks_file"));
         assert!(load("jwks_file = \"missing.json\"").contains("missing.json"));
         assert!(load("jwks_file = \"jwks.json\"\nleeway = \"2h\"").contains("leeway"));
+        let oct = json!({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "s"}]});
+        std::fs::write(dir.path().join("oct.json"), oct.to_string()).unwrap();
+        assert!(load("jwks_file = \"oct.json\"").contains("symmetric"));
     }
 
     proptest::proptest! {

@@ -35,6 +35,8 @@ pub(crate) async fn record(
         response: serde_json::from_slice(response).unwrap_or(Value::Null),
         unix_ms: crate::base::now_ms(),
         undoes: call.undoes.clone(),
+        user: call.user.clone(),
+        user_groups: call.user_groups.clone(),
         undone: None,
         attempts: 0,
         undo_approvals: Vec::new(),

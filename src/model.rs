@@ -477,6 +477,9 @@ pub struct Call {
     pub body_json: Value,
     /// Set on an undo: the call it undoes.
     pub undoes: Option<String>,
+    /// The person it acts for, and their groups as the call named them.
+    pub user: Option<String>,
+    pub user_groups: Vec<String>,
 }
 
 impl Call {
@@ -512,6 +515,8 @@ impl Call {
             body,
             body_json,
             undoes: None,
+            user: p.user.clone(),
+            user_groups: p.user_groups.clone(),
         }
     }
 }
@@ -534,6 +539,8 @@ impl From<&Committed> for Call {
             body: bytes::Bytes::from(c.body_text.clone()),
             body_json: c.body.clone(),
             undoes: c.undoes.clone(),
+            user: c.user.clone(),
+            user_groups: c.user_groups.clone(),
         }
     }
 }
@@ -563,6 +570,11 @@ pub struct Committed {
     /// Set on an undo request: the call it undid.
     #[serde(default)]
     pub undoes: Option<String>,
+    /// The person the call acted for (its undo acts for them too), and their groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_groups: Vec<String>,
     /// Set once this call was undone.
     #[serde(default)]
     pub undone: Option<Undone>,

@@ -95,6 +95,7 @@ async fn calls(app: &Core, id: &str) -> Result<Vec<Call>, ReplayError> {
             job: e.job.clone().unwrap_or_default(),
             proposal: e.proposal.clone(),
             agent: e.agent.clone().unwrap_or_default(),
+            user: e.user.clone(),
             tool,
             host: asked.host.clone(),
             method: method.to_string(),
@@ -195,6 +196,7 @@ pub async fn replay(
                 proposal: call.proposal.clone(),
                 agent: Some(call.agent.clone()).filter(|a| !a.is_empty()),
                 tool: Some(call.tool.clone()),
+                user: call.user.clone(),
                 payload,
                 ..Default::default()
             })

@@ -515,6 +515,7 @@ async fn record_rollback(
             agent: Some(c.agent.clone()),
             tool: Some(c.tool.clone()),
             tool_version: Some(c.tool_version),
+            user: c.user.clone(),
             payload: crate::audit::payload::to_value(&crate::audit::payload::Rollback {
                 by: by.to_string(),
                 outcome: Some(report.outcome),

@@ -29,11 +29,6 @@ pub struct Issue {
     user: Option<String>,
 }
 
-/// A person's id as a token may name it: what an identity provider's user claim would hold.
-fn user_ok(user: &str) -> bool {
-    !user.is_empty() && user.len() <= 256 && !user.chars().any(char::is_control)
-}
-
 #[derive(Deserialize, Default)]
 pub struct ListQuery {
     agent: Option<String>,
@@ -118,8 +113,11 @@ pub async fn issue(
         }
     }
     let user = ask.user.filter(|u| !u.is_empty());
-    if user.as_deref().is_some_and(|u| !user_ok(u)) {
-        let message = "user must be a person's id (at most 256 characters, no control characters), such as alice@example.com";
+    if user
+        .as_deref()
+        .is_some_and(|u| !crate::identity::user_id_ok(u))
+    {
+        let message = format!("user: {}", crate::identity::USER_ID_RULE);
         return api_error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation_error",

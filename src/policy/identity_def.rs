@@ -43,6 +43,14 @@ pub(super) fn compile(path: &Path, def: IdentityProviderDef) -> Result<IdentityP
     };
     let algorithms = algorithms(&def.algorithms).map_err(named)?;
     for key in &keys.keys {
+        if matches!(
+            key.algorithm,
+            jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)
+        ) {
+            return Err(named(
+                "the JWKS holds a symmetric (oct) key: an identity provider's published keys are public keys".into(),
+            ));
+        }
         DecodingKey::from_jwk(key).map_err(|e| {
             named(format!(
                 "key {:?} of the JWKS cannot verify signatures: {e}",

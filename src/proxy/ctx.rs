@@ -30,6 +30,8 @@ pub(crate) struct Target {
     pub(super) origin: Origin,
     /// The issued token the agent came in with, if any (checked again on every request).
     pub(super) token: Option<Arc<crate::model::AgentToken>>,
+    /// The person an undo acts for: the one the call it undoes acted for.
+    pub(super) user: Option<Arc<crate::policy::EndUser>>,
 }
 
 /// Who sent a request: an agent through the proxy, or toolgate itself on an approver's word.
@@ -56,6 +58,7 @@ impl Target {
             tunnel_id,
             origin: Origin::Agent,
             token: outer.token.clone(),
+            user: None,
         }
     }
 
@@ -73,6 +76,13 @@ impl Target {
                 by: by.to_string(),
             },
             token: None,
+            user: c.user.as_ref().map(|id| {
+                Arc::new(crate::policy::EndUser {
+                    id: id.clone(),
+                    groups: c.user_groups.clone(),
+                    via: format!("the call it undoes ({})", c.request_id),
+                })
+            }),
         }
     }
 

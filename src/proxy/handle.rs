@@ -282,7 +282,20 @@ async fn job_of(
 /// assertion it carries (verified), or both when they agree. A bad assertion is refused, never
 /// ignored.
 fn user_of(ctx: &mut RequestCtx, headers: &http::HeaderMap) -> Result<(), Refusal> {
-    let assertion = match headers.get(crate::identity::ASSERTION_HEADER) {
+    // An undo acts for the person the call it undoes acted for.
+    if let Origin::Undo { .. } = ctx.target.origin {
+        ctx.user = ctx.target.user.clone();
+        return Ok(());
+    }
+    let mut given = headers.get_all(crate::identity::ASSERTION_HEADER).iter();
+    let (first, second) = (given.next(), given.next());
+    if second.is_some() {
+        return Err(Refusal::new(
+            Code::UserAuthError,
+            "Toolgate-User-Assertion is given more than once: send one person's assertion",
+        ));
+    }
+    let assertion = match first {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| {
             Refusal::new(

@@ -116,6 +116,12 @@ fn call_of(
         body,
         body_json,
         undoes: ctx.target.undoes().map(str::to_string),
+        user: ctx.user.as_ref().map(|u| u.id.clone()),
+        user_groups: ctx
+            .user
+            .as_ref()
+            .map(|u| u.groups.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -199,10 +199,6 @@ fn phases(
             a.id, a.owner, a.environment
         )
     })?;
-    let agent = t.check("user", person(world, agent), |a| match &a.user {
-        Some(u) => format!("acting for {} (groups: {})", u.id, u.groups.join(", ")),
-        None => "the call names no person".into(),
-    })?;
     let (host, port) = t.check("egress", egress(policy, &asked.url), |(h, p)| {
         format!(
             "{} is named by a contract (its DNS answer is not checked)",
@@ -219,6 +215,10 @@ fn phases(
     })?;
     let path = asked.url.path();
     t.check("path", canonical(path), |()| format!("{path} is canonical"))?;
+    let agent = t.check("user", person(world, agent), |a| match &a.user {
+        Some(u) => format!("acting for {} (groups: {})", u.id, u.groups.join(", ")),
+        None => "the call names no person".into(),
+    })?;
     let endpoint = policy.mcp_endpoint(&host, port, path);
     let at = Target {
         host: &host,

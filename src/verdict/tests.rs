@@ -149,11 +149,11 @@ credential = "stripe-test"
         names,
         [
             "identify",
-            "user",
             "egress",
             "job",
             "kill switch",
             "path",
+            "user",
             "match",
             "kill switch",
             "authorize",

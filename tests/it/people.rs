@@ -55,7 +55,7 @@ id = "helpdesk-bot"
 token_sha256 = "{sha}"
 owner = "ops@example.com"
 environment = "staging"
-tools = ["github.graphql.*"]
+tools = ["github.graphql.*", "github.issues.*"]
 attrs = {{ github_org = "acme" }}
 users = "required"
 
@@ -309,4 +309,91 @@ async fn a_token_issued_for_a_person_acts_for_them_and_they_may_not_approve_it()
         String::from_utf8_lossy(&sent.body)
     );
     assert_eq!(upstream.count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undo_acts_for_the_person_the_call_acted_for() {
+    std::env::set_var("ALICE_APPROVER_TOKEN", "alice-approver-token");
+    let (signing, jwk) = key("k1");
+    let (pki, fakes) = example_apis().await;
+    let gate = GateBuilder::examples()
+        .policy("people.toml", people_policy())
+        .policy("acme-jwks.json", json!({ "keys": [jwk] }).to_string())
+        .policy("org-args.json", r#"{"type": "object"}"#)
+        .routed_to(&pki, fakes.addr)
+        .start()
+        .await;
+    let bot = gate.client(
+        Some(("helpdesk-bot", HELPDESK_TOKEN)),
+        http::Version::HTTP_11,
+    );
+    let as_alice = assertion(&signing, "alice@example.com", &["support"], 600);
+    // Two assertions on one call: refused.
+    let twice = [
+        JSON,
+        ("toolgate-user-assertion", as_alice.as_str()),
+        ("toolgate-user-assertion", as_alice.as_str()),
+    ];
+    let issue = json!({"title": "Printer on fire"}).to_string();
+    let url = "https://api.github.com/repos/acme/widgets/issues";
+    let got = send(&bot, "POST", url, &twice, issue.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        got.status.as_u16(),
+        401,
+        "{}",
+        String::from_utf8_lossy(&got.body)
+    );
+    let headers = [JSON, ("toolgate-user-assertion", as_alice.as_str())];
+    let created = send(&bot, "POST", url, &headers, issue).await.unwrap();
+    assert_eq!(
+        created.status.as_u16(),
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    let rid = created.headers["toolgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let undone = gate
+        .admin(
+            "POST",
+            &format!("/api/rollback/{rid}"),
+            Some("demo-dave-token"),
+            None,
+        )
+        .await;
+    assert_eq!(undone.status, 200, "{}", undone.text());
+    assert_eq!(undone.json()["outcome"], "undone", "{}", undone.text());
+    let events = poll::until_some("the rollback event", poll::SOON, || async {
+        let got = gate
+            .admin(
+                "GET",
+                "/api/audit/search?user=alice@example.com",
+                Some("demo-riley-token"),
+                None,
+            )
+            .await
+            .json();
+        let events = got["events"].as_array().cloned().unwrap_or_default();
+        events
+            .iter()
+            .any(|e| e["kind"] == "rollback")
+            .then_some(events)
+    })
+    .await;
+    let undo_request = events
+        .iter()
+        .find(|e| e["kind"] == "rollback")
+        .and_then(|e| e["payload"]["undo_request"].as_str())
+        .unwrap()
+        .to_string();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["request_id"] == undo_request.as_str()),
+        "the undo's own events name alice"
+    );
 }

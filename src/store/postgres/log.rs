@@ -135,10 +135,17 @@ fn conflict_or(e: tokio_postgres::Error) -> StoreError {
 }
 
 /// The index rows of events: (tag, value, seq) columns for `unnest`.
+/// Whether PostgreSQL can index `value`: no NUL byte, and well within a btree entry.
+fn indexable(value: &str) -> bool {
+    value.len() <= 1024 && !value.contains('\0')
+}
+
 fn index_rows(events: &[StoredEvent]) -> (Vec<i16>, Vec<String>, Vec<i64>) {
     let mut out = (Vec::new(), Vec::new(), Vec::new());
     for e in events {
-        for (index, value) in &e.keys {
+        // A value PostgreSQL's text or its index could not hold is not indexed (the event is
+        // still stored and found by time): one odd value must never stop the log.
+        for (index, value) in e.keys.iter().filter(|(_, v)| indexable(v)) {
             out.0.push(i16::from(index.tag()));
             out.1.push(value.clone());
             out.2.push(big(e.seq));
