@@ -12,6 +12,7 @@
 
 mod error;
 mod http;
+mod types;
 mod value;
 mod walk;
 
@@ -19,6 +20,8 @@ use serde_json::Value;
 
 pub use error::{errors_body, GraphqlError};
 pub use http::{Request, Via};
+pub use types::TypeRef;
+pub use value::{constant, name_of};
 
 /// The parser's own nesting limit (selection sets, lists and objects in values, list types):
 /// deep enough for any document within [`Limits::max_depth`], low enough that parsing never
@@ -63,6 +66,36 @@ pub fn is_name(name: &str) -> bool {
         .next()
         .is_some_and(|b| b == b'_' || b.is_ascii_alphabetic())
         && bytes.all(|b| b == b'_' || b.is_ascii_alphanumeric())
+}
+
+/// A root field as a contract or a command names it, `OPERATION.FIELD` (`mutation.createIssue`):
+/// a query or a mutation (subscriptions cannot be contracted) and a GraphQL name. The message
+/// says what to write instead; the caller says where it was written.
+pub fn parse_label(text: &str) -> Result<(OperationType, String), String> {
+    let Some((op, field)) = text.split_once('.') else {
+        return Err(
+            "is not OPERATION.FIELD: write query.FIELD or mutation.FIELD (for example mutation.createIssue)".into(),
+        );
+    };
+    let operation = match OperationType::parse(op) {
+        Some(OperationType::Subscription) => {
+            return Err(
+                "subscriptions cannot be contracted (toolgate refuses them); choose a query or a mutation".into(),
+            )
+        }
+        Some(t) => t,
+        None => {
+            return Err(format!(
+                "unknown operation type {op:?}: write query.{field} or mutation.{field}"
+            ))
+        }
+    };
+    if !is_name(field) {
+        return Err(format!(
+            "{field:?} is not a GraphQL field name (letters, digits and _, not starting with a digit)"
+        ));
+    }
+    Ok((operation, field.to_string()))
 }
 
 /// The root fields that read the schema itself.

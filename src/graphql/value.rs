@@ -10,49 +10,11 @@ use apollo_parser::cst;
 use serde_json::{Map, Number, Value};
 
 use super::error::GraphqlError;
+use super::types::TypeRef as Ty;
 
 /// The text of a name node (absent only in a tree with errors, which is never walked).
-pub(super) fn name_of(name: Option<cst::Name>) -> String {
+pub fn name_of(name: Option<cst::Name>) -> String {
     name.map(|n| n.text().to_string()).unwrap_or_default()
-}
-
-/// A declared variable type.
-#[derive(Debug, Clone, PartialEq)]
-enum Ty {
-    Named(String),
-    List(Box<Ty>),
-    NonNull(Box<Ty>),
-}
-
-impl Ty {
-    fn of(ty: cst::Type) -> Ty {
-        match ty {
-            cst::Type::NamedType(n) => Ty::Named(name_of(n.name())),
-            cst::Type::ListType(l) => Ty::List(Box::new(l.ty().map_or(Ty::unknown(), Ty::of))),
-            cst::Type::NonNullType(n) => {
-                let inner = match (n.named_type(), n.list_type()) {
-                    (Some(named), _) => Ty::Named(name_of(named.name())),
-                    (None, Some(list)) => {
-                        Ty::List(Box::new(list.ty().map_or(Ty::unknown(), Ty::of)))
-                    }
-                    (None, None) => Ty::unknown(),
-                };
-                Ty::NonNull(Box::new(inner))
-            }
-        }
-    }
-
-    fn unknown() -> Ty {
-        Ty::Named(String::new())
-    }
-
-    fn show(&self) -> String {
-        match self {
-            Ty::Named(n) => n.clone(),
-            Ty::List(t) => format!("[{}]", t.show()),
-            Ty::NonNull(t) => format!("{}!", t.show()),
-        }
-    }
 }
 
 /// The JSON type of a value, for messages that must not echo the value itself.
@@ -200,6 +162,12 @@ impl Variables {
 /// A value with no variables in it (a default value).
 fn const_value(v: cst::Value) -> Result<Option<Value>, String> {
     value(v, None)
+}
+
+/// A constant value (a default, in a document or a schema) as JSON: an enum value is its name,
+/// a variable is refused.
+pub fn constant(v: cst::Value) -> Result<Value, String> {
+    value(v, None).map(|v| v.unwrap_or(Value::Null))
 }
 
 /// A field's (or directive's) arguments as one JSON object, variables substituted. An argument

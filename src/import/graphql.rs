@@ -13,11 +13,12 @@ use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 
-use crate::graphql::{is_name, OperationType};
+use crate::graphql::OperationType;
 
 use super::render::{self, quote};
-use super::sdl::{Field, InputValue, Sdl, Ty, TypeDef};
+use super::sdl::{Field, InputValue, Sdl, TypeDef};
 use super::{schema_text, summary_of, ImportError, Imported};
+use crate::graphql::TypeRef as Ty;
 
 /// What to draft and how.
 #[derive(Debug, Clone, Default)]
@@ -152,29 +153,14 @@ fn wanted_fields(fields: &[String]) -> Result<Vec<(OperationType, String)>, Impo
     }
     let mut out: Vec<(OperationType, String)> = Vec::new();
     for text in fields {
-        let Some((op_text, name)) = text.split_once('.') else {
-            return refuse(format!(
-                "--field {text:?} is not OPERATION.FIELD: write query.FIELD or mutation.FIELD (for example mutation.createIssue)"
-            ));
-        };
-        let op = match OperationType::parse(op_text) {
-            Some(OperationType::Subscription) => {
-                return refuse(format!(
-                    "--field {text:?}: subscriptions cannot be contracted (toolgate refuses them); choose a query or a mutation"
-                ))
+        let (op, name) = match crate::graphql::parse_label(text) {
+            Ok(label) => label,
+            Err(why) if why.starts_with("is not") => {
+                return refuse(format!("--field {text:?} {why}"))
             }
-            Some(op) => op,
-            None => {
-                return refuse(format!(
-                    "--field {text:?}: unknown operation type {op_text:?}: write query.{name} or mutation.{name}"
-                ))
-            }
+            Err(why) => return refuse(format!("--field {text:?}: {why}")),
         };
-        if !is_name(name) {
-            return refuse(format!(
-                "--field {text:?}: {name:?} is not a GraphQL field name (letters, digits and _, not starting with a digit)"
-            ));
-        }
+        let name = name.as_str();
         if name.starts_with("__") {
             return refuse(format!(
                 "--field {text:?}: GraphQL's own fields are not in the SDL; write the contract for query.__schema or query.__type by hand"

@@ -8,57 +8,12 @@
 use std::collections::BTreeMap;
 
 use apollo_parser::cst;
-use serde_json::{Map, Number, Value};
+use serde_json::Value;
 
-use crate::graphql::OperationType;
+use crate::graphql::{constant as const_value, name_of, OperationType, TypeRef as Ty};
 
 /// The parser's nesting limit: SDL nests only in list types and default values.
 const PARSER_RECURSION: usize = 500;
-
-/// An argument's or input field's type as written: `[ID!]!` is `NonNull(List(NonNull(ID)))`.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) enum Ty {
-    Named(String),
-    List(Box<Ty>),
-    NonNull(Box<Ty>),
-}
-
-impl Ty {
-    fn of(ty: cst::Type) -> Ty {
-        match ty {
-            cst::Type::NamedType(n) => Ty::Named(name_of(n.name())),
-            cst::Type::ListType(l) => Ty::List(Box::new(l.ty().map_or(Ty::unknown(), Ty::of))),
-            cst::Type::NonNullType(n) => {
-                let inner = match (n.named_type(), n.list_type()) {
-                    (Some(named), _) => Ty::Named(name_of(named.name())),
-                    (None, Some(list)) => {
-                        Ty::List(Box::new(list.ty().map_or(Ty::unknown(), Ty::of)))
-                    }
-                    (None, None) => Ty::unknown(),
-                };
-                Ty::NonNull(Box::new(inner))
-            }
-        }
-    }
-
-    /// Only in a tree with errors, which is never read.
-    fn unknown() -> Ty {
-        Ty::Named(String::new())
-    }
-
-    /// The type as GraphQL writes it.
-    pub(super) fn show(&self) -> String {
-        match self {
-            Ty::Named(n) => n.clone(),
-            Ty::List(t) => format!("[{}]", t.show()),
-            Ty::NonNull(t) => format!("{}!", t.show()),
-        }
-    }
-
-    pub(super) fn is_non_null(&self) -> bool {
-        matches!(self, Ty::NonNull(_))
-    }
-}
 
 /// An argument of a field, or a field of an input object.
 #[derive(Debug, Clone)]
@@ -285,10 +240,6 @@ impl Sdl {
     }
 }
 
-fn name_of(name: Option<cst::Name>) -> String {
-    name.map(|n| n.text().to_string()).unwrap_or_default()
-}
-
 /// A description's text, trimmed; none when empty.
 fn description(d: Option<cst::Description>) -> Option<String> {
     let text = String::from(d?.string_value()?);
@@ -353,57 +304,6 @@ fn input_value(v: cst::InputValueDefinition) -> InputValue {
         description: description(v.description()),
         deprecated: deprecated(v.directives()),
     }
-}
-
-/// A constant value (a default) as JSON; an enum value is its name.
-fn const_value(v: cst::Value) -> Result<Value, String> {
-    Ok(match v {
-        cst::Value::Variable(var) => {
-            return Err(format!(
-                "a default cannot name a variable (${})",
-                name_of(var.name())
-            ))
-        }
-        cst::Value::StringValue(s) => Value::String(String::from(&s)),
-        cst::Value::IntValue(i) => {
-            let text = i
-                .int_token()
-                .map(|t| t.text().to_string())
-                .unwrap_or_default();
-            Value::Number(
-                text.parse::<i64>()
-                    .map_err(|_| format!("integer {text} is out of range"))?
-                    .into(),
-            )
-        }
-        cst::Value::FloatValue(f) => {
-            let text = f
-                .float_token()
-                .map(|t| t.text().to_string())
-                .unwrap_or_default();
-            text.parse::<f64>()
-                .ok()
-                .and_then(Number::from_f64)
-                .map(Value::Number)
-                .ok_or_else(|| format!("number {text} is out of range"))?
-        }
-        cst::Value::BooleanValue(b) => Value::Bool(b.true_token().is_some()),
-        cst::Value::NullValue(_) => Value::Null,
-        cst::Value::EnumValue(e) => Value::String(name_of(e.name())),
-        cst::Value::ListValue(list) => Value::Array(
-            list.values()
-                .map(const_value)
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
-        cst::Value::ObjectValue(obj) => {
-            let mut out = Map::new();
-            for f in obj.object_fields() {
-                let value = f.value().map_or(Ok(Value::Null), const_value)?;
-                out.insert(name_of(f.name()), value);
-            }
-            Value::Object(out)
-        }
-    })
 }
 
 fn enum_values(defs: Option<cst::EnumValuesDefinition>) -> Vec<EnumValue> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::graphql::{is_name, OperationType, INTROSPECTION_FIELDS};
+use crate::graphql::{OperationType, INTROSPECTION_FIELDS};
 
 use super::contract;
 use super::file::ToolDef;
@@ -15,29 +15,12 @@ use super::types::{GraphqlSpec, PolicyError};
 
 /// `query.FIELD` or `mutation.FIELD`.
 pub(super) fn parse_field(text: &str) -> Result<(OperationType, String), String> {
-    let Some((op, field)) = text.split_once('.') else {
-        return Err(format!(
-            "graphql {text:?} is not OPERATION.FIELD: write query.FIELD or mutation.FIELD (for example mutation.createIssue)"
-        ));
-    };
-    let operation = match OperationType::parse(op) {
-        Some(OperationType::Subscription) => {
-            return Err(format!(
-                "graphql {text:?}: subscriptions cannot be contracted (toolgate refuses them); contract a query or a mutation"
-            ))
-        }
-        Some(t) => t,
-        None => {
-            return Err(format!(
-                "graphql {text:?}: unknown operation type {op:?}: write query.{field} or mutation.{field}"
-            ))
-        }
-    };
-    if !is_name(field) {
-        return Err(format!(
-            "graphql {text:?}: {field:?} is not a GraphQL field name (letters, digits and _, not starting with a digit)"
-        ));
-    }
+    let (operation, field) =
+        crate::graphql::parse_label(text).map_err(|why| match why.starts_with("is not") {
+            true => format!("graphql {text:?} {why}"),
+            false => format!("graphql {text:?}: {why}"),
+        })?;
+    let field = field.as_str();
     let introspection = INTROSPECTION_FIELDS.contains(&field);
     if field.starts_with("__") && !(introspection && operation == OperationType::Query) {
         return Err(format!(
