@@ -56,6 +56,8 @@ pub struct Core {
     notifier: Notifier,
     limiter: RateLimiter,
     principals: crate::services::Principals,
+    /// Identity providers' keys fetched from their `jwks_uri`.
+    jwks: crate::services::Jwks,
     metrics: Metrics,
     sources: PerSource,
     cancel: CancellationToken,
@@ -96,6 +98,7 @@ impl Core {
             locks: KeyedLocks::default(),
             waiters: Waiters::new(&store),
             principals: crate::services::Principals::new(&store),
+            jwks: crate::services::Jwks::default(),
             metrics: Metrics::default(),
             sources: PerSource::default(),
             cancel: CancellationToken::new(),
@@ -166,6 +169,11 @@ impl Core {
     /// Issued tokens and grants as the request path reads them (fresh within a second).
     pub fn principals(&self) -> &crate::services::Principals {
         &self.principals
+    }
+
+    /// Identity providers' keys fetched from their `jwks_uri`.
+    pub fn jwks(&self) -> &crate::services::Jwks {
+        &self.jwks
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -7,12 +7,14 @@
 //! hold. A bad assertion is refused, never ignored.
 
 use base64::Engine;
-use jsonwebtoken::jwk::Jwk;
+use std::sync::Arc;
+
+use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{errors::ErrorKind, DecodingKey, Validation};
 use serde_json::Value;
 
 use crate::error::{Code, Refusal};
-use crate::policy::{EndUser, IdentityProvider, Policy};
+use crate::policy::{EndUser, IdentityProvider, JwksSource, Policy};
 
 /// The header an agent carries a person's assertion in. Addressed to toolgate: never forwarded,
 /// never recorded.
@@ -39,13 +41,21 @@ fn refused(why: impl std::fmt::Display) -> Refusal {
     )
 }
 
-/// The person `assertion` names, verified against the policy's identity providers.
-pub fn verify(policy: &Policy, assertion: &str) -> Result<EndUser, Refusal> {
+/// An assertion read far enough to know who should have signed it: the provider its issuer
+/// names, and its header (an algorithm that provider signs with). Nothing in it is trusted yet.
+pub struct Asserted<'a> {
+    pub provider: Arc<IdentityProvider>,
+    header: jsonwebtoken::Header,
+    assertion: &'a str,
+}
+
+/// Reads `assertion` for the provider that must verify it.
+pub fn read<'a>(policy: &Policy, assertion: &'a str) -> Result<Asserted<'a>, Refusal> {
     if assertion.len() > MAX_ASSERTION {
         return Err(refused(format!("it is longer than {MAX_ASSERTION} bytes")));
     }
     let issuer = issuer_of(assertion)?;
-    let provider = policy.identity_provider(&issuer).ok_or_else(|| {
+    let provider = policy.identity_provider(&issuer).cloned().ok_or_else(|| {
         refused(format!(
             "its issuer {issuer:?} is not an identity provider toolgate trusts (an [[identity_provider]] with that issuer)"
         ))
@@ -61,8 +71,37 @@ pub fn verify(policy: &Policy, assertion: &str) -> Result<EndUser, Refusal> {
             header.alg, provider.name, provider.algorithms
         )));
     }
-    let claims = verified(provider, assertion, &header)?;
-    person(provider, &claims)
+    Ok(Asserted {
+        provider,
+        header,
+        assertion,
+    })
+}
+
+impl Asserted<'_> {
+    /// The key id the assertion names, if any.
+    pub fn kid(&self) -> Option<&str> {
+        self.header.kid.as_deref()
+    }
+
+    /// The person, once a key of `keys` (the provider's) verifies the assertion.
+    pub fn verify(&self, keys: &JwkSet) -> Result<EndUser, Refusal> {
+        let claims = verified(&self.provider, keys, self.assertion, &self.header)?;
+        person(&self.provider, &claims)
+    }
+}
+
+/// The person `assertion` names, verified against the policy's identity providers whose keys
+/// are in files (a provider whose keys are fetched needs the gateway's cache of them).
+pub fn verify(policy: &Policy, assertion: &str) -> Result<EndUser, Refusal> {
+    let asserted = read(policy, assertion)?;
+    match &asserted.provider.keys {
+        JwksSource::File(keys) => asserted.verify(keys),
+        JwksSource::Url { .. } => Err(refused(format!(
+            "identity provider {}'s keys are fetched by the gateway",
+            asserted.provider.name
+        ))),
+    }
 }
 
 /// The `iss` claim, read before anything is trusted, to choose the provider whose keys verify.
@@ -87,12 +126,13 @@ fn issuer_of(assertion: &str) -> Result<String, Refusal> {
 /// hold.
 fn verified(
     provider: &IdentityProvider,
+    set: &JwkSet,
     assertion: &str,
     header: &jsonwebtoken::Header,
 ) -> Result<Value, Refusal> {
     let keys: Vec<&Jwk> = match &header.kid {
         Some(kid) => {
-            let key = provider.keys.find(kid).ok_or_else(|| {
+            let key = set.find(kid).ok_or_else(|| {
                 refused(format!(
                     "its key {kid:?} is not in identity provider {}'s JWKS",
                     provider.name
@@ -100,7 +140,7 @@ fn verified(
             })?;
             vec![key]
         }
-        None => provider.keys.keys.iter().collect(),
+        None => set.keys.iter().collect(),
     };
     let mut validation = Validation::new(header.alg);
     validation.set_issuer(&[&provider.issuer]);
@@ -314,7 +354,7 @@ groups_claim = "groups"
         assert!(load("jwks_file = \"jwks.json\"\nalgorithms = [\"none\"]")
             .contains("not one toolgate verifies"));
         assert!(load("").contains("exactly one of jwks_file and jwks_url"));
-        assert!(load("jwks_url = \"https://idp/jwks\"").contains("jwks_file"));
+        assert!(load("jwks_url = \"http://idp/jwks\"").contains("must be https"));
         assert!(load("jwks_file = \"missing.json\"").contains("missing.json"));
         assert!(load("jwks_file = \"jwks.json\"\nleeway = \"2h\"").contains("leeway"));
         let oct = json!({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "s"}]});

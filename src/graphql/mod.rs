@@ -20,8 +20,8 @@ use serde_json::Value;
 
 pub use error::{errors_body, GraphqlError};
 pub use http::{Request, Via};
-pub use types::TypeRef;
-pub use value::{constant, name_of};
+pub use types::{name_of, TypeRef};
+pub use value::constant;
 
 /// The parser's own nesting limit (selection sets, lists and objects in values, list types):
 /// deep enough for any document within [`Limits::max_depth`], low enough that parsing never
@@ -190,7 +190,7 @@ pub fn extract(req: &Request, limits: &Limits) -> Result<Operation, GraphqlError
         .iter()
         .flat_map(|d| d.variable_definitions())
     {
-        let name = value::name_of(def.variable().and_then(|v| v.name()));
+        let name = types::name_of(def.variable().and_then(|v| v.name()));
         walk::directives(def.directives(), &format!("variable ${name}"))?;
     }
     let vars = value::Variables::resolve(op.variable_definitions(), &req.variables)?;

@@ -3,7 +3,10 @@
 
 use apollo_parser::cst;
 
-use super::value::name_of;
+/// The text of a name node (absent only in a tree with errors, which is never walked).
+pub fn name_of(name: Option<cst::Name>) -> String {
+    name.map(|n| n.text().to_string()).unwrap_or_default()
+}
 
 /// A type as a document or a schema writes it: `[ID!]!` is `NonNull(List(NonNull(ID)))`.
 #[derive(Debug, Clone, PartialEq)]

@@ -10,12 +10,7 @@ use apollo_parser::cst;
 use serde_json::{Map, Number, Value};
 
 use super::error::GraphqlError;
-use super::types::TypeRef as Ty;
-
-/// The text of a name node (absent only in a tree with errors, which is never walked).
-pub fn name_of(name: Option<cst::Name>) -> String {
-    name.map(|n| n.text().to_string()).unwrap_or_default()
-}
+use super::types::{name_of, TypeRef as Ty};
 
 /// The JSON type of a value, for messages that must not echo the value itself.
 fn kind(v: &Value) -> &'static str {

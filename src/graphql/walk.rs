@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use apollo_parser::cst;
 
 use super::error::GraphqlError;
-use super::value::{self, name_of, Variables};
+use super::types::name_of;
+use super::value::{self, Variables};
 use super::{Limits, OperationType, RootField};
 
 /// Fragment spreads nested deeper than this are refused, whatever the field depth: the walk's

@@ -10,7 +10,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey};
 
 use super::file::IdentityProviderDef;
-use super::types::IdentityProvider;
+use super::types::{IdentityProvider, JwksSource};
 
 /// How long past `exp` (and before `nbf`) an assertion is still taken, unless said.
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
@@ -31,36 +31,14 @@ pub(super) fn compile(path: &Path, def: IdentityProviderDef) -> Result<IdentityP
             let full = path.parent().unwrap_or(Path::new(".")).join(file);
             let text = std::fs::read_to_string(&full)
                 .map_err(|e| named(format!("jwks_file {}: {e}", full.display())))?;
-            serde_json::from_str::<JwkSet>(&text)
-                .map_err(|e| named(format!("jwks_file {} is not a JWKS: {e}", full.display())))?
+            let set = parse_jwks(text.as_bytes())
+                .map_err(|e| named(format!("jwks_file {}: {e}", full.display())))?;
+            JwksSource::File(set)
         }
-        (None, Some(_)) => {
-            return Err(named(
-                "jwks_url is not read yet: save the provider's JWKS (its jwks_uri) to a file and name it in jwks_file; rotate keys by updating the file (the policies reload)".into(),
-            ))
-        }
+        (None, Some(url)) => jwks_url(url).map_err(named)?,
         _ => return Err(named("name exactly one of jwks_file and jwks_url".into())),
     };
     let algorithms = algorithms(&def.algorithms).map_err(named)?;
-    for key in &keys.keys {
-        if matches!(
-            key.algorithm,
-            jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)
-        ) {
-            return Err(named(
-                "the JWKS holds a symmetric (oct) key: an identity provider's published keys are public keys".into(),
-            ));
-        }
-        DecodingKey::from_jwk(key).map_err(|e| {
-            named(format!(
-                "key {:?} of the JWKS cannot verify signatures: {e}",
-                key.common.key_id.as_deref().unwrap_or("(no kid)")
-            ))
-        })?;
-    }
-    if keys.keys.is_empty() {
-        return Err(named("the JWKS holds no key".into()));
-    }
     let leeway = match &def.leeway {
         Some(text) => {
             crate::base::parse_duration(text).map_err(|e| named(format!("leeway: {e}")))?
@@ -83,6 +61,54 @@ pub(super) fn compile(path: &Path, def: IdentityProviderDef) -> Result<IdentityP
         user_claim: def.user_claim.unwrap_or_else(|| "email".into()),
         groups_claim: def.groups_claim,
         leeway,
+    })
+}
+
+/// A JWKS as published: JSON, at least one key, every key a public key that can verify.
+pub fn parse_jwks(bytes: &[u8]) -> Result<JwkSet, String> {
+    let set: JwkSet =
+        serde_json::from_slice(bytes).map_err(|e| format!("it is not a JWKS: {e}"))?;
+    if set.keys.is_empty() {
+        return Err("the JWKS holds no key".into());
+    }
+    for key in &set.keys {
+        let kid = key.common.key_id.as_deref().unwrap_or("(no kid)");
+        if matches!(
+            key.algorithm,
+            jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)
+        ) {
+            return Err(format!(
+                "key {kid:?} is symmetric (oct): an identity provider's published keys are public keys"
+            ));
+        }
+        DecodingKey::from_jwk(key)
+            .map_err(|e| format!("key {kid:?} cannot verify signatures: {e}"))?;
+    }
+    Ok(set)
+}
+
+/// `jwks_url`: an `https://` URL (the provider's `jwks_uri`), fetched by the gateway.
+fn jwks_url(url: &str) -> Result<JwksSource, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| format!("jwks_url {url:?} is not a URL"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!(
+            "jwks_url {url:?} must be https: keys fetched in clear could be anyone's"
+        ));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("jwks_url {url:?} has no host"))?
+        .to_ascii_lowercase();
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    Ok(JwksSource::Url {
+        host,
+        port: uri.port_u16().unwrap_or(443),
+        path,
     })
 }
 

@@ -8,7 +8,7 @@ mod compile;
 pub mod contract;
 pub mod file;
 mod graphql_def;
-mod identity_def;
+pub mod identity_def;
 pub mod lint;
 mod lookup;
 pub mod published;
@@ -27,8 +27,9 @@ pub use published::{Published, Role, PUBLISHED_TOKENS};
 pub use template::{check_path, PathError, PathTemplate};
 pub use types::{
     glob_match, Agent, ApprovalSpec, Approver, BodyFormat, BodySpec, Budget, Credential, EndUser,
-    GraphqlSpec, Idempotency, IdentityProvider, Matched, McpSpec, Mode, Period, PolicyError,
-    RateLimit, Risk, Rollback, SendOn, SideEffects, Tool, ToolKind, Users, DEFAULT_MAX_BODY,
+    GraphqlSpec, Idempotency, IdentityProvider, JwksSource, Matched, McpSpec, Mode, Period,
+    PolicyError, RateLimit, Risk, Rollback, SendOn, SideEffects, Tool, ToolKind, Users,
+    DEFAULT_MAX_BODY,
 };
 
 /// What an unset secret reads as in [`Policy::load_dir_dry`].

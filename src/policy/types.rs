@@ -80,12 +80,24 @@ pub struct IdentityProvider {
     pub name: String,
     pub issuer: String,
     pub audience: String,
-    pub keys: jsonwebtoken::jwk::JwkSet,
+    pub keys: JwksSource,
     /// Asymmetric algorithms only (never `none`, never HMAC).
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     pub user_claim: String,
     pub groups_claim: Option<String>,
     pub leeway: std::time::Duration,
+}
+
+/// Where an identity provider's keys come from: a file (read at load), or the provider's
+/// `jwks_uri` (fetched and kept fresh by the gateway).
+#[derive(Debug)]
+pub enum JwksSource {
+    File(jsonwebtoken::jwk::JwkSet),
+    Url {
+        host: String,
+        port: u16,
+        path: String,
+    },
 }
 
 impl Agent {

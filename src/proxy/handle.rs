@@ -63,7 +63,7 @@ pub(super) fn handle(
         let mut ctx = RequestCtx::new(request_id, started, policy, target, audit);
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
         let job = match job_of(&app, &mut ctx, req.headers()).await {
-            Ok(()) => user_of(&mut ctx, req.headers()),
+            Ok(()) => super::person::user_of(&app, &mut ctx, req.headers()).await,
             Err(refusal) => Err(refusal),
         };
         asked(&ctx, &req);
@@ -276,60 +276,6 @@ async fn job_of(
             "the job store is unavailable ({e}); nothing was sent"
         ))),
     }
-}
-
-/// The person the request acts for: named by the issued token it came with, or by the signed
-/// assertion it carries (verified), or both when they agree. A bad assertion is refused, never
-/// ignored.
-fn user_of(ctx: &mut RequestCtx, headers: &http::HeaderMap) -> Result<(), Refusal> {
-    // An undo acts for the person the call it undoes acted for.
-    if let Origin::Undo { .. } = ctx.target.origin {
-        ctx.user = ctx.target.user.clone();
-        return Ok(());
-    }
-    let mut given = headers.get_all(crate::identity::ASSERTION_HEADER).iter();
-    let (first, second) = (given.next(), given.next());
-    if second.is_some() {
-        return Err(Refusal::new(
-            Code::UserAuthError,
-            "Toolgate-User-Assertion is given more than once: send one person's assertion",
-        ));
-    }
-    let assertion = match first {
-        None => None,
-        Some(v) => Some(v.to_str().map_err(|_| {
-            Refusal::new(
-                Code::UserAuthError,
-                "the user assertion (Toolgate-User-Assertion) is not text: send the token as it was issued",
-            )
-        })?),
-    };
-    let of_token = ctx.target.token.as_ref().and_then(|t| {
-        t.user.as_ref().map(|u| crate::policy::EndUser {
-            id: u.clone(),
-            groups: Vec::new(),
-            via: format!("token {}", t.id),
-        })
-    });
-    let asserted = match assertion {
-        Some(a) => Some(crate::identity::verify(&ctx.policy, a.trim())?),
-        None => None,
-    };
-    let user = match (of_token, asserted) {
-        (Some(t), Some(a)) if t.id != a.id => {
-            return Err(Refusal::new(
-                Code::UserAuthError,
-                format!(
-                    "the user assertion names {} but the agent's token was issued for {}: a token issued for a person acts for them only",
-                    a.id, t.id
-                ),
-            ))
-        }
-        (_, Some(a)) => Some(a),
-        (t, None) => t,
-    };
-    ctx.user = user.map(Arc::new);
-    Ok(())
 }
 
 /// The rescue point for refusals before a tunnel exists: recorded and answered.

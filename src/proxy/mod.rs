@@ -10,6 +10,7 @@ mod graphql;
 mod handle;
 mod mcp;
 pub mod model;
+mod person;
 mod read;
 mod request;
 pub mod rewind;

@@ -2,6 +2,7 @@
 //! and the audit log. `app.rs` builds them from the configuration.
 
 pub mod fresh;
+pub mod jwks;
 pub mod kill;
 pub mod locks;
 pub mod mcp_sessions;
@@ -11,6 +12,7 @@ pub mod principals;
 pub mod sessions;
 pub mod waiters;
 
+pub use jwks::Jwks;
 pub use kill::KillSwitches;
 pub use locks::{KeyedLocks, LockKey};
 pub use mcp_sessions::McpSessions;

@@ -397,3 +397,141 @@ async fn an_undo_acts_for_the_person_the_call_acted_for() {
         "the undo's own events name alice"
     );
 }
+
+/// An identity provider's `jwks_uri` on loopback (HTTPS, the test PKI): serves what `keys`
+/// holds now, and counts the fetches.
+struct JwksServer {
+    addr: std::net::SocketAddr,
+    keys: std::sync::Arc<std::sync::Mutex<Value>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn jwks_server(pki: &Pki, keys: Value) -> JwksServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let keys = std::sync::Arc::new(std::sync::Mutex::new(keys));
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (served, counted) = (keys.clone(), fetches.clone());
+    serve_https(
+        listener,
+        pki.server_config(&["idp.acme.test"]),
+        move |_req| {
+            let (served, counted) = (served.clone(), counted.clone());
+            async move {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = served.lock().unwrap().to_string();
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .header("content-type", "application/json")
+                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                        .unwrap(),
+                )
+            }
+        },
+    );
+    JwksServer {
+        addr,
+        keys,
+        fetches,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_fetched_from_the_providers_jwks_uri_verify_and_follow_a_rotation() {
+    std::env::set_var("ALICE_APPROVER_TOKEN", "alice-approver-token");
+    let (signing, jwk) = key("k1");
+    let (rotated, rotated_jwk) = key("k2");
+    let pki = Pki::new("test idp CA");
+    let idp = jwks_server(&pki, json!({ "keys": [jwk] })).await;
+    let upstream = Upstream::start(pki.server_config(&API_HOSTS)).await;
+    let policy = people_policy().replace(
+        "jwks_file = \"acme-jwks.json\"",
+        "jwks_url = \"https://idp.acme.test/.well-known/jwks.json\"",
+    );
+    let idp_addr = idp.addr;
+    let gate = GateBuilder::examples()
+        .policy("people.toml", policy)
+        .policy("org-args.json", r#"{"type": "object"}"#)
+        .routed_to(&pki, upstream.addr)
+        .config(move |c| {
+            c.connect_to.insert(("idp.acme.test".into(), 443), idp_addr);
+        })
+        .start()
+        .await;
+    let bot = gate.client(
+        Some(("helpdesk-bot", HELPDESK_TOKEN)),
+        http::Version::HTTP_11,
+    );
+    let read = body("{ viewer { login } }");
+    let call = |assertion: String| {
+        let (bot, read) = (&bot, read.clone());
+        async move {
+            let headers = [JSON, ("toolgate-user-assertion", assertion.as_str())];
+            send(bot, "POST", GRAPHQL, &headers, read).await.unwrap()
+        }
+    };
+    let got = call(assertion(&signing, "alice@example.com", &[], 600)).await;
+    assert_eq!(
+        got.status.as_u16(),
+        200,
+        "{}",
+        String::from_utf8_lossy(&got.body)
+    );
+    let got = call(assertion(&signing, "alice@example.com", &[], 600)).await;
+    assert_eq!(got.status.as_u16(), 200);
+    assert_eq!(
+        idp.fetches.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the keys are cached"
+    );
+    // The provider rotates: an assertion under the new key id is verified after one fetch.
+    *idp.keys.lock().unwrap() = json!({ "keys": [rotated_jwk] });
+    let mut header_k2 = assertion(&rotated, "alice@example.com", &[], 600);
+    // `assertion` signs under kid k1; re-sign under k2.
+    {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let claims = json!({"iss": ISSUER, "aud": "toolgate", "email": "alice@example.com",
+                            "iat": now, "exp": now + 600});
+        let mut header = Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("k2".into());
+        header_k2 = jsonwebtoken::encode(&header, &claims, &rotated).unwrap_or(header_k2);
+    }
+    let got = call(header_k2.clone()).await;
+    assert_eq!(
+        got.status.as_u16(),
+        200,
+        "{}",
+        String::from_utf8_lossy(&got.body)
+    );
+    assert_eq!(idp.fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // A key id the provider does not publish is refused; the keys were just fetched for a
+    // missing key id, so toolgate does not fetch them again for it (rate-limited).
+    let (stranger, _) = key("k9");
+    let mut header = Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("k9".into());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = json!({"iss": ISSUER, "aud": "toolgate", "email": "alice@example.com",
+                        "iat": now, "exp": now + 600});
+    let forged = jsonwebtoken::encode(&header, &claims, &stranger).unwrap();
+    for _ in 0..3 {
+        let got = call(forged.clone()).await;
+        assert_eq!(
+            got.status.as_u16(),
+            401,
+            "{}",
+            String::from_utf8_lossy(&got.body)
+        );
+    }
+    assert_eq!(idp.fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(
+        upstream.count(),
+        3,
+        "nothing was sent for the refused calls"
+    );
+}
