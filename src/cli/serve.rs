@@ -372,3 +372,59 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Cli, Command};
+
+    fn serve(args: &[&str]) -> Result<(super::ServeArgs, crate::Config), String> {
+        let argv = ["toolgate", "serve"].iter().chain(args).copied();
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Serve(a) => a.config().map(|c| (*a, c)),
+            _ => Err("not serve".into()),
+        }
+    }
+
+    #[test]
+    fn tls_flags_read_as_documented() {
+        let (args, c) = serve(&[]).unwrap();
+        assert!(args.listen.0.is_some() && args.listen_tls_addr().is_none());
+        assert!(c.listen_tls.is_none() && c.admin_tls.is_none() && !c.admin_https());
+
+        let tls = ["--listen-tls-cert", "p.pem", "--listen-tls-key", "k.pem"];
+        let (args, c) = serve(&tls).unwrap();
+        assert_eq!(args.listen_tls_addr(), "127.0.0.1:8443".parse().ok());
+        assert!(c.listen_tls.is_some());
+        let (args, _) = serve(&[&tls[..], &["--listen", "none"]].concat()).unwrap();
+        assert!(args.listen.0.is_none());
+
+        let e = serve(&["--listen", "none"]).err().unwrap();
+        assert!(e.contains("leaves agents no way in"), "{e}");
+        let e = serve(&["--listen-tls", "0.0.0.0:8443"]).err().unwrap();
+        assert!(e.contains("--listen-tls-cert"), "{e}");
+        assert!(
+            serve(&["--listen-tls-cert", "p.pem"]).is_err(),
+            "a key is required"
+        );
+        assert!(serve(&["--listen", "nowhere"]).is_err());
+
+        let (_, c) = serve(&["--admin-tls-cert", "a.pem", "--admin-tls-key", "k.pem"]).unwrap();
+        assert!(c.admin_https());
+        let (_, c) = serve(&["--admin-url", "https://toolgate.corp"]).unwrap();
+        assert!(
+            c.admin_https(),
+            "TLS ended in front of toolgate: cookies are Secure too"
+        );
+        assert!(serve(&["--admin-url", "toolgate.corp"]).is_err());
+
+        let (_, c) = serve(&["--trusted-proxies", "10.0.0.0/8", "192.168.0.1"]).unwrap();
+        assert!(c.trusted_proxies.trusts("192.168.0.1".parse().unwrap()));
+        let e = serve(&["--trusted-proxies", "lb.local"]).err().unwrap();
+        assert!(e.contains("--trusted-proxies"), "{e}");
+        let e = serve(&["--client-ip-header", "x-real-ip"]).err().unwrap();
+        assert!(e.contains("x-forwarded-for or forwarded"), "{e}");
+    }
+}

@@ -594,3 +594,52 @@ async fn a_forwarded_client_address_is_taken_only_from_trusted_proxies() {
     assert_eq!(n, 1, "the same peer, whatever it claims");
     assert!(message.contains("127.0.0.1"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_certificate_from_ca_issue_needs_only_toolgates_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate::support::process::copy_dir(&root.join("policies"), &dir.path().join("policies"));
+    let certs = dir.path().join("certs");
+    let tls = dir.path().join("tls");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .args(args)
+            .arg("--certs")
+            .arg(&certs)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["ca", "init"]);
+    let out = tls.to_string_lossy().into_owned();
+    run(&[
+        "ca",
+        "issue",
+        "localhost",
+        "127.0.0.1",
+        "--days",
+        "30",
+        "--out",
+        &out,
+    ]);
+    let ca = certs.join("ca.pem");
+    let files = ServedFiles::existing(
+        tls.join("toolgate.pem"),
+        tls.join("toolgate-key.pem"),
+        std::fs::read_to_string(&ca).unwrap(),
+    );
+    let gate = GateBuilder::reopen(dir)
+        .no_plain_proxy()
+        .listen_tls(&files)
+        .start()
+        .await;
+    let url = format!("https://{AGENT}:{TOKEN}@{}", gate.tls_addr.unwrap());
+    let (code, body) = curl(&url, Some(&ca), &ca, &["https://api.unnamed-example.com/"]).await;
+    assert_eq!(code, 403, "one CA file for both hops: {body}");
+    assert!(body.contains("not named by any tool contract"), "{body}");
+}

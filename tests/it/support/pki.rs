@@ -125,6 +125,16 @@ pub struct ServedFiles {
 }
 
 impl ServedFiles {
+    /// Files made elsewhere (`toolgate ca issue`), signed by `ca_pem`.
+    pub fn existing(cert: PathBuf, key: PathBuf, ca_pem: String) -> ServedFiles {
+        ServedFiles {
+            cert,
+            key,
+            ca_pem,
+            _dir: Arc::new(tempfile::tempdir().unwrap()),
+        }
+    }
+
     pub fn files(&self) -> toolgate::config::TlsFiles {
         toolgate::config::TlsFiles {
             cert: self.cert.clone(),
