@@ -120,6 +120,18 @@ fn bundle(dir: &Path, files: &ServedFiles, gate: &Toolgate) -> PathBuf {
     path
 }
 
+/// Whether curl is missing (then `suite` is recorded as skipped).
+fn no_curl(suite: &str) -> bool {
+    let missing = std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err();
+    if missing {
+        crate::support::skips::skipped(suite, "curl is not installed", "apt-get install curl");
+    }
+    missing
+}
+
 /// curl through `proxy` (a URL), trusting `proxy_ca` for the proxy and toolgate's CA for the
 /// API: the status and the body.
 async fn curl(proxy: &str, proxy_ca: Option<&Path>, ca: &Path, args: &[&str]) -> (u16, String) {
@@ -218,6 +230,9 @@ async fn curl_steps(proxy: &str, proxy_ca: Option<&Path>, ca: &Path, tag: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_through_the_tls_listener_behaves_as_over_plain_http_and_shows_nothing_in_clear() {
+    if no_curl("tls_listeners::curl_through_the_tls_listener_behaves_as_over_plain_http_and_shows_nothing_in_clear") {
+        return;
+    }
     let (fakes, gate, files) = gate_with_tls_proxy().await;
     let approving = approver(&gate, "released over TLS");
     let dir = tempfile::tempdir().unwrap();
@@ -489,6 +504,11 @@ fn leaf_der(cert_pem: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_rotate_when_their_files_change_and_a_bad_pair_keeps_the_old() {
+    if no_curl(
+        "tls_listeners::certificates_rotate_when_their_files_change_and_a_bad_pair_keeps_the_old",
+    ) {
+        return;
+    }
     let pki = Pki::new("rotating CA");
     let proxy_files = pki.served_files(&HOSTS);
     let admin_files = pki.served_files(&HOSTS);
@@ -597,6 +617,9 @@ async fn a_forwarded_client_address_is_taken_only_from_trusted_proxies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_certificate_from_ca_issue_needs_only_toolgates_ca() {
+    if no_curl("tls_listeners::a_listener_certificate_from_ca_issue_needs_only_toolgates_ca") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     crate::support::process::copy_dir(&root.join("policies"), &dir.path().join("policies"));
