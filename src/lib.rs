@@ -170,7 +170,9 @@ pub async fn run_with(
 ) -> Result<(), StartError> {
     if listeners.proxy_tls.is_some() != config.listen_tls.is_some() {
         return Err(StartError::Listeners(
-            "--listen-tls needs --listen-tls-cert and --listen-tls-key, and they need it".into(),
+            "the proxy's TLS listener (--listen-tls) and its certificate (--listen-tls-cert, \
+             --listen-tls-key) go together: give both or neither"
+                .into(),
         ));
     }
     let grace = config.shutdown_grace;

@@ -174,8 +174,11 @@ impl ServeArgs {
                 "--listen-tls needs --listen-tls-cert FILE and --listen-tls-key FILE".into(),
             );
         }
-        if self.listen.0.is_none() && config.listen_tls.is_none() {
-            return Err("--listen none leaves agents no way in: add --listen-tls with its certificate, or give --listen an address".into());
+        if self.listen.0.is_none()
+            && config.listen_tls.is_none()
+            && self.transparent_listen.is_none()
+        {
+            return Err("--listen none leaves agents no way in: add --listen-tls with its certificate (or --transparent-listen), or give --listen an address".into());
         }
         let header = crate::config::ClientIpHeader::parse(&self.client_ip_header)?;
         config.trusted_proxies =
@@ -403,6 +406,7 @@ mod tests {
 
         let e = serve(&["--listen", "none"]).err().unwrap();
         assert!(e.contains("leaves agents no way in"), "{e}");
+        assert!(serve(&["--listen", "none", "--transparent-listen", "0.0.0.0:15001"]).is_ok());
         let e = serve(&["--listen-tls", "0.0.0.0:8443"]).err().unwrap();
         assert!(e.contains("--listen-tls-cert"), "{e}");
         assert!(

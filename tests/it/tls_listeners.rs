@@ -407,7 +407,11 @@ async fn admin_tls(
 async fn the_admin_listener_serves_page_api_metrics_and_cli_over_tls() {
     let pki = Pki::new("admin CA");
     let files = pki.served_files(&HOSTS);
-    let gate = GateBuilder::examples().admin_tls(&files).start().await;
+    let gate = GateBuilder::examples()
+        .admin_tls(&files)
+        .metrics()
+        .start()
+        .await;
     let bearer = format!("Bearer {CAROL}");
 
     let api = admin_tls(
@@ -421,6 +425,17 @@ async fn the_admin_listener_serves_page_api_metrics_and_cli_over_tls() {
     assert_eq!(api.status, 200, "{}", api.text());
     let metrics = admin_tls(&gate, "GET", "/metrics", &[("authorization", &bearer)], "").await;
     assert_eq!(metrics.status, 200, "{}", metrics.text());
+    // --metrics-listen serves TLS with the admin listener's certificate.
+    let stream = TcpStream::connect(gate.metrics_addr.unwrap())
+        .await
+        .unwrap();
+    let tls = tls_over(stream, "localhost", &files.ca_pem, &[])
+        .await
+        .unwrap();
+    let req = Request::get("/metrics").header("host", "localhost");
+    let scraped = http1_over(tls, req.body(Full::new(Bytes::new())).unwrap()).await;
+    assert_eq!(scraped.status, 200, "{}", scraped.text());
+    assert!(scraped.text().contains("toolgate_"), "{}", scraped.text());
     let form = [FORM];
     let login = admin_tls(&gate, "POST", "/login", &form, &format!("token={CAROL}")).await;
     assert_eq!(login.status, 303, "{}", login.text());

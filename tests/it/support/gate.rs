@@ -26,6 +26,8 @@ pub struct Toolgate {
     pub tls_addr: Option<SocketAddr>,
     /// The CA (PEM) of the admin listener's certificate, when it serves TLS.
     pub admin_ca: Option<String>,
+    /// `--metrics-listen`, when started with it ([`GateBuilder::metrics`]).
+    pub metrics_addr: Option<SocketAddr>,
     pub ca_pem: String,
     pub dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
@@ -161,6 +163,8 @@ pub struct GateBuilder<'a> {
     listen_tls: Option<ServedFiles>,
     /// The admin listener's certificate files.
     admin_tls: Option<ServedFiles>,
+    /// A `--metrics-listen` listener too.
+    metrics: bool,
     /// The example API hosts routed to this address, trusting this CA.
     route: Option<(SocketAddr, PathBuf)>,
     config: Vec<Configure<'a>>,
@@ -176,6 +180,7 @@ impl<'a> GateBuilder<'a> {
             transparent_bind: None,
             listen_tls: None,
             admin_tls: None,
+            metrics: false,
             route: None,
             config: Vec::new(),
         }
@@ -230,6 +235,12 @@ impl<'a> GateBuilder<'a> {
     /// A TLS proxy listener too (`--listen-tls`), serving `files`.
     pub fn listen_tls(mut self, files: &ServedFiles) -> GateBuilder<'a> {
         self.listen_tls = Some(files.clone());
+        self
+    }
+
+    /// A `--metrics-listen` listener on an ephemeral loopback port.
+    pub fn metrics(mut self) -> GateBuilder<'a> {
+        self.metrics = true;
         self
     }
 
@@ -294,6 +305,11 @@ impl<'a> GateBuilder<'a> {
             None => None,
         };
         let tls_addr = proxy_tls.as_ref().map(|l| l.local_addr().unwrap());
+        let metrics = match self.metrics {
+            true => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            false => None,
+        };
+        let metrics_addr = metrics.as_ref().map(|l| l.local_addr().unwrap());
         let admin_ca = self.admin_tls.as_ref().map(|f| f.ca_pem.clone());
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let transparent = match &self.transparent_bind {
@@ -313,7 +329,7 @@ impl<'a> GateBuilder<'a> {
             proxy,
             proxy_tls,
             admin,
-            metrics: None,
+            metrics,
             transparent,
         };
         let handle = tokio::spawn(async move {
@@ -335,6 +351,7 @@ impl<'a> GateBuilder<'a> {
             transparent_addr,
             tls_addr,
             admin_ca,
+            metrics_addr,
             ca_pem,
             dir,
             shutdown: Some(tx),
