@@ -21,6 +21,7 @@ use crate::notify::Notifier;
 use crate::policy::Policy;
 use crate::services::{KeyedLocks, KillSwitches, Policies, Sessions, Waiters};
 use crate::store::Store;
+use crate::tls::Served;
 use crate::upstream::{Routes, Upstream, UpstreamSetupError};
 
 /// toolgate could not start. Nothing was served.
@@ -36,6 +37,11 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("--upstream-ca {path}: {message}")]
     UpstreamCa { path: String, message: String },
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// The listeners and the configuration disagree (a TLS listener without its certificate).
+    #[error("{0}")]
+    Listeners(String),
 }
 
 /// What every part of toolgate that acts on a call shares: the configuration, the policy in
@@ -217,6 +223,8 @@ pub struct Gate {
     pins: crate::services::Pins,
     /// Which agent opened each MCP session.
     mcp_sessions: crate::services::McpSessions,
+    /// The proxy's TLS listener's certificate (`--listen-tls-cert/-key`).
+    listen_tls: Option<Arc<Served>>,
 }
 
 impl std::ops::Deref for Gate {
@@ -252,6 +260,11 @@ impl Gate {
     pub fn mcp_sessions(&self) -> &crate::services::McpSessions {
         &self.mcp_sessions
     }
+
+    /// The certificate the proxy's TLS listener serves, when it has one.
+    pub fn listen_tls(&self) -> Option<&Arc<Served>> {
+        self.listen_tls.as_ref()
+    }
 }
 
 /// The admin listener's handle: the [`Core`], the page's sessions, and the [`Gate`] an undo
@@ -259,6 +272,8 @@ impl Gate {
 pub struct Console {
     gate: Arc<Gate>,
     sessions: Sessions,
+    /// The admin listener's certificate (`--admin-tls-cert/-key`), also `--metrics-listen`'s.
+    admin_tls: Option<Arc<Served>>,
 }
 
 impl std::ops::Deref for Console {
@@ -284,6 +299,11 @@ impl Console {
     pub fn sessions(&self) -> &Sessions {
         &self.sessions
     }
+
+    /// The certificate the admin listener serves, when it serves TLS.
+    pub fn admin_tls(&self) -> Option<&Arc<Served>> {
+        self.admin_tls.as_ref()
+    }
 }
 
 /// Loads everything the listeners need, failing before anything is served: the proxy's
@@ -292,6 +312,17 @@ pub async fn start(config: Config) -> Result<(Arc<Gate>, Arc<Console>), StartErr
     // One crypto provider, passed explicitly everywhere.
     let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
     let ca = CertAuthority::load_or_init(&config.certs_dir, provider.clone())?;
+    // The proxy's TLS listener speaks HTTP/1.1 to agents (CONNECT and absolute form); the
+    // admin listener too.
+    let served = |flag, files: &Option<crate::config::TlsFiles>| {
+        files
+            .as_ref()
+            .map(|f| Served::load(flag, &f.cert, &f.key, provider.clone(), &[b"http/1.1"]))
+            .transpose()
+            .map(|s| s.map(Arc::new))
+    };
+    let listen_tls = served("--listen-tls-cert", &config.listen_tls)?;
+    let admin_tls = served("--admin-tls-cert", &config.admin_tls)?;
     let tls = crate::upstream::client_tls(provider, &read_roots(&config.upstream_ca)?)?;
     let guards = config.guards.clone();
     let core = Arc::new(Core::new(config, tls).await?);
@@ -300,12 +331,14 @@ pub async fn start(config: Config) -> Result<(Arc<Gate>, Arc<Console>), StartErr
         connections: Arc::new(tokio::sync::Semaphore::new(guards.max_connections)),
         pins: crate::services::Pins::default(),
         mcp_sessions: crate::services::McpSessions::default(),
+        listen_tls,
         ca,
         core,
     });
     let console = Arc::new(Console {
         sessions: Sessions::new(gate.store().clone()),
         gate: gate.clone(),
+        admin_tls,
     });
     Ok((gate, console))
 }

@@ -109,6 +109,50 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), CaError> {
     Ok(())
 }
 
+/// The most days `toolgate ca issue` gives a listener's certificate.
+pub const ISSUE_MAX_DAYS: u32 = 825;
+
+/// Mints a certificate for toolgate's own listeners (`--listen-tls`, the admin listener) for
+/// `names` (DNS names or addresses), signed by the CA in `dir`, valid `days`: agents that trust
+/// the CA already trust it. Written to `out` as `toolgate.pem` (the leaf, then the CA) and
+/// `toolgate-key.pem` (its own key, readable by its owner only). Returns the two paths.
+pub fn issue(
+    dir: &Path,
+    names: &[String],
+    days: u32,
+    out: &Path,
+) -> Result<(PathBuf, PathBuf), CaError> {
+    if names.is_empty() || days == 0 || days > ISSUE_MAX_DAYS {
+        return Err(CaError::Invalid(format!(
+            "name at least one host, and between 1 and {ISSUE_MAX_DAYS} days"
+        )));
+    }
+    let cert_path = dir.join(CA_CERT_FILE);
+    let key_path = dir.join(CA_KEY_FILE);
+    let ca_pem = fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?;
+    let ca_key = fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key)?)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(names.to_vec())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, names[0].as_str());
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(i64::from(days));
+    let leaf = params.signed_by(&key, &issuer)?;
+    fs::create_dir_all(out).map_err(io_err(out))?;
+    let (chain, private) = (out.join("toolgate.pem"), out.join("toolgate-key.pem"));
+    // The key first: a listener watching these files never sees a certificate without it.
+    write_private(&private, key.serialize_pem().as_bytes())?;
+    fs::write(&chain, format!("{}{}", leaf.pem(), ca_pem)).map_err(io_err(&chain))?;
+    Ok((chain, private))
+}
+
 /// Reads the CA certificate as PEM (for `toolgate ca export`).
 pub fn export(dir: &Path) -> Result<String, CaError> {
     let path = dir.join(CA_CERT_FILE);
@@ -240,6 +284,28 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         let c = ca.server_config("127.0.0.1").unwrap();
         assert!(!Arc::ptr_eq(&a, &c));
+    }
+
+    #[test]
+    fn issued_listener_certificates_chain_to_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), false).unwrap();
+        let out = dir.path().join("tls");
+        let names = vec!["toolgate.internal".to_string(), "10.0.0.5".to_string()];
+        let (chain, key) = issue(dir.path(), &names, 90, &out).unwrap();
+        use rustls::pki_types::pem::PemObject;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&chain)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let private = PrivateKeyDer::from_pem_file(&key).unwrap();
+        let provider = rustls::crypto::ring::default_provider();
+        let pair = rustls::sign::CertifiedKey::from_der(certs, private, &provider).unwrap();
+        assert!(pair.keys_match().is_ok(), "the key is the leaf's");
+        let pem = fs::read_to_string(&chain).unwrap();
+        assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 2, "leaf and CA");
+        assert!(issue(dir.path(), &[], 90, &out).is_err());
+        assert!(issue(dir.path(), &names, 9999, &out).is_err());
     }
 
     #[test]

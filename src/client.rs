@@ -3,6 +3,7 @@
 //! (`{"error": {"code", "message"}}`), nothing of the server's types, so it sits low in the
 //! layers and the CLI (the top layer) is its only user.
 
+use std::path::Path;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -13,15 +14,25 @@ use crate::config::env;
 /// Long enough for a job's rollback or a replay, each call bounded by the upstream timeout.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The admin API at `server` (e.g. `http://127.0.0.1:8081`).
+/// The admin API at `server` (e.g. `http://127.0.0.1:8081`, or `https://…` when the admin
+/// listener serves TLS: its certificate checked against the public roots and `cacert`).
 #[derive(Debug, Clone, Copy)]
 pub struct AdminClient<'a> {
     server: &'a str,
+    cacert: Option<&'a Path>,
 }
 
 impl<'a> AdminClient<'a> {
     pub fn new(server: &'a str) -> Self {
-        AdminClient { server }
+        AdminClient {
+            server,
+            cacert: None,
+        }
+    }
+
+    /// Also trusts the CA certificates (PEM) in `cacert` for an `https://` server.
+    pub fn with_cacert(self, cacert: Option<&'a Path>) -> Self {
+        AdminClient { cacert, ..self }
     }
 
     /// Calls the admin API. Returns the status and the JSON body (`null` when it is not JSON).
@@ -86,14 +97,65 @@ impl<'a> AdminClient<'a> {
                 body.map(|b| b.to_string()).unwrap_or_default(),
             )))
             .map_err(|e| format!("{url}: {e}"))?;
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls(self.cacert)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(hyper_util::client::legacy::connect::HttpConnector::new());
+                .build(connector);
         tokio::time::timeout(ANSWER_TIMEOUT, client.request(req))
             .await
             .map_err(|_| format!("{url}: no answer within {}s", ANSWER_TIMEOUT.as_secs()))?
-            .map_err(|e| format!("{url}: {e} (is toolgate serving there? see --server)"))
+            .map_err(|e| {
+                format!(
+                    "{url}: {} (is toolgate serving there? see --server, and --cacert for a \
+                     certificate from a private CA)",
+                    causes(&e)
+                )
+            })
     }
+}
+
+/// An error with its causes: a failed connection says why (refused, a certificate not
+/// trusted) instead of only "connect".
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
+}
+
+/// TLS to an `https://` server: the public roots, and the certificates of `cacert`.
+fn tls(cacert: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = cacert {
+        let bad = |e: String| format!("--cacert {}: {e}", path.display());
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no PEM certificate in the file".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// An error answer in words: `403: <the error's message>`.

@@ -43,6 +43,86 @@ pub mod env {
     pub const METRICS_LISTEN: &str = "TOOLGATE_METRICS_LISTEN";
     pub const TRANSPARENT_LISTEN: &str = "TOOLGATE_TRANSPARENT_LISTEN";
     pub const DATABASE_URL: &str = "TOOLGATE_DATABASE_URL";
+    pub const LISTEN_TLS: &str = "TOOLGATE_LISTEN_TLS";
+    pub const LISTEN_TLS_CERT: &str = "TOOLGATE_LISTEN_TLS_CERT";
+    pub const LISTEN_TLS_KEY: &str = "TOOLGATE_LISTEN_TLS_KEY";
+    pub const ADMIN_TLS_CERT: &str = "TOOLGATE_ADMIN_TLS_CERT";
+    pub const ADMIN_TLS_KEY: &str = "TOOLGATE_ADMIN_TLS_KEY";
+    pub const TRUSTED_PROXIES: &str = "TOOLGATE_TRUSTED_PROXIES";
+    pub const CLIENT_IP_HEADER: &str = "TOOLGATE_CLIENT_IP_HEADER";
+    pub const CACERT: &str = "TOOLGATE_CACERT";
+}
+
+/// A certificate chain and its private key, PEM files, for a listener that serves TLS. They are
+/// read again when they change (see `tls`).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Which header a trusted proxy (`--trusted-proxies`) names the client in. One, chosen by the
+/// operator: a proxy passes the other through as the client sent it, so reading both would let
+/// a client name its own address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientIpHeader {
+    #[default]
+    XForwardedFor,
+    Forwarded,
+}
+
+impl ClientIpHeader {
+    pub fn parse(s: &str) -> Result<ClientIpHeader, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(ClientIpHeader::XForwardedFor),
+            "forwarded" => Ok(ClientIpHeader::Forwarded),
+            _ => Err(format!(
+                "--client-ip-header {s:?}: expected x-forwarded-for or forwarded"
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientIpHeader::XForwardedFor => "x-forwarded-for",
+            ClientIpHeader::Forwarded => "forwarded",
+        }
+    }
+}
+
+/// The networks whose connections to the admin listener may name the client they forward.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies {
+    pub networks: Vec<ipnet::IpNet>,
+    pub header: ClientIpHeader,
+}
+
+impl TrustedProxies {
+    /// Parses `--trusted-proxies` values: CIDRs, or single addresses (a /32 or /128).
+    pub fn parse(values: &[String], header: ClientIpHeader) -> Result<TrustedProxies, String> {
+        let mut networks = Vec::new();
+        for v in values.iter().map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            let net = match v.parse::<ipnet::IpNet>() {
+                Ok(n) => n,
+                Err(_) => v
+                    .parse::<std::net::IpAddr>()
+                    .map(ipnet::IpNet::from)
+                    .map_err(|_| {
+                        format!(
+                            "--trusted-proxies {v:?}: expected a CIDR (10.0.0.0/8) or an address"
+                        )
+                    })?,
+            };
+            networks.push(net.trunc());
+        }
+        Ok(TrustedProxies { networks, header })
+    }
+
+    /// Whether `ip` is one of the trusted proxies (an IPv4-mapped IPv6 address as its IPv4).
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.networks.iter().any(|n| n.contains(&ip))
+    }
 }
 
 /// The limits that keep one agent (or anyone who can reach the listeners) from freezing,
@@ -152,6 +232,12 @@ pub struct Config {
     pub guards: Guards,
     /// Run by `toolgate demo`: the sign-in page names the published demo tokens in force.
     pub demo: bool,
+    /// `--listen-tls-cert/-key`: the certificate of the proxy's TLS listener (`--listen-tls`).
+    pub listen_tls: Option<TlsFiles>,
+    /// `--admin-tls-cert/-key`: the admin listener (and `--metrics-listen`) serve TLS.
+    pub admin_tls: Option<TlsFiles>,
+    /// `--trusted-proxies`: who may name the client on the admin listener.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Config {
@@ -172,7 +258,16 @@ impl Config {
             admin_url: String::new(),
             guards: Guards::default(),
             demo: false,
+            listen_tls: None,
+            admin_tls: None,
+            trusted_proxies: TrustedProxies::default(),
         }
+    }
+
+    /// Whether the page is reached over HTTPS (its own TLS, or a TLS-terminating proxy in front
+    /// named by an `https://` `--admin-url`): its cookies are then `Secure`.
+    pub fn admin_https(&self) -> bool {
+        self.admin_tls.is_some() || self.admin_url.starts_with("https://")
     }
 
     /// Adds a `HOST:PORT=ADDR:PORT` route.
@@ -211,6 +306,31 @@ mod tests {
         assert_eq!(a, "127.0.0.1:9000".parse().unwrap());
         assert!(parse_connect_to("api.stripe.com=127.0.0.1:1").is_err());
         assert!(parse_connect_to("api.stripe.com:443").is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_parse() {
+        let t = TrustedProxies::parse(
+            &[
+                "10.0.0.0/8".into(),
+                " 192.168.1.7 ".into(),
+                "fd00::1/64".into(),
+            ],
+            ClientIpHeader::default(),
+        )
+        .unwrap();
+        assert!(t.trusts("10.200.0.1".parse().unwrap()));
+        assert!(t.trusts("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(t.trusts("192.168.1.7".parse().unwrap()));
+        assert!(!t.trusts("192.168.1.8".parse().unwrap()));
+        assert!(t.trusts("fd00::abcd".parse().unwrap()));
+        assert!(TrustedProxies::parse(&["10.0.0.0/33".into()], ClientIpHeader::default()).is_err());
+        assert!(TrustedProxies::parse(&["proxy.local".into()], ClientIpHeader::default()).is_err());
+        assert_eq!(
+            ClientIpHeader::parse("Forwarded").unwrap(),
+            ClientIpHeader::Forwarded
+        );
+        assert!(ClientIpHeader::parse("x-real-ip").is_err());
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod sandbox;
 pub mod services;
 pub mod store;
 pub mod sweep;
+pub mod tls;
 pub mod upstream;
 pub mod verdict;
 
@@ -53,7 +54,11 @@ pub use config::Config;
 
 /// The listeners `run` serves on, bound by the caller (tests bind `127.0.0.1:0`).
 pub struct Listeners {
-    pub proxy: TcpListener,
+    /// Agents' proxy in clear (`--listen`; `--listen none` leaves it out).
+    pub proxy: Option<TcpListener>,
+    /// Agents' proxy over TLS (`--listen-tls`), serving `Config::listen_tls`.
+    pub proxy_tls: Option<TcpListener>,
+    /// The page, the admin API, /metrics: over TLS when `Config::admin_tls` is set.
     pub admin: TcpListener,
     /// `/metrics` without a token, for a private scrape network (`--metrics-listen`).
     pub metrics: Option<TcpListener>,
@@ -122,6 +127,7 @@ const ABANDON_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// What toolgate serves, once it serves: what the start-up lines people read are made of.
 pub struct Serving<'a> {
     pub proxy: Option<std::net::SocketAddr>,
+    pub proxy_tls: Option<std::net::SocketAddr>,
     pub admin: Option<std::net::SocketAddr>,
     pub metrics: Option<std::net::SocketAddr>,
     pub transparent: Option<std::net::SocketAddr>,
@@ -133,7 +139,8 @@ impl<'a> Serving<'a> {
     fn of(listeners: &Listeners, config: &'a Config, policy: &'a policy::Policy) -> Serving<'a> {
         let addr = |l: Option<&TcpListener>| l.and_then(|l| l.local_addr().ok());
         Serving {
-            proxy: addr(Some(&listeners.proxy)),
+            proxy: addr(listeners.proxy.as_ref()),
+            proxy_tls: addr(listeners.proxy_tls.as_ref()),
             admin: addr(Some(&listeners.admin)),
             metrics: addr(listeners.metrics.as_ref()),
             transparent: addr(listeners.transparent.as_ref()),
@@ -161,19 +168,37 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send,
     serving: impl FnOnce(&Serving<'_>) + Send,
 ) -> Result<(), StartError> {
+    if listeners.proxy_tls.is_some() != config.listen_tls.is_some() {
+        return Err(StartError::Listeners(
+            "the proxy's TLS listener (--listen-tls) and its certificate (--listen-tls-cert, \
+             --listen-tls-key) go together: give both or neither"
+                .into(),
+        ));
+    }
     let grace = config.shutdown_grace;
     let mut config = config;
     if config.admin_url.is_empty() {
         if let Ok(addr) = listeners.admin.local_addr() {
-            config.admin_url = format!("http://{addr}");
+            let scheme = if config.admin_tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            config.admin_url = format!("{scheme}://{addr}");
         }
     }
     let (gate, console) = app::start(config).await?;
     let core = gate.core().clone();
     approval::recover(core.store(), core.audit(), core.in_flight_limit()).await?;
     let policy = core.policy();
+    let addr = |l: Option<&TcpListener>| {
+        l.and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into())
+    };
     info!(
-        proxy = %listeners.proxy.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        proxy = %addr(listeners.proxy.as_ref()),
+        proxy_tls = %addr(listeners.proxy_tls.as_ref()),
         admin = %listeners.admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         tools = policy.tools().len(),
         files = policy.files.len(),
@@ -181,7 +206,8 @@ pub async fn run_with(
     );
     serving(&Serving::of(&listeners, core.config(), &policy));
     let own = own_addresses([
-        Some(&listeners.proxy),
+        listeners.proxy.as_ref(),
+        listeners.proxy_tls.as_ref(),
         Some(&listeners.admin),
         listeners.metrics.as_ref(),
         listeners.transparent.as_ref(),
@@ -193,6 +219,7 @@ pub async fn run_with(
     if let Some(metrics) = listeners.metrics {
         tokio::spawn(admin::serve_metrics(metrics, console.clone()));
     }
+    watch_certificates(&gate, &console);
     let background = [
         tokio::spawn(sweep::run(core.clone())),
         tokio::spawn(watch_policies(core.clone())),
@@ -201,7 +228,7 @@ pub async fn run_with(
     if core.store().shared() {
         tokio::spawn(follow_replicas(core.clone()));
     }
-    proxy::accept_loop(gate.clone(), listeners.proxy, shutdown).await;
+    accept(&gate, listeners.proxy, listeners.proxy_tls, shutdown).await;
     drop((gate, console));
     stop(&core, grace, admin, background).await;
     close(
@@ -210,6 +237,46 @@ pub async fn run_with(
     )
     .await;
     Ok(())
+}
+
+/// Accepts agents on the proxy's listeners, in clear and over TLS, until `shutdown` resolves.
+async fn accept(
+    gate: &Arc<Gate>,
+    plain: Option<TcpListener>,
+    tls: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut loops = Vec::new();
+    let served = gate.listen_tls().cloned();
+    for (listener, tls) in [(plain, None), (tls, served)] {
+        if let Some(listener) = listener {
+            let stopped = stop.clone().cancelled_owned();
+            loops.push(tokio::spawn(proxy::accept_loop(
+                gate.clone(),
+                listener,
+                tls,
+                stopped,
+            )));
+        }
+    }
+    shutdown.await;
+    stop.cancel();
+    for l in loops {
+        let _ = l.await;
+    }
+}
+
+/// Reads the listeners' certificate files again when they change (as often as the policies
+/// are looked at), until shutdown.
+fn watch_certificates(gate: &Gate, console: &Console) {
+    let every = gate.config().reload_interval;
+    for served in [gate.listen_tls(), console.admin_tls()]
+        .into_iter()
+        .flatten()
+    {
+        tokio::spawn(served.clone().watch(every, gate.cancel().clone()));
+    }
 }
 
 /// Stops serving: no new connections, in-flight requests get `grace` to finish (then they are

@@ -45,6 +45,14 @@ pub fn lines(s: &Serving<'_>, extra: &[String]) -> Vec<String> {
             format!("http://{proxy}   (HTTPS_PROXY=http://AGENT-ID:TOKEN@{proxy})"),
         );
     }
+    if let Some(proxy) = s.proxy_tls.map(reachable) {
+        row(
+            "agents' proxy",
+            format!(
+                "https://{proxy}   (HTTPS_PROXY=https://AGENT-ID:TOKEN@{proxy}; TLS to toolgate too)"
+            ),
+        );
+    }
     if let Some(t) = s.transparent {
         row(
             "transparent",
@@ -60,14 +68,18 @@ pub fn lines(s: &Serving<'_>, extra: &[String]) -> Vec<String> {
             shown(&s.config.certs_dir.join(crate::ca::CA_CERT_FILE))
         ),
     );
+    let scheme = match s.config.admin_tls.is_some() {
+        true => "https",
+        false => "http",
+    };
     if let Some(admin) = s.admin.map(reachable) {
         row(
             "approvers' page",
-            format!("http://{admin}/   (the admin API under /api/, /metrics, /healthz)"),
+            format!("{scheme}://{admin}/   (the admin API under /api/, /metrics, /healthz)"),
         );
     }
     if let Some(m) = s.metrics.map(reachable) {
-        row("metrics", format!("http://{m}/metrics"));
+        row("metrics", format!("{scheme}://{m}/metrics"));
     }
     row(
         "policies",
@@ -151,6 +163,7 @@ mod tests {
         let config = crate::Config::new(dir.clone(), "data".into(), "certs".into());
         let s = Serving {
             proxy: Some("0.0.0.0:8080".parse().unwrap()),
+            proxy_tls: None,
             admin: Some("127.0.0.1:8081".parse().unwrap()),
             metrics: None,
             transparent: None,

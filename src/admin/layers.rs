@@ -1,13 +1,14 @@
 //! The layers in front of the admin routes: failed authentication throttled per address, and
 //! reviewers refused on every route that acts (before the handler's own extractor runs).
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::warn;
 
 use super::auth::{api_error, bearer, session, AdminState, READ_ONLY};
+use super::peer::ClientIp;
 
 /// In front of every route that acts (and the approvers' own pages): a reviewer, by session or
 /// token, is refused with 403 before the handler runs.
@@ -40,24 +41,22 @@ pub(crate) async fn refuse_reviewers(
     next.run(req).await
 }
 
-/// Failed sign-ins and failed Bearer checks are counted per source address; past
-/// `auth_failures_per_minute` the address gets `429 rate_limited` until its minute is over.
+/// Failed sign-ins and failed Bearer checks are counted per source address (the client a
+/// trusted proxy names, see `peer`); past `auth_failures_per_minute` the address gets
+/// `429 rate_limited` until its minute is over.
 pub(crate) async fn throttle_failed_auth(
     State(app): State<AdminState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    ClientIp(ip): ClientIp,
     req: Request,
     next: Next,
 ) -> Response {
     const WHAT: &str = "admin_auth";
     let max = app.config().guards.auth_failures_per_minute;
-    if let Some(secs) = app.sources().blocked(peer.ip(), WHAT, max) {
+    if let Some(secs) = app.sources().blocked(ip, WHAT, max) {
         let mut resp = api_error(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
-            format!(
-                "too many failed sign-ins from {}; retry after {secs}s",
-                peer.ip()
-            ),
+            format!("too many failed sign-ins from {ip}; retry after {secs}s"),
         )
         .into_response();
         if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
@@ -68,9 +67,9 @@ pub(crate) async fn throttle_failed_auth(
     }
     let resp = next.run(req).await;
     if resp.status() == StatusCode::UNAUTHORIZED {
-        let (n, _) = app.sources().count(peer.ip(), WHAT);
+        let (n, _) = app.sources().count(ip, WHAT);
         if n == max {
-            warn!(peer = %peer.ip(), failures = n, "failed admin sign-ins: this address is refused for the rest of the minute");
+            warn!(peer = %ip, failures = n, "failed admin sign-ins: this address is refused for the rest of the minute");
         }
     }
     resp

@@ -8,7 +8,9 @@ pub mod auth;
 pub mod grants;
 pub mod html;
 mod layers;
+mod listen;
 pub mod pages;
+pub mod peer;
 pub mod tokens;
 pub mod traffic;
 pub mod unmatched;
@@ -23,7 +25,6 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tracing::warn;
 
 use crate::app::Console;
 use crate::approval::{self, Action};
@@ -100,18 +101,19 @@ pub fn router(app: Arc<Console>) -> Router {
         .with_state(app)
 }
 
-/// `/metrics` alone, without a token, for `--metrics-listen` (a private scrape network).
+/// `/metrics` alone, without a token, for `--metrics-listen` (a private scrape network); over
+/// TLS with the admin listener's certificate when that serves TLS.
 pub async fn serve_metrics(listener: TcpListener, app: Arc<Console>) {
-    let cancel = app.cancel().clone();
-    let router = Router::new()
-        .route("/metrics", get(crate::admin::audit::metrics_open))
-        .with_state(app);
-    if let Err(e) = axum::serve(listener, router)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-    {
-        warn!(error = %e, "metrics listener failed");
-    }
+    let how = listen::Listening {
+        tls: app.admin_tls().cloned(),
+        handshake_timeout: app.config().handshake_timeout,
+        cancel: app.cancel().clone(),
+        what: "metrics",
+        router: Router::new()
+            .route("/metrics", get(crate::admin::audit::metrics_open))
+            .with_state(app),
+    };
+    listen::serve(listener, how).await;
 }
 
 async fn healthz() -> &'static str {
@@ -402,14 +404,14 @@ async fn enable_agent(
     switch(app, who, KillScope::Agent, id, false, None).await
 }
 
-/// Serves the admin listener until the app shuts down.
+/// Serves the admin listener (over TLS with `--admin-tls-cert/-key`) until the app shuts down.
 pub async fn serve(listener: TcpListener, app: Arc<Console>) {
-    let cancel = app.cancel().clone();
-    let service = router(app).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    if let Err(e) = axum::serve(listener, service)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-    {
-        warn!(error = %e, "admin listener failed");
-    }
+    let how = listen::Listening {
+        tls: app.admin_tls().cloned(),
+        handshake_timeout: app.config().handshake_timeout,
+        cancel: app.cancel().clone(),
+        what: "admin",
+        router: router(app),
+    };
+    listen::serve(listener, how).await;
 }

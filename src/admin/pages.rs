@@ -1,5 +1,6 @@
 //! The approvers' web page: server-rendered, no assets from the internet, usable on a phone.
-//! Sign-in with an approver token gives a session cookie (HttpOnly, SameSite=Strict); every form
+//! Sign-in with an approver token gives a session cookie (HttpOnly, SameSite=Strict, and Secure
+//! when the page is served over HTTPS); every form
 //! carries the session's CSRF token.
 
 use std::sync::Arc;
@@ -97,8 +98,9 @@ pub async fn login(State(app): State<Arc<Console>>, Form(form): Form<LoginForm>)
         Err(e) => return session_store_down(e),
     };
     let cookie = format!(
-        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        SESSION_TTL.as_secs()
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        SESSION_TTL.as_secs(),
+        secure(&app)
     );
     let home = if reviewer { "/traffic" } else { "/queue" };
     ([(header::SET_COOKIE, cookie)], Redirect::to(home)).into_response()
@@ -109,8 +111,20 @@ pub async fn logout(
     Posted { session: s, .. }: Posted<SignedReviewer, CsrfForm>,
 ) -> Response {
     let _ = app.sessions().remove(&s.session).await;
-    let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    let cookie = format!(
+        "{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
+        secure(&app)
+    );
     ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
+}
+
+/// `; Secure` when the page is reached over HTTPS: the browser then never sends the session
+/// over plain HTTP.
+fn secure(app: &Console) -> &'static str {
+    match app.config().admin_https() {
+        true => "; Secure",
+        false => "",
+    }
 }
 
 pub async fn root(signed: Result<SignedReviewer, Response>) -> Redirect {

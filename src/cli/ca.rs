@@ -1,4 +1,5 @@
-//! `toolgate ca init|export`: the local certificate authority agents trust.
+//! `toolgate ca init|export|issue`: the local certificate authority agents trust, and the
+//! certificates of toolgate's own TLS listeners it signs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +25,21 @@ pub enum CaCommand {
         #[arg(long, env = env::CERTS, default_value = "./certs")]
         certs: PathBuf,
     },
+    /// Mint a certificate for toolgate's own TLS listeners (--listen-tls-cert/-key), signed by
+    /// this CA: agents that trust ca.pem trust it too. Writes OUT/toolgate.pem and
+    /// OUT/toolgate-key.pem.
+    Issue {
+        /// The names agents reach toolgate by (DNS names or addresses).
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(long, env = env::CERTS, default_value = "./certs")]
+        certs: PathBuf,
+        #[arg(long, default_value = "./tls")]
+        out: PathBuf,
+        /// How long it is valid (replace the files before then: toolgate reloads them).
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+    },
 }
 
 pub(super) fn run(command: CaCommand) -> ExitCode {
@@ -40,6 +56,18 @@ pub(super) fn run(command: CaCommand) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        CaCommand::Issue {
+            names,
+            certs,
+            out,
+            days,
+        } => match crate::ca::issue(&certs, &names, days, &out) {
+            Ok((chain, key)) => {
+                say!("wrote {} and {}", chain.display(), key.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&format!("{e} (the CA must exist: `toolgate ca init`)")),
+        },
         CaCommand::Export { certs } => match crate::ca::export(&certs) {
             Ok(pem) => {
                 say!(raw "{pem}");

@@ -211,6 +211,9 @@ pub enum Command {
 pub struct ServerArgs {
     #[arg(long, env = env::SERVER, default_value = "http://127.0.0.1:8081", global = true)]
     pub server: String,
+    /// CA certificates (PEM) to trust for an https:// --server, besides the public roots.
+    #[arg(long, env = env::CACERT, global = true)]
+    pub cacert: Option<std::path::PathBuf>,
 }
 
 /// A decision on a proposal: `approve`, `deny` or `revoke` ID.
@@ -225,7 +228,7 @@ pub struct Decision {
 
 impl ServerArgs {
     fn client(&self) -> AdminClient<'_> {
-        AdminClient::new(&self.server)
+        AdminClient::new(&self.server).with_cacert(self.cacert.as_deref())
     }
 }
 

@@ -12,9 +12,36 @@ use super::fail;
 #[derive(Debug, clap::Args)]
 /// The flags of `serve` and `demo`.
 pub struct ServeArgs {
-    /// Where agents connect (HTTPS_PROXY).
-    #[arg(long, env = env::LISTEN, default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    /// Where agents connect in clear (HTTPS_PROXY=http://…); `none` turns this listener off
+    /// (with --listen-tls, agents then reach toolgate over TLS only).
+    #[arg(long, env = env::LISTEN, default_value = "127.0.0.1:8080", value_parser = parse_listen)]
+    pub listen: Listen,
+    /// Where agents connect over TLS (HTTPS_PROXY=https://…), with --listen-tls-cert and
+    /// --listen-tls-key. Default 127.0.0.1:8443 once a certificate is given.
+    #[arg(long, env = env::LISTEN_TLS)]
+    pub listen_tls: Option<SocketAddr>,
+    /// The proxy's TLS certificate chain (PEM, leaf first); read again when it changes.
+    #[arg(long, env = env::LISTEN_TLS_CERT, requires = "listen_tls_key")]
+    pub listen_tls_cert: Option<PathBuf>,
+    /// The private key of --listen-tls-cert (PEM); read again when it changes.
+    #[arg(long, env = env::LISTEN_TLS_KEY, requires = "listen_tls_cert")]
+    pub listen_tls_key: Option<PathBuf>,
+    /// The admin listener's (and --metrics-listen's) TLS certificate chain (PEM, leaf first):
+    /// the page, the API and /metrics are then served over HTTPS only.
+    #[arg(long, env = env::ADMIN_TLS_CERT, requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// The private key of --admin-tls-cert (PEM).
+    #[arg(long, env = env::ADMIN_TLS_KEY, requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<PathBuf>,
+    /// Proxies (CIDRs or addresses) whose connections to the admin listener may name the client
+    /// in --client-ip-header (for the sign-in rate limit and what records who asked). Repeatable;
+    /// in the environment variable, separate several with commas. None by default.
+    #[arg(long = "trusted-proxies", env = env::TRUSTED_PROXIES, value_delimiter = ',', num_args = 1..)]
+    pub trusted_proxies: Vec<String>,
+    /// The header the trusted proxies name the client in: x-forwarded-for or forwarded (RFC
+    /// 7239). Only this one is read: the other would be the client's own words.
+    #[arg(long, env = env::CLIENT_IP_HEADER, default_value = "x-forwarded-for")]
+    pub client_ip_header: String,
     /// The approvers' page, the admin API, /metrics and /healthz.
     #[arg(long, env = env::ADMIN_LISTEN, default_value = "127.0.0.1:8081")]
     pub admin_listen: SocketAddr,
@@ -103,6 +130,70 @@ pub struct ServeArgs {
     pub transparent_listen: Option<SocketAddr>,
 }
 
+/// `--listen`: an address, or `none`.
+#[derive(Debug, Clone, Copy)]
+pub struct Listen(pub Option<SocketAddr>);
+
+fn parse_listen(value: &str) -> Result<Listen, String> {
+    if value.trim().eq_ignore_ascii_case("none") {
+        return Ok(Listen(None));
+    }
+    value
+        .trim()
+        .parse()
+        .map(|a| Listen(Some(a)))
+        .map_err(|e| format!("{e}: expected ADDR:PORT, or none"))
+}
+
+/// The default address of the proxy's TLS listener.
+const LISTEN_TLS_DEFAULT: &str = "127.0.0.1:8443";
+
+impl ServeArgs {
+    /// The TLS listener's address: `--listen-tls`, or its default once a certificate is given.
+    fn listen_tls_addr(&self) -> Option<SocketAddr> {
+        match (self.listen_tls, &self.listen_tls_cert) {
+            (Some(addr), _) => Some(addr),
+            (None, Some(_)) => LISTEN_TLS_DEFAULT.parse().ok(),
+            (None, None) => None,
+        }
+    }
+
+    /// The TLS flags into the configuration.
+    fn tls_config(&self, config: &mut Config) -> Result<(), String> {
+        let pair = |cert: &Option<PathBuf>, key: &Option<PathBuf>| match (cert, key) {
+            (Some(cert), Some(key)) => Some(crate::config::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        config.listen_tls = pair(&self.listen_tls_cert, &self.listen_tls_key);
+        config.admin_tls = pair(&self.admin_tls_cert, &self.admin_tls_key);
+        if self.listen_tls.is_some() && config.listen_tls.is_none() {
+            return Err(
+                "--listen-tls needs --listen-tls-cert FILE and --listen-tls-key FILE".into(),
+            );
+        }
+        if self.listen.0.is_none()
+            && config.listen_tls.is_none()
+            && self.transparent_listen.is_none()
+        {
+            return Err("--listen none leaves agents no way in: add --listen-tls with its certificate (or --transparent-listen), or give --listen an address".into());
+        }
+        let header = crate::config::ClientIpHeader::parse(&self.client_ip_header)?;
+        config.trusted_proxies =
+            crate::config::TrustedProxies::parse(&self.trusted_proxies, header)?;
+        if let Some(url) = &self.admin_url {
+            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "--admin-url {url:?}: expected an http:// or https:// URL"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn flag_duration(flag: &str, value: &str) -> Result<std::time::Duration, String> {
     parse_duration(value).map_err(|e| format!("--{flag}: {e}"))
 }
@@ -138,6 +229,7 @@ impl ServeArgs {
             }
         }
         config.admin_url = self.admin_url.clone().unwrap_or_default();
+        self.tls_config(&mut config)?;
         let g = &mut config.guards;
         g.body_read_timeout = flag_duration("body-read-timeout", &self.body_read_timeout)?;
         g.idle_timeout = flag_duration("idle-timeout", &self.idle_timeout)?;
@@ -181,7 +273,14 @@ async fn bind(args: &ServeArgs) -> Result<crate::Listeners, String> {
                 _ => format!("--{flag} {addr}: {e}"),
             })
     };
-    let proxy = at("listen", args.listen).await?;
+    let proxy = match args.listen.0 {
+        Some(addr) => Some(at("listen", addr).await?),
+        None => None,
+    };
+    let proxy_tls = match args.listen_tls_addr() {
+        Some(addr) => Some(at("listen-tls", addr).await?),
+        None => None,
+    };
     let admin = at("admin-listen", args.admin_listen).await?;
     let metrics = match args.metrics_listen {
         Some(addr) => Some(at("metrics-listen", addr).await?),
@@ -193,6 +292,7 @@ async fn bind(args: &ServeArgs) -> Result<crate::Listeners, String> {
     };
     Ok(crate::Listeners {
         proxy,
+        proxy_tls,
         admin,
         metrics,
         transparent,
@@ -273,5 +373,62 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         async {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Cli, Command};
+
+    fn serve(args: &[&str]) -> Result<(super::ServeArgs, crate::Config), String> {
+        let argv = ["toolgate", "serve"].iter().chain(args).copied();
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Serve(a) => a.config().map(|c| (*a, c)),
+            _ => Err("not serve".into()),
+        }
+    }
+
+    #[test]
+    fn tls_flags_read_as_documented() {
+        let (args, c) = serve(&[]).unwrap();
+        assert!(args.listen.0.is_some() && args.listen_tls_addr().is_none());
+        assert!(c.listen_tls.is_none() && c.admin_tls.is_none() && !c.admin_https());
+
+        let tls = ["--listen-tls-cert", "p.pem", "--listen-tls-key", "k.pem"];
+        let (args, c) = serve(&tls).unwrap();
+        assert_eq!(args.listen_tls_addr(), "127.0.0.1:8443".parse().ok());
+        assert!(c.listen_tls.is_some());
+        let (args, _) = serve(&[&tls[..], &["--listen", "none"]].concat()).unwrap();
+        assert!(args.listen.0.is_none());
+
+        let e = serve(&["--listen", "none"]).err().unwrap();
+        assert!(e.contains("leaves agents no way in"), "{e}");
+        assert!(serve(&["--listen", "none", "--transparent-listen", "0.0.0.0:15001"]).is_ok());
+        let e = serve(&["--listen-tls", "0.0.0.0:8443"]).err().unwrap();
+        assert!(e.contains("--listen-tls-cert"), "{e}");
+        assert!(
+            serve(&["--listen-tls-cert", "p.pem"]).is_err(),
+            "a key is required"
+        );
+        assert!(serve(&["--listen", "nowhere"]).is_err());
+
+        let (_, c) = serve(&["--admin-tls-cert", "a.pem", "--admin-tls-key", "k.pem"]).unwrap();
+        assert!(c.admin_https());
+        let (_, c) = serve(&["--admin-url", "https://toolgate.corp"]).unwrap();
+        assert!(
+            c.admin_https(),
+            "TLS ended in front of toolgate: cookies are Secure too"
+        );
+        assert!(serve(&["--admin-url", "toolgate.corp"]).is_err());
+
+        let (_, c) = serve(&["--trusted-proxies", "10.0.0.0/8", "192.168.0.1"]).unwrap();
+        assert!(c.trusted_proxies.trusts("192.168.0.1".parse().unwrap()));
+        let e = serve(&["--trusted-proxies", "lb.local"]).err().unwrap();
+        assert!(e.contains("--trusted-proxies"), "{e}");
+        let e = serve(&["--client-ip-header", "x-real-ip"]).err().unwrap();
+        assert!(e.contains("x-forwarded-for or forwarded"), "{e}");
     }
 }

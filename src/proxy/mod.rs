@@ -39,6 +39,7 @@ use crate::base::{body, new_id, split_host_port};
 use crate::error::{Code, Refusal};
 use crate::guard::{Activity, TunnelSlot, Watched};
 use crate::policy::{Agent, Policy};
+use crate::tls::Served;
 use crate::upstream::{self, EgressError};
 use body::{empty, ProxyBody};
 use rewind::{detect, Protocol, Rewind};
@@ -61,10 +62,14 @@ const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 /// that the client gets the answer (see [`body::Kept`]); past it, the exchange is cut short.
 const FINISH_CAP: usize = 16 << 20;
 
-/// Accepts proxy connections until `shutdown` resolves.
+/// Accepts proxy connections until `shutdown` resolves: plain HTTP, or with `tls` each
+/// connection's first exchange is a TLS handshake (`--listen-tls`), and everything after it, the
+/// CONNECT with its `Proxy-Authorization` and the tunnel with toolgate's own TLS inside, runs in
+/// that session.
 pub(crate) async fn accept_loop(
     app: Arc<Gate>,
     listener: TcpListener,
+    tls: Option<Arc<Served>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -84,7 +89,8 @@ pub(crate) async fn accept_loop(
                     if let Err(e) = stream.set_nodelay(true) {
                         debug!(error = %e, "could not set TCP_NODELAY");
                     }
-                    app.tasks().spawn(serve_client(app.clone(), stream, peer, Arc::new(permit)));
+                    let slot = Arc::new(permit);
+                    app.tasks().spawn(serve_client(app.clone(), stream, peer, slot, tls.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -96,16 +102,46 @@ pub(crate) async fn accept_loop(
     }
 }
 
-/// Serves one agent connection: HTTP/1.1 to the proxy itself (CONNECT or absolute form).
-/// The connection holds `slot` (one of `--max-connections`) as long as it is open, tunnels
-/// upgraded from it included.
-async fn serve_client(app: Arc<Gate>, stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) {
+/// Serves one agent connection: HTTP/1.1 to the proxy itself (CONNECT or absolute form), in
+/// clear or inside the TLS session `tls` serves. The connection holds `slot` (one of
+/// `--max-connections`) as long as it is open, tunnels upgraded from it included.
+async fn serve_client(
+    app: Arc<Gate>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+    tls: Option<Arc<Served>>,
+) {
     // Counted against its address until a request authenticates: one address cannot hold the
-    // listener's slots with request heads that never finish.
+    // listener's slots with request heads (or TLS handshakes) that never finish.
     let Some(unauthenticated) = app.caps().unauthenticated(peer.ip()) else {
         return too_many_unauthenticated(&app, peer);
     };
     let unauthenticated = Arc::new(std::sync::Mutex::new(Some(unauthenticated)));
+    let Some(tls) = tls else {
+        return serve_agent(app, stream, peer, slot, unauthenticated).await;
+    };
+    let limit = app.config().handshake_timeout;
+    tokio::select! {
+        done = tokio::time::timeout(limit, tls.acceptor().accept(stream)) => match done {
+            Ok(Ok(stream)) => serve_agent(app, stream, peer, slot, unauthenticated).await,
+            Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake on the proxy listener failed"),
+            Err(_) => debug!(%peer, "TLS handshake on the proxy listener timed out"),
+        },
+        _ = app.cancel().cancelled() => {}
+    }
+}
+
+/// [`serve_client`] once the connection speaks HTTP.
+async fn serve_agent<T>(
+    app: Arc<Gate>,
+    stream: T,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+    unauthenticated: Unauthenticated,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Activity::new();
     let g = app.clone();
     let a = activity.clone();

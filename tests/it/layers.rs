@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     // helpers that import nothing of the crate
     &["base"],
-    // errors, stored records, start-up configuration; leaves with no crate imports
+    // errors, stored records, start-up configuration; leaves with no crate imports (`tls`: the
+    // certificates of toolgate's own listeners, reloaded when their files change)
     &[
-        "error", "model", "config", "logging", "metrics", "ca", "mcp",
+        "error", "model", "config", "logging", "metrics", "ca", "mcp", "tls",
     ],
     // GraphQL as toolgate reads it (over the error codes): below the policy that names fields
     &["graphql"],

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::clients::{admin_at, client_via, http1_over, Answer, TestClient};
 use super::fakes::Fakes;
-use super::pki::Pki;
+use super::pki::{Pki, ServedFiles};
 use super::upstreams::{example_apis, Upstream, API_HOSTS};
 
 /// toolgate running in-process on ephemeral loopback ports.
@@ -22,6 +22,12 @@ pub struct Toolgate {
     pub admin_addr: SocketAddr,
     /// The transparent listener, when started with one.
     pub transparent_addr: Option<SocketAddr>,
+    /// The proxy's TLS listener, when started with one ([`GateBuilder::listen_tls`]).
+    pub tls_addr: Option<SocketAddr>,
+    /// The CA (PEM) of the admin listener's certificate, when it serves TLS.
+    pub admin_ca: Option<String>,
+    /// `--metrics-listen`, when started with it ([`GateBuilder::metrics`]).
+    pub metrics_addr: Option<SocketAddr>,
     pub ca_pem: String,
     pub dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
@@ -150,8 +156,15 @@ pub struct GateBuilder<'a> {
     files: Vec<(String, String)>,
     /// A directory laid out by an earlier toolgate, started over instead of `files`.
     dir: Option<tempfile::TempDir>,
-    proxy_bind: String,
+    /// None: no plain proxy listener.
+    proxy_bind: Option<String>,
     transparent_bind: Option<String>,
+    /// The proxy's TLS listener's certificate files.
+    listen_tls: Option<ServedFiles>,
+    /// The admin listener's certificate files.
+    admin_tls: Option<ServedFiles>,
+    /// A `--metrics-listen` listener too.
+    metrics: bool,
     /// The example API hosts routed to this address, trusting this CA.
     route: Option<(SocketAddr, PathBuf)>,
     config: Vec<Configure<'a>>,
@@ -163,8 +176,11 @@ impl<'a> GateBuilder<'a> {
         GateBuilder {
             files: Vec::new(),
             dir: None,
-            proxy_bind: "127.0.0.1:0".into(),
+            proxy_bind: Some("127.0.0.1:0".into()),
             transparent_bind: None,
+            listen_tls: None,
+            admin_tls: None,
+            metrics: false,
             route: None,
             config: Vec::new(),
         }
@@ -206,7 +222,31 @@ impl<'a> GateBuilder<'a> {
 
     /// The proxy listens on `bind` (else an ephemeral loopback port).
     pub fn proxy_bind(mut self, bind: &str) -> GateBuilder<'a> {
-        self.proxy_bind = bind.to_string();
+        self.proxy_bind = Some(bind.to_string());
+        self
+    }
+
+    /// No plain proxy listener (`--listen none`).
+    pub fn no_plain_proxy(mut self) -> GateBuilder<'a> {
+        self.proxy_bind = None;
+        self
+    }
+
+    /// A TLS proxy listener too (`--listen-tls`), serving `files`.
+    pub fn listen_tls(mut self, files: &ServedFiles) -> GateBuilder<'a> {
+        self.listen_tls = Some(files.clone());
+        self
+    }
+
+    /// A `--metrics-listen` listener on an ephemeral loopback port.
+    pub fn metrics(mut self) -> GateBuilder<'a> {
+        self.metrics = true;
+        self
+    }
+
+    /// The admin listener serves TLS (`--admin-tls-cert/-key`) with `files`.
+    pub fn admin_tls(mut self, files: &ServedFiles) -> GateBuilder<'a> {
+        self.admin_tls = Some(files.clone());
         self
     }
 
@@ -251,23 +291,45 @@ impl<'a> GateBuilder<'a> {
             config.upstream_ca.push(ca);
             config.upstream_timeout = Duration::from_millis(1500);
         }
+        config.listen_tls = self.listen_tls.as_ref().map(ServedFiles::files);
+        config.admin_tls = self.admin_tls.as_ref().map(ServedFiles::files);
         for configure in self.config {
             configure(&mut config);
         }
-        let proxy = TcpListener::bind(&self.proxy_bind).await.unwrap();
+        let proxy = match &self.proxy_bind {
+            Some(bind) => Some(TcpListener::bind(bind).await.unwrap()),
+            None => None,
+        };
+        let proxy_tls = match &self.listen_tls {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            None => None,
+        };
+        let tls_addr = proxy_tls.as_ref().map(|l| l.local_addr().unwrap());
+        let metrics = match self.metrics {
+            true => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            false => None,
+        };
+        let metrics_addr = metrics.as_ref().map(|l| l.local_addr().unwrap());
+        let admin_ca = self.admin_tls.as_ref().map(|f| f.ca_pem.clone());
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let transparent = match &self.transparent_bind {
             Some(bind) => Some(TcpListener::bind(bind).await.unwrap()),
             None => None,
         };
-        let addr = proxy.local_addr().unwrap();
+        // Without a plain listener, `addr` is the TLS one.
+        let addr = proxy
+            .as_ref()
+            .map(|l| l.local_addr().unwrap())
+            .or(tls_addr)
+            .unwrap();
         let admin_addr = admin.local_addr().unwrap();
         let transparent_addr = transparent.as_ref().map(|l| l.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
         let listeners = toolgate::Listeners {
             proxy,
+            proxy_tls,
             admin,
-            metrics: None,
+            metrics,
             transparent,
         };
         let handle = tokio::spawn(async move {
@@ -282,11 +344,14 @@ impl<'a> GateBuilder<'a> {
             }
             ran
         });
-        ready(admin_addr, &handle).await;
+        ready(admin_addr, admin_ca.as_deref(), &handle).await;
         Toolgate {
             addr,
             admin_addr,
             transparent_addr,
+            tls_addr,
+            admin_ca,
+            metrics_addr,
             ca_pem,
             dir,
             shutdown: Some(tx),
@@ -413,16 +478,30 @@ fn lay_out(policies: &[(String, String)]) -> tempfile::TempDir {
 /// meet a closed port.
 async fn ready(
     admin: SocketAddr,
+    admin_ca: Option<&str>,
     handle: &tokio::task::JoinHandle<Result<(), toolgate::StartError>>,
 ) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let serves = || async move {
-        let mut stream = TcpStream::connect(admin).await.ok()?;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    async fn healthz<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> Option<()> {
         let ask = b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
         stream.write_all(ask).await.ok()?;
         let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await.ok()?;
+        let _ = stream.read_to_end(&mut answer).await;
         answer.starts_with(b"HTTP/1.1 200").then_some(())
+    }
+    let serves = || async move {
+        let stream = TcpStream::connect(admin).await.ok()?;
+        match admin_ca {
+            None => healthz(stream).await,
+            Some(ca) => {
+                healthz(
+                    super::clients::tls_over(stream, "localhost", ca, &[])
+                        .await
+                        .ok()?,
+                )
+                .await
+            }
+        }
     };
     super::poll::until_some("toolgate serves", Duration::from_secs(60), || async {
         assert!(

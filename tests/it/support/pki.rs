@@ -55,6 +55,25 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(&self.ca_path).unwrap()
+    }
+
+    /// A certificate for `hosts` and its key written to `cert.pem` and `key.pem` in a folder of
+    /// their own, for a listener toolgate serves over TLS.
+    pub fn served_files(&self, hosts: &[&str]) -> ServedFiles {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let files = ServedFiles {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+            ca_pem: self.ca_pem(),
+            _dir: dir,
+        };
+        files.write(&self.server_pem(hosts));
+        files
+    }
+
     /// A TLS server configuration for `hosts`, offering h2 and http/1.1.
     pub fn server_config(&self, hosts: &[&str]) -> Arc<rustls::ServerConfig> {
         let key = KeyPair::generate().unwrap();
@@ -93,4 +112,43 @@ pub fn client_tls(ca_pem: &str, alpn: &[&[u8]]) -> rustls::ClientConfig {
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     cfg
+}
+
+/// A listener's certificate and key files (as `--listen-tls-cert/-key` name them), and the CA
+/// that signed them.
+#[derive(Clone)]
+pub struct ServedFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca_pem: String,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+impl ServedFiles {
+    /// Files made elsewhere (`toolgate ca issue`), signed by `ca_pem`.
+    pub fn existing(cert: PathBuf, key: PathBuf, ca_pem: String) -> ServedFiles {
+        ServedFiles {
+            cert,
+            key,
+            ca_pem,
+            _dir: Arc::new(tempfile::tempdir().unwrap()),
+        }
+    }
+
+    pub fn files(&self) -> toolgate::config::TlsFiles {
+        toolgate::config::TlsFiles {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+
+    /// Replaces the files with a new pair (rotation): the key first, then the certificate,
+    /// each by rename, as a secret mount updates.
+    pub fn write(&self, (cert, key): &(String, String)) {
+        for (path, text) in [(&self.key, key), (&self.cert, cert)] {
+            let tmp = path.with_extension("new");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        }
+    }
 }
