@@ -15,6 +15,7 @@ mod read;
 mod request;
 pub mod rewind;
 pub mod scrub;
+pub mod tool_requests;
 pub(crate) mod transparent;
 mod unmatched;
 

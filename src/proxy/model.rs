@@ -1,6 +1,6 @@
-//! Requests to model providers (`kind = "model"`): the provider, the model and the token usage
-//! are recorded, also for streamed (SSE) answers, by looking at each chunk as it passes, never
-//! holding the stream back.
+//! Requests to model providers (`kind = "model"`): the provider, the model, the token usage and
+//! the tool calls the answer asks for are recorded, also for streamed (SSE) answers, by looking
+//! at each chunk as it passes, never holding the stream back.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -44,8 +44,16 @@ fn merge(into: &mut Option<Value>, more: Value) {
     }
 }
 
-/// Called once when a model answer ends, with the model and the usage seen.
-pub type OnEnd = Box<dyn FnOnce(Option<String>, Option<Value>) + Send>;
+/// What a model answer said about itself, once it ended: the model, the usage, and the tool
+/// calls it asked for (see [`super::tool_requests`]).
+pub struct Seen {
+    pub model: Option<String>,
+    pub usage: Option<Value>,
+    pub tool_requests: Option<Value>,
+}
+
+/// Called once when a model answer ends, with what was seen.
+pub type OnEnd = Box<dyn FnOnce(Seen) + Send>;
 
 /// The longest partial line kept between chunks; longer lines are skipped, not buffered.
 const MAX_LINE: usize = 64 * 1024;
@@ -60,6 +68,7 @@ pub struct UsageTap<B> {
     json: Vec<u8>,
     usage: Option<Value>,
     model: Option<String>,
+    requests: super::tool_requests::ToolRequests,
     on_end: Option<OnEnd>,
 }
 
@@ -73,6 +82,7 @@ impl<B> UsageTap<B> {
             json: Vec::new(),
             usage: None,
             model: None,
+            requests: Default::default(),
             on_end: Some(on_end),
         }
     }
@@ -89,6 +99,7 @@ impl<B> UsageTap<B> {
             if let Some(u) = usage_of(&v) {
                 merge(&mut self.usage, u);
             }
+            self.requests.see(&v);
         }
     }
 
@@ -124,7 +135,11 @@ impl<B> UsageTap<B> {
             self.see_event(&json);
         }
         if let Some(f) = self.on_end.take() {
-            f(self.model.take(), self.usage.take());
+            f(Seen {
+                model: self.model.take(),
+                usage: self.usage.take(),
+                tool_requests: std::mem::take(&mut self.requests).finish(),
+            });
         }
     }
 }

@@ -650,17 +650,24 @@ async fn model_answer(
     let tap = super::model::UsageTap::new(
         body,
         sse,
-        Box::new(move |model, usage| {
+        Box::new(move |seen: super::model::Seen| {
             let mut rec = base;
             rec.payload = json!({
                 "provider": provider,
-                "model": model.or(asked_model),
-                "usage": usage,
+                "model": seen.model.or(asked_model),
+                "usage": seen.usage,
                 "status": status,
                 "streamed": sse,
                 "headers": headers_event,
                 "latency_ms": started.elapsed().as_millis() as u64,
             });
+            // The tool calls the model asked for (their arguments redacted as every payload
+            // is, when recorded); the model's own text is not kept.
+            if let (Some(Value::Object(asked)), Value::Object(m)) =
+                (seen.tool_requests, &mut rec.payload)
+            {
+                m.extend(asked);
+            }
             audit.record_now(rec);
         }),
     );

@@ -1,0 +1,117 @@
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+
+fn of(events: &[Value]) -> Value {
+    let mut t = ToolRequests::default();
+    for e in events {
+        t.see(e);
+    }
+    t.finish().expect("tool calls")
+}
+
+#[test]
+fn openai_chat_whole_and_streamed_give_the_same_calls() {
+    let whole = json!({"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_a", "type": "function", "function": {"name": "refund_payment", "arguments": "{\"payment_intent\":\"pi_123\",\"amount\":500}"}}]}}]});
+    let streamed = [
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "refund_payment", "arguments": ""}}]}}]}),
+        json!({"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"payment_intent\":"}}]}}]}),
+        json!({"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"pi_123\",\"amount\":500}"}}]}}]}),
+        json!({"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+    ];
+    let expected = json!({"answer_id": "chatcmpl-1", "tool_calls": [{"name": "refund_payment", "id": "call_a",
+        "arguments": {"payment_intent": "pi_123", "amount": 500}}]});
+    assert_eq!(of(&[whole]), expected);
+    assert_eq!(of(&streamed), expected);
+}
+
+#[test]
+fn openai_responses_function_calls_are_read_once() {
+    let item = json!({"type": "function_call", "id": "fc_1", "call_id": "call_b", "name": "get_ticket", "arguments": "{\"id\":\"T-1\"}"});
+    let whole = json!({"id": "resp_1", "object": "response", "output": [
+        {"type": "message", "content": [{"type": "output_text", "text": "thinking"}]}, item.clone()]});
+    let streamed = [
+        json!({"type": "response.created", "response": {"id": "resp_1", "object": "response", "output": []}}),
+        json!({"type": "response.output_item.done", "output_index": 1, "item": item}),
+        json!({"type": "response.completed", "response": whole.clone()}),
+    ];
+    let expected = json!({"answer_id": "resp_1", "tool_calls": [{"name": "get_ticket", "id": "call_b", "arguments": {"id": "T-1"}}]});
+    assert_eq!(of(&[whole]), expected);
+    assert_eq!(of(&streamed), expected);
+}
+
+#[test]
+fn anthropic_tool_use_whole_and_streamed_give_the_same_calls() {
+    let whole = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "content": [
+        {"type": "text", "text": "I will refund it."},
+        {"type": "tool_use", "id": "toolu_1", "name": "refund_payment", "input": {"payment_intent": "pi_123", "amount": 500}}]});
+    let streamed = [
+        json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "content": [], "usage": {"input_tokens": 10}}}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "I will"}}),
+        json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "refund_payment", "input": {}}}),
+        json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"payment_intent\": \"pi_"}}),
+        json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "123\", \"amount\": 500}"}}),
+        json!({"type": "content_block_stop", "index": 1}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 30}}),
+    ];
+    let expected = json!({"answer_id": "msg_1", "tool_calls": [{"name": "refund_payment", "id": "toolu_1",
+        "arguments": {"payment_intent": "pi_123", "amount": 500}}]});
+    assert_eq!(of(&[whole]), expected);
+    assert_eq!(of(&streamed), expected);
+}
+
+#[test]
+fn an_answer_without_tool_calls_records_nothing_and_text_is_never_kept() {
+    let mut t = ToolRequests::default();
+    t.see(&json!({"id": "chatcmpl-2", "choices": [{"message": {"content": "my diary says"}}]}));
+    assert!(t.finish().is_none());
+    let kept = of(&[json!({"id": "msg_2", "type": "message", "content": [
+        {"type": "text", "text": "secret plan"}, {"type": "tool_use", "id": "t", "name": "n", "input": {"a": 1}}]})]);
+    assert!(!kept.to_string().contains("secret plan"));
+}
+
+#[test]
+fn what_is_kept_is_bounded() {
+    let calls: Vec<Value> = (0..100)
+        .map(|i| json!({"index": i, "id": format!("c{i}"), "function": {"name": "f", "arguments": "{}"}}))
+        .collect();
+    let many = of(&[json!({"id": "x", "choices": [{"delta": {"tool_calls": calls}}]})]);
+    assert_eq!(many["tool_calls"].as_array().unwrap().len(), MAX_CALLS);
+    assert_eq!(many["more_tool_calls_not_recorded"], true);
+    let huge = "a".repeat(MAX_ARGUMENTS * 3);
+    let big = of(&[json!({"id": "y", "choices": [{"message": {"tool_calls": [
+        {"id": "c", "function": {"name": "f", "arguments": format!("{{\"t\":\"{huge}\"}}")}}]}}]})]);
+    let args = big["tool_calls"][0]["arguments"].as_str().unwrap();
+    assert!(args.len() <= MAX_ARGUMENTS);
+    assert_eq!(big["tool_calls"][0]["arguments_cut_at"], MAX_ARGUMENTS);
+}
+
+proptest! {
+    #[test]
+    fn any_json_is_read_without_panic_and_within_bounds(events in proptest::collection::vec(any::<u8>(), 0..64), fragment in ".{0,200}") {
+        let mut t = ToolRequests::default();
+        for (i, b) in events.iter().enumerate() {
+            let e = match b % 5 {
+                0 => json!({"choices": [{"delta": {"tool_calls": [{"index": b % 40, "function": {"name": fragment, "arguments": fragment}}]}}]}),
+                1 => json!({"type": "content_block_start", "index": i, "content_block": {"type": "tool_use", "name": fragment}}),
+                2 => json!({"type": "content_block_delta", "index": i, "delta": {"type": "input_json_delta", "partial_json": fragment}}),
+                3 => json!({"type": "response.output_item.done", "item": {"type": "function_call", "call_id": fragment, "name": "f", "arguments": fragment}}),
+                _ => json!(fragment),
+            };
+            t.see(&e);
+        }
+        if let Some(v) = t.finish() {
+            let calls = v["tool_calls"].as_array().unwrap();
+            prop_assert!(calls.len() <= MAX_CALLS);
+            for c in calls {
+                if let Some(a) = c["arguments"].as_str() {
+                    prop_assert!(a.len() <= MAX_ARGUMENTS);
+                }
+            }
+        }
+    }
+}

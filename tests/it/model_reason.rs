@@ -1,0 +1,176 @@
+//! The model's reason (issue 32, step 1): the tool calls a model answer asks for are recorded on
+//! its `model_usage` event — OpenAI Chat Completions whole and streamed, Anthropic Messages
+//! streamed — with the answer's id, never the model's text, and the stream is passed on whole.
+
+use crate::support::*;
+use http_body_util::Full;
+use serde_json::{json, Value};
+
+fn policy() -> String {
+    r#"
+[[agent]]
+id = "writer"
+token_sha256 = "WRITER"
+owner = "alice@example.com"
+environment = "staging"
+tools = ["models.*"]
+
+[[credential]]
+name = "model-key"
+file = "demo-secrets/stripe-test.key"
+header = "Authorization"
+format = "Bearer {secret}"
+
+[[tool]]
+name = "models.openai.chat"
+host = "api.openai.com"
+method = "POST"
+path = "/v1/chat/completions"
+side_effects = "none"
+kind = "model"
+body = { format = "json" }
+credential = { staging = "model-key" }
+
+[[tool]]
+name = "models.anthropic.messages"
+host = "api.anthropic.com"
+method = "POST"
+path = "/v1/messages"
+side_effects = "none"
+kind = "model"
+body = { format = "json" }
+credential = { staging = "model-key" }
+"#
+    .replace("WRITER", &sha256_hex("writer-token"))
+}
+
+const ARGS: &str = r#"{"payment_intent":"pi_123","amount":500}"#;
+
+/// What the provider answers: a tool call to refund_payment, in the shape the path and the
+/// body's `stream` ask for.
+fn answer(path: &str, stream: bool) -> (String, &'static str) {
+    let sse = |events: Vec<Value>| {
+        let mut out: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+        out.push_str("data: [DONE]\n\n");
+        (out, "text/event-stream")
+    };
+    match (path, stream) {
+        ("/v1/chat/completions", false) => (
+            json!({"id": "chatcmpl-whole", "object": "chat.completion", "model": "gpt-test",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "I will refund the customer now",
+                    "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "refund_payment", "arguments": ARGS}}]}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}})
+            .to_string(),
+            "application/json",
+        ),
+        ("/v1/chat/completions", true) => sse(vec![
+            json!({"id": "chatcmpl-stream", "model": "gpt-test", "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [{"index": 0, "id": "call_2", "type": "function", "function": {"name": "refund_payment", "arguments": ""}}]}}]}),
+            json!({"id": "chatcmpl-stream", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"payment_intent\":\"pi_123\","}}]}}]}),
+            json!({"id": "chatcmpl-stream", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"amount\":500}"}}]}}]}),
+        ]),
+        _ => {
+            let events = [
+                ("message_start", json!({"type": "message_start", "message": {"id": "msg_stream", "type": "message", "model": "claude-test", "content": [], "usage": {"input_tokens": 9}}})),
+                ("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+                ("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "I will refund the customer now"}})),
+                ("content_block_start", json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_3", "name": "refund_payment", "input": {}}})),
+                ("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"payment_intent\": \"pi_123\","}})),
+                ("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": " \"amount\": 500}"}})),
+                ("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 20}})),
+                ("message_stop", json!({"type": "message_stop"})),
+            ];
+            let out = events
+                .iter()
+                .map(|(name, e)| format!("event: {name}\ndata: {e}\n\n"))
+                .collect();
+            (out, "text/event-stream")
+        }
+    }
+}
+
+async fn model_server(pki: &Pki) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hosts = ["api.openai.com", "api.anthropic.com"];
+    serve_https(
+        listener,
+        pki.server_config(&hosts),
+        |req: http::Request<hyper::body::Incoming>| async move {
+            use http_body_util::BodyExt;
+            let path = req.uri().path().to_string();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let asked: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let (text, content_type) = answer(&path, asked["stream"] == true);
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .header("content-type", content_type)
+                    .body(Full::new(bytes::Bytes::from(text)))
+                    .unwrap(),
+            )
+        },
+    );
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tool_calls_a_model_asks_for_are_recorded_whole_and_streamed() {
+    let pki = Pki::new("test model CA");
+    let addr = model_server(&pki).await;
+    let gate = GateBuilder::examples()
+        .policy("models.toml", policy())
+        .routed_to(&pki, addr)
+        .config(move |c| {
+            c.connect_to.insert(("api.anthropic.com".into(), 443), addr);
+        })
+        .start()
+        .await;
+    let client = gate.client(Some(("writer", "writer-token")), http::Version::HTTP_11);
+    let openai = "https://api.openai.com/v1/chat/completions";
+    let asks = [
+        (openai, json!({"model": "gpt-test", "messages": []})),
+        (
+            openai,
+            json!({"model": "gpt-test", "stream": true, "messages": []}),
+        ),
+        (
+            "https://api.anthropic.com/v1/messages",
+            json!({"model": "claude-test", "stream": true, "max_tokens": 10, "messages": []}),
+        ),
+    ];
+    for (url, body) in asks {
+        let got = send(&client, "POST", url, &[JSON], body.to_string())
+            .await
+            .unwrap();
+        assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+        // The agent gets the answer whole.
+        assert!(String::from_utf8_lossy(&got.body).contains("refund_payment"));
+    }
+    let events = audit_events_once(&gate, "kind=model_usage", "three model answers", |e| {
+        e.len() >= 3
+    })
+    .await;
+    let mut answers: Vec<String> = Vec::new();
+    for e in &events {
+        let p = &e["payload"];
+        let call = &p["tool_calls"][0];
+        assert_eq!(call["name"], "refund_payment", "{p}");
+        assert_eq!(
+            call["arguments"],
+            json!({"payment_intent": "pi_123", "amount": 500}),
+            "{p}"
+        );
+        answers.push(p["answer_id"].as_str().unwrap_or("").to_string());
+    }
+    answers.sort();
+    assert_eq!(answers, ["chatcmpl-stream", "chatcmpl-whole", "msg_stream"]);
+    let all = serde_json::to_string(&audit_events(&gate, "agent=writer").await).unwrap();
+    assert!(
+        !all.contains("I will refund"),
+        "the model's text is never recorded"
+    );
+}
