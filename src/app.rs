@@ -64,6 +64,8 @@ pub struct Core {
     principals: crate::services::Principals,
     /// Identity providers' keys fetched from their `jwks_uri`.
     jwks: crate::services::Jwks,
+    /// The tool calls models lately asked of each agent.
+    model_asks: Arc<crate::services::ModelAsks>,
     metrics: Metrics,
     sources: PerSource,
     cancel: CancellationToken,
@@ -105,6 +107,7 @@ impl Core {
             waiters: Waiters::new(&store),
             principals: crate::services::Principals::new(&store),
             jwks: crate::services::Jwks::default(),
+            model_asks: Arc::default(),
             metrics: Metrics::default(),
             sources: PerSource::default(),
             cancel: CancellationToken::new(),
@@ -180,6 +183,11 @@ impl Core {
     /// Identity providers' keys fetched from their `jwks_uri`.
     pub fn jwks(&self) -> &crate::services::Jwks {
         &self.jwks
+    }
+
+    /// The tool calls models lately asked of each agent.
+    pub fn model_asks(&self) -> &Arc<crate::services::ModelAsks> {
+        &self.model_asks
     }
 
     pub fn metrics(&self) -> &Metrics {

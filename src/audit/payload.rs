@@ -37,6 +37,10 @@ pub struct Asked {
     /// The client went away before the call was told.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub client_gone: bool,
+    /// Which model answer asked for the call (`match`: exact, arguments, name, ambiguous or
+    /// none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<Value>,
 }
 
 /// `decision`: whether the call goes on (also folded into a read's `request`).

@@ -22,6 +22,8 @@ pub fn summary(events: &[Event]) -> Vec<String> {
 /// What a story's events answer, as they are read.
 #[derive(Default)]
 struct Answers {
+    /// Which model answers asked for the calls.
+    why: Vec<String>,
     asked: BTreeSet<String>,
     proposed: Vec<String>,
     approved: Vec<String>,
@@ -35,6 +37,9 @@ impl Answers {
         let tool = e.tool.as_deref().unwrap_or("-");
         match e.body() {
             Payload::Request(r) => {
+                if let Some(by) = &r.requested_by {
+                    self.why.push(requested_by_text(by));
+                }
                 if let (None, Some(agent)) = (&r.undoes, &e.agent) {
                     self.asked.insert(asker(agent, e, e.owner.as_deref()));
                 }
@@ -96,14 +101,50 @@ impl Answers {
             true => "-".to_string(),
             false => v.join("; "),
         };
-        vec![
-            format!("who asked:     {}", join(asked)),
-            format!("what was proposed: {}", join(self.proposed)),
-            format!("who approved:  {}", join(self.approved)),
-            format!("what executed: {}", join(self.executed)),
-            format!("what changed:  {}", join(self.changed)),
-            format!("rolled back:   {}", join(self.undone)),
-        ]
+        let why = match self.why.is_empty() {
+            true => Vec::new(),
+            false => vec![format!("why (the model): {}", self.why.join("; "))],
+        };
+        why.into_iter()
+            .chain([
+                format!("who asked:     {}", join(asked)),
+                format!("what was proposed: {}", join(self.proposed)),
+                format!("who approved:  {}", join(self.approved)),
+                format!("what executed: {}", join(self.executed)),
+                format!("what changed:  {}", join(self.changed)),
+                format!("rolled back:   {}", join(self.undone)),
+            ])
+            .collect()
+    }
+}
+
+/// A call's `requested_by`, in words: "claude-x asked for refund_payment {…} in answer msg_1
+/// (model request req_…; matched exact)".
+fn requested_by_text(by: &Value) -> String {
+    let one = |c: &Value| {
+        format!(
+            "{} asked for {} {} in answer {} (model request {}; matched {})",
+            c["model"].as_str().unwrap_or("a model"),
+            c["tool"].as_str().unwrap_or("?"),
+            c["arguments"],
+            c["answer_id"].as_str().unwrap_or("?"),
+            c["model_request"].as_str().unwrap_or("?"),
+            c["match"].as_str().unwrap_or("?"),
+        )
+    };
+    match by["match"].as_str() {
+        Some("none") => "no model request found (worth a reviewer's look)".to_string(),
+        Some("ambiguous") => format!(
+            "ambiguous: {}",
+            by["candidates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(one)
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+        _ => one(by),
     }
 }
 

@@ -418,6 +418,7 @@ fn compile_tool(
         owner: def.owner,
         summary: def.summary,
         redact: def.redact,
+        model_tools: def.model_tools,
         headers: def.headers,
     })
 }

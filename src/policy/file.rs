@@ -223,6 +223,9 @@ pub struct ToolDef {
     pub kind: Option<String>,
     #[serde(default)]
     pub redact: Vec<String>,
+    /// The names models use for this tool in their tool calls.
+    #[serde(default)]
+    pub model_tools: Vec<String>,
     /// What of the answer is kept and what the agent sees.
     pub response: Option<ResponseDef>,
     /// Request headers forwarded besides the defaults (and steering headers it allows, such as

@@ -480,6 +480,9 @@ pub struct Tool {
     pub redact: Vec<String>,
     /// Request headers forwarded besides the defaults.
     pub headers: Vec<String>,
+    /// The names models use for this tool in their tool calls (`refund_payment`): a call is
+    /// joined to the model answer that asked for it by these names.
+    pub model_tools: Vec<String>,
 }
 
 /// `kind`: what a tool is.

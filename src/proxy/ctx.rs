@@ -246,6 +246,14 @@ impl RequestCtx {
         }
     }
 
+    /// Writes which model answer asked for the call into the held request event.
+    pub(super) fn note_requested_by(&self, requested_by: Value) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(Value::Object(m)) = held.as_mut().map(|r| &mut r.payload) {
+            m.insert("requested_by".into(), requested_by);
+        }
+    }
+
     /// The held request event, if it is still held.
     pub(super) fn take_request(&self) -> Option<Record> {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).take()

@@ -13,6 +13,7 @@ pub mod model;
 mod person;
 mod read;
 mod request;
+mod requested_by;
 pub mod rewind;
 pub mod scrub;
 pub mod tool_requests;

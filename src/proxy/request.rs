@@ -422,12 +422,24 @@ pub(super) async fn decide(
     mut checked: Checked,
 ) -> Result<Answer, Refusal> {
     let tool = checked.tool.clone();
+    // An undo was asked for by an approver: it is not previewed, and not held.
+    let undo = checked.call.undoes.is_some();
+    if tool.kind != ToolKind::Model && !undo {
+        let carried = super::requested_by::Carried {
+            arguments: &checked.call.body_json,
+            query: &checked.query,
+            params: &checked.params,
+        };
+        if let Some(joined) =
+            super::requested_by::join(app.model_asks(), ctx.agent(), &tool, &carried)
+        {
+            ctx.note_requested_by(joined);
+        }
+    }
     if let Some(g) = checked.agent.grant(&tool.name) {
         ctx.record_beside(Kind::GrantUsed, crate::grants::facts(g))
             .await;
     }
-    // An undo was asked for by an approver: it is not previewed, and not held.
-    let undo = checked.call.undoes.is_some();
     match verdict::route(&checked.agent, &tool, &checked.parts.headers, undo)? {
         Route::Preview => {
             ctx.record(Kind::Decision, decision("dry_run", &checked))
@@ -647,10 +659,16 @@ async fn model_answer(
     let headers_event = crate::audit::headers_json(&parts.headers);
     let base = ctx.rec(Kind::ModelUsage, Value::Null);
     let started = checked.started;
+    let (asks, agent, model_request) = (
+        app.model_asks().clone(),
+        ctx.agent().to_string(),
+        ctx.id.clone(),
+    );
     let tap = super::model::UsageTap::new(
         body,
         sse,
         Box::new(move |seen: super::model::Seen| {
+            noted(&asks, &agent, &model_request, &seen);
             let mut rec = base;
             rec.payload = json!({
                 "provider": provider,
@@ -675,6 +693,32 @@ async fn model_answer(
         .record_apart(json!({"status": status, "body": {"streamed": true}, "latency_ms": started.elapsed().as_millis() as u64}))
         .await;
     Response::from_parts(parts, body::stream(tap))
+}
+
+/// Notes the tool calls a model answer asked for, for joining the calls that carry them out.
+fn noted(
+    asks: &crate::services::ModelAsks,
+    agent: &str,
+    model_request: &str,
+    seen: &super::model::Seen,
+) {
+    let none = Value::Null;
+    let asked = seen.tool_requests.as_ref().unwrap_or(&none);
+    let answer_id = asked["answer_id"].as_str().map(str::to_string);
+    let list = asked["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|call| {
+            crate::services::model_asks::ModelAsk::new(
+                model_request,
+                seen.model.clone(),
+                answer_id.clone(),
+                call,
+            )
+        })
+        .collect();
+    asks.asked(agent, list);
 }
 
 /// A call with side effects: at most once per idempotency identity, within the limits, then

@@ -40,6 +40,27 @@ side_effects = "none"
 kind = "model"
 body = { format = "json" }
 credential = { staging = "model-key" }
+
+# What the model's tool call becomes: a contracted call the model names refund_payment.
+[[tool]]
+name = "models.refunds.create"
+host = "api.openai.com"
+method = "POST"
+path = "/v1/refunds"
+side_effects = "none"
+body = { format = "form" }
+credential = { staging = "model-key" }
+model_tools = ["refund_payment"]
+
+# A tool no model names.
+[[tool]]
+name = "models.notes.create"
+host = "api.openai.com"
+method = "POST"
+path = "/v1/notes"
+side_effects = "none"
+body = { format = "form" }
+credential = { staging = "model-key" }
 "#
     .replace("WRITER", &sha256_hex("writer-token"))
 }
@@ -55,6 +76,7 @@ fn answer(path: &str, stream: bool) -> (String, &'static str) {
         (out, "text/event-stream")
     };
     match (path, stream) {
+        ("/v1/refunds" | "/v1/notes", _) => (json!({"id": "re_1", "object": "refund"}).to_string(), "application/json"),
         ("/v1/chat/completions", false) => (
             json!({"id": "chatcmpl-whole", "object": "chat.completion", "model": "gpt-test",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "I will refund the customer now",
@@ -172,5 +194,98 @@ async fn the_tool_calls_a_model_asks_for_are_recorded_whole_and_streamed() {
     assert!(
         !all.contains("I will refund"),
         "the model's text is never recorded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_is_joined_to_the_model_answer_that_asked_for_it() {
+    let pki = Pki::new("test model CA");
+    let addr = model_server(&pki).await;
+    let gate = GateBuilder::examples()
+        .policy("models.toml", policy())
+        .routed_to(&pki, addr)
+        .start()
+        .await;
+    let client = gate.client(Some(("writer", "writer-token")), http::Version::HTTP_11);
+    let url = "https://api.openai.com/v1/chat/completions";
+    let asked = send(
+        &client,
+        "POST",
+        url,
+        &[JSON],
+        json!({"model": "gpt-test", "messages": []}).to_string(),
+    )
+    .await
+    .unwrap();
+    let model_request = asked.headers["toolgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    audit_events_once(&gate, "kind=model_usage", "the model answer", |e| {
+        !e.is_empty()
+    })
+    .await;
+    // The refund the model asked for: exact (the contract names refund_payment, the values match).
+    let form = "payment_intent=pi_123&amount=500";
+    let got = send(
+        &client,
+        "POST",
+        "https://api.openai.com/v1/refunds",
+        &[FORM],
+        form,
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    let refund = got.headers["toolgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    // A note no model asked for: none.
+    let got = send(
+        &client,
+        "POST",
+        "https://api.openai.com/v1/notes",
+        &[FORM],
+        "text=hello",
+    )
+    .await
+    .unwrap();
+    let note = got.headers["toolgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let requests = audit_events_once(&gate, "kind=request&agent=writer", "the calls", |e| {
+        e.iter()
+            .filter(|e| e["payload"]["requested_by"].is_object())
+            .count()
+            >= 2
+    })
+    .await;
+    let by = |rid: &str| {
+        requests
+            .iter()
+            .find(|e| e["request_id"] == rid)
+            .map(|e| e["payload"]["requested_by"].clone())
+            .unwrap()
+    };
+    let joined = by(&refund);
+    assert_eq!(joined["match"], "exact", "{joined}");
+    assert_eq!(joined["model_request"], model_request.as_str());
+    assert_eq!(joined["answer_id"], "chatcmpl-whole");
+    assert_eq!(joined["tool_call_id"], "call_1");
+    assert_eq!(by(&note)["match"], "none");
+    let story = gate
+        .admin(
+            "GET",
+            &format!("/api/audit/story/{refund}"),
+            Some("demo-carol-token"),
+            None,
+        )
+        .await
+        .text();
+    assert!(
+        story.contains("gpt-test asked for refund_payment"),
+        "{story}"
     );
 }

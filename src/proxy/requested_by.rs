@@ -1,0 +1,145 @@
+//! Which model answer asked for a contracted call (issue 32): the call is joined to a tool call
+//! a model lately asked of the same agent — exactly (the MCP tool, GraphQL field or a name the
+//! contract's `model_tools` lists, with arguments that match), by its arguments alone (every
+//! value the model gave is in the request), or by name alone. Two candidates at the best level
+//! are recorded as ambiguous, never guessed between; none is recorded too.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Value};
+
+use crate::policy::Tool;
+use crate::services::model_asks::{ModelAsk, ModelAsks};
+
+/// What the call carries, as the join reads it.
+pub(super) struct Carried<'a> {
+    pub(super) arguments: &'a Value,
+    pub(super) query: &'a Value,
+    pub(super) params: &'a BTreeMap<String, String>,
+}
+
+/// The `requested_by` of a call of `tool` by `agent`; `None` when no model answered the agent
+/// through toolgate lately (an agent whose model is elsewhere has nothing to join).
+pub(super) fn join(
+    asks: &ModelAsks,
+    agent: &str,
+    tool: &Tool,
+    carried: &Carried<'_>,
+) -> Option<Value> {
+    let names: Vec<&str> = tool
+        .model_tools
+        .iter()
+        .map(String::as_str)
+        .chain(tool.mcp.as_ref().map(|m| m.name.as_str()))
+        .chain(tool.graphql.as_ref().map(|g| g.field.as_str()))
+        .collect();
+    let mut values = BTreeSet::new();
+    scalars(carried.arguments, &mut values);
+    scalars(carried.query, &mut values);
+    values.extend(carried.params.values().cloned());
+    let found = asks.find(agent, |ask| how(ask, &names, carried.arguments, &values))?;
+    let rank = |how: &str| match how {
+        "exact" => 3,
+        "arguments" => 2,
+        _ => 1,
+    };
+    let Some(best) = found.iter().map(|(_, how)| rank(how)).max() else {
+        return Some(
+            json!({"match": "none", "note": "no model request found: the agent made this call on its own (or was led to it by something other than a model answer through toolgate)"}),
+        );
+    };
+    let mut top: Vec<&(ModelAsk, &str)> = found.iter().filter(|(_, h)| rank(h) == best).collect();
+    top.dedup_by(|a, b| a.0.call_id == b.0.call_id && a.0.answer_id == b.0.answer_id);
+    Some(match top.as_slice() {
+        [(ask, how)] => described(ask, how),
+        many => json!({
+            "match": "ambiguous",
+            "candidates": many.iter().take(5).map(|(a, h)| described(a, h)).collect::<Vec<_>>(),
+        }),
+    })
+}
+
+/// How `ask` matches the call, if it does.
+fn how(
+    ask: &ModelAsk,
+    names: &[&str],
+    arguments: &Value,
+    values: &BTreeSet<String>,
+) -> Option<&'static str> {
+    let named = names.contains(&ask.name.as_str());
+    let mut asked = BTreeSet::new();
+    scalars(&ask.arguments, &mut asked);
+    let all_found = !asked.is_empty() && asked.is_subset(values);
+    match (named, all_found || ask.arguments == *arguments) {
+        (true, true) => Some("exact"),
+        (false, true) if all_found => Some("arguments"),
+        (true, false) => Some("name"),
+        _ => None,
+    }
+}
+
+/// Every scalar of a JSON value, as text (numbers and booleans as JSON writes them).
+fn scalars(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::String(s) => {
+            out.insert(s.clone());
+        }
+        Value::Number(n) => {
+            out.insert(n.to_string());
+        }
+        Value::Bool(b) => {
+            out.insert(b.to_string());
+        }
+        Value::Array(items) => items.iter().for_each(|i| scalars(i, out)),
+        Value::Object(m) => m.values().for_each(|i| scalars(i, out)),
+        Value::Null => {}
+    }
+}
+
+fn described(ask: &ModelAsk, how: &str) -> Value {
+    json!({
+        "model_request": ask.request_id,
+        "model": ask.model,
+        "answer_id": ask.answer_id,
+        "tool_call_id": ask.call_id,
+        "tool": ask.name,
+        "arguments": ask.arguments,
+        "match": how,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(name: &str, arguments: Value) -> ModelAsk {
+        ModelAsk::new(
+            "req_m",
+            Some("m".into()),
+            Some("msg_1".into()),
+            &json!({"name": name, "id": "c1", "arguments": arguments}),
+        )
+    }
+
+    fn values(v: &Value) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        scalars(v, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_call_matches_by_name_and_values_by_values_or_by_name_alone() {
+        let asked = ask("refund_payment", json!({"payment_intent": "pi_1", "amount": 500}));
+        // A form body carries the amount as text: the values still match.
+        let sent = json!({"payment_intent": "pi_1", "amount": "500", "reason": "x"});
+        let names = ["refund_payment"];
+        assert_eq!(how(&asked, &names, &sent, &values(&sent)), Some("exact"));
+        assert_eq!(how(&asked, &[], &sent, &values(&sent)), Some("arguments"));
+        let other = json!({"payment_intent": "pi_2", "amount": "500"});
+        assert_eq!(how(&asked, &names, &other, &values(&other)), Some("name"));
+        assert_eq!(how(&asked, &[], &other, &values(&other)), None);
+        // A model call with no values never matches by values alone.
+        let empty = ask("ping", json!({}));
+        assert_eq!(how(&empty, &[], &json!({}), &BTreeSet::new()), None);
+    }
+}
