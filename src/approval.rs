@@ -165,6 +165,8 @@ pub struct Held<'a> {
     pub budget_amount: Option<f64>,
     /// The id of the issued token the call came in with.
     pub token: Option<&'a str>,
+    /// Which model answer asked for the call, when one did.
+    pub requested_by: Option<Value>,
 }
 
 /// The agent side: create or join the proposal for this call, hold the connection, and commit
@@ -370,6 +372,7 @@ fn new_proposal(held: &Held<'_>, identity: String) -> Proposal {
         committing_unix: None,
         committing_by: None,
         token: held.token.map(str::to_string),
+        requested_by: held.requested_by.clone(),
         user: held.agent.user.as_ref().map(|u| u.id.clone()),
         user_groups: held
             .agent

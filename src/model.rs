@@ -369,6 +369,9 @@ pub struct Proposal {
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub user_groups: Vec<String>,
+    /// Which model answer asked for the call (the join of its request event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<Value>,
 }
 
 impl Proposal {
@@ -411,6 +414,7 @@ impl Proposal {
             "request_id": self.request_id,
             "token": self.token,
             "user": self.user,
+            "requested_by": self.requested_by,
             "summary": self.summary,
             "request": {
                 "method": self.request.method,

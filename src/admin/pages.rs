@@ -283,7 +283,7 @@ pub async fn detail(
         "<h1>{summary}</h1><p>State: <strong id=\"state\">{state}</strong>{note}</p>\
          <p id=\"status-text\">{status_text}</p>\
          <div class=\"card\"><table>\
-         <tr><th>Tool</th><td>{tool} v{version} · <span class=\"risk-{risk}\">{risk}</span></td></tr>{mcp}\
+         <tr><th>Tool</th><td>{tool} v{version} · <span class=\"risk-{risk}\">{risk}</span></td></tr>{mcp}{model}\
          <tr><th>Agent</th><td>{agent}{user} ({environment}), owner {owner}</td></tr>\
          <tr><th>Job</th><td>{job}</td></tr>\
          <tr><th>Policy</th><td>mode approve; {required} approval(s) from {groups}; self-approval {selfapp}; sent {send}</td></tr>\
@@ -322,6 +322,7 @@ pub async fn detail(
             true => graphql_rows(v["request"]["body"].as_str().unwrap_or("")),
             false => mcp_row(v["request"]["body"].as_str().unwrap_or("")),
         },
+        model = model_rows(&p),
     );
     page(&p.summary, Some(&s), &body).into_response()
 }
@@ -332,6 +333,70 @@ fn acting_for(p: &Proposal) -> String {
         .as_ref()
         .map(|u| format!(" for {}", esc(u)))
         .unwrap_or_default()
+}
+
+/// What the model asked for, beside the exact payload, each value the call changed flagged:
+/// "model asked for amount 500; the call sends 5000".
+fn model_rows(p: &Proposal) -> String {
+    let Some(by) = &p.requested_by else {
+        return String::new();
+    };
+    let asked = match by["match"].as_str() {
+        Some("none") => {
+            return "<tr><th>Model</th><td class=\"flag\" id=\"model\">No model answer asked for this call: the agent made it on its own.</td></tr>".into()
+        }
+        Some("ambiguous") => &by["candidates"][0],
+        _ => by,
+    };
+    let mut rows = format!(
+        "<tr><th>Model</th><td id=\"model\">{} asked for {} <code>{}</code> in answer {} (matched {})</td></tr>",
+        esc(asked["model"].as_str().unwrap_or("a model")),
+        esc(asked["tool"].as_str().unwrap_or("?")),
+        esc(&asked["arguments"].to_string()),
+        esc(asked["answer_id"].as_str().unwrap_or("?")),
+        esc(by["match"].as_str().unwrap_or("?")),
+    );
+    for change in changed(&asked["arguments"], &p.request.body_bytes()) {
+        rows.push_str(&format!(
+            "<tr><th>Changed</th><td class=\"flag changed\">{}</td></tr>",
+            esc(&change)
+        ));
+    }
+    rows
+}
+
+/// Each top-level value the model asked for that the call's body (JSON or a form) sends
+/// differently, or not at all.
+fn changed(asked: &serde_json::Value, body: &[u8]) -> Vec<String> {
+    let sent: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
+        .ok()
+        .and_then(|v: serde_json::Value| v.as_object().cloned())
+        .unwrap_or_else(|| {
+            form_urlencoded::parse(body)
+                .map(|(k, v)| (k.into_owned(), serde_json::Value::String(v.into_owned())))
+                .collect()
+        });
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    asked
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, want)| match sent.get(k) {
+            None => Some(format!(
+                "model asked for {k} {}; the call does not send {k}",
+                text(want)
+            )),
+            Some(got) if text(got) != text(want) => Some(format!(
+                "model asked for {k} {}; the call sends {}",
+                text(want),
+                text(got)
+            )),
+            Some(_) => None,
+        })
+        .collect()
 }
 
 /// For a GraphQL call, a row per root field (its operation type, name, alias and arguments as

@@ -188,3 +188,59 @@ impl<B> Drop for UsageTap<B> {
         self.finish();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// What a tap saw of `stream` fed in the chunks `cuts` makes.
+    fn seen(stream: &[u8], cuts: &[usize], sse: bool) -> Option<Value> {
+        let out = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let kept = out.clone();
+        let body = http_body_util::Empty::<Bytes>::new();
+        let mut tap = UsageTap::new(
+            body,
+            sse,
+            Box::new(move |s: Seen| *kept.lock().unwrap() = s.tool_requests),
+        );
+        let mut at = 0;
+        for &cut in cuts {
+            let end = (at + cut).min(stream.len());
+            tap.see(&stream[at..end]);
+            at = end;
+        }
+        tap.see(&stream[at..]);
+        tap.finish();
+        let got = out.lock().unwrap().clone();
+        got
+    }
+
+    fn anthropic_stream() -> Vec<u8> {
+        let events = [
+            json!({"type": "message_start", "message": {"id": "msg_9", "content": []}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_9", "name": "refund_payment", "input": {}}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{\"payment_intent\": \"pi_é"}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "\", \"amount\": 500}"}}),
+        ];
+        events
+            .iter()
+            .map(|e| format!("event: x\r\ndata: {e}\r\n\r\n"))
+            .collect::<String>()
+            .into_bytes()
+    }
+
+    proptest! {
+        #[test]
+        fn streamed_tool_calls_read_alike_however_the_stream_is_cut(cuts in proptest::collection::vec(1usize..40, 0..200)) {
+            let stream = anthropic_stream();
+            let whole = seen(&stream, &[], true);
+            prop_assert_eq!(
+                whole.as_ref().map(|v| v["tool_calls"][0]["arguments"].clone()),
+                Some(json!({"payment_intent": "pi_é", "amount": 500}))
+            );
+            prop_assert_eq!(seen(&stream, &cuts, true), whole);
+        }
+    }
+}

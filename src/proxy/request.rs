@@ -424,17 +424,19 @@ pub(super) async fn decide(
     let tool = checked.tool.clone();
     // An undo was asked for by an approver: it is not previewed, and not held.
     let undo = checked.call.undoes.is_some();
-    if tool.kind != ToolKind::Model && !undo {
-        let carried = super::requested_by::Carried {
-            arguments: &checked.call.body_json,
-            query: &checked.query,
-            params: &checked.params,
-        };
-        if let Some(joined) =
+    let joined = match tool.kind != ToolKind::Model && !undo {
+        true => {
+            let carried = super::requested_by::Carried {
+                arguments: &checked.call.body_json,
+                query: &checked.query,
+                params: &checked.params,
+            };
             super::requested_by::join(app.model_asks(), ctx.agent(), &tool, &carried)
-        {
-            ctx.note_requested_by(joined);
         }
+        false => None,
+    };
+    if let Some(joined) = &joined {
+        ctx.note_requested_by(joined.clone());
     }
     if let Some(g) = checked.agent.grant(&tool.name) {
         ctx.record_beside(Kind::GrantUsed, crate::grants::facts(g))
@@ -452,7 +454,9 @@ pub(super) async fn decide(
                 checked.headers.remove(&cred.header);
             }
             ctx.flush().await;
-            propose(app, ctx, &checked).await.map(Answer::Stored)
+            propose(app, ctx, &checked, joined)
+                .await
+                .map(Answer::Stored)
         }
         Route::Read => read(app, ctx, checked).await.map(Answer::Passed),
         Route::Write(key) => {
@@ -517,6 +521,7 @@ async fn propose(
     app: &Arc<Gate>,
     ctx: &RequestCtx,
     checked: &Checked,
+    requested_by: Option<Value>,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let payload = payload_sha(checked);
     let held = crate::approval::Held {
@@ -529,6 +534,7 @@ async fn propose(
         redactor: &app.audit().redactor,
         budget_amount: checked.amount,
         token: ctx.token.as_deref(),
+        requested_by,
     };
     crate::approval::propose_and_wait(app.core(), held).await
 }

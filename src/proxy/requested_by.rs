@@ -38,6 +38,7 @@ pub(super) fn join(
     scalars(carried.query, &mut values);
     values.extend(carried.params.values().cloned());
     let found = asks.find(agent, |ask| how(ask, &names, carried.arguments, &values))?;
+    let described = |ask: &ModelAsk, how: &str| described(ask, how, &values);
     let rank = |how: &str| match how {
         "exact" => 3,
         "arguments" => 2,
@@ -96,7 +97,21 @@ fn scalars(v: &Value, out: &mut BTreeSet<String>) {
     }
 }
 
-fn described(ask: &ModelAsk, how: &str) -> Value {
+/// One candidate: the model's tool call, how it matched, and which of its arguments the call
+/// carries (by name, at the top of the model's input).
+fn described(ask: &ModelAsk, how: &str, values: &BTreeSet<String>) -> Value {
+    let matched: Vec<&String> = ask
+        .arguments
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| {
+            let mut mine = BTreeSet::new();
+            scalars(v, &mut mine);
+            !mine.is_empty() && mine.is_subset(values)
+        })
+        .map(|(k, _)| k)
+        .collect();
     json!({
         "model_request": ask.request_id,
         "model": ask.model,
@@ -105,6 +120,7 @@ fn described(ask: &ModelAsk, how: &str) -> Value {
         "tool": ask.name,
         "arguments": ask.arguments,
         "match": how,
+        "matched_fields": matched,
     })
 }
 
@@ -129,7 +145,10 @@ mod tests {
 
     #[test]
     fn a_call_matches_by_name_and_values_by_values_or_by_name_alone() {
-        let asked = ask("refund_payment", json!({"payment_intent": "pi_1", "amount": 500}));
+        let asked = ask(
+            "refund_payment",
+            json!({"payment_intent": "pi_1", "amount": 500}),
+        );
         // A form body carries the amount as text: the values still match.
         let sent = json!({"payment_intent": "pi_1", "amount": "500", "reason": "x"});
         let names = ["refund_payment"];

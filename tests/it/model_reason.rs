@@ -52,6 +52,19 @@ body = { format = "form" }
 credential = { staging = "model-key" }
 model_tools = ["refund_payment"]
 
+# The same, held for a payments lead.
+[[tool]]
+name = "models.refunds.held"
+host = "api.openai.com"
+method = "POST"
+path = "/v1/refunds/held"
+side_effects = "none"
+mode = "approve"
+approval = { groups = ["payments-leads"], required = 1, hold = "1s" }
+body = { format = "form" }
+credential = { staging = "model-key" }
+model_tools = ["refund_payment"]
+
 # A tool no model names.
 [[tool]]
 name = "models.notes.create"
@@ -76,7 +89,7 @@ fn answer(path: &str, stream: bool) -> (String, &'static str) {
         (out, "text/event-stream")
     };
     match (path, stream) {
-        ("/v1/refunds" | "/v1/notes", _) => (json!({"id": "re_1", "object": "refund"}).to_string(), "application/json"),
+        ("/v1/refunds" | "/v1/notes" | "/v1/refunds/held", _) => (json!({"id": "re_1", "object": "refund"}).to_string(), "application/json"),
         ("/v1/chat/completions", false) => (
             json!({"id": "chatcmpl-whole", "object": "chat.completion", "model": "gpt-test",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "I will refund the customer now",
@@ -274,6 +287,10 @@ async fn a_call_is_joined_to_the_model_answer_that_asked_for_it() {
     assert_eq!(joined["model_request"], model_request.as_str());
     assert_eq!(joined["answer_id"], "chatcmpl-whole");
     assert_eq!(joined["tool_call_id"], "call_1");
+    assert_eq!(
+        joined["matched_fields"],
+        json!(["amount", "payment_intent"])
+    );
     assert_eq!(by(&note)["match"], "none");
     let story = gate
         .admin(
@@ -287,5 +304,62 @@ async fn a_call_is_joined_to_the_model_answer_that_asked_for_it() {
     assert!(
         story.contains("gpt-test asked for refund_payment"),
         "{story}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_approvers_page_shows_what_the_model_asked_for_and_flags_a_change() {
+    let pki = Pki::new("test model CA");
+    let addr = model_server(&pki).await;
+    let gate = GateBuilder::examples()
+        .policy("models.toml", policy())
+        .routed_to(&pki, addr)
+        .start()
+        .await;
+    let client = gate.client(Some(("writer", "writer-token")), http::Version::HTTP_11);
+    let url = "https://api.openai.com/v1/chat/completions";
+    send(
+        &client,
+        "POST",
+        url,
+        &[JSON],
+        json!({"model": "gpt-test", "messages": []}).to_string(),
+    )
+    .await
+    .unwrap();
+    audit_events_once(&gate, "kind=model_usage", "the model answer", |e| {
+        !e.is_empty()
+    })
+    .await;
+    // The agent sends ten times what the model asked for.
+    let form = "payment_intent=pi_123&amount=5000";
+    let held = send(
+        &client,
+        "POST",
+        "https://api.openai.com/v1/refunds/held",
+        &[FORM],
+        form,
+    )
+    .await
+    .unwrap();
+    assert_eq!(held.status, 423, "{}", String::from_utf8_lossy(&held.body));
+    let proposal = held.json()["error"]["proposal"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cookie = gate.sign_in("demo-carol-token").await;
+    let page = gate
+        .page(
+            "GET",
+            &format!("/proposals/{proposal}"),
+            Some(&cookie),
+            None,
+        )
+        .await
+        .text();
+    assert!(page.contains("gpt-test asked for refund_payment"), "{page}");
+    assert!(
+        page.contains("model asked for amount 500; the call sends 5000"),
+        "{page}"
     );
 }
