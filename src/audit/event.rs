@@ -117,6 +117,11 @@ impl Event {
         if let Some(code) = self.payload.get("code").and_then(Value::as_str) {
             keys.push((Index::Code, code.to_string()));
         }
+        // A call made at a model's request is found by that model call's request id.
+        let model_request = self.payload["requested_by"]["model_request"].as_str();
+        if let Some(m) = model_request.filter(|m| !m.is_empty()) {
+            keys.push((Index::ModelRequest, m.to_string()));
+        }
         keys
     }
 

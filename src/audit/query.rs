@@ -469,6 +469,9 @@ pub struct Filter {
     /// The person calls acted for: every event of them.
     #[serde(default)]
     pub user: Option<String>,
+    /// A model call's request id: the calls its answer led to.
+    #[serde(default)]
+    pub model_request: Option<String>,
     pub since: Option<String>,
     pub until: Option<String>,
 }
@@ -493,10 +496,14 @@ impl Audit {
                 && want(&f.code, e.payload["code"].as_str())
                 && want(&f.token, e.token.as_deref())
                 && want(&f.user, e.user.as_deref())
+                && given(&f.model_request).is_none_or(|m| {
+                    e.payload["requested_by"]["model_request"].as_str() == Some(m.as_str())
+                })
         };
         let indexed = [
             (Index::Token, given(&f.token)),
             (Index::User, given(&f.user)),
+            (Index::ModelRequest, given(&f.model_request)),
             (Index::Agent, given(&f.agent)),
             (Index::Tool, given(&f.tool)),
             (Index::Code, given(&f.code)),

@@ -285,6 +285,7 @@ fn in_walk(e: &Event, (index, value): &(Index, String)) -> bool {
         Index::Job => e.job.as_deref() == Some(value),
         Index::Token => e.token.as_deref() == Some(value),
         Index::User => e.user.as_deref() == Some(value),
+        Index::ModelRequest => e.payload["requested_by"]["model_request"].as_str() == Some(value),
         Index::Kind => e.kind.as_str() == value,
         Index::Request | Index::Proposal => false,
     }

@@ -36,6 +36,9 @@ pub enum AuditCommand {
         /// A person (alice@example.com): the calls made for them.
         #[arg(long)]
         user: Option<String>,
+        /// A model call's request id (req_…): the calls its answer led to.
+        #[arg(long = "model-request")]
+        model_request: Option<String>,
         #[arg(long)]
         since: Option<String>,
         #[arg(long)]
@@ -84,6 +87,7 @@ pub(super) async fn run(
             kind,
             token,
             user,
+            model_request,
             since,
             until,
             json,
@@ -95,6 +99,7 @@ pub(super) async fn run(
                 kind,
                 token,
                 user,
+                model_request,
                 since,
                 until,
             };
@@ -214,13 +219,14 @@ async fn search_events(
     }
     let q = query_param;
     let path = format!(
-        "/api/audit/search?{}{}{}{}{}{}{}{}",
+        "/api/audit/search?{}{}{}{}{}{}{}{}{}",
         q("agent", &f.agent),
         q("tool", &f.tool),
         q("code", &f.code),
         q("kind", &f.kind),
         q("token", &f.token),
         q("user", &f.user),
+        q("model_request", &f.model_request),
         q("since", &f.since),
         q("until", &f.until)
     );

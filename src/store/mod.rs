@@ -218,6 +218,8 @@ pub enum Index {
     Token,
     /// The person a call acted for.
     User,
+    /// The model call whose answer asked for a call.
+    ModelRequest,
 }
 
 impl Index {
@@ -233,6 +235,7 @@ impl Index {
             Index::Code => b'c',
             Index::Token => b'o',
             Index::User => b'u',
+            Index::ModelRequest => b'q',
         }
     }
 }
