@@ -78,11 +78,21 @@ credential = { staging = "model-key" }
     .replace("WRITER", &sha256_hex("writer-token"))
 }
 
-const ARGS: &str = r#"{"payment_intent":"pi_123","amount":500}"#;
+/// The payment intent a model asks to refund: the last message's text, if it names one.
+fn intent_of(asked: &Value) -> String {
+    let last = asked["messages"].as_array().and_then(|m| m.last());
+    match last.and_then(|m| m["content"].as_str()) {
+        Some(text) if text.starts_with("pi_") => text.to_string(),
+        _ => "pi_123".to_string(),
+    }
+}
 
 /// What the provider answers: a tool call to refund_payment, in the shape the path and the
 /// body's `stream` ask for.
-fn answer(path: &str, stream: bool) -> (String, &'static str) {
+fn answer(path: &str, asked: &Value) -> (String, &'static str) {
+    let stream = asked["stream"] == true;
+    let pi = intent_of(asked);
+    let args = json!({"payment_intent": pi, "amount": 500}).to_string();
     let sse = |events: Vec<Value>| {
         let mut out: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
         out.push_str("data: [DONE]\n\n");
@@ -93,25 +103,29 @@ fn answer(path: &str, stream: bool) -> (String, &'static str) {
         ("/v1/chat/completions", false) => (
             json!({"id": "chatcmpl-whole", "object": "chat.completion", "model": "gpt-test",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "I will refund the customer now",
-                    "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "refund_payment", "arguments": ARGS}}]}}],
+                    "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "refund_payment", "arguments": args}}]}, "finish_reason": "tool_calls"}],
+                "created": 1_700_000_000,
                 "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}})
             .to_string(),
             "application/json",
         ),
         ("/v1/chat/completions", true) => sse(vec![
-            json!({"id": "chatcmpl-stream", "model": "gpt-test", "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [{"index": 0, "id": "call_2", "type": "function", "function": {"name": "refund_payment", "arguments": ""}}]}}]}),
-            json!({"id": "chatcmpl-stream", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"payment_intent\":\"pi_123\","}}]}}]}),
-            json!({"id": "chatcmpl-stream", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"amount\":500}"}}]}}]}),
+            json!({"id": "chatcmpl-stream", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "gpt-test", "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [{"index": 0, "id": "call_2", "type": "function", "function": {"name": "refund_payment", "arguments": ""}}]}, "finish_reason": null}]}),
+            json!({"id": "chatcmpl-stream", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "gpt-test", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": format!("{{\"payment_intent\":\"{pi}\",")}}]}, "finish_reason": null}]}),
+            json!({"id": "chatcmpl-stream", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "gpt-test", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"amount\":500}"}}]}, "finish_reason": null}]}),
+            json!({"id": "chatcmpl-stream", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "gpt-test", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
         ]),
         _ => {
             let events = [
-                ("message_start", json!({"type": "message_start", "message": {"id": "msg_stream", "type": "message", "model": "claude-test", "content": [], "usage": {"input_tokens": 9}}})),
+                ("message_start", json!({"type": "message_start", "message": {"id": "msg_stream", "type": "message", "role": "assistant", "model": "claude-test", "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 9, "output_tokens": 1}}})),
                 ("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
                 ("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "I will refund the customer now"}})),
+                ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
                 ("content_block_start", json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_3", "name": "refund_payment", "input": {}}})),
-                ("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"payment_intent\": \"pi_123\","}})),
+                ("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": format!("{{\"payment_intent\": \"{pi}\",")}})),
                 ("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": " \"amount\": 500}"}})),
-                ("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 20}})),
+                ("content_block_stop", json!({"type": "content_block_stop", "index": 1})),
+                ("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 20}})),
                 ("message_stop", json!({"type": "message_stop"})),
             ];
             let out = events
@@ -140,7 +154,7 @@ async fn model_server(pki: &Pki) -> std::net::SocketAddr {
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
             let asked: Value = serde_json::from_slice(&body).unwrap_or_default();
-            let (text, content_type) = answer(&path, asked["stream"] == true);
+            let (text, content_type) = answer(&path, &asked);
             Ok::<_, std::convert::Infallible>(
                 http::Response::builder()
                     .header("content-type", content_type)
@@ -361,5 +375,93 @@ async fn the_approvers_page_shows_what_the_model_asked_for_and_flags_a_change() 
     assert!(
         page.contains("model asked for amount 500; the call sends 5000"),
         "{page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_model_sdks_and_stripe_python_are_joined_through_toolgate() {
+    let python = crate::sdk::sdk_dir().join(".venv/bin/python");
+    let have = std::process::Command::new(&python)
+        .args(["-c", "import openai, anthropic, stripe"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        if std::env::var("TOOLGATE_REQUIRE_SDKS").as_deref() == Ok("1") {
+            panic!(
+                "TOOLGATE_REQUIRE_SDKS=1 but openai/anthropic are not installed in tests/sdk/.venv"
+            );
+        }
+        crate::support::skips::skipped(
+            "model_reason::the_official_model_sdks",
+            "openai and anthropic are not installed in tests/sdk/.venv",
+            crate::support::skips::SDKS,
+        );
+        return;
+    }
+    let (pki, fakes) = example_apis().await;
+    let models = model_server(&pki).await;
+    let writer = policy().replace(
+        "tools = [\"models.*\"]",
+        "tools = [\"models.*\", \"stripe.refunds.create\"]",
+    );
+    let gate = GateBuilder::examples()
+        .policy("models.toml", writer)
+        .routed_to(&pki, fakes.addr)
+        .config(move |c| {
+            c.connect_to.insert(("api.openai.com".into(), 443), models);
+            c.connect_to
+                .insert(("api.anthropic.com".into(), 443), models);
+        })
+        .start()
+        .await;
+    let approving = approver(&gate, "the model asked for it");
+    let proxy = format!("http://writer:writer-token@{}", gate.addr);
+    let mut py = tokio::process::Command::new(&python);
+    py.arg(crate::sdk::sdk_dir().join("model_agent.py"))
+        .env("TOOLGATE_PROXY", &proxy)
+        .env("TOOLGATE_CA", gate.ca_path())
+        .env("SSL_CERT_FILE", gate.ca_path())
+        .env_remove("REQUESTS_CA_BUNDLE");
+    let steps = crate::sdk::run_agent(py).await;
+    approving.abort();
+    let want = json!({"payment_intent": "pi_openai", "amount": 500});
+    assert_eq!(
+        crate::sdk::ok(&steps, "openai", "tool_call")["arguments"],
+        want
+    );
+    let streamed = crate::sdk::ok(&steps, "openai", "streamed_tool_call");
+    assert_eq!(streamed["arguments"]["payment_intent"], "pi_stream");
+    let claude = crate::sdk::ok(&steps, "anthropic", "streamed_tool_call");
+    assert_eq!(claude["arguments"]["payment_intent"], "pi_claude");
+    crate::sdk::ok(&steps, "stripe-python", "refund");
+    // The refund joins the Anthropic answer that asked for it, exactly; the story begins there.
+    let refunds = |e: &Value| {
+        e["payload"]["path"] == "/v1/refunds" && e["payload"]["requested_by"].is_object()
+    };
+    let requests = audit_events_once(&gate, "kind=request&agent=writer", "the refund", |e| {
+        e.iter().any(refunds)
+    })
+    .await;
+    let refund = requests.iter().find(|e| refunds(e)).unwrap();
+    let joined = refund["payload"]["requested_by"]
+        .as_object()
+        .cloned()
+        .unwrap();
+    assert_eq!(joined["match"], "exact", "{joined:?}");
+    assert_eq!(joined["answer_id"], "msg_stream");
+    assert_eq!(joined["tool"], "refund_payment");
+    let rid = refund["request_id"].as_str().unwrap();
+    let story = gate
+        .admin(
+            "GET",
+            &format!("/api/audit/story/{rid}"),
+            Some("demo-carol-token"),
+            None,
+        )
+        .await
+        .text();
+    assert!(
+        story.contains("claude-test asked for refund_payment"),
+        "{story}"
     );
 }
