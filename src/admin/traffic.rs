@@ -258,7 +258,19 @@ pub async fn detail_page(
         );
         return (StatusCode::NOT_FOUND, page("Not found", Some(&s), &body)).into_response();
     };
-    let body = detail_html(&row, &events, &proposal, &s);
+    // A model call's answer may have led to calls: each links back here.
+    let led: Vec<String> = app
+        .audit()
+        .search(&crate::audit::Filter {
+            model_request: Some(id.clone()),
+            kind: Some("request".into()),
+            ..Default::default()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| e.request_id)
+        .collect();
+    let body = detail_html(&row, &events, &proposal, &s) + &led_html(&led);
     page(&format!("Request {id}"), Some(&s), &body).into_response()
 }
 
@@ -288,7 +300,7 @@ fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Session) -> 
          <tr><th>When</th><td>{time}</td></tr>\
          <tr><th>Tool</th><td>{tool}{version}</td></tr>\
          <tr><th>Decision</th><td id=\"decision\">{decision}</td></tr>\
-         <tr><th>Why</th><td id=\"why\">{message}</td></tr>\
+         <tr><th>Why</th><td id=\"why\">{message}</td></tr>{model}\
          <tr><th>Answer</th><td>{status}{latency}</td></tr>\
          <tr><th>Job</th><td><a href=\"/stories/{job_q}\">{job}</a></td></tr></table></div>\
          <h2>As recorded</h2><pre id=\"recorded\">{recorded}</pre>\
@@ -324,7 +336,48 @@ fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Session) -> 
         recorded = recorded_html(row, &asked, events),
         proposal_html = proposal_html(row, proposal),
         id_q = seg(&row.request_id),
+        model = model_row(&asked),
     )
+}
+
+/// Which model answer asked for the call, linked to the model call's own page.
+fn model_row(asked: &Asked) -> String {
+    let Some(by) = &asked.requested_by else {
+        return String::new();
+    };
+    let text = match by["match"].as_str() {
+        Some("none") => "no model answer asked for this call".to_string(),
+        Some("ambiguous") => {
+            "more than one model answer could have asked for it (see the story)".into()
+        }
+        _ => {
+            let m = by["model_request"].as_str().unwrap_or("");
+            return format!(
+                "<tr><th>Asked by</th><td id=\"asked-by\">{} in answer {} (<a href=\"/traffic/{}\">{}</a>; matched {})</td></tr>",
+                esc(by["model"].as_str().unwrap_or("a model")),
+                esc(by["answer_id"].as_str().unwrap_or("?")),
+                seg(m),
+                esc(m),
+                esc(by["match"].as_str().unwrap_or("?")),
+            );
+        }
+    };
+    format!(
+        "<tr><th>Asked by</th><td id=\"asked-by\">{}</td></tr>",
+        esc(&text)
+    )
+}
+
+/// The calls a model call's answer led to, linked.
+fn led_html(led: &[String]) -> String {
+    if led.is_empty() {
+        return String::new();
+    }
+    let items: String = led
+        .iter()
+        .map(|r| format!("<li><a href=\"/traffic/{}\">{}</a></li>", seg(r), esc(r)))
+        .collect();
+    format!("<h2>Calls this answer led to</h2><ul class=\"card\" id=\"led\">{items}</ul>")
 }
 
 /// The request as recorded (`request`, the payload of its request event): the request line,

@@ -319,6 +319,40 @@ async fn a_call_is_joined_to_the_model_answer_that_asked_for_it() {
         story.contains("gpt-test asked for refund_payment"),
         "{story}"
     );
+    // The calls one answer led to.
+    let led = audit_events(&gate, &format!("model_request={model_request}")).await;
+    let ids: std::collections::BTreeSet<&str> = led
+        .iter()
+        .filter_map(|e| e["request_id"].as_str())
+        .collect();
+    assert_eq!(ids.into_iter().collect::<Vec<_>>(), [refund.as_str()]);
+    // The reviewer's pages link the call and its model answer both ways.
+    let cookie = gate.sign_in("demo-riley-token").await;
+    let call_page = gate
+        .page("GET", &format!("/traffic/{refund}"), Some(&cookie), None)
+        .await
+        .text();
+    assert!(
+        call_page.contains(&format!("/traffic/{model_request}")),
+        "{call_page}"
+    );
+    let model_page = gate
+        .page(
+            "GET",
+            &format!("/traffic/{model_request}"),
+            Some(&cookie),
+            None,
+        )
+        .await
+        .text();
+    assert!(
+        model_page.contains("Calls this answer led to"),
+        "{model_page}"
+    );
+    assert!(
+        model_page.contains(&format!("/traffic/{refund}")),
+        "{model_page}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
