@@ -92,7 +92,12 @@ fn intent_of(asked: &Value) -> String {
 fn answer(path: &str, asked: &Value) -> (String, &'static str) {
     let stream = asked["stream"] == true;
     let pi = intent_of(asked);
-    let args = json!({"payment_intent": pi, "amount": 500}).to_string();
+    // A secret-looking value in a tool input, when the test asks for one (the audit redacts it).
+    let mut args = json!({"payment_intent": pi, "amount": 500});
+    if asked["secret"] == true {
+        args["note"] = json!("key sk_live_51HfakeSecretValue99");
+    }
+    let args = args.to_string();
     let sse = |events: Vec<Value>| {
         let mut out: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
         out.push_str("data: [DONE]\n\n");
@@ -181,7 +186,10 @@ async fn the_tool_calls_a_model_asks_for_are_recorded_whole_and_streamed() {
     let client = gate.client(Some(("writer", "writer-token")), http::Version::HTTP_11);
     let openai = "https://api.openai.com/v1/chat/completions";
     let asks = [
-        (openai, json!({"model": "gpt-test", "messages": []})),
+        (
+            openai,
+            json!({"model": "gpt-test", "messages": [], "secret": true}),
+        ),
         (
             openai,
             json!({"model": "gpt-test", "stream": true, "messages": []}),
@@ -208,11 +216,8 @@ async fn the_tool_calls_a_model_asks_for_are_recorded_whole_and_streamed() {
         let p = &e["payload"];
         let call = &p["tool_calls"][0];
         assert_eq!(call["name"], "refund_payment", "{p}");
-        assert_eq!(
-            call["arguments"],
-            json!({"payment_intent": "pi_123", "amount": 500}),
-            "{p}"
-        );
+        assert_eq!(call["arguments"]["payment_intent"], "pi_123", "{p}");
+        assert_eq!(call["arguments"]["amount"], 500, "{p}");
         answers.push(p["answer_id"].as_str().unwrap_or("").to_string());
     }
     answers.sort();
@@ -221,6 +226,10 @@ async fn the_tool_calls_a_model_asks_for_are_recorded_whole_and_streamed() {
     assert!(
         !all.contains("I will refund"),
         "the model's text is never recorded"
+    );
+    assert!(
+        !all.contains("sk_live_51HfakeSecretValue99"),
+        "a secret-looking value in a model's tool input is redacted"
     );
 }
 
