@@ -96,7 +96,7 @@ impl Core {
             locks: KeyedLocks::default(),
             waiters: Waiters::new(&store),
             principals: crate::services::Principals::new(&store),
-            metrics: Metrics::default(),
+            metrics: Metrics::with_traces(config.traces.clone()),
             sources: PerSource::default(),
             cancel: CancellationToken::new(),
             abandon: CancellationToken::new(),

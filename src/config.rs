@@ -43,6 +43,7 @@ pub mod env {
     pub const METRICS_LISTEN: &str = "TOOLGATE_METRICS_LISTEN";
     pub const TRANSPARENT_LISTEN: &str = "TOOLGATE_TRANSPARENT_LISTEN";
     pub const DATABASE_URL: &str = "TOOLGATE_DATABASE_URL";
+    pub const TRACE_URL_TEMPLATE: &str = "TOOLGATE_TRACE_URL_TEMPLATE";
 }
 
 /// The limits that keep one agent (or anyone who can reach the listeners) from freezing,
@@ -152,6 +153,10 @@ pub struct Config {
     pub guards: Guards,
     /// Run by `toolgate demo`: the sign-in page names the published demo tokens in force.
     pub demo: bool,
+    /// The trace exporter's counters, when traces are on (`--otlp-endpoint`).
+    pub traces: Option<std::sync::Arc<crate::telemetry::Counts>>,
+    /// `--trace-url-template`: a request's page links to its trace.
+    pub trace_url_template: Option<String>,
 }
 
 impl Config {
@@ -172,6 +177,8 @@ impl Config {
             admin_url: String::new(),
             guards: Guards::default(),
             demo: false,
+            traces: None,
+            trace_url_template: None,
         }
     }
 

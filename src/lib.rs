@@ -37,6 +37,7 @@ pub mod sandbox;
 pub mod services;
 pub mod store;
 pub mod sweep;
+pub mod telemetry;
 pub mod upstream;
 pub mod verdict;
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::{env, parse_duration, Config};
+use crate::telemetry::Telemetry;
 
 use super::fail;
 
@@ -101,6 +102,15 @@ pub struct ServeArgs {
     /// REDIRECT or DNAT of ports 443 and 80) on this address; agents are known by `sources`.
     #[arg(long, env = env::TRANSPARENT_LISTEN)]
     pub transparent_listen: Option<SocketAddr>,
+    /// Export a trace span per call over OTLP/HTTP to this collector (its base URL;
+    /// `/v1/traces` is added). The other standard OTEL_* variables apply (headers, service
+    /// name, sampler). Off unless set.
+    #[arg(long, env = crate::telemetry::env::OTLP_ENDPOINT)]
+    pub otlp_endpoint: Option<String>,
+    /// A link from a request's page to its trace: a URL with `{trace_id}` (and `{request_id}`),
+    /// e.g. `https://grafana.example/explore?traceId={trace_id}`.
+    #[arg(long, env = env::TRACE_URL_TEMPLATE)]
+    pub trace_url_template: Option<String>,
 }
 
 fn flag_duration(flag: &str, value: &str) -> Result<std::time::Duration, String> {
@@ -165,6 +175,7 @@ impl ServeArgs {
             }
             g.audit_retention = Some(r);
         }
+        config.trace_url_template = self.trace_url_template.clone().filter(|t| !t.is_empty());
         Ok(config)
     }
 }
@@ -200,27 +211,38 @@ async fn bind(args: &ServeArgs) -> Result<crate::Listeners, String> {
 }
 
 /// `toolgate serve`: the proxy and the admin listener, until Ctrl-C or SIGTERM.
-pub(super) async fn serve(args: ServeArgs) -> ExitCode {
-    let config = match args.config() {
+pub(super) async fn serve(args: ServeArgs, telemetry: Option<Telemetry>) -> ExitCode {
+    let mut config = match args.config() {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    config.traces = telemetry.as_ref().map(Telemetry::counts);
     let listeners = match bind(&args).await {
         Ok(l) => l,
         Err(e) => return fail(&e),
     };
-    match crate::run_with(listeners, config, shutdown_signal(), crate::orient::print).await {
+    let result = crate::run_with(listeners, config, shutdown_signal(), crate::orient::print).await;
+    stop_traces(telemetry).await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
     }
 }
 
+/// Sends the spans still queued before the process ends.
+async fn stop_traces(telemetry: Option<Telemetry>) {
+    if let Some(t) = telemetry {
+        t.shutdown(std::time::Duration::from_secs(3)).await;
+    }
+}
+
 /// `toolgate demo`: serve against the sandbox, then say what to try.
-pub(super) async fn demo(args: ServeArgs) -> ExitCode {
+pub(super) async fn demo(args: ServeArgs, telemetry: Option<Telemetry>) -> ExitCode {
     let mut config = match args.config() {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    config.traces = telemetry.as_ref().map(Telemetry::counts);
     let listeners = match bind(&args).await {
         Ok(l) => l,
         Err(e) => return fail(&e),
@@ -238,6 +260,7 @@ pub(super) async fn demo(args: ServeArgs) -> ExitCode {
     })
     .await;
     drop(demo);
+    stop_traces(telemetry).await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),

@@ -419,6 +419,7 @@ fn compile_tool(
         summary: def.summary,
         redact: def.redact,
         headers: def.headers,
+        propagate_trace: def.propagate_trace,
     })
 }
 

@@ -468,6 +468,8 @@ pub struct Tool {
     pub redact: Vec<String>,
     /// Request headers forwarded besides the defaults.
     pub headers: Vec<String>,
+    /// Whether the upstream gets the call's trace context (`propagate_trace`).
+    pub propagate_trace: bool,
 }
 
 /// `kind`: what a tool is.

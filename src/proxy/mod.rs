@@ -14,6 +14,7 @@ mod read;
 mod request;
 pub mod rewind;
 pub mod scrub;
+mod trace;
 pub(crate) mod transparent;
 mod unmatched;
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// Layers from the bottom. A module may import modules of lower layers only.
 const LAYERS: &[&[&str]] = &[
     // helpers that import nothing of the crate
-    &["base"],
+    &["base", "telemetry"],
     // errors, stored records, start-up configuration; leaves with no crate imports
     &[
         "error", "model", "config", "logging", "metrics", "ca", "mcp",

@@ -33,5 +33,6 @@ mod sdk;
 mod store;
 mod streaming;
 mod suggest;
+mod traces;
 mod traffic;
 mod transparent;
