@@ -14,6 +14,7 @@
 
 mod event;
 mod kind;
+pub mod ocsf;
 pub mod payload;
 mod query;
 mod redact;

@@ -43,10 +43,14 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Every event since a time, as JSON Lines (the schema is in the README).
+    /// Every event since a time, as JSON Lines (the schema is in the README), or as OCSF
+    /// events (`--format ocsf`, for a SIEM).
     Export {
         #[arg(long)]
         since: Option<String>,
+        /// `toolgate` (the audit log's own events) or `ocsf`.
+        #[arg(long, value_enum, default_value = "toolgate")]
+        format: ExportFormat,
     },
     /// Checks the hash chain; names the first bad sequence number.
     Verify,
@@ -62,6 +66,15 @@ pub enum AuditCommand {
         #[arg(long, env = env::AUDIT_RETENTION_MIN, default_value = "30d")]
         audit_retention_min: String,
     },
+}
+
+/// What `audit export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// The audit log's events as stored (hash-chained).
+    Toolgate,
+    /// OCSF events (schema 1.8.0), the audit event under `unmapped`.
+    Ocsf,
 }
 
 /// Runs an audit command against a running server, or a stopped one's store.
@@ -100,7 +113,9 @@ pub(super) async fn run(
             };
             print_events(search_events(offline.as_ref(), client, &f).await, json)
         }
-        AuditCommand::Export { since } => export_cmd(offline.as_ref(), client, since).await,
+        AuditCommand::Export { since, format } => {
+            export_cmd(offline.as_ref(), client, since, format).await
+        }
         AuditCommand::Verify => verify_cmd(offline.as_ref(), client).await,
         AuditCommand::Purge {
             before,
@@ -143,6 +158,7 @@ async fn export_cmd(
     offline: Option<&crate::audit::Audit>,
     client: AdminClient<'_>,
     since: Option<String>,
+    format: ExportFormat,
 ) -> ExitCode {
     use std::io::Write;
     let since_ms = match crate::audit::time_filter("since", &since) {
@@ -154,7 +170,11 @@ async fn export_cmd(
         for e in a.export(since_ms) {
             match e {
                 Ok(e) => {
-                    let _ = writeln!(out, "{}", serde_json::to_string(&e).unwrap_or_default());
+                    let line = match format {
+                        ExportFormat::Toolgate => serde_json::to_string(&e),
+                        ExportFormat::Ocsf => serde_json::to_string(&crate::audit::ocsf::event(&e)),
+                    };
+                    let _ = writeln!(out, "{}", line.unwrap_or_default());
                 }
                 Err(e) => return fail(&e.to_string()),
             }
@@ -171,18 +191,49 @@ async fn export_cmd(
         return fail(&format!("{}: the export was refused", resp.status()));
     }
     let mut body = resp.into_body();
+    // OCSF: each line (one event) mapped as it arrives; a line may span chunks.
+    let mut partial: Vec<u8> = Vec::new();
     while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
         match frame {
             Ok(f) => {
-                if let Some(chunk) = f.data_ref() {
+                let Some(chunk) = f.data_ref() else { continue };
+                if format == ExportFormat::Toolgate {
                     let _ = out.write_all(chunk);
+                    continue;
+                }
+                partial.extend_from_slice(chunk);
+                if let Err(e) = write_ocsf_lines(&mut partial, &mut out) {
+                    return fail(&e);
                 }
             }
             Err(e) => return fail(&format!("the export stopped: {e}")),
         }
     }
+    partial.push(b'\n');
+    if let Err(e) = write_ocsf_lines(&mut partial, &mut out) {
+        return fail(&e);
+    }
     let _ = out.flush();
     ExitCode::SUCCESS
+}
+
+/// Writes the whole lines of `partial` (audit events) as OCSF events, keeping the rest.
+fn write_ocsf_lines(partial: &mut Vec<u8>, out: &mut impl std::io::Write) -> Result<(), String> {
+    let Some(end) = partial.iter().rposition(|b| *b == b'\n') else {
+        return Ok(());
+    };
+    let rest = partial.split_off(end + 1);
+    for line in partial
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.trim_ascii().is_empty())
+    {
+        let e: crate::audit::Event = serde_json::from_slice(line)
+            .map_err(|e| format!("the server sent an event this build cannot read ({e})"))?;
+        let ocsf = crate::audit::ocsf::event(&e);
+        let _ = writeln!(out, "{}", serde_json::to_string(&ocsf).unwrap_or_default());
+    }
+    *partial = rest;
+    Ok(())
 }
 
 /// With `--data-dir`: the audit log of a stopped toolgate, opened directly.

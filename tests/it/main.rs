@@ -24,6 +24,7 @@ mod import;
 mod import_graphql;
 mod layers;
 mod mcp;
+mod ocsf;
 mod people;
 mod policy_tests;
 mod postgres;
