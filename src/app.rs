@@ -57,6 +57,8 @@ pub struct Core {
     limiter: RateLimiter,
     principals: crate::services::Principals,
     metrics: Metrics,
+    /// The audit sinks (`--audit-sink`).
+    sinks: crate::sink::Sinks,
     sources: PerSource,
     cancel: CancellationToken,
     abandon: CancellationToken,
@@ -90,6 +92,8 @@ impl Core {
             tasks.clone(),
         );
         let routes = Arc::new(Routes::new(config.connect_to.clone()));
+        let sinks =
+            crate::sink::Sinks::new(&config.audit_sinks, tls.clone(), config.audit_sink_max_lag);
         Ok(Core {
             upstream: Upstream::new(tls, routes, config.upstream_timeout),
             limiter: RateLimiter::new(store.clone()),
@@ -97,6 +101,7 @@ impl Core {
             waiters: Waiters::new(&store),
             principals: crate::services::Principals::new(&store),
             metrics: Metrics::with_traces(config.traces.clone()),
+            sinks,
             sources: PerSource::default(),
             cancel: CancellationToken::new(),
             abandon: CancellationToken::new(),
@@ -137,6 +142,11 @@ impl Core {
 
     pub fn audit(&self) -> &Arc<Audit> {
         &self.audit
+    }
+
+    /// The audit sinks.
+    pub fn sinks(&self) -> &crate::sink::Sinks {
+        &self.sinks
     }
 
     pub fn upstream(&self) -> &Upstream {

@@ -287,10 +287,13 @@ pub async fn metrics_open(State(app): State<Arc<Console>>) -> Response {
         "toolgate_audit_unrecorded_refusals_total {unrecorded}\n"
     ));
     let size = app.store().size_on_disk();
-    let alarm = u8::from(size > app.config().guards.store_alarm_bytes);
+    // A sink far behind is as urgent as a full disk: the log is its only buffer.
+    let head = app.audit().head().map(|(seq, _)| seq).unwrap_or(0);
+    out.push_str(&app.sinks().render(head));
+    let alarm = u8::from(size > app.config().guards.store_alarm_bytes || app.sinks().alarm(head));
     out.push_str("# HELP toolgate_store_bytes Bytes the store takes on disk.\n# TYPE toolgate_store_bytes gauge\n");
     out.push_str(&format!("toolgate_store_bytes {size}\n"));
-    out.push_str("# HELP toolgate_store_alarm 1 when the store is larger than --store-alarm.\n# TYPE toolgate_store_alarm gauge\n");
+    out.push_str("# HELP toolgate_store_alarm 1 when the store is larger than --store-alarm, or an audit sink is further behind than --audit-sink-max-lag.\n# TYPE toolgate_store_alarm gauge\n");
     out.push_str(&format!("toolgate_store_alarm {alarm}\n"));
     out.push_str("# HELP toolgate_buffered_body_bytes Request-body bytes buffered now.\n# TYPE toolgate_buffered_body_bytes gauge\n");
     out.push_str(&format!(

