@@ -127,6 +127,9 @@ pub struct Before {
     before: String,
     #[serde(default)]
     reason: String,
+    /// Purge events an audit sink has not delivered too.
+    #[serde(default)]
+    force: bool,
 }
 
 /// Purges old events: approvers in group `admin` only, never inside the retention minimum, and
@@ -156,9 +159,18 @@ pub async fn purge(
     if let Err(why) = crate::audit::check_purge_cut(ms, app.config().guards.audit_retention_min) {
         return api_error(StatusCode::BAD_REQUEST, "validation_error", why);
     }
-    match app.audit().purge(ms, &who.id, &b.reason).await {
-        Ok(r) => Json(json!({"removed": r.removed, "from_seq": r.first_seq, "to_seq": r.last_seq}))
-            .into_response(),
+    let delivered = match b.force {
+        true => None,
+        false => app.sinks().lowest_cursor(app.store()).await,
+    };
+    match app.audit().purge(ms, &who.id, &b.reason, delivered).await {
+        Ok(r) => {
+            let note = r.kept_for_sinks.then_some(
+                "events an audit sink has not delivered were kept; purge with force: true to remove them anyway",
+            );
+            Json(json!({"removed": r.removed, "from_seq": r.first_seq, "to_seq": r.last_seq, "kept_for_sinks": r.kept_for_sinks, "note": note}))
+                .into_response()
+        }
         Err(e) => api_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "internal_error",

@@ -65,6 +65,9 @@ pub enum AuditCommand {
         /// --audit-retention-min).
         #[arg(long, env = env::AUDIT_RETENTION_MIN, default_value = "30d")]
         audit_retention_min: String,
+        /// Through the server: also purge events an audit sink has not delivered yet.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -121,10 +124,11 @@ pub(super) async fn run(
             before,
             reason,
             audit_retention_min,
+            force,
         } => {
             let removed = match &offline {
                 Some(a) => purge_offline(a, &before, &reason, &audit_retention_min).await,
-                None => purge_online(client, &before, &reason).await,
+                None => purge_online(client, &before, &reason, force).await,
             };
             match removed {
                 Ok(n) => {
@@ -138,13 +142,23 @@ pub(super) async fn run(
 }
 
 /// A purge by the running server (which applies its own retention minimum).
-async fn purge_online(client: AdminClient<'_>, before: &str, reason: &str) -> Result<u64, String> {
-    let body = serde_json::json!({ "before": before, "reason": reason });
+async fn purge_online(
+    client: AdminClient<'_>,
+    before: &str,
+    reason: &str,
+    force: bool,
+) -> Result<u64, String> {
+    let body = serde_json::json!({ "before": before, "reason": reason, "force": force });
     match client
         .call(http::Method::POST, "/api/audit/purge", Some(body))
         .await?
     {
-        (200, v) => Ok(v["removed"].as_u64().unwrap_or(0)),
+        (200, v) => {
+            if let Some(note) = v["note"].as_str() {
+                say!("{note}");
+            }
+            Ok(v["removed"].as_u64().unwrap_or(0))
+        }
         (status, v) => Err(format!(
             "{status}: {}",
             v["error"]["message"].as_str().unwrap_or("")
@@ -392,8 +406,9 @@ async fn purge_offline(
         "local:{} (--data-dir)",
         std::env::var("USER").unwrap_or_else(|_| "operator".into())
     );
+    // A stopped store's sinks are not running: the operator's purge is what they asked for.
     audit
-        .purge(ms, &by, reason)
+        .purge(ms, &by, reason, None)
         .await
         .map(|r| r.removed)
         .map_err(|e| e.to_string())

@@ -300,3 +300,89 @@ async fn rsyslog_receives_every_event_as_an_rfc5424_line_with_ocsf() {
         "every event, as one line each"
     );
 }
+
+#[tokio::test]
+async fn retention_keeps_what_a_sink_has_not_delivered_unless_forced() {
+    let sink = toolgate::config::parse_audit_sink("http://127.0.0.1:9/down", None).unwrap();
+    let (_pki, _upstream, gate) = GateBuilder::examples()
+        .config(move |c| {
+            c.guards.audit_retention_min = std::time::Duration::ZERO;
+            c.audit_sinks = vec![sink.clone()];
+        })
+        .with_upstream()
+        .await;
+    let client = gate.client(
+        Some(("support-bot-staging", "demo-staging-token")),
+        http::Version::HTTP_11,
+    );
+    for i in 0..3 {
+        let url = format!("https://api.stripe.com/v1/customers/cus_{i}");
+        send(&client, "GET", &url, &[], "").await.unwrap();
+    }
+    let unix = || toolgate::base::now_ms() / 1000;
+    let written_by = unix() + 1;
+    poll::until("the clock is past the events' second", poll::SOON, || {
+        std::future::ready(unix() > written_by)
+    })
+    .await;
+    let purge = |force: bool| {
+        let gate = &gate;
+        let body = serde_json::json!({"before": unix().to_string(), "reason": "r", "force": force});
+        async move {
+            gate.admin(
+                "POST",
+                "/api/audit/purge",
+                Some("demo-dave-token"),
+                Some(body),
+            )
+            .await
+            .json()
+        }
+    };
+    let kept = purge(false).await;
+    assert_eq!(kept["removed"], 0, "{kept}");
+    assert_eq!(kept["kept_for_sinks"], true, "{kept}");
+    assert!(kept["note"].as_str().unwrap().contains("force"), "{kept}");
+    let forced = purge(true).await;
+    assert!(forced["removed"].as_u64().unwrap() > 0, "{forced}");
+}
+
+#[tokio::test]
+async fn a_file_sink_writes_json_lines_and_rotates_by_size() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("audit.jsonl");
+    let spec = format!("file://{}?max_bytes=1KiB&keep=2", path.display());
+    let sink = toolgate::config::parse_audit_sink(&spec, None).unwrap();
+    let (_pki, _upstream, gate) = GateBuilder::examples()
+        .config(move |c| c.audit_sinks = vec![sink.clone()])
+        .with_upstream()
+        .await;
+    let client = gate.client(
+        Some(("support-bot-staging", "demo-staging-token")),
+        http::Version::HTTP_11,
+    );
+    let rotated = |i: u32| std::path::PathBuf::from(format!("{}.{i}", path.display()));
+    // Rounds of calls, each delivered (as a batch of its own) before the next.
+    for round in 0..4 {
+        for i in 0..3 {
+            let url = format!("https://api.stripe.com/v1/customers/cus_{round}_{i}");
+            send(&client, "GET", &url, &[], "").await.unwrap();
+        }
+        let needle = format!("cus_{round}_2");
+        poll::until("the round is in the file", poll::SOON, || {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            std::future::ready(text.contains(&needle))
+        })
+        .await;
+    }
+    poll::until("the file sink rotated", poll::SOON, || {
+        std::future::ready(rotated(2).exists())
+    })
+    .await;
+    assert!(!rotated(3).exists(), "two rotated files are kept");
+    let first = std::fs::read_to_string(rotated(1)).unwrap();
+    for line in first.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert!(v["metadata"]["sequence"].as_u64().is_some());
+    }
+}
