@@ -442,4 +442,34 @@ mod tests {
             .unwrap()
             .contains("0af7651916cd43dd8448eb211c80319c"));
     }
+
+    proptest::proptest! {
+        /// Whatever an agent sends as trace context, reading it never panics, and what is
+        /// continued is a valid context.
+        #[test]
+        fn any_trace_context_is_read_without_panic(tp in "\\PC{0,80}", ts in "\\PC{0,80}") {
+            let mut h = http::HeaderMap::new();
+            if let Ok(v) = http::HeaderValue::from_str(&tp) {
+                h.insert("traceparent", v);
+            }
+            if let Ok(v) = http::HeaderValue::from_str(&ts) {
+                h.insert("tracestate", v);
+            }
+            if let Some(cx) = remote_parent(&h) {
+                use opentelemetry::trace::TraceContextExt as _;
+                proptest::prop_assert!(cx.span().span_context().is_valid());
+            }
+        }
+
+        #[test]
+        fn a_well_formed_traceparent_is_continued(
+            trace in "[0-9a-f]{32}", span in "[0-9a-f]{16}", flags in "0[0-3]",
+        ) {
+            proptest::prop_assume!(trace != "0".repeat(32) && span != "0".repeat(16));
+            let mut h = http::HeaderMap::new();
+            let tp = format!("00-{trace}-{span}-{flags}");
+            h.insert("traceparent", http::HeaderValue::from_str(&tp).unwrap());
+            proptest::prop_assert!(remote_parent(&h).is_some(), "{}", tp);
+        }
+    }
 }

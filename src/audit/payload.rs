@@ -37,6 +37,9 @@ pub struct Asked {
     /// The client went away before the call was told.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub client_gone: bool,
+    /// The call's trace (W3C trace id), when traces are on: the link from the story to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// `decision`: whether the call goes on (also folded into a read's `request`).

@@ -172,6 +172,7 @@ fn asked(ctx: &RequestCtx, req: &Request<ProxyBody>) {
         undoes,
         asked_by,
         headers: crate::audit::headers_json(req.headers()),
+        trace_id: super::trace::trace_id(ctx),
         ..Asked::default()
     };
     ctx.hold_request(asked.into_value());

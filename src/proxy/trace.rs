@@ -50,6 +50,18 @@ pub(super) fn call_span(
     span
 }
 
+/// The call's trace id (32 hex digits), when its span is exported.
+pub(super) fn trace_id(ctx: &RequestCtx) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt as _;
+    if ctx.span.is_disabled() {
+        return None;
+    }
+    let cx = ctx.span.context();
+    let span = cx.span();
+    let sc = span.span_context();
+    (sc.is_valid() && sc.is_sampled()).then(|| sc.trace_id().to_string())
+}
+
 /// What the call span ends with: who and what, the decision and the status.
 pub(super) fn ended(ctx: &RequestCtx, method: &Method, status: u16, refused: Option<Code>) {
     let span = &ctx.span;

@@ -133,6 +133,26 @@ async fn an_agents_trace_continues_through_toolgate_with_its_phases_and_no_secre
     }
     approval_in(&spans, step(&steps, "held"));
     no_secret_in(&spans, root);
+    story_names_its_trace(&spans, step(&steps, "read"), admin.parse().unwrap()).await;
+}
+
+/// The request's audit event carries its trace id, and its page links to the trace.
+async fn story_names_its_trace(spans: &[Received], step: &Value, admin: std::net::SocketAddr) {
+    let trace_id = step["trace_id"].as_str().unwrap();
+    let call = spans
+        .iter()
+        .find(|s| s.trace_id() == trace_id && s.span.name == "toolgate.call")
+        .unwrap();
+    let request_id = call.attr("toolgate.request_id").unwrap();
+    let path = format!("/api/audit/story/{request_id}");
+    let story = admin_at(admin, "GET", &path, Some("demo-riley-token"), None).await;
+    let story: Value = serde_json::from_slice(&story.body).unwrap();
+    assert!(
+        story
+            .to_string()
+            .contains(&format!("\"trace_id\":\"{trace_id}\"")),
+        "{story}"
+    );
 }
 
 /// The spans of one call's trace, checked: toolgate's call span is the child of the agent's
