@@ -94,31 +94,33 @@ impl Sinks {
         if self.sinks.is_empty() {
             return String::new();
         }
-        let mut out = String::from(
-            "# HELP toolgate_audit_sink_lag_events Audit events not yet acknowledged by the sink.\n# TYPE toolgate_audit_sink_lag_events gauge\n",
-        );
-        let label = |id: &str| id.replace(['"', '\\', '\n'], "");
-        for (id, _, lag) in self.lags(head) {
-            out.push_str(&format!(
-                "toolgate_audit_sink_lag_events{{sink=\"{}\"}} {lag}\n",
-                label(id)
-            ));
-        }
-        out.push_str("# HELP toolgate_audit_sink_delivered_total Events the sink acknowledged since start.\n# TYPE toolgate_audit_sink_delivered_total counter\n");
-        for (id, st, _) in self.lags(head) {
-            let n = st.sent.load(Ordering::Relaxed);
-            out.push_str(&format!(
-                "toolgate_audit_sink_delivered_total{{sink=\"{}\"}} {n}\n",
-                label(id)
-            ));
-        }
-        out.push_str("# HELP toolgate_audit_sink_failures_total Failed deliveries (each retried).\n# TYPE toolgate_audit_sink_failures_total counter\n");
-        for (id, st, _) in self.lags(head) {
-            let n = st.failures.load(Ordering::Relaxed);
-            out.push_str(&format!(
-                "toolgate_audit_sink_failures_total{{sink=\"{}\"}} {n}\n",
-                label(id)
-            ));
+        let families: [Family; 3] = [
+            (
+                "toolgate_audit_sink_lag_events",
+                "gauge",
+                "Audit events not yet acknowledged by the sink.",
+                |_, lag| lag,
+            ),
+            (
+                "toolgate_audit_sink_delivered_total",
+                "counter",
+                "Events the sink acknowledged since start.",
+                |st, _| st.sent.load(Ordering::Relaxed),
+            ),
+            (
+                "toolgate_audit_sink_failures_total",
+                "counter",
+                "Failed deliveries (each retried).",
+                |st, _| st.failures.load(Ordering::Relaxed),
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, value) in families {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (id, st, lag) in self.lags(head) {
+                let id = id.replace(['"', '\\', '\n'], "");
+                out.push_str(&format!("{name}{{sink=\"{id}\"}} {}\n", value(st, lag)));
+            }
         }
         out
     }
@@ -156,6 +158,14 @@ impl Sinks {
         lowest
     }
 }
+
+/// A metric family of the sinks: name, type, help, and its value from a sink's state and lag.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Status, u64) -> u64,
+);
 
 /// One sink's loop.
 struct Runner {

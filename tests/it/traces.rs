@@ -9,9 +9,8 @@
 //! The Python SDK is installed by `.ci/run` into `tests/sdk/.venv`; without it this test skips
 //! (unless `TOOLGATE_REQUIRE_SDKS=1`).
 
-use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::support::otlp::{Received, Receiver};
 use crate::support::process::{copy_dir, serve_command, start_command};
@@ -25,30 +24,6 @@ fn skip(why: &str) -> bool {
     }
     crate::support::skips::skipped("traces", why, crate::support::skips::SDKS);
     true
-}
-
-/// Approves every pending proposal as carol until dropped.
-fn approving(admin: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let list = admin_at(
-                admin,
-                "GET",
-                "/api/proposals?state=pending",
-                Some("demo-carol-token"),
-                None,
-            )
-            .await;
-            let list: Value = serde_json::from_slice(&list.body).unwrap_or_default();
-            for p in list["proposals"].as_array().cloned().unwrap_or_default() {
-                let path = format!("/api/proposals/{}/approve", p["id"].as_str().unwrap());
-                let body = json!({"comment": "traced approval"});
-                admin_at(admin, "POST", &path, Some("demo-carol-token"), Some(body)).await;
-            }
-            // A sleep: the pace of a stand-in approver that runs until the test drops it.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
 }
 
 fn step<'a>(steps: &'a [Value], name: &str) -> &'a Value {
@@ -89,7 +64,7 @@ async fn an_agents_trace_continues_through_toolgate_with_its_phases_and_no_secre
     .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     .env_remove("OTEL_TRACES_SAMPLER");
     let (_child, proxy, admin, _log) = start_command(cmd);
-    let approver = approving(admin.parse().unwrap());
+    let approver = approver_at(admin.parse().unwrap(), "traced approval");
 
     let mut py = tokio::process::Command::new(&python);
     py.arg(crate::sdk::sdk_dir().join("trace_agent.py"))
