@@ -531,3 +531,74 @@ fn rotated(path: &std::path::Path, i: u32) -> std::path::PathBuf {
     name.push(format!(".{i}"));
     std::path::PathBuf::from(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: u64) -> Event {
+        Event {
+            seq,
+            time: "2026-12-04T10:00:00.000Z".into(),
+            unix_ms: 1_796_378_400_000,
+            kind: crate::audit::Kind::Request,
+            request_id: Some("req_1".into()),
+            job: None,
+            proposal: None,
+            agent: Some("bot".into()),
+            owner: None,
+            tool: None,
+            tool_version: None,
+            token: None,
+            user: None,
+            payload: json!({"method": "GET", "note": "naïve ✓"}),
+            prev: "p".into(),
+            hash: format!("h{seq}"),
+        }
+    }
+
+    #[test]
+    fn http_batches_are_written_in_the_receivers_format() {
+        let batch = [ev(1), ev(2)];
+        let lines = |f| -> Vec<Value> {
+            let body = http_body(f, &batch);
+            let text = String::from_utf8(body).unwrap();
+            text.lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        let jsonl = lines(SinkFormat::Jsonl);
+        assert_eq!(jsonl.len(), 2);
+        assert_eq!(jsonl[1]["metadata"]["sequence"], 2);
+        let hec = lines(SinkFormat::Hec);
+        assert_eq!(hec[0]["sourcetype"], "ocsf");
+        assert_eq!(hec[0]["event"]["metadata"]["sequence"], 1);
+        let bulk = lines(SinkFormat::Elastic);
+        assert_eq!(bulk.len(), 4, "an action line before each document");
+        assert_eq!(bulk[0]["index"]["_id"], "1-h1");
+        assert_eq!(bulk[3]["metadata"]["uid"], "h2");
+    }
+
+    #[test]
+    fn syslog_frames_count_octets_and_follow_rfc5424() {
+        let bytes = syslog_frames(&[ev(7), ev(8)]);
+        let mut rest = bytes.as_slice();
+        let mut seen = 0;
+        while !rest.is_empty() {
+            let sp = rest.iter().position(|b| *b == b' ').unwrap();
+            let len: usize = std::str::from_utf8(&rest[..sp]).unwrap().parse().unwrap();
+            let msg = std::str::from_utf8(&rest[sp + 1..sp + 1 + len]).unwrap();
+            assert!(msg.starts_with("<134>1 2026-12-04T10:00:00.000Z "), "{msg}");
+            assert!(
+                msg.contains(" toolgate - request [toolgate@32473 seq=\""),
+                "{msg}"
+            );
+            let json = &msg[msg.find('{').unwrap()..];
+            let v: Value = serde_json::from_str(json).unwrap();
+            assert_eq!(v["metadata"]["sequence"], 7 + seen);
+            rest = &rest[sp + 1 + len..];
+            seen += 1;
+        }
+        assert_eq!(seen, 2);
+    }
+}

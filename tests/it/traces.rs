@@ -9,7 +9,6 @@
 //! The Python SDK is installed by `.ci/run` into `tests/sdk/.venv`; without it this test skips
 //! (unless `TOOLGATE_REQUIRE_SDKS=1`).
 
-
 use serde_json::Value;
 
 use crate::support::otlp::{Received, Receiver};
