@@ -386,3 +386,75 @@ async fn a_file_sink_writes_json_lines_and_rotates_by_size() {
         assert!(v["metadata"]["sequence"].as_u64().is_some());
     }
 }
+
+#[tokio::test]
+async fn a_syslog_tls_sink_sends_octet_counted_rfc5424_over_verified_tls() {
+    let pki = Pki::new("syslog CA");
+    let tls = tokio_rustls::TlsAcceptor::from(pki.server_config(&["localhost"]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let kept = got.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (tls, kept) = (tls.clone(), kept.clone());
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let Ok(mut s) = tls.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    kept.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    });
+    let sink = toolgate::config::parse_audit_sink(&format!("syslog+tls://localhost:{port}"), None)
+        .unwrap();
+    let ca = pki.ca_path.clone();
+    let (_pki, _upstream, gate) = GateBuilder::examples()
+        .config(move |c| {
+            c.audit_sinks = vec![sink.clone()];
+            c.upstream_ca.push(ca.clone());
+        })
+        .with_upstream()
+        .await;
+    let client = gate.client(
+        Some(("support-bot-staging", "demo-staging-token")),
+        http::Version::HTTP_11,
+    );
+    for i in 0..5 {
+        let url = format!("https://api.stripe.com/v1/customers/cus_{i}");
+        send(&client, "GET", &url, &[], "").await.unwrap();
+    }
+    let seqs = |bytes: &[u8]| {
+        let mut rest = bytes;
+        let mut seqs = Vec::new();
+        while let Some(sp) = rest.iter().position(|b| *b == b' ') {
+            let len: usize = std::str::from_utf8(&rest[..sp]).unwrap().parse().unwrap();
+            if rest.len() < sp + 1 + len {
+                break;
+            }
+            let msg = std::str::from_utf8(&rest[sp + 1..sp + 1 + len]).unwrap();
+            let v: Value = serde_json::from_str(&msg[msg.find('{').unwrap()..]).unwrap();
+            seqs.push(v["metadata"]["sequence"].as_u64().unwrap());
+            rest = &rest[sp + 1 + len..];
+        }
+        seqs
+    };
+    poll::until("five reads reach the syslog server", poll::SOON, || {
+        let n = seqs(&got.lock().unwrap()).len();
+        std::future::ready(n >= 5)
+    })
+    .await;
+    let s = seqs(&got.lock().unwrap());
+    assert_eq!(
+        s,
+        (1..=s.len() as u64).collect::<Vec<_>>(),
+        "in order from the first"
+    );
+}
