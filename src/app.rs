@@ -67,6 +67,8 @@ pub struct Core {
     /// The tool calls models lately asked of each agent.
     model_asks: Arc<crate::services::ModelAsks>,
     metrics: Metrics,
+    /// The audit sinks (`--audit-sink`).
+    sinks: crate::sink::Sinks,
     sources: PerSource,
     cancel: CancellationToken,
     abandon: CancellationToken,
@@ -100,6 +102,8 @@ impl Core {
             tasks.clone(),
         );
         let routes = Arc::new(Routes::new(config.connect_to.clone()));
+        let sinks =
+            crate::sink::Sinks::new(&config.audit_sinks, tls.clone(), config.audit_sink_max_lag);
         Ok(Core {
             upstream: Upstream::new(tls, routes, config.upstream_timeout),
             limiter: RateLimiter::new(store.clone()),
@@ -108,7 +112,8 @@ impl Core {
             principals: crate::services::Principals::new(&store),
             jwks: crate::services::Jwks::default(),
             model_asks: Arc::default(),
-            metrics: Metrics::default(),
+            metrics: Metrics::with_traces(config.traces.clone()),
+            sinks,
             sources: PerSource::default(),
             cancel: CancellationToken::new(),
             abandon: CancellationToken::new(),
@@ -149,6 +154,11 @@ impl Core {
 
     pub fn audit(&self) -> &Arc<Audit> {
         &self.audit
+    }
+
+    /// The audit sinks.
+    pub fn sinks(&self) -> &crate::sink::Sinks {
+        &self.sinks
     }
 
     pub fn upstream(&self) -> &Upstream {

@@ -216,7 +216,42 @@ pub async fn propose_and_wait(
         })
         .await;
     let hold = held.tool.approval.hold;
-    wait_and_claim(app, &id, hold, &held.call.request_id).await
+    let wait = tracing::debug_span!("approval wait", toolgate.proposal = %id);
+    tracing::Instrument::instrument(wait_and_claim(app, &id, hold, &held.call.request_id), wait)
+        .await
+}
+
+/// The decision a held call waited for, as an event of its trace: who approved or denied it
+/// (never the comment, which is free text).
+fn trace_decision(p: &Proposal) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    let name = match p.state {
+        State::Denied => "denial",
+        State::Expired => "expiry",
+        State::Cancelled => "cancellation",
+        State::Revoked => "revocation",
+        _ => "approval",
+    };
+    let mut attributes = vec![
+        opentelemetry::KeyValue::new("toolgate.proposal", p.id.clone()),
+        opentelemetry::KeyValue::new("toolgate.state", format!("{:?}", p.state).to_lowercase()),
+    ];
+    // Who decided: the denier (or revoker), else the approvers.
+    let by: Vec<&str> = match &p.decision {
+        Some(d) => vec![d.by.as_str()],
+        None => p.approvals.iter().map(|a| a.by.as_str()).collect(),
+    };
+    if !by.is_empty() {
+        attributes.push(opentelemetry::KeyValue::new(
+            "toolgate.approver",
+            by.join(", "),
+        ));
+    }
+    span.add_event(name, attributes);
 }
 
 /// How many times a caller that lost a compare-and-set on a proposal reads it again before
@@ -451,6 +486,8 @@ async fn wait_and_claim(
     // Whether this call was held while the proposal was still open or being sent: such a call
     // gets the whole answer of a commit its approval sent here (a later one the stored answer).
     let mut waited = false;
+    // Whether the decision is in the call's trace yet.
+    let mut told = false;
     loop {
         let notify = app.waiters().get(id);
         let notified = notify.notified();
@@ -465,6 +502,10 @@ async fn wait_and_claim(
             State::Approved => approval_sends(app, &p),
             _ => false,
         };
+        if !waiting && !told {
+            told = true;
+            trace_decision(&p);
+        }
         match p.state {
             _ if waiting => {
                 waited = true;
@@ -604,7 +645,9 @@ async fn commit_detached(
     let (app, id, claimant) = (app.clone(), id.to_string(), claimant.to_string());
     let task = app.tasks().spawn({
         let app = app.clone();
-        async move { commit(&app, &id, Some(&claimant)).await }
+        let committing = async move { commit(&app, &id, Some(&claimant)).await };
+        // In the held call's trace, though a task of its own.
+        tracing::Instrument::in_current_span(committing)
     });
     task.await.unwrap_or_else(|e| {
         Err(Refusal::internal(format!(

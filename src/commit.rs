@@ -55,6 +55,7 @@ pub(crate) enum Failed {
 }
 
 /// Sends a committed call and settles what it leaves behind.
+#[tracing::instrument(level = "debug", name = "commit", skip_all)]
 pub(crate) async fn send(app: &Core, c: Commit<'_>) -> Result<Sent, Failed> {
     let Commit {
         who,

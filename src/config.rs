@@ -51,6 +51,10 @@ pub mod env {
     pub const TRUSTED_PROXIES: &str = "TOOLGATE_TRUSTED_PROXIES";
     pub const CLIENT_IP_HEADER: &str = "TOOLGATE_CLIENT_IP_HEADER";
     pub const CACERT: &str = "TOOLGATE_CACERT";
+    pub const TRACE_URL_TEMPLATE: &str = "TOOLGATE_TRACE_URL_TEMPLATE";
+    pub const AUDIT_SINK: &str = "TOOLGATE_AUDIT_SINK";
+    pub const AUDIT_SINK_TOKEN_ENV: &str = "TOOLGATE_AUDIT_SINK_TOKEN_ENV";
+    pub const AUDIT_SINK_MAX_LAG: &str = "TOOLGATE_AUDIT_SINK_MAX_LAG";
 }
 
 /// A certificate chain and its private key, PEM files, for a listener that serves TLS. They are
@@ -123,6 +127,123 @@ impl TrustedProxies {
         let ip = ip.to_canonical();
         self.networks.iter().any(|n| n.contains(&ip))
     }
+}
+
+/// Where an audit sink sends the log (`--audit-sink URL`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditSink {
+    /// The sink's name and the key of its cursor: its URL without credentials or options.
+    pub id: String,
+    pub target: SinkTarget,
+}
+
+/// An audit sink's receiver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkTarget {
+    /// `http(s)://…?format=jsonl|hec|elastic`: batches POSTed; a 2xx is the acknowledgment.
+    Http {
+        url: String,
+        format: SinkFormat,
+        /// The bearer token (from `--audit-sink-token-env`).
+        token: Option<String>,
+    },
+    /// `syslog+tcp://HOST:PORT`, `syslog+tls://HOST:PORT`: RFC 5424, octet-counted.
+    Syslog { host: String, port: u16, tls: bool },
+    /// `file:///path?max_bytes=N&keep=K`: JSON lines, rotated by size.
+    File {
+        path: PathBuf,
+        max_bytes: u64,
+        keep: u32,
+    },
+}
+
+/// How an HTTP sink writes a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkFormat {
+    /// One OCSF event per line.
+    Jsonl,
+    /// Splunk's HTTP Event Collector (`{"event": …}` objects, `Authorization: Splunk TOKEN`).
+    Hec,
+    /// Elasticsearch's bulk API (`index` by the event's hash: a re-delivery overwrites).
+    Elastic,
+}
+
+/// Parses an `--audit-sink` URL; `token` is the bearer token for HTTP sinks.
+pub fn parse_audit_sink(spec: &str, token: Option<String>) -> Result<AuditSink, String> {
+    let bad = |why: &str| format!("--audit-sink {spec:?}: {why}");
+    if let Some(rest) = spec.strip_prefix("file://") {
+        return file_sink(spec, rest);
+    }
+    let uri: http::Uri = spec.parse().map_err(|e| bad(&format!("not a URL ({e})")))?;
+    let scheme = uri.scheme_str().unwrap_or("");
+    let query: HashMap<String, String> =
+        form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
+    if authority.contains('@') {
+        return Err(bad(
+            "credentials do not belong in the URL: pass a token with --audit-sink-token-env",
+        ));
+    }
+    let id = format!("{scheme}://{authority}{}", uri.path());
+    let target = match scheme {
+        "http" | "https" => {
+            let format = match query.get("format").map(String::as_str) {
+                None | Some("jsonl") => SinkFormat::Jsonl,
+                Some("hec") => SinkFormat::Hec,
+                Some("elastic") => SinkFormat::Elastic,
+                Some(other) => {
+                    return Err(bad(&format!(
+                        "format={other}: expected jsonl, hec or elastic"
+                    )))
+                }
+            };
+            let url = format!("{scheme}://{authority}{}", uri.path());
+            SinkTarget::Http { url, format, token }
+        }
+        "syslog+tcp" | "syslog+tls" => {
+            let (host, port) = (uri.host().unwrap_or(""), uri.port_u16());
+            let port = port
+                .filter(|_| !host.is_empty())
+                .ok_or_else(|| bad("expected syslog+tcp://HOST:PORT"))?;
+            SinkTarget::Syslog {
+                host: host.trim_matches(['[', ']']).to_string(),
+                port,
+                tls: scheme == "syslog+tls",
+            }
+        }
+        _ => {
+            return Err(bad(
+                "expected http://, https://, syslog+tcp://, syslog+tls:// or file:///path",
+            ))
+        }
+    };
+    Ok(AuditSink { id, target })
+}
+
+/// `file:///path?max_bytes=N&keep=K` (`rest` is what follows `file://`).
+fn file_sink(spec: &str, rest: &str) -> Result<AuditSink, String> {
+    let bad = |why: &str| format!("--audit-sink {spec:?}: {why}");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if !path.starts_with('/') || path.len() < 2 {
+        return Err(bad("expected file:///absolute/path"));
+    }
+    let query: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let number = |k: &str, d: u64| match query.get(k) {
+        None => Ok(d),
+        Some(v) => crate::base::parse_size(v).map_err(|e| bad(&format!("{k}: {e}"))),
+    };
+    Ok(AuditSink {
+        id: format!("file://{path}"),
+        target: SinkTarget::File {
+            path: PathBuf::from(path),
+            max_bytes: number("max_bytes", 100 << 20)?,
+            keep: u32::try_from(number("keep", 5)?).unwrap_or(5),
+        },
+    })
 }
 
 /// The limits that keep one agent (or anyone who can reach the listeners) from freezing,
@@ -238,6 +359,14 @@ pub struct Config {
     pub admin_tls: Option<TlsFiles>,
     /// `--trusted-proxies`: who may name the client on the admin listener.
     pub trusted_proxies: TrustedProxies,
+    /// The trace exporter's counters, when traces are on (`--otlp-endpoint`).
+    pub traces: Option<std::sync::Arc<crate::telemetry::Counts>>,
+    /// `--trace-url-template`: a request's page links to its trace.
+    pub trace_url_template: Option<String>,
+    /// `--audit-sink`: where the audit log is streamed (as OCSF).
+    pub audit_sinks: Vec<AuditSink>,
+    /// `--audit-sink-max-lag`: a sink this many events behind raises the store alarm.
+    pub audit_sink_max_lag: u64,
 }
 
 impl Config {
@@ -261,6 +390,10 @@ impl Config {
             listen_tls: None,
             admin_tls: None,
             trusted_proxies: TrustedProxies::default(),
+            traces: None,
+            trace_url_template: None,
+            audit_sinks: Vec::new(),
+            audit_sink_max_lag: 100_000,
         }
     }
 
@@ -297,6 +430,50 @@ pub fn parse_connect_to(spec: &str) -> Result<((String, u16), SocketAddr), Strin
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn audit_sinks_are_read_from_their_urls() {
+        let s = parse_audit_sink(
+            "https://siem.example:8088/ingest?format=hec",
+            Some("t".into()),
+        )
+        .unwrap();
+        assert_eq!(s.id, "https://siem.example:8088/ingest");
+        assert!(matches!(
+            s.target,
+            SinkTarget::Http {
+                format: SinkFormat::Hec,
+                ..
+            }
+        ));
+        let s = parse_audit_sink("syslog+tls://logs.example:6514", None).unwrap();
+        assert_eq!(
+            s.target,
+            SinkTarget::Syslog {
+                host: "logs.example".into(),
+                port: 6514,
+                tls: true
+            }
+        );
+        let s = parse_audit_sink("file:///var/log/tg.jsonl?max_bytes=1MiB&keep=3", None).unwrap();
+        assert_eq!(
+            s.target,
+            SinkTarget::File {
+                path: "/var/log/tg.jsonl".into(),
+                max_bytes: 1 << 20,
+                keep: 3
+            }
+        );
+        for bad in [
+            "ftp://x",
+            "syslog+tcp://host",
+            "https://user:pw@siem.example/x",
+            "http://x/?format=csv",
+        ] {
+            assert!(parse_audit_sink(bad, None).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

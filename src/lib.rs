@@ -35,8 +35,10 @@ pub mod replay;
 pub mod rollback;
 pub mod sandbox;
 pub mod services;
+pub mod sink;
 pub mod store;
 pub mod sweep;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod verdict;
@@ -225,6 +227,11 @@ pub async fn run_with(
         tokio::spawn(watch_policies(core.clone())),
     ];
     tokio::spawn(grants::watch_open(core.clone()));
+    core.sinks().start(
+        core.store().clone(),
+        core.audit().clone(),
+        core.cancel().clone(),
+    );
     if core.store().shared() {
         tokio::spawn(follow_replicas(core.clone()));
     }

@@ -11,7 +11,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = toolgate::cli::Cli::parse();
     let format = std::env::var(toolgate::config::env::LOG_FORMAT).ok();
-    toolgate::logging::init(format.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -22,7 +21,31 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(toolgate::cli::main(cli));
+    // Traces (serve and demo with an OTLP endpoint): the exporter runs on the runtime, and its
+    // layer is installed with the log's.
+    let traces = match cli.traces() {
+        Ok(Some(settings)) => {
+            let _entered = runtime.enter();
+            match toolgate::telemetry::start(&settings) {
+                Ok(started) => Some(started),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (telemetry, layer) = match traces {
+        Some((telemetry, layer)) => (Some(telemetry), Some(layer)),
+        None => (None, None),
+    };
+    toolgate::logging::init(format.as_deref(), layer);
+    let code = runtime.block_on(toolgate::cli::main(cli, telemetry));
     // `run` already gave in-flight requests the grace period: whatever is still running now
     // (a stuck upstream read, say) must not keep the process alive past SIGTERM.
     runtime.shutdown_timeout(Duration::from_secs(1));

@@ -19,9 +19,19 @@ struct Inner {
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// The trace exporter's counters, when traces are on.
+    traces: Option<std::sync::Arc<crate::telemetry::Counts>>,
 }
 
 impl Metrics {
+    /// Metrics that also show the trace exporter's counters, if traces are on.
+    pub fn with_traces(traces: Option<std::sync::Arc<crate::telemetry::Counts>>) -> Metrics {
+        Metrics {
+            inner: Mutex::default(),
+            traces,
+        }
+    }
+
     pub fn observe(&self, tool: &str, decision: &str, status: u16, seconds: f64) {
         let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         *m.requests
@@ -59,6 +69,9 @@ impl Metrics {
             "toolgate_request_duration_seconds_bucket{{le=\"+Inf\"}} {}\ntoolgate_request_duration_seconds_sum {}\ntoolgate_request_duration_seconds_count {}\n",
             m.count, m.sum, m.count
         ));
+        if let Some(t) = &self.traces {
+            out.push_str(&t.render());
+        }
         out
     }
 }

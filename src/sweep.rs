@@ -84,5 +84,11 @@ async fn expire_audit(app: &Core) -> Result<u64, StoreError> {
         return Ok(0);
     }
     let why = format!("--audit-retention {}s", keep.as_secs());
-    Ok(app.audit().purge(cut, "toolgate", &why).await?.removed)
+    // Never what a sink has not delivered: retention waits for it.
+    let delivered = app.sinks().lowest_cursor(app.store()).await;
+    let report = app.audit().purge(cut, "toolgate", &why, delivered).await?;
+    if report.kept_for_sinks {
+        tracing::warn!("audit retention kept events an audit sink has not delivered yet");
+    }
+    Ok(report.removed)
 }

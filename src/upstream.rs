@@ -292,7 +292,10 @@ impl Upstream {
     ) -> impl std::future::Future<Output = Result<Response<Incoming>, Failure>> + Send + 'static
     {
         let (client, timeout, host) = (self.client.clone(), self.timeout, host.to_string());
-        async move { send(&client, timeout, &host, port, req).await }
+        // Run in a task of its own, the exchange stays in the trace of the call that sent it.
+        let parent = tracing::Span::current();
+        let exchange = async move { send(&client, timeout, &host, port, req).await };
+        tracing::Instrument::instrument(exchange, parent)
     }
 
     /// Sends a replay to a sandbox at `host:port` on a client of its own (no pooled connection
@@ -335,8 +338,11 @@ where
     *req.version_mut() = Version::HTTP_11;
     strip_hop_by_hop(req.headers_mut());
     req.headers_mut().remove(header::HOST);
-
-    match tokio::time::timeout(timeout, client.request(req)).await {
+    let span = client_span(&mut req, host, port);
+    let exchange = tokio::time::timeout(timeout, client.request(req));
+    let result = tracing::Instrument::instrument(exchange, span.clone()).await;
+    answered(&span, &result);
+    match result {
             Err(_) => Err(Failure {
                 refusal: Refusal::new(
                     crate::error::Code::UpstreamTimeout,
@@ -357,6 +363,51 @@ where
                 Ok(resp)
             }
         }
+}
+
+/// Marks a request whose upstream gets the call's trace context (`traceparent`, `tracestate`):
+/// set for tools with `propagate_trace = true`.
+#[derive(Debug, Clone, Copy)]
+pub struct PropagateTrace;
+
+/// The exchange's client span (disabled when traces are off). A request marked
+/// [`PropagateTrace`] carries its context upstream.
+fn client_span(req: &mut Request<ProxyBody>, host: &str, port: u16) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let span = tracing::debug_span!("upstream", otel.kind = "client", otel.name = %req.method());
+    if span.is_disabled() {
+        return span;
+    }
+    span.set_attribute("http.request.method", req.method().as_str().to_string());
+    span.set_attribute("server.address", host.to_string());
+    span.set_attribute("server.port", i64::from(port));
+    if req.extensions().get::<PropagateTrace>().is_some() {
+        crate::telemetry::inject(&span.context(), req.headers_mut());
+    }
+    span
+}
+
+/// Notes the upstream's status (or the failure) on the exchange's span.
+fn answered<E: std::fmt::Display, T>(
+    span: &tracing::Span,
+    result: &Result<Result<Response<Incoming>, E>, T>,
+) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if span.is_disabled() {
+        return;
+    }
+    match result {
+        Ok(Ok(resp)) => {
+            let status = resp.status().as_u16();
+            span.set_attribute("http.response.status_code", i64::from(status));
+            if status >= 500 {
+                span.set_attribute("error.type", status.to_string());
+                span.set_status(opentelemetry::trace::Status::error(status.to_string()));
+            }
+        }
+        Ok(Err(_)) => span.set_attribute("error.type", "upstream_error"),
+        Err(_) => span.set_attribute("error.type", "upstream_timeout"),
+    }
 }
 
 /// Turns a client error into the refusal the agent sees, naming the cause.

@@ -127,6 +127,9 @@ pub struct Before {
     before: String,
     #[serde(default)]
     reason: String,
+    /// Purge events an audit sink has not delivered too.
+    #[serde(default)]
+    force: bool,
 }
 
 /// Purges old events: approvers in group `admin` only, never inside the retention minimum, and
@@ -156,9 +159,18 @@ pub async fn purge(
     if let Err(why) = crate::audit::check_purge_cut(ms, app.config().guards.audit_retention_min) {
         return api_error(StatusCode::BAD_REQUEST, "validation_error", why);
     }
-    match app.audit().purge(ms, &who.id, &b.reason).await {
-        Ok(r) => Json(json!({"removed": r.removed, "from_seq": r.first_seq, "to_seq": r.last_seq}))
-            .into_response(),
+    let delivered = match b.force {
+        true => None,
+        false => app.sinks().lowest_cursor(app.store()).await,
+    };
+    match app.audit().purge(ms, &who.id, &b.reason, delivered).await {
+        Ok(r) => {
+            let note = r.kept_for_sinks.then_some(
+                "events an audit sink has not delivered were kept; purge with force: true to remove them anyway",
+            );
+            Json(json!({"removed": r.removed, "from_seq": r.first_seq, "to_seq": r.last_seq, "kept_for_sinks": r.kept_for_sinks, "note": note}))
+                .into_response()
+        }
         Err(e) => api_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "internal_error",
@@ -287,10 +299,13 @@ pub async fn metrics_open(State(app): State<Arc<Console>>) -> Response {
         "toolgate_audit_unrecorded_refusals_total {unrecorded}\n"
     ));
     let size = app.store().size_on_disk();
-    let alarm = u8::from(size > app.config().guards.store_alarm_bytes);
+    // A sink far behind is as urgent as a full disk: the log is its only buffer.
+    let head = app.audit().head().map(|(seq, _)| seq).unwrap_or(0);
+    out.push_str(&app.sinks().render(head));
+    let alarm = u8::from(size > app.config().guards.store_alarm_bytes || app.sinks().alarm(head));
     out.push_str("# HELP toolgate_store_bytes Bytes the store takes on disk.\n# TYPE toolgate_store_bytes gauge\n");
     out.push_str(&format!("toolgate_store_bytes {size}\n"));
-    out.push_str("# HELP toolgate_store_alarm 1 when the store is larger than --store-alarm.\n# TYPE toolgate_store_alarm gauge\n");
+    out.push_str("# HELP toolgate_store_alarm 1 when the store is larger than --store-alarm, or an audit sink is further behind than --audit-sink-max-lag.\n# TYPE toolgate_store_alarm gauge\n");
     out.push_str(&format!("toolgate_store_alarm {alarm}\n"));
     out.push_str("# HELP toolgate_buffered_body_bytes Request-body bytes buffered now.\n# TYPE toolgate_buffered_body_bytes gauge\n");
     out.push_str(&format!(

@@ -116,8 +116,18 @@ pub async fn serve_metrics(listener: TcpListener, app: Arc<Console>) {
     listen::serve(listener, how).await;
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// `ok` while the process is alive; with `?detail`, JSON with the audit sinks' state (how far
+/// each is behind, its failures and last error).
+async fn healthz(
+    State(app): State<Arc<Console>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    if !q.contains_key("detail") {
+        return "ok\n".into_response();
+    }
+    let head = app.audit().head().map(|(seq, _)| seq).unwrap_or(0);
+    Json(json!({"status": "ok", "audit_head": head, "sinks": app.sinks().detail(head)}))
+        .into_response()
 }
 
 /// Whether this toolgate can take calls now: 503 `store_unavailable` while its audit log cannot

@@ -270,11 +270,32 @@ pub async fn detail_page(
         .into_iter()
         .filter_map(|e| e.request_id)
         .collect();
-    let body = detail_html(&row, &events, &proposal, &s) + &led_html(&led);
+    let template = app.config().trace_url_template.as_deref();
+    let body = detail_html(&row, &events, &proposal, &s, template) + &led_html(&led);
     page(&format!("Request {id}"), Some(&s), &body).into_response()
 }
 
-fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Session) -> String {
+/// A link to the request's trace (`--trace-url-template` with `{trace_id}` and
+/// `{request_id}`), when it has one.
+fn trace_link(template: Option<&str>, asked: &Asked, request_id: &str) -> String {
+    match (template, &asked.trace_id) {
+        (Some(t), Some(trace)) => {
+            let url = t
+                .replace("{trace_id}", trace)
+                .replace("{request_id}", request_id);
+            format!(" <a id=\"trace\" href=\"{}\">Its trace</a>", esc(&url))
+        }
+        _ => String::new(),
+    }
+}
+
+fn detail_html(
+    row: &Row,
+    events: &[Event],
+    proposal: &[Event],
+    s: &Session,
+    trace_url: Option<&str>,
+) -> String {
     let asked: Box<Asked> = (events.iter())
         .find_map(|e| match e.body() {
             Payload::Request(r) => Some(r),
@@ -305,7 +326,8 @@ fn detail_html(row: &Row, events: &[Event], proposal: &[Event], s: &Session) -> 
          <tr><th>Job</th><td><a href=\"/stories/{job_q}\">{job}</a></td></tr></table></div>\
          <h2>As recorded</h2><pre id=\"recorded\">{recorded}</pre>\
          {proposal_html}<h2>Events</h2><ol class=\"card\">{lines}</ol>\
-         <p><a href=\"/stories/{id_q}\">The story of this request</a> {undo}</p>",
+         <p><a href=\"/stories/{id_q}\">The story of this request</a>{trace} {undo}</p>",
+        trace = trace_link(trace_url, &asked, &row.request_id),
         method = esc(&row.method),
         host = esc(&row.host),
         path = esc(&row.path),

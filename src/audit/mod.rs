@@ -14,6 +14,7 @@
 
 mod event;
 mod kind;
+pub mod ocsf;
 pub mod payload;
 mod query;
 mod redact;
@@ -120,6 +121,9 @@ pub struct PurgeReport {
     pub removed: u64,
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
+    /// The purge stopped early: older events were kept for an audit sink that has not
+    /// delivered them.
+    pub kept_for_sinks: bool,
 }
 
 /// Refuses a purge that would remove events younger than the retention minimum.
@@ -514,6 +518,7 @@ impl Audit {
         before_ms: u64,
         by: &str,
         reason: &str,
+        delivered: Option<u64>,
     ) -> Result<PurgeReport, StoreError> {
         let mut report = PurgeReport::default();
         let mut anchor: Option<(u64, String)> = None;
@@ -526,7 +531,15 @@ impl Audit {
             for item in self.log.scan(from) {
                 let (k, v) = item?;
                 let e = self.decode(&v)?;
-                if e.unix_ms >= before_ms || k >= newest || doomed.len() == 1000 {
+                // An event an audit sink has not delivered stays (its only copy is here).
+                if delivered.is_some_and(|d| e.seq > d) && e.unix_ms < before_ms && k < newest {
+                    report.kept_for_sinks = true;
+                }
+                if e.unix_ms >= before_ms
+                    || k >= newest
+                    || report.kept_for_sinks
+                    || doomed.len() == 1000
+                {
                     break;
                 }
                 report.first_seq.get_or_insert(e.seq);

@@ -41,6 +41,9 @@ pub struct Asked {
     /// none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requested_by: Option<Value>,
+    /// The call's trace (W3C trace id), when traces are on: the link from the story to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// `decision`: whether the call goes on (also folded into a read's `request`).

@@ -46,10 +46,14 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Every event since a time, as JSON Lines (the schema is in the README).
+    /// Every event since a time, as JSON Lines (the schema is in the README), or as OCSF
+    /// events (`--format ocsf`, for a SIEM).
     Export {
         #[arg(long)]
         since: Option<String>,
+        /// `toolgate` (the audit log's own events) or `ocsf`.
+        #[arg(long, value_enum, default_value = "toolgate")]
+        format: ExportFormat,
     },
     /// Checks the hash chain; names the first bad sequence number.
     Verify,
@@ -64,7 +68,19 @@ pub enum AuditCommand {
         /// --audit-retention-min).
         #[arg(long, env = env::AUDIT_RETENTION_MIN, default_value = "30d")]
         audit_retention_min: String,
+        /// Through the server: also purge events an audit sink has not delivered yet.
+        #[arg(long)]
+        force: bool,
     },
+}
+
+/// What `audit export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// The audit log's events as stored (hash-chained).
+    Toolgate,
+    /// OCSF events (schema 1.8.0), the audit event under `unmapped`.
+    Ocsf,
 }
 
 /// Runs an audit command against a running server, or a stopped one's store.
@@ -105,16 +121,19 @@ pub(super) async fn run(
             };
             print_events(search_events(offline.as_ref(), client, &f).await, json)
         }
-        AuditCommand::Export { since } => export_cmd(offline.as_ref(), client, since).await,
+        AuditCommand::Export { since, format } => {
+            export_cmd(offline.as_ref(), client, since, format).await
+        }
         AuditCommand::Verify => verify_cmd(offline.as_ref(), client).await,
         AuditCommand::Purge {
             before,
             reason,
             audit_retention_min,
+            force,
         } => {
             let removed = match &offline {
                 Some(a) => purge_offline(a, &before, &reason, &audit_retention_min).await,
-                None => purge_online(client, &before, &reason).await,
+                None => purge_online(client, &before, &reason, force).await,
             };
             match removed {
                 Ok(n) => {
@@ -128,13 +147,23 @@ pub(super) async fn run(
 }
 
 /// A purge by the running server (which applies its own retention minimum).
-async fn purge_online(client: AdminClient<'_>, before: &str, reason: &str) -> Result<u64, String> {
-    let body = serde_json::json!({ "before": before, "reason": reason });
+async fn purge_online(
+    client: AdminClient<'_>,
+    before: &str,
+    reason: &str,
+    force: bool,
+) -> Result<u64, String> {
+    let body = serde_json::json!({ "before": before, "reason": reason, "force": force });
     match client
         .call(http::Method::POST, "/api/audit/purge", Some(body))
         .await?
     {
-        (200, v) => Ok(v["removed"].as_u64().unwrap_or(0)),
+        (200, v) => {
+            if let Some(note) = v["note"].as_str() {
+                say!("{note}");
+            }
+            Ok(v["removed"].as_u64().unwrap_or(0))
+        }
         (status, v) => Err(format!(
             "{status}: {}",
             v["error"]["message"].as_str().unwrap_or("")
@@ -148,6 +177,7 @@ async fn export_cmd(
     offline: Option<&crate::audit::Audit>,
     client: AdminClient<'_>,
     since: Option<String>,
+    format: ExportFormat,
 ) -> ExitCode {
     use std::io::Write;
     let since_ms = match crate::audit::time_filter("since", &since) {
@@ -159,7 +189,11 @@ async fn export_cmd(
         for e in a.export(since_ms) {
             match e {
                 Ok(e) => {
-                    let _ = writeln!(out, "{}", serde_json::to_string(&e).unwrap_or_default());
+                    let line = match format {
+                        ExportFormat::Toolgate => serde_json::to_string(&e),
+                        ExportFormat::Ocsf => serde_json::to_string(&crate::audit::ocsf::event(&e)),
+                    };
+                    let _ = writeln!(out, "{}", line.unwrap_or_default());
                 }
                 Err(e) => return fail(&e.to_string()),
             }
@@ -176,18 +210,49 @@ async fn export_cmd(
         return fail(&format!("{}: the export was refused", resp.status()));
     }
     let mut body = resp.into_body();
+    // OCSF: each line (one event) mapped as it arrives; a line may span chunks.
+    let mut partial: Vec<u8> = Vec::new();
     while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
         match frame {
             Ok(f) => {
-                if let Some(chunk) = f.data_ref() {
+                let Some(chunk) = f.data_ref() else { continue };
+                if format == ExportFormat::Toolgate {
                     let _ = out.write_all(chunk);
+                    continue;
+                }
+                partial.extend_from_slice(chunk);
+                if let Err(e) = write_ocsf_lines(&mut partial, &mut out) {
+                    return fail(&e);
                 }
             }
             Err(e) => return fail(&format!("the export stopped: {e}")),
         }
     }
+    partial.push(b'\n');
+    if let Err(e) = write_ocsf_lines(&mut partial, &mut out) {
+        return fail(&e);
+    }
     let _ = out.flush();
     ExitCode::SUCCESS
+}
+
+/// Writes the whole lines of `partial` (audit events) as OCSF events, keeping the rest.
+fn write_ocsf_lines(partial: &mut Vec<u8>, out: &mut impl std::io::Write) -> Result<(), String> {
+    let Some(end) = partial.iter().rposition(|b| *b == b'\n') else {
+        return Ok(());
+    };
+    let rest = partial.split_off(end + 1);
+    for line in partial
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.trim_ascii().is_empty())
+    {
+        let e: crate::audit::Event = serde_json::from_slice(line)
+            .map_err(|e| format!("the server sent an event this build cannot read ({e})"))?;
+        let ocsf = crate::audit::ocsf::event(&e);
+        let _ = writeln!(out, "{}", serde_json::to_string(&ocsf).unwrap_or_default());
+    }
+    *partial = rest;
+    Ok(())
 }
 
 /// With `--data-dir`: the audit log of a stopped toolgate, opened directly.
@@ -347,8 +412,9 @@ async fn purge_offline(
         "local:{} (--data-dir)",
         std::env::var("USER").unwrap_or_else(|_| "operator".into())
     );
+    // A stopped store's sinks are not running: the operator's purge is what they asked for.
     audit
-        .purge(ms, &by, reason)
+        .purge(ms, &by, reason, None)
         .await
         .map(|r| r.removed)
         .map_err(|e| e.to_string())

@@ -233,10 +233,23 @@ impl ServerArgs {
 }
 
 /// Runs a parsed command line. Returns the process exit code.
-pub async fn main(cli: Cli) -> ExitCode {
+impl Cli {
+    /// How traces are exported, for `serve` and `demo` with an OTLP endpoint (the flag or the
+    /// standard variables); None otherwise.
+    pub fn traces(&self) -> Result<Option<crate::telemetry::Settings>, String> {
+        match &self.command {
+            Command::Serve(args) | Command::Demo(args) => {
+                crate::telemetry::Settings::from_env(args.otlp_endpoint.as_deref())
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+pub async fn main(cli: Cli, telemetry: Option<crate::telemetry::Telemetry>) -> ExitCode {
     match cli.command {
-        Command::Serve(args) => serve::serve(*args).await,
-        Command::Demo(args) => serve::demo(*args).await,
+        Command::Serve(args) => serve::serve(*args, telemetry).await,
+        Command::Demo(args) => serve::demo(*args, telemetry).await,
         Command::Ca { command } => ca::run(command),
         Command::Check { policies, strict } => check::run(&policies, strict),
         Command::Contracts { command } => contracts::run(command).await,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::{env, parse_duration, Config};
+use crate::telemetry::Telemetry;
 
 use super::fail;
 
@@ -128,6 +129,26 @@ pub struct ServeArgs {
     /// REDIRECT or DNAT of ports 443 and 80) on this address; agents are known by `sources`.
     #[arg(long, env = env::TRANSPARENT_LISTEN)]
     pub transparent_listen: Option<SocketAddr>,
+    /// Export a trace span per call over OTLP/HTTP to this collector (its base URL;
+    /// `/v1/traces` is added). The other standard OTEL_* variables apply (headers, service
+    /// name, sampler). Off unless set.
+    #[arg(long, env = crate::telemetry::env::OTLP_ENDPOINT)]
+    pub otlp_endpoint: Option<String>,
+    /// A link from a request's page to its trace: a URL with `{trace_id}` (and `{request_id}`),
+    /// e.g. `https://grafana.example/explore?traceId={trace_id}`.
+    #[arg(long, env = env::TRACE_URL_TEMPLATE)]
+    pub trace_url_template: Option<String>,
+    /// Stream every audit event as OCSF to this receiver, from a durable cursor: http(s)://…
+    /// (?format=jsonl|hec|elastic), syslog+tcp://HOST:PORT, syslog+tls://HOST:PORT or
+    /// file:///path. Repeatable; in the environment variable, separate several with commas.
+    #[arg(long = "audit-sink", env = env::AUDIT_SINK, value_delimiter = ',')]
+    pub audit_sink: Vec<String>,
+    /// The environment variable that holds the HTTP sinks' bearer token.
+    #[arg(long, env = env::AUDIT_SINK_TOKEN_ENV)]
+    pub audit_sink_token_env: Option<String>,
+    /// A sink this many events behind raises toolgate_store_alarm (as a full disk does).
+    #[arg(long, env = env::AUDIT_SINK_MAX_LAG, default_value_t = 100_000)]
+    pub audit_sink_max_lag: u64,
 }
 
 /// `--listen`: an address, or `none`.
@@ -257,6 +278,22 @@ impl ServeArgs {
             }
             g.audit_retention = Some(r);
         }
+        config.trace_url_template = self.trace_url_template.clone().filter(|t| !t.is_empty());
+        let token =
+            match &self.audit_sink_token_env {
+                Some(var) => Some(std::env::var(var).map_err(|_| {
+                    format!("--audit-sink-token-env {var}: the variable is not set")
+                })?),
+                None => None,
+            };
+        for spec in self.audit_sink.iter().filter(|s| !s.is_empty()) {
+            let sink = crate::config::parse_audit_sink(spec, token.clone())?;
+            if config.audit_sinks.iter().any(|s| s.id == sink.id) {
+                return Err(format!("--audit-sink {spec}: given twice"));
+            }
+            config.audit_sinks.push(sink);
+        }
+        config.audit_sink_max_lag = self.audit_sink_max_lag;
         Ok(config)
     }
 }
@@ -300,27 +337,38 @@ async fn bind(args: &ServeArgs) -> Result<crate::Listeners, String> {
 }
 
 /// `toolgate serve`: the proxy and the admin listener, until Ctrl-C or SIGTERM.
-pub(super) async fn serve(args: ServeArgs) -> ExitCode {
-    let config = match args.config() {
+pub(super) async fn serve(args: ServeArgs, telemetry: Option<Telemetry>) -> ExitCode {
+    let mut config = match args.config() {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    config.traces = telemetry.as_ref().map(Telemetry::counts);
     let listeners = match bind(&args).await {
         Ok(l) => l,
         Err(e) => return fail(&e),
     };
-    match crate::run_with(listeners, config, shutdown_signal(), crate::orient::print).await {
+    let result = crate::run_with(listeners, config, shutdown_signal(), crate::orient::print).await;
+    stop_traces(telemetry).await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
     }
 }
 
+/// Sends the spans still queued before the process ends.
+async fn stop_traces(telemetry: Option<Telemetry>) {
+    if let Some(t) = telemetry {
+        t.shutdown(std::time::Duration::from_secs(3)).await;
+    }
+}
+
 /// `toolgate demo`: serve against the sandbox, then say what to try.
-pub(super) async fn demo(args: ServeArgs) -> ExitCode {
+pub(super) async fn demo(args: ServeArgs, telemetry: Option<Telemetry>) -> ExitCode {
     let mut config = match args.config() {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    config.traces = telemetry.as_ref().map(Telemetry::counts);
     let listeners = match bind(&args).await {
         Ok(l) => l,
         Err(e) => return fail(&e),
@@ -338,6 +386,7 @@ pub(super) async fn demo(args: ServeArgs) -> ExitCode {
     })
     .await;
     drop(demo);
+    stop_traces(telemetry).await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),

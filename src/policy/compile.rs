@@ -420,6 +420,7 @@ fn compile_tool(
         redact: def.redact,
         model_tools: def.model_tools,
         headers: def.headers,
+        propagate_trace: def.propagate_trace,
     })
 }
 

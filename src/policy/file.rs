@@ -232,6 +232,10 @@ pub struct ToolDef {
     /// `Stripe-Account`).
     #[serde(default)]
     pub headers: Vec<String>,
+    /// Send the call's trace context (`traceparent`, `tracestate`) upstream, so that the API's
+    /// own spans join the agent's trace. Off by default: third-party APIs learn nothing of it.
+    #[serde(default)]
+    pub propagate_trace: bool,
 }
 
 fn one() -> u32 {

@@ -483,6 +483,8 @@ pub struct Tool {
     /// The names models use for this tool in their tool calls (`refund_payment`): a call is
     /// joined to the model answer that asked for it by these names.
     pub model_tools: Vec<String>,
+    /// Whether the upstream gets the call's trace context (`propagate_trace`).
+    pub propagate_trace: bool,
 }
 
 /// `kind`: what a tool is.

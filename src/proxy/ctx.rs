@@ -168,6 +168,8 @@ pub(crate) struct RequestCtx {
     held: Mutex<Option<Record>>,
     /// Where the held event goes if the request is dropped.
     pub(super) audit: Arc<Audit>,
+    /// The call's span (disabled when traces are off): phases note what they learn on it.
+    pub(super) span: tracing::Span,
 }
 
 impl RequestCtx {
@@ -193,6 +195,7 @@ impl RequestCtx {
             body_shape: None,
             held: Mutex::new(None),
             audit,
+            span: tracing::Span::none(),
         }
     }
 
@@ -291,6 +294,7 @@ impl RequestCtx {
             body_shape: None,
             held: Mutex::new(None),
             audit: self.audit.clone(),
+            span: self.span.clone(),
         }
     }
 

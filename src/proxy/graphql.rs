@@ -22,7 +22,7 @@ use crate::graphql::{self, Operation};
 use crate::policy::{Agent, Tool};
 
 /// A request to a GraphQL endpoint serving `tools`.
-#[tracing::instrument(level = "debug", skip_all, fields(request_id = %ctx.id, phase = "graphql"))]
+#[tracing::instrument(level = "debug", name = "graphql", skip_all, fields(request_id = %ctx.id, phase = "graphql"))]
 pub(super) async fn process(
     app: &Arc<Gate>,
     ctx: &mut RequestCtx,

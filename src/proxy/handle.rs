@@ -58,9 +58,11 @@ pub(super) fn handle(
     request_id: String,
     started: Instant,
 ) -> Handled {
-    Box::pin(async move {
+    let span = super::trace::call_span(&app, &target, &req, &request_id);
+    let call = async move {
         let audit = app.audit().clone();
         let mut ctx = RequestCtx::new(request_id, started, policy, target, audit);
+        ctx.span = tracing::Span::current();
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
         let job = match job_of(&app, &mut ctx, req.headers()).await {
             Ok(()) => super::person::user_of(&app, &mut ctx, req.headers()).await,
@@ -85,7 +87,8 @@ pub(super) fn handle(
         }
         observe(&app, &ctx, &method, &path, resp.status().as_u16(), refused);
         (resp, refused)
-    })
+    };
+    Box::pin(tracing::Instrument::instrument(call, span))
 }
 
 /// The request's metrics and its log line.
@@ -101,6 +104,7 @@ fn observe(
         None => ("forwarded", ""),
         Some(code) => ("refused", code.as_str()),
     };
+    super::trace::ended(ctx, method, status, refused);
     let tool_name = ctx.tool.as_deref().unwrap_or("-");
     let latency = ctx.started.elapsed().as_secs_f64();
     app.metrics().observe(tool_name, decision, status, latency);
@@ -114,7 +118,7 @@ fn observe(
 
 /// The adapter the request takes: an MCP endpoint's messages, or a contracted path. Each ends
 /// in the same phases (match, validate, decide) and writes the answer in its own form.
-#[tracing::instrument(level = "debug", skip_all, fields(request_id = %ctx.id, phase = "route"))]
+#[tracing::instrument(level = "debug", name = "route", skip_all, fields(request_id = %ctx.id, phase = "route"))]
 async fn route(
     app: &Arc<Gate>,
     ctx: &mut RequestCtx,
@@ -168,6 +172,7 @@ fn asked(ctx: &RequestCtx, req: &Request<ProxyBody>) {
         undoes,
         asked_by,
         headers: crate::audit::headers_json(req.headers()),
+        trace_id: super::trace::trace_id(ctx),
         ..Asked::default()
     };
     ctx.hold_request(asked.into_value());
@@ -176,7 +181,7 @@ fn asked(ctx: &RequestCtx, req: &Request<ProxyBody>) {
 /// The one rescue point: a refusal from any phase is recorded and answered here, as JSON with
 /// its code (or, for an MCP message, as the JSON-RPC error its client reads; on a GraphQL
 /// endpoint, in GraphQL's `errors` shape).
-#[tracing::instrument(level = "debug", skip_all, fields(request_id = %ctx.id, phase = "rescue"))]
+#[tracing::instrument(level = "debug", name = "rescue", skip_all, fields(request_id = %ctx.id, phase = "rescue"))]
 async fn rescue(ctx: &RequestCtx, refusal: Refusal) -> Response<ProxyBody> {
     let refusal = match &ctx.tool {
         Some(t) if refusal.tool.is_none() => refusal.with_tool(t.clone()),
@@ -185,6 +190,7 @@ async fn rescue(ctx: &RequestCtx, refusal: Refusal) -> Response<ProxyBody> {
     if refusal.code.source() == crate::error::ErrorSource::Upstream {
         warn!(request_id = %ctx.id, error = %refusal.message, "upstream failure");
     }
+    super::trace::refused(ctx, &refusal);
     record_refused(ctx, &refusal).await;
     match &ctx.reply {
         Reply::Http => refusal.into_response(&ctx.id),
@@ -194,7 +200,7 @@ async fn rescue(ctx: &RequestCtx, refusal: Refusal) -> Response<ProxyBody> {
 }
 
 /// The record phase of a refused request: what was asked, then the refusal.
-#[tracing::instrument(level = "debug", skip_all, fields(request_id = %ctx.id, phase = "record"))]
+#[tracing::instrument(level = "debug", name = "record", skip_all, fields(request_id = %ctx.id, phase = "record"))]
 async fn record_refused(ctx: &RequestCtx, refusal: &Refusal) {
     let code = refusal.code;
     let refused = Decision {

@@ -49,7 +49,7 @@ struct Endpoint {
 }
 
 /// An MCP endpoint's request.
-#[tracing::instrument(level = "debug", skip_all, fields(request_id = %ctx.id, phase = "mcp"))]
+#[tracing::instrument(level = "debug", name = "mcp", skip_all, fields(request_id = %ctx.id, phase = "mcp"))]
 pub(super) async fn process(
     app: &Arc<Gate>,
     ctx: &mut RequestCtx,
@@ -132,6 +132,12 @@ async fn one(
     read: Read,
     message: Value,
 ) -> Result<Response<ProxyBody>, Refusal> {
+    if !ctx.span.is_disabled() {
+        let method = message.get("method").and_then(Value::as_str).unwrap_or("");
+        let session = read.parts.headers.get("mcp-session-id");
+        let session = session.and_then(|v| v.to_str().ok());
+        super::trace::mcp_method(ctx, method, session);
+    }
     match mcp::classify(&message) {
         Message::SetUp | Message::Reply => {
             let method = message
@@ -293,6 +299,7 @@ async fn pass(
     *out.method_mut() = parts.method.clone();
     *out.uri_mut() = request::path_and_query(&parts).parse().unwrap_or_default();
     *out.headers_mut() = headers;
+    super::trace::propagate(&mut out, tool);
     let decision = json!({"outcome": "allowed", "mcp": what});
     let (resp, event) = match ctx {
         Some(ctx) => {

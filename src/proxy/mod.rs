@@ -17,6 +17,7 @@ mod requested_by;
 pub mod rewind;
 pub mod scrub;
 pub mod tool_requests;
+mod trace;
 pub(crate) mod transparent;
 mod unmatched;
 

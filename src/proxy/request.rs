@@ -159,7 +159,7 @@ pub(super) fn recordable(app: &Gate) -> Result<(), Refusal> {
 
 /// The identify phase: the agent, looked up per request so that a reload or a kill switch
 /// takes effect on open tunnels too; and the path, which must be canonical.
-#[tracing::instrument(level = "debug", skip_all, fields(request_id = %ctx.id, phase = "identify"))]
+#[tracing::instrument(level = "debug", name = "identify", skip_all, fields(request_id = %ctx.id, phase = "identify"))]
 pub(super) fn identify(
     app: &Gate,
     ctx: &mut RequestCtx,
@@ -192,7 +192,7 @@ pub(super) fn identify(
 }
 
 /// The phases of a request to a contracted path: match, authorize and validate, then decide.
-#[tracing::instrument(level = "debug", skip_all, fields(request_id = %ctx.id, phase = "match and validate"))]
+#[tracing::instrument(level = "debug", name = "match", skip_all, fields(request_id = %ctx.id, phase = "match and validate"))]
 pub(super) async fn process(
     app: &Arc<Gate>,
     ctx: &mut RequestCtx,
@@ -415,7 +415,7 @@ fn body_event(tool: &Tool, body: &Bytes, body_json: &Value) -> Value {
 }
 
 /// The decide phase: deny, preview, hold for approval, or send (a read, or a write).
-#[tracing::instrument(level = "debug", skip_all, fields(request_id = %ctx.id, phase = "decide"))]
+#[tracing::instrument(level = "debug", name = "decide", skip_all, fields(request_id = %ctx.id, phase = "decide"))]
 pub(super) async fn decide(
     app: &Arc<Gate>,
     ctx: &RequestCtx,
@@ -513,6 +513,7 @@ fn outgoing(checked: &mut Checked) -> Request<ProxyBody> {
     *out.method_mut() = checked.parts.method.clone();
     *out.uri_mut() = checked.call.path_and_query.parse().unwrap_or_default();
     *out.headers_mut() = std::mem::take(&mut checked.headers);
+    super::trace::propagate(&mut out, &checked.tool);
     out
 }
 
@@ -786,12 +787,11 @@ async fn write(
         charged,
         _guard: guard,
     };
-    let settled = app.tasks().spawn(commit_and_settle(
-        app.clone(),
-        ctx.detached(),
-        checked,
-        settling,
-    ));
+    let settling = commit_and_settle(app.clone(), ctx.detached(), checked, settling);
+    // In the call's trace, though a task of its own.
+    let settled = app
+        .tasks()
+        .spawn(tracing::Instrument::in_current_span(settling));
     settled.await.unwrap_or_else(|e| {
         Err(Refusal::internal(format!(
             "the commit ended without an answer ({e}); its outcome is unknown"

@@ -307,6 +307,20 @@ pub trait GrantStore: Send + Sync {
     async fn grant_end(&self, id: &str, end: GrantEnd) -> Result<Option<Grant>>;
 }
 
+/// Where each audit sink is: the sequence number of the last event its receiver acknowledged.
+/// Durable, and shared by the replicas of a shared store (a sink resumes where the last
+/// acknowledged batch ended, on any replica).
+#[async_trait]
+pub trait SinkCursorStore: Send + Sync {
+    /// The sink's cursor (0: nothing delivered yet).
+    async fn cursor_get(&self, sink: &str) -> Result<u64>;
+    /// Moves the sink's cursor forward to `seq` (never back: of two replicas delivering the
+    /// same events, the later acknowledgment wins). Durable when it returns.
+    async fn cursor_advance(&self, sink: &str, seq: u64) -> Result<()>;
+    /// Every sink's cursor.
+    async fn cursor_list(&self) -> Result<Vec<(String, u64)>>;
+}
+
 /// One storage backend: every interface above, and what the process needs of the whole.
 #[async_trait]
 pub trait Backend:
@@ -319,6 +333,7 @@ pub trait Backend:
     + SessionStore
     + TokenStore
     + GrantStore
+    + SinkCursorStore
 {
     /// Makes every write so far durable.
     async fn flush(&self) -> Result<()>;

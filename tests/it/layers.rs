@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// Layers from the bottom. A module may import modules of lower layers only.
 const LAYERS: &[&[&str]] = &[
     // helpers that import nothing of the crate
-    &["base"],
+    &["base", "telemetry"],
     // errors, stored records, start-up configuration; leaves with no crate imports (`tls`: the
     // certificates of toolgate's own listeners, reloaded when their files change)
     &[
@@ -34,7 +34,7 @@ const LAYERS: &[&[&str]] = &[
     &["verdict"],
     // services that own state (kill switches, the policy in force, sessions, locks, waiters),
     // and the rollback ledger (redacted through the audit's redactor)
-    &["services", "ledger"],
+    &["services", "ledger", "sink"],
     // the composition root that builds them all from the configuration
     &["app"],
     // the one commit routine (calls sent at once and approved proposals), and grants (what

@@ -24,6 +24,26 @@ async fn conforms(stores: &[Store]) {
     tokens(stores).await;
     grants(stores).await;
     grant_ends(stores).await;
+    sink_cursors(stores).await;
+}
+
+/// An audit sink's cursor: durable, read the same through every replica, and never moved back
+/// (of two replicas acknowledging out of order, the furthest wins).
+async fn sink_cursors(stores: &[Store]) {
+    assert_eq!(nth(stores, 0).cursor_get("s1").await.unwrap(), 0);
+    let moved = (0..8u64).map(|i| {
+        let store = nth(stores, i as usize);
+        async move { store.cursor_advance("s1", 10 + i * 7 % 5).await.unwrap() }
+    });
+    futures_util::future::join_all(moved).await;
+    nth(stores, 1).cursor_advance("s1", 3).await.unwrap();
+    nth(stores, 0).cursor_advance("s2", 5).await.unwrap();
+    for i in 0..stores.len() {
+        assert_eq!(nth(stores, i).cursor_get("s1").await.unwrap(), 14);
+    }
+    let mut all = nth(stores, 1).cursor_list().await.unwrap();
+    all.sort();
+    assert_eq!(all, vec![("s1".to_string(), 14), ("s2".to_string(), 5)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -540,3 +540,42 @@ impl SessionStore for PgStore {
         Ok(())
     }
 }
+
+#[async_trait]
+impl SinkCursorStore for PgStore {
+    async fn cursor_get(&self, sink: &str) -> Result<u64, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached("SELECT seq FROM sink_cursors WHERE sink = $1")
+            .await?;
+        let row = client.query_opt(&statement, &[&sink]).await?;
+        Ok(row.map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
+    }
+
+    async fn cursor_advance(&self, sink: &str, seq: u64) -> Result<(), StoreError> {
+        self.execute(
+            "INSERT INTO sink_cursors (sink, seq) VALUES ($1, $2)
+             ON CONFLICT (sink) DO UPDATE SET seq = GREATEST(sink_cursors.seq, $2)",
+            &[&sink, &big(seq)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn cursor_list(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached("SELECT sink, seq FROM sink_cursors")
+            .await?;
+        let rows = client.query(&statement, &[]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                )
+            })
+            .collect())
+    }
+}

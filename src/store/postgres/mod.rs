@@ -22,6 +22,7 @@ use self::log::PgEventLog;
 use self::schema::MIGRATIONS;
 use crate::base::now_unix;
 use crate::model::{Session, State};
+use crate::store::SinkCursorStore;
 use crate::store::Topic;
 use crate::store::{
     Backend, BudgetStore, Committed, CounterStore, EventLog, GrantStore, IdemRecord,

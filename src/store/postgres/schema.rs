@@ -51,4 +51,8 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
         6,
         "ALTER TABLE proposals ADD COLUMN version bigint NOT NULL DEFAULT 0;",
     ),
+    (
+        7,
+        "CREATE TABLE sink_cursors (sink text PRIMARY KEY, seq bigint NOT NULL);",
+    ),
 ];

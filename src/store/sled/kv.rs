@@ -387,6 +387,35 @@ impl SessionStore for SledStore {
     }
 }
 
+#[async_trait]
+impl SinkCursorStore for SledStore {
+    async fn cursor_get(&self, sink: &str) -> Result<u64, StoreError> {
+        Ok(self.cursors.get(sink)?.map(|v| seq_of(&v)).unwrap_or(0))
+    }
+
+    async fn cursor_advance(&self, sink: &str, seq: u64) -> Result<(), StoreError> {
+        self.cursors.fetch_and_update(sink, |old| {
+            let old = old.map(seq_of).unwrap_or(0);
+            Some(old.max(seq).to_be_bytes().to_vec())
+        })?;
+        self.flusher.flush().await
+    }
+
+    async fn cursor_list(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.cursors.iter() {
+            let (k, v) = item?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), seq_of(&v)));
+        }
+        Ok(out)
+    }
+}
+
+/// A stored cursor (8 bytes, big-endian); anything else reads as 0.
+fn seq_of(v: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(v).map(u64::from_be_bytes).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ pub use super::Sealer;
 use super::{
     Backend, BudgetStore, Committed, CounterStore, EventLog, GrantStore, IdemRecord,
     IdempotencyStore, JobClaim, KillStore, KillSwitch, KillTarget, LedgerStore, MemoryCounters,
-    Proposal, ProposalStore, Session, SessionStore, StoreError, TokenStore,
+    Proposal, ProposalStore, Session, SessionStore, SinkCursorStore, StoreError, TokenStore,
 };
 use crate::base::now_unix;
 
@@ -63,6 +63,8 @@ pub struct SledStore {
     ledger: sled::Tree,
     jobs: sled::Tree,
     sessions: sled::Tree,
+    /// Audit sinks' cursors: sink id → the last acknowledged sequence number (big-endian).
+    cursors: sled::Tree,
     /// Agent tokens by id, and their ids by the token's hash.
     tokens: sled::Tree,
     token_hashes: sled::Tree,
@@ -112,6 +114,7 @@ impl SledStore {
             ledger: db.open_tree(LEDGER)?,
             jobs: db.open_tree("jobs")?,
             sessions: db.open_tree("sessions")?,
+            cursors: db.open_tree("sink_cursors")?,
             tokens: db.open_tree("tokens")?,
             token_hashes: db.open_tree("token_hashes")?,
             grants: db.open_tree("grants")?,

@@ -234,7 +234,11 @@ where
 /// Approves every pending proposal as carol (with `comment`), polling the admin API every
 /// 100 ms, until aborted (at most 3000 rounds).
 pub fn approver(gate: &Toolgate, comment: &str) -> tokio::task::JoinHandle<()> {
-    let admin = gate.admin_addr;
+    approver_at(gate.admin_addr, comment)
+}
+
+/// [`approver`] for the admin listener at `admin` (a toolgate run as a child process).
+pub fn approver_at(admin: SocketAddr, comment: &str) -> tokio::task::JoinHandle<()> {
     let body = serde_json::json!({ "comment": comment });
     tokio::spawn(async move {
         for _ in 0..3000 {

@@ -10,6 +10,7 @@ pub mod gate;
 pub mod gh_fake;
 pub mod mcp_fake;
 pub mod netns;
+pub mod otlp;
 pub mod pg;
 pub mod pki;
 pub mod poll;

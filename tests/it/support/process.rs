@@ -76,8 +76,15 @@ pub fn serve_command(bin: &str, dir: &std::path::Path) -> Command {
 }
 
 pub fn start_serve(bin: &str, dir: &std::path::Path, extra: &[&str]) -> Started {
-    let mut child = serve_command(bin, dir)
-        .args(extra)
+    let mut cmd = serve_command(bin, dir);
+    cmd.args(extra);
+    start_command(cmd)
+}
+
+/// Starts a `serve` command made with [`serve_command`] (and whatever it adds: flags, the
+/// environment); returns when toolgate says it serves.
+pub fn start_command(mut cmd: Command) -> Started {
+    let mut child = cmd
         .env("TOOLGATE_LOG_FORMAT", "json")
         .stderr(Stdio::piped())
         .spawn()
