@@ -162,6 +162,28 @@ pub async fn run(
     run_with(listeners, config, shutdown, |_| {}).await
 }
 
+/// The configuration as the listeners serve it: a TLS proxy listener comes with its certificate,
+/// and the admin URL (for webhook links) defaults to the admin listener's own address.
+fn checked_config(listeners: &Listeners, mut config: Config) -> Result<Config, StartError> {
+    if listeners.proxy_tls.is_some() != config.listen_tls.is_some() {
+        return Err(StartError::Listeners(
+            "the proxy's TLS listener (--listen-tls) and its certificate (--listen-tls-cert, \
+             --listen-tls-key) go together: give both or neither"
+                .into(),
+        ));
+    }
+    if config.admin_url.is_empty() {
+        if let Ok(addr) = listeners.admin.local_addr() {
+            let scheme = match config.admin_tls.is_some() {
+                true => "https",
+                false => "http",
+            };
+            config.admin_url = format!("{scheme}://{addr}");
+        }
+    }
+    Ok(config)
+}
+
 /// [`run`], calling `serving` once everything is loaded and the listeners are about to accept
 /// (the command line prints where everything is).
 pub async fn run_with(
@@ -170,25 +192,8 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send,
     serving: impl FnOnce(&Serving<'_>) + Send,
 ) -> Result<(), StartError> {
-    if listeners.proxy_tls.is_some() != config.listen_tls.is_some() {
-        return Err(StartError::Listeners(
-            "the proxy's TLS listener (--listen-tls) and its certificate (--listen-tls-cert, \
-             --listen-tls-key) go together: give both or neither"
-                .into(),
-        ));
-    }
+    let config = checked_config(&listeners, config)?;
     let grace = config.shutdown_grace;
-    let mut config = config;
-    if config.admin_url.is_empty() {
-        if let Ok(addr) = listeners.admin.local_addr() {
-            let scheme = if config.admin_tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            config.admin_url = format!("{scheme}://{addr}");
-        }
-    }
     let (gate, console) = app::start(config).await?;
     let core = gate.core().clone();
     approval::recover(core.store(), core.audit(), core.in_flight_limit()).await?;
