@@ -117,8 +117,6 @@ impl FromRequestParts<AdminState> for Reviewer {
 
 pub(crate) const COOKIE: &str = "tg_session";
 
-pub(crate) use crate::services::sessions::SESSION_TTL;
-
 /// A session on the page: its approver or reviewer (looked up in the policy in force, so
 /// removing one signs them out) and its CSRF token.
 pub struct Session {
@@ -145,10 +143,22 @@ pub(crate) async fn session(app: &Console, headers: &HeaderMap) -> Option<Sessio
     let session = session_id(headers)?;
     let found = app.sessions().get(&session).await?;
     let policy = app.policy();
-    let approver = match found.reviewer {
+    let mut approver = match found.reviewer {
         true => policy.reviewer(&found.approver).cloned()?,
         false => policy.approver(&found.approver).cloned()?,
     };
+    // Groups the sign-in granted (an identity provider's, mapped): the approver's own and
+    // these, for this session only.
+    let granted: Vec<&String> = found
+        .groups
+        .iter()
+        .filter(|g| !approver.groups.contains(g))
+        .collect();
+    if !granted.is_empty() {
+        let mut with = (*approver).clone();
+        with.groups.extend(granted.into_iter().cloned());
+        approver = Arc::new(with);
+    }
     Some(Session {
         approver,
         csrf: found.csrf,
@@ -296,4 +306,33 @@ fn csrf_refused() -> Response {
         ),
     )
         .into_response()
+}
+
+/// Sign-in while the session store cannot be written: refused, nothing half-made.
+pub(crate) fn session_store_down(e: crate::store::StoreError) -> Response {
+    tracing::warn!(error = %e, "could not store a new session");
+    let body = "<h1>Sign in</h1><p class=\"flash\">Signing in is unavailable: the session store cannot be written. Try again shortly.</p>";
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        super::html::page("Sign in", None, body),
+    )
+        .into_response()
+}
+
+/// The `Set-Cookie` of a new page session.
+pub(crate) fn session_cookie(app: &Console, id: &str) -> String {
+    format!(
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        app.sessions().ttl().as_secs(),
+        secure(app)
+    )
+}
+
+/// `; Secure` when the page is reached over HTTPS: the browser then never sends the session
+/// over plain HTTP.
+pub(crate) fn secure(app: &Console) -> &'static str {
+    match app.config().admin_https() {
+        true => "; Secure",
+        false => "",
+    }
 }

@@ -6,6 +6,7 @@ pub mod jwks;
 pub mod kill;
 pub mod locks;
 pub mod mcp_sessions;
+pub mod oidc;
 pub mod pins;
 pub mod policies;
 pub mod principals;

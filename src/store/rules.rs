@@ -167,6 +167,7 @@ mod tests {
             reviewer: false,
             csrf: "c".into(),
             expires_unix: 10,
+            groups: Vec::new(),
         };
         assert!(!session_expired(&session, 9));
         assert!(session_expired(&session, 10));
