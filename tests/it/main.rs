@@ -30,6 +30,7 @@ mod postgres;
 mod principals;
 mod proxy;
 mod sdk;
+mod sso;
 mod store;
 mod streaming;
 mod suggest;

@@ -189,6 +189,7 @@ async fn jobs_and_sessions(stores: &[Store]) {
         reviewer: false,
         csrf: "c".into(),
         expires_unix: toolgate::base::now_unix() + 60,
+        groups: Vec::new(),
     };
     a.session_put("k1", &session).await.unwrap();
     assert_eq!(

@@ -1,0 +1,284 @@
+//! Approvers sign in to the page through the company's identity provider (an
+//! `[[identity_provider]]` with `login`): the code flow driven over HTTP against a provider on
+//! loopback whose token endpoint answers the ID token the test chose, so every forgery can be
+//! tried.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::support::*;
+use base64::Engine;
+use jsonwebtoken::{EncodingKey, Header};
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use serde_json::{json, Value};
+
+const ISSUER: &str = "https://idp.acme.test";
+const CLIENT: &str = "toolgate-page";
+
+fn key(kid: &str) -> (EncodingKey, Value) {
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let public = pair.public_key().as_ref();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(&public[1..33]),
+                     "y": b64(&public[33..65]), "kid": kid, "alg": "ES256", "use": "sig"});
+    (EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
+}
+
+fn policy() -> String {
+    format!(
+        r#"
+[[identity_provider]]
+name = "acme-sso"
+issuer = "{ISSUER}"
+audience = "toolgate"
+jwks_file = "acme-jwks.json"
+groups_claim = "groups"
+login = {{ client_id = "{CLIENT}", client_secret_env = "ACME_SSO_SECRET", authorize_url = "{ISSUER}/authorize", token_url = "{ISSUER}/token" }}
+group_map = {{ "idp-payments" = "payments-leads" }}
+
+[[approver]]
+id = "carol@example.com"
+token_env = "CAROL_SSO_TOKEN"
+"#
+    )
+}
+
+/// The provider's token endpoint: answers `{"id_token": ...}` with what the test put in, and
+/// keeps what it was sent.
+struct TokenEndpoint {
+    addr: std::net::SocketAddr,
+    id_token: Arc<Mutex<String>>,
+    sent: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+async fn token_endpoint(pki: &Pki) -> TokenEndpoint {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let id_token = Arc::new(Mutex::new(String::new()));
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let (answer, kept) = (id_token.clone(), sent.clone());
+    serve_https(
+        listener,
+        pki.server_config(&["idp.acme.test"]),
+        move |req: http::Request<hyper::body::Incoming>| {
+            let (answer, kept) = (answer.clone(), kept.clone());
+            async move {
+                use http_body_util::BodyExt;
+                let auth = req
+                    .headers()
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .unwrap_or_default();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                kept.lock()
+                    .unwrap()
+                    .push((auth, String::from_utf8_lossy(&body).into_owned()));
+                let body = json!({"id_token": *answer.lock().unwrap(), "token_type": "Bearer"});
+                Ok::<_, std::convert::Infallible>(
+                    http::Response::builder()
+                        .header("content-type", "application/json")
+                        .body(http_body_util::Full::new(bytes::Bytes::from(
+                            body.to_string(),
+                        )))
+                        .unwrap(),
+                )
+            }
+        },
+    );
+    TokenEndpoint {
+        addr,
+        id_token,
+        sent,
+    }
+}
+
+fn id_token(key: &EncodingKey, claims: &Value) -> String {
+    let mut header = Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("k1".into());
+    jsonwebtoken::encode(&header, claims, key).unwrap()
+}
+
+fn claims(email: &str, nonce: &str, groups: &[&str]) -> Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    json!({"iss": ISSUER, "aud": CLIENT, "email": email, "groups": groups, "nonce": nonce,
+           "iat": now, "exp": now + 300})
+}
+
+fn cookie_of(answer: &Answer, name: &str) -> Option<String> {
+    answer
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+        .find(|c| c.starts_with(&format!("{name}=")) && c.len() > name.len() + 1)
+}
+
+/// Begins a sign-in: the authorization request's parameters and the binding cookie.
+async fn begin(gate: &Toolgate) -> (HashMap<String, String>, String) {
+    let start = gate.page("GET", "/login/oidc/acme-sso", None, None).await;
+    assert_eq!(start.status, 303, "{}", start.text());
+    let location = start.headers["location"].to_str().unwrap().to_string();
+    assert!(
+        location.starts_with(&format!("{ISSUER}/authorize?")),
+        "{location}"
+    );
+    let query = location.split_once('?').unwrap().1;
+    let params: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    (params, cookie_of(&start, "tg_oidc").unwrap())
+}
+
+async fn come_back(gate: &Toolgate, params: &HashMap<String, String>, cookie: &str) -> Answer {
+    let path = format!(
+        "/login/oidc/callback?code=the-code&state={}",
+        params["state"]
+    );
+    gate.page("GET", &path, Some(cookie), None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approver_signs_in_through_the_identity_provider_and_forgeries_are_refused() {
+    std::env::set_var("ACME_SSO_SECRET", "s3cret:with/odd chars");
+    std::env::set_var("CAROL_SSO_TOKEN", "carol-sso-token");
+    let (signing, jwk) = key("k1");
+    let (stranger, _) = key("k1");
+    let pki = Pki::new("test idp CA");
+    let idp = token_endpoint(&pki).await;
+    let idp_addr = idp.addr;
+    let gate = GateBuilder::new()
+        .policy("sso.toml", policy())
+        .policy("acme-jwks.json", json!({ "keys": [jwk] }).to_string())
+        .routed_to(&pki, idp_addr)
+        .config(move |c| {
+            c.connect_to.insert(("idp.acme.test".into(), 443), idp_addr);
+        })
+        .start()
+        .await;
+    let form = gate.page("GET", "/login", None, None).await;
+    assert!(
+        form.text().contains("Sign in with acme-sso"),
+        "{}",
+        form.text()
+    );
+
+    // carol: the code flow with PKCE, state and nonce; a session; the queue is hers.
+    let (params, binding) = begin(&gate).await;
+    assert_eq!(params["client_id"], CLIENT);
+    assert_eq!(params["code_challenge_method"], "S256");
+    assert!(params["scope"].split(' ').any(|s| s == "openid"));
+    *idp.id_token.lock().unwrap() = id_token(
+        &signing,
+        &claims("carol@example.com", &params["nonce"], &[]),
+    );
+    let back = come_back(&gate, &params, &binding).await;
+    assert_eq!(back.status, 200, "{}", back.text());
+    let session = cookie_of(&back, "tg_session").expect("a session");
+    assert!(back.text().contains("carol@example.com"));
+    let queue = gate.page("GET", "/queue", Some(&session), None).await;
+    assert_eq!(queue.status, 200, "{}", queue.text());
+    {
+        let sent = idp.sent.lock().unwrap();
+        let (auth, body) = sent.last().unwrap();
+        assert!(auth.starts_with("Basic "), "client_secret_basic");
+        assert!(
+            body.contains("code_verifier=") && body.contains("code=the-code"),
+            "{body}"
+        );
+    }
+    // The state is one-time.
+    let again = come_back(&gate, &params, &binding).await;
+    assert_eq!(again.status, 400, "{}", again.text());
+    // Another browser (without the binding cookie) cannot finish a sign-in it did not begin.
+    let (params, _) = begin(&gate).await;
+    let stolen = come_back(&gate, &params, "tg_oidc=someone-elses").await;
+    assert_eq!(stolen.status, 400);
+
+    // eve is no approver: refused, named.
+    let (params, binding) = begin(&gate).await;
+    *idp.id_token.lock().unwrap() =
+        id_token(&signing, &claims("eve@example.com", &params["nonce"], &[]));
+    let eve = come_back(&gate, &params, &binding).await;
+    assert_eq!(eve.status, 403, "{}", eve.text());
+    assert!(eve.text().contains("eve@example.com") && eve.text().contains("not an approver"));
+    assert!(cookie_of(&eve, "tg_session").is_none());
+
+    // Forgeries, each refused: a key not in the JWKS, a wrong nonce, expired, a wrong audience.
+    let forged: Vec<(&str, Box<dyn Fn(&str) -> String>)> = vec![
+        (
+            "signature",
+            Box::new(|n: &str| id_token(&stranger, &claims("carol@example.com", n, &[]))),
+        ),
+        (
+            "nonce",
+            Box::new(|_: &str| id_token(&signing, &claims("carol@example.com", "another", &[]))),
+        ),
+        (
+            "expired",
+            Box::new(|n: &str| {
+                let mut c = claims("carol@example.com", n, &[]);
+                c["exp"] = json!(c["iat"].as_i64().unwrap() - 3600);
+                id_token(&signing, &c)
+            }),
+        ),
+        (
+            "audience",
+            Box::new(|n: &str| {
+                let mut c = claims("carol@example.com", n, &[]);
+                c["aud"] = json!("toolgate");
+                id_token(&signing, &c)
+            }),
+        ),
+    ];
+    for (why, make) in forged {
+        let (params, binding) = begin(&gate).await;
+        *idp.id_token.lock().unwrap() = make(&params["nonce"]);
+        let got = come_back(&gate, &params, &binding).await;
+        assert_eq!(got.status, 401, "{why}: {}", got.text());
+        assert!(got.text().contains(why), "{why}: {}", got.text());
+        assert!(cookie_of(&got, "tg_session").is_none(), "{why}");
+    }
+
+    // Every sign-in and refusal is on the record, naming the person, the provider and the
+    // address.
+    let events = |kind: &'static str| {
+        let gate = &gate;
+        async move {
+            let path = format!("/api/audit/search?kind={kind}");
+            let got = gate
+                .admin("GET", &path, Some("carol-sso-token"), None)
+                .await;
+            got.json()["events"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    let signed = poll::until_some("the sign-in is recorded", poll::SOON, || async {
+        let all = events("sign_in").await;
+        (!all.is_empty()).then_some(all)
+    })
+    .await;
+    let p = &signed[0]["payload"];
+    assert_eq!(p["who"], "carol@example.com");
+    assert_eq!(p["via"], "signed in via acme-sso");
+    assert_eq!(p["address"], "127.0.0.1");
+    assert_eq!(signed[0]["user"], "carol@example.com");
+    let refused = poll::until_some("the refusals are recorded", poll::SOON, || async {
+        let all = events("sign_in.refused").await;
+        (all.len() >= 7).then_some(all)
+    })
+    .await;
+    let text = Value::Array(refused).to_string();
+    assert!(
+        text.contains("eve@example.com") && text.contains("not an approver"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("s3cret") && !text.contains("the-code"),
+        "{text}"
+    );
+}
