@@ -282,3 +282,145 @@ async fn an_approver_signs_in_through_the_identity_provider_and_forgeries_are_re
         "{text}"
     );
 }
+
+/// Signs `email` in through the provider with the provider's `groups`: the session cookie.
+async fn sign_in_as(
+    gate: &Toolgate,
+    idp: &TokenEndpoint,
+    key: &EncodingKey,
+    email: &str,
+    groups: &[&str],
+) -> String {
+    let (params, binding) = begin(gate).await;
+    *idp.id_token.lock().unwrap() = id_token(key, &claims(email, &params["nonce"], groups));
+    let back = come_back(gate, &params, &binding).await;
+    assert_eq!(back.status, 200, "{}", back.text());
+    cookie_of(&back, "tg_session").expect("a session")
+}
+
+/// Approves proposal `id` on the page as the session's approver: the answer's status.
+async fn approve_on_page(gate: &Toolgate, session: &str, id: &str) -> u16 {
+    let detail = gate
+        .page("GET", &format!("/proposals/{id}"), Some(session), None)
+        .await;
+    assert_eq!(detail.status, 200, "{}", detail.text());
+    let csrf = csrf_of(&detail.text());
+    let form = format!("csrf={csrf}&comment=ok");
+    let got = gate
+        .page(
+            "POST",
+            &format!("/proposals/{id}/approve"),
+            Some(session),
+            Some(form),
+        )
+        .await;
+    got.status.as_u16()
+}
+
+async fn proposal_state(gate: &Toolgate, id: &str) -> Value {
+    gate.admin(
+        "GET",
+        &format!("/api/proposals/{id}"),
+        Some("demo-carol-token"),
+        None,
+    )
+    .await
+    .json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_providers_groups_mapped_let_an_approver_approve_and_oidc_only_pages_keep_the_api() {
+    std::env::set_var("ACME_SSO_SECRET", "s3cret:with/odd chars");
+    std::env::set_var("CAROL_SSO_TOKEN", "carol-sso-token");
+    let (signing, jwk) = key("k1");
+    let pki = Pki::new("test upstream and idp CA");
+    let upstream = Upstream::start(pki.server_config(&API_HOSTS)).await;
+    let idp = token_endpoint(&pki).await;
+    let idp_addr = idp.addr;
+    // sam approves through the provider only; the refunds tool needs group payments-leads,
+    // which sam has only when the provider says idp-payments.
+    let sso = policy()
+        .replace("carol@example.com", "sam@example.com")
+        .replace(
+            "token_env = \"CAROL_SSO_TOKEN\"",
+            &format!("token_sha256 = \"{}\"", sha256_hex("unused-sam-token")),
+        );
+    let gate = GateBuilder::examples()
+        .policy("sso.toml", sso.clone())
+        .policy("acme-jwks.json", json!({ "keys": [jwk] }).to_string())
+        .routed_to(&pki, upstream.addr)
+        .config(move |c| {
+            c.connect_to.insert(("idp.acme.test".into(), 443), idp_addr);
+            c.page_login = toolgate::config::PageLogin::Oidc;
+        })
+        .start()
+        .await;
+    // --page-login oidc: no token sign-in on the page; the API still takes bearer tokens.
+    let form = gate.page("GET", "/login", None, None).await;
+    assert!(!form.text().contains("name=\"token\""), "{}", form.text());
+    let by_token = gate
+        .page(
+            "POST",
+            "/login",
+            None,
+            Some("token=demo-carol-token".into()),
+        )
+        .await;
+    assert_eq!(by_token.status, 403);
+
+    let client = staging(&gate);
+    let held = tokio::spawn(async move {
+        let headers = [FORM, ("idempotency-key", "sso-1")];
+        send(
+            &client,
+            "POST",
+            "https://api.stripe.com/v1/refunds",
+            &headers,
+            "payment_intent=pi_sso&amount=5",
+        )
+        .await
+    });
+    let id = poll::until_some("the refund is held", poll::SOON, || async {
+        let got = gate
+            .admin(
+                "GET",
+                "/api/proposals?state=pending",
+                Some("demo-carol-token"),
+                None,
+            )
+            .await;
+        got.json()["proposals"][0]["id"]
+            .as_str()
+            .map(str::to_string)
+    })
+    .await;
+    let plain = sign_in_as(&gate, &idp, &signing, "sam@example.com", &["idp-other"]).await;
+    assert_ne!(approve_on_page(&gate, &plain, &id).await, 303);
+    assert_eq!(proposal_state(&gate, &id).await["state"], "pending");
+    let lead = sign_in_as(
+        &gate,
+        &idp,
+        &signing,
+        "sam@example.com",
+        &["idp-payments", "idp-other"],
+    )
+    .await;
+    assert_eq!(approve_on_page(&gate, &lead, &id).await, 303);
+    let p = proposal_state(&gate, &id).await;
+    assert!(
+        matches!(p["state"].as_str(), Some("approved" | "committed")),
+        "{p}"
+    );
+    assert_eq!(p["approvals"][0]["by"], "sam@example.com", "{p}");
+    held.abort();
+
+    // sam removed from the policies: the sessions end at the reload.
+    gate.write_policy(
+        "sso.toml",
+        &sso.replace("id = \"sam@example.com\"", "id = \"someone@example.com\""),
+    );
+    poll::until("sam's session ends", poll::SOON, || async {
+        gate.page("GET", "/queue", Some(&lead), None).await.status == 303
+    })
+    .await;
+}
