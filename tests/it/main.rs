@@ -31,6 +31,7 @@ mod principals;
 mod proxy;
 mod sdk;
 mod sso;
+mod sso_provider;
 mod store;
 mod streaming;
 mod suggest;
