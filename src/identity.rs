@@ -384,6 +384,18 @@ groups_claim = "groups"
         assert!(load("jwks_url = \"http://idp/jwks\"").contains("must be https"));
         assert!(load("jwks_file = \"missing.json\"").contains("missing.json"));
         assert!(load("jwks_file = \"jwks.json\"\nleeway = \"2h\"").contains("leeway"));
+        let with = |extra: &str| format!("jwks_file = \"jwks.json\"\n{extra}");
+        assert!(load(&with("login = { client_id = \"c\" }"))
+            .contains("exactly one of client_secret_env and client_secret_file"));
+        assert!(load(&with(
+            "login = { client_id = \"c\", client_secret_env = \"TOOLGATE_TEST_UNSET_SECRET\" }"
+        ))
+        .contains("not set"));
+        assert!(load(&with("login = { client_id = \"c\", client_secret_file = \"jwks.json\", authorize_url = \"https://idp/a\" }"))
+            .contains("both authorize_url and token_url"));
+        assert!(load(&with("login = { client_id = \"c\", client_secret_file = \"jwks.json\", authorize_url = \"http://idp/a\", token_url = \"https://idp/t\" }"))
+            .contains("must be https"));
+        assert!(load(&with("group_map = { \"a\" = \"b\" }")).contains("groups_claim"));
         let oct = json!({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "s"}]});
         std::fs::write(dir.path().join("oct.json"), oct.to_string()).unwrap();
         assert!(load("jwks_file = \"oct.json\"").contains("symmetric"));

@@ -308,17 +308,6 @@ fn csrf_refused() -> Response {
         .into_response()
 }
 
-/// Sign-in while the session store cannot be written: refused, nothing half-made.
-pub(crate) fn session_store_down(e: crate::store::StoreError) -> Response {
-    tracing::warn!(error = %e, "could not store a new session");
-    let body = "<h1>Sign in</h1><p class=\"flash\">Signing in is unavailable: the session store cannot be written. Try again shortly.</p>";
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        super::html::page("Sign in", None, body),
-    )
-        .into_response()
-}
-
 /// The `Set-Cookie` of a new page session.
 pub(crate) fn session_cookie(app: &Console, id: &str) -> String {
     format!(

@@ -13,8 +13,7 @@ use serde_json::json;
 
 use super::actions::{apply_switch, rollback_status};
 use super::auth::{
-    secure, session_cookie, session_store_down, CsrfForm, Posted, Session, Signed, SignedReviewer,
-    COOKIE,
+    secure, session_cookie, CsrfForm, Posted, Session, Signed, SignedReviewer, COOKIE,
 };
 use super::html::{esc, page, when};
 use crate::app::Console;
@@ -75,6 +74,13 @@ fn login_body(app: &Console, flash: Option<&str>) -> String {
 #[derive(Deserialize)]
 pub struct LoginForm {
     token: String,
+}
+
+/// Sign-in while the session store cannot be written: refused, nothing half-made.
+fn session_store_down(e: crate::store::StoreError) -> Response {
+    tracing::warn!(error = %e, "could not store a new session");
+    let body = "<h1>Sign in</h1><p class=\"flash\">Signing in is unavailable: the session store cannot be written. Try again shortly.</p>";
+    (StatusCode::SERVICE_UNAVAILABLE, page("Sign in", None, body)).into_response()
 }
 
 pub async fn login(State(app): State<Arc<Console>>, Form(form): Form<LoginForm>) -> Response {

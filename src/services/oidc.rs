@@ -297,28 +297,7 @@ mod tests {
     #[test]
     fn a_state_is_taken_once_and_only_with_its_cookie() {
         let oidc = Oidc::default();
-        let login = Login {
-            client_id: "toolgate".into(),
-            client_secret: crate::policy::ClientSecret("s".into()),
-            scopes: vec!["openid".into()],
-            endpoints: None,
-        };
-        let endpoints = LoginEndpoints {
-            authorize_url: "https://idp.example.com/auth".into(),
-            token: https_url("t", "https://idp.example.com/token").unwrap(),
-        };
-        let provider = IdentityProvider {
-            name: "corp".into(),
-            issuer: "https://idp.example.com".into(),
-            audience: "toolgate".into(),
-            keys: crate::policy::JwksSource::File(jsonwebtoken::jwk::JwkSet { keys: vec![] }),
-            algorithms: vec![jsonwebtoken::Algorithm::ES256],
-            user_claim: "email".into(),
-            groups_claim: None,
-            leeway: Duration::from_secs(60),
-            login: None,
-            group_map: Default::default(),
-        };
+        let (provider, login, endpoints) = fixture();
         let begun = oidc
             .begin(
                 &provider,
@@ -343,6 +322,44 @@ mod tests {
             oidc.take(&state, Some(&begun.binding_cookie)).is_none(),
             "once"
         );
+    }
+
+    fn fixture() -> (IdentityProvider, Login, LoginEndpoints) {
+        let login = Login {
+            client_id: "toolgate".into(),
+            client_secret: crate::policy::ClientSecret("s".into()),
+            scopes: vec!["openid".into()],
+            endpoints: None,
+        };
+        let endpoints = LoginEndpoints {
+            authorize_url: "https://idp.example.com/auth".into(),
+            token: https_url("t", "https://idp.example.com/token").unwrap(),
+        };
+        let provider = IdentityProvider {
+            name: "corp".into(),
+            issuer: "https://idp.example.com".into(),
+            audience: "toolgate".into(),
+            keys: crate::policy::JwksSource::File(jsonwebtoken::jwk::JwkSet { keys: vec![] }),
+            algorithms: vec![jsonwebtoken::Algorithm::ES256],
+            user_claim: "email".into(),
+            groups_claim: None,
+            leeway: Duration::from_secs(60),
+            login: None,
+            group_map: Default::default(),
+        };
+        (provider, login, endpoints)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_made_up_state_or_cookie_takes_a_sign_in(state in ".{0,80}", cookie in ".{0,80}") {
+            let oidc = Oidc::default();
+            let (provider, login, endpoints) = fixture();
+            let begun = oidc.begin(&provider, &login, &endpoints, "https://tg/cb").unwrap();
+            proptest::prop_assert!(oidc.take(&state, Some(&cookie)).is_none());
+            let real = url_query(&begun.authorize)["state"].clone();
+            proptest::prop_assert!(oidc.take(&real, Some(&cookie)).is_none());
+        }
     }
 
     fn url_query(url: &str) -> HashMap<String, String> {

@@ -210,7 +210,8 @@ async fn an_approver_signs_in_through_the_identity_provider_and_forgeries_are_re
     assert!(cookie_of(&eve, "tg_session").is_none());
 
     // Forgeries, each refused: a key not in the JWKS, a wrong nonce, expired, a wrong audience.
-    let forged: Vec<(&str, Box<dyn Fn(&str) -> String>)> = vec![
+    type Forge<'a> = Box<dyn Fn(&str) -> String + 'a>;
+    let forged: Vec<(&str, Forge)> = vec![
         (
             "signature",
             Box::new(|n: &str| id_token(&stranger, &claims("carol@example.com", n, &[]))),
