@@ -19,18 +19,28 @@ const SECRET: &str = "provider-test-secret";
 const REDIRECT: &str = "http://admin/login/oidc/callback";
 
 /// oidc-provider on loopback, stopped when dropped.
-struct NodeIdp {
+pub struct NodeIdp {
     _child: tokio::process::Child,
     /// Its standard output, kept open: node fails writing to a closed pipe.
     _stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
     _dir: tempfile::TempDir,
-    port: u16,
+    pub port: u16,
     tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 /// Starts oidc-provider, or None after saying why it cannot run here (a failure under
 /// `TOOLGATE_REQUIRE_BROWSER`, which CI sets where node and the test packages are installed).
 async fn oidc_provider(pki: &Pki, groups: Value) -> Option<NodeIdp> {
+    oidc_provider_at(pki, groups, REDIRECT, 0).await
+}
+
+/// oidc-provider on `port` (0: any free one), sending browsers back to `redirect`.
+pub async fn oidc_provider_at(
+    pki: &Pki,
+    groups: Value,
+    redirect: &str,
+    port: u16,
+) -> Option<NodeIdp> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
     let node = std::process::Command::new("node").arg("--version").output();
     if node.is_err() || !dir.join("node_modules/oidc-provider").exists() {
@@ -56,7 +66,8 @@ async fn oidc_provider(pki: &Pki, groups: Value) -> Option<NodeIdp> {
         .env("KEY", files.path().join("key.pem"))
         .env("CLIENT_ID", CLIENT)
         .env("CLIENT_SECRET", SECRET)
-        .env("REDIRECT_URI", REDIRECT)
+        .env("REDIRECT_URI", redirect)
+        .env("PORT", port.to_string())
         .env("GROUPS", groups.to_string())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -82,7 +93,7 @@ async fn oidc_provider(pki: &Pki, groups: Value) -> Option<NodeIdp> {
 }
 
 impl NodeIdp {
-    fn issuer(&self) -> String {
+    pub fn issuer(&self) -> String {
         format!("https://idp.acme.test:{}", self.port)
     }
 
@@ -176,7 +187,7 @@ impl NodeIdp {
     }
 }
 
-fn policy(issuer: &str) -> String {
+pub fn policy(issuer: &str) -> String {
     format!(
         r#"
 [[identity_provider]]
@@ -269,4 +280,117 @@ async fn carol_signs_in_through_a_real_openid_provider_and_eve_is_refused() {
     .await;
     assert_eq!(signed[0]["payload"]["via"], "signed in via acme-sso");
     assert_eq!(signed[0]["payload"]["groups"], json!(["payments-leads"]));
+}
+
+async fn next(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> String {
+    tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the browser script stalled")
+        .unwrap()
+        .expect("the browser script ended early")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carol_signs_in_with_sso_in_a_real_browser_and_approves_a_held_call() {
+    let Some((browser_dir, chromium)) = browser() else {
+        return;
+    };
+    std::env::set_var("ACME_PROVIDER_SECRET", SECRET);
+    let pki = Pki::new("test upstream and idp CA");
+    let upstream = Upstream::start(pki.server_config(&API_HOSTS)).await;
+    // The provider's issuer names its port, which toolgate's policy names: a free port, taken
+    // for the provider before toolgate starts.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let issuer = format!("https://idp.acme.test:{port}");
+    let idp_addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    // carol is the examples' approver (group payments-leads); she signs in through acme-sso.
+    let sso = policy(&issuer);
+    let sso = &sso[..sso.find("[[approver]]").unwrap()];
+    let gate = GateBuilder::examples()
+        .policy("sso.toml", sso)
+        .routed_to(&pki, upstream.addr)
+        .config(move |c| {
+            c.connect_to
+                .insert(("idp.acme.test".into(), port), idp_addr);
+        })
+        .start()
+        .await;
+    let admin = format!("http://{}", gate.admin_addr);
+    let redirect = format!("{admin}/login/oidc/callback");
+    let Some(_idp) = oidc_provider_at(&pki, json!({}), &redirect, port).await else {
+        return;
+    };
+    let mut node = tokio::process::Command::new("node")
+        .arg(browser_dir.join("sso.mjs"))
+        .args([
+            admin.as_str(),
+            "acme-sso",
+            "carol@example.com",
+            "Refund 77 (minor units) of pi_sso_browser",
+        ])
+        .env("CHROMIUM", &chromium)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(node.stdout.take().unwrap()).lines();
+    assert_eq!(next(&mut lines).await, "READY");
+    let client = staging(&gate);
+    let held = tokio::spawn(async move {
+        let headers = [FORM, ("idempotency-key", "sso-browser-1")];
+        let body = "payment_intent=pi_sso_browser&amount=77";
+        send(
+            &client,
+            "POST",
+            "https://api.stripe.com/v1/refunds",
+            &headers,
+            body,
+        )
+        .await
+    });
+    assert_eq!(next(&mut lines).await, "SEEN");
+    let state = next(&mut lines).await;
+    assert!(
+        ["STATE approved", "STATE committing", "STATE committed"].contains(&state.as_str()),
+        "{state}"
+    );
+    assert!(node.wait().await.unwrap().success());
+    let _ = held.await;
+
+    let signed = poll::until_some("the sign-in is recorded", poll::SOON, || async {
+        let got = gate
+            .admin(
+                "GET",
+                "/api/audit/search?kind=sign_in",
+                Some("demo-carol-token"),
+                None,
+            )
+            .await;
+        got.json()["events"]
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .cloned()
+    })
+    .await;
+    assert_eq!(signed[0]["payload"]["who"], "carol@example.com");
+    assert_eq!(signed[0]["payload"]["via"], "signed in via acme-sso");
+    let approvals = gate
+        .admin(
+            "GET",
+            "/api/audit/search?kind=approval",
+            Some("demo-carol-token"),
+            None,
+        )
+        .await;
+    assert!(
+        approvals.text().contains("carol@example.com"),
+        "{}",
+        approvals.text()
+    );
 }

@@ -2,9 +2,9 @@
 // over HTTPS with the test PKI's certificate for idp.acme.test on a free loopback port, with
 // devInteractions (a plain login form: any password signs the named account in).
 //
-// Environment: CERT and KEY (PEM files), CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, and GROUPS (a
-// JSON object: account id -> its groups). Prints one JSON line {"port": N} once listening;
-// the issuer is https://idp.acme.test:N.
+// Environment: CERT and KEY (PEM files), CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, GROUPS (a
+// JSON object: account id -> its groups) and PORT (default: any free port). Prints one JSON
+// line {"port": N} once listening; the issuer is https://idp.acme.test:N.
 import { readFileSync } from "node:fs";
 import https from "node:https";
 import Provider from "oidc-provider";
@@ -14,7 +14,7 @@ const server = https.createServer({
   cert: readFileSync(process.env.CERT),
   key: readFileSync(process.env.KEY),
 });
-server.listen(0, "127.0.0.1", () => {
+server.listen(Number(process.env.PORT || 0), "127.0.0.1", () => {
   const port = server.address().port;
   const provider = new Provider(`https://idp.acme.test:${port}`, {
     clients: [
