@@ -128,14 +128,19 @@ pub struct Session {
 }
 
 fn session_id(headers: &HeaderMap) -> Option<String> {
+    cookie(headers, COOKIE).map(str::to_string)
+}
+
+/// The value of the request's cookie `name`.
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 /// Whoever is signed in, approver or reviewer.

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::{secure, session_cookie};
+use super::auth::{cookie, secure, session_cookie};
 use super::html::{esc, page};
 use super::peer::ClientIp;
 use crate::app::Console;
@@ -156,17 +156,6 @@ fn refused(status: StatusCode, provider: Option<&str>, why: String) -> Refused {
     }
 }
 
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
 /// `GET /login/oidc/callback`: the provider sends the browser back with a code.
 pub async fn callback(
     State(app): State<Arc<Console>>,
@@ -216,7 +205,7 @@ async fn person(
 ) -> Result<(Arc<IdentityProvider>, crate::policy::EndUser), Refused> {
     let pending: Pending = app
         .oidc()
-        .take(&q.state, cookie_value(headers, BINDING))
+        .take(&q.state, cookie(headers, BINDING))
         .ok_or_else(|| refused(StatusCode::BAD_REQUEST, None, "This sign-in is unknown, used already, expired, or was begun in another browser: sign in again.".into()))?;
     let name = pending.provider.clone();
     let at = |status, why: String| refused(status, Some(&name), why);

@@ -6,26 +6,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::support::es256_key as key;
 use crate::support::*;
-use base64::Engine;
 use jsonwebtoken::{EncodingKey, Header};
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
 
 const ISSUER: &str = "https://idp.acme.test";
 const CLIENT: &str = "toolgate-page";
-
-fn key(kid: &str) -> (EncodingKey, Value) {
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let pair =
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
-    let public = pair.public_key().as_ref();
-    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(&public[1..33]),
-                     "y": b64(&public[33..65]), "kid": kid, "alg": "ES256", "use": "sig"});
-    (EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
-}
 
 fn policy() -> String {
     format!(
@@ -110,13 +97,33 @@ fn claims(email: &str, nonce: &str, groups: &[&str]) -> Value {
            "iat": now, "exp": now + 300})
 }
 
-fn cookie_of(answer: &Answer, name: &str) -> Option<String> {
+pub(crate) fn cookie_of(answer: &Answer, name: &str) -> Option<String> {
     answer
         .headers
         .get_all("set-cookie")
         .iter()
         .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
         .find(|c| c.starts_with(&format!("{name}=")) && c.len() > name.len() + 1)
+}
+
+/// The events of `kind`, once there are `at_least` (read with approver `token`).
+pub(crate) async fn recorded(
+    gate: &Toolgate,
+    token: &str,
+    kind: &str,
+    at_least: usize,
+) -> Vec<Value> {
+    let path = format!("/api/audit/search?kind={kind}");
+    poll::until_some(
+        &format!("{at_least} {kind} events are recorded"),
+        poll::SOON,
+        || async {
+            let got = gate.admin("GET", &path, Some(token), None).await;
+            let all = got.json()["events"].as_array().cloned().unwrap_or_default();
+            (all.len() >= at_least).then_some(all)
+        },
+    )
+    .await
 }
 
 /// Begins a sign-in: the authorization request's parameters and the binding cookie.
@@ -268,11 +275,7 @@ async fn an_approver_signs_in_through_the_identity_provider_and_forgeries_are_re
     assert_eq!(p["via"], "signed in via acme-sso");
     assert_eq!(p["address"], "127.0.0.1");
     assert_eq!(signed[0]["user"], "carol@example.com");
-    let refused = poll::until_some("the refusals are recorded", poll::SOON, || async {
-        let all = events("sign_in.refused").await;
-        (all.len() >= 7).then_some(all)
-    })
-    .await;
+    let refused = recorded(&gate, "carol-sso-token", "sign_in.refused", 7).await;
     let text = Value::Array(refused).to_string();
     assert!(
         text.contains("eve@example.com") && text.contains("not an approver"),

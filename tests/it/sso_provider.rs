@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::sso::{cookie_of, recorded};
 use crate::support::*;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -206,15 +207,6 @@ token_env = "CAROL_PROVIDER_TOKEN"
     )
 }
 
-fn cookie_of(answer: &Answer, name: &str) -> Option<String> {
-    answer
-        .headers
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
-        .find(|c| c.starts_with(&format!("{name}=")) && c.len() > name.len() + 1)
-}
-
 /// Through toolgate's sign-in and the provider's: toolgate's answer at the callback.
 async fn through(gate: &Toolgate, idp: &NodeIdp, email: &str) -> Answer {
     let start = gate.page("GET", "/login/oidc/acme-sso", None, None).await;
@@ -263,21 +255,7 @@ async fn carol_signs_in_through_a_real_openid_provider_and_eve_is_refused() {
     assert_eq!(eve.status, 403, "{}", eve.text());
     assert!(eve.text().contains("eve@example.com") && eve.text().contains("not an approver"));
 
-    let signed = poll::until_some("the sign-in is recorded", poll::SOON, || async {
-        let got = gate
-            .admin(
-                "GET",
-                "/api/audit/search?kind=sign_in",
-                Some("carol-provider-token"),
-                None,
-            )
-            .await;
-        got.json()["events"]
-            .as_array()
-            .filter(|a| !a.is_empty())
-            .cloned()
-    })
-    .await;
+    let signed = recorded(&gate, "carol-provider-token", "sign_in", 1).await;
     assert_eq!(signed[0]["payload"]["via"], "signed in via acme-sso");
     assert_eq!(signed[0]["payload"]["groups"], json!(["payments-leads"]));
 }
@@ -363,21 +341,7 @@ async fn carol_signs_in_with_sso_in_a_real_browser_and_approves_a_held_call() {
     assert!(node.wait().await.unwrap().success());
     let _ = held.await;
 
-    let signed = poll::until_some("the sign-in is recorded", poll::SOON, || async {
-        let got = gate
-            .admin(
-                "GET",
-                "/api/audit/search?kind=sign_in",
-                Some("demo-carol-token"),
-                None,
-            )
-            .await;
-        got.json()["events"]
-            .as_array()
-            .filter(|a| !a.is_empty())
-            .cloned()
-    })
-    .await;
+    let signed = recorded(&gate, "demo-carol-token", "sign_in", 1).await;
     assert_eq!(signed[0]["payload"]["who"], "carol@example.com");
     assert_eq!(signed[0]["payload"]["via"], "signed in via acme-sso");
     let approvals = gate
