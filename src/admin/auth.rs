@@ -159,9 +159,10 @@ pub(crate) async fn session(app: &Console, headers: &HeaderMap) -> Option<Sessio
         .iter()
         .filter(|g| !approver.groups.contains(g))
         .collect();
-    if !granted.is_empty() {
+    if !granted.is_empty() || found.via.is_some() {
         let mut with = (*approver).clone();
         with.groups.extend(granted.into_iter().cloned());
+        with.signed_in_via = found.via;
         approver = Arc::new(with);
     }
     Some(Session {

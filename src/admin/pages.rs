@@ -103,7 +103,11 @@ pub async fn login(State(app): State<Arc<Console>>, Form(form): Form<LoginForm>)
             }
         },
     };
-    let (id, _) = match app.sessions().create(&who.id, reviewer, Vec::new()).await {
+    let (id, _) = match app
+        .sessions()
+        .create(&who.id, reviewer, (Vec::new(), None))
+        .await
+    {
         Ok(s) => s,
         Err(e) => return session_store_down(e),
     };

@@ -295,7 +295,14 @@ async fn sign_in(
     let groups = mapped_groups(&provider, &user.groups);
     match app
         .sessions()
-        .create(&user.id, reviewer, groups.clone())
+        .create(
+            &user.id,
+            reviewer,
+            (
+                groups.clone(),
+                Some(format!("signed in via {}", provider.name)),
+            ),
+        )
         .await
     {
         Ok((id, _)) => Ok((provider.name.clone(), user.id, groups, id)),

@@ -220,6 +220,7 @@ fn compile_approver(
         id: def.id,
         token_sha256,
         groups: def.groups,
+        signed_in_via: None,
     })
 }
 

@@ -415,6 +415,9 @@ pub struct Approver {
     pub id: String,
     pub(super) token_sha256: [u8; 32],
     pub groups: Vec<String>,
+    /// On the page, signed in through an identity provider: "signed in via NAME" (what their
+    /// acts record).
+    pub signed_in_via: Option<String>,
 }
 
 impl Approver {

@@ -31,13 +31,13 @@ impl Sessions {
         self.ttl
     }
 
-    /// Signs `approver` (or a reviewer) in, with `groups` besides their own: returns the cookie
-    /// value and the session's CSRF token.
+    /// Signs `approver` (or a reviewer) in, with `groups` besides their own, `via` an identity
+    /// provider or not: returns the cookie value and the session's CSRF token.
     pub async fn create(
         &self,
         approver: &str,
         reviewer: bool,
-        groups: Vec<String>,
+        (groups, via): (Vec<String>, Option<String>),
     ) -> Result<(String, String), StoreError> {
         let cookie = hex::encode(rand::random::<[u8; 32]>());
         let csrf = hex::encode(rand::random::<[u8; 32]>());
@@ -47,6 +47,7 @@ impl Sessions {
             csrf: csrf.clone(),
             expires_unix: now_unix() + self.ttl.as_secs(),
             groups,
+            via,
         };
         self.store.session_put(&key(&cookie), &session).await?;
         Ok((cookie, csrf))
@@ -78,7 +79,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::open(dir.path()).unwrap();
         let sessions = Sessions::new(store.clone(), Duration::from_secs(60));
-        let (cookie, csrf) = sessions.create("carol", false, Vec::new()).await.unwrap();
+        let (cookie, csrf) = sessions
+            .create("carol", false, (Vec::new(), None))
+            .await
+            .unwrap();
         let s = sessions.get(&cookie).await.unwrap();
         assert_eq!(
             (s.approver.as_str(), s.csrf.as_str()),

@@ -168,6 +168,7 @@ mod tests {
             csrf: "c".into(),
             expires_unix: 10,
             groups: Vec::new(),
+            via: None,
         };
         assert!(!session_expired(&session, 9));
         assert!(session_expired(&session, 10));

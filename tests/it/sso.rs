@@ -416,6 +416,15 @@ async fn the_providers_groups_mapped_let_an_approver_approve_and_oidc_only_pages
         "{p}"
     );
     assert_eq!(p["approvals"][0]["by"], "sam@example.com", "{p}");
+    let path = format!("/api/audit/story/{id}");
+    let story = gate
+        .admin("GET", &path, Some("demo-carol-token"), None)
+        .await
+        .text();
+    assert!(
+        story.contains("sam@example.com (signed in via acme-sso)"),
+        "{story}"
+    );
     held.abort();
 
     // sam removed from the policies: the sessions end at the reload.

@@ -344,17 +344,16 @@ async fn carol_signs_in_with_sso_in_a_real_browser_and_approves_a_held_call() {
     let signed = recorded(&gate, "demo-carol-token", "sign_in", 1).await;
     assert_eq!(signed[0]["payload"]["who"], "carol@example.com");
     assert_eq!(signed[0]["payload"]["via"], "signed in via acme-sso");
-    let approvals = gate
-        .admin(
-            "GET",
-            "/api/audit/search?kind=approval",
-            Some("demo-carol-token"),
-            None,
-        )
-        .await;
+    // The proposal's story names carol and how she signed in.
+    let approval = recorded(&gate, "demo-carol-token", "approval", 1).await;
+    let proposal = approval[0]["proposal"].as_str().unwrap();
+    let path = format!("/api/audit/story/{proposal}");
+    let story = gate
+        .admin("GET", &path, Some("demo-carol-token"), None)
+        .await
+        .text();
     assert!(
-        approvals.text().contains("carol@example.com"),
-        "{}",
-        approvals.text()
+        story.contains("carol@example.com (signed in via acme-sso)"),
+        "{story}"
     );
 }
