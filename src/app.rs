@@ -290,6 +290,8 @@ impl Gate {
 pub struct Console {
     gate: Arc<Gate>,
     sessions: Sessions,
+    /// Sign-ins through identity providers under way, and the providers' endpoints.
+    oidc: crate::services::oidc::Oidc,
     /// The admin listener's certificate (`--admin-tls-cert/-key`), also `--metrics-listen`'s.
     admin_tls: Option<Arc<Served>>,
 }
@@ -316,6 +318,11 @@ impl Console {
     /// The approvers' and reviewers' page sessions.
     pub fn sessions(&self) -> &Sessions {
         &self.sessions
+    }
+
+    /// The page's sign-ins through identity providers.
+    pub fn oidc(&self) -> &crate::services::oidc::Oidc {
+        &self.oidc
     }
 
     /// The certificate the admin listener serves, when it serves TLS.
@@ -354,7 +361,8 @@ pub async fn start(config: Config) -> Result<(Arc<Gate>, Arc<Console>), StartErr
         core,
     });
     let console = Arc::new(Console {
-        sessions: Sessions::new(gate.store().clone()),
+        sessions: Sessions::new(gate.store().clone(), gate.config().session_ttl),
+        oidc: Default::default(),
         gate: gate.clone(),
         admin_tls,
     });

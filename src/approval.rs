@@ -1212,6 +1212,7 @@ async fn decide_only(
         };
         let mut act = payload::Act {
             by: who.id.clone(),
+            via: who.signed_in_via.clone(),
             comment: Some(comment.to_string()),
             state: Some(p.state.as_str().into()),
             approvals: Some(p.approvals.len()),

@@ -49,6 +49,8 @@ pub mod env {
     pub const ADMIN_TLS_CERT: &str = "TOOLGATE_ADMIN_TLS_CERT";
     pub const ADMIN_TLS_KEY: &str = "TOOLGATE_ADMIN_TLS_KEY";
     pub const TRUSTED_PROXIES: &str = "TOOLGATE_TRUSTED_PROXIES";
+    pub const PAGE_LOGIN: &str = "TOOLGATE_PAGE_LOGIN";
+    pub const SESSION_TTL: &str = "TOOLGATE_SESSION_TTL";
     pub const CLIENT_IP_HEADER: &str = "TOOLGATE_CLIENT_IP_HEADER";
     pub const CACERT: &str = "TOOLGATE_CACERT";
     pub const TRACE_URL_TEMPLATE: &str = "TOOLGATE_TRACE_URL_TEMPLATE";
@@ -367,6 +369,43 @@ pub struct Config {
     pub audit_sinks: Vec<AuditSink>,
     /// `--audit-sink-max-lag`: a sink this many events behind raises the store alarm.
     pub audit_sink_max_lag: u64,
+    /// `--page-login`: how people sign in to the page (the API always takes bearer tokens).
+    pub page_login: PageLogin,
+    /// `--session-ttl`: how long a page session lasts.
+    pub session_ttl: Duration,
+}
+
+/// `--page-login token|oidc|both`: the page's sign-in with a pasted token, through an identity
+/// provider's `login`, or either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PageLogin {
+    Token,
+    Oidc,
+    #[default]
+    Both,
+}
+
+impl PageLogin {
+    pub fn parse(text: &str) -> Result<PageLogin, String> {
+        match text {
+            "token" => Ok(PageLogin::Token),
+            "oidc" => Ok(PageLogin::Oidc),
+            "both" => Ok(PageLogin::Both),
+            _ => Err(format!(
+                "--page-login {text:?}: expected token, oidc or both"
+            )),
+        }
+    }
+
+    /// Whether a pasted approver or reviewer token signs in on the page.
+    pub fn token(self) -> bool {
+        self != PageLogin::Oidc
+    }
+
+    /// Whether identity providers with `login` sign in on the page.
+    pub fn oidc(self) -> bool {
+        self != PageLogin::Token
+    }
 }
 
 impl Config {
@@ -394,6 +433,8 @@ impl Config {
             trace_url_template: None,
             audit_sinks: Vec::new(),
             audit_sink_max_lag: 100_000,
+            page_login: PageLogin::Both,
+            session_ttl: Duration::from_secs(12 * 3600),
         }
     }
 

@@ -60,21 +60,28 @@ pub fn read<'a>(policy: &Policy, assertion: &'a str) -> Result<Asserted<'a>, Ref
             "its issuer {issuer:?} is not an identity provider toolgate trusts (an [[identity_provider]] with that issuer)"
         ))
     })?;
-    let header = jsonwebtoken::decode_header(assertion).map_err(|e| {
-        refused(format!(
-            "its header cannot be read ({e}); unsigned assertions (alg none) are never taken"
-        ))
+    read_for(provider, assertion).map_err(refused)
+}
+
+/// Reads `token` for `provider`, which must have signed it: its header names an algorithm the
+/// provider signs with. Nothing in it is trusted yet.
+pub fn read_for(provider: Arc<IdentityProvider>, token: &str) -> Result<Asserted<'_>, String> {
+    if token.len() > MAX_ASSERTION {
+        return Err(format!("it is longer than {MAX_ASSERTION} bytes"));
+    }
+    let header = jsonwebtoken::decode_header(token).map_err(|e| {
+        format!("its header cannot be read ({e}); unsigned tokens (alg none) are never taken")
     })?;
     if !provider.algorithms.contains(&header.alg) {
-        return Err(refused(format!(
+        return Err(format!(
             "it is signed with {:?}, which identity provider {} does not sign with (accepted: {:?})",
             header.alg, provider.name, provider.algorithms
-        )));
+        ));
     }
     Ok(Asserted {
         provider,
         header,
-        assertion,
+        assertion: token,
     })
 }
 
@@ -86,7 +93,26 @@ impl Asserted<'_> {
 
     /// The person, once a key of `keys` (the provider's) verifies the assertion.
     pub fn verify(&self, keys: &JwkSet) -> Result<EndUser, Refusal> {
-        let claims = verified(&self.provider, keys, self.assertion, &self.header)?;
+        let audience = self.provider.audience.as_str();
+        let claims = verified(&self.provider, keys, self, audience).map_err(refused)?;
+        person(&self.provider, &claims).map_err(refused)
+    }
+
+    /// The person an OIDC ID token names, once a key of `keys` verifies it, its audience is
+    /// the sign-in client (`client_id`) and its nonce is the one the sign-in began with. The
+    /// error says why not, in words.
+    pub fn verify_id_token(
+        &self,
+        keys: &JwkSet,
+        client_id: &str,
+        nonce: &str,
+    ) -> Result<EndUser, String> {
+        use subtle::ConstantTimeEq;
+        let claims = verified(&self.provider, keys, self, client_id)?;
+        let said = claims["nonce"].as_str().unwrap_or_default();
+        if said.is_empty() || !bool::from(said.as_bytes().ct_eq(nonce.as_bytes())) {
+            return Err("its nonce is not the one this sign-in began with".into());
+        }
         person(&self.provider, &claims)
     }
 }
@@ -127,16 +153,17 @@ fn issuer_of(assertion: &str) -> Result<String, Refusal> {
 fn verified(
     provider: &IdentityProvider,
     set: &JwkSet,
-    assertion: &str,
-    header: &jsonwebtoken::Header,
-) -> Result<Value, Refusal> {
+    asserted: &Asserted<'_>,
+    audience: &str,
+) -> Result<Value, String> {
+    let (header, assertion) = (&asserted.header, asserted.assertion);
     let keys: Vec<&Jwk> = match &header.kid {
         Some(kid) => {
             let key = set.find(kid).ok_or_else(|| {
-                refused(format!(
+                format!(
                     "its key {kid:?} is not in identity provider {}'s JWKS",
                     provider.name
-                ))
+                )
             })?;
             vec![key]
         }
@@ -144,7 +171,7 @@ fn verified(
     };
     let mut validation = Validation::new(header.alg);
     validation.set_issuer(&[&provider.issuer]);
-    validation.set_audience(&[&provider.audience]);
+    validation.set_audience(&[audience]);
     validation.set_required_spec_claims(&["exp", "iss", "aud"]);
     validation.validate_nbf = true;
     validation.leeway = provider.leeway.as_secs();
@@ -158,12 +185,12 @@ fn verified(
             Err(e) => last = Some(e),
         }
     }
-    Err(refused(match last.as_ref().map(|e| e.kind()) {
+    Err(match last.as_ref().map(|e| e.kind()) {
         Some(ErrorKind::ExpiredSignature) => "it has expired".to_string(),
         Some(ErrorKind::ImmatureSignature) => "it is not valid yet (nbf)".to_string(),
         Some(ErrorKind::InvalidAudience) => format!(
-            "its audience is not {:?} (identity provider {})",
-            provider.audience, provider.name
+            "its audience is not {audience:?} (identity provider {})",
+            provider.name
         ),
         Some(ErrorKind::InvalidIssuer) => format!("its issuer is not {:?}", provider.issuer),
         Some(ErrorKind::MissingRequiredClaim(c)) => format!("it has no {c} claim"),
@@ -172,19 +199,19 @@ fn verified(
             provider.name
         ),
         Some(other) => format!("it cannot be verified ({other:?})"),
-    }))
+    })
 }
 
 /// The person the claims name: the provider's user claim, and its groups claim if any.
-fn person(provider: &IdentityProvider, claims: &Value) -> Result<EndUser, Refusal> {
+fn person(provider: &IdentityProvider, claims: &Value) -> Result<EndUser, String> {
     let id = claims[provider.user_claim.as_str()]
         .as_str()
         .filter(|id| user_id_ok(id))
         .ok_or_else(|| {
-            refused(format!(
+            format!(
                 "it has no {} claim naming the person as an id toolgate takes (identity provider {}'s user_claim; {USER_ID_RULE})",
                 provider.user_claim, provider.name
-            ))
+            )
         })?;
     let groups = match provider.groups_claim.as_deref().map(|c| &claims[c]) {
         Some(Value::Array(items)) => items
@@ -357,6 +384,18 @@ groups_claim = "groups"
         assert!(load("jwks_url = \"http://idp/jwks\"").contains("must be https"));
         assert!(load("jwks_file = \"missing.json\"").contains("missing.json"));
         assert!(load("jwks_file = \"jwks.json\"\nleeway = \"2h\"").contains("leeway"));
+        let with = |extra: &str| format!("jwks_file = \"jwks.json\"\n{extra}");
+        assert!(load(&with("login = { client_id = \"c\" }"))
+            .contains("exactly one of client_secret_env and client_secret_file"));
+        assert!(load(&with(
+            "login = { client_id = \"c\", client_secret_env = \"TOOLGATE_TEST_UNSET_SECRET\" }"
+        ))
+        .contains("not set"));
+        assert!(load(&with("login = { client_id = \"c\", client_secret_file = \"jwks.json\", authorize_url = \"https://idp/a\" }"))
+            .contains("both authorize_url and token_url"));
+        assert!(load(&with("login = { client_id = \"c\", client_secret_file = \"jwks.json\", authorize_url = \"http://idp/a\", token_url = \"https://idp/t\" }"))
+            .contains("must be https"));
+        assert!(load(&with("group_map = { \"a\" = \"b\" }")).contains("groups_claim"));
         let oct = json!({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "s"}]});
         std::fs::write(dir.path().join("oct.json"), oct.to_string()).unwrap();
         assert!(load("jwks_file = \"oct.json\"").contains("symmetric"));

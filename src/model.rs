@@ -219,6 +219,13 @@ pub struct Session {
     pub reviewer: bool,
     pub csrf: String,
     pub expires_unix: u64,
+    /// Groups the sign-in granted beside the approver's own (an identity provider's groups
+    /// through its `group_map`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Signed in through an identity provider: "signed in via NAME".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -117,8 +117,6 @@ impl FromRequestParts<AdminState> for Reviewer {
 
 pub(crate) const COOKIE: &str = "tg_session";
 
-pub(crate) use crate::services::sessions::SESSION_TTL;
-
 /// A session on the page: its approver or reviewer (looked up in the policy in force, so
 /// removing one signs them out) and its CSRF token.
 pub struct Session {
@@ -130,14 +128,19 @@ pub struct Session {
 }
 
 fn session_id(headers: &HeaderMap) -> Option<String> {
+    cookie(headers, COOKIE).map(str::to_string)
+}
+
+/// The value of the request's cookie `name`.
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 /// Whoever is signed in, approver or reviewer.
@@ -145,10 +148,23 @@ pub(crate) async fn session(app: &Console, headers: &HeaderMap) -> Option<Sessio
     let session = session_id(headers)?;
     let found = app.sessions().get(&session).await?;
     let policy = app.policy();
-    let approver = match found.reviewer {
+    let mut approver = match found.reviewer {
         true => policy.reviewer(&found.approver).cloned()?,
         false => policy.approver(&found.approver).cloned()?,
     };
+    // Groups the sign-in granted (an identity provider's, mapped): the approver's own and
+    // these, for this session only.
+    let granted: Vec<&String> = found
+        .groups
+        .iter()
+        .filter(|g| !approver.groups.contains(g))
+        .collect();
+    if !granted.is_empty() || found.via.is_some() {
+        let mut with = (*approver).clone();
+        with.groups.extend(granted.into_iter().cloned());
+        with.signed_in_via = found.via;
+        approver = Arc::new(with);
+    }
     Some(Session {
         approver,
         csrf: found.csrf,
@@ -296,4 +312,22 @@ fn csrf_refused() -> Response {
         ),
     )
         .into_response()
+}
+
+/// The `Set-Cookie` of a new page session.
+pub(crate) fn session_cookie(app: &Console, id: &str) -> String {
+    format!(
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        app.sessions().ttl().as_secs(),
+        secure(app)
+    )
+}
+
+/// `; Secure` when the page is reached over HTTPS: the browser then never sends the session
+/// over plain HTTP.
+pub(crate) fn secure(app: &Console) -> &'static str {
+    match app.config().admin_https() {
+        true => "; Secure",
+        false => "",
+    }
 }

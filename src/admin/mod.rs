@@ -11,6 +11,7 @@ mod layers;
 mod listen;
 pub mod pages;
 pub mod peer;
+pub mod sso;
 pub mod tokens;
 pub mod traffic;
 pub mod unmatched;
@@ -92,6 +93,8 @@ pub fn router(app: Arc<Console>) -> Router {
         .route("/metrics", get(crate::admin::audit::metrics))
         .route("/", get(pages::root))
         .route("/login", get(pages::login_form).post(pages::login))
+        .route("/login/oidc/callback", get(sso::callback))
+        .route("/login/oidc/{name}", get(sso::start))
         .route("/logout", post(pages::logout))
         .merge(acting)
         .layer(axum::middleware::from_fn_with_state(

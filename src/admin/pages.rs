@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::actions::{apply_switch, rollback_status};
-use super::auth::{CsrfForm, Posted, Session, Signed, SignedReviewer, COOKIE, SESSION_TTL};
+use super::auth::{
+    secure, session_cookie, CsrfForm, Posted, Session, Signed, SignedReviewer, COOKIE,
+};
 use super::html::{esc, page, when};
 use crate::app::Console;
 use crate::approval::{self, Action, Proposal};
@@ -56,8 +58,12 @@ fn login_body(app: &Console, flash: Option<&str>) -> String {
             );
         }
     }
+    let sso = super::sso::buttons(app);
+    if !app.config().page_login.token() {
+        return format!("<h1>Sign in</h1>{flash}{sso}");
+    }
     format!(
-        "<h1>Sign in</h1>{flash}<form method=\"post\" action=\"/login\" class=\"card\">\
+        "<h1>Sign in</h1>{flash}{sso}<form method=\"post\" action=\"/login\" class=\"card\">\
          <label>Approver or reviewer token<input type=\"password\" name=\"token\" autocomplete=\"current-password\" autofocus></label>\
          <button>Sign in</button></form>\
          <p>Paste the token you were given as an approver (its SHA-256 is your <code>token_sha256</code> \
@@ -78,6 +84,10 @@ fn session_store_down(e: crate::store::StoreError) -> Response {
 }
 
 pub async fn login(State(app): State<Arc<Console>>, Form(form): Form<LoginForm>) -> Response {
+    if !app.config().page_login.token() {
+        let body = login_body(&app, Some("Signing in with a token is turned off here (--page-login oidc): sign in with your company's identity provider."));
+        return (StatusCode::FORBIDDEN, page("Sign in", None, &body)).into_response();
+    }
     let policy = app.policy();
     let token = form.token.trim();
     let (who, reviewer) = match policy.authenticate_approver(token) {
@@ -93,17 +103,20 @@ pub async fn login(State(app): State<Arc<Console>>, Form(form): Form<LoginForm>)
             }
         },
     };
-    let (id, _) = match app.sessions().create(&who.id, reviewer).await {
+    let (id, _) = match app
+        .sessions()
+        .create(&who.id, reviewer, (Vec::new(), None))
+        .await
+    {
         Ok(s) => s,
         Err(e) => return session_store_down(e),
     };
-    let cookie = format!(
-        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
-        SESSION_TTL.as_secs(),
-        secure(&app)
-    );
     let home = if reviewer { "/traffic" } else { "/queue" };
-    ([(header::SET_COOKIE, cookie)], Redirect::to(home)).into_response()
+    (
+        [(header::SET_COOKIE, session_cookie(&app, &id))],
+        Redirect::to(home),
+    )
+        .into_response()
 }
 
 pub async fn logout(
@@ -116,15 +129,6 @@ pub async fn logout(
         secure(&app)
     );
     ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
-}
-
-/// `; Secure` when the page is reached over HTTPS: the browser then never sends the session
-/// over plain HTTP.
-fn secure(app: &Console) -> &'static str {
-    match app.config().admin_https() {
-        true => "; Secure",
-        false => "",
-    }
 }
 
 pub async fn root(signed: Result<SignedReviewer, Response>) -> Redirect {

@@ -99,6 +99,10 @@ kinds! {
     Purge = "purge",
     /// A store copied into this one.
     StoreImport = "store.import",
+    /// An approver or reviewer signed in to the page through an identity provider.
+    SignIn = "sign_in",
+    /// A sign-in through an identity provider was refused.
+    SignInRefused = "sign_in.refused",
 }
 
 impl Kind {

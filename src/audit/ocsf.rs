@@ -5,7 +5,8 @@
 //! operation, the request and the upstream's answer `http_request`/`http_response`, the gateway's
 //! verdict the status and the disposition. Approvals, kill switches, grants and tokens are
 //! Entity Management (3004) of the proposal, tool, agent, grant or token; a policy reload is
-//! Application Lifecycle (6002); a purge or an import Datastore Activity (6005); a kind this
+//! Application Lifecycle (6002); a purge or an import Datastore Activity (6005); a sign-in to the
+//! page (and a refused one) Authentication (3002), Logon; a kind this
 //! build does not know the Base Event (0). The README has the table.
 //!
 //! Nothing is lost: `metadata.sequence` is the event's sequence number, `metadata.uid` its
@@ -32,6 +33,7 @@ const API: (u32, u32, &str) = (6003, 6, "API Activity");
 const ENTITY: (u32, u32, &str) = (3004, 3, "Entity Management");
 const LIFECYCLE: (u32, u32, &str) = (6002, 6, "Application Lifecycle");
 const DATASTORE: (u32, u32, &str) = (6005, 6, "Datastore Activity");
+const AUTH: (u32, u32, &str) = (3002, 3, "Authentication");
 const BASE: (u32, u32, &str) = (0, 0, "Base Event");
 
 fn class((uid, category, name): (u32, u32, &'static str), activity: (u32, &'static str)) -> Class {
@@ -70,6 +72,7 @@ fn class_of(e: &Event) -> Class {
         PolicyReload => class(LIFECYCLE, (8, "Update")),
         Purge => class(DATASTORE, (7, "Delete")),
         StoreImport => class(DATASTORE, (5, "Write")),
+        SignIn | SignInRefused => class(AUTH, (1, "Logon")),
         Other(_) => class(BASE, (0, "Unknown")),
     }
 }

@@ -229,6 +229,9 @@ pub struct Act {
     /// Until when an approved call may be sent again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
+    /// How the approver signed in, when through an identity provider: "signed in via NAME".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 impl Act {

@@ -59,8 +59,12 @@ impl Answers {
                 .proposed
                 .push(format!("{} (payload sha256 {})", p.summary, p.sha256)),
             Payload::Act(a) if e.kind == Kind::Approval => self.approved.push(format!(
-                "{} at {}{}{}",
+                "{}{} at {}{}{}",
                 a.by,
+                a.via
+                    .as_ref()
+                    .map(|v| format!(" ({v})"))
+                    .unwrap_or_default(),
                 e.time,
                 comment(&a, ": \"", "\""),
                 a.leads_to().map(|n| format!(" ({n})")).unwrap_or_default()
@@ -346,9 +350,13 @@ fn what(e: &Event) -> String {
             Value::from(p.groups)
         ),
         Payload::Act(a) => format!(
-            "{} by {}{}{}",
+            "{} by {}{}{}{}",
             e.kind,
             a.by,
+            a.via
+                .as_ref()
+                .map(|v| format!(" ({v})"))
+                .unwrap_or_default(),
             comment(&a, ": ", ""),
             a.leads_to().map(|n| format!(" — {n}")).unwrap_or_default()
         ),

@@ -43,6 +43,14 @@ pub struct ServeArgs {
     /// 7239). Only this one is read: the other would be the client's own words.
     #[arg(long, env = env::CLIENT_IP_HEADER, default_value = "x-forwarded-for")]
     pub client_ip_header: String,
+    /// How approvers and reviewers sign in to the page: token (a pasted token), oidc (an
+    /// [[identity_provider]] with login), or both. The API and the CLI take bearer tokens
+    /// whatever this says.
+    #[arg(long, env = env::PAGE_LOGIN, default_value = "both")]
+    pub page_login: String,
+    /// How long a page session lasts (sign-out ends it sooner).
+    #[arg(long, env = env::SESSION_TTL, default_value = "12h")]
+    pub session_ttl: String,
     /// The approvers' page, the admin API, /metrics and /healthz.
     #[arg(long, env = env::ADMIN_LISTEN, default_value = "127.0.0.1:8081")]
     pub admin_listen: SocketAddr,
@@ -204,6 +212,11 @@ impl ServeArgs {
         let header = crate::config::ClientIpHeader::parse(&self.client_ip_header)?;
         config.trusted_proxies =
             crate::config::TrustedProxies::parse(&self.trusted_proxies, header)?;
+        config.page_login = crate::config::PageLogin::parse(&self.page_login)?;
+        config.session_ttl = flag_duration("session-ttl", &self.session_ttl)?;
+        if config.session_ttl.is_zero() {
+            return Err("--session-ttl must be longer than 0s".into());
+        }
         if let Some(url) = &self.admin_url {
             if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!(

@@ -66,7 +66,7 @@ pub(super) fn build(
         }
         for def in file.identity_provider {
             let at = |m| PolicyError::new(&path, m);
-            let provider = identity_def::compile(&path, def).map_err(at)?;
+            let provider = identity_def::compile(&path, def, env).map_err(at)?;
             policy.add_identity_provider(provider).map_err(at)?;
         }
         for def in file.approver {
@@ -220,6 +220,7 @@ fn compile_approver(
         id: def.id,
         token_sha256,
         groups: def.groups,
+        signed_in_via: None,
     })
 }
 

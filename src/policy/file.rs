@@ -42,6 +42,24 @@ pub struct IdentityProviderDef {
     pub user_claim: Option<String>,
     pub groups_claim: Option<String>,
     pub leeway: Option<String>,
+    /// Approvers and reviewers sign in to the page through this provider (OIDC).
+    pub login: Option<LoginDef>,
+    /// The provider's groups (from `groups_claim`) and the toolgate groups they grant at sign-in.
+    #[serde(default)]
+    pub group_map: std::collections::BTreeMap<String, String>,
+}
+
+/// `login = { ... }` of an `[[identity_provider]]`: the page's OIDC client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginDef {
+    pub client_id: String,
+    pub client_secret_env: Option<String>,
+    pub client_secret_file: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub authorize_url: Option<String>,
+    pub token_url: Option<String>,
 }
 
 /// `[[graphql_endpoint]]`: how deep and how wide a document sent to one GraphQL endpoint may be.

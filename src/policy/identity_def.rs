@@ -9,8 +9,8 @@ use std::time::Duration;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey};
 
-use super::file::IdentityProviderDef;
-use super::types::{IdentityProvider, JwksSource};
+use super::file::{IdentityProviderDef, LoginDef};
+use super::types::{ClientSecret, HttpsUrl, IdentityProvider, JwksSource, Login, LoginEndpoints};
 
 /// How long past `exp` (and before `nbf`) an assertion is still taken, unless said.
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
@@ -19,7 +19,11 @@ const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
 const MAX_LEEWAY: Duration = Duration::from_secs(600);
 
 /// The provider `def` declares in the policy file at `path`.
-pub(super) fn compile(path: &Path, def: IdentityProviderDef) -> Result<IdentityProvider, String> {
+pub(super) fn compile(
+    path: &Path,
+    def: IdentityProviderDef,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<IdentityProvider, String> {
     let named = |m: String| format!("identity_provider {:?}: {m}", def.name);
     if def.name.is_empty() || def.issuer.is_empty() || def.audience.is_empty() {
         return Err(named(
@@ -52,7 +56,20 @@ pub(super) fn compile(path: &Path, def: IdentityProviderDef) -> Result<IdentityP
             MAX_LEEWAY.as_secs()
         )));
     }
+    let login = def
+        .login
+        .as_ref()
+        .map(|l| login(path, l, env))
+        .transpose()
+        .map_err(|m| named(format!("login: {m}")))?;
+    if !def.group_map.is_empty() && def.groups_claim.is_none() {
+        return Err(named(
+            "group_map needs groups_claim: the claim the provider's groups are read from".into(),
+        ));
+    }
     Ok(IdentityProvider {
+        login,
+        group_map: def.group_map,
         name: def.name,
         issuer: def.issuer,
         audience: def.audience,
@@ -89,26 +106,80 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<JwkSet, String> {
 
 /// `jwks_url`: an `https://` URL (the provider's `jwks_uri`), fetched by the gateway.
 fn jwks_url(url: &str) -> Result<JwksSource, String> {
+    let HttpsUrl { host, port, path } = https_url("jwks_url", url)
+        .map_err(|e| format!("{e}: keys fetched in clear could be anyone's"))?;
+    Ok(JwksSource::Url { host, port, path })
+}
+
+/// `url` (named `field`) as an `https://` URL the upstream client can fetch.
+pub fn https_url(field: &str, url: &str) -> Result<HttpsUrl, String> {
     let uri: http::Uri = url
         .parse()
-        .map_err(|_| format!("jwks_url {url:?} is not a URL"))?;
+        .map_err(|_| format!("{field} {url:?} is not a URL"))?;
     if uri.scheme_str() != Some("https") {
-        return Err(format!(
-            "jwks_url {url:?} must be https: keys fetched in clear could be anyone's"
-        ));
+        return Err(format!("{field} {url:?} must be https"));
     }
     let host = uri
         .host()
-        .ok_or_else(|| format!("jwks_url {url:?} has no host"))?
+        .ok_or_else(|| format!("{field} {url:?} has no host"))?
         .to_ascii_lowercase();
     let path = uri
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    Ok(JwksSource::Url {
+    Ok(HttpsUrl {
         host,
         port: uri.port_u16().unwrap_or(443),
         path,
+    })
+}
+
+/// `login = { ... }`: the client id and secret (from the environment or a file beside the
+/// policy), the scopes (`openid` always among them), and the endpoints if given.
+fn login(
+    path: &Path,
+    def: &LoginDef,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Login, String> {
+    if def.client_id.is_empty() {
+        return Err("client_id must be non-empty (the client registered at the provider)".into());
+    }
+    let secret = match (&def.client_secret_env, &def.client_secret_file) {
+        (Some(var), None) => env(var)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("client_secret_env names {var}, which is not set"))?,
+        (None, Some(file)) => {
+            let full = path.parent().unwrap_or(Path::new(".")).join(file);
+            std::fs::read_to_string(&full)
+                .map_err(|e| format!("client_secret_file {}: {e}", full.display()))?
+                .trim()
+                .to_string()
+        }
+        _ => return Err("name exactly one of client_secret_env and client_secret_file".into()),
+    };
+    let mut scopes = match def.scopes.is_empty() {
+        true => vec!["openid".into(), "email".into(), "profile".into()],
+        false => def.scopes.clone(),
+    };
+    if !scopes.iter().any(|s| s == "openid") {
+        scopes.insert(0, "openid".into());
+    }
+    let endpoints = match (&def.authorize_url, &def.token_url) {
+        (Some(a), Some(t)) => {
+            https_url("authorize_url", a)?;
+            Some(LoginEndpoints {
+                authorize_url: a.clone(),
+                token: https_url("token_url", t)?,
+            })
+        }
+        (None, None) => None,
+        _ => return Err("give both authorize_url and token_url, or neither (then they are read from the issuer's /.well-known/openid-configuration)".into()),
+    };
+    Ok(Login {
+        client_id: def.client_id.clone(),
+        client_secret: ClientSecret(secret),
+        scopes,
+        endpoints,
     })
 }
 

@@ -272,6 +272,19 @@ impl Policy {
         self.identity_providers.iter().find(|p| p.issuer == issuer)
     }
 
+    /// The identity provider named `name`.
+    pub fn identity_provider_named(
+        &self,
+        name: &str,
+    ) -> Option<&Arc<super::types::IdentityProvider>> {
+        self.identity_providers.iter().find(|p| p.name == name)
+    }
+
+    /// The identity providers approvers and reviewers sign in to the page through.
+    pub fn login_providers(&self) -> impl Iterator<Item = &Arc<super::types::IdentityProvider>> {
+        self.identity_providers.iter().filter(|p| p.login.is_some())
+    }
+
     /// Whether any identity provider is declared.
     pub fn has_identity_providers(&self) -> bool {
         !self.identity_providers.is_empty()

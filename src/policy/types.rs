@@ -86,6 +86,44 @@ pub struct IdentityProvider {
     pub user_claim: String,
     pub groups_claim: Option<String>,
     pub leeway: std::time::Duration,
+    /// Sign-in to the page through this provider.
+    pub login: Option<Login>,
+    /// The provider's group → the toolgate group it grants at sign-in.
+    pub group_map: std::collections::BTreeMap<String, String>,
+}
+
+/// The page's OIDC client at an identity provider (authorization code with PKCE).
+#[derive(Debug)]
+pub struct Login {
+    pub client_id: String,
+    pub client_secret: ClientSecret,
+    pub scopes: Vec<String>,
+    /// Given explicitly; else read from the issuer's `/.well-known/openid-configuration`.
+    pub endpoints: Option<LoginEndpoints>,
+}
+
+/// Where the browser is sent to sign in, and where the code is exchanged.
+#[derive(Debug, Clone)]
+pub struct LoginEndpoints {
+    pub authorize_url: String,
+    pub token: HttpsUrl,
+}
+
+/// An `https://` URL split the way the upstream client takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsUrl {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+/// A client secret: never printed.
+pub struct ClientSecret(pub String);
+
+impl std::fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientSecret(..)")
+    }
 }
 
 /// Where an identity provider's keys come from: a file (read at load), or the provider's
@@ -372,11 +410,14 @@ pub struct ApprovalSpec {
 }
 
 /// A person who may approve held calls and use the admin API.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Approver {
     pub id: String,
     pub(super) token_sha256: [u8; 32],
     pub groups: Vec<String>,
+    /// On the page, signed in through an identity provider: "signed in via NAME" (what their
+    /// acts record).
+    pub signed_in_via: Option<String>,
 }
 
 impl Approver {

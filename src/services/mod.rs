@@ -7,6 +7,7 @@ pub mod kill;
 pub mod locks;
 pub mod mcp_sessions;
 pub mod model_asks;
+pub mod oidc;
 pub mod pins;
 pub mod policies;
 pub mod principals;

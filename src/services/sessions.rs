@@ -11,10 +11,10 @@ use crate::base::now_unix;
 use crate::model::Session;
 use crate::store::{SessionStore, StoreError};
 
-pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-
 pub struct Sessions {
     store: Arc<dyn SessionStore>,
+    /// `--session-ttl`.
+    ttl: Duration,
 }
 
 fn key(cookie: &str) -> String {
@@ -22,16 +22,22 @@ fn key(cookie: &str) -> String {
 }
 
 impl Sessions {
-    pub fn new(store: Arc<dyn SessionStore>) -> Self {
-        Sessions { store }
+    pub fn new(store: Arc<dyn SessionStore>, ttl: Duration) -> Self {
+        Sessions { store, ttl }
     }
 
-    /// Signs `approver` (or a reviewer) in: returns the cookie value and the session's CSRF
-    /// token.
+    /// How long a session lasts.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Signs `approver` (or a reviewer) in, with `groups` besides their own, `via` an identity
+    /// provider or not: returns the cookie value and the session's CSRF token.
     pub async fn create(
         &self,
         approver: &str,
         reviewer: bool,
+        (groups, via): (Vec<String>, Option<String>),
     ) -> Result<(String, String), StoreError> {
         let cookie = hex::encode(rand::random::<[u8; 32]>());
         let csrf = hex::encode(rand::random::<[u8; 32]>());
@@ -39,7 +45,9 @@ impl Sessions {
             approver: approver.to_string(),
             reviewer,
             csrf: csrf.clone(),
-            expires_unix: now_unix() + SESSION_TTL.as_secs(),
+            expires_unix: now_unix() + self.ttl.as_secs(),
+            groups,
+            via,
         };
         self.store.session_put(&key(&cookie), &session).await?;
         Ok((cookie, csrf))
@@ -70,8 +78,11 @@ mod tests {
     async fn a_session_is_found_by_its_cookie_only_and_ends_on_sign_out() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::open(dir.path()).unwrap();
-        let sessions = Sessions::new(store.clone());
-        let (cookie, csrf) = sessions.create("carol", false).await.unwrap();
+        let sessions = Sessions::new(store.clone(), Duration::from_secs(60));
+        let (cookie, csrf) = sessions
+            .create("carol", false, (Vec::new(), None))
+            .await
+            .unwrap();
         let s = sessions.get(&cookie).await.unwrap();
         assert_eq!(
             (s.approver.as_str(), s.csrf.as_str()),

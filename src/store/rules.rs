@@ -167,6 +167,8 @@ mod tests {
             reviewer: false,
             csrf: "c".into(),
             expires_unix: 10,
+            groups: Vec::new(),
+            via: None,
         };
         assert!(!session_expired(&session, 9));
         assert!(session_expired(&session, 10));

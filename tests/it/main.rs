@@ -33,6 +33,8 @@ mod principals;
 mod proxy;
 mod sdk;
 mod sinks;
+mod sso;
+mod sso_provider;
 mod store;
 mod streaming;
 mod suggest;

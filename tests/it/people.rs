@@ -3,29 +3,15 @@
 //! assertion is refused with nothing sent; every event of the call names the person; rules read
 //! `user`; a person may not approve a call made for them; the assertion never goes upstream.
 
+use crate::support::es256_key as key;
 use crate::support::*;
-use base64::Engine;
 use jsonwebtoken::{EncodingKey, Header};
-use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 const ISSUER: &str = "https://idp.acme.test";
 const GRAPHQL: &str = "https://api.github.com/graphql";
 const HELPDESK_TOKEN: &str = "helpdesk-test-token";
-
-/// A P-256 signing key and its public JWK.
-fn key(kid: &str) -> (EncodingKey, Value) {
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let pair =
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
-    let public = pair.public_key().as_ref();
-    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(&public[1..33]),
-                     "y": b64(&public[33..65]), "kid": kid, "alg": "ES256", "use": "sig"});
-    (EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
-}
 
 fn assertion(key: &EncodingKey, email: &str, groups: &[&str], exp_in: i64) -> String {
     let now = std::time::SystemTime::now()

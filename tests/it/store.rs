@@ -209,6 +209,8 @@ async fn jobs_and_sessions(stores: &[Store]) {
         reviewer: false,
         csrf: "c".into(),
         expires_unix: toolgate::base::now_unix() + 60,
+        groups: Vec::new(),
+        via: None,
     };
     a.session_put("k1", &session).await.unwrap();
     assert_eq!(

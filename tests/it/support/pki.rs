@@ -152,3 +152,19 @@ impl ServedFiles {
         }
     }
 }
+
+/// A P-256 key, as an identity provider holds it: the signing key for jsonwebtoken and the
+/// public JWK (`kid`, ES256) its JWKS publishes.
+pub fn es256_key(kid: &str) -> (jsonwebtoken::EncodingKey, serde_json::Value) {
+    use base64::Engine;
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let public = pair.public_key().as_ref();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(&public[1..33]),
+                     "y": b64(&public[33..65]), "kid": kid, "alg": "ES256", "use": "sig"});
+    (jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
+}
