@@ -83,9 +83,10 @@ fi
 # then ("sigterm" reads the sled data dir).
 DB=()
 if [ -n "${DATABASE_URL:-}" ]; then DB=(--database-url "$DATABASE_URL"); fi
+EXTRA=()
 
 start_toolgate() { # data dir, proxy port, admin port; sets GATE
-  RUST_LOG=warn "${PIN_GATE[@]}" target/release/toolgate serve "${DB[@]}" --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" "${TRANSPARENT[@]}" \
+  RUST_LOG=warn "${PIN_GATE[@]}" target/release/toolgate serve "${DB[@]}" "${EXTRA[@]}" --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" "${TRANSPARENT[@]}" \
     --policies "${POLICIES:-bench/policies}" --certs "$work/certs" --data-dir "$1" \
     --connect-to "api.stripe.com:443=127.0.0.1:$UP" --upstream-ca "$work/up-ca.pem" \
     2>>"$work/toolgate.log" & GATE=$!; pids+=($GATE)
@@ -210,6 +211,37 @@ PY
   run "GET keep-alive c=1 1000 contracts"  -c 1  "$URL_GET"
   run "GET keep-alive c=16 1000 contracts" -c 16 "$URL_GET"
   kill "$GATE" 2>/dev/null || true; wait "$GATE" 2>/dev/null || true
+  GATE=$ONE_GATE; PX=$ONE_PX; TRANSPARENT=("${SAVED_TP[@]}")
+fi
+
+# Observability: the same read with every call traced (OTLP/HTTP, sampled 100 % and 1 %) and
+# with an audit sink streaming every event (OCSF over HTTP), each on a toolgate of its own; a
+# collector on the load's core answers every POST (spans and event batches) at once.
+if [ -z "$ONLY" ] || [[ "GET c=16 traced 100% traced 1% audit sink" == *"$ONLY"* ]]; then
+  COL=$(free_port)
+  "${PIN_LOAD[@]}" python3 - "$COL" <<'PY' 2>/dev/null & pids+=($!)
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+  ONE_GATE=$GATE; ONE_PX=$PX; SAVED_TP=("${TRANSPARENT[@]}"); TRANSPARENT=()
+  for variant in "traced 100%" "traced 1%" "audit sink"; do
+    case "$variant" in
+      "traced 100%") EXTRA=(--otlp-endpoint "http://127.0.0.1:$COL"); export OTEL_TRACES_SAMPLER=always_on ;;
+      "traced 1%") EXTRA=(--otlp-endpoint "http://127.0.0.1:$COL"); export OTEL_TRACES_SAMPLER=traceidratio OTEL_TRACES_SAMPLER_ARG=0.01 ;;
+      *) EXTRA=(--audit-sink "http://127.0.0.1:$COL/events"); unset OTEL_TRACES_SAMPLER OTEL_TRACES_SAMPLER_ARG ;;
+    esac
+    PX=$(free_port); AD_OBS=$(free_port)
+    start_toolgate "$work/data-obs-${variant//[^a-z0-9]/}" "$PX" "$AD_OBS"
+    run "GET c=16 $variant" -c 16 "$URL_GET"
+    kill "$GATE" 2>/dev/null || true; wait "$GATE" 2>/dev/null || true
+  done
+  EXTRA=(); unset OTEL_TRACES_SAMPLER OTEL_TRACES_SAMPLER_ARG
   GATE=$ONE_GATE; PX=$ONE_PX; TRANSPARENT=("${SAVED_TP[@]}")
 fi
 
