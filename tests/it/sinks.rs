@@ -458,3 +458,48 @@ async fn a_syslog_tls_sink_sends_octet_counted_rfc5424_over_verified_tls() {
         "in order from the first"
     );
 }
+
+#[tokio::test]
+async fn a_sink_that_falls_behind_raises_the_alarm_and_never_holds_calls_back() {
+    let sink = toolgate::config::parse_audit_sink("http://127.0.0.1:9/down", None).unwrap();
+    let (_pki, upstream, gate) = GateBuilder::examples()
+        .config(move |c| {
+            c.audit_sinks = vec![sink.clone()];
+            c.audit_sink_max_lag = 3;
+        })
+        .with_upstream()
+        .await;
+    let client = gate.client(
+        Some(("support-bot-staging", "demo-staging-token")),
+        http::Version::HTTP_11,
+    );
+    // The receiver is down: every call still goes through at once.
+    for i in 0..6 {
+        let url = format!("https://api.stripe.com/v1/customers/cus_{i}");
+        let got = send(&client, "GET", &url, &[], "").await.unwrap();
+        assert_eq!(got.status, 200);
+    }
+    assert_eq!(upstream.count(), 6);
+    let admin = gate.admin_addr.to_string();
+    let detail = poll::until_some("the sink's lag raises the alarm", poll::SOON, || {
+        let admin = admin.clone();
+        async move {
+            let (_, v) = head(&admin).await;
+            let sink = v["sinks"][0].clone();
+            let failing = sink["failures"].as_u64().unwrap_or(0) > 0;
+            (sink["alarm"] == true && failing).then_some(v)
+        }
+    })
+    .await;
+    assert!(detail["sinks"][0]["lag"].as_u64().unwrap() > 3, "{detail}");
+    assert!(detail["sinks"][0]["last_error"].is_string(), "{detail}");
+    let metrics = gate
+        .admin("GET", "/metrics", Some("demo-riley-token"), None)
+        .await
+        .text();
+    assert!(metrics.contains("toolgate_store_alarm 1"), "{metrics}");
+    assert!(
+        metrics.contains("toolgate_audit_sink_lag_events{sink="),
+        "{metrics}"
+    );
+}

@@ -256,3 +256,76 @@ fn no_secret_in(spans: &[Received], root: &std::path::Path) {
         assert!(!everything.contains(body), "{body} is in a span");
     }
 }
+
+/// A collector that takes connections and never answers: the exporter's queue fills.
+async fn black_hole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        // Bounded: a test makes a handful of export connections.
+        for _ in 0..64 {
+            match listener.accept().await {
+                Ok((stream, _)) => held.push(stream),
+                Err(_) => return,
+            }
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_costs_dropped_spans_never_calls() {
+    let (hole, _held) = black_hole().await;
+    let pki = Pki::new("trace drop CA");
+    let upstream = Upstream::start(pki.server_config(&API_HOSTS)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    copy_dir(&root.join("policies"), &dir.path().join("policies"));
+    let mut cmd = serve_command(BIN, dir.path());
+    cmd.args([
+        "--connect-to",
+        &format!("api.stripe.com:443={}", upstream.addr),
+    ])
+    .arg("--upstream-ca")
+    .arg(&pki.ca_path)
+    .args(["--otlp-endpoint", &format!("http://{hole}")])
+    .env("OTEL_BSP_MAX_QUEUE_SIZE", "16")
+    .env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "8")
+    .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+    .env("OTEL_EXPORTER_OTLP_TIMEOUT", "60000")
+    .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    .env_remove("OTEL_TRACES_SAMPLER");
+    let (_child, proxy, admin, _log) = start_command(cmd);
+    let ca = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
+    let client = client_via(
+        proxy,
+        Some(("support-bot-staging", "demo-staging-token")),
+        &ca,
+        http::Version::HTTP_11,
+    );
+    for i in 0..60 {
+        let url = format!("https://api.stripe.com/v1/customers/cus_{i}");
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            send(&client, "GET", &url, &[], ""),
+        )
+        .await
+        .expect("a call is never held back by the exporter")
+        .unwrap();
+        assert_eq!(got.status, 200);
+    }
+    let admin: std::net::SocketAddr = admin.parse().unwrap();
+    poll::until("spans are counted as dropped", poll::SOON, || async move {
+        let metrics = admin_at(admin, "GET", "/metrics", Some("demo-riley-token"), None)
+            .await
+            .text();
+        metrics
+            .lines()
+            .find(|l| l.starts_with("toolgate_trace_spans_dropped_total"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|n| n.parse::<f64>().ok())
+            .is_some_and(|n| n > 0.0)
+    })
+    .await;
+}
