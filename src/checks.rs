@@ -523,8 +523,8 @@ pub(crate) fn check_rules(
     });
     // The person the call acts for (`user.id` empty when none).
     let user_v = match &agent.user {
-        Some(u) => json!({"id": u.id, "groups": u.groups}),
-        None => json!({"id": "", "groups": []}),
+        Some(u) => json!({"id": u.id, "groups": u.groups, "via": u.via}),
+        None => json!({"id": "", "groups": [], "via": ""}),
     };
     let tool_v = json!({
         "name": tool.name,

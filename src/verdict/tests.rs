@@ -376,7 +376,7 @@ name = "t.read"
 host = "api.example.com"
 method = "GET"
 path = "/x"
-rules = [{ deny_if = '!("support" in user.groups)', message = "support only" }]
+rules = [{ deny_if = '!("support" in user.groups) || user.via != "the case"', message = "support only" }]
 "#;
     std::fs::write(dir.path().join("p.toml"), policy_text).unwrap();
     let policy = Policy::load_dir_dry(dir.path()).unwrap();
