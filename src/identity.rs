@@ -113,6 +113,12 @@ impl Asserted<'_> {
         if said.is_empty() || !bool::from(said.as_bytes().ct_eq(nonce.as_bytes())) {
             return Err("its nonce is not the one this sign-in began with".into());
         }
+        // An address the provider says it has not verified names nobody.
+        if self.provider.user_claim == "email" && claims["email_verified"] == Value::Bool(false) {
+            return Err(
+                "its email is not verified by the provider (email_verified is false)".into(),
+            );
+        }
         person(&self.provider, &claims)
     }
 }
@@ -396,6 +402,10 @@ groups_claim = "groups"
         assert!(load(&with("login = { client_id = \"c\", client_secret_file = \"jwks.json\", authorize_url = \"http://idp/a\", token_url = \"https://idp/t\" }"))
             .contains("must be https"));
         assert!(load(&with("group_map = { \"a\" = \"b\" }")).contains("groups_claim"));
+        assert!(load(
+            "jwks_file = \"jwks.json\"\ngroups_claim = \"groups\"\ngroup_map = { \"it-ops\" = \"admin\" }"
+        )
+        .contains("onto admin"));
         let oct = json!({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "s"}]});
         std::fs::write(dir.path().join("oct.json"), oct.to_string()).unwrap();
         assert!(load("jwks_file = \"oct.json\"").contains("symmetric"));

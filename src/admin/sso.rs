@@ -135,6 +135,8 @@ pub struct Callback {
     #[serde(default)]
     state: String,
     code: Option<String>,
+    /// The issuer the authorization response names (RFC 9207), when the provider sends it.
+    iss: Option<String>,
     error: Option<String>,
     error_description: Option<String>,
 }
@@ -180,6 +182,9 @@ pub async fn callback(
             .await;
             signed_in_page(&app, &who, &provider, &cookie)
         }
+        // A callback with no sign-in under way is refused without a record: anyone can send
+        // one, and the log must not fill with them.
+        Err(r) if r.provider.is_none() => refused_page(r.status, &r.why),
         Err(r) => {
             let extra = json!({"reason": r.why});
             record(
@@ -236,6 +241,7 @@ async fn person(
             ))
         }
     };
+    same_issuer(q, &provider).map_err(|why| at(StatusCode::BAD_REQUEST, why))?;
     let gateway = |why: String| {
         at(
             StatusCode::BAD_GATEWAY,
@@ -271,15 +277,27 @@ async fn person(
     Ok((provider, user))
 }
 
+/// A code answered by another provider than the one the sign-in went to (an IdP mix-up, seen
+/// through RFC 9207's `iss`) is never sent anywhere.
+fn same_issuer(q: &Callback, provider: &IdentityProvider) -> Result<(), String> {
+    match q.iss.as_deref() {
+        Some(iss) if iss != provider.issuer => Err(format!(
+            "The answer names another issuer than identity provider {}: sign in again.",
+            provider.name
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A page session for the approver or reviewer the ID token names.
 async fn sign_in(
     app: &Console,
     (provider, user): (Arc<IdentityProvider>, crate::policy::EndUser),
 ) -> Result<(String, String, Vec<String>, String), Refused> {
     let policy = app.policy();
-    let reviewer = match (policy.approver(&user.id), policy.reviewer(&user.id)) {
-        (Some(_), _) => false,
-        (None, Some(_)) => true,
+    let (reviewer, bound) = match (policy.approver(&user.id), policy.reviewer(&user.id)) {
+        (Some(a), _) => (false, a.sso.clone()),
+        (None, Some(r)) => (true, r.sso.clone()),
         (None, None) => {
             return Err(Refused {
                 status: StatusCode::FORBIDDEN,
@@ -292,6 +310,26 @@ async fn sign_in(
             })
         }
     };
+    // A person is vouched for by the provider their entry names; with several providers that
+    // sign people in, one must be named (else any of them could name anyone).
+    let several = policy.login_providers().count() > 1;
+    let allowed = match &bound {
+        Some(name) => *name == provider.name,
+        None => !several,
+    };
+    if !allowed {
+        return Err(Refused {
+            status: StatusCode::FORBIDDEN,
+            who: Some(user.id.clone()),
+            provider: Some(provider.name.clone()),
+            why: format!(
+                "{} may not sign in through {}: their [[approver]] or [[reviewer]] entry names {} (sso = \"NAME\"), and only that provider vouches for them.",
+                user.id,
+                provider.name,
+                bound.as_deref().unwrap_or("no provider, and several sign people in")
+            ),
+        });
+    }
     let groups = mapped_groups(&provider, &user.groups);
     match app
         .sessions()

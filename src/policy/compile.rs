@@ -59,6 +59,7 @@ pub(super) fn build(
                 token_sha256: def.token_sha256,
                 token_env: def.token_env,
                 groups: Vec::new(),
+                sso: def.sso,
             };
             let reviewer = compile_approver(&path, as_approver, env)?;
             let at = |m| PolicyError::new(&path, m);
@@ -221,6 +222,7 @@ fn compile_approver(
         token_sha256,
         groups: def.groups,
         signed_in_via: None,
+        sso: def.sso,
     })
 }
 

@@ -114,6 +114,8 @@ pub struct ApproverDef {
     pub token_env: Option<String>,
     #[serde(default)]
     pub groups: Vec<String>,
+    /// The identity provider (its `name`) they sign in to the page through.
+    pub sso: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,6 +124,8 @@ pub struct ReviewerDef {
     pub id: String,
     pub token_sha256: Option<String>,
     pub token_env: Option<String>,
+    /// The identity provider (its `name`) they sign in to the page through.
+    pub sso: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

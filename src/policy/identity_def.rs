@@ -62,6 +62,11 @@ pub(super) fn compile(
         .map(|l| login(path, l, env))
         .transpose()
         .map_err(|m| named(format!("login: {m}")))?;
+    if let Some((from, _)) = def.group_map.iter().find(|(_, to)| to.as_str() == "admin") {
+        return Err(named(format!(
+            "group_map maps {from:?} onto admin: admin (kill switches, grants, purges, tokens) is given in the policies, never by a directory group"
+        )));
+    }
     if !def.group_map.is_empty() && def.groups_claim.is_none() {
         return Err(named(
             "group_map needs groups_claim: the claim the provider's groups are read from".into(),

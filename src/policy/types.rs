@@ -418,6 +418,8 @@ pub struct Approver {
     /// On the page, signed in through an identity provider: "signed in via NAME" (what their
     /// acts record).
     pub signed_in_via: Option<String>,
+    /// The identity provider they sign in to the page through (`sso = "NAME"`).
+    pub sso: Option<String>,
 }
 
 impl Approver {

@@ -243,6 +243,14 @@ async fn an_approver_signs_in_through_the_identity_provider_and_forgeries_are_re
                 id_token(&signing, &c)
             }),
         ),
+        (
+            "verified",
+            Box::new(|n: &str| {
+                let mut c = claims("carol@example.com", n, &[]);
+                c["email_verified"] = json!(false);
+                id_token(&signing, &c)
+            }),
+        ),
     ];
     for (why, make) in forged {
         let (params, binding) = begin(&gate).await;
@@ -253,8 +261,21 @@ async fn an_approver_signs_in_through_the_identity_provider_and_forgeries_are_re
         assert!(cookie_of(&got, "tg_session").is_none(), "{why}");
     }
 
+    // A code answered by another issuer than the sign-in went to (RFC 9207 `iss`): refused,
+    // and the code is never sent to the token endpoint.
+    let (params, binding) = begin(&gate).await;
+    let before = idp.sent.lock().unwrap().len();
+    let path = format!(
+        "/login/oidc/callback?code=the-code&state={}&iss=https%3A%2F%2Fevil.example",
+        params["state"]
+    );
+    let mixed = gate.page("GET", &path, Some(&binding), None).await;
+    assert_eq!(mixed.status, 400, "{}", mixed.text());
+    assert!(mixed.text().contains("another issuer"), "{}", mixed.text());
+    assert_eq!(idp.sent.lock().unwrap().len(), before);
+
     // Every sign-in and refusal is on the record, naming the person, the provider and the
-    // address.
+    // address (a callback with no sign-in under way is not: anyone can send one).
     let events = |kind: &'static str| {
         let gate = &gate;
         async move {
@@ -436,4 +457,41 @@ async fn the_providers_groups_mapped_let_an_approver_approve_and_oidc_only_pages
         gate.page("GET", "/queue", Some(&lead), None).await.status == 303
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_is_vouched_for_only_by_the_provider_their_entry_names() {
+    std::env::set_var("ACME_SSO_SECRET", "s3cret:with/odd chars");
+    std::env::set_var("CAROL_SSO_TOKEN", "carol-sso-token");
+    let (signing, jwk) = key("k1");
+    let pki = Pki::new("test idp CA");
+    let idp = token_endpoint(&pki).await;
+    let idp_addr = idp.addr;
+    // carol's entry names another provider: acme-sso cannot vouch for her.
+    let bound = policy().replace(
+        "token_env = \"CAROL_SSO_TOKEN\"",
+        "token_env = \"CAROL_SSO_TOKEN\"\nsso = \"contractors-sso\"",
+    );
+    let gate = GateBuilder::new()
+        .policy("sso.toml", bound)
+        .policy("acme-jwks.json", json!({ "keys": [jwk] }).to_string())
+        .routed_to(&pki, idp_addr)
+        .config(move |c| {
+            c.connect_to.insert(("idp.acme.test".into(), 443), idp_addr);
+        })
+        .start()
+        .await;
+    let (params, binding) = begin(&gate).await;
+    *idp.id_token.lock().unwrap() = id_token(
+        &signing,
+        &claims("carol@example.com", &params["nonce"], &[]),
+    );
+    let back = come_back(&gate, &params, &binding).await;
+    assert_eq!(back.status, 403, "{}", back.text());
+    assert!(
+        back.text().contains("may not sign in through acme-sso"),
+        "{}",
+        back.text()
+    );
+    assert!(cookie_of(&back, "tg_session").is_none());
 }
