@@ -18,7 +18,7 @@ use super::auth::{cookie, secure, session_cookie};
 use super::html::{esc, page};
 use super::peer::ClientIp;
 use crate::app::Console;
-use crate::policy::{IdentityProvider, JwksSource};
+use crate::policy::IdentityProvider;
 use crate::services::oidc::{exchange, mapped_groups, Pending, PENDING_FOR};
 
 /// The cookie binding a sign-in under way to the browser that began it.
@@ -263,14 +263,11 @@ async fn person(
         )
     };
     let asserted = crate::identity::read_for(provider.clone(), &token).map_err(bad)?;
-    let keys = match &provider.keys {
-        JwksSource::File(set) => Arc::new(set.clone()),
-        JwksSource::Url { host, port, path } => app
-            .jwks()
-            .keys(app.upstream(), (host, *port, path), asserted.kid())
-            .await
-            .map_err(bad)?,
-    };
+    let keys = app
+        .jwks()
+        .of(app.upstream(), &provider, asserted.kid())
+        .await
+        .map_err(bad)?;
     let user = asserted
         .verify_id_token(&keys, &login.client_id, &pending.nonce)
         .map_err(bad)?;

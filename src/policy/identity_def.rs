@@ -37,7 +37,7 @@ pub(super) fn compile(
                 .map_err(|e| named(format!("jwks_file {}: {e}", full.display())))?;
             let set = parse_jwks(text.as_bytes())
                 .map_err(|e| named(format!("jwks_file {}: {e}", full.display())))?;
-            JwksSource::File(set)
+            JwksSource::File(std::sync::Arc::new(set))
         }
         (None, Some(url)) => jwks_url(url).map_err(named)?,
         _ => return Err(named("name exactly one of jwks_file and jwks_url".into())),

@@ -130,7 +130,7 @@ impl std::fmt::Debug for ClientSecret {
 /// `jwks_uri` (fetched and kept fresh by the gateway).
 #[derive(Debug)]
 pub enum JwksSource {
-    File(jsonwebtoken::jwk::JwkSet),
+    File(Arc<jsonwebtoken::jwk::JwkSet>),
     Url {
         host: String,
         port: u16,

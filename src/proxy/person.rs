@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::ctx::{Origin, RequestCtx};
 use crate::app::Gate;
 use crate::error::{Code, Refusal};
-use crate::policy::{EndUser, JwksSource, Policy};
+use crate::policy::{EndUser, Policy};
 
 /// The person the request acts for: named by the issued token it came with, or by the signed
 /// assertion it carries (verified), or both when they agree. A bad assertion is refused, never
@@ -70,21 +70,15 @@ pub(super) async fn user_of(
 /// The person an assertion names, verified with its provider's keys.
 async fn asserted(app: &Gate, policy: &Policy, assertion: &str) -> Result<EndUser, Refusal> {
     let read = crate::identity::read(policy, assertion)?;
-    match &read.provider.keys {
-        JwksSource::File(keys) => read.verify(keys),
-        JwksSource::Url { host, port, path } => {
-            let at = (host.as_str(), *port, path.as_str());
-            let keys = app
-                .jwks()
-                .keys(app.upstream(), at, read.kid())
-                .await
-                .map_err(|why| {
-                    Refusal::new(
-                        Code::UserAuthError,
-                        format!("the user assertion (Toolgate-User-Assertion) cannot be verified now: {why}; nothing was sent"),
-                    )
-                })?;
-            read.verify(&keys)
-        }
-    }
+    let keys = app
+        .jwks()
+        .of(app.upstream(), &read.provider, read.kid())
+        .await
+        .map_err(|why| {
+            Refusal::new(
+                Code::UserAuthError,
+                format!("the user assertion (Toolgate-User-Assertion) cannot be verified now: {why}; nothing was sent"),
+            )
+        })?;
+    read.verify(&keys)
 }

@@ -42,6 +42,22 @@ pub struct Jwks {
 }
 
 impl Jwks {
+    /// The keys of `provider` (its file's, or its `jwks_uri`'s), fresh enough to verify a token
+    /// naming `kid`: what the proxy's assertions and the page's sign-in both verify with.
+    pub async fn of(
+        &self,
+        upstream: &Upstream,
+        provider: &crate::policy::IdentityProvider,
+        kid: Option<&str>,
+    ) -> Result<Arc<JwkSet>, String> {
+        match &provider.keys {
+            crate::policy::JwksSource::File(set) => Ok(set.clone()),
+            crate::policy::JwksSource::Url { host, port, path } => {
+                self.keys(upstream, (host, *port, path), kid).await
+            }
+        }
+    }
+
     /// The keys at `https://host:port/path`, fresh enough to verify an assertion naming `kid`.
     pub async fn keys(
         &self,

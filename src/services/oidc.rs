@@ -339,7 +339,9 @@ mod tests {
             name: "corp".into(),
             issuer: "https://idp.example.com".into(),
             audience: "toolgate".into(),
-            keys: crate::policy::JwksSource::File(jsonwebtoken::jwk::JwkSet { keys: vec![] }),
+            keys: crate::policy::JwksSource::File(std::sync::Arc::new(jsonwebtoken::jwk::JwkSet {
+                keys: vec![],
+            })),
             algorithms: vec![jsonwebtoken::Algorithm::ES256],
             user_claim: "email".into(),
             groups_claim: None,
