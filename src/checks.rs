@@ -240,16 +240,12 @@ fn recheck_mcp(
     let params = Default::default();
     let credential = authorize(agent, tool, &params)?;
     forwarded_headers(tool, call.headers)?;
-    spec.arguments
-        .check(&arguments)
-        .map_err(|e| validation(format!("MCP tool {} arguments: {e}", spec.name)))?;
     let mut req = Request::new(());
     *req.method_mut() = call.method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = call.headers.clone();
     let (parts, ()) = req.into_parts();
-    check_rules(agent, tool, &parts, &params, &Value::Null, &arguments)?;
-    budget_amount(tool, &arguments)?;
+    arguments_pass(agent, tool, &parts, &arguments)?;
     Ok(Rechecked {
         credential,
         body: arguments,
@@ -482,6 +478,46 @@ pub(crate) fn validate_body(
         schema.check(&value).map_err(validation)?;
     }
     Ok(value)
+}
+
+/// The checks of a tool call's arguments (an MCP tool's, or a GraphQL field's, in the place of
+/// a body): nesting, the contract's argument schema, the rules, the budget field. Returns what
+/// the call asks of the budget.
+pub(crate) fn arguments_pass(
+    agent: &Agent,
+    tool: &Tool,
+    parts: &http::request::Parts,
+    arguments: &Value,
+) -> Result<Option<f64>, Refusal> {
+    let deep = contract::depth(arguments) > MAX_DEPTH;
+    if let Some(mcp) = &tool.mcp {
+        if deep {
+            return Err(validation("the arguments nest too deeply"));
+        }
+        mcp.arguments
+            .check(arguments)
+            .map_err(|e| validation(format!("MCP tool {} arguments: {e}", mcp.name)))?;
+    }
+    if let Some(spec) = &tool.graphql {
+        let label = spec.label();
+        if deep {
+            return Err(validation(format!(
+                "the arguments of GraphQL field {label} nest too deeply"
+            )));
+        }
+        spec.arguments
+            .check(arguments)
+            .map_err(|e| validation(format!("GraphQL field {label} arguments: {e}")))?;
+    }
+    check_rules(
+        agent,
+        tool,
+        parts,
+        &Default::default(),
+        &Value::Null,
+        arguments,
+    )?;
+    budget_amount(tool, arguments)
 }
 
 pub(crate) fn check_rules(

@@ -7,15 +7,12 @@
 use std::sync::Arc;
 
 use http::{header, Method};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{
-    authorize, budget_amount, check_rules, forwarded_headers, validation, Rechecked, StoredCall,
-};
+use super::{authorize, forwarded_headers, validation, Rechecked, StoredCall};
 use crate::error::Refusal;
 use crate::graphql::{self, Limits, Operation, RootField, INTROSPECTION_FIELDS};
-use crate::policy::contract::{self, MAX_DEPTH};
+use crate::policy::contract;
 use crate::policy::response::ResponseSpec;
 use crate::policy::{Agent, Credential, Policy, Tool};
 
@@ -106,7 +103,7 @@ pub(crate) fn fields(
                     "no contract allows GraphQL field {label} on {at}; ask only for the fields your contracts name (toolgate refused the whole document, nothing was sent)"
                 ))
             })?;
-        let (credential, amount) = field_checks(agent, &tool, parts, root, &label)?;
+        let (credential, amount) = field_checks(agent, &tool, parts, root)?;
         out.push(Field {
             root: root.clone(),
             tool,
@@ -125,23 +122,10 @@ fn field_checks(
     tool: &Tool,
     parts: &http::request::Parts,
     root: &RootField,
-    label: &str,
 ) -> Result<(Option<Arc<Credential>>, Option<f64>), Refusal> {
-    let params = Default::default();
-    let credential = authorize(agent, tool, &params)?;
+    let credential = authorize(agent, tool, &Default::default())?;
     forwarded_headers(tool, &parts.headers)?;
-    if contract::depth(&root.arguments) > MAX_DEPTH {
-        return Err(validation(format!(
-            "the arguments of GraphQL field {label} nest too deeply"
-        )));
-    }
-    if let Some(spec) = &tool.graphql {
-        spec.arguments
-            .check(&root.arguments)
-            .map_err(|e| validation(format!("GraphQL field {label} arguments: {e}")))?;
-    }
-    check_rules(agent, tool, parts, &params, &Value::Null, &root.arguments)?;
-    let amount = budget_amount(tool, &root.arguments)?;
+    let amount = super::arguments_pass(agent, tool, parts, &root.arguments)?;
     Ok((credential, amount))
 }
 

@@ -700,18 +700,8 @@ pub(crate) fn arguments(
     parts: &http::request::Parts,
     arguments: &Value,
 ) -> Result<(Option<Arc<Credential>>, Option<f64>), Refusal> {
-    let params = Default::default();
-    let credential = authorize(agent, tool, &params)?;
-    if let Some(mcp) = &tool.mcp {
-        if crate::policy::contract::depth(arguments) > crate::policy::contract::MAX_DEPTH {
-            return Err(validation("the arguments nest too deeply"));
-        }
-        mcp.arguments
-            .check(arguments)
-            .map_err(|e| validation(format!("MCP tool {} arguments: {e}", mcp.name)))?;
-    }
-    check_rules(agent, tool, parts, &params, &Value::Null, arguments)?;
-    let amount = budget_amount(tool, arguments)?;
+    let credential = authorize(agent, tool, &Default::default())?;
+    let amount = crate::checks::arguments_pass(agent, tool, parts, arguments)?;
     Ok((credential, amount))
 }
 
