@@ -238,22 +238,26 @@ impl RequestCtx {
     /// Writes the held request event's query string as `[REDACTED]`: it carries values a
     /// contract redacts (a GraphQL GET's document and variables).
     pub(super) fn redact_asked_query(&self) {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(Value::Object(m)) = held.as_mut().map(|r| &mut r.payload) {
-            if m.get("query")
-                .and_then(Value::as_str)
-                .is_some_and(|q| !q.is_empty())
-            {
+        self.with_held(|m| {
+            let asked = m.get("query").and_then(Value::as_str);
+            if asked.is_some_and(|q| !q.is_empty()) {
                 m.insert("query".into(), Value::String(crate::audit::REDACTED.into()));
             }
-        }
+        });
     }
 
     /// Writes which model answer asked for the call into the held request event.
     pub(super) fn note_requested_by(&self, requested_by: Value) {
+        self.with_held(|m| {
+            m.insert("requested_by".into(), requested_by);
+        });
+    }
+
+    /// Changes the held request event's payload, if it is still held.
+    fn with_held(&self, change: impl FnOnce(&mut serde_json::Map<String, Value>)) {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(Value::Object(m)) = held.as_mut().map(|r| &mut r.payload) {
-            m.insert("requested_by".into(), requested_by);
+            change(m);
         }
     }
 
