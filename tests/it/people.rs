@@ -116,6 +116,22 @@ async fn the_person_a_call_acts_for_is_verified_recorded_and_judged() {
             "{why}: {text}"
         );
     }
+    // Over HTTP/2 too, the refusal arrives as toolgate's answer, not a reset stream.
+    let h2 = gate.client(
+        Some(("helpdesk-bot", HELPDESK_TOKEN)),
+        http::Version::HTTP_2,
+    );
+    let got = send(&h2, "POST", GRAPHQL, &[JSON], read.clone())
+        .await
+        .unwrap();
+    assert_eq!(got.version, http::Version::HTTP_2);
+    assert_eq!(got.status.as_u16(), 401);
+    assert_eq!(
+        got.code(),
+        "auth_error",
+        "{}",
+        String::from_utf8_lossy(&got.body)
+    );
     assert_eq!(
         upstream.count(),
         0,
@@ -456,19 +472,22 @@ async fn keys_fetched_from_the_providers_jwks_uri_verify_and_follow_a_rotation()
             send(bot, "POST", GRAPHQL, &headers, read).await.unwrap()
         }
     };
-    let got = call(assertion(&signing, "alice@example.com", &[], 600)).await;
-    assert_eq!(
-        got.status.as_u16(),
-        200,
-        "{}",
-        String::from_utf8_lossy(&got.body)
-    );
+    // Eight calls racing on the first use: the keys are fetched once, and every call verified.
+    let racing = (0..8).map(|_| call(assertion(&signing, "alice@example.com", &[], 600)));
+    for got in futures_util::future::join_all(racing).await {
+        assert_eq!(
+            got.status.as_u16(),
+            200,
+            "{}",
+            String::from_utf8_lossy(&got.body)
+        );
+    }
     let got = call(assertion(&signing, "alice@example.com", &[], 600)).await;
     assert_eq!(got.status.as_u16(), 200);
     assert_eq!(
         idp.fetches.load(std::sync::atomic::Ordering::SeqCst),
         1,
-        "the keys are cached"
+        "the keys are fetched once, then cached"
     );
     // The provider rotates: an assertion under the new key id is verified after one fetch.
     *idp.keys.lock().unwrap() = json!({ "keys": [rotated_jwk] });
@@ -517,7 +536,7 @@ async fn keys_fetched_from_the_providers_jwks_uri_verify_and_follow_a_rotation()
     assert_eq!(idp.fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
     assert_eq!(
         upstream.count(),
-        3,
+        10,
         "nothing was sent for the refused calls"
     );
 }
