@@ -202,6 +202,19 @@ async fn an_approver_signs_in_through_the_identity_provider_and_forgeries_are_re
     // The state is one-time.
     let again = come_back(&gate, &params, &binding).await;
     assert_eq!(again.status, 400, "{}", again.text());
+    // Two callbacks racing on one state: exactly one signs in.
+    let (params, binding) = begin(&gate).await;
+    *idp.id_token.lock().unwrap() = id_token(
+        &signing,
+        &claims("carol@example.com", &params["nonce"], &[]),
+    );
+    let (a, b) = tokio::join!(
+        come_back(&gate, &params, &binding),
+        come_back(&gate, &params, &binding)
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, [200, 400], "{} / {}", a.text(), b.text());
     // Another browser (without the binding cookie) cannot finish a sign-in it did not begin.
     let (params, _) = begin(&gate).await;
     let stolen = come_back(&gate, &params, "tg_oidc=someone-elses").await;
