@@ -278,13 +278,11 @@ async fn carol_signs_in_with_sso_in_a_real_browser_and_approves_a_held_call() {
     std::env::set_var("ACME_PROVIDER_SECRET", SECRET);
     let pki = Pki::new("test upstream and idp CA");
     let upstream = Upstream::start(pki.server_config(&API_HOSTS)).await;
-    // The provider's issuer names its port, which toolgate's policy names: a free port, taken
-    // for the provider before toolgate starts.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // The provider's issuer names its port, which toolgate's policy names: a free port, held
+    // until the provider starts, so that toolgate's own listeners (bound to port 0 meanwhile)
+    // cannot take it.
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = reserved.local_addr().unwrap().port();
     let issuer = format!("https://idp.acme.test:{port}");
     let idp_addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     // carol is the examples' approver (group payments-leads); she signs in through acme-sso.
@@ -301,6 +299,7 @@ async fn carol_signs_in_with_sso_in_a_real_browser_and_approves_a_held_call() {
         .await;
     let admin = format!("http://{}", gate.admin_addr);
     let redirect = format!("{admin}/login/oidc/callback");
+    drop(reserved);
     let Some(_idp) = oidc_provider_at(&pki, json!({}), &redirect, port).await else {
         return;
     };
