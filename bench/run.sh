@@ -163,6 +163,9 @@ run "GET new conn c=4"    -c 4  --disable-keepalive "$URL_GET"
 # arguments checked (the same body to the upstream directly and through the reference).
 GQL='{"query":"query Repo($owner: String!, $name: String!) { viewer { login } repository(owner: $owner, name: $name) { id name issues(first: 5) { nodes { number title author { login } } } } }","variables":{"owner":"acme","name":"widgets"},"operationName":"Repo"}'
 run "GraphQL query c=16"  -c 16 -m POST -T application/json -d "$GQL" https://api.stripe.com/graphql
+# A model provider's streamed answer (SSE: text deltas, a tool call in fragments, the usage),
+# read as it passes for the model, its usage and the tool call it asks for.
+run "model stream c=16"   -c 16 -m POST -T application/json -d '{"model":"gpt-bench","stream":true,"messages":[]}' https://api.stripe.com/v1/chat/completions
 # Principals: the same reads with a short-lived token an admin issued (checked against the
 # store on every request), and by an agent whose tools do not name the read, lent it by a grant
 # (looked up in the store on every request).

@@ -97,16 +97,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         .await
                         .map(|b| b.to_bytes().len())
                         .unwrap_or(0);
-                    let body = match path.strip_prefix("/bytes/").and_then(|n| n.parse().ok()) {
-                    Some(n) => Bytes::from(vec![b'x'; n]),
-                    None => Bytes::from(
+                    let (body, content_type) = match path.strip_prefix("/bytes/").and_then(|n| n.parse().ok()) {
+                    Some(n) => (Bytes::from(vec![b'x'; n]), "application/json"),
+                    None if path == "/v1/chat/completions" => (Bytes::from(model_stream()), "text/event-stream"),
+                    None => (Bytes::from(
                         serde_json::json!({"object": "echo", "method": method, "path": path, "body_len": len})
                             .to_string(),
-                    ),
+                    ), "application/json"),
                 };
                     Ok::<_, Infallible>(
                         Response::builder()
-                            .header("content-type", "application/json")
+                            .header("content-type", content_type)
                             .body(Full::new(body))
                             .unwrap_or_default(),
                     )
@@ -117,4 +118,40 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .await;
         });
     }
+}
+
+/// A streamed Chat Completions answer as a model provider sends it: a few text deltas, then a
+/// tool call whose arguments arrive in fragments, then the usage (the bench's model scenario).
+fn model_stream() -> String {
+    let chunk = |delta: serde_json::Value| {
+        serde_json::json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": "gpt-bench", "choices": [{"index": 0, "delta": delta, "finish_reason": null}]})
+    };
+    let mut events = vec![chunk(
+        serde_json::json!({"role": "assistant", "content": ""}),
+    )];
+    for word in ["I ", "will ", "refund ", "the ", "payment ", "now."] {
+        events.push(chunk(serde_json::json!({"content": word})));
+    }
+    events.push(chunk(
+        serde_json::json!({"tool_calls": [{"index": 0, "id": "call_bench", "type": "function",
+        "function": {"name": "refund_payment", "arguments": ""}}]}),
+    ));
+    for part in [
+        "{\"payment",
+        "_intent\": \"pi",
+        "_123\", \"am",
+        "ount\": 500}",
+    ] {
+        events.push(chunk(
+            serde_json::json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
+        ));
+    }
+    events.push(
+        serde_json::json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "choices": [],
+        "usage": {"prompt_tokens": 50, "completion_tokens": 30, "total_tokens": 80}}),
+    );
+    let mut out: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    out.push_str("data: [DONE]\n\n");
+    out
 }

@@ -23,7 +23,8 @@ details{background:#fff;border:1px solid #ddd;border-radius:8px;padding:.5rem;ma
 .risk-high,.risk-critical{color:#b91c1c;font-weight:bold}pre{white-space:pre-wrap;word-break:break-all;background:#f3f4f6;padding:.5rem}\
 table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #eee;padding:.3rem;text-align:left;vertical-align:top}\
 button{padding:.5rem 1rem;margin:.2rem 0;font-size:1rem}textarea,input[type=text],input[type=password]{width:100%;box-sizing:border-box;font-size:1rem}\
-.flash{background:#fef3c7;padding:.5rem;border-radius:6px}@media(max-width:40rem){td,th{display:block}}";
+.flash{background:#fef3c7;padding:.5rem;border-radius:6px}\
+.flag{color:#b91c1c;font-weight:bold;background:#fef2f2}.flag::before{content:'\\26A0  '}@media(max-width:40rem){td,th{display:block}}";
 
 pub(crate) fn page(title: &str, who: Option<&Session>, body: &str) -> Html<String> {
     let nav = match who {

@@ -24,11 +24,16 @@ pub fn summary(events: &[Event]) -> Vec<String> {
 struct Answers {
     /// Which model answers asked for the calls.
     why: Vec<String>,
+    /// The model turns told (model answers that asked for tool calls), in order.
+    turns: Vec<Turn>,
+    /// (model request, tool call id) → the calls that carried the tool call out.
+    led_to: std::collections::BTreeMap<(String, String), Vec<String>>,
     asked: BTreeSet<String>,
     proposed: Vec<String>,
     approved: Vec<String>,
     executed: Vec<String>,
-    changed: Vec<String>,
+    /// What each call changed, by its request id.
+    changed: Vec<(Option<String>, String)>,
     undone: Vec<String>,
 }
 
@@ -39,6 +44,7 @@ impl Answers {
             Payload::Request(r) => {
                 if let Some(by) = &r.requested_by {
                     self.why.push(requested_by_text(by));
+                    self.led(by, e.request_id.as_deref().unwrap_or("-"), tool);
                 }
                 if let (None, Some(agent)) = (&r.undoes, &e.agent) {
                     self.asked.insert(asker(agent, e, e.owner.as_deref()));
@@ -46,7 +52,8 @@ impl Answers {
                 if let Some(response) = &r.response {
                     // A read told in one event.
                     let status = response.status_text();
-                    self.changed.push(format!("{tool} answered {status}"));
+                    let told = format!("{tool} answered {status}");
+                    self.changed.push((e.request_id.clone(), told));
                 }
             }
             Payload::Decision(_) => {
@@ -70,7 +77,9 @@ impl Answers {
                 a.leads_to().map(|n| format!(" ({n})")).unwrap_or_default()
             )),
             Payload::Commit(c) => self.executed.push(format!("{} {}", c.method, c.url)),
-            Payload::Response(r) => self.changed.push(what_changed(tool, &r)),
+            Payload::Response(r) => self
+                .changed
+                .push((e.request_id.clone(), what_changed(tool, &r))),
             Payload::Rollback(r) if r.outcome == Some(RollbackOutcome::Undone) => {
                 self.undone.push(format!(
                     "{} by {}: {} {} answered {} (via {})",
@@ -82,6 +91,7 @@ impl Answers {
                     r.undo_request
                 ))
             }
+            Payload::Other(p) if e.kind == Kind::ModelUsage => self.turns.extend(Turn::of(e, p)),
             Payload::Other(_) if e.kind == Kind::GrantUsed => self.approved.push(format!(
                 "{} by grant {} until {} ({})",
                 e.text("granted_by"),
@@ -93,7 +103,52 @@ impl Answers {
         }
     }
 
+    /// Notes which model tool call (`requested_by`, exact or by arguments or name) `request`
+    /// carried out.
+    fn led(&mut self, by: &Value, request: &str, tool: &str) {
+        if let (Some(m), Some(c)) = (by["model_request"].as_str(), by["tool_call_id"].as_str()) {
+            self.led_to
+                .entry((m.to_string(), c.to_string()))
+                .or_default()
+                .push(format!(
+                    "{request} {tool} (matched {})",
+                    by["match"].as_str().unwrap_or("?")
+                ));
+        }
+    }
+
+    /// The model turns, each tool call it asked for with the calls it led to.
+    fn turn_lines(&self) -> Vec<String> {
+        self.turns
+            .iter()
+            .map(|t| {
+                let calls: Vec<String> = (t.calls.iter())
+                    .map(|(name, id)| {
+                        let led = self.led_to.get(&(t.request.clone(), id.clone()));
+                        let led =
+                            led.map_or("not carried out through toolgate".into(), |l| l.join(", "));
+                        format!("{name} ({id}) -> {led}")
+                    })
+                    .collect();
+                format!(
+                    "model turn:    {} {} in answer {} asked for {}",
+                    t.request,
+                    t.model,
+                    t.answer,
+                    calls.join("; ")
+                )
+            })
+            .collect()
+    }
+
     fn lines(self) -> Vec<String> {
+        let turns = self.turn_lines();
+        // A model's answer changes nothing: what changed are the calls.
+        let models: BTreeSet<&String> = self.turns.iter().map(|t| &t.request).collect();
+        let changed: Vec<String> = (self.changed.iter())
+            .filter(|(r, _)| !r.as_ref().is_some_and(|r| models.contains(r)))
+            .map(|(_, told)| told.clone())
+            .collect();
         // An agent listed bare and with its owner is listed once.
         let asked: Vec<String> = (self.asked.iter())
             .filter(|a| {
@@ -109,16 +164,44 @@ impl Answers {
             true => Vec::new(),
             false => vec![format!("why (the model): {}", self.why.join("; "))],
         };
-        why.into_iter()
+        turns
+            .into_iter()
+            .chain(why)
             .chain([
                 format!("who asked:     {}", join(asked)),
                 format!("what was proposed: {}", join(self.proposed)),
                 format!("who approved:  {}", join(self.approved)),
                 format!("what executed: {}", join(self.executed)),
-                format!("what changed:  {}", join(self.changed)),
+                format!("what changed:  {}", join(changed)),
                 format!("rolled back:   {}", join(self.undone)),
             ])
             .collect()
+    }
+}
+
+/// A model answer that asked for tool calls (a `model_usage` event that recorded some).
+struct Turn {
+    request: String,
+    model: String,
+    answer: String,
+    /// (tool name, tool call id) of each call asked for.
+    calls: Vec<(String, String)>,
+}
+
+impl Turn {
+    fn of(e: &Event, p: &Value) -> Option<Turn> {
+        let calls: Vec<(String, String)> = (p["tool_calls"].as_array()?.iter())
+            .map(|c| {
+                let text = |f: &str| c[f].as_str().unwrap_or("?").to_string();
+                (text("name"), text("id"))
+            })
+            .collect();
+        (!calls.is_empty()).then(|| Turn {
+            request: e.request_id.clone().unwrap_or_default(),
+            model: p["model"].as_str().unwrap_or("a model").to_string(),
+            answer: p["answer_id"].as_str().unwrap_or("?").to_string(),
+            calls,
+        })
     }
 }
 
@@ -595,15 +678,42 @@ impl Audit {
             seqs.extend(self.seqs(Index::Job, j)?);
         }
         let mut out = Vec::with_capacity(seqs.len());
-        for seq in seqs {
+        for seq in &seqs {
+            out.extend(self.event(*seq)?);
+        }
+        // The model turns that asked for the calls: the story begins with the model.
+        let turns: BTreeSet<String> = out.iter().flat_map(model_requests).collect();
+        let mut more = BTreeSet::new();
+        for m in turns.iter().filter(|m| !requests.contains(*m)) {
+            more.extend(
+                self.seqs(Index::Request, m)?
+                    .into_iter()
+                    .filter(|s| !seqs.contains(s)),
+            );
+        }
+        for seq in more {
             out.extend(self.event(seq)?);
         }
+        out.sort_by_key(|e| e.seq);
         Ok(out)
     }
 
     fn seqs(&self, index: Index, value: &str) -> Result<Vec<u64>, StoreError> {
         self.log.lookup(index, value).collect()
     }
+}
+
+/// The model requests a request event's `requested_by` names (one, or each ambiguous
+/// candidate's).
+fn model_requests(e: &Event) -> Vec<String> {
+    let by = match (e.kind == Kind::Request).then(|| &e.payload["requested_by"]) {
+        Some(by) if by.is_object() => by,
+        _ => return Vec::new(),
+    };
+    std::iter::once(by)
+        .chain(by["candidates"].as_array().into_iter().flatten())
+        .filter_map(|c| c["model_request"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// A filter's time (`since`, `until`): none when empty, else parsed or refused by name.

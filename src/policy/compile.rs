@@ -14,8 +14,8 @@ use super::lookup::Policy;
 use super::template::PathTemplate;
 use super::types::{
     Agent, ApprovalSpec, Approver, BodyFormat, BodySpec, Budget, Credential, GraphqlSpec,
-    Idempotency, McpSpec, Mode, Period, PolicyError, RateLimit, Risk, SendOn, SideEffects, Tool,
-    ToolKind, Users, DEFAULT_MAX_BODY,
+    Idempotency, McpSpec, Mode, ModelAnswerLimits, Period, PolicyError, RateLimit, Risk, SendOn,
+    SideEffects, Tool, ToolKind, Users, DEFAULT_MAX_BODY,
 };
 use super::{contract, graphql_def, identity_def, response, rollback_def, rules};
 
@@ -389,6 +389,7 @@ fn compile_tool(
     let reads = graphql_def::is_query(&def).then_some(http::Method::GET);
     let side_effects = compile_side_effects(&def, reads.as_ref().unwrap_or(&method), &err)?;
     let (kind, risk) = compile_labels(&def, &err)?;
+    let model_answer = compile_model_answer(&def, kind, &err)?;
     let shape = compile_shape(path, &def, &template, side_effects, &err)?;
     let approval = compile_approval(&def, &err)?;
     Ok(Tool {
@@ -424,7 +425,55 @@ fn compile_tool(
         model_tools: def.model_tools,
         headers: def.headers,
         propagate_trace: def.propagate_trace,
+        model_answer,
     })
+}
+
+/// `model_answer`, on a model tool only, each limit within [`ModelAnswerLimits::MAX`].
+fn compile_model_answer(
+    def: &ToolDef,
+    kind: ToolKind,
+    err: &dyn Fn(String) -> PolicyError,
+) -> Result<ModelAnswerLimits, PolicyError> {
+    let mut limits = ModelAnswerLimits::default();
+    let Some(m) = &def.model_answer else {
+        return Ok(limits);
+    };
+    if kind != ToolKind::Model {
+        return Err(err(
+            "model_answer applies to a model's answers: set kind = \"model\" or remove it".into(),
+        ));
+    }
+    let max = ModelAnswerLimits::MAX;
+    for (name, set, into, most) in [
+        (
+            "tool_calls",
+            m.tool_calls,
+            &mut limits.tool_calls,
+            max.tool_calls,
+        ),
+        (
+            "argument_bytes",
+            m.argument_bytes,
+            &mut limits.argument_bytes,
+            max.argument_bytes,
+        ),
+        (
+            "text_bytes",
+            m.text_bytes,
+            &mut limits.text_bytes,
+            max.text_bytes,
+        ),
+    ] {
+        match set {
+            Some(n) if n > most => {
+                return Err(err(format!("model_answer.{name} = {n} is above {most}")))
+            }
+            Some(n) => *into = n,
+            None => {}
+        }
+    }
+    Ok(limits)
 }
 
 /// The credential to inject per agent environment, each defined by some `[[credential]]`.

@@ -156,6 +156,15 @@ pub struct ResponseDef {
     pub schema: Option<String>,
 }
 
+/// `model_answer = { tool_calls = 32, argument_bytes = 8192, text_bytes = 0 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelAnswerDef {
+    pub tool_calls: Option<usize>,
+    pub argument_bytes: Option<usize>,
+    pub text_bytes: Option<usize>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetDef {
@@ -248,6 +257,8 @@ pub struct ToolDef {
     /// The names models use for this tool in their tool calls.
     #[serde(default)]
     pub model_tools: Vec<String>,
+    /// How much of a model's answer the audit keeps (a `kind = "model"` tool).
+    pub model_answer: Option<ModelAnswerDef>,
     /// What of the answer is kept and what the agent sees.
     pub response: Option<ResponseDef>,
     /// Request headers forwarded besides the defaults (and steering headers it allows, such as

@@ -28,8 +28,8 @@ pub use template::{check_path, PathError, PathTemplate};
 pub use types::{
     glob_match, Agent, ApprovalSpec, Approver, BodyFormat, BodySpec, Budget, ClientSecret,
     Credential, EndUser, GraphqlSpec, HttpsUrl, Idempotency, IdentityProvider, JwksSource, Login,
-    LoginEndpoints, Matched, McpSpec, Mode, Period, PolicyError, RateLimit, Risk, Rollback, SendOn,
-    SideEffects, Tool, ToolKind, Users, DEFAULT_MAX_BODY,
+    LoginEndpoints, Matched, McpSpec, Mode, ModelAnswerLimits, Period, PolicyError, RateLimit,
+    Risk, Rollback, SendOn, SideEffects, Tool, ToolKind, Users, DEFAULT_MAX_BODY,
 };
 
 /// What an unset secret reads as in [`Policy::load_dir_dry`].

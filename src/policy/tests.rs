@@ -619,3 +619,37 @@ fn graphql_endpoint_limits_are_declared_once_beside_their_fields() {
         "max_root_fields must be between 1 and 100",
     );
 }
+
+#[test]
+fn a_models_contract_bounds_what_the_audit_keeps_of_its_answers() {
+    let model = |extra: &str| {
+        format!("{BASE}side_effects = \"none\"\n{extra}\n").replace(
+            "method = \"GET\"\npath = \"/v1/customers/{customer}\"",
+            "method = \"POST\"\npath = \"/v1/chat/completions\"\nbody = { format = \"json\" }",
+        )
+    };
+    let p = build(&model("kind = \"model\"")).unwrap();
+    assert_eq!(p.tools()[0].model_answer, ModelAnswerLimits::default());
+    let p = build(&model(
+        "kind = \"model\"\nmodel_answer = { tool_calls = 4, text_bytes = 1024 }",
+    ))
+    .unwrap();
+    let limits = p.tools()[0].model_answer;
+    assert_eq!(
+        (limits.tool_calls, limits.argument_bytes, limits.text_bytes),
+        (4, 8192, 1024)
+    );
+    let e = build(&model("model_answer = { tool_calls = 4 }")).unwrap_err();
+    assert!(e.message.contains("kind = \"model\""), "{e}");
+    let e = build(&model(
+        "kind = \"model\"\nmodel_answer = { argument_bytes = 1000000 }",
+    ))
+    .unwrap_err();
+    assert!(
+        e.message
+            .contains("model_answer.argument_bytes = 1000000 is above 65536"),
+        "{e}"
+    );
+    let e = build(&model("kind = \"model\"\nmodel_answer = { calls = 1 }")).unwrap_err();
+    assert!(e.message.contains("calls"), "{e}");
+}

@@ -528,6 +528,37 @@ pub struct Tool {
     pub model_tools: Vec<String>,
     /// Whether the upstream gets the call's trace context (`propagate_trace`).
     pub propagate_trace: bool,
+    /// How much of a model's answer the audit keeps (`model_answer`; a model tool).
+    pub model_answer: ModelAnswerLimits,
+}
+
+/// `model_answer`: how much of one model answer the audit keeps, so that an answer cannot
+/// flood the log: its tool calls, each call's arguments, and the model's own text (none unless
+/// a policy asks for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelAnswerLimits {
+    pub tool_calls: usize,
+    pub argument_bytes: usize,
+    pub text_bytes: usize,
+}
+
+impl ModelAnswerLimits {
+    /// The most `model_answer` may ask for of each.
+    pub const MAX: ModelAnswerLimits = ModelAnswerLimits {
+        tool_calls: 256,
+        argument_bytes: 64 * 1024,
+        text_bytes: 64 * 1024,
+    };
+}
+
+impl Default for ModelAnswerLimits {
+    fn default() -> Self {
+        ModelAnswerLimits {
+            tool_calls: 32,
+            argument_bytes: 8 * 1024,
+            text_bytes: 0,
+        }
+    }
 }
 
 /// `kind`: what a tool is.

@@ -73,7 +73,12 @@ pub struct UsageTap<B> {
 }
 
 impl<B> UsageTap<B> {
-    pub fn new(inner: B, sse: bool, on_end: OnEnd) -> Self {
+    pub fn new(
+        inner: B,
+        sse: bool,
+        limits: crate::policy::ModelAnswerLimits,
+        on_end: OnEnd,
+    ) -> Self {
         UsageTap {
             inner,
             sse,
@@ -82,7 +87,7 @@ impl<B> UsageTap<B> {
             json: Vec::new(),
             usage: None,
             model: None,
-            requests: Default::default(),
+            requests: super::tool_requests::ToolRequests::new(limits),
             on_end: Some(on_end),
         }
     }
@@ -203,6 +208,7 @@ mod tests {
         let mut tap = UsageTap::new(
             body,
             sse,
+            Default::default(),
             Box::new(move |s: Seen| *kept.lock().unwrap() = s.tool_requests),
         );
         let mut at = 0;

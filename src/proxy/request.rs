@@ -674,6 +674,7 @@ async fn model_answer(
     let tap = super::model::UsageTap::new(
         body,
         sse,
+        checked.tool.model_answer,
         Box::new(move |seen: super::model::Seen| {
             noted(&asks, &agent, &model_request, &seen);
             let mut rec = base;

@@ -3,17 +3,15 @@
 //! `delta.tool_calls` fragments put back together by index), OpenAI Responses (`function_call`
 //! output items, whole or from the stream's `response.output_item.done` and
 //! `response.completed` events), Anthropic Messages (`tool_use` content blocks, and streamed
-//! `input_json_delta` fragments). The model's own text is never kept. What is kept is bounded:
-//! at most [`MAX_CALLS`] calls, each call's arguments at most [`MAX_ARGUMENTS`] bytes.
+//! `input_json_delta` fragments). What is kept is bounded by the model tool's `model_answer`
+//! ([`ModelAnswerLimits`]): so many calls, so many bytes of each call's arguments, and the
+//! model's own text only when a policy asks for it (none by default).
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-/// Tool calls kept per answer.
-pub const MAX_CALLS: usize = 32;
-/// Bytes of one call's arguments kept (as JSON text).
-pub const MAX_ARGUMENTS: usize = 8 * 1024;
+use crate::policy::ModelAnswerLimits;
 
 /// One tool call as it is put together.
 #[derive(Debug, Default)]
@@ -30,13 +28,25 @@ struct Partial {
 /// The tool calls seen in one model answer, by their place in it.
 #[derive(Debug, Default)]
 pub struct ToolRequests {
+    limits: ModelAnswerLimits,
     answer_id: Option<String>,
     /// (choice or content index, tool call index) → the call.
     calls: BTreeMap<(u64, u64), Partial>,
     dropped: bool,
+    /// The model's own text, when the limits keep some.
+    text: String,
+    text_cut: bool,
 }
 
 impl ToolRequests {
+    /// Reads answers keeping what `limits` allow.
+    pub fn new(limits: ModelAnswerLimits) -> ToolRequests {
+        ToolRequests {
+            limits,
+            ..Default::default()
+        }
+    }
+
     /// Reads one JSON value: a whole answer, or one event of a stream.
     pub fn see(&mut self, v: &Value) {
         self.answer_id_of(v);
@@ -67,7 +77,7 @@ impl ToolRequests {
 
     /// The call at `at`, made if there is room.
     fn call(&mut self, at: (u64, u64)) -> Option<&mut Partial> {
-        if !self.calls.contains_key(&at) && self.calls.len() >= MAX_CALLS {
+        if !self.calls.contains_key(&at) && self.calls.len() >= self.limits.tool_calls {
             self.dropped = true;
             return None;
         }
@@ -78,6 +88,8 @@ impl ToolRequests {
     fn chat(&mut self, v: &Value) {
         for (i, choice) in v["choices"].as_array().into_iter().flatten().enumerate() {
             let choice_at = choice["index"].as_u64().unwrap_or(i as u64);
+            let text = choice["delta"]["content"].as_str();
+            self.text(text.or_else(|| choice["message"]["content"].as_str()));
             let (calls, streamed) = match choice["delta"]["tool_calls"].as_array() {
                 Some(calls) => (calls, true),
                 None => match choice["message"]["tool_calls"].as_array() {
@@ -85,6 +97,7 @@ impl ToolRequests {
                     None => continue,
                 },
             };
+            let max = self.limits.argument_bytes;
             for (j, tc) in calls.iter().enumerate() {
                 let at = (choice_at, tc["index"].as_u64().unwrap_or(j as u64));
                 let Some(p) = self.call(at) else { continue };
@@ -101,16 +114,24 @@ impl ToolRequests {
                     if !streamed {
                         p.arguments.clear();
                     }
-                    append(p, args);
+                    append(p, args, max);
                 }
             }
         }
     }
 
-    /// Responses: the `function_call` items of a whole response.
+    /// Responses: the `function_call` items of a whole response, and its text (read from the
+    /// whole response only, which a stream also ends with).
     fn responses(&mut self, r: &Value) {
         for item in r["output"].as_array().into_iter().flatten() {
             self.responses_item(item);
+            if item["type"] == "message" {
+                for part in item["content"].as_array().into_iter().flatten() {
+                    if part["type"] == "output_text" {
+                        self.text(part["text"].as_str());
+                    }
+                }
+            }
         }
     }
 
@@ -126,11 +147,12 @@ impl ToolRequests {
             .find(|(_, p)| p.id.as_deref() == id && id.is_some())
             .map(|(at, _)| *at)
             .unwrap_or((0, self.calls.len() as u64));
+        let max = self.limits.argument_bytes;
         let Some(p) = self.call(at) else { return };
         p.id = id.map(str::to_string);
         p.name = item["name"].as_str().unwrap_or("").to_string();
         p.arguments.clear();
-        append(p, item["arguments"].as_str().unwrap_or(""));
+        append(p, item["arguments"].as_str().unwrap_or(""), max);
     }
 
     /// Messages: the `tool_use` blocks of a whole message.
@@ -141,6 +163,9 @@ impl ToolRequests {
     }
 
     fn anthropic_block(&mut self, index: u64, block: &Value) {
+        if block["type"] == "text" {
+            self.text(block["text"].as_str());
+        }
         if block["type"] != "tool_use" {
             return;
         }
@@ -158,49 +183,72 @@ impl ToolRequests {
     }
 
     fn anthropic_delta(&mut self, v: &Value) {
+        if v["delta"]["type"] == "text_delta" {
+            self.text(v["delta"]["text"].as_str());
+        }
         if v["delta"]["type"] != "input_json_delta" {
             return;
         }
         let at = (v["index"].as_u64().unwrap_or(0), 0);
         if let Some(p) = self.calls.get_mut(&at) {
-            append(p, v["delta"]["partial_json"].as_str().unwrap_or(""));
+            let max = self.limits.argument_bytes;
+            append(p, v["delta"]["partial_json"].as_str().unwrap_or(""), max);
         }
+    }
+
+    /// Keeps the model's text, within `text_bytes` (none by default).
+    fn text(&mut self, text: Option<&str>) {
+        let Some(text) = text.filter(|_| self.limits.text_bytes > 0) else {
+            return;
+        };
+        let room = self.limits.text_bytes.saturating_sub(self.text.len());
+        let kept = cut(text, room);
+        self.text.push_str(kept);
+        self.text_cut |= kept.len() < text.len();
     }
 
     /// What the audit records: the answer's id and each tool call (name, id, arguments as
     /// JSON, or as text when they are not JSON or were cut). `None` when the answer asked for
     /// no tool.
     pub fn finish(self) -> Option<Value> {
-        if self.calls.is_empty() {
+        if self.calls.is_empty() && self.text.is_empty() && !self.dropped {
             return None;
         }
-        let calls: Vec<Value> = self.calls.into_values().map(recorded).collect();
+        let max = self.limits.argument_bytes;
+        let calls: Vec<Value> = self.calls.into_values().map(|p| recorded(p, max)).collect();
         let mut out = Map::new();
         out.insert("answer_id".into(), json!(self.answer_id));
         out.insert("tool_calls".into(), Value::Array(calls));
         if self.dropped {
             out.insert("more_tool_calls_not_recorded".into(), Value::Bool(true));
         }
+        if !self.text.is_empty() {
+            out.insert("text".into(), Value::String(self.text));
+        }
+        if self.text_cut {
+            out.insert("text_cut_at".into(), json!(self.limits.text_bytes));
+        }
         Some(Value::Object(out))
     }
 }
 
-/// Appends an arguments fragment, within the bound.
-fn append(p: &mut Partial, fragment: &str) {
-    let room = MAX_ARGUMENTS.saturating_sub(p.arguments.len());
-    if fragment.len() > room {
-        let mut end = room;
-        while !fragment.is_char_boundary(end) {
-            end -= 1;
-        }
-        p.arguments.push_str(&fragment[..end]);
-        p.cut = true;
-    } else {
-        p.arguments.push_str(fragment);
+/// The longest start of `s` of at most `room` bytes that ends on a character boundary.
+fn cut(s: &str, room: usize) -> &str {
+    let mut end = room.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
     }
+    &s[..end]
 }
 
-fn recorded(p: Partial) -> Value {
+/// Appends an arguments fragment, within `max` bytes.
+fn append(p: &mut Partial, fragment: &str, max: usize) {
+    let kept = cut(fragment, max.saturating_sub(p.arguments.len()));
+    p.arguments.push_str(kept);
+    p.cut |= kept.len() < fragment.len();
+}
+
+fn recorded(p: Partial, max: usize) -> Value {
     let arguments = match (p.input, p.cut) {
         (Some(input), _) => input,
         (None, false) if p.arguments.trim().is_empty() => json!({}),
@@ -209,7 +257,7 @@ fn recorded(p: Partial) -> Value {
     };
     let mut call = json!({"name": p.name, "id": p.id, "arguments": arguments});
     if p.cut {
-        call["arguments_cut_at"] = json!(MAX_ARGUMENTS);
+        call["arguments_cut_at"] = json!(max);
     }
     call
 }

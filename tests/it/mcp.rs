@@ -17,7 +17,7 @@ fn sdk_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk")
 }
 
-fn python() -> Option<PathBuf> {
+pub(crate) fn python() -> Option<PathBuf> {
     let python = sdk_dir().join(".venv/bin/python");
     let has_mcp = std::process::Command::new(&python)
         .args([
@@ -45,15 +45,15 @@ fn python() -> Option<PathBuf> {
 }
 
 /// An MCP server process (the SDK's), stopped on drop.
-struct Server {
+pub(crate) struct Server {
     child: std::process::Child,
-    port: u16,
+    pub(crate) port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
-    async fn start(python: &Path, pki: &Pki, host: &str, variant: &str) -> Server {
+    pub(crate) async fn start(python: &Path, pki: &Pki, host: &str, variant: &str) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = pki.server_pem(&[host]);
         std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
@@ -93,7 +93,7 @@ impl Server {
             .collect()
     }
 
-    fn executed(&self, tool: &str) -> Vec<Value> {
+    pub(crate) fn executed(&self, tool: &str) -> Vec<Value> {
         self.seen()
             .into_iter()
             .filter(|e| e["executed"] == tool)
@@ -185,7 +185,7 @@ async fn agent(python: &Path, gate: &Toolgate, url: &str, steps: &[&str]) -> Vec
 }
 
 /// [`agent`] as another agent.
-async fn agent_as(
+pub(crate) async fn agent_as(
     (id, token): (&str, &str),
     python: &Path,
     gate: &Toolgate,

@@ -97,7 +97,11 @@ fn answer(path: &str, asked: &Value) -> (String, &'static str) {
     if asked["secret"] == true {
         args["note"] = json!("key sk_live_51HfakeSecretValue99");
     }
-    let args = args.to_string();
+    // The MCP server's ticket read, when the test asks for that tool instead.
+    let (tool, args) = match asked["ticket"] == true {
+        true => ("get_ticket", json!({"id": "T-9"}).to_string()),
+        false => ("refund_payment", args.to_string()),
+    };
     let sse = |events: Vec<Value>| {
         let mut out: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
         out.push_str("data: [DONE]\n\n");
@@ -108,7 +112,7 @@ fn answer(path: &str, asked: &Value) -> (String, &'static str) {
         ("/v1/chat/completions", false) => (
             json!({"id": "chatcmpl-whole", "object": "chat.completion", "model": "gpt-test",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "I will refund the customer now",
-                    "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "refund_payment", "arguments": args}}]}, "finish_reason": "tool_calls"}],
+                    "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": tool, "arguments": args}}]}, "finish_reason": "tool_calls"}],
                 "created": 1_700_000_000,
                 "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}})
             .to_string(),
@@ -419,6 +423,45 @@ async fn the_approvers_page_shows_what_the_model_asked_for_and_flags_a_change() 
         page.contains("model asked for amount 500; the call sends 5000"),
         "{page}"
     );
+    // The same page in a real browser: the flag is shown, set apart from the model's row.
+    let Some((dir, chromium)) = crate::support::browser::browser() else {
+        return;
+    };
+    let out = tokio::process::Command::new("node")
+        .arg(dir.join("proposal.mjs"))
+        .arg(format!("http://{}", gate.admin_addr))
+        .arg("demo-carol-token")
+        .arg(&proposal)
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(90), out)
+        .await
+        .expect("the browser script ended within 90 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(
+        seen["model"]
+            .as_str()
+            .unwrap()
+            .contains("gpt-test asked for refund_payment"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["changed"],
+        json!([{"text": "model asked for amount 500; the call sends 5000", "shown": true, "set_apart": true}]),
+        "{seen}"
+    );
+    assert!(
+        seen["payload"].as_str().unwrap().contains("amount=5000"),
+        "{seen}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -507,4 +550,186 @@ async fn the_official_model_sdks_and_stripe_python_are_joined_through_toolgate()
         story.contains("claude-test asked for refund_payment"),
         "{story}"
     );
+}
+
+/// The story of a job: the model turns (each answer that asked for tool calls), the calls each
+/// led to, and the tool calls no call carried out — the model's request first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_story_lists_the_model_turns_and_the_calls_each_led_to() {
+    let pki = Pki::new("test model CA");
+    let addr = model_server(&pki).await;
+    let gate = GateBuilder::examples()
+        .policy("models.toml", policy())
+        .routed_to(&pki, addr)
+        .start()
+        .await;
+    let client = gate.client(Some(("writer", "writer-token")), http::Version::HTTP_11);
+    let job = ("toolgate-job", "job-refunds-7");
+    let chat = "https://api.openai.com/v1/chat/completions";
+    let mut turns = Vec::new();
+    for pi in ["pi_first", "pi_second"] {
+        let body = json!({"model": "gpt-test", "messages": [{"role": "user", "content": pi}]});
+        let got = send(&client, "POST", chat, &[JSON, job], body.to_string())
+            .await
+            .unwrap();
+        turns.push(request_id(&got));
+        let seen = |e: &[Value]| e.iter().any(|e| e["request_id"] == turns[turns.len() - 1]);
+        audit_events_once(&gate, "kind=model_usage", "the model answer", seen).await;
+    }
+    // The first answer's refund is carried out; the second's never is.
+    let form = "payment_intent=pi_first&amount=500";
+    let refunds = "https://api.openai.com/v1/refunds";
+    let got = send(&client, "POST", refunds, &[FORM, job], form)
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    let refund = request_id(&got);
+    let story = || {
+        gate.admin(
+            "GET",
+            "/api/audit/story/job-refunds-7",
+            Some("demo-carol-token"),
+            None,
+        )
+    };
+    let summary = poll::until_some(
+        "the job's story tells the refund",
+        std::time::Duration::from_secs(10),
+        || async {
+            let story: Value = story().await.json();
+            story
+                .to_string()
+                .contains(&refund)
+                .then_some(story["summary"].clone())
+        },
+    )
+    .await;
+    let text = summary
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let lines: Vec<&str> = text.lines().collect();
+    let first = lines
+        .iter()
+        .position(|l| l.contains(&format!("model turn:    {}", turns[0])))
+        .unwrap_or_else(|| panic!("no turn of {}: {text}", turns[0]));
+    assert!(
+        lines[first].contains(&format!(
+            "refund_payment (call_1) -> {refund} models.refunds.create (matched exact)"
+        )),
+        "{text}"
+    );
+    let second = lines
+        .iter()
+        .position(|l| l.contains(&format!("model turn:    {}", turns[1])))
+        .unwrap_or_else(|| panic!("no turn of {}: {text}", turns[1]));
+    assert!(
+        lines[second].contains("refund_payment (call_1) -> not carried out through toolgate"),
+        "{text}"
+    );
+    let why = lines
+        .iter()
+        .position(|l| l.starts_with("why (the model)"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        first < why && second < why,
+        "the story begins with the model: {text}"
+    );
+    // A call's own story, made without the job header on the model call, still begins with
+    // the model's turn that asked for it.
+    let own: Value = gate
+        .admin(
+            "GET",
+            &format!("/api/audit/story/{refund}"),
+            Some("demo-carol-token"),
+            None,
+        )
+        .await
+        .json();
+    let first = own["summary"][0].as_str().unwrap_or("");
+    assert!(
+        first.starts_with(&format!("model turn:    {}", turns[0])),
+        "{own}"
+    );
+    // What changed is the refund; the model's answers changed nothing.
+    let changed = own["summary"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .find(|l| l.starts_with("what changed"))
+        .unwrap();
+    assert_eq!(
+        changed, "what changed:  models.refunds.create answered 200",
+        "{own}"
+    );
+}
+
+/// An MCP call made with the official MCP SDK client joins, exactly, the model answer (the
+/// official OpenAI SDK's) that asked for that tool with those arguments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_call_joins_the_model_answer_exactly() {
+    let Some(python) = crate::mcp::python() else {
+        return;
+    };
+    let pki = Pki::new("test model CA");
+    let addr = model_server(&pki).await;
+    let tickets = crate::mcp::Server::start(&python, &pki, "mcp.tickets.example", "original").await;
+    let port = tickets.port;
+    let writer = policy().replace(
+        r#"tools = ["models.*"]"#,
+        r#"tools = ["models.*", "tickets.get_ticket"]"#,
+    );
+    let gate = GateBuilder::examples()
+        .policy("models.toml", writer)
+        .routed_to(&pki, addr)
+        .config(move |c| {
+            c.add_connect_to(&format!("mcp.tickets.example:443=127.0.0.1:{port}"))
+                .unwrap();
+        })
+        .start()
+        .await;
+    let client = gate.client(Some(("writer", "writer-token")), http::Version::HTTP_11);
+    let body = json!({"model": "gpt-test", "messages": [], "ticket": true});
+    let chat = "https://api.openai.com/v1/chat/completions";
+    let got = send(&client, "POST", chat, &[JSON], body.to_string())
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200);
+    let model_request = request_id(&got);
+    audit_events_once(&gate, "kind=model_usage", "the model answer", |e| {
+        !e.is_empty()
+    })
+    .await;
+    let url = "https://mcp.tickets.example/mcp";
+    let steps =
+        crate::mcp::agent_as(("writer", "writer-token"), &python, &gate, url, &["read"]).await;
+    assert!(
+        steps.iter().any(|s| s["step"] == "read" && s["ok"] == true),
+        "{steps:?}"
+    );
+    assert_eq!(tickets.executed("get_ticket").len(), 1);
+    let calls = audit_events_once(
+        &gate,
+        "kind=request&tool=tickets.get_ticket",
+        "the MCP call",
+        |e| !e.is_empty(),
+    )
+    .await;
+    let by = &calls[0]["payload"]["requested_by"];
+    assert_eq!(by["match"], "exact", "{by}");
+    assert_eq!(by["tool"], "get_ticket");
+    assert_eq!(by["arguments"], json!({"id": "T-9"}));
+    assert_eq!(by["model_request"], model_request.as_str());
+    assert_eq!(by["tool_call_id"], "call_1");
+}
+
+fn request_id(got: &crate::support::Answer) -> String {
+    got.headers["toolgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string()
 }

@@ -3,6 +3,17 @@ use serde_json::json;
 
 use super::*;
 
+const MAX_CALLS: usize = 32;
+const MAX_ARGUMENTS: usize = 8 * 1024;
+
+fn limits(tool_calls: usize, argument_bytes: usize, text_bytes: usize) -> ModelAnswerLimits {
+    ModelAnswerLimits {
+        tool_calls,
+        argument_bytes,
+        text_bytes,
+    }
+}
+
 fn of(events: &[Value]) -> Value {
     let mut t = ToolRequests::default();
     for e in events {
@@ -90,16 +101,62 @@ fn what_is_kept_is_bounded() {
     assert_eq!(big["tool_calls"][0]["arguments_cut_at"], MAX_ARGUMENTS);
 }
 
+#[test]
+fn a_policy_sets_how_much_is_kept_and_may_keep_the_models_text() {
+    let answer = json!({"id": "msg_3", "type": "message", "content": [
+        {"type": "text", "text": "I will refund the payment now, as asked."},
+        {"type": "tool_use", "id": "t1", "name": "refund_payment", "input": {"amount": 500}},
+        {"type": "tool_use", "id": "t2", "name": "notify", "input": {"to": "someone"}}]});
+    let mut t = ToolRequests::new(limits(1, 8, 12));
+    t.see(&answer);
+    let kept = t.finish().unwrap();
+    assert_eq!(kept["tool_calls"].as_array().unwrap().len(), 1);
+    assert_eq!(kept["more_tool_calls_not_recorded"], true);
+    assert_eq!(kept["text"], "I will refun");
+    assert_eq!(kept["text_cut_at"], 12);
+    // Streamed text (Anthropic deltas, Chat deltas) is kept alike, never beyond the bound.
+    let mut t = ToolRequests::new(limits(4, 64, 64));
+    for piece in ["Re", "funding ", "now"] {
+        t.see(&json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}));
+    }
+    assert_eq!(t.finish().unwrap()["text"], "Refunding now");
+    let mut t = ToolRequests::new(limits(4, 64, 5));
+    for piece in ["Hé", "llo", " there"] {
+        t.see(&json!({"id": "c", "choices": [{"index": 0, "delta": {"content": piece}}]}));
+    }
+    let kept = t.finish().unwrap();
+    assert_eq!(kept["text"], "Héll");
+    assert_eq!(kept["tool_calls"], json!([]));
+    // No calls kept at all still says the answer asked for some.
+    let mut t = ToolRequests::new(limits(0, 64, 0));
+    t.see(&answer);
+    let kept = t.finish().unwrap();
+    assert_eq!(kept["tool_calls"], json!([]));
+    assert_eq!(kept["more_tool_calls_not_recorded"], true);
+    assert!(kept.get("text").is_none());
+}
+
+#[test]
+fn a_responses_stream_keeps_its_text_once() {
+    let message = json!({"type": "message", "content": [{"type": "output_text", "text": "done"}]});
+    let mut t = ToolRequests::new(limits(4, 64, 64));
+    t.see(&json!({"type": "response.output_text.delta", "delta": "done"}));
+    t.see(&json!({"type": "response.output_item.done", "item": message}));
+    t.see(&json!({"type": "response.completed", "response": {"id": "resp_1", "object": "response", "output": [message]}}));
+    assert_eq!(t.finish().unwrap()["text"], "done");
+}
+
 proptest! {
     #[test]
-    fn any_json_is_read_without_panic_and_within_bounds(events in proptest::collection::vec(any::<u8>(), 0..64), fragment in ".{0,200}") {
-        let mut t = ToolRequests::default();
+    fn any_json_is_read_without_panic_and_within_bounds(events in proptest::collection::vec(any::<u8>(), 0..64), fragment in ".{0,200}", text_bytes in 0usize..64) {
+        let mut t = ToolRequests::new(limits(MAX_CALLS, MAX_ARGUMENTS, text_bytes));
         for (i, b) in events.iter().enumerate() {
             let e = match b % 5 {
                 0 => json!({"choices": [{"delta": {"tool_calls": [{"index": b % 40, "function": {"name": fragment, "arguments": fragment}}]}}]}),
                 1 => json!({"type": "content_block_start", "index": i, "content_block": {"type": "tool_use", "name": fragment}}),
                 2 => json!({"type": "content_block_delta", "index": i, "delta": {"type": "input_json_delta", "partial_json": fragment}}),
                 3 => json!({"type": "response.output_item.done", "item": {"type": "function_call", "call_id": fragment, "name": "f", "arguments": fragment}}),
+                4 if i % 2 == 0 => json!({"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": fragment}}),
                 _ => json!(fragment),
             };
             t.see(&e);
@@ -107,6 +164,7 @@ proptest! {
         if let Some(v) = t.finish() {
             let calls = v["tool_calls"].as_array().unwrap();
             prop_assert!(calls.len() <= MAX_CALLS);
+            prop_assert!(v["text"].as_str().unwrap_or("").len() <= text_bytes);
             for c in calls {
                 if let Some(a) = c["arguments"].as_str() {
                     prop_assert!(a.len() <= MAX_ARGUMENTS);
