@@ -111,7 +111,7 @@ impl Core {
             waiters: Waiters::new(&store),
             principals: crate::services::Principals::new(&store),
             jwks: crate::services::Jwks::default(),
-            model_asks: Arc::default(),
+            model_asks: Arc::new(crate::services::ModelAsks::new(config.model_join_window)),
             metrics: Metrics::with_traces(config.traces.clone()),
             sinks,
             sources: PerSource::default(),

@@ -51,6 +51,7 @@ pub mod env {
     pub const TRUSTED_PROXIES: &str = "TOOLGATE_TRUSTED_PROXIES";
     pub const PAGE_LOGIN: &str = "TOOLGATE_PAGE_LOGIN";
     pub const SESSION_TTL: &str = "TOOLGATE_SESSION_TTL";
+    pub const MODEL_JOIN_WINDOW: &str = "TOOLGATE_MODEL_JOIN_WINDOW";
     pub const CLIENT_IP_HEADER: &str = "TOOLGATE_CLIENT_IP_HEADER";
     pub const CACERT: &str = "TOOLGATE_CACERT";
     pub const TRACE_URL_TEMPLATE: &str = "TOOLGATE_TRACE_URL_TEMPLATE";
@@ -373,6 +374,8 @@ pub struct Config {
     pub page_login: PageLogin,
     /// `--session-ttl`: how long a page session lasts.
     pub session_ttl: Duration,
+    /// How long a model's tool call waits to be joined to the call that carries it out.
+    pub model_join_window: Duration,
 }
 
 /// `--page-login token|oidc|both`: the page's sign-in with a pasted token, through an identity
@@ -435,6 +438,7 @@ impl Config {
             audit_sink_max_lag: 100_000,
             page_login: PageLogin::Both,
             session_ttl: Duration::from_secs(12 * 3600),
+            model_join_window: crate::services::model_asks::WINDOW,
         }
     }
 

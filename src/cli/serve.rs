@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// How long a page session lasts (sign-out ends it sooner).
     #[arg(long, env = env::SESSION_TTL, default_value = "12h")]
     pub session_ttl: String,
+    /// How long a tool call a model asked for (in an answer through toolgate) waits to be
+    /// joined to the agent's call that carries it out (at most 24h).
+    #[arg(long, env = env::MODEL_JOIN_WINDOW, default_value = "10m")]
+    pub model_join_window: String,
     /// The approvers' page, the admin API, /metrics and /healthz.
     #[arg(long, env = env::ADMIN_LISTEN, default_value = "127.0.0.1:8081")]
     pub admin_listen: SocketAddr,
@@ -216,6 +220,10 @@ impl ServeArgs {
         config.session_ttl = flag_duration("session-ttl", &self.session_ttl)?;
         if config.session_ttl.is_zero() {
             return Err("--session-ttl must be longer than 0s".into());
+        }
+        config.model_join_window = flag_duration("model-join-window", &self.model_join_window)?;
+        if config.model_join_window.is_zero() || config.model_join_window.as_secs() > 24 * 3600 {
+            return Err("--model-join-window must be longer than 0s and at most 24h".into());
         }
         if let Some(url) = &self.admin_url {
             if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {

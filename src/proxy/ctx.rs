@@ -204,6 +204,12 @@ impl RequestCtx {
         &self.target.agent_id
     }
 
+    /// The job the request named (`Toolgate-Job`, or its token's job); `None` for the tunnel's
+    /// own job, which every request has.
+    pub(super) fn named_job(&self) -> Option<&str> {
+        (self.job != self.target.tunnel_id).then_some(self.job.as_str())
+    }
+
     /// Notes the tool the request matched (every later event names it).
     pub(super) fn matched(&mut self, tool: &crate::policy::Tool) {
         self.tool = Some(tool.name.clone());

@@ -431,7 +431,8 @@ pub(super) async fn decide(
                 query: &checked.query,
                 params: &checked.params,
             };
-            super::requested_by::join(app.model_asks(), ctx.agent(), &tool, &carried)
+            let who = (ctx.agent(), ctx.named_job());
+            super::requested_by::join(app.model_asks(), who, &tool, &carried)
         }
         false => None,
     };
@@ -671,12 +672,13 @@ async fn model_answer(
         ctx.agent().to_string(),
         ctx.id.clone(),
     );
+    let job = ctx.named_job().map(str::to_string);
     let tap = super::model::UsageTap::new(
         body,
         sse,
         checked.tool.model_answer,
         Box::new(move |seen: super::model::Seen| {
-            noted(&asks, &agent, &model_request, &seen);
+            noted(&asks, (&agent, job), &model_request, &seen);
             let mut rec = base;
             rec.payload = json!({
                 "provider": provider,
@@ -706,7 +708,7 @@ async fn model_answer(
 /// Notes the tool calls a model answer asked for, for joining the calls that carry them out.
 fn noted(
     asks: &crate::services::ModelAsks,
-    agent: &str,
+    (agent, job): (&str, Option<String>),
     model_request: &str,
     seen: &super::model::Seen,
 ) {
@@ -724,6 +726,7 @@ fn noted(
                 answer_id.clone(),
                 call,
             )
+            .in_job(job.clone())
         })
         .collect();
     asks.asked(agent, list);

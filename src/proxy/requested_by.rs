@@ -22,7 +22,7 @@ pub(super) struct Carried<'a> {
 /// through toolgate lately (an agent whose model is elsewhere has nothing to join).
 pub(super) fn join(
     asks: &ModelAsks,
-    agent: &str,
+    (agent, job): (&str, Option<&str>),
     tool: &Tool,
     carried: &Carried<'_>,
 ) -> Option<Value> {
@@ -37,7 +37,9 @@ pub(super) fn join(
     scalars(carried.arguments, &mut values);
     scalars(carried.query, &mut values);
     values.extend(carried.params.values().cloned());
-    let found = asks.find(agent, |ask| how(ask, &names, carried.arguments, &values))?;
+    let found = asks.find(agent, job, |ask| {
+        how(ask, &names, carried.arguments, &values)
+    })?;
     let described = |ask: &ModelAsk, how: &str| described(ask, how, &values);
     let rank = |how: &str| match how {
         "exact" => 3,

@@ -1,6 +1,8 @@
 //! The tool calls models lately asked of each agent (read from the model answers that passed
 //! through toolgate), for joining each contracted call to the answer that asked for it. Kept in
-//! memory, per agent, for [`WINDOW`] and at most [`PER_AGENT`] calls.
+//! memory, per agent, for the join window (`--model-join-window`, [`WINDOW`] by default) and at
+//! most [`PER_AGENT`] calls. A tool call asked in a job (`Toolgate-Job`) is carried out in that
+//! job: a call in another job is not joined to it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -8,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// How long a model's tool call waits to be carried out.
+/// How long a model's tool call waits to be carried out, unless `--model-join-window` says.
 pub const WINDOW: Duration = Duration::from_secs(600);
 /// Tool calls kept per agent.
 const PER_AGENT: usize = 256;
@@ -23,6 +25,8 @@ pub struct ModelAsk {
     pub call_id: Option<String>,
     pub name: String,
     pub arguments: Value,
+    /// The job the model call named, if it named one.
+    pub job: Option<String>,
     at: Instant,
 }
 
@@ -40,15 +44,37 @@ impl ModelAsk {
             call_id: call["id"].as_str().map(str::to_string),
             name: call["name"].as_str().unwrap_or("").to_string(),
             arguments: call["arguments"].clone(),
+            job: None,
             at: Instant::now(),
+        }
+    }
+
+    /// The same, asked in `job`.
+    pub fn in_job(mut self, job: Option<String>) -> ModelAsk {
+        self.job = job;
+        self
+    }
+
+    /// Whether a call in `job` (if it names one) may carry this out: a tool call asked in a
+    /// job is carried out in it; one asked outside any job, or a call outside any, joins freely.
+    fn fits(&self, job: Option<&str>) -> bool {
+        match (self.job.as_deref(), job) {
+            (Some(asked), Some(call)) => asked == call,
+            _ => true,
         }
     }
 }
 
 /// The recent model tool calls of every agent, and when a model last answered it.
-#[derive(Default)]
 pub struct ModelAsks {
     by_agent: Mutex<HashMap<String, Recent>>,
+    window: Duration,
+}
+
+impl Default for ModelAsks {
+    fn default() -> Self {
+        ModelAsks::new(WINDOW)
+    }
 }
 
 struct Recent {
@@ -57,6 +83,14 @@ struct Recent {
 }
 
 impl ModelAsks {
+    /// Joins within `window`.
+    pub fn new(window: Duration) -> ModelAsks {
+        ModelAsks {
+            by_agent: Mutex::default(),
+            window,
+        }
+    }
+
     /// Notes a model answer to `agent` and the tool calls it asked for (perhaps none).
     pub fn asked(&self, agent: &str, asks: Vec<ModelAsk>) {
         let mut map = self.by_agent.lock().unwrap_or_else(|p| p.into_inner());
@@ -69,27 +103,66 @@ impl ModelAsks {
         while recent.asks.len() > PER_AGENT {
             recent.asks.pop_front();
         }
-        recent.asks.retain(|a| a.at.elapsed() < WINDOW);
+        recent.asks.retain(|a| a.at.elapsed() < self.window);
     }
 
-    /// The recent tool calls of `agent` that `matches` accepts, with how it matched; `None`
-    /// when no model answered the agent through toolgate within the window (nothing to join).
+    /// The recent tool calls of `agent` that a call in `job` may carry out and `matches`
+    /// accepts, with how it matched; `None` when no model answered the agent through toolgate
+    /// within the window (nothing to join).
     pub fn find(
         &self,
         agent: &str,
+        job: Option<&str>,
         matches: impl Fn(&ModelAsk) -> Option<&'static str>,
     ) -> Option<Vec<(ModelAsk, &'static str)>> {
         let map = self.by_agent.lock().unwrap_or_else(|p| p.into_inner());
         let recent = map
             .get(agent)
-            .filter(|r| r.last_answer.elapsed() < WINDOW)?;
+            .filter(|r| r.last_answer.elapsed() < self.window)?;
         Some(
             recent
                 .asks
                 .iter()
-                .filter(|a| a.at.elapsed() < WINDOW)
+                .filter(|a| a.at.elapsed() < self.window && a.fits(job))
                 .filter_map(|a| matches(a).map(|how| (a.clone(), how)))
                 .collect(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ask(job: Option<&str>) -> ModelAsk {
+        let call = json!({"name": "refund_payment", "id": "c1", "arguments": {"amount": 5}});
+        ModelAsk::new("req_m", None, None, &call).in_job(job.map(str::to_string))
+    }
+
+    fn found(asks: &ModelAsks, job: Option<&str>) -> Option<usize> {
+        asks.find("bot", job, |_| Some("name")).map(|v| v.len())
+    }
+
+    #[test]
+    fn a_tool_call_asked_in_a_job_is_carried_out_in_that_job() {
+        let asks = ModelAsks::default();
+        asks.asked("bot", vec![ask(Some("job-a"))]);
+        assert_eq!(found(&asks, Some("job-a")), Some(1));
+        assert_eq!(found(&asks, Some("job-b")), Some(0));
+        assert_eq!(found(&asks, None), Some(1));
+        asks.asked("bot", vec![ask(None)]);
+        assert_eq!(found(&asks, Some("job-b")), Some(1));
+        assert_eq!(
+            asks.find("other", None, |_| Some("name")).map(|v| v.len()),
+            None
+        );
+    }
+
+    #[test]
+    fn nothing_is_joined_after_the_window() {
+        let asks = ModelAsks::new(Duration::ZERO);
+        asks.asked("bot", vec![ask(None)]);
+        assert_eq!(found(&asks, None), None);
     }
 }

@@ -584,6 +584,22 @@ async fn a_jobs_story_lists_the_model_turns_and_the_calls_each_led_to() {
         .unwrap();
     assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
     let refund = request_id(&got);
+    // The second answer's refund, made in another job: a tool call asked in a job is carried
+    // out in that job, so this call is the agent's own.
+    let other = ("toolgate-job", "job-other-8");
+    let form = "payment_intent=pi_second&amount=500";
+    let got = send(&client, "POST", refunds, &[FORM, other], form)
+        .await
+        .unwrap();
+    let elsewhere = request_id(&got);
+    let of = |e: &Value| e["request_id"] == elsewhere.as_str();
+    let events = audit_events_once(&gate, "kind=request", "the other job's call", |e| {
+        e.iter().any(of)
+    })
+    .await;
+    let call = events.iter().find(|e| of(e)).unwrap();
+    assert_eq!(call["job"], "job-other-8");
+    assert_eq!(call["payload"]["requested_by"]["match"], "none", "{call}");
     let story = || {
         gate.admin(
             "GET",
