@@ -122,6 +122,9 @@ impl Event {
         if let Some(m) = model_request.filter(|m| !m.is_empty()) {
             keys.push((Index::ModelRequest, m.to_string()));
         }
+        if let (Kind::ModelUsage, Some(agent)) = (&self.kind, &self.agent) {
+            keys.push((Index::ModelAnswer, agent.clone()));
+        }
         keys
     }
 

@@ -698,6 +698,25 @@ impl Audit {
         Ok(out)
     }
 
+    /// The model answers `agent` got (their `model_usage` events) since `since_ms`, newest
+    /// first, at most `most`.
+    pub fn model_answers_of(
+        &self,
+        agent: &str,
+        since_ms: u64,
+        most: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let mut out = Vec::new();
+        for seq in self.log.lookup_rev(Index::ModelAnswer, agent, u64::MAX) {
+            let Some(e) = self.event(seq?)? else { continue };
+            if e.unix_ms < since_ms || out.len() >= most {
+                break;
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
     fn seqs(&self, index: Index, value: &str) -> Result<Vec<u64>, StoreError> {
         self.log.lookup(index, value).collect()
     }

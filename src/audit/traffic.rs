@@ -287,6 +287,7 @@ fn in_walk(e: &Event, (index, value): &(Index, String)) -> bool {
         Index::User => e.user.as_deref() == Some(value),
         Index::ModelRequest => e.payload["requested_by"]["model_request"].as_str() == Some(value),
         Index::Kind => e.kind.as_str() == value,
+        Index::ModelAnswer => e.kind == Kind::ModelUsage && e.agent.as_deref() == Some(value),
         Index::Request | Index::Proposal => false,
     }
 }

@@ -431,8 +431,11 @@ pub(super) async fn decide(
                 query: &checked.query,
                 params: &checked.params,
             };
+            let policy = &ctx.policy;
+            let elsewhere =
+                super::requested_by::recorded_elsewhere(app, &checked.agent, policy).await;
             let who = (ctx.agent(), ctx.named_job());
-            super::requested_by::join(app.model_asks(), who, &tool, &carried)
+            super::requested_by::join(app.model_asks(), who, elsewhere, &tool, &carried)
         }
         false => None,
     };
@@ -673,6 +676,7 @@ async fn model_answer(
         ctx.id.clone(),
     );
     let job = ctx.named_job().map(str::to_string);
+    let job_named = job.clone();
     let tap = super::model::UsageTap::new(
         body,
         sse,
@@ -686,6 +690,7 @@ async fn model_answer(
                 "usage": seen.usage,
                 "status": status,
                 "streamed": sse,
+                "asked_in_job": job_named,
                 "headers": headers_event,
                 "latency_ms": started.elapsed().as_millis() as u64,
             });

@@ -22,7 +22,8 @@ pub(super) struct Carried<'a> {
 /// through toolgate lately (an agent whose model is elsewhere has nothing to join).
 pub(super) fn join(
     asks: &ModelAsks,
-    (agent, job): (&str, Option<&str>),
+    who: (&str, Option<&str>),
+    elsewhere: Option<Vec<ModelAsk>>,
     tool: &Tool,
     carried: &Carried<'_>,
 ) -> Option<Value> {
@@ -37,7 +38,7 @@ pub(super) fn join(
     scalars(carried.arguments, &mut values);
     scalars(carried.query, &mut values);
     values.extend(carried.params.values().cloned());
-    let found = asks.find(agent, job, |ask| {
+    let found = asks.find(who, elsewhere, |ask| {
         how(ask, &names, carried.arguments, &values)
     })?;
     let described = |ask: &ModelAsk, how: &str| described(ask, how, &values);
@@ -60,6 +61,53 @@ pub(super) fn join(
             "candidates": many.iter().take(5).map(|(a, h)| described(a, h)).collect::<Vec<_>>(),
         }),
     })
+}
+
+/// The most model answers read back from the shared store per call.
+const ELSEWHERE_MOST: usize = 64;
+
+/// The tool calls models asked of `agent` lately through the other replicas of a shared store
+/// (their `model_usage` events, newest first, within the join window); `None` on a store of
+/// one process, for an agent that holds no model's contract (it cannot reach a model through
+/// toolgate), or when no model answered the agent lately. A store that cannot be read leaves
+/// the join to what this replica saw.
+pub(super) async fn recorded_elsewhere(
+    app: &crate::app::Gate,
+    agent: &crate::policy::Agent,
+    policy: &crate::policy::Policy,
+) -> Option<Vec<ModelAsk>> {
+    let reaches_a_model = (policy.tools().iter())
+        .any(|t| t.kind == crate::policy::ToolKind::Model && agent.may_use(&t.name));
+    if !app.store().shared() || !reaches_a_model {
+        return None;
+    }
+    let window = app.model_asks().window();
+    let since_ms = crate::base::now_ms().saturating_sub(window.as_millis() as u64);
+    let (audit, id) = (app.audit().clone(), agent.id.clone());
+    let read = move || audit.model_answers_of(&id, since_ms, ELSEWHERE_MOST);
+    let events = match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(events)) => events,
+        _ => return None,
+    };
+    (!events.is_empty()).then(|| events.iter().flat_map(asks_of).collect())
+}
+
+/// The tool calls one recorded model answer asked for.
+fn asks_of(e: &crate::audit::Event) -> Vec<ModelAsk> {
+    let p = &e.payload;
+    let age = crate::base::now_ms().saturating_sub(e.unix_ms);
+    let at = std::time::Instant::now()
+        .checked_sub(std::time::Duration::from_millis(age))
+        .unwrap_or_else(std::time::Instant::now);
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    (p["tool_calls"].as_array().into_iter().flatten())
+        .map(|call| {
+            let request = e.request_id.as_deref().unwrap_or("");
+            ModelAsk::new(request, text(&p["model"]), text(&p["answer_id"]), call)
+                .in_job(text(&p["asked_in_job"]))
+                .asked_at(at)
+        })
+        .collect()
 }
 
 /// How `ask` matches the call, if it does.

@@ -49,6 +49,12 @@ impl ModelAsk {
         }
     }
 
+    /// The same, asked at `at` (an answer another replica recorded).
+    pub fn asked_at(mut self, at: Instant) -> ModelAsk {
+        self.at = at;
+        self
+    }
+
     /// The same, asked in `job`.
     pub fn in_job(mut self, job: Option<String>) -> ModelAsk {
         self.job = job;
@@ -107,26 +113,41 @@ impl ModelAsks {
     }
 
     /// The recent tool calls of `agent` that a call in `job` may carry out and `matches`
-    /// accepts, with how it matched; `None` when no model answered the agent through toolgate
-    /// within the window (nothing to join).
+    /// accepts, with how it matched: those noted here, and `elsewhere` (what the other replicas
+    /// recorded lately; `None` when they recorded no model answer to the agent). `None` when no
+    /// model answered the agent through toolgate within the window (nothing to join).
     pub fn find(
         &self,
-        agent: &str,
-        job: Option<&str>,
+        (agent, job): (&str, Option<&str>),
+        elsewhere: Option<Vec<ModelAsk>>,
         matches: impl Fn(&ModelAsk) -> Option<&'static str>,
     ) -> Option<Vec<(ModelAsk, &'static str)>> {
         let map = self.by_agent.lock().unwrap_or_else(|p| p.into_inner());
-        let recent = map
+        let here = map
             .get(agent)
-            .filter(|r| r.last_answer.elapsed() < self.window)?;
+            .filter(|r| r.last_answer.elapsed() < self.window);
+        if here.is_none() && elsewhere.is_none() {
+            return None;
+        }
+        let here: Vec<&ModelAsk> = here.into_iter().flat_map(|r| r.asks.iter()).collect();
+        let known = |a: &ModelAsk| {
+            here.iter()
+                .any(|h| h.request_id == a.request_id && h.call_id == a.call_id)
+        };
+        let elsewhere: Vec<ModelAsk> = (elsewhere.into_iter().flatten())
+            .filter(|a| !known(a))
+            .collect();
         Some(
-            recent
-                .asks
-                .iter()
+            (here.into_iter().chain(elsewhere.iter()))
                 .filter(|a| a.at.elapsed() < self.window && a.fits(job))
                 .filter_map(|a| matches(a).map(|how| (a.clone(), how)))
                 .collect(),
         )
+    }
+
+    /// How long a model's tool call waits to be carried out.
+    pub fn window(&self) -> Duration {
+        self.window
     }
 }
 
@@ -141,7 +162,8 @@ mod tests {
     }
 
     fn found(asks: &ModelAsks, job: Option<&str>) -> Option<usize> {
-        asks.find("bot", job, |_| Some("name")).map(|v| v.len())
+        asks.find(("bot", job), None, |_| Some("name"))
+            .map(|v| v.len())
     }
 
     #[test]
@@ -153,9 +175,16 @@ mod tests {
         assert_eq!(found(&asks, None), Some(1));
         asks.asked("bot", vec![ask(None)]);
         assert_eq!(found(&asks, Some("job-b")), Some(1));
+        let other = |elsewhere| asks.find(("other", None), elsewhere, |_| Some("name"));
+        assert_eq!(other(None).map(|v| v.len()), None);
+        // Another replica's answers count, once each.
+        assert_eq!(other(Some(vec![])).map(|v| v.len()), Some(0));
+        assert_eq!(other(Some(vec![ask(None)])).map(|v| v.len()), Some(1));
+        let twice = asks.find(("bot", None), Some(vec![ask(None)]), |_| Some("name"));
         assert_eq!(
-            asks.find("other", None, |_| Some("name")).map(|v| v.len()),
-            None
+            twice.map(|v| v.len()),
+            Some(2),
+            "each noted here once, not again"
         );
     }
 

@@ -220,6 +220,9 @@ pub enum Index {
     User,
     /// The model call whose answer asked for a call.
     ModelRequest,
+    /// The model answers an agent got (its `model_usage` events), by agent: where a replica
+    /// finds the tool calls models asked of the agent through the others.
+    ModelAnswer,
 }
 
 impl Index {
@@ -236,6 +239,7 @@ impl Index {
             Index::Token => b'o',
             Index::User => b'u',
             Index::ModelRequest => b'q',
+            Index::ModelAnswer => b'm',
         }
     }
 }

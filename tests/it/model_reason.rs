@@ -749,3 +749,77 @@ fn request_id(got: &crate::support::Answer) -> String {
         .unwrap()
         .to_string()
 }
+
+/// Replicas on one PostgreSQL database join a call to a model answer that went through the
+/// other replica (the model's tool calls are read back from the shared audit log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_through_one_replica_joins_the_model_answer_through_the_other() {
+    let Some(cluster) =
+        crate::support::pg::Cluster::start("a_call_through_one_replica_joins_the_model_answer")
+    else {
+        return;
+    };
+    let pki = Pki::new("test model CA");
+    let addr = model_server(&pki).await;
+    let policies = [("models.toml", policy())];
+    let (a, b) = crate::postgres::two_gates(&cluster, &pki, addr, &policies).await;
+    let writer = Some(("writer", "writer-token"));
+    let via_a = client_via(a.addr, writer, &a.ca_pem, http::Version::HTTP_11);
+    let via_b = client_via(b.addr, writer, &a.ca_pem, http::Version::HTTP_2);
+    let chat = "https://api.openai.com/v1/chat/completions";
+    let body =
+        json!({"model": "gpt-test", "messages": [{"role": "user", "content": "pi_replica"}]});
+    let got = send(&via_a, "POST", chat, &[JSON], body.to_string())
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200);
+    let model_request = request_id(&got);
+    // B sees A's model answer once it is in the shared log.
+    let answered = |e: &[Value]| e.iter().any(|e| e["request_id"] == model_request.as_str());
+    audit_events_once(
+        &b,
+        "kind=model_usage",
+        "A's model answer, read through B",
+        answered,
+    )
+    .await;
+    let refunds = "https://api.openai.com/v1/refunds";
+    let got = send(
+        &via_b,
+        "POST",
+        refunds,
+        &[FORM],
+        "payment_intent=pi_replica&amount=500",
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+    let refund = request_id(&got);
+    let got = send(
+        &via_b,
+        "POST",
+        "https://api.openai.com/v1/notes",
+        &[FORM],
+        "text=hi",
+    )
+    .await
+    .unwrap();
+    let note = request_id(&got);
+    let joined = |e: &[Value]| {
+        e.iter()
+            .filter(|e| e["payload"]["requested_by"].is_object())
+            .count()
+            >= 2
+    };
+    let calls = audit_events_once(&b, "kind=request&agent=writer", "both calls", joined).await;
+    let by = |rid: &str| {
+        let e = calls.iter().find(|e| e["request_id"] == rid).unwrap();
+        e["payload"]["requested_by"].clone()
+    };
+    let refund_by = by(&refund);
+    assert_eq!(refund_by["match"], "exact", "{refund_by}");
+    assert_eq!(refund_by["model_request"], model_request.as_str());
+    assert_eq!(refund_by["answer_id"], "chatcmpl-whole");
+    // A model answered the agent (through A): a call no answer asked for says so on B too.
+    assert_eq!(by(&note)["match"], "none");
+}

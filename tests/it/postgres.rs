@@ -126,7 +126,7 @@ async fn replicas_write_one_audit_chain_that_verifies_from_either() {
 
 /// Two in-process toolgates on the cluster's database with the example policies (and `extra`),
 /// sharing the CA and seal key (`--certs`), as two replicas are deployed.
-async fn two_gates(
+pub(crate) async fn two_gates(
     cluster: &Cluster,
     pki: &crate::support::Pki,
     upstream: std::net::SocketAddr,
