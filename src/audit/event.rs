@@ -122,7 +122,12 @@ impl Event {
         if let Some(m) = model_request.filter(|m| !m.is_empty()) {
             keys.push((Index::ModelRequest, m.to_string()));
         }
-        if let (Kind::ModelUsage, Some(agent)) = (&self.kind, &self.agent) {
+        // A model answer that asked for tool calls, by its agent: what a replica reads back of
+        // the others' answers to join a call.
+        let asked = self.payload["tool_calls"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty());
+        if let (Kind::ModelUsage, Some(agent), true) = (&self.kind, &self.agent, asked) {
             keys.push((Index::ModelAnswer, agent.clone()));
         }
         keys

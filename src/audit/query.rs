@@ -26,6 +26,8 @@ struct Answers {
     why: Vec<String>,
     /// The model turns told (model answers that asked for tool calls), in order.
     turns: Vec<Turn>,
+    /// The requests that were model calls (their answers change nothing).
+    model_calls: BTreeSet<String>,
     /// (model request, tool call id) → the calls that carried the tool call out.
     led_to: std::collections::BTreeMap<(String, String), Vec<String>>,
     asked: BTreeSet<String>,
@@ -91,7 +93,10 @@ impl Answers {
                     r.undo_request
                 ))
             }
-            Payload::Other(p) if e.kind == Kind::ModelUsage => self.turns.extend(Turn::of(e, p)),
+            Payload::Other(p) if e.kind == Kind::ModelUsage => {
+                self.model_calls.extend(e.request_id.clone());
+                self.turns.extend(Turn::of(e, p));
+            }
             Payload::Other(_) if e.kind == Kind::GrantUsed => self.approved.push(format!(
                 "{} by grant {} until {} ({})",
                 e.text("granted_by"),
@@ -106,14 +111,17 @@ impl Answers {
     /// Notes which model tool call (`requested_by`, exact or by arguments or name) `request`
     /// carried out.
     fn led(&mut self, by: &Value, request: &str, tool: &str) {
-        if let (Some(m), Some(c)) = (by["model_request"].as_str(), by["tool_call_id"].as_str()) {
+        let how = by["match"].as_str().unwrap_or("?");
+        let candidates = by["candidates"].as_array().into_iter().flatten();
+        for c in std::iter::once(by).chain(candidates) {
+            let (Some(m), Some(id)) = (c["model_request"].as_str(), c["tool_call_id"].as_str())
+            else {
+                continue;
+            };
             self.led_to
-                .entry((m.to_string(), c.to_string()))
+                .entry((m.to_string(), id.to_string()))
                 .or_default()
-                .push(format!(
-                    "{request} {tool} (matched {})",
-                    by["match"].as_str().unwrap_or("?")
-                ));
+                .push(format!("{request} {tool} (matched {how})"));
         }
     }
 
@@ -125,8 +133,7 @@ impl Answers {
                 let calls: Vec<String> = (t.calls.iter())
                     .map(|(name, id)| {
                         let led = self.led_to.get(&(t.request.clone(), id.clone()));
-                        let led =
-                            led.map_or("not carried out through toolgate".into(), |l| l.join(", "));
+                        let led = led.map_or("no call in this story".into(), |l| l.join(", "));
                         format!("{name} ({id}) -> {led}")
                     })
                     .collect();
@@ -144,9 +151,8 @@ impl Answers {
     fn lines(self) -> Vec<String> {
         let turns = self.turn_lines();
         // A model's answer changes nothing: what changed are the calls.
-        let models: BTreeSet<&String> = self.turns.iter().map(|t| &t.request).collect();
         let changed: Vec<String> = (self.changed.iter())
-            .filter(|(r, _)| !r.as_ref().is_some_and(|r| models.contains(r)))
+            .filter(|(r, _)| !r.as_ref().is_some_and(|r| self.model_calls.contains(r)))
             .map(|(_, told)| told.clone())
             .collect();
         // An agent listed bare and with its owner is listed once.
@@ -695,25 +701,6 @@ impl Audit {
             out.extend(self.event(seq)?);
         }
         out.sort_by_key(|e| e.seq);
-        Ok(out)
-    }
-
-    /// The model answers `agent` got (their `model_usage` events) since `since_ms`, newest
-    /// first, at most `most`.
-    pub fn model_answers_of(
-        &self,
-        agent: &str,
-        since_ms: u64,
-        most: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        let mut out = Vec::new();
-        for seq in self.log.lookup_rev(Index::ModelAnswer, agent, u64::MAX) {
-            let Some(e) = self.event(seq?)? else { continue };
-            if e.unix_ms < since_ms || out.len() >= most {
-                break;
-            }
-            out.push(e);
-        }
         Ok(out)
     }
 

@@ -414,6 +414,36 @@ fn body_event(tool: &Tool, body: &Bytes, body_json: &Value) -> Value {
     json!({"json": v, "bytes": body.len()})
 }
 
+/// Which model answer asked for the call: one this replica saw, else (on a shared store) one
+/// another replica recorded.
+async fn joined(app: &Arc<Gate>, ctx: &RequestCtx, checked: &Checked) -> Option<Value> {
+    use super::requested_by::{join, recorded_elsewhere, settled, Carried};
+    let carried = Carried {
+        arguments: &checked.call.body_json,
+        query: &checked.query,
+        params: &checked.params,
+    };
+    let whose = crate::services::Whose {
+        agent: ctx.agent(),
+        job: ctx.named_job(),
+        user: ctx.user.as_ref().map(|u| u.id.as_str()),
+    };
+    let here = join(app.model_asks(), &whose, None, &checked.tool, &carried);
+    if settled(&here) {
+        return here;
+    }
+    match recorded_elsewhere(app, &checked.agent, &ctx.policy).await {
+        Some(elsewhere) => join(
+            app.model_asks(),
+            &whose,
+            Some(elsewhere),
+            &checked.tool,
+            &carried,
+        ),
+        None => here,
+    }
+}
+
 /// The decide phase: deny, preview, hold for approval, or send (a read, or a write).
 #[tracing::instrument(level = "debug", name = "decide", skip_all, fields(request_id = %ctx.id, phase = "decide"))]
 pub(super) async fn decide(
@@ -425,18 +455,7 @@ pub(super) async fn decide(
     // An undo was asked for by an approver: it is not previewed, and not held.
     let undo = checked.call.undoes.is_some();
     let joined = match tool.kind != ToolKind::Model && !undo {
-        true => {
-            let carried = super::requested_by::Carried {
-                arguments: &checked.call.body_json,
-                query: &checked.query,
-                params: &checked.params,
-            };
-            let policy = &ctx.policy;
-            let elsewhere =
-                super::requested_by::recorded_elsewhere(app, &checked.agent, policy).await;
-            let who = (ctx.agent(), ctx.named_job());
-            super::requested_by::join(app.model_asks(), who, elsewhere, &tool, &carried)
-        }
+        true => joined(app, ctx, &checked).await,
         false => None,
     };
     if let Some(joined) = &joined {
@@ -676,13 +695,13 @@ async fn model_answer(
         ctx.id.clone(),
     );
     let job = ctx.named_job().map(str::to_string);
-    let job_named = job.clone();
+    let user = ctx.user.as_ref().map(|u| u.id.clone());
     let tap = super::model::UsageTap::new(
         body,
         sse,
         checked.tool.model_answer,
         Box::new(move |seen: super::model::Seen| {
-            noted(&asks, (&agent, job), &model_request, &seen);
+            noted(&asks, &agent, (job.clone(), user), &model_request, &seen);
             let mut rec = base;
             rec.payload = json!({
                 "provider": provider,
@@ -690,7 +709,6 @@ async fn model_answer(
                 "usage": seen.usage,
                 "status": status,
                 "streamed": sse,
-                "asked_in_job": job_named,
                 "headers": headers_event,
                 "latency_ms": started.elapsed().as_millis() as u64,
             });
@@ -700,6 +718,10 @@ async fn model_answer(
                 (seen.tool_requests, &mut rec.payload)
             {
                 m.extend(asked);
+                // The job the model call named: its tool calls are carried out in it.
+                if let Some(job) = job {
+                    m.insert("asked_in_job".into(), Value::String(job));
+                }
             }
             audit.record_now(rec);
         }),
@@ -713,7 +735,8 @@ async fn model_answer(
 /// Notes the tool calls a model answer asked for, for joining the calls that carry them out.
 fn noted(
     asks: &crate::services::ModelAsks,
-    (agent, job): (&str, Option<String>),
+    agent: &str,
+    (job, user): (Option<String>, Option<String>),
     model_request: &str,
     seen: &super::model::Seen,
 ) {
@@ -731,7 +754,7 @@ fn noted(
                 answer_id.clone(),
                 call,
             )
-            .in_job(job.clone())
+            .within(job.clone(), user.clone())
         })
         .collect();
     asks.asked(agent, list);

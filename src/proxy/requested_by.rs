@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Value};
 
 use crate::policy::Tool;
-use crate::services::model_asks::{ModelAsk, ModelAsks};
+use crate::services::model_asks::{ModelAsk, ModelAsks, PER_AGENT};
+use crate::services::Whose;
 
 /// What the call carries, as the join reads it.
 pub(super) struct Carried<'a> {
@@ -22,7 +23,7 @@ pub(super) struct Carried<'a> {
 /// through toolgate lately (an agent whose model is elsewhere has nothing to join).
 pub(super) fn join(
     asks: &ModelAsks,
-    who: (&str, Option<&str>),
+    whose: &Whose<'_>,
     elsewhere: Option<Vec<ModelAsk>>,
     tool: &Tool,
     carried: &Carried<'_>,
@@ -38,7 +39,7 @@ pub(super) fn join(
     scalars(carried.arguments, &mut values);
     scalars(carried.query, &mut values);
     values.extend(carried.params.values().cloned());
-    let found = asks.find(who, elsewhere, |ask| {
+    let found = asks.find(whose, elsewhere, |ask| {
         how(ask, &names, carried.arguments, &values)
     })?;
     let described = |ask: &ModelAsk, how: &str| described(ask, how, &values);
@@ -63,14 +64,24 @@ pub(super) fn join(
     })
 }
 
-/// The most model answers read back from the shared store per call.
-const ELSEWHERE_MOST: usize = 64;
+/// Whether a join found the model call it carries out, exactly or by its arguments (no other
+/// replica's answers need reading then).
+pub(super) fn settled(joined: &Option<Value>) -> bool {
+    joined
+        .as_ref()
+        .is_some_and(|j| matches!(j["match"].as_str(), Some("exact" | "arguments")))
+}
 
-/// The tool calls models asked of `agent` lately through the other replicas of a shared store
-/// (their `model_usage` events, newest first, within the join window); `None` on a store of
-/// one process, for an agent that holds no model's contract (it cannot reach a model through
-/// toolgate), or when no model answered the agent lately. A store that cannot be read leaves
-/// the join to what this replica saw.
+/// The most model answers read back from the shared store per call, and how long the read may
+/// take (the join is the call's record, not its gate: past it, the call goes on unjoined).
+const ELSEWHERE_MOST: usize = 32;
+const ELSEWHERE_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The tool calls models asked of the agent lately through the other replicas of a shared
+/// store (their `model_usage` events that asked for tool calls, newest first, within the join
+/// window; at most [`PER_AGENT`] calls): one read on the store's pool. `None` on a store of one
+/// process, for an agent that holds no model's contract (it cannot reach a model through
+/// toolgate), when the others recorded none, or when the store does not answer in time.
 pub(super) async fn recorded_elsewhere(
     app: &crate::app::Gate,
     agent: &crate::policy::Agent,
@@ -83,18 +94,27 @@ pub(super) async fn recorded_elsewhere(
     }
     let window = app.model_asks().window();
     let since_ms = crate::base::now_ms().saturating_sub(window.as_millis() as u64);
-    let (audit, id) = (app.audit().clone(), agent.id.clone());
-    let read = move || audit.model_answers_of(&id, since_ms, ELSEWHERE_MOST);
-    let events = match tokio::task::spawn_blocking(read).await {
-        Ok(Ok(events)) => events,
-        _ => return None,
-    };
-    (!events.is_empty()).then(|| events.iter().flat_map(asks_of).collect())
+    let index = crate::store::Index::ModelAnswer;
+    let read = app
+        .store()
+        .recent_events(index, &agent.id, since_ms, ELSEWHERE_MOST);
+    let events = tokio::time::timeout(ELSEWHERE_WITHIN, read)
+        .await
+        .ok()?
+        .ok()?;
+    let asks: Vec<ModelAsk> = (events.iter())
+        .filter_map(|bytes| serde_json::from_slice::<crate::audit::Event>(bytes).ok())
+        .flat_map(|e| asks_of(&e))
+        .take(PER_AGENT)
+        .collect();
+    (!asks.is_empty()).then_some(asks)
 }
 
-/// The tool calls one recorded model answer asked for.
+/// The tool calls one recorded model answer asked for. Its arguments are as the audit
+/// recorded them: a value the audit redacted matches no call (the join then says `name`).
 fn asks_of(e: &crate::audit::Event) -> Vec<ModelAsk> {
     let p = &e.payload;
+    // Another replica's clock: an answer stamped in the future is taken as asked now.
     let age = crate::base::now_ms().saturating_sub(e.unix_ms);
     let at = std::time::Instant::now()
         .checked_sub(std::time::Duration::from_millis(age))
@@ -104,7 +124,7 @@ fn asks_of(e: &crate::audit::Event) -> Vec<ModelAsk> {
         .map(|call| {
             let request = e.request_id.as_deref().unwrap_or("");
             ModelAsk::new(request, text(&p["model"]), text(&p["answer_id"]), call)
-                .in_job(text(&p["asked_in_job"]))
+                .within(text(&p["asked_in_job"]), e.user.clone())
                 .asked_at(at)
         })
         .collect()

@@ -201,10 +201,16 @@ impl ToolRequests {
         let Some(text) = text.filter(|_| self.limits.text_bytes > 0) else {
             return;
         };
+        if self.text_cut {
+            return;
+        }
         let room = self.limits.text_bytes.saturating_sub(self.text.len());
         let kept = cut(text, room);
         self.text.push_str(kept);
-        self.text_cut |= kept.len() < text.len();
+        if kept.len() < text.len() {
+            self.text_cut = true;
+            unword(&mut self.text);
+        }
     }
 
     /// What the audit records: the answer's id and each tool call (name, id, arguments as
@@ -241,14 +247,33 @@ fn cut(s: &str, room: usize) -> &str {
     &s[..end]
 }
 
-/// Appends an arguments fragment, within `max` bytes.
-fn append(p: &mut Partial, fragment: &str, max: usize) {
-    let kept = cut(fragment, max.saturating_sub(p.arguments.len()));
-    p.arguments.push_str(kept);
-    p.cut |= kept.len() < fragment.len();
+/// Takes a cut word off the end of what is kept: a key cut in two is no longer one the audit's
+/// redaction knows, so its first half would be kept in clear. What a cut keeps ends before the
+/// word (letters, digits and the characters keys and base64 use) the cut fell in.
+fn unword(kept: &mut String) {
+    let word = |c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '+' | '/' | '=' | '.');
+    let end = kept.trim_end_matches(word).len();
+    kept.truncate(end);
 }
 
-fn recorded(p: Partial, max: usize) -> Value {
+/// Appends an arguments fragment, within `max` bytes.
+fn append(p: &mut Partial, fragment: &str, max: usize) {
+    if p.cut {
+        return;
+    }
+    let kept = cut(fragment, max.saturating_sub(p.arguments.len()));
+    p.arguments.push_str(kept);
+    if kept.len() < fragment.len() {
+        p.cut = true;
+        unword(&mut p.arguments);
+    }
+}
+
+fn recorded(mut p: Partial, max: usize) -> Value {
+    // A whole input (Anthropic's `input`) is bounded as streamed arguments are.
+    if let Some(input) = p.input.take_if(|i| i.to_string().len() > max) {
+        append(&mut p, &input.to_string(), max);
+    }
     let arguments = match (p.input, p.cut) {
         (Some(input), _) => input,
         (None, false) if p.arguments.trim().is_empty() => json!({}),

@@ -18,7 +18,7 @@ pub use jwks::Jwks;
 pub use kill::KillSwitches;
 pub use locks::{KeyedLocks, LockKey};
 pub use mcp_sessions::McpSessions;
-pub use model_asks::ModelAsks;
+pub use model_asks::{ModelAsks, Whose};
 pub use pins::Pins;
 pub use policies::Policies;
 pub use principals::Principals;

@@ -1,8 +1,9 @@
 //! The tool calls models lately asked of each agent (read from the model answers that passed
 //! through toolgate), for joining each contracted call to the answer that asked for it. Kept in
 //! memory, per agent, for the join window (`--model-join-window`, [`WINDOW`] by default) and at
-//! most [`PER_AGENT`] calls. A tool call asked in a job (`Toolgate-Job`) is carried out in that
-//! job: a call in another job is not joined to it.
+//! most [`PER_AGENT`] calls. A tool call asked in a job (`Toolgate-Job`), or for a person, is
+//! carried out in that job and for that person: a call in another job, or for someone else,
+//! is not joined to it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -13,7 +14,7 @@ use serde_json::Value;
 /// How long a model's tool call waits to be carried out, unless `--model-join-window` says.
 pub const WINDOW: Duration = Duration::from_secs(600);
 /// Tool calls kept per agent.
-const PER_AGENT: usize = 256;
+pub const PER_AGENT: usize = 256;
 
 /// One tool call a model asked for.
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ pub struct ModelAsk {
     pub arguments: Value,
     /// The job the model call named, if it named one.
     pub job: Option<String>,
+    /// The person the model call acted for, if any.
+    pub user: Option<String>,
     at: Instant,
 }
 
@@ -45,6 +48,7 @@ impl ModelAsk {
             name: call["name"].as_str().unwrap_or("").to_string(),
             arguments: call["arguments"].clone(),
             job: None,
+            user: None,
             at: Instant::now(),
         }
     }
@@ -55,20 +59,32 @@ impl ModelAsk {
         self
     }
 
-    /// The same, asked in `job`.
-    pub fn in_job(mut self, job: Option<String>) -> ModelAsk {
+    /// The same, asked in `job` for `user` (each when the model call named one).
+    pub fn within(mut self, job: Option<String>, user: Option<String>) -> ModelAsk {
         self.job = job;
+        self.user = user;
         self
     }
 
-    /// Whether a call in `job` (if it names one) may carry this out: a tool call asked in a
-    /// job is carried out in it; one asked outside any job, or a call outside any, joins freely.
-    fn fits(&self, job: Option<&str>) -> bool {
-        match (self.job.as_deref(), job) {
+    /// Whether a call in `job` for `user` may carry this out: a tool call asked in a job is
+    /// carried out in it, and one asked for a person is carried out for them; where either
+    /// side names none, the call joins freely (a model call and its tool call often go
+    /// through different tunnels, only one of which names the job).
+    fn fits(&self, whose: &Whose<'_>) -> bool {
+        let same = |asked: Option<&str>, call: Option<&str>| match (asked, call) {
             (Some(asked), Some(call)) => asked == call,
             _ => true,
-        }
+        };
+        same(self.job.as_deref(), whose.job) && same(self.user.as_deref(), whose.user)
     }
+}
+
+/// Whose call is joined: the agent's, in a job, for a person.
+#[derive(Debug, Clone, Copy)]
+pub struct Whose<'a> {
+    pub agent: &'a str,
+    pub job: Option<&'a str>,
+    pub user: Option<&'a str>,
 }
 
 /// The recent model tool calls of every agent, and when a model last answered it.
@@ -118,13 +134,13 @@ impl ModelAsks {
     /// model answered the agent through toolgate within the window (nothing to join).
     pub fn find(
         &self,
-        (agent, job): (&str, Option<&str>),
+        whose: &Whose<'_>,
         elsewhere: Option<Vec<ModelAsk>>,
         matches: impl Fn(&ModelAsk) -> Option<&'static str>,
     ) -> Option<Vec<(ModelAsk, &'static str)>> {
         let map = self.by_agent.lock().unwrap_or_else(|p| p.into_inner());
         let here = map
-            .get(agent)
+            .get(whose.agent)
             .filter(|r| r.last_answer.elapsed() < self.window);
         if here.is_none() && elsewhere.is_none() {
             return None;
@@ -139,7 +155,7 @@ impl ModelAsks {
             .collect();
         Some(
             (here.into_iter().chain(elsewhere.iter()))
-                .filter(|a| a.at.elapsed() < self.window && a.fits(job))
+                .filter(|a| a.at.elapsed() < self.window && a.fits(whose))
                 .filter_map(|a| matches(a).map(|how| (a.clone(), how)))
                 .collect(),
         )
@@ -158,11 +174,19 @@ mod tests {
 
     fn ask(job: Option<&str>) -> ModelAsk {
         let call = json!({"name": "refund_payment", "id": "c1", "arguments": {"amount": 5}});
-        ModelAsk::new("req_m", None, None, &call).in_job(job.map(str::to_string))
+        ModelAsk::new("req_m", None, None, &call).within(job.map(str::to_string), None)
+    }
+
+    fn whose<'a>(agent: &'a str, job: Option<&'a str>) -> Whose<'a> {
+        Whose {
+            agent,
+            job,
+            user: None,
+        }
     }
 
     fn found(asks: &ModelAsks, job: Option<&str>) -> Option<usize> {
-        asks.find(("bot", job), None, |_| Some("name"))
+        asks.find(&whose("bot", job), None, |_| Some("name"))
             .map(|v| v.len())
     }
 
@@ -175,17 +199,35 @@ mod tests {
         assert_eq!(found(&asks, None), Some(1));
         asks.asked("bot", vec![ask(None)]);
         assert_eq!(found(&asks, Some("job-b")), Some(1));
-        let other = |elsewhere| asks.find(("other", None), elsewhere, |_| Some("name"));
+        let other = |elsewhere| asks.find(&whose("other", None), elsewhere, |_| Some("name"));
         assert_eq!(other(None).map(|v| v.len()), None);
         // Another replica's answers count, once each.
         assert_eq!(other(Some(vec![])).map(|v| v.len()), Some(0));
         assert_eq!(other(Some(vec![ask(None)])).map(|v| v.len()), Some(1));
-        let twice = asks.find(("bot", None), Some(vec![ask(None)]), |_| Some("name"));
+        let twice = asks.find(&whose("bot", None), Some(vec![ask(None)]), |_| Some("name"));
         assert_eq!(
             twice.map(|v| v.len()),
             Some(2),
             "each noted here once, not again"
         );
+    }
+
+    #[test]
+    fn a_tool_call_asked_for_a_person_is_carried_out_for_them() {
+        let asks = ModelAsks::default();
+        let call = json!({"name": "refund_payment", "id": "c1", "arguments": {}});
+        let for_alice =
+            ModelAsk::new("req_m", None, None, &call).within(None, Some("alice".into()));
+        asks.asked("bot", vec![for_alice]);
+        let for_user = |user| Whose {
+            agent: "bot",
+            job: None,
+            user,
+        };
+        let n = |w: Whose<'_>| asks.find(&w, None, |_| Some("name")).map(|v| v.len());
+        assert_eq!(n(for_user(Some("alice"))), Some(1));
+        assert_eq!(n(for_user(Some("bob"))), Some(0));
+        assert_eq!(n(for_user(None)), Some(1));
     }
 
     #[test]

@@ -352,6 +352,19 @@ pub trait Backend:
     fn shared(&self) -> bool {
         false
     }
+    /// The newest audit events (their stored bytes) an index lists under `value`, of time
+    /// `since_ms` or later, at most `most`, newest first: one read on the store's own pool,
+    /// never on the audit log's writer. A local store has none to give: what its one process
+    /// saw, it saw itself.
+    async fn recent_events(
+        &self,
+        _index: Index,
+        _value: &str,
+        _since_ms: u64,
+        _most: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        Ok(Vec::new())
+    }
     /// Whether the store answered lately. A local store is there while the process is.
     fn healthy(&self) -> bool {
         true

@@ -643,7 +643,7 @@ async fn a_jobs_story_lists_the_model_turns_and_the_calls_each_led_to() {
         .position(|l| l.contains(&format!("model turn:    {}", turns[1])))
         .unwrap_or_else(|| panic!("no turn of {}: {text}", turns[1]));
     assert!(
-        lines[second].contains("refund_payment (call_1) -> not carried out through toolgate"),
+        lines[second].contains("refund_payment (call_1) -> no call in this story"),
         "{text}"
     );
     let why = lines
@@ -654,8 +654,7 @@ async fn a_jobs_story_lists_the_model_turns_and_the_calls_each_led_to() {
         first < why && second < why,
         "the story begins with the model: {text}"
     );
-    // A call's own story, made without the job header on the model call, still begins with
-    // the model's turn that asked for it.
+    // A call's own story begins with the model's turn that asked for it.
     let own: Value = gate
         .admin(
             "GET",
@@ -822,4 +821,40 @@ async fn a_call_through_one_replica_joins_the_model_answer_through_the_other() {
     assert_eq!(refund_by["answer_id"], "chatcmpl-whole");
     // A model answered the agent (through A): a call no answer asked for says so on B too.
     assert_eq!(by(&note)["match"], "none");
+    // An answer asked in a job (through A) is carried out in that job (through B), and only
+    // there: the job is read back from the shared log with the answer.
+    let job = ("toolgate-job", "job-replica-r");
+    let body = json!({"model": "gpt-test", "messages": [{"role": "user", "content": "pi_jobr"}]});
+    let got = send(&via_a, "POST", chat, &[JSON, job], body.to_string())
+        .await
+        .unwrap();
+    let in_job = request_id(&got);
+    let answered = |e: &[Value]| e.iter().any(|e| e["request_id"] == in_job.as_str());
+    audit_events_once(&b, "kind=model_usage", "the job's model answer", answered).await;
+    let form = "payment_intent=pi_jobr&amount=500";
+    let elsewhere = ("toolgate-job", "job-replica-s");
+    let mut ids = Vec::new();
+    for header in [elsewhere, job] {
+        let got = send(&via_b, "POST", refunds, &[FORM, header], form)
+            .await
+            .unwrap();
+        ids.push(request_id(&got));
+    }
+    let seen = |e: &[Value]| {
+        ids.iter().all(|id| {
+            e.iter()
+                .any(|e| e["request_id"] == id.as_str() && e["payload"]["requested_by"].is_object())
+        })
+    };
+    let calls = audit_events_once(&b, "kind=request&agent=writer", "the jobs' calls", seen).await;
+    let by = |rid: &str| {
+        let e = calls.iter().find(|e| e["request_id"] == rid).unwrap();
+        e["payload"]["requested_by"].clone()
+    };
+    let (other_job, same_job) = (by(&ids[0]), by(&ids[1]));
+    assert_eq!(same_job["match"], "exact", "{same_job}");
+    assert_eq!(same_job["model_request"], in_job.as_str());
+    // In another job only the job-less answer fits, by its name alone.
+    assert_eq!(other_job["match"], "name", "{other_job}");
+    assert_eq!(other_job["model_request"], model_request.as_str());
 }

@@ -112,7 +112,8 @@ fn a_policy_sets_how_much_is_kept_and_may_keep_the_models_text() {
     let kept = t.finish().unwrap();
     assert_eq!(kept["tool_calls"].as_array().unwrap().len(), 1);
     assert_eq!(kept["more_tool_calls_not_recorded"], true);
-    assert_eq!(kept["text"], "I will refun");
+    // Cut in a word, the word is left out (a key cut in two is no longer one redaction knows).
+    assert_eq!(kept["text"], "I will ");
     assert_eq!(kept["text_cut_at"], 12);
     // Streamed text (Anthropic deltas, Chat deltas) is kept alike, never beyond the bound.
     let mut t = ToolRequests::new(limits(4, 64, 64));
@@ -120,12 +121,12 @@ fn a_policy_sets_how_much_is_kept_and_may_keep_the_models_text() {
         t.see(&json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}));
     }
     assert_eq!(t.finish().unwrap()["text"], "Refunding now");
-    let mut t = ToolRequests::new(limits(4, 64, 5));
+    let mut t = ToolRequests::new(limits(4, 64, 9));
     for piece in ["Hé", "llo", " there"] {
         t.see(&json!({"id": "c", "choices": [{"index": 0, "delta": {"content": piece}}]}));
     }
     let kept = t.finish().unwrap();
-    assert_eq!(kept["text"], "Héll");
+    assert_eq!(kept["text"], "Héllo ");
     assert_eq!(kept["tool_calls"], json!([]));
     // No calls kept at all still says the answer asked for some.
     let mut t = ToolRequests::new(limits(0, 64, 0));
@@ -134,6 +135,37 @@ fn a_policy_sets_how_much_is_kept_and_may_keep_the_models_text() {
     assert_eq!(kept["tool_calls"], json!([]));
     assert_eq!(kept["more_tool_calls_not_recorded"], true);
     assert!(kept.get("text").is_none());
+}
+
+#[test]
+fn a_cut_never_keeps_the_first_part_of_a_key() {
+    // Streamed arguments cut inside a secret: none of it is kept (the audit could not tell it
+    // is one), and neither is it in text.
+    let key = "sk_live_51HfakeSecretValue99";
+    let args = format!("{{\"note\": \"key {key}\"}}");
+    let mut t = ToolRequests::new(limits(4, 20, 16));
+    t.see(&json!({"id": "c", "choices": [{"index": 0, "delta": {"content": format!("use {key} now"), "tool_calls": [
+        {"index": 0, "id": "c1", "function": {"name": "f", "arguments": args}}]}}]}));
+    let kept = t.finish().unwrap();
+    assert_eq!(kept["tool_calls"][0]["arguments"], "{\"note\": \"key ");
+    assert_eq!(kept["text"], "use ");
+    assert!(!kept.to_string().contains("sk_"), "{kept}");
+    // A whole input (Anthropic's, not streamed) is bounded alike.
+    let mut t = ToolRequests::new(limits(4, 20, 0));
+    t.see(&json!({"id": "msg", "type": "message", "content": [
+        {"type": "tool_use", "id": "t", "name": "f", "input": {"note": format!("key {key}")}}]}));
+    let kept = t.finish().unwrap();
+    let call = &kept["tool_calls"][0];
+    assert_eq!(call["arguments"], "{\"note\":\"key ");
+    assert_eq!(call["arguments_cut_at"], 20);
+    // One that fits is kept whole, as JSON.
+    let mut t = ToolRequests::new(limits(4, 64, 0));
+    t.see(&json!({"id": "msg", "type": "message", "content": [
+        {"type": "tool_use", "id": "t", "name": "f", "input": {"a": 1}}]}));
+    assert_eq!(
+        t.finish().unwrap()["tool_calls"][0]["arguments"],
+        json!({"a": 1})
+    );
 }
 
 #[test]
@@ -148,8 +180,8 @@ fn a_responses_stream_keeps_its_text_once() {
 
 proptest! {
     #[test]
-    fn any_json_is_read_without_panic_and_within_bounds(events in proptest::collection::vec(any::<u8>(), 0..64), fragment in ".{0,200}", text_bytes in 0usize..64) {
-        let mut t = ToolRequests::new(limits(MAX_CALLS, MAX_ARGUMENTS, text_bytes));
+    fn any_json_is_read_without_panic_and_within_bounds(events in proptest::collection::vec(any::<u8>(), 0..64), fragment in ".{0,200}", text_bytes in 0usize..64, argument_bytes in 0usize..300) {
+        let mut t = ToolRequests::new(limits(MAX_CALLS, argument_bytes, text_bytes));
         for (i, b) in events.iter().enumerate() {
             let e = match b % 5 {
                 0 => json!({"choices": [{"delta": {"tool_calls": [{"index": b % 40, "function": {"name": fragment, "arguments": fragment}}]}}]}),
@@ -157,6 +189,7 @@ proptest! {
                 2 => json!({"type": "content_block_delta", "index": i, "delta": {"type": "input_json_delta", "partial_json": fragment}}),
                 3 => json!({"type": "response.output_item.done", "item": {"type": "function_call", "call_id": fragment, "name": "f", "arguments": fragment}}),
                 4 if i % 2 == 0 => json!({"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": fragment}}),
+                4 if i % 3 == 0 => json!({"type": "message", "content": [{"type": "tool_use", "id": fragment, "name": "f", "input": {"t": fragment}}]}),
                 _ => json!(fragment),
             };
             t.see(&e);
@@ -166,9 +199,11 @@ proptest! {
             prop_assert!(calls.len() <= MAX_CALLS);
             prop_assert!(v["text"].as_str().unwrap_or("").len() <= text_bytes);
             for c in calls {
-                if let Some(a) = c["arguments"].as_str() {
-                    prop_assert!(a.len() <= MAX_ARGUMENTS);
-                }
+                let kept = match &c["arguments"] {
+                    Value::String(a) => a.len(),
+                    other => other.to_string().len(),
+                };
+                prop_assert!(kept <= argument_bytes.max(2), "{c}");
             }
         }
     }

@@ -342,6 +342,30 @@ impl Backend for PgStore {
         &self.sealer
     }
 
+    async fn recent_events(
+        &self,
+        index: crate::store::Index,
+        value: &str,
+        since_ms: u64,
+        most: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let client = self.pool.get().await?;
+        let (tag, since, most) = (
+            i16::from(index.tag()),
+            i64::try_from(since_ms).unwrap_or(i64::MAX),
+            i64::try_from(most).unwrap_or(i64::MAX),
+        );
+        let rows = client
+            .query(
+                "SELECT e.event FROM audit_index i JOIN audit_events e ON e.seq = i.seq
+                 WHERE i.tag = $1 AND i.value = $2 AND e.unix_ms >= $3
+                 ORDER BY i.seq DESC LIMIT $4",
+                &[&tag, &value, &since, &most],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get::<_, Vec<u8>>(0)).collect())
+    }
+
     fn shared(&self) -> bool {
         true
     }
