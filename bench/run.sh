@@ -126,18 +126,25 @@ def med(prefix):
     for f in sorted(glob.glob(f"{d}/{prefix}.*")):
         j = json.load(open(f))
         codes = j.get("statusCodeDistribution", {})
-        runs.append((j["summary"]["requestsPerSec"], j["latencyPercentiles"]["p50"] * 1000,
-                     {k: v for k, v in codes.items() if k != "200"}))
+        lat = j["latencyPercentiles"]
+        runs.append((j["summary"]["requestsPerSec"], lat["p50"] * 1000,
+                     {k: v for k, v in codes.items() if k != "200"}, (lat.get("p99") or 0) * 1000))
     if not runs:
         return None
-    return st.median(r[0] for r in runs), st.median(r[1] for r in runs), [r[2] for r in runs if r[2]]
-dr, d50, _ = med("d"); tr, t50, tbad = med("t"); ref = med("r")
+    return (st.median(r[0] for r in runs), st.median(r[1] for r in runs), [r[2] for r in runs if r[2]],
+            st.median(r[3] for r in runs))
+dr, d50, _, d99 = med("d"); tr, t50, tbad, t99 = med("t"); ref = med("r")
 line = (f"{name:<22} direct {dr:8.0f}/s p50 {d50:5.2f} ms | toolgate {tr:7.0f}/s p50 {t50:5.2f} ms "
         f"ratio {tr/dr:4.2f} (+{t50-d50:4.2f} ms)")
 if ref:
-    rr, r50, _ = ref
+    rr, r50, _, r99 = ref
     line += f" | {label} {rr:7.0f}/s p50 {r50:5.2f} ms ratio {rr/dr:4.2f}; toolgate/{label} {tr/rr:4.2f}"
 print(line)
+# The tail: p99 of each (medians of the runs), and toolgate's against the third column's.
+tail = f"{'':<22} p99: direct {d99:6.2f} ms | toolgate {t99:6.2f} ms"
+if ref:
+    tail += f" | {label} {r99:6.2f} ms; toolgate/{label} {t99 / r99 if r99 else 0:4.2f}x"
+print(tail)
 if tbad: print(f"  (toolgate non-200 answers: {tbad})")
 PY
 }
