@@ -33,7 +33,7 @@ fn holding(tree: &sled::Tree, events: &std::path::Path, seq: u64) -> (sled::IVec
     let plain_len = u32::from_be_bytes(payload[1..5].try_into().unwrap()) as usize;
     let plain = zstd::block::decompress(&payload[5..], plain_len).unwrap();
     let (mut out, mut r) = (Vec::new(), &plain[..]);
-    let mut take = |n: usize, r: &mut &[u8]| {
+    let take = |n: usize, r: &mut &[u8]| {
         let (h, t) = r.split_at(n);
         *r = t;
         h.to_vec()

@@ -320,7 +320,7 @@ fn ca_init_and_export() {
 }
 
 /// Calls the admin API of a toolgate run as a child process.
-async fn admin_api(
+pub(crate) async fn admin_api(
     admin: &str,
     method: &str,
     path: &str,
