@@ -611,6 +611,96 @@ async fn a_changed_byte_makes_verify_fail_and_name_the_event() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("event 5"));
 }
 
+/// A block as an earlier version kept it in sled: one event's JSON alone, or 0x02, the plain
+/// length and a zstd frame of (seq, length, bytes) per event.
+fn legacy_value(events: &[Stored]) -> Vec<u8> {
+    if let [(_, _, _, one)] = events {
+        return one.clone();
+    }
+    let mut plain = Vec::new();
+    for (s, _, _, b) in events {
+        plain.extend_from_slice(&s.to_be_bytes());
+        plain.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        plain.extend_from_slice(b);
+    }
+    let mut out = vec![2u8];
+    out.extend_from_slice(&(plain.len() as u32).to_be_bytes());
+    out.extend_from_slice(&zstd::block::compress(&plain, 1).unwrap());
+    out
+}
+
+/// A data dir written by an earlier version (the events in sled's `audit` tree, under 8-byte
+/// sequence keys, no segment files) opens as it is: its blocks move into segments, the chain
+/// verifies, and the indexes it had still find the events.
+#[tokio::test]
+async fn a_data_dir_of_an_earlier_version_opens_and_verifies() {
+    let (_pki, _upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
+    let client = staging(&gate);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let url = format!("https://api.stripe.com/v1/customers/cus_{i}");
+        let got = send(&client, "GET", &url, &[], "").await.unwrap();
+        ids.push(
+            got.headers["toolgate-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    written_n(&gate, "request", 5).await;
+    let dir = gate.into_dir().await;
+    let data = dir.path().join("data");
+    let segments = data.join("events");
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = run(&["audit", "verify"]);
+    {
+        let db = sled::Config::new().path(data.join("store")).open().unwrap();
+        let tree = db.open_tree("audit").unwrap();
+        let firsts: Vec<u64> = tree
+            .range([0xFE].as_slice()..[0xFF].as_slice())
+            .map(|kv| u64::from_be_bytes(kv.unwrap().0[1..9].try_into().unwrap()))
+            .collect();
+        for first in firsts {
+            let (_, events) = holding(&tree, &segments, first);
+            tree.insert(first.to_be_bytes(), legacy_value(&events))
+                .unwrap();
+        }
+        for kv in tree.range([0xFC].as_slice()..[0xFF].as_slice()) {
+            tree.remove(kv.unwrap().0).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    std::fs::remove_dir_all(&segments).unwrap();
+
+    assert_eq!(run(&["audit", "verify"]), before);
+    let story = run(&["audit", "story", &ids[3], "--json"]);
+    assert!(story.contains("cus_3"), "{story}");
+    let db = sled::Config::new().path(data.join("store")).open().unwrap();
+    let tree = db.open_tree("audit").unwrap();
+    assert_eq!(
+        tree.range(..[0xFC].as_slice()).count(),
+        0,
+        "moved out of sled"
+    );
+    assert!(std::fs::read_dir(&segments).unwrap().count() > 0);
+}
+
 #[tokio::test]
 async fn purge_keeps_the_rest_verifiable() {
     let (_pki, _upstream, gate) = GateBuilder::examples()
