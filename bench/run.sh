@@ -16,18 +16,44 @@
 # As root with nft, "transparent": the same GETs from a network namespace whose port 443 the
 # kernel redirects to toolgate's --transparent-listen, next to the CONNECT path.
 #
-# Usage: bench/run.sh [seconds per run, default 5] [only the scenarios whose name contains this]
-#   RUNS=3 LOAD_SECONDS=60 NO_REF=1 (skip the hudsucker reference)
+# "idle tunnels c=16": TUNNELS (default 5,000) keep-alive CONNECT tunnels, each through TLS with
+# one read answered, then held open and idle by a small asyncio client (bench/idle_tunnels.py), on
+# a toolgate of their own; the same GET c=16 load without and with them, and toolgate's RSS per
+# idle tunnel ((RSS with the tunnels - RSS without) / TUNNELS).
+#
+# Usage: bench/run.sh [--profile] [seconds per run, default 5] [only the scenarios whose name
+# contains this]
+#   RUNS=3 LOAD_SECONDS=60 NO_REF=1 (skip the hudsucker reference) TUNNELS=5000
+#   --profile: records `perf record -g` of toolgate during its first run of each scenario run
+#   (installs linux-perf with apt when perf is missing) into PROFILE_DIR (default
+#   target/bench-profile), and prints each profile's path.
 # On a machine with two cores or more, toolgate (and the reference) run on core 0 and the load
 # and the upstream on core 1 (taskset), so that the numbers do not depend on the scheduler.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PROFILE=""
+ARGS=()
+for a in "$@"; do
+  case "$a" in
+    --profile) PROFILE=1 ;;
+    *) ARGS+=("$a") ;;
+  esac
+done
+set -- "${ARGS[@]+"${ARGS[@]}"}"
 DURATION="${1:-5}s"
 ONLY="${2:-}"
 RUNS="${RUNS:-3}"
 LOAD_SECONDS="${LOAD_SECONDS:-60}"
 
 command -v oha >/dev/null || cargo install oha --locked
+PROFILE_DIR="${PROFILE_DIR:-target/bench-profile}"
+if [ -n "$PROFILE" ]; then
+  command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf >/dev/null; }
+  mkdir -p "$PROFILE_DIR"
+fi
+# The idle-tunnel scenario holds thousands of sockets on both sides.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+TUNNELS="${TUNNELS:-5000}"
 cargo build --release --quiet --bin toolgate --example echo_upstream
 REF=""
 if [ -z "${NO_REF:-}" ]; then
@@ -142,16 +168,36 @@ if tbad: print(f"  (toolgate non-200 answers: {tbad})")
 PY
 }
 
+# --profile: perf records toolgate ($GATE) from start_perf to stop_perf.
+PERF=""; PERF_OUT=""
+start_perf() { # scenario name
+  [ -n "$PROFILE" ] || return 0
+  PERF_OUT="$PROFILE_DIR/perf.$(printf %s "$1" | tr -c 'A-Za-z0-9=.-' '_').data"
+  perf record -g -F 999 -p "$GATE" -o "$PERF_OUT" 2>>"$work/perf.log" & PERF=$!
+  # perf attaches asynchronously: wait until it has written its header.
+  for _ in $(seq 1 50); do [ -s "$PERF_OUT" ] && break; sleep 0.1; done
+}
+stop_perf() {
+  [ -n "$PERF" ] || return 0
+  kill -INT "$PERF" 2>/dev/null || true; wait "$PERF" 2>/dev/null || true; PERF=""
+}
+say_profile() {
+  if [ -n "$PERF_OUT" ]; then echo "  profile: $PERF_OUT (perf report -i $PERF_OUT)"; PERF_OUT=""; fi
+}
+
 run() { # name, oha args...
   local name=$1; shift
   if [ -n "$ONLY" ] && [[ "$name" != *"$ONLY"* ]]; then return; fi
   local d; d=$(mktemp -d -p "$work")
   for i in $(seq 1 "$RUNS"); do
     direct "$@" > "$d/d.$i"
+    if [ "$i" = 1 ]; then start_perf "$name"; fi
     proxied "$@" > "$d/t.$i"
+    stop_perf
     if [ -n "$REF" ]; then reference "$@" > "$d/r.$i"; fi
   done
   report "$name" "$d"
+  say_profile
 }
 
 echo "oha $(oha --version | awk '{print $2}'), $DURATION per run, medians of $RUNS, $(nproc) cores${PIN_GATE:+, toolgate on core 0, load and upstream on core 1}"
@@ -242,6 +288,41 @@ PY
     kill "$GATE" 2>/dev/null || true; wait "$GATE" 2>/dev/null || true
   done
   EXTRA=(); unset OTEL_TRACES_SAMPLER OTEL_TRACES_SAMPLER_ARG
+  GATE=$ONE_GATE; PX=$ONE_PX; TRANSPARENT=("${SAVED_TP[@]}")
+fi
+
+# Idle tunnels: a toolgate of their own (its RSS not shared with the scenarios above), room for
+# them (--max-connections, per agent) and an idle timeout longer than the scenario.
+if [ -z "$ONLY" ] || [[ "idle tunnels c=16" == *"$ONLY"* ]]; then
+  ONE_GATE=$GATE; ONE_PX=$PX; SAVED_TP=("${TRANSPARENT[@]}"); TRANSPARENT=()
+  PX=$(free_port); AD_IDLE=$(free_port)
+  EXTRA=(--max-connections "$((TUNNELS * 2))" --max-connections-per-agent "$((TUNNELS * 2))" --idle-timeout 30m)
+  start_toolgate "$work/data-idle" "$PX" "$AD_IDLE"
+  EXTRA=()
+  d=$(mktemp -d -p "$work")
+  rss() { awk '/^VmRSS/ {print $2}' "/proc/$GATE/status"; }
+  for i in $(seq 1 "$RUNS"); do proxied -c 16 "$URL_GET" > "$d/d.$i"; done
+  RSS_WITHOUT=$(rss)
+  "${PIN_LOAD[@]}" python3 bench/idle_tunnels.py "$PX" "$TUNNELS" "$work/certs/ca.pem" "bench:bench-token" \
+    "$work/tunnels.ready" 2>"$work/tunnels.log" & HOLDER=$!; pids+=($HOLDER)
+  for _ in $(seq 1 3000); do [ -s "$work/tunnels.ready" ] && break; kill -0 "$HOLDER" 2>/dev/null || break; sleep 0.1; done
+  if [ -s "$work/tunnels.ready" ]; then
+    HELD=$(cat "$work/tunnels.ready")
+    RSS_WITH=$(rss)
+    for i in $(seq 1 "$RUNS"); do
+      if [ "$i" = 1 ]; then start_perf "idle tunnels c=16"; fi
+      proxied -c 16 "$URL_GET" > "$d/t.$i"
+      stop_perf
+    done
+    OPEN=$(ls "/proc/$GATE/fd" | wc -l)
+    THIRD=unused report "idle tunnels c=16 (direct column: no tunnels)" "$d" | sed 's/direct /no tunnels /; s/toolgate /with tunnels /'
+    echo "  $HELD idle tunnels held ($OPEN fds open in toolgate): RSS $((RSS_WITHOUT / 1024)) MiB without, $((RSS_WITH / 1024)) MiB with: $(( (RSS_WITH - RSS_WITHOUT) / (HELD > 0 ? HELD : 1) )) KiB per idle tunnel"
+    say_profile
+  else
+    echo "idle tunnels: the client did not open $TUNNELS tunnels:"; tail -5 "$work/tunnels.log"
+  fi
+  kill "$HOLDER" 2>/dev/null || true; wait "$HOLDER" 2>/dev/null || true
+  kill "$GATE" 2>/dev/null || true; wait "$GATE" 2>/dev/null || true
   GATE=$ONE_GATE; PX=$ONE_PX; TRANSPARENT=("${SAVED_TP[@]}")
 fi
 
