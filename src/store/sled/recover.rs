@@ -7,14 +7,14 @@ use std::path::Path;
 
 use super::block::{decode, legacy_events, BlockWriter};
 use super::log::{
-    dir_key, seg_key, tail_seq, u64s, Entry, Postings, SledEventLog, HIGH, INDEX, SEGS,
+    dir_key, seg_key, tail_seq, u64s, Entry, Postings, SledEventLog, DIR, HIGH, INDEX, SEGS,
 };
 use super::segment::{frames, truncate, Loc, Segments};
 use super::*;
 use crate::store::{StoredEvent, RECOVERIES};
 
-/// The last segment as found at open.
-struct Tail {
+/// A segment as found at open.
+struct Scan {
     seg: u64,
     bytes: Vec<u8>,
     /// Its whole frames: offset and payload length.
@@ -23,11 +23,8 @@ struct Tail {
     torn: Option<(u64, u64)>,
 }
 
-/// Reads the last segment under `dir` and cuts off a torn tail.
-fn read_tail(dir: &Path) -> Result<Option<Tail>, StoreError> {
-    let Some(&seg) = Segments::list(dir)?.last() else {
-        return Ok(None);
-    };
+/// Reads segment `seg` under `dir` and cuts off a torn tail.
+fn scan(dir: &Path, seg: u64) -> Result<Scan, StoreError> {
     let path = dir.join(format!("{seg:012}.seg"));
     let bytes = std::fs::read(&path)
         .map_err(|e| StoreError::from_message(format!("could not read {}: {e}", path.display())))?;
@@ -37,12 +34,32 @@ fn read_tail(dir: &Path) -> Result<Option<Tail>, StoreError> {
     if torn.is_some() {
         truncate(&path, end)?;
     }
-    Ok(Some(Tail {
+    Ok(Scan {
         seg,
         bytes,
         frames,
         torn,
-    }))
+    })
+}
+
+/// The segments a crash can have left unindexed blocks or a torn tail in: the one holding the
+/// newest indexed block and every later one (all of them when none is indexed).
+fn scan_recent(dir: &Path, events: &sled::Tree) -> Result<Vec<Scan>, StoreError> {
+    let newest = match events
+        .range([DIR].as_slice()..[DIR + 1].as_slice())
+        .next_back()
+    {
+        Some(item) => {
+            let (k, v) = item?;
+            Entry::read(&k, &v)?.loc.seg
+        }
+        None => 0,
+    };
+    Segments::list(dir)?
+        .into_iter()
+        .filter(|seg| *seg >= newest)
+        .map(|seg| scan(dir, seg))
+        .collect()
 }
 
 /// What recovery changed: the blocks indexed, and those the directory knew but the disk no
@@ -57,7 +74,7 @@ struct Repair {
 }
 
 impl SledEventLog {
-    /// Opens the log under `dir` (segments in `dir/events`): recovers the last segment's tail,
+    /// Opens the log under `dir` (segments in `dir/events`): recovers the recent segments,
     /// and moves an earlier version's blocks into segments.
     pub(super) fn open(
         db: &sled::Db,
@@ -69,33 +86,37 @@ impl SledEventLog {
         std::fs::create_dir_all(&seg_dir).map_err(|e| {
             StoreError::from_message(format!("could not create {}: {e}", seg_dir.display()))
         })?;
-        let tail = read_tail(&seg_dir)?;
+        let events = db.open_tree("audit")?;
+        let scans = scan_recent(&seg_dir, &events)?;
         let segments = Arc::new(Segments::open(&seg_dir, segment_bytes)?);
         let s = segments.clone();
         flusher.before_flush(Box::new(move || s.sync().map_err(|e| e.to_string())));
         let log = SledEventLog {
-            events: db.open_tree("audit")?,
+            events,
             meta: db.open_tree("audit_meta")?,
             flusher,
             blocks: BlockWriter::new(),
             segments,
         };
-        if let Some(tail) = tail {
-            log.recover(tail)?;
+        if let Some(first) = scans.first() {
+            log.recover(first.seg, &scans)?;
         }
         log.migrate()?;
         Ok(log)
     }
 
-    /// Makes the directory match the last segment: entries of blocks no longer there go (and,
-    /// when they were the newest, the index entries of their events), blocks not yet indexed
-    /// are; a torn tail or a lost block is reported.
-    fn recover(&self, tail: Tail) -> Result<(), StoreError> {
+    /// Makes the directory match the segments from `from` on: entries of blocks no longer
+    /// there go (and, when they were the newest, the index entries of their events), blocks
+    /// not yet indexed are; a torn tail or a lost block is reported.
+    fn recover(&self, from: u64, scans: &[Scan]) -> Result<(), StoreError> {
         let high = self.high()?;
         let mut r = Repair::default();
-        self.find_lost(&tail, &mut r)?;
-        self.index_unindexed(&tail, high, &mut r);
-        if r.indexed == 0 && r.lost.is_empty() && tail.torn.is_none() {
+        self.find_lost(from, scans, &mut r)?;
+        for s in scans {
+            self.index_unindexed(s, high, &mut r);
+        }
+        let torn = scans.iter().any(|s| s.torn.is_some());
+        if r.indexed == 0 && r.lost.is_empty() && !torn {
             return Ok(());
         }
         let newest = self.newest_kept(&r)?.max(r.top);
@@ -110,7 +131,7 @@ impl SledEventLog {
             }
         }
         r.batch.insert(&[HIGH], &newest.to_be_bytes());
-        let note = describe(&tail, newest, &gone);
+        let note = describe(scans, newest, &gone);
         self.events.apply_batch(std::mem::take(&mut r.batch))?;
         if r.indexed > 0 {
             tracing::info!(
@@ -119,17 +140,20 @@ impl SledEventLog {
             );
         }
         if let Some(note) = note {
-            tracing::warn!(segment = tail.seg, "audit log recovered at open: {note}");
+            tracing::warn!("audit log recovered at open: {note}");
             self.note_recovery(note)?;
         }
         self.sync()
     }
 
-    /// Directory entries of blocks in the last segment (or later) that are not whole frames.
-    fn find_lost(&self, tail: &Tail, r: &mut Repair) -> Result<(), StoreError> {
-        let whole: HashMap<u64, usize> = tail.frames.iter().copied().collect();
-        let from = seg_key(tail.seg, 0);
-        for item in self.events.range(from.as_slice()..[SEGS + 1].as_slice()) {
+    /// Directory entries of blocks in segment `from` or later that are not whole frames there.
+    fn find_lost(&self, from: u64, scans: &[Scan], r: &mut Repair) -> Result<(), StoreError> {
+        let whole: HashMap<(u64, u64), usize> = scans
+            .iter()
+            .flat_map(|s| s.frames.iter().map(|(off, len)| ((s.seg, *off), *len)))
+            .collect();
+        let start = seg_key(from, 0);
+        for item in self.events.range(start.as_slice()..[SEGS + 1].as_slice()) {
             let (k, _) = item?;
             let seg = u64s(&k[1..]).next().unwrap_or(0);
             let first = tail_seq(&k);
@@ -142,9 +166,7 @@ impl SledEventLog {
             };
             if entry.loc.seg != seg {
                 r.batch.remove(k);
-            } else if entry.loc.seg != tail.seg
-                || whole.get(&entry.loc.off) != Some(&(entry.loc.len as usize))
-            {
+            } else if whole.get(&(seg, entry.loc.off)) != Some(&(entry.loc.len as usize)) {
                 entry.delete(&mut r.batch);
                 r.lost.push(entry);
             }
@@ -152,8 +174,8 @@ impl SledEventLog {
         Ok(())
     }
 
-    /// Indexes the blocks of the last segment after the highest sequence indexed.
-    fn index_unindexed(&self, tail: &Tail, high: u64, r: &mut Repair) {
+    /// Indexes the blocks of a segment after the highest sequence indexed.
+    fn index_unindexed(&self, tail: &Scan, high: u64, r: &mut Repair) {
         for &(off, len) in &tail.frames {
             let at = off as usize + super::segment::HEADER;
             let Some(Ok(events)) = tail.bytes.get(at..at + len).map(decode) else {
@@ -258,14 +280,16 @@ fn legacy_stored(seq: u64, v: &[u8]) -> Vec<StoredEvent> {
 }
 
 /// What a recovery reports, if anything was lost.
-fn describe(tail: &Tail, newest: u64, gone: &[&Entry]) -> Option<String> {
+fn describe(scans: &[Scan], newest: u64, gone: &[&Entry]) -> Option<String> {
     let mut parts = Vec::new();
-    if let Some((off, len)) = tail.torn {
-        parts.push(format!(
-            "torn tail truncated at seq {}, offset {off} of segment {:012}.seg ({len} bytes)",
-            newest + 1,
-            tail.seg
-        ));
+    for s in scans {
+        if let Some((off, len)) = s.torn {
+            parts.push(format!(
+                "torn tail truncated at seq {}, offset {off} of segment {:012}.seg ({len} bytes)",
+                newest + 1,
+                s.seg
+            ));
+        }
     }
     if let (Some(from), Some(to)) = (
         gone.iter().map(|e| e.first).min(),
@@ -359,6 +383,28 @@ mod tests {
         drop(store);
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(seqs(store.event_log().unwrap().as_ref()), [1, 2, 3]);
+    }
+
+    #[test]
+    fn an_unindexed_block_before_a_new_segment_is_indexed_too() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open_sized(dir.path(), 100).unwrap();
+            let log = &store.log;
+            log.append(vec![stored(1)]).unwrap();
+            // Two blocks reach their segments (the second starts a new one); sled takes neither.
+            for s in [2, 3] {
+                log.segments
+                    .append(&log.blocks.encode(&[stored(s)]))
+                    .unwrap();
+            }
+            log.sync().unwrap();
+            assert!(Segments::list(&dir.path().join("events")).unwrap().len() >= 3);
+        }
+        let store = SledStore::open_sized(dir.path(), 100).unwrap();
+        let log = store.event_log().unwrap();
+        assert_eq!(seqs(log.as_ref()), [1, 2, 3]);
+        assert_eq!(found(log.as_ref(), 2), [2]);
     }
 
     /// An old value: a zstd block of (seq, length, bytes) entries, as earlier versions wrote.
