@@ -1,6 +1,8 @@
 //! The audit log on sled and segment files: event blocks appended to segments, their
 //! directory and indexes (posting lists) in sled.
 
+use std::collections::BTreeSet;
+
 use super::block::{decode, BlockWriter};
 use super::segment::{Loc, Segments};
 use super::*;
@@ -295,8 +297,6 @@ impl SledEventLog {
         Ok(())
     }
 }
-
-use std::collections::BTreeSet;
 
 impl EventLog for SledEventLog {
     fn last(&self) -> Result<Option<Vec<u8>>, StoreError> {

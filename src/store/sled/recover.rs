@@ -2,7 +2,7 @@
 //! left unindexed (written to their segment, not yet to sled) indexed, and blocks of earlier
 //! versions (kept in sled itself) moved into segments.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use super::block::{decode, legacy_events, BlockWriter};
@@ -71,6 +71,8 @@ struct Repair {
     /// The last sequence number of the blocks indexed.
     top: u64,
     lost: Vec<Entry>,
+    /// Blocks not yet indexed, by first sequence number.
+    found: BTreeMap<u64, (Entry, Vec<StoredEvent>)>,
 }
 
 impl SledEventLog {
@@ -115,6 +117,7 @@ impl SledEventLog {
         for s in scans {
             self.index_unindexed(s, high, &mut r);
         }
+        Self::index_found(&mut r);
         let torn = scans.iter().any(|s| s.torn.is_some());
         if r.indexed == 0 && r.lost.is_empty() && !torn {
             return Ok(());
@@ -196,9 +199,18 @@ impl SledEventLog {
                     len: len as u32,
                 },
             };
+            // A batch written again (its first write's index entries failed) replaces the
+            // block written first.
+            r.found.insert(entry.first, (entry, events));
+        }
+    }
+
+    /// Puts the blocks found unindexed into the repair's batch.
+    fn index_found(r: &mut Repair) {
+        for (entry, events) in std::mem::take(&mut r.found).into_values() {
             entry.put(&mut r.batch);
             Postings::of(&events).write(&mut r.batch);
-            r.top = r.top.max(last.seq);
+            r.top = r.top.max(entry.last);
             r.indexed += events.len() as u64;
         }
     }
