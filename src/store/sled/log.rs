@@ -31,6 +31,10 @@ pub(super) struct SledEventLog {
     pub(super) flusher: Arc<Flusher>,
     pub(super) blocks: BlockWriter,
     pub(super) segments: Arc<Segments>,
+    /// One writer of blocks at a time: an append, or a removal (which writes blocks it cuts
+    /// through again, and deletes the segments it empties: none may be taking a block whose
+    /// index entries are not written yet).
+    pub(super) writing: std::sync::Mutex<()>,
 }
 
 pub(super) const SEGS: u8 = 0xFC;
@@ -250,6 +254,18 @@ impl SledEventLog {
         })
     }
 
+    /// The events of a block the directory listed, or None when a removal took it meanwhile
+    /// (a purge deletes the segments it empties while readers go on).
+    fn read_live(&self, e: &Entry) -> Result<Option<Vec<crate::store::StoredEvent>>, StoreError> {
+        match self.read_block(e) {
+            Ok(events) => Ok(Some(events)),
+            Err(err) => match self.events.get(dir_key(e.first))? {
+                Some(v) if Entry::read(&dir_key(e.first), &v)?.loc == e.loc => Err(err),
+                _ => Ok(None),
+            },
+        }
+    }
+
     /// The highest sequence number indexed so far.
     pub(super) fn high(&self) -> Result<u64, StoreError> {
         Ok(self.events.get([HIGH])?.map(|v| tail_seq(&v)).unwrap_or(0))
@@ -278,13 +294,16 @@ impl SledEventLog {
         Ok(Some(entry))
     }
 
-    /// Deletes the segments of `touched` no block is left in, once the removal is durable.
-    fn drop_empty_segments(&self, touched: &BTreeSet<u64>) -> Result<(), StoreError> {
+    /// Deletes the segments no block is left in (but the one being written), once the removal
+    /// is durable. Every segment is looked at, not only those this removal touched: one
+    /// emptied while it was being written is deleted by a later removal.
+    fn drop_empty_segments(&self) -> Result<(), StoreError> {
+        let active = self.segments.active_id();
         let mut empty = Vec::new();
-        for seg in touched {
-            let prefix = &seg_key(*seg, 0)[..9];
+        for seg in self.segments.ids()?.into_iter().filter(|s| *s != active) {
+            let prefix = &seg_key(seg, 0)[..9];
             if self.events.scan_prefix(prefix).next().is_none() {
-                empty.push(*seg);
+                empty.push(seg);
             }
         }
         if empty.is_empty() {
@@ -307,6 +326,7 @@ impl EventLog for SledEventLog {
     }
 
     fn append(&self, events: Vec<crate::store::StoredEvent>) -> Result<(), StoreError> {
+        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = sled::Batch::default();
         let Some(entry) = self.place(&events, &mut batch)? else {
             return Ok(());
@@ -331,7 +351,8 @@ impl EventLog for SledEventLog {
             return Ok(None);
         };
         Ok(self
-            .read_block(&entry)?
+            .read_live(&entry)?
+            .unwrap_or_default()
             .into_iter()
             .find(|e| e.seq == seq)
             .map(|e| e.bytes))
@@ -349,8 +370,9 @@ impl EventLog for SledEventLog {
         };
         Box::new(self.entries_from(start).flat_map(
             move |entry| -> Vec<Result<(u64, Vec<u8>), StoreError>> {
-                match entry.and_then(|e| self.read_block(&e)) {
+                match entry.and_then(|e| self.read_live(&e)) {
                     Ok(events) => events
+                        .unwrap_or_default()
                         .into_iter()
                         .filter(|e| e.seq >= from_seq)
                         .map(|e| Ok((e.seq, e.bytes)))
@@ -360,6 +382,7 @@ impl EventLog for SledEventLog {
             },
         ))
     }
+
     fn lookup(&self, index: crate::store::Index, value: &str) -> crate::store::Seqs<'_> {
         let Some(prefix) = index_prefix(index, value) else {
             return Box::new(std::iter::empty());
@@ -424,6 +447,7 @@ impl EventLog for SledEventLog {
     }
 
     fn remove(&self, events: &[crate::store::StoredEvent]) -> Result<(), StoreError> {
+        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let gone: BTreeSet<u64> = events.iter().map(|e| e.seq).collect();
         let postings = Postings::of(events);
         let mut batch = sled::Batch::default();
@@ -435,7 +459,6 @@ impl EventLog for SledEventLog {
         }
         // Each block holding a removed event is dropped, or written again without it.
         let mut done = BTreeSet::new();
-        let mut touched = BTreeSet::new();
         for seq in &gone {
             let Some(entry) = self.entry_at(*seq)?.filter(|e| e.last >= *seq) else {
                 continue;
@@ -449,11 +472,10 @@ impl EventLog for SledEventLog {
                 .filter(|e| !gone.contains(&e.seq))
                 .collect();
             entry.delete(&mut batch);
-            touched.insert(entry.loc.seg);
             self.place(&kept, &mut batch)?;
         }
         self.events.apply_batch(batch)?;
-        self.drop_empty_segments(&touched)
+        self.drop_empty_segments()
     }
 
     fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {

@@ -123,6 +123,11 @@ impl Segments {
         Ok(ids)
     }
 
+    /// The segment numbers on disk, ascending.
+    pub(super) fn ids(&self) -> Result<Vec<u64>, StoreError> {
+        Self::list(&self.dir)
+    }
+
     /// Bytes the segments take.
     pub(super) fn bytes(&self) -> u64 {
         Self::list(&self.dir)
