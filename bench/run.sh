@@ -26,7 +26,7 @@
 #   RUNS=3 LOAD_SECONDS=60 NO_REF=1 (skip the hudsucker reference) TUNNELS=5000
 #   --profile: records `perf record -g` of toolgate during its first run of each scenario run
 #   (installs linux-perf with apt when perf is missing) into PROFILE_DIR (default
-#   target/bench-profile), and prints each profile's path.
+#   the target dir's bench-profile/), and prints each profile's path.
 # On a machine with two cores or more, toolgate (and the reference) run on core 0 and the load
 # and the upstream on core 1 (taskset), so that the numbers do not depend on the scheduler.
 set -euo pipefail
@@ -46,7 +46,10 @@ RUNS="${RUNS:-3}"
 LOAD_SECONDS="${LOAD_SECONDS:-60}"
 
 command -v oha >/dev/null || cargo install oha --locked
-PROFILE_DIR="${PROFILE_DIR:-target/bench-profile}"
+# Where cargo puts what it builds (target/, or CARGO_TARGET_DIR, or a config's target-dir).
+target_of() { cargo metadata --format-version 1 --no-deps "$@" | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'; }
+TARGET=$(target_of)
+PROFILE_DIR="${PROFILE_DIR:-$TARGET/bench-profile}"
 if [ -n "$PROFILE" ]; then
   command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf >/dev/null; }
   mkdir -p "$PROFILE_DIR"
@@ -58,7 +61,7 @@ cargo build --release --quiet --bin toolgate --example echo_upstream
 REF=""
 if [ -z "${NO_REF:-}" ]; then
   cargo build --release --quiet --manifest-path bench/mitm-ref/Cargo.toml
-  REF=bench/mitm-ref/target/release/mitm-ref
+  REF="$(target_of --manifest-path bench/mitm-ref/Cargo.toml)/release/mitm-ref"
 fi
 
 work=$(mktemp -d)
@@ -82,7 +85,7 @@ fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); PX=$(free_port); AD=$(free_port); RF=$(free_port)
 
-"${PIN_LOAD[@]}" target/release/examples/echo_upstream --listen "127.0.0.1:$UP" --ca-out "$work/up-ca.pem" api.stripe.com \
+"${PIN_LOAD[@]}" "$TARGET/release/examples/echo_upstream" --listen "127.0.0.1:$UP" --ca-out "$work/up-ca.pem" api.stripe.com \
   2>"$work/upstream.log" & UPSTREAM=$!; pids+=($UPSTREAM)
 for _ in $(seq 1 100); do [ -f "$work/up-ca.pem" ] && break; sleep 0.1; done
 
@@ -112,7 +115,7 @@ if [ -n "${DATABASE_URL:-}" ]; then DB=(--database-url "$DATABASE_URL"); fi
 EXTRA=()
 
 start_toolgate() { # data dir, proxy port, admin port; sets GATE
-  RUST_LOG=warn "${PIN_GATE[@]}" target/release/toolgate serve "${DB[@]}" "${EXTRA[@]}" --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" "${TRANSPARENT[@]}" \
+  RUST_LOG=warn "${PIN_GATE[@]}" "$TARGET/release/toolgate" serve "${DB[@]}" "${EXTRA[@]}" --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" "${TRANSPARENT[@]}" \
     --policies "${POLICIES:-bench/policies}" --certs "$work/certs" --data-dir "$1" \
     --connect-to "api.stripe.com:443=127.0.0.1:$UP" --upstream-ca "$work/up-ca.pem" \
     2>>"$work/toolgate.log" & GATE=$!; pids+=($GATE)
@@ -332,7 +335,7 @@ TRANSPARENT=()
 kill "$GATE" 2>/dev/null || true; wait "$GATE" 2>/dev/null || true
 kill -TERM "$UPSTREAM"; wait "$UPSTREAM" 2>/dev/null || true
 UP2=$(free_port); PX2=$(free_port); AD2=$(free_port)
-"${PIN_LOAD[@]}" target/release/examples/echo_upstream --listen "127.0.0.1:$UP2" --ca-out "$work/up-ca.pem" api.stripe.com \
+"${PIN_LOAD[@]}" "$TARGET/release/examples/echo_upstream" --listen "127.0.0.1:$UP2" --ca-out "$work/up-ca.pem" api.stripe.com \
   2>"$work/upstream2.log" & UPSTREAM=$!; pids+=($UPSTREAM)
 sleep 0.5
 UP=$UP2 start_toolgate "$work/data2" "$PX2" "$AD2"
@@ -345,10 +348,11 @@ wait "$GATE" || true
 kill "$LOAD" 2>/dev/null || true; wait "$LOAD" 2>/dev/null || true
 kill -TERM "$UPSTREAM"; wait "$UPSTREAM" 2>/dev/null || true
 SERVED=$(awk '/^served/ {print $2}' "$work/upstream2.log")
-target/release/toolgate audit export --data-dir "$work/data2" > "$work/export.jsonl"
-python3 - "$work" "$SERVED" "$RSS_KB" "$LOAD_SECONDS" <<'PY'
+"$TARGET/release/toolgate" audit export --data-dir "$work/data2" > "$work/export.jsonl"
+python3 - "$work" "$SERVED" "$RSS_KB" "$LOAD_SECONDS" "$TARGET/release/toolgate" <<'PY'
 import json, os, subprocess, sys, time, resource
 work, served, rss_kb, secs = sys.argv[1], int(sys.argv[2] or 0), int(sys.argv[3] or 0), sys.argv[4]
+toolgate = sys.argv[5]
 ids, audited = [], 0
 for line in open(f"{work}/export.jsonl"):
     e = json.loads(line)
@@ -358,7 +362,7 @@ for line in open(f"{work}/export.jsonl"):
 disk = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(f"{work}/data2") for f in fs)
 rid = ids[len(ids) // 2] if ids else "none"
 t0 = time.time()
-subprocess.run(["target/release/toolgate", "audit", "story", rid, "--data-dir", f"{work}/data2"],
+subprocess.run([toolgate, "audit", "story", rid, "--data-dir", f"{work}/data2"],
                stdout=subprocess.DEVNULL, check=False)
 story_s = time.time() - t0
 story_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
