@@ -318,7 +318,7 @@ if [ -z "$ONLY" ] || [[ "idle tunnels c=16" == *"$ONLY"* ]]; then
       stop_perf
     done
     OPEN=$(ls "/proc/$GATE/fd" | wc -l)
-    THIRD=unused report "idle tunnels c=16 (direct column: no tunnels)" "$d" | sed 's/direct /no tunnels /; s/toolgate /with tunnels /'
+    report "idle tunnels c=16" "$d" | sed 's/ direct / without tunnels /; s/| toolgate /| with tunnels /'
     echo "  $HELD idle tunnels held ($OPEN fds open in toolgate): RSS $((RSS_WITHOUT / 1024)) MiB without, $((RSS_WITH / 1024)) MiB with: $(( (RSS_WITH - RSS_WITHOUT) / (HELD > 0 ? HELD : 1) )) KiB per idle tunnel"
     say_profile
   else
