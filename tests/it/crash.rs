@@ -129,6 +129,7 @@ fn tear(data: &std::path::Path) {
         .max()
         .unwrap();
     let bytes = std::fs::read(&last).unwrap();
+    assert!(bytes.len() > 8, "the last segment holds a block");
     // Frames: length (u32), CRC-32, payload. Find the last one's start.
     let mut off = 0usize;
     let mut start = 0usize;
