@@ -16,6 +16,7 @@ mod audit_scale;
 mod binary;
 mod bypass;
 mod contracts;
+mod crash;
 mod demo;
 mod graphql;
 mod graphql_adapter;
