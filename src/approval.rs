@@ -765,8 +765,26 @@ async fn commit(
         }
         Err(refusal) => return cancel(app, &p, &refusal.message).await,
     };
+    // A person's token (a per-user credential) is found now, as for a call sent at once.
+    let resolved = app
+        .vault()
+        .credential(
+            app.upstream(),
+            &policy,
+            checked.credential.as_ref(),
+            p.user.as_deref(),
+            &app.config().admin_url,
+        )
+        .await;
+    let credential = match resolved {
+        Ok(r) => r.credential,
+        Err(refusal) => {
+            crate::limits::refund_budget(app.store(), charged).await;
+            return Err(refusal.with_proposal(p.id.clone()));
+        }
+    };
     let call = crate::model::Call::of_proposal(&p, sent, checked.body);
-    let request = outgoing(&call, method, headers, checked.credential.as_deref());
+    let request = outgoing(&call, method, headers, credential.as_deref());
     send_approved(app, &p, &call, request, charged, claimant).await
 }
 

@@ -41,6 +41,9 @@ pub enum Code {
     ApprovalExpired,
     UpstreamTimeout,
     UpstreamError,
+    /// The person a call acts for has no live connection for the tool's per-user credential:
+    /// the message carries a link for them to connect (409 `user_connection_required`).
+    UserConnectionRequired,
     /// The audit log cannot be written now (its store failed or does not answer): nothing is
     /// forwarded that cannot be recorded.
     StoreUnavailable,
@@ -67,6 +70,7 @@ impl Code {
             Code::ApprovalExpired => "approval_expired",
             Code::UpstreamTimeout => "upstream_timeout",
             Code::UpstreamError => "upstream_error",
+            Code::UserConnectionRequired => "user_connection_required",
             Code::StoreUnavailable => "store_unavailable",
             Code::Internal => "internal_error",
         }
@@ -86,7 +90,7 @@ impl Code {
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::IdempotencyKeyRequired => StatusCode::PRECONDITION_REQUIRED,
-            Code::IdempotencyConflict => StatusCode::CONFLICT,
+            Code::IdempotencyConflict | Code::UserConnectionRequired => StatusCode::CONFLICT,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::ApprovalPending => StatusCode::LOCKED,
             Code::ApprovalExpired => StatusCode::GONE,

@@ -436,6 +436,43 @@ pub struct Credential {
     pub header: http::HeaderName,
     value: http::HeaderValue,
     secret: String,
+    /// Where a per-user credential's token comes from; None: a shared secret (`value`).
+    per_user: Option<PerUser>,
+    /// The header value's template (`"Bearer {secret}"`), for a per-user token.
+    format: String,
+}
+
+/// Where a per-user credential's token comes from.
+#[derive(Debug, Clone)]
+pub enum PerUser {
+    /// The end user's token from this `[[connection]]` (its name).
+    Connection(String),
+    /// A token exchanged for the end user's assertion (RFC 8693).
+    Exchange(Arc<Exchange>),
+}
+
+/// `exchange = { ... }`: the token endpoint and what is asked of it.
+#[derive(Debug)]
+pub struct Exchange {
+    pub token: HttpsUrl,
+    pub audience: Option<String>,
+    pub scope: Option<String>,
+    pub client_id: String,
+    pub client_secret: ClientSecret,
+    pub identity_provider: Option<String>,
+}
+
+/// `[[connection]]`: an OAuth client toolgate runs the authorization-code flow with (PKCE
+/// always), once per person.
+#[derive(Debug)]
+pub struct Connection {
+    pub name: String,
+    pub authorize_url: String,
+    pub token: HttpsUrl,
+    pub revoke: Option<HttpsUrl>,
+    pub client_id: String,
+    pub client_secret: ClientSecret,
+    pub scopes: Vec<String>,
 }
 
 impl std::fmt::Debug for Credential {
@@ -443,6 +480,7 @@ impl std::fmt::Debug for Credential {
         f.debug_struct("Credential")
             .field("name", &self.name)
             .field("header", &self.header)
+            .field("per_user", &self.per_user)
             .finish_non_exhaustive()
     }
 }
@@ -460,7 +498,47 @@ impl Credential {
             header,
             value,
             secret,
+            per_user: None,
+            format: String::new(),
         }
+    }
+
+    /// A per-user credential: its token is found for each call ([`Credential::with_token`]).
+    /// Until then it carries no value at all.
+    pub(super) fn per_user(
+        name: String,
+        header: http::HeaderName,
+        format: String,
+        per_user: PerUser,
+    ) -> Credential {
+        Credential {
+            name,
+            header,
+            value: http::HeaderValue::from_static(""),
+            secret: String::new(),
+            per_user: Some(per_user),
+            format,
+        }
+    }
+
+    /// Where a per-user credential's token comes from (None: a shared secret).
+    pub fn source(&self) -> Option<&PerUser> {
+        self.per_user.as_ref()
+    }
+
+    /// This per-user credential filled with one person's `token`: what a call injects.
+    pub fn with_token(&self, token: &str) -> Result<Credential, String> {
+        let mut value = http::HeaderValue::from_str(&self.format.replace("{secret}", token))
+            .map_err(|_| "the token holds characters not allowed in a header".to_string())?;
+        value.set_sensitive(true);
+        Ok(Credential {
+            name: self.name.clone(),
+            header: self.header.clone(),
+            value,
+            secret: token.to_string(),
+            per_user: None,
+            format: String::new(),
+        })
     }
 
     /// The header value to inject, marked sensitive so HTTP/2 never indexes it.
