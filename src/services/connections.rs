@@ -743,19 +743,20 @@ impl Vault {
             Unavailable::Revoked => format!("{user}'s connection {name} was revoked: reconnect"),
             Unavailable::Broken(r) => format!("{user}'s connection {name} is broken ({r}): reconnect"),
         };
-        let link =
-            match self.make_link(user, name, LINK_FOR).await {
-                Ok(l) => match admin_url.trim_end_matches('/') {
-                    "" => format!("{} on toolgate's admin listener", l.path),
-                    base => format!("{base}{}", l.path),
-                },
-                Err(e) => return Refusal::new(
+        let link = match self.make_link(user, name, LINK_FOR).await {
+            Ok(l) => match admin_url.trim_end_matches('/') {
+                "" => format!("{} on toolgate's admin listener", l.path),
+                base => format!("{base}{}", l.path),
+            },
+            Err(e) => {
+                return Refusal::new(
                     Code::StoreUnavailable,
                     format!(
                         "{what}, and no link could be made for them now ({e}); nothing was sent"
                     ),
-                ),
-            };
+                )
+            }
+        };
         Refusal::new(
             Code::UserConnectionRequired,
             format!("{what}. Ask them to open {link} (good for {} minutes, once) to connect, then retry the call; nothing was sent", LINK_FOR.as_secs() / 60),

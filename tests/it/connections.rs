@@ -1,0 +1,472 @@
+//! People's OAuth connections (DESIGN section 16) against a real authorization server: the
+//! certified oidc-provider (tests/oidc/oauth.mjs) issuing codes with PKCE, rotating refresh
+//! tokens, 2-second access tokens when asked, revocation and introspection, and beside it a
+//! GitHub-like API that takes only tokens the server issued (it asks the server's introspection
+//! endpoint) and logs whose token each call carried. A person connects once through a one-time
+//! link (the provider's login and consent forms posted as a browser would); the agent's calls
+//! for them then carry their own token; a person without a connection gets 409
+//! `user_connection_required` with a link that works.
+
+use std::collections::HashMap;
+
+use crate::sso::cookie_of;
+use crate::sso_provider::{node_server, NodeIdp};
+use crate::support::*;
+use serde_json::{json, Value};
+
+const CLIENT: &str = "toolgate-conn";
+const SECRET: &str = "conn-client-secret-b7e1";
+const ADMIN_TOKEN: &str = "conn-admin-token";
+const STATIC_TOKEN: &str = "coder-static-token";
+/// Where toolgate asks the provider to send the browser back (under `--admin-url`).
+const ADMIN_URL: &str = "http://admin";
+const CALLBACK: &str = "http://admin/connect/callback";
+
+fn policy(issuer: &str) -> String {
+    let sha = sha256_hex(STATIC_TOKEN);
+    format!(
+        r#"
+[[connection]]
+name = "github"
+authorize_url = "{issuer}/auth"
+token_url = "{issuer}/token"
+revoke_url = "{issuer}/token/revocation"
+client_id = "{CLIENT}"
+client_secret_env = "CONN_CLIENT_SECRET"
+scopes = ["openid", "repo"]
+
+[[connection]]
+name = "github-short"
+authorize_url = "{issuer}/auth"
+token_url = "{issuer}/token"
+client_id = "{CLIENT}"
+client_secret_env = "CONN_CLIENT_SECRET"
+scopes = ["openid", "repo", "short"]
+
+[[credential]]
+name = "github-user"
+connection = "github"
+header = "authorization"
+format = "Bearer {{secret}}"
+
+[[credential]]
+name = "github-short-user"
+connection = "github-short"
+header = "authorization"
+format = "Bearer {{secret}}"
+
+[[agent]]
+id = "coder"
+token_sha256 = "{sha}"
+owner = "platform@example.com"
+environment = "staging"
+tools = ["gh.*"]
+
+[[approver]]
+id = "admin@example.com"
+token_env = "CONN_ADMIN_TOKEN"
+groups = ["admin"]
+
+[[tool]]
+name = "gh.user"
+host = "api.github.test"
+method = "GET"
+path = "/user"
+credential = {{ staging = "github-user" }}
+
+[[tool]]
+name = "gh.short"
+host = "api.github.test"
+method = "GET"
+path = "/short/user"
+credential = {{ staging = "github-short-user" }}
+"#
+    )
+}
+
+/// The authorization server, its API, and toolgate routed to both.
+struct World {
+    idp: NodeIdp,
+    gate: Toolgate,
+}
+
+async fn world() -> Option<World> {
+    std::env::set_var("CONN_CLIENT_SECRET", SECRET);
+    std::env::set_var("CONN_ADMIN_TOKEN", ADMIN_TOKEN);
+    let pki = Pki::new("test oauth CA");
+    let env = [
+        ("CLIENT_ID", CLIENT.to_string()),
+        ("CLIENT_SECRET", SECRET.to_string()),
+        ("REDIRECT_URI", CALLBACK.to_string()),
+    ];
+    let idp = node_server(&pki, "oauth.mjs", 0, &env).await?;
+    let api_port = idp.started["api"].as_u64().unwrap() as u16;
+    let (port, idp_addr) = (idp.port, ([127, 0, 0, 1], idp.port).into());
+    let api_addr: std::net::SocketAddr = ([127, 0, 0, 1], api_port).into();
+    let ca = pki.ca_path.clone();
+    let gate = GateBuilder::new()
+        .policy("conn.toml", policy(&idp.issuer()))
+        .config(move |c| {
+            c.connect_to
+                .insert(("idp.acme.test".into(), port), idp_addr);
+            c.connect_to
+                .insert(("api.github.test".into(), 443), api_addr);
+            c.upstream_ca.push(ca);
+            c.admin_url = ADMIN_URL.into();
+        })
+        .start()
+        .await;
+    Some(World { idp, gate })
+}
+
+impl World {
+    /// A token for agent coder acting for `user`.
+    async fn token_for(&self, user: &str) -> String {
+        let body = json!({"ttl": "1h", "user": user});
+        let got = self
+            .gate
+            .admin(
+                "POST",
+                "/api/agents/coder/tokens",
+                Some(ADMIN_TOKEN),
+                Some(body),
+            )
+            .await;
+        assert_eq!(got.status, 201, "{}", got.text());
+        got.json()["token"].as_str().unwrap().to_string()
+    }
+
+    async fn call_as(&self, token: &str, path: &str, version: http::Version) -> Answer {
+        let client = self.gate.client(Some(("coder", token)), version);
+        send(
+            &client,
+            "GET",
+            &format!("https://api.github.test{path}"),
+            &[],
+            "",
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn control(&self, method: &str, path: &str) -> Value {
+        let mut jar = HashMap::new();
+        self.idp.send(&mut jar, method, path, None).await.json()
+    }
+
+    async fn counts(&self) -> Value {
+        self.control("GET", "/_counts").await
+    }
+
+    /// The API's log: who each call's token belonged to.
+    async fn seen(&self) -> Vec<Value> {
+        self.control("GET", "/_seen")
+            .await
+            .as_array()
+            .cloned()
+            .unwrap()
+    }
+
+    async fn link(&self, user: &str, connection: &str) -> String {
+        let body = json!({"user": user, "connection": connection});
+        let got = self
+            .gate
+            .admin(
+                "POST",
+                "/api/connections/link",
+                Some(ADMIN_TOKEN),
+                Some(body),
+            )
+            .await;
+        assert_eq!(got.status, 201, "{}", got.text());
+        got.json()["link"].as_str().unwrap().to_string()
+    }
+
+    /// Opens `link` (as the person's browser), signs `email` in at the provider, consents, and
+    /// comes back: toolgate's answer at the callback, and the callback's query.
+    async fn connect(&self, link: &str, email: &str) -> (Answer, String) {
+        let path = link.strip_prefix(ADMIN_URL).unwrap();
+        let opened = self.gate.page("GET", path, None, None).await;
+        assert_eq!(opened.status, 303, "{}", opened.text());
+        let binding = cookie_of(&opened, "tg_connect").expect("a binding cookie");
+        let authorize = opened.headers["location"].to_str().unwrap().to_string();
+        assert!(
+            authorize.contains("code_challenge_method=S256"),
+            "{authorize}"
+        );
+        let back = self.idp.sign_in_until(&authorize, email, CALLBACK).await;
+        let query = back.split_once('?').unwrap().1.to_string();
+        let path = format!("/connect/callback?{query}");
+        (
+            self.gate.page("GET", &path, Some(&binding), None).await,
+            query,
+        )
+    }
+
+    async fn connections(&self, user: &str) -> Vec<Value> {
+        let path = format!("/api/connections?user={user}");
+        let got = self.gate.admin("GET", &path, Some(ADMIN_TOKEN), None).await;
+        got.json()["connections"].as_array().cloned().unwrap()
+    }
+}
+
+/// The link a 409 `user_connection_required` carries.
+fn link_in(refusal: &Answer) -> String {
+    assert_eq!(refusal.status, 409, "{}", refusal.text());
+    assert_eq!(refusal.code(), "user_connection_required");
+    let message = refusal.message();
+    let at = message.find("http://admin/connect/").expect("a link");
+    message[at..].split_whitespace().next().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_person_connects_once_and_their_calls_carry_their_own_token() {
+    let Some(w) = world().await else {
+        return;
+    };
+    let alice = w.token_for("alice@example.com").await;
+    let bob = w.token_for("bob@example.com").await;
+
+    // alice has not connected: refused with a link for her, nothing sent.
+    let refused = w.call_as(&alice, "/user", http::Version::HTTP_11).await;
+    let link = link_in(&refused);
+    assert!(refused
+        .message()
+        .contains("alice@example.com has not connected github"));
+    assert!(w.seen().await.is_empty(), "nothing reached the API");
+    let (connected, query) = w.connect(&link, "alice@example.com").await;
+    assert_eq!(connected.status, 200, "{}", connected.text());
+    assert!(
+        connected.text().contains("Connected"),
+        "{}",
+        connected.text()
+    );
+    // The link and the provider's answer are good once.
+    let again = w
+        .gate
+        .page("GET", link.strip_prefix(ADMIN_URL).unwrap(), None, None)
+        .await;
+    assert_eq!(again.status, 410, "{}", again.text());
+    let replay = format!("/connect/callback?{query}");
+    let replayed = w.gate.page("GET", &replay, None, None).await;
+    assert_eq!(replayed.status, 400, "{}", replayed.text());
+
+    let ok = w.call_as(&alice, "/user", http::Version::HTTP_11).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["login"], "alice@example.com");
+
+    let bob_link = link_in(&w.call_as(&bob, "/user", http::Version::HTTP_11).await);
+    let (done, _) = w.connect(&bob_link, "bob@example.com").await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    let ok = w.call_as(&bob, "/user", http::Version::HTTP_2).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["login"], "bob@example.com");
+    let users: Vec<Value> = w.seen().await.iter().map(|s| s["user"].clone()).collect();
+    assert_eq!(
+        users,
+        vec![json!("alice@example.com"), json!("bob@example.com")]
+    );
+
+    // carol, over HTTP/2: toolgate's JSON refusal, with a link that works.
+    let carol = w.token_for("carol@example.com").await;
+    let refused = w.call_as(&carol, "/user", http::Version::HTTP_2).await;
+    assert_eq!(refused.version, http::Version::HTTP_2);
+    let (done, _) = w.connect(&link_in(&refused), "carol@example.com").await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    let ok = w.call_as(&carol, "/user", http::Version::HTTP_11).await;
+    assert_eq!(ok.json()["login"], "carol@example.com");
+
+    // No person on the call: refused, saying why.
+    let anon = w
+        .call_as(STATIC_TOKEN, "/user", http::Version::HTTP_11)
+        .await;
+    assert_eq!(anon.status, 403, "{}", anon.text());
+    assert!(
+        anon.message().contains("names no person"),
+        "{}",
+        anon.text()
+    );
+
+    // The audit says which connection and scopes served each call, and who linked.
+    let used = crate::sso::recorded(&w.gate, ADMIN_TOKEN, "connection.used", 3).await;
+    assert_eq!(used[0]["payload"]["connection"], "github");
+    assert!(used[0]["payload"]["scopes"].to_string().contains("repo"));
+    crate::sso::recorded(&w.gate, ADMIN_TOKEN, "connection.linked", 3).await;
+
+    // bob's connection revoked: toolgate forgets it, the provider is told; his next call is
+    // refused with a link to reconnect.
+    let body = json!({"user": "bob@example.com", "connection": "github"});
+    let revoked = w
+        .gate
+        .admin(
+            "POST",
+            "/api/connections/revoke",
+            Some(ADMIN_TOKEN),
+            Some(body),
+        )
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    assert_eq!(revoked.json()["provider_refused"], Value::Null);
+    let refused = w.call_as(&bob, "/user", http::Version::HTTP_11).await;
+    link_in(&refused);
+    assert!(refused.message().contains("revoked"), "{}", refused.text());
+    assert_eq!(
+        w.connections("bob@example.com").await[0]["state"],
+        "revoked"
+    );
+
+    no_secret_anywhere(&w, &[SECRET, &query_code(&query)]).await;
+}
+
+fn query_code(query: &str) -> String {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .unwrap()
+}
+
+/// No token the API received, no code, no client secret in the data dir, the audit export or
+/// the pages.
+async fn no_secret_anywhere(w: &World, more: &[&str]) {
+    let mut needles: Vec<String> = more.iter().map(|s| s.to_string()).collect();
+    for s in w.seen().await {
+        if let Some(t) = s["token"].as_str() {
+            needles.push(t.to_string());
+        }
+    }
+    let export = w
+        .gate
+        .admin("GET", "/api/audit/export", Some(ADMIN_TOKEN), None)
+        .await;
+    let session = w.gate.sign_in(ADMIN_TOKEN).await;
+    let page = w
+        .gate
+        .page("GET", "/connections", Some(&session), None)
+        .await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(page.text().contains("alice@example.com"));
+    let mut files = Vec::new();
+    collect(w.gate.dir.path(), &mut files);
+    for needle in &needles {
+        assert!(
+            !export.text().contains(needle.as_str()),
+            "the audit export holds a secret"
+        );
+        assert!(
+            !page.text().contains(needle.as_str()),
+            "the page holds a secret"
+        );
+        for f in &files {
+            let bytes = std::fs::read(f).unwrap_or_default();
+            let found = bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+            assert!(!found, "{} holds a secret", f.display());
+        }
+    }
+}
+
+fn collect(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        match p.is_dir() {
+            true => collect(&p, out),
+            false => out.push(p),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_two_second_token_is_refreshed_once_for_racing_calls_and_a_dead_grant_breaks_the_connection(
+) {
+    let Some(w) = world().await else {
+        return;
+    };
+    let alice = w.token_for("alice@example.com").await;
+    let link = w.link("alice@example.com", "github-short").await;
+    let (done, _) = w.connect(&link, "alice@example.com").await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    let ok = w
+        .call_as(&alice, "/short/user", http::Version::HTTP_11)
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+
+    // Once the token has expired, eight calls at once: one refresh, every call served.
+    for round in 0..2 {
+        expired(&w, "alice@example.com").await;
+        let before = w.counts().await["refresh_token"].as_u64().unwrap_or(0);
+        let calls = (0..8).map(|_| {
+            let gate_call = w.call_as(&alice, "/short/user", http::Version::HTTP_11);
+            async move { gate_call.await }
+        });
+        for got in futures_util::future::join_all(calls).await {
+            assert_eq!(got.status, 200, "round {round}: {}", got.text());
+            assert_eq!(got.json()["login"], "alice@example.com");
+        }
+        let after = w.counts().await["refresh_token"].as_u64().unwrap_or(0);
+        assert_eq!(after, before + 1, "round {round}: one refresh");
+    }
+    crate::sso::recorded(&w.gate, ADMIN_TOKEN, "connection.refreshed", 2).await;
+
+    // The provider ends alice's grant: her refresh token is refused, the connection breaks,
+    // and her call is refused with a link to reconnect.
+    w.control("POST", "/_break?account=alice%40example.com")
+        .await;
+    expired(&w, "alice@example.com").await;
+    let refused = w
+        .call_as(&alice, "/short/user", http::Version::HTTP_11)
+        .await;
+    let link = link_in(&refused);
+    let message = refused.message();
+    assert!(
+        message.contains("broken") && message.contains("reconnect"),
+        "{message}"
+    );
+    assert!(message.contains("invalid_grant"), "{message}");
+    let broken = crate::sso::recorded(&w.gate, ADMIN_TOKEN, "connection.broken", 1).await;
+    assert_eq!(broken[0]["user"], "alice@example.com");
+    // Reconnecting mends it.
+    let (done, _) = w.connect(&link, "alice@example.com").await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    let ok = w
+        .call_as(&alice, "/short/user", http::Version::HTTP_11)
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+}
+
+/// Waits until `user`'s github-short token has expired (by the vault's own clock).
+async fn expired(w: &World, user: &str) {
+    poll::until("the access token expires", poll::SOON, || async {
+        let now = toolgate::store::now_unix();
+        let all = w.connections(user).await;
+        let c = all
+            .iter()
+            .find(|c| c["connection"] == "github-short")
+            .unwrap();
+        c["expires_unix"].as_u64().is_some_and(|e| e <= now)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_link_opened_eight_times_at_once_starts_one_authorization() {
+    let Some(w) = world().await else {
+        return;
+    };
+    let link = w.link("dave@example.com", "github").await;
+    let path = link.strip_prefix(ADMIN_URL).unwrap().to_string();
+    let opens = (0..8).map(|_| w.gate.page("GET", &path, None, None));
+    let statuses: Vec<u16> = futures_util::future::join_all(opens)
+        .await
+        .iter()
+        .map(|a| a.status.as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 303).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 410).count(),
+        7,
+        "{statuses:?}"
+    );
+}
