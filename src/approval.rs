@@ -765,27 +765,39 @@ async fn commit(
         }
         Err(refusal) => return cancel(app, &p, &refusal.message).await,
     };
-    // A person's token (a per-user credential) is found now, as for a call sent at once.
+    let credential = credential_now(app, &policy, &p, checked.credential, &charged).await?;
+    let call = crate::model::Call::of_proposal(&p, sent, checked.body);
+    let request = outgoing(&call, method, headers, credential.as_deref());
+    send_approved(app, &p, &call, request, charged, claimant).await
+}
+
+/// The approved call's credential, ready to inject: a person's token (a per-user credential)
+/// is found now, as for a call sent at once. Refused (the budget given back, the proposal left
+/// approved, to be retried): the person has no live connection now, or none is named.
+async fn credential_now(
+    app: &Core,
+    policy: &crate::policy::Policy,
+    p: &Proposal,
+    credential: Option<std::sync::Arc<crate::policy::Credential>>,
+    charged: &crate::limits::Charge,
+) -> Result<Option<std::sync::Arc<crate::policy::Credential>>, Refusal> {
     let resolved = app
         .vault()
         .credential(
             app.upstream(),
-            &policy,
-            checked.credential.as_ref(),
+            policy,
+            credential.as_ref(),
             p.user.as_deref(),
             &app.config().admin_url,
         )
         .await;
-    let credential = match resolved {
-        Ok(r) => r.credential,
+    match resolved {
+        Ok(r) => Ok(r.credential),
         Err(refusal) => {
-            crate::limits::refund_budget(app.store(), charged).await;
-            return Err(refusal.with_proposal(p.id.clone()));
+            crate::limits::refund_budget(app.store(), charged.clone()).await;
+            Err(refusal.with_proposal(p.id.clone()))
         }
-    };
-    let call = crate::model::Call::of_proposal(&p, sent, checked.body);
-    let request = outgoing(&call, method, headers, credential.as_deref());
-    send_approved(app, &p, &call, request, charged, claimant).await
+    }
 }
 
 /// The request an approved call sends: what was proposed, with the tool's credential.

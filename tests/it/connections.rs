@@ -393,10 +393,7 @@ async fn a_two_second_token_is_refreshed_once_for_racing_calls_and_a_dead_grant_
     for round in 0..2 {
         expired(&w, "alice@example.com").await;
         let before = w.counts().await["refresh_token"].as_u64().unwrap_or(0);
-        let calls = (0..8).map(|_| {
-            let gate_call = w.call_as(&alice, "/short/user", http::Version::HTTP_11);
-            async move { gate_call.await }
-        });
+        let calls = (0..8).map(|_| w.call_as(&alice, "/short/user", http::Version::HTTP_11));
         for got in futures_util::future::join_all(calls).await {
             assert_eq!(got.status, 200, "round {round}: {}", got.text());
             assert_eq!(got.json()["login"], "alice@example.com");
