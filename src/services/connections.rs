@@ -621,7 +621,7 @@ fn issued(
             .as_str()
             .map(str::to_string)
             .or_else(|| before.and_then(|b| b.refresh.clone())),
-        expires_unix: lifetime.map(|l| now + l),
+        expires_unix: lifetime.map(|l| now.saturating_add(l)),
         lifetime,
         scopes,
         state: State::Live,
@@ -761,5 +761,84 @@ impl Vault {
             Code::UserConnectionRequired,
             format!("{what}. Ask them to open {link} (good for {} minutes, once) to connect, then retry the call; nothing was sent", LINK_FOR.as_secs() / 60),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::identity_def::https_url;
+
+    fn conn() -> Connection {
+        Connection {
+            name: "gh".into(),
+            authorize_url: "https://idp.example.com/auth".into(),
+            token: https_url("t", "https://idp.example.com/token").unwrap(),
+            revoke: None,
+            client_id: "c".into(),
+            client_secret: crate::policy::ClientSecret("s".into()),
+            scopes: vec!["repo".into()],
+        }
+    }
+
+    #[test]
+    fn a_token_answer_makes_a_live_connection_and_a_refresh_keeps_what_it_does_not_replace() {
+        let first = json!({"access_token": "a1", "refresh_token": "r1", "expires_in": 2, "scope": "repo user"});
+        let held = issued(&conn(), "alice", &first, None).unwrap();
+        assert_eq!(
+            (held.access.as_str(), held.refresh.as_deref()),
+            ("a1", Some("r1"))
+        );
+        assert_eq!(held.scopes, vec!["repo", "user"]);
+        let now = now_unix();
+        assert!(
+            fresh(&held, now),
+            "2 s left of 2: refreshed at half its life"
+        );
+        assert!(!fresh(&held, now + 1));
+        // No rotation, no scope: the refresh token and the scopes stay.
+        let next = issued(
+            &conn(),
+            "alice",
+            &json!({"access_token": "a2"}),
+            Some(&held),
+        )
+        .unwrap();
+        assert_eq!(
+            (next.refresh.as_deref(), next.scopes.clone()),
+            (Some("r1"), held.scopes.clone())
+        );
+        assert!(fresh(&next, now + 10_000), "no expiry: used until refused");
+        let url = authorize_url(
+            &conn(),
+            &AuthRec {
+                user: "alice".into(),
+                connection: "gh".into(),
+                verifier: "v".into(),
+                redirect_uri: "https://tg/connect/callback".into(),
+                binding: String::new(),
+                expires_unix: 0,
+            },
+            "st",
+        );
+        assert!(url.starts_with("https://idp.example.com/auth?response_type=code&client_id=c"));
+        assert!(url.contains("code_challenge_method=S256") && url.contains("scope=repo"));
+    }
+
+    proptest::proptest! {
+        /// Whatever a token endpoint answers, reading it never panics, and a connection is made
+        /// only from an answer with a non-empty access token, which is the token kept.
+        #[test]
+        fn any_token_answer_is_read_without_panic(text in ".{0,200}", exp in proptest::option::of(0u64..u64::MAX)) {
+            for answer in [
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+                json!({"access_token": text, "expires_in": exp, "scope": text}),
+            ] {
+                if let Ok(h) = issued(&conn(), "u", &answer, None) {
+                    proptest::prop_assert!(!h.access.is_empty());
+                    proptest::prop_assert_eq!(Some(h.access.as_str()), answer["access_token"].as_str());
+                }
+            }
+        }
     }
 }
