@@ -781,13 +781,19 @@ async fn credential_now(
     credential: Option<std::sync::Arc<crate::policy::Credential>>,
     charged: &crate::limits::Charge,
 ) -> Result<Option<std::sync::Arc<crate::policy::Credential>>, Refusal> {
+    let user = p.user.as_ref().map(|id| crate::policy::EndUser {
+        id: id.clone(),
+        groups: p.user_groups.clone(),
+        via: format!("proposal {}", p.id),
+        assertion: None,
+    });
     let resolved = app
         .vault()
         .credential(
             app.upstream(),
             policy,
             credential.as_ref(),
-            p.user.as_deref(),
+            user.as_ref(),
             &app.config().admin_url,
         )
         .await;
@@ -1279,6 +1285,7 @@ fn for_person(agent: std::sync::Arc<Agent>, p: &Proposal) -> std::sync::Arc<Agen
             id: user.clone(),
             groups: p.user_groups.clone(),
             via: format!("proposal {}", p.id),
+            assertion: None,
         }),
         None => agent,
     }

@@ -98,6 +98,7 @@ pub(super) fn build(
         }
         policy.files.push(path);
     }
+    exchanges_name_known_providers(&policy, &credentials)?;
     for (path, def) in endpoints {
         let (at, limits) = graphql_endpoint(def).map_err(|m| PolicyError::new(&path, m))?;
         policy
@@ -105,6 +106,28 @@ pub(super) fn build(
             .map_err(|m| PolicyError::new(&path, m))?;
     }
     Ok(policy)
+}
+
+/// An `exchange` naming an `identity_provider` names one the policy defines.
+fn exchanges_name_known_providers(
+    policy: &Policy,
+    credentials: &HashMap<String, Arc<Credential>>,
+) -> Result<(), PolicyError> {
+    for c in credentials.values() {
+        let Some(super::types::PerUser::Exchange(x)) = c.source() else {
+            continue;
+        };
+        if let Some(p) = x.identity_provider.as_deref() {
+            if policy.identity_provider_named(p).is_none() {
+                let at = policy.files.last().cloned().unwrap_or_default();
+                return Err(PolicyError::new(
+                    &at,
+                    format!("credential {:?}: exchange names identity_provider {p:?}, which no [[identity_provider]] defines", c.name),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Deepest a `[[graphql_endpoint]]` may allow (the parser's own nesting limit is far above).

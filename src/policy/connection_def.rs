@@ -149,7 +149,18 @@ fn exchange(
             "name the audience or the scope the exchanged token is for".into(),
         ));
     }
+    let subject_token_type = match def.subject_token_type.as_deref() {
+        None | Some("jwt") => "urn:ietf:params:oauth:token-type:jwt",
+        Some("id_token") => "urn:ietf:params:oauth:token-type:id_token",
+        Some("access_token") => "urn:ietf:params:oauth:token-type:access_token",
+        Some(other) => {
+            return Err(at(format!(
+                "subject_token_type {other:?} is not jwt, id_token or access_token"
+            )))
+        }
+    };
     Ok(Exchange {
+        subject_token_type,
         token,
         audience: def.audience.clone(),
         scope: def.scope.clone(),

@@ -60,6 +60,9 @@ pub struct ExchangeDef {
     pub client_secret_file: Option<String>,
     /// Only assertions of this `[[identity_provider]]` are exchanged.
     pub identity_provider: Option<String>,
+    /// What the assertion is, as RFC 8693 names it: `jwt` (the default), `id_token` or
+    /// `access_token`.
+    pub subject_token_type: Option<String>,
 }
 
 /// `[[identity_provider]]`: who signs assertions about people, with which keys.

@@ -27,8 +27,8 @@ pub use lookup::Policy;
 pub use published::{Published, Role, PUBLISHED_TOKENS};
 pub use template::{check_path, PathError, PathTemplate};
 pub use types::{
-    glob_match, Agent, ApprovalSpec, Approver, BodyFormat, BodySpec, Budget, ClientSecret,
-    Connection, Credential, EndUser, Exchange, GraphqlSpec, HttpsUrl, Idempotency,
+    glob_match, Agent, ApprovalSpec, Approver, Assertion, BodyFormat, BodySpec, Budget,
+    ClientSecret, Connection, Credential, EndUser, Exchange, GraphqlSpec, HttpsUrl, Idempotency,
     IdentityProvider, JwksSource, Login, LoginEndpoints, Matched, McpSpec, Mode, PerUser, Period,
     PolicyError, RateLimit, Risk, Rollback, SendOn, SideEffects, Tool, ToolKind, Users,
     DEFAULT_MAX_BODY,

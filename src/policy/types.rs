@@ -71,6 +71,23 @@ pub struct EndUser {
     pub groups: Vec<String>,
     /// What named them: `token tok_…` or `identity provider NAME`.
     pub via: String,
+    /// The verified assertion that named them, when one did (a token exchange sends it).
+    pub assertion: Option<Assertion>,
+}
+
+/// A verified user assertion as the call carried it, and its provider: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Assertion {
+    pub provider: String,
+    pub token: Arc<str>,
+}
+
+impl std::fmt::Debug for Assertion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Assertion")
+            .field("provider", &self.provider)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[[identity_provider]]`: an issuer of signed assertions about people (an OIDC provider),
@@ -460,6 +477,8 @@ pub struct Exchange {
     pub client_id: String,
     pub client_secret: ClientSecret,
     pub identity_provider: Option<String>,
+    /// The RFC 8693 URN of the assertion's type.
+    pub subject_token_type: &'static str,
 }
 
 /// `[[connection]]`: an OAuth client toolgate runs the authorization-code flow with (PKCE

@@ -294,7 +294,7 @@ async fn pass(
     } = message;
     let no_params = std::collections::BTreeMap::new();
     let credential = authorize(agent, tool, &no_params)?;
-    let user = ctx.and_then(|c| c.user.as_ref()).map(|u| u.id.as_str());
+    let user = ctx.and_then(|c| c.user.as_deref());
     let credential = app
         .vault()
         .credential(

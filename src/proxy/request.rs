@@ -476,14 +476,13 @@ pub(super) async fn decide(
 /// token of the person the call acts for) and put in the headers that go upstream; which
 /// connection and scopes served the call is recorded (never the token).
 async fn inject(app: &Gate, ctx: &RequestCtx, checked: &mut Checked) -> Result<(), Refusal> {
-    let user = ctx.user.as_ref().map(|u| u.id.as_str());
     let resolved = app
         .vault()
         .credential(
             app.upstream(),
             &ctx.policy,
             checked.credential.as_ref(),
-            user,
+            ctx.user.as_deref(),
             &app.config().admin_url,
         )
         .await?;
@@ -491,8 +490,7 @@ async fn inject(app: &Gate, ctx: &RequestCtx, checked: &mut Checked) -> Result<(
         checked.headers.remove(&c.header);
         checked.headers.insert(c.header.clone(), c.header_value());
     }
-    if let (Some((connection, scopes)), Some(c)) = (resolved.connection, &resolved.credential) {
-        let facts = json!({"connection": connection, "scopes": scopes, "credential": c.name});
+    if let Some(facts) = resolved.used {
         ctx.record_beside(Kind::ConnectionUsed, facts).await;
     }
     checked.credential = resolved.credential;

@@ -18,10 +18,12 @@ use sha2::{Digest, Sha256};
 use crate::audit::{Audit, Kind, Record};
 use crate::base::{now_ms, now_unix};
 use crate::error::{Code, Refusal};
-use crate::policy::{Connection, Credential, PerUser, Policy};
+use crate::policy::{Connection, Credential, EndUser, PerUser, Policy};
 use crate::services::oidc::token_request;
 use crate::store::{Store, StoreError};
 use crate::upstream::Upstream;
+
+mod exchange;
 
 /// How long a link stays good, unless asked otherwise.
 pub const LINK_FOR: Duration = Duration::from_secs(15 * 60);
@@ -663,63 +665,74 @@ async fn tell_provider(upstream: &Upstream, conn: &Connection, held: &Held) -> O
 }
 
 /// A call's credential as it is injected: a shared secret as the policy holds it, or a
-/// person's token from their connection (then which connection and scopes served the call).
+/// person's token (then what served the call: the connection or exchange and the scopes, for
+/// the call's audit event; never the token).
 pub struct Resolved {
     pub credential: Option<Arc<Credential>>,
-    pub connection: Option<(String, Vec<String>)>,
+    pub used: Option<Value>,
 }
 
 impl Vault {
     /// The one place a call's credential is made ready to inject, for every path a call goes
     /// out by (a request, an MCP message, a GraphQL operation, the commit of an approved
     /// call): a shared secret as it is; a per-user credential filled with the token of the
-    /// person the call acts for. No person, or no live connection: refused, saying what to do
-    /// (for a missing or broken connection, with a fresh link for the person to connect).
+    /// person the call acts for (from their connection, or exchanged for their assertion). No
+    /// person, or no live connection: refused, saying what to do (for a missing or broken
+    /// connection, with a fresh link for the person to connect).
     pub async fn credential(
         &self,
         upstream: &Upstream,
         policy: &Policy,
         cred: Option<&Arc<Credential>>,
-        user: Option<&str>,
+        user: Option<&EndUser>,
         admin_url: &str,
     ) -> Result<Resolved, Refusal> {
         let Some(cred) = cred else {
             return Ok(Resolved {
                 credential: None,
-                connection: None,
+                used: None,
             });
         };
-        let name = match cred.source() {
-            None => {
-                return Ok(Resolved { credential: Some(cred.clone()), connection: None });
-            }
-            Some(PerUser::Exchange(_)) => {
-                return Err(Refusal::new(
-                    Code::PolicyViolation,
-                    format!("credential {} exchanges the person's assertion for a token, which this call cannot do here: send the call with its Toolgate-User-Assertion (an approved call is sent without one)", cred.name),
-                ))
-            }
-            Some(PerUser::Connection(name)) => name,
+        let Some(source) = cred.source() else {
+            return Ok(Resolved {
+                credential: Some(cred.clone()),
+                used: None,
+            });
         };
         let Some(user) = user else {
             return Err(Refusal::new(
                 Code::PolicyViolation,
-                format!("credential {} sends the token of the person the call acts for (connection {name}), and this call names no person: send Toolgate-User-Assertion, or use a token issued --for-user", cred.name),
+                format!("credential {} sends the token of the person the call acts for, and this call names no person: send Toolgate-User-Assertion, or use a token issued --for-user", cred.name),
             ));
         };
-        let conn = policy.connection(name).ok_or_else(|| {
-            Refusal::new(Code::Internal, format!("connection {name} is not defined"))
-        })?;
-        let served = match self.served(upstream, conn, user).await {
-            Ok(s) => s,
-            Err(why) => return Err(self.unavailable(user, name, why, admin_url).await),
+        let (served, mut used) = match source {
+            PerUser::Exchange(x) => {
+                let s = self
+                    .exchanged(upstream, cred, x, &user.id, user.assertion.as_ref())
+                    .await?;
+                (s, json!({"exchange": cred.name, "audience": x.audience}))
+            }
+            PerUser::Connection(name) => {
+                let conn = policy.connection(name).ok_or_else(|| {
+                    Refusal::new(Code::Internal, format!("connection {name} is not defined"))
+                })?;
+                match self.served(upstream, conn, &user.id).await {
+                    Ok(s) => (s, json!({"connection": name})),
+                    Err(why) => return Err(self.unavailable(&user.id, name, why, admin_url).await),
+                }
+            }
         };
         let filled = cred.with_token(&served.access).map_err(|why| {
-            Refusal::new(Code::UpstreamError, format!("connection {name}: {why}"))
+            Refusal::new(
+                Code::UpstreamError,
+                format!("credential {}: {why}", cred.name),
+            )
         })?;
+        used["credential"] = json!(cred.name);
+        used["scopes"] = json!(served.scopes);
         Ok(Resolved {
             credential: Some(Arc::new(filled)),
-            connection: Some((name.clone(), served.scopes)),
+            used: Some(used),
         })
     }
 

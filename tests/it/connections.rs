@@ -21,6 +21,8 @@ const STATIC_TOKEN: &str = "coder-static-token";
 /// Where toolgate asks the provider to send the browser back (under `--admin-url`).
 const ADMIN_URL: &str = "http://admin";
 const CALLBACK: &str = "http://admin/connect/callback";
+/// The company's identity provider, whose assertions the token-exchange grant takes.
+const CORP: &str = "https://corp.example.com";
 
 fn policy(issuer: &str) -> String {
     let sha = sha256_hex(STATIC_TOKEN);
@@ -74,6 +76,25 @@ method = "GET"
 path = "/user"
 credential = {{ staging = "github-user" }}
 
+[[identity_provider]]
+name = "corp"
+issuer = "{CORP}"
+audience = "toolgate"
+jwks_file = "corp-jwks.json"
+
+[[credential]]
+name = "github-exchanged"
+header = "authorization"
+format = "Bearer {{secret}}"
+exchange = {{ token_url = "{issuer}/token", audience = "github-api", scope = "repo", client_id = "{CLIENT}", client_secret_env = "CONN_CLIENT_SECRET", identity_provider = "corp" }}
+
+[[tool]]
+name = "gh.exchanged"
+host = "api.github.test"
+method = "GET"
+path = "/x/user"
+credential = {{ staging = "github-exchanged" }}
+
 [[tool]]
 name = "gh.short"
 host = "api.github.test"
@@ -88,16 +109,22 @@ credential = {{ staging = "github-short-user" }}
 struct World {
     idp: NodeIdp,
     gate: Toolgate,
+    /// Signs the company's assertions about people.
+    corp: jsonwebtoken::EncodingKey,
 }
 
 async fn world() -> Option<World> {
     std::env::set_var("CONN_CLIENT_SECRET", SECRET);
     std::env::set_var("CONN_ADMIN_TOKEN", ADMIN_TOKEN);
     let pki = Pki::new("test oauth CA");
+    let (corp, jwk) = es256_key("k1");
+    let jwks = json!({ "keys": [jwk] }).to_string();
     let env = [
         ("CLIENT_ID", CLIENT.to_string()),
         ("CLIENT_SECRET", SECRET.to_string()),
         ("REDIRECT_URI", CALLBACK.to_string()),
+        ("ASSERTION_JWKS", jwks.clone()),
+        ("ASSERTION_ISSUER", CORP.to_string()),
     ];
     let idp = node_server(&pki, "oauth.mjs", 0, &env).await?;
     let api_port = idp.started["api"].as_u64().unwrap() as u16;
@@ -106,6 +133,7 @@ async fn world() -> Option<World> {
     let ca = pki.ca_path.clone();
     let gate = GateBuilder::new()
         .policy("conn.toml", policy(&idp.issuer()))
+        .policy("corp-jwks.json", jwks)
         .config(move |c| {
             c.connect_to
                 .insert(("idp.acme.test".into(), port), idp_addr);
@@ -116,7 +144,7 @@ async fn world() -> Option<World> {
         })
         .start()
         .await;
-    Some(World { idp, gate })
+    Some(World { idp, gate, corp })
 }
 
 impl World {
@@ -147,6 +175,22 @@ impl World {
         )
         .await
         .unwrap()
+    }
+
+    /// A call as agent coder (its static token) with the company's assertion about `email`.
+    async fn call_asserted(&self, email: &str, path: &str) -> Answer {
+        let now = toolgate::store::now_unix() as i64;
+        let claims =
+            json!({"iss": CORP, "aud": "toolgate", "email": email, "iat": now, "exp": now + 600});
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("k1".into());
+        let assertion = jsonwebtoken::encode(&header, &claims, &self.corp).unwrap();
+        let client = self
+            .gate
+            .client(Some(("coder", STATIC_TOKEN)), http::Version::HTTP_11);
+        let url = format!("https://api.github.test{path}");
+        let headers = [("toolgate-user-assertion", assertion.as_str())];
+        send(&client, "GET", &url, &headers, "").await.unwrap()
     }
 
     async fn control(&self, method: &str, path: &str) -> Value {
@@ -344,7 +388,6 @@ async fn no_secret_anywhere(w: &World, more: &[&str]) {
         .page("GET", "/connections", Some(&session), None)
         .await;
     assert_eq!(page.status, 200, "{}", page.text());
-    assert!(page.text().contains("alice@example.com"));
     let mut files = Vec::new();
     collect(w.gate.dir.path(), &mut files);
     for needle in &needles {
@@ -466,4 +509,60 @@ async fn a_link_opened_eight_times_at_once_starts_one_authorization() {
         7,
         "{statuses:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_persons_assertion_is_exchanged_for_their_token_once_and_a_refused_exchange_says_why() {
+    let Some(w) = world().await else {
+        return;
+    };
+    let exchanges = |c: Value| c["exchange"].as_u64().unwrap_or(0);
+    let ok = w.call_asserted("alice@example.com", "/x/user").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["login"], "alice@example.com");
+    assert_eq!(exchanges(w.counts().await), 1);
+    // The second call uses the token kept for alice.
+    let again = w.call_asserted("alice@example.com", "/x/user").await;
+    assert_eq!(again.json()["login"], "alice@example.com");
+    assert_eq!(
+        exchanges(w.counts().await),
+        1,
+        "the exchanged token is reused"
+    );
+    let bob = w.call_asserted("bob@example.com", "/x/user").await;
+    assert_eq!(bob.json()["login"], "bob@example.com");
+    assert_eq!(exchanges(w.counts().await), 2);
+
+    // The provider refuses mallory's exchange: refused with its words, nothing sent.
+    let before = w.seen().await.len();
+    let refused = w.call_asserted("mallory@example.com", "/x/user").await;
+    assert_eq!(refused.status, 502, "{}", refused.text());
+    assert_eq!(refused.code(), "upstream_error");
+    assert!(
+        refused.message().contains("invalid_grant"),
+        "{}",
+        refused.text()
+    );
+    assert!(
+        refused
+            .message()
+            .contains("may not act through this client"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(w.seen().await.len(), before, "nothing reached the API");
+
+    // A person named by an issued token has no assertion to exchange.
+    let carol = w.token_for("carol@example.com").await;
+    let refused = w.call_as(&carol, "/x/user", http::Version::HTTP_11).await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert!(
+        refused.message().contains("issued token"),
+        "{}",
+        refused.text()
+    );
+
+    let used = crate::sso::recorded(&w.gate, ADMIN_TOKEN, "connection.used", 3).await;
+    assert_eq!(used[0]["payload"]["exchange"], "github-exchanged");
+    no_secret_anywhere(&w, &[SECRET]).await;
 }

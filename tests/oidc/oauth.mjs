@@ -13,13 +13,18 @@
 // person's grants: their refresh tokens stop working).
 import { readFileSync } from "node:fs";
 import https from "node:https";
-import Provider from "oidc-provider";
+import Provider, { errors } from "oidc-provider";
+import { createLocalJWKSet, jwtVerify } from "jose";
 
 const cert = readFileSync(process.env.CERT);
 const key = readFileSync(process.env.KEY);
 const ca = readFileSync(process.env.CA);
 const API_CLIENT = "github-api";
 const API_SECRET = "github-api-introspection-secret";
+const TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange";
+// The keys and issuer of the company's assertions that the token-exchange grant takes.
+const assertionKeys = createLocalJWKSet(JSON.parse(process.env.ASSERTION_JWKS || '{"keys":[]}'));
+const assertionIssuer = process.env.ASSERTION_ISSUER || "https://corp.example.com";
 const counts = {};
 const seen = [];
 const grants = {};
@@ -74,7 +79,7 @@ server.listen(Number(process.env.PORT || 0), "127.0.0.1", () => {
         client_id: process.env.CLIENT_ID,
         client_secret: process.env.CLIENT_SECRET,
         redirect_uris: [process.env.REDIRECT_URI],
-        grant_types: ["authorization_code", "refresh_token"],
+        grant_types: ["authorization_code", "refresh_token", TOKEN_EXCHANGE],
         response_types: ["code"],
         token_endpoint_auth_method: "client_secret_basic",
       },
@@ -118,6 +123,45 @@ server.listen(Number(process.env.PORT || 0), "127.0.0.1", () => {
     (grants[t.accountId] ||= new Set()).add(t.grantId);
   });
   provider.on("grant.revoked", () => count("revoked"));
+  provider.on("server_error", (_ctx, err) => console.error("server_error", err));
+  // RFC 8693: a verified assertion of the company's identity provider, exchanged for an
+  // access token of this server for the person it names (audience github-api only).
+  provider.registerGrantType(
+    TOKEN_EXCHANGE,
+    async (ctx) => {
+      const { params, client } = ctx.oidc;
+      count("exchange");
+      let claims;
+      try {
+        ({ payload: claims } = await jwtVerify(params.subject_token, assertionKeys, {
+          issuer: assertionIssuer,
+          audience: "toolgate",
+        }));
+      } catch (e) {
+        throw new errors.InvalidGrant(`the subject_token is not valid: ${e.message}`);
+      }
+      if (params.audience !== "github-api") {
+        throw new errors.InvalidTarget("tokens are exchanged for audience github-api only");
+      }
+      if (String(claims.email).startsWith("mallory")) {
+        throw new errors.CustomOIDCProviderError("invalid_grant", `${claims.email} may not act through this client`);
+      }
+      const accountId = claims.email;
+      const grant = new provider.Grant({ accountId, clientId: client.clientId });
+      grant.addOIDCScope(`openid ${params.scope || ""}`.trim());
+      const grantId = await grant.save();
+      const at = new provider.AccessToken({ accountId, client, grantId, scope: params.scope, gty: "token_exchange" });
+      const value = await at.save();
+      ctx.body = {
+        access_token: value,
+        issued_token_type: "urn:ietf:params:oauth:token-type:access_token",
+        token_type: "Bearer",
+        expires_in: at.exp ? at.exp - Math.floor(Date.now() / 1000) : 3600,
+        scope: params.scope,
+      };
+    },
+    ["subject_token", "subject_token_type", "audience", "scope", "requested_token_type"],
+  );
   const callback = provider.callback();
   server.on("request", async (req, res) => {
     const url = new URL(req.url, "https://idp.acme.test");
