@@ -105,15 +105,22 @@ credential = {{ staging = "github-short-user" }}
     )
 }
 
-/// The authorization server, its API, and toolgate routed to both.
+/// The authorization server, its API, and toolgate routed to both (and a second replica on
+/// the same database, when there is one).
 struct World {
     idp: NodeIdp,
     gate: Toolgate,
+    replica: Option<Toolgate>,
     /// Signs the company's assertions about people.
     corp: jsonwebtoken::EncodingKey,
 }
 
 async fn world() -> Option<World> {
+    world_on(None).await
+}
+
+/// The world, with two replicas on `database` when given (sharing the seal key, `--certs`).
+async fn world_on(database: Option<String>) -> Option<World> {
     std::env::set_var("CONN_CLIENT_SECRET", SECRET);
     std::env::set_var("CONN_ADMIN_TOKEN", ADMIN_TOKEN);
     let pki = Pki::new("test oauth CA");
@@ -130,21 +137,36 @@ async fn world() -> Option<World> {
     let api_port = idp.started["api"].as_u64().unwrap() as u16;
     let (port, idp_addr) = (idp.port, ([127, 0, 0, 1], idp.port).into());
     let api_addr: std::net::SocketAddr = ([127, 0, 0, 1], api_port).into();
-    let ca = pki.ca_path.clone();
-    let gate = GateBuilder::new()
-        .policy("conn.toml", policy(&idp.issuer()))
-        .policy("corp-jwks.json", jwks)
-        .config(move |c| {
-            c.connect_to
-                .insert(("idp.acme.test".into(), port), idp_addr);
-            c.connect_to
-                .insert(("api.github.test".into(), 443), api_addr);
-            c.upstream_ca.push(ca);
-            c.admin_url = ADMIN_URL.into();
-        })
-        .start()
-        .await;
-    Some(World { idp, gate, corp })
+    let start = |certs: Option<std::path::PathBuf>| {
+        let (ca, database, jwks) = (pki.ca_path.clone(), database.clone(), jwks.clone());
+        GateBuilder::new()
+            .policy("conn.toml", policy(&idp.issuer()))
+            .policy("corp-jwks.json", jwks)
+            .config(move |c| {
+                c.connect_to
+                    .insert(("idp.acme.test".into(), port), idp_addr);
+                c.connect_to
+                    .insert(("api.github.test".into(), 443), api_addr);
+                c.upstream_ca.push(ca);
+                c.admin_url = ADMIN_URL.into();
+                c.database_url = database;
+                if let Some(certs) = certs {
+                    c.certs_dir = certs;
+                }
+            })
+            .start()
+    };
+    let gate = start(None).await;
+    let replica = match &database {
+        Some(_) => Some(start(Some(gate.dir.path().join("certs"))).await),
+        None => None,
+    };
+    Some(World {
+        idp,
+        gate,
+        replica,
+        corp,
+    })
 }
 
 impl World {
@@ -229,8 +251,13 @@ impl World {
     /// Opens `link` (as the person's browser), signs `email` in at the provider, consents, and
     /// comes back: toolgate's answer at the callback, and the callback's query.
     async fn connect(&self, link: &str, email: &str) -> (Answer, String) {
+        self.connect_via(&self.gate, link, email).await
+    }
+
+    /// [`World::connect`] through `gate`.
+    async fn connect_via(&self, gate: &Toolgate, link: &str, email: &str) -> (Answer, String) {
         let path = link.strip_prefix(ADMIN_URL).unwrap();
-        let opened = self.gate.page("GET", path, None, None).await;
+        let opened = gate.page("GET", path, None, None).await;
         assert_eq!(opened.status, 303, "{}", opened.text());
         let binding = cookie_of(&opened, "tg_connect").expect("a binding cookie");
         let authorize = opened.headers["location"].to_str().unwrap().to_string();
@@ -241,10 +268,7 @@ impl World {
         let back = self.idp.sign_in_until(&authorize, email, CALLBACK).await;
         let query = back.split_once('?').unwrap().1.to_string();
         let path = format!("/connect/callback?{query}");
-        (
-            self.gate.page("GET", &path, Some(&binding), None).await,
-            query,
-        )
+        (gate.page("GET", &path, Some(&binding), None).await, query)
     }
 
     async fn connections(&self, user: &str) -> Vec<Value> {
@@ -565,4 +589,65 @@ async fn a_persons_assertion_is_exchanged_for_their_token_once_and_a_refused_exc
     let used = crate::sso::recorded(&w.gate, ADMIN_TOKEN, "connection.used", 3).await;
     assert_eq!(used[0]["payload"]["exchange"], "github-exchanged");
     no_secret_anywhere(&w, &[SECRET]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_made_through_one_replica_serves_the_other_and_is_refreshed_once() {
+    let Some(cluster) = crate::support::pg::Cluster::start("connections::replicas") else {
+        return;
+    };
+    let Some(w) = world_on(Some(cluster.url.clone())).await else {
+        return;
+    };
+    let b = w.replica.as_ref().unwrap();
+    let alice = w.token_for("alice@example.com").await;
+    // The link is made on replica A, opened and finished on replica B.
+    let link = w.link("alice@example.com", "github-short").await;
+    let (done, _) = w.connect_via(b, &link, "alice@example.com").await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    // Both replicas mint leaves with the shared CA (A's).
+    let via = |gate: &Toolgate| {
+        client_via(
+            gate.addr,
+            Some(("coder", &alice)),
+            &w.gate.ca_pem,
+            http::Version::HTTP_11,
+        )
+    };
+    for gate in [&w.gate, b] {
+        let client = via(gate);
+        let got = send(
+            &client,
+            "GET",
+            "https://api.github.test/short/user",
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.json()["login"], "alice@example.com");
+    }
+    // Expired: eight calls, four on each replica, at once: one refresh in all.
+    expired(&w, "alice@example.com").await;
+    let before = w.counts().await["refresh_token"].as_u64().unwrap_or(0);
+    let calls = (0..8).map(|i| {
+        let client = via(if i % 2 == 0 { &w.gate } else { b });
+        async move {
+            send(
+                &client,
+                "GET",
+                "https://api.github.test/short/user",
+                &[],
+                "",
+            )
+            .await
+            .unwrap()
+        }
+    });
+    for got in futures_util::future::join_all(calls).await {
+        assert_eq!(got.status, 200, "{}", got.text());
+    }
+    let after = w.counts().await["refresh_token"].as_u64().unwrap_or(0);
+    assert_eq!(after, before + 1, "one refresh across both replicas");
 }
