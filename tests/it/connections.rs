@@ -119,8 +119,14 @@ async fn world() -> Option<World> {
     world_on(None).await
 }
 
-/// The world, with two replicas on `database` when given (sharing the seal key, `--certs`).
 async fn world_on(database: Option<String>) -> Option<World> {
+    world_with(database, false).await
+}
+
+/// The world, with two replicas on `database` when given (sharing the seal key, `--certs`).
+/// For a `browser`, toolgate's links and callback are on its real admin address (no
+/// `--admin-url`), which the provider, started after it, sends browsers back to.
+async fn world_with(database: Option<String>, browser: bool) -> Option<World> {
     std::env::set_var("CONN_CLIENT_SECRET", SECRET);
     std::env::set_var("CONN_ADMIN_TOKEN", ADMIN_TOKEN);
     let pki = Pki::new("test oauth CA");
@@ -133,14 +139,18 @@ async fn world_on(database: Option<String>) -> Option<World> {
         ("ASSERTION_JWKS", jwks.clone()),
         ("ASSERTION_ISSUER", CORP.to_string()),
     ];
-    let idp = node_server(&pki, "oauth.mjs", 0, &env).await?;
-    let api_port = idp.started["api"].as_u64().unwrap() as u16;
-    let (port, idp_addr) = (idp.port, ([127, 0, 0, 1], idp.port).into());
-    let api_addr: std::net::SocketAddr = ([127, 0, 0, 1], api_port).into();
+    // The provider's port is named in the policy: held until the provider starts, so that
+    // toolgate's own listeners (bound to port 0 meanwhile) cannot take it.
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = reserved.local_addr().unwrap().port();
+    let idp_addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api_addr = api.local_addr().unwrap();
+    let issuer = format!("https://idp.acme.test:{port}");
     let start = |certs: Option<std::path::PathBuf>| {
         let (ca, database, jwks) = (pki.ca_path.clone(), database.clone(), jwks.clone());
         GateBuilder::new()
-            .policy("conn.toml", policy(&idp.issuer()))
+            .policy("conn.toml", policy(&issuer))
             .policy("corp-jwks.json", jwks)
             .config(move |c| {
                 c.connect_to
@@ -148,7 +158,9 @@ async fn world_on(database: Option<String>) -> Option<World> {
                 c.connect_to
                     .insert(("api.github.test".into(), 443), api_addr);
                 c.upstream_ca.push(ca);
-                c.admin_url = ADMIN_URL.into();
+                if !browser {
+                    c.admin_url = ADMIN_URL.into();
+                }
                 c.database_url = database;
                 if let Some(certs) = certs {
                     c.certs_dir = certs;
@@ -161,6 +173,13 @@ async fn world_on(database: Option<String>) -> Option<World> {
         Some(_) => Some(start(Some(gate.dir.path().join("certs"))).await),
         None => None,
     };
+    let mut env = env.to_vec();
+    if browser {
+        env[2].1 = format!("http://{}/connect/callback", gate.admin_addr);
+    }
+    env.push(("API_PORT", api_addr.port().to_string()));
+    drop((reserved, api));
+    let idp = node_server(&pki, "oauth.mjs", port, &env).await?;
     Some(World {
         idp,
         gate,
@@ -650,4 +669,54 @@ async fn a_connection_made_through_one_replica_serves_the_other_and_is_refreshed
     }
     let after = w.counts().await["refresh_token"].as_u64().unwrap_or(0);
     assert_eq!(after, before + 1, "one refresh across both replicas");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alice_connects_in_a_real_browser_and_her_call_carries_her_token() {
+    let Some((browser_dir, chromium)) = browser() else {
+        return;
+    };
+    let Some(w) = world_with(None, true).await else {
+        return;
+    };
+    let alice = w.token_for("alice@example.com").await;
+    let refused = w.call_as(&alice, "/user", http::Version::HTTP_11).await;
+    assert_eq!(
+        refused.code(),
+        "user_connection_required",
+        "{}",
+        refused.text()
+    );
+    // Without --admin-url the link is a path on the admin listener.
+    let message = refused.message();
+    let at = message.find("/connect/").expect("a link");
+    let path = message[at..].split_whitespace().next().unwrap();
+    let link = format!("http://{}{path}", w.gate.admin_addr);
+    let out = tokio::process::Command::new("node")
+        .arg(browser_dir.join("connect.mjs"))
+        .args([link.as_str(), "alice@example.com"])
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(90), out)
+        .await
+        .expect("the browser script finished")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("CONNECTED") && text.contains("alice@example.com can now use github"),
+        "{text}"
+    );
+    assert!(
+        text.contains("AGAIN") && text.contains("used already"),
+        "{text}"
+    );
+    let ok = w.call_as(&alice, "/user", http::Version::HTTP_11).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["login"], "alice@example.com");
 }

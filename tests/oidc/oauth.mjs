@@ -6,7 +6,8 @@
 // this server issued, asking the server's introspection endpoint over HTTPS, and logs whose
 // token each call carried.
 //
-// Environment: CERT, KEY, CA (PEM files), CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, PORT (0: any).
+// Environment: CERT, KEY, CA (PEM files), CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, PORT and
+// API_PORT (0: any), ASSERTION_JWKS and ASSERTION_ISSUER (the assertions token exchange takes).
 // Prints one JSON line {"port": N, "api": M} once both listen; the issuer is
 // https://idp.acme.test:N. Test controls on the provider's port: GET /_counts (token requests by
 // grant type, and refusals), GET /_seen (the API's log), POST /_break?account=ID (ends that
@@ -193,7 +194,7 @@ server.listen(Number(process.env.PORT || 0), "127.0.0.1", () => {
     seen.push({ path: req.url, user: facts.sub, scope: facts.scope, client: facts.client_id, token });
     return json(res, 200, { login: facts.sub, scope: facts.scope });
   });
-  api.listen(0, "127.0.0.1", () => {
+  api.listen(Number(process.env.API_PORT || 0), "127.0.0.1", () => {
     process.stdout.write(JSON.stringify({ port, api: api.address().port }) + "\n");
   });
 });
