@@ -26,8 +26,6 @@ pub struct NodeIdp {
     _stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
     _dir: tempfile::TempDir,
     pub port: u16,
-    /// What it printed when it started (`{"port": N, ...}`).
-    pub started: Value,
     tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
@@ -54,8 +52,8 @@ pub async fn oidc_provider_at(
 }
 
 /// A script of tests/oidc run by node on `port` (0: any free one) with the test PKI's
-/// certificate for idp.acme.test and api.github.test (CERT, KEY, CA) and `env`; the JSON line
-/// it prints first is kept in [`NodeIdp::started`]. None after saying why it cannot run here.
+/// certificate for idp.acme.test and api.github.test (CERT, KEY, CA) and `env`, once it prints
+/// `{"port": N}`. None after saying why it cannot run here.
 pub async fn node_server(
     pki: &Pki,
     script: &str,
@@ -109,7 +107,6 @@ pub async fn node_server(
         _stdout: lines,
         _dir: files,
         port,
-        started,
         tls,
     })
 }
