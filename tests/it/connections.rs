@@ -402,7 +402,10 @@ async fn each_person_connects_once_and_their_calls_carry_their_own_token() {
         "revoked"
     );
 
-    no_secret_anywhere(&w, &[SECRET, &query_code(&query)]).await;
+    // The links given in refusals are one-time credentials: answered, never recorded.
+    let token_of = |l: &str| l.rsplit('/').next().unwrap().to_string();
+    let (first, bobs) = (token_of(&link), token_of(&bob_link));
+    no_secret_anywhere(&w, &[SECRET, &query_code(&query), &first, &bobs]).await;
 }
 
 fn query_code(query: &str) -> String {
