@@ -798,7 +798,22 @@ async fn credential_now(
         )
         .await;
     match resolved {
-        Ok(r) => Ok(r.credential),
+        Ok(r) => {
+            if let Some(facts) = r.used {
+                let rec = crate::audit::Record {
+                    kind: crate::audit::Kind::ConnectionUsed,
+                    proposal: Some(p.id.clone()),
+                    job: Some(p.job.clone()),
+                    agent: Some(p.agent.clone()),
+                    tool: Some(p.tool.clone()),
+                    user: p.user.clone(),
+                    payload: facts,
+                    ..Default::default()
+                };
+                app.audit().record(rec).await;
+            }
+            Ok(r.credential)
+        }
         Err(refusal) => {
             crate::limits::refund_budget(app.store(), charged.clone()).await;
             Err(refusal.with_proposal(p.id.clone()))

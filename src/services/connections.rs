@@ -33,9 +33,10 @@ const AUTHORIZE_FOR: Duration = Duration::from_secs(10 * 60);
 const REFRESH_AHEAD: u64 = 60;
 /// How long a replica holds the right to refresh a connection before another may take it.
 const LEASE_MS: u64 = 30_000;
-/// How often, and how many times, a call waiting for another's refresh looks again.
+/// How often, and how many times, a call waiting for another's refresh looks again: for longer
+/// than a lease, so that a replica that died refreshing leaves its lease to the waiters.
 const WAIT_STEP: Duration = Duration::from_millis(50);
-const WAIT_ROUNDS: usize = 400;
+const WAIT_ROUNDS: usize = 700;
 /// The cookie binding an authorization under way to the browser that opened the link.
 pub const BINDING: &str = "tg_connect";
 
@@ -356,6 +357,29 @@ impl Vault {
                 ..Default::default()
             })
             .await;
+    }
+
+    /// Removes the links and authorizations under way whose time is up (compare-and-set: one
+    /// taken meanwhile is left to its taker); returns how many.
+    pub async fn sweep(&self) -> Result<usize, StoreError> {
+        #[derive(Deserialize)]
+        struct Until {
+            expires_unix: u64,
+        }
+        let now = now_unix();
+        let mut removed = 0;
+        for prefix in ["link/", "auth/"] {
+            for (key, raw) in self.store.vault_scan(prefix).await? {
+                // A record that cannot be opened (another seal key) is of no use to anyone.
+                let over = self
+                    .open::<Until>(&raw)
+                    .map_or(true, |u| u.expires_unix <= now);
+                if over && self.store.vault_swap(&key, Some(&raw), None).await? {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// The connections stored, of `user` or of everyone.
@@ -836,6 +860,40 @@ mod tests {
         );
         assert!(url.starts_with("https://idp.example.com/auth?response_type=code&client_id=c"));
         assert!(url.contains("code_challenge_method=S256") && url.contains("scope=repo"));
+    }
+
+    #[tokio::test]
+    async fn links_are_taken_once_and_the_sweep_removes_only_those_whose_time_is_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(dir.path()).unwrap();
+        let vault = Vault::new(store.clone(), Arc::new(Audit::open(&store).unwrap()));
+        let old = vault
+            .make_link("alice", "gh", Duration::ZERO)
+            .await
+            .unwrap();
+        let live = vault.make_link("bob", "gh", LINK_FOR).await.unwrap();
+        assert_eq!(vault.sweep().await.unwrap(), 1);
+        let token = |l: &Link| l.path.rsplit('/').next().unwrap().to_string();
+        let taken: Option<LinkRec> = vault
+            .take(&format!("link/{}", sha_hex(&token(&live))))
+            .await
+            .unwrap();
+        assert_eq!(taken.unwrap().user, "bob");
+        let again: Option<LinkRec> = vault
+            .take(&format!("link/{}", sha_hex(&token(&live))))
+            .await
+            .unwrap();
+        assert!(again.is_none(), "once");
+        let gone: Option<LinkRec> = vault
+            .take(&format!("link/{}", sha_hex(&token(&old))))
+            .await
+            .unwrap();
+        assert!(gone.is_none(), "swept");
+        // Sealed at rest: the store holds neither the person nor the connection in clear.
+        let raw = store.vault_scan("").await.unwrap();
+        assert!(raw
+            .iter()
+            .all(|(_, v)| !String::from_utf8_lossy(v).contains("alice")));
     }
 
     proptest::proptest! {

@@ -96,6 +96,19 @@ path = "/x/user"
 credential = {{ staging = "github-exchanged" }}
 
 [[tool]]
+name = "gh.star"
+host = "api.github.test"
+method = "PUT"
+path = "/user/starred/{{owner}}/{{repo}}"
+side_effects = "irreversible"
+mode = "approve"
+idempotency = "payload"
+approval = {{ groups = ["admin"], required = 1, send = "on_approval" }}
+summary = "Star {{params.owner}}/{{params.repo}}"
+rollback = {{ none = "a person unstars it" }}
+credential = {{ staging = "github-user" }}
+
+[[tool]]
 name = "gh.short"
 host = "api.github.test"
 method = "GET"
@@ -722,4 +735,81 @@ async fn alice_connects_in_a_real_browser_and_her_call_carries_her_token() {
     let ok = w.call_as(&alice, "/user", http::Version::HTTP_11).await;
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(ok.json()["login"], "alice@example.com");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_approved_call_is_sent_with_the_persons_token_as_it_is_at_approval() {
+    let Some(w) = world().await else {
+        return;
+    };
+    let star = |token: String, repo: &'static str| {
+        let client = w
+            .gate
+            .client(Some(("coder", &token)), http::Version::HTTP_11);
+        async move {
+            let url = format!("https://api.github.test/user/starred/acme/{repo}");
+            send(&client, "PUT", &url, &[], "").await.unwrap()
+        }
+    };
+    let gate = &w.gate;
+    let approve = |id: String| async move {
+        let path = format!("/api/proposals/{id}/approve");
+        let body = json!({"comment": "ok"});
+        gate.admin("POST", &path, Some(ADMIN_TOKEN), Some(body))
+            .await
+    };
+    // alice's call is held (no token needed yet); she connects; the approval sends it with
+    // her token.
+    let alice = w.token_for("alice@example.com").await;
+    let held = star(alice.clone(), "one").await;
+    assert_eq!(held.status, 423, "{}", held.text());
+    let id = held.json()["error"]["proposal"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let link = w.link("alice@example.com", "github").await;
+    assert_eq!(w.connect(&link, "alice@example.com").await.0.status, 200);
+    let approved = approve(id.clone()).await;
+    assert_eq!(approved.status, 200, "{}", approved.text());
+    poll::until(
+        "alice's starred call reaches the API",
+        poll::SOON,
+        || async {
+            w.seen()
+                .await
+                .iter()
+                .any(|s| s["path"] == "/user/starred/acme/one")
+        },
+    )
+    .await;
+    let seen = w.seen().await;
+    let sent = seen
+        .iter()
+        .find(|s| s["path"] == "/user/starred/acme/one")
+        .unwrap();
+    assert_eq!(sent["user"], "alice@example.com");
+    let used = crate::sso::recorded(&w.gate, ADMIN_TOKEN, "connection.used", 1).await;
+    assert!(
+        used.iter().any(|e| e["proposal"] == id.as_str()),
+        "{used:?}"
+    );
+
+    // bob's call, approved while he has no connection: nothing is sent.
+    let bob = w.token_for("bob@example.com").await;
+    let held = star(bob, "two").await;
+    let id = held.json()["error"]["proposal"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let answer = approve(id.clone()).await;
+    let text = answer.text();
+    assert!(
+        text.contains("user_connection_required") || text.contains("has not connected"),
+        "{text}"
+    );
+    assert!(!w
+        .seen()
+        .await
+        .iter()
+        .any(|s| s["path"] == "/user/starred/acme/two"));
 }
