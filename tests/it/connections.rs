@@ -813,3 +813,147 @@ async fn an_approved_call_is_sent_with_the_persons_token_as_it_is_at_approval() 
         .iter()
         .any(|s| s["path"] == "/user/starred/acme/two"));
 }
+
+/// A page of the admin listener at `admin` (as a browser sends it, Host `admin`).
+async fn page_at(admin: &str, path: &str, cookie: Option<&str>) -> Answer {
+    let mut req = http::Request::builder()
+        .method("GET")
+        .uri(path)
+        .header("host", "admin");
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+    http1_over(tcp, req).await
+}
+
+/// The toolgate binary at debug level, with a person connecting, calling, and refreshing:
+/// neither its log nor its data dir holds a token, a code or the client secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_binarys_log_at_debug_holds_no_token_code_or_secret() {
+    let pki = Pki::new("test oauth CA");
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = reserved.local_addr().unwrap().port();
+    let issuer = format!("https://idp.acme.test:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    let (_corp, jwk) = es256_key("k1");
+    let jwks = json!({ "keys": [jwk] }).to_string();
+    std::fs::write(policies.join("conn.toml"), policy(&issuer)).unwrap();
+    std::fs::write(policies.join("corp-jwks.json"), &jwks).unwrap();
+    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api_port = api.local_addr().unwrap().port();
+    let env = [
+        ("CLIENT_ID", CLIENT.to_string()),
+        ("CLIENT_SECRET", SECRET.to_string()),
+        ("REDIRECT_URI", CALLBACK.to_string()),
+        ("ASSERTION_JWKS", jwks),
+        ("API_PORT", api_port.to_string()),
+    ];
+    drop((reserved, api));
+    let Some(idp) = node_server(&pki, "oauth.mjs", port, &env).await else {
+        return;
+    };
+    let mut cmd = process::serve_command(env!("CARGO_BIN_EXE_toolgate"), dir.path());
+    cmd.args(["--admin-url", ADMIN_URL, "--upstream-ca"])
+        .arg(&pki.ca_path)
+        .args([
+            "--connect-to",
+            &format!("idp.acme.test:{port}=127.0.0.1:{port}"),
+        ])
+        .args([
+            "--connect-to",
+            &format!("api.github.test:443=127.0.0.1:{api_port}"),
+        ])
+        .env("CONN_CLIENT_SECRET", SECRET)
+        .env("CONN_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "debug");
+    let (mut child, proxy, admin, log) = process::start_command(cmd);
+    let admin_addr: std::net::SocketAddr = admin.parse().unwrap();
+    let body = json!({"ttl": "1h", "user": "alice@example.com"});
+    let issued = admin_at(
+        admin_addr,
+        "POST",
+        "/api/agents/coder/tokens",
+        Some(ADMIN_TOKEN),
+        Some(body),
+    )
+    .await;
+    let alice = issued.json()["token"].as_str().unwrap().to_string();
+    let ca = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
+    let client = client_via(proxy, Some(("coder", &alice)), &ca, http::Version::HTTP_11);
+    let call = || {
+        send(
+            &client,
+            "GET",
+            "https://api.github.test/short/user",
+            &[],
+            "",
+        )
+    };
+    let refused = call().await.unwrap();
+    let link = link_in(&refused);
+    // The person connects (the link, the provider's forms, the callback).
+    let opened = page_at(&admin, link.strip_prefix(ADMIN_URL).unwrap(), None).await;
+    let binding = cookie_of(&opened, "tg_connect").unwrap();
+    let authorize = opened.headers["location"].to_str().unwrap().to_string();
+    let back = idp
+        .sign_in_until(&authorize, "alice@example.com", CALLBACK)
+        .await;
+    let query = back.split_once('?').unwrap().1.to_string();
+    let done = page_at(
+        &admin,
+        &format!("/connect/callback?{query}"),
+        Some(&binding),
+    )
+    .await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    // A call, then (the 2 s token expired) a refreshed call.
+    assert_eq!(call().await.unwrap().status, 200);
+    let mut jar = HashMap::new();
+    poll::until("a refresh", poll::SOON, || async {
+        assert_eq!(call().await.unwrap().status, 200);
+        let counts = idp
+            .send(&mut jar.clone(), "GET", "/_counts", None)
+            .await
+            .json();
+        counts["refresh_token"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    let seen = idp.send(&mut jar, "GET", "/_seen", None).await.json();
+    let mut needles = vec![
+        SECRET.to_string(),
+        query_code(&query),
+        link.rsplit('/').next().unwrap().to_string(),
+    ];
+    for s in seen.as_array().unwrap() {
+        needles.extend(s["token"].as_str().map(str::to_string));
+    }
+    assert!(needles.len() >= 5, "two tokens at least: {needles:?}");
+    process::signal(child.0.id(), "-TERM");
+    process::exited(
+        &mut child,
+        "toolgate stops",
+        std::time::Duration::from_secs(20),
+    )
+    .await;
+    let log = log.join().unwrap().join("\n");
+    assert!(
+        log.contains("\"level\":\"DEBUG\""),
+        "the log is at debug level"
+    );
+    let mut files = Vec::new();
+    collect(dir.path(), &mut files);
+    for needle in &needles {
+        assert!(!log.contains(needle.as_str()), "the log holds a secret");
+        for f in &files {
+            let bytes = std::fs::read(f).unwrap_or_default();
+            let found = bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+            assert!(!found, "{} holds a secret", f.display());
+        }
+    }
+}
