@@ -957,3 +957,46 @@ async fn the_binarys_log_at_debug_holds_no_token_code_or_secret() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_command_line_links_lists_and_revokes_connections() {
+    let Some(w) = world().await else {
+        return;
+    };
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+            .arg("connections")
+            .args(args)
+            .args(["--server", &format!("http://{}", w.gate.admin_addr)])
+            .env("TOOLGATE_TOKEN", ADMIN_TOKEN)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), text, err)
+    };
+    let (ok, link, _) = cli(&["link", "alice@example.com", "github", "--ttl", "5m"]);
+    assert!(ok && link.starts_with("http://admin/connect/"), "{link}");
+    let (done, _) = w.connect(link.trim(), "alice@example.com").await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    let (ok, list, _) = cli(&["list", "--user", "alice@example.com"]);
+    assert!(
+        ok && list.contains("alice@example.com  github  live  scopes openid repo"),
+        "{list}"
+    );
+    let (ok, said, _) = cli(&["revoke", "alice@example.com", "github"]);
+    assert!(
+        ok && said.contains("revoked alice@example.com's connection github"),
+        "{said}"
+    );
+    let (_, list, _) = cli(&["list"]);
+    assert!(list.contains("github  revoked"), "{list}");
+    // Refused with the reason: an unknown connection, a link of a week and more.
+    let (ok, _, err) = cli(&["link", "alice@example.com", "gitlab"]);
+    assert!(
+        !ok && err.contains("no [[connection]] is named \"gitlab\""),
+        "{err}"
+    );
+    let (ok, _, err) = cli(&["link", "alice@example.com", "github", "--ttl", "8d"]);
+    assert!(!ok && err.contains("at most 7d"), "{err}");
+}
