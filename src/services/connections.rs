@@ -147,8 +147,14 @@ fn sha_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
+/// The key of a person's connection: the pair hashed, so that no name with a `/` in it can
+/// take another pair's key.
 fn conn_key(connection: &str, user: &str) -> String {
-    format!("conn/{connection}/{user}")
+    format!("conn/{}", pair_hash(connection, user))
+}
+
+fn pair_hash(a: &str, b: &str) -> String {
+    sha_hex(&serde_json::json!([a, b]).to_string())
 }
 
 impl Vault {
@@ -391,6 +397,7 @@ impl Vault {
                 out.push(summary(&held));
             }
         }
+        out.sort_by(|a, b| (&a.user, &a.connection).cmp(&(&b.user, &b.connection)));
         Ok(out)
     }
 

@@ -47,7 +47,7 @@ impl Vault {
                 cred.name, a.provider
             )));
         }
-        let key = format!("xchg/{}/{user}", cred.name);
+        let key = format!("xchg/{}", pair_hash(&cred.name, user));
         if let Ok(Some((_, c))) = self.read::<Cached>(&key).await {
             if cached_fresh(&c, now_unix()) {
                 return Ok(Served {
