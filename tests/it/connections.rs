@@ -126,6 +126,8 @@ struct World {
     replica: Option<Toolgate>,
     /// Signs the company's assertions about people.
     corp: jsonwebtoken::EncodingKey,
+    /// Where the provider and the API are, and the PKI of their certificate.
+    routes: (u16, std::net::SocketAddr, Pki),
 }
 
 async fn world() -> Option<World> {
@@ -198,6 +200,7 @@ async fn world_with(database: Option<String>, browser: bool) -> Option<World> {
         gate,
         replica,
         corp,
+        routes: (port, api_addr, pki),
     })
 }
 
@@ -999,4 +1002,55 @@ async fn the_command_line_links_lists_and_revokes_connections() {
     );
     let (ok, _, err) = cli(&["link", "alice@example.com", "github", "--ttl", "8d"]);
     assert!(!ok && err.contains("at most 7d"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_made_on_sled_is_moved_to_the_database_by_db_import() {
+    let Some(cluster) = crate::support::pg::Cluster::start("connections::import") else {
+        return;
+    };
+    let Some(w) = world().await else {
+        return;
+    };
+    let alice = w.token_for("alice@example.com").await;
+    let link = w.link("alice@example.com", "github").await;
+    assert_eq!(w.connect(&link, "alice@example.com").await.0.status, 200);
+    let World {
+        idp, gate, routes, ..
+    } = w;
+    let dir = gate.into_dir().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["db", "import", "--database-url", &cluster.url, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--certs")
+        .arg(dir.path().join("certs"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("1 connections"),
+        "{text}"
+    );
+    let (port, api_addr, pki) = routes;
+    let (url, ca) = (cluster.url.clone(), pki.ca_path.clone());
+    let replica = GateBuilder::reopen(dir)
+        .config(move |c| {
+            let idp_addr = ([127, 0, 0, 1], port).into();
+            c.connect_to
+                .insert(("idp.acme.test".into(), port), idp_addr);
+            c.connect_to
+                .insert(("api.github.test".into(), 443), api_addr);
+            c.upstream_ca.push(ca);
+            c.admin_url = ADMIN_URL.into();
+            c.database_url = Some(url);
+        })
+        .start()
+        .await;
+    let client = replica.client(Some(("coder", &alice)), http::Version::HTTP_11);
+    let got = send(&client, "GET", "https://api.github.test/user", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.json()["login"], "alice@example.com");
+    drop(idp);
 }
