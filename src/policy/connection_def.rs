@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::file::{ConnectionDef, CredentialDef, ExchangeDef};
 use super::identity_def::https_url;
-use super::types::{ClientSecret, Connection, Credential, Exchange, PerUser};
+use super::types::{ClientAuth, ClientSecret, Connection, Credential, Exchange, PerUser};
 
 /// The connection `def` declares in the policy file at `path`.
 pub(super) fn compile(
@@ -38,7 +38,17 @@ pub(super) fn compile(
         env,
     )
     .map_err(named)?;
+    let client_auth = match def.client_auth.as_deref() {
+        None | Some("client_secret_basic") => ClientAuth::Basic,
+        Some("client_secret_post") => ClientAuth::Post,
+        Some(other) => {
+            return Err(named(format!(
+                "client_auth {other:?} is not client_secret_basic or client_secret_post"
+            )))
+        }
+    };
     Ok(Connection {
+        client_auth,
         name: def.name.clone(),
         authorize_url: def.authorize_url.clone(),
         token,

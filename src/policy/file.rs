@@ -45,6 +45,8 @@ pub struct ConnectionDef {
     pub client_secret_file: Option<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// `client_secret_basic` (the default) or `client_secret_post`.
+    pub client_auth: Option<String>,
 }
 
 /// `exchange = { ... }` of a `[[credential]]`: an RFC 8693 token exchange of the call's

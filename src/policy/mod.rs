@@ -27,7 +27,7 @@ pub use lookup::Policy;
 pub use published::{Published, Role, PUBLISHED_TOKENS};
 pub use template::{check_path, PathError, PathTemplate};
 pub use types::{
-    glob_match, Agent, ApprovalSpec, Approver, Assertion, BodyFormat, BodySpec, Budget,
+    glob_match, Agent, ApprovalSpec, Approver, Assertion, BodyFormat, BodySpec, Budget, ClientAuth,
     ClientSecret, Connection, Credential, EndUser, Exchange, GraphqlSpec, HttpsUrl, Idempotency,
     IdentityProvider, JwksSource, Login, LoginEndpoints, Matched, McpSpec, Mode, PerUser, Period,
     PolicyError, RateLimit, Risk, Rollback, SendOn, SideEffects, Tool, ToolKind, Users,

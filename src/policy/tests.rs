@@ -695,6 +695,11 @@ fn a_connection_is_https_with_its_secret_outside_the_policy() {
             "client_secret = \"inline\"",
             "unknown field",
         ),
+        (
+            "scopes = ",
+            "client_auth = \"jwt\"\nscopes = ",
+            "client_auth \"jwt\" is not",
+        ),
     ];
     for (from, to, why) in refused {
         let e = with(from, to).unwrap_err();

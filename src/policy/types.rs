@@ -492,6 +492,17 @@ pub struct Connection {
     pub client_id: String,
     pub client_secret: ClientSecret,
     pub scopes: Vec<String>,
+    /// How toolgate authenticates to the token and revocation endpoints.
+    pub client_auth: ClientAuth,
+}
+
+/// A client's authentication at a provider's token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// HTTP Basic (`client_secret_basic`, RFC 6749's default).
+    Basic,
+    /// The id and secret in the form (`client_secret_post`).
+    Post,
 }
 
 impl std::fmt::Debug for Credential {

@@ -19,7 +19,7 @@ use crate::audit::{Audit, Kind, Record};
 use crate::base::{now_ms, now_unix};
 use crate::error::{Code, Refusal};
 use crate::policy::{Connection, Credential, EndUser, PerUser, Policy};
-use crate::services::oidc::token_request;
+use crate::services::oidc::{token_request, token_request_in_body, TokenFailure};
 use crate::store::{Store, StoreError};
 use crate::upstream::Upstream;
 
@@ -315,15 +315,9 @@ impl Vault {
             .append_pair("redirect_uri", &auth.redirect_uri)
             .append_pair("code_verifier", &auth.verifier)
             .finish();
-        let answer = token_request(
-            upstream,
-            &conn.token,
-            &conn.client_id,
-            &conn.client_secret,
-            body,
-        )
-        .await
-        .map_err(|f| format!("The provider did not give a token: {}", f.message))?;
+        let answer = to_provider(upstream, conn, &conn.token, body)
+            .await
+            .map_err(|f| format!("The provider did not give a token: {}", f.message))?;
         let held = issued(conn, &auth.user, &answer, None)?;
         self.put(&held).await.map_err(|e| e.to_string())?;
         self.event(Kind::ConnectionLinked, &held, json!({})).await;
@@ -512,14 +506,7 @@ impl Vault {
             .append_pair("grant_type", "refresh_token")
             .append_pair("refresh_token", &refresh)
             .finish();
-        let answer = token_request(
-            upstream,
-            &conn.token,
-            &conn.client_id,
-            &conn.client_secret,
-            body,
-        )
-        .await;
+        let answer = to_provider(upstream, conn, &conn.token, body).await;
         match answer {
             Ok(answer) => {
                 let next = issued(conn, &leased.user, &answer, Some(&leased))
@@ -592,6 +579,22 @@ impl Vault {
         self.event(Kind::ConnectionBroken, &next, json!({"reason": reason}))
             .await;
         Err(Unavailable::Broken(reason))
+    }
+}
+
+/// A form POSTed to one of the connection's endpoints, with its client authentication.
+async fn to_provider(
+    upstream: &Upstream,
+    conn: &Connection,
+    at: &crate::policy::HttpsUrl,
+    body: String,
+) -> Result<Value, TokenFailure> {
+    let (id, secret) = (&conn.client_id, &conn.client_secret);
+    match conn.client_auth {
+        crate::policy::ClientAuth::Basic => token_request(upstream, at, id, secret, body).await,
+        crate::policy::ClientAuth::Post => {
+            token_request_in_body(upstream, at, id, secret, body).await
+        }
     }
 }
 
@@ -689,7 +692,7 @@ async fn tell_provider(upstream: &Upstream, conn: &Connection, held: &Held) -> O
         .append_pair("token", token)
         .append_pair("token_type_hint", hint)
         .finish();
-    token_request(upstream, at, &conn.client_id, &conn.client_secret, body)
+    to_provider(upstream, conn, at, body)
         .await
         .err()
         .map(|f| f.message)
@@ -822,6 +825,7 @@ mod tests {
             client_id: "c".into(),
             client_secret: crate::policy::ClientSecret("s".into()),
             scopes: vec!["repo".into()],
+            client_auth: crate::policy::ClientAuth::Basic,
         }
     }
 

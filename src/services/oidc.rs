@@ -252,6 +252,22 @@ pub async fn token_request(
     .await
 }
 
+/// [`token_request`] with the client's id and secret in the form (`client_secret_post`), for
+/// providers that take no Basic authentication (GitHub's OAuth apps).
+pub async fn token_request_in_body(
+    upstream: &Upstream,
+    at: &HttpsUrl,
+    client_id: &str,
+    secret: &crate::policy::ClientSecret,
+    body: String,
+) -> Result<Value, TokenFailure> {
+    let form = form_urlencoded::Serializer::new(body)
+        .append_pair("client_id", client_id)
+        .append_pair("client_secret", &secret.0)
+        .finish();
+    send_detailed(upstream, at, Method::POST, None, Bytes::from(form)).await
+}
+
 /// Sends one request through the upstream client and reads its JSON answer.
 async fn send(
     upstream: &Upstream,

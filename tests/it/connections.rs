@@ -45,6 +45,28 @@ client_id = "{CLIENT}"
 client_secret_env = "CONN_CLIENT_SECRET"
 scopes = ["openid", "repo", "short"]
 
+[[connection]]
+name = "github-post"
+authorize_url = "{issuer}/auth"
+token_url = "{issuer}/token"
+client_id = "{CLIENT}-post"
+client_secret_env = "CONN_CLIENT_SECRET"
+client_auth = "client_secret_post"
+scopes = ["openid", "repo", "short"]
+
+[[credential]]
+name = "github-post-user"
+connection = "github-post"
+header = "authorization"
+format = "Bearer {{secret}}"
+
+[[tool]]
+name = "gh.post"
+host = "api.github.test"
+method = "GET"
+path = "/post/user"
+credential = {{ staging = "github-post-user" }}
+
 [[credential]]
 name = "github-user"
 connection = "github"
@@ -1053,4 +1075,28 @@ async fn a_connection_made_on_sled_is_moved_to_the_database_by_db_import() {
     assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(got.json()["login"], "alice@example.com");
     drop(idp);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_that_takes_the_secret_in_the_form_links_and_refreshes() {
+    let Some(w) = world().await else {
+        return;
+    };
+    let alice = w.token_for("alice@example.com").await;
+    let link = w.link("alice@example.com", "github-post").await;
+    let (done, _) = w.connect(&link, "alice@example.com").await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    let before = w.counts().await["refresh_token"].as_u64().unwrap_or(0);
+    poll::until(
+        "a refresh with the secret in the form",
+        poll::SOON,
+        || async {
+            let got = w
+                .call_as(&alice, "/post/user", http::Version::HTTP_11)
+                .await;
+            assert_eq!(got.status, 200, "{}", got.text());
+            w.counts().await["refresh_token"].as_u64().unwrap_or(0) > before
+        },
+    )
+    .await;
 }

@@ -85,6 +85,15 @@ server.listen(Number(process.env.PORT || 0), "127.0.0.1", () => {
         token_endpoint_auth_method: "client_secret_basic",
       },
       {
+        // The same, authenticating with its secret in the form (as GitHub's OAuth apps do).
+        client_id: `${process.env.CLIENT_ID}-post`,
+        client_secret: process.env.CLIENT_SECRET,
+        redirect_uris: [process.env.REDIRECT_URI],
+        grant_types: ["authorization_code", "refresh_token"],
+        response_types: ["code"],
+        token_endpoint_auth_method: "client_secret_post",
+      },
+      {
         client_id: API_CLIENT,
         client_secret: API_SECRET,
         redirect_uris: [],
