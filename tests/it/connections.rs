@@ -1016,6 +1016,32 @@ async fn the_command_line_links_lists_and_revokes_connections() {
     );
     let (_, list, _) = cli(&["list"]);
     assert!(list.contains("github  revoked"), "{list}");
+    // bob connects; the page revokes his connection (its form, with the session's CSRF token).
+    let bob_link = w.link("bob@example.com", "github").await;
+    assert_eq!(w.connect(&bob_link, "bob@example.com").await.0.status, 200);
+    let session = w.gate.sign_in(ADMIN_TOKEN).await;
+    let page = w
+        .gate
+        .page("GET", "/connections", Some(&session), None)
+        .await;
+    assert!(page.text().contains("bob@example.com"), "{}", page.text());
+    let csrf = csrf_of(&page.text());
+    let form = format!("csrf={csrf}&user=bob%40example.com&connection=github");
+    let posted = w
+        .gate
+        .page("POST", "/connections/revoke", Some(&session), Some(form))
+        .await;
+    assert_eq!(posted.status, 303, "{}", posted.text());
+    let forged = "csrf=nope&user=alice%40example.com&connection=github".to_string();
+    let refused = w
+        .gate
+        .page("POST", "/connections/revoke", Some(&session), Some(forged))
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    assert_eq!(
+        w.connections("bob@example.com").await[0]["state"],
+        "revoked"
+    );
     // Refused with the reason: an unknown connection, a link of a week and more.
     let (ok, _, err) = cli(&["link", "alice@example.com", "gitlab"]);
     assert!(
