@@ -234,6 +234,45 @@ impl Vault {
         })
     }
 
+    /// The link a refusal offers `user` to connect `connection`: the one offered before while
+    /// it is unused and has more than half its time left, else a new one. An agent retrying
+    /// a refused call shows the same link and adds no record.
+    async fn offer(&self, user: &str, connection: &str) -> Result<Link, StoreError> {
+        #[derive(Serialize, Deserialize)]
+        struct Offered {
+            token: String,
+            expires_unix: u64,
+        }
+        let key = format!("offer/{}", pair_hash(connection, user));
+        let seen = self.read::<Offered>(&key).await.ok().flatten();
+        if let Some((_, o)) = &seen {
+            let unused = self
+                .store
+                .vault_get(&format!("link/{}", sha_hex(&o.token)))
+                .await?
+                .is_some();
+            if unused && o.expires_unix > now_unix() + LINK_FOR.as_secs() / 2 {
+                return Ok(Link {
+                    path: format!("/connect/{}", o.token),
+                    expires_unix: o.expires_unix,
+                });
+            }
+        }
+        let link = self.make_link(user, connection, LINK_FOR).await?;
+        let offered = Offered {
+            token: link.path.trim_start_matches("/connect/").to_string(),
+            expires_unix: link.expires_unix,
+        };
+        // Remembered for the next refusal; one not remembered only costs a new link.
+        let raw = self.seal(&offered)?;
+        let before = seen.map(|(raw, _)| raw);
+        let _ = self
+            .store
+            .vault_swap(&key, before.as_deref(), Some(&raw))
+            .await;
+        Ok(link)
+    }
+
     /// Opens a link, once: the authorization under way is stored and the browser is sent to
     /// the provider with the state, the PKCE challenge (S256) and the scopes.
     pub async fn open_link(
@@ -368,7 +407,7 @@ impl Vault {
         }
         let now = now_unix();
         let mut removed = 0;
-        for prefix in ["link/", "auth/"] {
+        for prefix in ["link/", "auth/", "offer/"] {
             for (key, raw) in self.store.vault_scan(prefix).await? {
                 // A record that cannot be opened (another seal key) is of no use to anyone.
                 let over = self
@@ -790,7 +829,7 @@ impl Vault {
             Unavailable::Revoked => format!("{user}'s connection {name} was revoked: reconnect"),
             Unavailable::Broken(r) => format!("{user}'s connection {name} is broken ({r}): reconnect"),
         };
-        let link = match self.make_link(user, name, LINK_FOR).await {
+        let link = match self.offer(user, name).await {
             Ok(l) => match admin_url.trim_end_matches('/') {
                 "" => format!("{} on toolgate's admin listener", l.path),
                 base => format!("{base}{}", l.path),

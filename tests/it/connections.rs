@@ -359,6 +359,9 @@ async fn each_person_connects_once_and_their_calls_carry_their_own_token() {
         .message()
         .contains("alice@example.com has not connected github"));
     assert!(w.seen().await.is_empty(), "nothing reached the API");
+    // The agent retrying is shown the same link (until it is used).
+    let again = w.call_as(&alice, "/user", http::Version::HTTP_11).await;
+    assert_eq!(link_in(&again), link);
     let (connected, query) = w.connect(&link, "alice@example.com").await;
     assert_eq!(connected.status, 200, "{}", connected.text());
     assert!(
@@ -433,7 +436,11 @@ async fn each_person_connects_once_and_their_calls_carry_their_own_token() {
     assert_eq!(revoked.status, 200, "{}", revoked.text());
     assert_eq!(revoked.json()["provider_refused"], Value::Null);
     let refused = w.call_as(&bob, "/user", http::Version::HTTP_11).await;
-    link_in(&refused);
+    assert_ne!(
+        link_in(&refused),
+        bob_link,
+        "a used link is never offered again"
+    );
     assert!(refused.message().contains("revoked"), "{}", refused.text());
     assert_eq!(
         w.connections("bob@example.com").await[0]["state"],
