@@ -131,6 +131,13 @@ rollback = {{ none = "a person unstars it" }}
 credential = {{ staging = "github-user" }}
 
 [[tool]]
+name = "gh.graphql.viewer"
+host = "api.github.test"
+path = "/graphql"
+graphql = "query.viewer"
+credential = {{ staging = "github-user" }}
+
+[[tool]]
 name = "gh.short"
 host = "api.github.test"
 method = "GET"
@@ -1132,4 +1139,43 @@ async fn a_provider_that_takes_the_secret_in_the_form_links_and_refreshes() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_graphql_field_with_a_per_user_credential_carries_the_persons_token() {
+    let Some(w) = world().await else {
+        return;
+    };
+    let alice = w.token_for("alice@example.com").await;
+    let client = w
+        .gate
+        .client(Some(("coder", &alice)), http::Version::HTTP_2);
+    let query = json!({"query": "{ viewer { login } }"}).to_string();
+    let ask = || {
+        send(
+            &client,
+            "POST",
+            "https://api.github.test/graphql",
+            &[JSON],
+            query.clone(),
+        )
+    };
+    let refused = ask().await.unwrap();
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    assert!(
+        refused.text().contains("user_connection_required"),
+        "{}",
+        refused.text()
+    );
+    assert!(refused.text().contains("/connect/"), "{}", refused.text());
+    let link = w.link("alice@example.com", "github").await;
+    assert_eq!(w.connect(&link, "alice@example.com").await.0.status, 200);
+    let ok = ask().await.unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let seen = w.seen().await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        (seen[0]["path"].as_str(), seen[0]["user"].as_str()),
+        (Some("/graphql"), Some("alice@example.com"))
+    );
 }
