@@ -138,6 +138,15 @@ graphql = "query.viewer"
 credential = {{ staging = "github-user" }}
 
 [[tool]]
+name = "gh.mcp.whoami"
+host = "api.github.test"
+path = "/mcp"
+mcp_tool = "whoami"
+side_effects = "none"
+arguments = "whoami-args.json"
+credential = {{ staging = "github-user" }}
+
+[[tool]]
 name = "gh.short"
 host = "api.github.test"
 method = "GET"
@@ -196,6 +205,7 @@ async fn world_with(database: Option<String>, browser: bool) -> Option<World> {
         GateBuilder::new()
             .policy("conn.toml", policy(&issuer))
             .policy("corp-jwks.json", jwks)
+            .policy("whoami-args.json", r#"{"type": "object"}"#)
             .config(move |c| {
                 c.connect_to
                     .insert(("idp.acme.test".into(), port), idp_addr);
@@ -884,6 +894,7 @@ async fn the_binarys_log_at_debug_holds_no_token_code_or_secret() {
     let jwks = json!({ "keys": [jwk] }).to_string();
     std::fs::write(policies.join("conn.toml"), policy(&issuer)).unwrap();
     std::fs::write(policies.join("corp-jwks.json"), &jwks).unwrap();
+    std::fs::write(policies.join("whoami-args.json"), r#"{"type": "object"}"#).unwrap();
     let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let api_port = api.local_addr().unwrap().port();
     let env = [
@@ -1177,5 +1188,61 @@ async fn a_graphql_field_with_a_per_user_credential_carries_the_persons_token() 
     assert_eq!(
         (seen[0]["path"].as_str(), seen[0]["user"].as_str()),
         (Some("/graphql"), Some("alice@example.com"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_mcp_tool_with_a_per_user_credential_carries_the_persons_token() {
+    let Some(w) = world().await else {
+        return;
+    };
+    let alice = w.token_for("alice@example.com").await;
+    let client = w
+        .gate
+        .client(Some(("coder", &alice)), http::Version::HTTP_11);
+    let post = |message: Value, session: Option<String>| {
+        let client = client.clone();
+        async move {
+            let mut headers = vec![JSON, ("accept", "application/json, text/event-stream")];
+            if let Some(s) = &session {
+                headers.push(("mcp-session-id", s.as_str()));
+            }
+            let url = "https://api.github.test/mcp";
+            send(&client, "POST", url, &headers, message.to_string())
+                .await
+                .unwrap()
+        }
+    };
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    // Before alice connects even the session cannot open: the server takes only her token.
+    let refused = post(init.clone(), None).await;
+    assert!(
+        refused.text().contains("user_connection_required"),
+        "{}",
+        refused.text()
+    );
+    assert!(refused.text().contains("/connect/"), "{}", refused.text());
+    let link = w.link("alice@example.com", "github").await;
+    assert_eq!(w.connect(&link, "alice@example.com").await.0.status, 200);
+    let opened = post(init, None).await;
+    assert_eq!(opened.status, 200, "{}", opened.text());
+    let session = opened.headers["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "whoami", "arguments": {}}});
+    let got = post(call, Some(session)).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(
+        got.json()["result"]["content"][0]["text"],
+        "alice@example.com"
+    );
+    let users: Vec<Value> = w.seen().await.iter().map(|s| s["user"].clone()).collect();
+    assert_eq!(
+        users,
+        vec![json!("alice@example.com"); 2],
+        "initialize and the call"
     );
 }

@@ -67,6 +67,27 @@ function introspect(port, token) {
   });
 }
 
+// A small MCP server at /mcp (JSON answers): initialize opens a session; tools/call of
+// `whoami` answers with the person whose token the call carried.
+async function mcp(req, res, user) {
+  let text = "";
+  for await (const chunk of req) text += chunk;
+  const msg = JSON.parse(text || "{}");
+  if (msg.id === undefined) {
+    res.writeHead(202);
+    return res.end();
+  }
+  const reply = (result) => {
+    res.writeHead(200, { "content-type": "application/json", "mcp-session-id": "mcp-session-1" });
+    res.end(JSON.stringify({ jsonrpc: "2.0", id: msg.id, result }));
+  };
+  if (msg.method === "initialize") {
+    return reply({ protocolVersion: "2025-06-18", capabilities: { tools: {} }, serverInfo: { name: "gh", version: "1" } });
+  }
+  if (msg.method === "tools/call") return reply({ content: [{ type: "text", text: user }] });
+  return reply({});
+}
+
 function json(res, status, value) {
   res.writeHead(status, { "content-type": "application/json" });
   res.end(JSON.stringify(value));
@@ -201,6 +222,7 @@ server.listen(Number(process.env.PORT || 0), "127.0.0.1", () => {
       return json(res, 401, { message: "Bad credentials" });
     }
     seen.push({ path: req.url, user: facts.sub, scope: facts.scope, client: facts.client_id, token });
+    if (req.url === "/mcp") return mcp(req, res, facts.sub);
     return json(res, 200, { login: facts.sub, scope: facts.scope });
   });
   api.listen(Number(process.env.API_PORT || 0), "127.0.0.1", () => {
