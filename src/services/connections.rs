@@ -486,6 +486,52 @@ mod tests {
             .all(|(_, v)| !String::from_utf8_lossy(v).contains("alice")));
     }
 
+    #[tokio::test]
+    async fn a_lease_left_by_a_replica_that_died_is_taken_and_a_failed_refresh_gives_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(dir.path()).unwrap();
+        let vault = Vault::new(store.clone(), Arc::new(Audit::open(&store).unwrap()));
+        let answer = json!({"access_token": "a1", "refresh_token": "r1", "expires_in": 2});
+        let mut held = issued(&conn(), "alice", &answer, None).unwrap();
+        held.expires_unix = Some(now_unix().saturating_sub(5));
+        held.lease_until_ms = Some(now_ms().saturating_sub(1));
+        vault.put(&held).await.unwrap();
+        // The token endpoint cannot be reached (nothing listens on the route).
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let mut routes = std::collections::HashMap::new();
+        routes.insert(("idp.example.com".to_string(), 443), addr);
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let upstream = Upstream::new(
+            tls,
+            Arc::new(crate::upstream::Routes::new(routes)),
+            Duration::from_secs(2),
+        );
+        let got = vault.served(&upstream, &conn(), "alice").await;
+        assert!(
+            matches!(&got, Err(Unavailable::Failed(m)) if m.contains("could not be refreshed")),
+            "{:?}",
+            got.err()
+        );
+        let (_, after) = vault
+            .read::<Held>(&conn_key("gh", "alice"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(after.lease_until_ms, None, "the lease is given back");
+        assert_eq!(
+            (after.state, after.refresh.as_deref()),
+            (State::Live, Some("r1"))
+        );
+    }
+
     proptest::proptest! {
         /// Whatever a token endpoint answers, reading it never panics, and a connection is made
         /// only from an answer with a non-empty access token, which is the token kept.
