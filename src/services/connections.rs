@@ -295,8 +295,12 @@ impl Vault {
                 Some(c) => tell_provider(upstream, c, &held).await,
                 None => None,
             };
-            let payload =
-                json!({"by": by, "provider": told.clone().unwrap_or_else(|| "told".into())});
+            let provider = match (conn.and_then(|c| c.revoke.as_ref()), &told) {
+                (None, _) => "has no revocation endpoint".to_string(),
+                (Some(_), None) => "revoked the token".to_string(),
+                (Some(_), Some(why)) => format!("refused: {why}"),
+            };
+            let payload = json!({"by": by, "provider": provider});
             self.event(Kind::ConnectionRevoked, &next, payload).await;
             return Ok(Some(told));
         }

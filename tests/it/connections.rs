@@ -463,6 +463,9 @@ async fn each_person_connects_once_and_their_calls_carry_their_own_token() {
         w.connections("bob@example.com").await[0]["state"],
         "revoked"
     );
+    let revoked = crate::sso::recorded(&w.gate, ADMIN_TOKEN, "connection.revoked", 1).await;
+    assert_eq!(revoked[0]["payload"]["provider"], "revoked the token");
+    assert_eq!(revoked[0]["user"], "bob@example.com");
 
     // The links given in refusals are one-time credentials: answered, never recorded.
     let token_of = |l: &str| l.rsplit('/').next().unwrap().to_string();
