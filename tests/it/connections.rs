@@ -275,15 +275,19 @@ impl World {
 
     /// A call as agent coder (its static token) with the company's assertion about `email`.
     async fn call_asserted(&self, email: &str, path: &str) -> Answer {
+        self.call_asserted_via(&self.gate, email, path).await
+    }
+
+    /// [`World::call_asserted`] through `gate` (which mints leaves with the first's CA).
+    async fn call_asserted_via(&self, gate: &Toolgate, email: &str, path: &str) -> Answer {
         let now = toolgate::store::now_unix() as i64;
         let claims =
             json!({"iss": CORP, "aud": "toolgate", "email": email, "iat": now, "exp": now + 600});
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some("k1".into());
         let assertion = jsonwebtoken::encode(&header, &claims, &self.corp).unwrap();
-        let client = self
-            .gate
-            .client(Some(("coder", STATIC_TOKEN)), http::Version::HTTP_11);
+        let auth = Some(("coder", STATIC_TOKEN));
+        let client = client_via(gate.addr, auth, &self.gate.ca_pem, http::Version::HTTP_11);
         let url = format!("https://api.github.test{path}");
         let headers = [("toolgate-user-assertion", assertion.as_str())];
         send(&client, "GET", &url, &headers, "").await.unwrap()
@@ -737,6 +741,19 @@ async fn a_connection_made_through_one_replica_serves_the_other_and_is_refreshed
     }
     let after = w.counts().await["refresh_token"].as_u64().unwrap_or(0);
     assert_eq!(after, before + 1, "one refresh across both replicas");
+
+    // A token exchanged on one replica is reused by the other.
+    let first = w
+        .call_asserted_via(&w.gate, "erin@example.com", "/x/user")
+        .await;
+    assert_eq!(first.json()["login"], "erin@example.com");
+    let second = w.call_asserted_via(b, "erin@example.com", "/x/user").await;
+    assert_eq!(second.json()["login"], "erin@example.com");
+    assert_eq!(
+        w.counts().await["exchange"],
+        1,
+        "one exchange for both replicas"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
