@@ -64,6 +64,8 @@ pub struct Core {
     principals: crate::services::Principals,
     /// Identity providers' keys fetched from their `jwks_uri`.
     jwks: crate::services::Jwks,
+    /// People's OAuth connections (sealed in the store).
+    vault: crate::services::Vault,
     /// The tool calls models lately asked of each agent.
     model_asks: Arc<crate::services::ModelAsks>,
     metrics: Metrics,
@@ -111,6 +113,7 @@ impl Core {
             waiters: Waiters::new(&store),
             principals: crate::services::Principals::new(&store),
             jwks: crate::services::Jwks::default(),
+            vault: crate::services::Vault::new(store.clone(), audit.clone()),
             model_asks: Arc::new(crate::services::ModelAsks::new(config.model_join_window)),
             metrics: Metrics::with_traces(config.traces.clone()),
             sinks,
@@ -193,6 +196,11 @@ impl Core {
     /// Identity providers' keys fetched from their `jwks_uri`.
     pub fn jwks(&self) -> &crate::services::Jwks {
         &self.jwks
+    }
+
+    /// People's OAuth connections.
+    pub fn vault(&self) -> &crate::services::Vault {
+        &self.vault
     }
 
     /// The tool calls models lately asked of each agent.

@@ -765,9 +765,60 @@ async fn commit(
         }
         Err(refusal) => return cancel(app, &p, &refusal.message).await,
     };
+    let credential = credential_now(app, &policy, &p, checked.credential, &charged).await?;
     let call = crate::model::Call::of_proposal(&p, sent, checked.body);
-    let request = outgoing(&call, method, headers, checked.credential.as_deref());
+    let request = outgoing(&call, method, headers, credential.as_deref());
     send_approved(app, &p, &call, request, charged, claimant).await
+}
+
+/// The approved call's credential, ready to inject: a person's token (a per-user credential)
+/// is found now, as for a call sent at once. Refused (the budget given back, the proposal left
+/// approved, to be retried): the person has no live connection now, or none is named.
+async fn credential_now(
+    app: &Core,
+    policy: &crate::policy::Policy,
+    p: &Proposal,
+    credential: Option<std::sync::Arc<crate::policy::Credential>>,
+    charged: &crate::limits::Charge,
+) -> Result<Option<std::sync::Arc<crate::policy::Credential>>, Refusal> {
+    let user = p.user.as_ref().map(|id| crate::policy::EndUser {
+        id: id.clone(),
+        groups: p.user_groups.clone(),
+        via: format!("proposal {}", p.id),
+        assertion: None,
+    });
+    let resolved = app
+        .vault()
+        .credential(
+            app.upstream(),
+            policy,
+            credential.as_ref(),
+            user.as_ref(),
+            &app.config().admin_url,
+        )
+        .await;
+    match resolved {
+        Ok(r) => {
+            if let Some(facts) = r.used {
+                let rec = crate::audit::Record {
+                    kind: crate::audit::Kind::ConnectionUsed,
+                    proposal: Some(p.id.clone()),
+                    job: Some(p.job.clone()),
+                    agent: Some(p.agent.clone()),
+                    tool: Some(p.tool.clone()),
+                    user: p.user.clone(),
+                    payload: facts,
+                    ..Default::default()
+                };
+                app.audit().record(rec).await;
+            }
+            Ok(r.credential)
+        }
+        Err(refusal) => {
+            crate::limits::refund_budget(app.store(), charged.clone()).await;
+            Err(refusal.with_proposal(p.id.clone()))
+        }
+    }
 }
 
 /// The request an approved call sends: what was proposed, with the tool's credential.
@@ -1249,6 +1300,7 @@ fn for_person(agent: std::sync::Arc<Agent>, p: &Proposal) -> std::sync::Arc<Agen
             id: user.clone(),
             groups: p.user_groups.clone(),
             via: format!("proposal {}", p.id),
+            assertion: None,
         }),
         None => agent,
     }

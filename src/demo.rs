@@ -39,7 +39,8 @@ pub fn credentials(policy: &Policy) -> Credentials {
     let mut c = Credentials::default();
     for tool in policy.tools().iter().filter(|t| t.port == 443) {
         if let Some(api) = Api::of_host(&tool.host) {
-            for cred in tool.credentials.values() {
+            // A person's token (a per-user credential) is never the sandbox's to admit.
+            for cred in tool.credentials.values().filter(|c| c.source().is_none()) {
                 c.admit(api, cred.header.clone(), cred.header_value());
             }
         }

@@ -41,6 +41,9 @@ pub enum Code {
     ApprovalExpired,
     UpstreamTimeout,
     UpstreamError,
+    /// The person a call acts for has no live connection for the tool's per-user credential:
+    /// the message carries a link for them to connect (409 `user_connection_required`).
+    UserConnectionRequired,
     /// The audit log cannot be written now (its store failed or does not answer): nothing is
     /// forwarded that cannot be recorded.
     StoreUnavailable,
@@ -67,6 +70,7 @@ impl Code {
             Code::ApprovalExpired => "approval_expired",
             Code::UpstreamTimeout => "upstream_timeout",
             Code::UpstreamError => "upstream_error",
+            Code::UserConnectionRequired => "user_connection_required",
             Code::StoreUnavailable => "store_unavailable",
             Code::Internal => "internal_error",
         }
@@ -86,7 +90,7 @@ impl Code {
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::IdempotencyKeyRequired => StatusCode::PRECONDITION_REQUIRED,
-            Code::IdempotencyConflict => StatusCode::CONFLICT,
+            Code::IdempotencyConflict | Code::UserConnectionRequired => StatusCode::CONFLICT,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::ApprovalPending => StatusCode::LOCKED,
             Code::ApprovalExpired => StatusCode::GONE,
@@ -152,6 +156,26 @@ impl Refusal {
             retry_after: None,
             proposal: None,
         }
+    }
+
+    /// The message as the audit log keeps it: the one-time link a `user_connection_required`
+    /// refusal gives a person to connect is theirs to use, so its token is left out.
+    pub fn recorded_message(&self) -> std::borrow::Cow<'_, str> {
+        const AT: &str = "/connect/";
+        if self.code != Code::UserConnectionRequired {
+            return std::borrow::Cow::Borrowed(&self.message);
+        }
+        let mut out = String::with_capacity(self.message.len());
+        let mut rest = self.message.as_str();
+        while let Some(i) = rest.find(AT) {
+            out.push_str(&rest[..i + AT.len()]);
+            rest = &rest[i + AT.len()..];
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            out.push_str("[link not recorded]");
+            rest = &rest[end..];
+        }
+        out.push_str(rest);
+        std::borrow::Cow::Owned(out)
     }
 
     /// Names the tool contract the refusal is about.
@@ -256,6 +280,35 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connect_link_is_answered_but_never_recorded() {
+        let r = Refusal::new(
+            Code::UserConnectionRequired,
+            "alice has not connected gh. Ask them to open https://tg/connect/SECRETLINK (good once) or /connect/OTHER",
+        );
+        let kept = r.recorded_message();
+        assert!(
+            !kept.contains("SECRETLINK") && !kept.contains("OTHER"),
+            "{kept}"
+        );
+        assert!(
+            kept.contains("https://tg/connect/[link not recorded] (good once)"),
+            "{kept}"
+        );
+        assert_eq!(r.code.status(), http::StatusCode::CONFLICT);
+        assert_eq!(r.code.as_str(), "user_connection_required");
+        let other = Refusal::new(Code::PolicyViolation, "see /connect/x");
+        assert_eq!(other.recorded_message(), "see /connect/x");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_message_is_recorded_without_panic(m in ".{0,120}") {
+            let r = Refusal::new(Code::UserConnectionRequired, m);
+            let _ = r.recorded_message();
+        }
+    }
 
     #[test]
     fn body_has_the_design_shape() {

@@ -232,6 +232,7 @@ fn person(provider: &IdentityProvider, claims: &Value) -> Result<EndUser, String
         id: id.to_string(),
         groups,
         via: format!("identity provider {}", provider.name),
+        assertion: None,
     })
 }
 

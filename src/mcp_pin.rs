@@ -173,6 +173,12 @@ pub async fn list(
         HeaderValue::from_static("application/json"),
     );
     if let Some(c) = credential {
+        if c.source().is_some() {
+            return Err(format!(
+                "credential {} takes the token of the person a call acts for, and listing the server's tools acts for no one: pin with an environment whose credential is shared (--environment)",
+                c.name
+            ));
+        }
         headers.insert(c.header.clone(), c.header_value());
     }
     let mut session = Session {

@@ -235,6 +235,12 @@ async fn send(
             ),
         ))?)
     };
+    if let Some(c) = credential.filter(|c| c.source().is_some()) {
+        return Err((
+            "refused",
+            format!("credential {} takes a person's own token, which a replay never sends: give the tool a shared {SANDBOX_ENVIRONMENT} credential", c.name),
+        ));
+    }
     let method = Method::from_bytes(call.method.as_bytes())
         .map_err(|e| ("refused", format!("recorded method: {e}")))?;
     let mut req = Request::new(body::full(call.body.clone()));

@@ -65,6 +65,8 @@ pub async fn once(app: &Core) -> Result<Swept, StoreError> {
     app.store().job_expire(ledger_cut).await?;
     // Grants whose time is up and whose end no timer recorded (a restart, another replica).
     crate::grants::expire_due(app).await?;
+    // Links to connect and authorizations under way that were never used.
+    app.vault().sweep().await?;
     Ok(Swept {
         idempotency,
         proposals,

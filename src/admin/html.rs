@@ -31,7 +31,7 @@ pub(crate) fn page(title: &str, who: Option<&Session>, body: &str) -> Html<Strin
         Some(s) => {
             let links = match s.reviewer {
                 true => "<a href=\"/traffic\">Traffic</a>",
-                false => "<a href=\"/queue\">Queue</a><a href=\"/history\">History</a><a href=\"/traffic\">Traffic</a><a href=\"/switches\">Kill switches</a><a href=\"/grants\">Grants</a><a href=\"/rollback\">Roll back</a>",
+                false => "<a href=\"/queue\">Queue</a><a href=\"/history\">History</a><a href=\"/traffic\">Traffic</a><a href=\"/switches\">Kill switches</a><a href=\"/grants\">Grants</a><a href=\"/connections\">Connections</a><a href=\"/rollback\">Roll back</a>",
             };
             format!(
                 "{links}<span>{}{}</span><form method=\"post\" action=\"/logout\" style=\"display:inline\">\

@@ -5,6 +5,7 @@
 pub mod actions;
 pub mod audit;
 pub mod auth;
+pub mod connections;
 pub mod grants;
 pub mod html;
 mod layers;
@@ -70,6 +71,11 @@ pub fn router(app: Arc<Console>) -> Router {
         .route("/switches/{kind}/{name}/{action}", post(pages::switch))
         .route("/grants", get(grants::page_list).post(grants::page_add))
         .route("/grants/{id}/revoke", post(grants::page_revoke))
+        .route("/api/connections", get(connections::api_list))
+        .route("/api/connections/link", post(connections::api_link))
+        .route("/api/connections/revoke", post(connections::api_revoke))
+        .route("/connections", get(connections::page_list))
+        .route("/connections/revoke", post(connections::page_revoke))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             layers::refuse_reviewers,
@@ -94,6 +100,8 @@ pub fn router(app: Arc<Console>) -> Router {
         .route("/", get(pages::root))
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/login/oidc/callback", get(sso::callback))
+        .route("/connect/callback", get(connections::callback))
+        .route("/connect/{token}", get(connections::open))
         .route("/login/oidc/{name}", get(sso::start))
         .route("/logout", post(pages::logout))
         .merge(acting)

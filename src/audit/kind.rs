@@ -99,6 +99,16 @@ kinds! {
     Purge = "purge",
     /// A store copied into this one.
     StoreImport = "store.import",
+    /// A person linked their account through a `[[connection]]`.
+    ConnectionLinked = "connection.linked",
+    /// A person's connection token was refreshed.
+    ConnectionRefreshed = "connection.refreshed",
+    /// A person's connection can no longer be refreshed (they must link it again).
+    ConnectionBroken = "connection.broken",
+    /// A person's connection was revoked.
+    ConnectionRevoked = "connection.revoked",
+    /// A call was sent with a person's connection token (which connection, which scopes).
+    ConnectionUsed = "connection.used",
     /// An approver or reviewer signed in to the page through an identity provider.
     SignIn = "sign_in",
     /// A sign-in through an identity provider was refused.

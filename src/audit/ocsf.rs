@@ -62,11 +62,13 @@ fn class_of(e: &Event) -> Class {
         | OutcomeUnknown
         | Rollback
         | Replay => class(API, api_activity(method_of(&e.payload))),
-        Proposal | GrantAdded | TokenIssued => class(ENTITY, (1, "Create")),
-        GrantUsed => class(ENTITY, (2, "Read")),
-        Approval | Denial | Revocation => class(ENTITY, (3, "Update")),
-        Cancellation | GrantRevoked | TokenRevoked => class(ENTITY, (4, "Delete")),
-        Expiry | GrantExpired => class(ENTITY, (11, "Deactivate")),
+        Proposal | GrantAdded | TokenIssued | ConnectionLinked => class(ENTITY, (1, "Create")),
+        GrantUsed | ConnectionUsed => class(ENTITY, (2, "Read")),
+        Approval | Denial | Revocation | ConnectionRefreshed => class(ENTITY, (3, "Update")),
+        Cancellation | GrantRevoked | TokenRevoked | ConnectionRevoked => {
+            class(ENTITY, (4, "Delete"))
+        }
+        Expiry | GrantExpired | ConnectionBroken => class(ENTITY, (11, "Deactivate")),
         KillSwitch if switched_on(&e.payload) => class(ENTITY, (9, "Disable")),
         KillSwitch => class(ENTITY, (8, "Enable")),
         PolicyReload => class(LIFECYCLE, (8, "Update")),
@@ -328,6 +330,11 @@ fn entity_fields(e: &Event, out: &mut Map<String, Value>) {
         }
         Kind::TokenIssued | Kind::TokenRevoked => ("token", p.get("token").or_else(|| p.get("id"))),
         Kind::KillSwitch => ("kill switch", p.get("target")),
+        Kind::ConnectionLinked
+        | Kind::ConnectionRefreshed
+        | Kind::ConnectionBroken
+        | Kind::ConnectionRevoked
+        | Kind::ConnectionUsed => ("connection", p.get("connection")),
         _ => ("proposal", None),
     };
     let uid = uid

@@ -128,8 +128,8 @@ async fn record_import(
 fn print_imported(done: &Imported, data_dir: &Path, old_chain: &serde_json::Value) {
     say!(
         "imported {} proposals, {} kill switches, {} idempotency records, {} budgets, \
-         {} ledger entries, {} job claims, {} tokens, {} grants; {} already in the database \
-         (left as they were)",
+         {} ledger entries, {} job claims, {} tokens, {} grants, {} connections; {} already in \
+         the database (left as they were)",
         done.proposals,
         done.kill_switches,
         done.idempotency_records,
@@ -138,6 +138,7 @@ fn print_imported(done: &Imported, data_dir: &Path, old_chain: &serde_json::Valu
         done.job_claims,
         done.tokens,
         done.grants,
+        done.connections,
         done.skipped
     );
     if done.unsealable > 0 {

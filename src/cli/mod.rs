@@ -47,6 +47,7 @@ mod approvals;
 mod audit;
 mod ca;
 mod check;
+mod connections;
 mod contracts;
 mod db;
 mod explain;
@@ -60,6 +61,7 @@ mod tokens;
 
 pub use audit::AuditCommand;
 pub use ca::CaCommand;
+pub use connections::ConnectionsCommand;
 pub use contracts::{ContractsCommand, GraphqlArgs, ImportArgs, SuggestArgs};
 pub use db::DbCommand;
 pub use explain::ExplainArgs;
@@ -133,6 +135,14 @@ pub enum Command {
     Tokens {
         #[command(subcommand)]
         command: TokensCommand,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// People's OAuth connections (a one-time link to connect, the list, revocation), through a
+    /// running server's admin API (group admin, or an agent's token issuers).
+    Connections {
+        #[command(subcommand)]
+        command: ConnectionsCommand,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -262,6 +272,9 @@ pub async fn main(cli: Cli, telemetry: Option<crate::telemetry::Telemetry>) -> E
         Command::Deny(d) => approvals::decide(d, Action::Deny).await,
         Command::Revoke(d) => approvals::decide(d, Action::Revoke).await,
         Command::Tokens { command, server } => tokens::run(server.client(), command).await,
+        Command::Connections { command, server } => {
+            connections::run(server.client(), command).await
+        }
         Command::Grants { command, server } => grants::run(server.client(), command).await,
         Command::Audit {
             command,

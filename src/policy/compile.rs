@@ -13,11 +13,11 @@ use super::file::{self, AgentDef, PolicyFile, ToolDef};
 use super::lookup::Policy;
 use super::template::PathTemplate;
 use super::types::{
-    Agent, ApprovalSpec, Approver, BodyFormat, BodySpec, Budget, Credential, GraphqlSpec,
-    Idempotency, McpSpec, Mode, ModelAnswerLimits, Period, PolicyError, RateLimit, Risk, SendOn,
-    SideEffects, Tool, ToolKind, Users, DEFAULT_MAX_BODY,
+    Agent, ApprovalSpec, Approver, BodyFormat, BodySpec, Budget, Connection, Credential,
+    GraphqlSpec, Idempotency, McpSpec, Mode, ModelAnswerLimits, Period, PolicyError, RateLimit,
+    Risk, SendOn, SideEffects, Tool, ToolKind, Users, DEFAULT_MAX_BODY,
 };
-use super::{contract, graphql_def, identity_def, response, rollback_def, rules};
+use super::{connection_def, contract, graphql_def, identity_def, response, rollback_def, rules};
 
 /// Reads and parses every `*.toml` file under `dir` (recursively, in name order).
 pub(super) fn read_dir(dir: &Path) -> Result<Vec<(PathBuf, PolicyFile)>, PolicyError> {
@@ -46,9 +46,12 @@ pub(super) fn build(
     files: Vec<(PathBuf, PolicyFile)>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Policy, PolicyError> {
-    // Credentials first: tools in any file may name credentials from any other.
-    let credentials = compile_credentials(&files, env)?;
+    // Connections, then credentials: tools in any file may name credentials from any other,
+    // and credentials connections from any other.
+    let connections = compile_connections(&files, env)?;
+    let credentials = compile_credentials(&files, &connections, env)?;
     let mut policy = Policy::default();
+    policy.set_connections(connections.into_iter().collect());
     let mut names = HashSet::new();
     let mut endpoints = Vec::new();
     for (path, file) in files {
@@ -95,6 +98,7 @@ pub(super) fn build(
         }
         policy.files.push(path);
     }
+    exchanges_name_known_providers(&policy, &credentials)?;
     for (path, def) in endpoints {
         let (at, limits) = graphql_endpoint(def).map_err(|m| PolicyError::new(&path, m))?;
         policy
@@ -102,6 +106,28 @@ pub(super) fn build(
             .map_err(|m| PolicyError::new(&path, m))?;
     }
     Ok(policy)
+}
+
+/// An `exchange` naming an `identity_provider` names one the policy defines.
+fn exchanges_name_known_providers(
+    policy: &Policy,
+    credentials: &HashMap<String, Arc<Credential>>,
+) -> Result<(), PolicyError> {
+    for c in credentials.values() {
+        let Some(super::types::PerUser::Exchange(x)) = c.source() else {
+            continue;
+        };
+        if let Some(p) = x.identity_provider.as_deref() {
+            if policy.identity_provider_named(p).is_none() {
+                let at = policy.files.last().cloned().unwrap_or_default();
+                return Err(PolicyError::new(
+                    &at,
+                    format!("credential {:?}: exchange names identity_provider {p:?}, which no [[identity_provider]] defines", c.name),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Deepest a `[[graphql_endpoint]]` may allow (the parser's own nesting limit is far above).
@@ -142,15 +168,43 @@ fn graphql_endpoint(
     Ok(((host, port, def.path), limits))
 }
 
+/// Every file's `[[connection]]` by name (a name defined twice is an error).
+fn compile_connections(
+    files: &[(PathBuf, PolicyFile)],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<HashMap<String, Arc<Connection>>, PolicyError> {
+    let mut connections = HashMap::new();
+    for (path, file) in files {
+        for def in &file.connection {
+            let c =
+                connection_def::compile(path, def, env).map_err(|m| PolicyError::new(path, m))?;
+            if connections.contains_key(&c.name) {
+                return Err(PolicyError::new(
+                    path,
+                    format!("connection {:?} is defined twice", c.name),
+                ));
+            }
+            connections.insert(c.name.clone(), Arc::new(c));
+        }
+    }
+    Ok(connections)
+}
+
 /// Every file's credentials by name (a name defined twice is an error).
 fn compile_credentials(
     files: &[(PathBuf, PolicyFile)],
+    connections: &HashMap<String, Arc<Connection>>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<HashMap<String, Arc<Credential>>, PolicyError> {
     let mut credentials: HashMap<String, Arc<Credential>> = HashMap::new();
     for (path, file) in files {
         for def in &file.credential {
-            let cred = compile_credential(path, def, env)?;
+            let per_user = connection_def::per_user_credential(path, def, connections, env)
+                .map_err(|m| PolicyError::new(path, format!("credential {:?}: {m}", def.name)))?;
+            let cred = match per_user {
+                Some(c) => c,
+                None => compile_credential(path, def, env)?,
+            };
             if credentials.contains_key(&cred.name) {
                 return Err(PolicyError::new(
                     path,

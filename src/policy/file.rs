@@ -26,6 +26,45 @@ pub struct PolicyFile {
     /// Limits on the documents a GraphQL endpoint takes (defaults when none is declared).
     #[serde(default)]
     pub graphql_endpoint: Vec<GraphqlEndpointDef>,
+    /// Per-user OAuth connections (a person links their account once; calls use their token).
+    #[serde(default)]
+    pub connection: Vec<ConnectionDef>,
+}
+
+/// `[[connection]]`: an OAuth client toolgate runs the authorization-code flow (with PKCE) with,
+/// once per person, keeping each person's tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionDef {
+    pub name: String,
+    pub authorize_url: String,
+    pub token_url: String,
+    pub revoke_url: Option<String>,
+    pub client_id: String,
+    pub client_secret_env: Option<String>,
+    pub client_secret_file: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// `client_secret_basic` (the default) or `client_secret_post`.
+    pub client_auth: Option<String>,
+}
+
+/// `exchange = { ... }` of a `[[credential]]`: an RFC 8693 token exchange of the call's
+/// verified user assertion for a token for the API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeDef {
+    pub token_url: String,
+    pub audience: Option<String>,
+    pub scope: Option<String>,
+    pub client_id: String,
+    pub client_secret_env: Option<String>,
+    pub client_secret_file: Option<String>,
+    /// Only assertions of this `[[identity_provider]]` are exchanged.
+    pub identity_provider: Option<String>,
+    /// What the assertion is, as RFC 8693 names it: `jwt` (the default), `id_token` or
+    /// `access_token`.
+    pub subject_token_type: Option<String>,
 }
 
 /// `[[identity_provider]]`: who signs assertions about people, with which keys.
@@ -136,6 +175,10 @@ pub struct CredentialDef {
     pub file: Option<String>,
     pub header: String,
     pub format: String,
+    /// The end user's token from this `[[connection]]`, in place of a shared secret.
+    pub connection: Option<String>,
+    /// A token exchanged for the end user's assertion (RFC 8693), in place of a shared secret.
+    pub exchange: Option<ExchangeDef>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

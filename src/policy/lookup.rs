@@ -33,6 +33,8 @@ pub struct Policy {
     graphql_tools: Vec<Arc<Tool>>,
     /// Issuers of signed assertions about the people agents act for.
     identity_providers: Vec<Arc<super::types::IdentityProvider>>,
+    /// Per-user OAuth connections by name.
+    connections: std::collections::BTreeMap<String, Arc<super::types::Connection>>,
     /// The limits of GraphQL endpoints declared with `[[graphql_endpoint]]` (host, port, path).
     graphql_limits: Vec<((String, u16, String), crate::graphql::Limits)>,
     /// The ports each host is named with, in the order of the tools: the egress allow-list,
@@ -283,6 +285,24 @@ impl Policy {
     /// The identity providers approvers and reviewers sign in to the page through.
     pub fn login_providers(&self) -> impl Iterator<Item = &Arc<super::types::IdentityProvider>> {
         self.identity_providers.iter().filter(|p| p.login.is_some())
+    }
+
+    /// Sets the per-user OAuth connections (compiled before the credentials that name them).
+    pub(super) fn set_connections(
+        &mut self,
+        connections: std::collections::BTreeMap<String, Arc<super::types::Connection>>,
+    ) {
+        self.connections = connections;
+    }
+
+    /// The `[[connection]]` named `name`.
+    pub fn connection(&self, name: &str) -> Option<&Arc<super::types::Connection>> {
+        self.connections.get(name)
+    }
+
+    /// Every `[[connection]]`, by name.
+    pub fn connections(&self) -> impl Iterator<Item = &Arc<super::types::Connection>> {
+        self.connections.values()
     }
 
     /// Whether any identity provider is declared.

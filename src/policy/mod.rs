@@ -5,6 +5,7 @@
 //! `lookup` finds what a request is about in the compiled set.
 
 mod compile;
+pub mod connection_def;
 pub mod contract;
 pub mod file;
 mod graphql_def;
@@ -26,10 +27,11 @@ pub use lookup::Policy;
 pub use published::{Published, Role, PUBLISHED_TOKENS};
 pub use template::{check_path, PathError, PathTemplate};
 pub use types::{
-    glob_match, Agent, ApprovalSpec, Approver, BodyFormat, BodySpec, Budget, ClientSecret,
-    Credential, EndUser, GraphqlSpec, HttpsUrl, Idempotency, IdentityProvider, JwksSource, Login,
-    LoginEndpoints, Matched, McpSpec, Mode, ModelAnswerLimits, Period, PolicyError, RateLimit,
-    Risk, Rollback, SendOn, SideEffects, Tool, ToolKind, Users, DEFAULT_MAX_BODY,
+    glob_match, Agent, ApprovalSpec, Approver, Assertion, BodyFormat, BodySpec, Budget, ClientAuth,
+    ClientSecret, Connection, Credential, EndUser, Exchange, GraphqlSpec, HttpsUrl, Idempotency,
+    IdentityProvider, JwksSource, Login, LoginEndpoints, Matched, McpSpec, Mode, ModelAnswerLimits,
+    PerUser, Period, PolicyError, RateLimit, Risk, Rollback, SendOn, SideEffects, Tool, ToolKind,
+    Users, DEFAULT_MAX_BODY,
 };
 
 /// What an unset secret reads as in [`Policy::load_dir_dry`].

@@ -653,3 +653,92 @@ fn a_models_contract_bounds_what_the_audit_keeps_of_its_answers() {
     let e = build(&model("kind = \"model\"\nmodel_answer = { calls = 1 }")).unwrap_err();
     assert!(e.message.contains("calls"), "{e}");
 }
+
+const CONNECTION: &str = "\n[[connection]]\nname = \"gh\"\nauthorize_url = \"https://github.com/login/oauth/authorize\"\ntoken_url = \"https://github.com/login/oauth/access_token\"\nclient_id = \"Iv1.abc\"\nclient_secret_env = \"TOKEN\"\nscopes = [\"repo\"]\n";
+
+#[test]
+fn a_per_user_credential_names_a_connection_and_never_a_secret() {
+    let cred = |body: &str| {
+        format!(
+            "{BASE}\ncredential = {{ staging = \"c\" }}\n{CONNECTION}\n[[credential]]\nname = \"c\"\nheader = \"Authorization\"\nformat = \"Bearer {{secret}}\"\n{body}\n"
+        )
+    };
+    let p = build(&cred("connection = \"gh\"")).unwrap();
+    let c = &p.tools()[0].credentials["staging"];
+    assert!(matches!(c.source(), Some(PerUser::Connection(n)) if n == "gh"));
+    assert_eq!(
+        c.header_value(),
+        "",
+        "no value until a person's token fills it"
+    );
+    let filled = c.with_token("gho_person").unwrap();
+    assert_eq!(filled.header_value(), "Bearer gho_person");
+    assert!(filled.header_value().is_sensitive());
+    assert!(!format!("{filled:?}{:?}", p).contains("secret\""));
+    assert!(p.connection("gh").is_some());
+
+    let refused = [
+        ("connection = \"nope\"", "connection \"nope\" is not defined"),
+        ("connection = \"gh\"\nenv = \"TOKEN\"", "remove env and file"),
+        (
+            "connection = \"gh\"\nexchange = { token_url = \"https://idp/t\", audience = \"a\", client_id = \"x\", client_secret_env = \"TOKEN\" }",
+            "name one of connection and exchange",
+        ),
+        (
+            "exchange = { token_url = \"http://idp/t\", audience = \"a\", client_id = \"x\", client_secret_env = \"TOKEN\" }",
+            "must be https",
+        ),
+        (
+            "exchange = { token_url = \"https://idp/t\", client_id = \"x\", client_secret_env = \"TOKEN\" }",
+            "audience or the scope",
+        ),
+    ];
+    for (body, why) in refused {
+        let e = build(&cred(body)).unwrap_err();
+        assert!(e.message.contains(why), "{body}: {e}");
+    }
+}
+
+#[test]
+fn a_connection_is_https_with_its_secret_outside_the_policy() {
+    let with = |from: &str, to: &str| build(&format!("{BASE}{}", CONNECTION.replace(from, to)));
+    assert!(with("", "").is_ok());
+    let refused = [
+        (
+            "https://github.com/login/oauth/authorize",
+            "http://github.com/a",
+            "authorize_url",
+        ),
+        (
+            "https://github.com/login/oauth/access_token",
+            "http://github.com/t",
+            "token_url",
+        ),
+        (
+            "client_secret_env = \"TOKEN\"",
+            "",
+            "client_secret_env and client_secret_file",
+        ),
+        (
+            "client_secret_env = \"TOKEN\"",
+            "client_secret_env = \"UNSET\"",
+            "UNSET",
+        ),
+        (
+            "client_secret_env = \"TOKEN\"",
+            "client_secret = \"inline\"",
+            "unknown field",
+        ),
+        (
+            "scopes = ",
+            "client_auth = \"jwt\"\nscopes = ",
+            "client_auth \"jwt\" is not",
+        ),
+    ];
+    for (from, to, why) in refused {
+        let e = with(from, to).unwrap_err();
+        assert!(e.message.contains(why), "{to}: {e}");
+    }
+    let twice = format!("{BASE}{CONNECTION}{CONNECTION}");
+    assert!(build(&twice).unwrap_err().message.contains("defined twice"));
+}

@@ -71,6 +71,23 @@ pub struct EndUser {
     pub groups: Vec<String>,
     /// What named them: `token tok_…` or `identity provider NAME`.
     pub via: String,
+    /// The verified assertion that named them, when one did (a token exchange sends it).
+    pub assertion: Option<Assertion>,
+}
+
+/// A verified user assertion as the call carried it, and its provider: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Assertion {
+    pub provider: String,
+    pub token: Arc<str>,
+}
+
+impl std::fmt::Debug for Assertion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Assertion")
+            .field("provider", &self.provider)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[[identity_provider]]`: an issuer of signed assertions about people (an OIDC provider),
@@ -436,6 +453,56 @@ pub struct Credential {
     pub header: http::HeaderName,
     value: http::HeaderValue,
     secret: String,
+    /// Where a per-user credential's token comes from; None: a shared secret (`value`).
+    per_user: Option<PerUser>,
+    /// The header value's template (`"Bearer {secret}"`), for a per-user token.
+    format: String,
+}
+
+/// Where a per-user credential's token comes from.
+#[derive(Debug, Clone)]
+pub enum PerUser {
+    /// The end user's token from this `[[connection]]` (its name).
+    Connection(String),
+    /// A token exchanged for the end user's assertion (RFC 8693).
+    Exchange(Arc<Exchange>),
+}
+
+/// `exchange = { ... }`: the token endpoint and what is asked of it.
+#[derive(Debug)]
+pub struct Exchange {
+    pub token: HttpsUrl,
+    pub audience: Option<String>,
+    pub scope: Option<String>,
+    pub client_id: String,
+    pub client_secret: ClientSecret,
+    pub identity_provider: Option<String>,
+    /// The RFC 8693 URN of the assertion's type.
+    pub subject_token_type: &'static str,
+}
+
+/// `[[connection]]`: an OAuth client toolgate runs the authorization-code flow with (PKCE
+/// always), once per person.
+#[derive(Debug)]
+pub struct Connection {
+    pub name: String,
+    pub authorize_url: String,
+    pub token: HttpsUrl,
+    pub revoke: Option<HttpsUrl>,
+    pub client_id: String,
+    pub client_secret: ClientSecret,
+    pub scopes: Vec<String>,
+    /// How toolgate authenticates to the token and revocation endpoints.
+    pub client_auth: ClientAuth,
+}
+
+/// A client's authentication at a provider's token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// HTTP Basic (`client_secret_basic`, RFC 6749's default).
+    Basic,
+    /// The id and secret in the form (`client_secret_post`).
+    Post,
 }
 
 impl std::fmt::Debug for Credential {
@@ -443,6 +510,7 @@ impl std::fmt::Debug for Credential {
         f.debug_struct("Credential")
             .field("name", &self.name)
             .field("header", &self.header)
+            .field("per_user", &self.per_user)
             .finish_non_exhaustive()
     }
 }
@@ -460,7 +528,47 @@ impl Credential {
             header,
             value,
             secret,
+            per_user: None,
+            format: String::new(),
         }
+    }
+
+    /// A per-user credential: its token is found for each call ([`Credential::with_token`]).
+    /// Until then it carries no value at all.
+    pub(super) fn per_user(
+        name: String,
+        header: http::HeaderName,
+        format: String,
+        per_user: PerUser,
+    ) -> Credential {
+        Credential {
+            name,
+            header,
+            value: http::HeaderValue::from_static(""),
+            secret: String::new(),
+            per_user: Some(per_user),
+            format,
+        }
+    }
+
+    /// Where a per-user credential's token comes from (None: a shared secret).
+    pub fn source(&self) -> Option<&PerUser> {
+        self.per_user.as_ref()
+    }
+
+    /// This per-user credential filled with one person's `token`: what a call injects.
+    pub fn with_token(&self, token: &str) -> Result<Credential, String> {
+        let mut value = http::HeaderValue::from_str(&self.format.replace("{secret}", token))
+            .map_err(|_| "the token holds characters not allowed in a header".to_string())?;
+        value.set_sensitive(true);
+        Ok(Credential {
+            name: self.name.clone(),
+            header: self.header.clone(),
+            value,
+            secret: token.to_string(),
+            per_user: None,
+            format: String::new(),
+        })
     }
 
     /// The header value to inject, marked sensitive so HTTP/2 never indexes it.

@@ -81,6 +81,7 @@ impl Target {
                     id: id.clone(),
                     groups: c.user_groups.clone(),
                     via: format!("the call it undoes ({})", c.request_id),
+                    assertion: None,
                 })
             }),
         }

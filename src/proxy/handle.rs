@@ -207,7 +207,7 @@ async fn record_refused(ctx: &RequestCtx, refusal: &Refusal) {
         outcome: "refused".into(),
         code: Some(code.as_str().into()),
         status: Some(code.status().as_u16()),
-        message: Some(refusal.message.clone()),
+        message: Some(refusal.recorded_message().into_owned()),
         body_shape: ctx.body_shape.clone(),
         ..Decision::default()
     };

@@ -294,6 +294,18 @@ async fn pass(
     } = message;
     let no_params = std::collections::BTreeMap::new();
     let credential = authorize(agent, tool, &no_params)?;
+    let user = ctx.and_then(|c| c.user.as_deref());
+    let credential = app
+        .vault()
+        .credential(
+            app.upstream(),
+            &app.policy(),
+            credential.as_ref(),
+            user,
+            &app.config().admin_url,
+        )
+        .await?
+        .credential;
     let headers = request::upstream_headers(tool, &parts.headers, credential.as_deref())?;
     let mut out = Request::new(body::full(body));
     *out.method_mut() = parts.method.clone();

@@ -44,6 +44,7 @@ pub(super) async fn user_of(
             id: u.clone(),
             groups: Vec::new(),
             via: format!("token {}", t.id),
+            assertion: None,
         })
     });
     let asserted = match assertion {
@@ -80,5 +81,10 @@ async fn asserted(app: &Gate, policy: &Policy, assertion: &str) -> Result<EndUse
                 format!("the user assertion (Toolgate-User-Assertion) cannot be verified now: {why}; nothing was sent"),
             )
         })?;
-    read.verify(&keys)
+    let mut user = read.verify(&keys)?;
+    user.assertion = Some(crate::policy::Assertion {
+        provider: read.provider.name.clone(),
+        token: Arc::from(assertion),
+    });
+    Ok(user)
 }

@@ -481,14 +481,43 @@ pub(super) async fn decide(
                 .await
                 .map(Answer::Stored)
         }
-        Route::Read => read(app, ctx, checked).await.map(Answer::Passed),
+        Route::Read => {
+            inject(app, ctx, &mut checked).await?;
+            read(app, ctx, checked).await.map(Answer::Passed)
+        }
         Route::Write(key) => {
+            inject(app, ctx, &mut checked).await?;
             ctx.flush().await;
             write(app, ctx, checked, key.as_deref())
                 .await
                 .map(Answer::Stored)
         }
     }
+}
+
+/// The inject phase: the call's credential made ready to go (a per-user one filled with the
+/// token of the person the call acts for) and put in the headers that go upstream; which
+/// connection and scopes served the call is recorded (never the token).
+async fn inject(app: &Gate, ctx: &RequestCtx, checked: &mut Checked) -> Result<(), Refusal> {
+    let resolved = app
+        .vault()
+        .credential(
+            app.upstream(),
+            &ctx.policy,
+            checked.credential.as_ref(),
+            ctx.user.as_deref(),
+            &app.config().admin_url,
+        )
+        .await?;
+    if let Some(c) = &resolved.credential {
+        checked.headers.remove(&c.header);
+        checked.headers.insert(c.header.clone(), c.header_value());
+    }
+    if let Some(facts) = resolved.used {
+        ctx.record_beside(Kind::ConnectionUsed, facts).await;
+    }
+    checked.credential = resolved.credential;
+    Ok(())
 }
 
 /// The payload of a call's `decision` event when it goes on (sent, or previewed).

@@ -1,6 +1,7 @@
 //! Services: each owns its state behind private fields and keeps it consistent with the store
 //! and the audit log. `app.rs` builds them from the configuration.
 
+pub mod connections;
 pub mod fresh;
 pub mod jwks;
 pub mod kill;
@@ -14,6 +15,7 @@ pub mod principals;
 pub mod sessions;
 pub mod waiters;
 
+pub use connections::Vault;
 pub use jwks::Jwks;
 pub use kill::KillSwitches;
 pub use locks::{KeyedLocks, LockKey};

@@ -202,25 +202,70 @@ pub async fn exchange(
         .append_pair("redirect_uri", &pending.redirect_uri)
         .append_pair("code_verifier", &pending.verifier)
         .finish();
-    // RFC 6749 2.3.1: the id and secret form-encoded, then joined and base64'd.
-    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-        "{}:{}",
-        enc(&login.client_id),
-        enc(&login.client_secret.0)
-    ));
-    let answer = send(
+    let answer = token_request(
         upstream,
         token,
-        Method::POST,
-        Some(format!("Basic {basic}")),
-        Bytes::from(body),
+        &login.client_id,
+        &login.client_secret,
+        body,
     )
-    .await?;
+    .await
+    .map_err(|f| f.message)?;
     answer["id_token"]
         .as_str()
         .map(str::to_string)
         .ok_or_else(|| "the token endpoint's answer has no id_token".into())
+}
+
+/// Why a token endpoint gave no token: its OAuth `error` code when it answered with one, and
+/// a message naming the endpoint, its status, `error` and `error_description` (never the
+/// request, which held secrets).
+#[derive(Debug)]
+pub struct TokenFailure {
+    pub error: Option<String>,
+    pub message: String,
+}
+
+/// POSTs the form `body` to an OAuth endpoint (token, revocation) with `client_secret_basic`
+/// and reads its JSON answer (an empty successful answer reads as null).
+pub async fn token_request(
+    upstream: &Upstream,
+    at: &HttpsUrl,
+    client_id: &str,
+    secret: &crate::policy::ClientSecret,
+    body: String,
+) -> Result<Value, TokenFailure> {
+    // RFC 6749 2.3.1: the id and secret form-encoded, then joined and base64'd.
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        enc(client_id),
+        enc(&secret.0)
+    ));
+    send_detailed(
+        upstream,
+        at,
+        Method::POST,
+        Some(format!("Basic {basic}")),
+        Bytes::from(body),
+    )
+    .await
+}
+
+/// [`token_request`] with the client's id and secret in the form (`client_secret_post`), for
+/// providers that take no Basic authentication (GitHub's OAuth apps).
+pub async fn token_request_in_body(
+    upstream: &Upstream,
+    at: &HttpsUrl,
+    client_id: &str,
+    secret: &crate::policy::ClientSecret,
+    body: String,
+) -> Result<Value, TokenFailure> {
+    let form = form_urlencoded::Serializer::new(body)
+        .append_pair("client_id", client_id)
+        .append_pair("client_secret", &secret.0)
+        .finish();
+    send_detailed(upstream, at, Method::POST, None, Bytes::from(form)).await
 }
 
 /// Sends one request through the upstream client and reads its JSON answer.
@@ -231,10 +276,33 @@ async fn send(
     authorization: Option<String>,
     body: Bytes,
 ) -> Result<Value, String> {
+    send_detailed(upstream, at, method, authorization, body)
+        .await
+        .map_err(|f| f.message)
+}
+
+fn failure(message: String) -> TokenFailure {
+    TokenFailure {
+        error: None,
+        message,
+    }
+}
+
+/// [`send`], saying which OAuth error the endpoint answered with.
+async fn send_detailed(
+    upstream: &Upstream,
+    at: &HttpsUrl,
+    method: Method,
+    authorization: Option<String>,
+    body: Bytes,
+) -> Result<Value, TokenFailure> {
     let form = !body.is_empty();
     let mut req = Request::new(full(body));
     *req.method_mut() = method;
-    *req.uri_mut() = at.path.parse().map_err(|_| "a bad path".to_string())?;
+    *req.uri_mut() = at
+        .path
+        .parse()
+        .map_err(|_| failure("a bad path".to_string()))?;
     let headers = req.headers_mut();
     headers.insert(
         header::ACCEPT,
@@ -247,34 +315,43 @@ async fn send(
         );
     }
     if let Some(a) = authorization {
-        let value = http::HeaderValue::from_str(&a).map_err(|_| "a bad client secret")?;
+        let mut value = http::HeaderValue::from_str(&a)
+            .map_err(|_| failure("a bad client secret".to_string()))?;
+        value.set_sensitive(true);
         headers.insert(header::AUTHORIZATION, value);
     }
     let resp = upstream
         .forward(&at.host, at.port, req)
         .await
-        .map_err(|f| f.refusal.message)?;
+        .map_err(|f| failure(f.refusal.message))?;
     let status = resp.status();
     let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
         .collect()
         .await
-        .map_err(|e| format!("its answer could not be read: {e}"))?
+        .map_err(|e| failure(format!("its answer could not be read: {e}")))?
         .to_bytes();
+    if status.is_success() && bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
-        format!(
+        failure(format!(
             "https://{}{} answered {status} without JSON",
             at.host, at.path
-        )
+        ))
     })?;
     if !status.is_success() {
         // The provider's error code and description, never the request (it held the secret).
-        return Err(format!(
-            "https://{}{} answered {status}: {} {}",
-            at.host,
-            at.path,
-            value["error"].as_str().unwrap_or(""),
-            value["error_description"].as_str().unwrap_or("")
-        ));
+        let error = value["error"].as_str().map(str::to_string);
+        return Err(TokenFailure {
+            message: format!(
+                "https://{}{} answered {status}: {} {}",
+                at.host,
+                at.path,
+                error.as_deref().unwrap_or(""),
+                value["error_description"].as_str().unwrap_or("")
+            ),
+            error,
+        });
     }
     Ok(value)
 }

@@ -1,6 +1,6 @@
 //! `toolgate db import --data-dir DIR`: the open state of a stopped single-process toolgate
 //! (sled) moved to the shared store, so that switching to replicas loses no held call, no kill
-//! switch, no idempotency record, no issued token and no grant. Nothing already in the target
+//! switch, no idempotency record, no issued token, no grant and no person's connection. Nothing already in the target
 //! is overwritten: a record the target holds stays as it is and is counted as skipped, so
 //! running the import twice is safe.
 //!
@@ -9,6 +9,7 @@
 
 use super::{
     Backend, GrantStore, KillStore, LedgerStore, ProposalStore, SledStore, StoreError, TokenStore,
+    VaultStore,
 };
 
 /// What an import wrote and what it left because the target already had it.
@@ -24,6 +25,8 @@ pub struct Imported {
     pub tokens: usize,
     /// Grants that have not ended.
     pub grants: usize,
+    /// People's connections (sealed again under the target's key).
+    pub connections: usize,
     /// Records the target already held (left as they were).
     pub skipped: usize,
     /// Held calls whose sealed headers did not open under the data dir's key: imported without
@@ -38,6 +41,7 @@ pub async fn import(from: &SledStore, to: &dyn Backend) -> Result<Imported, Stor
     import_proposals(from, to, &mut done).await?;
     import_decisions(from, to, &mut done).await?;
     import_principals(from, to, &mut done).await?;
+    import_connections(from, to, &mut done).await?;
     to.flush().await?;
     Ok(done)
 }
@@ -111,6 +115,30 @@ async fn import_decisions(
         match to.job_claim(&job, &claim.agent, &claim.owner).await? {
             None => done.job_claims += 1,
             Some(_) => done.skipped += 1,
+        }
+    }
+    Ok(())
+}
+
+/// People's connections: each record opened under the data dir's key and sealed again under
+/// the target's (one that does not open is counted as unsealable and left).
+async fn import_connections(
+    from: &SledStore,
+    to: &dyn Backend,
+    done: &mut Imported,
+) -> Result<(), StoreError> {
+    for (key, raw) in from.vault_scan("conn/").await? {
+        let plain = std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|s| from.sealer().open_sealed(s));
+        let Some(plain) = plain else {
+            done.unsealable += 1;
+            continue;
+        };
+        let sealed = to.sealer().seal(&plain)?;
+        match to.vault_swap(&key, None, Some(sealed.as_bytes())).await? {
+            true => done.connections += 1,
+            false => done.skipped += 1,
         }
     }
     Ok(())

@@ -346,6 +346,24 @@ pub trait SinkCursorStore: Send + Sync {
     async fn cursor_list(&self) -> Result<Vec<(String, u64)>>;
 }
 
+/// The vault of per-user OAuth connections, with the one-time links and authorizations that
+/// make them and the leases of their refreshes: records the store keeps as given (the vault
+/// seals them first) under text keys, changed only by compare-and-set on the whole record, so
+/// that a link is used once and one replica refreshes a token at a time.
+#[async_trait]
+pub trait VaultStore: Send + Sync {
+    async fn vault_get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Writes `next` (None: removes the record) only while the record under `key` is still
+    /// `seen` (None: there is none). `Ok(false)`: another caller changed it first; nothing was
+    /// written. Durable when `Ok(true)`.
+    async fn vault_swap(&self, key: &str, seen: Option<&[u8]>, next: Option<&[u8]>)
+        -> Result<bool>;
+
+    /// Every record whose key begins with `prefix`, in key order.
+    async fn vault_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
+}
+
 /// One storage backend: every interface above, and what the process needs of the whole.
 #[async_trait]
 pub trait Backend:
@@ -359,6 +377,7 @@ pub trait Backend:
     + TokenStore
     + GrantStore
     + SinkCursorStore
+    + VaultStore
 {
     /// Makes every write so far durable.
     async fn flush(&self) -> Result<()>;

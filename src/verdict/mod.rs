@@ -88,6 +88,7 @@ impl World {
             id,
             groups,
             via: "the case".into(),
+            assertion: None,
         });
     }
 }

@@ -15,6 +15,7 @@ mod audit;
 mod audit_scale;
 mod binary;
 mod bypass;
+mod connections;
 mod contracts;
 mod crash;
 mod demo;

@@ -42,6 +42,24 @@ pub async fn oidc_provider_at(
     redirect: &str,
     port: u16,
 ) -> Option<NodeIdp> {
+    let env = [
+        ("CLIENT_ID", CLIENT.to_string()),
+        ("CLIENT_SECRET", SECRET.to_string()),
+        ("REDIRECT_URI", redirect.to_string()),
+        ("GROUPS", groups.to_string()),
+    ];
+    node_server(pki, "provider.mjs", port, &env).await
+}
+
+/// A script of tests/oidc run by node on `port` (0: any free one) with the test PKI's
+/// certificate for idp.acme.test and api.github.test (CERT, KEY, CA) and `env`, once it prints
+/// `{"port": N}`. None after saying why it cannot run here.
+pub async fn node_server(
+    pki: &Pki,
+    script: &str,
+    port: u16,
+    env: &[(&str, String)],
+) -> Option<NodeIdp> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
     let node = std::process::Command::new("node").arg("--version").output();
     if node.is_err() || !dir.join("node_modules/oidc-provider").exists() {
@@ -57,32 +75,32 @@ pub async fn oidc_provider_at(
         return None;
     }
     let files = tempfile::tempdir().unwrap();
-    let (cert, key) = pki.server_pem(&["idp.acme.test"]);
+    let (cert, key) = pki.server_pem(&["idp.acme.test", "api.github.test"]);
     std::fs::write(files.path().join("cert.pem"), cert).unwrap();
     std::fs::write(files.path().join("key.pem"), key).unwrap();
-    let mut child = tokio::process::Command::new("node")
-        .arg(dir.join("provider.mjs"))
+    std::fs::write(files.path().join("ca.pem"), pki.ca_pem()).unwrap();
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg(dir.join(script))
         .current_dir(&dir)
         .env("CERT", files.path().join("cert.pem"))
         .env("KEY", files.path().join("key.pem"))
-        .env("CLIENT_ID", CLIENT)
-        .env("CLIENT_SECRET", SECRET)
-        .env("REDIRECT_URI", redirect)
+        .env("CA", files.path().join("ca.pem"))
         .env("PORT", port.to_string())
-        .env("GROUPS", groups.to_string())
         .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .kill_on_drop(true);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().unwrap();
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let first = tokio::time::timeout(poll::SOON, lines.next_line())
         .await
         .expect("oidc-provider started")
         .unwrap()
         .expect("oidc-provider printed its port");
-    let port = serde_json::from_str::<Value>(&first).unwrap()["port"]
-        .as_u64()
-        .unwrap() as u16;
+    let started: Value = serde_json::from_str(&first).unwrap();
+    let port = started["port"].as_u64().unwrap() as u16;
     let tls = std::sync::Arc::new(client_tls(&pki.ca_pem(), &[b"http/1.1"]));
     Some(NodeIdp {
         _child: child,
@@ -99,7 +117,7 @@ impl NodeIdp {
     }
 
     /// One request to the provider, as the browser would send it, with the jar's cookies.
-    async fn send(
+    pub async fn send(
         &self,
         jar: &mut HashMap<String, String>,
         method: &str,
@@ -142,6 +160,11 @@ impl NodeIdp {
     /// Signs `email` in at the provider from `authorize` (toolgate's redirect), following its
     /// redirects and posting its login and consent forms: where it sends the browser back.
     async fn sign_in(&self, authorize: &str, email: &str) -> String {
+        self.sign_in_until(authorize, email, REDIRECT).await
+    }
+
+    /// [`NodeIdp::sign_in`] for a client whose redirect URI begins with `redirect`.
+    pub async fn sign_in_until(&self, authorize: &str, email: &str, redirect: &str) -> String {
         let mut jar = HashMap::new();
         let origin = self.issuer();
         let mut answer = self
@@ -155,7 +178,7 @@ impl NodeIdp {
         for _ in 0..12 {
             if answer.status.is_redirection() {
                 let to = answer.headers["location"].to_str().unwrap().to_string();
-                if to.starts_with(REDIRECT) {
+                if to.starts_with(redirect) {
                     return to;
                 }
                 let path = to.strip_prefix(&origin).unwrap_or(&to).to_string();

@@ -25,6 +25,83 @@ async fn conforms(stores: &[Store]) {
     grants(stores).await;
     grant_ends(stores).await;
     sink_cursors(stores).await;
+    vault(stores).await;
+}
+
+/// The vault's records: a new one is made by one of many racing writers, changed only from
+/// the record as read (a stale writer loses), removed once, and listed by key prefix through
+/// every replica.
+async fn vault(stores: &[Store]) {
+    let made = winners(stores, 8, |i, s| async move {
+        s.vault_swap("conn/alice/gh", None, Some(format!("r{i}").as_bytes()))
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(made, 1, "exactly one writer makes the record");
+    let seen = nth(stores, 1)
+        .vault_get("conn/alice/gh")
+        .await
+        .unwrap()
+        .unwrap();
+    let changed = winners(stores, 8, {
+        let seen = seen.clone();
+        move |i, s| {
+            let seen = seen.clone();
+            async move {
+                s.vault_swap(
+                    "conn/alice/gh",
+                    Some(&seen),
+                    Some(format!("n{i}").as_bytes()),
+                )
+                .await
+                .unwrap()
+            }
+        }
+    })
+    .await;
+    assert_eq!(changed, 1, "exactly one writer changes the record as read");
+    let now = nth(stores, 0)
+        .vault_get("conn/alice/gh")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(now.starts_with(b"n"));
+    assert!(!nth(stores, 0)
+        .vault_swap("conn/alice/gh", Some(&seen), None)
+        .await
+        .unwrap());
+    nth(stores, 1)
+        .vault_swap("conn/bob/gh", None, Some(b"b"))
+        .await
+        .unwrap();
+    nth(stores, 0)
+        .vault_swap("link/x", None, Some(b"l"))
+        .await
+        .unwrap();
+    let listed: Vec<String> = nth(stores, 1)
+        .vault_scan("conn/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(listed, vec!["conn/alice/gh", "conn/bob/gh"]);
+    let removed = winners(stores, 8, move |_, s| {
+        let now = now.clone();
+        async move {
+            s.vault_swap("conn/alice/gh", Some(&now), None)
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    assert_eq!(removed, 1, "a record is removed once");
+    assert!(nth(stores, 0)
+        .vault_get("conn/alice/gh")
+        .await
+        .unwrap()
+        .is_none());
 }
 
 /// An audit sink's cursor: durable, read the same through every replica, and never moved back

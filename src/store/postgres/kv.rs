@@ -579,3 +579,62 @@ impl SinkCursorStore for PgStore {
             .collect())
     }
 }
+
+#[async_trait]
+impl VaultStore for PgStore {
+    async fn vault_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached("SELECT record FROM vault WHERE key = $1")
+            .await?;
+        let row = client.query_opt(&statement, &[&key]).await?;
+        Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+    }
+
+    async fn vault_swap(
+        &self,
+        key: &str,
+        seen: Option<&[u8]>,
+        next: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        let n = match (seen, next) {
+            (None, Some(next)) => {
+                self.execute(
+                    "INSERT INTO vault (key, record) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                    &[&key, &next],
+                )
+                .await?
+            }
+            (Some(seen), Some(next)) => {
+                self.execute(
+                    "UPDATE vault SET record = $3 WHERE key = $1 AND record = $2",
+                    &[&key, &seen, &next],
+                )
+                .await?
+            }
+            (Some(seen), None) => {
+                self.execute(
+                    "DELETE FROM vault WHERE key = $1 AND record = $2",
+                    &[&key, &seen],
+                )
+                .await?
+            }
+            (None, None) => u64::from(self.vault_get(key).await?.is_none()),
+        };
+        Ok(n == 1)
+    }
+
+    async fn vault_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT key, record FROM vault WHERE left(key, length($1)) = $1 ORDER BY key",
+            )
+            .await?;
+        let rows = client.query(&statement, &[&prefix]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, Vec<u8>>(1)))
+            .collect())
+    }
+}

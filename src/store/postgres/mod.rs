@@ -22,13 +22,13 @@ use self::log::PgEventLog;
 use self::schema::MIGRATIONS;
 use crate::base::now_unix;
 use crate::model::{Session, State};
-use crate::store::SinkCursorStore;
 use crate::store::Topic;
 use crate::store::{
     Backend, BudgetStore, Committed, CounterStore, EventLog, GrantStore, IdemRecord,
     IdempotencyStore, JobClaim, KillStore, KillSwitch, KillTarget, LedgerStore, Proposal,
     ProposalStore, Sealer, SessionStore, StoreError, TokenStore,
 };
+use crate::store::{SinkCursorStore, VaultStore};
 
 /// The database's clock in milliseconds: replicas compare heartbeats on one clock, never their
 /// own.

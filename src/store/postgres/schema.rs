@@ -55,4 +55,8 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
         7,
         "CREATE TABLE sink_cursors (sink text PRIMARY KEY, seq bigint NOT NULL);",
     ),
+    (
+        8,
+        "CREATE TABLE vault (key text PRIMARY KEY, record bytea NOT NULL);",
+    ),
 ];

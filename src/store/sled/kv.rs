@@ -411,6 +411,35 @@ impl SinkCursorStore for SledStore {
     }
 }
 
+#[async_trait]
+impl VaultStore for SledStore {
+    async fn vault_get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.vault.get(key)?.map(|v| v.to_vec()))
+    }
+
+    async fn vault_swap(
+        &self,
+        key: &str,
+        seen: Option<&[u8]>,
+        next: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        let swapped = self.vault.compare_and_swap(key, seen, next)?.is_ok();
+        if swapped {
+            self.flusher.flush().await?;
+        }
+        Ok(swapped)
+    }
+
+    async fn vault_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.vault.scan_prefix(prefix) {
+            let (k, v) = item?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
 /// A stored cursor (8 bytes, big-endian); anything else reads as 0.
 fn seq_of(v: &[u8]) -> u64 {
     <[u8; 8]>::try_from(v).map(u64::from_be_bytes).unwrap_or(0)

@@ -25,6 +25,7 @@ use super::{
     Backend, BudgetStore, Committed, CounterStore, EventLog, GrantStore, IdemRecord,
     IdempotencyStore, JobClaim, KillStore, KillSwitch, KillTarget, LedgerStore, MemoryCounters,
     Proposal, ProposalStore, Session, SessionStore, SinkCursorStore, StoreError, TokenStore,
+    VaultStore,
 };
 use crate::base::now_unix;
 
@@ -73,6 +74,8 @@ pub struct SledStore {
     token_hashes: sled::Tree,
     /// Time-bound grants by id (ended ones are kept for a while).
     grants: sled::Tree,
+    /// Per-user connections, links and authorizations under way (sealed by the vault).
+    vault: sled::Tree,
     counters: MemoryCounters,
     flusher: Arc<Flusher>,
     sealer: Sealer,
@@ -135,6 +138,7 @@ impl SledStore {
             tokens: db.open_tree("tokens")?,
             token_hashes: db.open_tree("token_hashes")?,
             grants: db.open_tree("grants")?,
+            vault: db.open_tree("vault")?,
             counters: MemoryCounters::default(),
             flusher,
             sealer: Sealer::open(dir)?,
