@@ -329,6 +329,10 @@ impl Guards {
 
 /// Everything `serve` needs besides its listeners.
 #[derive(Debug, Clone)]
+/// How long a model's tool call waits, by default, to be joined to the call that carries it
+/// out (`--model-join-window`).
+pub const MODEL_JOIN_WINDOW: Duration = Duration::from_secs(600);
+
 pub struct Config {
     pub policies_dir: PathBuf,
     pub data_dir: PathBuf,
@@ -438,7 +442,7 @@ impl Config {
             audit_sink_max_lag: 100_000,
             page_login: PageLogin::Both,
             session_ttl: Duration::from_secs(12 * 3600),
-            model_join_window: crate::services::model_asks::WINDOW,
+            model_join_window: MODEL_JOIN_WINDOW,
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// How long a model's tool call waits to be carried out, unless `--model-join-window` says.
-pub const WINDOW: Duration = Duration::from_secs(600);
+pub const WINDOW: Duration = crate::config::MODEL_JOIN_WINDOW;
 /// Tool calls kept per agent.
 pub const PER_AGENT: usize = 256;
 
