@@ -352,17 +352,14 @@ async fn story_cmd(
 /// `audit verify`: the chain, and every purge so far.
 async fn verify_cmd(offline: Option<&crate::audit::Audit>, client: AdminClient<'_>) -> ExitCode {
     let mut purges = Vec::new();
-    let mut recoveries = Vec::new();
     let result = match offline {
         Some(a) => {
             purges = a.purges().unwrap_or_default();
-            recoveries = a.recoveries().unwrap_or_default();
             a.verify()
         }
         None => match client.get("/api/audit/verify").await {
             Ok(v) if v["ok"] == true => {
                 purges = v["purges"].as_array().cloned().unwrap_or_default();
-                recoveries = v["recoveries"].as_array().cloned().unwrap_or_default();
                 Ok(v["events"].as_u64().unwrap_or(0))
             }
             Ok(v) => Err((
@@ -376,9 +373,6 @@ async fn verify_cmd(offline: Option<&crate::audit::Audit>, client: AdminClient<'
         Ok(n) => {
             say!("ok: {n} events, the chain is intact");
             purges.iter().for_each(print_purge);
-            for r in &recoveries {
-                say!("recovered: {}", r["note"].as_str().unwrap_or("?"));
-            }
             ExitCode::SUCCESS
         }
         Err((seq, why)) => fail(&format!("chain broken at event {seq}: {why}")),

@@ -10,7 +10,7 @@ use http_body_util::StreamBody;
 
 const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
 
-pub(crate) fn start_binary(dir: &std::path::Path, extra: &[&str]) -> Started {
+fn start_binary(dir: &std::path::Path, extra: &[&str]) -> Started {
     process::start_serve(BIN, dir, extra)
 }
 
@@ -23,10 +23,7 @@ async fn stop_cleanly(child: &mut ChildGuard, limit: Duration) {
 
 /// A recording upstream for `host`, the example policies in a fresh folder, and the `serve`
 /// flags that route `host` to that upstream with `timeout` for upstream answers.
-pub(crate) async fn routed(
-    host: &str,
-    timeout: &str,
-) -> (Pki, Upstream, tempfile::TempDir, Vec<String>) {
+async fn routed(host: &str, timeout: &str) -> (Pki, Upstream, tempfile::TempDir, Vec<String>) {
     let pki = Pki::new("test upstream CA");
     let upstream = Upstream::start(pki.server_config(&[host])).await;
     let dir = tempfile::tempdir().unwrap();
@@ -320,7 +317,7 @@ fn ca_init_and_export() {
 }
 
 /// Calls the admin API of a toolgate run as a child process.
-pub(crate) async fn admin_api(
+async fn admin_api(
     admin: &str,
     method: &str,
     path: &str,

@@ -29,16 +29,11 @@ impl FlushAck {
     }
 }
 
-/// What must be durable before sled's files are (the audit log's segments: an indexed event
-/// is always on disk).
-type BeforeFlush = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
-
 /// The one thread that flushes the database. sled 0.34 deadlocks when flushes run concurrently
 /// (every IO thread ends up parked in `flush()`), so nothing else ever calls `flush`: writers
 /// ask this thread, and every request that arrived while a flush ran is answered by the next
 /// single flush (group commit). A write made before asking is covered by the answer.
 pub struct Flusher {
-    before: std::sync::Arc<std::sync::OnceLock<BeforeFlush>>,
     tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<FlushAck>>>,
     thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -46,8 +41,6 @@ pub struct Flusher {
 impl Flusher {
     pub(super) fn start(db: sled::Db) -> Result<std::sync::Arc<Flusher>, StoreError> {
         let (tx, rx) = std::sync::mpsc::channel::<FlushAck>();
-        let before = std::sync::Arc::new(std::sync::OnceLock::<BeforeFlush>::new());
-        let hook = before.clone();
         let thread = std::thread::Builder::new()
             .name("toolgate-flush".into())
             .spawn(move || {
@@ -55,11 +48,7 @@ impl Flusher {
                 while let Ok(first) = rx.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
-                    let result = match hook.get() {
-                        Some(f) => f(),
-                        None => Ok(()),
-                    }
-                    .and_then(|()| db.flush().map(|_| ()).map_err(|e| e.to_string()));
+                    let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
                     for ack in waiting {
                         ack.answer(result.clone());
                     }
@@ -69,15 +58,9 @@ impl Flusher {
                 StoreError::from_message(format!("could not start the flush thread: {e}"))
             })?;
         Ok(std::sync::Arc::new(Flusher {
-            before,
             tx: std::sync::Mutex::new(Some(tx)),
             thread: std::sync::Mutex::new(Some(thread)),
         }))
-    }
-
-    /// Runs `f` before every flush from now on (set once; a second call is ignored).
-    pub(super) fn before_flush(&self, f: BeforeFlush) {
-        let _ = self.before.set(f);
     }
 
     fn ask(&self, ack: FlushAck) -> Result<(), StoreError> {

@@ -1,46 +1,23 @@
-//! The audit log on sled and segment files: event blocks appended to segments, their
-//! directory and indexes (posting lists) in sled.
+//! The audit log on sled: events in compressed blocks, their indexes as posting lists.
 
-use std::collections::BTreeSet;
-
-use super::block::{decode, BlockWriter};
-use super::segment::{Loc, Segments};
 use super::*;
 
-/// The audit log: event blocks (one per written batch) in append-only segment files; one sled
-/// tree holds where each block is and the index entries, written in one atomic batch after the
-/// block. Keys of that tree:
+/// The audit log: one tree holds the events (8-byte big-endian sequence keys, whose first
+/// byte is 0 for any sequence below 2^56) and, after them, the index entries (keys starting
+/// with 0xFF), so that events and their entries are written in one atomic batch.
 ///
-/// - `0xFC segment first-seq`: empty, one per block in that segment (whether a segment still
-///   holds any block);
-/// - `0xFD`: the highest sequence number indexed (a block after it in a segment was written
-///   before a crash, and is indexed at open);
-/// - `0xFE first-seq`: the directory: segment, offset, length and last sequence of the block
-///   whose first event is `first-seq`;
-/// - `0xFF ...`: the index entries. An index entry is a posting list per written batch:
-///   `0xFF tag value 0x00 first-seq` holds the sequence numbers of that batch's events with that
-///   value, so a batch of a thousand reads by one agent writes one agent entry, not a thousand.
-///   The time index is the same per second: `0xFF 'T' second first-seq` holds (milliseconds,
-///   sequence) pairs.
-///
-/// Earlier versions kept the blocks in the tree itself under 8-byte sequence keys (first byte
-/// 0); they are moved into segments at open.
+/// An index entry is a posting list per written batch: `0xFF tag value 0x00 first-seq` holds
+/// the sequence numbers of that batch's events with that value, so a batch of a thousand reads
+/// by one agent writes one agent entry, not a thousand. The time index is the same per second:
+/// `0xFF 'T' second first-seq` holds (milliseconds, sequence) pairs.
 pub(super) struct SledEventLog {
     pub(super) events: sled::Tree,
     pub(super) meta: sled::Tree,
     pub(super) flusher: Arc<Flusher>,
     pub(super) blocks: BlockWriter,
-    pub(super) segments: Arc<Segments>,
-    /// One writer of blocks at a time: an append, or a removal (which writes blocks it cuts
-    /// through again, and deletes the segments it empties: none may be taking a block whose
-    /// index entries are not written yet).
-    pub(super) writing: std::sync::Mutex<()>,
 }
 
-pub(super) const SEGS: u8 = 0xFC;
-pub(super) const HIGH: u8 = 0xFD;
-pub(super) const DIR: u8 = 0xFE;
-pub(super) const INDEX: u8 = 0xFF;
+const INDEX: u8 = 0xFF;
 const TIME: u8 = b'T';
 
 /// `0xFF tag value 0x00`: the prefix of an index's entries for one value. A value holding a
@@ -63,7 +40,7 @@ fn time_prefix(second: u64) -> Vec<u8> {
     k
 }
 
-pub(super) fn u64s(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+fn u64s(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
     bytes
         .chunks_exact(8)
         .filter_map(|c| <[u8; 8]>::try_from(c).ok())
@@ -72,13 +49,13 @@ pub(super) fn u64s(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
 
 /// The posting lists of a group of events: index entries by prefix, time entries by second.
 #[derive(Default)]
-pub(super) struct Postings {
+struct Postings {
     named: std::collections::BTreeMap<Vec<u8>, Vec<u64>>,
     times: std::collections::BTreeMap<u64, Vec<(u64, u64)>>,
 }
 
 impl Postings {
-    pub(super) fn of(events: &[crate::store::StoredEvent]) -> Postings {
+    fn of(events: &[crate::store::StoredEvent]) -> Postings {
         let mut p = Postings::default();
         for e in events {
             for (index, value) in &e.keys {
@@ -94,7 +71,7 @@ impl Postings {
         p
     }
 
-    pub(super) fn write(self, batch: &mut sled::Batch) {
+    fn write(self, batch: &mut sled::Batch) {
         for (mut key, seqs) in self.named {
             key.extend_from_slice(&seqs[0].to_be_bytes());
             let value: Vec<u8> = seqs.iter().flat_map(|s| s.to_be_bytes()).collect();
@@ -141,200 +118,132 @@ impl SledEventLog {
     }
 }
 
-/// A directory entry: where a block is, and its first and last sequence numbers.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Entry {
-    pub first: u64,
-    pub last: u64,
-    pub loc: Loc,
-}
+/// A value holding several events (one written batch) starts with `BLOCK` or `ZBLOCK`; a value
+/// holding one event is that event's JSON (which starts with `{`), as every earlier version
+/// wrote it.
+const BLOCK: u8 = 1;
+/// A block compressed with zstd: `ZBLOCK`, the plain block's length (u32), the frame.
+const ZBLOCK: u8 = 2;
+/// No block is larger (a corrupt length must not ask for gigabytes).
+const MAX_BLOCK: usize = 256 << 20;
+/// zstd level for blocks: the events of a batch are alike, so the fast level already keeps
+/// a read under 1 KiB on disk.
+const ZSTD_LEVEL: i32 = 1;
 
-pub(super) fn dir_key(first: u64) -> [u8; 9] {
-    let mut k = [DIR; 9];
-    k[1..].copy_from_slice(&first.to_be_bytes());
-    k
-}
+/// Writes blocks with one zstd context, reused for every batch (only the writer and purge
+/// write blocks, so the lock is not contended).
+pub(super) struct BlockWriter(std::sync::Mutex<zstd::block::Compressor>);
 
-pub(super) fn seg_key(seg: u64, first: u64) -> [u8; 17] {
-    let mut k = [SEGS; 17];
-    k[1..9].copy_from_slice(&seg.to_be_bytes());
-    k[9..].copy_from_slice(&first.to_be_bytes());
-    k
-}
-
-/// The sequence number at the end of a key (0 if it has none).
-pub(super) fn tail_seq(k: &[u8]) -> u64 {
-    k.len()
-        .checked_sub(8)
-        .and_then(|at| u64s(&k[at..]).next())
-        .unwrap_or(0)
-}
-
-impl Entry {
-    fn value(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(28);
-        v.extend_from_slice(&self.loc.seg.to_be_bytes());
-        v.extend_from_slice(&self.loc.off.to_be_bytes());
-        v.extend_from_slice(&self.loc.len.to_be_bytes());
-        v.extend_from_slice(&self.last.to_be_bytes());
-        v
+impl BlockWriter {
+    pub(super) fn new() -> BlockWriter {
+        BlockWriter(std::sync::Mutex::new(zstd::block::Compressor::new()))
     }
 
-    pub(super) fn read(k: &[u8], v: &[u8]) -> Result<Entry, StoreError> {
-        let mut n = u64s(v);
-        let (Some(seg), Some(off), Some(len), Some(last)) = (
-            n.next(),
-            n.next(),
-            v.get(16..20),
-            v.get(20..28).and_then(|b| u64s(b).next()),
-        ) else {
-            return Err(StoreError::from_message(format!(
-                "the audit directory's entry for {} is damaged",
-                tail_seq(k)
-            )));
+    /// The events of a batch in one value: (seq, length, bytes) for each, compressed. One key
+    /// and one page write per batch instead of one per event.
+    fn encode(&self, events: &[(u64, Vec<u8>)]) -> Vec<u8> {
+        let size = events.iter().map(|(_, b)| b.len() + 12).sum::<usize>();
+        let mut plain = Vec::with_capacity(size);
+        for (seq, bytes) in events {
+            plain.extend_from_slice(&seq.to_be_bytes());
+            plain.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            plain.extend_from_slice(bytes);
+        }
+        let frame = match self.0.lock() {
+            Ok(mut z) => z.compress(&plain, ZSTD_LEVEL).ok(),
+            Err(_) => None,
         };
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-        Ok(Entry {
-            first: tail_seq(k),
-            last,
-            loc: Loc { seg, off, len },
-        })
+        match frame {
+            Some(frame) if plain.len() <= MAX_BLOCK => {
+                let mut out = Vec::with_capacity(frame.len() + 5);
+                out.push(ZBLOCK);
+                out.extend_from_slice(&(plain.len() as u32).to_be_bytes());
+                out.extend_from_slice(&frame);
+                out
+            }
+            // Uncompressed, as the version before wrote blocks.
+            _ => {
+                plain.insert(0, BLOCK);
+                plain
+            }
+        }
     }
+}
 
-    /// Writes the entry (and its segment's key) into `batch`.
-    pub(super) fn put(&self, batch: &mut sled::Batch) {
-        batch.insert(&dir_key(self.first), self.value());
-        batch.insert(&seg_key(self.loc.seg, self.first), &[]);
+/// The events a stored value holds: itself under its key's sequence, or a block's. A block
+/// that does not decompress is an error (the chain check reports where).
+fn block_events(key_seq: u64, v: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let plain;
+    let mut rest = match v.first() {
+        Some(&BLOCK) => &v[1..],
+        Some(&ZBLOCK) if v.len() >= 5 => {
+            let len = u32::from_be_bytes([v[1], v[2], v[3], v[4]]) as usize;
+            if len > MAX_BLOCK {
+                return Err(StoreError::from_message(format!(
+                    "audit block at {key_seq}: length {len} is not a block's"
+                )));
+            }
+            plain = zstd::block::decompress(&v[5..], len).map_err(|e| {
+                StoreError::from_message(format!("audit block at {key_seq} is corrupt: {e}"))
+            })?;
+            &plain[..]
+        }
+        _ => return Ok(vec![(key_seq, v.to_vec())]),
+    };
+    let mut out = Vec::new();
+    while rest.len() >= 12 {
+        let seq = u64s(&rest[..8]).next().unwrap_or(0);
+        let len = u32::from_be_bytes([rest[8], rest[9], rest[10], rest[11]]) as usize;
+        let Some(bytes) = rest.get(12..12 + len) else {
+            break;
+        };
+        out.push((seq, bytes.to_vec()));
+        rest = &rest[12 + len..];
     }
+    Ok(out)
+}
 
-    pub(super) fn delete(&self, batch: &mut sled::Batch) {
-        batch.remove(&dir_key(self.first));
-        batch.remove(&seg_key(self.loc.seg, self.first));
-    }
+fn key_seq(k: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(k).map(u64::from_be_bytes).unwrap_or(0)
 }
 
 impl SledEventLog {
-    /// The directory entry of the block holding `seq`, if any.
-    pub(super) fn entry_at(&self, seq: u64) -> Result<Option<Entry>, StoreError> {
-        match self
-            .events
-            .range([DIR].as_slice()..=dir_key(seq).as_slice())
-            .next_back()
-        {
+    /// The stored value (its key's sequence and bytes) that holds event `seq`, if any.
+    fn holding(&self, seq: u64) -> Result<Option<(u64, sled::IVec)>, StoreError> {
+        let key = seq.to_be_bytes();
+        match self.events.range(..=key.as_slice()).next_back() {
             Some(item) => {
                 let (k, v) = item?;
-                Ok(Some(Entry::read(&k, &v)?))
+                Ok(Some((key_seq(&k), v)))
             }
             None => Ok(None),
         }
-    }
-
-    /// Directory entries from the block starting at `first` on, in sequence order.
-    pub(super) fn entries_from(
-        &self,
-        first: u64,
-    ) -> impl DoubleEndedIterator<Item = Result<Entry, StoreError>> + Send + '_ {
-        self.events
-            .range(dir_key(first).as_slice()..[DIR + 1].as_slice())
-            .map(|item| {
-                let (k, v) = item?;
-                Entry::read(&k, &v)
-            })
-    }
-
-    pub(super) fn read_block(
-        &self,
-        e: &Entry,
-    ) -> Result<Vec<crate::store::StoredEvent>, StoreError> {
-        decode(&self.segments.read(e.loc)?).map_err(|err| {
-            StoreError::from_message(format!(
-                "events {}..{} are not readable: {err}",
-                e.first, e.last
-            ))
-        })
-    }
-
-    /// The events of a block the directory listed, or None when a removal took it meanwhile
-    /// (a purge deletes the segments it empties while readers go on).
-    fn read_live(&self, e: &Entry) -> Result<Option<Vec<crate::store::StoredEvent>>, StoreError> {
-        match self.read_block(e) {
-            Ok(events) => Ok(Some(events)),
-            Err(err) => match self.events.get(dir_key(e.first))? {
-                Some(v) if Entry::read(&dir_key(e.first), &v)?.loc == e.loc => Err(err),
-                _ => Ok(None),
-            },
-        }
-    }
-
-    /// The highest sequence number indexed so far.
-    pub(super) fn high(&self) -> Result<u64, StoreError> {
-        Ok(self.events.get([HIGH])?.map(|v| tail_seq(&v)).unwrap_or(0))
-    }
-
-    /// Appends a block to the segment being written, and puts its entry in `batch` (replacing
-    /// an entry of a block written earlier under the same first event).
-    pub(super) fn place(
-        &self,
-        events: &[crate::store::StoredEvent],
-        batch: &mut sled::Batch,
-    ) -> Result<Option<Entry>, StoreError> {
-        let (Some(first), Some(last)) = (events.first(), events.last()) else {
-            return Ok(None);
-        };
-        let loc = self.segments.append(&self.blocks.encode(events))?;
-        if let Some(old) = self.events.get(dir_key(first.seq))? {
-            Entry::read(&dir_key(first.seq), &old)?.delete(batch);
-        }
-        let entry = Entry {
-            first: first.seq,
-            last: last.seq,
-            loc,
-        };
-        entry.put(batch);
-        Ok(Some(entry))
-    }
-
-    /// Deletes the segments no block is left in (but the one being written), once the removal
-    /// is durable. Every segment is looked at, not only those this removal touched: one
-    /// emptied while it was being written is deleted by a later removal.
-    fn drop_empty_segments(&self) -> Result<(), StoreError> {
-        let active = self.segments.active_id();
-        let mut empty = Vec::new();
-        for seg in self.segments.ids()?.into_iter().filter(|s| *s != active) {
-            let prefix = &seg_key(seg, 0)[..9];
-            if self.events.scan_prefix(prefix).next().is_none() {
-                empty.push(seg);
-            }
-        }
-        if empty.is_empty() {
-            return Ok(());
-        }
-        self.sync()?;
-        for seg in empty {
-            self.segments.remove(seg)?;
-        }
-        Ok(())
     }
 }
 
 impl EventLog for SledEventLog {
     fn last(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(entry) = self.entries_from(0).next_back().transpose()? else {
+        let Some(item) = self.events.range(..[INDEX].as_slice()).next_back() else {
             return Ok(None);
         };
-        Ok(self.read_block(&entry)?.pop().map(|e| e.bytes))
+        let (k, v) = item?;
+        Ok(block_events(key_seq(&k), &v)?.pop().map(|(_, b)| b))
     }
 
     fn append(&self, events: Vec<crate::store::StoredEvent>) -> Result<(), StoreError> {
-        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = sled::Batch::default();
-        let Some(entry) = self.place(&events, &mut batch)? else {
-            return Ok(());
-        };
-        Postings::of(&events).write(&mut batch);
-        if entry.last > self.high()? {
-            batch.insert(&[HIGH], &entry.last.to_be_bytes());
+        let postings = Postings::of(&events);
+        match events.as_slice() {
+            [] => {}
+            [one] => batch.insert(&one.seq.to_be_bytes(), one.bytes.as_slice()),
+            [first, ..] => {
+                let key = first.seq.to_be_bytes();
+                let all: Vec<(u64, Vec<u8>)> =
+                    events.into_iter().map(|e| (e.seq, e.bytes)).collect();
+                batch.insert(&key, self.blocks.encode(&all));
+            }
         }
+        postings.write(&mut batch);
         self.events.apply_batch(batch)?;
         Ok(())
     }
@@ -347,40 +256,44 @@ impl EventLog for SledEventLog {
     }
 
     fn get(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(entry) = self.entry_at(seq)?.filter(|e| e.last >= seq) else {
+        let Some((k, v)) = self.holding(seq)? else {
             return Ok(None);
         };
-        Ok(self
-            .read_live(&entry)?
-            .unwrap_or_default()
+        Ok(block_events(k, &v)?
             .into_iter()
-            .find(|e| e.seq == seq)
-            .map(|e| e.bytes))
+            .find(|(s, _)| *s == seq)
+            .map(|(_, b)| b))
     }
 
     fn scan(
         &self,
         from_seq: u64,
     ) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + Send + '_> {
-        // From the block holding `from_seq` (a block may start before it).
-        let start = match self.entry_at(from_seq) {
-            Ok(Some(e)) => e.first,
+        // From the value holding `from_seq` (a block may start before it).
+        let start = match self.holding(from_seq) {
+            Ok(Some((k, _))) => k,
             Ok(None) => from_seq,
             Err(e) => return Box::new(std::iter::once(Err(e))),
         };
-        Box::new(self.entries_from(start).flat_map(
-            move |entry| -> Vec<Result<(u64, Vec<u8>), StoreError>> {
-                match entry.and_then(|e| self.read_live(&e)) {
-                    Ok(events) => events
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|e| e.seq >= from_seq)
-                        .map(|e| Ok((e.seq, e.bytes)))
-                        .collect(),
-                    Err(e) => vec![Err(e)],
-                }
-            },
-        ))
+        let from = start.to_be_bytes();
+        Box::new(
+            self.events
+                .range(from.as_slice()..[INDEX].as_slice())
+                .flat_map(move |item| -> Vec<Result<(u64, Vec<u8>), StoreError>> {
+                    match item {
+                        // A key's sequence (0 if unreadable; the chain check says so).
+                        Ok((k, v)) => match block_events(key_seq(&k), &v) {
+                            Ok(events) => events
+                                .into_iter()
+                                .filter(|(s, _)| *s >= from_seq)
+                                .map(Ok)
+                                .collect(),
+                            Err(e) => vec![Err(e)],
+                        },
+                        Err(e) => vec![Err(e.into())],
+                    }
+                }),
+        )
     }
 
     fn lookup(&self, index: crate::store::Index, value: &str) -> crate::store::Seqs<'_> {
@@ -447,8 +360,7 @@ impl EventLog for SledEventLog {
     }
 
     fn remove(&self, events: &[crate::store::StoredEvent]) -> Result<(), StoreError> {
-        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        let gone: BTreeSet<u64> = events.iter().map(|e| e.seq).collect();
+        let gone: std::collections::BTreeSet<u64> = events.iter().map(|e| e.seq).collect();
         let postings = Postings::of(events);
         let mut batch = sled::Batch::default();
         for prefix in postings.named.keys() {
@@ -457,25 +369,28 @@ impl EventLog for SledEventLog {
         for second in postings.times.keys() {
             self.drop_postings(&time_prefix(*second), &gone, true, &mut batch)?;
         }
-        // Each block holding a removed event is dropped, or written again without it.
-        let mut done = BTreeSet::new();
+        // Each value holding a removed event is removed, or rewritten without it.
+        let mut done = std::collections::BTreeSet::new();
         for seq in &gone {
-            let Some(entry) = self.entry_at(*seq)?.filter(|e| e.last >= *seq) else {
+            let Some((k, v)) = self.holding(*seq)? else {
                 continue;
             };
-            if !done.insert(entry.first) {
+            if !done.insert(k) {
                 continue;
             }
-            let kept: Vec<crate::store::StoredEvent> = self
-                .read_block(&entry)?
+            let kept: Vec<(u64, Vec<u8>)> = block_events(k, &v)?
                 .into_iter()
-                .filter(|e| !gone.contains(&e.seq))
+                .filter(|(s, _)| !gone.contains(s))
                 .collect();
-            entry.delete(&mut batch);
-            self.place(&kept, &mut batch)?;
+            batch.remove(&k.to_be_bytes());
+            match kept.as_slice() {
+                [] => {}
+                [(s, b)] => batch.insert(&s.to_be_bytes(), b.as_slice()),
+                [(s, _), ..] => batch.insert(&s.to_be_bytes(), self.blocks.encode(&kept)),
+            }
         }
         self.events.apply_batch(batch)?;
-        self.drop_empty_segments()
+        Ok(())
     }
 
     fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -537,5 +452,41 @@ mod tests {
         assert!(log.get(1).unwrap().is_none());
         let t: Vec<u64> = log.in_time(0, u64::MAX).collect::<Result<_, _>>().unwrap();
         assert_eq!(t, [3, 4]);
+    }
+
+    #[test]
+    fn blocks_are_compressed_and_older_plain_blocks_still_read() {
+        let events: Vec<(u64, Vec<u8>)> = (7..107)
+            .map(|s| {
+                (
+                    s,
+                    format!(r#"{{"seq":{s},"kind":"request","agent":"a"}}"#).into_bytes(),
+                )
+            })
+            .collect();
+        let plain_len: usize = events.iter().map(|(_, b)| b.len() + 12).sum();
+        let z = BlockWriter::new().encode(&events);
+        assert_eq!(z[0], ZBLOCK);
+        assert!(z.len() * 4 < plain_len, "{} vs {plain_len}", z.len());
+        assert_eq!(block_events(7, &z).unwrap(), events);
+        // A block as the version before wrote it: 0x01 and the plain entries.
+        let mut old = vec![BLOCK];
+        for (s, b) in &events {
+            old.extend_from_slice(&s.to_be_bytes());
+            old.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            old.extend_from_slice(b);
+        }
+        assert_eq!(block_events(7, &old).unwrap(), events);
+        // One event's JSON is itself.
+        assert_eq!(block_events(3, b"{}").unwrap(), [(3, b"{}".to_vec())]);
+        // A damaged frame is an error, not a silently shorter log.
+        let mut bad = z.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 0xFF;
+        bad.truncate(bad.len() - 3);
+        assert!(block_events(7, &bad).is_err());
+        let mut huge = z;
+        huge[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(block_events(7, &huge).is_err());
     }
 }

@@ -10,15 +10,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 
-mod block;
 mod flush;
 mod kv;
 mod log;
-mod recover;
-mod segment;
 
 pub use self::flush::Flusher;
-use self::log::SledEventLog;
+use self::log::{BlockWriter, SledEventLog};
 pub use super::Sealer;
 
 use super::{
@@ -79,8 +76,6 @@ pub struct SledStore {
     counters: MemoryCounters,
     flusher: Arc<Flusher>,
     sealer: Sealer,
-    /// The audit log (one per store: its segments have one writer).
-    log: Arc<SledEventLog>,
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
@@ -89,11 +84,6 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
 
 impl SledStore {
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
-        Self::open_sized(dir, segment::SEGMENT_BYTES)
-    }
-
-    /// The same, with audit segments closed at `segment_bytes` (small ones in tests).
-    fn open_sized(dir: &Path, segment_bytes: u64) -> Result<SledStore, StoreError> {
         let at =
             |e: &dyn std::fmt::Display| StoreError::from_message(format!("{}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(|e| at(&e))?;
@@ -118,13 +108,6 @@ impl SledStore {
                 }
                 _ => at(&e),
             })?;
-        let flusher = Flusher::start(db.clone())?;
-        let log = Arc::new(SledEventLog::open(
-            &db,
-            dir,
-            flusher.clone(),
-            segment_bytes,
-        )?);
         Ok(SledStore {
             idem: db.open_tree("idempotency")?,
             budgets: db.open_tree("budgets")?,
@@ -140,9 +123,8 @@ impl SledStore {
             grants: db.open_tree("grants")?,
             vault: db.open_tree("vault")?,
             counters: MemoryCounters::default(),
-            flusher,
+            flusher: Flusher::start(db.clone())?,
             sealer: Sealer::open(dir)?,
-            log,
             db,
         })
     }
@@ -217,7 +199,7 @@ impl Backend for SledStore {
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0) + self.log.segments.bytes()
+        self.db.size_on_disk().unwrap_or(0)
     }
 
     fn sealer(&self) -> &Sealer {
@@ -225,6 +207,11 @@ impl Backend for SledStore {
     }
 
     fn event_log(&self) -> Result<Arc<dyn EventLog>, StoreError> {
-        Ok(self.log.clone())
+        Ok(Arc::new(SledEventLog {
+            events: self.db.open_tree("audit")?,
+            meta: self.db.open_tree("audit_meta")?,
+            flusher: self.flusher.clone(),
+            blocks: BlockWriter::new(),
+        }))
     }
 }
