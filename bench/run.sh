@@ -16,23 +16,52 @@
 # As root with nft, "transparent": the same GETs from a network namespace whose port 443 the
 # kernel redirects to toolgate's --transparent-listen, next to the CONNECT path.
 #
-# Usage: bench/run.sh [seconds per run, default 5] [only the scenarios whose name contains this]
-#   RUNS=3 LOAD_SECONDS=60 NO_REF=1 (skip the hudsucker reference)
+# "idle tunnels c=16": TUNNELS (default 5,000) keep-alive CONNECT tunnels, each through TLS with
+# one read answered, then held open and idle by a small asyncio client (bench/idle_tunnels.py), on
+# a toolgate of their own; the same GET c=16 load without and with them, and toolgate's RSS per
+# idle tunnel ((RSS with the tunnels - RSS without) / TUNNELS).
+#
+# Usage: bench/run.sh [--profile] [seconds per run, default 5] [only the scenarios whose name
+# contains this]
+#   RUNS=3 LOAD_SECONDS=60 NO_REF=1 (skip the hudsucker reference) TUNNELS=5000
+#   --profile: records `perf record -g` of toolgate during its first run of each scenario run
+#   (installs linux-perf with apt when perf is missing) into PROFILE_DIR (default
+#   the target dir's bench-profile/), and prints each profile's path.
 # On a machine with two cores or more, toolgate (and the reference) run on core 0 and the load
 # and the upstream on core 1 (taskset), so that the numbers do not depend on the scheduler.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PROFILE=""
+ARGS=()
+for a in "$@"; do
+  case "$a" in
+    --profile) PROFILE=1 ;;
+    *) ARGS+=("$a") ;;
+  esac
+done
+set -- "${ARGS[@]+"${ARGS[@]}"}"
 DURATION="${1:-5}s"
 ONLY="${2:-}"
 RUNS="${RUNS:-3}"
 LOAD_SECONDS="${LOAD_SECONDS:-60}"
 
 command -v oha >/dev/null || cargo install oha --locked
+# Where cargo puts what it builds (target/, or CARGO_TARGET_DIR, or a config's target-dir).
+target_of() { cargo metadata --format-version 1 --no-deps "$@" | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'; }
+TARGET=$(target_of)
+PROFILE_DIR="${PROFILE_DIR:-$TARGET/bench-profile}"
+if [ -n "$PROFILE" ]; then
+  command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf >/dev/null; }
+  mkdir -p "$PROFILE_DIR"
+fi
+# The idle-tunnel scenario holds thousands of sockets on both sides.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+TUNNELS="${TUNNELS:-5000}"
 cargo build --release --quiet --bin toolgate --example echo_upstream
 REF=""
 if [ -z "${NO_REF:-}" ]; then
   cargo build --release --quiet --manifest-path bench/mitm-ref/Cargo.toml
-  REF=bench/mitm-ref/target/release/mitm-ref
+  REF="$(target_of --manifest-path bench/mitm-ref/Cargo.toml)/release/mitm-ref"
 fi
 
 work=$(mktemp -d)
@@ -56,7 +85,7 @@ fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(free_port); PX=$(free_port); AD=$(free_port); RF=$(free_port)
 
-"${PIN_LOAD[@]}" target/release/examples/echo_upstream --listen "127.0.0.1:$UP" --ca-out "$work/up-ca.pem" api.stripe.com \
+"${PIN_LOAD[@]}" "$TARGET/release/examples/echo_upstream" --listen "127.0.0.1:$UP" --ca-out "$work/up-ca.pem" api.stripe.com \
   2>"$work/upstream.log" & UPSTREAM=$!; pids+=($UPSTREAM)
 for _ in $(seq 1 100); do [ -f "$work/up-ca.pem" ] && break; sleep 0.1; done
 
@@ -86,7 +115,7 @@ if [ -n "${DATABASE_URL:-}" ]; then DB=(--database-url "$DATABASE_URL"); fi
 EXTRA=()
 
 start_toolgate() { # data dir, proxy port, admin port; sets GATE
-  RUST_LOG=warn "${PIN_GATE[@]}" target/release/toolgate serve "${DB[@]}" "${EXTRA[@]}" --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" "${TRANSPARENT[@]}" \
+  RUST_LOG=warn "${PIN_GATE[@]}" "$TARGET/release/toolgate" serve "${DB[@]}" "${EXTRA[@]}" --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" "${TRANSPARENT[@]}" \
     --policies "${POLICIES:-bench/policies}" --certs "$work/certs" --data-dir "$1" \
     --connect-to "api.stripe.com:443=127.0.0.1:$UP" --upstream-ca "$work/up-ca.pem" \
     2>>"$work/toolgate.log" & GATE=$!; pids+=($GATE)
@@ -149,16 +178,36 @@ if tbad: print(f"  (toolgate non-200 answers: {tbad})")
 PY
 }
 
+# --profile: perf records toolgate ($GATE) from start_perf to stop_perf.
+PERF=""; PERF_OUT=""
+start_perf() { # scenario name
+  [ -n "$PROFILE" ] || return 0
+  PERF_OUT="$PROFILE_DIR/perf.$(printf %s "$1" | tr -c 'A-Za-z0-9=.-' '_').data"
+  perf record -g -F 999 -p "$GATE" -o "$PERF_OUT" 2>>"$work/perf.log" & PERF=$!
+  # perf attaches asynchronously: wait until it has written its header.
+  for _ in $(seq 1 50); do [ -s "$PERF_OUT" ] && break; sleep 0.1; done
+}
+stop_perf() {
+  [ -n "$PERF" ] || return 0
+  kill -INT "$PERF" 2>/dev/null || true; wait "$PERF" 2>/dev/null || true; PERF=""
+}
+say_profile() {
+  if [ -n "$PERF_OUT" ]; then echo "  profile: $PERF_OUT (perf report -i $PERF_OUT)"; PERF_OUT=""; fi
+}
+
 run() { # name, oha args...
   local name=$1; shift
   if [ -n "$ONLY" ] && [[ "$name" != *"$ONLY"* ]]; then return; fi
   local d; d=$(mktemp -d -p "$work")
   for i in $(seq 1 "$RUNS"); do
     direct "$@" > "$d/d.$i"
+    if [ "$i" = 1 ]; then start_perf "$name"; fi
     proxied "$@" > "$d/t.$i"
+    stop_perf
     if [ -n "$REF" ]; then reference "$@" > "$d/r.$i"; fi
   done
   report "$name" "$d"
+  say_profile
 }
 
 echo "oha $(oha --version | awk '{print $2}'), $DURATION per run, medians of $RUNS, $(nproc) cores${PIN_GATE:+, toolgate on core 0, load and upstream on core 1}"
@@ -255,13 +304,48 @@ PY
   GATE=$ONE_GATE; PX=$ONE_PX; TRANSPARENT=("${SAVED_TP[@]}")
 fi
 
+# Idle tunnels: a toolgate of their own (its RSS not shared with the scenarios above), room for
+# them (--max-connections, per agent) and an idle timeout longer than the scenario.
+if [ -z "$ONLY" ] || [[ "idle tunnels c=16" == *"$ONLY"* ]]; then
+  ONE_GATE=$GATE; ONE_PX=$PX; SAVED_TP=("${TRANSPARENT[@]}"); TRANSPARENT=()
+  PX=$(free_port); AD_IDLE=$(free_port)
+  EXTRA=(--max-connections "$((TUNNELS * 2))" --max-connections-per-agent "$((TUNNELS * 2))" --idle-timeout 30m)
+  start_toolgate "$work/data-idle" "$PX" "$AD_IDLE"
+  EXTRA=()
+  d=$(mktemp -d -p "$work")
+  rss() { awk '/^VmRSS/ {print $2}' "/proc/$GATE/status"; }
+  for i in $(seq 1 "$RUNS"); do proxied -c 16 "$URL_GET" > "$d/d.$i"; done
+  RSS_WITHOUT=$(rss)
+  "${PIN_LOAD[@]}" python3 bench/idle_tunnels.py "$PX" "$TUNNELS" "$work/certs/ca.pem" "bench:bench-token" \
+    "$work/tunnels.ready" 2>"$work/tunnels.log" & HOLDER=$!; pids+=($HOLDER)
+  for _ in $(seq 1 3000); do [ -s "$work/tunnels.ready" ] && break; kill -0 "$HOLDER" 2>/dev/null || break; sleep 0.1; done
+  if [ -s "$work/tunnels.ready" ]; then
+    HELD=$(cat "$work/tunnels.ready")
+    RSS_WITH=$(rss)
+    for i in $(seq 1 "$RUNS"); do
+      if [ "$i" = 1 ]; then start_perf "idle tunnels c=16"; fi
+      proxied -c 16 "$URL_GET" > "$d/t.$i"
+      stop_perf
+    done
+    OPEN=$(ls "/proc/$GATE/fd" | wc -l)
+    report "idle tunnels c=16" "$d" | sed 's/ direct / without tunnels /; s/| toolgate /| with tunnels /'
+    echo "  $HELD idle tunnels held ($OPEN fds open in toolgate): RSS $((RSS_WITHOUT / 1024)) MiB without, $((RSS_WITH / 1024)) MiB with: $(( (RSS_WITH - RSS_WITHOUT) / (HELD > 0 ? HELD : 1) )) KiB per idle tunnel"
+    say_profile
+  else
+    echo "idle tunnels: the client did not open $TUNNELS tunnels:"; tail -5 "$work/tunnels.log"
+  fi
+  kill "$HOLDER" 2>/dev/null || true; wait "$HOLDER" 2>/dev/null || true
+  kill "$GATE" 2>/dev/null || true; wait "$GATE" 2>/dev/null || true
+  GATE=$ONE_GATE; PX=$ONE_PX; TRANSPARENT=("${SAVED_TP[@]}")
+fi
+
 if [ -n "$ONLY" ] && [[ "sigterm" != *"$ONLY"* ]]; then exit 0; fi
 TRANSPARENT=()
 # The stop under load: a fresh toolgate and data dir, its own upstream count.
 kill "$GATE" 2>/dev/null || true; wait "$GATE" 2>/dev/null || true
 kill -TERM "$UPSTREAM"; wait "$UPSTREAM" 2>/dev/null || true
 UP2=$(free_port); PX2=$(free_port); AD2=$(free_port)
-"${PIN_LOAD[@]}" target/release/examples/echo_upstream --listen "127.0.0.1:$UP2" --ca-out "$work/up-ca.pem" api.stripe.com \
+"${PIN_LOAD[@]}" "$TARGET/release/examples/echo_upstream" --listen "127.0.0.1:$UP2" --ca-out "$work/up-ca.pem" api.stripe.com \
   2>"$work/upstream2.log" & UPSTREAM=$!; pids+=($UPSTREAM)
 sleep 0.5
 UP=$UP2 start_toolgate "$work/data2" "$PX2" "$AD2"
@@ -274,10 +358,11 @@ wait "$GATE" || true
 kill "$LOAD" 2>/dev/null || true; wait "$LOAD" 2>/dev/null || true
 kill -TERM "$UPSTREAM"; wait "$UPSTREAM" 2>/dev/null || true
 SERVED=$(awk '/^served/ {print $2}' "$work/upstream2.log")
-target/release/toolgate audit export --data-dir "$work/data2" > "$work/export.jsonl"
-python3 - "$work" "$SERVED" "$RSS_KB" "$LOAD_SECONDS" <<'PY'
+"$TARGET/release/toolgate" audit export --data-dir "$work/data2" > "$work/export.jsonl"
+python3 - "$work" "$SERVED" "$RSS_KB" "$LOAD_SECONDS" "$TARGET/release/toolgate" <<'PY'
 import json, os, subprocess, sys, time, resource
 work, served, rss_kb, secs = sys.argv[1], int(sys.argv[2] or 0), int(sys.argv[3] or 0), sys.argv[4]
+toolgate = sys.argv[5]
 ids, audited = [], 0
 for line in open(f"{work}/export.jsonl"):
     e = json.loads(line)
@@ -287,7 +372,7 @@ for line in open(f"{work}/export.jsonl"):
 disk = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(f"{work}/data2") for f in fs)
 rid = ids[len(ids) // 2] if ids else "none"
 t0 = time.time()
-subprocess.run(["target/release/toolgate", "audit", "story", rid, "--data-dir", f"{work}/data2"],
+subprocess.run([toolgate, "audit", "story", rid, "--data-dir", f"{work}/data2"],
                stdout=subprocess.DEVNULL, check=False)
 story_s = time.time() - t0
 story_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
