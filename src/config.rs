@@ -327,12 +327,12 @@ impl Guards {
     }
 }
 
-/// Everything `serve` needs besides its listeners.
-#[derive(Debug, Clone)]
 /// How long a model's tool call waits, by default, to be joined to the call that carries it
 /// out (`--model-join-window`).
 pub const MODEL_JOIN_WINDOW: Duration = Duration::from_secs(600);
 
+/// Everything `serve` needs besides its listeners.
+#[derive(Debug, Clone)]
 pub struct Config {
     pub policies_dir: PathBuf,
     pub data_dir: PathBuf,
