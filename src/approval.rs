@@ -1180,7 +1180,10 @@ pub async fn decide(
             if p.state != State::Approved {
                 return None;
             }
-            warn!(proposal = %id, code = r.code.as_str(), error = %r.message, "an approval's commit was refused; the proposal stays approved");
+            // A refusal may carry a person's one-time link: never recorded, logged or shown
+            // to anyone but the agent it was answered to.
+            let message = r.recorded_message().into_owned();
+            warn!(proposal = %id, code = r.code.as_str(), error = %message, "an approval's commit was refused; the proposal stays approved");
             app.audit()
                 .record(record_apart(
                     &p,
@@ -1189,13 +1192,13 @@ pub async fn decide(
                         outcome: "refused".into(),
                         code: Some(r.code.as_str().into()),
                         status: Some(r.code.status().as_u16()),
-                        message: Some(r.message.clone()),
+                        message: Some(message.clone()),
                         at: Some("commit on approval".into()),
                         ..Default::default()
                     }),
                 ))
                 .await;
-            Some(r.message)
+            Some(message)
         }
     });
     let unsent = match tokio::time::timeout(SEND_WAIT, task).await {

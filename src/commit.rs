@@ -82,6 +82,7 @@ pub(crate) async fn send(app: &Core, c: Commit<'_>) -> Result<Sent, Failed> {
         )));
     }
     let started = std::time::Instant::now();
+    let own = injected(request.headers());
     let resp = match app.upstream().forward(&call.host, call.port, request).await {
         Ok(resp) => resp,
         Err(failure) => {
@@ -101,7 +102,7 @@ pub(crate) async fn send(app: &Core, c: Commit<'_>) -> Result<Sent, Failed> {
         // The upstream refused the call: it spent nothing of the budget.
         refund_budget(app.store(), charged).await;
     }
-    let (outcome, answer) = settle(app, parts, body).await;
+    let (outcome, answer) = settle(app, parts, body, &own).await;
     let (sent, answer) = contract(app, response, outcome, answer, &event).await;
     let outcome = &sent.stored;
     crate::ledger::record(
@@ -237,10 +238,29 @@ async fn contract(
 
 /// The answer read whole (up to the cap, with a mark past it) and scrubbed of secrets: what is
 /// stored, shown and handed to duplicates.
+/// The credential injected into a call (its headers marked sensitive), as the header value and
+/// as the secret in it: what the answer must not carry back to the agent or into the stored
+/// outcome, even if the upstream echoes it. A person's token, filled in for this call alone, is
+/// in no policy's list of secrets.
+fn injected(headers: &http::HeaderMap) -> Vec<String> {
+    let mut own = Vec::new();
+    for value in headers.values().filter(|v| v.is_sensitive()) {
+        let Ok(text) = value.to_str() else { continue };
+        own.push(text.to_string());
+        if let Some(secret) = text.rsplit(' ').next().filter(|s| s.len() >= 8) {
+            own.push(secret.to_string());
+        }
+    }
+    // Longest first, so that the header value goes whole before the secret inside it.
+    own.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    own
+}
+
 async fn settle(
     app: &Core,
     parts: http::response::Parts,
     body: hyper::body::Incoming,
+    own: &[String],
 ) -> (Outcome, Bytes) {
     let (bytes, truncated) = match Limited::new(body, MAX_STORED_OUTCOME).collect().await {
         Ok(c) => (c.to_bytes(), false),
@@ -248,7 +268,7 @@ async fn settle(
     };
     let (mut outcome, answer) = crate::audit::scrub_outcome(
         &app.audit().redactor,
-        parts.status.as_u16(),
+        (parts.status.as_u16(), own),
         &parts.headers,
         &bytes,
     );

@@ -65,6 +65,18 @@ impl Redactor {
         self.redact(&secrets, s).into_owned()
     }
 
+    /// The same, also scrubbing `extra` (a call's own secrets: a person's token filled in for
+    /// this call, which no policy lists).
+    pub fn text_with(&self, extra: &[String], s: &str) -> String {
+        let mut out = Cow::Borrowed(s);
+        for secret in extra.iter().filter(|x| x.len() >= 4) {
+            if out.contains(secret.as_str()) {
+                out = Cow::Owned(out.replace(secret.as_str(), REDACTED));
+            }
+        }
+        self.text(&out)
+    }
+
     /// `s` with every secret and key-shaped value replaced; borrowed (no copy) when nothing
     /// matched, which is the common case.
     fn redact<'a>(&self, secrets: &[String], s: &'a str) -> Cow<'a, str> {
@@ -142,13 +154,13 @@ fn unreachable_regex() -> Regex {
 /// hand it to the agent or to the disk); a binary body is kept as it is.
 pub fn scrub_outcome(
     redactor: &Redactor,
-    status: u16,
+    (status, extra): (u16, &[String]),
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> (crate::store::Outcome, bytes::Bytes) {
     use base64::Engine;
     let body = match std::str::from_utf8(body) {
-        Ok(text) => bytes::Bytes::from(redactor.text(text)),
+        Ok(text) => bytes::Bytes::from(redactor.text_with(extra, text)),
         Err(_) => bytes::Bytes::copy_from_slice(body),
     };
     let outcome = crate::store::Outcome {
@@ -160,7 +172,7 @@ pub fn scrub_outcome(
                 let v = if SECRET_HEADERS.contains(&k.as_str()) {
                     REDACTED.to_string()
                 } else {
-                    redactor.text(&v)
+                    redactor.text_with(extra, &v)
                 };
                 (k.to_string(), v)
             })

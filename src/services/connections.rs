@@ -308,6 +308,11 @@ impl Vault {
     }
 }
 
+/// The longest a call to a provider's endpoint may take, answer included: well inside a
+/// refresh lease ([`LEASE_MS`]), so that no other replica takes the lease (and sends the same
+/// refresh token, which a rotating provider then refuses) while this one still waits.
+const PROVIDER_WITHIN: Duration = Duration::from_secs(10);
+
 /// A form POSTed to one of the connection's endpoints, with its client authentication.
 async fn to_provider(
     upstream: &Upstream,
@@ -316,11 +321,23 @@ async fn to_provider(
     body: String,
 ) -> Result<Value, TokenFailure> {
     let (id, secret) = (&conn.client_id, &conn.client_secret);
-    match conn.client_auth {
-        crate::policy::ClientAuth::Basic => token_request(upstream, at, id, secret, body).await,
-        crate::policy::ClientAuth::Post => {
-            token_request_in_body(upstream, at, id, secret, body).await
+    let asked = async {
+        match conn.client_auth {
+            crate::policy::ClientAuth::Basic => token_request(upstream, at, id, secret, body).await,
+            crate::policy::ClientAuth::Post => {
+                token_request_in_body(upstream, at, id, secret, body).await
+            }
         }
+    };
+    match tokio::time::timeout(PROVIDER_WITHIN, asked).await {
+        Ok(answer) => answer,
+        Err(_) => Err(TokenFailure {
+            error: None,
+            message: format!(
+                "the provider did not answer within {}s",
+                PROVIDER_WITHIN.as_secs()
+            ),
+        }),
     }
 }
 

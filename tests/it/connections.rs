@@ -130,6 +130,25 @@ summary = "Star {{params.owner}}/{{params.repo}}"
 rollback = {{ none = "a person unstars it" }}
 credential = {{ staging = "github-user" }}
 
+# Both echo the person's token back (a read, and a write that is committed).
+[[tool]]
+name = "gh.echo.read"
+host = "api.github.test"
+method = "GET"
+path = "/echo/read"
+credential = {{ staging = "github-user" }}
+
+[[tool]]
+name = "gh.echo.write"
+host = "api.github.test"
+method = "POST"
+path = "/echo/write"
+body = {{ format = "json" }}
+side_effects = "reversible"
+idempotency = "payload"
+rollback = {{ none = "a test echo" }}
+credential = {{ staging = "github-user" }}
+
 [[tool]]
 name = "gh.graphql.viewer"
 host = "api.github.test"
@@ -403,6 +422,57 @@ async fn each_person_connects_once_and_their_calls_carry_their_own_token() {
     let ok = w.call_as(&alice, "/user", http::Version::HTTP_11).await;
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(ok.json()["login"], "alice@example.com");
+    // An upstream that echoes alice's token (a read, and a committed write): the agent never
+    // sees it, in the body or a header, and neither does the stored outcome.
+    let client = w
+        .gate
+        .client(Some(("coder", alice.as_str())), http::Version::HTTP_11);
+    let read = send(&client, "GET", "https://api.github.test/echo/read", &[], "")
+        .await
+        .unwrap();
+    let write = send(
+        &client,
+        "POST",
+        "https://api.github.test/echo/write",
+        &[JSON],
+        "{}",
+    )
+    .await
+    .unwrap();
+    let token = w
+        .seen()
+        .await
+        .iter()
+        .rev()
+        .find_map(|s| s["token"].as_str().map(str::to_string))
+        .unwrap();
+    for got in [&read, &write] {
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(got.json()["login"], "alice@example.com");
+        let told = format!("{:?} {}", got.headers, got.text());
+        assert!(
+            !told.contains(&token),
+            "the person's token came back: {told}"
+        );
+    }
+    // The same write again: its stored outcome answers, without the token.
+    let replayed = send(
+        &client,
+        "POST",
+        "https://api.github.test/echo/write",
+        &[JSON],
+        "{}",
+    )
+    .await
+    .unwrap();
+    assert!(!replayed.text().contains(&token), "{}", replayed.text());
+    let echoed = w
+        .seen()
+        .await
+        .iter()
+        .filter(|s| s["path"] == "/echo/write")
+        .count();
+    assert_eq!(echoed, 1, "the write went once");
 
     let bob_link = link_in(&w.call_as(&bob, "/user", http::Version::HTTP_11).await);
     let (done, _) = w.connect(&bob_link, "bob@example.com").await;
@@ -410,7 +480,10 @@ async fn each_person_connects_once_and_their_calls_carry_their_own_token() {
     let ok = w.call_as(&bob, "/user", http::Version::HTTP_2).await;
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(ok.json()["login"], "bob@example.com");
-    let users: Vec<Value> = w.seen().await.iter().map(|s| s["user"].clone()).collect();
+    let users: Vec<Value> = (w.seen().await.iter())
+        .filter(|s| s["path"] == "/user")
+        .map(|s| s["user"].clone())
+        .collect();
     assert_eq!(
         users,
         vec![json!("alice@example.com"), json!("bob@example.com")]
@@ -876,6 +949,23 @@ async fn an_approved_call_is_sent_with_the_persons_token_as_it_is_at_approval() 
         text.contains("user_connection_required") || text.contains("has not connected"),
         "{text}"
     );
+    // The person's one-time link is the agent's to show: never the approver's answer, the
+    // log's or the audit's (anyone reading them could connect an account in bob's name).
+    let export = w
+        .gate
+        .admin("GET", "/api/audit/export", Some(ADMIN_TOKEN), None)
+        .await
+        .text();
+    for told in [&text, &export] {
+        for (i, _) in told.match_indices("/connect/") {
+            let rest = &told[i + "/connect/".len()..];
+            assert!(
+                rest.starts_with("[link not recorded]") || rest.starts_with("callback"),
+                "a link leaked: {}",
+                &told[i..(i + 60).min(told.len())]
+            );
+        }
+    }
     assert!(!w
         .seen()
         .await

@@ -223,6 +223,12 @@ server.listen(Number(process.env.PORT || 0), "127.0.0.1", () => {
     }
     seen.push({ path: req.url, user: facts.sub, scope: facts.scope, client: facts.client_id, token });
     if (req.url === "/mcp") return mcp(req, res, facts.sub);
+    // An API that echoes the credential it was sent (in its body and a header): toolgate must
+    // cut the person's token out before the agent, or the stored outcome, sees it.
+    if (req.url.startsWith("/echo")) {
+      res.writeHead(200, { "content-type": "application/json", "x-echo": auth });
+      return res.end(JSON.stringify({ login: facts.sub, authorization: auth, token }));
+    }
     return json(res, 200, { login: facts.sub, scope: facts.scope });
   });
   api.listen(Number(process.env.API_PORT || 0), "127.0.0.1", () => {

@@ -139,10 +139,18 @@ impl Vault {
         let sealed = self
             .seal(&next)
             .map_err(|e| Unavailable::Failed(e.to_string()))?;
-        let _ = self
+        // Broken only if nobody changed it meanwhile (a relink, a revocation, another
+        // replica's refresh): otherwise what it is now stands, and the call tries again.
+        let swapped = self
             .store
             .vault_swap(key, Some(leased_raw), Some(&sealed))
-            .await;
+            .await
+            .map_err(|e| Unavailable::Failed(e.to_string()))?;
+        if !swapped {
+            return Err(Unavailable::Failed(
+                "the connection changed while it was refreshed; retry".into(),
+            ));
+        }
         self.event(Kind::ConnectionBroken, &next, json!({"reason": reason}))
             .await;
         Err(Unavailable::Broken(reason))
