@@ -101,6 +101,9 @@ kinds! {
     StoreImport = "store.import",
     /// A person linked their account through a `[[connection]]`.
     ConnectionLinked = "connection.linked",
+    /// A link was opened, but the account connected at the provider was not the person's
+    /// (nothing was stored).
+    ConnectionRefused = "connection.refused",
     /// A person's connection token was refreshed.
     ConnectionRefreshed = "connection.refreshed",
     /// A person's connection can no longer be refreshed (they must link it again).

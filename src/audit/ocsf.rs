@@ -62,7 +62,9 @@ fn class_of(e: &Event) -> Class {
         | OutcomeUnknown
         | Rollback
         | Replay => class(API, api_activity(method_of(&e.payload))),
-        Proposal | GrantAdded | TokenIssued | ConnectionLinked => class(ENTITY, (1, "Create")),
+        Proposal | GrantAdded | TokenIssued | ConnectionLinked | ConnectionRefused => {
+            class(ENTITY, (1, "Create"))
+        }
         GrantUsed | ConnectionUsed => class(ENTITY, (2, "Read")),
         Approval | Denial | Revocation | ConnectionRefreshed => class(ENTITY, (3, "Update")),
         Cancellation | GrantRevoked | TokenRevoked | ConnectionRevoked => {
@@ -197,7 +199,7 @@ fn verdict(e: &Event, out: &mut Map<String, Value>) {
     let refused = outcome(&e.payload) == Some("refused")
         || matches!(
             e.kind,
-            Kind::Denial | Kind::UpstreamError | Kind::OutcomeUnknown
+            Kind::Denial | Kind::UpstreamError | Kind::OutcomeUnknown | Kind::ConnectionRefused
         );
     let held = outcome(&e.payload).is_some_and(|o| o.starts_with("held"));
     let (disposition, name) = match (&e.kind, refused, held) {
@@ -331,6 +333,7 @@ fn entity_fields(e: &Event, out: &mut Map<String, Value>) {
         Kind::TokenIssued | Kind::TokenRevoked => ("token", p.get("token").or_else(|| p.get("id"))),
         Kind::KillSwitch => ("kill switch", p.get("target")),
         Kind::ConnectionLinked
+        | Kind::ConnectionRefused
         | Kind::ConnectionRefreshed
         | Kind::ConnectionBroken
         | Kind::ConnectionRevoked

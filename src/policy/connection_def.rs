@@ -56,6 +56,7 @@ pub(super) fn compile(
         client_id: def.client_id.clone(),
         client_secret,
         scopes: def.scopes.clone(),
+        user_claim: def.user_claim.clone(),
     })
 }
 

@@ -47,6 +47,9 @@ pub struct ConnectionDef {
     pub scopes: Vec<String>,
     /// `client_secret_basic` (the default) or `client_secret_post`.
     pub client_auth: Option<String>,
+    /// The claim of the provider's ID token that must name the person a link is for (an
+    /// OpenID provider's; `email` is checked whenever the ID token carries one).
+    pub user_claim: Option<String>,
 }
 
 /// `exchange = { ... }` of a `[[credential]]`: an RFC 8693 token exchange of the call's

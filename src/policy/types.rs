@@ -494,6 +494,9 @@ pub struct Connection {
     pub scopes: Vec<String>,
     /// How toolgate authenticates to the token and revocation endpoints.
     pub client_auth: ClientAuth,
+    /// The ID token claim that must name the person (`user_claim`): a link opened by someone
+    /// else connects nothing.
+    pub user_claim: Option<String>,
 }
 
 /// A client's authentication at a provider's token endpoint.

@@ -248,6 +248,18 @@ impl Vault {
             .await;
     }
 
+    /// Records a link that connected nothing (the account was not the person's).
+    async fn refused(&self, user: &str, payload: Value) {
+        self.audit
+            .record(Record {
+                kind: Kind::ConnectionRefused,
+                user: Some(user.to_string()),
+                payload,
+                ..Default::default()
+            })
+            .await;
+    }
+
     /// The connections stored, of `user` or of everyone.
     pub async fn list(&self, user: Option<&str>) -> Result<Vec<Summary>, StoreError> {
         let mut out = Vec::new();
@@ -426,6 +438,7 @@ mod tests {
             client_secret: crate::policy::ClientSecret("s".into()),
             scopes: vec!["repo".into()],
             client_auth: crate::policy::ClientAuth::Basic,
+            user_claim: None,
         }
     }
 

@@ -36,6 +36,8 @@ revoke_url = "{issuer}/token/revocation"
 client_id = "{CLIENT}"
 client_secret_env = "CONN_CLIENT_SECRET"
 scopes = ["openid", "repo"]
+# The provider's ID token names the account by its subject (the person's email here).
+user_claim = "sub"
 
 [[connection]]
 name = "github-short"
@@ -1355,4 +1357,34 @@ async fn an_mcp_tool_with_a_per_user_credential_carries_the_persons_token() {
         vec![json!("alice@example.com"); 2],
         "initialize and the call"
     );
+}
+
+/// A person's link opened by someone else (the agent it was shown to, anyone it was forwarded
+/// to) connects nothing: the account the provider signed in must be the person's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_persons_link_opened_by_someone_else_connects_nothing() {
+    let Some(w) = world().await else {
+        return;
+    };
+    let alice = w.token_for("alice@example.com").await;
+    let link = link_in(&w.call_as(&alice, "/user", http::Version::HTTP_11).await);
+    let (answer, _) = w.connect(&link, "mallory@example.com").await;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(
+        answer
+            .text()
+            .contains("the account signed in at the provider is mallory@example.com"),
+        "{}",
+        answer.text()
+    );
+    // alice has still not connected; nothing reached the API in her name.
+    let again = w.call_as(&alice, "/user", http::Version::HTTP_11).await;
+    assert_eq!(again.status, 409, "{}", again.text());
+    assert!(w.seen().await.is_empty());
+    assert!(w.connections("alice@example.com").await.is_empty());
+    let refused = crate::sso::recorded(&w.gate, ADMIN_TOKEN, "connection.refused", 1).await;
+    assert_eq!(refused[0]["user"], "alice@example.com");
+    // Her own sign-in through a new link connects her.
+    let (done, _) = w.connect(&link_in(&again), "alice@example.com").await;
+    assert_eq!(done.status, 200, "{}", done.text());
 }

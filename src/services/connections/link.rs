@@ -154,6 +154,11 @@ impl Vault {
         let answer = to_provider(upstream, conn, &conn.token, body)
             .await
             .map_err(|f| format!("The provider did not give a token: {}", f.message))?;
+        if let Err(why) = whose(conn, &auth.user, &answer) {
+            let payload = json!({"connection": conn.name, "reason": why});
+            self.refused(&auth.user, payload).await;
+            return Err(why);
+        }
         let held = issued(conn, &auth.user, &answer, None)?;
         self.put(&held).await.map_err(|e| e.to_string())?;
         self.event(Kind::ConnectionLinked, &held, json!({})).await;
@@ -203,4 +208,45 @@ pub(super) fn authorize_url(conn: &Connection, auth: &AuthRec, state: &str) -> S
         '?'
     };
     format!("{}{sep}{}", conn.authorize_url, q.finish())
+}
+
+/// Whether the account the provider connected is the person's the link was for: its ID token
+/// (received from the token endpoint over TLS, as OpenID Connect Core 3.1.3.7 allows in place
+/// of its signature) must be for toolgate's client, and its `user_claim` (or, when none is
+/// set, its `email` if it has one) must name the person. Someone else who opens a person's
+/// link (an agent it was shown to, or anyone it was forwarded to) connects nothing.
+fn whose(conn: &Connection, user: &str, answer: &Value) -> Result<(), String> {
+    use base64::Engine;
+    let token = answer["id_token"].as_str();
+    let claims: Value = match token {
+        Some(t) => t
+            .split('.')
+            .nth(1)
+            .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or("The provider's ID token could not be read. Nothing was connected.")?,
+        None if conn.user_claim.is_some() => {
+            return Err("The provider gave no ID token to say whose account this is (ask for the openid scope). Nothing was connected.".into())
+        }
+        None => return Ok(()),
+    };
+    let for_us = match &claims["aud"] {
+        Value::String(a) => *a == conn.client_id,
+        Value::Array(list) => list.iter().any(|a| a.as_str() == Some(&conn.client_id)),
+        _ => false,
+    };
+    if !for_us {
+        return Err("The provider's ID token is for another client. Nothing was connected.".into());
+    }
+    let claim = conn.user_claim.as_deref().unwrap_or("email");
+    match (claims[claim].as_str(), conn.user_claim.is_some()) {
+        (Some(who), _) if who.eq_ignore_ascii_case(user) => Ok(()),
+        (Some(who), _) => Err(format!(
+            "This link is for {user}, but the account signed in at the provider is {who}. Nothing was connected: {user} must open their link themselves."
+        )),
+        (None, true) => Err(format!(
+            "The provider's ID token has no {claim} claim to say whose account this is. Nothing was connected."
+        )),
+        (None, false) => Ok(()),
+    }
 }
