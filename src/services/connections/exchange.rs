@@ -47,7 +47,20 @@ impl Vault {
                 cred.name, a.provider
             )));
         }
-        let key = format!("xchg/{}", pair_hash(&cred.name, user));
+        // One cache entry per person *of a provider*, and per exchange as configured now: a
+        // reload that changes where or for what tokens are exchanged starts afresh, and one
+        // provider's "alice" never gets the token issued for another's.
+        let asked = serde_json::json!([
+            a.provider,
+            user,
+            x.token.host,
+            x.token.port,
+            x.token.path,
+            x.audience,
+            x.scope,
+            x.client_id,
+        ]);
+        let key = format!("xchg/{}", pair_hash(&cred.name, &asked.to_string()));
         if let Ok(Some((_, c))) = self.read::<Cached>(&key).await {
             if cached_fresh(&c, now_unix()) {
                 return Ok(Served {
