@@ -295,7 +295,7 @@ async fn pass(
     let no_params = std::collections::BTreeMap::new();
     let credential = authorize(agent, tool, &no_params)?;
     let user = ctx.and_then(|c| c.user.as_deref());
-    let credential = app
+    let resolved = app
         .vault()
         .credential(
             app.upstream(),
@@ -304,8 +304,13 @@ async fn pass(
             user,
             &app.config().admin_url,
         )
-        .await?
-        .credential;
+        .await?;
+    // Which person's connection served the call, as on every other path.
+    if let (Some(ctx), Some(facts)) = (ctx, resolved.used) {
+        ctx.record_beside(crate::audit::Kind::ConnectionUsed, facts)
+            .await;
+    }
+    let credential = resolved.credential;
     let headers = request::upstream_headers(tool, &parts.headers, credential.as_deref())?;
     let mut out = Request::new(body::full(body));
     *out.method_mut() = parts.method.clone();

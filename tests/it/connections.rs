@@ -1357,6 +1357,12 @@ async fn an_mcp_tool_with_a_per_user_credential_carries_the_persons_token() {
         vec![json!("alice@example.com"); 2],
         "initialize and the call"
     );
+    // Each names the connection that served it in the audit, never the token.
+    let used = crate::sso::recorded(&w.gate, ADMIN_TOKEN, "connection.used", 2).await;
+    assert!(
+        used.iter().all(|e| e["user"] == "alice@example.com"),
+        "{used:?}"
+    );
 }
 
 /// A person's link opened by someone else (the agent it was shown to, anyone it was forwarded
