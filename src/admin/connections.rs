@@ -356,7 +356,19 @@ pub async fn callback(
                 "{BINDING}=; HttpOnly; SameSite=Lax; Path=/connect; Max-Age=0{}",
                 secure(&app)
             );
-            let body = format!("<h1 id=\"connected\">Connected</h1><p>{}</p>", esc(&text));
+            let keep = done.disconnect.as_deref().map(|path| {
+                let url = format!("{}{path}", base(&app, &headers));
+                format!(
+                    "<p>To disconnect later, keep this link (it is yours alone, and works once): <a id=\"disconnect\" href=\"{}\">{}</a></p>",
+                    esc(&url),
+                    esc(&url)
+                )
+            });
+            let body = format!(
+                "<h1 id=\"connected\">Connected</h1><p>{}</p>{}",
+                esc(&text),
+                keep.unwrap_or_default()
+            );
             (
                 [(header::SET_COOKIE, clear)],
                 page("Connected", None, &body),
@@ -364,5 +376,47 @@ pub async fn callback(
                 .into_response()
         }
         Err(why) => plain_page(StatusCode::BAD_REQUEST, "Connect", &why),
+    }
+}
+
+/// `GET /connect/disconnect/{token}`: the person's own disconnect link asks before it acts (a
+/// link preview or a crawler following it disconnects nothing).
+pub async fn disconnect_page(
+    State(app): State<Arc<Console>>,
+    Path(token): Path<String>,
+) -> Response {
+    match app.vault().disconnect_for(&token).await {
+        Ok((user, connection)) => {
+            let body = format!(
+                "<h1>Disconnect</h1><p>Disconnect {} from {}? Agents acting for {} will no longer be able to use it until it is connected again.</p>\
+                 <form method=\"post\"><button id=\"disconnect\">Disconnect</button></form>",
+                esc(&connection),
+                esc(&user),
+                esc(&user)
+            );
+            page("Disconnect", None, &body).into_response()
+        }
+        Err(why) => plain_page(StatusCode::GONE, "Disconnect", &why),
+    }
+}
+
+/// `POST /connect/disconnect/{token}`: disconnects, once (the provider is told, as an admin's
+/// revocation tells it).
+pub async fn disconnect(State(app): State<Arc<Console>>, Path(token): Path<String>) -> Response {
+    let policy = app.policy();
+    match app
+        .vault()
+        .disconnect(app.upstream(), &policy, &token)
+        .await
+    {
+        Ok((user, connection)) => {
+            let text = format!("{connection} is disconnected from {user}.");
+            let body = format!(
+                "<h1 id=\"disconnected\">Disconnected</h1><p>{}</p>",
+                esc(&text)
+            );
+            page("Disconnected", None, &body).into_response()
+        }
+        Err(why) => plain_page(StatusCode::GONE, "Disconnect", &why),
     }
 }

@@ -102,6 +102,10 @@ pub fn router(app: Arc<Console>) -> Router {
         .route("/login/oidc/callback", get(sso::callback))
         .route("/connect/callback", get(connections::callback))
         .route("/connect/{token}", get(connections::open))
+        .route(
+            "/connect/disconnect/{token}",
+            get(connections::disconnect_page).post(connections::disconnect),
+        )
         .route("/login/oidc/{name}", get(sso::start))
         .route("/logout", post(pages::logout))
         .merge(acting)

@@ -85,6 +85,9 @@ pub struct Summary {
     pub scopes: Vec<String>,
     pub expires_unix: Option<u64>,
     pub linked_unix: u64,
+    /// The person's own disconnect link (path), when it was just made: shown to them once.
+    #[serde(skip)]
+    pub disconnect: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -397,6 +400,7 @@ fn summary(held: &Held) -> Summary {
         scopes: held.scopes.clone(),
         expires_unix: held.expires_unix,
         linked_unix: held.linked_unix,
+        disconnect: None,
     }
 }
 

@@ -1393,4 +1393,39 @@ async fn a_persons_link_opened_by_someone_else_connects_nothing() {
     // Her own sign-in through a new link connects her.
     let (done, _) = w.connect(&link_in(&again), "alice@example.com").await;
     assert_eq!(done.status, 200, "{}", done.text());
+    let ok = w.call_as(&alice, "/user", http::Version::HTTP_11).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    // The "Connected" page gives her her own link to disconnect: looking at it changes
+    // nothing; confirming it revokes the connection, once.
+    let page = done.text();
+    let at = page
+        .find("/connect/disconnect/")
+        .expect("a disconnect link");
+    let path: String = page[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || "/-_".contains(*c))
+        .collect();
+    let asked = w.gate.page("GET", &path, None, None).await;
+    assert_eq!(asked.status, 200, "{}", asked.text());
+    assert!(
+        asked
+            .text()
+            .contains("Disconnect github from alice@example.com"),
+        "{}",
+        asked.text()
+    );
+    assert_eq!(
+        w.call_as(&alice, "/user", http::Version::HTTP_11)
+            .await
+            .status,
+        200
+    );
+    let gone = w.gate.page("POST", &path, None, None).await;
+    assert_eq!(gone.status, 200, "{}", gone.text());
+    assert!(gone.text().contains("Disconnected"), "{}", gone.text());
+    let after = w.call_as(&alice, "/user", http::Version::HTTP_11).await;
+    assert_eq!(after.status, 409, "{}", after.text());
+    let revoked = crate::sso::recorded(&w.gate, ADMIN_TOKEN, "connection.revoked", 1).await;
+    assert_eq!(revoked[0]["payload"]["by"], "alice@example.com");
+    assert_eq!(w.gate.page("POST", &path, None, None).await.status, 410);
 }

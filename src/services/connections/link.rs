@@ -162,7 +162,67 @@ impl Vault {
         let held = issued(conn, &auth.user, &answer, None)?;
         self.put(&held).await.map_err(|e| e.to_string())?;
         self.event(Kind::ConnectionLinked, &held, json!({})).await;
-        Ok(summary(&held))
+        let disconnect = self
+            .make_disconnect(&held.user, &held.connection)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Summary {
+            disconnect: Some(disconnect),
+            ..summary(&held)
+        })
+    }
+
+    /// The person's own link to disconnect (kept by them, shown once on the "Connected" page):
+    /// good until it is used, or the connection is linked again.
+    async fn make_disconnect(&self, user: &str, connection: &str) -> Result<String, StoreError> {
+        let token = random();
+        let rec = LinkRec {
+            user: user.to_string(),
+            connection: connection.to_string(),
+            expires_unix: u64::MAX,
+        };
+        let raw = self.seal(&rec)?;
+        let key = format!("unlink/{}", sha_hex(&token));
+        if !self.store.vault_swap(&key, None, Some(&raw)).await? {
+            return Err(StoreError::from_message(
+                "a link collided; link again".into(),
+            ));
+        }
+        Ok(format!("/connect/disconnect/{token}"))
+    }
+
+    /// Who a disconnect link is for (it is not used up by being looked at).
+    pub async fn disconnect_for(&self, token: &str) -> Result<(String, String), String> {
+        let key = format!("unlink/{}", sha_hex(token));
+        match self
+            .read::<LinkRec>(&key)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            Some((_, rec)) => Ok((rec.user, rec.connection)),
+            None => Err("This disconnect link is unknown or was used already.".into()),
+        }
+    }
+
+    /// Disconnects through the person's own link, once: the connection is revoked (and the
+    /// provider told), as an admin's revocation does, by the person.
+    pub async fn disconnect(
+        &self,
+        upstream: &Upstream,
+        policy: &Policy,
+        token: &str,
+    ) -> Result<(String, String), String> {
+        let key = format!("unlink/{}", sha_hex(token));
+        let rec: LinkRec = self
+            .take(&key)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("This disconnect link is unknown or was used already.")?;
+        let conn = policy.connection(&rec.connection).map(|c| &**c);
+        self.revoke(upstream, conn, &rec.user, &rec.connection, &rec.user)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((rec.user, rec.connection))
     }
 
     /// Removes the links and authorizations under way whose time is up (compare-and-set: one
