@@ -86,20 +86,7 @@ fn full_link(app: &Console, headers: &HeaderMap, path: &str) -> String {
 }
 
 fn base(app: &Console, headers: &HeaderMap) -> String {
-    let base = app.config().admin_url.trim_end_matches('/').to_string();
-    if !base.is_empty() {
-        return base;
-    }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    let scheme = if app.config().admin_https() {
-        "https"
-    } else {
-        "http"
-    };
-    format!("{scheme}://{host}")
+    super::sso::admin_base(app, headers)
 }
 
 /// `POST /api/connections/link`.

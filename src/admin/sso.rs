@@ -57,9 +57,15 @@ fn refused_page(status: StatusCode, why: &str) -> Response {
 /// Where the provider sends the browser back: under `--admin-url`, else the host the browser
 /// asked for.
 fn redirect_uri(app: &Console, headers: &HeaderMap) -> String {
+    format!("{}/login/oidc/callback", admin_base(app, headers))
+}
+
+/// The admin listener's address as people reach it: `--admin-url`, else the scheme it serves
+/// and the host the browser asked for.
+pub(super) fn admin_base(app: &Console, headers: &HeaderMap) -> String {
     let base = app.config().admin_url.trim_end_matches('/').to_string();
     if !base.is_empty() {
-        return format!("{base}/login/oidc/callback");
+        return base;
     }
     let host = headers
         .get(header::HOST)
@@ -70,7 +76,7 @@ fn redirect_uri(app: &Console, headers: &HeaderMap) -> String {
     } else {
         "http"
     };
-    format!("{scheme}://{host}/login/oidc/callback")
+    format!("{scheme}://{host}")
 }
 
 /// `GET /login/oidc/NAME`: off to the provider.

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::file::{ConnectionDef, CredentialDef, ExchangeDef};
-use super::identity_def::https_url;
-use super::types::{ClientAuth, ClientSecret, Connection, Credential, Exchange, PerUser};
+use super::identity_def::{client_secret, https_url};
+use super::types::{ClientAuth, Connection, Credential, Exchange, PerUser};
 
 /// The connection `def` declares in the policy file at `path`.
 pub(super) fn compile(
@@ -58,33 +58,6 @@ pub(super) fn compile(
         scopes: def.scopes.clone(),
         user_claim: def.user_claim.clone(),
     })
-}
-
-/// A client secret from the environment variable or the file (relative to the policy file)
-/// named: exactly one of them, never empty.
-pub(super) fn client_secret(
-    path: &Path,
-    var: Option<&str>,
-    file: Option<&str>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<ClientSecret, String> {
-    let secret = match (var, file) {
-        (Some(var), None) => env(var)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| format!("client_secret_env names {var}, which is not set"))?,
-        (None, Some(file)) => {
-            let full = path.parent().unwrap_or(Path::new(".")).join(file);
-            std::fs::read_to_string(&full)
-                .map_err(|e| format!("client_secret_file {}: {e}", full.display()))?
-                .trim()
-                .to_string()
-        }
-        _ => return Err("name exactly one of client_secret_env and client_secret_file (the secret is never written in the policy)".into()),
-    };
-    if secret.is_empty() {
-        return Err("the client secret is empty".into());
-    }
-    Ok(ClientSecret(secret))
 }
 
 /// A `[[credential]]` with `connection` or `exchange`: the per-user credential, or None for a

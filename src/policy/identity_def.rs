@@ -149,19 +149,13 @@ fn login(
     if def.client_id.is_empty() {
         return Err("client_id must be non-empty (the client registered at the provider)".into());
     }
-    let secret = match (&def.client_secret_env, &def.client_secret_file) {
-        (Some(var), None) => env(var)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| format!("client_secret_env names {var}, which is not set"))?,
-        (None, Some(file)) => {
-            let full = path.parent().unwrap_or(Path::new(".")).join(file);
-            std::fs::read_to_string(&full)
-                .map_err(|e| format!("client_secret_file {}: {e}", full.display()))?
-                .trim()
-                .to_string()
-        }
-        _ => return Err("name exactly one of client_secret_env and client_secret_file".into()),
-    };
+    let secret = client_secret(
+        path,
+        def.client_secret_env.as_deref(),
+        def.client_secret_file.as_deref(),
+        env,
+    )?
+    .0;
     let mut scopes = match def.scopes.is_empty() {
         true => vec!["openid".into(), "email".into(), "profile".into()],
         false => def.scopes.clone(),
@@ -205,4 +199,31 @@ fn algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
             )),
         })
         .collect()
+}
+
+/// A client secret from the environment variable or the file (relative to the policy file)
+/// named: exactly one of them, never empty.
+pub(super) fn client_secret(
+    path: &Path,
+    var: Option<&str>,
+    file: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ClientSecret, String> {
+    let secret = match (var, file) {
+        (Some(var), None) => env(var)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| format!("client_secret_env names {var}, which is not set"))?,
+        (None, Some(file)) => {
+            let full = path.parent().unwrap_or(Path::new(".")).join(file);
+            std::fs::read_to_string(&full)
+                .map_err(|e| format!("client_secret_file {}: {e}", full.display()))?
+                .trim()
+                .to_string()
+        }
+        _ => return Err("name exactly one of client_secret_env and client_secret_file (the secret is never written in the policy)".into()),
+    };
+    if secret.is_empty() {
+        return Err("the client secret is empty".into());
+    }
+    Ok(ClientSecret(secret))
 }
