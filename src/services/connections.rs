@@ -525,6 +525,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_moved_under_another_persons_key_serves_no_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(dir.path()).unwrap();
+        let vault = Vault::new(store.clone(), Arc::new(Audit::open(&store).unwrap()));
+        let answer = json!({"access_token": "alices", "expires_in": 3600});
+        vault
+            .put(&issued(&conn(), "alice", &answer, None).unwrap())
+            .await
+            .unwrap();
+        // Someone who can write the store (but not seal) copies alice's row to mallory's key.
+        let row = store
+            .vault_get(&conn_key("gh", "alice"))
+            .await
+            .unwrap()
+            .unwrap();
+        let mallorys = conn_key("gh", "mallory");
+        assert!(store.vault_swap(&mallorys, None, Some(&row)).await.unwrap());
+        let upstream = Upstream::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+            Arc::new(crate::upstream::Routes::new(
+                std::collections::HashMap::new(),
+            )),
+            Duration::from_secs(2),
+        );
+        let got = vault.served(&upstream, &conn(), "mallory").await;
+        assert!(
+            matches!(&got, Err(Unavailable::Failed(m)) if m.contains("not theirs")),
+            "{:?}",
+            got.err()
+        );
+        let alice = vault.served(&upstream, &conn(), "alice").await;
+        assert_eq!(alice.ok().map(|s| s.access).as_deref(), Some("alices"));
+    }
+
+    #[tokio::test]
     async fn a_lease_left_by_a_replica_that_died_is_taken_and_a_failed_refresh_gives_it_back() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::open(dir.path()).unwrap();

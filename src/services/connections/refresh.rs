@@ -18,6 +18,13 @@ impl Vault {
             let Some((raw, held)) = self.read::<Held>(&key).await.map_err(failed)? else {
                 return Err(Unavailable::Missing);
             };
+            // The sealed record says whose it is: one moved under another person's key (by
+            // someone who can write the store but not seal) serves no one.
+            if held.user != user || held.connection != conn.name {
+                return Err(Unavailable::Failed(format!(
+                    "the stored connection under {user}'s key is not theirs; it was not used"
+                )));
+            }
             match &held.state {
                 State::Live => {}
                 State::Broken { reason } => return Err(Unavailable::Broken(reason.clone())),
