@@ -481,12 +481,8 @@ pub(super) async fn decide(
                 .await
                 .map(Answer::Stored)
         }
-        Route::Read => {
-            inject(app, ctx, &mut checked).await?;
-            read(app, ctx, checked).await.map(Answer::Passed)
-        }
+        Route::Read => read(app, ctx, checked).await.map(Answer::Passed),
         Route::Write(key) => {
-            inject(app, ctx, &mut checked).await?;
             ctx.flush().await;
             write(app, ctx, checked, key.as_deref())
                 .await
@@ -600,6 +596,9 @@ async fn read(
 ) -> Result<Response<ProxyBody>, Refusal> {
     let tool = checked.tool.clone();
     app.limiter().admit(&checked.agent.id, &tool).await?;
+    // The person's token is fetched (refreshed, exchanged) only for a call within its limits:
+    // a refused call never makes toolgate call a provider.
+    inject(app, ctx, &mut checked).await?;
     let event = CallEvent::of(ctx, decision("allowed", &checked), checked.started);
     let (resp, event) = exchange::forward(app, &ctx.target, outgoing(&mut checked), event).await?;
     let (mut parts, body) = resp.into_parts();
@@ -794,7 +793,7 @@ fn noted(
 async fn write(
     app: &Arc<Gate>,
     ctx: &RequestCtx,
-    checked: Checked,
+    mut checked: Checked,
     key: Option<&str>,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let (agent, tool) = (checked.agent.clone(), checked.tool.clone());
@@ -813,6 +812,9 @@ async fn write(
     }
     // limits: only calls that will execute count.
     app.limiter().admit(&agent.id, &tool).await?;
+    // The person's token, only for a call that will execute (not for a replayed answer, nor
+    // past a limit): before the budget is charged, so that a refusal here charges nothing.
+    inject(app, ctx, &mut checked).await?;
     let charged = charge_budget(app.store(), &agent.id, &tool, checked.amount).await?;
     // Marked in flight, durably, before a byte leaves: a crash from here on is never re-sent.
     let rec = IdemRecord {

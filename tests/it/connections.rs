@@ -119,6 +119,15 @@ method = "GET"
 path = "/x/user"
 credential = {{ staging = "github-exchanged" }}
 
+# The same, at most once a minute per agent.
+[[tool]]
+name = "gh.exchanged.limited"
+host = "api.github.test"
+method = "GET"
+path = "/x/limited"
+rate_limit = "1/minute"
+credential = {{ staging = "github-exchanged" }}
+
 [[tool]]
 name = "gh.star"
 host = "api.github.test"
@@ -750,6 +759,18 @@ async fn a_persons_assertion_is_exchanged_for_their_token_once_and_a_refused_exc
         refused.message().contains("issued token"),
         "{}",
         refused.text()
+    );
+
+    // A call past its rate limit is refused before toolgate asks the provider for anything.
+    let first = w.call_asserted("dave@example.com", "/x/limited").await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let before = exchanges(w.counts().await);
+    let limited = w.call_asserted("erin@example.com", "/x/limited").await;
+    assert_eq!(limited.status, 429, "{}", limited.text());
+    assert_eq!(
+        exchanges(w.counts().await),
+        before,
+        "no exchange for a refused call"
     );
 
     let used = crate::sso::recorded(&w.gate, ADMIN_TOKEN, "connection.used", 3).await;
