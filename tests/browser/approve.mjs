@@ -1,15 +1,10 @@
 // Signs in to toolgate's approvers' page, waits for a held request to appear in the queue,
 // opens it, approves it, and reports what it saw. Driven by tests/approvals_browser.rs.
 //   node approve.mjs ADMIN_URL TOKEN SUMMARY_TEXT
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 
 const [admin, token, summary] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-         '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 try {
   // A phone-sized screen.
   const page = await browser.newPage({ viewport: { width: 390, height: 844 } });

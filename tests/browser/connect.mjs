@@ -3,17 +3,10 @@
 // forms), which sends it back to toolgate's callback, which says "Connected". Driven by
 // tests/it/connections.rs.
 //   node connect.mjs LINK EMAIL
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 
 const [link, email] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-         '--disable-background-networking', '--disable-component-update', '--disable-sync',
-         // The provider's name is the test's: it is on loopback, with the test PKI's certificate.
-         `--host-resolver-rules=MAP idp.acme.test 127.0.0.1`, '--ignore-certificate-errors'],
-});
+const browser = await launch({ idp: true });
 try {
   const page = await browser.newPage({ viewport: { width: 390, height: 844 } });
   await page.goto(link);

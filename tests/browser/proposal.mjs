@@ -3,15 +3,10 @@
 // text, and whether it is shown and set apart in colour), and the exact payload.
 // Driven by tests/it/model_reason.rs.
 //   node proposal.mjs ADMIN_URL TOKEN PROPOSAL_ID
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 
 const [admin, token, proposal] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-         '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage({ viewport: { width: 390, height: 844 } });
   await page.goto(`${admin}/queue`);

@@ -3,15 +3,10 @@
 // tries an approver's page, reads a request carrying markup, and pages through the agent's
 // traffic. Prints one JSON line of what it saw. Driven by tests/traffic.rs.
 //   node review.mjs ADMIN_URL TOKEN
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 
 const [admin, token] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-         '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 const seen = {};
 try {
   const page = await browser.newPage({ viewport: { width: 390, height: 844 } });

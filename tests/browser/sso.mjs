@@ -2,17 +2,10 @@
 // devInteractions login and consent forms), lands on the queue, waits for a held request,
 // approves it, and reports what it saw. Driven by tests/it/sso_browser.rs.
 //   node sso.mjs ADMIN_URL PROVIDER_NAME EMAIL SUMMARY_TEXT
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 
 const [admin, provider, email, summary] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-         '--disable-background-networking', '--disable-component-update', '--disable-sync',
-         // The provider's name is the test's: it is on loopback, with the test PKI's certificate.
-         `--host-resolver-rules=MAP idp.acme.test 127.0.0.1`, '--ignore-certificate-errors'],
-});
+const browser = await launch({ idp: true });
 try {
   const page = await browser.newPage({ viewport: { width: 390, height: 844 } });
   await page.goto(`${admin}/login`);

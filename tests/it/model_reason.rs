@@ -257,10 +257,7 @@ async fn a_call_is_joined_to_the_model_answer_that_asked_for_it() {
     )
     .await
     .unwrap();
-    let model_request = asked.headers["toolgate-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let model_request = request_id(&asked);
     audit_events_once(&gate, "kind=model_usage", "the model answer", |e| {
         !e.is_empty()
     })
@@ -277,10 +274,7 @@ async fn a_call_is_joined_to_the_model_answer_that_asked_for_it() {
     .await
     .unwrap();
     assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
-    let refund = got.headers["toolgate-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let refund = request_id(&got);
     // A note no model asked for: none.
     let got = send(
         &client,
@@ -291,10 +285,7 @@ async fn a_call_is_joined_to_the_model_answer_that_asked_for_it() {
     )
     .await
     .unwrap();
-    let note = got.headers["toolgate-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let note = request_id(&got);
     let requests = audit_events_once(&gate, "kind=request&agent=writer", "the calls", |e| {
         e.iter()
             .filter(|e| e["payload"]["requested_by"].is_object())
