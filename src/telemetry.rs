@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -361,46 +361,19 @@ impl opentelemetry_http::HttpClient for OtlpClient {
     }
 }
 
-/// Reads `traceparent`/`tracestate` from a request's headers.
-struct HeaderExtractor<'a>(&'a http::HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
-    }
-}
-
-/// Writes `traceparent`/`tracestate` into a request's headers.
-struct HeaderInjector<'a>(&'a mut http::HeaderMap);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(key.as_bytes()),
-            http::HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(name, value);
-        }
-    }
-}
-
 /// The trace a request continues: the W3C `traceparent`/`tracestate` it carries, if any.
 pub fn remote_parent(headers: &http::HeaderMap) -> Option<opentelemetry::Context> {
     use opentelemetry::trace::TraceContextExt as _;
     if !headers.contains_key("traceparent") {
         return None;
     }
-    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    let cx = TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers));
     cx.span().span_context().is_valid().then_some(cx)
 }
 
 /// Writes the trace context of `cx` into outgoing headers (W3C trace context).
 pub fn inject(cx: &opentelemetry::Context, headers: &mut http::HeaderMap) {
-    TraceContextPropagator::new().inject_context(cx, &mut HeaderInjector(headers));
+    TraceContextPropagator::new().inject_context(cx, &mut opentelemetry_http::HeaderInjector(headers));
 }
 
 #[cfg(test)]
