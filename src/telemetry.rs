@@ -373,7 +373,8 @@ pub fn remote_parent(headers: &http::HeaderMap) -> Option<opentelemetry::Context
 
 /// Writes the trace context of `cx` into outgoing headers (W3C trace context).
 pub fn inject(cx: &opentelemetry::Context, headers: &mut http::HeaderMap) {
-    TraceContextPropagator::new().inject_context(cx, &mut opentelemetry_http::HeaderInjector(headers));
+    TraceContextPropagator::new()
+        .inject_context(cx, &mut opentelemetry_http::HeaderInjector(headers));
 }
 
 #[cfg(test)]
