@@ -87,9 +87,13 @@ pub(super) async fn recorded_elsewhere(
     agent: &crate::policy::Agent,
     policy: &crate::policy::Policy,
 ) -> Option<Vec<ModelAsk>> {
+    // The cheap test first: a store of one process has nothing more to give.
+    if !app.store().shared() {
+        return None;
+    }
     let reaches_a_model = (policy.tools().iter())
         .any(|t| t.kind == crate::policy::ToolKind::Model && agent.may_use(&t.name));
-    if !app.store().shared() || !reaches_a_model {
+    if !reaches_a_model {
         return None;
     }
     let window = app.model_asks().window();

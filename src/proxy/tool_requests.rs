@@ -271,8 +271,10 @@ fn append(p: &mut Partial, fragment: &str, max: usize) {
 
 fn recorded(mut p: Partial, max: usize) -> Value {
     // A whole input (Anthropic's `input`) is bounded as streamed arguments are.
-    if let Some(input) = p.input.take_if(|i| i.to_string().len() > max) {
-        append(&mut p, &input.to_string(), max);
+    let whole = p.input.as_ref().map(Value::to_string);
+    if let Some(text) = whole.filter(|t| t.len() > max) {
+        p.input = None;
+        append(&mut p, &text, max);
     }
     let arguments = match (p.input, p.cut) {
         (Some(input), _) => input,
