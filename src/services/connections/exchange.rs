@@ -61,7 +61,12 @@ impl Vault {
             x.client_id,
         ]);
         let key = format!("xchg/{}", pair_hash(&cred.name, &asked.to_string()));
-        if let Ok(Some((_, c))) = self.read::<Cached>(&key).await {
+        // Read once: the same bytes are what a new token replaces (compare-and-set).
+        let seen = self.store.vault_get(&key).await.ok().flatten();
+        if let Some(c) = seen
+            .as_deref()
+            .and_then(|raw| self.open::<Cached>(raw).ok())
+        {
             if cached_fresh(&c, now_unix()) {
                 return Ok(Served {
                     access: c.token,
@@ -94,7 +99,6 @@ impl Vault {
         })?;
         // A cache: a store that cannot keep it costs an exchange next time, nothing else.
         if let Ok(sealed) = self.seal(&cached) {
-            let seen = self.store.vault_get(&key).await.ok().flatten();
             let _ = self
                 .store
                 .vault_swap(&key, seen.as_deref(), Some(&sealed))
