@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::auth::{self, api_error, cookie, secure, ApiError, CsrfField, Posted, Signed};
 use super::html::{esc, page};
+use super::sso::admin_base;
 use crate::app::Console;
 use crate::policy::Approver;
 use crate::services::connections::{State as ConnState, Summary, BINDING, LINK_FOR};
@@ -80,15 +81,6 @@ fn invalid(message: String) -> ApiError {
     )
 }
 
-/// The link's full address: under `--admin-url`, else on the host the caller asked.
-fn full_link(app: &Console, headers: &HeaderMap, path: &str) -> String {
-    format!("{}{path}", base(app, headers))
-}
-
-fn base(app: &Console, headers: &HeaderMap) -> String {
-    super::sso::admin_base(app, headers)
-}
-
 /// `POST /api/connections/link`.
 pub async fn api_link(
     State(app): State<Arc<Console>>,
@@ -127,7 +119,7 @@ pub async fn api_link(
             StatusCode::CREATED,
             Json(json!({
                 "user": ask.user, "connection": ask.connection,
-                "link": full_link(&app, &headers, &link.path),
+                "link": format!("{}{}", admin_base(&app, &headers), link.path),
                 "expires": crate::audit::rfc3339(link.expires_unix.saturating_mul(1000)),
             })),
         )
@@ -283,7 +275,7 @@ pub async fn open(
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let redirect_uri = format!("{}/connect/callback", base(&app, &headers));
+    let redirect_uri = format!("{}/connect/callback", admin_base(&app, &headers));
     let policy = app.policy();
     match app.vault().open_link(&policy, &token, &redirect_uri).await {
         Ok(opened) => {
@@ -344,7 +336,7 @@ pub async fn callback(
                 secure(&app)
             );
             let keep = done.disconnect.as_deref().map(|path| {
-                let url = format!("{}{path}", base(&app, &headers));
+                let url = format!("{}{path}", admin_base(&app, &headers));
                 format!(
                     "<p>To disconnect later, keep this link (it is yours alone, and works once): <a id=\"disconnect\" href=\"{}\">{}</a></p>",
                     esc(&url),

@@ -154,8 +154,7 @@ fn login(
         def.client_secret_env.as_deref(),
         def.client_secret_file.as_deref(),
         env,
-    )?
-    .0;
+    )?;
     let mut scopes = match def.scopes.is_empty() {
         true => vec!["openid".into(), "email".into(), "profile".into()],
         false => def.scopes.clone(),
@@ -176,7 +175,7 @@ fn login(
     };
     Ok(Login {
         client_id: def.client_id.clone(),
-        client_secret: ClientSecret(secret),
+        client_secret: secret,
         scopes,
         endpoints,
     })

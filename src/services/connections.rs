@@ -10,11 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::oidc::{b64, random};
 use crate::audit::{Audit, Kind, Record};
 use crate::base::{now_ms, now_unix};
 use crate::error::{Code, Refusal};
@@ -141,14 +141,6 @@ pub enum Unavailable {
 pub struct Vault {
     store: Store,
     audit: Arc<Audit>,
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn random() -> String {
-    b64(&rand::random::<[u8; 32]>())
 }
 
 fn sha_hex(text: &str) -> String {

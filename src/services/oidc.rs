@@ -54,11 +54,13 @@ pub struct Oidc {
     discovered: Mutex<HashMap<String, (LoginEndpoints, Instant)>>,
 }
 
-fn b64(bytes: &[u8]) -> String {
+/// Bytes as unpadded URL-safe base64 (PKCE challenges, states, one-time tokens).
+pub(crate) fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn random() -> String {
+/// 32 random bytes as unpadded URL-safe base64: a state, a PKCE verifier, a one-time token.
+pub(crate) fn random() -> String {
     b64(&rand::random::<[u8; 32]>())
 }
 
