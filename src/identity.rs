@@ -14,7 +14,7 @@ use jsonwebtoken::{errors::ErrorKind, DecodingKey, Validation};
 use serde_json::Value;
 
 use crate::error::{Code, Refusal};
-use crate::policy::{EndUser, IdentityProvider, JwksSource, Policy};
+use crate::policy::{EndUser, IdentityProvider, Policy};
 
 /// The header an agent carries a person's assertion in. Addressed to toolgate: never forwarded,
 /// never recorded.
@@ -124,12 +124,14 @@ impl Asserted<'_> {
 }
 
 /// The person `assertion` names, verified against the policy's identity providers whose keys
-/// are in files (a provider whose keys are fetched needs the gateway's cache of them).
-pub fn verify(policy: &Policy, assertion: &str) -> Result<EndUser, Refusal> {
+/// are in files: the tests' shortcut (the gateway reads with [`read`] and verifies with the
+/// keys its cache holds, `services::Jwks`).
+#[cfg(test)]
+fn verify(policy: &Policy, assertion: &str) -> Result<EndUser, Refusal> {
     let asserted = read(policy, assertion)?;
     match &asserted.provider.keys {
-        JwksSource::File(keys) => asserted.verify(keys),
-        JwksSource::Url { .. } => Err(refused(format!(
+        crate::policy::JwksSource::File(keys) => asserted.verify(keys),
+        crate::policy::JwksSource::Url { .. } => Err(refused(format!(
             "identity provider {}'s keys are fetched by the gateway",
             asserted.provider.name
         ))),
