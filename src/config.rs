@@ -202,8 +202,11 @@ pub fn parse_audit_sink(spec: &str, token: Option<String>) -> Result<AuditSink, 
                     )))
                 }
             };
-            let url = format!("{scheme}://{authority}{}", uri.path());
-            SinkTarget::Http { url, format, token }
+            SinkTarget::Http {
+                url: id.clone(),
+                format,
+                token,
+            }
         }
         "syslog+tcp" | "syslog+tls" => {
             let (host, port) = (uri.host().unwrap_or(""), uri.port_u16());
