@@ -61,18 +61,9 @@ impl Vault {
             x.client_id,
         ]);
         let key = format!("xchg/{}", pair_hash(&cred.name, &asked.to_string()));
-        // Read once: the same bytes are what a new token replaces (compare-and-set).
-        let seen = self.store.vault_get(&key).await.ok().flatten();
-        if let Some(c) = seen
-            .as_deref()
-            .and_then(|raw| self.open::<Cached>(raw).ok())
-        {
-            if cached_fresh(&c, now_unix()) {
-                return Ok(Served {
-                    access: c.token,
-                    scopes: c.scopes,
-                });
-            }
+        let (seen, fresh) = self.cached(&key).await;
+        if let Some(served) = fresh {
+            return Ok(served);
         }
         let answer = token_request(
             upstream,
@@ -156,6 +147,22 @@ fn cached_fresh(c: &Cached, now: u64) -> bool {
         .lifetime
         .map_or(REFRESH_AHEAD, |l| (l / 2).min(REFRESH_AHEAD));
     expires > now.saturating_add(ahead)
+}
+
+impl Vault {
+    /// The exchange cache under `key`, read once: its bytes (what a new token replaces, by
+    /// compare-and-set) and the token in it while it has time left.
+    async fn cached(&self, key: &str) -> (Option<Vec<u8>>, Option<Served>) {
+        let seen = self.store.vault_get(key).await.ok().flatten();
+        let fresh = (seen.as_deref())
+            .and_then(|raw| self.open::<Cached>(raw).ok())
+            .filter(|c| cached_fresh(c, now_unix()))
+            .map(|c| Served {
+                access: c.token,
+                scopes: c.scopes,
+            });
+        (seen, fresh)
+    }
 }
 
 #[cfg(test)]
