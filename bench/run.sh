@@ -127,7 +127,7 @@ start_toolgate() { # data dir, proxy port, admin port; sets GATE
 }
 start_toolgate "$work/data" "$PX" "$AD"
 if [ -n "$REF" ]; then
-  "${PIN_GATE[@]}" "$REF" "127.0.0.1:$RF" "$work/ref-ca.pem" "127.0.0.1:$UP" "$work/up-ca.pem" 2>"$work/ref.log" & pids+=($!)
+  "${PIN_GATE[@]}" "$REF" "127.0.0.1:$RF" "$work/ref-ca.pem" "127.0.0.1:$UP" "$work/up-ca.pem" 2>"$work/ref.log" & REF_PID=$!; pids+=($REF_PID)
   for _ in $(seq 1 100); do [ -f "$work/ref-ca.pem" ] && break; sleep 0.1; done
 fi
 
@@ -174,6 +174,25 @@ tail = f"{'':<22} p99: direct {d99:6.2f} ms | toolgate {t99:6.2f} ms"
 if ref:
     tail += f" | {label} {r99:6.2f} ms; toolgate/{label} {t99 / r99 if r99 else 0:4.2f}x"
 print(tail)
+# CPU per request (user + system of the process, all its threads, over the run): robust to a
+# busy machine where requests/s are not.
+hz = os.sysconf("SC_CLK_TCK")
+def cpu_per_req(prefix, cpu):
+    vals = []
+    for f in sorted(glob.glob(f"{d}/{cpu}.*")):
+        run = f.rsplit(".", 1)[1]
+        ticks = [int(x) for x in open(f).read().split()]
+        j = json.load(open(f"{d}/{prefix}.{run}"))
+        n = j["summary"]["requestsPerSec"] * j["summary"]["total"]
+        if len(ticks) == 2 and n:
+            vals.append((ticks[1] - ticks[0]) / hz / n * 1e6)
+    return st.median(vals) if vals else None
+tc, rc = cpu_per_req("t", "tc"), cpu_per_req("r", "rc")
+if tc:
+    cpu = f"{'':<22} cpu per request: toolgate {tc:6.1f} us"
+    if rc:
+        cpu += f" | {label} {rc:6.1f} us; toolgate/{label} {tc / rc:4.2f}x"
+    print(cpu)
 if tbad: print(f"  (toolgate non-200 answers: {tbad})")
 PY
 }
@@ -183,7 +202,7 @@ PERF=""; PERF_OUT=""
 start_perf() { # scenario name
   [ -n "$PROFILE" ] || return 0
   PERF_OUT="$PROFILE_DIR/perf.$(printf %s "$1" | tr -c 'A-Za-z0-9=.-' '_').data"
-  perf record -g -F 999 -p "$GATE" -o "$PERF_OUT" 2>>"$work/perf.log" & PERF=$!
+  perf record ${PERF_CALLGRAPH:--g} -F ${PERF_FREQ:-999} -p "$GATE" -o "$PERF_OUT" 2>>"$work/perf.log" & PERF=$!
   # perf attaches asynchronously: wait until it has written its header.
   for _ in $(seq 1 50); do [ -s "$PERF_OUT" ] && break; sleep 0.1; done
 }
@@ -195,6 +214,9 @@ say_profile() {
   if [ -n "$PERF_OUT" ]; then echo "  profile: $PERF_OUT (perf report -i $PERF_OUT)"; PERF_OUT=""; fi
 }
 
+# A process's CPU time so far (user + system, all threads), in clock ticks.
+cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
 run() { # name, oha args...
   local name=$1; shift
   if [ -n "$ONLY" ] && [[ "$name" != *"$ONLY"* ]]; then return; fi
@@ -202,9 +224,11 @@ run() { # name, oha args...
   for i in $(seq 1 "$RUNS"); do
     direct "$@" > "$d/d.$i"
     if [ "$i" = 1 ]; then start_perf "$name"; fi
-    proxied "$@" > "$d/t.$i"
+    cpu_of "$GATE" > "$d/tc.$i"; proxied "$@" > "$d/t.$i"; cpu_of "$GATE" >> "$d/tc.$i"
     stop_perf
-    if [ -n "$REF" ]; then reference "$@" > "$d/r.$i"; fi
+    if [ -n "$REF" ]; then
+      cpu_of "$REF_PID" > "$d/rc.$i"; reference "$@" > "$d/r.$i"; cpu_of "$REF_PID" >> "$d/rc.$i"
+    fi
   done
   report "$name" "$d"
   say_profile

@@ -246,10 +246,9 @@ impl Writer {
         ))
     }
 
-    /// The event for a record (redacted here, before anything is written), not yet chained.
+    /// The event for a record, not yet chained nor redacted ([`Writer::link`] redacts it).
     fn event(&self, rec: Record) -> Event {
-        let mut payload = rec.payload;
-        self.redactor.value_in_place(&mut payload);
+        let payload = rec.payload;
         Event {
             seq: 0,
             time: rfc3339(rec.at_ms),
@@ -270,13 +269,19 @@ impl Writer {
         }
     }
 
-    /// Makes `e` the next event of the chain (its sequence number and the previous hash) and
-    /// seals it; returns its bytes.
+    /// Makes `e` the next event of the chain (its sequence number and the previous hash),
+    /// redacts and seals it; returns its bytes. Nothing unredacted is returned or kept: the
+    /// sealed bytes are read for anything redaction could rewrite (most events hold none, and
+    /// are serialised once), and when they hold some the payload is redacted and sealed again.
     fn link(&mut self, e: &mut Event) -> Vec<u8> {
         self.seq += 1;
         e.seq = self.seq;
         e.prev = std::mem::take(&mut self.prev);
-        let bytes = e.seal();
+        let mut bytes = e.seal();
+        if self.redactor.may_rewrite(&bytes) {
+            self.redactor.value_in_place(&mut e.payload);
+            bytes = e.seal();
+        }
         self.prev = e.hash.clone();
         bytes
     }
