@@ -242,6 +242,23 @@ impl Index {
             Index::ModelAnswer => b'm',
         }
     }
+
+    /// The index a stored tag names.
+    pub fn from_tag(tag: u8) -> Option<Index> {
+        const ALL: [Index; 10] = [
+            Index::Request,
+            Index::Proposal,
+            Index::Job,
+            Index::Agent,
+            Index::Tool,
+            Index::Kind,
+            Index::Code,
+            Index::Token,
+            Index::User,
+            Index::ModelRequest,
+        ];
+        ALL.into_iter().find(|i| i.tag() == tag)
+    }
 }
 
 /// One audit event as the log stores it: its bytes, and what it is found by.
@@ -252,6 +269,10 @@ pub struct StoredEvent {
     pub bytes: Vec<u8>,
     pub keys: Vec<(Index, String)>,
 }
+
+/// The audit meta key of what opening the log repaired after a crash (a torn tail cut off,
+/// events lost with it): a JSON list of `{"at_unix", "note"}`, which `audit verify` reports.
+pub const RECOVERIES: &[u8] = b"recoveries";
 
 /// Sequence numbers of events, ascending.
 pub type Seqs<'a> = Box<dyn Iterator<Item = Result<u64>> + Send + 'a>;
@@ -414,6 +435,12 @@ pub type Store = Arc<dyn Backend>;
 /// Opens the local store under a data dir.
 pub fn open(dir: &std::path::Path) -> Result<Store> {
     Ok(Arc::new(SledStore::open(dir)?))
+}
+
+/// The same, for reading a stopped toolgate's store: the audit log is not recovered (one that
+/// needs it, or is damaged, is an error) and its segment files are not changed.
+pub fn open_inspect(dir: &std::path::Path) -> Result<Store> {
+    Ok(Arc::new(SledStore::open_inspect(dir)?))
 }
 
 /// The store a configuration names: PostgreSQL at `database_url` (migrated to this version's
