@@ -32,14 +32,16 @@ pub(super) struct BlockWriter(std::sync::Mutex<zstd::block::Compressor>);
 fn put_event(plain: &mut Vec<u8>, e: &StoredEvent) {
     plain.extend_from_slice(&e.seq.to_be_bytes());
     plain.extend_from_slice(&e.unix_ms.to_be_bytes());
-    let keys: Vec<&(Index, String)> = e
+    // The key count is written once the keys are (no list of them per event).
+    let count_at = plain.len();
+    plain.push(0);
+    let keys = e
         .keys
         .iter()
         .filter(|(_, v)| v.len() <= u16::MAX as usize)
-        .take(u8::MAX as usize)
-        .collect();
-    plain.push(keys.len() as u8);
+        .take(u8::MAX as usize);
     for (index, value) in keys {
+        plain[count_at] += 1;
         plain.push(index.tag());
         plain.extend_from_slice(&(value.len() as u16).to_be_bytes());
         plain.extend_from_slice(value.as_bytes());
@@ -239,6 +241,20 @@ mod tests {
         let mut huge = z;
         huge[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(decode(&huge).is_err());
+    }
+
+    /// Every index a key can have travels with its event through a block (a block indexed
+    /// at open after a crash is found by all of them).
+    #[test]
+    fn every_index_travels_with_its_event() {
+        let mut e = event(1);
+        e.keys = Index::ALL
+            .iter()
+            .map(|i| (*i, format!("value of {i:?}")))
+            .collect();
+        let back = decode(&BlockWriter::new().encode(std::slice::from_ref(&e))).unwrap();
+        assert_eq!(back[0].keys, e.keys);
+        assert!(back[0].keys.iter().any(|(i, _)| *i == Index::ModelAnswer));
     }
 
     #[test]
