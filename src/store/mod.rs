@@ -209,7 +209,7 @@ macro_rules! indexes {
     ($($(#[$doc:meta])* $variant:ident = $tag:literal,)*) => {
         /// The audit log's secondary indexes: which events name a request, a proposal, a job,
         /// an agent, a tool, an event kind or an error code.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
         pub enum Index {
             $($(#[$doc])* $variant,)*
         }

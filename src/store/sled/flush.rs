@@ -47,9 +47,8 @@ fn flush_once(
         Some(f) => f(),
         None => Ok(()),
     }?;
-    note(trace, "synced");
     db.flush().map_err(|e| e.to_string())?;
-    note(trace, "flushed");
+    noted(trace);
     Ok(())
 }
 
@@ -86,19 +85,18 @@ fn run(
     }
 }
 
-/// In tests: what the flush thread did, in order ("synced": the hook returned, "flushed": sled
-/// flushed).
+/// In tests: the store's journal of syncs, index writes and flushes (`segment::Step`).
 #[cfg(test)]
-pub(super) type Trace = std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>;
+pub(super) type Trace = super::segment::Journal;
 #[cfg(not(test))]
 type Trace = ();
 
 #[cfg(test)]
-fn note(trace: &Trace, what: &'static str) {
-    trace.lock().unwrap_or_else(|p| p.into_inner()).push(what);
+fn noted(trace: &Trace) {
+    super::segment::note(trace, super::segment::Step::Flushed);
 }
 #[cfg(not(test))]
-fn note(_: &Trace, _: &'static str) {}
+fn noted(_: &Trace) {}
 
 /// The one thread that flushes the database. sled 0.34 deadlocks when flushes run concurrently
 /// (every IO thread ends up parked in `flush()`), so nothing else ever calls `flush`: writers

@@ -90,21 +90,23 @@ pub(super) fn u64s(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
         .map(u64::from_be_bytes)
 }
 
-/// The posting lists of a group of events: index entries by prefix, time entries by second.
+/// The posting lists of a group of events: sequence numbers by index and value (borrowed from
+/// the events: no key is built per event), time entries by second.
 #[derive(Default)]
-pub(super) struct Postings {
-    named: std::collections::BTreeMap<Vec<u8>, Vec<u64>>,
+pub(super) struct Postings<'a> {
+    named: std::collections::BTreeMap<(crate::store::Index, &'a str), Vec<u64>>,
     times: std::collections::BTreeMap<u64, Vec<(u64, u64)>>,
 }
 
-impl Postings {
-    pub(super) fn of(events: &[crate::store::StoredEvent]) -> Postings {
+impl<'a> Postings<'a> {
+    pub(super) fn of(events: &'a [crate::store::StoredEvent]) -> Postings<'a> {
         let mut p = Postings::default();
         for e in events {
             for (index, value) in &e.keys {
-                if let Some(prefix) = index_prefix(*index, value) {
-                    p.named.entry(prefix).or_default().push(e.seq);
-                }
+                p.named
+                    .entry((*index, value.as_str()))
+                    .or_default()
+                    .push(e.seq);
             }
             p.times
                 .entry(e.unix_ms / 1000)
@@ -114,8 +116,18 @@ impl Postings {
         p
     }
 
+    /// The prefixes of the index entries these events are under.
+    fn prefixes(&self) -> impl Iterator<Item = Vec<u8>> + '_ {
+        self.named
+            .keys()
+            .filter_map(|(index, value)| index_prefix(*index, value))
+    }
+
     pub(super) fn write(self, batch: &mut sled::Batch) {
-        for (mut key, seqs) in self.named {
+        for ((index, value), seqs) in self.named {
+            let Some(mut key) = index_prefix(index, value) else {
+                continue;
+            };
             key.extend_from_slice(&seqs[0].to_be_bytes());
             let value: Vec<u8> = seqs.iter().flat_map(|s| s.to_be_bytes()).collect();
             batch.insert(key, value);
@@ -326,8 +338,17 @@ impl SledEventLog {
         )))
     }
 
-    /// Writes a batch of entries (in tests, fails when told to).
-    fn apply(&self, batch: sled::Batch) -> Result<(), StoreError> {
+    /// Writes a batch of entries pointing at the blocks at `placed`, which must be durable
+    /// already: sled writes its buffers to its files whenever they fill (unsynced), and the
+    /// disk may take those pages before the segment's. In tests, notes each entry in the
+    /// journal, and fails when told to.
+    pub(super) fn apply(&self, batch: sled::Batch, placed: &[Loc]) -> Result<(), StoreError> {
+        #[cfg(test)]
+        for loc in placed {
+            self.segments.note_indexed(*loc);
+        }
+        #[cfg(not(test))]
+        let _ = placed;
         #[cfg(test)]
         if self
             .fail_index
@@ -407,12 +428,19 @@ impl EventLog for SledEventLog {
             return Ok(());
         };
         Postings::of(&events).write(&mut batch);
-        let indexed = self.high().and_then(|high| {
-            if entry.last > high {
-                batch.insert(&[HIGH], &entry.last.to_be_bytes());
-            }
-            self.apply(batch)
-        });
+        // One `fdatasync` per batch (the writer's group commit), before sled holds an entry
+        // pointing at the block; the flush that acknowledges durable events then finds the
+        // segment synced already.
+        let indexed = self
+            .segments
+            .sync()
+            .and_then(|()| self.high())
+            .and_then(|high| {
+                if entry.last > high {
+                    batch.insert(&[HIGH], &entry.last.to_be_bytes());
+                }
+                self.apply(batch, &[entry.loc])
+            });
         if let Err(e) = indexed {
             // The caller is told the append failed: the block must not come back at open.
             if let Err(cut) = self.segments.unappend(entry.loc) {
@@ -544,14 +572,15 @@ impl EventLog for SledEventLog {
         let gone: BTreeSet<u64> = events.iter().map(|e| e.seq).collect();
         let postings = Postings::of(events);
         let mut batch = sled::Batch::default();
-        for prefix in postings.named.keys() {
-            self.drop_postings(prefix, &gone, false, &mut batch)?;
+        for prefix in postings.prefixes() {
+            self.drop_postings(&prefix, &gone, false, &mut batch)?;
         }
         for second in postings.times.keys() {
             self.drop_postings(&time_prefix(*second), &gone, true, &mut batch)?;
         }
         // Each block holding a removed event is dropped, or written again without it.
         let mut done = BTreeSet::new();
+        let mut placed = Vec::new();
         for seq in &gone {
             let Some(entry) = self.entry_at(*seq)?.filter(|e| e.last >= *seq) else {
                 continue;
@@ -565,11 +594,10 @@ impl EventLog for SledEventLog {
                 .filter(|e| !gone.contains(&e.seq))
                 .collect();
             entry.delete(&mut batch);
-            self.place(&kept, &mut batch)?;
+            placed.extend(self.place(&kept, &mut batch)?.map(|e| e.loc));
         }
-        // The blocks written again are durable before the entries pointing at them can be.
         self.segments.sync()?;
-        self.events.apply_batch(batch)?;
+        self.apply(batch, &placed)?;
         self.drop_empty_segments()
     }
 

@@ -9,7 +9,7 @@ use super::block::{decode, legacy_events, BlockWriter};
 use super::log::{
     dir_key, seg_key, tail_seq, u64s, Entry, Postings, SledEventLog, DIR, HIGH, INDEX, SEGS,
 };
-use super::segment::{read_frames, sync_file, truncate, Loc, Segments};
+use super::segment::{read_frames, truncate, Loc, Segments};
 use super::*;
 use crate::store::{StoredEvent, RECOVERIES};
 
@@ -158,6 +158,8 @@ struct Repair {
     lost: Vec<Entry>,
     /// Blocks not yet indexed, by first sequence number.
     found: BTreeMap<u64, (Entry, Vec<StoredEvent>)>,
+    /// Where the blocks indexed are.
+    placed: Vec<Loc>,
 }
 
 impl SledEventLog {
@@ -176,7 +178,10 @@ impl SledEventLog {
         })?;
         let events = db.open_tree("audit")?;
         let scans = scan_recent(&seg_dir, &events, repair)?;
-        let segments = Arc::new(Segments::open(&seg_dir, segment_bytes)?);
+        let segments = Segments::open(&seg_dir, segment_bytes)?;
+        #[cfg(test)]
+        let segments = segments.journaled(flusher.trace.clone());
+        let segments = Arc::new(segments);
         let s = segments.clone();
         flusher.before_flush(Box::new(move || s.sync().map_err(|e| e.to_string())));
         let log = SledEventLog {
@@ -236,9 +241,9 @@ impl SledEventLog {
         }
         // The blocks indexed are durable before their entries can be.
         for s in scans {
-            sync_file(&self.segments.path(s.seg))?;
+            self.segments.sync_whole(s.seg)?;
         }
-        self.events.apply_batch(std::mem::take(&mut r.batch))?;
+        self.apply(std::mem::take(&mut r.batch), &r.placed)?;
         if r.indexed > 0 {
             tracing::info!(
                 events = r.indexed,
@@ -309,6 +314,7 @@ impl SledEventLog {
     fn index_found(r: &mut Repair) {
         for (entry, events) in std::mem::take(&mut r.found).into_values() {
             entry.put(&mut r.batch);
+            r.placed.push(entry.loc);
             Postings::of(&events).write(&mut r.batch);
             r.top = r.top.max(entry.last);
             r.indexed += events.len() as u64;
@@ -354,18 +360,20 @@ impl SledEventLog {
             }
             let mut batch = sled::Batch::default();
             let mut top = self.high()?;
+            let mut placed = Vec::new();
             for (k, v) in chunk {
                 let events = legacy_stored(tail_seq(&k), &v);
                 batch.remove(k);
                 moved += events.len() as u64;
                 if let Some(e) = self.place(&events, &mut batch)? {
                     top = top.max(e.last);
+                    placed.push(e.loc);
                 }
             }
             batch.insert(&[HIGH], &top.to_be_bytes());
             // The blocks are durable before their entries can be.
             self.segments.sync()?;
-            self.events.apply_batch(batch)?;
+            self.apply(batch, &placed)?;
             self.sync()?;
         }
         if moved > 0 {
@@ -420,6 +428,7 @@ fn describe(scans: &[Scan], newest: u64, gone: &[&Entry]) -> Option<String> {
 mod tests {
     use super::*;
     use crate::store::{EventLog, Index};
+    use segment::Step;
 
     fn stored(seq: u64) -> StoredEvent {
         StoredEvent {
@@ -450,31 +459,38 @@ mod tests {
             .join(format!("{:012}.seg", ids.last().unwrap()))
     }
 
-    /// sled never flushes on its own (it could make index entries durable before the block
-    /// they point at): the flush thread flushes writes nobody waited for, every time after the
-    /// segment is synced.
-    #[test]
-    fn the_segment_is_synced_before_every_flush_of_sled() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let log = store.event_log().unwrap();
-        let trace = store.flusher.trace.clone();
-        trace.lock().unwrap().clear();
-        // Nobody asks for a flush: the thread's timer flushes.
-        log.append(vec![stored(1), stored(2)]).unwrap();
-        assert!(store.log.segments.dirty());
+    /// Waits until the store's journal holds a flush after `from` steps.
+    fn flushed_after(store: &SledStore, from: usize) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while store.log.segments.dirty() || !trace.lock().unwrap().contains(&"flushed") {
+        while !store.flusher.trace.lock().unwrap()[from..].contains(&Step::Flushed) {
             assert!(std::time::Instant::now() < deadline, "never flushed");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        log.sync().unwrap();
-        let t = trace.lock().unwrap().clone();
-        for (i, what) in t.iter().enumerate() {
-            if *what == "flushed" {
-                assert_eq!(t[i - 1], "synced", "{t:?}");
-            }
-        }
+    }
+
+    /// sled never flushes on its own, and an append syncs its block before sled takes an
+    /// entry pointing at it (sled may write its buffers at any time after): the flush thread's
+    /// timer flushes writes nobody waited for, and finds the segment synced.
+    #[test]
+    fn the_segment_is_synced_before_sled_takes_an_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let log = store.event_log().unwrap();
+        let from = store.flusher.trace.lock().unwrap().len();
+        // Nobody asks for a flush: the thread's timer flushes.
+        log.append(vec![stored(1), stored(2)]).unwrap();
+        assert!(!store.log.segments.dirty(), "the append synced its block");
+        flushed_after(&store, from);
+        let steps = store.flusher.trace.lock().unwrap().clone();
+        assert_eq!(
+            steps[from..]
+                .iter()
+                .filter(|s| matches!(s, Step::Synced { .. }))
+                .count(),
+            1,
+            "one fdatasync for the batch: {steps:?}"
+        );
+        assert_eq!(segment::out_of_order(&steps), None, "{steps:?}");
         drop(log);
         drop(store);
         // A reopen finds both events without a recovery: they were durable in order.
@@ -482,6 +498,73 @@ mod tests {
         let log = store.event_log().unwrap();
         assert_eq!(seqs(log.as_ref()), [1, 2]);
         assert!(notes(log.as_ref()).is_empty());
+    }
+
+    /// The journal's check finds an entry sled took before its block was durable (the order
+    /// an append had before it synced its block): the check is not vacuous.
+    #[test]
+    fn an_entry_taken_before_its_block_is_durable_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let log = &store.log;
+        log.append(vec![stored(1)]).unwrap();
+        let mut batch = sled::Batch::default();
+        let entry = log.place(&[stored(2)], &mut batch).unwrap().unwrap();
+        log.apply(batch, &[entry.loc]).unwrap();
+        let steps = store.flusher.trace.lock().unwrap().clone();
+        let at = segment::out_of_order(&steps).expect("caught");
+        assert_eq!(
+            steps[at],
+            Step::Indexed {
+                seg: entry.loc.seg,
+                end: entry.loc.off + segment::HEADER as u64 + u64::from(entry.loc.len)
+            }
+        );
+    }
+
+    /// Fault injection on the order: the writer appending across many small segments, purges
+    /// writing blocks again and deleting segments, flushes asked for by other threads and the
+    /// flush thread's timer, all at once. Every entry sled took (so every one a flush made
+    /// durable) points at segment bytes an `fdatasync` had already made durable.
+    #[test]
+    fn under_appends_purges_and_flushes_sled_never_indexes_a_block_not_yet_durable() {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open_sized(dir.path(), 400).unwrap();
+        let log = store.event_log().unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let flusher = {
+            let (log, done) = (log.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !done.load(SeqCst) && n < 100_000 {
+                    log.sync().unwrap();
+                    n += 1;
+                }
+            })
+        };
+        for s in (1..=600).step_by(3) {
+            log.append(vec![stored(s), stored(s + 1), stored(s + 2)])
+                .unwrap();
+            if s % 30 == 1 {
+                let have = seqs(log.as_ref());
+                let doomed: Vec<StoredEvent> = have.iter().take(4).map(|s| stored(*s)).collect();
+                log.remove(&doomed).unwrap();
+            }
+        }
+        let from = store.flusher.trace.lock().unwrap().len();
+        flushed_after(&store, from);
+        done.store(true, SeqCst);
+        flusher.join().unwrap();
+        let steps = store.flusher.trace.lock().unwrap().clone();
+        let count = |f: fn(&Step) -> bool| steps.iter().filter(|s| f(s)).count();
+        assert!(
+            count(|s| matches!(s, Step::Indexed { .. })) >= 200,
+            "{steps:?}"
+        );
+        assert!(count(|s| matches!(s, Step::Flushed)) > 1, "{steps:?}");
+        assert!(Segments::list(&dir.path().join("events")).unwrap().len() > 2);
+        assert_eq!(segment::out_of_order(&steps), None, "{steps:?}");
     }
 
     #[test]
@@ -614,8 +697,12 @@ mod tests {
         assert_eq!(found(log.as_ref(), 3), [3]);
         assert!(notes(log.as_ref()).is_empty(), "nothing was lost");
         // The block a kill left in the page cache was synced before it was indexed.
-        let synced = segment::SYNCED.lock().unwrap().clone();
-        assert!(synced.contains(&last_segment(dir.path())), "{synced:?}");
+        let steps = store.flusher.trace.lock().unwrap().clone();
+        assert!(
+            steps.iter().any(|s| matches!(s, Step::Indexed { .. })),
+            "{steps:?}"
+        );
+        assert_eq!(segment::out_of_order(&steps), None, "{steps:?}");
         drop(log);
         drop(store);
         let store = SledStore::open(dir.path()).unwrap();

@@ -116,12 +116,58 @@ struct Active {
     dirty: bool,
 }
 
+/// In tests: what reached the disk and what sled was given, in order. Every `Indexed` must
+/// come after a `Synced` of its segment up to its end (see `the_order_held`).
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Segment `seg` durable up to `upto` bytes (an `fdatasync` returned).
+    Synced { seg: u64, upto: u64 },
+    /// sled took (not yet durably) an entry of a block of `seg` that ends at `end`.
+    Indexed { seg: u64, end: u64 },
+    /// sled's files were flushed.
+    Flushed,
+}
+
+/// In tests: the steps of one store, shared by its segments, its log and its flush thread.
+#[cfg(test)]
+pub(super) type Journal = Arc<Mutex<Vec<Step>>>;
+
+#[cfg(test)]
+pub(super) fn note(journal: &Journal, step: Step) {
+    journal.lock().unwrap_or_else(|p| p.into_inner()).push(step);
+}
+
+/// In tests: where in the journal sled took an entry of a block not yet durable, if it did.
+#[cfg(test)]
+pub(super) fn out_of_order(steps: &[Step]) -> Option<usize> {
+    let mut synced: HashMap<u64, u64> = HashMap::new();
+    for (i, step) in steps.iter().enumerate() {
+        match *step {
+            Step::Synced { seg, upto } => {
+                let s = synced.entry(seg).or_default();
+                *s = (*s).max(upto);
+            }
+            Step::Indexed { seg, end } if synced.get(&seg).copied().unwrap_or(0) < end => {
+                return Some(i)
+            }
+            Step::Indexed { .. } | Step::Flushed => {}
+        }
+    }
+    None
+}
+
 /// The segment files of one log.
 pub(super) struct Segments {
     dir: PathBuf,
     max_bytes: u64,
     active: Mutex<Active>,
+    /// Held across a sync: a caller that finds nothing left to sync returns only once the
+    /// `fdatasync` that covers its appends (another caller's, maybe) has returned.
+    syncing: Mutex<()>,
     readers: Mutex<HashMap<u64, Arc<File>>>,
+    #[cfg(test)]
+    journal: Journal,
 }
 
 /// A segment's file name: its number, zero-padded, so names sort as numbers.
@@ -140,8 +186,25 @@ impl Segments {
             dir: dir.to_path_buf(),
             max_bytes,
             active: Mutex::new(active),
+            syncing: Mutex::new(()),
             readers: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            journal: Journal::default(),
         })
+    }
+
+    /// In tests: the steps go to `journal` (the flush thread's).
+    #[cfg(test)]
+    pub(super) fn journaled(mut self, journal: Journal) -> Segments {
+        self.journal = journal;
+        self
+    }
+
+    /// In tests: sled took an entry of the block at `loc`.
+    #[cfg(test)]
+    pub(super) fn note_indexed(&self, loc: Loc) {
+        let end = loc.off + HEADER as u64 + u64::from(loc.len);
+        note(&self.journal, Step::Indexed { seg: loc.seg, end });
     }
 
     /// The segment numbers on disk, ascending.
@@ -220,6 +283,14 @@ impl Segments {
             a.file
                 .sync_data()
                 .map_err(|e| io_err("could not sync", &self.path(a.id), e))?;
+            #[cfg(test)]
+            note(
+                &self.journal,
+                Step::Synced {
+                    seg: a.id,
+                    upto: a.len,
+                },
+            );
             *a = Self::open_active(&self.dir, a.id + 1)?;
         }
         let off = a.len;
@@ -265,18 +336,48 @@ impl Segments {
     /// Makes every append so far durable (`fdatasync` of the segment being written; a segment
     /// closed earlier was synced when it closed).
     pub(super) fn sync(&self) -> Result<(), StoreError> {
-        let (id, file) = {
+        let _one = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
+        // Appends go on meanwhile (the active lock is not held across the `fdatasync`): only
+        // the bytes written before it are known durable, and a later append marks it dirty.
+        let (id, file, _upto) = {
             let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
             if !a.dirty {
                 return Ok(());
             }
             a.dirty = false;
-            (a.id, a.file.clone())
+            (a.id, a.file.clone(), a.len)
         };
         file.sync_data().map_err(|e| {
             self.active.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
             io_err("could not sync", &self.path(id), e)
-        })
+        })?;
+        #[cfg(test)]
+        note(
+            &self.journal,
+            Step::Synced {
+                seg: id,
+                upto: _upto,
+            },
+        );
+        Ok(())
+    }
+
+    /// Makes segment `id` durable as it is on disk (one a recovery indexes: a kill leaves its
+    /// bytes in the page cache, not yet on disk).
+    pub(super) fn sync_whole(&self, id: u64) -> Result<(), StoreError> {
+        let path = self.path(id);
+        let file = File::open(&path).map_err(|e| io_err("could not open", &path, e))?;
+        file.sync_data()
+            .map_err(|e| io_err("could not sync", &path, e))?;
+        #[cfg(test)]
+        note(
+            &self.journal,
+            Step::Synced {
+                seg: id,
+                upto: file.metadata().map(|m| m.len()).unwrap_or(0),
+            },
+        );
+        Ok(())
     }
 
     /// Whether appends wait for a sync.
@@ -338,23 +439,6 @@ impl Segments {
             Err(e) => Err(io_err("could not remove", &path, e)),
         }
     }
-}
-
-/// In tests: the segment files `sync_file` synced.
-#[cfg(test)]
-pub(super) static SYNCED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-/// Makes segment file `path` durable (one recovery indexes: a kill leaves its bytes in the page
-/// cache, not yet on disk).
-pub(super) fn sync_file(path: &Path) -> Result<(), StoreError> {
-    #[cfg(test)]
-    SYNCED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(path.to_path_buf());
-    File::open(path)
-        .and_then(|f| f.sync_data())
-        .map_err(|e| io_err("could not sync", path, e))
 }
 
 /// Cuts the segment file at `path` to `len` bytes (a torn tail), durably.
