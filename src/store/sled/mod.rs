@@ -59,8 +59,20 @@ fn locked(e: &sled::Error) -> bool {
         || io.to_string().contains("could not acquire lock"))
 }
 
-/// Opens sled at `path`. A lock held is tried again for a moment: sled's IO threads let go of
-/// a database closed in this process a little after its last handle.
+/// How long a lock held is tried again (see `open_db`).
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens sled at `path`. A lock held is tried again for a moment, because closing a store does
+/// not release sled's lock at once, even when every handle (and our flush thread, joined when
+/// the last one goes) is gone: the lock lives as long as sled's data file, and tasks on sled
+/// 0.34's IO thread pool hold the file after the last handle. Two were found in its source:
+/// the task that writes a sealed IO buffer (`pagecache/iobuf.rs`, `maybe_seal_and_write_iobuf`)
+/// wakes the flush waiting for it before it lets go of its `Arc<IoBufs>`, and the task that
+/// cuts freed segments off the end of the file (`pagecache/segment.rs`, `truncate`: `set_len`
+/// and `sync_all`) holds the config, and so the file, until that `fsync` returns, and neither a
+/// flush nor a drop waits for it. sled has no way to wait for them. Only a reopen in the same
+/// process (tests, a restart in-process) meets them: another process's lock is released when
+/// it exits.
 fn open_db(dir: &Path, path: &Path) -> Result<sled::Db, StoreError> {
     let config = sled::Config::new()
         .path(path)
@@ -69,13 +81,12 @@ fn open_db(dir: &Path, path: &Path) -> Result<sled::Db, StoreError> {
         .compression_factor(3)
         // Only the flush thread flushes: it syncs the audit segments first.
         .flush_every_ms(None);
-    let mut tries = 0;
+    let until = std::time::Instant::now() + LOCK_WAIT;
     loop {
         match config.open() {
             Ok(db) => return Ok(db),
-            Err(e) if locked(&e) && tries < 10 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(50));
+            Err(e) if locked(&e) && std::time::Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(10));
             }
             Err(e) if locked(&e) => {
                 return Err(StoreError::from_message(format!(

@@ -567,6 +567,31 @@ mod tests {
         assert_eq!(segment::out_of_order(&steps), None, "{steps:?}");
     }
 
+    /// A store closed (the log's writer gone, every handle dropped) opens again in the same
+    /// process at once, with what it held, cycle after cycle of appends and purges.
+    #[test]
+    fn a_closed_store_opens_again_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..20u64 {
+            let started = std::time::Instant::now();
+            let store = SledStore::open_sized(dir.path(), 4096).unwrap();
+            assert!(started.elapsed() < std::time::Duration::from_secs(2));
+            let log = store.event_log().unwrap();
+            let writer = {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for s in (round * 40 + 1..=round * 40 + 40).step_by(4) {
+                        log.append((s..s + 4).map(stored).collect()).unwrap();
+                    }
+                    log.sync().unwrap();
+                })
+            };
+            writer.join().unwrap();
+            log.remove(&[stored(round * 40 + 1)]).unwrap();
+            assert_eq!(seqs(log.as_ref()).len() as u64, 39 * (round + 1));
+        }
+    }
+
     #[test]
     fn a_torn_tail_is_cut_off_reported_and_its_index_entries_go() {
         let dir = tempfile::tempdir().unwrap();
