@@ -119,34 +119,44 @@ async fn round(dir: &std::path::Path, args: &[&str], round: usize) -> Vec<String
     ids
 }
 
-/// Cuts the last segment in the middle of its last block.
-fn tear(data: &std::path::Path) {
-    let events = data.join("events");
-    let last = std::fs::read_dir(&events)
+/// The segment being written (the highest numbered).
+fn last_segment(data: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(data.join("events"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "seg"))
         .max()
-        .unwrap();
+        .unwrap()
+}
+
+/// Where each frame of a segment's bytes starts, and its payload's length. Frames: length
+/// (u32), CRC-32, payload; the last may run past the end.
+fn frames(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut off = 0usize;
+    while off + 8 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        out.push((off, len));
+        off += 8 + len;
+    }
+    out
+}
+
+/// Cuts the last segment in the middle of its last block.
+fn tear(data: &std::path::Path) {
+    let last = last_segment(data);
     let bytes = std::fs::read(&last).unwrap();
     assert!(bytes.len() > 8, "the last segment holds a block");
-    // Frames: length (u32), CRC-32, payload. Find the last one's start.
-    let mut off = 0usize;
-    let mut start = 0usize;
-    while off + 8 <= bytes.len() {
-        start = off;
-        off += 8 + u32::from_be_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
-    }
-    let cut = start + 8 + (off - start - 8) / 2;
+    let (start, len) = *frames(&bytes).last().unwrap();
+    let cut = start + 8 + len / 2;
     let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
     f.set_len(cut as u64).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigkill_under_load_loses_no_acknowledged_event_and_a_torn_tail_is_reported() {
-    let started = Instant::now();
-    let (_pki, upstream, dir, args) = routed("api.stripe.com", "30s").await;
-    // Far more calls than the example's rate limit lets through in a round.
+/// The example policies routed to a recording upstream, with a rate limit far above what the
+/// agents send in a round.
+async fn loaded() -> (Pki, Upstream, tempfile::TempDir, Vec<String>) {
+    let (pki, upstream, dir, args) = routed("api.stripe.com", "30s").await;
     let stripe = dir.path().join("policies/stripe.toml");
     let text = std::fs::read_to_string(&stripe).unwrap();
     std::fs::write(
@@ -154,6 +164,28 @@ async fn sigkill_under_load_loses_no_acknowledged_event_and_a_torn_tail_is_repor
         text.replacen("\"30/minute\"", "\"100000/minute\"", 1),
     )
     .unwrap();
+    (pki, upstream, dir, args)
+}
+
+/// Starts toolgate, reads its recoveries metric, stops it with SIGTERM; returns its log.
+async fn start_and_stop(dir: &std::path::Path, args: &[&str]) -> (String, String) {
+    let (mut child, _, admin, log) = start_binary(dir, args);
+    let metrics = admin_api(&admin, "GET", "/metrics", "demo-carol-token", None).await;
+    signal(child.0.id(), "-TERM");
+    let status = exited(
+        &mut child,
+        "SIGTERM stops toolgate",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(status.success());
+    (metrics.text(), log.join().unwrap().join("\n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_under_load_loses_no_acknowledged_event_and_a_torn_tail_is_reported() {
+    let started = Instant::now();
+    let (_pki, upstream, dir, args) = loaded().await;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let data = dir.path().join("data");
     let mut all = Vec::new();
@@ -178,26 +210,98 @@ async fn sigkill_under_load_loses_no_acknowledged_event_and_a_torn_tail_is_repor
 
     // A tail torn as a crash mid-write would leave it: the next start cuts it off and says so.
     tear(&data);
-    let (mut child, _, admin, log) = start_binary(dir.path(), &args);
-    let metrics = admin_api(&admin, "GET", "/metrics", "demo-carol-token", None).await;
+    let (metrics, log) = start_and_stop(dir.path(), &args).await;
     assert!(
-        metrics.text().contains("toolgate_audit_recoveries_total 1"),
-        "{}",
-        metrics.text()
+        metrics.contains("toolgate_audit_recoveries_total 1"),
+        "{metrics}"
     );
-    signal(child.0.id(), "-TERM");
-    let status = exited(
-        &mut child,
-        "SIGTERM stops toolgate",
-        Duration::from_secs(30),
-    )
-    .await;
-    assert!(status.success());
-    let log = log.join().unwrap().join("\n");
     assert!(log.contains("torn tail truncated at seq"), "{log}");
     let after = verified(&data);
     assert!(
         after.contains("recovered: torn tail truncated at seq"),
         "{after}"
     );
+}
+
+/// After a SIGKILL under load (HTTP/1.1 and HTTP/2): garbage where a torn write would be (a
+/// frame header promising more than follows, then noise) is cut off at the next start and
+/// reported, every acknowledged event stays and `audit verify` passes. Then one flipped byte
+/// in a frame that indexed frames follow: toolgate refuses to start, and `audit verify` to
+/// read, naming the segment and the frame's offset, and the segment is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_garbled_tail_is_cut_and_reported_and_a_damaged_indexed_frame_refuses_to_open() {
+    let (_pki, _upstream, dir, args) = loaded().await;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let data = dir.path().join("data");
+    let acked = round(dir.path(), &args, 0).await;
+    assert!(!acked.is_empty());
+    let last = last_segment(&data);
+    let good = std::fs::read(&last).unwrap();
+    let mut garbled = good.clone();
+    garbled.extend_from_slice(&4096u32.to_be_bytes());
+    garbled.extend((0..1000).map(|_| rand::random::<u8>()));
+    std::fs::write(&last, &garbled).unwrap();
+    let (metrics, log) = start_and_stop(dir.path(), &args).await;
+    assert!(
+        metrics.contains("toolgate_audit_recoveries_total 1"),
+        "{metrics}"
+    );
+    assert!(log.contains("torn tail truncated at seq"), "{log}");
+    assert!(log.contains(&format!("offset {}", good.len())), "{log}");
+    let after = std::fs::read(&last).unwrap();
+    assert_eq!(after[..good.len()], good[..], "only the garbage was cut");
+    let said = verified(&data);
+    assert!(
+        said.contains("recovered: torn tail truncated at seq"),
+        "{said}"
+    );
+    let committed = committed(&data);
+    let missing: Vec<&String> = acked.iter().filter(|id| !committed.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged, not in the log: {missing:?}"
+    );
+
+    let (bytes, damaged) = damage_a_frame_before_the_last(&last);
+    let mut serve = crate::support::process::serve_command(BIN, dir.path());
+    let child = serve
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = crate::support::process::ChildGuard(child);
+    let status = exited(
+        &mut child,
+        "toolgate refuses to start",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let out = toolgate(&["audit", "verify"], &data);
+    assert!(!out.status.success());
+    for said in [stderr, String::from_utf8_lossy(&out.stderr).into_owned()] {
+        assert!(said.contains("corrupt audit segment"), "{said}");
+        assert!(said.contains(&last.display().to_string()), "{said}");
+        assert!(said.contains(&format!("offset {damaged}")), "{said}");
+    }
+    assert_eq!(
+        std::fs::read(&last).unwrap(),
+        bytes,
+        "the segment was changed"
+    );
+}
+
+/// Flips a byte in the payload of the last segment's second-to-last frame; returns the
+/// segment's bytes and that frame's offset.
+fn damage_a_frame_before_the_last(last: &std::path::Path) -> (Vec<u8>, usize) {
+    let mut bytes = std::fs::read(last).unwrap();
+    let frames = frames(&bytes);
+    assert!(frames.len() >= 2, "{} frames", frames.len());
+    let (off, len) = frames[frames.len() - 2];
+    bytes[off + 8 + len / 2] ^= 0x40;
+    std::fs::write(last, &bytes).unwrap();
+    (bytes, off)
 }
