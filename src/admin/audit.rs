@@ -116,8 +116,10 @@ fn export_chunks(audit: &crate::audit::Audit, since: Option<u64>, tx: &Chunks) {
 
 pub async fn verify(State(app): State<Arc<Console>>, _: Reviewer) -> Response {
     let purges = app.audit().purges().unwrap_or_default();
+    let recoveries = app.audit().recoveries().unwrap_or_default();
     match app.audit().verify() {
-        Ok(n) => Json(json!({"ok": true, "events": n, "purges": purges})).into_response(),
+        Ok(n) => Json(json!({"ok": true, "events": n, "purges": purges, "recoveries": recoveries}))
+            .into_response(),
         Err((seq, why)) => Json(json!({"ok": false, "seq": seq, "reason": why})).into_response(),
     }
 }
@@ -294,6 +296,9 @@ pub async fn metrics_open(State(app): State<Arc<Console>>) -> Response {
     out.push_str(&format!("toolgate_audit_writable {writable}\n"));
     out.push_str("# HELP toolgate_audit_write_failures_total Audit batch writes the store refused (each is kept and tried again).\n# TYPE toolgate_audit_write_failures_total counter\n");
     out.push_str(&format!("toolgate_audit_write_failures_total {failures}\n"));
+    let recovered = app.audit().recoveries().map(|r| r.len()).unwrap_or(0);
+    out.push_str("# HELP toolgate_audit_recoveries_total Torn tails the audit log cut off at open after a crash (each is reported by audit verify).\n# TYPE toolgate_audit_recoveries_total counter\n");
+    out.push_str(&format!("toolgate_audit_recoveries_total {recovered}\n"));
     out.push_str("# HELP toolgate_audit_unrecorded_refusals_total Events of store_unavailable refusals not recorded because the audit queue was full.\n# TYPE toolgate_audit_unrecorded_refusals_total counter\n");
     out.push_str(&format!(
         "toolgate_audit_unrecorded_refusals_total {unrecorded}\n"

@@ -586,6 +586,15 @@ impl Audit {
         Ok(report)
     }
 
+    /// What opening the log repaired after crashes (a torn tail cut off, events lost with
+    /// it), oldest first: `{"at_unix", "note"}` each.
+    pub fn recoveries(&self) -> Result<Vec<Value>, StoreError> {
+        Ok(match self.log.meta_get(crate::store::RECOVERIES)? {
+            Some(v) => serde_json::from_slice(&v)?,
+            None => Vec::new(),
+        })
+    }
+
     /// Every purge so far (who, why, which range), oldest first.
     pub fn purges(&self) -> Result<Vec<Value>, StoreError> {
         Ok(match self.log.meta_get(PURGES)? {

@@ -90,7 +90,9 @@ pub(super) async fn run(
     data_dir: Option<PathBuf>,
 ) -> ExitCode {
     use crate::audit::Filter;
-    let offline = match open_offline(data_dir.as_deref()) {
+    // Only a purge changes a stopped store; the rest read it as it is.
+    let repair = matches!(command, AuditCommand::Purge { .. });
+    let offline = match open_offline(data_dir.as_deref(), repair) {
         Ok(a) => a,
         Err(e) => return fail(&e),
     };
@@ -255,14 +257,21 @@ fn write_ocsf_lines(partial: &mut Vec<u8>, out: &mut impl std::io::Write) -> Res
     Ok(())
 }
 
-/// With `--data-dir`: the audit log of a stopped toolgate, opened directly.
+/// With `--data-dir`: the audit log of a stopped toolgate, opened directly; `repair`: its
+/// audit log recovered after a crash (else one that needs it is an error, and nothing changes).
 pub(super) fn open_offline(
     data_dir: Option<&std::path::Path>,
+    repair: bool,
 ) -> Result<Option<crate::audit::Audit>, String> {
     let Some(dir) = data_dir else {
         return Ok(None);
     };
-    let store = crate::store::open(dir)
+    let open = if repair {
+        crate::store::open
+    } else {
+        crate::store::open_inspect
+    };
+    let store = open(dir)
         .map_err(|e| format!("{e} (is toolgate still running on it? then use --server instead)"))?;
     crate::audit::Audit::open(&store)
         .map(Some)
@@ -352,14 +361,17 @@ async fn story_cmd(
 /// `audit verify`: the chain, and every purge so far.
 async fn verify_cmd(offline: Option<&crate::audit::Audit>, client: AdminClient<'_>) -> ExitCode {
     let mut purges = Vec::new();
+    let mut recoveries = Vec::new();
     let result = match offline {
         Some(a) => {
             purges = a.purges().unwrap_or_default();
+            recoveries = a.recoveries().unwrap_or_default();
             a.verify()
         }
         None => match client.get("/api/audit/verify").await {
             Ok(v) if v["ok"] == true => {
                 purges = v["purges"].as_array().cloned().unwrap_or_default();
+                recoveries = v["recoveries"].as_array().cloned().unwrap_or_default();
                 Ok(v["events"].as_u64().unwrap_or(0))
             }
             Ok(v) => Err((
@@ -373,6 +385,9 @@ async fn verify_cmd(offline: Option<&crate::audit::Audit>, client: AdminClient<'
         Ok(n) => {
             say!("ok: {n} events, the chain is intact");
             purges.iter().for_each(print_purge);
+            for r in &recoveries {
+                say!("recovered: {}", r["note"].as_str().unwrap_or("?"));
+            }
             ExitCode::SUCCESS
         }
         Err((seq, why)) => fail(&format!("chain broken at event {seq}: {why}")),

@@ -215,7 +215,7 @@ fn graphql_cmd(args: GraphqlArgs) -> ExitCode {
 /// `contracts suggest`: the refused calls, read offline or from the server, drafted.
 async fn suggest_cmd(args: SuggestArgs) -> ExitCode {
     let read = match &args.data_dir {
-        Some(dir) => super::audit::open_offline(Some(dir.as_path())).and_then(|a| match a {
+        Some(dir) => super::audit::open_offline(Some(dir.as_path()), false).and_then(|a| match a {
             Some(a) => a.unmatched(args.since.clone(), args.agent.clone(), UNMATCHED_MAX),
             None => Err("no audit log".into()),
         }),

@@ -203,45 +203,56 @@ pub trait SessionStore: Send + Sync {
     async fn session_remove(&self, key: &str) -> Result<()>;
 }
 
-/// The audit log's secondary indexes: which events name a request, a proposal, a job, an
-/// agent, a tool, an event kind or an error code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Index {
-    Request,
-    Proposal,
-    Job,
-    Agent,
-    Tool,
-    Kind,
-    Code,
-    /// The issued token a call came in with.
-    Token,
-    /// The person a call acted for.
-    User,
-    /// The model call whose answer asked for a call.
-    ModelRequest,
-    /// The model answers an agent got (its `model_usage` events), by agent: where a replica
-    /// finds the tool calls models asked of the agent through the others.
-    ModelAnswer,
+/// Declares the indexes and their one-byte tags once: the enum, `tag`, `from_tag` and `ALL`
+/// cannot disagree (a variant added without a tag does not compile, and `from_tag` knows it).
+macro_rules! indexes {
+    ($($(#[$doc:meta])* $variant:ident = $tag:literal,)*) => {
+        /// The audit log's secondary indexes: which events name a request, a proposal, a job,
+        /// an agent, a tool, an event kind or an error code.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+        pub enum Index {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Index {
+            /// Every index.
+            pub const ALL: &'static [Index] = &[$(Index::$variant,)*];
+
+            /// The one-byte tag of the index in stored keys.
+            pub fn tag(self) -> u8 {
+                match self {
+                    $(Index::$variant => $tag,)*
+                }
+            }
+
+            /// The index a stored tag names.
+            pub fn from_tag(tag: u8) -> Option<Index> {
+                match tag {
+                    $($tag => Some(Index::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
 }
 
-impl Index {
-    /// The one-byte tag of the index in stored keys.
-    pub fn tag(self) -> u8 {
-        match self {
-            Index::Request => b'r',
-            Index::Proposal => b'p',
-            Index::Job => b'j',
-            Index::Agent => b'a',
-            Index::Tool => b't',
-            Index::Kind => b'k',
-            Index::Code => b'c',
-            Index::Token => b'o',
-            Index::User => b'u',
-            Index::ModelRequest => b'q',
-            Index::ModelAnswer => b'm',
-        }
-    }
+indexes! {
+    Request = b'r',
+    Proposal = b'p',
+    Job = b'j',
+    Agent = b'a',
+    Tool = b't',
+    Kind = b'k',
+    Code = b'c',
+    /// The issued token a call came in with.
+    Token = b'o',
+    /// The person a call acted for.
+    User = b'u',
+    /// The model call whose answer asked for a call.
+    ModelRequest = b'q',
+    /// The model answers an agent got (its `model_usage` events), by agent: where a replica
+    /// finds the tool calls models asked of the agent through the others.
+    ModelAnswer = b'm',
 }
 
 /// One audit event as the log stores it: its bytes, and what it is found by.
@@ -252,6 +263,10 @@ pub struct StoredEvent {
     pub bytes: Vec<u8>,
     pub keys: Vec<(Index, String)>,
 }
+
+/// The audit meta key of what opening the log repaired after a crash (a torn tail cut off,
+/// events lost with it): a JSON list of `{"at_unix", "note"}`, which `audit verify` reports.
+pub const RECOVERIES: &[u8] = b"recoveries";
 
 /// Sequence numbers of events, ascending.
 pub type Seqs<'a> = Box<dyn Iterator<Item = Result<u64>> + Send + 'a>;
@@ -416,6 +431,12 @@ pub fn open(dir: &std::path::Path) -> Result<Store> {
     Ok(Arc::new(SledStore::open(dir)?))
 }
 
+/// The same, for reading a stopped toolgate's store: the audit log is not recovered (one that
+/// needs it, or is damaged, is an error) and its segment files are not changed.
+pub fn open_inspect(dir: &std::path::Path) -> Result<Store> {
+    Ok(Arc::new(SledStore::open_inspect(dir)?))
+}
+
 /// The store a configuration names: PostgreSQL at `database_url` (migrated to this version's
 /// schema first; the seal key in `shared_dir`, which replicas share), else sled in `data_dir`.
 pub async fn open_configured(
@@ -431,5 +452,23 @@ pub async fn open_configured(
             Ok(Arc::new(store))
         }
         None => open(data_dir),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Index;
+
+    /// Every index reads back from its tag, and no two share one (the tag is the index in
+    /// stored keys and blocks).
+    #[test]
+    fn every_index_reads_back_from_its_tag() {
+        for i in Index::ALL {
+            assert_eq!(Index::from_tag(i.tag()), Some(*i), "{i:?}");
+        }
+        let tags: std::collections::BTreeSet<u8> = Index::ALL.iter().map(|i| i.tag()).collect();
+        assert_eq!(tags.len(), Index::ALL.len());
+        assert_eq!(Index::from_tag(b'm'), Some(Index::ModelAnswer));
+        assert_eq!(Index::from_tag(0), None);
     }
 }

@@ -9,47 +9,114 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
 
-/// The stored value holding event `seq` in the store's `audit` tree: its key and its events
-/// (one event's JSON, or a block of a written batch: 0x02, the plain length, then a zstd frame
-/// of sequence, length and bytes per event).
-fn holding(tree: &sled::Tree, seq: u64) -> (sled::IVec, Vec<(u64, Vec<u8>)>) {
+/// One event of a segment block as stored: sequence, time, index keys (tag, value), bytes.
+type Stored = (u64, u64, Vec<(u8, Vec<u8>)>, Vec<u8>);
+
+/// Where the block holding event `seq` is, as the directory in the store's `audit` tree says
+/// (key `0xFE first-seq`; value segment, offset, length, last seq): its key and its events
+/// (read from the segment file: a frame of length, CRC-32 and payload; the payload 0x03, the
+/// plain length, then a zstd frame of the events).
+fn holding(tree: &sled::Tree, events: &std::path::Path, seq: u64) -> (sled::IVec, Vec<Stored>) {
+    let mut top = vec![0xFE];
+    top.extend_from_slice(&seq.to_be_bytes());
     let (k, v) = tree
-        .range(..=seq.to_be_bytes())
+        .range([0xFE].as_slice()..=top.as_slice())
         .next_back()
         .unwrap()
         .unwrap();
-    if v[0] != 2 {
-        return (
-            k.clone(),
-            vec![(u64::from_be_bytes(k[..].try_into().unwrap()), v.to_vec())],
-        );
-    }
-    let len = u32::from_be_bytes(v[1..5].try_into().unwrap()) as usize;
-    let plain = zstd::block::decompress(&v[5..], len).unwrap();
-    let (mut out, mut rest) = (Vec::new(), &plain[..]);
-    while rest.len() >= 12 {
-        let s = u64::from_be_bytes(rest[..8].try_into().unwrap());
-        let len = u32::from_be_bytes(rest[8..12].try_into().unwrap()) as usize;
-        out.push((s, rest[12..12 + len].to_vec()));
-        rest = &rest[12 + len..];
+    let num = |at: usize| u64::from_be_bytes(v[at..at + 8].try_into().unwrap());
+    let len = u32::from_be_bytes(v[16..20].try_into().unwrap()) as usize;
+    let file = std::fs::read(events.join(format!("{:012}.seg", num(0)))).unwrap();
+    let at = num(8) as usize + 8;
+    let payload = &file[at..at + len];
+    assert_eq!(payload[0], 3);
+    let plain_len = u32::from_be_bytes(payload[1..5].try_into().unwrap()) as usize;
+    let plain = zstd::block::decompress(&payload[5..], plain_len).unwrap();
+    let (mut out, mut r) = (Vec::new(), &plain[..]);
+    let take = |n: usize, r: &mut &[u8]| {
+        let (h, t) = r.split_at(n);
+        *r = t;
+        h.to_vec()
+    };
+    while !r.is_empty() {
+        let seq = u64::from_be_bytes(take(8, &mut r).try_into().unwrap());
+        let ms = u64::from_be_bytes(take(8, &mut r).try_into().unwrap());
+        let mut keys = Vec::new();
+        for _ in 0..take(1, &mut r)[0] {
+            let tag = take(1, &mut r)[0];
+            let n = u16::from_be_bytes(take(2, &mut r).try_into().unwrap()) as usize;
+            keys.push((tag, take(n, &mut r)));
+        }
+        let n = u32::from_be_bytes(take(4, &mut r).try_into().unwrap()) as usize;
+        out.push((seq, ms, keys, take(n, &mut r)));
     }
     (k, out)
 }
 
-fn join(events: &[(u64, Vec<u8>)]) -> Vec<u8> {
-    if let [(_, one)] = events {
-        return one.clone();
-    }
+/// Writes `events` as a new block at the end of the last segment, and points the directory
+/// at it instead of the block under `key` (what someone with the files and the format can do:
+/// only the hash chain tells).
+fn replace(tree: &sled::Tree, dir: &std::path::Path, key: &[u8], events: &[Stored]) {
+    let old_seg = tree.get(key).unwrap().unwrap()[..8].to_vec();
+    let mut seg_key = vec![0xFC];
+    seg_key.extend_from_slice(&old_seg);
+    seg_key.extend_from_slice(&key[1..]);
+    tree.remove(key).unwrap();
+    tree.remove(seg_key).unwrap();
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return;
+    };
     let mut plain = Vec::new();
-    for (s, b) in events {
-        plain.extend_from_slice(&s.to_be_bytes());
-        plain.extend_from_slice(&(b.len() as u32).to_be_bytes());
-        plain.extend_from_slice(b);
+    for (seq, ms, keys, bytes) in events {
+        plain.extend_from_slice(&seq.to_be_bytes());
+        plain.extend_from_slice(&ms.to_be_bytes());
+        plain.push(keys.len() as u8);
+        for (tag, v) in keys {
+            plain.push(*tag);
+            plain.extend_from_slice(&(v.len() as u16).to_be_bytes());
+            plain.extend_from_slice(v);
+        }
+        plain.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        plain.extend_from_slice(bytes);
     }
-    let mut out = vec![2u8];
-    out.extend_from_slice(&(plain.len() as u32).to_be_bytes());
-    out.extend_from_slice(&zstd::block::compress(&plain, 1).unwrap());
-    out
+    let mut payload = vec![3u8];
+    payload.extend_from_slice(&(plain.len() as u32).to_be_bytes());
+    payload.extend_from_slice(&zstd::block::compress(&plain, 1).unwrap());
+    let seg = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_suffix(".seg")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap();
+    let path = dir.join(format!("{seg:012}.seg"));
+    let off = std::fs::metadata(&path).unwrap().len();
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    f.write_all(&frame).unwrap();
+    f.sync_all().unwrap();
+    let mut value = seg.to_be_bytes().to_vec();
+    value.extend_from_slice(&off.to_be_bytes());
+    value.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    value.extend_from_slice(&last.0.to_be_bytes());
+    let mut dir_key = vec![0xFE];
+    dir_key.extend_from_slice(&first.0.to_be_bytes());
+    let mut seg_key = vec![0xFC];
+    seg_key.extend_from_slice(&seg.to_be_bytes());
+    seg_key.extend_from_slice(&first.0.to_be_bytes());
+    tree.insert(dir_key, value).unwrap();
+    tree.insert(seg_key, &[]).unwrap();
 }
 
 async fn events(gate: &Toolgate, query: &str) -> Vec<Value> {
@@ -497,6 +564,7 @@ async fn a_changed_byte_makes_verify_fail_and_name_the_event() {
     written_n(&gate, "request", 6).await;
     let dir = gate.into_dir().await;
     let data = dir.path().join("data");
+    let segments = data.join("events");
     let verify = || {
         Command::new(BIN)
             .args(["audit", "verify", "--data-dir"])
@@ -515,14 +583,14 @@ async fn a_changed_byte_makes_verify_fail_and_name_the_event() {
     {
         let db = sled::Config::new().path(data.join("store")).open().unwrap();
         let tree = db.open_tree("audit").unwrap();
-        let (key, mut events) = holding(&tree, 5);
-        let bytes = &mut events.iter_mut().find(|(s, _)| *s == 5).unwrap().1;
+        let (key, mut events) = holding(&tree, &segments, 5);
+        let bytes = &mut events.iter_mut().find(|e| e.0 == 5).unwrap().3;
         let at = bytes
             .windows(7)
             .position(|w| w == b"cus_1\"," || w == b"/v1/cus")
             .unwrap_or(bytes.len() / 2);
         bytes[at] = if bytes[at] == b'x' { b'y' } else { b'x' };
-        tree.insert(key, join(&events)).unwrap();
+        replace(&tree, &segments, &key, &events);
         db.flush().unwrap();
     }
     let out = verify();
@@ -534,17 +602,148 @@ async fn a_changed_byte_makes_verify_fail_and_name_the_event() {
     {
         let db = sled::Config::new().path(data.join("store")).open().unwrap();
         let tree = db.open_tree("audit").unwrap();
-        let (key, mut events) = holding(&tree, 5);
-        events.retain(|(s, _)| *s != 5);
-        if events.is_empty() {
-            tree.remove(key).unwrap();
-        } else {
-            tree.insert(key, join(&events)).unwrap();
-        }
+        let (key, mut events) = holding(&tree, &segments, 5);
+        events.retain(|e| e.0 != 5);
+        replace(&tree, &segments, &key, &events);
         db.flush().unwrap();
     }
     let out = verify();
     assert!(String::from_utf8_lossy(&out.stderr).contains("event 5"));
+}
+
+/// A block as an earlier version kept it in sled: one event's JSON alone, or 0x02, the plain
+/// length and a zstd frame of (seq, length, bytes) per event.
+fn legacy_value(events: &[Stored]) -> Vec<u8> {
+    if let [(_, _, _, one)] = events {
+        return one.clone();
+    }
+    let mut plain = Vec::new();
+    for (s, _, _, b) in events {
+        plain.extend_from_slice(&s.to_be_bytes());
+        plain.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        plain.extend_from_slice(b);
+    }
+    let mut out = vec![2u8];
+    out.extend_from_slice(&(plain.len() as u32).to_be_bytes());
+    out.extend_from_slice(&zstd::block::compress(&plain, 1).unwrap());
+    out
+}
+
+/// One flipped byte in a block that later blocks follow is damage, not a torn tail: the offline
+/// `audit verify` names the segment and offset and changes nothing (cutting there would drop
+/// acknowledged events).
+#[tokio::test]
+async fn a_damaged_segment_is_reported_never_cut() {
+    let (_pki, _upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
+    let client = staging(&gate);
+    for i in 0..5 {
+        let url = format!("https://api.stripe.com/v1/customers/cus_{i}");
+        send(&client, "GET", &url, &[], "").await.unwrap();
+        written_n(&gate, "request", i + 1).await;
+    }
+    let dir = gate.into_dir().await;
+    let data = dir.path().join("data");
+    let last = std::fs::read_dir(data.join("events"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max()
+        .unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    let first_len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+    assert!(8 + first_len < bytes.len(), "more than one block");
+    bytes[8 + first_len / 2] ^= 0x10;
+    std::fs::write(&last, &bytes).unwrap();
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("corrupt audit segment"), "{said}");
+    assert!(said.contains("offset 0"), "{said}");
+    assert!(said.contains(&last.display().to_string()), "{said}");
+    assert_eq!(
+        std::fs::read(&last).unwrap(),
+        bytes,
+        "verify changed the segment"
+    );
+}
+
+/// A data dir written by an earlier version (the events in sled's `audit` tree, under 8-byte
+/// sequence keys, no segment files) opens as it is: its blocks move into segments, the chain
+/// verifies, and the indexes it had still find the events.
+#[tokio::test]
+async fn a_data_dir_of_an_earlier_version_opens_and_verifies() {
+    let (_pki, _upstream, gate) = GateBuilder::examples()
+        .policies(&extra())
+        .with_upstream()
+        .await;
+    let client = staging(&gate);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let url = format!("https://api.stripe.com/v1/customers/cus_{i}");
+        let got = send(&client, "GET", &url, &[], "").await.unwrap();
+        ids.push(
+            got.headers["toolgate-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    written_n(&gate, "request", 5).await;
+    let dir = gate.into_dir().await;
+    let data = dir.path().join("data");
+    let segments = data.join("events");
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = run(&["audit", "verify"]);
+    {
+        let db = sled::Config::new().path(data.join("store")).open().unwrap();
+        let tree = db.open_tree("audit").unwrap();
+        let firsts: Vec<u64> = tree
+            .range([0xFE].as_slice()..[0xFF].as_slice())
+            .map(|kv| u64::from_be_bytes(kv.unwrap().0[1..9].try_into().unwrap()))
+            .collect();
+        for first in firsts {
+            let (_, events) = holding(&tree, &segments, first);
+            tree.insert(first.to_be_bytes(), legacy_value(&events))
+                .unwrap();
+        }
+        for kv in tree.range([0xFC].as_slice()..[0xFF].as_slice()) {
+            tree.remove(kv.unwrap().0).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    std::fs::remove_dir_all(&segments).unwrap();
+
+    assert_eq!(run(&["audit", "verify"]), before);
+    let story = run(&["audit", "story", &ids[3], "--json"]);
+    assert!(story.contains("cus_3"), "{story}");
+    let db = sled::Config::new().path(data.join("store")).open().unwrap();
+    let tree = db.open_tree("audit").unwrap();
+    assert_eq!(
+        tree.range(..[0xFC].as_slice()).count(),
+        0,
+        "moved out of sled"
+    );
+    assert!(std::fs::read_dir(&segments).unwrap().count() > 0);
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use http_body_util::StreamBody;
 
 const BIN: &str = env!("CARGO_BIN_EXE_toolgate");
 
-fn start_binary(dir: &std::path::Path, extra: &[&str]) -> Started {
+pub(crate) fn start_binary(dir: &std::path::Path, extra: &[&str]) -> Started {
     process::start_serve(BIN, dir, extra)
 }
 
@@ -23,7 +23,10 @@ async fn stop_cleanly(child: &mut ChildGuard, limit: Duration) {
 
 /// A recording upstream for `host`, the example policies in a fresh folder, and the `serve`
 /// flags that route `host` to that upstream with `timeout` for upstream answers.
-async fn routed(host: &str, timeout: &str) -> (Pki, Upstream, tempfile::TempDir, Vec<String>) {
+pub(crate) async fn routed(
+    host: &str,
+    timeout: &str,
+) -> (Pki, Upstream, tempfile::TempDir, Vec<String>) {
     let pki = Pki::new("test upstream CA");
     let upstream = Upstream::start(pki.server_config(&[host])).await;
     let dir = tempfile::tempdir().unwrap();
@@ -317,7 +320,7 @@ fn ca_init_and_export() {
 }
 
 /// Calls the admin API of a toolgate run as a child process.
-async fn admin_api(
+pub(crate) async fn admin_api(
     admin: &str,
     method: &str,
     path: &str,

@@ -17,6 +17,7 @@ mod binary;
 mod bypass;
 mod connections;
 mod contracts;
+mod crash;
 mod demo;
 mod graphql;
 mod graphql_adapter;

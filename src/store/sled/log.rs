@@ -1,23 +1,66 @@
-//! The audit log on sled: events in compressed blocks, their indexes as posting lists.
+//! The audit log on sled and segment files: event blocks appended to segments, their
+//! directory and indexes (posting lists) in sled.
 
+use std::collections::BTreeSet;
+
+use super::block::{decode, BlockWriter};
+use super::segment::{Loc, Segments};
 use super::*;
 
-/// The audit log: one tree holds the events (8-byte big-endian sequence keys, whose first
-/// byte is 0 for any sequence below 2^56) and, after them, the index entries (keys starting
-/// with 0xFF), so that events and their entries are written in one atomic batch.
+/// The audit log: event blocks (one per written batch) in append-only segment files; one sled
+/// tree holds where each block is and the index entries, written in one atomic batch after the
+/// block. Keys of that tree:
 ///
-/// An index entry is a posting list per written batch: `0xFF tag value 0x00 first-seq` holds
-/// the sequence numbers of that batch's events with that value, so a batch of a thousand reads
-/// by one agent writes one agent entry, not a thousand. The time index is the same per second:
-/// `0xFF 'T' second first-seq` holds (milliseconds, sequence) pairs.
+/// - `0xFC segment first-seq`: empty, one per block in that segment (whether a segment still
+///   holds any block);
+/// - `0xFD`: the highest sequence number indexed (a block after it in a segment was written
+///   before a crash, and is indexed at open);
+/// - `0xFE first-seq`: the directory: segment, offset, length and last sequence of the block
+///   whose first event is `first-seq`;
+/// - `0xFF ...`: the index entries. An index entry is a posting list per written batch:
+///   `0xFF tag value 0x00 first-seq` holds the sequence numbers of that batch's events with that
+///   value, so a batch of a thousand reads by one agent writes one agent entry, not a thousand.
+///   The time index is the same per second: `0xFF 'T' second first-seq` holds (milliseconds,
+///   sequence) pairs.
+///
+/// Earlier versions kept the blocks in the tree itself under 8-byte sequence keys (first byte
+/// 0); they are moved into segments at open.
 pub(super) struct SledEventLog {
     pub(super) events: sled::Tree,
     pub(super) meta: sled::Tree,
     pub(super) flusher: Arc<Flusher>,
     pub(super) blocks: BlockWriter,
+    pub(super) segments: Arc<Segments>,
+    /// One writer of blocks at a time: an append, or a removal (which writes blocks it cuts
+    /// through again, and deletes the segments it empties: none may be taking a block whose
+    /// index entries are not written yet).
+    pub(super) writing: std::sync::Mutex<()>,
+    /// Opened for inspection: what a recovery would report (it is not run).
+    pub(super) pending: std::sync::Mutex<Option<String>>,
+    /// In tests: the next index write fails.
+    #[cfg(test)]
+    pub(super) fail_index: std::sync::atomic::AtomicBool,
 }
 
-const INDEX: u8 = 0xFF;
+/// One event a scan yields: its sequence number and bytes.
+type ScanItem = Result<(u64, Vec<u8>), StoreError>;
+
+/// How often a reader follows a block that removals keep moving before it gives up.
+const MOVES: usize = 1000;
+
+impl Drop for SledEventLog {
+    /// Dropping `events` (its last handle) flushes sled: the segment is synced first.
+    fn drop(&mut self) {
+        if let Err(e) = self.segments.sync() {
+            tracing::warn!("could not sync the audit segment at close: {e}");
+        }
+    }
+}
+
+pub(super) const SEGS: u8 = 0xFC;
+pub(super) const HIGH: u8 = 0xFD;
+pub(super) const DIR: u8 = 0xFE;
+pub(super) const INDEX: u8 = 0xFF;
 const TIME: u8 = b'T';
 
 /// `0xFF tag value 0x00`: the prefix of an index's entries for one value. A value holding a
@@ -40,28 +83,30 @@ fn time_prefix(second: u64) -> Vec<u8> {
     k
 }
 
-fn u64s(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+pub(super) fn u64s(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
     bytes
         .chunks_exact(8)
         .filter_map(|c| <[u8; 8]>::try_from(c).ok())
         .map(u64::from_be_bytes)
 }
 
-/// The posting lists of a group of events: index entries by prefix, time entries by second.
+/// The posting lists of a group of events: sequence numbers by index and value (borrowed from
+/// the events: no key is built per event), time entries by second.
 #[derive(Default)]
-struct Postings {
-    named: std::collections::BTreeMap<Vec<u8>, Vec<u64>>,
+pub(super) struct Postings<'a> {
+    named: std::collections::BTreeMap<(crate::store::Index, &'a str), Vec<u64>>,
     times: std::collections::BTreeMap<u64, Vec<(u64, u64)>>,
 }
 
-impl Postings {
-    fn of(events: &[crate::store::StoredEvent]) -> Postings {
+impl<'a> Postings<'a> {
+    pub(super) fn of(events: &'a [crate::store::StoredEvent]) -> Postings<'a> {
         let mut p = Postings::default();
         for e in events {
             for (index, value) in &e.keys {
-                if let Some(prefix) = index_prefix(*index, value) {
-                    p.named.entry(prefix).or_default().push(e.seq);
-                }
+                p.named
+                    .entry((*index, value.as_str()))
+                    .or_default()
+                    .push(e.seq);
             }
             p.times
                 .entry(e.unix_ms / 1000)
@@ -71,8 +116,18 @@ impl Postings {
         p
     }
 
-    fn write(self, batch: &mut sled::Batch) {
-        for (mut key, seqs) in self.named {
+    /// The prefixes of the index entries these events are under.
+    fn prefixes(&self) -> impl Iterator<Item = Vec<u8>> + '_ {
+        self.named
+            .keys()
+            .filter_map(|(index, value)| index_prefix(*index, value))
+    }
+
+    pub(super) fn write(self, batch: &mut sled::Batch) {
+        for ((index, value), seqs) in self.named {
+            let Some(mut key) = index_prefix(index, value) else {
+                continue;
+            };
             key.extend_from_slice(&seqs[0].to_be_bytes());
             let value: Vec<u8> = seqs.iter().flat_map(|s| s.to_be_bytes()).collect();
             batch.insert(key, value);
@@ -118,133 +173,283 @@ impl SledEventLog {
     }
 }
 
-/// A value holding several events (one written batch) starts with `BLOCK` or `ZBLOCK`; a value
-/// holding one event is that event's JSON (which starts with `{`), as every earlier version
-/// wrote it.
-const BLOCK: u8 = 1;
-/// A block compressed with zstd: `ZBLOCK`, the plain block's length (u32), the frame.
-const ZBLOCK: u8 = 2;
-/// No block is larger (a corrupt length must not ask for gigabytes).
-const MAX_BLOCK: usize = 256 << 20;
-/// zstd level for blocks: the events of a batch are alike, so the fast level already keeps
-/// a read under 1 KiB on disk.
-const ZSTD_LEVEL: i32 = 1;
-
-/// Writes blocks with one zstd context, reused for every batch (only the writer and purge
-/// write blocks, so the lock is not contended).
-pub(super) struct BlockWriter(std::sync::Mutex<zstd::block::Compressor>);
-
-impl BlockWriter {
-    pub(super) fn new() -> BlockWriter {
-        BlockWriter(std::sync::Mutex::new(zstd::block::Compressor::new()))
-    }
-
-    /// The events of a batch in one value: (seq, length, bytes) for each, compressed. One key
-    /// and one page write per batch instead of one per event.
-    fn encode(&self, events: &[(u64, Vec<u8>)]) -> Vec<u8> {
-        let size = events.iter().map(|(_, b)| b.len() + 12).sum::<usize>();
-        let mut plain = Vec::with_capacity(size);
-        for (seq, bytes) in events {
-            plain.extend_from_slice(&seq.to_be_bytes());
-            plain.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-            plain.extend_from_slice(bytes);
-        }
-        let frame = match self.0.lock() {
-            Ok(mut z) => z.compress(&plain, ZSTD_LEVEL).ok(),
-            Err(_) => None,
-        };
-        match frame {
-            Some(frame) if plain.len() <= MAX_BLOCK => {
-                let mut out = Vec::with_capacity(frame.len() + 5);
-                out.push(ZBLOCK);
-                out.extend_from_slice(&(plain.len() as u32).to_be_bytes());
-                out.extend_from_slice(&frame);
-                out
-            }
-            // Uncompressed, as the version before wrote blocks.
-            _ => {
-                plain.insert(0, BLOCK);
-                plain
-            }
-        }
-    }
+/// A directory entry: where a block is, and its first and last sequence numbers.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Entry {
+    pub first: u64,
+    pub last: u64,
+    pub loc: Loc,
 }
 
-/// The events a stored value holds: itself under its key's sequence, or a block's. A block
-/// that does not decompress is an error (the chain check reports where).
-fn block_events(key_seq: u64, v: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-    let plain;
-    let mut rest = match v.first() {
-        Some(&BLOCK) => &v[1..],
-        Some(&ZBLOCK) if v.len() >= 5 => {
-            let len = u32::from_be_bytes([v[1], v[2], v[3], v[4]]) as usize;
-            if len > MAX_BLOCK {
-                return Err(StoreError::from_message(format!(
-                    "audit block at {key_seq}: length {len} is not a block's"
-                )));
-            }
-            plain = zstd::block::decompress(&v[5..], len).map_err(|e| {
-                StoreError::from_message(format!("audit block at {key_seq} is corrupt: {e}"))
-            })?;
-            &plain[..]
-        }
-        _ => return Ok(vec![(key_seq, v.to_vec())]),
-    };
-    let mut out = Vec::new();
-    while rest.len() >= 12 {
-        let seq = u64s(&rest[..8]).next().unwrap_or(0);
-        let len = u32::from_be_bytes([rest[8], rest[9], rest[10], rest[11]]) as usize;
-        let Some(bytes) = rest.get(12..12 + len) else {
-            break;
-        };
-        out.push((seq, bytes.to_vec()));
-        rest = &rest[12 + len..];
-    }
-    Ok(out)
+pub(super) fn dir_key(first: u64) -> [u8; 9] {
+    let mut k = [DIR; 9];
+    k[1..].copy_from_slice(&first.to_be_bytes());
+    k
 }
 
-fn key_seq(k: &[u8]) -> u64 {
-    <[u8; 8]>::try_from(k).map(u64::from_be_bytes).unwrap_or(0)
+pub(super) fn seg_key(seg: u64, first: u64) -> [u8; 17] {
+    let mut k = [SEGS; 17];
+    k[1..9].copy_from_slice(&seg.to_be_bytes());
+    k[9..].copy_from_slice(&first.to_be_bytes());
+    k
+}
+
+/// The sequence number at the end of a key (0 if it has none).
+pub(super) fn tail_seq(k: &[u8]) -> u64 {
+    k.len()
+        .checked_sub(8)
+        .and_then(|at| u64s(&k[at..]).next())
+        .unwrap_or(0)
+}
+
+impl Entry {
+    fn value(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(28);
+        v.extend_from_slice(&self.loc.seg.to_be_bytes());
+        v.extend_from_slice(&self.loc.off.to_be_bytes());
+        v.extend_from_slice(&self.loc.len.to_be_bytes());
+        v.extend_from_slice(&self.last.to_be_bytes());
+        v
+    }
+
+    pub(super) fn read(k: &[u8], v: &[u8]) -> Result<Entry, StoreError> {
+        let mut n = u64s(v);
+        let (Some(seg), Some(off), Some(len), Some(last)) = (
+            n.next(),
+            n.next(),
+            v.get(16..20),
+            v.get(20..28).and_then(|b| u64s(b).next()),
+        ) else {
+            return Err(StoreError::from_message(format!(
+                "the audit directory's entry for {} is damaged",
+                tail_seq(k)
+            )));
+        };
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        Ok(Entry {
+            first: tail_seq(k),
+            last,
+            loc: Loc { seg, off, len },
+        })
+    }
+
+    /// Writes the entry (and its segment's key) into `batch`.
+    pub(super) fn put(&self, batch: &mut sled::Batch) {
+        batch.insert(&dir_key(self.first), self.value());
+        batch.insert(&seg_key(self.loc.seg, self.first), &[]);
+    }
+
+    pub(super) fn delete(&self, batch: &mut sled::Batch) {
+        batch.remove(&dir_key(self.first));
+        batch.remove(&seg_key(self.loc.seg, self.first));
+    }
 }
 
 impl SledEventLog {
-    /// The stored value (its key's sequence and bytes) that holds event `seq`, if any.
-    fn holding(&self, seq: u64) -> Result<Option<(u64, sled::IVec)>, StoreError> {
-        let key = seq.to_be_bytes();
-        match self.events.range(..=key.as_slice()).next_back() {
+    /// The directory entry of the block holding `seq`, if any.
+    pub(super) fn entry_at(&self, seq: u64) -> Result<Option<Entry>, StoreError> {
+        match self
+            .events
+            .range([DIR].as_slice()..=dir_key(seq).as_slice())
+            .next_back()
+        {
             Some(item) => {
                 let (k, v) = item?;
-                Ok(Some((key_seq(&k), v)))
+                Ok(Some(Entry::read(&k, &v)?))
             }
             None => Ok(None),
         }
+    }
+
+    /// Directory entries from the block starting at `first` on, in sequence order.
+    pub(super) fn entries_from(
+        &self,
+        first: u64,
+    ) -> impl DoubleEndedIterator<Item = Result<Entry, StoreError>> + Send + '_ {
+        self.events
+            .range(dir_key(first).as_slice()..[DIR + 1].as_slice())
+            .map(|item| {
+                let (k, v) = item?;
+                Entry::read(&k, &v)
+            })
+    }
+
+    pub(super) fn read_block(
+        &self,
+        e: &Entry,
+    ) -> Result<Vec<crate::store::StoredEvent>, StoreError> {
+        decode(&self.segments.read(e.loc)?).map_err(|err| {
+            StoreError::from_message(format!(
+                "events {}..{} are not readable: {err}",
+                e.first, e.last
+            ))
+        })
+    }
+
+    /// The events of a block the directory listed, read where it is now: a removal writes
+    /// a block it cuts through again elsewhere (the entry is looked up again and the block
+    /// read there), or drops it (None; the events it kept are under another first event).
+    pub(super) fn read_live(
+        &self,
+        e: &Entry,
+    ) -> Result<Option<(Entry, Vec<crate::store::StoredEvent>)>, StoreError> {
+        let mut e = *e;
+        for _ in 0..MOVES {
+            match self.read_block(&e) {
+                Ok(events) => return Ok(Some((e, events))),
+                Err(err) => match self.events.get(dir_key(e.first))? {
+                    Some(v) => {
+                        let now = Entry::read(&dir_key(e.first), &v)?;
+                        if now.loc == e.loc {
+                            return Err(err);
+                        }
+                        e = now;
+                    }
+                    None => return Ok(None),
+                },
+            }
+        }
+        Err(StoreError::from_message(format!(
+            "events {}..{} moved more than {MOVES} times while being read",
+            e.first, e.last
+        )))
+    }
+
+    /// The block holding `seq` or, when none does, the first after it, read where it is now;
+    /// None past the end.
+    fn block_from(
+        &self,
+        seq: u64,
+    ) -> Result<Option<(Entry, Vec<crate::store::StoredEvent>)>, StoreError> {
+        for _ in 0..MOVES {
+            let entry = match self.entry_at(seq)?.filter(|e| e.last >= seq) {
+                Some(e) => e,
+                None => match self.entries_from(seq).next().transpose()? {
+                    Some(e) => e,
+                    None => return Ok(None),
+                },
+            };
+            if let Some(found) = self.read_live(&entry)? {
+                return Ok(Some(found));
+            }
+        }
+        Err(StoreError::from_message(format!(
+            "the block holding event {seq} moved more than {MOVES} times while being read"
+        )))
+    }
+
+    /// Writes a batch of entries pointing at the blocks at `placed`, which must be durable
+    /// already: sled writes its buffers to its files whenever they fill (unsynced), and the
+    /// disk may take those pages before the segment's. In tests, notes each entry in the
+    /// journal, and fails when told to.
+    pub(super) fn apply(&self, batch: sled::Batch, placed: &[Loc]) -> Result<(), StoreError> {
+        #[cfg(test)]
+        for loc in placed {
+            self.segments.note_indexed(*loc);
+        }
+        #[cfg(not(test))]
+        let _ = placed;
+        #[cfg(test)]
+        if self
+            .fail_index
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::from_message(
+                "index write failed (test)".to_string(),
+            ));
+        }
+        self.events.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The highest sequence number indexed so far.
+    pub(super) fn high(&self) -> Result<u64, StoreError> {
+        Ok(self.events.get([HIGH])?.map(|v| tail_seq(&v)).unwrap_or(0))
+    }
+
+    /// Appends a block to the segment being written, and puts its entry in `batch` (replacing
+    /// an entry of a block written earlier under the same first event).
+    pub(super) fn place(
+        &self,
+        events: &[crate::store::StoredEvent],
+        batch: &mut sled::Batch,
+    ) -> Result<Option<Entry>, StoreError> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return Ok(None);
+        };
+        let loc = self.segments.append(&self.blocks.encode(events))?;
+        if let Some(old) = self.events.get(dir_key(first.seq))? {
+            Entry::read(&dir_key(first.seq), &old)?.delete(batch);
+        }
+        let entry = Entry {
+            first: first.seq,
+            last: last.seq,
+            loc,
+        };
+        entry.put(batch);
+        Ok(Some(entry))
+    }
+
+    /// Deletes the segments no block is left in (but the one being written), once the removal
+    /// is durable. Every segment is looked at, not only those this removal touched: one
+    /// emptied while it was being written is deleted by a later removal.
+    fn drop_empty_segments(&self) -> Result<(), StoreError> {
+        let active = self.segments.active_id();
+        let mut empty = Vec::new();
+        for seg in self.segments.ids()?.into_iter().filter(|s| *s != active) {
+            let prefix = &seg_key(seg, 0)[..9];
+            if self.events.scan_prefix(prefix).next().is_none() {
+                empty.push(seg);
+            }
+        }
+        if empty.is_empty() {
+            return Ok(());
+        }
+        self.sync()?;
+        for seg in empty {
+            self.segments.remove(seg)?;
+        }
+        Ok(())
     }
 }
 
 impl EventLog for SledEventLog {
     fn last(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(item) = self.events.range(..[INDEX].as_slice()).next_back() else {
+        let Some(entry) = self.entries_from(0).next_back().transpose()? else {
             return Ok(None);
         };
-        let (k, v) = item?;
-        Ok(block_events(key_seq(&k), &v)?.pop().map(|(_, b)| b))
+        Ok(self.read_block(&entry)?.pop().map(|e| e.bytes))
     }
 
     fn append(&self, events: Vec<crate::store::StoredEvent>) -> Result<(), StoreError> {
+        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = sled::Batch::default();
-        let postings = Postings::of(&events);
-        match events.as_slice() {
-            [] => {}
-            [one] => batch.insert(&one.seq.to_be_bytes(), one.bytes.as_slice()),
-            [first, ..] => {
-                let key = first.seq.to_be_bytes();
-                let all: Vec<(u64, Vec<u8>)> =
-                    events.into_iter().map(|e| (e.seq, e.bytes)).collect();
-                batch.insert(&key, self.blocks.encode(&all));
+        let Some(entry) = self.place(&events, &mut batch)? else {
+            return Ok(());
+        };
+        Postings::of(&events).write(&mut batch);
+        // One `fdatasync` per batch (the writer's group commit), before sled holds an entry
+        // pointing at the block; the flush that acknowledges durable events then finds the
+        // segment synced already.
+        let indexed = self
+            .segments
+            .sync()
+            .and_then(|()| self.high())
+            .and_then(|high| {
+                if entry.last > high {
+                    batch.insert(&[HIGH], &entry.last.to_be_bytes());
+                }
+                self.apply(batch, &[entry.loc])
+            });
+        if let Err(e) = indexed {
+            // The caller is told the append failed: the block must not come back at open.
+            if let Err(cut) = self.segments.unappend(entry.loc) {
+                tracing::warn!(
+                    "an audit block whose index entries failed stays in its segment: {cut}"
+                );
             }
+            return Err(e);
         }
-        postings.write(&mut batch);
-        self.events.apply_batch(batch)?;
         Ok(())
     }
 
@@ -256,43 +461,46 @@ impl EventLog for SledEventLog {
     }
 
     fn get(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some((k, v)) = self.holding(seq)? else {
-            return Ok(None);
-        };
-        Ok(block_events(k, &v)?
-            .into_iter()
-            .find(|(s, _)| *s == seq)
-            .map(|(_, b)| b))
+        Ok(self
+            .block_from(seq)?
+            .and_then(|(_, events)| events.into_iter().find(|e| e.seq == seq).map(|e| e.bytes)))
     }
 
     fn scan(
         &self,
         from_seq: u64,
     ) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + Send + '_> {
-        // From the value holding `from_seq` (a block may start before it).
-        let start = match self.holding(from_seq) {
-            Ok(Some((k, _))) => k,
-            Ok(None) => from_seq,
-            Err(e) => return Box::new(std::iter::once(Err(e))),
-        };
-        let from = start.to_be_bytes();
+        // Block by block, each looked up afresh from the sequence number after the last one
+        // yielded: a removal meanwhile moves blocks, and no surviving event is skipped or
+        // yielded twice.
+        let mut next = from_seq;
+        let mut done = false;
         Box::new(
-            self.events
-                .range(from.as_slice()..[INDEX].as_slice())
-                .flat_map(move |item| -> Vec<Result<(u64, Vec<u8>), StoreError>> {
-                    match item {
-                        // A key's sequence (0 if unreadable; the chain check says so).
-                        Ok((k, v)) => match block_events(key_seq(&k), &v) {
-                            Ok(events) => events
+            std::iter::from_fn(move || -> Option<Vec<ScanItem>> {
+                if done {
+                    return None;
+                }
+                match self.block_from(next) {
+                    Ok(Some((entry, events))) => {
+                        let from = next;
+                        next = entry.last.max(from).saturating_add(1);
+                        done = entry.last == u64::MAX;
+                        Some(
+                            events
                                 .into_iter()
-                                .filter(|(s, _)| *s >= from_seq)
-                                .map(Ok)
+                                .filter(|e| e.seq >= from)
+                                .map(|e| Ok((e.seq, e.bytes)))
                                 .collect(),
-                            Err(e) => vec![Err(e)],
-                        },
-                        Err(e) => vec![Err(e.into())],
+                        )
                     }
-                }),
+                    Ok(None) => None,
+                    Err(e) => {
+                        done = true;
+                        Some(vec![Err(e)])
+                    }
+                }
+            })
+            .flatten(),
         )
     }
 
@@ -360,41 +568,57 @@ impl EventLog for SledEventLog {
     }
 
     fn remove(&self, events: &[crate::store::StoredEvent]) -> Result<(), StoreError> {
-        let gone: std::collections::BTreeSet<u64> = events.iter().map(|e| e.seq).collect();
+        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: BTreeSet<u64> = events.iter().map(|e| e.seq).collect();
         let postings = Postings::of(events);
         let mut batch = sled::Batch::default();
-        for prefix in postings.named.keys() {
-            self.drop_postings(prefix, &gone, false, &mut batch)?;
+        for prefix in postings.prefixes() {
+            self.drop_postings(&prefix, &gone, false, &mut batch)?;
         }
         for second in postings.times.keys() {
             self.drop_postings(&time_prefix(*second), &gone, true, &mut batch)?;
         }
-        // Each value holding a removed event is removed, or rewritten without it.
-        let mut done = std::collections::BTreeSet::new();
+        // Each block holding a removed event is dropped, or written again without it.
+        let mut done = BTreeSet::new();
+        let mut placed = Vec::new();
         for seq in &gone {
-            let Some((k, v)) = self.holding(*seq)? else {
+            let Some(entry) = self.entry_at(*seq)?.filter(|e| e.last >= *seq) else {
                 continue;
             };
-            if !done.insert(k) {
+            if !done.insert(entry.first) {
                 continue;
             }
-            let kept: Vec<(u64, Vec<u8>)> = block_events(k, &v)?
+            let kept: Vec<crate::store::StoredEvent> = self
+                .read_block(&entry)?
                 .into_iter()
-                .filter(|(s, _)| !gone.contains(s))
+                .filter(|e| !gone.contains(&e.seq))
                 .collect();
-            batch.remove(&k.to_be_bytes());
-            match kept.as_slice() {
-                [] => {}
-                [(s, b)] => batch.insert(&s.to_be_bytes(), b.as_slice()),
-                [(s, _), ..] => batch.insert(&s.to_be_bytes(), self.blocks.encode(&kept)),
-            }
+            entry.delete(&mut batch);
+            placed.extend(self.place(&kept, &mut batch)?.map(|e| e.loc));
         }
-        self.events.apply_batch(batch)?;
-        Ok(())
+        self.segments.sync()?;
+        self.apply(batch, &placed)?;
+        self.drop_empty_segments()
     }
 
     fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+        let stored = self.meta.get(key)?.map(|v| v.to_vec());
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match pending {
+            Some(note) if key == crate::store::RECOVERIES => {
+                let mut notes: Vec<serde_json::Value> = match &stored {
+                    Some(v) => serde_json::from_slice(v)?,
+                    None => Vec::new(),
+                };
+                notes.push(serde_json::json!({"at_unix": now_unix(), "note": note}));
+                Ok(Some(serde_json::to_vec(&notes)?))
+            }
+            _ => Ok(stored),
+        }
     }
 
     fn meta_put(&self, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
@@ -452,41 +676,5 @@ mod tests {
         assert!(log.get(1).unwrap().is_none());
         let t: Vec<u64> = log.in_time(0, u64::MAX).collect::<Result<_, _>>().unwrap();
         assert_eq!(t, [3, 4]);
-    }
-
-    #[test]
-    fn blocks_are_compressed_and_older_plain_blocks_still_read() {
-        let events: Vec<(u64, Vec<u8>)> = (7..107)
-            .map(|s| {
-                (
-                    s,
-                    format!(r#"{{"seq":{s},"kind":"request","agent":"a"}}"#).into_bytes(),
-                )
-            })
-            .collect();
-        let plain_len: usize = events.iter().map(|(_, b)| b.len() + 12).sum();
-        let z = BlockWriter::new().encode(&events);
-        assert_eq!(z[0], ZBLOCK);
-        assert!(z.len() * 4 < plain_len, "{} vs {plain_len}", z.len());
-        assert_eq!(block_events(7, &z).unwrap(), events);
-        // A block as the version before wrote it: 0x01 and the plain entries.
-        let mut old = vec![BLOCK];
-        for (s, b) in &events {
-            old.extend_from_slice(&s.to_be_bytes());
-            old.extend_from_slice(&(b.len() as u32).to_be_bytes());
-            old.extend_from_slice(b);
-        }
-        assert_eq!(block_events(7, &old).unwrap(), events);
-        // One event's JSON is itself.
-        assert_eq!(block_events(3, b"{}").unwrap(), [(3, b"{}".to_vec())]);
-        // A damaged frame is an error, not a silently shorter log.
-        let mut bad = z.clone();
-        let at = bad.len() / 2;
-        bad[at] ^= 0xFF;
-        bad.truncate(bad.len() - 3);
-        assert!(block_events(7, &bad).is_err());
-        let mut huge = z;
-        huge[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(block_events(7, &huge).is_err());
     }
 }

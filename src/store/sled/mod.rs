@@ -10,12 +10,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 
+mod block;
 mod flush;
 mod kv;
 mod log;
+mod recover;
+mod segment;
 
 pub use self::flush::Flusher;
-use self::log::{BlockWriter, SledEventLog};
+use self::log::SledEventLog;
 pub use super::Sealer;
 
 use super::{
@@ -49,6 +52,53 @@ fn compressed(path: &Path) -> bool {
     }
 }
 
+/// Whether sled could not open because another handle holds its lock.
+fn locked(e: &sled::Error) -> bool {
+    // sled says so only in the text of an I/O error (its lock's WouldBlock formatted into it).
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("could not acquire lock"))
+}
+
+/// How long a lock held is tried again (see `open_db`).
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens sled at `path`. A lock held is tried again for a moment, because closing a store does
+/// not release sled's lock at once, even when every handle (and our flush thread, joined when
+/// the last one goes) is gone: the lock lives as long as sled's data file, and tasks on sled
+/// 0.34's IO thread pool hold the file after the last handle. Two were found in its source:
+/// the task that writes a sealed IO buffer (`pagecache/iobuf.rs`, `maybe_seal_and_write_iobuf`)
+/// wakes the flush waiting for it before it lets go of its `Arc<IoBufs>`, and the task that
+/// cuts freed segments off the end of the file (`pagecache/segment.rs`, `truncate`: `set_len`
+/// and `sync_all`) holds the config, and so the file, until that `fsync` returns, and neither a
+/// flush nor a drop waits for it. sled has no way to wait for them. Only a reopen in the same
+/// process (tests, a restart in-process) meets them: another process's lock is released when
+/// it exits.
+fn open_db(dir: &Path, path: &Path) -> Result<sled::Db, StoreError> {
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(CACHE_BYTES)
+        .use_compression(compressed(path))
+        .compression_factor(3)
+        // Only the flush thread flushes: it syncs the audit segments first.
+        .flush_every_ms(None);
+    let until = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(e) if locked(&e) && std::time::Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) if locked(&e) => {
+                return Err(StoreError::from_message(format!(
+                    "the data dir {} is in use by another toolgate (its store is locked). Stop that one, or give this one its own --data-dir; replicas share one store through --database-url",
+                    dir.display()
+                )))
+            }
+            Err(e) => return Err(StoreError::from_message(format!("{}: {e}", dir.display()))),
+        }
+    }
+}
+
 /// The tree of committed calls.
 const LEDGER: &str = "commits";
 
@@ -76,6 +126,19 @@ pub struct SledStore {
     counters: MemoryCounters,
     flusher: Arc<Flusher>,
     sealer: Sealer,
+    /// The audit log (one per store: its segments have one writer).
+    log: Arc<SledEventLog>,
+}
+
+impl Drop for SledStore {
+    /// sled flushes all its trees when a tree's last handle drops (the database's own first,
+    /// with `db`): the audit segment is synced before, so no index entry becomes durable
+    /// before the block it points at.
+    fn drop(&mut self) {
+        if let Err(e) = self.log.segments.sync() {
+            tracing::warn!("could not sync the audit segment at close: {e}");
+        }
+    }
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
@@ -84,30 +147,36 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
 
 impl SledStore {
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        Self::open_with(dir, segment::SEGMENT_BYTES, true)
+    }
+
+    /// The same, without recovering the audit log: a log that needs a recovery (or holds
+    /// damage) is an error, and its segment files are not changed (`audit verify --data-dir`).
+    pub fn open_inspect(dir: &Path) -> Result<SledStore, StoreError> {
+        Self::open_with(dir, segment::SEGMENT_BYTES, false)
+    }
+
+    /// With audit segments closed at `segment_bytes` (small ones in tests).
+    #[cfg(test)]
+    fn open_sized(dir: &Path, segment_bytes: u64) -> Result<SledStore, StoreError> {
+        Self::open_with(dir, segment_bytes, true)
+    }
+
+    /// `repair`: a torn tail is cut off and unindexed blocks are indexed.
+    fn open_with(dir: &Path, segment_bytes: u64, repair: bool) -> Result<SledStore, StoreError> {
         let at =
             |e: &dyn std::fmt::Display| StoreError::from_message(format!("{}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(|e| at(&e))?;
         let path = dir.join("store");
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(CACHE_BYTES)
-            .use_compression(compressed(&path))
-            .compression_factor(3)
-            .open()
-            .map_err(|e| match &e {
-                // sled locks its files: another process holds this data dir. sled says so only
-                // in the text of an I/O error (its lock's WouldBlock formatted into it).
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("could not acquire lock") =>
-                {
-                    StoreError::from_message(format!(
-                        "the data dir {} is in use by another toolgate (its store is locked). Stop that one, or give this one its own --data-dir; replicas share one store through --database-url",
-                        dir.display()
-                    ))
-                }
-                _ => at(&e),
-            })?;
+        let db = open_db(dir, &path)?;
+        let flusher = Flusher::start(db.clone())?;
+        let log = Arc::new(SledEventLog::open(
+            &db,
+            dir,
+            flusher.clone(),
+            segment_bytes,
+            repair,
+        )?);
         Ok(SledStore {
             idem: db.open_tree("idempotency")?,
             budgets: db.open_tree("budgets")?,
@@ -123,8 +192,9 @@ impl SledStore {
             grants: db.open_tree("grants")?,
             vault: db.open_tree("vault")?,
             counters: MemoryCounters::default(),
-            flusher: Flusher::start(db.clone())?,
+            flusher,
             sealer: Sealer::open(dir)?,
+            log,
             db,
         })
     }
@@ -199,7 +269,7 @@ impl Backend for SledStore {
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db.size_on_disk().unwrap_or(0) + self.log.segments.bytes()
     }
 
     fn sealer(&self) -> &Sealer {
@@ -207,11 +277,6 @@ impl Backend for SledStore {
     }
 
     fn event_log(&self) -> Result<Arc<dyn EventLog>, StoreError> {
-        Ok(Arc::new(SledEventLog {
-            events: self.db.open_tree("audit")?,
-            meta: self.db.open_tree("audit_meta")?,
-            flusher: self.flusher.clone(),
-            blocks: BlockWriter::new(),
-        }))
+        Ok(self.log.clone())
     }
 }

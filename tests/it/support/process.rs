@@ -92,6 +92,7 @@ pub fn start_command(mut cmd: Command) -> Started {
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let child = ChildGuard(child);
     let started = Instant::now();
+    let mut before = Vec::new();
     let (proxy, admin) = loop {
         assert!(
             started.elapsed() < Duration::from_secs(30),
@@ -99,6 +100,7 @@ pub fn start_command(mut cmd: Command) -> Started {
         );
         let line = lines.next().expect("toolgate exited").unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        before.push(line);
         if v["message"] == "toolgate serving" {
             break (
                 v["proxy"].as_str().unwrap().parse().unwrap(),
@@ -107,6 +109,10 @@ pub fn start_command(mut cmd: Command) -> Started {
         }
     };
     // Keep draining the log so the child never blocks on a full pipe.
-    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    // The log from the start (what toolgate said before it served included).
+    let log = std::thread::spawn(move || {
+        before.extend(lines.map_while(Result::ok));
+        before
+    });
     (child, proxy, admin, log)
 }
