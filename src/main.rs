@@ -4,7 +4,8 @@ use std::time::Duration;
 use clap::Parser;
 
 /// mimalloc: the request path and the audit writer allocate many small, short-lived buffers
-/// across threads, where glibc's allocator spent a fifth of the CPU under load.
+/// across threads, where glibc's allocator spent a fifth of the CPU under load. Built without
+/// transparent huge pages (Cargo.toml says why).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
