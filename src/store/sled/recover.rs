@@ -891,6 +891,35 @@ mod tests {
         assert!(notes(log.as_ref()).is_empty());
     }
 
+    /// The flush thread's `fdatasync` fails: the append after it is refused (its own sync
+    /// would get Ok from the kernel for pages the failed one dropped), so are flushes, until a
+    /// reopen, which reads what is on disk.
+    #[test]
+    fn a_failed_flush_sync_refuses_every_later_append_until_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let log = store.event_log().unwrap();
+            log.append(vec![stored(1)]).unwrap();
+            // Written, not yet synced: the flush thread's sync is the one that fails.
+            store.log.segments.append(&[7u8; 16]).unwrap();
+            store
+                .log
+                .segments
+                .faults
+                .sync
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            assert!(log.sync().is_err());
+            assert!(log.append(vec![stored(2)]).is_err());
+            assert!(log.sync().is_err());
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let log = store.event_log().unwrap();
+        assert_eq!(seqs(log.as_ref()), [1]);
+        log.append(vec![stored(2)]).unwrap();
+        assert_eq!(seqs(log.as_ref()), [1, 2]);
+    }
+
     /// An old value: a zstd block of (seq, length, bytes) entries, as earlier versions wrote.
     fn legacy_block(events: &[StoredEvent]) -> Vec<u8> {
         let mut plain = Vec::new();

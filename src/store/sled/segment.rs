@@ -166,8 +166,31 @@ pub(super) struct Segments {
     /// `fdatasync` that covers its appends (another caller's, maybe) has returned.
     syncing: Mutex<()>,
     readers: Mutex<HashMap<u64, Arc<File>>>,
+    /// The first sync (or cut) that failed: from then on every append and sync fails with it
+    /// until a restart, whose recovery reads what is on disk. A failed `fdatasync` may have
+    /// dropped the dirty pages, and a later one returns Ok without writing them: it is never
+    /// retried into a false success.
+    failed: Mutex<Option<String>>,
+    /// In tests: faults injected into the next file operations.
+    #[cfg(test)]
+    pub(super) faults: Faults,
     #[cfg(test)]
     journal: Journal,
+}
+
+/// In tests: the next `fdatasync` of a segment fails.
+#[cfg(test)]
+#[derive(Default)]
+pub(super) struct Faults {
+    pub sync: std::sync::atomic::AtomicBool,
+}
+
+#[cfg(test)]
+fn injected(flag: &std::sync::atomic::AtomicBool, what: &str) -> std::io::Result<()> {
+    if flag.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        return Err(std::io::Error::other(format!("{what} failed (test)")));
+    }
+    Ok(())
 }
 
 /// A segment's file name: its number, zero-padded, so names sort as numbers.
@@ -188,6 +211,9 @@ impl Segments {
             active: Mutex::new(active),
             syncing: Mutex::new(()),
             readers: Mutex::new(HashMap::new()),
+            failed: Mutex::new(None),
+            #[cfg(test)]
+            faults: Faults::default(),
             #[cfg(test)]
             journal: Journal::default(),
         })
@@ -241,6 +267,35 @@ impl Segments {
         self.dir.join(name(id))
     }
 
+    /// The error every append and sync returns once a sync or a cut failed.
+    fn broken(&self) -> Result<(), StoreError> {
+        match &*self.failed.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(StoreError::from_message(format!(
+                "the audit log is closed until toolgate restarts (its recovery reads what reached the disk): {e}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Records `err` as the permanent failure (the first one stays) and returns it.
+    fn fail(&self, err: StoreError) -> StoreError {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.get_or_insert_with(|| err.to_string());
+        tracing::error!(
+            "audit segment failure; the audit log refuses writes until a restart: {err}"
+        );
+        err
+    }
+
+    /// `fdatasync` of a segment file; a failure is permanent (`failed`).
+    fn sync_file(&self, id: u64, file: &File) -> Result<(), StoreError> {
+        #[cfg(test)]
+        injected(&self.faults.sync, "fdatasync")
+            .map_err(|e| self.fail(io_err("could not sync", &self.path(id), e)))?;
+        file.sync_data()
+            .map_err(|e| self.fail(io_err("could not sync", &self.path(id), e)))
+    }
+
     /// Opens (creating) segment `id` for appending; a new file is made durable in its
     /// directory at once.
     fn open_active(dir: &Path, id: u64) -> Result<Active, StoreError> {
@@ -279,10 +334,9 @@ impl Segments {
     pub(super) fn append(&self, payload: &[u8]) -> Result<Loc, StoreError> {
         let framed = frame(payload);
         let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        self.broken()?;
         if a.len > 0 && a.len + framed.len() as u64 > self.max_bytes {
-            a.file
-                .sync_data()
-                .map_err(|e| io_err("could not sync", &self.path(a.id), e))?;
+            self.sync_file(a.id, &a.file)?;
             #[cfg(test)]
             note(
                 &self.journal,
@@ -339,18 +393,17 @@ impl Segments {
         let _one = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
         // Appends go on meanwhile (the active lock is not held across the `fdatasync`): only
         // the bytes written before it are known durable, and a later append marks it dirty.
+        // A failed sync is never tried again (`failed`): its pages may be gone.
         let (id, file, _upto) = {
             let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            self.broken()?;
             if !a.dirty {
                 return Ok(());
             }
             a.dirty = false;
             (a.id, a.file.clone(), a.len)
         };
-        file.sync_data().map_err(|e| {
-            self.active.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
-            io_err("could not sync", &self.path(id), e)
-        })?;
+        self.sync_file(id, &file)?;
         #[cfg(test)]
         note(
             &self.journal,
@@ -489,6 +542,46 @@ mod tests {
         let huge = Loc { len: u32::MAX, ..a };
         let err = segs.read(huge).unwrap_err().to_string();
         assert!(err.contains("damaged"), "{err}");
+    }
+
+    fn set(flag: &std::sync::atomic::AtomicBool) {
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A failed `fdatasync` is never retried into a success (the kernel may have dropped the
+    /// pages and answer Ok next time): every later sync and append fails, until a reopen.
+    #[test]
+    fn a_failed_sync_fails_every_later_sync_and_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::open(dir.path(), 1 << 20).unwrap();
+        segs.append(&[1u8; 10]).unwrap();
+        set(&segs.faults.sync);
+        assert!(segs.sync().is_err());
+        let again = segs.sync().unwrap_err().to_string();
+        assert!(again.contains("until toolgate restarts"), "{again}");
+        assert!(segs.append(&[2u8; 10]).is_err());
+        assert!(segs.sync().is_err());
+        drop(segs);
+        let segs = Segments::open(dir.path(), 1 << 20).unwrap();
+        segs.append(&[3u8; 10]).unwrap();
+        segs.sync().unwrap();
+    }
+
+    /// The same for the `fdatasync` that closes a full segment.
+    #[test]
+    fn a_failed_sync_at_a_roll_fails_every_later_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::open(dir.path(), 100).unwrap();
+        segs.append(&[1u8; 60]).unwrap();
+        set(&segs.faults.sync);
+        assert!(segs.append(&[2u8; 60]).is_err());
+        assert!(segs.append(&[2u8; 60]).is_err());
+        assert!(segs.sync().is_err());
+        assert_eq!(
+            Segments::list(dir.path()).unwrap(),
+            [1],
+            "no segment after it"
+        );
     }
 
     fn payloads() -> impl Strategy<Value = Vec<Vec<u8>>> {
