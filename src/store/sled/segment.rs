@@ -178,11 +178,14 @@ pub(super) struct Segments {
     journal: Journal,
 }
 
-/// In tests: the next `fdatasync` of a segment fails.
+/// In tests: the next `fdatasync`, write or cut (`set_len`) of a segment fails (a write writes
+/// half its bytes first).
 #[cfg(test)]
 #[derive(Default)]
 pub(super) struct Faults {
     pub sync: std::sync::atomic::AtomicBool,
+    pub write: std::sync::atomic::AtomicBool,
+    pub cut: std::sync::atomic::AtomicBool,
 }
 
 #[cfg(test)]
@@ -287,6 +290,23 @@ impl Segments {
         err
     }
 
+    /// Writes `bytes` at the end of `file` (in tests: maybe half of them, then an error).
+    fn write_file(&self, mut file: &File, bytes: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        if injected(&self.faults.write, "write").is_err() {
+            file.write_all(&bytes[..bytes.len() / 2])?;
+            return injected(&std::sync::atomic::AtomicBool::new(true), "write");
+        }
+        file.write_all(bytes)
+    }
+
+    /// Cuts `file` to `len` bytes.
+    fn cut_file(&self, file: &File, len: u64) -> std::io::Result<()> {
+        #[cfg(test)]
+        injected(&self.faults.cut, "set_len")?;
+        file.set_len(len)
+    }
+
     /// `fdatasync` of a segment file; a failure is permanent (`failed`).
     fn sync_file(&self, id: u64, file: &File) -> Result<(), StoreError> {
         #[cfg(test)]
@@ -348,10 +368,18 @@ impl Segments {
             *a = Self::open_active(&self.dir, a.id + 1)?;
         }
         let off = a.len;
-        if let Err(e) = (&*a.file).write_all(&framed) {
-            // A partial write stays as a torn frame; later frames must not follow it.
-            let _ = a.file.set_len(off);
-            return Err(io_err("could not write", &self.path(a.id), e));
+        if let Err(e) = self.write_file(&a.file, &framed) {
+            // A partial write is cut back: the next write (O_APPEND: at the file's end) must
+            // land where `a.len` says. If it cannot be cut, nothing more is written.
+            let err = io_err("could not write", &self.path(a.id), e);
+            if let Err(cut) = self.cut_file(&a.file, off) {
+                return Err(self.fail(io_err(
+                    &format!("{err}; could not cut the partial write back"),
+                    &self.path(a.id),
+                    cut,
+                )));
+            }
+            return Err(err);
         }
         a.len += framed.len() as u64;
         a.dirty = true;
@@ -374,7 +402,7 @@ impl Segments {
                 self.path(loc.seg).display()
             )));
         }
-        match a.file.set_len(loc.off) {
+        match self.cut_file(&a.file, loc.off) {
             Ok(()) => {
                 a.len = loc.off;
                 Ok(())
@@ -582,6 +610,32 @@ mod tests {
             [1],
             "no segment after it"
         );
+    }
+
+    /// A partial write that cannot be cut back leaves the file longer than the segment's
+    /// length: nothing more is appended (it would land past the offset its `Loc` records).
+    #[test]
+    fn a_partial_write_that_cannot_be_cut_back_stops_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::open(dir.path(), 1 << 20).unwrap();
+        let a = segs.append(&[1u8; 10]).unwrap();
+        set(&segs.faults.write);
+        assert!(segs.append(&[2u8; 40]).is_err());
+        // Cut back: the next block is where its Loc says.
+        let b = segs.append(&[3u8; 10]).unwrap();
+        assert_eq!(segs.read(b).unwrap(), [3u8; 10]);
+        set(&segs.faults.write);
+        set(&segs.faults.cut);
+        assert!(segs.append(&[4u8; 40]).is_err());
+        match segs.append(&[5u8; 10]) {
+            Err(e) => assert!(e.to_string().contains("until toolgate restarts"), "{e}"),
+            Ok(c) => panic!(
+                "appended after an uncut partial write; reads {:?}",
+                segs.read(c)
+            ),
+        }
+        assert!(segs.sync().is_err());
+        assert_eq!(segs.read(a).unwrap(), [1u8; 10]);
     }
 
     fn payloads() -> impl Strategy<Value = Vec<Vec<u8>>> {
