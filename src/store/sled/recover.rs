@@ -881,6 +881,15 @@ mod tests {
                 std::fs::metadata(last_segment(dir.path())).unwrap().len(),
                 len
             );
+            // The cut is durable before the append answers (a power loss must not bring the
+            // block back).
+            let steps = store.flusher.trace.lock().unwrap().clone();
+            let seg = store.log.segments.active_id();
+            assert_eq!(
+                steps.last(),
+                Some(&Step::Synced { seg, upto: len }),
+                "{steps:?}"
+            );
             log.sync().unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();

@@ -307,13 +307,22 @@ impl Segments {
         file.set_len(len)
     }
 
-    /// `fdatasync` of a segment file; a failure is permanent (`failed`).
-    fn sync_file(&self, id: u64, file: &File) -> Result<(), StoreError> {
+    /// `fdatasync` of segment `id`, `upto` bytes long; a failure is permanent (`failed`).
+    fn sync_file(&self, id: u64, file: &File, _upto: u64) -> Result<(), StoreError> {
         #[cfg(test)]
         injected(&self.faults.sync, "fdatasync")
             .map_err(|e| self.fail(io_err("could not sync", &self.path(id), e)))?;
         file.sync_data()
-            .map_err(|e| self.fail(io_err("could not sync", &self.path(id), e)))
+            .map_err(|e| self.fail(io_err("could not sync", &self.path(id), e)))?;
+        #[cfg(test)]
+        note(
+            &self.journal,
+            Step::Synced {
+                seg: id,
+                upto: _upto,
+            },
+        );
+        Ok(())
     }
 
     /// Opens (creating) segment `id` for appending; a new file is made durable in its
@@ -356,15 +365,7 @@ impl Segments {
         let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
         self.broken()?;
         if a.len > 0 && a.len + framed.len() as u64 > self.max_bytes {
-            self.sync_file(a.id, &a.file)?;
-            #[cfg(test)]
-            note(
-                &self.journal,
-                Step::Synced {
-                    seg: a.id,
-                    upto: a.len,
-                },
-            );
+            self.sync_file(a.id, &a.file, a.len)?;
             *a = Self::open_active(&self.dir, a.id + 1)?;
         }
         let off = a.len;
@@ -405,6 +406,10 @@ impl Segments {
         match self.cut_file(&a.file, loc.off) {
             Ok(()) => {
                 a.len = loc.off;
+                // The cut is durable before the caller is told the block is gone: a power
+                // loss must not bring the block back for an open to index.
+                self.sync_file(a.id, &a.file, a.len)?;
+                a.dirty = false;
                 Ok(())
             }
             Err(e) => {
@@ -431,15 +436,7 @@ impl Segments {
             a.dirty = false;
             (a.id, a.file.clone(), a.len)
         };
-        self.sync_file(id, &file)?;
-        #[cfg(test)]
-        note(
-            &self.journal,
-            Step::Synced {
-                seg: id,
-                upto: _upto,
-            },
-        );
+        self.sync_file(id, &file, _upto)?;
         Ok(())
     }
 
