@@ -103,7 +103,11 @@ fn scan(
     })?;
     let torn = (end < size).then(|| (end, size - end));
     if torn.is_some() {
-        let indexed_after = indexed_offsets(events, seg)?.into_iter().find(|o| *o > end);
+        // Every block is synced before it is indexed: an indexed frame at the damage (or
+        // after it) is damage, never a write a crash cut.
+        let indexed_after = indexed_offsets(events, seg)?
+            .into_iter()
+            .find(|o| *o >= end);
         let next = match indexed_after {
             Some(next) => Some(next),
             None => frame_after(&tail_bytes(&path, end)?, 0).map(|at| at + end),
@@ -230,7 +234,7 @@ impl SledEventLog {
             }
         }
         r.batch.insert(&[HIGH], &newest.to_be_bytes());
-        let note = describe(scans, newest, &gone);
+        let note = describe(scans, newest, &r.lost);
         if !repair {
             // Inspection changes nothing: the blocks not indexed stay unread, and what a
             // recovery would cut or lose is reported.
@@ -401,8 +405,9 @@ fn legacy_stored(seq: u64, v: &[u8]) -> Vec<StoredEvent> {
         .collect()
 }
 
-/// What a recovery reports, if anything was lost.
-fn describe(scans: &[Scan], newest: u64, gone: &[&Entry]) -> Option<String> {
+/// What a recovery reports, if anything was lost: the torn tails cut, and every directory
+/// entry whose block was not whole on disk.
+fn describe(scans: &[Scan], newest: u64, lost: &[Entry]) -> Option<String> {
     let mut parts = Vec::new();
     for s in scans {
         if let Some((off, len)) = s.torn {
@@ -413,12 +418,10 @@ fn describe(scans: &[Scan], newest: u64, gone: &[&Entry]) -> Option<String> {
             ));
         }
     }
-    if let (Some(from), Some(to)) = (
-        gone.iter().map(|e| e.first).min(),
-        gone.iter().map(|e| e.last).max(),
-    ) {
+    for e in lost {
         parts.push(format!(
-            "events {from}..{to} were indexed but their block was not whole on disk; they are gone"
+            "events {}..{} were indexed but their block (offset {} of segment {:012}.seg) was not whole on disk; they are gone",
+            e.first, e.last, e.loc.off, e.loc.seg
         ));
     }
     (!parts.is_empty()).then(|| parts.join("; "))
@@ -592,8 +595,11 @@ mod tests {
         }
     }
 
+    /// The last indexed frame cut short is damage, not a crash's torn write (its block was
+    /// synced before it was indexed): the store does not open, naming segment and offset, and
+    /// the segment is left as it is.
     #[test]
-    fn a_torn_tail_is_cut_off_reported_and_its_index_entries_go() {
+    fn damage_in_the_last_indexed_frame_refuses_naming_segment_and_offset() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = SledStore::open(dir.path()).unwrap();
@@ -603,19 +609,55 @@ mod tests {
             log.sync().unwrap();
         }
         let path = last_segment(dir.path());
+        let bytes = std::fs::read(&path).unwrap();
+        let last = *store_frame_offsets(&bytes).last().unwrap();
+        segment::truncate(&path, bytes.len() as u64 - 5).unwrap();
+        let cut = std::fs::read(&path).unwrap();
+        for r in [
+            SledStore::open(dir.path()),
+            SledStore::open_inspect(dir.path()),
+        ] {
+            let err = err_of(r);
+            assert!(err.contains("corrupt audit segment"), "{err}");
+            assert!(err.contains(&format!("offset {last}")), "{err}");
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                cut,
+                "the segment was changed"
+            );
+        }
+    }
+
+    /// A directory entry whose block is not whole on disk while later blocks are is reported
+    /// (log and the note `verify` shows), not deleted silently.
+    #[test]
+    fn every_lost_directory_entry_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let log = store.event_log().unwrap();
+            log.append(vec![stored(1), stored(2)]).unwrap();
+            log.append(vec![stored(3), stored(4)]).unwrap();
+            // The first block's entry names a length its frame does not have.
+            let mut e = store.log.entry_at(1).unwrap().unwrap();
+            e.loc.len += 1;
+            let mut batch = sled::Batch::default();
+            e.put(&mut batch);
+            store.log.events.apply_batch(batch).unwrap();
+            // A torn write after the last block, so that a recovery runs.
+            store.log.segments.append(&[9u8; 64]).unwrap();
+            log.sync().unwrap();
+        }
+        let path = last_segment(dir.path());
         let len = std::fs::metadata(&path).unwrap().len();
-        segment::truncate(&path, len - 5).unwrap();
+        segment::truncate(&path, len - 10).unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let log = store.event_log().unwrap();
-        assert_eq!(seqs(log.as_ref()), [1, 2]);
+        assert_eq!(seqs(log.as_ref()), [3, 4]);
         let note = notes(log.as_ref());
-        assert!(note.contains("torn tail truncated at seq 3"), "{note}");
-        assert!(note.contains("events 3..4"), "{note}");
-        assert!(found(log.as_ref(), 3).is_empty());
-        // The chain goes on from 2: a new event 3 is found, and only it.
-        log.append(vec![stored(3)]).unwrap();
-        assert_eq!(found(log.as_ref(), 3), [3]);
-        assert_eq!(seqs(log.as_ref()), [1, 2, 3]);
+        assert!(note.contains("events 1..2 were indexed"), "{note}");
+        assert!(note.contains("offset 0 of segment"), "{note}");
     }
 
     fn err_of(r: Result<SledStore, StoreError>) -> String {
