@@ -41,48 +41,12 @@ fn indexed_offsets(events: &sled::Tree, seg: u64) -> Result<Vec<u64>, StoreError
     Ok(offs)
 }
 
-/// The bytes of the segment file at `path` from `from` on (a damaged part, rarely read).
-fn tail_bytes(path: &Path, from: u64) -> Result<Vec<u8>, StoreError> {
-    use std::io::{Read, Seek};
-    let mut out = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| {
-            f.seek(std::io::SeekFrom::Start(from))?;
-            f.read_to_end(&mut out)
-        })
-        .map_err(|e| StoreError::from_message(format!("could not read {}: {e}", path.display())))?;
-    Ok(out)
-}
-
-/// The checksum work `frame_after` does at most (garbage can hold many lengths that fit).
-const CHECK_BYTES: usize = 1 << 30;
-
-/// Where a whole frame starts in `buf` after offset `from`, if one does; past `CHECK_BYTES` of
-/// checksums, the first place one could start (it cannot tell, so it assumes one does).
-fn frame_after(buf: &[u8], from: u64) -> Option<u64> {
-    let mut checked = 0usize;
-    for at in from as usize + 1..buf.len() {
-        let Some(len) = buf
-            .get(at..at + 4)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map(|b| u32::from_be_bytes(b) as usize)
-            .filter(|len| *len > 0 && at + super::segment::HEADER + len <= buf.len())
-        else {
-            continue;
-        };
-        checked += len;
-        if checked > CHECK_BYTES || buf.get(at..).and_then(super::segment::unframe).is_some() {
-            return Some(at as u64);
-        }
-    }
-    None
-}
-
 /// Reads segment `seg` under `dir` and, when `repair`, cuts off a torn tail (else only
-/// reports it): bytes after the
-/// last whole frame that no indexed frame and no whole frame follows (a write a crash cut).
-/// Damage that an indexed frame or a whole frame follows is not a torn tail: the segment is
-/// refused, never cut (that would drop acknowledged events).
+/// reports it): the bytes from the first frame that is not whole on. Appends are serialised and
+/// each block is synced before the next is written and before it is indexed, so a crash leaves
+/// at most one torn frame, after the last indexed one; whatever those bytes hold (an agent's
+/// bytes can look like frames) is not read. Damage at or before an indexed frame is not a torn
+/// tail: the segment is refused, never cut (that would drop acknowledged events).
 fn scan(
     dir: &Path,
     seg: u64,
@@ -108,13 +72,14 @@ fn scan(
         let indexed_after = indexed_offsets(events, seg)?
             .into_iter()
             .find(|o| *o >= end);
-        let next = match indexed_after {
-            Some(next) => Some(next),
-            None => frame_after(&tail_bytes(&path, end)?, 0).map(|at| at + end),
-        };
-        if let Some(next) = next {
+        if let Some(next) = indexed_after {
+            let what = if next == end {
+                format!("the indexed frame at offset {end} is damaged")
+            } else {
+                format!("the frame at offset {end} is damaged and the indexed frame at offset {next} follows it")
+            };
             return Err(StoreError::from_message(format!(
-                "corrupt audit segment {}: the frame at offset {end} is damaged and the frame at offset {next} follows it; move the segment aside to start (toolgate will not drop acknowledged events)",
+                "corrupt audit segment {}: {what}; move the segment aside to start (toolgate will not drop acknowledged events)",
                 path.display()
             )));
         }
@@ -658,6 +623,37 @@ mod tests {
         let note = notes(log.as_ref());
         assert!(note.contains("events 1..2 were indexed"), "{note}");
         assert!(note.contains("offset 0 of segment"), "{note}");
+    }
+
+    /// A crash's torn write after the last indexed block, megabytes long and holding bytes
+    /// that read as a whole frame (an agent's bytes can): cut off and reported, the store
+    /// opens with every indexed event.
+    #[test]
+    fn a_multi_mib_torn_tail_holding_a_frame_is_cut_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let log = store.event_log().unwrap();
+            log.append(vec![stored(1), stored(2)]).unwrap();
+            log.sync().unwrap();
+        }
+        let path = last_segment(dir.path());
+        let good = std::fs::read(&path).unwrap();
+        let mut torn = good.clone();
+        torn.extend_from_slice(&(4u32 << 20).to_be_bytes());
+        torn.extend_from_slice(&[0u8; 4]);
+        torn.extend_from_slice(&segment::frame(&BlockWriter::new().encode(&[stored(3)])));
+        torn.resize(torn.len() + (3 << 20), 0x5a);
+        std::fs::write(&path, &torn).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let log = store.event_log().unwrap();
+        assert_eq!(seqs(log.as_ref()), [1, 2]);
+        assert_eq!(std::fs::read(&path).unwrap(), good);
+        let note = notes(log.as_ref());
+        assert!(note.contains("torn tail truncated at seq 3"), "{note}");
+        assert!(note.contains(&format!("offset {}", good.len())), "{note}");
+        log.append(vec![stored(3)]).unwrap();
+        assert_eq!(seqs(log.as_ref()), [1, 2, 3]);
     }
 
     fn err_of(r: Result<SledStore, StoreError>) -> String {
