@@ -142,10 +142,17 @@ impl SledEventLog {
         repair: bool,
     ) -> Result<SledEventLog, StoreError> {
         let seg_dir = dir.join("events");
+        let events = db.open_tree("audit")?;
+        if !repair && events.range(..[SEGS].as_slice()).next().is_some() {
+            // Moving them writes segments and deletes keys: inspection changes nothing.
+            return Err(StoreError::from_message(format!(
+                "the audit log under {} is from an earlier version and its events have not been moved into segment files yet; start toolgate on this data dir once (it moves them), then run this command again (this command changed nothing)",
+                dir.display()
+            )));
+        }
         std::fs::create_dir_all(&seg_dir).map_err(|e| {
             StoreError::from_message(format!("could not create {}: {e}", seg_dir.display()))
         })?;
-        let events = db.open_tree("audit")?;
         let scans = scan_recent(&seg_dir, &events, repair)?;
         let segments = Segments::open(&seg_dir, segment_bytes)?;
         #[cfg(test)]
@@ -167,8 +174,9 @@ impl SledEventLog {
         if let Some(first) = scans.first() {
             log.recover(first.seg, &scans, repair)?;
         }
-        // Also when inspecting: moving an earlier version's blocks loses nothing.
-        log.migrate()?;
+        if repair {
+            log.migrate()?;
+        }
         Ok(log)
     }
 
@@ -979,6 +987,52 @@ mod tests {
         out.extend_from_slice(&(plain.len() as u32).to_be_bytes());
         out.extend_from_slice(&zstd::block::compress(&plain, 1).unwrap());
         out
+    }
+
+    /// Writes a log as an earlier version did (blocks in sled) under `dir`.
+    fn legacy_store(dir: &Path) {
+        let db = sled::Config::new().path(dir.join("store")).open().unwrap();
+        let tree = db.open_tree("audit").unwrap();
+        tree.insert(1u64.to_be_bytes(), stored(1).bytes).unwrap();
+        tree.insert(2u64.to_be_bytes(), legacy_block(&[stored(2), stored(3)]))
+            .unwrap();
+        let mut batch = sled::Batch::default();
+        Postings::of(&[stored(1), stored(2), stored(3)]).write(&mut batch);
+        tree.apply_batch(batch).unwrap();
+        db.flush().unwrap();
+    }
+
+    /// Inspection (`audit verify --data-dir` ...) of a log an earlier version wrote does not
+    /// move it (that writes segments and deletes keys): it refuses, saying what to do, and
+    /// changes nothing.
+    #[test]
+    fn inspecting_a_log_of_an_earlier_version_refuses_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        legacy_store(dir.path());
+        let err = err_of(SledStore::open_inspect(dir.path()));
+        assert!(err.contains("earlier version"), "{err}");
+        assert!(
+            err.contains("start toolgate on this data dir once"),
+            "{err}"
+        );
+        assert!(!dir.path().join("events").exists(), "segments were written");
+        {
+            let db = sled::Config::new()
+                .path(dir.path().join("store"))
+                .open()
+                .unwrap();
+            let tree = db.open_tree("audit").unwrap();
+            assert_eq!(
+                tree.range(..[SEGS].as_slice()).count(),
+                2,
+                "keys were moved"
+            );
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(seqs(store.event_log().unwrap().as_ref()), [1, 2, 3]);
+        drop(store);
+        let store = SledStore::open_inspect(dir.path()).unwrap();
+        assert_eq!(seqs(store.event_log().unwrap().as_ref()), [1, 2, 3]);
     }
 
     #[test]
