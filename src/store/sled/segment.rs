@@ -361,6 +361,13 @@ impl Segments {
     /// Appends one framed payload (not yet durable: `sync`); a full segment is synced and the
     /// next one started first.
     pub(super) fn append(&self, payload: &[u8]) -> Result<Loc, StoreError> {
+        if payload.is_empty() || payload.len() > MAX_FRAME {
+            // It could not be read back: its frame would end the readable part.
+            return Err(StoreError::from_message(format!(
+                "an audit block of {} bytes cannot be written (a block holds 1 to {MAX_FRAME} bytes); write fewer or smaller events at once",
+                payload.len()
+            )));
+        }
         let framed = frame(payload);
         let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
         self.broken()?;
@@ -633,6 +640,20 @@ mod tests {
         }
         assert!(segs.sync().is_err());
         assert_eq!(segs.read(a).unwrap(), [1u8; 10]);
+    }
+
+    /// A block larger than a frame can hold is refused, not acknowledged and unreadable.
+    #[test]
+    fn a_block_past_the_largest_frame_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::open(dir.path(), 1 << 20).unwrap();
+        // Zeroed pages are not touched: refused before it is framed.
+        let huge = vec![0u8; MAX_FRAME + 1];
+        let err = segs.append(&huge).unwrap_err().to_string();
+        assert!(err.contains("cannot be written"), "{err}");
+        assert!(segs.append(&[]).is_err());
+        let a = segs.append(&[1u8; 10]).unwrap();
+        assert_eq!((a.off, segs.read(a).unwrap()), (0, vec![1u8; 10]));
     }
 
     fn payloads() -> impl Strategy<Value = Vec<Vec<u8>>> {
