@@ -161,7 +161,7 @@ impl Writer {
             .collect();
         let (mut failures, mut first) = (0, true);
         while !rest.is_empty() {
-            let n = group_len(&rest);
+            let n = group_len(rest.iter().map(|((_, bytes), _)| bytes.len()));
             let (mut group, mut group_acks): (Vec<_>, Vec<_>) = rest.drain(..n).unzip();
             if !first {
                 (self.seq, self.prev) = before.clone();
@@ -337,16 +337,17 @@ impl Writer {
     }
 }
 
-/// How many of `events` (at least one) one append takes: up to `BATCH_BYTES` sealed bytes.
-fn group_len(events: &[((Event, Vec<u8>), Option<(Ack, bool)>)]) -> usize {
-    let mut size = 0;
-    events
-        .iter()
-        .position(|((_, bytes), _)| {
-            size += bytes.len() + EVENT_OVERHEAD;
-            size > BATCH_BYTES
+/// How many of the events of `sizes` sealed bytes (at least one) one append takes: up to
+/// `BATCH_BYTES`.
+fn group_len(mut sizes: impl ExactSizeIterator<Item = usize>) -> usize {
+    let all = sizes.len();
+    let mut total = 0;
+    sizes
+        .position(|size| {
+            total += size + EVENT_OVERHEAD;
+            total > BATCH_BYTES
         })
-        .unwrap_or(events.len())
+        .unwrap_or(all)
         .max(1)
 }
 
