@@ -22,6 +22,8 @@ pub(super) const SEGMENT_BYTES: u64 = 64 << 20;
 pub(super) const MAX_FRAME: usize = 256 << 20;
 /// The length and checksum before a frame's payload.
 pub(super) const HEADER: usize = 8;
+/// The most segment files kept open for reading (the least recently read is closed).
+const READERS: usize = 64;
 
 /// Where a block is: its segment, the offset of its frame, and the frame's payload length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +167,9 @@ pub(super) struct Segments {
     /// Held across a sync: a caller that finds nothing left to sync returns only once the
     /// `fdatasync` that covers its appends (another caller's, maybe) has returned.
     syncing: Mutex<()>,
-    readers: Mutex<HashMap<u64, Arc<File>>>,
+    /// Open descriptors of segments read lately (at most `READERS`), each with when it was
+    /// last used.
+    readers: Mutex<HashMap<u64, (Arc<File>, u64)>>,
     /// The first sync (or cut) that failed: from then on every append and sync fails with it
     /// until a restart, whose recovery reads what is on disk. A failed `fdatasync` may have
     /// dropped the dirty pages, and a later one returns Ok without writing them: it is never
@@ -473,13 +477,30 @@ impl Segments {
 
     fn reader(&self, id: u64) -> Result<Arc<File>, StoreError> {
         let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = readers.get(&id) {
+        let tick = readers.values().map(|(_, t)| *t).max().unwrap_or(0) + 1;
+        if let Some((f, used)) = readers.get_mut(&id) {
+            *used = tick;
             return Ok(f.clone());
+        }
+        if readers.len() >= READERS {
+            let oldest = readers
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                readers.remove(&oldest);
+            }
         }
         let path = self.path(id);
         let f = Arc::new(File::open(&path).map_err(|e| io_err("could not open", &path, e))?);
-        readers.insert(id, f.clone());
+        readers.insert(id, (f.clone(), tick));
         Ok(f)
+    }
+
+    /// In tests: how many segment files are open for reading.
+    #[cfg(test)]
+    fn open_readers(&self) -> usize {
+        self.readers.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// The payload of the block at `loc`; an error when it is missing or damaged.
@@ -513,10 +534,10 @@ impl Segments {
         if id == self.active_id() {
             return Ok(());
         }
-        self.readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        // The readers' lock is held across the unlink: no reader opens the file between its
+        // descriptor's closing and the unlink (and keeps a deleted file open).
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        readers.remove(&id);
         let path = self.path(id);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -654,6 +675,29 @@ mod tests {
         assert!(segs.append(&[]).is_err());
         let a = segs.append(&[1u8; 10]).unwrap();
         assert_eq!((a.off, segs.read(a).unwrap()), (0, vec![1u8; 10]));
+    }
+
+    /// Reading many segments keeps at most `READERS` of them open, the most recent.
+    #[test]
+    fn the_open_readers_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::open(dir.path(), 20).unwrap();
+        let locs: Vec<Loc> = (0..READERS as u8 + 10)
+            .map(|n| segs.append(&[n; 16]).unwrap())
+            .collect();
+        segs.sync().unwrap();
+        assert!(locs.last().unwrap().seg > READERS as u64);
+        for (n, loc) in locs.iter().enumerate() {
+            assert_eq!(segs.read(*loc).unwrap(), [n as u8; 16]);
+            assert!(segs.open_readers() <= READERS);
+        }
+        assert_eq!(segs.open_readers(), READERS);
+        // The most recent stay open: reading one again opens nothing.
+        let last = *locs.last().unwrap();
+        segs.read(last).unwrap();
+        assert_eq!(segs.open_readers(), READERS);
+        segs.remove(locs[0].seg).unwrap();
+        assert!(!segs.path(locs[0].seg).exists());
     }
 
     fn payloads() -> impl Strategy<Value = Vec<Vec<u8>>> {
