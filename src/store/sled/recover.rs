@@ -167,9 +167,12 @@ impl SledEventLog {
             blocks: BlockWriter::new(),
             segments,
             writing: std::sync::Mutex::new(()),
+            removing: std::sync::Mutex::new(()),
             pending: std::sync::Mutex::new(None),
             #[cfg(test)]
             fail_index: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            remove_pause: std::sync::Mutex::new(None),
         };
         if let Some(first) = scans.first() {
             log.recover(first.seg, &scans, repair)?;
@@ -882,6 +885,49 @@ mod tests {
         drop(store);
         let store = SledStore::open_sized(dir.path(), 300).unwrap();
         assert_eq!(seqs(store.event_log().unwrap().as_ref()), left);
+    }
+
+    /// A purge under way (its batch built: posting lists and blocks read and encoded) does
+    /// not hold the writer up: an append completes meanwhile, and both are kept.
+    #[test]
+    fn an_append_completes_while_a_purge_builds_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open_sized(dir.path(), 200).unwrap();
+        let log = store.event_log().unwrap();
+        for s in [1, 3, 5] {
+            log.append(vec![stored(s), stored(s + 1)]).unwrap();
+        }
+        let (built_tx, built) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        *store.log.remove_pause.lock().unwrap() = Some((built_tx, go_rx));
+        let purge = {
+            let log = log.clone();
+            std::thread::spawn(move || log.remove(&[stored(1), stored(2), stored(3)]))
+        };
+        built
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let append = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let r = log.append(vec![stored(7)]);
+                let _ = done_tx.send(());
+                r
+            })
+        };
+        let appended = done.recv_timeout(std::time::Duration::from_secs(10));
+        go.send(()).unwrap();
+        assert!(appended.is_ok(), "the append waited for the purge");
+        append.join().unwrap().unwrap();
+        purge.join().unwrap().unwrap();
+        assert_eq!(seqs(log.as_ref()), [4, 5, 6, 7]);
+        assert_eq!(found(log.as_ref(), 4), [4]);
+        assert!(found(log.as_ref(), 3).is_empty());
+        drop(log);
+        drop(store);
+        let store = SledStore::open_sized(dir.path(), 200).unwrap();
+        assert_eq!(seqs(store.event_log().unwrap().as_ref()), [4, 5, 6, 7]);
     }
 
     /// A reader that found a block's entry before a removal wrote the block again elsewhere
