@@ -150,9 +150,7 @@ impl SledEventLog {
                 dir.display()
             )));
         }
-        std::fs::create_dir_all(&seg_dir).map_err(|e| {
-            StoreError::from_message(format!("could not create {}: {e}", seg_dir.display()))
-        })?;
+        super::segment::create_dir(&seg_dir)?;
         let scans = scan_recent(&seg_dir, &events, repair)?;
         let segments = Segments::open(&seg_dir, segment_bytes)?;
         #[cfg(test)]

@@ -129,6 +129,8 @@ pub(super) enum Step {
     Indexed { seg: u64, end: u64 },
     /// sled's files were flushed.
     Flushed,
+    /// The segments' directory was synced (a file in it created or removed).
+    DirSynced,
 }
 
 /// In tests: the steps of one store, shared by its segments, its log and its flush thread.
@@ -153,7 +155,7 @@ pub(super) fn out_of_order(steps: &[Step]) -> Option<usize> {
             Step::Indexed { seg, end } if synced.get(&seg).copied().unwrap_or(0) < end => {
                 return Some(i)
             }
-            Step::Indexed { .. } | Step::Flushed => {}
+            Step::Indexed { .. } | Step::Flushed | Step::DirSynced => {}
         }
     }
     None
@@ -209,7 +211,7 @@ impl Segments {
     /// Opens the segments under `dir` (created if missing), appending to the last one (or to
     /// a first one).
     pub(super) fn open(dir: &Path, max_bytes: u64) -> Result<Segments, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| io_err("could not create", dir, e))?;
+        create_dir(dir)?;
         let id = Self::list(dir)?.last().copied().unwrap_or(1);
         let active = Self::open_active(dir, id)?;
         Ok(Segments {
@@ -341,9 +343,7 @@ impl Segments {
             .open(&path)
             .map_err(|e| io_err("could not open", &path, e))?;
         if !existed {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_err("could not sync", dir, e))?;
+            sync_dir(dir)?;
         }
         let len = file
             .metadata()
@@ -540,10 +540,35 @@ impl Segments {
         readers.remove(&id);
         let path = self.path(id);
         match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("could not remove", &path, e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("could not remove", &path, e)),
         }
+        drop(readers);
+        // The unlink is durable (a power loss does not bring the segment back).
+        sync_dir(&self.dir)?;
+        #[cfg(test)]
+        note(&self.journal, Step::DirSynced);
+        Ok(())
+    }
+}
+
+/// Makes the entries of directory `dir` (files created or removed) durable.
+pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err("could not sync", dir, e))
+}
+
+/// Creates directory `dir` if it is missing, durably (its parent synced).
+pub(super) fn create_dir(dir: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io_err("could not create", dir, e))?;
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
+        _ => Ok(()),
     }
 }
 
@@ -575,6 +600,11 @@ mod tests {
         assert_eq!(segs.read(b).unwrap(), [2u8; 60]);
         assert_eq!(Segments::list(dir.path()).unwrap(), [1, 2]);
         segs.remove(1).unwrap();
+        assert_eq!(
+            segs.journal.lock().unwrap().last(),
+            Some(&Step::DirSynced),
+            "the unlink was made durable"
+        );
         segs.remove(2).unwrap();
         assert_eq!(
             Segments::list(dir.path()).unwrap(),
