@@ -33,6 +33,10 @@ pub(super) struct Msg {
 
 /// The most records written in one batch.
 const BATCH: usize = 1024;
+/// The most sealed bytes written in one append (the store's block, one segment frame, holds
+/// at most 256 MiB), and what an event's index keys and framing add at most, counted.
+const BATCH_BYTES: usize = 32 << 20;
+const EVENT_OVERHEAD: usize = 4096;
 /// How long the writer lets a batch fill when nobody waits for durability: a write costs
 /// about the same for one event as for a hundred (one block, one posting list per index
 /// value), and the request path never waits for it (only for room in the queue). It sleeps
@@ -128,7 +132,7 @@ impl Writer {
             events.push((e, bytes));
             acks.push(msg.ack.map(|ack| (ack, msg.keep)));
         }
-        let (failures, failed) = self.append_until_taken(&mut events, &mut acks, before);
+        let (failures, failed) = self.append_in_groups(&mut events, &mut acks, before);
         let mut synced = Ok(());
         if acks.iter().any(Option::is_some) && failed.is_none() {
             let started = Instant::now();
@@ -143,6 +147,52 @@ impl Writer {
             }
         }
         self.settle_health(failed, synced, failures, events.is_empty());
+    }
+
+    /// Appends the batch in groups of at most `BATCH_BYTES` sealed bytes (a store block has a
+    /// bounded size), each as `append_until_taken` does; a group after the first is chained
+    /// again from where the one before it left the chain.
+    fn append_in_groups(
+        &mut self,
+        events: &mut Vec<(Event, Vec<u8>)>,
+        acks: &mut Vec<Option<(Ack, bool)>>,
+        mut before: (u64, String),
+    ) -> (u32, Option<(String, usize)>) {
+        let mut rest: Vec<_> = std::mem::take(events)
+            .into_iter()
+            .zip(std::mem::take(acks))
+            .collect();
+        let (mut failures, mut first) = (0, true);
+        while !rest.is_empty() {
+            let n = group_len(rest.iter().map(|((_, bytes), _)| bytes.len()));
+            let (mut group, mut group_acks): (Vec<_>, Vec<_>) = rest.drain(..n).unzip();
+            if !first {
+                (self.seq, self.prev) = before.clone();
+                for (e, bytes) in group.iter_mut() {
+                    *bytes = self.link(e);
+                }
+            }
+            first = false;
+            let (tries, failed) =
+                self.append_until_taken(&mut group, &mut group_acks, before.clone());
+            failures += tries;
+            if let Some((e, _)) = group.last() {
+                before = (e.seq, e.hash.clone());
+            }
+            events.extend(group);
+            acks.extend(group_acks);
+            if let Some((err, lost)) = failed {
+                // The process is leaving: the groups not tried are not written either.
+                let left = rest.len();
+                for (_, ack) in rest {
+                    if let Some((ack, _)) = ack {
+                        let _ = ack.send(Err(err.clone()));
+                    }
+                }
+                return (failures, Some((err, lost + left)));
+            }
+        }
+        (failures, None)
     }
 
     /// Appends the batch, and while the store refuses it, keeps it and tries again after a
@@ -290,6 +340,20 @@ impl Writer {
     }
 }
 
+/// How many of the events of `sizes` sealed bytes (at least one) one append takes: up to
+/// `BATCH_BYTES`.
+fn group_len(mut sizes: impl ExactSizeIterator<Item = usize>) -> usize {
+    let all = sizes.len();
+    let mut total = 0;
+    sizes
+        .position(|size| {
+            total += size + EVENT_OVERHEAD;
+            total > BATCH_BYTES
+        })
+        .unwrap_or(all)
+        .max(1)
+}
+
 /// The pause before a failed batch's `failures`th try again: doubling, within a bound.
 fn retry_pause(failures: u32) -> Duration {
     RETRY_FIRST
@@ -308,6 +372,8 @@ mod tests {
         inner: Arc<dyn EventLog>,
         fail: AtomicBool,
         refused: AtomicU64,
+        /// The bytes of each append taken.
+        sizes: std::sync::Mutex<Vec<usize>>,
     }
 
     impl EventLog for Flaky {
@@ -319,7 +385,10 @@ mod tests {
                 self.refused.fetch_add(1, Ordering::SeqCst);
                 return Err(StoreError::from_message("the disk is gone".into()));
             }
-            self.inner.append(events)
+            let size = events.iter().map(|e| e.bytes.len()).sum();
+            self.inner.append(events)?;
+            self.sizes.lock().unwrap().push(size);
+            Ok(())
         }
         fn index(&self, events: &[StoredEvent]) -> crate::store::Result<()> {
             self.inner.index(events)
@@ -392,6 +461,7 @@ mod tests {
             inner: store.event_log().unwrap(),
             fail: AtomicBool::new(false),
             refused: AtomicU64::new(0),
+            sizes: Default::default(),
         });
         let health = Arc::new(Health::default());
         health.writable.store(true, Ordering::SeqCst);
@@ -450,6 +520,58 @@ mod tests {
             assert_eq!(e.compute_hash(), e.hash);
             prev = e.hash.clone();
         }
+    }
+
+    /// A batch of more bytes than one append takes is written in several, chained whole,
+    /// each within the bound (a store block past its frame limit would be unreadable).
+    #[test]
+    fn a_batch_of_many_bytes_is_written_in_appends_within_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(dir.path()).unwrap();
+        let log = Arc::new(Flaky {
+            inner: store.event_log().unwrap(),
+            fail: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
+            sizes: Default::default(),
+        });
+        let writer = Writer {
+            log: log.clone(),
+            redactor: Arc::new(Redactor::new()),
+            flush_gauge: Arc::new(AtomicU64::new(0)),
+            room: Arc::new(Semaphore::new(16)),
+            health: Arc::new(Health::default()),
+            delay: Duration::from_millis(200),
+            seq: 0,
+            prev: String::new(),
+        };
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || writer.run(rx));
+        let big = serde_json::Value::String("x".repeat(BATCH_BYTES / 3 + 1024));
+        let (ack, done) = oneshot::channel();
+        for n in 0..4 {
+            let mut m = msg(&format!("r{n}"), None);
+            m.rec.payload = big.clone();
+            tx.send(m).unwrap();
+        }
+        tx.send(msg("last", Some(ack))).unwrap();
+        assert_eq!(done.blocking_recv().unwrap(), Ok(5));
+        drop(tx);
+        thread.join().unwrap();
+        let sizes = log.sizes.lock().unwrap().clone();
+        assert!(sizes.len() >= 2, "{sizes:?}");
+        assert!(sizes.iter().all(|s| *s <= BATCH_BYTES), "{sizes:?}");
+        let events: Vec<Event> = log
+            .scan(0)
+            .map(|item| serde_json::from_slice(&item.unwrap().1).unwrap())
+            .collect();
+        let mut prev = String::new();
+        for (n, e) in events.iter().enumerate() {
+            assert_eq!(e.seq, n as u64 + 1);
+            assert_eq!(e.prev, prev);
+            assert_eq!(e.compute_hash(), e.hash);
+            prev = e.hash.clone();
+        }
+        assert_eq!(events.len(), 5);
     }
 
     #[test]

@@ -675,7 +675,8 @@ async fn a_damaged_segment_is_reported_never_cut() {
 }
 
 /// A data dir written by an earlier version (the events in sled's `audit` tree, under 8-byte
-/// sequence keys, no segment files) opens as it is: its blocks move into segments, the chain
+/// sequence keys, no segment files): `audit verify --data-dir` refuses until toolgate has
+/// started on it once, changing nothing; the start moves its blocks into segments, the chain
 /// verifies, and the indexes it had still find the events.
 #[tokio::test]
 async fn a_data_dir_of_an_earlier_version_opens_and_verifies() {
@@ -732,6 +733,24 @@ async fn a_data_dir_of_an_earlier_version_opens_and_verifies() {
         db.flush().unwrap();
     }
     std::fs::remove_dir_all(&segments).unwrap();
+
+    // Inspection does not move the events (that writes the store): it says what to do.
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("earlier version"), "{said}");
+    assert!(
+        said.contains("start toolgate on this data dir once"),
+        "{said}"
+    );
+    assert!(!segments.exists(), "inspection wrote segments");
+    // A start moves them.
+    let gate = GateBuilder::reopen(dir).start().await;
+    let _dir = gate.into_dir().await;
 
     assert_eq!(run(&["audit", "verify"]), before);
     let story = run(&["audit", "story", &ids[3], "--json"]);

@@ -142,15 +142,17 @@ fn frames(bytes: &[u8]) -> Vec<(usize, usize)> {
     out
 }
 
-/// Cuts the last segment in the middle of its last block.
+/// Leaves what a crash in the middle of a write leaves: the first half of a block after the
+/// last one (a copy of the last frame, cut). The blocks already there are indexed, and cutting
+/// one of them would be damage, not a torn write.
 fn tear(data: &std::path::Path) {
     let last = last_segment(data);
-    let bytes = std::fs::read(&last).unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
     assert!(bytes.len() > 8, "the last segment holds a block");
     let (start, len) = *frames(&bytes).last().unwrap();
-    let cut = start + 8 + len / 2;
-    let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
-    f.set_len(cut as u64).unwrap();
+    let half = bytes[start..start + 8 + len / 2].to_vec();
+    bytes.extend_from_slice(&half);
+    std::fs::write(&last, &bytes).unwrap();
 }
 
 /// The example policies routed to a recording upstream, with a rate limit far above what the

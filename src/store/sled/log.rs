@@ -35,12 +35,22 @@ pub(super) struct SledEventLog {
     /// through again, and deletes the segments it empties: none may be taking a block whose
     /// index entries are not written yet).
     pub(super) writing: std::sync::Mutex<()>,
+    /// One removal at a time: it reads posting lists and blocks without holding `writing`
+    /// (appends only add keys of their own), and takes `writing` only to place, sync and apply.
+    pub(super) removing: std::sync::Mutex<()>,
     /// Opened for inspection: what a recovery would report (it is not run).
     pub(super) pending: std::sync::Mutex<Option<String>>,
     /// In tests: the next index write fails.
     #[cfg(test)]
     pub(super) fail_index: std::sync::atomic::AtomicBool,
+    /// In tests: the next removal says when its batch is built, and waits to go on.
+    #[cfg(test)]
+    pub(super) remove_pause: std::sync::Mutex<Option<RemovePause>>,
 }
+
+/// In tests: a removal sends on the first once its batch is built, and waits on the second.
+#[cfg(test)]
+pub(super) type RemovePause = (std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>);
 
 /// One event a scan yields: its sequence number and bytes.
 type ScanItem = Result<(u64, Vec<u8>), StoreError>;
@@ -374,10 +384,20 @@ impl SledEventLog {
         events: &[crate::store::StoredEvent],
         batch: &mut sled::Batch,
     ) -> Result<Option<Entry>, StoreError> {
+        self.place_encoded(events, &self.blocks.encode(events), batch)
+    }
+
+    /// The same, with the events' block encoded already.
+    fn place_encoded(
+        &self,
+        events: &[crate::store::StoredEvent],
+        block: &[u8],
+        batch: &mut sled::Batch,
+    ) -> Result<Option<Entry>, StoreError> {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return Ok(None);
         };
-        let loc = self.segments.append(&self.blocks.encode(events))?;
+        let loc = self.segments.append(block)?;
         if let Some(old) = self.events.get(dir_key(first.seq))? {
             Entry::read(&dir_key(first.seq), &old)?.delete(batch);
         }
@@ -388,6 +408,20 @@ impl SledEventLog {
         };
         entry.put(batch);
         Ok(Some(entry))
+    }
+
+    /// In tests: waits where `remove_pause` says.
+    #[cfg(test)]
+    fn paused_in_remove(&self) {
+        let pause = self
+            .remove_pause
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((built, go)) = pause {
+            let _ = built.send(());
+            let _ = go.recv();
+        }
     }
 
     /// Deletes the segments no block is left in (but the one being written), once the removal
@@ -567,8 +601,11 @@ impl EventLog for SledEventLog {
         ))
     }
 
+    /// The batch is built (posting lists rewritten, blocks cut through read and encoded again)
+    /// without holding `writing`: the writer waits only while the blocks are placed, synced and
+    /// indexed; the flush and the deletion of emptied segments come after.
     fn remove(&self, events: &[crate::store::StoredEvent]) -> Result<(), StoreError> {
-        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let _purge = self.removing.lock().unwrap_or_else(|p| p.into_inner());
         let gone: BTreeSet<u64> = events.iter().map(|e| e.seq).collect();
         let postings = Postings::of(events);
         let mut batch = sled::Batch::default();
@@ -580,7 +617,7 @@ impl EventLog for SledEventLog {
         }
         // Each block holding a removed event is dropped, or written again without it.
         let mut done = BTreeSet::new();
-        let mut placed = Vec::new();
+        let mut again = Vec::new();
         for seq in &gone {
             let Some(entry) = self.entry_at(*seq)?.filter(|e| e.last >= *seq) else {
                 continue;
@@ -594,10 +631,20 @@ impl EventLog for SledEventLog {
                 .filter(|e| !gone.contains(&e.seq))
                 .collect();
             entry.delete(&mut batch);
-            placed.extend(self.place(&kept, &mut batch)?.map(|e| e.loc));
+            let block = self.blocks.encode(&kept);
+            again.push((kept, block));
         }
-        self.segments.sync()?;
-        self.apply(batch, &placed)?;
+        #[cfg(test)]
+        self.paused_in_remove();
+        {
+            let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+            let mut placed = Vec::new();
+            for (kept, block) in &again {
+                placed.extend(self.place_encoded(kept, block, &mut batch)?.map(|e| e.loc));
+            }
+            self.segments.sync()?;
+            self.apply(batch, &placed)?;
+        }
         self.drop_empty_segments()
     }
 

@@ -41,48 +41,12 @@ fn indexed_offsets(events: &sled::Tree, seg: u64) -> Result<Vec<u64>, StoreError
     Ok(offs)
 }
 
-/// The bytes of the segment file at `path` from `from` on (a damaged part, rarely read).
-fn tail_bytes(path: &Path, from: u64) -> Result<Vec<u8>, StoreError> {
-    use std::io::{Read, Seek};
-    let mut out = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| {
-            f.seek(std::io::SeekFrom::Start(from))?;
-            f.read_to_end(&mut out)
-        })
-        .map_err(|e| StoreError::from_message(format!("could not read {}: {e}", path.display())))?;
-    Ok(out)
-}
-
-/// The checksum work `frame_after` does at most (garbage can hold many lengths that fit).
-const CHECK_BYTES: usize = 1 << 30;
-
-/// Where a whole frame starts in `buf` after offset `from`, if one does; past `CHECK_BYTES` of
-/// checksums, the first place one could start (it cannot tell, so it assumes one does).
-fn frame_after(buf: &[u8], from: u64) -> Option<u64> {
-    let mut checked = 0usize;
-    for at in from as usize + 1..buf.len() {
-        let Some(len) = buf
-            .get(at..at + 4)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map(|b| u32::from_be_bytes(b) as usize)
-            .filter(|len| *len > 0 && at + super::segment::HEADER + len <= buf.len())
-        else {
-            continue;
-        };
-        checked += len;
-        if checked > CHECK_BYTES || buf.get(at..).and_then(super::segment::unframe).is_some() {
-            return Some(at as u64);
-        }
-    }
-    None
-}
-
 /// Reads segment `seg` under `dir` and, when `repair`, cuts off a torn tail (else only
-/// reports it): bytes after the
-/// last whole frame that no indexed frame and no whole frame follows (a write a crash cut).
-/// Damage that an indexed frame or a whole frame follows is not a torn tail: the segment is
-/// refused, never cut (that would drop acknowledged events).
+/// reports it): the bytes from the first frame that is not whole on. Appends are serialised and
+/// each block is synced before the next is written and before it is indexed, so a crash leaves
+/// at most one torn frame, after the last indexed one; whatever those bytes hold (an agent's
+/// bytes can look like frames) is not read. Damage at or before an indexed frame is not a torn
+/// tail: the segment is refused, never cut (that would drop acknowledged events).
 fn scan(
     dir: &Path,
     seg: u64,
@@ -103,14 +67,19 @@ fn scan(
     })?;
     let torn = (end < size).then(|| (end, size - end));
     if torn.is_some() {
-        let indexed_after = indexed_offsets(events, seg)?.into_iter().find(|o| *o > end);
-        let next = match indexed_after {
-            Some(next) => Some(next),
-            None => frame_after(&tail_bytes(&path, end)?, 0).map(|at| at + end),
-        };
-        if let Some(next) = next {
+        // Every block is synced before it is indexed: an indexed frame at the damage (or
+        // after it) is damage, never a write a crash cut.
+        let indexed_after = indexed_offsets(events, seg)?
+            .into_iter()
+            .find(|o| *o >= end);
+        if let Some(next) = indexed_after {
+            let what = if next == end {
+                format!("the indexed frame at offset {end} is damaged")
+            } else {
+                format!("the frame at offset {end} is damaged and the indexed frame at offset {next} follows it")
+            };
             return Err(StoreError::from_message(format!(
-                "corrupt audit segment {}: the frame at offset {end} is damaged and the frame at offset {next} follows it; move the segment aside to start (toolgate will not drop acknowledged events)",
+                "corrupt audit segment {}: {what}; move the segment aside to start (toolgate will not drop acknowledged events)",
                 path.display()
             )));
         }
@@ -173,10 +142,15 @@ impl SledEventLog {
         repair: bool,
     ) -> Result<SledEventLog, StoreError> {
         let seg_dir = dir.join("events");
-        std::fs::create_dir_all(&seg_dir).map_err(|e| {
-            StoreError::from_message(format!("could not create {}: {e}", seg_dir.display()))
-        })?;
         let events = db.open_tree("audit")?;
+        if !repair && events.range(..[SEGS].as_slice()).next().is_some() {
+            // Moving them writes segments and deletes keys: inspection changes nothing.
+            return Err(StoreError::from_message(format!(
+                "the audit log under {} is from an earlier version and its events have not been moved into segment files yet; start toolgate on this data dir once (it moves them), then run this command again (this command changed nothing)",
+                dir.display()
+            )));
+        }
+        super::segment::create_dir(&seg_dir)?;
         let scans = scan_recent(&seg_dir, &events, repair)?;
         let segments = Segments::open(&seg_dir, segment_bytes)?;
         #[cfg(test)]
@@ -191,15 +165,19 @@ impl SledEventLog {
             blocks: BlockWriter::new(),
             segments,
             writing: std::sync::Mutex::new(()),
+            removing: std::sync::Mutex::new(()),
             pending: std::sync::Mutex::new(None),
             #[cfg(test)]
             fail_index: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            remove_pause: std::sync::Mutex::new(None),
         };
         if let Some(first) = scans.first() {
             log.recover(first.seg, &scans, repair)?;
         }
-        // Also when inspecting: moving an earlier version's blocks loses nothing.
-        log.migrate()?;
+        if repair {
+            log.migrate()?;
+        }
         Ok(log)
     }
 
@@ -230,7 +208,7 @@ impl SledEventLog {
             }
         }
         r.batch.insert(&[HIGH], &newest.to_be_bytes());
-        let note = describe(scans, newest, &gone);
+        let note = describe(scans, newest, &r.lost);
         if !repair {
             // Inspection changes nothing: the blocks not indexed stay unread, and what a
             // recovery would cut or lose is reported.
@@ -401,8 +379,9 @@ fn legacy_stored(seq: u64, v: &[u8]) -> Vec<StoredEvent> {
         .collect()
 }
 
-/// What a recovery reports, if anything was lost.
-fn describe(scans: &[Scan], newest: u64, gone: &[&Entry]) -> Option<String> {
+/// What a recovery reports, if anything was lost: the torn tails cut, and every directory
+/// entry whose block was not whole on disk.
+fn describe(scans: &[Scan], newest: u64, lost: &[Entry]) -> Option<String> {
     let mut parts = Vec::new();
     for s in scans {
         if let Some((off, len)) = s.torn {
@@ -413,12 +392,10 @@ fn describe(scans: &[Scan], newest: u64, gone: &[&Entry]) -> Option<String> {
             ));
         }
     }
-    if let (Some(from), Some(to)) = (
-        gone.iter().map(|e| e.first).min(),
-        gone.iter().map(|e| e.last).max(),
-    ) {
+    for e in lost {
         parts.push(format!(
-            "events {from}..{to} were indexed but their block was not whole on disk; they are gone"
+            "events {}..{} were indexed but their block (offset {} of segment {:012}.seg) was not whole on disk; they are gone",
+            e.first, e.last, e.loc.off, e.loc.seg
         ));
     }
     (!parts.is_empty()).then(|| parts.join("; "))
@@ -592,8 +569,11 @@ mod tests {
         }
     }
 
+    /// The last indexed frame cut short is damage, not a crash's torn write (its block was
+    /// synced before it was indexed): the store does not open, naming segment and offset, and
+    /// the segment is left as it is.
     #[test]
-    fn a_torn_tail_is_cut_off_reported_and_its_index_entries_go() {
+    fn damage_in_the_last_indexed_frame_refuses_naming_segment_and_offset() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = SledStore::open(dir.path()).unwrap();
@@ -603,18 +583,85 @@ mod tests {
             log.sync().unwrap();
         }
         let path = last_segment(dir.path());
+        let bytes = std::fs::read(&path).unwrap();
+        let last = *store_frame_offsets(&bytes).last().unwrap();
+        segment::truncate(&path, bytes.len() as u64 - 5).unwrap();
+        let cut = std::fs::read(&path).unwrap();
+        for r in [
+            SledStore::open(dir.path()),
+            SledStore::open_inspect(dir.path()),
+        ] {
+            let err = err_of(r);
+            assert!(err.contains("corrupt audit segment"), "{err}");
+            assert!(err.contains(&format!("offset {last}")), "{err}");
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                cut,
+                "the segment was changed"
+            );
+        }
+    }
+
+    /// A directory entry whose block is not whole on disk while later blocks are is reported
+    /// (log and the note `verify` shows), not deleted silently.
+    #[test]
+    fn every_lost_directory_entry_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let log = store.event_log().unwrap();
+            log.append(vec![stored(1), stored(2)]).unwrap();
+            log.append(vec![stored(3), stored(4)]).unwrap();
+            // The first block's entry names a length its frame does not have.
+            let mut e = store.log.entry_at(1).unwrap().unwrap();
+            e.loc.len += 1;
+            let mut batch = sled::Batch::default();
+            e.put(&mut batch);
+            store.log.events.apply_batch(batch).unwrap();
+            // A torn write after the last block, so that a recovery runs.
+            store.log.segments.append(&[9u8; 64]).unwrap();
+            log.sync().unwrap();
+        }
+        let path = last_segment(dir.path());
         let len = std::fs::metadata(&path).unwrap().len();
-        segment::truncate(&path, len - 5).unwrap();
+        segment::truncate(&path, len - 10).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let log = store.event_log().unwrap();
+        assert_eq!(seqs(log.as_ref()), [3, 4]);
+        let note = notes(log.as_ref());
+        assert!(note.contains("events 1..2 were indexed"), "{note}");
+        assert!(note.contains("offset 0 of segment"), "{note}");
+    }
+
+    /// A crash's torn write after the last indexed block, megabytes long and holding bytes
+    /// that read as a whole frame (an agent's bytes can): cut off and reported, the store
+    /// opens with every indexed event.
+    #[test]
+    fn a_multi_mib_torn_tail_holding_a_frame_is_cut_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let log = store.event_log().unwrap();
+            log.append(vec![stored(1), stored(2)]).unwrap();
+            log.sync().unwrap();
+        }
+        let path = last_segment(dir.path());
+        let good = std::fs::read(&path).unwrap();
+        let mut torn = good.clone();
+        torn.extend_from_slice(&(4u32 << 20).to_be_bytes());
+        torn.extend_from_slice(&[0u8; 4]);
+        torn.extend_from_slice(&segment::frame(&BlockWriter::new().encode(&[stored(3)])));
+        torn.resize(torn.len() + (3 << 20), 0x5a);
+        std::fs::write(&path, &torn).unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let log = store.event_log().unwrap();
         assert_eq!(seqs(log.as_ref()), [1, 2]);
+        assert_eq!(std::fs::read(&path).unwrap(), good);
         let note = notes(log.as_ref());
         assert!(note.contains("torn tail truncated at seq 3"), "{note}");
-        assert!(note.contains("events 3..4"), "{note}");
-        assert!(found(log.as_ref(), 3).is_empty());
-        // The chain goes on from 2: a new event 3 is found, and only it.
+        assert!(note.contains(&format!("offset {}", good.len())), "{note}");
         log.append(vec![stored(3)]).unwrap();
-        assert_eq!(found(log.as_ref(), 3), [3]);
         assert_eq!(seqs(log.as_ref()), [1, 2, 3]);
     }
 
@@ -838,6 +885,49 @@ mod tests {
         assert_eq!(seqs(store.event_log().unwrap().as_ref()), left);
     }
 
+    /// A purge under way (its batch built: posting lists and blocks read and encoded) does
+    /// not hold the writer up: an append completes meanwhile, and both are kept.
+    #[test]
+    fn an_append_completes_while_a_purge_builds_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open_sized(dir.path(), 200).unwrap();
+        let log = store.event_log().unwrap();
+        for s in [1, 3, 5] {
+            log.append(vec![stored(s), stored(s + 1)]).unwrap();
+        }
+        let (built_tx, built) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        *store.log.remove_pause.lock().unwrap() = Some((built_tx, go_rx));
+        let purge = {
+            let log = log.clone();
+            std::thread::spawn(move || log.remove(&[stored(1), stored(2), stored(3)]))
+        };
+        built
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let append = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let r = log.append(vec![stored(7)]);
+                let _ = done_tx.send(());
+                r
+            })
+        };
+        let appended = done.recv_timeout(std::time::Duration::from_secs(10));
+        go.send(()).unwrap();
+        assert!(appended.is_ok(), "the append waited for the purge");
+        append.join().unwrap().unwrap();
+        purge.join().unwrap().unwrap();
+        assert_eq!(seqs(log.as_ref()), [4, 5, 6, 7]);
+        assert_eq!(found(log.as_ref(), 4), [4]);
+        assert!(found(log.as_ref(), 3).is_empty());
+        drop(log);
+        drop(store);
+        let store = SledStore::open_sized(dir.path(), 200).unwrap();
+        assert_eq!(seqs(store.event_log().unwrap().as_ref()), [4, 5, 6, 7]);
+    }
+
     /// A reader that found a block's entry before a removal wrote the block again elsewhere
     /// (and deleted its segment) reads it where it is now, and a scan under way yields every
     /// surviving event once.
@@ -881,6 +971,15 @@ mod tests {
                 std::fs::metadata(last_segment(dir.path())).unwrap().len(),
                 len
             );
+            // The cut is durable before the append answers (a power loss must not bring the
+            // block back).
+            let steps = store.flusher.trace.lock().unwrap().clone();
+            let seg = store.log.segments.active_id();
+            assert_eq!(
+                steps.last(),
+                Some(&Step::Synced { seg, upto: len }),
+                "{steps:?}"
+            );
             log.sync().unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
@@ -889,6 +988,35 @@ mod tests {
         log.append(vec![stored(2)]).unwrap();
         assert_eq!(seqs(log.as_ref()), [1, 2]);
         assert!(notes(log.as_ref()).is_empty());
+    }
+
+    /// The flush thread's `fdatasync` fails: the append after it is refused (its own sync
+    /// would get Ok from the kernel for pages the failed one dropped), so are flushes, until a
+    /// reopen, which reads what is on disk.
+    #[test]
+    fn a_failed_flush_sync_refuses_every_later_append_until_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let log = store.event_log().unwrap();
+            log.append(vec![stored(1)]).unwrap();
+            // Written, not yet synced: the flush thread's sync is the one that fails.
+            store.log.segments.append(&[7u8; 16]).unwrap();
+            store
+                .log
+                .segments
+                .faults
+                .sync
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            assert!(log.sync().is_err());
+            assert!(log.append(vec![stored(2)]).is_err());
+            assert!(log.sync().is_err());
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let log = store.event_log().unwrap();
+        assert_eq!(seqs(log.as_ref()), [1]);
+        log.append(vec![stored(2)]).unwrap();
+        assert_eq!(seqs(log.as_ref()), [1, 2]);
     }
 
     /// An old value: a zstd block of (seq, length, bytes) entries, as earlier versions wrote.
@@ -903,6 +1031,52 @@ mod tests {
         out.extend_from_slice(&(plain.len() as u32).to_be_bytes());
         out.extend_from_slice(&zstd::block::compress(&plain, 1).unwrap());
         out
+    }
+
+    /// Writes a log as an earlier version did (blocks in sled) under `dir`.
+    fn legacy_store(dir: &Path) {
+        let db = sled::Config::new().path(dir.join("store")).open().unwrap();
+        let tree = db.open_tree("audit").unwrap();
+        tree.insert(1u64.to_be_bytes(), stored(1).bytes).unwrap();
+        tree.insert(2u64.to_be_bytes(), legacy_block(&[stored(2), stored(3)]))
+            .unwrap();
+        let mut batch = sled::Batch::default();
+        Postings::of(&[stored(1), stored(2), stored(3)]).write(&mut batch);
+        tree.apply_batch(batch).unwrap();
+        db.flush().unwrap();
+    }
+
+    /// Inspection (`audit verify --data-dir` ...) of a log an earlier version wrote does not
+    /// move it (that writes segments and deletes keys): it refuses, saying what to do, and
+    /// changes nothing.
+    #[test]
+    fn inspecting_a_log_of_an_earlier_version_refuses_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        legacy_store(dir.path());
+        let err = err_of(SledStore::open_inspect(dir.path()));
+        assert!(err.contains("earlier version"), "{err}");
+        assert!(
+            err.contains("start toolgate on this data dir once"),
+            "{err}"
+        );
+        assert!(!dir.path().join("events").exists(), "segments were written");
+        {
+            let db = sled::Config::new()
+                .path(dir.path().join("store"))
+                .open()
+                .unwrap();
+            let tree = db.open_tree("audit").unwrap();
+            assert_eq!(
+                tree.range(..[SEGS].as_slice()).count(),
+                2,
+                "keys were moved"
+            );
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(seqs(store.event_log().unwrap().as_ref()), [1, 2, 3]);
+        drop(store);
+        let store = SledStore::open_inspect(dir.path()).unwrap();
+        assert_eq!(seqs(store.event_log().unwrap().as_ref()), [1, 2, 3]);
     }
 
     #[test]

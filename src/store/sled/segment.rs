@@ -22,6 +22,8 @@ pub(super) const SEGMENT_BYTES: u64 = 64 << 20;
 pub(super) const MAX_FRAME: usize = 256 << 20;
 /// The length and checksum before a frame's payload.
 pub(super) const HEADER: usize = 8;
+/// The most segment files kept open for reading (the least recently read is closed).
+const READERS: usize = 64;
 
 /// Where a block is: its segment, the offset of its frame, and the frame's payload length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +129,8 @@ pub(super) enum Step {
     Indexed { seg: u64, end: u64 },
     /// sled's files were flushed.
     Flushed,
+    /// The segments' directory was synced (a file in it created or removed).
+    DirSynced,
 }
 
 /// In tests: the steps of one store, shared by its segments, its log and its flush thread.
@@ -151,7 +155,7 @@ pub(super) fn out_of_order(steps: &[Step]) -> Option<usize> {
             Step::Indexed { seg, end } if synced.get(&seg).copied().unwrap_or(0) < end => {
                 return Some(i)
             }
-            Step::Indexed { .. } | Step::Flushed => {}
+            Step::Indexed { .. } | Step::Flushed | Step::DirSynced => {}
         }
     }
     None
@@ -165,9 +169,37 @@ pub(super) struct Segments {
     /// Held across a sync: a caller that finds nothing left to sync returns only once the
     /// `fdatasync` that covers its appends (another caller's, maybe) has returned.
     syncing: Mutex<()>,
-    readers: Mutex<HashMap<u64, Arc<File>>>,
+    /// Open descriptors of segments read lately (at most `READERS`), each with when it was
+    /// last used.
+    readers: Mutex<HashMap<u64, (Arc<File>, u64)>>,
+    /// The first sync (or cut) that failed: from then on every append and sync fails with it
+    /// until a restart, whose recovery reads what is on disk. A failed `fdatasync` may have
+    /// dropped the dirty pages, and a later one returns Ok without writing them: it is never
+    /// retried into a false success.
+    failed: Mutex<Option<String>>,
+    /// In tests: faults injected into the next file operations.
+    #[cfg(test)]
+    pub(super) faults: Faults,
     #[cfg(test)]
     journal: Journal,
+}
+
+/// In tests: the next `fdatasync`, write or cut (`set_len`) of a segment fails (a write writes
+/// half its bytes first).
+#[cfg(test)]
+#[derive(Default)]
+pub(super) struct Faults {
+    pub sync: std::sync::atomic::AtomicBool,
+    pub write: std::sync::atomic::AtomicBool,
+    pub cut: std::sync::atomic::AtomicBool,
+}
+
+#[cfg(test)]
+fn injected(flag: &std::sync::atomic::AtomicBool, what: &str) -> std::io::Result<()> {
+    if flag.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        return Err(std::io::Error::other(format!("{what} failed (test)")));
+    }
+    Ok(())
 }
 
 /// A segment's file name: its number, zero-padded, so names sort as numbers.
@@ -179,7 +211,7 @@ impl Segments {
     /// Opens the segments under `dir` (created if missing), appending to the last one (or to
     /// a first one).
     pub(super) fn open(dir: &Path, max_bytes: u64) -> Result<Segments, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| io_err("could not create", dir, e))?;
+        create_dir(dir)?;
         let id = Self::list(dir)?.last().copied().unwrap_or(1);
         let active = Self::open_active(dir, id)?;
         Ok(Segments {
@@ -188,6 +220,9 @@ impl Segments {
             active: Mutex::new(active),
             syncing: Mutex::new(()),
             readers: Mutex::new(HashMap::new()),
+            failed: Mutex::new(None),
+            #[cfg(test)]
+            faults: Faults::default(),
             #[cfg(test)]
             journal: Journal::default(),
         })
@@ -241,6 +276,61 @@ impl Segments {
         self.dir.join(name(id))
     }
 
+    /// The error every append and sync returns once a sync or a cut failed.
+    fn broken(&self) -> Result<(), StoreError> {
+        match &*self.failed.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(StoreError::from_message(format!(
+                "the audit log is closed until toolgate restarts (its recovery reads what reached the disk): {e}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Records `err` as the permanent failure (the first one stays) and returns it.
+    fn fail(&self, err: StoreError) -> StoreError {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.get_or_insert_with(|| err.to_string());
+        tracing::error!(
+            "audit segment failure; the audit log refuses writes until a restart: {err}"
+        );
+        err
+    }
+
+    /// Writes `bytes` at the end of `file` (in tests: maybe half of them, then an error).
+    fn write_file(&self, mut file: &File, bytes: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        if injected(&self.faults.write, "write").is_err() {
+            file.write_all(&bytes[..bytes.len() / 2])?;
+            return injected(&std::sync::atomic::AtomicBool::new(true), "write");
+        }
+        file.write_all(bytes)
+    }
+
+    /// Cuts `file` to `len` bytes.
+    fn cut_file(&self, file: &File, len: u64) -> std::io::Result<()> {
+        #[cfg(test)]
+        injected(&self.faults.cut, "set_len")?;
+        file.set_len(len)
+    }
+
+    /// `fdatasync` of segment `id`, `upto` bytes long; a failure is permanent (`failed`).
+    fn sync_file(&self, id: u64, file: &File, _upto: u64) -> Result<(), StoreError> {
+        #[cfg(test)]
+        injected(&self.faults.sync, "fdatasync")
+            .map_err(|e| self.fail(io_err("could not sync", &self.path(id), e)))?;
+        file.sync_data()
+            .map_err(|e| self.fail(io_err("could not sync", &self.path(id), e)))?;
+        #[cfg(test)]
+        note(
+            &self.journal,
+            Step::Synced {
+                seg: id,
+                upto: _upto,
+            },
+        );
+        Ok(())
+    }
+
     /// Opens (creating) segment `id` for appending; a new file is made durable in its
     /// directory at once.
     fn open_active(dir: &Path, id: u64) -> Result<Active, StoreError> {
@@ -253,9 +343,7 @@ impl Segments {
             .open(&path)
             .map_err(|e| io_err("could not open", &path, e))?;
         if !existed {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_err("could not sync", dir, e))?;
+            sync_dir(dir)?;
         }
         let len = file
             .metadata()
@@ -277,27 +365,33 @@ impl Segments {
     /// Appends one framed payload (not yet durable: `sync`); a full segment is synced and the
     /// next one started first.
     pub(super) fn append(&self, payload: &[u8]) -> Result<Loc, StoreError> {
+        if payload.is_empty() || payload.len() > MAX_FRAME {
+            // It could not be read back: its frame would end the readable part.
+            return Err(StoreError::from_message(format!(
+                "an audit block of {} bytes cannot be written (a block holds 1 to {MAX_FRAME} bytes); write fewer or smaller events at once",
+                payload.len()
+            )));
+        }
         let framed = frame(payload);
         let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        self.broken()?;
         if a.len > 0 && a.len + framed.len() as u64 > self.max_bytes {
-            a.file
-                .sync_data()
-                .map_err(|e| io_err("could not sync", &self.path(a.id), e))?;
-            #[cfg(test)]
-            note(
-                &self.journal,
-                Step::Synced {
-                    seg: a.id,
-                    upto: a.len,
-                },
-            );
+            self.sync_file(a.id, &a.file, a.len)?;
             *a = Self::open_active(&self.dir, a.id + 1)?;
         }
         let off = a.len;
-        if let Err(e) = (&*a.file).write_all(&framed) {
-            // A partial write stays as a torn frame; later frames must not follow it.
-            let _ = a.file.set_len(off);
-            return Err(io_err("could not write", &self.path(a.id), e));
+        if let Err(e) = self.write_file(&a.file, &framed) {
+            // A partial write is cut back: the next write (O_APPEND: at the file's end) must
+            // land where `a.len` says. If it cannot be cut, nothing more is written.
+            let err = io_err("could not write", &self.path(a.id), e);
+            if let Err(cut) = self.cut_file(&a.file, off) {
+                return Err(self.fail(io_err(
+                    &format!("{err}; could not cut the partial write back"),
+                    &self.path(a.id),
+                    cut,
+                )));
+            }
+            return Err(err);
         }
         a.len += framed.len() as u64;
         a.dirty = true;
@@ -320,9 +414,13 @@ impl Segments {
                 self.path(loc.seg).display()
             )));
         }
-        match a.file.set_len(loc.off) {
+        match self.cut_file(&a.file, loc.off) {
             Ok(()) => {
                 a.len = loc.off;
+                // The cut is durable before the caller is told the block is gone: a power
+                // loss must not bring the block back for an open to index.
+                self.sync_file(a.id, &a.file, a.len)?;
+                a.dirty = false;
                 Ok(())
             }
             Err(e) => {
@@ -339,26 +437,17 @@ impl Segments {
         let _one = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
         // Appends go on meanwhile (the active lock is not held across the `fdatasync`): only
         // the bytes written before it are known durable, and a later append marks it dirty.
+        // A failed sync is never tried again (`failed`): its pages may be gone.
         let (id, file, _upto) = {
             let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            self.broken()?;
             if !a.dirty {
                 return Ok(());
             }
             a.dirty = false;
             (a.id, a.file.clone(), a.len)
         };
-        file.sync_data().map_err(|e| {
-            self.active.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
-            io_err("could not sync", &self.path(id), e)
-        })?;
-        #[cfg(test)]
-        note(
-            &self.journal,
-            Step::Synced {
-                seg: id,
-                upto: _upto,
-            },
-        );
+        self.sync_file(id, &file, _upto)?;
         Ok(())
     }
 
@@ -388,13 +477,30 @@ impl Segments {
 
     fn reader(&self, id: u64) -> Result<Arc<File>, StoreError> {
         let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = readers.get(&id) {
+        let tick = readers.values().map(|(_, t)| *t).max().unwrap_or(0) + 1;
+        if let Some((f, used)) = readers.get_mut(&id) {
+            *used = tick;
             return Ok(f.clone());
+        }
+        if readers.len() >= READERS {
+            let oldest = readers
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                readers.remove(&oldest);
+            }
         }
         let path = self.path(id);
         let f = Arc::new(File::open(&path).map_err(|e| io_err("could not open", &path, e))?);
-        readers.insert(id, f.clone());
+        readers.insert(id, (f.clone(), tick));
         Ok(f)
+    }
+
+    /// In tests: how many segment files are open for reading.
+    #[cfg(test)]
+    fn open_readers(&self) -> usize {
+        self.readers.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// The payload of the block at `loc`; an error when it is missing or damaged.
@@ -428,16 +534,41 @@ impl Segments {
         if id == self.active_id() {
             return Ok(());
         }
-        self.readers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        // The readers' lock is held across the unlink: no reader opens the file between its
+        // descriptor's closing and the unlink (and keeps a deleted file open).
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        readers.remove(&id);
         let path = self.path(id);
         match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("could not remove", &path, e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("could not remove", &path, e)),
         }
+        drop(readers);
+        // The unlink is durable (a power loss does not bring the segment back).
+        sync_dir(&self.dir)?;
+        #[cfg(test)]
+        note(&self.journal, Step::DirSynced);
+        Ok(())
+    }
+}
+
+/// Makes the entries of directory `dir` (files created or removed) durable.
+pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err("could not sync", dir, e))
+}
+
+/// Creates directory `dir` if it is missing, durably (its parent synced).
+pub(super) fn create_dir(dir: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io_err("could not create", dir, e))?;
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
+        _ => Ok(()),
     }
 }
 
@@ -469,6 +600,11 @@ mod tests {
         assert_eq!(segs.read(b).unwrap(), [2u8; 60]);
         assert_eq!(Segments::list(dir.path()).unwrap(), [1, 2]);
         segs.remove(1).unwrap();
+        assert_eq!(
+            segs.journal.lock().unwrap().last(),
+            Some(&Step::DirSynced),
+            "the unlink was made durable"
+        );
         segs.remove(2).unwrap();
         assert_eq!(
             Segments::list(dir.path()).unwrap(),
@@ -489,6 +625,109 @@ mod tests {
         let huge = Loc { len: u32::MAX, ..a };
         let err = segs.read(huge).unwrap_err().to_string();
         assert!(err.contains("damaged"), "{err}");
+    }
+
+    fn set(flag: &std::sync::atomic::AtomicBool) {
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A failed `fdatasync` is never retried into a success (the kernel may have dropped the
+    /// pages and answer Ok next time): every later sync and append fails, until a reopen.
+    #[test]
+    fn a_failed_sync_fails_every_later_sync_and_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::open(dir.path(), 1 << 20).unwrap();
+        segs.append(&[1u8; 10]).unwrap();
+        set(&segs.faults.sync);
+        assert!(segs.sync().is_err());
+        let again = segs.sync().unwrap_err().to_string();
+        assert!(again.contains("until toolgate restarts"), "{again}");
+        assert!(segs.append(&[2u8; 10]).is_err());
+        assert!(segs.sync().is_err());
+        drop(segs);
+        let segs = Segments::open(dir.path(), 1 << 20).unwrap();
+        segs.append(&[3u8; 10]).unwrap();
+        segs.sync().unwrap();
+    }
+
+    /// The same for the `fdatasync` that closes a full segment.
+    #[test]
+    fn a_failed_sync_at_a_roll_fails_every_later_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::open(dir.path(), 100).unwrap();
+        segs.append(&[1u8; 60]).unwrap();
+        set(&segs.faults.sync);
+        assert!(segs.append(&[2u8; 60]).is_err());
+        assert!(segs.append(&[2u8; 60]).is_err());
+        assert!(segs.sync().is_err());
+        assert_eq!(
+            Segments::list(dir.path()).unwrap(),
+            [1],
+            "no segment after it"
+        );
+    }
+
+    /// A partial write that cannot be cut back leaves the file longer than the segment's
+    /// length: nothing more is appended (it would land past the offset its `Loc` records).
+    #[test]
+    fn a_partial_write_that_cannot_be_cut_back_stops_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::open(dir.path(), 1 << 20).unwrap();
+        let a = segs.append(&[1u8; 10]).unwrap();
+        set(&segs.faults.write);
+        assert!(segs.append(&[2u8; 40]).is_err());
+        // Cut back: the next block is where its Loc says.
+        let b = segs.append(&[3u8; 10]).unwrap();
+        assert_eq!(segs.read(b).unwrap(), [3u8; 10]);
+        set(&segs.faults.write);
+        set(&segs.faults.cut);
+        assert!(segs.append(&[4u8; 40]).is_err());
+        match segs.append(&[5u8; 10]) {
+            Err(e) => assert!(e.to_string().contains("until toolgate restarts"), "{e}"),
+            Ok(c) => panic!(
+                "appended after an uncut partial write; reads {:?}",
+                segs.read(c)
+            ),
+        }
+        assert!(segs.sync().is_err());
+        assert_eq!(segs.read(a).unwrap(), [1u8; 10]);
+    }
+
+    /// A block larger than a frame can hold is refused, not acknowledged and unreadable.
+    #[test]
+    fn a_block_past_the_largest_frame_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::open(dir.path(), 1 << 20).unwrap();
+        // Zeroed pages are not touched: refused before it is framed.
+        let huge = vec![0u8; MAX_FRAME + 1];
+        let err = segs.append(&huge).unwrap_err().to_string();
+        assert!(err.contains("cannot be written"), "{err}");
+        assert!(segs.append(&[]).is_err());
+        let a = segs.append(&[1u8; 10]).unwrap();
+        assert_eq!((a.off, segs.read(a).unwrap()), (0, vec![1u8; 10]));
+    }
+
+    /// Reading many segments keeps at most `READERS` of them open, the most recent.
+    #[test]
+    fn the_open_readers_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::open(dir.path(), 20).unwrap();
+        let locs: Vec<Loc> = (0..READERS as u8 + 10)
+            .map(|n| segs.append(&[n; 16]).unwrap())
+            .collect();
+        segs.sync().unwrap();
+        assert!(locs.last().unwrap().seg > READERS as u64);
+        for (n, loc) in locs.iter().enumerate() {
+            assert_eq!(segs.read(*loc).unwrap(), [n as u8; 16]);
+            assert!(segs.open_readers() <= READERS);
+        }
+        assert_eq!(segs.open_readers(), READERS);
+        // The most recent stay open: reading one again opens nothing.
+        let last = *locs.last().unwrap();
+        segs.read(last).unwrap();
+        assert_eq!(segs.open_readers(), READERS);
+        segs.remove(locs[0].seg).unwrap();
+        assert!(!segs.path(locs[0].seg).exists());
     }
 
     fn payloads() -> impl Strategy<Value = Vec<Vec<u8>>> {
