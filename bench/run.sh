@@ -193,6 +193,9 @@ if tc:
     if rc:
         cpu += f" | {label} {rc:6.1f} us; toolgate/{label} {tc / rc:4.2f}x"
     print(cpu)
+if os.environ.get("SHOW_RUNS"):
+    rates = [json.load(open(f))["summary"]["requestsPerSec"] for f in sorted(glob.glob(f"{d}/t.*"), key=lambda f: int(f.rsplit(".", 1)[1]))]
+    print(f"{'':<22} toolgate runs, in order: " + ", ".join(f"{r:.0f}/s" for r in rates))
 if tbad: print(f"  (toolgate non-200 answers: {tbad})")
 PY
 }

@@ -117,82 +117,81 @@ impl Writer {
         }
     }
 
-    /// One batch: chained, redacted, written atomically, flushed once if anyone waits. A batch
-    /// the store refuses is written again until it is taken (or the log gives up at exit).
+    /// One batch: chained, redacted, written, flushed if anyone waits. A batch the store refuses
+    /// is written again until it is taken (or the log gives up at exit). A batch of more bytes
+    /// than a store block holds is written in groups, each made durable and answered before the
+    /// next is tried: no caller waits on a group that is not its own.
     fn write(&mut self, batch: Vec<Msg>) {
         let mut room = 0;
-        let mut events = Vec::with_capacity(batch.len());
-        let mut acks: Vec<Option<(Ack, bool)>> = Vec::with_capacity(batch.len());
+        let mut rest = Vec::with_capacity(batch.len());
         // Where the chain stood before this batch: a failed write continues from here.
-        let before = (self.seq, self.prev.clone());
+        let mut before = (self.seq, self.prev.clone());
         for msg in batch {
             room += usize::from(msg.roomed);
             let mut e = self.event(*msg.rec);
             let bytes = self.link(&mut e);
-            events.push((e, bytes));
-            acks.push(msg.ack.map(|ack| (ack, msg.keep)));
+            rest.push(((e, bytes), msg.ack.map(|ack| (ack, msg.keep))));
         }
-        let (failures, failed) = self.append_in_groups(&mut events, &mut acks, before);
-        let mut synced = Ok(());
-        if acks.iter().any(Option::is_some) && failed.is_none() {
-            let started = Instant::now();
-            synced = self.log.sync().map_err(|e| e.to_string());
-            self.flush_gauge
-                .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        }
-        self.room.add_permits(room);
-        for (ack, (e, _)) in acks.into_iter().zip(&events) {
-            if let Some((ack, _)) = ack {
-                let _ = ack.send(synced.clone().map(|()| e.seq));
-            }
-        }
-        self.settle_health(failed, synced, failures, events.is_empty());
-    }
-
-    /// Appends the batch in groups of at most `BATCH_BYTES` sealed bytes (a store block has a
-    /// bounded size), each as `append_until_taken` does; a group after the first is chained
-    /// again from where the one before it left the chain.
-    fn append_in_groups(
-        &mut self,
-        events: &mut Vec<(Event, Vec<u8>)>,
-        acks: &mut Vec<Option<(Ack, bool)>>,
-        mut before: (u64, String),
-    ) -> (u32, Option<(String, usize)>) {
-        let mut rest: Vec<_> = std::mem::take(events)
-            .into_iter()
-            .zip(std::mem::take(acks))
-            .collect();
-        let (mut failures, mut first) = (0, true);
+        let mut first = true;
         while !rest.is_empty() {
             let n = group_len(rest.iter().map(|((_, bytes), _)| bytes.len()));
-            let (mut group, mut group_acks): (Vec<_>, Vec<_>) = rest.drain(..n).unzip();
+            let (mut events, mut acks): (Vec<_>, Vec<_>) = rest.drain(..n).unzip();
             if !first {
+                // Chained again from where the group before it left the chain.
                 (self.seq, self.prev) = before.clone();
-                for (e, bytes) in group.iter_mut() {
+                for (e, bytes) in events.iter_mut() {
                     *bytes = self.link(e);
                 }
             }
             first = false;
-            let (tries, failed) =
-                self.append_until_taken(&mut group, &mut group_acks, before.clone());
-            failures += tries;
-            if let Some((e, _)) = group.last() {
+            let (failures, failed) =
+                self.append_until_taken(&mut events, &mut acks, before.clone());
+            if let Some((e, _)) = events.last() {
                 before = (e.seq, e.hash.clone());
             }
-            events.extend(group);
-            acks.extend(group_acks);
-            if let Some((err, lost)) = failed {
+            let synced = self.acknowledge(&events, acks, failed.is_some());
+            let given_up = failed.is_some();
+            self.settle_health(failed, synced, failures, events.is_empty());
+            if given_up {
                 // The process is leaving: the groups not tried are not written either.
-                let left = rest.len();
-                for (_, ack) in rest {
+                for (_, ack) in rest.drain(..) {
                     if let Some((ack, _)) = ack {
-                        let _ = ack.send(Err(err.clone()));
+                        let _ = ack.send(Err(
+                            "the audit log closed before this event was written".into()
+                        ));
                     }
                 }
-                return (failures, Some((err, lost + left)));
             }
         }
-        (failures, None)
+        self.room.add_permits(room);
+    }
+
+    /// Tells a written group's waiting callers: flushed once if any waits, then each its
+    /// number, or the flush's error. A group given up has none left waiting.
+    fn acknowledge(
+        &self,
+        events: &[(Event, Vec<u8>)],
+        acks: Vec<Option<(Ack, bool)>>,
+        given_up: bool,
+    ) -> Result<(), String> {
+        if !acks.iter().any(Option::is_some) {
+            return Ok(());
+        }
+        let synced = if given_up {
+            Err("the audit log closed before this event was written".to_string())
+        } else {
+            let started = Instant::now();
+            let synced = self.log.sync().map_err(|e| e.to_string());
+            self.flush_gauge
+                .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            synced
+        };
+        for (ack, (e, _)) in acks.into_iter().zip(events) {
+            if let Some((ack, _)) = ack {
+                let _ = ack.send(synced.clone().map(|()| e.seq));
+            }
+        }
+        synced
     }
 
     /// Appends the batch, and while the store refuses it, keeps it and tries again after a
@@ -371,6 +370,8 @@ mod tests {
     struct Flaky {
         inner: Arc<dyn EventLog>,
         fail: AtomicBool,
+        /// Set: the next append taken sets `fail` (a disk lost after one write).
+        then_fail: AtomicBool,
         refused: AtomicU64,
         /// The bytes of each append taken.
         sizes: std::sync::Mutex<Vec<usize>>,
@@ -388,6 +389,9 @@ mod tests {
             let size = events.iter().map(|e| e.bytes.len()).sum();
             self.inner.append(events)?;
             self.sizes.lock().unwrap().push(size);
+            if self.then_fail.load(Ordering::SeqCst) {
+                self.fail.store(true, Ordering::SeqCst);
+            }
             Ok(())
         }
         fn index(&self, events: &[StoredEvent]) -> crate::store::Result<()> {
@@ -460,6 +464,7 @@ mod tests {
         let log = Arc::new(Flaky {
             inner: store.event_log().unwrap(),
             fail: AtomicBool::new(false),
+            then_fail: AtomicBool::new(false),
             refused: AtomicU64::new(0),
             sizes: Default::default(),
         });
@@ -524,6 +529,61 @@ mod tests {
 
     /// A batch of more bytes than one append takes is written in several, chained whole,
     /// each within the bound (a store block past its frame limit would be unreadable).
+    /// A caller whose event went in a batch's first group is answered once that group is
+    /// durable, not held until a later group (refused here) is written.
+    #[test]
+    fn a_group_written_is_answered_while_a_later_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(dir.path()).unwrap();
+        let log = Arc::new(Flaky {
+            inner: store.event_log().unwrap(),
+            fail: AtomicBool::new(false),
+            then_fail: AtomicBool::new(true),
+            refused: AtomicU64::new(0),
+            sizes: Default::default(),
+        });
+        let writer = Writer {
+            log: log.clone(),
+            redactor: Arc::new(Redactor::new()),
+            flush_gauge: Arc::new(AtomicU64::new(0)),
+            room: Arc::new(Semaphore::new(16)),
+            health: Arc::new(Health::default()),
+            delay: Duration::from_millis(200),
+            seq: 0,
+            prev: String::new(),
+        };
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::spawn(move || writer.run(rx));
+        let big = serde_json::Value::String("x".repeat(BATCH_BYTES / 3 + 1024));
+        let (ack, done) = oneshot::channel();
+        let mut first = msg("r0", Some(ack));
+        first.rec.payload = big.clone();
+        tx.send(first).unwrap();
+        for n in 1..4 {
+            let mut m = msg(&format!("r{n}"), None);
+            m.rec.payload = big.clone();
+            tx.send(m).unwrap();
+        }
+        let (answered_tx, answered) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = answered_tx.send(done.blocking_recv());
+        });
+        let got = answered.recv_timeout(Duration::from_secs(10));
+        until("the later group refused", || {
+            log.refused.load(Ordering::SeqCst) > 0
+        });
+        log.then_fail.store(false, Ordering::SeqCst);
+        log.fail.store(false, Ordering::SeqCst);
+        assert_eq!(
+            got.unwrap().unwrap(),
+            Ok(1),
+            "held behind the refused group"
+        );
+        drop(tx);
+        thread.join().unwrap();
+        assert_eq!(log.scan(0).count(), 4);
+    }
+
     #[test]
     fn a_batch_of_many_bytes_is_written_in_appends_within_the_bound() {
         let dir = tempfile::tempdir().unwrap();
@@ -531,6 +591,7 @@ mod tests {
         let log = Arc::new(Flaky {
             inner: store.event_log().unwrap(),
             fail: AtomicBool::new(false),
+            then_fail: AtomicBool::new(false),
             refused: AtomicU64::new(0),
             sizes: Default::default(),
         });

@@ -424,13 +424,16 @@ impl SledEventLog {
         }
     }
 
-    /// Deletes the segments no block is left in (but the one being written), once the removal
-    /// is durable. Every segment is looked at, not only those this removal touched: one
-    /// emptied while it was being written is deleted by a later removal.
+    /// Deletes the segments no block is left in, once the removal is durable. Only segments
+    /// older than the one being written when it looks: appends and a removal's rewritten
+    /// blocks go to the active segment alone, so an older one can never gain a block, while
+    /// the active one (or one the writer rolled to meanwhile, which runs alongside) may hold a
+    /// block placed but not yet indexed. Every older segment is looked at, not only those this
+    /// removal touched: one emptied while it was being written is deleted by a later removal.
     fn drop_empty_segments(&self) -> Result<(), StoreError> {
         let active = self.segments.active_id();
         let mut empty = Vec::new();
-        for seg in self.segments.ids()?.into_iter().filter(|s| *s != active) {
+        for seg in self.segments.ids()?.into_iter().filter(|s| *s < active) {
             let prefix = &seg_key(seg, 0)[..9];
             if self.events.scan_prefix(prefix).next().is_none() {
                 empty.push(seg);

@@ -928,6 +928,43 @@ mod tests {
         assert_eq!(seqs(store.event_log().unwrap().as_ref()), [4, 5, 6, 7]);
     }
 
+    /// A purge runs alongside the writer: a segment the writer rolled to after the purge looked
+    /// at the active one may hold a block placed but not yet indexed (no entry in sled yet), and
+    /// must not be taken for empty and deleted. Here the writer's roll and placing are the file
+    /// of the next segment appearing while the purge waits after building its batch.
+    #[test]
+    fn a_purge_never_deletes_a_segment_the_writer_rolled_to_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open_sized(dir.path(), 200).unwrap();
+        let log = store.event_log().unwrap();
+        for s in [1, 3, 5] {
+            log.append(vec![stored(s), stored(s + 1)]).unwrap();
+        }
+        let active = store.log.segments.active_id();
+        let (built_tx, built) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        *store.log.remove_pause.lock().unwrap() = Some((built_tx, go_rx));
+        let purge = {
+            let log = log.clone();
+            std::thread::spawn(move || log.remove(&[stored(1), stored(2)]))
+        };
+        built
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        let next = dir
+            .path()
+            .join("events")
+            .join(format!("{:012}.seg", active + 1));
+        std::fs::write(&next, b"a block placed, not yet indexed").unwrap();
+        go.send(()).unwrap();
+        purge.join().unwrap().unwrap();
+        assert!(
+            next.exists(),
+            "the purge deleted a segment newer than the one it saw active"
+        );
+        assert_eq!(seqs(log.as_ref()), [3, 4, 5, 6]);
+    }
+
     /// A reader that found a block's entry before a removal wrote the block again elsewhere
     /// (and deleted its segment) reads it where it is now, and a scan under way yields every
     /// surviving event once.
