@@ -24,7 +24,8 @@
 # Usage: bench/run.sh [--profile] [seconds per run, default 5] [only the scenarios whose name
 # contains this]
 #   RUNS=3 LOAD_SECONDS=60 NO_REF=1 (skip the hudsucker reference) TUNNELS=5000
-#   --profile: records `perf record -g` of toolgate during its first run of each scenario run
+#   --profile: records `perf record -g` (PERF_CALLGRAPH="--call-graph dwarf", PERF_FREQ=999) of
+#   toolgate during its first run of each scenario run
 #   (installs linux-perf with apt when perf is missing) into PROFILE_DIR (default
 #   the target dir's bench-profile/), and prints each profile's path.
 # On a machine with two cores or more, toolgate (and the reference) run on core 0 and the load
