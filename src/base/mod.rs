@@ -8,7 +8,7 @@ pub mod parse;
 pub mod shape;
 pub mod sse;
 
-pub use clock::{new_id, now_ms, now_unix};
+pub use clock::{new_id, new_request_id, now_ms, now_unix};
 pub use net::{authority, split_host_port, strip_hop_by_hop};
 pub use parse::{job_id_ok, lifetime_secs, parse_duration, parse_size, JOB_ID_RULE};
 

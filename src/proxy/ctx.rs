@@ -13,7 +13,7 @@ use serde_json::Value;
 use http::Method;
 
 use crate::audit::{Audit, Kind, Record};
-use crate::base::new_id;
+use crate::base::new_request_id;
 use crate::policy::Policy;
 
 /// What the tunnel or absolute-form request is bound to: the agent and the target that were
@@ -134,7 +134,7 @@ pub(super) struct Outer {
 impl Outer {
     pub(super) fn new(peer: SocketAddr, method: Method, target: String) -> Outer {
         Outer {
-            request_id: new_id("req"),
+            request_id: new_request_id(),
             started: Instant::now(),
             peer,
             agent: None,

@@ -21,7 +21,7 @@ use super::REQUEST_ID_HEADER;
 use crate::app::Gate;
 use crate::audit::payload::{Asked, Decision};
 use crate::audit::Kind;
-use crate::base::new_id;
+use crate::base::new_request_id;
 use crate::error::{Code, Refusal};
 use crate::policy::Policy;
 
@@ -33,7 +33,7 @@ pub(crate) async fn internal_call(
     target: Target,
     req: Request<ProxyBody>,
 ) -> (String, Response<ProxyBody>, Option<Code>) {
-    let request_id = new_id("req");
+    let request_id = new_request_id();
     let (target, policy) = (Arc::new(target), app.policy());
     let started = Instant::now();
     let (resp, code) = handle(app, target, policy, req, request_id.clone(), started).await;

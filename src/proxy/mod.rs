@@ -38,7 +38,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::app::Gate;
-use crate::base::{body, new_id, split_host_port};
+use crate::base::{body, new_id, new_request_id, split_host_port};
 use crate::error::{Code, Refusal};
 use crate::guard::{Activity, TunnelSlot, Watched};
 use crate::policy::{Agent, Policy};
@@ -635,7 +635,7 @@ where
         let in_flight = a.request();
         async move {
             let started = Instant::now();
-            let request_id = new_id("req");
+            let request_id = new_request_id();
             let req = kept(&app, req);
             let policy = app.policy();
             let (resp, _) = handle(app, target, policy, req, request_id, started).await;

@@ -20,7 +20,7 @@ use super::{
     serve_http, serve_inner, Outer, Protocol, Rewind, Target,
 };
 use crate::app::Gate;
-use crate::base::new_id;
+use crate::base::{new_id, new_request_id};
 use crate::error::{Code, Refusal};
 use crate::guard::{Activity, StrangerSlot, Watched};
 use crate::policy::Agent;
@@ -340,7 +340,7 @@ pub(super) async fn answer_every_request<T>(
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         // Its body is finished (not dropped), so that the refusal reaches the client.
         drop(super::kept(&g, req));
-        let resp = refusal.clone().into_response(&new_id("req"));
+        let resp = refusal.clone().into_response(&new_request_id());
         async move { Ok::<_, Infallible>(resp) }
     });
     let serving = serve_http(app, io, svc, activity, "refused client");
