@@ -457,30 +457,41 @@ mod tests {
     /// once it is taken, chained where the chain stood; the log is unwritable meanwhile; durable
     /// callers are told at once, and a commit's event is not written while an event of what
     /// already happened is.
-    #[test]
-    fn a_refused_batch_is_written_again_and_the_chain_stays_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::open(dir.path()).unwrap();
-        let log = Arc::new(Flaky {
+    /// A log over a fresh store that refuses appends while its `fail` is set (`then_fail`:
+    /// from after its next append taken).
+    fn flaky(dir: &std::path::Path, then_fail: bool) -> Arc<Flaky> {
+        let store = crate::store::open(dir).unwrap();
+        Arc::new(Flaky {
             inner: store.event_log().unwrap(),
             fail: AtomicBool::new(false),
-            then_fail: AtomicBool::new(false),
+            then_fail: AtomicBool::new(then_fail),
             refused: AtomicU64::new(0),
             sizes: Default::default(),
-        });
-        let health = Arc::new(Health::default());
-        health.writable.store(true, Ordering::SeqCst);
-        let writer = Writer {
-            log: log.clone(),
+        })
+    }
+
+    /// A writer on `log` whose batches are what is sent within `delay` before each.
+    fn writer_on(log: Arc<Flaky>, health: Arc<Health>, delay: Duration) -> Writer {
+        Writer {
+            log,
             redactor: Arc::new(Redactor::new()),
             flush_gauge: Arc::new(AtomicU64::new(0)),
             room: Arc::new(Semaphore::new(16)),
-            health: health.clone(),
-            // What is sent within the pause before a batch is one batch.
-            delay: Duration::from_millis(100),
+            health,
+            delay,
             seq: 0,
             prev: String::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_refused_batch_is_written_again_and_the_chain_stays_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = flaky(dir.path(), false);
+        let health = Arc::new(Health::default());
+        health.writable.store(true, Ordering::SeqCst);
+        // What is sent within the pause before a batch is one batch.
+        let writer = writer_on(log.clone(), health.clone(), Duration::from_millis(100));
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::spawn(move || writer.run(rx));
         let written = || log.scan(0).count();
@@ -534,24 +545,12 @@ mod tests {
     #[test]
     fn a_group_written_is_answered_while_a_later_one_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::open(dir.path()).unwrap();
-        let log = Arc::new(Flaky {
-            inner: store.event_log().unwrap(),
-            fail: AtomicBool::new(false),
-            then_fail: AtomicBool::new(true),
-            refused: AtomicU64::new(0),
-            sizes: Default::default(),
-        });
-        let writer = Writer {
-            log: log.clone(),
-            redactor: Arc::new(Redactor::new()),
-            flush_gauge: Arc::new(AtomicU64::new(0)),
-            room: Arc::new(Semaphore::new(16)),
-            health: Arc::new(Health::default()),
-            delay: Duration::from_millis(200),
-            seq: 0,
-            prev: String::new(),
-        };
+        let log = flaky(dir.path(), true);
+        let writer = writer_on(
+            log.clone(),
+            Arc::new(Health::default()),
+            Duration::from_millis(200),
+        );
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::spawn(move || writer.run(rx));
         let big = serde_json::Value::String("x".repeat(BATCH_BYTES / 3 + 1024));
@@ -587,24 +586,12 @@ mod tests {
     #[test]
     fn a_batch_of_many_bytes_is_written_in_appends_within_the_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::open(dir.path()).unwrap();
-        let log = Arc::new(Flaky {
-            inner: store.event_log().unwrap(),
-            fail: AtomicBool::new(false),
-            then_fail: AtomicBool::new(false),
-            refused: AtomicU64::new(0),
-            sizes: Default::default(),
-        });
-        let writer = Writer {
-            log: log.clone(),
-            redactor: Arc::new(Redactor::new()),
-            flush_gauge: Arc::new(AtomicU64::new(0)),
-            room: Arc::new(Semaphore::new(16)),
-            health: Arc::new(Health::default()),
-            delay: Duration::from_millis(200),
-            seq: 0,
-            prev: String::new(),
-        };
+        let log = flaky(dir.path(), false);
+        let writer = writer_on(
+            log.clone(),
+            Arc::new(Health::default()),
+            Duration::from_millis(200),
+        );
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::spawn(move || writer.run(rx));
         let big = serde_json::Value::String("x".repeat(BATCH_BYTES / 3 + 1024));
