@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::{self, api_error, cookie, secure, ApiError, CsrfField, Posted, Signed};
-use super::html::{esc, page};
+use super::html::{esc, page, refused_page};
 use super::sso::admin_base;
 use crate::app::Console;
 use crate::policy::Approver;
@@ -201,18 +201,7 @@ pub async fn page_revoke(
 ) -> Response {
     match revoke(&app, &s.approver, &form).await {
         Ok(_) => Redirect::to("/connections").into_response(),
-        Err(e) => (
-            e.status,
-            page(
-                "Refused",
-                Some(&s),
-                &format!(
-                    "<p class=\"flash\">{}</p><p><a href=\"/connections\">Back</a></p>",
-                    esc(&e.message)
-                ),
-            ),
-        )
-            .into_response(),
+        Err(e) => refused_page(&s, e.status, &e.message, "/connections"),
     }
 }
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::{self, api_error, ApiError, CsrfField, CsrfForm, Posted, Session, Signed};
-use super::html::{esc, page};
+use super::html::{esc, page, refused_page};
 use crate::app::Console;
 use crate::grants::MAX_GRANT_SECS;
 use crate::model::Grant;
@@ -310,18 +310,7 @@ fn add_form(app: &Console, csrf: &str) -> String {
 
 /// What a refused page action shows.
 fn refused(s: &Session, e: ApiError) -> Response {
-    (
-        e.status,
-        page(
-            "Refused",
-            Some(s),
-            &format!(
-                "<p class=\"flash\">{}</p><p><a href=\"/grants\">Back</a></p>",
-                esc(&e.message)
-            ),
-        ),
-    )
-        .into_response()
+    refused_page(s, e.status, &e.message, "/grants")
 }
 
 /// `POST /grants`: the page's form.

@@ -1,7 +1,8 @@
 //! The page layout shared by every admin page, and HTML escaping: nothing an agent sent is ever
 //! written unescaped.
 
-use axum::response::Html;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
 
 use super::auth::Session;
 
@@ -12,6 +13,21 @@ pub fn esc(s: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
         .replace('\'', "&#39;")
+}
+
+/// What a refused page action shows: the refusal's status and message, and a link `back`.
+pub(crate) fn refused_page(
+    who: &Session,
+    status: StatusCode,
+    message: &str,
+    back: &str,
+) -> Response {
+    let body = format!(
+        "<p class=\"flash\">{}</p><p><a href=\"{}\">Back</a></p>",
+        esc(message),
+        esc(back)
+    );
+    (status, page("Refused", Some(who), &body)).into_response()
 }
 
 pub(crate) const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#111}\

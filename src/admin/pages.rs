@@ -15,7 +15,7 @@ use super::actions::{apply_switch, rollback_status};
 use super::auth::{
     secure, session_cookie, CsrfForm, Posted, Session, Signed, SignedReviewer, COOKIE,
 };
-use super::html::{esc, page, when};
+use super::html::{esc, page, refused_page, when};
 use crate::app::Console;
 use crate::approval::{self, Action, Proposal};
 use crate::model::{KillScope, KillTarget};
@@ -483,19 +483,7 @@ pub async fn act(
         )
         .into_response(),
         Ok(_) => Redirect::to(&format!("/proposals/{id}")).into_response(),
-        Err(e) => (
-            e.status,
-            page(
-                "Refused",
-                Some(&s),
-                &format!(
-                    "<p class=\"flash\">{}</p><p><a href=\"/proposals/{}\">Back</a></p>",
-                    esc(&e.message),
-                    esc(&id)
-                ),
-            ),
-        )
-            .into_response(),
+        Err(e) => refused_page(&s, e.status, &e.message, &format!("/proposals/{id}")),
     }
 }
 
@@ -619,18 +607,7 @@ pub async fn switch(
     let reason = Some(form.reason.clone());
     match apply_switch(&app, &s.approver, scope, &name, disable, reason).await {
         Ok(_) => Redirect::to("/switches").into_response(),
-        Err(e) => (
-            e.status,
-            page(
-                "Refused",
-                Some(&s),
-                &format!(
-                    "<p class=\"flash\">{}</p><p><a href=\"/switches\">Back</a></p>",
-                    esc(&e.message)
-                ),
-            ),
-        )
-            .into_response(),
+        Err(e) => refused_page(&s, e.status, &e.message, "/switches"),
     }
 }
 
