@@ -51,6 +51,8 @@ const APPEND_TRIES: usize = 64;
 /// The first pause before a failed batch is written again, and the longest.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
+/// What a caller whose event was not written before the log gave up at exit is told.
+const GIVEN_UP: &str = "the audit log closed before this event was written";
 
 /// Whether the log can be written, as the writer last found it, and whether it must give up
 /// on a batch it cannot write (the process is leaving).
@@ -156,9 +158,7 @@ impl Writer {
                 // The process is leaving: the groups not tried are not written either.
                 for (_, ack) in rest.drain(..) {
                     if let Some((ack, _)) = ack {
-                        let _ = ack.send(Err(
-                            "the audit log closed before this event was written".into()
-                        ));
+                        let _ = ack.send(Err(GIVEN_UP.into()));
                     }
                 }
             }
@@ -178,7 +178,7 @@ impl Writer {
             return Ok(());
         }
         let synced = if given_up {
-            Err("the audit log closed before this event was written".to_string())
+            Err(GIVEN_UP.to_string())
         } else {
             let started = Instant::now();
             let synced = self.log.sync().map_err(|e| e.to_string());
