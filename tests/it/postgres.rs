@@ -333,6 +333,16 @@ async fn two_replicas_act_as_one_gateway() {
         "{}",
         got.text()
     );
+    // The same refusal, whole, to an HTTP/2 client (a JSON error, not a reset stream).
+    let via_a_h2 = client_via(a.addr, agent, &a.ca_pem, http::Version::HTTP_2);
+    let got = send(&via_a_h2, "GET", read, &[], "").await.unwrap();
+    assert_eq!(got.version, http::Version::HTTP_2);
+    assert_eq!(
+        (got.status.as_u16(), got.code().as_str()),
+        (503, "store_unavailable"),
+        "{}",
+        got.text()
+    );
     assert_eq!(
         fakes.seen().len(),
         before,
